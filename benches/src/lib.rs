@@ -1,0 +1,1 @@
+//! The benchmark harness (filled by the benchmark issue).

@@ -1,0 +1,1 @@
+//! cairn gc (filled by a later issue).

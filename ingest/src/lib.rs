@@ -1,0 +1,1 @@
+//! cairn ingest (filled by a later issue).

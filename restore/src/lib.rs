@@ -1,0 +1,1 @@
+//! cairn restore (filled by a later issue).

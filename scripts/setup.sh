@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what cairn needs on a fresh Debian machine with the Rust toolchain:
+# system packages (libclang for RocksDB's bindings, qemu-utils) and the peer tools the tests
+# check our VHDs with (qemu-img, Xen Orchestra's vhd-lib, libvhdi, nbdkit).
+# Idempotent and quick when everything is already there.
+#   usage: scripts/setup.sh
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+shared=${CAIRN_SHARED:-$here/../shared}
+cache=${CAIRN_CACHE:-$HOME/.cache/cairn}
+peers=$cache/peers
+mkdir -p "$cache"
+
+need_apt=()
+for pkg in libclang-dev clang qemu-utils nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}" >&2
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -f "$peers/.installed" ]; then
+  if [ ! -x "$shared/peers/install_peers.sh" ] && [ ! -f "$shared/peers/install_peers.sh" ]; then
+    echo "setup: $shared/peers/install_peers.sh is missing: the shared/ folder must sit beside the repository" >&2
+    exit 1
+  fi
+  echo "setup: installing peer tools into $peers" >&2
+  bash "$shared/peers/install_peers.sh" "$peers" >"$cache/peers-install.log" 2>&1 || {
+    echo "setup: peer install failed, see $cache/peers-install.log" >&2; tail -20 "$cache/peers-install.log" >&2; exit 1; }
+  touch "$peers/.installed"
+fi
