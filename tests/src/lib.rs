@@ -1,1 +1,208 @@
-//! End-to-end tests live in `tests/`; this library holds nothing.
+//! Helpers for cairn's end-to-end tests: the `cairn` binary, the shared workload and peer tools.
+//!
+//! Tests find `../shared` beside the repository and the peer tools that `scripts/setup.sh`
+//! installs. When either is missing, the helpers panic with a message saying what to run: a
+//! test that needs a peer never passes without it.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository's root folder.
+#[must_use]
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
+}
+
+/// The `shared/` folder beside the repository (or `$CAIRN_SHARED`).
+///
+/// # Panics
+/// When it is missing: the tests need its workload generator and peer recipes.
+#[must_use]
+pub fn shared_dir() -> PathBuf {
+    let dir = std::env::var_os("CAIRN_SHARED")
+        .map_or_else(|| repo_root().join("../shared"), PathBuf::from);
+    assert!(
+        dir.join("peers").is_dir() && dir.join("workload").is_dir(),
+        "the shared folder is missing at {} (it holds workload/gen_disk.py and peers/): put \
+         shared/ beside the repository or set CAIRN_SHARED",
+        dir.display()
+    );
+    dir
+}
+
+/// Where `scripts/setup.sh` installs the peer tools.
+///
+/// # Panics
+/// When they are not installed.
+#[must_use]
+pub fn peers_dir() -> PathBuf {
+    let cache = std::env::var_os("CAIRN_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cairn"),
+        PathBuf::from,
+    );
+    let dir = cache.join("peers");
+    assert!(
+        dir.join(".installed").is_file(),
+        "peer tools are not installed in {}: run scripts/setup.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// The `cairn` binary built beside this test executable.
+///
+/// # Panics
+/// When it has not been built (`cargo test --workspace` builds it).
+#[must_use]
+pub fn cairn_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("cairn");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with cargo build --workspace --bins",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs a command and returns its output, panicking with its stderr if it could not start.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{cmd:?} panicked:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `cairn ARGS...`.
+pub fn cairn<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = Command::new(cairn_bin());
+    c.args(args);
+    c
+}
+
+/// `node SHARED/peers/SCRIPT ARGS...` with vhd-lib on the module path.
+pub fn node<I, S>(script: &str, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = Command::new("node");
+    c.arg(shared_dir().join("peers").join(script))
+        .args(args)
+        .env("NODE_PATH", peers_dir().join("xo/node_modules"));
+    c
+}
+
+/// `python3 SHARED/peers/SCRIPT ARGS...` (the machine's python: the scripts use the standard
+/// library only).
+pub fn python<I, S>(script: &str, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = Command::new("python3");
+    c.arg(shared_dir().join("peers").join(script)).args(args);
+    c
+}
+
+/// `vhdi_to_raw.py` with the libvhdi that setup installed.
+pub fn vhdi_to_raw(top: &Path, out: &Path) -> Command {
+    let mut c = Command::new(peers_dir().join("venv/bin/python"));
+    c.arg(shared_dir().join("peers/vhdi_to_raw.py"))
+        .arg(top)
+        .arg(out);
+    c
+}
+
+/// A deterministic raw disk of `size` bytes made by the shared `make_raw.py`.
+pub fn make_raw(out: &Path, size: u64, seed: u32) {
+    ok(&mut python(
+        "make_raw.py",
+        [
+            out.as_os_str(),
+            OsStr::new(&size.to_string()),
+            OsStr::new("--seed"),
+            OsStr::new(&seed.to_string()),
+        ],
+    ));
+}
+
+/// A deterministic "next day" of `input` made by the shared `modify_raw.py`.
+pub fn modify_raw(input: &Path, out: &Path, seed: u32) {
+    ok(&mut python(
+        "modify_raw.py",
+        [
+            input.as_os_str(),
+            out.as_os_str(),
+            OsStr::new("--seed"),
+            OsStr::new(&seed.to_string()),
+        ],
+    ));
+}
+
+/// Reads a whole file.
+#[must_use]
+pub fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// Asserts that `got` is `want` followed only by zeros (a VHD rounded up to its CHS size), or
+/// exactly `want` when `exact`.
+pub fn assert_same_content(got: &Path, want: &Path, exact: bool) {
+    let (g, w) = (read(got), read(want));
+    if exact {
+        assert!(
+            g.len() == w.len(),
+            "{} is {} bytes, {} is {}",
+            got.display(),
+            g.len(),
+            want.display(),
+            w.len()
+        );
+    }
+    assert!(
+        g.len() >= w.len(),
+        "{} is shorter than {}",
+        got.display(),
+        want.display()
+    );
+    if let Some(i) = g.iter().zip(&w).position(|(a, b)| a != b) {
+        panic!(
+            "{} differs from {} first at byte {i}",
+            got.display(),
+            want.display()
+        );
+    }
+    assert!(
+        g[w.len()..].iter().all(|&b| b == 0),
+        "{} has non-zero bytes past {}",
+        got.display(),
+        w.len()
+    );
+}

@@ -50,8 +50,13 @@ pub fn parent_candidates<R: Read + Seek>(child: &Path, vhd: &mut Vhd<R>) -> Resu
         }
     }
     for i in 0..crate::format::PARENT_LOCATOR_COUNT {
-        let Some(path) = vhd.read_parent_locator(i)? else { continue };
-        let path = path.strip_prefix("file://").unwrap_or(&path).replace('\\', "/");
+        let Some(path) = vhd.read_parent_locator(i)? else {
+            continue;
+        };
+        let path = path
+            .strip_prefix("file://")
+            .unwrap_or(&path)
+            .replace('\\', "/");
         let path = path.strip_prefix("./").unwrap_or(&path);
         // A Windows drive path ("C:/...") means nothing here.
         if path.len() > 1 && path.as_bytes()[1] == b':' {
@@ -88,21 +93,28 @@ impl<R: Read + Seek> Chain<R> {
     /// when no candidate path of a parent opens; [`Error::ParentUuidMismatch`] when a parent's
     /// UUID is not the one its child names.
     pub fn open(top: &Path, mut open: impl FnMut(&Path) -> std::io::Result<R>) -> Result<Self> {
-        let open_one = |path: &Path, open: &mut dyn FnMut(&Path) -> std::io::Result<R>| -> Result<Vhd<R>> {
-            let r = open(path).map_err(|e| Error::Io { offset: 0, what: "opening", source: e }.in_file(path))?;
-            Vhd::open(r).map_err(|e| e.in_file(path))
-        };
-        let mut levels = vec![Level { path: top.to_path_buf(), vhd: open_one(top, &mut open)? }];
+        let open_one =
+            |path: &Path, open: &mut dyn FnMut(&Path) -> std::io::Result<R>| -> Result<Vhd<R>> {
+                let r = open(path).map_err(|e| Error::Open { source: e }.in_file(path))?;
+                Vhd::open(r).map_err(|e| e.in_file(path))
+            };
+        let mut levels = vec![Level {
+            path: top.to_path_buf(),
+            vhd: open_one(top, &mut open)?,
+        }];
         loop {
             if levels.len() >= MAX_CHAIN_DEPTH {
                 return Err(Error::ChainTooDeep(MAX_CHAIN_DEPTH));
             }
-            let Some(child) = levels.last_mut() else { break };
+            let Some(child) = levels.last_mut() else {
+                break;
+            };
             if child.vhd.disk_type() != DiskType::Differencing {
                 break;
             }
             let child_path = child.path.clone();
-            let candidates = parent_candidates(&child_path, &mut child.vhd).map_err(|e| e.in_file(&child_path))?;
+            let candidates = parent_candidates(&child_path, &mut child.vhd)
+                .map_err(|e| e.in_file(&child_path))?;
             let (name, want) = match child.vhd.header() {
                 Some(h) => (h.parent_name.clone(), h.parent_uuid),
                 None => break,
@@ -115,11 +127,15 @@ impl<R: Read + Seek> Chain<R> {
                         break;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::Io { offset: 0, what: "opening a parent", source: e }.in_file(c)),
+                    Err(e) => return Err(Error::Open { source: e }.in_file(c)),
                 }
             }
             let Some((path, vhd)) = found else {
-                return Err(Error::ParentNotFound { name, tried: candidates }.in_file(&child_path));
+                return Err(Error::ParentNotFound {
+                    name,
+                    tried: candidates,
+                }
+                .in_file(&child_path));
             };
             if vhd.footer().uuid != want {
                 return Err(Error::ParentUuidMismatch {
@@ -139,7 +155,9 @@ impl<R: Read + Seek> Chain<R> {
     /// differencing VHD whose own sectors are all that is wanted: the parent reads as zeros).
     #[must_use]
     pub fn single(path: PathBuf, vhd: Vhd<R>) -> Self {
-        Self { levels: vec![Level { path, vhd }] }
+        Self {
+            levels: vec![Level { path, vhd }],
+        }
     }
 
     /// The files, newest first.
@@ -208,14 +226,18 @@ impl<R: Read + Seek> Chain<R> {
     pub fn read_block(&mut self, index: u32, buf: &mut [u8]) -> Result<()> {
         let bs = self.block_size() as usize;
         if buf.len() != bs {
-            return Err(Error::Usage(format!("buffer of {} bytes for a block of {bs}", buf.len())));
+            return Err(Error::Usage(format!(
+                "buffer of {} bytes for a block of {bs}",
+                buf.len()
+            )));
         }
         buf.fill(0);
         let sectors = bs / SECTOR_SIZE as usize;
         let first_sector = u64::from(index) * sectors as u64;
         let mut need = vec![true; sectors];
         for level in &mut self.levels {
-            fill_from(&mut level.vhd, first_sector, &mut need, buf).map_err(|e| e.in_file(&level.path))?;
+            fill_from(&mut level.vhd, first_sector, &mut need, buf)
+                .map_err(|e| e.in_file(&level.path))?;
             if !need.iter().any(|&n| n) {
                 break;
             }
@@ -250,7 +272,10 @@ impl<R: Read + Seek> Chain<R> {
     /// Turns the chain into a `Read + Seek` over the disk's content.
     #[must_use]
     pub fn into_content_reader(self) -> ContentReader<R> {
-        ContentReader { chain: self, pos: 0 }
+        ContentReader {
+            chain: self,
+            pos: 0,
+        }
     }
 }
 
@@ -261,7 +286,12 @@ fn child_offset_of_parent_uuid<R>(levels: &[Level<R>]) -> u64 {
 
 /// Fills the sectors still needed (`need`) of the disk sectors starting at `first_sector` from
 /// one file, and clears `need` for each sector this file decides.
-fn fill_from<R: Read + Seek>(vhd: &mut Vhd<R>, first_sector: u64, need: &mut [bool], buf: &mut [u8]) -> Result<()> {
+fn fill_from<R: Read + Seek>(
+    vhd: &mut Vhd<R>,
+    first_sector: u64,
+    need: &mut [bool],
+    buf: &mut [u8],
+) -> Result<()> {
     let size_sectors = vhd.disk_size() / SECTOR_SIZE;
     let lsectors = u64::from(vhd.block_size()) / SECTOR_SIZE;
     let kind = vhd.disk_type();
@@ -275,7 +305,8 @@ fn fill_from<R: Read + Seek>(vhd: &mut Vhd<R>, first_sector: u64, need: &mut [bo
         }
         let lblock = sector / lsectors;
         let in_block = (sector % lsectors) as usize;
-        let span = ((lsectors as usize - in_block).min(need.len() - i)).min((size_sectors - sector) as usize);
+        let span = ((lsectors as usize - in_block).min(need.len() - i))
+            .min((size_sectors - sector) as usize);
         let state = vhd.block_state(lblock as u32)?;
         let bitmap = match (kind, state) {
             (_, BlockState::Unallocated) => {
@@ -285,11 +316,16 @@ fn fill_from<R: Read + Seek>(vhd: &mut Vhd<R>, first_sector: u64, need: &mut [bo
                 i += span;
                 continue;
             }
-            (DiskType::Differencing, BlockState::Allocated { .. }) => vhd.read_bitmap(lblock as u32)?,
+            (DiskType::Differencing, BlockState::Allocated { .. }) => {
+                vhd.read_bitmap(lblock as u32)?
+            }
             _ => None,
         };
         let has = |s: usize| -> bool {
-            bitmap.as_ref().is_none_or(|b| b.get(s / 8).is_some_and(|byte| byte & (0x80 >> (s % 8)) != 0))
+            bitmap.as_ref().is_none_or(|b| {
+                b.get(s / 8)
+                    .is_some_and(|byte| byte & (0x80 >> (s % 8)) != 0)
+            })
         };
         // Read runs of sectors that are needed and held here.
         let mut j = 0usize;
@@ -304,7 +340,11 @@ fn fill_from<R: Read + Seek>(vhd: &mut Vhd<R>, first_sector: u64, need: &mut [bo
             }
             let b0 = (i + run_start) * SECTOR_SIZE as usize;
             let b1 = (i + j) * SECTOR_SIZE as usize;
-            vhd.read_block_data(lblock as u32, (in_block + run_start) as u64 * SECTOR_SIZE, &mut buf[b0..b1])?;
+            vhd.read_block_data(
+                lblock as u32,
+                (in_block + run_start) as u64 * SECTOR_SIZE,
+                &mut buf[b0..b1],
+            )?;
             need[i + run_start..i + j].fill(false);
         }
         i += span;
@@ -326,7 +366,9 @@ impl<R: Read + Seek> Read for ContentReader<R> {
         if n == 0 {
             return Ok(0);
         }
-        self.chain.read_at(self.pos, &mut buf[..n]).map_err(std::io::Error::other)?;
+        self.chain
+            .read_at(self.pos, &mut buf[..n])
+            .map_err(std::io::Error::other)?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -340,7 +382,9 @@ impl<R: Read + Seek> Seek for ContentReader<R> {
             SeekFrom::End(d) => size.checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        let new = new.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start"))?;
+        let new = new.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
         self.pos = new;
         Ok(new)
     }

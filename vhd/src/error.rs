@@ -27,7 +27,11 @@ impl std::fmt::Display for Structure {
 }
 
 fn show(bytes: &[u8]) -> String {
-    bytes.iter().flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect()
+    bytes
+        .iter()
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect()
 }
 
 /// What went wrong reading or writing a VHD.
@@ -41,6 +45,13 @@ pub enum Error {
         offset: u64,
         /// What was being read or written.
         what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file of a chain could not be opened.
+    #[error("cannot open: {source}")]
+    Open {
         /// The underlying error.
         #[source]
         source: std::io::Error,
@@ -156,12 +167,19 @@ impl Error {
     pub fn in_file(self, path: impl Into<PathBuf>) -> Self {
         match self {
             Self::InFile { .. } => self,
-            other => Self::InFile { path: path.into(), source: Box::new(other) },
+            other => Self::InFile {
+                path: path.into(),
+                source: Box::new(other),
+            },
         }
     }
 
     pub(crate) fn io(offset: u64, what: &'static str) -> impl FnOnce(std::io::Error) -> Self {
-        move |source| Self::Io { offset, what, source }
+        move |source| Self::Io {
+            offset,
+            what,
+            source,
+        }
     }
 }
 

@@ -263,7 +263,11 @@ fn arr<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
 /// Four creator bytes as text, with non-printable bytes escaped (`tap\0` prints as `tap\0`).
 #[must_use]
 pub fn fourcc(bytes: [u8; 4]) -> String {
-    bytes.iter().flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect()
+    bytes
+        .iter()
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect()
 }
 
 impl Footer {
@@ -274,7 +278,11 @@ impl Footer {
         Self {
             features: FEATURE_RESERVED,
             version: FILE_FORMAT_VERSION,
-            data_offset: if disk_type.is_sparse() { FOOTER_SIZE as u64 } else { NO_DATA_OFFSET },
+            data_offset: if disk_type.is_sparse() {
+                FOOTER_SIZE as u64
+            } else {
+                NO_DATA_OFFSET
+            },
             timestamp,
             creator_app: CAIRN_CREATOR,
             creator_version: 0x0001_0000,
@@ -338,14 +346,16 @@ impl Footer {
             ),
         })?;
         let current_size = be64(b, F_CURRENT_SIZE);
-        if current_size % SECTOR_SIZE != 0 {
+        if !current_size.is_multiple_of(SECTOR_SIZE) {
             return Err(Error::Invalid {
                 offset: at + F_CURRENT_SIZE as u64,
                 what: format!("current size {current_size} is not a multiple of 512"),
             });
         }
         let data_offset = be64(b, F_DATA_OFFSET);
-        if disk_type.is_sparse() && (data_offset == NO_DATA_OFFSET || data_offset % 512 != 0) {
+        if disk_type.is_sparse()
+            && (data_offset == NO_DATA_OFFSET || !data_offset.is_multiple_of(512))
+        {
             return Err(Error::Invalid {
                 offset: at + F_DATA_OFFSET as u64,
                 what: format!(
@@ -449,7 +459,7 @@ impl ParentLocator {
     pub fn reserved_bytes(&self) -> u64 {
         let as_sectors = u64::from(self.data_space) * SECTOR_SIZE;
         if u64::from(self.data_space) >= u64::from(self.data_length)
-            && self.data_space % 512 == 0
+            && self.data_space.is_multiple_of(512)
             && self.data_space != 0
         {
             u64::from(self.data_space)
@@ -551,7 +561,7 @@ impl Header {
             });
         }
         let table_offset = be64(b, H_TABLE_OFFSET);
-        if table_offset % SECTOR_SIZE != 0 {
+        if !table_offset.is_multiple_of(SECTOR_SIZE) {
             return Err(Error::Invalid {
                 offset: at + H_TABLE_OFFSET as u64,
                 what: format!("table offset {table_offset:#x} is not on a sector boundary"),
@@ -600,7 +610,12 @@ impl Header {
         b[H_PARENT_UUID..H_PARENT_UUID + 16].copy_from_slice(self.parent_uuid.as_bytes());
         b[H_PARENT_TIMESTAMP..H_PARENT_TIMESTAMP + 4]
             .copy_from_slice(&self.parent_timestamp.to_be_bytes());
-        for (i, unit) in self.parent_name.encode_utf16().take(PARENT_NAME_SIZE / 2).enumerate() {
+        for (i, unit) in self
+            .parent_name
+            .encode_utf16()
+            .take(PARENT_NAME_SIZE / 2)
+            .enumerate()
+        {
             let o = H_PARENT_NAME + 2 * i;
             b[o..o + 2].copy_from_slice(&unit.to_be_bytes());
         }
@@ -640,7 +655,10 @@ mod tests {
         let g = Geometry::for_size(104_865_792);
         assert_eq!((g.cylinders, g.heads, g.sectors_per_track), (1004, 12, 17));
         let g = Geometry::for_size(1 << 40);
-        assert_eq!((g.cylinders, g.heads, g.sectors_per_track), (65535, 16, 255));
+        assert_eq!(
+            (g.cylinders, g.heads, g.sectors_per_track),
+            (65535, 16, 255)
+        );
     }
 
     #[test]
@@ -663,8 +681,12 @@ mod tests {
         let mut h = Header::new(1536, 10, DEFAULT_BLOCK_SIZE);
         h.parent_name = "päreñt ☃.vhd".to_owned();
         h.parent_uuid = Uuid::from_u128(99);
-        h.locators[0] =
-            ParentLocator { platform_code: PLATFORM_W2RU, data_space: 512, data_length: 20, data_offset: 2048 };
+        h.locators[0] = ParentLocator {
+            platform_code: PLATFORM_W2RU,
+            data_space: 512,
+            data_length: 20,
+            data_offset: 2048,
+        };
         let back = Header::decode(&h.encode(), 512).expect("decode");
         assert_eq!(back.parent_name, h.parent_name);
         assert_eq!(back.locators[0], h.locators[0]);

@@ -40,8 +40,14 @@ pub enum BlockState {
     },
 }
 
-fn read_at<R: Read + Seek>(r: &mut R, offset: u64, buf: &mut [u8], what: &'static str) -> Result<()> {
-    r.seek(SeekFrom::Start(offset)).map_err(Error::io(offset, what))?;
+fn read_at<R: Read + Seek>(
+    r: &mut R,
+    offset: u64,
+    buf: &mut [u8],
+    what: &'static str,
+) -> Result<()> {
+    r.seek(SeekFrom::Start(offset))
+        .map_err(Error::io(offset, what))?;
     r.read_exact(buf).map_err(Error::io(offset, what))
 }
 
@@ -56,7 +62,9 @@ impl<R: Read + Seek> Vhd<R> {
     /// Any structural problem, as [`Error`] with the offset and found/expected values; a file
     /// too short for what its metadata describes is [`Error::Truncated`].
     pub fn open(mut inner: R) -> Result<Self> {
-        let file_len = inner.seek(SeekFrom::End(0)).map_err(Error::io(0, "seeking to the end"))?;
+        let file_len = inner
+            .seek(SeekFrom::End(0))
+            .map_err(Error::io(0, "seeking to the end"))?;
         if file_len < OLD_FOOTER_SIZE as u64 {
             return Err(Error::Truncated {
                 offset: 0,
@@ -66,7 +74,15 @@ impl<R: Read + Seek> Vhd<R> {
             });
         }
         let (footer, footer_offset) = Self::read_footer(&mut inner, file_len)?;
-        let mut vhd = Self { inner, file_len, footer_offset, footer, header: None, bat: Vec::new(), warnings: Vec::new() };
+        let mut vhd = Self {
+            inner,
+            file_len,
+            footer_offset,
+            footer,
+            header: None,
+            bat: Vec::new(),
+            warnings: Vec::new(),
+        };
         if vhd.footer.features & crate::format::FEATURE_RESERVED == 0 {
             vhd.warnings.push(format!(
                 "footer at offset {footer_offset}: features {:#x} lack the reserved bit 0x2",
@@ -78,7 +94,10 @@ impl<R: Read + Seek> Vhd<R> {
         } else if footer_offset < vhd.footer.current_size {
             return Err(Error::Truncated {
                 offset: 0,
-                what: format!("the data of a fixed disk of {} bytes", vhd.footer.current_size),
+                what: format!(
+                    "the data of a fixed disk of {} bytes",
+                    vhd.footer.current_size
+                ),
                 needed: vhd.footer.current_size + FOOTER_SIZE as u64,
                 file_len,
             });
@@ -118,19 +137,19 @@ impl<R: Read + Seek> Vhd<R> {
         // A sparse disk whose copy at offset 0 is good but whose end is not was cut short.
         if file_len >= FOOTER_SIZE as u64 {
             read_at(inner, 0, &mut buf, "reading the footer copy")?;
-            if let Ok(copy) = Footer::decode(&buf, 0) {
-                if copy.disk_type.is_sparse() {
-                    return Err(Error::Invalid {
-                        offset: file_len - FOOTER_SIZE as u64,
-                        what: format!(
-                            "no valid footer at the end of the file ({end_error}); the copy at \
-                             offset 0 describes a {} disk of {} bytes: the file is truncated or \
-                             its end is damaged",
-                            copy.disk_type.name(),
-                            copy.current_size
-                        ),
-                    });
-                }
+            if let Ok(copy) = Footer::decode(&buf, 0)
+                && copy.disk_type.is_sparse()
+            {
+                return Err(Error::Invalid {
+                    offset: file_len - FOOTER_SIZE as u64,
+                    what: format!(
+                        "no valid footer at the end of the file ({end_error}); the copy at \
+                         offset 0 describes a {} disk of {} bytes: the file is truncated or \
+                         its end is damaged",
+                        copy.disk_type.name(),
+                        copy.current_size
+                    ),
+                });
             }
         }
         Err(end_error)
@@ -144,16 +163,28 @@ impl<R: Read + Seek> Vhd<R> {
         read_at(&mut self.inner, 0, &mut buf, "reading the footer copy")?;
         match Footer::decode(&buf, 0) {
             Ok(copy) if copy == self.footer => {}
-            Ok(_) => self.warnings.push("footer copy at offset 0 differs from the footer at the end".into()),
+            Ok(_) => self
+                .warnings
+                .push("footer copy at offset 0 differs from the footer at the end".into()),
             Err(e) => {
                 let e = match e {
-                    Error::BadCookie { offset, found, expected, .. } => Error::BadCookie {
+                    Error::BadCookie {
+                        offset,
+                        found,
+                        expected,
+                        ..
+                    } => Error::BadCookie {
                         structure: Structure::FooterCopy,
                         offset,
                         found,
                         expected,
                     },
-                    Error::ChecksumMismatch { offset, found, expected, .. } => Error::ChecksumMismatch {
+                    Error::ChecksumMismatch {
+                        offset,
+                        found,
+                        expected,
+                        ..
+                    } => Error::ChecksumMismatch {
                         structure: Structure::FooterCopy,
                         offset,
                         found,
@@ -175,7 +206,12 @@ impl<R: Read + Seek> Vhd<R> {
             });
         }
         let mut hbuf = [0u8; HEADER_SIZE];
-        read_at(&mut self.inner, hoff, &mut hbuf, "reading the dynamic disk header")?;
+        read_at(
+            &mut self.inner,
+            hoff,
+            &mut hbuf,
+            "reading the dynamic disk header",
+        )?;
         let header = Header::decode(&hbuf, hoff)?;
         let bs = u64::from(header.block_size);
         let needed = self.footer.current_size.div_ceil(bs);
@@ -191,7 +227,7 @@ impl<R: Read + Seek> Vhd<R> {
         // The BAT.
         let toff = header.table_offset;
         let tlen = u64::from(header.max_table_entries) * 4;
-        let tend = toff.checked_add(tlen).unwrap_or(u64::MAX);
+        let tend = toff.saturating_add(tlen);
         if tend > end {
             return Err(Error::Truncated {
                 offset: toff,
@@ -208,11 +244,17 @@ impl<R: Read + Seek> Vhd<R> {
         }
         let mut raw = vec![0u8; tlen as usize];
         read_at(&mut self.inner, toff, &mut raw, "reading the BAT")?;
-        let bat: Vec<u32> =
-            raw.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let bat: Vec<u32> = raw
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         // Every allocated block inside the file, clear of the metadata and of each other.
         let span = header.bitmap_size() + bs;
-        let meta = [(0, FOOTER_SIZE as u64), (hoff, hoff + HEADER_SIZE as u64), (toff, tend)];
+        let meta = [
+            (0, FOOTER_SIZE as u64),
+            (hoff, hoff + HEADER_SIZE as u64),
+            (toff, tend),
+        ];
         let mut blocks: Vec<(u64, u64, usize)> = Vec::new();
         for (i, &sector) in bat.iter().enumerate() {
             if sector == BAT_UNALLOCATED {
@@ -284,9 +326,16 @@ impl<R: Read + Seek> Vhd<R> {
         let BlockState::Allocated { offset } = self.block_state(index)? else {
             return Ok(None);
         };
-        let Some(h) = &self.header else { return Ok(None) };
+        let Some(h) = &self.header else {
+            return Ok(None);
+        };
         let mut bitmap = vec![0u8; (u64::from(h.block_size) / SECTOR_SIZE).div_ceil(8) as usize];
-        read_at(&mut self.inner, offset, &mut bitmap, "reading a sector bitmap")?;
+        read_at(
+            &mut self.inner,
+            offset,
+            &mut bitmap,
+            "reading a sector bitmap",
+        )?;
         Ok(Some(bitmap))
     }
 
@@ -313,7 +362,12 @@ impl<R: Read + Seek> Vhd<R> {
                 };
                 let start = data_start + at;
                 let avail = limit.saturating_sub(start).min(buf.len() as u64) as usize;
-                read_at(&mut self.inner, start, &mut buf[..avail], "reading block data")?;
+                read_at(
+                    &mut self.inner,
+                    start,
+                    &mut buf[..avail],
+                    "reading block data",
+                )?;
                 buf[avail..].fill(0);
                 Ok(true)
             }
@@ -328,14 +382,23 @@ impl<R: Read + Seek> Vhd<R> {
     pub fn block_state(&self, index: u32) -> Result<BlockState> {
         if self.header.is_none() {
             if index >= self.block_count() {
-                return Err(Error::Usage(format!("block {index} is past the end of the disk")));
+                return Err(Error::Usage(format!(
+                    "block {index} is past the end of the disk"
+                )));
             }
-            return Ok(BlockState::Allocated { offset: u64::from(index) * u64::from(DEFAULT_BLOCK_SIZE) });
+            return Ok(BlockState::Allocated {
+                offset: u64::from(index) * u64::from(DEFAULT_BLOCK_SIZE),
+            });
         }
         match self.bat.get(index as usize) {
-            None => Err(Error::Usage(format!("block {index} is past the BAT's {} entries", self.bat.len()))),
+            None => Err(Error::Usage(format!(
+                "block {index} is past the BAT's {} entries",
+                self.bat.len()
+            ))),
             Some(&BAT_UNALLOCATED) => Ok(BlockState::Unallocated),
-            Some(&s) => Ok(BlockState::Allocated { offset: u64::from(s) * SECTOR_SIZE }),
+            Some(&s) => Ok(BlockState::Allocated {
+                offset: u64::from(s) * SECTOR_SIZE,
+            }),
         }
     }
 
@@ -345,14 +408,23 @@ impl<R: Read + Seek> Vhd<R> {
     /// # Errors
     /// An I/O error, or a locator pointing outside the file.
     pub fn read_parent_locator(&mut self, i: usize) -> Result<Option<String>> {
-        let Some(loc) = self.header.as_ref().and_then(|h| h.locators.get(i)).copied() else {
+        let Some(loc) = self
+            .header
+            .as_ref()
+            .and_then(|h| h.locators.get(i))
+            .copied()
+        else {
             return Ok(None);
         };
         decode_locator(&mut self.inner, &loc, self.footer_offset)
     }
 }
 
-fn decode_locator<R: Read + Seek>(r: &mut R, loc: &ParentLocator, end: u64) -> Result<Option<String>> {
+fn decode_locator<R: Read + Seek>(
+    r: &mut R,
+    loc: &ParentLocator,
+    end: u64,
+) -> Result<Option<String>> {
     if loc.platform_code == 0 || loc.data_length == 0 {
         return Ok(None);
     }
@@ -372,7 +444,10 @@ fn decode_locator<R: Read + Seek>(r: &mut R, loc: &ParentLocator, end: u64) -> R
     read_at(r, loc.data_offset, &mut raw, "reading a parent locator")?;
     let text = match loc.platform_code {
         PLATFORM_W2RU | PLATFORM_W2KU => {
-            let units: Vec<u16> = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+            let units: Vec<u16> = raw
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
             String::from_utf16_lossy(&units)
         }
         PLATFORM_WI2R | PLATFORM_WI2K | PLATFORM_MACX => String::from_utf8_lossy(&raw).into_owned(),
@@ -416,13 +491,17 @@ impl<R> Vhd<R> {
     /// The block size: the header's for sparse disks, 2 MiB (a convenient unit) for fixed ones.
     #[must_use]
     pub fn block_size(&self) -> u32 {
-        self.header.as_ref().map_or(DEFAULT_BLOCK_SIZE, |h| h.block_size)
+        self.header
+            .as_ref()
+            .map_or(DEFAULT_BLOCK_SIZE, |h| h.block_size)
     }
 
     /// Blocks that cover the disk: ceil(size / block size). The BAT may have more entries.
     #[must_use]
     pub fn block_count(&self) -> u32 {
-        self.footer.current_size.div_ceil(u64::from(self.block_size())) as u32
+        self.footer
+            .current_size
+            .div_ceil(u64::from(self.block_size())) as u32
     }
 
     /// Number of allocated blocks among the first [`Vhd::block_count`] (all of them for fixed).
@@ -431,7 +510,11 @@ impl<R> Vhd<R> {
         if self.header.is_none() {
             return self.block_count();
         }
-        self.bat.iter().take(self.block_count() as usize).filter(|&&s| s != BAT_UNALLOCATED).count() as u32
+        self.bat
+            .iter()
+            .take(self.block_count() as usize)
+            .filter(|&&s| s != BAT_UNALLOCATED)
+            .count() as u32
     }
 
     /// Length of the file in bytes.

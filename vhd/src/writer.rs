@@ -66,8 +66,10 @@ struct Layout {
 impl Layout {
     fn new(spec: &DiskSpec, parent: Option<&ParentSpec>) -> Result<Self> {
         validate(spec)?;
-        let entries = u32::try_from(spec.size.div_ceil(u64::from(spec.block_size)))
-            .map_err(|_| Error::Usage(format!("a disk of {} bytes has too many blocks", spec.size)))?;
+        let entries =
+            u32::try_from(spec.size.div_ceil(u64::from(spec.block_size))).map_err(|_| {
+                Error::Usage(format!("a disk of {} bytes has too many blocks", spec.size))
+            })?;
         let table_offset = (FOOTER_SIZE + HEADER_SIZE) as u64;
         let mut next = table_offset + (u64::from(entries) * 4).div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
         let mut locators = Vec::new();
@@ -77,7 +79,8 @@ impl Layout {
                 let space = (data.len() as u64).max(1).div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
                 let loc = ParentLocator {
                     platform_code: code,
-                    data_space: space as u32,
+                    // In sectors, as the spec says and vhd-lib reads it.
+                    data_space: (space / SECTOR_SIZE) as u32,
                     data_length: data.len() as u32,
                     data_offset: next,
                 };
@@ -87,7 +90,10 @@ impl Layout {
             if !p.absolute_path.is_empty() {
                 add(PLATFORM_W2KU, &p.absolute_path);
             }
-            add(PLATFORM_W2RU, &format!(".\\{}", p.relative_path.replace('/', "\\")));
+            add(
+                PLATFORM_W2RU,
+                &format!(".\\{}", p.relative_path.replace('/', "\\")),
+            );
         }
         Ok(Self {
             entries,
@@ -99,7 +105,11 @@ impl Layout {
     }
 
     fn footer(&self, spec: &DiskSpec, parent: Option<&ParentSpec>) -> Footer {
-        let kind = if parent.is_some() { DiskType::Differencing } else { DiskType::Dynamic };
+        let kind = if parent.is_some() {
+            DiskType::Differencing
+        } else {
+            DiskType::Dynamic
+        };
         Footer::new(kind, spec.size, spec.uuid, spec.timestamp)
     }
 
@@ -120,7 +130,7 @@ impl Layout {
         let mut bitmap = vec![0u8; bitmap_size(spec.block_size) as usize];
         let bits = (u64::from(spec.block_size) / SECTOR_SIZE) as usize;
         bitmap[..bits / 8].fill(0xFF);
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             bitmap[bits / 8] = 0xFF << (8 - bits % 8);
         }
         bitmap
@@ -128,11 +138,19 @@ impl Layout {
 }
 
 fn validate(spec: &DiskSpec) -> Result<()> {
-    if spec.size % SECTOR_SIZE != 0 || spec.size == 0 {
-        return Err(Error::Usage(format!("disk size {} is not a positive multiple of 512", spec.size)));
+    if !spec.size.is_multiple_of(SECTOR_SIZE) || spec.size == 0 {
+        return Err(Error::Usage(format!(
+            "disk size {} is not a positive multiple of 512",
+            spec.size
+        )));
     }
-    if !spec.block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&spec.block_size) {
-        return Err(Error::Usage(format!("block size {} is not a power of two from 512 to 256 MiB", spec.block_size)));
+    if !spec.block_size.is_power_of_two()
+        || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&spec.block_size)
+    {
+        return Err(Error::Usage(format!(
+            "block size {} is not a power of two from 512 to 256 MiB",
+            spec.block_size
+        )));
     }
     Ok(())
 }
@@ -145,7 +163,9 @@ struct Counted<W> {
 
 impl<W: Write> Counted<W> {
     fn put(&mut self, bytes: &[u8], what: &'static str) -> Result<()> {
-        self.inner.write_all(bytes).map_err(Error::io(self.pos, what))?;
+        self.inner
+            .write_all(bytes)
+            .map_err(Error::io(self.pos, what))?;
         self.pos += bytes.len() as u64;
         Ok(())
     }
@@ -179,7 +199,11 @@ pub fn write_sparse<W: Write>(
 ) -> Result<u64> {
     let layout = Layout::new(spec, parent)?;
     if allocated.len() != layout.entries as usize {
-        return Err(Error::Usage(format!("{} allocation flags for {} blocks", allocated.len(), layout.entries)));
+        return Err(Error::Usage(format!(
+            "{} allocation flags for {} blocks",
+            allocated.len(),
+            layout.entries
+        )));
     }
     let mut out = Counted { inner: out, pos: 0 };
     let footer = layout.footer(spec, parent).encode();
@@ -198,17 +222,24 @@ pub fn write_sparse<W: Write>(
         };
         bat.extend_from_slice(&entry.to_be_bytes());
     }
-    bat.resize(bat.len().div_ceil(SECTOR_SIZE as usize) * SECTOR_SIZE as usize, 0xFF);
+    bat.resize(
+        bat.len().div_ceil(SECTOR_SIZE as usize) * SECTOR_SIZE as usize,
+        0xFF,
+    );
     out.put(&bat, "writing the BAT")?;
     for (loc, data) in &layout.locators {
         out.put(data, "writing a parent locator")?;
-        out.zeros(u64::from(loc.data_space) - data.len() as u64, "writing a parent locator")?;
+        out.zeros(
+            u64::from(loc.data_space) * SECTOR_SIZE - data.len() as u64,
+            "writing a parent locator",
+        )?;
     }
     debug_assert_eq!(out.pos, layout.data_start);
     let bitmap = layout.bitmap(spec);
     let mut buf = vec![0u8; spec.block_size as usize];
     for (i, _) in allocated.iter().enumerate().filter(|(_, a)| **a) {
-        read_block(i as u32, &mut buf).map_err(Error::io(out.pos, "reading the data of a block to write"))?;
+        read_block(i as u32, &mut buf)
+            .map_err(Error::io(out.pos, "reading the data of a block to write"))?;
         out.put(&bitmap, "writing a sector bitmap")?;
         out.put(&buf, "writing block data")?;
     }
@@ -233,7 +264,8 @@ pub fn write_fixed<W: Write>(
     let mut buf = vec![0u8; spec.block_size as usize];
     let blocks = spec.size.div_ceil(bs);
     for i in 0..blocks {
-        read_block(i as u32, &mut buf).map_err(Error::io(out.pos, "reading the data of a block to write"))?;
+        read_block(i as u32, &mut buf)
+            .map_err(Error::io(out.pos, "reading the data of a block to write"))?;
         let n = (spec.size - i * bs).min(bs) as usize;
         out.put(&buf[..n], "writing disk data")?;
     }

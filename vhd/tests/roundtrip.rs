@@ -12,10 +12,7 @@ const BS: u32 = 4096;
 
 /// A disk of `blocks` blocks of BS where each block is zero, a pattern, or random bytes.
 fn disk(blocks: usize, tail_sectors: usize) -> impl Strategy<Value = Vec<u8>> {
-    let block = prop_oneof![
-        Just(None),
-        any::<u8>().prop_map(Some),
-    ];
+    let block = prop_oneof![Just(None), any::<u8>().prop_map(Some),];
     (proptest::collection::vec(block, blocks), any::<u64>()).prop_map(move |(kinds, seed)| {
         let mut data = Vec::new();
         let mut x = seed | 1;
@@ -37,7 +34,12 @@ fn disk(blocks: usize, tail_sectors: usize) -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn spec(size: u64, uuid: u128) -> DiskSpec {
-    DiskSpec { size, block_size: BS, uuid: Uuid::from_u128(uuid), timestamp: 1000 }
+    DiskSpec {
+        size,
+        block_size: BS,
+        uuid: Uuid::from_u128(uuid),
+        timestamp: 1000,
+    }
 }
 
 fn block_of(data: &[u8], i: u32, buf: &mut [u8]) {
@@ -49,13 +51,24 @@ fn block_of(data: &[u8], i: u32, buf: &mut [u8]) {
 
 fn dynamic_bytes(data: &[u8], uuid: u128) -> Vec<u8> {
     let blocks = data.len().div_ceil(BS as usize);
-    let allocated: Vec<bool> =
-        (0..blocks).map(|i| data[i * BS as usize..data.len().min((i + 1) * BS as usize)].iter().any(|&b| b != 0)).collect();
+    let allocated: Vec<bool> = (0..blocks)
+        .map(|i| {
+            data[i * BS as usize..data.len().min((i + 1) * BS as usize)]
+                .iter()
+                .any(|&b| b != 0)
+        })
+        .collect();
     let mut out = Vec::new();
-    write_sparse(&mut out, &spec(data.len() as u64, uuid), None, &allocated, |i, buf| {
-        block_of(data, i, buf);
-        Ok(())
-    })
+    write_sparse(
+        &mut out,
+        &spec(data.len() as u64, uuid),
+        None,
+        &allocated,
+        |i, buf| {
+            block_of(data, i, buf);
+            Ok(())
+        },
+    )
     .expect("write");
     out
 }
@@ -143,16 +156,41 @@ proptest! {
 fn wrong_parent_uuid_is_refused_naming_both() {
     let data = vec![1u8; BS as usize * 2];
     let base = dynamic_bytes(&data, 20);
-    let parent = ParentSpec { uuid: Uuid::from_u128(999), timestamp: 0, relative_path: "base.vhd".into(), absolute_path: "/v/base.vhd".into() };
+    let parent = ParentSpec {
+        uuid: Uuid::from_u128(999),
+        timestamp: 0,
+        relative_path: "base.vhd".into(),
+        absolute_path: "/v/base.vhd".into(),
+    };
     let mut child = Vec::new();
-    write_sparse(&mut child, &spec(data.len() as u64, 21), Some(&parent), &[true, false], |i, buf| { block_of(&data, i, buf); Ok(()) }).expect("write");
-    let files = [(PathBuf::from("/v/base.vhd"), base), (PathBuf::from("/v/child.vhd"), child)];
+    write_sparse(
+        &mut child,
+        &spec(data.len() as u64, 21),
+        Some(&parent),
+        &[true, false],
+        |i, buf| {
+            block_of(&data, i, buf);
+            Ok(())
+        },
+    )
+    .expect("write");
+    let files = [
+        (PathBuf::from("/v/base.vhd"), base),
+        (PathBuf::from("/v/child.vhd"), child),
+    ];
     let err = Chain::open(Path::new("/v/child.vhd"), |p| {
-        files.iter().find(|(q, _)| q == p).map(|(_, b)| Cursor::new(b.clone())).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+        files
+            .iter()
+            .find(|(q, _)| q == p)
+            .map(|(_, b)| Cursor::new(b.clone()))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
     })
     .expect_err("uuid mismatch");
     let text = err.to_string();
-    assert!(text.contains("/v/child.vhd") && text.contains("/v/base.vhd"), "{text}");
+    assert!(
+        text.contains("/v/child.vhd") && text.contains("/v/base.vhd"),
+        "{text}"
+    );
     assert!(text.contains(&Uuid::from_u128(999).to_string()), "{text}");
 }
 
@@ -160,10 +198,25 @@ fn wrong_parent_uuid_is_refused_naming_both() {
 fn parent_found_through_locator_when_name_is_wrong() {
     let data = vec![7u8; BS as usize];
     let base = dynamic_bytes(&data, 30);
-    let parent = ParentSpec { uuid: Uuid::from_u128(30), timestamp: 0, relative_path: "gone.vhd".into(), absolute_path: "/elsewhere/base.vhd".into() };
+    let parent = ParentSpec {
+        uuid: Uuid::from_u128(30),
+        timestamp: 0,
+        relative_path: "gone.vhd".into(),
+        absolute_path: "/elsewhere/base.vhd".into(),
+    };
     let mut child = Vec::new();
-    write_sparse(&mut child, &spec(data.len() as u64, 31), Some(&parent), &[false], |_, _| Ok(())).expect("write");
-    let files = [(PathBuf::from("/elsewhere/base.vhd"), base), (PathBuf::from("/v/child.vhd"), child)];
+    write_sparse(
+        &mut child,
+        &spec(data.len() as u64, 31),
+        Some(&parent),
+        &[false],
+        |_, _| Ok(()),
+    )
+    .expect("write");
+    let files = [
+        (PathBuf::from("/elsewhere/base.vhd"), base),
+        (PathBuf::from("/v/child.vhd"), child),
+    ];
     let mut chain = chain_of(&files, Path::new("/v/child.vhd"));
     assert_eq!(chain.levels()[1].path, PathBuf::from("/elsewhere/base.vhd"));
     assert_eq!(content(&mut chain), data);

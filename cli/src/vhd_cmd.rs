@@ -1,0 +1,614 @@
+//! `cairn vhd`: the VHD library on the command line.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use cairn_vhd::format::{DEFAULT_BLOCK_SIZE, VHD_EPOCH_UNIX, fourcc};
+use cairn_vhd::{
+    Chain, DiskSpec, DiskType, ParentSpec, Vhd, vhd_timestamp, write_fixed, write_sparse,
+};
+use clap::{Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::progress;
+
+#[derive(Debug, Subcommand)]
+pub enum VhdCommand {
+    /// Show a VHD's footer, header, BAT summary and chain.
+    #[command(
+        after_help = "Example:\n  cairn vhd info disk.vhd\n  cairn vhd info --json delta.vhd | jq .chain"
+    )]
+    Info {
+        /// The VHD file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a VHD, or a differencing VHD and all its parents. Exit 0 only when all is well.
+    #[command(after_help = "Example:\n  cairn vhd check backups/20261122.vhd && echo chain ok")]
+    Check {
+        /// The VHD file (the newest of a chain).
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the content of a VHD or a chain as a sparse raw image, honouring sector bitmaps.
+    #[command(
+        name = "to-raw",
+        after_help = "Example:\n  cairn vhd to-raw delta.vhd disk.raw\n  cairn vhd to-raw disk.vhd - | sha256sum"
+    )]
+    ToRaw {
+        /// The VHD file (the newest of a chain).
+        top: PathBuf,
+        /// The raw image to write (holes for zeros), or `-` for stdout.
+        out: PathBuf,
+    },
+    /// Make a dynamic or fixed VHD of a raw image, or with --parent a differencing VHD holding
+    /// only the blocks that differ from the parent (whole blocks, as Xen Orchestra expects).
+    #[command(
+        name = "from-raw",
+        after_help = "Example:\n  cairn vhd from-raw day0.raw base.vhd\n  cairn vhd from-raw day1.raw day1.vhd --parent base.vhd"
+    )]
+    FromRaw {
+        /// The raw image.
+        input: PathBuf,
+        /// The VHD to write, or `-` for stdout.
+        out: PathBuf,
+        /// Write a differencing VHD on top of this VHD (or chain).
+        #[arg(long)]
+        parent: Option<PathBuf>,
+        /// Kind of VHD to write without --parent.
+        #[arg(long = "type", value_enum, default_value_t = VhdType::Dynamic)]
+        kind: VhdType,
+        /// Block size of a dynamic VHD, in bytes (a power of two; 2 MiB is what everyone reads).
+        #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE)]
+        block_size: u32,
+        /// UUID of the new VHD (random if not given).
+        #[arg(long)]
+        uuid: Option<uuid::Uuid>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VhdType {
+    /// Sparse: zero blocks are not stored.
+    Dynamic,
+    /// The whole disk, then a footer.
+    Fixed,
+}
+
+/// Runs a `cairn vhd` command; returns the exit code.
+pub fn run(cmd: VhdCommand) -> Result<i32> {
+    match cmd {
+        VhdCommand::Info { file, json } => info(&file, json),
+        VhdCommand::Check { file, json } => check(&file, json),
+        VhdCommand::ToRaw { top, out } => to_raw(&top, &out),
+        VhdCommand::FromRaw {
+            input,
+            out,
+            parent,
+            kind,
+            block_size,
+            uuid,
+        } => from_raw(&input, &out, parent.as_deref(), kind, block_size, uuid),
+    }
+}
+
+/// Opens a file for reading, refusing what is not a regular file or block device.
+fn open_file(path: &Path) -> std::io::Result<File> {
+    let f = File::open(path)?;
+    if f.metadata()?.is_dir() {
+        return Err(std::io::Error::other("is a directory, not a VHD file"));
+    }
+    Ok(f)
+}
+
+fn open_vhd(path: &Path) -> Result<Vhd<File>> {
+    let f = open_file(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Vhd::open(f).map_err(|e| e.in_file(path).into())
+}
+
+fn open_chain(path: &Path) -> Result<Chain<File>> {
+    Ok(Chain::open(path, open_file)?)
+}
+
+/// Bytes in binary units, e.g. `1.50 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+fn vhd_time(ts: u32) -> String {
+    chrono::DateTime::from_timestamp(VHD_EPOCH_UNIX + i64::from(ts), 0).map_or_else(
+        || ts.to_string(),
+        |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
+}
+
+fn describe(path: &Path, vhd: &mut Vhd<File>) -> Result<serde_json::Value> {
+    let f = vhd.footer().clone();
+    let mut v = json!({
+        "file": path.display().to_string(),
+        "file_length": vhd.file_len(),
+        "type": f.disk_type.name(),
+        "size": f.current_size,
+        "original_size": f.original_size,
+        "qemu_size": f.qemu_size(),
+        "uuid": f.uuid.to_string(),
+        "timestamp": f.timestamp,
+        "time": vhd_time(f.timestamp),
+        "creator_application": fourcc(f.creator_app),
+        "creator_version": format!("{:#010x}", f.creator_version),
+        "creator_host_os": fourcc(f.creator_host_os),
+        "geometry": { "cylinders": f.geometry.cylinders, "heads": f.geometry.heads, "sectors_per_track": f.geometry.sectors_per_track },
+        "features": f.features,
+        "version": format!("{:#010x}", f.version),
+        "saved_state": f.saved_state,
+        "footer_checksum": format!("{:#010x}", f.checksum),
+        "warnings": vhd.warnings(),
+    });
+    if let Some(h) = vhd.header().cloned() {
+        let allocated = vhd.allocated_blocks();
+        let mut locators = Vec::new();
+        for (i, loc) in h
+            .locators
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.platform_code != 0)
+        {
+            let path = vhd
+                .read_parent_locator(i)
+                .unwrap_or_else(|e| Some(format!("<unreadable: {e}>")));
+            locators.push(json!({
+                "platform": loc.platform_name(), "data_offset": loc.data_offset,
+                "data_length": loc.data_length, "data_space": loc.data_space, "path": path,
+            }));
+        }
+        v["header"] = json!({
+            "table_offset": h.table_offset,
+            "max_table_entries": h.max_table_entries,
+            "block_size": h.block_size,
+            "version": format!("{:#010x}", h.version),
+            "checksum": format!("{:#010x}", h.checksum),
+            "blocks": vhd.block_count(),
+            "allocated_blocks": allocated,
+            "allocated_bytes": u64::from(allocated) * u64::from(h.block_size),
+        });
+        if f.disk_type == DiskType::Differencing {
+            v["header"]["parent"] = json!({
+                "name": h.parent_name, "uuid": h.parent_uuid.to_string(),
+                "timestamp": h.parent_timestamp, "time": vhd_time(h.parent_timestamp),
+                "locators": locators,
+            });
+        }
+    }
+    Ok(v)
+}
+
+fn info(path: &Path, as_json: bool) -> Result<i32> {
+    let mut vhd = open_vhd(path)?;
+    let mut v = describe(path, &mut vhd)?;
+    let chain = match open_chain(path) {
+        Ok(c) => json!({ "ok": true, "files": c.levels().iter().map(|l| json!({
+            "file": l.path.display().to_string(), "type": l.vhd.disk_type().name(),
+            "uuid": l.vhd.footer().uuid.to_string(), "size": l.vhd.disk_size(),
+        })).collect::<Vec<_>>() }),
+        Err(e) => json!({ "ok": false, "error": e.to_string() }),
+    };
+    v["chain"] = chain;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    println!(
+        "file:        {} ({} bytes)",
+        path.display(),
+        v["file_length"]
+    );
+    println!("type:        {}", s("type"));
+    let size = vhd.disk_size();
+    print!("size:        {} bytes ({})", size, human_bytes(size));
+    if vhd.footer().qemu_size() != size {
+        print!(
+            " [qemu reads {} bytes by CHS geometry]",
+            vhd.footer().qemu_size()
+        );
+    }
+    println!();
+    println!("uuid:        {}", s("uuid"));
+    println!("created:     {}", s("time"));
+    println!(
+        "creator:     \"{}\" version {} on \"{}\"",
+        s("creator_application"),
+        s("creator_version"),
+        s("creator_host_os")
+    );
+    let g = vhd.footer().geometry;
+    println!(
+        "geometry:    {}/{}/{} (C/H/S, {} bytes)",
+        g.cylinders,
+        g.heads,
+        g.sectors_per_track,
+        g.size()
+    );
+    println!(
+        "features:    {:#x}, saved state: {}",
+        vhd.footer().features,
+        if vhd.footer().saved_state {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    if let Some(h) = vhd.header() {
+        let alloc = vhd.allocated_blocks();
+        println!(
+            "block size:  {} ({})",
+            h.block_size,
+            human_bytes(u64::from(h.block_size))
+        );
+        println!(
+            "BAT:         at offset {}, {} entries, {} of {} blocks allocated ({})",
+            h.table_offset,
+            h.max_table_entries,
+            alloc,
+            vhd.block_count(),
+            human_bytes(u64::from(alloc) * u64::from(h.block_size))
+        );
+        if vhd.disk_type() == DiskType::Differencing {
+            let p = &v["header"]["parent"];
+            println!(
+                "parent:      \"{}\" uuid {} time {}",
+                h.parent_name,
+                h.parent_uuid,
+                p["time"].as_str().unwrap_or_default()
+            );
+            for l in p["locators"].as_array().into_iter().flatten() {
+                println!(
+                    "  locator:   {} at {} ({} bytes): {}",
+                    l["platform"].as_str().unwrap_or_default(),
+                    l["data_offset"],
+                    l["data_length"],
+                    l["path"]
+                );
+            }
+        }
+    }
+    for w in vhd.warnings() {
+        println!("warning:     {w}");
+    }
+    if v["chain"]["ok"] == true {
+        let files: Vec<String> = v["chain"]["files"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                format!(
+                    "{} ({})",
+                    f["file"].as_str().unwrap_or_default(),
+                    f["type"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        println!("chain:       {}", files.join(" -> "));
+    } else {
+        println!(
+            "chain:       broken: {}",
+            v["chain"]["error"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(0)
+}
+
+fn check(path: &Path, as_json: bool) -> Result<i32> {
+    let mut chain = match open_chain(path) {
+        Ok(c) => c,
+        Err(e) => {
+            if as_json {
+                println!("{}", json!({ "ok": false, "error": e.to_string() }));
+                return Ok(1);
+            }
+            return Err(e.context(format!("{} is not a valid VHD chain", path.display())));
+        }
+    };
+    let mut problems = Vec::new();
+    let mut files = Vec::new();
+    let n = chain.levels().len();
+    for (i, level) in chain.levels().iter().enumerate() {
+        for w in level.vhd.warnings() {
+            problems.push(format!("{}: {w}", level.path.display()));
+        }
+        if i + 1 < n {
+            let parent = &chain.levels()[i + 1];
+            if parent.vhd.disk_size() != level.vhd.disk_size() {
+                problems.push(format!(
+                    "{}: disk size {} differs from its parent {} ({} bytes)",
+                    level.path.display(),
+                    level.vhd.disk_size(),
+                    parent.path.display(),
+                    parent.vhd.disk_size()
+                ));
+            }
+        }
+        files.push(
+            json!({ "file": level.path.display().to_string(), "type": level.vhd.disk_type().name(),
+            "size": level.vhd.disk_size(), "allocated_blocks": level.vhd.allocated_blocks() }),
+        );
+    }
+    // Every allocated block's bitmap and data must be readable (the BAT was checked on open).
+    for i in 0..chain.block_count() {
+        if let Err(e) = chain.read_block(i, &mut vec![0u8; chain.block_size() as usize]) {
+            problems.push(e.to_string());
+            break;
+        }
+    }
+    let ok = problems.is_empty();
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "ok": ok, "files": files, "problems": problems })
+            )?
+        );
+    } else {
+        for f in &files {
+            println!(
+                "{} {} ({}, {} bytes)",
+                if ok { "ok " } else { "   " },
+                f["file"].as_str().unwrap_or_default(),
+                f["type"].as_str().unwrap_or_default(),
+                f["size"]
+            );
+        }
+        for p in &problems {
+            eprintln!("problem: {p}");
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+fn is_zero(buf: &[u8]) -> bool {
+    buf.iter().all(|&b| b == 0)
+}
+
+fn to_raw(top: &Path, out: &Path) -> Result<i32> {
+    let mut chain = open_chain(top)?;
+    let size = chain.disk_size();
+    let bs = u64::from(chain.block_size());
+    let bar = progress::bytes(size, "to-raw");
+    let mut buf = vec![0u8; bs as usize];
+    let to_stdout = out == Path::new("-");
+    let mut sink: Box<dyn WriteSeek> = if to_stdout {
+        Box::new(StdoutSink(BufWriter::with_capacity(
+            1 << 20,
+            std::io::stdout().lock(),
+        )))
+    } else {
+        Box::new(File::create(out).with_context(|| format!("cannot create {}", out.display()))?)
+    };
+    for i in 0..chain.block_count() {
+        let start = u64::from(i) * bs;
+        let len = (size - start).min(bs) as usize;
+        let present = chain.block_present(i)?;
+        if present {
+            chain.read_block(i, &mut buf)?;
+        }
+        if present && !is_zero(&buf[..len]) || to_stdout {
+            if !present {
+                buf.fill(0);
+            }
+            sink.seek(SeekFrom::Start(start))
+                .with_context(|| format!("seeking {} to {start}", out.display()))?;
+            sink.write_all(&buf[..len])
+                .with_context(|| format!("writing {} at offset {start}", out.display()))?;
+        }
+        bar.inc(len as u64);
+    }
+    sink.finish(size)
+        .with_context(|| format!("finishing {}", out.display()))?;
+    bar.finish_and_clear();
+    Ok(0)
+}
+
+trait WriteSeek: Write + Seek {
+    fn finish(&mut self, size: u64) -> std::io::Result<()>;
+}
+
+impl WriteSeek for File {
+    fn finish(&mut self, size: u64) -> std::io::Result<()> {
+        self.set_len(size)?;
+        self.sync_all()
+    }
+}
+
+/// stdout written strictly in order; seeks are only allowed to the current position.
+struct StdoutSink<W: Write>(W);
+
+impl<W: Write> Write for StdoutSink<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> Seek for StdoutSink<W> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        match pos {
+            SeekFrom::Start(p) => Ok(p),
+            _ => Err(std::io::Error::other("stdout cannot seek")),
+        }
+    }
+}
+
+impl<W: Write> WriteSeek for StdoutSink<W> {
+    fn finish(&mut self, _size: u64) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// `target` relative to the folder `from_dir`, with `/` separators (both made absolute first).
+pub fn relative_path(from_dir: &Path, target: &Path) -> Result<String> {
+    let from = std::fs::canonicalize(from_dir)
+        .with_context(|| format!("cannot resolve {}", from_dir.display()))?;
+    let to = std::fs::canonicalize(target)
+        .with_context(|| format!("cannot resolve {}", target.display()))?;
+    let a: Vec<Component> = from.components().collect();
+    let b: Vec<Component> = to.components().collect();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut parts: Vec<String> = std::iter::repeat_n("..".to_owned(), a.len() - common).collect();
+    parts.extend(
+        b[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    Ok(parts.join("/"))
+}
+
+fn from_raw(
+    input: &Path,
+    out: &Path,
+    parent: Option<&Path>,
+    kind: VhdType,
+    block_size: u32,
+    uuid: Option<uuid::Uuid>,
+) -> Result<i32> {
+    let mut raw = File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
+    let size = raw
+        .metadata()
+        .with_context(|| format!("cannot stat {}", input.display()))?
+        .len();
+    if size == 0 || size % 512 != 0 {
+        bail!(
+            "{}: size {size} bytes is not a positive multiple of 512 (a disk image is whole sectors)",
+            input.display()
+        );
+    }
+    let now = vhd_timestamp(chrono::Utc::now().timestamp());
+    let mut parent_chain = match parent {
+        Some(p) => {
+            if kind == VhdType::Fixed {
+                bail!(
+                    "--parent writes a differencing VHD; it cannot be combined with --type fixed"
+                );
+            }
+            Some(open_chain(p)?)
+        }
+        None => None,
+    };
+    let block_size = match &parent_chain {
+        Some(c) if c.top().disk_type().is_sparse() => c.block_size(),
+        _ => block_size,
+    };
+    let spec = DiskSpec {
+        size,
+        block_size,
+        uuid: uuid.unwrap_or_else(uuid::Uuid::new_v4),
+        timestamp: now,
+    };
+    let bs = u64::from(block_size);
+    let blocks = size.div_ceil(bs) as u32;
+    let read_raw = |raw: &mut File, i: u32, buf: &mut [u8]| -> std::io::Result<()> {
+        let start = u64::from(i) * bs;
+        let n = (size - start).min(bs) as usize;
+        raw.seek(SeekFrom::Start(start))?;
+        raw.read_exact(&mut buf[..n])?;
+        buf[n..].fill(0);
+        Ok(())
+    };
+    let to_stdout = out == Path::new("-");
+    let sink: Box<dyn Write> = if to_stdout {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(File::create(out).with_context(|| format!("cannot create {}", out.display()))?)
+    };
+    let mut sink = BufWriter::with_capacity(1 << 20, sink);
+    let passes = if kind == VhdType::Fixed { 1 } else { 2 };
+    let bar = progress::bytes(size * passes, "from-raw");
+    let written = if kind == VhdType::Fixed {
+        write_fixed(&mut sink, &spec, |i, buf| {
+            bar.inc(bs);
+            read_raw(&mut raw, i, buf)
+        })
+    } else {
+        // Pass 1: which blocks to store (non-zero, or different from the parent).
+        let mut buf = vec![0u8; bs as usize];
+        let mut pbuf = vec![0u8; bs as usize];
+        let mut allocated = Vec::with_capacity(blocks as usize);
+        for i in 0..blocks {
+            read_raw(&mut raw, i, &mut buf).with_context(|| {
+                format!(
+                    "reading {} at offset {}",
+                    input.display(),
+                    u64::from(i) * bs
+                )
+            })?;
+            let differs = match &mut parent_chain {
+                Some(c) => {
+                    c.read_at(u64::from(i) * bs, &mut pbuf)?;
+                    buf != pbuf
+                }
+                None => !is_zero(&buf),
+            };
+            allocated.push(differs);
+            bar.inc(bs);
+        }
+        let parent_spec = match (&parent_chain, parent) {
+            (Some(c), Some(p)) => {
+                let out_dir = match out.parent() {
+                    Some(d) if !d.as_os_str().is_empty() && !to_stdout => d.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                let f = c.top().footer();
+                Some(ParentSpec {
+                    uuid: f.uuid,
+                    timestamp: f.timestamp,
+                    relative_path: relative_path(&out_dir, p)?,
+                    absolute_path: std::fs::canonicalize(p)?.display().to_string(),
+                })
+            }
+            _ => None,
+        };
+        write_sparse(
+            &mut sink,
+            &spec,
+            parent_spec.as_ref(),
+            &allocated,
+            |i, buf| {
+                bar.inc(bs);
+                read_raw(&mut raw, i, buf)
+            },
+        )
+    };
+    let written = written.map_err(|e| e.in_file(out))?;
+    sink.flush()?;
+    if let Ok(f) = sink.into_inner() {
+        drop(f);
+    }
+    bar.finish_and_clear();
+    if !to_stdout {
+        eprintln!(
+            "wrote {} ({} bytes, disk of {} bytes)",
+            out.display(),
+            written,
+            size
+        );
+    }
+    Ok(0)
+}

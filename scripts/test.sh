@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Sets up everything (scripts/setup.sh) and runs cairn's whole test suite: formatting, clippy
+# with warnings as errors, and every unit, property and end-to-end test (the end-to-end tests
+# drive the real binary and check its files with qemu-img, vhd-lib and libvhdi).
+#   usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# One target directory that survives between runs, so only a fresh machine builds RocksDB.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/cairn/target}
+export CARGO_TERM_COLOR=never
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
