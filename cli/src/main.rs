@@ -5,6 +5,7 @@
 //! exits non-zero (1 for a failed operation, 2 for a usage error, as clap does).
 
 mod progress;
+mod store_cmd;
 mod vhd_cmd;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create a store.
+    Init(store_cmd::InitArgs),
+    /// Back up the disks of a VM: raw images, VHDs (fixed, dynamic, differencing) or stdin.
+    Backup(store_cmd::BackupArgs),
+    /// Restore a recovery point as raw, a dynamic VHD, or a VHD chain.
+    Restore(store_cmd::RestoreArgs),
+    /// List recovery points.
+    List(store_cmd::ListArgs),
+    /// What each VM, disk and point costs, and what dedup and compression saved.
+    Report(store_cmd::ReportArgs),
+    /// Repair a store: rebuild its index from the packs and root files.
+    Repair(store_cmd::RepairArgs),
     /// Inspect, check, convert and create VHD files (fixed, dynamic, differencing chains).
     #[command(subcommand)]
     Vhd(vhd_cmd::VhdCommand),
@@ -28,6 +41,12 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Init(a) => store_cmd::init(&a),
+        Command::Backup(a) => store_cmd::backup(&a),
+        Command::Restore(a) => store_cmd::restore(&a),
+        Command::List(a) => store_cmd::list(&a),
+        Command::Report(a) => store_cmd::report(&a),
+        Command::Repair(a) => store_cmd::repair(&a),
         Command::Vhd(cmd) => vhd_cmd::run(cmd),
     };
     match result {

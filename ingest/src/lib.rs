@@ -1,1 +1,698 @@
-//! cairn ingest (filled by a later issue).
+//! Backup ingest for cairn: a source (raw image, fixed/dynamic/differencing VHD, a stream on
+//! stdin) is cut into the store's fixed chunks and committed as one recovery point.
+//!
+//! # Pipeline
+//! A reader thread turns the source into batches of [`Piece`]s: chunk bytes to hash, or a ref
+//! decided without reading (an unallocated VHD block is zeros; a block a differencing VHD does
+//! not hold is the parent point's chunk). Batches go through a bounded channel to the caller's
+//! thread, where rayon workers test for zeros, hash with BLAKE3, look the id up and compress
+//! only what is new; the session then appends new chunks in order. Memory is bounded by the
+//! channel depth times the batch size, whatever the disk's size.
+//!
+//! # Differencing VHDs
+//! A delta is applied to a parent point (the disk's latest, or `--parent`). Chunks of blocks the
+//! delta does not hold keep the parent's ref unread; a chunk whose sectors the delta holds only
+//! in part is completed from the parent's chunk per the sector bitmap. The delta's parent UUID
+//! must be the UUID of the VHD the parent point was read from, unless the parent is given
+//! explicitly: a delta applied to the wrong parent would be silent garbage.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cairn_store::chunk::{self, ChunkKind, is_zero};
+use cairn_store::{
+    BackupStats, ChunkId, ChunkRef, EncodedChunk, NewPoint, RecoveryPoint, SourceInfo, Store,
+};
+use cairn_vhd::{BlockState, Chain, DiskType, Vhd};
+use chrono::{DateTime, Utc};
+use rayon::prelude::*;
+
+/// Chunks per batch handed from the reader thread to the hashing workers.
+const BATCH: usize = 32;
+/// Batches in flight between the reader and the workers.
+const QUEUE_DEPTH: usize = 2;
+
+/// What went wrong in a backup.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The source is not a valid VHD.
+    #[error(transparent)]
+    Vhd(#[from] cairn_vhd::Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] cairn_store::Error),
+    /// Reading the source failed.
+    #[error("{}: at offset {offset}: {what}: {source}", path.display())]
+    Io {
+        /// The source.
+        path: PathBuf,
+        /// Where.
+        offset: u64,
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backup is refused (wrong parent, size mismatch, bad arguments).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Result of ingest.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to read a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Detect: a VHD footer (at the end, or its copy at the start) makes a VHD, else raw.
+    Auto,
+    /// A raw disk image.
+    Raw,
+    /// A fixed, dynamic or differencing VHD.
+    Vhd,
+}
+
+/// One backup to make.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The VM.
+    pub vm: String,
+    /// The disk.
+    pub disk: String,
+    /// The time the backup stands for.
+    pub time: DateTime<Utc>,
+    /// The source path, or `-` for stdin.
+    pub source: PathBuf,
+    /// How to read it.
+    pub format: Format,
+    /// The point to apply a differencing VHD to, given explicitly (skips the UUID check).
+    pub parent: Option<RecoveryPoint>,
+    /// Folder for spooling a VHD read from stdin (inside the store, so it is on the same disk).
+    pub spool_dir: PathBuf,
+}
+
+/// A chunk of the disk as the reader yields it.
+#[derive(Debug)]
+pub enum Piece {
+    /// Bytes to hash and store.
+    Data(Vec<u8>),
+    /// Decided without reading: zeros, or the parent's chunk.
+    Ref(ChunkRef, PieceOrigin),
+}
+
+/// Why a piece needed no reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceOrigin {
+    /// Unallocated in the source.
+    Unallocated,
+    /// Taken from the parent point.
+    Parent,
+}
+
+/// Something that yields the chunks of a disk, in order.
+trait ChunkSource: Send {
+    /// The next chunk, or `None` at the end.
+    fn next_piece(&mut self) -> Result<Option<Piece>>;
+    /// Bytes read from the source so far.
+    fn bytes_read(&self) -> u64;
+}
+
+/// A raw image from any reader (file or stdin), read front to back.
+struct RawSource<R> {
+    reader: R,
+    path: PathBuf,
+    chunk: usize,
+    offset: u64,
+    done: bool,
+}
+
+impl<R: Read + Send> ChunkSource for RawSource<R> {
+    fn next_piece(&mut self) -> Result<Option<Piece>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; self.chunk];
+        let mut n = 0;
+        while n < buf.len() {
+            match self.reader.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(Error::Io {
+                        path: self.path.clone(),
+                        offset: self.offset + n as u64,
+                        what: "reading",
+                        source,
+                    });
+                }
+            }
+        }
+        if n < buf.len() {
+            self.done = true;
+            if n == 0 {
+                return Ok(None);
+            }
+            buf.truncate(n);
+        }
+        self.offset += n as u64;
+        Ok(Some(Piece::Data(buf)))
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.offset
+    }
+}
+
+/// A fixed or dynamic VHD: unallocated blocks are zeros, never read.
+struct VhdSource {
+    chain: Chain<File>,
+    chunk: u64,
+    index: u64,
+    read: u64,
+}
+
+impl ChunkSource for VhdSource {
+    fn next_piece(&mut self) -> Result<Option<Piece>> {
+        let size = self.chain.disk_size();
+        let start = self.index * self.chunk;
+        if start >= size {
+            return Ok(None);
+        }
+        self.index += 1;
+        let len = (size - start).min(self.chunk);
+        let bs = u64::from(self.chain.block_size());
+        let block = (start / bs) as u32;
+        if !self.chain.block_present(block)? {
+            return Ok(Some(Piece::Ref(ChunkRef::Zero, PieceOrigin::Unallocated)));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.chain.read_at(start, &mut buf)?;
+        self.read += len;
+        Ok(Some(Piece::Data(buf)))
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.read
+    }
+}
+
+/// A differencing VHD applied to a parent point's refs.
+struct DeltaSource<'s> {
+    vhd: Vhd<File>,
+    path: PathBuf,
+    store: &'s Store,
+    parent: Vec<ChunkRef>,
+    size: u64,
+    chunk: u64,
+    index: u64,
+    read: u64,
+}
+
+impl ChunkSource for DeltaSource<'_> {
+    fn next_piece(&mut self) -> Result<Option<Piece>> {
+        let start = self.index * self.chunk;
+        if start >= self.size {
+            return Ok(None);
+        }
+        let i = self.index as usize;
+        self.index += 1;
+        let len = (self.size - start).min(self.chunk) as usize;
+        let bs = u64::from(self.vhd.block_size());
+        let sectors = len / 512;
+        // Which sectors of this chunk the delta holds.
+        let mut held = vec![false; sectors];
+        let mut s = 0;
+        while s < sectors {
+            let pos = start + s as u64 * 512;
+            let block = (pos / bs) as u32;
+            let in_block = ((pos % bs) / 512) as usize;
+            let span = ((bs / 512) as usize - in_block).min(sectors - s);
+            if block < self.vhd.block_count()
+                && let BlockState::Allocated { .. } = self
+                    .vhd
+                    .block_state(block)
+                    .map_err(|e| e.in_file(&self.path))?
+                && let Some(bitmap) = self
+                    .vhd
+                    .read_bitmap(block)
+                    .map_err(|e| e.in_file(&self.path))?
+            {
+                for k in 0..span {
+                    let bit = in_block + k;
+                    held[s + k] = bitmap
+                        .get(bit / 8)
+                        .is_some_and(|b| b & (0x80 >> (bit % 8)) != 0);
+                }
+            }
+            s += span;
+        }
+        let parent_ref = self.parent.get(i).copied().unwrap_or(ChunkRef::Zero);
+        if !held.iter().any(|&h| h) {
+            return Ok(Some(Piece::Ref(parent_ref, PieceOrigin::Parent)));
+        }
+        let mut buf = match (held.iter().all(|&h| h), parent_ref) {
+            (true, _) | (false, ChunkRef::Zero) => vec![0u8; len],
+            (false, ChunkRef::Data(id)) => {
+                let mut b = self.store.read_chunk(&id)?;
+                b.resize(len, 0);
+                b
+            }
+        };
+        // Copy the held runs from the delta.
+        let mut s = 0;
+        while s < sectors {
+            if !held[s] {
+                s += 1;
+                continue;
+            }
+            let run = s;
+            while s < sectors && held[s] && ((start + s as u64 * 512) % bs != 0 || s == run) {
+                s += 1;
+            }
+            let pos = start + run as u64 * 512;
+            let block = (pos / bs) as u32;
+            let within = pos % bs;
+            self.vhd
+                .read_block_data(block, within, &mut buf[run * 512..s * 512])
+                .map_err(|e| e.in_file(&self.path))?;
+            self.read += ((s - run) * 512) as u64;
+        }
+        Ok(Some(Piece::Data(buf)))
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.read
+    }
+}
+
+/// What a worker made of one piece.
+enum Hashed {
+    Zero,
+    Known(ChunkId),
+    New(EncodedChunk),
+    Ref(ChunkRef, PieceOrigin),
+}
+
+fn hash_piece(session: &cairn_store::Session<'_>, piece: Piece, level: i32) -> Result<Hashed> {
+    match piece {
+        Piece::Ref(r, o) => Ok(Hashed::Ref(r, o)),
+        Piece::Data(d) if is_zero(&d) => Ok(Hashed::Zero),
+        Piece::Data(d) => {
+            let id = ChunkId::of(&d);
+            if session.has(&id)? {
+                Ok(Hashed::Known(id))
+            } else {
+                Ok(Hashed::New(chunk::encode_with_id(
+                    id,
+                    &d,
+                    ChunkKind::Data,
+                    level,
+                )))
+            }
+        }
+    }
+}
+
+/// Detects what a file is: a VHD when its last 512 bytes or first 8 bytes carry the footer
+/// cookie.
+fn looks_like_vhd(file: &mut File) -> std::io::Result<bool> {
+    let len = file.seek(SeekFrom::End(0))?;
+    let mut cookie = [0u8; 8];
+    if len >= 512 {
+        file.seek(SeekFrom::Start(len - 512))?;
+        file.read_exact(&mut cookie)?;
+        if &cookie == b"conectix" {
+            return Ok(true);
+        }
+    }
+    file.seek(SeekFrom::Start(0))?;
+    let n = file.read(&mut cookie)?;
+    Ok(n == 8 && &cookie == b"conectix")
+}
+
+/// A file spooled from stdin, removed on drop.
+struct Spool(PathBuf);
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Makes one backup and commits it as a recovery point. `progress` is called with the disk
+/// bytes processed so far (and once with the disk size, when it is known, as `(0, Some(size))`).
+///
+/// # Errors
+/// A source that cannot be read or is not valid, a refused parent, store errors. On error
+/// nothing is committed.
+pub fn backup(
+    store: &Store,
+    req: &Request,
+    progress: &(dyn Fn(u64, Option<u64>) + Sync),
+) -> Result<RecoveryPoint> {
+    let started = Instant::now();
+    let chunk = store.config().chunk_size;
+    let mut _spool = None;
+    let mut path = req.source.clone();
+    let mut stdin_raw: Option<(Vec<u8>, std::io::Stdin)> = None;
+    if path == Path::new("-") {
+        // Peek at the stream: a VHD (footer copy at offset 0) is spooled to disk, since its
+        // BAT may send us anywhere; raw streams straight through.
+        let mut stdin = std::io::stdin();
+        let mut head = vec![0u8; 512];
+        let mut n = 0;
+        while n < head.len() {
+            match stdin.read(&mut head[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(Error::Io {
+                        path: "-".into(),
+                        offset: n as u64,
+                        what: "reading stdin",
+                        source,
+                    });
+                }
+            }
+        }
+        head.truncate(n);
+        let is_vhd = match req.format {
+            Format::Vhd => true,
+            Format::Raw => false,
+            Format::Auto => head.starts_with(b"conectix"),
+        };
+        if is_vhd {
+            std::fs::create_dir_all(&req.spool_dir).map_err(|source| Error::Io {
+                path: req.spool_dir.clone(),
+                offset: 0,
+                what: "creating the spool folder",
+                source,
+            })?;
+            let spool = req.spool_dir.join(format!("stdin-{}.vhd", uuid_hex()));
+            let mut f = File::create(&spool).map_err(|source| Error::Io {
+                path: spool.clone(),
+                offset: 0,
+                what: "creating the spool file",
+                source,
+            })?;
+            f.write_all(&head)
+                .and_then(|()| std::io::copy(&mut stdin, &mut f).map(|_| ()))
+                .map_err(|source| Error::Io {
+                    path: "-".into(),
+                    offset: 0,
+                    what: "spooling stdin",
+                    source,
+                })?;
+            path = spool.clone();
+            _spool = Some(Spool(spool));
+        } else {
+            stdin_raw = Some((head, stdin));
+        }
+    }
+
+    let mut parent_used = req.parent.as_ref().map(|p| p.id.clone());
+    let (source_info, mut src, size): (SourceInfo, Box<dyn ChunkSource + '_>, Option<u64>) =
+        if let Some((head, stdin)) = stdin_raw {
+            let reader = std::io::Cursor::new(head).chain(stdin);
+            let src = RawSource {
+                reader,
+                path: "-".into(),
+                chunk: chunk as usize,
+                offset: 0,
+                done: false,
+            };
+            (
+                SourceInfo {
+                    kind: "raw".into(),
+                    vhd_uuid: None,
+                    path: "-".into(),
+                },
+                Box::new(src),
+                None,
+            )
+        } else {
+            let mut file = File::open(&path).map_err(|source| Error::Io {
+                path: path.clone(),
+                offset: 0,
+                what: "opening",
+                source,
+            })?;
+            let is_vhd = match req.format {
+                Format::Vhd => true,
+                Format::Raw => false,
+                Format::Auto => looks_like_vhd(&mut file).map_err(|source| Error::Io {
+                    path: path.clone(),
+                    offset: 0,
+                    what: "reading",
+                    source,
+                })?,
+            };
+            let shown = req.source.display().to_string();
+            if is_vhd {
+                let vhd = Vhd::open(file).map_err(|e| e.in_file(&req.source))?;
+                let uuid = Some(vhd.footer().uuid.to_string());
+                let size = vhd.disk_size();
+                match vhd.disk_type() {
+                    DiskType::Differencing => {
+                        let parent = match &req.parent {
+                        Some(p) => p.clone(),
+                        None => store.latest(&req.vm, &req.disk)?.ok_or_else(|| {
+                            Error::Refused(format!(
+                                "{shown} is a differencing VHD, but disk {} of VM {} has no point to apply it to; back up the full disk first or pass --parent",
+                                req.disk, req.vm
+                            ))
+                        })?,
+                    };
+                        let want = vhd
+                            .header()
+                            .map(|h| h.parent_uuid.to_string())
+                            .unwrap_or_default();
+                        if req.parent.is_none()
+                            && parent.source.vhd_uuid.as_deref() != Some(want.as_str())
+                        {
+                            return Err(Error::Refused(format!(
+                                "{shown}: the delta's parent is the VHD with UUID {want}, but the latest point {} of {}/{} was read from {}; \
+                             applying it would give wrong data (pass --parent POINT to apply it anyway)",
+                                parent.short_id(),
+                                req.vm,
+                                req.disk,
+                                parent.source.vhd_uuid.as_deref().map_or_else(
+                                    || format!("a {} source", parent.source.kind),
+                                    |u| format!("the VHD with UUID {u}")
+                                )
+                            )));
+                        }
+                        if parent.size != size {
+                            return Err(Error::Refused(format!(
+                                "{shown}: the delta's disk is {size} bytes but its parent point {} is {} bytes",
+                                parent.short_id(),
+                                parent.size
+                            )));
+                        }
+                        if parent.chunk_size != chunk {
+                            return Err(Error::Refused(format!(
+                                "parent point {} has another chunk size",
+                                parent.short_id()
+                            )));
+                        }
+                        if u64::from(vhd.block_size()) % 512 != 0 {
+                            return Err(Error::Refused(format!(
+                                "{shown}: block size {} is not whole sectors",
+                                vhd.block_size()
+                            )));
+                        }
+                        let refs = store.chunk_refs(&parent)?;
+                        parent_used = Some(parent.id.clone());
+                        let src = DeltaSource {
+                            vhd,
+                            path: req.source.clone(),
+                            store,
+                            parent: refs,
+                            size,
+                            chunk: u64::from(chunk),
+                            index: 0,
+                            read: 0,
+                        };
+                        (
+                            SourceInfo {
+                                kind: "vhd-differencing".into(),
+                                vhd_uuid: uuid,
+                                path: shown,
+                            },
+                            Box::new(src),
+                            Some(size),
+                        )
+                    }
+                    kind => {
+                        parent_used = None;
+                        let src = VhdSource {
+                            chain: Chain::single(req.source.clone(), vhd),
+                            chunk: u64::from(chunk),
+                            index: 0,
+                            read: 0,
+                        };
+                        (
+                            SourceInfo {
+                                kind: format!("vhd-{}", kind.name()),
+                                vhd_uuid: uuid,
+                                path: shown,
+                            },
+                            Box::new(src),
+                            Some(size),
+                        )
+                    }
+                }
+            } else {
+                parent_used = None;
+                let len = file
+                    .seek(SeekFrom::End(0))
+                    .and_then(|l| file.seek(SeekFrom::Start(0)).map(|_| l));
+                let len = len.map_err(|source| Error::Io {
+                    path: path.clone(),
+                    offset: 0,
+                    what: "reading",
+                    source,
+                })?;
+                let reader = std::io::BufReader::with_capacity(1 << 20, file);
+                let src = RawSource {
+                    reader,
+                    path: req.source.clone(),
+                    chunk: chunk as usize,
+                    offset: 0,
+                    done: false,
+                };
+                (
+                    SourceInfo {
+                        kind: "raw".into(),
+                        vhd_uuid: None,
+                        path: shown,
+                    },
+                    Box::new(src),
+                    Some(len),
+                )
+            }
+        };
+    progress(0, size);
+
+    let mut session = store.session()?;
+    let level = store.config().zstd_level;
+    let mut refs: Vec<ChunkRef> = Vec::new();
+    let mut stats = BackupStats::default();
+    let mut logical = 0u64;
+    let (tx, rx) = crossbeam_channel::bounded::<Result<Vec<(Piece, u64)>>>(QUEUE_DEPTH);
+    let outcome: Result<u64> = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            loop {
+                let mut batch = Vec::with_capacity(BATCH);
+                let mut err = None;
+                while batch.len() < BATCH {
+                    match src.next_piece() {
+                        Ok(Some(p)) => {
+                            let len = match &p {
+                                Piece::Data(d) => d.len() as u64,
+                                Piece::Ref(..) => u64::from(chunk),
+                            };
+                            batch.push((p, len));
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            err = Some(e);
+                            break;
+                        }
+                    }
+                }
+                let end = batch.len() < BATCH || err.is_some();
+                if !batch.is_empty() && tx.send(Ok(batch)).is_err() {
+                    return src.bytes_read();
+                }
+                if let Some(e) = err {
+                    let _ = tx.send(Err(e));
+                    return src.bytes_read();
+                }
+                if end {
+                    return src.bytes_read();
+                }
+            }
+        });
+        for batch in &rx {
+            let batch = batch?;
+            let lens: Vec<u64> = batch.iter().map(|(_, l)| *l).collect();
+            let hashed: Vec<Result<Hashed>> = batch
+                .into_par_iter()
+                .map(|(p, _)| hash_piece(&session, p, level))
+                .collect();
+            for (h, len) in hashed.into_iter().zip(lens) {
+                stats.chunks += 1;
+                let r = match h? {
+                    Hashed::Zero => {
+                        stats.zero_chunks += 1;
+                        ChunkRef::Zero
+                    }
+                    Hashed::Known(id) => {
+                        stats.known_chunks += 1;
+                        ChunkRef::Data(id)
+                    }
+                    Hashed::New(enc) => {
+                        if session.put(&enc)? {
+                            stats.new_chunks += 1;
+                            stats.new_plain_bytes += u64::from(enc.plain_len);
+                        } else {
+                            stats.known_chunks += 1;
+                        }
+                        ChunkRef::Data(enc.id)
+                    }
+                    Hashed::Ref(r, origin) => {
+                        match (origin, r) {
+                            (PieceOrigin::Parent, _) => stats.parent_chunks += 1,
+                            (PieceOrigin::Unallocated, _) => stats.zero_chunks += 1,
+                        }
+                        r
+                    }
+                };
+                refs.push(r);
+                logical += len;
+                progress(logical, size);
+            }
+        }
+        reader
+            .join()
+            .map_err(|_| Error::Refused("the source reader thread panicked".into()))
+    });
+    let bytes_read = outcome?;
+    let size = size.unwrap_or(logical);
+    if size == 0 {
+        return Err(Error::Refused(format!(
+            "{}: the source is empty",
+            req.source.display()
+        )));
+    }
+    stats.logical_bytes = size;
+    stats.bytes_read = bytes_read;
+    stats.seconds = started.elapsed().as_secs_f64();
+    let point = NewPoint {
+        vm: req.vm.clone(),
+        disk: req.disk.clone(),
+        time: req.time,
+        size,
+        source: source_info,
+        parent: parent_used,
+        stats,
+    };
+    let mut rp = session.commit(point, &refs)?;
+    rp.stats.seconds = started.elapsed().as_secs_f64();
+    Ok(rp)
+}
+
+fn uuid_hex() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    )
+}

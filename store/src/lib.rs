@@ -1,2 +1,60 @@
-//! cairn's chunk store (filled by the core-store issue).
-use rocksdb as _;
+//! cairn's content-addressed chunk store.
+//!
+//! # Layout
+//! ```text
+//! STORE/cairn.toml                         format version, store id, chunk size, compression
+//! STORE/packs/ab/<pack id>.pack            append-only packs of self-describing chunk frames
+//! STORE/index/                             RocksDB: chunks, packs, points (catalogue), meta
+//! STORE/points/<vm>/<disk>/<time>-<id>.json   root file of each recovery point
+//! STORE/lock                               the write lock (flock) and who holds it
+//! ```
+//! Packs and root files are the truth; the index is rebuilt from them by
+//! [`Store::rebuild_index`] (`cairn repair --rebuild-index`).
+//!
+//! # Chunks
+//! A disk is cut into fixed chunks of the store's chunk size (a power of two from 64 KiB to
+//! 2 MiB, dividing the 2 MiB VHD block). A chunk's id is the BLAKE3 hash of its plain bytes.
+//! All-zero chunks are never stored (a [`ChunkRef::Zero`] stands for them). A new chunk is
+//! zstd-compressed, or kept plain when that is not smaller, and appended to the open pack as a
+//! frame ([`pack`]) that repeats its id, lengths and codec, so a pack describes itself.
+//!
+//! # Recovery points
+//! A point's reference list is cut into segments of 256 refs, each stored as a tree chunk
+//! ([`point`]): an unchanged stretch of the disk shares its segment with the previous point, so
+//! a point costs what changed. Every point is complete on its own: restoring one never replays
+//! a chain, and deleting one is deleting metadata.
+//!
+//! # Commit protocol ([`Session::commit`])
+//! 1. new chunks and tree segments are appended to packs, which are fsynced with their folder;
+//! 2. one synced RocksDB batch indexes them (unreferenced chunks are harmless: GC reclaims them);
+//! 3. the root file is written atomically (temp file, fsync, rename, fsync folder): the commit;
+//! 4. one synced RocksDB batch publishes the catalogue entry.
+//!
+//! A crash before 3 leaves orphan pack bytes (and maybe index entries for them) and no point; a
+//! crash between 3 and 4 leaves a complete point that the next writer publishes on open.
+//!
+//! # Who locks what
+//! | operation | lock | sees |
+//! |---|---|---|
+//! | backup, repair | the write lock (`flock` on `STORE/lock`; `--wait` to queue) | live index |
+//! | list, report, restore | none: RocksDB opened read-only beside a writer | index as of open |
+//!
+//! The kernel drops a `flock` when its holder dies, so `kill -9` never leaves a store locked;
+//! the lock file names its last holder, and a writer taking over after a crash reports it.
+
+pub mod chunk;
+pub mod config;
+pub mod error;
+pub mod index;
+pub mod lock;
+pub mod pack;
+pub mod point;
+mod store;
+
+pub use chunk::{ChunkId, ChunkKind, ChunkRef, Codec, EncodedChunk};
+pub use config::{DEFAULT_CHUNK_SIZE, StoreConfig};
+pub use error::{Error, Result};
+pub use index::Location;
+pub use pack::PackId;
+pub use point::{BackupStats, RecoveryPoint, SourceInfo};
+pub use store::{NewPoint, OpenMode, RebuildReport, Session, Store, write_atomic};

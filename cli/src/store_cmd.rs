@@ -1,0 +1,593 @@
+//! The store commands: init, backup, restore, list, report, repair.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use cairn_ingest::{Format, Request};
+use cairn_restore::OutputFormat;
+use cairn_store::{ChunkId, ChunkRef, OpenMode, RecoveryPoint, Store};
+use chrono::{DateTime, Utc};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use crate::progress;
+use crate::vhd_cmd::human_bytes;
+
+/// `--store STORE`, or `CAIRN_STORE`.
+#[derive(Debug, Args)]
+pub struct StoreArg {
+    /// The store folder.
+    #[arg(long, env = "CAIRN_STORE")]
+    pub store: PathBuf,
+}
+
+/// Parses sizes like `256K`, `1M`, `2MiB`, `65536`.
+pub fn parse_size(s: &str) -> Result<u32, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let t = t.trim_end_matches('B').trim_end_matches('I');
+    let (num, mul) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 256K, 1M)"))?;
+    u32::try_from(n * mul).map_err(|_| format!("{s} is too large"))
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  cairn init /backups/store --chunk-size 256K")]
+pub struct InitArgs {
+    /// The folder to create the store in (missing or empty).
+    pub store: PathBuf,
+    /// Chunk size: a power of two from 64K to 2M.
+    #[arg(long, value_parser = parse_size, default_value = "256K")]
+    pub chunk_size: u32,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SourceFormat {
+    /// Detect from the content.
+    Auto,
+    /// A raw image.
+    Raw,
+    /// A VHD (fixed, dynamic or differencing).
+    Vhd,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cairn backup --store /backups/store --vm web01 xvda=web01-xvda.vhd\n  \
+    cairn backup --vm web01 --time 2026-11-22T02:00:00Z xvda=delta.vhd xvdb=data.raw\n  \
+    curl -s https://xo/export/web01.vhd | cairn backup --vm web01 xvda=-"
+)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The VM's name.
+    #[arg(long)]
+    pub vm: String,
+    /// The time the backup stands for (RFC 3339); now by default.
+    #[arg(long)]
+    pub time: Option<DateTime<Utc>>,
+    /// Apply differencing VHDs to this point (id prefix or VM/DISK@latest) instead of the disk's
+    /// latest; skips the parent UUID check.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// How to read the sources.
+    #[arg(long, value_enum, default_value_t = SourceFormat::Auto)]
+    pub format: SourceFormat,
+    /// Wait for another writer instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// DISK=SOURCE: a disk name and a path (or `-` for stdin).
+    #[arg(required = true, value_name = "DISK=SOURCE")]
+    pub disks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RestoreFormat {
+    /// A sparse raw image.
+    Raw,
+    /// One dynamic VHD (or with --base one differencing VHD).
+    Vhd,
+    /// A folder with a key VHD and a differencing VHD per later point.
+    VhdChain,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cairn restore --store /backups/store web01/xvda@latest web01.raw\n  \
+    cairn restore 3f2a9c1b07de web01.vhd --format vhd\n  \
+    cairn restore web01/xvda@latest chain/ --format vhd-chain\n  \
+    cairn restore 3f2a9c1b07de - | qemu-img convert -f raw -O qcow2 /dev/stdin web01.qcow2"
+)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The point: an id (a unique prefix is enough) or VM/DISK@latest.
+    pub point: String,
+    /// Where to write: a file, `-` for stdout, or a folder for vhd-chain.
+    pub out: PathBuf,
+    /// The output format.
+    #[arg(long, value_enum, default_value_t = RestoreFormat::Raw)]
+    pub format: RestoreFormat,
+    /// With --format vhd: write a differencing VHD of what changed since this point.
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  cairn list --store /backups/store --vm web01")]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Only this VM.
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  cairn report --store /backups/store --json | jq .vms")]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  cairn repair --store /backups/store --rebuild-index")]
+pub struct RepairArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Rebuild the RocksDB index from the packs and root files (the old one is kept aside).
+    #[arg(long, required = true)]
+    pub rebuild_index: bool,
+    /// Wait for another writer instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn init(a: &InitArgs) -> Result<i32> {
+    let cfg = Store::init(&a.store, a.chunk_size)?;
+    if a.json {
+        println!(
+            "{}",
+            json!({ "store": a.store.display().to_string(), "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "format_version": cfg.format_version })
+        );
+    } else {
+        println!(
+            "created store {} (id {}, chunk size {})",
+            a.store.display(),
+            cfg.store_id,
+            human_bytes(u64::from(cfg.chunk_size))
+        );
+    }
+    Ok(0)
+}
+
+fn open_write(store: &Path, wait: bool) -> Result<Store> {
+    let s = Store::open(store, OpenMode::Write { wait })?;
+    if let Some(stale) = s.stale_lock() {
+        eprintln!("note: took over the lock of a writer that did not finish ({stale})");
+    }
+    Ok(s)
+}
+
+fn point_json(p: &RecoveryPoint) -> serde_json::Value {
+    json!({
+        "id": p.id, "vm": p.vm, "disk": p.disk, "time": p.time.to_rfc3339(), "size": p.size,
+        "source": p.source, "parent": p.parent, "logical_bytes": p.stats.logical_bytes,
+        "bytes_read": p.stats.bytes_read, "chunks": p.stats.chunks, "new_chunks": p.stats.new_chunks,
+        "new_stored_bytes": p.stats.new_stored_bytes, "zero_chunks": p.stats.zero_chunks,
+        "parent_chunks": p.stats.parent_chunks, "known_chunks": p.stats.known_chunks,
+        "seconds": p.stats.seconds,
+    })
+}
+
+pub fn backup(a: &BackupArgs) -> Result<i32> {
+    let mut jobs = Vec::new();
+    for d in &a.disks {
+        let (disk, src) = d
+            .split_once('=')
+            .with_context(|| format!("{d:?}: expected DISK=SOURCE, e.g. xvda=disk.vhd"))?;
+        cairn_store::point::check_name("disk", disk).map_err(anyhow::Error::msg)?;
+        jobs.push((disk.to_owned(), PathBuf::from(src)));
+    }
+    cairn_store::point::check_name("VM", &a.vm).map_err(anyhow::Error::msg)?;
+    if jobs.iter().filter(|(_, s)| s == Path::new("-")).count() > 1 {
+        bail!("only one disk can be read from stdin");
+    }
+    let store = open_write(&a.store.store, a.wait)?;
+    let parent = a.parent.as_deref().map(|p| store.resolve(p)).transpose()?;
+    let time = a.time.unwrap_or_else(Utc::now);
+    let mut results = Vec::new();
+    for (disk, src) in jobs {
+        let req = Request {
+            vm: a.vm.clone(),
+            disk: disk.clone(),
+            time,
+            source: src.clone(),
+            format: match a.format {
+                SourceFormat::Auto => Format::Auto,
+                SourceFormat::Raw => Format::Raw,
+                SourceFormat::Vhd => Format::Vhd,
+            },
+            parent: parent.clone(),
+            spool_dir: store.root().join("tmp"),
+        };
+        let bar = progress::bytes(0, &disk);
+        let p = cairn_ingest::backup(&store, &req, &|done, total| {
+            if let Some(t) = total {
+                bar.set_length(t);
+            }
+            bar.set_position(done);
+        })
+        .with_context(|| {
+            format!(
+                "backup of {}/{disk} from {} failed; the store is unchanged",
+                a.vm,
+                src.display()
+            )
+        })?;
+        bar.finish_and_clear();
+        if !a.json {
+            let s = &p.stats;
+            println!(
+                "{} {}/{} {}: {} logical, {} read, {} new chunks, {} stored, {:.1}s ({}/s)",
+                p.short_id(),
+                p.vm,
+                p.disk,
+                p.time.to_rfc3339(),
+                human_bytes(s.logical_bytes),
+                human_bytes(s.bytes_read),
+                s.new_chunks,
+                human_bytes(s.new_stored_bytes),
+                s.seconds,
+                human_bytes((s.logical_bytes as f64 / s.seconds.max(1e-6)) as u64)
+            );
+        }
+        results.push(point_json(&p));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    Ok(0)
+}
+
+pub fn restore(a: &RestoreArgs) -> Result<i32> {
+    let store = Store::open(&a.store.store, OpenMode::Read)?;
+    let point = store.resolve(&a.point)?;
+    let base = a.base.as_deref().map(|b| store.resolve(b)).transpose()?;
+    let format = match a.format {
+        RestoreFormat::Raw => OutputFormat::Raw,
+        RestoreFormat::Vhd => OutputFormat::Vhd,
+        RestoreFormat::VhdChain => OutputFormat::VhdChain,
+    };
+    if matches!(format, OutputFormat::VhdChain) && a.out == Path::new("-") {
+        bail!("--format vhd-chain writes a folder, not stdout");
+    }
+    let bar = progress::bytes(point.size, "restore");
+    let started = std::time::Instant::now();
+    let r = cairn_restore::restore(&store, &point, &a.out, format, base.as_ref(), &|done| {
+        bar.set_position(done)
+    })
+    .with_context(|| {
+        format!(
+            "restore of point {} to {} failed",
+            point.short_id(),
+            a.out.display()
+        )
+    })?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "point": point.id, "files": r.files, "bytes": r.bytes, "seconds": secs })
+            )?
+        );
+    } else if a.out != Path::new("-") {
+        for f in &r.files {
+            eprintln!("wrote {}", f.display());
+        }
+        eprintln!(
+            "restored {} ({}) in {:.1}s",
+            point.short_id(),
+            human_bytes(point.size),
+            secs
+        );
+    }
+    Ok(0)
+}
+
+pub fn list(a: &ListArgs) -> Result<i32> {
+    let store = Store::open(&a.store.store, OpenMode::Read)?;
+    let points: Vec<RecoveryPoint> = store
+        .points()?
+        .into_iter()
+        .filter(|p| a.vm.as_ref().is_none_or(|v| &p.vm == v))
+        .collect();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&points.iter().map(point_json).collect::<Vec<_>>())?
+        );
+        return Ok(0);
+    }
+    println!(
+        "{:<12}  {:<16} {:<8} {:<20}  {:>10}  {:>10}  {:<16}",
+        "ID", "VM", "DISK", "TIME", "SIZE", "NEW", "SOURCE"
+    );
+    for p in &points {
+        println!(
+            "{:<12}  {:<16} {:<8} {:<20}  {:>10}  {:>10}  {:<16}",
+            p.short_id(),
+            p.vm,
+            p.disk,
+            p.time.format("%Y-%m-%dT%H:%M:%SZ"),
+            human_bytes(p.size),
+            human_bytes(p.stats.new_stored_bytes),
+            p.source.kind
+        );
+    }
+    if points.is_empty() {
+        println!("(no recovery points)");
+    }
+    Ok(0)
+}
+
+pub fn repair(a: &RepairArgs) -> Result<i32> {
+    let r = Store::rebuild_index(&a.store.store, a.wait)?;
+    if a.json {
+        println!(
+            "{}",
+            json!({ "packs": r.packs, "chunks": r.chunks, "points": r.points, "problems": r.problems })
+        );
+    } else {
+        println!(
+            "rebuilt the index: {} packs, {} chunks, {} recovery points",
+            r.packs, r.chunks, r.points
+        );
+        for p in &r.problems {
+            println!("note: {p}");
+        }
+    }
+    Ok(0)
+}
+
+/// Figures for one group of points (a point, a disk, a VM, the store).
+#[derive(Default, Clone)]
+struct Cost {
+    points: u64,
+    logical: u64,
+    allocated: u64,
+    stored: u64,
+    plain: u64,
+    unique: u64,
+    full_chain: u64,
+    vhd_deltas: u64,
+}
+
+impl Cost {
+    fn json(&self) -> serde_json::Value {
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        json!({
+            "points": self.points, "logical_bytes": self.logical, "allocated_bytes": self.allocated,
+            "stored_bytes": self.stored, "unique_stored_bytes": self.unique,
+            "dedup_ratio": ratio(self.allocated, self.plain), "compression_ratio": ratio(self.plain, self.stored),
+            "full_backups_bytes": self.full_chain, "xo_vhd_deltas_bytes": self.vhd_deltas,
+        })
+    }
+}
+
+pub fn report(a: &ReportArgs) -> Result<i32> {
+    let store = Store::open(&a.store.store, OpenMode::Read)?;
+    let points = store.points()?;
+    let cs = u64::from(store.config().chunk_size);
+    let mut refs: Vec<Vec<ChunkRef>> = Vec::new();
+    for p in &points {
+        refs.push(store.chunk_refs(p)?);
+    }
+    // Which points, disks and VMs hold each chunk, and what it costs.
+    let mut holders: HashMap<
+        ChunkId,
+        (HashSet<usize>, HashSet<(String, String)>, HashSet<String>),
+    > = HashMap::new();
+    for (i, (p, r)) in points.iter().zip(&refs).enumerate() {
+        for c in r {
+            if let ChunkRef::Data(id) = c {
+                let h = holders.entry(*id).or_default();
+                h.0.insert(i);
+                h.1.insert((p.vm.clone(), p.disk.clone()));
+                h.2.insert(p.vm.clone());
+            }
+        }
+    }
+    let ids: Vec<ChunkId> = holders.keys().copied().collect();
+    let mut size: HashMap<ChunkId, (u64, u64)> = HashMap::new();
+    for (id, loc) in ids.iter().zip(store.locations(&ids)?) {
+        if let Some(l) = loc {
+            size.insert(
+                *id,
+                (
+                    u64::from(l.stored_len) + cairn_store::pack::FRAME_HEADER_SIZE,
+                    u64::from(l.plain_len),
+                ),
+            );
+        }
+    }
+    let block = u64::from(cairn_vhd::format::DEFAULT_BLOCK_SIZE);
+    let per_block = (block / cs).max(1) as usize;
+    let mut per_point = Vec::new();
+    let mut per_disk: HashMap<(String, String), Cost> = HashMap::new();
+    let mut per_vm: HashMap<String, Cost> = HashMap::new();
+    let mut total = Cost::default();
+    let mut prev_of_disk: HashMap<(String, String), usize> = HashMap::new();
+    for (i, (p, r)) in points.iter().zip(&refs).enumerate() {
+        let key = (p.vm.clone(), p.disk.clone());
+        let mut c = Cost {
+            points: 1,
+            logical: p.size,
+            ..Cost::default()
+        };
+        let mut seen = HashSet::new();
+        for ref_ in r {
+            if let ChunkRef::Data(id) = ref_ {
+                c.allocated += size.get(id).map_or(cs, |s| s.1);
+                if seen.insert(*id) {
+                    let (st, pl) = size.get(id).copied().unwrap_or_default();
+                    c.stored += st;
+                    c.plain += pl;
+                    if holders.get(id).is_some_and(|h| h.0.len() == 1) {
+                        c.unique += st;
+                    }
+                }
+            }
+        }
+        c.full_chain = c.allocated;
+        // An XO delta holds every 2 MiB block that changed (the key: every allocated block).
+        let blocks: Vec<&[ChunkRef]> = r.chunks(per_block).collect();
+        c.vhd_deltas = match prev_of_disk.get(&key) {
+            Some(&j) => {
+                let prev: Vec<&[ChunkRef]> = refs[j].chunks(per_block).collect();
+                blocks
+                    .iter()
+                    .enumerate()
+                    .filter(|(b, x)| prev.get(*b) != Some(*x))
+                    .count() as u64
+                    * block
+            }
+            None => {
+                blocks
+                    .iter()
+                    .filter(|b| b.iter().any(|x| *x != ChunkRef::Zero))
+                    .count() as u64
+                    * block
+            }
+        };
+        prev_of_disk.insert(key.clone(), i);
+        per_point.push((p, c.clone()));
+        for agg in [
+            per_disk.entry(key.clone()).or_default(),
+            per_vm.entry(p.vm.clone()).or_default(),
+            &mut total,
+        ] {
+            agg.points += 1;
+            agg.logical += c.logical;
+            agg.allocated += c.allocated;
+            agg.full_chain += c.full_chain;
+            agg.vhd_deltas += c.vhd_deltas;
+        }
+    }
+    // Stored, plain and unique bytes of groups count each chunk once.
+    for (id, (pts, disks, vms)) in &holders {
+        let (st, pl) = size.get(id).copied().unwrap_or_default();
+        total.stored += st;
+        total.plain += pl;
+        total.unique += st;
+        for d in disks {
+            let c = per_disk.entry(d.clone()).or_default();
+            c.stored += st;
+            c.plain += pl;
+            if disks.len() == 1 {
+                c.unique += st;
+            }
+        }
+        for v in vms {
+            let c = per_vm.entry(v.clone()).or_default();
+            c.stored += st;
+            c.plain += pl;
+            if vms.len() == 1 {
+                c.unique += st;
+            }
+        }
+        let _ = pts;
+    }
+    if a.json {
+        let mut disks: Vec<_> = per_disk.iter().collect();
+        disks.sort_by(|a, b| a.0.cmp(b.0));
+        let mut vms: Vec<_> = per_vm.iter().collect();
+        vms.sort_by(|a, b| a.0.cmp(b.0));
+        let v = json!({
+            "store": total.json(),
+            "vms": vms.iter().map(|(vm, c)| { let mut j = c.json(); j["vm"] = json!(vm); j }).collect::<Vec<_>>(),
+            "disks": disks.iter().map(|((vm, d), c)| { let mut j = c.json(); j["vm"] = json!(vm); j["disk"] = json!(d); j }).collect::<Vec<_>>(),
+            "points": per_point.iter().map(|(p, c)| { let mut j = c.json(); j["id"] = json!(p.id); j["vm"] = json!(p.vm); j["disk"] = json!(p.disk); j["time"] = json!(p.time.to_rfc3339()); j }).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let row = |name: &str, c: &Cost| {
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        println!(
+            "{:<34} {:>4} {:>11} {:>11} {:>11} {:>11} {:>6.2}x {:>6.2}x {:>11} {:>11}",
+            name,
+            c.points,
+            human_bytes(c.logical),
+            human_bytes(c.allocated),
+            human_bytes(c.stored),
+            human_bytes(c.unique),
+            ratio(c.allocated, c.plain),
+            ratio(c.plain, c.stored),
+            human_bytes(c.full_chain),
+            human_bytes(c.vhd_deltas)
+        );
+    };
+    println!(
+        "{:<34} {:>4} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7} {:>11} {:>11}",
+        "",
+        "PTS",
+        "LOGICAL",
+        "ALLOCATED",
+        "STORED",
+        "UNIQUE",
+        "DEDUP",
+        "COMPR",
+        "AS FULLS",
+        "AS XO VHDS"
+    );
+    row("store", &total);
+    let mut vms: Vec<_> = per_vm.iter().collect();
+    vms.sort_by(|a, b| a.0.cmp(b.0));
+    for (vm, c) in vms {
+        row(&format!("vm {vm}"), c);
+        let mut disks: Vec<_> = per_disk.iter().filter(|((v, _), _)| v == vm).collect();
+        disks.sort_by(|a, b| a.0.cmp(b.0));
+        for ((_, d), c) in disks {
+            row(&format!("  disk {d}"), c);
+            for (p, c) in per_point
+                .iter()
+                .filter(|(p, _)| &p.vm == vm && &p.disk == d)
+            {
+                row(
+                    &format!("    {} {}", p.short_id(), p.time.format("%Y-%m-%d %H:%M")),
+                    c,
+                );
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,89 @@
+//! Errors of the chunk store.
+
+use std::path::PathBuf;
+
+use crate::chunk::ChunkId;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error on a file of the store.
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A RocksDB error.
+    #[error("index {}: {source}", path.display())]
+    Index {
+        /// The index folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: rocksdb::Error,
+    },
+    /// The folder is not a cairn store, or its config cannot be read.
+    #[error("{}: {what}", path.display())]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// Another process holds the store's write lock.
+    #[error("store {} is locked by another writer ({holder}); wait for it or pass --wait", path.display())]
+    Locked {
+        /// The store.
+        path: PathBuf,
+        /// What the lock file says of its holder.
+        holder: String,
+    },
+    /// A chunk the index names is missing or does not match its id.
+    #[error("chunk {id} ({where_}): {what}")]
+    BadChunk {
+        /// The chunk.
+        id: ChunkId,
+        /// Where it was looked for (pack and offset).
+        where_: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// A chunk id not in the index.
+    #[error("chunk {0} is not in the store")]
+    MissingChunk(ChunkId),
+    /// A pack frame that cannot be parsed.
+    #[error("{}: at offset {offset}: {what}", path.display())]
+    BadPack {
+        /// The pack file.
+        path: PathBuf,
+        /// Offset of the frame.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// A recovery point that cannot be found or read.
+    #[error("recovery point {0}")]
+    Point(String),
+    /// A request the store cannot satisfy (bad argument).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        what: impl Into<String>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let (path, what) = (path.into(), what.into());
+        move |source| Self::Io { path, what, source }
+    }
+}
+
+/// Result of the store.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,387 @@
+//! Pack files: append-only files of self-describing chunk frames.
+//!
+//! ```text
+//! pack header (32 bytes, frozen):
+//!   0  8  magic "CAIRNPAK"
+//!   8  4  format version (1), big-endian
+//!  12  4  reserved, zero
+//!  16 16  pack id
+//! frame (56-byte header, then the stored bytes):
+//!   0  4  magic "CFRM"
+//!   4  4  CRC-32 of header bytes 8..56, big-endian
+//!   8 32  chunk id (BLAKE3 of the plain bytes)
+//!  40  4  plain length
+//!  44  4  stored length
+//!  48  1  codec (0 plain, 1 zstd)
+//!  49  1  kind (0 data, 1 tree)
+//!  50  6  reserved, zero
+//! ```
+//! A frame says everything the index says of its chunk, so the index can be rebuilt from the
+//! packs. A pack cut short by a killed writer ends in a partial frame that [`scan`] reports and
+//! stops at; nothing committed ever points there.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::chunk::{ChunkId, ChunkKind, Codec, EncodedChunk};
+use crate::error::{Error, Result};
+
+/// Pack file magic (frozen).
+pub const PACK_MAGIC: [u8; 8] = *b"CAIRNPAK";
+/// Pack format version written by this code.
+pub const PACK_VERSION: u32 = 1;
+/// Size of the pack header.
+pub const PACK_HEADER_SIZE: u64 = 32;
+/// Frame magic (frozen).
+pub const FRAME_MAGIC: [u8; 4] = *b"CFRM";
+/// Size of a frame header.
+pub const FRAME_HEADER_SIZE: u64 = 56;
+/// Largest stored length a frame may claim (a chunk is at most 2 MiB; trees are smaller).
+pub const MAX_FRAME_PAYLOAD: u32 = 4 << 20;
+
+/// A pack's id: 16 random bytes, shown as hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct PackId(pub [u8; 16]);
+
+impl PackId {
+    /// A new random id.
+    #[must_use]
+    pub fn random() -> Self {
+        Self(*uuid::Uuid::new_v4().as_bytes())
+    }
+
+    /// Hex form, the pack's file name.
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses 32 hex digits.
+    #[must_use]
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 16];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Self(out))
+    }
+
+    /// `STORE/packs/ab/abcdef....pack`.
+    #[must_use]
+    pub fn path(&self, packs_dir: &Path) -> PathBuf {
+        let h = self.to_hex();
+        packs_dir.join(&h[..2]).join(format!("{h}.pack"))
+    }
+}
+
+/// The header of one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The chunk's id.
+    pub id: ChunkId,
+    /// Length of the plain chunk.
+    pub plain_len: u32,
+    /// Length of the stored bytes that follow.
+    pub stored_len: u32,
+    /// How they are stored.
+    pub codec: Codec,
+    /// What the chunk holds.
+    pub kind: ChunkKind,
+}
+
+impl FrameHeader {
+    fn encode(&self) -> [u8; FRAME_HEADER_SIZE as usize] {
+        let mut b = [0u8; FRAME_HEADER_SIZE as usize];
+        b[0..4].copy_from_slice(&FRAME_MAGIC);
+        b[8..40].copy_from_slice(&self.id.0);
+        b[40..44].copy_from_slice(&self.plain_len.to_be_bytes());
+        b[44..48].copy_from_slice(&self.stored_len.to_be_bytes());
+        b[48] = self.codec.code();
+        b[49] = self.kind.code();
+        let crc = crc32fast::hash(&b[8..]);
+        b[4..8].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    /// Parses a frame header; `None`-like errors say what is wrong.
+    ///
+    /// # Errors
+    /// Wrong magic, CRC mismatch, unknown codec or kind, or a length out of range.
+    pub fn decode(b: &[u8; FRAME_HEADER_SIZE as usize]) -> Result<Self, String> {
+        if b[0..4] != FRAME_MAGIC {
+            return Err(format!(
+                "frame magic is {:02x?}, expected \"CFRM\"",
+                &b[0..4]
+            ));
+        }
+        let crc = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+        let got = crc32fast::hash(&b[8..]);
+        if crc != got {
+            return Err(format!(
+                "frame header CRC is {crc:#010x}, the bytes give {got:#010x}"
+            ));
+        }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&b[8..40]);
+        let plain_len = u32::from_be_bytes([b[40], b[41], b[42], b[43]]);
+        let stored_len = u32::from_be_bytes([b[44], b[45], b[46], b[47]]);
+        let codec = Codec::from_code(b[48]).ok_or_else(|| format!("unknown codec {}", b[48]))?;
+        let kind =
+            ChunkKind::from_code(b[49]).ok_or_else(|| format!("unknown chunk kind {}", b[49]))?;
+        if plain_len > MAX_FRAME_PAYLOAD || stored_len > MAX_FRAME_PAYLOAD {
+            return Err(format!(
+                "frame lengths {plain_len}/{stored_len} exceed {MAX_FRAME_PAYLOAD}"
+            ));
+        }
+        Ok(Self {
+            id: ChunkId(id),
+            plain_len,
+            stored_len,
+            codec,
+            kind,
+        })
+    }
+}
+
+/// Appends frames to a new pack file.
+#[derive(Debug)]
+pub struct PackWriter {
+    id: PackId,
+    path: PathBuf,
+    file: std::io::BufWriter<File>,
+    len: u64,
+    chunks: u64,
+}
+
+impl PackWriter {
+    /// Creates a new, empty pack in `packs_dir`.
+    ///
+    /// # Errors
+    /// I/O errors creating the file.
+    pub fn create(packs_dir: &Path) -> Result<Self> {
+        let id = PackId::random();
+        let path = id.path(packs_dir);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(Error::io(dir, "creating the pack folder"))?;
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(Error::io(&path, "creating a pack"))?;
+        let mut w = Self {
+            id,
+            path,
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            len: 0,
+            chunks: 0,
+        };
+        let mut header = [0u8; PACK_HEADER_SIZE as usize];
+        header[0..8].copy_from_slice(&PACK_MAGIC);
+        header[8..12].copy_from_slice(&PACK_VERSION.to_be_bytes());
+        header[16..32].copy_from_slice(&id.0);
+        w.file
+            .write_all(&header)
+            .map_err(Error::io(&w.path, "writing the pack header"))?;
+        w.len = PACK_HEADER_SIZE;
+        Ok(w)
+    }
+
+    /// Appends a chunk; returns the offset of its frame.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn append(&mut self, chunk: &EncodedChunk) -> Result<u64> {
+        let header = FrameHeader {
+            id: chunk.id,
+            plain_len: chunk.plain_len,
+            stored_len: chunk.bytes.len() as u32,
+            codec: chunk.codec,
+            kind: chunk.kind,
+        };
+        let at = self.len;
+        self.file
+            .write_all(&header.encode())
+            .map_err(Error::io(&self.path, "appending a frame"))?;
+        self.file
+            .write_all(&chunk.bytes)
+            .map_err(Error::io(&self.path, "appending a frame"))?;
+        self.len += FRAME_HEADER_SIZE + chunk.bytes.len() as u64;
+        self.chunks += 1;
+        Ok(at)
+    }
+
+    /// Flushes and fsyncs the pack and its folder: what was appended is durable.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn sync(&mut self) -> Result<()> {
+        self.file
+            .flush()
+            .map_err(Error::io(&self.path, "flushing a pack"))?;
+        self.file
+            .get_ref()
+            .sync_all()
+            .map_err(Error::io(&self.path, "syncing a pack"))?;
+        if let Some(dir) = self.path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// The pack's id.
+    #[must_use]
+    pub fn id(&self) -> PackId {
+        self.id
+    }
+
+    /// Bytes written so far.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether no chunk was appended.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.chunks == 0
+    }
+}
+
+/// Fsyncs a folder so that a new or renamed entry in it is durable.
+///
+/// # Errors
+/// I/O errors.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(dir, "syncing the folder"))
+}
+
+/// Reads one frame at `offset` of an open pack: its header and stored bytes.
+///
+/// # Errors
+/// I/O errors and malformed frames, naming the pack and offset.
+pub fn read_frame(file: &File, path: &Path, offset: u64) -> Result<(FrameHeader, Vec<u8>)> {
+    let mut hb = [0u8; FRAME_HEADER_SIZE as usize];
+    file.read_exact_at(&mut hb, offset).map_err(Error::io(
+        path,
+        format!("reading the frame at offset {offset}"),
+    ))?;
+    let header = FrameHeader::decode(&hb).map_err(|what| Error::BadPack {
+        path: path.to_path_buf(),
+        offset,
+        what,
+    })?;
+    let mut bytes = vec![0u8; header.stored_len as usize];
+    file.read_exact_at(&mut bytes, offset + FRAME_HEADER_SIZE)
+        .map_err(Error::io(
+            path,
+            format!("reading the frame at offset {offset}"),
+        ))?;
+    Ok((header, bytes))
+}
+
+/// One frame found by [`scan`].
+#[derive(Debug, Clone, Copy)]
+pub struct ScannedFrame {
+    /// Offset of the frame header.
+    pub offset: u64,
+    /// Its header.
+    pub header: FrameHeader,
+}
+
+/// What [`scan`] found in one pack.
+#[derive(Debug)]
+pub struct PackScan {
+    /// The pack's id (from its header).
+    pub id: PackId,
+    /// Every whole, well-formed frame, in order.
+    pub frames: Vec<ScannedFrame>,
+    /// Bytes of the file.
+    pub len: u64,
+    /// Where scanning stopped early and why (a torn tail after a killed writer, or damage).
+    pub stopped: Option<(u64, String)>,
+}
+
+/// Reads every frame header of a pack, front to back (payloads are skipped, not read).
+///
+/// # Errors
+/// I/O errors and a bad pack header.
+pub fn scan(path: &Path) -> Result<PackScan> {
+    let file = File::open(path).map_err(Error::io(path, "opening a pack"))?;
+    let len = file
+        .metadata()
+        .map_err(Error::io(path, "reading pack metadata"))?
+        .len();
+    let mut r = BufReader::with_capacity(1 << 16, file);
+    let mut header = [0u8; PACK_HEADER_SIZE as usize];
+    r.read_exact(&mut header).map_err(|_| Error::BadPack {
+        path: path.into(),
+        offset: 0,
+        what: "no pack header".into(),
+    })?;
+    if header[0..8] != PACK_MAGIC {
+        return Err(Error::BadPack {
+            path: path.into(),
+            offset: 0,
+            what: "not a cairn pack (bad magic)".into(),
+        });
+    }
+    let version = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+    if version != PACK_VERSION {
+        return Err(Error::BadPack {
+            path: path.into(),
+            offset: 8,
+            what: format!("pack version {version}, expected {PACK_VERSION}"),
+        });
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&header[16..32]);
+    let mut frames = Vec::new();
+    let mut at = PACK_HEADER_SIZE;
+    let mut stopped = None;
+    while at < len {
+        if len - at < FRAME_HEADER_SIZE {
+            stopped = Some((
+                at,
+                format!("{} bytes of a torn frame header at the end", len - at),
+            ));
+            break;
+        }
+        let mut hb = [0u8; FRAME_HEADER_SIZE as usize];
+        r.read_exact(&mut hb)
+            .map_err(Error::io(path, "scanning a pack"))?;
+        let h = match FrameHeader::decode(&hb) {
+            Ok(h) => h,
+            Err(e) => {
+                stopped = Some((at, e));
+                break;
+            }
+        };
+        let end = at + FRAME_HEADER_SIZE + u64::from(h.stored_len);
+        if end > len {
+            stopped = Some((
+                at,
+                format!(
+                    "frame of {} bytes runs past the end of the pack",
+                    h.stored_len
+                ),
+            ));
+            break;
+        }
+        frames.push(ScannedFrame {
+            offset: at,
+            header: h,
+        });
+        r.seek(SeekFrom::Current(i64::from(h.stored_len)))
+            .map_err(Error::io(path, "scanning a pack"))?;
+        at = end;
+    }
+    Ok(PackScan {
+        id: PackId(id),
+        frames,
+        len,
+        stopped,
+    })
+}

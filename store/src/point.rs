@@ -1,0 +1,185 @@
+//! Recovery points: what one backup of one disk of one VM at one time holds.
+//!
+//! A point's reference list (one [`ChunkRef`] per chunk of the disk) is cut into segments of
+//! [`SEGMENT_REFS`] refs; each segment is stored as a content-addressed tree chunk, so a stretch
+//! of the disk that did not change since the previous point shares its segment instead of
+//! copying it. The point itself is a small JSON record naming its segments: the root file
+//! `STORE/points/<vm>/<disk>/<time>-<id>.json` and the catalogue entry in the index.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{ChunkId, ChunkRef};
+
+/// Refs per tree segment: 256 refs of 32 bytes = 8 KiB per segment.
+pub const SEGMENT_REFS: usize = 256;
+
+/// What a backup was read from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// `raw`, `vhd-fixed`, `vhd-dynamic` or `vhd-differencing`.
+    pub kind: String,
+    /// The footer UUID of the VHD it was read from.
+    pub vhd_uuid: Option<String>,
+    /// The path it was read from (`-` for stdin).
+    pub path: String,
+}
+
+/// What a backup did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BackupStats {
+    /// Bytes of the disk.
+    pub logical_bytes: u64,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Chunks of the disk.
+    pub chunks: u64,
+    /// Chunks that are all zeros.
+    pub zero_chunks: u64,
+    /// Chunks taken from the parent point without reading them.
+    pub parent_chunks: u64,
+    /// Chunks read that the store already held.
+    pub known_chunks: u64,
+    /// Chunks the store did not hold.
+    pub new_chunks: u64,
+    /// Plain bytes of the new chunks.
+    pub new_plain_bytes: u64,
+    /// Bytes the new chunks (and new tree segments) take in packs.
+    pub new_stored_bytes: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// A committed recovery point. Never changes once committed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecoveryPoint {
+    /// 32 hex digits.
+    pub id: String,
+    /// The VM's name.
+    pub vm: String,
+    /// The disk's name within the VM (`xvda`, `scsi0`...).
+    pub disk: String,
+    /// The time the backup stands for.
+    pub time: DateTime<Utc>,
+    /// Size of the disk in bytes.
+    pub size: u64,
+    /// Chunk size of the reference list.
+    pub chunk_size: u32,
+    /// Where the data came from.
+    pub source: SourceInfo,
+    /// The point a differencing source was applied to.
+    pub parent: Option<String>,
+    /// Tree chunk ids (hex), each holding up to [`SEGMENT_REFS`] refs.
+    pub segments: Vec<String>,
+    /// What the backup did.
+    pub stats: BackupStats,
+    /// When the point was committed.
+    pub committed: DateTime<Utc>,
+}
+
+impl RecoveryPoint {
+    /// Number of chunks covering the disk.
+    #[must_use]
+    pub fn chunk_count(&self) -> u64 {
+        self.size.div_ceil(u64::from(self.chunk_size))
+    }
+
+    /// The first 12 hex digits, enough to name a point in practice.
+    #[must_use]
+    pub fn short_id(&self) -> &str {
+        &self.id[..12.min(self.id.len())]
+    }
+
+    /// The root file's path relative to the store: `points/<vm>/<disk>/<time>-<id>.json`.
+    #[must_use]
+    pub fn root_file(&self) -> String {
+        format!(
+            "points/{}/{}/{}-{}.json",
+            self.vm,
+            self.disk,
+            self.time.format("%Y%m%dT%H%M%SZ"),
+            self.id
+        )
+    }
+
+    /// Segment ids parsed.
+    #[must_use]
+    pub fn segment_ids(&self) -> Vec<Option<ChunkId>> {
+        self.segments.iter().map(|s| ChunkId::from_hex(s)).collect()
+    }
+}
+
+/// The bytes of one segment.
+#[must_use]
+pub fn encode_segment(refs: &[ChunkRef]) -> Vec<u8> {
+    refs.iter().flat_map(|r| r.to_bytes()).collect()
+}
+
+/// The refs of one segment.
+///
+/// # Errors
+/// A length that is not a multiple of 32.
+pub fn decode_segment(bytes: &[u8]) -> Result<Vec<ChunkRef>, String> {
+    if bytes.len() % 32 != 0 {
+        return Err(format!(
+            "segment of {} bytes is not a whole number of 32-byte refs",
+            bytes.len()
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(32)
+        .map(|c| {
+            let mut b = [0u8; 32];
+            b.copy_from_slice(c);
+            ChunkRef::from_bytes(b)
+        })
+        .collect())
+}
+
+/// Checks a VM or disk name: 1 to 128 of `A-Z a-z 0-9 . _ -`, not starting with `.` (it becomes
+/// a folder name).
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} name {name:?} must be 1-128 letters, digits, '.', '_' or '-', not starting with '.'"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_round_trip() {
+        let refs = vec![
+            ChunkRef::Zero,
+            ChunkRef::Data(ChunkId::of(b"x")),
+            ChunkRef::Zero,
+        ];
+        assert_eq!(
+            decode_segment(&encode_segment(&refs)).expect("decode"),
+            refs
+        );
+        assert!(decode_segment(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("VM", "web-01.prod").is_ok());
+        assert!(check_name("VM", "../etc").is_err());
+        assert!(check_name("VM", "").is_err());
+        assert!(check_name("VM", "a/b").is_err());
+    }
+}

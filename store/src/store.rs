@@ -1,0 +1,741 @@
+//! The store: open, read chunks and points, and write new ones in a [`Session`].
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+
+use crate::chunk::{self, ChunkId, ChunkKind, ChunkRef, EncodedChunk};
+use crate::config::{CONFIG_FILE, StoreConfig};
+use crate::error::{Error, Result};
+use crate::index::{CF_CHUNKS, CF_PACKS, CF_POINTS, COLUMN_FAMILIES, Location, PackInfo};
+use crate::lock::WriteLock;
+use crate::pack::{self, PackId, PackWriter, read_frame, sync_dir};
+use crate::point::{
+    BackupStats, RecoveryPoint, SEGMENT_REFS, SourceInfo, check_name, decode_segment,
+    encode_segment,
+};
+
+/// How to open a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read only: never waits for or blocks a writer; sees the index as it was when opened.
+    Read,
+    /// Read and write: takes the write lock (waiting for it when `wait`).
+    Write {
+        /// Wait for another writer to finish instead of failing.
+        wait: bool,
+    },
+}
+
+/// An open store.
+pub struct Store {
+    root: PathBuf,
+    config: StoreConfig,
+    db: DB,
+    lock: Option<WriteLock>,
+    files: Mutex<HashMap<PackId, Arc<File>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.root)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn db_options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    o.set_compression_type(rocksdb::DBCompressionType::Zstd);
+    o.set_max_open_files(256);
+    o
+}
+
+fn open_db(root: &Path, read_only: bool) -> Result<DB> {
+    let path = root.join("index");
+    let cfs = COLUMN_FAMILIES
+        .iter()
+        .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+    let db = if read_only {
+        if !path.join("CURRENT").exists() {
+            return Err(Error::Config {
+                path: path.clone(),
+                what: "the index is missing; rebuild it with `cairn repair --rebuild-index`".into(),
+            });
+        }
+        DB::open_cf_for_read_only(&db_options(), &path, COLUMN_FAMILIES, false)
+    } else {
+        DB::open_cf_descriptors(&db_options(), &path, cfs)
+    };
+    db.map_err(|source| Error::Index { path, source })
+}
+
+fn sync_write() -> WriteOptions {
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    w
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the folder.
+///
+/// # Errors
+/// I/O errors.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(Error::io(dir, "creating a folder"))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(Error::io(&tmp, "creating"))?;
+    f.write_all(bytes).map_err(Error::io(&tmp, "writing"))?;
+    f.sync_all().map_err(Error::io(&tmp, "syncing"))?;
+    std::fs::rename(&tmp, path).map_err(Error::io(path, "renaming into place"))?;
+    sync_dir(dir)
+}
+
+impl Store {
+    /// Creates a new store in `root` (an empty or missing folder).
+    ///
+    /// # Errors
+    /// A folder that is not empty, an invalid chunk size, I/O and index errors.
+    pub fn init(root: &Path, chunk_size: u32) -> Result<StoreConfig> {
+        let config = StoreConfig::new(chunk_size)?;
+        if root.exists() {
+            let mut entries =
+                std::fs::read_dir(root).map_err(Error::io(root, "reading the folder"))?;
+            if entries.next().is_some() {
+                return Err(Error::Usage(format!(
+                    "{} exists and is not empty",
+                    root.display()
+                )));
+            }
+        }
+        std::fs::create_dir_all(root.join("packs"))
+            .map_err(Error::io(root, "creating the store"))?;
+        std::fs::create_dir_all(root.join("points"))
+            .map_err(Error::io(root, "creating the store"))?;
+        drop(open_db(root, false)?);
+        // The config goes last: a folder without it is not (yet) a store.
+        write_atomic(&root.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        Ok(config)
+    }
+
+    /// Opens the store at `root`.
+    ///
+    /// # Errors
+    /// Not a store, a newer format, a lock held by another writer, index errors.
+    pub fn open(root: &Path, mode: OpenMode) -> Result<Self> {
+        let config = StoreConfig::load(root)?;
+        let lock = match mode {
+            OpenMode::Read => None,
+            OpenMode::Write { wait } => Some(WriteLock::acquire(root, wait)?),
+        };
+        let db = open_db(root, lock.is_none())?;
+        let store = Self {
+            root: root.to_path_buf(),
+            config,
+            db,
+            lock,
+            files: Mutex::new(HashMap::new()),
+        };
+        if store.lock.is_some() {
+            store.publish_orphan_roots()?;
+        }
+        Ok(store)
+    }
+
+    /// The store's folder.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Its configuration.
+    #[must_use]
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// What the lock file said of a previous writer that died holding the lock, if this open
+    /// took over a stale lock.
+    #[must_use]
+    pub fn stale_lock(&self) -> Option<&str> {
+        self.lock.as_ref().and_then(|l| l.stale.as_deref())
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db.cf_handle(name).ok_or_else(|| Error::Config {
+            path: self.root.join("index"),
+            what: format!("column family {name} is missing"),
+        })
+    }
+
+    fn index_err(&self) -> impl FnOnce(rocksdb::Error) -> Error + '_ {
+        move |source| Error::Index {
+            path: self.root.join("index"),
+            source,
+        }
+    }
+
+    /// Where a chunk is stored, if the store holds it.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn location(&self, id: &ChunkId) -> Result<Option<Location>> {
+        let v = self
+            .db
+            .get_cf(self.cf(CF_CHUNKS)?, id.0)
+            .map_err(self.index_err())?;
+        Ok(v.and_then(|b| Location::decode(&b)))
+    }
+
+    /// Where many chunks are stored (one batched lookup).
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn locations(&self, ids: &[ChunkId]) -> Result<Vec<Option<Location>>> {
+        let cf = self.cf(CF_CHUNKS)?;
+        self.db
+            .multi_get_cf(ids.iter().map(|id| (cf, id.0)))
+            .into_iter()
+            .map(|r| {
+                r.map(|v| v.and_then(|b| Location::decode(&b)))
+                    .map_err(self.index_err())
+            })
+            .collect()
+    }
+
+    fn pack_file(&self, pack: PackId) -> Result<Arc<File>> {
+        let mut files = self
+            .files
+            .lock()
+            .map_err(|_| Error::Usage("pack file cache poisoned".into()))?;
+        if let Some(f) = files.get(&pack) {
+            return Ok(Arc::clone(f));
+        }
+        let path = pack.path(&self.packs_dir());
+        let f = Arc::new(File::open(&path).map_err(Error::io(&path, "opening a pack"))?);
+        if files.len() > 512 {
+            files.clear();
+        }
+        files.insert(pack, Arc::clone(&f));
+        Ok(f)
+    }
+
+    /// The folder of pack files.
+    #[must_use]
+    pub fn packs_dir(&self) -> PathBuf {
+        self.root.join("packs")
+    }
+
+    /// Reads a chunk at a known location and checks it against its id.
+    ///
+    /// # Errors
+    /// [`Error::BadChunk`] when it cannot be read, decoded, or does not hash to its id.
+    pub fn read_at(&self, id: &ChunkId, loc: &Location) -> Result<Vec<u8>> {
+        let where_ = format!("pack {} offset {}", loc.pack.to_hex(), loc.offset);
+        let bad = |what: String| Error::BadChunk {
+            id: *id,
+            where_: where_.clone(),
+            what,
+        };
+        let file = self.pack_file(loc.pack).map_err(|e| bad(e.to_string()))?;
+        let path = loc.pack.path(&self.packs_dir());
+        let (header, bytes) =
+            read_frame(&file, &path, loc.offset).map_err(|e| bad(e.to_string()))?;
+        if header.id != *id {
+            return Err(bad(format!("the frame there holds chunk {}", header.id)));
+        }
+        chunk::decode(id, header.codec, header.plain_len, &bytes).map_err(bad)
+    }
+
+    /// Reads a chunk by id and checks it.
+    ///
+    /// # Errors
+    /// [`Error::MissingChunk`] or [`Error::BadChunk`].
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.location(id)?.ok_or(Error::MissingChunk(*id))?;
+        self.read_at(id, &loc)
+    }
+
+    /// Every recovery point, oldest first.
+    ///
+    /// # Errors
+    /// Index errors or an unreadable catalogue entry.
+    pub fn points(&self) -> Result<Vec<RecoveryPoint>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_POINTS)?, IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(self.index_err())?;
+            let p: RecoveryPoint = serde_json::from_slice(&v).map_err(|e| {
+                Error::Point(format!(
+                    "{}: unreadable catalogue entry: {e}",
+                    hex::encode(k)
+                ))
+            })?;
+            out.push(p);
+        }
+        out.sort_by(|a, b| {
+            (a.time, &a.vm, &a.disk, a.committed).cmp(&(b.time, &b.vm, &b.disk, b.committed))
+        });
+        Ok(out)
+    }
+
+    /// The newest point of a VM's disk.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn latest(&self, vm: &str, disk: &str) -> Result<Option<RecoveryPoint>> {
+        Ok(self
+            .points()?
+            .into_iter()
+            .filter(|p| p.vm == vm && p.disk == disk)
+            .max_by_key(|p| (p.time, p.committed)))
+    }
+
+    /// Finds a point by id, unique id prefix, or `VM/DISK@latest`.
+    ///
+    /// # Errors
+    /// [`Error::Point`] when nothing or more than one point matches.
+    pub fn resolve(&self, spec: &str) -> Result<RecoveryPoint> {
+        if let Some((vmdisk, which)) = spec.split_once('@') {
+            let (vm, disk) = vmdisk
+                .split_once('/')
+                .ok_or_else(|| Error::Point(format!("{spec:?}: expected VM/DISK@latest")))?;
+            if which != "latest" {
+                return Err(Error::Point(format!(
+                    "{spec:?}: only @latest is understood after VM/DISK"
+                )));
+            }
+            return self.latest(vm, disk)?.ok_or_else(|| {
+                Error::Point(format!("{spec:?}: no point of disk {disk} of VM {vm}"))
+            });
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        let matches: Vec<RecoveryPoint> = self
+            .points()?
+            .into_iter()
+            .filter(|p| p.id.starts_with(&spec_l))
+            .collect();
+        match matches.len() {
+            0 => Err(Error::Point(format!(
+                "{spec:?}: no such point (see `cairn list`)"
+            ))),
+            1 => Ok(matches
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Point(spec.into()))?),
+            n => Err(Error::Point(format!(
+                "{spec:?}: the prefix matches {n} points; give more digits"
+            ))),
+        }
+    }
+
+    /// The reference list of a point, one ref per chunk of its disk.
+    ///
+    /// # Errors
+    /// A missing or bad tree chunk.
+    pub fn chunk_refs(&self, point: &RecoveryPoint) -> Result<Vec<ChunkRef>> {
+        let mut refs = Vec::with_capacity(point.chunk_count() as usize);
+        for (i, seg) in point.segment_ids().into_iter().enumerate() {
+            let id = seg.ok_or_else(|| {
+                Error::Point(format!("{}: segment {i} is not a chunk id", point.id))
+            })?;
+            let bytes = self.read_chunk(&id)?;
+            refs.extend(
+                decode_segment(&bytes)
+                    .map_err(|e| Error::Point(format!("{}: segment {i}: {e}", point.id)))?,
+            );
+        }
+        if refs.len() as u64 != point.chunk_count() {
+            return Err(Error::Point(format!(
+                "{}: reference list has {} chunks, a disk of {} bytes needs {}",
+                point.id,
+                refs.len(),
+                point.size,
+                point.chunk_count()
+            )));
+        }
+        Ok(refs)
+    }
+
+    /// Starts writing: new chunks go to packs, nothing is visible until [`Session::commit`].
+    ///
+    /// # Errors
+    /// [`Error::Usage`] when the store was opened read-only.
+    pub fn session(&self) -> Result<Session<'_>> {
+        if self.lock.is_none() {
+            return Err(Error::Usage("the store was opened read-only".into()));
+        }
+        Ok(Session {
+            store: self,
+            pack: None,
+            pending: Vec::new(),
+            seen: HashSet::new(),
+            new_stored: 0,
+            created: Vec::new(),
+        })
+    }
+
+    /// Publishes root files that exist but are not in the catalogue (a writer that died between
+    /// writing its root file and its catalogue batch: the point is complete, its chunks durable).
+    fn publish_orphan_roots(&self) -> Result<()> {
+        let roots = self.root_files()?;
+        let cf = self.cf(CF_POINTS)?;
+        let mut batch = WriteBatch::default();
+        for (_, p) in roots {
+            let key = point_key(&p.id)?;
+            if self.db.get_cf(cf, key).map_err(self.index_err())?.is_none() {
+                batch.put_cf(cf, key, serde_json::to_vec(&p).unwrap_or_default());
+            }
+        }
+        if !batch.is_empty() {
+            self.db
+                .write_opt(batch, &sync_write())
+                .map_err(self.index_err())?;
+        }
+        Ok(())
+    }
+
+    /// Every root file under `points/`, parsed.
+    ///
+    /// # Errors
+    /// I/O errors and unreadable root files.
+    pub fn root_files(&self) -> Result<Vec<(PathBuf, RecoveryPoint)>> {
+        scan_root_files(&self.root)
+    }
+
+    /// Rebuilds the index from the packs and root files: the old index is moved aside to
+    /// `index.old-<time>` and a new one is filled. Needs the write lock.
+    ///
+    /// # Errors
+    /// A lock held by another writer, I/O and index errors.
+    pub fn rebuild_index(root: &Path, wait: bool) -> Result<RebuildReport> {
+        StoreConfig::load(root)?;
+        let lock = WriteLock::acquire(root, wait)?;
+        let index = root.join("index");
+        if index.exists() {
+            let aside = root.join(format!(
+                "index.old-{}",
+                Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+            ));
+            std::fs::rename(&index, &aside)
+                .map_err(Error::io(&index, "moving the old index aside"))?;
+        }
+        let db = open_db(root, false)?;
+        let err = |source| Error::Index {
+            path: index.clone(),
+            source,
+        };
+        let chunks_cf = db
+            .cf_handle(CF_CHUNKS)
+            .ok_or_else(|| Error::Usage("no chunks column family".into()))?;
+        let packs_cf = db
+            .cf_handle(CF_PACKS)
+            .ok_or_else(|| Error::Usage("no packs column family".into()))?;
+        let points_cf = db
+            .cf_handle(CF_POINTS)
+            .ok_or_else(|| Error::Usage("no points column family".into()))?;
+        let mut report = RebuildReport::default();
+        let mut stack = vec![root.join("packs")];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries {
+                let path = e.map_err(Error::io(&dir, "listing packs"))?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|x| x != "pack") {
+                    continue;
+                }
+                let scan = match pack::scan(&path) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        report.problems.push(e.to_string());
+                        continue;
+                    }
+                };
+                if let Some((at, why)) = &scan.stopped {
+                    report
+                        .problems
+                        .push(format!("{}: stopped at offset {at}: {why}", path.display()));
+                }
+                let mut batch = WriteBatch::default();
+                for f in &scan.frames {
+                    let loc = Location {
+                        pack: scan.id,
+                        offset: f.offset,
+                        stored_len: f.header.stored_len,
+                        plain_len: f.header.plain_len,
+                        codec: f.header.codec,
+                        kind: f.header.kind,
+                    };
+                    batch.put_cf(chunks_cf, f.header.id.0, loc.encode());
+                }
+                let info = PackInfo {
+                    size: scan.len,
+                    chunks: scan.frames.len() as u64,
+                };
+                batch.put_cf(
+                    packs_cf,
+                    scan.id.0,
+                    serde_json::to_vec(&info).unwrap_or_default(),
+                );
+                db.write(batch).map_err(err)?;
+                report.packs += 1;
+                report.chunks += scan.frames.len() as u64;
+            }
+        }
+        let mut batch = WriteBatch::default();
+        for (_, p) in scan_root_files(root)? {
+            batch.put_cf(
+                points_cf,
+                point_key(&p.id)?,
+                serde_json::to_vec(&p).unwrap_or_default(),
+            );
+            report.points += 1;
+        }
+        db.write_opt(batch, &sync_write()).map_err(err)?;
+        drop(lock);
+        Ok(report)
+    }
+}
+
+/// What [`Store::rebuild_index`] found.
+#[derive(Debug, Default, Clone)]
+pub struct RebuildReport {
+    /// Packs scanned.
+    pub packs: u64,
+    /// Chunk frames indexed.
+    pub chunks: u64,
+    /// Recovery points catalogued.
+    pub points: u64,
+    /// Torn or damaged packs (reported, not fatal).
+    pub problems: Vec<String>,
+}
+
+/// Every root file under `root/points/`, parsed.
+fn scan_root_files(root: &Path) -> Result<Vec<(PathBuf, RecoveryPoint)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.join("points")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.map_err(Error::io(&dir, "listing root files"))?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "json") {
+                let bytes =
+                    std::fs::read(&path).map_err(Error::io(&path, "reading a root file"))?;
+                let p: RecoveryPoint = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Point(format!("{}: unreadable root file: {e}", path.display()))
+                })?;
+                out.push((path, p));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn point_key(id: &str) -> Result<[u8; 16]> {
+    let mut k = [0u8; 16];
+    hex::decode_to_slice(id, &mut k)
+        .map_err(|_| Error::Point(format!("{id:?} is not a point id")))?;
+    Ok(k)
+}
+
+/// A new recovery point, as a backup hands it to [`Session::commit`].
+#[derive(Debug, Clone)]
+pub struct NewPoint {
+    /// The VM.
+    pub vm: String,
+    /// The disk.
+    pub disk: String,
+    /// The time the backup stands for.
+    pub time: DateTime<Utc>,
+    /// Disk size in bytes.
+    pub size: u64,
+    /// Where the data came from.
+    pub source: SourceInfo,
+    /// The point a differencing source was applied to.
+    pub parent: Option<String>,
+    /// What the backup did (new stored bytes of the tree segments are added by commit).
+    pub stats: BackupStats,
+}
+
+/// Writing into a store. New chunks are appended to packs at once but indexed, and a point
+/// published, only by [`Session::commit`]; dropping a session leaves orphan pack bytes that
+/// garbage collection reclaims, and nothing else.
+pub struct Session<'a> {
+    store: &'a Store,
+    pack: Option<PackWriter>,
+    pending: Vec<(ChunkId, Location)>,
+    seen: HashSet<ChunkId>,
+    new_stored: u64,
+    /// Packs this session created; removed if it ends without committing.
+    created: Vec<PathBuf>,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        // Not committed (commit empties `created`): nothing in these packs is indexed or
+        // referenced, so they go. A killed process leaves them for garbage collection.
+        self.pack = None;
+        for path in self.created.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Session<'_> {
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        self.store
+    }
+
+    /// Whether the store or this session already holds the chunk.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn has(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.seen.contains(id) || self.store.location(id)?.is_some())
+    }
+
+    /// Appends a chunk unless the store or this session holds it; returns whether it was new.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn put(&mut self, chunk: &EncodedChunk) -> Result<bool> {
+        if self.seen.contains(&chunk.id) || self.store.location(&chunk.id)?.is_some() {
+            return Ok(false);
+        }
+        let target = self.store.config.pack_target_size;
+        if self.pack.as_ref().is_some_and(|p| p.len() >= target) {
+            if let Some(mut full) = self.pack.take() {
+                full.sync()?;
+            }
+        }
+        if self.pack.is_none() {
+            let pack = PackWriter::create(&self.store.packs_dir())?;
+            self.created.push(pack.id().path(&self.store.packs_dir()));
+            self.pack = Some(pack);
+        }
+        let Some(pack) = self.pack.as_mut() else {
+            return Err(Error::Usage("no open pack".into()));
+        };
+        let offset = pack.append(chunk)?;
+        let loc = Location {
+            pack: pack.id(),
+            offset,
+            stored_len: chunk.bytes.len() as u32,
+            plain_len: chunk.plain_len,
+            codec: chunk.codec,
+            kind: chunk.kind,
+        };
+        self.pending.push((chunk.id, loc));
+        self.seen.insert(chunk.id);
+        self.new_stored += pack::FRAME_HEADER_SIZE + chunk.bytes.len() as u64;
+        Ok(true)
+    }
+
+    /// Bytes appended to packs so far (frames included).
+    #[must_use]
+    pub fn new_stored_bytes(&self) -> u64 {
+        self.new_stored
+    }
+
+    /// Publishes a recovery point whose reference list is `refs`: stores its tree segments,
+    /// makes every appended chunk durable, indexes them, writes the root file, and publishes
+    /// the catalogue entry in one RocksDB write batch. A crash at any instant leaves the store
+    /// as it was before, or with the point committed.
+    ///
+    /// # Errors
+    /// A ref list that does not cover the disk, a VM or disk name that is not allowed, I/O and
+    /// index errors.
+    pub fn commit(mut self, point: NewPoint, refs: &[ChunkRef]) -> Result<RecoveryPoint> {
+        check_name("VM", &point.vm).map_err(Error::Usage)?;
+        check_name("disk", &point.disk).map_err(Error::Usage)?;
+        let chunk_size = self.store.config.chunk_size;
+        if refs.len() as u64 != point.size.div_ceil(u64::from(chunk_size)) {
+            return Err(Error::Usage(format!(
+                "{} refs for a disk of {} bytes",
+                refs.len(),
+                point.size
+            )));
+        }
+        let mut segments = Vec::new();
+        let level = self.store.config.zstd_level;
+        for seg in refs.chunks(SEGMENT_REFS) {
+            let encoded = chunk::encode(&encode_segment(seg), ChunkKind::Tree, level);
+            self.put(&encoded)?;
+            segments.push(encoded.id.to_hex());
+        }
+        // 1. Chunks durable.
+        if let Some(mut pack) = self.pack.take() {
+            pack.sync()?;
+        }
+        // 2. Chunks indexed (unreferenced until the point is published).
+        let store = self.store;
+        let mut batch = WriteBatch::default();
+        let chunks_cf = store.cf(CF_CHUNKS)?;
+        let mut packs: HashMap<PackId, PackInfo> = HashMap::new();
+        for (id, loc) in &self.pending {
+            batch.put_cf(chunks_cf, id.0, loc.encode());
+            let info = packs.entry(loc.pack).or_default();
+            info.chunks += 1;
+            info.size = info
+                .size
+                .max(loc.offset + pack::FRAME_HEADER_SIZE + u64::from(loc.stored_len));
+        }
+        let packs_cf = store.cf(CF_PACKS)?;
+        for (id, info) in &packs {
+            batch.put_cf(packs_cf, id.0, serde_json::to_vec(info).unwrap_or_default());
+        }
+        store
+            .db
+            .write_opt(batch, &sync_write())
+            .map_err(store.index_err())?;
+        // From here on the packs are indexed: they stay, whatever happens next.
+        self.created.clear();
+        // 3. The root file: the commit.
+        let mut stats = point.stats;
+        stats.new_stored_bytes = self.new_stored;
+        let rp = RecoveryPoint {
+            id: hex::encode(uuid::Uuid::new_v4().as_bytes()),
+            vm: point.vm,
+            disk: point.disk,
+            time: point.time,
+            size: point.size,
+            chunk_size,
+            source: point.source,
+            parent: point.parent,
+            segments,
+            stats,
+            committed: Utc::now(),
+        };
+        let json = serde_json::to_vec_pretty(&rp).map_err(|e| Error::Point(e.to_string()))?;
+        write_atomic(&store.root.join(rp.root_file()), &json)?;
+        // 4. The catalogue entry, in one batch.
+        let mut batch = WriteBatch::default();
+        batch.put_cf(store.cf(CF_POINTS)?, point_key(&rp.id)?, &json);
+        store
+            .db
+            .write_opt(batch, &sync_write())
+            .map_err(store.index_err())?;
+        Ok(rp)
+    }
+}
