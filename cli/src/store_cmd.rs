@@ -378,6 +378,14 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// Which points, disks and VMs reference a chunk.
+#[derive(Default)]
+struct Holders {
+    points: HashSet<usize>,
+    disks: HashSet<(String, String)>,
+    vms: HashSet<String>,
+}
+
 /// Figures for one group of points (a point, a disk, a VM, the store).
 #[derive(Default, Clone)]
 struct Cost {
@@ -412,17 +420,14 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         refs.push(store.chunk_refs(p)?);
     }
     // Which points, disks and VMs hold each chunk, and what it costs.
-    let mut holders: HashMap<
-        ChunkId,
-        (HashSet<usize>, HashSet<(String, String)>, HashSet<String>),
-    > = HashMap::new();
+    let mut holders: HashMap<ChunkId, Holders> = HashMap::new();
     for (i, (p, r)) in points.iter().zip(&refs).enumerate() {
         for c in r {
             if let ChunkRef::Data(id) = c {
                 let h = holders.entry(*id).or_default();
-                h.0.insert(i);
-                h.1.insert((p.vm.clone(), p.disk.clone()));
-                h.2.insert(p.vm.clone());
+                h.points.insert(i);
+                h.disks.insert((p.vm.clone(), p.disk.clone()));
+                h.vms.insert(p.vm.clone());
             }
         }
     }
@@ -461,7 +466,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
                     let (st, pl) = size.get(id).copied().unwrap_or_default();
                     c.stored += st;
                     c.plain += pl;
-                    if holders.get(id).is_some_and(|h| h.0.len() == 1) {
+                    if holders.get(id).is_some_and(|h| h.points.len() == 1) {
                         c.unique += st;
                     }
                 }
@@ -503,7 +508,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         }
     }
     // Stored, plain and unique bytes of groups count each chunk once.
-    for (id, (pts, disks, vms)) in &holders {
+    for (id, Holders { disks, vms, .. }) in &holders {
         let (st, pl) = size.get(id).copied().unwrap_or_default();
         total.stored += st;
         total.plain += pl;
@@ -524,7 +529,6 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
                 c.unique += st;
             }
         }
-        let _ = pts;
     }
     if a.json {
         let mut disks: Vec<_> = per_disk.iter().collect();

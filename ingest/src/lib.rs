@@ -271,7 +271,10 @@ impl ChunkSource for DeltaSource<'_> {
                 continue;
             }
             let run = s;
-            while s < sectors && held[s] && ((start + s as u64 * 512) % bs != 0 || s == run) {
+            while s < sectors
+                && held[s]
+                && (!(start + s as u64 * 512).is_multiple_of(bs) || s == run)
+            {
                 s += 1;
             }
             let pos = start + run as u64 * 512;
@@ -501,7 +504,7 @@ pub fn backup(
                                 parent.short_id()
                             )));
                         }
-                        if u64::from(vhd.block_size()) % 512 != 0 {
+                        if !u64::from(vhd.block_size()).is_multiple_of(512) {
                             return Err(Error::Refused(format!(
                                 "{shown}: block size {} is not whole sectors",
                                 vhd.block_size()

@@ -313,7 +313,7 @@ fn write_point_vhd(
     out: &Path,
     progress: &dyn Fn(u64),
 ) -> Result<u64> {
-    if point.size % 512 != 0 {
+    if !point.size.is_multiple_of(512) {
         return Err(Error::Refused(format!(
             "point {} is {} bytes, not whole sectors: restore it as raw",
             point.short_id(),

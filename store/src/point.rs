@@ -120,7 +120,7 @@ pub fn encode_segment(refs: &[ChunkRef]) -> Vec<u8> {
 /// # Errors
 /// A length that is not a multiple of 32.
 pub fn decode_segment(bytes: &[u8]) -> Result<Vec<ChunkRef>, String> {
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return Err(format!(
             "segment of {} bytes is not a whole number of 32-byte refs",
             bytes.len()

@@ -624,10 +624,10 @@ impl Session<'_> {
             return Ok(false);
         }
         let target = self.store.config.pack_target_size;
-        if self.pack.as_ref().is_some_and(|p| p.len() >= target) {
-            if let Some(mut full) = self.pack.take() {
-                full.sync()?;
-            }
+        if self.pack.as_ref().is_some_and(|p| p.len() >= target)
+            && let Some(mut full) = self.pack.take()
+        {
+            full.sync()?;
         }
         if self.pack.is_none() {
             let pack = PackWriter::create(&self.store.packs_dir())?;

@@ -206,3 +206,24 @@ pub fn assert_same_content(got: &Path, want: &Path, exact: bool) {
         w.len()
     );
 }
+
+/// Day `day` of VM `seed` cloned from `template`, from the shared workload generator.
+pub fn gen_disk(out: &Path, size: &str, seed: u32, template: u32, day: u32) {
+    let script = shared_dir().join("workload/gen_disk.py");
+    ok(Command::new("python3").arg(script).arg(out).args([
+        "--size",
+        size,
+        "--seed",
+        &seed.to_string(),
+        "--template",
+        &template.to_string(),
+        "--day",
+        &day.to_string(),
+    ]));
+}
+
+/// Parses a command's stdout as JSON.
+#[must_use]
+pub fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
