@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Sets up everything (scripts/setup.sh), builds cairn and runs its main job on a sample disk:
-# a day-0 image and two later days from the shared workload generator become a VHD chain
-# (dynamic key + two differencing VHDs), which is checked and read back bit-exact.
+# Sets up everything (scripts/setup.sh), builds cairn and runs its main job on a sample VM:
+# three days of a disk from the shared workload generator are exported as a VHD chain (key +
+# two differencing VHDs, as XenServer exports incremental backups), backed up into a store
+# with a clone of the same template, listed, reported, and restored bit-exact as raw, as one
+# VHD and as a VHD chain.
 #   usage: scripts/demo.sh [WORKDIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,9 +24,30 @@ echo "== cairn vhd from-raw: key VHD and two deltas"
 "$cairn" vhd from-raw "$work/day1.raw" "$work/chain/day1.vhd" --parent "$work/chain/day0.vhd"
 "$cairn" vhd from-raw "$work/day2.raw" "$work/chain/day2.vhd" --parent "$work/chain/day1.vhd"
 ls -ls "$work/chain"
-echo "== cairn vhd info / check"
-"$cairn" vhd info "$work/chain/day2.vhd"
+echo "== cairn vhd check: the exported chain"
 "$cairn" vhd check "$work/chain/day2.vhd"
-echo "== cairn vhd to-raw: the chain read back"
-"$cairn" vhd to-raw "$work/chain/day2.vhd" "$work/restored.raw"
-cmp "$work/restored.raw" "$work/day2.raw" && echo "restored day 2 is bit-exact"
+echo "== cairn init + backup: the key VHD, then each delta (only its blocks are read)"
+store=$work/store
+rm -rf "$store"
+"$cairn" init "$store"
+export CAIRN_STORE=$store
+for day in 0 1 2; do
+  "$cairn" backup --vm web01 --time 2026-11-2${day}T02:00:00Z xvda="$work/chain/day$day.vhd"
+done
+echo "== a clone of the same template, from stdin"
+python3 "$shared/workload/gen_disk.py" "$work/clone.raw" --size 256M --seed 2 --template 7 --day 0
+"$cairn" backup --vm web02 --time 2026-11-22T03:00:00Z xvda=- < "$work/clone.raw"
+echo "== cairn list / report"
+"$cairn" list
+"$cairn" report
+echo "== cairn restore: raw, one VHD, a VHD chain"
+"$cairn" restore web01/xvda@latest "$work/restored.raw"
+cmp "$work/restored.raw" "$work/day2.raw" && echo "raw: bit-exact"
+"$cairn" restore web01/xvda@latest "$work/restored.vhd" --format vhd
+"$cairn" vhd to-raw "$work/restored.vhd" "$work/restored-vhd.raw"
+cmp "$work/restored-vhd.raw" "$work/day2.raw" && echo "vhd: bit-exact"
+rm -rf "$work/restored-chain"
+"$cairn" restore web01/xvda@latest "$work/restored-chain" --format vhd-chain
+"$cairn" vhd check "$(ls -d "$work"/restored-chain/*.vhd | tail -1)"
+"$cairn" vhd to-raw "$(ls -d "$work"/restored-chain/*.vhd | tail -1)" "$work/restored-chain.raw"
+cmp "$work/restored-chain.raw" "$work/day2.raw" && echo "vhd chain: bit-exact"
