@@ -15,7 +15,11 @@ fn help(args: &[&str]) -> String {
 #[test]
 fn every_command_has_help_with_an_example() {
     let top = help(&[]);
-    assert!(top.contains("vhd"), "{top}");
+    for c in [
+        "init", "backup", "restore", "list", "report", "repair", "vhd",
+    ] {
+        assert!(top.contains(c), "{c} missing from:\n{top}");
+    }
     for cmd in [
         &["vhd", "info"][..],
         &["vhd", "check"],

@@ -1,0 +1,132 @@
+//! The store through its API: sessions, commits, dedup, crash leftovers, index rebuild.
+
+use cairn_store::chunk::{ChunkKind, encode};
+use cairn_store::{BackupStats, ChunkRef, NewPoint, OpenMode, SourceInfo, Store};
+
+fn new_point(vm: &str, size: u64) -> NewPoint {
+    NewPoint {
+        vm: vm.into(),
+        disk: "xvda".into(),
+        time: chrono::Utc::now(),
+        size,
+        source: SourceInfo {
+            kind: "raw".into(),
+            vhd_uuid: None,
+            path: "test".into(),
+        },
+        parent: None,
+        stats: BackupStats::default(),
+    }
+}
+
+fn chunk(seed: u8) -> Vec<u8> {
+    (0..65536u32)
+        .map(|i| (i as u8).wrapping_mul(seed) ^ seed)
+        .collect()
+}
+
+fn pack_count(root: &std::path::Path) -> usize {
+    walk(&root.join("packs"))
+}
+
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .map(|e| {
+                if e.path().is_dir() {
+                    walk(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
+    })
+}
+
+#[test]
+fn commit_publishes_and_dedups_and_a_dropped_session_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("s");
+    Store::init(&root, 64 << 10).expect("init");
+    let store = Store::open(&root, OpenMode::Write { wait: false }).expect("open");
+    let mut s = store.session().expect("session");
+    let (a, b) = (
+        encode(&chunk(3), ChunkKind::Data, 3),
+        encode(&chunk(5), ChunkKind::Data, 3),
+    );
+    assert!(s.put(&a).expect("put"));
+    assert!(
+        !s.put(&a).expect("put again"),
+        "a chunk is stored once per session"
+    );
+    assert!(s.put(&b).expect("put"));
+    let refs = [
+        ChunkRef::Data(a.id),
+        ChunkRef::Zero,
+        ChunkRef::Data(b.id),
+        ChunkRef::Data(a.id),
+    ];
+    let p = s
+        .commit(new_point("vm1", 4 * 65536), &refs)
+        .expect("commit");
+    assert_eq!(store.chunk_refs(&p).expect("refs"), refs);
+    assert_eq!(store.read_chunk(&a.id).expect("read"), chunk(3));
+    let packs = pack_count(&root);
+
+    // A second session that only puts known chunks writes nothing new.
+    let mut s = store.session().expect("session");
+    assert!(!s.put(&a).expect("put"));
+    // A dropped (failed) session removes what it wrote.
+    let c = encode(&chunk(7), ChunkKind::Data, 3);
+    assert!(s.put(&c).expect("put"));
+    drop(s);
+    assert_eq!(
+        pack_count(&root),
+        packs,
+        "a failed session leaves no pack behind"
+    );
+    assert!(store.location(&c.id).expect("lookup").is_none());
+
+    // Refs that do not cover the disk are refused.
+    let s = store.session().expect("session");
+    assert!(s.commit(new_point("vm1", 5 * 65536), &refs).is_err());
+    // Bad names are refused.
+    let s = store.session().expect("session");
+    assert!(s.commit(new_point("../x", 4 * 65536), &refs).is_err());
+
+    // A second writer is refused while the first holds the lock; a reader is not.
+    let err = Store::open(&root, OpenMode::Write { wait: false }).expect_err("locked");
+    assert!(err.to_string().contains("locked"), "{err}");
+    drop(store);
+    let reader = Store::open(&root, OpenMode::Read).expect("reader");
+    assert_eq!(reader.points().expect("points").len(), 1);
+    assert_eq!(reader.resolve("vm1/xvda@latest").expect("latest").id, p.id);
+    assert_eq!(reader.resolve(&p.id[..8]).expect("prefix").id, p.id);
+    drop(reader);
+
+    // Rebuilding the index from the packs and root files gives the same catalogue.
+    std::fs::remove_dir_all(root.join("index")).expect("rm index");
+    let report = Store::rebuild_index(&root, false).expect("rebuild");
+    assert_eq!(report.points, 1);
+    let store = Store::open(&root, OpenMode::Read).expect("open");
+    assert_eq!(
+        store
+            .chunk_refs(&store.resolve(&p.id).expect("point"))
+            .expect("refs"),
+        refs
+    );
+}
+
+#[test]
+fn chunk_sizes_outside_the_range_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for bad in [0, 1000, 32 << 10, 4 << 20, (256 << 10) + 1] {
+        assert!(
+            Store::init(&dir.path().join(format!("s{bad}")), bad).is_err(),
+            "{bad}"
+        );
+    }
+    assert!(Store::init(&dir.path().join("ok"), 2 << 20).is_ok());
+    let err = Store::open(&dir.path().join("nothing"), OpenMode::Read).expect_err("not a store");
+    assert!(err.to_string().contains("not a cairn store"), "{err}");
+}
