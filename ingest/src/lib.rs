@@ -168,6 +168,28 @@ impl<R: Read + Send> ChunkSource for RawSource<R> {
     }
 }
 
+/// A raw source and what the point records of it.
+fn raw_source<'a, R: Read + Send + 'a>(
+    reader: R,
+    path: &Path,
+    chunk: u32,
+    size: Option<u64>,
+) -> (SourceInfo, Box<dyn ChunkSource + 'a>, Option<u64>) {
+    let src = RawSource {
+        reader,
+        path: path.to_path_buf(),
+        chunk: chunk as usize,
+        offset: 0,
+        done: false,
+    };
+    let info = SourceInfo {
+        kind: "raw".into(),
+        vhd_uuid: None,
+        path: path.display().to_string(),
+    };
+    (info, Box::new(src), size)
+}
+
 /// A fixed or dynamic VHD: unallocated blocks are zeros, never read.
 struct VhdSource {
     chain: Chain<File>,
@@ -423,22 +445,7 @@ pub fn backup(
     let (source_info, mut src, size): (SourceInfo, Box<dyn ChunkSource + '_>, Option<u64>) =
         if let Some((head, stdin)) = stdin_raw {
             let reader = std::io::Cursor::new(head).chain(stdin);
-            let src = RawSource {
-                reader,
-                path: "-".into(),
-                chunk: chunk as usize,
-                offset: 0,
-                done: false,
-            };
-            (
-                SourceInfo {
-                    kind: "raw".into(),
-                    vhd_uuid: None,
-                    path: "-".into(),
-                },
-                Box::new(src),
-                None,
-            )
+            raw_source(reader, Path::new("-"), chunk, None)
         } else {
             let mut file = File::open(&path).map_err(|source| Error::Io {
                 path: path.clone(),
@@ -563,22 +570,7 @@ pub fn backup(
                     source,
                 })?;
                 let reader = std::io::BufReader::with_capacity(1 << 20, file);
-                let src = RawSource {
-                    reader,
-                    path: req.source.clone(),
-                    chunk: chunk as usize,
-                    offset: 0,
-                    done: false,
-                };
-                (
-                    SourceInfo {
-                        kind: "raw".into(),
-                        vhd_uuid: None,
-                        path: shown,
-                    },
-                    Box::new(src),
-                    Some(len),
-                )
+                raw_source(reader, &req.source, chunk, Some(len))
             }
         };
     progress(0, size);

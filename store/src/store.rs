@@ -445,57 +445,43 @@ impl Store {
             .cf_handle(CF_POINTS)
             .ok_or_else(|| Error::Usage("no points column family".into()))?;
         let mut report = RebuildReport::default();
-        let mut stack = vec![root.join("packs")];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
+        for path in files_under(&root.join("packs"), "pack")? {
+            let scan = match pack::scan(&path) {
+                Ok(s) => s,
+                Err(e) => {
+                    report.problems.push(e.to_string());
+                    continue;
+                }
             };
-            for e in entries {
-                let path = e.map_err(Error::io(&dir, "listing packs"))?.path();
-                if path.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
-                if path.extension().is_none_or(|x| x != "pack") {
-                    continue;
-                }
-                let scan = match pack::scan(&path) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        report.problems.push(e.to_string());
-                        continue;
-                    }
-                };
-                if let Some((at, why)) = &scan.stopped {
-                    report
-                        .problems
-                        .push(format!("{}: stopped at offset {at}: {why}", path.display()));
-                }
-                let mut batch = WriteBatch::default();
-                for f in &scan.frames {
-                    let loc = Location {
-                        pack: scan.id,
-                        offset: f.offset,
-                        stored_len: f.header.stored_len,
-                        plain_len: f.header.plain_len,
-                        codec: f.header.codec,
-                        kind: f.header.kind,
-                    };
-                    batch.put_cf(chunks_cf, f.header.id.0, loc.encode());
-                }
-                let info = PackInfo {
-                    size: scan.len,
-                    chunks: scan.frames.len() as u64,
-                };
-                batch.put_cf(
-                    packs_cf,
-                    scan.id.0,
-                    serde_json::to_vec(&info).unwrap_or_default(),
-                );
-                db.write(batch).map_err(err)?;
-                report.packs += 1;
-                report.chunks += scan.frames.len() as u64;
+            if let Some((at, why)) = &scan.stopped {
+                report
+                    .problems
+                    .push(format!("{}: stopped at offset {at}: {why}", path.display()));
             }
+            let mut batch = WriteBatch::default();
+            for f in &scan.frames {
+                let loc = Location {
+                    pack: scan.id,
+                    offset: f.offset,
+                    stored_len: f.header.stored_len,
+                    plain_len: f.header.plain_len,
+                    codec: f.header.codec,
+                    kind: f.header.kind,
+                };
+                batch.put_cf(chunks_cf, f.header.id.0, loc.encode());
+            }
+            let info = PackInfo {
+                size: scan.len,
+                chunks: scan.frames.len() as u64,
+            };
+            batch.put_cf(
+                packs_cf,
+                scan.id.0,
+                serde_json::to_vec(&info).unwrap_or_default(),
+            );
+            db.write(batch).map_err(err)?;
+            report.packs += 1;
+            report.chunks += scan.frames.len() as u64;
         }
         let mut batch = WriteBatch::default();
         for (_, p) in scan_root_files(root)? {
@@ -525,27 +511,35 @@ pub struct RebuildReport {
     pub problems: Vec<String>,
 }
 
-/// Every root file under `root/points/`, parsed.
-fn scan_root_files(root: &Path) -> Result<Vec<(PathBuf, RecoveryPoint)>> {
+/// Every file under `dir` (recursively) whose extension is `ext`; a missing folder has none.
+fn files_under(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    let mut stack = vec![root.join("points")];
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for e in entries {
-            let path = e.map_err(Error::io(&dir, "listing root files"))?.path();
+            let path = e.map_err(Error::io(&dir, "listing the folder"))?.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|x| x == "json") {
-                let bytes =
-                    std::fs::read(&path).map_err(Error::io(&path, "reading a root file"))?;
-                let p: RecoveryPoint = serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::Point(format!("{}: unreadable root file: {e}", path.display()))
-                })?;
-                out.push((path, p));
+            } else if path.extension().is_some_and(|x| x == ext) {
+                out.push(path);
             }
         }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every root file under `root/points/`, parsed.
+fn scan_root_files(root: &Path) -> Result<Vec<(PathBuf, RecoveryPoint)>> {
+    let mut out = Vec::new();
+    for path in files_under(&root.join("points"), "json")? {
+        let bytes = std::fs::read(&path).map_err(Error::io(&path, "reading a root file"))?;
+        let p: RecoveryPoint = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Point(format!("{}: unreadable root file: {e}", path.display())))?;
+        out.push((path, p));
     }
     Ok(out)
 }
