@@ -9,6 +9,12 @@
 //! only what is new; the session then appends new chunks in order. Memory is bounded by the
 //! channel depth times the batch size, whatever the disk's size.
 //!
+//! # stdin
+//! A raw stream is read straight through. A dynamic or differencing VHD stream is read in one
+//! pass, one block in memory, when its BAT lists the blocks in stream order (as Xen Orchestra,
+//! qemu and cairn write them) and ends with its footer; otherwise it is spooled to a file in
+//! the store's `tmp/` folder and read from there. It is never held whole in memory.
+//!
 //! # Differencing VHDs
 //! A delta is applied to a parent point (the disk's latest, or `--parent`). Chunks of blocks the
 //! delta does not hold keep the parent's ref unread; a chunk whose sectors the delta holds only
@@ -277,14 +283,7 @@ impl ChunkSource for DeltaSource<'_> {
         if !held.iter().any(|&h| h) {
             return Ok(Some(Piece::Ref(parent_ref, PieceOrigin::Parent)));
         }
-        let mut buf = match (held.iter().all(|&h| h), parent_ref) {
-            (true, _) | (false, ChunkRef::Zero) => vec![0u8; len],
-            (false, ChunkRef::Data(id)) => {
-                let mut b = self.store.read_chunk(&id)?;
-                b.resize(len, 0);
-                b
-            }
-        };
+        let mut buf = parent_base(self.store, parent_ref, &held, len)?;
         // Copy the held runs from the delta.
         let mut s = 0;
         while s < sectors {
@@ -306,6 +305,170 @@ impl ChunkSource for DeltaSource<'_> {
                 .read_block_data(block, within, &mut buf[run * 512..s * 512])
                 .map_err(|e| e.in_file(&self.path))?;
             self.read += ((s - run) * 512) as u64;
+        }
+        Ok(Some(Piece::Data(buf)))
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.read
+    }
+}
+
+/// The bytes a chunk of a differencing VHD starts from before its held sectors are copied in:
+/// the parent's chunk when some sectors are not held, else zeros.
+fn parent_base(store: &Store, parent_ref: ChunkRef, held: &[bool], len: usize) -> Result<Vec<u8>> {
+    Ok(match (held.iter().all(|&h| h), parent_ref) {
+        (true, _) | (false, ChunkRef::Zero) => vec![0u8; len],
+        (false, ChunkRef::Data(id)) => {
+            let mut b = store.read_chunk(&id)?;
+            b.resize(len, 0);
+            b
+        }
+    })
+}
+
+/// Whether bit `i` of a sector bitmap is set (most significant bit of byte 0 is sector 0).
+fn bit(bitmap: &[u8], i: usize) -> bool {
+    bitmap
+        .get(i / 8)
+        .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
+}
+
+/// A dynamic or differencing VHD read front to back from a stream (stdin), in one pass: the
+/// BAT must list the blocks in the order they lie in the stream (as Xen Orchestra, qemu and
+/// cairn write them) and a chunk must not span blocks. One block is in memory at a time.
+struct StreamVhdSource<'s, R> {
+    r: R,
+    pos: u64,
+    footer: cairn_vhd::Footer,
+    block_size: u64,
+    bitmap_size: u64,
+    bat: Vec<u32>,
+    chunk: u64,
+    index: u64,
+    current: Option<(u32, Vec<u8>, Vec<u8>)>,
+    /// For a differencing VHD: the parent point's refs.
+    parent: Option<(&'s Store, Vec<ChunkRef>)>,
+    read: u64,
+}
+
+fn stream_err(offset: u64, what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io {
+        path: "-".into(),
+        offset,
+        what,
+        source,
+    }
+}
+
+impl<R: Read> StreamVhdSource<'_, R> {
+    fn skip_to(&mut self, to: u64) -> Result<()> {
+        if to < self.pos {
+            return Err(Error::Refused(format!(
+                "stdin: data at offset {to} lies behind the stream position {}",
+                self.pos
+            )));
+        }
+        let n = std::io::copy(&mut (&mut self.r).take(to - self.pos), &mut std::io::sink())
+            .map_err(stream_err(self.pos, "reading stdin"))?;
+        if n != to - self.pos {
+            return Err(Error::Io {
+                path: "-".into(),
+                offset: self.pos + n,
+                what: "reading stdin",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the VHD stream is truncated",
+                ),
+            });
+        }
+        self.pos = to;
+        Ok(())
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
+        self.r.read_exact(buf).map_err(stream_err(
+            self.pos,
+            "reading stdin (truncated VHD stream?)",
+        ))?;
+        self.pos += buf.len() as u64;
+        self.read += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Reads to the end and checks that the stream ends with the footer.
+    fn finish(&mut self) -> Result<()> {
+        let mut tail = Vec::new();
+        self.r
+            .read_to_end(&mut tail)
+            .map_err(stream_err(self.pos, "reading stdin"))?;
+        let end = self.pos + tail.len() as u64;
+        let ok = tail.len() >= 512
+            && cairn_vhd::Footer::decode(&tail[tail.len() - 512..], end - 512)
+                .is_ok_and(|f| f == self.footer);
+        if !ok {
+            return Err(Error::Refused(format!(
+                "stdin: the VHD stream does not end with its footer at offset {} (truncated or damaged)",
+                end.saturating_sub(512)
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read + Send> ChunkSource for StreamVhdSource<'_, R> {
+    fn next_piece(&mut self) -> Result<Option<Piece>> {
+        let size = self.footer.current_size;
+        let start = self.index * self.chunk;
+        if start >= size {
+            if self.index != u64::MAX {
+                self.index = u64::MAX;
+                self.finish()?;
+            }
+            return Ok(None);
+        }
+        let i = self.index as usize;
+        self.index += 1;
+        let len = (size - start).min(self.chunk) as usize;
+        let block = (start / self.block_size) as u32;
+        let within = (start % self.block_size) as usize;
+        let sector = self
+            .bat
+            .get(block as usize)
+            .copied()
+            .unwrap_or(cairn_vhd::format::BAT_UNALLOCATED);
+        let parent_ref = self.parent.as_ref().map_or(ChunkRef::Zero, |(_, refs)| {
+            refs.get(i).copied().unwrap_or(ChunkRef::Zero)
+        });
+        if sector == cairn_vhd::format::BAT_UNALLOCATED {
+            return Ok(Some(match self.parent {
+                Some(_) => Piece::Ref(parent_ref, PieceOrigin::Parent),
+                None => Piece::Ref(ChunkRef::Zero, PieceOrigin::Unallocated),
+            }));
+        }
+        if self.current.as_ref().is_none_or(|(b, _, _)| *b != block) {
+            self.skip_to(u64::from(sector) * 512)?;
+            let mut bitmap = vec![0u8; self.bitmap_size as usize];
+            self.read_exact(&mut bitmap)?;
+            let mut data = vec![0u8; self.block_size as usize];
+            self.read_exact(&mut data)?;
+            self.current = Some((block, bitmap, data));
+        }
+        let Some((_, bitmap, data)) = &self.current else {
+            return Ok(None);
+        };
+        let Some((store, _)) = &self.parent else {
+            return Ok(Some(Piece::Data(data[within..within + len].to_vec())));
+        };
+        let first = within / 512;
+        let held: Vec<bool> = (0..len / 512).map(|k| bit(bitmap, first + k)).collect();
+        if !held.iter().any(|&h| h) {
+            return Ok(Some(Piece::Ref(parent_ref, PieceOrigin::Parent)));
+        }
+        let mut buf = parent_base(store, parent_ref, &held, len)?;
+        for (k, _) in held.iter().enumerate().filter(|(_, h)| **h) {
+            buf[k * 512..(k + 1) * 512]
+                .copy_from_slice(&data[within + k * 512..within + (k + 1) * 512]);
         }
         Ok(Some(Piece::Data(buf)))
     }
@@ -341,6 +504,120 @@ fn hash_piece(session: &cairn_store::Session<'_>, piece: Piece, level: i32) -> R
             }
         }
     }
+}
+
+/// The point a differencing VHD applies to: `--parent`, or the disk's latest point when it was
+/// read from the VHD the delta names as its parent (`parent_uuid`).
+fn choose_parent(
+    store: &Store,
+    req: &Request,
+    shown: &str,
+    parent_uuid: &str,
+    size: u64,
+) -> Result<RecoveryPoint> {
+    let parent = match &req.parent {
+        Some(p) => p.clone(),
+        None => store.latest(&req.vm, &req.disk)?.ok_or_else(|| {
+            Error::Refused(format!(
+                "{shown} is a differencing VHD, but disk {} of VM {} has no point to apply it to; back up the full disk first or pass --parent",
+                req.disk, req.vm
+            ))
+        })?,
+    };
+    if req.parent.is_none() && parent.source.vhd_uuid.as_deref() != Some(parent_uuid) {
+        return Err(Error::Refused(format!(
+            "{shown}: the delta's parent is the VHD with UUID {parent_uuid}, but the latest point {} of {}/{} was read from {}; \
+             applying it would give wrong data (pass --parent POINT to apply it anyway)",
+            parent.short_id(),
+            req.vm,
+            req.disk,
+            parent.source.vhd_uuid.as_deref().map_or_else(
+                || format!("a {} source", parent.source.kind),
+                |u| format!("the VHD with UUID {u}")
+            )
+        )));
+    }
+    if parent.size != size {
+        return Err(Error::Refused(format!(
+            "{shown}: the delta's disk is {size} bytes but its parent point {} is {} bytes",
+            parent.short_id(),
+            parent.size
+        )));
+    }
+    if parent.chunk_size != store.config().chunk_size {
+        return Err(Error::Refused(format!(
+            "parent point {} has another chunk size",
+            parent.short_id()
+        )));
+    }
+    Ok(parent)
+}
+
+/// Reads the metadata at the front of a dynamic or differencing VHD stream whose first 512
+/// bytes (the footer copy) are `head`. Returns the footer, header, BAT and every byte consumed,
+/// or `None` with the bytes consumed when the stream cannot be read in one pass.
+#[expect(clippy::type_complexity, reason = "a private helper's one-off tuple")]
+fn stream_metadata(
+    stdin: &mut impl Read,
+    head: Vec<u8>,
+    chunk: u32,
+) -> Result<(
+    Option<(cairn_vhd::Footer, cairn_vhd::Header, Vec<u32>)>,
+    Vec<u8>,
+)> {
+    let mut meta = head;
+    let Ok(footer) = cairn_vhd::Footer::decode(&meta, 0) else {
+        return Ok((None, meta));
+    };
+    if !footer.disk_type.is_sparse() || footer.data_offset > 1 << 20 {
+        return Ok((None, meta));
+    }
+    let mut fill = |meta: &mut Vec<u8>, to: u64| -> Result<()> {
+        let need = to.saturating_sub(meta.len() as u64);
+        let got = std::io::copy(&mut stdin.take(need), meta)
+            .map_err(stream_err(meta.len() as u64, "reading stdin"))?;
+        if got != need {
+            return Err(Error::Io {
+                path: "-".into(),
+                offset: meta.len() as u64,
+                what: "reading stdin",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the VHD stream is truncated",
+                ),
+            });
+        }
+        Ok(())
+    };
+    let hoff = footer.data_offset;
+    fill(&mut meta, hoff + 1024)?;
+    let mut hb = [0u8; 1024];
+    hb.copy_from_slice(&meta[hoff as usize..hoff as usize + 1024]);
+    let header = cairn_vhd::Header::decode(&hb, hoff).map_err(|e| e.in_file("-"))?;
+    let entries = u64::from(header.max_table_entries);
+    let bat_end = header.table_offset + entries * 4;
+    if header.block_size < chunk || bat_end > 64 << 20 || header.table_offset < hoff + 1024 {
+        return Ok((None, meta));
+    }
+    fill(&mut meta, bat_end)?;
+    let bat: Vec<u32> = meta[header.table_offset as usize..bat_end as usize]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let blocks = footer.current_size.div_ceil(u64::from(header.block_size)) as usize;
+    let mut last = bat_end.div_ceil(512) * 512;
+    for &s in bat
+        .iter()
+        .take(blocks)
+        .filter(|&&s| s != cairn_vhd::format::BAT_UNALLOCATED)
+    {
+        let at = u64::from(s) * 512;
+        if at < last {
+            return Ok((None, meta));
+        }
+        last = at + header.bitmap_size() + u64::from(header.block_size);
+    }
+    Ok((Some((footer, header, bat)), meta))
 }
 
 /// Detects what a file is: a VHD when its last 512 bytes or first 8 bytes carry the footer
@@ -385,6 +662,7 @@ pub fn backup(
     let mut _spool = None;
     let mut path = req.source.clone();
     let mut stdin_raw: Option<(Vec<u8>, std::io::Stdin)> = None;
+    let mut stream_vhd = None;
     if path == Path::new("-") {
         // Peek at the stream: a VHD (footer copy at offset 0) is spooled to disk, since its
         // BAT may send us anywhere; raw streams straight through.
@@ -412,7 +690,14 @@ pub fn backup(
             Format::Raw => false,
             Format::Auto => head.starts_with(b"conectix"),
         };
-        if is_vhd {
+        let (streamable, head) = if is_vhd {
+            stream_metadata(&mut stdin, head, chunk)?
+        } else {
+            (None, head)
+        };
+        if let Some((footer, header, bat)) = streamable {
+            stream_vhd = Some((footer, header, bat, head.len() as u64, stdin));
+        } else if is_vhd {
             std::fs::create_dir_all(&req.spool_dir).map_err(|source| Error::Io {
                 path: req.spool_dir.clone(),
                 offset: 0,
@@ -443,7 +728,37 @@ pub fn backup(
 
     let mut parent_used = req.parent.as_ref().map(|p| p.id.clone());
     let (source_info, mut src, size): (SourceInfo, Box<dyn ChunkSource + '_>, Option<u64>) =
-        if let Some((head, stdin)) = stdin_raw {
+        if let Some((footer, header, bat, pos, stdin)) = stream_vhd {
+            let size = footer.current_size;
+            let info = SourceInfo {
+                kind: format!("vhd-{}", footer.disk_type.name()),
+                vhd_uuid: Some(footer.uuid.to_string()),
+                path: "-".into(),
+            };
+            let parent = if footer.disk_type == DiskType::Differencing {
+                let p = choose_parent(store, req, "-", &header.parent_uuid.to_string(), size)?;
+                let refs = store.chunk_refs(&p)?;
+                parent_used = Some(p.id.clone());
+                Some((store, refs))
+            } else {
+                parent_used = None;
+                None
+            };
+            let src = StreamVhdSource {
+                r: std::io::BufReader::with_capacity(1 << 20, stdin),
+                pos,
+                footer,
+                block_size: u64::from(header.block_size),
+                bitmap_size: header.bitmap_size(),
+                bat,
+                chunk: u64::from(chunk),
+                index: 0,
+                current: None,
+                parent,
+                read: pos,
+            };
+            (info, Box::new(src), Some(size))
+        } else if let Some((head, stdin)) = stdin_raw {
             let reader = std::io::Cursor::new(head).chain(stdin);
             raw_source(reader, Path::new("-"), chunk, None)
         } else {
@@ -470,53 +785,11 @@ pub fn backup(
                 let size = vhd.disk_size();
                 match vhd.disk_type() {
                     DiskType::Differencing => {
-                        let parent = match &req.parent {
-                        Some(p) => p.clone(),
-                        None => store.latest(&req.vm, &req.disk)?.ok_or_else(|| {
-                            Error::Refused(format!(
-                                "{shown} is a differencing VHD, but disk {} of VM {} has no point to apply it to; back up the full disk first or pass --parent",
-                                req.disk, req.vm
-                            ))
-                        })?,
-                    };
                         let want = vhd
                             .header()
                             .map(|h| h.parent_uuid.to_string())
                             .unwrap_or_default();
-                        if req.parent.is_none()
-                            && parent.source.vhd_uuid.as_deref() != Some(want.as_str())
-                        {
-                            return Err(Error::Refused(format!(
-                                "{shown}: the delta's parent is the VHD with UUID {want}, but the latest point {} of {}/{} was read from {}; \
-                             applying it would give wrong data (pass --parent POINT to apply it anyway)",
-                                parent.short_id(),
-                                req.vm,
-                                req.disk,
-                                parent.source.vhd_uuid.as_deref().map_or_else(
-                                    || format!("a {} source", parent.source.kind),
-                                    |u| format!("the VHD with UUID {u}")
-                                )
-                            )));
-                        }
-                        if parent.size != size {
-                            return Err(Error::Refused(format!(
-                                "{shown}: the delta's disk is {size} bytes but its parent point {} is {} bytes",
-                                parent.short_id(),
-                                parent.size
-                            )));
-                        }
-                        if parent.chunk_size != chunk {
-                            return Err(Error::Refused(format!(
-                                "parent point {} has another chunk size",
-                                parent.short_id()
-                            )));
-                        }
-                        if !u64::from(vhd.block_size()).is_multiple_of(512) {
-                            return Err(Error::Refused(format!(
-                                "{shown}: block size {} is not whole sectors",
-                                vhd.block_size()
-                            )));
-                        }
+                        let parent = choose_parent(store, req, &shown, &want, size)?;
                         let refs = store.chunk_refs(&parent)?;
                         parent_used = Some(parent.id.clone());
                         let src = DeltaSource {

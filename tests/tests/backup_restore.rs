@@ -498,3 +498,85 @@ fn a_corrupt_chunk_fails_the_restore_naming_chunk_and_offset() {
         "{err}"
     );
 }
+
+/// Pipes `file` (or its first `cut` bytes) into `cairn backup ... DISK=-`.
+fn backup_stdin(
+    store: &Store,
+    vm: &str,
+    time: &str,
+    file: &Path,
+    cut: Option<usize>,
+) -> std::process::Output {
+    let mut child = store
+        .cmd(&["backup", "--json", "--vm", vm, "--time", time, "xvda=-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let bytes = read(file);
+    let n = cut.unwrap_or(bytes.len());
+    let mut pipe = child.stdin.take().expect("stdin");
+    let _ = pipe.write_all(&bytes[..n]);
+    drop(pipe);
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn vhd_streams_on_stdin_are_read_in_one_pass_and_truncated_streams_refused() {
+    let store = Store::new("256K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let raws = days(w, 9, 7, 2);
+    let xo = w.join("xo");
+    ok(&mut node(
+        "xo_make_chain.js",
+        [
+            raws[0].as_os_str(),
+            raws[1].as_os_str(),
+            xo.as_os_str(),
+            OsStr::new("--granularity=sector"),
+        ],
+    ));
+    let packs_before = store.pack_files();
+    let cut = backup_stdin(
+        &store,
+        "xo",
+        "2026-11-01T02:00:00Z",
+        &xo.join("base.vhd"),
+        Some(20 << 20),
+    );
+    assert!(!cut.status.success(), "a truncated stream must be refused");
+    assert!(
+        String::from_utf8_lossy(&cut.stderr).contains("truncated"),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+    assert!(
+        store.list().is_empty() && store.pack_files() == packs_before,
+        "nothing stored"
+    );
+    for (time, file, want, kind) in [
+        ("2026-11-01T02:00:00Z", "base.vhd", &raws[0], "vhd-dynamic"),
+        (
+            "2026-11-02T02:00:00Z",
+            "delta.vhd",
+            &raws[1],
+            "vhd-differencing",
+        ),
+    ] {
+        let out = backup_stdin(&store, "xo", time, &xo.join(file), None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let p = json(&String::from_utf8_lossy(&out.stdout))[0].clone();
+        assert_eq!(p["source"]["kind"], kind);
+        let r = w.join("r.raw");
+        store.restore(&id(&p), &r, "raw");
+        assert_same_content(&r, want, true);
+    }
+    // Nothing was spooled to disk: the streams were read in one pass.
+    assert!(std::fs::read_dir(store.path().join("tmp")).map_or(true, |mut d| d.next().is_none()));
+}
