@@ -227,3 +227,27 @@ pub fn gen_disk(out: &Path, size: &str, seed: u32, template: u32, day: u32) {
 pub fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
+
+/// A 3-level vhd-lib chain in `dir` written sector by sector (so partially changed blocks get
+/// partial bitmaps): `base.vhd` holding `r0`, `delta.vhd` holding `r1`, `delta2.vhd` holding
+/// `r2`. Returns what `xo_make_chain.js` reported of the first delta.
+pub fn xo_chain3(r0: &Path, r1: &Path, r2: &Path, dir: &Path) -> serde_json::Value {
+    let sector = OsStr::new("--granularity=sector");
+    let made = ok(&mut node(
+        "xo_make_chain.js",
+        [r0.as_os_str(), r1.as_os_str(), dir.as_os_str(), sector],
+    ));
+    let parent = format!("--parent={}", dir.join("delta.vhd").display());
+    ok(&mut node(
+        "xo_make_chain.js",
+        [
+            r1.as_os_str(),
+            r2.as_os_str(),
+            dir.as_os_str(),
+            sector,
+            OsStr::new(&parent),
+            OsStr::new("--name=delta2.vhd"),
+        ],
+    ));
+    json(made.trim())
+}

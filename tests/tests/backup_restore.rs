@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use cairn_tests::{assert_same_content, cairn, gen_disk, json, node, ok, read, run};
+use cairn_tests::{assert_same_content, cairn, gen_disk, json, node, ok, read, run, xo_chain3};
 
 const SIZE: &str = "64M";
 
@@ -149,26 +149,7 @@ fn a_series_backed_up_every_way_restores_bit_exact_everywhere() {
 
     // A vhd-lib chain with partial sector bitmaps, for a second VM: key, then deltas.
     let xo = w.join("xo");
-    ok(&mut node(
-        "xo_make_chain.js",
-        [
-            raws[0].as_os_str(),
-            raws[1].as_os_str(),
-            xo.as_os_str(),
-            OsStr::new("--granularity=sector"),
-        ],
-    ));
-    ok(&mut node(
-        "xo_make_chain.js",
-        [
-            raws[1].as_os_str(),
-            raws[2].as_os_str(),
-            xo.as_os_str(),
-            OsStr::new("--granularity=sector"),
-            OsStr::new(&format!("--parent={}", xo.join("delta.vhd").display())),
-            OsStr::new("--name=delta2.vhd"),
-        ],
-    ));
+    xo_chain3(&raws[0], &raws[1], &raws[2], &xo);
     let x0 = store.backup(
         "xo01",
         "2026-11-01T03:00:00Z",

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use cairn_tests::{
-    assert_same_content, cairn, make_raw, modify_raw, node, ok, read, run, vhdi_to_raw,
+    assert_same_content, cairn, make_raw, modify_raw, node, ok, read, run, vhdi_to_raw, xo_chain3,
 };
 
 const SIZE: u64 = 40 << 20;
@@ -67,26 +67,11 @@ fn vhd_lib_chains_with_partial_bitmaps_read_back_exactly() {
     modify_raw(&r0, &r1, 22);
     modify_raw(&r1, &r2, 23);
     let xo = d.join("xo");
-    let made = ok(&mut node(
-        "xo_make_chain.js",
-        [p(&r0), p(&r1), p(&xo), OsStr::new("--granularity=sector")],
-    ));
-    let made: serde_json::Value = serde_json::from_str(made.trim()).expect("xo_make_chain json");
+    let made = xo_chain3(&r0, &r1, &r2, &xo);
     assert!(
         made["deltaPartialBlocks"].as_u64().unwrap_or(0) > 0,
         "the delta must hold partial bitmaps: {made}"
     );
-    ok(&mut node(
-        "xo_make_chain.js",
-        [
-            p(&r1),
-            p(&r2),
-            p(&xo),
-            OsStr::new("--granularity=sector"),
-            OsStr::new(&format!("--parent={}", xo.join("delta.vhd").display())),
-            OsStr::new("--name=delta2.vhd"),
-        ],
-    ));
     for (top, want) in [("base.vhd", &r0), ("delta.vhd", &r1), ("delta2.vhd", &r2)] {
         let out = d.join(format!("{top}.raw"));
         ok(cairn(["vhd", "check"]).arg(xo.join(top)));
