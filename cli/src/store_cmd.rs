@@ -400,6 +400,16 @@ struct Cost {
 }
 
 impl Cost {
+    /// Counts one distinct chunk of the group: `stored` bytes in packs, `plain` bytes of data,
+    /// and whether no other group holds it.
+    fn add_chunk(&mut self, stored: u64, plain: u64, unique: bool) {
+        self.stored += stored;
+        self.plain += plain;
+        if unique {
+            self.unique += stored;
+        }
+    }
+
     fn json(&self) -> serde_json::Value {
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         json!({
@@ -510,24 +520,18 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
     // Stored, plain and unique bytes of groups count each chunk once.
     for (id, Holders { disks, vms, .. }) in &holders {
         let (st, pl) = size.get(id).copied().unwrap_or_default();
-        total.stored += st;
-        total.plain += pl;
-        total.unique += st;
+        total.add_chunk(st, pl, true);
         for d in disks {
-            let c = per_disk.entry(d.clone()).or_default();
-            c.stored += st;
-            c.plain += pl;
-            if disks.len() == 1 {
-                c.unique += st;
-            }
+            per_disk
+                .entry(d.clone())
+                .or_default()
+                .add_chunk(st, pl, disks.len() == 1);
         }
         for v in vms {
-            let c = per_vm.entry(v.clone()).or_default();
-            c.stored += st;
-            c.plain += pl;
-            if vms.len() == 1 {
-                c.unique += st;
-            }
+            per_vm
+                .entry(v.clone())
+                .or_default()
+                .add_chunk(st, pl, vms.len() == 1);
         }
     }
     if a.json {

@@ -239,8 +239,7 @@ pub fn restore(
 ) -> Result<Restored> {
     match (format, base) {
         (OutputFormat::Raw, None) => restore_raw(store, point, out, progress),
-        (OutputFormat::Vhd, None) => restore_vhd(store, point, None, out, progress),
-        (OutputFormat::Vhd, Some(b)) => restore_vhd(store, point, Some(b), out, progress),
+        (OutputFormat::Vhd, base) => restore_vhd(store, point, base, out, progress),
         (OutputFormat::VhdChain, None) => restore_chain(store, point, out, progress),
         (_, Some(_)) => Err(Error::Refused("--base goes with --format vhd only".into())),
     }
@@ -306,13 +305,13 @@ fn block_refs(refs: &[ChunkRef], per_block: usize) -> Vec<&[ChunkRef]> {
 
 /// Writes the VHD of `point` to `out`: dynamic, or differencing against `base` when given.
 fn write_point_vhd(
-    store: &Store,
-    point: &RecoveryPoint,
+    mut reader: PointReader<'_>,
     base: Option<(&RecoveryPoint, &[ChunkRef])>,
-    parent_name: Option<&str>,
     out: &Path,
     progress: &dyn Fn(u64),
 ) -> Result<u64> {
+    let point = reader.point.clone();
+    let point = &point;
     if !point.size.is_multiple_of(512) {
         return Err(Error::Refused(format!(
             "point {} is {} bytes, not whole sectors: restore it as raw",
@@ -320,7 +319,6 @@ fn write_point_vhd(
             point.size
         )));
     }
-    let mut reader = PointReader::new(store, point)?;
     let cs = point.chunk_size as usize;
     let per_block = (DEFAULT_BLOCK_SIZE as usize / cs).max(1);
     let blocks = block_refs(reader.refs(), per_block);
@@ -349,7 +347,7 @@ fn write_point_vhd(
     let parent = base.map(|(bp, _)| ParentSpec {
         uuid: point_uuid(bp),
         timestamp: vhd_timestamp(bp.time.timestamp()),
-        relative_path: parent_name.map_or_else(|| vhd_file_name(bp), str::to_owned),
+        relative_path: vhd_file_name(bp),
         absolute_path: String::new(),
     });
     let to_stdout = out == Path::new("-");
@@ -413,7 +411,7 @@ fn restore_vhd(
         }
         None => None,
     };
-    let bytes = write_point_vhd(store, point, base, None, out, progress)?;
+    let bytes = write_point_vhd(PointReader::new(store, point)?, base, out, progress)?;
     Ok(Restored {
         files: vec![out.to_path_buf()],
         bytes,
@@ -441,14 +439,15 @@ fn restore_chain(
     let mut prev: Option<(RecoveryPoint, Vec<ChunkRef>)> = None;
     for p in &points {
         let path = out.join(vhd_file_name(p));
-        let refs = store.chunk_refs(p)?;
+        let reader = PointReader::new(store, p)?;
+        let refs = reader.refs().to_vec();
         let base = match &prev {
             Some((bp, brefs)) if bp.size == p.size && bp.chunk_size == p.chunk_size => {
                 Some((bp, brefs.as_slice()))
             }
             _ => None,
         };
-        restored.bytes += write_point_vhd(store, p, base, None, &path, progress)?;
+        restored.bytes += write_point_vhd(reader, base, &path, progress)?;
         restored.files.push(path);
         prev = Some((p.clone(), refs));
     }

@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use fs2::FileExt;
 
@@ -20,7 +20,6 @@ pub const LOCK_FILE: &str = "lock";
 #[derive(Debug)]
 pub struct WriteLock {
     file: File,
-    path: PathBuf,
     /// What the lock file said of a previous holder that died without unlocking, if anything.
     pub stale: Option<String>,
 }
@@ -66,7 +65,7 @@ impl WriteLock {
         file.write_all(me.as_bytes())
             .map_err(Error::io(&path, "writing the lock file"))?;
         let _ = file.sync_data();
-        Ok(Self { file, path, stale })
+        Ok(Self { file, stale })
     }
 }
 
@@ -77,6 +76,5 @@ impl Drop for WriteLock {
         let _ = self.file.set_len(0);
         let _ = self.file.sync_data();
         let _ = FileExt::unlock(&self.file);
-        let _ = &self.path;
     }
 }
