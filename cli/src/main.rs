@@ -5,6 +5,7 @@
 //! exits non-zero (1 for a failed operation, 2 for a usage error, as clap does).
 
 mod progress;
+mod retention_cmd;
 mod store_cmd;
 mod vhd_cmd;
 
@@ -33,6 +34,21 @@ enum Command {
     Report(store_cmd::ReportArgs),
     /// Repair a store: rebuild its index from the packs and root files.
     Repair(store_cmd::RepairArgs),
+    /// Drop points by retention rules (keep-last, hourly, daily, weekly, monthly, yearly).
+    Prune(retention_cmd::PruneArgs),
+    /// Drop the given points.
+    Forget(retention_cmd::ForgetArgs),
+    /// Protect a point from prune and forget.
+    Protect(retention_cmd::ProtectArgs),
+    /// Lift a point's protection.
+    Unprotect(retention_cmd::ProtectArgs),
+    /// Reclaim the space of chunks no point references.
+    Gc(retention_cmd::GcArgs),
+    /// Read chunks, check them against their ids, and name what a bad one damages.
+    Verify(retention_cmd::VerifyArgs),
+    /// Per-VM policies (key backup interval).
+    #[command(subcommand)]
+    Policy(retention_cmd::PolicyCommand),
     /// Inspect, check, convert and create VHD files (fixed, dynamic, differencing chains).
     #[command(subcommand)]
     Vhd(vhd_cmd::VhdCommand),
@@ -47,6 +63,13 @@ fn main() {
         Command::List(a) => store_cmd::list(&a),
         Command::Report(a) => store_cmd::report(&a),
         Command::Repair(a) => store_cmd::repair(&a),
+        Command::Prune(a) => retention_cmd::prune(&a),
+        Command::Forget(a) => retention_cmd::forget(&a),
+        Command::Protect(a) => retention_cmd::protect(&a, true),
+        Command::Unprotect(a) => retention_cmd::protect(&a, false),
+        Command::Gc(a) => retention_cmd::gc(&a),
+        Command::Verify(a) => retention_cmd::verify(&a),
+        Command::Policy(cmd) => retention_cmd::policy(&cmd),
         Command::Vhd(cmd) => vhd_cmd::run(cmd),
     };
     match result {

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use cairn_ingest::{Format, Request};
+use cairn_ingest::{Format, KeyMode, Request};
 use cairn_restore::OutputFormat;
 use cairn_store::{ChunkId, ChunkRef, OpenMode, RecoveryPoint, Store};
 use chrono::{DateTime, Utc};
@@ -87,12 +87,33 @@ pub struct BackupArgs {
     /// Wait for another writer instead of failing.
     #[arg(long)]
     pub wait: bool,
+    /// A key backup: read the whole disk even from a differencing VHD (through its parent
+    /// files), storing fresh copies of chunks that verify marked bad or missing.
+    #[arg(long)]
+    pub key: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// DISK=SOURCE: a disk name and a path (or `-` for stdin).
+    /// DISK=SOURCE: a disk name and a path (or `-` for stdin). A disk whose name starts with
+    /// `[NOBAK]` is skipped, as Xen Orchestra does.
     #[arg(required = true, value_name = "DISK=SOURCE")]
     pub disks: Vec<String>,
+}
+
+/// Whether a key backup of a disk is due under an interval of `n`: every n-th backup is one.
+fn key_due(points: &[RecoveryPoint], vm: &str, disk: &str, n: u32) -> bool {
+    if n == 0 {
+        return false;
+    }
+    let mut mine: Vec<&RecoveryPoint> = points
+        .iter()
+        .filter(|p| p.vm == vm && p.disk == disk)
+        .collect();
+    mine.sort_by_key(|p| (p.time, p.committed));
+    match mine.iter().rposition(|p| p.stats.key) {
+        None => true,
+        Some(i) => (mine.len() - 1 - i) as u64 + 1 >= u64::from(n),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -125,6 +146,10 @@ pub struct RestoreArgs {
     /// With --format vhd: write a differencing VHD of what changed since this point.
     #[arg(long)]
     pub base: Option<String>,
+    /// Write zeros where chunks are bad or missing, list those ranges, and exit with status 3
+    /// (instead of stopping at the first one).
+    #[arg(long)]
+    pub ignore_errors: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -187,7 +212,7 @@ pub fn init(a: &InitArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn open_write(store: &Path, wait: bool) -> Result<Store> {
+pub fn open_write(store: &Path, wait: bool) -> Result<Store> {
     let s = Store::open(store, OpenMode::Write { wait })?;
     if let Some(stale) = s.stale_lock() {
         eprintln!("note: took over the lock of a writer that did not finish ({stale})");
@@ -202,7 +227,8 @@ fn point_json(p: &RecoveryPoint) -> serde_json::Value {
         "bytes_read": p.stats.bytes_read, "chunks": p.stats.chunks, "new_chunks": p.stats.new_chunks,
         "new_stored_bytes": p.stats.new_stored_bytes, "zero_chunks": p.stats.zero_chunks,
         "parent_chunks": p.stats.parent_chunks, "known_chunks": p.stats.known_chunks,
-        "seconds": p.stats.seconds,
+        "seconds": p.stats.seconds, "key": p.stats.key, "healed_chunks": p.stats.healed_chunks,
+        "protected": p.protected, "run": p.run,
     })
 }
 
@@ -212,6 +238,14 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
         let (disk, src) = d
             .split_once('=')
             .with_context(|| format!("{d:?}: expected DISK=SOURCE, e.g. xvda=disk.vhd"))?;
+        if let Some(rest) = disk.strip_prefix("[NOBAK]") {
+            eprintln!(
+                "skipping disk {:?} of VM {}: its name starts with [NOBAK]",
+                rest.trim_start(),
+                a.vm
+            );
+            continue;
+        }
         cairn_store::point::check_name("disk", disk).map_err(anyhow::Error::msg)?;
         jobs.push((disk.to_owned(), PathBuf::from(src)));
     }
@@ -222,8 +256,12 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
     let store = open_write(&a.store.store, a.wait)?;
     let parent = a.parent.as_deref().map(|p| store.resolve(p)).transpose()?;
     let time = a.time.unwrap_or_else(Utc::now);
+    let interval = store.policies()?.get(&a.vm).map_or(0, |p| p.key_interval);
+    let existing = store.points()?;
+    let run = (jobs.len() > 1).then(|| uuid::Uuid::new_v4().simple().to_string());
     let mut results = Vec::new();
     for (disk, src) in jobs {
+        let due = key_due(&existing, &a.vm, &disk, interval);
         let req = Request {
             vm: a.vm.clone(),
             disk: disk.clone(),
@@ -236,6 +274,14 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             },
             parent: parent.clone(),
             spool_dir: store.root().join("tmp"),
+            key: if a.key {
+                KeyMode::Forced
+            } else if due {
+                KeyMode::Due
+            } else {
+                KeyMode::No
+            },
+            run: run.clone(),
         };
         let bar = progress::bytes(0, &disk);
         let p = cairn_ingest::backup(&store, &req, &|done, total| {
@@ -252,10 +298,17 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             )
         })?;
         bar.finish_and_clear();
+        if due && !p.stats.key {
+            eprintln!(
+                "note: a key backup of {}/{disk} was due (every {interval}), but the source is a \
+                 differencing VHD whose parents cannot be opened; this backup read only what changed",
+                a.vm
+            );
+        }
         if !a.json {
             let s = &p.stats;
             println!(
-                "{} {}/{} {}: {} logical, {} read, {} new chunks, {} stored, {:.1}s ({}/s)",
+                "{} {}/{} {}: {} logical, {} read, {} new chunks, {} stored, {:.1}s ({}/s){}{}",
                 p.short_id(),
                 p.vm,
                 p.disk,
@@ -265,7 +318,13 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
                 s.new_chunks,
                 human_bytes(s.new_stored_bytes),
                 s.seconds,
-                human_bytes((s.logical_bytes as f64 / s.seconds.max(1e-6)) as u64)
+                human_bytes((s.logical_bytes as f64 / s.seconds.max(1e-6)) as u64),
+                if s.key { ", key backup" } else { "" },
+                if s.healed_chunks > 0 {
+                    format!(", healed {} chunks", s.healed_chunks)
+                } else {
+                    String::new()
+                }
             );
         }
         results.push(point_json(&p));
@@ -290,9 +349,15 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
     }
     let bar = progress::bytes(point.size, "restore");
     let started = std::time::Instant::now();
-    let r = cairn_restore::restore(&store, &point, &a.out, format, base.as_ref(), &|done| {
-        bar.set_position(done)
-    })
+    let r = cairn_restore::restore(
+        &store,
+        &point,
+        &a.out,
+        format,
+        base.as_ref(),
+        a.ignore_errors,
+        &|done| bar.set_position(done),
+    )
     .with_context(|| {
         format!(
             "restore of point {} to {} failed",
@@ -306,7 +371,8 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({ "point": point.id, "files": r.files, "bytes": r.bytes, "seconds": secs })
+                &json!({ "point": point.id, "files": r.files, "bytes": r.bytes, "seconds": secs,
+                    "damaged": r.damaged.iter().map(|d| json!({"point": d.point, "offset": d.offset, "len": d.len, "what": d.what})).collect::<Vec<_>>() })
             )?
         );
     } else if a.out != Path::new("-") {
@@ -319,6 +385,23 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
             human_bytes(point.size),
             secs
         );
+    }
+    if !r.damaged.is_empty() {
+        for d in &r.damaged {
+            eprintln!(
+                "damaged: point {} bytes {}..{} written as zeros: {}",
+                &d.point[..12.min(d.point.len())],
+                d.offset,
+                d.offset + d.len,
+                d.what
+            );
+        }
+        eprintln!(
+            "restored with {} damaged ranges ({} bytes of zeros)",
+            r.damaged.len(),
+            r.damaged.iter().map(|d| d.len).sum::<u64>()
+        );
+        return Ok(3);
     }
     Ok(0)
 }
@@ -338,21 +421,30 @@ pub fn list(a: &ListArgs) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<12}  {:<16} {:<8} {:<20}  {:>10}  {:>10}  {:<16}",
-        "ID", "VM", "DISK", "TIME", "SIZE", "NEW", "SOURCE"
+        "{:<12}  {:<16} {:<8} {:<20}  {:>10}  {:>10}  {:<16} {:<5} {:<8}",
+        "ID", "VM", "DISK", "TIME", "SIZE", "NEW", "SOURCE", "FLAGS", "RUN"
     );
+    // Points sort by time, so the disks of one backup run (one time) are listed together.
     for p in &points {
+        let flags = format!(
+            "{}{}",
+            if p.stats.key { "K" } else { "-" },
+            if p.protected { "P" } else { "-" }
+        );
         println!(
-            "{:<12}  {:<16} {:<8} {:<20}  {:>10}  {:>10}  {:<16}",
+            "{:<12}  {:<16} {:<8} {:<20}  {:>10}  {:>10}  {:<16} {:<5} {:<8}",
             p.short_id(),
             p.vm,
             p.disk,
             p.time.format("%Y-%m-%dT%H:%M:%SZ"),
             human_bytes(p.size),
             human_bytes(p.stats.new_stored_bytes),
-            p.source.kind
+            p.source.kind,
+            flags,
+            p.run.as_deref().map_or("", |r| &r[..8.min(r.len())])
         );
     }
+    println!("flags: K key backup (read the whole disk), P protected");
     if points.is_empty() {
         println!("(no recovery points)");
     }

@@ -82,6 +82,19 @@ pub enum Format {
     Vhd,
 }
 
+/// Whether a backup must read the whole disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyMode {
+    /// Apply a differencing VHD to its parent point (reading only what changed).
+    #[default]
+    No,
+    /// A key backup is due by policy: read a differencing VHD through its parents when they
+    /// can be opened, else apply it as usual (the point says it is not a key backup).
+    Due,
+    /// A key backup was asked for: fail when the whole disk cannot be read.
+    Forced,
+}
+
 /// One backup to make.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -99,6 +112,12 @@ pub struct Request {
     pub parent: Option<RecoveryPoint>,
     /// Folder for spooling a VHD read from stdin (inside the store, so it is on the same disk).
     pub spool_dir: PathBuf,
+    /// Whether to make a key backup: read the whole disk even from a differencing VHD
+    /// (through its parent VHD files), so that every chunk is hashed and chunks marked bad or
+    /// missing are stored afresh. Raw images and fixed or dynamic VHDs are always read whole.
+    pub key: KeyMode,
+    /// The backup run this disk belongs to (several disks of one VM backed up together).
+    pub run: Option<String>,
 }
 
 /// A chunk of the disk as the reader yields it.
@@ -736,6 +755,14 @@ pub fn backup(
                 path: "-".into(),
             };
             let parent = if footer.disk_type == DiskType::Differencing {
+                if req.key == KeyMode::Forced {
+                    return Err(Error::Refused(
+                        "a key backup reads the whole disk, and a differencing VHD on stdin \
+                         comes without its parents: give the VHD's path (its parents beside it) \
+                         or back up the full disk"
+                            .into(),
+                    ));
+                }
                 let p = choose_parent(store, req, "-", &header.parent_uuid.to_string(), size)?;
                 let refs = store.chunk_refs(&p)?;
                 parent_used = Some(p.id.clone());
@@ -784,6 +811,35 @@ pub fn backup(
                 let uuid = Some(vhd.footer().uuid.to_string());
                 let size = vhd.disk_size();
                 match vhd.disk_type() {
+                    DiskType::Differencing
+                        if req.key == KeyMode::Forced
+                            || (req.key == KeyMode::Due
+                                && Chain::open(&req.source, |p| File::open(p)).is_ok()) =>
+                    {
+                        drop(vhd);
+                        let chain = Chain::open(&req.source, |p| File::open(p)).map_err(|e| {
+                            Error::Refused(format!(
+                                "a key backup reads the whole disk through the VHD's parents, \
+                                 and they cannot be opened: {e}"
+                            ))
+                        })?;
+                        parent_used = None;
+                        let src = VhdSource {
+                            chain,
+                            chunk: u64::from(chunk),
+                            index: 0,
+                            read: 0,
+                        };
+                        (
+                            SourceInfo {
+                                kind: "vhd-differencing".into(),
+                                vhd_uuid: uuid,
+                                path: shown,
+                            },
+                            Box::new(src),
+                            Some(size),
+                        )
+                    }
                     DiskType::Differencing => {
                         let want = vhd
                             .header()
@@ -942,6 +998,8 @@ pub fn backup(
     }
     stats.logical_bytes = size;
     stats.bytes_read = bytes_read;
+    // A key backup read the whole disk: nothing was applied to a parent point.
+    stats.key = parent_used.is_none();
     stats.seconds = started.elapsed().as_secs_f64();
     let point = NewPoint {
         vm: req.vm.clone(),
@@ -951,6 +1009,7 @@ pub fn backup(
         source: source_info,
         parent: parent_used,
         stats,
+        run: req.run.clone(),
     };
     let mut rp = session.commit(point, &refs)?;
     rp.stats.seconds = started.elapsed().as_secs_f64();

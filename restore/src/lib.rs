@@ -6,7 +6,8 @@
 //! their locations are looked up in one batch, sorted by pack and offset, read by several
 //! threads at once, decompressed and checked against their ids, then handed out in disk order.
 //! A chunk that is missing or does not match its id stops the restore with an error naming the
-//! chunk and the disk offset: wrong bytes are never written silently.
+//! chunk and the disk offset: wrong bytes are never written silently. Asked to ignore errors,
+//! the reader writes zeros there instead and lists every damaged range in [`Restored`].
 //!
 //! # VHDs
 //! The VHD of a point has the point's id as its UUID and the point's time as its timestamp, so
@@ -72,6 +73,22 @@ pub struct PointReader<'s> {
     point: RecoveryPoint,
     refs: Vec<ChunkRef>,
     cache: HashMap<usize, Vec<u8>>,
+    /// Write zeros for bad or missing chunks (and list them) instead of failing.
+    ignore_errors: bool,
+    damaged: Vec<Damaged>,
+}
+
+/// A range of a restored disk that could not be read and was written as zeros.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damaged {
+    /// The point.
+    pub point: String,
+    /// Disk offset.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Why.
+    pub what: String,
 }
 
 impl<'s> PointReader<'s> {
@@ -80,13 +97,65 @@ impl<'s> PointReader<'s> {
     /// # Errors
     /// A missing or bad tree chunk.
     pub fn new(store: &'s Store, point: &RecoveryPoint) -> Result<Self> {
-        let refs = store.chunk_refs(point)?;
+        Self::open(store, point, false)
+    }
+
+    /// Loads the point's reference list; with `ignore_errors`, a tree segment that cannot be
+    /// read makes its stretch of the disk zeros (listed in [`Self::damaged`]) instead of an
+    /// error, and so do bad or missing chunks later.
+    ///
+    /// # Errors
+    /// A missing or bad tree chunk, unless errors are ignored.
+    pub fn open(store: &'s Store, point: &RecoveryPoint, ignore_errors: bool) -> Result<Self> {
+        let mut damaged = Vec::new();
+        let refs = if ignore_errors {
+            let cs = u64::from(point.chunk_size);
+            let seg_bytes = cairn_store::point::SEGMENT_REFS as u64 * cs;
+            let mut refs = Vec::with_capacity(point.chunk_count() as usize);
+            for (i, seg) in point.segment_ids().into_iter().enumerate() {
+                let want = (point.chunk_count() as usize - refs.len())
+                    .min(cairn_store::point::SEGMENT_REFS);
+                let got = seg
+                    .ok_or_else(|| format!("segment {i} is not a chunk id"))
+                    .and_then(|id| store.read_chunk(&id).map_err(|e| e.to_string()))
+                    .and_then(|b| cairn_store::point::decode_segment(&b));
+                match got {
+                    Ok(r) if r.len() == want => refs.extend(r),
+                    other => {
+                        let what = match other {
+                            Err(e) => format!("tree segment unreadable: {e}"),
+                            Ok(r) => format!("tree segment holds {} refs, not {want}", r.len()),
+                        };
+                        let offset = i as u64 * seg_bytes;
+                        damaged.push(Damaged {
+                            point: point.id.clone(),
+                            offset,
+                            len: (point.size - offset).min(seg_bytes),
+                            what,
+                        });
+                        refs.extend(std::iter::repeat_n(ChunkRef::Zero, want));
+                    }
+                }
+            }
+            refs
+        } else {
+            store.chunk_refs(point)?
+        };
         Ok(Self {
             store,
             point: point.clone(),
             refs,
             cache: HashMap::new(),
+            ignore_errors,
+            damaged,
         })
+    }
+
+    /// The ranges written as zeros because they could not be read (only when errors are
+    /// ignored).
+    #[must_use]
+    pub fn damaged(&self) -> &[Damaged] {
+        &self.damaged
     }
 
     /// The point's refs.
@@ -113,13 +182,15 @@ impl<'s> PointReader<'s> {
         let locs = self.store.locations(&ids)?;
         let cs = u64::from(self.point.chunk_size);
         let mut jobs = Vec::with_capacity(wanted.len());
+        let mut failed = Vec::new();
         for ((i, id), loc) in wanted.drain(..).zip(locs) {
             let Some(loc) = loc else {
-                return Err(Error::Chunk {
+                failed.push(Error::Chunk {
                     point: self.point.id.clone(),
                     offset: i as u64 * cs,
                     source: cairn_store::Error::MissingChunk(id),
                 });
+                continue;
             };
             jobs.push((i, id, loc));
         }
@@ -140,8 +211,33 @@ impl<'s> PointReader<'s> {
             })
             .collect();
         for r in read {
-            let (i, d) = r?;
-            self.cache.insert(i, d);
+            match r {
+                Ok((i, d)) => {
+                    self.cache.insert(i, d);
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+        failed.sort_by_key(|e| match e {
+            Error::Chunk { offset, .. } => *offset,
+            _ => 0,
+        });
+        for e in failed {
+            let Error::Chunk { offset, source, .. } = &e else {
+                return Err(e);
+            };
+            if !self.ignore_errors {
+                return Err(e);
+            }
+            let len = (self.point.size - offset).min(cs);
+            self.damaged.push(Damaged {
+                point: self.point.id.clone(),
+                offset: *offset,
+                len,
+                what: source.to_string(),
+            });
+            self.cache
+                .insert((offset / cs) as usize, vec![0; len as usize]);
         }
         Ok(())
     }
@@ -193,6 +289,8 @@ pub struct Restored {
     pub files: Vec<PathBuf>,
     /// Bytes written.
     pub bytes: u64,
+    /// Ranges written as zeros because they could not be read (with errors ignored).
+    pub damaged: Vec<Damaged>,
 }
 
 /// The file name cairn gives the VHD of a point: `<vm>-<disk>-<time>-<id12>.vhd`.
@@ -226,6 +324,9 @@ fn io_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
 /// Restores `point` to `out` (`-` for stdout where the format allows). `progress` is called
 /// with the disk bytes done.
 ///
+/// With `ignore_errors`, bad or missing chunks are written as zeros and listed in
+/// [`Restored::damaged`].
+///
 /// # Errors
 /// Bad or missing chunks (nothing wrong is written silently), I/O errors, a base point of
 /// another disk or size.
@@ -235,12 +336,13 @@ pub fn restore(
     out: &Path,
     format: OutputFormat,
     base: Option<&RecoveryPoint>,
+    ignore_errors: bool,
     progress: &dyn Fn(u64),
 ) -> Result<Restored> {
     match (format, base) {
-        (OutputFormat::Raw, None) => restore_raw(store, point, out, progress),
-        (OutputFormat::Vhd, base) => restore_vhd(store, point, base, out, progress),
-        (OutputFormat::VhdChain, None) => restore_chain(store, point, out, progress),
+        (OutputFormat::Raw, None) => restore_raw(store, point, out, ignore_errors, progress),
+        (OutputFormat::Vhd, base) => restore_vhd(store, point, base, out, ignore_errors, progress),
+        (OutputFormat::VhdChain, None) => restore_chain(store, point, out, ignore_errors, progress),
         (_, Some(_)) => Err(Error::Refused("--base goes with --format vhd only".into())),
     }
 }
@@ -249,9 +351,10 @@ fn restore_raw(
     store: &Store,
     point: &RecoveryPoint,
     out: &Path,
+    ignore_errors: bool,
     progress: &dyn Fn(u64),
 ) -> Result<Restored> {
-    let mut reader = PointReader::new(store, point)?;
+    let mut reader = PointReader::open(store, point, ignore_errors)?;
     let cs = point.chunk_size as usize;
     let to_stdout = out == Path::new("-");
     let mut file = if to_stdout {
@@ -295,6 +398,7 @@ fn restore_raw(
     Ok(Restored {
         files: vec![out.to_path_buf()],
         bytes: point.size,
+        damaged: reader.damaged,
     })
 }
 
@@ -305,7 +409,7 @@ fn block_refs(refs: &[ChunkRef], per_block: usize) -> Vec<&[ChunkRef]> {
 
 /// Writes the VHD of `point` to `out`: dynamic, or differencing against `base` when given.
 fn write_point_vhd(
-    mut reader: PointReader<'_>,
+    reader: &mut PointReader<'_>,
     base: Option<(&RecoveryPoint, &[ChunkRef])>,
     out: &Path,
     progress: &dyn Fn(u64),
@@ -391,6 +495,7 @@ fn restore_vhd(
     point: &RecoveryPoint,
     base: Option<&RecoveryPoint>,
     out: &Path,
+    ignore_errors: bool,
     progress: &dyn Fn(u64),
 ) -> Result<Restored> {
     let base_refs;
@@ -411,10 +516,12 @@ fn restore_vhd(
         }
         None => None,
     };
-    let bytes = write_point_vhd(PointReader::new(store, point)?, base, out, progress)?;
+    let mut reader = PointReader::open(store, point, ignore_errors)?;
+    let bytes = write_point_vhd(&mut reader, base, out, progress)?;
     Ok(Restored {
         files: vec![out.to_path_buf()],
         bytes,
+        damaged: reader.damaged,
     })
 }
 
@@ -422,6 +529,7 @@ fn restore_chain(
     store: &Store,
     point: &RecoveryPoint,
     out: &Path,
+    ignore_errors: bool,
     progress: &dyn Fn(u64),
 ) -> Result<Restored> {
     std::fs::create_dir_all(out).map_err(io_err(out, "creating the folder"))?;
@@ -439,7 +547,7 @@ fn restore_chain(
     let mut prev: Option<(RecoveryPoint, Vec<ChunkRef>)> = None;
     for p in &points {
         let path = out.join(vhd_file_name(p));
-        let reader = PointReader::new(store, p)?;
+        let mut reader = PointReader::open(store, p, ignore_errors)?;
         let refs = reader.refs().to_vec();
         let base = match &prev {
             Some((bp, brefs)) if bp.size == p.size && bp.chunk_size == p.chunk_size => {
@@ -447,7 +555,8 @@ fn restore_chain(
             }
             _ => None,
         };
-        restored.bytes += write_point_vhd(reader, base, &path, progress)?;
+        restored.bytes += write_point_vhd(&mut reader, base, &path, progress)?;
+        restored.damaged.append(&mut reader.damaged);
         restored.files.push(path);
         prev = Some((p.clone(), refs));
     }

@@ -6,6 +6,14 @@
 //! | `packs`  | pack id (16 bytes)  | JSON [`PackInfo`] |
 //! | `points` | point id (16 bytes) | JSON [`crate::RecoveryPoint`] |
 //! | `meta`   | text key            | text value |
+//! | `refs`   | chunk id            | reference count, u64 big-endian (absent = 0) |
+//! | `garbage`| pack id + frame offset (24 bytes) | chunk id of an unreferenced frame |
+//! | `bad`    | chunk id            | JSON [`BadMark`]: why verify found it bad or missing |
+//!
+//! A tree segment's count is the number of points naming it; a data chunk's count is the number
+//! of live segments naming it (each counted once per segment). Every indexed frame whose chunk
+//! has count 0, or that a fresh copy superseded, has a `garbage` entry: garbage collection reads
+//! that list instead of walking every point.
 //!
 //! Everything here can be rebuilt from the packs and the root files (`cairn repair
 //! --rebuild-index`).
@@ -23,8 +31,39 @@ pub const CF_PACKS: &str = "packs";
 pub const CF_POINTS: &str = "points";
 /// Column family of store-wide facts.
 pub const CF_META: &str = "meta";
+/// Column family of reference counts.
+pub const CF_REFS: &str = "refs";
+/// Column family of unreferenced frames, keyed by pack and offset.
+pub const CF_GARBAGE: &str = "garbage";
+/// Column family of chunks verify found bad or missing.
+pub const CF_BAD: &str = "bad";
 /// Every column family.
-pub const COLUMN_FAMILIES: [&str; 4] = [CF_CHUNKS, CF_PACKS, CF_POINTS, CF_META];
+pub const COLUMN_FAMILIES: [&str; 7] = [
+    CF_CHUNKS, CF_PACKS, CF_POINTS, CF_META, CF_REFS, CF_GARBAGE, CF_BAD,
+];
+/// `meta` key set once the reference counts cover every point.
+pub const META_REFCOUNTS: &str = "refcounts";
+
+/// Key of a `garbage` entry: the pack, then the frame offset (big-endian, so a pack's frames
+/// are adjacent and in order).
+#[must_use]
+pub fn garbage_key(pack: PackId, offset: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&pack.0);
+    k[16..].copy_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// Why a chunk is marked bad.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BadMark {
+    /// What verify found.
+    pub what: String,
+    /// Where it looked (pack and offset), if the index had a location.
+    pub location: Option<String>,
+    /// When (RFC 3339).
+    pub found: String,
+}
 
 /// Where a chunk is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

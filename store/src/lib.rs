@@ -47,14 +47,17 @@ pub mod config;
 pub mod error;
 pub mod index;
 pub mod lock;
+mod maintenance;
 pub mod pack;
 pub mod point;
+mod refs;
 mod store;
 
 pub use chunk::{ChunkId, ChunkKind, ChunkRef, Codec, EncodedChunk};
 pub use config::{DEFAULT_CHUNK_SIZE, StoreConfig};
 pub use error::{Error, Result};
-pub use index::Location;
+pub use index::{BadMark, Location, PackInfo};
+pub use maintenance::{Forgotten, GarbageFrame, Policy, Sweep};
 pub use pack::PackId;
 pub use point::{BackupStats, RecoveryPoint, SourceInfo};
 pub use store::{NewPoint, OpenMode, RebuildReport, Session, Store, write_atomic};

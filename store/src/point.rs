@@ -48,6 +48,13 @@ pub struct BackupStats {
     pub new_stored_bytes: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Whether the backup read the whole disk (a key backup): every chunk was hashed, and
+    /// chunks marked bad or missing were stored afresh.
+    #[serde(default)]
+    pub key: bool,
+    /// Chunks marked bad or missing that this backup stored afresh.
+    #[serde(default)]
+    pub healed_chunks: u64,
 }
 
 /// A committed recovery point. Never changes once committed.
@@ -75,6 +82,12 @@ pub struct RecoveryPoint {
     pub stats: BackupStats,
     /// When the point was committed.
     pub committed: DateTime<Utc>,
+    /// A protected point is never pruned or forgotten.
+    #[serde(default)]
+    pub protected: bool,
+    /// The backup run this point was made in (the disks of one VM backed up together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 impl RecoveryPoint {
@@ -106,6 +119,23 @@ impl RecoveryPoint {
     #[must_use]
     pub fn segment_ids(&self) -> Vec<Option<ChunkId>> {
         self.segments.iter().map(|s| ChunkId::from_hex(s)).collect()
+    }
+
+    /// The distinct segment ids, in first-seen order.
+    ///
+    /// # Errors
+    /// A segment that is not a chunk id.
+    pub fn distinct_segments(&self) -> Result<Vec<ChunkId>, String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (i, s) in self.segments.iter().enumerate() {
+            let id = ChunkId::from_hex(s)
+                .ok_or_else(|| format!("{}: segment {i} is not a chunk id", self.id))?;
+            if seen.insert(id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
     }
 }
 

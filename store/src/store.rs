@@ -11,7 +11,10 @@ use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, Wri
 use crate::chunk::{self, ChunkId, ChunkKind, ChunkRef, EncodedChunk};
 use crate::config::{CONFIG_FILE, StoreConfig};
 use crate::error::{Error, Result};
-use crate::index::{CF_CHUNKS, CF_PACKS, CF_POINTS, COLUMN_FAMILIES, Location, PackInfo};
+use crate::index::{
+    CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_META, CF_PACKS, CF_POINTS, COLUMN_FAMILIES, Location,
+    META_REFCOUNTS, PackInfo, garbage_key,
+};
 use crate::lock::WriteLock;
 use crate::pack::{self, PackId, PackWriter, read_frame, sync_dir};
 use crate::point::{
@@ -33,9 +36,9 @@ pub enum OpenMode {
 
 /// An open store.
 pub struct Store {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     config: StoreConfig,
-    db: DB,
+    pub(crate) db: DB,
     lock: Option<WriteLock>,
     files: Mutex<HashMap<PackId, Arc<File>>>,
 }
@@ -77,7 +80,7 @@ fn open_db(root: &Path, read_only: bool) -> Result<DB> {
     db.map_err(|source| Error::Index { path, source })
 }
 
-fn sync_write() -> WriteOptions {
+pub(crate) fn sync_write() -> WriteOptions {
     let mut w = WriteOptions::default();
     w.set_sync(true);
     w
@@ -120,7 +123,15 @@ impl Store {
             .map_err(Error::io(root, "creating the store"))?;
         std::fs::create_dir_all(root.join("points"))
             .map_err(Error::io(root, "creating the store"))?;
-        drop(open_db(root, false)?);
+        let db = open_db(root, false)?;
+        if let Some(meta) = db.cf_handle(CF_META) {
+            db.put_cf_opt(meta, META_REFCOUNTS, b"1", &sync_write())
+                .map_err(|source| Error::Index {
+                    path: root.join("index"),
+                    source,
+                })?;
+        }
+        drop(db);
         // The config goes last: a folder without it is not (yet) a store.
         write_atomic(&root.join(CONFIG_FILE), config.to_toml().as_bytes())?;
         Ok(config)
@@ -145,6 +156,9 @@ impl Store {
             files: Mutex::new(HashMap::new()),
         };
         if store.lock.is_some() {
+            if !store.refcounts_ready()? {
+                store.recount()?;
+            }
             store.publish_orphan_roots()?;
         }
         Ok(store)
@@ -169,14 +183,14 @@ impl Store {
         self.lock.as_ref().and_then(|l| l.stale.as_deref())
     }
 
-    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+    pub(crate) fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
         self.db.cf_handle(name).ok_or_else(|| Error::Config {
             path: self.root.join("index"),
             what: format!("column family {name} is missing"),
         })
     }
 
-    fn index_err(&self) -> impl FnOnce(rocksdb::Error) -> Error + '_ {
+    pub(crate) fn index_err(&self) -> impl FnOnce(rocksdb::Error) -> Error + '_ {
         move |source| Error::Index {
             path: self.root.join("index"),
             source,
@@ -372,36 +386,65 @@ impl Store {
     /// # Errors
     /// [`Error::Usage`] when the store was opened read-only.
     pub fn session(&self) -> Result<Session<'_>> {
-        if self.lock.is_none() {
-            return Err(Error::Usage("the store was opened read-only".into()));
-        }
+        self.require_writer()?;
+        let bad = self.bad_chunks()?.into_iter().map(|(id, _)| id).collect();
         Ok(Session {
             store: self,
             pack: None,
             pending: Vec::new(),
             seen: HashSet::new(),
+            bad,
+            superseded: Vec::new(),
             new_stored: 0,
             created: Vec::new(),
         })
     }
 
+    /// Fails unless the store was opened for writing.
+    pub(crate) fn require_writer(&self) -> Result<()> {
+        if self.lock.is_none() {
+            return Err(Error::Usage("the store was opened read-only".into()));
+        }
+        Ok(())
+    }
+
     /// Publishes root files that exist but are not in the catalogue (a writer that died between
-    /// writing its root file and its catalogue batch: the point is complete, its chunks durable).
+    /// writing its root file and its catalogue batch: the point is complete, its chunks durable;
+    /// or a forget that died between its catalogue batch and removing the root file: the point
+    /// comes back, whole). Only root files whose id the catalogue lacks are parsed.
     fn publish_orphan_roots(&self) -> Result<()> {
-        let roots = self.root_files()?;
         let cf = self.cf(CF_POINTS)?;
-        let mut batch = WriteBatch::default();
-        for (_, p) in roots {
-            let key = point_key(&p.id)?;
-            if self.db.get_cf(cf, key).map_err(self.index_err())?.is_none() {
-                batch.put_cf(cf, key, serde_json::to_vec(&p).unwrap_or_default());
+        let mut orphans = Vec::new();
+        for path in files_under(&self.root.join("points"), "json")? {
+            let id = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.rsplit('-').next())
+                .and_then(|id| point_key(id).ok());
+            let known = match id {
+                Some(k) => self.db.get_cf(cf, k).map_err(self.index_err())?.is_some(),
+                None => false,
+            };
+            if !known {
+                orphans.push(read_root_file(&path)?);
             }
         }
-        if !batch.is_empty() {
-            self.db
-                .write_opt(batch, &sync_write())
-                .map_err(self.index_err())?;
+        if orphans.is_empty() {
+            return Ok(());
         }
+        let mut batch = WriteBatch::default();
+        for p in &orphans {
+            batch.put_cf(
+                cf,
+                point_key(&p.id)?,
+                serde_json::to_vec(p).unwrap_or_default(),
+            );
+        }
+        let changes: Vec<(&RecoveryPoint, i64)> = orphans.iter().map(|p| (p, 1)).collect();
+        self.count_refs(&mut batch, &changes)?;
+        self.db
+            .write_opt(batch, &sync_write())
+            .map_err(self.index_err())?;
         Ok(())
     }
 
@@ -493,7 +536,11 @@ impl Store {
             report.points += 1;
         }
         db.write_opt(batch, &sync_write()).map_err(err)?;
+        drop(db);
         drop(lock);
+        // Opening for writing counts the references of every point afresh (the new index has
+        // no counts yet).
+        drop(Self::open(root, OpenMode::Write { wait })?);
         Ok(report)
     }
 }
@@ -512,7 +559,7 @@ pub struct RebuildReport {
 }
 
 /// Every file under `dir` (recursively) whose extension is `ext`; a missing folder has none.
-fn files_under(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn files_under(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -536,15 +583,19 @@ fn files_under(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
 fn scan_root_files(root: &Path) -> Result<Vec<(PathBuf, RecoveryPoint)>> {
     let mut out = Vec::new();
     for path in files_under(&root.join("points"), "json")? {
-        let bytes = std::fs::read(&path).map_err(Error::io(&path, "reading a root file"))?;
-        let p: RecoveryPoint = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Point(format!("{}: unreadable root file: {e}", path.display())))?;
+        let p = read_root_file(&path)?;
         out.push((path, p));
     }
     Ok(out)
 }
 
-fn point_key(id: &str) -> Result<[u8; 16]> {
+fn read_root_file(path: &Path) -> Result<RecoveryPoint> {
+    let bytes = std::fs::read(path).map_err(Error::io(path, "reading a root file"))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Point(format!("{}: unreadable root file: {e}", path.display())))
+}
+
+pub(crate) fn point_key(id: &str) -> Result<[u8; 16]> {
     let mut k = [0u8; 16];
     hex::decode_to_slice(id, &mut k)
         .map_err(|_| Error::Point(format!("{id:?} is not a point id")))?;
@@ -568,6 +619,8 @@ pub struct NewPoint {
     pub parent: Option<String>,
     /// What the backup did (new stored bytes of the tree segments are added by commit).
     pub stats: BackupStats,
+    /// The backup run it belongs to (the disks of one VM backed up together).
+    pub run: Option<String>,
 }
 
 /// Writing into a store. New chunks are appended to packs at once but indexed, and a point
@@ -578,6 +631,10 @@ pub struct Session<'a> {
     pack: Option<PackWriter>,
     pending: Vec<(ChunkId, Location)>,
     seen: HashSet<ChunkId>,
+    /// Chunks marked bad or missing: stored afresh when a backup reads them.
+    bad: HashSet<ChunkId>,
+    /// Old locations of chunks stored afresh (their frames become garbage at commit).
+    superseded: Vec<(ChunkId, Location)>,
     new_stored: u64,
     /// Packs this session created; removed if it ends without committing.
     created: Vec<PathBuf>,
@@ -605,17 +662,34 @@ impl Session<'_> {
     ///
     /// # Errors
     /// Index errors.
+    /// A chunk marked bad or missing counts as not held, so that a backup reading it stores
+    /// a fresh copy (heals it).
+    ///
+    /// # Errors
+    /// Index errors.
     pub fn has(&self, id: &ChunkId) -> Result<bool> {
-        Ok(self.seen.contains(id) || self.store.location(id)?.is_some())
+        Ok(
+            self.seen.contains(id)
+                || (!self.bad.contains(id) && self.store.location(id)?.is_some()),
+        )
     }
 
-    /// Appends a chunk unless the store or this session holds it; returns whether it was new.
+    /// Appends a chunk unless the store or this session holds a good copy; returns whether it
+    /// was appended. A chunk marked bad or missing is appended again and its old frame left
+    /// to garbage collection.
     ///
     /// # Errors
     /// I/O errors.
     pub fn put(&mut self, chunk: &EncodedChunk) -> Result<bool> {
-        if self.seen.contains(&chunk.id) || self.store.location(&chunk.id)?.is_some() {
+        if self.seen.contains(&chunk.id) {
             return Ok(false);
+        }
+        let old = self.store.location(&chunk.id)?;
+        if let Some(old) = old {
+            if !self.bad.contains(&chunk.id) {
+                return Ok(false);
+            }
+            self.superseded.push((chunk.id, old));
         }
         let target = self.store.config.pack_target_size;
         if self.pack.as_ref().is_some_and(|p| p.len() >= target)
@@ -644,6 +718,15 @@ impl Session<'_> {
         self.seen.insert(chunk.id);
         self.new_stored += pack::FRAME_HEADER_SIZE + chunk.bytes.len() as u64;
         Ok(true)
+    }
+
+    /// Chunks marked bad or missing that this session stored afresh so far.
+    #[must_use]
+    pub fn healed(&self) -> u64 {
+        self.pending
+            .iter()
+            .filter(|(id, _)| self.bad.contains(id))
+            .count() as u64
     }
 
     /// Bytes appended to packs so far (frames included).
@@ -699,6 +782,25 @@ impl Session<'_> {
         for (id, info) in &packs {
             batch.put_cf(packs_cf, id.0, serde_json::to_vec(info).unwrap_or_default());
         }
+        // Unreferenced until the catalogue batch counts them: listed as garbage, so a crash
+        // before that batch leaves nothing that garbage collection cannot find.
+        let ids: Vec<ChunkId> = self.pending.iter().map(|(id, _)| *id).collect();
+        let garbage_cf = store.cf(CF_GARBAGE)?;
+        for ((id, loc), count) in self.pending.iter().zip(store.refcounts(&ids)?) {
+            if count == 0 {
+                batch.put_cf(garbage_cf, garbage_key(loc.pack, loc.offset), id.0);
+            }
+        }
+        let bad_cf = store.cf(CF_BAD)?;
+        for (id, old) in &self.superseded {
+            batch.put_cf(garbage_cf, garbage_key(old.pack, old.offset), id.0);
+            batch.delete_cf(bad_cf, id.0);
+        }
+        for id in &ids {
+            if self.bad.contains(id) {
+                batch.delete_cf(bad_cf, id.0);
+            }
+        }
         store
             .db
             .write_opt(batch, &sync_write())
@@ -708,6 +810,7 @@ impl Session<'_> {
         // 3. The root file: the commit.
         let mut stats = point.stats;
         stats.new_stored_bytes = self.new_stored;
+        stats.healed_chunks = self.healed();
         let rp = RecoveryPoint {
             id: hex::encode(uuid::Uuid::new_v4().as_bytes()),
             vm: point.vm,
@@ -720,12 +823,15 @@ impl Session<'_> {
             segments,
             stats,
             committed: Utc::now(),
+            protected: false,
+            run: point.run,
         };
         let json = serde_json::to_vec_pretty(&rp).map_err(|e| Error::Point(e.to_string()))?;
         write_atomic(&store.root.join(rp.root_file()), &json)?;
-        // 4. The catalogue entry, in one batch.
+        // 4. The catalogue entry and the reference counts, in one batch.
         let mut batch = WriteBatch::default();
         batch.put_cf(store.cf(CF_POINTS)?, point_key(&rp.id)?, &json);
+        store.count_refs(&mut batch, &[(&rp, 1)])?;
         store
             .db
             .write_opt(batch, &sync_write())

@@ -16,6 +16,7 @@ fn new_point(vm: &str, size: u64) -> NewPoint {
         },
         parent: None,
         stats: BackupStats::default(),
+        run: None,
     }
 }
 

@@ -251,3 +251,84 @@ pub fn xo_chain3(r0: &Path, r1: &Path, r2: &Path, dir: &Path) -> serde_json::Val
     ));
     json(made.trim())
 }
+
+/// A store in a temporary folder, driven through the `cairn` binary.
+pub struct TestStore {
+    dir: tempfile::TempDir,
+}
+
+impl TestStore {
+    /// A new store with this chunk size.
+    #[must_use]
+    pub fn new(chunk: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        ok(cairn(["init", "--chunk-size", chunk]).arg(dir.path().join("store")));
+        Self { dir }
+    }
+
+    /// The store's folder.
+    #[must_use]
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// A `cairn` command on this store.
+    #[must_use]
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = cairn(args);
+        c.env("CAIRN_STORE", self.path());
+        c
+    }
+
+    /// Backs up `src` as `disk` of `vm` at `time`; returns the point's JSON.
+    pub fn backup(
+        &self,
+        vm: &str,
+        time: &str,
+        disk: &str,
+        src: &Path,
+        extra: &[&str],
+    ) -> serde_json::Value {
+        let mut c = self.cmd(&["backup", "--json", "--vm", vm, "--time", time]);
+        c.args(extra).arg(format!("{disk}={}", src.display()));
+        json(&ok(&mut c))[0].clone()
+    }
+
+    /// Restores a point.
+    pub fn restore(&self, point: &str, out: &Path, format: &str) {
+        ok(self.cmd(&["restore", point, "--format", format]).arg(out));
+    }
+
+    /// `cairn list --json`.
+    #[must_use]
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        json(&ok(&mut self.cmd(&["list", "--json"])))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every file under `packs/`.
+    #[must_use]
+    pub fn pack_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.path().join("packs")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("packs").flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// A point's id from its JSON.
+#[must_use]
+pub fn id(v: &serde_json::Value) -> String {
+    v["id"].as_str().expect("id").to_owned()
+}

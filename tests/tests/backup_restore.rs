@@ -6,75 +6,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use cairn_tests::{assert_same_content, cairn, gen_disk, json, node, ok, read, run, xo_chain3};
+use cairn_tests::{
+    TestStore as Store, assert_same_content, cairn, gen_disk, id, json, node, ok, read, run,
+    xo_chain3,
+};
 
 const SIZE: &str = "64M";
-
-struct Store {
-    dir: tempfile::TempDir,
-}
-
-impl Store {
-    fn new(chunk: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        ok(cairn(["init", "--chunk-size", chunk]).arg(dir.path().join("store")));
-        Self { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = cairn(args);
-        c.env("CAIRN_STORE", self.path());
-        c
-    }
-
-    fn backup(
-        &self,
-        vm: &str,
-        time: &str,
-        disk: &str,
-        src: &Path,
-        extra: &[&str],
-    ) -> serde_json::Value {
-        let mut c = self.cmd(&["backup", "--json", "--vm", vm, "--time", time]);
-        c.args(extra).arg(format!("{disk}={}", src.display()));
-        json(&ok(&mut c))[0].clone()
-    }
-
-    fn restore(&self, point: &str, out: &Path, format: &str) {
-        ok(self.cmd(&["restore", point, "--format", format]).arg(out));
-    }
-
-    fn list(&self) -> Vec<serde_json::Value> {
-        json(&ok(&mut self.cmd(&["list", "--json"])))
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn pack_files(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.path().join("packs")];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).expect("packs").flatten() {
-                if e.path().is_dir() {
-                    stack.push(e.path());
-                } else {
-                    out.push(e.path());
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-}
-
-fn id(v: &serde_json::Value) -> String {
-    v["id"].as_str().expect("id").to_owned()
-}
 
 fn days(dir: &Path, seed: u32, template: u32, n: u32) -> Vec<PathBuf> {
     (0..n)

@@ -1,0 +1,521 @@
+//! Retention and integrity commands: prune, forget, protect, unprotect, gc, verify, policy.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use cairn_gc::{Candidate, GcOptions, Keep, Rules, VerifyOptions};
+use cairn_store::{OpenMode, Policy, RecoveryPoint, Store};
+use chrono::{Duration, Local, Utc};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::store_cmd::{StoreArg, open_write};
+use crate::vhd_cmd::human_bytes;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    cairn prune --store /backups/store --keep-last 3 --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run\n  \
+    cairn prune --vm web01 --disk xvda --keep-daily 14 --json\n\n\
+    Rules apply per VM and disk, newest first, in the order last, hourly, daily, weekly (ISO),\n\
+    monthly, yearly; each keeps the newest point of N periods (local time; TZ is respected)\n\
+    that no earlier rule covered. Protected points are always kept. Dropping a point writes no\n\
+    chunk data: run `cairn gc` to reclaim the space.")]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Only this VM.
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Only this disk.
+    #[arg(long)]
+    pub disk: Option<String>,
+    /// Keep the N newest points.
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest point of each of the N newest hours.
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// ... days.
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    /// ... ISO weeks.
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// ... months.
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// ... years.
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Show what would be kept and removed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Wait for another writer instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  cairn forget --store /backups/store 3f2a9c1b07de 8d01be44a2c9")]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Points: ids (a unique prefix is enough) or VM/DISK@latest.
+    #[arg(required = true)]
+    pub points: Vec<String>,
+    /// Wait for another writer instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cairn protect --store /backups/store 3f2a9c1b07de\n  cairn unprotect 3f2a9c1b07de"
+)]
+pub struct ProtectArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The point: an id (a unique prefix is enough) or VM/DISK@latest.
+    pub point: String,
+    /// Wait for another writer instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cairn gc --store /backups/store --dry-run\n  cairn gc --json\n\n\
+    gc plans and copies without blocking backups; it takes the write lock (waiting for a running\n\
+    backup to commit) only for the final check, one index batch and deleting files."
+)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Show what would be freed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Rewrite packs whose live share is under this percentage.
+    #[arg(long, default_value_t = 50.0)]
+    pub repack_below: f64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `90m`, `12h`, `7d`, `2w`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.len().saturating_sub(1));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 90m, 12h, 7d, 2w)"))?;
+    match unit {
+        "m" => Ok(Duration::minutes(n)),
+        "h" => Ok(Duration::hours(n)),
+        "d" => Ok(Duration::days(n)),
+        "w" => Ok(Duration::weeks(n)),
+        _ => Err(format!("{s:?}: the unit is m, h, d or w")),
+    }
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage"))?;
+    if (0.0..=100.0).contains(&v) && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s}: give a percentage above 0 and at most 100"))
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  cairn verify --store /backups/store\n  \
+    cairn verify --vm web01 --since 7d --json\n  cairn verify --sample 5\n\n\
+    Exit status: 0 when every chunk checked is well, 1 when any is bad or missing (each is\n\
+    listed with the points, VMs, disks and disk offsets it damages, and marked in the index so\n\
+    that the next key backup stores a fresh copy).")]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Only chunks of this VM's points.
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Read this percentage of the chunks, chosen at random (tree segments always).
+    #[arg(long, value_parser = parse_percent)]
+    pub sample: Option<f64>,
+    /// Only chunks of points made in this last stretch of time (90m, 12h, 7d, 2w).
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Set a VM's policy.
+    #[command(
+        after_help = "Example:\n  cairn policy set --store /backups/store --vm web01 --key-interval 7\n\n\
+        In a content-addressed store every point is complete, so a key backup cuts no chain:\n\
+        it reads the whole disk (through a differencing VHD's parents) instead of only what\n\
+        changed, hashing every chunk. That re-checks the source against the store and stores a\n\
+        fresh copy of any chunk that verify marked bad or missing: a periodic full read that heals."
+    )]
+    Set(PolicySetArgs),
+    /// Show every VM's policy.
+    #[command(after_help = "Example:\n  cairn policy show --store /backups/store --json")]
+    Show(PolicyShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicySetArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The VM.
+    #[arg(long)]
+    pub vm: String,
+    /// Every N-th backup of each disk is a key backup (0: never forced).
+    #[arg(long)]
+    pub key_interval: u32,
+    /// Wait for another writer instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyShowArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn point_row(p: &RecoveryPoint) -> String {
+    format!(
+        "{:<12}  {:<16} {:<8} {}",
+        p.short_id(),
+        p.vm,
+        p.disk,
+        p.time.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S %:z")
+    )
+}
+
+pub fn prune(a: &PruneArgs) -> Result<i32> {
+    let rules = Rules {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+    };
+    if !rules.any() {
+        bail!("give at least one --keep-* rule (prune never removes every point of a disk)");
+    }
+    let started = Instant::now();
+    let store = if a.dry_run {
+        Store::open(&a.store.store, OpenMode::Read)?
+    } else {
+        open_write(&a.store.store, a.wait)?
+    };
+    let mut by_disk: BTreeMap<(String, String), Vec<RecoveryPoint>> = BTreeMap::new();
+    for p in store.points()? {
+        if a.vm.as_ref().is_some_and(|v| &p.vm != v)
+            || a.disk.as_ref().is_some_and(|d| &p.disk != d)
+        {
+            continue;
+        }
+        by_disk
+            .entry((p.vm.clone(), p.disk.clone()))
+            .or_default()
+            .push(p);
+    }
+    let mut decisions: Vec<(RecoveryPoint, Option<Keep>)> = Vec::new();
+    for points in by_disk.into_values() {
+        let c: Vec<Candidate> = points
+            .iter()
+            .map(|p| Candidate {
+                time: p.time,
+                protected: p.protected,
+            })
+            .collect();
+        let plan = cairn_gc::plan(&c, &rules, &Local);
+        decisions.extend(points.into_iter().zip(plan));
+    }
+    let remove: Vec<RecoveryPoint> = decisions
+        .iter()
+        .filter(|(_, k)| k.is_none())
+        .map(|(p, _)| p.clone())
+        .collect();
+    let plan_secs = started.elapsed().as_secs_f64();
+    let forget_started = Instant::now();
+    let forgotten = if a.dry_run || remove.is_empty() {
+        None
+    } else {
+        Some(store.forget(&remove)?)
+    };
+    let forget_secs = forget_started.elapsed().as_secs_f64();
+    let keep_name = |k: &Option<Keep>| match k {
+        None => "remove".to_owned(),
+        Some(Keep::Protected) => "keep (protected)".to_owned(),
+        Some(Keep::Rule(r)) => format!("keep ({})", r.name()),
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "dry_run": a.dry_run,
+                "kept": decisions.iter().filter(|(_, k)| k.is_some()).count(),
+                "removed": remove.len(),
+                "chunks_unreferenced": forgotten.as_ref().map_or(0, |f| f.chunks_unreferenced),
+                "warnings": forgotten.as_ref().map(|f| f.warnings.clone()).unwrap_or_default(),
+                "plan_seconds": plan_secs,
+                "forget_seconds": forget_secs,
+                "points": decisions.iter().map(|(p, k)| json!({
+                    "id": p.id, "vm": p.vm, "disk": p.disk, "time": p.time.to_rfc3339(),
+                    "keep": k.is_some(),
+                    "reason": match k { Some(Keep::Rule(r)) => json!(r.name()), Some(Keep::Protected) => json!("protected"), None => json!(null) },
+                })).collect::<Vec<_>>(),
+            }))?
+        );
+        return Ok(0);
+    }
+    for (p, k) in &decisions {
+        println!("{}  {}", point_row(p), keep_name(k));
+    }
+    let kept = decisions.len() - remove.len();
+    if a.dry_run {
+        println!(
+            "dry run: would keep {kept} and remove {} points",
+            remove.len()
+        );
+    } else {
+        println!(
+            "kept {kept}, removed {} points in {:.3}s ({} chunks now unreferenced; `cairn gc` reclaims them)",
+            remove.len(),
+            forget_secs,
+            forgotten.as_ref().map_or(0, |f| f.chunks_unreferenced)
+        );
+        for w in forgotten.iter().flat_map(|f| &f.warnings) {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(0)
+}
+
+pub fn forget(a: &ForgetArgs) -> Result<i32> {
+    let store = open_write(&a.store.store, a.wait)?;
+    let points = a
+        .points
+        .iter()
+        .map(|s| store.resolve(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let started = Instant::now();
+    let f = store.forget(&points)?;
+    let secs = started.elapsed().as_secs_f64();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "forgotten": f.points.iter().map(|p| &p.id).collect::<Vec<_>>(),
+                "chunks_unreferenced": f.chunks_unreferenced, "warnings": f.warnings, "seconds": secs,
+            }))?
+        );
+    } else {
+        for p in &f.points {
+            println!("forgot {}", point_row(p));
+        }
+        println!(
+            "{} chunks now unreferenced ({:.3}s); `cairn gc` reclaims them",
+            f.chunks_unreferenced, secs
+        );
+        for w in &f.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(0)
+}
+
+pub fn protect(a: &ProtectArgs, on: bool) -> Result<i32> {
+    let store = open_write(&a.store.store, a.wait)?;
+    let p = store.resolve(&a.point)?;
+    let p = store.set_protected(&p, on)?;
+    if a.json {
+        println!("{}", json!({ "id": p.id, "protected": p.protected }));
+    } else {
+        println!(
+            "{} {}",
+            if on { "protected" } else { "unprotected" },
+            point_row(&p)
+        );
+    }
+    Ok(0)
+}
+
+pub fn gc(a: &GcArgs) -> Result<i32> {
+    if !(0.0..=100.0).contains(&a.repack_below) {
+        bail!("--repack-below is a percentage from 0 to 100");
+    }
+    let opts = GcOptions {
+        dry_run: a.dry_run,
+        repack_below: a.repack_below / 100.0,
+    };
+    let spinner = crate::progress::spinner("gc");
+    let started = Instant::now();
+    let r = cairn_gc::collect(&a.store.store, &opts, &|msg| {
+        spinner.set_message(msg.to_owned())
+    })
+    .context("garbage collection failed; what the store holds is unchanged or complete")?;
+    spinner.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["seconds"] = json!(secs);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let verb = if r.dry_run { "would free" } else { "freed" };
+        println!(
+            "{verb} {} ({} chunks): {} packs deleted, {} rewritten into {} ({} copied), {} orphan packs ({}); {} of garbage left in packs above the threshold; {:.2}s",
+            human_bytes(r.bytes_freed),
+            r.chunks_freed,
+            r.packs_deleted,
+            r.packs_rewritten,
+            r.packs_written,
+            human_bytes(r.bytes_copied),
+            r.orphan_packs,
+            human_bytes(r.orphan_bytes),
+            human_bytes(r.garbage_bytes_kept),
+            secs
+        );
+        if r.dry_run && r.orphan_packs > 0 {
+            println!("note: unindexed packs belong to killed backups, or to a backup running now");
+        }
+        for b in &r.bad_chunks {
+            eprintln!("warning: {b} (left in place and marked bad; run `cairn verify`)");
+        }
+    }
+    Ok(0)
+}
+
+pub fn verify(a: &VerifyArgs) -> Result<i32> {
+    let opts = VerifyOptions {
+        vm: a.vm.clone(),
+        since: a.since.map(|d| Utc::now() - d),
+        sample: a.sample.map(|p| p / 100.0),
+    };
+    let bar = crate::progress::count(0, "verify");
+    let r = cairn_gc::verify(&a.store.store, &opts, &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "checked {} of {} chunks ({} read) of {} points in {:.1}s: {}",
+            r.chunks_checked,
+            r.chunks_in_scope,
+            human_bytes(r.bytes_read),
+            r.points_in_scope,
+            r.seconds,
+            if r.clean() {
+                "all well".to_owned()
+            } else {
+                format!(
+                    "{} bad or missing chunks damage {} points of VMs {}",
+                    r.damaged.len(),
+                    r.points_damaged,
+                    r.vms_damaged.join(", ")
+                )
+            }
+        );
+        for d in &r.damaged {
+            println!(
+                "{} {} chunk {} ({}): {}",
+                d.state,
+                d.kind,
+                d.chunk,
+                d.location.as_deref().unwrap_or("no location"),
+                d.what
+            );
+            for h in &d.points {
+                let offs: Vec<String> = h.offsets.iter().take(8).map(u64::to_string).collect();
+                println!(
+                    "  point {} {}/{} {} at disk offset {}{}",
+                    &h.point[..12.min(h.point.len())],
+                    h.vm,
+                    h.disk,
+                    h.time.to_rfc3339(),
+                    offs.join(", "),
+                    if h.offsets.len() > 8 { ", ..." } else { "" }
+                );
+            }
+        }
+        if r.marks_cleared > 0 {
+            println!("{} chunks marked bad before read well now", r.marks_cleared);
+        }
+        if !r.clean() {
+            println!(
+                "a key backup of each damaged disk (`cairn backup --key`) stores fresh copies"
+            );
+        }
+    }
+    Ok(if r.clean() { 0 } else { 1 })
+}
+
+pub fn policy(cmd: &PolicyCommand) -> Result<i32> {
+    match cmd {
+        PolicyCommand::Set(a) => {
+            let store = open_write(&a.store.store, a.wait)?;
+            store.set_policy(
+                &a.vm,
+                Policy {
+                    key_interval: a.key_interval,
+                },
+            )?;
+            println!(
+                "VM {}: {}",
+                a.vm,
+                describe(&Policy {
+                    key_interval: a.key_interval
+                })
+            );
+        }
+        PolicyCommand::Show(a) => {
+            let store = Store::open(&a.store.store, OpenMode::Read)?;
+            let all = store.policies()?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if all.is_empty() {
+                println!("(no policies: no key backups are forced)");
+            } else {
+                for (vm, p) in &all {
+                    println!("VM {vm}: {}", describe(p));
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn describe(p: &Policy) -> String {
+    match p.key_interval {
+        0 => "key backups only when asked (--key)".into(),
+        1 => "every backup is a key backup".into(),
+        n => format!("every {n}th backup of each disk is a key backup"),
+    }
+}

@@ -1,0 +1,516 @@
+//! Garbage collection: delete packs with no live chunk, rewrite packs that are mostly garbage.
+//!
+//! See the crate documentation for why this is safe beside a backup and under `kill -9`.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cairn_store::chunk::EncodedChunk;
+use cairn_store::pack::{self, FRAME_HEADER_SIZE, PACK_HEADER_SIZE, PackWriter, read_frame};
+use cairn_store::{
+    BadMark, ChunkId, GarbageFrame, Location, OpenMode, PackId, PackInfo, Store, Sweep,
+};
+use fs2::FileExt;
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// Name of the lock file that keeps two garbage collections apart.
+pub const GC_LOCK_FILE: &str = "gc.lock";
+
+/// How to collect.
+#[derive(Debug, Clone, Copy)]
+pub struct GcOptions {
+    /// Plan and report, change nothing.
+    pub dry_run: bool,
+    /// Rewrite a pack when less than this share of its bytes is live (0.0 to 1.0).
+    pub repack_below: f64,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            repack_below: 0.5,
+        }
+    }
+}
+
+/// What a garbage collection did (or, dry, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// Frames on the garbage list when it started.
+    pub garbage_frames: u64,
+    /// Packs deleted because nothing in them is live.
+    pub packs_deleted: u64,
+    /// Packs rewritten with their live chunks only.
+    pub packs_rewritten: u64,
+    /// New packs written by the rewrite.
+    pub packs_written: u64,
+    /// Chunks dropped from the index.
+    pub chunks_freed: u64,
+    /// Live bytes copied into new packs.
+    pub bytes_copied: u64,
+    /// Bytes of pack files freed (deleted and rewritten packs, less the new packs).
+    pub bytes_freed: u64,
+    /// Pack files the index did not know (killed backups or collections), deleted.
+    pub orphan_packs: u64,
+    /// Their bytes (counted in `bytes_freed`).
+    pub orphan_bytes: u64,
+    /// Garbage bytes left in packs that stay (under the rewrite threshold).
+    pub garbage_bytes_kept: u64,
+    /// Live chunks found corrupt while copying: their pack is left alone and they are marked bad.
+    pub bad_chunks: Vec<String>,
+    /// Seconds spent planning (read-only, beside backups).
+    pub plan_seconds: f64,
+    /// Seconds spent copying live chunks (read-only, beside backups).
+    pub copy_seconds: f64,
+    /// Seconds waiting for the write lock.
+    pub wait_seconds: f64,
+    /// Seconds holding the write lock (check, index batch, deleting files).
+    pub sweep_seconds: f64,
+}
+
+/// What to do with a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Delete,
+    Rewrite,
+}
+
+/// A frame is dead when the index names another copy of its chunk (or none), or its chunk's
+/// count is 0.
+fn frame_is_dead(f: &GarbageFrame, loc: Option<&Location>, count: u64) -> bool {
+    match loc {
+        Some(l) if l.pack == f.pack && l.offset == f.offset => count == 0,
+        _ => true,
+    }
+}
+
+struct GcLock(File);
+
+impl GcLock {
+    fn acquire(root: &Path) -> Result<Self> {
+        let path = root.join(GC_LOCK_FILE);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::Io(path.clone(), "opening the gc lock".into(), e))?;
+        f.try_lock_exclusive().map_err(|_| {
+            Error::Refused(format!(
+                "another garbage collection is running on {}",
+                root.display()
+            ))
+        })?;
+        Ok(Self(f))
+    }
+}
+
+impl Drop for GcLock {
+    fn drop(&mut self) {
+        let _ = FileExt::unlock(&self.0);
+    }
+}
+
+/// Plans from the garbage list: which packs to delete or rewrite.
+fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Result<HashMap<PackId, Action>> {
+    let garbage = store.garbage()?;
+    report.garbage_frames = garbage.len() as u64;
+    let infos = store.pack_infos()?;
+    let ids: Vec<ChunkId> = garbage.iter().map(|g| g.id).collect();
+    let locs = store.locations(&ids)?;
+    let counts = store.refcounts(&ids)?;
+    let mut dead: HashMap<PackId, (u64, u64)> = HashMap::new();
+    let mut files: HashMap<PackId, File> = HashMap::new();
+    for ((g, loc), count) in garbage.iter().zip(&locs).zip(counts) {
+        if !frame_is_dead(g, loc.as_ref(), count) || !infos.contains_key(&g.pack) {
+            continue;
+        }
+        let path = g.pack.path(&store.packs_dir());
+        if let std::collections::hash_map::Entry::Vacant(e) = files.entry(g.pack) {
+            match File::open(&path) {
+                Ok(f) => {
+                    e.insert(f);
+                }
+                Err(_) => continue,
+            }
+        }
+        let Some(f) = files.get(&g.pack) else {
+            continue;
+        };
+        // The frame's own header gives its size (a superseded copy may differ from the index).
+        let Ok(h) = frame_header(f, &path, g.offset) else {
+            continue;
+        };
+        if h.id != g.id {
+            continue;
+        }
+        let e = dead.entry(g.pack).or_default();
+        e.0 += 1;
+        e.1 += FRAME_HEADER_SIZE + u64::from(h.stored_len);
+    }
+    let mut actions = HashMap::new();
+    for (pack, (frames, bytes)) in dead {
+        let Some(info) = infos.get(&pack) else {
+            continue;
+        };
+        let body = info.size.saturating_sub(PACK_HEADER_SIZE).max(1);
+        let live = body.saturating_sub(bytes);
+        if frames >= info.chunks {
+            actions.insert(pack, Action::Delete);
+        } else if (live as f64) / (body as f64) < opts.repack_below {
+            actions.insert(pack, Action::Rewrite);
+        } else {
+            report.garbage_bytes_kept += bytes;
+        }
+    }
+    Ok(actions)
+}
+
+/// The header of the frame at `offset` (its payload is not read).
+fn frame_header(f: &File, path: &Path, offset: u64) -> Result<pack::FrameHeader> {
+    use std::os::unix::fs::FileExt as _;
+    let mut hb = [0u8; FRAME_HEADER_SIZE as usize];
+    f.read_exact_at(&mut hb, offset)
+        .map_err(|e| Error::Io(path.to_path_buf(), format!("reading offset {offset}"), e))?;
+    pack::FrameHeader::decode(&hb).map_err(Error::Refused)
+}
+
+/// Copies live frames of packs being rewritten into new packs.
+struct Copier<'a> {
+    store: &'a Store,
+    writer: Option<PackWriter>,
+    written: Vec<(PackId, PathBuf, PackInfo)>,
+    moved: HashMap<ChunkId, (Location, Location)>,
+    bytes: u64,
+}
+
+impl<'a> Copier<'a> {
+    fn new(store: &'a Store) -> Self {
+        Self {
+            store,
+            writer: None,
+            written: Vec::new(),
+            moved: HashMap::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Copies one frame after checking it; `Err` names why it is bad.
+    fn copy(&mut self, id: ChunkId, old: Location) -> Result<Result<(), String>> {
+        let bytes = match self.store.read_at(&id, &old) {
+            Ok(_) => {
+                let path = old.pack.path(&self.store.packs_dir());
+                let f = File::open(&path)
+                    .map_err(|e| Error::Io(path.clone(), "opening a pack".into(), e))?;
+                read_frame(&f, &path, old.offset)?.1
+            }
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let target = self.store.config().pack_target_size;
+        if self.writer.as_ref().is_some_and(|w| w.len() >= target) {
+            self.seal()?;
+        }
+        if self.writer.is_none() {
+            self.writer = Some(PackWriter::create(&self.store.packs_dir())?);
+        }
+        let Some(w) = self.writer.as_mut() else {
+            return Err(Error::Refused("no open pack".into()));
+        };
+        let enc = EncodedChunk {
+            id,
+            bytes,
+            plain_len: old.plain_len,
+            codec: old.codec,
+            kind: old.kind,
+        };
+        let offset = w.append(&enc)?;
+        let new = Location {
+            pack: w.id(),
+            offset,
+            ..old
+        };
+        self.bytes += FRAME_HEADER_SIZE + u64::from(old.stored_len);
+        self.moved.insert(id, (old, new));
+        Ok(Ok(()))
+    }
+
+    fn seal(&mut self) -> Result<()> {
+        if let Some(mut w) = self.writer.take() {
+            w.sync()?;
+            let path = w.id().path(&self.store.packs_dir());
+            let info = PackInfo {
+                size: w.len(),
+                chunks: self
+                    .moved
+                    .values()
+                    .filter(|(_, n)| n.pack == w.id())
+                    .count() as u64,
+            };
+            self.written.push((w.id(), path, info));
+        }
+        Ok(())
+    }
+}
+
+/// A pack's frames as the index and counts see them now.
+struct PackFrames {
+    /// Frames the index names there whose count is above zero.
+    live: Vec<(ChunkId, Location)>,
+    /// Frames the index names there whose count is zero.
+    dead: Vec<ChunkId>,
+    /// The pack ends in a torn or damaged frame: leave it alone.
+    torn: bool,
+}
+
+fn classify(store: &Store, pack: PackId) -> Result<PackFrames> {
+    let path = pack.path(&store.packs_dir());
+    let scan = pack::scan(&path)?;
+    let ids: Vec<ChunkId> = scan.frames.iter().map(|f| f.header.id).collect();
+    let locs = store.locations(&ids)?;
+    let counts = store.refcounts(&ids)?;
+    let mut out = PackFrames {
+        live: Vec::new(),
+        dead: Vec::new(),
+        torn: scan.stopped.is_some(),
+    };
+    for ((f, loc), count) in scan.frames.iter().zip(locs).zip(counts) {
+        match loc {
+            Some(l) if l.pack == pack && l.offset == f.offset => {
+                if count > 0 {
+                    out.live.push((f.header.id, l));
+                } else {
+                    out.dead.push(f.header.id);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Runs a garbage collection on the store at `root`.
+///
+/// # Errors
+/// Another collection running, I/O and index errors.
+pub fn collect(root: &Path, opts: &GcOptions, progress: &dyn Fn(&str)) -> Result<GcReport> {
+    let _gc_lock = GcLock::acquire(root)?;
+    let report = GcReport {
+        dry_run: opts.dry_run,
+        ..GcReport::default()
+    };
+    // 1. Plan from a read-only view: never blocks or waits for a backup.
+    let started = Instant::now();
+    let ro = Store::open(root, OpenMode::Read)?;
+    if !ro.refcounts_ready()? {
+        drop(ro);
+        progress("counting references (first collection on this store)");
+        drop(Store::open(root, OpenMode::Write { wait: true })?);
+        return collect_inner(root, opts, report, started);
+    }
+    drop(ro);
+    collect_inner(root, opts, report, started)
+}
+
+fn collect_inner(
+    root: &Path,
+    opts: &GcOptions,
+    mut report: GcReport,
+    started: Instant,
+) -> Result<GcReport> {
+    let ro = Store::open(root, OpenMode::Read)?;
+    let actions = plan(&ro, opts, &mut report)?;
+    report.plan_seconds = started.elapsed().as_secs_f64();
+    if opts.dry_run {
+        let infos = ro.pack_infos()?;
+        for (pack, action) in &actions {
+            let size = infos.get(pack).map_or(0, |i| i.size);
+            match action {
+                Action::Delete => {
+                    report.packs_deleted += 1;
+                    report.bytes_freed += size;
+                }
+                Action::Rewrite => {
+                    report.packs_rewritten += 1;
+                    let PackFrames { live, dead, .. } = classify(&ro, *pack)?;
+                    let live_bytes: u64 = live
+                        .iter()
+                        .map(|(_, l)| FRAME_HEADER_SIZE + u64::from(l.stored_len))
+                        .sum();
+                    report.chunks_freed += dead.len() as u64;
+                    report.bytes_copied += live_bytes;
+                    report.bytes_freed += size.saturating_sub(live_bytes + PACK_HEADER_SIZE);
+                }
+            }
+        }
+        // Unindexed packs may belong to a backup running now: reported, not counted as freed.
+        for (_, len) in ro.unindexed_pack_files()? {
+            report.orphan_packs += 1;
+            report.orphan_bytes += len;
+        }
+        return Ok(report);
+    }
+    // 2. Copy the live chunks of packs to rewrite, still read-only: backups go on.
+    let copy_started = Instant::now();
+    let mut copier = Copier::new(&ro);
+    let mut skip: HashSet<PackId> = HashSet::new();
+    let mut bad: Vec<(ChunkId, BadMark)> = Vec::new();
+    for (pack, action) in &actions {
+        if *action != Action::Rewrite {
+            continue;
+        }
+        let PackFrames { live, torn, .. } = classify(&ro, *pack)?;
+        if torn {
+            skip.insert(*pack);
+            continue;
+        }
+        for (id, loc) in live {
+            if let Err(what) = copier.copy(id, loc)? {
+                skip.insert(*pack);
+                report
+                    .bad_chunks
+                    .push(format!("chunk {id} in pack {}: {what}", pack.to_hex()));
+                bad.push((
+                    id,
+                    BadMark {
+                        what,
+                        location: Some(format!("pack {} offset {}", pack.to_hex(), loc.offset)),
+                        found: chrono::Utc::now().to_rfc3339(),
+                    },
+                ));
+            }
+        }
+    }
+    report.copy_seconds = copy_started.elapsed().as_secs_f64();
+    let mut moved = std::mem::take(&mut copier.moved);
+    let mut written = std::mem::take(&mut copier.written);
+    let mut open_writer = copier.writer.take();
+    let copied = copier.bytes;
+    drop(ro);
+
+    // 3. Under the write lock (a running backup commits first): check again against the index
+    //    as it is now, copy what came alive since, swap in one batch, then delete files.
+    let wait_started = Instant::now();
+    let store = Store::open(root, OpenMode::Write { wait: true })?;
+    report.wait_seconds = wait_started.elapsed().as_secs_f64();
+    let sweep_started = Instant::now();
+    let mut copier = Copier::new(&store);
+    copier.writer = open_writer.take();
+    copier.moved = std::mem::take(&mut moved);
+    copier.written = std::mem::take(&mut written);
+    copier.bytes = copied;
+    let mut sweep = Sweep::default();
+    let mut removed_files = Vec::new();
+    let infos = store.pack_infos()?;
+    for (pack, action) in &actions {
+        if skip.contains(pack) || !infos.contains_key(pack) {
+            continue;
+        }
+        let PackFrames { live, dead, torn } = classify(&store, *pack)?;
+        if torn {
+            continue;
+        }
+        if *action == Action::Delete && !live.is_empty() {
+            // Chunks came alive since the plan (a backup reused them): copy them too.
+            report.packs_rewritten += 1;
+        } else if *action == Action::Delete {
+            report.packs_deleted += 1;
+        } else {
+            report.packs_rewritten += 1;
+        }
+        let mut ok = true;
+        for (id, loc) in live {
+            match copier.moved.get(&id) {
+                Some((old, _)) if *old == loc => {}
+                _ => {
+                    if let Err(what) = copier.copy(id, loc)? {
+                        ok = false;
+                        report
+                            .bad_chunks
+                            .push(format!("chunk {id} in pack {}: {what}", pack.to_hex()));
+                    }
+                }
+            }
+        }
+        if !ok {
+            continue;
+        }
+        report.chunks_freed += dead.len() as u64;
+        sweep.dead.extend(dead);
+        sweep.removed_packs.push(*pack);
+        removed_files.push((
+            pack.path(&store.packs_dir()),
+            infos.get(pack).map_or(0, |i| i.size),
+        ));
+    }
+    copier.seal()?;
+    let removed: HashSet<PackId> = sweep.removed_packs.iter().copied().collect();
+    // Only moves out of packs being removed, and only where the index still names the old copy.
+    let old_ids: Vec<ChunkId> = copier.moved.keys().copied().collect();
+    let current = store.locations(&old_ids)?;
+    for (id, cur) in old_ids.iter().zip(current) {
+        if let Some((old, new)) = copier.moved.get(id)
+            && removed.contains(&old.pack)
+            && cur.as_ref() == Some(old)
+        {
+            sweep.moved.push((*id, *new));
+        }
+    }
+    for (id, _, info) in &copier.written {
+        sweep.added_packs.push((*id, info.clone()));
+    }
+    report.packs_written = copier.written.len() as u64;
+    report.bytes_copied = copier.bytes;
+    store.sweep(&sweep)?;
+    if !bad.is_empty() {
+        store.mark_bad(
+            &bad.into_iter()
+                .map(|(id, m)| (id, Some(m)))
+                .collect::<Vec<_>>(),
+        )?;
+    }
+    let mut freed = 0u64;
+    for (path, size) in &removed_files {
+        remove(path)?;
+        freed += size;
+    }
+    // Pack files the index does not know: under the write lock no backup is writing one.
+    for (path, len) in store.unindexed_pack_files()? {
+        remove(&path)?;
+        report.orphan_packs += 1;
+        report.orphan_bytes += len;
+        freed += len;
+    }
+    let new_bytes: u64 = copier.written.iter().map(|(_, _, i)| i.size).sum();
+    report.bytes_freed = freed.saturating_sub(new_bytes);
+    clean_spool(&store.root().join("tmp"));
+    report.sweep_seconds = sweep_started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::Io(path.to_path_buf(), "deleting a pack".into(), e)),
+    }
+    if let Some(dir) = path.parent() {
+        pack::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Spool files of stdin backups that were killed (no backup runs while the lock is held).
+fn clean_spool(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Verify: read chunks, check each against its id, and name what a bad one damages.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Instant;
+
+use cairn_store::point::{SEGMENT_REFS, decode_segment};
+use cairn_store::{BadMark, ChunkId, ChunkRef, Location, OpenMode, RecoveryPoint, Store};
+use chrono::{DateTime, Utc};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::Result;
+
+/// What to verify.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Only chunks referenced by this VM's points.
+    pub vm: Option<String>,
+    /// Only chunks referenced by points made at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Read only this share of the chosen chunks (0.0 to 1.0), picked at random each run;
+    /// tree segments and chunks already marked bad are always read.
+    pub sample: Option<f64>,
+}
+
+/// One point a bad chunk damages, and where.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit {
+    /// The point.
+    pub point: String,
+    /// Its VM.
+    pub vm: String,
+    /// Its disk.
+    pub disk: String,
+    /// Its time.
+    pub time: DateTime<Utc>,
+    /// Disk offsets of the chunk in the point (for a tree segment: the start of the stretch
+    /// of disk it describes).
+    pub offsets: Vec<u64>,
+}
+
+/// A bad or missing chunk and its blast radius.
+#[derive(Debug, Clone, Serialize)]
+pub struct Damage {
+    /// The chunk.
+    pub chunk: String,
+    /// `data` or `tree`.
+    pub kind: &'static str,
+    /// `bad` (unreadable or wrong bytes) or `missing` (not in the index).
+    pub state: &'static str,
+    /// What was found.
+    pub what: String,
+    /// Where it was looked for.
+    pub location: Option<String>,
+    /// Every point it damages.
+    pub points: Vec<Hit>,
+}
+
+/// What verify found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    /// Points whose chunks were chosen.
+    pub points_in_scope: u64,
+    /// Distinct chunks chosen (data and tree).
+    pub chunks_in_scope: u64,
+    /// Chunks read and checked.
+    pub chunks_checked: u64,
+    /// Stored bytes read.
+    pub bytes_read: u64,
+    /// Bad or missing chunks with the points they damage.
+    pub damaged: Vec<Damage>,
+    /// Points damaged, all told.
+    pub points_damaged: u64,
+    /// VMs damaged.
+    pub vms_damaged: Vec<String>,
+    /// Marks of chunks that now read well (healed), cleared.
+    pub marks_cleared: u64,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+impl VerifyReport {
+    /// Whether everything checked is well.
+    #[must_use]
+    pub fn clean(&self) -> bool {
+        self.damaged.is_empty()
+    }
+}
+
+/// A segment's refs, read once however many points share it.
+type SegmentCache = HashMap<ChunkId, std::result::Result<Vec<ChunkRef>, String>>;
+
+fn load_segment(store: &Store, cache: &mut SegmentCache, id: ChunkId) {
+    cache.entry(id).or_insert_with(|| {
+        store
+            .read_chunk(&id)
+            .map_err(|e| e.to_string())
+            .and_then(|b| decode_segment(&b))
+    });
+}
+
+/// Picks about `share` of the ids, differently each run.
+fn sample(ids: Vec<ChunkId>, share: f64) -> Vec<ChunkId> {
+    let salt = uuid::Uuid::new_v4();
+    let limit = (share.clamp(0.0, 1.0) * f64::from(u32::MAX)) as u32;
+    ids.into_iter()
+        .filter(|id| {
+            let mut h = blake3::Hasher::new();
+            h.update(salt.as_bytes());
+            h.update(&id.0);
+            let b = h.finalize();
+            let x = u32::from_le_bytes([
+                b.as_bytes()[0],
+                b.as_bytes()[1],
+                b.as_bytes()[2],
+                b.as_bytes()[3],
+            ]);
+            x <= limit
+        })
+        .collect()
+}
+
+/// Verifies the store at `root`; marks bad chunks in the index (waiting for the write lock
+/// only when there is something to record).
+///
+/// # Errors
+/// Index and I/O errors (bad chunks are findings, not errors).
+pub fn verify(
+    root: &Path,
+    opts: &VerifyOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<VerifyReport> {
+    let started = Instant::now();
+    let store = Store::open(root, OpenMode::Read)?;
+    let mut report = VerifyReport::default();
+    let all_points = store.points()?;
+    let chosen: Vec<&RecoveryPoint> = all_points
+        .iter()
+        .filter(|p| opts.vm.as_ref().is_none_or(|v| &p.vm == v))
+        .filter(|p| opts.since.is_none_or(|s| p.time >= s))
+        .collect();
+    report.points_in_scope = chosen.len() as u64;
+    // Walk the chosen points: every distinct segment once.
+    let mut segments: SegmentCache = HashMap::new();
+    let mut tree_ids: Vec<ChunkId> = Vec::new();
+    let mut seg_seen = HashSet::new();
+    for p in &chosen {
+        for seg in p.distinct_segments().map_err(cairn_store::Error::Point)? {
+            if seg_seen.insert(seg) {
+                tree_ids.push(seg);
+            }
+        }
+    }
+    for seg in &tree_ids {
+        load_segment(&store, &mut segments, *seg);
+    }
+    let mut data_ids: Vec<ChunkId> = {
+        let mut seen = HashSet::new();
+        segments
+            .values()
+            .filter_map(|s| s.as_ref().ok())
+            .flatten()
+            .filter_map(|r| match r {
+                ChunkRef::Data(id) if seen.insert(*id) => Some(*id),
+                _ => None,
+            })
+            .collect()
+    };
+    report.chunks_in_scope = (tree_ids.len() + data_ids.len()) as u64;
+    let marked: HashMap<ChunkId, BadMark> = store.bad_chunks()?.into_iter().collect();
+    if let Some(share) = opts.sample {
+        data_ids = sample(data_ids, share);
+    }
+    let mut to_read: Vec<ChunkId> = tree_ids.clone();
+    to_read.extend(data_ids);
+    let in_list: HashSet<ChunkId> = to_read.iter().copied().collect();
+    to_read.extend(marked.keys().filter(|id| !in_list.contains(id)).copied());
+    // Read in pack order, in parallel.
+    let locs = store.locations(&to_read)?;
+    let mut findings: HashMap<ChunkId, (&'static str, String, Option<String>)> = HashMap::new();
+    let mut jobs: Vec<(ChunkId, Location)> = Vec::new();
+    for (id, loc) in to_read.iter().zip(locs) {
+        match loc {
+            Some(l) => jobs.push((*id, l)),
+            None => {
+                findings.insert(*id, ("missing", "not in the index".into(), None));
+            }
+        }
+    }
+    jobs.sort_by_key(|(_, l)| (l.pack, l.offset));
+    let total = jobs.len() as u64;
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let results: Vec<(ChunkId, Location, Option<String>)> = jobs
+        .par_iter()
+        .map(|(id, loc)| {
+            let r = store.read_at(id, loc).err().map(|e| e.to_string());
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n.is_multiple_of(256) || n == total {
+                progress(n, total);
+            }
+            (*id, *loc, r)
+        })
+        .collect();
+    report.chunks_checked = results.len() as u64;
+    let mut healed = Vec::new();
+    for (id, loc, err) in results {
+        report.bytes_read += cairn_store::pack::FRAME_HEADER_SIZE + u64::from(loc.stored_len);
+        let location = format!("pack {} offset {}", loc.pack.to_hex(), loc.offset);
+        match err {
+            Some(e) => {
+                findings.insert(id, ("bad", e, Some(location)));
+            }
+            None if marked.contains_key(&id) => healed.push(id),
+            None => {}
+        }
+    }
+    // Blast radius: every point (not only those in scope) that references a bad chunk.
+    if !findings.is_empty() {
+        let tree_set: HashSet<ChunkId> = tree_ids.iter().copied().collect();
+        let mut hits: HashMap<ChunkId, Vec<Hit>> = HashMap::new();
+        let cs_of = |p: &RecoveryPoint| u64::from(p.chunk_size);
+        for p in &all_points {
+            let mut per_chunk: HashMap<ChunkId, Vec<u64>> = HashMap::new();
+            let seg_bytes = SEGMENT_REFS as u64 * cs_of(p);
+            for (i, seg) in p.segment_ids().into_iter().enumerate() {
+                let Some(seg) = seg else { continue };
+                let base = i as u64 * seg_bytes;
+                if findings.contains_key(&seg) {
+                    per_chunk.entry(seg).or_default().push(base);
+                    continue;
+                }
+                load_segment(&store, &mut segments, seg);
+                if let Some(Ok(refs)) = segments.get(&seg) {
+                    for (k, r) in refs.iter().enumerate() {
+                        if let ChunkRef::Data(id) = r
+                            && findings.contains_key(id)
+                        {
+                            per_chunk
+                                .entry(*id)
+                                .or_default()
+                                .push(base + k as u64 * cs_of(p));
+                        }
+                    }
+                }
+            }
+            for (id, offsets) in per_chunk {
+                hits.entry(id).or_default().push(Hit {
+                    point: p.id.clone(),
+                    vm: p.vm.clone(),
+                    disk: p.disk.clone(),
+                    time: p.time,
+                    offsets,
+                });
+            }
+        }
+        let mut points = HashSet::new();
+        let mut vms = std::collections::BTreeSet::new();
+        let mut damaged: Vec<Damage> = findings
+            .iter()
+            .map(|(id, (state, what, location))| {
+                let h = hits.remove(id).unwrap_or_default();
+                for x in &h {
+                    points.insert(x.point.clone());
+                    vms.insert(x.vm.clone());
+                }
+                Damage {
+                    chunk: id.to_hex(),
+                    kind: if tree_set.contains(id) {
+                        "tree"
+                    } else {
+                        "data"
+                    },
+                    state,
+                    what: what.clone(),
+                    location: location.clone(),
+                    points: h,
+                }
+            })
+            .collect();
+        damaged.sort_by(|a, b| a.chunk.cmp(&b.chunk));
+        report.points_damaged = points.len() as u64;
+        report.vms_damaged = vms.into_iter().collect();
+        report.damaged = damaged;
+    }
+    drop(store);
+    // Record what changed: new marks, and marks of chunks that read well now.
+    let now = Utc::now().to_rfc3339();
+    let mut marks: Vec<(ChunkId, Option<BadMark>)> = Vec::new();
+    for (id, (_, what, location)) in &findings {
+        let mark = BadMark {
+            what: what.clone(),
+            location: location.clone(),
+            found: now.clone(),
+        };
+        if marked.get(id).is_none_or(|m| m.what != mark.what) {
+            marks.push((*id, Some(mark)));
+        }
+    }
+    for id in &healed {
+        marks.push((*id, None));
+    }
+    report.marks_cleared = healed.len() as u64;
+    if !marks.is_empty() {
+        let w = Store::open(root, OpenMode::Write { wait: true })?;
+        w.mark_bad(&marks)?;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}

@@ -1,0 +1,337 @@
+//! What retention, garbage collection and verify need of the store: forgetting and protecting
+//! points, the garbage list, bad-chunk marks, and the one batch that swaps packs.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use rocksdb::{IteratorMode, WriteBatch};
+
+use crate::chunk::ChunkId;
+use crate::error::{Error, Result};
+use crate::index::{
+    BadMark, CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_PACKS, CF_POINTS, CF_REFS, Location, PackInfo,
+};
+use crate::pack::PackId;
+use crate::point::RecoveryPoint;
+use crate::store::{Store, point_key, sync_write, write_atomic};
+
+/// An unreferenced (or superseded) frame on the garbage list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GarbageFrame {
+    /// The pack.
+    pub pack: PackId,
+    /// Offset of the frame.
+    pub offset: u64,
+    /// The chunk the frame holds.
+    pub id: ChunkId,
+}
+
+/// What [`Store::forget`] did.
+#[derive(Debug, Default, Clone)]
+pub struct Forgotten {
+    /// Points removed.
+    pub points: Vec<RecoveryPoint>,
+    /// Chunks (data and tree) that no point references any more.
+    pub chunks_unreferenced: u64,
+    /// Problems that kept space but lost nothing (an unreadable tree segment).
+    pub warnings: Vec<String>,
+}
+
+/// One garbage collection's change to the index, applied in one batch by [`Store::sweep`].
+#[derive(Debug, Default, Clone)]
+pub struct Sweep {
+    /// Chunks to drop from the index (their count is 0).
+    pub dead: Vec<ChunkId>,
+    /// Chunks copied to a new pack: new locations.
+    pub moved: Vec<(ChunkId, Location)>,
+    /// Packs to drop from the index (their files are deleted after the batch).
+    pub removed_packs: Vec<PackId>,
+    /// New packs.
+    pub added_packs: Vec<(PackId, PackInfo)>,
+}
+
+impl Store {
+    /// Removes points: catalogue entries and reference counts in one synced batch, then the
+    /// root files. Protected points are refused. A crash between the two steps brings the
+    /// points back whole on the next open (their root files are the truth); nothing is lost.
+    ///
+    /// # Errors
+    /// A protected point, index and I/O errors.
+    pub fn forget(&self, points: &[RecoveryPoint]) -> Result<Forgotten> {
+        self.require_writer()?;
+        let mut unique = HashSet::new();
+        let points: Vec<&RecoveryPoint> = points.iter().filter(|p| unique.insert(&p.id)).collect();
+        if let Some(p) = points.iter().find(|p| p.protected) {
+            return Err(Error::Usage(format!(
+                "point {} of {}/{} is protected; `cairn unprotect {}` first",
+                p.short_id(),
+                p.vm,
+                p.disk,
+                p.short_id()
+            )));
+        }
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(CF_POINTS)?;
+        for p in &points {
+            batch.delete_cf(cf, point_key(&p.id)?);
+        }
+        let changes: Vec<(&RecoveryPoint, i64)> = points.iter().map(|p| (*p, -1)).collect();
+        let before = self.garbage_len()?;
+        let warnings = self.count_refs(&mut batch, &changes)?;
+        self.db
+            .write_opt(batch, &sync_write())
+            .map_err(self.index_err())?;
+        let after = self.garbage_len()?;
+        let mut dirs = HashSet::new();
+        for p in &points {
+            let path = self.root.join(p.root_file());
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, "removing a root file")(e)),
+            }
+            if let Some(d) = path.parent() {
+                dirs.insert(d.to_path_buf());
+            }
+        }
+        for d in dirs {
+            crate::pack::sync_dir(&d)?;
+        }
+        Ok(Forgotten {
+            points: points.into_iter().cloned().collect(),
+            chunks_unreferenced: after.saturating_sub(before),
+            warnings,
+        })
+    }
+
+    fn garbage_len(&self) -> Result<u64> {
+        let mut n = 0;
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_GARBAGE)?, IteratorMode::Start)
+        {
+            item.map_err(self.index_err())?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Protects a point from prune and forget, or lifts that: the root file is rewritten
+    /// (atomically), then the catalogue entry.
+    ///
+    /// # Errors
+    /// Index and I/O errors.
+    pub fn set_protected(&self, point: &RecoveryPoint, protected: bool) -> Result<RecoveryPoint> {
+        self.require_writer()?;
+        let mut p = point.clone();
+        p.protected = protected;
+        let json = serde_json::to_vec_pretty(&p).map_err(|e| Error::Point(e.to_string()))?;
+        write_atomic(&self.root.join(p.root_file()), &json)?;
+        self.db
+            .put_cf_opt(self.cf(CF_POINTS)?, point_key(&p.id)?, &json, &sync_write())
+            .map_err(self.index_err())?;
+        Ok(p)
+    }
+
+    /// Every chunk marked bad or missing, with why.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn bad_chunks(&self) -> Result<Vec<(ChunkId, BadMark)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_BAD)?, IteratorMode::Start) {
+            let (k, v) = item.map_err(self.index_err())?;
+            if let (Ok(id), Ok(mark)) = (
+                <[u8; 32]>::try_from(&k[..]),
+                serde_json::from_slice::<BadMark>(&v),
+            ) {
+                out.push((ChunkId(id), mark));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks chunks bad (`Some`) or clears their mark (`None`), in one synced batch.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn mark_bad(&self, marks: &[(ChunkId, Option<BadMark>)]) -> Result<()> {
+        self.require_writer()?;
+        let cf = self.cf(CF_BAD)?;
+        let mut batch = WriteBatch::default();
+        for (id, mark) in marks {
+            match mark {
+                Some(m) => batch.put_cf(cf, id.0, serde_json::to_vec(m).unwrap_or_default()),
+                None => batch.delete_cf(cf, id.0),
+            }
+        }
+        self.db
+            .write_opt(batch, &sync_write())
+            .map_err(self.index_err())
+    }
+
+    /// The garbage list, in pack and offset order.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn garbage(&self) -> Result<Vec<GarbageFrame>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_GARBAGE)?, IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(self.index_err())?;
+            if k.len() != 24 || v.len() != 32 {
+                continue;
+            }
+            let mut pack = [0u8; 16];
+            pack.copy_from_slice(&k[..16]);
+            let mut off = [0u8; 8];
+            off.copy_from_slice(&k[16..]);
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&v);
+            out.push(GarbageFrame {
+                pack: PackId(pack),
+                offset: u64::from_be_bytes(off),
+                id: ChunkId(id),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every pack the index knows.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn pack_infos(&self) -> Result<HashMap<PackId, PackInfo>> {
+        let mut out = HashMap::new();
+        for item in self.db.iterator_cf(self.cf(CF_PACKS)?, IteratorMode::Start) {
+            let (k, v) = item.map_err(self.index_err())?;
+            if let (Ok(id), Ok(info)) = (
+                <[u8; 16]>::try_from(&k[..]),
+                serde_json::from_slice::<PackInfo>(&v),
+            ) {
+                out.insert(PackId(id), info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every indexed chunk and where it is, in id order.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn chunk_entries(&self) -> Result<Vec<(ChunkId, Location)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_CHUNKS)?, IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(self.index_err())?;
+            if let (Ok(id), Some(loc)) = (<[u8; 32]>::try_from(&k[..]), Location::decode(&v)) {
+                out.push((ChunkId(id), loc));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pack files that the index does not know: left by a killed backup or garbage collection,
+    /// or being written by a backup running now. Only a holder of the write lock may treat them
+    /// as garbage (no backup runs then).
+    ///
+    /// # Errors
+    /// I/O and index errors.
+    pub fn unindexed_pack_files(&self) -> Result<Vec<(PathBuf, u64)>> {
+        let known = self.pack_infos()?;
+        let mut out = Vec::new();
+        for path in crate::store::files_under(&self.packs_dir(), "pack")? {
+            let id = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(PackId::from_hex);
+            if id.is_none_or(|id| !known.contains_key(&id)) {
+                let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                out.push((path, len));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a garbage collection's change to the index in one synced batch: dead chunks
+    /// leave the index (with their counts, marks and garbage entries), moved chunks get their
+    /// new location (only where the index still names the old one), removed packs and their
+    /// garbage entries go, new packs arrive. The caller deletes the removed packs' files after.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn sweep(&self, sweep: &Sweep) -> Result<()> {
+        self.require_writer()?;
+        let (chunks, packs) = (self.cf(CF_CHUNKS)?, self.cf(CF_PACKS)?);
+        let (refs, bad, garbage) = (self.cf(CF_REFS)?, self.cf(CF_BAD)?, self.cf(CF_GARBAGE)?);
+        let mut batch = WriteBatch::default();
+        for id in &sweep.dead {
+            batch.delete_cf(chunks, id.0);
+            batch.delete_cf(refs, id.0);
+            batch.delete_cf(bad, id.0);
+        }
+        for (id, loc) in &sweep.moved {
+            batch.put_cf(chunks, id.0, loc.encode());
+        }
+        for p in &sweep.removed_packs {
+            batch.delete_cf(packs, p.0);
+            // Every garbage key of the pack: its 16-byte id, then an 8-byte offset.
+            let last = crate::index::garbage_key(*p, u64::MAX);
+            batch.delete_range_cf(garbage, &p.0[..], &last[..]);
+            batch.delete_cf(garbage, last);
+        }
+        for (p, info) in &sweep.added_packs {
+            batch.put_cf(packs, p.0, serde_json::to_vec(info).unwrap_or_default());
+        }
+        self.db
+            .write_opt(batch, &sync_write())
+            .map_err(self.index_err())
+    }
+}
+
+/// Name of the file of per-VM policies.
+pub const POLICIES_FILE: &str = "policies.json";
+
+/// What the store does for one VM's backups.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Policy {
+    /// Every N-th backup of each disk is a key backup (a full read of the disk, even when a
+    /// differencing VHD is given); 0 never forces one, 1 forces every backup.
+    #[serde(default)]
+    pub key_interval: u32,
+}
+
+impl Store {
+    /// Every VM's policy (`STORE/policies.json`).
+    ///
+    /// # Errors
+    /// An unreadable file.
+    pub fn policies(&self) -> Result<std::collections::BTreeMap<String, Policy>> {
+        let path = self.root.join(POLICIES_FILE);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Config {
+                path,
+                what: format!("unreadable policies: {e}"),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(Error::io(&path, "reading")(e)),
+        }
+    }
+
+    /// Sets a VM's policy (the file is replaced atomically).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn set_policy(&self, vm: &str, policy: Policy) -> Result<()> {
+        self.require_writer()?;
+        crate::point::check_name("VM", vm).map_err(Error::Usage)?;
+        let mut all = self.policies()?;
+        all.insert(vm.to_owned(), policy);
+        let json = serde_json::to_vec_pretty(&all).map_err(|e| Error::Usage(e.to_string()))?;
+        write_atomic(&self.root.join(POLICIES_FILE), &json)
+    }
+}

@@ -1,0 +1,524 @@
+//! Retention, garbage collection, verify and heal, end to end through the `cairn` binary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cairn_tests::{TestStore as Store, assert_same_content, gen_disk, id, json, ok, read, run};
+
+fn days(dir: &Path, size: &str, seed: u32, n: u32) -> Vec<PathBuf> {
+    (0..n)
+        .map(|d| {
+            let p = dir.join(format!("vm{seed}-{size}-day{d}.raw"));
+            gen_disk(&p, size, seed, 1, d);
+            p
+        })
+        .collect()
+}
+
+fn packs_bytes(store: &Store) -> u64 {
+    store
+        .pack_files()
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+fn gc(store: &Store, extra: &[&str]) -> serde_json::Value {
+    let mut c = store.cmd(&["gc", "--json"]);
+    c.args(extra);
+    json(&ok(&mut c))
+}
+
+fn verify(store: &Store, extra: &[&str]) -> (bool, serde_json::Value) {
+    let mut c = store.cmd(&["verify", "--json"]);
+    c.args(extra);
+    let out = run(&mut c);
+    (
+        out.status.success(),
+        json(&String::from_utf8_lossy(&out.stdout)),
+    )
+}
+
+fn restore_matches(store: &Store, point: &str, want: &Path, work: &Path) {
+    let out = work.join(format!("restored-{point}.raw"));
+    store.restore(point, &out, "raw");
+    assert_same_content(&out, want, true);
+    std::fs::remove_file(out).expect("remove");
+}
+
+#[test]
+fn prune_keeps_by_rules_in_local_time_and_never_removes_protected_points() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let raw = work.path().join("small.raw");
+    gen_disk(&raw, "4M", 5, 1, 0);
+    let times = [
+        "2024-06-01T12:00:00Z",
+        "2024-12-31T21:00:00Z", // 23:00 on Dec 31 at UTC+2
+        "2024-12-31T23:00:00Z", // 01:00 on Jan 1 at UTC+2
+        "2025-06-01T12:00:00Z",
+    ];
+    let ids: Vec<String> = times
+        .iter()
+        .map(|t| id(&store.backup("app", t, "xvda", &raw, &[])))
+        .collect();
+    let plan = |tz: &str, rules: &[&str]| -> Vec<(String, Option<String>)> {
+        let mut c = store.cmd(&["prune", "--dry-run", "--json"]);
+        c.args(rules).env("TZ", tz);
+        let v = json(&ok(&mut c));
+        let mut out: Vec<(String, Option<String>)> = v["points"]
+            .as_array()
+            .expect("points")
+            .iter()
+            .map(|p| (id(p), p["reason"].as_str().map(str::to_owned)))
+            .collect();
+        out.sort_by_key(|(i, _)| ids.iter().position(|x| x == i));
+        out
+    };
+    let reasons = |v: Vec<(String, Option<String>)>| -> Vec<Option<String>> {
+        v.into_iter().map(|(_, r)| r).collect()
+    };
+    let y = Some("keep-yearly".to_owned());
+    // In UTC the two December points are both in 2024: the later one is the year's.
+    assert_eq!(
+        reasons(plan("UTC0", &["--keep-yearly", "5"])),
+        [None, None, y.clone(), y.clone()]
+    );
+    // At UTC+2 the later one falls in 2025 and loses to June; Dec 31 21:00Z is 2024's newest.
+    assert_eq!(
+        reasons(plan("UTC-2", &["--keep-yearly", "5"])),
+        [None, y.clone(), None, y.clone()]
+    );
+    // A dry run changed nothing.
+    assert_eq!(store.list().len(), 4);
+
+    // Protect the oldest point: keep-last 1 then removes the two in between only.
+    ok(&mut store.cmd(&["protect", &ids[0][..12]]));
+    let v = json(&ok(&mut store.cmd(&[
+        "prune",
+        "--keep-last",
+        "1",
+        "--json",
+    ])));
+    assert_eq!(v["removed"], 2);
+    let left: Vec<String> = store.list().iter().map(id).collect();
+    assert_eq!(left, [ids[0].clone(), ids[3].clone()]);
+    assert_eq!(store.list()[0]["protected"], true);
+    // Forgetting a protected point is refused, naming it; after unprotect it works.
+    let out = run(&mut store.cmd(&["forget", &ids[0]]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("protected"));
+    ok(&mut store.cmd(&["unprotect", &ids[0]]));
+    ok(&mut store.cmd(&["forget", &ids[0]]));
+    assert_eq!(store.list().len(), 1);
+    // Prune without a rule is refused: it would remove everything.
+    assert!(!run(&mut store.cmd(&["prune"])).status.success());
+    let (clean, _) = verify(&store, &[]);
+    assert!(clean);
+}
+
+#[test]
+fn gc_frees_the_space_of_dropped_points_and_kept_points_restore_bit_exact() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let raws = days(work.path(), "64M", 11, 4);
+    let points: Vec<String> = raws
+        .iter()
+        .enumerate()
+        .map(|(d, r)| {
+            id(&store.backup(
+                "db",
+                &format!("2026-11-0{}T02:00:00Z", d + 1),
+                "xvda",
+                r,
+                &[],
+            ))
+        })
+        .collect();
+    let before = packs_bytes(&store);
+    // Nothing to free yet.
+    let g = gc(&store, &[]);
+    assert_eq!(g["bytes_freed"], 0, "{g}");
+    // Drop the first two days: only metadata changes, no pack is touched.
+    let f = json(&ok(
+        &mut store.cmd(&["forget", "--json", &points[0], &points[1]])
+    ));
+    assert!(f["chunks_unreferenced"].as_u64().expect("n") > 0, "{f}");
+    assert_eq!(packs_bytes(&store), before, "forget must not touch packs");
+    // A dry run reports and keeps everything.
+    let dry = gc(&store, &["--dry-run", "--repack-below", "100"]);
+    assert!(dry["bytes_freed"].as_u64().expect("n") > 0, "{dry}");
+    assert_eq!(packs_bytes(&store), before);
+    // Rewrite every pack with garbage in it.
+    let g = gc(&store, &["--repack-below", "100"]);
+    let freed = g["bytes_freed"].as_u64().expect("n");
+    assert!(
+        freed > 0 && g["chunks_freed"].as_u64().expect("n") > 0,
+        "{g}"
+    );
+    assert!(
+        g["packs_rewritten"].as_u64().expect("n") + g["packs_deleted"].as_u64().expect("n") > 0
+    );
+    let after = packs_bytes(&store);
+    assert_eq!(after, before - freed, "{g}");
+    for (p, r) in points[2..].iter().zip(&raws[2..]) {
+        restore_matches(&store, p, r, work.path());
+    }
+    let (clean, v) = verify(&store, &[]);
+    assert!(clean, "{v}");
+    // A second collection finds nothing left.
+    let again = gc(&store, &["--repack-below", "100"]);
+    assert_eq!(again["bytes_freed"], 0, "{again}");
+    assert_eq!(again["garbage_frames"], 0, "{again}");
+    // Forgetting everything and collecting empties the packs.
+    ok(&mut store.cmd(&["forget", &points[2], &points[3]]));
+    gc(&store, &[]);
+    assert_eq!(packs_bytes(&store), 0, "{:?}", store.pack_files());
+}
+
+#[test]
+fn gc_beside_a_running_backup_keeps_every_chunk_the_backup_reuses() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let raws = days(work.path(), "64M", 12, 2);
+    let p0 = id(&store.backup("web", "2026-11-01T02:00:00Z", "xvda", &raws[0], &[]));
+    let _p1 = id(&store.backup("web", "2026-11-02T02:00:00Z", "xvda", &raws[1], &[]));
+    // Day 0's own chunks become garbage...
+    ok(&mut store.cmd(&["forget", &p0]));
+    // ... and a slow backup of day 0's image (another VM) reuses them while gc runs.
+    let mut backup = store
+        .cmd(&[
+            "backup",
+            "--json",
+            "--vm",
+            "web-clone",
+            "--time",
+            "2026-11-03T02:00:00Z",
+            "xvda=-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = backup.stdin.take().expect("stdin");
+    let image = read(&raws[0]);
+    let feeder = std::thread::spawn(move || {
+        for piece in image.chunks(4 << 20) {
+            stdin.write_all(piece).expect("feed");
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    });
+    // Start gc once the backup holds the write lock.
+    let lock = store.path().join("lock");
+    let start = Instant::now();
+    while std::fs::read_to_string(&lock)
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "backup never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let g = gc(&store, &["--repack-below", "100"]);
+    feeder.join().expect("feeder");
+    let out = backup.wait_with_output().expect("backup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let clone = json(&String::from_utf8_lossy(&out.stdout))[0].clone();
+    // gc planned while the backup ran, and waited for it before sweeping.
+    assert!(g["wait_seconds"].as_f64().expect("wait") > 0.3, "{g}");
+    assert!(
+        clone["known_chunks"].as_u64().expect("known") > 0,
+        "{clone}"
+    );
+    // Nothing the clone reused was lost.
+    restore_matches(&store, &id(&clone), &raws[0], work.path());
+    let (clean, v) = verify(&store, &[]);
+    assert!(clean, "{v}");
+    // What gc could not take this time (day 0's chunks are live again) stays live.
+    let again = gc(&store, &["--repack-below", "100"]);
+    assert_eq!(again["chunks_freed"], 0, "{again}");
+    restore_matches(&store, &id(&clone), &raws[0], work.path());
+}
+
+#[test]
+fn kill_9_during_gc_loses_nothing_and_the_next_gc_finishes_the_work() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let raws = days(work.path(), "256M", 13, 3);
+    let points: Vec<String> = raws
+        .iter()
+        .enumerate()
+        .map(|(d, r)| {
+            id(&store.backup(
+                "db",
+                &format!("2026-11-0{}T02:00:00Z", d + 1),
+                "xvda",
+                r,
+                &[],
+            ))
+        })
+        .collect();
+    ok(&mut store.cmd(&["forget", &points[0]]));
+    let mut killed = 0;
+    for delay_ms in [10u64, 40, 80, 150, 250, 400] {
+        let mut child = store
+            .cmd(&["gc", "--repack-below", "100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        if !child.wait().expect("wait").success() {
+            killed += 1;
+        }
+        // Whatever moment it died at, every kept point is whole.
+        let (clean, v) = verify(&store, &[]);
+        assert!(clean, "after a kill at {delay_ms} ms: {v}");
+        assert_eq!(store.list().len(), 2);
+    }
+    assert!(killed > 0, "no gc was interrupted");
+    // The next collection finishes: no unindexed pack is left, and nothing more to free.
+    gc(&store, &["--repack-below", "100"]);
+    let dry = gc(&store, &["--dry-run", "--repack-below", "100"]);
+    assert_eq!(dry["orphan_packs"], 0, "{dry}");
+    assert_eq!(dry["bytes_freed"], 0, "{dry}");
+    for (p, r) in points[1..].iter().zip(&raws[1..]) {
+        restore_matches(&store, p, r, work.path());
+    }
+}
+
+/// Flips one byte inside the payload of the first data frame of the biggest pack; returns
+/// the chunk id (hex) of that frame.
+fn corrupt_a_data_chunk(store: &Store) -> String {
+    let packs = store.pack_files();
+    let pack = packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
+    let mut bytes = read(pack);
+    // Pack header 32 bytes; frame header 56: id at 8..40, kind at 49, payload after.
+    let mut at = 32usize;
+    loop {
+        let stored = u32::from_be_bytes(bytes[at + 44..at + 48].try_into().expect("len")) as usize;
+        if bytes[at + 49] == 0 {
+            let id = bytes[at + 8..at + 40]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>();
+            bytes[at + 56 + stored / 2] ^= 0x5a;
+            std::fs::write(pack, &bytes).expect("write");
+            return id;
+        }
+        at += 56 + stored;
+    }
+}
+
+#[test]
+fn a_flipped_byte_is_found_by_verify_refused_by_restore_and_healed_by_a_key_backup() {
+    let store = Store::new("256K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let raws = days(work.path(), "64M", 14, 1);
+    // Two VMs hold the same image: one chunk, two points.
+    let a = id(&store.backup("vm-a", "2026-11-01T02:00:00Z", "xvda", &raws[0], &[]));
+    let b = id(&store.backup("vm-b", "2026-11-01T03:00:00Z", "xvdb", &raws[0], &[]));
+    let (clean, _) = verify(&store, &[]);
+    assert!(clean);
+    let bad = corrupt_a_data_chunk(&store);
+    // verify: exit 1, names the chunk, both points, both VMs, and the disk offsets.
+    let (clean, v) = verify(&store, &[]);
+    assert!(!clean);
+    let damaged = v["damaged"].as_array().expect("damaged");
+    assert_eq!(damaged.len(), 1, "{v}");
+    assert_eq!(damaged[0]["chunk"], bad.as_str());
+    let hit_points: Vec<&str> = damaged[0]["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|h| h["point"].as_str().expect("point"))
+        .collect();
+    assert!(
+        hit_points.contains(&a.as_str()) && hit_points.contains(&b.as_str()),
+        "{v}"
+    );
+    assert_eq!(v["vms_damaged"], serde_json::json!(["vm-a", "vm-b"]));
+    let offset = damaged[0]["points"][0]["offsets"][0]
+        .as_u64()
+        .expect("offset");
+    // The offset is where that chunk sits in the image.
+    let image = read(&raws[0]);
+    let chunk = &image[offset as usize..offset as usize + (256 << 10)];
+    assert_eq!(blake3_hex(chunk), bad);
+    // --vm filters the scope but the blast radius still names every point.
+    let (clean, v) = verify(&store, &["--vm", "vm-b"]);
+    assert!(!clean, "{v}");
+    // The human output names the damage too.
+    let out = run(&mut store.cmd(&["verify"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&bad) && text.contains("vm-a/xvda"), "{text}");
+    // restore refuses; --ignore-errors writes zeros there, lists it, and exits 3.
+    let out = run(store.cmd(&["restore", &b]).arg(work.path().join("b.raw")));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&bad));
+    let out = run(store
+        .cmd(&["restore", &b, "--ignore-errors"])
+        .arg(work.path().join("b.raw")));
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("bytes {offset}..")), "{err}");
+    let got = read(&work.path().join("b.raw"));
+    assert!(
+        got[offset as usize..offset as usize + (256 << 10)]
+            .iter()
+            .all(|&x| x == 0)
+    );
+    // A key backup of vm-a (a full read) stores a fresh copy: both points heal.
+    let k = store.backup("vm-a", "2026-11-02T02:00:00Z", "xvda", &raws[0], &["--key"]);
+    assert_eq!(k["healed_chunks"], 1, "{k}");
+    assert_eq!(k["key"], true);
+    let (clean, v) = verify(&store, &[]);
+    assert!(clean, "{v}");
+    restore_matches(&store, &b, &raws[0], work.path());
+    restore_matches(&store, &a, &raws[0], work.path());
+    // The damaged frame is garbage now: gc reclaims it and everything still restores.
+    gc(&store, &["--repack-below", "100"]);
+    restore_matches(&store, &b, &raws[0], work.path());
+}
+
+fn blake3_hex(data: &[u8]) -> String {
+    blake3::hash(data).to_hex().to_string()
+}
+
+#[test]
+fn key_interval_makes_every_nth_backup_a_full_read_through_the_vhd_chain() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let raws = days(work.path(), "32M", 15, 4);
+    // A chain of VHDs as a hypervisor exports them: a base, then differencing VHDs.
+    let vhd = |i: usize| work.path().join(format!("d{i}.vhd"));
+    ok(cairn_tests::cairn(["vhd", "from-raw"])
+        .arg(&raws[0])
+        .arg(vhd(0)));
+    for (i, raw) in raws.iter().enumerate().skip(1) {
+        ok(cairn_tests::cairn(["vhd", "from-raw", "--parent"])
+            .arg(vhd(i - 1))
+            .arg(raw)
+            .arg(vhd(i)));
+    }
+    ok(&mut store.cmd(&["policy", "set", "--vm", "app", "--key-interval", "2"]));
+    let shown = ok(&mut store.cmd(&["policy", "show", "--json"]));
+    assert_eq!(json(&shown)["app"]["key_interval"], 2);
+    let mut keys = Vec::new();
+    for (i, raw) in raws.iter().enumerate() {
+        let p = store.backup(
+            "app",
+            &format!("2026-11-0{}T02:00:00Z", i + 1),
+            "xvda",
+            &vhd(i),
+            &[],
+        );
+        keys.push(p["key"].as_bool().expect("key"));
+        restore_matches(&store, &id(&p), raw, work.path());
+    }
+    // The base is a full read; then every 2nd backup reads the whole chain.
+    assert_eq!(keys, [true, false, true, false]);
+    // Without its parents a due key backup falls back to the delta and says so.
+    let raw4 = work.path().join("day4.raw");
+    gen_disk(&raw4, "32M", 15, 1, 4);
+    ok(cairn_tests::cairn(["vhd", "from-raw", "--parent"])
+        .arg(vhd(3))
+        .arg(&raw4)
+        .arg(vhd(4)));
+    std::fs::rename(vhd(3), work.path().join("d3.moved")).expect("rename");
+    let out = run(store
+        .cmd(&[
+            "backup",
+            "--json",
+            "--vm",
+            "app",
+            "--time",
+            "2026-11-05T02:00:00Z",
+        ])
+        .arg(format!("xvda={}", vhd(4).display())));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was due"));
+    let p = json(&String::from_utf8_lossy(&out.stdout))[0].clone();
+    assert_eq!(p["key"], false, "{p}");
+    restore_matches(&store, &id(&p), &raw4, work.path());
+    // --key on a delta whose parents are gone fails clearly and stores nothing.
+    let n = store.list().len();
+    let out = run(store
+        .cmd(&[
+            "backup",
+            "--key",
+            "--vm",
+            "app",
+            "--time",
+            "2026-11-06T02:00:00Z",
+        ])
+        .arg(format!("xvda={}", vhd(4).display())));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("key backup") && err.contains("d3.vhd"),
+        "{err}"
+    );
+    assert_eq!(store.list().len(), n);
+}
+
+#[test]
+fn nobak_disks_are_skipped_and_one_vm_run_is_listed_together() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let a = work.path().join("a.raw");
+    let b = work.path().join("b.raw");
+    gen_disk(&a, "4M", 16, 1, 0);
+    gen_disk(&b, "4M", 17, 1, 0);
+    let out = run(store
+        .cmd(&[
+            "backup",
+            "--json",
+            "--vm",
+            "web",
+            "--time",
+            "2026-11-01T02:00:00Z",
+        ])
+        .arg(format!("xvda={}", a.display()))
+        .arg(format!("[NOBAK] scratch={}", b.display()))
+        .arg(format!("[NOBAK]swap={}", b.display()))
+        .arg(format!("xvdb={}", b.display())));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("skipping disk \"scratch\"") && err.contains("skipping disk \"swap\""),
+        "{err}"
+    );
+    let points = store.list();
+    let disks: Vec<&str> = points
+        .iter()
+        .map(|p| p["disk"].as_str().expect("disk"))
+        .collect();
+    assert_eq!(disks, ["xvda", "xvdb"]);
+    assert!(points[0]["run"].is_string());
+    assert_eq!(points[0]["run"], points[1]["run"]);
+    let text = ok(&mut store.cmd(&["list"]));
+    let run_id = &points[0]["run"].as_str().expect("run")[..8];
+    assert_eq!(text.matches(run_id).count(), 2, "{text}");
+}
