@@ -8,10 +8,13 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The repository's root folder.
+/// The repository's root folder. Read from `CARGO_MANIFEST_DIR` at run time (cargo sets it for
+/// the package under test): the target folder is shared between clones at other paths, and a
+/// path baked in at compile time may name another clone.
 #[must_use]
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .parent()
         .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
 }
