@@ -51,3 +51,30 @@ rm -rf "$work/restored-chain"
 "$cairn" vhd check "$(ls -d "$work"/restored-chain/*.vhd | tail -1)"
 "$cairn" vhd to-raw "$(ls -d "$work"/restored-chain/*.vhd | tail -1)" "$work/restored-chain.raw"
 cmp "$work/restored-chain.raw" "$work/day2.raw" && echo "vhd chain: bit-exact"
+echo "== retention: protect the first point, prune to the last two, collect garbage, verify"
+first=$("$cairn" list --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['id'][:12])")
+"$cairn" protect "$first"
+"$cairn" prune --vm web01 --keep-last 1 --dry-run
+"$cairn" prune --vm web01 --keep-last 1
+"$cairn" gc
+"$cairn" verify
+"$cairn" policy set --vm web01 --key-interval 7
+"$cairn" list
+echo "== a flipped byte in a pack: verify names what it damages, a key backup heals it"
+pack=$(ls -S "$store"/packs/*/*.pack | head -1)
+python3 - "$pack" <<'PY'
+import struct, sys
+path = sys.argv[1]
+b = bytearray(open(path, "rb").read())
+at = 32
+while True:  # the first data frame: flip a byte in its payload
+    stored = struct.unpack(">I", b[at + 44:at + 48])[0]
+    if b[at + 49] == 0:
+        b[at + 56 + stored // 2] ^= 0x5A
+        break
+    at += 56 + stored
+open(path, "wb").write(b)
+PY
+"$cairn" verify || echo "(verify exit status $?)"
+"$cairn" backup --vm web02 --time 2026-11-23T03:00:00Z --key xvda="$work/clone.raw"
+"$cairn" verify

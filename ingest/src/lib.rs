@@ -22,6 +22,7 @@
 //! must be the UUID of the VHD the parent point was read from, unless the parent is given
 //! explicitly: a delta applied to the wrong parent would be silent garbage.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -37,7 +38,8 @@ use rayon::prelude::*;
 
 /// Chunks per batch handed from the reader thread to the hashing workers.
 const BATCH: usize = 32;
-/// Batches in flight between the reader and the workers.
+/// Batches in flight between the reader and the workers, and between the workers and the
+/// writer (so reading, hashing + compressing, and appending to packs overlap).
 const QUEUE_DEPTH: usize = 2;
 
 /// What went wrong in a backup.
@@ -505,13 +507,13 @@ enum Hashed {
     Ref(ChunkRef, PieceOrigin),
 }
 
-fn hash_piece(session: &cairn_store::Session<'_>, piece: Piece, level: i32) -> Result<Hashed> {
+fn hash_piece(known: &cairn_store::KnownFilter<'_>, piece: Piece, level: i32) -> Result<Hashed> {
     match piece {
         Piece::Ref(r, o) => Ok(Hashed::Ref(r, o)),
         Piece::Data(d) if is_zero(&d) => Ok(Hashed::Zero),
         Piece::Data(d) => {
             let id = ChunkId::of(&d);
-            if session.has(&id)? {
+            if known.holds(&id)? {
                 Ok(Hashed::Known(id))
             } else {
                 Ok(Hashed::New(chunk::encode_with_id(
@@ -910,6 +912,8 @@ pub fn backup(
     let mut stats = BackupStats::default();
     let mut logical = 0u64;
     let (tx, rx) = crossbeam_channel::bounded::<Result<Vec<(Piece, u64)>>>(QUEUE_DEPTH);
+    let (htx, hrx) = crossbeam_channel::bounded::<Result<Vec<(Hashed, u64)>>>(QUEUE_DEPTH);
+    let known = session.known_filter();
     let outcome: Result<u64> = std::thread::scope(|scope| {
         let reader = scope.spawn(move || {
             loop {
@@ -944,16 +948,44 @@ pub fn backup(
                 }
             }
         });
-        for batch in &rx {
-            let batch = batch?;
-            let lens: Vec<u64> = batch.iter().map(|(_, l)| *l).collect();
-            let hashed: Vec<Result<Hashed>> = batch
-                .into_par_iter()
-                .map(|(p, _)| hash_piece(&session, p, level))
-                .collect();
-            for (h, len) in hashed.into_iter().zip(lens) {
+        // Hashing and compressing on the rayon pool, one batch at a time, while the writer
+        // below appends the previous batch. A chunk met twice in this backup is compressed
+        // once: later copies go on as known.
+        scope.spawn(move || {
+            let mut emitted: HashSet<ChunkId> = HashSet::new();
+            for batch in &rx {
+                let out = batch.and_then(|batch| {
+                    let lens: Vec<u64> = batch.iter().map(|(_, l)| *l).collect();
+                    let hashed: Vec<Result<Hashed>> = batch
+                        .into_par_iter()
+                        .map(|(p, _)| hash_piece(&known, p, level))
+                        .collect();
+                    hashed
+                        .into_iter()
+                        .zip(lens)
+                        .map(|(h, len)| {
+                            Ok(match h? {
+                                Hashed::New(enc) if !emitted.insert(enc.id) => {
+                                    (Hashed::Known(enc.id), len)
+                                }
+                                other => (other, len),
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()
+                });
+                let failed = out.is_err();
+                if htx.send(out).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        // Owned here: if the writer stops early, dropping it stops the hasher, which drops
+        // the reader's channel and stops the reader, so the scope never waits forever.
+        let hrx = hrx;
+        for batch in &hrx {
+            for (h, len) in batch? {
                 stats.chunks += 1;
-                let r = match h? {
+                let r = match h {
                     Hashed::Zero => {
                         stats.zero_chunks += 1;
                         ChunkRef::Zero

@@ -9,12 +9,14 @@
 //! chunk and the disk offset: wrong bytes are never written silently. Asked to ignore errors,
 //! the reader writes zeros there instead and lists every damaged range in [`Restored`].
 //!
+//! Restored files are not fsynced (as `cp`, borg and restic do not): run `sync` when the file
+//! must be on disk before going on.
+//!
 //! # VHDs
 //! The VHD of a point has the point's id as its UUID and the point's time as its timestamp, so
 //! restoring the same point twice gives the same VHD, and a differencing VHD restored later
 //! names its parent correctly. A chain's files are named by [`vhd_file_name`].
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -72,7 +74,11 @@ pub struct PointReader<'s> {
     store: &'s Store,
     point: RecoveryPoint,
     refs: Vec<ChunkRef>,
-    cache: HashMap<usize, Vec<u8>>,
+    /// Decoded chunks `window_first..window_first + window_chunks`, one slot of the chunk size
+    /// each; the buffer is reused from window to window.
+    window: Vec<u8>,
+    window_first: usize,
+    window_chunks: usize,
     /// Write zeros for bad or missing chunks (and list them) instead of failing.
     ignore_errors: bool,
     damaged: Vec<Damaged>,
@@ -145,7 +151,9 @@ impl<'s> PointReader<'s> {
             store,
             point: point.clone(),
             refs,
-            cache: HashMap::new(),
+            window: Vec::new(),
+            window_first: 0,
+            window_chunks: 0,
             ignore_errors,
             damaged,
         })
@@ -164,12 +172,19 @@ impl<'s> PointReader<'s> {
         &self.refs
     }
 
-    /// Fetches chunks `first..first+n` that are data (zeros are not fetched) into the cache,
-    /// reading in pack order with several reads in flight.
+    /// Fetches chunks `first..first+n` into the window buffer (reused from window to window):
+    /// locations in one batch, reads sorted by pack and offset, several in flight, each chunk
+    /// decoded straight into its slot and checked. Zero chunks are not fetched.
     fn fetch(&mut self, first: usize, n: usize) -> Result<()> {
+        let cs = self.point.chunk_size as usize;
         let end = (first + n).min(self.refs.len());
-        let mut wanted: Vec<(usize, ChunkId)> = (first..end)
-            .filter(|i| !self.cache.contains_key(i))
+        let need = (end - first) * cs;
+        if self.window.len() < need {
+            self.window.resize(need, 0);
+        }
+        self.window_first = first;
+        self.window_chunks = end - first;
+        let wanted: Vec<(usize, ChunkId)> = (first..end)
             .filter_map(|i| match self.refs[i] {
                 ChunkRef::Data(id) => Some((i, id)),
                 ChunkRef::Zero => None,
@@ -180,91 +195,79 @@ impl<'s> PointReader<'s> {
         }
         let ids: Vec<ChunkId> = wanted.iter().map(|(_, id)| *id).collect();
         let locs = self.store.locations(&ids)?;
-        let cs = u64::from(self.point.chunk_size);
+        let mut slots: Vec<Option<&mut [u8]>> =
+            self.window[..need].chunks_mut(cs).map(Some).collect();
         let mut jobs = Vec::with_capacity(wanted.len());
-        let mut failed = Vec::new();
-        for ((i, id), loc) in wanted.drain(..).zip(locs) {
-            let Some(loc) = loc else {
-                failed.push(Error::Chunk {
-                    point: self.point.id.clone(),
-                    offset: i as u64 * cs,
-                    source: cairn_store::Error::MissingChunk(id),
-                });
-                continue;
-            };
-            jobs.push((i, id, loc));
-        }
-        jobs.sort_by_key(|(_, _, l)| (l.pack, l.offset));
-        let store = self.store;
-        let point = &self.point.id;
-        let read: Vec<Result<(usize, Vec<u8>)>> = jobs
-            .par_iter()
-            .map(|(i, id, loc)| {
-                store
-                    .read_at(id, loc)
-                    .map(|d| (*i, d))
-                    .map_err(|source| Error::Chunk {
-                        point: point.clone(),
-                        offset: *i as u64 * cs,
-                        source,
-                    })
-            })
-            .collect();
-        for r in read {
-            match r {
-                Ok((i, d)) => {
-                    self.cache.insert(i, d);
+        let mut failed: Vec<(usize, cairn_store::Error)> = Vec::new();
+        for ((i, id), loc) in wanted.into_iter().zip(locs) {
+            let slot = slots[i - first].take();
+            match (loc, slot) {
+                (Some(loc), Some(slot)) => jobs.push((i, id, loc, slot)),
+                (_, slot) => {
+                    if let Some(s) = slot {
+                        s.fill(0);
+                    }
+                    failed.push((i, cairn_store::Error::MissingChunk(id)));
                 }
-                Err(e) => failed.push(e),
             }
         }
-        failed.sort_by_key(|e| match e {
-            Error::Chunk { offset, .. } => *offset,
-            _ => 0,
-        });
-        for e in failed {
-            let Error::Chunk { offset, source, .. } = &e else {
-                return Err(e);
-            };
+        jobs.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
+        let store = self.store;
+        failed.extend(
+            jobs.into_par_iter()
+                .filter_map(|(i, id, loc, slot)| {
+                    store.read_into(&id, &loc, slot).err().map(|e| {
+                        slot.fill(0);
+                        (i, e)
+                    })
+                })
+                .collect::<Vec<_>>(),
+        );
+        failed.sort_by_key(|(i, _)| *i);
+        for (i, source) in failed {
+            let offset = i as u64 * cs as u64;
             if !self.ignore_errors {
-                return Err(e);
+                // Nothing of this window is served after an error.
+                self.window_chunks = 0;
+                return Err(Error::Chunk {
+                    point: self.point.id.clone(),
+                    offset,
+                    source,
+                });
             }
-            let len = (self.point.size - offset).min(cs);
             self.damaged.push(Damaged {
                 point: self.point.id.clone(),
-                offset: *offset,
-                len,
+                offset,
+                len: (self.point.size - offset).min(cs as u64),
                 what: source.to_string(),
             });
-            self.cache
-                .insert((offset / cs) as usize, vec![0; len as usize]);
         }
         Ok(())
     }
 
     /// Fills `buf` with the disk's bytes from chunk `index` on (`buf` is a whole number of
-    /// chunks, or runs to the disk's end). Fetches a window ahead.
+    /// chunks, or runs to the disk's end). Fetches a window ahead when `buf` is not in the
+    /// current one.
     ///
     /// # Errors
     /// A chunk that is missing or bad.
     pub fn read_chunks(&mut self, index: usize, buf: &mut [u8]) -> Result<()> {
         let cs = self.point.chunk_size as usize;
         let n = buf.len().div_ceil(cs);
-        if (index..index + n).any(|i| {
-            matches!(self.refs.get(i), Some(ChunkRef::Data(_))) && !self.cache.contains_key(&i)
-        }) {
-            self.cache.retain(|&k, _| k >= index);
+        let in_window =
+            index >= self.window_first && index + n <= self.window_first + self.window_chunks;
+        if !in_window {
             let window = ((WINDOW_BYTES / cs as u64) as usize).max(n);
             self.fetch(index, window)?;
         }
         for (k, dst) in buf.chunks_mut(cs).enumerate() {
-            match self.cache.remove(&(index + k)) {
-                Some(d) => {
-                    let m = dst.len().min(d.len());
-                    dst[..m].copy_from_slice(&d[..m]);
-                    dst[m..].fill(0);
+            let i = index + k;
+            match self.refs.get(i) {
+                Some(ChunkRef::Data(_)) => {
+                    let at = (i - self.window_first) * cs;
+                    dst.copy_from_slice(&self.window[at..at + dst.len()]);
                 }
-                None => dst.fill(0),
+                _ => dst.fill(0),
             }
         }
         Ok(())
@@ -389,9 +392,10 @@ fn restore_raw(
         progress(done);
     }
     if let Some(f) = file {
+        // No fsync, as cp, borg and restic: the kernel writes the file back; `sync` it when
+        // it must be on disk before going on.
         f.set_len(point.size)
             .map_err(io_err(out, "setting the length"))?;
-        f.sync_all().map_err(io_err(out, "syncing"))?;
     } else {
         stdout.flush().map_err(io_err(out, "flushing stdout"))?;
     }
@@ -481,12 +485,6 @@ fn write_point_vhd(
     }
     let written = written.map_err(|e| e.in_file(out))?;
     sink.flush().map_err(io_err(out, "flushing"))?;
-    drop(sink);
-    if !to_stdout {
-        File::open(out)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(out, "syncing"))?;
-    }
     Ok(written)
 }
 

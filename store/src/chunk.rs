@@ -183,23 +183,49 @@ pub fn decode(
     plain_len: u32,
     stored: &[u8],
 ) -> Result<Vec<u8>, String> {
-    let plain = match codec {
-        Codec::Plain => stored.to_vec(),
+    let mut plain = vec![0u8; plain_len as usize];
+    decode_into(id, codec, plain_len, stored, &mut plain)?;
+    Ok(plain)
+}
+
+/// Decodes stored bytes into the front of `out` (at least `plain_len` bytes) and checks them
+/// against `id`: the allocation-free form of [`decode`].
+///
+/// # Errors
+/// A description of what is wrong (decompression failure, wrong length, hash mismatch).
+pub fn decode_into(
+    id: &ChunkId,
+    codec: Codec,
+    plain_len: u32,
+    stored: &[u8],
+    out: &mut [u8],
+) -> Result<(), String> {
+    let want = plain_len as usize;
+    let Some(out) = out.get_mut(..want) else {
+        return Err(format!(
+            "a chunk of {want} bytes does not fit {} bytes",
+            out.len()
+        ));
+    };
+    let got = match codec {
+        Codec::Plain => {
+            if stored.len() == want {
+                out.copy_from_slice(stored);
+            }
+            stored.len()
+        }
         Codec::Zstd => {
-            zstd::bulk::decompress(stored, plain_len as usize).map_err(|e| format!("zstd: {e}"))?
+            zstd::bulk::decompress_to_buffer(stored, out).map_err(|e| format!("zstd: {e}"))?
         }
     };
-    if plain.len() != plain_len as usize {
-        return Err(format!(
-            "decodes to {} bytes, expected {plain_len}",
-            plain.len()
-        ));
+    if got != want {
+        return Err(format!("decodes to {got} bytes, expected {plain_len}"));
     }
-    let got = ChunkId::of(&plain);
-    if &got != id {
-        return Err(format!("content hashes to {got}, not to its id"));
+    let hashed = ChunkId::of(out);
+    if &hashed != id {
+        return Err(format!("content hashes to {hashed}, not to its id"));
     }
-    Ok(plain)
+    Ok(())
 }
 
 /// Whether every byte is zero.

@@ -33,10 +33,28 @@
 //! A crash before 3 leaves orphan pack bytes (and maybe index entries for them) and no point; a
 //! crash between 3 and 4 leaves a complete point that the next writer publishes on open.
 //!
+//! # Reference counts and garbage
+//! Each tree segment counts the points naming it, each data chunk the live segments naming it
+//! ([`refs`](crate::Store::refcounts)); the counts change in the catalogue's own batch. A chunk
+//! whose count reaches zero goes on the `garbage` list under its pack and offset, so dropping a
+//! point costs what it alone held and garbage collection starts from a list, not a full walk.
+//!
+//! # Garbage collection beside a backup
+//! A backup holds the write lock from its start to its commit, and a chunk it reuses is one the
+//! index holds, counted when its point commits. Garbage collection (the `cairn-gc` crate) plans
+//! and copies live chunks from a read-only view, then takes the write lock (so a running backup
+//! commits first) and decides what to delete from the counts *as they are then*: a chunk the
+//! backup reused has a count above zero again and is kept. One synced batch swaps the index
+//! before any pack file is deleted, so `kill -9` at any moment leaves either unindexed new packs
+//! or unreferenced old ones, both deleted by the next collection; never an index entry without
+//! its frame. A `gc.lock` flock keeps two collections apart.
+//!
 //! # Who locks what
 //! | operation | lock | sees |
 //! |---|---|---|
-//! | backup, repair | the write lock (`flock` on `STORE/lock`; `--wait` to queue) | live index |
+//! | backup, prune, forget, protect, policy, repair | the write lock (`flock` on `STORE/lock`; `--wait` to queue) | live index |
+//! | gc | `gc.lock`; the write lock only for its final check, batch and deletes (it waits) | read-only view, then live index |
+//! | verify | none while reading; the write lock (waiting) only to record bad chunks | index as of open |
 //! | list, report, restore | none: RocksDB opened read-only beside a writer | index as of open |
 //!
 //! The kernel drops a `flock` when its holder dies, so `kill -9` never leaves a store locked;
@@ -60,4 +78,4 @@ pub use index::{BadMark, Location, PackInfo};
 pub use maintenance::{Forgotten, GarbageFrame, Policy, Sweep};
 pub use pack::PackId;
 pub use point::{BackupStats, RecoveryPoint, SourceInfo};
-pub use store::{NewPoint, OpenMode, RebuildReport, Session, Store, write_atomic};
+pub use store::{KnownFilter, NewPoint, OpenMode, RebuildReport, Session, Store, write_atomic};

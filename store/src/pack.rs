@@ -263,6 +263,21 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// # Errors
 /// I/O errors and malformed frames, naming the pack and offset.
 pub fn read_frame(file: &File, path: &Path, offset: u64) -> Result<(FrameHeader, Vec<u8>)> {
+    let mut bytes = Vec::new();
+    let header = read_frame_into(file, path, offset, &mut bytes)?;
+    Ok((header, bytes))
+}
+
+/// As [`read_frame`], into a buffer the caller reuses (resized to the stored length).
+///
+/// # Errors
+/// I/O errors and malformed frames, naming the pack and offset.
+pub fn read_frame_into(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    bytes: &mut Vec<u8>,
+) -> Result<FrameHeader> {
     let mut hb = [0u8; FRAME_HEADER_SIZE as usize];
     file.read_exact_at(&mut hb, offset).map_err(Error::io(
         path,
@@ -273,13 +288,13 @@ pub fn read_frame(file: &File, path: &Path, offset: u64) -> Result<(FrameHeader,
         offset,
         what,
     })?;
-    let mut bytes = vec![0u8; header.stored_len as usize];
-    file.read_exact_at(&mut bytes, offset + FRAME_HEADER_SIZE)
+    bytes.resize(header.stored_len as usize, 0);
+    file.read_exact_at(bytes, offset + FRAME_HEADER_SIZE)
         .map_err(Error::io(
             path,
             format!("reading the frame at offset {offset}"),
         ))?;
-    Ok((header, bytes))
+    Ok(header)
 }
 
 /// One frame found by [`scan`].

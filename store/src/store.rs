@@ -16,7 +16,7 @@ use crate::index::{
     META_REFCOUNTS, PackInfo, garbage_key,
 };
 use crate::lock::WriteLock;
-use crate::pack::{self, PackId, PackWriter, read_frame, sync_dir};
+use crate::pack::{self, PackId, PackWriter, sync_dir};
 use crate::point::{
     BackupStats, RecoveryPoint, SEGMENT_REFS, SourceInfo, check_name, decode_segment,
     encode_segment,
@@ -253,20 +253,35 @@ impl Store {
     /// # Errors
     /// [`Error::BadChunk`] when it cannot be read, decoded, or does not hash to its id.
     pub fn read_at(&self, id: &ChunkId, loc: &Location) -> Result<Vec<u8>> {
-        let where_ = format!("pack {} offset {}", loc.pack.to_hex(), loc.offset);
+        let mut plain = vec![0u8; loc.plain_len as usize];
+        self.read_into(id, loc, &mut plain)?;
+        Ok(plain)
+    }
+
+    /// Reads a chunk at a known location into the front of `out` and checks it against its
+    /// id; the stored bytes pass through a buffer each thread keeps, so nothing is allocated.
+    ///
+    /// # Errors
+    /// [`Error::BadChunk`] when it cannot be read, decoded, or does not hash to its id.
+    pub fn read_into(&self, id: &ChunkId, loc: &Location, out: &mut [u8]) -> Result<()> {
+        thread_local! {
+            static STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let bad = |what: String| Error::BadChunk {
             id: *id,
-            where_: where_.clone(),
+            where_: format!("pack {} offset {}", loc.pack.to_hex(), loc.offset),
             what,
         };
         let file = self.pack_file(loc.pack).map_err(|e| bad(e.to_string()))?;
         let path = loc.pack.path(&self.packs_dir());
-        let (header, bytes) =
-            read_frame(&file, &path, loc.offset).map_err(|e| bad(e.to_string()))?;
-        if header.id != *id {
-            return Err(bad(format!("the frame there holds chunk {}", header.id)));
-        }
-        chunk::decode(id, header.codec, header.plain_len, &bytes).map_err(bad)
+        STORED.with_borrow_mut(|stored| {
+            let header = pack::read_frame_into(&file, &path, loc.offset, stored)
+                .map_err(|e| bad(e.to_string()))?;
+            if header.id != *id {
+                return Err(bad(format!("the frame there holds chunk {}", header.id)));
+            }
+            chunk::decode_into(id, header.codec, header.plain_len, stored, out).map_err(bad)
+        })
     }
 
     /// Reads a chunk by id and checks it.
@@ -651,10 +666,27 @@ impl Drop for Session<'_> {
     }
 }
 
-impl Session<'_> {
+/// See [`Session::known_filter`].
+#[derive(Debug, Clone)]
+pub struct KnownFilter<'a> {
+    store: &'a Store,
+    bad: HashSet<ChunkId>,
+}
+
+impl KnownFilter<'_> {
+    /// Whether the store holds a good copy of the chunk (not marked bad or missing).
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn holds(&self, id: &ChunkId) -> Result<bool> {
+        Ok(!self.bad.contains(id) && self.store.location(id)?.is_some())
+    }
+}
+
+impl<'a> Session<'a> {
     /// The store.
     #[must_use]
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &'a Store {
         self.store
     }
 
@@ -718,6 +750,17 @@ impl Session<'_> {
         self.seen.insert(chunk.id);
         self.new_stored += pack::FRAME_HEADER_SIZE + chunk.bytes.len() as u64;
         Ok(true)
+    }
+
+    /// What a hashing stage running beside the session needs to tell chunks the store holds
+    /// (a good copy) from new ones. It does not know what this session appended since: a chunk
+    /// it calls new may still be one [`Session::put`] then finds already appended.
+    #[must_use]
+    pub fn known_filter(&self) -> KnownFilter<'a> {
+        KnownFilter {
+            store: self.store,
+            bad: self.bad.clone(),
+        }
     }
 
     /// Chunks marked bad or missing that this session stored afresh so far.

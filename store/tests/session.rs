@@ -131,3 +131,89 @@ fn chunk_sizes_outside_the_range_are_refused() {
     let err = Store::open(&dir.path().join("nothing"), OpenMode::Read).expect_err("not a store");
     assert!(err.to_string().contains("not a cairn store"), "{err}");
 }
+
+/// Commits `ids` (as data refs) as one point of `vm`.
+fn commit_point(store: &Store, vm: &str, chunks: &[Vec<u8>]) -> cairn_store::RecoveryPoint {
+    let mut s = store.session().expect("session");
+    let mut refs = Vec::new();
+    for c in chunks {
+        let e = encode(c, ChunkKind::Data, 1);
+        s.put(&e).expect("put");
+        refs.push(ChunkRef::Data(e.id));
+    }
+    s.commit(new_point(vm, refs.len() as u64 * 65536), &refs)
+        .expect("commit")
+}
+
+#[test]
+fn reference_counts_follow_commits_and_forgets_and_a_recount_agrees() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("s");
+    Store::init(&root, 64 << 10).expect("init");
+    let store = Store::open(&root, OpenMode::Write { wait: false }).expect("open");
+    // Two points share chunks 1 and 2; chunk 3 is only in the first, chunk 4 only in the second.
+    let p1 = commit_point(&store, "a", &[chunk(1), chunk(2), chunk(3)]);
+    let p2 = commit_point(&store, "b", &[chunk(1), chunk(2), chunk(4)]);
+    let id = |seed| cairn_store::ChunkId::of(&chunk(seed));
+    let counts = |seeds: &[u8]| -> Vec<u64> {
+        store
+            .refcounts(&seeds.iter().map(|s| id(*s)).collect::<Vec<_>>())
+            .expect("counts")
+    };
+    // Each data chunk is counted once per live segment (one segment per point here).
+    assert_eq!(counts(&[1, 2, 3, 4]), [2, 2, 1, 1]);
+    assert!(store.garbage().expect("garbage").is_empty());
+    // Forgetting the first point: only what it alone held becomes garbage (chunk 3 and its
+    // tree segment), and no pack is touched.
+    let packs = pack_count(&root);
+    let f = store.forget(std::slice::from_ref(&p1)).expect("forget");
+    assert_eq!(f.chunks_unreferenced, 2);
+    assert_eq!(counts(&[1, 2, 3, 4]), [1, 1, 0, 1]);
+    let garbage: Vec<_> = store
+        .garbage()
+        .expect("garbage")
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    assert!(
+        garbage.contains(&id(3)) && garbage.len() == 2,
+        "{garbage:?}"
+    );
+    assert_eq!(pack_count(&root), packs);
+    assert!(!root.join(p1.root_file()).exists());
+    assert_eq!(store.points().expect("points").len(), 1);
+    // A chunk on the garbage list comes back to life when a new point uses it again.
+    let p3 = commit_point(&store, "c", &[chunk(3), chunk(5), chunk(5)]);
+    assert_eq!(counts(&[3, 5]), [1, 1]);
+    assert!(
+        !store
+            .garbage()
+            .expect("garbage")
+            .iter()
+            .any(|g| g.id == id(3))
+    );
+    // Protected points cannot be forgotten.
+    let p3 = store.set_protected(&p3, true).expect("protect");
+    assert!(store.forget(std::slice::from_ref(&p3)).is_err());
+    // A recount from the points gives the same counts and garbage list.
+    let before = (
+        counts(&[1, 2, 3, 4, 5]),
+        store.garbage().expect("garbage").len(),
+    );
+    store.recount().expect("recount");
+    assert_eq!(
+        (
+            counts(&[1, 2, 3, 4, 5]),
+            store.garbage().expect("garbage").len()
+        ),
+        before
+    );
+    // Forgetting everything leaves every chunk on the garbage list.
+    let p3 = store.set_protected(&p3, false).expect("unprotect");
+    store.forget(&[p2, p3]).expect("forget");
+    assert_eq!(counts(&[1, 2, 3, 4, 5]), [0, 0, 0, 0, 0]);
+    assert_eq!(
+        store.garbage().expect("garbage").len(),
+        store.chunk_entries().expect("entries").len()
+    );
+}
