@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what cairn needs on a fresh Debian machine with the Rust toolchain:
-# system packages (libclang for RocksDB's bindings, qemu-utils) and the peer tools the tests
-# check our VHDs with (qemu-img, Xen Orchestra's vhd-lib, libvhdi, nbdkit).
+# system packages (libclang for RocksDB's bindings, qemu-utils, GNU time for the benchmark
+# smoke test) and the peer tools the tests check our VHDs with (qemu-img, Xen Orchestra's
+# vhd-lib, libvhdi, nbdkit).
 # Idempotent and quick when everything is already there.
 #   usage: scripts/setup.sh
 set -euo pipefail
@@ -12,7 +13,7 @@ peers=$cache/peers
 mkdir -p "$cache"
 
 need_apt=()
-for pkg in libclang-dev clang qemu-utils nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi; do
+for pkg in libclang-dev clang qemu-utils nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -473,9 +473,34 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
 /// Which points, disks and VMs reference a chunk.
 #[derive(Default)]
 struct Holders {
-    points: HashSet<usize>,
+    /// How many points hold the chunk, and the last one counted (points are visited in order).
+    points: u32,
+    last_point: Option<usize>,
     disks: HashSet<(String, String)>,
     vms: HashSet<String>,
+}
+
+/// A point's reference list as its decoded segments, each decoded once however many points
+/// share it: a thousand points of a disk cost what their distinct segments cost.
+fn segment_refs(
+    store: &Store,
+    p: &RecoveryPoint,
+    cache: &mut HashMap<ChunkId, std::sync::Arc<Vec<ChunkRef>>>,
+) -> Result<Vec<std::sync::Arc<Vec<ChunkRef>>>> {
+    let mut out = Vec::with_capacity(p.segments.len());
+    for (i, seg) in p.segment_ids().into_iter().enumerate() {
+        let id = seg.with_context(|| format!("{}: segment {i} is not a chunk id", p.id))?;
+        if let Some(r) = cache.get(&id) {
+            out.push(std::sync::Arc::clone(r));
+            continue;
+        }
+        let refs = cairn_store::point::decode_segment(&store.read_chunk(&id)?)
+            .map_err(|e| anyhow::anyhow!("{}: segment {i}: {e}", p.id))?;
+        let refs = std::sync::Arc::new(refs);
+        cache.insert(id, std::sync::Arc::clone(&refs));
+        out.push(refs);
+    }
+    Ok(out)
 }
 
 /// Figures for one group of points (a point, a disk, a VM, the store).
@@ -517,19 +542,25 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
     let store = Store::open(&a.store.store, OpenMode::Read)?;
     let points = store.points()?;
     let cs = u64::from(store.config().chunk_size);
-    let mut refs: Vec<Vec<ChunkRef>> = Vec::new();
+    let mut cache = HashMap::new();
+    let mut segs: Vec<Vec<std::sync::Arc<Vec<ChunkRef>>>> = Vec::new();
     for p in &points {
-        refs.push(store.chunk_refs(p)?);
+        segs.push(segment_refs(&store, p, &mut cache)?);
     }
     // Which points, disks and VMs hold each chunk, and what it costs.
     let mut holders: HashMap<ChunkId, Holders> = HashMap::new();
-    for (i, (p, r)) in points.iter().zip(&refs).enumerate() {
-        for c in r {
+    for (i, (p, r)) in points.iter().zip(&segs).enumerate() {
+        for c in r.iter().flat_map(|s| s.iter()) {
             if let ChunkRef::Data(id) = c {
                 let h = holders.entry(*id).or_default();
-                h.points.insert(i);
-                h.disks.insert((p.vm.clone(), p.disk.clone()));
-                h.vms.insert(p.vm.clone());
+                if h.last_point != Some(i) {
+                    h.points += 1;
+                    h.last_point = Some(i);
+                    if !h.disks.contains(&(p.vm.clone(), p.disk.clone())) {
+                        h.disks.insert((p.vm.clone(), p.disk.clone()));
+                        h.vms.insert(p.vm.clone());
+                    }
+                }
             }
         }
     }
@@ -553,7 +584,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
     let mut per_vm: HashMap<String, Cost> = HashMap::new();
     let mut total = Cost::default();
     let mut prev_of_disk: HashMap<(String, String), usize> = HashMap::new();
-    for (i, (p, r)) in points.iter().zip(&refs).enumerate() {
+    for (i, (p, r)) in points.iter().zip(&segs).enumerate() {
         let key = (p.vm.clone(), p.disk.clone());
         let mut c = Cost {
             points: 1,
@@ -561,14 +592,14 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
             ..Cost::default()
         };
         let mut seen = HashSet::new();
-        for ref_ in r {
+        for ref_ in r.iter().flat_map(|s| s.iter()) {
             if let ChunkRef::Data(id) = ref_ {
                 c.allocated += size.get(id).map_or(cs, |s| s.1);
                 if seen.insert(*id) {
                     let (st, pl) = size.get(id).copied().unwrap_or_default();
                     c.stored += st;
                     c.plain += pl;
-                    if holders.get(id).is_some_and(|h| h.points.len() == 1) {
+                    if holders.get(id).is_some_and(|h| h.points == 1) {
                         c.unique += st;
                     }
                 }
@@ -576,20 +607,33 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         }
         c.full_chain = c.allocated;
         // An XO delta holds every 2 MiB block that changed (the key: every allocated block).
-        let blocks: Vec<&[ChunkRef]> = r.chunks(per_block).collect();
+        // Blocks never straddle segments (a segment's 256 refs are whole blocks), and a segment
+        // shared with the previous point holds no changed block.
         c.vhd_deltas = match prev_of_disk.get(&key) {
             Some(&j) => {
-                let prev: Vec<&[ChunkRef]> = refs[j].chunks(per_block).collect();
-                blocks
-                    .iter()
-                    .enumerate()
-                    .filter(|(b, x)| prev.get(*b) != Some(*x))
-                    .count() as u64
-                    * block
+                let mut changed = 0u64;
+                for (k, seg) in r.iter().enumerate() {
+                    match segs[j].get(k) {
+                        Some(prev) if std::sync::Arc::ptr_eq(prev, seg) => {}
+                        Some(prev) => {
+                            changed += seg
+                                .chunks(per_block)
+                                .zip(
+                                    prev.chunks(per_block)
+                                        .map(Some)
+                                        .chain(std::iter::repeat(None)),
+                                )
+                                .filter(|(x, p)| *p != Some(*x))
+                                .count() as u64;
+                        }
+                        None => changed += seg.chunks(per_block).count() as u64,
+                    }
+                }
+                changed * block
             }
             None => {
-                blocks
-                    .iter()
+                r.iter()
+                    .flat_map(|s| s.chunks(per_block))
                     .filter(|b| b.iter().any(|x| *x != ChunkRef::Zero))
                     .count() as u64
                     * block

@@ -813,62 +813,54 @@ pub fn backup(
                 let uuid = Some(vhd.footer().uuid.to_string());
                 let size = vhd.disk_size();
                 match vhd.disk_type() {
-                    DiskType::Differencing
-                        if req.key == KeyMode::Forced
-                            || (req.key == KeyMode::Due
-                                && Chain::open(&req.source, |p| File::open(p)).is_ok()) =>
-                    {
-                        drop(vhd);
-                        let chain = Chain::open(&req.source, |p| File::open(p)).map_err(|e| {
-                            Error::Refused(format!(
-                                "a key backup reads the whole disk through the VHD's parents, \
-                                 and they cannot be opened: {e}"
-                            ))
-                        })?;
-                        parent_used = None;
-                        let src = VhdSource {
-                            chain,
-                            chunk: u64::from(chunk),
-                            index: 0,
-                            read: 0,
-                        };
-                        (
-                            SourceInfo {
-                                kind: "vhd-differencing".into(),
-                                vhd_uuid: uuid,
-                                path: shown,
-                            },
-                            Box::new(src),
-                            Some(size),
-                        )
-                    }
                     DiskType::Differencing => {
-                        let want = vhd
-                            .header()
-                            .map(|h| h.parent_uuid.to_string())
-                            .unwrap_or_default();
-                        let parent = choose_parent(store, req, &shown, &want, size)?;
-                        let refs = store.chunk_refs(&parent)?;
-                        parent_used = Some(parent.id.clone());
-                        let src = DeltaSource {
-                            vhd,
-                            path: req.source.clone(),
-                            store,
-                            parent: refs,
-                            size,
-                            chunk: u64::from(chunk),
-                            index: 0,
-                            read: 0,
+                        // A key backup reads the whole disk through the parent VHD files;
+                        // when one is only due, a delta whose parents are gone applies as usual.
+                        let chain = match req.key {
+                            KeyMode::No => None,
+                            KeyMode::Due => Chain::open(&req.source, |p| File::open(p)).ok(),
+                            KeyMode::Forced => {
+                                Some(Chain::open(&req.source, |p| File::open(p)).map_err(|e| {
+                                    Error::Refused(format!(
+                                        "a key backup reads the whole disk through the VHD's \
+                                         parents, and they cannot be opened: {e}"
+                                    ))
+                                })?)
+                            }
                         };
-                        (
-                            SourceInfo {
-                                kind: "vhd-differencing".into(),
-                                vhd_uuid: uuid,
-                                path: shown,
-                            },
-                            Box::new(src),
-                            Some(size),
-                        )
+                        let src: Box<dyn ChunkSource + '_> = if let Some(chain) = chain {
+                            parent_used = None;
+                            Box::new(VhdSource {
+                                chain,
+                                chunk: u64::from(chunk),
+                                index: 0,
+                                read: 0,
+                            })
+                        } else {
+                            let want = vhd
+                                .header()
+                                .map(|h| h.parent_uuid.to_string())
+                                .unwrap_or_default();
+                            let parent = choose_parent(store, req, &shown, &want, size)?;
+                            let refs = store.chunk_refs(&parent)?;
+                            parent_used = Some(parent.id.clone());
+                            Box::new(DeltaSource {
+                                vhd,
+                                path: req.source.clone(),
+                                store,
+                                parent: refs,
+                                size,
+                                chunk: u64::from(chunk),
+                                index: 0,
+                                read: 0,
+                            })
+                        };
+                        let info = SourceInfo {
+                            kind: "vhd-differencing".into(),
+                            vhd_uuid: uuid,
+                            path: shown,
+                        };
+                        (info, src, Some(size))
                     }
                     kind => {
                         parent_used = None;

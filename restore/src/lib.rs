@@ -18,8 +18,9 @@
 //! names its parent correctly. A chain's files are named by [`vhd_file_name`].
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use cairn_store::{ChunkId, ChunkRef, RecoveryPoint, Store};
 use cairn_vhd::format::DEFAULT_BLOCK_SIZE;
@@ -27,7 +28,7 @@ use cairn_vhd::{DiskSpec, ParentSpec, vhd_timestamp, write_sparse};
 use rayon::prelude::*;
 
 /// Bytes fetched per window (several chunks read in parallel, in pack order).
-const WINDOW_BYTES: u64 = 32 << 20;
+const WINDOW_BYTES: u64 = 16 << 20;
 
 /// What went wrong in a restore.
 #[derive(Debug, thiserror::Error)]
@@ -69,21 +70,6 @@ pub enum Error {
 /// Result of restore.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Reads the chunks of a point in order, a window at a time.
-pub struct PointReader<'s> {
-    store: &'s Store,
-    point: RecoveryPoint,
-    refs: Vec<ChunkRef>,
-    /// Decoded chunks `window_first..window_first + window_chunks`, one slot of the chunk size
-    /// each; the buffer is reused from window to window.
-    window: Vec<u8>,
-    window_first: usize,
-    window_chunks: usize,
-    /// Write zeros for bad or missing chunks (and list them) instead of failing.
-    ignore_errors: bool,
-    damaged: Vec<Damaged>,
-}
-
 /// A range of a restored disk that could not be read and was written as zeros.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damaged {
@@ -97,73 +83,138 @@ pub struct Damaged {
     pub what: String,
 }
 
-impl<'s> PointReader<'s> {
-    /// Loads the point's reference list.
-    ///
-    /// # Errors
-    /// A missing or bad tree chunk.
-    pub fn new(store: &'s Store, point: &RecoveryPoint) -> Result<Self> {
-        Self::open(store, point, false)
+/// A point's reference list; with `ignore_errors`, a tree segment that cannot be read makes its
+/// stretch of the disk zeros (listed) instead of an error.
+///
+/// # Errors
+/// A missing or bad tree chunk, unless errors are ignored.
+pub fn load_refs(
+    store: &Store,
+    point: &RecoveryPoint,
+    ignore_errors: bool,
+) -> Result<(Vec<ChunkRef>, Vec<Damaged>)> {
+    if !ignore_errors {
+        return Ok((store.chunk_refs(point)?, Vec::new()));
     }
+    let mut damaged = Vec::new();
+    let cs = u64::from(point.chunk_size);
+    let seg_bytes = cairn_store::point::SEGMENT_REFS as u64 * cs;
+    let mut refs = Vec::with_capacity(point.chunk_count() as usize);
+    for (i, seg) in point.segment_ids().into_iter().enumerate() {
+        let want =
+            (point.chunk_count() as usize - refs.len()).min(cairn_store::point::SEGMENT_REFS);
+        let got = seg
+            .ok_or_else(|| format!("segment {i} is not a chunk id"))
+            .and_then(|id| store.read_chunk(&id).map_err(|e| e.to_string()))
+            .and_then(|b| cairn_store::point::decode_segment(&b));
+        match got {
+            Ok(r) if r.len() == want => refs.extend(r),
+            other => {
+                let what = match other {
+                    Err(e) => format!("tree segment unreadable: {e}"),
+                    Ok(r) => format!("tree segment holds {} refs, not {want}", r.len()),
+                };
+                let offset = i as u64 * seg_bytes;
+                damaged.push(Damaged {
+                    point: point.id.clone(),
+                    offset,
+                    len: (point.size - offset).min(seg_bytes),
+                    what,
+                });
+                refs.extend(std::iter::repeat_n(ChunkRef::Zero, want));
+            }
+        }
+    }
+    Ok((refs, damaged))
+}
 
-    /// Loads the point's reference list; with `ignore_errors`, a tree segment that cannot be
-    /// read makes its stretch of the disk zeros (listed in [`Self::damaged`]) instead of an
-    /// error, and so do bad or missing chunks later.
-    ///
-    /// # Errors
-    /// A missing or bad tree chunk, unless errors are ignored.
-    pub fn open(store: &'s Store, point: &RecoveryPoint, ignore_errors: bool) -> Result<Self> {
-        let mut damaged = Vec::new();
-        let refs = if ignore_errors {
-            let cs = u64::from(point.chunk_size);
-            let seg_bytes = cairn_store::point::SEGMENT_REFS as u64 * cs;
-            let mut refs = Vec::with_capacity(point.chunk_count() as usize);
-            for (i, seg) in point.segment_ids().into_iter().enumerate() {
-                let want = (point.chunk_count() as usize - refs.len())
-                    .min(cairn_store::point::SEGMENT_REFS);
-                let got = seg
-                    .ok_or_else(|| format!("segment {i} is not a chunk id"))
-                    .and_then(|id| store.read_chunk(&id).map_err(|e| e.to_string()))
-                    .and_then(|b| cairn_store::point::decode_segment(&b));
-                match got {
-                    Ok(r) if r.len() == want => refs.extend(r),
-                    other => {
-                        let what = match other {
-                            Err(e) => format!("tree segment unreadable: {e}"),
-                            Ok(r) => format!("tree segment holds {} refs, not {want}", r.len()),
-                        };
-                        let offset = i as u64 * seg_bytes;
-                        damaged.push(Damaged {
-                            point: point.id.clone(),
-                            offset,
-                            len: (point.size - offset).min(seg_bytes),
-                            what,
-                        });
-                        refs.extend(std::iter::repeat_n(ChunkRef::Zero, want));
+/// One window of decoded chunks: `chunks` slots of the chunk size from chunk `first`.
+struct Window {
+    first: usize,
+    chunks: usize,
+    data: Vec<u8>,
+    damaged: Vec<Damaged>,
+}
+
+/// Serves a point's chunks in disk order while a fetcher thread decodes the windows ahead, so
+/// that reading and checking overlap with writing the output. Each window's locations are looked
+/// up in one batch, read sorted by pack and offset with several reads in flight on the rayon
+/// pool, and decoded straight into the slots of a recycled buffer. Memory: three windows.
+pub struct PointReader {
+    chunk_size: usize,
+    size: u64,
+    refs: Arc<Vec<ChunkRef>>,
+    needed: Option<Arc<Vec<bool>>>,
+    rx: crossbeam_channel::Receiver<Result<Window>>,
+    recycle: crossbeam_channel::Sender<Vec<u8>>,
+    current: Option<Window>,
+    damaged: Vec<Damaged>,
+}
+
+impl PointReader {
+    /// Starts reading `point` whose refs are `refs`, in the thread scope `scope`. `needed` says
+    /// which chunks the caller will ask for (all when `None`); they must be asked for in
+    /// increasing order. With `ignore_errors` bad or missing chunks read as zeros and are listed
+    /// in [`Self::damaged`].
+    pub fn start<'scope, 'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        store: &'env Store,
+        point: &RecoveryPoint,
+        refs: Vec<ChunkRef>,
+        needed: Option<Vec<bool>>,
+        ignore_errors: bool,
+    ) -> Self {
+        let cs = point.chunk_size as usize;
+        let refs = Arc::new(refs);
+        let needed = needed.map(Arc::new);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (recycle, recycled) = crossbeam_channel::bounded::<Vec<u8>>(3);
+        let (point_c, refs_c, needed_c) = (point.clone(), Arc::clone(&refs), needed.clone());
+        scope.spawn(move || {
+            // Windows are aligned to multiples of their size, itself a multiple of the VHD
+            // block's chunks, so a block never straddles two windows.
+            let per = ((WINDOW_BYTES / cs as u64) as usize).max(1);
+            let mut first = 0;
+            while first < refs_c.len() {
+                let end = (first + per).min(refs_c.len());
+                let wanted: Vec<(usize, ChunkId)> = (first..end)
+                    .filter(|i| needed_c.as_ref().is_none_or(|n| n[*i]))
+                    .filter_map(|i| match refs_c[i] {
+                        ChunkRef::Data(id) => Some((i, id)),
+                        ChunkRef::Zero => None,
+                    })
+                    .collect();
+                if !wanted.is_empty() {
+                    let mut data = recycled.try_recv().unwrap_or_default();
+                    if data.len() < (end - first) * cs {
+                        data.resize((end - first) * cs, 0);
+                    }
+                    let msg = fetch(store, &point_c, first, &wanted, &mut data, ignore_errors).map(
+                        |damaged| Window {
+                            first,
+                            chunks: end - first,
+                            data,
+                            damaged,
+                        },
+                    );
+                    let failed = msg.is_err();
+                    if tx.send(msg).is_err() || failed {
+                        return;
                     }
                 }
+                first = end;
             }
-            refs
-        } else {
-            store.chunk_refs(point)?
-        };
-        Ok(Self {
-            store,
-            point: point.clone(),
+        });
+        Self {
+            chunk_size: cs,
+            size: point.size,
             refs,
-            window: Vec::new(),
-            window_first: 0,
-            window_chunks: 0,
-            ignore_errors,
-            damaged,
-        })
-    }
-
-    /// The ranges written as zeros because they could not be read (only when errors are
-    /// ignored).
-    #[must_use]
-    pub fn damaged(&self) -> &[Damaged] {
-        &self.damaged
+            needed,
+            rx,
+            recycle,
+            current: None,
+            damaged: Vec::new(),
+        }
     }
 
     /// The point's refs.
@@ -172,106 +223,152 @@ impl<'s> PointReader<'s> {
         &self.refs
     }
 
-    /// Fetches chunks `first..first+n` into the window buffer (reused from window to window):
-    /// locations in one batch, reads sorted by pack and offset, several in flight, each chunk
-    /// decoded straight into its slot and checked. Zero chunks are not fetched.
-    fn fetch(&mut self, first: usize, n: usize) -> Result<()> {
-        let cs = self.point.chunk_size as usize;
-        let end = (first + n).min(self.refs.len());
-        let need = (end - first) * cs;
-        if self.window.len() < need {
-            self.window.resize(need, 0);
+    /// The ranges read as zeros because they could not be read (only when errors are ignored).
+    #[must_use]
+    pub fn damaged(&self) -> &[Damaged] {
+        &self.damaged
+    }
+
+    /// Whether chunk `i` is data the caller said it would read.
+    fn wanted(&self, i: usize) -> bool {
+        matches!(self.refs.get(i), Some(ChunkRef::Data(_)))
+            && self.needed.as_ref().is_none_or(|x| x[i])
+    }
+
+    /// The bytes of the run of data chunks that starts at chunk `index` (which must be data),
+    /// as far as it goes in the current window: one slice to write with one call. The run's
+    /// length in chunks is its length in bytes divided by the chunk size, rounded up.
+    ///
+    /// # Errors
+    /// As [`Self::read_chunks`].
+    pub fn data_run(&mut self, index: usize) -> Result<&[u8]> {
+        self.advance(index, 1)?;
+        let Some(w) = &self.current else {
+            return Err(Error::Refused(format!("chunk {index} holds no data")));
+        };
+        let mut end = index;
+        while end < w.first + w.chunks && self.wanted(end) {
+            end += 1;
         }
-        self.window_first = first;
-        self.window_chunks = end - first;
-        let wanted: Vec<(usize, ChunkId)> = (first..end)
-            .filter_map(|i| match self.refs[i] {
-                ChunkRef::Data(id) => Some((i, id)),
-                ChunkRef::Zero => None,
-            })
-            .collect();
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<ChunkId> = wanted.iter().map(|(_, id)| *id).collect();
-        let locs = self.store.locations(&ids)?;
-        let mut slots: Vec<Option<&mut [u8]>> =
-            self.window[..need].chunks_mut(cs).map(Some).collect();
-        let mut jobs = Vec::with_capacity(wanted.len());
-        let mut failed: Vec<(usize, cairn_store::Error)> = Vec::new();
-        for ((i, id), loc) in wanted.into_iter().zip(locs) {
-            let slot = slots[i - first].take();
-            match (loc, slot) {
-                (Some(loc), Some(slot)) => jobs.push((i, id, loc, slot)),
-                (_, slot) => {
-                    if let Some(s) = slot {
-                        s.fill(0);
+        let cs = self.chunk_size;
+        let bytes_end = (end as u64 * cs as u64).min(self.size);
+        let len = (bytes_end - index as u64 * cs as u64) as usize;
+        let at = (index - w.first) * cs;
+        Ok(&w.data[at..at + len])
+    }
+
+    /// Makes the current window the one holding chunks `index..index + n` when any of them is
+    /// data to read.
+    fn advance(&mut self, index: usize, n: usize) -> Result<()> {
+        if (index..index + n).any(|i| self.wanted(i)) {
+            loop {
+                if let Some(w) = &self.current {
+                    if index >= w.first && index + n <= w.first + w.chunks {
+                        break;
                     }
-                    failed.push((i, cairn_store::Error::MissingChunk(id)));
+                    if index < w.first {
+                        return Err(Error::Refused(format!(
+                            "chunk {index} asked for after chunk {}",
+                            w.first
+                        )));
+                    }
+                }
+                let w = self
+                    .rx
+                    .recv()
+                    .map_err(|_| Error::Refused(format!("chunk {index} is past the reader")))??;
+                if let Some(old) = self.current.replace(w) {
+                    let _ = self.recycle.try_send(old.data);
+                }
+                if let Some(w) = self.current.as_mut() {
+                    self.damaged.append(&mut w.damaged);
                 }
             }
-        }
-        jobs.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
-        let store = self.store;
-        failed.extend(
-            jobs.into_par_iter()
-                .filter_map(|(i, id, loc, slot)| {
-                    store.read_into(&id, &loc, slot).err().map(|e| {
-                        slot.fill(0);
-                        (i, e)
-                    })
-                })
-                .collect::<Vec<_>>(),
-        );
-        failed.sort_by_key(|(i, _)| *i);
-        for (i, source) in failed {
-            let offset = i as u64 * cs as u64;
-            if !self.ignore_errors {
-                // Nothing of this window is served after an error.
-                self.window_chunks = 0;
-                return Err(Error::Chunk {
-                    point: self.point.id.clone(),
-                    offset,
-                    source,
-                });
-            }
-            self.damaged.push(Damaged {
-                point: self.point.id.clone(),
-                offset,
-                len: (self.point.size - offset).min(cs as u64),
-                what: source.to_string(),
-            });
         }
         Ok(())
     }
 
     /// Fills `buf` with the disk's bytes from chunk `index` on (`buf` is a whole number of
-    /// chunks, or runs to the disk's end). Fetches a window ahead when `buf` is not in the
-    /// current one.
+    /// chunks, or runs to the disk's end).
     ///
     /// # Errors
-    /// A chunk that is missing or bad.
+    /// A chunk that is missing or bad, or a chunk asked for out of order.
     pub fn read_chunks(&mut self, index: usize, buf: &mut [u8]) -> Result<()> {
-        let cs = self.point.chunk_size as usize;
+        let cs = self.chunk_size;
         let n = buf.len().div_ceil(cs);
-        let in_window =
-            index >= self.window_first && index + n <= self.window_first + self.window_chunks;
-        if !in_window {
-            let window = ((WINDOW_BYTES / cs as u64) as usize).max(n);
-            self.fetch(index, window)?;
-        }
+        self.advance(index, n)?;
         for (k, dst) in buf.chunks_mut(cs).enumerate() {
             let i = index + k;
-            match self.refs.get(i) {
-                Some(ChunkRef::Data(_)) => {
-                    let at = (i - self.window_first) * cs;
-                    dst.copy_from_slice(&self.window[at..at + dst.len()]);
+            match (&self.current, self.wanted(i)) {
+                (Some(w), true) => {
+                    let at = (i - w.first) * cs;
+                    dst.copy_from_slice(&w.data[at..at + dst.len()]);
                 }
                 _ => dst.fill(0),
             }
         }
         Ok(())
     }
+}
+
+/// Reads `wanted` (chunk index and id, all in the window from `first`) into `data`, one slot of
+/// the chunk size each; returns the damaged ranges (zeros) when errors are ignored.
+fn fetch(
+    store: &Store,
+    point: &RecoveryPoint,
+    first: usize,
+    wanted: &[(usize, ChunkId)],
+    data: &mut [u8],
+    ignore_errors: bool,
+) -> Result<Vec<Damaged>> {
+    let cs = point.chunk_size as usize;
+    let ids: Vec<ChunkId> = wanted.iter().map(|(_, id)| *id).collect();
+    let locs = store.locations(&ids)?;
+    let mut slots: Vec<Option<&mut [u8]>> = data.chunks_mut(cs).map(Some).collect();
+    let mut jobs = Vec::with_capacity(wanted.len());
+    let mut failed: Vec<(usize, cairn_store::Error)> = Vec::new();
+    for ((i, id), loc) in wanted.iter().zip(locs) {
+        let slot = slots.get_mut(i - first).and_then(Option::take);
+        match (loc, slot) {
+            (Some(loc), Some(slot)) => jobs.push((*i, *id, loc, slot)),
+            (_, slot) => {
+                if let Some(s) = slot {
+                    s.fill(0);
+                }
+                failed.push((*i, cairn_store::Error::MissingChunk(*id)));
+            }
+        }
+    }
+    jobs.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
+    failed.extend(
+        jobs.into_par_iter()
+            .filter_map(|(i, id, loc, slot)| {
+                store.read_into(&id, &loc, slot).err().map(|e| {
+                    slot.fill(0);
+                    (i, e)
+                })
+            })
+            .collect::<Vec<_>>(),
+    );
+    failed.sort_by_key(|(i, _)| *i);
+    let mut damaged = Vec::new();
+    for (i, source) in failed {
+        let offset = i as u64 * cs as u64;
+        if !ignore_errors {
+            return Err(Error::Chunk {
+                point: point.id.clone(),
+                offset,
+                source,
+            });
+        }
+        damaged.push(Damaged {
+            point: point.id.clone(),
+            offset,
+            len: (point.size - offset).min(cs as u64),
+            what: source.to_string(),
+        });
+    }
+    Ok(damaged)
 }
 
 /// The output format of a restore.
@@ -342,54 +439,66 @@ pub fn restore(
     ignore_errors: bool,
     progress: &dyn Fn(u64),
 ) -> Result<Restored> {
-    match (format, base) {
-        (OutputFormat::Raw, None) => restore_raw(store, point, out, ignore_errors, progress),
-        (OutputFormat::Vhd, base) => restore_vhd(store, point, base, out, ignore_errors, progress),
-        (OutputFormat::VhdChain, None) => restore_chain(store, point, out, ignore_errors, progress),
+    // The readers' fetcher threads live in this scope: they end when their reader is dropped.
+    std::thread::scope(|scope| match (format, base) {
+        (OutputFormat::Raw, None) => restore_raw(scope, store, point, out, ignore_errors, progress),
+        (OutputFormat::Vhd, base) => {
+            restore_vhd(scope, store, point, base, out, ignore_errors, progress)
+        }
+        (OutputFormat::VhdChain, None) => {
+            restore_chain(scope, store, point, out, ignore_errors, progress)
+        }
         (_, Some(_)) => Err(Error::Refused("--base goes with --format vhd only".into())),
-    }
+    })
 }
 
-fn restore_raw(
-    store: &Store,
+fn restore_raw<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    store: &'env Store,
     point: &RecoveryPoint,
     out: &Path,
     ignore_errors: bool,
     progress: &dyn Fn(u64),
 ) -> Result<Restored> {
-    let mut reader = PointReader::open(store, point, ignore_errors)?;
+    let (refs, mut damaged) = load_refs(store, point, ignore_errors)?;
+    let mut reader = PointReader::start(scope, store, point, refs, None, ignore_errors);
     let cs = point.chunk_size as usize;
     let to_stdout = out == Path::new("-");
-    let mut file = if to_stdout {
+    let file = if to_stdout {
         None
     } else {
         Some(File::create(out).map_err(io_err(out, "creating"))?)
     };
     let mut stdout = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    let mut buf = vec![0u8; cs];
-    let mut done = 0u64;
-    for i in 0..reader.refs().len() {
-        let len = (point.size - done).min(cs as u64) as usize;
-        let zero = reader.refs()[i] == ChunkRef::Zero;
-        match &mut file {
-            Some(f) => {
-                if !zero {
-                    reader.read_chunks(i, &mut buf[..len])?;
-                    f.seek(SeekFrom::Start(done))
-                        .map_err(io_err(out, "seeking"))?;
-                    f.write_all(&buf[..len])
-                        .map_err(io_err(out, &format!("writing at offset {done}")))?;
-                }
+    let n = reader.refs().len();
+    if let Some(f) = &file {
+        // Holes stay holes; each run of data chunks is one write straight from the window.
+        use std::os::unix::fs::FileExt;
+        let mut i = 0;
+        while i < n {
+            if reader.refs()[i] == ChunkRef::Zero {
+                i += 1;
+                continue;
             }
-            None => {
-                reader.read_chunks(i, &mut buf[..len])?;
-                stdout
-                    .write_all(&buf[..len])
-                    .map_err(io_err(out, "writing to stdout"))?;
-            }
+            let at = i as u64 * cs as u64;
+            let run = reader.data_run(i)?;
+            f.write_all_at(run, at)
+                .map_err(io_err(out, &format!("writing at offset {at}")))?;
+            i += run.len().div_ceil(cs);
+            progress((i as u64 * cs as u64).min(point.size));
         }
-        done += len as u64;
-        progress(done);
+    } else {
+        let mut buf = vec![0u8; cs];
+        let mut done = 0u64;
+        for i in 0..n {
+            let len = (point.size - done).min(cs as u64) as usize;
+            reader.read_chunks(i, &mut buf[..len])?;
+            stdout
+                .write_all(&buf[..len])
+                .map_err(io_err(out, "writing to stdout"))?;
+            done += len as u64;
+            progress(done);
+        }
     }
     if let Some(f) = file {
         // No fsync, as cp, borg and restic: the kernel writes the file back; `sync` it when
@@ -402,7 +511,10 @@ fn restore_raw(
     Ok(Restored {
         files: vec![out.to_path_buf()],
         bytes: point.size,
-        damaged: reader.damaged,
+        damaged: {
+            damaged.append(&mut reader.damaged);
+            damaged
+        },
     })
 }
 
@@ -412,14 +524,21 @@ fn block_refs(refs: &[ChunkRef], per_block: usize) -> Vec<&[ChunkRef]> {
 }
 
 /// Writes the VHD of `point` to `out`: dynamic, or differencing against `base` when given.
-fn write_point_vhd(
-    reader: &mut PointReader<'_>,
+/// Returns the bytes written and the ranges written as zeros (with errors ignored).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one private helper of the three VHD restores"
+)]
+fn write_point_vhd<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    store: &'env Store,
+    point: &RecoveryPoint,
+    refs: Vec<ChunkRef>,
     base: Option<(&RecoveryPoint, &[ChunkRef])>,
     out: &Path,
+    ignore_errors: bool,
     progress: &dyn Fn(u64),
-) -> Result<u64> {
-    let point = reader.point.clone();
-    let point = &point;
+) -> Result<(u64, Vec<Damaged>)> {
     if !point.size.is_multiple_of(512) {
         return Err(Error::Refused(format!(
             "point {} is {} bytes, not whole sectors: restore it as raw",
@@ -429,7 +548,7 @@ fn write_point_vhd(
     }
     let cs = point.chunk_size as usize;
     let per_block = (DEFAULT_BLOCK_SIZE as usize / cs).max(1);
-    let blocks = block_refs(reader.refs(), per_block);
+    let blocks = block_refs(&refs, per_block);
     let allocated: Vec<bool> = match base {
         None => blocks
             .iter()
@@ -446,6 +565,13 @@ fn write_point_vhd(
             blocks.iter().zip(bblocks).map(|(a, b)| *a != b).collect()
         }
     };
+    // Only the chunks of blocks the VHD holds are read.
+    let needed: Vec<bool> = allocated
+        .iter()
+        .flat_map(|a| std::iter::repeat_n(*a, per_block))
+        .take(refs.len())
+        .collect();
+    let mut reader = PointReader::start(scope, store, point, refs, Some(needed), ignore_errors);
     let spec = DiskSpec {
         size: point.size,
         block_size: DEFAULT_BLOCK_SIZE,
@@ -485,11 +611,12 @@ fn write_point_vhd(
     }
     let written = written.map_err(|e| e.in_file(out))?;
     sink.flush().map_err(io_err(out, "flushing"))?;
-    Ok(written)
+    Ok((written, reader.damaged))
 }
 
-fn restore_vhd(
-    store: &Store,
+fn restore_vhd<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    store: &'env Store,
     point: &RecoveryPoint,
     base: Option<&RecoveryPoint>,
     out: &Path,
@@ -514,17 +641,28 @@ fn restore_vhd(
         }
         None => None,
     };
-    let mut reader = PointReader::open(store, point, ignore_errors)?;
-    let bytes = write_point_vhd(&mut reader, base, out, progress)?;
+    let (refs, mut damaged) = load_refs(store, point, ignore_errors)?;
+    let (bytes, mut more) = write_point_vhd(
+        scope,
+        store,
+        point,
+        refs,
+        base,
+        out,
+        ignore_errors,
+        progress,
+    )?;
+    damaged.append(&mut more);
     Ok(Restored {
         files: vec![out.to_path_buf()],
         bytes,
-        damaged: reader.damaged,
+        damaged,
     })
 }
 
-fn restore_chain(
-    store: &Store,
+fn restore_chain<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    store: &'env Store,
     point: &RecoveryPoint,
     out: &Path,
     ignore_errors: bool,
@@ -545,16 +683,26 @@ fn restore_chain(
     let mut prev: Option<(RecoveryPoint, Vec<ChunkRef>)> = None;
     for p in &points {
         let path = out.join(vhd_file_name(p));
-        let mut reader = PointReader::open(store, p, ignore_errors)?;
-        let refs = reader.refs().to_vec();
+        let (refs, mut damaged) = load_refs(store, p, ignore_errors)?;
         let base = match &prev {
             Some((bp, brefs)) if bp.size == p.size && bp.chunk_size == p.chunk_size => {
                 Some((bp, brefs.as_slice()))
             }
             _ => None,
         };
-        restored.bytes += write_point_vhd(&mut reader, base, &path, progress)?;
-        restored.damaged.append(&mut reader.damaged);
+        let (bytes, mut more) = write_point_vhd(
+            scope,
+            store,
+            p,
+            refs.clone(),
+            base,
+            &path,
+            ignore_errors,
+            progress,
+        )?;
+        restored.bytes += bytes;
+        restored.damaged.append(&mut damaged);
+        restored.damaged.append(&mut more);
         restored.files.push(path);
         prev = Some((p.clone(), refs));
     }

@@ -17,6 +17,17 @@ fn days(dir: &Path, size: &str, seed: u32, n: u32) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Backs up `raws` as one disk of `vm`, a day apart from 2026-11-01; returns the point ids.
+fn daily_backups(store: &Store, vm: &str, raws: &[PathBuf]) -> Vec<String> {
+    raws.iter()
+        .enumerate()
+        .map(|(d, r)| {
+            let time = format!("2026-11-{:02}T02:00:00Z", d + 1);
+            id(&store.backup(vm, &time, "xvda", r, &[]))
+        })
+        .collect()
+}
+
 fn packs_bytes(store: &Store) -> u64 {
     store
         .pack_files()
@@ -124,19 +135,7 @@ fn gc_frees_the_space_of_dropped_points_and_kept_points_restore_bit_exact() {
     let store = Store::new("64K");
     let work = tempfile::tempdir().expect("tempdir");
     let raws = days(work.path(), "64M", 11, 4);
-    let points: Vec<String> = raws
-        .iter()
-        .enumerate()
-        .map(|(d, r)| {
-            id(&store.backup(
-                "db",
-                &format!("2026-11-0{}T02:00:00Z", d + 1),
-                "xvda",
-                r,
-                &[],
-            ))
-        })
-        .collect();
+    let points = daily_backups(&store, "db", &raws);
     let before = packs_bytes(&store);
     // Nothing to free yet.
     let g = gc(&store, &[]);
@@ -254,19 +253,7 @@ fn kill_9_during_gc_loses_nothing_and_the_next_gc_finishes_the_work() {
     let store = Store::new("64K");
     let work = tempfile::tempdir().expect("tempdir");
     let raws = days(work.path(), "256M", 13, 3);
-    let points: Vec<String> = raws
-        .iter()
-        .enumerate()
-        .map(|(d, r)| {
-            id(&store.backup(
-                "db",
-                &format!("2026-11-0{}T02:00:00Z", d + 1),
-                "xvda",
-                r,
-                &[],
-            ))
-        })
-        .collect();
+    let points = daily_backups(&store, "db", &raws);
     ok(&mut store.cmd(&["forget", &points[0]]));
     let mut killed = 0;
     for delay_ms in [10u64, 40, 80, 150, 250, 400] {
