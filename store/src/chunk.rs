@@ -160,7 +160,22 @@ pub fn encode(data: &[u8], kind: ChunkKind, level: i32) -> EncodedChunk {
 /// As [`encode`], for a chunk whose id is already known.
 #[must_use]
 pub fn encode_with_id(id: ChunkId, data: &[u8], kind: ChunkKind, level: i32) -> EncodedChunk {
-    let (codec, bytes) = match zstd::bulk::compress(data, level) {
+    thread_local! {
+        // One compression context per thread and level: making one per chunk costs more
+        // than compressing a small chunk.
+        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let compressed = COMPRESSOR.with_borrow_mut(|slot| {
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        match slot.as_mut() {
+            Some((_, c)) => c.compress(data),
+            None => zstd::bulk::compress(data, level),
+        }
+    });
+    let (codec, bytes) = match compressed {
         Ok(c) if c.len() < data.len() => (Codec::Zstd, c),
         _ => (Codec::Plain, data.to_vec()),
     };
@@ -215,7 +230,21 @@ pub fn decode_into(
             stored.len()
         }
         Codec::Zstd => {
-            zstd::bulk::decompress_to_buffer(stored, out).map_err(|e| format!("zstd: {e}"))?
+            thread_local! {
+                static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                    const { std::cell::RefCell::new(None) };
+            }
+            DECOMPRESSOR
+                .with_borrow_mut(|slot| {
+                    if slot.is_none() {
+                        *slot = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    match slot.as_mut() {
+                        Some(d) => d.decompress_to_buffer(stored, out),
+                        None => zstd::bulk::decompress_to_buffer(stored, out),
+                    }
+                })
+                .map_err(|e| format!("zstd: {e}"))?
         }
     };
     if got != want {
