@@ -436,7 +436,7 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
                 "all well".to_owned()
             } else {
                 format!(
-                    "{} bad or missing chunks damage {} points of VMs {}",
+                    "{} bad or missing chunk(s) damage {} point(s) of VM(s) {}",
                     r.damaged.len(),
                     r.points_damaged,
                     r.vms_damaged.join(", ")

@@ -194,7 +194,11 @@ pub fn verify(
     let results: Vec<(ChunkId, Location, Option<String>)> = jobs
         .par_iter()
         .map(|(id, loc)| {
-            let r = store.read_at(id, loc).err().map(|e| e.to_string());
+            // Only what is wrong: the chunk and its location are reported beside it.
+            let r = store.read_at(id, loc).err().map(|e| match e {
+                cairn_store::Error::BadChunk { what, .. } => what,
+                other => other.to_string(),
+            });
             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if n.is_multiple_of(256) || n == total {
                 progress(n, total);
