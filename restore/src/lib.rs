@@ -29,6 +29,8 @@ use rayon::prelude::*;
 
 /// Bytes fetched per window (several chunks read in parallel, in pack order).
 const WINDOW_BYTES: u64 = 16 << 20;
+/// Bytes per write of a raw restore.
+const BOUNCE_BYTES: usize = 1 << 20;
 
 /// What went wrong in a restore.
 #[derive(Debug, thiserror::Error)]
@@ -472,8 +474,9 @@ fn restore_raw<'scope, 'env>(
     let mut stdout = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     let n = reader.refs().len();
     if let Some(f) = &file {
-        // Holes stay holes; each run of data chunks is one write straight from the window.
+        // Holes stay holes; runs of data chunks are written in pieces of BOUNCE_BYTES.
         use std::os::unix::fs::FileExt;
+        let mut bounce: Vec<u8> = Vec::with_capacity(BOUNCE_BYTES);
         let mut i = 0;
         while i < n {
             if reader.refs()[i] == ChunkRef::Zero {
@@ -482,8 +485,16 @@ fn restore_raw<'scope, 'env>(
             }
             let at = i as u64 * cs as u64;
             let run = reader.data_run(i)?;
-            f.write_all_at(run, at)
-                .map_err(io_err(out, &format!("writing at offset {at}")))?;
+            // Through a 1 MiB buffer this thread keeps warm: the kernel copies from it into the
+            // page cache much faster than straight from the window, which the decoding threads
+            // filled (measured: 3.6-4.1 s against 5.6-7.4 s for a 4 GiB point).
+            for (k, part) in run.chunks(BOUNCE_BYTES).enumerate() {
+                bounce.clear();
+                bounce.extend_from_slice(part);
+                let o = at + (k * BOUNCE_BYTES) as u64;
+                f.write_all_at(&bounce, o)
+                    .map_err(io_err(out, &format!("writing at offset {o}")))?;
+            }
             i += run.len().div_ceil(cs);
             progress((i as u64 * cs as u64).min(point.size));
         }
