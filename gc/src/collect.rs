@@ -301,20 +301,16 @@ fn classify(store: &Store, pack: PackId) -> Result<PackFrames> {
 /// Another collection running, I/O and index errors.
 pub fn collect(root: &Path, opts: &GcOptions, progress: &dyn Fn(&str)) -> Result<GcReport> {
     let _gc_lock = GcLock::acquire(root)?;
+    let started = Instant::now();
+    if !Store::open(root, OpenMode::Read)?.refcounts_ready()? {
+        // A store written before reference counts: a writer's open counts them.
+        progress("counting references (first collection on this store)");
+        drop(Store::open(root, OpenMode::Write { wait: true })?);
+    }
     let report = GcReport {
         dry_run: opts.dry_run,
         ..GcReport::default()
     };
-    // 1. Plan from a read-only view: never blocks or waits for a backup.
-    let started = Instant::now();
-    let ro = Store::open(root, OpenMode::Read)?;
-    if !ro.refcounts_ready()? {
-        drop(ro);
-        progress("counting references (first collection on this store)");
-        drop(Store::open(root, OpenMode::Write { wait: true })?);
-        return collect_inner(root, opts, report, started);
-    }
-    drop(ro);
     collect_inner(root, opts, report, started)
 }
 
@@ -324,6 +320,7 @@ fn collect_inner(
     mut report: GcReport,
     started: Instant,
 ) -> Result<GcReport> {
+    // 1. Plan from a read-only view: never blocks or waits for a backup.
     let ro = Store::open(root, OpenMode::Read)?;
     let actions = plan(&ro, opts, &mut report)?;
     report.plan_seconds = started.elapsed().as_secs_f64();
