@@ -465,18 +465,24 @@ fn restore_raw<'scope, 'env>(
     let (refs, mut damaged) = load_refs(store, point, ignore_errors)?;
     let mut reader = PointReader::start(scope, store, point, refs, None, ignore_errors);
     let cs = point.chunk_size as usize;
-    let to_stdout = out == Path::new("-");
-    let file = if to_stdout {
-        None
+    // A regular file is written sparse; stdout, a block device (an LV, an iSCSI disk) or a
+    // pipe get every byte, zeros included, in order.
+    let (file, dense): (Option<File>, Option<Box<dyn Write>>) = if out == Path::new("-") {
+        (None, Some(Box::new(std::io::stdout().lock())))
+    } else if std::fs::metadata(out).is_ok_and(|m| !m.is_file()) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(out)
+            .map_err(io_err(out, "opening"))?;
+        (None, Some(Box::new(f)))
     } else {
         // Sized first, so that every write lands inside the file: measured faster here than
         // writes that extend it past holes (4 of 4 interleaved runs, by 0.4-0.8 s on 4 GiB).
         let f = File::create(out).map_err(io_err(out, "creating"))?;
         f.set_len(point.size)
             .map_err(io_err(out, "setting the length"))?;
-        Some(f)
+        (Some(f), None)
     };
-    let mut stdout = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     let n = reader.refs().len();
     if let Some(f) = &file {
         // Holes stay holes; runs of data chunks are written in pieces of BOUNCE_BYTES.
@@ -503,24 +509,23 @@ fn restore_raw<'scope, 'env>(
             i += run.len().div_ceil(cs);
             progress((i as u64 * cs as u64).min(point.size));
         }
-    } else {
+    }
+    if let Some(sink) = dense {
+        let mut sink = BufWriter::with_capacity(BOUNCE_BYTES, sink);
         let mut buf = vec![0u8; cs];
         let mut done = 0u64;
         for i in 0..n {
             let len = (point.size - done).min(cs as u64) as usize;
             reader.read_chunks(i, &mut buf[..len])?;
-            stdout
-                .write_all(&buf[..len])
-                .map_err(io_err(out, "writing to stdout"))?;
+            sink.write_all(&buf[..len])
+                .map_err(io_err(out, &format!("writing at offset {done}")))?;
             done += len as u64;
             progress(done);
         }
+        sink.flush().map_err(io_err(out, "flushing"))?;
     }
     // No fsync, as cp, borg and restic: the kernel writes the file back; `sync` it when it must
     // be on disk before going on.
-    if file.is_none() {
-        stdout.flush().map_err(io_err(out, "flushing stdout"))?;
-    }
     Ok(Restored {
         files: vec![out.to_path_buf()],
         bytes: point.size,

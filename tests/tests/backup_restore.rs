@@ -498,3 +498,26 @@ fn vhd_streams_on_stdin_are_read_in_one_pass_and_truncated_streams_refused() {
     // Nothing was spooled to disk: the streams were read in one pass.
     assert!(std::fs::read_dir(store.path().join("tmp")).map_or(true, |mut d| d.next().is_none()));
 }
+
+#[test]
+fn restore_to_a_pipe_or_device_writes_every_byte_in_order() {
+    // A FIFO stands for what is not a regular file (a block device, an LV): no holes can be
+    // left there, so the zeros must be written too.
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let raws = days(work.path(), 15, 7, 1);
+    let p = store.backup("dev", "2026-11-01T02:00:00Z", "xvda", &raws[0], &[]);
+    let fifo = work.path().join("fifo");
+    ok(Command::new("mkfifo").arg(&fifo));
+    let got = work.path().join("got.raw");
+    let reader = {
+        let (fifo, got) = (fifo.clone(), got.clone());
+        std::thread::spawn(move || {
+            let bytes = std::fs::read(&fifo).expect("read the fifo");
+            std::fs::write(&got, bytes).expect("write");
+        })
+    };
+    store.restore(&id(&p), &fifo, "raw");
+    reader.join().expect("reader");
+    assert_same_content(&got, &raws[0], true);
+}
