@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cairn_store::chunk::EncodedChunk;
+use cairn_store::chunk::{self, EncodedChunk};
 use cairn_store::pack::{self, FRAME_HEADER_SIZE, PACK_HEADER_SIZE, PackWriter, read_frame};
 use cairn_store::{
     BadMark, ChunkId, GarbageFrame, Location, OpenMode, PackId, PackInfo, Store, Sweep,
@@ -204,14 +204,20 @@ impl<'a> Copier<'a> {
 
     /// Copies one frame after checking it; `Err` names why it is bad.
     fn copy(&mut self, id: ChunkId, old: Location) -> Result<Result<(), String>> {
-        let bytes = match self.store.read_at(&id, &old) {
-            Ok(_) => {
-                let path = old.pack.path(&self.store.packs_dir());
-                let f = File::open(&path)
-                    .map_err(|e| Error::Io(path.clone(), "opening a pack".into(), e))?;
-                read_frame(&f, &path, old.offset)?.1
+        // One read: the stored bytes are checked against the id, then copied as they are.
+        let path = old.pack.path(&self.store.packs_dir());
+        let read = File::open(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| read_frame(&f, &path, old.offset).map_err(|e| e.to_string()));
+        let bytes = match read {
+            Ok((h, bytes)) if h.id == id => {
+                if let Err(what) = chunk::decode(&id, h.codec, h.plain_len, &bytes) {
+                    return Ok(Err(what));
+                }
+                bytes
             }
-            Err(e) => return Ok(Err(e.to_string())),
+            Ok((h, _)) => return Ok(Err(format!("the frame there holds chunk {}", h.id))),
+            Err(what) => return Ok(Err(what)),
         };
         let target = self.store.config().pack_target_size;
         if self.writer.as_ref().is_some_and(|w| w.len() >= target) {

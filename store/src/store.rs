@@ -690,22 +690,6 @@ impl<'a> Session<'a> {
         self.store
     }
 
-    /// Whether the store or this session already holds the chunk.
-    ///
-    /// # Errors
-    /// Index errors.
-    /// A chunk marked bad or missing counts as not held, so that a backup reading it stores
-    /// a fresh copy (heals it).
-    ///
-    /// # Errors
-    /// Index errors.
-    pub fn has(&self, id: &ChunkId) -> Result<bool> {
-        Ok(
-            self.seen.contains(id)
-                || (!self.bad.contains(id) && self.store.location(id)?.is_some()),
-        )
-    }
-
     /// Appends a chunk unless the store or this session holds a good copy; returns whether it
     /// was appended. A chunk marked bad or missing is appended again and its old frame left
     /// to garbage collection.
