@@ -197,12 +197,24 @@ impl<R: Read + Seek> Chain<R> {
     /// An index past the end.
     pub fn block_present(&self, index: u32) -> Result<bool> {
         let bs = u64::from(self.block_size());
-        let start = u64::from(index) * bs;
+        self.range_present(u64::from(index) * bs, bs)
+    }
+
+    /// Whether any file of the chain stores data for any byte of `offset..offset + len`,
+    /// whatever the block sizes of its files. `false` means the range reads as zeros without
+    /// reading anything.
+    ///
+    /// # Errors
+    /// A block state that cannot be read.
+    pub fn range_present(&self, offset: u64, len: u64) -> Result<bool> {
+        let Some(end) = offset.checked_add(len).filter(|_| len > 0) else {
+            return Ok(false);
+        };
         for level in &self.levels {
             let v = &level.vhd;
             let lbs = u64::from(v.block_size());
-            let first = start / lbs;
-            let last = (start + bs - 1) / lbs;
+            let first = offset / lbs;
+            let last = ((end - 1) / lbs).min(u64::from(v.block_count()).saturating_sub(1));
             for b in first..=last {
                 if b >= u64::from(v.block_count()) {
                     break;
@@ -250,6 +262,19 @@ impl<R: Read + Seek> Chain<R> {
     /// # Errors
     /// As [`Chain::read_block`].
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        // Whole sectors: read just those, straight into `buf` (never a whole block per call).
+        if offset.is_multiple_of(SECTOR_SIZE) && (buf.len() as u64).is_multiple_of(SECTOR_SIZE) {
+            buf.fill(0);
+            let mut need = vec![true; buf.len() / SECTOR_SIZE as usize];
+            for level in &mut self.levels {
+                fill_from(&mut level.vhd, offset / SECTOR_SIZE, &mut need, buf)
+                    .map_err(|e| e.in_file(&level.path))?;
+                if !need.iter().any(|&n| n) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
         let bs = u64::from(self.block_size());
         let mut block = vec![0u8; bs as usize];
         let mut done = 0usize;

@@ -5,6 +5,8 @@
 //! The on-disk layout is kept apart from the domain types: [`Footer::decode`] and
 //! [`Header::decode`] validate while they parse, and `encode` always writes a correct checksum.
 
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use uuid::Uuid;
 
 use crate::error::{Error, Structure};
@@ -154,6 +156,11 @@ pub struct Geometry {
 impl Geometry {
     /// The geometry the spec's appendix computes for a disk of `size` bytes (rounding down).
     #[must_use]
+    #[expect(
+        clippy::arithmetic_side_effects,
+        reason = "the spec's algorithm: divisors are the constants 17, 31, 63, 255 or a head \
+                  count of at least 4, and sectors are capped at MAX_CHS_SECTORS"
+    )]
     pub fn for_size(size: u64) -> Self {
         let sectors = (size / SECTOR_SIZE).min(MAX_CHS_SECTORS);
         let (spt, heads, cth);
@@ -188,6 +195,10 @@ impl Geometry {
 
     /// Bytes that the geometry addresses: C × H × S × 512.
     #[must_use]
+    #[expect(
+        clippy::arithmetic_side_effects,
+        reason = "at most 65535 × 255 × 255 × 512, far below u64::MAX"
+    )]
     pub fn size(self) -> u64 {
         u64::from(self.cylinders)
             * u64::from(self.heads)
@@ -235,7 +246,7 @@ pub struct Footer {
 pub fn checksum(bytes: &[u8], checksum_at: usize) -> u32 {
     let mut sum: u32 = 0;
     for (i, b) in bytes.iter().enumerate() {
-        if !(checksum_at..checksum_at + 4).contains(&i) {
+        if !(checksum_at..checksum_at.saturating_add(4)).contains(&i) {
             sum = sum.wrapping_add(u32::from(*b));
         }
     }
@@ -243,21 +254,19 @@ pub fn checksum(bytes: &[u8], checksum_at: usize) -> u32 {
 }
 
 fn be32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_be_bytes(a)
+    u32::from_be_bytes(arr(b, at))
 }
 
 fn be64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(a)
+    u64::from_be_bytes(arr(b, at))
 }
 
+/// The `N` bytes at `at`. Callers pass offsets inside the structure (checked by the const
+/// asserts above); a slice too short for them reads as zeros rather than panicking.
 fn arr<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
-    let mut a = [0u8; N];
-    a.copy_from_slice(&b[at..at + N]);
-    a
+    b.get(at..at.saturating_add(N))
+        .and_then(|s| <[u8; N]>::try_from(s).ok())
+        .unwrap_or([0; N])
 }
 
 /// Four creator bytes as text, with non-printable bytes escaped (`tap\0` prints as `tap\0`).
@@ -307,8 +316,9 @@ impl Footer {
     /// with the disk type.
     pub fn decode(bytes: &[u8], at: u64) -> Result<Self, Error> {
         let mut buf = [0u8; FOOTER_SIZE];
-        let n = bytes.len().min(FOOTER_SIZE);
-        buf[..n].copy_from_slice(&bytes[..n]);
+        for (to, from) in buf.iter_mut().zip(bytes) {
+            *to = *from;
+        }
         let b = &buf[..];
         let cookie: [u8; 8] = arr(b, F_COOKIE);
         if cookie != FOOTER_COOKIE {
@@ -324,7 +334,7 @@ impl Footer {
         if stored != computed {
             return Err(Error::ChecksumMismatch {
                 structure: Structure::Footer,
-                offset: at + F_CHECKSUM as u64,
+                offset: at.saturating_add(F_CHECKSUM as u64),
                 found: stored,
                 expected: computed,
             });
@@ -333,14 +343,14 @@ impl Footer {
         if version >> 16 != FILE_FORMAT_VERSION >> 16 {
             return Err(Error::UnsupportedVersion {
                 structure: Structure::Footer,
-                offset: at + F_VERSION as u64,
+                offset: at.saturating_add(F_VERSION as u64),
                 found: version,
                 expected: FILE_FORMAT_VERSION,
             });
         }
         let type_code = be32(b, F_DISK_TYPE);
         let disk_type = DiskType::from_code(type_code).ok_or_else(|| Error::Invalid {
-            offset: at + F_DISK_TYPE as u64,
+            offset: at.saturating_add(F_DISK_TYPE as u64),
             what: format!(
                 "disk type {type_code} is not fixed (2), dynamic (3) or differencing (4)"
             ),
@@ -348,7 +358,7 @@ impl Footer {
         let current_size = be64(b, F_CURRENT_SIZE);
         if !current_size.is_multiple_of(SECTOR_SIZE) {
             return Err(Error::Invalid {
-                offset: at + F_CURRENT_SIZE as u64,
+                offset: at.saturating_add(F_CURRENT_SIZE as u64),
                 what: format!("current size {current_size} is not a multiple of 512"),
             });
         }
@@ -357,7 +367,7 @@ impl Footer {
             && (data_offset == NO_DATA_OFFSET || !data_offset.is_multiple_of(512))
         {
             return Err(Error::Invalid {
-                offset: at + F_DATA_OFFSET as u64,
+                offset: at.saturating_add(F_DATA_OFFSET as u64),
                 what: format!(
                     "data offset {data_offset:#x} of a {} disk does not point at a sector",
                     disk_type.name()
@@ -383,7 +393,7 @@ impl Footer {
             disk_type,
             checksum: stored,
             uuid: Uuid::from_bytes(arr(b, F_UUID)),
-            saved_state: b[F_SAVED_STATE] != 0,
+            saved_state: arr::<1>(b, F_SAVED_STATE) != [0],
         })
     }
 
@@ -535,7 +545,7 @@ impl Header {
         if stored != computed {
             return Err(Error::ChecksumMismatch {
                 structure: Structure::Header,
-                offset: at + H_CHECKSUM as u64,
+                offset: at.saturating_add(H_CHECKSUM as u64),
                 found: stored,
                 expected: computed,
             });
@@ -544,7 +554,7 @@ impl Header {
         if version >> 16 != HEADER_VERSION >> 16 {
             return Err(Error::UnsupportedVersion {
                 structure: Structure::Header,
-                offset: at + H_VERSION as u64,
+                offset: at.saturating_add(H_VERSION as u64),
                 found: version,
                 expected: HEADER_VERSION,
             });
@@ -553,7 +563,7 @@ impl Header {
         if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
         {
             return Err(Error::Invalid {
-                offset: at + H_BLOCK_SIZE as u64,
+                offset: at.saturating_add(H_BLOCK_SIZE as u64),
                 what: format!(
                     "block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and \
                      {MAX_BLOCK_SIZE}"
@@ -563,24 +573,24 @@ impl Header {
         let table_offset = be64(b, H_TABLE_OFFSET);
         if !table_offset.is_multiple_of(SECTOR_SIZE) {
             return Err(Error::Invalid {
-                offset: at + H_TABLE_OFFSET as u64,
+                offset: at.saturating_add(H_TABLE_OFFSET as u64),
                 what: format!("table offset {table_offset:#x} is not on a sector boundary"),
             });
         }
         let units: Vec<u16> = b[H_PARENT_NAME..H_PARENT_NAME + PARENT_NAME_SIZE]
             .chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .map(|c| u16::from_be_bytes(arr(c, 0)))
             .take_while(|&u| u != 0)
             .collect();
         let parent_name = String::from_utf16_lossy(&units);
         let mut locators = [ParentLocator::default(); PARENT_LOCATOR_COUNT];
-        for (i, loc) in locators.iter_mut().enumerate() {
-            let o = H_LOCATORS + i * LOCATOR_SIZE;
+        let entries = b.get(H_LOCATORS..).unwrap_or_default().chunks_exact(LOCATOR_SIZE);
+        for (loc, e) in locators.iter_mut().zip(entries) {
             *loc = ParentLocator {
-                platform_code: be32(b, o),
-                data_space: be32(b, o + 4),
-                data_length: be32(b, o + 8),
-                data_offset: be64(b, o + 16),
+                platform_code: be32(e, 0),
+                data_space: be32(e, 4),
+                data_length: be32(e, 8),
+                data_offset: be64(e, 16),
             };
         }
         Ok(Self {
@@ -599,6 +609,11 @@ impl Header {
     /// The 1024 on-disk bytes, with the checksum computed. A parent name longer than 256
     /// UTF-16 code units is cut (the field has no room for more).
     #[must_use]
+    #[expect(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        reason = "constant field offsets into a fixed-size array, checked by the const asserts"
+    )]
     pub fn encode(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
         b[H_COOKIE..H_COOKIE + 8].copy_from_slice(&HEADER_COOKIE);
@@ -642,7 +657,7 @@ impl Header {
 #[must_use]
 pub fn bitmap_size(block_size: u32) -> u64 {
     let bits = u64::from(block_size) / SECTOR_SIZE;
-    bits.div_ceil(8).div_ceil(SECTOR_SIZE) * SECTOR_SIZE
+    bits.div_ceil(8).div_ceil(SECTOR_SIZE).saturating_mul(SECTOR_SIZE)
 }
 
 #[cfg(test)]

@@ -30,10 +30,12 @@ pub mod chain;
 pub mod error;
 pub mod format;
 pub mod reader;
+pub mod stream;
 pub mod writer;
 
 pub use chain::{Chain, ContentReader, Level, MAX_CHAIN_DEPTH};
 pub use error::{Error, Result, Structure};
 pub use format::{DiskType, Footer, Geometry, Header, ParentLocator};
 pub use reader::{BlockState, Vhd};
+pub use stream::{StreamOpen, StreamVhd};
 pub use writer::{DiskSpec, ParentSpec, vhd_timestamp, write_fixed, write_sparse};

@@ -1,6 +1,8 @@
 //! Reading one VHD file: [`Vhd`] opens and validates the footer, header and BAT of a fixed,
 //! dynamic or differencing disk over any `Read + Seek`, and reads its blocks and sector bitmaps.
 
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use std::io::{Read, Seek, SeekFrom};
 
 use crate::error::{Error, Result, Structure};
@@ -98,14 +100,14 @@ impl<R: Read + Seek> Vhd<R> {
                     "the data of a fixed disk of {} bytes",
                     vhd.footer.current_size
                 ),
-                needed: vhd.footer.current_size + FOOTER_SIZE as u64,
+                needed: vhd.footer.current_size.saturating_add(FOOTER_SIZE as u64),
                 file_len,
             });
         } else if footer_offset > vhd.footer.current_size {
             vhd.warnings.push(format!(
                 "fixed disk of {} bytes has {} extra bytes before its footer",
                 vhd.footer.current_size,
-                footer_offset - vhd.footer.current_size
+                footer_offset.saturating_sub(vhd.footer.current_size)
             ));
         }
         Ok(vhd)
@@ -115,7 +117,7 @@ impl<R: Read + Seek> Vhd<R> {
         let mut buf = [0u8; FOOTER_SIZE];
         let mut end_error = None;
         if file_len >= FOOTER_SIZE as u64 {
-            let at = file_len - FOOTER_SIZE as u64;
+            let at = file_len.saturating_sub(FOOTER_SIZE as u64);
             read_at(inner, at, &mut buf, "reading the footer")?;
             match Footer::decode(&buf, at) {
                 Ok(f) => return Ok((f, at)),
@@ -123,7 +125,7 @@ impl<R: Read + Seek> Vhd<R> {
             }
         }
         // Virtual PC 2004 wrote a 511-byte footer.
-        let at = file_len - OLD_FOOTER_SIZE as u64;
+        let at = file_len.saturating_sub(OLD_FOOTER_SIZE as u64);
         read_at(inner, at, &mut buf[..OLD_FOOTER_SIZE], "reading the footer")?;
         if let Ok(f) = Footer::decode(&buf[..OLD_FOOTER_SIZE], at) {
             return Ok((f, at));
@@ -141,7 +143,7 @@ impl<R: Read + Seek> Vhd<R> {
                 && copy.disk_type.is_sparse()
             {
                 return Err(Error::Invalid {
-                    offset: file_len - FOOTER_SIZE as u64,
+                    offset: file_len.saturating_sub(FOOTER_SIZE as u64),
                     what: format!(
                         "no valid footer at the end of the file ({end_error}); the copy at \
                          offset 0 describes a {} disk of {} bytes: the file is truncated or \
@@ -217,7 +219,7 @@ impl<R: Read + Seek> Vhd<R> {
         let needed = self.footer.current_size.div_ceil(bs);
         if u64::from(header.max_table_entries) < needed {
             return Err(Error::Invalid {
-                offset: hoff + 28,
+                offset: hoff.saturating_add(28),
                 what: format!(
                     "max table entries is {}, but a disk of {} bytes in blocks of {} needs {}",
                     header.max_table_entries, self.footer.current_size, bs, needed
@@ -236,9 +238,10 @@ impl<R: Read + Seek> Vhd<R> {
                 file_len,
             });
         }
-        if overlaps((toff, tend), (hoff, hoff + HEADER_SIZE as u64)) || toff < FOOTER_SIZE as u64 {
+        let hend = hoff.saturating_add(HEADER_SIZE as u64);
+        if overlaps((toff, tend), (hoff, hend)) || toff < FOOTER_SIZE as u64 {
             return Err(Error::Invalid {
-                offset: hoff + 16,
+                offset: hoff.saturating_add(16),
                 what: format!("BAT at {toff}..{tend} overlaps the header or the footer copy"),
             });
         }
@@ -246,13 +249,13 @@ impl<R: Read + Seek> Vhd<R> {
         read_at(&mut self.inner, toff, &mut raw, "reading the BAT")?;
         let bat: Vec<u32> = raw
             .chunks_exact(4)
-            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .map(|c| <[u8; 4]>::try_from(c).map_or(BAT_UNALLOCATED, u32::from_be_bytes))
             .collect();
         // Every allocated block inside the file, clear of the metadata and of each other.
-        let span = header.bitmap_size() + bs;
+        let span = header.bitmap_size().saturating_add(bs);
         let meta = [
             (0, FOOTER_SIZE as u64),
-            (hoff, hoff + HEADER_SIZE as u64),
+            (hoff, hend),
             (toff, tend),
         ];
         let mut blocks: Vec<(u64, u64, usize)> = Vec::new();
@@ -260,9 +263,9 @@ impl<R: Read + Seek> Vhd<R> {
             if sector == BAT_UNALLOCATED {
                 continue;
             }
-            let entry_at = toff + 4 * i as u64;
+            let entry_at = toff.saturating_add((i as u64).saturating_mul(4));
             let start = u64::from(sector) * SECTOR_SIZE;
-            let stop = start + span;
+            let stop = start.saturating_add(span);
             if stop > end {
                 return Err(Error::Invalid {
                     offset: entry_at,
@@ -286,12 +289,14 @@ impl<R: Read + Seek> Vhd<R> {
         }
         blocks.sort_unstable();
         for w in blocks.windows(2) {
-            if w[1].0 < w[0].1 {
+            if let [prev, next] = w
+                && next.0 < prev.1
+            {
                 return Err(Error::Invalid {
-                    offset: toff + 4 * w[1].2 as u64,
+                    offset: toff.saturating_add((next.2 as u64).saturating_mul(4)),
                     what: format!(
                         "BAT entry {} puts the block at bytes {}..{}, overlapping block {} at {}..{}",
-                        w[1].2, w[1].0, w[1].1, w[0].2, w[0].0, w[0].1
+                        next.2, next.0, next.1, prev.2, prev.0, prev.1
                     ),
                 });
             }
@@ -347,7 +352,7 @@ impl<R: Read + Seek> Vhd<R> {
     /// An I/O error, an index past the BAT, or a range past the block's end.
     pub fn read_block_data(&mut self, index: u32, at: u64, buf: &mut [u8]) -> Result<bool> {
         let bs = u64::from(self.block_size());
-        if at + buf.len() as u64 > bs {
+        if at.saturating_add(buf.len() as u64) > bs {
             return Err(Error::Usage(format!(
                 "read of {} bytes at {at} runs past a block of {bs} bytes",
                 buf.len()
@@ -357,18 +362,14 @@ impl<R: Read + Seek> Vhd<R> {
             BlockState::Unallocated => Ok(false),
             BlockState::Allocated { offset } => {
                 let (data_start, limit) = match &self.header {
-                    Some(h) => (offset + h.bitmap_size(), u64::MAX),
+                    Some(h) => (offset.saturating_add(h.bitmap_size()), u64::MAX),
                     None => (offset, self.footer.current_size),
                 };
-                let start = data_start + at;
+                let start = data_start.saturating_add(at);
                 let avail = limit.saturating_sub(start).min(buf.len() as u64) as usize;
-                read_at(
-                    &mut self.inner,
-                    start,
-                    &mut buf[..avail],
-                    "reading block data",
-                )?;
-                buf[avail..].fill(0);
+                let (head, tail) = buf.split_at_mut(avail);
+                read_at(&mut self.inner, start, head, "reading block data")?;
+                tail.fill(0);
                 Ok(true)
             }
         }
@@ -387,7 +388,7 @@ impl<R: Read + Seek> Vhd<R> {
                 )));
             }
             return Ok(BlockState::Allocated {
-                offset: u64::from(index) * u64::from(DEFAULT_BLOCK_SIZE),
+                offset: u64::from(index).saturating_mul(u64::from(DEFAULT_BLOCK_SIZE)),
             });
         }
         match self.bat.get(index as usize) {
@@ -446,7 +447,7 @@ fn decode_locator<R: Read + Seek>(
         PLATFORM_W2RU | PLATFORM_W2KU => {
             let units: Vec<u16> = raw
                 .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .map(|c| <[u8; 2]>::try_from(c).map_or(0, u16::from_le_bytes))
                 .collect();
             String::from_utf16_lossy(&units)
         }

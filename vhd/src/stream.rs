@@ -1,0 +1,420 @@
+//! Reading a dynamic or differencing VHD front to back from a stream (a pipe, stdin), in one
+//! pass and without seeking.
+//!
+//! [`StreamVhd::open`] reads the footer copy, the header and the BAT from the front of the
+//! stream and validates them as [`crate::Vhd::open`] validates a file: cookies, checksums,
+//! versions, block size, a BAT large enough for the disk, and blocks that overlap neither the
+//! metadata nor each other. A stream can be read in one pass only when the metadata comes first
+//! and the BAT lists the blocks in the order they lie in the stream (Xen Orchestra, qemu and
+//! cairn write them so); any other valid layout is handed back as [`StreamOpen::NeedsSeek`]
+//! with every byte consumed, for the caller to spool to a file. Reads then go forward only,
+//! and [`StreamVhd::finish`] checks that the stream ends with the footer.
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
+use std::io::Read;
+
+use crate::error::{Error, Result, Structure};
+use crate::format::{
+    BAT_UNALLOCATED, FOOTER_SIZE, Footer, HEADER_SIZE, Header, SECTOR_SIZE, bitmap_size,
+};
+use crate::reader::BlockState;
+
+/// The largest metadata prefix (footer copy, header, BAT) read into memory from a stream:
+/// 64 MiB holds the BAT of a 2 TiB disk at 32 KiB blocks. Larger metadata is spooled.
+pub const MAX_STREAM_METADATA: u64 = 64 << 20;
+
+/// What [`StreamVhd::open`] found at the front of a stream.
+#[derive(Debug)]
+pub enum StreamOpen<R> {
+    /// The stream can be read in one pass.
+    OnePass(Box<StreamVhd<R>>),
+    /// The metadata is valid so far, but the layout needs seeking (a block before the BAT, blocks
+    /// out of BAT order, metadata after the first block, a fixed disk): spool the stream to a
+    /// file, starting with `consumed`, then the rest of `reader`.
+    NeedsSeek {
+        /// Every byte read from the stream so far, in order.
+        consumed: Vec<u8>,
+        /// The rest of the stream.
+        reader: R,
+        /// Why one pass is not possible.
+        reason: String,
+    },
+}
+
+/// A dynamic or differencing VHD read front to back from a stream.
+#[derive(Debug)]
+pub struct StreamVhd<R> {
+    inner: R,
+    /// Bytes consumed from the stream so far.
+    pos: u64,
+    footer: Footer,
+    header: Header,
+    bat: Vec<u32>,
+    /// The sector bitmap last read, and its block.
+    bitmap: Option<(u32, Vec<u8>)>,
+}
+
+fn truncated(offset: u64, what: &str, needed: u64) -> Error {
+    Error::Truncated {
+        offset,
+        what: format!("{what} (the stream ended)"),
+        needed,
+        file_len: offset,
+    }
+}
+
+/// Reads exactly `buf.len()` bytes, or fails naming the stream offset.
+fn read_full<R: Read>(r: &mut R, pos: u64, buf: &mut [u8], what: &str) -> Result<()> {
+    let mut done = 0usize;
+    while let Some(rest) = buf.get_mut(done..) {
+        if rest.is_empty() {
+            break;
+        }
+        match r.read(rest) {
+            Ok(0) => {
+                let at = pos.saturating_add(done as u64);
+                return Err(truncated(at, what, (rest.len()) as u64));
+            }
+            Ok(n) => done = done.saturating_add(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    offset: pos.saturating_add(done as u64),
+                    what: "reading the stream",
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl<R: Read> StreamVhd<R> {
+    /// Reads and validates the metadata at the front of `inner`, which must start at the VHD's
+    /// first byte.
+    ///
+    /// # Errors
+    /// A stream that is not a valid VHD (bad cookie, checksum, version or block size, a BAT too
+    /// small for the disk or overlapping the header, blocks overlapping the metadata or each
+    /// other), or that ends inside its metadata; every error names the stream offset.
+    pub fn open(mut inner: R) -> Result<StreamOpen<R>> {
+        let mut meta = vec![0u8; FOOTER_SIZE];
+        read_full(&mut inner, 0, &mut meta, "the footer copy")?;
+        let footer = Footer::decode(&meta, 0).map_err(|e| match e {
+            Error::BadCookie {
+                offset,
+                found,
+                expected,
+                ..
+            } => Error::BadCookie {
+                structure: Structure::FooterCopy,
+                offset,
+                found,
+                expected,
+            },
+            Error::ChecksumMismatch {
+                offset,
+                found,
+                expected,
+                ..
+            } => Error::ChecksumMismatch {
+                structure: Structure::FooterCopy,
+                offset,
+                found,
+                expected,
+            },
+            other => other,
+        })?;
+        let needs_seek = |consumed, inner, reason: String| {
+            Ok(StreamOpen::NeedsSeek {
+                consumed,
+                reader: inner,
+                reason,
+            })
+        };
+        if !footer.disk_type.is_sparse() {
+            return needs_seek(
+                meta,
+                inner,
+                format!("a {} disk keeps its footer at the end", footer.disk_type.name()),
+            );
+        }
+        let hoff = footer.data_offset;
+        let hend = hoff.checked_add(HEADER_SIZE as u64).ok_or(Error::Invalid {
+            offset: 16,
+            what: format!("data offset {hoff} is past any stream"),
+        })?;
+        if hoff < FOOTER_SIZE as u64 {
+            return Err(Error::Invalid {
+                offset: 16,
+                what: format!("data offset {hoff} puts the header over the footer copy"),
+            });
+        }
+        if hend > MAX_STREAM_METADATA {
+            return needs_seek(
+                meta,
+                inner,
+                format!("the header lies at offset {hoff}, far into the stream"),
+            );
+        }
+        let fill = |meta: &mut Vec<u8>, inner: &mut R, to: u64, what: &str| -> Result<()> {
+            let have = meta.len() as u64;
+            if to <= have {
+                return Ok(());
+            }
+            meta.resize(to as usize, 0);
+            read_full(inner, have, meta.get_mut(have as usize..).unwrap_or_default(), what)
+        };
+        fill(&mut meta, &mut inner, hend, "the dynamic disk header")?;
+        let mut hb = [0u8; HEADER_SIZE];
+        hb.copy_from_slice(meta.get(hoff as usize..hend as usize).unwrap_or(&[0; HEADER_SIZE]));
+        let header = Header::decode(&hb, hoff)?;
+        let bs = u64::from(header.block_size);
+        let blocks = footer.current_size.div_ceil(bs);
+        if u64::from(header.max_table_entries) < blocks {
+            return Err(Error::Invalid {
+                offset: hoff.saturating_add(28),
+                what: format!(
+                    "max table entries is {}, but a disk of {} bytes in blocks of {bs} needs {blocks}",
+                    header.max_table_entries, footer.current_size
+                ),
+            });
+        }
+        let toff = header.table_offset;
+        let tlen = u64::from(header.max_table_entries).saturating_mul(4);
+        let tend = toff.saturating_add(tlen);
+        if toff < FOOTER_SIZE as u64 || (toff < hend && hoff < tend) {
+            return Err(Error::Invalid {
+                offset: hoff.saturating_add(16),
+                what: format!("BAT at {toff}..{tend} overlaps the header or the footer copy"),
+            });
+        }
+        if tend > MAX_STREAM_METADATA {
+            return needs_seek(
+                meta,
+                inner,
+                format!("the BAT ends at offset {tend}, more metadata than a stream is read with"),
+            );
+        }
+        fill(&mut meta, &mut inner, tend, "the BAT")?;
+        let bat: Vec<u32> = meta
+            .get(toff as usize..tend as usize)
+            .unwrap_or_default()
+            .chunks_exact(4)
+            .map(|c| <[u8; 4]>::try_from(c).map_or(BAT_UNALLOCATED, u32::from_be_bytes))
+            .collect();
+        // Blocks of the disk (entries past it are never read) must follow the metadata, in BAT
+        // order, without overlapping.
+        let span = header.bitmap_size().saturating_add(bs);
+        let mut last = hend.max(tend).next_multiple_of(SECTOR_SIZE);
+        let mut prev: Option<usize> = None;
+        for (i, &sector) in bat.iter().enumerate().take(blocks as usize) {
+            if sector == BAT_UNALLOCATED {
+                continue;
+            }
+            let entry_at = toff.saturating_add((i as u64).saturating_mul(4));
+            let start = u64::from(sector).saturating_mul(SECTOR_SIZE);
+            let stop = start.saturating_add(span);
+            let over_meta = [(0, FOOTER_SIZE as u64), (hoff, hend), (toff, tend)]
+                .iter()
+                .any(|&(a, b)| start < b && a < stop);
+            if over_meta {
+                return Err(Error::Invalid {
+                    offset: entry_at,
+                    what: format!(
+                        "BAT entry {i} puts the block at bytes {start}..{stop}, over the metadata"
+                    ),
+                });
+            }
+            if start < last {
+                let reason = match prev {
+                    Some(p) => format!(
+                        "BAT entry {i} puts its block at byte {start}, before the end of block {p}'s"
+                    ),
+                    None => format!("BAT entry {i} puts its block at byte {start}, before the BAT's end"),
+                };
+                return needs_seek(meta, inner, reason);
+            }
+            last = stop;
+            prev = Some(i);
+        }
+        let pos = meta.len() as u64;
+        Ok(StreamOpen::OnePass(Box::new(Self {
+            inner,
+            pos,
+            footer,
+            header,
+            bat,
+            bitmap: None,
+        })))
+    }
+
+    /// Skips forward to stream offset `to`.
+    fn skip_to(&mut self, to: u64, what: &str) -> Result<()> {
+        let Some(gap) = to.checked_sub(self.pos) else {
+            return Err(Error::Usage(format!(
+                "stream offset {to} lies behind the position {}: streams are read forward only",
+                self.pos
+            )));
+        };
+        let n = std::io::copy(&mut (&mut self.inner).take(gap), &mut std::io::sink())
+            .map_err(Error::io(self.pos, "reading the stream"))?;
+        self.pos = self.pos.saturating_add(n);
+        if n != gap {
+            return Err(truncated(self.pos, what, gap.saturating_sub(n)));
+        }
+        Ok(())
+    }
+
+    fn read_here(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
+        read_full(&mut self.inner, self.pos, buf, what)?;
+        self.pos = self.pos.saturating_add(buf.len() as u64);
+        Ok(())
+    }
+
+    /// Reads the sector bitmap of block `index` (the most significant bit of byte 0 is the
+    /// block's sector 0), or `None` for an unallocated block. Reading it again before moving on
+    /// costs nothing.
+    ///
+    /// # Errors
+    /// The stream ends, or the bitmap lies behind what was already read.
+    pub fn read_bitmap(&mut self, index: u32) -> Result<Option<&[u8]>> {
+        let BlockState::Allocated { offset } = self.block_state(index)? else {
+            return Ok(None);
+        };
+        if self.bitmap.as_ref().is_none_or(|(b, _)| *b != index) {
+            self.skip_to(offset, "a sector bitmap")?;
+            let len = (u64::from(self.header.block_size) / SECTOR_SIZE).div_ceil(8);
+            let mut bitmap = vec![0u8; len as usize];
+            self.read_here(&mut bitmap, "a sector bitmap")?;
+            self.bitmap = Some((index, bitmap));
+        }
+        Ok(self.bitmap.as_ref().map(|(_, b)| b.as_slice()))
+    }
+
+    /// Reads `buf.len()` bytes of block `index`'s data starting `at` bytes into the block.
+    /// Returns `false` (buffer untouched) for an unallocated block.
+    ///
+    /// # Errors
+    /// The stream ends, a range past the block's end, or data behind what was already read.
+    pub fn read_block_data(&mut self, index: u32, at: u64, buf: &mut [u8]) -> Result<bool> {
+        let BlockState::Allocated { offset } = self.block_state(index)? else {
+            return Ok(false);
+        };
+        let bs = u64::from(self.header.block_size);
+        if at.checked_add(buf.len() as u64).is_none_or(|end| end > bs) {
+            return Err(Error::Usage(format!(
+                "read of {} bytes at {at} runs past a block of {bs} bytes",
+                buf.len()
+            )));
+        }
+        let start = offset
+            .saturating_add(bitmap_size(self.header.block_size))
+            .saturating_add(at);
+        self.skip_to(start, "block data")?;
+        self.read_here(buf, "block data")?;
+        Ok(true)
+    }
+
+    /// Where block `index` lies in the stream.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] for an index past the disk's blocks.
+    pub fn block_state(&self, index: u32) -> Result<BlockState> {
+        if index >= self.block_count() {
+            return Err(Error::Usage(format!(
+                "block {index} is past the disk's {} blocks",
+                self.block_count()
+            )));
+        }
+        Ok(match self.bat.get(index as usize) {
+            None | Some(&BAT_UNALLOCATED) => BlockState::Unallocated,
+            Some(&s) => BlockState::Allocated {
+                offset: u64::from(s).saturating_mul(SECTOR_SIZE),
+            },
+        })
+    }
+
+    /// Reads the rest of the stream and checks that it ends with a copy of the footer.
+    ///
+    /// # Errors
+    /// The stream fails, or does not end with the footer (truncated or damaged).
+    pub fn finish(&mut self) -> Result<u64> {
+        // Keep only the last 512 bytes: the tail may be long (blocks past the disk's end).
+        let mut tail: Vec<u8> = Vec::with_capacity(2 * FOOTER_SIZE);
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = match self.inner.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(Error::Io {
+                        offset: self.pos,
+                        what: "reading the stream",
+                        source,
+                    });
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            self.pos = self.pos.saturating_add(n as u64);
+            tail.extend_from_slice(buf.get(..n).unwrap_or_default());
+            if tail.len() > FOOTER_SIZE {
+                tail.drain(..tail.len().saturating_sub(FOOTER_SIZE));
+            }
+        }
+        let at = self.pos.saturating_sub(FOOTER_SIZE as u64);
+        let ok = tail.len() == FOOTER_SIZE
+            && Footer::decode(&tail, at).is_ok_and(|f| f == self.footer);
+        if !ok {
+            return Err(Error::Invalid {
+                offset: at,
+                what: "the stream does not end with the VHD's footer (truncated or damaged)"
+                    .into(),
+            });
+        }
+        Ok(self.pos)
+    }
+}
+
+impl<R> StreamVhd<R> {
+    /// The footer (its copy at the front of the stream).
+    #[must_use]
+    pub fn footer(&self) -> &Footer {
+        &self.footer
+    }
+
+    /// The dynamic disk header.
+    #[must_use]
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The disk's size in bytes.
+    #[must_use]
+    pub fn disk_size(&self) -> u64 {
+        self.footer.current_size
+    }
+
+    /// Bytes per block.
+    #[must_use]
+    pub fn block_size(&self) -> u32 {
+        self.header.block_size
+    }
+
+    /// Blocks covering the disk.
+    #[must_use]
+    pub fn block_count(&self) -> u32 {
+        self.footer
+            .current_size
+            .div_ceil(u64::from(self.header.block_size))
+            .min(u64::from(u32::MAX)) as u32
+    }
+
+    /// Bytes consumed from the stream so far.
+    #[must_use]
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+}
