@@ -92,8 +92,13 @@ impl StoreConfig {
     }
 
     /// The TOML text.
-    #[must_use]
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_default()
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if the config cannot be written as TOML (never an empty text).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::Encode {
+            what: "the store config".into(),
+            source: Box::new(e),
+        })
     }
 }

@@ -73,6 +73,31 @@ pub enum Error {
     /// A request the store cannot satisfy (bad argument).
     #[error("{0}")]
     Usage(String),
+    /// An index entry that does not decode. Nothing reads it as a default: writers and garbage
+    /// collection stop, and the index must be rebuilt from the packs and root files.
+    #[error(
+        "index {}: {family} entry {key}: {what}; the index is damaged: run `cairn repair --rebuild-index`",
+        path.display()
+    )]
+    CorruptIndex {
+        /// The index folder.
+        path: PathBuf,
+        /// The column family.
+        family: &'static str,
+        /// The entry's key, in hex.
+        key: String,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// A value that cannot be encoded for writing (nothing is written in its place).
+    #[error("encoding {what}: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {

@@ -17,6 +17,12 @@
 //!
 //! Everything here can be rebuilt from the packs and the root files (`cairn repair
 //! --rebuild-index`).
+//!
+//! Every value is decoded strictly: a key or value of the wrong length, an unknown codec or kind,
+//! JSON that does not parse, is [`crate::Error::CorruptIndex`] naming the family and key, never a
+//! default. (A skipped `packs` entry would make its pack look unindexed, and garbage collection
+//! would delete it; a `chunks` entry read as absent would be stored again or reported missing; a
+//! count read as 0 would be garbage.) Only an absent `refs` entry means 0.
 
 use serde::{Deserialize, Serialize};
 
@@ -100,24 +106,63 @@ impl Location {
     }
 
     /// Parses an index value.
-    #[must_use]
-    pub fn decode(b: &[u8]) -> Option<Self> {
+    ///
+    /// # Errors
+    /// What is wrong with the value: its length, codec or kind.
+    pub fn decode(b: &[u8]) -> Result<Self, String> {
         if b.len() != Self::SIZE {
-            return None;
+            return Err(format!(
+                "location of {} bytes, expected {}",
+                b.len(),
+                Self::SIZE
+            ));
         }
         let mut pack = [0u8; 16];
         pack.copy_from_slice(&b[0..16]);
         let mut off = [0u8; 8];
         off.copy_from_slice(&b[16..24]);
-        Some(Self {
+        Ok(Self {
             pack: PackId(pack),
             offset: u64::from_be_bytes(off),
             stored_len: u32::from_be_bytes([b[24], b[25], b[26], b[27]]),
             plain_len: u32::from_be_bytes([b[28], b[29], b[30], b[31]]),
-            codec: Codec::from_code(b[32])?,
-            kind: ChunkKind::from_code(b[33])?,
+            codec: Codec::from_code(b[32]).ok_or_else(|| format!("unknown codec {}", b[32]))?,
+            kind: ChunkKind::from_code(b[33])
+                .ok_or_else(|| format!("unknown chunk kind {}", b[33]))?,
         })
     }
+}
+
+/// Decodes a reference count; an absent entry is 0.
+///
+/// # Errors
+/// A value that is not 8 bytes.
+pub fn decode_count(v: Option<&[u8]>) -> Result<u64, String> {
+    match v {
+        None => Ok(0),
+        Some(b) => <[u8; 8]>::try_from(b)
+            .map(u64::from_be_bytes)
+            .map_err(|_| format!("reference count of {} bytes, expected 8", b.len())),
+    }
+}
+
+/// Decodes a key of a fixed length.
+///
+/// # Errors
+/// A key of another length.
+pub fn fixed_key<const N: usize>(k: &[u8]) -> Result<[u8; N], String> {
+    <[u8; N]>::try_from(k).map_err(|_| format!("key of {} bytes, expected {N}", k.len()))
+}
+
+/// Encodes a value as JSON for the index or a root file.
+///
+/// # Errors
+/// [`crate::Error::Encode`]: nothing is written in its place.
+pub fn to_json<T: Serialize>(v: &T, what: &str) -> crate::Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| crate::Error::Encode {
+        what: what.into(),
+        source: Box::new(e),
+    })
 }
 
 /// What the index knows of a pack.
@@ -143,7 +188,21 @@ mod tests {
             codec: Codec::Zstd,
             kind: ChunkKind::Tree,
         };
-        assert_eq!(Location::decode(&l.encode()), Some(l));
-        assert_eq!(Location::decode(&[0; 5]), None);
+        assert_eq!(Location::decode(&l.encode()), Ok(l));
+        assert!(Location::decode(&[0; 5]).is_err());
+        let mut bad = l.encode();
+        bad[32] = 99;
+        assert_eq!(Location::decode(&bad), Err("unknown codec 99".into()));
+        bad = l.encode();
+        bad[33] = 77;
+        assert_eq!(Location::decode(&bad), Err("unknown chunk kind 77".into()));
+    }
+
+    #[test]
+    fn counts_decode_strictly() {
+        assert_eq!(decode_count(None), Ok(0));
+        assert_eq!(decode_count(Some(&7u64.to_be_bytes())), Ok(7));
+        assert!(decode_count(Some(&[1, 2, 3])).is_err());
+        assert!(decode_count(Some(&[])).is_err());
     }
 }

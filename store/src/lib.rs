@@ -13,7 +13,7 @@
 //!
 //! # Chunks
 //! A disk is cut into fixed chunks of the store's chunk size (a power of two from 64 KiB to
-//! 2 MiB, dividing the 2 MiB VHD block). A chunk's id is the BLAKE3 hash of its plain bytes.
+//! 2 MiB, whatever the block size of a VHD it is read from). A chunk's id is the BLAKE3 hash of its plain bytes.
 //! All-zero chunks are never stored (a [`ChunkRef::Zero`] stands for them). A new chunk is
 //! zstd-compressed, or kept plain when that is not smaller, and appended to the open pack as a
 //! frame ([`pack`]) that repeats its id, lengths and codec, so a pack describes itself.

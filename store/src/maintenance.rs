@@ -10,6 +10,7 @@ use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
 use crate::index::{
     BadMark, CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_PACKS, CF_POINTS, CF_REFS, Location, PackInfo,
+    fixed_key, to_json,
 };
 use crate::pack::PackId;
 use crate::point::RecoveryPoint;
@@ -141,12 +142,10 @@ impl Store {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_BAD)?, IteratorMode::Start) {
             let (k, v) = item.map_err(self.index_err())?;
-            if let (Ok(id), Ok(mark)) = (
-                <[u8; 32]>::try_from(&k[..]),
-                serde_json::from_slice::<BadMark>(&v),
-            ) {
-                out.push((ChunkId(id), mark));
-            }
+            let id = fixed_key::<32>(&k).map_err(self.corrupt(CF_BAD, &k))?;
+            let mark = serde_json::from_slice::<BadMark>(&v)
+                .map_err(|e| self.corrupt(CF_BAD, &k)(e.to_string()))?;
+            out.push((ChunkId(id), mark));
         }
         Ok(out)
     }
@@ -161,7 +160,7 @@ impl Store {
         let mut batch = WriteBatch::default();
         for (id, mark) in marks {
             match mark {
-                Some(m) => batch.put_cf(cf, id.0, serde_json::to_vec(m).unwrap_or_default()),
+                Some(m) => batch.put_cf(cf, id.0, to_json(m, "a bad-chunk mark")?),
                 None => batch.delete_cf(cf, id.0),
             }
         }
@@ -181,18 +180,15 @@ impl Store {
             .iterator_cf(self.cf(CF_GARBAGE)?, IteratorMode::Start)
         {
             let (k, v) = item.map_err(self.index_err())?;
-            if k.len() != 24 || v.len() != 32 {
-                continue;
-            }
-            let mut pack = [0u8; 16];
-            pack.copy_from_slice(&k[..16]);
-            let mut off = [0u8; 8];
-            off.copy_from_slice(&k[16..]);
-            let mut id = [0u8; 32];
-            id.copy_from_slice(&v);
+            let key = fixed_key::<24>(&k).map_err(self.corrupt(CF_GARBAGE, &k))?;
+            let id = fixed_key::<32>(&v)
+                .map_err(|e| self.corrupt(CF_GARBAGE, &k)(format!("value: {e}")))?;
+            let (pack, off) = key.split_at(16);
             out.push(GarbageFrame {
-                pack: PackId(pack),
-                offset: u64::from_be_bytes(off),
+                pack: PackId(fixed_key::<16>(pack).map_err(self.corrupt(CF_GARBAGE, &k))?),
+                offset: u64::from_be_bytes(
+                    fixed_key::<8>(off).map_err(self.corrupt(CF_GARBAGE, &k))?,
+                ),
                 id: ChunkId(id),
             });
         }
@@ -207,12 +203,10 @@ impl Store {
         let mut out = HashMap::new();
         for item in self.db.iterator_cf(self.cf(CF_PACKS)?, IteratorMode::Start) {
             let (k, v) = item.map_err(self.index_err())?;
-            if let (Ok(id), Ok(info)) = (
-                <[u8; 16]>::try_from(&k[..]),
-                serde_json::from_slice::<PackInfo>(&v),
-            ) {
-                out.insert(PackId(id), info);
-            }
+            let id = fixed_key::<16>(&k).map_err(self.corrupt(CF_PACKS, &k))?;
+            let info = serde_json::from_slice::<PackInfo>(&v)
+                .map_err(|e| self.corrupt(CF_PACKS, &k)(e.to_string()))?;
+            out.insert(PackId(id), info);
         }
         Ok(out)
     }
@@ -228,9 +222,8 @@ impl Store {
             .iterator_cf(self.cf(CF_CHUNKS)?, IteratorMode::Start)
         {
             let (k, v) = item.map_err(self.index_err())?;
-            if let (Ok(id), Some(loc)) = (<[u8; 32]>::try_from(&k[..]), Location::decode(&v)) {
-                out.push((ChunkId(id), loc));
-            }
+            let id = fixed_key::<32>(&k).map_err(self.corrupt(CF_CHUNKS, &k))?;
+            out.push((ChunkId(id), self.decode_location(&k, &v)?));
         }
         Ok(out)
     }
@@ -285,7 +278,7 @@ impl Store {
             batch.delete_cf(garbage, last);
         }
         for (p, info) in &sweep.added_packs {
-            batch.put_cf(packs, p.0, serde_json::to_vec(info).unwrap_or_default());
+            batch.put_cf(packs, p.0, to_json(info, "a pack entry")?);
         }
         self.db
             .write_opt(batch, &sync_write())

@@ -400,3 +400,125 @@ pub fn scan(path: &Path) -> Result<PackScan> {
         stopped,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::encode;
+
+    fn chunk(seed: u8, len: usize, kind: ChunkKind) -> EncodedChunk {
+        let data: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(seed) ^ (i / 251) as u8)
+            .collect();
+        encode(&data, kind, 1)
+    }
+
+    /// A pack of a few frames of every codec and kind; returns its path, the chunks and the
+    /// offset each frame starts at.
+    fn sample_pack(dir: &Path) -> (PathBuf, Vec<EncodedChunk>, Vec<u64>) {
+        let chunks = vec![
+            chunk(3, 70_000, ChunkKind::Data),
+            chunk(0, 4096, ChunkKind::Data), // compresses well: zstd
+            chunk(7, 1000, ChunkKind::Tree),
+            encode(&[0xAB; 1][..], ChunkKind::Data, 1), // too small to compress: plain
+        ];
+        let mut w = PackWriter::create(dir).expect("create");
+        let offsets: Vec<u64> = chunks
+            .iter()
+            .map(|c| w.append(c).expect("append"))
+            .collect();
+        w.sync().expect("sync");
+        (w.path.clone(), chunks, offsets)
+    }
+
+    #[test]
+    fn frames_round_trip_through_scan_and_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, chunks, offsets) = sample_pack(dir.path());
+        assert!(chunks.iter().any(|c| c.codec == Codec::Plain));
+        assert!(chunks.iter().any(|c| c.codec == Codec::Zstd));
+        let scan = scan(&path).expect("scan");
+        assert!(scan.stopped.is_none());
+        assert_eq!(scan.frames.len(), chunks.len());
+        let file = File::open(&path).expect("open");
+        for ((f, c), at) in scan.frames.iter().zip(&chunks).zip(&offsets) {
+            assert_eq!(f.offset, *at);
+            assert_eq!(
+                (
+                    f.header.id,
+                    f.header.plain_len,
+                    f.header.codec,
+                    f.header.kind
+                ),
+                (c.id, c.plain_len, c.codec, c.kind)
+            );
+            let (h, stored) = read_frame(&file, &path, *at).expect("read");
+            assert_eq!(h, f.header);
+            assert_eq!(stored, c.bytes);
+            crate::chunk::decode(&c.id, h.codec, h.plain_len, &stored).expect("decodes to its id");
+        }
+    }
+
+    #[test]
+    fn every_truncation_keeps_the_whole_frames_and_reports_the_torn_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, chunks, offsets) = sample_pack(dir.path());
+        let bytes = std::fs::read(&path).expect("read");
+        let ends: Vec<u64> = chunks
+            .iter()
+            .zip(&offsets)
+            .map(|(c, at)| at + FRAME_HEADER_SIZE + c.bytes.len() as u64)
+            .collect();
+        let cut_path = dir.path().join("cut.pack");
+        for cut in 0..=bytes.len() {
+            std::fs::write(&cut_path, &bytes[..cut]).expect("write");
+            let Ok(s) = scan(&cut_path) else {
+                assert!((cut as u64) < PACK_HEADER_SIZE, "scan failed at cut {cut}");
+                continue;
+            };
+            let whole = ends.iter().filter(|&&e| e <= cut as u64).count();
+            assert_eq!(s.frames.len(), whole, "cut {cut}");
+            let at_boundary = cut as u64 == PACK_HEADER_SIZE || ends.contains(&(cut as u64));
+            match &s.stopped {
+                None => assert!(at_boundary, "cut {cut}: torn tail not reported"),
+                Some((at, why)) => {
+                    assert!(!at_boundary, "cut {cut}: {why}");
+                    let torn_at = if whole == 0 {
+                        offsets[0]
+                    } else {
+                        ends[whole - 1]
+                    };
+                    assert_eq!(*at, torn_at, "cut {cut}: {why}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_torn_or_damaged_frame_header_stops_the_scan_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, _, offsets) = sample_pack(dir.path());
+        let mut bytes = std::fs::read(&path).expect("read");
+        let target = offsets[2] as usize;
+        let damaged = dir.path().join("damaged.pack");
+        for i in 0..FRAME_HEADER_SIZE as usize {
+            bytes[target + i] ^= 0x10;
+            std::fs::write(&damaged, &bytes).expect("write");
+            let s = scan(&damaged).expect("scan");
+            assert_eq!(s.frames.len(), 2, "byte {i} of a frame header flipped");
+            assert_eq!(s.stopped.as_ref().map(|s| s.0), Some(offsets[2]));
+            let file = File::open(&damaged).expect("open");
+            assert!(matches!(
+                read_frame(&file, &damaged, offsets[2]),
+                Err(Error::BadPack { offset, .. }) if offset == offsets[2]
+            ));
+            bytes[target + i] ^= 0x10;
+        }
+        // Garbage appended after whole frames (a writer killed mid-header) is a torn tail.
+        bytes.extend_from_slice(&[0x5A; 80]);
+        std::fs::write(&damaged, &bytes).expect("write");
+        let s = scan(&damaged).expect("scan");
+        assert_eq!(s.frames.len(), offsets.len());
+        assert!(s.stopped.is_some());
+    }
+}

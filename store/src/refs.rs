@@ -19,7 +19,8 @@ use rocksdb::{IteratorMode, WriteBatch};
 use crate::chunk::{ChunkId, ChunkRef};
 use crate::error::{Error, Result};
 use crate::index::{
-    CF_CHUNKS, CF_GARBAGE, CF_META, CF_REFS, Location, META_REFCOUNTS, garbage_key,
+    CF_CHUNKS, CF_GARBAGE, CF_META, CF_REFS, Location, META_REFCOUNTS, decode_count, fixed_key,
+    garbage_key,
 };
 use crate::point::{RecoveryPoint, decode_segment};
 use crate::store::{Store, sync_write};
@@ -31,11 +32,6 @@ enum Crossing {
     Up,
     /// To 0: the chunk became garbage.
     Down,
-}
-
-fn decode_count(v: Option<&[u8]>) -> u64 {
-    v.and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map_or(0, u64::from_be_bytes)
 }
 
 /// The distinct data chunk ids of a segment's bytes.
@@ -60,9 +56,10 @@ impl Store {
         self.db
             .multi_get_cf(ids.iter().map(|id| (cf, id.0)))
             .into_iter()
-            .map(|r| {
-                r.map(|v| decode_count(v.as_deref()))
-                    .map_err(self.index_err())
+            .zip(ids)
+            .map(|(r, id)| {
+                let v = r.map_err(self.index_err())?;
+                decode_count(v.as_deref()).map_err(self.corrupt(CF_REFS, &id.0))
             })
             .collect()
     }
@@ -194,10 +191,22 @@ impl Store {
                 *counts.entry(id).or_default() += 1;
             }
         }
+        // Frames that a fresh copy superseded (a heal, a rebuild that found a chunk twice) are
+        // garbage whatever the counts say: keep those entries.
+        let mut superseded = Vec::new();
+        for g in self.garbage()? {
+            let indexed = self.location(&g.id)?;
+            if indexed.is_some_and(|l| (l.pack, l.offset) != (g.pack, g.offset)) {
+                superseded.push(g);
+            }
+        }
         let (refs_cf, garbage_cf) = (self.cf(CF_REFS)?, self.cf(CF_GARBAGE)?);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(refs_cf, &[][..], &[0xffu8; 33][..]);
         batch.delete_range_cf(garbage_cf, &[][..], &[0xffu8; 25][..]);
+        for g in &superseded {
+            batch.put_cf(garbage_cf, garbage_key(g.pack, g.offset), g.id.0);
+        }
         for (id, n) in &counts {
             batch.put_cf(refs_cf, id.0, n.to_be_bytes());
         }
@@ -206,9 +215,8 @@ impl Store {
             .iterator_cf(self.cf(CF_CHUNKS)?, IteratorMode::Start)
         {
             let (k, v) = item.map_err(self.index_err())?;
-            let (Ok(id), Some(loc)) = (<[u8; 32]>::try_from(&k[..]), Location::decode(&v)) else {
-                continue;
-            };
+            let id = fixed_key::<32>(&k).map_err(self.corrupt(CF_CHUNKS, &k))?;
+            let loc = self.decode_location(&k, &v)?;
             if !counts.contains_key(&ChunkId(id)) {
                 batch.put_cf(garbage_cf, garbage_key(loc.pack, loc.offset), id);
             }

@@ -13,7 +13,7 @@ use crate::config::{CONFIG_FILE, StoreConfig};
 use crate::error::{Error, Result};
 use crate::index::{
     CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_META, CF_PACKS, CF_POINTS, COLUMN_FAMILIES, Location,
-    META_REFCOUNTS, PackInfo, garbage_key,
+    META_REFCOUNTS, PackInfo, garbage_key, to_json,
 };
 use crate::lock::WriteLock;
 use crate::pack::{self, PackId, PackWriter, sync_dir};
@@ -133,7 +133,7 @@ impl Store {
         }
         drop(db);
         // The config goes last: a folder without it is not (yet) a store.
-        write_atomic(&root.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        write_atomic(&root.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
         Ok(config)
     }
 
@@ -197,6 +197,22 @@ impl Store {
         }
     }
 
+    /// An entry of column family `family` under `key` that does not decode.
+    pub(crate) fn corrupt(&self, family: &'static str, key: &[u8]) -> impl FnOnce(String) -> Error {
+        let (path, key) = (self.root.join("index"), hex::encode(key));
+        move |what| Error::CorruptIndex {
+            path,
+            family,
+            key,
+            what,
+        }
+    }
+
+    /// Decodes a `chunks` value.
+    pub(crate) fn decode_location(&self, key: &[u8], v: &[u8]) -> Result<Location> {
+        Location::decode(v).map_err(self.corrupt(CF_CHUNKS, key))
+    }
+
     /// Where a chunk is stored, if the store holds it.
     ///
     /// # Errors
@@ -206,7 +222,7 @@ impl Store {
             .db
             .get_cf(self.cf(CF_CHUNKS)?, id.0)
             .map_err(self.index_err())?;
-        Ok(v.and_then(|b| Location::decode(&b)))
+        v.map(|b| self.decode_location(&id.0, &b)).transpose()
     }
 
     /// Where many chunks are stored (one batched lookup).
@@ -218,9 +234,11 @@ impl Store {
         self.db
             .multi_get_cf(ids.iter().map(|id| (cf, id.0)))
             .into_iter()
-            .map(|r| {
-                r.map(|v| v.and_then(|b| Location::decode(&b)))
-                    .map_err(self.index_err())
+            .zip(ids)
+            .map(|(r, id)| {
+                r.map_err(self.index_err())?
+                    .map(|b| self.decode_location(&id.0, &b))
+                    .transpose()
             })
             .collect()
     }
@@ -449,11 +467,7 @@ impl Store {
         }
         let mut batch = WriteBatch::default();
         for p in &orphans {
-            batch.put_cf(
-                cf,
-                point_key(&p.id)?,
-                serde_json::to_vec(p).unwrap_or_default(),
-            );
+            batch.put_cf(cf, point_key(&p.id)?, to_json(p, "a catalogue entry")?);
         }
         let changes: Vec<(&RecoveryPoint, i64)> = orphans.iter().map(|p| (p, 1)).collect();
         self.count_refs(&mut batch, &changes)?;
@@ -502,8 +516,12 @@ impl Store {
         let points_cf = db
             .cf_handle(CF_POINTS)
             .ok_or_else(|| Error::Usage("no points column family".into()))?;
+        let garbage_cf = db
+            .cf_handle(CF_GARBAGE)
+            .ok_or_else(|| Error::Usage("no garbage column family".into()))?;
         let mut report = RebuildReport::default();
-        for path in files_under(&root.join("packs"), "pack")? {
+        let packs_dir = root.join("packs");
+        for path in files_under(&packs_dir, "pack")? {
             let scan = match pack::scan(&path) {
                 Ok(s) => s,
                 Err(e) => {
@@ -517,7 +535,10 @@ impl Store {
                     .push(format!("{}: stopped at offset {at}: {why}", path.display()));
             }
             let mut batch = WriteBatch::default();
+            // Frames of this pack indexed by this batch (a pack may hold a chunk twice).
+            let mut here: HashMap<ChunkId, Location> = HashMap::new();
             for f in &scan.frames {
+                let id = f.header.id;
                 let loc = Location {
                     pack: scan.id,
                     offset: f.offset,
@@ -526,17 +547,44 @@ impl Store {
                     codec: f.header.codec,
                     kind: f.header.kind,
                 };
-                batch.put_cf(chunks_cf, f.header.id.0, loc.encode());
+                let earlier = match here.get(&id) {
+                    Some(l) => Some(*l),
+                    None => db
+                        .get_cf(chunks_cf, id.0)
+                        .map_err(err)?
+                        .map(|v| {
+                            Location::decode(&v).map_err(|what| Error::CorruptIndex {
+                                path: index.clone(),
+                                family: CF_CHUNKS,
+                                key: id.to_hex(),
+                                what,
+                            })
+                        })
+                        .transpose()?,
+                };
+                // A chunk stored twice (a heal stored a fresh copy of a damaged one, or gc
+                // copied it): index a copy that reads back as its id; the other is garbage.
+                let keep = match earlier {
+                    None => loc,
+                    Some(old) => {
+                        report.duplicates += 1;
+                        let (keep, drop) = if frame_is_good(&packs_dir, &id, &old) {
+                            (old, loc)
+                        } else {
+                            (loc, old)
+                        };
+                        batch.put_cf(garbage_cf, garbage_key(drop.pack, drop.offset), id.0);
+                        keep
+                    }
+                };
+                here.insert(id, keep);
+                batch.put_cf(chunks_cf, id.0, keep.encode());
             }
             let info = PackInfo {
                 size: scan.len,
                 chunks: scan.frames.len() as u64,
             };
-            batch.put_cf(
-                packs_cf,
-                scan.id.0,
-                serde_json::to_vec(&info).unwrap_or_default(),
-            );
+            batch.put_cf(packs_cf, scan.id.0, to_json(&info, "a pack entry")?);
             db.write(batch).map_err(err)?;
             report.packs += 1;
             report.chunks += scan.frames.len() as u64;
@@ -546,7 +594,7 @@ impl Store {
             batch.put_cf(
                 points_cf,
                 point_key(&p.id)?,
-                serde_json::to_vec(&p).unwrap_or_default(),
+                to_json(&p, "a catalogue entry")?,
             );
             report.points += 1;
         }
@@ -560,9 +608,23 @@ impl Store {
     }
 }
 
+/// Whether the frame at `loc` reads back as chunk `id` (decodes and hashes to it).
+fn frame_is_good(packs_dir: &Path, id: &ChunkId, loc: &Location) -> bool {
+    let path = loc.pack.path(packs_dir);
+    File::open(&path)
+        .map_err(Error::io(&path, "opening a pack"))
+        .and_then(|f| pack::read_frame(&f, &path, loc.offset))
+        .is_ok_and(|(h, stored)| {
+            h.id == *id && chunk::decode(id, h.codec, h.plain_len, &stored).is_ok()
+        })
+}
+
 /// What [`Store::rebuild_index`] found.
 #[derive(Debug, Default, Clone)]
 pub struct RebuildReport {
+    /// Chunks found more than once: a copy that reads back as its id is indexed, the others
+    /// are listed as garbage.
+    pub duplicates: u64,
     /// Packs scanned.
     pub packs: u64,
     /// Chunk frames indexed.
@@ -807,7 +869,7 @@ impl<'a> Session<'a> {
         }
         let packs_cf = store.cf(CF_PACKS)?;
         for (id, info) in &packs {
-            batch.put_cf(packs_cf, id.0, serde_json::to_vec(info).unwrap_or_default());
+            batch.put_cf(packs_cf, id.0, to_json(info, "a pack entry")?);
         }
         // Unreferenced until the catalogue batch counts them: listed as garbage, so a crash
         // before that batch leaves nothing that garbage collection cannot find.
