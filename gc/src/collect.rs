@@ -265,6 +265,46 @@ impl<'a> Copier<'a> {
     }
 }
 
+/// The new packs a copy writes, counted without writing them: as [`Copier`] does, a frame goes
+/// to a new pack when the open one has reached the target size.
+struct NewPacks {
+    target: u64,
+    /// Bytes of the open pack, if one is open.
+    open: Option<u64>,
+    /// Packs opened.
+    count: u64,
+    /// Bytes of every new pack, headers included.
+    total: u64,
+    /// Bytes of the frames copied.
+    frame_bytes: u64,
+}
+
+impl NewPacks {
+    fn new(target: u64) -> Self {
+        Self {
+            target,
+            open: None,
+            count: 0,
+            total: 0,
+            frame_bytes: 0,
+        }
+    }
+
+    fn append(&mut self, frame: u64) {
+        let len = match self.open {
+            Some(len) if len < self.target => len,
+            _ => {
+                self.count += 1;
+                self.total += PACK_HEADER_SIZE;
+                PACK_HEADER_SIZE
+            }
+        };
+        self.open = Some(len + frame);
+        self.total += frame;
+        self.frame_bytes += frame;
+    }
+}
+
 /// A pack's frames as the index and counts see them now.
 struct PackFrames {
     /// Frames the index names there whose count is above zero.
@@ -331,27 +371,30 @@ fn collect_inner(
     let actions = plan(&ro, opts, &mut report)?;
     report.plan_seconds = started.elapsed().as_secs_f64();
     if opts.dry_run {
+        // What the run would do, step for step: the same packs, the same frames copied in the
+        // same order into new packs sealed at the same size.
         let infos = ro.pack_infos()?;
+        let mut removed_bytes = 0u64;
+        let mut new_packs = NewPacks::new(ro.config().pack_target_size);
         for (pack, action) in &actions {
             let size = infos.get(pack).map_or(0, |i| i.size);
-            match action {
-                Action::Delete => {
-                    report.packs_deleted += 1;
-                    report.bytes_freed += size;
-                }
-                Action::Rewrite => {
-                    report.packs_rewritten += 1;
-                    let PackFrames { live, dead, .. } = classify(&ro, *pack)?;
-                    let live_bytes: u64 = live
-                        .iter()
-                        .map(|(_, l)| FRAME_HEADER_SIZE + u64::from(l.stored_len))
-                        .sum();
-                    report.chunks_freed += dead.len() as u64;
-                    report.bytes_copied += live_bytes;
-                    report.bytes_freed += size.saturating_sub(live_bytes + PACK_HEADER_SIZE);
-                }
+            let PackFrames { live, dead, torn } = classify(&ro, *pack)?;
+            if torn {
+                continue;
             }
+            match action {
+                Action::Delete => report.packs_deleted += 1,
+                Action::Rewrite => report.packs_rewritten += 1,
+            }
+            for (_, l) in &live {
+                new_packs.append(FRAME_HEADER_SIZE + u64::from(l.stored_len));
+            }
+            report.chunks_freed += dead.len() as u64;
+            removed_bytes += size;
         }
+        report.packs_written = new_packs.count;
+        report.bytes_copied = new_packs.frame_bytes;
+        report.bytes_freed = removed_bytes.saturating_sub(new_packs.total);
         // Unindexed packs may belong to a backup running now: reported, not counted as freed.
         for (_, len) in ro.unindexed_pack_files()? {
             report.orphan_packs += 1;

@@ -401,8 +401,16 @@ mod tests {
         assert_eq!(got, ["P", "-"]);
     }
 
+    /// Five thousand points, one every 5 hours from 2024-01-01T00:00Z to 2026-11-07T11:00Z (a
+    /// Saturday), with rules that overlap. Worked out by hand: last keeps the 3 points of Nov 7;
+    /// daily the newest of Nov 6 back to Oct 31 (Nov 7 is covered); weekly the newest of the
+    /// ISO weeks ending Oct 25, 18, 11 and 4 (the weeks of Nov 2 and Oct 26 are covered), and
+    /// removes the older points of those weeks, Sep 28 to Oct 3 among them; monthly Sep 2026
+    /// (its newest point left: Sep 27's last) back to Oct 2025 (Nov and Oct 2026 are covered);
+    /// yearly only 2024 (2026 and 2025 are covered, and there is no older year). Every other
+    /// point is removed.
     #[test]
-    fn a_thousand_points_plan_quickly() {
+    fn five_thousand_points_keep_the_newest_point_of_each_period_worked_out_by_hand() {
         let base = at("2024-01-01T00:00:00Z");
         let c: Vec<Candidate> = (0..5000)
             .map(|i| Candidate {
@@ -410,6 +418,34 @@ mod tests {
                 protected: false,
             })
             .collect();
+        assert_eq!(c[4999].time, at("2026-11-07T11:00:00Z"));
+        // The newest point strictly before the start of a period's successor.
+        let newest_before = |end: &str| ((at(end) - base).num_hours() - 1) as usize / 5;
+        let mut want: Vec<(usize, Rule)> =
+            vec![(4999, Rule::Last), (4998, Rule::Last), (4997, Rule::Last)];
+        for day in [
+            "11-07", "11-06", "11-05", "11-04", "11-03", "11-02", "11-01",
+        ] {
+            want.push((newest_before(&format!("2026-{day}T00:00:00Z")), Rule::Daily));
+        }
+        for monday in ["10-26", "10-19", "10-12", "10-05"] {
+            want.push((
+                newest_before(&format!("2026-{monday}T00:00:00Z")),
+                Rule::Weekly,
+            ));
+        }
+        want.push((newest_before("2026-09-28T00:00:00Z"), Rule::Monthly));
+        for first in [
+            "2026-09", "2026-08", "2026-07", "2026-06", "2026-05", "2026-04", "2026-03", "2026-02",
+            "2026-01", "2025-12", "2025-11",
+        ] {
+            want.push((
+                newest_before(&format!("{first}-01T00:00:00Z")),
+                Rule::Monthly,
+            ));
+        }
+        want.push((newest_before("2025-01-01T00:00:00Z"), Rule::Yearly));
+        want.sort_unstable_by_key(|w| w.0);
         let rules = Rules {
             last: 3,
             daily: 7,
@@ -418,11 +454,15 @@ mod tests {
             yearly: 3,
             ..Rules::default()
         };
-        let got = plan(&c, &rules, &utc());
-        let kept = got.iter().filter(|k| k.is_some()).count();
-        // Points every 5 hours over ~3 years: never more than the rules' sum, at least the
-        // 12 months, and the newest point always kept.
-        assert!((12..=3 + 7 + 4 + 12 + 3).contains(&kept), "{kept}");
-        assert!(got[c.len() - 1].is_some());
+        let got: Vec<(usize, Rule)> = plan(&c, &rules, &utc())
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, k)| match k {
+                Some(Keep::Rule(r)) => Some((i, r)),
+                Some(Keep::Protected) => panic!("point {i} is not protected"),
+                None => None,
+            })
+            .collect();
+        assert_eq!(got, want);
     }
 }

@@ -169,11 +169,14 @@ pub fn verify(
     };
     report.chunks_in_scope = (tree_ids.len() + data_ids.len()) as u64;
     let marked: HashMap<ChunkId, BadMark> = store.bad_chunks()?.into_iter().collect();
+    let scope: HashSet<ChunkId> = tree_ids.iter().chain(&data_ids).copied().collect();
     if let Some(share) = opts.sample {
         data_ids = sample(data_ids, share);
     }
     let mut to_read: Vec<ChunkId> = tree_ids.clone();
     to_read.extend(data_ids);
+    // Chunks marked bad are read again to clear the marks of those that read well now (healed);
+    // one outside the scope (another VM's, or no longer referenced) is not this run's finding.
     let in_list: HashSet<ChunkId> = to_read.iter().copied().collect();
     to_read.extend(marked.keys().filter(|id| !in_list.contains(id)).copied());
     // Read in pack order, in parallel.
@@ -183,9 +186,10 @@ pub fn verify(
     for (id, loc) in to_read.iter().zip(locs) {
         match loc {
             Some(l) => jobs.push((*id, l)),
-            None => {
+            None if scope.contains(id) => {
                 findings.insert(*id, ("missing", "not in the index".into(), None));
             }
+            None => {}
         }
     }
     jobs.sort_by_key(|(_, l)| (l.pack, l.offset));
@@ -212,9 +216,10 @@ pub fn verify(
         report.bytes_read += cairn_store::pack::FRAME_HEADER_SIZE + u64::from(loc.stored_len);
         let location = format!("pack {} offset {}", loc.pack.to_hex(), loc.offset);
         match err {
-            Some(e) => {
+            Some(e) if scope.contains(&id) => {
                 findings.insert(id, ("bad", e, Some(location)));
             }
+            Some(_) => {}
             None if marked.contains_key(&id) => healed.push(id),
             None => {}
         }
