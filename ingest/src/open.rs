@@ -1,0 +1,289 @@
+//! Opening a request's source: detect raw or VHD, choose how to read it (whole, or as a delta on
+//! a parent point), and say what the point will record of it.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use cairn_store::{RecoveryPoint, SourceInfo, Store};
+use cairn_vhd::{Chain, DiskType, Vhd};
+
+use crate::source::{ChunkSource, RawSource};
+use crate::stream::{self, Input, Spool, Stream};
+use crate::vhd_source::{ChainBlocks, FileVhd, ParentRefs, SparseBlocks, VhdChunks};
+use crate::{Error, Format, KeyMode, Request, Result};
+
+/// A source ready to read.
+pub(crate) struct Opened<'s> {
+    /// What the point records of the source.
+    pub(crate) info: SourceInfo,
+    /// The chunks.
+    pub(crate) src: Box<dyn ChunkSource + 's>,
+    /// The disk's size, when known before reading (not for a raw stream).
+    pub(crate) size: Option<u64>,
+    /// The point a delta is applied to; `None` for a full read (a key backup).
+    pub(crate) parent: Option<String>,
+    /// A spooled copy of stdin, removed when dropped.
+    pub(crate) _spool: Option<Spool>,
+}
+
+/// Opens `req.source` for a store of chunk size `chunk`; `input` is the stream to read when
+/// the source is not a file (`-`).
+pub(crate) fn open<'s>(
+    store: &'s Store,
+    req: &Request,
+    input: Option<Input>,
+    chunk: u32,
+) -> Result<Opened<'s>> {
+    let shown = req.source.display().to_string();
+    let input = match input {
+        Some(i) => Some(i),
+        None if req.source == Path::new("-") => Some(Box::new(std::io::stdin()) as Input),
+        None => None,
+    };
+    let opened = if let Some(input) = input {
+        match stream::open(input, &shown, req.format, &req.spool_dir)? {
+            Stream::Raw(reader) => full(
+                "raw",
+                &shown,
+                None,
+                None,
+                Box::new(RawSource::new(reader, shown.clone().into(), chunk)),
+            ),
+            Stream::Vhd(vhd) => {
+                let info = SourceInfo {
+                    kind: format!("vhd-{}", vhd.footer().disk_type.name()),
+                    vhd_uuid: Some(vhd.footer().uuid.to_string()),
+                    path: shown.clone(),
+                };
+                let size = vhd.disk_size();
+                if vhd.footer().disk_type == DiskType::Differencing {
+                    if req.key == KeyMode::Forced {
+                        return Err(Error::Refused(
+                            "a key backup reads the whole disk, and a differencing VHD on stdin \
+                             comes without its parents: give the VHD's path (its parents beside \
+                             it) or back up the full disk"
+                                .into(),
+                        ));
+                    }
+                    let want = vhd.header().parent_uuid.to_string();
+                    let parent = choose_parent(store, req, &shown, &want, size)?;
+                    let blocks = SparseBlocks::new(*vhd, shown.clone().into());
+                    delta(store, info, size, &parent, blocks, chunk)?
+                } else {
+                    let blocks = SparseBlocks::new(*vhd, shown.clone().into());
+                    Opened {
+                        info,
+                        src: Box::new(VhdChunks::new(blocks, chunk, None)),
+                        size: Some(size),
+                        parent: None,
+                        _spool: None,
+                    }
+                }
+            }
+            Stream::Spooled(spool) => {
+                let mut opened = open_file(store, req, &spool.0, &shown, chunk)?;
+                opened._spool = Some(spool);
+                opened
+            }
+        }
+    } else {
+        open_file(store, req, &req.source, &shown, chunk)?
+    };
+    if opened.parent.is_none()
+        && let Some(p) = &req.parent
+    {
+        return Err(Error::Refused(format!(
+            "{shown}: --parent {} applies a differencing VHD to a point, but this source is a \
+             {} read whole; drop --parent",
+            p.short_id(),
+            opened.info.kind
+        )));
+    }
+    Ok(opened)
+}
+
+/// A full read.
+fn full<'s>(
+    kind: &str,
+    path: &str,
+    vhd_uuid: Option<String>,
+    size: Option<u64>,
+    src: Box<dyn ChunkSource + 's>,
+) -> Opened<'s> {
+    Opened {
+        info: SourceInfo {
+            kind: kind.into(),
+            vhd_uuid,
+            path: path.into(),
+        },
+        src,
+        size,
+        parent: None,
+        _spool: None,
+    }
+}
+
+/// A delta applied to `parent`.
+fn delta<'s, B: crate::vhd_source::Blocks + 's>(
+    store: &'s Store,
+    info: SourceInfo,
+    size: u64,
+    parent: &RecoveryPoint,
+    blocks: B,
+    chunk: u32,
+) -> Result<Opened<'s>> {
+    let refs = store.chunk_refs(parent)?;
+    let parent_refs = ParentRefs { store, refs };
+    Ok(Opened {
+        info,
+        src: Box::new(VhdChunks::new(blocks, chunk, Some(parent_refs))),
+        size: Some(size),
+        parent: Some(parent.id.clone()),
+        _spool: None,
+    })
+}
+
+/// Opens a file (or a spooled stream, shown as `shown`).
+fn open_file<'s>(
+    store: &'s Store,
+    req: &Request,
+    path: &Path,
+    shown: &str,
+    chunk: u32,
+) -> Result<Opened<'s>> {
+    let io_err = |what: &'static str| {
+        let path: PathBuf = path.to_path_buf();
+        move |source| Error::Io {
+            path,
+            offset: 0,
+            what,
+            source,
+        }
+    };
+    let mut file = File::open(path).map_err(io_err("opening"))?;
+    let is_vhd = match req.format {
+        Format::Vhd => true,
+        Format::Raw => false,
+        Format::Auto => looks_like_vhd(&mut file).map_err(io_err("reading"))?,
+    };
+    if !is_vhd {
+        let len = file
+            .seek(SeekFrom::End(0))
+            .and_then(|l| file.seek(SeekFrom::Start(0)).map(|_| l))
+            .map_err(io_err("reading"))?;
+        let reader = BufReader::with_capacity(1 << 20, file);
+        let src = Box::new(RawSource::new(reader, path.to_path_buf(), chunk));
+        return Ok(full("raw", shown, None, Some(len), src));
+    }
+    let vhd = Vhd::open(file).map_err(|e| e.in_file(shown))?;
+    let uuid = Some(vhd.footer().uuid.to_string());
+    let size = vhd.disk_size();
+    let kind = format!("vhd-{}", vhd.disk_type().name());
+    if vhd.disk_type() != DiskType::Differencing {
+        let blocks = ChainBlocks {
+            chain: Chain::single(path.to_path_buf(), vhd),
+            read: 0,
+        };
+        let src = Box::new(VhdChunks::new(blocks, chunk, None));
+        return Ok(full(&kind, shown, uuid, Some(size), src));
+    }
+    // A key backup reads the whole disk through the parent VHD files; when one is only due, a
+    // delta whose parents are gone applies as usual.
+    let chain = match req.key {
+        KeyMode::No => None,
+        KeyMode::Due => Chain::open(path, |p| File::open(p)).ok(),
+        KeyMode::Forced => Some(Chain::open(path, |p| File::open(p)).map_err(|e| {
+            Error::Refused(format!(
+                "a key backup reads the whole disk through the VHD's parents, and they cannot \
+                 be opened: {e}"
+            ))
+        })?),
+    };
+    let info = SourceInfo {
+        kind,
+        vhd_uuid: uuid,
+        path: shown.to_owned(),
+    };
+    if let Some(chain) = chain {
+        let blocks = ChainBlocks { chain, read: 0 };
+        return Ok(Opened {
+            info,
+            src: Box::new(VhdChunks::new(blocks, chunk, None)),
+            size: Some(size),
+            parent: None,
+            _spool: None,
+        });
+    }
+    let want = vhd
+        .header()
+        .map(|h| h.parent_uuid.to_string())
+        .unwrap_or_default();
+    let parent = choose_parent(store, req, shown, &want, size)?;
+    let blocks = SparseBlocks::new(FileVhd { vhd, read: 0 }, path.to_path_buf());
+    delta(store, info, size, &parent, blocks, chunk)
+}
+
+/// The point a differencing VHD applies to: `--parent`, or the disk's latest point when it was
+/// read from the VHD the delta names as its parent (`parent_uuid`).
+fn choose_parent(
+    store: &Store,
+    req: &Request,
+    shown: &str,
+    parent_uuid: &str,
+    size: u64,
+) -> Result<RecoveryPoint> {
+    let parent = match &req.parent {
+        Some(p) => p.clone(),
+        None => store.latest(&req.vm, &req.disk)?.ok_or_else(|| {
+            Error::Refused(format!(
+                "{shown} is a differencing VHD, but disk {} of VM {} has no point to apply it to; back up the full disk first or pass --parent",
+                req.disk, req.vm
+            ))
+        })?,
+    };
+    if req.parent.is_none() && parent.source.vhd_uuid.as_deref() != Some(parent_uuid) {
+        return Err(Error::Refused(format!(
+            "{shown}: the delta's parent is the VHD with UUID {parent_uuid}, but the latest point {} of {}/{} was read from {}; \
+             applying it would give wrong data (pass --parent POINT to apply it anyway)",
+            parent.short_id(),
+            req.vm,
+            req.disk,
+            parent.source.vhd_uuid.as_deref().map_or_else(
+                || format!("a {} source", parent.source.kind),
+                |u| format!("the VHD with UUID {u}")
+            )
+        )));
+    }
+    if parent.size != size {
+        return Err(Error::Refused(format!(
+            "{shown}: the delta's disk is {size} bytes but its parent point {} is {} bytes",
+            parent.short_id(),
+            parent.size
+        )));
+    }
+    if parent.chunk_size != store.config().chunk_size {
+        return Err(Error::Refused(format!(
+            "parent point {} has another chunk size",
+            parent.short_id()
+        )));
+    }
+    Ok(parent)
+}
+
+/// Detects what a file is: a VHD when its last 512 bytes or first 8 bytes carry the footer
+/// cookie.
+fn looks_like_vhd(file: &mut File) -> std::io::Result<bool> {
+    let len = file.seek(SeekFrom::End(0))?;
+    let mut cookie = [0u8; 8];
+    if len >= 512 {
+        file.seek(SeekFrom::Start(len - 512))?;
+        file.read_exact(&mut cookie)?;
+        if &cookie == b"conectix" {
+            return Ok(true);
+        }
+    }
+    file.seek(SeekFrom::Start(0))?;
+    let n = file.read(&mut cookie)?;
+    Ok(n == 8 && &cookie == b"conectix")
+}
