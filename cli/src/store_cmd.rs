@@ -456,13 +456,20 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
     if a.json {
         println!(
             "{}",
-            json!({ "packs": r.packs, "chunks": r.chunks, "points": r.points, "problems": r.problems })
+            json!({ "packs": r.packs, "chunks": r.chunks, "points": r.points, "duplicates": r.duplicates, "problems": r.problems })
         );
     } else {
         println!(
             "rebuilt the index: {} packs, {} chunks, {} recovery points",
             r.packs, r.chunks, r.points
         );
+        if r.duplicates > 0 {
+            println!(
+                "{} chunk(s) found twice: the copy that reads back as its id is indexed, the other \
+                 is garbage for `cairn gc`",
+                r.duplicates
+            );
+        }
         for p in &r.problems {
             println!("note: {p}");
         }

@@ -1,8 +1,9 @@
-//! Every command has help text with an example.
+//! Every command and subcommand has help text with an example of itself. The commands are read
+//! from cairn's own help, recursively, so a command added later is checked too.
 
 use std::process::Command;
 
-fn help(args: &[&str]) -> String {
+fn help(args: &[String]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(args)
         .arg("--help")
@@ -12,27 +13,68 @@ fn help(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The subcommands listed under "Commands:" in a help text (not `help` itself).
+fn subcommands(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("Commands:") {
+            inside = true;
+            continue;
+        }
+        if inside {
+            // Entries are indented by two spaces; a wrapped description by more.
+            let Some(rest) = line.strip_prefix("  ") else {
+                break;
+            };
+            if rest.starts_with(' ') {
+                continue;
+            }
+            let name = rest.split_whitespace().next().unwrap_or_default();
+            if !name.is_empty() && name != "help" {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn every_command_has_help_with_an_example() {
     let top = help(&[]);
+    let mut todo: Vec<Vec<String>> = subcommands(&top).into_iter().map(|c| vec![c]).collect();
     for c in [
-        "init", "backup", "restore", "list", "report", "repair", "vhd",
+        "init", "backup", "restore", "list", "report", "repair", "vhd", "gc", "verify",
     ] {
-        assert!(top.contains(c), "{c} missing from:\n{top}");
-    }
-    for cmd in [
-        &["vhd", "info"][..],
-        &["vhd", "check"],
-        &["vhd", "to-raw"],
-        &["vhd", "from-raw"],
-    ] {
-        let text = help(cmd);
-        assert!(text.contains("Example:"), "{cmd:?} has no example:\n{text}");
         assert!(
-            text.contains(&format!("cairn {}", cmd.join(" "))),
-            "{cmd:?} example does not show the command:\n{text}"
+            todo.iter().any(|t| t[0] == c),
+            "{c} missing from the commands of:\n{top}"
         );
     }
+    let mut checked = 0;
+    while let Some(cmd) = todo.pop() {
+        let text = help(&cmd);
+        let subs = subcommands(&text);
+        if !subs.is_empty() {
+            // A group (`vhd`, `policy`): each of its commands carries the example.
+            todo.extend(subs.into_iter().map(|s| {
+                let mut c = cmd.clone();
+                c.push(s);
+                c
+            }));
+            continue;
+        }
+        assert!(
+            text.contains("\nExample:\n") || text.contains("\nExamples:\n"),
+            "{cmd:?} has no example:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("cairn {}", cmd.join(" "))),
+            "{cmd:?}'s example does not show the command:\n{text}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 15, "only {checked} commands found");
 }
 
 #[test]

@@ -231,6 +231,23 @@ pub fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
+/// The unsigned number under `key`; a missing key or another type fails the test (an
+/// `Option` comparison would pass when the key is missing).
+#[must_use]
+pub fn num(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number under \"{key}\" in {v}"))
+}
+
+/// The number under `key`, as a float; missing fails the test.
+#[must_use]
+pub fn float(v: &serde_json::Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no number under \"{key}\" in {v}"))
+}
+
 /// A 3-level vhd-lib chain in `dir` written sector by sector (so partially changed blocks get
 /// partial bitmaps): `base.vhd` holding `r0`, `delta.vhd` holding `r1`, `delta2.vhd` holding
 /// `r2`. Returns what `xo_make_chain.js` reported of the first delta.
@@ -300,6 +317,45 @@ impl TestStore {
     /// Restores a point.
     pub fn restore(&self, point: &str, out: &Path, format: &str) {
         ok(self.cmd(&["restore", point, "--format", format]).arg(out));
+    }
+
+    /// Runs `cairn ARGS` on this store under `strace`, killed with SIGKILL on entering the
+    /// `when`-th call (over all threads) of `syscalls` (comma-separated; strace counts each
+    /// system call of the list on its own). Returns how it ended: killed by signal 9 when the
+    /// call was reached, else the command's own exit.
+    pub fn killed_at(
+        &self,
+        syscalls: &str,
+        when: u32,
+        args: &[&OsStr],
+    ) -> std::process::ExitStatus {
+        self.killed_at_path(syscalls, when, None, args)
+    }
+
+    /// As [`TestStore::killed_at`], counting only the calls on `path` (strace `-P`: a file or
+    /// folder, given absolute, that exists when the command starts).
+    pub fn killed_at_path(
+        &self,
+        syscalls: &str,
+        when: u32,
+        path: Option<&Path>,
+        args: &[&OsStr],
+    ) -> std::process::ExitStatus {
+        let mut c = Command::new("strace");
+        if let Some(p) = path {
+            c.arg("-P").arg(p);
+        }
+        c.args(["-f", "-qq", "-o", "/dev/null", "-e"])
+            .arg(format!("trace={syscalls}"))
+            .arg("-e")
+            .arg(format!("inject={syscalls}:signal=SIGKILL:when={when}"))
+            .arg(cairn_bin())
+            .args(args)
+            .env("CAIRN_STORE", self.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run strace (installed by scripts/setup.sh)")
     }
 
     /// `cairn list --json`.

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use cairn_tests::{
-    TestStore as Store, assert_same_content, cairn, gen_disk, id, json, node, ok, read, run,
-    xo_chain3,
+    TestStore as Store, assert_same_content, cairn, float, gen_disk, id, json, node, num, ok, read,
+    run, xo_chain3,
 };
 
 const SIZE: &str = "64M";
@@ -61,7 +61,7 @@ fn a_series_backed_up_every_way_restores_bit_exact_everywhere() {
     );
     let p1 = json(&String::from_utf8_lossy(&out.stdout))[0].clone();
     assert!(
-        p1["new_stored_bytes"].as_u64() < p0["new_stored_bytes"].as_u64().map(|b| b / 5),
+        num(&p1, "new_stored_bytes") < num(&p0, "new_stored_bytes") / 5,
         "day 1 must cost only what changed: {p1}"
     );
     let q2 = w.join("day2.vhd");
@@ -80,7 +80,7 @@ fn a_series_backed_up_every_way_restores_bit_exact_everywhere() {
     let p2 = store.backup("web01", "2026-11-03T02:00:00Z", "xvda", &q2, &[]);
     assert_eq!(p2["source"]["kind"], "vhd-dynamic");
     assert!(
-        p2["bytes_read"].as_u64() < p2["logical_bytes"].as_u64(),
+        num(&p2, "bytes_read") < num(&p2, "logical_bytes"),
         "unallocated VHD blocks must not be read: {p2}"
     );
 
@@ -110,16 +110,16 @@ fn a_series_backed_up_every_way_restores_bit_exact_everywhere() {
     );
     assert_eq!(x1["source"]["kind"], "vhd-differencing");
     assert!(
-        x1["parent_chunks"].as_u64() > Some(0),
+        num(&x1, "parent_chunks") > 0,
         "blocks absent from the delta come from the parent: {x1}"
     );
     assert!(
-        x2["bytes_read"].as_u64() < x2["logical_bytes"].as_u64().map(|b| b / 4),
+        num(&x2, "bytes_read") < num(&x2, "logical_bytes") / 4,
         "a delta reads only its blocks: {x2}"
     );
     // The same VM's data: the xo points cost (almost) nothing new.
     assert!(
-        x0["new_chunks"].as_u64() == Some(0),
+        num(&x0, "new_chunks") == 0,
         "xo01 day 0 is web01 day 0: {x0}"
     );
 
@@ -197,14 +197,12 @@ fn a_series_backed_up_every_way_restores_bit_exact_everywhere() {
     // Report: dedup and per-point costs are there and consistent.
     let report = json(&ok(&mut store.cmd(&["report", "--json"])));
     assert!(
-        report["store"]["dedup_ratio"].as_f64() > Some(2.0),
+        float(&report["store"], "dedup_ratio") > 2.0,
         "{}",
         report["store"]
     );
     assert_eq!(report["points"].as_array().map(Vec::len), Some(6));
-    assert!(
-        report["store"]["stored_bytes"].as_u64() < report["store"]["xo_vhd_deltas_bytes"].as_u64()
-    );
+    assert!(num(&report["store"], "stored_bytes") < num(&report["store"], "xo_vhd_deltas_bytes"));
 }
 
 #[test]
@@ -218,8 +216,8 @@ fn a_clone_of_the_same_template_costs_only_its_own_data() {
     let alone = Store::new("256K");
     let by_itself = alone.backup("vm-b", "2026-11-01T02:00:00Z", "xvda", &b[0], &[]);
     let (s, t) = (
-        in_shared["new_stored_bytes"].as_u64().unwrap_or(0),
-        by_itself["new_stored_bytes"].as_u64().unwrap_or(0),
+        num(&in_shared, "new_stored_bytes"),
+        num(&by_itself, "new_stored_bytes"),
     );
     // The OS region (a quarter of the disk, most of its data) is shared with vm-a.
     assert!(
@@ -233,51 +231,177 @@ fn a_clone_of_the_same_template_costs_only_its_own_data() {
         .find(|v| v["vm"] == "vm-b")
         .expect("vm-b in report");
     assert!(
-        b_vm["unique_stored_bytes"].as_u64() < b_vm["stored_bytes"].as_u64(),
+        num(b_vm, "unique_stored_bytes") < num(b_vm, "stored_bytes"),
         "{b_vm}"
     );
 }
 
+/// Kills a backup at each of its durability points in turn (every `fsync`, `fdatasync` and
+/// `rename`) and once in the middle of its pack writes, through `strace --inject`, until a run
+/// reaches its end unharmed. Each killed run must have been killed (signal 9, so the kill
+/// landed), and leave the earlier point bit-exact; a run killed after its root file was renamed
+/// into place is a committed point, which the next writer publishes with its reference counts
+/// (checked by forgetting it and collecting its space).
 #[test]
-fn kill_9_during_a_backup_leaves_earlier_points_intact_and_the_next_backup_working() {
+fn kill_9_at_every_sync_and_rename_of_a_backup_loses_nothing() {
+    use std::os::unix::process::ExitStatusExt;
     let store = Store::new("64K");
     let work = tempfile::tempdir().expect("tempdir");
     let raws = days(work.path(), 3, 9, 2);
     let p0 = store.backup("db01", "2026-11-01T02:00:00Z", "xvda", &raws[0], &[]);
-    // A bigger, different disk to be interrupted at different moments.
-    let big = work.path().join("big.raw");
-    gen_disk(&big, "256M", 4, 10, 0);
-    for delay_ms in [30u64, 120, 400, 900] {
-        let mut child = store
-            .cmd(&["backup", "--vm", "db01", "--time", "2026-11-02T02:00:00Z"])
-            .arg(format!("xvda={}", big.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill(); // SIGKILL
-        let status = child.wait().expect("wait");
-        let points = store.list();
-        if status.success() {
-            // It finished before the kill: then it must be whole.
-            assert_eq!(points.len(), 2);
-            break;
-        }
-        assert_eq!(
-            points.len(),
-            1,
-            "a killed backup must publish nothing (after {delay_ms} ms)"
-        );
+    let other = work.path().join("other.raw");
+    gen_disk(&other, SIZE, 4, 10, 0);
+    let source = format!("xvda={}", other.display());
+    let words = [
+        "backup",
+        "--vm",
+        "db02",
+        "--time",
+        "2026-11-02T02:00:00Z",
+        &source,
+    ];
+    let args: Vec<&OsStr> = words.iter().map(OsStr::new).collect();
+    let check_p0 = |when: &str| {
         let out = work.path().join("p0.raw");
         store.restore(&id(&p0), &out, "raw");
         assert_same_content(&out, &raws[0], true);
+        let _ = std::fs::remove_file(&out);
+        eprintln!("p0 intact after a kill {when}");
+    };
+
+    // In the middle of the pack writes: a kill there leaves an unindexed pack, and no point.
+    // (The first few dozen writes are the index's as it opens; the first N that lands in a
+    // pack is found by stepping N, each run checked.)
+    let mut mid_write = None;
+    for when in (20..400).step_by(8) {
+        let status = store.killed_at("write,pwrite64", when, &args);
+        if status.success() {
+            break;
+        }
+        assert_eq!(status.signal(), Some(9), "write #{when}: {status}");
+        assert_eq!(store.list().len(), 1, "a killed backup published a point");
+        check_p0(&format!("at write #{when}"));
+        let dry = json(&ok(&mut store.cmd(&["gc", "--dry-run", "--json"])));
+        if num(&dry, "orphan_packs") >= 1 {
+            mid_write = Some(when);
+            break;
+        }
     }
+    assert!(mid_write.is_some(), "no kill landed among the pack writes");
+
+    // strace counts each system call on its own: each is stepped through on its own.
+    for syscalls in ["fsync", "fdatasync", "rename"] {
+        let mut when = 1;
+        loop {
+            let status = store.killed_at(syscalls, when, &args);
+            if status.success() {
+                assert!(when > 1, "{syscalls}: no call was reached");
+                break;
+            }
+            assert_eq!(status.signal(), Some(9), "{syscalls} #{when}: {status}");
+            check_p0(&format!("at {syscalls} #{when}"));
+            let root_files = walk_files(&store.path().join("points"), "json");
+            if root_files.len() == 2 {
+                // Committed: the root file is there. If the catalogue missed it, the next
+                // writer publishes it, whole and counted.
+                let p = store.backup("db03", "2026-11-03T02:00:00Z", "xvda", &raws[1], &[]);
+                let list = store.list();
+                assert_eq!(list.len(), 3, "the orphan root file was not published");
+                let orphan = list
+                    .iter()
+                    .find(|q| q["vm"] == "db02")
+                    .expect("the published point");
+                let out = work.path().join("orphan.raw");
+                store.restore(&id(orphan), &out, "raw");
+                assert_same_content(&out, &other, true);
+                // Its counts are right: forgetting it frees its chunks, and nothing else.
+                ok(&mut store.cmd(&["forget", &id(orphan), &id(&p)]));
+                let g = json(&ok(&mut store.cmd(&[
+                    "gc",
+                    "--json",
+                    "--repack-below",
+                    "100",
+                ])));
+                assert!(num(&g, "bytes_freed") > 0, "{g}");
+                let v = run(&mut store.cmd(&["verify"]));
+                assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+            } else {
+                assert_eq!(root_files.len(), 1, "at {syscalls} #{when}");
+                assert_eq!(store.list().len(), 1, "a killed backup published a point");
+            }
+            check_p0(&format!("after {syscalls} #{when}"));
+            when += 1;
+            assert!(when < 64, "{syscalls}: the backup never finished");
+        }
+        // Start the next series from one point again.
+        for q in store.list() {
+            if q["vm"] != "db01" {
+                ok(&mut store.cmd(&["forget", &id(&q)]));
+            }
+        }
+    }
+    // Exactly between the root file and the catalogue: the fsync of the root file's folder
+    // after the rename. Readers do not see the point; the next writer publishes it.
+    let folder = store.path().join("points/db02/xvda");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    let status = store.killed_at_path("fsync", 1, Some(&folder), &args);
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "not killed at the folder's fsync: {status}"
+    );
+    assert_eq!(
+        walk_files(&folder, "json").len(),
+        1,
+        "the root file is not there"
+    );
+    assert_eq!(store.list().len(), 1, "a reader published the root file");
+    let p = store.backup("db03", "2026-11-03T02:00:00Z", "xvda", &raws[1], &[]);
+    let list = store.list();
+    assert_eq!(
+        list.len(),
+        3,
+        "the next writer did not publish the root file"
+    );
+    let orphan = list.iter().find(|q| q["vm"] == "db02").expect("published");
+    let out = work.path().join("orphan.raw");
+    store.restore(&id(orphan), &out, "raw");
+    assert_same_content(&out, &other, true);
+    // Counted when published: forgetting it and the new point frees their chunks, and every
+    // other point stays whole.
+    ok(&mut store.cmd(&["forget", &id(orphan), &id(&p)]));
+    let g = json(&ok(&mut store.cmd(&[
+        "gc",
+        "--json",
+        "--repack-below",
+        "100",
+    ])));
+    assert!(num(&g, "bytes_freed") > 0, "{g}");
+    let v = run(&mut store.cmd(&["verify"]));
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    check_p0("after the published point was forgotten");
     // The next backup takes over the lock and works.
     let p1 = store.backup("db01", "2026-11-03T02:00:00Z", "xvda", &raws[1], &[]);
     let out = work.path().join("p1.raw");
     store.restore(&id(&p1), &out, "raw");
     assert_same_content(&out, &raws[1], true);
+}
+
+/// Files with extension `ext` under `dir`, recursively.
+fn walk_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension() == Some(OsStr::new(ext)) {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 #[test]
@@ -297,16 +421,20 @@ fn truncated_or_corrupt_sources_are_refused_with_nothing_stored() {
     let mut f = bytes.clone();
     f[512 + 20] ^= 4;
     std::fs::write(&flipped, &f).expect("write");
-    for (bad, what) in [(&truncated, "truncated"), (&flipped, "checksum")] {
+    // The truncated file ends 512 bytes after where its footer should be; the flipped byte
+    // is in the dynamic disk header (at 512), whose checksum field is at 548.
+    let cut_footer = format!("at offset {}: no valid footer", bytes.len() - 700_000 - 512);
+    for (bad, what) in [
+        (&truncated, cut_footer.as_str()),
+        (&flipped, "at offset 548: dynamic disk header checksum"),
+    ] {
         let out = run(store
             .cmd(&["backup", "--vm", "app", "--time", "2026-11-02T02:00:00Z"])
             .arg(format!("xvda={}", bad.display())));
         assert!(!out.status.success(), "{} accepted", bad.display());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains(&bad.display().to_string())
-                && err.contains("offset")
-                && err.contains(what),
+            err.contains(&bad.display().to_string()) && err.contains(what),
             "{err}"
         );
         assert_eq!(store.list().len(), 1);
@@ -411,8 +539,10 @@ fn a_corrupt_chunk_fails_the_restore_naming_chunk_and_offset() {
         .arg(work.path().join("r.raw")));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    // The message names the damaged pack and where in the disk the chunk sits.
+    let pack_name = pack.file_stem().and_then(OsStr::to_str).expect("pack name");
     assert!(
-        err.contains("chunk") && err.contains("disk offset"),
+        err.contains(pack_name) && err.contains("disk offset"),
         "{err}"
     );
 }
@@ -465,10 +595,11 @@ fn vhd_streams_on_stdin_are_read_in_one_pass_and_truncated_streams_refused() {
         Some(20 << 20),
     );
     assert!(!cut.status.success(), "a truncated stream must be refused");
+    // Named where the stream ended: after exactly the bytes piped in.
+    let err = String::from_utf8_lossy(&cut.stderr);
     assert!(
-        String::from_utf8_lossy(&cut.stderr).contains("truncated"),
-        "{}",
-        String::from_utf8_lossy(&cut.stderr)
+        err.contains("truncated") && err.contains(&format!("{}", 20u64 << 20)),
+        "{err}"
     );
     assert!(
         store.list().is_empty() && store.pack_files() == packs_before,

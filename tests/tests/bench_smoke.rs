@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use cairn_tests::{cairn_bin, json, ok, repo_root, shared_dir};
+use cairn_tests::{cairn_bin, float, json, num, ok, repo_root, shared_dir};
 
 #[test]
 fn the_benchmark_harness_runs_on_a_tiny_workload() {
@@ -51,15 +51,54 @@ fn the_benchmark_harness_runs_on_a_tiny_workload() {
     ] {
         assert!(steps.contains(&want), "no step {want} in {steps:?}");
     }
+    let row = |step: &str| {
+        rows.iter()
+            .find(|r| r["step"] == step)
+            .unwrap_or_else(|| panic!("no row {step}"))
+    };
     for r in rows {
-        assert!(r["seconds"].as_f64().expect("seconds") > 0.0, "{r}");
-        assert!(r["rss_mib"].as_f64().expect("rss") > 1.0, "{r}");
+        // Each figure is measured, not a default: a real process ran, used CPU and memory.
+        assert!(float(r, "seconds") > 0.0, "{r}");
+        assert!(float(r, "cpu_seconds") >= 0.0, "{r}");
+        assert!(float(r, "rss_mib") > 1.0, "{r}");
         assert_eq!(r["tool"], "cairn");
     }
-    let full = rows.iter().find(|r| r["step"] == "full").expect("full");
+    // The store's size follows the series: each daily adds less than half of the full, the
+    // clone less than the full, and nothing shrinks. (gc may not shrink the folder at this size:
+    // the index it writes can outweigh the little it frees.)
+    let full = num(row("full"), "stored_bytes");
+    assert!(full > 1 << 20, "{}", row("full"));
+    let mut before = full;
+    for d in 1..=5 {
+        let now = num(row(&format!("daily{d}")), "stored_bytes");
+        assert!(
+            now >= before && now - before < full / 2,
+            "daily{d}: {before} -> {now} (full {full})"
+        );
+        before = now;
+    }
+    let clone = num(row("clone"), "stored_bytes");
     assert!(
-        full["stored_bytes"].as_u64().expect("stored") > 1 << 20,
-        "{full}"
+        clone >= before && clone - before < full,
+        "clone: {before} -> {clone}"
     );
-    assert!(v["targets"].as_array().expect("targets").len() >= 8);
+    let targets = v["targets"].as_array().expect("targets");
+    assert!(targets.len() >= 8, "{targets:?}");
+    // Targets against peers or limits that this smoke run skips have no value; the others a
+    // finite, positive one.
+    for t in targets {
+        assert!(
+            t["value"].is_null()
+                || t["value"]
+                    .as_f64()
+                    .is_some_and(|v| v.is_finite() && v > 0.0),
+            "{t}"
+        );
+        assert!(t["wanted"].as_str().is_some_and(|w| !w.is_empty()), "{t}");
+    }
+    let rss = targets
+        .iter()
+        .find(|t| t["name"].as_str().is_some_and(|n| n.contains("peak RSS")))
+        .expect("a peak RSS target");
+    assert!(float(rss, "value") > 1.0, "{rss}");
 }

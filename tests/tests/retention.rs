@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cairn_tests::{TestStore as Store, assert_same_content, gen_disk, id, json, ok, read, run};
+use cairn_tests::{
+    TestStore as Store, assert_same_content, gen_disk, id, json, num, ok, read, run,
+};
 
 fn days(dir: &Path, size: &str, seed: u32, n: u32) -> Vec<PathBuf> {
     (0..n)
@@ -146,12 +148,35 @@ fn gc_frees_the_space_of_dropped_points_and_kept_points_restore_bit_exact() {
     ));
     assert!(f["chunks_unreferenced"].as_u64().expect("n") > 0, "{f}");
     assert_eq!(packs_bytes(&store), before, "forget must not touch packs");
-    // A dry run reports and keeps everything.
+    // Under a threshold of 0 no pack is worth rewriting: only wholly dead packs go, and the
+    // rest of the garbage is kept (and said so).
+    let dry0 = gc(&store, &["--dry-run", "--repack-below", "0"]);
+    assert_eq!(num(&dry0, "packs_rewritten"), 0, "{dry0}");
+    assert!(num(&dry0, "garbage_bytes_kept") > 0, "{dry0}");
+    // A dry run reports and keeps everything, and predicts the real run exactly.
     let dry = gc(&store, &["--dry-run", "--repack-below", "100"]);
-    assert!(dry["bytes_freed"].as_u64().expect("n") > 0, "{dry}");
+    assert!(num(&dry, "bytes_freed") > 0, "{dry}");
+    assert_eq!(num(&dry, "garbage_bytes_kept"), 0, "{dry}");
     assert_eq!(packs_bytes(&store), before);
     // Rewrite every pack with garbage in it.
     let g = gc(&store, &["--repack-below", "100"]);
+    for field in [
+        "garbage_frames",
+        "packs_deleted",
+        "packs_rewritten",
+        "packs_written",
+        "chunks_freed",
+        "bytes_copied",
+        "bytes_freed",
+        "orphan_packs",
+        "garbage_bytes_kept",
+    ] {
+        assert_eq!(
+            num(&dry, field),
+            num(&g, field),
+            "{field}: dry run {dry} vs run {g}"
+        );
+    }
     let freed = g["bytes_freed"].as_u64().expect("n");
     assert!(
         freed > 0 && g["chunks_freed"].as_u64().expect("n") > 0,
@@ -318,8 +343,13 @@ fn a_flipped_byte_is_found_by_verify_refused_by_restore_and_healed_by_a_key_back
     // Two VMs hold the same image: one chunk, two points.
     let a = id(&store.backup("vm-a", "2026-11-01T02:00:00Z", "xvda", &raws[0], &[]));
     let b = id(&store.backup("vm-b", "2026-11-01T03:00:00Z", "xvdb", &raws[0], &[]));
-    let (clean, _) = verify(&store, &[]);
+    // A third VM of another template shares none of their chunks.
+    let other = work.path().join("other.raw");
+    gen_disk(&other, "16M", 97, 96, 0);
+    store.backup("vm-c", "2026-11-01T04:00:00Z", "xvda", &other, &[]);
+    let (clean, v) = verify(&store, &[]);
     assert!(clean);
+    assert_eq!(num(&v, "points_in_scope"), 3, "{v}");
     let bad = corrupt_a_data_chunk(&store);
     // verify: exit 1, names the chunk, both points, both VMs, and the disk offsets.
     let (clean, v) = verify(&store, &[]);
@@ -345,9 +375,20 @@ fn a_flipped_byte_is_found_by_verify_refused_by_restore_and_healed_by_a_key_back
     let image = read(&raws[0]);
     let chunk = &image[offset as usize..offset as usize + (256 << 10)];
     assert_eq!(blake3_hex(chunk), bad);
-    // --vm filters the scope but the blast radius still names every point.
+    // --vm narrows what is read, but the blast radius still names every point.
+    let (clean, all) = verify(&store, &[]);
+    assert!(!clean);
     let (clean, v) = verify(&store, &["--vm", "vm-b"]);
     assert!(!clean, "{v}");
+    assert_eq!(num(&v, "points_in_scope"), 1, "{v}");
+    assert!(
+        num(&v, "chunks_in_scope") < num(&all, "chunks_in_scope"),
+        "{v} vs {all}"
+    );
+    assert_eq!(v["vms_damaged"], serde_json::json!(["vm-a", "vm-b"]));
+    let (clean, c) = verify(&store, &["--vm", "vm-c"]);
+    assert!(clean, "vm-c holds none of the damage: {c}");
+    assert_eq!(num(&c, "points_in_scope"), 1, "{c}");
     // The human output names the damage too.
     let out = run(&mut store.cmd(&["verify"]));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -376,8 +417,23 @@ fn a_flipped_byte_is_found_by_verify_refused_by_restore_and_healed_by_a_key_back
     assert!(clean, "{v}");
     restore_matches(&store, &b, &raws[0], work.path());
     restore_matches(&store, &a, &raws[0], work.path());
+    // Rebuilding the index now (the damaged copy still in its pack) indexes the good copy and
+    // lists the damaged one as garbage, whatever order the packs are read in.
+    let r = json(&ok(&mut store.cmd(&[
+        "repair",
+        "--rebuild-index",
+        "--json",
+    ])));
+    assert_eq!(num(&r, "duplicates"), 1, "{r}");
+    let (clean, v) = verify(&store, &[]);
+    assert!(clean, "after the rebuild: {v}");
+    restore_matches(&store, &b, &raws[0], work.path());
     // The damaged frame is garbage now: gc reclaims it and everything still restores.
-    gc(&store, &["--repack-below", "100"]);
+    let g = gc(&store, &["--repack-below", "100"]);
+    assert!(
+        num(&g, "garbage_frames") >= 1 && num(&g, "bytes_freed") > 0,
+        "the damaged copy was not reclaimed: {g}"
+    );
     restore_matches(&store, &b, &raws[0], work.path());
 }
 

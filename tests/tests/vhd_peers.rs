@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::Command;
 
 use cairn_tests::{
-    assert_same_content, cairn, make_raw, modify_raw, node, ok, read, run, vhdi_to_raw, xo_chain3,
+    assert_same_content, cairn, make_raw, modify_raw, node, num, ok, read, run, vhdi_to_raw,
+    xo_chain3,
 };
 
 const SIZE: u64 = 40 << 20;
@@ -69,7 +70,7 @@ fn vhd_lib_chains_with_partial_bitmaps_read_back_exactly() {
     let xo = d.join("xo");
     let made = xo_chain3(&r0, &r1, &r2, &xo);
     assert!(
-        made["deltaPartialBlocks"].as_u64().unwrap_or(0) > 0,
+        num(&made, "deltaPartialBlocks") > 0,
         "the delta must hold partial bitmaps: {made}"
     );
     for (top, want) in [("base.vhd", &r0), ("delta.vhd", &r1), ("delta2.vhd", &r2)] {
@@ -144,7 +145,7 @@ fn cairn_chains_are_accepted_and_read_identically_by_vhd_lib_and_libvhdi() {
     assert_eq!(info["type"], "differencing");
     assert_eq!(info["header"]["parent"]["name"], "d1.vhd");
     assert_eq!(info["chain"]["files"].as_array().map(Vec::len), Some(3));
-    let allocated = info["header"]["allocated_blocks"].as_u64().unwrap_or(0);
+    let allocated = num(&info["header"], "allocated_blocks");
     assert!(
         allocated > 0 && allocated < SIZE / (2 << 20) / 2,
         "delta allocates {allocated} blocks"
