@@ -584,7 +584,10 @@ impl Header {
             .collect();
         let parent_name = String::from_utf16_lossy(&units);
         let mut locators = [ParentLocator::default(); PARENT_LOCATOR_COUNT];
-        let entries = b.get(H_LOCATORS..).unwrap_or_default().chunks_exact(LOCATOR_SIZE);
+        let entries = b
+            .get(H_LOCATORS..)
+            .unwrap_or_default()
+            .chunks_exact(LOCATOR_SIZE);
         for (loc, e) in locators.iter_mut().zip(entries) {
             *loc = ParentLocator {
                 platform_code: be32(e, 0),
@@ -657,7 +660,9 @@ impl Header {
 #[must_use]
 pub fn bitmap_size(block_size: u32) -> u64 {
     let bits = u64::from(block_size) / SECTOR_SIZE;
-    bits.div_ceil(8).div_ceil(SECTOR_SIZE).saturating_mul(SECTOR_SIZE)
+    bits.div_ceil(8)
+        .div_ceil(SECTOR_SIZE)
+        .saturating_mul(SECTOR_SIZE)
 }
 
 #[cfg(test)]

@@ -253,11 +253,7 @@ impl<R: Read + Seek> Vhd<R> {
             .collect();
         // Every allocated block inside the file, clear of the metadata and of each other.
         let span = header.bitmap_size().saturating_add(bs);
-        let meta = [
-            (0, FOOTER_SIZE as u64),
-            (hoff, hend),
-            (toff, tend),
-        ];
+        let meta = [(0, FOOTER_SIZE as u64), (hoff, hend), (toff, tend)];
         let mut blocks: Vec<(u64, u64, usize)> = Vec::new();
         for (i, &sector) in bat.iter().enumerate() {
             if sector == BAT_UNALLOCATED {

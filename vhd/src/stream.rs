@@ -136,7 +136,10 @@ impl<R: Read> StreamVhd<R> {
             return needs_seek(
                 meta,
                 inner,
-                format!("a {} disk keeps its footer at the end", footer.disk_type.name()),
+                format!(
+                    "a {} disk keeps its footer at the end",
+                    footer.disk_type.name()
+                ),
             );
         }
         let hoff = footer.data_offset;
@@ -163,11 +166,19 @@ impl<R: Read> StreamVhd<R> {
                 return Ok(());
             }
             meta.resize(to as usize, 0);
-            read_full(inner, have, meta.get_mut(have as usize..).unwrap_or_default(), what)
+            read_full(
+                inner,
+                have,
+                meta.get_mut(have as usize..).unwrap_or_default(),
+                what,
+            )
         };
         fill(&mut meta, &mut inner, hend, "the dynamic disk header")?;
         let mut hb = [0u8; HEADER_SIZE];
-        hb.copy_from_slice(meta.get(hoff as usize..hend as usize).unwrap_or(&[0; HEADER_SIZE]));
+        hb.copy_from_slice(
+            meta.get(hoff as usize..hend as usize)
+                .unwrap_or(&[0; HEADER_SIZE]),
+        );
         let header = Header::decode(&hb, hoff)?;
         let bs = u64::from(header.block_size);
         let blocks = footer.current_size.div_ceil(bs);
@@ -231,7 +242,9 @@ impl<R: Read> StreamVhd<R> {
                     Some(p) => format!(
                         "BAT entry {i} puts its block at byte {start}, before the end of block {p}'s"
                     ),
-                    None => format!("BAT entry {i} puts its block at byte {start}, before the BAT's end"),
+                    None => format!(
+                        "BAT entry {i} puts its block at byte {start}, before the BAT's end"
+                    ),
                 };
                 return needs_seek(meta, inner, reason);
             }
@@ -365,13 +378,12 @@ impl<R: Read> StreamVhd<R> {
             }
         }
         let at = self.pos.saturating_sub(FOOTER_SIZE as u64);
-        let ok = tail.len() == FOOTER_SIZE
-            && Footer::decode(&tail, at).is_ok_and(|f| f == self.footer);
+        let ok =
+            tail.len() == FOOTER_SIZE && Footer::decode(&tail, at).is_ok_and(|f| f == self.footer);
         if !ok {
             return Err(Error::Invalid {
                 offset: at,
-                what: "the stream does not end with the VHD's footer (truncated or damaged)"
-                    .into(),
+                what: "the stream does not end with the VHD's footer (truncated or damaged)".into(),
             });
         }
         Ok(self.pos)

@@ -79,7 +79,10 @@ fn check_content(name: &str, text: Text, content: &[u8], how: &str) {
         want[at..at + text.len()].copy_from_slice(text);
     }
     let diff = content.iter().zip(&want).position(|(a, b)| a != b);
-    assert_eq!(diff, None, "{name} read {how}: content differs at that byte");
+    assert_eq!(
+        diff, None,
+        "{name} read {how}: content differs at that byte"
+    );
 }
 
 #[test]
@@ -87,8 +90,8 @@ fn seeds_hold_their_content_and_every_corruption_of_their_metadata_is_survived()
     let dir = seed_dir();
     for (name, text) in SEEDS {
         let path = dir.join(name);
-        let mut data = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("seed {}: {e}", path.display()));
+        let mut data =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("seed {}: {e}", path.display()));
         let content = read_file(Cursor::new(&data[..]))
             .unwrap_or_else(|| panic!("seed {name} does not parse"));
         check_content(name, text, &content, "as a file");
@@ -113,5 +116,10 @@ fn seeds_hold_their_content_and_every_corruption_of_their_metadata_is_survived()
         }
     }
     let on_disk = std::fs::read_dir(&dir).expect("seed folder").count();
-    assert_eq!(on_disk, SEEDS.len(), "every seed in {} is listed here", dir.display());
+    assert_eq!(
+        on_disk,
+        SEEDS.len(),
+        "every seed in {} is listed here",
+        dir.display()
+    );
 }
