@@ -628,6 +628,33 @@ fn vhd_streams_on_stdin_are_read_in_one_pass_and_truncated_streams_refused() {
     }
     // Nothing was spooled to disk: the streams were read in one pass.
     assert!(std::fs::read_dir(store.path().join("tmp")).map_or(true, |mut d| d.next().is_none()));
+
+    // A raw stream is read whole: given --parent, it is refused rather than recorded as a
+    // delta of that parent.
+    let points = store.list();
+    let parent = id(&points[0]);
+    let mut child = store
+        .cmd(&["backup", "--json", "--vm", "xo", "--parent", &parent])
+        .args(["--time", "2026-11-03T02:00:00Z", "xvda=-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut pipe = child.stdin.take().expect("stdin");
+    let _ = pipe.write_all(&read(&raws[1]));
+    drop(pipe);
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a raw stream with --parent was stored"
+    );
+    assert!(
+        err.contains("--parent") && err.contains("raw read whole"),
+        "{err}"
+    );
+    assert_eq!(store.list().len(), points.len(), "something was stored");
 }
 
 #[test]

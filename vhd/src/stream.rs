@@ -430,3 +430,124 @@ impl<R> StreamVhd<R> {
         self.pos
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer::{DiskSpec, write_sparse};
+    use std::io::Cursor;
+
+    /// A dynamic VHD of 3 blocks of 4 KiB, the middle one unallocated.
+    fn sample() -> Vec<u8> {
+        let spec = DiskSpec {
+            size: 3 * 4096,
+            block_size: 4096,
+            uuid: uuid::Uuid::from_u128(7),
+            timestamp: 1,
+        };
+        let mut out = Vec::new();
+        write_sparse(&mut out, &spec, None, &[true, false, true], |i, buf| {
+            buf.fill(i as u8 + 1);
+            Ok(())
+        })
+        .expect("write");
+        out
+    }
+
+    /// Rewrites the header at 512 with `change` applied (checksum recomputed).
+    fn with_header(bytes: &[u8], change: impl Fn(&mut Header)) -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        let mut raw = [0u8; HEADER_SIZE];
+        raw.copy_from_slice(&b[512..512 + HEADER_SIZE]);
+        let mut h = Header::decode(&raw, 512).expect("header");
+        change(&mut h);
+        b[512..512 + HEADER_SIZE].copy_from_slice(&h.encode());
+        b
+    }
+
+    #[test]
+    fn reads_blocks_forward_and_checks_the_closing_footer() {
+        let bytes = sample();
+        let StreamOpen::OnePass(mut v) = StreamVhd::open(Cursor::new(&bytes[..])).expect("open")
+        else {
+            panic!("a cairn-written VHD is read in one pass");
+        };
+        let mut buf = [0u8; 4096];
+        for (i, want) in [(0u32, Some(1u8)), (1, None), (2, Some(3))] {
+            let held = v.read_bitmap(i).expect("bitmap").map(<[u8]>::to_vec);
+            assert_eq!(held.is_some(), want.is_some());
+            let read = v.read_block_data(i, 0, &mut buf).expect("data");
+            assert_eq!(read, want.is_some());
+            if let Some(w) = want {
+                assert!(buf.iter().all(|&x| x == w));
+            }
+        }
+        assert_eq!(v.finish().expect("footer"), bytes.len() as u64);
+        // Going back is refused, not a wrong read.
+        assert!(v.read_block_data(0, 0, &mut buf).is_err());
+    }
+
+    #[test]
+    fn a_table_offset_near_the_end_of_u64_is_an_error_not_an_overflow() {
+        for offset in [u64::MAX - 511, u64::MAX / 2 + 1, 1 << 62] {
+            let bad = with_header(&sample(), |h| {
+                h.table_offset = offset;
+                h.max_table_entries = u32::MAX;
+            });
+            let r = StreamVhd::open(Cursor::new(&bad[..]));
+            assert!(
+                !matches!(r, Ok(StreamOpen::OnePass(_))),
+                "table offset {offset} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn blocks_out_of_bat_order_need_seeking_and_keep_every_byte() {
+        let mut bytes = sample();
+        // Swap the BAT entries of blocks 0 and 2 (at 1536): both valid, out of stream order.
+        let (a, b) = (1536usize, 1536 + 8);
+        let (ea, eb) = (bytes[a..a + 4].to_vec(), bytes[b..b + 4].to_vec());
+        bytes[a..a + 4].copy_from_slice(&eb);
+        bytes[b..b + 4].copy_from_slice(&ea);
+        match StreamVhd::open(Cursor::new(bytes.clone())).expect("open") {
+            StreamOpen::NeedsSeek {
+                consumed,
+                mut reader,
+                reason,
+            } => {
+                assert!(reason.contains("BAT entry"), "{reason}");
+                let mut all = consumed;
+                reader.read_to_end(&mut all).expect("rest");
+                assert_eq!(all, bytes, "the bytes handed back are the stream");
+            }
+            StreamOpen::OnePass(_) => panic!("blocks out of order read in one pass"),
+        }
+    }
+
+    #[test]
+    fn a_truncated_stream_names_where_it_ended() {
+        let bytes = sample();
+        let cut = &bytes[..bytes.len() - 700];
+        let StreamOpen::OnePass(mut v) = StreamVhd::open(Cursor::new(cut)).expect("open") else {
+            panic!("one pass");
+        };
+        let mut buf = [0u8; 4096];
+        let mut err = None;
+        for i in 0..3 {
+            let r = match v.read_bitmap(i) {
+                Ok(_) => v.read_block_data(i, 0, &mut buf).map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                err = Some(e);
+                break;
+            }
+        }
+        let e = match err {
+            Some(e) => e,
+            None => v.finish().expect_err("a cut stream has no closing footer"),
+        };
+        assert!(e.to_string().contains("offset"), "{e}");
+    }
+}
