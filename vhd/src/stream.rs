@@ -432,6 +432,11 @@ impl<R> StreamVhd<R> {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests build and patch VHDs of a known layout; a panic there is a failed test"
+)]
 mod tests {
     use super::*;
     use crate::writer::{DiskSpec, write_sparse};
