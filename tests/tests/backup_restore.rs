@@ -304,27 +304,7 @@ fn kill_9_at_every_sync_and_rename_of_a_backup_loses_nothing() {
             if root_files.len() == 2 {
                 // Committed: the root file is there. If the catalogue missed it, the next
                 // writer publishes it, whole and counted.
-                let p = store.backup("db03", "2026-11-03T02:00:00Z", "xvda", &raws[1], &[]);
-                let list = store.list();
-                assert_eq!(list.len(), 3, "the orphan root file was not published");
-                let orphan = list
-                    .iter()
-                    .find(|q| q["vm"] == "db02")
-                    .expect("the published point");
-                let out = work.path().join("orphan.raw");
-                store.restore(&id(orphan), &out, "raw");
-                assert_same_content(&out, &other, true);
-                // Its counts are right: forgetting it frees its chunks, and nothing else.
-                ok(&mut store.cmd(&["forget", &id(orphan), &id(&p)]));
-                let g = json(&ok(&mut store.cmd(&[
-                    "gc",
-                    "--json",
-                    "--repack-below",
-                    "100",
-                ])));
-                assert!(num(&g, "bytes_freed") > 0, "{g}");
-                let v = run(&mut store.cmd(&["verify"]));
-                assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+                publish_and_drop(&store, &raws[1], &other, work.path());
             } else {
                 assert_eq!(root_files.len(), 1, "at {syscalls} #{when}");
                 assert_eq!(store.list().len(), 1, "a killed backup published a point");
@@ -356,7 +336,20 @@ fn kill_9_at_every_sync_and_rename_of_a_backup_loses_nothing() {
         "the root file is not there"
     );
     assert_eq!(store.list().len(), 1, "a reader published the root file");
-    let p = store.backup("db03", "2026-11-03T02:00:00Z", "xvda", &raws[1], &[]);
+    publish_and_drop(&store, &raws[1], &other, work.path());
+    check_p0("after the published point was forgotten");
+    // The next backup takes over the lock and works.
+    let p1 = store.backup("db01", "2026-11-03T02:00:00Z", "xvda", &raws[1], &[]);
+    let out = work.path().join("p1.raw");
+    store.restore(&id(&p1), &out, "raw");
+    assert_same_content(&out, &raws[1], true);
+}
+
+/// After a backup of `src` as db02 was killed once its root file was in place: the next
+/// writer (a backup of `next` as db03) publishes it; it restores bit-exact; forgetting both
+/// and collecting frees their chunks (their counts were taken) and verify stays clean.
+fn publish_and_drop(store: &Store, next: &Path, src: &Path, work: &Path) {
+    let p = store.backup("db03", "2026-11-03T02:00:00Z", "xvda", next, &[]);
     let list = store.list();
     assert_eq!(
         list.len(),
@@ -364,11 +357,9 @@ fn kill_9_at_every_sync_and_rename_of_a_backup_loses_nothing() {
         "the next writer did not publish the root file"
     );
     let orphan = list.iter().find(|q| q["vm"] == "db02").expect("published");
-    let out = work.path().join("orphan.raw");
+    let out = work.join("orphan.raw");
     store.restore(&id(orphan), &out, "raw");
-    assert_same_content(&out, &other, true);
-    // Counted when published: forgetting it and the new point frees their chunks, and every
-    // other point stays whole.
+    assert_same_content(&out, src, true);
     ok(&mut store.cmd(&["forget", &id(orphan), &id(&p)]));
     let g = json(&ok(&mut store.cmd(&[
         "gc",
@@ -379,12 +370,6 @@ fn kill_9_at_every_sync_and_rename_of_a_backup_loses_nothing() {
     assert!(num(&g, "bytes_freed") > 0, "{g}");
     let v = run(&mut store.cmd(&["verify"]));
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
-    check_p0("after the published point was forgotten");
-    // The next backup takes over the lock and works.
-    let p1 = store.backup("db01", "2026-11-03T02:00:00Z", "xvda", &raws[1], &[]);
-    let out = work.path().join("p1.raw");
-    store.restore(&id(&p1), &out, "raw");
-    assert_same_content(&out, &raws[1], true);
 }
 
 /// Files with extension `ext` under `dir`, recursively.

@@ -174,6 +174,36 @@ impl Error {
         }
     }
 
+    /// The same error said of the footer copy at offset 0 (a footer's cookie or checksum).
+    #[must_use]
+    pub(crate) fn of_footer_copy(self) -> Self {
+        match self {
+            Self::BadCookie {
+                offset,
+                found,
+                expected,
+                ..
+            } => Self::BadCookie {
+                structure: Structure::FooterCopy,
+                offset,
+                found,
+                expected,
+            },
+            Self::ChecksumMismatch {
+                offset,
+                found,
+                expected,
+                ..
+            } => Self::ChecksumMismatch {
+                structure: Structure::FooterCopy,
+                offset,
+                found,
+                expected,
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn io(offset: u64, what: &'static str) -> impl FnOnce(std::io::Error) -> Self {
         move |source| Self::Io {
             offset,

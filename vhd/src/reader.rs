@@ -5,7 +5,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
-use crate::error::{Error, Result, Structure};
+use crate::error::{Error, Result};
 use crate::format::{
     BAT_UNALLOCATED, DEFAULT_BLOCK_SIZE, DiskType, FOOTER_SIZE, Footer, HEADER_SIZE, Header,
     OLD_FOOTER_SIZE, PLATFORM_MACX, PLATFORM_W2KU, PLATFORM_W2RU, PLATFORM_WI2K, PLATFORM_WI2R,
@@ -169,31 +169,7 @@ impl<R: Read + Seek> Vhd<R> {
                 .warnings
                 .push("footer copy at offset 0 differs from the footer at the end".into()),
             Err(e) => {
-                let e = match e {
-                    Error::BadCookie {
-                        offset,
-                        found,
-                        expected,
-                        ..
-                    } => Error::BadCookie {
-                        structure: Structure::FooterCopy,
-                        offset,
-                        found,
-                        expected,
-                    },
-                    Error::ChecksumMismatch {
-                        offset,
-                        found,
-                        expected,
-                        ..
-                    } => Error::ChecksumMismatch {
-                        structure: Structure::FooterCopy,
-                        offset,
-                        found,
-                        expected,
-                    },
-                    other => other,
-                };
+                let e = e.of_footer_copy();
                 self.warnings.push(format!("footer copy is not valid: {e}"));
             }
         }

@@ -13,7 +13,7 @@
 
 use std::io::Read;
 
-use crate::error::{Error, Result, Structure};
+use crate::error::{Error, Result};
 use crate::format::{
     BAT_UNALLOCATED, FOOTER_SIZE, Footer, HEADER_SIZE, Header, SECTOR_SIZE, bitmap_size,
 };
@@ -100,31 +100,7 @@ impl<R: Read> StreamVhd<R> {
     pub fn open(mut inner: R) -> Result<StreamOpen<R>> {
         let mut meta = vec![0u8; FOOTER_SIZE];
         read_full(&mut inner, 0, &mut meta, "the footer copy")?;
-        let footer = Footer::decode(&meta, 0).map_err(|e| match e {
-            Error::BadCookie {
-                offset,
-                found,
-                expected,
-                ..
-            } => Error::BadCookie {
-                structure: Structure::FooterCopy,
-                offset,
-                found,
-                expected,
-            },
-            Error::ChecksumMismatch {
-                offset,
-                found,
-                expected,
-                ..
-            } => Error::ChecksumMismatch {
-                structure: Structure::FooterCopy,
-                offset,
-                found,
-                expected,
-            },
-            other => other,
-        })?;
+        let footer = Footer::decode(&meta, 0).map_err(Error::of_footer_copy)?;
         let needs_seek = |consumed, inner, reason: String| {
             Ok(StreamOpen::NeedsSeek {
                 consumed,
