@@ -1,6 +1,7 @@
 //! The store commands: init, backup, restore, list, report, repair.
 
 use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -131,7 +132,10 @@ pub enum RestoreFormat {
     after_help = "Examples:\n  cairn restore --store /backups/store web01/xvda@latest web01.raw\n  \
     cairn restore 3f2a9c1b07de web01.vhd --format vhd\n  \
     cairn restore web01/xvda@latest chain/ --format vhd-chain\n  \
-    cairn restore 3f2a9c1b07de - | qemu-img convert -f raw -O qcow2 /dev/stdin web01.qcow2"
+    cairn restore 3f2a9c1b07de - | qemu-img convert -f raw -O qcow2 /dev/stdin web01.qcow2\n\n\
+    A file is written under a temporary name and renamed into place when the restore has\n\
+    succeeded; an existing file is kept unless --force. A chain goes into a new or empty folder.\n\
+    Block devices and pipes are written in place; binary data is never written to a terminal."
 )]
 pub struct RestoreArgs {
     #[command(flatten)]
@@ -143,14 +147,24 @@ pub struct RestoreArgs {
     /// The output format.
     #[arg(long, value_enum, default_value_t = RestoreFormat::Raw)]
     pub format: RestoreFormat,
-    /// With --format vhd: write a differencing VHD of what changed since this point.
+    /// With --format vhd: write a differencing VHD of what changed since this point. Its
+    /// parent is the base's VHD as the first file of a chain restored from it, in the same
+    /// folder (`cairn restore BASE DIR --format vhd-chain --from BASE`).
     #[arg(long)]
     pub base: Option<String>,
     /// Write zeros where chunks are bad or missing, list those ranges, and exit with status 3
     /// (instead of stopping at the first one).
     #[arg(long)]
     pub ignore_errors: bool,
-    /// Print JSON.
+    /// With --format vhd-chain: the chain's first point (by default the newest key backup at
+    /// or before the point).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Replace an existing file (once the restore has succeeded), or write a chain into a
+    /// folder that is not empty.
+    #[arg(long)]
+    pub force: bool,
+    /// Print a JSON summary (on stderr when the data goes to stdout).
     #[arg(long)]
     pub json: bool,
 }
@@ -339,6 +353,14 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
     let store = Store::open(&a.store.store, OpenMode::Read)?;
     let point = store.resolve(&a.point)?;
     let base = a.base.as_deref().map(|b| store.resolve(b)).transpose()?;
+    let from = a.from.as_deref().map(|b| store.resolve(b)).transpose()?;
+    let to_stdout = a.out == Path::new("-");
+    if to_stdout && std::io::stdout().is_terminal() {
+        bail!(
+            "refusing to write a disk image to a terminal: redirect stdout (`> disk.raw`, `| ...`) \
+             or give a file name"
+        );
+    }
     let format = match a.format {
         RestoreFormat::Raw => OutputFormat::Raw,
         RestoreFormat::Vhd => OutputFormat::Vhd,
@@ -349,15 +371,16 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
     }
     let bar = progress::bytes(point.size, "restore");
     let started = std::time::Instant::now();
-    let r = cairn_restore::restore(
-        &store,
-        &point,
-        &a.out,
+    let opts = cairn_restore::Options {
         format,
-        base.as_ref(),
-        a.ignore_errors,
-        &|done| bar.set_position(done),
-    )
+        base: base.as_ref(),
+        chain_from: from.as_ref(),
+        ignore_errors: a.ignore_errors,
+        force: a.force,
+    };
+    let r = cairn_restore::restore(&store, &point, &a.out, &opts, &|done| {
+        bar.set_position(done)
+    })
     .with_context(|| {
         format!(
             "restore of point {} to {} failed",
@@ -368,14 +391,17 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({ "point": point.id, "files": r.files, "bytes": r.bytes, "seconds": secs,
-                    "damaged": r.damaged.iter().map(|d| json!({"point": d.point, "offset": d.offset, "len": d.len, "what": d.what})).collect::<Vec<_>>() })
-            )?
-        );
-    } else if a.out != Path::new("-") {
+        let summary = serde_json::to_string_pretty(
+            &json!({ "point": point.id, "files": r.files, "bytes": r.bytes, "seconds": secs,
+                "damaged": r.damaged.iter().map(|d| json!({"point": d.point, "offset": d.offset, "len": d.len, "what": d.what})).collect::<Vec<_>>() }),
+        )?;
+        // Data and JSON never share a stream.
+        if to_stdout {
+            eprintln!("{summary}");
+        } else {
+            println!("{summary}");
+        }
+    } else if !to_stdout {
         for f in &r.files {
             eprintln!("wrote {}", f.display());
         }

@@ -12,12 +12,18 @@
 //! Restored files are not fsynced (as `cp`, borg and restic do not): run `sync` when the file
 //! must be on disk before going on.
 //!
+//! # Outputs
+//! A restore never destroys what it writes over, nor leaves a partial file that looks finished:
+//! the `output` module holds the rules (temporary name, rename on success, `force` to replace a
+//! file, new or empty folders for chains).
+//!
 //! # VHDs
 //! The VHD of a point has the point's id as its UUID and the point's time as its timestamp, so
 //! restoring the same point twice gives the same VHD, and a differencing VHD restored later
 //! names its parent correctly. A chain's files are named by [`vhd_file_name`].
 
-use std::fs::File;
+mod output;
+
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -380,8 +386,24 @@ pub enum OutputFormat {
     Raw,
     /// One dynamic VHD, or with a base point one differencing VHD.
     Vhd,
-    /// A folder: a dynamic VHD of the disk's oldest point, a differencing VHD for each later one.
+    /// A folder: a dynamic VHD of the chain's first point, a differencing VHD for each later one.
     VhdChain,
+}
+
+/// How to restore.
+#[derive(Debug, Clone, Copy)]
+pub struct Options<'a> {
+    /// The output format.
+    pub format: OutputFormat,
+    /// With [`OutputFormat::Vhd`]: write a differencing VHD against this point.
+    pub base: Option<&'a RecoveryPoint>,
+    /// With [`OutputFormat::VhdChain`]: the chain's first point (an earlier point of the same
+    /// disk); by default the newest key backup at or before the point, else the disk's oldest.
+    pub chain_from: Option<&'a RecoveryPoint>,
+    /// Write zeros for bad or missing chunks and list them, instead of stopping.
+    pub ignore_errors: bool,
+    /// Replace an existing file, or write a chain into a folder that is not empty.
+    pub force: bool,
 }
 
 /// What a restore wrote.
@@ -407,6 +429,13 @@ pub fn vhd_file_name(p: &RecoveryPoint) -> String {
     )
 }
 
+/// The file name of the `index`-th VHD of a chain: the index first, so that name order is chain
+/// order whatever the points' times.
+#[must_use]
+pub fn chain_file_name(index: usize, p: &RecoveryPoint) -> String {
+    format!("{index:03}-{}", vhd_file_name(p))
+}
+
 fn point_uuid(p: &RecoveryPoint) -> uuid::Uuid {
     let mut b = [0u8; 16];
     if hex::decode_to_slice(&p.id, &mut b).is_err() {
@@ -418,10 +447,7 @@ fn point_uuid(p: &RecoveryPoint) -> uuid::Uuid {
     uuid::Uuid::from_bytes(b)
 }
 
-fn io_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
-    let (path, what) = (path.to_path_buf(), what.to_owned());
-    move |source| Error::Io { path, what, source }
-}
+use output::{Output, io_err};
 
 /// Restores `point` to `out` (`-` for stdout where the format allows). `progress` is called
 /// with the disk bytes done.
@@ -431,26 +457,41 @@ fn io_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
 ///
 /// # Errors
 /// Bad or missing chunks (nothing wrong is written silently), I/O errors, a base point of
-/// another disk or size.
+/// another disk or size, an output that exists (without `force`) or whose folder does not.
+/// On error no file that looks like a result is left, and what was there is untouched.
 pub fn restore(
     store: &Store,
     point: &RecoveryPoint,
     out: &Path,
-    format: OutputFormat,
-    base: Option<&RecoveryPoint>,
-    ignore_errors: bool,
+    opts: &Options<'_>,
     progress: &dyn Fn(u64),
 ) -> Result<Restored> {
+    let ignore = opts.ignore_errors;
+    if opts.base.is_some() && opts.format != OutputFormat::Vhd {
+        return Err(Error::Refused("--base goes with --format vhd only".into()));
+    }
+    if opts.chain_from.is_some() && opts.format != OutputFormat::VhdChain {
+        return Err(Error::Refused(
+            "--from goes with --format vhd-chain only".into(),
+        ));
+    }
     // The readers' fetcher threads live in this scope: they end when their reader is dropped.
-    std::thread::scope(|scope| match (format, base) {
-        (OutputFormat::Raw, None) => restore_raw(scope, store, point, out, ignore_errors, progress),
-        (OutputFormat::Vhd, base) => {
-            restore_vhd(scope, store, point, base, out, ignore_errors, progress)
+    std::thread::scope(|scope| match opts.format {
+        OutputFormat::Raw => {
+            let target = Output::open(out, opts.force)?;
+            let r = restore_raw(scope, store, point, out, &target, ignore, progress)?;
+            target.finish()?;
+            Ok(r)
         }
-        (OutputFormat::VhdChain, None) => {
-            restore_chain(scope, store, point, out, ignore_errors, progress)
+        OutputFormat::Vhd => {
+            let target = Output::open(out, opts.force)?;
+            let r = restore_vhd(
+                scope, store, point, opts.base, out, &target, ignore, progress,
+            )?;
+            target.finish()?;
+            Ok(r)
         }
-        (_, Some(_)) => Err(Error::Refused("--base goes with --format vhd only".into())),
+        OutputFormat::VhdChain => restore_chain(scope, store, point, out, opts, progress),
     })
 }
 
@@ -459,6 +500,7 @@ fn restore_raw<'scope, 'env>(
     store: &'env Store,
     point: &RecoveryPoint,
     out: &Path,
+    target: &Output,
     ignore_errors: bool,
     progress: &dyn Fn(u64),
 ) -> Result<Restored> {
@@ -467,24 +509,20 @@ fn restore_raw<'scope, 'env>(
     let cs = point.chunk_size as usize;
     // A regular file is written sparse; stdout, a block device (an LV, an iSCSI disk) or a
     // pipe get every byte, zeros included, in order.
-    let (file, dense): (Option<File>, Option<Box<dyn Write>>) = if out == Path::new("-") {
-        (None, Some(Box::new(std::io::stdout().lock())))
-    } else if std::fs::metadata(out).is_ok_and(|m| !m.is_file()) {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(out)
-            .map_err(io_err(out, "opening"))?;
-        (None, Some(Box::new(f)))
+    let file = target.regular_file();
+    let dense = if file.is_none() {
+        Some(target.writer()?)
     } else {
+        None
+    };
+    if let Some(f) = file {
         // Sized first, so that every write lands inside the file: measured faster here than
         // writes that extend it past holes (4 of 4 interleaved runs, by 0.4-0.8 s on 4 GiB).
-        let f = File::create(out).map_err(io_err(out, "creating"))?;
         f.set_len(point.size)
             .map_err(io_err(out, "setting the length"))?;
-        (Some(f), None)
-    };
+    }
     let n = reader.refs().len();
-    if let Some(f) = &file {
+    if let Some(f) = file {
         // Holes stay holes; runs of data chunks are written in pieces of BOUNCE_BYTES.
         use std::os::unix::fs::FileExt;
         let mut bounce: Vec<u8> = Vec::with_capacity(BOUNCE_BYTES);
@@ -552,8 +590,8 @@ fn write_point_vhd<'scope, 'env>(
     store: &'env Store,
     point: &RecoveryPoint,
     refs: Vec<ChunkRef>,
-    base: Option<(&RecoveryPoint, &[ChunkRef])>,
-    out: &Path,
+    base: Option<(&RecoveryPoint, &[ChunkRef], String)>,
+    (out, target): (&Path, &mut dyn Write),
     ignore_errors: bool,
     progress: &dyn Fn(u64),
 ) -> Result<(u64, Vec<Damaged>)> {
@@ -572,7 +610,7 @@ fn write_point_vhd<'scope, 'env>(
             .iter()
             .map(|b| b.iter().any(|r| *r != ChunkRef::Zero))
             .collect(),
-        Some((bp, brefs)) => {
+        Some((bp, brefs, _)) => {
             if bp.size != point.size || bp.chunk_size != point.chunk_size {
                 return Err(Error::Refused(format!(
                     "base point {} is not of the same disk size",
@@ -596,19 +634,13 @@ fn write_point_vhd<'scope, 'env>(
         uuid: point_uuid(point),
         timestamp: vhd_timestamp(point.time.timestamp()),
     };
-    let parent = base.map(|(bp, _)| ParentSpec {
+    let parent = base.map(|(bp, _, name)| ParentSpec {
         uuid: point_uuid(bp),
         timestamp: vhd_timestamp(bp.time.timestamp()),
-        relative_path: vhd_file_name(bp),
+        relative_path: name,
         absolute_path: String::new(),
     });
-    let to_stdout = out == Path::new("-");
-    let sink: Box<dyn Write> = if to_stdout {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(File::create(out).map_err(io_err(out, "creating"))?)
-    };
-    let mut sink = BufWriter::with_capacity(1 << 20, sink);
+    let mut sink = BufWriter::with_capacity(1 << 20, target);
     let bs = DEFAULT_BLOCK_SIZE as u64;
     let mut failure: Option<Error> = None;
     let written = write_sparse(&mut sink, &spec, parent.as_ref(), &allocated, |b, buf| {
@@ -632,12 +664,17 @@ fn write_point_vhd<'scope, 'env>(
     Ok((written, reader.damaged))
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the one VHD restore, beside restore_raw and restore_chain"
+)]
 fn restore_vhd<'scope, 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
     store: &'env Store,
     point: &RecoveryPoint,
     base: Option<&RecoveryPoint>,
     out: &Path,
+    target: &Output,
     ignore_errors: bool,
     progress: &dyn Fn(u64),
 ) -> Result<Restored> {
@@ -655,18 +692,21 @@ fn restore_vhd<'scope, 'env>(
                 )));
             }
             base_refs = store.chunk_refs(b)?;
-            Some((b, base_refs.as_slice()))
+            // The base's file as the first of a chain restored from it (`--format vhd-chain
+            // --from BASE`), in the same folder.
+            Some((b, base_refs.as_slice(), chain_file_name(0, b)))
         }
         None => None,
     };
     let (refs, mut damaged) = load_refs(store, point, ignore_errors)?;
+    let mut w = target.writer()?;
     let (bytes, mut more) = write_point_vhd(
         scope,
         store,
         point,
         refs,
         base,
-        out,
+        (out, &mut w),
         ignore_errors,
         progress,
     )?;
@@ -678,43 +718,97 @@ fn restore_vhd<'scope, 'env>(
     })
 }
 
+/// The points a chain ending at `point` holds, oldest first: from `from` (checked to be an
+/// earlier point of the same disk), else from the newest key backup at or before `point`, else
+/// from the disk's oldest point.
+fn chain_points(
+    store: &Store,
+    point: &RecoveryPoint,
+    from: Option<&RecoveryPoint>,
+) -> Result<Vec<RecoveryPoint>> {
+    let order = |p: &RecoveryPoint| (p.time, p.committed);
+    let mut points: Vec<RecoveryPoint> = store
+        .points()?
+        .into_iter()
+        .filter(|p| p.vm == point.vm && p.disk == point.disk && order(p) <= order(point))
+        .collect();
+    points.sort_by_key(order);
+    let start = match from {
+        Some(f) => points.iter().position(|p| p.id == f.id).ok_or_else(|| {
+            Error::Refused(format!(
+                "--from {} is not a point of {}/{} at or before {}",
+                f.short_id(),
+                point.vm,
+                point.disk,
+                point.short_id()
+            ))
+        })?,
+        None => points.iter().rposition(|p| p.stats.key).unwrap_or(0),
+    };
+    Ok(points.split_off(start))
+}
+
 fn restore_chain<'scope, 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
     store: &'env Store,
     point: &RecoveryPoint,
     out: &Path,
-    ignore_errors: bool,
+    opts: &Options<'_>,
     progress: &dyn Fn(u64),
 ) -> Result<Restored> {
-    std::fs::create_dir_all(out).map_err(io_err(out, "creating the folder"))?;
-    let mut points: Vec<RecoveryPoint> = store
-        .points()?
-        .into_iter()
-        .filter(|p| {
-            p.vm == point.vm
-                && p.disk == point.disk
-                && (p.time, p.committed) <= (point.time, point.committed)
-        })
-        .collect();
-    points.sort_by_key(|p| (p.time, p.committed));
+    let points = chain_points(store, point, opts.chain_from)?;
+    let created = output::chain_folder(out, opts.force)?;
+    let written = write_chain(scope, store, &points, out, opts.ignore_errors, progress);
+    match written {
+        Ok((restored, staged)) => {
+            for s in staged {
+                s.commit()?;
+            }
+            Ok(restored)
+        }
+        Err(e) => {
+            if created {
+                // The temporary files are gone with `staged`: the folder is empty again.
+                let _ = std::fs::remove_dir(out);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Writes each VHD of a chain under a temporary name; returns them for renaming.
+fn write_chain<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    store: &'env Store,
+    points: &[RecoveryPoint],
+    out: &Path,
+    ignore_errors: bool,
+    progress: &dyn Fn(u64),
+) -> Result<(Restored, Vec<output::Staged>)> {
     let mut restored = Restored::default();
-    let mut prev: Option<(RecoveryPoint, Vec<ChunkRef>)> = None;
-    for p in &points {
-        let path = out.join(vhd_file_name(p));
+    let mut staged = Vec::new();
+    let mut prev: Option<(RecoveryPoint, Vec<ChunkRef>, String)> = None;
+    for (i, p) in points.iter().enumerate() {
+        let name = chain_file_name(i, p);
+        let path = out.join(&name);
+        let file = output::Staged::new(&path);
+        let mut f = file.create()?;
         let (refs, mut damaged) = load_refs(store, p, ignore_errors)?;
         let base = match &prev {
-            Some((bp, brefs)) if bp.size == p.size && bp.chunk_size == p.chunk_size => {
-                Some((bp, brefs.as_slice()))
+            Some((bp, brefs, bname)) if bp.size == p.size && bp.chunk_size == p.chunk_size => {
+                Some((bp, brefs.as_slice(), bname.clone()))
             }
             _ => None,
         };
+        let tmp = file.tmp().to_path_buf();
+        staged.push(file);
         let (bytes, mut more) = write_point_vhd(
             scope,
             store,
             p,
             refs.clone(),
             base,
-            &path,
+            (&tmp, &mut f),
             ignore_errors,
             progress,
         )?;
@@ -722,7 +816,7 @@ fn restore_chain<'scope, 'env>(
         restored.damaged.append(&mut damaged);
         restored.damaged.append(&mut more);
         restored.files.push(path);
-        prev = Some((p.clone(), refs));
+        prev = Some((p.clone(), refs, name));
     }
-    Ok(restored)
+    Ok((restored, staged))
 }

@@ -314,9 +314,11 @@ impl TestStore {
         json(&ok(&mut c))[0].clone()
     }
 
-    /// Restores a point.
+    /// Restores a point, replacing `out` if a test restored there before (`--force`).
     pub fn restore(&self, point: &str, out: &Path, format: &str) {
-        ok(self.cmd(&["restore", point, "--format", format]).arg(out));
+        ok(self
+            .cmd(&["restore", "--force", point, "--format", format])
+            .arg(out));
     }
 
     /// Runs `cairn ARGS` on this store under `strace`, killed with SIGKILL on entering the

@@ -155,8 +155,22 @@ fn a_series_backed_up_every_way_restores_bit_exact_everywhere() {
         .arg(&q));
     assert_same_content(&q, &raws[2], true);
     // As a chain, read by vhd-lib (whole blocks only: its synthetic export ignores bitmaps).
+    // Every point here read the whole disk (a key backup), so by default the chain is the
+    // newest alone; from day 0 it holds all three.
+    let alone = w.join("alone");
+    store.restore("web01/xvda@latest", &alone, "vhd-chain");
+    assert_eq!(std::fs::read_dir(&alone).expect("chain").count(), 1);
     let chain = w.join("chain");
-    store.restore("web01/xvda@latest", &chain, "vhd-chain");
+    ok(store
+        .cmd(&[
+            "restore",
+            "web01/xvda@latest",
+            "--format",
+            "vhd-chain",
+            "--from",
+            &id(&p0),
+        ])
+        .arg(&chain));
     let mut files: Vec<PathBuf> = std::fs::read_dir(&chain)
         .expect("chain")
         .flatten()

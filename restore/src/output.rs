@@ -1,0 +1,198 @@
+//! Where a restore writes, and the rules that keep it from destroying anything.
+//!
+//! - A regular file is written under a temporary name beside it (`.NAME.cairn-partial-PID`)
+//!   and renamed into place only when the whole restore succeeded; a failed restore removes
+//!   its temporary file, so nothing that looks like a result is left. An existing file is
+//!   never replaced unless the caller says so (`force`); it stays untouched until the rename.
+//! - A block device, a pipe or another non-regular file that exists is written in place, every
+//!   byte in order (it has no holes and cannot be renamed over).
+//! - `-` is standard output.
+//! - A VHD chain goes into a folder that is new or empty (unless `force`); its files are written
+//!   under temporary names and renamed, in chain order, once all of them are written.
+//!
+//! The folder a file or chain goes into must exist (a chain's own folder is created): a typo in
+//! a path is an error naming the folder, not a new tree of folders.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// An output being written.
+pub(crate) enum Output {
+    /// Standard output.
+    Stdout,
+    /// An existing non-regular file (block device, pipe), written in place.
+    InPlace(File),
+    /// A regular file, written under a temporary name.
+    Staged(File, Staged),
+}
+
+impl Output {
+    /// Opens `out` for a restore. `-` is standard output.
+    ///
+    /// # Errors
+    /// An existing regular file without `force`, a folder that does not exist, I/O errors.
+    pub(crate) fn open(out: &Path, force: bool) -> Result<Self> {
+        if out == Path::new("-") {
+            return Ok(Self::Stdout);
+        }
+        match std::fs::metadata(out) {
+            Ok(m) if m.is_dir() => Err(Error::Refused(format!(
+                "{} is a folder: give a file name (a folder is for --format vhd-chain)",
+                out.display()
+            ))),
+            Ok(m) if !m.is_file() => {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(out)
+                    .map_err(io_err(out, "opening"))?;
+                Ok(Self::InPlace(f))
+            }
+            Ok(_) if !force => Err(Error::Refused(format!(
+                "{} exists; it is left as it is (pass --force to replace it once the restore \
+                 has succeeded)",
+                out.display()
+            ))),
+            _ => {
+                folder_exists(out)?;
+                let staged = Staged::new(out);
+                let f = staged.create()?;
+                Ok(Self::Staged(f, staged))
+            }
+        }
+    }
+
+    /// A writer for the output's bytes in order.
+    pub(crate) fn writer(&self) -> Result<Box<dyn Write + '_>> {
+        Ok(match self {
+            Self::Stdout => Box::new(std::io::stdout().lock()),
+            Self::InPlace(f) | Self::Staged(f, _) => Box::new(f),
+        })
+    }
+
+    /// The file, when the output is a regular file (it may then be written out of order and
+    /// keep holes).
+    pub(crate) fn regular_file(&self) -> Option<&File> {
+        match self {
+            Self::Staged(f, _) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Puts a finished output in place.
+    ///
+    /// # Errors
+    /// The rename failing.
+    pub(crate) fn finish(self) -> Result<()> {
+        match self {
+            Self::Staged(f, staged) => {
+                drop(f);
+                staged.commit()
+            }
+            Self::Stdout | Self::InPlace(_) => Ok(()),
+        }
+    }
+}
+
+/// A file being written under a temporary name beside its target; removed when dropped before
+/// [`Staged::commit`].
+pub(crate) struct Staged {
+    tmp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    pub(crate) fn new(target: &Path) -> Self {
+        let name = target
+            .file_name()
+            .map_or_else(|| "restore".into(), |n| n.to_string_lossy().into_owned());
+        let tmp = target.with_file_name(format!(".{name}.cairn-partial-{}", std::process::id()));
+        Self {
+            tmp,
+            target: target.to_path_buf(),
+            committed: false,
+        }
+    }
+
+    pub(crate) fn create(&self) -> Result<File> {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.tmp)
+            .map_err(io_err(&self.tmp, "creating"))
+    }
+
+    pub(crate) fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Renames the file into place.
+    pub(crate) fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.target).map_err(io_err(
+            &self.target,
+            "renaming the finished restore into place",
+        ))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// The folder a chain is restored into: created when new (its parent must exist), refused when
+/// it holds anything unless `force`. Returns whether it was created.
+pub(crate) fn chain_folder(out: &Path, force: bool) -> Result<bool> {
+    match std::fs::read_dir(out) {
+        Ok(mut entries) => {
+            if entries.next().is_some() && !force {
+                return Err(Error::Refused(format!(
+                    "folder {} is not empty: a chain is restored into a new or empty folder, so \
+                     that no earlier VHD mixes into it (pass --force to write into it anyway)",
+                    out.display()
+                )));
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            folder_exists(out)?;
+            std::fs::create_dir(out).map_err(io_err(out, "creating the folder"))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(Error::Refused(format!(
+            "{} is a file: --format vhd-chain writes a folder",
+            out.display()
+        ))),
+        Err(e) => Err(io_err(out, "reading the folder")(e)),
+    }
+}
+
+/// Fails, naming the folder, when the folder `path` goes into does not exist.
+fn folder_exists(path: &Path) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => return Ok(()),
+    };
+    if parent.is_dir() {
+        Ok(())
+    } else {
+        Err(Error::Refused(format!(
+            "folder {} does not exist (create it first)",
+            parent.display()
+        )))
+    }
+}
+
+pub(crate) fn io_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
+    let (path, what) = (path.to_path_buf(), what.to_owned());
+    move |source| Error::Io { path, what, source }
+}

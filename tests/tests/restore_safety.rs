@@ -1,0 +1,219 @@
+//! Restores never destroy or mislead: data and JSON never share stdout; an existing file is
+//! kept unless `--force`, and a failed restore leaves it untouched and leaves no file that looks
+//! like a result; a missing folder is named; binary data never goes to a terminal; a chain goes
+//! into a new or empty folder, its file names sort in chain order, and it starts where asked.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use cairn_tests::{TestStore as Store, assert_same_content, gen_disk, id, json, ok, read, run};
+
+fn disk(dir: &Path, name: &str, seed: u32, day: u32) -> PathBuf {
+    let p = dir.join(name);
+    gen_disk(&p, "16M", seed, 7, day);
+    p
+}
+
+/// Every entry of a folder (names), sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Flips a byte in the middle of the biggest pack: a restore of the point then fails.
+fn damage_biggest_pack(store: &Store) {
+    let pack = store
+        .pack_files()
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
+    let mut bytes = read(&pack);
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(&pack, &bytes).expect("write");
+}
+
+#[test]
+fn json_and_data_never_share_stdout() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = disk(work.path(), "a.raw", 1, 0);
+    let p = id(&store.backup("vm", "2026-11-01T02:00:00Z", "xvda", &src, &[]));
+    let out = store
+        .cmd(&["restore", "--json", &p, "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert_eq!(
+        out.stdout,
+        read(&src),
+        "stdout holds exactly the disk image"
+    );
+    let summary = json(&String::from_utf8_lossy(&out.stderr));
+    assert_eq!(summary["point"], p.as_str());
+}
+
+#[test]
+fn an_existing_file_is_kept_unless_forced_and_a_failed_restore_leaves_nothing() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let src = disk(w, "a.raw", 2, 0);
+    let p = id(&store.backup("vm", "2026-11-01T02:00:00Z", "xvda", &src, &[]));
+    // An existing file: refused, untouched.
+    let target = w.join("notes.txt");
+    std::fs::write(&target, b"a good copy of something").expect("write");
+    let out = run(store.cmd(&["restore", &p]).arg(&target));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exists") && err.contains("--force"), "{err}");
+    assert_eq!(read(&target), b"a good copy of something");
+    // With --force it is replaced by the restore.
+    ok(store.cmd(&["restore", "--force", &p]).arg(&target));
+    assert_same_content(&target, &src, true);
+    // A missing folder is named, not created.
+    let deep = w.join("no/such/folder/disk.raw");
+    let out = run(store.cmd(&["restore", &p]).arg(&deep));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&w.join("no/such/folder").display().to_string()),
+        "{err}"
+    );
+    assert!(!w.join("no").exists());
+    // A restore that fails (a damaged chunk): the good copy is untouched, and no new file, nor
+    // a temporary one, is left.
+    let good = w.join("good.raw");
+    std::fs::copy(&src, &good).expect("copy");
+    let before = entries(w);
+    damage_biggest_pack(&store);
+    for (args, out_path) in [
+        (vec!["restore", "--force", p.as_str()], good.clone()),
+        (vec!["restore", p.as_str()], w.join("new.raw")),
+        (
+            vec!["restore", "--format", "vhd", p.as_str()],
+            w.join("new.vhd"),
+        ),
+    ] {
+        let out = run(store.cmd(&args).arg(&out_path));
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded on a damaged store"
+        );
+        assert_eq!(entries(w), before, "{args:?} left a file behind");
+    }
+    assert_same_content(&good, &src, true);
+}
+
+#[test]
+fn binary_output_to_a_terminal_is_refused() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = disk(work.path(), "a.raw", 3, 0);
+    let p = id(&store.backup("vm", "2026-11-01T02:00:00Z", "xvda", &src, &[]));
+    // `script` gives the command a pseudo-terminal as stdout.
+    let cmdline = format!(
+        "{} restore --store {} {p} -",
+        cairn_tests::cairn_bin().display(),
+        store.path().display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("terminal"), "{text}");
+    assert!(text.len() < 4096, "disk bytes reached the terminal");
+}
+
+#[test]
+fn a_chain_goes_into_a_new_or_empty_folder_in_chain_order_from_where_asked() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    // Day 0 full, then two differencing VHDs made in the same second (ids decide nothing:
+    // the chain's order is the points' order).
+    let days: Vec<PathBuf> = (0..3)
+        .map(|d| disk(w, &format!("d{d}.raw"), 4, d))
+        .collect();
+    let base = w.join("d0.vhd");
+    ok(cairn_tests::cairn(["vhd", "from-raw"])
+        .arg(&days[0])
+        .arg(&base));
+    let d1 = w.join("d1.vhd");
+    ok(cairn_tests::cairn(["vhd", "from-raw"])
+        .arg(&days[1])
+        .arg(&d1)
+        .arg("--parent")
+        .arg(&base));
+    let d2 = w.join("d2.vhd");
+    ok(cairn_tests::cairn(["vhd", "from-raw"])
+        .arg(&days[2])
+        .arg(&d2)
+        .arg("--parent")
+        .arg(&d1));
+    let p0 = id(&store.backup("vm", "2026-11-01T02:00:00.100Z", "xvda", &base, &[]));
+    let p1 = id(&store.backup("vm", "2026-11-01T02:00:00.200Z", "xvda", &d1, &[]));
+    let p2 = id(&store.backup("vm", "2026-11-01T02:00:00.300Z", "xvda", &d2, &[]));
+    // By default from the newest key backup (day 0 here): three files, name order = chain.
+    let chain = w.join("chain");
+    ok(store
+        .cmd(&["restore", &p2, "--format", "vhd-chain"])
+        .arg(&chain));
+    let names = entries(&chain);
+    assert_eq!(names.len(), 3, "{names:?}");
+    for (name, p) in names.iter().zip([&p0, &p1, &p2]) {
+        assert!(name.contains(&p[..12]), "{names:?} out of chain order");
+    }
+    let top = chain.join(names.last().expect("top"));
+    let raw = w.join("top.raw");
+    ok(cairn_tests::cairn(["vhd", "to-raw"]).arg(&top).arg(&raw));
+    assert_same_content(&raw, &days[2], true);
+    // The same folder again: refused, nothing changed; --force writes into it.
+    let out = run(store
+        .cmd(&["restore", &p2, "--format", "vhd-chain"])
+        .arg(&chain));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    assert_eq!(entries(&chain), names);
+    // --from a later point: a shorter chain.
+    let short = w.join("short");
+    ok(store
+        .cmd(&["restore", &p2, "--format", "vhd-chain", "--from", &p1])
+        .arg(&short));
+    let short_names = entries(&short);
+    assert_eq!(short_names.len(), 2, "{short_names:?}");
+    let raw2 = w.join("short.raw");
+    ok(cairn_tests::cairn(["vhd", "to-raw"])
+        .arg(short.join(&short_names[1]))
+        .arg(&raw2));
+    assert_same_content(&raw2, &days[2], true);
+    // A folder whose parent is missing is named.
+    let lost = w.join("missing/chain");
+    let out = run(store
+        .cmd(&["restore", &p2, "--format", "vhd-chain"])
+        .arg(&lost));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&w.join("missing").display().to_string())
+    );
+    // A failed chain restore into a new folder leaves no folder.
+    damage_biggest_pack(&store);
+    let failed = w.join("failed");
+    let out = run(store
+        .cmd(&["restore", &p2, "--format", "vhd-chain"])
+        .arg(&failed));
+    assert!(!out.status.success());
+    assert!(!failed.exists(), "{:?}", entries(&failed));
+}
