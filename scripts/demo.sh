@@ -41,9 +41,9 @@ echo "== cairn list / report"
 "$cairn" list
 "$cairn" report
 echo "== cairn restore: raw, one VHD, a VHD chain"
-"$cairn" restore web01/xvda@latest "$work/restored.raw"
+"$cairn" restore --force web01/xvda@latest "$work/restored.raw"   # --force: a rerun replaces its own file
 cmp "$work/restored.raw" "$work/day2.raw" && echo "raw: bit-exact"
-"$cairn" restore web01/xvda@latest "$work/restored.vhd" --format vhd
+"$cairn" restore --force web01/xvda@latest "$work/restored.vhd" --format vhd
 "$cairn" vhd to-raw "$work/restored.vhd" "$work/restored-vhd.raw"
 cmp "$work/restored-vhd.raw" "$work/day2.raw" && echo "vhd: bit-exact"
 rm -rf "$work/restored-chain"

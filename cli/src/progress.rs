@@ -33,3 +33,27 @@ pub fn spinner(message: &str) -> ProgressBar {
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     bar
 }
+
+/// A byte counter on stderr (a terminal only) for work of unknown size, such as a raw stream:
+/// bytes done and the rate, no total and no eta. [`set_total`] turns it into a bar.
+pub fn stream(message: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{msg:12} {bytes} {binary_bytes_per_sec}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    bar.set_style(style);
+    bar.set_message(message.to_owned());
+    bar
+}
+
+/// Gives a counter from [`stream`] its total once known: it becomes a bar like [`bytes`].
+pub fn set_total(bar: &ProgressBar, total: u64) {
+    if bar.length() != Some(total) {
+        let style = ProgressStyle::with_template(
+            "{msg:12} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_length(total);
+    }
+}

@@ -25,19 +25,26 @@ pub struct StoreArg {
 
 /// Parses sizes like `256K`, `1M`, `2MiB`, `65536`.
 pub fn parse_size(s: &str) -> Result<u32, String> {
+    u32::try_from(parse_bytes(s)?).map_err(|_| format!("{s} is too large"))
+}
+
+/// Parses byte counts like `100G`, `2TiB`, `1048576` (K, M, G, T are powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim().to_ascii_uppercase();
     let t = t.trim_end_matches('B').trim_end_matches('I');
     let (num, mul) = match t.chars().last() {
         Some('K') => (&t[..t.len() - 1], 1u64 << 10),
         Some('M') => (&t[..t.len() - 1], 1 << 20),
         Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
         _ => (t, 1),
     };
     let n: u64 = num
         .trim()
         .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 256K, 1M)"))?;
-    u32::try_from(n * mul).map_err(|_| format!("{s} is too large"))
+        .map_err(|_| format!("{s:?} is not a size (e.g. 256K, 1M, 100G)"))?;
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("{s} is too large"))
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +99,16 @@ pub struct BackupArgs {
     /// files), storing fresh copies of chunks that verify marked bad or missing.
     #[arg(long)]
     pub key: bool,
+    /// The size the disk must have (e.g. 100G): a raw stream that ends elsewhere is refused.
+    #[arg(long, value_parser = parse_bytes)]
+    pub size: Option<u64>,
+    /// Accept a raw stream shorter than the disk's previous point (the disk shrank).
+    #[arg(long)]
+    pub allow_resize: bool,
+    /// Read a source as told even when it looks like another format (a VHD with --format raw,
+    /// a raw disk that starts like a qcow2, VHDX, VMDK or VDI image).
+    #[arg(long)]
+    pub force: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -213,11 +230,11 @@ pub fn init(a: &InitArgs) -> Result<i32> {
     if a.json {
         println!(
             "{}",
-            json!({ "store": a.store.display().to_string(), "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "format_version": cfg.format_version })
+            json!({ "store": a.store.display().to_string(), "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "format_version": cfg.format_version, "mode": "0700" })
         );
     } else {
         println!(
-            "created store {} (id {}, chunk size {})",
+            "created store {} (id {}, chunk size {}), private to its owner (folder 0700, files 0600)",
             a.store.display(),
             cfg.store_id,
             human_bytes(u64::from(cfg.chunk_size))
@@ -296,11 +313,15 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
                 KeyMode::No
             },
             run: run.clone(),
+            expected_size: a.size,
+            allow_resize: a.allow_resize,
+            force: a.force,
         };
-        let bar = progress::bytes(0, &disk);
+        // A raw stream's size is known only at its end: bytes and rate until then.
+        let bar = progress::stream(&disk);
         let p = cairn_ingest::backup(&store, &req, &|done, total| {
             if let Some(t) = total {
-                bar.set_length(t);
+                progress::set_total(&bar, t);
             }
             bar.set_position(done);
         })

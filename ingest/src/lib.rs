@@ -110,6 +110,13 @@ pub struct Request {
     pub key: KeyMode,
     /// The backup run this disk belongs to (several disks of one VM backed up together).
     pub run: Option<String>,
+    /// The size the disk must have: a raw stream that ends elsewhere is refused.
+    pub expected_size: Option<u64>,
+    /// A raw stream may be shorter than the disk's previous point (the disk shrank).
+    pub allow_resize: bool,
+    /// Read the source as told even when it looks like something else (`--format raw` on a
+    /// VHD, a raw disk that starts like a qcow2, VHDX, VMDK or VDI image).
+    pub force: bool,
 }
 
 /// Makes one backup and commits it as a recovery point. `progress` is called with the disk
@@ -167,6 +174,7 @@ fn backup_from(
             req.source.display()
         )));
     }
+    check_stream_size(store, req, opened.size.is_none(), size)?;
     let mut stats = done.stats;
     stats.logical_bytes = size;
     stats.bytes_read = done.bytes_read;
@@ -186,4 +194,37 @@ fn backup_from(
     let mut rp = session.commit(point, &done.refs)?;
     rp.stats.seconds = started.elapsed().as_secs_f64();
     Ok(rp)
+}
+
+/// A raw stream has no size of its own: one that ends early (a dropped `curl`, a killed
+/// export) would otherwise be stored as a smaller disk and become the latest point. It must end
+/// at `--size` when given, and never before the disk's previous point unless the disk shrank
+/// (`--allow-resize`). A source of known size must match `--size` too.
+fn check_stream_size(store: &Store, req: &Request, stream: bool, size: u64) -> Result<()> {
+    let shown = req.source.display();
+    if let Some(want) = req.expected_size {
+        if size != want {
+            return Err(Error::Refused(format!(
+                "{shown}: the source holds {size} bytes, but --size says {want}; nothing was stored"
+            )));
+        }
+        return Ok(());
+    }
+    if !stream || req.allow_resize {
+        return Ok(());
+    }
+    if let Some(prev) = store.latest(&req.vm, &req.disk)?
+        && size < prev.size
+    {
+        return Err(Error::Refused(format!(
+            "{shown}: the raw stream ended after {size} bytes, but the previous point {} of {}/{} \
+             is {} bytes: a truncated stream? nothing was stored (pass --size BYTES to say what \
+             the disk holds, or --allow-resize if it shrank)",
+            prev.short_id(),
+            req.vm,
+            req.disk,
+            prev.size
+        )));
+    }
+    Ok(())
 }

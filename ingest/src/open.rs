@@ -2,7 +2,7 @@
 //! a parent point), and say what the point will record of it.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, IsTerminal, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use cairn_store::{RecoveryPoint, SourceInfo, Store};
@@ -38,11 +38,20 @@ pub(crate) fn open<'s>(
     let shown = req.source.display().to_string();
     let input = match input {
         Some(i) => Some(i),
-        None if req.source == Path::new("-") => Some(Box::new(std::io::stdin()) as Input),
+        None if req.source == Path::new("-") => {
+            if std::io::stdin().is_terminal() {
+                return Err(Error::Refused(
+                    "stdin is a terminal: pipe the disk in (`... | cairn backup --vm VM \
+                     xvda=-`) or give its path"
+                        .into(),
+                ));
+            }
+            Some(Box::new(std::io::stdin()) as Input)
+        }
         None => None,
     };
     let opened = if let Some(input) = input {
-        match stream::open(input, &shown, req.format, &req.spool_dir)? {
+        match stream::open(input, &shown, req, &req.spool_dir)? {
             Stream::Raw(reader) => full(
                 "raw",
                 &shown,
@@ -162,10 +171,17 @@ fn open_file<'s>(
         }
     };
     let mut file = File::open(path).map_err(io_err("opening"))?;
+    let mut head = Vec::with_capacity(512);
+    (&mut file)
+        .take(512)
+        .read_to_end(&mut head)
+        .map_err(io_err("reading"))?;
+    let vhd = looks_like_vhd(&mut file).map_err(io_err("reading"))?;
+    check_not_foreign(shown, &head, vhd, req)?;
     let is_vhd = match req.format {
         Format::Vhd => true,
         Format::Raw => false,
-        Format::Auto => looks_like_vhd(&mut file).map_err(io_err("reading"))?,
+        Format::Auto => vhd,
     };
     if !is_vhd {
         let len = file
@@ -269,6 +285,53 @@ fn choose_parent(
         )));
     }
     Ok(parent)
+}
+
+/// The disk image formats cairn does not read, by the magic at their start, and how to get
+/// their content to cairn.
+fn foreign_format(head: &[u8]) -> Option<&'static str> {
+    const KNOWN: [(&[u8], &str); 5] = [
+        (b"QFI\xfb", "a qcow2 image"),
+        (b"vhdxfile", "a VHDX image"),
+        (b"KDMV", "a VMDK image (sparse extent)"),
+        (b"COWD", "a VMDK image (ESX COWD extent)"),
+        (b"# Disk DescriptorFile", "a VMDK descriptor"),
+    ];
+    /// A VDI's signature, 0xbeda107f little-endian at byte 64 (after a free-text banner).
+    const VDI_SIGNATURE: [u8; 4] = [0x7f, 0x10, 0xda, 0xbe];
+    if head.get(64..68) == Some(&VDI_SIGNATURE[..]) {
+        return Some("a VirtualBox VDI image");
+    }
+    KNOWN
+        .iter()
+        .find(|(magic, _)| head.starts_with(magic))
+        .map(|(_, what)| *what)
+}
+
+/// Refuses a source that is not what it would be read as: an image of another format read as a
+/// raw disk (its container bytes would be stored as the disk), or a VHD read with
+/// `--format raw`. `--force` reads it as told.
+pub(crate) fn check_not_foreign(shown: &str, head: &[u8], vhd: bool, req: &Request) -> Result<()> {
+    if req.force {
+        return Ok(());
+    }
+    if let Some(what) = foreign_format(head)
+        && req.format != Format::Vhd
+    {
+        return Err(Error::Refused(format!(
+            "{shown} is {what}, not a raw disk or a VHD: convert it (`qemu-img convert -O raw \
+             {shown} disk.raw`, or `-O vpc` for a VHD) or pipe its content \
+             (`qemu-img convert -O raw {shown} /dev/stdout | cairn backup ... DISK=-`); \
+             --force reads its bytes as a raw disk"
+        )));
+    }
+    if vhd && req.format == Format::Raw {
+        return Err(Error::Refused(format!(
+            "{shown} is a VHD: --format raw would store the VHD file itself as the disk; drop \
+             --format raw (or pass --force to store the file's bytes)"
+        )));
+    }
+    Ok(())
 }
 
 /// Detects what a file is: a VHD when its last 512 bytes or first 8 bytes carry the footer

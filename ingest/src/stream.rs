@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_vhd::{StreamOpen, StreamVhd};
 
-use crate::{Error, Format, Result};
+use crate::{Error, Format, Request, Result};
 
 /// A stream to back up.
 pub(crate) type Input = Box<dyn Read + Send>;
@@ -63,11 +63,13 @@ fn peek(stdin: &mut Input, n: usize) -> Result<Vec<u8>> {
 pub(crate) fn open(
     mut stdin: Input,
     name: &str,
-    format: Format,
+    req: &Request,
     spool_dir: &Path,
 ) -> Result<Stream> {
+    let format = req.format;
     let head = peek(&mut stdin, 512)?;
     let sparse_vhd = head.starts_with(b"conectix");
+    crate::open::check_not_foreign(name, &head, sparse_vhd, req)?;
     let is_vhd = match format {
         Format::Vhd => true,
         Format::Raw => false,

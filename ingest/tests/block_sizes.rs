@@ -179,6 +179,9 @@ fn request(root: &Path, source: PathBuf, parent: Option<RecoveryPoint>, key: Key
         spool_dir: root.join("tmp"),
         key,
         run: None,
+        expected_size: None,
+        allow_resize: false,
+        force: false,
     }
 }
 

@@ -22,7 +22,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::chunk::{ChunkId, ChunkKind, Codec, EncodedChunk};
@@ -167,6 +167,7 @@ impl PackWriter {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(Error::io(&path, "creating a pack"))?;
         let mut w = Self {

@@ -95,15 +95,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io(dir, "creating a folder"))?;
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(Error::io(&tmp, "creating"))?;
+    let mut f = private_file(&tmp).map_err(Error::io(&tmp, "creating"))?;
     f.write_all(bytes).map_err(Error::io(&tmp, "writing"))?;
     f.sync_all().map_err(Error::io(&tmp, "syncing"))?;
     std::fs::rename(&tmp, path).map_err(Error::io(path, "renaming into place"))?;
     sync_dir(dir)
 }
 
+/// Creates (or truncates) a file readable by its owner only (0600).
+pub(crate) fn private_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 impl Store {
-    /// Creates a new store in `root` (an empty or missing folder).
+    /// Creates a new store in `root` (an empty or missing folder), private to its owner: the
+    /// folder is 0700 and the files cairn writes are 0600.
     ///
     /// # Errors
     /// A folder that is not empty, an invalid chunk size, I/O and index errors.
@@ -119,10 +131,24 @@ impl Store {
                 )));
             }
         }
-        std::fs::create_dir_all(root.join("packs"))
-            .map_err(Error::io(root, "creating the store"))?;
-        std::fs::create_dir_all(root.join("points"))
-            .map_err(Error::io(root, "creating the store"))?;
+        // Private: the store holds the guests' disks. The root folder is 0700, so nobody else
+        // reaches anything below it whatever its mode; files cairn writes are 0600 too.
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .map_err(Error::io(root, "creating the store"))?;
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+                .map_err(Error::io(root, "making the store private"))?;
+            for sub in ["packs", "points"] {
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(root.join(sub))
+                    .map_err(Error::io(root, "creating the store"))?;
+            }
+        }
         let db = open_db(root, false)?;
         if let Some(meta) = db.cf_handle(CF_META) {
             db.put_cf_opt(meta, META_REFCOUNTS, b"1", &sync_write())

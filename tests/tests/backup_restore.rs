@@ -482,7 +482,8 @@ fn a_second_writer_is_told_and_readers_work_beside_a_writer() {
     let work = tempfile::tempdir().expect("tempdir");
     let raws = days(work.path(), 7, 7, 1);
     store.backup("web", "2026-11-01T02:00:00Z", "xvda", &raws[0], &[]);
-    // A writer that holds the lock while it waits for stdin.
+    // A writer that holds the lock while it waits for stdin (a 1 MiB disk: --size says so,
+    // since the disk's previous point is larger).
     let mut holder = store
         .cmd(&[
             "backup",
@@ -490,6 +491,8 @@ fn a_second_writer_is_told_and_readers_work_beside_a_writer() {
             "web",
             "--time",
             "2026-11-02T02:00:00Z",
+            "--size",
+            "1M",
             "xvda=-",
         ])
         .stdin(Stdio::piped())

@@ -1,0 +1,189 @@
+//! Backups never store wrong input as a good point: a raw stream that ends early, stdin on a
+//! terminal, an image of another format read as a raw disk, a VHD read with `--format raw`.
+//! Each is refused with a message that says what to do, and nothing is stored.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use cairn_tests::{TestStore as Store, gen_disk, json, ok, read, run};
+
+fn disk(dir: &Path, name: &str, seed: u32) -> PathBuf {
+    let p = dir.join(name);
+    gen_disk(&p, "16M", seed, 7, 0);
+    p
+}
+
+/// `cairn backup --vm VM ARGS... xvda=-` with `bytes` piped in.
+fn backup_piped(store: &Store, vm: &str, args: &[&str], bytes: &[u8]) -> std::process::Output {
+    let mut child = store
+        .cmd(&["backup", "--json", "--vm", vm])
+        .args(args)
+        .arg("xvda=-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut pipe = child.stdin.take().expect("stdin");
+    let _ = pipe.write_all(bytes);
+    drop(pipe);
+    child.wait_with_output().expect("wait")
+}
+
+fn refused(out: &std::process::Output, words: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "accepted: {err}");
+    for w in words {
+        assert!(err.contains(w), "{w:?} missing from: {err}");
+    }
+    err
+}
+
+#[test]
+fn a_raw_stream_that_ends_early_is_refused_unless_the_size_is_declared() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = disk(work.path(), "a.raw", 1);
+    let bytes = read(&src);
+    ok(&mut store.cmd(&[
+        "backup",
+        "--vm",
+        "web01",
+        &format!("xvda={}", src.display()),
+    ]));
+    let packs = store.pack_files();
+    // As `head -c 10M disk.raw |` or a dropped download gives it.
+    let cut = &bytes[..10 << 20];
+    let out = backup_piped(&store, "web01", &[], cut);
+    refused(&out, &["10485760", "16777216", "--size", "--allow-resize"]);
+    assert_eq!(store.list().len(), 1, "the truncated stream became a point");
+    assert_eq!(store.pack_files(), packs, "the refused stream left packs");
+    // --size says what the disk holds: a stream that ends elsewhere is refused...
+    let out = backup_piped(&store, "web01", &["--size", "16M"], cut);
+    refused(&out, &["--size"]);
+    // ...and one that matches is stored, as is a shrunk disk with --allow-resize.
+    let out = backup_piped(&store, "web01", &["--size", "16M"], &bytes);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = backup_piped(&store, "web01", &["--allow-resize"], cut);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = json(&String::from_utf8_lossy(&out.stdout))[0].clone();
+    assert_eq!(p["logical_bytes"], 10 << 20);
+    // A disk's first point has nothing to compare with: a stream is taken as it comes.
+    let out = backup_piped(&store, "new01", &[], cut);
+    assert!(out.status.success());
+}
+
+#[test]
+fn stdin_on_a_terminal_is_refused() {
+    let store = Store::new("64K");
+    let cmdline = format!(
+        "{} backup --store {} --vm web01 xvda=-",
+        cairn_tests::cairn_bin().display(),
+        store.path().display()
+    );
+    // `script` gives the command a pseudo-terminal as stdin; nothing is typed.
+    let out = Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("terminal"), "{text}");
+    assert!(store.list().is_empty());
+}
+
+#[test]
+fn images_of_other_formats_and_vhds_read_as_raw_are_refused() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let src = disk(w, "a.raw", 2);
+    for (fmt, name, what) in [
+        ("qcow2", "a.qcow2", "qcow2"),
+        ("vhdx", "a.vhdx", "VHDX"),
+        ("vmdk", "a.vmdk", "VMDK"),
+        ("vdi", "a.vdi", "VDI"),
+    ] {
+        let img = w.join(name);
+        ok(Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", fmt])
+            .arg(&src)
+            .arg(&img));
+        let out = run(store
+            .cmd(&["backup", "--vm", "pve"])
+            .arg(format!("xvda={}", img.display())));
+        refused(
+            &out,
+            &[what, "qemu-img convert", &img.display().to_string()],
+        );
+        let out = backup_piped(&store, "pve", &[], &read(&img));
+        refused(&out, &[what]);
+        assert!(store.list().is_empty(), "{fmt} stored");
+    }
+    // --force stores the bytes as told.
+    let img = w.join("a.qcow2");
+    ok(store
+        .cmd(&["backup", "--vm", "pve", "--force"])
+        .arg(format!("xvda={}", img.display())));
+    assert_eq!(store.list().len(), 1);
+    // A VHD read with --format raw would store the VHD file as the disk.
+    let vhd = w.join("a.vhd");
+    ok(cairn_tests::cairn(["vhd", "from-raw"]).arg(&src).arg(&vhd));
+    let out = run(store
+        .cmd(&["backup", "--vm", "xo", "--format", "raw"])
+        .arg(format!("xvda={}", vhd.display())));
+    refused(&out, &["is a VHD", "--format raw"]);
+    let out = backup_piped(&store, "xo", &["--format", "raw"], &read(&vhd));
+    refused(&out, &["is a VHD"]);
+    assert_eq!(store.list().len(), 1);
+    ok(store
+        .cmd(&["backup", "--vm", "xo", "--format", "raw", "--force"])
+        .arg(format!("xvda={}", vhd.display())));
+    assert_eq!(store.list().len(), 2);
+}
+
+#[test]
+fn a_store_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = disk(work.path(), "a.raw", 3);
+    ok(&mut store.cmd(&[
+        "backup",
+        "--vm",
+        "web01",
+        &format!("xvda={}", src.display()),
+    ]));
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&store.path()), 0o700, "the store folder");
+    for p in store.pack_files() {
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+    let root = walk(&store.path().join("points"));
+    assert!(!root.is_empty());
+    for p in root.iter().chain([&store.path().join("cairn.toml")]) {
+        assert_eq!(mode(p), 0o600, "{}", p.display());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
