@@ -244,7 +244,13 @@ pub fn init(a: &InitArgs) -> Result<i32> {
 }
 
 pub fn open_write(store: &Path, wait: bool) -> Result<Store> {
-    let s = Store::open(store, OpenMode::Write { wait })?;
+    let s = match Store::open(store, OpenMode::Write { wait: false }) {
+        Err(cairn_store::Error::Locked { holder, .. }) if wait => {
+            eprintln!("waiting for the write lock, held by {holder}");
+            Store::open(store, OpenMode::Write { wait: true })?
+        }
+        other => other?,
+    };
     if let Some(stale) = s.stale_lock() {
         eprintln!("note: took over the lock of a writer that did not finish ({stale})");
     }

@@ -49,6 +49,15 @@ impl WriteLock {
                 holder: holder.trim().to_owned(),
             });
         }
+        // What the file says now, under the lock: a holder that finished emptied it, so text
+        // here is a holder that died. (Read before waiting, it would name the live writer we
+        // waited for.)
+        if wait {
+            holder.clear();
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| file.read_to_string(&mut holder))
+                .map_err(Error::io(&path, "reading the lock file"))?;
+        }
         let stale = (!holder.trim().is_empty()).then(|| holder.trim().to_owned());
         let me = format!(
             "pid {} on {} since {}",

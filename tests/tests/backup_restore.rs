@@ -515,9 +515,34 @@ fn a_second_writer_is_told_and_readers_work_beside_a_writer() {
     let out = work.path().join("r.raw");
     store.restore("web/xvda@latest", &out, "raw");
     assert_same_content(&out, &raws[0], true);
+    // A writer with --wait says whom it waits for, and when the holder finished normally it
+    // does not call it a writer that did not finish.
+    let waiter = store
+        .cmd(&[
+            "backup",
+            "--wait",
+            "--vm",
+            "web3",
+            "--time",
+            "2026-11-02T02:00:00Z",
+        ])
+        .arg(format!("xvda={}", raws[0].display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(500));
     drop(pipe);
     assert!(holder.wait().expect("wait").success());
-    assert_eq!(store.list().len(), 2);
+    let waited = waiter.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&waited.stderr);
+    assert!(waited.status.success(), "{err}");
+    assert!(
+        err.contains("waiting for the write lock, held by pid"),
+        "{err}"
+    );
+    assert!(!err.contains("did not finish"), "{err}");
+    assert_eq!(store.list().len(), 3);
 }
 
 #[test]
