@@ -14,7 +14,22 @@ use clap::{Parser, Subcommand};
 /// cairn: a content-addressed, deduplicating block store for forever-incremental VM disk
 /// backups.
 #[derive(Debug, Parser)]
-#[command(name = "cairn", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "cairn",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = "Examples:\n  \
+    export CAIRN_STORE=/backups/store\n  \
+    cairn init $CAIRN_STORE\n  \
+    cairn backup --vm web01 xvda=web01-xvda.vhd\n  \
+    cairn restore web01/xvda@latest web01.raw\n\n\
+    From restic: cairn prune is restic's forget --keep-*; cairn gc is restic's prune.\n\n\
+    Exit status: 0 success, 1 failure (verify: damage found), 2 usage error, 3 partial result\n\
+    (restore --ignore-errors wrote damaged ranges as zeros). Every command that works on a\n\
+    store takes --store or CAIRN_STORE."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -20,7 +20,8 @@ use crate::vhd_cmd::human_bytes;
     Rules apply per VM and disk, newest first, in the order last, hourly, daily, weekly (ISO),\n\
     monthly, yearly; each keeps the newest point of N periods (local time; TZ is respected)\n\
     that no earlier rule covered. Protected points are always kept. Dropping a point writes no\n\
-    chunk data: run `cairn gc` to reclaim the space.")]
+    chunk data: run `cairn gc` to reclaim the space. (restic users: this is restic's\n\
+    `forget --keep-*`; restic's `prune` is `cairn gc`.)")]
 pub struct PruneArgs {
     #[command(flatten)]
     pub store: StoreArg,
@@ -96,7 +97,8 @@ pub struct ProtectArgs {
 #[command(
     after_help = "Examples:\n  cairn gc --store /backups/store --dry-run\n  cairn gc --json\n\n\
     gc plans and copies without blocking backups; it takes the write lock (waiting for a running\n\
-    backup to commit) only for the final check, one index batch and deleting files."
+    backup to commit) only for the final check, one index batch and deleting files. (restic\n\
+    users: this is restic's `prune`; restic's `forget --keep-*` is `cairn prune`.)"
 )]
 pub struct GcArgs {
     #[command(flatten)]
@@ -231,6 +233,7 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
     } else {
         open_write(&a.store.store, a.wait)?
     };
+    crate::store_cmd::check_filter(&store, a.vm.as_deref(), a.disk.as_deref())?;
     let mut by_disk: BTreeMap<(String, String), Vec<RecoveryPoint>> = BTreeMap::new();
     for p in store.points()? {
         if a.vm.as_ref().is_some_and(|v| &p.vm != v)
@@ -411,6 +414,11 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
 }
 
 pub fn verify(a: &VerifyArgs) -> Result<i32> {
+    crate::store_cmd::check_filter(
+        &Store::open(&a.store.store, OpenMode::Read)?,
+        a.vm.as_deref(),
+        None,
+    )?;
     let opts = VerifyOptions {
         vm: a.vm.clone(),
         since: a.since.map(|d| Utc::now() - d),

@@ -243,6 +243,45 @@ pub fn init(a: &InitArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// Fails when a `--vm` / `--disk` filter matches no point of the store, naming what exists (a
+/// typo must not read as "nothing to do" or "all well").
+pub fn check_filter(store: &Store, vm: Option<&str>, disk: Option<&str>) -> Result<()> {
+    if vm.is_none() && disk.is_none() {
+        return Ok(());
+    }
+    let points = store.points()?;
+    let matches =
+        |p: &&RecoveryPoint| vm.is_none_or(|v| p.vm == v) && disk.is_none_or(|d| p.disk == d);
+    if points.iter().any(|p| matches(&p)) {
+        return Ok(());
+    }
+    let mut vms: Vec<&str> = points.iter().map(|p| p.vm.as_str()).collect();
+    vms.sort_unstable();
+    vms.dedup();
+    let what = match (vm, disk) {
+        (Some(v), Some(d)) => format!("no point of disk {d:?} of VM {v:?}"),
+        (Some(v), None) => format!("no point of VM {v:?}"),
+        (None, Some(d)) => format!("no point of a disk {d:?}"),
+        (None, None) => unreachable!("checked above"),
+    };
+    if let (Some(v), Some(_)) = (vm, disk) {
+        let mut disks: Vec<&str> = points
+            .iter()
+            .filter(|p| p.vm == v)
+            .map(|p| p.disk.as_str())
+            .collect();
+        disks.sort_unstable();
+        disks.dedup();
+        if !disks.is_empty() {
+            bail!("{what}; its disks: {}", disks.join(", "));
+        }
+    }
+    if vms.is_empty() {
+        bail!("{what}: the store holds no points yet");
+    }
+    bail!("{what}; VMs in this store: {}", vms.join(", "))
+}
+
 pub fn open_write(store: &Path, wait: bool) -> Result<Store> {
     let s = match Store::open(store, OpenMode::Write { wait: false }) {
         Err(cairn_store::Error::Locked { holder, .. }) if wait => {
@@ -461,6 +500,7 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
 
 pub fn list(a: &ListArgs) -> Result<i32> {
     let store = Store::open(&a.store.store, OpenMode::Read)?;
+    check_filter(&store, a.vm.as_deref(), None)?;
     let points: Vec<RecoveryPoint> = store
         .points()?
         .into_iter()

@@ -187,3 +187,37 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_filter_that_matches_nothing_is_an_error_naming_what_exists() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = disk(work.path(), "a.raw", 4);
+    ok(&mut store.cmd(&[
+        "backup",
+        "--vm",
+        "web01",
+        &format!("xvda={}", src.display()),
+    ]));
+    for args in [
+        &["verify", "--vm", "web1"][..],
+        &["prune", "--vm", "web1", "--keep-last", "1", "--dry-run"],
+        &["list", "--vm", "web1"],
+    ] {
+        let out = run(&mut store.cmd(args));
+        refused(&out, &["no point of VM \"web1\"", "web01"]);
+    }
+    let out = run(&mut store.cmd(&[
+        "prune",
+        "--vm",
+        "web01",
+        "--disk",
+        "xvdb",
+        "--keep-last",
+        "1",
+    ]));
+    refused(&out, &["xvdb", "its disks: xvda"]);
+    let out = run(&mut store.cmd(&["prune", "--keep-daily", "0"]));
+    refused(&out, &["at least one --keep-* rule"]);
+    assert_eq!(store.list().len(), 1);
+}
