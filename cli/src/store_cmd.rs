@@ -157,7 +157,9 @@ pub enum RestoreFormat {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub store: StoreArg,
-    /// The point: an id (a unique prefix is enough) or VM/DISK@latest.
+    /// The point: an id (a unique prefix, or the UUID of a VHD cairn restored), VM/DISK@latest,
+    /// VM/DISK@latest~N (N before the latest), VM/DISK@DATE or VM/DISK@DATETIME (the newest
+    /// point at or before it; UTC unless a zone is given).
     pub point: String,
     /// Where to write: a file, `-` for stdout, or a folder for vhd-chain.
     pub out: PathBuf,

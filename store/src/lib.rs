@@ -69,6 +69,7 @@ mod maintenance;
 pub mod pack;
 pub mod point;
 mod refs;
+pub mod select;
 mod store;
 
 pub use chunk::{ChunkId, ChunkKind, ChunkRef, Codec, EncodedChunk};

@@ -374,42 +374,15 @@ impl Store {
             .max_by_key(|p| (p.time, p.committed)))
     }
 
-    /// Finds a point by id, unique id prefix, or `VM/DISK@latest`.
+    /// Finds a point as [`crate::select`] reads a name: an id (with or without the dashes of
+    /// the UUID cairn writes into VHDs), a unique id prefix, or `VM/DISK@latest`,
+    /// `VM/DISK@latest~N`, `VM/DISK@DATE`, `VM/DISK@DATETIME`.
     ///
     /// # Errors
-    /// [`Error::Point`] when nothing or more than one point matches.
+    /// [`Error::Point`] when nothing or more than one point matches (the candidates listed).
     pub fn resolve(&self, spec: &str) -> Result<RecoveryPoint> {
-        if let Some((vmdisk, which)) = spec.split_once('@') {
-            let (vm, disk) = vmdisk
-                .split_once('/')
-                .ok_or_else(|| Error::Point(format!("{spec:?}: expected VM/DISK@latest")))?;
-            if which != "latest" {
-                return Err(Error::Point(format!(
-                    "{spec:?}: only @latest is understood after VM/DISK"
-                )));
-            }
-            return self.latest(vm, disk)?.ok_or_else(|| {
-                Error::Point(format!("{spec:?}: no point of disk {disk} of VM {vm}"))
-            });
-        }
-        let spec_l = spec.to_ascii_lowercase();
-        let matches: Vec<RecoveryPoint> = self
-            .points()?
-            .into_iter()
-            .filter(|p| p.id.starts_with(&spec_l))
-            .collect();
-        match matches.len() {
-            0 => Err(Error::Point(format!(
-                "{spec:?}: no such point (see `cairn list`)"
-            ))),
-            1 => Ok(matches
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::Point(spec.into()))?),
-            n => Err(Error::Point(format!(
-                "{spec:?}: the prefix matches {n} points; give more digits"
-            ))),
-        }
+        let points = self.points()?;
+        crate::select::resolve(&points, spec).map_err(Error::Point)
     }
 
     /// The reference list of a point, one ref per chunk of its disk.

@@ -217,3 +217,43 @@ fn a_chain_goes_into_a_new_or_empty_folder_in_chain_order_from_where_asked() {
     assert!(!out.status.success());
     assert!(!failed.exists(), "{:?}", entries(&failed));
 }
+
+#[test]
+fn points_are_named_by_date_by_position_and_by_the_uuid_of_their_vhd() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let days: Vec<PathBuf> = (0..3)
+        .map(|d| disk(w, &format!("n{d}.raw"), 5, d))
+        .collect();
+    for (d, src) in days.iter().enumerate() {
+        let time = format!("2026-11-2{d}T02:00:00Z");
+        store.backup("web01", &time, "xvda", src, &[]);
+    }
+    for (name, want) in [
+        ("web01/xvda@latest", &days[2]),
+        ("web01/xvda@latest~1", &days[1]),
+        ("web01/xvda@latest~2", &days[0]),
+        ("web01/xvda@2026-11-21", &days[1]),
+        ("web01/xvda@2026-11-21T01:00:00Z", &days[0]),
+    ] {
+        let out = w.join("named.raw");
+        store.restore(name, &out, "raw");
+        assert_same_content(&out, want, true);
+    }
+    // The UUID cairn writes into a restored VHD names its point.
+    let vhd = w.join("x.vhd");
+    store.restore("web01/xvda@latest~1", &vhd, "vhd");
+    let info = json(&ok(cairn_tests::cairn(["vhd", "info", "--json"]).arg(&vhd)));
+    let uuid = info["uuid"].as_str().expect("uuid").to_owned();
+    assert!(uuid.contains('-'), "{uuid}");
+    let out = w.join("by-uuid.raw");
+    store.restore(&uuid, &out, "raw");
+    assert_same_content(&out, &days[1], true);
+    // Before the first point: a message, not a guess.
+    let out = run(store
+        .cmd(&["restore", "web01/xvda@2026-11-01"])
+        .arg(w.join("none.raw")));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("oldest point"));
+}

@@ -1,0 +1,228 @@
+//! Naming a recovery point on the command line.
+//!
+//! | name | the point |
+//! |---|---|
+//! | `3f2a9c1b07de` | the point whose id starts so (the prefix must be unique) |
+//! | `3f2a9c1b-07de-4e1a-...` | the same, as the UUID cairn writes into the VHDs it restores |
+//! | `VM/DISK@latest` | the disk's newest point |
+//! | `VM/DISK@latest~N` | the N-th point before the newest (`~1` is the one before) |
+//! | `VM/DISK@2026-11-22` | the newest point made on or before that day (UTC) |
+//! | `VM/DISK@2026-11-22T02:00:00Z` | the newest point made at or before that instant (a time without a zone is UTC) |
+//!
+//! An ambiguous prefix lists the points it matches.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+
+use crate::point::RecoveryPoint;
+
+/// The point `spec` names among `points`.
+///
+/// # Errors
+/// What is wrong with the name, or which points it matches when it matches several.
+pub fn resolve(points: &[RecoveryPoint], spec: &str) -> Result<RecoveryPoint, String> {
+    if let Some((vmdisk, which)) = spec.split_once('@') {
+        let (vm, disk) = vmdisk.rsplit_once('/').ok_or_else(|| {
+            format!("{spec:?}: expected VM/DISK@latest, @latest~N, @DATE or @DATETIME")
+        })?;
+        let mut mine: Vec<&RecoveryPoint> = points
+            .iter()
+            .filter(|p| p.vm == vm && p.disk == disk)
+            .collect();
+        if mine.is_empty() {
+            return Err(format!("{spec:?}: no point of disk {disk:?} of VM {vm:?}"));
+        }
+        mine.sort_by_key(|p| (p.time, p.committed));
+        let found = match at(which)? {
+            At::Back(n) => mine
+                .len()
+                .checked_sub(n + 1)
+                .and_then(|i| mine.get(i))
+                .ok_or_else(|| {
+                    format!(
+                        "{spec:?}: {vm}/{disk} has {} points, so no {n}-th before the latest",
+                        mine.len()
+                    )
+                })?,
+            At::Time(t) => mine.iter().rev().find(|p| p.time <= t).ok_or_else(|| {
+                format!(
+                    "{spec:?}: the oldest point of {vm}/{disk} is from {}",
+                    mine[0].time.to_rfc3339()
+                )
+            })?,
+        };
+        return Ok((*found).clone());
+    }
+    let want: String = spec
+        .chars()
+        .filter(|c| *c != '-')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if want.is_empty() || !want.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{spec:?}: not a point id nor VM/DISK@latest (see `cairn list`)"
+        ));
+    }
+    let matches: Vec<&RecoveryPoint> = points.iter().filter(|p| p.id.starts_with(&want)).collect();
+    match matches[..] {
+        [] => Err(format!("{spec:?}: no such point (see `cairn list`)")),
+        [one] => Ok(one.clone()),
+        ref many => {
+            let list: Vec<String> = many
+                .iter()
+                .take(10)
+                .map(|p| format!("  {} {}/{} {}", p.id, p.vm, p.disk, p.time.to_rfc3339()))
+                .collect();
+            Err(format!(
+                "{spec:?} matches {} points; give more digits:\n{}{}",
+                many.len(),
+                list.join("\n"),
+                if many.len() > 10 { "\n  ..." } else { "" }
+            ))
+        }
+    }
+}
+
+/// Which point of a disk, after the `@`.
+enum At {
+    /// The N-th before the newest.
+    Back(usize),
+    /// The newest at or before this instant.
+    Time(DateTime<Utc>),
+}
+
+fn at(which: &str) -> Result<At, String> {
+    if which == "latest" {
+        return Ok(At::Back(0));
+    }
+    if let Some(n) = which.strip_prefix("latest~") {
+        return n
+            .parse()
+            .map(At::Back)
+            .map_err(|_| format!("@{which}: expected @latest~N with N a number"));
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(which) {
+        return Ok(At::Time(t.with_timezone(&Utc)));
+    }
+    for f in [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(which, f) {
+            return Ok(At::Time(t.and_utc()));
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(which, "%Y-%m-%d") {
+        // The whole day counts: the newest point made on it or before.
+        let end = d
+            .succ_opt()
+            .and_then(|n| n.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc() - chrono::Duration::nanoseconds(1))
+            .ok_or_else(|| format!("@{which}: a day out of range"))?;
+        return Ok(At::Time(end));
+    }
+    Err(format!(
+        "@{which}: expected latest, latest~N, a date (2026-11-22) or a date and time \
+         (2026-11-22T02:00:00Z; without a zone, UTC)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::point::{BackupStats, SourceInfo};
+
+    fn point(id: &str, vm: &str, time: &str) -> RecoveryPoint {
+        let t = DateTime::parse_from_rfc3339(time)
+            .expect("time")
+            .with_timezone(&Utc);
+        RecoveryPoint {
+            id: id.into(),
+            vm: vm.into(),
+            disk: "xvda".into(),
+            time: t,
+            size: 1 << 20,
+            chunk_size: 1 << 16,
+            source: SourceInfo {
+                kind: "raw".into(),
+                vhd_uuid: None,
+                path: "x".into(),
+            },
+            parent: None,
+            segments: Vec::new(),
+            stats: BackupStats::default(),
+            committed: t,
+            protected: false,
+            run: None,
+        }
+    }
+
+    fn sample() -> Vec<RecoveryPoint> {
+        vec![
+            point(
+                "3f2a9c1b07de4e1a9c1b07de4e1a9c1b",
+                "web01",
+                "2026-11-20T02:00:00Z",
+            ),
+            point(
+                "3f2a00000000000000000000000000aa",
+                "web01",
+                "2026-11-21T02:00:00Z",
+            ),
+            point(
+                "8d01be44a2c94e1a9c1b07de4e1a9c1b",
+                "web01",
+                "2026-11-22T02:00:00Z",
+            ),
+            point(
+                "99000000000000000000000000000000",
+                "db01",
+                "2026-11-22T03:00:00Z",
+            ),
+        ]
+    }
+
+    fn id(spec: &str) -> Result<String, String> {
+        resolve(&sample(), spec).map(|p| p.id[..6].to_owned())
+    }
+
+    #[test]
+    fn names_resolve_as_the_table_says() {
+        assert_eq!(id("3f2a9"), Ok("3f2a9c".into()));
+        assert_eq!(
+            id("3F2A9C1B-07DE-4E1A-9C1B-07DE4E1A9C1B"),
+            Ok("3f2a9c".into())
+        );
+        assert_eq!(id("web01/xvda@latest"), Ok("8d01be".into()));
+        assert_eq!(id("web01/xvda@latest~1"), Ok("3f2a00".into()));
+        assert_eq!(id("web01/xvda@latest~2"), Ok("3f2a9c".into()));
+        assert!(id("web01/xvda@latest~3").is_err());
+        assert_eq!(id("web01/xvda@2026-11-21"), Ok("3f2a00".into()));
+        assert_eq!(id("web01/xvda@2026-11-21T01:59:59Z"), Ok("3f2a9c".into()));
+        assert_eq!(id("web01/xvda@2026-11-22T02:00:00Z"), Ok("8d01be".into()));
+        assert_eq!(id("web01/xvda@2026-11-22T01:00"), Ok("3f2a00".into()));
+        assert_eq!(id("db01/xvda@2026-11-23"), Ok("990000".into()));
+        let early = id("web01/xvda@2026-11-19").expect_err("before the first point");
+        assert!(early.contains("oldest point"), "{early}");
+    }
+
+    #[test]
+    fn an_ambiguous_prefix_lists_its_candidates() {
+        let e = id("3f2a").expect_err("ambiguous");
+        assert!(e.contains("matches 2 points"), "{e}");
+        assert!(e.contains("3f2a9c1b07de4e1a9c1b07de4e1a9c1b"), "{e}");
+        assert!(e.contains("3f2a00000000000000000000000000aa"), "{e}");
+        assert!(id("zz").is_err());
+        assert!(
+            id("web01/xvdb@latest")
+                .expect_err("no disk")
+                .contains("no point")
+        );
+        assert!(
+            id("web01/xvda@yesterday")
+                .expect_err("bad")
+                .contains("expected latest")
+        );
+    }
+}
