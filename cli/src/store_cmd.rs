@@ -331,13 +331,14 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
     if jobs.iter().filter(|(_, s)| s == Path::new("-")).count() > 1 {
         bail!("only one disk can be read from stdin");
     }
+    check_sources(&jobs)?;
     let store = open_write(&a.store.store, a.wait)?;
     let parent = a.parent.as_deref().map(|p| store.resolve(p)).transpose()?;
     let time = a.time.unwrap_or_else(Utc::now);
     let interval = store.policies()?.get(&a.vm).map_or(0, |p| p.key_interval);
     let existing = store.points()?;
     let run = (jobs.len() > 1).then(|| uuid::Uuid::new_v4().simple().to_string());
-    let mut results = Vec::new();
+    let mut results: Vec<serde_json::Value> = Vec::new();
     for (disk, src) in jobs {
         let due = key_due(&existing, &a.vm, &disk, interval);
         let req = Request {
@@ -372,12 +373,39 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             }
             bar.set_position(done);
         })
-        .with_context(|| {
-            format!(
-                "backup of {}/{disk} from {} failed; the store is unchanged",
+        .map_err(|e| {
+            bar.finish_and_clear();
+            // Say exactly what this run stored before the failure (and print it as JSON, so
+            // that a script sees it too).
+            if a.json && !results.is_empty() {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&results).unwrap_or_default()
+                );
+            }
+            let stored: Vec<String> = results
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} as point {}",
+                        r["disk"].as_str().unwrap_or("?"),
+                        r["id"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            let what = if stored.is_empty() {
+                "the store is unchanged".to_owned()
+            } else {
+                format!(
+                    "this run stored {} before it; the disks after it were not backed up",
+                    stored.join(", ")
+                )
+            };
+            anyhow::Error::new(e).context(format!(
+                "backup of {}/{disk} from {} failed; {what}",
                 a.vm,
                 src.display()
-            )
+            ))
         })?;
         bar.finish_and_clear();
         if due && !p.stats.key {
@@ -415,6 +443,43 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
     Ok(0)
+}
+
+/// Checks every source of a run before any is read: each disk named once, each file there and
+/// readable. All problems are reported together.
+fn check_sources(jobs: &[(String, PathBuf)]) -> Result<()> {
+    let mut problems = Vec::new();
+    let mut seen = HashSet::new();
+    for (disk, src) in jobs {
+        if !seen.insert(disk.as_str()) {
+            problems.push(format!("disk {disk:?} is given twice"));
+        }
+        if src == Path::new("-") {
+            continue;
+        }
+        match std::fs::metadata(src) {
+            Err(e) => problems.push(format!("{disk}={}: {e}", src.display())),
+            Ok(m) if m.is_dir() => {
+                problems.push(format!(
+                    "{disk}={}: a folder, not a disk image",
+                    src.display()
+                ));
+            }
+            Ok(_) => {
+                if let Err(e) = std::fs::File::open(src) {
+                    problems.push(format!("{disk}={}: {e}", src.display()));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "nothing was backed up; fix the sources first:\n  {}",
+            problems.join("\n  ")
+        )
+    }
 }
 
 pub fn restore(a: &RestoreArgs) -> Result<i32> {

@@ -221,3 +221,42 @@ fn a_filter_that_matches_nothing_is_an_error_naming_what_exists() {
     refused(&out, &["at least one --keep-* rule"]);
     assert_eq!(store.list().len(), 1);
 }
+
+#[test]
+fn a_run_checks_every_source_first_and_says_exactly_what_it_stored() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let a = disk(w, "a.raw", 5);
+    let missing = w.join("missing.raw");
+    // A missing source and a disk named twice: refused before anything is read.
+    let out = run(store.cmd(&["backup", "--vm", "multi"]).args([
+        format!("xvda={}", a.display()),
+        format!("xvdb={}", missing.display()),
+        format!("xvda={}", a.display()),
+    ]));
+    refused(
+        &out,
+        &[
+            "nothing was backed up",
+            "missing.raw",
+            "disk \"xvda\" is given twice",
+        ],
+    );
+    assert!(store.list().is_empty());
+    // A source that fails while it is read (a damaged VHD): what was stored is said, and with
+    // --json printed.
+    let bad = w.join("bad.vhd");
+    ok(cairn_tests::cairn(["vhd", "from-raw"]).arg(&a).arg(&bad));
+    let mut bytes = read(&bad);
+    bytes[512 + 20] ^= 4;
+    std::fs::write(&bad, &bytes).expect("write");
+    let out = run(store.cmd(&["backup", "--json", "--vm", "multi"]).args([
+        format!("xvda={}", a.display()),
+        format!("xvdb={}", bad.display()),
+    ]));
+    let err = refused(&out, &["this run stored xvda as point", "not backed up"]);
+    let stored = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(stored.as_array().map(Vec::len), Some(1), "{err}");
+    assert_eq!(store.list().len(), 1);
+}
