@@ -62,10 +62,17 @@ enum Command {
     /// Read chunks, check them against their ids, and name what a bad one damages.
     Verify(retention_cmd::VerifyArgs),
     /// Per-VM policies (key backup interval).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cairn policy set --vm web01 --key-interval 7\n  cairn policy show --json"
+    )]
     Policy(retention_cmd::PolicyCommand),
     /// Inspect, check, convert and create VHD files (fixed, dynamic, differencing chains).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cairn vhd info --json delta.vhd\n  cairn vhd check day2.vhd\n  \
+        cairn vhd to-raw day2.vhd day2.raw\n  cairn vhd from-raw day1.raw day1.vhd --parent day0.vhd"
+    )]
     Vhd(vhd_cmd::VhdCommand),
 }
 

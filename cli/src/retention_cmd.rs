@@ -15,7 +15,7 @@ use crate::vhd_cmd::human_bytes;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
-    cairn prune --store /backups/store --keep-last 3 --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run\n  \
+    cairn prune --dry-run --store /backups/store --keep-last 3 --keep-daily 7 --keep-monthly 12\n  \
     cairn prune --vm web01 --disk xvda --keep-daily 14 --json\n\n\
     Rules apply per VM and disk, newest first, in the order last, hourly, daily, weekly (ISO),\n\
     monthly, yearly; each keeps the newest point of N periods (local time; TZ is respected)\n\
@@ -68,6 +68,9 @@ pub struct ForgetArgs {
     /// Points: ids (a unique prefix is enough) or VM/DISK@latest.
     #[arg(required = true)]
     pub points: Vec<String>,
+    /// Show which points would be dropped; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Wait for another writer instead of failing.
     #[arg(long)]
     pub wait: bool,
@@ -302,15 +305,18 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
     let kept = decisions.len() - remove.len();
     if a.dry_run {
         println!(
-            "dry run: would keep {kept} and remove {} points",
-            remove.len()
+            "dry run: would keep {kept} and remove {}",
+            crate::vhd_cmd::count(remove.len() as u64, "point")
         );
     } else {
         println!(
-            "kept {kept}, removed {} points in {:.3}s ({} chunks now unreferenced; `cairn gc` reclaims them)",
-            remove.len(),
+            "kept {kept}, removed {} in {:.3}s ({} now unreferenced; `cairn gc` reclaims them)",
+            crate::vhd_cmd::count(remove.len() as u64, "point"),
             forget_secs,
-            forgotten.as_ref().map_or(0, |f| f.chunks_unreferenced)
+            crate::vhd_cmd::count(
+                forgotten.as_ref().map_or(0, |f| f.chunks_unreferenced),
+                "chunk"
+            )
         );
         for w in forgotten.iter().flat_map(|f| &f.warnings) {
             eprintln!("warning: {w}");
@@ -320,12 +326,35 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
 }
 
 pub fn forget(a: &ForgetArgs) -> Result<i32> {
-    let store = open_write(&a.store.store, a.wait)?;
+    let store = if a.dry_run {
+        Store::open(&a.store.store, OpenMode::Read)?
+    } else {
+        open_write(&a.store.store, a.wait)?
+    };
     let points = a
         .points
         .iter()
         .map(|s| store.resolve(s))
         .collect::<Result<Vec<_>, _>>()?;
+    if a.dry_run {
+        if let Some(p) = points.iter().find(|p| p.protected) {
+            bail!("point {} is protected: unprotect it first", p.short_id());
+        }
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "dry_run": true,
+                    "would_forget": points.iter().map(|p| &p.id).collect::<Vec<_>>(),
+                }))?
+            );
+        } else {
+            for p in &points {
+                println!("would forget {}", point_row(p));
+            }
+        }
+        return Ok(0);
+    }
     let started = Instant::now();
     let f = store.forget(&points)?;
     let secs = started.elapsed().as_secs_f64();
@@ -434,11 +463,11 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!(
-            "checked {} of {} chunks ({} read) of {} points in {:.1}s: {}",
+            "checked {} of {} ({} read) of {} in {:.1}s: {}",
             r.chunks_checked,
-            r.chunks_in_scope,
+            crate::vhd_cmd::count(r.chunks_in_scope, "chunk"),
             human_bytes(r.bytes_read),
-            r.points_in_scope,
+            crate::vhd_cmd::count(r.points_in_scope, "point"),
             r.seconds,
             if r.clean() {
                 "all well".to_owned()
@@ -524,6 +553,9 @@ fn describe(p: &Policy) -> String {
     match p.key_interval {
         0 => "key backups only when asked (--key)".into(),
         1 => "every backup is a key backup".into(),
-        n => format!("every {n}th backup of each disk is a key backup"),
+        n => format!(
+            "every {} backup of each disk is a key backup",
+            crate::vhd_cmd::ordinal(n)
+        ),
     }
 }

@@ -5,7 +5,7 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use cairn_vhd::format::{DEFAULT_BLOCK_SIZE, VHD_EPOCH_UNIX, fourcc};
+use cairn_vhd::format::{VHD_EPOCH_UNIX, fourcc};
 use cairn_vhd::{
     Chain, DiskSpec, DiskType, ParentSpec, Vhd, vhd_timestamp, write_fixed, write_sparse,
 };
@@ -64,8 +64,9 @@ pub enum VhdCommand {
         /// Kind of VHD to write without --parent.
         #[arg(long = "type", value_enum, default_value_t = VhdType::Dynamic)]
         kind: VhdType,
-        /// Block size of a dynamic VHD, in bytes (a power of two; 2 MiB is what everyone reads).
-        #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE)]
+        /// Block size of a dynamic VHD (a power of two, as 2M or 2097152; 2 MiB is what
+        /// everyone reads).
+        #[arg(long, default_value = "2M", value_parser = crate::store_cmd::parse_size)]
         block_size: u32,
         /// UUID of the new VHD (random if not given).
         #[arg(long)]
@@ -114,6 +115,27 @@ fn open_vhd(path: &Path) -> Result<Vhd<File>> {
 
 fn open_chain(path: &Path) -> Result<Chain<File>> {
     Ok(Chain::open(path, open_file)?)
+}
+
+/// `n` and the noun, plural when `n` is not 1: "1 point", "3 points".
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// An English ordinal: 1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st.
+pub fn ordinal(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 /// Bytes in binary units, e.g. `1.50 GiB`.
@@ -611,4 +633,27 @@ fn from_raw(
         );
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{count, ordinal};
+
+    #[test]
+    fn ordinals_and_counts_read_as_english() {
+        let got: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111, 112]
+            .into_iter()
+            .map(ordinal)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd",
+                "101st", "111th", "112th"
+            ]
+        );
+        assert_eq!(count(1, "point"), "1 point");
+        assert_eq!(count(0, "point"), "0 points");
+        assert_eq!(count(3, "chunk"), "3 chunks");
+    }
 }

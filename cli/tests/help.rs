@@ -42,6 +42,10 @@ fn subcommands(text: &str) -> Vec<String> {
 #[test]
 fn every_command_has_help_with_an_example() {
     let top = help(&[]);
+    assert!(
+        top.contains("Example"),
+        "the top-level help has no example:\n{top}"
+    );
     let mut todo: Vec<Vec<String>> = subcommands(&top).into_iter().map(|c| vec![c]).collect();
     for c in [
         "init", "backup", "restore", "list", "report", "repair", "vhd", "gc", "verify",
@@ -55,6 +59,15 @@ fn every_command_has_help_with_an_example() {
     while let Some(cmd) = todo.pop() {
         let text = help(&cmd);
         let subs = subcommands(&text);
+        // Groups too show an example, and no example line starts with an option (a wrapped
+        // line must not look like a command of its own).
+        assert!(text.contains("Example"), "{cmd:?} has no example:\n{text}");
+        for line in text.lines().filter(|l| l.starts_with("  cairn ")) {
+            assert!(
+                line.len() <= 100,
+                "{cmd:?}: an example line too long to stay on one line: {line}"
+            );
+        }
         if !subs.is_empty() {
             // A group (`vhd`, `policy`): each of its commands carries the example.
             todo.extend(subs.into_iter().map(|s| {

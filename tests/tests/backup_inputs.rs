@@ -260,3 +260,25 @@ fn a_run_checks_every_source_first_and_says_exactly_what_it_stored() {
     assert_eq!(stored.as_array().map(Vec::len), Some(1), "{err}");
     assert_eq!(store.list().len(), 1);
 }
+
+#[test]
+fn forget_has_a_dry_run_and_sizes_read_the_same_everywhere() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let a = disk(work.path(), "a.raw", 6);
+    ok(&mut store.cmd(&["backup", "--vm", "web01", &format!("xvda={}", a.display())]));
+    let text = ok(&mut store.cmd(&["forget", "--dry-run", "web01/xvda@latest"]));
+    assert!(text.contains("would forget"), "{text}");
+    assert_eq!(store.list().len(), 1, "a dry run forgot");
+    let text = ok(&mut store.cmd(&["prune", "--dry-run", "--keep-last", "1"]));
+    assert!(text.contains("remove 0 points"), "{text}");
+    // --block-size takes the sizes --chunk-size takes.
+    let vhd = work.path().join("a.vhd");
+    ok(
+        cairn_tests::cairn(["vhd", "from-raw", "--block-size", "512K"])
+            .arg(&a)
+            .arg(&vhd),
+    );
+    let info = json(&ok(cairn_tests::cairn(["vhd", "info", "--json"]).arg(&vhd)));
+    assert_eq!(info["header"]["block_size"], 512 << 10, "{info}");
+}
