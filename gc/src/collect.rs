@@ -59,7 +59,8 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Pack files the index did not know (killed backups or collections), deleted.
     pub orphan_packs: u64,
-    /// Their bytes (counted in `bytes_freed`).
+    /// Their bytes (counted in `bytes_freed`; by a dry run only when no writer holds the lock,
+    /// since a running backup's packs are unindexed until it commits).
     pub orphan_bytes: u64,
     /// Garbage bytes left in packs that stay (under the rewrite threshold).
     pub garbage_bytes_kept: u64,
@@ -395,10 +396,16 @@ fn collect_inner(
         report.packs_written = new_packs.count;
         report.bytes_copied = new_packs.frame_bytes;
         report.bytes_freed = removed_bytes.saturating_sub(new_packs.total);
-        // Unindexed packs may belong to a backup running now: reported, not counted as freed.
+        // Unindexed packs are deleted by the run (under the write lock no backup is writing
+        // one). When no writer holds the lock now, they are orphans and counted as freed, as
+        // the run would free them; while a backup runs they may be its packs: reported only.
+        let writer_running = cairn_store::lock::WriteLock::acquire(root, false).is_err();
         for (_, len) in ro.unindexed_pack_files()? {
             report.orphan_packs += 1;
             report.orphan_bytes += len;
+            if !writer_running {
+                report.bytes_freed += len;
+            }
         }
         return Ok(report);
     }

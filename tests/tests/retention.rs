@@ -153,8 +153,18 @@ fn gc_frees_the_space_of_dropped_points_and_kept_points_restore_bit_exact() {
     let dry0 = gc(&store, &["--dry-run", "--repack-below", "0"]);
     assert_eq!(num(&dry0, "packs_rewritten"), 0, "{dry0}");
     assert!(num(&dry0, "garbage_bytes_kept") > 0, "{dry0}");
+    // A pack no index entry names (as a killed backup leaves): an orphan the run deletes.
+    let orphan_dir = store.path().join("packs/ff");
+    std::fs::create_dir_all(&orphan_dir).expect("mkdir");
+    std::fs::copy(
+        &store.pack_files()[0],
+        orphan_dir.join(format!("{}.pack", "f".repeat(32))),
+    )
+    .expect("copy");
+    let before = packs_bytes(&store);
     // A dry run reports and keeps everything, and predicts the real run exactly.
     let dry = gc(&store, &["--dry-run", "--repack-below", "100"]);
+    assert_eq!(num(&dry, "orphan_packs"), 1, "{dry}");
     assert!(num(&dry, "bytes_freed") > 0, "{dry}");
     assert_eq!(num(&dry, "garbage_bytes_kept"), 0, "{dry}");
     assert_eq!(packs_bytes(&store), before);
