@@ -42,7 +42,7 @@ pub enum VhdCommand {
         after_help = "Example:\n  cairn vhd to-raw delta.vhd disk.raw\n  cairn vhd to-raw disk.vhd - | sha256sum"
     )]
     ToRaw {
-        /// The VHD file (the newest of a chain).
+        /// The VHD file (the newest of a chain), or `-` for a dynamic or fixed VHD on stdin.
         top: PathBuf,
         /// The raw image to write (holes for zeros), or `-` for stdout.
         out: PathBuf,
@@ -408,21 +408,90 @@ fn is_zero(buf: &[u8]) -> bool {
     buf.iter().all(|&b| b == 0)
 }
 
-fn to_raw(top: &Path, out: &Path) -> Result<i32> {
-    let mut chain = open_chain(top)?;
-    let size = chain.disk_size();
-    let bs = u64::from(chain.block_size());
+/// A VHD on stdin: read in one pass when its layout allows, else spooled to a temporary file
+/// (removed after) and read from there. A differencing VHD on stdin has no parents to read.
+fn to_raw_from_stdin(out: &Path) -> Result<i32> {
+    use cairn_vhd::{BlockState, DiskType, StreamOpen, StreamVhd};
+    let spool_and_convert = |consumed: &[u8], mut rest: Box<dyn Read>| -> Result<i32> {
+        let mut spool = tempfile::NamedTempFile::new().context("creating a spool file")?;
+        spool.write_all(consumed).context("spooling stdin")?;
+        std::io::copy(&mut rest, &mut spool).context("spooling stdin")?;
+        to_raw(spool.path(), out)
+    };
+    let mut stdin = std::io::stdin().lock();
+    let mut head = Vec::with_capacity(512);
+    (&mut stdin)
+        .take(512)
+        .read_to_end(&mut head)
+        .context("reading stdin")?;
+    if !head.starts_with(b"conectix") {
+        // A fixed VHD keeps its only footer at the end.
+        return spool_and_convert(&head, Box::new(stdin));
+    }
+    let input: Box<dyn Read> = Box::new(std::io::Cursor::new(head).chain(stdin));
+    let mut vhd = match StreamVhd::open(std::io::BufReader::with_capacity(1 << 20, input))
+        .map_err(|e| anyhow::Error::new(e.in_file("-")))?
+    {
+        StreamOpen::OnePass(v) => v,
+        StreamOpen::NeedsSeek {
+            consumed, reader, ..
+        } => return spool_and_convert(&consumed, Box::new(reader)),
+    };
+    if vhd.footer().disk_type == DiskType::Differencing {
+        bail!("-: a differencing VHD on stdin comes without its parents; give its path instead");
+    }
+    let size = vhd.disk_size();
+    let bs = u64::from(vhd.block_size());
     let bar = progress::bytes(size, "to-raw");
     let mut buf = vec![0u8; bs as usize];
+    let mut sink = open_raw_sink(out)?;
     let to_stdout = out == Path::new("-");
-    let mut sink: Box<dyn WriteSeek> = if to_stdout {
+    for i in 0..vhd.block_count() {
+        let start = u64::from(i) * bs;
+        let len = (size - start).min(bs) as usize;
+        let present = vhd.block_state(i)? != BlockState::Unallocated;
+        buf.fill(0);
+        if present {
+            vhd.read_block_data(i, 0, &mut buf)?;
+        }
+        if present && !is_zero(&buf[..len]) || to_stdout {
+            sink.seek(SeekFrom::Start(start))
+                .with_context(|| format!("seeking {} to {start}", out.display()))?;
+            sink.write_all(&buf[..len])
+                .with_context(|| format!("writing {} at offset {start}", out.display()))?;
+        }
+        bar.inc(len as u64);
+    }
+    vhd.finish()
+        .map_err(|e| anyhow::Error::new(e.in_file("-")))?;
+    sink.finish(size)
+        .with_context(|| format!("finishing {}", out.display()))?;
+    bar.finish_and_clear();
+    Ok(0)
+}
+
+fn open_raw_sink(out: &Path) -> Result<Box<dyn WriteSeek>> {
+    Ok(if out == Path::new("-") {
         Box::new(StdoutSink(BufWriter::with_capacity(
             1 << 20,
             std::io::stdout().lock(),
         )))
     } else {
         Box::new(File::create(out).with_context(|| format!("cannot create {}", out.display()))?)
-    };
+    })
+}
+
+fn to_raw(top: &Path, out: &Path) -> Result<i32> {
+    if top == Path::new("-") {
+        return to_raw_from_stdin(out);
+    }
+    let mut chain = open_chain(top)?;
+    let size = chain.disk_size();
+    let bs = u64::from(chain.block_size());
+    let bar = progress::bytes(size, "to-raw");
+    let mut buf = vec![0u8; bs as usize];
+    let to_stdout = out == Path::new("-");
+    let mut sink = open_raw_sink(out)?;
     for i in 0..chain.block_count() {
         let start = u64::from(i) * bs;
         let len = (size - start).min(bs) as usize;

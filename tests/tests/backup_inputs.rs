@@ -282,3 +282,40 @@ fn forget_has_a_dry_run_and_sizes_read_the_same_everywhere() {
     let info = json(&ok(cairn_tests::cairn(["vhd", "info", "--json"]).arg(&vhd)));
     assert_eq!(info["header"]["block_size"], 512 << 10, "{info}");
 }
+
+#[test]
+fn vhd_to_raw_reads_stdin_as_backup_does() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let src = disk(w, "a.raw", 7);
+    let dynamic = w.join("d.vhd");
+    ok(
+        cairn_tests::cairn(["vhd", "from-raw", "--block-size", "512K"])
+            .arg(&src)
+            .arg(&dynamic),
+    );
+    let fixed = w.join("f.vhd");
+    ok(Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=fixed,force_size=on",
+        ])
+        .arg(&src)
+        .arg(&fixed));
+    for vhd in [&dynamic, &fixed] {
+        let out = w.join("out.raw");
+        let _ = std::fs::remove_file(&out);
+        let status = cairn_tests::cairn(["vhd", "to-raw", "-"])
+            .arg(&out)
+            .stdin(std::fs::File::open(vhd).expect("open"))
+            .status()
+            .expect("run");
+        assert!(status.success(), "{}", vhd.display());
+        cairn_tests::assert_same_content(&out, &src, true);
+    }
+}
