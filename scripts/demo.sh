@@ -57,7 +57,7 @@ first=$("$cairn" list --json | python3 -c "import json,sys; print(json.load(sys.
 "$cairn" prune --vm web01 --keep-last 1 --dry-run
 "$cairn" prune --vm web01 --keep-last 1
 "$cairn" gc --dry-run
-"$cairn" gc --repack-below 100     # rewrite every pack holding garbage (default: under 50% live)
+"$cairn" gc --repack-below 100     # rewrite every pack holding garbage (default: --max-unused 5)
 "$cairn" verify
 "$cairn" policy set --vm web01 --key-interval 7
 "$cairn" list

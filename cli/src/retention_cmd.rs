@@ -109,9 +109,13 @@ pub struct GcArgs {
     /// Show what would be freed; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Rewrite packs whose live share is under this percentage.
-    #[arg(long, default_value_t = 50.0)]
-    pub repack_below: f64,
+    /// Rewrite packs, most garbage first, until the garbage left is at most this percentage of
+    /// the store's pack bytes (restic's --max-unused).
+    #[arg(long, default_value_t = 5.0, conflicts_with = "repack_below")]
+    pub max_unused: f64,
+    /// Instead: rewrite every pack whose live share is under this percentage.
+    #[arg(long)]
+    pub repack_below: Option<f64>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -398,12 +402,16 @@ pub fn protect(a: &ProtectArgs, on: bool) -> Result<i32> {
 }
 
 pub fn gc(a: &GcArgs) -> Result<i32> {
-    if !(0.0..=100.0).contains(&a.repack_below) {
-        bail!("--repack-below is a percentage from 0 to 100");
+    let pct = a.repack_below.unwrap_or(a.max_unused);
+    if !(0.0..=100.0).contains(&pct) {
+        bail!("--max-unused and --repack-below are percentages from 0 to 100");
     }
     let opts = GcOptions {
         dry_run: a.dry_run,
-        repack_below: a.repack_below / 100.0,
+        repack: match a.repack_below {
+            Some(p) => cairn_gc::Repack::Below(p / 100.0),
+            None => cairn_gc::Repack::MaxUnused(a.max_unused / 100.0),
+        },
     };
     let spinner = crate::progress::spinner("gc");
     let started = Instant::now();

@@ -20,20 +20,30 @@ use crate::{Error, Result};
 /// Name of the lock file that keeps two garbage collections apart.
 pub const GC_LOCK_FILE: &str = "gc.lock";
 
+/// Which packs that hold garbage among live chunks are worth rewriting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Repack {
+    /// Bound the garbage: rewrite the packs with the most garbage first until what is left is at
+    /// most this share (0.0 to 1.0) of the store's pack bytes (restic's `--max-unused`).
+    MaxUnused(f64),
+    /// Rewrite every pack whose live share is under this (0.0 to 1.0).
+    Below(f64),
+}
+
 /// How to collect.
 #[derive(Debug, Clone, Copy)]
 pub struct GcOptions {
     /// Plan and report, change nothing.
     pub dry_run: bool,
-    /// Rewrite a pack when less than this share of its bytes is live (0.0 to 1.0).
-    pub repack_below: f64,
+    /// Which packs to rewrite.
+    pub repack: Repack,
 }
 
 impl Default for GcOptions {
     fn default() -> Self {
         Self {
             dry_run: false,
-            repack_below: 0.5,
+            repack: Repack::MaxUnused(0.05),
         }
     }
 }
@@ -157,6 +167,8 @@ fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Result<HashMa
         e.1 += FRAME_HEADER_SIZE + u64::from(h.stored_len);
     }
     let mut actions = HashMap::new();
+    // Packs with garbage among live chunks: (garbage bytes, live share, pack).
+    let mut mixed: Vec<(u64, f64, PackId)> = Vec::new();
     for (pack, (frames, bytes)) in dead {
         let Some(info) = infos.get(&pack) else {
             continue;
@@ -165,10 +177,34 @@ fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Result<HashMa
         let live = body.saturating_sub(bytes);
         if frames >= info.chunks {
             actions.insert(pack, Action::Delete);
-        } else if (live as f64) / (body as f64) < opts.repack_below {
-            actions.insert(pack, Action::Rewrite);
         } else {
-            report.garbage_bytes_kept += bytes;
+            mixed.push((bytes, live as f64 / body as f64, pack));
+        }
+    }
+    match opts.repack {
+        Repack::Below(share) => {
+            for (bytes, live, pack) in mixed {
+                if live < share {
+                    actions.insert(pack, Action::Rewrite);
+                } else {
+                    report.garbage_bytes_kept += bytes;
+                }
+            }
+        }
+        Repack::MaxUnused(share) => {
+            // Most garbage first: each rewrite frees the most for what it copies.
+            mixed.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
+            let total: u64 = infos.values().map(|i| i.size).sum();
+            let allowed = (total as f64 * share) as u64;
+            let mut left: u64 = mixed.iter().map(|m| m.0).sum();
+            for (bytes, _, pack) in mixed {
+                if left > allowed {
+                    actions.insert(pack, Action::Rewrite);
+                    left -= bytes;
+                } else {
+                    report.garbage_bytes_kept += bytes;
+                }
+            }
         }
     }
     Ok(actions)

@@ -100,7 +100,7 @@ fn a_malformed_pack_entry_stops_gc_and_deletes_nothing() {
     drop(store);
     let opts = GcOptions {
         dry_run: false,
-        repack_below: 1.0,
+        repack: cairn_gc::Repack::Below(1.0),
     };
     let err = collect(&root, &opts, &|_| {}).expect_err("gc must stop");
     assert!(is_corrupt(&err, "packs"), "{err}");
@@ -149,7 +149,7 @@ fn a_malformed_reference_count_is_an_error_not_zero() {
     drop(store);
     let opts = GcOptions {
         dry_run: false,
-        repack_below: 1.0,
+        repack: cairn_gc::Repack::Below(1.0),
     };
     // Nothing is garbage yet; a gc that reads counts must not take the damaged one as 0.
     let _ = collect(&root, &opts, &|_| {});

@@ -575,3 +575,31 @@ fn nobak_disks_are_skipped_and_one_vm_run_is_listed_together() {
     let run_id = &points[0]["run"].as_str().expect("run")[..8];
     assert_eq!(text.matches(run_id).count(), 2, "{text}");
 }
+
+#[test]
+fn gc_by_default_leaves_at_most_five_percent_of_the_store_as_garbage() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let raws = days(work.path(), "16M", 21, 12);
+    let points = daily_backups(&store, "db", &raws);
+    ok(&mut store.cmd(&["prune", "--keep-last", "3"]));
+    let dry = gc(&store, &["--dry-run"]);
+    let g = gc(&store, &[]);
+    assert_eq!(
+        num(&dry, "bytes_copied"),
+        num(&g, "bytes_copied"),
+        "{dry} vs {g}"
+    );
+    let left = num(&g, "garbage_bytes_kept");
+    let total = packs_bytes(&store);
+    assert!(
+        left * 20 <= total,
+        "{left} bytes of garbage left in {total} bytes of packs: {g}"
+    );
+    assert!(num(&g, "bytes_freed") > 0, "{g}");
+    for (p, r) in points[9..].iter().zip(&raws[9..]) {
+        restore_matches(&store, p, r, work.path());
+    }
+    let (clean, v) = verify(&store, &[]);
+    assert!(clean, "{v}");
+}
