@@ -218,7 +218,10 @@ fn point_row(p: &RecoveryPoint) -> String {
         p.short_id(),
         p.vm,
         p.disk,
-        p.time.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S %:z")
+        // Local time (RFC 3339 with its offset): the rules count periods in local time.
+        p.time
+            .with_timezone(&Local)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
     )
 }
 
@@ -295,7 +298,7 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
                 "plan_seconds": plan_secs,
                 "forget_seconds": forget_secs,
                 "points": decisions.iter().map(|(p, k)| json!({
-                    "id": p.id, "vm": p.vm, "disk": p.disk, "time": p.time.to_rfc3339(),
+                    "id": p.id, "vm": p.vm, "disk": p.disk, "time": crate::store_cmd::show_time(&p.time),
                     "keep": k.is_some(),
                     "reason": match k { Some(Keep::Rule(r)) => json!(r.name()), Some(Keep::Protected) => json!("protected"), None => json!(null) },
                 })).collect::<Vec<_>>(),
@@ -504,7 +507,7 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
                     &h.point[..12.min(h.point.len())],
                     h.vm,
                     h.disk,
-                    h.time.to_rfc3339(),
+                    crate::store_cmd::show_time(&h.time),
                     offs.join(", "),
                     if h.offsets.len() > 8 { ", ..." } else { "" }
                 );

@@ -23,6 +23,39 @@ pub struct StoreArg {
     pub store: PathBuf,
 }
 
+/// A time as cairn shows it everywhere, human and JSON: RFC 3339 with seconds, UTC.
+pub fn show_time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Parses `--time`: RFC 3339 (`2026-11-22T02:00:00Z`, `...+02:00`), a date and time without a
+/// zone (UTC), or a date (midnight UTC).
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for f in [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
+            return Ok(t.and_utc());
+        }
+    }
+    if let Some(t) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+    {
+        return Ok(t.and_utc());
+    }
+    Err(format!(
+        "{s:?} is not a time: give RFC 3339 (2026-11-22T02:00:00Z or with an offset), a date and \
+         time without a zone (2026-11-22T02:00:00, UTC) or a date (2026-11-22)"
+    ))
+}
+
 /// Parses sizes like `256K`, `1M`, `2MiB`, `65536`.
 pub fn parse_size(s: &str) -> Result<u32, String> {
     u32::try_from(parse_bytes(s)?).map_err(|_| format!("{s} is too large"))
@@ -82,8 +115,9 @@ pub struct BackupArgs {
     /// The VM's name.
     #[arg(long)]
     pub vm: String,
-    /// The time the backup stands for (RFC 3339); now by default.
-    #[arg(long)]
+    /// The time the backup stands for: RFC 3339, a date and time without a zone (UTC) or a
+    /// date; now by default. A time in the future is refused unless --force.
+    #[arg(long, value_parser = parse_time)]
     pub time: Option<DateTime<Utc>>,
     /// Apply differencing VHDs to this point (id prefix or VM/DISK@latest) instead of the disk's
     /// latest; skips the parent UUID check.
@@ -106,7 +140,8 @@ pub struct BackupArgs {
     #[arg(long)]
     pub allow_resize: bool,
     /// Read a source as told even when it looks like another format (a VHD with --format raw,
-    /// a raw disk that starts like a qcow2, VHDX, VMDK or VDI image).
+    /// a raw disk that starts like a qcow2, VHDX, VMDK or VDI image); accept a --time in the
+    /// future.
     #[arg(long)]
     pub force: bool,
     /// Print JSON.
@@ -300,7 +335,7 @@ pub fn open_write(store: &Path, wait: bool) -> Result<Store> {
 
 fn point_json(p: &RecoveryPoint) -> serde_json::Value {
     json!({
-        "id": p.id, "vm": p.vm, "disk": p.disk, "time": p.time.to_rfc3339(), "size": p.size,
+        "id": p.id, "vm": p.vm, "disk": p.disk, "time": show_time(&p.time), "size": p.size,
         "source": p.source, "parent": p.parent, "logical_bytes": p.stats.logical_bytes,
         "bytes_read": p.stats.bytes_read, "chunks": p.stats.chunks, "new_chunks": p.stats.new_chunks,
         "new_stored_bytes": p.stats.new_stored_bytes, "zero_chunks": p.stats.zero_chunks,
@@ -335,6 +370,14 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
     let store = open_write(&a.store.store, a.wait)?;
     let parent = a.parent.as_deref().map(|p| store.resolve(p)).transpose()?;
     let time = a.time.unwrap_or_else(Utc::now);
+    // A few minutes of clock skew between hosts are fine; a time further ahead is a mistake
+    // (a typo in the year) that would make the point @latest for a long time.
+    if time > Utc::now() + chrono::Duration::minutes(5) && !a.force {
+        bail!(
+            "--time {} is in the future; pass --force to back up under it anyway",
+            show_time(&time)
+        );
+    }
     let interval = store.policies()?.get(&a.vm).map_or(0, |p| p.key_interval);
     let existing = store.points()?;
     let run = (jobs.len() > 1).then(|| uuid::Uuid::new_v4().simple().to_string());
@@ -422,7 +465,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
                 p.short_id(),
                 p.vm,
                 p.disk,
-                p.time.to_rfc3339(),
+                show_time(&p.time),
                 human_bytes(s.logical_bytes),
                 human_bytes(s.bytes_read),
                 s.new_chunks,
@@ -596,7 +639,7 @@ pub fn list(a: &ListArgs) -> Result<i32> {
             p.short_id(),
             p.vm,
             p.disk,
-            p.time.format("%Y-%m-%dT%H:%M:%SZ"),
+            show_time(&p.time),
             human_bytes(p.size),
             human_bytes(p.stats.new_stored_bytes),
             p.source.kind,
@@ -846,7 +889,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
             "store": total.json(),
             "vms": vms.iter().map(|(vm, c)| { let mut j = c.json(); j["vm"] = json!(vm); j }).collect::<Vec<_>>(),
             "disks": disks.iter().map(|((vm, d), c)| { let mut j = c.json(); j["vm"] = json!(vm); j["disk"] = json!(d); j }).collect::<Vec<_>>(),
-            "points": per_point.iter().map(|(p, c)| { let mut j = c.json(); j["id"] = json!(p.id); j["vm"] = json!(p.vm); j["disk"] = json!(p.disk); j["time"] = json!(p.time.to_rfc3339()); j }).collect::<Vec<_>>(),
+            "points": per_point.iter().map(|(p, c)| { let mut j = c.json(); j["id"] = json!(p.id); j["vm"] = json!(p.vm); j["disk"] = json!(p.disk); j["time"] = json!(show_time(&p.time)); j }).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
@@ -893,10 +936,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
                 .iter()
                 .filter(|(p, _)| &p.vm == vm && &p.disk == d)
             {
-                row(
-                    &format!("    {} {}", p.short_id(), p.time.format("%Y-%m-%d %H:%M")),
-                    c,
-                );
+                row(&format!("    {} {}", p.short_id(), show_time(&p.time)), c);
             }
         }
     }

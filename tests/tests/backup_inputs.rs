@@ -319,3 +319,55 @@ fn vhd_to_raw_reads_stdin_as_backup_does() {
         cairn_tests::assert_same_content(&out, &src, true);
     }
 }
+
+#[test]
+fn times_are_read_in_several_forms_and_shown_in_one() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let a = disk(work.path(), "a.raw", 8);
+    let src = format!("xvda={}", a.display());
+    let text = ok(&mut store.cmd(&["backup", "--vm", "web01", "--time", "2026-11-22", &src]));
+    assert!(text.contains(" 2026-11-22T00:00:00Z: "), "{text}");
+    let text = ok(&mut store.cmd(&[
+        "backup",
+        "--vm",
+        "web01",
+        "--time",
+        "2026-11-22T03:04:05",
+        &src,
+    ]));
+    assert!(text.contains(" 2026-11-22T03:04:05Z: "), "{text}");
+    ok(&mut store.cmd(&[
+        "backup",
+        "--vm",
+        "web01",
+        "--time",
+        "2026-11-22T05:00:00+02:00",
+        &src,
+    ]));
+    let times: Vec<String> = store
+        .list()
+        .iter()
+        .map(|p| p["time"].as_str().expect("time").to_owned())
+        .collect();
+    assert_eq!(
+        times,
+        [
+            "2026-11-22T00:00:00Z",
+            "2026-11-22T03:00:00Z",
+            "2026-11-22T03:04:05Z"
+        ]
+    );
+    let listed = ok(&mut store.cmd(&["list"]));
+    assert!(listed.contains("2026-11-22T03:04:05Z"), "{listed}");
+    // A typo in the year: refused, unless forced.
+    let out = run(&mut store.cmd(&["backup", "--vm", "web01", "--time", "2062-11-22", &src]));
+    refused(&out, &["in the future", "--force"]);
+    let out = run(&mut store.cmd(&["backup", "--vm", "web01", "--time", "22/11/2026", &src]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("2026-11-22T02:00:00Z"),
+        "the accepted forms are named: {err}"
+    );
+}
