@@ -46,6 +46,11 @@ cmp "$work/restored.raw" "$work/day2.raw" && echo "raw: bit-exact"
 "$cairn" restore --force web01/xvda@latest "$work/restored.vhd" --format vhd
 "$cairn" vhd to-raw "$work/restored.vhd" "$work/restored-vhd.raw"
 cmp "$work/restored-vhd.raw" "$work/day2.raw" && echo "vhd: bit-exact"
+"$cairn" restore --force web01/xvda@2026-11-21 "$work/day1-restored.vhd" --format vhd   # by date
+"$cairn" vhd to-raw "$work/day1-restored.vhd" "$work/day1-restored.raw"
+cmp "$work/day1-restored.raw" "$work/day1.raw" && echo "by date: bit-exact"
+"$cairn" restore --force web01/xvda@latest~1 "$work/day1-latest1.raw"     # the one before the latest
+cmp "$work/day1-latest1.raw" "$work/day1.raw" && echo "@latest~1: bit-exact"
 rm -rf "$work/restored-chain"
 "$cairn" restore web01/xvda@latest "$work/restored-chain" --format vhd-chain
 "$cairn" vhd check "$(ls -d "$work"/restored-chain/*.vhd | tail -1)"

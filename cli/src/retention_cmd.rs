@@ -431,14 +431,14 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
     } else {
         let verb = if r.dry_run { "would free" } else { "freed" };
         println!(
-            "{verb} {} ({} chunks): {} packs deleted, {} rewritten into {} ({} copied), {} orphan packs ({}); {} of garbage left in packs above the threshold; {:.2}s",
+            "{verb} {} ({}): {} deleted, {} rewritten into {} ({} copied), {} ({}); {} of garbage left (within the bound); {:.2}s",
             human_bytes(r.bytes_freed),
-            r.chunks_freed,
-            r.packs_deleted,
+            crate::vhd_cmd::count(r.chunks_freed, "chunk"),
+            crate::vhd_cmd::count(r.packs_deleted, "pack"),
             r.packs_rewritten,
             r.packs_written,
             human_bytes(r.bytes_copied),
-            r.orphan_packs,
+            crate::vhd_cmd::count(r.orphan_packs, "orphan pack"),
             human_bytes(r.orphan_bytes),
             human_bytes(r.garbage_bytes_kept),
             secs

@@ -461,20 +461,20 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
         if !a.json {
             let s = &p.stats;
             println!(
-                "{} {}/{} {}: {} logical, {} read, {} new chunks, {} stored, {:.1}s ({}/s){}{}",
+                "{} {}/{} {}: {} logical, {} read, {}, {} stored, {:.1}s ({}/s){}{}",
                 p.short_id(),
                 p.vm,
                 p.disk,
                 show_time(&p.time),
                 human_bytes(s.logical_bytes),
                 human_bytes(s.bytes_read),
-                s.new_chunks,
+                crate::vhd_cmd::count(s.new_chunks, "new chunk"),
                 human_bytes(s.new_stored_bytes),
                 s.seconds,
                 human_bytes((s.logical_bytes as f64 / s.seconds.max(1e-6)) as u64),
                 if s.key { ", key backup" } else { "" },
                 if s.healed_chunks > 0 {
-                    format!(", healed {} chunks", s.healed_chunks)
+                    format!(", healed {}", crate::vhd_cmd::count(s.healed_chunks, "chunk"))
                 } else {
                     String::new()
                 }
