@@ -474,7 +474,10 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
                 human_bytes((s.logical_bytes as f64 / s.seconds.max(1e-6)) as u64),
                 if s.key { ", key backup" } else { "" },
                 if s.healed_chunks > 0 {
-                    format!(", healed {}", crate::vhd_cmd::count(s.healed_chunks, "chunk"))
+                    format!(
+                        ", healed {}",
+                        crate::vhd_cmd::count(s.healed_chunks, "chunk")
+                    )
                 } else {
                     String::new()
                 }
