@@ -122,7 +122,7 @@ pub struct GcArgs {
 }
 
 /// Parses `90m`, `12h`, `7d`, `2w`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let (num, unit) = t.split_at(t.len().saturating_sub(1));
     let n: i64 = num

@@ -231,6 +231,15 @@ pub struct ListArgs {
     /// Only this VM.
     #[arg(long)]
     pub vm: Option<String>,
+    /// Only this disk.
+    #[arg(long)]
+    pub disk: Option<String>,
+    /// Only points made in this last stretch of time (90m, 12h, 7d, 2w).
+    #[arg(long, value_parser = crate::retention_cmd::parse_duration)]
+    pub since: Option<chrono::Duration>,
+    /// Only the N newest points of each disk.
+    #[arg(long)]
+    pub last: Option<usize>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -613,12 +622,29 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
 
 pub fn list(a: &ListArgs) -> Result<i32> {
     let store = Store::open(&a.store.store, OpenMode::Read)?;
-    check_filter(&store, a.vm.as_deref(), None)?;
-    let points: Vec<RecoveryPoint> = store
+    check_filter(&store, a.vm.as_deref(), a.disk.as_deref())?;
+    let since = a.since.map(|d| Utc::now() - d);
+    let mut points: Vec<RecoveryPoint> = store
         .points()?
         .into_iter()
         .filter(|p| a.vm.as_ref().is_none_or(|v| &p.vm == v))
+        .filter(|p| a.disk.as_ref().is_none_or(|d| &p.disk == d))
+        .filter(|p| since.is_none_or(|s| p.time >= s))
         .collect();
+    if let Some(n) = a.last {
+        // The newest n of each disk (points are sorted oldest first).
+        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        let mut keep = vec![false; points.len()];
+        for (i, p) in points.iter().enumerate().rev() {
+            let c = seen.entry((p.vm.clone(), p.disk.clone())).or_default();
+            if *c < n {
+                *c += 1;
+                keep[i] = true;
+            }
+        }
+        let mut k = keep.into_iter();
+        points.retain(|_| k.next().unwrap_or(false));
+    }
     if a.json {
         println!(
             "{}",
@@ -626,9 +652,28 @@ pub fn list(a: &ListArgs) -> Result<i32> {
         );
         return Ok(0);
     }
+    // Columns as wide as their longest value: long VM names do not break the table.
+    let vw = points
+        .iter()
+        .map(|p| p.vm.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(2);
+    let dw = points
+        .iter()
+        .map(|p| p.disk.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let sw = points
+        .iter()
+        .map(|p| p.source.kind.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     println!(
-        "{:<12}  {:<16} {:<8} {:<20}  {:>10}  {:>10}  {:<16} {:<5} {:<8}",
-        "ID", "VM", "DISK", "TIME", "SIZE", "NEW", "SOURCE", "FLAGS", "RUN"
+        "{:<12}  {:<vw$}  {:<dw$}  {:<20}  {:>10}  {:>10}  {:<sw$}  {:<5} RUN",
+        "ID", "VM", "DISK", "TIME", "SIZE", "NEW", "SOURCE", "FLAGS"
     );
     // Points sort by time, so the disks of one backup run (one time) are listed together.
     for p in &points {
@@ -637,8 +682,8 @@ pub fn list(a: &ListArgs) -> Result<i32> {
             if p.stats.key { "K" } else { "-" },
             if p.protected { "P" } else { "-" }
         );
-        println!(
-            "{:<12}  {:<16} {:<8} {:<20}  {:>10}  {:>10}  {:<16} {:<5} {:<8}",
+        let line = format!(
+            "{:<12}  {:<vw$}  {:<dw$}  {:<20}  {:>10}  {:>10}  {:<sw$}  {:<5} {}",
             p.short_id(),
             p.vm,
             p.disk,
@@ -649,6 +694,7 @@ pub fn list(a: &ListArgs) -> Result<i32> {
             flags,
             p.run.as_deref().map_or("", |r| &r[..8.min(r.len())])
         );
+        println!("{}", line.trim_end());
     }
     println!("flags: K key backup (read the whole disk), P protected");
     if points.is_empty() {

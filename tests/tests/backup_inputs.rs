@@ -371,3 +371,43 @@ fn times_are_read_in_several_forms_and_shown_in_one() {
         "the accepted forms are named: {err}"
     );
 }
+
+#[test]
+fn list_filters_by_disk_age_and_count_and_sizes_its_columns_to_the_names() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let a = disk(work.path(), "a.raw", 9);
+    let src = format!("xvda={}", a.display());
+    let srcb = format!("xvdb={}", a.display());
+    let long = "database-server-with-a-long-name-01";
+    ok(&mut store.cmd(&["backup", "--vm", "web01", "--time", "2026-10-01", &src]));
+    ok(&mut store.cmd(&["backup", "--vm", "web01", &src]));
+    ok(&mut store.cmd(&["backup", "--vm", "web01", &srcb]));
+    ok(&mut store.cmd(&["backup", "--vm", long, &src]));
+    let count = |args: &[&str]| -> usize {
+        let mut c = store.cmd(&["list", "--json"]);
+        c.args(args);
+        json(&ok(&mut c)).as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(count(&[]), 4);
+    assert_eq!(count(&["--disk", "xvdb"]), 1);
+    assert_eq!(count(&["--vm", "web01", "--disk", "xvda"]), 2);
+    assert_eq!(count(&["--since", "7d"]), 3);
+    assert_eq!(
+        count(&["--last", "1"]),
+        3,
+        "the newest of each of three disks"
+    );
+    // The table stays a table with a long name: every TIME starts under the header's.
+    let text = ok(&mut store.cmd(&["list"]));
+    let header = text.lines().next().expect("header");
+    let col = header.find("TIME").expect("TIME column");
+    let rows = text.lines().skip(1).filter(|l| {
+        l.get(..12)
+            .is_some_and(|id| id.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    for line in rows {
+        assert_eq!(line.get(col..col + 4), Some("2026"), "misaligned:\n{text}");
+    }
+    assert!(text.contains(long), "{text}");
+}
