@@ -422,8 +422,8 @@ pub struct Restored {
 pub fn vhd_file_name(p: &RecoveryPoint) -> String {
     format!(
         "{}-{}-{}-{}.vhd",
-        p.vm,
-        p.disk,
+        cairn_store::point::path_component(&p.vm),
+        cairn_store::point::path_component(&p.disk),
         p.time.format("%Y%m%dT%H%M%SZ"),
         p.short_id()
     )

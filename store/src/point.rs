@@ -108,8 +108,8 @@ impl RecoveryPoint {
     pub fn root_file(&self) -> String {
         format!(
             "points/{}/{}/{}-{}.json",
-            self.vm,
-            self.disk,
+            path_component(&self.vm),
+            path_component(&self.disk),
             self.time.format("%Y%m%dT%H%M%SZ"),
             self.id
         )
@@ -172,19 +172,34 @@ pub fn decode_segment(bytes: &[u8]) -> Result<Vec<ChunkRef>, String> {
 /// # Errors
 /// What is wrong with it.
 pub fn check_name(what: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let ok = !name.trim().is_empty()
+        && name.chars().count() <= 128
+        && !name.chars().any(char::is_control);
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "{what} name {name:?} must be 1-128 letters, digits, '.', '_' or '-', not starting with '.'"
+            "{what} name {name:?} must be 1 to 128 printable characters (any script, spaces \
+             allowed, not only spaces)"
         ))
     }
+}
+
+/// A VM or disk name as one file name component: ASCII letters, digits, `.`, `_` and `-` stay as
+/// they are (so such names keep the folders they always had), every other byte of the name's
+/// UTF-8 becomes `%XX`, as does a leading `.`; a name is stored whole in its root file, the path
+/// only files it.
+#[must_use]
+pub fn path_component(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for (i, b) in name.bytes().enumerate() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -208,8 +223,39 @@ mod tests {
     #[test]
     fn names() {
         assert!(check_name("VM", "web-01.prod").is_ok());
-        assert!(check_name("VM", "../etc").is_err());
         assert!(check_name("VM", "").is_err());
-        assert!(check_name("VM", "a/b").is_err());
+        // Any text is a name; none can leave its folder.
+        assert!(check_name("VM", "../etc").is_ok());
+        assert_eq!(path_component("../etc"), "%2E.%2Fetc");
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn names_are_any_printable_text_and_their_paths_are_safe() {
+        for name in [
+            "web01",
+            "Windows Server 2022 (prod)",
+            "wéb-01",
+            "数据库",
+            "disk 0",
+            "a/b",
+        ] {
+            check_name("VM", name).unwrap_or_else(|e| panic!("{e}"));
+        }
+        for bad in ["", "   ", "tab\there", "new\nline", &"x".repeat(129)] {
+            assert!(check_name("VM", bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(path_component("web01.prod_2-a"), "web01.prod_2-a");
+        assert_eq!(path_component("disk 0"), "disk%200");
+        assert_eq!(path_component("a/b"), "a%2Fb");
+        assert_eq!(path_component(".."), "%2E.");
+        assert_eq!(path_component("wé"), "w%C3%A9");
+        assert_eq!(path_component("50%"), "50%25");
+        // Distinct names stay distinct paths.
+        assert_ne!(path_component("a b"), path_component("a%20b"));
     }
 }

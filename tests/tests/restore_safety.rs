@@ -257,3 +257,59 @@ fn points_are_named_by_date_by_position_and_by_the_uuid_of_their_vhd() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("oldest point"));
 }
+
+#[test]
+fn vm_and_disk_names_are_what_the_hypervisor_shows() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = disk(work.path(), "u.raw", 6, 0);
+    for (vm, disk_name) in [
+        ("Windows Server 2022 (prod)", "disk 0"),
+        ("wéb-01", "xvda"),
+        ("数据库", "sda"),
+    ] {
+        ok(store
+            .cmd(&["backup", "--vm", vm])
+            .arg(format!("{disk_name}={}", src.display())));
+        let out = work.path().join("u-restored.raw");
+        store.restore(&format!("{vm}/{disk_name}@latest"), &out, "raw");
+        assert_same_content(&out, &src, true);
+    }
+    let listed: Vec<String> = store
+        .list()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p["vm"].as_str().expect("vm"),
+                p["disk"].as_str().expect("disk")
+            )
+        })
+        .collect();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    for want in [
+        "Windows Server 2022 (prod)/disk 0",
+        "wéb-01/xvda",
+        "数据库/sda",
+    ] {
+        assert!(listed.iter().any(|l| l == want), "{want} not in {listed:?}");
+    }
+    // On disk the folders are plain ASCII.
+    let mut stack = vec![store.path().join("points")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read").flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(name.is_ascii() && !name.contains(' '), "{name:?}");
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    // A restored VHD's file name is safe too (chains are named after the point).
+    let chain = work.path().join("chain");
+    ok(store
+        .cmd(&["restore", "数据库/sda@latest", "--format", "vhd-chain"])
+        .arg(&chain));
+    let names = entries(&chain);
+    assert!(names.len() == 1 && names[0].is_ascii(), "{names:?}");
+}
