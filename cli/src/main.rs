@@ -77,7 +77,20 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // A missing store is the commonest first mistake: name both ways to give it.
+            let hint = e.kind() == clap::error::ErrorKind::MissingRequiredArgument
+                && e.to_string().contains("--store");
+            let code = e.exit_code();
+            let _ = e.print();
+            if hint {
+                eprintln!("hint: give the store as --store PATH, or set CAIRN_STORE=PATH");
+            }
+            std::process::exit(code);
+        }
+    };
     let result = match cli.command {
         Command::Init(a) => store_cmd::init(&a),
         Command::Backup(a) => store_cmd::backup(&a),

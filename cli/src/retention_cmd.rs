@@ -281,6 +281,24 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
         Some(store.forget(&remove)?)
     };
     let forget_secs = forget_started.elapsed().as_secs_f64();
+    // What `cairn gc` would free now (its own dry run): the space a prune gives back is
+    // reclaimed by gc, so say how much up front. The store is closed first: a read-only index
+    // opened beside a live writer can miss files the writer's compaction just replaced.
+    drop(store);
+    let gc_estimate = if a.dry_run || remove.is_empty() {
+        None
+    } else {
+        cairn_gc::collect(
+            &a.store.store,
+            &GcOptions {
+                dry_run: true,
+                ..GcOptions::default()
+            },
+            &|_| {},
+        )
+        .map_err(|e| eprintln!("note: cannot say what `cairn gc` would free: {e}"))
+        .ok()
+    };
     let keep_name = |k: &Option<Keep>| match k {
         None => "remove".to_owned(),
         Some(Keep::Protected) => "keep (protected)".to_owned(),
@@ -297,6 +315,8 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
                 "warnings": forgotten.as_ref().map(|f| f.warnings.clone()).unwrap_or_default(),
                 "plan_seconds": plan_secs,
                 "forget_seconds": forget_secs,
+                "gc_would_free": gc_estimate.as_ref().map(|g| g.bytes_freed),
+                "gc_would_copy": gc_estimate.as_ref().map(|g| g.bytes_copied),
                 "points": decisions.iter().map(|(p, k)| json!({
                     "id": p.id, "vm": p.vm, "disk": p.disk, "time": crate::store_cmd::show_time(&p.time),
                     "keep": k.is_some(),
@@ -327,6 +347,13 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
         );
         for w in forgotten.iter().flat_map(|f| &f.warnings) {
             eprintln!("warning: {w}");
+        }
+        if let Some(g) = &gc_estimate {
+            println!(
+                "`cairn gc` would now free {} (copying {})",
+                human_bytes(g.bytes_freed),
+                human_bytes(g.bytes_copied)
+            );
         }
     }
     Ok(0)

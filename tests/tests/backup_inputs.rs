@@ -411,3 +411,17 @@ fn list_filters_by_disk_age_and_count_and_sizes_its_columns_to_the_names() {
     }
     assert!(text.contains(long), "{text}");
 }
+
+#[test]
+fn a_missing_store_names_both_ways_to_give_it() {
+    let out = cairn_tests::cairn(["list"])
+        .env_remove("CAIRN_STORE")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--store") && err.contains("CAIRN_STORE"),
+        "{err}"
+    );
+}

@@ -582,9 +582,26 @@ fn gc_by_default_leaves_at_most_five_percent_of_the_store_as_garbage() {
     let work = tempfile::tempdir().expect("tempdir");
     let raws = days(work.path(), "16M", 21, 12);
     let points = daily_backups(&store, "db", &raws);
-    ok(&mut store.cmd(&["prune", "--keep-last", "3"]));
+    let out = run(&mut store.cmd(&["prune", "--json", "--keep-last", "3"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pruned = json(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !pruned["gc_would_free"].is_null(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dry = gc(&store, &["--dry-run"]);
     let g = gc(&store, &[]);
+    // prune said up front what gc frees.
+    assert_eq!(
+        num(&pruned, "gc_would_free"),
+        num(&g, "bytes_freed"),
+        "{pruned}"
+    );
     assert_eq!(
         num(&dry, "bytes_copied"),
         num(&g, "bytes_copied"),
