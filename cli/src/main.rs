@@ -4,6 +4,7 @@
 //! `main` parses the command line, runs one command, prints the error chain on failure and
 //! exits non-zero (1 for a failed operation, 2 for a usage error, as clap does).
 
+mod diff_cmd;
 mod progress;
 mod retention_cmd;
 mod store_cmd;
@@ -49,6 +50,8 @@ enum Command {
     Report(store_cmd::ReportArgs),
     /// Repair a store: rebuild its index from the packs and root files.
     Repair(store_cmd::RepairArgs),
+    /// The byte ranges that differ between two points of a disk.
+    Diff(diff_cmd::DiffArgs),
     /// Drop points by retention rules (keep-last, hourly, daily, weekly, monthly, yearly).
     Prune(retention_cmd::PruneArgs),
     /// Drop the given points.
@@ -98,6 +101,7 @@ fn main() {
         Command::List(a) => store_cmd::list(&a),
         Command::Report(a) => store_cmd::report(&a),
         Command::Repair(a) => store_cmd::repair(&a),
+        Command::Diff(a) => diff_cmd::diff(&a),
         Command::Prune(a) => retention_cmd::prune(&a),
         Command::Forget(a) => retention_cmd::forget(&a),
         Command::Protect(a) => retention_cmd::protect(&a, true),

@@ -313,3 +313,51 @@ fn vm_and_disk_names_are_what_the_hypervisor_shows() {
     let names = entries(&chain);
     assert!(names.len() == 1 && names[0].is_ascii(), "{names:?}");
 }
+
+#[test]
+fn diff_names_the_ranges_that_changed_between_two_points() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let day0 = disk(w, "d0.raw", 7, 0);
+    let mut bytes = read(&day0);
+    // 100 KiB at 3 MiB (two chunks of 64 KiB) and one byte at 10 MiB (one chunk).
+    for b in &mut bytes[3 << 20..(3 << 20) + 100 * 1024] {
+        *b ^= 0x55;
+    }
+    bytes[10 << 20] ^= 1;
+    let day1 = w.join("d1.raw");
+    std::fs::write(&day1, &bytes).expect("write");
+    store.backup("web01", "2026-11-21T02:00:00Z", "xvda", &day0, &[]);
+    store.backup("web01", "2026-11-22T02:00:00Z", "xvda", &day1, &[]);
+    let d = json(&ok(&mut store.cmd(&[
+        "diff",
+        "--json",
+        "web01/xvda@latest~1",
+        "web01/xvda@latest",
+    ])));
+    let ranges: Vec<(u64, u64)> = d["ranges"]
+        .as_array()
+        .expect("ranges")
+        .iter()
+        .map(|r| {
+            (
+                r["offset"].as_u64().expect("o"),
+                r["len"].as_u64().expect("l"),
+            )
+        })
+        .collect();
+    assert_eq!(ranges, [(3 << 20, 128 << 10), (10 << 20, 64 << 10)]);
+    assert_eq!(d["changed_bytes"], 192 << 10);
+    let same = json(&ok(&mut store.cmd(&[
+        "diff",
+        "--json",
+        "web01/xvda@latest",
+        "web01/xvda@latest",
+    ])));
+    assert_eq!(same["changed_bytes"], 0);
+    store.backup("db01", "2026-11-22T03:00:00Z", "xvda", &day0, &[]);
+    let out = run(&mut store.cmd(&["diff", "web01/xvda@latest", "db01/xvda@latest"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one disk"));
+}
