@@ -435,7 +435,7 @@ fn collect_inner(
         // Unindexed packs are deleted by the run (under the write lock no backup is writing
         // one). When no writer holds the lock now, they are orphans and counted as freed, as
         // the run would free them; while a backup runs they may be its packs: reported only.
-        let writer_running = cairn_store::lock::WriteLock::acquire(root, false).is_err();
+        let writer_running = cairn_store::lock::writer_active(root);
         for (_, len) in ro.unindexed_pack_files()? {
             report.orphan_packs += 1;
             report.orphan_bytes += len;
