@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use crate::progress;
-use crate::vhd_cmd::human_bytes;
+use crate::vhd_cmd::{count, human_bytes};
 
 /// `--store STORE`, or `CAIRN_STORE`.
 #[derive(Debug, Args)]
@@ -929,12 +929,28 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
                 .add_chunk(st, pl, vms.len() == 1);
         }
     }
+    // Space no point references: garbage frames (what `cairn gc` can free, with every pack
+    // rewritten) and unindexed packs, from gc's own dry run. `None` while a gc runs.
+    drop(store);
+    let reclaimable = cairn_gc::collect(
+        &a.store.store,
+        &cairn_gc::GcOptions {
+            dry_run: true,
+            repack: cairn_gc::Repack::Below(1.0),
+        },
+        &|_| {},
+    )
+    .ok();
     if a.json {
         let mut disks: Vec<_> = per_disk.iter().collect();
         disks.sort_by(|a, b| a.0.cmp(b.0));
         let mut vms: Vec<_> = per_vm.iter().collect();
         vms.sort_by(|a, b| a.0.cmp(b.0));
         let v = json!({
+            "garbage_bytes": reclaimable.as_ref().map(|g| g.garbage_freed),
+            "garbage_frames": reclaimable.as_ref().map(|g| g.garbage_frames),
+            "orphan_packs": reclaimable.as_ref().map(|g| g.orphan_packs),
+            "orphan_bytes": reclaimable.as_ref().map(|g| g.orphan_bytes),
             "store": total.json(),
             "vms": vms.iter().map(|(vm, c)| { let mut j = c.json(); j["vm"] = json!(vm); j }).collect::<Vec<_>>(),
             "disks": disks.iter().map(|((vm, d), c)| { let mut j = c.json(); j["vm"] = json!(vm); j["disk"] = json!(d); j }).collect::<Vec<_>>(),
@@ -988,6 +1004,16 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
                 row(&format!("    {} {}", p.short_id(), show_time(&p.time)), c);
             }
         }
+    }
+    match &reclaimable {
+        Some(g) => println!(
+            "unreferenced: {} of garbage in {}, {} in {}; `cairn gc` reclaims them",
+            human_bytes(g.garbage_freed),
+            count(g.garbage_frames, "frame"),
+            human_bytes(g.orphan_bytes),
+            count(g.orphan_packs, "orphan pack"),
+        ),
+        None => println!("unreferenced: unknown while a garbage collection runs"),
     }
     Ok(0)
 }

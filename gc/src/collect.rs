@@ -69,6 +69,8 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Pack files the index did not know (killed backups or collections), deleted.
     pub orphan_packs: u64,
+    /// Bytes freed from garbage frames: `bytes_freed` without the orphan packs.
+    pub garbage_freed: u64,
     /// Their bytes (counted in `bytes_freed`; by a dry run only when no writer holds the lock,
     /// since a running backup's packs are unindexed until it commits).
     pub orphan_bytes: u64,
@@ -432,6 +434,7 @@ fn collect_inner(
         report.packs_written = new_packs.count;
         report.bytes_copied = new_packs.frame_bytes;
         report.bytes_freed = removed_bytes.saturating_sub(new_packs.total);
+        report.garbage_freed = report.bytes_freed;
         // Unindexed packs are deleted by the run (under the write lock no backup is writing
         // one). When no writer holds the lock now, they are orphans and counted as freed, as
         // the run would free them; while a backup runs they may be its packs: reported only.
@@ -578,6 +581,7 @@ fn collect_inner(
     }
     let new_bytes: u64 = copier.written.iter().map(|(_, _, i)| i.size).sum();
     report.bytes_freed = freed.saturating_sub(new_bytes);
+    report.garbage_freed = report.bytes_freed.saturating_sub(report.orphan_bytes);
     clean_spool(&store.root().join("tmp"));
     report.sweep_seconds = sweep_started.elapsed().as_secs_f64();
     Ok(report)

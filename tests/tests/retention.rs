@@ -162,6 +162,16 @@ fn gc_frees_the_space_of_dropped_points_and_kept_points_restore_bit_exact() {
     )
     .expect("copy");
     let before = packs_bytes(&store);
+    // The report says how much no point references: garbage frames and the orphan pack.
+    let report = json(&ok(&mut store.cmd(&["report", "--json"])));
+    assert_eq!(
+        num(&report, "orphan_packs"),
+        1,
+        "{}",
+        report["orphan_packs"]
+    );
+    let garbage_reported = num(&report, "garbage_bytes");
+    assert!(garbage_reported > 0);
     // A dry run reports and keeps everything, and predicts the real run exactly.
     let dry = gc(&store, &["--dry-run", "--repack-below", "100"]);
     assert_eq!(num(&dry, "orphan_packs"), 1, "{dry}");
@@ -197,6 +207,11 @@ fn gc_frees_the_space_of_dropped_points_and_kept_points_restore_bit_exact() {
     );
     let after = packs_bytes(&store);
     assert_eq!(after, before - freed, "{g}");
+    assert_eq!(
+        num(&g, "garbage_freed"),
+        garbage_reported,
+        "report vs gc: {g}"
+    );
     for (p, r) in points[2..].iter().zip(&raws[2..]) {
         restore_matches(&store, p, r, work.path());
     }
