@@ -31,24 +31,15 @@ pub fn show_time(t: &DateTime<Utc>) -> String {
 /// Parses `--time`: RFC 3339 (`2026-11-22T02:00:00Z`, `...+02:00`), a date and time without a
 /// zone (UTC), or a date (midnight UTC).
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    for f in [
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M",
-    ] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
-            return Ok(t.and_utc());
+    use cairn_store::select::{When, parse_when};
+    match parse_when(s) {
+        Some(When::Instant(t)) => return Ok(t),
+        Some(When::Day(d)) => {
+            if let Some(t) = d.and_hms_opt(0, 0, 0) {
+                return Ok(t.and_utc());
+            }
         }
-    }
-    if let Some(t) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-    {
-        return Ok(t.and_utc());
+        None => {}
     }
     Err(format!(
         "{s:?} is not a time: give RFC 3339 (2026-11-22T02:00:00Z or with an offset), a date and \

@@ -82,6 +82,35 @@ pub fn resolve(points: &[RecoveryPoint], spec: &str) -> Result<RecoveryPoint, St
     }
 }
 
+/// A time as written on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// A date alone: what it means (its start, its end) is the caller's.
+    Day(NaiveDate),
+    /// An instant: RFC 3339, or a date and time without a zone (UTC).
+    Instant(DateTime<Utc>),
+}
+
+/// Reads `2026-11-22T02:00:00Z` (any RFC 3339), `2026-11-22T02:00:00`, `2026-11-22 02:00` (UTC)
+/// or `2026-11-22`; `None` for anything else.
+#[must_use]
+pub fn parse_when(s: &str) -> Option<When> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(When::Instant(t.with_timezone(&Utc)));
+    }
+    for f in [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
+            return Some(When::Instant(t.and_utc()));
+        }
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().map(When::Day)
+}
+
 /// Which point of a disk, after the `@`.
 enum At {
     /// The N-th before the newest.
@@ -100,27 +129,18 @@ fn at(which: &str) -> Result<At, String> {
             .map(At::Back)
             .map_err(|_| format!("@{which}: expected @latest~N with N a number"));
     }
-    if let Ok(t) = DateTime::parse_from_rfc3339(which) {
-        return Ok(At::Time(t.with_timezone(&Utc)));
-    }
-    for f in [
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%d %H:%M",
-    ] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(which, f) {
-            return Ok(At::Time(t.and_utc()));
+    match parse_when(which) {
+        Some(When::Instant(t)) => return Ok(At::Time(t)),
+        Some(When::Day(d)) => {
+            // The whole day counts: the newest point made on it or before.
+            let end = d
+                .succ_opt()
+                .and_then(|n| n.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc() - chrono::Duration::nanoseconds(1))
+                .ok_or_else(|| format!("@{which}: a day out of range"))?;
+            return Ok(At::Time(end));
         }
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(which, "%Y-%m-%d") {
-        // The whole day counts: the newest point made on it or before.
-        let end = d
-            .succ_opt()
-            .and_then(|n| n.and_hms_opt(0, 0, 0))
-            .map(|t| t.and_utc() - chrono::Duration::nanoseconds(1))
-            .ok_or_else(|| format!("@{which}: a day out of range"))?;
-        return Ok(At::Time(end));
+        None => {}
     }
     Err(format!(
         "@{which}: expected latest, latest~N, a date (2026-11-22) or a date and time \

@@ -360,6 +360,25 @@ impl TestStore {
             .expect("run strace (installed by scripts/setup.sh)")
     }
 
+    /// Runs `cairn ARGS --store STORE` with a pseudo-terminal as its stdin and stdout (through
+    /// util-linux `script`); returns its status and what reached the terminal.
+    pub fn on_a_terminal(&self, args: &str) -> (std::process::ExitStatus, String) {
+        let cmdline = format!(
+            "{} {args} --store {}",
+            cairn_bin().display(),
+            self.path().display()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &cmdline, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("script (util-linux)");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// `cairn list --json`.
     #[must_use]
     pub fn list(&self) -> Vec<serde_json::Value> {

@@ -85,19 +85,9 @@ fn a_raw_stream_that_ends_early_is_refused_unless_the_size_is_declared() {
 #[test]
 fn stdin_on_a_terminal_is_refused() {
     let store = Store::new("64K");
-    let cmdline = format!(
-        "{} backup --store {} --vm web01 xvda=-",
-        cairn_tests::cairn_bin().display(),
-        store.path().display()
-    );
-    // `script` gives the command a pseudo-terminal as stdin; nothing is typed.
-    let out = Command::new("script")
-        .args(["-qec", &cmdline, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("script (util-linux)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
+    // Nothing is typed on the terminal given as stdin.
+    let (status, text) = store.on_a_terminal("backup --vm web01 xvda=-");
+    assert!(!status.success(), "{text}");
     assert!(text.contains("terminal"), "{text}");
     assert!(store.list().is_empty());
 }

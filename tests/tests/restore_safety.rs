@@ -4,7 +4,7 @@
 //! into a new or empty folder, its file names sort in chain order, and it starts where asked.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use cairn_tests::{TestStore as Store, assert_same_content, gen_disk, id, json, ok, read, run};
 
@@ -120,19 +120,8 @@ fn binary_output_to_a_terminal_is_refused() {
     let work = tempfile::tempdir().expect("tempdir");
     let src = disk(work.path(), "a.raw", 3, 0);
     let p = id(&store.backup("vm", "2026-11-01T02:00:00Z", "xvda", &src, &[]));
-    // `script` gives the command a pseudo-terminal as stdout.
-    let cmdline = format!(
-        "{} restore --store {} {p} -",
-        cairn_tests::cairn_bin().display(),
-        store.path().display()
-    );
-    let out = Command::new("script")
-        .args(["-qec", &cmdline, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("script (util-linux)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
+    let (status, text) = store.on_a_terminal(&format!("restore {p} -"));
+    assert!(!status.success(), "{text}");
     assert!(text.contains("terminal"), "{text}");
     assert!(text.len() < 4096, "disk bytes reached the terminal");
 }
