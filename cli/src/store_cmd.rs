@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use cairn_ingest::{Format, KeyMode, Request};
 use cairn_restore::OutputFormat;
-use cairn_store::{ChunkId, ChunkRef, OpenMode, RecoveryPoint, Store};
+use cairn_store::point::{VmKey, check_name};
+use cairn_store::{ChunkId, ChunkRef, Labels, OpenMode, RecoveryPoint, Store};
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 use serde_json::json;
@@ -106,6 +107,24 @@ pub struct BackupArgs {
     /// The VM's name.
     #[arg(long)]
     pub vm: String,
+    /// The VM's identity in its hypervisor (the XAPI VM UUID, the Proxmox VMID): a VM's
+    /// history follows it (two VMs of one name stay apart; a renamed VM keeps its history).
+    #[arg(long, value_name = "ID")]
+    pub vm_uuid: Option<String>,
+    /// The pool or cluster the VM belongs to (part of its identity: a Proxmox VMID is unique
+    /// only within its cluster).
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// The host the VM ran on (a label: VMs move between the hosts of a pool).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// A tag (repeatable): shown by list and report, and a filter for list, report, verify
+    /// and prune.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// A note kept with the points of this run.
+    #[arg(long)]
+    pub note: Option<String>,
     /// The time the backup stands for: RFC 3339, a date and time without a zone (UTC) or a
     /// date; now by default. A time in the future is refused unless --force.
     #[arg(long, value_parser = parse_time)]
@@ -145,13 +164,13 @@ pub struct BackupArgs {
 }
 
 /// Whether a key backup of a disk is due under an interval of `n`: every n-th backup is one.
-fn key_due(points: &[RecoveryPoint], vm: &str, disk: &str, n: u32) -> bool {
+fn key_due(points: &[RecoveryPoint], vm: &VmKey, disk: &str, n: u32) -> bool {
     if n == 0 {
         return false;
     }
     let mut mine: Vec<&RecoveryPoint> = points
         .iter()
-        .filter(|p| p.vm == vm && p.disk == disk)
+        .filter(|p| p.disk == disk && &p.vm_key() == vm)
         .collect();
     mine.sort_by_key(|p| (p.time, p.committed));
     match mine.iter().rposition(|p| p.stats.key) {
@@ -341,7 +360,8 @@ fn point_json(p: &RecoveryPoint) -> serde_json::Value {
         "new_stored_bytes": p.stats.new_stored_bytes, "zero_chunks": p.stats.zero_chunks,
         "parent_chunks": p.stats.parent_chunks, "known_chunks": p.stats.known_chunks,
         "seconds": p.stats.seconds, "key": p.stats.key, "healed_chunks": p.stats.healed_chunks,
-        "protected": p.protected, "run": p.run,
+        "protected": p.protected, "run": p.run, "vm_uuid": p.labels.vm_uuid,
+        "pool": p.labels.pool, "host": p.labels.host, "tags": p.labels.tags, "note": p.labels.note,
     })
 }
 
@@ -367,6 +387,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
         bail!("only one disk can be read from stdin");
     }
     check_sources(&jobs)?;
+    let labels = labels(a)?;
     let store = open_write(&a.store.store, a.wait)?;
     let parent = a.parent.as_deref().map(|p| store.resolve(p)).transpose()?;
     let time = a.time.unwrap_or_else(Utc::now);
@@ -380,10 +401,12 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
     }
     let interval = store.policies()?.get(&a.vm).map_or(0, |p| p.key_interval);
     let existing = store.points()?;
-    let run = (jobs.len() > 1).then(|| uuid::Uuid::new_v4().simple().to_string());
-    let mut results: Vec<serde_json::Value> = Vec::new();
-    for (disk, src) in jobs {
-        let due = key_due(&existing, &a.vm, &disk, interval);
+    let run_id = (jobs.len() > 1).then(|| uuid::Uuid::new_v4().simple().to_string());
+    let vm_key = VmKey::of(&a.vm, &labels);
+    let mut run = cairn_ingest::Run::new(&store)?;
+    let mut due_disks = Vec::new();
+    for (disk, src) in &jobs {
+        let due = key_due(&existing, &vm_key, disk, interval);
         let req = Request {
             vm: a.vm.clone(),
             disk: disk.clone(),
@@ -403,92 +426,115 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             } else {
                 KeyMode::No
             },
-            run: run.clone(),
+            run: run_id.clone(),
+            labels: labels.clone(),
             expected_size: a.size,
             allow_resize: a.allow_resize,
             force: a.force,
         };
         // A raw stream's size is known only at its end: bytes and rate until then.
-        let bar = progress::stream(&disk);
-        let p = cairn_ingest::backup(&store, &req, &|done, total| {
+        let bar = progress::stream(disk);
+        let added = run.add(&req, None, &|done, total| {
             if let Some(t) = total {
                 progress::set_total(&bar, t);
             }
             bar.set_position(done);
-        })
-        .map_err(|e| {
-            bar.finish_and_clear();
-            // Say exactly what this run stored before the failure (and print it as JSON, so
-            // that a script sees it too).
-            if a.json && !results.is_empty() {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&results).unwrap_or_default()
-                );
-            }
-            let stored: Vec<String> = results
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{} as point {}",
-                        r["disk"].as_str().unwrap_or("?"),
-                        r["id"].as_str().unwrap_or("?")
-                    )
-                })
-                .collect();
-            let what = if stored.is_empty() {
-                "the store is unchanged".to_owned()
+        });
+        bar.finish_and_clear();
+        let staged = added.map_err(|e| {
+            let whole = if jobs.len() > 1 {
+                " (the disks of a run are stored together or not at all)"
             } else {
-                format!(
-                    "this run stored {} before it; the disks after it were not backed up",
-                    stored.join(", ")
-                )
+                ""
             };
             anyhow::Error::new(e).context(format!(
-                "backup of {}/{disk} from {} failed; {what}",
+                "backup of {}/{disk} from {} failed; nothing was stored{whole}",
                 a.vm,
                 src.display()
             ))
         })?;
-        bar.finish_and_clear();
-        if due && !p.stats.key {
-            eprintln!(
-                "note: a key backup of {}/{disk} was due (every {interval}), but the source is a \
-                 differencing VHD whose parents cannot be opened; this backup read only what changed",
-                a.vm
-            );
+        if due && !staged.stats.key {
+            due_disks.push(disk.clone());
         }
-        if !a.json {
-            let s = &p.stats;
-            println!(
-                "{} {}/{} {}: {} logical, {} read, {}, {} stored, {:.1}s ({}/s){}{}",
-                p.short_id(),
-                p.vm,
-                p.disk,
-                show_time(&p.time),
-                human_bytes(s.logical_bytes),
-                human_bytes(s.bytes_read),
-                crate::vhd_cmd::count(s.new_chunks, "new chunk"),
-                human_bytes(s.new_stored_bytes),
-                s.seconds,
-                human_bytes((s.logical_bytes as f64 / s.seconds.max(1e-6)) as u64),
-                if s.key { ", key backup" } else { "" },
-                if s.healed_chunks > 0 {
-                    format!(
-                        ", healed {}",
-                        crate::vhd_cmd::count(s.healed_chunks, "chunk")
-                    )
-                } else {
-                    String::new()
-                }
-            );
-        }
-        results.push(point_json(&p));
+    }
+    let points = run.commit().with_context(|| {
+        format!(
+            "publishing the backup of {} failed; nothing was stored",
+            a.vm
+        )
+    })?;
+    for disk in due_disks {
+        eprintln!(
+            "note: a key backup of {}/{disk} was due (every {interval}), but the source is a \
+             differencing VHD whose parents cannot be opened; this backup read only what changed",
+            a.vm
+        );
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        let all: Vec<serde_json::Value> = points.iter().map(point_json).collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(0);
+    }
+    for p in &points {
+        let s = &p.stats;
+        println!(
+            "{} {}/{} {}: {} logical, {} read, {}, {} stored, {:.1}s ({}/s){}{}",
+            p.short_id(),
+            p.vm,
+            p.disk,
+            show_time(&p.time),
+            human_bytes(s.logical_bytes),
+            human_bytes(s.bytes_read),
+            crate::vhd_cmd::count(s.new_chunks, "new chunk"),
+            human_bytes(s.new_stored_bytes),
+            s.seconds,
+            human_bytes((s.logical_bytes as f64 / s.seconds.max(1e-6)) as u64),
+            if s.key { ", key backup" } else { "" },
+            if s.healed_chunks > 0 {
+                format!(
+                    ", healed {}",
+                    crate::vhd_cmd::count(s.healed_chunks, "chunk")
+                )
+            } else {
+                String::new()
+            }
+        );
     }
     Ok(0)
+}
+
+/// The labels a backup gives its points, checked.
+fn labels(a: &BackupArgs) -> Result<Labels> {
+    let check = |what: &str, v: &Option<String>| -> Result<()> {
+        if let Some(v) = v {
+            check_name(what, v).map_err(anyhow::Error::msg)?;
+        }
+        Ok(())
+    };
+    check("--vm-uuid", &a.vm_uuid)?;
+    check("--pool", &a.pool)?;
+    check("--host", &a.host)?;
+    for t in &a.tags {
+        check_name("--tag", t).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(n) = &a.note
+        && (n.chars().count() > 4096 || n.chars().any(|c| c.is_control() && c != '\n'))
+    {
+        bail!("--note must be at most 4096 characters of text");
+    }
+    let mut tags = Vec::new();
+    for t in &a.tags {
+        if !tags.contains(t) {
+            tags.push(t.clone());
+        }
+    }
+    Ok(Labels {
+        vm_uuid: a.vm_uuid.clone(),
+        host: a.host.clone(),
+        pool: a.pool.clone(),
+        tags,
+        note: a.note.clone(),
+    })
 }
 
 /// Checks every source of a run before any is read: each disk named once, each file there and

@@ -29,8 +29,9 @@ mod vhd_source;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use cairn_store::{NewPoint, RecoveryPoint, Store};
+use cairn_store::{Labels, NewPoint, RecoveryPoint, Session, StagedPoint, Store};
 use chrono::{DateTime, Utc};
+use cairn_store::point::VmKey;
 
 /// What went wrong in a backup.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +115,8 @@ pub struct Request {
     pub expected_size: Option<u64>,
     /// A raw stream may be shorter than the disk's previous point (the disk shrank).
     pub allow_resize: bool,
+    /// The VM's identity beyond its name (its history is that of this identity), tags, note.
+    pub labels: Labels,
     /// Read the source as told even when it looks like something else (`--format raw` on a
     /// VHD, a raw disk that starts like a qcow2, VHDX, VMDK or VDI image).
     pub force: bool,
@@ -130,7 +133,9 @@ pub fn backup(
     req: &Request,
     progress: &(dyn Fn(u64, Option<u64>) + Sync),
 ) -> Result<RecoveryPoint> {
-    backup_from(store, req, None, progress)
+    let mut run = Run::new(store)?;
+    run.add(req, None, progress)?;
+    one(run.commit()?)
 }
 
 /// As [`backup`], reading the source from `input` (a raw image or a VHD stream, as on stdin)
@@ -144,56 +149,121 @@ pub fn backup_stream(
     input: Box<dyn std::io::Read + Send>,
     progress: &(dyn Fn(u64, Option<u64>) + Sync),
 ) -> Result<RecoveryPoint> {
-    backup_from(store, req, Some(input), progress)
+    let mut run = Run::new(store)?;
+    run.add(req, Some(input), progress)?;
+    one(run.commit()?)
 }
 
-fn backup_from(
-    store: &Store,
-    req: &Request,
-    input: Option<stream::Input>,
-    progress: &(dyn Fn(u64, Option<u64>) + Sync),
-) -> Result<RecoveryPoint> {
-    let started = Instant::now();
-    let chunk = store.config().chunk_size;
-    let opened = open::open(store, req, input, chunk)?;
-    progress(0, opened.size);
-    let mut session = store.session()?;
-    let level = store.config().zstd_level;
-    let done = pipeline::run(
-        &mut session,
-        opened.src,
-        chunk,
-        level,
-        opened.size,
-        progress,
-    )?;
-    let size = opened.size.unwrap_or(done.logical);
-    if size == 0 {
-        return Err(Error::Refused(format!(
-            "{}: the source is empty",
-            req.source.display()
-        )));
+fn one(mut points: Vec<RecoveryPoint>) -> Result<RecoveryPoint> {
+    match (points.pop(), points.is_empty()) {
+        (Some(p), true) => Ok(p),
+        _ => Err(Error::Refused("a backup of one disk published another number of points".into())),
     }
-    check_stream_size(store, req, opened.size.is_none(), size)?;
-    let mut stats = done.stats;
-    stats.logical_bytes = size;
-    stats.bytes_read = done.bytes_read;
-    // A key backup read the whole disk: nothing was applied to a parent point.
-    stats.key = opened.parent.is_none();
-    stats.seconds = started.elapsed().as_secs_f64();
-    let point = NewPoint {
-        vm: req.vm.clone(),
-        disk: req.disk.clone(),
-        time: req.time,
-        size,
-        source: opened.info,
-        parent: opened.parent,
-        stats,
-        run: req.run.clone(),
-    };
-    let mut rp = session.commit(point, &done.refs)?;
-    rp.stats.seconds = started.elapsed().as_secs_f64();
-    Ok(rp)
+}
+
+/// The disks of one VM backed up together (what an admin backs up is a VM): each disk is read
+/// and stored as it is added, and [`Run::commit`] publishes all of them at once, or none when
+/// it fails or the process dies. Dropping a run without committing it publishes nothing.
+pub struct Run<'a> {
+    store: &'a Store,
+    session: Session<'a>,
+    staged: Vec<StagedPoint>,
+}
+
+impl<'a> Run<'a> {
+    /// Starts a run: takes nothing but a session of the store (opened for writing).
+    ///
+    /// # Errors
+    /// A store opened read-only.
+    pub fn new(store: &'a Store) -> Result<Self> {
+        Ok(Self {
+            store,
+            session: store.session()?,
+            staged: Vec::new(),
+        })
+    }
+
+    /// Reads one disk (from `input` when given, else from `req.source`) and stores its chunks;
+    /// returns the point as it will be published. `progress` is called with the disk bytes
+    /// processed so far (and once with the disk size, when it is known, as `(0, Some(size))`).
+    ///
+    /// # Errors
+    /// A source that cannot be read or is not valid, a refused parent (or `--parent` given for
+    /// a source that is read whole), a disk already in this run, store errors.
+    pub fn add(
+        &mut self,
+        req: &Request,
+        input: Option<Box<dyn std::io::Read + Send>>,
+        progress: &(dyn Fn(u64, Option<u64>) + Sync),
+    ) -> Result<&RecoveryPoint> {
+        if self.staged.iter().any(|s| s.point().disk == req.disk) {
+            return Err(Error::Refused(format!(
+                "disk {:?} is given twice in one run",
+                req.disk
+            )));
+        }
+        let store = self.store;
+        let started = Instant::now();
+        let chunk = store.config().chunk_size;
+        let opened = open::open(store, req, input, chunk)?;
+        progress(0, opened.size);
+        let level = store.config().zstd_level;
+        let done = pipeline::run(
+            &mut self.session,
+            opened.src,
+            chunk,
+            level,
+            opened.size,
+            progress,
+        )?;
+        let size = opened.size.unwrap_or(done.logical);
+        if size == 0 {
+            return Err(Error::Refused(format!(
+                "{}: the source is empty",
+                req.source.display()
+            )));
+        }
+        check_stream_size(store, req, opened.size.is_none(), size)?;
+        let mut stats = done.stats;
+        stats.logical_bytes = size;
+        stats.bytes_read = done.bytes_read;
+        // A key backup read the whole disk: nothing was applied to a parent point.
+        stats.key = opened.parent.is_none();
+        let point = NewPoint {
+            vm: req.vm.clone(),
+            disk: req.disk.clone(),
+            time: req.time,
+            size,
+            source: opened.info,
+            parent: opened.parent,
+            stats,
+            run: req.run.clone(),
+            labels: req.labels.clone(),
+        };
+        let mut staged = self.session.stage(point, &done.refs)?;
+        staged.set_seconds(started.elapsed().as_secs_f64());
+        self.staged.push(staged);
+        self.staged
+            .last()
+            .map(StagedPoint::point)
+            .ok_or_else(|| Error::Refused("no point staged".into()))
+    }
+
+    /// Publishes every disk added, together.
+    ///
+    /// # Errors
+    /// Store errors; nothing is published then.
+    pub fn commit(self) -> Result<Vec<RecoveryPoint>> {
+        Ok(self.session.commit_run(self.staged)?)
+    }
+}
+
+impl Request {
+    /// The VM whose history this disk continues.
+    #[must_use]
+    pub fn vm_key(&self) -> VmKey {
+        VmKey::of(&self.vm, &self.labels)
+    }
 }
 
 /// A raw stream has no size of its own: one that ends early (a dropped `curl`, a killed
@@ -213,7 +283,7 @@ fn check_stream_size(store: &Store, req: &Request, stream: bool, size: u64) -> R
     if !stream || req.allow_resize {
         return Ok(());
     }
-    if let Some(prev) = store.latest(&req.vm, &req.disk)?
+    if let Some(prev) = store.latest(&req.vm_key(), &req.disk)?
         && size < prev.size
     {
         return Err(Error::Refused(format!(

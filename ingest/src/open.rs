@@ -251,7 +251,7 @@ fn choose_parent(
 ) -> Result<RecoveryPoint> {
     let parent = match &req.parent {
         Some(p) => p.clone(),
-        None => store.latest(&req.vm, &req.disk)?.ok_or_else(|| {
+        None => store.latest(&req.vm_key(), &req.disk)?.ok_or_else(|| {
             Error::Refused(format!(
                 "{shown} is a differencing VHD, but disk {} of VM {} has no point to apply it to; back up the full disk first or pass --parent",
                 req.disk, req.vm

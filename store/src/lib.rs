@@ -24,14 +24,19 @@
 //! a point costs what changed. Every point is complete on its own: restoring one never replays
 //! a chain, and deleting one is deleting metadata.
 //!
-//! # Commit protocol ([`Session::commit`])
+//! # Commit protocol ([`Session::commit_run`])
 //! 1. new chunks and tree segments are appended to packs, which are fsynced with their folder;
 //! 2. one synced RocksDB batch indexes them (unreferenced chunks are harmless: GC reclaims them);
-//! 3. the root file is written atomically (temp file, fsync, rename, fsync folder): the commit;
-//! 4. one synced RocksDB batch publishes the catalogue entry.
+//! 3. the root file is written atomically (temp file, fsync, rename, fsync folder): the commit.
+//!    The points of one run (the disks of a VM) commit together: a journal listing their root
+//!    files is written first and removed after the last one, and that removal is the commit
+//!    (`run`);
+//! 4. one synced RocksDB batch publishes the catalogue entries.
 //!
 //! A crash before 3 leaves orphan pack bytes (and maybe index entries for them) and no point; a
-//! crash between 3 and 4 leaves a complete point that the next writer publishes on open.
+//! crash inside 3 leaves a journal whose root files the next writer removes, so no disk of the
+//! run is published; a crash between 3 and 4 leaves complete points that the next writer
+//! publishes on open, together.
 //!
 //! # Reference counts and garbage
 //! Each tree segment counts the points naming it, each data chunk the live segments naming it
@@ -69,7 +74,9 @@ mod maintenance;
 pub mod pack;
 pub mod point;
 mod refs;
+mod run;
 pub mod select;
+mod session;
 mod store;
 
 pub use chunk::{ChunkId, ChunkKind, ChunkRef, Codec, EncodedChunk};
@@ -78,5 +85,6 @@ pub use error::{Error, Result};
 pub use index::{BadMark, Location, PackInfo};
 pub use maintenance::{Forgotten, GarbageFrame, Policy, Sweep};
 pub use pack::PackId;
-pub use point::{BackupStats, RecoveryPoint, SourceInfo};
-pub use store::{KnownFilter, NewPoint, OpenMode, RebuildReport, Session, Store, write_atomic};
+pub use point::{BackupStats, Labels, RecoveryPoint, SourceInfo};
+pub use session::{KnownFilter, NewPoint, Session, StagedPoint};
+pub use store::{OpenMode, RebuildReport, Store, write_atomic};

@@ -88,9 +88,81 @@ pub struct RecoveryPoint {
     /// The backup run this point was made in (the disks of one VM backed up together).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// The VM's identity beyond its name, and the admin's tags and note.
+    #[serde(flatten)]
+    pub labels: Labels,
+}
+
+/// Who a point belongs to beyond its VM's name, and what the admin said about it.
+///
+/// A disk's history (what `@latest`, retention and differencing VHDs follow) is that of one
+/// VM: the VM's UUID within its pool when the backup gave one, else its name within its pool
+/// ([`RecoveryPoint::vm_key`]). The host is a label only: VMs move between the hosts of a pool.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Labels {
+    /// The VM's identity in its hypervisor (a XAPI VM UUID, a Proxmox VMID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_uuid: Option<String>,
+    /// The host the VM ran on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The pool or cluster the VM belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Tags, in the order given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// A note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Which VM a point belongs to: see [`Labels`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VmKey {
+    /// The pool, if given.
+    pub pool: Option<String>,
+    /// The VM's UUID if given.
+    pub uuid: Option<String>,
+    /// The VM's name when no UUID was given.
+    pub name: Option<String>,
+}
+
+impl VmKey {
+    /// The key of a VM as a backup names it.
+    #[must_use]
+    pub fn of(vm: &str, labels: &Labels) -> Self {
+        Self {
+            pool: labels.pool.clone(),
+            uuid: labels.vm_uuid.clone(),
+            name: labels.vm_uuid.is_none().then(|| vm.to_owned()),
+        }
+    }
 }
 
 impl RecoveryPoint {
+    /// The VM this point belongs to (see [`Labels`]).
+    #[must_use]
+    pub fn vm_key(&self) -> VmKey {
+        VmKey::of(&self.vm, &self.labels)
+    }
+
+    /// Whether `other` is a point of the same disk of the same VM (one history).
+    #[must_use]
+    pub fn same_disk(&self, other: &Self) -> bool {
+        self.disk == other.disk && self.vm_key() == other.vm_key()
+    }
+
+    /// The VM as people read it: its name, with its pool and UUID when given.
+    #[must_use]
+    pub fn vm_shown(&self) -> String {
+        let mut s = self.vm.clone();
+        if let Some(pool) = &self.labels.pool {
+            s = format!("{s} ({pool})");
+        }
+        s
+    }
+
     /// Number of chunks covering the disk.
     #[must_use]
     pub fn chunk_count(&self) -> u64 {

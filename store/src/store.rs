@@ -1,26 +1,24 @@
 //! The store: open, read chunks and points, and write new ones in a [`Session`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
 
-use crate::chunk::{self, ChunkId, ChunkKind, ChunkRef, EncodedChunk};
+use crate::chunk::{self, ChunkId, ChunkRef};
 use crate::config::{CONFIG_FILE, StoreConfig};
 use crate::error::{Error, Result};
 use crate::index::{
-    CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_META, CF_PACKS, CF_POINTS, COLUMN_FAMILIES, Location,
+    CF_CHUNKS, CF_GARBAGE, CF_META, CF_PACKS, CF_POINTS, COLUMN_FAMILIES, Location,
     META_REFCOUNTS, PackInfo, garbage_key, to_json,
 };
 use crate::lock::WriteLock;
-use crate::pack::{self, PackId, PackWriter, sync_dir};
-use crate::point::{
-    BackupStats, RecoveryPoint, SEGMENT_REFS, SourceInfo, check_name, decode_segment,
-    encode_segment,
-};
+use crate::pack::{self, PackId, sync_dir};
+use crate::point::{RecoveryPoint, VmKey, decode_segment};
+use crate::session::Session;
 
 /// How to open a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +35,7 @@ pub enum OpenMode {
 /// An open store.
 pub struct Store {
     pub(crate) root: PathBuf,
-    config: StoreConfig,
+    pub(crate) config: StoreConfig,
     pub(crate) db: DB,
     lock: Option<WriteLock>,
     files: Mutex<HashMap<PackId, Arc<File>>>,
@@ -93,13 +91,32 @@ pub(crate) fn sync_write() -> WriteOptions {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(Error::io(dir, "creating a folder"))?;
+    create_dir_durable(dir)?;
     let tmp = path.with_extension("tmp");
     let mut f = private_file(&tmp).map_err(Error::io(&tmp, "creating"))?;
     f.write_all(bytes).map_err(Error::io(&tmp, "writing"))?;
     f.sync_all().map_err(Error::io(&tmp, "syncing"))?;
     std::fs::rename(&tmp, path).map_err(Error::io(path, "renaming into place"))?;
     sync_dir(dir)
+}
+
+/// Creates `dir` and any missing parents, syncing the folder each new one is created in, so
+/// that a file renamed into it survives a crash with its path.
+fn create_dir_durable(dir: &Path) -> Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    create_dir_durable(parent)?;
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_dir(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(dir, "creating a folder")(e)),
+    }
 }
 
 /// Creates (or truncates) a file readable by its owner only (0600).
@@ -366,11 +383,11 @@ impl Store {
     ///
     /// # Errors
     /// Index errors.
-    pub fn latest(&self, vm: &str, disk: &str) -> Result<Option<RecoveryPoint>> {
+    pub fn latest(&self, vm: &VmKey, disk: &str) -> Result<Option<RecoveryPoint>> {
         Ok(self
             .points()?
             .into_iter()
-            .filter(|p| p.vm == vm && p.disk == disk)
+            .filter(|p| p.disk == disk && &p.vm_key() == vm)
             .max_by_key(|p| (p.time, p.committed)))
     }
 
@@ -420,16 +437,7 @@ impl Store {
     pub fn session(&self) -> Result<Session<'_>> {
         self.require_writer()?;
         let bad = self.bad_chunks()?.into_iter().map(|(id, _)| id).collect();
-        Ok(Session {
-            store: self,
-            pack: None,
-            pending: Vec::new(),
-            seen: HashSet::new(),
-            bad,
-            superseded: Vec::new(),
-            new_stored: 0,
-            created: Vec::new(),
-        })
+        Ok(Session::new(self, bad))
     }
 
     /// Fails unless the store was opened for writing.
@@ -445,6 +453,7 @@ impl Store {
     /// or a forget that died between its catalogue batch and removing the root file: the point
     /// comes back, whole). Only root files whose id the catalogue lacks are parsed.
     fn publish_orphan_roots(&self) -> Result<()> {
+        crate::run::abandon_unfinished(&self.root)?;
         let cf = self.cf(CF_POINTS)?;
         let mut orphans = Vec::new();
         for path in files_under(&self.root.join("points"), "json")? {
@@ -589,6 +598,7 @@ impl Store {
             report.chunks += scan.frames.len() as u64;
         }
         let mut batch = WriteBatch::default();
+        crate::run::abandon_unfinished(root)?;
         for (_, p) in scan_root_files(root)? {
             batch.put_cf(
                 points_cf,
@@ -678,252 +688,3 @@ pub(crate) fn point_key(id: &str) -> Result<[u8; 16]> {
     Ok(k)
 }
 
-/// A new recovery point, as a backup hands it to [`Session::commit`].
-#[derive(Debug, Clone)]
-pub struct NewPoint {
-    /// The VM.
-    pub vm: String,
-    /// The disk.
-    pub disk: String,
-    /// The time the backup stands for.
-    pub time: DateTime<Utc>,
-    /// Disk size in bytes.
-    pub size: u64,
-    /// Where the data came from.
-    pub source: SourceInfo,
-    /// The point a differencing source was applied to.
-    pub parent: Option<String>,
-    /// What the backup did (new stored bytes of the tree segments are added by commit).
-    pub stats: BackupStats,
-    /// The backup run it belongs to (the disks of one VM backed up together).
-    pub run: Option<String>,
-}
-
-/// Writing into a store. New chunks are appended to packs at once but indexed, and a point
-/// published, only by [`Session::commit`]; dropping a session leaves orphan pack bytes that
-/// garbage collection reclaims, and nothing else.
-pub struct Session<'a> {
-    store: &'a Store,
-    pack: Option<PackWriter>,
-    pending: Vec<(ChunkId, Location)>,
-    seen: HashSet<ChunkId>,
-    /// Chunks marked bad or missing: stored afresh when a backup reads them.
-    bad: HashSet<ChunkId>,
-    /// Old locations of chunks stored afresh (their frames become garbage at commit).
-    superseded: Vec<(ChunkId, Location)>,
-    new_stored: u64,
-    /// Packs this session created; removed if it ends without committing.
-    created: Vec<PathBuf>,
-}
-
-impl Drop for Session<'_> {
-    fn drop(&mut self) {
-        // Not committed (commit empties `created`): nothing in these packs is indexed or
-        // referenced, so they go. A killed process leaves them for garbage collection.
-        self.pack = None;
-        for path in self.created.drain(..) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-/// See [`Session::known_filter`].
-#[derive(Debug, Clone)]
-pub struct KnownFilter<'a> {
-    store: &'a Store,
-    bad: HashSet<ChunkId>,
-}
-
-impl KnownFilter<'_> {
-    /// Whether the store holds a good copy of the chunk (not marked bad or missing).
-    ///
-    /// # Errors
-    /// Index errors.
-    pub fn holds(&self, id: &ChunkId) -> Result<bool> {
-        Ok(!self.bad.contains(id) && self.store.location(id)?.is_some())
-    }
-}
-
-impl<'a> Session<'a> {
-    /// The store.
-    #[must_use]
-    pub fn store(&self) -> &'a Store {
-        self.store
-    }
-
-    /// Appends a chunk unless the store or this session holds a good copy; returns whether it
-    /// was appended. A chunk marked bad or missing is appended again and its old frame left
-    /// to garbage collection.
-    ///
-    /// # Errors
-    /// I/O errors.
-    pub fn put(&mut self, chunk: &EncodedChunk) -> Result<bool> {
-        if self.seen.contains(&chunk.id) {
-            return Ok(false);
-        }
-        let old = self.store.location(&chunk.id)?;
-        if let Some(old) = old {
-            if !self.bad.contains(&chunk.id) {
-                return Ok(false);
-            }
-            self.superseded.push((chunk.id, old));
-        }
-        let target = self.store.config.pack_target_size;
-        if self.pack.as_ref().is_some_and(|p| p.len() >= target)
-            && let Some(mut full) = self.pack.take()
-        {
-            full.sync()?;
-        }
-        if self.pack.is_none() {
-            let pack = PackWriter::create(&self.store.packs_dir())?;
-            self.created.push(pack.id().path(&self.store.packs_dir()));
-            self.pack = Some(pack);
-        }
-        let Some(pack) = self.pack.as_mut() else {
-            return Err(Error::Usage("no open pack".into()));
-        };
-        let offset = pack.append(chunk)?;
-        let loc = Location {
-            pack: pack.id(),
-            offset,
-            stored_len: chunk.bytes.len() as u32,
-            plain_len: chunk.plain_len,
-            codec: chunk.codec,
-            kind: chunk.kind,
-        };
-        self.pending.push((chunk.id, loc));
-        self.seen.insert(chunk.id);
-        self.new_stored += pack::FRAME_HEADER_SIZE + chunk.bytes.len() as u64;
-        Ok(true)
-    }
-
-    /// What a hashing stage running beside the session needs to tell chunks the store holds
-    /// (a good copy) from new ones. It does not know what this session appended since: a chunk
-    /// it calls new may still be one [`Session::put`] then finds already appended.
-    #[must_use]
-    pub fn known_filter(&self) -> KnownFilter<'a> {
-        KnownFilter {
-            store: self.store,
-            bad: self.bad.clone(),
-        }
-    }
-
-    /// Chunks marked bad or missing that this session stored afresh so far.
-    #[must_use]
-    pub fn healed(&self) -> u64 {
-        self.pending
-            .iter()
-            .filter(|(id, _)| self.bad.contains(id))
-            .count() as u64
-    }
-
-    /// Bytes appended to packs so far (frames included).
-    #[must_use]
-    pub fn new_stored_bytes(&self) -> u64 {
-        self.new_stored
-    }
-
-    /// Publishes a recovery point whose reference list is `refs`: stores its tree segments,
-    /// makes every appended chunk durable, indexes them, writes the root file, and publishes
-    /// the catalogue entry in one RocksDB write batch. A crash at any instant leaves the store
-    /// as it was before, or with the point committed.
-    ///
-    /// # Errors
-    /// A ref list that does not cover the disk, a VM or disk name that is not allowed, I/O and
-    /// index errors.
-    pub fn commit(mut self, point: NewPoint, refs: &[ChunkRef]) -> Result<RecoveryPoint> {
-        check_name("VM", &point.vm).map_err(Error::Usage)?;
-        check_name("disk", &point.disk).map_err(Error::Usage)?;
-        let chunk_size = self.store.config.chunk_size;
-        if refs.len() as u64 != point.size.div_ceil(u64::from(chunk_size)) {
-            return Err(Error::Usage(format!(
-                "{} refs for a disk of {} bytes",
-                refs.len(),
-                point.size
-            )));
-        }
-        let mut segments = Vec::new();
-        let level = self.store.config.zstd_level;
-        for seg in refs.chunks(SEGMENT_REFS) {
-            let encoded = chunk::encode(&encode_segment(seg), ChunkKind::Tree, level);
-            self.put(&encoded)?;
-            segments.push(encoded.id.to_hex());
-        }
-        // 1. Chunks durable.
-        if let Some(mut pack) = self.pack.take() {
-            pack.sync()?;
-        }
-        // 2. Chunks indexed (unreferenced until the point is published).
-        let store = self.store;
-        let mut batch = WriteBatch::default();
-        let chunks_cf = store.cf(CF_CHUNKS)?;
-        let mut packs: HashMap<PackId, PackInfo> = HashMap::new();
-        for (id, loc) in &self.pending {
-            batch.put_cf(chunks_cf, id.0, loc.encode());
-            let info = packs.entry(loc.pack).or_default();
-            info.chunks += 1;
-            info.size = info
-                .size
-                .max(loc.offset + pack::FRAME_HEADER_SIZE + u64::from(loc.stored_len));
-        }
-        let packs_cf = store.cf(CF_PACKS)?;
-        for (id, info) in &packs {
-            batch.put_cf(packs_cf, id.0, to_json(info, "a pack entry")?);
-        }
-        // Unreferenced until the catalogue batch counts them: listed as garbage, so a crash
-        // before that batch leaves nothing that garbage collection cannot find.
-        let ids: Vec<ChunkId> = self.pending.iter().map(|(id, _)| *id).collect();
-        let garbage_cf = store.cf(CF_GARBAGE)?;
-        for ((id, loc), count) in self.pending.iter().zip(store.refcounts(&ids)?) {
-            if count == 0 {
-                batch.put_cf(garbage_cf, garbage_key(loc.pack, loc.offset), id.0);
-            }
-        }
-        let bad_cf = store.cf(CF_BAD)?;
-        for (id, old) in &self.superseded {
-            batch.put_cf(garbage_cf, garbage_key(old.pack, old.offset), id.0);
-            batch.delete_cf(bad_cf, id.0);
-        }
-        for id in &ids {
-            if self.bad.contains(id) {
-                batch.delete_cf(bad_cf, id.0);
-            }
-        }
-        store
-            .db
-            .write_opt(batch, &sync_write())
-            .map_err(store.index_err())?;
-        // From here on the packs are indexed: they stay, whatever happens next.
-        self.created.clear();
-        // 3. The root file: the commit.
-        let mut stats = point.stats;
-        stats.new_stored_bytes = self.new_stored;
-        stats.healed_chunks = self.healed();
-        let rp = RecoveryPoint {
-            id: hex::encode(uuid::Uuid::new_v4().as_bytes()),
-            vm: point.vm,
-            disk: point.disk,
-            time: point.time,
-            size: point.size,
-            chunk_size,
-            source: point.source,
-            parent: point.parent,
-            segments,
-            stats,
-            committed: Utc::now(),
-            protected: false,
-            run: point.run,
-        };
-        let json = serde_json::to_vec_pretty(&rp).map_err(|e| Error::Point(e.to_string()))?;
-        write_atomic(&store.root.join(rp.root_file()), &json)?;
-        // 4. The catalogue entry and the reference counts, in one batch.
-        let mut batch = WriteBatch::default();
-        batch.put_cf(store.cf(CF_POINTS)?, point_key(&rp.id)?, &json);
-        store.count_refs(&mut batch, &[(&rp, 1)])?;
-        store
-            .db
-            .write_opt(batch, &sync_write())
-            .map_err(store.index_err())?;
-        Ok(rp)
-    }
-}

@@ -234,8 +234,9 @@ fn a_run_checks_every_source_first_and_says_exactly_what_it_stored() {
         ],
     );
     assert!(store.list().is_empty());
-    // A source that fails while it is read (a damaged VHD): what was stored is said, and with
-    // --json printed.
+    // A source that fails while it is read (a damaged VHD, the second disk): the run is
+    // published whole or not at all, so nothing is stored, and the packs written for the first
+    // disk are gone.
     let bad = w.join("bad.vhd");
     ok(cairn_tests::cairn(["vhd", "from-raw"]).arg(&a).arg(&bad));
     let mut bytes = read(&bad);
@@ -245,10 +246,24 @@ fn a_run_checks_every_source_first_and_says_exactly_what_it_stored() {
         format!("xvda={}", a.display()),
         format!("xvdb={}", bad.display()),
     ]));
-    let err = refused(&out, &["this run stored xvda as point", "not backed up"]);
-    let stored = json(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(stored.as_array().map(Vec::len), Some(1), "{err}");
-    assert_eq!(store.list().len(), 1);
+    refused(
+        &out,
+        &["multi/xvdb", "bad.vhd", "nothing was stored", "together"],
+    );
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(store.list().is_empty());
+    assert!(store.pack_files().is_empty(), "{:?}", store.pack_files());
+    // Both good: one run, both points under one run id and one time.
+    let b = disk(w, "b.raw", 6);
+    let out = json(&ok(store.cmd(&["backup", "--json", "--vm", "multi"]).args([
+        format!("xvda={}", a.display()),
+        format!("xvdb={}", b.display()),
+    ])));
+    let points = out.as_array().expect("array");
+    assert_eq!(points.len(), 2);
+    assert_eq!(points[0]["run"], points[1]["run"]);
+    assert!(points[0]["run"].is_string());
+    assert_eq!(store.list().len(), 2);
 }
 
 #[test]

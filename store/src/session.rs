@@ -1,0 +1,365 @@
+//! Writing into a store: new chunks go to packs at once; points are published by
+//! [`Session::commit`] (one point) or [`Session::commit_run`] (the disks of one run, together or
+//! not at all).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use rocksdb::WriteBatch;
+
+use crate::chunk::{self, ChunkId, ChunkKind, ChunkRef, EncodedChunk};
+use crate::error::{Error, Result};
+use crate::index::{
+    CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_PACKS, CF_POINTS, Location, PackInfo, garbage_key, to_json,
+};
+use crate::pack::{self, PackId, PackWriter};
+use crate::point::{
+    BackupStats, Labels, RecoveryPoint, SEGMENT_REFS, SourceInfo, check_name, encode_segment,
+};
+use crate::run;
+use crate::store::{Store, point_key, sync_write, write_atomic};
+
+/// A new recovery point, as a backup hands it to [`Session::commit`].
+#[derive(Debug, Clone)]
+pub struct NewPoint {
+    /// The VM.
+    pub vm: String,
+    /// The disk.
+    pub disk: String,
+    /// The time the backup stands for.
+    pub time: DateTime<Utc>,
+    /// Disk size in bytes.
+    pub size: u64,
+    /// Where the data came from.
+    pub source: SourceInfo,
+    /// The point a differencing source was applied to.
+    pub parent: Option<String>,
+    /// What the backup did (new stored bytes of the tree segments are added by commit).
+    pub stats: BackupStats,
+    /// The backup run it belongs to (the disks of one VM backed up together).
+    pub run: Option<String>,
+    /// The VM's identity beyond its name, tags and note.
+    pub labels: Labels,
+}
+
+/// Writing into a store. New chunks are appended to packs at once but indexed, and a point
+/// published, only by [`Session::commit`]; dropping a session leaves orphan pack bytes that
+/// garbage collection reclaims, and nothing else.
+pub struct Session<'a> {
+    store: &'a Store,
+    pack: Option<PackWriter>,
+    pending: Vec<(ChunkId, Location)>,
+    seen: HashSet<ChunkId>,
+    /// Chunks marked bad or missing: stored afresh when a backup reads them.
+    bad: HashSet<ChunkId>,
+    /// Old locations of chunks stored afresh (their frames become garbage at commit).
+    superseded: Vec<(ChunkId, Location)>,
+    new_stored: u64,
+    /// Packs this session created; removed if it ends without committing.
+    created: Vec<PathBuf>,
+    /// Where the point being read started: `pending` entries and stored bytes before it.
+    mark: (usize, u64),
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        // Not committed (commit empties `created`): nothing in these packs is indexed or
+        // referenced, so they go. A killed process leaves them for garbage collection.
+        self.pack = None;
+        for path in self.created.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// See [`Session::known_filter`].
+#[derive(Debug, Clone)]
+pub struct KnownFilter<'a> {
+    store: &'a Store,
+    bad: HashSet<ChunkId>,
+}
+
+impl KnownFilter<'_> {
+    /// Whether the store holds a good copy of the chunk (not marked bad or missing).
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn holds(&self, id: &ChunkId) -> Result<bool> {
+        Ok(!self.bad.contains(id) && self.store.location(id)?.is_some())
+    }
+}
+
+impl<'a> Session<'a> {
+    pub(crate) fn new(store: &'a Store, bad: HashSet<ChunkId>) -> Self {
+        Session {
+            store,
+            pack: None,
+            pending: Vec::new(),
+            seen: HashSet::new(),
+            bad,
+            superseded: Vec::new(),
+            new_stored: 0,
+            created: Vec::new(),
+            mark: (0, 0),
+        }
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &'a Store {
+        self.store
+    }
+
+    /// Appends a chunk unless the store or this session holds a good copy; returns whether it
+    /// was appended. A chunk marked bad or missing is appended again and its old frame left
+    /// to garbage collection.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn put(&mut self, chunk: &EncodedChunk) -> Result<bool> {
+        if self.seen.contains(&chunk.id) {
+            return Ok(false);
+        }
+        let old = self.store.location(&chunk.id)?;
+        if let Some(old) = old {
+            if !self.bad.contains(&chunk.id) {
+                return Ok(false);
+            }
+            self.superseded.push((chunk.id, old));
+        }
+        let target = self.store.config.pack_target_size;
+        if self.pack.as_ref().is_some_and(|p| p.len() >= target)
+            && let Some(mut full) = self.pack.take()
+        {
+            full.sync()?;
+        }
+        if self.pack.is_none() {
+            let pack = PackWriter::create(&self.store.packs_dir())?;
+            self.created.push(pack.id().path(&self.store.packs_dir()));
+            self.pack = Some(pack);
+        }
+        let Some(pack) = self.pack.as_mut() else {
+            return Err(Error::Usage("no open pack".into()));
+        };
+        let offset = pack.append(chunk)?;
+        let loc = Location {
+            pack: pack.id(),
+            offset,
+            stored_len: chunk.bytes.len() as u32,
+            plain_len: chunk.plain_len,
+            codec: chunk.codec,
+            kind: chunk.kind,
+        };
+        self.pending.push((chunk.id, loc));
+        self.seen.insert(chunk.id);
+        self.new_stored += pack::FRAME_HEADER_SIZE + chunk.bytes.len() as u64;
+        Ok(true)
+    }
+
+    /// What a hashing stage running beside the session needs to tell chunks the store holds
+    /// (a good copy) from new ones. It does not know what this session appended since: a chunk
+    /// it calls new may still be one [`Session::put`] then finds already appended.
+    #[must_use]
+    pub fn known_filter(&self) -> KnownFilter<'a> {
+        KnownFilter {
+            store: self.store,
+            bad: self.bad.clone(),
+        }
+    }
+
+    /// Chunks marked bad or missing that the point being read stored afresh so far.
+    #[must_use]
+    pub fn healed(&self) -> u64 {
+        self.pending
+            .get(self.mark.0..)
+            .unwrap_or_default()
+            .iter()
+            .filter(|(id, _)| self.bad.contains(id))
+            .count() as u64
+    }
+
+    /// Bytes the point being read appended to packs so far (frames included).
+    #[must_use]
+    pub fn new_stored_bytes(&self) -> u64 {
+        self.new_stored - self.mark.1
+    }
+
+    /// Stores the tree segments of a point whose reference list is `refs` and returns it, ready
+    /// for [`Session::commit_run`]; nothing is visible yet. Chunks put after this count towards
+    /// the next point.
+    ///
+    /// # Errors
+    /// A ref list that does not cover the disk, a VM or disk name that is not allowed, I/O
+    /// errors.
+    pub fn stage(&mut self, point: NewPoint, refs: &[ChunkRef]) -> Result<StagedPoint> {
+        check_name("VM", &point.vm).map_err(Error::Usage)?;
+        check_name("disk", &point.disk).map_err(Error::Usage)?;
+        let chunk_size = self.store.config.chunk_size;
+        if refs.len() as u64 != point.size.div_ceil(u64::from(chunk_size)) {
+            return Err(Error::Usage(format!(
+                "{} refs for a disk of {} bytes",
+                refs.len(),
+                point.size
+            )));
+        }
+        let mut segments = Vec::new();
+        let level = self.store.config.zstd_level;
+        for seg in refs.chunks(SEGMENT_REFS) {
+            let encoded = chunk::encode(&encode_segment(seg), ChunkKind::Tree, level);
+            self.put(&encoded)?;
+            segments.push(encoded.id.to_hex());
+        }
+        let mut stats = point.stats;
+        stats.new_stored_bytes = self.new_stored_bytes();
+        stats.healed_chunks = self.healed();
+        self.mark = (self.pending.len(), self.new_stored);
+        Ok(StagedPoint(RecoveryPoint {
+            id: hex::encode(uuid::Uuid::new_v4().as_bytes()),
+            vm: point.vm,
+            disk: point.disk,
+            time: point.time,
+            size: point.size,
+            chunk_size,
+            source: point.source,
+            parent: point.parent,
+            segments,
+            stats,
+            committed: Utc::now(),
+            protected: false,
+            run: point.run,
+            labels: point.labels,
+        }))
+    }
+
+    /// Publishes one recovery point whose reference list is `refs` (see [`Session::stage`] and
+    /// [`Session::commit_run`]).
+    ///
+    /// # Errors
+    /// As [`Session::stage`] and [`Session::commit_run`].
+    pub fn commit(mut self, point: NewPoint, refs: &[ChunkRef]) -> Result<RecoveryPoint> {
+        let staged = self.stage(point, refs)?;
+        let mut done = self.commit_run(vec![staged])?;
+        done.pop()
+            .ok_or_else(|| Error::Usage("a commit published no point".into()))
+    }
+
+    /// Publishes staged points together: makes every appended chunk durable, indexes them,
+    /// writes the root files, and publishes the catalogue entries in one RocksDB batch. A crash
+    /// at any instant leaves the store as it was before, or with every point committed.
+    ///
+    /// Several points are one commit through a run journal (`points/.run-<id>.pending`, listing
+    /// their root files): written before the first root file, removed after the last, so the
+    /// removal is the commit; the next writer deletes the root files of a run whose journal is
+    /// still there ([`run`]).
+    ///
+    /// # Errors
+    /// I/O and index errors.
+    pub fn commit_run(mut self, staged: Vec<StagedPoint>) -> Result<Vec<RecoveryPoint>> {
+        // 1. Chunks durable.
+        if let Some(mut pack) = self.pack.take() {
+            pack.sync()?;
+        }
+        // 2. Chunks indexed (unreferenced until the points are published).
+        let store = self.store;
+        let mut batch = WriteBatch::default();
+        let chunks_cf = store.cf(CF_CHUNKS)?;
+        let mut packs: HashMap<PackId, PackInfo> = HashMap::new();
+        for (id, loc) in &self.pending {
+            batch.put_cf(chunks_cf, id.0, loc.encode());
+            let info = packs.entry(loc.pack).or_default();
+            info.chunks += 1;
+            info.size = info
+                .size
+                .max(loc.offset + pack::FRAME_HEADER_SIZE + u64::from(loc.stored_len));
+        }
+        let packs_cf = store.cf(CF_PACKS)?;
+        for (id, info) in &packs {
+            batch.put_cf(packs_cf, id.0, to_json(info, "a pack entry")?);
+        }
+        // Unreferenced until the catalogue batch counts them: listed as garbage, so a crash
+        // before that batch leaves nothing that garbage collection cannot find.
+        let ids: Vec<ChunkId> = self.pending.iter().map(|(id, _)| *id).collect();
+        let garbage_cf = store.cf(CF_GARBAGE)?;
+        for ((id, loc), count) in self.pending.iter().zip(store.refcounts(&ids)?) {
+            if count == 0 {
+                batch.put_cf(garbage_cf, garbage_key(loc.pack, loc.offset), id.0);
+            }
+        }
+        let bad_cf = store.cf(CF_BAD)?;
+        for (id, old) in &self.superseded {
+            batch.put_cf(garbage_cf, garbage_key(old.pack, old.offset), id.0);
+            batch.delete_cf(bad_cf, id.0);
+        }
+        for id in &ids {
+            if self.bad.contains(id) {
+                batch.delete_cf(bad_cf, id.0);
+            }
+        }
+        store
+            .db
+            .write_opt(batch, &sync_write())
+            .map_err(store.index_err())?;
+        // From here on the packs are indexed: they stay, whatever happens next.
+        self.created.clear();
+        // 3. The root files: the commit (for several, the journal's removal).
+        let committed = Utc::now();
+        let points: Vec<RecoveryPoint> = staged
+            .into_iter()
+            .map(|StagedPoint(mut p)| {
+                p.committed = committed;
+                p
+            })
+            .collect();
+        let mut files = Vec::with_capacity(points.len());
+        for p in &points {
+            let json = serde_json::to_vec_pretty(p).map_err(|e| Error::Point(e.to_string()))?;
+            files.push((p.root_file(), json));
+        }
+        let journal = match &files[..] {
+            [] => return Ok(Vec::new()),
+            [_] => None,
+            _ => Some(run::begin(
+                &store.root,
+                points.first().and_then(|p| p.run.as_deref()),
+                files.iter().map(|(f, _)| f.as_str()),
+            )?),
+        };
+        for (file, json) in &files {
+            write_atomic(&store.root.join(file), json)?;
+        }
+        if let Some(journal) = journal {
+            run::end(&journal)?;
+        }
+        // 4. The catalogue entries and the reference counts, in one batch.
+        let mut batch = WriteBatch::default();
+        let points_cf = store.cf(CF_POINTS)?;
+        for (p, (_, json)) in points.iter().zip(&files) {
+            batch.put_cf(points_cf, point_key(&p.id)?, json);
+        }
+        let changes: Vec<(&RecoveryPoint, i64)> = points.iter().map(|p| (p, 1)).collect();
+        store.count_refs(&mut batch, &changes)?;
+        store
+            .db
+            .write_opt(batch, &sync_write())
+            .map_err(store.index_err())?;
+        Ok(points)
+    }
+}
+
+/// A point read and stored, not yet published: see [`Session::commit_run`].
+#[derive(Debug, Clone)]
+pub struct StagedPoint(RecoveryPoint);
+
+impl StagedPoint {
+    /// The point as it will be published (its commit time is set then).
+    #[must_use]
+    pub fn point(&self) -> &RecoveryPoint {
+        &self.0
+    }
+
+    /// Records how long reading the point took.
+    pub fn set_seconds(&mut self, seconds: f64) {
+        self.0.stats.seconds = seconds;
+    }
+}
