@@ -67,7 +67,7 @@ fn changed_ranges(store: &Store, a: &RecoveryPoint, b: &RecoveryPoint) -> Result
 pub fn diff(a: &DiffArgs) -> Result<i32> {
     let store = Store::open(&a.store.store, OpenMode::Read)?;
     let (p, q) = (store.resolve(&a.from)?, store.resolve(&a.to)?);
-    if (p.vm.as_str(), p.disk.as_str()) != (q.vm.as_str(), q.disk.as_str()) {
+    if !p.same_disk(&q) {
         bail!(
             "{} is of {}/{} and {} of {}/{}: diff compares two points of one disk",
             p.short_id(),

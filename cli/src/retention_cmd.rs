@@ -10,7 +10,8 @@ use chrono::{Duration, Local, Utc};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::store_cmd::{StoreArg, open_write};
+use crate::store_cmd::{PointFilter, StoreArg, open_write};
+use cairn_store::point::VmKey;
 use crate::vhd_cmd::human_bytes;
 
 #[derive(Debug, Args)]
@@ -25,12 +26,8 @@ use crate::vhd_cmd::human_bytes;
 pub struct PruneArgs {
     #[command(flatten)]
     pub store: StoreArg,
-    /// Only this VM.
-    #[arg(long)]
-    pub vm: Option<String>,
-    /// Only this disk.
-    #[arg(long)]
-    pub disk: Option<String>,
+    #[command(flatten)]
+    pub filter: PointFilter,
     /// Keep the N newest points.
     #[arg(long, default_value_t = 0)]
     pub keep_last: u32,
@@ -158,9 +155,8 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub store: StoreArg,
-    /// Only chunks of this VM's points.
-    #[arg(long)]
-    pub vm: Option<String>,
+    #[command(flatten)]
+    pub filter: PointFilter,
     /// Read this percentage of the chunks, chosen at random (tree segments always).
     #[arg(long, value_parser = parse_percent)]
     pub sample: Option<f64>,
@@ -243,16 +239,15 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
     } else {
         open_write(&a.store.store, a.wait)?
     };
-    crate::store_cmd::check_filter(&store, a.vm.as_deref(), a.disk.as_deref())?;
-    let mut by_disk: BTreeMap<(String, String), Vec<RecoveryPoint>> = BTreeMap::new();
+    let filter = a.filter.filter();
+    crate::store_cmd::check_filter(&store, &filter)?;
+    let mut by_disk: BTreeMap<(VmKey, String), Vec<RecoveryPoint>> = BTreeMap::new();
     for p in store.points()? {
-        if a.vm.as_ref().is_some_and(|v| &p.vm != v)
-            || a.disk.as_ref().is_some_and(|d| &p.disk != d)
-        {
+        if !filter.matches(&p) {
             continue;
         }
         by_disk
-            .entry((p.vm.clone(), p.disk.clone()))
+            .entry((p.vm_key(), p.disk.clone()))
             .or_default()
             .push(p);
     }
@@ -481,13 +476,10 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
 }
 
 pub fn verify(a: &VerifyArgs) -> Result<i32> {
-    crate::store_cmd::check_filter(
-        &Store::open(&a.store.store, OpenMode::Read)?,
-        a.vm.as_deref(),
-        None,
-    )?;
+    let filter = a.filter.filter();
+    crate::store_cmd::check_filter(&Store::open(&a.store.store, OpenMode::Read)?, &filter)?;
     let opts = VerifyOptions {
-        vm: a.vm.clone(),
+        filter,
         since: a.since.map(|d| Utc::now() - d),
         sample: a.sample.map(|p| p / 100.0),
     };

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use cairn_ingest::{Format, KeyMode, Request};
 use cairn_restore::OutputFormat;
 use cairn_store::point::{VmKey, check_name};
+use cairn_store::select::Filter;
 use cairn_store::{ChunkId, ChunkRef, Labels, OpenMode, RecoveryPoint, Store};
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
@@ -234,32 +235,31 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  cairn list --store /backups/store --vm web01")]
+#[command(
+    after_help = "Examples:\n  cairn list --store /backups/store --vm web01\n  \
+    cairn list --pool prod --tag monthly --last 1 --json"
+)]
 pub struct ListArgs {
     #[command(flatten)]
     pub store: StoreArg,
-    /// Only this VM.
-    #[arg(long)]
-    pub vm: Option<String>,
-    /// Only this disk.
-    #[arg(long)]
-    pub disk: Option<String>,
-    /// Only points made in this last stretch of time (90m, 12h, 7d, 2w).
-    #[arg(long, value_parser = crate::retention_cmd::parse_duration)]
-    pub since: Option<chrono::Duration>,
-    /// Only the N newest points of each disk.
-    #[arg(long)]
-    pub last: Option<usize>,
+    #[command(flatten)]
+    pub select: Selection,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  cairn report --store /backups/store --json | jq .vms")]
+#[command(
+    after_help = "Examples:\n  cairn report --store /backups/store --json | jq .vms\n  \
+    cairn report --pool prod --since 7d\n\n\
+    Shared and unique bytes are counted over the whole store; the filters choose the rows."
+)]
 pub struct ReportArgs {
     #[command(flatten)]
     pub store: StoreArg,
+    #[command(flatten)]
+    pub select: Selection,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -299,43 +299,89 @@ pub fn init(a: &InitArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Fails when a `--vm` / `--disk` filter matches no point of the store, naming what exists (a
-/// typo must not read as "nothing to do" or "all well").
-pub fn check_filter(store: &Store, vm: Option<&str>, disk: Option<&str>) -> Result<()> {
-    if vm.is_none() && disk.is_none() {
-        return Ok(());
-    }
-    let points = store.points()?;
-    let matches =
-        |p: &&RecoveryPoint| vm.is_none_or(|v| p.vm == v) && disk.is_none_or(|d| p.disk == d);
-    if points.iter().any(|p| matches(&p)) {
-        return Ok(());
-    }
-    let mut vms: Vec<&str> = points.iter().map(|p| p.vm.as_str()).collect();
-    vms.sort_unstable();
-    vms.dedup();
-    let what = match (vm, disk) {
-        (Some(v), Some(d)) => format!("no point of disk {d:?} of VM {v:?}"),
-        (Some(v), None) => format!("no point of VM {v:?}"),
-        (None, Some(d)) => format!("no point of a disk {d:?}"),
-        (None, None) => unreachable!("checked above"),
-    };
-    if let (Some(v), Some(_)) = (vm, disk) {
-        let mut disks: Vec<&str> = points
-            .iter()
-            .filter(|p| p.vm == v)
-            .map(|p| p.disk.as_str())
-            .collect();
-        disks.sort_unstable();
-        disks.dedup();
-        if !disks.is_empty() {
-            bail!("{what}; its disks: {}", disks.join(", "));
+/// Which points a command works on (every filter given must match).
+#[derive(Debug, Args, Clone, Default)]
+pub struct PointFilter {
+    /// Only this VM (its name, or its --vm-uuid).
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Only this disk.
+    #[arg(long)]
+    pub disk: Option<String>,
+    /// Only VMs of this pool.
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Only points of VMs that ran on this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only points with this tag (repeatable: every tag given).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+}
+
+impl PointFilter {
+    pub fn filter(&self) -> Filter {
+        Filter {
+            vm: self.vm.clone(),
+            disk: self.disk.clone(),
+            pool: self.pool.clone(),
+            host: self.host.clone(),
+            tags: self.tags.clone(),
         }
     }
-    if vms.is_empty() {
-        bail!("{what}: the store holds no points yet");
+}
+
+/// Which points list and report show: a filter, an age, a count per disk.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Selection {
+    #[command(flatten)]
+    pub filter: PointFilter,
+    /// Only points made in this last stretch of time (90m, 12h, 7d, 2w).
+    #[arg(long, value_parser = crate::retention_cmd::parse_duration)]
+    pub since: Option<chrono::Duration>,
+    /// Only the N newest points of each disk.
+    #[arg(long)]
+    pub last: Option<usize>,
+}
+
+impl Selection {
+    /// The points chosen among `points` (sorted oldest first), in their order; fails when the
+    /// filter matches nothing.
+    pub fn choose(&self, points: &[RecoveryPoint]) -> Result<Vec<RecoveryPoint>> {
+        let filter = self.filter.filter();
+        filter.check(points).map_err(anyhow::Error::msg)?;
+        let since = self.since.map(|d| Utc::now() - d);
+        let mut chosen: Vec<RecoveryPoint> = points
+            .iter()
+            .filter(|p| filter.matches(p))
+            .filter(|p| since.is_none_or(|s| p.time >= s))
+            .cloned()
+            .collect();
+        if let Some(n) = self.last {
+            // The newest n of each disk.
+            let mut seen: HashMap<(VmKey, String), usize> = HashMap::new();
+            let mut keep = vec![false; chosen.len()];
+            for (i, p) in chosen.iter().enumerate().rev() {
+                let c = seen.entry((p.vm_key(), p.disk.clone())).or_default();
+                if *c < n {
+                    *c += 1;
+                    keep[i] = true;
+                }
+            }
+            let mut k = keep.into_iter();
+            chosen.retain(|_| k.next().unwrap_or(false));
+        }
+        Ok(chosen)
     }
-    bail!("{what}; VMs in this store: {}", vms.join(", "))
+}
+
+/// Fails when a filter matches no point of the store, naming what exists (a typo must not read
+/// as "nothing to do" or "all well").
+pub fn check_filter(store: &Store, filter: &Filter) -> Result<()> {
+    if filter.is_empty() {
+        return Ok(());
+    }
+    filter.check(&store.points()?).map_err(anyhow::Error::msg)
 }
 
 pub fn open_write(store: &Path, wait: bool) -> Result<Store> {
@@ -659,29 +705,7 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
 
 pub fn list(a: &ListArgs) -> Result<i32> {
     let store = Store::open(&a.store.store, OpenMode::Read)?;
-    check_filter(&store, a.vm.as_deref(), a.disk.as_deref())?;
-    let since = a.since.map(|d| Utc::now() - d);
-    let mut points: Vec<RecoveryPoint> = store
-        .points()?
-        .into_iter()
-        .filter(|p| a.vm.as_ref().is_none_or(|v| &p.vm == v))
-        .filter(|p| a.disk.as_ref().is_none_or(|d| &p.disk == d))
-        .filter(|p| since.is_none_or(|s| p.time >= s))
-        .collect();
-    if let Some(n) = a.last {
-        // The newest n of each disk (points are sorted oldest first).
-        let mut seen: HashMap<(String, String), usize> = HashMap::new();
-        let mut keep = vec![false; points.len()];
-        for (i, p) in points.iter().enumerate().rev() {
-            let c = seen.entry((p.vm.clone(), p.disk.clone())).or_default();
-            if *c < n {
-                *c += 1;
-                keep[i] = true;
-            }
-        }
-        let mut k = keep.into_iter();
-        points.retain(|_| k.next().unwrap_or(false));
-    }
+    let points = a.select.choose(&store.points()?)?;
     if a.json {
         println!(
             "{}",
@@ -708,19 +732,55 @@ pub fn list(a: &ListArgs) -> Result<i32> {
         .max()
         .unwrap_or(0)
         .max(6);
-    println!(
-        "{:<12}  {:<vw$}  {:<dw$}  {:<20}  {:>10}  {:>10}  {:<sw$}  {:<5} RUN",
-        "ID", "VM", "DISK", "TIME", "SIZE", "NEW", "SOURCE", "FLAGS"
+    // Identity, tags and notes get columns when some point has them.
+    let extra = |f: fn(&RecoveryPoint) -> String| -> Option<(usize, Vec<String>)> {
+        let v: Vec<String> = points.iter().map(f).collect();
+        let w = v.iter().map(|x| x.chars().count()).max().unwrap_or(0);
+        (w > 0).then_some((w, v))
+    };
+    let columns: Vec<(&str, Option<(usize, Vec<String>)>)> = vec![
+        ("POOL", extra(|p| p.labels.pool.clone().unwrap_or_default())),
+        ("HOST", extra(|p| p.labels.host.clone().unwrap_or_default())),
+        ("VM UUID", extra(|p| p.labels.vm_uuid.clone().unwrap_or_default())),
+        ("TAGS", extra(|p| p.labels.tags.join(","))),
+        ("NOTE", extra(|p| p.labels.note.clone().unwrap_or_default().replace('\n', " "))),
+    ];
+    let columns: Vec<(&str, usize, Vec<String>)> = columns
+        .into_iter()
+        .filter_map(|(h, c)| c.map(|(w, v)| (h, w.max(h.len()), v)))
+        .collect();
+    let extra_cells = |i: Option<usize>| -> String {
+        columns
+            .iter()
+            .map(|(h, w, v)| {
+                let cell = i.and_then(|i| v.get(i)).map_or(*h, String::as_str);
+                format!("  {cell:<w$}")
+            })
+            .collect()
+    };
+    let header = format!(
+        "{:<12}  {:<vw$}  {:<dw$}  {:<20}  {:>10}  {:>10}  {:<sw$}  {:<5}  {:<8}{}",
+        "ID",
+        "VM",
+        "DISK",
+        "TIME",
+        "SIZE",
+        "NEW",
+        "SOURCE",
+        "FLAGS",
+        "RUN",
+        extra_cells(None)
     );
+    println!("{}", header.trim_end());
     // Points sort by time, so the disks of one backup run (one time) are listed together.
-    for p in &points {
+    for (i, p) in points.iter().enumerate() {
         let flags = format!(
             "{}{}",
             if p.stats.key { "K" } else { "-" },
             if p.protected { "P" } else { "-" }
         );
         let line = format!(
-            "{:<12}  {:<vw$}  {:<dw$}  {:<20}  {:>10}  {:>10}  {:<sw$}  {:<5} {}",
+            "{:<12}  {:<vw$}  {:<dw$}  {:<20}  {:>10}  {:>10}  {:<sw$}  {:<5}  {:<8}{}",
             p.short_id(),
             p.vm,
             p.disk,
@@ -729,7 +789,8 @@ pub fn list(a: &ListArgs) -> Result<i32> {
             human_bytes(p.stats.new_stored_bytes),
             p.source.kind,
             flags,
-            p.run.as_deref().map_or("", |r| &r[..8.min(r.len())])
+            p.run.as_deref().map_or("", |r| &r[..8.min(r.len())]),
+            extra_cells(Some(i))
         );
         println!("{}", line.trim_end());
     }
@@ -766,14 +827,22 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// `a` with the fields of `b` added.
+fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
+    if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
 /// Which points, disks and VMs reference a chunk.
 #[derive(Default)]
 struct Holders {
     /// How many points hold the chunk, and the last one counted (points are visited in order).
     points: u32,
     last_point: Option<usize>,
-    disks: HashSet<(String, String)>,
-    vms: HashSet<String>,
+    disks: HashSet<(VmKey, String)>,
+    vms: HashSet<VmKey>,
 }
 
 /// A point's reference list as its decoded segments, each decoded once however many points
@@ -837,6 +906,14 @@ impl Cost {
 pub fn report(a: &ReportArgs) -> Result<i32> {
     let store = Store::open(&a.store.store, OpenMode::Read)?;
     let points = store.points()?;
+    // Costs are counted over every point (what is shared, what is unique); the selection
+    // chooses the rows shown.
+    let shown: HashSet<String> = a
+        .select
+        .choose(&points)?
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
     let cs = u64::from(store.config().chunk_size);
     let mut cache = HashMap::new();
     let mut segs: Vec<Vec<std::sync::Arc<Vec<ChunkRef>>>> = Vec::new();
@@ -852,9 +929,10 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
                 if h.last_point != Some(i) {
                     h.points += 1;
                     h.last_point = Some(i);
-                    if !h.disks.contains(&(p.vm.clone(), p.disk.clone())) {
-                        h.disks.insert((p.vm.clone(), p.disk.clone()));
-                        h.vms.insert(p.vm.clone());
+                    let key = (p.vm_key(), p.disk.clone());
+                    if !h.disks.contains(&key) {
+                        h.disks.insert(key);
+                        h.vms.insert(p.vm_key());
                     }
                 }
             }
@@ -876,12 +954,16 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
     let block = u64::from(cairn_vhd::format::DEFAULT_BLOCK_SIZE);
     let per_block = (block / cs).max(1) as usize;
     let mut per_point = Vec::new();
-    let mut per_disk: HashMap<(String, String), Cost> = HashMap::new();
-    let mut per_vm: HashMap<String, Cost> = HashMap::new();
+    let mut per_disk: HashMap<(VmKey, String), Cost> = HashMap::new();
+    let mut per_vm: HashMap<VmKey, Cost> = HashMap::new();
+    // A VM is shown by the name and labels of its newest point (a VM keeps its UUID when it
+    // is renamed).
+    let mut vm_names: HashMap<VmKey, &RecoveryPoint> = HashMap::new();
     let mut total = Cost::default();
-    let mut prev_of_disk: HashMap<(String, String), usize> = HashMap::new();
+    let mut prev_of_disk: HashMap<(VmKey, String), usize> = HashMap::new();
     for (i, (p, r)) in points.iter().zip(&segs).enumerate() {
-        let key = (p.vm.clone(), p.disk.clone());
+        let key = (p.vm_key(), p.disk.clone());
+        vm_names.insert(p.vm_key(), p);
         let mut c = Cost {
             points: 1,
             logical: p.size,
@@ -939,7 +1021,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         per_point.push((p, c.clone()));
         for agg in [
             per_disk.entry(key.clone()).or_default(),
-            per_vm.entry(p.vm.clone()).or_default(),
+            per_vm.entry(p.vm_key()).or_default(),
             &mut total,
         ] {
             agg.points += 1;
@@ -978,28 +1060,77 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         &|_| {},
     )
     .ok();
+    // The rows chosen: points selected, and the disks and VMs that hold one.
+    let per_point: Vec<(&RecoveryPoint, Cost)> = per_point
+        .into_iter()
+        .filter(|(p, _)| shown.contains(&p.id))
+        .collect();
+    let shown_disks: HashSet<(VmKey, String)> = per_point
+        .iter()
+        .map(|(p, _)| (p.vm_key(), p.disk.clone()))
+        .collect();
+    let vm_json = |k: &VmKey| {
+        let p = vm_names.get(k);
+        json!({
+            "vm": p.map(|p| p.vm.clone()), "vm_uuid": k.uuid, "pool": k.pool,
+            "host": p.and_then(|p| p.labels.host.clone()),
+        })
+    };
+    let vm_name = |k: &VmKey| {
+        let p = vm_names.get(k);
+        let mut name = p.map_or_else(String::new, |p| p.vm.clone());
+        if let Some(pool) = &k.pool {
+            name = format!("{name} pool={pool}");
+        }
+        if let Some(u) = &k.uuid {
+            name = format!("{name} uuid={u}");
+        }
+        name
+    };
+    let mut vms: Vec<(&VmKey, &Cost)> = per_vm
+        .iter()
+        .filter(|(k, _)| shown_disks.iter().any(|(v, _)| v == *k))
+        .collect();
+    vms.sort_by_key(|(k, _)| (vm_name(k), (*k).clone()));
+    let mut disks: Vec<(&(VmKey, String), &Cost)> = per_disk
+        .iter()
+        .filter(|(k, _)| shown_disks.contains(*k))
+        .collect();
+    disks.sort_by_key(|((k, d), _)| (vm_name(k), d.clone()));
     if a.json {
-        let mut disks: Vec<_> = per_disk.iter().collect();
-        disks.sort_by(|a, b| a.0.cmp(b.0));
-        let mut vms: Vec<_> = per_vm.iter().collect();
-        vms.sort_by(|a, b| a.0.cmp(b.0));
         let v = json!({
             "garbage_bytes": reclaimable.as_ref().map(|g| g.garbage_freed),
             "garbage_frames": reclaimable.as_ref().map(|g| g.garbage_frames),
             "orphan_packs": reclaimable.as_ref().map(|g| g.orphan_packs),
             "orphan_bytes": reclaimable.as_ref().map(|g| g.orphan_bytes),
             "store": total.json(),
-            "vms": vms.iter().map(|(vm, c)| { let mut j = c.json(); j["vm"] = json!(vm); j }).collect::<Vec<_>>(),
-            "disks": disks.iter().map(|((vm, d), c)| { let mut j = c.json(); j["vm"] = json!(vm); j["disk"] = json!(d); j }).collect::<Vec<_>>(),
-            "points": per_point.iter().map(|(p, c)| { let mut j = c.json(); j["id"] = json!(p.id); j["vm"] = json!(p.vm); j["disk"] = json!(p.disk); j["time"] = json!(show_time(&p.time)); j }).collect::<Vec<_>>(),
+            "vms": vms.iter().map(|(k, c)| merge(c.json(), vm_json(k))).collect::<Vec<_>>(),
+            "disks": disks.iter().map(|((k, d), c)| { let mut j = merge(c.json(), vm_json(k)); j["disk"] = json!(d); j }).collect::<Vec<_>>(),
+            "points": per_point.iter().map(|(p, c)| merge(c.json(), json!({
+                "id": p.id, "vm": p.vm, "disk": p.disk, "time": show_time(&p.time),
+                "vm_uuid": p.labels.vm_uuid, "pool": p.labels.pool, "host": p.labels.host,
+                "tags": p.labels.tags, "note": p.labels.note,
+            }))).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
+    // The name column is as wide as its longest entry.
+    let mut names: Vec<String> = vec!["store".into()];
+    for (k, _) in &vms {
+        names.push(format!("vm {}", vm_name(k)));
+    }
+    for ((_, d), _) in &disks {
+        names.push(format!("  disk {d}"));
+    }
+    for (p, _) in &per_point {
+        names.push(format!("    {} {}", p.short_id(), show_time(&p.time)));
+    }
+    let nw = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
     let row = |name: &str, c: &Cost| {
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         println!(
-            "{:<34} {:>4} {:>11} {:>11} {:>11} {:>11} {:>6.2}x {:>6.2}x {:>11} {:>11}",
+            "{:<nw$} {:>4} {:>11} {:>11} {:>11} {:>11} {:>6.2}x {:>6.2}x {:>11} {:>11}",
             name,
             c.points,
             human_bytes(c.logical),
@@ -1013,7 +1144,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         );
     };
     println!(
-        "{:<34} {:>4} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7} {:>11} {:>11}",
+        "{:<nw$} {:>4} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7} {:>11} {:>11}",
         "",
         "PTS",
         "LOGICAL",
@@ -1026,17 +1157,13 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         "AS XO VHDS"
     );
     row("store", &total);
-    let mut vms: Vec<_> = per_vm.iter().collect();
-    vms.sort_by(|a, b| a.0.cmp(b.0));
-    for (vm, c) in vms {
-        row(&format!("vm {vm}"), c);
-        let mut disks: Vec<_> = per_disk.iter().filter(|((v, _), _)| v == vm).collect();
-        disks.sort_by(|a, b| a.0.cmp(b.0));
-        for ((_, d), c) in disks {
+    for (k, c) in &vms {
+        row(&format!("vm {}", vm_name(k)), c);
+        for ((_, d), c) in disks.iter().filter(|((v, _), _)| v == *k) {
             row(&format!("  disk {d}"), c);
             for (p, c) in per_point
                 .iter()
-                .filter(|(p, _)| &p.vm == vm && &p.disk == d)
+                .filter(|(p, _)| &p.vm_key() == *k && &p.disk == d)
             {
                 row(&format!("    {} {}", p.short_id(), show_time(&p.time)), c);
             }

@@ -15,8 +15,8 @@ use crate::Result;
 /// What to verify.
 #[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
-    /// Only chunks referenced by this VM's points.
-    pub vm: Option<String>,
+    /// Only chunks referenced by the points this filter selects.
+    pub filter: cairn_store::select::Filter,
     /// Only chunks referenced by points made at or after this time.
     pub since: Option<DateTime<Utc>>,
     /// Read only this share of the chosen chunks (0.0 to 1.0), picked at random each run;
@@ -137,7 +137,7 @@ pub fn verify(
     let all_points = store.points()?;
     let chosen: Vec<&RecoveryPoint> = all_points
         .iter()
-        .filter(|p| opts.vm.as_ref().is_none_or(|v| &p.vm == v))
+        .filter(|p| opts.filter.matches(p))
         .filter(|p| opts.since.is_none_or(|s| p.time >= s))
         .collect();
     report.points_in_scope = chosen.len() as u64;

@@ -36,6 +36,7 @@ fn store_with_a_point(root: &Path) -> Vec<cairn_store::ChunkId> {
         parent: None,
         stats: BackupStats::default(),
         run: None,
+        labels: Default::default(),
     };
     s.commit(point, &refs).expect("commit");
     refs.iter()

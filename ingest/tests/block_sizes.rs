@@ -179,6 +179,7 @@ fn request(root: &Path, source: PathBuf, parent: Option<RecoveryPoint>, key: Key
         spool_dir: root.join("tmp"),
         key,
         run: None,
+        labels: Default::default(),
         expected_size: None,
         allow_resize: false,
         force: false,

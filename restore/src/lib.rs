@@ -730,7 +730,7 @@ fn chain_points(
     let mut points: Vec<RecoveryPoint> = store
         .points()?
         .into_iter()
-        .filter(|p| p.vm == point.vm && p.disk == point.disk && order(p) <= order(point))
+        .filter(|p| p.same_disk(point) && order(p) <= order(point))
         .collect();
     points.sort_by_key(order);
     let start = match from {

@@ -153,16 +153,6 @@ impl RecoveryPoint {
         self.disk == other.disk && self.vm_key() == other.vm_key()
     }
 
-    /// The VM as people read it: its name, with its pool and UUID when given.
-    #[must_use]
-    pub fn vm_shown(&self) -> String {
-        let mut s = self.vm.clone();
-        if let Some(pool) = &self.labels.pool {
-            s = format!("{s} ({pool})");
-        }
-        s
-    }
-
     /// Number of chunks covering the disk.
     #[must_use]
     pub fn chunk_count(&self) -> u64 {

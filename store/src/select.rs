@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `3f2a9c1b07de` | the point whose id starts so (the prefix must be unique) |
 //! | `3f2a9c1b-07de-4e1a-...` | the same, as the UUID cairn writes into the VHDs it restores |
-//! | `VM/DISK@latest` | the disk's newest point |
+//! | `VM/DISK@latest` | the disk's newest point (VM: its name, or its `--vm-uuid`) |
 //! | `VM/DISK@latest~N` | the N-th point before the newest (`~1` is the one before) |
 //! | `VM/DISK@2026-11-22` | the newest point made on or before that day (UTC) |
 //! | `VM/DISK@2026-11-22T02:00:00Z` | the newest point made at or before that instant (a time without a zone is UTC) |
@@ -13,7 +13,7 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
-use crate::point::RecoveryPoint;
+use crate::point::{RecoveryPoint, VmKey};
 
 /// The point `spec` names among `points`.
 ///
@@ -24,12 +24,40 @@ pub fn resolve(points: &[RecoveryPoint], spec: &str) -> Result<RecoveryPoint, St
         let (vm, disk) = vmdisk.rsplit_once('/').ok_or_else(|| {
             format!("{spec:?}: expected VM/DISK@latest, @latest~N, @DATE or @DATETIME")
         })?;
+        // The VM by its name or its UUID; two VMs of one name are told apart by UUID.
         let mut mine: Vec<&RecoveryPoint> = points
             .iter()
-            .filter(|p| p.vm == vm && p.disk == disk)
+            .filter(|p| {
+                p.disk == disk && (p.vm == vm || p.labels.vm_uuid.as_deref() == Some(vm))
+            })
             .collect();
         if mine.is_empty() {
             return Err(format!("{spec:?}: no point of disk {disk:?} of VM {vm:?}"));
+        }
+        let mut vms: Vec<VmKey> = mine.iter().map(|p| p.vm_key()).collect();
+        vms.sort();
+        vms.dedup();
+        if vms.len() > 1 {
+            let list: Vec<String> = vms
+                .iter()
+                .map(|k| {
+                    format!(
+                        "  {vm}{}{}",
+                        k.uuid
+                            .as_deref()
+                            .map_or(String::new(), |u| format!(" --vm-uuid {u}")),
+                        k.pool
+                            .as_deref()
+                            .map_or(String::new(), |p| format!(" --pool {p}"))
+                    )
+                })
+                .collect();
+            return Err(format!(
+                "{spec:?}: {} VMs are called {vm:?}; name the VM by its UUID (UUID/{disk}@...) \
+                 or choose a point by id:\n{}",
+                vms.len(),
+                list.join("\n")
+            ));
         }
         mine.sort_by_key(|p| (p.time, p.committed));
         let found = match at(which)? {
@@ -79,6 +107,116 @@ pub fn resolve(points: &[RecoveryPoint], spec: &str) -> Result<RecoveryPoint, St
                 if many.len() > 10 { "\n  ..." } else { "" }
             ))
         }
+    }
+}
+
+/// Which points a command works on: every given field must match (`vm` by name or UUID, every
+/// tag present).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// The VM's name or its `--vm-uuid`.
+    pub vm: Option<String>,
+    /// The disk.
+    pub disk: Option<String>,
+    /// The pool.
+    pub pool: Option<String>,
+    /// The host.
+    pub host: Option<String>,
+    /// Tags the point must all have.
+    pub tags: Vec<String>,
+}
+
+impl Filter {
+    /// Whether the filter selects anything less than every point.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether `p` passes.
+    #[must_use]
+    pub fn matches(&self, p: &RecoveryPoint) -> bool {
+        let l = &p.labels;
+        self.vm
+            .as_deref()
+            .is_none_or(|v| p.vm == v || l.vm_uuid.as_deref() == Some(v))
+            && self.disk.as_deref().is_none_or(|d| p.disk == d)
+            && self.pool.as_deref().is_none_or(|x| l.pool.as_deref() == Some(x))
+            && self.host.as_deref().is_none_or(|x| l.host.as_deref() == Some(x))
+            && self.tags.iter().all(|t| l.tags.contains(t))
+    }
+
+    /// Fails when the filter matches none of `points`, naming what exists (a typo must not
+    /// read as "nothing to do" or "all well").
+    ///
+    /// # Errors
+    /// The filter and what the store holds.
+    pub fn check(&self, points: &[RecoveryPoint]) -> Result<(), String> {
+        if self.is_empty() || points.iter().any(|p| self.matches(p)) {
+            return Ok(());
+        }
+        let mut said = Vec::new();
+        for (flag, v) in [
+            ("--vm", &self.vm),
+            ("--disk", &self.disk),
+            ("--pool", &self.pool),
+            ("--host", &self.host),
+        ] {
+            if let Some(v) = v {
+                said.push(format!("{flag} {v:?}"));
+            }
+        }
+        for t in &self.tags {
+            said.push(format!("--tag {t:?}"));
+        }
+        let what = format!("no point matches {}", said.join(" "));
+        if points.is_empty() {
+            return Err(format!("{what}: the store holds no points yet"));
+        }
+        // What exists, for the fields given: the values of each among the points that match
+        // the other fields (a disk of the right VM), else among all.
+        let mut exists = Vec::new();
+        let fields: [(&str, bool, fn(&RecoveryPoint) -> Vec<String>); 5] = [
+            ("VMs", self.vm.is_some(), |p| vec![p.vm.clone()]),
+            ("disks", self.disk.is_some(), |p| vec![p.disk.clone()]),
+            ("pools", self.pool.is_some(), |p| p.labels.pool.iter().cloned().collect()),
+            ("hosts", self.host.is_some(), |p| p.labels.host.iter().cloned().collect()),
+            ("tags", !self.tags.is_empty(), |p| p.labels.tags.clone()),
+        ];
+        for (i, (name, given, values)) in fields.iter().enumerate() {
+            if !given {
+                continue;
+            }
+            let mut others = self.clone();
+            match i {
+                0 => others.vm = None,
+                1 => others.disk = None,
+                2 => others.pool = None,
+                3 => others.host = None,
+                _ => others.tags.clear(),
+            }
+            let pick = |only: bool| {
+                let mut v: Vec<String> = points
+                    .iter()
+                    .filter(|p| !only || others.matches(p))
+                    .flat_map(values)
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
+            };
+            let mut v = pick(true);
+            if v.is_empty() {
+                v = pick(false);
+            }
+            let shown = if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.join(", ")
+            };
+            exists.push(format!("{name}: {shown}"));
+        }
+        Err(format!("{what}; {}", exists.join("; ")))
     }
 }
 
@@ -175,6 +313,7 @@ mod tests {
             committed: t,
             protected: false,
             run: None,
+            labels: crate::point::Labels::default(),
         }
     }
 
@@ -225,6 +364,24 @@ mod tests {
         assert_eq!(id("db01/xvda@2026-11-23"), Ok("990000".into()));
         let early = id("web01/xvda@2026-11-19").expect_err("before the first point");
         assert!(early.contains("oldest point"), "{early}");
+    }
+
+    #[test]
+    fn two_vms_of_one_name_are_told_apart_by_uuid() {
+        let mut points = sample();
+        let mut other = point(
+            "77000000000000000000000000000000",
+            "web01",
+            "2026-11-23T02:00:00Z",
+        );
+        other.labels.vm_uuid = Some("0b5e2c4a-other".into());
+        other.labels.pool = Some("pool-b".into());
+        points.push(other);
+        let e = resolve(&points, "web01/xvda@latest").expect_err("ambiguous");
+        assert!(e.contains("2 VMs are called"), "{e}");
+        assert!(e.contains("--vm-uuid 0b5e2c4a-other --pool pool-b"), "{e}");
+        let by_uuid = resolve(&points, "0b5e2c4a-other/xvda@latest").expect("by uuid");
+        assert_eq!(&by_uuid.id[..2], "77");
     }
 
     #[test]

@@ -17,6 +17,7 @@ fn new_point(vm: &str, size: u64) -> NewPoint {
         parent: None,
         stats: BackupStats::default(),
         run: None,
+        labels: Default::default(),
     }
 }
 

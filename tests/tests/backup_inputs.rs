@@ -195,7 +195,7 @@ fn a_filter_that_matches_nothing_is_an_error_naming_what_exists() {
         &["list", "--vm", "web1"],
     ] {
         let out = run(&mut store.cmd(args));
-        refused(&out, &["no point of VM \"web1\"", "web01"]);
+        refused(&out, &["no point matches --vm \"web1\"", "VMs: web01"]);
     }
     let out = run(&mut store.cmd(&[
         "prune",
@@ -206,7 +206,7 @@ fn a_filter_that_matches_nothing_is_an_error_naming_what_exists() {
         "--keep-last",
         "1",
     ]));
-    refused(&out, &["xvdb", "its disks: xvda"]);
+    refused(&out, &["--disk \"xvdb\"", "disks: xvda"]);
     let out = run(&mut store.cmd(&["prune", "--keep-daily", "0"]));
     refused(&out, &["at least one --keep-* rule"]);
     assert_eq!(store.list().len(), 1);
