@@ -66,6 +66,7 @@ fn changed_ranges(store: &Store, a: &RecoveryPoint, b: &RecoveryPoint) -> Result
 
 pub fn diff(a: &DiffArgs) -> Result<i32> {
     let store = Store::open(&a.store.store, OpenMode::Read)?;
+    let tz = store.config().tz();
     let (p, q) = (store.resolve(&a.from)?, store.resolve(&a.to)?);
     if !p.same_disk(&q) {
         bail!(
@@ -88,7 +89,7 @@ pub fn diff(a: &DiffArgs) -> Result<i32> {
             "{}",
             serde_json::to_string_pretty(&json!({
                 "from": p.id, "to": q.id, "vm": p.vm, "disk": p.disk,
-                "from_time": show_time(&p.time), "to_time": show_time(&q.time),
+                "from_time": show_time(&p.time, tz), "to_time": show_time(&q.time, tz),
                 "from_size": p.size, "to_size": q.size, "changed_bytes": changed,
                 "ranges": ranges.iter().map(|(o, l)| json!({"offset": o, "len": l})).collect::<Vec<_>>(),
             }))?
@@ -100,9 +101,9 @@ pub fn diff(a: &DiffArgs) -> Result<i32> {
         p.vm,
         p.disk,
         p.short_id(),
-        show_time(&p.time),
+        show_time(&p.time, tz),
         q.short_id(),
-        show_time(&q.time),
+        show_time(&q.time, tz),
         human_bytes(changed),
         count(ranges.len() as u64, "range")
     );

@@ -6,20 +6,21 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use cairn_gc::{Candidate, GcOptions, Keep, Rules, VerifyOptions};
 use cairn_store::{OpenMode, Policy, RecoveryPoint, Store};
-use chrono::{Duration, Local, Utc};
+use chrono::{Duration, Utc};
+use chrono_tz::Tz;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::store_cmd::{PointFilter, StoreArg, open_write};
-use cairn_store::point::VmKey;
 use crate::vhd_cmd::human_bytes;
+use cairn_store::point::VmKey;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     cairn prune --dry-run --store /backups/store --keep-last 3 --keep-daily 7 --keep-monthly 12\n  \
     cairn prune --vm web01 --disk xvda --keep-daily 14 --json\n\n\
     Rules apply per VM and disk, newest first, in the order last, hourly, daily, weekly (ISO),\n\
-    monthly, yearly; each keeps the newest point of N periods (local time; TZ is respected)\n\
+    monthly, yearly; each keeps the newest point of N periods (in the store's time zone)\n\
     that no earlier rule covered. Protected points are always kept. Dropping a point writes no\n\
     chunk data: run `cairn gc` to reclaim the space. (restic users: this is restic's\n\
     `forget --keep-*`; restic's `prune` is `cairn gc`.)")]
@@ -179,6 +180,13 @@ pub enum PolicyCommand {
         fresh copy of any chunk that verify marked bad or missing: a periodic full read that heals."
     )]
     Set(PolicySetArgs),
+    /// Show or set the store's time zone: times are shown in it, read in it when written
+    /// without a zone, and retention counts its days, weeks and months in it.
+    #[command(
+        after_help = "Examples:\n  cairn policy timezone --store /backups/store\n  \
+        cairn policy timezone --store /backups/store Europe/Paris"
+    )]
+    Timezone(PolicyTimezoneArgs),
     /// Show every VM's policy.
     #[command(after_help = "Example:\n  cairn policy show --store /backups/store --json")]
     Show(PolicyShowArgs),
@@ -200,6 +208,18 @@ pub struct PolicySetArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PolicyTimezoneArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The new time zone (an IANA name such as Europe/Paris or UTC); without it, the current
+    /// one is shown.
+    pub zone: Option<String>,
+    /// Wait for another writer instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct PolicyShowArgs {
     #[command(flatten)]
     pub store: StoreArg,
@@ -208,16 +228,14 @@ pub struct PolicyShowArgs {
     pub json: bool,
 }
 
-fn point_row(p: &RecoveryPoint) -> String {
+fn point_row(p: &RecoveryPoint, tz: Tz) -> String {
+    // In the store's time zone, in which the rules count periods.
     format!(
         "{:<12}  {:<16} {:<8} {}",
         p.short_id(),
         p.vm,
         p.disk,
-        // Local time (RFC 3339 with its offset): the rules count periods in local time.
-        p.time
-            .with_timezone(&Local)
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+        crate::store_cmd::show_time(&p.time, tz)
     )
 }
 
@@ -239,6 +257,7 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
     } else {
         open_write(&a.store.store, a.wait)?
     };
+    let tz = store.config().tz();
     let filter = a.filter.filter();
     crate::store_cmd::check_filter(&store, &filter)?;
     let mut by_disk: BTreeMap<(VmKey, String), Vec<RecoveryPoint>> = BTreeMap::new();
@@ -260,7 +279,7 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
                 protected: p.protected,
             })
             .collect();
-        let plan = cairn_gc::plan(&c, &rules, &Local);
+        let plan = cairn_gc::plan(&c, &rules, &tz);
         decisions.extend(points.into_iter().zip(plan));
     }
     let remove: Vec<RecoveryPoint> = decisions
@@ -313,7 +332,7 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
                 "gc_would_free": gc_estimate.as_ref().map(|g| g.bytes_freed),
                 "gc_would_copy": gc_estimate.as_ref().map(|g| g.bytes_copied),
                 "points": decisions.iter().map(|(p, k)| json!({
-                    "id": p.id, "vm": p.vm, "disk": p.disk, "time": crate::store_cmd::show_time(&p.time),
+                    "id": p.id, "vm": p.vm, "disk": p.disk, "time": crate::store_cmd::show_time(&p.time, tz),
                     "keep": k.is_some(),
                     "reason": match k { Some(Keep::Rule(r)) => json!(r.name()), Some(Keep::Protected) => json!("protected"), None => json!(null) },
                 })).collect::<Vec<_>>(),
@@ -322,7 +341,7 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
         return Ok(0);
     }
     for (p, k) in &decisions {
-        println!("{}  {}", point_row(p), keep_name(k));
+        println!("{}  {}", point_row(p, tz), keep_name(k));
     }
     let kept = decisions.len() - remove.len();
     if a.dry_run {
@@ -360,6 +379,7 @@ pub fn forget(a: &ForgetArgs) -> Result<i32> {
     } else {
         open_write(&a.store.store, a.wait)?
     };
+    let tz = store.config().tz();
     let points = a
         .points
         .iter()
@@ -379,7 +399,7 @@ pub fn forget(a: &ForgetArgs) -> Result<i32> {
             );
         } else {
             for p in &points {
-                println!("would forget {}", point_row(p));
+                println!("would forget {}", point_row(p, tz));
             }
         }
         return Ok(0);
@@ -397,7 +417,7 @@ pub fn forget(a: &ForgetArgs) -> Result<i32> {
         );
     } else {
         for p in &f.points {
-            println!("forgot {}", point_row(p));
+            println!("forgot {}", point_row(p, tz));
         }
         println!(
             "{} chunks now unreferenced ({:.3}s); `cairn gc` reclaims them",
@@ -412,6 +432,7 @@ pub fn forget(a: &ForgetArgs) -> Result<i32> {
 
 pub fn protect(a: &ProtectArgs, on: bool) -> Result<i32> {
     let store = open_write(&a.store.store, a.wait)?;
+    let tz = store.config().tz();
     let p = store.resolve(&a.point)?;
     let p = store.set_protected(&p, on)?;
     if a.json {
@@ -420,7 +441,7 @@ pub fn protect(a: &ProtectArgs, on: bool) -> Result<i32> {
         println!(
             "{} {}",
             if on { "protected" } else { "unprotected" },
-            point_row(&p)
+            point_row(&p, tz)
         );
     }
     Ok(0)
@@ -477,7 +498,11 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
 
 pub fn verify(a: &VerifyArgs) -> Result<i32> {
     let filter = a.filter.filter();
-    crate::store_cmd::check_filter(&Store::open(&a.store.store, OpenMode::Read)?, &filter)?;
+    let tz = {
+        let store = Store::open(&a.store.store, OpenMode::Read)?;
+        crate::store_cmd::check_filter(&store, &filter)?;
+        store.config().tz()
+    };
     let opts = VerifyOptions {
         filter,
         since: a.since.map(|d| Utc::now() - d),
@@ -526,7 +551,7 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
                     &h.point[..12.min(h.point.len())],
                     h.vm,
                     h.disk,
-                    crate::store_cmd::show_time(&h.time),
+                    crate::store_cmd::show_time(&h.time, tz),
                     offs.join(", "),
                     if h.offsets.len() > 8 { ", ..." } else { "" }
                 );
@@ -562,14 +587,37 @@ pub fn policy(cmd: &PolicyCommand) -> Result<i32> {
                 })
             );
         }
+        PolicyCommand::Timezone(a) => match &a.zone {
+            None => {
+                let store = Store::open(&a.store.store, OpenMode::Read)?;
+                println!("{}", store.config().timezone);
+            }
+            Some(zone) => {
+                let mut store = open_write(&a.store.store, a.wait)?;
+                let before = store.config().timezone.clone();
+                store.set_timezone(zone)?;
+                println!(
+                    "time zone {} (was {before}): times are shown in it and retention counts \
+                     its days",
+                    store.config().timezone
+                );
+            }
+        },
         PolicyCommand::Show(a) => {
             let store = Store::open(&a.store.store, OpenMode::Read)?;
             let all = store.policies()?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({ "timezone": store.config().timezone, "vms": all })
+                    )?
+                );
             } else if all.is_empty() {
+                println!("time zone {}", store.config().timezone);
                 println!("(no policies: no key backups are forced)");
             } else {
+                println!("time zone {}", store.config().timezone);
                 for (vm, p) in &all {
                     println!("VM {vm}: {}", describe(p));
                 }

@@ -11,6 +11,7 @@ use cairn_store::point::{VmKey, check_name};
 use cairn_store::select::Filter;
 use cairn_store::{ChunkId, ChunkRef, Labels, OpenMode, RecoveryPoint, Store};
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
@@ -25,28 +26,39 @@ pub struct StoreArg {
     pub store: PathBuf,
 }
 
-/// A time as cairn shows it everywhere, human and JSON: RFC 3339 with seconds, UTC.
-pub fn show_time(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+/// A time as cairn shows it everywhere, human and JSON: RFC 3339 with seconds, in the store's
+/// time zone (`Z` for UTC, else its offset then).
+pub fn show_time(t: &DateTime<Utc>, tz: Tz) -> String {
+    t.with_timezone(&tz)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Checks the form of `--time` as the command line is read (a usage error, exit status 2); it
+/// is read in the store's zone once the store is open.
+fn time_syntax(s: &str) -> Result<String, String> {
+    parse_time(s, Tz::UTC)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// Parses `--time`: RFC 3339 (`2026-11-22T02:00:00Z`, `...+02:00`), a date and time without a
-/// zone (UTC), or a date (midnight UTC).
-pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    use cairn_store::select::{When, parse_when};
-    match parse_when(s) {
+/// zone (in the store's zone `tz`), or a date (its midnight there).
+pub fn parse_time(s: &str, tz: Tz) -> Result<DateTime<Utc>> {
+    use cairn_store::select::{When, day_start, parse_when};
+    match parse_when(s, tz) {
         Some(When::Instant(t)) => return Ok(t),
         Some(When::Day(d)) => {
-            if let Some(t) = d.and_hms_opt(0, 0, 0) {
-                return Ok(t.and_utc());
+            if let Some(t) = day_start(d, tz) {
+                return Ok(t);
             }
         }
         None => {}
     }
-    Err(format!(
-        "{s:?} is not a time: give RFC 3339 (2026-11-22T02:00:00Z or with an offset), a date and \
-         time without a zone (2026-11-22T02:00:00, UTC) or a date (2026-11-22)"
-    ))
+    bail!(
+        "--time {s:?} is not a time: give RFC 3339 (2026-11-22T02:00:00Z or with an offset), a \
+         date and time without a zone (2026-11-22T02:00:00, in the store's time zone {tz}; one \
+         that the clocks skip is refused) or a date (2026-11-22)"
+    )
 }
 
 /// Parses sizes like `256K`, `1M`, `2MiB`, `65536`.
@@ -74,13 +86,20 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  cairn init /backups/store --chunk-size 256K")]
+#[command(
+    after_help = "Example:\n  cairn init /backups/store --chunk-size 256K --timezone Europe/Paris"
+)]
 pub struct InitArgs {
     /// The folder to create the store in (missing or empty).
     pub store: PathBuf,
     /// Chunk size: a power of two from 64K to 2M.
     #[arg(long, value_parser = parse_size, default_value = "256K")]
     pub chunk_size: u32,
+    /// The store's time zone (an IANA name): times are shown in it, read in it when written
+    /// without a zone, and retention counts its days in it. By default this machine's (TZ, or
+    /// /etc/localtime); change it later with `cairn policy timezone`.
+    #[arg(long, value_name = "ZONE")]
+    pub timezone: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -126,10 +145,10 @@ pub struct BackupArgs {
     /// A note kept with the points of this run.
     #[arg(long)]
     pub note: Option<String>,
-    /// The time the backup stands for: RFC 3339, a date and time without a zone (UTC) or a
-    /// date; now by default. A time in the future is refused unless --force.
-    #[arg(long, value_parser = parse_time)]
-    pub time: Option<DateTime<Utc>>,
+    /// The time the backup stands for: RFC 3339, a date and time without a zone (the store's
+    /// time zone) or a date; now by default. A time in the future is refused unless --force.
+    #[arg(long, value_parser = time_syntax)]
+    pub time: Option<String>,
     /// Apply differencing VHDs to this point (id prefix or VM/DISK@latest) instead of the disk's
     /// latest; skips the parent UUID check.
     #[arg(long)]
@@ -282,18 +301,29 @@ pub struct RepairArgs {
 }
 
 pub fn init(a: &InitArgs) -> Result<i32> {
-    let cfg = Store::init(&a.store, a.chunk_size)?;
+    let zone = a
+        .timezone
+        .clone()
+        .unwrap_or_else(cairn_store::config::local_timezone);
+    // Checked before anything is created.
+    cairn_store::config::parse_timezone(&zone)?;
+    Store::init(&a.store, a.chunk_size)?;
+    let mut store = Store::open(&a.store, OpenMode::Write { wait: false })?;
+    store.set_timezone(&zone)?;
+    let cfg = store.config();
     if a.json {
         println!(
             "{}",
-            json!({ "store": a.store.display().to_string(), "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "format_version": cfg.format_version, "mode": "0700" })
+            json!({ "store": a.store.display().to_string(), "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "format_version": cfg.format_version, "mode": "0700", "timezone": cfg.timezone })
         );
     } else {
         println!(
-            "created store {} (id {}, chunk size {}), private to its owner (folder 0700, files 0600)",
+            "created store {} (id {}, chunk size {}, time zone {}), private to its owner (folder \
+             0700, files 0600)",
             a.store.display(),
             cfg.store_id,
-            human_bytes(u64::from(cfg.chunk_size))
+            human_bytes(u64::from(cfg.chunk_size)),
+            cfg.timezone
         );
     }
     Ok(0)
@@ -398,9 +428,9 @@ pub fn open_write(store: &Path, wait: bool) -> Result<Store> {
     Ok(s)
 }
 
-fn point_json(p: &RecoveryPoint) -> serde_json::Value {
+fn point_json(p: &RecoveryPoint, tz: Tz) -> serde_json::Value {
     json!({
-        "id": p.id, "vm": p.vm, "disk": p.disk, "time": show_time(&p.time), "size": p.size,
+        "id": p.id, "vm": p.vm, "disk": p.disk, "time": show_time(&p.time, tz), "size": p.size,
         "source": p.source, "parent": p.parent, "logical_bytes": p.stats.logical_bytes,
         "bytes_read": p.stats.bytes_read, "chunks": p.stats.chunks, "new_chunks": p.stats.new_chunks,
         "new_stored_bytes": p.stats.new_stored_bytes, "zero_chunks": p.stats.zero_chunks,
@@ -436,13 +466,17 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
     let labels = labels(a)?;
     let store = open_write(&a.store.store, a.wait)?;
     let parent = a.parent.as_deref().map(|p| store.resolve(p)).transpose()?;
-    let time = a.time.unwrap_or_else(Utc::now);
+    let tz = store.config().tz();
+    let time = match &a.time {
+        Some(t) => parse_time(t, tz)?,
+        None => Utc::now(),
+    };
     // A few minutes of clock skew between hosts are fine; a time further ahead is a mistake
     // (a typo in the year) that would make the point @latest for a long time.
     if time > Utc::now() + chrono::Duration::minutes(5) && !a.force {
         bail!(
             "--time {} is in the future; pass --force to back up under it anyway",
-            show_time(&time)
+            show_time(&time, tz)
         );
     }
     let interval = store.policies()?.get(&a.vm).map_or(0, |p| p.key_interval);
@@ -517,7 +551,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
         );
     }
     if a.json {
-        let all: Vec<serde_json::Value> = points.iter().map(point_json).collect();
+        let all: Vec<serde_json::Value> = points.iter().map(|p| point_json(p, tz)).collect();
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(0);
     }
@@ -528,7 +562,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             p.short_id(),
             p.vm,
             p.disk,
-            show_time(&p.time),
+            show_time(&p.time, tz),
             human_bytes(s.logical_bytes),
             human_bytes(s.bytes_read),
             crate::vhd_cmd::count(s.new_chunks, "new chunk"),
@@ -705,11 +739,14 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
 
 pub fn list(a: &ListArgs) -> Result<i32> {
     let store = Store::open(&a.store.store, OpenMode::Read)?;
+    let tz = store.config().tz();
     let points = a.select.choose(&store.points()?)?;
     if a.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&points.iter().map(point_json).collect::<Vec<_>>())?
+            serde_json::to_string_pretty(
+                &points.iter().map(|p| point_json(p, tz)).collect::<Vec<_>>()
+            )?
         );
         return Ok(0);
     }
@@ -741,9 +778,15 @@ pub fn list(a: &ListArgs) -> Result<i32> {
     let columns: Vec<(&str, Option<(usize, Vec<String>)>)> = vec![
         ("POOL", extra(|p| p.labels.pool.clone().unwrap_or_default())),
         ("HOST", extra(|p| p.labels.host.clone().unwrap_or_default())),
-        ("VM UUID", extra(|p| p.labels.vm_uuid.clone().unwrap_or_default())),
+        (
+            "VM UUID",
+            extra(|p| p.labels.vm_uuid.clone().unwrap_or_default()),
+        ),
         ("TAGS", extra(|p| p.labels.tags.join(","))),
-        ("NOTE", extra(|p| p.labels.note.clone().unwrap_or_default().replace('\n', " "))),
+        (
+            "NOTE",
+            extra(|p| p.labels.note.clone().unwrap_or_default().replace('\n', " ")),
+        ),
     ];
     let columns: Vec<(&str, usize, Vec<String>)> = columns
         .into_iter()
@@ -758,8 +801,14 @@ pub fn list(a: &ListArgs) -> Result<i32> {
             })
             .collect()
     };
+    let tw = points
+        .iter()
+        .map(|p| show_time(&p.time, tz).len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
     let header = format!(
-        "{:<12}  {:<vw$}  {:<dw$}  {:<20}  {:>10}  {:>10}  {:<sw$}  {:<5}  {:<8}{}",
+        "{:<12}  {:<vw$}  {:<dw$}  {:<tw$}  {:>10}  {:>10}  {:<sw$}  {:<5}  {:<8}{}",
         "ID",
         "VM",
         "DISK",
@@ -780,11 +829,11 @@ pub fn list(a: &ListArgs) -> Result<i32> {
             if p.protected { "P" } else { "-" }
         );
         let line = format!(
-            "{:<12}  {:<vw$}  {:<dw$}  {:<20}  {:>10}  {:>10}  {:<sw$}  {:<5}  {:<8}{}",
+            "{:<12}  {:<vw$}  {:<dw$}  {:<tw$}  {:>10}  {:>10}  {:<sw$}  {:<5}  {:<8}{}",
             p.short_id(),
             p.vm,
             p.disk,
-            show_time(&p.time),
+            show_time(&p.time, tz),
             human_bytes(p.size),
             human_bytes(p.stats.new_stored_bytes),
             p.source.kind,
@@ -905,6 +954,7 @@ impl Cost {
 
 pub fn report(a: &ReportArgs) -> Result<i32> {
     let store = Store::open(&a.store.store, OpenMode::Read)?;
+    let tz = store.config().tz();
     let points = store.points()?;
     // Costs are counted over every point (what is shared, what is unique); the selection
     // chooses the rows shown.
@@ -1107,7 +1157,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
             "vms": vms.iter().map(|(k, c)| merge(c.json(), vm_json(k))).collect::<Vec<_>>(),
             "disks": disks.iter().map(|((k, d), c)| { let mut j = merge(c.json(), vm_json(k)); j["disk"] = json!(d); j }).collect::<Vec<_>>(),
             "points": per_point.iter().map(|(p, c)| merge(c.json(), json!({
-                "id": p.id, "vm": p.vm, "disk": p.disk, "time": show_time(&p.time),
+                "id": p.id, "vm": p.vm, "disk": p.disk, "time": show_time(&p.time, tz),
                 "vm_uuid": p.labels.vm_uuid, "pool": p.labels.pool, "host": p.labels.host,
                 "tags": p.labels.tags, "note": p.labels.note,
             }))).collect::<Vec<_>>(),
@@ -1124,7 +1174,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         names.push(format!("  disk {d}"));
     }
     for (p, _) in &per_point {
-        names.push(format!("    {} {}", p.short_id(), show_time(&p.time)));
+        names.push(format!("    {} {}", p.short_id(), show_time(&p.time, tz)));
     }
     let nw = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
     let row = |name: &str, c: &Cost| {
@@ -1165,7 +1215,10 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
                 .iter()
                 .filter(|(p, _)| &p.vm_key() == *k && &p.disk == d)
             {
-                row(&format!("    {} {}", p.short_id(), show_time(&p.time)), c);
+                row(
+                    &format!("    {} {}", p.short_id(), show_time(&p.time, tz)),
+                    c,
+                );
             }
         }
     }

@@ -29,9 +29,9 @@ mod vhd_source;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use cairn_store::point::VmKey;
 use cairn_store::{Labels, NewPoint, RecoveryPoint, Session, StagedPoint, Store};
 use chrono::{DateTime, Utc};
-use cairn_store::point::VmKey;
 
 /// What went wrong in a backup.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +157,9 @@ pub fn backup_stream(
 fn one(mut points: Vec<RecoveryPoint>) -> Result<RecoveryPoint> {
     match (points.pop(), points.is_empty()) {
         (Some(p), true) => Ok(p),
-        _ => Err(Error::Refused("a backup of one disk published another number of points".into())),
+        _ => Err(Error::Refused(
+            "a backup of one disk published another number of points".into(),
+        )),
     }
 }
 

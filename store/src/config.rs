@@ -33,6 +33,46 @@ pub struct StoreConfig {
     pub zstd_level: i32,
     /// A pack is sealed and a new one started past this many bytes.
     pub pack_target_size: u64,
+    /// The store's time zone (an IANA name): times are shown in it, times written without a
+    /// zone are read in it, and retention counts its days, weeks and months in it, whatever
+    /// the `TZ` of the shell. Stores made before it existed are UTC.
+    #[serde(default = "utc")]
+    pub timezone: String,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+/// Reads an IANA time zone name (`Europe/Paris`, `UTC`).
+///
+/// # Errors
+/// A name the time zone database does not hold.
+pub fn parse_timezone(name: &str) -> Result<chrono_tz::Tz> {
+    name.parse().map_err(|_| {
+        Error::Usage(format!(
+            "{name:?} is not a time zone name (IANA names such as Europe/Paris, America/New_York, \
+             UTC)"
+        ))
+    })
+}
+
+/// The time zone of this machine: `TZ` when it names a zone, else the zone `/etc/localtime`
+/// links to, else UTC.
+#[must_use]
+pub fn local_timezone() -> String {
+    let from_env = std::env::var("TZ")
+        .ok()
+        .map(|t| t.trim_start_matches(':').to_owned());
+    let from_link = std::fs::read_link("/etc/localtime").ok().and_then(|l| {
+        let l = l.to_string_lossy().into_owned();
+        l.split_once("zoneinfo/").map(|(_, z)| z.to_owned())
+    });
+    [from_env, from_link]
+        .into_iter()
+        .flatten()
+        .find(|z| parse_timezone(z).is_ok())
+        .unwrap_or_else(utc)
 }
 
 impl StoreConfig {
@@ -56,6 +96,7 @@ impl StoreConfig {
             // 1.6 times the speed (benches/run.sh).
             zstd_level: 1,
             pack_target_size: 128 << 20,
+            timezone: utc(),
         })
     }
 
@@ -82,6 +123,12 @@ impl StoreConfig {
                 ),
             });
         }
+        if parse_timezone(&cfg.timezone).is_err() {
+            return Err(Error::Config {
+                path,
+                what: format!("timezone {:?} is not a time zone name", cfg.timezone),
+            });
+        }
         if Self::new(cfg.chunk_size).is_err() {
             return Err(Error::Config {
                 path,
@@ -89,6 +136,12 @@ impl StoreConfig {
             });
         }
         Ok(cfg)
+    }
+
+    /// The store's time zone.
+    #[must_use]
+    pub fn tz(&self) -> chrono_tz::Tz {
+        parse_timezone(&self.timezone).unwrap_or(chrono_tz::Tz::UTC)
     }
 
     /// The TOML text.

@@ -328,3 +328,22 @@ impl Store {
         write_atomic(&self.root.join(POLICIES_FILE), &json)
     }
 }
+
+impl Store {
+    /// Sets the store's time zone (an IANA name) in `cairn.toml`. Needs the write lock.
+    ///
+    /// # Errors
+    /// A name that is not a time zone, a store opened read-only, I/O errors.
+    pub fn set_timezone(&mut self, name: &str) -> Result<()> {
+        self.require_writer()?;
+        let tz = crate::config::parse_timezone(name)?;
+        let mut config = self.config.clone();
+        config.timezone = tz.name().to_owned();
+        write_atomic(
+            &self.root.join(crate::config::CONFIG_FILE),
+            config.to_toml()?.as_bytes(),
+        )?;
+        self.config = config;
+        Ok(())
+    }
+}

@@ -11,7 +11,8 @@
 //!
 //! An ambiguous prefix lists the points it matches.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
 
 use crate::point::{RecoveryPoint, VmKey};
 
@@ -19,7 +20,7 @@ use crate::point::{RecoveryPoint, VmKey};
 ///
 /// # Errors
 /// What is wrong with the name, or which points it matches when it matches several.
-pub fn resolve(points: &[RecoveryPoint], spec: &str) -> Result<RecoveryPoint, String> {
+pub fn resolve(points: &[RecoveryPoint], spec: &str, tz: Tz) -> Result<RecoveryPoint, String> {
     if let Some((vmdisk, which)) = spec.split_once('@') {
         let (vm, disk) = vmdisk.rsplit_once('/').ok_or_else(|| {
             format!("{spec:?}: expected VM/DISK@latest, @latest~N, @DATE or @DATETIME")
@@ -27,9 +28,7 @@ pub fn resolve(points: &[RecoveryPoint], spec: &str) -> Result<RecoveryPoint, St
         // The VM by its name or its UUID; two VMs of one name are told apart by UUID.
         let mut mine: Vec<&RecoveryPoint> = points
             .iter()
-            .filter(|p| {
-                p.disk == disk && (p.vm == vm || p.labels.vm_uuid.as_deref() == Some(vm))
-            })
+            .filter(|p| p.disk == disk && (p.vm == vm || p.labels.vm_uuid.as_deref() == Some(vm)))
             .collect();
         if mine.is_empty() {
             return Err(format!("{spec:?}: no point of disk {disk:?} of VM {vm:?}"));
@@ -60,7 +59,7 @@ pub fn resolve(points: &[RecoveryPoint], spec: &str) -> Result<RecoveryPoint, St
             ));
         }
         mine.sort_by_key(|p| (p.time, p.committed));
-        let found = match at(which)? {
+        let found = match at(which, tz)? {
             At::Back(n) => mine
                 .len()
                 .checked_sub(n + 1)
@@ -141,8 +140,14 @@ impl Filter {
             .as_deref()
             .is_none_or(|v| p.vm == v || l.vm_uuid.as_deref() == Some(v))
             && self.disk.as_deref().is_none_or(|d| p.disk == d)
-            && self.pool.as_deref().is_none_or(|x| l.pool.as_deref() == Some(x))
-            && self.host.as_deref().is_none_or(|x| l.host.as_deref() == Some(x))
+            && self
+                .pool
+                .as_deref()
+                .is_none_or(|x| l.pool.as_deref() == Some(x))
+            && self
+                .host
+                .as_deref()
+                .is_none_or(|x| l.host.as_deref() == Some(x))
             && self.tags.iter().all(|t| l.tags.contains(t))
     }
 
@@ -179,8 +184,12 @@ impl Filter {
         let fields: [(&str, bool, fn(&RecoveryPoint) -> Vec<String>); 5] = [
             ("VMs", self.vm.is_some(), |p| vec![p.vm.clone()]),
             ("disks", self.disk.is_some(), |p| vec![p.disk.clone()]),
-            ("pools", self.pool.is_some(), |p| p.labels.pool.iter().cloned().collect()),
-            ("hosts", self.host.is_some(), |p| p.labels.host.iter().cloned().collect()),
+            ("pools", self.pool.is_some(), |p| {
+                p.labels.pool.iter().cloned().collect()
+            }),
+            ("hosts", self.host.is_some(), |p| {
+                p.labels.host.iter().cloned().collect()
+            }),
             ("tags", !self.tags.is_empty(), |p| p.labels.tags.clone()),
         ];
         for (i, (name, given, values)) in fields.iter().enumerate() {
@@ -229,10 +238,11 @@ pub enum When {
     Instant(DateTime<Utc>),
 }
 
-/// Reads `2026-11-22T02:00:00Z` (any RFC 3339), `2026-11-22T02:00:00`, `2026-11-22 02:00` (UTC)
-/// or `2026-11-22`; `None` for anything else.
+/// Reads `2026-11-22T02:00:00Z` (any RFC 3339), `2026-11-22T02:00:00`, `2026-11-22 02:00` (in
+/// `tz`) or `2026-11-22`; `None` for anything else, and for a local time that `tz` skips (a
+/// spring-forward gap). A local time that happens twice (autumn) is the earlier.
 #[must_use]
-pub fn parse_when(s: &str) -> Option<When> {
+pub fn parse_when(s: &str, tz: Tz) -> Option<When> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(When::Instant(t.with_timezone(&Utc)));
     }
@@ -243,10 +253,23 @@ pub fn parse_when(s: &str) -> Option<When> {
         "%Y-%m-%d %H:%M",
     ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
-            return Some(When::Instant(t.and_utc()));
+            return tz
+                .from_local_datetime(&t)
+                .earliest()
+                .map(|t| When::Instant(t.with_timezone(&Utc)));
         }
     }
     NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().map(When::Day)
+}
+
+/// The first instant of day `d` in `tz` (midnight, or the end of a gap that skips it).
+#[must_use]
+pub fn day_start(d: NaiveDate, tz: Tz) -> Option<DateTime<Utc>> {
+    (0..=2).find_map(|h| {
+        d.and_hms_opt(h, 0, 0)
+            .and_then(|t| tz.from_local_datetime(&t).earliest())
+            .map(|t| t.with_timezone(&Utc))
+    })
 }
 
 /// Which point of a disk, after the `@`.
@@ -257,7 +280,7 @@ enum At {
     Time(DateTime<Utc>),
 }
 
-fn at(which: &str) -> Result<At, String> {
+fn at(which: &str, tz: Tz) -> Result<At, String> {
     if which == "latest" {
         return Ok(At::Back(0));
     }
@@ -267,14 +290,14 @@ fn at(which: &str) -> Result<At, String> {
             .map(At::Back)
             .map_err(|_| format!("@{which}: expected @latest~N with N a number"));
     }
-    match parse_when(which) {
+    match parse_when(which, tz) {
         Some(When::Instant(t)) => return Ok(At::Time(t)),
         Some(When::Day(d)) => {
             // The whole day counts: the newest point made on it or before.
             let end = d
                 .succ_opt()
-                .and_then(|n| n.and_hms_opt(0, 0, 0))
-                .map(|t| t.and_utc() - chrono::Duration::nanoseconds(1))
+                .and_then(|n| day_start(n, tz))
+                .map(|t| t - chrono::Duration::nanoseconds(1))
                 .ok_or_else(|| format!("@{which}: a day out of range"))?;
             return Ok(At::Time(end));
         }
@@ -343,7 +366,7 @@ mod tests {
     }
 
     fn id(spec: &str) -> Result<String, String> {
-        resolve(&sample(), spec).map(|p| p.id[..6].to_owned())
+        resolve(&sample(), spec, Tz::UTC).map(|p| p.id[..6].to_owned())
     }
 
     #[test]
@@ -367,6 +390,27 @@ mod tests {
     }
 
     #[test]
+    fn dates_and_times_without_a_zone_are_the_stores() {
+        let paris: Tz = "Europe/Paris".parse().expect("tz");
+        // 2026-11-22T02:00:00Z is 03:00 in Paris: the point is "at or before 03:00" there,
+        // not before 02:30.
+        let at = |spec: &str| resolve(&sample(), spec, paris).map(|p| p.id[..6].to_owned());
+        assert_eq!(at("web01/xvda@2026-11-22T03:00"), Ok("8d01be".into()));
+        assert_eq!(at("web01/xvda@2026-11-22T02:30"), Ok("3f2a00".into()));
+        // A day is the store's day: 2026-11-21 in Paris ends at 23:00Z.
+        assert_eq!(at("web01/xvda@2026-11-21"), Ok("3f2a00".into()));
+        let la: Tz = "America/Los_Angeles".parse().expect("tz");
+        // 2026-11-22T02:00Z is 18:00 on the 21st in Los Angeles: the 21st there holds it.
+        let at = |spec: &str| resolve(&sample(), spec, la).map(|p| p.id[..6].to_owned());
+        assert_eq!(at("web01/xvda@2026-11-21"), Ok("8d01be".into()));
+        assert_eq!(at("web01/xvda@2026-11-20"), Ok("3f2a00".into()));
+        // An explicit zone is what it says.
+        assert_eq!(at("web01/xvda@2026-11-22T01:59:59Z"), Ok("3f2a00".into()));
+        // A local time that does not exist (spring forward in Paris) is refused.
+        assert_eq!(parse_when("2026-03-29T02:30", paris), None);
+    }
+
+    #[test]
     fn two_vms_of_one_name_are_told_apart_by_uuid() {
         let mut points = sample();
         let mut other = point(
@@ -377,10 +421,10 @@ mod tests {
         other.labels.vm_uuid = Some("0b5e2c4a-other".into());
         other.labels.pool = Some("pool-b".into());
         points.push(other);
-        let e = resolve(&points, "web01/xvda@latest").expect_err("ambiguous");
+        let e = resolve(&points, "web01/xvda@latest", Tz::UTC).expect_err("ambiguous");
         assert!(e.contains("2 VMs are called"), "{e}");
         assert!(e.contains("--vm-uuid 0b5e2c4a-other --pool pool-b"), "{e}");
-        let by_uuid = resolve(&points, "0b5e2c4a-other/xvda@latest").expect("by uuid");
+        let by_uuid = resolve(&points, "0b5e2c4a-other/xvda@latest", Tz::UTC).expect("by uuid");
         assert_eq!(&by_uuid.id[..2], "77");
     }
 

@@ -12,8 +12,8 @@ use crate::chunk::{self, ChunkId, ChunkRef};
 use crate::config::{CONFIG_FILE, StoreConfig};
 use crate::error::{Error, Result};
 use crate::index::{
-    CF_CHUNKS, CF_GARBAGE, CF_META, CF_PACKS, CF_POINTS, COLUMN_FAMILIES, Location,
-    META_REFCOUNTS, PackInfo, garbage_key, to_json,
+    CF_CHUNKS, CF_GARBAGE, CF_META, CF_PACKS, CF_POINTS, COLUMN_FAMILIES, Location, META_REFCOUNTS,
+    PackInfo, garbage_key, to_json,
 };
 use crate::lock::WriteLock;
 use crate::pack::{self, PackId, sync_dir};
@@ -399,7 +399,7 @@ impl Store {
     /// [`Error::Point`] when nothing or more than one point matches (the candidates listed).
     pub fn resolve(&self, spec: &str) -> Result<RecoveryPoint> {
         let points = self.points()?;
-        crate::select::resolve(&points, spec).map_err(Error::Point)
+        crate::select::resolve(&points, spec, self.config.tz()).map_err(Error::Point)
     }
 
     /// The reference list of a point, one ref per chunk of its disk.
@@ -687,4 +687,3 @@ pub(crate) fn point_key(id: &str) -> Result<[u8; 16]> {
         .map_err(|_| Error::Point(format!("{id:?} is not a point id")))?;
     Ok(k)
 }
-

@@ -282,7 +282,9 @@ impl TestStore {
     #[must_use]
     pub fn new(chunk: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        ok(cairn(["init", "--chunk-size", chunk]).arg(dir.path().join("store")));
+        // UTC, whatever this machine's zone: tests give times in UTC.
+        ok(cairn(["init", "--timezone", "UTC", "--chunk-size", chunk])
+            .arg(dir.path().join("store")));
         Self { dir }
     }
 

@@ -250,15 +250,21 @@ fn a_run_checks_every_source_first_and_says_exactly_what_it_stored() {
         &out,
         &["multi/xvdb", "bad.vhd", "nothing was stored", "together"],
     );
-    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(store.list().is_empty());
     assert!(store.pack_files().is_empty(), "{:?}", store.pack_files());
     // Both good: one run, both points under one run id and one time.
     let b = disk(w, "b.raw", 6);
-    let out = json(&ok(store.cmd(&["backup", "--json", "--vm", "multi"]).args([
-        format!("xvda={}", a.display()),
-        format!("xvdb={}", b.display()),
-    ])));
+    let out = json(&ok(store.cmd(&["backup", "--json", "--vm", "multi"]).args(
+        [
+            format!("xvda={}", a.display()),
+            format!("xvdb={}", b.display()),
+        ],
+    )));
     let points = out.as_array().expect("array");
     assert_eq!(points.len(), 2);
     assert_eq!(points[0]["run"], points[1]["run"]);
@@ -365,6 +371,34 @@ fn times_are_read_in_several_forms_and_shown_in_one() {
     );
     let listed = ok(&mut store.cmd(&["list"]));
     assert!(listed.contains("2026-11-22T03:04:05Z"), "{listed}");
+    // In a store in Paris time, times show with Paris's offset and are read in it.
+    ok(&mut store.cmd(&["policy", "timezone", "Europe/Paris"]));
+    let text = ok(&mut store
+        .cmd(&[
+            "backup",
+            "--vm",
+            "web01",
+            "--time",
+            "2026-11-23T03:00",
+            &src,
+        ])
+        .env("TZ", "Asia/Tokyo"));
+    assert!(text.contains(" 2026-11-23T03:00:00+01:00: "), "{text}");
+    let times: Vec<String> = store
+        .list()
+        .iter()
+        .map(|p| p["time"].as_str().expect("time").to_owned())
+        .collect();
+    assert_eq!(times[2], "2026-11-22T04:04:05+01:00");
+    assert_eq!(times[3], "2026-11-23T03:00:00+01:00");
+    // @DATETIME without a zone is Paris time too: 04:00 there is before 03:04:05Z.
+    let v = json(&ok(&mut store.cmd(&[
+        "diff",
+        "--json",
+        "web01/xvda@2026-11-22T04:00",
+        "web01/xvda@latest",
+    ])));
+    assert_eq!(v["from_time"], "2026-11-22T04:00:00+01:00", "{v}");
     // A typo in the year: refused, unless forced.
     let out = run(&mut store.cmd(&["backup", "--vm", "web01", "--time", "2062-11-22", &src]));
     refused(&out, &["in the future", "--force"]);

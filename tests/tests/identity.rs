@@ -36,7 +36,11 @@ fn two_vms_of_one_name_keep_separate_histories_and_labels_filter_everything() {
         "web01",
         "2026-11-20T03:00:00Z",
         &b,
-        &[&in_b[..], &["--tag", "monthly", "--note", "before the upgrade"]].concat(),
+        &[
+            &in_b[..],
+            &["--tag", "monthly", "--note", "before the upgrade"],
+        ]
+        .concat(),
     );
     assert_eq!(a1["vm_uuid"], UUID_A);
     assert_eq!(b1["tags"], serde_json::json!(["monthly"]));
@@ -69,11 +73,7 @@ fn two_vms_of_one_name_keep_separate_histories_and_labels_filter_everything() {
     assert!(dropped.is_empty(), "prune would drop {dropped:?}");
 
     // Filters: pool, host, tag, UUID, each alone and together; the table shows the labels.
-    let list = |args: &[&str]| {
-        ids(&json(&ok(&mut store
-            .cmd(&["list", "--json"])
-            .args(args))))
-    };
+    let list = |args: &[&str]| ids(&json(&ok(&mut store.cmd(&["list", "--json"]).args(args))));
     assert_eq!(list(&["--pool", "pool-a"]), vec![id(&a1)]);
     assert_eq!(list(&["--host", "xen7"]), vec![id(&b1)]);
     assert_eq!(list(&["--tag", "monthly"]), vec![id(&b1)]);
@@ -84,18 +84,33 @@ fn two_vms_of_one_name_keep_separate_histories_and_labels_filter_everything() {
     assert!(!e.status.success());
     assert!(String::from_utf8_lossy(&e.stderr).contains("pools: pool-b"));
     let table = ok(&mut store.cmd(&["list"]));
-    for word in ["POOL", "pool-a", "TAGS", "monthly", "NOTE", "before the upgrade", UUID_B] {
+    for word in [
+        "POOL",
+        "pool-a",
+        "TAGS",
+        "monthly",
+        "NOTE",
+        "before the upgrade",
+        UUID_B,
+    ] {
         assert!(table.contains(word), "{word} missing from:\n{table}");
     }
     let e = run(&mut store.cmd(&["list", "--tag", "weekly"]));
     let err = String::from_utf8_lossy(&e.stderr);
     assert!(!e.status.success());
-    assert!(err.contains("--tag \"weekly\"") && err.contains("tags: monthly"), "{err}");
+    assert!(
+        err.contains("--tag \"weekly\"") && err.contains("tags: monthly"),
+        "{err}"
+    );
     let e = run(&mut store.cmd(&["verify", "--pool", "pool-c"]));
     assert!(String::from_utf8_lossy(&e.stderr).contains("pools: pool-a, pool-b"));
-    let v = json(&ok(&mut store.cmd(&["verify", "--json", "--pool", "pool-b"])));
+    let v = json(&ok(
+        &mut store.cmd(&["verify", "--json", "--pool", "pool-b"])
+    ));
     assert_eq!(v["points_in_scope"], 1, "{v}");
-    let r = json(&ok(&mut store.cmd(&["report", "--json", "--pool", "pool-a"])));
+    let r = json(&ok(
+        &mut store.cmd(&["report", "--json", "--pool", "pool-a"])
+    ));
     assert_eq!(r["vms"].as_array().map(Vec::len), Some(1), "{r}");
     assert_eq!(r["vms"][0]["vm_uuid"], UUID_A);
     assert_eq!(r["points"].as_array().map(Vec::len), Some(1));
@@ -104,14 +119,9 @@ fn two_vms_of_one_name_keep_separate_histories_and_labels_filter_everything() {
 
     // A renamed VM keeps its history: its UUID is its identity.
     let a2 = backup(&store, "web01-old", "2026-11-21T01:00:00Z", &a, &in_a);
-    let latest = json(&ok(&mut store.cmd(&[
-        "list",
-        "--json",
-        "--vm",
-        UUID_A,
-        "--last",
-        "1",
-    ])));
+    let latest = json(&ok(
+        &mut store.cmd(&["list", "--json", "--vm", UUID_A, "--last", "1"])
+    ));
     assert_eq!(ids(&latest), vec![id(&a2)]);
     let pr = json(&ok(&mut store.cmd(&[
         "prune",
