@@ -29,42 +29,46 @@ echo "== cairn vhd check: the exported chain"
 echo "== cairn init + backup: the key VHD, then each delta (only its blocks are read)"
 store=$work/store
 rm -rf "$store"
-"$cairn" init "$store"
+"$cairn" init "$store" --timezone Europe/Paris
 export CAIRN_STORE=$store
+# VMs as Xen Orchestra names them, with the identity XAPI gives (times in the store's zone).
+web01=(--vm "web01 (prod)" --vm-uuid 6f1c2a4e-0b1d-4c3e-9a8f-1d2e3f4a5b6c --pool xcp-pool-1)
 for day in 0 1 2; do
-  "$cairn" backup --vm web01 --time 2026-11-2${day}T02:00:00Z xvda="$work/chain/day$day.vhd"
+  "$cairn" backup "${web01[@]}" --time 2026-11-2${day}T03:00 xvda="$work/chain/day$day.vhd"
 done
 echo "== a clone of the same template, from stdin"
 python3 "$shared/workload/gen_disk.py" "$work/clone.raw" --size 256M --seed 2 --template 7 --day 0
-"$cairn" backup --vm web02 --time 2026-11-22T03:00:00Z xvda=- < "$work/clone.raw"
+web02=(--vm "web02 (staging)" --vm-uuid c0ffee00-1234-4abc-8def-0123456789ab --pool xcp-pool-1)
+"$cairn" backup "${web02[@]}" --tag before-upgrade --time 2026-11-22T04:00 xvda=- < "$work/clone.raw"
 echo "== cairn list / report"
 "$cairn" list
 "$cairn" report
+"$cairn" list --pool xcp-pool-1 --tag before-upgrade --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['vm'])"
 echo "== cairn restore: raw, one VHD, a VHD chain"
-"$cairn" restore --force web01/xvda@latest "$work/restored.raw"   # --force: a rerun replaces its own file
+"$cairn" restore --force "web01 (prod)/xvda@latest" "$work/restored.raw"   # --force: a rerun replaces its own file
 cmp "$work/restored.raw" "$work/day2.raw" && echo "raw: bit-exact"
-"$cairn" restore --force web01/xvda@latest "$work/restored.vhd" --format vhd
+"$cairn" restore --force "web01 (prod)/xvda@latest" "$work/restored.vhd" --format vhd
 "$cairn" vhd to-raw "$work/restored.vhd" "$work/restored-vhd.raw"
 cmp "$work/restored-vhd.raw" "$work/day2.raw" && echo "vhd: bit-exact"
-"$cairn" restore --force web01/xvda@2026-11-21 "$work/day1-restored.vhd" --format vhd   # by date
+"$cairn" restore --force "web01 (prod)/xvda@2026-11-21" "$work/day1-restored.vhd" --format vhd   # by date
 "$cairn" vhd to-raw "$work/day1-restored.vhd" "$work/day1-restored.raw"
 cmp "$work/day1-restored.raw" "$work/day1.raw" && echo "by date: bit-exact"
-"$cairn" restore --force web01/xvda@latest~1 "$work/day1-latest1.raw"     # the one before the latest
+"$cairn" restore --force "6f1c2a4e-0b1d-4c3e-9a8f-1d2e3f4a5b6c/xvda@latest~1" "$work/day1-latest1.raw"  # by UUID; the one before the latest
 cmp "$work/day1-latest1.raw" "$work/day1.raw" && echo "@latest~1: bit-exact"
 rm -rf "$work/restored-chain"
-"$cairn" restore web01/xvda@latest "$work/restored-chain" --format vhd-chain
+"$cairn" restore "web01 (prod)/xvda@latest" "$work/restored-chain" --format vhd-chain
 "$cairn" vhd check "$(ls -d "$work"/restored-chain/*.vhd | tail -1)"
 "$cairn" vhd to-raw "$(ls -d "$work"/restored-chain/*.vhd | tail -1)" "$work/restored-chain.raw"
 cmp "$work/restored-chain.raw" "$work/day2.raw" && echo "vhd chain: bit-exact"
 echo "== retention: protect the first point, prune to the last two, collect garbage, verify"
 first=$("$cairn" list --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['id'][:12])")
 "$cairn" protect "$first"
-"$cairn" prune --vm web01 --keep-last 1 --dry-run
-"$cairn" prune --vm web01 --keep-last 1
+"$cairn" prune --vm "web01 (prod)" --keep-last 1 --dry-run
+"$cairn" prune --vm "web01 (prod)" --keep-last 1
 "$cairn" gc --dry-run
 "$cairn" gc --repack-below 100     # rewrite every pack holding garbage (default: --max-unused 5)
 "$cairn" verify
-"$cairn" policy set --vm web01 --key-interval 7
+"$cairn" policy set --vm "web01 (prod)" --key-interval 7
 "$cairn" list
 echo "== a flipped byte in a pack: verify names what it damages, a key backup heals it"
 pack=$(ls -S "$store"/packs/*/*.pack | head -1)
@@ -82,5 +86,5 @@ while True:  # the first data frame: flip a byte in its payload
 open(path, "wb").write(b)
 PY
 "$cairn" verify || echo "(verify exit status $?)"
-"$cairn" backup --vm web02 --time 2026-11-23T03:00:00Z --key xvda="$work/clone.raw"
+"$cairn" backup "${web02[@]}" --time 2026-11-23T04:00 --key xvda="$work/clone.raw"
 "$cairn" verify

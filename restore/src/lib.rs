@@ -417,16 +417,33 @@ pub struct Restored {
     pub damaged: Vec<Damaged>,
 }
 
-/// The file name cairn gives the VHD of a point: `<vm>-<disk>-<time>-<id12>.vhd`.
+/// The file name cairn gives the VHD of a point: `<vm>-<disk>-<time>-<id12>.vhd`, the time in
+/// UTC. The names are made readable and safe on any file system (each run of characters other
+/// than ASCII letters, digits, `.`, `_` and `-` becomes one `_`, at most 48 kept); the id keeps the
+/// name unique.
 #[must_use]
 pub fn vhd_file_name(p: &RecoveryPoint) -> String {
     format!(
         "{}-{}-{}-{}.vhd",
-        cairn_store::point::path_component(&p.vm),
-        cairn_store::point::path_component(&p.disk),
+        file_label(&p.vm),
+        file_label(&p.disk),
         p.time.format("%Y%m%dT%H%M%SZ"),
         p.short_id()
     )
+}
+
+/// A name as a readable piece of a file name (see [`vhd_file_name`]).
+fn file_label(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+            out.push(c);
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    let out: String = out.trim_matches(|c| c == '_' || c == '.').chars().take(48).collect();
+    if out.is_empty() { "disk".into() } else { out }
 }
 
 /// The file name of the `index`-th VHD of a chain: the index first, so that name order is chain
