@@ -489,6 +489,14 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
         if r.dry_run && r.orphan_packs > 0 {
             println!("note: unindexed packs belong to killed backups, or to a backup running now");
         }
+        if r.readers_waited_for > 0 {
+            println!(
+                "{} of old packs left in place for {} that started before the swap; the next \
+                 `cairn gc` deletes them",
+                human_bytes(r.bytes_left_for_readers),
+                crate::vhd_cmd::count(r.readers_waited_for, "running reader")
+            );
+        }
         for b in &r.bad_chunks {
             eprintln!("warning: {b} (left in place and marked bad; run `cairn verify`)");
         }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use cairn_store::chunk::{self, EncodedChunk};
 use cairn_store::pack::{self, FRAME_HEADER_SIZE, PACK_HEADER_SIZE, PackWriter, read_frame};
 use cairn_store::{
-    BadMark, ChunkId, GarbageFrame, Location, OpenMode, PackId, PackInfo, Store, Sweep,
+    BadMark, ChunkId, GarbageFrame, Location, OpenMode, PackId, PackInfo, Store, Sweep, readers,
 };
 use fs2::FileExt;
 use serde::Serialize;
@@ -76,6 +76,11 @@ pub struct GcReport {
     pub orphan_bytes: u64,
     /// Garbage bytes left in packs that stay (under the rewrite threshold).
     pub garbage_bytes_kept: u64,
+    /// Readers (restores, verifies...) that started before the index swap and still ran: the
+    /// packs they may open were left in place, unindexed, for the next collection to delete.
+    pub readers_waited_for: u64,
+    /// Bytes of those packs (not counted in `bytes_freed`).
+    pub bytes_left_for_readers: u64,
     /// Live chunks found corrupt while copying: their pack is left alone and they are marked bad.
     pub bad_chunks: Vec<String>,
     /// Seconds spent planning (read-only, beside backups).
@@ -567,17 +572,30 @@ fn collect_inner(
                 .collect::<Vec<_>>(),
         )?;
     }
+    // A reader that started before the swap may still open the packs it dropped: they stay,
+    // unindexed, until a collection finds no such reader (see `cairn_store::readers`).
+    let swapped = readers::now();
+    report.readers_waited_for = readers::readers_before(store.root(), swapped)?;
     let mut freed = 0u64;
-    for (path, size) in &removed_files {
-        remove(path)?;
-        freed += size;
-    }
-    // Pack files the index does not know: under the write lock no backup is writing one.
-    for (path, len) in store.unindexed_pack_files()? {
-        remove(&path)?;
-        report.orphan_packs += 1;
-        report.orphan_bytes += len;
-        freed += len;
+    if report.readers_waited_for > 0 {
+        let kept: u64 = removed_files.iter().map(|(_, size)| size).sum();
+        report.bytes_left_for_readers = kept;
+        for (_, len) in store.unindexed_pack_files()? {
+            report.bytes_left_for_readers += len;
+        }
+    } else {
+        for (path, size) in &removed_files {
+            remove(path)?;
+            freed += size;
+        }
+        // Pack files the index does not know (killed writers, packs left for readers): under
+        // the write lock no backup is writing one.
+        for (path, len) in store.unindexed_pack_files()? {
+            remove(&path)?;
+            report.orphan_packs += 1;
+            report.orphan_bytes += len;
+            freed += len;
+        }
     }
     let new_bytes: u64 = copier.written.iter().map(|(_, _, i)| i.size).sum();
     report.bytes_freed = freed.saturating_sub(new_bytes);

@@ -76,6 +76,11 @@ pub struct VerifyReport {
     pub vms_damaged: Vec<String>,
     /// Marks of chunks that now read well (healed), cleared.
     pub marks_cleared: u64,
+    /// Bad or missing marks recorded in the index by this run.
+    pub marks_recorded: u64,
+    /// Findings that turned out not to be damage (a collection moved or dropped the chunk
+    /// while this run read it); not recorded.
+    pub not_damage: Vec<String>,
     /// Seconds.
     pub seconds: f64,
 }
@@ -310,9 +315,73 @@ pub fn verify(
         marks.push((*id, None));
     }
     report.marks_cleared = healed.len() as u64;
-    if !marks.is_empty() {
+    // Under the write lock, against the index as it is now: a finding whose chunk a collection
+    // moved or dropped since this run read the index is not damage; a mark whose chunk is
+    // neither indexed nor referenced any more names nothing and goes.
+    let stale: Vec<ChunkId> = marked
+        .keys()
+        .filter(|id| !findings.contains_key(id) && !healed.contains(id))
+        .copied()
+        .collect();
+    if !marks.is_empty() || !stale.is_empty() {
         let w = Store::open(root, OpenMode::Write { wait: true })?;
-        w.mark_bad(&marks)?;
+        let ids: Vec<ChunkId> = marks
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(stale.iter().copied())
+            .collect();
+        let now_at = w.locations(&ids)?;
+        let counts = w.refcounts(&ids)?;
+        let here = |i: usize| -> (Option<String>, u64) {
+            (
+                now_at
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map(|l| format!("pack {} offset {}", l.pack.to_hex(), l.offset)),
+                counts.get(i).copied().unwrap_or(0),
+            )
+        };
+        let mut kept = Vec::new();
+        for (i, (id, mark)) in marks.into_iter().enumerate() {
+            let (at, count) = here(i);
+            let still = match &mark {
+                // Cleared marks are always recorded.
+                None => true,
+                // Bad where it was read, and still indexed there.
+                Some(m) if m.location.is_some() => at == m.location,
+                // Missing from the index, and still referenced.
+                Some(_) => at.is_none() && count > 0,
+            };
+            if still {
+                kept.push((id, mark));
+            } else if let Some(f) = findings.get(&id) {
+                let hex = id.to_hex();
+                report.damaged.retain(|d| d.chunk != hex);
+                report.not_damage.push(format!(
+                    "chunk {id} ({}): moved or dropped by a garbage collection while this \
+                     verify ran",
+                    f.1
+                ));
+            }
+        }
+        for (k, id) in stale.iter().enumerate() {
+            let (at, count) = here(k + ids.len() - stale.len());
+            if at.is_none() && count == 0 {
+                kept.push((*id, None));
+                report.marks_cleared += 1;
+            }
+        }
+        report.marks_recorded = kept.iter().filter(|(_, m)| m.is_some()).count() as u64;
+        if !report.not_damage.is_empty() {
+            let hits = || report.damaged.iter().flat_map(|d| d.points.iter());
+            report.points_damaged = hits().map(|h| &h.point).collect::<HashSet<_>>().len() as u64;
+            let vms: std::collections::BTreeSet<String> = hits().map(|h| h.vm.clone()).collect();
+            report.vms_damaged = vms.into_iter().collect();
+        }
+        if !kept.is_empty() {
+            w.mark_bad(&kept)?;
+        }
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -442,7 +442,11 @@ fn file_label(name: &str) -> String {
             out.push('_');
         }
     }
-    let out: String = out.trim_matches(|c| c == '_' || c == '.').chars().take(48).collect();
+    let out: String = out
+        .trim_matches(|c| c == '_' || c == '.')
+        .chars()
+        .take(48)
+        .collect();
     if out.is_empty() { "disk".into() } else { out }
 }
 

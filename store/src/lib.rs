@@ -73,6 +73,7 @@ pub mod lock;
 mod maintenance;
 pub mod pack;
 pub mod point;
+pub mod readers;
 mod refs;
 mod run;
 pub mod select;

@@ -38,6 +38,8 @@ pub struct Store {
     pub(crate) config: StoreConfig,
     pub(crate) db: DB,
     lock: Option<WriteLock>,
+    /// A read-only open is a registered reader for as long as it lives (`readers`).
+    _reader: Option<crate::readers::ReaderGuard>,
     files: Mutex<HashMap<PackId, Arc<File>>>,
 }
 
@@ -186,9 +188,10 @@ impl Store {
     /// Not a store, a newer format, a lock held by another writer, index errors.
     pub fn open(root: &Path, mode: OpenMode) -> Result<Self> {
         let config = StoreConfig::load(root)?;
-        let lock = match mode {
-            OpenMode::Read => None,
-            OpenMode::Write { wait } => Some(WriteLock::acquire(root, wait)?),
+        let (lock, reader) = match mode {
+            // Registered before the index is opened: see `readers`.
+            OpenMode::Read => (None, Some(crate::readers::register(root)?)),
+            OpenMode::Write { wait } => (Some(WriteLock::acquire(root, wait)?), None),
         };
         let db = open_db(root, lock.is_none())?;
         let store = Self {
@@ -196,6 +199,7 @@ impl Store {
             config,
             db,
             lock,
+            _reader: reader,
             files: Mutex::new(HashMap::new()),
         };
         if store.lock.is_some() {

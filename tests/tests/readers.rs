@@ -1,0 +1,133 @@
+//! Readers beside writers: a restore or a verify that garbage collection overtakes finishes
+//! what it started (gc leaves the packs a running reader may open), and a reader sees every
+//! commit that returned before it started.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cairn_tests::{
+    TestStore as Store, assert_same_content, cairn_bin, gen_disk, id, json, num, ok, run,
+};
+
+/// A store where point `p2` needs chunks from a pack (returned) that `gc --repack-below 100`
+/// rewrites and deletes: `p1` shared it and is forgotten.
+fn store_with_a_pack_to_rewrite(work: &Path) -> (Store, String, PathBuf, PathBuf) {
+    let store = Store::new("64K");
+    let day0 = work.join("day0.raw");
+    let day1 = work.join("day1.raw");
+    gen_disk(&day0, "8M", 4, 2, 0);
+    // The next day changes the first chunk only: the rest stays shared in the first pack.
+    let mut bytes = std::fs::read(&day0).expect("read");
+    for b in &mut bytes[..4096] {
+        *b = b.wrapping_add(1);
+    }
+    std::fs::write(&day1, &bytes).expect("write");
+    let p1 = store.backup("db01", "2026-11-20T02:00:00Z", "xvda", &day0, &[]);
+    let packs = store.pack_files();
+    assert_eq!(packs.len(), 1);
+    let p2 = store.backup("db01", "2026-11-21T02:00:00Z", "xvda", &day1, &[]);
+    ok(&mut store.cmd(&["forget", &id(&p1)]));
+    (store, id(&p2), packs[0].clone(), day1)
+}
+
+/// `cairn ARGS` on `store`, each open of `slow` delayed by `secs` seconds (strace).
+fn slowed_on(store: &Store, slow: &Path, secs: u32, args: &[&str]) -> Child {
+    Command::new("strace")
+        .arg("-f")
+        .arg("-qq")
+        .args(["-o", "/dev/null", "-P"])
+        .arg(slow)
+        .args(["-e", "trace=openat"])
+        .arg("-e")
+        .arg(format!("inject=openat:delay_enter={}", secs * 1_000_000))
+        .arg(cairn_bin())
+        .args(args)
+        .env("CAIRN_STORE", store.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run strace (installed by scripts/setup.sh)")
+}
+
+/// Waits until the store has a registered reader (the slowed command opened the store).
+fn wait_for_reader(store: &Store) {
+    for _ in 0..200 {
+        let n = std::fs::read_dir(store.path().join("readers"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if n > 0 {
+            // It registers, then opens the index; give the open a moment.
+            std::thread::sleep(Duration::from_millis(300));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the reader never registered");
+}
+
+fn gc_rewriting_everything(store: &Store) -> serde_json::Value {
+    json(&ok(&mut store.cmd(&[
+        "gc",
+        "--json",
+        "--repack-below",
+        "100",
+    ])))
+}
+
+#[test]
+fn a_restore_overtaken_by_gc_finishes_bit_exact_and_the_next_gc_frees_the_old_pack() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (store, p2, old_pack, day1) = store_with_a_pack_to_rewrite(work.path());
+    let out = work.path().join("out.raw");
+    let restore = slowed_on(
+        &store,
+        &old_pack,
+        3,
+        &["restore", &p2, out.to_str().expect("utf-8")],
+    );
+    wait_for_reader(&store);
+    let g = gc_rewriting_everything(&store);
+    assert!(num(&g, "packs_rewritten") >= 1, "{g}");
+    assert_eq!(num(&g, "readers_waited_for"), 1, "{g}");
+    assert!(
+        old_pack.exists(),
+        "gc deleted a pack a running restore may open"
+    );
+    let done = restore.wait_with_output().expect("wait");
+    assert!(
+        done.status.success(),
+        "the restore failed beside gc: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_same_content(&out, &day1, true);
+    // No reader left: the next collection deletes the pack the swap dropped.
+    let g = gc_rewriting_everything(&store);
+    assert_eq!(num(&g, "readers_waited_for"), 0, "{g}");
+    assert!(num(&g, "orphan_packs") >= 1, "{g}");
+    assert!(!old_pack.exists());
+    let v = run(&mut store.cmd(&["verify"]));
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
+
+#[test]
+fn a_verify_overtaken_by_gc_reports_no_false_damage_and_leaves_no_marks() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (store, _, old_pack, _) = store_with_a_pack_to_rewrite(work.path());
+    let verify = slowed_on(&store, &old_pack, 3, &["verify", "--json"]);
+    wait_for_reader(&store);
+    let g = gc_rewriting_everything(&store);
+    let done = verify.wait_with_output().expect("wait");
+    let report = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "verify beside gc: {report}");
+    assert_eq!(num(&g, "readers_waited_for"), 1, "{g}");
+    let v = json(&report);
+    assert_eq!(num(&v, "marks_recorded"), 0, "{v}");
+    // Nothing was marked: the next verify is clean too, and a backup re-stores nothing.
+    let again = json(&ok(&mut store.cmd(&["verify", "--json"])));
+    assert_eq!(
+        again["damaged"].as_array().map(Vec::len),
+        Some(0),
+        "{again}"
+    );
+}
