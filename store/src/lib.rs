@@ -59,11 +59,19 @@
 //! |---|---|---|
 //! | backup, prune, forget, protect, policy, repair | the write lock (`flock` on `STORE/lock`; `--wait` to queue) | live index |
 //! | gc | `gc.lock`; the write lock only for its final check, batch and deletes (it waits) | read-only view, then live index |
-//! | verify | none while reading; the write lock (waiting) only to record bad chunks | index as of open |
-//! | list, report, restore | none: RocksDB opened read-only beside a writer | index as of open |
+//! | verify | none while reading (a registered reader); the write lock (waiting) only to record what it found, re-checked against the live index | index as of open |
+//! | list, report, restore | none: a registered reader, RocksDB opened read-only beside a writer | every commit that returned before it started |
 //!
 //! The kernel drops a `flock` when its holder dies, so `kill -9` never leaves a store locked;
 //! the lock file names its last holder, and a writer taking over after a crash reports it.
+//!
+//! Readers beside writers: a read-only open sees every commit that returned before it started
+//! and does not fail because a writer flushed or compacted at the same moment ([`view`]: a
+//! sequence note from writers, a before/after check of the logs and MANIFEST, retries). A
+//! reader registers in `STORE/readers/` for as long as it runs ([`readers`]), and garbage
+//! collection leaves in place the packs its index swap dropped while a reader that started
+//! before the swap still runs (the next collection deletes them): a restore or verify finishes
+//! what it started, and a chunk that gc moved is never reported as damage.
 
 pub mod chunk;
 pub mod config;
@@ -79,6 +87,7 @@ mod run;
 pub mod select;
 mod session;
 mod store;
+pub mod view;
 
 pub use chunk::{ChunkId, ChunkKind, ChunkRef, Codec, EncodedChunk};
 pub use config::{DEFAULT_CHUNK_SIZE, StoreConfig};

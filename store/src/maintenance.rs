@@ -14,7 +14,7 @@ use crate::index::{
 };
 use crate::pack::PackId;
 use crate::point::RecoveryPoint;
-use crate::store::{Store, point_key, sync_write, write_atomic};
+use crate::store::{Store, point_key, write_atomic};
 
 /// An unreferenced (or superseded) frame on the garbage list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,9 +79,7 @@ impl Store {
         let changes: Vec<(&RecoveryPoint, i64)> = points.iter().map(|p| (*p, -1)).collect();
         let before = self.garbage_len()?;
         let warnings = self.count_refs(&mut batch, &changes)?;
-        self.db
-            .write_opt(batch, &sync_write())
-            .map_err(self.index_err())?;
+        self.write_synced(batch)?;
         let after = self.garbage_len()?;
         let mut dirs = HashSet::new();
         for p in &points {
@@ -128,9 +126,9 @@ impl Store {
         p.protected = protected;
         let json = serde_json::to_vec_pretty(&p).map_err(|e| Error::Point(e.to_string()))?;
         write_atomic(&self.root.join(p.root_file()), &json)?;
-        self.db
-            .put_cf_opt(self.cf(CF_POINTS)?, point_key(&p.id)?, &json, &sync_write())
-            .map_err(self.index_err())?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_POINTS)?, point_key(&p.id)?, &json);
+        self.write_synced(batch)?;
         Ok(p)
     }
 
@@ -164,9 +162,7 @@ impl Store {
                 None => batch.delete_cf(cf, id.0),
             }
         }
-        self.db
-            .write_opt(batch, &sync_write())
-            .map_err(self.index_err())
+        self.write_synced(batch)
     }
 
     /// The garbage list, in pack and offset order.
@@ -280,9 +276,7 @@ impl Store {
         for (p, info) in &sweep.added_packs {
             batch.put_cf(packs, p.0, to_json(info, "a pack entry")?);
         }
-        self.db
-            .write_opt(batch, &sync_write())
-            .map_err(self.index_err())
+        self.write_synced(batch)
     }
 }
 

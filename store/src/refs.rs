@@ -23,7 +23,7 @@ use crate::index::{
     garbage_key,
 };
 use crate::point::{RecoveryPoint, decode_segment};
-use crate::store::{Store, sync_write};
+use crate::store::Store;
 
 /// Which way a count crossed zero.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -222,8 +222,6 @@ impl Store {
             }
         }
         batch.put_cf(self.cf(CF_META)?, META_REFCOUNTS, b"1");
-        self.db
-            .write_opt(batch, &sync_write())
-            .map_err(self.index_err())
+        self.write_synced(batch)
     }
 }

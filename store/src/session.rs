@@ -18,7 +18,7 @@ use crate::point::{
     BackupStats, Labels, RecoveryPoint, SEGMENT_REFS, SourceInfo, check_name, encode_segment,
 };
 use crate::run;
-use crate::store::{Store, point_key, sync_write, write_atomic};
+use crate::store::{Store, point_key, write_atomic};
 
 /// A new recovery point, as a backup hands it to [`Session::commit`].
 #[derive(Debug, Clone)]
@@ -296,10 +296,7 @@ impl<'a> Session<'a> {
                 batch.delete_cf(bad_cf, id.0);
             }
         }
-        store
-            .db
-            .write_opt(batch, &sync_write())
-            .map_err(store.index_err())?;
+        store.write_synced(batch)?;
         // From here on the packs are indexed: they stay, whatever happens next.
         self.created.clear();
         // 3. The root files: the commit (for several, the journal's removal).
@@ -339,10 +336,7 @@ impl<'a> Session<'a> {
         }
         let changes: Vec<(&RecoveryPoint, i64)> = points.iter().map(|p| (p, 1)).collect();
         store.count_refs(&mut batch, &changes)?;
-        store
-            .db
-            .write_opt(batch, &sync_write())
-            .map_err(store.index_err())?;
+        store.write_synced(batch)?;
         Ok(points)
     }
 }

@@ -131,3 +131,59 @@ fn a_verify_overtaken_by_gc_reports_no_false_damage_and_leaves_no_marks() {
         "{again}"
     );
 }
+
+#[test]
+fn readers_beside_writers_see_every_commit_that_returned_and_never_fail() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (work.path().join("a.raw"), work.path().join("b.raw"));
+    gen_disk(&a, "2M", 1, 1, 0);
+    gen_disk(&b, "32M", 2, 1, 0);
+    let p = id(&store.backup("v", "2026-11-20T02:00:00Z", "xvda", &a, &[]));
+    // Writers come and go beside the readers: each open recovers and flushes the last one's
+    // log, and each commits a point (of seven VMs, a changed disk each time).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = std::sync::Arc::clone(&stop);
+        let (root, b) = (store.path(), b.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 2000 {
+                i += 1;
+                let mut bytes = std::fs::read(&b).expect("read");
+                let at = (i as usize * 65_536 * 7) % bytes.len();
+                bytes[at] ^= 0x55;
+                std::fs::write(&b, &bytes).expect("write");
+                let _ = Command::new(cairn_bin())
+                    .args(["backup", "--wait", "--vm", &format!("other{}", i % 7)])
+                    .arg(format!("xvda={}", b.display()))
+                    .env("CAIRN_STORE", &root)
+                    .output();
+            }
+        })
+    };
+    let mut failed = Vec::new();
+    let mut stale = 0;
+    for i in 0..100 {
+        let on = i % 2 == 0;
+        ok(&mut store.cmd(&[if on { "protect" } else { "unprotect" }, "--wait", &p]));
+        let out = run(&mut store.cmd(&["list", "--json", "--vm", "v"]));
+        if !out.status.success() {
+            failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
+            continue;
+        }
+        if json(&String::from_utf8_lossy(&out.stdout))[0]["protected"] != on {
+            stale += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().expect("writer");
+    assert!(
+        failed.is_empty(),
+        "reads failed on a healthy store: {failed:?}"
+    );
+    assert_eq!(
+        stale, 0,
+        "readers saw the state before a commit that had returned"
+    );
+}
