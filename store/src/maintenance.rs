@@ -62,7 +62,15 @@ impl Store {
         self.require_writer()?;
         let mut unique = HashSet::new();
         let points: Vec<&RecoveryPoint> = points.iter().filter(|p| unique.insert(&p.id)).collect();
-        if let Some(p) = points.iter().find(|p| p.protected) {
+        // The root file is the truth: a protect that died before its catalogue write left the
+        // protection there only.
+        let protected_on_disk = |p: &RecoveryPoint| {
+            std::fs::read(self.root.join(p.root_file()))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<RecoveryPoint>(&b).ok())
+                .is_some_and(|r| r.protected)
+        };
+        if let Some(p) = points.iter().find(|p| p.protected || protected_on_disk(p)) {
             return Err(Error::Usage(format!(
                 "point {} of {}/{} is protected; `cairn unprotect {}` first",
                 p.short_id(),
@@ -125,11 +133,61 @@ impl Store {
         let mut p = point.clone();
         p.protected = protected;
         let json = serde_json::to_vec_pretty(&p).map_err(|e| Error::Point(e.to_string()))?;
+        // A marker names the point while its root file and catalogue entry may disagree; the
+        // next writer to open the store makes the catalogue say what the root file says.
+        let marker = self
+            .root
+            .join("points")
+            .join(format!("{PROTECT_MARKER}{}", p.id));
+        write_atomic(&marker, p.root_file().as_bytes())?;
         write_atomic(&self.root.join(p.root_file()), &json)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_POINTS)?, point_key(&p.id)?, &json);
         self.write_synced(batch)?;
+        std::fs::remove_file(&marker).map_err(Error::io(&marker, "removing a marker"))?;
         Ok(p)
+    }
+
+    /// Finishes protects and unprotects that died between their root file and their catalogue
+    /// entry: the catalogue takes what the root file says.
+    pub(crate) fn finish_protects(&self) -> Result<()> {
+        let dir = self.root.join("points");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        let mut batch = WriteBatch::default();
+        let mut markers = Vec::new();
+        for e in entries {
+            let path = e.map_err(Error::io(&dir, "listing the folder"))?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(id) = name.strip_prefix(PROTECT_MARKER) else {
+                continue;
+            };
+            // `.tmp` of a marker never in place: nothing was changed yet.
+            if let Some(id) = id
+                .strip_suffix(".tmp")
+                .or(Some(id))
+                .filter(|i| !i.contains('.'))
+                && let Ok(Some(entry)) = self.db.get_cf(self.cf(CF_POINTS)?, point_key(id)?)
+                && let Ok(p) = serde_json::from_slice::<RecoveryPoint>(&entry)
+                && let Ok(bytes) = std::fs::read(self.root.join(p.root_file()))
+                && let Ok(on_disk) = serde_json::from_slice::<RecoveryPoint>(&bytes)
+                && on_disk.protected != p.protected
+            {
+                batch.put_cf(self.cf(CF_POINTS)?, point_key(id)?, &bytes);
+            }
+            markers.push(path);
+        }
+        if markers.is_empty() {
+            return Ok(());
+        }
+        self.write_synced(batch)?;
+        for m in markers {
+            std::fs::remove_file(&m).map_err(Error::io(&m, "removing a marker"))?;
+        }
+        crate::pack::sync_dir(&dir)
     }
 
     /// Every chunk marked bad or missing, with why.
@@ -279,6 +337,9 @@ impl Store {
         self.write_synced(batch)
     }
 }
+
+/// Prefix of the marker files of protects in progress, in `points/`.
+const PROTECT_MARKER: &str = ".protect-";
 
 /// Name of the file of per-VM policies.
 pub const POLICIES_FILE: &str = "policies.json";

@@ -214,6 +214,7 @@ impl Store {
                 store.recount()?;
             }
             store.publish_orphan_roots()?;
+            store.finish_protects()?;
             // This index is the truth now (whatever an earlier note says).
             crate::view::note_commit(&store.root, &store.db);
         }

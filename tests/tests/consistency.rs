@@ -1,0 +1,85 @@
+//! The root files and the catalogue never disagree for long, and never in the unsafe
+//! direction: a protect killed at any step leaves a point that forget refuses whenever its root
+//! file says protected, and the next writer makes the catalogue agree.
+
+use std::ffi::OsStr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+
+use cairn_tests::{TestStore as Store, gen_disk, id, json, ok, run};
+
+fn root_file(store: &Store, point: &str) -> PathBuf {
+    let mut stack = vec![store.path().join("points")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("points").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(&format!("-{point}.json")) {
+                return p;
+            }
+        }
+    }
+    panic!("no root file for {point}");
+}
+
+fn protected_on_disk(path: &Path) -> bool {
+    json(&std::fs::read_to_string(path).expect("root file"))["protected"] == true
+}
+
+#[test]
+fn a_protect_killed_at_any_step_never_lets_forget_drop_a_protected_point() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let a = work.path().join("a.raw");
+    gen_disk(&a, "2M", 1, 1, 0);
+    let p = id(&store.backup("v", "2026-11-20T02:00:00Z", "xvda", &a, &[]));
+    let file = root_file(&store, &p);
+    let args: Vec<&OsStr> = ["protect", p.as_str()]
+        .into_iter()
+        .map(OsStr::new)
+        .collect();
+    let mut disagreed = 0;
+    let mut n = 0;
+    for syscalls in ["rename", "fsync", "unlink"] {
+        for when in 1.. {
+            assert!(when < 60, "{syscalls}: protect never finished");
+            let status = store.killed_at(syscalls, when, &args);
+            let done = status.success();
+            assert!(done || status.signal() == Some(9), "{status}");
+            let on_disk = protected_on_disk(&file);
+            let listed = store.list().iter().find(|q| id(q) == p).expect("p")["protected"] == true;
+            if on_disk != listed {
+                disagreed += 1;
+            }
+            // forget refuses whenever the root file says protected, whatever the catalogue says.
+            if on_disk {
+                let out = run(&mut store.cmd(&["forget", &p]));
+                assert!(
+                    !out.status.success(),
+                    "{syscalls} #{when}: a protected point was forgotten"
+                );
+            }
+            // The next writer makes the catalogue say what the root file says.
+            n += 1;
+            store.backup(
+                "other",
+                &format!("2026-10-{:02}T02:00:00Z", 1 + n % 28),
+                "xvda",
+                &a,
+                &[],
+            );
+            let listed = store.list().iter().find(|q| id(q) == p).expect("p")["protected"] == true;
+            assert_eq!(
+                listed, on_disk,
+                "{syscalls} #{when}: the catalogue disagrees after a writer"
+            );
+            ok(&mut store.cmd(&["unprotect", &p]));
+            if done {
+                break;
+            }
+        }
+    }
+    // Kills landed between the root file and the catalogue.
+    assert!(disagreed > 0, "no kill left the two apart");
+}
