@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -637,6 +638,8 @@ fn check_sources(jobs: &[(String, PathBuf)]) -> Result<()> {
                     src.display()
                 ));
             }
+            // A named pipe is not opened here: opening it would take the writer's only stream.
+            Ok(m) if m.file_type().is_fifo() => {}
             Ok(_) => {
                 if let Err(e) = std::fs::File::open(src) {
                     problems.push(format!("{disk}={}: {e}", src.display()));

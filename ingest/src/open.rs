@@ -27,6 +27,12 @@ pub(crate) struct Opened<'s> {
     pub(crate) _spool: Option<Spool>,
 }
 
+/// Whether `path` is a named pipe or a character device: a stream, not a seekable file.
+fn is_stream(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo() || m.file_type().is_char_device())
+}
+
 /// Opens `req.source` for a store of chunk size `chunk`; `input` is the stream to read when
 /// the source is not a file (`-`).
 pub(crate) fn open<'s>(
@@ -47,6 +53,16 @@ pub(crate) fn open<'s>(
                 ));
             }
             Some(Box::new(std::io::stdin()) as Input)
+        }
+        // A named pipe (or a character device) cannot seek: it is read as a stream, as stdin.
+        None if is_stream(&req.source) => {
+            let f = std::fs::File::open(&req.source).map_err(|e| Error::Io {
+                path: req.source.clone(),
+                offset: 0,
+                what: "opening",
+                source: e,
+            })?;
+            Some(Box::new(f) as Input)
         }
         None => None,
     };

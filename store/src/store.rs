@@ -93,6 +93,18 @@ pub(crate) fn sync_write() -> WriteOptions {
     w
 }
 
+/// The index library takes paths as text: a store path that is not UTF-8 is refused before
+/// anything is created.
+fn utf8_path(root: &Path) -> Result<()> {
+    if root.to_str().is_none() {
+        return Err(Error::Usage(format!(
+            "{}: a store path must be valid UTF-8 (rename the folder)",
+            root.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the folder.
 ///
 /// # Errors
@@ -147,6 +159,7 @@ impl Store {
     /// A folder that is not empty, an invalid chunk size, I/O and index errors.
     pub fn init(root: &Path, chunk_size: u32) -> Result<StoreConfig> {
         let config = StoreConfig::new(chunk_size)?;
+        utf8_path(root)?;
         if root.exists() {
             let mut entries =
                 std::fs::read_dir(root).map_err(Error::io(root, "reading the folder"))?;
@@ -194,6 +207,7 @@ impl Store {
     /// # Errors
     /// Not a store, a newer format, a lock held by another writer, index errors.
     pub fn open(root: &Path, mode: OpenMode) -> Result<Self> {
+        utf8_path(root)?;
         let config = StoreConfig::load(root)?;
         let (lock, reader) = match mode {
             // Registered before the index is opened: see `readers`.
@@ -468,6 +482,10 @@ impl Store {
     /// comes back, whole). Only root files whose id the catalogue lacks are parsed.
     fn publish_orphan_roots(&self) -> Result<()> {
         crate::run::abandon_unfinished(&self.root)?;
+        // Temporary files of root files whose write was killed before its rename.
+        for tmp in files_under(&self.root.join("points"), "tmp")? {
+            std::fs::remove_file(&tmp).map_err(Error::io(&tmp, "removing a temporary file"))?;
+        }
         let cf = self.cf(CF_POINTS)?;
         let mut orphans = Vec::new();
         for path in files_under(&self.root.join("points"), "json")? {

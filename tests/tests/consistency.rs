@@ -83,3 +83,54 @@ fn a_protect_killed_at_any_step_never_lets_forget_drop_a_protected_point() {
     // Kills landed between the root file and the catalogue.
     assert!(disagreed > 0, "no kill left the two apart");
 }
+
+#[test]
+fn leftovers_are_cleaned_logs_are_bounded_and_odd_paths_are_handled() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let a = work.path().join("a.raw");
+    gen_disk(&a, "2M", 1, 1, 0);
+    let p = id(&store.backup("v", "2026-11-20T02:00:00Z", "xvda", &a, &[]));
+    // The temporary file of a root file whose write was killed before its rename.
+    let tmp = root_file(&store, &p).with_extension("tmp");
+    std::fs::write(&tmp, b"{\"half").expect("write");
+    // Many writer opens: RocksDB's info logs stay bounded.
+    for i in 0..30 {
+        ok(&mut store.cmd(&[if i % 2 == 0 { "protect" } else { "unprotect" }, &p]));
+    }
+    assert!(!tmp.exists(), "a root file's temporary file was left");
+    let logs = std::fs::read_dir(store.path().join("index"))
+        .expect("index")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("LOG"))
+        .count();
+    assert!(logs <= 5, "{logs} info logs after 30 opens");
+
+    // A store path that is not UTF-8: refused, and nothing is created.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = work.path().join(std::ffi::OsStr::from_bytes(b"store-\xff"));
+    let out = run(cairn_tests::cairn(["init"]).arg(&odd));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UTF-8"));
+    assert!(!odd.exists(), "a half-made store was left");
+
+    // A named pipe as a source is read as a stream, like stdin.
+    let fifo = work.path().join("disk.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let writer = {
+        let (fifo, a) = (fifo.clone(), a.clone());
+        std::thread::spawn(move || {
+            let bytes = std::fs::read(&a).expect("read");
+            std::fs::write(&fifo, bytes).expect("write to the pipe");
+        })
+    };
+    let q = store.backup("piped", "2026-11-20T02:00:00Z", "xvda", &fifo, &[]);
+    writer.join().expect("writer");
+    let out = work.path().join("out.raw");
+    store.restore(&id(&q), &out, "raw");
+    cairn_tests::assert_same_content(&out, &a, true);
+}
