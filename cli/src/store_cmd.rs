@@ -465,7 +465,8 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
     }
     check_sources(&jobs)?;
     let labels = labels(a)?;
-    let store = open_write(&a.store.store, a.wait)?;
+    let store = open_write(&a.store.store, a.wait)
+        .with_context(|| format!("backup of {}: nothing was stored", a.vm))?;
     let parent = a.parent.as_deref().map(|p| store.resolve(p)).transpose()?;
     let tz = store.config().tz();
     let time = match &a.time {
@@ -484,6 +485,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
     let existing = store.points()?;
     let run_id = (jobs.len() > 1).then(|| uuid::Uuid::new_v4().simple().to_string());
     let vm_key = VmKey::of(&a.vm, &labels);
+    let run_started = Utc::now();
     let mut run = cairn_ingest::Run::new(&store)?;
     let mut due_disks = Vec::new();
     for (disk, src) in &jobs {
@@ -538,11 +540,19 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             due_disks.push(disk.clone());
         }
     }
-    let points = run.commit().with_context(|| {
-        format!(
-            "publishing the backup of {} failed; nothing was stored",
-            a.vm
-        )
+    let points = run.commit().map_err(|e| {
+        let what = if matches!(
+            &e,
+            cairn_ingest::Error::Store(cairn_store::Error::Unpublished { .. })
+        ) {
+            format!("backup of {}: committed, not yet listed", a.vm)
+        } else {
+            format!(
+                "publishing the backup of {} failed; nothing was stored",
+                a.vm
+            )
+        };
+        anyhow::Error::new(e).context(what)
     })?;
     for disk in due_disks {
         eprintln!(
@@ -580,6 +590,9 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
                 String::new()
             }
         );
+        if p.committed < run_started {
+            println!("  (the same point was stored by an earlier run; it is not stored twice)");
+        }
     }
     Ok(0)
 }

@@ -19,6 +19,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The points are committed (their root files are in place) but the catalogue could not be
+    /// updated: they are not listed yet, and the next writer to open the store publishes them.
+    #[error(
+        "point(s) {} are stored (their root files are written), but the catalogue could not be \
+         updated ({source}); the next cairn command that writes to the store lists them: do not \
+         back them up again",
+        ids.join(", ")
+    )]
+    Unpublished {
+        /// The points (short ids).
+        ids: Vec<String>,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// A RocksDB error.
     #[error("index {}: {source}", path.display())]
     Index {

@@ -58,6 +58,13 @@ pub(crate) fn begin<'a>(
     Ok(Journal { path })
 }
 
+impl Journal {
+    /// Whether the journal is still in place (the run is not committed).
+    pub(crate) fn exists(&self) -> bool {
+        self.path.exists()
+    }
+}
+
 /// Commits the run: removes its journal and syncs the folder.
 pub(crate) fn end(journal: &Journal) -> Result<()> {
     std::fs::remove_file(&journal.path).map_err(Error::io(&journal.path, "committing a run"))?;

@@ -301,20 +301,30 @@ impl<'a> Session<'a> {
         self.created.clear();
         // 3. The root files: the commit (for several, the journal's removal).
         let committed = Utc::now();
-        let points: Vec<RecoveryPoint> = staged
-            .into_iter()
-            .map(|StagedPoint(mut p)| {
-                p.committed = committed;
-                p
-            })
-            .collect();
+        // A retry of a backup whose point is already published (an earlier run failed after
+        // its commit, at the catalogue write): the same disk, time and content is that point,
+        // not a second one.
+        let existing = store.points()?;
+        let mut again = Vec::new();
+        let mut points: Vec<RecoveryPoint> = Vec::new();
+        for StagedPoint(mut p) in staged {
+            match existing.iter().find(|e| {
+                e.same_disk(&p) && e.time == p.time && e.size == p.size && e.segments == p.segments
+            }) {
+                Some(e) => again.push(e.clone()),
+                None => {
+                    p.committed = committed;
+                    points.push(p);
+                }
+            }
+        }
         let mut files = Vec::with_capacity(points.len());
         for p in &points {
             let json = serde_json::to_vec_pretty(p).map_err(|e| Error::Point(e.to_string()))?;
             files.push((p.root_file(), json));
         }
         let journal = match &files[..] {
-            [] => return Ok(Vec::new()),
+            [] => return Ok(again),
             [_] => None,
             _ => Some(run::begin(
                 &store.root,
@@ -322,21 +332,45 @@ impl<'a> Session<'a> {
                 files.iter().map(|(f, _)| f.as_str()),
             )?),
         };
-        for (file, json) in &files {
-            write_atomic(&store.root.join(file), json)?;
+        let unpublished = |e: Error| Error::Unpublished {
+            ids: points.iter().map(|p| p.short_id().to_owned()).collect(),
+            source: Box::new(e),
+        };
+        let write_roots = || -> Result<()> {
+            for (file, json) in &files {
+                write_atomic(&store.root.join(file), json)?;
+            }
+            if let Some(journal) = &journal {
+                run::end(journal)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = write_roots() {
+            // Failed after the commit itself (the last rename, or the journal's removal), in
+            // the folder sync that follows it: the points are there, and the next writer
+            // publishes them.
+            let committed = match &journal {
+                None => files
+                    .first()
+                    .is_some_and(|(f, _)| store.root.join(f).exists()),
+                Some(j) => !j.exists(),
+            };
+            return Err(if committed { unpublished(e) } else { e });
         }
-        if let Some(journal) = journal {
-            run::end(&journal)?;
-        }
-        // 4. The catalogue entries and the reference counts, in one batch.
-        let mut batch = WriteBatch::default();
-        let points_cf = store.cf(CF_POINTS)?;
-        for (p, (_, json)) in points.iter().zip(&files) {
-            batch.put_cf(points_cf, point_key(&p.id)?, json);
-        }
-        let changes: Vec<(&RecoveryPoint, i64)> = points.iter().map(|p| (p, 1)).collect();
-        store.count_refs(&mut batch, &changes)?;
-        store.write_synced(batch)?;
+        // 4. The catalogue entries and the reference counts, in one batch. The points are
+        //    committed already: a failure here (a full disk) publishes them later, not never.
+        let publish = || -> Result<()> {
+            let mut batch = WriteBatch::default();
+            let points_cf = store.cf(CF_POINTS)?;
+            for (p, (_, json)) in points.iter().zip(&files) {
+                batch.put_cf(points_cf, point_key(&p.id)?, json);
+            }
+            let changes: Vec<(&RecoveryPoint, i64)> = points.iter().map(|p| (p, 1)).collect();
+            store.count_refs(&mut batch, &changes)?;
+            store.write_synced(batch)
+        };
+        publish().map_err(unpublished)?;
+        points.extend(again);
         Ok(points)
     }
 }

@@ -134,3 +134,74 @@ fn leftovers_are_cleaned_logs_are_bounded_and_odd_paths_are_handled() {
     store.restore(&id(&q), &out, "raw");
     cairn_tests::assert_same_content(&out, &a, true);
 }
+
+/// `cairn ARGS` on `store` with the `when`-th call of `syscall` failing with ENOSPC.
+fn failing_at(store: &Store, syscall: &str, when: u32, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("trace={syscall}"))
+        .arg("-e")
+        .arg(format!("inject={syscall}:error=ENOSPC:when={when}"))
+        .arg(cairn_tests::cairn_bin())
+        .args(args)
+        .env("CAIRN_STORE", store.path())
+        .output()
+        .expect("run strace (installed by scripts/setup.sh)")
+}
+
+#[test]
+fn a_full_disk_at_any_sync_says_what_was_stored_and_a_retry_never_stores_twice() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let a = work.path().join("a.raw");
+    gen_disk(&a, "2M", 1, 1, 0);
+    let src = format!("xvda={}", a.display());
+    let args = [
+        "backup",
+        "--vm",
+        "v",
+        "--time",
+        "2026-11-20T02:00:00Z",
+        src.as_str(),
+    ];
+    let mut outcomes = [0u32; 2];
+    for syscall in ["fsync", "fdatasync"] {
+        for when in 1.. {
+            assert!(when < 80, "{syscall}: the backup never finished");
+            let out = failing_at(&store, syscall, when, &args);
+            let at = format!("ENOSPC at {syscall} #{when}");
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            if out.status.success() {
+                assert_eq!(store.list().len(), 1, "{at}");
+            } else {
+                let stored = err.contains("are stored");
+                assert!(
+                    stored || err.contains("nothing was stored"),
+                    "{at}: the message does not say what was stored: {err}"
+                );
+                // The next writer (here one that changes nothing) makes the store what the
+                // message said.
+                ok(&mut store.cmd(&["policy", "set", "--vm", "x", "--key-interval", "0"]));
+                assert_eq!(store.list().len(), usize::from(stored), "{at}: {err}");
+                outcomes[usize::from(stored)] += 1;
+                // The operator retries: one point, never two.
+                let again = ok(&mut store.cmd(&args));
+                assert_eq!(
+                    store.list().len(),
+                    1,
+                    "{at}: the retry stored a second point"
+                );
+                if stored {
+                    assert!(again.contains("not stored twice"), "{again}");
+                }
+            }
+            for p in store.list() {
+                ok(&mut store.cmd(&["forget", &id(&p)]));
+            }
+            if out.status.success() {
+                break;
+            }
+        }
+    }
+    assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+}
