@@ -53,6 +53,9 @@ pub struct Session<'a> {
     seen: HashSet<ChunkId>,
     /// Chunks marked bad or missing: stored afresh when a backup reads them.
     bad: HashSet<ChunkId>,
+    /// Indexed packs whose file is gone: their chunks are stored afresh when a backup reads
+    /// them, and a point may not reference one that was not.
+    lost: HashSet<PackId>,
     /// Old locations of chunks stored afresh (their frames become garbage at commit).
     superseded: Vec<(ChunkId, Location)>,
     new_stored: u64,
@@ -78,26 +81,33 @@ impl Drop for Session<'_> {
 pub struct KnownFilter<'a> {
     store: &'a Store,
     bad: HashSet<ChunkId>,
+    lost: HashSet<PackId>,
 }
 
 impl KnownFilter<'_> {
-    /// Whether the store holds a good copy of the chunk (not marked bad or missing).
+    /// Whether the store holds a good copy of the chunk (not marked bad or missing, and in a
+    /// pack whose file is there).
     ///
     /// # Errors
     /// Index errors.
     pub fn holds(&self, id: &ChunkId) -> Result<bool> {
-        Ok(!self.bad.contains(id) && self.store.location(id)?.is_some())
+        Ok(!self.bad.contains(id)
+            && self
+                .store
+                .location(id)?
+                .is_some_and(|l| !self.lost.contains(&l.pack)))
     }
 }
 
 impl<'a> Session<'a> {
-    pub(crate) fn new(store: &'a Store, bad: HashSet<ChunkId>) -> Self {
+    pub(crate) fn new(store: &'a Store, bad: HashSet<ChunkId>, lost: HashSet<PackId>) -> Self {
         Session {
             store,
             pack: None,
             pending: Vec::new(),
             seen: HashSet::new(),
             bad,
+            lost,
             superseded: Vec::new(),
             new_stored: 0,
             created: Vec::new(),
@@ -123,7 +133,7 @@ impl<'a> Session<'a> {
         }
         let old = self.store.location(&chunk.id)?;
         if let Some(old) = old {
-            if !self.bad.contains(&chunk.id) {
+            if !self.bad.contains(&chunk.id) && !self.lost.contains(&old.pack) {
                 return Ok(false);
             }
             self.superseded.push((chunk.id, old));
@@ -165,6 +175,7 @@ impl<'a> Session<'a> {
         KnownFilter {
             store: self.store,
             bad: self.bad.clone(),
+            lost: self.lost.clone(),
         }
     }
 
@@ -203,6 +214,7 @@ impl<'a> Session<'a> {
                 point.size
             )));
         }
+        self.check_not_lost(refs)?;
         let mut segments = Vec::new();
         let level = self.store.config.zstd_level;
         for seg in refs.chunks(SEGMENT_REFS) {
@@ -230,6 +242,42 @@ impl<'a> Session<'a> {
             run: point.run,
             labels: point.labels,
         }))
+    }
+
+    /// Refuses a reference list naming a chunk whose pack file is gone (and that this session
+    /// did not store afresh): the point would not restore. Free when no pack is lost.
+    fn check_not_lost(&self, refs: &[ChunkRef]) -> Result<()> {
+        if self.lost.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<ChunkId> = refs
+            .iter()
+            .filter_map(|r| match r {
+                ChunkRef::Data(id) if !self.seen.contains(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut gone = 0u64;
+        let mut packs = HashSet::new();
+        for loc in self.store.locations(&ids)?.into_iter().flatten() {
+            if self.lost.contains(&loc.pack) {
+                gone += 1;
+                packs.insert(loc.pack.to_hex());
+            }
+        }
+        if gone == 0 {
+            return Ok(());
+        }
+        let mut packs: Vec<String> = packs.into_iter().collect();
+        packs.sort();
+        Err(Error::Usage(format!(
+            "the point would reference {gone} chunk(s) whose pack file is gone ({}); nothing \
+             was stored. A key backup (`cairn backup --key`) reads the whole disk and stores \
+             them afresh; `cairn verify` lists what else they damage",
+            packs.join(", ")
+        )))
     }
 
     /// Publishes one recovery point whose reference list is `refs` (see [`Session::stage`] and

@@ -323,7 +323,16 @@ impl Store {
             return Ok(Arc::clone(f));
         }
         let path = pack.path(&self.packs_dir());
-        let f = Arc::new(File::open(&path).map_err(Error::io(&path, "opening a pack"))?);
+        let f = Arc::new(File::open(&path).map_err(|e| {
+            let what = if e.kind() == std::io::ErrorKind::NotFound {
+                "opening a pack: the pack file is gone (removed or lost); `cairn verify` lists \
+                 what it damages, and a key backup (`cairn backup --key`) stores its chunks \
+                 afresh"
+            } else {
+                "opening a pack"
+            };
+            Error::io(&path, what)(e)
+        })?);
         if files.len() > 512 {
             files.clear();
         }
@@ -465,7 +474,14 @@ impl Store {
     pub fn session(&self) -> Result<Session<'_>> {
         self.require_writer()?;
         let bad = self.bad_chunks()?.into_iter().map(|(id, _)| id).collect();
-        Ok(Session::new(self, bad))
+        // One stat per pack: a pack file removed by hand (or lost) must not be reused.
+        let dir = self.packs_dir();
+        let lost = self
+            .pack_infos()?
+            .into_keys()
+            .filter(|p| !p.path(&dir).exists())
+            .collect();
+        Ok(Session::new(self, bad, lost))
     }
 
     /// Fails unless the store was opened for writing.

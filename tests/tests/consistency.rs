@@ -205,3 +205,53 @@ fn a_full_disk_at_any_sync_says_what_was_stored_and_a_retry_never_stores_twice()
     }
     assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
 }
+
+#[test]
+fn a_lost_pack_is_never_referenced_by_a_new_point_and_a_key_backup_replaces_it() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (a, b) = (w.join("a.raw"), w.join("b.raw"));
+    gen_disk(&a, "4M", 1, 1, 0);
+    // The next day rewrites the first 2 MiB block whole: the delta holds whole blocks, and
+    // every other chunk is carried from the point before, unread.
+    let mut bytes = std::fs::read(&a).expect("read");
+    for (i, x) in bytes[..2 << 20].iter_mut().enumerate() {
+        *x = (i % 251) as u8 ^ 0x5a;
+    }
+    std::fs::write(&b, &bytes).expect("write");
+    let (av, bv) = (w.join("a.vhd"), w.join("b.vhd"));
+    ok(cairn_tests::cairn(["vhd", "from-raw"]).arg(&a).arg(&av));
+    ok(cairn_tests::cairn(["vhd", "from-raw", "--parent"])
+        .arg(&av)
+        .arg(&b)
+        .arg(&bv));
+    store.backup("v", "2026-11-20T02:00:00Z", "xvda", &av, &[]);
+    let packs = store.pack_files();
+    assert_eq!(packs.len(), 1);
+    std::fs::remove_file(&packs[0]).expect("lose the pack");
+    // A delta applied to the point whose chunks are gone: refused, nothing stored.
+    let out = run(&mut store.cmd(&[
+        "backup",
+        "--vm",
+        "v",
+        "--time",
+        "2026-11-21T02:00:00Z",
+        &format!("xvda={}", bv.display()),
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a point naming a lost pack was committed"
+    );
+    assert!(
+        err.contains("pack file is gone") && err.contains("--key"),
+        "{err}"
+    );
+    assert_eq!(store.list().len(), 1);
+    // A key backup reads the whole disk (through the parent VHD) and stores it afresh.
+    let p = store.backup("v", "2026-11-21T02:00:00Z", "xvda", &bv, &["--key"]);
+    let restored = w.join("out.raw");
+    store.restore(&id(&p), &restored, "raw");
+    cairn_tests::assert_same_content(&restored, &b, true);
+}
