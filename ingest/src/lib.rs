@@ -226,6 +226,13 @@ impl<'a> Run<'a> {
             )));
         }
         check_stream_size(store, req, opened.size.is_none(), size)?;
+        let mut info = opened.info;
+        if opened
+            .fixed_vhd
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            info.kind = "vhd-fixed".into();
+        }
         let mut stats = done.stats;
         stats.logical_bytes = size;
         stats.bytes_read = done.bytes_read;
@@ -236,7 +243,7 @@ impl<'a> Run<'a> {
             disk: req.disk.clone(),
             time: req.time,
             size,
-            source: opened.info,
+            source: info,
             parent: opened.parent,
             stats,
             run: req.run.clone(),

@@ -25,6 +25,9 @@ pub(crate) struct Opened<'s> {
     pub(crate) parent: Option<String>,
     /// A spooled copy of stdin, removed when dropped.
     pub(crate) _spool: Option<Spool>,
+    /// For a raw stream: set once read when it turned out to be a fixed VHD (its footer, at
+    /// the end, was not stored).
+    pub(crate) fixed_vhd: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Whether `path` is a named pipe or a character device: a stream, not a seekable file.
@@ -68,13 +71,18 @@ pub(crate) fn open<'s>(
     };
     let opened = if let Some(input) = input {
         match stream::open(input, &shown, req, &req.spool_dir)? {
-            Stream::Raw(reader) => full(
-                "raw",
-                &shown,
-                None,
-                None,
-                Box::new(RawSource::new(reader, shown.clone().into(), chunk)),
-            ),
+            Stream::Raw(reader) => {
+                let fixed = std::sync::Arc::clone(&reader.fixed);
+                let mut o = full(
+                    "raw",
+                    &shown,
+                    None,
+                    None,
+                    Box::new(RawSource::new(reader, shown.clone().into(), chunk)),
+                );
+                o.fixed_vhd = Some(fixed);
+                o
+            }
             Stream::Vhd(vhd) => {
                 let info = SourceInfo {
                     kind: format!("vhd-{}", vhd.footer().disk_type.name()),
@@ -103,6 +111,7 @@ pub(crate) fn open<'s>(
                         size: Some(size),
                         parent: None,
                         _spool: None,
+                        fixed_vhd: None,
                     }
                 }
             }
@@ -146,6 +155,7 @@ fn full<'s>(
         size,
         parent: None,
         _spool: None,
+        fixed_vhd: None,
     }
 }
 
@@ -166,6 +176,7 @@ fn delta<'s, B: crate::vhd_source::Blocks + 's>(
         size: Some(size),
         parent: Some(parent.id.clone()),
         _spool: None,
+        fixed_vhd: None,
     })
 }
 
@@ -245,6 +256,7 @@ fn open_file<'s>(
             size: Some(size),
             parent: None,
             _spool: None,
+            fixed_vhd: None,
         });
     }
     let want = vhd

@@ -19,8 +19,9 @@ pub(crate) type Rest = std::io::Chain<Cursor<Vec<u8>>, Input>;
 
 /// What a stream holds.
 pub(crate) enum Stream {
-    /// A raw image.
-    Raw(Rest),
+    /// A raw image, or a fixed VHD: a fixed VHD's only footer is at its end, so the stream is
+    /// read as raw and its last 512 bytes are held back until the end shows what they are.
+    Raw(FixedTail<Rest>),
     /// A sparse VHD readable in one pass.
     Vhd(Box<StreamVhd<BufReader<Rest>>>),
     /// A VHD spooled to a file.
@@ -76,12 +77,24 @@ pub(crate) fn open(
         Format::Auto => sparse_vhd,
     };
     let rest = Cursor::new(head).chain(stdin);
-    if !is_vhd {
-        return Ok(Stream::Raw(rest));
-    }
     if !sparse_vhd {
-        // A fixed VHD keeps its only footer at the end.
-        return spool(Vec::new(), rest, spool_dir).map(Stream::Spooled);
+        // Raw, or a fixed VHD (its only footer is at the end): read straight through, the
+        // footer found at the end is not disk data (refused with --format raw unless --force).
+        let on_footer = match format {
+            Format::Raw if req.force => OnFooter::Keep,
+            Format::Raw => OnFooter::Refuse,
+            Format::Auto | Format::Vhd => OnFooter::Strip,
+        };
+        let must = format == Format::Vhd;
+        return Ok(Stream::Raw(FixedTail::new(rest, name, on_footer, must)));
+    }
+    if !is_vhd {
+        return Ok(Stream::Raw(FixedTail::new(
+            rest,
+            name,
+            OnFooter::Keep,
+            false,
+        )));
     }
     match StreamVhd::open(BufReader::with_capacity(1 << 20, rest)) {
         Ok(StreamOpen::OnePass(vhd)) => Ok(Stream::Vhd(vhd)),
@@ -89,6 +102,121 @@ pub(crate) fn open(
             consumed, reader, ..
         }) => spool(consumed, reader, spool_dir).map(Stream::Spooled),
         Err(e) => Err(Error::Vhd(e.in_file(name))),
+    }
+}
+
+/// What to do with a fixed VHD footer found at the end of a raw stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnFooter {
+    /// It is the footer of a fixed VHD: not disk data.
+    Strip,
+    /// Keep it as data (`--format raw --force`).
+    Keep,
+    /// Fail: the stream is a fixed VHD read with `--format raw`.
+    Refuse,
+}
+
+/// A reader that holds back the last 512 bytes of its stream: at the end, a valid fixed-VHD
+/// footer describing exactly the bytes before it is dropped (or refused), anything else is
+/// passed on.
+pub(crate) struct FixedTail<R> {
+    inner: R,
+    name: String,
+    on_footer: OnFooter,
+    /// The stream must be a fixed VHD (`--format vhd`).
+    must: bool,
+    held: Vec<u8>,
+    out: Vec<u8>,
+    out_at: usize,
+    passed: u64,
+    done: bool,
+    /// Whether a fixed VHD footer was found and dropped.
+    pub(crate) fixed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<R: Read> FixedTail<R> {
+    fn new(inner: R, name: &str, on_footer: OnFooter, must: bool) -> Self {
+        Self {
+            inner,
+            name: name.to_owned(),
+            on_footer,
+            must,
+            held: Vec::with_capacity(1 << 16),
+            out: Vec::new(),
+            out_at: 0,
+            passed: 0,
+            done: false,
+            fixed: std::sync::Arc::default(),
+        }
+    }
+
+    /// At the end: what the held bytes are.
+    fn finish(&mut self) -> std::io::Result<()> {
+        let footer = (self.held.len() == 512)
+            .then(|| cairn_vhd::format::Footer::decode(&self.held, self.passed).ok())
+            .flatten()
+            .filter(|f| f.disk_type == cairn_vhd::DiskType::Fixed && f.current_size == self.passed);
+        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        match (footer, self.on_footer) {
+            (Some(_), OnFooter::Strip) => {
+                self.fixed.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.held.clear();
+            }
+            (Some(_), OnFooter::Refuse) => {
+                return Err(bad(format!(
+                    "{}: the stream ends with the footer of a fixed VHD of {} bytes: it is a \
+                     VHD, not a raw disk; read it with --format auto (or --format raw --force \
+                     to store the footer as disk data)",
+                    self.name, self.passed
+                )));
+            }
+            (None, _) if self.must => {
+                return Err(bad(format!(
+                    "{}: --format vhd, but the stream is neither a dynamic VHD (no footer copy at \
+                     its start) nor a fixed VHD (no valid fixed footer describing its {} bytes at \
+                     its end)",
+                    self.name, self.passed
+                )));
+            }
+            _ => {}
+        }
+        self.out = std::mem::take(&mut self.held);
+        self.out_at = 0;
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for FixedTail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.out_at < self.out.len() {
+                let n = buf.len().min(self.out.len() - self.out_at);
+                buf[..n].copy_from_slice(&self.out[self.out_at..self.out_at + n]);
+                self.out_at += n;
+                return Ok(n);
+            }
+            if self.done {
+                return Ok(0);
+            }
+            let mut block = [0u8; 1 << 16];
+            let n = match self.inner.read(&mut block) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                self.done = true;
+                self.finish()?;
+                continue;
+            }
+            self.held.extend_from_slice(&block[..n]);
+            if self.held.len() > 512 {
+                let keep = self.held.split_off(self.held.len() - 512);
+                self.out = std::mem::replace(&mut self.held, keep);
+                self.out_at = 0;
+                self.passed += self.out.len() as u64;
+            }
+        }
     }
 }
 

@@ -464,3 +464,53 @@ fn a_missing_store_names_both_ways_to_give_it() {
         "{err}"
     );
 }
+
+#[test]
+fn a_fixed_vhd_on_stdin_is_read_as_a_vhd_not_as_a_raw_disk_with_its_footer() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let a = disk(w, "a.raw", 11);
+    let fixed = w.join("fixed.vhd");
+    ok(cairn_tests::cairn(["vhd", "from-raw", "--type", "fixed"])
+        .arg(&a)
+        .arg(&fixed));
+    let bytes = read(&fixed);
+    let out = backup_piped(&store, "f", &[], &bytes);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = &json(&String::from_utf8_lossy(&out.stdout))[0];
+    assert_eq!(p["source"]["kind"], "vhd-fixed", "{p}");
+    assert_eq!(p["size"].as_u64(), Some(read(&a).len() as u64));
+    let got = w.join("out.raw");
+    store.restore(&cairn_tests::id(p), &got, "raw");
+    cairn_tests::assert_same_content(&got, &a, true);
+    // Read as raw, it is refused (it is a VHD), unless the user insists.
+    let out = backup_piped(&store, "f", &["--format", "raw"], &bytes);
+    refused(&out, &["fixed VHD", "--format auto"]);
+    let out = backup_piped(&store, "f", &["--format", "raw", "--force"], &bytes);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = &json(&String::from_utf8_lossy(&out.stdout))[0];
+    assert_eq!(p["size"].as_u64(), Some(bytes.len() as u64));
+    // A raw disk whose last 512 bytes merely look like a footer of another size stays raw.
+    let mut odd = read(&a);
+    let n = odd.len();
+    odd[n - 512..].copy_from_slice(&bytes[bytes.len() - 512..]);
+    odd.extend_from_slice(&[7u8; 512]);
+    let out = backup_piped(&store, "g", &[], &odd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = &json(&String::from_utf8_lossy(&out.stdout))[0];
+    assert_eq!(p["source"]["kind"], "raw");
+    assert_eq!(p["size"].as_u64(), Some(odd.len() as u64));
+}
