@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use cairn_store::point::{SEGMENT_REFS, decode_segment};
-use cairn_store::{ChunkRef, OpenMode, RecoveryPoint, Store};
+use cairn_store::{ChunkRef, RecoveryPoint, Store};
 use clap::Args;
 use serde_json::json;
 
@@ -65,7 +65,7 @@ fn changed_ranges(store: &Store, a: &RecoveryPoint, b: &RecoveryPoint) -> Result
 }
 
 pub fn diff(a: &DiffArgs) -> Result<i32> {
-    let store = Store::open(&a.store.store, OpenMode::Read)?;
+    let store = crate::store_cmd::open_read(&a.store.store)?;
     let tz = store.config().tz();
     let (p, q) = (store.resolve(&a.from)?, store.resolve(&a.to)?);
     if !p.same_disk(&q) {

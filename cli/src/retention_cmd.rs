@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use cairn_gc::{Candidate, GcOptions, Keep, Rules, VerifyOptions};
-use cairn_store::{OpenMode, Policy, RecoveryPoint, Store};
+use cairn_store::{Policy, RecoveryPoint};
 use chrono::{Duration, Utc};
 use chrono_tz::Tz;
 use clap::{Args, Subcommand};
@@ -253,7 +253,7 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
     }
     let started = Instant::now();
     let store = if a.dry_run {
-        Store::open(&a.store.store, OpenMode::Read)?
+        crate::store_cmd::open_read(&a.store.store)?
     } else {
         open_write(&a.store.store, a.wait)?
     };
@@ -375,7 +375,7 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
 
 pub fn forget(a: &ForgetArgs) -> Result<i32> {
     let store = if a.dry_run {
-        Store::open(&a.store.store, OpenMode::Read)?
+        crate::store_cmd::open_read(&a.store.store)?
     } else {
         open_write(&a.store.store, a.wait)?
     };
@@ -507,7 +507,7 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
 pub fn verify(a: &VerifyArgs) -> Result<i32> {
     let filter = a.filter.filter();
     let tz = {
-        let store = Store::open(&a.store.store, OpenMode::Read)?;
+        let store = crate::store_cmd::open_read(&a.store.store)?;
         crate::store_cmd::check_filter(&store, &filter)?;
         store.config().tz()
     };
@@ -534,6 +534,11 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
             r.seconds,
             if r.clean() {
                 "all well".to_owned()
+            } else if r.damaged.is_empty() {
+                format!(
+                    "the chunks are well, but {} between the root files and the index",
+                    crate::vhd_cmd::count(r.catalogue.len() as u64, "disagreement")
+                )
             } else {
                 format!(
                     "{} bad or missing chunk(s) damage {} point(s) of VM(s) {}",
@@ -543,6 +548,9 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
                 )
             }
         );
+        for c in &r.catalogue {
+            println!("index: {c}");
+        }
         for d in &r.damaged {
             println!(
                 "{} {} chunk {} ({}): {}",
@@ -568,9 +576,16 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
         if r.marks_cleared > 0 {
             println!("{} chunks marked bad before read well now", r.marks_cleared);
         }
-        if !r.clean() {
+        if !r.damaged.is_empty() {
             println!(
                 "a key backup of each damaged disk (`cairn backup --key`) stores fresh copies"
+            );
+        }
+        if !r.catalogue.is_empty() {
+            println!(
+                "the next command that writes to the store settles what it can (publishes root \
+                 files, writes lost ones again from the index); `cairn repair --rebuild-index` \
+                 rebuilds the index from the root files"
             );
         }
     }
@@ -597,7 +612,7 @@ pub fn policy(cmd: &PolicyCommand) -> Result<i32> {
         }
         PolicyCommand::Timezone(a) => match &a.zone {
             None => {
-                let store = Store::open(&a.store.store, OpenMode::Read)?;
+                let store = crate::store_cmd::open_read(&a.store.store)?;
                 println!("{}", store.config().timezone);
             }
             Some(zone) => {
@@ -612,7 +627,7 @@ pub fn policy(cmd: &PolicyCommand) -> Result<i32> {
             }
         },
         PolicyCommand::Show(a) => {
-            let store = Store::open(&a.store.store, OpenMode::Read)?;
+            let store = crate::store_cmd::open_read(&a.store.store)?;
             let all = store.policies()?;
             if a.json {
                 println!(

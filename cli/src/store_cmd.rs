@@ -426,7 +426,22 @@ pub fn open_write(store: &Path, wait: bool) -> Result<Store> {
     if let Some(stale) = s.stale_lock() {
         eprintln!("note: took over the lock of a writer that did not finish ({stale})");
     }
+    warn_about(&s);
     Ok(s)
+}
+
+/// Opens a store read-only (beside any writer), saying what it found amiss.
+pub fn open_read(store: &Path) -> Result<Store> {
+    let s = Store::open(store, OpenMode::Read)?;
+    warn_about(&s);
+    Ok(s)
+}
+
+/// What the store's open found amiss between its root files and its index, on stderr.
+fn warn_about(s: &Store) {
+    for w in s.warnings() {
+        eprintln!("warning: {w}");
+    }
 }
 
 fn point_json(p: &RecoveryPoint, tz: Tz) -> serde_json::Value {
@@ -671,7 +686,7 @@ fn check_sources(jobs: &[(String, PathBuf)]) -> Result<()> {
 }
 
 pub fn restore(a: &RestoreArgs) -> Result<i32> {
-    let store = Store::open(&a.store.store, OpenMode::Read)?;
+    let store = open_read(&a.store.store)?;
     let point = store.resolve(&a.point)?;
     let base = a.base.as_deref().map(|b| store.resolve(b)).transpose()?;
     let from = a.from.as_deref().map(|b| store.resolve(b)).transpose()?;
@@ -754,7 +769,7 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
 }
 
 pub fn list(a: &ListArgs) -> Result<i32> {
-    let store = Store::open(&a.store.store, OpenMode::Read)?;
+    let store = open_read(&a.store.store)?;
     let tz = store.config().tz();
     let points = a.select.choose(&store.points()?)?;
     if a.json {
@@ -871,7 +886,7 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
     if a.json {
         println!(
             "{}",
-            json!({ "packs": r.packs, "chunks": r.chunks, "points": r.points, "duplicates": r.duplicates, "problems": r.problems })
+            json!({ "packs": r.packs, "chunks": r.chunks, "points": r.points, "points_left_out": r.points_left_out, "duplicates": r.duplicates, "problems": r.problems })
         );
     } else {
         println!(
@@ -887,6 +902,12 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
         }
         for p in &r.problems {
             println!("note: {p}");
+        }
+        if r.points_left_out > 0 {
+            println!(
+                "{} left out of the index: their root files cannot be read (named above)",
+                count(r.points_left_out, "point")
+            );
         }
     }
     Ok(0)
@@ -969,7 +990,7 @@ impl Cost {
 }
 
 pub fn report(a: &ReportArgs) -> Result<i32> {
-    let store = Store::open(&a.store.store, OpenMode::Read)?;
+    let store = open_read(&a.store.store)?;
     let tz = store.config().tz();
     let points = store.points()?;
     // Costs are counted over every point (what is shared, what is unique); the selection

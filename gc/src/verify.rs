@@ -78,6 +78,9 @@ pub struct VerifyReport {
     pub marks_cleared: u64,
     /// Bad or missing marks recorded in the index by this run.
     pub marks_recorded: u64,
+    /// Disagreements between the root files and the catalogue (a root file gone, unreadable,
+    /// or saying otherwise than the index).
+    pub catalogue: Vec<String>,
     /// Findings that turned out not to be damage (a collection moved or dropped the chunk
     /// while this run read it); not recorded.
     pub not_damage: Vec<String>,
@@ -89,7 +92,7 @@ impl VerifyReport {
     /// Whether everything checked is well.
     #[must_use]
     pub fn clean(&self) -> bool {
-        self.damaged.is_empty()
+        self.damaged.is_empty() && self.catalogue.is_empty()
     }
 }
 
@@ -138,7 +141,10 @@ pub fn verify(
 ) -> Result<VerifyReport> {
     let started = Instant::now();
     let store = Store::open(root, OpenMode::Read)?;
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport {
+        catalogue: store.compare_root_files()?,
+        ..VerifyReport::default()
+    };
     let all_points = store.points()?;
     let chosen: Vec<&RecoveryPoint> = all_points
         .iter()

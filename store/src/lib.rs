@@ -73,6 +73,7 @@
 //! before the swap still runs (the next collection deletes them): a restore or verify finishes
 //! what it started, and a chunk that gc moved is never reported as damage.
 
+mod agree;
 pub mod chunk;
 pub mod config;
 pub mod error;

@@ -41,6 +41,7 @@ pub struct Store {
     /// A read-only open is a registered reader for as long as it lives (`readers`).
     _reader: Option<crate::readers::ReaderGuard>,
     files: Mutex<HashMap<PackId, Arc<File>>>,
+    warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for Store {
@@ -64,17 +65,44 @@ fn db_options() -> Options {
     o
 }
 
-fn open_db(root: &Path, read_only: bool) -> Result<DB> {
+fn open_db(root: &Path, read_only: bool) -> Result<(DB, Option<String>)> {
+    open_index(root, read_only, false)
+}
+
+/// Opens the index; only `init` and a rebuild create one (`create`): a writer that found the
+/// folder gone would otherwise start an empty index and the store would pass for empty.
+fn open_index(root: &Path, read_only: bool, create: bool) -> Result<(DB, Option<String>)> {
     let path = root.join("index");
+    let rebuilding = root.join(REBUILD_MARKER);
+    if !create && rebuilding.exists() {
+        return Err(Error::Config {
+            path: rebuilding,
+            what: "an index rebuild did not finish: the index is incomplete; run `cairn repair \
+                   --rebuild-index` again"
+                .into(),
+        });
+    }
     if read_only {
         return crate::view::open_read_only(root, &db_options());
+    }
+    if !create && !path.join("CURRENT").exists() {
+        return Err(Error::Config {
+            path,
+            what: "the index is missing: rebuild it from the packs and root files with `cairn \
+                   repair --rebuild-index`"
+                .into(),
+        });
     }
     let cfs = COLUMN_FAMILIES
         .iter()
         .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
     DB::open_cf_descriptors(&db_options(), &path, cfs)
+        .map(|db| (db, None))
         .map_err(|source| Error::Index { path, source })
 }
+
+/// Present while an index rebuild runs: nothing else opens the index then.
+pub const REBUILD_MARKER: &str = "index.rebuilding";
 
 impl Store {
     /// Writes `batch` synced and notes the commit for readers (see [`crate::view`]).
@@ -188,7 +216,7 @@ impl Store {
                     .map_err(Error::io(root, "creating the store"))?;
             }
         }
-        let db = open_db(root, false)?;
+        let (db, _) = open_index(root, false, true)?;
         if let Some(meta) = db.cf_handle(CF_META) {
             db.put_cf_opt(meta, META_REFCOUNTS, b"1", &sync_write())
                 .map_err(|source| Error::Index {
@@ -214,20 +242,30 @@ impl Store {
             OpenMode::Read => (None, Some(crate::readers::register(root)?)),
             OpenMode::Write { wait } => (Some(WriteLock::acquire(root, wait)?), None),
         };
-        let db = open_db(root, lock.is_none())?;
-        let store = Self {
+        let (db, behind) = open_db(root, lock.is_none())?;
+        let mut store = Self {
             root: root.to_path_buf(),
             config,
             db,
             lock,
             _reader: reader,
             files: Mutex::new(HashMap::new()),
+            warnings: Vec::new(),
         };
+        if store.lock.is_none() {
+            store.warnings = store.reconcile(false)?;
+            store.warnings.extend(behind);
+        }
         if store.lock.is_some() {
             if !store.refcounts_ready()? {
                 store.recount()?;
             }
-            store.publish_orphan_roots()?;
+            crate::run::abandon_unfinished(&store.root)?;
+            // Temporary files of root files whose write was killed before its rename.
+            for tmp in files_under(&store.root.join("points"), "tmp")? {
+                std::fs::remove_file(&tmp).map_err(Error::io(&tmp, "removing a temporary file"))?;
+            }
+            store.warnings = store.reconcile(true)?;
             store.finish_protects()?;
             // This index is the truth now (whatever an earlier note says).
             crate::view::note_commit(&store.root, &store.db);
@@ -492,42 +530,11 @@ impl Store {
         Ok(())
     }
 
-    /// Publishes root files that exist but are not in the catalogue (a writer that died between
-    /// writing its root file and its catalogue batch: the point is complete, its chunks durable;
-    /// or a forget that died between its catalogue batch and removing the root file: the point
-    /// comes back, whole). Only root files whose id the catalogue lacks are parsed.
-    fn publish_orphan_roots(&self) -> Result<()> {
-        crate::run::abandon_unfinished(&self.root)?;
-        // Temporary files of root files whose write was killed before its rename.
-        for tmp in files_under(&self.root.join("points"), "tmp")? {
-            std::fs::remove_file(&tmp).map_err(Error::io(&tmp, "removing a temporary file"))?;
-        }
-        let cf = self.cf(CF_POINTS)?;
-        let mut orphans = Vec::new();
-        for path in files_under(&self.root.join("points"), "json")? {
-            let id = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.rsplit('-').next())
-                .and_then(|id| point_key(id).ok());
-            let known = match id {
-                Some(k) => self.db.get_cf(cf, k).map_err(self.index_err())?.is_some(),
-                None => false,
-            };
-            if !known {
-                orphans.push(read_root_file(&path)?);
-            }
-        }
-        if orphans.is_empty() {
-            return Ok(());
-        }
-        let mut batch = WriteBatch::default();
-        for p in &orphans {
-            batch.put_cf(cf, point_key(&p.id)?, to_json(p, "a catalogue entry")?);
-        }
-        let changes: Vec<(&RecoveryPoint, i64)> = orphans.iter().map(|p| (p, 1)).collect();
-        self.count_refs(&mut batch, &changes)?;
-        self.write_synced(batch)
+    /// What the last open found amiss between root files and catalogue (see `agree`), and
+    /// root files it could not read.
+    #[must_use]
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Every root file under `points/`, parsed.
@@ -547,6 +554,8 @@ impl Store {
         StoreConfig::load(root)?;
         let lock = WriteLock::acquire(root, wait)?;
         let index = root.join("index");
+        // Until the rebuild is done, the index is incomplete: every other open refuses it.
+        write_atomic(&root.join(REBUILD_MARKER), b"rebuilding the index\n")?;
         if index.exists() {
             let aside = root.join(format!(
                 "index.old-{}",
@@ -555,7 +564,7 @@ impl Store {
             std::fs::rename(&index, &aside)
                 .map_err(Error::io(&index, "moving the old index aside"))?;
         }
-        let db = open_db(root, false)?;
+        let (db, _) = open_index(root, false, true)?;
         let err = |source| Error::Index {
             path: index.clone(),
             source,
@@ -644,7 +653,18 @@ impl Store {
         }
         let mut batch = WriteBatch::default();
         crate::run::abandon_unfinished(root)?;
-        for (_, p) in scan_root_files(root)? {
+        for path in files_under(&root.join("points"), "json")? {
+            let p = match read_root_file(&path) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Left in place for a look; the point is not in the rebuilt catalogue.
+                    report
+                        .problems
+                        .push(format!("{e}: the point is left out of the index"));
+                    report.points_left_out += 1;
+                    continue;
+                }
+            };
             batch.put_cf(
                 points_cf,
                 point_key(&p.id)?,
@@ -654,6 +674,9 @@ impl Store {
         }
         db.write_opt(batch, &sync_write()).map_err(err)?;
         drop(db);
+        let marker = root.join(REBUILD_MARKER);
+        std::fs::remove_file(&marker).map_err(Error::io(&marker, "ending the rebuild"))?;
+        sync_dir(root)?;
         drop(lock);
         // Opening for writing counts the references of every point afresh (the new index has
         // no counts yet).
@@ -685,6 +708,9 @@ pub struct RebuildReport {
     pub chunks: u64,
     /// Recovery points catalogued.
     pub points: u64,
+    /// Root files that could not be read: their points are not in the index (listed in
+    /// `problems`).
+    pub points_left_out: u64,
     /// Torn or damaged packs (reported, not fatal).
     pub problems: Vec<String>,
 }
@@ -720,7 +746,7 @@ fn scan_root_files(root: &Path) -> Result<Vec<(PathBuf, RecoveryPoint)>> {
     Ok(out)
 }
 
-fn read_root_file(path: &Path) -> Result<RecoveryPoint> {
+pub(crate) fn read_root_file(path: &Path) -> Result<RecoveryPoint> {
     let bytes = std::fs::read(path).map_err(Error::io(path, "reading a root file"))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::Point(format!("{}: unreadable root file: {e}", path.display())))

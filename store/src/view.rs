@@ -35,6 +35,11 @@ use crate::index::COLUMN_FAMILIES;
 /// How long a read-only open keeps trying.
 pub const RETRY_FOR: Duration = Duration::from_secs(10);
 
+/// How long a read-only open that stays behind the note keeps trying before it takes the index
+/// as it is (and says so): a race is over in milliseconds; an index that lost commits (a
+/// damaged log) stays behind.
+pub const BEHIND_FOR: Duration = Duration::from_secs(2);
+
 /// The note's file name.
 pub const NOTE_FILE: &str = "index.seq";
 
@@ -112,7 +117,7 @@ fn retryable(kind: ErrorKind) -> bool {
 /// # Errors
 /// A missing index; an open that fails for longer than [`RETRY_FOR`], or fails in a way no
 /// retry mends; an index that stays behind the last commit noted.
-pub(crate) fn open_read_only(root: &Path, options: &Options) -> Result<DB> {
+pub(crate) fn open_read_only(root: &Path, options: &Options) -> Result<(DB, Option<String>)> {
     let path = root.join("index");
     if !path.join("CURRENT").exists() {
         return Err(Error::Config {
@@ -138,13 +143,18 @@ pub(crate) fn open_read_only(root: &Path, options: &Options) -> Result<DB> {
                     .map(|(_, seq)| seq)
                     .filter(|seq| have < *seq);
                 match behind {
-                    None => return Ok(db),
-                    Some(seq) => format!(
-                        "the index opened at sequence {have}, but a commit at sequence {seq} \
-                         had returned ({} says so; if the index was restored by hand, remove \
-                         that file)",
-                        root.join(NOTE_FILE).display()
-                    ),
+                    None => return Ok((db, None)),
+                    Some(seq) if started.elapsed() >= BEHIND_FOR => {
+                        let said = format!(
+                            "the index is at sequence {have}, but a commit at sequence {seq} had \
+                             returned ({}): the index lost commits (a damaged log?); `cairn \
+                             verify` lists the root files it lacks, and the next command that \
+                             writes to the store publishes them",
+                            root.join(NOTE_FILE).display()
+                        );
+                        return Ok((db, Some(said)));
+                    }
+                    Some(seq) => format!("the index is behind a commit at sequence {seq}"),
                 }
             }
             Err(e) if retryable(e.kind()) => e.to_string(),

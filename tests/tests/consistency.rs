@@ -255,3 +255,161 @@ fn a_lost_pack_is_never_referenced_by_a_new_point_and_a_key_backup_replaces_it()
     store.restore(&id(&p), &restored, "raw");
     cairn_tests::assert_same_content(&restored, &b, true);
 }
+
+fn three_points(store: &Store, work: &Path) -> (Vec<String>, PathBuf) {
+    let a = work.join("a.raw");
+    gen_disk(&a, "2M", 1, 1, 0);
+    let ids = (0..3)
+        .map(|d| id(&store.backup("v", &format!("2026-11-2{d}T02:00:00Z"), "xvda", &a, &[])))
+        .collect();
+    (ids, a)
+}
+
+fn err_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_lost_or_half_built_index_never_passes_for_an_empty_store() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let (ids, a) = three_points(&store, work.path());
+    // The index folder deleted: no command starts an empty one; repair rebuilds it.
+    let index = store.path().join("index");
+    std::fs::rename(&index, work.path().join("index.gone")).expect("move the index away");
+    let src = format!("xvda={}", a.display());
+    for args in [&["backup", "--vm", "v", &src][..], &["list"], &["verify"]] {
+        let out = run(&mut store.cmd(args));
+        assert!(!out.status.success(), "{args:?} ran on a missing index");
+        assert!(err_of(&out).contains("--rebuild-index"), "{}", err_of(&out));
+    }
+    assert!(!index.exists(), "a command created an empty index");
+    ok(&mut store.cmd(&["repair", "--rebuild-index"]));
+    assert_eq!(store.list().len(), 3);
+
+    // A rebuild killed half way: every command refuses the incomplete index until a rebuild
+    // finishes.
+    let args: Vec<&OsStr> = ["repair", "--rebuild-index"]
+        .into_iter()
+        .map(OsStr::new)
+        .collect();
+    let mut refused = 0;
+    for when in 1.. {
+        assert!(when < 200, "the rebuild never finished");
+        let status = store.killed_at("fsync,fdatasync", when, &args);
+        if status.success() {
+            break;
+        }
+        let list = run(&mut store.cmd(&["list", "--json"]));
+        if list.status.success() {
+            // Not yet started (or finished): the index is whole.
+            assert_eq!(
+                json(&String::from_utf8_lossy(&list.stdout))
+                    .as_array()
+                    .map(Vec::len),
+                Some(3),
+                "kill #{when}"
+            );
+        } else {
+            refused += 1;
+            assert!(
+                err_of(&list).contains("rebuild did not finish"),
+                "{}",
+                err_of(&list)
+            );
+            let b = run(&mut store.cmd(&["backup", "--vm", "v", &src]));
+            assert!(!b.status.success(), "a backup ran on a half-built index");
+        }
+        ok(&mut store.cmd(&["repair", "--rebuild-index"]));
+        assert_eq!(store.list().len(), 3, "kill #{when}");
+    }
+    assert!(refused > 0, "no kill landed inside the rebuild");
+    let _ = ids;
+}
+
+#[test]
+fn root_files_and_index_that_disagree_are_reported_and_settled() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let (ids, a) = three_points(&store, work.path());
+    // A root file deleted by hand: readers say so, verify fails, a writer writes it again.
+    let gone = root_file(&store, &ids[1]);
+    let kept = std::fs::read(&gone).expect("read");
+    std::fs::remove_file(&gone).expect("remove");
+    let list = run(&mut store.cmd(&["list"]));
+    assert!(
+        err_of(&list).contains("root file is gone"),
+        "{}",
+        err_of(&list)
+    );
+    let v = run(&mut store.cmd(&["verify"]));
+    assert_eq!(v.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("root file is gone"));
+    let w = run(&mut store.cmd(&["policy", "set", "--vm", "v", "--key-interval", "0"]));
+    assert!(err_of(&w).contains("written again"), "{}", err_of(&w));
+    assert_eq!(std::fs::read(&gone).expect("written again"), kept);
+    ok(&mut store.cmd(&["verify"]));
+
+    // The index loses its last commits (its write-ahead log cut short): the root files say
+    // otherwise; readers warn, verify fails, the next writer publishes them.
+    let logs: Vec<PathBuf> = std::fs::read_dir(store.path().join("index"))
+        .expect("index")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    let before = store.list().len();
+    let p4 = store.backup("v", "2026-11-23T02:00:00Z", "xvda", &a, &[]);
+    let logs_now: Vec<PathBuf> = std::fs::read_dir(store.path().join("index"))
+        .expect("index")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log") && !logs.contains(p))
+        .collect();
+    for l in &logs_now {
+        let len = std::fs::metadata(l).expect("log").len();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(l)
+            .expect("open");
+        f.set_len(len / 2).expect("cut the log");
+    }
+    let list = run(&mut store.cmd(&["list", "--json"]));
+    let shown = json(&String::from_utf8_lossy(&list.stdout))
+        .as_array()
+        .map_or(0, Vec::len);
+    if shown == before {
+        // The commit was lost from the index: said loudly, and verify fails.
+        assert!(
+            err_of(&list).contains("not in the index"),
+            "{}",
+            err_of(&list)
+        );
+        let v = run(&mut store.cmd(&["verify"]));
+        assert_eq!(
+            v.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+    }
+    ok(&mut store.cmd(&["policy", "set", "--vm", "v", "--key-interval", "0"]));
+    assert!(
+        store.list().iter().any(|q| id(q) == id(&p4)),
+        "the lost commit was not published"
+    );
+    ok(&mut store.cmd(&["verify"]));
+
+    // A root file damaged: verify names it; a rebuild leaves its point out and says so.
+    let bad = root_file(&store, &ids[0]);
+    std::fs::write(&bad, b"{ not json").expect("damage");
+    let v = run(&mut store.cmd(&["verify"]));
+    assert_eq!(v.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("unreadable root file"));
+    let r = json(&ok(&mut store.cmd(&[
+        "repair",
+        "--rebuild-index",
+        "--json",
+    ])));
+    assert_eq!(r["points_left_out"], 1, "{r}");
+}

@@ -72,7 +72,7 @@ fn a_run_killed_at_any_step_publishes_all_its_disks_or_none() {
             assert!(before == 0 || before == 2, "{at}: readers see {before}");
             // The next writer finishes or abandons the run; so does an index rebuild.
             other_runs += 1;
-            let t = format!("2026-11-{:02}T02:00:00Z", 1 + other_runs % 28);
+            let t = format!("2026-10-{:02}T02:00:00Z", 1 + other_runs % 28);
             store.backup("other", &t, "xvda", &other, &[]);
             let n = check(&store, &disks, w, &at);
             ok(&mut store.cmd(&["repair", "--rebuild-index"]));

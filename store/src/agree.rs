@@ -1,0 +1,167 @@
+//! The root files and the catalogue agree, or the store says so.
+//!
+//! Root files are the truth; the catalogue is their index. They can part: a writer killed
+//! between a root file and its catalogue batch (the next writer publishes the point), a write-
+//! ahead log damaged so that the last batch is lost (the same), a root file deleted by hand
+//! (the catalogue still has the point's record, and a writer writes the root file again from
+//! it), a root file damaged so that it cannot be read (reported; it is left in place and out of
+//! the catalogue). Every open compares the two cheaply (the root files' names against the
+//! catalogue's keys, no file read unless they differ): a writer settles what it can and
+//! reports it; a reader reports what it finds. `verify` compares them fully.
+
+use std::collections::HashSet;
+
+use rocksdb::{IteratorMode, WriteBatch};
+
+use crate::error::Result;
+use crate::index::{CF_POINTS, to_json};
+use crate::point::RecoveryPoint;
+use crate::store::{Store, files_under, point_key, read_root_file, write_atomic};
+
+impl Store {
+    /// Compares root files and catalogue; a writer (`settle`) publishes root files the
+    /// catalogue lacks and writes again root files that are gone. Returns what it found.
+    ///
+    /// # Errors
+    /// Index and I/O errors.
+    pub(crate) fn reconcile(&self, settle: bool) -> Result<Vec<String>> {
+        let cf = self.cf(CF_POINTS)?;
+        let mut catalogued: HashSet<String> = HashSet::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, _) = item.map_err(self.index_err())?;
+            catalogued.insert(hex::encode(&k));
+        }
+        let mut on_disk: HashSet<String> = HashSet::new();
+        let mut orphans = Vec::new();
+        let mut warnings = Vec::new();
+        for path in files_under(&self.root.join("points"), "json")? {
+            let id = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.rsplit('-').next())
+                .map(str::to_owned)
+                .unwrap_or_default();
+            if catalogued.contains(&id) {
+                on_disk.insert(id);
+                continue;
+            }
+            match read_root_file(&path) {
+                Ok(p) => {
+                    on_disk.insert(p.id.clone());
+                    orphans.push(p);
+                }
+                Err(e) => warnings.push(format!(
+                    "{e}; the point is not in the index (`cairn verify` lists it)"
+                )),
+            }
+        }
+        let gone: Vec<String> = catalogued.difference(&on_disk).cloned().collect();
+        if !settle {
+            // While a writer runs, its next root file may be ahead of its catalogue batch.
+            if !orphans.is_empty() && !crate::lock::writer_active(&self.root) {
+                warnings.push(format!(
+                    "{} root file(s) are not in the index (a writer was interrupted, or the \
+                     index lost its last commit); the next command that writes to the store \
+                     settles them",
+                    orphans.len()
+                ));
+            }
+            for id in &gone {
+                warnings.push(format!(
+                    "point {} is in the index but its root file is gone; the next command that \
+                     writes to the store writes it again",
+                    &id[..12.min(id.len())]
+                ));
+            }
+            return Ok(warnings);
+        }
+        if !orphans.is_empty() {
+            let mut batch = WriteBatch::default();
+            for p in &orphans {
+                batch.put_cf(cf, point_key(&p.id)?, to_json(p, "a catalogue entry")?);
+            }
+            let changes: Vec<(&RecoveryPoint, i64)> = orphans.iter().map(|p| (p, 1)).collect();
+            self.count_refs(&mut batch, &changes)?;
+            self.write_synced(batch)?;
+        }
+        for id in &gone {
+            let Some(bytes) = self
+                .db
+                .get_cf(cf, point_key(id)?)
+                .map_err(self.index_err())?
+            else {
+                continue;
+            };
+            let p: RecoveryPoint = serde_json::from_slice(&bytes)
+                .map_err(|e| self.corrupt(CF_POINTS, id.as_bytes())(e.to_string()))?;
+            write_atomic(&self.root.join(p.root_file()), &bytes)?;
+            warnings.push(format!(
+                "the root file of point {} ({}/{}) was gone: written again from the index",
+                p.short_id(),
+                p.vm,
+                p.disk
+            ));
+        }
+        Ok(warnings)
+    }
+}
+
+impl Store {
+    /// Compares every root file with the catalogue, fully (every root file read): a root file
+    /// that cannot be read, one the catalogue lacks or says otherwise, a catalogue entry
+    /// without its root file. Empty when they agree.
+    ///
+    /// # Errors
+    /// Index and I/O errors.
+    pub fn compare_root_files(&self) -> Result<Vec<String>> {
+        let cf = self.cf(CF_POINTS)?;
+        let mut problems = Vec::new();
+        let mut seen = HashSet::new();
+        for path in files_under(&self.root.join("points"), "json")? {
+            let p = match read_root_file(&path) {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(format!("{e}: the point is not in the index"));
+                    continue;
+                }
+            };
+            seen.insert(p.id.clone());
+            match self
+                .db
+                .get_cf(cf, point_key(&p.id)?)
+                .map_err(self.index_err())?
+            {
+                None => problems.push(format!(
+                    "{}: point {} is not in the index",
+                    path.display(),
+                    p.short_id()
+                )),
+                Some(entry) => {
+                    let same =
+                        serde_json::from_slice::<RecoveryPoint>(&entry).is_ok_and(|c| c == p);
+                    if !same {
+                        problems.push(format!(
+                            "{}: point {} says otherwise than its index entry",
+                            path.display(),
+                            p.short_id()
+                        ));
+                    }
+                }
+            }
+        }
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item.map_err(self.index_err())?;
+            let id = hex::encode(&k);
+            if !seen.contains(&id) {
+                let what = serde_json::from_slice::<RecoveryPoint>(&v)
+                    .map(|p| format!("{}/{} {}", p.vm, p.disk, p.time.to_rfc3339()))
+                    .unwrap_or_default();
+                problems.push(format!(
+                    "point {} ({what}) is in the index but its root file is gone",
+                    &id[..12.min(id.len())]
+                ));
+            }
+        }
+        Ok(problems)
+    }
+}
