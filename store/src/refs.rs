@@ -165,11 +165,17 @@ impl Store {
         Ok(warnings)
     }
 
-    /// Rebuilds every reference count and the garbage list from the catalogued points. Refuses
-    /// (changing nothing) when a tree segment cannot be read: its chunks would look unused.
+    /// Rebuilds every reference count and the garbage list from the catalogued points.
+    ///
+    /// A tree segment that cannot be read (its pack lost or damaged) names chunks nobody can
+    /// list: so that none of them is taken for garbage, every indexed chunk that no readable
+    /// segment names is then held (counted once), the unreadable segments are marked missing
+    /// (verify lists what they damage; a backup that writes one again heals it), and the store
+    /// remembers them: the first writer that finds one readable again counts afresh. The store
+    /// stays writable whatever was lost.
     ///
     /// # Errors
-    /// An unreadable segment, index errors.
+    /// Index errors.
     pub fn recount(&self) -> Result<()> {
         self.require_writer()?;
         let mut counts: HashMap<ChunkId, u64> = HashMap::new();
@@ -180,15 +186,18 @@ impl Store {
                 segments.insert(seg);
             }
         }
+        let mut unreadable: Vec<(ChunkId, String)> = Vec::new();
         for seg in &segments {
-            let bytes = self.read_chunk(seg).map_err(|e| {
-                Error::Point(format!(
-                    "cannot count references: tree segment {seg} is unreadable ({e}); \
-                     run `cairn verify` and a key backup to heal it"
-                ))
-            })?;
-            for id in segment_chunks(&bytes).map_err(Error::Point)? {
-                *counts.entry(id).or_default() += 1;
+            let ids = self
+                .read_chunk(seg)
+                .and_then(|bytes| segment_chunks(&bytes).map_err(Error::Point));
+            match ids {
+                Ok(ids) => {
+                    for id in ids {
+                        *counts.entry(id).or_default() += 1;
+                    }
+                }
+                Err(e) => unreadable.push((*seg, e.to_string())),
             }
         }
         // Frames that a fresh copy superseded (a heal, a rebuild that found a chunk twice) are
@@ -217,11 +226,62 @@ impl Store {
             let (k, v) = item.map_err(self.index_err())?;
             let id = fixed_key::<32>(&k).map_err(self.corrupt(CF_CHUNKS, &k))?;
             let loc = self.decode_location(&k, &v)?;
-            if !counts.contains_key(&ChunkId(id)) {
+            if counts.contains_key(&ChunkId(id)) {
+                continue;
+            }
+            if unreadable.is_empty() {
                 batch.put_cf(garbage_cf, garbage_key(loc.pack, loc.offset), id);
+            } else {
+                // Perhaps named by an unreadable segment: held, never garbage.
+                batch.put_cf(refs_cf, id, 1u64.to_be_bytes());
             }
         }
-        batch.put_cf(self.cf(CF_META)?, META_REFCOUNTS, b"1");
+        let bad_cf = self.cf(crate::index::CF_BAD)?;
+        let now = chrono::Utc::now().to_rfc3339();
+        for (seg, what) in &unreadable {
+            let mark = crate::index::BadMark {
+                what: format!("tree segment unreadable: {what}"),
+                location: None,
+                found: now.clone(),
+            };
+            batch.put_cf(
+                bad_cf,
+                seg.0,
+                crate::index::to_json(&mark, "a bad-chunk mark")?,
+            );
+        }
+        let state = if unreadable.is_empty() {
+            "1".to_owned()
+        } else {
+            let ids: Vec<String> = unreadable.iter().map(|(s, _)| s.to_hex()).collect();
+            format!("partial:{}", ids.join(","))
+        };
+        batch.put_cf(self.cf(CF_META)?, META_REFCOUNTS, state.as_bytes());
         self.write_synced(batch)
+    }
+
+    /// Whether the counts were made while tree segments were unreadable and one of them can be
+    /// read now (a backup wrote it again): then they are counted afresh.
+    pub(crate) fn recount_due(&self) -> Result<bool> {
+        let state = self
+            .db
+            .get_cf(self.cf(CF_META)?, META_REFCOUNTS)
+            .map_err(self.index_err())?;
+        let Some(list) = state
+            .as_deref()
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.strip_prefix("partial:"))
+            .map(str::to_owned)
+        else {
+            return Ok(false);
+        };
+        for hex in list.split(',') {
+            if let Some(id) = ChunkId::from_hex(hex)
+                && self.read_chunk(&id).is_ok()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }

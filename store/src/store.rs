@@ -257,7 +257,7 @@ impl Store {
             store.warnings.extend(behind);
         }
         if store.lock.is_some() {
-            if !store.refcounts_ready()? {
+            if !store.refcounts_ready()? || store.recount_due()? {
                 store.recount()?;
             }
             crate::run::abandon_unfinished(&store.root)?;
