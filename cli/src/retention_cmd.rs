@@ -489,6 +489,13 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
         if r.dry_run && r.orphan_packs > 0 {
             println!("note: unindexed packs belong to killed backups, or to a backup running now");
         }
+        if r.rewrites_skipped_for_space > 0 {
+            println!(
+                "{} not rewritten: the disk has no room for their live chunks now (free space, \
+                 then run gc again)",
+                crate::vhd_cmd::count(r.rewrites_skipped_for_space, "pack")
+            );
+        }
         if r.readers_waited_for > 0 {
             println!(
                 "{} of old packs left in place for {} that started before the swap; the next \

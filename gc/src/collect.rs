@@ -81,6 +81,9 @@ pub struct GcReport {
     pub readers_waited_for: u64,
     /// Bytes of those packs (not counted in `bytes_freed`).
     pub bytes_left_for_readers: u64,
+    /// Packs that were to be rewritten but were left as they are: the disk had no room for
+    /// their live chunks (their garbage is counted in `garbage_bytes_kept`).
+    pub rewrites_skipped_for_space: u64,
     /// Live chunks found corrupt while copying: their pack is left alone and they are marked bad.
     pub bad_chunks: Vec<String>,
     /// Seconds spent planning (read-only, beside backups).
@@ -91,6 +94,34 @@ pub struct GcReport {
     pub wait_seconds: f64,
     /// Seconds holding the write lock (check, index batch, deleting files).
     pub sweep_seconds: f64,
+}
+
+impl GcReport {
+    /// This report followed by `next` (a second pass of the same collection).
+    fn then(self, next: Self) -> Self {
+        Self {
+            dry_run: self.dry_run,
+            garbage_frames: self.garbage_frames,
+            packs_deleted: self.packs_deleted + next.packs_deleted,
+            packs_rewritten: self.packs_rewritten + next.packs_rewritten,
+            packs_written: self.packs_written + next.packs_written,
+            chunks_freed: self.chunks_freed + next.chunks_freed,
+            bytes_copied: self.bytes_copied + next.bytes_copied,
+            bytes_freed: self.bytes_freed + next.bytes_freed,
+            orphan_packs: self.orphan_packs + next.orphan_packs,
+            garbage_freed: self.garbage_freed + next.garbage_freed,
+            orphan_bytes: self.orphan_bytes + next.orphan_bytes,
+            garbage_bytes_kept: next.garbage_bytes_kept,
+            readers_waited_for: self.readers_waited_for.max(next.readers_waited_for),
+            bytes_left_for_readers: self.bytes_left_for_readers + next.bytes_left_for_readers,
+            rewrites_skipped_for_space: next.rewrites_skipped_for_space,
+            bad_chunks: [self.bad_chunks, next.bad_chunks].concat(),
+            plan_seconds: self.plan_seconds + next.plan_seconds,
+            copy_seconds: self.copy_seconds + next.copy_seconds,
+            wait_seconds: self.wait_seconds + next.wait_seconds,
+            sweep_seconds: self.sweep_seconds + next.sweep_seconds,
+        }
+    }
 }
 
 /// What to do with a pack.
@@ -137,7 +168,11 @@ impl Drop for GcLock {
 }
 
 /// Plans from the garbage list: which packs to delete or rewrite.
-fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Result<HashMap<PackId, Action>> {
+/// The plan: what to do with each pack, and the live bytes of each pack with garbage (what a
+/// rewrite copies).
+type Plan = (HashMap<PackId, Action>, HashMap<PackId, u64>);
+
+fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Result<Plan> {
     let garbage = store.garbage()?;
     report.garbage_frames = garbage.len() as u64;
     let infos = store.pack_infos()?;
@@ -174,6 +209,7 @@ fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Result<HashMa
         e.1 += FRAME_HEADER_SIZE + u64::from(h.stored_len);
     }
     let mut actions = HashMap::new();
+    let mut live_bytes = HashMap::new();
     // Packs with garbage among live chunks: (garbage bytes, live share, pack).
     let mut mixed: Vec<(u64, f64, PackId)> = Vec::new();
     for (pack, (frames, bytes)) in dead {
@@ -185,6 +221,7 @@ fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Result<HashMa
         if frames >= info.chunks {
             actions.insert(pack, Action::Delete);
         } else {
+            live_bytes.insert(pack, live);
             mixed.push((bytes, live as f64 / body as f64, pack));
         }
     }
@@ -214,7 +251,7 @@ fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Result<HashMa
             }
         }
     }
-    Ok(actions)
+    Ok((actions, live_bytes))
 }
 
 /// The header of the frame at `offset` (its payload is not read).
@@ -226,9 +263,35 @@ fn frame_header(f: &File, path: &Path, offset: u64) -> Result<pack::FrameHeader>
     pack::FrameHeader::decode(&hb).map_err(Error::Refused)
 }
 
+/// The packs a collection wrote, removed when it fails before its sweep indexed them (a full
+/// disk must not be left fuller by a half-done rewrite).
+#[derive(Default)]
+struct Created {
+    paths: std::cell::RefCell<Vec<PathBuf>>,
+    indexed: std::cell::Cell<bool>,
+}
+
+impl Created {
+    fn add(&self, path: PathBuf) {
+        self.paths.borrow_mut().push(path);
+    }
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if !self.indexed.get() {
+            for p in self.paths.borrow().iter() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
 /// Copies live frames of packs being rewritten into new packs.
 struct Copier<'a> {
     store: &'a Store,
+    /// Every pack this collection created, until its sweep indexes them (see [`Created`]).
+    created: &'a Created,
     writer: Option<PackWriter>,
     written: Vec<(PackId, PathBuf, PackInfo)>,
     moved: HashMap<ChunkId, (Location, Location)>,
@@ -236,9 +299,10 @@ struct Copier<'a> {
 }
 
 impl<'a> Copier<'a> {
-    fn new(store: &'a Store) -> Self {
+    fn new(store: &'a Store, created: &'a Created) -> Self {
         Self {
             store,
+            created,
             writer: None,
             written: Vec::new(),
             moved: HashMap::new(),
@@ -268,7 +332,9 @@ impl<'a> Copier<'a> {
             self.seal()?;
         }
         if self.writer.is_none() {
-            self.writer = Some(PackWriter::create(&self.store.packs_dir())?);
+            let w = PackWriter::create(&self.store.packs_dir())?;
+            self.created.add(w.id().path(&self.store.packs_dir()));
+            self.writer = Some(w);
         }
         let Some(w) = self.writer.as_mut() else {
             return Err(Error::Refused("no open pack".into()));
@@ -401,7 +467,18 @@ pub fn collect(root: &Path, opts: &GcOptions, progress: &dyn Fn(&str)) -> Result
         dry_run: opts.dry_run,
         ..GcReport::default()
     };
-    collect_inner(root, opts, report, started)
+    if opts.dry_run {
+        return collect_inner(root, opts, report, started);
+    }
+    // Free before copying: packs with nothing live are deleted first (and orphan packs), so a
+    // nearly full disk gets room before any rewrite needs it.
+    let deletes_only = GcOptions {
+        dry_run: false,
+        repack: Repack::Below(0.0),
+    };
+    let first = collect_inner(root, &deletes_only, report, started)?;
+    let second = collect_inner(root, opts, GcReport::default(), Instant::now())?;
+    Ok(first.then(second))
 }
 
 fn collect_inner(
@@ -412,7 +489,7 @@ fn collect_inner(
 ) -> Result<GcReport> {
     // 1. Plan from a read-only view: never blocks or waits for a backup.
     let ro = Store::open(root, OpenMode::Read)?;
-    let actions = plan(&ro, opts, &mut report)?;
+    let (actions, live_bytes) = plan(&ro, opts, &mut report)?;
     report.plan_seconds = started.elapsed().as_secs_f64();
     if opts.dry_run {
         // What the run would do, step for step: the same packs, the same frames copied in the
@@ -453,9 +530,32 @@ fn collect_inner(
         }
         return Ok(report);
     }
+    // Room for the copies: a rewrite needs its live bytes on disk before the old pack goes.
+    // Rewrites that do not fit are left for later (most garbage per byte copied first).
+    let mut actions = actions;
+    let mut rewrites: Vec<(PackId, u64)> = actions
+        .iter()
+        .filter(|(_, a)| **a == Action::Rewrite)
+        .map(|(p, _)| (*p, live_bytes.get(p).copied().unwrap_or(u64::MAX)))
+        .collect();
+    rewrites.sort_by_key(|(p, live)| (*live, *p));
+    // Room kept for the index's own writes, and frame headers.
+    let margin = 1 << 20;
+    let mut room = fs2::available_space(ro.packs_dir())
+        .unwrap_or(u64::MAX)
+        .saturating_sub(margin);
+    for (pack, size) in rewrites {
+        if size <= room {
+            room -= size;
+        } else {
+            actions.remove(&pack);
+            report.rewrites_skipped_for_space += 1;
+        }
+    }
     // 2. Copy the live chunks of packs to rewrite, still read-only: backups go on.
     let copy_started = Instant::now();
-    let mut copier = Copier::new(&ro);
+    let created = Created::default();
+    let mut copier = Copier::new(&ro, &created);
     let mut skip: HashSet<PackId> = HashSet::new();
     let mut bad: Vec<(ChunkId, BadMark)> = Vec::new();
     for (pack, action) in &actions {
@@ -497,7 +597,7 @@ fn collect_inner(
     let store = Store::open(root, OpenMode::Write { wait: true })?;
     report.wait_seconds = wait_started.elapsed().as_secs_f64();
     let sweep_started = Instant::now();
-    let mut copier = Copier::new(&store);
+    let mut copier = Copier::new(&store, &created);
     copier.writer = open_writer.take();
     copier.moved = std::mem::take(&mut moved);
     copier.written = std::mem::take(&mut written);
@@ -565,6 +665,7 @@ fn collect_inner(
     report.packs_written = copier.written.len() as u64;
     report.bytes_copied = copier.bytes;
     store.sweep(&sweep)?;
+    created.indexed.set(true);
     if !bad.is_empty() {
         store.mark_bad(
             &bad.into_iter()

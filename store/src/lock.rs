@@ -67,13 +67,13 @@ impl WriteLock {
                 .trim(),
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
-        file.set_len(0)
-            .map_err(Error::io(&path, "writing the lock file"))?;
-        file.seek(SeekFrom::Start(0))
-            .map_err(Error::io(&path, "writing the lock file"))?;
-        file.write_all(me.as_bytes())
-            .map_err(Error::io(&path, "writing the lock file"))?;
-        let _ = file.sync_data();
+        // Who holds it is a courtesy: the flock is the lock. On a full disk the note may not
+        // fit, and the writer that would free space must still get in.
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(me.as_bytes()))
+            .and_then(|()| file.sync_data());
         Ok(Self { file, stale })
     }
 }

@@ -1,0 +1,148 @@
+//! Garbage collection on a nearly full disk: it frees whole dead packs before it copies
+//! anything, skips the rewrites that do not fit, leaves no partial pack behind, and the store
+//! stays writable (a small tmpfs filled with `fallocate`; needs root, as the test machines give).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_tests::{cairn, id, json, num, ok, run};
+
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(at).expect("mkdir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn random(path: &Path, mib: usize, seed: u8) {
+    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let bytes: Vec<u8> = (0..mib << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(path, bytes).expect("write");
+}
+
+fn packs(store: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![store.join("packs")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("packs").flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+fn free_bytes(path: &Path) -> u64 {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%a %S"])
+        .arg(path)
+        .output()
+        .expect("stat");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text
+        .split_whitespace()
+        .map(|x| x.parse::<u64>().expect("number"));
+    it.next().expect("blocks") * it.next().expect("block size")
+}
+
+#[test]
+fn gc_on_a_nearly_full_disk_frees_first_skips_what_does_not_fit_and_leaves_no_partial_pack() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let fs = Tmpfs::mount(&w.join("mnt"), "64m");
+    let store = fs.0.join("store");
+    ok(cairn(["init", "--timezone", "UTC", "--chunk-size", "64K"]).arg(&store));
+    let c = |args: &[&str]| {
+        let mut cmd = cairn(args);
+        cmd.env("CAIRN_STORE", &store);
+        cmd
+    };
+    let (a, b, half) = (w.join("a.raw"), w.join("b.raw"), w.join("c.raw"));
+    random(&a, 8, 1);
+    random(&b, 8, 2);
+    // C keeps A's first half and has a new second half.
+    let mut bytes = std::fs::read(&a).expect("read");
+    let mut other = vec![0u8; 4 << 20];
+    random(&half, 4, 3);
+    other.copy_from_slice(&std::fs::read(&half).expect("read"));
+    bytes[4 << 20..].copy_from_slice(&other);
+    std::fs::write(&half, &bytes).expect("write");
+    let backup = |vm: &str, src: &Path| {
+        json(&ok(
+            &mut c(&["backup", "--json", "--vm", vm]).arg(format!("xvda={}", src.display()))
+        ))[0]
+            .clone()
+    };
+    let pa = backup("a", &a);
+    let pb = backup("b", &b);
+    let pc = backup("c", &half);
+    let fill_to = |left: u64| {
+        let filler = fs.0.join("filler");
+        let _ = std::fs::remove_file(&filler);
+        let fill = free_bytes(&fs.0).saturating_sub(left);
+        let st = Command::new("fallocate")
+            .args(["-l", &fill.to_string()])
+            .arg(&filler)
+            .status()
+            .expect("fallocate");
+        assert!(st.success());
+        filler
+    };
+    // A forgotten: its pack is half live (C shares it). With 2 MiB free, its 4 MiB of live
+    // chunks do not fit: the rewrite is skipped, nothing partial is left, the store works.
+    ok(&mut c(&["forget", &id(&pa)]));
+    assert_eq!(packs(&store), 3);
+    let filler = fill_to(2 << 20);
+    let g = json(&ok(&mut c(&["gc", "--json", "--repack-below", "100"])));
+    assert_eq!(num(&g, "rewrites_skipped_for_space"), 1, "{g}");
+    assert_eq!(num(&g, "packs_rewritten"), 0, "{g}");
+    assert_eq!(packs(&store), 3, "a partial pack was left");
+    ok(&mut c(&["protect", &id(&pc)]));
+    let out = w.join("out.raw");
+    ok(&mut c(&["restore", &id(&pc)]).arg(&out));
+    assert_eq!(std::fs::read(&out).expect("read"), bytes);
+    std::fs::remove_file(&out).expect("rm");
+    // B forgotten too: its pack is wholly dead. gc deletes it first, and then A's rewrite
+    // fits in the room that made.
+    ok(&mut c(&["forget", &id(&pb)]));
+    let _ = fill_to(2 << 20);
+    let g = json(&ok(&mut c(&["gc", "--json", "--repack-below", "100"])));
+    assert_eq!(num(&g, "packs_deleted"), 1, "{g}");
+    assert_eq!(num(&g, "packs_rewritten"), 1, "{g}");
+    assert_eq!(num(&g, "rewrites_skipped_for_space"), 0, "{g}");
+    assert_eq!(packs(&store), 2);
+    std::fs::remove_file(&filler).expect("rm");
+    ok(&mut c(&["restore", &id(&pc)]).arg(&out));
+    assert_eq!(std::fs::read(&out).expect("read"), bytes);
+    let v = run(&mut c(&["verify"]));
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    drop(fs);
+}
