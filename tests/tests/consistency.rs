@@ -450,3 +450,44 @@ fn a_rebuild_beside_a_lost_pack_leaves_a_writable_store_that_a_key_backup_heals(
     store.restore(&id(&p2), &out, "raw");
     cairn_tests::assert_same_content(&out, &b, true);
 }
+
+#[test]
+fn report_counts_what_it_can_and_names_the_points_it_cannot_read() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (work.path().join("a.raw"), work.path().join("b.raw"));
+    gen_disk(&a, "2M", 1, 1, 0);
+    gen_disk(&b, "2M", 9, 2, 0);
+    let p1 = store.backup("v", "2026-11-20T02:00:00Z", "xvda", &a, &[]);
+    let first = store.pack_files();
+    let p2 = store.backup("w", "2026-11-21T02:00:00Z", "xvda", &b, &[]);
+    for p in store.pack_files() {
+        if !first.contains(&p) {
+            std::fs::remove_file(p).expect("lose the second pack");
+        }
+    }
+    let out = run(&mut store.cmd(&["report", "--json"]));
+    assert_eq!(out.status.code(), Some(3), "{}", err_of(&out));
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    let damaged = r["damaged_points"].as_array().expect("damaged_points");
+    assert_eq!(damaged.len(), 1, "{r}");
+    assert_eq!(damaged[0]["id"], p2["id"]);
+    let healthy = r["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .find(|q| q["id"] == p1["id"])
+        .expect("the healthy point is reported");
+    assert!(num_of(healthy, "stored_bytes") > 0, "{healthy}");
+    let text = run(&mut store.cmd(&["report"]));
+    assert!(
+        String::from_utf8_lossy(&text.stdout)
+            .contains(&format!("damaged: point {}", &id(&p2)[..12]))
+    );
+}
+
+fn num_of(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing from {v}"))
+}
