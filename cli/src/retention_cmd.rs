@@ -558,6 +558,13 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
         for c in &r.catalogue {
             println!("index: {c}");
         }
+        if r.unknown_but_referenced > 0 {
+            println!(
+                "{} still referenced under tree segments that cannot be read: their points \
+                 cannot reach them until a key backup of the disk stores the segments again",
+                crate::vhd_cmd::count(r.unknown_but_referenced, "chunk")
+            );
+        }
         for d in &r.damaged {
             println!(
                 "{} {} chunk {} ({}): {}",

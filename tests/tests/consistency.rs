@@ -491,3 +491,31 @@ fn num_of(v: &serde_json::Value, key: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("{key} missing from {v}"))
 }
+
+#[test]
+fn verify_reports_the_data_under_an_unreadable_tree_segment() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let a = work.path().join("a.raw");
+    gen_disk(&a, "2M", 3, 1, 0);
+    let p = store.backup("v", "2026-11-20T02:00:00Z", "xvda", &a, &[]);
+    // The tree segment is the last frame of the backup's pack: damage its last byte.
+    let pack = store.pack_files().pop().expect("a pack");
+    let mut bytes = std::fs::read(&pack).expect("read");
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    std::fs::write(&pack, &bytes).expect("write");
+    let out = run(&mut store.cmd(&["verify", "--json"]));
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    let damaged = v["damaged"].as_array().expect("damaged");
+    assert!(damaged.iter().any(|d| d["kind"] == "tree"), "{v}");
+    assert!(
+        damaged
+            .iter()
+            .flat_map(|d| d["points"].as_array().into_iter().flatten())
+            .any(|h| h["point"] == p["id"]),
+        "{v}"
+    );
+    assert!(num_of(&v, "unknown_but_referenced") > 0, "{v}");
+}
