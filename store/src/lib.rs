@@ -72,7 +72,24 @@
 //! collection leaves in place the packs its index swap dropped while a reader that started
 //! before the swap still runs (the next collection deletes them): a restore or verify finishes
 //! what it started, and a chunk that gc moved is never reported as damage.
-
+//!
+//! # Damage, and the way back
+//! Packs and root files are the truth; every damage below is seen, named, and has a way out
+//! that works (each is a test through the binary).
+//!
+//! | what happened | what cairn shows | what to do |
+//! |---|---|---|
+//! | a chunk's bytes are wrong or unreadable | `verify` (exit 1) names the chunk, its pack and offset, and every point and disk offset it damages; the chunk is marked | a key backup of the disk (`backup --key`) stores it afresh; `restore --ignore-errors` writes zeros there and names the ranges |
+//! | a pack file is gone | `verify` names its chunks and their points; a restore says the pack is gone and what to do | a backup never reuses its chunks: a key backup stores them afresh; a backup that would name one is refused |
+//! | a tree segment cannot be read | `verify` names it and its points, and counts the data chunks it hides; `report` counts the rest (exit 3) | a key backup stores the segment again; the next writer then counts references afresh |
+//! | a root file is deleted | every open warns; `verify` (exit 1) names the point | the next writer writes it again from the index |
+//! | a root file is damaged | `verify` names it; `repair --rebuild-index` leaves its point out and names it | restore the file from a copy, or let the point go |
+//! | the index lost its last commits (a damaged log) | readers warn that the index is behind the last commit noted and list fewer points; `verify` names the root files it lacks | the next writer publishes them |
+//! | the index folder is gone | every command refuses it, naming the way out | `repair --rebuild-index` |
+//! | a rebuild was killed | every command refuses the half-built index | `repair --rebuild-index` again |
+//! | a writer was killed | nothing half-done is visible: a run's points all or none, orphan packs, leftover temporary files | the next writer settles it; `gc` deletes orphan packs |
+//! | the disk filled up | the command says exactly what was stored (a point whose catalogue write failed is listed later, never stored twice) | free space; `gc` deletes dead packs first and skips rewrites that do not fit |
+//!
 mod agree;
 pub mod chunk;
 pub mod config;

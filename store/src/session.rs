@@ -299,7 +299,7 @@ impl<'a> Session<'a> {
     /// Several points are one commit through a run journal (`points/.run-<id>.pending`, listing
     /// their root files): written before the first root file, removed after the last, so the
     /// removal is the commit; the next writer deletes the root files of a run whose journal is
-    /// still there ([`run`]).
+    /// still there (the `run` module).
     ///
     /// # Errors
     /// I/O and index errors.
