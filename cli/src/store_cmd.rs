@@ -806,7 +806,7 @@ pub fn list(a: &ListArgs) -> Result<i32> {
         let w = v.iter().map(|x| x.chars().count()).max().unwrap_or(0);
         (w > 0).then_some((w, v))
     };
-    let columns: Vec<(&str, Option<(usize, Vec<String>)>)> = vec![
+    let columns = [
         ("POOL", extra(|p| p.labels.pool.clone().unwrap_or_default())),
         ("HOST", extra(|p| p.labels.host.clone().unwrap_or_default())),
         (

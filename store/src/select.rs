@@ -181,7 +181,7 @@ impl Filter {
         // What exists, for the fields given: the values of each among the points that match
         // the other fields (a disk of the right VM), else among all.
         let mut exists = Vec::new();
-        let fields: [(&str, bool, fn(&RecoveryPoint) -> Vec<String>); 5] = [
+        let fields: [(&str, bool, Values); 5] = [
             ("VMs", self.vm.is_some(), |p| vec![p.vm.clone()]),
             ("disks", self.disk.is_some(), |p| vec![p.disk.clone()]),
             ("pools", self.pool.is_some(), |p| {
@@ -228,6 +228,9 @@ impl Filter {
         Err(format!("{what}; {}", exists.join("; ")))
     }
 }
+
+/// The values of one field of a point, as a filter's error lists them.
+type Values = fn(&RecoveryPoint) -> Vec<String>;
 
 /// A time as written on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -373,7 +373,7 @@ fn times_are_read_in_several_forms_and_shown_in_one() {
     assert!(listed.contains("2026-11-22T03:04:05Z"), "{listed}");
     // In a store in Paris time, times show with Paris's offset and are read in it.
     ok(&mut store.cmd(&["policy", "timezone", "Europe/Paris"]));
-    let text = ok(&mut store
+    let text = ok(store
         .cmd(&[
             "backup",
             "--vm",

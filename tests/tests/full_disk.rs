@@ -97,7 +97,7 @@ fn gc_on_a_nearly_full_disk_frees_first_skips_what_does_not_fit_and_leaves_no_pa
     std::fs::write(&half, &bytes).expect("write");
     let backup = |vm: &str, src: &Path| {
         json(&ok(
-            &mut c(&["backup", "--json", "--vm", vm]).arg(format!("xvda={}", src.display()))
+            c(&["backup", "--json", "--vm", vm]).arg(format!("xvda={}", src.display()))
         ))[0]
             .clone()
     };
@@ -127,7 +127,7 @@ fn gc_on_a_nearly_full_disk_frees_first_skips_what_does_not_fit_and_leaves_no_pa
     assert_eq!(packs(&store), 3, "a partial pack was left");
     ok(&mut c(&["protect", &id(&pc)]));
     let out = w.join("out.raw");
-    ok(&mut c(&["restore", &id(&pc)]).arg(&out));
+    ok(c(&["restore", &id(&pc)]).arg(&out));
     assert_eq!(std::fs::read(&out).expect("read"), bytes);
     std::fs::remove_file(&out).expect("rm");
     // B forgotten too: its pack is wholly dead. gc deletes it first, and then A's rewrite
@@ -140,7 +140,7 @@ fn gc_on_a_nearly_full_disk_frees_first_skips_what_does_not_fit_and_leaves_no_pa
     assert_eq!(num(&g, "rewrites_skipped_for_space"), 0, "{g}");
     assert_eq!(packs(&store), 2);
     std::fs::remove_file(&filler).expect("rm");
-    ok(&mut c(&["restore", &id(&pc)]).arg(&out));
+    ok(c(&["restore", &id(&pc)]).arg(&out));
     assert_eq!(std::fs::read(&out).expect("read"), bytes);
     let v = run(&mut c(&["verify"]));
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));

@@ -73,7 +73,7 @@ fn two_vms_of_one_name_keep_separate_histories_and_labels_filter_everything() {
     assert!(dropped.is_empty(), "prune would drop {dropped:?}");
 
     // Filters: pool, host, tag, UUID, each alone and together; the table shows the labels.
-    let list = |args: &[&str]| ids(&json(&ok(&mut store.cmd(&["list", "--json"]).args(args))));
+    let list = |args: &[&str]| ids(&json(&ok(store.cmd(&["list", "--json"]).args(args))));
     assert_eq!(list(&["--pool", "pool-a"]), vec![id(&a1)]);
     assert_eq!(list(&["--host", "xen7"]), vec![id(&b1)]);
     assert_eq!(list(&["--tag", "monthly"]), vec![id(&b1)]);
