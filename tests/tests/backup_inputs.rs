@@ -514,3 +514,34 @@ fn a_fixed_vhd_on_stdin_is_read_as_a_vhd_not_as_a_raw_disk_with_its_footer() {
     assert_eq!(p["source"]["kind"], "raw");
     assert_eq!(p["size"].as_u64(), Some(odd.len() as u64));
 }
+
+#[test]
+fn a_vhd_stream_whose_table_is_too_small_for_its_size_is_refused_as_the_file_is() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let a = disk(work.path(), "a.raw", 12);
+    let vhd = work.path().join("a.vhd");
+    ok(cairn_tests::cairn(["vhd", "from-raw"]).arg(&a).arg(&vhd));
+    // Both footers claim 2 TiB (checksums made right): the BAT has 8 entries.
+    let mut bytes = read(&vhd);
+    let n = bytes.len();
+    for at in [0, n - 512] {
+        let f = &mut bytes[at..at + 512];
+        for field in [40, 48] {
+            f[field..field + 8].copy_from_slice(&(2u64 << 40).to_be_bytes());
+        }
+        f[64..68].fill(0);
+        let sum: u32 = f.iter().map(|b| u32::from(*b)).sum();
+        f[64..68].copy_from_slice(&(!sum).to_be_bytes());
+    }
+    let big = work.path().join("big.vhd");
+    std::fs::write(&big, &bytes).expect("write");
+    let from_file = run(store
+        .cmd(&["backup", "--vm", "t"])
+        .arg(format!("xvda={}", big.display())));
+    let e_file = refused(&from_file, &["max table entries"]);
+    let from_stream = backup_piped(&store, "t", &[], &bytes);
+    let e_stream = refused(&from_stream, &["max table entries"]);
+    assert!(e_file.contains("at offset") && e_stream.contains("at offset"));
+    assert!(store.list().is_empty());
+}
