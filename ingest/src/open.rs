@@ -2,13 +2,13 @@
 //! a parent point), and say what the point will record of it.
 
 use std::fs::File;
-use std::io::{BufReader, IsTerminal, Read, Seek, SeekFrom};
+use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use cairn_store::{RecoveryPoint, SourceInfo, Store};
 use cairn_vhd::{Chain, DiskType, Vhd};
 
-use crate::source::{ChunkSource, RawSource};
+use crate::source::{ChunkSource, RawSource, SparseFileSource};
 use crate::stream::{self, Input, Spool, Stream};
 use crate::vhd_source::{ChainBlocks, FileVhd, ParentRefs, SparseBlocks, VhdChunks};
 use crate::{Error, Format, KeyMode, Request, Result};
@@ -215,8 +215,7 @@ fn open_file<'s>(
             .seek(SeekFrom::End(0))
             .and_then(|l| file.seek(SeekFrom::Start(0)).map(|_| l))
             .map_err(io_err("reading"))?;
-        let reader = BufReader::with_capacity(1 << 20, file);
-        let src = Box::new(RawSource::new(reader, path.to_path_buf(), chunk));
+        let src = Box::new(SparseFileSource::new(file, path.to_path_buf(), chunk, len));
         return Ok(full("raw", shown, None, Some(len), src));
     }
     let vhd = Vhd::open(file).map_err(|e| e.in_file(shown))?;

@@ -93,3 +93,82 @@ impl<R: Read + Send> ChunkSource for RawSource<R> {
         self.offset
     }
 }
+
+/// A raw image in a file, read by offset: the file system's holes (found with `SEEK_DATA`) are
+/// zeros that are never read, so a sparse 16 TiB file holding 1 GiB reads 1 GiB. A file that
+/// cannot say where its holes are (a block device, a file system without `SEEK_DATA`) is read
+/// whole, as before.
+pub(crate) struct SparseFileSource {
+    file: std::fs::File,
+    path: PathBuf,
+    chunk: u64,
+    size: u64,
+    offset: u64,
+    /// The first offset at or after `offset` that may hold data (`size` past the last data);
+    /// `None` when the file cannot tell.
+    next_data: Option<u64>,
+    read: u64,
+}
+
+impl SparseFileSource {
+    pub(crate) fn new(file: std::fs::File, path: PathBuf, chunk: u32, size: u64) -> Self {
+        let mut s = Self {
+            file,
+            path,
+            chunk: u64::from(chunk),
+            size,
+            offset: 0,
+            next_data: Some(0),
+            read: 0,
+        };
+        s.next_data = s.seek_data(0);
+        s
+    }
+
+    /// `lseek(SEEK_DATA)` from `at` (it moves only the file offset, which this source never
+    /// uses: it reads with pread): the next data offset, `size` when only a hole is left,
+    /// `None` when the file cannot tell.
+    fn seek_data(&self, at: u64) -> Option<u64> {
+        match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(at)) {
+            Ok(next) => Some(next),
+            Err(rustix::io::Errno::NXIO) => Some(self.size),
+            Err(_) => None,
+        }
+    }
+}
+
+impl ChunkSource for SparseFileSource {
+    fn next_piece(&mut self) -> Result<Option<Piece>> {
+        use std::os::unix::fs::FileExt;
+        if self.offset >= self.size {
+            return Ok(None);
+        }
+        let len = self.chunk.min(self.size - self.offset);
+        let end = self.offset + len;
+        if let Some(next) = self.next_data
+            && next < self.offset
+        {
+            self.next_data = self.seek_data(self.offset);
+        }
+        if self.next_data.is_some_and(|next| next >= end) {
+            self.offset = end;
+            return Ok(Some(Piece::Ref(ChunkRef::Zero, PieceOrigin::Unallocated)));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.file
+            .read_exact_at(&mut buf, self.offset)
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                offset: self.offset,
+                what: "reading",
+                source,
+            })?;
+        self.read += len;
+        self.offset = end;
+        Ok(Some(Piece::Data(buf)))
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.read
+    }
+}

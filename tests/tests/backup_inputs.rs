@@ -545,3 +545,70 @@ fn a_vhd_stream_whose_table_is_too_small_for_its_size_is_refused_as_the_file_is(
     assert!(e_file.contains("at offset") && e_stream.contains("at offset"));
     assert!(store.list().is_empty());
 }
+
+#[test]
+fn the_holes_of_a_sparse_raw_file_are_never_read_and_restore_as_holes() {
+    use std::os::unix::fs::FileExt;
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    // 8 GiB, three stretches of data (one straddling chunks, one at the very end).
+    let src = w.join("sparse.raw");
+    let f = std::fs::File::create(&src).expect("create");
+    f.set_len(8 << 30).expect("size");
+    let bits = |n: usize, seed: u8| -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    };
+    f.write_all_at(&bits(1 << 20, 1), 0).expect("write");
+    f.write_all_at(&bits(100_000, 2), (3 << 30) + 12_345)
+        .expect("write");
+    f.write_all_at(&bits(4096, 3), (8 << 30) - 4096)
+        .expect("write");
+    drop(f);
+    let out = json(&ok(store
+        .cmd(&["backup", "--json", "--vm", "sparse"])
+        .arg(format!("xvda={}", src.display()))));
+    let p = &out[0];
+    assert_eq!(p["size"].as_u64(), Some(8 << 30));
+    // What was read: the data, rounded to chunks (and the file system's own granularity).
+    let read_bytes = p["bytes_read"].as_u64().expect("bytes_read");
+    assert!(
+        read_bytes < 16 << 20,
+        "{read_bytes} bytes read of 8 GiB mostly holes"
+    );
+    let got = w.join("out.raw");
+    store.restore(&cairn_tests::id(p), &got, "raw");
+    // Reading 8 GiB of zeros to compare would dwarf the rest: the data stretches, their edges
+    // and windows inside the holes are compared instead.
+    let (a, b) = (
+        std::fs::File::open(&src).expect("open"),
+        std::fs::File::open(&got).expect("open"),
+    );
+    assert_eq!(
+        a.metadata().expect("len").len(),
+        b.metadata().expect("len").len()
+    );
+    for (at, len) in [
+        (0u64, 2 << 20),
+        ((3 << 30) - (1 << 20), 3 << 20),
+        ((8 << 30) - (2 << 20), 2 << 20),
+        (5 << 30, 1 << 20),
+        (1 << 30, 1 << 20),
+    ] {
+        let (mut x, mut y) = (vec![0u8; len], vec![1u8; len]);
+        a.read_exact_at(&mut x, at).expect("read");
+        b.read_exact_at(&mut y, at).expect("read");
+        assert!(x == y, "the restore differs in {at}..+{len}");
+    }
+    let used = Command::new("du")
+        .args(["-k"])
+        .arg(&got)
+        .output()
+        .expect("du");
+    let kib: u64 = String::from_utf8_lossy(&used.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|x| x.parse().ok())
+        .expect("du output");
+    assert!(kib < 16 << 10, "the restored file is not sparse: {kib} KiB");
+}
