@@ -196,7 +196,8 @@ pub enum PolicyCommand {
 pub struct PolicySetArgs {
     #[command(flatten)]
     pub store: StoreArg,
-    /// The VM.
+    /// The VM: its name, or its --vm-uuid (a policy set for the UUID wins over one set for the
+    /// name, so two VMs of one name can differ).
     #[arg(long)]
     pub vm: String,
     /// Every N-th backup of each disk is a key backup (0: never forced).

@@ -496,7 +496,14 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             show_time(&time, tz)
         );
     }
-    let interval = store.policies()?.get(&a.vm).map_or(0, |p| p.key_interval);
+    // A policy set for the VM's UUID wins over one set for its name.
+    let policies = store.policies()?;
+    let interval = a
+        .vm_uuid
+        .as_ref()
+        .and_then(|u| policies.get(u))
+        .or_else(|| policies.get(&a.vm))
+        .map_or(0, |p| p.key_interval);
     let existing = store.points()?;
     let run_id = (jobs.len() > 1).then(|| uuid::Uuid::new_v4().simple().to_string());
     let vm_key = VmKey::of(&a.vm, &labels);

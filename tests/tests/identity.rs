@@ -141,3 +141,26 @@ fn two_vms_of_one_name_keep_separate_histories_and_labels_filter_everything() {
     assert_eq!(gone, vec![id(&a1)], "{pr}");
     assert_eq!(store.list().len(), 2);
 }
+
+#[test]
+fn a_key_backup_policy_can_be_set_for_a_vm_uuid() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (a, b) = (w.join("a.raw"), w.join("b.raw"));
+    gen_disk(&a, "4M", 1, 1, 0);
+    gen_disk(&b, "4M", 1, 1, 1);
+    let (av, bv) = (w.join("a.vhd"), w.join("b.vhd"));
+    ok(cairn_tests::cairn(["vhd", "from-raw"]).arg(&a).arg(&av));
+    ok(cairn_tests::cairn(["vhd", "from-raw", "--parent"])
+        .arg(&av)
+        .arg(&b)
+        .arg(&bv));
+    let me = ["--vm-uuid", UUID_A];
+    backup(&store, "web01", "2026-11-20T01:00:00Z", &av, &me);
+    // Another VM of the same name has a policy by name; this one by UUID: the UUID's wins.
+    ok(&mut store.cmd(&["policy", "set", "--vm", "web01", "--key-interval", "0"]));
+    ok(&mut store.cmd(&["policy", "set", "--vm", UUID_A, "--key-interval", "1"]));
+    let p = backup(&store, "web01", "2026-11-21T01:00:00Z", &bv, &me);
+    assert_eq!(p["key"], true, "{p}");
+}
