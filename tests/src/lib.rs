@@ -169,6 +169,18 @@ pub fn modify_raw(input: &Path, out: &Path, seed: u32) {
     ));
 }
 
+/// A dynamic VHD of `base` and a differencing VHD of `next` on it, in `dir` (`base.vhd`,
+/// `next.vhd`), made by `cairn vhd from-raw`.
+pub fn vhd_and_delta(base: &Path, next: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let (bv, nv) = (dir.join("base.vhd"), dir.join("next.vhd"));
+    ok(cairn(["vhd", "from-raw"]).arg(base).arg(&bv));
+    ok(cairn(["vhd", "from-raw", "--parent"])
+        .arg(&bv)
+        .arg(next)
+        .arg(&nv));
+    (bv, nv)
+}
+
 /// Reads a whole file.
 #[must_use]
 pub fn read(path: &Path) -> Vec<u8> {

@@ -220,12 +220,7 @@ fn a_lost_pack_is_never_referenced_by_a_new_point_and_a_key_backup_replaces_it()
         *x = (i % 251) as u8 ^ 0x5a;
     }
     std::fs::write(&b, &bytes).expect("write");
-    let (av, bv) = (w.join("a.vhd"), w.join("b.vhd"));
-    ok(cairn_tests::cairn(["vhd", "from-raw"]).arg(&a).arg(&av));
-    ok(cairn_tests::cairn(["vhd", "from-raw", "--parent"])
-        .arg(&av)
-        .arg(&b)
-        .arg(&bv));
+    let (av, bv) = cairn_tests::vhd_and_delta(&a, &b, w);
     store.backup("v", "2026-11-20T02:00:00Z", "xvda", &av, &[]);
     let packs = store.pack_files();
     assert_eq!(packs.len(), 1);

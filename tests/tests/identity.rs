@@ -150,12 +150,7 @@ fn a_key_backup_policy_can_be_set_for_a_vm_uuid() {
     let (a, b) = (w.join("a.raw"), w.join("b.raw"));
     gen_disk(&a, "4M", 1, 1, 0);
     gen_disk(&b, "4M", 1, 1, 1);
-    let (av, bv) = (w.join("a.vhd"), w.join("b.vhd"));
-    ok(cairn_tests::cairn(["vhd", "from-raw"]).arg(&a).arg(&av));
-    ok(cairn_tests::cairn(["vhd", "from-raw", "--parent"])
-        .arg(&av)
-        .arg(&b)
-        .arg(&bv));
+    let (av, bv) = cairn_tests::vhd_and_delta(&a, &b, w);
     let me = ["--vm-uuid", UUID_A];
     backup(&store, "web01", "2026-11-20T01:00:00Z", &av, &me);
     // Another VM of the same name has a policy by name; this one by UUID: the UUID's wins.
