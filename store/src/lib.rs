@@ -7,6 +7,11 @@
 //! STORE/index/                             RocksDB: chunks, packs, points (catalogue), meta
 //! STORE/points/<vm>/<disk>/<time>-<id>.json   root file of each recovery point
 //! STORE/lock                               the write lock (flock) and who holds it
+//! STORE/readers/<start>-<pid>-<n>          one per running reader (flock): gc waits for them
+//! STORE/index.seq                          the index's identity and last committed sequence
+//! STORE/index.rebuilding                   present while an index rebuild runs
+//! STORE/points/.run-<id>.pending           the journal of a run being committed
+//! STORE/points/.protect-<id>               a protect or unprotect in progress
 //! ```
 //! Packs and root files are the truth; the index is rebuilt from them by
 //! [`Store::rebuild_index`] (`cairn repair --rebuild-index`).
