@@ -354,7 +354,7 @@ fn root_files_and_index_that_disagree_are_reported_and_settled() {
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     let before = store.list().len();
-    let p4 = store.backup("v", "2026-11-23T02:00:00Z", "xvda", &a, &[]);
+    let p4 = store.backup("v", "2026-11-19T02:00:00Z", "xvda", &a, &[]);
     let logs_now: Vec<PathBuf> = std::fs::read_dir(store.path().join("index"))
         .expect("index")
         .flatten()
