@@ -105,14 +105,11 @@ pub(crate) fn open<'s>(
                     delta(store, info, size, &parent, blocks, chunk)?
                 } else {
                     let blocks = SparseBlocks::new(*vhd, shown.clone().into());
-                    Opened {
+                    whole(
                         info,
-                        src: Box::new(VhdChunks::new(blocks, chunk, None)),
-                        size: Some(size),
-                        parent: None,
-                        _spool: None,
-                        fixed_vhd: None,
-                    }
+                        Some(size),
+                        Box::new(VhdChunks::new(blocks, chunk, None)),
+                    )
                 }
             }
             Stream::Spooled(spool) => {
@@ -145,12 +142,18 @@ fn full<'s>(
     size: Option<u64>,
     src: Box<dyn ChunkSource + 's>,
 ) -> Opened<'s> {
+    let info = SourceInfo {
+        kind: kind.into(),
+        vhd_uuid,
+        path: path.into(),
+    };
+    whole(info, size, src)
+}
+
+/// A full read of a source described by `info`.
+fn whole<'s>(info: SourceInfo, size: Option<u64>, src: Box<dyn ChunkSource + 's>) -> Opened<'s> {
     Opened {
-        info: SourceInfo {
-            kind: kind.into(),
-            vhd_uuid,
-            path: path.into(),
-        },
+        info,
         src,
         size,
         parent: None,
@@ -249,14 +252,11 @@ fn open_file<'s>(
     };
     if let Some(chain) = chain {
         let blocks = ChainBlocks { chain, read: 0 };
-        return Ok(Opened {
+        return Ok(whole(
             info,
-            src: Box::new(VhdChunks::new(blocks, chunk, None)),
-            size: Some(size),
-            parent: None,
-            _spool: None,
-            fixed_vhd: None,
-        });
+            Some(size),
+            Box::new(VhdChunks::new(blocks, chunk, None)),
+        ));
     }
     let want = vhd
         .header()

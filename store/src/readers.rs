@@ -39,12 +39,6 @@ impl Drop for ReaderGuard {
     }
 }
 
-fn now_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
 /// Registers a reader of the store at `root`.
 ///
 /// # Errors
@@ -62,7 +56,7 @@ pub fn register(root: &Path) -> Result<ReaderGuard> {
     }
     let path = dir.join(format!(
         "{}-{}-{}",
-        now_nanos(),
+        now(),
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
@@ -114,10 +108,12 @@ pub fn readers_before(root: &Path, instant: u128) -> Result<u64> {
     Ok(n)
 }
 
-/// Now, as [`readers_before`] counts it.
+/// Now, as [`readers_before`] counts it: nanoseconds since the epoch.
 #[must_use]
 pub fn now() -> u128 {
-    now_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 #[cfg(test)]

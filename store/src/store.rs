@@ -537,14 +537,6 @@ impl Store {
         &self.warnings
     }
 
-    /// Every root file under `points/`, parsed.
-    ///
-    /// # Errors
-    /// I/O errors and unreadable root files.
-    pub fn root_files(&self) -> Result<Vec<(PathBuf, RecoveryPoint)>> {
-        scan_root_files(&self.root)
-    }
-
     /// Rebuilds the index from the packs and root files: the old index is moved aside to
     /// `index.old-<time>` and a new one is filled. Needs the write lock.
     ///
@@ -733,16 +725,6 @@ pub(crate) fn files_under(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
         }
     }
     out.sort();
-    Ok(out)
-}
-
-/// Every root file under `root/points/`, parsed.
-fn scan_root_files(root: &Path) -> Result<Vec<(PathBuf, RecoveryPoint)>> {
-    let mut out = Vec::new();
-    for path in files_under(&root.join("points"), "json")? {
-        let p = read_root_file(&path)?;
-        out.push((path, p));
-    }
     Ok(out)
 }
 
