@@ -1,11 +1,9 @@
 //! `cairn diff`: what changed between two points of a disk, for "what changed last night".
-//! Tree segments are compared first: a stretch of the disk whose segment two points share is
-//! unchanged without reading its refs; only differing segments are decoded and compared chunk
-//! by chunk.
+//! The two trees are compared from the top: a stretch of the disk whose leaf or node two points
+//! share is unchanged without reading it; only differing leaves are compared chunk by chunk.
 
-use anyhow::{Context, Result, bail};
-use cairn_store::point::{SEGMENT_REFS, decode_segment};
-use cairn_store::{ChunkRef, RecoveryPoint, Store};
+use anyhow::{Result, bail};
+use cairn_store::{RecoveryPoint, Store};
 use clap::Args;
 use serde_json::json;
 
@@ -29,38 +27,15 @@ pub struct DiffArgs {
     pub json: bool,
 }
 
-/// One point's refs of segment `i`, decoded (an empty list past the point's end).
-fn segment(store: &Store, p: &RecoveryPoint, i: usize) -> Result<Vec<ChunkRef>> {
-    let Some(id) = p.segment_ids().get(i).copied() else {
-        return Ok(Vec::new());
-    };
-    let id = id.with_context(|| format!("{}: segment {i} is not a chunk id", p.id))?;
-    let bytes = store.read_chunk(&id)?;
-    decode_segment(&bytes).map_err(|e| anyhow::anyhow!("{}: segment {i}: {e}", p.id))
-}
-
 /// The byte ranges (offset, length) where two points of a disk differ.
 fn changed_ranges(store: &Store, a: &RecoveryPoint, b: &RecoveryPoint) -> Result<Vec<(u64, u64)>> {
     let cs = u64::from(a.chunk_size);
-    let (sa, sb) = (a.segment_ids(), b.segment_ids());
     let size = a.size.max(b.size);
     let mut ranges: Vec<(u64, u64)> = Vec::new();
-    let mut add = |start: u64, end: u64| match ranges.last_mut() {
-        Some(last) if last.0 + last.1 == start => last.1 += end - start,
-        _ => ranges.push((start, end - start)),
-    };
-    for i in 0..sa.len().max(sb.len()) {
-        if sa.get(i) == sb.get(i) {
-            continue;
-        }
-        let (ra, rb) = (segment(store, a, i)?, segment(store, b, i)?);
-        for k in 0..ra.len().max(rb.len()) {
-            if ra.get(k) != rb.get(k) {
-                let start = (i * SEGMENT_REFS + k) as u64 * cs;
-                add(start, (start + cs).min(size));
-            }
-        }
-    }
+    cairn_store::tree::differences(store, a, b, false, |from, to| {
+        let start = from * cs;
+        ranges.push((start, (to * cs).min(size) - start));
+    })?;
     Ok(ranges)
 }
 

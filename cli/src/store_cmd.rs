@@ -938,27 +938,24 @@ struct Holders {
     vms: HashSet<VmKey>,
 }
 
-/// A point's reference list as its decoded segments, each decoded once however many points
-/// share it: a thousand points of a disk cost what their distinct segments cost.
-fn segment_refs(
-    store: &Store,
-    p: &RecoveryPoint,
-    cache: &mut HashMap<ChunkId, std::sync::Arc<Vec<ChunkRef>>>,
-) -> Result<Vec<std::sync::Arc<Vec<ChunkRef>>>> {
-    let mut out = Vec::with_capacity(p.segments.len());
-    for (i, seg) in p.segment_ids().into_iter().enumerate() {
-        let id = seg.with_context(|| format!("{}: segment {i} is not a chunk id", p.id))?;
-        if let Some(r) = cache.get(&id) {
-            out.push(std::sync::Arc::clone(r));
-            continue;
+/// Calls `f(chunk index, id)` for each data chunk of a point, in disk order, walking its tree a
+/// leaf at a time (holes cost nothing).
+fn each_data_ref(store: &Store, p: &RecoveryPoint, mut f: impl FnMut(u64, ChunkId)) -> Result<()> {
+    let mut walk = cairn_store::Walk::new(store, p)?;
+    while let Some(x) = walk.next_extent()? {
+        match x.body {
+            cairn_store::Body::Refs(refs) => {
+                for (k, r) in refs.iter().enumerate() {
+                    if let ChunkRef::Data(id) = r {
+                        f(x.first + k as u64, *id);
+                    }
+                }
+            }
+            cairn_store::Body::Zero => {}
+            cairn_store::Body::Unreadable(what) => bail!("{what}"),
         }
-        let refs = cairn_store::point::decode_segment(&store.read_chunk(&id)?)
-            .map_err(|e| anyhow::anyhow!("{}: segment {i}: {e}", p.id))?;
-        let refs = std::sync::Arc::new(refs);
-        cache.insert(id, std::sync::Arc::clone(&refs));
-        out.push(refs);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Figures for one group of points (a point, a disk, a VM, the store).
@@ -1009,35 +1006,27 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         .map(|p| p.id)
         .collect();
     let cs = u64::from(store.config().chunk_size);
-    let mut cache = HashMap::new();
-    let mut segs: Vec<Vec<std::sync::Arc<Vec<ChunkRef>>>> = Vec::new();
     // A point whose tree cannot be read is reported, not fatal: the rest is still counted.
     let mut damaged: Vec<(&RecoveryPoint, String)> = Vec::new();
-    for p in &points {
-        match segment_refs(&store, p, &mut cache) {
-            Ok(r) => segs.push(r),
-            Err(e) => {
-                damaged.push((p, format!("{e:#}")));
-                segs.push(Vec::new());
-            }
-        }
-    }
+    let mut readable = vec![true; points.len()];
     // Which points, disks and VMs hold each chunk, and what it costs.
     let mut holders: HashMap<ChunkId, Holders> = HashMap::new();
-    for (i, (p, r)) in points.iter().zip(&segs).enumerate() {
-        for c in r.iter().flat_map(|s| s.iter()) {
-            if let ChunkRef::Data(id) = c {
-                let h = holders.entry(*id).or_default();
-                if h.last_point != Some(i) {
-                    h.points += 1;
-                    h.last_point = Some(i);
-                    let key = (p.vm_key(), p.disk.clone());
-                    if !h.disks.contains(&key) {
-                        h.disks.insert(key);
-                        h.vms.insert(p.vm_key());
-                    }
+    for (i, p) in points.iter().enumerate() {
+        let key = (p.vm_key(), p.disk.clone());
+        let walked = each_data_ref(&store, p, |_, id| {
+            let h = holders.entry(id).or_default();
+            if h.last_point != Some(i) {
+                h.points += 1;
+                h.last_point = Some(i);
+                if !h.disks.contains(&key) {
+                    h.disks.insert(key.clone());
+                    h.vms.insert(p.vm_key());
                 }
             }
+        });
+        if let Err(e) = walked {
+            damaged.push((p, format!("{e:#}")));
+            readable[i] = false;
         }
     }
     let ids: Vec<ChunkId> = holders.keys().copied().collect();
@@ -1054,7 +1043,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         }
     }
     let block = u64::from(cairn_vhd::format::DEFAULT_BLOCK_SIZE);
-    let per_block = (block / cs).max(1) as usize;
+    let per_block = (block / cs).max(1);
     let mut per_point = Vec::new();
     let mut per_disk: HashMap<(VmKey, String), Cost> = HashMap::new();
     let mut per_vm: HashMap<VmKey, Cost> = HashMap::new();
@@ -1063,7 +1052,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
     let mut vm_names: HashMap<VmKey, &RecoveryPoint> = HashMap::new();
     let mut total = Cost::default();
     let mut prev_of_disk: HashMap<(VmKey, String), usize> = HashMap::new();
-    for (i, (p, r)) in points.iter().zip(&segs).enumerate() {
+    for (i, p) in points.iter().enumerate() {
         let key = (p.vm_key(), p.disk.clone());
         vm_names.insert(p.vm_key(), p);
         let mut c = Cost {
@@ -1072,52 +1061,32 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
             ..Cost::default()
         };
         let mut seen = HashSet::new();
-        for ref_ in r.iter().flat_map(|s| s.iter()) {
-            if let ChunkRef::Data(id) = ref_ {
-                c.allocated += size.get(id).map_or(cs, |s| s.1);
-                if seen.insert(*id) {
-                    let (st, pl) = size.get(id).copied().unwrap_or_default();
+        // An XO delta holds every 2 MiB block that changed (the key: every allocated block).
+        let mut blocks: HashSet<u64> = HashSet::new();
+        if readable[i] {
+            each_data_ref(&store, p, |k, id| {
+                c.allocated += size.get(&id).map_or(cs, |s| s.1);
+                if seen.insert(id) {
+                    let (st, pl) = size.get(&id).copied().unwrap_or_default();
                     c.stored += st;
                     c.plain += pl;
-                    if holders.get(id).is_some_and(|h| h.points == 1) {
+                    if holders.get(&id).is_some_and(|h| h.points == 1) {
                         c.unique += st;
                     }
                 }
-            }
+                blocks.insert(k / per_block);
+            })?;
         }
         c.full_chain = c.allocated;
-        // An XO delta holds every 2 MiB block that changed (the key: every allocated block).
-        // Blocks never straddle segments (a segment's 256 refs are whole blocks), and a segment
-        // shared with the previous point holds no changed block.
         c.vhd_deltas = match prev_of_disk.get(&key) {
-            Some(&j) => {
-                let mut changed = 0u64;
-                for (k, seg) in r.iter().enumerate() {
-                    match segs[j].get(k) {
-                        Some(prev) if std::sync::Arc::ptr_eq(prev, seg) => {}
-                        Some(prev) => {
-                            changed += seg
-                                .chunks(per_block)
-                                .zip(
-                                    prev.chunks(per_block)
-                                        .map(Some)
-                                        .chain(std::iter::repeat(None)),
-                                )
-                                .filter(|(x, p)| *p != Some(*x))
-                                .count() as u64;
-                        }
-                        None => changed += seg.chunks(per_block).count() as u64,
-                    }
-                }
-                changed * block
+            Some(&j) if readable[i] && readable[j] => {
+                let mut changed: HashSet<u64> = HashSet::new();
+                cairn_store::tree::differences(&store, &points[j], p, false, |from, to| {
+                    changed.extend(from / per_block..to.div_ceil(per_block));
+                })?;
+                changed.len() as u64 * block
             }
-            None => {
-                r.iter()
-                    .flat_map(|s| s.chunks(per_block))
-                    .filter(|b| b.iter().any(|x| *x != ChunkRef::Zero))
-                    .count() as u64
-                    * block
-            }
+            _ => blocks.len() as u64 * block,
         };
         prev_of_disk.insert(key.clone(), i);
         per_point.push((p, c.clone()));

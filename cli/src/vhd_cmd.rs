@@ -572,6 +572,40 @@ pub fn relative_path(from_dir: &Path, target: &Path) -> Result<String> {
     Ok(parts.join("/"))
 }
 
+/// Where a raw file's holes are (`SEEK_DATA`), asked in increasing order; a file system that
+/// cannot tell has none.
+struct Holes {
+    /// A handle of the file (sharing its offset: its reads seek first).
+    file: File,
+    size: u64,
+    /// The first data offset at or after the last offset asked about.
+    next_data: Option<u64>,
+}
+
+impl Holes {
+    fn new(file: File, size: u64) -> Self {
+        Self {
+            file,
+            size,
+            next_data: Some(0),
+        }
+    }
+
+    /// Whether `start..end` holds no data.
+    fn covers(&mut self, start: u64, end: u64) -> bool {
+        if let Some(next) = self.next_data
+            && next < start
+        {
+            self.next_data = match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(start)) {
+                Ok(n) => Some(n),
+                Err(rustix::io::Errno::NXIO) => Some(self.size),
+                Err(_) => None,
+            };
+        }
+        self.next_data.is_some_and(|next| next >= end)
+    }
+}
+
 fn from_raw(
     input: &Path,
     out: &Path,
@@ -642,20 +676,24 @@ fn from_raw(
         let mut buf = vec![0u8; bs as usize];
         let mut pbuf = vec![0u8; bs as usize];
         let mut allocated = Vec::with_capacity(blocks as usize);
+        // Blocks in a hole of a sparse raw file are zeros, known without reading them.
+        let mut holes = Holes::new(raw.try_clone()?, size);
         for i in 0..blocks {
-            read_raw(&mut raw, i, &mut buf).with_context(|| {
-                format!(
-                    "reading {} at offset {}",
-                    input.display(),
-                    u64::from(i) * bs
-                )
-            })?;
+            let start = u64::from(i) * bs;
+            let hole = holes.covers(start, (start + bs).min(size));
+            if hole {
+                buf.fill(0);
+            } else {
+                read_raw(&mut raw, i, &mut buf)
+                    .with_context(|| format!("reading {} at offset {start}", input.display()))?;
+            }
             let differs = match &mut parent_chain {
+                Some(c) if hole && !c.range_present(start, bs)? => false,
                 Some(c) => {
-                    c.read_at(u64::from(i) * bs, &mut pbuf)?;
+                    c.read_at(start, &mut pbuf)?;
                     buf != pbuf
                 }
-                None => !is_zero(&buf),
+                None => !hole && !is_zero(&buf),
             };
             allocated.push(differs);
             bar.inc(bs);

@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
-use cairn_store::point::{SEGMENT_REFS, decode_segment};
-use cairn_store::{BadMark, ChunkId, ChunkRef, Location, OpenMode, RecoveryPoint, Store};
+use cairn_store::tree::children;
+use cairn_store::{BadMark, ChunkId, ChunkRef, Location, OpenMode, RecoveryPoint, Store, Walk};
 use chrono::{DateTime, Utc};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -99,16 +99,123 @@ impl VerifyReport {
     }
 }
 
-/// A segment's refs, read once however many points share it.
-type SegmentCache = HashMap<ChunkId, std::result::Result<Vec<ChunkRef>, String>>;
+/// The tree chunks met so far, each read once however many points share it: the distinct
+/// children of each (`true` for a node's, `false` for a leaf's data chunks), or why it cannot be
+/// read.
+#[derive(Default)]
+struct Trees {
+    kids: HashMap<ChunkId, std::result::Result<(bool, Vec<ChunkId>), String>>,
+}
 
-fn load_segment(store: &Store, cache: &mut SegmentCache, id: ChunkId) {
-    cache.entry(id).or_insert_with(|| {
-        store
-            .read_chunk(&id)
-            .map_err(|e| e.to_string())
-            .and_then(|b| decode_segment(&b))
-    });
+impl Trees {
+    /// Every tree chunk and data chunk reachable from `points`, each once, tree chunks first in
+    /// the order met.
+    fn reach<'p>(
+        &mut self,
+        store: &Store,
+        points: impl Iterator<Item = &'p RecoveryPoint>,
+    ) -> Result<(Vec<ChunkId>, Vec<ChunkId>)> {
+        let (mut tree, mut data) = (Vec::new(), Vec::new());
+        let (mut seen, mut seen_data) = (HashSet::new(), HashSet::new());
+        for p in points {
+            for id in p.distinct_segments().map_err(cairn_store::Error::Point)? {
+                if seen.insert(id) {
+                    tree.push(id);
+                }
+            }
+        }
+        let mut k = 0;
+        while k < tree.len() {
+            let id = tree[k];
+            k += 1;
+            let kids = self.kids.entry(id).or_insert_with(|| {
+                store
+                    .read_chunk(&id)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| children(&b))
+            });
+            if let Ok((nodes, ids)) = kids {
+                for c in ids.iter() {
+                    if *nodes {
+                        if seen.insert(*c) {
+                            tree.push(*c);
+                        }
+                    } else if seen_data.insert(*c) {
+                        data.push(*c);
+                    }
+                }
+            }
+        }
+        Ok((tree, data))
+    }
+
+    /// The tree chunks (of those met) under which a chunk of `bad` lies, or that are in it.
+    fn dirty(
+        &self,
+        bad: &HashMap<ChunkId, (&'static str, String, Option<String>)>,
+    ) -> HashSet<ChunkId> {
+        let mut memo: HashMap<ChunkId, bool> = HashMap::new();
+        fn visit(
+            id: ChunkId,
+            trees: &Trees,
+            bad: &HashMap<ChunkId, (&'static str, String, Option<String>)>,
+            memo: &mut HashMap<ChunkId, bool>,
+        ) -> bool {
+            if let Some(d) = memo.get(&id) {
+                return *d;
+            }
+            let d = bad.contains_key(&id)
+                || match trees.kids.get(&id) {
+                    Some(Ok((true, ids))) => ids.iter().any(|c| visit(*c, trees, bad, memo)),
+                    Some(Ok((false, ids))) => ids.iter().any(|c| bad.contains_key(c)),
+                    _ => false,
+                };
+            memo.insert(id, d);
+            d
+        }
+        for id in self.kids.keys() {
+            visit(*id, self, bad, &mut memo);
+        }
+        memo.into_iter()
+            .filter(|(_, d)| *d)
+            .map(|(id, _)| id)
+            .collect()
+    }
+}
+
+/// The offsets in `p` of each chunk of `bad`: only subtrees in `dirty` are walked.
+fn hits_in(
+    store: &Store,
+    p: &RecoveryPoint,
+    dirty: &HashSet<ChunkId>,
+    bad: &HashMap<ChunkId, (&'static str, String, Option<String>)>,
+) -> Result<HashMap<ChunkId, Vec<u64>>> {
+    let cs = u64::from(p.chunk_size);
+    let mut out: HashMap<ChunkId, Vec<u64>> = HashMap::new();
+    let mut walk = Walk::new(store, p)?;
+    while let Some(e) = walk.peek()? {
+        if !dirty.contains(&e.id) {
+            walk.skip();
+            continue;
+        }
+        if bad.contains_key(&e.id) {
+            out.entry(e.id).or_default().push(e.first * cs);
+            walk.skip();
+            continue;
+        }
+        // A node becomes the walk's list (`Ok(None)`); one that cannot be read is a finding
+        // already (it is in `bad`).
+        if let Ok(Some((e, refs))) = walk.enter() {
+            for (k, r) in refs.iter().enumerate() {
+                if let ChunkRef::Data(id) = r
+                    && bad.contains_key(id)
+                {
+                    out.entry(*id).or_default().push((e.first + k as u64) * cs);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Picks about `share` of the ids, differently each run.
@@ -155,38 +262,16 @@ pub fn verify(
         .filter(|p| opts.since.is_none_or(|s| p.time >= s))
         .collect();
     report.points_in_scope = chosen.len() as u64;
-    // Walk the chosen points: every distinct segment once.
-    let mut segments: SegmentCache = HashMap::new();
-    let mut tree_ids: Vec<ChunkId> = Vec::new();
-    let mut seg_seen = HashSet::new();
-    for p in &chosen {
-        for seg in p.distinct_segments().map_err(cairn_store::Error::Point)? {
-            if seg_seen.insert(seg) {
-                tree_ids.push(seg);
-            }
-        }
-    }
-    for seg in &tree_ids {
-        load_segment(&store, &mut segments, *seg);
-    }
-    // A segment that cannot be read hides the data chunks it names: those the index holds and
-    // still counts, but that no readable segment of any point names, are reported as unknown
-    // but referenced (their bytes may be whole; no point reaches them until the segment is
+    // Walk the chosen points' trees: every distinct tree chunk once.
+    let mut trees = Trees::default();
+    let (tree_ids, mut data_ids) = trees.reach(&store, chosen.iter().copied())?;
+    // A tree chunk that cannot be read hides the chunks under it: those the index holds and
+    // still counts, but that no readable tree chunk of any point names, are reported as unknown
+    // but referenced (their bytes may be whole; no point reaches them until the tree chunk is
     // stored again, by a key backup of the disk).
-    if segments.values().any(std::result::Result::is_err) {
-        let mut named: HashSet<ChunkId> = HashSet::new();
-        for p in &all_points {
-            for seg in p.distinct_segments().map_err(cairn_store::Error::Point)? {
-                named.insert(seg);
-                load_segment(&store, &mut segments, seg);
-                if let Some(Ok(refs)) = segments.get(&seg) {
-                    named.extend(refs.iter().filter_map(|r| match r {
-                        ChunkRef::Data(id) => Some(*id),
-                        ChunkRef::Zero => None,
-                    }));
-                }
-            }
-        }
+    if trees.kids.values().any(std::result::Result::is_err) {
+        let (t, d) = trees.reach(&store, all_points.iter())?;
+        let named: HashSet<ChunkId> = t.into_iter().chain(d).collect();
         let unnamed: Vec<ChunkId> = store
             .chunk_entries()?
             .into_iter()
@@ -196,18 +281,6 @@ pub fn verify(
         let counts = store.refcounts(&unnamed)?;
         report.unknown_but_referenced = counts.iter().filter(|c| **c > 0).count() as u64;
     }
-    let mut data_ids: Vec<ChunkId> = {
-        let mut seen = HashSet::new();
-        segments
-            .values()
-            .filter_map(|s| s.as_ref().ok())
-            .flatten()
-            .filter_map(|r| match r {
-                ChunkRef::Data(id) if seen.insert(*id) => Some(*id),
-                _ => None,
-            })
-            .collect()
-    };
     report.chunks_in_scope = (tree_ids.len() + data_ids.len()) as u64;
     let marked: HashMap<ChunkId, BadMark> = store.bad_chunks()?.into_iter().collect();
     let scope: HashSet<ChunkId> = tree_ids.iter().chain(&data_ids).copied().collect();
@@ -269,32 +342,10 @@ pub fn verify(
     if !findings.is_empty() {
         let tree_set: HashSet<ChunkId> = tree_ids.iter().copied().collect();
         let mut hits: HashMap<ChunkId, Vec<Hit>> = HashMap::new();
-        let cs_of = |p: &RecoveryPoint| u64::from(p.chunk_size);
+        trees.reach(&store, all_points.iter())?;
+        let dirty = trees.dirty(&findings);
         for p in &all_points {
-            let mut per_chunk: HashMap<ChunkId, Vec<u64>> = HashMap::new();
-            let seg_bytes = SEGMENT_REFS as u64 * cs_of(p);
-            for (i, seg) in p.segment_ids().into_iter().enumerate() {
-                let Some(seg) = seg else { continue };
-                let base = i as u64 * seg_bytes;
-                if findings.contains_key(&seg) {
-                    per_chunk.entry(seg).or_default().push(base);
-                    continue;
-                }
-                load_segment(&store, &mut segments, seg);
-                if let Some(Ok(refs)) = segments.get(&seg) {
-                    for (k, r) in refs.iter().enumerate() {
-                        if let ChunkRef::Data(id) = r
-                            && findings.contains_key(id)
-                        {
-                            per_chunk
-                                .entry(*id)
-                                .or_default()
-                                .push(base + k as u64 * cs_of(p));
-                        }
-                    }
-                }
-            }
-            for (id, offsets) in per_chunk {
+            for (id, offsets) in hits_in(&store, p, &dirty, &findings)? {
                 hits.entry(id).or_default().push(Hit {
                     point: p.id.clone(),
                     vm: p.vm.clone(),

@@ -213,6 +213,7 @@ impl<'a> Run<'a> {
         let done = pipeline::run(
             &mut self.session,
             opened.src,
+            opened.parent.as_ref(),
             chunk,
             level,
             opened.size,
@@ -244,12 +245,12 @@ impl<'a> Run<'a> {
             time: req.time,
             size,
             source: info,
-            parent: opened.parent,
+            parent: opened.parent.map(|p| p.id),
             stats,
             run: req.run.clone(),
             labels: req.labels.clone(),
         };
-        let mut staged = self.session.stage(point, &done.refs)?;
+        let mut staged = self.session.stage_tree(point, done.tree)?;
         staged.set_seconds(started.elapsed().as_secs_f64());
         self.staged.push(staged);
         self.staged

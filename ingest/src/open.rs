@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use cairn_store::{RecoveryPoint, SourceInfo, Store};
+use cairn_store::{RecoveryPoint, RefLookup, SourceInfo, Store, Walk};
 use cairn_vhd::{Chain, DiskType, Vhd};
 
 use crate::source::{ChunkSource, RawSource, SparseFileSource};
@@ -22,7 +22,7 @@ pub(crate) struct Opened<'s> {
     /// The disk's size, when known before reading (not for a raw stream).
     pub(crate) size: Option<u64>,
     /// The point a delta is applied to; `None` for a full read (a key backup).
-    pub(crate) parent: Option<String>,
+    pub(crate) parent: Option<RecoveryPoint>,
     /// A spooled copy of stdin, removed when dropped.
     pub(crate) _spool: Option<Spool>,
     /// For a raw stream: set once read when it turned out to be a fixed VHD (its footer, at
@@ -171,13 +171,13 @@ fn delta<'s, B: crate::vhd_source::Blocks + 's>(
     blocks: B,
     chunk: u32,
 ) -> Result<Opened<'s>> {
-    let refs = store.chunk_refs(parent)?;
+    let refs = RefLookup::new(Walk::new(store, parent)?);
     let parent_refs = ParentRefs { store, refs };
     Ok(Opened {
         info,
         src: Box::new(VhdChunks::new(blocks, chunk, Some(parent_refs))),
         size: Some(size),
-        parent: Some(parent.id.clone()),
+        parent: Some(parent.clone()),
         _spool: None,
         fixed_vhd: None,
     })
@@ -226,10 +226,7 @@ fn open_file<'s>(
     let size = vhd.disk_size();
     let kind = format!("vhd-{}", vhd.disk_type().name());
     if vhd.disk_type() != DiskType::Differencing {
-        let blocks = ChainBlocks {
-            chain: Chain::single(path.to_path_buf(), vhd),
-            read: 0,
-        };
+        let blocks = ChainBlocks::new(Chain::single(path.to_path_buf(), vhd));
         let src = Box::new(VhdChunks::new(blocks, chunk, None));
         return Ok(full(&kind, shown, uuid, Some(size), src));
     }
@@ -251,7 +248,7 @@ fn open_file<'s>(
         path: shown.to_owned(),
     };
     if let Some(chain) = chain {
-        let blocks = ChainBlocks { chain, read: 0 };
+        let blocks = ChainBlocks::new(chain);
         return Ok(whole(
             info,
             Some(size),

@@ -1,14 +1,21 @@
 //! The three stages of a backup: a reader thread turns a [`ChunkSource`] into batches of
 //! pieces; the hashing stage tests each for zeros, hashes it with BLAKE3, looks the id up and
 //! compresses only what is new, on the rayon pool; the caller's thread appends new chunks to the
-//! session in order. Bounded channels between the stages bound memory by the channel depth
-//! times the batch size, whatever the disk's size, and let reading, hashing and pack writes
-//! overlap.
+//! session in order and builds the point's tree as it goes. Bounded channels between the stages
+//! bound memory by the channel depth times the batch size, whatever the disk's size, and let
+//! reading, hashing and pack writes overlap. A run of chunks decided without reading (a hole,
+//! a stretch a delta does not hold) crosses the stages as one piece: zeros go into the tree as
+//! shared zero leaves, a parent's stretch as the parent's own leaves and nodes, unread.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use cairn_store::chunk::{self, ChunkKind, is_zero};
-use cairn_store::{BackupStats, ChunkId, ChunkRef, EncodedChunk, KnownFilter, Session};
+use cairn_store::tree::span;
+use cairn_store::{
+    BackupStats, ChunkId, ChunkRef, EncodedChunk, KnownFilter, RecoveryPoint, Session, TreeWriter,
+    Walk,
+};
 use rayon::prelude::*;
 
 use crate::source::{ChunkSource, Piece, PieceOrigin};
@@ -25,12 +32,12 @@ enum Hashed {
     Zero,
     Known(ChunkId),
     New(EncodedChunk),
-    Ref(ChunkRef, PieceOrigin),
+    Run(PieceOrigin, u64),
 }
 
 fn hash_piece(known: &KnownFilter<'_>, piece: Piece, level: i32) -> Result<Hashed> {
     match piece {
-        Piece::Ref(r, o) => Ok(Hashed::Ref(r, o)),
+        Piece::Run { origin, chunks, .. } => Ok(Hashed::Run(origin, chunks)),
         Piece::Data(d) if is_zero(&d) => Ok(Hashed::Zero),
         Piece::Data(d) => {
             let id = ChunkId::of(&d);
@@ -48,10 +55,83 @@ fn hash_piece(known: &KnownFilter<'_>, piece: Piece, level: i32) -> Result<Hashe
     }
 }
 
+/// A parent point's tree, read forward as a delta's runs ask for its chunks: whole leaves and
+/// nodes go into the new tree unread; a leaf is read only where a run starts or ends inside it.
+struct ParentCopy<'s> {
+    walk: Walk<'s>,
+    point: String,
+    chunk: u64,
+    leaf: Option<(u64, Arc<[ChunkRef]>)>,
+}
+
+impl ParentCopy<'_> {
+    /// Appends the parent's chunks `from..from + n` to `tree`.
+    fn copy(
+        &mut self,
+        session: &mut Session<'_>,
+        tree: &mut TreeWriter,
+        from: u64,
+        n: u64,
+    ) -> Result<()> {
+        let end = from + n;
+        let mut pos = from;
+        while pos < end {
+            if let Some((first, refs)) = &self.leaf
+                && pos >= *first
+                && pos < first + refs.len() as u64
+            {
+                let stop = end.min(first + refs.len() as u64);
+                for r in &refs[(pos - first) as usize..(stop - first) as usize] {
+                    tree.push(session, *r)?;
+                }
+                pos = stop;
+                continue;
+            }
+            let Some(e) = self.walk.peek()? else {
+                // Past the parent's end (a disk that grew): zeros.
+                tree.push_zeros(session, end - pos)?;
+                break;
+            };
+            if e.first + e.count <= pos {
+                self.walk.skip();
+                continue;
+            }
+            let whole = e.first == pos && e.count == span(e.level) && pos + e.count <= end;
+            if whole && tree.aligned(e.level) {
+                tree.push_subtree(session, e.id, e.level, e.count)?;
+                self.walk.skip();
+                pos += e.count;
+                continue;
+            }
+            if self.walk.known_zero(&e.id) {
+                let stop = end.min(e.first + e.count);
+                tree.push_zeros(session, stop - pos)?;
+                if stop == e.first + e.count {
+                    self.walk.skip();
+                }
+                pos = stop;
+                continue;
+            }
+            match self.walk.enter() {
+                Ok(None) => {}
+                Ok(Some((e, refs))) => self.leaf = Some((e.first, refs)),
+                Err(err) => {
+                    return Err(Error::Refused(format!(
+                        "the parent point {} cannot be read at disk offset {}: {err}; nothing                          was stored. A key backup (`cairn backup --key`) reads the whole disk                          instead",
+                        self.point,
+                        e.first * self.chunk
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the pipeline made of a source.
 pub(crate) struct Ingested {
-    /// The disk's chunk refs, in order.
-    pub(crate) refs: Vec<ChunkRef>,
+    /// The disk's tree, built (finished by the caller when it stages the point).
+    pub(crate) tree: TreeWriter,
     /// Counts of what each chunk was.
     pub(crate) stats: BackupStats,
     /// Bytes of disk covered by the refs.
@@ -65,12 +145,22 @@ pub(crate) struct Ingested {
 pub(crate) fn run(
     session: &mut Session<'_>,
     mut src: Box<dyn ChunkSource + '_>,
+    parent: Option<&RecoveryPoint>,
     chunk: u32,
     level: i32,
     size: Option<u64>,
     progress: &(dyn Fn(u64, Option<u64>) + Sync),
 ) -> Result<Ingested> {
-    let mut refs: Vec<ChunkRef> = Vec::new();
+    let mut tree = session.tree_writer();
+    let mut parent = match parent {
+        Some(p) => Some(ParentCopy {
+            walk: Walk::new(session.store(), p)?,
+            point: p.short_id().to_owned(),
+            chunk: u64::from(chunk),
+            leaf: None,
+        }),
+        None => None,
+    };
     let mut stats = BackupStats::default();
     let mut logical = 0u64;
     let (tx, rx) = crossbeam_channel::bounded::<Result<Vec<(Piece, u64)>>>(QUEUE_DEPTH);
@@ -86,7 +176,7 @@ pub(crate) fn run(
                         Ok(Some(p)) => {
                             let len = match &p {
                                 Piece::Data(d) => d.len() as u64,
-                                Piece::Ref(..) => u64::from(chunk),
+                                Piece::Run { bytes, .. } => *bytes,
                             };
                             batch.push((p, len));
                         }
@@ -146,7 +236,6 @@ pub(crate) fn run(
         let hrx = hrx;
         for batch in &hrx {
             for (h, len) in batch? {
-                stats.chunks += 1;
                 let r = match h {
                     Hashed::Zero => {
                         stats.zero_chunks += 1;
@@ -165,16 +254,31 @@ pub(crate) fn run(
                         }
                         ChunkRef::Data(enc.id)
                     }
-                    Hashed::Ref(r, PieceOrigin::Parent) => {
-                        stats.parent_chunks += 1;
-                        r
-                    }
-                    Hashed::Ref(r, PieceOrigin::Unallocated) => {
-                        stats.zero_chunks += 1;
-                        r
+                    Hashed::Run(origin, n) => {
+                        let at = tree.chunks();
+                        match (origin, &mut parent) {
+                            (PieceOrigin::Parent, Some(p)) => {
+                                stats.parent_chunks += n;
+                                p.copy(session, &mut tree, at, n)?;
+                            }
+                            (PieceOrigin::Parent, None) => {
+                                return Err(Error::Refused(
+                                    "a source gave its parent's chunks without a parent".into(),
+                                ));
+                            }
+                            (PieceOrigin::Unallocated, _) => {
+                                stats.zero_chunks += n;
+                                tree.push_zeros(session, n)?;
+                            }
+                        }
+                        stats.chunks += n;
+                        logical += len;
+                        progress(logical, size);
+                        continue;
                     }
                 };
-                refs.push(r);
+                stats.chunks += 1;
+                tree.push(session, r)?;
                 logical += len;
                 progress(logical, size);
             }
@@ -184,7 +288,7 @@ pub(crate) fn run(
             .map_err(|_| Error::Refused("the source reader thread panicked".into()))
     })?;
     Ok(Ingested {
-        refs,
+        tree,
         stats,
         logical,
         bytes_read,

@@ -1,29 +1,52 @@
 //! What the pipeline reads: a [`ChunkSource`] yields a disk's chunks in order, as bytes to hash
-//! or as refs decided without reading. [`RawSource`] reads a raw image front to back.
+//! or as runs of chunks decided without reading (holes, stretches a delta does not hold), so
+//! that the cost of a backup follows the data, not the disk's size. [`RawSource`] reads a raw
+//! stream front to back; [`SparseFileSource`] a raw file, skipping its holes.
 
 use std::io::Read;
 use std::path::PathBuf;
 
-use cairn_store::ChunkRef;
-
 use crate::{Error, Result};
 
-/// A chunk of the disk as a source yields it.
+/// A stretch of the disk as a source yields it.
 #[derive(Debug)]
 pub(crate) enum Piece {
-    /// Bytes to hash and store.
+    /// One chunk's bytes, to hash and store.
     Data(Vec<u8>),
-    /// Decided without reading: zeros, or the parent's chunk.
-    Ref(ChunkRef, PieceOrigin),
+    /// Chunks decided without reading: zeros, or the parent point's.
+    Run {
+        /// Why they need no reading.
+        origin: PieceOrigin,
+        /// How many chunks.
+        chunks: u64,
+        /// Bytes of disk they cover (the last chunk of a disk may be short).
+        bytes: u64,
+    },
 }
 
-/// Why a piece needed no reading.
+/// Why a run needed no reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PieceOrigin {
-    /// Unallocated in the source.
+    /// Unallocated in the source: zeros.
     Unallocated,
     /// Taken from the parent point.
     Parent,
+}
+
+/// The run of whole chunks from byte `start` (a chunk boundary) up to the chunk holding byte
+/// `next` (the next byte that may hold data; `size` or more when none does), in a disk of
+/// `size` bytes cut in chunks of `chunk`: `(chunks, bytes)`, `(0, 0)` when the chunk at `start`
+/// may hold data.
+pub(crate) fn run_before(start: u64, next: u64, size: u64, chunk: u64) -> (u64, u64) {
+    let end = if next >= size {
+        size
+    } else {
+        next / chunk * chunk
+    };
+    if end <= start {
+        return (0, 0);
+    }
+    ((end - start).div_ceil(chunk), end - start)
 }
 
 /// Something that yields the chunks of a disk, in order.
@@ -150,9 +173,16 @@ impl ChunkSource for SparseFileSource {
         {
             self.next_data = self.seek_data(self.offset);
         }
-        if self.next_data.is_some_and(|next| next >= end) {
-            self.offset = end;
-            return Ok(Some(Piece::Ref(ChunkRef::Zero, PieceOrigin::Unallocated)));
+        if let Some(next) = self.next_data {
+            let (chunks, bytes) = run_before(self.offset, next, self.size, self.chunk);
+            if chunks > 0 {
+                self.offset += bytes;
+                return Ok(Some(Piece::Run {
+                    origin: PieceOrigin::Unallocated,
+                    chunks,
+                    bytes,
+                }));
+            }
         }
         let mut buf = vec![0u8; len as usize];
         self.file

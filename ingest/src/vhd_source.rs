@@ -12,11 +12,11 @@ use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
 
-use cairn_store::{ChunkRef, Store};
+use cairn_store::{ChunkRef, RefLookup, Store};
 use cairn_vhd::format::SECTOR_SIZE;
 use cairn_vhd::{BlockState, Chain, StreamVhd, Vhd};
 
-use crate::source::{ChunkSource, Piece, PieceOrigin};
+use crate::source::{ChunkSource, Piece, PieceOrigin, run_before};
 use crate::{Error, Result};
 
 /// Byte ranges of a disk image that a VHD (or a chain) stores.
@@ -26,6 +26,10 @@ pub(crate) trait Blocks: Send {
     /// Whether any byte of `offset..offset + len` is stored. `false`: the range reads as zeros
     /// (a full read) or as the parent's (a delta), without reading anything.
     fn stored(&mut self, offset: u64, len: u64) -> Result<bool>;
+    /// The first offset at or after `offset` where a stored block may hold data (`offset`
+    /// itself when its block is stored), or the disk's size when none is: the stretch before it
+    /// is one run of zeros (or of the parent's chunks), found without reading.
+    fn next_stored(&mut self, offset: u64) -> Result<u64>;
     /// Reads the content at `offset` (sector-aligned, a whole number of sectors): stored blocks'
     /// bytes, zeros elsewhere.
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
@@ -47,6 +51,38 @@ pub(crate) trait Blocks: Send {
 pub(crate) struct ChainBlocks {
     pub(crate) chain: Chain<File>,
     pub(crate) read: u64,
+    /// Per file of the chain, the last answer of [`Blocks::next_stored`]: `(asked, found)`, no
+    /// block of that file stored in `asked..found`. Scans never cover a stretch twice.
+    pub(crate) next: Vec<(u64, u64)>,
+}
+
+impl ChainBlocks {
+    pub(crate) fn new(chain: Chain<File>) -> Self {
+        Self {
+            chain,
+            read: 0,
+            next: Vec::new(),
+        }
+    }
+}
+
+/// The first block of `count` blocks of `bs` bytes, from the one holding `offset`, for which
+/// `stored` says yes: its offset (at least `offset`), or `end` when none.
+fn first_stored(
+    offset: u64,
+    bs: u64,
+    count: u32,
+    end: u64,
+    mut stored: impl FnMut(u32) -> cairn_vhd::Result<bool>,
+) -> cairn_vhd::Result<u64> {
+    let mut b = offset / bs;
+    while b < u64::from(count) {
+        if stored(b as u32)? {
+            return Ok((b * bs).max(offset));
+        }
+        b += 1;
+    }
+    Ok(end)
 }
 
 impl Blocks for ChainBlocks {
@@ -56,6 +92,32 @@ impl Blocks for ChainBlocks {
 
     fn stored(&mut self, offset: u64, len: u64) -> Result<bool> {
         Ok(self.chain.range_present(offset, len)?)
+    }
+
+    fn next_stored(&mut self, offset: u64) -> Result<u64> {
+        let size = self.chain.disk_size();
+        let levels = self.chain.levels();
+        self.next.resize(levels.len(), (u64::MAX, 0));
+        let mut best = size;
+        for (level, memo) in levels.iter().zip(self.next.iter_mut()) {
+            let found = if memo.0 <= offset && offset <= memo.1 {
+                memo.1
+            } else {
+                let v = &level.vhd;
+                let found = first_stored(
+                    offset,
+                    u64::from(v.block_size()),
+                    v.block_count(),
+                    size,
+                    |b| Ok(v.block_state(b)? != BlockState::Unallocated),
+                )
+                .map_err(|e| e.in_file(&level.path))?;
+                *memo = (offset, found);
+                found
+            };
+            best = best.min(found.max(offset));
+        }
+        Ok(best)
     }
 
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
@@ -207,6 +269,16 @@ impl<F: SparseFile> Blocks for SparseBlocks<F> {
         Ok(false)
     }
 
+    fn next_stored(&mut self, offset: u64) -> Result<u64> {
+        let (bs, size) = (self.file.block_size(), self.file.disk_size());
+        let count = size.div_ceil(bs) as u32;
+        let file = &self.file;
+        first_stored(offset, bs, count, size, |b| {
+            Ok(file.block_state(b)? != BlockState::Unallocated)
+        })
+        .map_err(|e| Error::Vhd(e.in_file(&self.path)))
+    }
+
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let pieces: Vec<_> = self.pieces(offset, buf.len() as u64).collect();
         for (block, within, at, n) in pieces {
@@ -291,11 +363,11 @@ fn bit(bitmap: &[u8], i: usize) -> bool {
         .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
 }
 
-/// The parent point a delta applies to: its chunk refs, and the store to read partly
-/// overwritten chunks from.
+/// The parent point a delta applies to: its refs, looked up for the chunks the delta holds in
+/// part, and the store to read those chunks from.
 pub(crate) struct ParentRefs<'s> {
     pub(crate) store: &'s Store,
-    pub(crate) refs: Vec<ChunkRef>,
+    pub(crate) refs: RefLookup<'s>,
 }
 
 /// Cuts [`Blocks`] into chunks: a full read (unstored ranges are zeros) or, with a parent, a
@@ -331,27 +403,49 @@ impl<B: Blocks> ChunkSource for VhdChunks<'_, B> {
             }
             return Ok(None);
         }
-        let i = self.index as usize;
+        let origin = if self.parent.is_some() {
+            PieceOrigin::Parent
+        } else {
+            PieceOrigin::Unallocated
+        };
+        // Chunks no stored block touches: zeros (a full read) or the parent's (a delta), as one
+        // run, unread.
+        let next = self.blocks.next_stored(start)?;
+        let (chunks, bytes) = run_before(start, next, size, self.chunk);
+        if chunks > 0 {
+            self.index += chunks;
+            return Ok(Some(Piece::Run {
+                origin,
+                chunks,
+                bytes,
+            }));
+        }
+        let i = self.index;
         self.index += 1;
         let len = (size - start).min(self.chunk);
-        let Some(parent) = &self.parent else {
+        let one = Piece::Run {
+            origin,
+            chunks: 1,
+            bytes: len,
+        };
+        let Some(parent) = &mut self.parent else {
             if !self.blocks.stored(start, len)? {
-                return Ok(Some(Piece::Ref(ChunkRef::Zero, PieceOrigin::Unallocated)));
+                return Ok(Some(one));
             }
             let mut buf = vec![0u8; len as usize];
             self.blocks.read(start, &mut buf)?;
             return Ok(Some(Piece::Data(buf)));
         };
-        let parent_ref = parent.refs.get(i).copied().unwrap_or(ChunkRef::Zero);
         if !self.blocks.stored(start, len)? {
-            return Ok(Some(Piece::Ref(parent_ref, PieceOrigin::Parent)));
+            return Ok(Some(one));
         }
         let mut buf = vec![0u8; len as usize];
         let mut held = vec![false; len.div_ceil(SECTOR_SIZE) as usize];
         self.blocks.read_held(start, &mut buf, &mut held)?;
         if !held.iter().any(|&h| h) {
-            return Ok(Some(Piece::Ref(parent_ref, PieceOrigin::Parent)));
+            return Ok(Some(one));
         }
+        let parent_ref = parent.refs.get(i)?;
         // Sectors the delta does not hold keep the parent's bytes.
         if let (false, ChunkRef::Data(id)) = (held.iter().all(|&h| h), parent_ref) {
             let base = parent.store.read_chunk(&id)?;

@@ -2,9 +2,11 @@
 //! chain (key + differencing VHDs), or one differencing VHD against a base point.
 //!
 //! # Reading
-//! A [`PointReader`] serves a point's blocks in order. It fetches a window of chunks at a time:
-//! their locations are looked up in one batch, sorted by pack and offset, read by several
-//! threads at once, decompressed and checked against their ids, then handed out in disk order.
+//! A [`PointReader`] serves a point's blocks in order. It walks the point's tree a leaf at a time
+//! (the reference list is never held whole; holes cost nothing) and fetches a window of chunks
+//! at a time: their locations are looked up in one batch, sorted by pack and offset, read by
+//! several threads at once, decompressed and checked against their ids, then handed out in disk
+//! order.
 //! A chunk that is missing or does not match its id stops the restore with an error naming the
 //! chunk and the disk offset: wrong bytes are never written silently. Asked to ignore errors,
 //! the reader writes zeros there instead and lists every damaged range in [`Restored`].
@@ -23,18 +25,17 @@
 //! names its parent correctly. A chain's files are named by [`vhd_file_name`].
 
 mod output;
+mod reader;
+
+pub use reader::{Needed, PointReader};
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use cairn_store::{ChunkId, ChunkRef, RecoveryPoint, Store};
+use cairn_store::{RecoveryPoint, Store};
 use cairn_vhd::format::DEFAULT_BLOCK_SIZE;
 use cairn_vhd::{DiskSpec, ParentSpec, vhd_timestamp, write_sparse};
-use rayon::prelude::*;
 
-/// Bytes fetched per window (several chunks read in parallel, in pack order).
-const WINDOW_BYTES: u64 = 16 << 20;
 /// Bytes per write of a raw restore.
 const BOUNCE_BYTES: usize = 1 << 20;
 
@@ -89,294 +90,6 @@ pub struct Damaged {
     pub len: u64,
     /// Why.
     pub what: String,
-}
-
-/// A point's reference list; with `ignore_errors`, a tree segment that cannot be read makes its
-/// stretch of the disk zeros (listed) instead of an error.
-///
-/// # Errors
-/// A missing or bad tree chunk, unless errors are ignored.
-pub fn load_refs(
-    store: &Store,
-    point: &RecoveryPoint,
-    ignore_errors: bool,
-) -> Result<(Vec<ChunkRef>, Vec<Damaged>)> {
-    if !ignore_errors {
-        return Ok((store.chunk_refs(point)?, Vec::new()));
-    }
-    let mut damaged = Vec::new();
-    let cs = u64::from(point.chunk_size);
-    let seg_bytes = cairn_store::point::SEGMENT_REFS as u64 * cs;
-    let mut refs = Vec::with_capacity(point.chunk_count() as usize);
-    for (i, seg) in point.segment_ids().into_iter().enumerate() {
-        let want =
-            (point.chunk_count() as usize - refs.len()).min(cairn_store::point::SEGMENT_REFS);
-        let got = seg
-            .ok_or_else(|| format!("segment {i} is not a chunk id"))
-            .and_then(|id| store.read_chunk(&id).map_err(|e| e.to_string()))
-            .and_then(|b| cairn_store::point::decode_segment(&b));
-        match got {
-            Ok(r) if r.len() == want => refs.extend(r),
-            other => {
-                let what = match other {
-                    Err(e) => format!("tree segment unreadable: {e}"),
-                    Ok(r) => format!("tree segment holds {} refs, not {want}", r.len()),
-                };
-                let offset = i as u64 * seg_bytes;
-                damaged.push(Damaged {
-                    point: point.id.clone(),
-                    offset,
-                    len: (point.size - offset).min(seg_bytes),
-                    what,
-                });
-                refs.extend(std::iter::repeat_n(ChunkRef::Zero, want));
-            }
-        }
-    }
-    Ok((refs, damaged))
-}
-
-/// One window of decoded chunks: `chunks` slots of the chunk size from chunk `first`.
-struct Window {
-    first: usize,
-    chunks: usize,
-    data: Vec<u8>,
-    damaged: Vec<Damaged>,
-}
-
-/// Serves a point's chunks in disk order while a fetcher thread decodes the windows ahead, so
-/// that reading and checking overlap with writing the output. Each window's locations are looked
-/// up in one batch, read sorted by pack and offset with several reads in flight on the rayon
-/// pool, and decoded straight into the slots of a recycled buffer. Memory: three windows.
-pub struct PointReader {
-    chunk_size: usize,
-    size: u64,
-    refs: Arc<Vec<ChunkRef>>,
-    needed: Option<Arc<Vec<bool>>>,
-    rx: crossbeam_channel::Receiver<Result<Window>>,
-    recycle: crossbeam_channel::Sender<Vec<u8>>,
-    current: Option<Window>,
-    damaged: Vec<Damaged>,
-}
-
-impl PointReader {
-    /// Starts reading `point` whose refs are `refs`, in the thread scope `scope`. `needed` says
-    /// which chunks the caller will ask for (all when `None`); they must be asked for in
-    /// increasing order. With `ignore_errors` bad or missing chunks read as zeros and are listed
-    /// in [`Self::damaged`].
-    pub fn start<'scope, 'env>(
-        scope: &'scope std::thread::Scope<'scope, 'env>,
-        store: &'env Store,
-        point: &RecoveryPoint,
-        refs: Vec<ChunkRef>,
-        needed: Option<Vec<bool>>,
-        ignore_errors: bool,
-    ) -> Self {
-        let cs = point.chunk_size as usize;
-        let refs = Arc::new(refs);
-        let needed = needed.map(Arc::new);
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let (recycle, recycled) = crossbeam_channel::bounded::<Vec<u8>>(3);
-        let (point_c, refs_c, needed_c) = (point.clone(), Arc::clone(&refs), needed.clone());
-        scope.spawn(move || {
-            // Windows are aligned to multiples of their size, itself a multiple of the VHD
-            // block's chunks, so a block never straddles two windows.
-            let per = ((WINDOW_BYTES / cs as u64) as usize).max(1);
-            let mut first = 0;
-            while first < refs_c.len() {
-                let end = (first + per).min(refs_c.len());
-                let wanted: Vec<(usize, ChunkId)> = (first..end)
-                    .filter(|i| needed_c.as_ref().is_none_or(|n| n[*i]))
-                    .filter_map(|i| match refs_c[i] {
-                        ChunkRef::Data(id) => Some((i, id)),
-                        ChunkRef::Zero => None,
-                    })
-                    .collect();
-                if !wanted.is_empty() {
-                    let mut data = recycled.try_recv().unwrap_or_default();
-                    if data.len() < (end - first) * cs {
-                        data.resize((end - first) * cs, 0);
-                    }
-                    let msg = fetch(store, &point_c, first, &wanted, &mut data, ignore_errors).map(
-                        |damaged| Window {
-                            first,
-                            chunks: end - first,
-                            data,
-                            damaged,
-                        },
-                    );
-                    let failed = msg.is_err();
-                    if tx.send(msg).is_err() || failed {
-                        return;
-                    }
-                }
-                first = end;
-            }
-        });
-        Self {
-            chunk_size: cs,
-            size: point.size,
-            refs,
-            needed,
-            rx,
-            recycle,
-            current: None,
-            damaged: Vec::new(),
-        }
-    }
-
-    /// The point's refs.
-    #[must_use]
-    pub fn refs(&self) -> &[ChunkRef] {
-        &self.refs
-    }
-
-    /// The ranges read as zeros because they could not be read (only when errors are ignored).
-    #[must_use]
-    pub fn damaged(&self) -> &[Damaged] {
-        &self.damaged
-    }
-
-    /// Whether chunk `i` is data the caller said it would read.
-    fn wanted(&self, i: usize) -> bool {
-        matches!(self.refs.get(i), Some(ChunkRef::Data(_)))
-            && self.needed.as_ref().is_none_or(|x| x[i])
-    }
-
-    /// The bytes of the run of data chunks that starts at chunk `index` (which must be data),
-    /// as far as it goes in the current window: one slice to write with one call. The run's
-    /// length in chunks is its length in bytes divided by the chunk size, rounded up.
-    ///
-    /// # Errors
-    /// As [`Self::read_chunks`].
-    pub fn data_run(&mut self, index: usize) -> Result<&[u8]> {
-        self.advance(index, 1)?;
-        let Some(w) = &self.current else {
-            return Err(Error::Refused(format!("chunk {index} holds no data")));
-        };
-        let mut end = index;
-        while end < w.first + w.chunks && self.wanted(end) {
-            end += 1;
-        }
-        let cs = self.chunk_size;
-        let bytes_end = (end as u64 * cs as u64).min(self.size);
-        let len = (bytes_end - index as u64 * cs as u64) as usize;
-        let at = (index - w.first) * cs;
-        Ok(&w.data[at..at + len])
-    }
-
-    /// Makes the current window the one holding chunks `index..index + n` when any of them is
-    /// data to read.
-    fn advance(&mut self, index: usize, n: usize) -> Result<()> {
-        if (index..index + n).any(|i| self.wanted(i)) {
-            loop {
-                if let Some(w) = &self.current {
-                    if index >= w.first && index + n <= w.first + w.chunks {
-                        break;
-                    }
-                    if index < w.first {
-                        return Err(Error::Refused(format!(
-                            "chunk {index} asked for after chunk {}",
-                            w.first
-                        )));
-                    }
-                }
-                let w = self
-                    .rx
-                    .recv()
-                    .map_err(|_| Error::Refused(format!("chunk {index} is past the reader")))??;
-                if let Some(old) = self.current.replace(w) {
-                    let _ = self.recycle.try_send(old.data);
-                }
-                if let Some(w) = self.current.as_mut() {
-                    self.damaged.append(&mut w.damaged);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Fills `buf` with the disk's bytes from chunk `index` on (`buf` is a whole number of
-    /// chunks, or runs to the disk's end).
-    ///
-    /// # Errors
-    /// A chunk that is missing or bad, or a chunk asked for out of order.
-    pub fn read_chunks(&mut self, index: usize, buf: &mut [u8]) -> Result<()> {
-        let cs = self.chunk_size;
-        let n = buf.len().div_ceil(cs);
-        self.advance(index, n)?;
-        for (k, dst) in buf.chunks_mut(cs).enumerate() {
-            let i = index + k;
-            match (&self.current, self.wanted(i)) {
-                (Some(w), true) => {
-                    let at = (i - w.first) * cs;
-                    dst.copy_from_slice(&w.data[at..at + dst.len()]);
-                }
-                _ => dst.fill(0),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Reads `wanted` (chunk index and id, all in the window from `first`) into `data`, one slot of
-/// the chunk size each; returns the damaged ranges (zeros) when errors are ignored.
-fn fetch(
-    store: &Store,
-    point: &RecoveryPoint,
-    first: usize,
-    wanted: &[(usize, ChunkId)],
-    data: &mut [u8],
-    ignore_errors: bool,
-) -> Result<Vec<Damaged>> {
-    let cs = point.chunk_size as usize;
-    let ids: Vec<ChunkId> = wanted.iter().map(|(_, id)| *id).collect();
-    let locs = store.locations(&ids)?;
-    let mut slots: Vec<Option<&mut [u8]>> = data.chunks_mut(cs).map(Some).collect();
-    let mut jobs = Vec::with_capacity(wanted.len());
-    let mut failed: Vec<(usize, cairn_store::Error)> = Vec::new();
-    for ((i, id), loc) in wanted.iter().zip(locs) {
-        let slot = slots.get_mut(i - first).and_then(Option::take);
-        match (loc, slot) {
-            (Some(loc), Some(slot)) => jobs.push((*i, *id, loc, slot)),
-            (_, slot) => {
-                if let Some(s) = slot {
-                    s.fill(0);
-                }
-                failed.push((*i, cairn_store::Error::MissingChunk(*id)));
-            }
-        }
-    }
-    jobs.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
-    failed.extend(
-        jobs.into_par_iter()
-            .filter_map(|(i, id, loc, slot)| {
-                store.read_into(&id, &loc, slot).err().map(|e| {
-                    slot.fill(0);
-                    (i, e)
-                })
-            })
-            .collect::<Vec<_>>(),
-    );
-    failed.sort_by_key(|(i, _)| *i);
-    let mut damaged = Vec::new();
-    for (i, source) in failed {
-        let offset = i as u64 * cs as u64;
-        if !ignore_errors {
-            return Err(Error::Chunk {
-                point: point.id.clone(),
-                offset,
-                source,
-            });
-        }
-        damaged.push(Damaged {
-            point: point.id.clone(),
-            offset,
-            len: (point.size - offset).min(cs as u64),
-            what: source.to_string(),
-        });
-    }
-    Ok(damaged)
 }
 
 /// The output format of a restore.
@@ -525,39 +238,21 @@ fn restore_raw<'scope, 'env>(
     ignore_errors: bool,
     progress: &dyn Fn(u64),
 ) -> Result<Restored> {
-    let (refs, mut damaged) = load_refs(store, point, ignore_errors)?;
-    let mut reader = PointReader::start(scope, store, point, refs, None, ignore_errors);
-    let cs = point.chunk_size as usize;
+    let mut reader = PointReader::start(scope, store, point, None, ignore_errors)?;
     // A regular file is written sparse; stdout, a block device (an LV, an iSCSI disk) or a
     // pipe get every byte, zeros included, in order.
-    let file = target.regular_file();
-    let dense = if file.is_none() {
-        Some(target.writer()?)
-    } else {
-        None
-    };
-    if let Some(f) = file {
+    if let Some(f) = target.regular_file() {
         // Sized first, so that every write lands inside the file: measured faster here than
         // writes that extend it past holes (4 of 4 interleaved runs, by 0.4-0.8 s on 4 GiB).
         f.set_len(point.size)
             .map_err(io_err(out, "setting the length"))?;
-    }
-    let n = reader.refs().len();
-    if let Some(f) = file {
         // Holes stay holes; runs of data chunks are written in pieces of BOUNCE_BYTES.
         use std::os::unix::fs::FileExt;
         let mut bounce: Vec<u8> = Vec::with_capacity(BOUNCE_BYTES);
-        let mut i = 0;
-        while i < n {
-            if reader.refs()[i] == ChunkRef::Zero {
-                i += 1;
-                continue;
-            }
-            let at = i as u64 * cs as u64;
-            let run = reader.data_run(i)?;
-            // Through a 1 MiB buffer this thread keeps warm: the kernel copies from it into the
-            // page cache much faster than straight from the window, which the decoding threads
-            // filled (measured: 3.6-4.1 s against 5.6-7.4 s for a 4 GiB point).
+        while let Some((at, run)) = reader.next_data()? {
+            // Through a 1 MiB buffer this thread keeps warm: the kernel copies from it into
+            // the page cache much faster than straight from the window, which the decoding
+            // threads filled (measured: 3.6-4.1 s against 5.6-7.4 s for a 4 GiB point).
             for (k, part) in run.chunks(BOUNCE_BYTES).enumerate() {
                 bounce.clear();
                 bounce.extend_from_slice(part);
@@ -565,22 +260,30 @@ fn restore_raw<'scope, 'env>(
                 f.write_all_at(&bounce, o)
                     .map_err(io_err(out, &format!("writing at offset {o}")))?;
             }
-            i += run.len().div_ceil(cs);
-            progress((i as u64 * cs as u64).min(point.size));
+            progress(at + run.len() as u64);
         }
-    }
-    if let Some(sink) = dense {
-        let mut sink = BufWriter::with_capacity(BOUNCE_BYTES, sink);
-        let mut buf = vec![0u8; cs];
+    } else {
+        let mut sink = BufWriter::with_capacity(BOUNCE_BYTES, target.writer()?);
+        let zeros = vec![0u8; BOUNCE_BYTES];
         let mut done = 0u64;
-        for i in 0..n {
-            let len = (point.size - done).min(cs as u64) as usize;
-            reader.read_chunks(i, &mut buf[..len])?;
-            sink.write_all(&buf[..len])
-                .map_err(io_err(out, &format!("writing at offset {done}")))?;
-            done += len as u64;
+        let fill = |sink: &mut BufWriter<_>, done: &mut u64, to: u64| -> Result<()> {
+            while *done < to {
+                let n = (to - *done).min(BOUNCE_BYTES as u64) as usize;
+                sink.write_all(&zeros[..n])
+                    .map_err(io_err(out, &format!("writing at offset {done}")))?;
+                *done += n as u64;
+                progress(*done);
+            }
+            Ok(())
+        };
+        while let Some((at, run)) = reader.next_data()? {
+            fill(&mut sink, &mut done, at)?;
+            sink.write_all(run)
+                .map_err(io_err(out, &format!("writing at offset {at}")))?;
+            done = at + run.len() as u64;
             progress(done);
         }
+        fill(&mut sink, &mut done, point.size)?;
         sink.flush().map_err(io_err(out, "flushing"))?;
     }
     // No fsync, as cp, borg and restic: the kernel writes the file back; `sync` it when it must
@@ -588,30 +291,18 @@ fn restore_raw<'scope, 'env>(
     Ok(Restored {
         files: vec![out.to_path_buf()],
         bytes: point.size,
-        damaged: {
-            damaged.append(&mut reader.damaged);
-            damaged
-        },
+        damaged: reader.finish()?,
     })
 }
 
-/// Refs grouped by VHD block: which blocks hold data, and which differ from a base.
-fn block_refs(refs: &[ChunkRef], per_block: usize) -> Vec<&[ChunkRef]> {
-    refs.chunks(per_block).collect()
-}
-
-/// Writes the VHD of `point` to `out`: dynamic, or differencing against `base` when given.
-/// Returns the bytes written and the ranges written as zeros (with errors ignored).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one private helper of the three VHD restores"
-)]
+/// Writes the VHD of `point` to `out`: dynamic, or differencing against `base` (with the file
+/// name the differencing VHD gives as its parent's) when given. Returns the bytes written and
+/// the ranges written as zeros (with errors ignored).
 fn write_point_vhd<'scope, 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
     store: &'env Store,
     point: &RecoveryPoint,
-    refs: Vec<ChunkRef>,
-    base: Option<(&RecoveryPoint, &[ChunkRef], String)>,
+    base: Option<(&RecoveryPoint, String)>,
     (out, target): (&Path, &mut dyn Write),
     ignore_errors: bool,
     progress: &dyn Fn(u64),
@@ -623,49 +314,46 @@ fn write_point_vhd<'scope, 'env>(
             point.size
         )));
     }
-    let cs = point.chunk_size as usize;
-    let per_block = (DEFAULT_BLOCK_SIZE as usize / cs).max(1);
-    let blocks = block_refs(&refs, per_block);
-    let allocated: Vec<bool> = match base {
-        None => blocks
-            .iter()
-            .map(|b| b.iter().any(|r| *r != ChunkRef::Zero))
-            .collect(),
-        Some((bp, brefs, _)) => {
-            if bp.size != point.size || bp.chunk_size != point.chunk_size {
-                return Err(Error::Refused(format!(
-                    "base point {} is not of the same disk size",
-                    bp.short_id()
-                )));
-            }
-            let bblocks = block_refs(brefs, per_block);
-            blocks.iter().zip(bblocks).map(|(a, b)| *a != b).collect()
-        }
-    };
+    let cs = u64::from(point.chunk_size);
+    let per_block = (u64::from(DEFAULT_BLOCK_SIZE) / cs).max(1);
+    if let Some((bp, _)) = &base
+        && (bp.size != point.size || bp.chunk_size != point.chunk_size)
+    {
+        return Err(Error::Refused(format!(
+            "base point {} is not of the same disk size",
+            bp.short_id()
+        )));
+    }
+    let allocated = reader::blocks_with_data(
+        store,
+        point,
+        base.as_ref().map(|b| b.0),
+        per_block,
+        ignore_errors,
+    )?;
     // Only the chunks of blocks the VHD holds are read.
-    let needed: Vec<bool> = allocated
-        .iter()
-        .flat_map(|a| std::iter::repeat_n(*a, per_block))
-        .take(refs.len())
-        .collect();
-    let mut reader = PointReader::start(scope, store, point, refs, Some(needed), ignore_errors);
+    let needed = Needed {
+        blocks: allocated.clone(),
+        per_block,
+    };
+    let mut reader = PointReader::start(scope, store, point, Some(needed), ignore_errors)?;
     let spec = DiskSpec {
         size: point.size,
         block_size: DEFAULT_BLOCK_SIZE,
         uuid: point_uuid(point),
         timestamp: vhd_timestamp(point.time.timestamp()),
     };
-    let parent = base.map(|(bp, _, name)| ParentSpec {
+    let parent = base.map(|(bp, name)| ParentSpec {
         uuid: point_uuid(bp),
         timestamp: vhd_timestamp(bp.time.timestamp()),
         relative_path: name,
         absolute_path: String::new(),
     });
     let mut sink = BufWriter::with_capacity(1 << 20, target);
-    let bs = DEFAULT_BLOCK_SIZE as u64;
+    let bs = u64::from(DEFAULT_BLOCK_SIZE);
     let mut failure: Option<Error> = None;
     let written = write_sparse(&mut sink, &spec, parent.as_ref(), &allocated, |b, buf| {
-        let first = b as usize * per_block;
+        let first = u64::from(b) * per_block;
         let start = u64::from(b) * bs;
         let len = (point.size - start).min(bs) as usize;
         buf.fill(0);
@@ -682,7 +370,7 @@ fn write_point_vhd<'scope, 'env>(
     }
     let written = written.map_err(|e| e.in_file(out))?;
     sink.flush().map_err(io_err(out, "flushing"))?;
-    Ok((written, reader.damaged))
+    Ok((written, reader.finish()?))
 }
 
 #[expect(
@@ -699,7 +387,6 @@ fn restore_vhd<'scope, 'env>(
     ignore_errors: bool,
     progress: &dyn Fn(u64),
 ) -> Result<Restored> {
-    let base_refs;
     let base = match base {
         Some(b) => {
             if b.vm != point.vm || b.disk != point.disk {
@@ -712,26 +399,22 @@ fn restore_vhd<'scope, 'env>(
                     point.disk
                 )));
             }
-            base_refs = store.chunk_refs(b)?;
             // The base's file as the first of a chain restored from it (`--format vhd-chain
             // --from BASE`), in the same folder.
-            Some((b, base_refs.as_slice(), chain_file_name(0, b)))
+            Some((b, chain_file_name(0, b)))
         }
         None => None,
     };
-    let (refs, mut damaged) = load_refs(store, point, ignore_errors)?;
     let mut w = target.writer()?;
-    let (bytes, mut more) = write_point_vhd(
+    let (bytes, damaged) = write_point_vhd(
         scope,
         store,
         point,
-        refs,
         base,
         (out, &mut w),
         ignore_errors,
         progress,
     )?;
-    damaged.append(&mut more);
     Ok(Restored {
         files: vec![out.to_path_buf()],
         bytes,
@@ -808,26 +491,24 @@ fn write_chain<'scope, 'env>(
 ) -> Result<(Restored, Vec<output::Staged>)> {
     let mut restored = Restored::default();
     let mut staged = Vec::new();
-    let mut prev: Option<(RecoveryPoint, Vec<ChunkRef>, String)> = None;
+    let mut prev: Option<(RecoveryPoint, String)> = None;
     for (i, p) in points.iter().enumerate() {
         let name = chain_file_name(i, p);
         let path = out.join(&name);
         let file = output::Staged::new(&path);
         let mut f = file.create()?;
-        let (refs, mut damaged) = load_refs(store, p, ignore_errors)?;
         let base = match &prev {
-            Some((bp, brefs, bname)) if bp.size == p.size && bp.chunk_size == p.chunk_size => {
-                Some((bp, brefs.as_slice(), bname.clone()))
+            Some((bp, bname)) if bp.size == p.size && bp.chunk_size == p.chunk_size => {
+                Some((bp, bname.clone()))
             }
             _ => None,
         };
         let tmp = file.tmp().to_path_buf();
         staged.push(file);
-        let (bytes, mut more) = write_point_vhd(
+        let (bytes, mut damaged) = write_point_vhd(
             scope,
             store,
             p,
-            refs.clone(),
             base,
             (&tmp, &mut f),
             ignore_errors,
@@ -835,9 +516,8 @@ fn write_chain<'scope, 'env>(
         )?;
         restored.bytes += bytes;
         restored.damaged.append(&mut damaged);
-        restored.damaged.append(&mut more);
         restored.files.push(path);
-        prev = Some((p.clone(), refs, name));
+        prev = Some((p.clone(), name));
     }
     Ok((restored, staged))
 }

@@ -110,6 +110,7 @@ mod run;
 pub mod select;
 mod session;
 mod store;
+pub mod tree;
 pub mod view;
 
 pub use chunk::{ChunkId, ChunkKind, ChunkRef, Codec, EncodedChunk};
@@ -121,3 +122,4 @@ pub use pack::PackId;
 pub use point::{BackupStats, Labels, RecoveryPoint, SourceInfo};
 pub use session::{KnownFilter, NewPoint, Session, StagedPoint};
 pub use store::{OpenMode, RebuildReport, Store, write_atomic};
+pub use tree::{Body, Extent, RefLookup, TreeRoot, TreeWriter, Walk};

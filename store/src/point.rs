@@ -1,18 +1,24 @@
 //! Recovery points: what one backup of one disk of one VM at one time holds.
 //!
-//! A point's reference list (one [`ChunkRef`] per chunk of the disk) is cut into segments of
-//! [`SEGMENT_REFS`] refs; each segment is stored as a content-addressed tree chunk, so a stretch
-//! of the disk that did not change since the previous point shares its segment instead of
-//! copying it. The point itself is a small JSON record naming its segments: the root file
+//! A point's reference list (one [`ChunkRef`](crate::ChunkRef) per chunk of the disk) is a
+//! tree of content-addressed chunks (the `tree` module), so a stretch of the disk that did not
+//! change since the previous point shares its leaf or node instead of copying it. The point
+//! itself is a small JSON record naming the top of its tree: the root file
 //! `STORE/points/<vm>/<disk>/<time>-<id>.json` and the catalogue entry in the index.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::{ChunkId, ChunkRef};
+use crate::chunk::ChunkId;
+pub use crate::tree::SEGMENT_REFS;
 
-/// Refs per tree segment: 256 refs of 32 bytes = 8 KiB per segment.
-pub const SEGMENT_REFS: usize = 256;
+/// The format of root files written now: 2 adds `format` and `depth` (a tree over the
+/// segments); a root file without `format` is of format 1 (its `segments` are leaves).
+pub const POINT_FORMAT: u32 = 2;
+
+fn format_1() -> u32 {
+    1
+}
 
 /// What a backup was read from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -76,7 +82,14 @@ pub struct RecoveryPoint {
     pub source: SourceInfo,
     /// The point a differencing source was applied to.
     pub parent: Option<String>,
-    /// Tree chunk ids (hex), each holding up to [`SEGMENT_REFS`] refs.
+    /// Format of this record and its tree ([`POINT_FORMAT`] for new points).
+    #[serde(default = "format_1")]
+    pub format: u32,
+    /// Level of the tree entries in `segments`: 0 when they are leaves of [`SEGMENT_REFS`] refs,
+    /// 1 when they are nodes naming up to 256 leaves, and so on.
+    #[serde(default)]
+    pub depth: u8,
+    /// The top of the point's tree: chunk ids (hex) of level `depth`, in disk order.
     pub segments: Vec<String>,
     /// What the backup did.
     pub stats: BackupStats,
@@ -201,33 +214,6 @@ impl RecoveryPoint {
     }
 }
 
-/// The bytes of one segment.
-#[must_use]
-pub fn encode_segment(refs: &[ChunkRef]) -> Vec<u8> {
-    refs.iter().flat_map(|r| r.to_bytes()).collect()
-}
-
-/// The refs of one segment.
-///
-/// # Errors
-/// A length that is not a multiple of 32.
-pub fn decode_segment(bytes: &[u8]) -> Result<Vec<ChunkRef>, String> {
-    if !bytes.len().is_multiple_of(32) {
-        return Err(format!(
-            "segment of {} bytes is not a whole number of 32-byte refs",
-            bytes.len()
-        ));
-    }
-    Ok(bytes
-        .chunks_exact(32)
-        .map(|c| {
-            let mut b = [0u8; 32];
-            b.copy_from_slice(c);
-            ChunkRef::from_bytes(b)
-        })
-        .collect())
-}
-
 /// Checks a VM or disk name: 1 to 128 of `A-Z a-z 0-9 . _ -`, not starting with `.` (it becomes
 /// a folder name).
 ///
@@ -267,20 +253,6 @@ pub fn path_component(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn segments_round_trip() {
-        let refs = vec![
-            ChunkRef::Zero,
-            ChunkRef::Data(ChunkId::of(b"x")),
-            ChunkRef::Zero,
-        ];
-        assert_eq!(
-            decode_segment(&encode_segment(&refs)).expect("decode"),
-            refs
-        );
-        assert!(decode_segment(&[1, 2, 3]).is_err());
-    }
 
     #[test]
     fn names() {

@@ -1,12 +1,14 @@
 //! Reference counts and the garbage list.
 //!
-//! Two levels, as the points are built: a tree segment counts the points that name it, a data
-//! chunk counts the live segments that name it. Committing a point adds one to each of its
-//! distinct segments; only a segment that goes from 0 to 1 (a new stretch of disk) is opened to
-//! add one to its chunks. Forgetting a point does the reverse, and a chunk that falls to 0 is
-//! written to the `garbage` list under its pack and offset. So the work of a commit or a forget
-//! follows what changed, not the size of the disk, and garbage collection starts from a list
-//! instead of a walk over every point.
+//! As the points are built (the `tree` module): a top entry of a point's tree counts the points
+//! that name it, a node or leaf counts the live nodes that name it, a data chunk counts the live
+//! leaves that name it. Committing a point adds one to each of its distinct top entries; only
+//! an entry that goes from 0 to 1 (a new stretch of disk) is opened to add one to its children,
+//! and so on down. Forgetting a point does the reverse, and a chunk that falls to 0 is written
+//! to the `garbage` list under its pack and offset. So the work of a commit or a forget follows
+//! what changed, not the size of the disk (a point of a 2 TiB disk shares all but a few nodes
+//! with the one before), and garbage collection starts from a list instead of a walk over every
+//! point.
 //!
 //! The counts change in the same RocksDB batch as the catalogue, so a crash never leaves them
 //! out of step with the points. [`Store::recount`] rebuilds them from the points (after an
@@ -16,14 +18,15 @@ use std::collections::{HashMap, HashSet};
 
 use rocksdb::{IteratorMode, WriteBatch};
 
-use crate::chunk::{ChunkId, ChunkRef};
+use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
 use crate::index::{
     CF_CHUNKS, CF_GARBAGE, CF_META, CF_REFS, Location, META_REFCOUNTS, decode_count, fixed_key,
     garbage_key,
 };
-use crate::point::{RecoveryPoint, decode_segment};
+use crate::point::RecoveryPoint;
 use crate::store::Store;
+use crate::tree::children;
 
 /// Which way a count crossed zero.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -34,16 +37,83 @@ enum Crossing {
     Down,
 }
 
-/// The distinct data chunk ids of a segment's bytes.
-fn segment_chunks(bytes: &[u8]) -> Result<Vec<ChunkId>, String> {
-    let mut seen = HashSet::new();
-    Ok(decode_segment(bytes)?
-        .into_iter()
-        .filter_map(|r| match r {
-            ChunkRef::Data(id) if seen.insert(id) => Some(id),
-            _ => None,
-        })
-        .collect())
+/// Counts as they change within one batch: a chunk met again (the zero leaf under a node of one
+/// point and at the top of another) sees its count as changed so far, not as the index has it.
+struct Counter<'s> {
+    store: &'s Store,
+    /// The count in the index, where the chunk is, and the count now.
+    counts: HashMap<ChunkId, (u64, Option<Location>, u64)>,
+    warnings: Vec<String>,
+}
+
+impl<'s> Counter<'s> {
+    fn new(store: &'s Store) -> Self {
+        Self {
+            store,
+            counts: HashMap::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Adds the deltas; returns the chunks whose count crossed zero.
+    fn apply(&mut self, deltas: &HashMap<ChunkId, i64>) -> Result<Vec<(ChunkId, Crossing)>> {
+        let load: Vec<ChunkId> = deltas
+            .iter()
+            .filter(|(id, d)| **d != 0 && !self.counts.contains_key(id))
+            .map(|(id, _)| *id)
+            .collect();
+        let counts = self.store.refcounts(&load)?;
+        let locations = self.store.locations(&load)?;
+        for ((id, c), l) in load.into_iter().zip(counts).zip(locations) {
+            self.counts.insert(id, (c, l, c));
+        }
+        let mut crossed = Vec::new();
+        for (id, delta) in deltas {
+            let Some((_, _, now)) = self.counts.get_mut(id) else {
+                continue;
+            };
+            let old = *now;
+            let mut new = i128::from(old) + i128::from(*delta);
+            if new < 0 {
+                self.warnings.push(format!(
+                    "chunk {id}: reference count {old} would fall to {new}; kept at 0"
+                ));
+                new = 0;
+            }
+            *now = new as u64;
+            if old == 0 && *now > 0 {
+                crossed.push((*id, Crossing::Up));
+            } else if old > 0 && *now == 0 {
+                crossed.push((*id, Crossing::Down));
+            }
+        }
+        Ok(crossed)
+    }
+
+    /// Writes the new counts, and garbage entries for the chunks that fell to 0 (removed for
+    /// those that came alive), into `batch`.
+    fn write(self, batch: &mut WriteBatch) -> Result<Vec<String>> {
+        let (refs_cf, garbage_cf) = (self.store.cf(CF_REFS)?, self.store.cf(CF_GARBAGE)?);
+        for (id, (before, loc, now)) in &self.counts {
+            if before == now {
+                continue;
+            }
+            if *now == 0 {
+                batch.delete_cf(refs_cf, id.0);
+            } else {
+                batch.put_cf(refs_cf, id.0, now.to_be_bytes());
+            }
+            if let Some(l) = loc {
+                let key = garbage_key(l.pack, l.offset);
+                if *before == 0 {
+                    batch.delete_cf(garbage_cf, key);
+                } else if *now == 0 {
+                    batch.put_cf(garbage_cf, key, id.0);
+                }
+            }
+        }
+        Ok(self.warnings)
+    }
 }
 
 impl Store {
@@ -77,92 +147,50 @@ impl Store {
             .is_some())
     }
 
-    /// Adds `delta` to the counts of `ids`, writing new counts and garbage entries into
-    /// `batch`; returns the chunks whose count crossed zero.
-    fn apply_deltas(
-        &self,
-        batch: &mut WriteBatch,
-        deltas: &HashMap<ChunkId, i64>,
-        warnings: &mut Vec<String>,
-    ) -> Result<Vec<(ChunkId, Crossing)>> {
-        let ids: Vec<ChunkId> = deltas
-            .iter()
-            .filter(|(_, d)| **d != 0)
-            .map(|(id, _)| *id)
-            .collect();
-        let counts = self.refcounts(&ids)?;
-        let locations = self.locations(&ids)?;
-        let (refs_cf, garbage_cf) = (self.cf(CF_REFS)?, self.cf(CF_GARBAGE)?);
-        let mut crossed = Vec::new();
-        for ((id, count), loc) in ids.iter().zip(counts).zip(locations) {
-            let delta = deltas.get(id).copied().unwrap_or(0);
-            let mut new = i128::from(count) + i128::from(delta);
-            if new < 0 {
-                warnings.push(format!(
-                    "chunk {id}: reference count {count} would fall to {new}; kept at 0"
-                ));
-                new = 0;
-            }
-            let new = new as u64;
-            if new == 0 {
-                batch.delete_cf(refs_cf, id.0);
-            } else {
-                batch.put_cf(refs_cf, id.0, new.to_be_bytes());
-            }
-            let garbage = |l: &Location| garbage_key(l.pack, l.offset);
-            if count == 0 && new > 0 {
-                if let Some(l) = &loc {
-                    batch.delete_cf(garbage_cf, garbage(l));
-                }
-                crossed.push((*id, Crossing::Up));
-            } else if count > 0 && new == 0 {
-                if let Some(l) = &loc {
-                    batch.put_cf(garbage_cf, garbage(l), id.0);
-                }
-                crossed.push((*id, Crossing::Down));
-            }
-        }
-        Ok(crossed)
-    }
-
-    /// Counts points in (`+1`) or out (`-1`): segment counts, then the chunks of every segment
-    /// whose count crossed zero. Writes into `batch`; returns warnings (a segment that cannot
-    /// be read on the way out leaves its chunks counted: space is kept, nothing is lost).
+    /// Counts points in (`+1`) or out (`-1`): their top tree entries, then the children of
+    /// every entry whose count crossed zero, level by level down to the data chunks. Writes into
+    /// `batch`; returns warnings (a tree chunk that cannot be read on the way out leaves its
+    /// children counted: space is kept, nothing is lost).
     ///
     /// # Errors
-    /// A segment that cannot be read on the way in, index errors.
+    /// A tree chunk that cannot be read on the way in, index errors.
     pub(crate) fn count_refs(
         &self,
         batch: &mut WriteBatch,
         changes: &[(&RecoveryPoint, i64)],
     ) -> Result<Vec<String>> {
-        let mut warnings = Vec::new();
-        let mut seg_deltas: HashMap<ChunkId, i64> = HashMap::new();
+        let mut counter = Counter::new(self);
+        let mut tree: HashMap<ChunkId, i64> = HashMap::new();
         for (p, sign) in changes {
-            for seg in p.distinct_segments().map_err(Error::Point)? {
-                *seg_deltas.entry(seg).or_default() += sign;
+            for id in p.distinct_segments().map_err(Error::Point)? {
+                *tree.entry(id).or_default() += sign;
             }
         }
-        let mut chunk_deltas: HashMap<ChunkId, i64> = HashMap::new();
-        for (seg, way) in self.apply_deltas(batch, &seg_deltas, &mut warnings)? {
-            let sign = if way == Crossing::Up { 1 } else { -1 };
-            let chunks = self
-                .read_chunk(&seg)
-                .and_then(|b| segment_chunks(&b).map_err(|e| Error::Point(format!("{seg}: {e}"))));
-            match chunks {
-                Ok(ids) => {
-                    for id in ids {
-                        *chunk_deltas.entry(id).or_default() += sign;
+        while !tree.is_empty() {
+            let mut below: HashMap<ChunkId, i64> = HashMap::new();
+            let mut data: HashMap<ChunkId, i64> = HashMap::new();
+            for (id, way) in counter.apply(&tree)? {
+                let sign = if way == Crossing::Up { 1 } else { -1 };
+                let kids = self
+                    .read_chunk(&id)
+                    .and_then(|b| children(&b).map_err(|e| Error::Point(format!("{id}: {e}"))));
+                match kids {
+                    Ok((nodes, ids)) => {
+                        let into = if nodes { &mut below } else { &mut data };
+                        for k in ids {
+                            *into.entry(k).or_default() += sign;
+                        }
                     }
+                    Err(e) if way == Crossing::Down => counter.warnings.push(format!(
+                        "tree chunk {id} cannot be read, so what it names stays counted: {e}"
+                    )),
+                    Err(e) => return Err(e),
                 }
-                Err(e) if way == Crossing::Down => warnings.push(format!(
-                    "tree segment {seg} cannot be read, so its chunks stay counted: {e}"
-                )),
-                Err(e) => return Err(e),
             }
+            counter.apply(&data)?;
+            tree = below;
         }
-        self.apply_deltas(batch, &chunk_deltas, &mut warnings)?;
-        Ok(warnings)
+        counter.write(batch)
     }
 
     /// Rebuilds every reference count and the garbage list from the catalogued points.
@@ -179,25 +207,32 @@ impl Store {
     pub fn recount(&self) -> Result<()> {
         self.require_writer()?;
         let mut counts: HashMap<ChunkId, u64> = HashMap::new();
-        let mut segments: HashSet<ChunkId> = HashSet::new();
+        // Every tree chunk reachable from a point, each opened once.
+        let mut visited: HashSet<ChunkId> = HashSet::new();
+        let mut next: Vec<ChunkId> = Vec::new();
         for p in self.points()? {
-            for seg in p.distinct_segments().map_err(Error::Point)? {
-                *counts.entry(seg).or_default() += 1;
-                segments.insert(seg);
+            for id in p.distinct_segments().map_err(Error::Point)? {
+                *counts.entry(id).or_default() += 1;
+                if visited.insert(id) {
+                    next.push(id);
+                }
             }
         }
         let mut unreadable: Vec<(ChunkId, String)> = Vec::new();
-        for seg in &segments {
-            let ids = self
-                .read_chunk(seg)
-                .and_then(|bytes| segment_chunks(&bytes).map_err(Error::Point));
-            match ids {
-                Ok(ids) => {
+        while let Some(node) = next.pop() {
+            let kids = self
+                .read_chunk(&node)
+                .and_then(|bytes| children(&bytes).map_err(Error::Point));
+            match kids {
+                Ok((nodes, ids)) => {
                     for id in ids {
                         *counts.entry(id).or_default() += 1;
+                        if nodes && visited.insert(id) {
+                            next.push(id);
+                        }
                     }
                 }
-                Err(e) => unreadable.push((*seg, e.to_string())),
+                Err(e) => unreadable.push((node, e.to_string())),
             }
         }
         // Frames that a fresh copy superseded (a heal, a rebuild that found a chunk twice) are

@@ -334,6 +334,8 @@ mod tests {
                 path: "x".into(),
             },
             parent: None,
+            format: crate::point::POINT_FORMAT,
+            depth: 0,
             segments: Vec::new(),
             stats: BackupStats::default(),
             committed: t,

@@ -8,17 +8,16 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use rocksdb::WriteBatch;
 
-use crate::chunk::{self, ChunkId, ChunkKind, ChunkRef, EncodedChunk};
+use crate::chunk::{ChunkId, ChunkRef, EncodedChunk};
 use crate::error::{Error, Result};
 use crate::index::{
     CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_PACKS, CF_POINTS, Location, PackInfo, garbage_key, to_json,
 };
 use crate::pack::{self, PackId, PackWriter};
-use crate::point::{
-    BackupStats, Labels, RecoveryPoint, SEGMENT_REFS, SourceInfo, check_name, encode_segment,
-};
+use crate::point::{BackupStats, Labels, POINT_FORMAT, RecoveryPoint, SourceInfo, check_name};
 use crate::run;
 use crate::store::{Store, point_key, write_atomic};
+use crate::tree::{Body, TreeWriter, Walk};
 
 /// A new recovery point, as a backup hands it to [`Session::commit`].
 #[derive(Debug, Clone)]
@@ -196,32 +195,51 @@ impl<'a> Session<'a> {
         self.new_stored - self.mark.1
     }
 
-    /// Stores the tree segments of a point whose reference list is `refs` and returns it, ready
-    /// for [`Session::commit_run`]; nothing is visible yet. Chunks put after this count towards
-    /// the next point.
+    /// A writer for the tree of the next point (see [`Session::stage_tree`]).
+    #[must_use]
+    pub fn tree_writer(&self) -> TreeWriter {
+        let mut w = TreeWriter::default();
+        if !self.lost.is_empty() {
+            w.pushed = Some(Default::default());
+        }
+        w
+    }
+
+    /// Stores the tree of a point whose reference list is `refs` and returns it, ready for
+    /// [`Session::commit_run`] (see [`Session::stage_tree`]).
     ///
     /// # Errors
-    /// A ref list that does not cover the disk, a VM or disk name that is not allowed, I/O
-    /// errors.
+    /// As [`Session::stage_tree`].
     pub fn stage(&mut self, point: NewPoint, refs: &[ChunkRef]) -> Result<StagedPoint> {
+        let mut tree = self.tree_writer();
+        for r in refs {
+            tree.push(self, *r)?;
+        }
+        self.stage_tree(point, tree)
+    }
+
+    /// Stores the rest of a point's tree (built with [`Session::tree_writer`]) and returns the
+    /// point, ready for [`Session::commit_run`]; nothing is visible yet. Chunks put after this
+    /// count towards the next point.
+    ///
+    /// # Errors
+    /// A tree that does not cover the disk, a VM or disk name that is not allowed, a chunk
+    /// named whose pack file is gone, I/O errors.
+    pub fn stage_tree(&mut self, point: NewPoint, mut tree: TreeWriter) -> Result<StagedPoint> {
         check_name("VM", &point.vm).map_err(Error::Usage)?;
         check_name("disk", &point.disk).map_err(Error::Usage)?;
         let chunk_size = self.store.config.chunk_size;
-        if refs.len() as u64 != point.size.div_ceil(u64::from(chunk_size)) {
+        if tree.chunks() != point.size.div_ceil(u64::from(chunk_size)) {
             return Err(Error::Usage(format!(
                 "{} refs for a disk of {} bytes",
-                refs.len(),
+                tree.chunks(),
                 point.size
             )));
         }
-        self.check_not_lost(refs)?;
-        let mut segments = Vec::new();
-        let level = self.store.config.zstd_level;
-        for seg in refs.chunks(SEGMENT_REFS) {
-            let encoded = chunk::encode(&encode_segment(seg), ChunkKind::Tree, level);
-            self.put(&encoded)?;
-            segments.push(encoded.id.to_hex());
+        if let Some(p) = tree.pushed.take() {
+            self.check_not_lost(p.data, &p.subtrees)?;
         }
+        let root = tree.finish(self)?;
         let mut stats = point.stats;
         stats.new_stored_bytes = self.new_stored_bytes();
         stats.healed_chunks = self.healed();
@@ -235,7 +253,9 @@ impl<'a> Session<'a> {
             chunk_size,
             source: point.source,
             parent: point.parent,
-            segments,
+            format: POINT_FORMAT,
+            depth: root.depth,
+            segments: root.ids.iter().map(ChunkId::to_hex).collect(),
             stats,
             committed: Utc::now(),
             protected: false,
@@ -244,19 +264,25 @@ impl<'a> Session<'a> {
         }))
     }
 
-    /// Refuses a reference list naming a chunk whose pack file is gone (and that this session
-    /// did not store afresh): the point would not restore. Free when no pack is lost.
-    fn check_not_lost(&self, refs: &[ChunkRef]) -> Result<()> {
-        if self.lost.is_empty() {
-            return Ok(());
+    /// Refuses a tree naming a chunk whose pack file is gone (and that this session did not
+    /// store afresh): the point would not restore. `ids` are the data chunks pushed one by one,
+    /// `subtrees` those taken whole from another point (read here). Only called when packs are
+    /// lost.
+    fn check_not_lost(&self, mut ids: Vec<ChunkId>, subtrees: &[(ChunkId, u8, u64)]) -> Result<()> {
+        for (id, level, count) in subtrees {
+            let mut walk = Walk::subtree(self.store, *id, *level, *count);
+            while let Some(x) = walk.next_extent()? {
+                match x.body {
+                    Body::Refs(refs) => ids.extend(refs.iter().filter_map(|r| match r {
+                        ChunkRef::Data(id) => Some(*id),
+                        ChunkRef::Zero => None,
+                    })),
+                    Body::Zero => {}
+                    Body::Unreadable(what) => return Err(Error::Point(what)),
+                }
+            }
         }
-        let mut ids: Vec<ChunkId> = refs
-            .iter()
-            .filter_map(|r| match r {
-                ChunkRef::Data(id) if !self.seen.contains(id) => Some(*id),
-                _ => None,
-            })
-            .collect();
+        ids.retain(|id| !self.seen.contains(id));
         ids.sort_unstable();
         ids.dedup();
         let mut gone = 0u64;
@@ -357,7 +383,11 @@ impl<'a> Session<'a> {
         let mut points: Vec<RecoveryPoint> = Vec::new();
         for StagedPoint(mut p) in staged {
             match existing.iter().find(|e| {
-                e.same_disk(&p) && e.time == p.time && e.size == p.size && e.segments == p.segments
+                e.same_disk(&p)
+                    && e.time == p.time
+                    && e.size == p.size
+                    && e.depth == p.depth
+                    && e.segments == p.segments
             }) {
                 Some(e) => again.push(e.clone()),
                 None => {

@@ -17,8 +17,9 @@ use crate::index::{
 };
 use crate::lock::WriteLock;
 use crate::pack::{self, PackId, sync_dir};
-use crate::point::{RecoveryPoint, VmKey, decode_segment};
+use crate::point::{RecoveryPoint, VmKey};
 use crate::session::Session;
+use crate::tree::{Body, Walk};
 
 /// How to open a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -477,30 +478,20 @@ impl Store {
         crate::select::resolve(&points, spec, self.config.tz()).map_err(Error::Point)
     }
 
-    /// The reference list of a point, one ref per chunk of its disk.
+    /// The reference list of a point, one ref per chunk of its disk. It grows with the disk
+    /// (32 bytes a chunk): a reader of big disks walks the tree instead ([`Walk`]).
     ///
     /// # Errors
     /// A missing or bad tree chunk.
     pub fn chunk_refs(&self, point: &RecoveryPoint) -> Result<Vec<ChunkRef>> {
-        let mut refs = Vec::with_capacity(point.chunk_count() as usize);
-        for (i, seg) in point.segment_ids().into_iter().enumerate() {
-            let id = seg.ok_or_else(|| {
-                Error::Point(format!("{}: segment {i} is not a chunk id", point.id))
-            })?;
-            let bytes = self.read_chunk(&id)?;
-            refs.extend(
-                decode_segment(&bytes)
-                    .map_err(|e| Error::Point(format!("{}: segment {i}: {e}", point.id)))?,
-            );
-        }
-        if refs.len() as u64 != point.chunk_count() {
-            return Err(Error::Point(format!(
-                "{}: reference list has {} chunks, a disk of {} bytes needs {}",
-                point.id,
-                refs.len(),
-                point.size,
-                point.chunk_count()
-            )));
+        let mut refs = Vec::new();
+        let mut walk = Walk::new(self, point)?;
+        while let Some(x) = walk.next_extent()? {
+            match x.body {
+                Body::Refs(r) => refs.extend_from_slice(&r),
+                Body::Zero => refs.extend(std::iter::repeat_n(ChunkRef::Zero, x.count as usize)),
+                Body::Unreadable(what) => return Err(Error::Point(what)),
+            }
         }
         Ok(refs)
     }
