@@ -678,12 +678,18 @@ fn from_raw(
         let mut allocated = Vec::with_capacity(blocks as usize);
         // Blocks in a hole of a sparse raw file are zeros, known without reading them.
         let mut holes = Holes::new(raw.try_clone()?, size);
+        // Whether `buf` holds zeros (set once for a run of holes, not for each of its blocks).
+        let mut zeroed = false;
         for i in 0..blocks {
             let start = u64::from(i) * bs;
             let hole = holes.covers(start, (start + bs).min(size));
             if hole {
-                buf.fill(0);
+                if !zeroed {
+                    buf.fill(0);
+                    zeroed = true;
+                }
             } else {
+                zeroed = false;
                 read_raw(&mut raw, i, &mut buf)
                     .with_context(|| format!("reading {} at offset {start}", input.display()))?;
             }

@@ -314,6 +314,14 @@ fn write_point_vhd<'scope, 'env>(
             point.size
         )));
     }
+    if point.size > cairn_vhd::format::MAX_DISK_SIZE {
+        return Err(Error::Refused(format!(
+            "point {} is a disk of {} bytes, larger than a VHD holds (2040 GiB): restore it as \
+             raw (--format raw)",
+            point.short_id(),
+            point.size
+        )));
+    }
     let cs = u64::from(point.chunk_size);
     let per_block = (u64::from(DEFAULT_BLOCK_SIZE) / cs).max(1);
     if let Some((bp, _)) = &base

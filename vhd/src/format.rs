@@ -46,6 +46,9 @@ pub const MAX_BLOCK_SIZE: u32 = 256 << 20;
 pub const VHD_EPOCH_UNIX: i64 = 946_684_800;
 /// Largest disk the CHS geometry can describe: 65535 cylinders × 16 heads × 255 sectors.
 pub const MAX_CHS_SECTORS: u64 = 65535 * 16 * 255;
+/// The largest disk a VHD holds for the hypervisors that read them (Hyper-V, XAPI and qemu
+/// refuse larger ones): 2040 GiB.
+pub const MAX_DISK_SIZE: u64 = 2040 << 30;
 /// Size of the parent unicode name field, in bytes (256 UTF-16 code units).
 pub const PARENT_NAME_SIZE: usize = 512;
 /// Number of parent locator entries in the header.

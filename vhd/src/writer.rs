@@ -23,7 +23,8 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::format::{
     BAT_UNALLOCATED, DiskType, FOOTER_SIZE, Footer, HEADER_SIZE, Header, MAX_BLOCK_SIZE,
-    MIN_BLOCK_SIZE, PLATFORM_W2KU, PLATFORM_W2RU, ParentLocator, SECTOR_SIZE, bitmap_size,
+    MAX_DISK_SIZE, MIN_BLOCK_SIZE, PLATFORM_W2KU, PLATFORM_W2RU, ParentLocator, SECTOR_SIZE,
+    bitmap_size,
 };
 
 /// What the footer of a new disk says.
@@ -141,6 +142,13 @@ fn validate(spec: &DiskSpec) -> Result<()> {
     if !spec.size.is_multiple_of(SECTOR_SIZE) || spec.size == 0 {
         return Err(Error::Usage(format!(
             "disk size {} is not a positive multiple of 512",
+            spec.size
+        )));
+    }
+    if spec.size > MAX_DISK_SIZE {
+        return Err(Error::Usage(format!(
+            "a disk of {} bytes is larger than a VHD holds (2040 GiB, {MAX_DISK_SIZE} bytes): \
+             write it as a raw image",
             spec.size
         )));
     }
