@@ -114,7 +114,7 @@ fn a_2040_gib_vhd_holding_a_few_mib_backs_up_takes_a_delta_and_restores_bit_exac
     store.restore(&cairn_tests::id(&again), &out, "raw");
     check(&out, size, &day1);
     let chain = dir.path().join("chain");
-    ok(&mut store
+    ok(store
         .cmd(&["restore", "--format", "vhd-chain", "big/xvda@latest"])
         .arg(&chain));
     let files = std::fs::read_dir(&chain).expect("chain").count();
@@ -146,7 +146,7 @@ fn a_16_tib_sparse_raw_disk_round_trips_reading_only_its_data() {
 
     // A VHD cannot hold it: refused, with what to do instead.
     let vhd = dir.path().join("huge.vhd");
-    let r = run(&mut store
+    let r = run(store
         .cmd(&["restore", "--format", "vhd", "huge/xvda@latest"])
         .arg(&vhd));
     let err = String::from_utf8_lossy(&r.stderr);
