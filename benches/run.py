@@ -14,6 +14,9 @@ consecutive days made with `cairn vhd from-raw --parent`):
   sparse   a 64 GiB sparse disk (dynamic VHD): backup, restore, drop one point
   scale    1000 points of one disk: list, prune --dry-run, report, prune (full run only)
   limits   page-cache read, BLAKE3 (1 and 2 threads), zstd -1 (-T1, -T2), sparse copy
+  bigdisk, generations, index   the scale sections (benches/scale.py)
+`--only SECTIONS` runs only those (comma-separated: main, limits, scaling, sparse, scale, bigdisk,
+generations, index; main is the full/daily/clone/restore steps with the peers).
 Each step records wall time, CPU time and peak RSS (wait4) and the repository size after it.
 The table goes to stdout, everything to target/bench/results.json. Times are of a shared,
 noisy machine: compare ratios within one run, not absolute times across runs.
@@ -100,8 +103,21 @@ def warm(*paths):
         files = [Path(d) / f for d, _, fs in os.walk(p) for f in fs] if p.is_dir() else [p]
         for f in files:
             with open(f, "rb") as fh:
-                while fh.read(8 << 20):
-                    pass
+                # Only the data of a sparse file: its holes are not in the page cache anyway.
+                end = os.fstat(fh.fileno()).st_size
+                at = 0
+                while at < end:
+                    try:
+                        at = os.lseek(fh.fileno(), at, os.SEEK_DATA)
+                        stop = os.lseek(fh.fileno(), at, os.SEEK_HOLE)
+                    except OSError:
+                        break
+                    fh.seek(at)
+                    while at < stop:
+                        n = len(fh.read(min(8 << 20, stop - at)))
+                        if n == 0:
+                            break
+                        at += n
 
 
 class Results:
@@ -426,7 +442,10 @@ def main():
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     ap.add_argument("--out", type=Path, default=REPO / "target" / "bench" / "results.json")
     ap.add_argument("--no-drop-caches", action="store_true", help="leave the page cache alone (smoke test)")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: sparse,scale,scaling,limits")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: sparse,scale,scaling,limits,...")
+    ap.add_argument("--only", default="", help="comma-separated sections to run (see above)")
+    ap.add_argument("--fill-index", type=Path, help="the fill-index binary (for the index section)")
+    ap.add_argument("--smoke", action="store_true", help="the scale sections at a smoke test's sizes")
     a = ap.parse_args()
     global DROP_CACHES
     DROP_CACHES = not a.no_drop_caches
@@ -446,18 +465,43 @@ def main():
             partial.write_text(json.dumps({"rows": res.rows}, indent=2))
 
 
+SECTIONS = ("main", "limits", "scaling", "sparse", "scale", "bigdisk", "generations", "index")
+
+
 def run_all(a, size, work, skip, res, started):
-    imgs, vhds = workload(work, a.shared, size, a.cairn, a.quick)
-    run_cairn(work, a.cairn, imgs, vhds, res)
-    if not a.cairn_only:
+    import scale
+    only = set(filter(None, a.only.split(",")))
+    unknown = (only | skip) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"unknown sections {sorted(unknown)}: the sections are {', '.join(SECTIONS)}")
+    if only:
+        skip = set(SECTIONS) - only
+    imgs, vhds = None, None
+    if {"main", "limits", "sparse"} - skip:
+        imgs, vhds = workload(work, a.shared, size, a.cairn, a.quick)
+    if "main" not in skip:
+        run_cairn(work, a.cairn, imgs, vhds, res)
+    if "main" not in skip and not a.cairn_only:
         run_restic(work, imgs, res)
         run_borg(work, imgs, res, "borg", None)
         run_borg(work, imgs, res, "borg-fixed", "fixed,4194304")
     if "limits" not in skip:
         run_limits(work, imgs["vm1-day0"], res)
+    # The scale sections run in a full run with the peers, or when asked for by --only.
+    if a.cairn_only and not only:
+        skip = skip | {"bigdisk", "generations", "index"}
+    profile = "smoke" if a.smoke else "quick" if a.quick else "full"
+    if "bigdisk" not in skip:
+        scale.run_bigdisk(work, a.shared, a.cairn, res, profile)
+    if "generations" not in skip:
+        scale.run_generations(work, a.shared, a.cairn, res, profile)
+    if "index" not in skip:
+        if a.fill_index is None:
+            raise SystemExit("the index section needs --fill-index (run.sh passes it)")
+        scale.run_index(work, a.shared, a.cairn, a.fill_index, res, profile)
     ideal = None
     chunk = 256 << 10
-    if not a.cairn_only:
+    if "main" not in skip and not a.cairn_only:
         log("ideal fixed-block store")
         ideal, _ = ideal_stored([imgs[f"vm1-day{d}"] for d in range(6)] + [imgs["vm2-day0"]], chunk)
     scaling = None
@@ -467,7 +511,7 @@ def run_all(a, size, work, skip, res, started):
         run_sparse(work, a.cairn, imgs, res)
     if "scale" not in skip and not a.quick and not a.cairn_only:
         run_scale(work, a.shared, a.cairn, res, 1000)
-    targets = summarize(res, ideal, scaling, chunk)
+    targets = summarize(res, ideal, scaling, chunk) + scale.targets(res)
 
     # The table: one row per step, one column group per tool.
     tools = [t for t in ("cairn", "restic", "borg", "borg-fixed", "limit") if any(r["tool"] == t for r in res.rows)]

@@ -2,7 +2,9 @@
 # The benchmark harness: cairn beside restic and borg, and beside the machine's limits, on the
 # same images in one run (see benches/run.py for the steps). Installs what it needs.
 #   benches/run.sh [--quick] [--cairn-only] [--size 4G] [--work DIR] [--skip sparse,scale,...]
-# Prints a Markdown table; writes target/bench/results.json. Not run by CI.
+#                  [--only bigdisk,generations,index,...]
+# Measures the release build (what users install). Prints a Markdown table; writes
+# target/bench/results.json. Not run by CI.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/cairn/target}
@@ -19,5 +21,7 @@ if [ $cairn_only = no ]; then
   fi
   python3 -c "import zstandard, blake3" 2>/dev/null || python3 -m pip install -q zstandard blake3 >&2
 fi
-cargo build --locked --manifest-path "$repo/Cargo.toml" -p cairn-cli >&2
-exec python3 "$repo/benches/run.py" --cairn "$CARGO_TARGET_DIR/debug/cairn" "$@"
+command -v qemu-img >/dev/null || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils >&2; }
+cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p cairn-cli -p cairn-benches >&2
+exec python3 "$repo/benches/run.py" --cairn "$CARGO_TARGET_DIR/release/cairn" \
+  --fill-index "$CARGO_TARGET_DIR/release/fill-index" "$@"

@@ -158,7 +158,7 @@ pub struct VerifyArgs {
     pub store: StoreArg,
     #[command(flatten)]
     pub filter: PointFilter,
-    /// Read this percentage of the chunks, chosen at random (tree segments always).
+    /// Read this percentage of the chunks, chosen at random (tree chunks always).
     #[arg(long, value_parser = parse_percent)]
     pub sample: Option<f64>,
     /// Only chunks of points made in this last stretch of time (90m, 12h, 7d, 2w).
@@ -561,8 +561,8 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
         }
         if r.unknown_but_referenced > 0 {
             println!(
-                "{} still referenced under tree segments that cannot be read: their points \
-                 cannot reach them until a key backup of the disk stores the segments again",
+                "{} still referenced under tree chunks that cannot be read: their points \
+                 cannot reach them until a key backup of the disk stores them again",
                 crate::vhd_cmd::count(r.unknown_but_referenced, "chunk")
             );
         }

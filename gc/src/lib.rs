@@ -3,9 +3,10 @@
 //! # Merging is deleting metadata
 //! Every recovery point is complete on its own, so dropping one (prune, forget) removes its
 //! catalogue entry and root file and lowers reference counts; no chunk is read or written.
-//! The work is one decrement per distinct tree segment of the point, plus one per chunk of each
-//! segment that no other point shares (a stretch of disk that only this point held): it follows
-//! what the point changed, not the disk's size.
+//! The work is one decrement per distinct top entry of the point's tree, plus, below each entry
+//! no other point still names, one per child (a stretch of disk that only this point held): it
+//! follows what the point changed, not the disk's size (a point of a 2 TiB disk shares all but a
+//! few of its nodes with the point before).
 //!
 //! # Garbage collection ([`collect`])
 //! A chunk whose count falls to zero is put on the store's garbage list under its pack and
@@ -35,7 +36,7 @@
 //! flock keeps collections apart.
 //!
 //! # Verify and heal ([`verify`])
-//! Verify walks the chosen points' tree segments once each, reads the chunks they name (all,
+//! Verify walks the chosen points' trees, each leaf and node once, reads the chunks they name (all,
 //! or a random sample) in pack order, checks each against its id, and names every point, VM,
 //! disk and disk offset a bad or missing chunk damages. Findings are marked in the index; a
 //! key backup (a full read of the disk) then stores a fresh copy of any marked chunk it meets,

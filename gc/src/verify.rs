@@ -20,7 +20,7 @@ pub struct VerifyOptions {
     /// Only chunks referenced by points made at or after this time.
     pub since: Option<DateTime<Utc>>,
     /// Read only this share of the chosen chunks (0.0 to 1.0), picked at random each run;
-    /// tree segments and chunks already marked bad are always read.
+    /// tree chunks and chunks already marked bad are always read.
     pub sample: Option<f64>,
 }
 
@@ -35,7 +35,7 @@ pub struct Hit {
     pub disk: String,
     /// Its time.
     pub time: DateTime<Utc>,
-    /// Disk offsets of the chunk in the point (for a tree segment: the start of the stretch
+    /// Disk offsets of the chunk in the point (for a tree chunk: the start of the stretch
     /// of disk it describes).
     pub offsets: Vec<u64>,
 }
@@ -76,8 +76,8 @@ pub struct VerifyReport {
     pub vms_damaged: Vec<String>,
     /// Marks of chunks that now read well (healed), cleared.
     pub marks_cleared: u64,
-    /// Indexed chunks still counted as referenced that no readable tree segment names: they
-    /// sit under a segment that cannot be read (listed in `damaged`, with its points).
+    /// Indexed chunks still counted as referenced that no readable tree chunk names: they
+    /// sit under a tree chunk that cannot be read (listed in `damaged`, with its points).
     pub unknown_but_referenced: u64,
     /// Bad or missing marks recorded in the index by this run.
     pub marks_recorded: u64,

@@ -3,10 +3,12 @@
 //!
 //! # Modules
 //! - [`open`](crate::open): detects the source's format and chooses how to read it.
-//! - `source`: the [`ChunkSource`](crate::source) trait and raw images.
-//! - `vhd_source`: VHD files, chains and streams cut into chunks, whatever the VHD's block size
-//!   (512 bytes to 256 MiB) against the store's chunk size (64 KiB to 2 MiB): a chunk is decided
-//!   over its whole byte range, and each byte of the source is read at most once.
+//! - `source`: the [`ChunkSource`](crate::source) trait, yielding chunks to read and runs of
+//!   chunks decided unread; `source::raw` for raw images, `source::vhd` for VHD files, chains
+//!   and streams cut into chunks, whatever the VHD's block size (512 bytes to 256 MiB) against
+//!   the store's chunk size (64 KiB to 2 MiB): a chunk is decided over its whole byte range, and
+//!   each byte of the source is read at most once.
+//! - `parent`: the point a delta applies to, and taking its tree's unchanged parts whole.
 //! - `stream`: stdin or any reader: a raw stream read straight through; a VHD stream in one pass when its layout
 //!   allows (Xen Orchestra, qemu and cairn write it so), else spooled to a file in the store's
 //!   `tmp/` folder. Never held whole in memory.
@@ -21,10 +23,10 @@
 //! explicitly: a delta applied to the wrong parent would be silent garbage.
 
 mod open;
+mod parent;
 mod pipeline;
 mod source;
 mod stream;
-mod vhd_source;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -214,7 +216,6 @@ impl<'a> Run<'a> {
             &mut self.session,
             opened.src,
             opened.parent.as_ref(),
-            chunk,
             level,
             opened.size,
             progress,

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use cairn_store::{RecoveryPoint, RefLookup, SourceInfo, Store, Walk};
 use cairn_vhd::{Chain, DiskType, Vhd};
 
-use crate::source::{ChunkSource, RawSource, SparseFileSource};
+use crate::parent::choose_parent;
+use crate::source::ChunkSource;
+use crate::source::raw::{RawSource, SparseFileSource};
+use crate::source::vhd::{Blocks, ChainBlocks, FileVhd, ParentRefs, SparseBlocks, VhdChunks};
 use crate::stream::{self, Input, Spool, Stream};
-use crate::vhd_source::{ChainBlocks, FileVhd, ParentRefs, SparseBlocks, VhdChunks};
 use crate::{Error, Format, KeyMode, Request, Result};
 
 /// A source ready to read.
@@ -163,7 +165,7 @@ fn whole<'s>(info: SourceInfo, size: Option<u64>, src: Box<dyn ChunkSource + 's>
 }
 
 /// A delta applied to `parent`.
-fn delta<'s, B: crate::vhd_source::Blocks + 's>(
+fn delta<'s, B: Blocks + 's>(
     store: &'s Store,
     info: SourceInfo,
     size: u64,
@@ -262,53 +264,6 @@ fn open_file<'s>(
     let parent = choose_parent(store, req, shown, &want, size)?;
     let blocks = SparseBlocks::new(FileVhd { vhd, read: 0 }, path.to_path_buf());
     delta(store, info, size, &parent, blocks, chunk)
-}
-
-/// The point a differencing VHD applies to: `--parent`, or the disk's latest point when it was
-/// read from the VHD the delta names as its parent (`parent_uuid`).
-fn choose_parent(
-    store: &Store,
-    req: &Request,
-    shown: &str,
-    parent_uuid: &str,
-    size: u64,
-) -> Result<RecoveryPoint> {
-    let parent = match &req.parent {
-        Some(p) => p.clone(),
-        None => store.latest(&req.vm_key(), &req.disk)?.ok_or_else(|| {
-            Error::Refused(format!(
-                "{shown} is a differencing VHD, but disk {} of VM {} has no point to apply it to; back up the full disk first or pass --parent",
-                req.disk, req.vm
-            ))
-        })?,
-    };
-    if req.parent.is_none() && parent.source.vhd_uuid.as_deref() != Some(parent_uuid) {
-        return Err(Error::Refused(format!(
-            "{shown}: the delta's parent is the VHD with UUID {parent_uuid}, but the latest point {} of {}/{} was read from {}; \
-             applying it would give wrong data (pass --parent POINT to apply it anyway)",
-            parent.short_id(),
-            req.vm,
-            req.disk,
-            parent.source.vhd_uuid.as_deref().map_or_else(
-                || format!("a {} source", parent.source.kind),
-                |u| format!("the VHD with UUID {u}")
-            )
-        )));
-    }
-    if parent.size != size {
-        return Err(Error::Refused(format!(
-            "{shown}: the delta's disk is {size} bytes but its parent point {} is {} bytes",
-            parent.short_id(),
-            parent.size
-        )));
-    }
-    if parent.chunk_size != store.config().chunk_size {
-        return Err(Error::Refused(format!(
-            "parent point {} has another chunk size",
-            parent.short_id()
-        )));
-    }
-    Ok(parent)
 }
 
 /// The disk image formats cairn does not read, by the magic at their start, and how to get

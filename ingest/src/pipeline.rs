@@ -8,16 +8,14 @@
 //! shared zero leaves, a parent's stretch as the parent's own leaves and nodes, unread.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use cairn_store::chunk::{self, ChunkKind, is_zero};
-use cairn_store::tree::span;
 use cairn_store::{
     BackupStats, ChunkId, ChunkRef, EncodedChunk, KnownFilter, RecoveryPoint, Session, TreeWriter,
-    Walk,
 };
 use rayon::prelude::*;
 
+use crate::parent::ParentCopy;
 use crate::source::{ChunkSource, Piece, PieceOrigin};
 use crate::{Error, Result};
 
@@ -55,79 +53,6 @@ fn hash_piece(known: &KnownFilter<'_>, piece: Piece, level: i32) -> Result<Hashe
     }
 }
 
-/// A parent point's tree, read forward as a delta's runs ask for its chunks: whole leaves and
-/// nodes go into the new tree unread; a leaf is read only where a run starts or ends inside it.
-struct ParentCopy<'s> {
-    walk: Walk<'s>,
-    point: String,
-    chunk: u64,
-    leaf: Option<(u64, Arc<[ChunkRef]>)>,
-}
-
-impl ParentCopy<'_> {
-    /// Appends the parent's chunks `from..from + n` to `tree`.
-    fn copy(
-        &mut self,
-        session: &mut Session<'_>,
-        tree: &mut TreeWriter,
-        from: u64,
-        n: u64,
-    ) -> Result<()> {
-        let end = from + n;
-        let mut pos = from;
-        while pos < end {
-            if let Some((first, refs)) = &self.leaf
-                && pos >= *first
-                && pos < first + refs.len() as u64
-            {
-                let stop = end.min(first + refs.len() as u64);
-                for r in &refs[(pos - first) as usize..(stop - first) as usize] {
-                    tree.push(session, *r)?;
-                }
-                pos = stop;
-                continue;
-            }
-            let Some(e) = self.walk.peek()? else {
-                // Past the parent's end (a disk that grew): zeros.
-                tree.push_zeros(session, end - pos)?;
-                break;
-            };
-            if e.first + e.count <= pos {
-                self.walk.skip();
-                continue;
-            }
-            let whole = e.first == pos && e.count == span(e.level) && pos + e.count <= end;
-            if whole && tree.aligned(e.level) {
-                tree.push_subtree(session, e.id, e.level, e.count)?;
-                self.walk.skip();
-                pos += e.count;
-                continue;
-            }
-            if self.walk.known_zero(&e.id) {
-                let stop = end.min(e.first + e.count);
-                tree.push_zeros(session, stop - pos)?;
-                if stop == e.first + e.count {
-                    self.walk.skip();
-                }
-                pos = stop;
-                continue;
-            }
-            match self.walk.enter() {
-                Ok(None) => {}
-                Ok(Some((e, refs))) => self.leaf = Some((e.first, refs)),
-                Err(err) => {
-                    return Err(Error::Refused(format!(
-                        "the parent point {} cannot be read at disk offset {}: {err}; nothing                          was stored. A key backup (`cairn backup --key`) reads the whole disk                          instead",
-                        self.point,
-                        e.first * self.chunk
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 /// What the pipeline made of a source.
 pub(crate) struct Ingested {
     /// The disk's tree, built (finished by the caller when it stages the point).
@@ -146,19 +71,13 @@ pub(crate) fn run(
     session: &mut Session<'_>,
     mut src: Box<dyn ChunkSource + '_>,
     parent: Option<&RecoveryPoint>,
-    chunk: u32,
     level: i32,
     size: Option<u64>,
     progress: &(dyn Fn(u64, Option<u64>) + Sync),
 ) -> Result<Ingested> {
     let mut tree = session.tree_writer();
     let mut parent = match parent {
-        Some(p) => Some(ParentCopy {
-            walk: Walk::new(session.store(), p)?,
-            point: p.short_id().to_owned(),
-            chunk: u64::from(chunk),
-            leaf: None,
-        }),
+        Some(p) => Some(ParentCopy::new(session.store(), p)?),
         None => None,
     };
     let mut stats = BackupStats::default();

@@ -25,19 +25,18 @@
 //! names its parent correctly. A chain's files are named by [`vhd_file_name`].
 
 mod output;
+mod raw;
 mod reader;
+mod vhd;
 
 pub use reader::{Needed, PointReader};
+pub use vhd::{chain_file_name, vhd_file_name};
 
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use cairn_store::{RecoveryPoint, Store};
-use cairn_vhd::format::DEFAULT_BLOCK_SIZE;
-use cairn_vhd::{DiskSpec, ParentSpec, vhd_timestamp, write_sparse};
 
-/// Bytes per write of a raw restore.
-const BOUNCE_BYTES: usize = 1 << 20;
+use crate::output::Output;
 
 /// What went wrong in a restore.
 #[derive(Debug, thiserror::Error)]
@@ -130,59 +129,6 @@ pub struct Restored {
     pub damaged: Vec<Damaged>,
 }
 
-/// The file name cairn gives the VHD of a point: `<vm>-<disk>-<time>-<id12>.vhd`, the time in
-/// UTC. The names are made readable and safe on any file system (each run of characters other
-/// than ASCII letters, digits, `.`, `_` and `-` becomes one `_`, at most 48 kept); the id keeps the
-/// name unique.
-#[must_use]
-pub fn vhd_file_name(p: &RecoveryPoint) -> String {
-    format!(
-        "{}-{}-{}-{}.vhd",
-        file_label(&p.vm),
-        file_label(&p.disk),
-        p.time.format("%Y%m%dT%H%M%SZ"),
-        p.short_id()
-    )
-}
-
-/// A name as a readable piece of a file name (see [`vhd_file_name`]).
-fn file_label(name: &str) -> String {
-    let mut out = String::new();
-    for c in name.chars() {
-        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-            out.push(c);
-        } else if !out.ends_with('_') {
-            out.push('_');
-        }
-    }
-    let out: String = out
-        .trim_matches(|c| c == '_' || c == '.')
-        .chars()
-        .take(48)
-        .collect();
-    if out.is_empty() { "disk".into() } else { out }
-}
-
-/// The file name of the `index`-th VHD of a chain: the index first, so that name order is chain
-/// order whatever the points' times.
-#[must_use]
-pub fn chain_file_name(index: usize, p: &RecoveryPoint) -> String {
-    format!("{index:03}-{}", vhd_file_name(p))
-}
-
-fn point_uuid(p: &RecoveryPoint) -> uuid::Uuid {
-    let mut b = [0u8; 16];
-    if hex::decode_to_slice(&p.id, &mut b).is_err() {
-        b = *blake3::hash(p.id.as_bytes())
-            .as_bytes()
-            .first_chunk::<16>()
-            .unwrap_or(&[0; 16]);
-    }
-    uuid::Uuid::from_bytes(b)
-}
-
-use output::{Output, io_err};
-
 /// Restores `point` to `out` (`-` for stdout where the format allows). `progress` is called
 /// with the disk bytes done.
 ///
@@ -213,319 +159,18 @@ pub fn restore(
     std::thread::scope(|scope| match opts.format {
         OutputFormat::Raw => {
             let target = Output::open(out, opts.force)?;
-            let r = restore_raw(scope, store, point, out, &target, ignore, progress)?;
+            let r = raw::restore_raw(scope, store, point, out, &target, ignore, progress)?;
             target.finish()?;
             Ok(r)
         }
         OutputFormat::Vhd => {
             let target = Output::open(out, opts.force)?;
-            let r = restore_vhd(
+            let r = vhd::restore_vhd(
                 scope, store, point, opts.base, out, &target, ignore, progress,
             )?;
             target.finish()?;
             Ok(r)
         }
-        OutputFormat::VhdChain => restore_chain(scope, store, point, out, opts, progress),
+        OutputFormat::VhdChain => vhd::restore_chain(scope, store, point, out, opts, progress),
     })
-}
-
-fn restore_raw<'scope, 'env>(
-    scope: &'scope std::thread::Scope<'scope, 'env>,
-    store: &'env Store,
-    point: &RecoveryPoint,
-    out: &Path,
-    target: &Output,
-    ignore_errors: bool,
-    progress: &dyn Fn(u64),
-) -> Result<Restored> {
-    let mut reader = PointReader::start(scope, store, point, None, ignore_errors)?;
-    // A regular file is written sparse; stdout, a block device (an LV, an iSCSI disk) or a
-    // pipe get every byte, zeros included, in order.
-    if let Some(f) = target.regular_file() {
-        // Sized first, so that every write lands inside the file: measured faster here than
-        // writes that extend it past holes (4 of 4 interleaved runs, by 0.4-0.8 s on 4 GiB).
-        f.set_len(point.size)
-            .map_err(io_err(out, "setting the length"))?;
-        // Holes stay holes; runs of data chunks are written in pieces of BOUNCE_BYTES.
-        use std::os::unix::fs::FileExt;
-        let mut bounce: Vec<u8> = Vec::with_capacity(BOUNCE_BYTES);
-        while let Some((at, run)) = reader.next_data()? {
-            // Through a 1 MiB buffer this thread keeps warm: the kernel copies from it into
-            // the page cache much faster than straight from the window, which the decoding
-            // threads filled (measured: 3.6-4.1 s against 5.6-7.4 s for a 4 GiB point).
-            for (k, part) in run.chunks(BOUNCE_BYTES).enumerate() {
-                bounce.clear();
-                bounce.extend_from_slice(part);
-                let o = at + (k * BOUNCE_BYTES) as u64;
-                f.write_all_at(&bounce, o)
-                    .map_err(io_err(out, &format!("writing at offset {o}")))?;
-            }
-            progress(at + run.len() as u64);
-        }
-    } else {
-        let mut sink = BufWriter::with_capacity(BOUNCE_BYTES, target.writer()?);
-        let zeros = vec![0u8; BOUNCE_BYTES];
-        let mut done = 0u64;
-        let fill = |sink: &mut BufWriter<_>, done: &mut u64, to: u64| -> Result<()> {
-            while *done < to {
-                let n = (to - *done).min(BOUNCE_BYTES as u64) as usize;
-                sink.write_all(&zeros[..n])
-                    .map_err(io_err(out, &format!("writing at offset {done}")))?;
-                *done += n as u64;
-                progress(*done);
-            }
-            Ok(())
-        };
-        while let Some((at, run)) = reader.next_data()? {
-            fill(&mut sink, &mut done, at)?;
-            sink.write_all(run)
-                .map_err(io_err(out, &format!("writing at offset {at}")))?;
-            done = at + run.len() as u64;
-            progress(done);
-        }
-        fill(&mut sink, &mut done, point.size)?;
-        sink.flush().map_err(io_err(out, "flushing"))?;
-    }
-    // No fsync, as cp, borg and restic: the kernel writes the file back; `sync` it when it must
-    // be on disk before going on.
-    Ok(Restored {
-        files: vec![out.to_path_buf()],
-        bytes: point.size,
-        damaged: reader.finish()?,
-    })
-}
-
-/// Writes the VHD of `point` to `out`: dynamic, or differencing against `base` (with the file
-/// name the differencing VHD gives as its parent's) when given. Returns the bytes written and
-/// the ranges written as zeros (with errors ignored).
-fn write_point_vhd<'scope, 'env>(
-    scope: &'scope std::thread::Scope<'scope, 'env>,
-    store: &'env Store,
-    point: &RecoveryPoint,
-    base: Option<(&RecoveryPoint, String)>,
-    (out, target): (&Path, &mut dyn Write),
-    ignore_errors: bool,
-    progress: &dyn Fn(u64),
-) -> Result<(u64, Vec<Damaged>)> {
-    if !point.size.is_multiple_of(512) {
-        return Err(Error::Refused(format!(
-            "point {} is {} bytes, not whole sectors: restore it as raw",
-            point.short_id(),
-            point.size
-        )));
-    }
-    if point.size > cairn_vhd::format::MAX_DISK_SIZE {
-        return Err(Error::Refused(format!(
-            "point {} is a disk of {} bytes, larger than a VHD holds (2040 GiB): restore it as \
-             raw (--format raw)",
-            point.short_id(),
-            point.size
-        )));
-    }
-    let cs = u64::from(point.chunk_size);
-    let per_block = (u64::from(DEFAULT_BLOCK_SIZE) / cs).max(1);
-    if let Some((bp, _)) = &base
-        && (bp.size != point.size || bp.chunk_size != point.chunk_size)
-    {
-        return Err(Error::Refused(format!(
-            "base point {} is not of the same disk size",
-            bp.short_id()
-        )));
-    }
-    let allocated = reader::blocks_with_data(
-        store,
-        point,
-        base.as_ref().map(|b| b.0),
-        per_block,
-        ignore_errors,
-    )?;
-    // Only the chunks of blocks the VHD holds are read.
-    let needed = Needed {
-        blocks: allocated.clone(),
-        per_block,
-    };
-    let mut reader = PointReader::start(scope, store, point, Some(needed), ignore_errors)?;
-    let spec = DiskSpec {
-        size: point.size,
-        block_size: DEFAULT_BLOCK_SIZE,
-        uuid: point_uuid(point),
-        timestamp: vhd_timestamp(point.time.timestamp()),
-    };
-    let parent = base.map(|(bp, name)| ParentSpec {
-        uuid: point_uuid(bp),
-        timestamp: vhd_timestamp(bp.time.timestamp()),
-        relative_path: name,
-        absolute_path: String::new(),
-    });
-    let mut sink = BufWriter::with_capacity(1 << 20, target);
-    let bs = u64::from(DEFAULT_BLOCK_SIZE);
-    let mut failure: Option<Error> = None;
-    let written = write_sparse(&mut sink, &spec, parent.as_ref(), &allocated, |b, buf| {
-        let first = u64::from(b) * per_block;
-        let start = u64::from(b) * bs;
-        let len = (point.size - start).min(bs) as usize;
-        buf.fill(0);
-        if let Err(e) = reader.read_chunks(first, &mut buf[..len]) {
-            let text = e.to_string();
-            failure = Some(e);
-            return Err(std::io::Error::other(text));
-        }
-        progress(start + len as u64);
-        Ok(())
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let written = written.map_err(|e| e.in_file(out))?;
-    sink.flush().map_err(io_err(out, "flushing"))?;
-    Ok((written, reader.finish()?))
-}
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the one VHD restore, beside restore_raw and restore_chain"
-)]
-fn restore_vhd<'scope, 'env>(
-    scope: &'scope std::thread::Scope<'scope, 'env>,
-    store: &'env Store,
-    point: &RecoveryPoint,
-    base: Option<&RecoveryPoint>,
-    out: &Path,
-    target: &Output,
-    ignore_errors: bool,
-    progress: &dyn Fn(u64),
-) -> Result<Restored> {
-    let base = match base {
-        Some(b) => {
-            if b.vm != point.vm || b.disk != point.disk {
-                return Err(Error::Refused(format!(
-                    "base point {} is of {}/{}, not of {}/{}",
-                    b.short_id(),
-                    b.vm,
-                    b.disk,
-                    point.vm,
-                    point.disk
-                )));
-            }
-            // The base's file as the first of a chain restored from it (`--format vhd-chain
-            // --from BASE`), in the same folder.
-            Some((b, chain_file_name(0, b)))
-        }
-        None => None,
-    };
-    let mut w = target.writer()?;
-    let (bytes, damaged) = write_point_vhd(
-        scope,
-        store,
-        point,
-        base,
-        (out, &mut w),
-        ignore_errors,
-        progress,
-    )?;
-    Ok(Restored {
-        files: vec![out.to_path_buf()],
-        bytes,
-        damaged,
-    })
-}
-
-/// The points a chain ending at `point` holds, oldest first: from `from` (checked to be an
-/// earlier point of the same disk), else from the newest key backup at or before `point`, else
-/// from the disk's oldest point.
-fn chain_points(
-    store: &Store,
-    point: &RecoveryPoint,
-    from: Option<&RecoveryPoint>,
-) -> Result<Vec<RecoveryPoint>> {
-    let order = |p: &RecoveryPoint| (p.time, p.committed);
-    let mut points: Vec<RecoveryPoint> = store
-        .points()?
-        .into_iter()
-        .filter(|p| p.same_disk(point) && order(p) <= order(point))
-        .collect();
-    points.sort_by_key(order);
-    let start = match from {
-        Some(f) => points.iter().position(|p| p.id == f.id).ok_or_else(|| {
-            Error::Refused(format!(
-                "--from {} is not a point of {}/{} at or before {}",
-                f.short_id(),
-                point.vm,
-                point.disk,
-                point.short_id()
-            ))
-        })?,
-        None => points.iter().rposition(|p| p.stats.key).unwrap_or(0),
-    };
-    Ok(points.split_off(start))
-}
-
-fn restore_chain<'scope, 'env>(
-    scope: &'scope std::thread::Scope<'scope, 'env>,
-    store: &'env Store,
-    point: &RecoveryPoint,
-    out: &Path,
-    opts: &Options<'_>,
-    progress: &dyn Fn(u64),
-) -> Result<Restored> {
-    let points = chain_points(store, point, opts.chain_from)?;
-    let created = output::chain_folder(out, opts.force)?;
-    let written = write_chain(scope, store, &points, out, opts.ignore_errors, progress);
-    match written {
-        Ok((restored, staged)) => {
-            for s in staged {
-                s.commit()?;
-            }
-            Ok(restored)
-        }
-        Err(e) => {
-            if created {
-                // The temporary files are gone with `staged`: the folder is empty again.
-                let _ = std::fs::remove_dir(out);
-            }
-            Err(e)
-        }
-    }
-}
-
-/// Writes each VHD of a chain under a temporary name; returns them for renaming.
-fn write_chain<'scope, 'env>(
-    scope: &'scope std::thread::Scope<'scope, 'env>,
-    store: &'env Store,
-    points: &[RecoveryPoint],
-    out: &Path,
-    ignore_errors: bool,
-    progress: &dyn Fn(u64),
-) -> Result<(Restored, Vec<output::Staged>)> {
-    let mut restored = Restored::default();
-    let mut staged = Vec::new();
-    let mut prev: Option<(RecoveryPoint, String)> = None;
-    for (i, p) in points.iter().enumerate() {
-        let name = chain_file_name(i, p);
-        let path = out.join(&name);
-        let file = output::Staged::new(&path);
-        let mut f = file.create()?;
-        let base = match &prev {
-            Some((bp, bname)) if bp.size == p.size && bp.chunk_size == p.chunk_size => {
-                Some((bp, bname.clone()))
-            }
-            _ => None,
-        };
-        let tmp = file.tmp().to_path_buf();
-        staged.push(file);
-        let (bytes, mut damaged) = write_point_vhd(
-            scope,
-            store,
-            p,
-            base,
-            (&tmp, &mut f),
-            ignore_errors,
-            progress,
-        )?;
-        restored.bytes += bytes;
-        restored.damaged.append(&mut damaged);
-        restored.files.push(path);
-        prev = Some((p.clone(), name));
-    }
-    Ok((restored, staged))
 }

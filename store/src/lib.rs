@@ -24,13 +24,17 @@
 //! frame ([`pack`]) that repeats its id, lengths and codec, so a pack describes itself.
 //!
 //! # Recovery points
-//! A point's reference list is cut into segments of 256 refs, each stored as a tree chunk
-//! ([`point`]): an unchanged stretch of the disk shares its segment with the previous point, so
-//! a point costs what changed. Every point is complete on its own: restoring one never replays
-//! a chain, and deleting one is deleting metadata.
+//! A point's reference list is a tree of content-addressed tree chunks ([`tree`]): leaves of
+//! 256 refs, nodes of 256 children above them, the point naming at most 255 entries of its top
+//! level. An unchanged stretch of the disk shares its leaf (64 MiB at 256 KiB chunks) or node
+//! (16 GiB) with the previous point, and a stretch of zeros of any length is one shared leaf
+//! and node per level, so a point costs what changed and what the disk holds, never the disk's
+//! size: the tree is written and read as a stream, a path of nodes at a time. Every point is
+//! complete on its own: restoring one never replays a chain, and deleting one is deleting
+//! metadata.
 //!
 //! # Commit protocol ([`Session::commit_run`])
-//! 1. new chunks and tree segments are appended to packs, which are fsynced with their folder;
+//! 1. new chunks and tree chunks are appended to packs, which are fsynced with their folder;
 //! 2. one synced RocksDB batch indexes them (unreferenced chunks are harmless: GC reclaims them);
 //! 3. the root file is written atomically (temp file, fsync, rename, fsync folder): the commit.
 //!    The points of one run (the disks of a VM) commit together: a journal listing their root
@@ -44,8 +48,10 @@
 //! publishes on open, together.
 //!
 //! # Reference counts and garbage
-//! Each tree segment counts the points naming it, each data chunk the live segments naming it
-//! ([`refs`](crate::Store::refcounts)); the counts change in the catalogue's own batch. A chunk
+//! A top tree entry counts the points naming it, a node or leaf the live nodes naming it, a data
+//! chunk the live leaves naming it ([`refs`](crate::Store::refcounts)); a count that crosses
+//! zero opens that chunk to change its children's, so a commit or a drop touches only what the
+//! point does not share. The counts change in the catalogue's own batch. A chunk
 //! whose count reaches zero goes on the `garbage` list under its pack and offset, so dropping a
 //! point costs what it alone held and garbage collection starts from a list, not a full walk.
 //!
@@ -86,7 +92,7 @@
 //! |---|---|---|
 //! | a chunk's bytes are wrong or unreadable | `verify` (exit 1) names the chunk, its pack and offset, and every point and disk offset it damages; the chunk is marked | a key backup of the disk (`backup --key`) stores it afresh; `restore --ignore-errors` writes zeros there and names the ranges |
 //! | a pack file is gone | `verify` names its chunks and their points; a restore says the pack is gone and what to do | a backup never reuses its chunks: a key backup stores them afresh; a backup that would name one is refused |
-//! | a tree segment cannot be read | `verify` names it and its points, and counts the data chunks it hides; `report` counts the rest (exit 3) | a key backup stores the segment again; the next writer then counts references afresh |
+//! | a tree chunk (leaf or node) cannot be read | `verify` names it and its points, and counts the data chunks it hides; `report` counts the rest (exit 3) | a key backup stores the tree chunk again; the next writer then counts references afresh |
 //! | a root file is deleted | every open warns; `verify` (exit 1) names the point | the next writer writes it again from the index |
 //! | a root file is damaged | `verify` names it; `repair --rebuild-index` leaves its point out and names it | restore the file from a copy, or let the point go |
 //! | the index lost its last commits (a damaged log) | readers warn that the index is behind the last commit noted and list fewer points; `verify` names the root files it lacks | the next writer publishes them |
@@ -96,15 +102,19 @@
 //! | the disk filled up | the command says exactly what was stored (a point whose catalogue write failed is listed later, never stored twice) | free space; `gc` deletes dead packs first and skips rewrites that do not fit |
 //!
 mod agree;
+mod catalogue;
 pub mod chunk;
 pub mod config;
 pub mod error;
+mod garbage;
 pub mod index;
 pub mod lock;
-mod maintenance;
+mod marks;
 pub mod pack;
 pub mod point;
+mod policy;
 pub mod readers;
+mod rebuild;
 mod refs;
 mod run;
 pub mod select;
@@ -113,13 +123,16 @@ mod store;
 pub mod tree;
 pub mod view;
 
+pub use catalogue::Forgotten;
 pub use chunk::{ChunkId, ChunkKind, ChunkRef, Codec, EncodedChunk};
 pub use config::{DEFAULT_CHUNK_SIZE, StoreConfig};
 pub use error::{Error, Result};
+pub use garbage::{GarbageFrame, Sweep};
 pub use index::{BadMark, Location, PackInfo};
-pub use maintenance::{Forgotten, GarbageFrame, Policy, Sweep};
 pub use pack::PackId;
 pub use point::{BackupStats, Labels, RecoveryPoint, SourceInfo};
+pub use policy::{POLICIES_FILE, Policy};
+pub use rebuild::RebuildReport;
 pub use session::{KnownFilter, NewPoint, Session, StagedPoint};
-pub use store::{OpenMode, RebuildReport, Store, write_atomic};
+pub use store::{OpenMode, Store, write_atomic};
 pub use tree::{Body, Extent, RefLookup, TreeRoot, TreeWriter, Walk};

@@ -5,16 +5,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use chrono::Utc;
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
 
 use crate::chunk::{self, ChunkId, ChunkRef};
 use crate::config::{CONFIG_FILE, StoreConfig};
 use crate::error::{Error, Result};
-use crate::index::{
-    CF_CHUNKS, CF_GARBAGE, CF_META, CF_PACKS, CF_POINTS, COLUMN_FAMILIES, Location, META_REFCOUNTS,
-    PackInfo, garbage_key, to_json,
-};
+use crate::index::{CF_CHUNKS, CF_META, CF_POINTS, COLUMN_FAMILIES, Location, META_REFCOUNTS};
 use crate::lock::WriteLock;
 use crate::pack::{self, PackId, sync_dir};
 use crate::point::{RecoveryPoint, VmKey};
@@ -54,8 +50,37 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn db_options() -> Options {
+/// Bytes of index blocks (and their bloom filters) cached, for all column families together.
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
+/// Bytes of one memtable, and of all of them together.
+const MEMTABLE_BYTES: usize = 16 << 20;
+const ALL_MEMTABLES_BYTES: usize = 48 << 20;
+
+/// Options of every column family: memory bounded whatever the index's size (a store of 10 TB
+/// holds 40 M chunks), and bloom filters on keys, so that looking up a chunk the store does not
+/// hold (every chunk of a new disk) mostly costs no read.
+fn cf_options(cache: &rocksdb::Cache) -> Options {
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     let mut o = Options::default();
+    o.set_block_based_table_factory(&table);
+    o.set_write_buffer_size(MEMTABLE_BYTES);
+    o.set_max_write_buffer_number(2);
+    o.set_compression_type(rocksdb::DBCompressionType::Zstd);
+    o
+}
+
+fn db_options() -> Options {
+    db_options_with(&rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES))
+}
+
+/// The database's options, its column families' blocks cached in `cache`.
+fn db_options_with(cache: &rocksdb::Cache) -> Options {
+    let mut o = cf_options(cache);
+    o.set_db_write_buffer_size(ALL_MEMTABLES_BYTES);
     o.create_if_missing(true);
     o.create_missing_column_families(true);
     o.set_compression_type(rocksdb::DBCompressionType::Zstd);
@@ -72,7 +97,11 @@ fn open_db(root: &Path, read_only: bool) -> Result<(DB, Option<String>)> {
 
 /// Opens the index; only `init` and a rebuild create one (`create`): a writer that found the
 /// folder gone would otherwise start an empty index and the store would pass for empty.
-fn open_index(root: &Path, read_only: bool, create: bool) -> Result<(DB, Option<String>)> {
+pub(crate) fn open_index(
+    root: &Path,
+    read_only: bool,
+    create: bool,
+) -> Result<(DB, Option<String>)> {
     let path = root.join("index");
     let rebuilding = root.join(REBUILD_MARKER);
     if !create && rebuilding.exists() {
@@ -94,10 +123,11 @@ fn open_index(root: &Path, read_only: bool, create: bool) -> Result<(DB, Option<
                 .into(),
         });
     }
+    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
     let cfs = COLUMN_FAMILIES
         .iter()
-        .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
-    DB::open_cf_descriptors(&db_options(), &path, cfs)
+        .map(|n| ColumnFamilyDescriptor::new(*n, cf_options(&cache)));
+    DB::open_cf_descriptors(&db_options_with(&cache), &path, cfs)
         .map(|db| (db, None))
         .map_err(|source| Error::Index { path, source })
 }
@@ -527,175 +557,6 @@ impl Store {
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
-
-    /// Rebuilds the index from the packs and root files: the old index is moved aside to
-    /// `index.old-<time>` and a new one is filled. Needs the write lock.
-    ///
-    /// # Errors
-    /// A lock held by another writer, I/O and index errors.
-    pub fn rebuild_index(root: &Path, wait: bool) -> Result<RebuildReport> {
-        StoreConfig::load(root)?;
-        let lock = WriteLock::acquire(root, wait)?;
-        let index = root.join("index");
-        // Until the rebuild is done, the index is incomplete: every other open refuses it.
-        write_atomic(&root.join(REBUILD_MARKER), b"rebuilding the index\n")?;
-        if index.exists() {
-            let aside = root.join(format!(
-                "index.old-{}",
-                Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
-            ));
-            std::fs::rename(&index, &aside)
-                .map_err(Error::io(&index, "moving the old index aside"))?;
-        }
-        let (db, _) = open_index(root, false, true)?;
-        let err = |source| Error::Index {
-            path: index.clone(),
-            source,
-        };
-        let chunks_cf = db
-            .cf_handle(CF_CHUNKS)
-            .ok_or_else(|| Error::Usage("no chunks column family".into()))?;
-        let packs_cf = db
-            .cf_handle(CF_PACKS)
-            .ok_or_else(|| Error::Usage("no packs column family".into()))?;
-        let points_cf = db
-            .cf_handle(CF_POINTS)
-            .ok_or_else(|| Error::Usage("no points column family".into()))?;
-        let garbage_cf = db
-            .cf_handle(CF_GARBAGE)
-            .ok_or_else(|| Error::Usage("no garbage column family".into()))?;
-        let mut report = RebuildReport::default();
-        let packs_dir = root.join("packs");
-        for path in files_under(&packs_dir, "pack")? {
-            let scan = match pack::scan(&path) {
-                Ok(s) => s,
-                Err(e) => {
-                    report.problems.push(e.to_string());
-                    continue;
-                }
-            };
-            if let Some((at, why)) = &scan.stopped {
-                report
-                    .problems
-                    .push(format!("{}: stopped at offset {at}: {why}", path.display()));
-            }
-            let mut batch = WriteBatch::default();
-            // Frames of this pack indexed by this batch (a pack may hold a chunk twice).
-            let mut here: HashMap<ChunkId, Location> = HashMap::new();
-            for f in &scan.frames {
-                let id = f.header.id;
-                let loc = Location {
-                    pack: scan.id,
-                    offset: f.offset,
-                    stored_len: f.header.stored_len,
-                    plain_len: f.header.plain_len,
-                    codec: f.header.codec,
-                    kind: f.header.kind,
-                };
-                let earlier = match here.get(&id) {
-                    Some(l) => Some(*l),
-                    None => db
-                        .get_cf(chunks_cf, id.0)
-                        .map_err(err)?
-                        .map(|v| {
-                            Location::decode(&v).map_err(|what| Error::CorruptIndex {
-                                path: index.clone(),
-                                family: CF_CHUNKS,
-                                key: id.to_hex(),
-                                what,
-                            })
-                        })
-                        .transpose()?,
-                };
-                // A chunk stored twice (a heal stored a fresh copy of a damaged one, or gc
-                // copied it): index a copy that reads back as its id; the other is garbage.
-                let keep = match earlier {
-                    None => loc,
-                    Some(old) => {
-                        report.duplicates += 1;
-                        let (keep, drop) = if frame_is_good(&packs_dir, &id, &old) {
-                            (old, loc)
-                        } else {
-                            (loc, old)
-                        };
-                        batch.put_cf(garbage_cf, garbage_key(drop.pack, drop.offset), id.0);
-                        keep
-                    }
-                };
-                here.insert(id, keep);
-                batch.put_cf(chunks_cf, id.0, keep.encode());
-            }
-            let info = PackInfo {
-                size: scan.len,
-                chunks: scan.frames.len() as u64,
-            };
-            batch.put_cf(packs_cf, scan.id.0, to_json(&info, "a pack entry")?);
-            db.write(batch).map_err(err)?;
-            report.packs += 1;
-            report.chunks += scan.frames.len() as u64;
-        }
-        let mut batch = WriteBatch::default();
-        crate::run::abandon_unfinished(root)?;
-        for path in files_under(&root.join("points"), "json")? {
-            let p = match read_root_file(&path) {
-                Ok(p) => p,
-                Err(e) => {
-                    // Left in place for a look; the point is not in the rebuilt catalogue.
-                    report
-                        .problems
-                        .push(format!("{e}: the point is left out of the index"));
-                    report.points_left_out += 1;
-                    continue;
-                }
-            };
-            batch.put_cf(
-                points_cf,
-                point_key(&p.id)?,
-                to_json(&p, "a catalogue entry")?,
-            );
-            report.points += 1;
-        }
-        db.write_opt(batch, &sync_write()).map_err(err)?;
-        drop(db);
-        let marker = root.join(REBUILD_MARKER);
-        std::fs::remove_file(&marker).map_err(Error::io(&marker, "ending the rebuild"))?;
-        sync_dir(root)?;
-        drop(lock);
-        // Opening for writing counts the references of every point afresh (the new index has
-        // no counts yet).
-        drop(Self::open(root, OpenMode::Write { wait })?);
-        Ok(report)
-    }
-}
-
-/// Whether the frame at `loc` reads back as chunk `id` (decodes and hashes to it).
-fn frame_is_good(packs_dir: &Path, id: &ChunkId, loc: &Location) -> bool {
-    let path = loc.pack.path(packs_dir);
-    File::open(&path)
-        .map_err(Error::io(&path, "opening a pack"))
-        .and_then(|f| pack::read_frame(&f, &path, loc.offset))
-        .is_ok_and(|(h, stored)| {
-            h.id == *id && chunk::decode(id, h.codec, h.plain_len, &stored).is_ok()
-        })
-}
-
-/// What [`Store::rebuild_index`] found.
-#[derive(Debug, Default, Clone)]
-pub struct RebuildReport {
-    /// Chunks found more than once: a copy that reads back as its id is indexed, the others
-    /// are listed as garbage.
-    pub duplicates: u64,
-    /// Packs scanned.
-    pub packs: u64,
-    /// Chunk frames indexed.
-    pub chunks: u64,
-    /// Recovery points catalogued.
-    pub points: u64,
-    /// Root files that could not be read: their points are not in the index (listed in
-    /// `problems`).
-    pub points_left_out: u64,
-    /// Torn or damaged packs (reported, not fatal).
-    pub problems: Vec<String>,
 }
 
 /// Every file under `dir` (recursively) whose extension is `ext`; a missing folder has none.

@@ -102,3 +102,70 @@ fn the_benchmark_harness_runs_on_a_tiny_workload() {
         .expect("a peak RSS target");
     assert!(float(rss, "value") > 1.0, "{rss}");
 }
+
+#[test]
+fn the_scale_sections_run_at_a_smoke_tests_size() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = work.path().join("results.json");
+    let bin = cairn_bin();
+    let fill = bin.with_file_name("fill-index");
+    assert!(
+        fill.is_file(),
+        "{} is missing: cargo test --workspace builds it",
+        fill.display()
+    );
+    let text = ok(Command::new("python3")
+        .arg(repo_root().join("benches/run.py"))
+        .arg("--cairn")
+        .arg(&bin)
+        .arg("--fill-index")
+        .arg(&fill)
+        .arg("--shared")
+        .arg(shared_dir())
+        .args([
+            "--cairn-only",
+            "--smoke",
+            "--only",
+            "bigdisk,generations,index",
+            "--no-drop-caches",
+        ])
+        .arg("--work")
+        .arg(work.path())
+        .arg("--out")
+        .arg(&out));
+    let v = json(&std::fs::read_to_string(&out).expect("results.json"));
+    let rows = v["rows"].as_array().expect("rows");
+    let steps: Vec<&str> = rows
+        .iter()
+        .map(|r| r["step"].as_str().expect("step"))
+        .collect();
+    for want in [
+        "small-full",
+        "big-full",
+        "big-incr",
+        "big-restore",
+        "big-drop-point",
+        "huge-raw-full",
+        "huge-restore",
+        "big-3pts-report",
+        "restore-gen1",
+        "restore-gen3",
+        "index-empty-backup",
+        "index-large-backup",
+    ] {
+        assert!(steps.contains(&want), "no step {want} in {steps:?}");
+    }
+    for r in rows {
+        assert!(float(r, "seconds") > 0.0, "{r}");
+        assert!(float(r, "rss_mib") > 1.0, "{r}");
+    }
+    // The targets of the issue are computed from the rows (their values are this machine's).
+    for name in [
+        "2040 GiB full / 1 GiB full",
+        "16 TiB sparse raw full / 1 GiB raw full",
+        "restore gen N / gen 1",
+        "backup beside a large index / empty",
+    ] {
+        assert!(text.contains(name), "no target {name:?} in {text}");
+    }
+}

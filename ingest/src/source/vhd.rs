@@ -16,7 +16,7 @@ use cairn_store::{ChunkRef, RefLookup, Store};
 use cairn_vhd::format::SECTOR_SIZE;
 use cairn_vhd::{BlockState, Chain, StreamVhd, Vhd};
 
-use crate::source::{ChunkSource, Piece, PieceOrigin, run_before};
+use super::{ChunkSource, Piece, PieceOrigin, run_before};
 use crate::{Error, Result};
 
 /// Byte ranges of a disk image that a VHD (or a chain) stores.

@@ -1,62 +1,10 @@
-//! What the pipeline reads: a [`ChunkSource`] yields a disk's chunks in order, as bytes to hash
-//! or as runs of chunks decided without reading (holes, stretches a delta does not hold), so
-//! that the cost of a backup follows the data, not the disk's size. [`RawSource`] reads a raw
-//! stream front to back; [`SparseFileSource`] a raw file, skipping its holes.
+//! Raw images: a stream read front to back, or a file read by offset with its holes skipped.
 
 use std::io::Read;
 use std::path::PathBuf;
 
+use super::{ChunkSource, Piece, PieceOrigin, run_before};
 use crate::{Error, Result};
-
-/// A stretch of the disk as a source yields it.
-#[derive(Debug)]
-pub(crate) enum Piece {
-    /// One chunk's bytes, to hash and store.
-    Data(Vec<u8>),
-    /// Chunks decided without reading: zeros, or the parent point's.
-    Run {
-        /// Why they need no reading.
-        origin: PieceOrigin,
-        /// How many chunks.
-        chunks: u64,
-        /// Bytes of disk they cover (the last chunk of a disk may be short).
-        bytes: u64,
-    },
-}
-
-/// Why a run needed no reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PieceOrigin {
-    /// Unallocated in the source: zeros.
-    Unallocated,
-    /// Taken from the parent point.
-    Parent,
-}
-
-/// The run of whole chunks from byte `start` (a chunk boundary) up to the chunk holding byte
-/// `next` (the next byte that may hold data; `size` or more when none does), in a disk of
-/// `size` bytes cut in chunks of `chunk`: `(chunks, bytes)`, `(0, 0)` when the chunk at `start`
-/// may hold data.
-pub(crate) fn run_before(start: u64, next: u64, size: u64, chunk: u64) -> (u64, u64) {
-    let end = if next >= size {
-        size
-    } else {
-        next / chunk * chunk
-    };
-    if end <= start {
-        return (0, 0);
-    }
-    ((end - start).div_ceil(chunk), end - start)
-}
-
-/// Something that yields the chunks of a disk, in order.
-pub(crate) trait ChunkSource: Send {
-    /// The next chunk, or `None` at the end (after checking whatever the source's end must
-    /// hold, such as a stream's closing footer).
-    fn next_piece(&mut self) -> Result<Option<Piece>>;
-    /// Bytes read from the source so far.
-    fn bytes_read(&self) -> u64;
-}
 
 /// A raw image from any reader (file or stdin), read front to back.
 pub(crate) struct RawSource<R> {

@@ -1,0 +1,79 @@
+//! A point restored as a raw image: sparse in a regular file (holes stay holes), every byte in
+//! order to a pipe or a block device.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use cairn_store::{RecoveryPoint, Store};
+
+use crate::output::{Output, io_err};
+use crate::{PointReader, Restored, Result};
+
+/// Bytes per write of a raw restore.
+const BOUNCE_BYTES: usize = 1 << 20;
+
+pub(crate) fn restore_raw<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    store: &'env Store,
+    point: &RecoveryPoint,
+    out: &Path,
+    target: &Output,
+    ignore_errors: bool,
+    progress: &dyn Fn(u64),
+) -> Result<Restored> {
+    let mut reader = PointReader::start(scope, store, point, None, ignore_errors)?;
+    // A regular file is written sparse; stdout, a block device (an LV, an iSCSI disk) or a
+    // pipe get every byte, zeros included, in order.
+    if let Some(f) = target.regular_file() {
+        // Sized first, so that every write lands inside the file: measured faster here than
+        // writes that extend it past holes (4 of 4 interleaved runs, by 0.4-0.8 s on 4 GiB).
+        f.set_len(point.size)
+            .map_err(io_err(out, "setting the length"))?;
+        // Holes stay holes; runs of data chunks are written in pieces of BOUNCE_BYTES.
+        use std::os::unix::fs::FileExt;
+        let mut bounce: Vec<u8> = Vec::with_capacity(BOUNCE_BYTES);
+        while let Some((at, run)) = reader.next_data()? {
+            // Through a 1 MiB buffer this thread keeps warm: the kernel copies from it into
+            // the page cache much faster than straight from the window, which the decoding
+            // threads filled (measured: 3.6-4.1 s against 5.6-7.4 s for a 4 GiB point).
+            for (k, part) in run.chunks(BOUNCE_BYTES).enumerate() {
+                bounce.clear();
+                bounce.extend_from_slice(part);
+                let o = at + (k * BOUNCE_BYTES) as u64;
+                f.write_all_at(&bounce, o)
+                    .map_err(io_err(out, &format!("writing at offset {o}")))?;
+            }
+            progress(at + run.len() as u64);
+        }
+    } else {
+        let mut sink = BufWriter::with_capacity(BOUNCE_BYTES, target.writer()?);
+        let zeros = vec![0u8; BOUNCE_BYTES];
+        let mut done = 0u64;
+        let fill = |sink: &mut BufWriter<_>, done: &mut u64, to: u64| -> Result<()> {
+            while *done < to {
+                let n = (to - *done).min(BOUNCE_BYTES as u64) as usize;
+                sink.write_all(&zeros[..n])
+                    .map_err(io_err(out, &format!("writing at offset {done}")))?;
+                *done += n as u64;
+                progress(*done);
+            }
+            Ok(())
+        };
+        while let Some((at, run)) = reader.next_data()? {
+            fill(&mut sink, &mut done, at)?;
+            sink.write_all(run)
+                .map_err(io_err(out, &format!("writing at offset {at}")))?;
+            done = at + run.len() as u64;
+            progress(done);
+        }
+        fill(&mut sink, &mut done, point.size)?;
+        sink.flush().map_err(io_err(out, "flushing"))?;
+    }
+    // No fsync, as cp, borg and restic: the kernel writes the file back; `sync` it when it must
+    // be on disk before going on.
+    Ok(Restored {
+        files: vec![out.to_path_buf()],
+        bytes: point.size,
+        damaged: reader.finish()?,
+    })
+}

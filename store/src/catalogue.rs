@@ -1,0 +1,164 @@
+//! The catalogue's changes beside backups: forgetting points and protecting them.
+
+use std::collections::HashSet;
+
+use rocksdb::{IteratorMode, WriteBatch};
+
+use crate::error::{Error, Result};
+use crate::index::{CF_GARBAGE, CF_POINTS};
+use crate::point::RecoveryPoint;
+use crate::store::{Store, point_key, write_atomic};
+
+/// What [`Store::forget`] did.
+#[derive(Debug, Default, Clone)]
+pub struct Forgotten {
+    /// Points removed.
+    pub points: Vec<RecoveryPoint>,
+    /// Chunks (data and tree) that no point references any more.
+    pub chunks_unreferenced: u64,
+    /// Problems that kept space but lost nothing (an unreadable tree segment).
+    pub warnings: Vec<String>,
+}
+
+impl Store {
+    /// Removes points: catalogue entries and reference counts in one synced batch, then the
+    /// root files. Protected points are refused. A crash between the two steps brings the
+    /// points back whole on the next open (their root files are the truth); nothing is lost.
+    ///
+    /// # Errors
+    /// A protected point, index and I/O errors.
+    pub fn forget(&self, points: &[RecoveryPoint]) -> Result<Forgotten> {
+        self.require_writer()?;
+        let mut unique = HashSet::new();
+        let points: Vec<&RecoveryPoint> = points.iter().filter(|p| unique.insert(&p.id)).collect();
+        // The root file is the truth: a protect that died before its catalogue write left the
+        // protection there only.
+        let protected_on_disk = |p: &RecoveryPoint| {
+            std::fs::read(self.root.join(p.root_file()))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<RecoveryPoint>(&b).ok())
+                .is_some_and(|r| r.protected)
+        };
+        if let Some(p) = points.iter().find(|p| p.protected || protected_on_disk(p)) {
+            return Err(Error::Usage(format!(
+                "point {} of {}/{} is protected; `cairn unprotect {}` first",
+                p.short_id(),
+                p.vm,
+                p.disk,
+                p.short_id()
+            )));
+        }
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(CF_POINTS)?;
+        for p in &points {
+            batch.delete_cf(cf, point_key(&p.id)?);
+        }
+        let changes: Vec<(&RecoveryPoint, i64)> = points.iter().map(|p| (*p, -1)).collect();
+        let before = self.garbage_len()?;
+        let warnings = self.count_refs(&mut batch, &changes)?;
+        self.write_synced(batch)?;
+        let after = self.garbage_len()?;
+        let mut dirs = HashSet::new();
+        for p in &points {
+            let path = self.root.join(p.root_file());
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, "removing a root file")(e)),
+            }
+            if let Some(d) = path.parent() {
+                dirs.insert(d.to_path_buf());
+            }
+        }
+        for d in dirs {
+            crate::pack::sync_dir(&d)?;
+        }
+        Ok(Forgotten {
+            points: points.into_iter().cloned().collect(),
+            chunks_unreferenced: after.saturating_sub(before),
+            warnings,
+        })
+    }
+
+    fn garbage_len(&self) -> Result<u64> {
+        let mut n = 0;
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_GARBAGE)?, IteratorMode::Start)
+        {
+            item.map_err(self.index_err())?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Protects a point from prune and forget, or lifts that: the root file is rewritten
+    /// (atomically), then the catalogue entry.
+    ///
+    /// # Errors
+    /// Index and I/O errors.
+    pub fn set_protected(&self, point: &RecoveryPoint, protected: bool) -> Result<RecoveryPoint> {
+        self.require_writer()?;
+        let mut p = point.clone();
+        p.protected = protected;
+        let json = serde_json::to_vec_pretty(&p).map_err(|e| Error::Point(e.to_string()))?;
+        // A marker names the point while its root file and catalogue entry may disagree; the
+        // next writer to open the store makes the catalogue say what the root file says.
+        let marker = self
+            .root
+            .join("points")
+            .join(format!("{PROTECT_MARKER}{}", p.id));
+        write_atomic(&marker, p.root_file().as_bytes())?;
+        write_atomic(&self.root.join(p.root_file()), &json)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_POINTS)?, point_key(&p.id)?, &json);
+        self.write_synced(batch)?;
+        std::fs::remove_file(&marker).map_err(Error::io(&marker, "removing a marker"))?;
+        Ok(p)
+    }
+
+    /// Finishes protects and unprotects that died between their root file and their catalogue
+    /// entry: the catalogue takes what the root file says.
+    pub(crate) fn finish_protects(&self) -> Result<()> {
+        let dir = self.root.join("points");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        let mut batch = WriteBatch::default();
+        let mut markers = Vec::new();
+        for e in entries {
+            let path = e.map_err(Error::io(&dir, "listing the folder"))?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(id) = name.strip_prefix(PROTECT_MARKER) else {
+                continue;
+            };
+            // `.tmp` of a marker never in place: nothing was changed yet.
+            if let Some(id) = id
+                .strip_suffix(".tmp")
+                .or(Some(id))
+                .filter(|i| !i.contains('.'))
+                && let Ok(Some(entry)) = self.db.get_cf(self.cf(CF_POINTS)?, point_key(id)?)
+                && let Ok(p) = serde_json::from_slice::<RecoveryPoint>(&entry)
+                && let Ok(bytes) = std::fs::read(self.root.join(p.root_file()))
+                && let Ok(on_disk) = serde_json::from_slice::<RecoveryPoint>(&bytes)
+                && on_disk.protected != p.protected
+            {
+                batch.put_cf(self.cf(CF_POINTS)?, point_key(id)?, &bytes);
+            }
+            markers.push(path);
+        }
+        if markers.is_empty() {
+            return Ok(());
+        }
+        self.write_synced(batch)?;
+        for m in markers {
+            std::fs::remove_file(&m).map_err(Error::io(&m, "removing a marker"))?;
+        }
+        crate::pack::sync_dir(&dir)
+    }
+}
+
+/// Prefix of the marker files of protects in progress, in `points/`.
+const PROTECT_MARKER: &str = ".protect-";
