@@ -514,7 +514,7 @@ def run_all(a, size, work, skip, res, started):
     targets = summarize(res, ideal, scaling, chunk) + scale.targets(res)
 
     # The table: one row per step, one column group per tool.
-    tools = [t for t in ("cairn", "restic", "borg", "borg-fixed", "limit") if any(r["tool"] == t for r in res.rows)]
+    tools = [t for t in ("cairn", "restic", "borg", "borg-fixed", "limit", "helper") if any(r["tool"] == t for r in res.rows)]
     steps = []
     for r in res.rows:
         if r["step"] not in steps:

@@ -194,7 +194,7 @@ def run_index(work, shared, cairn, fill_index, res, profile):
     empty, full = work / "cairn-index-empty", work / "cairn-index-full"
     init(cairn, empty)
     init(cairn, full)
-    res.add(f"fill-index-{count}", "cairn", measure([fill_index, full, str(count)]), dir_bytes(full))
+    res.add(f"fill-index-{count}", "helper", measure([fill_index, full, str(count)]), dir_bytes(full))
     for label, store in (("empty", empty), ("large", full)):
         warm(img, store / "index")
         res.add(f"index-{label}-backup", "cairn", measure([cairn, "backup", "--store", store, "--vm", "new",

@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::store_cmd::{StoreArg, show_time};
-use crate::vhd_cmd::{count, human_bytes};
+use crate::words::{count, human_bytes};
 
 #[derive(Debug, Args)]
 #[command(

@@ -9,6 +9,7 @@ mod progress;
 mod retention_cmd;
 mod store_cmd;
 mod vhd_cmd;
+mod words;
 
 use clap::{Parser, Subcommand};
 

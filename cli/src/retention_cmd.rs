@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::store_cmd::{PointFilter, StoreArg, open_write};
-use crate::vhd_cmd::human_bytes;
+use crate::words::human_bytes;
 use cairn_store::point::VmKey;
 
 #[derive(Debug, Args)]
@@ -348,14 +348,14 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
     if a.dry_run {
         println!(
             "dry run: would keep {kept} and remove {}",
-            crate::vhd_cmd::count(remove.len() as u64, "point")
+            crate::words::count(remove.len() as u64, "point")
         );
     } else {
         println!(
             "kept {kept}, removed {} in {:.3}s ({} now unreferenced; `cairn gc` reclaims them)",
-            crate::vhd_cmd::count(remove.len() as u64, "point"),
+            crate::words::count(remove.len() as u64, "point"),
             forget_secs,
-            crate::vhd_cmd::count(
+            crate::words::count(
                 forgotten.as_ref().map_or(0, |f| f.chunks_unreferenced),
                 "chunk"
             )
@@ -477,12 +477,12 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
         println!(
             "{verb} {} ({}): {} deleted, {} rewritten into {} ({} copied), {} ({}); {} of garbage left (within the bound); {:.2}s",
             human_bytes(r.bytes_freed),
-            crate::vhd_cmd::count(r.chunks_freed, "chunk"),
-            crate::vhd_cmd::count(r.packs_deleted, "pack"),
+            crate::words::count(r.chunks_freed, "chunk"),
+            crate::words::count(r.packs_deleted, "pack"),
             r.packs_rewritten,
             r.packs_written,
             human_bytes(r.bytes_copied),
-            crate::vhd_cmd::count(r.orphan_packs, "orphan pack"),
+            crate::words::count(r.orphan_packs, "orphan pack"),
             human_bytes(r.orphan_bytes),
             human_bytes(r.garbage_bytes_kept),
             secs
@@ -494,7 +494,7 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
             println!(
                 "{} not rewritten: the disk has no room for their live chunks now (free space, \
                  then run gc again)",
-                crate::vhd_cmd::count(r.rewrites_skipped_for_space, "pack")
+                crate::words::count(r.rewrites_skipped_for_space, "pack")
             );
         }
         if r.readers_waited_for > 0 {
@@ -502,7 +502,7 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
                 "{} of old packs left in place for {} that started before the swap; the next \
                  `cairn gc` deletes them",
                 human_bytes(r.bytes_left_for_readers),
-                crate::vhd_cmd::count(r.readers_waited_for, "running reader")
+                crate::words::count(r.readers_waited_for, "running reader")
             );
         }
         for b in &r.bad_chunks {
@@ -536,16 +536,16 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
         println!(
             "checked {} of {} ({} read) of {} in {:.1}s: {}",
             r.chunks_checked,
-            crate::vhd_cmd::count(r.chunks_in_scope, "chunk"),
+            crate::words::count(r.chunks_in_scope, "chunk"),
             human_bytes(r.bytes_read),
-            crate::vhd_cmd::count(r.points_in_scope, "point"),
+            crate::words::count(r.points_in_scope, "point"),
             r.seconds,
             if r.clean() {
                 "all well".to_owned()
             } else if r.damaged.is_empty() {
                 format!(
                     "the chunks are well, but {} between the root files and the index",
-                    crate::vhd_cmd::count(r.catalogue.len() as u64, "disagreement")
+                    crate::words::count(r.catalogue.len() as u64, "disagreement")
                 )
             } else {
                 format!(
@@ -563,7 +563,7 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
             println!(
                 "{} still referenced under tree chunks that cannot be read: their points \
                  cannot reach them until a key backup of the disk stores them again",
-                crate::vhd_cmd::count(r.unknown_but_referenced, "chunk")
+                crate::words::count(r.unknown_but_referenced, "chunk")
             );
         }
         for d in &r.damaged {
@@ -671,7 +671,7 @@ fn describe(p: &Policy) -> String {
         1 => "every backup is a key backup".into(),
         n => format!(
             "every {} backup of each disk is a key backup",
-            crate::vhd_cmd::ordinal(n)
+            crate::words::ordinal(n)
         ),
     }
 }

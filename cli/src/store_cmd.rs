@@ -17,7 +17,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use crate::progress;
-use crate::vhd_cmd::{count, human_bytes};
+use crate::words::{count, human_bytes};
 
 /// `--store STORE`, or `CAIRN_STORE`.
 #[derive(Debug, Args)]
@@ -598,16 +598,13 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             show_time(&p.time, tz),
             human_bytes(s.logical_bytes),
             human_bytes(s.bytes_read),
-            crate::vhd_cmd::count(s.new_chunks, "new chunk"),
+            crate::words::count(s.new_chunks, "new chunk"),
             human_bytes(s.new_stored_bytes),
             s.seconds,
             human_bytes((s.logical_bytes as f64 / s.seconds.max(1e-6)) as u64),
             if s.key { ", key backup" } else { "" },
             if s.healed_chunks > 0 {
-                format!(
-                    ", healed {}",
-                    crate::vhd_cmd::count(s.healed_chunks, "chunk")
-                )
+                format!(", healed {}", crate::words::count(s.healed_chunks, "chunk"))
             } else {
                 String::new()
             }

@@ -81,6 +81,9 @@ fn db_options() -> Options {
 fn db_options_with(cache: &rocksdb::Cache) -> Options {
     let mut o = cf_options(cache);
     o.set_db_write_buffer_size(ALL_MEMTABLES_BYTES);
+    // Table files are opened by this many threads (16 by default, per column family: over a
+    // hundred threads started and stopped by every open of a small index).
+    o.set_max_file_opening_threads(2);
     o.create_if_missing(true);
     o.create_missing_column_families(true);
     o.set_compression_type(rocksdb::DBCompressionType::Zstd);
