@@ -6,11 +6,12 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use cairn_gc::cost::{Cost, Costs};
 use cairn_ingest::{Format, KeyMode, Request};
 use cairn_restore::OutputFormat;
 use cairn_store::point::{VmKey, check_name};
 use cairn_store::select::Filter;
-use cairn_store::{ChunkId, ChunkRef, Labels, OpenMode, RecoveryPoint, Store};
+use cairn_store::{Labels, OpenMode, RecoveryPoint, Store};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use clap::{Args, ValueEnum};
@@ -175,6 +176,11 @@ pub struct BackupArgs {
     /// future.
     #[arg(long)]
     pub force: bool,
+    /// Layout policy: a backup that reads the whole disk may store again up to this percent of
+    /// the disk's data, taken from packs its latest point barely uses, so that restores of late
+    /// generations read from few packs (the old copies become garbage for `cairn gc`); 0 never.
+    #[arg(long, value_name = "PCT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub rewrite: u32,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -452,6 +458,7 @@ fn point_json(p: &RecoveryPoint, tz: Tz) -> serde_json::Value {
         "new_stored_bytes": p.stats.new_stored_bytes, "zero_chunks": p.stats.zero_chunks,
         "parent_chunks": p.stats.parent_chunks, "known_chunks": p.stats.known_chunks,
         "seconds": p.stats.seconds, "key": p.stats.key, "healed_chunks": p.stats.healed_chunks,
+        "rewritten_chunks": p.stats.rewritten_chunks,
         "protected": p.protected, "run": p.run, "vm_uuid": p.labels.vm_uuid,
         "pool": p.labels.pool, "host": p.labels.host, "tags": p.labels.tags, "note": p.labels.note,
     })
@@ -536,6 +543,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             expected_size: a.size,
             allow_resize: a.allow_resize,
             force: a.force,
+            rewrite_percent: a.rewrite,
         };
         // A raw stream's size is known only at its end: bytes and rate until then.
         let bar = progress::stream(disk);
@@ -609,6 +617,13 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
                 String::new()
             }
         );
+        if s.rewritten_chunks > 0 {
+            println!(
+                "  {} stored again from packs this disk barely uses (--rewrite; `cairn gc` \
+                 reclaims the old copies)",
+                crate::words::count(s.rewritten_chunks, "chunk")
+            );
+        }
         if p.committed < run_started {
             println!("  (the same point was stored by an earlier run; it is not stored twice)");
         }
@@ -925,69 +940,14 @@ fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
     a
 }
 
-/// Which points, disks and VMs reference a chunk.
-#[derive(Default)]
-struct Holders {
-    /// How many points hold the chunk, and the last one counted (points are visited in order).
-    points: u32,
-    last_point: Option<usize>,
-    disks: HashSet<(VmKey, String)>,
-    vms: HashSet<VmKey>,
-}
-
-/// Calls `f(chunk index, id)` for each data chunk of a point, in disk order, walking its tree a
-/// leaf at a time (holes cost nothing).
-fn each_data_ref(store: &Store, p: &RecoveryPoint, mut f: impl FnMut(u64, ChunkId)) -> Result<()> {
-    let mut walk = cairn_store::Walk::new(store, p)?;
-    while let Some(x) = walk.next_extent()? {
-        match x.body {
-            cairn_store::Body::Refs(refs) => {
-                for (k, r) in refs.iter().enumerate() {
-                    if let ChunkRef::Data(id) = r {
-                        f(x.first + k as u64, *id);
-                    }
-                }
-            }
-            cairn_store::Body::Zero => {}
-            cairn_store::Body::Unreadable(what) => bail!("{what}"),
-        }
-    }
-    Ok(())
-}
-
-/// Figures for one group of points (a point, a disk, a VM, the store).
-#[derive(Default, Clone)]
-struct Cost {
-    points: u64,
-    logical: u64,
-    allocated: u64,
-    stored: u64,
-    plain: u64,
-    unique: u64,
-    full_chain: u64,
-    vhd_deltas: u64,
-}
-
-impl Cost {
-    /// Counts one distinct chunk of the group: `stored` bytes in packs, `plain` bytes of data,
-    /// and whether no other group holds it.
-    fn add_chunk(&mut self, stored: u64, plain: u64, unique: bool) {
-        self.stored += stored;
-        self.plain += plain;
-        if unique {
-            self.unique += stored;
-        }
-    }
-
-    fn json(&self) -> serde_json::Value {
-        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-        json!({
-            "points": self.points, "logical_bytes": self.logical, "allocated_bytes": self.allocated,
-            "stored_bytes": self.stored, "unique_stored_bytes": self.unique,
-            "dedup_ratio": ratio(self.allocated, self.plain), "compression_ratio": ratio(self.plain, self.stored),
-            "full_backups_bytes": self.full_chain, "xo_vhd_deltas_bytes": self.vhd_deltas,
-        })
-    }
+/// A group's figures as JSON.
+fn cost_json(c: &Cost) -> serde_json::Value {
+    json!({
+        "points": c.points, "logical_bytes": c.logical, "allocated_bytes": c.allocated,
+        "stored_bytes": c.stored, "unique_stored_bytes": c.unique,
+        "dedup_ratio": c.dedup_ratio(), "compression_ratio": c.compression_ratio(),
+        "full_backups_bytes": c.full_chain, "xo_vhd_deltas_bytes": c.vhd_deltas,
+    })
 }
 
 pub fn report(a: &ReportArgs) -> Result<i32> {
@@ -1002,120 +962,14 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         .into_iter()
         .map(|p| p.id)
         .collect();
-    let cs = u64::from(store.config().chunk_size);
-    // A point whose tree cannot be read is reported, not fatal: the rest is still counted.
-    let mut damaged: Vec<(&RecoveryPoint, String)> = Vec::new();
-    let mut readable = vec![true; points.len()];
-    // Which points, disks and VMs hold each chunk, and what it costs.
-    let mut holders: HashMap<ChunkId, Holders> = HashMap::new();
-    for (i, p) in points.iter().enumerate() {
-        let key = (p.vm_key(), p.disk.clone());
-        let walked = each_data_ref(&store, p, |_, id| {
-            let h = holders.entry(id).or_default();
-            if h.last_point != Some(i) {
-                h.points += 1;
-                h.last_point = Some(i);
-                if !h.disks.contains(&key) {
-                    h.disks.insert(key.clone());
-                    h.vms.insert(p.vm_key());
-                }
-            }
-        });
-        if let Err(e) = walked {
-            damaged.push((p, format!("{e:#}")));
-            readable[i] = false;
-        }
-    }
-    let ids: Vec<ChunkId> = holders.keys().copied().collect();
-    let mut size: HashMap<ChunkId, (u64, u64)> = HashMap::new();
-    for (id, loc) in ids.iter().zip(store.locations(&ids)?) {
-        if let Some(l) = loc {
-            size.insert(
-                *id,
-                (
-                    u64::from(l.stored_len) + cairn_store::pack::FRAME_HEADER_SIZE,
-                    u64::from(l.plain_len),
-                ),
-            );
-        }
-    }
-    let block = u64::from(cairn_vhd::format::DEFAULT_BLOCK_SIZE);
-    let per_block = (block / cs).max(1);
-    let mut per_point = Vec::new();
-    let mut per_disk: HashMap<(VmKey, String), Cost> = HashMap::new();
-    let mut per_vm: HashMap<VmKey, Cost> = HashMap::new();
-    // A VM is shown by the name and labels of its newest point (a VM keeps its UUID when it
-    // is renamed).
-    let mut vm_names: HashMap<VmKey, &RecoveryPoint> = HashMap::new();
-    let mut total = Cost::default();
-    let mut prev_of_disk: HashMap<(VmKey, String), usize> = HashMap::new();
-    for (i, p) in points.iter().enumerate() {
-        let key = (p.vm_key(), p.disk.clone());
-        vm_names.insert(p.vm_key(), p);
-        let mut c = Cost {
-            points: 1,
-            logical: p.size,
-            ..Cost::default()
-        };
-        let mut seen = HashSet::new();
-        // An XO delta holds every 2 MiB block that changed (the key: every allocated block).
-        let mut blocks: HashSet<u64> = HashSet::new();
-        if readable[i] {
-            each_data_ref(&store, p, |k, id| {
-                c.allocated += size.get(&id).map_or(cs, |s| s.1);
-                if seen.insert(id) {
-                    let (st, pl) = size.get(&id).copied().unwrap_or_default();
-                    c.stored += st;
-                    c.plain += pl;
-                    if holders.get(&id).is_some_and(|h| h.points == 1) {
-                        c.unique += st;
-                    }
-                }
-                blocks.insert(k / per_block);
-            })?;
-        }
-        c.full_chain = c.allocated;
-        c.vhd_deltas = match prev_of_disk.get(&key) {
-            Some(&j) if readable[i] && readable[j] => {
-                let mut changed: HashSet<u64> = HashSet::new();
-                cairn_store::tree::differences(&store, &points[j], p, false, |from, to| {
-                    changed.extend(from / per_block..to.div_ceil(per_block));
-                })?;
-                changed.len() as u64 * block
-            }
-            _ => blocks.len() as u64 * block,
-        };
-        prev_of_disk.insert(key.clone(), i);
-        per_point.push((p, c.clone()));
-        for agg in [
-            per_disk.entry(key.clone()).or_default(),
-            per_vm.entry(p.vm_key()).or_default(),
-            &mut total,
-        ] {
-            agg.points += 1;
-            agg.logical += c.logical;
-            agg.allocated += c.allocated;
-            agg.full_chain += c.full_chain;
-            agg.vhd_deltas += c.vhd_deltas;
-        }
-    }
-    // Stored, plain and unique bytes of groups count each chunk once.
-    for (id, Holders { disks, vms, .. }) in &holders {
-        let (st, pl) = size.get(id).copied().unwrap_or_default();
-        total.add_chunk(st, pl, true);
-        for d in disks {
-            per_disk
-                .entry(d.clone())
-                .or_default()
-                .add_chunk(st, pl, disks.len() == 1);
-        }
-        for v in vms {
-            per_vm
-                .entry(v.clone())
-                .or_default()
-                .add_chunk(st, pl, vms.len() == 1);
-        }
-    }
+    let Costs {
+        total,
+        per_point,
+        per_disk,
+        per_vm,
+        vm_names,
+        damaged,
+    } = cairn_gc::cost::costs(&store, &points)?;
     // Space no point references: garbage frames (what `cairn gc` can free, with every pack
     // rewritten) and unindexed packs, from gc's own dry run. `None` while a gc runs.
     drop(store);
@@ -1171,13 +1025,13 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
             "garbage_frames": reclaimable.as_ref().map(|g| g.garbage_frames),
             "orphan_packs": reclaimable.as_ref().map(|g| g.orphan_packs),
             "orphan_bytes": reclaimable.as_ref().map(|g| g.orphan_bytes),
-            "store": total.json(),
+            "store": cost_json(&total),
             "damaged_points": damaged.iter().map(|(p, what)| json!({
                 "id": p.id, "vm": p.vm, "disk": p.disk, "time": show_time(&p.time, tz), "what": what,
             })).collect::<Vec<_>>(),
-            "vms": vms.iter().map(|(k, c)| merge(c.json(), vm_json(k))).collect::<Vec<_>>(),
-            "disks": disks.iter().map(|((k, d), c)| { let mut j = merge(c.json(), vm_json(k)); j["disk"] = json!(d); j }).collect::<Vec<_>>(),
-            "points": per_point.iter().map(|(p, c)| merge(c.json(), json!({
+            "vms": vms.iter().map(|(k, c)| merge(cost_json(c), vm_json(k))).collect::<Vec<_>>(),
+            "disks": disks.iter().map(|((k, d), c)| { let mut j = merge(cost_json(c), vm_json(k)); j["disk"] = json!(d); j }).collect::<Vec<_>>(),
+            "points": per_point.iter().map(|(p, c)| merge(cost_json(c), json!({
                 "id": p.id, "vm": p.vm, "disk": p.disk, "time": show_time(&p.time, tz),
                 "vm_uuid": p.labels.vm_uuid, "pool": p.labels.pool, "host": p.labels.host,
                 "tags": p.labels.tags, "note": p.labels.note,
@@ -1199,7 +1053,6 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
     }
     let nw = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
     let row = |name: &str, c: &Cost| {
-        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         println!(
             "{:<nw$} {:>4} {:>11} {:>11} {:>11} {:>11} {:>6.2}x {:>6.2}x {:>11} {:>11}",
             name,
@@ -1208,8 +1061,8 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
             human_bytes(c.allocated),
             human_bytes(c.stored),
             human_bytes(c.unique),
-            ratio(c.allocated, c.plain),
-            ratio(c.plain, c.stored),
+            c.dedup_ratio(),
+            c.compression_ratio(),
             human_bytes(c.full_chain),
             human_bytes(c.vhd_deltas)
         );

@@ -43,6 +43,7 @@
 //! which repairs every point that references it.
 
 pub mod collect;
+pub mod cost;
 pub mod prune;
 pub mod verify;
 

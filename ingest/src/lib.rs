@@ -122,6 +122,10 @@ pub struct Request {
     /// Read the source as told even when it looks like something else (`--format raw` on a
     /// VHD, a raw disk that starts like a qcow2, VHDX, VMDK or VDI image).
     pub force: bool,
+    /// The layout policy's budget, in percent of the disk's data: a backup that reads the whole
+    /// disk may store again this much of the chunks it finds in packs the disk's latest point
+    /// barely uses, so that restores of late generations stay fast (0: never).
+    pub rewrite_percent: u32,
 }
 
 /// Makes one backup and commits it as a recovery point. `progress` is called with the disk
@@ -211,6 +215,17 @@ impl<'a> Run<'a> {
         let chunk = store.config().chunk_size;
         let opened = open::open(store, req, input, chunk)?;
         progress(0, opened.size);
+        // A full read meets every chunk of the disk: the layout policy may store again those
+        // that sit in packs its latest point barely uses.
+        if opened.parent.is_none()
+            && req.rewrite_percent > 0
+            && let Some(latest) = store.latest(&req.vm_key(), &req.disk)?
+        {
+            let (packs, bytes) = store.sparse_packs(&latest)?;
+            let budget = bytes / 100 * u64::from(req.rewrite_percent);
+            self.session
+                .set_rewrite(cairn_store::Rewrite::new(packs, budget));
+        }
         let level = store.config().zstd_level;
         let done = pipeline::run(
             &mut self.session,

@@ -183,6 +183,7 @@ fn request(root: &Path, source: PathBuf, parent: Option<RecoveryPoint>, key: Key
         expected_size: None,
         allow_resize: false,
         force: false,
+        rewrite_percent: 0,
     }
 }
 

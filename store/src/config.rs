@@ -7,8 +7,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// Store format version written by this code. Version 1: packs of [`crate::pack`] frames, a
-/// RocksDB index, JSON root files.
-pub const FORMAT_VERSION: u32 = 1;
+/// RocksDB index, JSON root files whose segments are leaves of refs. Version 2: points' refs
+/// may be trees of leaves and nodes ([`crate::tree`]). This code reads both; a writer upgrades a
+/// store of version 1 when it opens it, so that a cairn that reads only version 1 refuses the
+/// store instead of misreading its trees.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest store format version this code reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Smallest chunk size accepted.
 pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
 /// Largest chunk size accepted (the VHD block size, which every chunk size must divide).
@@ -114,11 +119,12 @@ impl StoreConfig {
             path: path.clone(),
             what: e.to_string(),
         })?;
-        if cfg.format_version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&cfg.format_version) {
             return Err(Error::Config {
                 path,
                 what: format!(
-                    "store format version {}, this cairn reads {FORMAT_VERSION}",
+                    "store format version {}, this cairn reads versions {OLDEST_FORMAT_VERSION} to \
+                     {FORMAT_VERSION}: use a newer cairn",
                     cfg.format_version
                 ),
             });

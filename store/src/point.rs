@@ -61,6 +61,9 @@ pub struct BackupStats {
     /// Chunks marked bad or missing that this backup stored afresh.
     #[serde(default)]
     pub healed_chunks: u64,
+    /// Known chunks stored again to keep the disk's chunks in few packs (the layout policy).
+    #[serde(default)]
+    pub rewritten_chunks: u64,
 }
 
 /// A committed recovery point. Never changes once committed.

@@ -4,11 +4,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use rocksdb::WriteBatch;
 
-use crate::chunk::{ChunkId, ChunkRef, EncodedChunk};
+use crate::chunk::{ChunkId, ChunkKind, ChunkRef, EncodedChunk};
 use crate::error::{Error, Result};
 use crate::index::{
     CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_PACKS, CF_POINTS, Location, PackInfo, garbage_key, to_json,
@@ -62,6 +64,40 @@ pub struct Session<'a> {
     created: Vec<PathBuf>,
     /// Where the point being read started: `pending` entries and stored bytes before it.
     mark: (usize, u64),
+    /// Packs whose chunks a backup may store again (the `layout` module), and the budget.
+    rewrite: Arc<Rewrite>,
+    /// Chunks stored again by the layout policy since the point being read started.
+    rewritten: u64,
+}
+
+/// Which chunks a backup may store again to keep a disk's chunks together (see the `layout`
+/// module): those in `packs`, while the budget of plain bytes lasts.
+#[derive(Debug, Default)]
+pub struct Rewrite {
+    packs: HashSet<PackId>,
+    budget: AtomicU64,
+}
+
+impl Rewrite {
+    /// Chunks of `packs` may be stored again, up to `budget` plain bytes.
+    #[must_use]
+    pub fn new(packs: HashSet<PackId>, budget: u64) -> Self {
+        Self {
+            packs,
+            budget: AtomicU64::new(budget),
+        }
+    }
+
+    /// Takes `bytes` of the budget for a chunk in `pack`: whether it is to be stored again.
+    fn take(&self, pack: PackId, bytes: u64) -> bool {
+        self.packs.contains(&pack)
+            && self
+                .budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    b.checked_sub(bytes)
+                })
+                .is_ok()
+    }
 }
 
 impl Drop for Session<'_> {
@@ -81,20 +117,21 @@ pub struct KnownFilter<'a> {
     store: &'a Store,
     bad: HashSet<ChunkId>,
     lost: HashSet<PackId>,
+    rewrite: Arc<Rewrite>,
 }
 
 impl KnownFilter<'_> {
     /// Whether the store holds a good copy of the chunk (not marked bad or missing, and in a
-    /// pack whose file is there).
+    /// pack whose file is there) that the backup keeps where it is: a chunk the layout policy
+    /// stores again (see [`Session::set_rewrite`]) counts as not held.
     ///
     /// # Errors
     /// Index errors.
     pub fn holds(&self, id: &ChunkId) -> Result<bool> {
         Ok(!self.bad.contains(id)
-            && self
-                .store
-                .location(id)?
-                .is_some_and(|l| !self.lost.contains(&l.pack)))
+            && self.store.location(id)?.is_some_and(|l| {
+                !self.lost.contains(&l.pack) && !self.rewrite.take(l.pack, u64::from(l.plain_len))
+            }))
     }
 }
 
@@ -111,7 +148,23 @@ impl<'a> Session<'a> {
             new_stored: 0,
             created: Vec::new(),
             mark: (0, 0),
+            rewrite: Arc::default(),
+            rewritten: 0,
         }
+    }
+
+    /// Lets the chunks a [`KnownFilter`] made from now on calls new be stored again when they
+    /// sit in `rewrite`'s packs (the layout policy: a disk's chunks kept in few packs, so that
+    /// restores of late generations read as fast as early ones). Their old frames become
+    /// garbage at commit.
+    pub fn set_rewrite(&mut self, rewrite: Rewrite) {
+        self.rewrite = Arc::new(rewrite);
+    }
+
+    /// Chunks the point being read stored again for the layout policy.
+    #[must_use]
+    pub fn rewritten(&self) -> u64 {
+        self.rewritten
     }
 
     /// The store.
@@ -132,8 +185,12 @@ impl<'a> Session<'a> {
         }
         let old = self.store.location(&chunk.id)?;
         if let Some(old) = old {
-            if !self.bad.contains(&chunk.id) && !self.lost.contains(&old.pack) {
+            let moved = chunk.kind == ChunkKind::Data && self.rewrite.packs.contains(&old.pack);
+            if !self.bad.contains(&chunk.id) && !self.lost.contains(&old.pack) && !moved {
                 return Ok(false);
+            }
+            if moved && !self.bad.contains(&chunk.id) {
+                self.rewritten += 1;
             }
             self.superseded.push((chunk.id, old));
         }
@@ -175,6 +232,7 @@ impl<'a> Session<'a> {
             store: self.store,
             bad: self.bad.clone(),
             lost: self.lost.clone(),
+            rewrite: Arc::clone(&self.rewrite),
         }
     }
 
@@ -243,6 +301,9 @@ impl<'a> Session<'a> {
         let mut stats = point.stats;
         stats.new_stored_bytes = self.new_stored_bytes();
         stats.healed_chunks = self.healed();
+        stats.rewritten_chunks = self.rewritten;
+        self.rewritten = 0;
+        self.rewrite = Arc::default();
         self.mark = (self.pending.len(), self.new_stored);
         Ok(StagedPoint(RecoveryPoint {
             id: hex::encode(uuid::Uuid::new_v4().as_bytes()),

@@ -291,6 +291,14 @@ impl Store {
             store.warnings.extend(behind);
         }
         if store.lock.is_some() {
+            if store.config.format_version < crate::config::FORMAT_VERSION {
+                // Trees of format 2 may be written from now on: cairns that read only the
+                // older format must refuse the store, not misread it.
+                let mut config = store.config.clone();
+                config.format_version = crate::config::FORMAT_VERSION;
+                write_atomic(&store.root.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
+                store.config = config;
+            }
             if !store.refcounts_ready()? || store.recount_due()? {
                 store.recount()?;
             }

@@ -85,3 +85,68 @@ fn the_golden_store_index_rebuilds_from_its_packs_and_root_files() {
     ok(c.env("CAIRN_STORE", &store));
     check_reads(&store, work.path());
 }
+
+/// The `format_version` line of a store's `cairn.toml`.
+fn format_version(store: &Path) -> String {
+    std::fs::read_to_string(store.join("cairn.toml"))
+        .expect("cairn.toml")
+        .lines()
+        .find(|l| l.starts_with("format_version"))
+        .expect("format_version")
+        .to_owned()
+}
+
+#[test]
+fn a_writer_upgrades_the_golden_store_and_its_new_points_live_beside_the_old() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let store = copy_store(work.path());
+    let env = |c: &mut std::process::Command| {
+        c.env("CAIRN_STORE", &store);
+    };
+    // Readers leave the format alone.
+    check_reads(&store, work.path());
+    assert_eq!(format_version(&store), "format_version = 1");
+    // A backup (a writer) upgrades it first: a cairn that reads only format 1 refuses the store
+    // from then on instead of misreading the new points' trees.
+    let (_, src) = points().pop().expect("a point");
+    let mut backup = cairn(["backup", "--json", "--vm", "upgraded", "--time"]);
+    env(&mut backup);
+    let p = json(&ok(backup
+        .arg("2026-11-20T02:00:00Z")
+        .arg(format!("xvda={}", src.display()))));
+    assert_eq!(format_version(&store), "format_version = 2");
+    let mut show = cairn(["list", "--json", "--vm", "upgraded"]);
+    env(&mut show);
+    let listed = json(&ok(&mut show));
+    assert_eq!(listed[0]["id"], p[0]["id"]);
+    // Old points and the new one restore; verify is clean over both formats.
+    check_reads_beside(&store, work.path(), p[0]["id"].as_str().expect("id"), &src);
+    let mut verify = cairn(["verify"]);
+    env(&mut verify);
+    ok(&mut verify);
+
+    // A store of a format this cairn does not know is refused, naming the versions it reads.
+    let text = std::fs::read_to_string(store.join("cairn.toml")).expect("toml");
+    std::fs::write(
+        store.join("cairn.toml"),
+        text.replace("format_version = 2", "format_version = 3"),
+    )
+    .expect("write");
+    let mut list = cairn(["list"]);
+    env(&mut list);
+    let r = run(&mut list);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("store format version 3"),
+        "{err}"
+    );
+}
+
+/// Restores `id` from `store` and checks it is `src`.
+fn check_reads_beside(store: &Path, work: &Path, id: &str, src: &Path) {
+    let out = work.join("new.raw");
+    let mut restore = cairn(["restore", id]);
+    restore.env("CAIRN_STORE", store);
+    ok(restore.arg(&out));
+    assert_same_content(&out, src, true);
+}

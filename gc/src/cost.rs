@@ -1,0 +1,246 @@
+//! What a store's points cost, and what they would cost elsewhere: for each point, disk, VM and
+//! the whole store, the bytes of the disks, of their data, stored (once however many points hold
+//! a chunk), held by that group alone, and as full backups or as Xen Orchestra's VHD deltas.
+//! `cairn report` prints it.
+//!
+//! Every point's tree is walked a leaf at a time (holes cost nothing); a VHD delta's blocks are
+//! found by comparing a point's tree with the one before it, shared leaves and nodes unread.
+
+use std::collections::{HashMap, HashSet};
+
+use cairn_store::point::VmKey;
+use cairn_store::{ChunkId, ChunkRef, RecoveryPoint, Store};
+
+use crate::Result;
+
+/// The block of the VHDs Xen Orchestra writes (and the VHD default): a delta stores each block
+/// that changed whole.
+const XO_BLOCK: u64 = 2 << 20;
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// The figures of every group of points.
+#[derive(Debug, Default)]
+pub struct Costs<'p> {
+    /// The whole store.
+    pub total: Cost,
+    /// Each point, in the order given.
+    pub per_point: Vec<(&'p RecoveryPoint, Cost)>,
+    /// Each disk of each VM.
+    pub per_disk: HashMap<(VmKey, String), Cost>,
+    /// Each VM.
+    pub per_vm: HashMap<VmKey, Cost>,
+    /// The newest point of each VM (a VM is shown by its name and labels: it keeps its UUID
+    /// when it is renamed).
+    pub vm_names: HashMap<VmKey, &'p RecoveryPoint>,
+    /// Points whose tree cannot be read, and why: their figures leave out what is lost.
+    pub damaged: Vec<(&'p RecoveryPoint, String)>,
+}
+
+/// Which points, disks and VMs reference a chunk.
+#[derive(Default)]
+struct Holders {
+    /// How many points hold the chunk, and the last one counted (points are visited in order).
+    points: u32,
+    last_point: Option<usize>,
+    disks: HashSet<(VmKey, String)>,
+    vms: HashSet<VmKey>,
+}
+
+/// Calls `f(chunk index, id)` for each data chunk of a point, in disk order, walking its tree a
+/// leaf at a time (holes cost nothing).
+fn each_data_ref(store: &Store, p: &RecoveryPoint, mut f: impl FnMut(u64, ChunkId)) -> Result<()> {
+    let mut walk = cairn_store::Walk::new(store, p)?;
+    while let Some(x) = walk.next_extent()? {
+        match x.body {
+            cairn_store::Body::Refs(refs) => {
+                for (k, r) in refs.iter().enumerate() {
+                    if let ChunkRef::Data(id) = r {
+                        f(x.first + k as u64, *id);
+                    }
+                }
+            }
+            cairn_store::Body::Zero => {}
+            cairn_store::Body::Unreadable(what) => {
+                return Err(cairn_store::Error::Point(what).into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Figures for one group of points (a point, a disk, a VM, the store).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Cost {
+    /// Points in the group.
+    pub points: u64,
+    /// Bytes of their disks.
+    pub logical: u64,
+    /// Bytes of their data chunks (what full backups of them would read).
+    pub allocated: u64,
+    /// Bytes the group's distinct chunks take in packs.
+    pub stored: u64,
+    /// Plain bytes of the group's distinct chunks.
+    pub plain: u64,
+    /// Stored bytes of the chunks no other group holds (what dropping the group frees).
+    pub unique: u64,
+    /// Bytes a chain of full backups of the group would store.
+    pub full_chain: u64,
+    /// Bytes Xen Orchestra's VHD deltas (whole 2 MiB blocks) of the group would store.
+    pub vhd_deltas: u64,
+}
+
+impl Cost {
+    /// Counts one distinct chunk of the group: `stored` bytes in packs, `plain` bytes of data,
+    /// and whether no other group holds it.
+    fn add_chunk(&mut self, stored: u64, plain: u64, unique: bool) {
+        self.stored += stored;
+        self.plain += plain;
+        if unique {
+            self.unique += stored;
+        }
+    }
+
+    /// Allocated bytes over the plain bytes they take once: what dedup saves.
+    #[must_use]
+    pub fn dedup_ratio(&self) -> f64 {
+        ratio(self.allocated, self.plain)
+    }
+
+    /// Plain bytes over stored bytes: what compression saves.
+    #[must_use]
+    pub fn compression_ratio(&self) -> f64 {
+        ratio(self.plain, self.stored)
+    }
+}
+
+/// The figures of `points` (all the store's, oldest first: what is unique is counted over them).
+///
+/// # Errors
+/// Index errors (a tree that cannot be read is listed in [`Costs::damaged`], not an error).
+pub fn costs<'p>(store: &Store, points: &'p [RecoveryPoint]) -> Result<Costs<'p>> {
+    let cs = u64::from(store.config().chunk_size);
+    // A point whose tree cannot be read is reported, not fatal: the rest is still counted.
+    let mut damaged: Vec<(&RecoveryPoint, String)> = Vec::new();
+    let mut readable = vec![true; points.len()];
+    // Which points, disks and VMs hold each chunk, and what it costs.
+    let mut holders: HashMap<ChunkId, Holders> = HashMap::new();
+    for (i, p) in points.iter().enumerate() {
+        let key = (p.vm_key(), p.disk.clone());
+        let walked = each_data_ref(store, p, |_, id| {
+            let h = holders.entry(id).or_default();
+            if h.last_point != Some(i) {
+                h.points += 1;
+                h.last_point = Some(i);
+                if !h.disks.contains(&key) {
+                    h.disks.insert(key.clone());
+                    h.vms.insert(p.vm_key());
+                }
+            }
+        });
+        if let Err(e) = walked {
+            damaged.push((p, format!("{e:#}")));
+            readable[i] = false;
+        }
+    }
+    let ids: Vec<ChunkId> = holders.keys().copied().collect();
+    let mut size: HashMap<ChunkId, (u64, u64)> = HashMap::new();
+    for (id, loc) in ids.iter().zip(store.locations(&ids)?) {
+        if let Some(l) = loc {
+            size.insert(
+                *id,
+                (
+                    u64::from(l.stored_len) + cairn_store::pack::FRAME_HEADER_SIZE,
+                    u64::from(l.plain_len),
+                ),
+            );
+        }
+    }
+    let block = XO_BLOCK;
+    let per_block = (block / cs).max(1);
+    let mut per_point = Vec::new();
+    let mut per_disk: HashMap<(VmKey, String), Cost> = HashMap::new();
+    let mut per_vm: HashMap<VmKey, Cost> = HashMap::new();
+    // A VM is shown by the name and labels of its newest point (a VM keeps its UUID when it
+    // is renamed).
+    let mut vm_names: HashMap<VmKey, &RecoveryPoint> = HashMap::new();
+    let mut total = Cost::default();
+    let mut prev_of_disk: HashMap<(VmKey, String), usize> = HashMap::new();
+    for (i, p) in points.iter().enumerate() {
+        let key = (p.vm_key(), p.disk.clone());
+        vm_names.insert(p.vm_key(), p);
+        let mut c = Cost {
+            points: 1,
+            logical: p.size,
+            ..Cost::default()
+        };
+        let mut seen = HashSet::new();
+        // An XO delta holds every 2 MiB block that changed (the key: every allocated block).
+        let mut blocks: HashSet<u64> = HashSet::new();
+        if readable[i] {
+            each_data_ref(store, p, |k, id| {
+                c.allocated += size.get(&id).map_or(cs, |s| s.1);
+                if seen.insert(id) {
+                    let (st, pl) = size.get(&id).copied().unwrap_or_default();
+                    c.stored += st;
+                    c.plain += pl;
+                    if holders.get(&id).is_some_and(|h| h.points == 1) {
+                        c.unique += st;
+                    }
+                }
+                blocks.insert(k / per_block);
+            })?;
+        }
+        c.full_chain = c.allocated;
+        c.vhd_deltas = match prev_of_disk.get(&key) {
+            Some(&j) if readable[i] && readable[j] => {
+                let mut changed: HashSet<u64> = HashSet::new();
+                cairn_store::tree::differences(store, &points[j], p, false, |from, to| {
+                    changed.extend(from / per_block..to.div_ceil(per_block));
+                })?;
+                changed.len() as u64 * block
+            }
+            _ => blocks.len() as u64 * block,
+        };
+        prev_of_disk.insert(key.clone(), i);
+        per_point.push((p, c.clone()));
+        for agg in [
+            per_disk.entry(key.clone()).or_default(),
+            per_vm.entry(p.vm_key()).or_default(),
+            &mut total,
+        ] {
+            agg.points += 1;
+            agg.logical += c.logical;
+            agg.allocated += c.allocated;
+            agg.full_chain += c.full_chain;
+            agg.vhd_deltas += c.vhd_deltas;
+        }
+    }
+    // Stored, plain and unique bytes of groups count each chunk once.
+    for (id, Holders { disks, vms, .. }) in &holders {
+        let (st, pl) = size.get(id).copied().unwrap_or_default();
+        total.add_chunk(st, pl, true);
+        for d in disks {
+            per_disk
+                .entry(d.clone())
+                .or_default()
+                .add_chunk(st, pl, disks.len() == 1);
+        }
+        for v in vms {
+            per_vm
+                .entry(v.clone())
+                .or_default()
+                .add_chunk(st, pl, vms.len() == 1);
+        }
+    }
+    Ok(Costs {
+        total,
+        per_point,
+        per_disk,
+        per_vm,
+        vm_names,
+        damaged,
+    })
+}
