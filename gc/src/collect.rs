@@ -238,13 +238,22 @@ fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Result<Plan> 
         Repack::MaxUnused(share) => {
             // Most garbage first: each rewrite frees the most for what it copies.
             mixed.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
+            // The share is of the store as this collection leaves it: without the packs it
+            // deletes and the garbage its rewrites drop (measured before, the store would keep
+            // more than the share once it shrank).
+            let deleted: u64 = actions
+                .iter()
+                .filter(|(_, a)| matches!(a, Action::Delete))
+                .filter_map(|(p, _)| infos.get(p).map(|i| i.size))
+                .sum();
             let total: u64 = infos.values().map(|i| i.size).sum();
-            let allowed = (total as f64 * share) as u64;
+            let mut after = total.saturating_sub(deleted);
             let mut left: u64 = mixed.iter().map(|m| m.0).sum();
             for (bytes, _, pack) in mixed {
-                if left > allowed {
+                if left as f64 > after as f64 * share {
                     actions.insert(pack, Action::Rewrite);
                     left -= bytes;
+                    after = after.saturating_sub(bytes);
                 } else {
                     report.garbage_bytes_kept += bytes;
                 }

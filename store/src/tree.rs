@@ -709,12 +709,16 @@ impl<'s> Walk<'s> {
                     }));
                 }
                 Err(err) => {
+                    let what = match err {
+                        Error::Point(what) => what,
+                        other => other.to_string(),
+                    };
                     return Ok(Some(Extent {
                         first: e.first,
                         count: e.count,
                         id: e.id,
                         level: e.level,
-                        body: Body::Unreadable(err.to_string()),
+                        body: Body::Unreadable(what),
                     }));
                 }
             }
