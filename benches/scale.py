@@ -160,7 +160,7 @@ def run_generations(work, shared, cairn, res, profile):
     n, size = PROFILES[profile]["generations"]
     log(f"{n} generations of a {size} disk, with and without the layout policy")
     gen = shared / "workload" / "gen_disk.py"
-    stores = {label: work / f"cairn-generations-{label}" for label in ("", "-norewrite")}
+    stores = {label: work / f"cairn-generations{label}" for label in ("", "-norewrite")}
     for store in stores.values():
         init(cairn, store)
     img = work / f"gen-{size}.raw"
