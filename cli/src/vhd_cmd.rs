@@ -536,40 +536,6 @@ pub fn relative_path(from_dir: &Path, target: &Path) -> Result<String> {
     Ok(parts.join("/"))
 }
 
-/// Where a raw file's holes are (`SEEK_DATA`), asked in increasing order; a file system that
-/// cannot tell has none.
-struct Holes {
-    /// A handle of the file (sharing its offset: its reads seek first).
-    file: File,
-    size: u64,
-    /// The first data offset at or after the last offset asked about.
-    next_data: Option<u64>,
-}
-
-impl Holes {
-    fn new(file: File, size: u64) -> Self {
-        Self {
-            file,
-            size,
-            next_data: Some(0),
-        }
-    }
-
-    /// Whether `start..end` holds no data.
-    fn covers(&mut self, start: u64, end: u64) -> bool {
-        if let Some(next) = self.next_data
-            && next < start
-        {
-            self.next_data = match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(start)) {
-                Ok(n) => Some(n),
-                Err(rustix::io::Errno::NXIO) => Some(self.size),
-                Err(_) => None,
-            };
-        }
-        self.next_data.is_some_and(|next| next >= end)
-    }
-}
-
 fn from_raw(
     input: &Path,
     out: &Path,
@@ -641,12 +607,12 @@ fn from_raw(
         let mut pbuf = vec![0u8; bs as usize];
         let mut allocated = Vec::with_capacity(blocks as usize);
         // Blocks in a hole of a sparse raw file are zeros, known without reading them.
-        let mut holes = Holes::new(raw.try_clone()?, size);
+        let mut holes = cairn_ingest::Holes::new(&raw, size);
         // Whether `buf` holds zeros (set once for a run of holes, not for each of its blocks).
         let mut zeroed = false;
         for i in 0..blocks {
             let start = u64::from(i) * bs;
-            let hole = holes.covers(start, (start + bs).min(size));
+            let hole = holes.covers(&raw, start, (start + bs).min(size));
             if hole {
                 if !zeroed {
                     buf.fill(0);

@@ -28,6 +28,8 @@ mod pipeline;
 mod source;
 mod stream;
 
+pub use source::raw::Holes;
+
 use std::path::PathBuf;
 use std::time::Instant;
 

@@ -190,8 +190,6 @@ pub struct TreeRoot {
     pub depth: u8,
     /// The top entries, in disk order.
     pub ids: Vec<ChunkId>,
-    /// Chunks of disk the tree covers.
-    pub chunks: u64,
 }
 
 /// Builds a point's tree as refs arrive, storing leaves and nodes through a [`Session`] as they
@@ -357,7 +355,6 @@ impl TreeWriter {
         Ok(TreeRoot {
             depth: depth as u8,
             ids: std::mem::take(&mut self.levels[depth]),
-            chunks: self.chunks,
         })
     }
 }
@@ -511,12 +508,6 @@ impl<'s> Walk<'s> {
             cache: HashMap::new(),
             zero: HashSet::new(),
         }
-    }
-
-    /// Chunks of the disk.
-    #[must_use]
-    pub fn total(&self) -> u64 {
-        self.total
     }
 
     /// The entry at the walk's position (the next one not yet entered or skipped), or `None`

@@ -75,35 +75,65 @@ pub(crate) struct SparseFileSource {
     chunk: u64,
     size: u64,
     offset: u64,
-    /// The first offset at or after `offset` that may hold data (`size` past the last data);
-    /// `None` when the file cannot tell.
-    next_data: Option<u64>,
+    holes: Holes,
     read: u64,
+}
+
+/// Where a file's holes are, asked at increasing offsets: `lseek(SEEK_DATA)`, once per stretch
+/// of holes (it moves only the file offset: readers of the file read by offset, or seek first).
+/// A file that cannot tell (a block device, a file system without `SEEK_DATA`) has no holes.
+#[derive(Debug)]
+pub struct Holes {
+    size: u64,
+    /// The first offset at or after the last one asked about that may hold data (`size` past
+    /// the last data); `None` when the file cannot tell.
+    next: Option<u64>,
+}
+
+impl Holes {
+    /// The holes of `file`, `size` bytes long.
+    #[must_use]
+    pub fn new(file: &std::fs::File, size: u64) -> Self {
+        let mut h = Self { size, next: None };
+        h.next = h.seek(file, 0);
+        h
+    }
+
+    fn seek(&self, file: &std::fs::File, at: u64) -> Option<u64> {
+        match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(at)) {
+            Ok(next) => Some(next),
+            Err(rustix::io::Errno::NXIO) => Some(self.size),
+            Err(_) => None,
+        }
+    }
+
+    /// The first offset at or after `at` that may hold data (`size` when none does); `None`
+    /// when the file cannot tell. `at` never goes back between calls.
+    pub fn next_data(&mut self, file: &std::fs::File, at: u64) -> Option<u64> {
+        if let Some(next) = self.next
+            && next < at
+        {
+            self.next = self.seek(file, at);
+        }
+        self.next
+    }
+
+    /// Whether `start..end` of `file` holds no data.
+    pub fn covers(&mut self, file: &std::fs::File, start: u64, end: u64) -> bool {
+        self.next_data(file, start).is_some_and(|next| next >= end)
+    }
 }
 
 impl SparseFileSource {
     pub(crate) fn new(file: std::fs::File, path: PathBuf, chunk: u32, size: u64) -> Self {
-        let mut s = Self {
+        Self {
+            holes: Holes::new(&file, size),
             file,
             path,
             chunk: u64::from(chunk),
             size,
             offset: 0,
-            next_data: Some(0),
             read: 0,
-        };
-        s.next_data = s.seek_data(0);
-        s
-    }
-
-    /// `lseek(SEEK_DATA)` from `at` (it moves only the file offset, which this source never
-    /// uses: it reads with pread): the next data offset, `size` when only a hole is left,
-    /// `None` when the file cannot tell.
-    fn seek_data(&self, at: u64) -> Option<u64> {
-        match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(at)) {
-            Ok(next) => Some(next),
-            Err(rustix::io::Errno::NXIO) => Some(self.size),
-            Err(_) => None,
         }
     }
 }
@@ -116,12 +146,7 @@ impl ChunkSource for SparseFileSource {
         }
         let len = self.chunk.min(self.size - self.offset);
         let end = self.offset + len;
-        if let Some(next) = self.next_data
-            && next < self.offset
-        {
-            self.next_data = self.seek_data(self.offset);
-        }
-        if let Some(next) = self.next_data {
+        if let Some(next) = self.holes.next_data(&self.file, self.offset) {
             let (chunks, bytes) = run_before(self.offset, next, self.size, self.chunk);
             if chunks > 0 {
                 self.offset += bytes;
