@@ -20,8 +20,33 @@ use crate::uri::{Address, Uri};
 use crate::wire::{self, Extent, Payload, ReplyHeader, Request};
 
 /// A byte stream the protocol runs over (a TCP or unix socket, a TLS session, a test pipe).
-pub trait Stream: Read + Write + Send {}
-impl<T: Read + Write + Send> Stream for T {}
+pub trait Stream: Read + Write + Send {
+    /// Bounds every later read and write by `timeout`, or lets them wait forever with `None`
+    /// (a stream without timeouts ignores it).
+    ///
+    /// # Errors
+    /// The socket refuses the timeout.
+    fn set_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        let _ = timeout;
+        Ok(())
+    }
+}
+
+impl Stream for TcpStream {
+    fn set_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        let t = timeout.map(|t| t.max(Duration::from_millis(1)));
+        self.set_read_timeout(t)?;
+        self.set_write_timeout(t)
+    }
+}
+
+impl Stream for UnixStream {
+    fn set_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        let t = timeout.map(|t| t.max(Duration::from_millis(1)));
+        self.set_read_timeout(t)?;
+        self.set_write_timeout(t)
+    }
+}
 
 /// The largest option reply the client reads.
 const MAX_OPTION_REPLY: u32 = 1 << 20;
@@ -87,8 +112,11 @@ pub struct Options {
     /// Metadata contexts to select (`base:allocation`, `qemu:dirty-bitmap:NAME`); the ones the
     /// server selected are in [`Client::contexts`].
     pub contexts: Vec<String>,
-    /// Bound on connecting and on every wait for the server.
+    /// Bound on every wait for the server once connected.
     pub timeout: Duration,
+    /// Bound on connecting and on each step of the handshake (a server that accepts the
+    /// connection but serves one client at a time never greets a second one).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Options {
@@ -96,6 +124,7 @@ impl Default for Options {
         Self {
             contexts: Vec::new(),
             timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -295,9 +324,12 @@ impl Client {
                  trusted network with nbd://"
             )));
         }
-        let stream = open_socket(&uri.address, options.timeout)?;
+        let stream = open_socket(&uri.address, options.handshake_timeout)?;
         let mut c = Self::handshake(stream, &uri.export, &options.contexts)?;
         c.what = uri.to_string();
+        c.stream
+            .set_timeout(Some(options.timeout))
+            .map_err(Error::io(format!("connecting to {}", uri.address)))?;
         Ok(c)
     }
 

@@ -110,6 +110,10 @@ pub struct Config {
     /// Whether several connections to one export see each other's writes (true for read-only
     /// exports).
     pub multi_conn: bool,
+    /// The bound on waiting for a client once it chose an export (`None`: a VM booted from
+    /// the export may sit idle for hours). The handshake is bounded by the stream's timeouts
+    /// as the caller set them.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Default for Config {
@@ -117,6 +121,7 @@ impl Default for Config {
         Self {
             max_payload: proto::DEFAULT_MAX_PAYLOAD,
             multi_conn: true,
+            idle_timeout: None,
         }
     }
 }
@@ -162,6 +167,9 @@ pub fn serve(
         return Ok(session);
     };
     session.export = Some(name.clone());
+    stream
+        .set_timeout(config.idle_timeout)
+        .map_err(Error::io("setting the idle timeout"))?;
     let allocation = haggle.allocation_for.as_deref() == Some(name.as_str());
     transmit(
         stream,
