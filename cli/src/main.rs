@@ -5,6 +5,7 @@
 //! exits non-zero (1 for a failed operation, 2 for a usage error, as clap does).
 
 mod diff_cmd;
+mod nbd_cmd;
 mod progress;
 mod retention_cmd;
 mod store_cmd;
@@ -41,7 +42,8 @@ struct Cli {
 enum Command {
     /// Create a store.
     Init(store_cmd::InitArgs),
-    /// Back up the disks of a VM: raw images, VHDs (fixed, dynamic, differencing) or stdin.
+    /// Back up the disks of a VM: raw images, VHDs (fixed, dynamic, differencing), stdin, or NBD
+    /// exports (with a dirty bitmap or XCP-ng's changed blocks, only what changed is read).
     Backup(store_cmd::BackupArgs),
     /// Restore a recovery point as raw, a dynamic VHD, or a VHD chain.
     Restore(store_cmd::RestoreArgs),
@@ -49,6 +51,8 @@ enum Command {
     List(store_cmd::ListArgs),
     /// What each VM, disk and point costs, and what dedup and compression saved.
     Report(store_cmd::ReportArgs),
+    /// Serve points over NBD: boot, copy or mount a backup without restoring it first.
+    ServeNbd(nbd_cmd::ServeNbdArgs),
     /// Repair a store: rebuild its index from the packs and root files.
     Repair(store_cmd::RepairArgs),
     /// The byte ranges that differ between two points of a disk.
@@ -102,6 +106,7 @@ fn main() {
         Command::List(a) => store_cmd::list(&a),
         Command::Report(a) => store_cmd::report(&a),
         Command::Repair(a) => store_cmd::repair(&a),
+        Command::ServeNbd(a) => nbd_cmd::serve_nbd(&a),
         Command::Diff(a) => diff_cmd::diff(&a),
         Command::Prune(a) => retention_cmd::prune(&a),
         Command::Forget(a) => retention_cmd::forget(&a),

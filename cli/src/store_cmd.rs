@@ -121,6 +121,8 @@ pub enum SourceFormat {
 #[command(
     after_help = "Examples:\n  cairn backup --store /backups/store --vm web01 xvda=web01-xvda.vhd\n  \
     cairn backup --vm web01 --time 2026-11-22T02:00:00Z xvda=delta.vhd xvdb=data.raw\n  \
+    cairn backup --vm pve-101 --dirty-bitmap backup-inc scsi0=nbd://pve1:10809/drive-scsi0\n  \
+    cairn backup --vm web01 --changed-blocks cbt.b64 xvda='nbd://xcp1/VDI-UUID%3Fsession_id%3D...'\n  \
     curl -s https://xo/export/web01.vhd | cairn backup --vm web01 xvda=-"
 )]
 pub struct BackupArgs {
@@ -181,11 +183,25 @@ pub struct BackupArgs {
     /// generations read from few packs (the old copies become garbage for `cairn gc`); 0 never.
     #[arg(long, value_name = "PCT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub rewrite: u32,
+    /// Connections to an NBD server (reads spread over them when the server allows several).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub nbd_connections: u32,
+    /// Read only the blocks an NBD server's dirty bitmap marks (`qemu:dirty-bitmap:NAME`, as
+    /// qemu-nbd -B NAME and Proxmox export it); the rest is the disk's latest point (or
+    /// --parent). A key backup (--key, or due by policy) reads the whole disk instead.
+    #[arg(long, value_name = "NAME", conflicts_with = "changed_blocks")]
+    pub dirty_bitmap: Option<String>,
+    /// Read only the blocks this file marks changed since the disk's latest point (or
+    /// --parent): the base64 bitmap of XCP-ng's VDI.list_changed_blocks (one bit per 64 KiB,
+    /// most significant bit first), or lines of `OFFSET LENGTH` in bytes. For NBD sources.
+    #[arg(long, value_name = "FILE")]
+    pub changed_blocks: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// DISK=SOURCE: a disk name and a path (or `-` for stdin). A disk whose name starts with
-    /// `[NOBAK]` is skipped, as Xen Orchestra does.
+    /// DISK=SOURCE: a disk name and a path (or `-` for stdin, or an NBD URI:
+    /// nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH). A disk whose name starts
+    /// with `[NOBAK]` is skipped, as Xen Orchestra does.
     #[arg(required = true, value_name = "DISK=SOURCE")]
     pub disks: Vec<String>,
 }
@@ -544,6 +560,12 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             allow_resize: a.allow_resize,
             force: a.force,
             rewrite_percent: a.rewrite,
+            nbd_connections: a.nbd_connections as usize,
+            changed_blocks: match (&a.dirty_bitmap, &a.changed_blocks) {
+                (Some(name), _) => Some(cairn_ingest::ChangedBlocks::DirtyBitmap(name.clone())),
+                (None, Some(file)) => Some(cairn_ingest::ChangedBlocks::File(file.clone())),
+                (None, None) => None,
+            },
         };
         // A raw stream's size is known only at its end: bytes and rate until then.
         let bar = progress::stream(disk);
@@ -675,6 +697,12 @@ fn check_sources(jobs: &[(String, PathBuf)]) -> Result<()> {
             problems.push(format!("disk {disk:?} is given twice"));
         }
         if src == Path::new("-") {
+            continue;
+        }
+        if let Some(u) = src.to_str().filter(|s| cairn_nbd::is_nbd_uri(s)) {
+            if let Err(e) = cairn_nbd::Uri::parse(u) {
+                problems.push(format!("{disk}={u}: {e}"));
+            }
             continue;
         }
         match std::fs::metadata(src) {

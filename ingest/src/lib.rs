@@ -4,7 +4,9 @@
 //! # Modules
 //! - [`open`](crate::open): detects the source's format and chooses how to read it.
 //! - `source`: the [`ChunkSource`](crate::source) trait, yielding chunks to read and runs of
-//!   chunks decided unread; `source::raw` for raw images, `source::vhd` for VHD files, chains
+//!   chunks decided unread; `source::raw` for raw images, `source::nbd` for NBD exports (holes
+//!   from `base:allocation`, changed blocks from a dirty bitmap or XCP-ng's changed-block
+//!   list, several connections), `source::vhd` for VHD files, chains
 //!   and streams cut into chunks, whatever the VHD's block size (512 bytes to 256 MiB) against
 //!   the store's chunk size (64 KiB to 2 MiB): a chunk is decided over its whole byte range, and
 //!   each byte of the source is read at most once.
@@ -28,6 +30,7 @@ mod pipeline;
 mod source;
 mod stream;
 
+pub use source::nbd::{CBT_BLOCK, Changes};
 pub use source::raw::Holes;
 
 use std::path::PathBuf;
@@ -63,6 +66,16 @@ pub enum Error {
     /// The backup is refused (wrong parent, size mismatch, bad arguments).
     #[error("{0}")]
     Refused(String),
+    /// An NBD server failed or broke the protocol.
+    #[error("{uri}: at offset {offset}: {what}")]
+    Nbd {
+        /// The export (its URI, without secrets).
+        uri: String,
+        /// Where.
+        offset: u64,
+        /// What went wrong.
+        what: String,
+    },
 }
 
 /// Result of ingest.
@@ -77,6 +90,15 @@ pub enum Format {
     Raw,
     /// A fixed, dynamic or differencing VHD.
     Vhd,
+}
+
+/// What says which blocks of a network disk changed since its parent point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangedBlocks {
+    /// The NBD server's `qemu:dirty-bitmap:NAME` context.
+    DirtyBitmap(String),
+    /// A file: XCP-ng's `VDI.list_changed_blocks` bitmap (base64), or `OFFSET LENGTH` lines.
+    File(PathBuf),
 }
 
 /// Whether a backup must read the whole disk.
@@ -101,7 +123,8 @@ pub struct Request {
     pub disk: String,
     /// The time the backup stands for.
     pub time: DateTime<Utc>,
-    /// The source path, or `-` for stdin.
+    /// The source path, `-` for stdin, or an NBD URI (`nbd://HOST[:PORT]/EXPORT`,
+    /// `nbd+unix:///EXPORT?socket=PATH`).
     pub source: PathBuf,
     /// How to read it.
     pub format: Format,
@@ -128,6 +151,10 @@ pub struct Request {
     /// disk may store again this much of the chunks it finds in packs the disk's latest point
     /// barely uses, so that restores of late generations stay fast (0: never).
     pub rewrite_percent: u32,
+    /// Connections to an NBD server (reads spread over them).
+    pub nbd_connections: usize,
+    /// For an NBD source: what changed since the parent point (only that is read).
+    pub changed_blocks: Option<ChangedBlocks>,
 }
 
 /// Makes one backup and commits it as a recovery point. `progress` is called with the disk

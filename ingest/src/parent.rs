@@ -56,6 +56,28 @@ pub(crate) fn choose_parent(
     Ok(parent)
 }
 
+/// The point that changed blocks (a dirty bitmap, a changed-block list) apply to: `--parent`,
+/// or the disk's latest point. Nothing can check that the changes were counted from it: the
+/// admin's bitmap must have started at that backup (as Xen Orchestra and Proxmox keep it).
+pub(crate) fn latest_or_given(store: &Store, req: &Request, shown: &str) -> Result<RecoveryPoint> {
+    let parent = match &req.parent {
+        Some(p) => p.clone(),
+        None => store.latest(&req.vm_key(), &req.disk)?.ok_or_else(|| {
+            Error::Refused(format!(
+                "{shown}: changed blocks say what changed since the disk's last backup, but                  disk {} of VM {} has no point yet; back up the whole disk first (without                  --dirty-bitmap or --changed-blocks) or pass --parent",
+                req.disk, req.vm
+            ))
+        })?,
+    };
+    if parent.chunk_size != store.config().chunk_size {
+        return Err(Error::Refused(format!(
+            "parent point {} has another chunk size",
+            parent.short_id()
+        )));
+    }
+    Ok(parent)
+}
+
 /// A parent point's tree, read forward as a delta's runs ask for its chunks: whole leaves and
 /// nodes go into the new tree unread; a leaf is read only where a run starts or ends inside it.
 pub(crate) struct ParentCopy<'s> {
@@ -127,7 +149,9 @@ impl<'s> ParentCopy<'s> {
                 Ok(Some((e, refs))) => self.leaf = Some((e.first, refs)),
                 Err(err) => {
                     return Err(Error::Refused(format!(
-                        "the parent point {} cannot be read at disk offset {}: {err}; nothing                          was stored. A key backup (`cairn backup --key`) reads the whole disk                          instead",
+                        "the parent point {} cannot be read at disk offset {}: {err}; nothing \
+                         was stored. A key backup (`cairn backup --key`) reads the whole disk \
+                         instead",
                         self.point,
                         e.first * self.chunk
                     )));

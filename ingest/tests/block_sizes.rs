@@ -184,6 +184,8 @@ fn request(root: &Path, source: PathBuf, parent: Option<RecoveryPoint>, key: Key
         allow_resize: false,
         force: false,
         rewrite_percent: 0,
+        nbd_connections: 1,
+        changed_blocks: None,
     }
 }
 

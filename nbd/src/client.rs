@@ -183,7 +183,7 @@ impl std::fmt::Debug for Client {
 /// # Errors
 /// The server cannot be reached.
 pub fn open_socket(address: &Address, timeout: Duration) -> Result<Box<dyn Stream>> {
-    let timeout = Some(timeout.max(Duration::from_millis(1)));
+    let timeout = timeout.max(Duration::from_millis(1));
     match address {
         Address::Tcp { host, port } => {
             let what = format!("connecting to {address}");
@@ -192,11 +192,11 @@ pub fn open_socket(address: &Address, timeout: Duration) -> Result<Box<dyn Strea
                 .map_err(Error::io(what.clone()))?;
             let mut last = None;
             for a in addrs {
-                match TcpStream::connect_timeout(&a, timeout.unwrap_or_default()) {
+                match TcpStream::connect_timeout(&a, timeout) {
                     Ok(s) => {
-                        s.set_read_timeout(timeout)
+                        s.set_read_timeout(Some(timeout))
                             .map_err(Error::io(what.clone()))?;
-                        s.set_write_timeout(timeout)
+                        s.set_write_timeout(Some(timeout))
                             .map_err(Error::io(what.clone()))?;
                         s.set_nodelay(true).map_err(Error::io(what.clone()))?;
                         return Ok(Box::new(s));
@@ -214,9 +214,10 @@ pub fn open_socket(address: &Address, timeout: Duration) -> Result<Box<dyn Strea
         Address::Unix(path) => {
             let what = format!("connecting to {address}");
             let s = UnixStream::connect(path).map_err(Error::io(what.clone()))?;
-            s.set_read_timeout(timeout)
+            s.set_read_timeout(Some(timeout))
                 .map_err(Error::io(what.clone()))?;
-            s.set_write_timeout(timeout).map_err(Error::io(what))?;
+            s.set_write_timeout(Some(timeout))
+                .map_err(Error::io(what))?;
             Ok(Box::new(s))
         }
     }
@@ -708,10 +709,10 @@ impl Client {
 impl Client {
     /// Waits for the request `cookie`, keeping other completions for [`Client::wait`].
     fn wait_for(&mut self, cookie: u64) -> Result<Completion> {
-        if let Some(i) = self.done.iter().position(|c| c.cookie == cookie) {
-            if let Some(c) = self.done.remove(i) {
-                return Ok(c);
-            }
+        if let Some(i) = self.done.iter().position(|c| c.cookie == cookie)
+            && let Some(c) = self.done.remove(i)
+        {
+            return Ok(c);
         }
         loop {
             self.check_usable()?;

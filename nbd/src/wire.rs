@@ -472,7 +472,7 @@ pub struct Extent {
 
 /// The payload of a block status chunk: the context id and its descriptors.
 pub fn parse_block_status(payload: &[u8]) -> Result<(u32, Vec<Extent>)> {
-    if payload.len() < 12 || (payload.len() - 4) % 8 != 0 {
+    if payload.len() < 12 || !(payload.len() - 4).is_multiple_of(8) {
         return Err(Error::Protocol(format!(
             "a block status chunk of {} bytes, not 4 + a positive multiple of 8",
             payload.len()

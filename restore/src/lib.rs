@@ -14,6 +14,10 @@
 //! Restored files are not fsynced (as `cp`, borg and restic do not): run `sync` when the file
 //! must be on disk before going on.
 //!
+//! # Exports
+//! The [`export`] module serves points as NBD block devices (instant restore): random reads
+//! checked chunk by chunk, holes reported, writes kept in a per-client overlay.
+//!
 //! # Outputs
 //! A restore never destroys what it writes over, nor leaves a partial file that looks finished:
 //! the `output` module holds the rules (temporary name, rename on success, `force` to replace a
@@ -24,11 +28,13 @@
 //! restoring the same point twice gives the same VHD, and a differencing VHD restored later
 //! names its parent correctly. A chain's files are named by [`vhd_file_name`].
 
+pub mod export;
 mod output;
 mod raw;
 mod reader;
 mod vhd;
 
+pub use export::{PointDevice, PointExports};
 pub use reader::{Needed, PointReader};
 pub use vhd::{chain_file_name, vhd_file_name};
 

@@ -6,6 +6,7 @@
 //! - `vhd`: VHD files, chains and streams, whatever their block size against the chunk size,
 //!   full or as a delta on a parent point.
 
+pub(crate) mod nbd;
 pub(crate) mod raw;
 pub(crate) mod vhd;
 

@@ -1,0 +1,235 @@
+//! `cairn serve-nbd`: points served over NBD for instant restore (boot a VM from a backup,
+//! copy a point with `nbdcopy` or `qemu-img convert`, mount it for file-level restore).
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use cairn_nbd::server::{self, Config};
+use cairn_nbd::{Stream, Uri};
+use cairn_restore::PointExports;
+use clap::Args;
+
+use crate::store_cmd::{StoreArg, open_read, show_time};
+use crate::words::human_bytes;
+
+/// The bound on a client's handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    cairn serve-nbd --store /backups/store web01/xvda@latest\n  \
+    qemu-img convert -f raw -O qcow2 nbd://127.0.0.1:10809/web01/xvda@latest web01.qcow2\n  \
+    cairn serve-nbd --socket /run/cairn.sock --writable 3f2a9c1b07de\n  \
+    qemu-system-x86_64 -m 2G -drive file=nbd+unix:///3f2a9c1b07de?socket=/run/cairn.sock,format=raw\n\n\
+    Every point given (all points, with none given) is an export named by its id, its short id\n\
+    and VM/DISK@TIME. Reads are checked chunk by chunk: a bad or missing chunk is an I/O error\n\
+    for that range, never wrong bytes. With --writable each client gets a copy-on-write overlay\n\
+    dropped when it disconnects: the backup stays untouched. While the server runs, gc keeps\n\
+    the packs its exports read (they are freed by the next gc after it stops).")]
+pub struct ServeNbdArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The TCP address to listen on (loopback unless given otherwise: NBD has no
+    /// authentication here, so expose it only to trusted hosts).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:10809",
+        conflicts_with = "socket"
+    )]
+    pub listen: String,
+    /// Listen on a unix socket instead.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Give each client a copy-on-write overlay (a VM can boot and write; the store never
+    /// changes).
+    #[arg(long)]
+    pub writable: bool,
+    /// Clients served at once (more are turned away).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_clients: usize,
+    /// Print the exports as JSON (one object per line) before serving.
+    #[arg(long)]
+    pub json: bool,
+    /// Points to export (ids, VM/DISK@latest, ...); all points when none is given.
+    #[arg(value_name = "POINT")]
+    pub points: Vec<String>,
+}
+
+/// A client socket.
+enum Conn {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
+    let store = Arc::new(open_read(&a.store.store)?);
+    let tz = store.config().tz();
+    let points = if a.points.is_empty() {
+        store.points()?
+    } else {
+        a.points
+            .iter()
+            .map(|p| store.resolve(p))
+            .collect::<std::result::Result<Vec<_>, _>>()?
+    };
+    if points.is_empty() {
+        bail!("the store has no point to serve");
+    }
+    let mut exports = PointExports::new(Arc::clone(&store), a.writable);
+    let mut shown = Vec::new();
+    for p in points {
+        let name = format!("{}/{}@{}", p.vm, p.disk, show_time(&p.time, tz));
+        let names = vec![name.clone(), p.id.clone(), p.short_id().to_owned()];
+        let description = format!(
+            "{} of VM {}, disk {}, {}",
+            human_bytes(p.size),
+            p.vm,
+            p.disk,
+            show_time(&p.time, tz)
+        );
+        shown.push((name, p.short_id().to_owned(), p.id.clone(), p.size));
+        exports
+            .add(p, names, description)
+            .context("exporting a point")?;
+    }
+    let base = match &a.socket {
+        Some(path) => Uri {
+            address: cairn_nbd::Address::Unix(path.clone()),
+            export: String::new(),
+            tls: false,
+        },
+        None => {
+            let (host, port) = a
+                .listen
+                .rsplit_once(':')
+                .with_context(|| format!("--listen {}: expected HOST:PORT", a.listen))?;
+            Uri {
+                address: cairn_nbd::Address::Tcp {
+                    host: host.trim_matches(['[', ']']).to_owned(),
+                    port: port
+                        .parse()
+                        .with_context(|| format!("--listen {}: bad port", a.listen))?,
+                },
+                export: String::new(),
+                tls: false,
+            }
+        }
+    };
+    let accept: Box<dyn FnMut() -> std::io::Result<(Conn, String)>> = match &a.socket {
+        Some(path) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!("{}: another server is listening there", path.display());
+            }
+            if path.exists() {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("removing the stale socket {}", path.display()))?;
+            }
+            let l = UnixListener::bind(path)
+                .with_context(|| format!("listening on {}", path.display()))?;
+            Box::new(move || l.accept().map(|(s, _)| (Conn::Unix(s), "unix".to_owned())))
+        }
+        None => {
+            let l = TcpListener::bind(&a.listen)
+                .with_context(|| format!("listening on {}", a.listen))?;
+            Box::new(move || l.accept().map(|(s, peer)| (Conn::Tcp(s), peer.to_string())))
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for (name, short, id, size) in &shown {
+        let mut u = base.clone();
+        u.export = name.clone();
+        if a.json {
+            let v = serde_json::json!({
+                "export": name, "id": id, "short_id": short, "size": size, "uri": u.to_string(),
+                "writable": a.writable,
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            let mut s = base.clone();
+            s.export = short.clone();
+            writeln!(out, "{u}  ({}; also {s})", human_bytes(*size))?;
+        }
+    }
+    if !a.json {
+        writeln!(
+            out,
+            "serving {} point(s) {}on {}; stop with Ctrl-C",
+            shown.len(),
+            if a.writable {
+                "with a copy-on-write overlay per client "
+            } else {
+                "read-only "
+            },
+            base.address
+        )?;
+    }
+    out.flush()?;
+    drop(out);
+    serve_loop(accept, exports, a.max_clients)
+}
+
+fn serve_loop(
+    mut accept: Box<dyn FnMut() -> std::io::Result<(Conn, String)>>,
+    exports: PointExports,
+    max_clients: usize,
+) -> Result<i32> {
+    let exports: &'static PointExports = Box::leak(Box::new(exports));
+    let active = Arc::new(AtomicUsize::new(0));
+    let next = AtomicU64::new(1);
+    let config = Config {
+        // Every client has its own overlay when writable: their writes do not meet.
+        multi_conn: exports_read_only(exports),
+        ..Config::default()
+    };
+    loop {
+        let (conn, peer) = match accept() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("serve-nbd: accepting a client: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        if active.load(Ordering::SeqCst) >= max_clients {
+            eprintln!("serve-nbd: client {n} ({peer}) turned away: {max_clients} clients already");
+            continue;
+        }
+        active.fetch_add(1, Ordering::SeqCst);
+        let active = Arc::clone(&active);
+        let config = config.clone();
+        std::thread::spawn(move || {
+            let mut stream: Box<dyn Stream> = match conn {
+                Conn::Tcp(s) => {
+                    let _ = s.set_nodelay(true);
+                    Box::new(s)
+                }
+                Conn::Unix(s) => Box::new(s),
+            };
+            let _ = stream.set_timeout(Some(HANDSHAKE_TIMEOUT));
+            let log = |line: &str| eprintln!("serve-nbd: client {n} ({peer}): {line}");
+            match server::serve(&mut *stream, exports, &config, &log) {
+                Ok(s) => log(&format!(
+                    "done: export {}, {} requests, {} errors, {} read",
+                    s.export.as_deref().unwrap_or("none"),
+                    s.requests,
+                    s.errors,
+                    human_bytes(s.bytes_read)
+                )),
+                Err(e) => log(&format!("ended: {e}")),
+            }
+            active.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+fn exports_read_only(e: &PointExports) -> bool {
+    !e.writable()
+}
