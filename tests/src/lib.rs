@@ -8,6 +8,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod nbd;
+
 /// The repository's root folder. Read from `CARGO_MANIFEST_DIR` at run time (cargo sets it for
 /// the package under test): the target folder is shared between clones at other paths, and a
 /// path baked in at compile time may name another clone.
@@ -418,6 +420,36 @@ impl TestStore {
         }
         out.sort();
         out
+    }
+}
+
+/// Flips one byte inside the payload of the first data frame of the biggest pack of `store`;
+/// returns the chunk id (hex) of that frame.
+///
+/// # Panics
+/// A store without a data chunk.
+#[must_use]
+pub fn corrupt_a_data_chunk(store: &TestStore) -> String {
+    let packs = store.pack_files();
+    let pack = packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
+    let mut bytes = read(pack);
+    // Pack header 32 bytes; frame header 56: id at 8..40, kind at 49, payload after.
+    let mut at = 32usize;
+    loop {
+        let stored = u32::from_be_bytes(bytes[at + 44..at + 48].try_into().expect("len")) as usize;
+        if bytes[at + 49] == 0 {
+            let id = bytes[at + 8..at + 40]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>();
+            bytes[at + 56 + stored / 2] ^= 0x5a;
+            std::fs::write(pack, &bytes).expect("write");
+            return id;
+        }
+        at += 56 + stored;
     }
 }
 

@@ -6,7 +6,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cairn_tests::{
-    TestStore as Store, assert_same_content, gen_disk, id, json, num, ok, read, run,
+    TestStore as Store, assert_same_content, corrupt_a_data_chunk, gen_disk, id, json, num, ok,
+    read, run,
 };
 
 fn days(dir: &Path, size: &str, seed: u32, n: u32) -> Vec<PathBuf> {
@@ -333,32 +334,6 @@ fn kill_9_during_gc_loses_nothing_and_the_next_gc_finishes_the_work() {
     assert_eq!(dry["bytes_freed"], 0, "{dry}");
     for (p, r) in points[1..].iter().zip(&raws[1..]) {
         restore_matches(&store, p, r, work.path());
-    }
-}
-
-/// Flips one byte inside the payload of the first data frame of the biggest pack; returns
-/// the chunk id (hex) of that frame.
-fn corrupt_a_data_chunk(store: &Store) -> String {
-    let packs = store.pack_files();
-    let pack = packs
-        .iter()
-        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .expect("a pack");
-    let mut bytes = read(pack);
-    // Pack header 32 bytes; frame header 56: id at 8..40, kind at 49, payload after.
-    let mut at = 32usize;
-    loop {
-        let stored = u32::from_be_bytes(bytes[at + 44..at + 48].try_into().expect("len")) as usize;
-        if bytes[at + 49] == 0 {
-            let id = bytes[at + 8..at + 40]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>();
-            bytes[at + 56 + stored / 2] ^= 0x5a;
-            std::fs::write(pack, &bytes).expect("write");
-            return id;
-        }
-        at += 56 + stored;
     }
 }
 

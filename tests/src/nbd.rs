@@ -1,0 +1,187 @@
+//! NBD servers for tests, each started on a unix socket in a temporary folder and stopped when
+//! dropped: qemu-nbd (through the shared `nbd_serve.sh` recipe, or directly when a test needs
+//! several connections), nbdkit, and `cairn serve-nbd`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{cairn_bin, ok, shared_dir};
+
+/// A running NBD server.
+pub struct Server {
+    child: Option<Child>,
+    pid: Option<u32>,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// The URI of export `name`.
+    #[must_use]
+    pub fn uri(&self, name: &str) -> String {
+        format!("nbd+unix:///{name}?socket={}", self.socket.display())
+    }
+
+    /// The socket.
+    #[must_use]
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Stops the server now (kill -9).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(pid) = self.pid.take() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until something listens on `socket` (bounded).
+fn wait_for(socket: &Path, child: &mut Option<Child>) {
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        if let Some(c) = child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!("the NBD server exited before listening: {status}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nothing listens on {} after 20 s",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `FILE` served read-only as export `disk` by the shared recipe `nbd_serve.sh` (qemu-nbd, one
+/// client at a time), with the qcow2 dirty bitmaps `bitmaps` as metadata contexts.
+#[must_use]
+pub fn nbd_serve(file: &Path, format: &str, bitmaps: &[&str]) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("nbd.sock");
+    let out = ok(Command::new("bash")
+        .arg(shared_dir().join("peers/nbd_serve.sh"))
+        .arg(file)
+        .arg(format)
+        .arg(format!("unix:{}", socket.display()))
+        .args(bitmaps));
+    let pid = out
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("nbd_serve.sh printed {out:?}, not PID URI"));
+    Server {
+        child: None,
+        pid: Some(pid),
+        socket,
+        _dir: dir,
+    }
+}
+
+/// `FILE` served read-only as export `disk` by qemu-nbd to up to `shared` clients at once.
+#[must_use]
+pub fn qemu_nbd_shared(file: &Path, format: &str, shared: u32) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("nbd.sock");
+    let child = Command::new("qemu-nbd")
+        .args(["-r", "-t", "-x", "disk", "-f", format, "-e"])
+        .arg(shared.to_string())
+        .arg("-k")
+        .arg(&socket)
+        .arg(file)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("qemu-nbd (qemu-utils, installed by scripts/setup.sh)");
+    let mut child = Some(child);
+    wait_for(&socket, &mut child);
+    Server {
+        child,
+        pid: None,
+        socket,
+        _dir: dir,
+    }
+}
+
+/// `nbdkit ARGS` (plugin, filters, parameters) on a unix socket, in the foreground.
+#[must_use]
+pub fn nbdkit(args: &[&str]) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("nbd.sock");
+    let child = Command::new("nbdkit")
+        .arg("-f")
+        .arg("-U")
+        .arg(&socket)
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nbdkit (installed by scripts/setup.sh)");
+    let mut child = Some(child);
+    wait_for(&socket, &mut child);
+    Server {
+        child,
+        pid: None,
+        socket,
+        _dir: dir,
+    }
+}
+
+/// `cairn serve-nbd --socket ... ARGS` on `store`.
+#[must_use]
+pub fn serve_nbd(store: &Path, args: &[&str]) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("cairn.sock");
+    let child = Command::new(cairn_bin())
+        .arg("serve-nbd")
+        .arg("--store")
+        .arg(store)
+        .arg("--socket")
+        .arg(&socket)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cairn serve-nbd");
+    let mut child = Some(child);
+    wait_for(&socket, &mut child);
+    Server {
+        child,
+        pid: None,
+        socket,
+        _dir: dir,
+    }
+}
+
+/// `nbdinfo --map --json URI [CONTEXT]`: `(offset, length, type)` of each extent.
+#[must_use]
+pub fn map(uri: &str, context: Option<&str>) -> Vec<(u64, u64, u64)> {
+    let mut c = Command::new("nbdinfo");
+    match context {
+        Some(ctx) => c.arg(format!("--map={ctx}")),
+        None => c.arg("--map"),
+    };
+    let out = ok(c.arg("--json").arg(uri));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("nbdinfo JSON");
+    v.as_array()
+        .expect("extents")
+        .iter()
+        .map(|e| {
+            (
+                e["offset"].as_u64().expect("offset"),
+                e["length"].as_u64().expect("length"),
+                e["type"].as_u64().expect("type"),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,486 @@
+//! NBD end to end, with the real peers: backups from qemu-nbd (raw, qcow2, a dirty bitmap) and
+//! nbdkit (sparse-random, error and delay filters, a server killed mid-backup), and points
+//! served by `cairn serve-nbd` to qemu-img, nbdcopy, nbdinfo and qemu-io.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use cairn_tests::nbd::{map, nbd_serve, nbdkit, qemu_nbd_shared, serve_nbd};
+use cairn_tests::{
+    TestStore, corrupt_a_data_chunk, id, json, make_raw, num, ok, read, run, shared_dir,
+};
+
+const CHUNK: u64 = 256 << 10;
+
+/// A 32 MiB raw disk with holes, and the changed-block-tracking fixture on it (a qcow2 with
+/// the dirty bitmap `inc1`, `expected.raw`, `dirty.json`).
+fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
+    let base = dir.join("base.raw");
+    make_raw(&base, 32 << 20, 3);
+    let cbt = dir.join("cbt");
+    ok(Command::new("bash")
+        .arg(shared_dir().join("peers/qcow2_cbt_fixture.sh"))
+        .arg(&base)
+        .arg(&cbt)
+        .arg("7"));
+    (base, cbt)
+}
+
+/// The dirty extents the fixture recorded (`nbdinfo --map=qemu:dirty-bitmap:inc1`).
+fn dirty_extents(cbt: &Path) -> Vec<(u64, u64)> {
+    let v = json(&std::fs::read_to_string(cbt.join("dirty.json")).expect("dirty.json"));
+    v.as_array()
+        .expect("extents")
+        .iter()
+        .filter(|e| e["type"].as_u64().expect("type") & 1 == 1)
+        .map(|e| {
+            (
+                e["offset"].as_u64().expect("o"),
+                e["length"].as_u64().expect("l"),
+            )
+        })
+        .collect()
+}
+
+/// The chunks that `extents` touch, as bytes of a disk of `size`.
+fn chunk_bytes(extents: &[(u64, u64)], size: u64) -> u64 {
+    let mut chunks = std::collections::BTreeSet::new();
+    for &(o, l) in extents {
+        for c in o / CHUNK..(o + l).div_ceil(CHUNK) {
+            chunks.insert(c);
+        }
+    }
+    chunks.iter().map(|c| CHUNK.min(size - c * CHUNK)).sum()
+}
+
+fn restored(store: &TestStore, point: &str, dir: &Path) -> Vec<u8> {
+    let out = dir.join(format!("{point}.raw"));
+    store.restore(point, &out, "raw");
+    read(&out)
+}
+
+/// Base64 of `bytes` (standard alphabet, padded), as XAPI returns a changed-block bitmap.
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+#[test]
+fn qemu_nbd_full_then_incrementals_from_a_dirty_bitmap_and_changed_block_files() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (base, cbt) = fixture(work.path());
+    let size = 32u64 << 20;
+    let store = TestStore::new("256K");
+    // Full backup of the raw base: qemu-nbd's holes are not read.
+    let srv = nbd_serve(&base, "raw", &[]);
+    let full = store.backup(
+        "vm-a",
+        "2026-11-01T00:00:00Z",
+        "xvda",
+        Path::new(&srv.uri("disk")),
+        &[],
+    );
+    drop(srv);
+    let alloc: Vec<(u64, u64)> = {
+        let srv = nbd_serve(&base, "raw", &[]);
+        map(&srv.uri("disk"), None)
+            .into_iter()
+            .filter(|e| e.2 & 2 == 0)
+            .map(|e| (e.0, e.1))
+            .collect()
+    };
+    assert!(full["key"].as_bool().expect("key"));
+    assert_eq!(full["source"]["kind"], "nbd");
+    assert!(
+        num(&full, "bytes_read") <= chunk_bytes(&alloc, size) && num(&full, "bytes_read") < size,
+        "a full backup reads only the allocated chunks: {full}"
+    );
+    assert_eq!(restored(&store, &id(&full), work.path()), read(&base));
+
+    // The dirty bitmap incremental: only the dirty chunks are read, the rest is the parent's.
+    let dirty = dirty_extents(&cbt);
+    let srv = nbd_serve(&cbt.join("disk.qcow2"), "qcow2", &["inc1"]);
+    let inc = store.backup(
+        "vm-a",
+        "2026-11-02T00:00:00Z",
+        "xvda",
+        Path::new(&srv.uri("disk")),
+        &["--dirty-bitmap", "inc1"],
+    );
+    drop(srv);
+    assert_eq!(inc["parent"].as_str(), Some(id(&full).as_str()));
+    assert!(!inc["key"].as_bool().expect("key"));
+    assert!(
+        num(&inc, "bytes_read") <= chunk_bytes(&dirty, size),
+        "read {} bytes, the dirty chunks are {}",
+        num(&inc, "bytes_read"),
+        chunk_bytes(&dirty, size)
+    );
+    let expected = read(&cbt.join("expected.raw"));
+    assert_eq!(restored(&store, &id(&inc), work.path()), expected);
+
+    // The same incremental from a list of changed ranges, then from XCP-ng's base64 bitmap.
+    let lines: String = dirty.iter().map(|(o, l)| format!("{o} {l}\n")).collect();
+    let list = work.path().join("changed.txt");
+    std::fs::write(&list, format!("# offset length\n{lines}")).expect("write");
+    let mut bits = vec![0u8; (size / (64 << 10)).div_ceil(8) as usize];
+    for &(o, l) in &dirty {
+        for b in o / (64 << 10)..(o + l).div_ceil(64 << 10) {
+            bits[(b / 8) as usize] |= 0x80 >> (b % 8);
+        }
+    }
+    let bitmap = work.path().join("cbt.b64");
+    std::fs::write(&bitmap, base64(&bits)).expect("write");
+    for (vm, file) in [("vm-b", &list), ("vm-c", &bitmap)] {
+        let srv = nbd_serve(&base, "raw", &[]);
+        store.backup(
+            vm,
+            "2026-11-01T00:00:00Z",
+            "xvda",
+            Path::new(&srv.uri("disk")),
+            &[],
+        );
+        drop(srv);
+        let srv = nbd_serve(&cbt.join("disk.qcow2"), "qcow2", &[]);
+        let p = store.backup(
+            vm,
+            "2026-11-02T00:00:00Z",
+            "xvda",
+            Path::new(&srv.uri("disk")),
+            &["--changed-blocks", file.to_str().expect("utf-8")],
+        );
+        drop(srv);
+        assert!(
+            num(&p, "bytes_read") <= chunk_bytes(&dirty, size),
+            "{vm}: {p}"
+        );
+        assert_eq!(restored(&store, &id(&p), work.path()), expected, "{vm}");
+    }
+
+    // A key backup reads the whole disk even with a bitmap; a qcow2 read whole is the same disk.
+    let srv = nbd_serve(&cbt.join("disk.qcow2"), "qcow2", &["inc1"]);
+    let key = store.backup(
+        "vm-a",
+        "2026-11-03T00:00:00Z",
+        "xvda",
+        Path::new(&srv.uri("disk")),
+        &["--dirty-bitmap", "inc1", "--key"],
+    );
+    assert!(key["key"].as_bool().expect("key"));
+    assert_eq!(restored(&store, &id(&key), work.path()), expected);
+
+    // A bitmap the server does not offer, a bitmap of another disk's size: refused, nothing
+    // stored.
+    let before = store.list().len();
+    let out = run(store
+        .cmd(&["backup", "--vm", "vm-a", "--dirty-bitmap", "nope"])
+        .arg(format!("xvda={}", srv.uri("disk"))));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("qemu:dirty-bitmap:nope") && err.contains("nothing was stored"),
+        "{err}"
+    );
+    let short = work.path().join("short.b64");
+    std::fs::write(&short, base64(&bits[..bits.len() / 2])).expect("write");
+    let out = run(store
+        .cmd(&["backup", "--vm", "vm-a", "--changed-blocks"])
+        .arg(&short)
+        .arg(format!("xvda={}", srv.uri("disk"))));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("bitmap of another disk"), "{err}");
+    // Changed blocks without a parent point: refused.
+    let out = run(store
+        .cmd(&["backup", "--vm", "new-vm", "--dirty-bitmap", "inc1"])
+        .arg(format!("xvda={}", srv.uri("disk"))));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no point yet"));
+    assert_eq!(store.list().len(), before);
+}
+
+#[test]
+fn nbdkit_sparse_random_reads_about_the_allocated_bytes() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "sparse-random",
+        "size=512M",
+        "seed=42",
+        "percent=3",
+        "random-content=true",
+    ];
+    let srv = nbdkit(&args);
+    let uri = srv.uri("");
+    let size = 512u64 << 20;
+    let data: Vec<(u64, u64)> = map(&uri, None)
+        .into_iter()
+        .filter(|e| e.2 & 2 == 0)
+        .map(|e| (e.0, e.1))
+        .collect();
+    let allocated: u64 = data.iter().map(|e| e.1).sum();
+    let store = TestStore::new("256K");
+    let p = store.backup("vm", "2026-11-01T00:00:00Z", "xvda", Path::new(&uri), &[]);
+    let read_bytes = num(&p, "bytes_read");
+    assert!(
+        read_bytes >= allocated && read_bytes <= chunk_bytes(&data, size),
+        "read {read_bytes} bytes for {allocated} allocated"
+    );
+    // The point is the disk nbdcopy copies from the same server.
+    let copy = work.path().join("copy.raw");
+    ok(Command::new("nbdcopy").arg(&uri).arg(&copy));
+    assert_eq!(restored(&store, &id(&p), work.path()), read(&copy));
+}
+
+#[test]
+fn a_failing_or_dying_server_stores_nothing() {
+    let store = TestStore::new("256K");
+    // Every read fails: the error names the offset and the server's error, after retries.
+    let srv = nbdkit(&[
+        "--filter=error",
+        "pattern",
+        "size=64M",
+        "error-pread=EIO",
+        "error-pread-rate=100%",
+    ]);
+    let out = run(store
+        .cmd(&["backup", "--vm", "vm"])
+        .arg(format!("xvda={}", srv.uri(""))));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("at offset 0")
+            && err.contains("EIO")
+            && err.contains("4 times")
+            && err.contains("nothing was stored"),
+        "{err}"
+    );
+    assert!(store.list().is_empty());
+    drop(srv);
+    // The server dies in the middle: the backup fails clearly, nothing is committed.
+    let mut srv = nbdkit(&["--filter=delay", "pattern", "size=256M", "rdelay=50ms"]);
+    let child = store
+        .cmd(&["backup", "--vm", "vm", "--nbd-connections", "2"])
+        .arg(format!("xvda={}", srv.uri("")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("backup");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    srv.kill();
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("nothing was stored"), "{err}");
+    assert!(store.list().is_empty());
+    // The store works on: a backup from a healthy server.
+    let srv = nbdkit(&["pattern", "size=8M"]);
+    store.backup(
+        "vm",
+        "2026-11-01T00:00:00Z",
+        "xvda",
+        Path::new(&srv.uri("")),
+        &[],
+    );
+    assert_eq!(store.list().len(), 1);
+}
+
+#[test]
+fn several_connections_are_used_when_the_server_allows_them() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let raw = work.path().join("d.raw");
+    make_raw(&raw, 64 << 20, 9);
+    for (shared, connections, least) in [(8, 4, 5), (1, 4, 1)] {
+        let srv = qemu_nbd_shared(&raw, "raw", shared);
+        let log = work.path().join(format!("log-{shared}"));
+        // nbdkit's nbd plugin in front of qemu-nbd logs every connection it is asked for.
+        let front = nbdkit(&[
+            "--filter=log",
+            "nbd",
+            &format!("socket={}", srv.socket().display()),
+            "export=disk",
+            &format!("logfile={}", log.display()),
+        ]);
+        let store = TestStore::new("256K");
+        let p = store.backup(
+            "vm",
+            "2026-11-01T00:00:00Z",
+            "xvda",
+            Path::new(&front.uri("")),
+            &["--nbd-connections", &connections.to_string()],
+        );
+        assert_eq!(restored(&store, &id(&p), work.path()), read(&raw));
+        drop(front);
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let reading: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| l.contains("Read "))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("connection=")))
+            .collect();
+        assert!(
+            reading.len() >= least.min(connections),
+            "shared {shared}: {reading:?}"
+        );
+    }
+}
+
+#[test]
+fn served_points_read_as_their_disks_with_holes_overlays_and_errors_where_they_are() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (base, cbt) = fixture(work.path());
+    let store = TestStore::new("256K");
+    let a = id(&store.backup("vm", "2026-11-01T00:00:00Z", "xvda", &base, &[]));
+    let expected = cbt.join("expected.raw");
+    let b = id(&store.backup("vm", "2026-11-02T00:00:00Z", "xvda", &expected, &[]));
+    let srv = serve_nbd(&store.path(), &[]);
+    // qemu-img compares each point with its source; nbdcopy copies it bit-exact.
+    for (p, src) in [(&a, &base), (&b, &expected)] {
+        ok(Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "raw"])
+            .arg(srv.uri(&p[..12]))
+            .arg(src));
+        let copy = work.path().join(format!("copy-{p}.raw"));
+        ok(Command::new("nbdcopy").arg(srv.uri(p)).arg(&copy));
+        assert_eq!(read(&copy), read(src));
+    }
+    // The VM/DISK@TIME name works too, and NBD_OPT_LIST shows the names.
+    let list = ok(Command::new("nbdinfo")
+        .arg("--list")
+        .arg("--json")
+        .arg(srv.uri("")));
+    assert!(
+        list.contains("vm/xvda@2026-11-01T00:00:00Z") && list.contains(&a),
+        "{list}"
+    );
+    // Holes where the point has zero chunks, data elsewhere.
+    let bytes = read(&base);
+    let zero_chunk = |c: u64| {
+        let s = (c * CHUNK) as usize;
+        bytes[s..(s + CHUNK as usize).min(bytes.len())]
+            .iter()
+            .all(|&x| x == 0)
+    };
+    for (o, l, t) in map(&srv.uri(&a), None) {
+        for c in o / CHUNK..(o + l).div_ceil(CHUNK) {
+            assert_eq!(t & 3 == 3, zero_chunk(c), "chunk {c} at {o}+{l} type {t}");
+        }
+    }
+    // Eight clients at once.
+    let copies: Vec<_> = (0..8)
+        .map(|i| {
+            let out = work.path().join(format!("par-{i}.raw"));
+            let child = Command::new("nbdcopy")
+                .arg(srv.uri(&b))
+                .arg(&out)
+                .spawn()
+                .expect("nbdcopy");
+            (child, out)
+        })
+        .collect();
+    let want = read(&expected);
+    for (mut child, out) in copies {
+        assert!(child.wait().expect("wait").success());
+        assert_eq!(read(&out), want);
+    }
+    drop(srv);
+
+    // --writable: a client sees its own writes; the store and other clients never do.
+    let srv = serve_nbd(&store.path(), &["--writable", &a]);
+    let io = ok(Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x55 100000 70000",
+            "-c",
+            "read -P 0x55 100000 70000",
+        ])
+        .args(["-c", "write -z 0 4096", "-c", "read -P 0 0 4096"])
+        .arg(srv.uri(&a)));
+    assert!(
+        !io.contains("fail") && !io.contains("Pattern verification failed"),
+        "{io}"
+    );
+    let other = work.path().join("other.raw");
+    ok(Command::new("nbdcopy").arg(srv.uri(&a)).arg(&other));
+    assert_eq!(
+        read(&other),
+        read(&base),
+        "another client sees the backup untouched"
+    );
+    drop(srv);
+    assert_eq!(
+        restored(&store, &a, work.path()),
+        read(&base),
+        "the store is untouched"
+    );
+
+    // A flipped byte in a pack: EIO on the ranges of that chunk only.
+    let bad = corrupt_a_data_chunk(&store);
+    let hit: Vec<u64> = (0..bytes.len() as u64 / CHUNK)
+        .filter(|&c| {
+            let s = (c * CHUNK) as usize;
+            blake3::hash(&bytes[s..s + CHUNK as usize])
+                .to_hex()
+                .as_str()
+                == bad
+        })
+        .collect();
+    let want: Vec<u64> = (0..bytes.len() as u64 / CHUNK)
+        .filter(|&c| {
+            let s = (c * CHUNK) as usize;
+            blake3::hash(&read(&expected)[s..s + CHUNK as usize])
+                .to_hex()
+                .as_str()
+                == bad
+        })
+        .collect();
+    let (point, chunks) = if hit.is_empty() {
+        (&b, want)
+    } else {
+        (&a, hit)
+    };
+    assert!(!chunks.is_empty(), "the damaged chunk {bad} is in no point");
+    let srv = serve_nbd(&store.path(), &[point]);
+    let badc = chunks[0];
+    let good = (0..(32u64 << 20) / CHUNK)
+        .find(|c| !chunks.contains(c))
+        .expect("a good chunk");
+    let r = run(Command::new("qemu-io")
+        .args([
+            "-r",
+            "-f",
+            "raw",
+            "-c",
+            &format!("read {} 4096", badc * CHUNK),
+        ])
+        .arg(srv.uri(point)));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(text.contains("Input/output error"), "{text}");
+    let r = ok(Command::new("qemu-io")
+        .args([
+            "-r",
+            "-f",
+            "raw",
+            "-c",
+            &format!("read {} 4096", good * CHUNK),
+        ])
+        .arg(srv.uri(point)));
+    assert!(r.contains("read 4096/4096"), "{r}");
+}
