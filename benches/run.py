@@ -15,8 +15,10 @@ consecutive days made with `cairn vhd from-raw --parent`):
   scale    1000 points of one disk: list, prune --dry-run, report, prune (full run only)
   limits   page-cache read, BLAKE3 (1 and 2 threads), zstd -1 (-T1, -T2), sparse copy
   bigdisk, generations, index   the scale sections (benches/scale.py)
+  nbd      backup from qemu-nbd (full, dirty-bitmap incremental) and points served over NBD
+           (benches/nbd.py)
 `--only SECTIONS` runs only those (comma-separated: main, limits, scaling, sparse, scale, bigdisk,
-generations, index; main is the full/daily/clone/restore steps with the peers).
+generations, index, nbd; main is the full/daily/clone/restore steps with the peers).
 Each step records wall time, CPU time and peak RSS (wait4) and the repository size after it.
 The table goes to stdout, everything to target/bench/results.json. Times are of a shared,
 noisy machine: compare ratios within one run, not absolute times across runs.
@@ -465,10 +467,11 @@ def main():
             partial.write_text(json.dumps({"rows": res.rows}, indent=2))
 
 
-SECTIONS = ("main", "limits", "scaling", "sparse", "scale", "bigdisk", "generations", "index")
+SECTIONS = ("main", "limits", "scaling", "sparse", "scale", "bigdisk", "generations", "index", "nbd")
 
 
 def run_all(a, size, work, skip, res, started):
+    import nbd
     import scale
     only = set(filter(None, a.only.split(",")))
     unknown = (only | skip) - set(SECTIONS)
@@ -489,7 +492,7 @@ def run_all(a, size, work, skip, res, started):
         run_limits(work, imgs["vm1-day0"], res)
     # The scale sections run in a full run with the peers, or when asked for by --only.
     if a.cairn_only and not only:
-        skip = skip | {"bigdisk", "generations", "index"}
+        skip = skip | {"bigdisk", "generations", "index", "nbd"}
     profile = "smoke" if a.smoke else "quick" if a.quick else "full"
     if "bigdisk" not in skip:
         scale.run_bigdisk(work, a.shared, a.cairn, res, profile)
@@ -499,6 +502,8 @@ def run_all(a, size, work, skip, res, started):
         if a.fill_index is None:
             raise SystemExit("the index section needs --fill-index (run.sh passes it)")
         scale.run_index(work, a.shared, a.cairn, a.fill_index, res, profile)
+    if "nbd" not in skip:
+        nbd.run_nbd(work, a.shared, a.cairn, res, profile)
     ideal = None
     chunk = 256 << 10
     if "main" not in skip and not a.cairn_only:
@@ -511,7 +516,7 @@ def run_all(a, size, work, skip, res, started):
         run_sparse(work, a.cairn, imgs, res)
     if "scale" not in skip and not a.quick and not a.cairn_only:
         run_scale(work, a.shared, a.cairn, res, 1000)
-    targets = summarize(res, ideal, scaling, chunk) + scale.targets(res)
+    targets = summarize(res, ideal, scaling, chunk) + scale.targets(res) + nbd.targets(res)
 
     # The table: one row per step, one column group per tool.
     tools = [t for t in ("cairn", "restic", "borg", "borg-fixed", "limit", "helper") if any(r["tool"] == t for r in res.rows)]

@@ -22,6 +22,9 @@ if [ $cairn_only = no ]; then
   python3 -c "import zstandard, blake3" 2>/dev/null || python3 -m pip install -q zstandard blake3 >&2
 fi
 command -v qemu-img >/dev/null || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils >&2; }
+# The nbd section: nbdcopy and libnbd's Python bindings (Debian's python3).
+command -v nbdcopy >/dev/null && /usr/bin/python3 -c "import nbd" 2>/dev/null || {
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnbd-bin python3-libnbd >&2; }
 cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p cairn-cli -p cairn-benches >&2
 exec python3 "$repo/benches/run.py" --cairn "$CARGO_TARGET_DIR/release/cairn" \
   --fill-index "$CARGO_TARGET_DIR/release/fill-index" "$@"

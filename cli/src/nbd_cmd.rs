@@ -27,11 +27,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
     qemu-img convert -f raw -O qcow2 nbd://127.0.0.1:10809/web01/xvda@latest web01.qcow2\n  \
     cairn serve-nbd --socket /run/cairn.sock --writable 3f2a9c1b07de\n  \
     qemu-system-x86_64 -m 2G -drive file=nbd+unix:///3f2a9c1b07de?socket=/run/cairn.sock,format=raw\n\n\
-    Every point given (all points, with none given) is an export named by its id, its short id\n\
-    and VM/DISK@TIME. Reads are checked chunk by chunk: a bad or missing chunk is an I/O error\n\
-    for that range, never wrong bytes. With --writable each client gets a copy-on-write overlay\n\
-    dropped when it disconnects: the backup stays untouched. While the server runs, gc keeps\n\
-    the packs its exports read (they are freed by the next gc after it stops).")]
+    Every point given (all points, with none given) is an export named by its id, its short\n\
+    id, VM/DISK@TIME and the name it was given by (web01/xvda@latest). Reads are checked chunk\n\
+    by chunk: a bad or missing chunk is an I/O error for that range, never wrong bytes. With\n\
+    --writable each client gets a copy-on-write overlay dropped when it disconnects: the backup\n\
+    stays untouched. While the server runs, gc keeps the packs its exports read (the next gc\n\
+    after it stops frees them).")]
 pub struct ServeNbdArgs {
     #[command(flatten)]
     pub store: StoreArg,
@@ -71,12 +72,13 @@ enum Conn {
 pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
     let store = Arc::new(open_read(&a.store.store)?);
     let tz = store.config().tz();
-    let points = if a.points.is_empty() {
-        store.points()?
+    // Each point with the spec it was given by (`web01/xvda@latest` names its export too).
+    let points: Vec<(cairn_store::RecoveryPoint, Option<String>)> = if a.points.is_empty() {
+        store.points()?.into_iter().map(|p| (p, None)).collect()
     } else {
         a.points
             .iter()
-            .map(|p| store.resolve(p))
+            .map(|s| store.resolve(s).map(|p| (p, Some(s.clone()))))
             .collect::<std::result::Result<Vec<_>, _>>()?
     };
     if points.is_empty() {
@@ -84,9 +86,14 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
     }
     let mut exports = PointExports::new(Arc::clone(&store), a.writable);
     let mut shown = Vec::new();
-    for p in points {
+    for (p, spec) in points {
         let name = format!("{}/{}@{}", p.vm, p.disk, show_time(&p.time, tz));
-        let names = vec![name.clone(), p.id.clone(), p.short_id().to_owned()];
+        let mut names = vec![name.clone(), p.id.clone(), p.short_id().to_owned()];
+        if let Some(s) = spec
+            && !names.contains(&s)
+        {
+            names.push(s);
+        }
         let description = format!(
             "{} of VM {}, disk {}, {}",
             human_bytes(p.size),

@@ -169,3 +169,56 @@ fn the_scale_sections_run_at_a_smoke_tests_size() {
         assert!(text.contains(name), "no target {name:?} in {text}");
     }
 }
+
+#[test]
+fn the_nbd_section_runs_at_a_smoke_tests_size() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = work.path().join("results.json");
+    let text = ok(Command::new("python3")
+        .arg(repo_root().join("benches/run.py"))
+        .arg("--cairn")
+        .arg(cairn_bin())
+        .arg("--shared")
+        .arg(shared_dir())
+        .args([
+            "--cairn-only",
+            "--smoke",
+            "--only",
+            "nbd",
+            "--no-drop-caches",
+        ])
+        .arg("--work")
+        .arg(work.path())
+        .arg("--out")
+        .arg(&out));
+    let v = json(&std::fs::read_to_string(&out).expect("results.json"));
+    let rows = v["rows"].as_array().expect("rows");
+    let step = |name: &str| {
+        rows.iter()
+            .find(|r| r["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name} in {rows:?}"))
+    };
+    for name in [
+        "nbd-full",
+        "nbd-incremental-1pct",
+        "nbd-restore-file",
+        "nbd-export-nbdcopy-file",
+    ] {
+        let r = step(name);
+        assert!(
+            float(r, "seconds") > 0.0 && float(r, "rss_mib") > 1.0,
+            "{r}"
+        );
+    }
+    assert!(float(step("nbd-nbdcopy-null"), "seconds") > 0.0);
+    assert!(float(step("nbd-first-read-64g"), "seconds") > 0.0);
+    assert!(float(step("nbd-serve-peak"), "rss_mib") > 1.0);
+    for name in [
+        "backup from qemu-nbd / nbdcopy to null:",
+        "dirty-bitmap incremental (1 %) / full",
+        "nbdcopy from serve-nbd / cairn restore",
+        "first read of a 64 GiB point",
+    ] {
+        assert!(text.contains(name), "no target {name:?} in {text}");
+    }
+}

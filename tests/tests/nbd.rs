@@ -484,3 +484,32 @@ fn served_points_read_as_their_disks_with_holes_overlays_and_errors_where_they_a
         .arg(srv.uri(point)));
     assert!(r.contains("read 4096/4096"), "{r}");
 }
+
+#[test]
+fn an_exported_point_reads_on_while_gc_drops_its_packs() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let base = work.path().join("base.raw");
+    make_raw(&base, 16 << 20, 5);
+    let store = TestStore::new("256K");
+    let p = id(&store.backup("vm", "2026-11-01T00:00:00Z", "xvda", &base, &[]));
+    let srv = serve_nbd(&store.path(), &[&p]);
+    // The point goes, and gc deletes what only it held, while the server exports it.
+    ok(&mut store.cmd(&["forget", &p]));
+    let gc = ok(&mut store.cmd(&["gc", "--max-unused", "0"]));
+    assert!(store.list().is_empty(), "{gc}");
+    assert!(
+        !store.pack_files().is_empty(),
+        "gc kept the packs a running reader uses: {gc}"
+    );
+    let copy = work.path().join("copy.raw");
+    ok(Command::new("nbdcopy").arg(srv.uri(&p)).arg(&copy));
+    assert_eq!(
+        read(&copy),
+        read(&base),
+        "the export reads the bytes it was exported with"
+    );
+    drop(srv);
+    // Once the server is gone the next gc frees the packs.
+    ok(&mut store.cmd(&["gc", "--max-unused", "0"]));
+    assert!(store.pack_files().is_empty(), "{:?}", store.pack_files());
+}
