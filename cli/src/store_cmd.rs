@@ -123,6 +123,8 @@ pub enum SourceFormat {
     cairn backup --vm web01 --time 2026-11-22T02:00:00Z xvda=delta.vhd xvdb=data.raw\n  \
     cairn backup --vm pve-101 --dirty-bitmap backup-inc scsi0=nbd://pve1:10809/drive-scsi0\n  \
     cairn backup --vm web01 --changed-blocks cbt.b64 xvda='nbd://xcp1/VDI-UUID%3Fsession_id%3D...'\n  \
+    CAIRN_HTTP_PASSWORD=... cairn backup --vm web01 --http-user root --ca-file pool-ca.pem \\\n    \
+    xvda='https://xcp1/export_raw_vdi?vdi=VDI-UUID&format=vhd&base=SNAP-UUID'\n  \
     curl -s https://xo/export/web01.vhd | cairn backup --vm web01 xvda=-"
 )]
 pub struct BackupArgs {
@@ -196,12 +198,25 @@ pub struct BackupArgs {
     /// most significant bit first), or lines of `OFFSET LENGTH` in bytes. For NBD sources.
     #[arg(long, value_name = "FILE")]
     pub changed_blocks: Option<PathBuf>,
+    /// The user for HTTP(S) sources (basic authentication; the password comes from
+    /// CAIRN_HTTP_PASSWORD, or both from the URL's user-info).
+    #[arg(long, value_name = "USER")]
+    pub http_user: Option<String>,
+    /// Trust the certificates of this PEM file (besides the system's) for HTTPS sources: a
+    /// host's self-signed certificate, or the pool's CA.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Trust any certificate of HTTPS sources (no check: anyone on the path can read and
+    /// change the disk). Prefer --ca-file.
+    #[arg(long)]
+    pub insecure: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// DISK=SOURCE: a disk name and a path (or `-` for stdin, or an NBD URI:
-    /// nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH). A disk whose name starts
-    /// with `[NOBAK]` is skipped, as Xen Orchestra does.
+    /// DISK=SOURCE: a disk name and a path, `-` for stdin, an NBD URI
+    /// (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH) or an HTTP(S) URL that
+    /// streams a VHD or a raw disk (XAPI's export_raw_vdi). A disk whose name starts with
+    /// `[NOBAK]` is skipped, as Xen Orchestra does.
     #[arg(required = true, value_name = "DISK=SOURCE")]
     pub disks: Vec<String>,
 }
@@ -566,6 +581,12 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
                 (None, Some(file)) => Some(cairn_ingest::ChangedBlocks::File(file.clone())),
                 (None, None) => None,
             },
+            http: cairn_ingest::HttpOptions {
+                user: a.http_user.clone(),
+                password: std::env::var("CAIRN_HTTP_PASSWORD").ok(),
+                ca_file: a.ca_file.clone(),
+                insecure: a.insecure,
+            },
         };
         // A raw stream's size is known only at its end: bytes and rate until then.
         let bar = progress::stream(disk);
@@ -697,6 +718,9 @@ fn check_sources(jobs: &[(String, PathBuf)]) -> Result<()> {
             problems.push(format!("disk {disk:?} is given twice"));
         }
         if src == Path::new("-") {
+            continue;
+        }
+        if src.to_str().is_some_and(cairn_ingest::is_http_url) {
             continue;
         }
         if let Some(u) = src.to_str().filter(|s| cairn_nbd::is_nbd_uri(s)) {

@@ -11,6 +11,7 @@
 //!   the store's chunk size (64 KiB to 2 MiB): a chunk is decided over its whole byte range, and
 //!   each byte of the source is read at most once.
 //! - `parent`: the point a delta applies to, and taking its tree's unchanged parts whole.
+//! - `http`: an HTTP(S) download (XAPI's `export_raw_vdi`), read as a stream.
 //! - `stream`: stdin or any reader: a raw stream read straight through; a VHD stream in one pass when its layout
 //!   allows (Xen Orchestra, qemu and cairn write it so), else spooled to a file in the store's
 //!   `tmp/` folder. Never held whole in memory.
@@ -24,12 +25,14 @@
 //! must be the UUID of the VHD the parent point was read from, unless the parent is given
 //! explicitly: a delta applied to the wrong parent would be silent garbage.
 
+mod http;
 mod open;
 mod parent;
 mod pipeline;
 mod source;
 mod stream;
 
+pub use http::{HttpOptions, is_http_url};
 pub use source::nbd::{CBT_BLOCK, Changes};
 pub use source::raw::Holes;
 
@@ -155,6 +158,8 @@ pub struct Request {
     pub nbd_connections: usize,
     /// For an NBD source: what changed since the parent point (only that is read).
     pub changed_blocks: Option<ChangedBlocks>,
+    /// For an HTTP(S) source: credentials and certificate checks.
+    pub http: HttpOptions,
 }
 
 /// Makes one backup and commits it as a recovery point. `progress` is called with the disk

@@ -46,11 +46,19 @@ pub(crate) fn open<'s>(
     input: Option<Input>,
     chunk: u32,
 ) -> Result<Opened<'s>> {
-    let shown = req.source.display().to_string();
+    let mut shown = req.source.display().to_string();
     if input.is_none()
         && let Some(uri) = req.source.to_str().filter(|s| cairn_nbd::is_nbd_uri(s))
     {
         return open_nbd(store, req, uri, chunk);
+    }
+    let mut input = input;
+    if input.is_none()
+        && let Some(url) = req.source.to_str().filter(|s| crate::http::is_http_url(s))
+    {
+        let (body, url_shown) = crate::http::open(url, &req.http)?;
+        shown = url_shown;
+        input = Some(body);
     }
     if req.changed_blocks.is_some() {
         return Err(Error::Refused(format!(

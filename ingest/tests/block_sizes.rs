@@ -186,6 +186,7 @@ fn request(root: &Path, source: PathBuf, parent: Option<RecoveryPoint>, key: Key
         rewrite_percent: 0,
         nbd_connections: 1,
         changed_blocks: None,
+        http: Default::default(),
     }
 }
 

@@ -1,0 +1,304 @@
+//! HTTP(S) sources against a local HTTPS server the test starts (127.0.0.1, ports the kernel
+//! picks): cairn- and vhd-lib-made VHDs and a raw disk, basic authentication, a 302 to another
+//! port, certificate checks, a dropped transfer.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use cairn_tests::{TestStore, cairn, id, make_raw, modify_raw, node, ok, read, repo_root, run};
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with openssl.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca_key, ca, key, csr, cert) = (
+        dir.join("ca.key"),
+        dir.join("ca.pem"),
+        dir.join("server.key"),
+        dir.join("server.csr"),
+        dir.join("server.pem"),
+    );
+    let ext = dir.join("ext.cnf");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write");
+    let openssl = |args: &[&OsStr]| ok(Command::new("openssl").args(args).stderr(Stdio::null()));
+    let s = OsStr::new;
+    openssl(&[
+        s("req"),
+        s("-x509"),
+        s("-newkey"),
+        s("rsa:2048"),
+        s("-nodes"),
+        s("-days"),
+        s("2"),
+        s("-subj"),
+        s("/CN=cairn test CA"),
+        s("-keyout"),
+        ca_key.as_os_str(),
+        s("-out"),
+        ca.as_os_str(),
+    ]);
+    openssl(&[
+        s("req"),
+        s("-newkey"),
+        s("rsa:2048"),
+        s("-nodes"),
+        s("-subj"),
+        s("/CN=127.0.0.1"),
+        s("-keyout"),
+        key.as_os_str(),
+        s("-out"),
+        csr.as_os_str(),
+    ]);
+    openssl(&[
+        s("x509"),
+        s("-req"),
+        s("-in"),
+        csr.as_os_str(),
+        s("-CA"),
+        ca.as_os_str(),
+        s("-CAkey"),
+        ca_key.as_os_str(),
+        s("-CAcreateserial"),
+        s("-days"),
+        s("2"),
+        s("-extfile"),
+        ext.as_os_str(),
+        s("-out"),
+        cert.as_os_str(),
+    ]);
+    (ca, cert, key)
+}
+
+/// The test's HTTPS server; stopped when dropped (its stdin closes).
+struct Https {
+    child: Child,
+    main: u16,
+}
+
+impl Https {
+    fn start(cert: &Path, key: &Path, dir: &Path, user: &str) -> Self {
+        let mut child = Command::new("python3")
+            .arg(repo_root().join("tests/scripts/https_serve.py"))
+            .arg(cert)
+            .arg(key)
+            .arg(dir)
+            .args(["--user", user])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ports");
+        let main = line
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the server printed {line:?}"));
+        Self { child, main }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}/{path}", self.main)
+    }
+}
+
+impl Drop for Https {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn backup(
+    store: &TestStore,
+    vm: &str,
+    time: &str,
+    url: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    run(store
+        .cmd(&["backup", "--json", "--vm", vm, "--time", time])
+        .args(extra)
+        .arg(format!("xvda={url}"))
+        .env("CAIRN_HTTP_PASSWORD", "pw"))
+}
+
+fn stored(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cairn_tests::json(&String::from_utf8_lossy(&out.stdout))[0].clone()
+}
+
+fn refused(out: &std::process::Output, want: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "accepted; wanted an error with {want:?}"
+    );
+    assert!(
+        err.contains(want) && err.contains("nothing was stored"),
+        "{err}"
+    );
+}
+
+#[test]
+fn https_sources_are_read_as_streams_with_checked_certificates() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (ca, cert, key) = certificates(w);
+    let files = w.join("files");
+    std::fs::create_dir(&files).expect("mkdir");
+    let (r0, r1) = (w.join("day0.raw"), w.join("day1.raw"));
+    make_raw(&r0, 24 << 20, 11);
+    modify_raw(&r0, &r1, 12);
+    // vhd-lib's chain (as Xen Orchestra writes it), cairn's VHD of day 0, and the raw disk.
+    ok(&mut node(
+        "xo_make_chain.js",
+        [r0.as_os_str(), r1.as_os_str(), files.as_os_str()],
+    ));
+    ok(cairn(["vhd", "from-raw"])
+        .arg(&r0)
+        .arg(files.join("cairn.vhd")));
+    std::fs::copy(&r1, files.join("day1.raw")).expect("copy");
+    let srv = Https::start(&cert, &key, &files, "root:pw");
+    let store = TestStore::new("256K");
+    let ca_arg = [
+        "--ca-file",
+        ca.to_str().expect("utf-8"),
+        "--http-user",
+        "root",
+    ];
+    let restored = |p: &serde_json::Value| {
+        let out = w.join(format!("{}.raw", id(p)));
+        store.restore(&id(p), &out, "raw");
+        read(&out)
+    };
+
+    // vhd-lib's dynamic VHD, then its differencing VHD applied to it.
+    let p = stored(&backup(
+        &store,
+        "xo",
+        "2026-11-01T00:00:00Z",
+        &srv.url("files/base.vhd"),
+        &ca_arg,
+    ));
+    assert_eq!(p["source"]["kind"], "vhd-dynamic");
+    assert_eq!(restored(&p), read(&r0));
+    let d = stored(&backup(
+        &store,
+        "xo",
+        "2026-11-02T00:00:00Z",
+        &srv.url("files/delta.vhd"),
+        &ca_arg,
+    ));
+    assert_eq!(d["source"]["kind"], "vhd-differencing");
+    assert_eq!(d["parent"].as_str(), Some(id(&p).as_str()));
+    assert_eq!(restored(&d), read(&r1));
+    // cairn's VHD, with the credentials in the URL; the point records neither them nor the
+    // query.
+    let url = format!(
+        "https://root:pw@127.0.0.1:{}/files/cairn.vhd?session_id=OpaqueRef:secret",
+        srv.main
+    );
+    let c = stored(&backup(
+        &store,
+        "cairn",
+        "2026-11-01T00:00:00Z",
+        &url,
+        &["--ca-file", ca.to_str().expect("utf-8")],
+    ));
+    assert_eq!(restored(&c), read(&r0));
+    let recorded = c["source"]["path"].as_str().expect("path");
+    assert!(
+        !recorded.contains("pw") && !recorded.contains("secret"),
+        "{recorded}"
+    );
+    // A raw disk through a 302 to another port (the host that sees the storage).
+    let r = stored(&backup(
+        &store,
+        "raw",
+        "2026-11-01T00:00:00Z",
+        &srv.url("redirect/day1.raw"),
+        &ca_arg,
+    ));
+    assert_eq!(r["source"]["kind"], "raw");
+    assert_eq!(restored(&r), read(&r1));
+
+    // Refused, with nothing stored: no CA for the certificate, a wrong password, a missing
+    // file, a transfer that drops half-way.
+    let before = store.list().len();
+    let packs = store.pack_files();
+    refused(
+        &backup(
+            &store,
+            "x",
+            "2026-11-03T00:00:00Z",
+            &srv.url("files/day1.raw"),
+            &["--http-user", "root"],
+        ),
+        "--ca-file",
+    );
+    let out = run(store
+        .cmd(&[
+            "backup",
+            "--vm",
+            "x",
+            "--ca-file",
+            ca.to_str().expect("utf-8"),
+            "--http-user",
+            "root",
+        ])
+        .arg(format!("xvda={}", srv.url("files/day1.raw")))
+        .env("CAIRN_HTTP_PASSWORD", "wrong"));
+    refused(&out, "401");
+    refused(
+        &backup(
+            &store,
+            "x",
+            "2026-11-03T00:00:00Z",
+            &srv.url("files/nope.raw"),
+            &ca_arg,
+        ),
+        "404",
+    );
+    refused(
+        &backup(
+            &store,
+            "x",
+            "2026-11-03T00:00:00Z",
+            &srv.url("drop/day1.raw"),
+            &ca_arg,
+        ),
+        "transfer",
+    );
+    refused(
+        &backup(
+            &store,
+            "x",
+            "2026-11-03T00:00:00Z",
+            &srv.url("drop/base.vhd"),
+            &ca_arg,
+        ),
+        "",
+    );
+    assert_eq!(store.list().len(), before);
+    assert_eq!(store.pack_files(), packs);
+    // --insecure trusts the certificate it cannot check.
+    let i = stored(&backup(
+        &store,
+        "insecure",
+        "2026-11-01T00:00:00Z",
+        &srv.url("files/day1.raw"),
+        &["--insecure", "--http-user", "root"],
+    ));
+    assert_eq!(restored(&i), read(&r1));
+}
