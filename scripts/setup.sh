@@ -13,7 +13,7 @@ peers=$cache/peers
 mkdir -p "$cache"
 
 need_apt=()
-for pkg in libclang-dev clang qemu-utils nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace; do
+for pkg in libclang-dev clang qemu-utils nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -26,6 +26,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
     cairn serve-nbd --store /backups/store web01/xvda@latest\n  \
     qemu-img convert -f raw -O qcow2 nbd://127.0.0.1:10809/web01/xvda@latest web01.qcow2\n  \
     cairn serve-nbd --socket /run/cairn.sock --writable 3f2a9c1b07de\n  \
+    cairn serve-nbd --listen 0.0.0.0:10809 --tls-cert host.pem --tls-key host.key\n  \
     qemu-system-x86_64 -m 2G -drive file=nbd+unix:///3f2a9c1b07de?socket=/run/cairn.sock,format=raw\n\n\
     Every point given (all points, with none given) is an export named by its id, its short\n\
     id, VM/DISK@TIME and the name it was given by (web01/xvda@latest). Reads are checked chunk\n\
@@ -48,6 +49,13 @@ pub struct ServeNbdArgs {
     /// Listen on a unix socket instead.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Require TLS (NBD_OPT_STARTTLS) with this certificate chain (PEM); clients connect with
+    /// nbds:// URIs.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Give each client a copy-on-write overlay (a VM can boot and write; the store never
     /// changes).
     #[arg(long)]
@@ -84,6 +92,14 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
     if points.is_empty() {
         bail!("the store has no point to serve");
     }
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => {
+            let cert = std::fs::read(c).with_context(|| format!("reading {}", c.display()))?;
+            let key = std::fs::read(k).with_context(|| format!("reading {}", k.display()))?;
+            Some(cairn_nbd::tls::server_config(&cert, &key).context("--tls-cert/--tls-key")?)
+        }
+        _ => None,
+    };
     let mut exports = PointExports::new(Arc::clone(&store), a.writable);
     let mut shown = Vec::new();
     for (p, spec) in points {
@@ -110,7 +126,7 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
         Some(path) => Uri {
             address: cairn_nbd::Address::Unix(path.clone()),
             export: String::new(),
-            tls: false,
+            tls: tls.is_some(),
         },
         None => {
             let (host, port) = a
@@ -125,7 +141,7 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
                         .with_context(|| format!("--listen {}: bad port", a.listen))?,
                 },
                 export: String::new(),
-                tls: false,
+                tls: tls.is_some(),
             }
         }
     };
@@ -167,8 +183,9 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
     if !a.json {
         writeln!(
             out,
-            "serving {} point(s) {}on {}; stop with Ctrl-C",
+            "serving {} point(s) {}{}on {}; stop with Ctrl-C",
             shown.len(),
+            if base.tls { "over TLS only, " } else { "" },
             if a.writable {
                 "with a copy-on-write overlay per client "
             } else {
@@ -179,13 +196,14 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
     }
     out.flush()?;
     drop(out);
-    serve_loop(accept, exports, a.max_clients)
+    serve_loop(accept, exports, a.max_clients, tls)
 }
 
 fn serve_loop(
     mut accept: Box<dyn FnMut() -> std::io::Result<(Conn, String)>>,
     exports: PointExports,
     max_clients: usize,
+    tls: Option<Arc<cairn_nbd::tls::ServerConfig>>,
 ) -> Result<i32> {
     let exports: &'static PointExports = Box::leak(Box::new(exports));
     let active = Arc::new(AtomicUsize::new(0));
@@ -193,6 +211,7 @@ fn serve_loop(
     let config = Config {
         // Every client has its own overlay when writable: their writes do not meet.
         multi_conn: exports_read_only(exports),
+        tls,
         ..Config::default()
     };
     loop {
@@ -213,7 +232,7 @@ fn serve_loop(
         let active = Arc::clone(&active);
         let config = config.clone();
         std::thread::spawn(move || {
-            let mut stream: Box<dyn Stream> = match conn {
+            let stream: Box<dyn Stream> = match conn {
                 Conn::Tcp(s) => {
                     let _ = s.set_nodelay(true);
                     Box::new(s)
@@ -222,7 +241,7 @@ fn serve_loop(
             };
             let _ = stream.set_timeout(Some(HANDSHAKE_TIMEOUT));
             let log = |line: &str| eprintln!("serve-nbd: client {n} ({peer}): {line}");
-            match server::serve(&mut *stream, exports, &config, &log) {
+            match server::serve(stream, exports, &config, &log) {
                 Ok(s) => log(&format!(
                     "done: export {}, {} requests, {} errors, {} read",
                     s.export.as_deref().unwrap_or("none"),

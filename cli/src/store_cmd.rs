@@ -202,12 +202,13 @@ pub struct BackupArgs {
     /// CAIRN_HTTP_PASSWORD, or both from the URL's user-info).
     #[arg(long, value_name = "USER")]
     pub http_user: Option<String>,
-    /// Trust the certificates of this PEM file (besides the system's) for HTTPS sources: a
-    /// host's self-signed certificate, or the pool's CA.
+    /// Trust the certificates of this PEM file for HTTPS sources (besides the system's) and
+    /// nbds:// sources (instead of the system's): a host's certificate (XAPI's
+    /// VDI.get_nbd_info gives it), or the pool's CA.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
     /// Trust any certificate of HTTPS sources (no check: anyone on the path can read and
-    /// change the disk). Prefer --ca-file.
+    /// change the disk). Prefer --ca-file. (nbds:// sources are always checked.)
     #[arg(long)]
     pub insecure: bool,
     /// Print JSON.

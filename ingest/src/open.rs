@@ -389,7 +389,24 @@ fn open_nbd<'s>(store: &'s Store, req: &Request, text: &str, chunk: u32) -> Resu
     } else {
         None
     };
-    let src = NbdSource::open(uri, shown.clone(), req.nbd_connections, chunk, changes)?;
+    let tls = if uri.tls {
+        let ca = match &req.http.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| Error::Io {
+                path: path.clone(),
+                offset: 0,
+                what: "reading the CA file",
+                source: e,
+            })?),
+            None => None,
+        };
+        Some(
+            cairn_nbd::tls::client_config(ca.as_deref())
+                .map_err(|e| Error::Refused(format!("{shown}: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let src = NbdSource::open(uri, shown.clone(), req.nbd_connections, chunk, changes, tls)?;
     let size = src.size();
     if let Some(p) = &parent
         && p.size != size

@@ -40,6 +40,8 @@ impl Stream for TcpStream {
     }
 }
 
+impl Stream for std::io::Empty {}
+
 impl Stream for UnixStream {
     fn set_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
         let t = timeout.map(|t| t.max(Duration::from_millis(1)));
@@ -117,6 +119,8 @@ pub struct Options {
     /// Bound on connecting and on each step of the handshake (a server that accepts the
     /// connection but serves one client at a time never greets a second one).
     pub handshake_timeout: Duration,
+    /// TLS for `nbds://` URIs: whom to trust (by default the system's roots).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for Options {
@@ -125,6 +129,7 @@ impl Default for Options {
             contexts: Vec::new(),
             timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -319,14 +324,21 @@ impl Client {
     /// The server cannot be reached, refuses the export, or breaks the protocol; `nbds://`
     /// (TLS is not built in yet).
     pub fn connect(uri: &Uri, options: &Options) -> Result<Self> {
-        if uri.tls {
-            return Err(Error::Usage(format!(
-                "{uri}: TLS (nbds://) is not supported yet; connect over a unix socket or a \
-                 trusted network with nbd://"
-            )));
-        }
+        let tls = if uri.tls {
+            let config = match &options.tls {
+                Some(c) => std::sync::Arc::clone(c),
+                None => crate::tls::client_config(None)?,
+            };
+            let name = match &uri.address {
+                Address::Tcp { host, .. } => host.clone(),
+                Address::Unix(_) => "localhost".to_owned(),
+            };
+            Some((config, name))
+        } else {
+            None
+        };
         let stream = open_socket(&uri.address, options.handshake_timeout)?;
-        let mut c = Self::handshake(stream, &uri.export, &options.contexts)?;
+        let mut c = Self::negotiate(stream, &uri.export, &options.contexts, tls)?;
         c.what = uri.to_string();
         c.stream
             .set_timeout(Some(options.timeout))
@@ -338,13 +350,37 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::connect`].
-    pub fn handshake(
+    pub fn handshake(stream: Box<dyn Stream>, export: &str, contexts: &[String]) -> Result<Self> {
+        Self::negotiate(stream, export, contexts, None)
+    }
+
+    /// As [`Client::handshake`], upgrading to TLS first when `tls` (a configuration and the
+    /// server's name) is given: a server that refuses TLS is an error, never a fallback to
+    /// plain text.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub fn negotiate(
         mut stream: Box<dyn Stream>,
         export: &str,
         contexts: &[String],
+        tls: Option<(std::sync::Arc<rustls::ClientConfig>, String)>,
     ) -> Result<Self> {
+        let (fixed, no_zeroes) = greet(&mut *stream)?;
+        if let Some((config, name)) = tls {
+            if !fixed {
+                return Err(Error::Usage(
+                    "the server does not speak fixed newstyle, so it cannot start TLS".into(),
+                ));
+            }
+            wire::write_option(&mut *stream, proto::OPT_STARTTLS, &[])?;
+            let r = option_reply(&mut *stream, proto::OPT_STARTTLS)?;
+            if r.reply != proto::REP_ACK {
+                return Err(refused("NBD_OPT_STARTTLS", &r));
+            }
+            stream = crate::tls::connect(config, &name, stream)?;
+        }
         let s = &mut *stream;
-        let (fixed, no_zeroes) = greet(s)?;
         let mut structured = false;
         let mut selected = Vec::new();
         if fixed {

@@ -7,13 +7,14 @@
 //!   `NBD_OPT_GO` (XAPI's, old ones), `NBD_OPT_LIST`, `NBD_OPT_INFO`,
 //!   `NBD_OPT_STRUCTURED_REPLY`, `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`
 //!   (`base:allocation`, and on the client side any context such as qemu's
-//!   `qemu:dirty-bitmap:NAME`), `NBD_OPT_ABORT`. The oldstyle handshake is refused (it has
-//!   no export names). `NBD_OPT_STARTTLS` is not built in yet: the server answers
-//!   `NBD_REP_ERR_PLATFORM`, the client refuses `nbds://`.
+//!   `qemu:dirty-bitmap:NAME`), `NBD_OPT_ABORT`, `NBD_OPT_STARTTLS` ([`tls`], rustls: the
+//!   client checks the server's certificate, a server with a certificate requires TLS). The
+//!   oldstyle handshake is refused (it has no export names).
 //! - Transmission: `NBD_CMD_READ`, `WRITE`, `FLUSH`, `TRIM`, `WRITE_ZEROES`, `BLOCK_STATUS`,
 //!   `CACHE`, `DISC`; simple replies and structured replies (`OFFSET_DATA`, `OFFSET_HOLE`,
 //!   `BLOCK_STATUS`, `ERROR`, `ERROR_OFFSET`, `NONE`).
-//! - URIs ([`uri`]): `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`.
+//! - URIs ([`uri`]): `nbd://HOST[:PORT]/EXPORT`, `nbds://...` (TLS),
+//!   `nbd+unix:///EXPORT?socket=PATH`.
 //!
 //! # Modules
 //! - [`proto`]: every constant of the protocol, named as the spec names it.
@@ -33,6 +34,7 @@ pub mod client;
 pub mod error;
 pub mod proto;
 pub mod server;
+pub mod tls;
 pub mod uri;
 pub mod wire;
 

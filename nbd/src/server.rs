@@ -114,6 +114,8 @@ pub struct Config {
     /// the export may sit idle for hours). The handshake is bounded by the stream's timeouts
     /// as the caller set them.
     pub idle_timeout: Option<std::time::Duration>,
+    /// TLS: when set, clients must upgrade with `NBD_OPT_STARTTLS` before anything else.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -122,6 +124,7 @@ impl Default for Config {
             max_payload: proto::DEFAULT_MAX_PAYLOAD,
             multi_conn: true,
             idle_timeout: None,
+            tls: None,
         }
     }
 }
@@ -152,7 +155,7 @@ struct Haggle {
 /// # Errors
 /// A client that breaks the protocol or drops the connection (the session ends then).
 pub fn serve(
-    stream: &mut dyn Stream,
+    mut stream: Box<dyn Stream>,
     exports: &dyn Exports,
     config: &Config,
     log: &(dyn Fn(&str) + Sync),
@@ -163,7 +166,7 @@ pub fn serve(
         errors: 0,
         bytes_read: 0,
     };
-    let Some((name, device, haggle)) = negotiate(stream, exports, config, log)? else {
+    let Some((name, device, haggle)) = negotiate(&mut stream, exports, config, log)? else {
         return Ok(session);
     };
     session.export = Some(name.clone());
@@ -172,7 +175,7 @@ pub fn serve(
         .map_err(Error::io("setting the idle timeout"))?;
     let allocation = haggle.allocation_for.as_deref() == Some(name.as_str());
     transmit(
-        stream,
+        &mut *stream,
         device,
         config,
         haggle.structured,
@@ -202,11 +205,12 @@ fn transmission_flags(device: &dyn Device, config: &Config, structured: bool) ->
 type Chosen = (String, Box<dyn Device>, Haggle);
 
 fn negotiate(
-    s: &mut dyn Stream,
+    stream: &mut Box<dyn Stream>,
     exports: &dyn Exports,
     config: &Config,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<Option<Chosen>> {
+    let s = &mut **stream;
     wire::write_all(
         s,
         &[
@@ -222,12 +226,15 @@ fn negotiate(
             "client flags {client:#x} hold bits this server never offered"
         )));
     }
+    let no_zeroes = client & proto::FLAG_C_NO_ZEROES != 0;
     let mut h = Haggle {
         structured: false,
         allocation_for: None,
-        no_zeroes: client & proto::FLAG_C_NO_ZEROES != 0,
+        no_zeroes,
     };
+    let mut secure = config.tls.is_none();
     for _ in 0..MAX_OPTIONS {
+        let s = &mut **stream;
         let opt = match wire::read_option(s, MAX_OPTION_DATA) {
             Ok(o) => o,
             Err(Error::Protocol(what)) if what.contains("more than the") => {
@@ -242,7 +249,44 @@ fn negotiate(
             log(&format!("option {} refused: {message}", opt.option));
             wire::write_option_reply(s, opt.option, rep, message.as_bytes())
         };
+        // FORCEDTLS: nothing but TLS (or giving up) before TLS.
+        if !secure && opt.option != proto::OPT_STARTTLS && opt.option != proto::OPT_ABORT {
+            if opt.option == proto::OPT_EXPORT_NAME {
+                log("NBD_OPT_EXPORT_NAME before TLS: closed (this server requires TLS)");
+                return Ok(None);
+            }
+            error(
+                s,
+                proto::REP_ERR_TLS_REQD,
+                "this server requires TLS: NBD_OPT_STARTTLS first",
+            )?;
+            continue;
+        }
         match opt.option {
+            proto::OPT_STARTTLS => {
+                let Some(tls) = config.tls.clone() else {
+                    error(s, proto::REP_ERR_UNSUP, "this server has no TLS configured")?;
+                    continue;
+                };
+                if secure {
+                    error(s, proto::REP_ERR_INVALID, "TLS is already running")?;
+                    continue;
+                }
+                if !opt.data.is_empty() {
+                    error(s, proto::REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data")?;
+                    continue;
+                }
+                reply(s, proto::REP_ACK, &[])?;
+                let plain = std::mem::replace(stream, Box::new(std::io::empty()));
+                *stream = crate::tls::accept(tls, plain)?;
+                secure = true;
+                // Nothing negotiated before TLS carries over.
+                h = Haggle {
+                    structured: false,
+                    allocation_for: None,
+                    no_zeroes,
+                };
+            }
             proto::OPT_EXPORT_NAME => {
                 let name = String::from_utf8(opt.data)
                     .map_err(|_| Error::Protocol("an export name that is not UTF-8".into()))?;
@@ -390,13 +434,6 @@ fn negotiate(
                 if opt.option == proto::OPT_GO {
                     return Ok(Some((canonical, device, h)));
                 }
-            }
-            proto::OPT_STARTTLS => {
-                error(
-                    s,
-                    proto::REP_ERR_PLATFORM,
-                    "this server has no TLS configured",
-                )?;
             }
             other => {
                 error(

@@ -114,13 +114,14 @@ fn serve(
     UnixStream,
     std::thread::JoinHandle<cairn_nbd::Result<server::Session>>,
 ) {
-    let (a, mut b) = UnixStream::pair().expect("pair");
+    let (a, b) = UnixStream::pair().expect("pair");
     a.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     b.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let h =
-        std::thread::spawn(move || server::serve(&mut b, &exports, &Config::default(), &|_| {}));
+    let h = std::thread::spawn(move || {
+        server::serve(Box::new(b), &exports, &Config::default(), &|_| {})
+    });
     (a, h)
 }
 

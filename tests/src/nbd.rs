@@ -23,6 +23,12 @@ impl Server {
         format!("nbd+unix:///{name}?socket={}", self.socket.display())
     }
 
+    /// The `nbds+unix://` URI of export `name` (TLS).
+    #[must_use]
+    pub fn tls_uri(&self, name: &str) -> String {
+        format!("nbds+unix:///{name}?socket={}", self.socket.display())
+    }
+
     /// The socket.
     #[must_use]
     pub fn socket(&self) -> &Path {

@@ -2,76 +2,13 @@
 //! picks): cairn- and vhd-lib-made VHDs and a raw disk, basic authentication, a 302 to another
 //! port, certificate checks, a dropped transfer.
 
-use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use cairn_tests::{TestStore, cairn, id, make_raw, modify_raw, node, ok, read, repo_root, run};
-
-/// A CA and a certificate for 127.0.0.1 signed by it, made with openssl.
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let (ca_key, ca, key, csr, cert) = (
-        dir.join("ca.key"),
-        dir.join("ca.pem"),
-        dir.join("server.key"),
-        dir.join("server.csr"),
-        dir.join("server.pem"),
-    );
-    let ext = dir.join("ext.cnf");
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write");
-    let openssl = |args: &[&OsStr]| ok(Command::new("openssl").args(args).stderr(Stdio::null()));
-    let s = OsStr::new;
-    openssl(&[
-        s("req"),
-        s("-x509"),
-        s("-newkey"),
-        s("rsa:2048"),
-        s("-nodes"),
-        s("-days"),
-        s("2"),
-        s("-subj"),
-        s("/CN=cairn test CA"),
-        s("-keyout"),
-        ca_key.as_os_str(),
-        s("-out"),
-        ca.as_os_str(),
-    ]);
-    openssl(&[
-        s("req"),
-        s("-newkey"),
-        s("rsa:2048"),
-        s("-nodes"),
-        s("-subj"),
-        s("/CN=127.0.0.1"),
-        s("-keyout"),
-        key.as_os_str(),
-        s("-out"),
-        csr.as_os_str(),
-    ]);
-    openssl(&[
-        s("x509"),
-        s("-req"),
-        s("-in"),
-        csr.as_os_str(),
-        s("-CA"),
-        ca.as_os_str(),
-        s("-CAkey"),
-        ca_key.as_os_str(),
-        s("-CAcreateserial"),
-        s("-days"),
-        s("2"),
-        s("-extfile"),
-        ext.as_os_str(),
-        s("-out"),
-        cert.as_os_str(),
-    ]);
-    (ca, cert, key)
-}
+use cairn_tests::{
+    TestStore, cairn, certificates, id, make_raw, modify_raw, node, ok, read, repo_root, run,
+};
 
 /// The test's HTTPS server; stopped when dropped (its stdin closes).
 struct Https {

@@ -513,3 +513,120 @@ fn an_exported_point_reads_on_while_gc_drops_its_packs() {
     ok(&mut store.cmd(&["gc", "--max-unused", "0"]));
     assert!(store.pack_files().is_empty(), "{:?}", store.pack_files());
 }
+
+#[test]
+fn nbd_over_tls_checks_certificates_and_never_falls_back_to_plain_text() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (ca, cert, key) = cairn_tests::certificates(w);
+    // The folder layout of nbdkit's and libnbd's --tls-certificates.
+    let pki = w.join("pki");
+    std::fs::create_dir(&pki).expect("mkdir");
+    for (from, to) in [
+        (&ca, "ca-cert.pem"),
+        (&cert, "server-cert.pem"),
+        (&key, "server-key.pem"),
+    ] {
+        std::fs::copy(from, pki.join(to)).expect("copy");
+    }
+    let other = w.join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    let (other_ca, _, _) = cairn_tests::certificates(&other);
+    let base = w.join("base.raw");
+    make_raw(&base, 16 << 20, 21);
+    let store = TestStore::new("256K");
+    let p = id(&store.backup("vm", "2026-11-01T00:00:00Z", "xvda", &base, &[]));
+    let srv = serve_nbd(
+        &store.path(),
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+            &p,
+        ],
+    );
+    // libnbd's nbdcopy over TLS, checking our certificate.
+    let copy = w.join("copy.raw");
+    ok(Command::new("nbdcopy")
+        .arg(format!(
+            "{}&tls-certificates={}",
+            srv.tls_uri(&p),
+            pki.display()
+        ))
+        .arg(&copy));
+    assert_eq!(read(&copy), read(&base));
+    // Our client against our server: a backup from nbds+unix:// with the CA.
+    let ca_arg = ["--ca-file", ca.to_str().expect("utf-8")];
+    let again = store.backup(
+        "copy",
+        "2026-11-01T00:00:00Z",
+        "xvda",
+        Path::new(&srv.tls_uri(&p)),
+        &ca_arg,
+    );
+    assert_eq!(restored(&store, &id(&again), w), read(&base));
+    let before = store.list().len();
+    // A plain client is refused; so is a certificate from another CA.
+    let out = run(Command::new("nbdinfo").arg(srv.uri(&p)));
+    assert!(!out.status.success(), "a plain client was served");
+    let out = run(store
+        .cmd(&["backup", "--vm", "x"])
+        .arg(format!("xvda={}", srv.uri(&p))));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("TLS required"),
+        "{err}"
+    );
+    let out = run(store
+        .cmd(&[
+            "backup",
+            "--vm",
+            "x",
+            "--ca-file",
+            other_ca.to_str().expect("utf-8"),
+        ])
+        .arg(format!("xvda={}", srv.tls_uri(&p))));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("certificate"),
+        "{err}"
+    );
+    drop(srv);
+    // A server that offers no TLS: an nbds:// client stops, it never reads in plain text.
+    let plain = serve_nbd(&store.path(), &[&p]);
+    let out = run(store
+        .cmd(&["backup", "--vm", "x"])
+        .args(ca_arg)
+        .arg(format!("xvda={}", plain.tls_uri(&p))));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("NBD_OPT_STARTTLS"),
+        "{err}"
+    );
+    drop(plain);
+    assert_eq!(store.list().len(), before);
+    // Our client against nbdkit's TLS (GnuTLS).
+    let kit = nbdkit(&[
+        "--tls=require",
+        &format!("--tls-certificates={}", pki.display()),
+        "pattern",
+        "size=8M",
+    ]);
+    let k = store.backup(
+        "kit",
+        "2026-11-01T00:00:00Z",
+        "xvda",
+        Path::new(&kit.tls_uri("")),
+        &ca_arg,
+    );
+    let copy = w.join("kit.raw");
+    ok(Command::new("nbdcopy")
+        .arg(format!(
+            "{}&tls-certificates={}",
+            kit.tls_uri(""),
+            pki.display()
+        ))
+        .arg(&copy));
+    assert_eq!(restored(&store, &id(&k), w), read(&copy));
+}

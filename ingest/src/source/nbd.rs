@@ -348,11 +348,15 @@ pub(crate) struct NbdSource {
 }
 
 /// The options every connection of a backup uses: contexts asked only on the first.
-pub(crate) fn options(contexts: Vec<String>) -> Options {
+pub(crate) fn options(
+    contexts: Vec<String>,
+    tls: Option<Arc<cairn_nbd::tls::ClientConfig>>,
+) -> Options {
     Options {
         contexts,
         timeout: Duration::from_secs(60),
         handshake_timeout: Duration::from_secs(5),
+        tls,
     }
 }
 
@@ -406,12 +410,13 @@ impl NbdSource {
         connections: usize,
         chunk: u32,
         changes: Option<ChangeSource>,
+        tls: Option<Arc<cairn_nbd::tls::ClientConfig>>,
     ) -> Result<Self> {
         let mut contexts = vec![proto::CONTEXT_BASE_ALLOCATION.to_owned()];
         if let Some(ChangeSource::Context(s)) = &changes {
             contexts.push(s.context.clone());
         }
-        let first = options(contexts);
+        let first = options(contexts, tls.clone());
         let control = Client::connect(&uri, &first).map_err(|e| Error::Nbd {
             uri: shown.clone(),
             offset: 0,
@@ -447,7 +452,7 @@ impl NbdSource {
             .max(u64::from(chunk))
             / u64::from(chunk)
             * u64::from(chunk);
-        let plain = options(Vec::new());
+        let plain = options(Vec::new(), tls);
         // One connection reads on the control connection itself; more connections read beside
         // it, when the server says they are coherent.
         let wanted = if control.info().multi_conn() && connections > 1 {
