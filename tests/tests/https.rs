@@ -3,7 +3,7 @@
 //! port, certificate checks, a dropped transfer.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use cairn_tests::{
