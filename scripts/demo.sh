@@ -3,7 +3,8 @@
 # three days of a disk from the shared workload generator are exported as a VHD chain (key +
 # two differencing VHDs, as XenServer exports incremental backups), backed up into a store
 # with a clone of the same template, listed, reported, and restored bit-exact as raw, as one
-# VHD and as a VHD chain.
+# VHD and as a VHD chain; then a qcow2 disk is backed up from qemu-nbd (full, then only what its
+# dirty bitmap marks) and served back over NBD (instant restore).
 #   usage: scripts/demo.sh [WORKDIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -88,3 +89,25 @@ PY
 "$cairn" verify || echo "(verify exit status $?)"
 "$cairn" backup "${web02[@]}" --time 2026-11-23T04:00 --key xvda="$work/clone.raw"
 "$cairn" verify
+echo "== NBD: a Proxmox-style disk (qcow2) exported by qemu-nbd; the daily backup reads only what its dirty bitmap marks"
+rm -f "$work/pve-101.qcow2" "$work"/*.sock
+qemu-img convert -f raw -O qcow2 "$work/day0.raw" "$work/pve-101.qcow2"
+qemu-img bitmap --add "$work/pve-101.qcow2" backup-inc      # tracking starts with the full backup
+serve() {  # qemu-nbd, read-only, 4 clients at once, on a unix socket; prints its pid
+  qemu-nbd -r -t -e 4 -f qcow2 -x scsi0 -k "$work/qemu.sock" --pid-file "$work/qemu.pid" --fork "$@" "$work/pve-101.qcow2"
+  cat "$work/qemu.pid"
+}
+pid=$(serve)
+"$cairn" backup --vm pve-101 --time 2026-11-20T03:00 scsi0="nbd+unix:///scsi0?socket=$work/qemu.sock"
+kill "$pid"
+qemu-io -f qcow2 -c "write -P 0x5a 16M 3M" -c "write -P 0x17 200M 64k" "$work/pve-101.qcow2" >/dev/null   # the day's writes
+pid=$(serve -B backup-inc)
+"$cairn" backup --vm pve-101 --time 2026-11-21T03:00 --dirty-bitmap backup-inc scsi0="nbd+unix:///scsi0?socket=$work/qemu.sock"
+kill "$pid"
+echo "== instant restore: the point served over NBD, read by qemu-img and nbdinfo"
+"$cairn" serve-nbd --socket "$work/cairn.sock" pve-101/scsi0@latest &
+served=$!
+for _ in $(seq 100); do [ -S "$work/cairn.sock" ] && break; sleep 0.05; done
+qemu-img compare -f raw -F qcow2 "nbd+unix:///pve-101/scsi0@latest?socket=$work/cairn.sock" "$work/pve-101.qcow2"
+nbdinfo --map "nbd+unix:///pve-101/scsi0@latest?socket=$work/cairn.sock" | head -4
+kill "$served"; wait "$served" 2>/dev/null || true

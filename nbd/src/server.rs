@@ -436,11 +436,10 @@ fn negotiate(
                 }
             }
             other => {
-                error(
-                    s,
-                    proto::REP_ERR_UNSUP,
-                    &format!("option {other} is not supported"),
-                )?;
+                // Clients probe for newer options (qemu asks for extended headers): not worth
+                // a log line.
+                let message = format!("option {other} is not supported");
+                reply(s, proto::REP_ERR_UNSUP, message.as_bytes())?;
             }
         }
     }

@@ -302,7 +302,8 @@ fn several_connections_are_used_when_the_server_allows_them() {
     let work = tempfile::tempdir().expect("tempdir");
     let raw = work.path().join("d.raw");
     make_raw(&raw, 64 << 20, 9);
-    for (shared, connections, least) in [(8, 4, 5), (1, 4, 1)] {
+    // N connections in all: N - 1 read beside the one that asks for block status.
+    for (shared, connections, least) in [(8, 4, 3), (1, 4, 1)] {
         let srv = qemu_nbd_shared(&raw, "raw", shared);
         let log = work.path().join(format!("log-{shared}"));
         // nbdkit's nbd plugin in front of qemu-nbd logs every connection it is asked for.
@@ -329,10 +330,7 @@ fn several_connections_are_used_when_the_server_allows_them() {
             .filter(|l| l.contains("Read "))
             .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("connection=")))
             .collect();
-        assert!(
-            reading.len() >= least.min(connections),
-            "shared {shared}: {reading:?}"
-        );
+        assert!(reading.len() >= least, "shared {shared}: {reading:?}");
     }
 }
 

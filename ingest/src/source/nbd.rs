@@ -9,13 +9,13 @@
 //!   `qemu:dirty-bitmap:NAME` context (qemu, Proxmox; flag 1 = dirty), or from a file
 //!   ([`Changes::from_file`]): XCP-ng's `VDI.list_changed_blocks` bitmap, or `offset length`
 //!   lines.
-//! - **Connections.** With N > 1, reads go to N connections at once beside the one that asks
-//!   for block status; each read is at most [`READ_BYTES`] (or the server's maximum payload),
-//!   at most two per connection in flight, so memory stays bounded whatever the disk's size. A
-//!   server that does not say its connections are coherent (`NBD_FLAG_CAN_MULTI_CONN`) gets
-//!   one connection, and a server that does not greet a further connection within 2 s
-//!   (qemu-nbd serves one client unless `--shared`) gets the ones it greeted; with none, the
-//!   first connection reads too.
+//! - **Connections.** N in all: with N > 1, reads go to N - 1 connections at once beside the
+//!   one that asks for block status (with one, that one reads too); each read is at most
+//!   [`READ_BYTES`] (or the server's maximum payload), at most two per connection in flight,
+//!   so memory stays bounded whatever the disk's size. A server that does not say its
+//!   connections are coherent (`NBD_FLAG_CAN_MULTI_CONN`) gets one connection, and a server
+//!   that does not greet a further connection within 2 s (qemu-nbd serves one client unless
+//!   `--shared`) gets the ones it greeted; with none, the first connection reads too.
 //! - **Faults.** A read that fails is tried again, up to [`RETRIES`] more times, on a new
 //!   connection after a broken one; then the backup fails naming the offset and the server's
 //!   error, and nothing is committed.
@@ -453,10 +453,10 @@ impl NbdSource {
             / u64::from(chunk)
             * u64::from(chunk);
         let plain = options(Vec::new(), tls);
-        // One connection reads on the control connection itself; more connections read beside
-        // it, when the server says they are coherent.
+        // N connections in all: with one, the control connection reads too; with more, N - 1
+        // read beside it, when the server says they are coherent.
         let wanted = if control.info().multi_conn() && connections > 1 {
-            connections
+            connections - 1
         } else {
             0
         };
@@ -654,10 +654,14 @@ impl NbdSource {
         }
     }
 
-    /// Waits for the read `seq`.
+    /// Waits for the read `seq`. A read counts as in flight until it is taken here (reads that
+    /// arrive out of order wait in `arrived`), so the bytes held stay bounded.
     fn take(&mut self, seq: u64) -> Result<Vec<u8>> {
         loop {
             if let Some(r) = self.arrived.remove(&seq) {
+                if self.jobs.is_some() {
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                }
                 return r;
             }
             let (s, r) = self.results.recv().map_err(|_| Error::Nbd {
@@ -665,7 +669,6 @@ impl NbdSource {
                 offset: 0,
                 what: "every connection to the server ended".into(),
             })?;
-            self.in_flight = self.in_flight.saturating_sub(1);
             self.arrived.insert(s, r);
         }
     }
@@ -689,12 +692,17 @@ impl ChunkSource for NbdSource {
                 bytes,
             })),
             Some(Planned::Read(seq)) => {
-                let data = self.take(seq)?;
+                let mut data = self.take(seq)?;
+                // Cut into chunks from the back, so the read's buffer is never held twice.
                 let cs = self.chunk as usize;
-                let mut pieces: VecDeque<Vec<u8>> = data.chunks(cs).map(<[u8]>::to_vec).collect();
-                let first = pieces.pop_front();
+                let mut pieces = VecDeque::with_capacity(data.len().div_ceil(cs));
+                while data.len() > cs {
+                    let at = (data.len() - 1) / cs * cs;
+                    pieces.push_front(data.split_off(at));
+                }
+                data.shrink_to_fit();
                 self.current = pieces;
-                Ok(first.map(Piece::Data))
+                Ok(Some(Piece::Data(data)))
             }
         }
     }
