@@ -33,6 +33,7 @@
 pub mod client;
 pub mod error;
 pub mod proto;
+pub mod replay;
 pub mod server;
 pub mod tls;
 pub mod uri;

@@ -1,47 +1,16 @@
 //! Whatever a peer sends, the result is a value or an error: never a panic, never a hang.
 //! Random and mutated bytes go to every parser and to both sides of a session.
 
-use std::io::{Cursor, Read, Write};
+use std::io::Cursor;
 
 use cairn_nbd::server::{self, Config, Device, DeviceError, Exports};
 use cairn_nbd::wire::{self, Request};
-use cairn_nbd::{Client, Extent, Stream, proto};
+use cairn_nbd::replay::Replay;
+use cairn_nbd::{Client, Extent, proto};
 use proptest::prelude::*;
 
-/// A peer that says `input` and records what it is told.
-struct Replay {
-    input: Cursor<Vec<u8>>,
-    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-}
-
-impl Read for Replay {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.input.read(buf)
-    }
-}
-
-impl Write for Replay {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        // Bounded, as a socket's buffer is: a peer that never reads is not an endless sink.
-        let mut out = self.output.lock().expect("lock");
-        if out.len() > 64 << 20 {
-            return Err(std::io::Error::other("the peer stopped reading"));
-        }
-        out.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Stream for Replay {}
-
 fn replay(input: Vec<u8>) -> Replay {
-    Replay {
-        input: Cursor::new(input),
-        output: Default::default(),
-    }
+    Replay::new(input)
 }
 
 struct Zeros(u64);
@@ -125,7 +94,7 @@ fn server_transcript() -> Vec<u8> {
     input.extend(request(proto::CMD_BLOCK_STATUS, 0, 65536));
     input.extend(request(proto::CMD_DISC, 0, 0));
     let r = replay(input);
-    let out = std::sync::Arc::clone(&r.output);
+    let out = r.recorded();
     server::serve(Box::new(r), &OneDisk, &Config::default(), &|_| {}).expect("a clean session");
     out.lock().expect("lock").clone()
 }
