@@ -669,6 +669,16 @@ impl Client {
         }
     }
 
+    /// Reads `length` bytes at `offset` (at most the server's maximum payload) into a buffer of
+    /// its own, returned without a copy.
+    ///
+    /// # Errors
+    /// As [`Client::submit_read`] and [`Client::wait`], and the server's errors.
+    pub fn read_vec(&mut self, offset: u64, length: u32) -> Result<Vec<u8>> {
+        let cookie = self.submit_read(offset, length)?;
+        self.wait_for(cookie)?.result
+    }
+
     /// Reads `buf.len()` bytes at `offset`, in requests of at most the maximum payload, up to
     /// 4 in flight.
     ///

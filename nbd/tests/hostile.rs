@@ -3,9 +3,9 @@
 
 use std::io::Cursor;
 
+use cairn_nbd::replay::Replay;
 use cairn_nbd::server::{self, Config, Device, DeviceError, Exports};
 use cairn_nbd::wire::{self, Request};
-use cairn_nbd::replay::Replay;
 use cairn_nbd::{Client, Extent, proto};
 use proptest::prelude::*;
 

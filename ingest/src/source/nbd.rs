@@ -11,7 +11,7 @@
 //!   lines.
 //! - **Connections.** N in all: with N > 1, reads go to N - 1 connections at once beside the
 //!   one that asks for block status (with one, that one reads too); each read is at most
-//!   [`READ_BYTES`] (or the server's maximum payload), at most two per connection in flight,
+//!   [`READ_BYTES`] (or the server's maximum payload), at most four per connection in flight,
 //!   so memory stays bounded whatever the disk's size. A server that does not say its
 //!   connections are coherent (`NBD_FLAG_CAN_MULTI_CONN`) gets one connection, and a server
 //!   that does not greet a further connection within 2 s (qemu-nbd serves one client unless
@@ -31,7 +31,9 @@ use super::{ChunkSource, Piece, PieceOrigin, run_before};
 use crate::{Error, Result};
 
 /// The largest read sent to the server.
-pub(crate) const READ_BYTES: u64 = 4 << 20;
+pub(crate) const READ_BYTES: u64 = 2 << 20;
+/// Reads sent ahead to each connection (taken in order, so a slow one does not stall the rest).
+const IN_FLIGHT_PER_CONNECTION: usize = 4;
 /// Further tries of a failed read.
 pub(crate) const RETRIES: u32 = 3;
 /// Bytes of disk asked about per block status request.
@@ -320,7 +322,10 @@ type Done = (u64, Result<Vec<u8>>);
 /// What the source yields next, in disk order.
 enum Planned {
     Run(PieceOrigin, u64, u64),
+    /// A read sent to the connections, by its sequence number.
     Read(u64),
+    /// A read the control connection makes when it is taken (offset, length).
+    Inline(u64, u32),
 }
 
 /// A disk read from an NBD export (see the module).
@@ -384,9 +389,8 @@ fn read_retrying(
             }
         }
         let Some(c) = client.as_mut() else { continue };
-        let mut buf = vec![0u8; length as usize];
-        match c.read(offset, &mut buf) {
-            Ok(()) => return Ok(buf),
+        match c.read_vec(offset, length) {
+            Ok(buf) => return Ok(buf),
             Err(e) => {
                 if e.is_fatal() {
                     *client = None;
@@ -513,7 +517,7 @@ impl NbdSource {
             planned: VecDeque::new(),
             next_seq: 0,
             in_flight: 0,
-            max_in_flight: 2 * workers.max(1),
+            max_in_flight: IN_FLIGHT_PER_CONNECTION * workers.max(1),
             jobs: (workers > 0).then_some(jobs_tx),
             results: done_rx,
             arrived: BTreeMap::new(),
@@ -622,8 +626,8 @@ impl NbdSource {
                 self.in_flight += 1;
             }
             None => {
-                let r = self.read_inline(offset, length);
-                self.arrived.insert(seq, r);
+                self.planned.push_back(Planned::Inline(offset, length));
+                return Ok(true);
             }
         }
         self.planned.push_back(Planned::Read(seq));
@@ -632,9 +636,8 @@ impl NbdSource {
 
     /// A read on the control connection (when no other connection could be made).
     fn read_inline(&mut self, offset: u64, length: u32) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; length as usize];
-        match self.control.read(offset, &mut buf) {
-            Ok(()) => {
+        match self.control.read_vec(offset, length) {
+            Ok(buf) => {
                 self.read.fetch_add(u64::from(length), Ordering::Relaxed);
                 Ok(buf)
             }
@@ -674,6 +677,22 @@ impl NbdSource {
     }
 }
 
+impl NbdSource {
+    /// The first chunk of a read; the others wait in `current`. Cut from the back, so the
+    /// read's buffer is never held twice.
+    fn hand_out(&mut self, mut data: Vec<u8>) -> Piece {
+        let cs = self.chunk as usize;
+        let mut pieces = VecDeque::with_capacity(data.len().div_ceil(cs));
+        while data.len() > cs {
+            let at = (data.len() - 1) / cs * cs;
+            pieces.push_front(data.split_off(at));
+        }
+        data.shrink_to_fit();
+        self.current = pieces;
+        Piece::Data(data)
+    }
+}
+
 impl ChunkSource for NbdSource {
     fn next_piece(&mut self) -> Result<Option<Piece>> {
         if let Some(d) = self.current.pop_front() {
@@ -691,18 +710,13 @@ impl ChunkSource for NbdSource {
                 chunks,
                 bytes,
             })),
+            Some(Planned::Inline(offset, length)) => {
+                let data = self.read_inline(offset, length)?;
+                Ok(Some(self.hand_out(data)))
+            }
             Some(Planned::Read(seq)) => {
-                let mut data = self.take(seq)?;
-                // Cut into chunks from the back, so the read's buffer is never held twice.
-                let cs = self.chunk as usize;
-                let mut pieces = VecDeque::with_capacity(data.len().div_ceil(cs));
-                while data.len() > cs {
-                    let at = (data.len() - 1) / cs * cs;
-                    pieces.push_front(data.split_off(at));
-                }
-                data.shrink_to_fit();
-                self.current = pieces;
-                Ok(Some(Piece::Data(data)))
+                let data = self.take(seq)?;
+                Ok(Some(self.hand_out(data)))
             }
         }
     }
