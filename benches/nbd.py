@@ -6,8 +6,9 @@ reading the same server, a dirty-bitmap incremental against the full, and points
         (8 clients, read-only): nbdcopy to null: and a full cairn backup, both with 4
         connections; then 1 % of the disk written with a dirty bitmap recording it, and the
         incremental that reads only it; then nbdcopy from cairn serve-nbd to a file against
-        cairn restore to a file; and the time from connecting to the first 4 KiB read of a
-        point of a 64 GiB disk (libnbd's Python bindings, Debian's /usr/bin/python3).
+        cairn restore to a file; a backup from nbdkit's delay filter (20 ms a read) with 1 and
+        4 connections; and the time from connecting to the first 4 KiB read of a point of a
+        64 GiB disk (libnbd's Python bindings, Debian's /usr/bin/python3).
 """
 
 import json
@@ -136,6 +137,20 @@ def run_nbd(work, shared, cairn, res, profile):
     res.add("nbd-serve-peak", "cairn", {"seconds": 0.0, "cpu_seconds": 0.0, "rss_mib": peak_rss_mib(srv.pid) or 0})
     stop(srv)
 
+    # A server 20 ms away per read (nbdkit's delay filter): what more connections buy.
+    ksock = d / "kit.sock"
+    ksock.unlink(missing_ok=True)
+    kit_size = "32M" if profile == "smoke" else "256M"
+    kit = subprocess.Popen(["nbdkit", "-f", "-U", str(ksock), "--filter=delay", "pattern", f"size={kit_size}",
+                            "rdelay=20ms"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_socket(ksock, kit)
+    for n in (1, 4):
+        kstore = d / f"kit-store-{n}"
+        subprocess.run([str(cairn), "init", "--timezone", "UTC", str(kstore)], check=True, stdout=subprocess.DEVNULL)
+        res.add(f"nbd-delay-{n}conn", "cairn", measure([cairn, "backup", "--store", kstore, "--vm", "kit",
+                                                          "--nbd-connections", str(n), f"xvda=nbd+unix:///?socket={ksock}"]))
+    stop(kit)
+
     # The first read of a point of a 64 GiB disk, from connecting.
     big = d / "big.raw"
     with open(big, "wb") as f:
@@ -182,6 +197,8 @@ def targets(res):
         ("nbdcopy from serve-nbd / cairn restore (speed)",
          ratio(secs("nbd-restore-file"), secs("nbd-export-nbdcopy-file")), ">= 0.8"),
         ("first read of a 64 GiB point, from connecting (s)", secs("nbd-first-read-64g"), "<= 0.1"),
+        ("20 ms server: 4 connections' speed / 1 connection's", ratio(secs("nbd-delay-1conn"), secs("nbd-delay-4conn")),
+         "(for comparison)"),
     ]
     rows = [r for r in res.rows if r["tool"] == "cairn" and r["step"].startswith("nbd-")]
     if rows:

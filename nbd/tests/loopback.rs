@@ -228,3 +228,67 @@ fn read_only_and_unknown_export() {
     assert!(c.write(0, &[1]).is_err());
     assert!(c.block_status(0, 10).is_err(), "no context selected");
 }
+
+/// A server of the old kind (as XAPI's NBD server is): it knows neither structured replies
+/// nor `NBD_OPT_GO`, takes `NBD_OPT_EXPORT_NAME` and answers reads with simple replies.
+fn old_server(mut s: UnixStream, disk: Vec<u8>) {
+    use cairn_nbd::wire;
+    use std::io::{Read, Write};
+    let mut greeting = proto::NBDMAGIC.to_be_bytes().to_vec();
+    greeting.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
+    greeting.extend_from_slice(&proto::FLAG_FIXED_NEWSTYLE.to_be_bytes());
+    s.write_all(&greeting).expect("greet");
+    let mut flags = [0u8; 4];
+    s.read_exact(&mut flags).expect("client flags");
+    loop {
+        let opt = wire::read_option(&mut s, 1 << 16).expect("option");
+        if opt.option == proto::OPT_EXPORT_NAME {
+            assert_eq!(opt.data, b"/vdi-uuid?session_id=OpaqueRef:1");
+            let mut reply = (disk.len() as u64).to_be_bytes().to_vec();
+            reply.extend_from_slice(&(proto::FLAG_HAS_FLAGS | proto::FLAG_READ_ONLY).to_be_bytes());
+            reply.extend_from_slice(&[0u8; 124]);
+            s.write_all(&reply).expect("export");
+            break;
+        }
+        wire::write_option_reply(&mut s, opt.option, proto::REP_ERR_UNSUP, &[]).expect("unsup");
+    }
+    loop {
+        let mut head = [0u8; wire::REQUEST_LEN];
+        if s.read_exact(&mut head).is_err() {
+            return;
+        }
+        let req = wire::Request::decode(&head).expect("request");
+        if req.command == proto::CMD_DISC {
+            return;
+        }
+        let (o, l) = (req.offset as usize, req.length as usize);
+        s.write_all(&wire::simple_reply(0, req.cookie))
+            .expect("reply");
+        s.write_all(&disk[o..o + l]).expect("data");
+    }
+}
+
+#[test]
+fn an_old_server_is_reached_with_export_name_and_simple_replies() {
+    let (a, b) = UnixStream::pair().expect("pair");
+    let want = disk();
+    let d = want.clone();
+    let server = std::thread::spawn(move || old_server(b, d));
+    let mut c = Client::handshake(
+        Box::new(a),
+        "/vdi-uuid?session_id=OpaqueRef:1",
+        &[proto::CONTEXT_BASE_ALLOCATION.to_string()],
+    )
+    .expect("handshake");
+    assert!(!c.structured());
+    assert!(
+        c.contexts().is_empty(),
+        "no contexts without structured replies"
+    );
+    assert_eq!(c.size(), want.len() as u64);
+    let mut got = vec![0u8; 3 << 20];
+    c.read(512, &mut got).expect("read");
+    assert_eq!(got, want[512..512 + (3 << 20)]);
+    c.disconnect().expect("disc");
+    server.join().expect("server");
+}

@@ -71,7 +71,7 @@
 //! | backup, prune, forget, protect, policy, repair | the write lock (`flock` on `STORE/lock`; `--wait` to queue) | live index |
 //! | gc | `gc.lock`; the write lock only for its final check, batch and deletes (it waits) | read-only view, then live index |
 //! | verify | none while reading (a registered reader); the write lock (waiting) only to record what it found, re-checked against the live index | index as of open |
-//! | list, report, restore | none: a registered reader, RocksDB opened read-only beside a writer | every commit that returned before it started |
+//! | list, report, restore, serve-nbd | none: a registered reader, RocksDB opened read-only beside a writer | every commit that returned before it started (a server: before it started, for as long as it runs) |
 //!
 //! The kernel drops a `flock` when its holder dies, so `kill -9` never leaves a store locked;
 //! the lock file names its last holder, and a writer taking over after a crash reports it.
