@@ -203,6 +203,8 @@ fn the_nbd_section_runs_at_a_smoke_tests_size() {
         "nbd-incremental-1pct",
         "nbd-restore-file",
         "nbd-export-nbdcopy-file",
+        "nbd-delay-1conn",
+        "nbd-delay-4conn",
     ] {
         let r = step(name);
         assert!(
