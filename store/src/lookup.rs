@@ -10,12 +10,10 @@ use std::sync::{Arc, Mutex};
 use crate::chunk::{ChunkId, ChunkRef};
 use crate::error::{Error, Result};
 use crate::store::Store;
-use crate::tree::{FANOUT, Node, SEGMENT_REFS, decode, encode_leaf, encode_node, span};
+use crate::tree::{FANOUT, MAX_DEPTH, Node, SEGMENT_REFS, decode, encode_leaf, encode_node, span};
 
 /// Nodes and leaves cached (8 KiB each at most): 16 MiB.
 const CACHE_ENTRIES: usize = 2048;
-/// Deepest tree (as `tree`).
-const MAX_DEPTH: u8 = 4;
 
 /// What chunk `i` of a point holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,31 +90,8 @@ impl PointLookup {
     /// # Errors
     /// A root whose entries are not chunk ids or do not cover the disk.
     pub fn new(point: &crate::RecoveryPoint) -> Result<Self> {
-        let top = point
-            .segment_ids()
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.ok_or_else(|| {
-                    Error::Point(format!("{}: tree entry {i} is not a chunk id", point.id))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let top = crate::tree::top(point)?;
         let total = point.chunk_count();
-        let n = top.len() as u64;
-        if point.depth > MAX_DEPTH {
-            return Err(Error::Point(format!(
-                "{}: tree depth {}",
-                point.id, point.depth
-            )));
-        }
-        let sp = span(point.depth);
-        if n == 0 && total > 0 || n > 0 && ((n - 1) * sp >= total || n * sp < total) {
-            return Err(Error::Point(format!(
-                "{}: {n} tree entries of level {} do not cover a disk of {total} chunks",
-                point.id, point.depth
-            )));
-        }
         Ok(Self {
             what: point.id.clone(),
             top: top.into(),

@@ -38,7 +38,7 @@ pub const FANOUT: usize = 256;
 /// The format of leaves and nodes written now.
 pub const TREE_FORMAT: u8 = 2;
 /// Deepest tree read (level 4 spans 2^40 chunks, far past any disk).
-const MAX_DEPTH: u8 = 4;
+pub(crate) const MAX_DEPTH: u8 = 4;
 const MAGIC: &[u8; 10] = b"cairn-tree";
 const HEADER: usize = 16;
 
@@ -366,6 +366,38 @@ fn store_tree(session: &mut Session<'_>, bytes: &[u8]) -> Result<ChunkId> {
     Ok(encoded.id)
 }
 
+/// The top entries of `point`'s tree, checked: chunk ids, a depth this cairn reads, and as
+/// many entries as cover the disk.
+///
+/// # Errors
+/// A root whose entries are not chunk ids or do not cover the disk.
+pub(crate) fn top(point: &crate::RecoveryPoint) -> Result<Vec<ChunkId>> {
+    let ids = point
+        .segment_ids()
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.ok_or_else(|| Error::Point(format!("{}: tree entry {i} is not a chunk id", point.id)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let total = point.chunk_count();
+    if point.depth > MAX_DEPTH {
+        return Err(Error::Point(format!(
+            "{}: tree depth {}",
+            point.id, point.depth
+        )));
+    }
+    let sp = span(point.depth);
+    let n = ids.len() as u64;
+    if n == 0 && total > 0 || n > 0 && ((n - 1) * sp >= total || n * sp < total) {
+        return Err(Error::Point(format!(
+            "{}: {n} tree entries of level {} do not cover a disk of {total} chunks",
+            point.id, point.depth
+        )));
+    }
+    Ok(ids)
+}
+
 /// One entry of a tree under the walk's position: a leaf or a node, not yet read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -437,31 +469,8 @@ impl<'s> Walk<'s> {
     /// # Errors
     /// A root whose entries are not chunk ids, or that does not cover the disk.
     pub fn new(store: &'s Store, point: &crate::RecoveryPoint) -> Result<Self> {
-        let ids = point
-            .segment_ids()
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.ok_or_else(|| {
-                    Error::Point(format!("{}: tree entry {i} is not a chunk id", point.id))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let ids = top(point)?;
         let total = point.chunk_count();
-        if point.depth > MAX_DEPTH {
-            return Err(Error::Point(format!(
-                "{}: tree depth {}",
-                point.id, point.depth
-            )));
-        }
-        let sp = span(point.depth);
-        let n = ids.len() as u64;
-        if n == 0 && total > 0 || n > 0 && ((n - 1) * sp >= total || n * sp < total) {
-            return Err(Error::Point(format!(
-                "{}: {n} tree entries of level {} do not cover a disk of {total} chunks",
-                point.id, point.depth
-            )));
-        }
         Ok(Self::over(
             store,
             point.id.clone(),

@@ -96,20 +96,22 @@ pub fn nbd_serve(file: &Path, format: &str, bitmaps: &[&str]) -> Server {
     }
 }
 
-/// `FILE` served read-only as export `disk` by qemu-nbd to up to `shared` clients at once.
-#[must_use]
-pub fn qemu_nbd_shared(file: &Path, format: &str, shared: u32) -> Server {
+/// Runs `program ARGS` in the foreground, the socket path (in a new temporary folder) put in
+/// by `args(socket)`, until something listens on it.
+fn foreground(
+    program: &str,
+    what: &str,
+    quiet: bool,
+    args: impl FnOnce(&Path) -> Vec<std::ffi::OsString>,
+) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("nbd.sock");
-    let child = Command::new("qemu-nbd")
-        .args(["-r", "-t", "-x", "disk", "-f", format, "-e"])
-        .arg(shared.to_string())
-        .arg("-k")
-        .arg(&socket)
-        .arg(file)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("qemu-nbd (qemu-utils, installed by scripts/setup.sh)");
+    let mut c = Command::new(program);
+    c.args(args(&socket)).stdout(Stdio::null());
+    if quiet {
+        c.stderr(Stdio::null());
+    }
+    let child = c.spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
     let mut child = Some(child);
     wait_for(&socket, &mut child);
     Server {
@@ -118,55 +120,57 @@ pub fn qemu_nbd_shared(file: &Path, format: &str, shared: u32) -> Server {
         socket,
         _dir: dir,
     }
+}
+
+fn os(parts: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<std::ffi::OsString> {
+    parts.iter().map(|p| p.as_ref().to_owned()).collect()
+}
+
+/// `FILE` served read-only as export `disk` by qemu-nbd to up to `shared` clients at once.
+#[must_use]
+pub fn qemu_nbd_shared(file: &Path, format: &str, shared: u32) -> Server {
+    let shared = shared.to_string();
+    foreground(
+        "qemu-nbd",
+        "qemu-nbd (qemu-utils, installed by scripts/setup.sh)",
+        false,
+        |socket| {
+            os(&[
+                &"-r", &"-t", &"-x", &"disk", &"-f", &format, &"-e", &shared, &"-k", &socket, &file,
+            ])
+        },
+    )
 }
 
 /// `nbdkit ARGS` (plugin, filters, parameters) on a unix socket, in the foreground.
 #[must_use]
 pub fn nbdkit(args: &[&str]) -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("nbd.sock");
-    let child = Command::new("nbdkit")
-        .arg("-f")
-        .arg("-U")
-        .arg(&socket)
-        .args(args)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("nbdkit (installed by scripts/setup.sh)");
-    let mut child = Some(child);
-    wait_for(&socket, &mut child);
-    Server {
-        child,
-        pid: None,
-        socket,
-        _dir: dir,
-    }
+    foreground(
+        "nbdkit",
+        "nbdkit (installed by scripts/setup.sh)",
+        false,
+        |socket| {
+            let mut v = os(&[&"-f", &"-U", &socket]);
+            v.extend(args.iter().map(std::ffi::OsString::from));
+            v
+        },
+    )
 }
 
-/// `cairn serve-nbd --socket ... ARGS` on `store`.
+/// `cairn serve-nbd --socket ... ARGS` on `store` (its log on stderr dropped).
 #[must_use]
 pub fn serve_nbd(store: &Path, args: &[&str]) -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("cairn.sock");
-    let child = Command::new(cairn_bin())
-        .arg("serve-nbd")
-        .arg("--store")
-        .arg(store)
-        .arg("--socket")
-        .arg(&socket)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cairn serve-nbd");
-    let mut child = Some(child);
-    wait_for(&socket, &mut child);
-    Server {
-        child,
-        pid: None,
-        socket,
-        _dir: dir,
-    }
+    let bin = cairn_bin();
+    foreground(
+        bin.to_str().expect("utf-8 path"),
+        "cairn serve-nbd",
+        true,
+        |socket| {
+            let mut v = os(&[&"serve-nbd", &"--store", &store, &"--socket", &socket]);
+            v.extend(args.iter().map(std::ffi::OsString::from));
+            v
+        },
+    )
 }
 
 /// `nbdinfo --map --json URI [CONTEXT]`: `(offset, length, type)` of each extent.
