@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use cairn_store::chunk::{ChunkKind, encode};
 use cairn_store::tree::{self, SEGMENT_REFS, span};
 use cairn_store::{
-    BackupStats, Body, ChunkId, ChunkRef, NewPoint, OpenMode, RecoveryPoint, SourceInfo, Store,
-    Walk,
+    BackupStats, Body, ChunkId, ChunkRef, Found, NewPoint, OpenMode, PointLookup, RecoveryPoint,
+    SourceInfo, Store, Walk,
 };
 
 const CHUNK: u32 = 64 << 10;
@@ -124,6 +124,27 @@ fn trees_of_every_shape_read_back_as_written() {
             .map(|(i, r)| (i as u64, *r))
             .collect();
         assert_eq!(got, expect);
+        // Random access: every chunk found as written, a subtree of zeros in one step.
+        let lookup = PointLookup::new(&p).expect("lookup");
+        let mut i = 0u64;
+        while i < n {
+            match lookup.find(&store, i).expect("find") {
+                Found::Ref(r) => {
+                    assert_eq!(r, want[i as usize], "chunk {i} of {n}");
+                    i += 1;
+                }
+                Found::Zeros { end } => {
+                    assert!(end > i);
+                    let stop = end.min(n);
+                    assert!(
+                        want[i as usize..stop as usize]
+                            .iter()
+                            .all(|r| *r == ChunkRef::Zero)
+                    );
+                    i = stop;
+                }
+            }
+        }
     }
 }
 
@@ -168,6 +189,25 @@ fn a_16_tib_sparse_tree_costs_a_few_chunks_and_walks_by_its_data() {
         extents += 1;
     }
     assert!(extents < 3000, "{extents} extents");
+    // Random lookups find the four chunks, and step over the zeros a subtree at a time.
+    let lookup = PointLookup::new(&p).expect("lookup");
+    let (mut i, mut steps, mut found) = (0u64, 0u64, Vec::new());
+    while i < n {
+        steps += 1;
+        match lookup.find(&store, i).expect("find") {
+            Found::Ref(ChunkRef::Zero) => i += 1,
+            Found::Ref(r) => {
+                found.push((i, r));
+                i += 1;
+            }
+            Found::Zeros { end } => {
+                assert!(end > i);
+                i = end;
+            }
+        }
+    }
+    assert_eq!(found, want);
+    assert!(steps < 3000, "{steps} lookups for a sparse 16 TiB disk");
     eprintln!("16 TiB sparse tree: {:?}", started.elapsed());
 }
 
