@@ -607,7 +607,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             anyhow::Error::new(e).context(format!(
                 "backup of {}/{disk} from {} failed; nothing was stored{whole}",
                 a.vm,
-                src.display()
+                cairn_ingest::redacted(&src.to_string_lossy())
             ))
         })?;
         if due && !staged.stats.key {

@@ -9,9 +9,10 @@
 //! - **Redirects** are followed (XAPI answers 302 to the host that sees the storage), up to 10;
 //!   credentials go to the first host only (a redirect to another host or port drops them, as
 //!   it must), so a redirect that needs them carries its own (XAPI's `session_id`).
-//! - **Credentials** from the URL's user-info or from [`HttpOptions`] (`--http-user`,
-//!   `CAIRN_HTTP_PASSWORD`), sent as basic authentication. A point records the URL without
-//!   user-info and without its query (which may hold a session id).
+//! - **Credentials** from [`HttpOptions`] (`--http-user` with `CAIRN_HTTP_PASSWORD`, which
+//!   win) or from the URL's user-info (its password, or `CAIRN_HTTP_PASSWORD` when it has
+//!   none), sent as basic authentication. Neither a point nor a message shows them: the URL is
+//!   recorded and shown without user-info and without its query (which may hold a session id).
 //! - **A dropped transfer** is an error, never a short disk: a body shorter than its
 //!   `Content-Length` fails the backup, and a stalled one fails after the timeout.
 
@@ -41,6 +42,16 @@ const STALL: Duration = Duration::from_secs(60);
 #[must_use]
 pub fn is_http_url(s: &str) -> bool {
     s.starts_with("https://") || s.starts_with("http://")
+}
+
+/// `source` as messages may show it: an HTTP(S) URL without its user-info and query (which
+/// may hold a password or a session id); anything else as it is.
+#[must_use]
+pub fn redacted(source: &str) -> String {
+    match reqwest::Url::parse(source) {
+        Ok(u) if is_http_url(source) => shown_url(&u),
+        _ => source.to_owned(),
+    }
 }
 
 /// The URL as a point records it: no user-info, no query.
@@ -98,16 +109,19 @@ pub(crate) fn open(url: &str, options: &HttpOptions) -> Result<(Box<dyn Read + S
     let mut parsed =
         reqwest::Url::parse(url).map_err(|e| refused(format!("{url}: not a URL: {e}")))?;
     let shown = shown_url(&parsed);
-    let mut user = options.user.clone();
-    let mut password = options.password.clone();
+    // --http-user (with CAIRN_HTTP_PASSWORD) wins; else the URL's own user-info, its
+    // password from the URL or, when it has none, from CAIRN_HTTP_PASSWORD.
+    let (mut user, mut password) = (options.user.clone(), options.password.clone());
     if !parsed.username().is_empty() {
         let decode = |s: &str| {
             percent_decode(s)
                 .ok_or_else(|| refused(format!("{shown}: bad escape in the user-info")))
         };
-        user = user.or(Some(decode(parsed.username())?));
-        if let Some(p) = parsed.password() {
-            password = password.or(Some(decode(p)?));
+        if user.is_none() {
+            user = Some(decode(parsed.username())?);
+            if let Some(p) = parsed.password() {
+                password = Some(decode(p)?);
+            }
         }
         let _ = parsed.set_username("");
         let _ = parsed.set_password(None);

@@ -32,7 +32,7 @@ mod pipeline;
 mod source;
 mod stream;
 
-pub use http::{HttpOptions, is_http_url};
+pub use http::{HttpOptions, is_http_url, redacted};
 pub use source::nbd::{CBT_BLOCK, Changes};
 pub use source::raw::Holes;
 

@@ -227,6 +227,21 @@ fn https_sources_are_read_as_streams_with_checked_certificates() {
         ),
         "",
     );
+    // A failing URL with credentials: its message never shows them.
+    let secret = format!(
+        "https://root:s3cret@127.0.0.1:{}/files/nope.raw?session_id=OpaqueRef:hidden",
+        srv.main
+    );
+    let out = backup(
+        &store,
+        "x",
+        "2026-11-03T00:00:00Z",
+        &secret,
+        &["--ca-file", ca.to_str().expect("utf-8")],
+    );
+    refused(&out, "401");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("s3cret") && !err.contains("hidden"), "{err}");
     assert_eq!(store.list().len(), before);
     assert_eq!(store.pack_files(), packs);
     // --insecure trusts the certificate it cannot check.
