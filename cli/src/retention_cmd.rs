@@ -296,6 +296,12 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
         Some(store.forget(&remove)?)
     };
     let forget_secs = forget_started.elapsed().as_secs_f64();
+    // A dry run says what the removal would free: the chunks only these points hold.
+    let would_free = if a.dry_run && !remove.is_empty() {
+        Some(store.would_free(&remove)?)
+    } else {
+        None
+    };
     // What `cairn gc` would free now (its own dry run): the space a prune gives back is
     // reclaimed by gc, so say how much up front. The store is closed first: a read-only index
     // opened beside a live writer can miss files the writer's compaction just replaced.
@@ -331,6 +337,8 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
                 "plan_seconds": plan_secs,
                 "forget_seconds": forget_secs,
                 "gc_would_free": gc_estimate.as_ref().map(|g| g.bytes_freed),
+                "would_free_bytes": would_free.as_ref().map(|f| f.stored_bytes),
+                "would_free_chunks": would_free.as_ref().map(|f| f.chunks),
                 "gc_would_copy": gc_estimate.as_ref().map(|g| g.bytes_copied),
                 "points": decisions.iter().map(|(p, k)| json!({
                     "id": p.id, "vm": p.vm, "disk": p.disk, "time": crate::store_cmd::show_time(&p.time, tz),
@@ -347,9 +355,13 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
     let kept = decisions.len() - remove.len();
     if a.dry_run {
         println!(
-            "dry run: would keep {kept} and remove {}",
-            crate::words::count(remove.len() as u64, "point")
+            "dry run: would keep {kept} and remove {}{}",
+            crate::words::count(remove.len() as u64, "point"),
+            would_free.as_ref().map_or(String::new(), freed_words)
         );
+        for w in would_free.iter().flat_map(|f| &f.warnings) {
+            eprintln!("warning: {w}");
+        }
     } else {
         println!(
             "kept {kept}, removed {} in {:.3}s ({} now unreferenced; `cairn gc` reclaims them)",
@@ -374,6 +386,16 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// `, freeing up to X (N chunks only they hold) at the next `cairn gc``: up to, since gc
+/// leaves garbage in place within its `--max-unused` bound.
+fn freed_words(f: &cairn_store::Freed) -> String {
+    format!(
+        ", freeing up to {} ({} only they hold) at the next `cairn gc`",
+        human_bytes(f.stored_bytes),
+        crate::words::count(f.chunks, "chunk")
+    )
+}
+
 pub fn forget(a: &ForgetArgs) -> Result<i32> {
     let store = if a.dry_run {
         crate::store_cmd::open_read(&a.store.store)?
@@ -390,18 +412,22 @@ pub fn forget(a: &ForgetArgs) -> Result<i32> {
         if let Some(p) = points.iter().find(|p| p.protected) {
             bail!("point {} is protected: unprotect it first", p.short_id());
         }
+        let freed = store.would_free(&points)?;
         if a.json {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json!({
                     "dry_run": true,
                     "would_forget": points.iter().map(|p| &p.id).collect::<Vec<_>>(),
+                    "would_free_bytes": freed.stored_bytes,
+                    "would_free_chunks": freed.chunks,
                 }))?
             );
         } else {
             for p in &points {
                 println!("would forget {}", point_row(p, tz));
             }
+            println!("dry run{}", freed_words(&freed));
         }
         return Ok(0);
     }

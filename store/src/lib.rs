@@ -136,6 +136,7 @@ pub use pack::PackId;
 pub use point::{BackupStats, Labels, RecoveryPoint, SourceInfo};
 pub use policy::{POLICIES_FILE, Policy};
 pub use rebuild::RebuildReport;
+pub use refs::Freed;
 pub use session::{KnownFilter, NewPoint, Rewrite, Session, StagedPoint};
 pub use store::{OpenMode, Store, write_atomic};
 pub use tree::{Body, Extent, RefLookup, TreeRoot, TreeWriter, Walk};

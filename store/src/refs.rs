@@ -28,6 +28,21 @@ use crate::point::RecoveryPoint;
 use crate::store::Store;
 use crate::tree::children;
 
+/// What dropping some points would free ([`Store::would_free`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Freed {
+    /// Chunks (data and tree) no point would reference.
+    pub chunks: u64,
+    /// Their bytes in packs (frames, headers included: what gc's rewrite frees of them).
+    pub stored_bytes: u64,
+    /// Of them, data chunks.
+    pub data_chunks: u64,
+    /// The plain bytes of those data chunks.
+    pub plain_bytes: u64,
+    /// Tree chunks that could not be read (what they name stays counted).
+    pub warnings: Vec<String>,
+}
+
 /// Which way a count crossed zero.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Crossing {
@@ -159,6 +174,43 @@ impl Store {
         batch: &mut WriteBatch,
         changes: &[(&RecoveryPoint, i64)],
     ) -> Result<Vec<String>> {
+        self.counted(changes)?.write(batch)
+    }
+
+    /// What dropping `points` would make garbage, without changing anything: the chunks
+    /// (data and tree) whose count would fall to zero, and their stored bytes, which the next
+    /// `gc` reclaims (within its bound on garbage left in packs). Works on a read-only open; the
+    /// work follows what the points hold alone, as a forget's does.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn would_free(&self, points: &[RecoveryPoint]) -> Result<Freed> {
+        let mut unique = HashSet::new();
+        let changes: Vec<(&RecoveryPoint, i64)> = points
+            .iter()
+            .filter(|p| unique.insert(&p.id))
+            .map(|p| (p, -1))
+            .collect();
+        let counter = self.counted(&changes)?;
+        let mut freed = Freed::default();
+        for (before, loc, now) in counter.counts.values() {
+            if *before > 0 && *now == 0 {
+                freed.chunks += 1;
+                if let Some(l) = loc {
+                    freed.stored_bytes += crate::pack::FRAME_HEADER_SIZE + u64::from(l.stored_len);
+                    if l.kind == crate::ChunkKind::Data {
+                        freed.data_chunks += 1;
+                        freed.plain_bytes += u64::from(l.plain_len);
+                    }
+                }
+            }
+        }
+        freed.warnings = counter.warnings;
+        Ok(freed)
+    }
+
+    /// The counts after `changes`, not yet written.
+    fn counted(&self, changes: &[(&RecoveryPoint, i64)]) -> Result<Counter<'_>> {
         let mut counter = Counter::new(self);
         let mut tree: HashMap<ChunkId, i64> = HashMap::new();
         for (p, sign) in changes {
@@ -190,7 +242,7 @@ impl Store {
             counter.apply(&data)?;
             tree = below;
         }
-        counter.write(batch)
+        Ok(counter)
     }
 
     /// Rebuilds every reference count and the garbage list from the catalogued points.

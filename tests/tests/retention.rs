@@ -612,3 +612,40 @@ fn gc_by_default_leaves_at_most_five_percent_of_the_store_as_garbage() {
     let (clean, v) = verify(&store, &[]);
     assert!(clean, "{v}");
 }
+
+#[test]
+fn a_dry_run_says_what_the_removal_would_free_and_gc_then_frees_it() {
+    let store = Store::new("256K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let raws = days(work.path(), "64M", 23, 4);
+    let ids = daily_backups(&store, "vm", &raws);
+    // Another VM shares the first day's chunks: they are not the removal's to free.
+    store.backup("twin", "2026-11-01T03:00:00Z", "xvda", &raws[0], &[]);
+    let packs = store.pack_files().len() as u64;
+    let plan = json(&ok(&mut store.cmd(&[
+        "prune",
+        "--json",
+        "--dry-run",
+        "--vm",
+        "vm",
+        "--keep-last",
+        "1",
+    ])));
+    let would = num(&plan, "would_free_bytes");
+    assert!(would > 0 && num(&plan, "would_free_chunks") > 0, "{plan}");
+    // forget --dry-run of the same points says the same.
+    let mut c = store.cmd(&["forget", "--dry-run", "--json"]);
+    c.args(&ids[..3]);
+    assert_eq!(num(&json(&ok(&mut c)), "would_free_bytes"), would);
+    // A dry run changes nothing; the real prune and a full repack free that many bytes (the
+    // frames; a rewritten pack may lose its 32-byte header too).
+    assert_eq!(store.list().len(), 5);
+    ok(&mut store.cmd(&["prune", "--vm", "vm", "--keep-last", "1"]));
+    let g = gc(&store, &["--repack-below", "100"]);
+    let freed = num(&g, "bytes_freed");
+    assert!(
+        freed >= would && freed - would <= 32 * packs,
+        "the dry run said {would}, gc freed {freed}"
+    );
+    restore_matches(&store, &ids[3], &raws[3], work.path());
+}
