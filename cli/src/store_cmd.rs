@@ -1003,6 +1003,9 @@ fn cost_json(c: &Cost) -> serde_json::Value {
     })
 }
 
+/// The version of `report --json`'s schema (docs/report-json.md).
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
 pub fn report(a: &ReportArgs) -> Result<i32> {
     let store = open_read(&a.store.store)?;
     let tz = store.config().tz();
@@ -1074,6 +1077,8 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
     disks.sort_by_key(|((k, d), _)| (vm_name(k), d.clone()));
     if a.json {
         let v = json!({
+            // docs/report-json.md; raised when a field changes meaning or goes away.
+            "schema_version": REPORT_SCHEMA_VERSION,
             "garbage_bytes": reclaimable.as_ref().map(|g| g.garbage_freed),
             "garbage_frames": reclaimable.as_ref().map(|g| g.garbage_frames),
             "orphan_packs": reclaimable.as_ref().map(|g| g.orphan_packs),

@@ -217,6 +217,54 @@ fn a_series_backed_up_every_way_restores_bit_exact_everywhere() {
     );
     assert_eq!(report["points"].as_array().map(Vec::len), Some(6));
     assert!(num(&report["store"], "stored_bytes") < num(&report["store"], "xo_vhd_deltas_bytes"));
+    report_matches_its_documented_schema(&report);
+}
+
+/// The field names of each table of docs/report-json.md, by section.
+fn documented_fields() -> std::collections::HashMap<String, Vec<String>> {
+    let doc = std::fs::read_to_string(cairn_tests::repo_root().join("docs/report-json.md"))
+        .expect("docs/report-json.md");
+    let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut section = String::new();
+    for line in doc.lines() {
+        if let Some(h) = line.strip_prefix("## ") {
+            section = h.split_whitespace().next().unwrap_or("").to_owned();
+        } else if let Some(cell) = line.strip_prefix("| `") {
+            let first = cell.split(" |").next().unwrap_or("");
+            for f in first.split(", ") {
+                out.entry(section.clone())
+                    .or_default()
+                    .push(f.trim_matches('`').to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Every field of `report --json` is documented, and every documented field is there.
+fn report_matches_its_documented_schema(report: &serde_json::Value) {
+    let doc = documented_fields();
+    let keys = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        v.as_object().expect("an object").keys().cloned().collect()
+    };
+    let set = |names: &[&str]| -> std::collections::BTreeSet<String> {
+        names
+            .iter()
+            .flat_map(|n| doc.get(*n).cloned().unwrap_or_default())
+            .collect()
+    };
+    assert_eq!(report["schema_version"], 1);
+    assert_eq!(keys(report), set(&["Top"]), "top level");
+    assert_eq!(keys(&report["store"]), set(&["Cost"]), "store");
+    assert_eq!(keys(&report["vms"][0]), set(&["Cost", "VM"]), "vms");
+    let mut disk = set(&["Cost", "VM"]);
+    disk.insert("disk".into());
+    assert_eq!(keys(&report["disks"][0]), disk, "disks");
+    assert_eq!(
+        keys(&report["points"][0]),
+        set(&["Cost", "VM", "Point"]),
+        "points"
+    );
 }
 
 #[test]
