@@ -628,3 +628,74 @@ fn nbd_over_tls_checks_certificates_and_never_falls_back_to_plain_text() {
         .arg(&copy));
     assert_eq!(restored(&store, &id(&k), w), read(&copy));
 }
+
+#[test]
+fn serve_nbd_outlives_hostile_clients_turns_away_extra_ones_and_leaves_no_overlay() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let work = tempfile::tempdir().expect("tempdir");
+    let base = work.path().join("base.raw");
+    make_raw(&base, 8 << 20, 31);
+    let store = TestStore::new("256K");
+    let p = id(&store.backup("vm", "2026-11-01T00:00:00Z", "xvda", &base, &[]));
+    let mut srv = serve_nbd(&store.path(), &["--writable", "--max-clients", "2", &p]);
+    // Garbage instead of a handshake, a handshake cut short, a request cut short.
+    let mut rng = 0x9e37_79b9_u32;
+    for round in 0..20 {
+        let mut s = UnixStream::connect(srv.socket()).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).expect("greeting");
+        let junk: Vec<u8> = (0..64 * (round + 1))
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 17;
+                rng ^= rng << 5;
+                rng as u8
+            })
+            .collect();
+        let _ = s.write_all(&junk);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    // Two clients holding connections: a third is turned away, the two work.
+    let a = UnixStream::connect(srv.socket()).expect("a");
+    let b = UnixStream::connect(srv.socket()).expect("b");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut c = UnixStream::connect(srv.socket()).expect("c");
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(got.is_empty(), "the third client was greeted: {got:?}");
+    drop((a, b));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The server still serves, bit-exact, and a writer's overlay lives in STORE/tmp unlinked.
+    let copy = work.path().join("copy.raw");
+    ok(Command::new("nbdcopy").arg(srv.uri(&p)).arg(&copy));
+    assert_eq!(read(&copy), read(&base));
+    let mut writer = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x33 0 1M", "-c", "sleep 5000"])
+        .arg(srv.uri(&p))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("qemu-io");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    srv.kill();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let tmp = store.path().join("tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "overlay files left after kill -9: {left:?}"
+    );
+    assert_eq!(
+        restored(&store, &p, work.path()),
+        read(&base),
+        "the store is untouched"
+    );
+}
