@@ -164,6 +164,19 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
             Box::new(move || l.accept().map(|(s, peer)| (Conn::Tcp(s), peer.to_string())))
         }
     };
+    if let cairn_nbd::Address::Tcp { host, .. } = &base.address {
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback && tls.is_none() {
+            eprintln!(
+                "serve-nbd: warning: serving on {} without TLS: anyone who reaches it reads \
+                 these backups (give --tls-cert/--tls-key, or listen on 127.0.0.1 or a socket)",
+                base.address
+            );
+        }
+    }
     let mut out = std::io::stdout().lock();
     for (name, short, id, size) in &shown {
         let mut u = base.clone();
