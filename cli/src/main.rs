@@ -7,6 +7,7 @@
 mod diff_cmd;
 mod nbd_cmd;
 mod progress;
+mod replicate_cmd;
 mod retention_cmd;
 mod store_cmd;
 mod vhd_cmd;
@@ -51,6 +52,8 @@ enum Command {
     List(store_cmd::ListArgs),
     /// What each VM, disk and point costs, and what dedup and compression saved.
     Report(store_cmd::ReportArgs),
+    /// Copy the points another store lacks into it (an offsite copy, an initial seed).
+    Replicate(replicate_cmd::ReplicateArgs),
     /// Serve points over NBD: boot, copy or mount a backup without restoring it first.
     ServeNbd(nbd_cmd::ServeNbdArgs),
     /// Repair a store: rebuild its index from the packs and root files.
@@ -107,6 +110,7 @@ fn main() {
         Command::Report(a) => store_cmd::report(&a),
         Command::Repair(a) => store_cmd::repair(&a),
         Command::ServeNbd(a) => nbd_cmd::serve_nbd(&a),
+        Command::Replicate(a) => replicate_cmd::replicate(&a),
         Command::Diff(a) => diff_cmd::diff(&a),
         Command::Prune(a) => retention_cmd::prune(&a),
         Command::Forget(a) => retention_cmd::forget(&a),

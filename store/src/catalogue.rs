@@ -20,6 +20,9 @@ pub struct Forgotten {
     pub warnings: Vec<String>,
 }
 
+/// The ids of forgotten points, one a line, appended to (`Store::forgotten_ids`).
+pub(crate) const FORGOTTEN_FILE: &str = "forgotten";
+
 impl Store {
     /// Removes points: catalogue entries and reference counts in one synced batch, then the
     /// root files. Protected points are refused. A crash between the two steps brings the
@@ -57,6 +60,10 @@ impl Store {
         let before = self.garbage_len()?;
         let warnings = self.count_refs(&mut batch, &changes)?;
         self.write_synced(batch)?;
+        // Remembered, so that a replication into this store never brings them back. Written
+        // after the batch: a crash before it leaves points forgotten but not remembered, which
+        // only lets a later replication copy them again.
+        self.remember_forgotten(&points)?;
         let after = self.garbage_len()?;
         let mut dirs = HashSet::new();
         for p in &points {
@@ -78,6 +85,26 @@ impl Store {
             chunks_unreferenced: after.saturating_sub(before),
             warnings,
         })
+    }
+
+    fn remember_forgotten(&self, points: &[&RecoveryPoint]) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.root.join(FORGOTTEN_FILE);
+        let mut f = std::fs::OpenOptions::new()
+            .mode(0o600)
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(Error::io(&path, "opening the forgotten points"))?;
+        let mut text = String::new();
+        for p in points {
+            text.push_str(&p.id);
+            text.push('\n');
+        }
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(Error::io(&path, "writing the forgotten points"))
     }
 
     fn garbage_len(&self) -> Result<u64> {

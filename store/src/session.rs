@@ -325,6 +325,46 @@ impl<'a> Session<'a> {
         }))
     }
 
+    /// Stages a point copied from another store, as it is there (its id, time, source, labels,
+    /// run and protection): its tree and data chunks must have been put in this session or be
+    /// in the store already. Committed by [`Session::commit_run`] like any point.
+    ///
+    /// # Errors
+    /// Another chunk size, a name that is not allowed, a point this store already holds, a top
+    /// tree entry this store does not hold.
+    pub fn stage_copy(&mut self, point: &RecoveryPoint) -> Result<StagedPoint> {
+        check_name("VM", &point.vm).map_err(Error::Usage)?;
+        check_name("disk", &point.disk).map_err(Error::Usage)?;
+        if point.chunk_size != self.store.config.chunk_size {
+            return Err(Error::Usage(format!(
+                "point {} has chunks of {} bytes, this store {}",
+                point.short_id(),
+                point.chunk_size,
+                self.store.config.chunk_size
+            )));
+        }
+        if self.store.point_by_id(&point.id)?.is_some() {
+            return Err(Error::Usage(format!(
+                "point {} is in this store already",
+                point.short_id()
+            )));
+        }
+        let top = crate::tree::top(point)?;
+        for (id, loc) in top.iter().zip(self.store.locations(&top)?) {
+            if loc.is_none() && !self.seen.contains(id) {
+                return Err(Error::Usage(format!(
+                    "point {}: its tree chunk {id} is not in this store",
+                    point.short_id()
+                )));
+            }
+        }
+        let mut copy = point.clone();
+        copy.committed = Utc::now();
+        copy.stats.new_stored_bytes = self.new_stored_bytes();
+        self.mark = (self.pending.len(), self.new_stored);
+        Ok(StagedPoint(copy))
+    }
+
     /// Refuses a tree naming a chunk whose pack file is gone (and that this session did not
     /// store afresh): the point would not restore. `ids` are the data chunks pushed one by one,
     /// `subtrees` those taken whole from another point (read here). Only called when packs are

@@ -462,6 +462,37 @@ impl Store {
         })
     }
 
+    /// A chunk as its pack holds it (compressed or plain, as stored), checked against its id
+    /// (decoded and hashed): what a copy of the chunk to another store sends, without
+    /// compressing it again.
+    ///
+    /// # Errors
+    /// [`Error::MissingChunk`] or [`Error::BadChunk`].
+    pub fn read_encoded(&self, id: &ChunkId) -> Result<crate::EncodedChunk> {
+        let loc = self.location(id)?.ok_or(Error::MissingChunk(*id))?;
+        let bad = |what: String| Error::BadChunk {
+            id: *id,
+            where_: format!("pack {} offset {}", loc.pack.to_hex(), loc.offset),
+            what,
+        };
+        let file = self.pack_file(loc.pack).map_err(|e| bad(e.to_string()))?;
+        let path = loc.pack.path(&self.packs_dir());
+        let mut bytes = Vec::new();
+        let header = pack::read_frame_into(&file, &path, loc.offset, &mut bytes)
+            .map_err(|e| bad(e.to_string()))?;
+        if header.id != *id {
+            return Err(bad(format!("the frame there holds chunk {}", header.id)));
+        }
+        crate::chunk::decode(id, header.codec, header.plain_len, &bytes).map_err(bad)?;
+        Ok(crate::EncodedChunk {
+            id: *id,
+            kind: header.kind,
+            codec: header.codec,
+            plain_len: header.plain_len,
+            bytes,
+        })
+    }
+
     /// Reads a chunk by id and checks it.
     ///
     /// # Errors
@@ -494,6 +525,40 @@ impl Store {
             (a.time, &a.vm, &a.disk, a.committed).cmp(&(b.time, &b.vm, &b.disk, b.committed))
         });
         Ok(out)
+    }
+
+    /// The point of id `id` (32 hex digits), if the catalogue holds it.
+    ///
+    /// # Errors
+    /// Not a point id, index errors, an unreadable entry.
+    pub fn point_by_id(&self, id: &str) -> Result<Option<RecoveryPoint>> {
+        let v = self
+            .db
+            .get_cf(self.cf(CF_POINTS)?, point_key(id)?)
+            .map_err(self.index_err())?;
+        v.map(|v| {
+            serde_json::from_slice(&v)
+                .map_err(|e| Error::Point(format!("{id}: unreadable catalogue entry: {e}")))
+        })
+        .transpose()
+    }
+
+    /// The ids of the points forgotten from this store (`STORE/forgotten`): a replica never
+    /// brings one back.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn forgotten_ids(&self) -> Result<std::collections::HashSet<String>> {
+        let path = self.root.join(crate::catalogue::FORGOTTEN_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(text
+                .lines()
+                .filter(|l| l.len() == 32 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_owned)
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(Error::io(&path, "reading the forgotten points")(e)),
+        }
     }
 
     /// The newest point of a VM's disk.

@@ -371,7 +371,7 @@ fn store_tree(session: &mut Session<'_>, bytes: &[u8]) -> Result<ChunkId> {
 ///
 /// # Errors
 /// A root whose entries are not chunk ids or do not cover the disk.
-pub(crate) fn top(point: &crate::RecoveryPoint) -> Result<Vec<ChunkId>> {
+pub fn top(point: &crate::RecoveryPoint) -> Result<Vec<ChunkId>> {
     let ids = point
         .segment_ids()
         .into_iter()

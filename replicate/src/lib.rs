@@ -1,0 +1,231 @@
+//! Replication: the points a destination store lacks, copied from a source store.
+//!
+//! - **What is copied.** Every point of the source that the destination neither holds nor
+//!   has forgotten (its `forgotten` list: retention stays each store's own, so a point pruned
+//!   on the destination is never brought back), oldest first, as it is: id, time, source,
+//!   labels, run and protection.
+//! - **Chunks first, the point last.** A point's tree is walked from its top: a tree chunk
+//!   the destination holds and references (its count is above zero) has its whole subtree
+//!   there already and is not read; any other tree chunk, and every data chunk the destination
+//!   lacks, is copied as the source's pack holds it (compressed), checked against its id on the
+//!   way (decoded and hashed: a bad chunk stops the copy, naming it). Then the point is
+//!   published through the destination's own commit: its chunks durable, then its root file,
+//!   then its catalogue entry, so it appears only when everything it references is durable.
+//! - **Incremental and resumable.** A second run copies only what is new; a killed run leaves
+//!   chunks without a point (the destination's `gc` reclaims them, or the rerun reuses them
+//!   once indexed) and the points it published; a rerun sends what is still missing.
+//! - The source is opened read-only (a registered reader: backups and gc run beside it), the
+//!   destination for writing (one writer, as for a backup).
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use cairn_store::tree::{self, Node};
+use cairn_store::{ChunkId, ChunkRef, OpenMode, RecoveryPoint, Store};
+
+/// What went wrong in a replication.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A store failed, or a chunk could not be read or checked.
+    #[error(transparent)]
+    Store(#[from] cairn_store::Error),
+    /// The two stores cannot be replicated into one another.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Result of replication.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which points to copy.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Only points of VMs whose name or UUID matches this glob (`*` and `?`).
+    pub vm: Option<String>,
+    /// Only this disk.
+    pub disk: Option<String>,
+    /// Say what would be copied, copy nothing.
+    pub dry_run: bool,
+    /// Wait for the destination's writer instead of failing.
+    pub wait: bool,
+}
+
+/// What a replication did (or would do, in a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Points copied.
+    pub points: Vec<String>,
+    /// Points the destination had already.
+    pub present: u64,
+    /// Points the destination forgot, not copied again.
+    pub forgotten: u64,
+    /// Chunks copied (data and tree).
+    pub chunks: u64,
+    /// Their stored bytes (what crossed from one store to the other).
+    pub bytes: u64,
+}
+
+/// `*` any run, `?` any one character.
+fn glob(pattern: &str, s: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), s.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(sp) = star {
+            pi = sp + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+fn selected(p: &RecoveryPoint, o: &Options) -> bool {
+    let vm = o
+        .vm
+        .as_ref()
+        .is_none_or(|g| glob(g, &p.vm) || p.labels.vm_uuid.as_ref().is_some_and(|u| glob(g, u)));
+    vm && o.disk.as_ref().is_none_or(|d| *d == p.disk)
+}
+
+/// Copies into `to` the points of `from` it lacks (see the module); `progress` is told of each
+/// point as it starts (index, count, point).
+///
+/// # Errors
+/// A store that cannot be opened, stores of different chunk sizes, a chunk that cannot be read
+/// or does not match its id (the points published before it stay).
+pub fn replicate(
+    from: &Path,
+    to: &Path,
+    options: &Options,
+    progress: &dyn Fn(usize, usize, &RecoveryPoint),
+) -> Result<Report> {
+    // A folder copied with `cp -a` is a replica of the same store (same id): a seed to carry
+    // away and fill on. Only the same folder is refused.
+    let same = match (std::fs::canonicalize(from), std::fs::canonicalize(to)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(Error::Refused(format!(
+            "{} and {} are the same store folder: nothing to replicate",
+            from.display(),
+            to.display()
+        )));
+    }
+    let src = Store::open(from, OpenMode::Read)?;
+    let dst = if options.dry_run {
+        Store::open(to, OpenMode::Read)?
+    } else {
+        Store::open(to, OpenMode::Write { wait: options.wait })?
+    };
+    if src.config().chunk_size != dst.config().chunk_size {
+        return Err(Error::Refused(format!(
+            "{} has chunks of {} bytes and {} of {}: a replica needs the same chunk size \
+             (`cairn init --chunk-size`)",
+            from.display(),
+            src.config().chunk_size,
+            to.display(),
+            dst.config().chunk_size
+        )));
+    }
+    let forgotten = dst.forgotten_ids()?;
+    let mut report = Report::default();
+    let mut todo = Vec::new();
+    for p in src.points()?.into_iter().filter(|p| selected(p, options)) {
+        if forgotten.contains(&p.id) {
+            report.forgotten += 1;
+        } else if dst.point_by_id(&p.id)?.is_some() {
+            report.present += 1;
+        } else {
+            todo.push(p);
+        }
+    }
+    for (i, p) in todo.iter().enumerate() {
+        progress(i, todo.len(), p);
+        if options.dry_run {
+            report.points.push(p.id.clone());
+            continue;
+        }
+        let (chunks, bytes) = copy_point(&src, &dst, p)?;
+        report.chunks += chunks;
+        report.bytes += bytes;
+        report.points.push(p.id.clone());
+    }
+    Ok(report)
+}
+
+/// Copies one point: the chunks `dst` lacks, then the point. Returns chunks and bytes sent.
+fn copy_point(src: &Store, dst: &Store, p: &RecoveryPoint) -> Result<(u64, u64)> {
+    let mut session = dst.session()?;
+    let mut sent = (0u64, 0u64);
+    let mut done: HashSet<ChunkId> = HashSet::new();
+    // Depth first from the top; a subtree the destination references is complete there.
+    let mut stack: Vec<ChunkId> = tree::top(p)?;
+    while let Some(id) = stack.pop() {
+        if !done.insert(id) {
+            continue;
+        }
+        if dst.refcounts(&[id])?.first().copied().unwrap_or(0) > 0 {
+            continue;
+        }
+        let bytes = src.read_chunk(&id)?;
+        let node = tree::decode(&bytes).map_err(|what| {
+            Error::Store(cairn_store::Error::Point(format!(
+                "{}: tree chunk {id}: {what}",
+                p.short_id()
+            )))
+        })?;
+        match node {
+            Node::Inner(_, children) => stack.extend(children.iter().copied()),
+            Node::Leaf(refs) => {
+                for r in refs.iter() {
+                    if let ChunkRef::Data(d) = r
+                        && done.insert(*d)
+                        && dst.location(d)?.is_none()
+                    {
+                        let enc = src.read_encoded(d)?;
+                        if session.put(&enc)? {
+                            sent.0 += 1;
+                            sent.1 += enc.bytes.len() as u64;
+                        }
+                    }
+                }
+            }
+        }
+        if dst.location(&id)?.is_none() {
+            let enc = src.read_encoded(&id)?;
+            if session.put(&enc)? {
+                sent.0 += 1;
+                sent.1 += enc.bytes.len() as u64;
+            }
+        }
+    }
+    let staged = session.stage_copy(p)?;
+    session.commit_run(vec![staged])?;
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn globs() {
+        assert!(glob("web*", "web01"));
+        assert!(glob("*", ""));
+        assert!(glob("w?b0*", "web01 (prod)"));
+        assert!(!glob("web", "web01"));
+        assert!(glob("*01*", "web01 (prod)"));
+        assert!(!glob("db*", "web01"));
+    }
+}
