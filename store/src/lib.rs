@@ -12,6 +12,7 @@
 //! STORE/index.rebuilding                   present while an index rebuild runs
 //! STORE/points/.run-<id>.pending           the journal of a run being committed
 //! STORE/points/.protect-<id>               a protect or unprotect in progress
+//! STORE/forgotten                          ids of forgotten points, one a line (a replica never brings them back)
 //! ```
 //! Packs and root files are the truth; the index is rebuilt from them by
 //! [`Store::rebuild_index`] (`cairn repair --rebuild-index`).
