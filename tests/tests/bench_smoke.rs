@@ -224,3 +224,41 @@ fn the_nbd_section_runs_at_a_smoke_tests_size() {
         assert!(text.contains(name), "no target {name:?} in {text}");
     }
 }
+
+#[test]
+fn the_replicate_section_runs_at_a_smoke_tests_size() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = work.path().join("results.json");
+    let text = ok(Command::new("python3")
+        .arg(repo_root().join("benches/run.py"))
+        .arg("--cairn")
+        .arg(cairn_bin())
+        .arg("--shared")
+        .arg(shared_dir())
+        .args([
+            "--cairn-only",
+            "--smoke",
+            "--only",
+            "replicate",
+            "--no-drop-caches",
+        ])
+        .arg("--work")
+        .arg(work.path())
+        .arg("--out")
+        .arg(&out));
+    let v = json(&std::fs::read_to_string(&out).expect("results.json"));
+    let rows = v["rows"].as_array().expect("rows");
+    for name in ["replicate-cp-a", "replicate-series", "replicate-daily"] {
+        let r = rows
+            .iter()
+            .find(|r| r["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name} in {rows:?}"));
+        assert!(float(r, "seconds") > 0.0, "{r}");
+    }
+    for name in [
+        "replicate a series / cp -a of the store",
+        "daily replication sent / its new stored bytes",
+    ] {
+        assert!(text.contains(name), "no target {name:?} in {text}");
+    }
+}

@@ -1,0 +1,62 @@
+"""The replicate section of the benchmark harness (issue 15): a store of a disk series copied
+into an empty store by `cairn replicate` against `cp -a` of the same store folder, and a day's
+increment replicated against that day's new stored bytes.
+
+  replicate   days 0..2 of one disk of the shared workload (4 GiB, --quick 1 GiB) backed up
+              into a store; `cp -a` of its folder; `cairn replicate` into an empty store; a
+              fourth day backed up, then replicated.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+from run import dir_bytes, log, measure, warm
+
+SIZES = {"full": "4G", "quick": "1G", "smoke": "64M"}
+
+
+def run_replicate(work, shared, cairn, res, profile):
+    size = SIZES[profile]
+    d = work / "replicate"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    raws = []
+    for day in range(4):
+        raw = work / f"replicate-{size}-day{day}.raw"
+        if not raw.exists():
+            log(f"generating {raw.name}")
+            subprocess.run([sys.executable, shared / "workload" / "gen_disk.py", raw, "--size", size, "--seed", "17",
+                            "--template", "7", "--day", str(day)], check=True)
+        raws.append(raw)
+    src, dst, copy = d / "src", d / "dst", d / "copy"
+    for s in (src, dst):
+        subprocess.run([str(cairn), "init", "--timezone", "UTC", str(s)], check=True, stdout=subprocess.DEVNULL)
+    for day, raw in enumerate(raws[:3]):
+        subprocess.run([str(cairn), "backup", "--store", str(src), "--vm", "vm", "--time",
+                        f"2026-11-0{day + 1}T02:00:00Z", f"xvda={raw}"], check=True, stdout=subprocess.DEVNULL)
+    warm(src)
+    res.add("replicate-cp-a", "limit", measure(["cp", "-a", src, copy]), dir_bytes(copy))
+    shutil.rmtree(copy)
+    warm(src)
+    res.add("replicate-series", "cairn", measure([cairn, "replicate", "--from", src, "--to", dst]), dir_bytes(dst))
+    out = subprocess.run([str(cairn), "backup", "--store", str(src), "--vm", "vm", "--time", "2026-11-04T02:00:00Z",
+                          "--json", f"xvda={raws[3]}"], check=True, capture_output=True).stdout
+    new = json.loads(out)[0]["new_stored_bytes"]
+    report = d / "replicate.json"
+    warm(src)
+    m = measure([cairn, "replicate", "--json", "--from", src, "--to", dst], stdout=report)
+    sent = json.loads(report.read_text())["bytes_sent"]
+    res.add("replicate-daily", "cairn", m, dir_bytes(dst), sent=sent, new_stored=new)
+
+
+def targets(res):
+    cp, series, daily = res.get("replicate-cp-a", "limit"), res.get("replicate-series", "cairn"), \
+        res.get("replicate-daily", "cairn")
+    out = []
+    if cp and series:
+        out.append(("replicate a series / cp -a of the store (speed)", cp["seconds"] / series["seconds"], ">= 0.8"))
+    if daily and daily.get("new_stored"):
+        out.append(("daily replication sent / its new stored bytes", daily["sent"] / daily["new_stored"], "<= 1.1"))
+    return out
