@@ -21,7 +21,11 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use cairn_store::tree::{self, Node};
+use rayon::prelude::*;
 use cairn_store::{ChunkId, ChunkRef, OpenMode, RecoveryPoint, Store};
+
+/// Data chunks read and checked at once (at most 32 x 4 MiB held).
+const VERIFY_GROUP: usize = 32;
 
 /// What went wrong in a replication.
 #[derive(Debug, thiserror::Error)]
@@ -188,13 +192,25 @@ fn copy_point(src: &Store, dst: &Store, p: &RecoveryPoint) -> Result<(u64, u64)>
         match node {
             Node::Inner(_, children) => stack.extend(children.iter().copied()),
             Node::Leaf(refs) => {
-                for r in refs.iter() {
-                    if let ChunkRef::Data(d) = r
-                        && done.insert(*d)
-                        && dst.location(d)?.is_none()
-                    {
-                        let enc = src.read_encoded(d)?;
-                        if session.put(&enc)? {
+                let mut wanted: Vec<ChunkId> = refs
+                    .iter()
+                    .filter_map(|r| match r {
+                        ChunkRef::Data(d) if done.insert(*d) => Some(*d),
+                        _ => None,
+                    })
+                    .collect();
+                let have = dst.locations(&wanted)?;
+                let mut have = have.iter();
+                wanted.retain(|_| have.next().is_some_and(Option::is_none));
+                // Read and checked (decoded, hashed) on both cores, a few at a time so that
+                // memory stays bounded; put in order.
+                for group in wanted.chunks(VERIFY_GROUP) {
+                    let encoded: Vec<cairn_store::EncodedChunk> = group
+                        .par_iter()
+                        .map(|d| src.read_encoded(d))
+                        .collect::<std::result::Result<_, _>>()?;
+                    for enc in &encoded {
+                        if session.put(enc)? {
                             sent.0 += 1;
                             sent.1 += enc.bytes.len() as u64;
                         }

@@ -483,7 +483,16 @@ impl Store {
         if header.id != *id {
             return Err(bad(format!("the frame there holds chunk {}", header.id)));
         }
-        crate::chunk::decode(id, header.codec, header.plain_len, &bytes).map_err(bad)?;
+        // Checked into a buffer each thread keeps: a fresh 256 KiB one per chunk costs an mmap,
+        // its page faults and an munmap.
+        thread_local! {
+            static PLAIN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        PLAIN.with_borrow_mut(|plain| {
+            plain.resize(header.plain_len as usize, 0);
+            chunk::decode_into(id, header.codec, header.plain_len, &bytes, plain)
+        })
+        .map_err(bad)?;
         Ok(crate::EncodedChunk {
             id: *id,
             kind: header.kind,
