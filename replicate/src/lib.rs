@@ -21,8 +21,8 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use cairn_store::tree::{self, Node};
-use rayon::prelude::*;
 use cairn_store::{ChunkId, ChunkRef, OpenMode, RecoveryPoint, Store};
+use rayon::prelude::*;
 
 /// Data chunks read and checked at once (at most 32 x 4 MiB held).
 const VERIFY_GROUP: usize = 32;

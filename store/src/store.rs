@@ -488,11 +488,12 @@ impl Store {
         thread_local! {
             static PLAIN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        PLAIN.with_borrow_mut(|plain| {
-            plain.resize(header.plain_len as usize, 0);
-            chunk::decode_into(id, header.codec, header.plain_len, &bytes, plain)
-        })
-        .map_err(bad)?;
+        PLAIN
+            .with_borrow_mut(|plain| {
+                plain.resize(header.plain_len as usize, 0);
+                chunk::decode_into(id, header.codec, header.plain_len, &bytes, plain)
+            })
+            .map_err(bad)?;
         Ok(crate::EncodedChunk {
             id: *id,
             kind: header.kind,
