@@ -4,6 +4,8 @@
 //!   has forgotten (its `forgotten` list: retention stays each store's own, so a point pruned
 //!   on the destination is never brought back), oldest first, as it is: id, time, source,
 //!   labels, run and protection.
+//! - **Runs stay whole.** The disks of one backup run are copied in one session and published
+//!   together, as on the source.
 //! - **Chunks first, the point last.** A point's tree is walked from its top: a tree chunk
 //!   the destination holds and references (its count is above zero) has its whole subtree
 //!   there already and is not read; any other tree chunk, and every data chunk the destination
@@ -154,25 +156,58 @@ pub fn replicate(
             todo.push(p);
         }
     }
-    for (i, p) in todo.iter().enumerate() {
-        progress(i, todo.len(), p);
-        if options.dry_run {
-            report.points.push(p.id.clone());
-            continue;
+    // The disks of one backup run are published together on the destination too, as on the
+    // source: a reader never sees one disk of a VM's run without the others.
+    let mut runs: Vec<Vec<&RecoveryPoint>> = Vec::new();
+    for p in &todo {
+        match runs
+            .iter_mut()
+            .find(|g| p.run.is_some() && g.first().is_some_and(|q| q.run == p.run))
+        {
+            Some(g) => g.push(p),
+            None => runs.push(vec![p]),
         }
-        let (chunks, bytes) = copy_point(&src, &dst, p)?;
-        report.chunks += chunks;
-        report.bytes += bytes;
-        report.points.push(p.id.clone());
+    }
+    let mut i = 0;
+    for group in runs {
+        for p in &group {
+            progress(i, todo.len(), p);
+            i += 1;
+        }
+        if !options.dry_run {
+            let (chunks, bytes) = copy_run(&src, &dst, &group)?;
+            report.chunks += chunks;
+            report.bytes += bytes;
+        }
+        report.points.extend(group.iter().map(|p| p.id.clone()));
     }
     Ok(report)
 }
 
-/// Copies one point: the chunks `dst` lacks, then the point. Returns chunks and bytes sent.
-fn copy_point(src: &Store, dst: &Store, p: &RecoveryPoint) -> Result<(u64, u64)> {
+/// Copies the points of one run: the chunks `dst` lacks, then the points, published together.
+/// Returns chunks and bytes sent.
+fn copy_run(src: &Store, dst: &Store, points: &[&RecoveryPoint]) -> Result<(u64, u64)> {
     let mut session = dst.session()?;
     let mut sent = (0u64, 0u64);
     let mut done: HashSet<ChunkId> = HashSet::new();
+    let mut staged = Vec::with_capacity(points.len());
+    for p in points {
+        copy_chunks(src, dst, &mut session, &mut done, &mut sent, p)?;
+        staged.push(session.stage_copy(p)?);
+    }
+    session.commit_run(staged)?;
+    Ok(sent)
+}
+
+/// Puts into `session` the chunks of `p` that `dst` lacks.
+fn copy_chunks(
+    src: &Store,
+    dst: &Store,
+    session: &mut cairn_store::Session<'_>,
+    done: &mut HashSet<ChunkId>,
+    sent: &mut (u64, u64),
+    p: &RecoveryPoint,
+) -> Result<()> {
     // Depth first from the top; a subtree the destination references is complete there.
     let mut stack: Vec<ChunkId> = tree::top(p)?;
     while let Some(id) = stack.pop() {
@@ -226,9 +261,7 @@ fn copy_point(src: &Store, dst: &Store, p: &RecoveryPoint) -> Result<(u64, u64)>
             }
         }
     }
-    let staged = session.stage_copy(p)?;
-    session.commit_run(vec![staged])?;
-    Ok(sent)
+    Ok(())
 }
 
 #[cfg(test)]

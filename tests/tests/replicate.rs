@@ -194,3 +194,27 @@ fn a_store_copied_with_cp_is_a_seed_that_replication_fills_on() {
         .arg(&seed));
     assert!(!out.status.success());
 }
+
+#[test]
+fn the_disks_of_one_run_arrive_together() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let raws = days(work.path(), 2);
+    let src = TestStore::new("256K");
+    ok(src
+        .cmd(&["backup", "--vm", "vm", "--time", "2026-11-01T02:00:00Z"])
+        .arg(format!("xvda={}", raws[0].display()))
+        .arg(format!("xvdb={}", raws[1].display())));
+    let dst = TestStore::new("256K");
+    let r = replicate(&src, &dst.path(), &[]);
+    assert_eq!(r["points"].as_array().map(Vec::len), Some(2), "{r}");
+    let (a, b) = (src.list(), dst.list());
+    assert_eq!(b.len(), 2);
+    let run_of = |v: &[serde_json::Value]| -> Vec<String> {
+        v.iter()
+            .map(|p| p["run"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert!(!run_of(&a)[0].is_empty());
+    assert_eq!(run_of(&a), run_of(&b), "the run id travels");
+    same_points(&src, &dst, work.path());
+}
