@@ -9,6 +9,7 @@ mod nbd_cmd;
 mod progress;
 mod replicate_cmd;
 mod retention_cmd;
+mod standby_cmd;
 mod store_cmd;
 mod vhd_cmd;
 mod words;
@@ -54,6 +55,8 @@ enum Command {
     Report(store_cmd::ReportArgs),
     /// Copy the points another store lacks into it (an offsite copy, an initial seed).
     Replicate(replicate_cmd::ReplicateArgs),
+    /// Keep a raw file or block device equal to a point, writing only what changed.
+    Standby(standby_cmd::StandbyArgs),
     /// Serve points over NBD: boot, copy or mount a backup without restoring it first.
     ServeNbd(nbd_cmd::ServeNbdArgs),
     /// Repair a store: rebuild its index from the packs and root files.
@@ -111,6 +114,7 @@ fn main() {
         Command::Repair(a) => store_cmd::repair(&a),
         Command::ServeNbd(a) => nbd_cmd::serve_nbd(&a),
         Command::Replicate(a) => replicate_cmd::replicate(&a),
+        Command::Standby(a) => standby_cmd::standby(&a),
         Command::Diff(a) => diff_cmd::diff(&a),
         Command::Prune(a) => retention_cmd::prune(&a),
         Command::Forget(a) => retention_cmd::forget(&a),

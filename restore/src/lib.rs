@@ -32,10 +32,12 @@ pub mod export;
 mod output;
 mod raw;
 mod reader;
+pub mod standby;
 mod vhd;
 
 pub use export::{PointDevice, PointExports};
 pub use reader::{Needed, PointReader};
+pub use standby::{StandbyOptions, StandbyReport, standby};
 pub use vhd::{chain_file_name, vhd_file_name};
 
 use std::path::{Path, PathBuf};

@@ -13,6 +13,7 @@
 //! STORE/points/.run-<id>.pending           the journal of a run being committed
 //! STORE/points/.protect-<id>               a protect or unprotect in progress
 //! STORE/forgotten                          ids of forgotten points, one a line (a replica never brings them back)
+//! STORE/standby/<hash>.json, .journal      which point each standby target holds; a run in progress
 //! ```
 //! Packs and root files are the truth; the index is rebuilt from them by
 //! [`Store::rebuild_index`] (`cairn repair --rebuild-index`).

@@ -1,0 +1,93 @@
+//! `cairn standby`: a raw file or block device kept equal to a point, writing only what changed.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use crate::store_cmd::{StoreArg, open_read};
+use crate::words::human_bytes;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    cairn standby web01/xvda@latest --to /srv/standby/web01-xvda.raw     # after each backup\n  \
+    cairn standby web01/xvda@latest --to /dev/vg0/web01-standby\n\n\
+    The first run writes the whole point (holes stay holes in a new file); each later run\n\
+    writes only the chunks that differ between the point the target holds and the new one.\n\
+    A run killed at any moment is finished by the next (a journal in STORE/standby says what\n\
+    was being written). A target changed since the last run (the copy was started) is refused;\n\
+    --force reads it all and rewrites what differs.")]
+pub struct StandbyArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The point (VM/DISK@latest, an id...).
+    pub point: String,
+    /// The raw file or block device to keep equal to it.
+    #[arg(long, value_name = "TARGET")]
+    pub to: PathBuf,
+    /// Take a target that changed behind cairn's back, or that cairn never wrote: read it all
+    /// and rewrite what differs.
+    #[arg(long)]
+    pub force: bool,
+    /// Read the whole target and compare with the point, even when it looks unchanged.
+    #[arg(long)]
+    pub verify_target: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn standby(a: &StandbyArgs) -> Result<i32> {
+    let store = open_read(&a.store.store)?;
+    let point = store.resolve(&a.point)?;
+    let started = std::time::Instant::now();
+    let spinner = crate::progress::spinner(&format!("standby {}", point.short_id()));
+    let r = cairn_restore::standby(
+        &store,
+        &point,
+        &a.to,
+        cairn_restore::StandbyOptions {
+            force: a.force,
+            verify: a.verify_target,
+        },
+    )
+    .with_context(|| {
+        format!(
+            "keeping {} equal to point {}",
+            a.to.display(),
+            point.short_id()
+        )
+    })?;
+    spinner.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "target": a.to, "from": r.from, "to": r.to, "chunks_written": r.chunks_written,
+                "bytes_written": r.bytes_written, "finished_interrupted": r.finished_interrupted,
+                "compared": r.compared, "seconds": secs,
+            }))?
+        );
+        return Ok(0);
+    }
+    if r.finished_interrupted {
+        println!("finished an interrupted run first");
+    }
+    println!(
+        "{} holds point {} ({}/{}): {} written ({} chunks){} in {secs:.1}s",
+        a.to.display(),
+        point.short_id(),
+        point.vm,
+        point.disk,
+        human_bytes(r.bytes_written),
+        r.chunks_written,
+        match &r.from {
+            Some(f) if *f == r.to => ", it held it already".to_owned(),
+            Some(f) => format!(", from point {}", &f[..12.min(f.len())]),
+            None => String::new(),
+        }
+    );
+    Ok(0)
+}
