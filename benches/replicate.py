@@ -4,7 +4,8 @@ increment replicated against that day's new stored bytes.
 
   replicate   days 0..2 of one disk of the shared workload (4 GiB, --quick 1 GiB) backed up
               into a store; `cp -a` of its folder then `sync` (a replica is durable); `cairn
-              replicate` into an empty store; a fourth day backed up, then replicated.
+              replicate` into an empty store; a fourth day backed up, then replicated; a
+              standby file brought from day 3 to day 4 against `dd` writing as many bytes.
 """
 
 import json
@@ -62,6 +63,32 @@ def run_replicate(work, shared, cairn, res, profile):
     sent = json.loads(report.read_text())["bytes_sent"]
     res.add("replicate-daily", "cairn", m, dir_bytes(dst), sent=sent, new_stored=new)
 
+    # A standby file kept at day 2, then brought to day 3: against writing the same bytes.
+    target = d / "standby.raw"
+    subprocess.run([str(cairn), "standby", "--store", str(src), "vm/xvda@2026-11-03T02:00:00Z", "--to",
+                    str(target)], check=True, stdout=subprocess.DEVNULL)
+    out = d / "standby.json"
+    warm(src, target)
+    m = measure([cairn, "standby", "--store", src, "--json", "vm/xvda@latest", "--to", target], stdout=out)
+    written = json.loads(out.read_text())["bytes_written"]
+    changed = sum(1 for a, b in zip(chunks(raws[2]), chunks(raws[3])) if a != b) * (256 << 10)
+    res.add("standby-daily", "cairn", m, None, written=written, changed=changed)
+    scratch = d / "write-limit.raw"
+    warm(raws[3])
+    res.add("standby-write-limit", "limit",
+            measure(["dd", f"if={raws[3]}", f"of={scratch}", "bs=256K", f"count={max(written, 1) // (256 << 10) + 1}",
+                     "conv=fsync", "status=none"]))
+    scratch.unlink()
+
+
+def chunks(path, size=256 << 10):
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(size)
+            if not b:
+                return
+            yield b
+
 
 def targets(res):
     cp, series, daily = res.get("replicate-cp-a", "limit"), res.get("replicate-series", "cairn"), \
@@ -71,4 +98,9 @@ def targets(res):
         out.append(("replicate a series / cp -a of the store (speed)", cp["seconds"] / series["seconds"], ">= 0.8"))
     if daily and daily.get("new_stored"):
         out.append(("daily replication sent / its new stored bytes", daily["sent"] / daily["new_stored"], "<= 1.1"))
+    sb, lim = res.get("standby-daily", "cairn"), res.get("standby-write-limit", "limit")
+    if sb and sb.get("changed"):
+        out.append(("standby update written / changed bytes", sb["written"] / sb["changed"], "<= 1.1"))
+    if sb and lim:
+        out.append(("standby update / writing those bytes (time)", sb["seconds"] / lim["seconds"], "<= 2"))
     return out
