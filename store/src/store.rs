@@ -445,21 +445,34 @@ impl Store {
         thread_local! {
             static STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let bad = |what: String| Error::BadChunk {
-            id: *id,
-            where_: format!("pack {} offset {}", loc.pack.to_hex(), loc.offset),
-            what,
-        };
-        let file = self.pack_file(loc.pack).map_err(|e| bad(e.to_string()))?;
-        let path = loc.pack.path(&self.packs_dir());
         STORED.with_borrow_mut(|stored| {
-            let header = pack::read_frame_into(&file, &path, loc.offset, stored)
-                .map_err(|e| bad(e.to_string()))?;
-            if header.id != *id {
-                return Err(bad(format!("the frame there holds chunk {}", header.id)));
-            }
-            chunk::decode_into(id, header.codec, header.plain_len, stored, out).map_err(bad)
+            let header = self.read_frame(id, loc, stored)?;
+            chunk::decode_into(id, header.codec, header.plain_len, stored, out)
+                .map_err(|what| bad_chunk(id, loc, what))
         })
+    }
+
+    /// The frame of chunk `id` at `loc`: its header, its stored bytes into `stored`.
+    fn read_frame(
+        &self,
+        id: &ChunkId,
+        loc: &Location,
+        stored: &mut Vec<u8>,
+    ) -> Result<pack::FrameHeader> {
+        let file = self
+            .pack_file(loc.pack)
+            .map_err(|e| bad_chunk(id, loc, e.to_string()))?;
+        let path = loc.pack.path(&self.packs_dir());
+        let header = pack::read_frame_into(&file, &path, loc.offset, stored)
+            .map_err(|e| bad_chunk(id, loc, e.to_string()))?;
+        if header.id != *id {
+            return Err(bad_chunk(
+                id,
+                loc,
+                format!("the frame there holds chunk {}", header.id),
+            ));
+        }
+        Ok(header)
     }
 
     /// A chunk as its pack holds it (compressed or plain, as stored), checked against its id
@@ -470,19 +483,8 @@ impl Store {
     /// [`Error::MissingChunk`] or [`Error::BadChunk`].
     pub fn read_encoded(&self, id: &ChunkId) -> Result<crate::EncodedChunk> {
         let loc = self.location(id)?.ok_or(Error::MissingChunk(*id))?;
-        let bad = |what: String| Error::BadChunk {
-            id: *id,
-            where_: format!("pack {} offset {}", loc.pack.to_hex(), loc.offset),
-            what,
-        };
-        let file = self.pack_file(loc.pack).map_err(|e| bad(e.to_string()))?;
-        let path = loc.pack.path(&self.packs_dir());
         let mut bytes = Vec::new();
-        let header = pack::read_frame_into(&file, &path, loc.offset, &mut bytes)
-            .map_err(|e| bad(e.to_string()))?;
-        if header.id != *id {
-            return Err(bad(format!("the frame there holds chunk {}", header.id)));
-        }
+        let header = self.read_frame(id, &loc, &mut bytes)?;
         // Checked into a buffer each thread keeps: a fresh 256 KiB one per chunk costs an mmap,
         // its page faults and an munmap.
         thread_local! {
@@ -493,7 +495,7 @@ impl Store {
                 plain.resize(header.plain_len as usize, 0);
                 chunk::decode_into(id, header.codec, header.plain_len, &bytes, plain)
             })
-            .map_err(bad)?;
+            .map_err(|what| bad_chunk(id, &loc, what))?;
         Ok(crate::EncodedChunk {
             id: *id,
             kind: header.kind,
@@ -670,6 +672,15 @@ pub(crate) fn read_root_file(path: &Path) -> Result<RecoveryPoint> {
     let bytes = std::fs::read(path).map_err(Error::io(path, "reading a root file"))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::Point(format!("{}: unreadable root file: {e}", path.display())))
+}
+
+/// A chunk at `loc` that cannot be read or is not what its id says.
+fn bad_chunk(id: &ChunkId, loc: &Location, what: String) -> Error {
+    Error::BadChunk {
+        id: *id,
+        where_: format!("pack {} offset {}", loc.pack.to_hex(), loc.offset),
+        what,
+    }
 }
 
 pub(crate) fn point_key(id: &str) -> Result<[u8; 16]> {

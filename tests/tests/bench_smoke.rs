@@ -170,8 +170,9 @@ fn the_scale_sections_run_at_a_smoke_tests_size() {
     }
 }
 
-#[test]
-fn the_nbd_section_runs_at_a_smoke_tests_size() {
+/// Runs one section of the harness at a smoke test's size (cairn only): its table and its
+/// results.json.
+fn section(name: &str) -> (String, serde_json::Value) {
     let work = tempfile::tempdir().expect("tempdir");
     let out = work.path().join("results.json");
     let text = ok(Command::new("python3")
@@ -184,7 +185,7 @@ fn the_nbd_section_runs_at_a_smoke_tests_size() {
             "--cairn-only",
             "--smoke",
             "--only",
-            "nbd",
+            name,
             "--no-drop-caches",
         ])
         .arg("--work")
@@ -192,6 +193,12 @@ fn the_nbd_section_runs_at_a_smoke_tests_size() {
         .arg("--out")
         .arg(&out));
     let v = json(&std::fs::read_to_string(&out).expect("results.json"));
+    (text, v)
+}
+
+#[test]
+fn the_nbd_section_runs_at_a_smoke_tests_size() {
+    let (text, v) = section("nbd");
     let rows = v["rows"].as_array().expect("rows");
     let step = |name: &str| {
         rows.iter()
@@ -227,26 +234,7 @@ fn the_nbd_section_runs_at_a_smoke_tests_size() {
 
 #[test]
 fn the_replicate_section_runs_at_a_smoke_tests_size() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let out = work.path().join("results.json");
-    let text = ok(Command::new("python3")
-        .arg(repo_root().join("benches/run.py"))
-        .arg("--cairn")
-        .arg(cairn_bin())
-        .arg("--shared")
-        .arg(shared_dir())
-        .args([
-            "--cairn-only",
-            "--smoke",
-            "--only",
-            "replicate",
-            "--no-drop-caches",
-        ])
-        .arg("--work")
-        .arg(work.path())
-        .arg("--out")
-        .arg(&out));
-    let v = json(&std::fs::read_to_string(&out).expect("results.json"));
+    let (text, v) = section("replicate");
     let rows = v["rows"].as_array().expect("rows");
     for name in ["replicate-cp-a", "replicate-series", "replicate-daily"] {
         let r = rows
