@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from run import MiB, dir_bytes, log, measure, warm
+from run import ratio, MiB, dir_bytes, log, measure, warm
 
 SIZES = {"full": "4G", "quick": "1G", "smoke": "64M"}
 
@@ -70,6 +70,17 @@ def peak_rss_mib(pid):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return None
+
+
+def serve_latest(cairn, store, sock, vm):
+    """`cairn serve-nbd` of VM `vm`'s latest xvda point on `sock`: the server and the point's id."""
+    sock.unlink(missing_ok=True)
+    srv = subprocess.Popen([str(cairn), "serve-nbd", "--store", str(store), "--socket", str(sock), f"{vm}/xvda@latest"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_socket(sock, srv)
+    listed = subprocess.run([str(cairn), "list", "--store", str(store), "--vm", vm, "--json"], check=True,
+                            capture_output=True).stdout
+    return srv, json.loads(listed)[-1]["id"]
 
 
 def run_nbd(work, shared, cairn, res, profile):
@@ -128,13 +139,7 @@ def run_nbd(work, shared, cairn, res, profile):
                                                  out]))
     out.unlink()
     csock = d / "cairn.sock"
-    csock.unlink(missing_ok=True)
-    srv = subprocess.Popen([str(cairn), "serve-nbd", "--store", str(store), "--socket", str(csock), "vm/xvda@latest"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_socket(csock, srv)
-    listed = subprocess.run([str(cairn), "list", "--store", str(store), "--json", "--last", "1"], check=True,
-                            capture_output=True).stdout
-    pid = json.loads(listed)[-1]["id"]
+    srv, pid = serve_latest(cairn, store, csock, "vm")
     warm(store)
     res.add("nbd-export-nbdcopy-file", "cairn",
             measure(["nbdcopy", "--connections=4", f"nbd+unix:///{pid}?socket={csock}", out]))
@@ -163,13 +168,7 @@ def run_nbd(work, shared, cairn, res, profile):
                     "status=none"], check=True)
     subprocess.run([str(cairn), "backup", "--store", str(store), "--vm", "big", f"xvda={big}"], check=True,
                    stdout=subprocess.DEVNULL)
-    csock.unlink(missing_ok=True)
-    srv = subprocess.Popen([str(cairn), "serve-nbd", "--store", str(store), "--socket", str(csock), "big/xvda@latest"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_socket(csock, srv)
-    listed = subprocess.run([str(cairn), "list", "--store", str(store), "--vm", "big", "--json"], check=True,
-                            capture_output=True).stdout
-    bid = json.loads(listed)[-1]["id"]
+    srv, bid = serve_latest(cairn, store, csock, "big")
     probe = ("import nbd, sys, time\n"
              "t = time.perf_counter(); h = nbd.NBD(); h.connect_uri(sys.argv[1])\n"
              "b = h.pread(4096, 32 << 30); print(time.perf_counter() - t)\n")
@@ -185,14 +184,7 @@ def run_nbd(work, shared, cairn, res, profile):
 
 
 def targets(res):
-    g = res.get
-
-    def secs(step, tool="cairn"):
-        r = g(step, tool)
-        return r["seconds"] if r else None
-
-    def ratio(a, b):
-        return None if a is None or b is None or b == 0 else a / b
+    secs = res.seconds
 
     out = [
         ("backup from qemu-nbd / nbdcopy to null: (speed, >= 0.8)",

@@ -135,6 +135,11 @@ class Results:
             + (f" stored {stored / 1e9:.3f} GB" if stored is not None else ""))
         return row
 
+    def seconds(self, step, tool="cairn"):
+        """The wall time of a step, or None when it did not run."""
+        r = self.get(step, tool)
+        return r["seconds"] if r else None
+
     def get(self, step, tool):
         for r in self.rows:
             if r["step"] == step and r["tool"] == tool:

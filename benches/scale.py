@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from run import MiB, best_of, dir_bytes, log, measure, warm
+from run import ratio, MiB, best_of, dir_bytes, log, measure, warm
 
 # How big each section runs: the issue's sizes, --quick, and a smoke test's (a minute or two).
 PROFILES = {
@@ -211,14 +211,7 @@ def run_index(work, shared, cairn, fill_index, res, profile):
 
 def targets(res):
     """The issue's targets for what ran."""
-    g = res.get
-
-    def secs(step, tool="cairn"):
-        r = g(step, tool)
-        return r["seconds"] if r else None
-
-    def ratio(a, b):
-        return None if a is None or b is None or b == 0 else a / b
+    secs = res.seconds
 
     out = [
         ("2040 GiB full / 1 GiB full", ratio(secs("big-full"), secs("small-full")), "<= 1.5"),

@@ -3,55 +3,14 @@
 
 use std::io::Cursor;
 
-use cairn_nbd::replay::Replay;
-use cairn_nbd::server::{self, Config, Device, DeviceError, Exports};
+use cairn_nbd::replay::{Replay, ZeroExport};
+use cairn_nbd::server::{self, Config};
 use cairn_nbd::wire::{self, Request};
-use cairn_nbd::{Client, Extent, proto};
+use cairn_nbd::{Client, proto};
 use proptest::prelude::*;
 
 fn replay(input: Vec<u8>) -> Replay {
     Replay::new(input)
-}
-
-struct Zeros(u64);
-
-impl Device for Zeros {
-    fn size(&self) -> u64 {
-        self.0
-    }
-    fn read_only(&self) -> bool {
-        false
-    }
-    fn read(&mut self, _: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        buf.fill(0);
-        Ok(())
-    }
-    fn allocation(&mut self, _: u64, length: u32) -> Result<Vec<Extent>, DeviceError> {
-        Ok(vec![Extent {
-            length,
-            flags: proto::STATE_ZERO,
-        }])
-    }
-    fn write(&mut self, _: u64, _: &[u8]) -> Result<(), DeviceError> {
-        Ok(())
-    }
-    fn write_zeroes(&mut self, _: u64, _: u32) -> Result<(), DeviceError> {
-        Ok(())
-    }
-}
-
-struct OneDisk;
-
-impl Exports for OneDisk {
-    fn list(&self) -> Vec<(String, String)> {
-        vec![("d".into(), String::new())]
-    }
-    fn find(&self, name: &str) -> Option<(String, String)> {
-        (name == "d").then(|| ("d".into(), String::new()))
-    }
-    fn open(&self, _: &str) -> Result<Box<dyn Device>, String> {
-        Ok(Box::new(Zeros(1 << 20)))
-    }
 }
 
 /// The bytes a well-behaved client sends to reach transmission on export "d".
@@ -95,7 +54,7 @@ fn server_transcript() -> Vec<u8> {
     input.extend(request(proto::CMD_DISC, 0, 0));
     let r = replay(input);
     let out = r.recorded();
-    server::serve(Box::new(r), &OneDisk, &Config::default(), &|_| {}).expect("a clean session");
+    server::serve(Box::new(r), &ZeroExport, &Config::default(), &|_| {}).expect("a clean session");
     out.lock().expect("lock").clone()
 }
 
@@ -154,7 +113,7 @@ proptest! {
 
     #[test]
     fn server_takes_any_handshake(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-        let _ = server::serve(Box::new(replay(bytes)), &OneDisk, &Config::default(), &|_| {});
+        let _ = server::serve(Box::new(replay(bytes)), &ZeroExport, &Config::default(), &|_| {});
     }
 
     #[test]
@@ -170,7 +129,7 @@ proptest! {
             }
         }
         input.extend(tail);
-        let _ = server::serve(Box::new(replay(input)), &OneDisk, &Config::default(), &|_| {});
+        let _ = server::serve(Box::new(replay(input)), &ZeroExport, &Config::default(), &|_| {});
     }
 
     #[test]
@@ -201,6 +160,6 @@ proptest! {
             let i = i.index(input.len());
             input[i] ^= b | 1;
         }
-        let _ = server::serve(Box::new(replay(input)), &OneDisk, &Config::default(), &|_| {});
+        let _ = server::serve(Box::new(replay(input)), &ZeroExport, &Config::default(), &|_| {});
     }
 }

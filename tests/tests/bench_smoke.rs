@@ -5,33 +5,42 @@ use std::process::Command;
 
 use cairn_tests::{cairn_bin, float, json, num, ok, repo_root, shared_dir};
 
-#[test]
-fn the_benchmark_harness_runs_on_a_tiny_workload() {
+/// Runs benches/run.py with `args` in a temporary work folder: its table and its results.json.
+fn harness(args: &[&str]) -> (String, serde_json::Value) {
     let work = tempfile::tempdir().expect("tempdir");
     let out = work.path().join("results.json");
+    let bin = cairn_bin();
     let text = ok(Command::new("python3")
         .arg(repo_root().join("benches/run.py"))
         .arg("--cairn")
-        .arg(cairn_bin())
+        .arg(&bin)
+        .arg("--fill-index")
+        .arg(bin.with_file_name("fill-index"))
         .arg("--shared")
         .arg(shared_dir())
-        .args([
-            "--cairn-only",
-            "--size",
-            "64M",
-            "--skip",
-            "limits,scaling",
-            "--no-drop-caches",
-        ])
+        .args(args)
         .arg("--work")
         .arg(work.path())
         .arg("--out")
         .arg(&out));
+    let v = json(&std::fs::read_to_string(&out).expect("results.json"));
+    (text, v)
+}
+
+#[test]
+fn the_benchmark_harness_runs_on_a_tiny_workload() {
+    let (text, v) = harness(&[
+        "--cairn-only",
+        "--size",
+        "64M",
+        "--skip",
+        "limits,scaling",
+        "--no-drop-caches",
+    ]);
     assert!(
         text.contains("| full |") && text.contains("| target |"),
         "{text}"
     );
-    let v = json(&std::fs::read_to_string(&out).expect("results.json"));
     let rows = v["rows"].as_array().expect("rows");
     let steps: Vec<&str> = rows
         .iter()
@@ -105,35 +114,19 @@ fn the_benchmark_harness_runs_on_a_tiny_workload() {
 
 #[test]
 fn the_scale_sections_run_at_a_smoke_tests_size() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let out = work.path().join("results.json");
-    let bin = cairn_bin();
-    let fill = bin.with_file_name("fill-index");
+    let fill = cairn_bin().with_file_name("fill-index");
     assert!(
         fill.is_file(),
         "{} is missing: cargo test --workspace builds it",
         fill.display()
     );
-    let text = ok(Command::new("python3")
-        .arg(repo_root().join("benches/run.py"))
-        .arg("--cairn")
-        .arg(&bin)
-        .arg("--fill-index")
-        .arg(&fill)
-        .arg("--shared")
-        .arg(shared_dir())
-        .args([
-            "--cairn-only",
-            "--smoke",
-            "--only",
-            "bigdisk,generations,index",
-            "--no-drop-caches",
-        ])
-        .arg("--work")
-        .arg(work.path())
-        .arg("--out")
-        .arg(&out));
-    let v = json(&std::fs::read_to_string(&out).expect("results.json"));
+    let (text, v) = harness(&[
+        "--cairn-only",
+        "--smoke",
+        "--only",
+        "bigdisk,generations,index",
+        "--no-drop-caches",
+    ]);
     let rows = v["rows"].as_array().expect("rows");
     let steps: Vec<&str> = rows
         .iter()
@@ -173,27 +166,13 @@ fn the_scale_sections_run_at_a_smoke_tests_size() {
 /// Runs one section of the harness at a smoke test's size (cairn only): its table and its
 /// results.json.
 fn section(name: &str) -> (String, serde_json::Value) {
-    let work = tempfile::tempdir().expect("tempdir");
-    let out = work.path().join("results.json");
-    let text = ok(Command::new("python3")
-        .arg(repo_root().join("benches/run.py"))
-        .arg("--cairn")
-        .arg(cairn_bin())
-        .arg("--shared")
-        .arg(shared_dir())
-        .args([
-            "--cairn-only",
-            "--smoke",
-            "--only",
-            name,
-            "--no-drop-caches",
-        ])
-        .arg("--work")
-        .arg(work.path())
-        .arg("--out")
-        .arg(&out));
-    let v = json(&std::fs::read_to_string(&out).expect("results.json"));
-    (text, v)
+    harness(&[
+        "--cairn-only",
+        "--smoke",
+        "--only",
+        name,
+        "--no-drop-caches",
+    ])
 }
 
 #[test]

@@ -8,7 +8,10 @@ use cairn_nbd::replay::Replay;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let contexts = ["base:allocation".to_string(), "qemu:dirty-bitmap:b".to_string()];
+    let contexts = [
+        "base:allocation".to_string(),
+        "qemu:dirty-bitmap:b".to_string(),
+    ];
     let Ok(mut c) = Client::handshake(Box::new(Replay::new(data.to_vec())), "d", &contexts) else {
         return;
     };
