@@ -40,7 +40,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use cairn_store::point::VmKey;
-use cairn_store::{Labels, NewPoint, RecoveryPoint, Session, StagedPoint, Store};
+use cairn_store::{Labels, NewPoint, RecoveryPoint, StagedPoint, Store, StoreRead, StoreWrite};
 use chrono::{DateTime, Utc};
 
 /// What went wrong in a backup.
@@ -207,8 +207,8 @@ fn one(mut points: Vec<RecoveryPoint>) -> Result<RecoveryPoint> {
 /// and stored as it is added, and [`Run::commit`] publishes all of them at once, or none when
 /// it fails or the process dies. Dropping a run without committing it publishes nothing.
 pub struct Run<'a> {
-    store: &'a Store,
-    session: Session<'a>,
+    store: &'a dyn StoreRead,
+    session: Box<dyn StoreWrite<'a> + 'a>,
     staged: Vec<StagedPoint>,
 }
 
@@ -218,11 +218,18 @@ impl<'a> Run<'a> {
     /// # Errors
     /// A store opened read-only.
     pub fn new(store: &'a Store) -> Result<Self> {
-        Ok(Self {
+        Ok(Self::over(store, Box::new(store.session()?)))
+    }
+
+    /// Starts a run that reads parents from `store` and writes through `session`: a local
+    /// store's session, or an upload to `cairn serve` (the `cairn-remote` crate).
+    #[must_use]
+    pub fn over(store: &'a dyn StoreRead, session: Box<dyn StoreWrite<'a> + 'a>) -> Self {
+        Self {
             store,
-            session: store.session()?,
+            session,
             staged: Vec::new(),
-        })
+        }
     }
 
     /// Reads one disk (from `input` when given, else from `req.source`) and stores its chunks;
@@ -255,14 +262,12 @@ impl<'a> Run<'a> {
             && req.rewrite_percent > 0
             && let Some(latest) = store.latest(&req.vm_key(), &req.disk)?
         {
-            let (packs, bytes) = store.sparse_packs(&latest)?;
-            let budget = bytes / 100 * u64::from(req.rewrite_percent);
-            self.session
-                .set_rewrite(cairn_store::Rewrite::new(packs, budget));
+            self.session.layout(&latest, req.rewrite_percent)?;
         }
         let level = store.config().zstd_level;
         let done = pipeline::run(
-            &mut self.session,
+            store,
+            &mut *self.session,
             opened.src,
             opened.parent.as_ref(),
             level,
@@ -330,7 +335,7 @@ impl Request {
 /// export) would otherwise be stored as a smaller disk and become the latest point. It must end
 /// at `--size` when given, and never before the disk's previous point unless the disk shrank
 /// (`--allow-resize`). A source of known size must match `--size` too.
-fn check_stream_size(store: &Store, req: &Request, stream: bool, size: u64) -> Result<()> {
+fn check_stream_size(store: &dyn StoreRead, req: &Request, stream: bool, size: u64) -> Result<()> {
     let shown = req.source.display();
     if let Some(want) = req.expected_size {
         if size != want {

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use cairn_store::{RecoveryPoint, RefLookup, SourceInfo, Store, Walk};
+use cairn_store::{RecoveryPoint, RefLookup, SourceInfo, StoreRead, Walk};
 use cairn_vhd::{Chain, DiskType, Vhd};
 
 use crate::parent::choose_parent;
@@ -41,7 +41,7 @@ fn is_stream(path: &Path) -> bool {
 /// Opens `req.source` for a store of chunk size `chunk`; `input` is the stream to read when
 /// the source is not a file (`-`).
 pub(crate) fn open<'s>(
-    store: &'s Store,
+    store: &'s dyn StoreRead,
     req: &Request,
     input: Option<Input>,
     chunk: u32,
@@ -185,7 +185,7 @@ fn whole<'s>(info: SourceInfo, size: Option<u64>, src: Box<dyn ChunkSource + 's>
 
 /// A delta applied to `parent`.
 fn delta<'s, B: Blocks + 's>(
-    store: &'s Store,
+    store: &'s dyn StoreRead,
     info: SourceInfo,
     size: u64,
     parent: &RecoveryPoint,
@@ -206,7 +206,7 @@ fn delta<'s, B: Blocks + 's>(
 
 /// Opens a file (or a spooled stream, shown as `shown`).
 fn open_file<'s>(
-    store: &'s Store,
+    store: &'s dyn StoreRead,
     req: &Request,
     path: &Path,
     shown: &str,
@@ -360,7 +360,12 @@ fn shown_uri(uri: &cairn_nbd::Uri) -> String {
 }
 
 /// An NBD export: read whole (holes skipped), or only what changed since the parent point.
-fn open_nbd<'s>(store: &'s Store, req: &Request, text: &str, chunk: u32) -> Result<Opened<'s>> {
+fn open_nbd<'s>(
+    store: &'s dyn StoreRead,
+    req: &Request,
+    text: &str,
+    chunk: u32,
+) -> Result<Opened<'s>> {
     use crate::source::nbd::{ChangeSource, Changes, NbdSource};
     let uri = cairn_nbd::Uri::parse(text).map_err(|e| Error::Refused(e.to_string()))?;
     let shown = shown_uri(&uri);

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use cairn_store::tree::span;
-use cairn_store::{ChunkRef, RecoveryPoint, Session, Store, TreeWriter, Walk};
+use cairn_store::{ChunkRef, ChunkSink, RecoveryPoint, StoreRead, TreeWriter, Walk};
 
 use crate::{Error, Request, Result};
 
 /// The point a differencing VHD applies to: `--parent`, or the disk's latest point when it was
 /// read from the VHD the delta names as its parent (`parent_uuid`).
 pub(crate) fn choose_parent(
-    store: &Store,
+    store: &dyn StoreRead,
     req: &Request,
     shown: &str,
     parent_uuid: &str,
@@ -59,7 +59,11 @@ pub(crate) fn choose_parent(
 /// The point that changed blocks (a dirty bitmap, a changed-block list) apply to: `--parent`,
 /// or the disk's latest point. Nothing can check that the changes were counted from it: the
 /// admin's bitmap must have started at that backup (as Xen Orchestra and Proxmox keep it).
-pub(crate) fn latest_or_given(store: &Store, req: &Request, shown: &str) -> Result<RecoveryPoint> {
+pub(crate) fn latest_or_given(
+    store: &dyn StoreRead,
+    req: &Request,
+    shown: &str,
+) -> Result<RecoveryPoint> {
     let parent = match &req.parent {
         Some(p) => p.clone(),
         None => store.latest(&req.vm_key(), &req.disk)?.ok_or_else(|| {
@@ -88,7 +92,7 @@ pub(crate) struct ParentCopy<'s> {
 }
 
 impl<'s> ParentCopy<'s> {
-    pub(crate) fn new(store: &'s Store, parent: &RecoveryPoint) -> Result<Self> {
+    pub(crate) fn new(store: &'s dyn StoreRead, parent: &RecoveryPoint) -> Result<Self> {
         Ok(Self {
             walk: Walk::new(store, parent)?,
             point: parent.short_id().to_owned(),
@@ -100,7 +104,7 @@ impl<'s> ParentCopy<'s> {
     /// Appends the parent's chunks `from..from + n` to `tree`.
     pub(crate) fn copy(
         &mut self,
-        session: &mut Session<'_>,
+        session: &mut dyn ChunkSink,
         tree: &mut TreeWriter,
         from: u64,
         n: u64,

@@ -11,7 +11,8 @@ use std::collections::HashSet;
 
 use cairn_store::chunk::{self, ChunkKind, is_zero};
 use cairn_store::{
-    BackupStats, ChunkId, ChunkRef, EncodedChunk, KnownFilter, RecoveryPoint, Session, TreeWriter,
+    BackupStats, ChunkFilter, ChunkId, ChunkRef, EncodedChunk, RecoveryPoint, StoreRead,
+    StoreWrite, TreeWriter,
 };
 use rayon::prelude::*;
 
@@ -33,24 +34,57 @@ enum Hashed {
     Run(PieceOrigin, u64),
 }
 
-fn hash_piece(known: &KnownFilter<'_>, piece: Piece, level: i32) -> Result<Hashed> {
-    match piece {
-        Piece::Run { origin, chunks, .. } => Ok(Hashed::Run(origin, chunks)),
-        Piece::Data(d) if is_zero(&d) => Ok(Hashed::Zero),
-        Piece::Data(d) => {
-            let id = ChunkId::of(&d);
-            if known.holds(&id)? {
-                Ok(Hashed::Known(id))
-            } else {
-                Ok(Hashed::New(chunk::encode_with_id(
-                    id,
-                    &d,
-                    ChunkKind::Data,
-                    level,
-                )))
-            }
-        }
+/// Hashes a batch of pieces: zero test and BLAKE3 in parallel, one question to the store for
+/// the batch's ids (one round trip to a remote store), then only the new chunks compressed, in
+/// parallel again.
+fn hash_batch(
+    known: &dyn ChunkFilter,
+    batch: Vec<(Piece, u64)>,
+    level: i32,
+) -> Result<Vec<(Hashed, u64)>> {
+    enum Step {
+        Done(Hashed),
+        Hashed(ChunkId, Vec<u8>),
     }
+    let steps: Vec<(Step, u64)> = batch
+        .into_par_iter()
+        .map(|(piece, len)| {
+            let step = match piece {
+                Piece::Run { origin, chunks, .. } => Step::Done(Hashed::Run(origin, chunks)),
+                Piece::Data(d) if is_zero(&d) => Step::Done(Hashed::Zero),
+                Piece::Data(d) => Step::Hashed(ChunkId::of(&d), d),
+            };
+            (step, len)
+        })
+        .collect();
+    let ids: Vec<ChunkId> = steps
+        .iter()
+        .filter_map(|(s, _)| match s {
+            Step::Hashed(id, _) => Some(*id),
+            Step::Done(_) => None,
+        })
+        .collect();
+    let mut missing = known.missing(&ids)?.into_iter();
+    let steps: Vec<(Step, bool, u64)> = steps
+        .into_iter()
+        .map(|(s, len)| {
+            let new = matches!(s, Step::Hashed(..)) && missing.next().unwrap_or(true);
+            (s, new, len)
+        })
+        .collect();
+    Ok(steps
+        .into_par_iter()
+        .map(|(s, new, len)| {
+            let h = match s {
+                Step::Done(h) => h,
+                Step::Hashed(id, d) if new => {
+                    Hashed::New(chunk::encode_with_id(id, &d, ChunkKind::Data, level))
+                }
+                Step::Hashed(id, _) => Hashed::Known(id),
+            };
+            (h, len)
+        })
+        .collect())
 }
 
 /// What the pipeline made of a source.
@@ -67,8 +101,9 @@ pub(crate) struct Ingested {
 
 /// Reads `src` to its end through the three stages, appending new chunks to `session`.
 /// `progress` gets the disk bytes done so far and the size when known.
-pub(crate) fn run(
-    session: &mut Session<'_>,
+pub(crate) fn run<'a>(
+    store: &dyn StoreRead,
+    session: &mut dyn StoreWrite<'a>,
     mut src: Box<dyn ChunkSource + '_>,
     parent: Option<&RecoveryPoint>,
     level: i32,
@@ -77,14 +112,14 @@ pub(crate) fn run(
 ) -> Result<Ingested> {
     let mut tree = session.tree_writer();
     let mut parent = match parent {
-        Some(p) => Some(ParentCopy::new(session.store(), p)?),
+        Some(p) => Some(ParentCopy::new(store, p)?),
         None => None,
     };
     let mut stats = BackupStats::default();
     let mut logical = 0u64;
     let (tx, rx) = crossbeam_channel::bounded::<Result<Vec<(Piece, u64)>>>(QUEUE_DEPTH);
     let (htx, hrx) = crossbeam_channel::bounded::<Result<Vec<(Hashed, u64)>>>(QUEUE_DEPTH);
-    let known = session.known_filter();
+    let known = session.filter();
     let bytes_read = std::thread::scope(|scope| {
         let reader = scope.spawn(move || {
             loop {
@@ -126,23 +161,15 @@ pub(crate) fn run(
             let mut emitted: HashSet<ChunkId> = HashSet::new();
             for batch in &rx {
                 let out = batch.and_then(|batch| {
-                    let lens: Vec<u64> = batch.iter().map(|(_, l)| *l).collect();
-                    let hashed: Vec<Result<Hashed>> = batch
-                        .into_par_iter()
-                        .map(|(p, _)| hash_piece(&known, p, level))
-                        .collect();
-                    hashed
+                    Ok(hash_batch(&*known, batch, level)?
                         .into_iter()
-                        .zip(lens)
-                        .map(|(h, len)| {
-                            Ok(match h? {
-                                Hashed::New(enc) if !emitted.insert(enc.id) => {
-                                    (Hashed::Known(enc.id), len)
-                                }
-                                other => (other, len),
-                            })
+                        .map(|(h, len)| match h {
+                            Hashed::New(enc) if !emitted.insert(enc.id) => {
+                                (Hashed::Known(enc.id), len)
+                            }
+                            other => (other, len),
                         })
-                        .collect::<Result<Vec<_>>>()
+                        .collect::<Vec<_>>())
                 });
                 let failed = out.is_err();
                 if htx.send(out).is_err() || failed {

@@ -42,7 +42,7 @@ pub use vhd::{chain_file_name, vhd_file_name};
 
 use std::path::{Path, PathBuf};
 
-use cairn_store::{RecoveryPoint, Store};
+use cairn_store::{RecoveryPoint, StoreRead};
 
 use crate::output::Output;
 
@@ -148,7 +148,7 @@ pub struct Restored {
 /// another disk or size, an output that exists (without `force`) or whose folder does not.
 /// On error no file that looks like a result is left, and what was there is untouched.
 pub fn restore(
-    store: &Store,
+    store: &dyn StoreRead,
     point: &RecoveryPoint,
     out: &Path,
     opts: &Options<'_>,

@@ -4,7 +4,7 @@
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use cairn_store::{RecoveryPoint, Store};
+use cairn_store::{RecoveryPoint, StoreRead};
 
 use crate::output::{Output, io_err};
 use crate::{PointReader, Restored, Result};
@@ -14,7 +14,7 @@ const BOUNCE_BYTES: usize = 1 << 20;
 
 pub(crate) fn restore_raw<'scope, 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
-    store: &'env Store,
+    store: &'env dyn StoreRead,
     point: &RecoveryPoint,
     out: &Path,
     target: &Output,

@@ -4,8 +4,7 @@
 //! few shared leaves and nodes) produce no window at all. An NBD export or any other target
 //! reads through the same reader.
 
-use cairn_store::{Body, ChunkId, ChunkRef, RecoveryPoint, Store, Walk};
-use rayon::prelude::*;
+use cairn_store::{Body, ChunkId, ChunkRef, RecoveryPoint, StoreRead, Walk};
 
 use crate::{Damaged, Error, Result};
 
@@ -63,7 +62,7 @@ impl PointReader {
     /// A point whose top entries are not a tree covering its disk.
     pub fn start<'scope, 'env>(
         scope: &'scope std::thread::Scope<'scope, 'env>,
-        store: &'env Store,
+        store: &'env dyn StoreRead,
         point: &RecoveryPoint,
         needed: Option<Needed>,
         ignore_errors: bool,
@@ -218,7 +217,7 @@ impl PointReader {
 
 /// The fetcher thread's state: the window being gathered and what it wants read.
 struct Fetcher<'env> {
-    store: &'env Store,
+    store: &'env dyn StoreRead,
     point: RecoveryPoint,
     cs: u64,
     per: u64,
@@ -337,7 +336,7 @@ impl Fetcher<'_> {
 /// several in flight on the rayon pool, each decoded and checked against its id. Returns the
 /// damaged ranges (zeros) when errors are ignored.
 fn fetch(
-    store: &Store,
+    store: &dyn StoreRead,
     point: &RecoveryPoint,
     first: u64,
     wanted: &[(u64, ChunkId)],
@@ -346,33 +345,29 @@ fn fetch(
 ) -> Result<Vec<Damaged>> {
     let cs = point.chunk_size as usize;
     let ids: Vec<ChunkId> = wanted.iter().map(|(_, id)| *id).collect();
-    let locs = store.locations(&ids)?;
     let mut slots: Vec<Option<&mut [u8]>> = data.chunks_mut(cs).map(Some).collect();
-    let mut jobs = Vec::with_capacity(wanted.len());
-    let mut failed: Vec<(u64, cairn_store::Error)> = Vec::new();
-    for ((i, id), loc) in wanted.iter().zip(locs) {
-        let slot = slots.get_mut((i - first) as usize).and_then(Option::take);
-        match (loc, slot) {
-            (Some(loc), Some(slot)) => jobs.push((*i, *id, loc, slot)),
-            (_, slot) => {
-                if let Some(s) = slot {
-                    s.fill(0);
-                }
-                failed.push((*i, cairn_store::Error::MissingChunk(*id)));
+    let mut taken = Vec::with_capacity(wanted.len());
+    for (i, _) in wanted {
+        match slots.get_mut((i - first) as usize).and_then(Option::take) {
+            Some(slot) => taken.push(slot),
+            None => {
+                return Err(Error::Refused(format!(
+                    "chunk {i} is outside the window from chunk {first}"
+                )));
             }
         }
     }
-    jobs.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
-    failed.extend(
-        jobs.into_par_iter()
-            .filter_map(|(i, id, loc, slot)| {
-                store.read_into(&id, &loc, slot).err().map(|e| {
-                    slot.fill(0);
-                    (i, e)
-                })
-            })
-            .collect::<Vec<_>>(),
-    );
+    let results = store.read_chunks(&ids, taken)?;
+    let mut failed: Vec<(u64, cairn_store::Error)> = Vec::new();
+    for ((i, _), r) in wanted.iter().zip(results) {
+        if let Some(e) = r {
+            let at = ((i - first) as usize) * cs;
+            if let Some(s) = data.get_mut(at..(at + cs).min(data.len())) {
+                s.fill(0);
+            }
+            failed.push((*i, e));
+        }
+    }
     failed.sort_by_key(|(i, _)| *i);
     let mut damaged = Vec::new();
     for (i, source) in failed {
@@ -403,7 +398,7 @@ fn fetch(
 /// # Errors
 /// A tree chunk that cannot be read (unless errors are ignored).
 pub(crate) fn blocks_with_data(
-    store: &Store,
+    store: &dyn StoreRead,
     point: &RecoveryPoint,
     base: Option<&RecoveryPoint>,
     per_block: u64,

@@ -4,7 +4,7 @@
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use cairn_store::{RecoveryPoint, Store};
+use cairn_store::{RecoveryPoint, StoreRead};
 use cairn_vhd::format::DEFAULT_BLOCK_SIZE;
 use cairn_vhd::{DiskSpec, ParentSpec, vhd_timestamp, write_sparse};
 
@@ -68,7 +68,7 @@ fn point_uuid(p: &RecoveryPoint) -> uuid::Uuid {
 /// the ranges written as zeros (with errors ignored).
 fn write_point_vhd<'scope, 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
-    store: &'env Store,
+    store: &'env dyn StoreRead,
     point: &RecoveryPoint,
     base: Option<(&RecoveryPoint, String)>,
     (out, target): (&Path, &mut dyn Write),
@@ -155,7 +155,7 @@ fn write_point_vhd<'scope, 'env>(
 )]
 pub(crate) fn restore_vhd<'scope, 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
-    store: &'env Store,
+    store: &'env dyn StoreRead,
     point: &RecoveryPoint,
     base: Option<&RecoveryPoint>,
     out: &Path,
@@ -202,7 +202,7 @@ pub(crate) fn restore_vhd<'scope, 'env>(
 /// earlier point of the same disk), else from the newest key backup at or before `point`, else
 /// from the disk's oldest point.
 fn chain_points(
-    store: &Store,
+    store: &dyn StoreRead,
     point: &RecoveryPoint,
     from: Option<&RecoveryPoint>,
 ) -> Result<Vec<RecoveryPoint>> {
@@ -230,7 +230,7 @@ fn chain_points(
 
 pub(crate) fn restore_chain<'scope, 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
-    store: &'env Store,
+    store: &'env dyn StoreRead,
     point: &RecoveryPoint,
     out: &Path,
     opts: &Options<'_>,
@@ -259,7 +259,7 @@ pub(crate) fn restore_chain<'scope, 'env>(
 /// Writes each VHD of a chain under a temporary name; returns them for renaming.
 fn write_chain<'scope, 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
-    store: &'env Store,
+    store: &'env dyn StoreRead,
     points: &[RecoveryPoint],
     out: &Path,
     ignore_errors: bool,

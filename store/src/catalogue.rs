@@ -32,6 +32,7 @@ impl Store {
     /// A protected point, index and I/O errors.
     pub fn forget(&self, points: &[RecoveryPoint]) -> Result<Forgotten> {
         self.require_writer()?;
+        let _commit = self.commit_lock()?;
         let mut unique = HashSet::new();
         let points: Vec<&RecoveryPoint> = points.iter().filter(|p| unique.insert(&p.id)).collect();
         // The root file is the truth: a protect that died before its catalogue write left the
@@ -126,6 +127,7 @@ impl Store {
     /// Index and I/O errors.
     pub fn set_protected(&self, point: &RecoveryPoint, protected: bool) -> Result<RecoveryPoint> {
         self.require_writer()?;
+        let _commit = self.commit_lock()?;
         let mut p = point.clone();
         p.protected = protected;
         let json = serde_json::to_vec_pretty(&p).map_err(|e| Error::Point(e.to_string()))?;

@@ -34,6 +34,17 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// A point names chunks that are neither in the store nor sent with it.
+    #[error(
+        "the point names {missing} chunk(s) the store does not hold ({first}...); nothing was \
+         stored (a garbage collection may have removed a chunk the backup reused: run it again)"
+    )]
+    Incomplete {
+        /// How many are missing.
+        missing: u64,
+        /// The first few, as hex.
+        first: String,
+    },
     /// A RocksDB error.
     #[error("index {}: {source}", path.display())]
     Index {

@@ -103,6 +103,7 @@
 //! | a writer was killed | nothing half-done is visible: a run's points all or none, orphan packs, leftover temporary files | the next writer settles it; `gc` deletes orphan packs |
 //! | the disk filled up | the command says exactly what was stored (a point whose catalogue write failed is listed later, never stored twice) | free space; `gc` deletes dead packs first and skips rewrites that do not fit |
 //!
+pub mod access;
 mod agree;
 mod catalogue;
 pub mod chunk;
@@ -127,6 +128,7 @@ mod store;
 pub mod tree;
 pub mod view;
 
+pub use access::{ChunkFilter, ChunkSink, StoreRead, StoreWrite};
 pub use catalogue::Forgotten;
 pub use chunk::{ChunkId, ChunkKind, ChunkRef, Codec, EncodedChunk};
 pub use config::{DEFAULT_CHUNK_SIZE, StoreConfig};

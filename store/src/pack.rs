@@ -523,3 +523,60 @@ mod tests {
         assert!(s.stopped.is_some());
     }
 }
+
+/// Appends `chunk` to `out` as a frame (header and stored bytes), the form chunks take in a
+/// pack and on the wire of `cairn serve`.
+pub fn encode_frame(chunk: &EncodedChunk, out: &mut Vec<u8>) {
+    let header = FrameHeader {
+        id: chunk.id,
+        plain_len: chunk.plain_len,
+        stored_len: chunk.bytes.len() as u32,
+        codec: chunk.codec,
+        kind: chunk.kind,
+    };
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(&chunk.bytes);
+}
+
+/// Splits `body` into the frames it holds, at most `max` of them. Only the framing is checked
+/// here (magic, header CRC, lengths within bounds and within the body); the caller checks each
+/// chunk against its id.
+///
+/// # Errors
+/// What is wrong, and at which byte offset of the body.
+pub fn decode_frames(body: &[u8], max: usize) -> Result<Vec<EncodedChunk>, String> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < body.len() {
+        if out.len() == max {
+            return Err(format!("more than {max} chunks in one body"));
+        }
+        let Some(hb) = body
+            .get(at..at + FRAME_HEADER_SIZE as usize)
+            .and_then(|b| <&[u8; FRAME_HEADER_SIZE as usize]>::try_from(b).ok())
+        else {
+            return Err(format!(
+                "offset {at}: {} bytes left, a frame header is {FRAME_HEADER_SIZE}",
+                body.len() - at
+            ));
+        };
+        let h = FrameHeader::decode(hb).map_err(|e| format!("offset {at}: {e}"))?;
+        let start = at + FRAME_HEADER_SIZE as usize;
+        let Some(bytes) = body.get(start..start + h.stored_len as usize) else {
+            return Err(format!(
+                "offset {at}: the frame says {} stored bytes, the body holds {}",
+                h.stored_len,
+                body.len() - start
+            ));
+        };
+        out.push(EncodedChunk {
+            id: h.id,
+            kind: h.kind,
+            codec: h.codec,
+            plain_len: h.plain_len,
+            bytes: bytes.to_vec(),
+        });
+        at = start + h.stored_len as usize;
+    }
+    Ok(out)
+}

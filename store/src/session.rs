@@ -62,6 +62,9 @@ pub struct Session<'a> {
     new_stored: u64,
     /// Packs this session created; removed if it ends without committing.
     created: Vec<PathBuf>,
+    /// Whether the commit checks that every chunk its points name is stored (points a client
+    /// uploaded: see [`Session::check_references`]).
+    check: bool,
     /// Where the point being read started: `pending` entries and stored bytes before it.
     mark: (usize, u64),
     /// Packs whose chunks a backup may store again (the `layout` module), and the budget.
@@ -147,6 +150,7 @@ impl<'a> Session<'a> {
             superseded: Vec::new(),
             new_stored: 0,
             created: Vec::new(),
+            check: false,
             mark: (0, 0),
             rewrite: Arc::default(),
             rewritten: 0,
@@ -298,31 +302,14 @@ impl<'a> Session<'a> {
             self.check_not_lost(p.data, &p.subtrees)?;
         }
         let root = tree.finish(self)?;
-        let mut stats = point.stats;
-        stats.new_stored_bytes = self.new_stored_bytes();
-        stats.healed_chunks = self.healed();
-        stats.rewritten_chunks = self.rewritten;
+        let mut staged = StagedPoint::new(point, &root, chunk_size);
+        staged.0.stats.new_stored_bytes = self.new_stored_bytes();
+        staged.0.stats.healed_chunks = self.healed();
+        staged.0.stats.rewritten_chunks = self.rewritten;
         self.rewritten = 0;
         self.rewrite = Arc::default();
         self.mark = (self.pending.len(), self.new_stored);
-        Ok(StagedPoint(RecoveryPoint {
-            id: hex::encode(uuid::Uuid::new_v4().as_bytes()),
-            vm: point.vm,
-            disk: point.disk,
-            time: point.time,
-            size: point.size,
-            chunk_size,
-            source: point.source,
-            parent: point.parent,
-            format: POINT_FORMAT,
-            depth: root.depth,
-            segments: root.ids.iter().map(ChunkId::to_hex).collect(),
-            stats,
-            committed: Utc::now(),
-            protected: false,
-            run: point.run,
-            labels: point.labels,
-        }))
+        Ok(staged)
     }
 
     /// Stages a point copied from another store, as it is there (its id, time, source, labels,
@@ -363,6 +350,112 @@ impl<'a> Session<'a> {
         copy.stats.new_stored_bytes = self.new_stored_bytes();
         self.mark = (self.pending.len(), self.new_stored);
         Ok(StagedPoint(copy))
+    }
+
+    /// Makes the commit check, before anything is published, that every chunk the staged
+    /// points name is in the store or was put in this session, with the kind its place needs:
+    /// for points built elsewhere (a client of `cairn serve`), whose trees this process did not
+    /// write. Tree chunks put in this session are read back and followed; a chunk the store
+    /// already held is trusted with what is under it (an indexed tree chunk's children are
+    /// indexed: garbage collection removes a chunk only with every chunk naming it). The check
+    /// runs under the commit lock, so a collection cannot remove a chunk between it and the
+    /// commit.
+    pub fn check_references(&mut self) {
+        self.check = true;
+    }
+
+    /// The packs this session created and has not yet committed: a collection running in the
+    /// same process must leave them alone.
+    #[must_use]
+    pub fn open_packs(&self) -> Vec<PackId> {
+        let mut out: Vec<PackId> = self.pending.iter().map(|(_, l)| l.pack).collect();
+        out.extend(self.pack.as_ref().map(PackWriter::id));
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// See [`Session::check_references`]: the chunks `staged` names that are neither in the
+    /// store nor in this session (the first few), or of the wrong kind.
+    fn check_complete(&self, staged: &[StagedPoint]) -> Result<()> {
+        use crate::tree::{Node, decode};
+        let pending: HashMap<ChunkId, Location> = self.pending.iter().copied().collect();
+        let mut visited: HashSet<ChunkId> = HashSet::new();
+        let mut held: Vec<(ChunkId, ChunkKind)> = Vec::new();
+        for StagedPoint(p) in staged {
+            let mut stack: Vec<(ChunkId, u8)> = crate::tree::top(p)?
+                .into_iter()
+                .map(|id| (id, p.depth))
+                .collect();
+            while let Some((id, level)) = stack.pop() {
+                if !visited.insert(id) {
+                    continue;
+                }
+                let Some(loc) = pending.get(&id) else {
+                    held.push((id, ChunkKind::Tree));
+                    continue;
+                };
+                let wrong = |what: String| {
+                    Error::Usage(format!(
+                        "point {}: tree chunk {id} (level {level}) {what}; nothing was stored",
+                        p.short_id()
+                    ))
+                };
+                if loc.kind != ChunkKind::Tree {
+                    return Err(wrong("was sent as a data chunk".into()));
+                }
+                let bytes = self.store.read_at(&id, loc)?;
+                match decode(&bytes).map_err(wrong)? {
+                    Node::Leaf(refs) if level == 0 => {
+                        for r in refs.iter() {
+                            if let ChunkRef::Data(d) = r
+                                && visited.insert(*d)
+                            {
+                                match pending.get(d) {
+                                    Some(l) if l.kind != ChunkKind::Data => {
+                                        return Err(wrong(format!(
+                                            "names chunk {d} as data, which was sent as a tree chunk"
+                                        )));
+                                    }
+                                    Some(_) => {}
+                                    None => held.push((*d, ChunkKind::Data)),
+                                }
+                            }
+                        }
+                    }
+                    Node::Inner(l, children) if l == level && level > 0 => {
+                        stack.extend(children.iter().map(|c| (*c, level - 1)));
+                    }
+                    n => {
+                        return Err(wrong(format!("is of level {}", n.level())));
+                    }
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        for batch in held.chunks(4096) {
+            let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
+            for ((id, kind), loc) in batch.iter().zip(self.store.locations(&ids)?) {
+                match loc {
+                    Some(l) if l.kind == *kind && !self.lost.contains(&l.pack) => {}
+                    Some(l) if l.kind != *kind => {
+                        return Err(Error::Usage(format!(
+                            "chunk {id} is named as a {kind:?} chunk but the store holds it as                              {:?}; nothing was stored",
+                            l.kind
+                        )));
+                    }
+                    _ => missing.push(*id),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<String> = missing.iter().take(4).map(ChunkId::to_hex).collect();
+        Err(Error::Incomplete {
+            missing: missing.len() as u64,
+            first: shown.join(", "),
+        })
     }
 
     /// Refuses a tree naming a chunk whose pack file is gone (and that this session did not
@@ -435,8 +528,14 @@ impl<'a> Session<'a> {
         if let Some(mut pack) = self.pack.take() {
             pack.sync()?;
         }
-        // 2. Chunks indexed (unreferenced until the points are published).
         let store = self.store;
+        // One commit at a time in this process (sessions of `cairn serve`, garbage collection
+        // in it): the counts read below are changed by this commit's batches only.
+        let _commit = store.commit_lock()?;
+        if self.check {
+            self.check_complete(&staged)?;
+        }
+        // 2. Chunks indexed (unreferenced until the points are published).
         let mut batch = WriteBatch::default();
         let chunks_cf = store.cf(CF_CHUNKS)?;
         let mut packs: HashMap<PackId, PackInfo> = HashMap::new();
@@ -559,6 +658,36 @@ impl<'a> Session<'a> {
 pub struct StagedPoint(RecoveryPoint);
 
 impl StagedPoint {
+    /// A point built elsewhere from `point` and its tree's `root` (a client of a remote
+    /// store): a new id; its commit time is set when it is published.
+    #[must_use]
+    pub fn new(point: NewPoint, root: &crate::tree::TreeRoot, chunk_size: u32) -> Self {
+        StagedPoint(RecoveryPoint {
+            id: hex::encode(uuid::Uuid::new_v4().as_bytes()),
+            vm: point.vm,
+            disk: point.disk,
+            time: point.time,
+            size: point.size,
+            chunk_size,
+            source: point.source,
+            parent: point.parent,
+            format: POINT_FORMAT,
+            depth: root.depth,
+            segments: root.ids.iter().map(ChunkId::to_hex).collect(),
+            stats: point.stats,
+            committed: Utc::now(),
+            protected: false,
+            run: point.run,
+            labels: point.labels,
+        })
+    }
+
+    /// The point, for sending to the store that publishes it.
+    #[must_use]
+    pub fn into_point(self) -> RecoveryPoint {
+        self.0
+    }
+
     /// The point as it will be published (its commit time is set then).
     #[must_use]
     pub fn point(&self) -> &RecoveryPoint {

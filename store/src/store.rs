@@ -39,6 +39,9 @@ pub struct Store {
     _reader: Option<crate::readers::ReaderGuard>,
     files: Mutex<HashMap<PackId, Arc<File>>>,
     warnings: Vec<String>,
+    /// Held by each commit, forget, protect and collection of this process (see
+    /// [`Store::commit_lock`]).
+    commits: Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -285,6 +288,7 @@ impl Store {
             _reader: reader,
             files: Mutex::new(HashMap::new()),
             warnings: Vec::new(),
+            commits: Mutex::new(()),
         };
         if store.lock.is_none() {
             store.warnings = store.reconcile(false)?;
@@ -629,6 +633,19 @@ impl Store {
             .filter(|p| !p.path(&dir).exists())
             .collect();
         Ok(Session::new(self, bad, lost))
+    }
+
+    /// The store's commit lock: within the process that holds the write lock, commits, forgets,
+    /// protects and a collection's final step take it, so that each reads and changes the
+    /// reference counts alone. Many sessions write packs at once; their commits queue here
+    /// (briefly: a commit's batches, not its chunks).
+    ///
+    /// # Errors
+    /// A holder panicked.
+    pub fn commit_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        self.commits
+            .lock()
+            .map_err(|_| Error::Usage("a commit panicked in this process".into()))
     }
 
     /// Fails unless the store was opened for writing.

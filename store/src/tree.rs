@@ -26,10 +26,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::access::{ChunkSink, StoreRead};
 use crate::chunk::{self, ChunkId, ChunkKind, ChunkRef};
 use crate::error::{Error, Result};
-use crate::session::Session;
-use crate::store::Store;
 
 /// Refs per leaf: 256 refs of 32 bytes = 8 KiB per leaf.
 pub const SEGMENT_REFS: usize = 256;
@@ -227,7 +226,7 @@ impl TreeWriter {
     ///
     /// # Errors
     /// I/O errors storing a leaf or node.
-    pub fn push(&mut self, session: &mut Session<'_>, r: ChunkRef) -> Result<()> {
+    pub fn push(&mut self, session: &mut dyn ChunkSink, r: ChunkRef) -> Result<()> {
         if let (Some(p), ChunkRef::Data(id)) = (&mut self.pushed, r) {
             p.data.push(id);
         }
@@ -243,7 +242,7 @@ impl TreeWriter {
     ///
     /// # Errors
     /// I/O errors storing a leaf or node.
-    pub fn push_zeros(&mut self, session: &mut Session<'_>, mut n: u64) -> Result<()> {
+    pub fn push_zeros(&mut self, session: &mut dyn ChunkSink, mut n: u64) -> Result<()> {
         while n > 0 && !self.refs.is_empty() {
             self.push(session, ChunkRef::Zero)?;
             n -= 1;
@@ -280,7 +279,7 @@ impl TreeWriter {
     /// A subtree that is not full or not at a boundary; I/O errors storing a node.
     pub fn push_subtree(
         &mut self,
-        session: &mut Session<'_>,
+        session: &mut dyn ChunkSink,
         id: ChunkId,
         level: u8,
         count: u64,
@@ -297,7 +296,7 @@ impl TreeWriter {
         self.push_id(session, level, id)
     }
 
-    fn zero_leaf(&mut self, session: &mut Session<'_>) -> Result<ChunkId> {
+    fn zero_leaf(&mut self, session: &mut dyn ChunkSink) -> Result<ChunkId> {
         if let Some(id) = self.zero_leaf {
             return Ok(id);
         }
@@ -306,7 +305,7 @@ impl TreeWriter {
         Ok(id)
     }
 
-    fn flush_leaf(&mut self, session: &mut Session<'_>) -> Result<()> {
+    fn flush_leaf(&mut self, session: &mut dyn ChunkSink) -> Result<()> {
         let id =
             if self.refs.len() == SEGMENT_REFS && self.refs.iter().all(|r| *r == ChunkRef::Zero) {
                 self.zero_leaf(session)?
@@ -317,7 +316,7 @@ impl TreeWriter {
         self.push_id(session, 0, id)
     }
 
-    fn push_id(&mut self, session: &mut Session<'_>, level: u8, id: ChunkId) -> Result<()> {
+    fn push_id(&mut self, session: &mut dyn ChunkSink, level: u8, id: ChunkId) -> Result<()> {
         let l = usize::from(level);
         if self.levels.len() <= l {
             self.levels.resize_with(l + 1, Vec::new);
@@ -335,7 +334,7 @@ impl TreeWriter {
     ///
     /// # Errors
     /// I/O errors storing a leaf or node; an empty tree.
-    pub fn finish(mut self, session: &mut Session<'_>) -> Result<TreeRoot> {
+    pub fn finish(mut self, session: &mut dyn ChunkSink) -> Result<TreeRoot> {
         if !self.refs.is_empty() {
             self.flush_leaf(session)?;
         }
@@ -359,8 +358,8 @@ impl TreeWriter {
     }
 }
 
-fn store_tree(session: &mut Session<'_>, bytes: &[u8]) -> Result<ChunkId> {
-    let level = session.store().config().zstd_level;
+fn store_tree(session: &mut dyn ChunkSink, bytes: &[u8]) -> Result<ChunkId> {
+    let level = session.zstd_level();
     let encoded = chunk::encode(bytes, ChunkKind::Tree, level);
     session.put(&encoded)?;
     Ok(encoded.id)
@@ -453,7 +452,7 @@ struct Frame {
 /// [`Walk::enter`] move entry by entry, for callers that take whole subtrees unread.
 /// Memory: one path of nodes and a few cached ones.
 pub struct Walk<'s> {
-    store: &'s Store,
+    store: &'s dyn StoreRead,
     what: String,
     total: u64,
     stack: Vec<Frame>,
@@ -468,7 +467,7 @@ impl<'s> Walk<'s> {
     ///
     /// # Errors
     /// A root whose entries are not chunk ids, or that does not cover the disk.
-    pub fn new(store: &'s Store, point: &crate::RecoveryPoint) -> Result<Self> {
+    pub fn new(store: &'s dyn StoreRead, point: &crate::RecoveryPoint) -> Result<Self> {
         let ids = top(point)?;
         let total = point.chunk_count();
         Ok(Self::over(
@@ -483,7 +482,7 @@ impl<'s> Walk<'s> {
 
     /// A walk over one subtree of `count` chunks.
     #[must_use]
-    pub fn subtree(store: &'s Store, id: ChunkId, level: u8, count: u64) -> Self {
+    pub fn subtree(store: &'s dyn StoreRead, id: ChunkId, level: u8, count: u64) -> Self {
         Self::over(
             store,
             format!("tree chunk {id}"),
@@ -495,7 +494,7 @@ impl<'s> Walk<'s> {
     }
 
     fn over(
-        store: &'s Store,
+        store: &'s dyn StoreRead,
         what: String,
         total: u64,
         id: Option<ChunkId>,
@@ -743,7 +742,7 @@ impl<'s> Walk<'s> {
 /// # Errors
 /// A tree chunk that cannot be read.
 pub fn differences(
-    store: &Store,
+    store: &dyn StoreRead,
     old: &crate::RecoveryPoint,
     new: &crate::RecoveryPoint,
     tolerate: bool,

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
 
-use cairn_store::{ChunkRef, RefLookup, Store};
+use cairn_store::{ChunkRef, RefLookup, StoreRead};
 use cairn_vhd::format::SECTOR_SIZE;
 use cairn_vhd::{BlockState, Chain, StreamVhd, Vhd};
 
@@ -366,7 +366,7 @@ fn bit(bitmap: &[u8], i: usize) -> bool {
 /// The parent point a delta applies to: its refs, looked up for the chunks the delta holds in
 /// part, and the store to read those chunks from.
 pub(crate) struct ParentRefs<'s> {
-    pub(crate) store: &'s Store,
+    pub(crate) store: &'s dyn StoreRead,
     pub(crate) refs: RefLookup<'s>,
 }
 

@@ -1,0 +1,203 @@
+//! What reading and writing a store needs, whether the store is a folder here or behind `cairn
+//! serve`: one small interface with two sides. [`StoreRead`] is what walks a point's tree,
+//! finds a parent and restores; [`ChunkSink`] is what a point's tree is written through;
+//! [`StoreWrite`] is a backup's side of a session. The local [`Store`] and [`Session`]
+//! implement them here; the `cairn-remote` crate implements them over HTTPS. Chunking, hashing
+//! and compression stay with the caller, so a remote store is sent only new, compressed chunks.
+
+use std::sync::Arc;
+
+use crate::chunk::{ChunkId, EncodedChunk};
+use crate::config::StoreConfig;
+use crate::error::{Error, Result};
+use crate::point::{RecoveryPoint, VmKey};
+use crate::session::{NewPoint, Session, StagedPoint};
+use crate::store::Store;
+use crate::tree::TreeWriter;
+
+/// Reading a store: its configuration, its catalogue and its chunks (each checked against its
+/// id before it is returned).
+pub trait StoreRead: Sync {
+    /// The store's configuration (chunk size, compression level, time zone).
+    fn config(&self) -> &StoreConfig;
+
+    /// Every recovery point the reader may see, oldest first.
+    ///
+    /// # Errors
+    /// Index or transport errors.
+    fn points(&self) -> Result<Vec<RecoveryPoint>>;
+
+    /// A chunk's plain bytes, checked against its id.
+    ///
+    /// # Errors
+    /// [`Error::MissingChunk`], [`Error::BadChunk`], transport errors.
+    fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>>;
+
+    /// Reads `ids[i]` into the front of `slots[i]`, each checked against its id, in whatever
+    /// order is fastest for the store (a local store sorts by pack and offset and reads several
+    /// at once). Returns, per chunk, the error that kept it from being read.
+    ///
+    /// # Errors
+    /// Errors that stop the whole batch (index or transport); a chunk's own damage is returned
+    /// in its slot of the result.
+    fn read_chunks(&self, ids: &[ChunkId], slots: Vec<&mut [u8]>) -> Result<Vec<Option<Error>>>;
+
+    /// The newest point of a VM's disk.
+    ///
+    /// # Errors
+    /// As [`StoreRead::points`].
+    fn latest(&self, vm: &VmKey, disk: &str) -> Result<Option<RecoveryPoint>> {
+        Ok(self
+            .points()?
+            .into_iter()
+            .filter(|p| p.disk == disk && &p.vm_key() == vm)
+            .max_by_key(|p| (p.time, p.committed)))
+    }
+
+    /// Finds a point by name, as [`Store::resolve`].
+    ///
+    /// # Errors
+    /// [`Error::Point`] when nothing or more than one point matches.
+    fn resolve(&self, spec: &str) -> Result<RecoveryPoint> {
+        let points = self.points()?;
+        crate::select::resolve(&points, spec, self.config().tz()).map_err(Error::Point)
+    }
+}
+
+/// Where tree chunks (and a backup's data chunks) are written.
+pub trait ChunkSink {
+    /// Stores a chunk unless the store already holds a good copy; returns whether it was sent
+    /// or appended.
+    ///
+    /// # Errors
+    /// I/O or transport errors.
+    fn put(&mut self, chunk: &EncodedChunk) -> Result<bool>;
+
+    /// The zstd level chunks are compressed with.
+    fn zstd_level(&self) -> i32;
+}
+
+/// Which chunks a store lacks: asked by a backup's hashing stage, many ids at a time, from
+/// several threads.
+pub trait ChunkFilter: Send + Sync {
+    /// For each id, whether the store lacks a good copy of it (the backup must send it).
+    ///
+    /// # Errors
+    /// Index or transport errors.
+    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>>;
+}
+
+/// A backup's session: chunks go in, points are staged one disk at a time and published
+/// together by [`StoreWrite::commit_run`]; dropping it publishes nothing. `'a` is how long the
+/// filters it hands out may live (the store a local session writes to).
+pub trait StoreWrite<'a>: ChunkSink + Send {
+    /// The filter the hashing stage asks (it does not know what this session sent since).
+    fn filter(&self) -> Arc<dyn ChunkFilter + 'a>;
+
+    /// A writer for the next point's tree.
+    fn tree_writer(&self) -> TreeWriter;
+
+    /// Lets a full read store again the chunks of `latest` (the disk's newest point) that sit
+    /// in packs it barely uses, up to `percent` % of its bytes (the layout policy). A store
+    /// that does not lay out packs itself ignores it.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn layout(&mut self, latest: &RecoveryPoint, percent: u32) -> Result<()>;
+
+    /// Stores the rest of a point's tree and stages the point (see [`Session::stage_tree`]).
+    ///
+    /// # Errors
+    /// As [`Session::stage_tree`].
+    fn stage_tree(&mut self, point: NewPoint, tree: TreeWriter) -> Result<StagedPoint>;
+
+    /// Publishes the staged points together, or none of them.
+    ///
+    /// # Errors
+    /// I/O, index or transport errors; nothing is published then.
+    fn commit_run(self: Box<Self>, staged: Vec<StagedPoint>) -> Result<Vec<RecoveryPoint>>;
+}
+
+impl StoreRead for Store {
+    fn config(&self) -> &StoreConfig {
+        Store::config(self)
+    }
+
+    fn points(&self) -> Result<Vec<RecoveryPoint>> {
+        Store::points(self)
+    }
+
+    fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        Store::read_chunk(self, id)
+    }
+
+    fn read_chunks(&self, ids: &[ChunkId], slots: Vec<&mut [u8]>) -> Result<Vec<Option<Error>>> {
+        use rayon::prelude::*;
+        let locs = self.locations(ids)?;
+        let mut out: Vec<Option<Error>> = Vec::with_capacity(ids.len());
+        let mut jobs = Vec::with_capacity(ids.len());
+        for (i, ((id, loc), slot)) in ids.iter().zip(locs).zip(slots).enumerate() {
+            match loc {
+                Some(loc) => {
+                    out.push(None);
+                    jobs.push((i, *id, loc, slot));
+                }
+                None => out.push(Some(Error::MissingChunk(*id))),
+            }
+        }
+        jobs.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
+        let failed: Vec<(usize, Error)> = jobs
+            .into_par_iter()
+            .filter_map(|(i, id, loc, slot)| self.read_into(&id, &loc, slot).err().map(|e| (i, e)))
+            .collect();
+        for (i, e) in failed {
+            out[i] = Some(e);
+        }
+        Ok(out)
+    }
+
+    fn latest(&self, vm: &VmKey, disk: &str) -> Result<Option<RecoveryPoint>> {
+        Store::latest(self, vm, disk)
+    }
+}
+
+impl ChunkSink for Session<'_> {
+    fn put(&mut self, chunk: &EncodedChunk) -> Result<bool> {
+        Session::put(self, chunk)
+    }
+
+    fn zstd_level(&self) -> i32 {
+        self.store().config().zstd_level
+    }
+}
+
+impl ChunkFilter for crate::session::KnownFilter<'_> {
+    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        ids.iter().map(|id| Ok(!self.holds(id)?)).collect()
+    }
+}
+
+impl<'a> StoreWrite<'a> for Session<'a> {
+    fn filter(&self) -> Arc<dyn ChunkFilter + 'a> {
+        Arc::new(self.known_filter())
+    }
+
+    fn tree_writer(&self) -> TreeWriter {
+        Session::tree_writer(self)
+    }
+
+    fn layout(&mut self, latest: &RecoveryPoint, percent: u32) -> Result<()> {
+        let (packs, bytes) = self.store().sparse_packs(latest)?;
+        let budget = bytes / 100 * u64::from(percent);
+        self.set_rewrite(crate::session::Rewrite::new(packs, budget));
+        Ok(())
+    }
+
+    fn stage_tree(&mut self, point: NewPoint, tree: TreeWriter) -> Result<StagedPoint> {
+        Session::stage_tree(self, point, tree)
+    }
+
+    fn commit_run(self: Box<Self>, staged: Vec<StagedPoint>) -> Result<Vec<RecoveryPoint>> {
+        Session::commit_run(*self, staged)
+    }
+}
