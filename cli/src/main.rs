@@ -9,6 +9,7 @@ mod nbd_cmd;
 mod progress;
 mod replicate_cmd;
 mod retention_cmd;
+mod serve_cmd;
 mod standby_cmd;
 mod store_cmd;
 mod vhd_cmd;
@@ -59,6 +60,15 @@ enum Command {
     Standby(standby_cmd::StandbyArgs),
     /// Serve points over NBD: boot, copy or mount a backup without restoring it first.
     ServeNbd(nbd_cmd::ServeNbdArgs),
+    /// Serve the store over HTTPS: many hosts back up into it at once, with scoped tokens.
+    Serve(serve_cmd::ServeArgs),
+    /// Tokens for `cairn serve`: create (the secret is shown once), list, revoke.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cairn token create --store /srv/cairn --name host1 --role backup --vm 'web-*'\n  \
+        cairn token list --store /srv/cairn\n  cairn token revoke --store /srv/cairn host1"
+    )]
+    Token(serve_cmd::TokenCommand),
     /// Repair a store: rebuild its index from the packs and root files.
     Repair(store_cmd::RepairArgs),
     /// The byte ranges that differ between two points of a disk.
@@ -113,6 +123,8 @@ fn main() {
         Command::Report(a) => store_cmd::report(&a),
         Command::Repair(a) => store_cmd::repair(&a),
         Command::ServeNbd(a) => nbd_cmd::serve_nbd(&a),
+        Command::Serve(a) => serve_cmd::serve(&a),
+        Command::Token(c) => serve_cmd::token(&c),
         Command::Replicate(a) => replicate_cmd::replicate(&a),
         Command::Standby(a) => standby_cmd::standby(&a),
         Command::Diff(a) => diff_cmd::diff(&a),

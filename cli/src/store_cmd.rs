@@ -23,9 +23,82 @@ use crate::words::{count, human_bytes};
 /// `--store STORE`, or `CAIRN_STORE`.
 #[derive(Debug, Args)]
 pub struct StoreArg {
-    /// The store folder.
+    /// The store: a folder, or https://HOST:PORT of a `cairn serve` (backup, list, restore,
+    /// forget, protect, unprotect, prune and gc work through a server).
     #[arg(long, env = "CAIRN_STORE")]
     pub store: PathBuf,
+    /// A remote store's token, read from this file (else from CAIRN_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// A remote store's certificate must have this SHA-256 fingerprint (what `cairn serve`
+    /// prints).
+    #[arg(long, value_name = "SHA256", env = "CAIRN_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// Check a remote store's certificate against this CA file (PEM) instead of the
+    /// system's roots.
+    #[arg(long, value_name = "FILE", env = "CAIRN_SERVER_CA")]
+    pub server_ca: Option<PathBuf>,
+}
+
+impl StoreArg {
+    /// The server, when the store is `https://...`.
+    pub fn remote(&self) -> Result<Option<std::sync::Arc<cairn_remote::Remote>>> {
+        let url = self.store.to_string_lossy();
+        if !cairn_remote::is_remote(&url) {
+            return Ok(None);
+        }
+        let token = match &self.token_file {
+            Some(f) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading the token file {}", f.display()))?,
+            None => std::env::var("CAIRN_TOKEN").unwrap_or_default(),
+        };
+        let opts = cairn_remote::Options {
+            token: token.trim().to_owned(),
+            tls: cairn_remote::TlsOptions {
+                ca_file: self.server_ca.clone(),
+                fingerprint: self.fingerprint.clone(),
+            },
+        };
+        Ok(Some(std::sync::Arc::new(cairn_remote::Remote::connect(
+            &url, &opts,
+        )?)))
+    }
+
+    /// The store to read: the folder, or the server.
+    pub fn reader(&self) -> Result<Reader> {
+        Ok(match self.remote()? {
+            Some(r) => Reader::Remote(r),
+            None => Reader::Local(open_read(&self.store)?),
+        })
+    }
+}
+
+/// A store read here or through a server.
+pub enum Reader {
+    /// A folder.
+    Local(Store),
+    /// A server.
+    Remote(std::sync::Arc<cairn_remote::Remote>),
+}
+
+impl Reader {
+    pub fn get(&self) -> &dyn cairn_store::StoreRead {
+        match self {
+            Reader::Local(s) => s,
+            Reader::Remote(r) => &**r,
+        }
+    }
+}
+
+/// Refuses a server's URL where a command needs the store's folder.
+fn local_only(store: &Path) -> Result<()> {
+    if cairn_remote::is_remote(&store.to_string_lossy()) {
+        bail!(
+            "{}: this command works on a store folder; through a server, backup, list,              restore, forget, protect, unprotect, prune and gc work (run the others on the              server's machine, with the server stopped for commands that write)",
+            store.display()
+        );
+    }
+    Ok(())
 }
 
 /// A time as cairn shows it everywhere, human and JSON: RFC 3339 with seconds, in the store's
@@ -454,6 +527,7 @@ pub fn check_filter(store: &Store, filter: &Filter) -> Result<()> {
 }
 
 pub fn open_write(store: &Path, wait: bool) -> Result<Store> {
+    local_only(store)?;
     let s = match Store::open(store, OpenMode::Write { wait: false }) {
         Err(cairn_store::Error::Locked { holder, .. }) if wait => {
             eprintln!("waiting for the write lock, held by {holder}");
@@ -470,6 +544,7 @@ pub fn open_write(store: &Path, wait: bool) -> Result<Store> {
 
 /// Opens a store read-only (beside any writer), saying what it found amiss.
 pub fn open_read(store: &Path) -> Result<Store> {
+    local_only(store)?;
     let s = Store::open(store, OpenMode::Read)?;
     warn_about(&s);
     Ok(s)
@@ -519,8 +594,19 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
     }
     check_sources(&jobs)?;
     let labels = labels(a)?;
-    let store = open_write(&a.store.store, a.wait)
-        .with_context(|| format!("backup of {}: nothing was stored", a.vm))?;
+    let remote = a.store.remote()?;
+    let local = match &remote {
+        Some(_) => None,
+        None => Some(
+            open_write(&a.store.store, a.wait)
+                .with_context(|| format!("backup of {}: nothing was stored", a.vm))?,
+        ),
+    };
+    let store: &dyn cairn_store::StoreRead = match (&local, &remote) {
+        (Some(s), _) => s,
+        (None, Some(r)) => &**r,
+        (None, None) => bail!("no store"),
+    };
     let parent = a.parent.as_deref().map(|p| store.resolve(p)).transpose()?;
     let tz = store.config().tz();
     let time = match &a.time {
@@ -535,8 +621,12 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             show_time(&time, tz)
         );
     }
-    // A policy set for the VM's UUID wins over one set for its name.
-    let policies = store.policies()?;
+    // A policy set for the VM's UUID wins over one set for its name. (A server's policies
+    // are its own: a backup token does not read them.)
+    let policies = match &local {
+        Some(s) => s.policies()?,
+        None => Default::default(),
+    };
     let interval = a
         .vm_uuid
         .as_ref()
@@ -547,7 +637,22 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
     let run_id = (jobs.len() > 1).then(|| uuid::Uuid::new_v4().simple().to_string());
     let vm_key = VmKey::of(&a.vm, &labels);
     let run_started = Utc::now();
-    let mut run = cairn_ingest::Run::new(&store)?;
+    let mut run = match (&local, &remote) {
+        (Some(s), _) => cairn_ingest::Run::new(s)?,
+        (None, Some(r)) => {
+            let disks: Vec<String> = jobs.iter().map(|(d, _)| d.clone()).collect();
+            let wait = a.wait.then_some(std::time::Duration::from_secs(24 * 3600));
+            let upload = r
+                .upload(&a.vm, &disks, wait)
+                .with_context(|| format!("backup of {}: nothing was stored", a.vm))?;
+            cairn_ingest::Run::over(&**r, Box::new(upload))
+        }
+        (None, None) => bail!("no store"),
+    };
+    let spool = match &local {
+        Some(s) => s.root().join("tmp"),
+        None => std::env::temp_dir(),
+    };
     let mut due_disks = Vec::new();
     for (disk, src) in &jobs {
         let due = key_due(&existing, &vm_key, disk, interval);
@@ -562,7 +667,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
                 SourceFormat::Vhd => Format::Vhd,
             },
             parent: parent.clone(),
-            spool_dir: store.root().join("tmp"),
+            spool_dir: spool.clone(),
             key: if a.key {
                 KeyMode::Forced
             } else if due {
@@ -758,7 +863,8 @@ fn check_sources(jobs: &[(String, PathBuf)]) -> Result<()> {
 }
 
 pub fn restore(a: &RestoreArgs) -> Result<i32> {
-    let store = open_read(&a.store.store)?;
+    let reader = a.store.reader()?;
+    let store = reader.get();
     let point = store.resolve(&a.point)?;
     let base = a.base.as_deref().map(|b| store.resolve(b)).transpose()?;
     let from = a.from.as_deref().map(|b| store.resolve(b)).transpose()?;
@@ -786,16 +892,14 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
         ignore_errors: a.ignore_errors,
         force: a.force,
     };
-    let r = cairn_restore::restore(&store, &point, &a.out, &opts, &|done| {
-        bar.set_position(done)
-    })
-    .with_context(|| {
-        format!(
-            "restore of point {} to {} failed",
-            point.short_id(),
-            a.out.display()
-        )
-    })?;
+    let r = cairn_restore::restore(store, &point, &a.out, &opts, &|done| bar.set_position(done))
+        .with_context(|| {
+            format!(
+                "restore of point {} to {} failed",
+                point.short_id(),
+                a.out.display()
+            )
+        })?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if a.json {
@@ -841,7 +945,8 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
 }
 
 pub fn list(a: &ListArgs) -> Result<i32> {
-    let store = open_read(&a.store.store)?;
+    let reader = a.store.reader()?;
+    let store = reader.get();
     let tz = store.config().tz();
     let points = a.select.choose(&store.points()?)?;
     if a.json {

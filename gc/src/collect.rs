@@ -477,7 +477,7 @@ pub fn collect(root: &Path, opts: &GcOptions, progress: &dyn Fn(&str)) -> Result
         ..GcReport::default()
     };
     if opts.dry_run {
-        return collect_inner(root, opts, report, started);
+        return collect_inner(Final::Open(root), opts, report, started);
     }
     // Free before copying: packs with nothing live are deleted first (and orphan packs), so a
     // nearly full disk gets room before any rewrite needs it.
@@ -485,17 +485,68 @@ pub fn collect(root: &Path, opts: &GcOptions, progress: &dyn Fn(&str)) -> Result
         dry_run: false,
         repack: Repack::Below(0.0),
     };
-    let first = collect_inner(root, &deletes_only, report, started)?;
-    let second = collect_inner(root, opts, GcReport::default(), Instant::now())?;
+    let first = collect_inner(Final::Open(root), &deletes_only, report, started)?;
+    let second = collect_inner(Final::Open(root), opts, GcReport::default(), Instant::now())?;
     Ok(first.then(second))
 }
 
+/// Runs a garbage collection in the process that holds `store` open for writing (`cairn
+/// serve`), beside the backup sessions it runs: the final step takes the store's commit lock
+/// instead of the write lock, and leaves alone the packs `live` names (those of open sessions,
+/// asked for under that lock) and any pack made after the collection started.
+///
+/// # Errors
+/// Another collection running, I/O and index errors.
+pub fn collect_held(
+    store: &Store,
+    opts: &GcOptions,
+    live: &dyn Fn() -> Vec<PackId>,
+) -> Result<GcReport> {
+    let _gc_lock = GcLock::acquire(store.root())?;
+    let started = Instant::now();
+    let report = GcReport {
+        dry_run: opts.dry_run,
+        ..GcReport::default()
+    };
+    let held = || Final::Held {
+        store,
+        live,
+        since: std::time::SystemTime::now(),
+    };
+    if opts.dry_run {
+        return collect_inner(held(), opts, report, started);
+    }
+    let deletes_only = GcOptions {
+        dry_run: false,
+        repack: Repack::Below(0.0),
+    };
+    let first = collect_inner(held(), &deletes_only, report, started)?;
+    let second = collect_inner(held(), opts, GcReport::default(), Instant::now())?;
+    Ok(first.then(second))
+}
+
+/// Where a collection's final step writes: a store it opens (and whose write lock it waits
+/// for), or one this process holds, beside live sessions.
+#[derive(Clone, Copy)]
+enum Final<'a> {
+    Open(&'a Path),
+    Held {
+        store: &'a Store,
+        live: &'a dyn Fn() -> Vec<PackId>,
+        since: std::time::SystemTime,
+    },
+}
+
 fn collect_inner(
-    root: &Path,
+    target: Final<'_>,
     opts: &GcOptions,
     mut report: GcReport,
     started: Instant,
 ) -> Result<GcReport> {
+    let root = match target {
+        Final::Open(root) => root,
+        Final::Held { store, .. } => store.root(),
+    };
     // 1. Plan from a read-only view: never blocks or waits for a backup.
     let ro = Store::open(root, OpenMode::Read)?;
     let (actions, live_bytes) = plan(&ro, opts, &mut report)?;
@@ -603,10 +654,20 @@ fn collect_inner(
     // 3. Under the write lock (a running backup commits first): check again against the index
     //    as it is now, copy what came alive since, swap in one batch, then delete files.
     let wait_started = Instant::now();
-    let store = Store::open(root, OpenMode::Write { wait: true })?;
+    let opened;
+    let store: &Store = match target {
+        Final::Open(root) => {
+            opened = Store::open(root, OpenMode::Write { wait: true })?;
+            &opened
+        }
+        Final::Held { store, .. } => store,
+    };
+    // Commits of this process (sessions of a server) wait while the index is checked and
+    // swapped: each sees the counts before the swap or after it.
+    let _commits = store.commit_lock()?;
     report.wait_seconds = wait_started.elapsed().as_secs_f64();
     let sweep_started = Instant::now();
-    let mut copier = Copier::new(&store, &created);
+    let mut copier = Copier::new(store, &created);
     copier.writer = open_writer.take();
     copier.moved = std::mem::take(&mut moved);
     copier.written = std::mem::take(&mut written);
@@ -618,7 +679,7 @@ fn collect_inner(
         if skip.contains(pack) || !infos.contains_key(pack) {
             continue;
         }
-        let PackFrames { live, dead, torn } = classify(&store, *pack)?;
+        let PackFrames { live, dead, torn } = classify(store, *pack)?;
         if torn {
             continue;
         }
@@ -699,8 +760,24 @@ fn collect_inner(
             freed += size;
         }
         // Pack files the index does not know (killed writers, packs left for readers): under
-        // the write lock no backup is writing one.
+        // the write lock no backup is writing one; in a server, live sessions are.
+        let (keep, since): (HashSet<PackId>, Option<std::time::SystemTime>) = match target {
+            Final::Open(_) => (HashSet::new(), None),
+            Final::Held { live, since, .. } => (live().into_iter().collect(), Some(since)),
+        };
         for (path, len) in store.unindexed_pack_files()? {
+            let id = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(PackId::from_hex);
+            let young = since.is_some_and(|since| {
+                std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|m| m >= since)
+            });
+            if id.is_some_and(|id| keep.contains(&id)) || young {
+                continue;
+            }
             remove(&path)?;
             report.orphan_packs += 1;
             report.orphan_bytes += len;
@@ -710,7 +787,9 @@ fn collect_inner(
     let new_bytes: u64 = copier.written.iter().map(|(_, _, i)| i.size).sum();
     report.bytes_freed = freed.saturating_sub(new_bytes);
     report.garbage_freed = report.bytes_freed.saturating_sub(report.orphan_bytes);
-    clean_spool(&store.root().join("tmp"));
+    if matches!(target, Final::Open(_)) {
+        clean_spool(&store.root().join("tmp"));
+    }
     report.sweep_seconds = sweep_started.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -76,7 +76,8 @@ impl Rule {
 }
 
 /// How many periods each rule keeps.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Rules {
     /// `--keep-last`.
     pub last: u32,

@@ -24,7 +24,9 @@ impl Identity {
     /// SHA-256 of the leaf certificate, as `AA:BB:...` (what `--fingerprint` takes).
     #[must_use]
     pub fn fingerprint(&self) -> String {
-        self.certs.first().map_or_else(String::new, |c| fingerprint(c.as_ref()))
+        self.certs
+            .first()
+            .map_or_else(String::new, |c| fingerprint(c.as_ref()))
     }
 }
 
@@ -54,7 +56,10 @@ pub fn load(cert: &Path, key: &Path) -> Result<Identity> {
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Usage(format!("{}: not a PEM certificate: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(Error::Usage(format!("{}: holds no certificate", cert.display())));
+        return Err(Error::Usage(format!(
+            "{}: holds no certificate",
+            cert.display()
+        )));
     }
     let key_pem = read_pem(key, "key")?;
     let key_der = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem)
@@ -75,7 +80,11 @@ pub fn own(store: &Path) -> Result<Identity> {
     let dir = store.join("tls");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     if !cert.exists() || !key.exists() {
-        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
         if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
             let h = h.trim();
             if !h.is_empty() && h != "localhost" {

@@ -141,9 +141,8 @@ impl Tokens {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io(&self.path, "reading the tokens", e)),
         };
-        let file: TokenFile = serde_json::from_str(&text).map_err(|e| {
-            Error::Usage(format!("{}: not a token file: {e}", self.path.display()))
-        })?;
+        let file: TokenFile = serde_json::from_str(&text)
+            .map_err(|e| Error::Usage(format!("{}: not a token file: {e}", self.path.display())))?;
         if file.version > TOKENS_VERSION {
             return Err(Error::Usage(format!(
                 "{}: token file format {} is newer than this cairn's {TOKENS_VERSION}",
@@ -188,7 +187,9 @@ impl Tokens {
         expires: Option<DateTime<Utc>>,
     ) -> Result<(Token, String)> {
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-            return Err(Error::Usage(format!("token name {name:?}: 1 to 128 printable characters")));
+            return Err(Error::Usage(format!(
+                "token name {name:?}: 1 to 128 printable characters"
+            )));
         }
         if vms.is_empty() {
             return Err(Error::Usage("--vm: an empty glob matches no VM".into()));
@@ -277,7 +278,11 @@ impl std::fmt::Display for Refusal {
 ///
 /// # Errors
 /// Why not.
-pub fn authenticate<'t>(tokens: &'t [Token], secret: &str, now: DateTime<Utc>) -> Result<&'t Token, Refusal> {
+pub fn authenticate<'t>(
+    tokens: &'t [Token],
+    secret: &str,
+    now: DateTime<Utc>,
+) -> Result<&'t Token, Refusal> {
     let mut parts = secret.splitn(3, '_');
     let (Some("cairn"), Some(id), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(Refusal::Malformed);
@@ -307,7 +312,11 @@ pub fn authenticate<'t>(tokens: &'t [Token], secret: &str, now: DateTime<Utc>) -
 /// # Errors
 /// Anything else.
 pub fn parse_duration(s: &str) -> Result<chrono::Duration> {
-    let bad = || Error::Usage(format!("--expires {s:?}: expected a number and m, h, d, w or y (30d)"));
+    let bad = || {
+        Error::Usage(format!(
+            "--expires {s:?}: expected a number and m, h, d, w or y (30d)"
+        ))
+    };
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
     let n: i64 = num.parse().map_err(|_| bad())?;
     let d = match unit {
@@ -370,9 +379,14 @@ mod tests {
     fn secrets_are_kept_hashed_and_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let tokens = Tokens::of_store(dir.path());
-        let (t, secret) = tokens.create("host1", Role::Backup, "web-*", None).expect("create");
+        let (t, secret) = tokens
+            .create("host1", Role::Backup, "web-*", None)
+            .expect("create");
         let text = std::fs::read_to_string(tokens.path()).expect("file");
-        assert!(!text.contains(&secret[15..]), "the secret is not in the file");
+        assert!(
+            !text.contains(&secret[15..]),
+            "the secret is not in the file"
+        );
         let all = tokens.load().expect("load");
         let now = Utc::now();
         assert_eq!(authenticate(&all, &secret, now).expect("ok").id, t.id);
@@ -383,18 +397,35 @@ mod tests {
         assert_eq!(authenticate(&all, "Bearer x", now), Err(Refusal::Malformed));
         tokens.revoke("host1").expect("revoke");
         let all = tokens.load().expect("load");
-        assert!(matches!(authenticate(&all, &secret, now), Err(Refusal::Revoked(_))));
+        assert!(matches!(
+            authenticate(&all, &secret, now),
+            Err(Refusal::Revoked(_))
+        ));
         let (_, s2) = tokens
-            .create("old", Role::Restore, "*", Some(now - chrono::Duration::seconds(1)))
+            .create(
+                "old",
+                Role::Restore,
+                "*",
+                Some(now - chrono::Duration::seconds(1)),
+            )
             .expect("create");
         let all = tokens.load().expect("load");
-        assert!(matches!(authenticate(&all, &s2, now), Err(Refusal::Expired(_))));
+        assert!(matches!(
+            authenticate(&all, &s2, now),
+            Err(Refusal::Expired(_))
+        ));
     }
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("30d").expect("30d"), chrono::Duration::days(30));
-        assert_eq!(parse_duration("12h").expect("12h"), chrono::Duration::hours(12));
+        assert_eq!(
+            parse_duration("30d").expect("30d"),
+            chrono::Duration::days(30)
+        );
+        assert_eq!(
+            parse_duration("12h").expect("12h"),
+            chrono::Duration::hours(12)
+        );
         assert!(parse_duration("0d").is_err());
         assert!(parse_duration("d").is_err());
         assert!(parse_duration("5x").is_err());

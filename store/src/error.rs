@@ -45,6 +45,14 @@ pub enum Error {
         /// The first few, as hex.
         first: String,
     },
+    /// A remote store (`cairn serve`) refused a request or could not be reached.
+    #[error("{what}")]
+    Remote {
+        /// The request and what went wrong.
+        what: String,
+        /// The HTTP status, when the server answered.
+        status: Option<u16>,
+    },
     /// A RocksDB error.
     #[error("index {}: {source}", path.display())]
     Index {

@@ -694,6 +694,11 @@ impl StagedPoint {
         &self.0
     }
 
+    /// Records the bytes the point added to the store (or sent to it).
+    pub fn set_new_stored(&mut self, bytes: u64) {
+        self.0.stats.new_stored_bytes = bytes;
+    }
+
     /// Records how long reading the point took.
     pub fn set_seconds(&mut self, seconds: f64) {
         self.0.stats.seconds = seconds;

@@ -1,0 +1,230 @@
+//! `cairn serve` and `cairn token`: the store as an HTTPS service, and who may use it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use cairn_server::token::{Role, Tokens, parse_duration};
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    cairn serve /srv/cairn --listen 127.0.0.1:8443\n  \
+    cairn serve /srv/cairn --listen 0.0.0.0:8443 --tls-cert host.pem --tls-key host.key\n\n\
+    On a host:\n  \
+    export CAIRN_TOKEN=$(cat host1.token)\n  \
+    cairn backup --store https://backup.example:8443 --fingerprint AA:BB:... --vm web01 xvda=disk.vhd\n\n\
+    Without --tls-cert the server makes a self-signed certificate once (kept in STORE/tls/)\n\
+    and prints its SHA-256 fingerprint: clients pin it with --fingerprint (or trust\n\
+    STORE/tls/cert.pem with --server-ca). The server holds the store's write lock: local\n\
+    writers (backup, prune, gc) are refused while it runs; use the API (cairn forget/gc/prune\n\
+    --store https://...) with an admin token instead. SIGTERM or Ctrl-C stops it gracefully.\n\
+    The API is documented in docs/api.md.")]
+pub struct ServeArgs {
+    /// The store folder.
+    #[arg(value_name = "STORE")]
+    pub store: PathBuf,
+    /// The address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    pub listen: std::net::SocketAddr,
+    /// The certificate chain to present (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Backup sessions open at once.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_sessions: usize,
+    /// A session without a request for this many seconds is dropped (its chunks are not kept).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub idle_timeout: u64,
+    /// Largest request body, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 32)]
+    pub max_body: usize,
+    /// Print the address, fingerprint and certificate as one JSON object when listening.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn serve(a: &ServeArgs) -> Result<i32> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let config = cairn_server::Config {
+        store: a.store.clone(),
+        listen: a.listen,
+        tls: a.tls_cert.clone().zip(a.tls_key.clone()),
+        limits: cairn_server::Limits {
+            body_bytes: a.max_body.max(1) << 20,
+            sessions: a.max_sessions.max(1),
+            idle: Duration::from_secs(a.idle_timeout.max(1)),
+            ..cairn_server::Limits::default()
+        },
+    };
+    let json = a.json;
+    cairn_server::serve(&config, &|s| {
+        let mut out = std::io::stdout().lock();
+        if json {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "url": format!("https://{}", s.addr),
+                    "fingerprint": s.fingerprint,
+                    "certificate": s.cert,
+                    "self_signed": s.self_signed,
+                })
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "serving {} at https://{}",
+                config.store.display(),
+                s.addr
+            );
+            let _ = writeln!(
+                out,
+                "certificate {}{}",
+                s.cert.display(),
+                if s.self_signed { " (self-signed)" } else { "" }
+            );
+            let _ = writeln!(out, "fingerprint {}", s.fingerprint);
+        }
+        let _ = out.flush();
+    })
+    .with_context(|| format!("cairn serve {}", a.store.display()))?;
+    Ok(0)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; its secret is printed once and kept nowhere.
+    Create(TokenCreateArgs),
+    /// List tokens (never their secrets).
+    List(TokenListArgs),
+    /// Revoke a token by id or name: it is refused from the next request on.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// The store folder (on the server).
+    #[arg(long, env = "CAIRN_STORE")]
+    pub store: PathBuf,
+    /// A name for it (the host that will hold it, say).
+    #[arg(long)]
+    pub name: String,
+    /// backup (append only: new points of its VMs), restore (read its VMs), admin (all).
+    #[arg(long, value_parser = ["backup", "restore", "admin"])]
+    pub role: String,
+    /// The VMs it reaches: a glob (`*` any run, `?` one character).
+    #[arg(long, value_name = "GLOB", default_value = "*")]
+    pub vm: String,
+    /// It stops working after this long (90m, 12h, 30d, 8w, 1y).
+    #[arg(long, value_name = "DURATION")]
+    pub expires: Option<String>,
+    /// Print the token and its secret as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenListArgs {
+    /// The store folder (on the server).
+    #[arg(long, env = "CAIRN_STORE")]
+    pub store: PathBuf,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    /// The store folder (on the server).
+    #[arg(long, env = "CAIRN_STORE")]
+    pub store: PathBuf,
+    /// The token's id or name.
+    pub token: String,
+}
+
+fn tokens_of(store: &std::path::Path) -> Result<Tokens> {
+    cairn_store::StoreConfig::load(store)
+        .with_context(|| format!("{} is not a cairn store", store.display()))?;
+    Ok(Tokens::of_store(store))
+}
+
+pub fn token(c: &TokenCommand) -> Result<i32> {
+    match c {
+        TokenCommand::Create(a) => {
+            let role = Role::parse(&a.role)?;
+            let expires = a
+                .expires
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?
+                .map(|d| chrono::Utc::now() + d);
+            let (t, secret) = tokens_of(&a.store)?.create(&a.name, role, &a.vm, expires)?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "id": t.id, "name": t.name, "role": t.role, "vms": t.vms, "expires": t.expires, "secret": secret })
+                );
+            } else {
+                println!("{secret}");
+                eprintln!(
+                    "token {} ({}, {} role, VMs {:?}{}): the secret above is shown once; give it to the host as CAIRN_TOKEN or --token-file",
+                    t.id,
+                    t.name,
+                    t.role.name(),
+                    t.vms,
+                    t.expires
+                        .map(|e| format!(
+                            ", expires {}",
+                            e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        ))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        TokenCommand::List(a) => {
+            let all = tokens_of(&a.store)?.load()?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                let now = chrono::Utc::now();
+                for t in &all {
+                    let state = match (t.revoked, t.expires) {
+                        (Some(r), _) => format!(
+                            "revoked {}",
+                            r.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        ),
+                        (None, Some(e)) if e <= now => format!(
+                            "expired {}",
+                            e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        ),
+                        (None, Some(e)) => format!(
+                            "expires {}",
+                            e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        ),
+                        (None, None) => "live".into(),
+                    };
+                    println!(
+                        "{} {:<16} {:<8} vm {:<12} {state}",
+                        t.id,
+                        t.name,
+                        t.role.name(),
+                        t.vms
+                    );
+                }
+            }
+        }
+        TokenCommand::Revoke(a) => {
+            let t = tokens_of(&a.store)?.revoke(&a.token)?;
+            println!("revoked token {} ({})", t.id, t.name);
+        }
+    }
+    Ok(0)
+}

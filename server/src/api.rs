@@ -1,0 +1,680 @@
+//! The HTTP API (`/api/v1`), as `docs/api.md` describes it: JSON for metadata, frames (the
+//! pack format's) for chunks. Every handler authenticates first, checks the token's role and
+//! VMs, bounds what it reads, and does its store work on the blocking pool.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use cairn_store::chunk::{self, ChunkId, ChunkKind};
+use cairn_store::{RecoveryPoint, Store, pack};
+use serde::{Deserialize, Serialize};
+
+use crate::sessions::{Refused, Sessions};
+use crate::token::{Role, Token, Tokens, authenticate};
+
+/// Ids a lookup or a read may name at once.
+pub const MAX_IDS: usize = 4096;
+/// Chunks one read returns at once.
+pub const MAX_READ: usize = 64;
+/// Frames one upload may carry.
+pub const MAX_FRAMES: usize = 4096;
+
+/// What every handler shares.
+pub struct App {
+    pub(crate) store: &'static Store,
+    tokens: Tokens,
+    /// The token file as last read, and its modification time.
+    cache: Mutex<(Option<SystemTime>, Arc<Vec<Token>>)>,
+    pub(crate) sessions: Sessions,
+    pub(crate) limits: crate::Limits,
+    /// Whether a collection is running (one at a time).
+    collecting: Mutex<()>,
+}
+
+impl App {
+    pub(crate) fn new(store: &'static Store, limits: crate::Limits) -> Self {
+        Self {
+            store,
+            tokens: Tokens::of_store(store.root()),
+            cache: Mutex::new((None, Arc::new(Vec::new()))),
+            sessions: Sessions::default(),
+            limits,
+            collecting: Mutex::new(()),
+        }
+    }
+
+    fn tokens(&self) -> Result<Arc<Vec<Token>>, ApiError> {
+        let mtime = std::fs::metadata(self.tokens.path())
+            .and_then(|m| m.modified())
+            .ok();
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| ApiError::internal("token cache poisoned"))?;
+        if cache.0 != mtime || mtime.is_none() {
+            let tokens = self
+                .tokens
+                .load()
+                .map_err(|e| ApiError::internal(&e.to_string()))?;
+            *cache = (mtime, Arc::new(tokens));
+        }
+        Ok(Arc::clone(&cache.1))
+    }
+
+    /// The request's token, if it is live and has one of `roles`.
+    fn authorize(
+        &self,
+        headers: &HeaderMap,
+        roles: &[Role],
+        what: &str,
+    ) -> Result<Token, ApiError> {
+        let secret = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let tokens = self.tokens()?;
+        let token = authenticate(&tokens, secret.trim(), chrono::Utc::now())
+            .map_err(|r| ApiError::new(StatusCode::UNAUTHORIZED, r.to_string()))?
+            .clone();
+        if !roles.contains(&token.role) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("a {} token cannot {what}", token.role.name()),
+            ));
+        }
+        Ok(token)
+    }
+}
+
+/// An error answer: a status and a message, sent as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn internal(message: &str) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    fn vm(token: &Token, vm: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token {:?} reaches VMs {:?}, not VM {vm:?}",
+                token.name, token.vms
+            ),
+        )
+    }
+}
+
+impl From<cairn_store::Error> for ApiError {
+    fn from(e: cairn_store::Error) -> Self {
+        use cairn_store::Error as E;
+        let status = match &e {
+            E::Usage(_) | E::Point(_) => StatusCode::BAD_REQUEST,
+            E::Incomplete { .. } => StatusCode::CONFLICT,
+            E::MissingChunk(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+type Shared = Arc<App>;
+type Answer<T> = Result<T, ApiError>;
+
+/// Runs store work on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Answer<T> + Send + 'static) -> Answer<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(&format!("a request's work failed: {e}")))?
+}
+
+/// The router of `/api/v1`.
+pub fn router(app: Shared) -> axum::Router {
+    let body = app.limits.body_bytes;
+    axum::Router::new()
+        .route("/api/v1/store", get(store_info))
+        .route("/api/v1/points", get(list_points))
+        .route("/api/v1/points/{id}", get(one_point))
+        .route("/api/v1/points/{id}/forget", post(forget))
+        .route("/api/v1/points/{id}/protect", post(protect))
+        .route("/api/v1/chunks/read", post(read_chunks))
+        .route("/api/v1/sessions", post(open_session))
+        .route("/api/v1/sessions/{id}", delete(abort_session))
+        .route("/api/v1/sessions/{id}/missing", post(missing))
+        .route("/api/v1/sessions/{id}/chunks", post(upload))
+        .route("/api/v1/sessions/{id}/commit", post(commit))
+        .route("/api/v1/policies/{vm}", put(set_policy))
+        .route("/api/v1/prune", post(prune))
+        .route("/api/v1/gc", post(gc))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint (see docs/api.md)")
+        })
+        .layer(DefaultBodyLimit::max(body))
+        .with_state(app)
+}
+
+/// `GET /api/v1/store`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoreInfo {
+    /// The store's configuration.
+    pub config: cairn_store::StoreConfig,
+    /// The server's version.
+    pub server: String,
+    /// The name of the token used, and its role.
+    pub token: String,
+    /// Its role.
+    pub role: Role,
+}
+
+async fn store_info(State(app): State<Shared>, headers: HeaderMap) -> Answer<Json<StoreInfo>> {
+    let t = app.authorize(
+        &headers,
+        &[Role::Backup, Role::Restore, Role::Admin],
+        "read the store",
+    )?;
+    Ok(Json(StoreInfo {
+        config: app.store.config().clone(),
+        server: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+        token: t.name,
+        role: t.role,
+    }))
+}
+
+const ANY: &[Role] = &[Role::Backup, Role::Restore, Role::Admin];
+
+async fn list_points(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+) -> Answer<Json<Vec<RecoveryPoint>>> {
+    let t = app.authorize(&headers, ANY, "list points")?;
+    blocking(move || {
+        Ok(Json(
+            app.store
+                .points()?
+                .into_iter()
+                .filter(|p| t.allows_vm(&p.vm))
+                .collect(),
+        ))
+    })
+    .await
+}
+
+fn point_of(app: &App, t: &Token, id: &str) -> Answer<RecoveryPoint> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad(format!(
+            "{id:?} is not a point id (32 hex digits)"
+        )));
+    }
+    match app.store.point_by_id(id)? {
+        Some(p) if t.allows_vm(&p.vm) => Ok(p),
+        // Another VM's point is not there for this token: not even its existence is told.
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no point {id}"),
+        )),
+    }
+}
+
+async fn one_point(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer<Json<RecoveryPoint>> {
+    let t = app.authorize(&headers, ANY, "read points")?;
+    blocking(move || Ok(Json(point_of(&app, &t, &id)?))).await
+}
+
+async fn forget(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer<Json<serde_json::Value>> {
+    let t = app.authorize(&headers, &[Role::Admin], "forget points")?;
+    blocking(move || {
+        let p = point_of(&app, &t, &id)?;
+        let f = app.store.forget(&[p])?;
+        Ok(Json(serde_json::json!({
+            "forgotten": f.points.iter().map(|p| &p.id).collect::<Vec<_>>(),
+            "chunks_unreferenced": f.chunks_unreferenced,
+            "warnings": f.warnings,
+        })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProtectBody {
+    protected: bool,
+}
+
+async fn protect(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Answer<Json<RecoveryPoint>> {
+    let t = app.authorize(&headers, &[Role::Admin], "protect or unprotect points")?;
+    let b: ProtectBody = json_body(&body)?;
+    blocking(move || {
+        let p = point_of(&app, &t, &id)?;
+        Ok(Json(app.store.set_protected(&p, b.protected)?))
+    })
+    .await
+}
+
+async fn set_policy(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(vm): Path<String>,
+    body: Bytes,
+) -> Answer<Json<cairn_store::Policy>> {
+    app.authorize(&headers, &[Role::Admin], "set policies")?;
+    let policy: cairn_store::Policy = json_body(&body)?;
+    blocking(move || {
+        cairn_store::point::check_name("VM", &vm).map_err(ApiError::bad)?;
+        app.store.set_policy(&vm, policy.clone())?;
+        Ok(Json(policy))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PruneBody {
+    rules: cairn_gc::Rules,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn prune(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer<Json<serde_json::Value>> {
+    app.authorize(&headers, &[Role::Admin], "prune")?;
+    let b: PruneBody = json_body(&body)?;
+    if !b.rules.any() {
+        return Err(ApiError::bad(
+            "give at least one keep rule (prune never removes every point of a disk)",
+        ));
+    }
+    blocking(move || {
+        let tz = app.store.config().tz();
+        let mut by_disk: std::collections::BTreeMap<(String, String), Vec<RecoveryPoint>> = Default::default();
+        for p in app.store.points()? {
+            by_disk.entry((format!("{:?}", p.vm_key()), p.disk.clone())).or_default().push(p);
+        }
+        let mut remove = Vec::new();
+        for points in by_disk.into_values() {
+            let c: Vec<cairn_gc::Candidate> = points
+                .iter()
+                .map(|p| cairn_gc::Candidate { time: p.time, protected: p.protected })
+                .collect();
+            let plan = cairn_gc::plan(&c, &b.rules, &tz);
+            remove.extend(points.into_iter().zip(plan).filter(|(_, k)| k.is_none()).map(|(p, _)| p));
+        }
+        let ids: Vec<String> = remove.iter().map(|p| p.id.clone()).collect();
+        if b.dry_run || remove.is_empty() {
+            let freed = app.store.would_free(&remove)?;
+            return Ok(Json(serde_json::json!({ "dry_run": b.dry_run, "remove": ids, "would_free_bytes": freed.stored_bytes })));
+        }
+        let f = app.store.forget(&remove)?;
+        Ok(Json(serde_json::json!({ "dry_run": false, "remove": ids, "chunks_unreferenced": f.chunks_unreferenced })))
+    })
+    .await
+}
+
+async fn gc(State(app): State<Shared>, headers: HeaderMap) -> Answer<Json<cairn_gc::GcReport>> {
+    app.authorize(&headers, &[Role::Admin], "collect garbage")?;
+    blocking(move || {
+        let _one = app
+            .collecting
+            .try_lock()
+            .map_err(|_| ApiError::new(StatusCode::CONFLICT, "a garbage collection is running"))?;
+        let live = || app.sessions.open_packs();
+        let report =
+            cairn_gc::collect::collect_held(app.store, &cairn_gc::GcOptions::default(), &live)
+                .map_err(|e| ApiError::internal(&e.to_string()))?;
+        Ok(Json(report))
+    })
+    .await
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Answer<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("the request body is not the JSON expected: {e}")))
+}
+
+fn ids_body(body: &[u8], max: usize) -> Answer<Vec<ChunkId>> {
+    if !body.len().is_multiple_of(32) {
+        return Err(ApiError::bad(format!(
+            "the body is {} bytes: chunk ids are 32 bytes each",
+            body.len()
+        )));
+    }
+    if body.len() / 32 > max {
+        return Err(ApiError::bad(format!(
+            "{} ids: at most {max} at once",
+            body.len() / 32
+        )));
+    }
+    Ok(body
+        .chunks_exact(32)
+        .map(|c| {
+            let mut b = [0u8; 32];
+            b.copy_from_slice(c);
+            ChunkId(b)
+        })
+        .collect())
+}
+
+/// Record status of a chunk read: the frame follows.
+pub const READ_OK: u8 = 0;
+/// Record status of a chunk read: a length (u32, big-endian) and a message follow.
+pub const READ_FAILED: u8 = 1;
+
+/// `POST /api/v1/chunks/read`: ids in, one record each out, in order. Chunk ids are not secret
+/// within what a token may read: they are named by the trees of the points it sees.
+async fn read_chunks(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer<Response> {
+    app.authorize(&headers, ANY, "read chunks")?;
+    let ids = ids_body(&body, MAX_READ)?;
+    blocking(move || {
+        use rayon::prelude::*;
+        let read: Vec<Result<cairn_store::EncodedChunk, String>> = ids
+            .par_iter()
+            .map(|id| app.store.read_encoded(id).map_err(|e| e.to_string()))
+            .collect();
+        let mut out = Vec::new();
+        for r in read {
+            match r {
+                Ok(c) => {
+                    out.push(READ_OK);
+                    pack::encode_frame(&c, &mut out);
+                }
+                Err(e) => {
+                    out.push(READ_FAILED);
+                    out.extend_from_slice(&(e.len() as u32).to_be_bytes());
+                    out.extend_from_slice(e.as_bytes());
+                }
+            }
+        }
+        Ok(([(header::CONTENT_TYPE, "application/octet-stream")], out).into_response())
+    })
+    .await
+}
+
+/// `POST /api/v1/sessions`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenSession {
+    /// The VM.
+    pub vm: String,
+    /// The disks this session will commit points of.
+    pub disks: Vec<String>,
+}
+
+/// The answer to [`OpenSession`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionOpened {
+    /// The session's id.
+    pub session: String,
+}
+
+async fn open_session(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer<(StatusCode, Json<SessionOpened>)> {
+    let t = app.authorize(&headers, &[Role::Backup, Role::Admin], "back up")?;
+    let b: OpenSession = json_body(&body)?;
+    cairn_store::point::check_name("VM", &b.vm).map_err(ApiError::bad)?;
+    if b.disks.is_empty() || b.disks.len() > 64 {
+        return Err(ApiError::bad("a session names 1 to 64 disks"));
+    }
+    for d in &b.disks {
+        cairn_store::point::check_name("disk", d).map_err(ApiError::bad)?;
+    }
+    if !t.allows_vm(&b.vm) {
+        return Err(ApiError::vm(&t, &b.vm));
+    }
+    blocking(move || {
+        match app
+            .sessions
+            .open(app.store, &b.vm, &b.disks, &t.id, app.limits.sessions)?
+        {
+            Ok(id) => {
+                tracing::info!(session = %id, vm = %b.vm, token = %t.name, "session opened");
+                Ok((StatusCode::CREATED, Json(SessionOpened { session: id })))
+            }
+            Err(Refused::Busy(why)) => Err(ApiError::new(StatusCode::CONFLICT, why)),
+            Err(Refused::Full(n)) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{n} sessions are open, the most this server takes; try again later"),
+            )),
+        }
+    })
+    .await
+}
+
+fn session_of<'a>(app: &'a App, t: &Token, id: &str) -> Answer<crate::sessions::Taken<'a>> {
+    let taken = app.sessions.take(id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no session {id} (it ended, or was dropped after being idle)"),
+        )
+    })?;
+    let owner = taken
+        .live
+        .lock()
+        .map_err(|_| ApiError::internal("session poisoned"))?
+        .token
+        .clone();
+    if owner != t.id {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no session {id}"),
+        ));
+    }
+    Ok(taken)
+}
+
+async fn abort_session(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer<StatusCode> {
+    let t = app.authorize(&headers, &[Role::Backup, Role::Admin], "back up")?;
+    blocking(move || {
+        drop(session_of(&app, &t, &id)?);
+        app.sessions.remove(&id);
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+/// `POST /api/v1/sessions/{id}/missing`: ids in, one byte each out (1: the store lacks it).
+async fn missing(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Answer<Vec<u8>> {
+    let t = app.authorize(&headers, &[Role::Backup, Role::Admin], "back up")?;
+    let ids = ids_body(&body, MAX_IDS)?;
+    blocking(move || {
+        let taken = session_of(&app, &t, &id)?;
+        let filter = taken
+            .live
+            .lock()
+            .map_err(|_| ApiError::internal("session poisoned"))?
+            .filter
+            .clone();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in &ids {
+            out.push(u8::from(!filter.holds(id)?));
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// The answer to an upload.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Uploaded {
+    /// Chunks in the body.
+    pub received: u64,
+    /// Of them, appended (the others the store or the session held already).
+    pub stored: u64,
+}
+
+/// `POST /api/v1/sessions/{id}/chunks`: frames, each checked against its id before any is
+/// stored.
+async fn upload(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Answer<Json<Uploaded>> {
+    let t = app.authorize(&headers, &[Role::Backup, Role::Admin], "back up")?;
+    blocking(move || {
+        use rayon::prelude::*;
+        let frames = pack::decode_frames(&body, MAX_FRAMES)
+            .map_err(|e| ApiError::bad(format!("the upload's body: {e}")))?;
+        let chunk_size = app.store.config().chunk_size;
+        frames
+            .par_iter()
+            .enumerate()
+            .try_for_each(|(i, f)| -> Answer<()> {
+                let fail = |what: String| {
+                    ApiError::bad(format!(
+                        "chunk {i} of the upload ({}): {what}; nothing of it was stored",
+                        f.id
+                    ))
+                };
+                if f.kind == ChunkKind::Data && f.plain_len > chunk_size {
+                    return Err(fail(format!(
+                        "{} bytes, larger than the store's chunks",
+                        f.plain_len
+                    )));
+                }
+                let plain = chunk::decode(&f.id, f.codec, f.plain_len, &f.bytes).map_err(fail)?;
+                if f.kind == ChunkKind::Tree {
+                    cairn_store::tree::decode(&plain)
+                        .map_err(|e| fail(format!("not a tree chunk: {e}")))?;
+                }
+                Ok(())
+            })?;
+        let taken = session_of(&app, &t, &id)?;
+        let mut live = taken
+            .live
+            .lock()
+            .map_err(|_| ApiError::internal("session poisoned"))?;
+        let mut stored = 0u64;
+        {
+            let session = live
+                .session
+                .as_mut()
+                .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the session is committing"))?;
+            for f in &frames {
+                if session.put(f)? {
+                    stored += 1;
+                }
+            }
+        }
+        live.received += frames.len() as u64;
+        live.stored += stored;
+        Ok(Json(Uploaded {
+            received: frames.len() as u64,
+            stored,
+        }))
+    })
+    .await
+}
+
+/// `POST /api/v1/sessions/{id}/commit`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Commit {
+    /// The points, as the client staged them (the server sets their commit time).
+    pub points: Vec<RecoveryPoint>,
+}
+
+async fn commit(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Answer<Json<Vec<RecoveryPoint>>> {
+    let t = app.authorize(&headers, &[Role::Backup, Role::Admin], "back up")?;
+    let b: Commit = json_body(&body)?;
+    blocking(move || {
+        let taken = session_of(&app, &t, &id)?;
+        let mut live = taken.live.lock().map_err(|_| ApiError::internal("session poisoned"))?;
+        if b.points.is_empty() {
+            return Err(ApiError::bad("a commit names at least one point"));
+        }
+        for p in &b.points {
+            if p.vm != live.vm || !live.disks.contains(&p.disk) {
+                return Err(ApiError::bad(format!(
+                    "point {} is of {}/{}, the session of VM {:?} disks {:?}",
+                    p.id, p.vm, p.disk, live.vm, live.disks
+                )));
+            }
+        }
+        let mut session = live.session.take().ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the session is committing"))?;
+        // From here the session is spent, whatever happens: its packs go if nothing commits.
+        app.sessions.remove(&id);
+        session.check_references();
+        let mut staged = Vec::new();
+        for p in &b.points {
+            let mut p = p.clone();
+            // Protection is an admin's act on a stored point, never part of an upload.
+            p.protected = false;
+            staged.push(session.stage_copy(&p).map_err(|e| match e {
+                cairn_store::Error::Usage(m) if m.contains("in this store already") => ApiError::new(StatusCode::CONFLICT, m),
+                e => e.into(),
+            })?);
+        }
+        let done = session.commit_run(staged)?;
+        tracing::info!(session = %id, vm = %live.vm, points = done.len(), chunks = live.stored, "committed");
+        Ok(Json(done))
+    })
+    .await
+}

@@ -1,0 +1,216 @@
+//! Listening: TLS on a TCP address, HTTP/1.1, one log line per request, idle sessions dropped,
+//! graceful shutdown on SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_store::{OpenMode, Store};
+
+use crate::api::{App, router};
+use crate::{Error, Result};
+
+/// Bounds on what clients may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body, in bytes.
+    pub body_bytes: usize,
+    /// Sessions open at once.
+    pub sessions: usize,
+    /// A session without a request for this long is dropped.
+    pub idle: Duration,
+    /// Connections served at once.
+    pub connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_bytes: 32 << 20,
+            sessions: 64,
+            idle: Duration::from_secs(600),
+            connections: 256,
+        }
+    }
+}
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The store's folder.
+    pub store: PathBuf,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The admin's certificate and key (PEM); none: the store's own.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Bounds.
+    pub limits: Limits,
+}
+
+/// What a started server tells its caller.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The address it listens on (the port chosen when 0 was asked).
+    pub addr: SocketAddr,
+    /// SHA-256 of its certificate.
+    pub fingerprint: String,
+    /// The certificate file (a client's `--ca-file` for a self-signed one).
+    pub cert: PathBuf,
+    /// Whether cairn made the certificate.
+    pub self_signed: bool,
+}
+
+/// Serves the store until SIGTERM or SIGINT; `started` is called once it listens.
+///
+/// # Errors
+/// The store cannot be opened for writing (another writer holds it), the address cannot be
+/// bound, the certificate cannot be loaded.
+pub fn serve(config: &Config, started: &dyn Fn(&Started)) -> Result<()> {
+    let store = Store::open(&config.store, OpenMode::Write { wait: false })?;
+    for w in store.warnings() {
+        tracing::warn!("{w}");
+    }
+    let identity = match &config.tls {
+        Some((cert, key)) => crate::tls::load(cert, key)?,
+        None => crate::tls::own(store.root())?,
+    };
+    let tls = crate::tls::server_config(&identity)?;
+    // The store lives as long as the process: sessions borrow it for the 'static lifetime
+    // that request handlers need. It is leaked, not dropped, at exit; every commit is synced
+    // before it answers, so nothing is left to flush.
+    let store: &'static Store = Box::leak(Box::new(store));
+    let app = Arc::new(App::new(store, config.limits));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io(&config.store, "starting the runtime", e))?;
+    runtime.block_on(run(app, config, tls, &identity, started))
+}
+
+async fn run(
+    app: Arc<App>,
+    config: &Config,
+    tls: Arc<rustls::ServerConfig>,
+    identity: &crate::tls::Identity,
+    started: &dyn Fn(&Started),
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::io(&PathBuf::from(config.listen.to_string()), "listening", e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io(&PathBuf::from(config.listen.to_string()), "listening", e))?;
+    started(&Started {
+        addr,
+        fingerprint: identity.fingerprint(),
+        cert: identity.cert_path.clone(),
+        self_signed: identity.self_signed,
+    });
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let routes = router(Arc::clone(&app)).layer(axum::middleware::from_fn(log_request));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.connections));
+    let reaper = {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let app = Arc::clone(&app);
+                let idle = app.limits.idle;
+                let gone = tokio::task::spawn_blocking(move || app.sessions.reap(idle))
+                    .await
+                    .unwrap_or_default();
+                for id in gone {
+                    tracing::warn!(session = %id, "dropped after being idle; its chunks are not kept");
+                }
+            }
+        })
+    };
+    let mut conns = tokio::task::JoinSet::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((tcp, peer)) = accepted else { continue };
+                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::warn!(%peer, "refused: too many connections");
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let routes = routes.clone();
+                let mut stop = stop_rx.clone();
+                conns.spawn(async move {
+                    let _permit = permit;
+                    let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
+                        tracing::warn!(%peer, "TLS handshake failed or timed out");
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(routes);
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(30))
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stop.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    tracing::info!("shutting down: finishing the requests in flight");
+    let _ = stop_tx.send(true);
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    reaper.abort();
+    tracing::info!(
+        sessions = app.sessions.len(),
+        "stopped; open sessions are dropped"
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// One line per request: method, path, status, time taken.
+async fn log_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    tracing::info!(
+        %method,
+        %path,
+        status = resp.status().as_u16(),
+        ms = start.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}

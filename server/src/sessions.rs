@@ -1,0 +1,169 @@
+//! The backup sessions of a running server: one [`Session`] each, with the disks it holds and
+//! when it was last used. A disk is in at most one session at a time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_store::{KnownFilter, PackId, Session, Store};
+
+/// One live session.
+pub(crate) struct Live {
+    pub(crate) vm: String,
+    pub(crate) disks: Vec<String>,
+    /// The token that opened it (only it may use the session).
+    pub(crate) token: String,
+    pub(crate) session: Option<Session<'static>>,
+    pub(crate) filter: KnownFilter<'static>,
+    pub(crate) started: chrono::DateTime<chrono::Utc>,
+    pub(crate) received: u64,
+    pub(crate) stored: u64,
+}
+
+struct Entry {
+    live: Arc<Mutex<Live>>,
+    last: Instant,
+    /// Requests using it now (never dropped as idle while one runs).
+    busy: u32,
+}
+
+/// Every live session.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    by_id: Mutex<HashMap<String, Entry>>,
+}
+
+/// A session taken for one request; given back on drop.
+pub(crate) struct Taken<'a> {
+    sessions: &'a Sessions,
+    id: String,
+    pub(crate) live: Arc<Mutex<Live>>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.sessions.by_id.lock()
+            && let Some(e) = map.get_mut(&self.id)
+        {
+            e.busy = e.busy.saturating_sub(1);
+            e.last = Instant::now();
+        }
+    }
+}
+
+/// Why a session could not be opened.
+pub(crate) enum Refused {
+    /// A disk is in another session.
+    Busy(String),
+    /// Too many sessions.
+    Full(usize),
+}
+
+impl Sessions {
+    /// Opens a session for `disks` of `vm`, unless one of them is in another session.
+    pub(crate) fn open(
+        &self,
+        store: &'static Store,
+        vm: &str,
+        disks: &[String],
+        token: &str,
+        max: usize,
+    ) -> Result<Result<String, Refused>, cairn_store::Error> {
+        let mut map = self
+            .by_id
+            .lock()
+            .map_err(|_| cairn_store::Error::Usage("session table poisoned".into()))?;
+        if map.len() >= max {
+            return Ok(Err(Refused::Full(max)));
+        }
+        for e in map.values() {
+            let Ok(l) = e.live.lock() else { continue };
+            if l.vm == vm
+                && let Some(d) = disks.iter().find(|d| l.disks.contains(d))
+            {
+                return Ok(Err(Refused::Busy(format!(
+                    "disk {d:?} of VM {vm:?} is being backed up by another session (started {})",
+                    l.started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ))));
+            }
+        }
+        let session = store.session()?;
+        let filter = session.known_filter();
+        let id = hex::encode(uuid::Uuid::new_v4().as_bytes());
+        map.insert(
+            id.clone(),
+            Entry {
+                live: Arc::new(Mutex::new(Live {
+                    vm: vm.to_owned(),
+                    disks: disks.to_vec(),
+                    token: token.to_owned(),
+                    session: Some(session),
+                    filter,
+                    started: chrono::Utc::now(),
+                    received: 0,
+                    stored: 0,
+                })),
+                last: Instant::now(),
+                busy: 0,
+            },
+        );
+        Ok(Ok(id))
+    }
+
+    /// The session `id`, for one request.
+    pub(crate) fn take(&self, id: &str) -> Option<Taken<'_>> {
+        let mut map = self.by_id.lock().ok()?;
+        let e = map.get_mut(id)?;
+        e.busy += 1;
+        Some(Taken {
+            sessions: self,
+            id: id.to_owned(),
+            live: Arc::clone(&e.live),
+        })
+    }
+
+    /// Ends session `id` (a commit, an abort): it can no longer be taken.
+    pub(crate) fn remove(&self, id: &str) {
+        if let Ok(mut map) = self.by_id.lock() {
+            map.remove(id);
+        }
+    }
+
+    /// Drops the sessions idle for longer than `idle` (their packs are deleted); returns them.
+    pub(crate) fn reap(&self, idle: Duration) -> Vec<String> {
+        let Ok(mut map) = self.by_id.lock() else {
+            return Vec::new();
+        };
+        let gone: Vec<String> = map
+            .iter()
+            .filter(|(_, e)| e.busy == 0 && e.last.elapsed() > idle)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            map.remove(id);
+        }
+        gone
+    }
+
+    /// The packs every live session has open: a collection in this process leaves them.
+    pub(crate) fn open_packs(&self) -> Vec<PackId> {
+        let lives: Vec<Arc<Mutex<Live>>> = match self.by_id.lock() {
+            Ok(map) => map.values().map(|e| Arc::clone(&e.live)).collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut out = Vec::new();
+        for l in lives {
+            if let Ok(l) = l.lock()
+                && let Some(s) = &l.session
+            {
+                out.extend(s.open_packs());
+            }
+        }
+        out
+    }
+
+    /// How many sessions are live.
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.lock().map_or(0, |m| m.len())
+    }
+}
