@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::process::{Command, Output};
 
 pub mod nbd;
+pub mod serve;
 
 /// The repository's root folder. Read from `CARGO_MANIFEST_DIR` at run time (cargo sets it for
 /// the package under test): the target folder is shared between clones at other paths, and a

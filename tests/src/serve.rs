@@ -1,0 +1,162 @@
+//! `cairn serve` for tests: started on 127.0.0.1 with a port it picks, stopped (SIGTERM, then
+//! kill -9) when dropped; tokens made with `cairn token`; raw requests sent with `curl`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::{cairn, json, ok, run};
+
+/// A running `cairn serve`.
+pub struct Server {
+    child: Option<Child>,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// SHA-256 of its certificate.
+    pub fingerprint: String,
+    /// Its certificate (the store's own, self-signed).
+    pub cert: PathBuf,
+    /// Where its log goes.
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Serves the store at `store`, on the port `port` (0: one the server picks).
+    ///
+    /// # Panics
+    /// When it does not start.
+    #[must_use]
+    pub fn start(store: &Path, port: u16, extra: &[&str]) -> Self {
+        let log = store.with_extension(format!("serve{port}.log"));
+        let err = std::fs::File::create(&log).expect("log file");
+        let mut child = cairn(["serve", "--json", "--listen", &format!("127.0.0.1:{port}")])
+            .arg(store)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .expect("cairn serve starts");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        if line.trim().is_empty() {
+            let _ = child.kill();
+            panic!(
+                "cairn serve did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        let v = json(&line);
+        let cert = PathBuf::from(v["certificate"].as_str().expect("certificate"));
+        Self {
+            child: Some(child),
+            url: v["url"].as_str().expect("url").to_owned(),
+            fingerprint: v["fingerprint"].as_str().expect("fingerprint").to_owned(),
+            cert: if cert.is_absolute() {
+                cert
+            } else {
+                std::env::current_dir().expect("cwd").join(cert)
+            },
+            log,
+        }
+    }
+
+    /// The port it listens on.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
+    }
+
+    /// A `cairn ARGS` command on this server's store with `token` (the fingerprint pinned).
+    #[must_use]
+    pub fn cmd(&self, token: &str, args: &[&str]) -> Command {
+        let mut c = cairn(args);
+        c.env("CAIRN_STORE", &self.url)
+            .env("CAIRN_TOKEN", token)
+            .env("CAIRN_FINGERPRINT", &self.fingerprint);
+        c
+    }
+
+    /// `curl` of `PATH` (under `/api/v1/`) with `token`, the body from `body` when given;
+    /// returns the status and the answer.
+    #[must_use]
+    pub fn curl(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&[u8]>,
+    ) -> (u16, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let mut c = Command::new("curl");
+        c.args(["-s", "-X", method, "--max-time", "60", "-o"])
+            .arg(&out)
+            .args(["-w", "%{http_code}", "--cacert"])
+            .arg(&self.cert)
+            .args(["-H", &format!("Authorization: Bearer {token}")]);
+        if let Some(b) = body {
+            let f = dir.path().join("body");
+            std::fs::write(&f, b).expect("body");
+            c.args([
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", f.display()));
+        }
+        c.arg(format!("{}/api/v1/{path}", self.url));
+        let o = run(&mut c);
+        let code = String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        (code, std::fs::read(&out).unwrap_or_default())
+    }
+
+    /// Stops it with SIGTERM and waits (a graceful stop); kill -9 after 30 s.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            for _ in 0..300 {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills it with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Makes a token on the store at `store`; returns its secret.
+#[must_use]
+pub fn token(store: &Path, name: &str, role: &str, vm: &str) -> String {
+    let v = json(&ok(cairn([
+        "token", "create", "--json", "--name", name, "--role", role, "--vm", vm, "--store",
+    ])
+    .arg(store)));
+    v["secret"].as_str().expect("secret").to_owned()
+}

@@ -1,0 +1,515 @@
+//! `cairn serve` end to end: hosts backing up at once through HTTPS, what each token may do,
+//! bad requests refused with nothing stored, certificates checked, kills of client and server.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use cairn_tests::serve::{Server, token};
+use cairn_tests::{TestStore, gen_disk, id, json, num, ok, read, run};
+
+fn backup_json(s: &Server, tok: &str, vm: &str, disk: &Path) -> serde_json::Value {
+    json(&ok(&mut s
+        .cmd(tok, &["backup", "--json", "--vm", vm])
+        .arg(format!("xvda={}", disk.display()))))[0]
+        .clone()
+}
+
+#[test]
+fn hosts_back_up_at_once_send_only_what_is_new_and_every_point_restores() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = TestStore::new("256K");
+    let disks: Vec<_> = (0..3)
+        .map(|i| {
+            let p = w.join(format!("vm{i}.raw"));
+            gen_disk(&p, "32M", 10 + i, i, 0);
+            p
+        })
+        .collect();
+    // A clone of vm0's template: its own data beside what vm0 already sent.
+    let clone = w.join("clone.raw");
+    gen_disk(&clone, "32M", 99, 0, 3);
+    let tokens: Vec<String> = (0..4)
+        .map(|i| {
+            token(
+                &store.path(),
+                &format!("host{i}"),
+                "backup",
+                &format!("vm{i}"),
+            )
+        })
+        .collect();
+    let reader = token(&store.path(), "restorer", "restore", "*");
+    let mut server = Server::start(&store.path(), 0, &[]);
+
+    // Three hosts at once.
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            server
+                .cmd(&tokens[i], &["backup", "--json", "--vm", &format!("vm{i}")])
+                .arg(format!("xvda={}", disks[i].display()))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("backup starts")
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().expect("backup ends");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // The clone sends only what vm0 did not: as much as a local store holding vm0 stores.
+    let sent = num(
+        &backup_json(&server, &tokens[3], "vm3", &clone),
+        "new_stored_bytes",
+    );
+    let local = TestStore::new("256K");
+    local.backup("vm0", "2026-12-01T00:00:00Z", "xvda", &disks[0], &[]);
+    let unique = num(
+        &local.backup("vm3", "2026-12-01T00:00:00Z", "xvda", &clone, &[]),
+        "new_stored_bytes",
+    );
+    assert!(
+        unique > 0 && sent as f64 <= unique as f64 * 1.05,
+        "sent {sent} for {unique} bytes new"
+    );
+    // An incremental of vm0 sends nothing new.
+    let again = backup_json(&server, &tokens[0], "vm0", &disks[0]);
+    assert_eq!(num(&again, "new_stored_bytes"), 0, "{again}");
+
+    // Every point restores bit-exact through the server, with a restore token.
+    let points = json(&ok(&mut server.cmd(&reader, &["list", "--json"])));
+    let points = points.as_array().expect("points").clone();
+    assert_eq!(points.len(), 5);
+    let want = |vm: &str| match vm {
+        "vm3" => clone.clone(),
+        v => disks[v[2..].parse::<usize>().expect("vm number")].clone(),
+    };
+    let out = w.join("out.raw");
+    for p in &points {
+        ok(&mut server
+            .cmd(&reader, &["restore", "--force", &id(p)])
+            .arg(&out));
+        assert_eq!(
+            read(&out),
+            read(&want(p["vm"].as_str().expect("vm"))),
+            "{}",
+            id(p)
+        );
+    }
+    // The API is usable without cairn.
+    let (code, body) = server.curl("GET", "points", &reader, None);
+    assert_eq!(code, 200);
+    assert_eq!(
+        json(&String::from_utf8_lossy(&body))
+            .as_array()
+            .map(Vec::len),
+        Some(5)
+    );
+
+    // And locally, once the server stopped; the store verifies clean.
+    server.stop();
+    for p in &points {
+        store.restore(&id(p), &out, "raw");
+        assert_eq!(read(&out), read(&want(p["vm"].as_str().expect("vm"))));
+    }
+    ok(&mut store.cmd(&["verify"]));
+}
+
+#[test]
+fn each_role_does_what_it_may_and_nothing_else() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("d.raw");
+    gen_disk(&disk, "8M", 1, 1, 0);
+    let store = TestStore::new("256K");
+    let backup = token(&store.path(), "host", "backup", "web*");
+    let restore = token(&store.path(), "reader", "restore", "web*");
+    let admin = token(&store.path(), "admin", "admin", "*");
+    let server = Server::start(&store.path(), 0, &[]);
+    let p = backup_json(&server, &backup, "web1", &disk);
+    backup_json(&server, &admin, "db1", &disk);
+    let pid = id(&p);
+    let refused = |tok: &str, method: &str, path: &str, body: &[u8]| {
+        let (code, answer) = server.curl(method, path, tok, Some(body));
+        assert_eq!(
+            code,
+            403,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    };
+    // The append-only token: nothing that removes or changes what is stored.
+    for tok in [&backup, &restore] {
+        refused(tok, "POST", &format!("points/{pid}/forget"), b"");
+        refused(
+            tok,
+            "POST",
+            &format!("points/{pid}/protect"),
+            br#"{"protected": true}"#,
+        );
+        refused(
+            tok,
+            "POST",
+            &format!("points/{pid}/protect"),
+            br#"{"protected": false}"#,
+        );
+        refused(tok, "POST", "prune", br#"{"rules": {"last": 1}}"#);
+        refused(tok, "POST", "gc", b"");
+        refused(tok, "PUT", "policies/web1", br#"{"key_interval": 1}"#);
+    }
+    // The restore token cannot back up.
+    refused(
+        &restore,
+        "POST",
+        "sessions",
+        br#"{"vm": "web1", "disks": ["xvda"]}"#,
+    );
+    // Neither reaches another VM: not its points, not a session for it.
+    refused(
+        &backup,
+        "POST",
+        "sessions",
+        br#"{"vm": "db1", "disks": ["xvda"]}"#,
+    );
+    for tok in [&backup, &restore] {
+        let listed = json(&ok(&mut server.cmd(tok, &["list", "--json"])));
+        assert!(
+            listed
+                .as_array()
+                .expect("list")
+                .iter()
+                .all(|p| p["vm"] == "web1"),
+            "{listed}"
+        );
+    }
+    // A point over an existing id is refused: nothing is overwritten.
+    let (code, s) = server.curl(
+        "POST",
+        "sessions",
+        &backup,
+        Some(br#"{"vm": "web1", "disks": ["xvda"]}"#),
+    );
+    assert_eq!(code, 201);
+    let sid = json(&String::from_utf8_lossy(&s))["session"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let (_, existing) = server.curl("GET", &format!("points/{pid}"), &backup, None);
+    let body = format!("{{\"points\": [{}]}}", String::from_utf8_lossy(&existing));
+    let (code, answer) = server.curl(
+        "POST",
+        &format!("sessions/{sid}/commit"),
+        &backup,
+        Some(body.as_bytes()),
+    );
+    assert_eq!(code, 409, "{}", String::from_utf8_lossy(&answer));
+    // The CLI says so, with a non-zero exit.
+    let o = run(&mut server.cmd(&backup, &["forget", &pid]));
+    assert!(!o.status.success());
+    // Restore reads; admin does everything.
+    let out = work.path().join("out.raw");
+    ok(&mut server.cmd(&restore, &["restore", &pid]).arg(&out));
+    assert_eq!(read(&out), read(&disk));
+    let (code, _) = server.curl(
+        "POST",
+        &format!("points/{pid}/protect"),
+        &admin,
+        Some(br#"{"protected": true}"#),
+    );
+    assert_eq!(code, 200);
+    let (code, _) = server.curl("POST", &format!("points/{pid}/forget"), &admin, Some(b""));
+    assert_eq!(code, 400, "a protected point is not forgotten");
+    let (code, _) = server.curl(
+        "POST",
+        &format!("points/{pid}/protect"),
+        &admin,
+        Some(br#"{"protected": false}"#),
+    );
+    assert_eq!(code, 200);
+    let (code, _) = server.curl("POST", &format!("points/{pid}/forget"), &admin, Some(b""));
+    assert_eq!(code, 200);
+    let (code, report) = server.curl("POST", "gc", &admin, Some(b""));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&report));
+    let (code, _) = server.curl(
+        "PUT",
+        "policies/web1",
+        &admin,
+        Some(br#"{"key_interval": 7}"#),
+    );
+    assert_eq!(code, 200);
+    let (code, _) = server.curl("POST", "prune", &admin, Some(br#"{"rules": {"last": 1}}"#));
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn bad_tokens_bodies_and_certificates_are_refused_and_nothing_is_stored() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("d.raw");
+    gen_disk(&disk, "8M", 2, 1, 0);
+    let store = TestStore::new("256K");
+    let backup = token(&store.path(), "host", "backup", "*");
+    let revoked = token(&store.path(), "gone", "backup", "*");
+    ok(cairn_tests::cairn(["token", "revoke", "--store"])
+        .arg(store.path())
+        .arg("gone"));
+    let other = token(&store.path(), "other", "admin", "*");
+    let wrong = format!(
+        "{}{}",
+        &other[..other.len() - 1],
+        if other.ends_with('0') { '1' } else { '0' }
+    );
+    let server = Server::start(&store.path(), 0, &["--max-body", "1"]);
+    for (tok, why) in [
+        ("", "no token"),
+        ("cairn_00000000_00", "no token"),
+        (revoked.as_str(), "revoked"),
+        (&wrong, "unknown"),
+    ] {
+        let (code, answer) = server.curl("GET", "points", tok, None);
+        assert_eq!(code, 401, "{}", String::from_utf8_lossy(&answer));
+        assert!(
+            String::from_utf8_lossy(&answer).contains(why),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let (_, s) = server.curl(
+        "POST",
+        "sessions",
+        &backup,
+        Some(br#"{"vm": "web1", "disks": ["xvda"]}"#),
+    );
+    let sid = json(&String::from_utf8_lossy(&s))["session"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    // A chunk whose bytes are not its id.
+    let mut frame = Vec::new();
+    let mut c = cairn_store_frame(b"some bytes");
+    c[60] ^= 1;
+    frame.extend_from_slice(&c);
+    let (code, answer) = server.curl(
+        "POST",
+        &format!("sessions/{sid}/chunks"),
+        &backup,
+        Some(&frame),
+    );
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        String::from_utf8_lossy(&answer).contains("not to its id"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Ids that are not 32 bytes each; a body over the limit; JSON that is not what is asked.
+    let (code, _) = server.curl(
+        "POST",
+        &format!("sessions/{sid}/missing"),
+        &backup,
+        Some(&[0u8; 33]),
+    );
+    assert_eq!(code, 400);
+    let (code, _) = server.curl(
+        "POST",
+        &format!("sessions/{sid}/chunks"),
+        &backup,
+        Some(&vec![0u8; 2 << 20]),
+    );
+    assert_eq!(code, 413);
+    let (code, _) = server.curl("POST", "sessions", &backup, Some(b"{\"vm\": 3}"));
+    assert_eq!(code, 400);
+    // A commit naming chunks nobody sent.
+    let forged = serde_json::json!({"points": [{
+        "id": "0123456789abcdef0123456789abcdef", "vm": "web1", "disk": "xvda",
+        "time": "2026-12-01T00:00:00Z", "size": 262144, "chunk_size": 262144,
+        "source": {"kind": "raw", "vhd_uuid": null, "path": "x"}, "parent": null, "format": 2,
+        "depth": 0, "segments": ["11".repeat(32)], "stats": {}, "committed": "2026-12-01T00:00:00Z",
+        "protected": false, "run": null, "labels": {}
+    }]});
+    let (code, answer) = server.curl(
+        "POST",
+        &format!("sessions/{sid}/commit"),
+        &backup,
+        Some(forged.to_string().as_bytes()),
+    );
+    assert!(
+        code == 409 || code == 400,
+        "{code}: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Random bytes at every endpoint: a 4xx, never a crash.
+    let endpoints = [
+        "store",
+        "points",
+        "points/x",
+        "chunks/read",
+        "sessions",
+        "sessions/x/missing",
+        "sessions/x/chunks",
+        "sessions/x/commit",
+        "prune",
+        "gc",
+        "policies/x",
+        "nope",
+    ];
+    let mut seed = 7u64;
+    for round in 0..6 {
+        for e in endpoints {
+            let len = (seed % 300) as usize;
+            let body: Vec<u8> = (0..len)
+                .map(|i| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407 + i as u64);
+                    (seed >> 33) as u8
+                })
+                .collect();
+            let (code, answer) = server.curl("POST", e, &backup, Some(&body));
+            assert!(
+                (400..500).contains(&code),
+                "round {round} {e}: {code} {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+    }
+    assert_eq!(
+        json(&ok(&mut server.cmd(&backup, &["list", "--json"])))
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    // Certificates: a wrong fingerprint and a CA that did not sign it are refused.
+    let mut c = server.cmd(&backup, &["list"]);
+    c.env("CAIRN_FINGERPRINT", "00".repeat(32));
+    let o = run(&mut c);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("fingerprint"));
+    let (ca, _, _) = cairn_tests::certificates(work.path());
+    let mut c = server.cmd(&backup, &["list"]);
+    c.env_remove("CAIRN_FINGERPRINT")
+        .env("CAIRN_SERVER_CA", &ca);
+    let o = run(&mut c);
+    assert!(
+        !o.status.success(),
+        "a certificate the CA did not sign is refused"
+    );
+    let mut c = server.cmd(&backup, &["list"]);
+    c.env_remove("CAIRN_FINGERPRINT")
+        .env("CAIRN_SERVER_CA", &server.cert);
+    ok(&mut c);
+    // A plain local writer is refused while the server holds the store.
+    let o = run(&mut store
+        .cmd(&["backup", "--vm", "x"])
+        .arg(format!("xvda={}", disk.display())));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("locked"));
+}
+
+/// The frame of a plain chunk holding `bytes` (the pack format: header, then the bytes).
+fn cairn_store_frame(bytes: &[u8]) -> Vec<u8> {
+    let id = blake3::hash(bytes);
+    let mut h = vec![0u8; 56];
+    h[0..4].copy_from_slice(b"CFRM");
+    h[8..40].copy_from_slice(id.as_bytes());
+    h[40..44].copy_from_slice(&(bytes.len() as u32).to_be_bytes());
+    h[44..48].copy_from_slice(&(bytes.len() as u32).to_be_bytes());
+    let crc = crc32(&h[8..]);
+    h[4..8].copy_from_slice(&crc.to_be_bytes());
+    h.extend_from_slice(bytes);
+    h
+}
+
+fn crc32(b: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &x in b {
+        crc ^= u32::from(x);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn kills_of_client_and_server_lose_no_committed_point() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = TestStore::new("256K");
+    let tok = token(&store.path(), "host", "backup", "*");
+    let admin = token(&store.path(), "admin", "admin", "*");
+    let first = w.join("first.raw");
+    gen_disk(&first, "16M", 3, 1, 0);
+    let big = w.join("big.raw");
+    gen_disk(&big, "96M", 4, 2, 0);
+    let mut server = Server::start(&store.path(), 0, &[]);
+    let kept = backup_json(&server, &tok, "vm1", &first);
+    // A client killed mid-upload (its source a pipe fed half-way, so the kill lands while
+    // chunks are in flight): nothing of it is visible, and gc takes its chunks back.
+    let bytes = read(&big);
+    let half = |server: &Server, vm: &str| {
+        use std::io::Write;
+        let mut c = server
+            .cmd(
+                &tok,
+                &[
+                    "backup",
+                    "--vm",
+                    vm,
+                    "--size",
+                    &bytes.len().to_string(),
+                    "xvda=-",
+                ],
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("backup starts");
+        let mut input = c.stdin.take().expect("stdin");
+        input
+            .write_all(&bytes[..bytes.len() / 2])
+            .expect("half the disk");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        (c, input)
+    };
+    let (mut c, input) = half(&server, "vm2");
+    let _ = c.kill();
+    let _ = c.wait();
+    drop(input);
+    let listed = json(&ok(&mut server.cmd(&tok, &["list", "--json"])));
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    // The server killed with -9 while a backup uploads.
+    let (mut c, input) = half(&server, "vm3");
+    server.kill();
+    drop(input);
+    let o = c.wait().expect("backup ends");
+    assert!(!o.success(), "a backup whose server died fails");
+    let port = server.port();
+    drop(server);
+    // The next start is clean, holds the committed point, and collects what the dead left.
+    let server = Server::start(&store.path(), port, &[]);
+    let listed = json(&ok(&mut server.cmd(&tok, &["list", "--json"])));
+    let ids: Vec<String> = listed.as_array().expect("list").iter().map(id).collect();
+    assert!(ids.contains(&id(&kept)), "{listed}");
+    assert_eq!(ids.len(), 1, "{listed}");
+    let (code, report) = server.curl("POST", "gc", &admin, Some(b""));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&report));
+    let out = w.join("out.raw");
+    ok(&mut server.cmd(&tok, &["restore", &id(&kept)]).arg(&out));
+    assert_eq!(read(&out), read(&first));
+    drop(server);
+    ok(&mut store.cmd(&["verify"]));
+    let dry = json(&ok(&mut store.cmd(&["gc", "--dry-run", "--json"])));
+    assert_eq!(
+        num(&dry, "orphan_packs"),
+        0,
+        "the killed sessions' packs are gone: {dry}"
+    );
+    assert_eq!(
+        store.pack_files().len(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&report)
+    );
+}
