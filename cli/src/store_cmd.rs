@@ -68,7 +68,7 @@ impl StoreArg {
     pub fn reader(&self) -> Result<Reader> {
         Ok(match self.remote()? {
             Some(r) => Reader::Remote(r),
-            None => Reader::Local(open_read(&self.store)?),
+            None => Reader::Local(Box::new(open_read(&self.store)?)),
         })
     }
 }
@@ -76,7 +76,7 @@ impl StoreArg {
 /// A store read here or through a server.
 pub enum Reader {
     /// A folder.
-    Local(Store),
+    Local(Box<Store>),
     /// A server.
     Remote(std::sync::Arc<cairn_remote::Remote>),
 }
@@ -84,7 +84,7 @@ pub enum Reader {
 impl Reader {
     pub fn get(&self) -> &dyn cairn_store::StoreRead {
         match self {
-            Reader::Local(s) => s,
+            Reader::Local(s) => &**s,
             Reader::Remote(r) => &**r,
         }
     }

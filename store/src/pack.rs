@@ -402,6 +402,63 @@ pub fn scan(path: &Path) -> Result<PackScan> {
     })
 }
 
+/// Appends `chunk` to `out` as a frame (header and stored bytes), the form chunks take in a
+/// pack and on the wire of `cairn serve`.
+pub fn encode_frame(chunk: &EncodedChunk, out: &mut Vec<u8>) {
+    let header = FrameHeader {
+        id: chunk.id,
+        plain_len: chunk.plain_len,
+        stored_len: chunk.bytes.len() as u32,
+        codec: chunk.codec,
+        kind: chunk.kind,
+    };
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(&chunk.bytes);
+}
+
+/// Splits `body` into the frames it holds, at most `max` of them. Only the framing is checked
+/// here (magic, header CRC, lengths within bounds and within the body); the caller checks each
+/// chunk against its id.
+///
+/// # Errors
+/// What is wrong, and at which byte offset of the body.
+pub fn decode_frames(body: &[u8], max: usize) -> Result<Vec<EncodedChunk>, String> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < body.len() {
+        if out.len() == max {
+            return Err(format!("more than {max} chunks in one body"));
+        }
+        let Some(hb) = body
+            .get(at..at + FRAME_HEADER_SIZE as usize)
+            .and_then(|b| <&[u8; FRAME_HEADER_SIZE as usize]>::try_from(b).ok())
+        else {
+            return Err(format!(
+                "offset {at}: {} bytes left, a frame header is {FRAME_HEADER_SIZE}",
+                body.len() - at
+            ));
+        };
+        let h = FrameHeader::decode(hb).map_err(|e| format!("offset {at}: {e}"))?;
+        let start = at + FRAME_HEADER_SIZE as usize;
+        let Some(bytes) = body.get(start..start + h.stored_len as usize) else {
+            return Err(format!(
+                "offset {at}: the frame says {} stored bytes, the body holds {}",
+                h.stored_len,
+                body.len() - start
+            ));
+        };
+        out.push(EncodedChunk {
+            id: h.id,
+            kind: h.kind,
+            codec: h.codec,
+            plain_len: h.plain_len,
+            bytes: bytes.to_vec(),
+        });
+        at = start + h.stored_len as usize;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,61 +579,44 @@ mod tests {
         assert_eq!(s.frames.len(), offsets.len());
         assert!(s.stopped.is_some());
     }
-}
 
-/// Appends `chunk` to `out` as a frame (header and stored bytes), the form chunks take in a
-/// pack and on the wire of `cairn serve`.
-pub fn encode_frame(chunk: &EncodedChunk, out: &mut Vec<u8>) {
-    let header = FrameHeader {
-        id: chunk.id,
-        plain_len: chunk.plain_len,
-        stored_len: chunk.bytes.len() as u32,
-        codec: chunk.codec,
-        kind: chunk.kind,
-    };
-    out.extend_from_slice(&header.encode());
-    out.extend_from_slice(&chunk.bytes);
-}
-
-/// Splits `body` into the frames it holds, at most `max` of them. Only the framing is checked
-/// here (magic, header CRC, lengths within bounds and within the body); the caller checks each
-/// chunk against its id.
-///
-/// # Errors
-/// What is wrong, and at which byte offset of the body.
-pub fn decode_frames(body: &[u8], max: usize) -> Result<Vec<EncodedChunk>, String> {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    while at < body.len() {
-        if out.len() == max {
-            return Err(format!("more than {max} chunks in one body"));
-        }
-        let Some(hb) = body
-            .get(at..at + FRAME_HEADER_SIZE as usize)
-            .and_then(|b| <&[u8; FRAME_HEADER_SIZE as usize]>::try_from(b).ok())
-        else {
-            return Err(format!(
-                "offset {at}: {} bytes left, a frame header is {FRAME_HEADER_SIZE}",
-                body.len() - at
-            ));
-        };
-        let h = FrameHeader::decode(hb).map_err(|e| format!("offset {at}: {e}"))?;
-        let start = at + FRAME_HEADER_SIZE as usize;
-        let Some(bytes) = body.get(start..start + h.stored_len as usize) else {
-            return Err(format!(
-                "offset {at}: the frame says {} stored bytes, the body holds {}",
-                h.stored_len,
-                body.len() - start
-            ));
-        };
-        out.push(EncodedChunk {
-            id: h.id,
-            kind: h.kind,
-            codec: h.codec,
-            plain_len: h.plain_len,
-            bytes: bytes.to_vec(),
-        });
-        at = start + h.stored_len as usize;
+    #[test]
+    fn frames_on_the_wire_round_trip_and_bad_ones_are_named() {
+        let a = crate::chunk::encode(&[7u8; 5000], ChunkKind::Data, 3);
+        let b = crate::chunk::encode(b"tree-ish bytes", ChunkKind::Tree, 3);
+        let mut body = Vec::new();
+        encode_frame(&a, &mut body);
+        encode_frame(&b, &mut body);
+        let got = decode_frames(&body, 10).expect("decodes");
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].id, got[0].bytes.clone()), (a.id, a.bytes.clone()));
+        assert_eq!((got[1].id, got[1].kind), (b.id, ChunkKind::Tree));
+        assert!(
+            decode_frames(&body, 1)
+                .expect_err("too many")
+                .contains("more than 1")
+        );
+        let cut = decode_frames(&body[..body.len() - 1], 10).expect_err("cut");
+        assert!(cut.contains("stored bytes"), "{cut}");
+        let mut bad = body.clone();
+        bad[10] ^= 1;
+        assert!(decode_frames(&bad, 10).expect_err("crc").contains("CRC"));
     }
-    Ok(out)
+
+    proptest::proptest! {
+        #[test]
+        fn any_body_decodes_or_is_refused(body in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = decode_frames(&body, 8);
+        }
+
+        #[test]
+        fn mutated_bodies_never_panic(at in 0usize..200, byte in proptest::num::u8::ANY) {
+            let mut body = Vec::new();
+            encode_frame(&crate::chunk::encode(&[1u8; 100], ChunkKind::Data, 1), &mut body);
+            encode_frame(&crate::chunk::encode(&[2u8; 30], ChunkKind::Data, 1), &mut body);
+            let i = at % body.len();
+            body[i] = byte;
+            let _ = decode_frames(&body, 8);
+        }
+    }
 }

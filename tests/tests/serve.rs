@@ -8,7 +8,7 @@ use cairn_tests::serve::{Server, token};
 use cairn_tests::{TestStore, gen_disk, id, json, num, ok, read, run};
 
 fn backup_json(s: &Server, tok: &str, vm: &str, disk: &Path) -> serde_json::Value {
-    json(&ok(&mut s
+    json(&ok(s
         .cmd(tok, &["backup", "--json", "--vm", vm])
         .arg(format!("xvda={}", disk.display()))))[0]
         .clone()
@@ -87,7 +87,7 @@ fn hosts_back_up_at_once_send_only_what_is_new_and_every_point_restores() {
     };
     let out = w.join("out.raw");
     for p in &points {
-        ok(&mut server
+        ok(server
             .cmd(&reader, &["restore", "--force", &id(p)])
             .arg(&out));
         assert_eq!(
@@ -208,7 +208,7 @@ fn each_role_does_what_it_may_and_nothing_else() {
     assert!(!o.status.success());
     // Restore reads; admin does everything.
     let out = work.path().join("out.raw");
-    ok(&mut server.cmd(&restore, &["restore", &pid]).arg(&out));
+    ok(server.cmd(&restore, &["restore", &pid]).arg(&out));
     assert_eq!(read(&out), read(&disk));
     let (code, _) = server.curl(
         "POST",
@@ -396,7 +396,7 @@ fn bad_tokens_bodies_and_certificates_are_refused_and_nothing_is_stored() {
         .env("CAIRN_SERVER_CA", &server.cert);
     ok(&mut c);
     // A plain local writer is refused while the server holds the store.
-    let o = run(&mut store
+    let o = run(store
         .cmd(&["backup", "--vm", "x"])
         .arg(format!("xvda={}", disk.display())));
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("locked"));
@@ -496,7 +496,7 @@ fn kills_of_client_and_server_lose_no_committed_point() {
     let (code, report) = server.curl("POST", "gc", &admin, Some(b""));
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&report));
     let out = w.join("out.raw");
-    ok(&mut server.cmd(&tok, &["restore", &id(&kept)]).arg(&out));
+    ok(server.cmd(&tok, &["restore", &id(&kept)]).arg(&out));
     assert_eq!(read(&out), read(&first));
     drop(server);
     ok(&mut store.cmd(&["verify"]));
