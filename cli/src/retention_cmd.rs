@@ -253,6 +253,25 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
         bail!("give at least one --keep-* rule (prune never removes every point of a disk)");
     }
     let started = Instant::now();
+    if let Some(r) = a.store.remote()? {
+        if !a.filter.filter().is_empty() {
+            bail!(
+                "prune through a server applies its rules to every disk the token reaches; filters are not taken yet"
+            );
+        }
+        let v = r.prune(&json!({ "rules": rules, "dry_run": a.dry_run }))?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            let n = v["remove"].as_array().map_or(0, Vec::len);
+            let verb = if a.dry_run { "would remove" } else { "removed" };
+            println!(
+                "{verb} {n} point(s) in {}; `cairn gc` reclaims their space",
+                r.url()
+            );
+        }
+        return Ok(0);
+    }
     let store = if a.dry_run {
         crate::store_cmd::open_read(&a.store.store)?
     } else {
@@ -397,6 +416,28 @@ fn freed_words(f: &cairn_store::Freed) -> String {
 }
 
 pub fn forget(a: &ForgetArgs) -> Result<i32> {
+    if let Some(r) = a.store.remote()? {
+        use cairn_store::StoreRead;
+        let tz = r.config().tz();
+        let points = a
+            .points
+            .iter()
+            .map(|s| r.resolve(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut all = Vec::new();
+        for p in &points {
+            let v = r.forget(&p.id, a.dry_run)?;
+            if !a.json {
+                let verb = if a.dry_run { "would forget" } else { "forgot" };
+                println!("{verb} {}", point_row(p, tz));
+            }
+            all.push(v);
+        }
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        }
+        return Ok(0);
+    }
     let store = if a.dry_run {
         crate::store_cmd::open_read(&a.store.store)?
     } else {
@@ -458,10 +499,18 @@ pub fn forget(a: &ForgetArgs) -> Result<i32> {
 }
 
 pub fn protect(a: &ProtectArgs, on: bool) -> Result<i32> {
-    let store = open_write(&a.store.store, a.wait)?;
-    let tz = store.config().tz();
-    let p = store.resolve(&a.point)?;
-    let p = store.set_protected(&p, on)?;
+    let (p, tz) = match a.store.remote()? {
+        Some(r) => {
+            use cairn_store::StoreRead;
+            let p = r.resolve(&a.point)?;
+            (r.protect(&p.id, on)?, r.config().tz())
+        }
+        None => {
+            let store = open_write(&a.store.store, a.wait)?;
+            let p = store.resolve(&a.point)?;
+            (store.set_protected(&p, on)?, store.config().tz())
+        }
+    };
     if a.json {
         println!("{}", json!({ "id": p.id, "protected": p.protected }));
     } else {
@@ -488,10 +537,17 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
     };
     let spinner = crate::progress::spinner("gc");
     let started = Instant::now();
-    let r = cairn_gc::collect(&a.store.store, &opts, &|msg| {
-        spinner.set_message(msg.to_owned())
-    })
-    .context("garbage collection failed; what the store holds is unchanged or complete")?;
+    let r = match a.store.remote()? {
+        Some(remote) => {
+            spinner.set_message(format!("collecting in {}", remote.url()));
+            let body = json!({ "dry_run": a.dry_run, "max_unused": a.max_unused, "repack_below": a.repack_below });
+            serde_json::from_value(remote.gc(&body)?)?
+        }
+        None => cairn_gc::collect(&a.store.store, &opts, &|msg| {
+            spinner.set_message(msg.to_owned())
+        })
+        .context("garbage collection failed; what the store holds is unchanged or complete")?,
+    };
     spinner.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if a.json {

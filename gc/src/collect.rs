@@ -49,7 +49,8 @@ impl Default for GcOptions {
 }
 
 /// What a garbage collection did (or, dry, would do).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct GcReport {
     /// Nothing was changed.
     pub dry_run: bool,

@@ -184,12 +184,17 @@ impl Remote {
         })
     }
 
-    /// Forgets a point (an admin token).
+    /// Forgets a point, or says what that would free (an admin token).
     ///
     /// # Errors
     /// The server's refusal.
-    pub fn forget(&self, id: &str) -> Result<serde_json::Value> {
-        self.json(reqwest::Method::POST, &format!("points/{id}/forget"), None)
+    pub fn forget(&self, id: &str, dry_run: bool) -> Result<serde_json::Value> {
+        let q = if dry_run { "?dry_run=true" } else { "" };
+        self.json(
+            reqwest::Method::POST,
+            &format!("points/{id}/forget{q}"),
+            None,
+        )
     }
 
     /// Protects or unprotects a point (an admin token).
@@ -205,12 +210,17 @@ impl Remote {
         )
     }
 
-    /// Collects garbage in the server's store (an admin token).
+    /// Collects garbage in the server's store (an admin token); `body` as `POST /api/v1/gc`
+    /// takes it.
     ///
     /// # Errors
     /// The server's refusal.
-    pub fn gc(&self) -> Result<serde_json::Value> {
-        self.json(reqwest::Method::POST, "gc", None)
+    pub fn gc(&self, body: &serde_json::Value) -> Result<serde_json::Value> {
+        self.json(
+            reqwest::Method::POST,
+            "gc",
+            Some(Body::Json(body.to_string())),
+        )
     }
 
     /// Prunes by `rules` (an admin token), as `{"rules": {...}, "dry_run": bool}`.

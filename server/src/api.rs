@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -256,14 +256,34 @@ async fn one_point(
     blocking(move || Ok(Json(point_of(&app, &t, &id)?))).await
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForgetQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
 async fn forget(
     State(app): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(q): Query<ForgetQuery>,
 ) -> Answer<Json<serde_json::Value>> {
     let t = app.authorize(&headers, &[Role::Admin], "forget points")?;
     blocking(move || {
         let p = point_of(&app, &t, &id)?;
+        if q.dry_run {
+            if p.protected {
+                return Err(ApiError::bad(format!(
+                    "point {id} is protected: unprotect it first"
+                )));
+            }
+            let freed = app.store.would_free(std::slice::from_ref(&p))?;
+            return Ok(Json(serde_json::json!({
+                "dry_run": true, "would_forget": [p.id], "would_free_bytes": freed.stored_bytes,
+                "would_free_chunks": freed.chunks,
+            })));
+        }
         let f = app.store.forget(&[p])?;
         Ok(Json(serde_json::json!({
             "forgotten": f.points.iter().map(|p| &p.id).collect::<Vec<_>>(),
@@ -357,17 +377,49 @@ async fn prune(
     .await
 }
 
-async fn gc(State(app): State<Shared>, headers: HeaderMap) -> Answer<Json<cairn_gc::GcReport>> {
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GcBody {
+    #[serde(default)]
+    dry_run: bool,
+    /// Rewrite packs with more than this percentage unused (5 by default).
+    max_unused: Option<f64>,
+    /// Rewrite packs with less than this percentage live instead.
+    repack_below: Option<f64>,
+}
+
+async fn gc(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer<Json<cairn_gc::GcReport>> {
     app.authorize(&headers, &[Role::Admin], "collect garbage")?;
+    let b: GcBody = if body.is_empty() {
+        GcBody::default()
+    } else {
+        json_body(&body)?
+    };
+    let pct = b.repack_below.or(b.max_unused).unwrap_or(5.0);
+    if !(0.0..=100.0).contains(&pct) {
+        return Err(ApiError::bad(
+            "max_unused and repack_below are percentages from 0 to 100",
+        ));
+    }
+    let opts = cairn_gc::GcOptions {
+        dry_run: b.dry_run,
+        repack: match b.repack_below {
+            Some(p) => cairn_gc::Repack::Below(p / 100.0),
+            None => cairn_gc::Repack::MaxUnused(b.max_unused.unwrap_or(5.0) / 100.0),
+        },
+    };
     blocking(move || {
         let _one = app
             .collecting
             .try_lock()
             .map_err(|_| ApiError::new(StatusCode::CONFLICT, "a garbage collection is running"))?;
         let live = || app.sessions.open_packs();
-        let report =
-            cairn_gc::collect::collect_held(app.store, &cairn_gc::GcOptions::default(), &live)
-                .map_err(|e| ApiError::internal(&e.to_string()))?;
+        let report = cairn_gc::collect::collect_held(app.store, &opts, &live)
+            .map_err(|e| ApiError::internal(&e.to_string()))?;
         Ok(Json(report))
     })
     .await

@@ -513,3 +513,77 @@ fn kills_of_client_and_server_lose_no_committed_point() {
         String::from_utf8_lossy(&report)
     );
 }
+
+#[test]
+fn one_disk_is_in_one_session_at_a_time_and_admins_work_through_the_cli() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("d.raw");
+    gen_disk(&disk, "8M", 5, 1, 0);
+    let store = TestStore::new("256K");
+    let tok = token(&store.path(), "host", "backup", "*");
+    let admin = token(&store.path(), "admin", "admin", "*");
+    let server = Server::start(&store.path(), 0, &[]);
+    let (code, s) = server.curl(
+        "POST",
+        "sessions",
+        &tok,
+        Some(br#"{"vm": "web1", "disks": ["xvda"]}"#),
+    );
+    assert_eq!(code, 201);
+    let sid = json(&String::from_utf8_lossy(&s))["session"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    // Refused, clearly, when not asked to wait.
+    let o = run(server
+        .cmd(&tok, &["backup", "--vm", "web1"])
+        .arg(format!("xvda={}", disk.display())));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("being backed up by another session"),
+        "{err}"
+    );
+    // Waits, with --wait, until the first session ends.
+    let waiting = server
+        .cmd(&tok, &["backup", "--json", "--wait", "--vm", "web1"])
+        .arg(format!("xvda={}", disk.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("backup starts");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (code, _) = server.curl("DELETE", &format!("sessions/{sid}"), &tok, None);
+    assert_eq!(code, 204);
+    let o = waiting.wait_with_output().expect("backup ends");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p = id(&json(&String::from_utf8_lossy(&o.stdout))[0]);
+    // An admin protects, forgets, prunes and collects through the CLI.
+    ok(&mut server.cmd(&admin, &["protect", &p]));
+    assert!(
+        !run(&mut server.cmd(&admin, &["forget", &p]))
+            .status
+            .success()
+    );
+    ok(&mut server.cmd(&admin, &["unprotect", &p]));
+    let dry = json(&ok(
+        &mut server.cmd(&admin, &["forget", "--dry-run", "--json", &p])
+    ));
+    assert!(num(&dry[0], "would_free_bytes") > 0, "{dry}");
+    ok(&mut server.cmd(&admin, &["forget", &p]));
+    let gc = json(&ok(&mut server.cmd(&admin, &["gc", "--json"])));
+    assert!(num(&gc, "bytes_freed") > 0, "{gc}");
+    let pruned = json(&ok(
+        &mut server.cmd(&admin, &["prune", "--keep-last", "1", "--json"])
+    ));
+    assert_eq!(
+        pruned["remove"].as_array().map(Vec::len),
+        Some(0),
+        "{pruned}"
+    );
+    assert_eq!(
+        json(&ok(&mut server.cmd(&admin, &["list", "--json"])))
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+}
