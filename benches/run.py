@@ -19,6 +19,8 @@ consecutive days made with `cairn vhd from-raw --parent`):
            (benches/nbd.py)
   replicate  a store's series replicated into an empty store against cp -a, and a day's
            increment (benches/replicate.py)
+  serve    backups and restores through `cairn serve` (TLS on loopback) against local ones,
+           four clients at once, the server's peak RSS (benches/serve.py)
 `--only SECTIONS` runs only those (comma-separated: main, limits, scaling, sparse, scale, bigdisk,
 generations, index, nbd, replicate; main is the full/daily/clone/restore steps with the peers).
 Each step records wall time, CPU time and peak RSS (wait4) and the repository size after it.
@@ -474,13 +476,14 @@ def main():
             partial.write_text(json.dumps({"rows": res.rows}, indent=2))
 
 
-SECTIONS = ("main", "limits", "scaling", "sparse", "scale", "bigdisk", "generations", "index", "nbd", "replicate")
+SECTIONS = ("main", "limits", "scaling", "sparse", "scale", "bigdisk", "generations", "index", "nbd", "replicate", "serve")
 
 
 def run_all(a, size, work, skip, res, started):
     import nbd
     import replicate
     import scale
+    import serve
     only = set(filter(None, a.only.split(",")))
     unknown = (only | skip) - set(SECTIONS)
     if unknown:
@@ -500,7 +503,7 @@ def run_all(a, size, work, skip, res, started):
         run_limits(work, imgs["vm1-day0"], res)
     # The scale sections run in a full run with the peers, or when asked for by --only.
     if a.cairn_only and not only:
-        skip = skip | {"bigdisk", "generations", "index", "nbd", "replicate"}
+        skip = skip | {"bigdisk", "generations", "index", "nbd", "replicate", "serve"}
     profile = "smoke" if a.smoke else "quick" if a.quick else "full"
     if "bigdisk" not in skip:
         scale.run_bigdisk(work, a.shared, a.cairn, res, profile)
@@ -514,6 +517,8 @@ def run_all(a, size, work, skip, res, started):
         nbd.run_nbd(work, a.shared, a.cairn, res, profile)
     if "replicate" not in skip:
         replicate.run_replicate(work, a.shared, a.cairn, res, profile)
+    if "serve" not in skip:
+        serve.run_serve(work, a.shared, a.cairn, res, profile)
     ideal = None
     chunk = 256 << 10
     if "main" not in skip and not a.cairn_only:
@@ -526,7 +531,7 @@ def run_all(a, size, work, skip, res, started):
         run_sparse(work, a.cairn, imgs, res)
     if "scale" not in skip and not a.quick and not a.cairn_only:
         run_scale(work, a.shared, a.cairn, res, 1000)
-    targets = summarize(res, ideal, scaling, chunk) + scale.targets(res) + nbd.targets(res) + replicate.targets(res)
+    targets = summarize(res, ideal, scaling, chunk) + scale.targets(res) + nbd.targets(res) + replicate.targets(res) + serve.targets(res)
 
     # The table: one row per step, one column group per tool.
     tools = [t for t in ("cairn", "restic", "borg", "borg-fixed", "limit", "helper") if any(r["tool"] == t for r in res.rows)]

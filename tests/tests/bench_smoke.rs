@@ -229,3 +229,35 @@ fn the_replicate_section_runs_at_a_smoke_tests_size() {
         assert!(text.contains(name), "no target {name:?} in {text}");
     }
 }
+
+#[test]
+fn the_serve_section_runs_at_a_smoke_tests_size() {
+    let (text, v) = section("serve");
+    let rows = v["rows"].as_array().expect("rows");
+    let step = |name: &str| {
+        rows.iter()
+            .find(|r| r["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name} in {rows:?}"))
+    };
+    for name in [
+        "serve-local-backup",
+        "serve-remote-backup",
+        "serve-remote-daily",
+        "serve-local-restore",
+        "serve-remote-restore",
+        "serve-1-client",
+        "serve-4-clients",
+    ] {
+        assert!(float(step(name), "seconds") > 0.0, "{}", step(name));
+    }
+    assert!(float(step("serve-server"), "rss_mib") > 1.0);
+    for name in [
+        "backup through cairn serve / local backup",
+        "daily backup sent / its new compressed chunks",
+        "restore through cairn serve / local restore",
+        "4 clients at once / 1 client",
+        "server peak RSS with 4 sessions",
+    ] {
+        assert!(text.contains(name), "no target {name:?} in {text}");
+    }
+}

@@ -1,0 +1,150 @@
+"""The serve section of the benchmark harness (issue 14): backups and restores through `cairn
+serve` on loopback with TLS against the same work on a local store, in one run.
+
+  serve   day 0 of one disk of the shared workload (1 GiB, --quick 512 MiB) backed up into a
+          local store and through a server; day 1 as an incremental (bytes sent against the
+          compressed size of its new chunks in the local store); a restore of day 0 through
+          the server against a local one; four clients backing up four disks at once against
+          one client alone; the server's peak RSS over the section.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from run import best_of, log, measure, warm
+
+SIZES = {"full": "1G", "quick": "512M", "smoke": "64M"}
+
+
+class Server:
+    """`cairn serve STORE` on 127.0.0.1, a port it picks; tokens made before it starts."""
+
+    def __init__(self, cairn, store, log_file):
+        self.cairn, self.store = cairn, store
+        self.tokens = {}
+        for name, role in (("host", "backup"), ("reader", "restore")):
+            out = subprocess.run([str(cairn), "token", "create", "--json", "--store", str(store), "--name", name,
+                                  "--role", role], check=True, capture_output=True).stdout
+            self.tokens[role] = json.loads(out)["secret"]
+        self.proc = subprocess.Popen([str(cairn), "serve", "--json", "--listen", "127.0.0.1:0", str(store)],
+                                     stdout=subprocess.PIPE, stderr=open(log_file, "wb"))
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"cairn serve did not start: {log_file.read_text()}")
+        info = json.loads(line)
+        self.url, self.fingerprint = info["url"], info["fingerprint"]
+
+    def env(self, role):
+        return {"CAIRN_STORE": self.url, "CAIRN_TOKEN": self.tokens[role], "CAIRN_FINGERPRINT": self.fingerprint}
+
+    def peak_rss_mib(self):
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return None
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def run_serve(work, shared, cairn, res, profile):
+    size = SIZES[profile]
+    d = work / "serve"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    raws = {}
+    clients = ("c1", "c2", "c3", "c4")
+    for name, template, day in (("day0", 1, 0), ("day1", 1, 1), ("solo", 2, 0), ("c1", 3, 0), ("c2", 4, 0),
+                                ("c3", 5, 0), ("c4", 6, 0)):
+        raw = work / f"serve-{size}-{name}.raw"
+        if not raw.exists():
+            log(f"generating {raw.name}")
+            subprocess.run([sys.executable, shared / "workload" / "gen_disk.py", raw, "--size", size, "--seed",
+                            str(40 + template), "--template", str(template), "--day", str(day)], check=True)
+        raws[name] = raw
+    local, remote = d / "local", d / "remote"
+    for s in (local, remote):
+        subprocess.run([str(cairn), "init", "--timezone", "UTC", str(s)], check=True, stdout=subprocess.DEVNULL)
+    backup = lambda vm, raw, *extra: [cairn, "backup", "--json", "--vm", vm, *extra, f"xvda={raw}"]
+
+    # Day 0 and day 1 into the local store.
+    warm(raws["day0"])
+    m = measure(backup("vm", raws["day0"], "--store", local))
+    res.add("serve-local-backup", "cairn", m)
+    out = d / "local-day1.json"
+    warm(raws["day1"])
+    measure(backup("vm", raws["day1"], "--store", local), stdout=out)
+    local_new = json.loads(out.read_text())[0]["new_stored_bytes"]
+
+    server = Server(cairn, remote, d / "serve.log")
+    try:
+        warm(raws["day0"])
+        m = measure(backup("vm", raws["day0"]), env=server.env("backup"))
+        res.add("serve-remote-backup", "cairn", m)
+        out = d / "remote-day1.json"
+        warm(raws["day1"])
+        m = measure(backup("vm", raws["day1"]), stdout=out, env=server.env("backup"))
+        sent = json.loads(out.read_text())[0]["new_stored_bytes"]
+        res.add("serve-remote-daily", "cairn", m, sent=sent, new_stored=local_new)
+
+        target = d / "restore.raw"
+        point = "vm/xvda@latest~1"
+
+        def fresh():
+            target.unlink(missing_ok=True)
+            warm(local)
+
+        m = best_of(2, fresh, [cairn, "restore", "--store", local, point, target])
+        res.add("serve-local-restore", "cairn", m)
+
+        def fresh_remote():
+            target.unlink(missing_ok=True)
+            warm(remote)
+
+        m = best_of(2, fresh_remote, [cairn, "restore", point, target], env=server.env("reader"))
+        res.add("serve-remote-restore", "cairn", m)
+        target.unlink(missing_ok=True)
+
+        # One client alone, then four at once (four VMs, four new disks of one size).
+        warm(raws["solo"])
+        m = measure(backup("one", raws["solo"]), env=server.env("backup"))
+        res.add("serve-1-client", "cairn", m, bytes=os.path.getsize(raws["solo"]))
+        warm(*(raws[n] for n in clients))
+        script = " & ".join(
+            f"'{cairn}' backup --vm four{i} xvda='{raws[n]}' >/dev/null" for i, n in enumerate(clients)
+        ) + " & wait"
+        m = measure(["sh", "-c", script], env=server.env("backup"))
+        total = sum(os.path.getsize(raws[n]) for n in clients)
+        res.add("serve-4-clients", "cairn", m, bytes=total)
+        peak = server.peak_rss_mib()
+        res.add("serve-server", "helper", {"seconds": 0.0, "cpu_seconds": 0.0, "rss_mib": peak or 0.0})
+    finally:
+        server.stop()
+
+
+def targets(res):
+    out = []
+    lb, rb = res.get("serve-local-backup", "cairn"), res.get("serve-remote-backup", "cairn")
+    if lb and rb:
+        out.append(("backup through cairn serve / local backup (speed)", lb["seconds"] / rb["seconds"], ">= 0.8"))
+    daily = res.get("serve-remote-daily", "cairn")
+    if daily and daily.get("new_stored"):
+        out.append(("daily backup sent / its new compressed chunks", daily["sent"] / daily["new_stored"], "<= 1.1"))
+    lr, rr = res.get("serve-local-restore", "cairn"), res.get("serve-remote-restore", "cairn")
+    if lr and rr:
+        out.append(("restore through cairn serve / local restore (speed)", lr["seconds"] / rr["seconds"], ">= 0.8"))
+    one, four = res.get("serve-1-client", "cairn"), res.get("serve-4-clients", "cairn")
+    if one and four:
+        out.append(("4 clients at once / 1 client (throughput)",
+                    (four["bytes"] / four["seconds"]) / (one["bytes"] / one["seconds"]), ">= 1.5"))
+    srv = res.get("serve-server", "helper")
+    if srv:
+        out.append(("server peak RSS with 4 sessions (MiB)", srv["rss_mib"], "<= 256"))
+    return out
