@@ -59,13 +59,25 @@ impl WriteLock {
                 .map_err(Error::io(&path, "reading the lock file"))?;
         }
         let stale = (!holder.trim().is_empty()).then(|| holder.trim().to_owned());
+        // The command too: "cairn serve" holding a store tells the admin what to do.
+        let command: Vec<String> = std::env::args()
+            .take(2)
+            .enumerate()
+            .map(|(i, a)| match i {
+                0 => Path::new(&a)
+                    .file_name()
+                    .map_or(a.clone(), |n| n.to_string_lossy().into_owned()),
+                _ => a,
+            })
+            .collect();
         let me = format!(
-            "pid {} on {} since {}",
+            "pid {} on {} since {} ({})",
             std::process::id(),
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .unwrap_or_default()
                 .trim(),
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            command.join(" ")
         );
         // Who holds it is a courtesy: the flock is the lock. On a full disk the note may not
         // fit, and the writer that would free space must still get in.

@@ -587,3 +587,93 @@ fn one_disk_is_in_one_session_at_a_time_and_admins_work_through_the_cli() {
         Some(0)
     );
 }
+
+#[test]
+fn every_restore_format_and_verify_work_through_the_server() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (d0, d1) = (w.join("d0.raw"), w.join("d1.raw"));
+    gen_disk(&d0, "16M", 6, 1, 0);
+    gen_disk(&d1, "16M", 6, 1, 1);
+    let store = TestStore::new("256K");
+    let tok = token(&store.path(), "host", "backup", "*");
+    let reader = token(&store.path(), "reader", "restore", "*");
+    let mut server = Server::start(&store.path(), 0, &[]);
+    let p0 = id(&backup_json(&server, &tok, "vm", &d0));
+    let p1 = id(&backup_json(&server, &tok, "vm", &d1));
+    ok(&mut server.cmd(&reader, &["verify"]));
+    // Raw, VHD, VHD chain, VHD against a base: as a local restore of the same points writes.
+    let remote_out = w.join("remote");
+    let local_out = w.join("local");
+    let cases: [(&str, &[&str]); 4] = [
+        ("raw", &[]),
+        ("vhd", &[]),
+        ("vhd-chain", &[]),
+        ("vhd", &["--base", &p0]),
+    ];
+    let mut remote_files = Vec::new();
+    for (i, (format, extra)) in cases.iter().enumerate() {
+        let (r, l) = (
+            remote_out.join(i.to_string()),
+            local_out.join(i.to_string()),
+        );
+        for d in [&r, &l] {
+            std::fs::create_dir_all(d).expect("dir");
+        }
+        let name = if *format == "vhd-chain" {
+            "chain"
+        } else {
+            "disk"
+        };
+        ok(server
+            .cmd(&reader, &["restore", "--format", format, &p1])
+            .args(*extra)
+            .arg(r.join(name)));
+        remote_files.push((r, l, name, *format, extra.to_vec()));
+    }
+    server.stop();
+    for (r, l, name, format, extra) in &remote_files {
+        ok(store
+            .cmd(&["restore", "--format", format, &p1])
+            .args(extra)
+            .arg(l.join(name)));
+        let files = |d: &Path| {
+            let mut v: Vec<_> = walk(d)
+                .into_iter()
+                .map(|f| (f.strip_prefix(d).expect("under").to_owned(), read(&f)))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(files(r), files(l), "{format} {extra:?}");
+    }
+    // Damage is named through the server too (exit 1, the point).
+    let bad = cairn_tests::corrupt_a_data_chunk(&store);
+    let server = Server::start(&store.path(), 0, &[]);
+    let o = run(&mut server.cmd(&reader, &["verify", "--json"]));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v = json(&String::from_utf8_lossy(&o.stdout));
+    let text = v.to_string();
+    assert!(
+        text.contains(&bad) && (text.contains(&p0) || text.contains(&p1)),
+        "{v}"
+    );
+}
+
+fn walk(d: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).expect("dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
