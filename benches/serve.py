@@ -108,7 +108,7 @@ def run_serve(work, shared, cairn, res, profile):
             target.unlink(missing_ok=True)
             warm(remote)
 
-        m = best_of(2, fresh_remote, [cairn, "restore", point, target], env=server.env("reader"))
+        m = best_of(2, fresh_remote, [cairn, "restore", point, target], env=server.env("restore"))
         res.add("serve-remote-restore", "cairn", m)
         target.unlink(missing_ok=True)
 

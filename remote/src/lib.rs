@@ -27,9 +27,17 @@ use cairn_store::{
 pub use tls::TlsOptions;
 
 /// Bytes of frames sent per upload request.
-const UPLOAD_BYTES: usize = 8 << 20;
+const UPLOAD_BYTES: usize = 4 << 20;
 /// Upload requests in flight (one per uploader thread).
 const UPLOADERS: usize = 2;
+/// Chunks per read request.
+const READ_GROUP: usize = 4;
+/// Read requests in flight.
+const READS_IN_FLIGHT: usize = 8;
+const _: () = assert!(
+    READ_GROUP <= MAX_READ,
+    "a read request takes at most MAX_READ ids"
+);
 
 /// Whether `store` names a remote store (`https://HOST:PORT`).
 #[must_use]
@@ -303,24 +311,70 @@ impl StoreRead for Remote {
     }
 
     fn read_chunks(&self, ids: &[ChunkId], slots: Vec<&mut [u8]>) -> Result<Vec<Option<Error>>> {
-        let mut out = Vec::with_capacity(ids.len());
-        let mut slots = slots.into_iter();
-        for batch in ids.chunks(MAX_READ) {
-            for (id, got) in batch.iter().zip(self.fetch(batch)?) {
-                let slot = slots.next().unwrap_or_default();
-                out.push(match got {
-                    Ok(c) => chunk::decode_into(id, c.codec, c.plain_len, &c.bytes, slot)
-                        .err()
-                        .map(|what| Error::BadChunk {
-                            id: *id,
-                            where_: "as the server sent it".into(),
-                            what,
-                        }),
-                    Err(e) => Some(e),
-                });
+        // Groups of a few chunks, several requests in flight, each group decoded and checked
+        // by the thread that fetched it: the server reads one group while this side decodes
+        // another.
+        let mut slots = slots;
+        let groups: Vec<(&[ChunkId], &mut [&mut [u8]])> = ids
+            .chunks(READ_GROUP)
+            .zip(slots.chunks_mut(READ_GROUP))
+            .collect();
+        let n = groups.len();
+        let mut lanes: Vec<Vec<(usize, &[ChunkId], &mut [&mut [u8]])>> =
+            (0..READS_IN_FLIGHT).map(|_| Vec::new()).collect();
+        for (i, (g, s)) in groups.into_iter().enumerate() {
+            lanes[i % READS_IN_FLIGHT].push((i, g, s));
+        }
+        let mut results: Vec<Option<Vec<Option<Error>>>> = (0..n).map(|_| None).collect();
+        let done: Vec<Result<Vec<(usize, Vec<Option<Error>>)>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = lanes
+                .into_iter()
+                .filter(|l| !l.is_empty())
+                .map(|lane| {
+                    scope.spawn(move || -> Result<Vec<(usize, Vec<Option<Error>>)>> {
+                        let mut out = Vec::new();
+                        for (i, group, slots) in lane {
+                            let got = self.fetch(group)?;
+                            let errs = group
+                                .iter()
+                                .zip(got)
+                                .zip(slots.iter_mut())
+                                .map(|((id, got), slot)| match got {
+                                    Ok(c) => {
+                                        chunk::decode_into(id, c.codec, c.plain_len, &c.bytes, slot)
+                                            .err()
+                                            .map(|what| Error::BadChunk {
+                                                id: *id,
+                                                where_: "as the server sent it".into(),
+                                                what,
+                                            })
+                                    }
+                                    Err(e) => Some(e),
+                                })
+                                .collect();
+                            out.push((i, errs));
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Usage("a reader thread panicked".into())))
+                })
+                .collect()
+        });
+        for lane in done {
+            for (i, errs) in lane? {
+                results[i] = Some(errs);
             }
         }
-        Ok(out)
+        Ok(results
+            .into_iter()
+            .flat_map(Option::unwrap_or_default)
+            .collect())
     }
 }
 
@@ -386,7 +440,9 @@ pub struct Upload {
     /// What the server said of the uploads: chunks received and appended.
     counts: Arc<Mutex<Uploaded>>,
     sent_bytes: Arc<std::sync::atomic::AtomicU64>,
-    /// Bytes sent for the points staged so far.
+    /// Bytes of frames put so far (sent or about to be).
+    put_bytes: u64,
+    /// Of them, those of the points staged so far.
     staged_bytes: u64,
     committed: bool,
 }
@@ -444,6 +500,7 @@ impl Upload {
             failed,
             counts,
             sent_bytes,
+            put_bytes: 0,
             staged_bytes: 0,
             committed: false,
         }
@@ -521,7 +578,9 @@ impl Drop for Upload {
 
 impl ChunkSink for Upload {
     fn put(&mut self, chunk: &EncodedChunk) -> Result<bool> {
+        let before = self.buffer.len();
         pack::encode_frame(chunk, &mut self.buffer);
+        self.put_bytes += (self.buffer.len() - before) as u64;
         if self.buffer.len() >= UPLOAD_BYTES {
             self.send()?;
         }
@@ -580,9 +639,9 @@ impl<'a> StoreWrite<'a> for Upload {
     fn stage_tree(&mut self, point: NewPoint, mut tree: TreeWriter) -> Result<StagedPoint> {
         let root = tree_finish(&mut tree, self)?;
         let mut staged = StagedPoint::new(point, &root, self.remote.info.config.chunk_size);
-        let sent = self.sent_bytes() + self.buffer.len() as u64;
-        staged.set_new_stored(sent - self.staged_bytes);
-        self.staged_bytes = sent;
+        // Counted as chunks are put (the uploads answer later): what this point adds.
+        staged.set_new_stored(self.put_bytes.saturating_sub(self.staged_bytes));
+        self.staged_bytes = self.put_bytes;
         Ok(staged)
     }
 

@@ -458,8 +458,10 @@ pub const READ_OK: u8 = 0;
 /// Record status of a chunk read: a length (u32, big-endian) and a message follow.
 pub const READ_FAILED: u8 = 1;
 
-/// `POST /api/v1/chunks/read`: ids in, one record each out, in order. Chunk ids are not secret
-/// within what a token may read: they are named by the trees of the points it sees.
+/// `POST /api/v1/chunks/read`: ids in, one record each out, in order, as the packs hold them
+/// (frames checked, bytes not decoded: the client decodes and checks each against its id, once).
+/// Chunk ids are not secret within what a token may read: they are named by the trees of the
+/// points it sees.
 async fn read_chunks(
     State(app): State<Shared>,
     headers: HeaderMap,
@@ -471,7 +473,7 @@ async fn read_chunks(
         use rayon::prelude::*;
         let read: Vec<Result<cairn_store::EncodedChunk, String>> = ids
             .par_iter()
-            .map(|id| app.store.read_encoded(id).map_err(|e| e.to_string()))
+            .map(|id| app.store.read_stored(id).map_err(|e| e.to_string()))
             .collect();
         let mut out = Vec::new();
         for r in read {

@@ -67,6 +67,15 @@
 //! or unreferenced old ones, both deleted by the next collection; never an index entry without
 //! its frame. A `gc.lock` flock keeps two collections apart.
 //!
+//! In `cairn serve` many sessions write at once and the write lock is the server's, so the
+//! collection's final step takes the store's commit lock instead ([`Store::commit_lock`]):
+//! commits and the collection's swap exclude each other. A session may have been told "the
+//! store holds this chunk" before the collection removed it; its commit then checks every chunk
+//! its points name against the index under the commit lock
+//! ([`Session::check_references`]) and is refused, never published naming a missing chunk.
+//! The collection leaves alone the unindexed packs of live sessions (asked under the lock) and
+//! every pack written since it started.
+//!
 //! # Who locks what
 //! | operation | lock | sees |
 //! |---|---|---|
@@ -74,6 +83,10 @@
 //! | gc | `gc.lock`; the write lock only for its final check, batch and deletes (it waits) | read-only view, then live index |
 //! | verify | none while reading (a registered reader); the write lock (waiting) only to record what it found, re-checked against the live index | index as of open |
 //! | list, report, restore, serve-nbd | none: a registered reader, RocksDB opened read-only beside a writer | every commit that returned before it started (a server: before it started, for as long as it runs) |
+//! | `cairn serve` | the write lock for as long as it runs (local writers are refused, naming it) | live index |
+//! | a session of `cairn serve` (many at once) | none while it uploads: its own packs, unindexed; the commit lock ([`Store::commit_lock`]) for its commit's check and batches | live index |
+//! | forget, protect in `cairn serve` | the commit lock | live index |
+//! | gc in `cairn serve` | `gc.lock`; the commit lock for its final check, batch and deletes; it leaves the packs of live sessions and any pack newer than its start | read-only view, then live index |
 //!
 //! The kernel drops a `flock` when its holder dies, so `kill -9` never leaves a store locked;
 //! the lock file names its last holder, and a writer taking over after a crash reports it.

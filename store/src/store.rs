@@ -509,6 +509,25 @@ impl Store {
         })
     }
 
+    /// A chunk as its pack holds it, its frame checked (magic, CRC, id) but its bytes not
+    /// decoded: for a reader that checks the chunk against its id itself (a client of `cairn
+    /// serve` does), so that the bytes are not decoded and hashed twice.
+    ///
+    /// # Errors
+    /// [`Error::MissingChunk`], or [`Error::BadChunk`] when the frame cannot be read.
+    pub fn read_stored(&self, id: &ChunkId) -> Result<crate::EncodedChunk> {
+        let loc = self.location(id)?.ok_or(Error::MissingChunk(*id))?;
+        let mut bytes = Vec::new();
+        let header = self.read_frame(id, &loc, &mut bytes)?;
+        Ok(crate::EncodedChunk {
+            id: *id,
+            kind: header.kind,
+            codec: header.codec,
+            plain_len: header.plain_len,
+            bytes,
+        })
+    }
+
     /// Reads a chunk by id and checks it.
     ///
     /// # Errors

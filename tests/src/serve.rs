@@ -27,9 +27,46 @@ impl Server {
     /// When it does not start.
     #[must_use]
     pub fn start(store: &Path, port: u16, extra: &[&str]) -> Self {
+        Self::try_start(&[], store, port, extra)
+            .unwrap_or_else(|log| panic!("cairn serve did not start: {log}"))
+    }
+
+    /// Serves the store under `strace`, killed with SIGKILL on entering the `when`-th call
+    /// (over all threads) of `syscalls`; `None` (with its log) when it died before listening.
+    #[must_use]
+    pub fn start_killed_at(store: &Path, syscalls: &str, when: u32) -> Option<Self> {
+        let wrapper = [
+            "strace".to_owned(),
+            "-f".into(),
+            "-qq".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-e".into(),
+            format!("trace={syscalls}"),
+            "-e".into(),
+            format!("inject={syscalls}:signal=SIGKILL:when={when}"),
+        ];
+        Self::try_start(&wrapper, store, 0, &[]).ok()
+    }
+
+    fn try_start(
+        wrapper: &[String],
+        store: &Path,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<Self, String> {
         let log = store.with_extension(format!("serve{port}.log"));
         let err = std::fs::File::create(&log).expect("log file");
-        let mut child = cairn(["serve", "--json", "--listen", &format!("127.0.0.1:{port}")])
+        let mut cmd = match wrapper.split_first() {
+            Some((w, args)) => {
+                let mut c = Command::new(w);
+                c.args(args).arg(crate::cairn_bin());
+                c
+            }
+            None => Command::new(crate::cairn_bin()),
+        };
+        let mut child = cmd
+            .args(["serve", "--json", "--listen", &format!("127.0.0.1:{port}")])
             .arg(store)
             .args(extra)
             .stdout(Stdio::piped())
@@ -41,14 +78,12 @@ impl Server {
         let _ = BufReader::new(stdout).read_line(&mut line);
         if line.trim().is_empty() {
             let _ = child.kill();
-            panic!(
-                "cairn serve did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+            let _ = child.wait();
+            return Err(std::fs::read_to_string(&log).unwrap_or_default());
         }
         let v = json(&line);
         let cert = PathBuf::from(v["certificate"].as_str().expect("certificate"));
-        Self {
+        Ok(Self {
             child: Some(child),
             url: v["url"].as_str().expect("url").to_owned(),
             fingerprint: v["fingerprint"].as_str().expect("fingerprint").to_owned(),
@@ -58,6 +93,20 @@ impl Server {
                 std::env::current_dir().expect("cwd").join(cert)
             },
             log,
+        })
+    }
+
+    /// Waits for it to end by itself (killed by its wrapper), at most `secs` seconds; kills it
+    /// then.
+    pub fn wait_dead(&mut self, secs: u64) {
+        if let Some(mut c) = self.child.take() {
+            for _ in 0..secs * 10 {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            kill_tree(&mut c);
         }
     }
 
@@ -139,8 +188,7 @@ impl Server {
     /// Kills it with SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_tree(&mut c);
         }
     }
 }
@@ -159,4 +207,14 @@ pub fn token(store: &Path, name: &str, role: &str, vm: &str) -> String {
     ])
     .arg(store)));
     v["secret"].as_str().expect("secret").to_owned()
+}
+
+/// Kills a child and its own children (a server under `strace`: killing strace alone would
+/// leave the server running, detached).
+fn kill_tree(c: &mut Child) {
+    let _ = Command::new("pkill")
+        .args(["-9", "-P", &c.id().to_string()])
+        .status();
+    let _ = c.kill();
+    let _ = c.wait();
 }

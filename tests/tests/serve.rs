@@ -677,3 +677,55 @@ fn walk(d: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_server_killed_at_any_step_of_a_commit_keeps_the_store_whole() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = TestStore::new("256K");
+    let tok = token(&store.path(), "host", "backup", "*");
+    let (a, b) = (w.join("a.raw"), w.join("b.raw"));
+    gen_disk(&a, "8M", 8, 1, 0);
+    gen_disk(&b, "8M", 8, 1, 1);
+    // Its certificate made once, so every start below does the same steps.
+    drop(Server::start(&store.path(), 0, &[]));
+    let out = w.join("out.raw");
+    let mut killed = 0;
+    // The counts start with the server's own start (its index's files), so a spread of them
+    // lands before, inside and after the backup's commit.
+    let renames = (3..=13).step_by(2).map(|n| ("rename", n));
+    let syncs = [4, 5, 6, 7, 8, 9, 10, 12, 16]
+        .into_iter()
+        .map(|n| ("fsync,fdatasync", n));
+    for (syscalls, when) in renames.chain(syncs) {
+        let Some(mut server) = Server::start_killed_at(&store.path(), syscalls, when) else {
+            eprintln!("{syscalls} {when}: killed before it listened");
+            continue;
+        };
+        // A run of two disks: both or neither.
+        let o = run(server
+            .cmd(&tok, &["backup", "--vm", "vm"])
+            .arg(format!("xvda={}", a.display()))
+            .arg(format!("xvdb={}", b.display())));
+        server.wait_dead(if o.status.success() { 0 } else { 10 });
+        killed += usize::from(!o.status.success());
+        eprintln!("{syscalls} {when}: backup {}", o.status);
+        // Whatever the moment, the next start is clean: every point listed is whole.
+        let server = Server::start(&store.path(), 0, &[]);
+        let listed = json(&ok(&mut server.cmd(&tok, &["list", "--json"])));
+        let listed = listed.as_array().expect("list");
+        let per_disk = |d: &str| listed.iter().filter(|p| p["disk"] == d).count();
+        assert_eq!(
+            per_disk("xvda"),
+            per_disk("xvdb"),
+            "{syscalls} {when}: a run half published: {listed:?}"
+        );
+        for p in listed {
+            ok(server.cmd(&tok, &["restore", "--force", &id(p)]).arg(&out));
+            let want = if p["disk"] == "xvda" { &a } else { &b };
+            assert_eq!(read(&out), read(want), "{syscalls} {when}: {}", id(p));
+        }
+    }
+    assert!(killed >= 4, "the kills landed inside backups ({killed})");
+    ok(&mut store.cmd(&["verify"]));
+}
