@@ -315,46 +315,20 @@ impl StoreRead for Remote {
         // by the thread that fetched it: the server reads one group while this side decodes
         // another.
         let mut slots = slots;
-        let groups: Vec<(&[ChunkId], &mut [&mut [u8]])> = ids
-            .chunks(READ_GROUP)
-            .zip(slots.chunks_mut(READ_GROUP))
-            .collect();
-        let n = groups.len();
-        let mut lanes: Vec<Vec<(usize, &[ChunkId], &mut [&mut [u8]])>> =
-            (0..READS_IN_FLIGHT).map(|_| Vec::new()).collect();
-        for (i, (g, s)) in groups.into_iter().enumerate() {
+        let mut lanes: Vec<Lane<'_, '_>> = (0..READS_IN_FLIGHT).map(|_| Vec::new()).collect();
+        let groups = ids.chunks(READ_GROUP).zip(slots.chunks_mut(READ_GROUP));
+        for (i, (g, s)) in groups.enumerate() {
             lanes[i % READS_IN_FLIGHT].push((i, g, s));
         }
-        let mut results: Vec<Option<Vec<Option<Error>>>> = (0..n).map(|_| None).collect();
-        let done: Vec<Result<Vec<(usize, Vec<Option<Error>>)>>> = std::thread::scope(|scope| {
+        let lanes_done: Vec<Result<Answers>> = std::thread::scope(|scope| {
             let handles: Vec<_> = lanes
                 .into_iter()
                 .filter(|l| !l.is_empty())
                 .map(|lane| {
-                    scope.spawn(move || -> Result<Vec<(usize, Vec<Option<Error>>)>> {
-                        let mut out = Vec::new();
-                        for (i, group, slots) in lane {
-                            let got = self.fetch(group)?;
-                            let errs = group
-                                .iter()
-                                .zip(got)
-                                .zip(slots.iter_mut())
-                                .map(|((id, got), slot)| match got {
-                                    Ok(c) => {
-                                        chunk::decode_into(id, c.codec, c.plain_len, &c.bytes, slot)
-                                            .err()
-                                            .map(|what| Error::BadChunk {
-                                                id: *id,
-                                                where_: "as the server sent it".into(),
-                                                what,
-                                            })
-                                    }
-                                    Err(e) => Some(e),
-                                })
-                                .collect();
-                            out.push((i, errs));
-                        }
-                        Ok(out)
+                    scope.spawn(move || {
+                        lane.into_iter()
+                            .map(|(i, group, slots)| Ok((i, self.read_group(group, slots)?)))
+                            .collect::<Result<Answers>>()
                     })
                 })
                 .collect();
@@ -366,19 +340,40 @@ impl StoreRead for Remote {
                 })
                 .collect()
         });
-        for lane in done {
-            for (i, errs) in lane? {
-                results[i] = Some(errs);
-            }
+        let mut answers: Answers = Vec::with_capacity(ids.len().div_ceil(READ_GROUP));
+        for lane in lanes_done {
+            answers.extend(lane?);
         }
-        Ok(results
-            .into_iter()
-            .flat_map(Option::unwrap_or_default)
-            .collect())
+        answers.sort_by_key(|(i, _)| *i);
+        Ok(answers.into_iter().flat_map(|(_, errs)| errs).collect())
     }
 }
 
+/// The groups of one read thread: their place, ids and slots.
+type Lane<'s, 'b> = Vec<(usize, &'s [ChunkId], &'s mut [&'b mut [u8]])>;
+/// What each group's read found: its place, and each chunk's error.
+type Answers = Vec<(usize, Vec<Option<Error>>)>;
+
 impl Remote {
+    /// Reads a group of chunks into their slots, each decoded and checked against its id.
+    fn read_group(&self, ids: &[ChunkId], slots: &mut [&mut [u8]]) -> Result<Vec<Option<Error>>> {
+        Ok(ids
+            .iter()
+            .zip(self.fetch(ids)?)
+            .zip(slots.iter_mut())
+            .map(|((id, got), slot)| match got {
+                Ok(c) => chunk::decode_into(id, c.codec, c.plain_len, &c.bytes, slot)
+                    .err()
+                    .map(|what| Error::BadChunk {
+                        id: *id,
+                        where_: "as the server sent it".into(),
+                        what,
+                    }),
+                Err(e) => Some(e),
+            })
+            .collect())
+    }
+
     /// The chunks `ids` (at most [`MAX_READ`]) as stored, in order: not yet checked.
     fn fetch(&self, ids: &[ChunkId]) -> Result<Vec<Result<EncodedChunk>>> {
         let body = self.call(
