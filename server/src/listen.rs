@@ -22,6 +22,9 @@ pub struct Limits {
     pub idle: Duration,
     /// Connections served at once.
     pub connections: usize,
+    /// A request (its body read, its work done, its answer made) taking longer than this is
+    /// answered 408 (a slow client holds a connection no longer).
+    pub request: Duration,
 }
 
 impl Default for Limits {
@@ -31,6 +34,7 @@ impl Default for Limits {
             sessions: 64,
             idle: Duration::from_secs(600),
             connections: 256,
+            request: Duration::from_secs(900),
         }
     }
 }
@@ -108,7 +112,12 @@ async fn run(
         self_signed: identity.self_signed,
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let routes = router(Arc::clone(&app)).layer(axum::middleware::from_fn(log_request));
+    let limit = config.limits.request;
+    let routes = router(Arc::clone(&app))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            bounded(limit, req, next)
+        }))
+        .layer(axum::middleware::from_fn(log_request));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.connections));
     let reaper = {
@@ -194,6 +203,25 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// Answers 408 when a request takes longer than `limit`.
+async fn bounded(
+    limit: Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => (
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            axum::Json(serde_json::json!({
+                "error": format!("the request took longer than {} s", limit.as_secs())
+            })),
+        )
+            .into_response(),
     }
 }
 

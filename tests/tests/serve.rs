@@ -285,7 +285,7 @@ fn bad_tokens_bodies_and_certificates_are_refused_and_nothing_is_stored() {
         .to_owned();
     // A chunk whose bytes are not its id.
     let mut frame = Vec::new();
-    let mut c = cairn_store_frame(b"some bytes");
+    let mut c = frame_of(b"some bytes");
     c[60] ^= 1;
     frame.extend_from_slice(&c);
     let (code, answer) = server.curl(
@@ -403,7 +403,7 @@ fn bad_tokens_bodies_and_certificates_are_refused_and_nothing_is_stored() {
 }
 
 /// The frame of a plain chunk holding `bytes` (the pack format: header, then the bytes).
-fn cairn_store_frame(bytes: &[u8]) -> Vec<u8> {
+fn frame_of(bytes: &[u8]) -> Vec<u8> {
     let id = blake3::hash(bytes);
     let mut h = vec![0u8; 56];
     h[0..4].copy_from_slice(b"CFRM");
@@ -728,4 +728,44 @@ fn a_server_killed_at_any_step_of_a_commit_keeps_the_store_whole() {
     }
     assert!(killed >= 4, "the kills landed inside backups ({killed})");
     ok(&mut store.cmd(&["verify"]));
+}
+
+#[test]
+fn an_idle_session_is_dropped_with_its_chunks() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let store = TestStore::new("256K");
+    let tok = token(&store.path(), "host", "backup", "*");
+    let server = Server::start(&store.path(), 0, &["--idle-timeout", "1"]);
+    let (_, s) = server.curl(
+        "POST",
+        "sessions",
+        &tok,
+        Some(br#"{"vm": "web1", "disks": ["xvda"]}"#),
+    );
+    let sid = json(&String::from_utf8_lossy(&s))["session"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let mut frame = Vec::new();
+    let bytes = vec![9u8; 4096];
+    frame.extend_from_slice(&frame_of(&bytes));
+    let (code, answer) = server.curl(
+        "POST",
+        &format!("sessions/{sid}/chunks"),
+        &tok,
+        Some(&frame),
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(store.pack_files().len(), 1, "the session's pack");
+    // The reaper looks every 5 s.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let (code, answer) = server.curl(
+        "POST",
+        &format!("sessions/{sid}/chunks"),
+        &tok,
+        Some(&frame),
+    );
+    assert_eq!(code, 404, "{}", String::from_utf8_lossy(&answer));
+    assert!(store.pack_files().is_empty(), "its pack is gone");
+    drop(work);
 }
