@@ -799,18 +799,12 @@ fn verify_remote(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "store": r.url(), "points": points.len(), "bytes": total, "seconds": secs,
-                "damaged": damaged.iter().map(|d| json!({"point": d.point, "offset": d.offset, "len": d.len, "what": d.what})).collect::<Vec<_>>(),
+                "damaged": damaged.iter().map(crate::store_cmd::damaged_json).collect::<Vec<_>>(),
             }))?
         );
     } else {
         for d in &damaged {
-            println!(
-                "damaged: point {} bytes {}..{}: {}",
-                &d.point[..12.min(d.point.len())],
-                d.offset,
-                d.offset + d.len,
-                d.what
-            );
+            println!("{}", crate::store_cmd::damaged_line(d, ""));
         }
         println!(
             "verified {} ({}) through {} in {secs:.1}s: {}",

@@ -110,6 +110,11 @@ pub enum TokenCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    cairn token create --store /srv/cairn --name host1 --role backup --vm 'web-*' > host1.token\n  \
+    cairn token create --store /srv/cairn --name auditor --role restore --expires 30d\n\n\
+    The secret (cairn_<id>_<hex>) goes to stdout once; the store keeps only its hash. Give it\n\
+    to the host as CAIRN_TOKEN or --token-file.")]
 pub struct TokenCreateArgs {
     /// The store folder (on the server).
     #[arg(long, env = "CAIRN_STORE")]
@@ -132,6 +137,9 @@ pub struct TokenCreateArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cairn token list --store /srv/cairn\n  cairn token list --store /srv/cairn --json"
+)]
 pub struct TokenListArgs {
     /// The store folder (on the server).
     #[arg(long, env = "CAIRN_STORE")]
@@ -142,6 +150,9 @@ pub struct TokenListArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cairn token revoke --store /srv/cairn host1\n  cairn token revoke --store /srv/cairn 3f2a9c1b"
+)]
 pub struct TokenRevokeArgs {
     /// The store folder (on the server).
     #[arg(long, env = "CAIRN_STORE")]

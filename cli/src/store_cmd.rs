@@ -905,7 +905,7 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
     if a.json {
         let summary = serde_json::to_string_pretty(
             &json!({ "point": point.id, "files": r.files, "bytes": r.bytes, "seconds": secs,
-                "damaged": r.damaged.iter().map(|d| json!({"point": d.point, "offset": d.offset, "len": d.len, "what": d.what})).collect::<Vec<_>>() }),
+                "damaged": r.damaged.iter().map(damaged_json).collect::<Vec<_>>() }),
         )?;
         // Data and JSON never share a stream.
         if to_stdout {
@@ -926,13 +926,7 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
     }
     if !r.damaged.is_empty() {
         for d in &r.damaged {
-            eprintln!(
-                "damaged: point {} bytes {}..{} written as zeros: {}",
-                &d.point[..12.min(d.point.len())],
-                d.offset,
-                d.offset + d.len,
-                d.what
-            );
+            eprintln!("{}", damaged_line(d, " written as zeros"));
         }
         eprintln!(
             "restored with {} damaged ranges ({} bytes of zeros)",
@@ -1281,4 +1275,20 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
     }
     // 3: a partial result.
     Ok(if damaged.is_empty() { 0 } else { 3 })
+}
+
+/// A damaged range as the JSON of restore and verify shows it.
+pub fn damaged_json(d: &cairn_restore::Damaged) -> serde_json::Value {
+    json!({"point": d.point, "offset": d.offset, "len": d.len, "what": d.what})
+}
+
+/// A damaged range as a line of restore and verify (`how`: what was done with it).
+pub fn damaged_line(d: &cairn_restore::Damaged, how: &str) -> String {
+    format!(
+        "damaged: point {} bytes {}..{}{how}: {}",
+        &d.point[..12.min(d.point.len())],
+        d.offset,
+        d.offset + d.len,
+        d.what
+    )
 }

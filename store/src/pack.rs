@@ -90,6 +90,17 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
+    /// The header of `chunk`'s frame.
+    fn of(chunk: &EncodedChunk) -> Self {
+        Self {
+            id: chunk.id,
+            plain_len: chunk.plain_len,
+            stored_len: chunk.bytes.len() as u32,
+            codec: chunk.codec,
+            kind: chunk.kind,
+        }
+    }
+
     fn encode(&self) -> [u8; FRAME_HEADER_SIZE as usize] {
         let mut b = [0u8; FRAME_HEADER_SIZE as usize];
         b[0..4].copy_from_slice(&FRAME_MAGIC);
@@ -193,13 +204,7 @@ impl PackWriter {
     /// # Errors
     /// I/O errors.
     pub fn append(&mut self, chunk: &EncodedChunk) -> Result<u64> {
-        let header = FrameHeader {
-            id: chunk.id,
-            plain_len: chunk.plain_len,
-            stored_len: chunk.bytes.len() as u32,
-            codec: chunk.codec,
-            kind: chunk.kind,
-        };
+        let header = FrameHeader::of(chunk);
         let at = self.len;
         self.file
             .write_all(&header.encode())
@@ -405,14 +410,7 @@ pub fn scan(path: &Path) -> Result<PackScan> {
 /// Appends `chunk` to `out` as a frame (header and stored bytes), the form chunks take in a
 /// pack and on the wire of `cairn serve`.
 pub fn encode_frame(chunk: &EncodedChunk, out: &mut Vec<u8>) {
-    let header = FrameHeader {
-        id: chunk.id,
-        plain_len: chunk.plain_len,
-        stored_len: chunk.bytes.len() as u32,
-        codec: chunk.codec,
-        kind: chunk.kind,
-    };
-    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(&FrameHeader::of(chunk).encode());
     out.extend_from_slice(&chunk.bytes);
 }
 

@@ -486,9 +486,7 @@ impl Store {
     /// # Errors
     /// [`Error::MissingChunk`] or [`Error::BadChunk`].
     pub fn read_encoded(&self, id: &ChunkId) -> Result<crate::EncodedChunk> {
-        let loc = self.location(id)?.ok_or(Error::MissingChunk(*id))?;
-        let mut bytes = Vec::new();
-        let header = self.read_frame(id, &loc, &mut bytes)?;
+        let (stored, loc) = self.read_stored_at(id)?;
         // Checked into a buffer each thread keeps: a fresh 256 KiB one per chunk costs an mmap,
         // its page faults and an munmap.
         thread_local! {
@@ -496,17 +494,11 @@ impl Store {
         }
         PLAIN
             .with_borrow_mut(|plain| {
-                plain.resize(header.plain_len as usize, 0);
-                chunk::decode_into(id, header.codec, header.plain_len, &bytes, plain)
+                plain.resize(stored.plain_len as usize, 0);
+                chunk::decode_into(id, stored.codec, stored.plain_len, &stored.bytes, plain)
             })
             .map_err(|what| bad_chunk(id, &loc, what))?;
-        Ok(crate::EncodedChunk {
-            id: *id,
-            kind: header.kind,
-            codec: header.codec,
-            plain_len: header.plain_len,
-            bytes,
-        })
+        Ok(stored)
     }
 
     /// A chunk as its pack holds it, its frame checked (magic, CRC, id) but its bytes not
@@ -516,16 +508,21 @@ impl Store {
     /// # Errors
     /// [`Error::MissingChunk`], or [`Error::BadChunk`] when the frame cannot be read.
     pub fn read_stored(&self, id: &ChunkId) -> Result<crate::EncodedChunk> {
+        Ok(self.read_stored_at(id)?.0)
+    }
+
+    fn read_stored_at(&self, id: &ChunkId) -> Result<(crate::EncodedChunk, Location)> {
         let loc = self.location(id)?.ok_or(Error::MissingChunk(*id))?;
         let mut bytes = Vec::new();
         let header = self.read_frame(id, &loc, &mut bytes)?;
-        Ok(crate::EncodedChunk {
+        let chunk = crate::EncodedChunk {
             id: *id,
             kind: header.kind,
             codec: header.codec,
             plain_len: header.plain_len,
             bytes,
-        })
+        };
+        Ok((chunk, loc))
     }
 
     /// Reads a chunk by id and checks it.

@@ -167,6 +167,22 @@ impl Server {
         (code, std::fs::read(&out).unwrap_or_default())
     }
 
+    /// Opens a backup session for disk `xvda` of `vm` with `token` through the API; returns
+    /// its id.
+    ///
+    /// # Panics
+    /// When the server does not open it.
+    #[must_use]
+    pub fn open_session(&self, token: &str, vm: &str) -> String {
+        let body = format!(r#"{{"vm": "{vm}", "disks": ["xvda"]}}"#);
+        let (code, s) = self.curl("POST", "sessions", token, Some(body.as_bytes()));
+        assert_eq!(code, 201, "{}", String::from_utf8_lossy(&s));
+        json(&String::from_utf8_lossy(&s))["session"]
+            .as_str()
+            .expect("session")
+            .to_owned()
+    }
+
     /// Stops it with SIGTERM and waits (a graceful stop); kill -9 after 30 s.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

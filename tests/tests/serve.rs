@@ -183,17 +183,7 @@ fn each_role_does_what_it_may_and_nothing_else() {
         );
     }
     // A point over an existing id is refused: nothing is overwritten.
-    let (code, s) = server.curl(
-        "POST",
-        "sessions",
-        &backup,
-        Some(br#"{"vm": "web1", "disks": ["xvda"]}"#),
-    );
-    assert_eq!(code, 201);
-    let sid = json(&String::from_utf8_lossy(&s))["session"]
-        .as_str()
-        .expect("session")
-        .to_owned();
+    let sid = server.open_session(&backup, "web1");
     let (_, existing) = server.curl("GET", &format!("points/{pid}"), &backup, None);
     let body = format!("{{\"points\": [{}]}}", String::from_utf8_lossy(&existing));
     let (code, answer) = server.curl(
@@ -273,16 +263,7 @@ fn bad_tokens_bodies_and_certificates_are_refused_and_nothing_is_stored() {
             String::from_utf8_lossy(&answer)
         );
     }
-    let (_, s) = server.curl(
-        "POST",
-        "sessions",
-        &backup,
-        Some(br#"{"vm": "web1", "disks": ["xvda"]}"#),
-    );
-    let sid = json(&String::from_utf8_lossy(&s))["session"]
-        .as_str()
-        .expect("session")
-        .to_owned();
+    let sid = server.open_session(&backup, "web1");
     // A chunk whose bytes are not its id.
     let mut frame = Vec::new();
     let mut c = frame_of(b"some bytes");
@@ -523,17 +504,7 @@ fn one_disk_is_in_one_session_at_a_time_and_admins_work_through_the_cli() {
     let tok = token(&store.path(), "host", "backup", "*");
     let admin = token(&store.path(), "admin", "admin", "*");
     let server = Server::start(&store.path(), 0, &[]);
-    let (code, s) = server.curl(
-        "POST",
-        "sessions",
-        &tok,
-        Some(br#"{"vm": "web1", "disks": ["xvda"]}"#),
-    );
-    assert_eq!(code, 201);
-    let sid = json(&String::from_utf8_lossy(&s))["session"]
-        .as_str()
-        .expect("session")
-        .to_owned();
+    let sid = server.open_session(&tok, "web1");
     // Refused, clearly, when not asked to wait.
     let o = run(server
         .cmd(&tok, &["backup", "--vm", "web1"])
@@ -736,16 +707,7 @@ fn an_idle_session_is_dropped_with_its_chunks() {
     let store = TestStore::new("256K");
     let tok = token(&store.path(), "host", "backup", "*");
     let server = Server::start(&store.path(), 0, &["--idle-timeout", "1"]);
-    let (_, s) = server.curl(
-        "POST",
-        "sessions",
-        &tok,
-        Some(br#"{"vm": "web1", "disks": ["xvda"]}"#),
-    );
-    let sid = json(&String::from_utf8_lossy(&s))["session"]
-        .as_str()
-        .expect("session")
-        .to_owned();
+    let sid = server.open_session(&tok, "web1");
     let mut frame = Vec::new();
     let bytes = vec![9u8; 4096];
     frame.extend_from_slice(&frame_of(&bytes));
