@@ -6,7 +6,6 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use cairn_gc::cost::{Cost, Costs};
 use cairn_ingest::{Format, KeyMode, Request};
 use cairn_restore::OutputFormat;
 use cairn_store::point::{VmKey, check_name};
@@ -23,8 +22,8 @@ use crate::words::{count, human_bytes};
 /// `--store STORE`, or `CAIRN_STORE`.
 #[derive(Debug, Args)]
 pub struct StoreArg {
-    /// The store: a folder, or https://HOST:PORT of a `cairn serve` (backup, list, restore,
-    /// forget, protect, unprotect, prune and gc work through a server).
+    /// The store: a folder, or https://HOST:PORT of a `cairn serve` (backup, list, report,
+    /// restore, verify, forget, protect, unprotect, prune and gc work through a server).
     #[arg(long, env = "CAIRN_STORE")]
     pub store: PathBuf,
     /// A remote store's token, read from this file (else from CAIRN_TOKEN).
@@ -94,7 +93,9 @@ impl Reader {
 fn local_only(store: &Path) -> Result<()> {
     if cairn_remote::is_remote(&store.to_string_lossy()) {
         bail!(
-            "{}: this command works on a store folder; through a server, backup, list,              restore, forget, protect, unprotect, prune and gc work (run the others on the              server's machine, with the server stopped for commands that write)",
+            "{}: this command works on a store folder; through a server, backup, list, report, \
+             restore, verify, forget, protect, unprotect, prune and gc work (run the others \
+             on the server's machine, with the server stopped for commands that write)",
             store.display()
         );
     }
@@ -1085,143 +1086,145 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
 }
 
 /// `a` with the fields of `b` added.
-fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
-    if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
-        a.extend(b);
-    }
-    a
-}
-
-/// A group's figures as JSON.
-fn cost_json(c: &Cost) -> serde_json::Value {
-    json!({
-        "points": c.points, "logical_bytes": c.logical, "allocated_bytes": c.allocated,
-        "stored_bytes": c.stored, "unique_stored_bytes": c.unique,
-        "dedup_ratio": c.dedup_ratio(), "compression_ratio": c.compression_ratio(),
-        "full_backups_bytes": c.full_chain, "xo_vhd_deltas_bytes": c.vhd_deltas,
-    })
-}
-
-/// The version of `report --json`'s schema (docs/report-json.md).
-pub const REPORT_SCHEMA_VERSION: u32 = 1;
-
 pub fn report(a: &ReportArgs) -> Result<i32> {
-    let store = open_read(&a.store.store)?;
-    let tz = store.config().tz();
-    let points = store.points()?;
-    // Costs are counted over every point (what is shared, what is unique); the selection
-    // chooses the rows shown.
-    let shown: HashSet<String> = a
-        .select
-        .choose(&points)?
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
-    let Costs {
-        total,
-        per_point,
-        per_disk,
-        per_vm,
-        vm_names,
-        damaged,
-    } = cairn_gc::cost::costs(&store, &points)?;
-    // Space no point references: garbage frames (what `cairn gc` can free, with every pack
-    // rewritten) and unindexed packs, from gc's own dry run. `None` while a gc runs.
-    drop(store);
-    let reclaimable = cairn_gc::collect(
-        &a.store.store,
-        &cairn_gc::GcOptions {
-            dry_run: true,
-            repack: cairn_gc::Repack::Below(1.0),
-        },
-        &|_| {},
-    )
-    .ok();
-    // The rows chosen: points selected, and the disks and VMs that hold one.
-    let per_point: Vec<(&RecoveryPoint, Cost)> = per_point
-        .into_iter()
-        .filter(|(p, _)| shown.contains(&p.id))
-        .collect();
-    let shown_disks: HashSet<(VmKey, String)> = per_point
-        .iter()
-        .map(|(p, _)| (p.vm_key(), p.disk.clone()))
-        .collect();
-    let vm_json = |k: &VmKey| {
-        let p = vm_names.get(k);
-        json!({
-            "vm": p.map(|p| p.vm.clone()), "vm_uuid": k.uuid, "pool": k.pool,
-            "host": p.and_then(|p| p.labels.host.clone()),
-        })
+    let doc = match a.store.remote()? {
+        Some(r) => {
+            use cairn_store::StoreRead;
+            let shown: HashSet<String> = a
+                .select
+                .choose(&r.points()?)?
+                .into_iter()
+                .map(|p| p.id)
+                .collect();
+            keep_rows(r.report()?, &shown)
+        }
+        None => {
+            let store = open_read(&a.store.store)?;
+            let tz = store.config().tz();
+            let points = store.points()?;
+            // Costs are counted over every point (what is shared, what is unique); the
+            // selection chooses the rows shown.
+            let shown: HashSet<String> = a
+                .select
+                .choose(&points)?
+                .into_iter()
+                .map(|p| p.id)
+                .collect();
+            let costs = cairn_gc::cost::costs(&store, &points)?;
+            // Space no point references: garbage frames (what `cairn gc` can free, with every
+            // pack rewritten) and unindexed packs, from gc's own dry run. `None` while a gc
+            // runs. The store is closed first: a read-only index opened beside a live writer
+            // can miss files the writer's compaction just replaced.
+            drop(store);
+            let reclaimable = cairn_gc::collect(
+                &a.store.store,
+                &cairn_gc::GcOptions {
+                    dry_run: true,
+                    repack: cairn_gc::Repack::Below(1.0),
+                },
+                &|_| {},
+            )
+            .ok();
+            cairn_gc::report::build(&costs, &|p| shown.contains(&p.id), reclaimable.as_ref(), tz)
+        }
     };
-    let vm_name = |k: &VmKey| {
-        let p = vm_names.get(k);
-        let mut name = p.map_or_else(String::new, |p| p.vm.clone());
-        if let Some(pool) = &k.pool {
+    let damaged = doc["damaged_points"]
+        .as_array()
+        .is_some_and(|d| !d.is_empty());
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        render_report(&doc);
+    }
+    // 3: a partial result.
+    Ok(if damaged { 3 } else { 0 })
+}
+
+/// The report document with the rows of the points `shown` only (and of the disks and VMs
+/// that hold one); the store's figures stay those of every point.
+fn keep_rows(mut doc: serde_json::Value, shown: &HashSet<String>) -> serde_json::Value {
+    let key = |v: &serde_json::Value| {
+        (
+            v["vm_uuid"].as_str().map(str::to_owned),
+            v["vm_uuid"]
+                .is_null()
+                .then(|| v["vm"].as_str().unwrap_or_default().to_owned()),
+            v["pool"].as_str().map(str::to_owned),
+        )
+    };
+    let points: Vec<serde_json::Value> = doc["points"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p["id"].as_str().is_some_and(|id| shown.contains(id)))
+        .collect();
+    let disks: HashSet<_> = points.iter().map(|p| (key(p), p["disk"].clone())).collect();
+    for (field, by_disk) in [("disks", true), ("vms", false)] {
+        let kept: Vec<serde_json::Value> = doc[field]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| {
+                disks
+                    .iter()
+                    .any(|(k, d)| *k == key(r) && (!by_disk || *d == r["disk"]))
+            })
+            .collect();
+        doc[field] = serde_json::Value::Array(kept);
+    }
+    doc["points"] = serde_json::Value::Array(points);
+    doc
+}
+
+/// `cairn report` for people, from the report document (docs/report-json.md): one row for the
+/// store, each VM, its disks and their points.
+fn render_report(doc: &serde_json::Value) {
+    let list = |k: &str| doc[k].as_array().cloned().unwrap_or_default();
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+    // A VM is its UUID (and pool) when it has one, else its name (and pool).
+    let key = |v: &serde_json::Value| {
+        let pool = text(v, "pool");
+        match v["vm_uuid"].as_str() {
+            Some(u) => format!("u {u} {pool}"),
+            None => format!("n {} {pool}", text(v, "vm")),
+        }
+    };
+    let vm_name = |v: &serde_json::Value| {
+        let mut name = text(v, "vm");
+        if let Some(pool) = v["pool"].as_str() {
             name = format!("{name} pool={pool}");
         }
-        if let Some(u) = &k.uuid {
+        if let Some(u) = v["vm_uuid"].as_str() {
             name = format!("{name} uuid={u}");
         }
         name
     };
-    let mut vms: Vec<(&VmKey, &Cost)> = per_vm
-        .iter()
-        .filter(|(k, _)| shown_disks.iter().any(|(v, _)| v == *k))
-        .collect();
-    vms.sort_by_key(|(k, _)| (vm_name(k), (*k).clone()));
-    let mut disks: Vec<(&(VmKey, String), &Cost)> = per_disk
-        .iter()
-        .filter(|(k, _)| shown_disks.contains(*k))
-        .collect();
-    disks.sort_by_key(|((k, d), _)| (vm_name(k), d.clone()));
-    if a.json {
-        let v = json!({
-            // docs/report-json.md; raised when a field changes meaning or goes away.
-            "schema_version": REPORT_SCHEMA_VERSION,
-            "garbage_bytes": reclaimable.as_ref().map(|g| g.garbage_freed),
-            "garbage_frames": reclaimable.as_ref().map(|g| g.garbage_frames),
-            "orphan_packs": reclaimable.as_ref().map(|g| g.orphan_packs),
-            "orphan_bytes": reclaimable.as_ref().map(|g| g.orphan_bytes),
-            "store": cost_json(&total),
-            "damaged_points": damaged.iter().map(|(p, what)| json!({
-                "id": p.id, "vm": p.vm, "disk": p.disk, "time": show_time(&p.time, tz), "what": what,
-            })).collect::<Vec<_>>(),
-            "vms": vms.iter().map(|(k, c)| merge(cost_json(c), vm_json(k))).collect::<Vec<_>>(),
-            "disks": disks.iter().map(|((k, d), c)| { let mut j = merge(cost_json(c), vm_json(k)); j["disk"] = json!(d); j }).collect::<Vec<_>>(),
-            "points": per_point.iter().map(|(p, c)| merge(cost_json(c), json!({
-                "id": p.id, "vm": p.vm, "disk": p.disk, "time": show_time(&p.time, tz),
-                "vm_uuid": p.labels.vm_uuid, "pool": p.labels.pool, "host": p.labels.host,
-                "tags": p.labels.tags, "note": p.labels.note,
-            }))).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(if damaged.is_empty() { 0 } else { 3 });
-    }
-    // The name column is as wide as its longest entry.
+    let point_name = |p: &serde_json::Value| {
+        let id = text(p, "id");
+        format!("    {} {}", &id[..12.min(id.len())], text(p, "time"))
+    };
+    let (vms, disks, points) = (list("vms"), list("disks"), list("points"));
     let mut names: Vec<String> = vec!["store".into()];
-    for (k, _) in &vms {
-        names.push(format!("vm {}", vm_name(k)));
-    }
-    for ((_, d), _) in &disks {
-        names.push(format!("  disk {d}"));
-    }
-    for (p, _) in &per_point {
-        names.push(format!("    {} {}", p.short_id(), show_time(&p.time, tz)));
-    }
+    names.extend(vms.iter().map(|v| format!("vm {}", vm_name(v))));
+    names.extend(disks.iter().map(|d| format!("  disk {}", text(d, "disk"))));
+    names.extend(points.iter().map(point_name));
     let nw = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
-    let row = |name: &str, c: &Cost| {
+    let row = |name: &str, c: &serde_json::Value| {
         println!(
             "{:<nw$} {:>4} {:>11} {:>11} {:>11} {:>11} {:>6.2}x {:>6.2}x {:>11} {:>11}",
             name,
-            c.points,
-            human_bytes(c.logical),
-            human_bytes(c.allocated),
-            human_bytes(c.stored),
-            human_bytes(c.unique),
-            c.dedup_ratio(),
-            c.compression_ratio(),
-            human_bytes(c.full_chain),
-            human_bytes(c.vhd_deltas)
+            n(c, "points"),
+            human_bytes(n(c, "logical_bytes")),
+            human_bytes(n(c, "allocated_bytes")),
+            human_bytes(n(c, "stored_bytes")),
+            human_bytes(n(c, "unique_stored_bytes")),
+            c["dedup_ratio"].as_f64().unwrap_or(0.0),
+            c["compression_ratio"].as_f64().unwrap_or(0.0),
+            human_bytes(n(c, "full_backups_bytes")),
+            human_bytes(n(c, "xo_vhd_deltas_bytes"))
         );
     };
     println!(
@@ -1237,44 +1240,42 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         "AS FULLS",
         "AS XO VHDS"
     );
-    row("store", &total);
-    for (k, c) in &vms {
-        row(&format!("vm {}", vm_name(k)), c);
-        for ((_, d), c) in disks.iter().filter(|((v, _), _)| v == *k) {
-            row(&format!("  disk {d}"), c);
-            for (p, c) in per_point
+    row("store", &doc["store"]);
+    for v in &vms {
+        row(&format!("vm {}", vm_name(v)), v);
+        for d in disks.iter().filter(|d| key(d) == key(v)) {
+            row(&format!("  disk {}", text(d, "disk")), d);
+            // A point belongs to its disk by the VM's identity (as `VmKey` says it).
+            for p in points
                 .iter()
-                .filter(|(p, _)| &p.vm_key() == *k && &p.disk == d)
+                .filter(|p| text(p, "disk") == text(d, "disk") && key(p) == key(v))
             {
-                row(
-                    &format!("    {} {}", p.short_id(), show_time(&p.time, tz)),
-                    c,
-                );
+                row(&point_name(p), p);
             }
         }
     }
-    match &reclaimable {
+    match doc["garbage_bytes"].as_u64() {
         Some(g) => println!(
             "unreferenced: {} of garbage in {}, {} in {}; `cairn gc` reclaims them",
-            human_bytes(g.garbage_freed),
-            count(g.garbage_frames, "frame"),
-            human_bytes(g.orphan_bytes),
-            count(g.orphan_packs, "orphan pack"),
+            human_bytes(g),
+            count(n(doc, "garbage_frames"), "frame"),
+            human_bytes(n(doc, "orphan_bytes")),
+            count(n(doc, "orphan_packs"), "orphan pack"),
         ),
         None => println!("unreferenced: unknown while a garbage collection runs"),
     }
-    for (p, what) in &damaged {
+    for p in list("damaged_points") {
+        let id = text(&p, "id");
         println!(
-            "damaged: point {} {}/{} {}: {what}; its figures leave out what cannot be read \
+            "damaged: point {} {}/{} {}: {}; its figures leave out what cannot be read \
              (`cairn verify` says what is lost)",
-            p.short_id(),
-            p.vm,
-            p.disk,
-            show_time(&p.time, tz)
+            &id[..12.min(id.len())],
+            text(&p, "vm"),
+            text(&p, "disk"),
+            text(&p, "time"),
+            text(&p, "what")
         );
     }
-    // 3: a partial result.
-    Ok(if damaged.is_empty() { 0 } else { 3 })
 }
 
 /// A damaged range as the JSON of restore and verify shows it.

@@ -45,6 +45,7 @@
 pub mod collect;
 pub mod cost;
 pub mod prune;
+pub mod report;
 pub mod verify;
 
 use std::path::PathBuf;

@@ -68,7 +68,9 @@ pub(crate) fn latest_or_given(
         Some(p) => p.clone(),
         None => store.latest(&req.vm_key(), &req.disk)?.ok_or_else(|| {
             Error::Refused(format!(
-                "{shown}: changed blocks say what changed since the disk's last backup, but                  disk {} of VM {} has no point yet; back up the whole disk first (without                  --dirty-bitmap or --changed-blocks) or pass --parent",
+                "{shown}: changed blocks say what changed since the disk's last backup, but disk {} \
+                 of VM {} has no point yet; back up the whole disk first (without \
+                 --dirty-bitmap or --changed-blocks) or pass --parent",
                 req.disk, req.vm
             ))
         })?,

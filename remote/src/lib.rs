@@ -218,6 +218,14 @@ impl Remote {
         )
     }
 
+    /// The report document of the server's store (docs/report-json.md; an admin token).
+    ///
+    /// # Errors
+    /// The server's refusal.
+    pub fn report(&self) -> Result<serde_json::Value> {
+        self.json(reqwest::Method::GET, "report", None)
+    }
+
     /// Collects garbage in the server's store (an admin token); `body` as `POST /api/v1/gc`
     /// takes it.
     ///

@@ -178,6 +178,7 @@ pub fn router(app: Shared) -> axum::Router {
         .route("/api/v1/policies/{vm}", put(set_policy))
         .route("/api/v1/prune", post(prune))
         .route("/api/v1/gc", post(gc))
+        .route("/api/v1/report", get(report))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint (see docs/api.md)")
         })
@@ -421,6 +422,26 @@ async fn gc(
         let report = cairn_gc::collect::collect_held(app.store, &opts, &live)
             .map_err(|e| ApiError::internal(&e.to_string()))?;
         Ok(Json(report))
+    })
+    .await
+}
+
+/// `GET /api/v1/report`: the report document (docs/report-json.md) of the whole store.
+async fn report(State(app): State<Shared>, headers: HeaderMap) -> Answer<Json<serde_json::Value>> {
+    app.authorize(&headers, &[Role::Admin], "read the store's report")?;
+    blocking(move || {
+        // What a collection would free now; unknown (null) while one runs.
+        let reclaimable = app.collecting.try_lock().ok().and_then(|_one| {
+            let opts = cairn_gc::GcOptions {
+                dry_run: true,
+                repack: cairn_gc::Repack::Below(1.0),
+            };
+            let live = || app.sessions.open_packs();
+            cairn_gc::collect::collect_held(app.store, &opts, &live).ok()
+        });
+        let doc = cairn_gc::report::document(app.store, &|_| true, reclaimable.as_ref())
+            .map_err(|e| ApiError::internal(&e.to_string()))?;
+        Ok(Json(doc))
     })
     .await
 }

@@ -731,3 +731,43 @@ fn an_idle_session_is_dropped_with_its_chunks() {
     assert!(store.pack_files().is_empty(), "its pack is gone");
     drop(work);
 }
+
+#[test]
+fn the_report_through_the_server_is_the_local_one() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (d0, d1) = (work.path().join("d0.raw"), work.path().join("d1.raw"));
+    gen_disk(&d0, "8M", 11, 1, 0);
+    gen_disk(&d1, "8M", 12, 2, 0);
+    let store = TestStore::new("256K");
+    let admin = token(&store.path(), "admin", "admin", "*");
+    let reader = token(&store.path(), "reader", "restore", "*");
+    let mut server = Server::start(&store.path(), 0, &[]);
+    backup_json(&server, &admin, "web1", &d0);
+    backup_json(&server, &admin, "db1", &d1);
+    let remote = json(&ok(&mut server.cmd(&admin, &["report", "--json"])));
+    let human = ok(&mut server.cmd(&admin, &["report"]));
+    assert!(
+        human.contains("vm web1") && human.contains("vm db1"),
+        "{human}"
+    );
+    let only = json(&ok(
+        &mut server.cmd(&admin, &["report", "--json", "--vm", "db1"])
+    ));
+    assert_eq!(only["vms"].as_array().map(Vec::len), Some(1), "{only}");
+    assert_eq!(only["points"][0]["vm"], "db1");
+    let (code, _) = server.curl("GET", "report", &reader, None);
+    assert_eq!(code, 403);
+    server.stop();
+    let local = json(&ok(&mut store.cmd(&["report", "--json"])));
+    for field in [
+        "schema_version",
+        "store",
+        "vms",
+        "disks",
+        "points",
+        "damaged_points",
+    ] {
+        assert_eq!(remote[field], local[field], "{field}");
+    }
+    assert_eq!(local["vms"].as_array().map(Vec::len), Some(2));
+}
