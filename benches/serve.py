@@ -91,7 +91,7 @@ def run_serve(work, shared, cairn, res, profile):
         out = d / "remote-day1.json"
         warm(raws["day1"])
         m = measure(backup("vm", raws["day1"]), stdout=out, env=server.env("backup"))
-        sent = json.loads(out.read_text())[0]["new_stored_bytes"]
+        sent = json.loads(out.read_text())[0]["bytes_sent"]
         res.add("serve-remote-daily", "cairn", m, sent=sent, new_stored=local_new)
 
         target = d / "restore.raw"

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cairn_server::token::{Role, Tokens, parse_duration};
+use cairn_server::token::{Lookups, Role, Tokens, parse_duration};
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Args)]
@@ -112,7 +112,8 @@ pub enum TokenCommand {
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     cairn token create --store /srv/cairn --name host1 --role backup --vm 'web-*' > host1.token\n  \
-    cairn token create --store /srv/cairn --name auditor --role restore --expires 30d\n\n\
+    cairn token create --store /srv/cairn --name auditor --role restore --expires 30d\n  \
+    cairn token create --store /srv/cairn --name dmz-host --role backup --lookups own\n\n\
     The secret (cairn_<id>_<hex>) goes to stdout once; the store keeps only its hash. Give it\n\
     to the host as CAIRN_TOKEN or --token-file.")]
 pub struct TokenCreateArgs {
@@ -131,6 +132,12 @@ pub struct TokenCreateArgs {
     /// It stops working after this long (90m, 12h, 30d, 8w, 1y).
     #[arg(long, value_name = "DURATION")]
     pub expires: Option<String>,
+    /// For a backup token: which chunks its "which of these do you have" questions see. `all`
+    /// (a clone of another VM's template sends only its own data; the token can tell whether
+    /// the store holds a block it knows); `own`: only the latest points of the disks it backs
+    /// up (nothing is told of other VMs; blocks shared with them are sent again, stored once).
+    #[arg(long, value_parser = ["all", "own"], default_value = "all")]
+    pub lookups: String,
     /// Print the token and its secret as JSON.
     #[arg(long)]
     pub json: bool,
@@ -177,11 +184,13 @@ pub fn token(c: &TokenCommand) -> Result<i32> {
                 .map(parse_duration)
                 .transpose()?
                 .map(|d| chrono::Utc::now() + d);
-            let (t, secret) = tokens_of(&a.store)?.create(&a.name, role, &a.vm, expires)?;
+            let lookups = Lookups::parse(&a.lookups)?;
+            let (t, secret) =
+                tokens_of(&a.store)?.create(&a.name, role, &a.vm, expires, lookups)?;
             if a.json {
                 println!(
                     "{}",
-                    serde_json::json!({ "id": t.id, "name": t.name, "role": t.role, "vms": t.vms, "expires": t.expires, "secret": secret })
+                    serde_json::json!({ "id": t.id, "name": t.name, "role": t.role, "vms": t.vms, "expires": t.expires, "lookups": t.lookups, "secret": secret })
                 );
             } else {
                 println!("{secret}");

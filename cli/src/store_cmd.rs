@@ -655,6 +655,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
         None => std::env::temp_dir(),
     };
     let mut due_disks = Vec::new();
+    let mut sent: std::collections::HashMap<String, u64> = Default::default();
     for (disk, src) in &jobs {
         let due = key_due(&existing, &vm_key, disk, interval);
         let req = Request {
@@ -719,6 +720,11 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
         if due && !staged.stats.key {
             due_disks.push(disk.clone());
         }
+        // Through a server: what crossed the wire for this disk (the point says what the
+        // store appended).
+        if remote.is_some() {
+            sent.insert(disk.clone(), staged.stats.new_stored_bytes);
+        }
     }
     let points = run.commit().map_err(|e| {
         let what = if matches!(
@@ -742,14 +748,23 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
         );
     }
     if a.json {
-        let all: Vec<serde_json::Value> = points.iter().map(|p| point_json(p, tz)).collect();
+        let all: Vec<serde_json::Value> = points
+            .iter()
+            .map(|p| {
+                let mut j = point_json(p, tz);
+                if let Some(b) = sent.get(&p.disk) {
+                    j["bytes_sent"] = json!(b);
+                }
+                j
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(0);
     }
     for p in &points {
         let s = &p.stats;
         println!(
-            "{} {}/{} {}: {} logical, {} read, {}, {} stored, {:.1}s ({}/s){}{}",
+            "{} {}/{} {}: {} logical, {} read, {}, {} stored{}, {:.1}s ({}/s){}{}",
             p.short_id(),
             p.vm,
             p.disk,
@@ -758,6 +773,9 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             human_bytes(s.bytes_read),
             crate::words::count(s.new_chunks, "new chunk"),
             human_bytes(s.new_stored_bytes),
+            sent.get(&p.disk)
+                .map(|b| format!(" ({} sent)", human_bytes(*b)))
+                .unwrap_or_default(),
             s.seconds,
             human_bytes((s.logical_bytes as f64 / s.seconds.max(1e-6)) as u64),
             if s.key { ", key backup" } else { "" },

@@ -30,6 +30,8 @@ pub use tls::TlsOptions;
 const UPLOAD_BYTES: usize = 4 << 20;
 /// Upload requests in flight (one per uploader thread).
 const UPLOADERS: usize = 2;
+/// Tree chunks asked about at once.
+const TREE_BATCH: usize = 256;
 /// Chunks per read request.
 const READ_GROUP: usize = 4;
 /// Read requests in flight.
@@ -437,6 +439,8 @@ pub struct Upload {
     remote: Arc<Remote>,
     session: String,
     buffer: Vec<u8>,
+    /// Tree chunks put and not yet asked about.
+    trees: Vec<EncodedChunk>,
     tx: Option<crossbeam_channel::Sender<Vec<u8>>>,
     uploaders: Vec<std::thread::JoinHandle<()>>,
     failed: Arc<Mutex<Option<Error>>>,
@@ -498,6 +502,7 @@ impl Upload {
             remote,
             session,
             buffer: Vec::with_capacity(UPLOAD_BYTES + (4 << 20)),
+            trees: Vec::new(),
             tx: Some(tx),
             uploaders,
             failed,
@@ -519,6 +524,36 @@ impl Upload {
         }
     }
 
+    fn append(&mut self, chunk: &EncodedChunk) -> Result<bool> {
+        let before = self.buffer.len();
+        pack::encode_frame(chunk, &mut self.buffer);
+        self.put_bytes += (self.buffer.len() - before) as u64;
+        if self.buffer.len() >= UPLOAD_BYTES {
+            self.send()?;
+        }
+        Ok(true)
+    }
+
+    /// Sends the tree chunks put so far that the store lacks.
+    fn send_trees(&mut self) -> Result<()> {
+        let trees = std::mem::take(&mut self.trees);
+        if trees.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<ChunkId> = trees.iter().map(|c| c.id).collect();
+        let missing = Missing {
+            remote: Arc::clone(&self.remote),
+            session: self.session.clone(),
+        }
+        .missing(&ids)?;
+        for (c, m) in trees.iter().zip(missing) {
+            if m {
+                self.append(c)?;
+            }
+        }
+        Ok(())
+    }
+
     fn send(&mut self) -> Result<()> {
         self.check()?;
         if self.buffer.is_empty() {
@@ -538,6 +573,7 @@ impl Upload {
 
     /// Sends what is buffered and waits for every upload to be answered.
     fn drain(&mut self) -> Result<()> {
+        self.send_trees()?;
         self.send()?;
         self.tx = None;
         for h in self.uploaders.drain(..) {
@@ -581,13 +617,16 @@ impl Drop for Upload {
 
 impl ChunkSink for Upload {
     fn put(&mut self, chunk: &EncodedChunk) -> Result<bool> {
-        let before = self.buffer.len();
-        pack::encode_frame(chunk, &mut self.buffer);
-        self.put_bytes += (self.buffer.len() - before) as u64;
-        if self.buffer.len() >= UPLOAD_BYTES {
-            self.send()?;
+        // Data chunks come here new (the hashing stage asked); tree chunks are asked about a
+        // batch at a time, so that an unchanged stretch's leaves are not sent again.
+        if chunk.kind == cairn_store::ChunkKind::Tree {
+            self.trees.push(chunk.clone());
+            if self.trees.len() >= TREE_BATCH {
+                self.send_trees()?;
+            }
+            return Ok(true);
         }
-        Ok(true)
+        self.append(chunk)
     }
 
     fn zstd_level(&self) -> i32 {
@@ -642,7 +681,9 @@ impl<'a> StoreWrite<'a> for Upload {
     fn stage_tree(&mut self, point: NewPoint, mut tree: TreeWriter) -> Result<StagedPoint> {
         let root = tree_finish(&mut tree, self)?;
         let mut staged = StagedPoint::new(point, &root, self.remote.info.config.chunk_size);
-        // Counted as chunks are put (the uploads answer later): what this point adds.
+        // Counted as chunks are put (the uploads answer later): what this point adds, its
+        // tree chunks asked about first.
+        self.send_trees()?;
         staged.set_new_stored(self.put_bytes.saturating_sub(self.staged_bytes));
         self.staged_bytes = self.put_bytes;
         Ok(staged)

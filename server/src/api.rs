@@ -488,13 +488,22 @@ async fn read_chunks(
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer<Response> {
-    app.authorize(&headers, ANY, "read chunks")?;
+    let t = app.authorize(&headers, ANY, "read chunks")?;
     let ids = ids_body(&body, MAX_READ)?;
     blocking(move || {
         use rayon::prelude::*;
+        // A token that sees only its own chunks reads only those of its live sessions.
+        let own = t.lookups == crate::token::Lookups::Own;
         let read: Vec<Result<cairn_store::EncodedChunk, String>> = ids
             .par_iter()
-            .map(|id| app.store.read_stored(id).map_err(|e| e.to_string()))
+            .map(|id| {
+                if own && !app.sessions.own_chunk(&t.id, id) {
+                    return Err(format!(
+                        "chunk {id} is not one of the chunks this token's sessions back up from"
+                    ));
+                }
+                app.store.read_stored(id).map_err(|e| e.to_string())
+            })
             .collect();
         let mut out = Vec::new();
         for r in read {
@@ -550,10 +559,14 @@ async fn open_session(
         return Err(ApiError::vm(&t, &b.vm));
     }
     blocking(move || {
-        match app
-            .sessions
-            .open(app.store, &b.vm, &b.disks, &t.id, app.limits.sessions)?
-        {
+        match app.sessions.open(
+            app.store,
+            &b.vm,
+            &b.disks,
+            &t.id,
+            t.lookups == crate::token::Lookups::Own,
+            app.limits.sessions,
+        )? {
             Ok(id) => {
                 tracing::info!(session = %id, vm = %b.vm, token = %t.name, "session opened");
                 Ok((StatusCode::CREATED, Json(SessionOpened { session: id })))
@@ -615,15 +628,19 @@ async fn missing(
     let ids = ids_body(&body, MAX_IDS)?;
     blocking(move || {
         let taken = session_of(&app, &t, &id)?;
-        let filter = taken
-            .live
-            .lock()
-            .map_err(|_| ApiError::internal("session poisoned"))?
-            .filter
-            .clone();
+        let (filter, own) = {
+            let live = taken
+                .live
+                .lock()
+                .map_err(|_| ApiError::internal("session poisoned"))?;
+            (live.filter.clone(), live.own.clone())
+        };
         let mut out = Vec::with_capacity(ids.len());
         for id in &ids {
-            out.push(u8::from(!filter.holds(id)?));
+            // A token that sees only its own chunks is told "missing" for every other one,
+            // whatever the store holds.
+            let seen = own.as_ref().is_none_or(|o| o.binary_search(id).is_ok());
+            out.push(u8::from(!(seen && filter.holds(id)?)));
         }
         Ok(out)
     })
@@ -695,9 +712,16 @@ async fn upload(
         }
         live.received += frames.len() as u64;
         live.stored += stored;
+        // What was stored tells which chunks the store held: not said to a token whose
+        // lookups see only its own chunks.
+        let told = if t.lookups == crate::token::Lookups::Own {
+            frames.len() as u64
+        } else {
+            stored
+        };
         Ok(Json(Uploaded {
             received: frames.len() as u64,
-            stored,
+            stored: told,
         }))
     })
     .await
@@ -742,10 +766,16 @@ async fn commit(
             let mut p = p.clone();
             // Protection is an admin's act on a stored point, never part of an upload.
             p.protected = false;
-            staged.push(session.stage_copy(&p).map_err(|e| match e {
+            let mut one = session.stage_copy(&p).map_err(|e| match e {
                 cairn_store::Error::Usage(m) if m.contains("in this store already") => ApiError::new(StatusCode::CONFLICT, m),
                 e => e.into(),
-            })?);
+            })?;
+            // What the store appended tells which chunks it held: a token whose lookups see
+            // only its own chunks keeps the figure it sent (the store's own is in the report).
+            if t.lookups == crate::token::Lookups::Own {
+                one.set_new_stored(p.stats.new_stored_bytes);
+            }
+            staged.push(one);
         }
         let done = session.commit_run(staged)?;
         tracing::info!(session = %id, vm = %live.vm, points = done.len(), chunks = live.stored, "committed");

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_store::{KnownFilter, PackId, Session, Store};
+use cairn_store::{Body, ChunkId, ChunkRef, KnownFilter, PackId, Session, Store, Walk};
 
 /// One live session.
 pub(crate) struct Live {
@@ -15,6 +15,9 @@ pub(crate) struct Live {
     pub(crate) token: String,
     pub(crate) session: Option<Session<'static>>,
     pub(crate) filter: KnownFilter<'static>,
+    /// For a token whose lookups see only its own chunks: those of the latest points of the
+    /// session's disks, sorted (see [`own_chunks`]).
+    pub(crate) own: Option<Vec<ChunkId>>,
     pub(crate) started: chrono::DateTime<chrono::Utc>,
     pub(crate) received: u64,
     pub(crate) stored: u64,
@@ -67,8 +70,12 @@ impl Sessions {
         vm: &str,
         disks: &[String],
         token: &str,
+        own_lookups: bool,
         max: usize,
     ) -> Result<Result<String, Refused>, cairn_store::Error> {
+        let own = own_lookups
+            .then(|| own_chunks(store, vm, disks))
+            .transpose()?;
         let mut map = self
             .by_id
             .lock()
@@ -99,6 +106,7 @@ impl Sessions {
                     token: token.to_owned(),
                     session: Some(session),
                     filter,
+                    own,
                     started: chrono::Utc::now(),
                     received: 0,
                     stored: 0,
@@ -162,8 +170,61 @@ impl Sessions {
         out
     }
 
+    /// Whether chunk `id` is among the own chunks of a live session of `token` (what a token
+    /// whose lookups see only its own chunks may read).
+    pub(crate) fn own_chunk(&self, token: &str, id: &ChunkId) -> bool {
+        let lives: Vec<Arc<Mutex<Live>>> = match self.by_id.lock() {
+            Ok(map) => map.values().map(|e| Arc::clone(&e.live)).collect(),
+            Err(_) => return false,
+        };
+        lives.iter().any(|l| {
+            l.lock().is_ok_and(|l| {
+                l.token == token && l.own.as_ref().is_some_and(|o| o.binary_search(id).is_ok())
+            })
+        })
+    }
+
     /// How many sessions are live.
     pub(crate) fn len(&self) -> usize {
         self.by_id.lock().map_or(0, |m| m.len())
     }
+}
+
+/// At most this many ids are kept as a session's own chunks (32 MiB: every chunk of a 256 GiB
+/// disk at 256 KiB chunks); past it, the rest is answered as missing (sent again, stored once).
+const OWN_CHUNKS_MAX: usize = 1 << 20;
+
+/// The chunks (data and tree) of the latest point of each of `disks` of `vm`, sorted.
+fn own_chunks(
+    store: &Store,
+    vm: &str,
+    disks: &[String],
+) -> Result<Vec<ChunkId>, cairn_store::Error> {
+    let points = store.points()?;
+    let mut out = Vec::new();
+    for d in disks {
+        let Some(p) = points
+            .iter()
+            .filter(|p| p.vm == vm && &p.disk == d)
+            .max_by_key(|p| (p.time, p.committed))
+        else {
+            continue;
+        };
+        out.extend(cairn_store::tree::top(p)?);
+        let mut walk = Walk::new(store, p)?;
+        while out.len() < OWN_CHUNKS_MAX {
+            let Some(x) = walk.next_extent()? else { break };
+            out.push(x.id);
+            if let Body::Refs(refs) = x.body {
+                out.extend(refs.iter().filter_map(|r| match r {
+                    ChunkRef::Data(id) => Some(*id),
+                    ChunkRef::Zero => None,
+                }));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out.truncate(OWN_CHUNKS_MAX);
+    Ok(out)
 }

@@ -86,6 +86,9 @@ pub struct Token {
     pub expires: Option<DateTime<Utc>>,
     /// When it was revoked, if it was.
     pub revoked: Option<DateTime<Utc>>,
+    /// Which chunks its "which of these do you have" questions are answered for.
+    #[serde(default)]
+    pub lookups: Lookups,
     /// BLAKE3 of the secret (hex, derived with [`HASH_CONTEXT`]).
     hash: String,
 }
@@ -95,6 +98,37 @@ impl Token {
     #[must_use]
     pub fn allows_vm(&self, vm: &str) -> bool {
         glob_match(self.vms.as_bytes(), vm.as_bytes())
+    }
+}
+
+/// Which chunks a backup token's lookups see.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lookups {
+    /// Every chunk of the store: a clone of another VM's template sends only its own data, and
+    /// the token can tell whether the store holds a block it knows the bytes of.
+    #[default]
+    All,
+    /// Only the chunks of the latest points of the disks its session backs up (as PBS offers
+    /// only the previous snapshot's chunks): the answers say nothing of other VMs, at the cost
+    /// of sending the blocks it shares with them (the store still keeps each block once).
+    /// Its chunk reads are bounded the same way.
+    Own,
+}
+
+impl Lookups {
+    /// Parses `all` or `own`.
+    ///
+    /// # Errors
+    /// Any other word.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "all" => Ok(Self::All),
+            "own" => Ok(Self::Own),
+            _ => Err(Error::Usage(format!(
+                "--lookups {s:?}: expected all or own"
+            ))),
+        }
     }
 }
 
@@ -185,7 +219,11 @@ impl Tokens {
         role: Role,
         vms: &str,
         expires: Option<DateTime<Utc>>,
+        lookups: Lookups,
     ) -> Result<(Token, String)> {
+        if lookups == Lookups::Own && role != Role::Backup {
+            return Err(Error::Usage("--lookups own is for backup tokens".into()));
+        }
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
             return Err(Error::Usage(format!(
                 "token name {name:?}: 1 to 128 printable characters"
@@ -207,6 +245,7 @@ impl Tokens {
             created: Utc::now(),
             expires,
             revoked: None,
+            lookups,
             hash: hash_secret(&secret).to_hex().to_string(),
         };
         let made = token.clone();

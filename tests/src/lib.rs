@@ -526,3 +526,21 @@ pub fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 pub fn id(v: &serde_json::Value) -> String {
     v["id"].as_str().expect("id").to_owned()
 }
+
+/// Bytes of every file under `dir`.
+#[must_use]
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                total += e.metadata().map_or(0, |m| m.len());
+            }
+        }
+    }
+    total
+}

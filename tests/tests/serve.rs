@@ -61,7 +61,7 @@ fn hosts_back_up_at_once_send_only_what_is_new_and_every_point_restores() {
     // The clone sends only what vm0 did not: as much as a local store holding vm0 stores.
     let sent = num(
         &backup_json(&server, &tokens[3], "vm3", &clone),
-        "new_stored_bytes",
+        "bytes_sent",
     );
     let local = TestStore::new("256K");
     local.backup("vm0", "2026-12-01T00:00:00Z", "xvda", &disks[0], &[]);
@@ -73,9 +73,9 @@ fn hosts_back_up_at_once_send_only_what_is_new_and_every_point_restores() {
         unique > 0 && sent as f64 <= unique as f64 * 1.05,
         "sent {sent} for {unique} bytes new"
     );
-    // An incremental of vm0 sends nothing new.
+    // The same disk again sends nothing: no data chunk, no tree chunk.
     let again = backup_json(&server, &tokens[0], "vm0", &disks[0]);
-    assert_eq!(num(&again, "new_stored_bytes"), 0, "{again}");
+    assert_eq!(num(&again, "bytes_sent"), 0, "{again}");
 
     // Every point restores bit-exact through the server, with a restore token.
     let points = json(&ok(&mut server.cmd(&reader, &["list", "--json"])));
@@ -770,4 +770,80 @@ fn the_report_through_the_server_is_the_local_one() {
         assert_eq!(remote[field], local[field], "{field}");
     }
     assert_eq!(local["vms"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn a_token_that_sees_only_its_own_chunks_learns_nothing_of_other_vms() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (a, clone) = (w.join("a.raw"), w.join("clone.raw"));
+    gen_disk(&a, "16M", 21, 1, 0);
+    gen_disk(&clone, "16M", 22, 1, 2);
+    let store = TestStore::new("256K");
+    let admin = token(&store.path(), "admin", "admin", "*");
+    let own = json(&ok(cairn_tests::cairn([
+        "token",
+        "create",
+        "--json",
+        "--name",
+        "dmz",
+        "--role",
+        "backup",
+        "--vm",
+        "b*",
+        "--lookups",
+        "own",
+        "--store",
+    ])
+    .arg(store.path())))["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let server = Server::start(&store.path(), 0, &[]);
+    let pa = backup_json(&server, &admin, "a1", &a);
+    let before = cairn_tests::dir_size(&store.path().join("packs"));
+    // The clone shares most of a1's chunks: this token is told none of them is there.
+    let sent = num(
+        &backup_json(&server, &own, "b1", &clone),
+        "new_stored_bytes",
+    );
+    let full = TestStore::new("256K");
+    let whole = num(
+        &full.backup("b1", "2026-12-01T00:00:00Z", "xvda", &clone, &[]),
+        "new_stored_bytes",
+    );
+    assert!(sent as f64 >= whole as f64 * 0.95, "sent {sent} of {whole}");
+    // The store still keeps each block once.
+    let grew = cairn_tests::dir_size(&store.path().join("packs")) - before;
+    let reference = TestStore::new("256K");
+    reference.backup("a1", "2026-12-01T00:00:00Z", "xvda", &a, &[]);
+    let unique = num(
+        &reference.backup("b1", "2026-12-01T00:00:00Z", "xvda", &clone, &[]),
+        "new_stored_bytes",
+    );
+    assert!(
+        (grew as f64) < unique as f64 * 1.1 + 65536.0,
+        "grew {grew}, unique {unique}"
+    );
+    // Its own history still dedups: the same disk again sends nothing.
+    let again = backup_json(&server, &own, "b1", &clone);
+    assert_eq!(num(&again, "bytes_sent"), 0, "{again}");
+    // It cannot read another VM's chunks, even knowing their ids.
+    let top = pa["id"].as_str().expect("id").to_owned();
+    let (_, p) = server.curl("GET", &format!("points/{top}"), &admin, None);
+    let seg = json(&String::from_utf8_lossy(&p))["segments"][0]
+        .as_str()
+        .expect("segment")
+        .to_owned();
+    let id: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&seg[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    let (code, body) = server.curl("POST", "chunks/read", &own, Some(&id));
+    assert_eq!(
+        (code, body.first().copied()),
+        (200, Some(1)),
+        "refused in its record"
+    );
+    let (code, body) = server.curl("POST", "chunks/read", &admin, Some(&id));
+    assert_eq!((code, body.first().copied()), (200, Some(0)));
 }
