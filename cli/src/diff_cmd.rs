@@ -3,7 +3,7 @@
 //! share is unchanged without reading it; only differing leaves are compared chunk by chunk.
 
 use anyhow::{Result, bail};
-use cairn_store::{RecoveryPoint, Store};
+use cairn_store::{RecoveryPoint, StoreRead};
 use clap::Args;
 use serde_json::json;
 
@@ -28,7 +28,11 @@ pub struct DiffArgs {
 }
 
 /// The byte ranges (offset, length) where two points of a disk differ.
-fn changed_ranges(store: &Store, a: &RecoveryPoint, b: &RecoveryPoint) -> Result<Vec<(u64, u64)>> {
+fn changed_ranges(
+    store: &dyn StoreRead,
+    a: &RecoveryPoint,
+    b: &RecoveryPoint,
+) -> Result<Vec<(u64, u64)>> {
     let cs = u64::from(a.chunk_size);
     let size = a.size.max(b.size);
     let mut ranges: Vec<(u64, u64)> = Vec::new();
@@ -40,7 +44,8 @@ fn changed_ranges(store: &Store, a: &RecoveryPoint, b: &RecoveryPoint) -> Result
 }
 
 pub fn diff(a: &DiffArgs) -> Result<i32> {
-    let store = crate::store_cmd::open_read(&a.store.store)?;
+    let reader = a.store.reader()?;
+    let store = reader.get();
     let tz = store.config().tz();
     let (p, q) = (store.resolve(&a.from)?, store.resolve(&a.to)?);
     if !p.same_disk(&q) {
@@ -57,7 +62,7 @@ pub fn diff(a: &DiffArgs) -> Result<i32> {
     if p.chunk_size != q.chunk_size {
         bail!("the two points were cut into chunks of different sizes");
     }
-    let ranges = changed_ranges(&store, &p, &q)?;
+    let ranges = changed_ranges(store, &p, &q)?;
     let changed: u64 = ranges.iter().map(|r| r.1).sum();
     if a.json {
         println!(

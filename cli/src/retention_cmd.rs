@@ -698,13 +698,13 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
 pub fn policy(cmd: &PolicyCommand) -> Result<i32> {
     match cmd {
         PolicyCommand::Set(a) => {
-            let store = open_write(&a.store.store, a.wait)?;
-            store.set_policy(
-                &a.vm,
-                Policy {
-                    key_interval: a.key_interval,
-                },
-            )?;
+            let policy = Policy {
+                key_interval: a.key_interval,
+            };
+            match a.store.remote()? {
+                Some(r) => r.set_policy(&a.vm, &policy)?,
+                None => open_write(&a.store.store, a.wait)?.set_policy(&a.vm, policy)?,
+            }
             println!(
                 "VM {}: {}",
                 a.vm,
@@ -715,8 +715,8 @@ pub fn policy(cmd: &PolicyCommand) -> Result<i32> {
         }
         PolicyCommand::Timezone(a) => match &a.zone {
             None => {
-                let store = crate::store_cmd::open_read(&a.store.store)?;
-                println!("{}", store.config().timezone);
+                let reader = a.store.reader()?;
+                println!("{}", reader.get().config().timezone);
             }
             Some(zone) => {
                 let mut store = open_write(&a.store.store, a.wait)?;
@@ -730,20 +730,28 @@ pub fn policy(cmd: &PolicyCommand) -> Result<i32> {
             }
         },
         PolicyCommand::Show(a) => {
-            let store = crate::store_cmd::open_read(&a.store.store)?;
-            let all = store.policies()?;
+            let (timezone, all) = match a.store.remote()? {
+                Some(r) => {
+                    let v = r.policies()?;
+                    let all: std::collections::BTreeMap<String, Policy> =
+                        serde_json::from_value(v["vms"].clone())?;
+                    (v["timezone"].as_str().unwrap_or("UTC").to_owned(), all)
+                }
+                None => {
+                    let store = crate::store_cmd::open_read(&a.store.store)?;
+                    (store.config().timezone.clone(), store.policies()?)
+                }
+            };
             if a.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &json!({ "timezone": store.config().timezone, "vms": all })
-                    )?
+                    serde_json::to_string_pretty(&json!({ "timezone": timezone, "vms": all }))?
                 );
             } else if all.is_empty() {
-                println!("time zone {}", store.config().timezone);
+                println!("time zone {timezone}");
                 println!("(no policies: no key backups are forced)");
             } else {
-                println!("time zone {}", store.config().timezone);
+                println!("time zone {timezone}");
                 for (vm, p) in &all {
                     println!("VM {vm}: {}", describe(p));
                 }

@@ -23,7 +23,8 @@ use crate::words::{count, human_bytes};
 #[derive(Debug, Args)]
 pub struct StoreArg {
     /// The store: a folder, or https://HOST:PORT of a `cairn serve` (backup, list, report,
-    /// restore, verify, forget, protect, unprotect, prune and gc work through a server).
+    /// restore, verify, diff, forget, protect, unprotect, prune, gc and policy work through a
+    /// server).
     #[arg(long, env = "CAIRN_STORE")]
     pub store: PathBuf,
     /// A remote store's token, read from this file (else from CAIRN_TOKEN).
@@ -94,8 +95,9 @@ fn local_only(store: &Path) -> Result<()> {
     if cairn_remote::is_remote(&store.to_string_lossy()) {
         bail!(
             "{}: this command works on a store folder; through a server, backup, list, report, \
-             restore, verify, forget, protect, unprotect, prune and gc work (run the others \
-             on the server's machine, with the server stopped for commands that write)",
+             restore, verify, diff, forget, protect, unprotect, prune, gc and policy work (run \
+             this one on the server's machine: readers such as standby and serve-nbd run beside \
+             the server, writers such as repair with it stopped)",
             store.display()
         );
     }
@@ -628,7 +630,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
         Some(s) => s.policies()?,
         None => Default::default(),
     };
-    let interval = a
+    let mut interval = a
         .vm_uuid
         .as_ref()
         .and_then(|u| policies.get(u))
@@ -644,8 +646,9 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             let disks: Vec<String> = jobs.iter().map(|(d, _)| d.clone()).collect();
             let wait = a.wait.then_some(std::time::Duration::from_secs(24 * 3600));
             let upload = r
-                .upload(&a.vm, &disks, wait)
+                .upload(&a.vm, a.vm_uuid.as_deref(), &disks, wait)
                 .with_context(|| format!("backup of {}: nothing was stored", a.vm))?;
+            interval = upload.key_interval();
             cairn_ingest::Run::over(&**r, Box::new(upload))
         }
         (None, None) => bail!("no store"),

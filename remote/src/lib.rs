@@ -261,11 +261,13 @@ impl Remote {
     pub fn upload(
         self: &Arc<Self>,
         vm: &str,
+        vm_uuid: Option<&str>,
         disks: &[String],
         wait: Option<Duration>,
     ) -> Result<Upload> {
         let body = serde_json::to_string(&OpenSession {
             vm: vm.to_owned(),
+            vm_uuid: vm_uuid.map(str::to_owned),
             disks: disks.to_vec(),
         })
         .map_err(|e| Error::Usage(e.to_string()))?;
@@ -284,7 +286,31 @@ impl Remote {
                 other => break other?,
             }
         };
-        Ok(Upload::start(Arc::clone(self), opened.session))
+        let mut upload = Upload::start(Arc::clone(self), opened.session);
+        upload.key_interval = opened.key_interval;
+        Ok(upload)
+    }
+
+    /// The store's time zone and every VM's policy (an admin token).
+    ///
+    /// # Errors
+    /// The server's refusal.
+    pub fn policies(&self) -> Result<serde_json::Value> {
+        self.json(reqwest::Method::GET, "policies", None)
+    }
+
+    /// Sets a VM's policy (an admin token).
+    ///
+    /// # Errors
+    /// The server's refusal.
+    pub fn set_policy(&self, vm: &str, policy: &cairn_store::Policy) -> Result<()> {
+        let body = serde_json::to_string(policy).map_err(|e| Error::Usage(e.to_string()))?;
+        let _: serde_json::Value = self.json(
+            reqwest::Method::PUT,
+            &format!("policies/{vm}"),
+            Some(Body::Json(body)),
+        )?;
+        Ok(())
     }
 }
 
@@ -451,6 +477,8 @@ pub struct Upload {
     put_bytes: u64,
     /// Of them, those of the points staged so far.
     staged_bytes: u64,
+    /// The VM's key backup interval, as the server keeps it.
+    key_interval: u32,
     committed: bool,
 }
 
@@ -510,6 +538,7 @@ impl Upload {
             sent_bytes,
             put_bytes: 0,
             staged_bytes: 0,
+            key_interval: 0,
             committed: false,
         }
     }
@@ -588,6 +617,12 @@ impl Upload {
         self.counts
             .lock()
             .map_or((0, 0), |c| (c.received, c.stored))
+    }
+
+    /// The VM's policy as the server keeps it: every N-th backup of a disk is a key backup.
+    #[must_use]
+    pub fn key_interval(&self) -> u32 {
+        self.key_interval
     }
 
     /// Bytes of frames the server accepted so far.

@@ -175,6 +175,7 @@ pub fn router(app: Shared) -> axum::Router {
         .route("/api/v1/sessions/{id}/missing", post(missing))
         .route("/api/v1/sessions/{id}/chunks", post(upload))
         .route("/api/v1/sessions/{id}/commit", post(commit))
+        .route("/api/v1/policies", get(policies))
         .route("/api/v1/policies/{vm}", put(set_policy))
         .route("/api/v1/prune", post(prune))
         .route("/api/v1/gc", post(gc))
@@ -328,6 +329,21 @@ async fn set_policy(
         cairn_store::point::check_name("VM", &vm).map_err(ApiError::bad)?;
         app.store.set_policy(&vm, policy.clone())?;
         Ok(Json(policy))
+    })
+    .await
+}
+
+/// `GET /api/v1/policies`: the store's time zone and every VM's policy.
+async fn policies(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+) -> Answer<Json<serde_json::Value>> {
+    app.authorize(&headers, &[Role::Admin], "read policies")?;
+    blocking(move || {
+        Ok(Json(serde_json::json!({
+            "timezone": app.store.config().timezone,
+            "vms": app.store.policies()?,
+        })))
     })
     .await
 }
@@ -530,6 +546,9 @@ async fn read_chunks(
 pub struct OpenSession {
     /// The VM.
     pub vm: String,
+    /// Its UUID, when the backup gives one (a policy set for it wins over one for the name).
+    #[serde(default)]
+    pub vm_uuid: Option<String>,
     /// The disks this session will commit points of.
     pub disks: Vec<String>,
 }
@@ -539,6 +558,9 @@ pub struct OpenSession {
 pub struct SessionOpened {
     /// The session's id.
     pub session: String,
+    /// The VM's policy: every N-th backup of each disk is a key backup (0: never forced).
+    #[serde(default)]
+    pub key_interval: u32,
 }
 
 async fn open_session(
@@ -569,7 +591,20 @@ async fn open_session(
         )? {
             Ok(id) => {
                 tracing::info!(session = %id, vm = %b.vm, token = %t.name, "session opened");
-                Ok((StatusCode::CREATED, Json(SessionOpened { session: id })))
+                let policies = app.store.policies()?;
+                let key_interval = b
+                    .vm_uuid
+                    .as_ref()
+                    .and_then(|u| policies.get(u))
+                    .or_else(|| policies.get(&b.vm))
+                    .map_or(0, |p| p.key_interval);
+                Ok((
+                    StatusCode::CREATED,
+                    Json(SessionOpened {
+                        session: id,
+                        key_interval,
+                    }),
+                ))
             }
             Err(Refused::Busy(why)) => Err(ApiError::new(StatusCode::CONFLICT, why)),
             Err(Refused::Full(n)) => Err(ApiError::new(

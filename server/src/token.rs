@@ -419,7 +419,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tokens = Tokens::of_store(dir.path());
         let (t, secret) = tokens
-            .create("host1", Role::Backup, "web-*", None)
+            .create("host1", Role::Backup, "web-*", None, Lookups::All)
             .expect("create");
         let text = std::fs::read_to_string(tokens.path()).expect("file");
         assert!(
@@ -446,6 +446,7 @@ mod tests {
                 Role::Restore,
                 "*",
                 Some(now - chrono::Duration::seconds(1)),
+                Lookups::All,
             )
             .expect("create");
         let all = tokens.load().expect("load");

@@ -528,6 +528,21 @@ fn one_disk_is_in_one_session_at_a_time_and_admins_work_through_the_cli() {
     let o = waiting.wait_with_output().expect("backup ends");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let p = id(&json(&String::from_utf8_lossy(&o.stdout))[0]);
+    // An admin sets policies through the CLI, and a backup gets its VM's.
+    ok(&mut server.cmd(
+        &admin,
+        &["policy", "set", "--vm", "web1", "--key-interval", "3"],
+    ));
+    let shown = json(&ok(&mut server.cmd(&admin, &["policy", "show", "--json"])));
+    assert_eq!(shown["vms"]["web1"]["key_interval"], 3, "{shown}");
+    let (code, s) = server.curl(
+        "POST",
+        "sessions",
+        &tok,
+        Some(br#"{"vm": "web1", "disks": ["xvdz"]}"#),
+    );
+    assert_eq!(code, 201);
+    assert_eq!(json(&String::from_utf8_lossy(&s))["key_interval"], 3);
     // An admin protects, forgets, prunes and collects through the CLI.
     ok(&mut server.cmd(&admin, &["protect", &p]));
     assert!(
@@ -573,6 +588,7 @@ fn every_restore_format_and_verify_work_through_the_server() {
     let p0 = id(&backup_json(&server, &tok, "vm", &d0));
     let p1 = id(&backup_json(&server, &tok, "vm", &d1));
     ok(&mut server.cmd(&reader, &["verify"]));
+    let remote_diff = ok(&mut server.cmd(&reader, &["diff", "--json", &p0, &p1]));
     // Raw, VHD, VHD chain, VHD against a base: as a local restore of the same points writes.
     let remote_out = w.join("remote");
     let local_out = w.join("local");
@@ -618,6 +634,10 @@ fn every_restore_format_and_verify_work_through_the_server() {
         };
         assert_eq!(files(r), files(l), "{format} {extra:?}");
     }
+    assert_eq!(
+        remote_diff,
+        ok(&mut store.cmd(&["diff", "--json", &p0, &p1]))
+    );
     // Damage is named through the server too (exit 1, the point).
     let bad = cairn_tests::corrupt_a_data_chunk(&store);
     let server = Server::start(&store.path(), 0, &[]);
