@@ -12,20 +12,33 @@ use crate::words::{count, human_bytes};
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     cairn replicate --from /backups/store --to /mnt/usb/store      # an initial seed on a disk\n  \
-    cairn replicate --from /backups/store --to /offsite/store --vm 'web*' --json\n\n\
+    cairn replicate --from /backups/store --to /offsite/store --vm 'web*' --json\n  \
+    CAIRN_TOKEN=$(cat offsite.token) cairn replicate --from /backups/store --to https://offsite:8443 --fingerprint AA:..\n\n\
     Copies, oldest first, every point of --from that --to neither holds nor has forgotten\n\
     (each store keeps its own retention: a point pruned on --to is never sent again), with\n\
     its id, time, labels and protection. The chunks --to lacks go first, compressed as stored\n\
     and checked against their ids; each point is published only when all it references is\n\
     durable. A killed run, run again, sends what is still missing. A store folder copied with\n\
-    `cp -a` or rsync (no writer running) is a valid store too: a seed to carry offsite.")]
+    `cp -a` or rsync (no writer running) is a valid store too: a seed to carry offsite.\n\
+    --to may be a `cairn serve` (https://HOST:PORT): a backup token for the VMs copied is\n\
+    enough (replication only adds); with an admin token the points keep their protection.")]
 pub struct ReplicateArgs {
     /// The store to copy from (opened read-only: backups and gc run beside it).
     #[arg(long, value_name = "STORE")]
     pub from: PathBuf,
-    /// The store to copy into (`cairn init` it first; same chunk size).
+    /// The store to copy into (`cairn init` it first; same chunk size): a folder, or
+    /// https://HOST:PORT of a `cairn serve`.
     #[arg(long, value_name = "STORE")]
     pub to: PathBuf,
+    /// For a server --to: its token, read from this file (else from CAIRN_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// For a server --to: its certificate's SHA-256 fingerprint.
+    #[arg(long, value_name = "SHA256", env = "CAIRN_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// For a server --to: check its certificate against this CA file.
+    #[arg(long, value_name = "FILE", env = "CAIRN_SERVER_CA")]
+    pub server_ca: Option<PathBuf>,
     /// Only VMs whose name or UUID matches this glob (`*`, `?`).
     #[arg(long, value_name = "GLOB")]
     pub vm: Option<String>,
@@ -46,9 +59,20 @@ pub struct ReplicateArgs {
 pub fn replicate(a: &ReplicateArgs) -> Result<i32> {
     let bar = progress::spinner("replicate");
     let started = std::time::Instant::now();
+    let to = crate::store_cmd::StoreArg {
+        store: a.to.clone(),
+        token_file: a.token_file.clone(),
+        fingerprint: a.fingerprint.clone(),
+        server_ca: a.server_ca.clone(),
+    };
+    let remote = to.remote()?;
+    let dest = match &remote {
+        Some(r) => cairn_replicate::Destination::Server(std::sync::Arc::clone(r)),
+        None => cairn_replicate::Destination::Folder(&a.to),
+    };
     let report = cairn_replicate::replicate(
         &a.from,
-        &a.to,
+        &dest,
         &cairn_replicate::Options {
             vm: a.vm.clone(),
             disk: a.disk.clone(),

@@ -291,6 +291,15 @@ impl Remote {
         Ok(upload)
     }
 
+    /// The ids of the points forgotten from the server's store: a replica never brings one
+    /// back.
+    ///
+    /// # Errors
+    /// The server's refusal.
+    pub fn forgotten(&self) -> Result<std::collections::HashSet<String>> {
+        self.json(reqwest::Method::GET, "forgotten", None)
+    }
+
     /// The store's time zone and every VM's policy (an admin token).
     ///
     /// # Errors
@@ -619,6 +628,24 @@ impl Upload {
             .map_or((0, 0), |c| (c.received, c.stored))
     }
 
+    /// Sends what is left and publishes `points` (each with its id: a new one, or a replica's
+    /// as the source store has it) together.
+    ///
+    /// # Errors
+    /// An upload that failed; the server's refusal (nothing is published then).
+    pub fn commit_points(mut self, points: Vec<RecoveryPoint>) -> Result<Vec<RecoveryPoint>> {
+        self.drain()?;
+        let body =
+            serde_json::to_string(&Commit { points }).map_err(|e| Error::Usage(e.to_string()))?;
+        let done: Vec<RecoveryPoint> = self.remote.json(
+            reqwest::Method::POST,
+            &format!("sessions/{}/commit", self.session),
+            Some(Body::Json(body)),
+        )?;
+        self.committed = true;
+        Ok(done)
+    }
+
     /// The VM's policy as the server keeps it: every N-th backup of a disk is a key backup.
     #[must_use]
     pub fn key_interval(&self) -> u32 {
@@ -724,19 +751,8 @@ impl<'a> StoreWrite<'a> for Upload {
         Ok(staged)
     }
 
-    fn commit_run(mut self: Box<Self>, staged: Vec<StagedPoint>) -> Result<Vec<RecoveryPoint>> {
-        self.drain()?;
-        let body = serde_json::to_string(&Commit {
-            points: staged.into_iter().map(StagedPoint::into_point).collect(),
-        })
-        .map_err(|e| Error::Usage(e.to_string()))?;
-        let done: Vec<RecoveryPoint> = self.remote.json(
-            reqwest::Method::POST,
-            &format!("sessions/{}/commit", self.session),
-            Some(Body::Json(body)),
-        )?;
-        self.committed = true;
-        Ok(done)
+    fn commit_run(self: Box<Self>, staged: Vec<StagedPoint>) -> Result<Vec<RecoveryPoint>> {
+        self.commit_points(staged.into_iter().map(StagedPoint::into_point).collect())
     }
 }
 

@@ -18,6 +18,12 @@
 //!   once indexed) and the points it published; a rerun sends what is still missing.
 //! - The source is opened read-only (a registered reader: backups and gc run beside it), the
 //!   destination for writing (one writer, as for a backup).
+//! - **Into a server** ([`Destination::Server`]): the same protocol through `cairn serve`'s
+//!   API, one session per run: the server's "which of these are missing" stands for the
+//!   destination's index (a tree chunk it holds has its subtree there), its forgotten ids come
+//!   from `GET /api/v1/forgotten`, and its commit checks every chunk the points name. A backup
+//!   token for the VMs is enough (replication only adds: a source taken over cannot delete the
+//!   replica); points keep their protection only when sent with an admin token.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -72,6 +78,95 @@ pub struct Report {
     pub bytes: u64,
 }
 
+/// Where a replica goes: a store folder, or a store behind `cairn serve` (a backup token for
+/// the VMs copied is enough: replication only adds).
+pub enum Destination<'a> {
+    /// A store folder, opened for writing.
+    Folder(&'a Path),
+    /// A server.
+    Server(std::sync::Arc<cairn_remote::Remote>),
+}
+
+/// What copying a run needs from the destination.
+trait CopyInto {
+    /// Whether the destination holds tree chunk `id` (and so, whole, what is under it).
+    fn has_tree(&self, id: &ChunkId) -> Result<bool>;
+    /// For each id, whether the destination lacks the chunk.
+    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>>;
+    /// Sends a chunk.
+    fn put(&mut self, enc: &cairn_store::EncodedChunk) -> Result<bool>;
+    /// Stages a point as it is.
+    fn stage(&mut self, p: &RecoveryPoint) -> Result<()>;
+    /// Publishes the staged points together.
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+struct IntoFolder<'s> {
+    dst: &'s Store,
+    session: cairn_store::Session<'s>,
+    staged: Vec<cairn_store::StagedPoint>,
+}
+
+impl CopyInto for IntoFolder<'_> {
+    fn has_tree(&self, id: &ChunkId) -> Result<bool> {
+        // Referenced (its count above zero): complete there.
+        Ok(self.dst.refcounts(&[*id])?.first().copied().unwrap_or(0) > 0)
+    }
+    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        Ok(self
+            .dst
+            .locations(ids)?
+            .iter()
+            .map(Option::is_none)
+            .collect())
+    }
+    fn put(&mut self, enc: &cairn_store::EncodedChunk) -> Result<bool> {
+        Ok(self.session.put(enc)?)
+    }
+    fn stage(&mut self, p: &RecoveryPoint) -> Result<()> {
+        self.staged.push(self.session.stage_copy(p)?);
+        Ok(())
+    }
+    fn commit(self: Box<Self>) -> Result<()> {
+        self.session.commit_run(self.staged)?;
+        Ok(())
+    }
+}
+
+struct IntoServer {
+    upload: cairn_remote::Upload,
+    filter: std::sync::Arc<dyn cairn_store::ChunkFilter>,
+    points: Vec<RecoveryPoint>,
+}
+
+impl CopyInto for IntoServer {
+    fn has_tree(&self, id: &ChunkId) -> Result<bool> {
+        // Held by the server's index: its subtree is there too (gc removes a chunk only with
+        // every chunk naming it); the commit checks it all again.
+        Ok(!self
+            .filter
+            .missing(&[*id])?
+            .first()
+            .copied()
+            .unwrap_or(true))
+    }
+    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        Ok(self.filter.missing(ids)?)
+    }
+    fn put(&mut self, enc: &cairn_store::EncodedChunk) -> Result<bool> {
+        use cairn_store::ChunkSink;
+        Ok(self.upload.put(enc)?)
+    }
+    fn stage(&mut self, p: &RecoveryPoint) -> Result<()> {
+        self.points.push(p.clone());
+        Ok(())
+    }
+    fn commit(self: Box<Self>) -> Result<()> {
+        self.upload.commit_points(self.points)?;
+        Ok(())
+    }
+}
+
 /// `*` any run, `?` any one character.
 fn glob(pattern: &str, s: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), s.chars().collect());
@@ -111,10 +206,14 @@ fn selected(p: &RecoveryPoint, o: &Options) -> bool {
 /// or does not match its id (the points published before it stay).
 pub fn replicate(
     from: &Path,
-    to: &Path,
+    to: &Destination<'_>,
     options: &Options,
     progress: &dyn Fn(usize, usize, &RecoveryPoint),
 ) -> Result<Report> {
+    let to = match to {
+        Destination::Folder(to) => to,
+        Destination::Server(remote) => return replicate_to_server(from, remote, options, progress),
+    };
     // A folder copied with `cp -a` is a replica of the same store (same id): a seed to carry
     // away and fill on. Only the same folder is refused.
     let same = match (std::fs::canonicalize(from), std::fs::canonicalize(to)) {
@@ -145,12 +244,77 @@ pub fn replicate(
         )));
     }
     let forgotten = dst.forgotten_ids()?;
+    let held = |id: &str| -> Result<bool> { Ok(dst.point_by_id(id)?.is_some()) };
+    copy_all(&src, &forgotten, &held, options, progress, &mut |_| {
+        Ok(Box::new(IntoFolder {
+            dst: &dst,
+            session: dst.session()?,
+            staged: Vec::new(),
+        }))
+    })
+}
+
+/// Into a server: its forgotten ids and points through the API, each run through one session.
+fn replicate_to_server(
+    from: &Path,
+    remote: &std::sync::Arc<cairn_remote::Remote>,
+    options: &Options,
+    progress: &dyn Fn(usize, usize, &RecoveryPoint),
+) -> Result<Report> {
+    use cairn_store::{StoreRead, StoreWrite};
+    let src = Store::open(from, OpenMode::Read)?;
+    if src.config().chunk_size != remote.config().chunk_size {
+        return Err(Error::Refused(format!(
+            "{} has chunks of {} bytes and {} of {}: a replica needs the same chunk size",
+            from.display(),
+            src.config().chunk_size,
+            remote.url(),
+            remote.config().chunk_size
+        )));
+    }
+    let forgotten = remote.forgotten()?;
+    let there: HashSet<String> = remote.points()?.into_iter().map(|p| p.id).collect();
+    let held = |id: &str| -> Result<bool> { Ok(there.contains(id)) };
+    copy_all(&src, &forgotten, &held, options, progress, &mut |group| {
+        let vm = group.first().map(|p| p.vm.clone()).unwrap_or_default();
+        let uuid = group.first().and_then(|p| p.labels.vm_uuid.clone());
+        let disks: Vec<String> = group.iter().map(|p| p.disk.clone()).collect();
+        let upload = remote.upload(
+            &vm,
+            uuid.as_deref(),
+            &disks,
+            options
+                .wait
+                .then_some(std::time::Duration::from_secs(24 * 3600)),
+        )?;
+        let filter = upload.filter();
+        Ok(Box::new(IntoServer {
+            upload,
+            filter,
+            points: Vec::new(),
+        }))
+    })
+}
+
+/// Opens the destination's session for the points of one run.
+type OpenRun<'f, 'd> = dyn FnMut(&[&RecoveryPoint]) -> Result<Box<dyn CopyInto + 'd>> + 'f;
+
+/// Plans what to copy from `src` (not forgotten, not `held`), groups runs, and copies each run
+/// through a session `open` makes for it.
+fn copy_all<'d>(
+    src: &Store,
+    forgotten: &HashSet<String>,
+    held: &dyn Fn(&str) -> Result<bool>,
+    options: &Options,
+    progress: &dyn Fn(usize, usize, &RecoveryPoint),
+    open: &mut OpenRun<'_, 'd>,
+) -> Result<Report> {
     let mut report = Report::default();
     let mut todo = Vec::new();
     for p in src.points()?.into_iter().filter(|p| selected(p, options)) {
         if forgotten.contains(&p.id) {
             report.forgotten += 1;
-        } else if dst.point_by_id(&p.id)?.is_some() {
+        } else if held(&p.id)? {
             report.present += 1;
         } else {
             todo.push(p);
@@ -175,7 +339,7 @@ pub fn replicate(
             i += 1;
         }
         if !options.dry_run {
-            let (chunks, bytes) = copy_run(&src, &dst, &group)?;
+            let (chunks, bytes) = copy_run(src, open(&group)?, &group)?;
             report.chunks += chunks;
             report.bytes += bytes;
         }
@@ -184,26 +348,27 @@ pub fn replicate(
     Ok(report)
 }
 
-/// Copies the points of one run: the chunks `dst` lacks, then the points, published together.
-/// Returns chunks and bytes sent.
-fn copy_run(src: &Store, dst: &Store, points: &[&RecoveryPoint]) -> Result<(u64, u64)> {
-    let mut session = dst.session()?;
+/// Copies the points of one run: the chunks the destination lacks, then the points,
+/// published together. Returns chunks and bytes sent.
+fn copy_run(
+    src: &Store,
+    mut dst: Box<dyn CopyInto + '_>,
+    points: &[&RecoveryPoint],
+) -> Result<(u64, u64)> {
     let mut sent = (0u64, 0u64);
     let mut done: HashSet<ChunkId> = HashSet::new();
-    let mut staged = Vec::with_capacity(points.len());
     for p in points {
-        copy_chunks(src, dst, &mut session, &mut done, &mut sent, p)?;
-        staged.push(session.stage_copy(p)?);
+        copy_chunks(src, &mut *dst, &mut done, &mut sent, p)?;
+        dst.stage(p)?;
     }
-    session.commit_run(staged)?;
+    dst.commit()?;
     Ok(sent)
 }
 
-/// Puts into `session` the chunks of `p` that `dst` lacks.
+/// Sends the chunks of `p` that the destination lacks.
 fn copy_chunks(
     src: &Store,
-    dst: &Store,
-    session: &mut cairn_store::Session<'_>,
+    dst: &mut dyn CopyInto,
     done: &mut HashSet<ChunkId>,
     sent: &mut (u64, u64),
     p: &RecoveryPoint,
@@ -214,7 +379,7 @@ fn copy_chunks(
         if !done.insert(id) {
             continue;
         }
-        if dst.refcounts(&[id])?.first().copied().unwrap_or(0) > 0 {
+        if dst.has_tree(&id)? {
             continue;
         }
         let bytes = src.read_chunk(&id)?;
@@ -234,9 +399,9 @@ fn copy_chunks(
                         _ => None,
                     })
                     .collect();
-                let have = dst.locations(&wanted)?;
-                let mut have = have.iter();
-                wanted.retain(|_| have.next().is_some_and(Option::is_none));
+                let lacks = dst.missing(&wanted)?;
+                let mut lacks = lacks.iter();
+                wanted.retain(|_| lacks.next().copied().unwrap_or(true));
                 // Read and checked (decoded, hashed) on both cores, a few at a time so that
                 // memory stays bounded; put in order.
                 for group in wanted.chunks(VERIFY_GROUP) {
@@ -245,7 +410,7 @@ fn copy_chunks(
                         .map(|d| src.read_encoded(d))
                         .collect::<std::result::Result<_, _>>()?;
                     for enc in &encoded {
-                        if session.put(enc)? {
+                        if dst.put(enc)? {
                             sent.0 += 1;
                             sent.1 += enc.bytes.len() as u64;
                         }
@@ -253,9 +418,9 @@ fn copy_chunks(
                 }
             }
         }
-        if dst.location(&id)?.is_none() {
+        if dst.missing(&[id])?.first().copied().unwrap_or(true) {
             let enc = src.read_encoded(&id)?;
-            if session.put(&enc)? {
+            if dst.put(&enc)? {
                 sent.0 += 1;
                 sent.1 += enc.bytes.len() as u64;
             }

@@ -176,6 +176,7 @@ pub fn router(app: Shared) -> axum::Router {
         .route("/api/v1/sessions/{id}/chunks", post(upload))
         .route("/api/v1/sessions/{id}/commit", post(commit))
         .route("/api/v1/policies", get(policies))
+        .route("/api/v1/forgotten", get(forgotten))
         .route("/api/v1/policies/{vm}", put(set_policy))
         .route("/api/v1/prune", post(prune))
         .route("/api/v1/gc", post(gc))
@@ -331,6 +332,16 @@ async fn set_policy(
         Ok(Json(policy))
     })
     .await
+}
+
+/// `GET /api/v1/forgotten`: the ids of the points forgotten from the store (a replica never
+/// brings one back). Ids only: they say nothing of what the points held.
+async fn forgotten(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+) -> Answer<Json<std::collections::HashSet<String>>> {
+    app.authorize(&headers, ANY, "read the forgotten points")?;
+    blocking(move || Ok(Json(app.store.forgotten_ids()?))).await
 }
 
 /// `GET /api/v1/policies`: the store's time zone and every VM's policy.
@@ -799,8 +810,11 @@ async fn commit(
         let mut staged = Vec::new();
         for p in &b.points {
             let mut p = p.clone();
-            // Protection is an admin's act on a stored point, never part of an upload.
-            p.protected = false;
+            // Protection is an admin's act: an upload with another token never carries it (a
+            // replica sent with an admin token keeps the source's).
+            if t.role != Role::Admin {
+                p.protected = false;
+            }
             let mut one = session.stage_copy(&p).map_err(|e| match e {
                 cairn_store::Error::Usage(m) if m.contains("in this store already") => ApiError::new(StatusCode::CONFLICT, m),
                 e => e.into(),
