@@ -13,6 +13,7 @@ use crate::words::{count, human_bytes};
 #[command(after_help = "Examples:\n  \
     cairn replicate --from /backups/store --to /mnt/usb/store      # an initial seed on a disk\n  \
     cairn replicate --from /backups/store --to /offsite/store --vm 'web*' --json\n  \
+    cairn replicate --from /backups/store --to /offsite/store --since 7d --limit-rate 20M\n  \
     CAIRN_TOKEN=$(cat offsite.token) cairn replicate --from /backups/store --to https://offsite:8443 --fingerprint AA:..\n\n\
     Copies, oldest first, every point of --from that --to neither holds nor has forgotten\n\
     (each store keeps its own retention: a point pruned on --to is never sent again), with\n\
@@ -51,6 +52,12 @@ pub struct ReplicateArgs {
     /// Wait for another writer of --to instead of failing.
     #[arg(long)]
     pub wait: bool,
+    /// Only points made in this last stretch of time (90m, 12h, 7d, 2w).
+    #[arg(long, value_name = "DURATION", value_parser = crate::retention_cmd::parse_duration)]
+    pub since: Option<chrono::Duration>,
+    /// Send at most this many bytes a second (20M, 512K): a shared uplink stays usable.
+    #[arg(long, value_name = "BYTES", value_parser = crate::store_cmd::parse_bytes)]
+    pub limit_rate: Option<u64>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -78,6 +85,8 @@ pub fn replicate(a: &ReplicateArgs) -> Result<i32> {
             disk: a.disk.clone(),
             dry_run: a.dry_run,
             wait: a.wait,
+            since: a.since.map(|d| chrono::Utc::now() - d),
+            limit_rate: a.limit_rate,
         },
         &|i, n, p| {
             bar.set_message(format!(

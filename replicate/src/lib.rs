@@ -61,6 +61,42 @@ pub struct Options {
     pub dry_run: bool,
     /// Wait for the destination's writer instead of failing.
     pub wait: bool,
+    /// Only points made at or after this time.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most this many bytes a second sent (a shared uplink kept usable).
+    pub limit_rate: Option<u64>,
+}
+
+/// Chunks and bytes sent so far, and the pace they may go at.
+struct Sent {
+    chunks: u64,
+    bytes: u64,
+    /// Bytes a second, and when the first byte went.
+    limit: Option<(u64, std::time::Instant)>,
+}
+
+impl Sent {
+    fn new(limit: Option<u64>) -> Self {
+        Self {
+            chunks: 0,
+            bytes: 0,
+            limit: limit
+                .filter(|r| *r > 0)
+                .map(|r| (r, std::time::Instant::now())),
+        }
+    }
+
+    /// Counts a chunk sent, then sleeps as long as the bytes sent so far are ahead of the rate.
+    fn add(&mut self, bytes: u64) {
+        self.chunks += 1;
+        self.bytes += bytes;
+        if let Some((rate, start)) = self.limit {
+            let due = std::time::Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
 }
 
 /// What a replication did (or would do, in a dry run).
@@ -195,7 +231,7 @@ fn selected(p: &RecoveryPoint, o: &Options) -> bool {
         .vm
         .as_ref()
         .is_none_or(|g| glob(g, &p.vm) || p.labels.vm_uuid.as_ref().is_some_and(|u| glob(g, u)));
-    vm && o.disk.as_ref().is_none_or(|d| *d == p.disk)
+    vm && o.disk.as_ref().is_none_or(|d| *d == p.disk) && o.since.is_none_or(|t| p.time >= t)
 }
 
 /// Copies into `to` the points of `from` it lacks (see the module); `progress` is told of each
@@ -333,36 +369,37 @@ fn copy_all<'d>(
         }
     }
     let mut i = 0;
+    let mut sent = Sent::new(options.limit_rate);
     for group in runs {
         for p in &group {
             progress(i, todo.len(), p);
             i += 1;
         }
         if !options.dry_run {
-            let (chunks, bytes) = copy_run(src, open(&group)?, &group)?;
-            report.chunks += chunks;
-            report.bytes += bytes;
+            copy_run(src, open(&group)?, &group, &mut sent)?;
         }
         report.points.extend(group.iter().map(|p| p.id.clone()));
     }
+    report.chunks = sent.chunks;
+    report.bytes = sent.bytes;
     Ok(report)
 }
 
 /// Copies the points of one run: the chunks the destination lacks, then the points,
-/// published together. Returns chunks and bytes sent.
+/// published together; `sent` counts what went.
 fn copy_run(
     src: &Store,
     mut dst: Box<dyn CopyInto + '_>,
     points: &[&RecoveryPoint],
-) -> Result<(u64, u64)> {
-    let mut sent = (0u64, 0u64);
+    sent: &mut Sent,
+) -> Result<()> {
     let mut done: HashSet<ChunkId> = HashSet::new();
     for p in points {
-        copy_chunks(src, &mut *dst, &mut done, &mut sent, p)?;
+        copy_chunks(src, &mut *dst, &mut done, sent, p)?;
         dst.stage(p)?;
     }
     dst.commit()?;
-    Ok(sent)
+    Ok(())
 }
 
 /// Sends the chunks of `p` that the destination lacks.
@@ -370,7 +407,7 @@ fn copy_chunks(
     src: &Store,
     dst: &mut dyn CopyInto,
     done: &mut HashSet<ChunkId>,
-    sent: &mut (u64, u64),
+    sent: &mut Sent,
     p: &RecoveryPoint,
 ) -> Result<()> {
     // Depth first from the top; a subtree the destination references is complete there.
@@ -411,8 +448,7 @@ fn copy_chunks(
                         .collect::<std::result::Result<_, _>>()?;
                     for enc in &encoded {
                         if dst.put(enc)? {
-                            sent.0 += 1;
-                            sent.1 += enc.bytes.len() as u64;
+                            sent.add(enc.bytes.len() as u64);
                         }
                     }
                 }
@@ -421,8 +457,7 @@ fn copy_chunks(
         if dst.missing(&[id])?.first().copied().unwrap_or(true) {
             let enc = src.read_encoded(&id)?;
             if dst.put(&enc)? {
-                sent.0 += 1;
-                sent.1 += enc.bytes.len() as u64;
+                sent.add(enc.bytes.len() as u64);
             }
         }
     }

@@ -218,3 +218,43 @@ fn the_disks_of_one_run_arrive_together() {
     assert_eq!(run_of(&a), run_of(&b), "the run id travels");
     same_points(&src, &dst, work.path());
 }
+
+#[test]
+fn since_picks_recent_points_and_limit_rate_paces_what_is_sent() {
+    let work = tempfile::tempdir().expect("tempdir");
+    // Two disks that share nothing, so the old one's copy is all its own bytes.
+    let raws: Vec<PathBuf> = [(41, 8), (42, 9)]
+        .iter()
+        .enumerate()
+        .map(|(i, (seed, template))| {
+            let p = work.path().join(format!("d{i}.raw"));
+            gen_disk(&p, "32M", *seed, *template, 0);
+            p
+        })
+        .collect();
+    let src = TestStore::new("256K");
+    src.backup("web01", "2026-10-01T02:00:00Z", "xvda", &raws[0], &[]);
+    // A backup made now (no --time).
+    let mut c = src.cmd(&["backup", "--json", "--vm", "web01"]);
+    c.arg(format!("xvda={}", raws[1].display()));
+    let recent = id(&json(&ok(&mut c))[0]);
+    let dst = TestStore::new("256K");
+    let r = replicate(&src, &dst.path(), &["--since", "1d"]);
+    let copied: Vec<String> = r["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| p.as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(copied, vec![recent], "{r}");
+    // The old one, paced: it cannot go faster than the rate asked.
+    let started = std::time::Instant::now();
+    let r = replicate(&src, &dst.path(), &["--limit-rate", "2M"]);
+    let secs = started.elapsed().as_secs_f64();
+    let bytes = num(&r, "bytes_sent");
+    assert!(bytes > 3 << 20, "{r}");
+    assert!(
+        secs >= bytes as f64 / f64::from(2 << 20) * 0.9,
+        "{bytes} bytes in {secs:.2}s at 2 MiB/s"
+    );
+}
