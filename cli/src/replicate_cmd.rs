@@ -31,15 +31,9 @@ pub struct ReplicateArgs {
     /// https://HOST:PORT of a `cairn serve`.
     #[arg(long, value_name = "STORE")]
     pub to: PathBuf,
-    /// For a server --to: its token, read from this file (else from CAIRN_TOKEN).
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
-    /// For a server --to: its certificate's SHA-256 fingerprint.
-    #[arg(long, value_name = "SHA256", env = "CAIRN_FINGERPRINT")]
-    pub fingerprint: Option<String>,
-    /// For a server --to: check its certificate against this CA file.
-    #[arg(long, value_name = "FILE", env = "CAIRN_SERVER_CA")]
-    pub server_ca: Option<PathBuf>,
+    /// For a server --to: its token and the check of its certificate.
+    #[command(flatten)]
+    pub server: crate::store_cmd::ServerArgs,
     /// Only VMs whose name or UUID matches this glob (`*`, `?`).
     #[arg(long, value_name = "GLOB")]
     pub vm: Option<String>,
@@ -66,13 +60,7 @@ pub struct ReplicateArgs {
 pub fn replicate(a: &ReplicateArgs) -> Result<i32> {
     let bar = progress::spinner("replicate");
     let started = std::time::Instant::now();
-    let to = crate::store_cmd::StoreArg {
-        store: a.to.clone(),
-        token_file: a.token_file.clone(),
-        fingerprint: a.fingerprint.clone(),
-        server_ca: a.server_ca.clone(),
-    };
-    let remote = to.remote()?;
+    let remote = a.server.connect(&a.to)?;
     let dest = match &remote {
         Some(r) => cairn_replicate::Destination::Server(std::sync::Arc::clone(r)),
         None => cairn_replicate::Destination::Folder(&a.to),

@@ -27,6 +27,13 @@ pub struct StoreArg {
     /// server).
     #[arg(long, env = "CAIRN_STORE")]
     pub store: PathBuf,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// How to reach a store behind `cairn serve`: its token and its certificate's check.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServerArgs {
     /// A remote store's token, read from this file (else from CAIRN_TOKEN).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -43,7 +50,22 @@ pub struct StoreArg {
 impl StoreArg {
     /// The server, when the store is `https://...`.
     pub fn remote(&self) -> Result<Option<std::sync::Arc<cairn_remote::Remote>>> {
-        let url = self.store.to_string_lossy();
+        self.server.connect(&self.store)
+    }
+
+    /// The store to read: the folder, or the server.
+    pub fn reader(&self) -> Result<Reader> {
+        Ok(match self.remote()? {
+            Some(r) => Reader::Remote(r),
+            None => Reader::Local(Box::new(open_read(&self.store)?)),
+        })
+    }
+}
+
+impl ServerArgs {
+    /// The server at `store`, when it is `https://...`.
+    pub fn connect(&self, store: &Path) -> Result<Option<std::sync::Arc<cairn_remote::Remote>>> {
+        let url = store.to_string_lossy();
         if !cairn_remote::is_remote(&url) {
             return Ok(None);
         }
@@ -62,14 +84,6 @@ impl StoreArg {
         Ok(Some(std::sync::Arc::new(cairn_remote::Remote::connect(
             &url, &opts,
         )?)))
-    }
-
-    /// The store to read: the folder, or the server.
-    pub fn reader(&self) -> Result<Reader> {
-        Ok(match self.remote()? {
-            Some(r) => Reader::Remote(r),
-            None => Reader::Local(Box::new(open_read(&self.store)?)),
-        })
     }
 }
 
