@@ -30,6 +30,8 @@ pub use tls::TlsOptions;
 const UPLOAD_BYTES: usize = 4 << 20;
 /// Upload requests in flight (one per uploader thread).
 const UPLOADERS: usize = 2;
+/// Bytes a restore asks for at once (its window).
+const READ_AHEAD: u64 = 16 << 20;
 /// Tree chunks asked about at once.
 const TREE_BATCH: usize = 256;
 /// Chunks per read request.
@@ -335,6 +337,12 @@ fn ids_bytes(ids: &[ChunkId]) -> Vec<u8> {
 impl StoreRead for Remote {
     fn config(&self) -> &StoreConfig {
         &self.info.config
+    }
+
+    fn read_ahead(&self) -> u64 {
+        // Each window is several requests in flight; a bigger one keeps more of them going
+        // (a restore holds about four windows).
+        READ_AHEAD
     }
 
     fn points(&self) -> Result<Vec<RecoveryPoint>> {

@@ -8,9 +8,6 @@ use cairn_store::{Body, ChunkId, ChunkRef, RecoveryPoint, StoreRead, Walk};
 
 use crate::{Damaged, Error, Result};
 
-/// Bytes fetched per window (several chunks read in parallel, in pack order).
-const WINDOW_BYTES: u64 = 8 << 20;
-
 /// Which chunks a caller will ask for: those of the blocks marked, `per_block` chunks a block.
 #[derive(Debug, Clone)]
 pub struct Needed {
@@ -77,7 +74,8 @@ impl PointReader {
                 store,
                 point: point_c,
                 cs,
-                per: (WINDOW_BYTES / cs).max(1),
+                // Bytes fetched per window (several chunks read in parallel, in pack order).
+                per: (store.read_ahead() / cs).max(1),
                 needed,
                 ignore_errors,
                 window: None,

@@ -42,6 +42,12 @@ pub trait StoreRead: Sync {
     /// in its slot of the result.
     fn read_chunks(&self, ids: &[ChunkId], slots: Vec<&mut [u8]>) -> Result<Vec<Option<Error>>>;
 
+    /// Bytes a reader of many chunks should ask for at once (a restore's window): more for a
+    /// store whose reads pay a round trip, so that enough of them are in flight.
+    fn read_ahead(&self) -> u64 {
+        8 << 20
+    }
+
     /// The newest point of a VM's disk.
     ///
     /// # Errors
