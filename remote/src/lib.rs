@@ -434,46 +434,64 @@ impl Remote {
             "chunks/read",
             Some(Body::Bytes(ids_bytes(ids))),
         )?;
-        let mut out = Vec::with_capacity(ids.len());
-        let mut at = 0usize;
-        let short = || remote_err("chunks/read: the server's answer is cut short".into(), None);
-        for id in ids {
-            let status = *body.get(at).ok_or_else(short)?;
-            at += 1;
-            match status {
-                READ_OK => {
-                    let hl = pack::FRAME_HEADER_SIZE as usize;
-                    let head = body.get(at..at + hl).ok_or_else(short)?;
-                    let stored =
-                        u32::from_be_bytes([head[44], head[45], head[46], head[47]]) as usize;
-                    let frame = body.get(at..at + hl + stored).ok_or_else(short)?;
-                    let mut c = pack::decode_frames(frame, 1)
-                        .map_err(|e| remote_err(format!("chunks/read: {e}"), None))?;
-                    at += hl + stored;
-                    match c.pop() {
-                        Some(c) if c.id == *id => out.push(Ok(c)),
-                        _ => out.push(Err(Error::BadChunk {
-                            id: *id,
-                            where_: "as the server sent it".into(),
-                            what: "the server sent another chunk".into(),
-                        })),
-                    }
-                }
-                READ_FAILED => {
-                    let len = body.get(at..at + 4).ok_or_else(short)?;
-                    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-                    let msg = body.get(at + 4..at + 4 + len).ok_or_else(short)?;
-                    at += 4 + len;
-                    out.push(Err(remote_err(
-                        format!("chunk {id}: {}", String::from_utf8_lossy(msg)),
-                        None,
-                    )));
-                }
-                s => return Err(remote_err(format!("chunks/read: record status {s}"), None)),
-            }
-        }
-        Ok(out)
+        parse_read_answer(&body, ids)
     }
+}
+
+/// The records of a `chunks/read` answer, one per id asked (see docs/api.md): each a frame (not
+/// yet checked against its id beyond its header) or the server's message. The answer is
+/// hostile input: every length is checked against what is there, trailing bytes are refused.
+///
+/// # Errors
+/// An answer that is cut short, has an unknown record status or bytes past its last record.
+fn parse_read_answer(body: &[u8], ids: &[ChunkId]) -> Result<Vec<Result<EncodedChunk>>> {
+    let mut out = Vec::with_capacity(ids.len());
+    let mut at = 0usize;
+    let short = || remote_err("chunks/read: the server's answer is cut short".into(), None);
+    for id in ids {
+        let status = *body.get(at).ok_or_else(short)?;
+        at += 1;
+        match status {
+            READ_OK => {
+                let hl = pack::FRAME_HEADER_SIZE as usize;
+                let head = body.get(at..at + hl).ok_or_else(short)?;
+                let stored = u32::from_be_bytes([head[44], head[45], head[46], head[47]]) as usize;
+                let frame = body.get(at..at + hl + stored).ok_or_else(short)?;
+                let mut c = pack::decode_frames(frame, 1)
+                    .map_err(|e| remote_err(format!("chunks/read: {e}"), None))?;
+                at += hl + stored;
+                match c.pop() {
+                    Some(c) if c.id == *id => out.push(Ok(c)),
+                    _ => out.push(Err(Error::BadChunk {
+                        id: *id,
+                        where_: "as the server sent it".into(),
+                        what: "the server sent another chunk".into(),
+                    })),
+                }
+            }
+            READ_FAILED => {
+                let len = body.get(at..at + 4).ok_or_else(short)?;
+                let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                let msg = body.get(at + 4..at + 4 + len).ok_or_else(short)?;
+                at += 4 + len;
+                out.push(Err(remote_err(
+                    format!("chunk {id}: {}", String::from_utf8_lossy(msg)),
+                    None,
+                )));
+            }
+            s => return Err(remote_err(format!("chunks/read: record status {s}"), None)),
+        }
+    }
+    if at != body.len() {
+        return Err(remote_err(
+            format!(
+                "chunks/read: {} bytes past the last record",
+                body.len() - at
+            ),
+            None,
+        ));
+    }
+    Ok(out)
 }
 
 /// A backup session in a remote store: chunks are batched and sent by uploader threads while
@@ -766,4 +784,55 @@ impl<'a> StoreWrite<'a> for Upload {
 
 fn tree_finish(tree: &mut TreeWriter, sink: &mut dyn ChunkSink) -> Result<cairn_store::TreeRoot> {
     std::mem::take(tree).finish(sink)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(bytes: &[u8]) -> EncodedChunk {
+        chunk::encode(bytes, cairn_store::ChunkKind::Data, 1)
+    }
+
+    #[test]
+    fn read_answers_parse_and_bad_ones_are_refused() {
+        let (a, b) = (chunk(&[1u8; 300]), chunk(b"second"));
+        let mut body = vec![READ_OK];
+        pack::encode_frame(&a, &mut body);
+        body.push(READ_FAILED);
+        body.extend_from_slice(&4u32.to_be_bytes());
+        body.extend_from_slice(b"gone");
+        let got = parse_read_answer(&body, &[a.id, b.id]).expect("parses");
+        assert!(matches!(&got[0], Ok(c) if c.id == a.id));
+        assert!(matches!(&got[1], Err(e) if e.to_string().contains("gone")));
+        // Another chunk than the one asked for, a cut, trailing bytes, an unknown status.
+        let other = parse_read_answer(&body, &[b.id, b.id]).expect("parses");
+        assert!(other[0].is_err());
+        assert!(parse_read_answer(&body[..body.len() - 1], &[a.id, b.id]).is_err());
+        let mut long = body.clone();
+        long.push(0);
+        assert!(parse_read_answer(&long, &[a.id, b.id]).is_err());
+        assert!(parse_read_answer(&[7], &[a.id]).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_answer_parses_or_is_refused(body in proptest::collection::vec(proptest::num::u8::ANY, 0..600), n in 0usize..4) {
+            let ids = vec![ChunkId([3; 32]); n];
+            let _ = parse_read_answer(&body, &ids);
+        }
+
+        #[test]
+        fn mutated_answers_never_panic(at in 0usize..400, byte in proptest::num::u8::ANY) {
+            let a = chunk(&[5u8; 200]);
+            let mut body = vec![READ_OK];
+            pack::encode_frame(&a, &mut body);
+            body.push(READ_FAILED);
+            body.extend_from_slice(&3u32.to_be_bytes());
+            body.extend_from_slice(b"bad");
+            let i = at % body.len();
+            body[i] = byte;
+            let _ = parse_read_answer(&body, &[a.id, a.id]);
+        }
+    }
 }

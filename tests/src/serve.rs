@@ -183,22 +183,24 @@ impl Server {
             .to_owned()
     }
 
-    /// Stops it with SIGTERM and waits (a graceful stop); kill -9 after 30 s.
-    pub fn stop(&mut self) {
+    /// Stops it with SIGTERM and waits (a graceful stop); kill -9 after 30 s. Returns whether
+    /// it ended by itself, with status 0.
+    pub fn stop(&mut self) -> bool {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
                 .arg(c.id().to_string())
                 .status();
             for _ in 0..300 {
-                if c.try_wait().ok().flatten().is_some() {
-                    return;
+                if let Ok(Some(status)) = c.try_wait() {
+                    return status.success();
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             let _ = c.kill();
             let _ = c.wait();
         }
+        false
     }
 
     /// Kills it with SIGKILL.

@@ -107,8 +107,9 @@ fn hosts_back_up_at_once_send_only_what_is_new_and_every_point_restores() {
         Some(5)
     );
 
-    // And locally, once the server stopped; the store verifies clean.
-    server.stop();
+    // And locally, once the server stopped (SIGTERM: it ends by itself, status 0); the store
+    // verifies clean.
+    assert!(server.stop(), "cairn serve stops gracefully on SIGTERM");
     for p in &points {
         store.restore(&id(p), &out, "raw");
         assert_eq!(read(&out), read(&want(p["vm"].as_str().expect("vm"))));
@@ -631,7 +632,7 @@ fn every_restore_format_and_verify_work_through_the_server() {
             .arg(r.join(name)));
         remote_files.push((r, l, name, *format, extra.to_vec()));
     }
-    server.stop();
+    assert!(server.stop());
     for (r, l, name, format, extra) in &remote_files {
         ok(store
             .cmd(&["restore", "--format", format, &p1])
@@ -790,7 +791,7 @@ fn the_report_through_the_server_is_the_local_one() {
     assert_eq!(only["points"][0]["vm"], "db1");
     let (code, _) = server.curl("GET", "report", &reader, None);
     assert_eq!(code, 403);
-    server.stop();
+    assert!(server.stop());
     let local = json(&ok(&mut store.cmd(&["report", "--json"])));
     for field in [
         "schema_version",
