@@ -2,7 +2,7 @@
 # Installs what cairn needs on a fresh Debian machine with the Rust toolchain:
 # system packages (libclang for RocksDB's bindings, qemu-utils, GNU time for the benchmark
 # smoke test) and the peer tools the tests check our VHDs with (qemu-img, Xen Orchestra's
-# vhd-lib, libvhdi, nbdkit).
+# vhd-lib, libvhdi, nbdkit), and curl and procps (pkill) for the tests of `cairn serve`.
 # Idempotent and quick when everything is already there.
 #   usage: scripts/setup.sh
 set -euo pipefail
@@ -13,7 +13,7 @@ peers=$cache/peers
 mkdir -p "$cache"
 
 need_apt=()
-for pkg in libclang-dev clang qemu-utils nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl; do
+for pkg in libclang-dev clang qemu-utils nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl curl procps; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
