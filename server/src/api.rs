@@ -185,7 +185,24 @@ pub fn router(app: Shared) -> axum::Router {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint (see docs/api.md)")
         })
         .layer(DefaultBodyLimit::max(body))
+        // A request without a live token is refused before its body is read.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            require_token,
+        ))
         .with_state(app)
+}
+
+/// Refuses (401) a request that carries no live token, before anything of it is read.
+async fn require_token(
+    State(app): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match app.authorize(req.headers(), ANY, "use this server") {
+        Ok(_) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `GET /api/v1/store`.
