@@ -18,12 +18,16 @@ pub(crate) struct Live {
     /// For a token whose lookups see only its own chunks: those of the latest points of the
     /// session's disks, sorted (see [`own_chunks`]).
     pub(crate) own: Option<Vec<ChunkId>>,
-    pub(crate) started: chrono::DateTime<chrono::Utc>,
     pub(crate) received: u64,
     pub(crate) stored: u64,
 }
 
 struct Entry {
+    /// The VM and disks it holds (kept here too: checking them never waits for a session
+    /// busy committing).
+    vm: String,
+    disks: Vec<String>,
+    started: chrono::DateTime<chrono::Utc>,
     live: Arc<Mutex<Live>>,
     last: Instant,
     /// Requests using it now (never dropped as idle while one runs).
@@ -73,9 +77,13 @@ impl Sessions {
         own_lookups: bool,
         max: usize,
     ) -> Result<Result<String, Refused>, cairn_store::Error> {
+        // Made before the table is locked (it reads the index): a refused one is dropped
+        // before it wrote anything.
         let own = own_lookups
             .then(|| own_chunks(store, vm, disks))
             .transpose()?;
+        let session = store.session()?;
+        let filter = session.known_filter();
         let mut map = self
             .by_id
             .lock()
@@ -84,22 +92,23 @@ impl Sessions {
             return Ok(Err(Refused::Full(max)));
         }
         for e in map.values() {
-            let Ok(l) = e.live.lock() else { continue };
-            if l.vm == vm
-                && let Some(d) = disks.iter().find(|d| l.disks.contains(d))
+            if e.vm == vm
+                && let Some(d) = disks.iter().find(|d| e.disks.contains(d))
             {
                 return Ok(Err(Refused::Busy(format!(
                     "disk {d:?} of VM {vm:?} is being backed up by another session (started {})",
-                    l.started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    e.started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 ))));
             }
         }
-        let session = store.session()?;
-        let filter = session.known_filter();
         let id = hex::encode(uuid::Uuid::new_v4().as_bytes());
+        let started = chrono::Utc::now();
         map.insert(
             id.clone(),
             Entry {
+                vm: vm.to_owned(),
+                disks: disks.to_vec(),
+                started,
                 live: Arc::new(Mutex::new(Live {
                     vm: vm.to_owned(),
                     disks: disks.to_vec(),
@@ -107,7 +116,6 @@ impl Sessions {
                     session: Some(session),
                     filter,
                     own,
-                    started: chrono::Utc::now(),
                     received: 0,
                     stored: 0,
                 })),

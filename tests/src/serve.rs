@@ -230,9 +230,31 @@ pub fn token(store: &Path, name: &str, role: &str, vm: &str) -> String {
 /// Kills a child and its own children (a server under `strace`: killing strace alone would
 /// leave the server running, detached).
 fn kill_tree(c: &mut Child) {
-    let _ = Command::new("pkill")
-        .args(["-9", "-P", &c.id().to_string()])
-        .status();
+    let children: Vec<String> = Command::new("pgrep")
+        .args(["-P", &c.id().to_string()])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    for pid in &children {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
     let _ = c.kill();
     let _ = c.wait();
+    // Gone for good (its store lock released) before the caller goes on: a child of strace is
+    // not ours to wait for, so its /proc entry is watched (bounded).
+    for pid in &children {
+        for _ in 0..100 {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Gone, or a zombie (dead, its locks released).
+            if state.is_empty() || state.split_whitespace().nth(2) == Some("Z") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }
