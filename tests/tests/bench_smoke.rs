@@ -175,15 +175,18 @@ fn section(name: &str) -> (String, serde_json::Value) {
     ])
 }
 
+/// The row of step `name` in a harness's results.
+fn step_of<'a>(results: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    let rows = results["rows"].as_array().expect("rows");
+    rows.iter()
+        .find(|r| r["step"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {rows:?}"))
+}
+
 #[test]
 fn the_nbd_section_runs_at_a_smoke_tests_size() {
     let (text, v) = section("nbd");
-    let rows = v["rows"].as_array().expect("rows");
-    let step = |name: &str| {
-        rows.iter()
-            .find(|r| r["step"] == name)
-            .unwrap_or_else(|| panic!("no step {name} in {rows:?}"))
-    };
+    let step = |name: &str| step_of(&v, name);
     for name in [
         "nbd-full",
         "nbd-incremental-1pct",
@@ -214,12 +217,8 @@ fn the_nbd_section_runs_at_a_smoke_tests_size() {
 #[test]
 fn the_replicate_section_runs_at_a_smoke_tests_size() {
     let (text, v) = section("replicate");
-    let rows = v["rows"].as_array().expect("rows");
     for name in ["replicate-cp-a", "replicate-series", "replicate-daily"] {
-        let r = rows
-            .iter()
-            .find(|r| r["step"] == name)
-            .unwrap_or_else(|| panic!("no step {name} in {rows:?}"));
+        let r = step_of(&v, name);
         assert!(float(r, "seconds") > 0.0, "{r}");
     }
     for name in [
@@ -233,12 +232,7 @@ fn the_replicate_section_runs_at_a_smoke_tests_size() {
 #[test]
 fn the_serve_section_runs_at_a_smoke_tests_size() {
     let (text, v) = section("serve");
-    let rows = v["rows"].as_array().expect("rows");
-    let step = |name: &str| {
-        rows.iter()
-            .find(|r| r["step"] == name)
-            .unwrap_or_else(|| panic!("no step {name} in {rows:?}"))
-    };
+    let step = |name: &str| step_of(&v, name);
     for name in [
         "serve-local-backup",
         "serve-remote-backup",
