@@ -317,7 +317,7 @@ fn bad_tokens_bodies_and_certificates_are_refused_and_nothing_is_stored() {
         "id": "0123456789abcdef0123456789abcdef", "vm": "web1", "disk": "xvda",
         "time": "2026-12-01T00:00:00Z", "size": 262144, "chunk_size": 262144,
         "source": {"kind": "raw", "vhd_uuid": null, "path": "x"}, "parent": null, "format": 2,
-        "depth": 0, "segments": ["11".repeat(32)], "stats": {}, "committed": "2026-12-01T00:00:00Z",
+        "depth": 0, "segments": ["11".repeat(32)], "stats": {"logical_bytes": 0, "bytes_read": 0, "chunks": 1, "zero_chunks": 0, "parent_chunks": 0, "known_chunks": 0, "new_chunks": 1, "new_plain_bytes": 0, "new_stored_bytes": 0, "seconds": 0.0}, "committed": "2026-12-01T00:00:00Z",
         "protected": false, "run": null, "labels": {}
     }]});
     let (code, answer) = server.curl(
@@ -326,11 +326,7 @@ fn bad_tokens_bodies_and_certificates_are_refused_and_nothing_is_stored() {
         &backup,
         Some(forged.to_string().as_bytes()),
     );
-    assert!(
-        code == 409 || code == 400,
-        "{code}: {}",
-        String::from_utf8_lossy(&answer)
-    );
+    refused_missing(code, &answer);
     // Random bytes at every endpoint: a 4xx, never a crash.
     let endpoints = [
         "store",
@@ -399,12 +395,18 @@ fn bad_tokens_bodies_and_certificates_are_refused_and_nothing_is_stored() {
 
 /// The frame of a plain chunk holding `bytes` (the pack format: header, then the bytes).
 fn frame_of(bytes: &[u8]) -> Vec<u8> {
+    frame_of_kind(bytes, 0)
+}
+
+/// The frame of a plain chunk of `kind` (0 data, 1 tree).
+fn frame_of_kind(bytes: &[u8], kind: u8) -> Vec<u8> {
     let id = blake3::hash(bytes);
     let mut h = vec![0u8; 56];
     h[0..4].copy_from_slice(b"CFRM");
     h[8..40].copy_from_slice(id.as_bytes());
     h[40..44].copy_from_slice(&(bytes.len() as u32).to_be_bytes());
     h[44..48].copy_from_slice(&(bytes.len() as u32).to_be_bytes());
+    h[49] = kind;
     let crc = crc32(&h[8..]);
     h[4..8].copy_from_slice(&crc.to_be_bytes());
     h.extend_from_slice(bytes);
@@ -949,4 +951,139 @@ fn a_store_replicates_into_a_server_with_an_append_only_token() {
     };
     assert_eq!(protected_copy("2026-11-04T02:00:00Z", &tok), false);
     assert_eq!(protected_copy("2026-11-05T02:00:00Z", &admin), true);
+}
+
+/// A leaf of the tree format (format 2, level 0) naming `chunks`.
+fn leaf_of(chunks: &[[u8; 32]]) -> Vec<u8> {
+    let mut b = b"cairn-tree".to_vec();
+    b.extend_from_slice(&[2, 0]);
+    b.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    for c in chunks {
+        b.extend_from_slice(c);
+    }
+    b
+}
+
+/// A point of `size` bytes whose tree is the one leaf `leaf`, as a client commits it.
+fn one_chunk_point(vm: &str, size: usize, leaf: &[u8]) -> String {
+    serde_json::json!({"points": [{
+        "id": hex(blake3::hash(vm.as_bytes()).as_bytes())[..32].to_owned(), "vm": vm, "disk": "xvda",
+        "time": "2026-12-01T00:00:00Z", "size": size, "chunk_size": 262144,
+        "source": {"kind": "raw", "vhd_uuid": null, "path": "x"}, "parent": null, "format": 2,
+        "depth": 0, "segments": [hex(blake3::hash(leaf).as_bytes())], "stats": {"logical_bytes": 0, "bytes_read": 0, "chunks": 1, "zero_chunks": 0, "parent_chunks": 0, "known_chunks": 0, "new_chunks": 1, "new_plain_bytes": 0, "new_stored_bytes": 0, "seconds": 0.0},
+        "committed": "2026-12-01T00:00:00Z", "protected": false, "run": null, "labels": {}
+    }]})
+    .to_string()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn gc_beside_live_sessions_keeps_their_packs_and_a_commit_never_names_what_it_removed() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let store = TestStore::new("256K");
+    let admin = token(&store.path(), "admin", "admin", "*");
+    let server = Server::start(&store.path(), 0, &[]);
+    // A session uploads a chunk and its leaf; a collection runs; the session commits.
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    let chunk = *blake3::hash(&data).as_bytes();
+    let leaf = leaf_of(&[chunk]);
+    let sid = server.open_session(&admin, "web1");
+    let mut body = frame_of(&data);
+    body.extend_from_slice(&frame_of_kind(&leaf, 1));
+    let (code, answer) = server.curl(
+        "POST",
+        &format!("sessions/{sid}/chunks"),
+        &admin,
+        Some(&body),
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
+    let (code, report) = server.curl("POST", "gc", &admin, Some(b""));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&report));
+    let commit = one_chunk_point("web1", data.len(), &leaf);
+    let (code, answer) = server.curl(
+        "POST",
+        &format!("sessions/{sid}/commit"),
+        &admin,
+        Some(commit.as_bytes()),
+    );
+    assert_eq!(
+        code,
+        200,
+        "the session's pack survived the collection: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    let out = work.path().join("out.raw");
+    ok(server
+        .cmd(&admin, &["restore", "web1/xvda@latest"])
+        .arg(&out));
+    assert_eq!(read(&out), data);
+
+    // A chunk the store held when a session was told so, removed by a collection before the
+    // session commits: the commit is refused (409), never published naming it.
+    let disk = work.path().join("web2.raw");
+    let other: Vec<u8> = (0..262_144u32).map(|i| (i * 13 % 241) as u8).collect();
+    std::fs::write(&disk, &other).expect("disk");
+    let p = backup_json(&server, &admin, "web2", &disk);
+    ok(&mut server.cmd(&admin, &["forget", &id(&p)]));
+    let held = *blake3::hash(&other).as_bytes();
+    let sid = server.open_session(&admin, "web3");
+    let (_, missing) = server.curl(
+        "POST",
+        &format!("sessions/{sid}/missing"),
+        &admin,
+        Some(&held),
+    );
+    assert_eq!(
+        missing,
+        vec![0],
+        "the forgotten point's chunk is still held, until a gc"
+    );
+    // The new disk: that chunk again, then one of its own; its leaf is new, so the commit's
+    // check reads it and finds the reused chunk gone.
+    let tail = vec![9u8; 4096];
+    let leaf = leaf_of(&[held, *blake3::hash(&tail).as_bytes()]);
+    let mut body = frame_of(&tail);
+    body.extend_from_slice(&frame_of_kind(&leaf, 1));
+    let (code, _) = server.curl(
+        "POST",
+        &format!("sessions/{sid}/chunks"),
+        &admin,
+        Some(&body),
+    );
+    assert_eq!(code, 200);
+    let (code, _) = server.curl("POST", "gc", &admin, Some(b""));
+    assert_eq!(code, 200);
+    let commit = one_chunk_point("web3", other.len() + tail.len(), &leaf);
+    let (code, answer) = server.curl(
+        "POST",
+        &format!("sessions/{sid}/commit"),
+        &admin,
+        Some(commit.as_bytes()),
+    );
+    assert_eq!(code, 409, "{}", String::from_utf8_lossy(&answer));
+    refused_missing(code, &answer);
+    let listed = json(&ok(&mut server.cmd(&admin, &["list", "--json"])));
+    assert!(
+        listed
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|p| p["vm"] != "web3"),
+        "{listed}"
+    );
+    drop(server);
+    ok(&mut store.cmd(&["verify"]));
+}
+
+/// A commit refused because it names chunks the store does not hold (4xx, saying so).
+fn refused_missing(code: u16, answer: &[u8]) {
+    let text = String::from_utf8_lossy(answer);
+    assert!(
+        (code == 400 || code == 409)
+            && (text.contains("does not hold") || text.contains("is not in this store")),
+        "{code}: {text}"
+    );
 }
