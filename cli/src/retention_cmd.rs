@@ -1,10 +1,9 @@
 //! Retention and integrity commands: prune, forget, protect, unprotect, gc, verify, policy.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use cairn_gc::{Candidate, GcOptions, Keep, Rules, VerifyOptions};
+use cairn_gc::{GcOptions, Keep, Rules, VerifyOptions};
 use cairn_store::{Policy, RecoveryPoint};
 use chrono::{Duration, Utc};
 use chrono_tz::Tz;
@@ -13,7 +12,6 @@ use serde_json::json;
 
 use crate::store_cmd::{PointFilter, StoreArg, open_write};
 use crate::words::human_bytes;
-use cairn_store::point::VmKey;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
@@ -280,28 +278,12 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
     let tz = store.config().tz();
     let filter = a.filter.filter();
     crate::store_cmd::check_filter(&store, &filter)?;
-    let mut by_disk: BTreeMap<(VmKey, String), Vec<RecoveryPoint>> = BTreeMap::new();
-    for p in store.points()? {
-        if !filter.matches(&p) {
-            continue;
-        }
-        by_disk
-            .entry((p.vm_key(), p.disk.clone()))
-            .or_default()
-            .push(p);
-    }
-    let mut decisions: Vec<(RecoveryPoint, Option<Keep>)> = Vec::new();
-    for points in by_disk.into_values() {
-        let c: Vec<Candidate> = points
-            .iter()
-            .map(|p| Candidate {
-                time: p.time,
-                protected: p.protected,
-            })
-            .collect();
-        let plan = cairn_gc::plan(&c, &rules, &tz);
-        decisions.extend(points.into_iter().zip(plan));
-    }
+    let chosen: Vec<RecoveryPoint> = store
+        .points()?
+        .into_iter()
+        .filter(|p| filter.matches(p))
+        .collect();
+    let decisions = cairn_gc::decide(chosen, &rules, &tz);
     let remove: Vec<RecoveryPoint> = decisions
         .iter()
         .filter(|(_, k)| k.is_none())
@@ -524,16 +506,8 @@ pub fn protect(a: &ProtectArgs, on: bool) -> Result<i32> {
 }
 
 pub fn gc(a: &GcArgs) -> Result<i32> {
-    let pct = a.repack_below.unwrap_or(a.max_unused);
-    if !(0.0..=100.0).contains(&pct) {
+    let Some(opts) = GcOptions::from_percent(a.dry_run, a.max_unused, a.repack_below) else {
         bail!("--max-unused and --repack-below are percentages from 0 to 100");
-    }
-    let opts = GcOptions {
-        dry_run: a.dry_run,
-        repack: match a.repack_below {
-            Some(p) => cairn_gc::Repack::Below(p / 100.0),
-            None => cairn_gc::Repack::MaxUnused(a.max_unused / 100.0),
-        },
     };
     let spinner = crate::progress::spinner("gc");
     let started = Instant::now();

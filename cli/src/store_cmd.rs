@@ -1151,15 +1151,9 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
             // runs. The store is closed first: a read-only index opened beside a live writer
             // can miss files the writer's compaction just replaced.
             drop(store);
-            let reclaimable = cairn_gc::collect(
-                &a.store.store,
-                &cairn_gc::GcOptions {
-                    dry_run: true,
-                    repack: cairn_gc::Repack::Below(1.0),
-                },
-                &|_| {},
-            )
-            .ok();
+            let reclaimable =
+                cairn_gc::collect(&a.store.store, &cairn_gc::GcOptions::reclaimable(), &|_| {})
+                    .ok();
             cairn_gc::report::build(&costs, &|p| shown.contains(&p.id), reclaimable.as_ref(), tz)
         }
     };
@@ -1175,18 +1169,22 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
     Ok(if damaged { 3 } else { 0 })
 }
 
+/// The VM a row of the report document belongs to, as `VmKey` says it: its UUID and pool when
+/// it has a UUID, else its name and pool.
+fn report_vm_key(v: &serde_json::Value) -> (Option<String>, Option<String>, Option<String>) {
+    (
+        v["vm_uuid"].as_str().map(str::to_owned),
+        v["vm_uuid"]
+            .is_null()
+            .then(|| v["vm"].as_str().unwrap_or_default().to_owned()),
+        v["pool"].as_str().map(str::to_owned),
+    )
+}
+
 /// The report document with the rows of the points `shown` only (and of the disks and VMs
 /// that hold one); the store's figures stay those of every point.
 fn keep_rows(mut doc: serde_json::Value, shown: &HashSet<String>) -> serde_json::Value {
-    let key = |v: &serde_json::Value| {
-        (
-            v["vm_uuid"].as_str().map(str::to_owned),
-            v["vm_uuid"]
-                .is_null()
-                .then(|| v["vm"].as_str().unwrap_or_default().to_owned()),
-            v["pool"].as_str().map(str::to_owned),
-        )
-    };
+    let key = report_vm_key;
     let points: Vec<serde_json::Value> = doc["points"]
         .as_array()
         .cloned()
@@ -1220,13 +1218,7 @@ fn render_report(doc: &serde_json::Value) {
     let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
     let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
     // A VM is its UUID (and pool) when it has one, else its name (and pool).
-    let key = |v: &serde_json::Value| {
-        let pool = text(v, "pool");
-        match v["vm_uuid"].as_str() {
-            Some(u) => format!("u {u} {pool}"),
-            None => format!("n {} {pool}", text(v, "vm")),
-        }
-    };
+    let key = report_vm_key;
     let vm_name = |v: &serde_json::Value| {
         let mut name = text(v, "vm");
         if let Some(pool) = v["pool"].as_str() {

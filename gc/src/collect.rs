@@ -39,6 +39,33 @@ pub struct GcOptions {
     pub repack: Repack,
 }
 
+impl GcOptions {
+    /// As `cairn gc` takes them: rewrite packs with more than `max_unused` % unused, or, when
+    /// given, those with less than `repack_below` % live. `None` when the percentage used is
+    /// not from 0 to 100.
+    #[must_use]
+    pub fn from_percent(dry_run: bool, max_unused: f64, repack_below: Option<f64>) -> Option<Self> {
+        let pct = repack_below.unwrap_or(max_unused);
+        (0.0..=100.0).contains(&pct).then_some(Self {
+            dry_run,
+            repack: match repack_below {
+                Some(p) => Repack::Below(p / 100.0),
+                None => Repack::MaxUnused(max_unused / 100.0),
+            },
+        })
+    }
+
+    /// A dry run with every pack rewritten: what no point references, all of it (the report's
+    /// "unreferenced" figures).
+    #[must_use]
+    pub fn reclaimable() -> Self {
+        Self {
+            dry_run: true,
+            repack: Repack::Below(1.0),
+        }
+    }
+}
+
 impl Default for GcOptions {
     fn default() -> Self {
         Self {

@@ -51,7 +51,7 @@ pub mod verify;
 use std::path::PathBuf;
 
 pub use collect::{GcOptions, GcReport, Repack, collect};
-pub use prune::{Candidate, Keep, Rule, Rules, plan};
+pub use prune::{Candidate, Keep, Rule, Rules, decide, plan};
 pub use verify::{Damage, Hit, VerifyOptions, VerifyReport, verify};
 
 /// What went wrong.

@@ -131,6 +131,38 @@ pub struct Candidate {
     pub protected: bool,
 }
 
+/// Decides for every point which to keep and why (`None`: remove), the rules applied to each
+/// disk of each VM (its identity: UUID and pool when given) on its own; disk by disk, in the
+/// order of their points.
+#[must_use]
+pub fn decide<Tz: TimeZone>(
+    points: Vec<cairn_store::RecoveryPoint>,
+    rules: &Rules,
+    tz: &Tz,
+) -> Vec<(cairn_store::RecoveryPoint, Option<Keep>)> {
+    let mut by_disk: std::collections::BTreeMap<_, Vec<cairn_store::RecoveryPoint>> =
+        std::collections::BTreeMap::new();
+    for p in points {
+        by_disk
+            .entry((p.vm_key(), p.disk.clone()))
+            .or_default()
+            .push(p);
+    }
+    let mut out = Vec::new();
+    for points in by_disk.into_values() {
+        let c: Vec<Candidate> = points
+            .iter()
+            .map(|p| Candidate {
+                time: p.time,
+                protected: p.protected,
+            })
+            .collect();
+        let keep = plan(&c, rules, tz);
+        out.extend(points.into_iter().zip(keep));
+    }
+    out
+}
+
 /// Decides, for the points of one disk, which to keep and why (`None`: remove). The result is
 /// in the order of `points`, which may be in any order.
 #[must_use]

@@ -28,6 +28,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
+use cairn_store::select::glob_match;
 use cairn_store::tree::{self, Node};
 use cairn_store::{ChunkId, ChunkRef, OpenMode, RecoveryPoint, Store};
 use rayon::prelude::*;
@@ -203,34 +204,10 @@ impl CopyInto for IntoServer {
     }
 }
 
-/// `*` any run, `?` any one character.
-fn glob(pattern: &str, s: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), s.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(sp) = star {
-            pi = sp + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
 fn selected(p: &RecoveryPoint, o: &Options) -> bool {
-    let vm = o
-        .vm
-        .as_ref()
-        .is_none_or(|g| glob(g, &p.vm) || p.labels.vm_uuid.as_ref().is_some_and(|u| glob(g, u)));
+    let vm = o.vm.as_ref().is_none_or(|g| {
+        glob_match(g, &p.vm) || p.labels.vm_uuid.as_ref().is_some_and(|u| glob_match(g, u))
+    });
     vm && o.disk.as_ref().is_none_or(|d| *d == p.disk) && o.since.is_none_or(|t| p.time >= t)
 }
 
@@ -462,19 +439,4 @@ fn copy_chunks(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob;
-
-    #[test]
-    fn globs() {
-        assert!(glob("web*", "web01"));
-        assert!(glob("*", ""));
-        assert!(glob("w?b0*", "web01 (prod)"));
-        assert!(!glob("web", "web01"));
-        assert!(glob("*01*", "web01 (prod)"));
-        assert!(!glob("db*", "web01"));
-    }
 }

@@ -398,19 +398,11 @@ async fn prune(
     }
     blocking(move || {
         let tz = app.store.config().tz();
-        let mut by_disk: std::collections::BTreeMap<(String, String), Vec<RecoveryPoint>> = Default::default();
-        for p in app.store.points()? {
-            by_disk.entry((format!("{:?}", p.vm_key()), p.disk.clone())).or_default().push(p);
-        }
-        let mut remove = Vec::new();
-        for points in by_disk.into_values() {
-            let c: Vec<cairn_gc::Candidate> = points
-                .iter()
-                .map(|p| cairn_gc::Candidate { time: p.time, protected: p.protected })
-                .collect();
-            let plan = cairn_gc::plan(&c, &b.rules, &tz);
-            remove.extend(points.into_iter().zip(plan).filter(|(_, k)| k.is_none()).map(|(p, _)| p));
-        }
+        let remove: Vec<RecoveryPoint> = cairn_gc::decide(app.store.points()?, &b.rules, &tz)
+            .into_iter()
+            .filter(|(_, keep)| keep.is_none())
+            .map(|(p, _)| p)
+            .collect();
         let ids: Vec<String> = remove.iter().map(|p| p.id.clone()).collect();
         if b.dry_run || remove.is_empty() {
             let freed = app.store.would_free(&remove)?;
@@ -444,19 +436,11 @@ async fn gc(
     } else {
         json_body(&body)?
     };
-    let pct = b.repack_below.or(b.max_unused).unwrap_or(5.0);
-    if !(0.0..=100.0).contains(&pct) {
-        return Err(ApiError::bad(
-            "max_unused and repack_below are percentages from 0 to 100",
-        ));
-    }
-    let opts = cairn_gc::GcOptions {
-        dry_run: b.dry_run,
-        repack: match b.repack_below {
-            Some(p) => cairn_gc::Repack::Below(p / 100.0),
-            None => cairn_gc::Repack::MaxUnused(b.max_unused.unwrap_or(5.0) / 100.0),
-        },
-    };
+    let opts =
+        cairn_gc::GcOptions::from_percent(b.dry_run, b.max_unused.unwrap_or(5.0), b.repack_below)
+            .ok_or_else(|| {
+            ApiError::bad("max_unused and repack_below are percentages from 0 to 100")
+        })?;
     blocking(move || {
         let _one = app
             .collecting
@@ -476,10 +460,7 @@ async fn report(State(app): State<Shared>, headers: HeaderMap) -> Answer<Json<se
     blocking(move || {
         // What a collection would free now; unknown (null) while one runs.
         let reclaimable = app.collecting.try_lock().ok().and_then(|_one| {
-            let opts = cairn_gc::GcOptions {
-                dry_run: true,
-                repack: cairn_gc::Repack::Below(1.0),
-            };
+            let opts = cairn_gc::GcOptions::reclaimable();
             let live = || app.sessions.open_packs();
             cairn_gc::collect::collect_held(app.store, &opts, &live).ok()
         });

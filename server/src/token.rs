@@ -97,7 +97,7 @@ impl Token {
     /// Whether the token reaches VM `vm`.
     #[must_use]
     pub fn allows_vm(&self, vm: &str) -> bool {
-        glob_match(self.vms.as_bytes(), vm.as_bytes())
+        cairn_store::select::glob_match(&self.vms, vm)
     }
 }
 
@@ -369,50 +369,9 @@ pub fn parse_duration(s: &str) -> Result<chrono::Duration> {
     d.filter(|d| *d > chrono::Duration::zero()).ok_or_else(bad)
 }
 
-/// Whether `text` matches `pattern`, where `*` matches any run of bytes and `?` one byte.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match(b"*", b"anything"));
-        assert!(glob_match(b"web-*", b"web-01"));
-        assert!(!glob_match(b"web-*", b"db-01"));
-        assert!(glob_match(b"web-??", b"web-01"));
-        assert!(!glob_match(b"web-??", b"web-001"));
-        assert!(glob_match(b"*-prod", b"db-prod"));
-        assert!(glob_match(b"a*b*c", b"axxbyyc"));
-        assert!(!glob_match(b"a*b*c", b"axxbyy"));
-        assert!(glob_match(b"exact", b"exact"));
-        assert!(!glob_match(b"exact", b"exact1"));
-    }
 
     #[test]
     fn secrets_are_kept_hashed_and_checked() {

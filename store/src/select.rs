@@ -312,8 +312,44 @@ fn at(which: &str, tz: Tz) -> Result<At, String> {
     ))
 }
 
+/// Whether `text` matches `pattern`, where `*` matches any run of characters and `?` one
+/// (VM globs: `replicate --vm`, a token's `--vm`).
+#[must_use]
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(sp) = star {
+            pi = sp + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn globs() {
+        use super::glob_match as g;
+        assert!(g("*", "") && g("*", "anything"));
+        assert!(g("web-*", "web-01") && !g("web-*", "db-01"));
+        assert!(g("web-??", "web-01") && !g("web-??", "web-001"));
+        assert!(g("w?b0*", "web01 (prod)") && g("*01*", "web01 (prod)"));
+        assert!(g("a*b*c", "axxbyyc") && !g("a*b*c", "axxbyy"));
+        assert!(g("exact", "exact") && !g("exact", "exact1") && !g("web", "web01"));
+    }
+
     use super::*;
     use crate::point::{BackupStats, SourceInfo};
 
