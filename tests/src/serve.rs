@@ -246,12 +246,13 @@ fn kill_tree(c: &mut Child) {
     let _ = c.kill();
     let _ = c.wait();
     // Gone for good (its store lock released) before the caller goes on: a child of strace is
-    // not ours to wait for, so its /proc entry is watched (bounded).
+    // not ours to wait for, so /proc is watched (bounded). A dead leader shows as a zombie while
+    // its other threads still exit and hold its files: done only when no thread is left but it.
     for pid in &children {
-        for _ in 0..100 {
+        for _ in 0..200 {
             let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // Gone, or a zombie (dead, its locks released).
-            if state.is_empty() || state.split_whitespace().nth(2) == Some("Z") {
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
+            if state.is_empty() || (state.split_whitespace().nth(2) == Some("Z") && threads <= 1) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
