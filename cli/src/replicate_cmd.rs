@@ -14,7 +14,8 @@ use crate::words::{count, human_bytes};
     cairn replicate --from /backups/store --to /mnt/usb/store      # an initial seed on a disk\n  \
     cairn replicate --from /backups/store --to /offsite/store --vm 'web*' --json\n  \
     cairn replicate --from /backups/store --to /offsite/store --since 7d --limit-rate 20M\n  \
-    CAIRN_TOKEN=$(cat offsite.token) cairn replicate --from /backups/store --to https://offsite:8443 --fingerprint AA:..\n\n\
+    CAIRN_TOKEN=$(cat offsite.token) cairn replicate --from /backups/store --to https://offsite:8443 --fingerprint AA:..\n  \
+    CAIRN_TOKEN=$(cat site.token) cairn replicate --from https://site:8443 --to /offsite/store --server-ca ca.pem\n\n\
     Copies, oldest first, every point of --from that --to neither holds nor has forgotten\n\
     (each store keeps its own retention: a point pruned on --to is never sent again), with\n\
     its id, time, labels and protection. The chunks --to lacks go first, compressed as stored\n\
@@ -22,18 +23,31 @@ use crate::words::{count, human_bytes};
     durable. A killed run, run again, sends what is still missing. A store folder copied with\n\
     `cp -a` or rsync (no writer running) is a valid store too: a seed to carry offsite.\n\
     --to may be a `cairn serve` (https://HOST:PORT): a backup token for the VMs copied is\n\
-    enough (replication only adds); with an admin token the points keep their protection.")]
+    enough (replication only adds); with an admin token the points keep their protection.\n\
+    --from may be one too (a restore token is enough). --token-file, --fingerprint and\n\
+    --server-ca are for the side that is a server; when both are, --from-token-file,\n\
+    --from-fingerprint and --from-server-ca are for --from.")]
 pub struct ReplicateArgs {
-    /// The store to copy from (opened read-only: backups and gc run beside it).
+    /// The store to copy from (opened read-only: backups and gc run beside it): a folder, or
+    /// https://HOST:PORT of a `cairn serve`.
     #[arg(long, value_name = "STORE")]
     pub from: PathBuf,
     /// The store to copy into (`cairn init` it first; same chunk size): a folder, or
     /// https://HOST:PORT of a `cairn serve`.
     #[arg(long, value_name = "STORE")]
     pub to: PathBuf,
-    /// For a server --to: its token and the check of its certificate.
+    /// For the side that is a server: its token and the check of its certificate.
     #[command(flatten)]
     pub server: crate::store_cmd::ServerArgs,
+    /// When both are servers: --from's token, read from this file.
+    #[arg(long, value_name = "FILE")]
+    pub from_token_file: Option<PathBuf>,
+    /// When both are servers: --from's certificate fingerprint.
+    #[arg(long, value_name = "SHA256")]
+    pub from_fingerprint: Option<String>,
+    /// When both are servers: the CA file --from's certificate is checked against.
+    #[arg(long, value_name = "FILE")]
+    pub from_server_ca: Option<PathBuf>,
     /// Only VMs whose name or UUID matches this glob (`*`, `?`).
     #[arg(long, value_name = "GLOB")]
     pub vm: Option<String>,
@@ -65,8 +79,31 @@ pub fn replicate(a: &ReplicateArgs) -> Result<i32> {
         Some(r) => cairn_replicate::Destination::Server(std::sync::Arc::clone(r)),
         None => cairn_replicate::Destination::Folder(&a.to),
     };
+    let from_server = if remote.is_some() {
+        if cairn_remote::is_remote(&a.from.to_string_lossy()) && a.from_token_file.is_none() {
+            anyhow::bail!(
+                "--from {} and --to {} are both servers: give --from's token with \
+                 --from-token-file (and its certificate's check with --from-fingerprint or \
+                 --from-server-ca)",
+                a.from.display(),
+                a.to.display()
+            );
+        }
+        crate::store_cmd::ServerArgs {
+            token_file: a.from_token_file.clone(),
+            fingerprint: a.from_fingerprint.clone(),
+            server_ca: a.from_server_ca.clone(),
+        }
+    } else {
+        a.server.clone()
+    };
+    let source = from_server.connect(&a.from)?;
+    let source = match &source {
+        Some(r) => cairn_replicate::Source::Server(std::sync::Arc::clone(r)),
+        None => cairn_replicate::Source::Folder(&a.from),
+    };
     let report = cairn_replicate::replicate(
-        &a.from,
+        &source,
         &dest,
         &cairn_replicate::Options {
             vm: a.vm.clone(),

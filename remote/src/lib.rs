@@ -368,44 +368,76 @@ impl StoreRead for Remote {
         // by the thread that fetched it: the server reads one group while this side decodes
         // another.
         let mut slots = slots;
-        let mut lanes: Vec<Lane<'_, '_>> = (0..READS_IN_FLIGHT).map(|_| Vec::new()).collect();
-        let groups = ids.chunks(READ_GROUP).zip(slots.chunks_mut(READ_GROUP));
-        for (i, (g, s)) in groups.enumerate() {
-            lanes[i % READS_IN_FLIGHT].push((i, g, s));
-        }
-        let lanes_done: Vec<Result<Answers>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = lanes
-                .into_iter()
-                .filter(|l| !l.is_empty())
-                .map(|lane| {
-                    scope.spawn(move || {
-                        lane.into_iter()
-                            .map(|(i, group, slots)| Ok((i, self.read_group(group, slots)?)))
-                            .collect::<Result<Answers>>()
-                    })
+        let groups: Vec<_> = ids
+            .chunks(READ_GROUP)
+            .zip(slots.chunks_mut(READ_GROUP))
+            .collect();
+        let answers = in_lanes(groups, |(g, s)| self.read_group(g, s))?;
+        Ok(answers.into_iter().flatten().collect())
+    }
+
+    fn read_encoded(&self, ids: &[ChunkId]) -> Result<Vec<EncodedChunk>> {
+        let groups: Vec<&[ChunkId]> = ids.chunks(READ_GROUP).collect();
+        let answers = in_lanes(groups, |g| {
+            let mut plain = Vec::new();
+            g.iter()
+                .zip(self.fetch(g)?)
+                .map(|(id, got)| {
+                    let c = got?;
+                    plain.resize(c.plain_len as usize, 0);
+                    chunk::decode_into(id, c.codec, c.plain_len, &c.bytes, &mut plain).map_err(
+                        |what| Error::BadChunk {
+                            id: *id,
+                            where_: "as the server sent it".into(),
+                            what,
+                        },
+                    )?;
+                    Ok(c)
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::Usage("a reader thread panicked".into())))
-                })
-                .collect()
-        });
-        let mut answers: Answers = Vec::with_capacity(ids.len().div_ceil(READ_GROUP));
-        for lane in lanes_done {
-            answers.extend(lane?);
-        }
-        answers.sort_by_key(|(i, _)| *i);
-        Ok(answers.into_iter().flat_map(|(_, errs)| errs).collect())
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(answers.into_iter().flatten().collect())
     }
 }
 
-/// The groups of one read thread: their place, ids and slots.
-type Lane<'s, 'b> = Vec<(usize, &'s [ChunkId], &'s mut [&'b mut [u8]])>;
-/// What each group's read found: its place, and each chunk's error.
-type Answers = Vec<(usize, Vec<Option<Error>>)>;
+/// Runs `f` on each item, [`READS_IN_FLIGHT`] threads at a time (each a lane of items taken in
+/// turn, so that as many requests are in flight), and returns the answers in the items' order.
+///
+/// # Errors
+/// The first error of any item.
+fn in_lanes<I: Send, T: Send>(items: Vec<I>, f: impl Fn(I) -> Result<T> + Sync) -> Result<Vec<T>> {
+    let mut lanes: Vec<Vec<(usize, I)>> = (0..READS_IN_FLIGHT).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        lanes[i % READS_IN_FLIGHT].push((i, item));
+    }
+    let f = &f;
+    let done: Vec<Result<Vec<(usize, T)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = lanes
+            .into_iter()
+            .filter(|l| !l.is_empty())
+            .map(|lane| {
+                scope.spawn(move || {
+                    lane.into_iter()
+                        .map(|(i, item)| Ok((i, f(item)?)))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Usage("a reader thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut answers = Vec::new();
+    for lane in done {
+        answers.extend(lane?);
+    }
+    answers.sort_by_key(|(i, _)| *i);
+    Ok(answers.into_iter().map(|(_, t)| t).collect())
+}
 
 impl Remote {
     /// Reads a group of chunks into their slots, each decoded and checked against its id.

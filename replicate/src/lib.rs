@@ -24,16 +24,21 @@
 //!   from `GET /api/v1/forgotten`, and its commit checks every chunk the points name. A backup
 //!   token for the VMs is enough (replication only adds: a source taken over cannot delete the
 //!   replica); points keep their protection only when sent with an admin token.
+//! - **From a server** ([`Source::Server`]): points listed and chunks read through the API,
+//!   as stored (compressed), several requests in flight, each checked against its id here
+//!   before it is written; a restore token for the VMs is enough. Server to server works too
+//!   (one token each).
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use cairn_store::select::glob_match;
 use cairn_store::tree::{self, Node};
-use cairn_store::{ChunkId, ChunkRef, OpenMode, RecoveryPoint, Store};
-use rayon::prelude::*;
+use cairn_store::{ChunkId, ChunkRef, OpenMode, RecoveryPoint, Store, StoreRead, StoreWrite};
 
-/// Data chunks read and checked at once (at most 32 x 4 MiB held).
+/// Data chunks read and checked at once (at most 32 x 4 MiB held), on both cores or as
+/// several requests in flight.
 const VERIFY_GROUP: usize = 32;
 
 /// What went wrong in a replication.
@@ -121,7 +126,7 @@ pub enum Destination<'a> {
     /// A store folder, opened for writing.
     Folder(&'a Path),
     /// A server.
-    Server(std::sync::Arc<cairn_remote::Remote>),
+    Server(Arc<cairn_remote::Remote>),
 }
 
 /// What copying a run needs from the destination.
@@ -172,7 +177,7 @@ impl CopyInto for IntoFolder<'_> {
 
 struct IntoServer {
     upload: cairn_remote::Upload,
-    filter: std::sync::Arc<dyn cairn_store::ChunkFilter>,
+    filter: Arc<dyn cairn_store::ChunkFilter>,
     points: Vec<RecoveryPoint>,
 }
 
@@ -211,102 +216,161 @@ fn selected(p: &RecoveryPoint, o: &Options) -> bool {
     vm && o.disk.as_ref().is_none_or(|d| *d == p.disk) && o.since.is_none_or(|t| p.time >= t)
 }
 
+/// Where the points come from: a store folder (opened read-only), or a store behind `cairn
+/// serve` (a restore token for the VMs copied is enough).
+pub enum Source<'a> {
+    /// A store folder.
+    Folder(&'a Path),
+    /// A server.
+    Server(Arc<cairn_remote::Remote>),
+}
+
+impl Source<'_> {
+    fn name(&self) -> String {
+        match self {
+            Self::Folder(p) => p.display().to_string(),
+            Self::Server(r) => r.url().to_owned(),
+        }
+    }
+}
+
+impl Destination<'_> {
+    fn name(&self) -> String {
+        match self {
+            Self::Folder(p) => p.display().to_string(),
+            Self::Server(r) => r.url().to_owned(),
+        }
+    }
+}
+
+/// The source, opened.
+enum Opened {
+    Folder(Box<Store>),
+    Server(Arc<cairn_remote::Remote>),
+}
+
+impl Opened {
+    fn read(&self) -> &dyn StoreRead {
+        match self {
+            Self::Folder(s) => &**s,
+            Self::Server(r) => &**r,
+        }
+    }
+}
+
 /// Copies into `to` the points of `from` it lacks (see the module); `progress` is told of each
 /// point as it starts (index, count, point).
 ///
 /// # Errors
-/// A store that cannot be opened, stores of different chunk sizes, a chunk that cannot be read
-/// or does not match its id (the points published before it stay).
+/// A store that cannot be opened or reached, the same store on both sides, stores of
+/// different chunk sizes, a chunk that cannot be read or does not match its id (the points
+/// published before it stay).
 pub fn replicate(
-    from: &Path,
+    from: &Source<'_>,
     to: &Destination<'_>,
     options: &Options,
     progress: &dyn Fn(usize, usize, &RecoveryPoint),
 ) -> Result<Report> {
-    let to = match to {
-        Destination::Folder(to) => to,
-        Destination::Server(remote) => return replicate_to_server(from, remote, options, progress),
-    };
     // A folder copied with `cp -a` is a replica of the same store (same id): a seed to carry
-    // away and fill on. Only the same folder is refused.
-    let same = match (std::fs::canonicalize(from), std::fs::canonicalize(to)) {
-        (Ok(a), Ok(b)) => a == b,
+    // away and fill on. Only the same folder (or server) is refused.
+    let same = match (from, to) {
+        (Source::Folder(a), Destination::Folder(b)) => {
+            match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            }
+        }
+        (Source::Server(a), Destination::Server(b)) => a.url() == b.url(),
         _ => false,
     };
     if same {
         return Err(Error::Refused(format!(
-            "{} and {} are the same store folder: nothing to replicate",
-            from.display(),
-            to.display()
+            "{} and {} are the same store: nothing to replicate",
+            from.name(),
+            to.name()
         )));
     }
-    let src = Store::open(from, OpenMode::Read)?;
-    let dst = if options.dry_run {
-        Store::open(to, OpenMode::Read)?
-    } else {
-        Store::open(to, OpenMode::Write { wait: options.wait })?
+    let src = match from {
+        Source::Folder(p) => Opened::Folder(Box::new(Store::open(p, OpenMode::Read)?)),
+        Source::Server(r) => Opened::Server(Arc::clone(r)),
     };
-    if src.config().chunk_size != dst.config().chunk_size {
-        return Err(Error::Refused(format!(
-            "{} has chunks of {} bytes and {} of {}: a replica needs the same chunk size \
-             (`cairn init --chunk-size`)",
-            from.display(),
-            src.config().chunk_size,
-            to.display(),
-            dst.config().chunk_size
-        )));
+    let src_size = src.read().config().chunk_size;
+    let check_size = |dst_size: u32| {
+        if src_size == dst_size {
+            return Ok(());
+        }
+        Err(Error::Refused(format!(
+            "{} has chunks of {src_size} bytes and {} of {dst_size}: a replica needs the same \
+             chunk size (`cairn init --chunk-size`)",
+            from.name(),
+            to.name(),
+        )))
+    };
+    match to {
+        Destination::Folder(path) => {
+            let dst = if options.dry_run {
+                Store::open(path, OpenMode::Read)?
+            } else {
+                Store::open(path, OpenMode::Write { wait: options.wait })?
+            };
+            check_size(dst.config().chunk_size)?;
+            let forgotten = dst.forgotten_ids()?;
+            let held = |id: &str| -> Result<bool> { Ok(dst.point_by_id(id)?.is_some()) };
+            copy_all(
+                src.read(),
+                &forgotten,
+                &held,
+                options,
+                progress,
+                &mut |_| {
+                    Ok(Box::new(IntoFolder {
+                        dst: &dst,
+                        session: dst.session()?,
+                        staged: Vec::new(),
+                    }))
+                },
+            )
+        }
+        Destination::Server(remote) => {
+            check_size(remote.config().chunk_size)?;
+            let forgotten = remote.forgotten()?;
+            let there: HashSet<String> = remote.points()?.into_iter().map(|p| p.id).collect();
+            let held = |id: &str| -> Result<bool> { Ok(there.contains(id)) };
+            copy_all(
+                src.read(),
+                &forgotten,
+                &held,
+                options,
+                progress,
+                &mut |group| open_upload(remote, group, options),
+            )
+        }
     }
-    let forgotten = dst.forgotten_ids()?;
-    let held = |id: &str| -> Result<bool> { Ok(dst.point_by_id(id)?.is_some()) };
-    copy_all(&src, &forgotten, &held, options, progress, &mut |_| {
-        Ok(Box::new(IntoFolder {
-            dst: &dst,
-            session: dst.session()?,
-            staged: Vec::new(),
-        }))
-    })
 }
 
-/// Into a server: its forgotten ids and points through the API, each run through one session.
-fn replicate_to_server(
-    from: &Path,
-    remote: &std::sync::Arc<cairn_remote::Remote>,
+/// Into a server: one session for the points of a run.
+fn open_upload(
+    remote: &Arc<cairn_remote::Remote>,
+    group: &[&RecoveryPoint],
     options: &Options,
-    progress: &dyn Fn(usize, usize, &RecoveryPoint),
-) -> Result<Report> {
-    use cairn_store::{StoreRead, StoreWrite};
-    let src = Store::open(from, OpenMode::Read)?;
-    if src.config().chunk_size != remote.config().chunk_size {
-        return Err(Error::Refused(format!(
-            "{} has chunks of {} bytes and {} of {}: a replica needs the same chunk size",
-            from.display(),
-            src.config().chunk_size,
-            remote.url(),
-            remote.config().chunk_size
-        )));
-    }
-    let forgotten = remote.forgotten()?;
-    let there: HashSet<String> = remote.points()?.into_iter().map(|p| p.id).collect();
-    let held = |id: &str| -> Result<bool> { Ok(there.contains(id)) };
-    copy_all(&src, &forgotten, &held, options, progress, &mut |group| {
-        let vm = group.first().map(|p| p.vm.clone()).unwrap_or_default();
-        let uuid = group.first().and_then(|p| p.labels.vm_uuid.clone());
-        let disks: Vec<String> = group.iter().map(|p| p.disk.clone()).collect();
-        let upload = remote.upload(
-            &vm,
-            uuid.as_deref(),
-            &disks,
-            options
-                .wait
-                .then_some(std::time::Duration::from_secs(24 * 3600)),
-        )?;
-        let filter = upload.filter();
-        Ok(Box::new(IntoServer {
-            upload,
-            filter,
-            points: Vec::new(),
-        }))
-    })
+) -> Result<Box<dyn CopyInto + 'static>> {
+    let vm = group.first().map(|p| p.vm.clone()).unwrap_or_default();
+    let uuid = group.first().and_then(|p| p.labels.vm_uuid.clone());
+    let disks: Vec<String> = group.iter().map(|p| p.disk.clone()).collect();
+    let upload = remote.upload(
+        &vm,
+        uuid.as_deref(),
+        &disks,
+        options
+            .wait
+            .then_some(std::time::Duration::from_secs(24 * 3600)),
+    )?;
+    let filter = upload.filter();
+    Ok(Box::new(IntoServer {
+        upload,
+        filter,
+        points: Vec::new(),
+    }))
 }
 
 /// Opens the destination's session for the points of one run.
@@ -315,7 +379,7 @@ type OpenRun<'f, 'd> = dyn FnMut(&[&RecoveryPoint]) -> Result<Box<dyn CopyInto +
 /// Plans what to copy from `src` (not forgotten, not `held`), groups runs, and copies each run
 /// through a session `open` makes for it.
 fn copy_all<'d>(
-    src: &Store,
+    src: &dyn StoreRead,
     forgotten: &HashSet<String>,
     held: &dyn Fn(&str) -> Result<bool>,
     options: &Options,
@@ -365,7 +429,7 @@ fn copy_all<'d>(
 /// Copies the points of one run: the chunks the destination lacks, then the points,
 /// published together; `sent` counts what went.
 fn copy_run(
-    src: &Store,
+    src: &dyn StoreRead,
     mut dst: Box<dyn CopyInto + '_>,
     points: &[&RecoveryPoint],
     sent: &mut Sent,
@@ -381,7 +445,7 @@ fn copy_run(
 
 /// Sends the chunks of `p` that the destination lacks.
 fn copy_chunks(
-    src: &Store,
+    src: &dyn StoreRead,
     dst: &mut dyn CopyInto,
     done: &mut HashSet<ChunkId>,
     sent: &mut Sent,
@@ -396,7 +460,15 @@ fn copy_chunks(
         if dst.has_tree(&id)? {
             continue;
         }
-        let bytes = src.read_chunk(&id)?;
+        // Read once, as stored (and checked): decoded here to walk it, sent as it is.
+        let enc = one_encoded(src, &id)?;
+        let bytes = cairn_store::chunk::decode(&id, enc.codec, enc.plain_len, &enc.bytes).map_err(
+            |what| cairn_store::Error::BadChunk {
+                id,
+                where_: "as read for replication".into(),
+                what,
+            },
+        )?;
         let node = tree::decode(&bytes).map_err(|what| {
             Error::Store(cairn_store::Error::Point(format!(
                 "{}: tree chunk {id}: {what}",
@@ -416,14 +488,10 @@ fn copy_chunks(
                 let lacks = dst.missing(&wanted)?;
                 let mut lacks = lacks.iter();
                 wanted.retain(|_| lacks.next().copied().unwrap_or(true));
-                // Read and checked (decoded, hashed) on both cores, a few at a time so that
-                // memory stays bounded; put in order.
+                // Read and checked (decoded, hashed) a group at a time, so that memory stays
+                // bounded; put in order.
                 for group in wanted.chunks(VERIFY_GROUP) {
-                    let encoded: Vec<cairn_store::EncodedChunk> = group
-                        .par_iter()
-                        .map(|d| src.read_encoded(d))
-                        .collect::<std::result::Result<_, _>>()?;
-                    for enc in &encoded {
+                    for enc in &src.read_encoded(group)? {
                         if dst.put(enc)? {
                             sent.add(enc.bytes.len() as u64);
                         }
@@ -431,12 +499,16 @@ fn copy_chunks(
                 }
             }
         }
-        if dst.missing(&[id])?.first().copied().unwrap_or(true) {
-            let enc = src.read_encoded(&id)?;
-            if dst.put(&enc)? {
-                sent.add(enc.bytes.len() as u64);
-            }
+        if dst.missing(&[id])?.first().copied().unwrap_or(true) && dst.put(&enc)? {
+            sent.add(enc.bytes.len() as u64);
         }
     }
     Ok(())
+}
+
+/// One chunk as stored, checked.
+fn one_encoded(src: &dyn StoreRead, id: &ChunkId) -> Result<cairn_store::EncodedChunk> {
+    src.read_encoded(std::slice::from_ref(id))?
+        .pop()
+        .ok_or_else(|| Error::Store(cairn_store::Error::MissingChunk(*id)))
 }

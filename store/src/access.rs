@@ -42,6 +42,15 @@ pub trait StoreRead: Sync {
     /// in its slot of the result.
     fn read_chunks(&self, ids: &[ChunkId], slots: Vec<&mut [u8]>) -> Result<Vec<Option<Error>>>;
 
+    /// The chunks `ids` as the store holds them (compressed as they were stored), each checked
+    /// against its id (decoded and hashed), in order: what a copy into another store sends
+    /// without compressing again.
+    ///
+    /// # Errors
+    /// The first chunk missing or damaged ([`Error::MissingChunk`], [`Error::BadChunk`]),
+    /// index or transport errors.
+    fn read_encoded(&self, ids: &[ChunkId]) -> Result<Vec<EncodedChunk>>;
+
     /// Bytes a reader of many chunks should ask for at once (a restore's window): more for a
     /// store whose reads pay a round trip, so that enough of them are in flight.
     fn read_ahead(&self) -> u64 {
@@ -160,6 +169,13 @@ impl StoreRead for Store {
             out[i] = Some(e);
         }
         Ok(out)
+    }
+
+    fn read_encoded(&self, ids: &[ChunkId]) -> Result<Vec<EncodedChunk>> {
+        use rayon::prelude::*;
+        ids.par_iter()
+            .map(|id| Store::read_encoded(self, id))
+            .collect()
     }
 
     fn latest(&self, vm: &VmKey, disk: &str) -> Result<Option<RecoveryPoint>> {

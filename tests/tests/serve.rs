@@ -1087,3 +1087,109 @@ fn refused_missing(code: u16, answer: &[u8]) {
         "{code}: {text}"
     );
 }
+
+#[test]
+fn a_server_replicates_into_a_folder_and_into_another_server() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let site = TestStore::new("256K");
+    let days: Vec<_> = (0..3)
+        .map(|d| {
+            let p = w.join(format!("day{d}.raw"));
+            gen_disk(&p, "16M", 41, 1, d);
+            p
+        })
+        .collect();
+    for (d, raw) in days.iter().take(2).enumerate() {
+        let t = format!("2026-11-0{}T02:00:00Z", d + 1);
+        site.backup("web1", &t, "xvda", raw, &[]);
+        site.backup("db1", &t, "xvda", raw, &[]);
+    }
+    let first_web = id(site
+        .list()
+        .iter()
+        .find(|p| p["vm"] == "web1")
+        .expect("web1's first point"));
+    ok(&mut site.cmd(&["protect", &first_web]));
+    // A restore token for web*: the pull sees and copies only those VMs.
+    let reader = token(&site.path(), "offsite-pull", "restore", "web*");
+    let site_server = Server::start(&site.path(), 0, &[]);
+    let offsite = TestStore::new("256K");
+    let pull = || {
+        json(&ok(site_server
+            .cmd(&reader, &["replicate", "--json", "--to"])
+            .arg(offsite.path())
+            .arg("--from")
+            .arg(&site_server.url)))
+    };
+    let first = pull();
+    assert_eq!(first["points"].as_array().map(Vec::len), Some(2), "{first}");
+    let there = offsite.list();
+    assert!(there.iter().all(|p| p["vm"] == "web1"), "{there:?}");
+    let copied_first = there.iter().find(|p| id(p) == first_web).expect("copied");
+    assert_eq!(
+        copied_first["protected"], true,
+        "protection kept: {there:?}"
+    );
+    // Nothing twice; the next day only its new chunks.
+    let again = pull();
+    assert_eq!(num(&again, "bytes_sent"), 0, "{again}");
+    // The site's store is the server's now: the next backup goes through it.
+    let host = token(&site.path(), "web-host", "backup", "web*");
+    ok(site_server
+        .cmd(
+            &host,
+            &["backup", "--vm", "web1", "--time", "2026-11-03T02:00:00Z"],
+        )
+        .arg(format!("xvda={}", days[2].display())));
+    let third = pull();
+    assert_eq!(third["points"].as_array().map(Vec::len), Some(1), "{third}");
+    assert!(
+        num(&third, "bytes_sent") < num(&first, "bytes_sent") / 2,
+        "{first} {third}"
+    );
+    let (a, b) = (w.join("a.raw"), w.join("b.raw"));
+    for p in offsite.list() {
+        site.restore(&id(&p), &a, "raw");
+        offsite.restore(&id(&p), &b, "raw");
+        assert_eq!(read(&a), read(&b), "{}", id(&p));
+    }
+    ok(&mut offsite.cmd(&["verify"]));
+
+    // Server to server: --from's token and fingerprint given apart from --to's.
+    let far = TestStore::new("256K");
+    let pusher = token(&far.path(), "from-site", "backup", "*");
+    let far_server = Server::start(&far.path(), 0, &[]);
+    let token_file = w.join("site.token");
+    std::fs::write(&token_file, &reader).expect("token file");
+    let both = |extra: &[&str]| {
+        let mut c = far_server.cmd(&pusher, &["replicate", "--json", "--from"]);
+        c.arg(&site_server.url)
+            .arg("--to")
+            .arg(&far_server.url)
+            .args(extra);
+        c
+    };
+    let refused = run(&mut both(&[]));
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--from-token-file"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let tf = token_file.to_string_lossy().into_owned();
+    let r = json(&ok(&mut both(&[
+        "--from-token-file",
+        &tf,
+        "--from-fingerprint",
+        &site_server.fingerprint,
+    ])));
+    assert_eq!(r["points"].as_array().map(Vec::len), Some(3), "{r}");
+    for p in offsite.list() {
+        offsite.restore(&id(&p), &a, "raw");
+        ok(far_server
+            .cmd(&pusher, &["restore", "--force", &id(&p)])
+            .arg(&b));
+        assert_eq!(read(&a), read(&b), "{}", id(&p));
+    }
+}
