@@ -81,6 +81,20 @@ pub enum Error {
     },
 }
 
+impl From<cairn_http::Error> for Error {
+    fn from(e: cairn_http::Error) -> Self {
+        match e {
+            cairn_http::Error::Io { path, what, source } => Self::Io {
+                path,
+                offset: 0,
+                what,
+                source,
+            },
+            other => Self::Refused(other.to_string()),
+        }
+    }
+}
+
 /// Result of ingest.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
