@@ -1,4 +1,5 @@
-//! `cairn standby`: a raw file or block device kept equal to a point, writing only what changed.
+//! `cairn standby`: a raw file, block device, NBD export or HTTP(S) import kept equal to a
+//! point, writing only what changed.
 
 use std::path::PathBuf;
 
@@ -12,9 +13,15 @@ use crate::words::human_bytes;
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     cairn standby web01/xvda@latest --to /srv/standby/web01-xvda.raw     # after each backup\n  \
-    cairn standby web01/xvda@latest --to /dev/vg0/web01-standby\n\n\
+    cairn standby web01/xvda@latest --to /dev/vg0/web01-standby\n  \
+    cairn standby web01/xvda@latest --to nbd://dr-host:10809/web01-xvda\n  \
+    CAIRN_HTTP_PASSWORD=... cairn standby web01/xvda@latest --http-user root --ca-file pool-ca.pem \\\n    \
+    --to 'https://dr-xcp/import_raw_vdi?format=vhd&vdi=UUID'\n\n\
     The first run writes the whole point (holes stay holes in a new file); each later run\n\
     writes only the chunks that differ between the point the target holds and the new one.\n\
+    An NBD export is written in place and flushed. An HTTP(S) URL gets a PUT of a VHD: the\n\
+    whole point first, then a differencing VHD of the 2 MiB blocks that changed (XAPI's\n\
+    import_raw_vdi applies it to the VDI).\n\
     A run killed at any moment is finished by the next (a journal in STORE/standby says what\n\
     was being written). A target changed since the last run (the copy was started) is refused;\n\
     --force reads it all and rewrites what differs.")]
@@ -23,9 +30,22 @@ pub struct StandbyArgs {
     pub store: StoreArg,
     /// The point (VM/DISK@latest, an id...).
     pub point: String,
-    /// The raw file or block device to keep equal to it.
+    /// What to keep equal to it: a raw file, a block device, an NBD export
+    /// (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH, nbds://...), or an HTTP(S) URL
+    /// that takes a PUT of a VHD.
     #[arg(long, value_name = "TARGET")]
-    pub to: PathBuf,
+    pub to: String,
+    /// The user for an HTTP(S) target (basic authentication; the password comes from
+    /// CAIRN_HTTP_PASSWORD, or both from the URL's user-info).
+    #[arg(long, value_name = "USER")]
+    pub http_user: Option<String>,
+    /// Trust the certificates of this PEM file for an HTTPS target (besides the system's) or
+    /// an nbds:// one (instead of the system's).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Trust any certificate of an HTTPS target (no check). Prefer --ca-file.
+    #[arg(long)]
+    pub insecure: bool,
     /// Take a target that changed behind cairn's back, or that cairn never wrote: read it all
     /// and rewrite what differs.
     #[arg(long)]
@@ -47,15 +67,21 @@ pub fn standby(a: &StandbyArgs) -> Result<i32> {
         &store,
         &point,
         &a.to,
-        cairn_restore::StandbyOptions {
+        &cairn_restore::StandbyOptions {
             force: a.force,
             verify: a.verify_target,
+            http: cairn_http::HttpOptions {
+                user: a.http_user.clone(),
+                password: std::env::var("CAIRN_HTTP_PASSWORD").ok(),
+                ca_file: a.ca_file.clone(),
+                insecure: a.insecure,
+            },
         },
     )
     .with_context(|| {
         format!(
             "keeping {} equal to point {}",
-            a.to.display(),
+            cairn_http::redacted(&a.to),
             point.short_id()
         )
     })?;
@@ -65,7 +91,7 @@ pub fn standby(a: &StandbyArgs) -> Result<i32> {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
-                "target": a.to, "from": r.from, "to": r.to, "chunks_written": r.chunks_written,
+                "target": r.target, "from": r.from, "to": r.to, "chunks_written": r.chunks_written,
                 "bytes_written": r.bytes_written, "finished_interrupted": r.finished_interrupted,
                 "compared": r.compared, "seconds": secs,
             }))?
@@ -77,7 +103,7 @@ pub fn standby(a: &StandbyArgs) -> Result<i32> {
     }
     println!(
         "{} holds point {} ({}/{}): {} written ({} chunks){} in {secs:.1}s",
-        a.to.display(),
+        r.target,
         point.short_id(),
         point.vm,
         point.disk,

@@ -204,10 +204,22 @@ impl Endpoint {
         Ok(response)
     }
 
+    /// Why the endpoint cannot be reached, if it cannot (a refused connection, a certificate
+    /// that does not check): asked after a streamed upload failed, whose own error then only
+    /// says that its body could not be sent. Any answer, whatever its status, is `None`.
+    #[must_use]
+    pub fn unreachable(&self) -> Option<Error> {
+        match self.request(reqwest::Method::OPTIONS).send() {
+            Ok(_) => None,
+            Err(e) => Some(self.failed(&e)),
+        }
+    }
+
     /// A transport error as a message: the whole chain of causes, and what to do about a
-    /// certificate that did not check.
+    /// certificate that did not check. The URL in it is the shown one (reqwest's own would
+    /// carry the query, which may hold a session id).
     fn failed(&self, e: &reqwest::Error) -> Error {
-        let mut what = format!("{}: {e}", self.shown);
+        let mut what = format!("{}: {}", self.shown, DisplayWithoutUrl(e));
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
             what.push_str(&format!(": {s}"));
@@ -219,6 +231,20 @@ impl Endpoint {
             );
         }
         Error::Refused(what)
+    }
+}
+
+/// A reqwest error without the URL it names.
+struct DisplayWithoutUrl<'a>(&'a reqwest::Error);
+
+impl std::fmt::Display for DisplayWithoutUrl<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = self.0.to_string();
+        if let Some(url) = self.0.url() {
+            text = text.replace(&format!(" for url ({url})"), "");
+            text = text.replace(url.as_str(), "(url)");
+        }
+        f.write_str(&text)
     }
 }
 

@@ -81,6 +81,14 @@ pub enum Error {
     /// A request that cannot be done.
     #[error("{0}")]
     Refused(String),
+    /// A network target (an NBD export, an HTTP(S) import) failed.
+    #[error("{target}: {what}")]
+    Target {
+        /// The target, without secrets.
+        target: String,
+        /// What went wrong (at which offset, for an NBD export).
+        what: String,
+    },
 }
 
 /// Result of restore.

@@ -63,90 +63,167 @@ fn point_uuid(p: &RecoveryPoint) -> uuid::Uuid {
     uuid::Uuid::from_bytes(b)
 }
 
-/// Writes the VHD of `point` to `out`: dynamic, or differencing against `base` (with the file
-/// name the differencing VHD gives as its parent's) when given. Returns the bytes written and
-/// the ranges written as zeros (with errors ignored).
+/// What the VHD of a point holds, known before its first byte: its spec, its parent's and
+/// which blocks it stores.
+pub(crate) struct VhdPlan {
+    spec: DiskSpec,
+    parent: Option<ParentSpec>,
+    allocated: Vec<bool>,
+    per_block: u64,
+}
+
+impl VhdPlan {
+    /// The VHD of `point`: dynamic, or differencing against `base` (with the file name the
+    /// differencing VHD gives as its parent's) when given.
+    ///
+    /// # Errors
+    /// A point that is not whole sectors or too large for a VHD, a base of another size, the
+    /// store's errors.
+    pub(crate) fn new(
+        store: &dyn StoreRead,
+        point: &RecoveryPoint,
+        base: Option<(&RecoveryPoint, String)>,
+        ignore_errors: bool,
+    ) -> Result<Self> {
+        if !point.size.is_multiple_of(512) {
+            return Err(Error::Refused(format!(
+                "point {} is {} bytes, not whole sectors: restore it as raw",
+                point.short_id(),
+                point.size
+            )));
+        }
+        if point.size > cairn_vhd::format::MAX_DISK_SIZE {
+            return Err(Error::Refused(format!(
+                "point {} is a disk of {} bytes, larger than a VHD holds (2040 GiB): restore it \
+                 as raw (--format raw)",
+                point.short_id(),
+                point.size
+            )));
+        }
+        let cs = u64::from(point.chunk_size);
+        let per_block = (u64::from(DEFAULT_BLOCK_SIZE) / cs).max(1);
+        if let Some((bp, _)) = &base
+            && (bp.size != point.size || bp.chunk_size != point.chunk_size)
+        {
+            return Err(Error::Refused(format!(
+                "base point {} is not of the same disk size",
+                bp.short_id()
+            )));
+        }
+        let allocated = reader::blocks_with_data(
+            store,
+            point,
+            base.as_ref().map(|b| b.0),
+            per_block,
+            ignore_errors,
+        )?;
+        Ok(Self {
+            spec: DiskSpec {
+                size: point.size,
+                block_size: DEFAULT_BLOCK_SIZE,
+                uuid: point_uuid(point),
+                timestamp: vhd_timestamp(point.time.timestamp()),
+            },
+            parent: base.map(|(bp, name)| ParentSpec {
+                uuid: point_uuid(bp),
+                timestamp: vhd_timestamp(bp.time.timestamp()),
+                relative_path: name,
+                absolute_path: String::new(),
+            }),
+            allocated,
+            per_block,
+        })
+    }
+
+    /// The bytes the VHD will take.
+    ///
+    /// # Errors
+    /// A spec the VHD writer refuses.
+    pub(crate) fn size(&self) -> Result<u64> {
+        Ok(cairn_vhd::sparse_size(
+            &self.spec,
+            self.parent.as_ref(),
+            &self.allocated,
+        )?)
+    }
+
+    /// Chunks of the point in one block of the VHD.
+    pub(crate) fn chunks_per_block(&self) -> u64 {
+        self.per_block
+    }
+
+    /// The blocks the VHD stores.
+    pub(crate) fn blocks(&self) -> u64 {
+        self.allocated.iter().filter(|a| **a).count() as u64
+    }
+
+    /// Writes the VHD to `target` (`out` names it in errors). Returns the bytes written and
+    /// the ranges written as zeros (with errors ignored).
+    pub(crate) fn write<'scope, 'env>(
+        self,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        store: &'env dyn StoreRead,
+        point: &RecoveryPoint,
+        (out, target): (&Path, &mut dyn Write),
+        ignore_errors: bool,
+        progress: &dyn Fn(u64),
+    ) -> Result<(u64, Vec<Damaged>)> {
+        let per_block = self.per_block;
+        // Only the chunks of blocks the VHD holds are read.
+        let needed = Needed {
+            blocks: self.allocated.clone(),
+            per_block,
+        };
+        let mut reader = PointReader::start(scope, store, point, Some(needed), ignore_errors)?;
+        let mut sink = BufWriter::with_capacity(1 << 20, target);
+        let bs = u64::from(DEFAULT_BLOCK_SIZE);
+        let mut failure: Option<Error> = None;
+        let written = write_sparse(
+            &mut sink,
+            &self.spec,
+            self.parent.as_ref(),
+            &self.allocated,
+            |b, buf| {
+                let first = u64::from(b) * per_block;
+                let start = u64::from(b) * bs;
+                let len = (point.size - start).min(bs) as usize;
+                buf.fill(0);
+                if let Err(e) = reader.read_chunks(first, &mut buf[..len]) {
+                    let text = e.to_string();
+                    failure = Some(e);
+                    return Err(std::io::Error::other(text));
+                }
+                progress(start + len as u64);
+                Ok(())
+            },
+        );
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let written = written.map_err(|e| e.in_file(out))?;
+        sink.flush().map_err(io_err(out, "flushing"))?;
+        Ok((written, reader.finish()?))
+    }
+}
+
+/// Writes the VHD of `point` to `out` (see [`VhdPlan`]).
 fn write_point_vhd<'scope, 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
     store: &'env dyn StoreRead,
     point: &RecoveryPoint,
     base: Option<(&RecoveryPoint, String)>,
-    (out, target): (&Path, &mut dyn Write),
+    out: (&Path, &mut dyn Write),
     ignore_errors: bool,
     progress: &dyn Fn(u64),
 ) -> Result<(u64, Vec<Damaged>)> {
-    if !point.size.is_multiple_of(512) {
-        return Err(Error::Refused(format!(
-            "point {} is {} bytes, not whole sectors: restore it as raw",
-            point.short_id(),
-            point.size
-        )));
-    }
-    if point.size > cairn_vhd::format::MAX_DISK_SIZE {
-        return Err(Error::Refused(format!(
-            "point {} is a disk of {} bytes, larger than a VHD holds (2040 GiB): restore it as \
-             raw (--format raw)",
-            point.short_id(),
-            point.size
-        )));
-    }
-    let cs = u64::from(point.chunk_size);
-    let per_block = (u64::from(DEFAULT_BLOCK_SIZE) / cs).max(1);
-    if let Some((bp, _)) = &base
-        && (bp.size != point.size || bp.chunk_size != point.chunk_size)
-    {
-        return Err(Error::Refused(format!(
-            "base point {} is not of the same disk size",
-            bp.short_id()
-        )));
-    }
-    let allocated = reader::blocks_with_data(
+    VhdPlan::new(store, point, base, ignore_errors)?.write(
+        scope,
         store,
         point,
-        base.as_ref().map(|b| b.0),
-        per_block,
+        out,
         ignore_errors,
-    )?;
-    // Only the chunks of blocks the VHD holds are read.
-    let needed = Needed {
-        blocks: allocated.clone(),
-        per_block,
-    };
-    let mut reader = PointReader::start(scope, store, point, Some(needed), ignore_errors)?;
-    let spec = DiskSpec {
-        size: point.size,
-        block_size: DEFAULT_BLOCK_SIZE,
-        uuid: point_uuid(point),
-        timestamp: vhd_timestamp(point.time.timestamp()),
-    };
-    let parent = base.map(|(bp, name)| ParentSpec {
-        uuid: point_uuid(bp),
-        timestamp: vhd_timestamp(bp.time.timestamp()),
-        relative_path: name,
-        absolute_path: String::new(),
-    });
-    let mut sink = BufWriter::with_capacity(1 << 20, target);
-    let bs = u64::from(DEFAULT_BLOCK_SIZE);
-    let mut failure: Option<Error> = None;
-    let written = write_sparse(&mut sink, &spec, parent.as_ref(), &allocated, |b, buf| {
-        let first = u64::from(b) * per_block;
-        let start = u64::from(b) * bs;
-        let len = (point.size - start).min(bs) as usize;
-        buf.fill(0);
-        if let Err(e) = reader.read_chunks(first, &mut buf[..len]) {
-            let text = e.to_string();
-            failure = Some(e);
-            return Err(std::io::Error::other(text));
-        }
-        progress(start + len as u64);
-        Ok(())
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let written = written.map_err(|e| e.in_file(out))?;
-    sink.flush().map_err(io_err(out, "flushing"))?;
-    Ok((written, reader.finish()?))
+        progress,
+    )
 }
 
 #[expect(

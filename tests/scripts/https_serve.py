@@ -9,6 +9,10 @@ Serves two ports and prints them ("MAIN OTHER") on stdout once both listen:
                         to the host that sees the storage)
         /drop/NAME      announces the whole file, sends half of it, closes
         /missing        404
+        PUT /import_raw_vdi  the body (its Content-Length required) kept as DIR/put-N.vhd,
+                        N counting from 1 (as XAPI's import_raw_vdi takes a VHD); when the
+                        file DIR/fail-next-put exists, it is removed and the upload dropped
+                        halfway (the connection closed, nothing kept)
   OTHER /files/NAME     DIR/NAME, when the query holds token=t
 Answers at most --max-requests requests (default 100) on both ports together, then exits; it
 also exits when its standard input closes (the test that started it is gone)."""
@@ -67,23 +71,82 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(2)
 
-    def do_GET(self):
+    def count(self):
         global served
         with lock:
             served += 1
             if served >= a.max_requests:
                 done.set()
+
+    def authorized(self):
+        """False (401 sent) when --user is given and the request lacks it."""
+        if not a.user:
+            return True
+        want = "Basic " + base64.b64encode(a.user.encode()).decode()
+        if self.headers.get("Authorization") == want:
+            return True
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="xapi"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return False
+
+    def do_PUT(self):
+        self.count()
+        u = urlsplit(self.path)
+        if not self.main or u.path != "/import_raw_vdi":
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if not self.authorized():
+            return
+        length = self.headers.get("Content-Length")
+        if length is None:
+            self.send_response(411)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        length = int(length)
+        flag = os.path.join(a.dir, "fail-next-put")
+        fail = os.path.exists(flag)
+        if fail:
+            os.remove(flag)
+        with lock:
+            n = 1 + sum(1 for f in os.listdir(a.dir) if f.startswith("put-"))
+            out = os.path.join(a.dir, f"put-{n}.vhd")
+            part = out + ".part"
+            open(part, "wb").close()
+        got = 0
+        with open(part, "wb") as f:
+            while got < length:
+                if fail and got >= length // 2:
+                    os.remove(part)
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                b = self.rfile.read(min(1 << 20, length - got))
+                if not b:
+                    break
+                f.write(b)
+                got += len(b)
+        if got < length:
+            os.remove(part)
+            return
+        os.rename(part, out)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def do_GET(self):
+        self.count()
         u = urlsplit(self.path)
         parts = u.path.strip("/").split("/", 1)
         kind, name = (parts + [""])[:2]
-        if self.main and a.user and kind == "files":
-            want = "Basic " + base64.b64encode(a.user.encode()).decode()
-            if self.headers.get("Authorization") != want:
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Basic realm="xapi"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
+        if self.main and kind == "files" and not self.authorized():
+            return
         path = self.file(name) if name else None
         if kind == "files" and path and (self.main or parse_qs(u.query).get("token") == ["t"]):
             return self.send_file(path)

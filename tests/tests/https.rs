@@ -254,3 +254,146 @@ fn https_sources_are_read_as_streams_with_checked_certificates() {
     ));
     assert_eq!(restored(&i), read(&r1));
 }
+
+/// The parent file name a differencing VHD gives (its header's `parentUnicodeName`).
+fn parent_name(vhd: &Path) -> String {
+    let b = read(vhd);
+    let units: Vec<u16> = b[512 + 64..512 + 64 + 512]
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .take_while(|u| *u != 0)
+        .collect();
+    String::from_utf16(&units).expect("utf-16 name")
+}
+
+#[test]
+fn a_standby_over_https_puts_a_vhd_then_differencing_vhds_that_vhd_lib_chains() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (ca, cert, key) = certificates(w);
+    let got = w.join("got");
+    std::fs::create_dir(&got).expect("mkdir");
+    let raws: Vec<_> = (0..3)
+        .map(|d| {
+            let p = w.join(format!("day{d}.raw"));
+            cairn_tests::gen_disk(&p, "32M", 17, 4, d);
+            p
+        })
+        .collect();
+    let store = TestStore::new("256K");
+    let ids: Vec<String> = raws
+        .iter()
+        .enumerate()
+        .map(|(d, r)| {
+            id(&store.backup(
+                "dr",
+                &format!("2026-11-0{}T02:00:00Z", d + 1),
+                "xvda",
+                r,
+                &[],
+            ))
+        })
+        .collect();
+    let srv = Https::start(&cert, &key, &got, "root:pw");
+    let url = format!("{}?format=vhd&vdi=5f0c", srv.url("import_raw_vdi"));
+    let standby = |point: &str, extra: &[&str]| {
+        run(store
+            .cmd(&[
+                "standby",
+                "--json",
+                point,
+                "--http-user",
+                "root",
+                "--to",
+                &url,
+            ])
+            .args(extra)
+            .env("CAIRN_HTTP_PASSWORD", "pw"))
+    };
+    let ca_arg = ["--ca-file", ca.to_str().expect("utf-8")];
+    let done = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cairn_tests::json(&String::from_utf8_lossy(&out.stdout))
+    };
+    // The certificate is checked: without its CA, refused, nothing sent.
+    let out = standby(&ids[0], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ca-file") && !err.contains("5f0c"), "{err}");
+    // Day 0: the whole point as a dynamic VHD; day 1: a differencing VHD of what changed.
+    let first = done(standby(&ids[0], &ca_arg));
+    let second = done(standby(&ids[1], &ca_arg));
+    assert_eq!(second["from"], ids[0].as_str(), "{second}");
+    assert!(
+        second["bytes_written"].as_u64() < first["bytes_written"].as_u64().map(|b| b / 2),
+        "{first} {second}"
+    );
+    // Day 2's PUT dropped halfway: an error, and the next run sends it again.
+    std::fs::write(got.join("fail-next-put"), b"").expect("flag");
+    let out = standby(&ids[2], &ca_arg);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the next run sends it again") && !err.contains("5f0c"),
+        "{err}"
+    );
+    let third = done(standby(&ids[2], &ca_arg));
+    assert_eq!(third["finished_interrupted"], true, "{third}");
+    assert_eq!(third["to"], ids[2].as_str(), "{third}");
+    // Held already: nothing sent.
+    let again = done(standby(&ids[2], &ca_arg));
+    assert_eq!(again["bytes_written"], 0, "{again}");
+
+    // What arrived is a chain: each differencing VHD names the one before as its parent.
+    let chain = w.join("chain");
+    std::fs::create_dir(&chain).expect("mkdir");
+    let puts: Vec<_> = (1..=3).map(|n| got.join(format!("put-{n}.vhd"))).collect();
+    assert!(
+        puts.iter().all(|p| p.exists()),
+        "{:?}",
+        std::fs::read_dir(&got).map(|d| d.count())
+    );
+    let names = [
+        parent_name(&puts[1]),
+        parent_name(&puts[2]),
+        "top.vhd".to_owned(),
+    ];
+    for (p, n) in puts.iter().zip(&names) {
+        std::fs::copy(p, chain.join(n)).expect("copy");
+    }
+    let top = chain.join("top.vhd");
+    ok(&mut node(
+        "xo_check.js",
+        [
+            std::ffi::OsStr::new("--chain"),
+            std::ffi::OsStr::new("--blocks"),
+            top.as_os_str(),
+        ],
+    ));
+    let xo_out = w.join("chain.raw");
+    ok(&mut node(
+        "xo_chain_to_raw.js",
+        [
+            top.as_os_str(),
+            xo_out.as_os_str(),
+            std::ffi::OsStr::new("--mode=synthetic"),
+        ],
+    ));
+    assert_eq!(read(&xo_out), read(&raws[2]));
+    // The one before the drop reads as day 1.
+    let mid = chain.join(&names[1]);
+    let mid_out = w.join("mid.raw");
+    ok(&mut node(
+        "xo_chain_to_raw.js",
+        [
+            mid.as_os_str(),
+            mid_out.as_os_str(),
+            std::ffi::OsStr::new("--mode=synthetic"),
+        ],
+    ));
+    assert_eq!(read(&mid_out), read(&raws[1]));
+}

@@ -38,4 +38,4 @@ pub use error::{Error, Result, Structure};
 pub use format::{DiskType, Footer, Geometry, Header, ParentLocator};
 pub use reader::{BlockState, Vhd};
 pub use stream::{StreamOpen, StreamVhd};
-pub use writer::{DiskSpec, ParentSpec, vhd_timestamp, write_fixed, write_sparse};
+pub use writer::{DiskSpec, ParentSpec, sparse_size, vhd_timestamp, write_fixed, write_sparse};

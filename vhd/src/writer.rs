@@ -189,6 +189,28 @@ impl<W: Write> Counted<W> {
     }
 }
 
+/// The bytes [`write_sparse`] writes for these arguments: known before the first byte, for an
+/// upload that announces its length (an HTTP PUT with `Content-Length`).
+///
+/// # Errors
+/// As [`write_sparse`]: a spec that is not valid, an `allocated` of the wrong length.
+pub fn sparse_size(
+    spec: &DiskSpec,
+    parent: Option<&ParentSpec>,
+    allocated: &[bool],
+) -> Result<u64> {
+    let layout = Layout::new(spec, parent)?;
+    if allocated.len() != layout.entries as usize {
+        return Err(Error::Usage(format!(
+            "{} allocation flags for {} blocks",
+            allocated.len(),
+            layout.entries
+        )));
+    }
+    let stored = allocated.iter().filter(|a| **a).count() as u64;
+    Ok(layout.data_start + stored * layout.block_span + FOOTER_SIZE as u64)
+}
+
 /// Writes a dynamic (`parent` is `None`) or differencing VHD to `out`, front to back.
 ///
 /// `allocated[i]` says whether block `i` is stored; `read_block(i, buf)` fills the data of each
@@ -287,4 +309,37 @@ pub fn write_fixed<W: Write>(
 #[must_use]
 pub fn vhd_timestamp(unix_seconds: i64) -> u32 {
     (unix_seconds - crate::format::VHD_EPOCH_UNIX).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_size_announced_is_the_size_written() {
+        let spec = DiskSpec {
+            size: 40 << 20,
+            block_size: 2 << 20,
+            uuid: uuid::Uuid::from_bytes([7; 16]),
+            timestamp: 1,
+        };
+        let parent = ParentSpec {
+            uuid: uuid::Uuid::from_bytes([9; 16]),
+            timestamp: 0,
+            relative_path: "base-of-the-chain.vhd".into(),
+            absolute_path: String::new(),
+        };
+        let allocated: Vec<bool> = (0..20).map(|i| i % 3 == 0).collect();
+        for p in [None, Some(&parent)] {
+            let mut out = Vec::new();
+            let n = write_sparse(&mut out, &spec, p, &allocated, |_, b| {
+                b.fill(1);
+                Ok(())
+            })
+            .expect("written");
+            assert_eq!(n, out.len() as u64);
+            assert_eq!(sparse_size(&spec, p, &allocated).expect("size"), n);
+        }
+        assert!(sparse_size(&spec, None, &allocated[1..]).is_err());
+    }
 }

@@ -1,0 +1,216 @@
+//! Targets read and written in place (a file, a block device, an NBD export): the chunks that
+//! differ written, under the journal, then flushed.
+
+use cairn_store::{ChunkRef, Found, PointLookup, RecoveryPoint, Store};
+
+use super::{Files, Looks, StandbyOptions, StandbyReport, State, journal_point, refused};
+use crate::{Error, Result};
+
+/// A disk written in place.
+pub(super) trait BlockTarget {
+    /// The target as messages and the state show it.
+    fn shown(&self) -> &str;
+    /// Whether it held anything before this run (a new, empty file did not: it reads as zeros,
+    /// and its holes can stay holes).
+    fn held_data(&self) -> bool;
+    /// What it looks like now (see [`Looks`]); `chunk_size` for targets that sample chunks.
+    ///
+    /// # Errors
+    /// I/O or NBD errors.
+    fn looks(&mut self, chunk_size: u64) -> Result<Looks>;
+    /// Makes it `len` bytes long, when it can be (a file); `false` when it cannot.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn set_len(&mut self, len: u64) -> Result<bool>;
+    /// Reads `buf.len()` bytes at `at`.
+    ///
+    /// # Errors
+    /// I/O or NBD errors.
+    fn read_at(&mut self, buf: &mut [u8], at: u64) -> Result<()>;
+    /// Writes `data` at `at`.
+    ///
+    /// # Errors
+    /// I/O or NBD errors.
+    fn write_at(&mut self, data: &[u8], at: u64) -> Result<()>;
+    /// Makes every write durable.
+    ///
+    /// # Errors
+    /// I/O or NBD errors.
+    fn flush(&mut self) -> Result<()>;
+}
+
+/// Where a point's chunks go.
+struct Writer<'a> {
+    store: &'a Store,
+    lookup: PointLookup,
+    point: &'a RecoveryPoint,
+}
+
+impl Writer<'_> {
+    /// Writes chunks `first..end` of the point as the store holds them; with `compare` only
+    /// those that differ; with `fresh` (a new file, zeros already) no zero chunk. Returns
+    /// (chunks, bytes) written.
+    fn write(
+        &self,
+        target: &mut dyn BlockTarget,
+        (first, end): (u64, u64),
+        compare: bool,
+        fresh: bool,
+    ) -> Result<(u64, u64)> {
+        let (store, point) = (self.store, self.point);
+        let cs = u64::from(point.chunk_size);
+        let mut written = (0u64, 0u64);
+        let mut have = vec![0u8; cs as usize];
+        let zeros = vec![0u8; cs as usize];
+        let mut i = first;
+        while i < end {
+            let (bytes, next): (Option<Vec<u8>>, u64) = match self.lookup.find(store, i)? {
+                Found::Zeros { end: z } => (None, z.min(end)),
+                Found::Ref(ChunkRef::Zero) => (None, i + 1),
+                Found::Ref(ChunkRef::Data(id)) => (
+                    Some(store.read_chunk(&id).map_err(|e| Error::Chunk {
+                        point: point.short_id().to_owned(),
+                        offset: i * cs,
+                        source: e,
+                    })?),
+                    i + 1,
+                ),
+            };
+            if bytes.is_none() && fresh {
+                // A new file reads as zeros already: its holes stay holes.
+                i = next;
+                continue;
+            }
+            for c in i..next {
+                let at = c * cs;
+                let len = cs.min(point.size - at) as usize;
+                let want: &[u8] = bytes.as_deref().unwrap_or(&zeros[..len]);
+                if compare {
+                    let got = &mut have[..len];
+                    target.read_at(got, at)?;
+                    if got == want {
+                        continue;
+                    }
+                }
+                target.write_at(want, at)?;
+                written.0 += 1;
+                written.1 += len as u64;
+            }
+            i = next;
+        }
+        Ok(written)
+    }
+}
+
+/// Brings `target` from `from` (what it holds, `None`: unknown or nothing) to `to`, and
+/// flushes it.
+fn bring(
+    store: &Store,
+    target: &mut dyn BlockTarget,
+    from: Option<&RecoveryPoint>,
+    to: &RecoveryPoint,
+    compare: bool,
+    fresh: bool,
+) -> Result<(u64, u64)> {
+    let writer = Writer {
+        store,
+        lookup: PointLookup::new(to)?,
+        point: to,
+    };
+    let mut written = (0u64, 0u64);
+    match from {
+        Some(old) if !compare && old.chunk_size == to.chunk_size && old.size == to.size => {
+            let mut ranges = Vec::new();
+            cairn_store::tree::differences(store, old, to, false, |a, b| ranges.push((a, b)))?;
+            for r in ranges {
+                let w = writer.write(target, r, false, false)?;
+                written = (written.0 + w.0, written.1 + w.1);
+            }
+        }
+        _ => {
+            let all = (0, to.chunk_count());
+            written = writer.write(target, all, compare, fresh)?;
+        }
+    }
+    target.flush()?;
+    Ok(written)
+}
+
+/// Keeps a block target equal to `point` (see the module).
+pub(super) fn run(
+    store: &Store,
+    point: &RecoveryPoint,
+    target: &mut dyn BlockTarget,
+    options: &StandbyOptions,
+) -> Result<StandbyReport> {
+    let shown = target.shown().to_owned();
+    let f = Files::lock(store, &shown)?;
+    let cs = u64::from(point.chunk_size);
+    let find = |id: &str| -> Result<Option<RecoveryPoint>> { Ok(store.point_by_id(id)?) };
+    let mut report = StandbyReport {
+        target: shown.clone(),
+        to: point.id.clone(),
+        ..StandbyReport::default()
+    };
+    let mut state = f.state()?;
+    // 1. An interrupted run is finished first.
+    if let Some(j) = f.journal()? {
+        let to = journal_point(store, &j, &shown, point)?;
+        let from = j.from.as_deref().map(find).transpose()?.flatten();
+        let w = bring(store, target, from.as_ref(), &to, from.is_none(), false)?;
+        let s = State::new(&shown, &to, target.looks(cs)?);
+        f.set_state(&s)?;
+        state = Some(s);
+        f.end()?;
+        report.finished_interrupted = true;
+        report.chunks_written += w.0;
+        report.bytes_written += w.1;
+    }
+    // 2. What the target holds, checked.
+    let held_data = target.held_data();
+    let looks = target.looks(cs)?;
+    let held = match &state {
+        Some(s) if s.looks() == looks => find(&s.point)?,
+        Some(s) if !options.force => {
+            return Err(refused(format!(
+                "{shown} changed since cairn wrote point {} to it ({}: was the copy \
+                 started?); nothing was written. --force reads it all and rewrites what differs",
+                &s.point[..12.min(s.point.len())],
+                if s.sample.is_some() {
+                    "its size or sampled chunks differ"
+                } else {
+                    "size, time or inode differ"
+                }
+            )));
+        }
+        Some(_) => None,
+        None if held_data && !options.force => {
+            return Err(refused(format!(
+                "{shown} holds data and cairn never wrote it; nothing was written. --force \
+                 makes it a standby disk (what differs is rewritten)"
+            )));
+        }
+        None => None,
+    };
+    report.from = held.as_ref().map(|p| p.id.clone());
+    if held.as_ref().is_some_and(|h| h.id == point.id) && !options.verify {
+        return Ok(report);
+    }
+    if looks.size != point.size && !target.set_len(point.size)? {
+        return Err(refused(format!(
+            "{shown} is {} bytes and the point {} bytes",
+            looks.size, point.size
+        )));
+    }
+    // 3. The journal, then the writes, the flush, the state; the journal goes last.
+    let compare = held.is_none() && held_data || options.verify;
+    f.begin(held.as_ref(), point)?;
+    let w = bring(store, target, held.as_ref(), point, compare, !held_data)?;
+    report.chunks_written += w.0;
+    report.bytes_written += w.1;
+    report.compared = compare;
+    f.set_state(&State::new(&shown, point, target.looks(cs)?))?;
+    f.end()?;
+    Ok(report)
+}
