@@ -158,7 +158,6 @@ impl Endpoint {
     }
 
     /// A request to the URL, with the credentials.
-    #[must_use]
     pub fn request(&self, method: reqwest::Method) -> reqwest::blocking::RequestBuilder {
         let r = self.client.request(method, self.url.clone());
         match &self.auth {

@@ -142,6 +142,30 @@ pub fn qemu_nbd_shared(file: &Path, format: &str, shared: u32) -> Server {
     )
 }
 
+/// `FILE` served writable as export `disk` by qemu-nbd (persistent, one client at a time): a
+/// disaster-recovery host's disk that a standby keeps current.
+#[must_use]
+pub fn qemu_nbd_writable(file: &Path, format: &str) -> Server {
+    foreground(
+        "qemu-nbd",
+        "qemu-nbd (qemu-utils, installed by scripts/setup.sh)",
+        false,
+        |socket| {
+            os(&[
+                &"-t",
+                &"-x",
+                &"disk",
+                &"-f",
+                &format,
+                &"--cache=none",
+                &"-k",
+                &socket,
+                &file,
+            ])
+        },
+    )
+}
+
 /// `nbdkit ARGS` (plugin, filters, parameters) on a unix socket, in the foreground.
 #[must_use]
 pub fn nbdkit(args: &[&str]) -> Server {
