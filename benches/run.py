@@ -21,6 +21,8 @@ consecutive days made with `cairn vhd from-raw --parent`):
            increment (benches/replicate.py)
   serve    backups and restores through `cairn serve` (TLS on loopback) against local ones,
            four clients at once, the server's peak RSS (benches/serve.py)
+  report   the report page of a made-up store of 100 VMs x 1000 points: render time, page size
+           (benches/report.py)
 `--only SECTIONS` runs only those (comma-separated: main, limits, scaling, sparse, scale, bigdisk,
 generations, index, nbd, replicate; main is the full/daily/clone/restore steps with the peers).
 Each step records wall time, CPU time and peak RSS (wait4) and the repository size after it.
@@ -456,6 +458,7 @@ def main():
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: sparse,scale,scaling,limits,...")
     ap.add_argument("--only", default="", help="comma-separated sections to run (see above)")
     ap.add_argument("--fill-index", type=Path, help="the fill-index binary (for the index section)")
+    ap.add_argument("--report-page", type=Path, help="the report-page binary (for the report section)")
     ap.add_argument("--smoke", action="store_true", help="the scale sections at a smoke test's sizes")
     a = ap.parse_args()
     global DROP_CACHES
@@ -476,13 +479,15 @@ def main():
             partial.write_text(json.dumps({"rows": res.rows}, indent=2))
 
 
-SECTIONS = ("main", "limits", "scaling", "sparse", "scale", "bigdisk", "generations", "index", "nbd", "replicate", "serve")
+SECTIONS = ("main", "limits", "scaling", "sparse", "scale", "bigdisk", "generations", "index", "nbd", "replicate", "serve",
+            "report")
 
 
 def run_all(a, size, work, skip, res, started):
     import nbd
     import replicate
     import scale
+    import report
     import serve
     only = set(filter(None, a.only.split(",")))
     unknown = (only | skip) - set(SECTIONS)
@@ -503,7 +508,7 @@ def run_all(a, size, work, skip, res, started):
         run_limits(work, imgs["vm1-day0"], res)
     # The scale sections run in a full run with the peers, or when asked for by --only.
     if a.cairn_only and not only:
-        skip = skip | {"bigdisk", "generations", "index", "nbd", "replicate", "serve"}
+        skip = skip | {"bigdisk", "generations", "index", "nbd", "replicate", "serve", "report"}
     profile = "smoke" if a.smoke else "quick" if a.quick else "full"
     if "bigdisk" not in skip:
         scale.run_bigdisk(work, a.shared, a.cairn, res, profile)
@@ -519,6 +524,10 @@ def run_all(a, size, work, skip, res, started):
         replicate.run_replicate(work, a.shared, a.cairn, res, profile)
     if "serve" not in skip:
         serve.run_serve(work, a.shared, a.cairn, res, profile)
+    if "report" not in skip:
+        if a.report_page is None:
+            raise SystemExit("the report section needs --report-page (run.sh passes it)")
+        report.run_report(work, a.report_page, res, profile)
     ideal = None
     chunk = 256 << 10
     if "main" not in skip and not a.cairn_only:
@@ -531,7 +540,8 @@ def run_all(a, size, work, skip, res, started):
         run_sparse(work, a.cairn, imgs, res)
     if "scale" not in skip and not a.quick and not a.cairn_only:
         run_scale(work, a.shared, a.cairn, res, 1000)
-    targets = summarize(res, ideal, scaling, chunk) + scale.targets(res) + nbd.targets(res) + replicate.targets(res) + serve.targets(res)
+    targets = (summarize(res, ideal, scaling, chunk) + scale.targets(res) + nbd.targets(res) + replicate.targets(res)
+               + serve.targets(res) + report.targets(res))
 
     # The table: one row per step, one column group per tool.
     tools = [t for t in ("cairn", "restic", "borg", "borg-fixed", "limit", "helper") if any(r["tool"] == t for r in res.rows)]

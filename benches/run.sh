@@ -27,4 +27,5 @@ command -v nbdcopy >/dev/null && /usr/bin/python3 -c "import nbd" 2>/dev/null ||
   apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnbd-bin python3-libnbd >&2; }
 cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p cairn-cli -p cairn-benches >&2
 exec python3 "$repo/benches/run.py" --cairn "$CARGO_TARGET_DIR/release/cairn" \
-  --fill-index "$CARGO_TARGET_DIR/release/fill-index" "$@"
+  --fill-index "$CARGO_TARGET_DIR/release/fill-index" \
+  --report-page "$CARGO_TARGET_DIR/release/report-page" "$@"

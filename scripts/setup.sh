@@ -2,7 +2,9 @@
 # Installs what cairn needs on a fresh Debian machine with the Rust toolchain:
 # system packages (libclang for RocksDB's bindings, qemu-utils, GNU time for the benchmark
 # smoke test) and the peer tools the tests check our VHDs with (qemu-img, Xen Orchestra's
-# vhd-lib, libvhdi, nbdkit), and curl and procps (pkill) for the tests of `cairn serve`.
+# vhd-lib, libvhdi, nbdkit), curl and procps (pkill) for the tests of `cairn serve`,
+# Chromium for the report page's test, and Garage (an S3-compatible cluster, built from
+# crates.io once, about 10 minutes, cached in ~/.cache/cairn/garage) for object storage.
 # Idempotent and quick when everything is already there.
 #   usage: scripts/setup.sh
 set -euo pipefail
@@ -13,7 +15,7 @@ peers=$cache/peers
 mkdir -p "$cache"
 
 need_apt=()
-for pkg in libclang-dev clang qemu-utils nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl curl procps; do
+for pkg in libclang-dev clang qemu-utils nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl curl procps chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -33,4 +35,12 @@ if [ ! -f "$peers/.installed" ]; then
   bash "$shared/peers/install_peers.sh" "$peers" >"$cache/peers-install.log" 2>&1 || {
     echo "setup: peer install failed, see $cache/peers-install.log" >&2; tail -20 "$cache/peers-install.log" >&2; exit 1; }
   touch "$peers/.installed"
+fi
+
+# Garage, built once and kept in the cache (a fresh machine pays its build, ~10 min on 2 cores).
+garage=$cache/garage/bin/garage
+if [ ! -x "$garage" ]; then
+  echo "setup: building Garage into $cache/garage (once, about 10 minutes)" >&2
+  nice -n 10 cargo install garage --locked --root "$cache/garage" >"$cache/garage-install.log" 2>&1 || {
+    echo "setup: Garage's build failed, see $cache/garage-install.log" >&2; tail -20 "$cache/garage-install.log" >&2; exit 1; }
 fi

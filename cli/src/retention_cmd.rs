@@ -297,6 +297,15 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
         Some(store.forget(&remove)?)
     };
     let forget_secs = forget_started.elapsed().as_secs_f64();
+    if !a.dry_run {
+        // Remembered for the report: which rule keeps each point of these VMs.
+        let mut vms: Vec<String> = decisions.iter().map(|(p, _)| p.vm.clone()).collect();
+        vms.sort();
+        vms.dedup();
+        if let Err(e) = cairn_gc::history::record_rules(&store, &vms, &rules) {
+            eprintln!("note: the rules could not be recorded for the report: {e}");
+        }
+    }
     // A dry run says what the removal would free: the chunks only these points hold.
     let would_free = if a.dry_run && !remove.is_empty() {
         Some(store.would_free(&remove)?)

@@ -400,8 +400,12 @@ pub struct ListArgs {
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  cairn report --store /backups/store --json | jq .vms\n  \
-    cairn report --pool prod --since 7d\n\n\
-    Shared and unique bytes are counted over the whole store; the filters choose the rows."
+    cairn report --pool prod --since 7d\n  \
+    cairn report --store /backups/store --html /var/www/backups.html\n\n\
+    Shared and unique bytes are counted over the whole store; the filters choose the rows.\n\
+    --html writes one self-contained page (no network): savings, growth and when the disk\n\
+    fills, the last verify, VMs ranked by what deleting them frees, and per VM a chart and\n\
+    its newest points (every point with --vm). The JSON is docs/report-json.md."
 )]
 pub struct ReportArgs {
     #[command(flatten)]
@@ -411,6 +415,10 @@ pub struct ReportArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Write the report as an HTML page to FILE (replaced atomically), instead of the text
+    /// (with --json, the JSON the page is drawn from is printed too).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -1131,7 +1139,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
                 .into_iter()
                 .map(|p| p.id)
                 .collect();
-            keep_rows(r.report()?, &shown)
+            cairn_gc::report::keep_rows(r.report()?, &shown)
         }
         None => {
             let store = open_read(&a.store.store)?;
@@ -1146,6 +1154,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
                 .map(|p| p.id)
                 .collect();
             let costs = cairn_gc::cost::costs(&store, &points)?;
+            let extras = cairn_gc::report::Extras::of(store.root());
             // Space no point references: garbage frames (what `cairn gc` can free, with every
             // pack rewritten) and unindexed packs, from gc's own dry run. `None` while a gc
             // runs. The store is closed first: a read-only index opened beside a live writer
@@ -1154,61 +1163,44 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
             let reclaimable =
                 cairn_gc::collect(&a.store.store, &cairn_gc::GcOptions::reclaimable(), &|_| {})
                     .ok();
-            cairn_gc::report::build(&costs, &|p| shown.contains(&p.id), reclaimable.as_ref(), tz)
+            cairn_gc::report::build(
+                &costs,
+                &|p| shown.contains(&p.id),
+                reclaimable.as_ref(),
+                tz,
+                &extras,
+            )
         }
     };
     let damaged = doc["damaged_points"]
         .as_array()
         .is_some_and(|d| !d.is_empty());
+    if let Some(file) = &a.html {
+        // Every point of a VM asked for by name; else its newest ones.
+        let options = cairn_gc::report::page::PageOptions {
+            points_per_vm: if a.select.filter.vm.is_none() {
+                cairn_gc::report::page::PageOptions::default().points_per_vm
+            } else {
+                usize::MAX
+            },
+            vm_pages: false,
+        };
+        let page = cairn_gc::report::page::render(&doc, &options);
+        cairn_store::write_atomic_mode(file, page.as_bytes(), 0o644)
+            .with_context(|| format!("writing the page {}", file.display()))?;
+        eprintln!(
+            "wrote {} ({})",
+            file.display(),
+            human_bytes(page.len() as u64)
+        );
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
+    } else if a.html.is_none() {
         render_report(&doc);
     }
     // 3: a partial result.
     Ok(if damaged { 3 } else { 0 })
-}
-
-/// The VM a row of the report document belongs to, as `VmKey` says it: its UUID and pool when
-/// it has a UUID, else its name and pool.
-fn report_vm_key(v: &serde_json::Value) -> (Option<String>, Option<String>, Option<String>) {
-    (
-        v["vm_uuid"].as_str().map(str::to_owned),
-        v["vm_uuid"]
-            .is_null()
-            .then(|| v["vm"].as_str().unwrap_or_default().to_owned()),
-        v["pool"].as_str().map(str::to_owned),
-    )
-}
-
-/// The report document with the rows of the points `shown` only (and of the disks and VMs
-/// that hold one); the store's figures stay those of every point.
-fn keep_rows(mut doc: serde_json::Value, shown: &HashSet<String>) -> serde_json::Value {
-    let key = report_vm_key;
-    let points: Vec<serde_json::Value> = doc["points"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| p["id"].as_str().is_some_and(|id| shown.contains(id)))
-        .collect();
-    let disks: HashSet<_> = points.iter().map(|p| (key(p), p["disk"].clone())).collect();
-    for (field, by_disk) in [("disks", true), ("vms", false)] {
-        let kept: Vec<serde_json::Value> = doc[field]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| {
-                disks
-                    .iter()
-                    .any(|(k, d)| *k == key(r) && (!by_disk || *d == r["disk"]))
-            })
-            .collect();
-        doc[field] = serde_json::Value::Array(kept);
-    }
-    doc["points"] = serde_json::Value::Array(points);
-    doc
 }
 
 /// `cairn report` for people, from the report document (docs/report-json.md): one row for the
@@ -1218,7 +1210,7 @@ fn render_report(doc: &serde_json::Value) {
     let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
     let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
     // A VM is its UUID (and pool) when it has one, else its name (and pool).
-    let key = report_vm_key;
+    let key = cairn_gc::report::row_vm_key;
     let vm_name = |v: &serde_json::Value| {
         let mut name = text(v, "vm");
         if let Some(pool) = v["pool"].as_str() {

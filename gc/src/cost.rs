@@ -45,6 +45,9 @@ struct Holders {
     /// How many points hold the chunk, and the last one counted (points are visited in order).
     points: u32,
     last_point: Option<usize>,
+    /// The first point (in the order given, oldest first) that holds it: the one whose backup
+    /// stored it.
+    first_point: usize,
     disks: HashSet<(VmKey, String)>,
     vms: HashSet<VmKey>,
 }
@@ -86,6 +89,9 @@ pub struct Cost {
     pub plain: u64,
     /// Stored bytes of the chunks no other group holds (what dropping the group frees).
     pub unique: u64,
+    /// Stored bytes of the chunks its points were the first to hold (what their backups
+    /// added to the store).
+    pub new: u64,
     /// Bytes a chain of full backups of the group would store.
     pub full_chain: u64,
     /// Bytes Xen Orchestra's VHD deltas (whole 2 MiB blocks) of the group would store.
@@ -130,7 +136,10 @@ pub fn costs<'p>(store: &Store, points: &'p [RecoveryPoint]) -> Result<Costs<'p>
     for (i, p) in points.iter().enumerate() {
         let key = (p.vm_key(), p.disk.clone());
         let walked = each_data_ref(store, p, |_, id| {
-            let h = holders.entry(id).or_default();
+            let h = holders.entry(id).or_insert_with(|| Holders {
+                first_point: i,
+                ..Holders::default()
+            });
             if h.last_point != Some(i) {
                 h.points += 1;
                 h.last_point = Some(i);
@@ -186,8 +195,13 @@ pub fn costs<'p>(store: &Store, points: &'p [RecoveryPoint]) -> Result<Costs<'p>
                     let (st, pl) = size.get(&id).copied().unwrap_or_default();
                     c.stored += st;
                     c.plain += pl;
-                    if holders.get(&id).is_some_and(|h| h.points == 1) {
-                        c.unique += st;
+                    if let Some(h) = holders.get(&id) {
+                        if h.points == 1 {
+                            c.unique += st;
+                        }
+                        if h.first_point == i {
+                            c.new += st;
+                        }
                     }
                 }
                 blocks.insert(k / per_block);
@@ -216,6 +230,7 @@ pub fn costs<'p>(store: &Store, points: &'p [RecoveryPoint]) -> Result<Costs<'p>
             agg.allocated += c.allocated;
             agg.full_chain += c.full_chain;
             agg.vhd_deltas += c.vhd_deltas;
+            agg.new += c.new;
         }
     }
     // Stored, plain and unique bytes of groups count each chunk once.

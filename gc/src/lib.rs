@@ -44,6 +44,7 @@
 
 pub mod collect;
 pub mod cost;
+pub mod history;
 pub mod prune;
 pub mod report;
 pub mod verify;

@@ -471,5 +471,23 @@ pub fn verify(
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
+    // Remembered for the report page; a verify whose record cannot be written still stands.
+    let scope = match (opts.filter.is_empty(), opts.since, opts.sample) {
+        (true, None, None) => "every point".to_owned(),
+        (all, since, sample) => {
+            let mut parts = Vec::new();
+            if !all {
+                parts.push("the points chosen".to_owned());
+            }
+            if let Some(t) = since {
+                parts.push(format!("points since {}", t.to_rfc3339()));
+            }
+            if let Some(s) = sample {
+                parts.push(format!("a sample of {:.0} % of the chunks", s * 100.0));
+            }
+            parts.join(", ")
+        }
+    };
+    let _ = crate::history::record_verify(root, &report, &scope);
     Ok(report)
 }

@@ -74,11 +74,7 @@ impl App {
         roles: &[Role],
         what: &str,
     ) -> Result<Token, ApiError> {
-        let secret = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let secret = secret_of(headers);
         let tokens = self.tokens()?;
         let token = authenticate(&tokens, secret.trim(), chrono::Utc::now())
             .map_err(|r| ApiError::new(StatusCode::UNAUTHORIZED, r.to_string()))?
@@ -91,6 +87,29 @@ impl App {
         }
         Ok(token)
     }
+}
+
+/// The token's secret a request carries: `Authorization: Bearer SECRET`, or, from a browser
+/// asked for credentials, `Basic` with the secret as the password (any user name).
+fn secret_of(headers: &HeaderMap) -> String {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if let Some(s) = value.strip_prefix("Bearer ") {
+        return s.to_owned();
+    }
+    value
+        .strip_prefix("Basic ")
+        .and_then(|b| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|up| up.split_once(':').map(|(_, pw)| pw.to_owned()))
+        .unwrap_or_default()
 }
 
 /// An error answer: a status and a message, sent as `{"error": "..."}`.
@@ -181,6 +200,8 @@ pub fn router(app: Shared) -> axum::Router {
         .route("/api/v1/prune", post(prune))
         .route("/api/v1/gc", post(gc))
         .route("/api/v1/report", get(report))
+        .route("/", get(page))
+        .route("/vm/{vm}", get(vm_page))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint (see docs/api.md)")
         })
@@ -199,6 +220,12 @@ async fn require_token(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // The report pages ask a browser for the token themselves (a GET has no body to read).
+    let page = req.method() == axum::http::Method::GET
+        && (req.uri().path() == "/" || req.uri().path().starts_with("/vm/"));
+    if page {
+        return next.run(req).await;
+    }
     match app.authorize(req.headers(), ANY, "use this server") {
         Ok(_) => next.run(req).await,
         Err(e) => e.into_response(),
@@ -398,7 +425,10 @@ async fn prune(
     }
     blocking(move || {
         let tz = app.store.config().tz();
-        let remove: Vec<RecoveryPoint> = cairn_gc::decide(app.store.points()?, &b.rules, &tz)
+        let decisions = cairn_gc::decide(app.store.points()?, &b.rules, &tz);
+        let mut vms: Vec<String> = decisions.iter().map(|(p, _)| p.vm.clone()).collect();
+        vms.dedup();
+        let remove: Vec<RecoveryPoint> = decisions
             .into_iter()
             .filter(|(_, keep)| keep.is_none())
             .map(|(p, _)| p)
@@ -409,6 +439,11 @@ async fn prune(
             return Ok(Json(serde_json::json!({ "dry_run": b.dry_run, "remove": ids, "would_free_bytes": freed.stored_bytes })));
         }
         let f = app.store.forget(&remove)?;
+        vms.sort();
+        vms.dedup();
+        if let Err(e) = cairn_gc::history::record_rules(app.store, &vms, &b.rules) {
+            tracing::warn!("the rules could not be recorded for the report: {e}");
+        }
         Ok(Json(serde_json::json!({ "dry_run": false, "remove": ids, "chunks_unreferenced": f.chunks_unreferenced })))
     })
     .await
@@ -469,6 +504,112 @@ async fn report(State(app): State<Shared>, headers: HeaderMap) -> Answer<Json<se
         Ok(Json(doc))
     })
     .await
+}
+
+/// `GET /`: the report page of what the token may read (an admin token: the whole store; a
+/// restore token: its VMs' rows, without the store-wide figures).
+async fn page(State(app): State<Shared>, headers: HeaderMap) -> Response {
+    page_for(app, headers, None).await
+}
+
+/// `GET /vm/{vm}`: one VM's page, every point listed.
+async fn vm_page(
+    State(app): State<Shared>,
+    axum::extract::Path(vm): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    page_for(app, headers, Some(vm)).await
+}
+
+/// The fields of the report document about the whole store, which only an admin token reads.
+const STORE_WIDE: [&str; 9] = [
+    "store",
+    "growth",
+    "filesystem",
+    "last_verify",
+    "garbage_bytes",
+    "garbage_frames",
+    "orphan_packs",
+    "orphan_bytes",
+    "damaged_points",
+];
+
+async fn page_for(app: Shared, headers: HeaderMap, vm: Option<String>) -> Response {
+    let token = match app.authorize(&headers, &[Role::Admin, Role::Restore], "read the report") {
+        Ok(t) => t,
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
+            // A browser asks for the token (as the password) and sends it again.
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(
+                    header::WWW_AUTHENTICATE,
+                    "Basic realm=\"cairn report: a token as the password\", charset=\"UTF-8\"",
+                )],
+                format!(
+                    "{}: give a restore or admin token as the password",
+                    e.message
+                ),
+            )
+                .into_response();
+        }
+        Err(e) => return e.into_response(),
+    };
+    let made = blocking(move || {
+        let admin = token.role == Role::Admin;
+        let reclaimable = if admin {
+            app.collecting.try_lock().ok().and_then(|_one| {
+                let opts = cairn_gc::GcOptions::reclaimable();
+                let live = || app.sessions.open_packs();
+                cairn_gc::collect::collect_held(app.store, &opts, &live).ok()
+            })
+        } else {
+            None
+        };
+        let shown =
+            |p: &RecoveryPoint| token.allows_vm(&p.vm) && vm.as_ref().is_none_or(|v| *v == p.vm);
+        let mut doc = cairn_gc::report::document(app.store, &shown, reclaimable.as_ref())
+            .map_err(|e| ApiError::internal(&e.to_string()))?;
+        if !admin {
+            for f in STORE_WIDE {
+                doc[f] = serde_json::Value::Null;
+            }
+        }
+        if let Some(v) = &vm
+            && doc["vms"].as_array().is_none_or(Vec::is_empty)
+        {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no VM {v:?} that this token reads"),
+            ));
+        }
+        let options = cairn_gc::report::page::PageOptions {
+            points_per_vm: if vm.is_some() {
+                usize::MAX
+            } else {
+                cairn_gc::report::page::PageOptions::default().points_per_vm
+            },
+            vm_pages: vm.is_none(),
+        };
+        Ok(cairn_gc::report::page::render(&doc, &options))
+    })
+    .await;
+    match made {
+        Ok(page) => (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                // The page is whole in itself: nothing may be loaded from anywhere.
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:",
+                ),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            page,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Answer<T> {

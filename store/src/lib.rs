@@ -155,5 +155,5 @@ pub use policy::{POLICIES_FILE, Policy};
 pub use rebuild::RebuildReport;
 pub use refs::Freed;
 pub use session::{KnownFilter, NewPoint, Rewrite, Session, StagedPoint};
-pub use store::{OpenMode, Store, write_atomic};
+pub use store::{OpenMode, Store, write_atomic, write_atomic_mode};
 pub use tree::{Body, Extent, RefLookup, TreeRoot, TreeWriter, Walk};

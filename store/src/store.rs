@@ -175,11 +175,29 @@ fn utf8_path(root: &Path) -> Result<()> {
 /// # Errors
 /// I/O errors.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+/// As [`write_atomic`], the file made with permissions `mode` (a page others may read: 0644).
+///
+/// # Errors
+/// I/O errors.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     create_dir_durable(dir)?;
     let tmp = path.with_extension("tmp");
-    let mut f = private_file(&tmp).map_err(Error::io(&tmp, "creating"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(Error::io(&tmp, "creating"))?;
     f.write_all(bytes).map_err(Error::io(&tmp, "writing"))?;
     f.sync_all().map_err(Error::io(&tmp, "syncing"))?;
     std::fs::rename(&tmp, path).map_err(Error::io(path, "renaming into place"))?;
@@ -203,17 +221,6 @@ fn create_dir_durable(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(Error::io(dir, "creating a folder")(e)),
     }
-}
-
-/// Creates (or truncates) a file readable by its owner only (0600).
-pub(crate) fn private_file(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
 }
 
 impl Store {

@@ -16,6 +16,8 @@ fn harness(args: &[&str]) -> (String, serde_json::Value) {
         .arg(&bin)
         .arg("--fill-index")
         .arg(bin.with_file_name("fill-index"))
+        .arg("--report-page")
+        .arg(bin.with_file_name("report-page"))
         .arg("--shared")
         .arg(shared_dir())
         .args(args)
@@ -251,6 +253,20 @@ fn the_serve_section_runs_at_a_smoke_tests_size() {
         "restore through cairn serve / local restore",
         "4 clients at once / 1 client",
         "server peak RSS with 4 sessions",
+    ] {
+        assert!(text.contains(name), "no target {name:?} in {text}");
+    }
+}
+
+#[test]
+fn the_report_section_runs_at_a_smoke_tests_size() {
+    let (text, v) = section("report");
+    let page = step_of(&v, "report-page");
+    assert!(float(page, "seconds") > 0.0, "{page}");
+    assert!(float(page, "bytes") > 10_000.0, "{page}");
+    for name in [
+        "report page of 100 VMs x 1000 points: render (s)",
+        "report page of 100 VMs x 1000 points: size (MiB)",
     ] {
         assert!(text.contains(name), "no target {name:?} in {text}");
     }
