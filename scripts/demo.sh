@@ -4,7 +4,7 @@
 # two differencing VHDs, as XenServer exports incremental backups), backed up into a store
 # with a clone of the same template, listed, reported, and restored bit-exact as raw, as one
 # VHD and as a VHD chain; then a qcow2 disk is backed up from qemu-nbd (full, then only what its
-# dirty bitmap marks) and served back over NBD (instant restore).
+# dirty bitmap marks) and served back over NBD (instant restore); last, the report page.
 #   usage: scripts/demo.sh [WORKDIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -111,3 +111,10 @@ for _ in $(seq 100); do [ -S "$work/cairn.sock" ] && break; sleep 0.05; done
 qemu-img compare -f raw -F qcow2 "nbd+unix:///pve-101/scsi0@latest?socket=$work/cairn.sock" "$work/pve-101.qcow2"
 nbdinfo --map "nbd+unix:///pve-101/scsi0@latest?socket=$work/cairn.sock" | head -4
 kill "$served"; wait "$served" 2>/dev/null || true
+echo "== the report page: one self-contained HTML file (also served live by cairn serve at /)"
+"$cairn" report --html "$work/report.html"
+if command -v chromium >/dev/null; then
+  chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,1700 \
+    --screenshot="$work/report.png" "file://$work/report.html" 2>/dev/null
+  echo "a screenshot of it: $work/report.png"
+fi

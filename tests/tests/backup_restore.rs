@@ -256,8 +256,12 @@ fn report_matches_its_documented_schema(report: &serde_json::Value) {
     assert_eq!(report["schema_version"], 1);
     assert_eq!(keys(report), set(&["Top"]), "top level");
     assert_eq!(keys(&report["store"]), set(&["Cost"]), "store");
-    assert_eq!(keys(&report["vms"][0]), set(&["Cost", "VM"]), "vms");
-    let mut disk = set(&["Cost", "VM"]);
+    assert_eq!(
+        keys(&report["vms"][0]),
+        set(&["Cost", "VM", "Retention"]),
+        "vms"
+    );
+    let mut disk = set(&["Cost", "VM", "Retention"]);
     disk.insert("disk".into());
     assert_eq!(keys(&report["disks"][0]), disk, "disks");
     assert_eq!(
