@@ -488,15 +488,31 @@ fn copy_chunks(
                 let lacks = dst.missing(&wanted)?;
                 let mut lacks = lacks.iter();
                 wanted.retain(|_| lacks.next().copied().unwrap_or(true));
-                // Read and checked (decoded, hashed) a group at a time, so that memory stays
-                // bounded; put in order.
-                for group in wanted.chunks(VERIFY_GROUP) {
-                    for enc in &src.read_encoded(group)? {
-                        if dst.put(enc)? {
-                            sent.add(enc.bytes.len() as u64);
+                // Read and checked (decoded, hashed) a group at a time by a thread of their
+                // own while the group before is put, in order; two groups wait at most, so
+                // memory stays bounded.
+                std::thread::scope(|scope| -> Result<()> {
+                    let (tx, rx) = std::sync::mpsc::sync_channel(2);
+                    let wanted = &wanted;
+                    scope.spawn(move || {
+                        for group in wanted.chunks(VERIFY_GROUP) {
+                            let read = src.read_encoded(group);
+                            let failed = read.is_err();
+                            if tx.send(read).is_err() || failed {
+                                return;
+                            }
+                        }
+                    });
+                    // Dropping `rx` on an error ends the reader at its next send.
+                    for read in rx {
+                        for enc in &read? {
+                            if dst.put(enc)? {
+                                sent.add(enc.bytes.len() as u64);
+                            }
                         }
                     }
-                }
+                    Ok(())
+                })?;
             }
         }
         if dst.missing(&[id])?.first().copied().unwrap_or(true) && dst.put(&enc)? {

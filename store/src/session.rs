@@ -62,6 +62,9 @@ pub struct Session<'a> {
     new_stored: u64,
     /// Packs this session created; removed if it ends without committing.
     created: Vec<PathBuf>,
+    /// Full packs being made durable beside the appends that follow (at most
+    /// [`SYNCS_IN_FLIGHT`]); the commit waits for them before it indexes a chunk.
+    syncing: std::collections::VecDeque<std::thread::JoinHandle<Result<()>>>,
     /// Whether the commit checks that every chunk its points name is stored (points a client
     /// uploaded: see [`Session::check_references`]).
     check: bool,
@@ -103,11 +106,17 @@ impl Rewrite {
     }
 }
 
+/// Full packs synced at once beside a session's appends.
+const SYNCS_IN_FLIGHT: usize = 2;
+
 impl Drop for Session<'_> {
     fn drop(&mut self) {
         // Not committed (commit empties `created`): nothing in these packs is indexed or
         // referenced, so they go. A killed process leaves them for garbage collection.
         self.pack = None;
+        for h in self.syncing.drain(..) {
+            let _ = h.join();
+        }
         for path in self.created.drain(..) {
             let _ = std::fs::remove_file(path);
         }
@@ -150,6 +159,7 @@ impl<'a> Session<'a> {
             superseded: Vec::new(),
             new_stored: 0,
             created: Vec::new(),
+            syncing: std::collections::VecDeque::new(),
             check: false,
             mark: (0, 0),
             rewrite: Arc::default(),
@@ -202,7 +212,13 @@ impl<'a> Session<'a> {
         if self.pack.as_ref().is_some_and(|p| p.len() >= target)
             && let Some(mut full) = self.pack.take()
         {
-            full.sync()?;
+            // Made durable by a thread of its own while the next pack fills: the disk writes
+            // one pack back while this one is appended to.
+            if self.syncing.len() >= SYNCS_IN_FLIGHT {
+                self.wait_one_sync()?;
+            }
+            self.syncing
+                .push_back(std::thread::spawn(move || full.sync()));
         }
         if self.pack.is_none() {
             let pack = PackWriter::create(&self.store.packs_dir())?;
@@ -225,6 +241,16 @@ impl<'a> Session<'a> {
         self.seen.insert(chunk.id);
         self.new_stored += pack::FRAME_HEADER_SIZE + chunk.bytes.len() as u64;
         Ok(true)
+    }
+
+    /// Waits for the oldest pack being synced.
+    fn wait_one_sync(&mut self) -> Result<()> {
+        match self.syncing.pop_front() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(Error::Usage("a pack's sync panicked".into()))),
+            None => Ok(()),
+        }
     }
 
     /// What a hashing stage running beside the session needs to tell chunks the store holds
@@ -524,9 +550,12 @@ impl<'a> Session<'a> {
     /// # Errors
     /// I/O and index errors.
     pub fn commit_run(mut self, staged: Vec<StagedPoint>) -> Result<Vec<RecoveryPoint>> {
-        // 1. Chunks durable.
+        // 1. Chunks durable: the last pack, and every full one synced beside the appends.
         if let Some(mut pack) = self.pack.take() {
             pack.sync()?;
+        }
+        while !self.syncing.is_empty() {
+            self.wait_one_sync()?;
         }
         let store = self.store;
         // One commit at a time in this process (sessions of `cairn serve`, garbage collection

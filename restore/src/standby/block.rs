@@ -47,6 +47,9 @@ struct Writer<'a> {
     point: &'a RecoveryPoint,
 }
 
+/// Chunks read from the store at once (in parallel, in pack order) before they are written.
+const BATCH: usize = 64;
+
 impl Writer<'_> {
     /// Writes chunks `first..end` of the point as the store holds them; with `compare` only
     /// those that differ; with `fresh` (a new file, zeros already) no zero chunk. Returns
@@ -63,29 +66,33 @@ impl Writer<'_> {
         let mut written = (0u64, 0u64);
         let mut have = vec![0u8; cs as usize];
         let zeros = vec![0u8; cs as usize];
-        let mut i = first;
-        while i < end {
-            let (bytes, next): (Option<Vec<u8>>, u64) = match self.lookup.find(store, i)? {
-                Found::Zeros { end: z } => (None, z.min(end)),
-                Found::Ref(ChunkRef::Zero) => (None, i + 1),
-                Found::Ref(ChunkRef::Data(id)) => (
-                    Some(store.read_chunk(&id).map_err(|e| Error::Chunk {
-                        point: point.short_id().to_owned(),
-                        offset: i * cs,
-                        source: e,
-                    })?),
-                    i + 1,
-                ),
-            };
-            if bytes.is_none() && fresh {
-                // A new file reads as zeros already: its holes stay holes.
-                i = next;
-                continue;
-            }
-            for c in i..next {
+        // A batch: each chunk's index and, for data, its id; the data read at once.
+        let mut batch: Vec<(u64, Option<cairn_store::ChunkId>)> = Vec::with_capacity(BATCH);
+        let mut buf = vec![0u8; BATCH * cs as usize];
+        let mut flush = |batch: &mut Vec<(u64, Option<cairn_store::ChunkId>)>,
+                         target: &mut dyn BlockTarget|
+         -> Result<()> {
+            let ids: Vec<cairn_store::ChunkId> = batch.iter().filter_map(|(_, id)| *id).collect();
+            let slots: Vec<&mut [u8]> = buf.chunks_mut(cs as usize).take(ids.len()).collect();
+            let errors = cairn_store::StoreRead::read_chunks(store, &ids, slots)?;
+            let mut data = buf.chunks(cs as usize).zip(errors);
+            for (c, id) in batch.drain(..) {
                 let at = c * cs;
                 let len = cs.min(point.size - at) as usize;
-                let want: &[u8] = bytes.as_deref().unwrap_or(&zeros[..len]);
+                let want: &[u8] = match id {
+                    Some(_) => match data.next() {
+                        Some((bytes, None)) => &bytes[..len],
+                        Some((_, Some(e))) => {
+                            return Err(Error::Chunk {
+                                point: point.short_id().to_owned(),
+                                offset: at,
+                                source: e,
+                            });
+                        }
+                        None => return Err(Error::Refused("a chunk read went missing".into())),
+                    },
+                    None => &zeros[..len],
+                };
                 if compare {
                     let got = &mut have[..len];
                     target.read_at(got, at)?;
@@ -97,8 +104,29 @@ impl Writer<'_> {
                 written.0 += 1;
                 written.1 += len as u64;
             }
+            Ok(())
+        };
+        let mut i = first;
+        while i < end {
+            let (id, next) = match self.lookup.find(store, i)? {
+                Found::Zeros { end: z } => (None, z.min(end)),
+                Found::Ref(ChunkRef::Zero) => (None, i + 1),
+                Found::Ref(ChunkRef::Data(id)) => (Some(id), i + 1),
+            };
+            if id.is_none() && fresh {
+                // A new file reads as zeros already: its holes stay holes.
+                i = next;
+                continue;
+            }
+            for c in i..next {
+                batch.push((c, id));
+                if batch.len() == BATCH {
+                    flush(&mut batch, target)?;
+                }
+            }
             i = next;
         }
+        flush(&mut batch, target)?;
         Ok(written)
     }
 }
