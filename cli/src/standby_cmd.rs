@@ -1,8 +1,6 @@
 //! `cairn standby`: a raw file, block device, NBD export or HTTP(S) import kept equal to a
 //! point, writing only what changed.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -35,17 +33,8 @@ pub struct StandbyArgs {
     /// that takes a PUT of a VHD.
     #[arg(long, value_name = "TARGET")]
     pub to: String,
-    /// The user for an HTTP(S) target (basic authentication; the password comes from
-    /// CAIRN_HTTP_PASSWORD, or both from the URL's user-info).
-    #[arg(long, value_name = "USER")]
-    pub http_user: Option<String>,
-    /// Trust the certificates of this PEM file for an HTTPS target (besides the system's) or
-    /// an nbds:// one (instead of the system's).
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// Trust any certificate of an HTTPS target (no check). Prefer --ca-file.
-    #[arg(long)]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub http: crate::store_cmd::HttpArgs,
     /// Take a target that changed behind cairn's back, or that cairn never wrote: read it all
     /// and rewrite what differs.
     #[arg(long)]
@@ -70,12 +59,7 @@ pub fn standby(a: &StandbyArgs) -> Result<i32> {
         &cairn_restore::StandbyOptions {
             force: a.force,
             verify: a.verify_target,
-            http: cairn_http::HttpOptions {
-                user: a.http_user.clone(),
-                password: std::env::var("CAIRN_HTTP_PASSWORD").ok(),
-                ca_file: a.ca_file.clone(),
-                insecure: a.insecure,
-            },
+            http: a.http.options(),
         },
     )
     .with_context(|| {

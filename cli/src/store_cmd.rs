@@ -31,6 +31,36 @@ pub struct StoreArg {
     pub server: ServerArgs,
 }
 
+/// How to reach an HTTPS or nbds:// disk (a backup's source, a standby's target).
+#[derive(Debug, Args, Clone, Default)]
+pub struct HttpArgs {
+    /// The user for HTTP(S) disks (basic authentication; the password comes from
+    /// CAIRN_HTTP_PASSWORD, or both from the URL's user-info).
+    #[arg(long, value_name = "USER")]
+    pub http_user: Option<String>,
+    /// Trust the certificates of this PEM file for HTTPS disks (besides the system's) and
+    /// nbds:// ones (instead of the system's): a host's certificate (XAPI's
+    /// VDI.get_nbd_info gives it), or the pool's CA.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Trust any certificate of HTTPS disks (no check: anyone on the path can read and change
+    /// the disk). Prefer --ca-file. (nbds:// ones are always checked.)
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl HttpArgs {
+    /// The options of `cairn-http` (the password from CAIRN_HTTP_PASSWORD).
+    pub fn options(&self) -> cairn_http::HttpOptions {
+        cairn_http::HttpOptions {
+            user: self.http_user.clone(),
+            password: std::env::var("CAIRN_HTTP_PASSWORD").ok(),
+            ca_file: self.ca_file.clone(),
+            insecure: self.insecure,
+        }
+    }
+}
+
 /// How to reach a store behind `cairn serve`: its token and its certificate's check.
 #[derive(Debug, Args, Clone, Default)]
 pub struct ServerArgs {
@@ -288,19 +318,8 @@ pub struct BackupArgs {
     /// most significant bit first), or lines of `OFFSET LENGTH` in bytes. For NBD sources.
     #[arg(long, value_name = "FILE")]
     pub changed_blocks: Option<PathBuf>,
-    /// The user for HTTP(S) sources (basic authentication; the password comes from
-    /// CAIRN_HTTP_PASSWORD, or both from the URL's user-info).
-    #[arg(long, value_name = "USER")]
-    pub http_user: Option<String>,
-    /// Trust the certificates of this PEM file for HTTPS sources (besides the system's) and
-    /// nbds:// sources (instead of the system's): a host's certificate (XAPI's
-    /// VDI.get_nbd_info gives it), or the pool's CA.
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// Trust any certificate of HTTPS sources (no check: anyone on the path can read and
-    /// change the disk). Prefer --ca-file. (nbds:// sources are always checked.)
-    #[arg(long)]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -714,12 +733,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
                 (None, Some(file)) => Some(cairn_ingest::ChangedBlocks::File(file.clone())),
                 (None, None) => None,
             },
-            http: cairn_ingest::HttpOptions {
-                user: a.http_user.clone(),
-                password: std::env::var("CAIRN_HTTP_PASSWORD").ok(),
-                ca_file: a.ca_file.clone(),
-                insecure: a.insecure,
-            },
+            http: a.http.options(),
         };
         // A raw stream's size is known only at its end: bytes and rate until then.
         let bar = progress::stream(disk);

@@ -225,11 +225,19 @@ pub enum Source<'a> {
     Server(Arc<cairn_remote::Remote>),
 }
 
+/// A store as messages name it: its folder, or its server's URL.
+fn store_name(folder: Option<&Path>, server: Option<&cairn_remote::Remote>) -> String {
+    folder.map_or_else(
+        || server.map(|r| r.url().to_owned()).unwrap_or_default(),
+        |p| p.display().to_string(),
+    )
+}
+
 impl Source<'_> {
     fn name(&self) -> String {
         match self {
-            Self::Folder(p) => p.display().to_string(),
-            Self::Server(r) => r.url().to_owned(),
+            Self::Folder(p) => store_name(Some(p), None),
+            Self::Server(r) => store_name(None, Some(r)),
         }
     }
 }
@@ -237,8 +245,8 @@ impl Source<'_> {
 impl Destination<'_> {
     fn name(&self) -> String {
         match self {
-            Self::Folder(p) => p.display().to_string(),
-            Self::Server(r) => r.url().to_owned(),
+            Self::Folder(p) => store_name(Some(p), None),
+            Self::Server(r) => store_name(None, Some(r)),
         }
     }
 }

@@ -91,6 +91,24 @@ pub enum Error {
     /// A chunk id not in the index.
     #[error("chunk {0} is not in the store")]
     MissingChunk(ChunkId),
+    /// An object that is not where packs are kept.
+    #[error("{storage}: object {name} is not there")]
+    ObjectMissing {
+        /// Where the objects are (a folder, `s3://bucket/prefix at endpoint`).
+        storage: String,
+        /// The object.
+        name: String,
+    },
+    /// Where packs are kept failed or refused (after its retries).
+    #[error("{storage}: object {name}: {what}")]
+    Objects {
+        /// Where the objects are.
+        storage: String,
+        /// The object (or the prefix listed).
+        name: String,
+        /// What went wrong.
+        what: String,
+    },
     /// A pack frame that cannot be parsed.
     #[error("{}: at offset {offset}: {what}", path.display())]
     BadPack {

@@ -128,6 +128,7 @@ mod layout;
 pub mod lock;
 pub mod lookup;
 mod marks;
+pub mod objects;
 pub mod pack;
 pub mod point;
 mod policy;

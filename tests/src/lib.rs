@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::process::{Command, Output};
 
+pub mod garage;
 pub mod nbd;
 pub mod serve;
 

@@ -65,6 +65,24 @@ struct Layout {
 }
 
 impl Layout {
+    /// The layout of a sparse VHD whose blocks are stored as `allocated` says (one flag per
+    /// block).
+    fn for_blocks(
+        spec: &DiskSpec,
+        parent: Option<&ParentSpec>,
+        allocated: &[bool],
+    ) -> Result<Self> {
+        let layout = Self::new(spec, parent)?;
+        if allocated.len() != layout.entries as usize {
+            return Err(Error::Usage(format!(
+                "{} allocation flags for {} blocks",
+                allocated.len(),
+                layout.entries
+            )));
+        }
+        Ok(layout)
+    }
+
     fn new(spec: &DiskSpec, parent: Option<&ParentSpec>) -> Result<Self> {
         validate(spec)?;
         let entries =
@@ -199,14 +217,7 @@ pub fn sparse_size(
     parent: Option<&ParentSpec>,
     allocated: &[bool],
 ) -> Result<u64> {
-    let layout = Layout::new(spec, parent)?;
-    if allocated.len() != layout.entries as usize {
-        return Err(Error::Usage(format!(
-            "{} allocation flags for {} blocks",
-            allocated.len(),
-            layout.entries
-        )));
-    }
+    let layout = Layout::for_blocks(spec, parent, allocated)?;
     let stored = allocated.iter().filter(|a| **a).count() as u64;
     Ok(layout.data_start + stored * layout.block_span + FOOTER_SIZE as u64)
 }
@@ -227,14 +238,7 @@ pub fn write_sparse<W: Write>(
     allocated: &[bool],
     mut read_block: impl FnMut(u32, &mut [u8]) -> std::io::Result<()>,
 ) -> Result<u64> {
-    let layout = Layout::new(spec, parent)?;
-    if allocated.len() != layout.entries as usize {
-        return Err(Error::Usage(format!(
-            "{} allocation flags for {} blocks",
-            allocated.len(),
-            layout.entries
-        )));
-    }
+    let layout = Layout::for_blocks(spec, parent, allocated)?;
     let mut out = Counted { inner: out, pos: 0 };
     let footer = layout.footer(spec, parent).encode();
     out.put(&footer, "writing the footer copy")?;
