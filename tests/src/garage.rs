@@ -218,7 +218,8 @@ impl Garage {
         self.nodes[i].kill();
     }
 
-    /// Starts node `i` again.
+    /// Starts node `i` again, on its ports (which another cluster starting meanwhile may have
+    /// taken: restart only in a test that starts no other cluster).
     pub fn restart(&mut self, i: usize) {
         let dir = self.nodes[i]
             .config

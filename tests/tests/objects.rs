@@ -47,7 +47,6 @@ fn a_garage_bucket_keeps_every_guarantee_even_with_a_node_down() {
     g.kill(2);
     let other = g.endpoints[1].clone();
     conformance(&bucket(&g, &other, "store-b"), scratch.path());
-    g.restart(2);
 }
 
 #[test]
