@@ -203,7 +203,13 @@ pub fn build(
             "total_bytes": total, "free_bytes": free,
         })),
         "growth": growth(c, extras, tz),
-        "last_verify": extras.last_verify,
+        "last_verify": extras.last_verify.clone().map(|mut v| {
+            // Recorded in UTC; shown, as every time of the document, in the store's zone.
+            if let Some(t) = v["time"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) {
+                v["time"] = json!(t.with_timezone(&tz).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            }
+            v
+        }),
         "garbage_bytes": reclaimable.map(|g| g.garbage_freed),
         "garbage_frames": reclaimable.map(|g| g.garbage_frames),
         "orphan_packs": reclaimable.map(|g| g.orphan_packs),
