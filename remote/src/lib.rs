@@ -352,11 +352,9 @@ impl StoreRead for Remote {
     fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
         match self.fetch(std::slice::from_ref(id))?.into_iter().next() {
             Some(Ok(c)) => {
-                chunk::decode(id, c.codec, c.plain_len, &c.bytes).map_err(|what| Error::BadChunk {
-                    id: *id,
-                    where_: "as the server sent it".into(),
-                    what,
-                })
+                let mut plain = vec![0u8; c.plain_len as usize];
+                check_into(id, &c, &mut plain)?;
+                Ok(plain)
             }
             Some(Err(e)) => Err(e),
             None => Err(Error::MissingChunk(*id)),
@@ -385,19 +383,25 @@ impl StoreRead for Remote {
                 .map(|(id, got)| {
                     let c = got?;
                     plain.resize(c.plain_len as usize, 0);
-                    chunk::decode_into(id, c.codec, c.plain_len, &c.bytes, &mut plain).map_err(
-                        |what| Error::BadChunk {
-                            id: *id,
-                            where_: "as the server sent it".into(),
-                            what,
-                        },
-                    )?;
+                    check_into(id, &c, &mut plain)?;
                     Ok(c)
                 })
                 .collect::<Result<Vec<_>>>()
         })?;
         Ok(answers.into_iter().flatten().collect())
     }
+}
+
+/// Decodes a chunk the server sent into the front of `out` and checks it against its id.
+///
+/// # Errors
+/// [`Error::BadChunk`] when it does not decode or hash to `id`.
+fn check_into(id: &ChunkId, c: &EncodedChunk, out: &mut [u8]) -> Result<()> {
+    chunk::decode_into(id, c.codec, c.plain_len, &c.bytes, out).map_err(|what| Error::BadChunk {
+        id: *id,
+        where_: "as the server sent it".into(),
+        what,
+    })
 }
 
 /// Runs `f` on each item, [`READS_IN_FLIGHT`] threads at a time (each a lane of items taken in
@@ -447,13 +451,7 @@ impl Remote {
             .zip(self.fetch(ids)?)
             .zip(slots.iter_mut())
             .map(|((id, got), slot)| match got {
-                Ok(c) => chunk::decode_into(id, c.codec, c.plain_len, &c.bytes, slot)
-                    .err()
-                    .map(|what| Error::BadChunk {
-                        id: *id,
-                        where_: "as the server sent it".into(),
-                        what,
-                    }),
+                Ok(c) => check_into(id, &c, slot).err(),
                 Err(e) => Some(e),
             })
             .collect())

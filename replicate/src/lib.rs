@@ -18,13 +18,13 @@
 //!   once indexed) and the points it published; a rerun sends what is still missing.
 //! - The source is opened read-only (a registered reader: backups and gc run beside it), the
 //!   destination for writing (one writer, as for a backup).
-//! - **Into a server** ([`Destination::Server`]): the same protocol through `cairn serve`'s
+//! - **Into a server** ([`Side::Server`] as the destination): the same protocol through `cairn serve`'s
 //!   API, one session per run: the server's "which of these are missing" stands for the
 //!   destination's index (a tree chunk it holds has its subtree there), its forgotten ids come
 //!   from `GET /api/v1/forgotten`, and its commit checks every chunk the points name. A backup
 //!   token for the VMs is enough (replication only adds: a source taken over cannot delete the
 //!   replica); points keep their protection only when sent with an admin token.
-//! - **From a server** ([`Source::Server`]): points listed and chunks read through the API,
+//! - **From a server** ([`Side::Server`] as the source): points listed and chunks read through the API,
 //!   as stored (compressed), several requests in flight, each checked against its id here
 //!   before it is written; a restore token for the VMs is enough. Server to server works too
 //!   (one token each).
@@ -120,14 +120,29 @@ pub struct Report {
     pub bytes: u64,
 }
 
-/// Where a replica goes: a store folder, or a store behind `cairn serve` (a backup token for
-/// the VMs copied is enough: replication only adds).
-pub enum Destination<'a> {
-    /// A store folder, opened for writing.
+/// One side of a replication: a store folder, or a store behind `cairn serve`.
+pub enum Side<'a> {
+    /// A store folder (the source's opened read-only, the destination's for writing).
     Folder(&'a Path),
-    /// A server.
+    /// A server (a restore token for the VMs copied is enough to read from it, a backup token
+    /// to copy into it: replication only adds).
     Server(Arc<cairn_remote::Remote>),
 }
+
+impl Side<'_> {
+    /// The store as messages name it: its folder, or its server's URL.
+    fn name(&self) -> String {
+        match self {
+            Self::Folder(p) => p.display().to_string(),
+            Self::Server(r) => r.url().to_owned(),
+        }
+    }
+}
+
+/// Where a replica goes.
+pub type Destination<'a> = Side<'a>;
+/// Where the points come from.
+pub type Source<'a> = Side<'a>;
 
 /// What copying a run needs from the destination.
 trait CopyInto {
@@ -214,41 +229,6 @@ fn selected(p: &RecoveryPoint, o: &Options) -> bool {
         glob_match(g, &p.vm) || p.labels.vm_uuid.as_ref().is_some_and(|u| glob_match(g, u))
     });
     vm && o.disk.as_ref().is_none_or(|d| *d == p.disk) && o.since.is_none_or(|t| p.time >= t)
-}
-
-/// Where the points come from: a store folder (opened read-only), or a store behind `cairn
-/// serve` (a restore token for the VMs copied is enough).
-pub enum Source<'a> {
-    /// A store folder.
-    Folder(&'a Path),
-    /// A server.
-    Server(Arc<cairn_remote::Remote>),
-}
-
-/// A store as messages name it: its folder, or its server's URL.
-fn store_name(folder: Option<&Path>, server: Option<&cairn_remote::Remote>) -> String {
-    folder.map_or_else(
-        || server.map(|r| r.url().to_owned()).unwrap_or_default(),
-        |p| p.display().to_string(),
-    )
-}
-
-impl Source<'_> {
-    fn name(&self) -> String {
-        match self {
-            Self::Folder(p) => store_name(Some(p), None),
-            Self::Server(r) => store_name(None, Some(r)),
-        }
-    }
-}
-
-impl Destination<'_> {
-    fn name(&self) -> String {
-        match self {
-            Self::Folder(p) => store_name(Some(p), None),
-            Self::Server(r) => store_name(None, Some(r)),
-        }
-    }
 }
 
 /// The source, opened.

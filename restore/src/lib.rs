@@ -91,6 +91,19 @@ pub enum Error {
     },
 }
 
+impl From<cairn_http::Error> for Error {
+    fn from(e: cairn_http::Error) -> Self {
+        match e {
+            cairn_http::Error::Io { path, what, source } => Self::Io {
+                path,
+                what: what.to_owned(),
+                source,
+            },
+            other => Self::Refused(other.to_string()),
+        }
+    }
+}
+
 /// Result of restore.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -67,6 +67,16 @@ impl App {
         Ok(Arc::clone(&cache.1))
     }
 
+    /// What a collection would free now (gc's own dry run, the live sessions' packs left
+    /// alone); unknown (`None`) while a collection runs.
+    fn reclaimable(&self) -> Option<cairn_gc::GcReport> {
+        self.collecting.try_lock().ok().and_then(|_one| {
+            let opts = cairn_gc::GcOptions::reclaimable();
+            let live = || self.sessions.open_packs();
+            cairn_gc::collect::collect_held(self.store, &opts, &live).ok()
+        })
+    }
+
     /// The request's token, if it is live and has one of `roles`.
     fn authorize(
         &self,
@@ -493,12 +503,7 @@ async fn gc(
 async fn report(State(app): State<Shared>, headers: HeaderMap) -> Answer<Json<serde_json::Value>> {
     app.authorize(&headers, &[Role::Admin], "read the store's report")?;
     blocking(move || {
-        // What a collection would free now; unknown (null) while one runs.
-        let reclaimable = app.collecting.try_lock().ok().and_then(|_one| {
-            let opts = cairn_gc::GcOptions::reclaimable();
-            let live = || app.sessions.open_packs();
-            cairn_gc::collect::collect_held(app.store, &opts, &live).ok()
-        });
+        let reclaimable = app.reclaimable();
         let doc = cairn_gc::report::document(app.store, &|_| true, reclaimable.as_ref())
             .map_err(|e| ApiError::internal(&e.to_string()))?;
         Ok(Json(doc))
@@ -556,15 +561,7 @@ async fn page_for(app: Shared, headers: HeaderMap, vm: Option<String>) -> Respon
     };
     let made = blocking(move || {
         let admin = token.role == Role::Admin;
-        let reclaimable = if admin {
-            app.collecting.try_lock().ok().and_then(|_one| {
-                let opts = cairn_gc::GcOptions::reclaimable();
-                let live = || app.sessions.open_packs();
-                cairn_gc::collect::collect_held(app.store, &opts, &live).ok()
-            })
-        } else {
-            None
-        };
+        let reclaimable = if admin { app.reclaimable() } else { None };
         let shown =
             |p: &RecoveryPoint| token.allows_vm(&p.vm) && vm.as_ref().is_none_or(|v| *v == p.vm);
         let mut doc = cairn_gc::report::document(app.store, &shown, reclaimable.as_ref())

@@ -528,20 +528,34 @@ pub fn id(v: &serde_json::Value) -> String {
     v["id"].as_str().expect("id").to_owned()
 }
 
-/// Bytes of every file under `dir`.
+/// Every file under `dir`, recursively, in no set order.
+///
+/// # Panics
+/// When a folder under it (or `dir` itself) cannot be read: an empty list always means no file.
 #[must_use]
-pub fn dir_size(dir: &Path) -> u64 {
-    let mut total = 0;
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+        let entries =
+            std::fs::read_dir(&d).unwrap_or_else(|e| panic!("reading {}: {e}", d.display()));
+        for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
             } else {
-                total += e.metadata().map_or(0, |m| m.len());
+                out.push(p);
             }
         }
     }
-    total
+    out
+}
+
+/// Bytes of every file under `dir`.
+#[must_use]
+pub fn dir_size(dir: &Path) -> u64 {
+    files_under(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
 }

@@ -159,23 +159,11 @@ fn a_store_is_private_to_its_owner() {
     for p in store.pack_files() {
         assert_eq!(mode(&p), 0o600, "{}", p.display());
     }
-    let root = walk(&store.path().join("points"));
+    let root = cairn_tests::files_under(&store.path().join("points"));
     assert!(!root.is_empty());
     for p in root.iter().chain([&store.path().join("cairn.toml")]) {
         assert_eq!(mode(p), 0o600, "{}", p.display());
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 #[test]

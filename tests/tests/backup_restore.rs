@@ -440,19 +440,10 @@ fn publish_and_drop(store: &Store, next: &Path, src: &Path, work: &Path) {
 
 /// Files with extension `ext` under `dir`, recursively.
 fn walk_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension() == Some(OsStr::new(ext)) {
-                out.push(p);
-            }
-        }
-    }
-    out
+    cairn_tests::files_under(dir)
+        .into_iter()
+        .filter(|p| p.extension() == Some(OsStr::new(ext)))
+        .collect()
 }
 
 #[test]

@@ -641,7 +641,7 @@ fn every_restore_format_and_verify_work_through_the_server() {
             .args(extra)
             .arg(l.join(name)));
         let files = |d: &Path| {
-            let mut v: Vec<_> = walk(d)
+            let mut v: Vec<_> = cairn_tests::files_under(d)
                 .into_iter()
                 .map(|f| (f.strip_prefix(d).expect("under").to_owned(), read(&f)))
                 .collect();
@@ -670,19 +670,6 @@ fn every_restore_format_and_verify_work_through_the_server() {
         text.contains(&bad) && (text.contains(&p0) || text.contains(&p1)),
         "{v}"
     );
-}
-
-fn walk(d: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(d).expect("dir").flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -17,19 +17,6 @@ use crate::{Error, Result};
 /// How long one PUT may take, all of it (a whole disk over a slow link).
 const PUT_TIME: Duration = Duration::from_secs(12 * 3600);
 
-impl From<cairn_http::Error> for Error {
-    fn from(e: cairn_http::Error) -> Self {
-        match e {
-            cairn_http::Error::Io { path, what, source } => Self::Io {
-                path,
-                what: what.to_owned(),
-                source,
-            },
-            other => Self::Refused(other.to_string()),
-        }
-    }
-}
-
 /// Keeps the import at `url` equal to `point` (see the module).
 pub(super) fn run(
     store: &Store,
