@@ -112,6 +112,11 @@ pub struct GcArgs {
     /// Instead: rewrite every pack whose live share is under this percentage.
     #[arg(long)]
     pub repack_below: Option<f64>,
+    /// A store whose packs are in a bucket: objects no index entry names (a killed upload's)
+    /// are deleted once older than this (90m, 12h, 7d); another process may be uploading
+    /// younger ones.
+    #[arg(long, value_parser = parse_duration, default_value = "1d", value_name = "DURATION")]
+    pub orphan_grace: Duration,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -515,9 +520,13 @@ pub fn protect(a: &ProtectArgs, on: bool) -> Result<i32> {
 }
 
 pub fn gc(a: &GcArgs) -> Result<i32> {
-    let Some(opts) = GcOptions::from_percent(a.dry_run, a.max_unused, a.repack_below) else {
+    let Some(mut opts) = GcOptions::from_percent(a.dry_run, a.max_unused, a.repack_below) else {
         bail!("--max-unused and --repack-below are percentages from 0 to 100");
     };
+    opts.orphan_grace = a
+        .orphan_grace
+        .to_std()
+        .map_err(|_| anyhow::anyhow!("--orphan-grace cannot be negative"))?;
     let spinner = crate::progress::spinner("gc");
     let started = Instant::now();
     let r = match a.store.remote()? {

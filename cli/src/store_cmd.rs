@@ -207,13 +207,47 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s} is too large"))
 }
 
+/// Where a store's packs live when not in the store's folder: an S3-compatible bucket.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PacksArgs {
+    /// Keep the packs, root files and a copy of the config in this bucket and prefix
+    /// (s3://BUCKET/PREFIX; credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY). The
+    /// store's folder keeps its config and index, which can be rebuilt from the bucket alone.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    pub packs: Option<String>,
+    /// The bucket's S3 endpoint (https://s3.example; plain http only on this machine). Default:
+    /// AWS's.
+    #[arg(long, value_name = "URL", requires = "packs")]
+    pub s3_endpoint: Option<String>,
+    /// The bucket's region (default: AWS_REGION, else us-east-1; Garage's is "garage").
+    #[arg(long, value_name = "REGION", requires = "packs")]
+    pub s3_region: Option<String>,
+}
+
+impl PacksArgs {
+    /// The bucket given, if any.
+    pub fn config(&self) -> Option<cairn_store::config::PacksConfig> {
+        self.packs
+            .as_ref()
+            .map(|url| cairn_store::config::PacksConfig {
+                url: url.trim_end_matches('/').to_owned(),
+                endpoint: self.s3_endpoint.clone(),
+                region: self.s3_region.clone(),
+            })
+    }
+}
+
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  cairn init /backups/store --chunk-size 256K --timezone Europe/Paris"
+    after_help = "Examples:\n  cairn init /backups/store --chunk-size 256K --timezone Europe/Paris\n  \
+                  AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... cairn init /var/lib/cairn/store \\\n      \
+                  --packs s3://backups/cairn --s3-endpoint https://s3.example --s3-region garage"
 )]
 pub struct InitArgs {
     /// The folder to create the store in (missing or empty).
     pub store: PathBuf,
+    #[command(flatten)]
+    pub packs: PacksArgs,
     /// Chunk size: a power of two from 64K to 2M.
     #[arg(long, value_parser = parse_size, default_value = "256K")]
     pub chunk_size: u32,
@@ -441,10 +475,18 @@ pub struct ReportArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  cairn repair --store /backups/store --rebuild-index")]
+#[command(
+    after_help = "Examples:\n  cairn repair --store /backups/store --rebuild-index\n  \
+                  cairn repair --store /var/lib/cairn/store --rebuild-index --packs s3://backups/cairn \\\n      \
+                  --s3-endpoint https://s3.example   # a new machine: the store made from the bucket"
+)]
 pub struct RepairArgs {
     #[command(flatten)]
     pub store: StoreArg,
+    /// The store's bucket: when the store's folder is missing or empty (a new machine), it is
+    /// made from the bucket's copy of the config, then its index from the bucket alone.
+    #[command(flatten)]
+    pub packs: PacksArgs,
     /// Rebuild the RocksDB index from the packs and root files (the old one is kept aside).
     #[arg(long, required = true)]
     pub rebuild_index: bool,
@@ -463,14 +505,16 @@ pub fn init(a: &InitArgs) -> Result<i32> {
         .unwrap_or_else(cairn_store::config::local_timezone);
     // Checked before anything is created.
     cairn_store::config::parse_timezone(&zone)?;
-    Store::init(&a.store, a.chunk_size)?;
+    let mut config = cairn_store::StoreConfig::new(a.chunk_size)?;
+    config.packs = a.packs.config();
+    Store::init_with(&a.store, config)?;
     let mut store = Store::open(&a.store, OpenMode::Write { wait: false })?;
     store.set_timezone(&zone)?;
     let cfg = store.config();
     if a.json {
         println!(
             "{}",
-            json!({ "store": a.store.display().to_string(), "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "format_version": cfg.format_version, "mode": "0700", "timezone": cfg.timezone })
+            json!({ "store": a.store.display().to_string(), "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "format_version": cfg.format_version, "mode": "0700", "timezone": cfg.timezone, "packs": store.packs_shown() })
         );
     } else {
         println!(
@@ -481,6 +525,9 @@ pub fn init(a: &InitArgs) -> Result<i32> {
             human_bytes(u64::from(cfg.chunk_size)),
             cfg.timezone
         );
+        if store.bucket().is_some() {
+            println!("packs and root files in {}", store.packs_shown());
+        }
     }
     Ok(0)
 }
@@ -1111,7 +1158,31 @@ pub fn list(a: &ListArgs) -> Result<i32> {
 }
 
 pub fn repair(a: &RepairArgs) -> Result<i32> {
-    let r = Store::rebuild_index(&a.store.store, a.wait)?;
+    let root = &a.store.store;
+    if let Some(packs) = a.packs.config() {
+        if root.join(cairn_store::config::CONFIG_FILE).exists() {
+            let have = cairn_store::StoreConfig::load(root)?.packs;
+            if have.as_ref().map(|p| &p.url) != Some(&packs.url) {
+                bail!(
+                    "{}: this store's packs are {}, not {}",
+                    root.display(),
+                    have.map_or_else(|| "in its folder".to_owned(), |p| p.url),
+                    packs.url
+                );
+            }
+        } else {
+            let cfg = Store::attach(root, &packs)?;
+            if !a.json {
+                println!(
+                    "made {} for store {} from {}",
+                    root.display(),
+                    cfg.store_id,
+                    packs.url
+                );
+            }
+        }
+    }
+    let r = Store::rebuild_index(root, a.wait)?;
     if a.json {
         println!(
             "{}",

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cairn_store::chunk::{self, EncodedChunk};
-use cairn_store::pack::{self, FRAME_HEADER_SIZE, PACK_HEADER_SIZE, PackWriter, read_frame};
+use cairn_store::pack::{self, FRAME_HEADER_SIZE, PACK_HEADER_SIZE, PackWriter};
 use cairn_store::{
     BadMark, ChunkId, GarbageFrame, Location, OpenMode, PackId, PackInfo, Store, Sweep, readers,
 };
@@ -37,7 +37,14 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// Which packs to rewrite.
     pub repack: Repack,
+    /// How old an object in the bucket that no index entry names must be before it is
+    /// deleted (a store whose packs are in a bucket): another process may be uploading the
+    /// packs it will commit.
+    pub orphan_grace: std::time::Duration,
 }
+
+/// The default [`GcOptions::orphan_grace`]: a day.
+pub const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl GcOptions {
     /// As `cairn gc` takes them: rewrite packs with more than `max_unused` % unused, or, when
@@ -52,6 +59,7 @@ impl GcOptions {
                 Some(p) => Repack::Below(p / 100.0),
                 None => Repack::MaxUnused(max_unused / 100.0),
             },
+            orphan_grace: ORPHAN_GRACE,
         })
     }
 
@@ -62,6 +70,7 @@ impl GcOptions {
         Self {
             dry_run: true,
             repack: Repack::Below(1.0),
+            orphan_grace: ORPHAN_GRACE,
         }
     }
 }
@@ -71,6 +80,7 @@ impl Default for GcOptions {
         Self {
             dry_run: false,
             repack: Repack::MaxUnused(0.05),
+            orphan_grace: ORPHAN_GRACE,
         }
     }
 }
@@ -208,33 +218,24 @@ fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Result<Plan> 
     let locs = store.locations(&ids)?;
     let counts = store.refcounts(&ids)?;
     let mut dead: HashMap<PackId, (u64, u64)> = HashMap::new();
-    let mut files: HashMap<PackId, File> = HashMap::new();
+    // The dead frames of each pack, their headers read once per pack.
+    let mut frames: HashMap<PackId, Vec<&GarbageFrame>> = HashMap::new();
     for ((g, loc), count) in garbage.iter().zip(&locs).zip(counts) {
-        if !frame_is_dead(g, loc.as_ref(), count) || !infos.contains_key(&g.pack) {
-            continue;
+        if frame_is_dead(g, loc.as_ref(), count) && infos.contains_key(&g.pack) {
+            frames.entry(g.pack).or_default().push(g);
         }
-        let path = g.pack.path(&store.packs_dir());
-        if let std::collections::hash_map::Entry::Vacant(e) = files.entry(g.pack) {
-            match File::open(&path) {
-                Ok(f) => {
-                    e.insert(f);
-                }
-                Err(_) => continue,
-            }
-        }
-        let Some(f) = files.get(&g.pack) else {
-            continue;
-        };
+    }
+    for (pack, gs) in frames {
+        let offsets: Vec<u64> = gs.iter().map(|g| g.offset).collect();
         // The frame's own header gives its size (a superseded copy may differ from the index).
-        let Ok(h) = frame_header(f, &path, g.offset) else {
-            continue;
-        };
-        if h.id != g.id {
-            continue;
+        for (g, h) in gs.iter().zip(store.frame_headers(pack, &offsets)?) {
+            let Some(h) = h.filter(|h| h.id == g.id) else {
+                continue;
+            };
+            let e = dead.entry(pack).or_default();
+            e.0 += 1;
+            e.1 += FRAME_HEADER_SIZE + u64::from(h.stored_len);
         }
-        let e = dead.entry(g.pack).or_default();
-        e.0 += 1;
-        e.1 += FRAME_HEADER_SIZE + u64::from(h.stored_len);
     }
     let mut actions = HashMap::new();
     let mut live_bytes = HashMap::new();
@@ -291,34 +292,39 @@ fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Result<Plan> 
     Ok((actions, live_bytes))
 }
 
-/// The header of the frame at `offset` (its payload is not read).
-fn frame_header(f: &File, path: &Path, offset: u64) -> Result<pack::FrameHeader> {
-    use std::os::unix::fs::FileExt as _;
-    let mut hb = [0u8; FRAME_HEADER_SIZE as usize];
-    f.read_exact_at(&mut hb, offset)
-        .map_err(|e| Error::Io(path.to_path_buf(), format!("reading offset {offset}"), e))?;
-    pack::FrameHeader::decode(&hb).map_err(Error::Refused)
-}
-
 /// The packs a collection wrote, removed when it fails before its sweep indexed them (a full
-/// disk must not be left fuller by a half-done rewrite).
-#[derive(Default)]
+/// disk must not be left fuller by a half-done rewrite), here and from the bucket.
 struct Created {
-    paths: std::cell::RefCell<Vec<PathBuf>>,
+    ids: std::cell::RefCell<Vec<PackId>>,
     indexed: std::cell::Cell<bool>,
+    packs_dir: PathBuf,
+    bucket: Option<std::sync::Arc<dyn cairn_store::objects::Objects>>,
 }
 
 impl Created {
-    fn add(&self, path: PathBuf) {
-        self.paths.borrow_mut().push(path);
+    fn new(store: &Store) -> Self {
+        Self {
+            ids: std::cell::RefCell::default(),
+            indexed: std::cell::Cell::new(false),
+            packs_dir: store.packs_dir(),
+            bucket: store.bucket().cloned(),
+        }
+    }
+
+    fn add(&self, id: PackId) {
+        self.ids.borrow_mut().push(id);
     }
 }
 
 impl Drop for Created {
     fn drop(&mut self) {
         if !self.indexed.get() {
-            for p in self.paths.borrow().iter() {
-                let _ = std::fs::remove_file(p);
+            for id in self.ids.borrow().iter() {
+                let _ = std::fs::remove_file(id.path(&self.packs_dir));
+                if let Some(b) = &self.bucket {
+                    let _ = b.delete(&cairn_store::bucket::frames_object(id));
+                    let _ = b.delete(&cairn_store::bucket::pack_object(id));
+                }
             }
         }
     }
@@ -330,7 +336,8 @@ struct Copier<'a> {
     /// Every pack this collection created, until its sweep indexes them (see [`Created`]).
     created: &'a Created,
     writer: Option<PackWriter>,
-    written: Vec<(PackId, PathBuf, PackInfo)>,
+    /// Packs written: their entry, and the bytes they take where they are kept.
+    written: Vec<(PackId, PackInfo, u64)>,
     moved: HashMap<ChunkId, (Location, Location)>,
     bytes: u64,
 }
@@ -350,10 +357,11 @@ impl<'a> Copier<'a> {
     /// Copies one frame after checking it; `Err` names why it is bad.
     fn copy(&mut self, id: ChunkId, old: Location) -> Result<Result<(), String>> {
         // One read: the stored bytes are checked against the id, then copied as they are.
-        let path = old.pack.path(&self.store.packs_dir());
-        let read = File::open(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|f| read_frame(&f, &path, old.offset).map_err(|e| e.to_string()));
+        let read = match self.store.read_frame_at(&old) {
+            // The bucket's own failure is not damage: it stops the collection.
+            Err(e @ cairn_store::Error::Objects { .. }) => return Err(e.into()),
+            r => r.map_err(|e| e.to_string()),
+        };
         let bytes = match read {
             Ok((h, bytes)) if h.id == id => {
                 if let Err(what) = chunk::decode(&id, h.codec, h.plain_len, &bytes) {
@@ -370,7 +378,7 @@ impl<'a> Copier<'a> {
         }
         if self.writer.is_none() {
             let w = PackWriter::create(&self.store.packs_dir())?;
-            self.created.add(w.id().path(&self.store.packs_dir()));
+            self.created.add(w.id());
             self.writer = Some(w);
         }
         let Some(w) = self.writer.as_mut() else {
@@ -395,18 +403,14 @@ impl<'a> Copier<'a> {
     }
 
     fn seal(&mut self) -> Result<()> {
-        if let Some(mut w) = self.writer.take() {
-            w.sync()?;
-            let path = w.id().path(&self.store.packs_dir());
+        if let Some(w) = self.writer.take() {
+            let (id, size) = (w.id(), w.len());
             let info = PackInfo {
-                size: w.len(),
-                chunks: self
-                    .moved
-                    .values()
-                    .filter(|(_, n)| n.pack == w.id())
-                    .count() as u64,
+                size,
+                chunks: self.moved.values().filter(|(_, n)| n.pack == id).count() as u64,
             };
-            self.written.push((w.id(), path, info));
+            let kept = self.store.sealer().seal(w)?;
+            self.written.push((id, info, kept));
         }
         Ok(())
     }
@@ -463,8 +467,7 @@ struct PackFrames {
 }
 
 fn classify(store: &Store, pack: PackId) -> Result<PackFrames> {
-    let path = pack.path(&store.packs_dir());
-    let scan = pack::scan(&path)?;
+    let scan = store.pack_scan(pack)?;
     let ids: Vec<ChunkId> = scan.frames.iter().map(|f| f.header.id).collect();
     let locs = store.locations(&ids)?;
     let counts = store.refcounts(&ids)?;
@@ -512,6 +515,7 @@ pub fn collect(root: &Path, opts: &GcOptions, progress: &dyn Fn(&str)) -> Result
     let deletes_only = GcOptions {
         dry_run: false,
         repack: Repack::Below(0.0),
+        orphan_grace: opts.orphan_grace,
     };
     let first = collect_inner(Final::Open(root), &deletes_only, report, started)?;
     let second = collect_inner(Final::Open(root), opts, GcReport::default(), Instant::now())?;
@@ -547,6 +551,7 @@ pub fn collect_held(
     let deletes_only = GcOptions {
         dry_run: false,
         repack: Repack::Below(0.0),
+        orphan_grace: opts.orphan_grace,
     };
     let first = collect_inner(held(), &deletes_only, report, started)?;
     let second = collect_inner(held(), opts, GcReport::default(), Instant::now())?;
@@ -616,6 +621,12 @@ fn collect_inner(
                 report.bytes_freed += len;
             }
         }
+        // A bucket's: those past the grace period only, as the run deletes them.
+        let old = expired(&ro.unindexed_objects()?, opts.orphan_grace);
+        report.orphan_packs += old.iter().filter(|o| o.name.ends_with(".pack")).count() as u64;
+        let bytes: u64 = old.iter().map(|o| o.size).sum();
+        report.orphan_bytes += bytes;
+        report.bytes_freed += bytes;
         return Ok(report);
     }
     // Room for the copies: a rewrite needs its live bytes on disk before the old pack goes.
@@ -629,9 +640,13 @@ fn collect_inner(
     rewrites.sort_by_key(|(p, live)| (*live, *p));
     // Room kept for the index's own writes, and frame headers.
     let margin = 1 << 20;
-    let mut room = fs2::available_space(ro.packs_dir())
-        .unwrap_or(u64::MAX)
-        .saturating_sub(margin);
+    // (A store in a bucket holds one new pack here at a time, uploaded when full.)
+    let mut room = match ro.bucket() {
+        Some(_) => u64::MAX,
+        None => fs2::available_space(ro.packs_dir())
+            .unwrap_or(u64::MAX)
+            .saturating_sub(margin),
+    };
     for (pack, size) in rewrites {
         if size <= room {
             room -= size;
@@ -642,7 +657,7 @@ fn collect_inner(
     }
     // 2. Copy the live chunks of packs to rewrite, still read-only: backups go on.
     let copy_started = Instant::now();
-    let created = Created::default();
+    let created = Created::new(&ro);
     let mut copier = Copier::new(&ro, &created);
     let mut skip: HashSet<PackId> = HashSet::new();
     let mut bad: Vec<(ChunkId, BadMark)> = Vec::new();
@@ -703,6 +718,13 @@ fn collect_inner(
     let mut sweep = Sweep::default();
     let mut removed_files = Vec::new();
     let infos = store.pack_infos()?;
+    // What each pack takes where it is kept: in a bucket, its objects as listed.
+    let kept = store.pack_object_sizes()?;
+    let size_of = |p: &PackId| {
+        kept.get(p)
+            .copied()
+            .unwrap_or_else(|| infos.get(p).map_or(0, |i| i.size))
+    };
     for (pack, action) in &actions {
         if skip.contains(pack) || !infos.contains_key(pack) {
             continue;
@@ -739,10 +761,7 @@ fn collect_inner(
         report.chunks_freed += dead.len() as u64;
         sweep.dead.extend(dead);
         sweep.removed_packs.push(*pack);
-        removed_files.push((
-            pack.path(&store.packs_dir()),
-            infos.get(pack).map_or(0, |i| i.size),
-        ));
+        removed_files.push((*pack, size_of(pack)));
     }
     copier.seal()?;
     let removed: HashSet<PackId> = sweep.removed_packs.iter().copied().collect();
@@ -757,7 +776,7 @@ fn collect_inner(
             sweep.moved.push((*id, *new));
         }
     }
-    for (id, _, info) in &copier.written {
+    for (id, info, _) in &copier.written {
         sweep.added_packs.push((*id, info.clone()));
     }
     report.packs_written = copier.written.len() as u64;
@@ -783,8 +802,8 @@ fn collect_inner(
             report.bytes_left_for_readers += len;
         }
     } else {
-        for (path, size) in &removed_files {
-            remove(path)?;
+        for (pack, size) in &removed_files {
+            store.remove_pack(*pack)?;
             freed += size;
         }
         // Pack files the index does not know (killed writers, packs left for readers): under
@@ -811,8 +830,27 @@ fn collect_inner(
             report.orphan_bytes += len;
             freed += len;
         }
+        // Objects in the bucket no index entry names, once past the grace period: a killed
+        // upload's (another process may be uploading younger ones).
+        if let Some(b) = store.bucket() {
+            let keep: HashSet<PackId> = match target {
+                Final::Open(_) => HashSet::new(),
+                Final::Held { live, .. } => live().into_iter().collect(),
+            };
+            for o in expired(&store.unindexed_objects()?, opts.orphan_grace) {
+                if cairn_store::bucket::object_pack(&o.name).is_some_and(|p| keep.contains(&p)) {
+                    continue;
+                }
+                b.delete(&o.name)?;
+                if o.name.ends_with(".pack") {
+                    report.orphan_packs += 1;
+                }
+                report.orphan_bytes += o.size;
+                freed += o.size;
+            }
+        }
     }
-    let new_bytes: u64 = copier.written.iter().map(|(_, _, i)| i.size).sum();
+    let new_bytes: u64 = copier.written.iter().map(|(_, _, kept)| kept).sum();
     report.bytes_freed = freed.saturating_sub(new_bytes);
     report.garbage_freed = report.bytes_freed.saturating_sub(report.orphan_bytes);
     if matches!(target, Final::Open(_)) {
@@ -820,6 +858,20 @@ fn collect_inner(
     }
     report.sweep_seconds = sweep_started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The objects of `objects` older than `grace`.
+fn expired(
+    objects: &[cairn_store::objects::ObjectInfo],
+    grace: std::time::Duration,
+) -> Vec<cairn_store::objects::ObjectInfo> {
+    let cutoff =
+        chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    objects
+        .iter()
+        .filter(|o| o.modified <= cutoff)
+        .cloned()
+        .collect()
 }
 
 fn remove(path: &Path) -> Result<()> {

@@ -7,7 +7,6 @@ use std::time::Instant;
 use cairn_store::tree::children;
 use cairn_store::{BadMark, ChunkId, ChunkRef, Location, OpenMode, RecoveryPoint, Store, Walk};
 use chrono::{DateTime, Utc};
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::Result;
@@ -308,22 +307,34 @@ pub fn verify(
     }
     jobs.sort_by_key(|(_, l)| (l.pack, l.offset));
     let total = jobs.len() as u64;
-    let done = std::sync::atomic::AtomicU64::new(0);
-    let results: Vec<(ChunkId, Location, Option<String>)> = jobs
-        .par_iter()
-        .map(|(id, loc)| {
-            // Only what is wrong: the chunk and its location are reported beside it.
-            let r = store.read_at(id, loc).err().map(|e| match e {
+    // In batches (the progress moves, the buffers stay small), each read as the store reads
+    // best (a bucket: adjacent frames in one ranged GET, several in flight). A failure of the
+    // bucket itself stops the verify: it says nothing of the chunks.
+    let mut results: Vec<(ChunkId, Location, Option<String>)> = Vec::with_capacity(jobs.len());
+    let cs = store.config().chunk_size as usize;
+    let mut bufs: Vec<Vec<u8>> = Vec::new();
+    for batch in jobs.chunks(256) {
+        bufs.resize_with(batch.len(), || vec![0u8; cs]);
+        let reads: Vec<cairn_store::bucket::ReadJob<'_>> = batch
+            .iter()
+            .zip(bufs.iter_mut())
+            .enumerate()
+            .map(|(i, ((id, loc), buf))| {
+                buf.resize(loc.plain_len as usize, 0);
+                (i, *id, *loc, buf.as_mut_slice())
+            })
+            .collect();
+        let mut errs: Vec<Option<String>> = vec![None; batch.len()];
+        for (i, e) in store.read_located(reads)? {
+            errs[i] = Some(match e {
                 cairn_store::Error::BadChunk { what, .. } => what,
                 other => other.to_string(),
             });
-            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if n.is_multiple_of(256) || n == total {
-                progress(n, total);
-            }
-            (*id, *loc, r)
-        })
-        .collect();
+        }
+        results.extend(batch.iter().zip(errs).map(|((id, loc), e)| (*id, *loc, e)));
+        let n = results.len() as u64;
+        progress(n, total);
+    }
     report.chunks_checked = results.len() as u64;
     let mut healed = Vec::new();
     for (id, loc, err) in results {

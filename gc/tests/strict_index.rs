@@ -102,6 +102,7 @@ fn a_malformed_pack_entry_stops_gc_and_deletes_nothing() {
     let opts = GcOptions {
         dry_run: false,
         repack: cairn_gc::Repack::Below(1.0),
+        ..GcOptions::default()
     };
     let err = collect(&root, &opts, &|_| {}).expect_err("gc must stop");
     assert!(is_corrupt(&err, "packs"), "{err}");
@@ -151,6 +152,7 @@ fn a_malformed_reference_count_is_an_error_not_zero() {
     let opts = GcOptions {
         dry_run: false,
         repack: cairn_gc::Repack::Below(1.0),
+        ..GcOptions::default()
     };
     // Nothing is garbage yet; a gc that reads counts must not take the damaged one as 0.
     let _ = collect(&root, &opts, &|_| {});

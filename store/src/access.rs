@@ -147,7 +147,6 @@ impl StoreRead for Store {
     }
 
     fn read_chunks(&self, ids: &[ChunkId], slots: Vec<&mut [u8]>) -> Result<Vec<Option<Error>>> {
-        use rayon::prelude::*;
         let locs = self.locations(ids)?;
         let mut out: Vec<Option<Error>> = Vec::with_capacity(ids.len());
         let mut jobs = Vec::with_capacity(ids.len());
@@ -160,15 +159,19 @@ impl StoreRead for Store {
                 None => out.push(Some(Error::MissingChunk(*id))),
             }
         }
-        jobs.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
-        let failed: Vec<(usize, Error)> = jobs
-            .into_par_iter()
-            .filter_map(|(i, id, loc, slot)| self.read_into(&id, &loc, slot).err().map(|e| (i, e)))
-            .collect();
-        for (i, e) in failed {
+        for (i, e) in self.read_located(jobs)? {
             out[i] = Some(e);
         }
         Ok(out)
+    }
+
+    fn read_ahead(&self) -> u64 {
+        // A bucket: each read is a round trip; a wider window keeps several in flight.
+        if self.bucket().is_some() {
+            64 << 20
+        } else {
+            8 << 20
+        }
     }
 
     fn read_encoded(&self, ids: &[ChunkId]) -> Result<Vec<EncodedChunk>> {

@@ -66,6 +66,12 @@ impl Store {
         // only lets a later replication copy them again.
         self.remember_forgotten(&points)?;
         let after = self.garbage_len()?;
+        // The bucket's copies (a store in a bucket): a failure here leaves root files the next
+        // writer's open deletes (they are not in the catalogue).
+        self.put_forgotten()?;
+        for p in &points {
+            self.delete_root(&p.root_file())?;
+        }
         let mut dirs = HashSet::new();
         for p in &points {
             let path = self.root.join(p.root_file());
@@ -138,6 +144,7 @@ impl Store {
             .join("points")
             .join(format!("{PROTECT_MARKER}{}", p.id));
         write_atomic(&marker, p.root_file().as_bytes())?;
+        self.put_root(&p.root_file(), &json)?;
         write_atomic(&self.root.join(p.root_file()), &json)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_POINTS)?, point_key(&p.id)?, &json);

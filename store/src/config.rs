@@ -43,6 +43,24 @@ pub struct StoreConfig {
     /// the `TZ` of the shell. Stores made before it existed are UTC.
     #[serde(default = "utc")]
     pub timezone: String,
+    /// Where the packs live when not in `STORE/packs` (an S3-compatible bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packs: Option<PacksConfig>,
+}
+
+/// A bucket that holds a store's packs, root files and a copy of its config (`cairn init
+/// --packs s3://BUCKET/PREFIX`). The credentials are not kept: they come from the usual
+/// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` of each command's environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PacksConfig {
+    /// `s3://BUCKET/PREFIX`.
+    pub url: String,
+    /// The S3 endpoint (`https://s3.example`); none: AWS's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The region (none: `AWS_REGION`, else `us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 fn utc() -> String {
@@ -102,6 +120,7 @@ impl StoreConfig {
             zstd_level: 1,
             pack_target_size: 128 << 20,
             timezone: utc(),
+            packs: None,
         })
     }
 
@@ -115,7 +134,16 @@ impl StoreConfig {
             path: path.clone(),
             what: format!("not a cairn store ({e}); create one with `cairn init`"),
         })?;
-        let cfg: Self = toml::from_str(&text).map_err(|e| Error::Config {
+        Self::parse(&text, &path)
+    }
+
+    /// Reads and checks a config's text (`path` names where it came from).
+    ///
+    /// # Errors
+    /// Text that is not a config, or a format version this code does not know.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
+        let cfg: Self = toml::from_str(text).map_err(|e| Error::Config {
             path: path.clone(),
             what: e.to_string(),
         })?;

@@ -118,6 +118,7 @@
 //!
 pub mod access;
 mod agree;
+pub mod bucket;
 mod catalogue;
 pub mod chunk;
 pub mod config;

@@ -162,6 +162,8 @@ pub struct PackWriter {
     file: std::io::BufWriter<File>,
     len: u64,
     chunks: u64,
+    /// Every frame appended, for the pack's frame list ([`PackWriter::frame_list`]).
+    frames: Vec<ScannedFrame>,
 }
 
 impl PackWriter {
@@ -187,6 +189,7 @@ impl PackWriter {
             file: std::io::BufWriter::with_capacity(1 << 20, file),
             len: 0,
             chunks: 0,
+            frames: Vec::new(),
         };
         let mut header = [0u8; PACK_HEADER_SIZE as usize];
         header[0..8].copy_from_slice(&PACK_MAGIC);
@@ -214,6 +217,7 @@ impl PackWriter {
             .map_err(Error::io(&self.path, "appending a frame"))?;
         self.len += FRAME_HEADER_SIZE + chunk.bytes.len() as u64;
         self.chunks += 1;
+        self.frames.push(ScannedFrame { offset: at, header });
         Ok(at)
     }
 
@@ -252,6 +256,141 @@ impl PackWriter {
     pub fn is_empty(&self) -> bool {
         self.chunks == 0
     }
+
+    /// The pack file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Frames appended.
+    #[must_use]
+    pub fn chunks(&self) -> u64 {
+        self.chunks
+    }
+
+    /// The pack's frame list ([`encode_frame_list`]): what an index rebuild reads of a pack
+    /// kept in a bucket instead of its data.
+    #[must_use]
+    pub fn frame_list(&self) -> Vec<u8> {
+        encode_frame_list(self.id, self.len, &self.frames)
+    }
+}
+
+/// Frame list magic (frozen).
+pub const FRAME_LIST_MAGIC: [u8; 8] = *b"CAIRNFRL";
+/// Bytes of a frame list before its entries.
+const FRAME_LIST_HEADER: usize = 40;
+/// Bytes of one entry: the frame's offset, then its header.
+const FRAME_LIST_ENTRY: usize = 8 + FRAME_HEADER_SIZE as usize;
+
+/// A pack's frame list: every frame's offset and header, so that a pack kept where reading it
+/// costs a request (a bucket) is indexed from a few kilobytes, not its data.
+///
+/// ```text
+///  0  8  magic "CAIRNFRL"
+///  8  4  version (1), big-endian
+/// 12  4  frames, big-endian
+/// 16 16  pack id
+/// 32  8  pack length, big-endian
+/// 40     per frame: offset (8, big-endian), frame header (56, as in the pack)
+/// end 4  CRC-32 of everything before, big-endian
+/// ```
+#[must_use]
+pub fn encode_frame_list(id: PackId, len: u64, frames: &[ScannedFrame]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_LIST_HEADER + frames.len() * FRAME_LIST_ENTRY + 4);
+    out.extend_from_slice(&FRAME_LIST_MAGIC);
+    out.extend_from_slice(&1u32.to_be_bytes());
+    out.extend_from_slice(&(frames.len() as u32).to_be_bytes());
+    out.extend_from_slice(&id.0);
+    out.extend_from_slice(&len.to_be_bytes());
+    for f in frames {
+        out.extend_from_slice(&f.offset.to_be_bytes());
+        out.extend_from_slice(&f.header.encode());
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// Reads a frame list ([`encode_frame_list`]) back as a scan of its pack.
+///
+/// # Errors
+/// What is wrong with it (magic, version, CRC, a frame header, offsets out of order or past
+/// the pack's end).
+pub fn decode_frame_list(b: &[u8]) -> Result<PackScan, String> {
+    if b.len() < FRAME_LIST_HEADER + 4 || b[0..8] != FRAME_LIST_MAGIC {
+        return Err("not a cairn frame list".into());
+    }
+    let (body, crc) = b.split_at(b.len() - 4);
+    let want = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32fast::hash(body) != want {
+        return Err("frame list CRC does not match".into());
+    }
+    let be32 = |at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let version = be32(8);
+    if version != 1 {
+        return Err(format!("frame list version {version}, expected 1"));
+    }
+    let count = be32(12) as usize;
+    if body.len() != FRAME_LIST_HEADER + count * FRAME_LIST_ENTRY {
+        return Err(format!("{} bytes for {count} frames", body.len()));
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&b[16..32]);
+    let mut l = [0u8; 8];
+    l.copy_from_slice(&b[32..40]);
+    let len = u64::from_be_bytes(l);
+    let mut frames = Vec::with_capacity(count);
+    let mut end = PACK_HEADER_SIZE;
+    for e in body[FRAME_LIST_HEADER..].chunks_exact(FRAME_LIST_ENTRY) {
+        let mut o = [0u8; 8];
+        o.copy_from_slice(&e[..8]);
+        let offset = u64::from_be_bytes(o);
+        let mut hb = [0u8; FRAME_HEADER_SIZE as usize];
+        hb.copy_from_slice(&e[8..]);
+        let header = FrameHeader::decode(&hb).map_err(|w| format!("frame at {offset}: {w}"))?;
+        if offset != end {
+            return Err(format!("frame at {offset}, the previous one ends at {end}"));
+        }
+        end = offset + FRAME_HEADER_SIZE + u64::from(header.stored_len);
+        frames.push(ScannedFrame { offset, header });
+    }
+    if end != len {
+        return Err(format!("frames end at {end}, the pack is {len} bytes"));
+    }
+    Ok(PackScan {
+        id: PackId(id),
+        frames,
+        len,
+        stopped: None,
+    })
+}
+
+/// The frame at the front of `buf` (read from `name` at `offset`): its header and stored
+/// bytes, which `buf` must hold whole.
+///
+/// # Errors
+/// A malformed frame or a buffer too short for it.
+pub fn parse_frame(buf: &[u8], stored: &mut Vec<u8>) -> Result<FrameHeader, String> {
+    let hb: &[u8; FRAME_HEADER_SIZE as usize] = buf
+        .get(..FRAME_HEADER_SIZE as usize)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("{} bytes, a frame header is {FRAME_HEADER_SIZE}", buf.len()))?;
+    let header = FrameHeader::decode(hb)?;
+    let start = FRAME_HEADER_SIZE as usize;
+    let bytes = buf
+        .get(start..start + header.stored_len as usize)
+        .ok_or_else(|| {
+            format!(
+                "the frame says {} stored bytes, {} were read",
+                header.stored_len,
+                buf.len() - start
+            )
+        })?;
+    stored.clear();
+    stored.extend_from_slice(bytes);
+    Ok(header)
 }
 
 /// Fsyncs a folder so that a new or renamed entry in it is durable.
@@ -513,6 +652,43 @@ mod tests {
             assert_eq!(stored, c.bytes);
             crate::chunk::decode(&c.id, h.codec, h.plain_len, &stored).expect("decodes to its id");
         }
+    }
+
+    #[test]
+    fn a_frame_list_says_what_a_scan_of_its_pack_finds_and_damage_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chunks = [
+            chunk(3, 70_000, ChunkKind::Data),
+            chunk(7, 1000, ChunkKind::Tree),
+        ];
+        let mut w = PackWriter::create(dir.path()).expect("create");
+        for c in &chunks {
+            w.append(c).expect("append");
+        }
+        w.sync().expect("sync");
+        let list = w.frame_list();
+        let scanned = scan(w.path()).expect("scan");
+        let listed = decode_frame_list(&list).expect("decodes");
+        assert_eq!((listed.id, listed.len), (scanned.id, scanned.len));
+        let key = |s: &PackScan| -> Vec<(u64, FrameHeader)> {
+            s.frames.iter().map(|f| (f.offset, f.header)).collect()
+        };
+        assert_eq!(key(&listed), key(&scanned));
+        for i in 0..list.len() {
+            let mut bad = list.clone();
+            bad[i] ^= 0x04;
+            assert!(decode_frame_list(&bad).is_err(), "byte {i} flipped");
+        }
+        assert!(decode_frame_list(&list[..list.len() - 1]).is_err());
+        let bytes = std::fs::read(w.path()).expect("read");
+        let mut stored = Vec::new();
+        let at = listed.frames[1].offset as usize;
+        let h = parse_frame(&bytes[at..], &mut stored).expect("parses");
+        assert_eq!(
+            (h.id, stored.as_slice()),
+            (chunks[1].id, &chunks[1].bytes[..])
+        );
+        assert!(parse_frame(&bytes[at..bytes.len() - 1], &mut stored).is_err());
     }
 
     #[test]

@@ -57,11 +57,6 @@ impl Store {
         let tz = crate::config::parse_timezone(name)?;
         let mut config = self.config.clone();
         config.timezone = tz.name().to_owned();
-        write_atomic(
-            &self.root.join(crate::config::CONFIG_FILE),
-            config.to_toml()?.as_bytes(),
-        )?;
-        self.config = config;
-        Ok(())
+        self.write_config(config)
     }
 }

@@ -21,13 +21,38 @@ use crate::store::{
 };
 
 impl Store {
+    /// Makes a store folder in `root` (missing or empty) for the store whose packs are in
+    /// `packs`' bucket, from the bucket's copy of its config, with an empty index: on a new
+    /// machine, before the index is rebuilt from the bucket ([`Store::rebuild_index`]).
+    ///
+    /// # Errors
+    /// A folder that is not empty, no store in the bucket, the bucket's failures.
+    pub fn attach(root: &Path, packs: &crate::config::PacksConfig) -> Result<StoreConfig> {
+        crate::store::utf8_path(root)?;
+        if std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(Error::Usage(format!(
+                "{} exists and is not empty: the store of {} is made in an empty folder",
+                root.display(),
+                packs.url
+            )));
+        }
+        let config = crate::bucket::fetch_config(packs)?;
+        Self::make_folder(root, &config)?;
+        Ok(config)
+    }
+
     /// Rebuilds the index from the packs and root files: the old index is moved aside to
     /// `index.old-<time>` and a new one is filled. Needs the write lock.
     ///
     /// # Errors
     /// A lock held by another writer, I/O and index errors.
     pub fn rebuild_index(root: &Path, wait: bool) -> Result<RebuildReport> {
-        StoreConfig::load(root)?;
+        let config = StoreConfig::load(root)?;
+        let bucket = config
+            .packs
+            .as_ref()
+            .map(crate::bucket::connect)
+            .transpose()?;
         let lock = WriteLock::acquire(root, wait)?;
         let index = root.join("index");
         // Until the rebuild is done, the index is incomplete: every other open refuses it.
@@ -59,8 +84,30 @@ impl Store {
             .ok_or_else(|| Error::Usage("no garbage column family".into()))?;
         let mut report = RebuildReport::default();
         let packs_dir = root.join("packs");
-        for path in files_under(&packs_dir, "pack")? {
-            let scan = match pack::scan(&path) {
+        // The packs: scanned here, or from their frame lists in the bucket (a few kilobytes
+        // each, not the data). Packs here beside a bucket are a killed session's: not indexed.
+        let scans: Box<dyn Iterator<Item = (String, Result<pack::PackScan>)>> = match &bucket {
+            Some(b) => {
+                let (scans, unlisted) = crate::bucket::frame_lists(b.as_ref())?;
+                if unlisted > 0 {
+                    report.problems.push(format!(
+                        "{unlisted} pack object(s) without a frame list (an upload that did not                          finish; no point names them): not indexed, garbage collection deletes                          them"
+                    ));
+                }
+                Box::new(scans.into_iter().map(|s| (b.describe(), s)))
+            }
+            None => Box::new(
+                files_under(&packs_dir, "pack")?
+                    .into_iter()
+                    .map(|path| (path.display().to_string(), pack::scan(&path))),
+            ),
+        };
+        let good = |id: &ChunkId, loc: &Location| match &bucket {
+            Some(b) => remote_frame_is_good(b.as_ref(), id, loc),
+            None => frame_is_good(&packs_dir, id, loc),
+        };
+        for (shown, scan) in scans {
+            let scan = match scan {
                 Ok(s) => s,
                 Err(e) => {
                     report.problems.push(e.to_string());
@@ -70,7 +117,7 @@ impl Store {
             if let Some((at, why)) = &scan.stopped {
                 report
                     .problems
-                    .push(format!("{}: stopped at offset {at}: {why}", path.display()));
+                    .push(format!("{shown}: stopped at offset {at}: {why}"));
             }
             let mut batch = WriteBatch::default();
             // Frames of this pack indexed by this batch (a pack may hold a chunk twice).
@@ -106,7 +153,7 @@ impl Store {
                     None => loc,
                     Some(old) => {
                         report.duplicates += 1;
-                        let (keep, drop) = if frame_is_good(&packs_dir, &id, &old) {
+                        let (keep, drop) = if good(&id, &old) {
                             (old, loc)
                         } else {
                             (loc, old)
@@ -129,6 +176,10 @@ impl Store {
         }
         let mut batch = WriteBatch::default();
         crate::run::abandon_unfinished(root)?;
+        if let Some(b) = &bucket {
+            // The bucket's root files are the truth: they come here first.
+            crate::bucket::fetch_roots(b.as_ref(), root)?;
+        }
         for path in files_under(&root.join("points"), "json")? {
             let p = match read_root_file(&path) {
                 Ok(p) => p,
@@ -170,6 +221,24 @@ fn frame_is_good(packs_dir: &Path, id: &ChunkId, loc: &Location) -> bool {
         .is_ok_and(|(h, stored)| {
             h.id == *id && chunk::decode(id, h.codec, h.plain_len, &stored).is_ok()
         })
+}
+
+/// As [`frame_is_good`], for a pack in a bucket.
+fn remote_frame_is_good(
+    bucket: &dyn crate::objects::Objects,
+    id: &ChunkId,
+    loc: &Location,
+) -> bool {
+    let mut stored = Vec::new();
+    bucket
+        .get_range(
+            &crate::bucket::pack_object(&loc.pack),
+            loc.offset,
+            pack::FRAME_HEADER_SIZE + u64::from(loc.stored_len),
+        )
+        .ok()
+        .and_then(|buf| pack::parse_frame(&buf, &mut stored).ok())
+        .is_some_and(|h| h.id == *id && chunk::decode(id, h.codec, h.plain_len, &stored).is_ok())
 }
 
 /// What [`Store::rebuild_index`] found.

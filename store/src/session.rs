@@ -3,7 +3,6 @@
 //! not at all).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -60,11 +59,12 @@ pub struct Session<'a> {
     /// Old locations of chunks stored afresh (their frames become garbage at commit).
     superseded: Vec<(ChunkId, Location)>,
     new_stored: u64,
-    /// Packs this session created; removed if it ends without committing.
-    created: Vec<PathBuf>,
+    /// Packs this session created; removed (here and from the bucket) if it ends without
+    /// committing.
+    created: Vec<PackId>,
     /// Full packs being made durable beside the appends that follow (at most
     /// [`SYNCS_IN_FLIGHT`]); the commit waits for them before it indexes a chunk.
-    syncing: std::collections::VecDeque<std::thread::JoinHandle<Result<()>>>,
+    syncing: std::collections::VecDeque<std::thread::JoinHandle<Result<u64>>>,
     /// Whether the commit checks that every chunk its points name is stored (points a client
     /// uploaded: see [`Session::check_references`]).
     check: bool,
@@ -117,8 +117,8 @@ impl Drop for Session<'_> {
         for h in self.syncing.drain(..) {
             let _ = h.join();
         }
-        for path in self.created.drain(..) {
-            let _ = std::fs::remove_file(path);
+        for id in std::mem::take(&mut self.created) {
+            let _ = self.store.remove_pack(id);
         }
     }
 }
@@ -210,19 +210,20 @@ impl<'a> Session<'a> {
         }
         let target = self.store.config.pack_target_size;
         if self.pack.as_ref().is_some_and(|p| p.len() >= target)
-            && let Some(mut full) = self.pack.take()
+            && let Some(full) = self.pack.take()
         {
-            // Made durable by a thread of its own while the next pack fills: the disk writes
-            // one pack back while this one is appended to.
+            // Made durable (synced, or uploaded to the bucket) by a thread of its own while the
+            // next pack fills: one pack goes out while this one is appended to.
             if self.syncing.len() >= SYNCS_IN_FLIGHT {
                 self.wait_one_sync()?;
             }
+            let sealer = self.store.sealer();
             self.syncing
-                .push_back(std::thread::spawn(move || full.sync()));
+                .push_back(std::thread::spawn(move || sealer.seal(full)));
         }
         if self.pack.is_none() {
             let pack = PackWriter::create(&self.store.packs_dir())?;
-            self.created.push(pack.id().path(&self.store.packs_dir()));
+            self.created.push(pack.id());
             self.pack = Some(pack);
         }
         let Some(pack) = self.pack.as_mut() else {
@@ -248,7 +249,8 @@ impl<'a> Session<'a> {
         match self.syncing.pop_front() {
             Some(h) => h
                 .join()
-                .unwrap_or_else(|_| Err(Error::Usage("a pack's sync panicked".into()))),
+                .unwrap_or_else(|_| Err(Error::Usage("a pack's sync panicked".into())))
+                .map(|_| ()),
             None => Ok(()),
         }
     }
@@ -550,9 +552,10 @@ impl<'a> Session<'a> {
     /// # Errors
     /// I/O and index errors.
     pub fn commit_run(mut self, staged: Vec<StagedPoint>) -> Result<Vec<RecoveryPoint>> {
-        // 1. Chunks durable: the last pack, and every full one synced beside the appends.
-        if let Some(mut pack) = self.pack.take() {
-            pack.sync()?;
+        // 1. Chunks durable: the last pack, and every full one synced (or uploaded) beside the
+        //    appends.
+        if let Some(pack) = self.pack.take() {
+            self.store.sealer().seal(pack)?;
         }
         while !self.syncing.is_empty() {
             self.wait_one_sync()?;
@@ -643,6 +646,11 @@ impl<'a> Session<'a> {
             ids: points.iter().map(|p| p.short_id().to_owned()).collect(),
             source: Box::new(e),
         };
+        // A store in a bucket: its root files there first, so that the bucket alone (an index
+        // rebuild) holds every point committed here.
+        for (file, json) in &files {
+            store.put_root(file, json)?;
+        }
         let write_roots = || -> Result<()> {
             for (file, json) in &files {
                 write_atomic(&store.root.join(file), json)?;

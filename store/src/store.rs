@@ -38,6 +38,8 @@ pub struct Store {
     /// A read-only open is a registered reader for as long as it lives (`readers`).
     _reader: Option<crate::readers::ReaderGuard>,
     files: Mutex<HashMap<PackId, Arc<File>>>,
+    /// The bucket the packs live in, if not in `STORE/packs` (the `bucket` module).
+    pub(crate) bucket: Option<Arc<dyn crate::objects::Objects>>,
     warnings: Vec<String>,
     /// Held by each commit, forget, protect and collection of this process (see
     /// [`Store::commit_lock`]).
@@ -160,7 +162,7 @@ pub(crate) fn sync_write() -> WriteOptions {
 
 /// The index library takes paths as text: a store path that is not UTF-8 is refused before
 /// anything is created.
-fn utf8_path(root: &Path) -> Result<()> {
+pub(crate) fn utf8_path(root: &Path) -> Result<()> {
     if root.to_str().is_none() {
         return Err(Error::Usage(format!(
             "{}: a store path must be valid UTF-8 (rename the folder)",
@@ -230,7 +232,16 @@ impl Store {
     /// # Errors
     /// A folder that is not empty, an invalid chunk size, I/O and index errors.
     pub fn init(root: &Path, chunk_size: u32) -> Result<StoreConfig> {
-        let config = StoreConfig::new(chunk_size)?;
+        Self::init_with(root, StoreConfig::new(chunk_size)?)
+    }
+
+    /// Creates a new store in `root` with `config`; when its packs are to live in a bucket
+    /// (`config.packs`), the bucket's prefix is claimed first (a prefix that holds a store is
+    /// refused, and nothing is made here when the bucket cannot be reached).
+    ///
+    /// # Errors
+    /// As [`Store::init`], a prefix that holds a store, the bucket's failures.
+    pub fn init_with(root: &Path, config: StoreConfig) -> Result<StoreConfig> {
         utf8_path(root)?;
         if root.exists() {
             let mut entries =
@@ -242,6 +253,15 @@ impl Store {
                 )));
             }
         }
+        if let Some(packs) = &config.packs {
+            crate::bucket::claim(packs, &config)?;
+        }
+        Self::make_folder(root, &config)?;
+        Ok(config)
+    }
+
+    /// Makes the store's folder for `config`: its subfolders, an empty index, the config last.
+    pub(crate) fn make_folder(root: &Path, config: &StoreConfig) -> Result<()> {
         // Private: the store holds the guests' disks. The root folder is 0700, so nobody else
         // reaches anything below it whatever its mode; files cairn writes are 0600 too.
         {
@@ -270,8 +290,7 @@ impl Store {
         }
         drop(db);
         // The config goes last: a folder without it is not (yet) a store.
-        write_atomic(&root.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
-        Ok(config)
+        write_atomic(&root.join(CONFIG_FILE), config.to_toml()?.as_bytes())
     }
 
     /// Opens the store at `root`.
@@ -286,6 +305,11 @@ impl Store {
             OpenMode::Read => (None, Some(crate::readers::register(root)?)),
             OpenMode::Write { wait } => (Some(WriteLock::acquire(root, wait)?), None),
         };
+        let bucket = config
+            .packs
+            .as_ref()
+            .map(crate::bucket::connect)
+            .transpose()?;
         let (db, behind) = open_db(root, lock.is_none())?;
         let mut store = Self {
             root: root.to_path_buf(),
@@ -294,6 +318,7 @@ impl Store {
             lock,
             _reader: reader,
             files: Mutex::new(HashMap::new()),
+            bucket,
             warnings: Vec::new(),
             commits: Mutex::new(()),
         };
@@ -307,8 +332,7 @@ impl Store {
                 // older format must refuse the store, not misread it.
                 let mut config = store.config.clone();
                 config.format_version = crate::config::FORMAT_VERSION;
-                write_atomic(&store.root.join(CONFIG_FILE), config.to_toml()?.as_bytes())?;
-                store.config = config;
+                store.write_config(config)?;
             }
             if !store.refcounts_ready()? || store.recount_due()? {
                 store.recount()?;
@@ -320,10 +344,23 @@ impl Store {
             }
             store.warnings = store.reconcile(true)?;
             store.finish_protects()?;
+            store.sync_roots()?;
             // This index is the truth now (whatever an earlier note says).
             crate::view::note_commit(&store.root, &store.db);
         }
         Ok(store)
+    }
+
+    /// Replaces the store's config: the bucket's copy first (a store in a bucket), then
+    /// `cairn.toml`.
+    pub(crate) fn write_config(&mut self, config: StoreConfig) -> Result<()> {
+        let text = config.to_toml()?;
+        if let Some(b) = &self.bucket {
+            b.put(crate::bucket::CONFIG_OBJECT, text.as_bytes())?;
+        }
+        write_atomic(&self.root.join(CONFIG_FILE), text.as_bytes())?;
+        self.config = config;
+        Ok(())
     }
 
     /// The store's folder.
@@ -405,16 +442,23 @@ impl Store {
             .collect()
     }
 
-    fn pack_file(&self, pack: PackId) -> Result<Arc<File>> {
+    /// The open file of pack `pack`; `None` when the pack is not here but in the bucket.
+    pub(crate) fn pack_file(&self, pack: PackId) -> Result<Option<Arc<File>>> {
         let mut files = self
             .files
             .lock()
             .map_err(|_| Error::Usage("pack file cache poisoned".into()))?;
         if let Some(f) = files.get(&pack) {
-            return Ok(Arc::clone(f));
+            return Ok(Some(Arc::clone(f)));
         }
         let path = pack.path(&self.packs_dir());
-        let f = Arc::new(File::open(&path).map_err(|e| {
+        let opened = File::open(&path);
+        if self.bucket.is_some()
+            && matches!(&opened, Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        {
+            return Ok(None);
+        }
+        let f = Arc::new(opened.map_err(|e| {
             let what = if e.kind() == std::io::ErrorKind::NotFound {
                 "opening a pack: the pack file is gone (removed or lost); `cairn verify` lists \
                  what it damages, and a key backup (`cairn backup --key`) stores its chunks \
@@ -428,7 +472,7 @@ impl Store {
             files.clear();
         }
         files.insert(pack, Arc::clone(&f));
-        Ok(f)
+        Ok(Some(f))
     }
 
     /// The folder of pack files.
@@ -470,12 +514,11 @@ impl Store {
         loc: &Location,
         stored: &mut Vec<u8>,
     ) -> Result<pack::FrameHeader> {
-        let file = self
-            .pack_file(loc.pack)
-            .map_err(|e| bad_chunk(id, loc, e.to_string()))?;
-        let path = loc.pack.path(&self.packs_dir());
-        let header = pack::read_frame_into(&file, &path, loc.offset, stored)
-            .map_err(|e| bad_chunk(id, loc, e.to_string()))?;
+        // The bucket's own failures (after its retries) are not damage: they stop the reader.
+        let header = self.frame_into(loc, stored).map_err(|e| match e {
+            e @ Error::Objects { .. } => e,
+            e => bad_chunk(id, loc, e.to_string()),
+        })?;
         if header.id != *id {
             return Err(bad_chunk(
                 id,
@@ -649,11 +692,11 @@ impl Store {
         self.require_writer()?;
         let bad = self.bad_chunks()?.into_iter().map(|(id, _)| id).collect();
         // One stat per pack: a pack file removed by hand (or lost) must not be reused.
-        let dir = self.packs_dir();
+        let stored = self.stored_packs()?;
         let lost = self
             .pack_infos()?
             .into_keys()
-            .filter(|p| !p.path(&dir).exists())
+            .filter(|p| !stored.contains(p))
             .collect();
         Ok(Session::new(self, bad, lost))
     }
@@ -715,7 +758,7 @@ pub(crate) fn read_root_file(path: &Path) -> Result<RecoveryPoint> {
 }
 
 /// A chunk at `loc` that cannot be read or is not what its id says.
-fn bad_chunk(id: &ChunkId, loc: &Location, what: String) -> Error {
+pub(crate) fn bad_chunk(id: &ChunkId, loc: &Location, what: String) -> Error {
     Error::BadChunk {
         id: *id,
         where_: format!("pack {} offset {}", loc.pack.to_hex(), loc.offset),

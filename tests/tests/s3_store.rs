@@ -1,0 +1,397 @@
+//! A store whose packs live in a real three-node Garage cluster on loopback (`cairn init
+//! --packs s3://...`): a series backed up and restored bit-exact, nothing left here, a second
+//! store refused on the same prefix, verify, prune and gc freeing what they report in the
+//! bucket, the index rebuilt on a "new machine" from the bucket alone, cairn killed mid-upload,
+//! a node killed during a backup and a restore, a wrong key.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_store::objects::{Bucket, BucketConfig, Objects};
+use cairn_tests::garage::Garage;
+use cairn_tests::{assert_same_content, cairn, id, json, make_raw, modify_raw, num, ok, run};
+
+/// A store folder here, its packs under `prefix` in the cluster's bucket.
+struct S3Store {
+    dir: tempfile::TempDir,
+    prefix: String,
+    endpoint: String,
+    env: Vec<(&'static str, String)>,
+}
+
+impl S3Store {
+    fn new(g: &Garage, prefix: &str) -> Self {
+        let s = Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            prefix: prefix.into(),
+            endpoint: g.endpoint.clone(),
+            env: g.env(),
+        };
+        let out = ok(s
+            .cmd(&["init", "--timezone", "UTC", "--chunk-size", "256K"])
+            .arg(s.path())
+            .args(s.packs_args()));
+        assert!(out.contains("packs and root files in s3://"), "{out}");
+        s
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn url(&self, bucket: &str) -> String {
+        format!("s3://{bucket}/{}", self.prefix)
+    }
+
+    fn packs_args(&self) -> Vec<String> {
+        vec![
+            "--packs".into(),
+            self.url("cairn"),
+            "--s3-endpoint".into(),
+            self.endpoint.clone(),
+            "--s3-region".into(),
+            "garage".into(),
+        ]
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = cairn(args);
+        c.env("CAIRN_STORE", self.path()).envs(self.env.clone());
+        c
+    }
+
+    fn backup(&self, vm: &str, time: &str, src: &Path) -> serde_json::Value {
+        let mut c = self.cmd(&["backup", "--json", "--vm", vm, "--time", time]);
+        c.arg(format!("xvda={}", src.display()));
+        json(&ok(&mut c))[0].clone()
+    }
+
+    fn restore_and_compare(&self, point: &str, want: &Path) {
+        let out = self.dir.path().join("restored.raw");
+        ok(self
+            .cmd(&["restore", "--force", point, "--format", "raw"])
+            .arg(&out));
+        assert_same_content(&out, want, true);
+    }
+
+    fn points(&self) -> Vec<serde_json::Value> {
+        json(&ok(&mut self.cmd(&["list", "--json"])))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Makes packs small, so that one backup writes several (uploaded while the next fills).
+    fn small_packs(&self) {
+        let cfg = self.path().join("cairn.toml");
+        let text = std::fs::read_to_string(&cfg).expect("config");
+        let text = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("pack_target_size") {
+                    "pack_target_size = 4194304".to_owned()
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&cfg, text + "\n").expect("config");
+    }
+}
+
+/// The cluster's bucket under `prefix`, read directly (not through cairn).
+fn bucket(g: &Garage, prefix: &str) -> Bucket {
+    Bucket::open(&BucketConfig {
+        bucket: g.bucket.clone(),
+        prefix: prefix.into(),
+        endpoint: Some(g.endpoint.clone()),
+        region: "garage".into(),
+        key_id: g.key_id.clone(),
+        secret: g.secret.clone(),
+    })
+    .expect("bucket")
+}
+
+/// Objects and bytes under `under` of the bucket.
+fn listed(b: &Bucket, under: &str) -> (usize, u64) {
+    let l = b.list(under).expect("list");
+    (l.len(), l.iter().map(|o| o.size).sum())
+}
+
+/// Waits (at most 10 s) for `cond`.
+fn eventually(cond: impl Fn() -> bool, what: &str) {
+    let started = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "not so after 10 s: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Pack files left in the store's folder.
+fn local_packs(s: &S3Store) -> Vec<PathBuf> {
+    cairn_tests::files_under(&s.path().join("packs"))
+}
+
+#[test]
+fn a_series_in_a_bucket_restores_bit_exact_gc_frees_what_it_says_and_the_bucket_alone_rebuilds_it()
+{
+    let g = Garage::start();
+    assert_eq!(g.bucket, "cairn", "the cluster's bucket");
+    let s = S3Store::new(&g, "series");
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut disks = Vec::new();
+    let d0 = work.path().join("d0.raw");
+    make_raw(&d0, 24 << 20, 7);
+    disks.push(d0);
+    for day in 1..4u32 {
+        let next = work.path().join(format!("d{day}.raw"));
+        modify_raw(&disks[disks.len() - 1], &next, 100 + day);
+        disks.push(next);
+    }
+    let mut ids = Vec::new();
+    for (day, d) in disks.iter().enumerate() {
+        let p = s.backup("web", &format!("2026-11-0{}T02:00:00Z", day + 1), d);
+        ids.push(id(&p));
+    }
+    // Nothing of the data stays here: every pack went to the bucket.
+    assert!(local_packs(&s).is_empty(), "{:?}", local_packs(&s));
+    let b = bucket(&g, &s.prefix);
+    let (objects, _) = listed(&b, "packs/");
+    assert!(
+        objects >= 2 * 4,
+        "a pack and its frame list per backup: {objects}"
+    );
+    assert_eq!(listed(&b, "points/").0, 4, "a root file per point");
+    for (p, d) in ids.iter().zip(&disks) {
+        s.restore_and_compare(p, d);
+    }
+
+    // A second store on the same prefix is refused, and nothing is made here.
+    let other = work.path().join("other");
+    let out = run(s
+        .cmd(&["init", "--timezone", "UTC"])
+        .arg(&other)
+        .args(s.packs_args()));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds store") && err.contains("rebuild"),
+        "{err}"
+    );
+    assert!(!other.exists());
+
+    // Verify reads every chunk from the bucket.
+    let v = json(&ok(&mut s.cmd(&["verify", "--json"])));
+    assert!(num(&v, "chunks_checked") > 0, "{v}");
+    assert_eq!(v["damaged"].as_array().map(Vec::len), Some(0), "{v}");
+
+    // Forget the first two points; gc frees what it says from the bucket.
+    for p in &ids[..2] {
+        ok(&mut s.cmd(&["forget", p]));
+    }
+    // (Garage's listing may lag a delete for a moment.)
+    eventually(
+        || listed(&b, "points/").0 == 2,
+        "the forgotten points' root files deleted",
+    );
+    let (_, before) = listed(&b, "packs/");
+    let r = json(&ok(&mut s.cmd(&["gc", "--json", "--repack-below", "100"])));
+    assert!(num(&r, "bytes_freed") > 0, "{r}");
+    eventually(
+        || before - listed(&b, "packs/").1 == num(&r, "bytes_freed"),
+        "the bucket's bytes dropped by what gc reports",
+    );
+    for (p, d) in ids.iter().zip(&disks).skip(2) {
+        s.restore_and_compare(p, d);
+    }
+    let v = json(&ok(&mut s.cmd(&["verify", "--json"])));
+    assert_eq!(v["damaged"].as_array().map(Vec::len), Some(0), "{v}");
+
+    // A new machine: the store's folder gone, made again from the bucket alone.
+    std::fs::remove_dir_all(s.path()).expect("remove the store folder");
+    let out = ok(s
+        .cmd(&["repair", "--rebuild-index"])
+        .arg("--store")
+        .arg(s.path())
+        .args(s.packs_args()));
+    assert!(out.contains("rebuilt the index"), "{out}");
+    let listed_ids: Vec<String> = s.points().iter().map(id).collect();
+    assert_eq!(listed_ids, ids[2..].to_vec());
+    for (p, d) in ids.iter().zip(&disks).skip(2) {
+        s.restore_and_compare(p, d);
+    }
+    // And it goes on: a backup after the rebuild dedups against what the bucket holds.
+    let p = s.backup("web", "2026-11-09T02:00:00Z", &disks[3]);
+    assert!(num(&p, "new_stored_bytes") < 1 << 20, "{p}");
+}
+
+#[test]
+fn cairn_killed_mid_upload_commits_nothing_and_gc_deletes_its_objects_after_the_grace() {
+    let g = Garage::start();
+    let s = S3Store::new(&g, "killed");
+    s.small_packs();
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("d.raw");
+    make_raw(&disk, 32 << 20, 3);
+    let b = bucket(&g, &s.prefix);
+    // Killed (-9) once the first packs are whole in the bucket, while the next ones upload.
+    let mut c = s.cmd(&["backup", "--vm", "web", "--time", "2026-11-01T02:00:00Z"]);
+    let mut child = c
+        .arg(format!("xvda={}", disk.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("backup");
+    let started = std::time::Instant::now();
+    while !b
+        .list("packs/")
+        .expect("list")
+        .iter()
+        .any(|o| o.name.ends_with(".frames"))
+    {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the backup ended before a pack was uploaded"
+        );
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "no pack uploaded in a minute"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the backup ended before it was killed: use a bigger disk"
+    );
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    assert!(s.points().is_empty(), "a killed backup published a point");
+    assert!(
+        listed(&b, "points/").0 == 0,
+        "a root file of an uncommitted point"
+    );
+    assert!(listed(&b, "packs/").0 > 0);
+    // Within the grace period they stay (another process may be uploading).
+    let before = listed(&b, "packs/");
+    let r = json(&ok(&mut s.cmd(&["gc", "--json"])));
+    assert_eq!(listed(&b, "packs/"), before, "{r}");
+    let r = json(&ok(&mut s.cmd(&["gc", "--json", "--orphan-grace", "0m"])));
+    assert!(num(&r, "orphan_packs") > 0, "{r}");
+    assert_eq!(num(&r, "bytes_freed"), before.1, "{r}");
+    eventually(|| listed(&b, "packs/").0 == 0, "the orphans deleted");
+    assert!(local_packs(&s).is_empty(), "{:?}", local_packs(&s));
+    // The store works on: a backup and its restore.
+    let p = s.backup("web", "2026-11-02T02:00:00Z", &disk);
+    s.restore_and_compare(&id(&p), &disk);
+}
+
+#[test]
+fn a_node_killed_during_a_backup_and_during_a_restore_and_a_wrong_key() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("d.raw");
+    make_raw(&disk, 48 << 20, 5);
+    {
+        let mut g = Garage::start();
+        let s = S3Store::new(&g, "node-down-backup");
+        s.small_packs();
+        let mut c = s.cmd(&[
+            "backup",
+            "--json",
+            "--vm",
+            "web",
+            "--time",
+            "2026-11-01T02:00:00Z",
+        ]);
+        c.arg(format!("xvda={}", disk.display()));
+        let mut child = c
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("backup");
+        // Killed once the first pack is in the bucket, while the others upload.
+        let b = bucket(&g, &s.prefix);
+        while !b
+            .list("packs/")
+            .expect("list")
+            .iter()
+            .any(|o| o.name.ends_with(".frames"))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the backup ended first"
+        );
+        g.kill(2);
+        let out = child.wait_with_output().expect("backup");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let p = json(&String::from_utf8_lossy(&out.stdout))[0].clone();
+        s.restore_and_compare(&id(&p), &disk);
+    }
+    let mut g = Garage::start();
+    let s = S3Store::new(&g, "node-down-restore");
+    let big = work.path().join("big.raw");
+    make_raw(&big, 256 << 20, 6);
+    let p = s.backup("web", "2026-11-01T02:00:00Z", &big);
+    let out = work.path().join("r.raw");
+    let mut child = s
+        .cmd(&["restore", &id(&p), "--format", "raw"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("restore");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the restore ended before a node was killed: use a bigger disk"
+    );
+    g.kill(1);
+    let done = child.wait_with_output().expect("restore");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_same_content(&out, &big, true);
+
+    // A wrong key: refused, naming the bucket and the object; nothing committed, nothing here.
+    let other = work.path().join("d2.raw");
+    modify_raw(&disk, &other, 9);
+    let mut c2 = s.cmd(&["backup", "--vm", "web", "--time", "2026-11-02T02:00:00Z"]);
+    c2.env("AWS_SECRET_ACCESS_KEY", "0".repeat(64))
+        .arg(format!("xvda={}", other.display()));
+    let out = run(&mut c2);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("s3://cairn/node-down-restore") && err.contains("object"),
+        "{err}"
+    );
+    assert_eq!(s.points().len(), 1, "the failed backup published a point");
+    assert!(local_packs(&s).is_empty(), "{:?}", local_packs(&s));
+    // And init with a wrong key makes nothing.
+    let fresh = work.path().join("fresh");
+    let out = run(cairn(["init"])
+        .arg(&fresh)
+        .args([
+            "--packs",
+            "s3://cairn/another",
+            "--s3-endpoint",
+            &g.endpoint,
+            "--s3-region",
+            "garage",
+        ])
+        .env("AWS_ACCESS_KEY_ID", &g.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", "0".repeat(64)));
+    assert!(!out.status.success());
+    assert!(!fresh.exists(), "a refused init made the store folder");
+}
