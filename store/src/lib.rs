@@ -18,6 +18,11 @@
 //! Packs and root files are the truth; the index is rebuilt from them by
 //! [`Store::rebuild_index`] (`cairn repair --rebuild-index`).
 //!
+//! A store made with `cairn init --packs s3://BUCKET/PREFIX` keeps its packs, root files, a
+//! copy of its config and its forgotten list in that bucket ([`bucket`] says how and in what
+//! order they are written); `STORE/packs` then holds only the packs being filled, and the index
+//! is a cache rebuilt from the bucket alone.
+//!
 //! # Chunks
 //! A disk is cut into fixed chunks of the store's chunk size (a power of two from 64 KiB to
 //! 2 MiB, whatever the block size of a VHD it is read from). A chunk's id is the BLAKE3 hash of its plain bytes.

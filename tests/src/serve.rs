@@ -27,8 +27,16 @@ impl Server {
     /// When it does not start.
     #[must_use]
     pub fn start(store: &Path, port: u16, extra: &[&str]) -> Self {
-        Self::try_start(&[], store, port, extra)
+        Self::start_env(store, &[])
+            .with_port(port, extra)
             .unwrap_or_else(|log| panic!("cairn serve did not start: {log}"))
+    }
+
+    /// A server of the store at `store` with `env` set (a bucket's credentials), started by
+    /// [`Starting::with_port`].
+    #[must_use]
+    pub fn start_env<'a>(store: &'a Path, env: &'a [(&'static str, String)]) -> Starting<'a> {
+        Starting { store, env }
     }
 
     /// Serves the store under `strace`, killed with SIGKILL on entering the `when`-th call
@@ -46,7 +54,7 @@ impl Server {
             "-e".into(),
             format!("inject={syscalls}:signal=SIGKILL:when={when}"),
         ];
-        Self::try_start(&wrapper, store, 0, &[]).ok()
+        Self::try_start(&wrapper, store, 0, &[], &[]).ok()
     }
 
     fn try_start(
@@ -54,6 +62,7 @@ impl Server {
         store: &Path,
         port: u16,
         extra: &[&str],
+        env: &[(&'static str, String)],
     ) -> Result<Self, String> {
         let log = store.with_extension(format!("serve{port}.log"));
         let err = std::fs::File::create(&log).expect("log file");
@@ -69,6 +78,7 @@ impl Server {
             .args(["serve", "--json", "--listen", &format!("127.0.0.1:{port}")])
             .arg(store)
             .args(extra)
+            .envs(env.iter().cloned())
             .stdout(Stdio::piped())
             .stderr(err)
             .spawn()
@@ -225,6 +235,23 @@ pub fn token(store: &Path, name: &str, role: &str, vm: &str) -> String {
     ])
     .arg(store)));
     v["secret"].as_str().expect("secret").to_owned()
+}
+
+/// A server about to start with an environment of its own (see [`Server::start_env`]).
+pub struct Starting<'a> {
+    store: &'a Path,
+    env: &'a [(&'static str, String)],
+}
+
+impl Starting<'_> {
+    /// Starts it on `port` (0: one it picks) with `extra` arguments; its log when it did not
+    /// start.
+    ///
+    /// # Errors
+    /// The server's log when it did not start.
+    pub fn with_port(self, port: u16, extra: &[&str]) -> Result<Server, String> {
+        Server::try_start(&[], self.store, port, extra, self.env)
+    }
 }
 
 /// Kills a child and its own children (a server under `strace`: killing strace alone would

@@ -9,6 +9,7 @@ use std::process::Command;
 
 use cairn_store::objects::{Bucket, BucketConfig, Objects};
 use cairn_tests::garage::Garage;
+use cairn_tests::serve::Server;
 use cairn_tests::{assert_same_content, cairn, id, json, make_raw, modify_raw, num, ok, run};
 
 /// A store folder here, its packs under `prefix` in the cluster's bucket.
@@ -227,6 +228,50 @@ fn a_series_in_a_bucket_restores_bit_exact_gc_frees_what_it_says_and_the_bucket_
     // And it goes on: a backup after the rebuild dedups against what the bucket holds.
     let p = s.backup("web", "2026-11-09T02:00:00Z", &disks[3]);
     assert!(num(&p, "new_stored_bytes") < 1 << 20, "{p}");
+
+    // Served by `cairn serve`: a host backs up through it, another restores.
+    let token = |name: &str, role: &str| {
+        let v = json(&ok(s
+            .cmd(&[
+                "token", "create", "--json", "--name", name, "--role", role, "--vm", "*",
+            ])
+            .arg("--store")
+            .arg(s.path())));
+        v["secret"].as_str().expect("secret").to_owned()
+    };
+    let (writer, reader) = (token("host", "backup"), token("restorer", "restore"));
+    let server = Server::start_env(&s.path(), &s.env)
+        .with_port(0, &[])
+        .expect("cairn serve starts on a store in a bucket");
+    let sent = json(&ok(server
+        .cmd(&writer, &["backup", "--json", "--vm", "db"])
+        .arg(format!("xvda={}", disks[0].display()))))[0]
+        .clone();
+    let out = work.path().join("served.raw");
+    ok(server
+        .cmd(&reader, &["restore", &id(&sent), "--format", "raw"])
+        .arg(&out));
+    assert_same_content(&out, &disks[0], true);
+    drop(server);
+
+    // Replicated into another store in the bucket, and out of it into a folder.
+    let copy = S3Store::new(&g, "replica");
+    let folder = work.path().join("folder-replica");
+    ok(cairn(["init", "--timezone", "UTC"]).arg(&folder));
+    ok(s.cmd(&["replicate", "--to"])
+        .arg(copy.path())
+        .arg("--from")
+        .arg(s.path()));
+    ok(s.cmd(&["replicate", "--to"])
+        .arg(&folder)
+        .arg("--from")
+        .arg(copy.path()));
+    let want = s.points().len();
+    assert_eq!(copy.points().len(), want);
+    let in_folder = json(&ok(cairn(["list", "--json", "--store"]).arg(&folder)));
+    assert_eq!(in_folder.as_array().map(Vec::len), Some(want));
+    copy.restore_and_compare(&id(&sent), &disks[0]);
+    assert!(local_packs(&copy).is_empty());
 }
 
 #[test]

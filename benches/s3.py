@@ -1,0 +1,145 @@
+"""The s3 section of the benchmark harness (issue 16): a store whose packs live in a 3-node
+Garage cluster on loopback (replication factor 3, so every byte is written three times on this
+one disk) against a local store, on the same series in one run.
+
+  s3   days 0..2 of one disk of the shared workload (4 GiB, --quick 1 GiB) backed up into a
+       local store and into a store on the cluster; the newest day restored from each; the
+       store's folder deleted and its index rebuilt from the bucket alone; the S3 requests
+       each step sent, counted by Garage itself (its /metrics), per GiB backed up.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from run import log, measure, warm
+
+SIZES = {"full": "4G", "quick": "1G", "smoke": "64M"}
+
+
+def garage_bin():
+    return Path.home() / ".cache" / "cairn" / "garage" / "bin" / "garage"
+
+
+def start_cluster(shared, work):
+    """Starts the shared recipe's cluster; returns (endpoint, key id, secret, workdir)."""
+    g = garage_bin()
+    if not g.exists():
+        raise SystemExit(f"{g} is missing: scripts/setup.sh builds Garage")
+    w = work / "garage"
+    stop_cluster(w)
+    shutil.rmtree(w, ignore_errors=True)
+    out = subprocess.run(["bash", str(shared / "peers" / "garage_cluster.sh"), str(g), str(w)], check=True,
+                         capture_output=True, text=True).stdout
+    endpoint = re.search(r"endpoint (\S+)", out).group(1)
+    key_id = re.search(r"Key ID:\s*(\S+)", out).group(1)
+    secret = re.search(r"Secret key:\s*(\S+)", out).group(1)
+    # The layout takes a moment to reach every node.
+    time.sleep(3)
+    return endpoint, key_id, secret, w
+
+
+def stop_cluster(w):
+    for pid in w.glob("*/pid"):
+        try:
+            os.kill(int(pid.read_text()), 9)
+        except (OSError, ValueError):
+            pass
+
+
+def s3_requests():
+    """S3 API requests the cluster has served so far, over its three nodes (Garage's metrics)."""
+    total = 0
+    for port in (3913, 3923, 3933):
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("api_s3_request_counter"):
+                total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def bucket_bytes(w):
+    """Bytes the cluster's data folders hold (three copies, compressed by Garage or not)."""
+    total = 0
+    for root, _, files in os.walk(w):
+        if "/data" in root:
+            total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+def run_s3(work, shared, cairn, res, profile):
+    size = SIZES[profile]
+    d = work / "s3"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    raws = []
+    for day in range(3):
+        raw = work / f"replicate-{size}-day{day}.raw"
+        if not raw.exists():
+            log(f"generating {raw.name}")
+            subprocess.run([sys.executable, shared / "workload" / "gen_disk.py", raw, "--size", size, "--seed", "17",
+                            "--template", "7", "--day", str(day)], check=True)
+        raws.append(raw)
+    endpoint, key_id, secret, w = start_cluster(shared, work)
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret, AWS_REGION="garage")
+    packs = ["--packs", "s3://cairn/bench", "--s3-endpoint", endpoint, "--s3-region", "garage"]
+    try:
+        local, remote = d / "local", d / "remote"
+        subprocess.run([str(cairn), "init", "--timezone", "UTC", str(local)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([str(cairn), "init", "--timezone", "UTC", str(remote)] + packs, check=True,
+                       stdout=subprocess.DEVNULL, env=env)
+        logical = sum(r.stat().st_size for r in raws)
+        for name, store in (("local", local), ("s3", remote)):
+            secs, cpu, rss, before = 0.0, 0.0, 0.0, s3_requests()
+            for day, raw in enumerate(raws):
+                warm(raw)
+                m = measure([cairn, "backup", "--store", store, "--vm", "vm", "--time",
+                             f"2026-11-0{day + 1}T02:00:00Z", f"xvda={raw}"], env=env)
+                secs += m["seconds"]
+                cpu += m["cpu_seconds"]
+                rss = max(rss, m["rss_mib"])
+            sent = s3_requests() - before
+            res.add(f"s3-backup-series-{name}", "cairn", {"seconds": secs, "cpu_seconds": cpu, "rss_mib": rss}, None,
+                    requests=sent, logical_bytes=logical)
+        for name, store in (("local", local), ("s3", remote)):
+            out = d / f"restored-{name}.raw"
+            warm(store)
+            before = s3_requests()
+            m = measure([cairn, "restore", "--store", store, "vm/xvda@latest", "--format", "raw", out], env=env)
+            res.add(f"s3-restore-{name}", "cairn", m, None, requests=s3_requests() - before)
+            out.unlink()
+        before = s3_requests()
+        m = measure([cairn, "verify", "--store", remote], env=env)
+        res.add("s3-verify", "cairn", m, None, requests=s3_requests() - before)
+        # A new machine: the store's folder gone, its index made from the bucket alone.
+        shutil.rmtree(remote)
+        before = s3_requests()
+        m = measure([cairn, "repair", "--store", remote, "--rebuild-index"] + packs, env=env)
+        res.add("s3-rebuild-index", "cairn", m, None, requests=s3_requests() - before)
+        res.add("s3-cluster-bytes", "limit", {"seconds": 0.0, "cpu_seconds": 0.0, "rss_mib": 0.0}, bucket_bytes(w))
+    finally:
+        stop_cluster(w)
+
+
+def targets(res):
+    out = []
+    lb, sb = res.get("s3-backup-series-local", "cairn"), res.get("s3-backup-series-s3", "cairn")
+    if lb and sb:
+        out.append(("backup into Garage / into a local store (speed)", lb["seconds"] / sb["seconds"], ">= 0.7"))
+        out.append(("S3 requests per GiB backed up", sb["requests"] / (sb["logical_bytes"] / (1 << 30)), "report"))
+    lr, sr = res.get("s3-restore-local", "cairn"), res.get("s3-restore-s3", "cairn")
+    if lr and sr:
+        out.append(("restore from Garage / from a local store (speed)", lr["seconds"] / sr["seconds"], ">= 0.7"))
+    rb = res.get("s3-rebuild-index", "cairn")
+    if rb:
+        out.append(("index rebuilt from the bucket (seconds)", rb["seconds"], "<= 10"))
+    return out
