@@ -8,7 +8,6 @@ one disk) against a local store, on the same series in one run.
        each step sent, counted by Garage itself (its /metrics), per GiB backed up.
 """
 
-import json
 import os
 import re
 import shutil
@@ -35,8 +34,13 @@ def start_cluster(shared, work):
     w = work / "garage"
     stop_cluster(w)
     shutil.rmtree(w, ignore_errors=True)
-    out = subprocess.run(["bash", str(shared / "peers" / "garage_cluster.sh"), str(g), str(w)], check=True,
-                         capture_output=True, text=True).stdout
+    # Its output to a file: the nodes' shells keep a pipe open after the script ends.
+    w.mkdir(parents=True)
+    said = w / "cluster.txt"
+    with open(said, "w") as f:
+        subprocess.run(["bash", str(shared / "peers" / "garage_cluster.sh"), str(g), str(w)], check=True,
+                       stdout=f, stderr=subprocess.DEVNULL)
+    out = said.read_text()
     endpoint = re.search(r"endpoint (\S+)", out).group(1)
     key_id = re.search(r"Key ID:\s*(\S+)", out).group(1)
     secret = re.search(r"Secret key:\s*(\S+)", out).group(1)
@@ -46,11 +50,9 @@ def start_cluster(shared, work):
 
 
 def stop_cluster(w):
-    for pid in w.glob("*/pid"):
-        try:
-            os.kill(int(pid.read_text()), 9)
-        except (OSError, ValueError):
-            pass
+    # By their config's path: the recipe's pid files may name the shell that started a node.
+    subprocess.run(["pkill", "-9", "-f", f"{w}/n[0-9]/garage.toml"], check=False)
+    time.sleep(0.5)
 
 
 def s3_requests():

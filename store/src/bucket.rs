@@ -513,7 +513,7 @@ pub(crate) fn claim(packs: &PacksConfig, config: &StoreConfig) -> Result<()> {
             return Err(Error::Usage(format!(
                 "{} holds store {id} already: two stores never share a prefix (give another \
                  prefix); to use that store from this machine, rebuild its index from the \
-                 bucket: `cairn repair STORE --rebuild-index --packs {}`",
+                 bucket: `cairn repair --store STORE --rebuild-index --packs {}`",
                 bucket.describe(),
                 packs.url
             )));

@@ -272,6 +272,21 @@ impl BucketConfig {
 const MULTIPART_ABOVE: usize = 16 << 20;
 /// The size of each part.
 const PART: usize = 8 << 20;
+/// Parts of one upload sent at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// Reads until `buf` is full or the file ends; the bytes read.
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
 
 /// Objects in an S3-compatible bucket, under a prefix. The calls are made on a small runtime of
 /// its own and waited for: the store stays synchronous.
@@ -372,8 +387,43 @@ impl Objects for Bucket {
     }
 
     fn put_file(&self, name: &str, path: &Path) -> Result<()> {
-        let bytes = std::fs::read(path).map_err(Error::io(path, "reading"))?;
-        self.put(name, &bytes)
+        use std::io::Read;
+        let mut file = std::fs::File::open(path).map_err(Error::io(path, "opening"))?;
+        let len = file.metadata().map_err(Error::io(path, "reading"))?.len();
+        if len <= MULTIPART_ABOVE as u64 {
+            let mut bytes = Vec::with_capacity(len as usize);
+            file.read_to_end(&mut bytes)
+                .map_err(Error::io(path, "reading"))?;
+            return self.put(name, &bytes);
+        }
+        // Read a part at a time, several parts in flight: memory stays at a few parts whatever
+        // the file's size, and the round trips overlap.
+        let at = self.path(name)?;
+        let fail = |e: object_store::Error| self.failed(name, "putting", &e);
+        self.runtime.block_on(async {
+            let up = self.store.put_multipart(&at).await.map_err(fail)?;
+            let mut w = object_store::WriteMultipart::new_with_chunk_size(up, PART);
+            let mut buf = vec![0u8; PART];
+            loop {
+                let n = match read_full(&mut file, &mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = w.abort().await;
+                        return Err(Error::io(path, "reading")(e));
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                    let _ = w.abort().await;
+                    return Err(fail(e));
+                }
+                w.write(&buf[..n]);
+            }
+            // A failed completion aborts the upload's parts itself.
+            w.finish().await.map(|_| ()).map_err(fail)
+        })
     }
 
     fn put(&self, name: &str, bytes: &[u8]) -> Result<()> {
