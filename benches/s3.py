@@ -78,6 +78,24 @@ def bucket_bytes(w):
     return total
 
 
+def curl_all(endpoint, key_id, secret, pairs, parallel, upload):
+    """PUTs (upload) or GETs each (file, object) of pairs with curl, `parallel` at a time: the
+    cluster's own speed for the same objects, without cairn."""
+    script = ('curl -sf --aws-sigv4 aws:amz:garage:s3 --user "$K:$S" '
+              "-H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "
+              + ('-T "$1" "$E/cairn/$2"' if upload else '-o /dev/null "$E/cairn/$2"') + "\n")
+    env = {"K": key_id, "S": secret, "E": endpoint}
+    tf = Path("/tmp") / f"cairn-bench-curl-{os.getpid()}"
+    sf = tf.with_suffix(".sh")
+    tf.write_text("".join(f"{f}\n{o}\n" for f, o in pairs))
+    sf.write_text(script)
+    try:
+        return measure(["sh", "-c", f"xargs -d '\\n' -n 2 -P {parallel} sh {sf} < {tf}"], env=env)
+    finally:
+        tf.unlink()
+        sf.unlink()
+
+
 def run_s3(work, shared, cairn, res, profile):
     size = SIZES[profile]
     d = work / "s3"
@@ -112,6 +130,12 @@ def run_s3(work, shared, cairn, res, profile):
             sent = s3_requests() - before
             res.add(f"s3-backup-series-{name}", "cairn", {"seconds": secs, "cpu_seconds": cpu, "rss_mib": rss}, None,
                     requests=sent, logical_bytes=logical)
+        # The cluster's own speed for the same bytes: the local store's packs put with curl, two
+        # at a time (as a backup uploads), then read back four at a time.
+        pairs = [(p, f"limit/{p.name}") for p in sorted((local / "packs").rglob("*.pack"))]
+        res.add("s3-put-limit", "limit", curl_all(endpoint, key_id, secret, pairs, 2, True),
+                sum(p.stat().st_size for p, _ in pairs))
+        res.add("s3-get-limit", "limit", curl_all(endpoint, key_id, secret, pairs, 4, False))
         for name, store in (("local", local), ("s3", remote)):
             out = d / f"restored-{name}.raw"
             warm(store)
@@ -138,7 +162,13 @@ def targets(res):
     if lb and sb:
         out.append(("backup into Garage / into a local store (speed)", lb["seconds"] / sb["seconds"], ">= 0.7"))
         out.append(("S3 requests per GiB backed up", sb["requests"] / (sb["logical_bytes"] / (1 << 30)), "report"))
+    put = res.get("s3-put-limit", "limit")
+    if sb and put:
+        out.append(("backup into Garage / curl putting its packs (time)", sb["seconds"] / put["seconds"], "report"))
     lr, sr = res.get("s3-restore-local", "cairn"), res.get("s3-restore-s3", "cairn")
+    get = res.get("s3-get-limit", "limit")
+    if sr and get:
+        out.append(("restore from Garage / curl getting its packs (time)", sr["seconds"] / get["seconds"], "report"))
     if lr and sr:
         out.append(("restore from Garage / from a local store (speed)", lr["seconds"] / sr["seconds"], ">= 0.7"))
     rb = res.get("s3-rebuild-index", "cairn")

@@ -176,6 +176,9 @@ impl StoreRead for Store {
 
     fn read_encoded(&self, ids: &[ChunkId]) -> Result<Vec<EncodedChunk>> {
         use rayon::prelude::*;
+        if self.bucket().is_some() {
+            return self.read_encoded_many(ids);
+        }
         ids.par_iter()
             .map(|id| Store::read_encoded(self, id))
             .collect()

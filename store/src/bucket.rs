@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::chunk::{self, ChunkId};
+use crate::chunk::{self, ChunkId, EncodedChunk};
 use crate::config::{CONFIG_FILE, PacksConfig, StoreConfig};
 use crate::error::{Error, Result};
 use crate::index::Location;
@@ -40,7 +40,7 @@ pub const CONFIG_OBJECT: &str = CONFIG_FILE;
 pub const FORGOTTEN_OBJECT: &str = crate::catalogue::FORGOTTEN_FILE;
 
 /// Frames read by one ranged GET at most (adjacent frames are read together).
-const MAX_RANGE: u64 = 8 << 20;
+const MAX_RANGE: u64 = 4 << 20;
 /// Bytes between two wanted frames that are read rather than asked for apart.
 const MAX_GAP: u64 = 256 << 10;
 /// Requests in flight for one batch of reads, a rebuild or a listing of root files.
@@ -90,6 +90,7 @@ pub fn connect(packs: &PacksConfig) -> Result<Arc<dyn Objects>> {
 #[derive(Clone, Debug)]
 pub struct Sealer {
     bucket: Option<Arc<dyn Objects>>,
+    trees: TreeCache,
 }
 
 impl Sealer {
@@ -99,14 +100,29 @@ impl Sealer {
     /// # Errors
     /// I/O errors, the bucket's failures (after its retries).
     pub fn seal(&self, mut w: PackWriter) -> Result<u64> {
-        w.sync()?;
         let Some(bucket) = &self.bucket else {
+            w.sync()?;
             return Ok(w.len());
         };
+        // Made durable by the bucket, not here: the copy here only has to be read back whole.
+        w.flush()?;
         let list = w.frame_list();
         bucket.put_file(&pack_object(&w.id()), w.path())?;
         // Only after the pack is whole: a frame list says its pack is there.
         bucket.put(&frames_object(&w.id()), &list)?;
+        // Its tree chunks stay readable here (the next backup walks them).
+        if let Ok(file) = std::fs::File::open(w.path()) {
+            let mut stored = Vec::new();
+            for f in w
+                .frames()
+                .iter()
+                .filter(|f| f.header.kind == chunk::ChunkKind::Tree)
+            {
+                if pack::read_frame_into(&file, w.path(), f.offset, &mut stored).is_ok() {
+                    self.trees.put(&f.header, &stored);
+                }
+            }
+        }
         // The bucket holds it now; reads of it go there.
         match std::fs::remove_file(w.path()) {
             Ok(()) => {}
@@ -114,6 +130,70 @@ impl Sealer {
             Err(e) => return Err(Error::io(w.path(), "removing an uploaded pack")(e)),
         }
         Ok(w.len() + list.len() as u64)
+    }
+}
+
+/// Where a store in a bucket keeps copies of its tree chunks (`STORE/cache/trees/ab/ID`).
+pub const TREE_CACHE: &str = "cache/trees";
+
+/// Copies of tree chunks' frames on this machine, for a store in a bucket: a walk of a point's
+/// tree (every backup reads its parent's, every restore its point's) reads them one after the
+/// other, and each would otherwise be a round trip. Only a cache: an entry is checked against
+/// its id (decoded and hashed) each time it is read, one that is not what it says is dropped
+/// and read from the bucket again, and gc drops the entries of chunks it removes. Entries are
+/// written without fsync (a torn one fails its check).
+#[derive(Clone, Debug)]
+pub struct TreeCache(std::path::PathBuf);
+
+impl TreeCache {
+    fn path(&self, id: &ChunkId) -> std::path::PathBuf {
+        let h = id.to_hex();
+        self.0.join(&h[..2]).join(h)
+    }
+
+    /// The cached frame of `id`: its header, its stored bytes into `stored`.
+    pub(crate) fn get(&self, id: &ChunkId, stored: &mut Vec<u8>) -> Option<FrameHeader> {
+        let path = self.path(id);
+        let bytes = std::fs::read(&path).ok()?;
+        let good = pack::parse_frame(&bytes, stored)
+            .ok()
+            .filter(|h| h.id == *id && chunk::decode(id, h.codec, h.plain_len, stored).is_ok());
+        if good.is_none() {
+            let _ = std::fs::remove_file(&path);
+        }
+        good
+    }
+
+    /// Keeps a copy of a tree chunk's frame (best effort: a cache).
+    pub(crate) fn put(&self, header: &FrameHeader, stored: &[u8]) {
+        let path = self.path(&header.id);
+        if path.exists() {
+            return;
+        }
+        let mut frame = Vec::with_capacity(FRAME_HEADER_SIZE as usize + stored.len());
+        pack::encode_frame(
+            &EncodedChunk {
+                id: header.id,
+                kind: header.kind,
+                codec: header.codec,
+                plain_len: header.plain_len,
+                bytes: stored.to_vec(),
+            },
+            &mut frame,
+        );
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let _ = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .transpose()
+            .and_then(|_| std::fs::write(&tmp, &frame))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        let _ = std::fs::remove_file(&tmp);
+    }
+
+    /// Drops the entry of `id`, if any.
+    pub(crate) fn drop_entry(&self, id: &ChunkId) {
+        let _ = std::fs::remove_file(self.path(id));
     }
 }
 
@@ -141,7 +221,13 @@ impl Store {
     pub fn sealer(&self) -> Sealer {
         Sealer {
             bucket: self.bucket.clone(),
+            trees: self.tree_cache(),
         }
+    }
+
+    /// This machine's cache of the tree chunks of a store in a bucket.
+    pub(crate) fn tree_cache(&self) -> TreeCache {
+        TreeCache(self.root.join(TREE_CACHE))
     }
 
     /// Deletes pack `id` wherever it is (here, in the bucket, or both): its frame list first,
@@ -329,39 +415,38 @@ impl Store {
             .into_iter()
             .filter_map(|(i, id, loc, slot)| self.read_into(&id, &loc, slot).err().map(|e| (i, e)))
             .collect();
-        let ranges = Mutex::new(coalesce(there).into_iter());
-        let out = Mutex::new(Vec::new());
-        let stop: Mutex<Option<Error>> = Mutex::new(None);
-        std::thread::scope(|s| {
-            for _ in 0..IN_FLIGHT {
-                s.spawn(|| {
-                    loop {
-                        let next = ranges.lock().ok().and_then(|mut r| r.next());
-                        let Some(range) = next else { break };
-                        if stop.lock().is_ok_and(|s| s.is_some()) {
-                            break;
-                        }
-                        match read_range(bucket.as_ref(), range) {
-                            Ok(mut bad) => {
-                                if let Ok(mut o) = out.lock() {
-                                    o.append(&mut bad);
-                                }
-                            }
-                            Err(e) => {
-                                if let Ok(mut s) = stop.lock() {
-                                    s.get_or_insert(e);
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        if let Some(e) = stop.into_inner().ok().flatten() {
-            return Err(e);
-        }
-        failed.extend(out.into_inner().unwrap_or_default());
+        failed.extend(in_flight(coalesce(there), |r| {
+            read_range(bucket.as_ref(), r)
+        })?);
         Ok(failed)
+    }
+
+    /// The chunks `ids` as stored (compressed or plain), each checked against its id, in
+    /// order; from a bucket, adjacent frames in one ranged GET and several in flight.
+    ///
+    /// # Errors
+    /// The first chunk missing or damaged, index errors, the bucket's failures.
+    pub(crate) fn read_encoded_many(&self, ids: &[ChunkId]) -> Result<Vec<EncodedChunk>> {
+        let Some(bucket) = &self.bucket else {
+            return ids.iter().map(|id| self.read_encoded(id)).collect();
+        };
+        let mut jobs = Vec::with_capacity(ids.len());
+        for (i, (id, loc)) in ids.iter().zip(self.locations(ids)?).enumerate() {
+            jobs.push((i, *id, loc.ok_or(Error::MissingChunk(*id))?, ()));
+        }
+        jobs.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
+        let (here, there): (Vec<_>, Vec<_>) = jobs
+            .into_iter()
+            .partition(|(_, _, l, _)| l.pack.path(&self.packs_dir()).exists());
+        let mut got: Vec<(usize, Result<EncodedChunk>)> = here
+            .into_iter()
+            .map(|(i, id, _, ())| (i, self.read_encoded(&id)))
+            .collect();
+        got.extend(in_flight(coalesce(there), |r| {
+            encoded_range(bucket.as_ref(), r)
+        })?);
+        got.sort_by_key(|(i, _)| *i);
+        got.into_iter().map(|(_, c)| c).collect()
     }
 
     /// Puts a root file (`points/...`) in the bucket, if the packs are in one.
@@ -425,17 +510,18 @@ impl Store {
     }
 }
 
-/// Adjacent frames of one pack, read with one GET.
-struct Range<'b> {
+/// Adjacent frames of one pack, read with one GET; `T` is what each read carries (where its
+/// plain bytes go).
+struct Range<T> {
     pack: PackId,
     start: u64,
     end: u64,
-    jobs: Vec<ReadJob<'b>>,
+    jobs: Vec<(usize, ChunkId, Location, T)>,
 }
 
 /// Groups reads sorted by pack and offset into ranges (see [`MAX_RANGE`], [`MAX_GAP`]).
-fn coalesce(jobs: Vec<ReadJob<'_>>) -> Vec<Range<'_>> {
-    let mut out: Vec<Range<'_>> = Vec::new();
+fn coalesce<T>(jobs: Vec<(usize, ChunkId, Location, T)>) -> Vec<Range<T>> {
+    let mut out: Vec<Range<T>> = Vec::new();
     for job in jobs {
         let (start, end) = (
             job.2.offset,
@@ -462,30 +548,83 @@ fn coalesce(jobs: Vec<ReadJob<'_>>) -> Vec<Range<'_>> {
     out
 }
 
+/// Runs `f` on every range, [`IN_FLIGHT`] at a time: what they all return, or the first
+/// failure (the ranges not yet started are then left).
+fn in_flight<T: Send, R: Send>(
+    ranges: Vec<Range<T>>,
+    f: impl Fn(Range<T>) -> Result<Vec<R>> + Sync,
+) -> Result<Vec<R>> {
+    let ranges = Mutex::new(ranges.into_iter());
+    let out = Mutex::new(Vec::new());
+    let stop: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..IN_FLIGHT {
+            s.spawn(|| {
+                loop {
+                    if stop.lock().is_ok_and(|s| s.is_some()) {
+                        break;
+                    }
+                    let next = ranges.lock().ok().and_then(|mut r| r.next());
+                    let Some(range) = next else { break };
+                    match f(range) {
+                        Ok(mut got) => {
+                            if let Ok(mut o) = out.lock() {
+                                o.append(&mut got);
+                            }
+                        }
+                        Err(e) => {
+                            if let Ok(mut s) = stop.lock() {
+                                s.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = stop.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    out.into_inner()
+        .map_err(|_| Error::Usage("a read of the bucket panicked".into()))
+}
+
+/// The bytes of a range; `Ok(Err(what))` when its pack object is gone (each chunk's damage,
+/// not a failure of the bucket).
+fn fetch_range<T>(bucket: &dyn Objects, range: &Range<T>) -> Result<Result<Vec<u8>, String>> {
+    let name = pack_object(&range.pack);
+    match bucket.get_range(&name, range.start, range.end - range.start) {
+        Ok(b) => Ok(Ok(b)),
+        Err(Error::ObjectMissing { storage, name }) => {
+            Ok(Err(format!("{storage}: the pack object {name} is gone")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The frame of `id` at `at` of `buf`: its header, its stored bytes into `stored`.
+fn frame_in(
+    buf: &[u8],
+    at: u64,
+    id: &ChunkId,
+    stored: &mut Vec<u8>,
+) -> Result<FrameHeader, String> {
+    let h = pack::parse_frame(buf.get(at as usize..).unwrap_or_default(), stored)?;
+    if h.id != *id {
+        return Err(format!("the frame there holds chunk {}", h.id));
+    }
+    Ok(h)
+}
+
 /// Reads one range and decodes its chunks into their slots: the chunks that failed, or the
 /// bucket's own failure.
-fn read_range(bucket: &dyn Objects, range: Range<'_>) -> Result<Vec<(usize, Error)>> {
-    let name = pack_object(&range.pack);
-    let buf = match bucket.get_range(&name, range.start, range.end - range.start) {
-        Ok(b) => b,
-        Err(Error::ObjectMissing { storage, name }) => {
-            let what = format!("{storage}: the pack object {name} is gone");
-            return Ok(range
-                .jobs
-                .into_iter()
-                .map(|(i, id, loc, _)| (i, crate::store::bad_chunk(&id, &loc, what.clone())))
-                .collect());
-        }
-        Err(e) => return Err(e),
-    };
+fn read_range(bucket: &dyn Objects, range: Range<&mut [u8]>) -> Result<Vec<(usize, Error)>> {
+    let buf = fetch_range(bucket, &range)?;
     let mut stored = Vec::new();
     let mut failed = Vec::new();
     for (i, id, loc, slot) in range.jobs {
-        let at = (loc.offset - range.start) as usize;
-        let r = pack::parse_frame(&buf[at..], &mut stored).and_then(|h| {
-            if h.id != id {
-                return Err(format!("the frame there holds chunk {}", h.id));
-            }
+        let r = buf.as_ref().map_err(Clone::clone).and_then(|buf| {
+            let h = frame_in(buf, loc.offset - range.start, &id, &mut stored)?;
             chunk::decode_into(&id, h.codec, h.plain_len, &stored, slot)
         });
         if let Err(what) = r {
@@ -493,6 +632,36 @@ fn read_range(bucket: &dyn Objects, range: Range<'_>) -> Result<Vec<(usize, Erro
         }
     }
     Ok(failed)
+}
+
+/// Reads one range's chunks as stored, each checked against its id (decoded and hashed).
+fn encoded_range(
+    bucket: &dyn Objects,
+    range: Range<()>,
+) -> Result<Vec<(usize, Result<EncodedChunk>)>> {
+    let buf = fetch_range(bucket, &range)?;
+    let mut plain = Vec::new();
+    let mut out = Vec::with_capacity(range.jobs.len());
+    for (i, id, loc, ()) in range.jobs {
+        let mut stored = Vec::new();
+        let r = buf.as_ref().map_err(Clone::clone).and_then(|buf| {
+            let h = frame_in(buf, loc.offset - range.start, &id, &mut stored)?;
+            plain.resize(h.plain_len as usize, 0);
+            chunk::decode_into(&id, h.codec, h.plain_len, &stored, &mut plain)?;
+            Ok(EncodedChunk {
+                id,
+                kind: h.kind,
+                codec: h.codec,
+                plain_len: h.plain_len,
+                bytes: std::mem::take(&mut stored),
+            })
+        });
+        out.push((
+            i,
+            r.map_err(|what| crate::store::bad_chunk(&id, &loc, what)),
+        ));
+    }
+    Ok(out)
 }
 
 /// Claims `packs`' prefix for a new store of config `config`: refuses a prefix that holds a

@@ -150,6 +150,13 @@ impl Store {
         for (p, info) in &sweep.added_packs {
             batch.put_cf(packs, p.0, to_json(info, "a pack entry")?);
         }
-        self.write_synced(batch)
+        self.write_synced(batch)?;
+        if self.bucket().is_some() {
+            let cache = self.tree_cache();
+            for id in &sweep.dead {
+                cache.drop_entry(id);
+            }
+        }
+        Ok(())
     }
 }

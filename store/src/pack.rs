@@ -221,6 +221,17 @@ impl PackWriter {
         Ok(at)
     }
 
+    /// Flushes what was appended to the file (not synced: for a pack that is made durable
+    /// elsewhere, uploaded to a bucket).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn flush(&mut self) -> Result<()> {
+        self.file
+            .flush()
+            .map_err(Error::io(&self.path, "flushing a pack"))
+    }
+
     /// Flushes and fsyncs the pack and its folder: what was appended is durable.
     ///
     /// # Errors
@@ -261,6 +272,12 @@ impl PackWriter {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Every frame appended, in order.
+    #[must_use]
+    pub fn frames(&self) -> &[ScannedFrame] {
+        &self.frames
     }
 
     /// Frames appended.

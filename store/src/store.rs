@@ -514,6 +514,12 @@ impl Store {
         loc: &Location,
         stored: &mut Vec<u8>,
     ) -> Result<pack::FrameHeader> {
+        // A tree chunk of a store in a bucket: from this machine's cache when it holds it (a
+        // walk reads its tree chunks one after the other: a round trip each otherwise).
+        let cached = loc.kind == chunk::ChunkKind::Tree && self.bucket.is_some();
+        if cached && let Some(h) = self.tree_cache().get(id, stored) {
+            return Ok(h);
+        }
         // The bucket's own failures (after its retries) are not damage: they stop the reader.
         let header = self.frame_into(loc, stored).map_err(|e| match e {
             e @ Error::Objects { .. } => e,
@@ -525,6 +531,9 @@ impl Store {
                 loc,
                 format!("the frame there holds chunk {}", header.id),
             ));
+        }
+        if cached {
+            self.tree_cache().put(&header, stored);
         }
         Ok(header)
     }

@@ -170,6 +170,30 @@ fn a_series_in_a_bucket_restores_bit_exact_gc_frees_what_it_says_and_the_bucket_
     for (p, d) in ids.iter().zip(&disks) {
         s.restore_and_compare(p, d);
     }
+    // Tree chunks are cached here (a walk reads them one after the other); a damaged entry is
+    // dropped and read from the bucket again, never taken for the chunk.
+    let cached = cairn_tests::files_under(&s.path().join("cache/trees"));
+    assert!(!cached.is_empty(), "no tree chunk cached");
+    let mut damaged = Vec::new();
+    for f in &cached {
+        let mut bytes = std::fs::read(f).expect("cache entry");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+        std::fs::write(f, &bytes).expect("damage a cache entry");
+        damaged.push(bytes);
+    }
+    s.restore_and_compare(&ids[3], &disks[3]);
+    let mended = cached
+        .iter()
+        .zip(&damaged)
+        .filter(|(f, d)| std::fs::read(f).is_ok_and(|now| now != **d))
+        .count();
+    assert!(
+        mended > 0,
+        "the restore read no tree chunk through the cache"
+    );
+    let v = json(&ok(&mut s.cmd(&["verify", "--json"])));
+    assert_eq!(v["damaged"].as_array().map(Vec::len), Some(0), "{v}");
 
     // A second store on the same prefix is refused, and nothing is made here.
     let other = work.path().join("other");
