@@ -69,6 +69,19 @@ def s3_requests():
     return total
 
 
+def garage_cpu():
+    """CPU seconds (user + system) the cluster's nodes have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in subprocess.run(["pgrep", "-f", "garage.toml server"], capture_output=True, text=True).stdout.split():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def bucket_bytes(w):
     """Bytes the cluster's data folders hold (three copies, compressed by Garage or not)."""
     total = 0
@@ -119,7 +132,7 @@ def run_s3(work, shared, cairn, res, profile):
                        stdout=subprocess.DEVNULL, env=env)
         logical = sum(r.stat().st_size for r in raws)
         for name, store in (("local", local), ("s3", remote)):
-            secs, cpu, rss, before = 0.0, 0.0, 0.0, s3_requests()
+            secs, cpu, rss, before, g0 = 0.0, 0.0, 0.0, s3_requests(), garage_cpu()
             for day, raw in enumerate(raws):
                 warm(raw)
                 m = measure([cairn, "backup", "--store", store, "--vm", "vm", "--time",
@@ -129,19 +142,23 @@ def run_s3(work, shared, cairn, res, profile):
                 rss = max(rss, m["rss_mib"])
             sent = s3_requests() - before
             res.add(f"s3-backup-series-{name}", "cairn", {"seconds": secs, "cpu_seconds": cpu, "rss_mib": rss}, None,
-                    requests=sent, logical_bytes=logical)
+                    requests=sent, logical_bytes=logical, garage_cpu=garage_cpu() - g0)
         # The cluster's own speed for the same bytes: the local store's packs put with curl, two
         # at a time (as a backup uploads), then read back four at a time.
         pairs = [(p, f"limit/{p.name}") for p in sorted((local / "packs").rglob("*.pack"))]
+        g0 = garage_cpu()
         res.add("s3-put-limit", "limit", curl_all(endpoint, key_id, secret, pairs, 2, True),
-                sum(p.stat().st_size for p, _ in pairs))
-        res.add("s3-get-limit", "limit", curl_all(endpoint, key_id, secret, pairs, 4, False))
+                sum(p.stat().st_size for p, _ in pairs), garage_cpu=garage_cpu() - g0)
+        g0 = garage_cpu()
+        res.add("s3-get-limit", "limit", curl_all(endpoint, key_id, secret, pairs, 4, False),
+                garage_cpu=garage_cpu() - g0)
         for name, store in (("local", local), ("s3", remote)):
             out = d / f"restored-{name}.raw"
             warm(store)
-            before = s3_requests()
+            before, g0 = s3_requests(), garage_cpu()
             m = measure([cairn, "restore", "--store", store, "vm/xvda@latest", "--format", "raw", out], env=env)
-            res.add(f"s3-restore-{name}", "cairn", m, None, requests=s3_requests() - before)
+            res.add(f"s3-restore-{name}", "cairn", m, None, requests=s3_requests() - before,
+                    garage_cpu=garage_cpu() - g0)
             out.unlink()
         before = s3_requests()
         m = measure([cairn, "verify", "--store", remote], env=env)
@@ -165,6 +182,9 @@ def targets(res):
     put = res.get("s3-put-limit", "limit")
     if sb and put:
         out.append(("backup into Garage / curl putting its packs (time)", sb["seconds"] / put["seconds"], "report"))
+        # Two cores for cairn and three Garage nodes: the CPU both spent, against the wall time.
+        out.append(("backup into Garage: (cairn + Garage CPU) / (2 cores x wall)",
+                    (sb["cpu_seconds"] + sb["garage_cpu"]) / (2 * sb["seconds"]), "report"))
     lr, sr = res.get("s3-restore-local", "cairn"), res.get("s3-restore-s3", "cairn")
     get = res.get("s3-get-limit", "limit")
     if sr and get:
