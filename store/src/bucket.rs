@@ -796,6 +796,38 @@ pub(crate) fn fetch_all(bucket: &dyn Objects, names: &[String]) -> Result<Vec<Ve
         .collect()
 }
 
+/// Fills the tree cache of the store at `root` with the tree chunks `trees` (a rebuild from
+/// the bucket: the recount after it walks every point's tree), adjacent frames in one GET and
+/// several in flight. A frame that does not read back as its id is left out (a walk reads it
+/// from the bucket and names its damage).
+///
+/// # Errors
+/// The bucket's failures.
+pub(crate) fn prefetch_trees(
+    bucket: &dyn Objects,
+    root: &Path,
+    mut trees: Vec<(ChunkId, Location)>,
+) -> Result<()> {
+    trees.sort_by_key(|(_, l)| (l.pack, l.offset));
+    let cache = TreeCache(root.join(TREE_CACHE));
+    let jobs = trees.into_iter().map(|(id, l)| (0, id, l, ())).collect();
+    for (_, chunk) in in_flight(coalesce(jobs), |r| encoded_range(bucket, r))? {
+        if let Ok(c) = chunk {
+            cache.put(
+                &FrameHeader {
+                    id: c.id,
+                    plain_len: c.plain_len,
+                    stored_len: c.bytes.len() as u32,
+                    codec: c.codec,
+                    kind: c.kind,
+                },
+                &c.bytes,
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Brings the bucket's root files and forgotten list into `root` (a rebuild from the bucket):
 /// the bucket's are the truth, so a root file here that the bucket lacks is removed.
 ///

@@ -106,6 +106,9 @@ impl Store {
             Some(b) => remote_frame_is_good(b.as_ref(), id, loc),
             None => frame_is_good(&packs_dir, id, loc),
         };
+        // Tree chunks indexed (their copies fetched at once for a store in a bucket: the
+        // recount that follows walks every point's tree).
+        let mut trees: Vec<(ChunkId, Location)> = Vec::new();
         for (shown, scan) in scans {
             let scan = match scan {
                 Ok(s) => s,
@@ -122,6 +125,31 @@ impl Store {
             let mut batch = WriteBatch::default();
             // Frames of this pack indexed by this batch (a pack may hold a chunk twice).
             let mut here: HashMap<ChunkId, Location> = HashMap::new();
+            // Chunks an earlier pack holds too: whether that copy reads back well, asked for
+            // all of them at once (each is a request when the packs are in a bucket).
+            let mut indexed = Vec::new();
+            for f in &scan.frames {
+                if let Some(v) = db.get_cf(chunks_cf, f.header.id.0).map_err(err)? {
+                    let old = Location::decode(&v).map_err(|what| Error::CorruptIndex {
+                        path: index.clone(),
+                        family: CF_CHUNKS,
+                        key: f.header.id.to_hex(),
+                        what,
+                    })?;
+                    indexed.push((f.header.id, old));
+                }
+            }
+            let checked: HashMap<(ChunkId, crate::pack::PackId, u64), bool> =
+                all_at_once(&indexed, &good)
+                    .into_iter()
+                    .map(|((id, old), ok)| ((id, old.pack, old.offset), ok))
+                    .collect();
+            let good = |id: &ChunkId, loc: &Location| {
+                checked
+                    .get(&(*id, loc.pack, loc.offset))
+                    .copied()
+                    .unwrap_or_else(|| good(id, loc))
+            };
             for f in &scan.frames {
                 let id = f.header.id;
                 let loc = Location {
@@ -163,6 +191,9 @@ impl Store {
                     }
                 };
                 here.insert(id, keep);
+                if keep.kind == crate::chunk::ChunkKind::Tree {
+                    trees.push((id, keep));
+                }
                 batch.put_cf(chunks_cf, id.0, keep.encode());
             }
             let info = PackInfo {
@@ -179,6 +210,7 @@ impl Store {
         if let Some(b) = &bucket {
             // The bucket's root files are the truth: they come here first.
             crate::bucket::fetch_roots(b.as_ref(), root)?;
+            crate::bucket::prefetch_trees(b.as_ref(), root, trees)?;
         }
         for path in files_under(&root.join("points"), "json")? {
             let p = match read_root_file(&path) {
@@ -221,6 +253,30 @@ fn frame_is_good(packs_dir: &Path, id: &ChunkId, loc: &Location) -> bool {
         .is_ok_and(|(h, stored)| {
             h.id == *id && chunk::decode(id, h.codec, h.plain_len, &stored).is_ok()
         })
+}
+
+/// `good` of every chunk and location of `pairs`, several at a time.
+fn all_at_once(
+    pairs: &[(ChunkId, Location)],
+    good: &(dyn Fn(&ChunkId, &Location) -> bool + Sync),
+) -> Vec<((ChunkId, Location), bool)> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out = std::sync::Mutex::new(Vec::with_capacity(pairs.len()));
+    std::thread::scope(|s| {
+        for _ in 0..16.min(pairs.len()) {
+            s.spawn(|| {
+                while let Some((id, loc)) =
+                    pairs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                {
+                    let ok = good(id, loc);
+                    if let Ok(mut o) = out.lock() {
+                        o.push(((*id, *loc), ok));
+                    }
+                }
+            });
+        }
+    });
+    out.into_inner().unwrap_or_default()
 }
 
 /// As [`frame_is_good`], for a pack in a bucket.
