@@ -18,19 +18,25 @@ from run import best_of, dir_bytes, log, measure, warm
 SIZES = {"full": "4G", "quick": "1G", "smoke": "64M"}
 
 
-def run_replicate(work, shared, cairn, res, profile):
-    size = SIZES[profile]
-    d = work / "replicate"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
+def series(work, shared, size, days):
+    """Days 0..days-1 of one disk of the shared workload (made once, kept in work)."""
     raws = []
-    for day in range(4):
+    for day in range(days):
         raw = work / f"replicate-{size}-day{day}.raw"
         if not raw.exists():
             log(f"generating {raw.name}")
             subprocess.run([sys.executable, shared / "workload" / "gen_disk.py", raw, "--size", size, "--seed", "17",
                             "--template", "7", "--day", str(day)], check=True)
         raws.append(raw)
+    return raws
+
+
+def run_replicate(work, shared, cairn, res, profile):
+    size = SIZES[profile]
+    d = work / "replicate"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    raws = series(work, shared, size, 4)
     src, dst, copy = d / "src", d / "dst", d / "copy"
     for s in (src,):
         subprocess.run([str(cairn), "init", "--timezone", "UTC", str(s)], check=True, stdout=subprocess.DEVNULL)

@@ -12,12 +12,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from run import log, measure, warm
+import replicate
+from run import measure, warm
 
 SIZES = {"full": "4G", "quick": "1G", "smoke": "64M"}
 
@@ -114,14 +114,7 @@ def run_s3(work, shared, cairn, res, profile):
     d = work / "s3"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
-    raws = []
-    for day in range(3):
-        raw = work / f"replicate-{size}-day{day}.raw"
-        if not raw.exists():
-            log(f"generating {raw.name}")
-            subprocess.run([sys.executable, shared / "workload" / "gen_disk.py", raw, "--size", size, "--seed", "17",
-                            "--template", "7", "--day", str(day)], check=True)
-        raws.append(raw)
+    raws = replicate.series(work, shared, size, 3)
     endpoint, key_id, secret, w = start_cluster(shared, work)
     env = dict(os.environ, AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret, AWS_REGION="garage")
     packs = ["--packs", "s3://cairn/bench", "--s3-endpoint", endpoint, "--s3-region", "garage"]
