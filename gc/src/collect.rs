@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cairn_store::chunk::{self, EncodedChunk};
+use cairn_store::chunk::EncodedChunk;
 use cairn_store::pack::{self, FRAME_HEADER_SIZE, PACK_HEADER_SIZE, PackWriter};
 use cairn_store::{
     BadMark, ChunkId, GarbageFrame, Location, OpenMode, PackId, PackInfo, Store, Sweep, readers,
@@ -354,24 +354,29 @@ impl<'a> Copier<'a> {
         }
     }
 
-    /// Copies one frame after checking it; `Err` names why it is bad.
-    fn copy(&mut self, id: ChunkId, old: Location) -> Result<Result<(), String>> {
-        // One read: the stored bytes are checked against the id, then copied as they are.
-        let read = match self.store.read_frame_at(&old) {
-            // The bucket's own failure is not damage: it stops the collection.
-            Err(e @ cairn_store::Error::Objects { .. }) => return Err(e.into()),
-            r => r.map_err(|e| e.to_string()),
-        };
-        let bytes = match read {
-            Ok((h, bytes)) if h.id == id => {
-                if let Err(what) = chunk::decode(&id, h.codec, h.plain_len, &bytes) {
-                    return Ok(Err(what));
+    /// Copies frames, each checked first (decoded and hashed); returns those that are bad and
+    /// why. Read a group at a time (from a bucket: adjacent frames in one ranged GET, several in
+    /// flight); the bucket's own failures stop the collection.
+    fn copy_all(
+        &mut self,
+        frames: &[(ChunkId, Location)],
+    ) -> Result<Vec<(ChunkId, Location, String)>> {
+        let mut bad = Vec::new();
+        for group in frames.chunks(256) {
+            let read = self.store.read_encoded_at(group)?;
+            for ((id, old), r) in group.iter().zip(read) {
+                match r {
+                    Ok(enc) => self.append(enc, *old)?,
+                    Err(cairn_store::Error::BadChunk { what, .. }) => bad.push((*id, *old, what)),
+                    Err(e) => bad.push((*id, *old, e.to_string())),
                 }
-                bytes
             }
-            Ok((h, _)) => return Ok(Err(format!("the frame there holds chunk {}", h.id))),
-            Err(what) => return Ok(Err(what)),
-        };
+        }
+        Ok(bad)
+    }
+
+    /// Appends a checked frame read from `old` to the open new pack.
+    fn append(&mut self, enc: EncodedChunk, old: Location) -> Result<()> {
         let target = self.store.config().pack_target_size;
         if self.writer.as_ref().is_some_and(|w| w.len() >= target) {
             self.seal()?;
@@ -384,13 +389,6 @@ impl<'a> Copier<'a> {
         let Some(w) = self.writer.as_mut() else {
             return Err(Error::Refused("no open pack".into()));
         };
-        let enc = EncodedChunk {
-            id,
-            bytes,
-            plain_len: old.plain_len,
-            codec: old.codec,
-            kind: old.kind,
-        };
         let offset = w.append(&enc)?;
         let new = Location {
             pack: w.id(),
@@ -398,8 +396,8 @@ impl<'a> Copier<'a> {
             ..old
         };
         self.bytes += FRAME_HEADER_SIZE + u64::from(old.stored_len);
-        self.moved.insert(id, (old, new));
-        Ok(Ok(()))
+        self.moved.insert(enc.id, (old, new));
+        Ok(())
     }
 
     fn seal(&mut self) -> Result<()> {
@@ -670,21 +668,19 @@ fn collect_inner(
             skip.insert(*pack);
             continue;
         }
-        for (id, loc) in live {
-            if let Err(what) = copier.copy(id, loc)? {
-                skip.insert(*pack);
-                report
-                    .bad_chunks
-                    .push(format!("chunk {id} in pack {}: {what}", pack.to_hex()));
-                bad.push((
-                    id,
-                    BadMark {
-                        what,
-                        location: Some(format!("pack {} offset {}", pack.to_hex(), loc.offset)),
-                        found: chrono::Utc::now().to_rfc3339(),
-                    },
-                ));
-            }
+        for (id, loc, what) in copier.copy_all(&live)? {
+            skip.insert(*pack);
+            report
+                .bad_chunks
+                .push(format!("chunk {id} in pack {}: {what}", pack.to_hex()));
+            bad.push((
+                id,
+                BadMark {
+                    what,
+                    location: Some(format!("pack {} offset {}", pack.to_hex(), loc.offset)),
+                    found: chrono::Utc::now().to_rfc3339(),
+                },
+            ));
         }
     }
     report.copy_seconds = copy_started.elapsed().as_secs_f64();
@@ -742,18 +738,15 @@ fn collect_inner(
             report.packs_rewritten += 1;
         }
         let mut ok = true;
-        for (id, loc) in live {
-            match copier.moved.get(&id) {
-                Some((old, _)) if *old == loc => {}
-                _ => {
-                    if let Err(what) = copier.copy(id, loc)? {
-                        ok = false;
-                        report
-                            .bad_chunks
-                            .push(format!("chunk {id} in pack {}: {what}", pack.to_hex()));
-                    }
-                }
-            }
+        let todo: Vec<(ChunkId, Location)> = live
+            .into_iter()
+            .filter(|(id, loc)| copier.moved.get(id).is_none_or(|(old, _)| old != loc))
+            .collect();
+        for (id, _, what) in copier.copy_all(&todo)? {
+            ok = false;
+            report
+                .bad_chunks
+                .push(format!("chunk {id} in pack {}: {what}", pack.to_hex()));
         }
         if !ok {
             continue;

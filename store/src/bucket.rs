@@ -422,31 +422,49 @@ impl Store {
     }
 
     /// The chunks `ids` as stored (compressed or plain), each checked against its id, in
-    /// order; from a bucket, adjacent frames in one ranged GET and several in flight.
+    /// order (see [`Store::read_encoded_at`]).
     ///
     /// # Errors
     /// The first chunk missing or damaged, index errors, the bucket's failures.
     pub(crate) fn read_encoded_many(&self, ids: &[ChunkId]) -> Result<Vec<EncodedChunk>> {
-        let Some(bucket) = &self.bucket else {
-            return ids.iter().map(|id| self.read_encoded(id)).collect();
-        };
         let mut jobs = Vec::with_capacity(ids.len());
-        for (i, (id, loc)) in ids.iter().zip(self.locations(ids)?).enumerate() {
-            jobs.push((i, *id, loc.ok_or(Error::MissingChunk(*id))?, ()));
+        for (id, loc) in ids.iter().zip(self.locations(ids)?) {
+            jobs.push((*id, loc.ok_or(Error::MissingChunk(*id))?));
         }
-        jobs.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
-        let (here, there): (Vec<_>, Vec<_>) = jobs
-            .into_iter()
-            .partition(|(_, _, l, _)| l.pack.path(&self.packs_dir()).exists());
-        let mut got: Vec<(usize, Result<EncodedChunk>)> = here
-            .into_iter()
-            .map(|(i, id, _, ())| (i, self.read_encoded(&id)))
+        self.read_encoded_at(&jobs)?.into_iter().collect()
+    }
+
+    /// The chunks at the locations `jobs` name, as stored (compressed or plain), each checked
+    /// against its id (decoded and hashed), in order, each chunk's damage in its place; from a
+    /// bucket, adjacent frames in one ranged GET and several in flight.
+    ///
+    /// # Errors
+    /// The bucket's own failures (after its retries).
+    pub fn read_encoded_at(
+        &self,
+        jobs: &[(ChunkId, Location)],
+    ) -> Result<Vec<Result<EncodedChunk>>> {
+        let mut order: Vec<(usize, ChunkId, Location, ())> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, (id, loc))| (i, *id, *loc, ()))
             .collect();
-        got.extend(in_flight(coalesce(there), |r| {
-            encoded_range(bucket.as_ref(), r)
-        })?);
+        order.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
+        let local = |l: &Location| self.bucket.is_none() || l.pack.path(&self.packs_dir()).exists();
+        let (here, there): (Vec<_>, Vec<_>) = order.into_iter().partition(|j| local(&j.2));
+        let mut got: Vec<(usize, Result<EncodedChunk>)> = {
+            use rayon::prelude::*;
+            here.into_par_iter()
+                .map(|(i, id, loc, ())| (i, self.encoded_at(&id, &loc)))
+                .collect()
+        };
+        if let Some(bucket) = &self.bucket {
+            got.extend(in_flight(coalesce(there), |r| {
+                encoded_range(bucket.as_ref(), r)
+            })?);
+        }
         got.sort_by_key(|(i, _)| *i);
-        got.into_iter().map(|(_, c)| c).collect()
+        Ok(got.into_iter().map(|(_, c)| c).collect())
     }
 
     /// Puts a root file (`points/...`) in the bucket, if the packs are in one.

@@ -545,7 +545,13 @@ impl Store {
     /// # Errors
     /// [`Error::MissingChunk`] or [`Error::BadChunk`].
     pub fn read_encoded(&self, id: &ChunkId) -> Result<crate::EncodedChunk> {
-        let (stored, loc) = self.read_stored_at(id)?;
+        let loc = self.location(id)?.ok_or(Error::MissingChunk(*id))?;
+        self.encoded_at(id, &loc)
+    }
+
+    /// As [`Store::read_encoded`], from the frame at `loc`.
+    pub(crate) fn encoded_at(&self, id: &ChunkId, loc: &Location) -> Result<crate::EncodedChunk> {
+        let (stored, loc) = (self.stored_at(id, loc)?, *loc);
         // Checked into a buffer each thread keeps: a fresh 256 KiB one per chunk costs an mmap,
         // its page faults and an munmap.
         thread_local! {
@@ -572,16 +578,20 @@ impl Store {
 
     fn read_stored_at(&self, id: &ChunkId) -> Result<(crate::EncodedChunk, Location)> {
         let loc = self.location(id)?.ok_or(Error::MissingChunk(*id))?;
+        Ok((self.stored_at(id, &loc)?, loc))
+    }
+
+    /// The frame of `id` at `loc`, as stored (its frame checked, its bytes not decoded).
+    fn stored_at(&self, id: &ChunkId, loc: &Location) -> Result<crate::EncodedChunk> {
         let mut bytes = Vec::new();
-        let header = self.read_frame(id, &loc, &mut bytes)?;
-        let chunk = crate::EncodedChunk {
+        let header = self.read_frame(id, loc, &mut bytes)?;
+        Ok(crate::EncodedChunk {
             id: *id,
             kind: header.kind,
             codec: header.codec,
             plain_len: header.plain_len,
             bytes,
-        };
-        Ok((chunk, loc))
+        })
     }
 
     /// Reads a chunk by id and checks it.
