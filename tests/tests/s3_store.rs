@@ -463,4 +463,25 @@ fn a_node_killed_during_a_backup_and_during_a_restore_and_a_wrong_key() {
         .env("AWS_SECRET_ACCESS_KEY", "0".repeat(64)));
     assert!(!out.status.success());
     assert!(!fresh.exists(), "a refused init made the store folder");
+
+    // Two nodes of three down: no quorum. The backup ends (after the client's retries) with
+    // the bucket named, and nothing is committed.
+    g.kill(2);
+    let started = std::time::Instant::now();
+    let mut c = s.cmd(&["backup", "--vm", "web", "--time", "2026-11-03T02:00:00Z"]);
+    let out = run(c.arg(format!("xvda={}", other.display())));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("s3://cairn/node-down-restore"), "{err}");
+    assert!(
+        started.elapsed().as_secs() < 180,
+        "the retries took too long"
+    );
+    eprintln!("without quorum: {err}");
+    assert_eq!(
+        s.points().len(),
+        1,
+        "a backup without quorum published a point"
+    );
+    assert!(local_packs(&s).is_empty(), "{:?}", local_packs(&s));
 }
