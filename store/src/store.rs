@@ -305,11 +305,7 @@ impl Store {
             OpenMode::Read => (None, Some(crate::readers::register(root)?)),
             OpenMode::Write { wait } => (Some(WriteLock::acquire(root, wait)?), None),
         };
-        let bucket = config
-            .packs
-            .as_ref()
-            .map(crate::bucket::connect)
-            .transpose()?;
+        let bucket = config.packs.as_ref().map(crate::bucket::connect_lazily);
         let (db, behind) = open_db(root, lock.is_none())?;
         let mut store = Self {
             root: root.to_path_buf(),

@@ -158,6 +158,23 @@ fn a_series_in_a_bucket_restores_bit_exact_gc_frees_what_it_says_and_the_bucket_
         let p = s.backup("web", &format!("2026-11-0{}T02:00:00Z", day + 1), d);
         ids.push(id(&p));
     }
+    // Listing needs only the index here: no credentials.
+    let mut c = cairn(["list", "--json", "--store"]);
+    c.arg(s.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    assert_eq!(json(&ok(&mut c)).as_array().map(Vec::len), Some(4));
+    // A restore does, and says so.
+    let mut c = cairn(["restore", "--store"]);
+    c.arg(s.path())
+        .args([&ids[0], "--format", "raw"])
+        .arg(work.path().join("no-key.raw"))
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    let out = run(&mut c);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AWS_ACCESS_KEY_ID is not set"), "{err}");
     // Nothing of the data stays here: every pack went to the bucket.
     assert!(local_packs(&s).is_empty(), "{:?}", local_packs(&s));
     let b = bucket(&g, &s.prefix);
