@@ -270,6 +270,27 @@ fn a_series_in_a_bucket_restores_bit_exact_gc_frees_what_it_says_and_the_bucket_
     let p = s.backup("web", "2026-11-09T02:00:00Z", &disks[3]);
     assert!(num(&p, "new_stored_bytes") < 1 << 20, "{p}");
 
+    // Instant restore: the newest point served over NBD from the bucket, copied by nbdcopy.
+    let socket = work.path().join("nbd.sock");
+    let mut nbd = s
+        .cmd(&["serve-nbd", "--socket"])
+        .arg(&socket)
+        .arg(&ids[3])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("cairn serve-nbd");
+    eventually(
+        || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "serve-nbd listens",
+    );
+    let copied = work.path().join("nbd.raw");
+    let uri = format!("nbd+unix:///{}?socket={}", ids[3], socket.display());
+    ok(Command::new("nbdcopy").arg(&uri).arg(&copied));
+    let _ = nbd.kill();
+    let _ = nbd.wait();
+    assert_same_content(&copied, &disks[3], true);
+
     // Served by `cairn serve`: a host backs up through it, another restores.
     let token = |name: &str, role: &str| {
         let v = json(&ok(s
