@@ -472,7 +472,7 @@ impl Objects for Bucket {
                 what: format!("{} bytes read of the {len} asked at {offset}", got.len()),
             });
         }
-        Ok(got.to_vec())
+        Ok(Vec::from(got))
     }
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {
@@ -482,7 +482,7 @@ impl Objects for Bucket {
                 let r = self.store.get(&at).await?;
                 r.bytes().await
             })
-            .map(|b| b.to_vec())
+            .map(Vec::from)
             .map_err(|e| self.failed(name, "reading", &e))
     }
 
