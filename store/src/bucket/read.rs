@@ -1,0 +1,285 @@
+//! Reading chunks from a store in a bucket: one frame by a ranged GET, many with adjacent
+//! frames coalesced into ranges and several in flight.
+
+use std::sync::Mutex;
+
+use super::{IN_FLIGHT, pack_object};
+use crate::chunk::{self, ChunkId, EncodedChunk};
+use crate::error::{Error, Result};
+use crate::index::Location;
+use crate::objects::Objects;
+use crate::pack::{self, FRAME_HEADER_SIZE, FrameHeader, PackId};
+use crate::store::Store;
+
+/// Frames read by one ranged GET at most (adjacent frames are read together).
+const MAX_RANGE: u64 = 4 << 20;
+/// Bytes between two wanted frames that are read rather than asked for apart.
+const MAX_GAP: u64 = 256 << 10;
+/// One read of a batch: the chunk, where it is, and where its plain bytes go.
+pub type ReadJob<'b> = (usize, ChunkId, Location, &'b mut [u8]);
+
+impl Store {
+    /// The frame at `loc` (its header and stored bytes, not checked against an id).
+    ///
+    /// # Errors
+    /// A pack that is gone or a malformed frame ([`Error::BadPack`], [`Error::ObjectMissing`]),
+    /// I/O errors, the bucket's failures.
+    pub fn read_frame_at(&self, loc: &Location) -> Result<(FrameHeader, Vec<u8>)> {
+        let mut stored = Vec::new();
+        let header = self.frame_into(loc, &mut stored)?;
+        Ok((header, stored))
+    }
+
+    /// Reads the frame at `loc` into `stored` from wherever its pack is.
+    pub(crate) fn frame_into(&self, loc: &Location, stored: &mut Vec<u8>) -> Result<FrameHeader> {
+        let path = loc.pack.path(&self.packs_dir());
+        match self.pack_file(loc.pack)? {
+            Some(file) => pack::read_frame_into(&file, &path, loc.offset, stored),
+            None => {
+                let Some(b) = &self.bucket else {
+                    return Err(Error::Usage("no bucket".into()));
+                };
+                let name = pack_object(&loc.pack);
+                let len = FRAME_HEADER_SIZE + u64::from(loc.stored_len);
+                let buf = b.get_range(&name, loc.offset, len)?;
+                pack::parse_frame(&buf, stored).map_err(|what| Error::BadPack {
+                    path: name.into(),
+                    offset: loc.offset,
+                    what,
+                })
+            }
+        }
+    }
+
+    /// Reads many chunks at known locations into their slots, each checked against its id;
+    /// returns the error of each that could not be read. A store in a bucket reads adjacent
+    /// frames of a pack with one ranged GET and has several in flight.
+    ///
+    /// # Errors
+    /// Only failures of the bucket itself (after its retries), which stop the batch: a chunk
+    /// whose pack is gone or whose frame is bad is that chunk's error.
+    pub fn read_located(&self, mut jobs: Vec<ReadJob<'_>>) -> Result<Vec<(usize, Error)>> {
+        use rayon::prelude::*;
+        jobs.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
+        let Some(bucket) = &self.bucket else {
+            return Ok(jobs
+                .into_par_iter()
+                .filter_map(|(i, id, loc, slot)| {
+                    self.read_into(&id, &loc, slot).err().map(|e| (i, e))
+                })
+                .collect());
+        };
+        // Frames of packs still here (a session's own) are read from their files.
+        let (here, there): (Vec<_>, Vec<_>) = jobs
+            .into_iter()
+            .partition(|(_, _, l, _)| l.pack.path(&self.packs_dir()).exists());
+        let mut failed: Vec<(usize, Error)> = here
+            .into_iter()
+            .filter_map(|(i, id, loc, slot)| self.read_into(&id, &loc, slot).err().map(|e| (i, e)))
+            .collect();
+        failed.extend(in_flight(coalesce(there), |r| {
+            read_range(bucket.as_ref(), r)
+        })?);
+        Ok(failed)
+    }
+
+    /// The chunks `ids` as stored (compressed or plain), each checked against its id, in
+    /// order (see [`Store::read_encoded_at`]).
+    ///
+    /// # Errors
+    /// The first chunk missing or damaged, index errors, the bucket's failures.
+    pub(crate) fn read_encoded_many(&self, ids: &[ChunkId]) -> Result<Vec<EncodedChunk>> {
+        let mut jobs = Vec::with_capacity(ids.len());
+        for (id, loc) in ids.iter().zip(self.locations(ids)?) {
+            jobs.push((*id, loc.ok_or(Error::MissingChunk(*id))?));
+        }
+        self.read_encoded_at(&jobs)?.into_iter().collect()
+    }
+
+    /// The chunks at the locations `jobs` name, as stored (compressed or plain), each checked
+    /// against its id (decoded and hashed), in order, each chunk's damage in its place; from a
+    /// bucket, adjacent frames in one ranged GET and several in flight.
+    ///
+    /// # Errors
+    /// The bucket's own failures (after its retries).
+    pub fn read_encoded_at(
+        &self,
+        jobs: &[(ChunkId, Location)],
+    ) -> Result<Vec<Result<EncodedChunk>>> {
+        let mut order: Vec<(usize, ChunkId, Location, ())> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, (id, loc))| (i, *id, *loc, ()))
+            .collect();
+        order.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
+        let local = |l: &Location| self.bucket.is_none() || l.pack.path(&self.packs_dir()).exists();
+        let (here, there): (Vec<_>, Vec<_>) = order.into_iter().partition(|j| local(&j.2));
+        let mut got: Vec<(usize, Result<EncodedChunk>)> = {
+            use rayon::prelude::*;
+            here.into_par_iter()
+                .map(|(i, id, loc, ())| (i, self.encoded_at(&id, &loc)))
+                .collect()
+        };
+        if let Some(bucket) = &self.bucket {
+            got.extend(in_flight(coalesce(there), |r| {
+                encoded_range(bucket.as_ref(), r)
+            })?);
+        }
+        got.sort_by_key(|(i, _)| *i);
+        Ok(got.into_iter().map(|(_, c)| c).collect())
+    }
+}
+
+/// Adjacent frames of one pack, read with one GET; `T` is what each read carries (where its
+/// plain bytes go).
+pub(super) struct Range<T> {
+    pack: PackId,
+    start: u64,
+    end: u64,
+    jobs: Vec<(usize, ChunkId, Location, T)>,
+}
+
+/// Groups reads sorted by pack and offset into ranges (see [`MAX_RANGE`], [`MAX_GAP`]).
+pub(super) fn coalesce<T>(jobs: Vec<(usize, ChunkId, Location, T)>) -> Vec<Range<T>> {
+    let mut out: Vec<Range<T>> = Vec::new();
+    for job in jobs {
+        let (start, end) = (
+            job.2.offset,
+            job.2.offset + FRAME_HEADER_SIZE + u64::from(job.2.stored_len),
+        );
+        match out.last_mut() {
+            Some(r)
+                if r.pack == job.2.pack
+                    && start >= r.start
+                    && start <= r.end + MAX_GAP
+                    && end.max(r.end) - r.start <= MAX_RANGE =>
+            {
+                r.end = r.end.max(end);
+                r.jobs.push(job);
+            }
+            _ => out.push(Range {
+                pack: job.2.pack,
+                start,
+                end,
+                jobs: vec![job],
+            }),
+        }
+    }
+    out
+}
+
+/// Runs `f` on every range, [`IN_FLIGHT`] at a time: what they all return, or the first
+/// failure (the ranges not yet started are then left).
+pub(super) fn in_flight<T: Send, R: Send>(
+    ranges: Vec<Range<T>>,
+    f: impl Fn(Range<T>) -> Result<Vec<R>> + Sync,
+) -> Result<Vec<R>> {
+    let ranges = Mutex::new(ranges.into_iter());
+    let out = Mutex::new(Vec::new());
+    let stop: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..IN_FLIGHT {
+            s.spawn(|| {
+                loop {
+                    if stop.lock().is_ok_and(|s| s.is_some()) {
+                        break;
+                    }
+                    let next = ranges.lock().ok().and_then(|mut r| r.next());
+                    let Some(range) = next else { break };
+                    match f(range) {
+                        Ok(mut got) => {
+                            if let Ok(mut o) = out.lock() {
+                                o.append(&mut got);
+                            }
+                        }
+                        Err(e) => {
+                            if let Ok(mut s) = stop.lock() {
+                                s.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = stop.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    out.into_inner()
+        .map_err(|_| Error::Usage("a read of the bucket panicked".into()))
+}
+
+/// The bytes of a range; `Ok(Err(what))` when its pack object is gone (each chunk's damage,
+/// not a failure of the bucket).
+fn fetch_range<T>(bucket: &dyn Objects, range: &Range<T>) -> Result<Result<Vec<u8>, String>> {
+    let name = pack_object(&range.pack);
+    match bucket.get_range(&name, range.start, range.end - range.start) {
+        Ok(b) => Ok(Ok(b)),
+        Err(Error::ObjectMissing { storage, name }) => {
+            Ok(Err(format!("{storage}: the pack object {name} is gone")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The frame of `id` at `at` of `buf`: its header, its stored bytes into `stored`.
+fn frame_in(
+    buf: &[u8],
+    at: u64,
+    id: &ChunkId,
+    stored: &mut Vec<u8>,
+) -> Result<FrameHeader, String> {
+    let h = pack::parse_frame(buf.get(at as usize..).unwrap_or_default(), stored)?;
+    if h.id != *id {
+        return Err(format!("the frame there holds chunk {}", h.id));
+    }
+    Ok(h)
+}
+
+/// Reads one range and decodes its chunks into their slots: the chunks that failed, or the
+/// bucket's own failure.
+fn read_range(bucket: &dyn Objects, range: Range<&mut [u8]>) -> Result<Vec<(usize, Error)>> {
+    let buf = fetch_range(bucket, &range)?;
+    let mut stored = Vec::new();
+    let mut failed = Vec::new();
+    for (i, id, loc, slot) in range.jobs {
+        let r = buf.as_ref().map_err(Clone::clone).and_then(|buf| {
+            let h = frame_in(buf, loc.offset - range.start, &id, &mut stored)?;
+            chunk::decode_into(&id, h.codec, h.plain_len, &stored, slot)
+        });
+        if let Err(what) = r {
+            failed.push((i, crate::store::bad_chunk(&id, &loc, what)));
+        }
+    }
+    Ok(failed)
+}
+
+/// Reads one range's chunks as stored, each checked against its id (decoded and hashed).
+pub(super) fn encoded_range(
+    bucket: &dyn Objects,
+    range: Range<()>,
+) -> Result<Vec<(usize, Result<EncodedChunk>)>> {
+    let buf = fetch_range(bucket, &range)?;
+    let mut plain = Vec::new();
+    let mut out = Vec::with_capacity(range.jobs.len());
+    for (i, id, loc, ()) in range.jobs {
+        let mut stored = Vec::new();
+        let r = buf.as_ref().map_err(Clone::clone).and_then(|buf| {
+            let h = frame_in(buf, loc.offset - range.start, &id, &mut stored)?;
+            plain.resize(h.plain_len as usize, 0);
+            chunk::decode_into(&id, h.codec, h.plain_len, &stored, &mut plain)?;
+            Ok(EncodedChunk {
+                id,
+                kind: h.kind,
+                codec: h.codec,
+                plain_len: h.plain_len,
+                bytes: std::mem::take(&mut stored),
+            })
+        });
+        out.push((
+            i,
+            r.map_err(|what| crate::store::bad_chunk(&id, &loc, what)),
+        ));
+    }
+    Ok(out)
+}
