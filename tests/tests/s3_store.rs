@@ -382,8 +382,17 @@ fn cairn_killed_mid_upload_commits_nothing_and_gc_deletes_its_objects_after_the_
         "a root file of an uncommitted point"
     );
     assert!(listed(&b, "packs/").0 > 0);
-    // Within the grace period they stay (another process may be uploading).
-    let before = listed(&b, "packs/");
+    // Within the grace period they stay (another process may be uploading). What the killed
+    // process had sent may still land, and a listing may lag: wait for it to settle.
+    let mut before = listed(&b, "packs/");
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = listed(&b, "packs/");
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     let r = json(&ok(&mut s.cmd(&["gc", "--json"])));
     assert_eq!(listed(&b, "packs/"), before, "{r}");
     let r = json(&ok(&mut s.cmd(&["gc", "--json", "--orphan-grace", "0m"])));
