@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use cairn_store::chunk::EncodedChunk;
@@ -297,8 +297,7 @@ fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Result<Plan> 
 struct Created {
     ids: std::cell::RefCell<Vec<PackId>>,
     indexed: std::cell::Cell<bool>,
-    packs_dir: PathBuf,
-    bucket: Option<std::sync::Arc<dyn cairn_store::objects::Objects>>,
+    packs: cairn_store::bucket::Sealer,
 }
 
 impl Created {
@@ -306,8 +305,7 @@ impl Created {
         Self {
             ids: std::cell::RefCell::default(),
             indexed: std::cell::Cell::new(false),
-            packs_dir: store.packs_dir(),
-            bucket: store.bucket().cloned(),
+            packs: store.sealer(),
         }
     }
 
@@ -320,11 +318,7 @@ impl Drop for Created {
     fn drop(&mut self) {
         if !self.indexed.get() {
             for id in self.ids.borrow().iter() {
-                let _ = std::fs::remove_file(id.path(&self.packs_dir));
-                if let Some(b) = &self.bucket {
-                    let _ = b.delete(&cairn_store::bucket::frames_object(id));
-                    let _ = b.delete(&cairn_store::bucket::pack_object(id));
-                }
+                let _ = self.packs.remove(*id);
             }
         }
     }

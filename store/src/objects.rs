@@ -276,8 +276,7 @@ const PART: usize = 8 << 20;
 const PARTS_IN_FLIGHT: usize = 4;
 
 /// Reads until `buf` is full or the file ends; the bytes read.
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    use std::io::Read;
+fn read_full(f: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..])? {
@@ -363,6 +362,39 @@ impl Bucket {
             .map_err(|e| Error::Usage(format!("{name:?}: not an object name: {e}")))
     }
 
+    /// Stores what `from` reads (`path` names it in errors) as object `name`, in parts: read a
+    /// part at a time, several in flight, so memory stays at a few parts whatever the size and
+    /// the round trips overlap. An upload that fails is aborted (its parts dropped): no object
+    /// appears.
+    fn put_parts(&self, name: &str, from: &mut dyn std::io::Read, path: &Path) -> Result<()> {
+        let at = self.path(name)?;
+        let fail = |e: object_store::Error| self.failed(name, "putting", &e);
+        self.runtime.block_on(async {
+            let up = self.store.put_multipart(&at).await.map_err(fail)?;
+            let mut w = object_store::WriteMultipart::new_with_chunk_size(up, PART);
+            let mut buf = vec![0u8; PART];
+            loop {
+                let n = match read_full(from, &mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = w.abort().await;
+                        return Err(Error::io(path, "reading")(e));
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                    let _ = w.abort().await;
+                    return Err(fail(e));
+                }
+                w.write(&buf[..n]);
+            }
+            // A failed completion aborts the upload's parts itself.
+            w.finish().await.map(|_| ()).map_err(fail)
+        })
+    }
+
     fn failed(&self, name: &str, what: &str, e: &object_store::Error) -> Error {
         match e {
             object_store::Error::NotFound { .. } => Error::ObjectMissing {
@@ -396,67 +428,21 @@ impl Objects for Bucket {
                 .map_err(Error::io(path, "reading"))?;
             return self.put(name, &bytes);
         }
-        // Read a part at a time, several parts in flight: memory stays at a few parts whatever
-        // the file's size, and the round trips overlap.
-        let at = self.path(name)?;
-        let fail = |e: object_store::Error| self.failed(name, "putting", &e);
-        self.runtime.block_on(async {
-            let up = self.store.put_multipart(&at).await.map_err(fail)?;
-            let mut w = object_store::WriteMultipart::new_with_chunk_size(up, PART);
-            let mut buf = vec![0u8; PART];
-            loop {
-                let n = match read_full(&mut file, &mut buf) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = w.abort().await;
-                        return Err(Error::io(path, "reading")(e));
-                    }
-                };
-                if n == 0 {
-                    break;
-                }
-                if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                    let _ = w.abort().await;
-                    return Err(fail(e));
-                }
-                w.write(&buf[..n]);
-            }
-            // A failed completion aborts the upload's parts itself.
-            w.finish().await.map(|_| ()).map_err(fail)
-        })
+        self.put_parts(name, &mut file, path)
     }
 
-    fn put(&self, name: &str, bytes: &[u8]) -> Result<()> {
+    fn put(&self, name: &str, mut bytes: &[u8]) -> Result<()> {
+        if bytes.len() > MULTIPART_ABOVE {
+            return self.put_parts(name, &mut bytes, Path::new("(memory)"));
+        }
         let at = self.path(name)?;
-        let fail = |e: object_store::Error| self.failed(name, "putting", &e);
-        self.runtime.block_on(async {
-            if bytes.len() <= MULTIPART_ABOVE {
+        self.runtime
+            .block_on(
                 self.store
-                    .put(&at, bytes::Bytes::copy_from_slice(bytes).into())
-                    .await
-                    .map_err(fail)?;
-                return Ok(());
-            }
-            // In parts; an upload that fails is aborted (its parts dropped), so no object
-            // appears.
-            let mut up = self.store.put_multipart(&at).await.map_err(fail)?;
-            for part in bytes.chunks(PART) {
-                if let Err(e) = up
-                    .put_part(bytes::Bytes::copy_from_slice(part).into())
-                    .await
-                {
-                    let _ = up.abort().await;
-                    return Err(fail(e));
-                }
-            }
-            match up.complete().await {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    let _ = up.abort().await;
-                    Err(fail(e))
-                }
-            }
-        })
+                    .put(&at, bytes::Bytes::copy_from_slice(bytes).into()),
+            )
+            .map(|_| ())
+            .map_err(|e| self.failed(name, "putting", &e))
     }
 
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {

@@ -91,7 +91,8 @@ pub struct FrameHeader {
 
 impl FrameHeader {
     /// The header of `chunk`'s frame.
-    fn of(chunk: &EncodedChunk) -> Self {
+    #[must_use]
+    pub fn of(chunk: &EncodedChunk) -> Self {
         Self {
             id: chunk.id,
             plain_len: chunk.plain_len,
@@ -101,7 +102,9 @@ impl FrameHeader {
         }
     }
 
-    fn encode(&self) -> [u8; FRAME_HEADER_SIZE as usize] {
+    /// The header's bytes, as a frame starts with them.
+    #[must_use]
+    pub fn encode(&self) -> [u8; FRAME_HEADER_SIZE as usize] {
         let mut b = [0u8; FRAME_HEADER_SIZE as usize];
         b[0..4].copy_from_slice(&FRAME_MAGIC);
         b[8..40].copy_from_slice(&self.id.0);

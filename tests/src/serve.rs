@@ -27,16 +27,17 @@ impl Server {
     /// When it does not start.
     #[must_use]
     pub fn start(store: &Path, port: u16, extra: &[&str]) -> Self {
-        Self::start_env(store, &[])
-            .with_port(port, extra)
+        Self::try_start(&[], store, port, extra, &[])
             .unwrap_or_else(|log| panic!("cairn serve did not start: {log}"))
     }
 
-    /// A server of the store at `store` with `env` set (a bucket's credentials), started by
-    /// [`Starting::with_port`].
-    #[must_use]
-    pub fn start_env<'a>(store: &'a Path, env: &'a [(&'static str, String)]) -> Starting<'a> {
-        Starting { store, env }
+    /// Serves the store at `store` on a port it picks, with `env` set (a bucket's
+    /// credentials).
+    ///
+    /// # Errors
+    /// Its log when it did not start.
+    pub fn start_env(store: &Path, env: &[(&'static str, String)]) -> Result<Self, String> {
+        Self::try_start(&[], store, 0, &[], env)
     }
 
     /// Serves the store under `strace`, killed with SIGKILL on entering the `when`-th call
@@ -235,23 +236,6 @@ pub fn token(store: &Path, name: &str, role: &str, vm: &str) -> String {
     ])
     .arg(store)));
     v["secret"].as_str().expect("secret").to_owned()
-}
-
-/// A server about to start with an environment of its own (see [`Server::start_env`]).
-pub struct Starting<'a> {
-    store: &'a Path,
-    env: &'a [(&'static str, String)],
-}
-
-impl Starting<'_> {
-    /// Starts it on `port` (0: one it picks) with `extra` arguments; its log when it did not
-    /// start.
-    ///
-    /// # Errors
-    /// The server's log when it did not start.
-    pub fn with_port(self, port: u16, extra: &[&str]) -> Result<Server, String> {
-        Server::try_start(&[], self.store, port, extra, self.env)
-    }
 }
 
 /// Kills a child and its own children (a server under `strace`: killing strace alone would

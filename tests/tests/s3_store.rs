@@ -132,6 +132,32 @@ fn eventually(cond: impl Fn() -> bool, what: &str) {
     }
 }
 
+/// Waits (at most a minute) until the first pack of the backup `child` is whole in the bucket
+/// (its frame list is there), the backup still running.
+fn first_pack_uploaded(b: &Bucket, child: &mut std::process::Child) {
+    let started = std::time::Instant::now();
+    let running = |child: &mut std::process::Child| {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the backup ended before a pack was uploaded, or just after: use a bigger disk"
+        );
+    };
+    while !b
+        .list("packs/")
+        .expect("list")
+        .iter()
+        .any(|o| o.name.ends_with(".frames"))
+    {
+        running(child);
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "no pack uploaded in a minute"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    running(child);
+}
+
 /// Pack files left in the store's folder.
 fn local_packs(s: &S3Store) -> Vec<PathBuf> {
     cairn_tests::files_under(&s.path().join("packs"))
@@ -302,9 +328,8 @@ fn a_series_in_a_bucket_restores_bit_exact_gc_frees_what_it_says_and_the_bucket_
         v["secret"].as_str().expect("secret").to_owned()
     };
     let (writer, reader) = (token("host", "backup"), token("restorer", "restore"));
-    let server = Server::start_env(&s.path(), &s.env)
-        .with_port(0, &[])
-        .expect("cairn serve starts on a store in a bucket");
+    let server =
+        Server::start_env(&s.path(), &s.env).expect("cairn serve starts on a store in a bucket");
     let sent = json(&ok(server
         .cmd(&writer, &["backup", "--json", "--vm", "db"])
         .arg(format!("xvda={}", disks[0].display()))))[0]
@@ -353,27 +378,7 @@ fn cairn_killed_mid_upload_commits_nothing_and_gc_deletes_its_objects_after_the_
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("backup");
-    let started = std::time::Instant::now();
-    while !b
-        .list("packs/")
-        .expect("list")
-        .iter()
-        .any(|o| o.name.ends_with(".frames"))
-    {
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "the backup ended before a pack was uploaded"
-        );
-        assert!(
-            started.elapsed().as_secs() < 60,
-            "no pack uploaded in a minute"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(
-        child.try_wait().expect("wait").is_none(),
-        "the backup ended before it was killed: use a bigger disk"
-    );
+    first_pack_uploaded(&b, &mut child);
     child.kill().expect("kill -9");
     child.wait().expect("wait");
     assert!(s.points().is_empty(), "a killed backup published a point");
@@ -429,19 +434,7 @@ fn a_node_killed_during_a_backup_and_during_a_restore_and_a_wrong_key() {
             .spawn()
             .expect("backup");
         // Killed once the first pack is in the bucket, while the others upload.
-        let b = bucket(&g, &s.prefix);
-        while !b
-            .list("packs/")
-            .expect("list")
-            .iter()
-            .any(|o| o.name.ends_with(".frames"))
-        {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "the backup ended first"
-        );
+        first_pack_uploaded(&bucket(&g, &s.prefix), &mut child);
         g.kill(2);
         let out = child.wait_with_output().expect("backup");
         assert!(

@@ -76,15 +76,40 @@ pub fn object_pack(name: &str) -> Option<PackId> {
 }
 
 /// Makes a full pack durable where the store keeps its packs: synced here, and for a store in
-/// a bucket uploaded with its frame list, then removed here. Cheap to clone into the thread
-/// that seals.
+/// a bucket uploaded with its frame list, then removed here; and removes a pack wherever it
+/// is. Cheap to clone into the thread that seals, and free of the store's lifetime (a
+/// collection drops the packs it wrote after its read-only store is closed).
 #[derive(Clone, Debug)]
 pub struct Sealer {
+    packs_dir: std::path::PathBuf,
     bucket: Option<Arc<dyn Objects>>,
     trees: TreeCache,
 }
 
 impl Sealer {
+    /// Removes pack `id` wherever it is (here, in the bucket, or both): its frame list first,
+    /// so that a pack object left by a failure is one no index entry names, deleted later.
+    ///
+    /// # Errors
+    /// I/O errors, the bucket's failures.
+    pub fn remove(&self, id: PackId) -> Result<()> {
+        let path = id.path(&self.packs_dir);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    pack::sync_dir(dir)?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, "deleting a pack")(e)),
+        }
+        if let Some(b) = &self.bucket {
+            b.delete(&frames_object(&id))?;
+            b.delete(&pack_object(&id))?;
+        }
+        Ok(())
+    }
+
     /// Seals `w`; returns the bytes it takes where it is kept (a pack in a bucket: with its
     /// frame list).
     ///
@@ -144,6 +169,7 @@ impl Store {
     #[must_use]
     pub fn sealer(&self) -> Sealer {
         Sealer {
+            packs_dir: self.packs_dir(),
             bucket: self.bucket.clone(),
             trees: self.tree_cache(),
         }
@@ -160,21 +186,7 @@ impl Store {
     /// # Errors
     /// I/O errors, the bucket's failures.
     pub fn remove_pack(&self, id: PackId) -> Result<()> {
-        let path = id.path(&self.packs_dir());
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                if let Some(dir) = path.parent() {
-                    pack::sync_dir(dir)?;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&path, "deleting a pack")(e)),
-        }
-        if let Some(b) = &self.bucket {
-            b.delete(&frames_object(&id))?;
-            b.delete(&pack_object(&id))?;
-        }
-        Ok(())
+        self.sealer().remove(id)
     }
 
     /// Every frame of pack `id`: a scan of the file here, or its frame list in the bucket.

@@ -58,29 +58,36 @@ impl Store {
     /// # Errors
     /// Only failures of the bucket itself (after its retries), which stop the batch: a chunk
     /// whose pack is gone or whose frame is bad is that chunk's error.
-    pub fn read_located(&self, mut jobs: Vec<ReadJob<'_>>) -> Result<Vec<(usize, Error)>> {
+    pub fn read_located(&self, jobs: Vec<ReadJob<'_>>) -> Result<Vec<(usize, Error)>> {
         use rayon::prelude::*;
-        jobs.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
-        let Some(bucket) = &self.bucket else {
-            return Ok(jobs
-                .into_par_iter()
-                .filter_map(|(i, id, loc, slot)| {
-                    self.read_into(&id, &loc, slot).err().map(|e| (i, e))
-                })
-                .collect());
-        };
-        // Frames of packs still here (a session's own) are read from their files.
-        let (here, there): (Vec<_>, Vec<_>) = jobs
-            .into_iter()
-            .partition(|(_, _, l, _)| l.pack.path(&self.packs_dir()).exists());
+        let (here, there) = self.here_and_there(jobs);
         let mut failed: Vec<(usize, Error)> = here
-            .into_iter()
+            .into_par_iter()
             .filter_map(|(i, id, loc, slot)| self.read_into(&id, &loc, slot).err().map(|e| (i, e)))
             .collect();
-        failed.extend(in_flight(coalesce(there), |r| {
-            read_range(bucket.as_ref(), r)
-        })?);
+        if let Some(bucket) = &self.bucket {
+            failed.extend(in_flight(coalesce(there), |r| {
+                read_range(bucket.as_ref(), r)
+            })?);
+        }
         Ok(failed)
+    }
+
+    /// Reads sorted by pack and offset, split into those of packs here (every pack of a local
+    /// store, a session's own of a store in a bucket: read from their files) and those of packs
+    /// in the bucket.
+    #[allow(clippy::type_complexity)]
+    fn here_and_there<T>(
+        &self,
+        mut jobs: Vec<(usize, ChunkId, Location, T)>,
+    ) -> (
+        Vec<(usize, ChunkId, Location, T)>,
+        Vec<(usize, ChunkId, Location, T)>,
+    ) {
+        jobs.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
+        let dir = self.packs_dir();
+        jobs.into_iter()
+            .partition(|(_, _, l, _)| self.bucket.is_none() || l.pack.path(&dir).exists())
     }
 
     /// The chunks `ids` as stored (compressed or plain), each checked against its id, in
@@ -106,14 +113,12 @@ impl Store {
         &self,
         jobs: &[(ChunkId, Location)],
     ) -> Result<Vec<Result<EncodedChunk>>> {
-        let mut order: Vec<(usize, ChunkId, Location, ())> = jobs
-            .iter()
-            .enumerate()
-            .map(|(i, (id, loc))| (i, *id, *loc, ()))
-            .collect();
-        order.sort_by_key(|(_, _, l, _)| (l.pack, l.offset));
-        let local = |l: &Location| self.bucket.is_none() || l.pack.path(&self.packs_dir()).exists();
-        let (here, there): (Vec<_>, Vec<_>) = order.into_iter().partition(|j| local(&j.2));
+        let (here, there) = self.here_and_there(
+            jobs.iter()
+                .enumerate()
+                .map(|(i, (id, loc))| (i, *id, *loc, ()))
+                .collect(),
+        );
         let mut got: Vec<(usize, Result<EncodedChunk>)> = {
             use rayon::prelude::*;
             here.into_par_iter()

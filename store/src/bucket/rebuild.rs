@@ -110,16 +110,7 @@ pub(crate) fn prefetch_trees(
     let jobs = trees.into_iter().map(|(id, l)| (0, id, l, ())).collect();
     for (_, chunk) in in_flight(coalesce(jobs), |r| encoded_range(bucket, r))? {
         if let Ok(c) = chunk {
-            cache.put(
-                &FrameHeader {
-                    id: c.id,
-                    plain_len: c.plain_len,
-                    stored_len: c.bytes.len() as u32,
-                    codec: c.codec,
-                    kind: c.kind,
-                },
-                &c.bytes,
-            );
+            cache.put(&FrameHeader::of(&c), &c.bytes);
         }
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! This machine's copies of the tree chunks of a store in a bucket.
 
-use crate::chunk::{self, ChunkId, EncodedChunk};
+use crate::chunk::{self, ChunkId};
 use crate::pack::{self, FRAME_HEADER_SIZE, FrameHeader};
 
 /// Where a store in a bucket keeps copies of its tree chunks (`STORE/cache/trees/ab/ID`).
@@ -47,16 +47,8 @@ impl TreeCache {
             return;
         }
         let mut frame = Vec::with_capacity(FRAME_HEADER_SIZE as usize + stored.len());
-        pack::encode_frame(
-            &EncodedChunk {
-                id: header.id,
-                kind: header.kind,
-                codec: header.codec,
-                plain_len: header.plain_len,
-                bytes: stored.to_vec(),
-            },
-            &mut frame,
-        );
+        frame.extend_from_slice(&header.encode());
+        frame.extend_from_slice(stored);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let _ = path
             .parent()
