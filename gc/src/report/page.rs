@@ -197,46 +197,48 @@ fn store_section(h: &mut String, doc: &Value) {
         return;
     }
     h.push_str("<section id=\"store\"><h2>The store</h2><div class=\"cards\">");
-    card(
-        h,
-        "stored",
-        &num("store.stored_bytes", &st["stored_bytes"], Kind::Bytes),
-        "in packs, every chunk once",
-    );
-    card(
-        h,
-        "disks backed up",
-        &num("store.logical_bytes", &st["logical_bytes"], Kind::Bytes),
-        "the points' disk sizes, summed",
-    );
-    card(
-        h,
-        "data in them",
-        &num("store.allocated_bytes", &st["allocated_bytes"], Kind::Bytes),
-        "their non-zero chunks",
-    );
-    card(
-        h,
-        "points",
-        &num("store.points", &st["points"], Kind::Count),
-        "recovery points",
-    );
-    card(
-        h,
-        "dedup",
-        &num("store.dedup_ratio", &st["dedup_ratio"], Kind::Ratio),
-        "data over distinct chunks",
-    );
-    card(
-        h,
-        "compression",
-        &num(
-            "store.compression_ratio",
-            &st["compression_ratio"],
-            Kind::Ratio,
+    // (label, field of `store`, kind, what it is)
+    let cards = [
+        (
+            "stored",
+            "stored_bytes",
+            Kind::Bytes,
+            "in packs, every chunk once",
         ),
-        "distinct chunks over stored",
-    );
+        (
+            "disks backed up",
+            "logical_bytes",
+            Kind::Bytes,
+            "the points' disk sizes, summed",
+        ),
+        (
+            "data in them",
+            "allocated_bytes",
+            Kind::Bytes,
+            "their non-zero chunks",
+        ),
+        ("points", "points", Kind::Count, "recovery points"),
+        (
+            "dedup",
+            "dedup_ratio",
+            Kind::Ratio,
+            "data over distinct chunks",
+        ),
+        (
+            "compression",
+            "compression_ratio",
+            Kind::Ratio,
+            "distinct chunks over stored",
+        ),
+    ];
+    for (label, field, kind, what) in cards {
+        card(
+            h,
+            label,
+            &num(&format!("store.{field}"), &st[field], kind),
+            what,
+        );
+    }
     if !doc["garbage_bytes"].is_null() {
         card(
             h,
