@@ -4,7 +4,7 @@
 //! few shared leaves and nodes) produce no window at all. An NBD export or any other target
 //! reads through the same reader.
 
-use cairn_store::{Body, ChunkId, ChunkRef, RecoveryPoint, StoreRead, Walk};
+use cairn_store::{BatchReader, Body, ChunkId, ChunkRef, RecoveryPoint, StoreRead, Walk};
 
 use crate::{Damaged, Error, Result};
 
@@ -36,7 +36,8 @@ struct Window {
     damaged: Vec<Damaged>,
 }
 
-/// Serves a point's chunks in disk order (see the module). Memory: about four windows.
+/// Serves a point's chunks in disk order (see the module). Memory: about four windows, and
+/// what the store's batch reader holds ahead (a bucket's ranges in flight, within a budget).
 pub struct PointReader {
     chunk_size: u64,
     size: u64,
@@ -71,7 +72,7 @@ impl PointReader {
         let point_c = point.clone();
         scope.spawn(move || {
             let mut fetcher = Fetcher {
-                store,
+                batches: store.batches(),
                 point: point_c,
                 cs,
                 // Bytes fetched per window (several chunks read in parallel, in pack order).
@@ -81,6 +82,7 @@ impl PointReader {
                 window: None,
                 wanted: Vec::new(),
                 damaged: Vec::new(),
+                said: std::collections::VecDeque::new(),
                 recycled,
                 tx,
             };
@@ -213,9 +215,18 @@ impl PointReader {
     }
 }
 
-/// The fetcher thread's state: the window being gathered and what it wants read.
+/// A window whose chunks were said to the store's batch reader and not yet read.
+struct Said {
+    first: u64,
+    chunks: u64,
+    wanted: Vec<(u64, ChunkId)>,
+    damaged: Vec<Damaged>,
+}
+
+/// The fetcher thread's state: the window being gathered and what it wants read, and the
+/// windows said ahead of the one being read.
 struct Fetcher<'env> {
-    store: &'env dyn StoreRead,
+    batches: Box<dyn BatchReader + 'env>,
     point: RecoveryPoint,
     cs: u64,
     per: u64,
@@ -225,6 +236,7 @@ struct Fetcher<'env> {
     window: Option<u64>,
     wanted: Vec<(u64, ChunkId)>,
     damaged: Vec<Damaged>,
+    said: std::collections::VecDeque<Said>,
     recycled: crossbeam_channel::Receiver<Vec<u8>>,
     tx: crossbeam_channel::Sender<Result<Window>>,
 }
@@ -235,7 +247,12 @@ impl Fetcher<'_> {
             let x = match walk.next_extent() {
                 Ok(Some(x)) => x,
                 Ok(None) => break,
-                Err(e) => return self.fail(e.into()),
+                Err(e) => {
+                    // What was read before the failure goes first.
+                    self.flush()?;
+                    self.drain()?;
+                    return self.fail(e.into());
+                }
             };
             match x.body {
                 Body::Zero => {}
@@ -268,7 +285,16 @@ impl Fetcher<'_> {
                 }
             }
         }
-        self.flush()
+        self.flush()?;
+        self.drain()
+    }
+
+    /// Reads and sends every window said.
+    fn drain(&mut self) -> std::result::Result<(), ()> {
+        while !self.said.is_empty() {
+            self.send_oldest()?;
+        }
+        Ok(())
     }
 
     fn fail(&self, e: Error) -> std::result::Result<(), ()> {
@@ -285,37 +311,58 @@ impl Fetcher<'_> {
         Ok(())
     }
 
+    /// Says the window being gathered to the batch reader; reads and sends the oldest said
+    /// while more are said than the reader wants ahead.
     fn flush(&mut self) -> std::result::Result<(), ()> {
         let Some(w) = self.window.take() else {
             return Ok(());
         };
-        let total = self.point.chunk_count();
         let first = w * self.per;
-        let chunks = self.per.min(total - first);
+        let said = Said {
+            first,
+            chunks: self.per.min(self.point.chunk_count() - first),
+            wanted: std::mem::take(&mut self.wanted),
+            damaged: std::mem::take(&mut self.damaged),
+        };
+        let ids = said.wanted.iter().map(|(_, id)| *id).collect();
+        if let Err(e) = self.batches.expect(ids) {
+            return self.fail(e.into());
+        }
+        self.said.push_back(said);
+        while self.said.len() > self.batches.ahead() {
+            self.send_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the oldest window said and sends it to the reader.
+    fn send_oldest(&mut self) -> std::result::Result<(), ()> {
+        let Some(said) = self.said.pop_front() else {
+            return Ok(());
+        };
         let mut data = self.recycled.try_recv().unwrap_or_default();
-        let len = (chunks * self.cs) as usize;
+        let len = (said.chunks * self.cs) as usize;
         if data.len() < len {
             data.resize(len, 0);
         }
-        let mut present = vec![false; chunks as usize];
-        for (i, _) in &self.wanted {
-            present[(i - first) as usize] = true;
+        let mut present = vec![false; said.chunks as usize];
+        for (i, _) in &said.wanted {
+            present[(i - said.first) as usize] = true;
         }
-        let wanted = std::mem::take(&mut self.wanted);
-        let mut damaged = std::mem::take(&mut self.damaged);
+        let mut damaged = said.damaged;
         let msg = fetch(
-            self.store,
+            self.batches.as_mut(),
             &self.point,
-            first,
-            &wanted,
+            said.first,
+            &said.wanted,
             &mut data,
             self.ignore_errors,
         )
         .map(|mut more| {
             damaged.append(&mut more);
             Window {
-                first,
-                chunks,
+                first: said.first,
+                chunks: said.chunks,
                 data,
                 present,
                 damaged,
@@ -329,12 +376,11 @@ impl Fetcher<'_> {
     }
 }
 
-/// Reads `wanted` (chunk index and id, all in the window from `first`) into `data`, one slot of
-/// the chunk size each: locations looked up in one batch, reads sorted by pack and offset with
-/// several in flight on the rayon pool, each decoded and checked against its id. Returns the
-/// damaged ranges (zeros) when errors are ignored.
+/// Reads `wanted` (chunk index and id, all in the window from `first`, the oldest batch said to
+/// `batches`) into `data`, one slot of the chunk size each, each decoded and checked against
+/// its id. Returns the damaged ranges (zeros) when errors are ignored.
 fn fetch(
-    store: &dyn StoreRead,
+    batches: &mut dyn BatchReader,
     point: &RecoveryPoint,
     first: u64,
     wanted: &[(u64, ChunkId)],
@@ -342,7 +388,6 @@ fn fetch(
     ignore_errors: bool,
 ) -> Result<Vec<Damaged>> {
     let cs = point.chunk_size as usize;
-    let ids: Vec<ChunkId> = wanted.iter().map(|(_, id)| *id).collect();
     let mut slots: Vec<Option<&mut [u8]>> = data.chunks_mut(cs).map(Some).collect();
     let mut taken = Vec::with_capacity(wanted.len());
     for (i, _) in wanted {
@@ -355,7 +400,7 @@ fn fetch(
             }
         }
     }
-    let results = store.read_chunks(&ids, taken)?;
+    let results = batches.read_next(taken)?;
     let mut failed: Vec<(u64, cairn_store::Error)> = Vec::new();
     for ((i, _), r) in wanted.iter().zip(results) {
         if let Some(e) = r {

@@ -52,9 +52,21 @@ pub trait StoreRead: Sync {
     fn read_encoded(&self, ids: &[ChunkId]) -> Result<Vec<EncodedChunk>>;
 
     /// Bytes a reader of many chunks should ask for at once (a restore's window): more for a
-    /// store whose reads pay a round trip, so that enough of them are in flight.
+    /// store whose reads pay a round trip and that reads no further ahead itself (see
+    /// [`StoreRead::batches`]), so that enough of them are in flight.
     fn read_ahead(&self) -> u64 {
         8 << 20
+    }
+
+    /// A reader of batches of chunks said before they are read (a restore's windows, in disk
+    /// order). This one reads each batch when it is asked for, with [`StoreRead::read_chunks`];
+    /// a store whose reads pay a round trip fetches later batches while an earlier one is
+    /// decoded and written.
+    fn batches(&self) -> Box<dyn BatchReader + '_> {
+        Box::new(InTurn {
+            store: self,
+            said: std::collections::VecDeque::new(),
+        })
     }
 
     /// The newest point of a VM's disk.
@@ -77,6 +89,65 @@ pub trait StoreRead: Sync {
         let points = self.points()?;
         crate::select::resolve(&points, spec, self.config().tz()).map_err(Error::Point)
     }
+}
+
+/// Batches of chunks read in the order they were said (see [`StoreRead::batches`]).
+pub trait BatchReader {
+    /// Says that `ids` is the next batch to be read.
+    ///
+    /// # Errors
+    /// Index errors.
+    fn expect(&mut self, ids: Vec<ChunkId>) -> Result<()>;
+
+    /// How many batches said and not yet read the reader wants before the oldest is read.
+    fn ahead(&self) -> usize;
+
+    /// Reads the oldest batch said and not yet read, `ids[i]` into the front of `slots[i]`,
+    /// each checked against its id; per chunk, the error that kept it from being read.
+    ///
+    /// # Errors
+    /// No batch was said, `slots` does not match it, or errors that stop the whole batch
+    /// (index or transport), as [`StoreRead::read_chunks`].
+    fn read_next(&mut self, slots: Vec<&mut [u8]>) -> Result<Vec<Option<Error>>>;
+}
+
+/// The [`BatchReader`] of a store that reads nothing ahead: each batch when it is asked for.
+struct InTurn<'s, S: ?Sized> {
+    store: &'s S,
+    said: std::collections::VecDeque<Vec<ChunkId>>,
+}
+
+impl<S: StoreRead + ?Sized> BatchReader for InTurn<'_, S> {
+    fn expect(&mut self, ids: Vec<ChunkId>) -> Result<()> {
+        self.said.push_back(ids);
+        Ok(())
+    }
+
+    fn ahead(&self) -> usize {
+        0
+    }
+
+    fn read_next(&mut self, slots: Vec<&mut [u8]>) -> Result<Vec<Option<Error>>> {
+        let ids = next_said(&mut self.said, slots.len())?;
+        self.store.read_chunks(&ids, slots)
+    }
+}
+
+/// The oldest batch said, which is about to be read into `slots` slots.
+pub(crate) fn next_said<T>(said: &mut std::collections::VecDeque<T>, slots: usize) -> Result<T>
+where
+    T: AsRef<[ChunkId]>,
+{
+    let next = said
+        .pop_front()
+        .ok_or_else(|| Error::Usage("a batch was read that was never said".into()))?;
+    if next.as_ref().len() != slots {
+        return Err(Error::Usage(format!(
+            "a batch of {} chunks was read into {slots} slots",
+            next.as_ref().len()
+        )));
+    }
+    Ok(next)
 }
 
 /// Where tree chunks (and a backup's data chunks) are written.
@@ -165,12 +236,14 @@ impl StoreRead for Store {
         Ok(out)
     }
 
-    fn read_ahead(&self) -> u64 {
-        // A bucket: each read is a round trip; a wider window keeps several in flight.
-        if self.bucket().is_some() {
-            64 << 20
-        } else {
-            8 << 20
+    fn batches(&self) -> Box<dyn BatchReader + '_> {
+        // A bucket: each read is a round trip; later batches are fetched while one is decoded.
+        match self.bucket() {
+            Some(bucket) => Box::new(crate::bucket::ReadAhead::new(self, bucket)),
+            None => Box::new(InTurn {
+                store: self,
+                said: std::collections::VecDeque::new(),
+            }),
         }
     }
 

@@ -149,7 +149,7 @@ mod store;
 pub mod tree;
 pub mod view;
 
-pub use access::{ChunkFilter, ChunkSink, StoreRead, StoreWrite};
+pub use access::{BatchReader, ChunkFilter, ChunkSink, StoreRead, StoreWrite};
 pub use catalogue::Forgotten;
 pub use chunk::{ChunkId, ChunkKind, ChunkRef, Codec, EncodedChunk};
 pub use config::{DEFAULT_CHUNK_SIZE, StoreConfig};

@@ -21,6 +21,7 @@
 //! leaves objects no index entry names: garbage collection deletes them once they are older
 //! than its grace period (another process may be uploading the packs it will commit).
 
+mod ahead;
 mod connect;
 mod read;
 mod rebuild;
@@ -37,6 +38,7 @@ use crate::objects::{ObjectInfo, Objects};
 use crate::pack::{self, FRAME_HEADER_SIZE, FrameHeader, PackId, PackScan, PackWriter};
 use crate::store::Store;
 
+pub(crate) use ahead::ReadAhead;
 pub use connect::{connect, connect_lazily};
 pub use read::ReadJob;
 pub(crate) use rebuild::{fetch_roots, frame_lists, prefetch_trees};

@@ -77,7 +77,7 @@ impl Store {
     /// store, a session's own of a store in a bucket: read from their files) and those of packs
     /// in the bucket.
     #[allow(clippy::type_complexity)]
-    fn here_and_there<T>(
+    pub(super) fn here_and_there<T>(
         &self,
         mut jobs: Vec<(usize, ChunkId, Location, T)>,
     ) -> (
@@ -138,10 +138,10 @@ impl Store {
 /// Adjacent frames of one pack, read with one GET; `T` is what each read carries (where its
 /// plain bytes go).
 pub(super) struct Range<T> {
-    pack: PackId,
-    start: u64,
-    end: u64,
-    jobs: Vec<(usize, ChunkId, Location, T)>,
+    pub(super) pack: PackId,
+    pub(super) start: u64,
+    pub(super) end: u64,
+    pub(super) jobs: Vec<(usize, ChunkId, Location, T)>,
 }
 
 /// Groups reads sorted by pack and offset into ranges (see [`MAX_RANGE`], [`MAX_GAP`]).
@@ -217,8 +217,19 @@ pub(super) fn in_flight<T: Send, R: Send>(
 /// The bytes of a range; `Ok(Err(what))` when its pack object is gone (each chunk's damage,
 /// not a failure of the bucket).
 fn fetch_range<T>(bucket: &dyn Objects, range: &Range<T>) -> Result<Result<Vec<u8>, String>> {
-    let name = pack_object(&range.pack);
-    match bucket.get_range(&name, range.start, range.end - range.start) {
+    get_frames(bucket, range.pack, range.start, range.end)
+}
+
+/// Bytes `start..end` of pack `pack`; `Ok(Err(what))` when its object is gone (as
+/// [`fetch_range`]).
+pub(super) fn get_frames(
+    bucket: &dyn Objects,
+    pack: PackId,
+    start: u64,
+    end: u64,
+) -> Result<Result<Vec<u8>, String>> {
+    let name = pack_object(&pack);
+    match bucket.get_range(&name, start, end - start) {
         Ok(b) => Ok(Ok(b)),
         Err(Error::ObjectMissing { storage, name }) => {
             Ok(Err(format!("{storage}: the pack object {name} is gone")))
@@ -245,18 +256,28 @@ fn frame_in(
 /// bucket's own failure.
 fn read_range(bucket: &dyn Objects, range: Range<&mut [u8]>) -> Result<Vec<(usize, Error)>> {
     let buf = fetch_range(bucket, &range)?;
+    Ok(decode_range(&buf, range.start, range.jobs))
+}
+
+/// Decodes the chunks of a range whose bytes from `start` are `buf` (or whose pack is gone)
+/// into their slots: the chunks that failed.
+pub(super) fn decode_range(
+    buf: &Result<Vec<u8>, String>,
+    start: u64,
+    jobs: Vec<ReadJob<'_>>,
+) -> Vec<(usize, Error)> {
     let mut stored = Vec::new();
     let mut failed = Vec::new();
-    for (i, id, loc, slot) in range.jobs {
+    for (i, id, loc, slot) in jobs {
         let r = buf.as_ref().map_err(Clone::clone).and_then(|buf| {
-            let h = frame_in(buf, loc.offset - range.start, &id, &mut stored)?;
+            let h = frame_in(buf, loc.offset - start, &id, &mut stored)?;
             chunk::decode_into(&id, h.codec, h.plain_len, &stored, slot)
         });
         if let Err(what) = r {
             failed.push((i, crate::store::bad_chunk(&id, &loc, what)));
         }
     }
-    Ok(failed)
+    failed
 }
 
 /// Reads one range's chunks as stored, each checked against its id (decoded and hashed).

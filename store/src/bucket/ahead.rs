@@ -1,0 +1,278 @@
+//! Reading a restore's windows from a bucket ahead of the reader: the ranged GETs of later
+//! batches are in flight while an earlier batch is decoded and written, within a budget of
+//! bytes held (on their way, or fetched and not yet decoded). Memory stays bounded whatever the
+//! disk's size and the bucket's latency, and no window waits for the slowest GET of the one
+//! before it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use super::IN_FLIGHT;
+use super::read::{Range, coalesce, decode_range, get_frames};
+use crate::access::{BatchReader, next_said};
+use crate::chunk::ChunkId;
+use crate::error::{Error, Result};
+use crate::index::Location;
+use crate::objects::Objects;
+use crate::pack::PackId;
+use crate::store::Store;
+
+/// Bytes of ranges held at most: on their way, or fetched and not yet decoded (one range may go
+/// past it when nothing else is held).
+const BUDGET: u64 = 48 << 20;
+/// Batches said and not yet read before the oldest is read.
+const AHEAD: usize = 32;
+
+/// A range to fetch: its number, its pack and bytes.
+struct Fetch {
+    seq: u64,
+    pack: PackId,
+    start: u64,
+    end: u64,
+}
+
+/// What a fetch brought: the bytes, or `Err(what)` when the pack object is gone (each chunk's
+/// damage); the outer error is the bucket's own failure.
+type Fetched = Result<Result<Vec<u8>, String>>;
+
+/// What the fetching threads and the reader share.
+#[derive(Default)]
+struct State {
+    /// Ranges not yet started, in the order they were said.
+    queue: VecDeque<Fetch>,
+    /// Ranges fetched and not yet taken by the reader, by number.
+    done: HashMap<u64, Fetched>,
+    /// Bytes of the ranges started and not yet decoded.
+    held: u64,
+    /// Set when the reader is dropped or has failed: the threads end.
+    stop: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.changed.wait(g).unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A batch said: its ids, its chunks read by ranged GETs (range numbers), read from a pack
+/// here, or missing from the index.
+struct Said {
+    ids: Vec<ChunkId>,
+    there: Vec<(u64, Range<()>)>,
+    here: Vec<(usize, ChunkId, Location)>,
+    missing: Vec<usize>,
+}
+
+impl AsRef<[ChunkId]> for Said {
+    fn as_ref(&self) -> &[ChunkId] {
+        &self.ids
+    }
+}
+
+/// The [`BatchReader`] of a store in a bucket (see the module).
+pub(crate) struct ReadAhead<'s> {
+    store: &'s Store,
+    bucket: Arc<dyn Objects>,
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    said: VecDeque<Said>,
+    next: u64,
+}
+
+impl<'s> ReadAhead<'s> {
+    pub(crate) fn new(store: &'s Store, bucket: &Arc<dyn Objects>) -> Self {
+        Self {
+            store,
+            bucket: Arc::clone(bucket),
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                changed: Condvar::new(),
+            }),
+            workers: Vec::new(),
+            said: VecDeque::new(),
+            next: 0,
+        }
+    }
+
+    /// Starts the fetching threads (on the first range: a point of zeros starts none).
+    fn start_workers(&mut self) {
+        while self.workers.len() < IN_FLIGHT {
+            let shared = Arc::clone(&self.shared);
+            let bucket = Arc::clone(&self.bucket);
+            self.workers.push(std::thread::spawn(move || {
+                fetch_ranges(&shared, bucket.as_ref())
+            }));
+        }
+    }
+
+    fn stop(&self) {
+        let mut st = self.shared.lock();
+        st.stop = true;
+        st.queue.clear();
+        self.shared.changed.notify_all();
+    }
+}
+
+/// A fetching thread: the oldest range not yet started, as soon as it fits in the budget.
+fn fetch_ranges(shared: &Shared, bucket: &dyn Objects) {
+    let mut st = shared.lock();
+    loop {
+        if st.stop {
+            return;
+        }
+        let held = st.held;
+        let fits = st
+            .queue
+            .front()
+            .is_some_and(|f| held == 0 || held + (f.end - f.start) <= BUDGET);
+        let next = if fits { st.queue.pop_front() } else { None };
+        let Some(f) = next else {
+            st = shared.wait(st);
+            continue;
+        };
+        st.held += f.end - f.start;
+        drop(st);
+        let got = get_frames(bucket, f.pack, f.start, f.end);
+        st = shared.lock();
+        st.done.insert(f.seq, got);
+        shared.changed.notify_all();
+    }
+}
+
+impl BatchReader for ReadAhead<'_> {
+    fn expect(&mut self, ids: Vec<ChunkId>) -> Result<()> {
+        let mut jobs = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for (i, (id, loc)) in ids.iter().zip(self.store.locations(&ids)?).enumerate() {
+            match loc {
+                Some(loc) => jobs.push((i, *id, loc, ())),
+                None => missing.push(i),
+            }
+        }
+        let (here, there) = self.store.here_and_there(jobs);
+        let mut numbered = Vec::new();
+        if !there.is_empty() {
+            self.start_workers();
+            let mut st = self.shared.lock();
+            for range in coalesce(there) {
+                let seq = self.next;
+                self.next += 1;
+                st.queue.push_back(Fetch {
+                    seq,
+                    pack: range.pack,
+                    start: range.start,
+                    end: range.end,
+                });
+                numbered.push((seq, range));
+            }
+            self.shared.changed.notify_all();
+        }
+        self.said.push_back(Said {
+            ids,
+            there: numbered,
+            here: here
+                .into_iter()
+                .map(|(i, id, loc, ())| (i, id, loc))
+                .collect(),
+            missing,
+        });
+        Ok(())
+    }
+
+    fn ahead(&self) -> usize {
+        AHEAD
+    }
+
+    fn read_next(&mut self, slots: Vec<&mut [u8]>) -> Result<Vec<Option<Error>>> {
+        use rayon::prelude::*;
+        let said = next_said(&mut self.said, slots.len())?;
+        let mut out: Vec<Option<Error>> = (0..said.ids.len()).map(|_| None).collect();
+        for &i in &said.missing {
+            out[i] = Some(Error::MissingChunk(said.ids[i]));
+        }
+        let mut slots: Vec<Option<&mut [u8]>> = slots.into_iter().map(Some).collect();
+        let mut take = |i: usize| {
+            slots
+                .get_mut(i)
+                .and_then(Option::take)
+                .ok_or_else(|| Error::Usage(format!("slot {i} of a batch taken twice")))
+        };
+        // This batch's ranges, as they arrive (they were queued before any later batch's).
+        let mut fetched = Vec::with_capacity(said.there.len());
+        let mut released = 0;
+        {
+            let mut st = self.shared.lock();
+            for (seq, range) in said.there {
+                let got = loop {
+                    if let Some(got) = st.done.remove(&seq) {
+                        break got;
+                    }
+                    if st.stop {
+                        return Err(Error::Usage("the bucket's read-ahead has stopped".into()));
+                    }
+                    st = self.shared.wait(st);
+                };
+                released += range.end - range.start;
+                fetched.push((got, range));
+            }
+        }
+        let mut work = Vec::with_capacity(fetched.len());
+        for (got, range) in fetched {
+            let got = match got {
+                Ok(got) => got,
+                Err(e) => {
+                    self.stop();
+                    return Err(e);
+                }
+            };
+            let mut jobs = Vec::with_capacity(range.jobs.len());
+            for (i, id, loc, ()) in range.jobs {
+                jobs.push((i, id, loc, take(i)?));
+            }
+            work.push((got, range.start, jobs));
+        }
+        let mut here = Vec::with_capacity(said.here.len());
+        for (i, id, loc) in said.here {
+            here.push((i, id, loc, take(i)?));
+        }
+        let mut failed: Vec<(usize, Error)> = work
+            .into_par_iter()
+            .flat_map_iter(|(got, start, jobs)| decode_range(&got, start, jobs))
+            .collect();
+        failed.extend(
+            here.into_par_iter()
+                .filter_map(|(i, id, loc, slot)| {
+                    self.store.read_into(&id, &loc, slot).err().map(|e| (i, e))
+                })
+                .collect::<Vec<_>>(),
+        );
+        {
+            let mut st = self.shared.lock();
+            st.held -= released;
+            self.shared.changed.notify_all();
+        }
+        for (i, e) in failed {
+            out[i] = Some(e);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for ReadAhead<'_> {
+    fn drop(&mut self) {
+        self.stop();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
