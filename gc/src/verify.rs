@@ -5,11 +5,16 @@ use std::path::Path;
 use std::time::Instant;
 
 use cairn_store::tree::children;
-use cairn_store::{BadMark, ChunkId, ChunkRef, Location, OpenMode, RecoveryPoint, Store, Walk};
+use cairn_store::{
+    BadMark, ChunkId, ChunkRef, Location, OpenMode, RecoveryPoint, Store, StoreRead, Walk,
+};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::Result;
+
+/// Chunks read and checked at a time (16 MiB at 256 KiB chunks).
+const VERIFY_BATCH: usize = 64;
 
 /// What to verify.
 #[derive(Debug, Clone, Default)]
@@ -308,33 +313,40 @@ pub fn verify(
     jobs.sort_by_key(|(_, l)| (l.pack, l.offset));
     let total = jobs.len() as u64;
     // In batches (the progress moves, the buffers stay small), each read as the store reads
-    // best (a bucket: adjacent frames in one ranged GET, several in flight). A failure of the
-    // bucket itself stops the verify: it says nothing of the chunks.
+    // best: a bucket's batch reader has the GETs of later batches in flight (adjacent frames in
+    // one ranged GET) while one is checked. A failure of the bucket itself stops the verify: it
+    // says nothing of the chunks.
     let mut results: Vec<(ChunkId, Location, Option<String>)> = Vec::with_capacity(jobs.len());
     let cs = store.config().chunk_size as usize;
     let mut bufs: Vec<Vec<u8>> = Vec::new();
-    for batch in jobs.chunks(256) {
+    let batches: Vec<&[(ChunkId, Location)]> = jobs.chunks(VERIFY_BATCH).collect();
+    let mut reader = store.batches();
+    let mut said = 0;
+    for (k, batch) in batches.iter().enumerate() {
+        while said < batches.len() && said <= k + reader.ahead() {
+            reader.expect(batches[said].iter().map(|(id, _)| *id).collect())?;
+            said += 1;
+        }
         bufs.resize_with(batch.len(), || vec![0u8; cs]);
-        let reads: Vec<cairn_store::bucket::ReadJob<'_>> = batch
+        let slots: Vec<&mut [u8]> = batch
             .iter()
             .zip(bufs.iter_mut())
-            .enumerate()
-            .map(|(i, ((id, loc), buf))| {
+            .map(|((_, loc), buf)| {
                 buf.resize(loc.plain_len as usize, 0);
-                (i, *id, *loc, buf.as_mut_slice())
+                buf.as_mut_slice()
             })
             .collect();
-        let mut errs: Vec<Option<String>> = vec![None; batch.len()];
-        for (i, e) in store.read_located(reads)? {
-            errs[i] = Some(match e {
+        let errs = reader.read_next(slots)?.into_iter().map(|e| {
+            e.map(|e| match e {
                 cairn_store::Error::BadChunk { what, .. } => what,
                 other => other.to_string(),
-            });
-        }
+            })
+        });
         results.extend(batch.iter().zip(errs).map(|((id, loc), e)| (*id, *loc, e)));
         let n = results.len() as u64;
         progress(n, total);
     }
+    drop(reader);
     report.chunks_checked = results.len() as u64;
     let mut healed = Vec::new();
     for (id, loc, err) in results {

@@ -51,6 +51,16 @@ pub trait Objects: Send + Sync + std::fmt::Debug {
     /// storage's failures.
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
 
+    /// As [`Objects::get_range`], into `buf` (cleared first): a reader that reuses its buffers
+    /// allocates nothing per read.
+    ///
+    /// # Errors
+    /// As [`Objects::get_range`].
+    fn get_range_into(&self, name: &str, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
+        *buf = self.get_range(name, offset, len)?;
+        Ok(())
+    }
+
     /// The whole of object `name`.
     ///
     /// # Errors
@@ -273,7 +283,7 @@ const MULTIPART_ABOVE: usize = 16 << 20;
 /// The size of each part.
 const PART: usize = 8 << 20;
 /// Parts of one upload sent at once.
-const PARTS_IN_FLIGHT: usize = 4;
+const PARTS_IN_FLIGHT: usize = 2;
 
 /// Reads until `buf` is full or the file ends; the bytes read.
 fn read_full(f: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -285,6 +295,21 @@ fn read_full(f: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize
         }
     }
     Ok(n)
+}
+
+/// The outcome of one part's request, as [`tokio::task::JoinSet::join_next`] gives it, and
+/// its buffer back when nothing else holds it.
+fn part_done(
+    done: Option<
+        std::result::Result<(object_store::Result<()>, bytes::Bytes), tokio::task::JoinError>,
+    >,
+) -> object_store::Result<Option<Vec<u8>>> {
+    match done {
+        None => Ok(None),
+        Some(Ok((Ok(()), bytes))) => Ok(bytes.try_into_mut().ok().map(Vec::from)),
+        Some(Ok((Err(e), _))) => Err(e),
+        Some(Err(e)) => Err(object_store::Error::JoinError { source: e }),
+    }
 }
 
 /// Objects in an S3-compatible bucket, under a prefix. The calls are made on a small runtime of
@@ -370,28 +395,60 @@ impl Bucket {
         let at = self.path(name)?;
         let fail = |e: object_store::Error| self.failed(name, "putting", &e);
         self.runtime.block_on(async {
-            let up = self.store.put_multipart(&at).await.map_err(fail)?;
-            let mut w = object_store::WriteMultipart::new_with_chunk_size(up, PART);
-            let mut buf = vec![0u8; PART];
-            loop {
-                let n = match read_full(from, &mut buf) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = w.abort().await;
-                        return Err(Error::io(path, "reading")(e));
+            let mut up = self.store.put_multipart(&at).await.map_err(fail)?;
+            // Each part read into a buffer that goes to the request as it is (no second copy)
+            // and comes back for a later part once sent; PARTS_IN_FLIGHT requests at a time, on
+            // the runtime's threads.
+            let mut parts = tokio::task::JoinSet::new();
+            let mut spare: Vec<Vec<u8>> = Vec::new();
+            let sent: Result<()> = async {
+                loop {
+                    // A part is read once one of those in flight is done: PARTS_IN_FLIGHT
+                    // buffers in all.
+                    while parts.len() >= PARTS_IN_FLIGHT {
+                        spare.extend(part_done(parts.join_next().await).map_err(fail)?);
                     }
-                };
-                if n == 0 {
-                    break;
+                    let mut part = spare.pop().unwrap_or_default();
+                    part.resize(PART, 0);
+                    let n = read_full(from, &mut part).map_err(Error::io(path, "reading"))?;
+                    if n == 0 {
+                        break;
+                    }
+                    part.truncate(n);
+                    let bytes = bytes::Bytes::from(part);
+                    let request = up.put_part(bytes.clone().into());
+                    parts.spawn(async move { (request.await, bytes) });
+                    if n < PART {
+                        break;
+                    }
                 }
-                if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                    let _ = w.abort().await;
-                    return Err(fail(e));
+                while let Some(done) = parts.join_next().await {
+                    part_done(Some(done)).map_err(fail)?;
                 }
-                w.write(&buf[..n]);
+                Ok(())
             }
-            // A failed completion aborts the upload's parts itself.
-            w.finish().await.map(|_| ()).map_err(fail)
+            .await;
+            let completed = match sent {
+                Ok(()) => up.complete().await.map(|_| ()).map_err(fail),
+                Err(e) => Err(e),
+            };
+            if completed.is_err() {
+                parts.abort_all();
+                let _ = up.abort().await;
+            }
+            completed
+        })
+    }
+
+    /// A range read whole, or the error saying how much of it came.
+    fn check_range(&self, name: &str, offset: u64, len: u64, got: usize) -> Result<()> {
+        if got as u64 == len {
+            return Ok(());
+        }
+        Err(Error::Objects {
+            storage: self.describe(),
+            name: name.to_owned(),
+            what: format!("{got} bytes read of the {len} asked at {offset}"),
         })
     }
 
@@ -451,14 +508,30 @@ impl Objects for Bucket {
             .runtime
             .block_on(self.store.get_range(&at, offset..offset + len))
             .map_err(|e| self.failed(name, "reading a range", &e))?;
-        if got.len() as u64 != len {
-            return Err(Error::Objects {
-                storage: self.describe(),
-                name: name.to_owned(),
-                what: format!("{} bytes read of the {len} asked at {offset}", got.len()),
-            });
-        }
+        self.check_range(name, offset, len, got.len())?;
         Ok(Vec::from(got))
+    }
+
+    fn get_range_into(&self, name: &str, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
+        use futures::TryStreamExt;
+        let at = self.path(name)?;
+        buf.clear();
+        // The body a piece at a time into `buf`: no buffer of the range's size is allocated
+        // (and freed) per read.
+        self.runtime
+            .block_on(async {
+                let options = object_store::GetOptions {
+                    range: Some((offset..offset + len).into()),
+                    ..Default::default()
+                };
+                let mut body = self.store.get_opts(&at, options).await?.into_stream();
+                while let Some(piece) = body.try_next().await? {
+                    buf.extend_from_slice(&piece);
+                }
+                Ok(())
+            })
+            .map_err(|e| self.failed(name, "reading a range", &e))?;
+        self.check_range(name, offset, len, buf.len())
     }
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {

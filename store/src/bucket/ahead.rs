@@ -1,15 +1,16 @@
 //! Reading a restore's windows from a bucket ahead of the reader: the ranged GETs of later
-//! batches are in flight while an earlier batch is decoded and written, within a budget of
-//! bytes held (on their way, or fetched and not yet decoded). Memory stays bounded whatever the
-//! disk's size and the bucket's latency, and no window waits for the slowest GET of the one
-//! before it.
+//! batches are in flight while an earlier batch is decoded and written, into a fixed set of
+//! buffers reused from range to range. Memory stays bounded whatever the disk's size and the
+//! bucket's latency (no buffer is allocated per GET: freed buffers of megabytes on many threads
+//! are what a process's allocator keeps resident), and no window waits for the slowest GET of
+//! the one before it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use super::IN_FLIGHT;
-use super::read::{Range, coalesce, decode_range, get_frames};
+use super::read::{MAX_RANGE, Range, coalesce, decode_range, get_frames_into};
 use crate::access::{BatchReader, next_said};
 use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
@@ -18,9 +19,9 @@ use crate::objects::Objects;
 use crate::pack::PackId;
 use crate::store::Store;
 
-/// Bytes of ranges held at most: on their way, or fetched and not yet decoded (one range may go
-/// past it when nothing else is held).
-const BUDGET: u64 = 48 << 20;
+/// Buffers of ranges (each of [`MAX_RANGE`] bytes): the GETs in flight and the ranges fetched and
+/// not yet decoded, together, at most (48 MiB).
+const BUFFERS: usize = 12;
 /// Batches said and not yet read before the oldest is read.
 const AHEAD: usize = 32;
 
@@ -32,9 +33,9 @@ struct Fetch {
     end: u64,
 }
 
-/// What a fetch brought: the bytes, or `Err(what)` when the pack object is gone (each chunk's
+/// A range fetched: its buffer, and `Ok(Err(what))` when the pack object is gone (each chunk's
 /// damage); the outer error is the bucket's own failure.
-type Fetched = Result<Result<Vec<u8>, String>>;
+type Fetched = (Vec<u8>, Result<std::result::Result<(), String>>);
 
 /// What the fetching threads and the reader share.
 #[derive(Default)]
@@ -43,8 +44,10 @@ struct State {
     queue: VecDeque<Fetch>,
     /// Ranges fetched and not yet taken by the reader, by number.
     done: HashMap<u64, Fetched>,
-    /// Bytes of the ranges started and not yet decoded.
-    held: u64,
+    /// Buffers not in use.
+    free: Vec<Vec<u8>>,
+    /// Buffers made so far (in use or free).
+    made: usize,
     /// Set when the reader is dropped or has failed: the threads end.
     stop: bool,
 }
@@ -123,28 +126,35 @@ impl<'s> ReadAhead<'s> {
     }
 }
 
-/// A fetching thread: the oldest range not yet started, as soon as it fits in the budget.
+/// A fetching thread: the oldest range not yet started, as soon as a buffer is free.
 fn fetch_ranges(shared: &Shared, bucket: &dyn Objects) {
     let mut st = shared.lock();
     loop {
         if st.stop {
             return;
         }
-        let held = st.held;
-        let fits = st
-            .queue
-            .front()
-            .is_some_and(|f| held == 0 || held + (f.end - f.start) <= BUDGET);
-        let next = if fits { st.queue.pop_front() } else { None };
-        let Some(f) = next else {
+        let buf = if st.queue.is_empty() {
+            None
+        } else if let Some(b) = st.free.pop() {
+            Some(b)
+        } else if st.made < BUFFERS {
+            st.made += 1;
+            Some(Vec::with_capacity(MAX_RANGE as usize))
+        } else {
+            None
+        };
+        let Some(mut buf) = buf else {
             st = shared.wait(st);
             continue;
         };
-        st.held += f.end - f.start;
+        let Some(f) = st.queue.pop_front() else {
+            st.free.push(buf);
+            continue;
+        };
         drop(st);
-        let got = get_frames(bucket, f.pack, f.start, f.end);
+        let got = get_frames_into(bucket, f.pack, f.start, f.end, &mut buf);
         st = shared.lock();
-        st.done.insert(f.seq, got);
+        st.done.insert(f.seq, (buf, got));
         shared.changed.notify_all();
     }
 }
@@ -209,7 +219,6 @@ impl BatchReader for ReadAhead<'_> {
         };
         // This batch's ranges, as they arrive (they were queued before any later batch's).
         let mut fetched = Vec::with_capacity(said.there.len());
-        let mut released = 0;
         {
             let mut st = self.shared.lock();
             for (seq, range) in said.there {
@@ -222,12 +231,11 @@ impl BatchReader for ReadAhead<'_> {
                     }
                     st = self.shared.wait(st);
                 };
-                released += range.end - range.start;
                 fetched.push((got, range));
             }
         }
         let mut work = Vec::with_capacity(fetched.len());
-        for (got, range) in fetched {
+        for ((buf, got), range) in fetched {
             let got = match got {
                 Ok(got) => got,
                 Err(e) => {
@@ -239,16 +247,28 @@ impl BatchReader for ReadAhead<'_> {
             for (i, id, loc, ()) in range.jobs {
                 jobs.push((i, id, loc, take(i)?));
             }
-            work.push((got, range.start, jobs));
+            work.push((buf, got, range.start, jobs));
         }
         let mut here = Vec::with_capacity(said.here.len());
         for (i, id, loc) in said.here {
             here.push((i, id, loc, take(i)?));
         }
-        let mut failed: Vec<(usize, Error)> = work
+        let (failed, bufs): (Vec<Vec<(usize, Error)>>, Vec<Vec<u8>>) = work
             .into_par_iter()
-            .flat_map_iter(|(got, start, jobs)| decode_range(&got, start, jobs))
-            .collect();
+            .map(|(buf, got, start, jobs)| {
+                let bytes = got
+                    .as_ref()
+                    .map(|()| buf.as_slice())
+                    .map_err(String::as_str);
+                (decode_range(bytes, start, jobs), buf)
+            })
+            .unzip();
+        {
+            let mut st = self.shared.lock();
+            st.free.extend(bufs);
+            self.shared.changed.notify_all();
+        }
+        let mut failed: Vec<(usize, Error)> = failed.into_iter().flatten().collect();
         failed.extend(
             here.into_par_iter()
                 .filter_map(|(i, id, loc, slot)| {
@@ -256,11 +276,6 @@ impl BatchReader for ReadAhead<'_> {
                 })
                 .collect::<Vec<_>>(),
         );
-        {
-            let mut st = self.shared.lock();
-            st.held -= released;
-            self.shared.changed.notify_all();
-        }
         for (i, e) in failed {
             out[i] = Some(e);
         }

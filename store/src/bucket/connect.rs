@@ -67,6 +67,10 @@ impl Objects for Lazy {
         self.bucket()?.get_range(name, offset, len)
     }
 
+    fn get_range_into(&self, name: &str, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
+        self.bucket()?.get_range_into(name, offset, len, buf)
+    }
+
     fn get(&self, name: &str) -> Result<Vec<u8>> {
         self.bucket()?.get(name)
     }

@@ -12,7 +12,7 @@ use crate::pack::{self, FRAME_HEADER_SIZE, FrameHeader, PackId};
 use crate::store::Store;
 
 /// Frames read by one ranged GET at most (adjacent frames are read together).
-const MAX_RANGE: u64 = 4 << 20;
+pub(super) const MAX_RANGE: u64 = 4 << 20;
 /// Bytes between two wanted frames that are read rather than asked for apart.
 const MAX_GAP: u64 = 256 << 10;
 /// One read of a batch: the chunk, where it is, and where its plain bytes go.
@@ -217,20 +217,23 @@ pub(super) fn in_flight<T: Send, R: Send>(
 /// The bytes of a range; `Ok(Err(what))` when its pack object is gone (each chunk's damage,
 /// not a failure of the bucket).
 fn fetch_range<T>(bucket: &dyn Objects, range: &Range<T>) -> Result<Result<Vec<u8>, String>> {
-    get_frames(bucket, range.pack, range.start, range.end)
+    let mut buf = Vec::new();
+    let got = get_frames_into(bucket, range.pack, range.start, range.end, &mut buf)?;
+    Ok(got.map(|()| buf))
 }
 
-/// Bytes `start..end` of pack `pack`; `Ok(Err(what))` when its object is gone (as
+/// Bytes `start..end` of pack `pack` into `buf`; `Ok(Err(what))` when its object is gone (as
 /// [`fetch_range`]).
-pub(super) fn get_frames(
+pub(super) fn get_frames_into(
     bucket: &dyn Objects,
     pack: PackId,
     start: u64,
     end: u64,
-) -> Result<Result<Vec<u8>, String>> {
+    buf: &mut Vec<u8>,
+) -> Result<Result<(), String>> {
     let name = pack_object(&pack);
-    match bucket.get_range(&name, start, end - start) {
-        Ok(b) => Ok(Ok(b)),
+    match bucket.get_range_into(&name, start, end - start, buf) {
+        Ok(()) => Ok(Ok(())),
         Err(Error::ObjectMissing { storage, name }) => {
             Ok(Err(format!("{storage}: the pack object {name} is gone")))
         }
@@ -256,20 +259,24 @@ fn frame_in(
 /// bucket's own failure.
 fn read_range(bucket: &dyn Objects, range: Range<&mut [u8]>) -> Result<Vec<(usize, Error)>> {
     let buf = fetch_range(bucket, &range)?;
-    Ok(decode_range(&buf, range.start, range.jobs))
+    Ok(decode_range(
+        buf.as_deref().map_err(String::as_str),
+        range.start,
+        range.jobs,
+    ))
 }
 
 /// Decodes the chunks of a range whose bytes from `start` are `buf` (or whose pack is gone)
 /// into their slots: the chunks that failed.
 pub(super) fn decode_range(
-    buf: &Result<Vec<u8>, String>,
+    buf: std::result::Result<&[u8], &str>,
     start: u64,
     jobs: Vec<ReadJob<'_>>,
 ) -> Vec<(usize, Error)> {
     let mut stored = Vec::new();
     let mut failed = Vec::new();
     for (i, id, loc, slot) in jobs {
-        let r = buf.as_ref().map_err(Clone::clone).and_then(|buf| {
+        let r = buf.map_err(str::to_owned).and_then(|buf| {
             let h = frame_in(buf, loc.offset - start, &id, &mut stored)?;
             chunk::decode_into(&id, h.codec, h.plain_len, &stored, slot)
         });
