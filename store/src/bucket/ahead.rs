@@ -253,7 +253,7 @@ impl BatchReader for ReadAhead<'_> {
         for (i, id, loc) in said.here {
             here.push((i, id, loc, take(i)?));
         }
-        let (failed, bufs): (Vec<Vec<(usize, Error)>>, Vec<Vec<u8>>) = work
+        let (failed, bufs): (Vec<_>, Vec<_>) = work
             .into_par_iter()
             .map(|(buf, got, start, jobs)| {
                 let bytes = got
