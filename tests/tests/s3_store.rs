@@ -414,7 +414,9 @@ fn cairn_killed_mid_upload_commits_nothing_and_gc_deletes_its_objects_after_the_
 fn a_node_killed_during_a_backup_and_during_a_restore_and_a_wrong_key() {
     let work = tempfile::tempdir().expect("tempdir");
     let disk = work.path().join("d.raw");
-    make_raw(&disk, 48 << 20, 5);
+    // Big enough that the backup is still uploading when its first pack is whole, on a loaded
+    // machine too.
+    make_raw(&disk, 128 << 20, 5);
     {
         let mut g = Garage::start();
         let s = S3Store::new(&g, "node-down-backup");
