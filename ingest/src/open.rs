@@ -193,7 +193,7 @@ fn delta<'s, B: Blocks + 's>(
     chunk: u32,
 ) -> Result<Opened<'s>> {
     let refs = RefLookup::new(Walk::new(store, parent)?);
-    let parent_refs = ParentRefs { store, refs };
+    let parent_refs = ParentRefs { refs };
     Ok(Opened {
         info,
         src: Box::new(VhdChunks::new(blocks, chunk, Some(parent_refs))),

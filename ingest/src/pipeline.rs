@@ -34,10 +34,11 @@ enum Hashed {
     Run(PieceOrigin, u64),
 }
 
-/// Hashes a batch of pieces: zero test and BLAKE3 in parallel, one question to the store for
-/// the batch's ids (one round trip to a remote store), then only the new chunks compressed, in
-/// parallel again.
+/// Hashes a batch of pieces: a delta's chunks completed from their parent's chunks (read from
+/// `store`), zero test and BLAKE3 in parallel, one question to the store for the batch's ids
+/// (one round trip to a remote store), then only the new chunks compressed, in parallel again.
 fn hash_batch(
+    store: &dyn StoreRead,
     known: &dyn ChunkFilter,
     batch: Vec<(Piece, u64)>,
     level: i32,
@@ -46,17 +47,31 @@ fn hash_batch(
         Done(Hashed),
         Hashed(ChunkId, Vec<u8>),
     }
+    let hashed = |d: Vec<u8>| {
+        if is_zero(&d) {
+            Step::Done(Hashed::Zero)
+        } else {
+            Step::Hashed(ChunkId::of(&d), d)
+        }
+    };
     let steps: Vec<(Step, u64)> = batch
         .into_par_iter()
         .map(|(piece, len)| {
             let step = match piece {
                 Piece::Run { origin, chunks, .. } => Step::Done(Hashed::Run(origin, chunks)),
-                Piece::Data(d) if is_zero(&d) => Step::Done(Hashed::Zero),
-                Piece::Data(d) => Step::Hashed(ChunkId::of(&d), d),
+                Piece::Data(d) => hashed(d),
+                Piece::Patch {
+                    mut bytes,
+                    base,
+                    keep,
+                } => {
+                    crate::source::patch(&mut bytes, &store.read_chunk(&base)?, &keep);
+                    hashed(bytes)
+                }
             };
-            (step, len)
+            Ok((step, len))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let ids: Vec<ChunkId> = steps
         .iter()
         .filter_map(|(s, _)| match s {
@@ -128,10 +143,7 @@ pub(crate) fn run<'a>(
                 while batch.len() < BATCH {
                     match src.next_piece() {
                         Ok(Some(p)) => {
-                            let len = match &p {
-                                Piece::Data(d) => d.len() as u64,
-                                Piece::Run { bytes, .. } => *bytes,
-                            };
+                            let len = p.len();
                             batch.push((p, len));
                         }
                         Ok(None) => break,
@@ -161,7 +173,7 @@ pub(crate) fn run<'a>(
             let mut emitted: HashSet<ChunkId> = HashSet::new();
             for batch in &rx {
                 let out = batch.and_then(|batch| {
-                    Ok(hash_batch(&*known, batch, level)?
+                    Ok(hash_batch(store, &*known, batch, level)?
                         .into_iter()
                         .map(|(h, len)| match h {
                             Hashed::New(enc) if !emitted.insert(enc.id) => {

@@ -17,6 +17,17 @@ use crate::Result;
 pub(crate) enum Piece {
     /// One chunk's bytes, to hash and store.
     Data(Vec<u8>),
+    /// One chunk a delta holds in part: its bytes, where the byte ranges `keep` are still to
+    /// be taken from the parent's chunk `base` (read and checked by the hashing workers, in
+    /// parallel, not by the source's thread).
+    Patch {
+        /// The chunk's bytes as the delta holds them.
+        bytes: Vec<u8>,
+        /// The parent's chunk at the same place.
+        base: cairn_store::ChunkId,
+        /// Byte ranges of the chunk the delta does not hold.
+        keep: Vec<(usize, usize)>,
+    },
     /// Chunks decided without reading: zeros, or the parent point's.
     Run {
         /// Why they need no reading.
@@ -35,6 +46,27 @@ pub(crate) enum PieceOrigin {
     Unallocated,
     /// Taken from the parent point.
     Parent,
+}
+
+impl Piece {
+    /// Bytes of disk the piece covers.
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            Self::Data(d) | Self::Patch { bytes: d, .. } => d.len() as u64,
+            Self::Run { bytes, .. } => *bytes,
+        }
+    }
+}
+
+/// Fills the byte ranges `keep` of `bytes` from `base` (a parent's chunk; bytes past its end
+/// stay as they are: zeros).
+pub(crate) fn patch(bytes: &mut [u8], base: &[u8], keep: &[(usize, usize)]) {
+    for &(from, to) in keep {
+        let avail = base.len().min(to).min(bytes.len());
+        if from < avail {
+            bytes[from..avail].copy_from_slice(&base[from..avail]);
+        }
+    }
 }
 
 /// The run of whole chunks from byte `start` (a chunk boundary) up to the chunk holding byte

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
 
-use cairn_store::{ChunkRef, RefLookup, StoreRead};
+use cairn_store::{ChunkRef, RefLookup};
 use cairn_vhd::format::SECTOR_SIZE;
 use cairn_vhd::{BlockState, Chain, StreamVhd, Vhd};
 
@@ -364,9 +364,8 @@ fn bit(bitmap: &[u8], i: usize) -> bool {
 }
 
 /// The parent point a delta applies to: its refs, looked up for the chunks the delta holds in
-/// part, and the store to read those chunks from.
+/// part (the pipeline reads those chunks).
 pub(crate) struct ParentRefs<'s> {
-    pub(crate) store: &'s dyn StoreRead,
     pub(crate) refs: RefLookup<'s>,
 }
 
@@ -446,17 +445,19 @@ impl<B: Blocks> ChunkSource for VhdChunks<'_, B> {
             return Ok(Some(one));
         }
         let parent_ref = parent.refs.get(i)?;
-        // Sectors the delta does not hold keep the parent's bytes.
-        if let (false, ChunkRef::Data(id)) = (held.iter().all(|&h| h), parent_ref) {
-            let base = parent.store.read_chunk(&id)?;
+        // Sectors the delta does not hold keep the parent's bytes (a zero chunk's are zeros
+        // already).
+        if let (false, ChunkRef::Data(base)) = (held.iter().all(|&h| h), parent_ref) {
             let sector = SECTOR_SIZE as usize;
-            for (r0, r1) in runs_of(&held.iter().map(|h| !h).collect::<Vec<_>>()) {
-                let (from, to) = (r0 * sector, (r1 * sector).min(buf.len()));
-                let avail = base.len().min(to);
-                if from < avail {
-                    buf[from..avail].copy_from_slice(&base[from..avail]);
-                }
-            }
+            let keep = runs_of(&held.iter().map(|h| !h).collect::<Vec<_>>())
+                .into_iter()
+                .map(|(r0, r1)| (r0 * sector, (r1 * sector).min(buf.len())))
+                .collect();
+            return Ok(Some(Piece::Patch {
+                bytes: buf,
+                base,
+                keep,
+            }));
         }
         Ok(Some(Piece::Data(buf)))
     }
