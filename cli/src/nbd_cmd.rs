@@ -252,6 +252,7 @@ fn serve_loop(
                 }
                 Conn::Unix(s) => Box::new(s),
             };
+            let stream: Box<dyn Stream> = Box::new(Slot { stream, active });
             let _ = stream.set_timeout(Some(HANDSHAKE_TIMEOUT));
             let log = |line: &str| eprintln!("serve-nbd: client {n} ({peer}): {line}");
             match server::serve(stream, exports, &config, &log) {
@@ -264,8 +265,43 @@ fn serve_loop(
                 )),
                 Err(e) => log(&format!("ended: {e}")),
             }
-            active.fetch_sub(1, Ordering::SeqCst);
         });
+    }
+}
+
+/// A client's connection, holding one of the server's slots: the slot is given back as the
+/// connection closes, before the client can see the close and connect again.
+struct Slot {
+    stream: Box<dyn Stream>,
+    active: Arc<AtomicUsize>,
+}
+
+impl std::io::Read for Slot {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl std::io::Write for Slot {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+impl Stream for Slot {
+    fn set_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.stream.set_timeout(timeout)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Before the fields: the stream closes after this.
+        self.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
