@@ -17,6 +17,9 @@ use serde::Serialize;
 
 use crate::{Error, Result};
 
+/// Frames a collection reads and copies at a time (8 MiB of plain bytes at 256 KiB chunks).
+const COPY_GROUP: usize = 32;
+
 /// Name of the lock file that keeps two garbage collections apart.
 pub const GC_LOCK_FILE: &str = "gc.lock";
 
@@ -349,23 +352,37 @@ impl<'a> Copier<'a> {
     }
 
     /// Copies frames, each checked first (decoded and hashed); returns those that are bad and
-    /// why. Read a group at a time (from a bucket: adjacent frames in one ranged GET, several in
-    /// flight); the bucket's own failures stop the collection.
+    /// why. Read a group at a time (from a bucket: adjacent frames in one ranged GET, the GETs
+    /// of later groups in flight); the bucket's own failures stop the collection.
     fn copy_all(
         &mut self,
         frames: &[(ChunkId, Location)],
     ) -> Result<Vec<(ChunkId, Location, String)>> {
         let mut bad = Vec::new();
-        for group in frames.chunks(256) {
-            let read = self.store.read_encoded_at(group)?;
-            for ((id, old), r) in group.iter().zip(read) {
-                match r {
-                    Ok(enc) => self.append(enc, *old)?,
-                    Err(cairn_store::Error::BadChunk { what, .. }) => bad.push((*id, *old, what)),
-                    Err(e) => bad.push((*id, *old, e.to_string())),
+        let store = self.store;
+        let mut failed: Option<Error> = None;
+        store
+            .read_encoded_groups(frames, COPY_GROUP, |group, read| {
+                for ((id, old), r) in group.iter().zip(read) {
+                    match r {
+                        Ok(enc) => {
+                            if let Err(e) = self.append(enc, *old) {
+                                failed = Some(e);
+                                return Err(cairn_store::Error::Usage("the copy stopped".into()));
+                            }
+                        }
+                        Err(cairn_store::Error::BadChunk { what, .. }) => {
+                            bad.push((*id, *old, what))
+                        }
+                        Err(e) => bad.push((*id, *old, e.to_string())),
+                    }
                 }
-            }
-        }
+                Ok(())
+            })
+            .map_err(|e| match failed.take() {
+                Some(own) => own,
+                None => e.into(),
+            })?;
         Ok(bad)
     }
 

@@ -239,7 +239,11 @@ impl StoreRead for Store {
     fn batches(&self) -> Box<dyn BatchReader + '_> {
         // A bucket: each read is a round trip; later batches are fetched while one is decoded.
         match self.bucket() {
-            Some(bucket) => Box::new(crate::bucket::ReadAhead::new(self, bucket)),
+            Some(bucket) => Box::new(crate::bucket::ReadAhead::new(
+                self,
+                bucket,
+                crate::bucket::READ_BUFFERS,
+            )),
             None => Box::new(InTurn {
                 store: self,
                 said: std::collections::VecDeque::new(),

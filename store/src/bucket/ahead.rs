@@ -10,9 +10,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use super::IN_FLIGHT;
-use super::read::{MAX_RANGE, Range, coalesce, decode_range, get_frames_into};
+use super::read::{MAX_RANGE, Range, coalesce, decode_range, encoded_in, get_frames_into};
 use crate::access::{BatchReader, next_said};
-use crate::chunk::ChunkId;
+use crate::chunk::{ChunkId, EncodedChunk};
 use crate::error::{Error, Result};
 use crate::index::Location;
 use crate::objects::Objects;
@@ -20,8 +20,8 @@ use crate::pack::PackId;
 use crate::store::Store;
 
 /// Buffers of ranges (each of [`MAX_RANGE`] bytes): the GETs in flight and the ranges fetched and
-/// not yet decoded, together, at most (48 MiB).
-const BUFFERS: usize = 12;
+/// not yet decoded, together, at most (48 MiB), for a restore or a verify.
+pub(crate) const BUFFERS: usize = 12;
 /// Batches said and not yet read before the oldest is read.
 const AHEAD: usize = 32;
 
@@ -48,6 +48,8 @@ struct State {
     free: Vec<Vec<u8>>,
     /// Buffers made so far (in use or free).
     made: usize,
+    /// Buffers that may be made.
+    buffers: usize,
     /// Set when the reader is dropped or has failed: the threads end.
     stop: bool,
 }
@@ -93,12 +95,16 @@ pub(crate) struct ReadAhead<'s> {
 }
 
 impl<'s> ReadAhead<'s> {
-    pub(crate) fn new(store: &'s Store, bucket: &Arc<dyn Objects>) -> Self {
+    /// A reader of `bucket` with at most `buffers` ranges held at once.
+    pub(crate) fn new(store: &'s Store, bucket: &Arc<dyn Objects>, buffers: usize) -> Self {
         Self {
             store,
             bucket: Arc::clone(bucket),
             shared: Arc::new(Shared {
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    buffers: buffers.max(1),
+                    ..State::default()
+                }),
                 changed: Condvar::new(),
             }),
             workers: Vec::new(),
@@ -137,7 +143,7 @@ fn fetch_ranges(shared: &Shared, bucket: &dyn Objects) {
             None
         } else if let Some(b) = st.free.pop() {
             Some(b)
-        } else if st.made < BUFFERS {
+        } else if st.made < st.buffers {
             st.made += 1;
             Some(Vec::with_capacity(MAX_RANGE as usize))
         } else {
@@ -159,11 +165,12 @@ fn fetch_ranges(shared: &Shared, bucket: &dyn Objects) {
     }
 }
 
-impl BatchReader for ReadAhead<'_> {
-    fn expect(&mut self, ids: Vec<ChunkId>) -> Result<()> {
+impl ReadAhead<'_> {
+    /// Says the next batch: chunks at known locations (`None`: not in the index).
+    fn say(&mut self, ids: Vec<ChunkId>, locs: Vec<Option<Location>>) {
         let mut jobs = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
-        for (i, (id, loc)) in ids.iter().zip(self.store.locations(&ids)?).enumerate() {
+        for (i, (id, loc)) in ids.iter().zip(locs).enumerate() {
             match loc {
                 Some(loc) => jobs.push((i, *id, loc, ())),
                 None => missing.push(i),
@@ -196,6 +203,134 @@ impl BatchReader for ReadAhead<'_> {
                 .collect(),
             missing,
         });
+    }
+
+    /// Says the next batch: chunks at the locations given (a collection's copy of the frames
+    /// it read from the index).
+    pub(crate) fn expect_at(&mut self, jobs: &[(ChunkId, Location)]) {
+        self.say(
+            jobs.iter().map(|(id, _)| *id).collect(),
+            jobs.iter().map(|(_, loc)| Some(*loc)).collect(),
+        );
+    }
+
+    /// Range `seq` once fetched: its buffer and what the GET brought; `None` when it has not
+    /// arrived and `wait` is false. The bucket's own failure stops the reader.
+    #[allow(clippy::type_complexity)]
+    fn take(
+        &mut self,
+        seq: u64,
+        wait: bool,
+    ) -> Result<Option<(Vec<u8>, std::result::Result<(), String>)>> {
+        let mut st = self.shared.lock();
+        loop {
+            if let Some((buf, got)) = st.done.remove(&seq) {
+                drop(st);
+                return match got {
+                    Ok(got) => Ok(Some((buf, got))),
+                    Err(e) => {
+                        self.stop();
+                        Err(e)
+                    }
+                };
+            }
+            if st.stop {
+                return Err(Error::Usage("the bucket's read-ahead has stopped".into()));
+            }
+            if !wait {
+                return Ok(None);
+            }
+            st = self.shared.wait(st);
+        }
+    }
+
+    /// Runs `f` on the bytes of each range of a batch (`items`: range number and what `f`
+    /// needs), in parallel, as they arrive: a round is the next range (waited for) and those
+    /// after it already fetched, and its buffers are given back before the next round waits,
+    /// so a batch of more ranges than there are buffers never waits on itself.
+    fn each_arrived<I: Send, T: Send>(
+        &mut self,
+        items: Vec<(u64, I)>,
+        f: impl Fn(std::result::Result<&[u8], &str>, I) -> T + Sync,
+    ) -> Result<Vec<T>> {
+        use rayon::prelude::*;
+        let mut out = Vec::with_capacity(items.len());
+        let mut items = items.into_iter().peekable();
+        while let Some((seq, item)) = items.next() {
+            let Some(first) = self.take(seq, true)? else {
+                return Err(Error::Usage(format!("range {seq} was never fetched")));
+            };
+            let mut round = vec![(first, item)];
+            while let Some(&(next, _)) = items.peek() {
+                let Some(got) = self.take(next, false)? else {
+                    break;
+                };
+                if let Some((_, item)) = items.next() {
+                    round.push((got, item));
+                }
+            }
+            let (done, bufs): (Vec<T>, Vec<Vec<u8>>) = round
+                .into_par_iter()
+                .map(|((buf, got), item)| {
+                    let bytes = got
+                        .as_ref()
+                        .map(|()| buf.as_slice())
+                        .map_err(String::as_str);
+                    (f(bytes, item), buf)
+                })
+                .unzip();
+            self.give_back(bufs);
+            out.extend(done);
+        }
+        Ok(out)
+    }
+
+    /// Gives buffers back for later GETs.
+    fn give_back(&self, bufs: impl IntoIterator<Item = Vec<u8>>) {
+        let mut st = self.shared.lock();
+        st.free.extend(bufs);
+        self.shared.changed.notify_all();
+    }
+
+    /// Reads the oldest batch said, as stored (compressed or plain), each chunk checked against
+    /// its id (decoded and hashed), in the batch's order, each chunk's damage in its place.
+    ///
+    /// # Errors
+    /// No batch was said, or the bucket's own failures.
+    pub(crate) fn read_next_encoded(&mut self) -> Result<Vec<Result<EncodedChunk>>> {
+        use rayon::prelude::*;
+        let said = self
+            .said
+            .pop_front()
+            .ok_or_else(|| Error::Usage("a batch was read that was never said".into()))?;
+        let mut got: Vec<(usize, Result<EncodedChunk>)> = said
+            .missing
+            .iter()
+            .map(|&i| (i, Err(Error::MissingChunk(said.ids[i]))))
+            .collect();
+        let there = said
+            .there
+            .into_iter()
+            .map(|(seq, range)| (seq, (range.start, range.jobs)))
+            .collect();
+        let decoded =
+            self.each_arrived(there, |bytes, (start, jobs)| encoded_in(bytes, start, jobs))?;
+        got.extend(decoded.into_iter().flatten());
+        got.extend(
+            said.here
+                .into_par_iter()
+                .map(|(i, id, loc)| (i, self.store.encoded_at(&id, &loc)))
+                .collect::<Vec<_>>(),
+        );
+        got.sort_by_key(|(i, _)| *i);
+        Ok(got.into_iter().map(|(_, c)| c).collect())
+    }
+}
+
+impl BatchReader for ReadAhead<'_> {
+    fn expect(&mut self, ids: Vec<ChunkId>) -> Result<()> {
+        let locs = self.store.locations(&ids)?;
+        self.say(ids, locs);
         Ok(())
     }
 
@@ -217,57 +352,21 @@ impl BatchReader for ReadAhead<'_> {
                 .and_then(Option::take)
                 .ok_or_else(|| Error::Usage(format!("slot {i} of a batch taken twice")))
         };
-        // This batch's ranges, as they arrive (they were queued before any later batch's).
-        let mut fetched = Vec::with_capacity(said.there.len());
-        {
-            let mut st = self.shared.lock();
-            for (seq, range) in said.there {
-                let got = loop {
-                    if let Some(got) = st.done.remove(&seq) {
-                        break got;
-                    }
-                    if st.stop {
-                        return Err(Error::Usage("the bucket's read-ahead has stopped".into()));
-                    }
-                    st = self.shared.wait(st);
-                };
-                fetched.push((got, range));
-            }
-        }
-        let mut work = Vec::with_capacity(fetched.len());
-        for ((buf, got), range) in fetched {
-            let got = match got {
-                Ok(got) => got,
-                Err(e) => {
-                    self.stop();
-                    return Err(e);
-                }
-            };
+        let mut there = Vec::with_capacity(said.there.len());
+        for (seq, range) in said.there {
             let mut jobs = Vec::with_capacity(range.jobs.len());
             for (i, id, loc, ()) in range.jobs {
                 jobs.push((i, id, loc, take(i)?));
             }
-            work.push((buf, got, range.start, jobs));
+            there.push((seq, (range.start, jobs)));
         }
         let mut here = Vec::with_capacity(said.here.len());
         for (i, id, loc) in said.here {
             here.push((i, id, loc, take(i)?));
         }
-        let (failed, bufs): (Vec<_>, Vec<_>) = work
-            .into_par_iter()
-            .map(|(buf, got, start, jobs)| {
-                let bytes = got
-                    .as_ref()
-                    .map(|()| buf.as_slice())
-                    .map_err(String::as_str);
-                (decode_range(bytes, start, jobs), buf)
-            })
-            .unzip();
-        {
-            let mut st = self.shared.lock();
-            st.free.extend(bufs);
-            self.shared.changed.notify_all();
-        }
+        let failed = self.each_arrived(there, |bytes, (start, jobs)| {
+            decode_range(bytes, start, jobs)
+        })?;
         let mut failed: Vec<(usize, Error)> = failed.into_iter().flatten().collect();
         failed.extend(
             here.into_par_iter()

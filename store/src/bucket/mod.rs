@@ -38,7 +38,7 @@ use crate::objects::{ObjectInfo, Objects};
 use crate::pack::{self, FRAME_HEADER_SIZE, FrameHeader, PackId, PackScan, PackWriter};
 use crate::store::Store;
 
-pub(crate) use ahead::ReadAhead;
+pub(crate) use ahead::{BUFFERS as READ_BUFFERS, ReadAhead};
 pub use connect::{connect, connect_lazily};
 pub use read::ReadJob;
 pub(crate) use rebuild::{fetch_roots, frame_lists, prefetch_trees};

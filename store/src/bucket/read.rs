@@ -135,6 +135,43 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Reads the frames `jobs` (chunk and location) as stored, `per` at a time, each checked
+    /// against its id (decoded and hashed), and hands each group to `each`, in order, each
+    /// chunk's damage in its place. From a bucket the GETs of later groups are in flight while
+    /// one is handed out, into six reused 4 MiB buffers (see the read-ahead): memory stays
+    /// bounded however many frames there are.
+    ///
+    /// # Errors
+    /// The bucket's own failures (after its retries), or what `each` returns.
+    pub fn read_encoded_groups(
+        &self,
+        jobs: &[(ChunkId, Location)],
+        per: usize,
+        mut each: impl FnMut(&[(ChunkId, Location)], Vec<Result<EncodedChunk>>) -> Result<()>,
+    ) -> Result<()> {
+        use crate::access::BatchReader;
+        let groups: Vec<&[(ChunkId, Location)]> = jobs.chunks(per.max(1)).collect();
+        let Some(bucket) = self.bucket() else {
+            for g in groups {
+                each(g, self.read_encoded_at(g)?)?;
+            }
+            return Ok(());
+        };
+        // Half a restore's buffers: a collection also uploads the packs it writes.
+        let mut ahead = super::ReadAhead::new(self, bucket, super::READ_BUFFERS / 2);
+        let mut said = 0;
+        for (k, g) in groups.iter().enumerate() {
+            while said < groups.len() && said <= k + ahead.ahead() {
+                ahead.expect_at(groups[said]);
+                said += 1;
+            }
+            each(g, ahead.read_next_encoded()?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Adjacent frames of one pack, read with one GET; `T` is what each read carries (where its
 /// plain bytes go).
 pub(super) struct Range<T> {
@@ -293,12 +330,26 @@ pub(super) fn encoded_range(
     range: Range<()>,
 ) -> Result<Vec<(usize, Result<EncodedChunk>)>> {
     let buf = fetch_range(bucket, &range)?;
+    Ok(encoded_in(
+        buf.as_deref().map_err(String::as_str),
+        range.start,
+        range.jobs,
+    ))
+}
+
+/// The chunks of a range whose bytes from `start` are `buf` (or whose pack is gone), as
+/// stored, each checked against its id (decoded and hashed).
+pub(super) fn encoded_in(
+    buf: std::result::Result<&[u8], &str>,
+    start: u64,
+    jobs: Vec<(usize, ChunkId, Location, ())>,
+) -> Vec<(usize, Result<EncodedChunk>)> {
     let mut plain = Vec::new();
-    let mut out = Vec::with_capacity(range.jobs.len());
-    for (i, id, loc, ()) in range.jobs {
+    let mut out = Vec::with_capacity(jobs.len());
+    for (i, id, loc, ()) in jobs {
         let mut stored = Vec::new();
-        let r = buf.as_ref().map_err(Clone::clone).and_then(|buf| {
-            let h = frame_in(buf, loc.offset - range.start, &id, &mut stored)?;
+        let r = buf.map_err(str::to_owned).and_then(|buf| {
+            let h = frame_in(buf, loc.offset - start, &id, &mut stored)?;
             plain.resize(h.plain_len as usize, 0);
             chunk::decode_into(&id, h.codec, h.plain_len, &stored, &mut plain)?;
             Ok(EncodedChunk {
@@ -314,5 +365,5 @@ pub(super) fn encoded_range(
             r.map_err(|what| crate::store::bad_chunk(&id, &loc, what)),
         ));
     }
-    Ok(out)
+    out
 }
