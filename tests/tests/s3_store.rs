@@ -368,7 +368,11 @@ fn cairn_killed_mid_upload_commits_nothing_and_gc_deletes_its_objects_after_the_
     s.small_packs();
     let work = tempfile::tempdir().expect("tempdir");
     let disk = work.path().join("d.raw");
-    make_raw(&disk, 32 << 20, 3);
+    // Big enough that the backup is far from its commit when the first pack is whole (with
+    // 32 MiB it could reach it before the kill on a loaded machine: the root file is put in
+    // the bucket just before the commit here, and deleted by the next writer if the commit
+    // never came).
+    make_raw(&disk, 128 << 20, 3);
     let b = bucket(&g, &s.prefix);
     // Killed (-9) once the first packs are whole in the bucket, while the next ones upload.
     let mut c = s.cmd(&["backup", "--vm", "web", "--time", "2026-11-01T02:00:00Z"]);
@@ -641,4 +645,65 @@ fn a_pack_object_gone_from_the_bucket_is_each_of_its_chunks_damage_and_the_rest_
 /// The stdout of a command that may exit non-zero (verify finding damage).
 fn run_json(c: &mut Command) -> String {
     String::from_utf8_lossy(&run(c).stdout).into_owned()
+}
+
+#[test]
+fn a_point_scattered_over_many_ranges_restores_verifies_and_repacks_without_waiting_on_itself() {
+    // Disk `a`: 48 MiB of incompressible bytes (192 chunks of 256 KiB, in 4 MiB packs). Disk
+    // `c`: every third chunk of `a`, so that its chunks are all stored already and no two sit
+    // within a ranged GET's gap of each other: each of its restore windows (32 chunks), verify
+    // batches (64) and gc copy groups (32) is as many ranges, more than the read-ahead's
+    // buffers (twelve, six for gc). A reader that waited for a whole batch while holding its
+    // buffers would wait for ever: each step has a time limit.
+    let g = Garage::start();
+    let s = S3Store::new(&g, "scattered");
+    s.small_packs();
+    let work = tempfile::tempdir().expect("tempdir");
+    const CHUNK: usize = 256 << 10;
+    let mut a = vec![0u8; 192 * CHUNK];
+    blake3::Hasher::new()
+        .update(b"scattered")
+        .finalize_xof()
+        .fill(&mut a);
+    let c: Vec<u8> = a
+        .chunks(CHUNK)
+        .step_by(3)
+        .flat_map(|ch| ch.iter().copied())
+        .collect();
+    let (disk_a, disk_c) = (work.path().join("a.raw"), work.path().join("c.raw"));
+    std::fs::write(&disk_a, &a).expect("disk a");
+    std::fs::write(&disk_c, &c).expect("disk c");
+    let pa = id(&s.backup("a", "2026-11-01T02:00:00Z", &disk_a));
+    let pc = s.backup("c", "2026-11-01T03:00:00Z", &disk_c);
+    assert!(num(&pc, "new_stored_bytes") < 1 << 20, "{pc}");
+    let pc = id(&pc);
+    let limited = |args: &[&str]| {
+        let mut c = Command::new("timeout");
+        c.arg("120")
+            .arg(cairn_tests::cairn_bin())
+            .args(args)
+            .env("CAIRN_STORE", s.path())
+            .envs(s.env.clone());
+        c
+    };
+    let restored = work.path().join("restored.raw");
+    ok(limited(&["restore", "--force", &pc, "--format", "raw"]).arg(&restored));
+    assert_same_content(&restored, &disk_c, true);
+    let v = json(&ok(&mut limited(&["verify", "--json"])));
+    assert!(num(&v, "chunks_checked") >= 192, "{v}");
+    assert_eq!(v["damaged"].as_array().map(Vec::len), Some(0), "{v}");
+    // Forget `a`: two thirds of every pack is garbage, the rest (every third frame) copied.
+    ok(&mut s.cmd(&["forget", &pa]));
+    let r = json(&ok(&mut limited(&[
+        "gc",
+        "--json",
+        "--repack-below",
+        "100",
+    ])));
+    assert!(num(&r, "bytes_freed") > 24 << 20, "{r}");
+    assert!(num(&r, "bytes_copied") > 12 << 20, "{r}");
+    ok(limited(&["restore", "--force", &pc, "--format", "raw"]).arg(&restored));
+    assert_same_content(&restored, &disk_c, true);
+    let v = json(&ok(&mut limited(&["verify", "--json"])));
+    assert_eq!(v["damaged"].as_array().map(Vec::len), Some(0), "{v}");
 }
