@@ -11,8 +11,10 @@
 //! chunk and the disk offset: wrong bytes are never written silently. Asked to ignore errors,
 //! the reader writes zeros there instead and lists every damaged range in [`Restored`].
 //!
-//! Restored files are not fsynced (as `cp`, borg and restic do not): run `sync` when the file
-//! must be on disk before going on.
+//! Restored files and block devices are written past the page cache where the file system
+//! allows (`O_DIRECT`: a large restore does not evict the host's cache; see `direct`), and not
+//! fsynced (as `cp`, borg and restic do not): run `sync` when the file must be on disk before
+//! going on.
 //!
 //! # Exports
 //! The [`export`] module serves points as NBD block devices (instant restore): random reads
@@ -28,6 +30,7 @@
 //! restoring the same point twice gives the same VHD, and a differencing VHD restored later
 //! names its parent correctly. A chain's files are named by [`vhd_file_name`].
 
+mod direct;
 pub mod export;
 mod output;
 mod raw;

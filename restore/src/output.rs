@@ -17,6 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::direct::{self, Direct, InOrder};
 use crate::{Error, Result};
 
 /// An output being written.
@@ -24,7 +25,7 @@ pub(crate) enum Output {
     /// Standard output.
     Stdout,
     /// An existing non-regular file (block device, pipe), written in place.
-    InPlace(File),
+    InPlace(File, PathBuf),
     /// A regular file, written under a temporary name.
     Staged(File, Staged),
 }
@@ -48,7 +49,7 @@ impl Output {
                     .write(true)
                     .open(out)
                     .map_err(io_err(out, "opening"))?;
-                Ok(Self::InPlace(f))
+                Ok(Self::InPlace(f, out.to_path_buf()))
             }
             Ok(_) if !force => Err(Error::Refused(format!(
                 "{} exists; it is left as it is (pass --force to replace it once the restore \
@@ -64,21 +65,36 @@ impl Output {
         }
     }
 
-    /// A writer for the output's bytes in order.
+    /// A writer for the output's bytes in order: a regular file or a block device past the
+    /// page cache where it can be (see [`Direct`]).
+    ///
+    /// # Errors
+    /// The file's descriptor cannot be duplicated.
     pub(crate) fn writer(&self) -> Result<Box<dyn Write + '_>> {
+        use std::os::unix::fs::FileTypeExt;
         Ok(match self {
             Self::Stdout => Box::new(std::io::stdout().lock()),
-            Self::InPlace(f) | Self::Staged(f, _) => Box::new(f),
+            Self::Staged(f, staged) => Box::new(in_order(f, staged.tmp())?),
+            Self::InPlace(f, path)
+                if f.metadata().is_ok_and(|m| m.file_type().is_block_device()) =>
+            {
+                Box::new(in_order(f, path)?)
+            }
+            Self::InPlace(f, _) => Box::new(f),
         })
     }
 
-    /// The file, when the output is a regular file (it may then be written out of order and
-    /// keep holes).
-    pub(crate) fn regular_file(&self) -> Option<&File> {
-        match self {
-            Self::Staged(f, _) => Some(f),
-            _ => None,
-        }
+    /// The output written at offsets when it is a regular file (it may then be written out of
+    /// order and keep holes), past the page cache where it can be (see [`Direct`]).
+    ///
+    /// # Errors
+    /// The file's descriptor cannot be duplicated.
+    pub(crate) fn at_offsets(&self) -> Result<Option<Direct>> {
+        let Self::Staged(f, staged) = self else {
+            return Ok(None);
+        };
+        let cached = f.try_clone().map_err(io_err(staged.tmp(), "opening"))?;
+        Ok(Some(Direct::new(cached, direct::reopen(staged.tmp()))))
     }
 
     /// Puts a finished output in place.
@@ -91,7 +107,7 @@ impl Output {
                 drop(f);
                 staged.commit()
             }
-            Self::Stdout | Self::InPlace(_) => Ok(()),
+            Self::Stdout | Self::InPlace(..) => Ok(()),
         }
     }
 }
@@ -190,6 +206,16 @@ fn folder_exists(path: &Path) -> Result<()> {
             parent.display()
         )))
     }
+}
+
+/// A writer of `f`'s bytes in order from its start (`path`: the same file), past the page
+/// cache where it can be.
+///
+/// # Errors
+/// The file's descriptor cannot be duplicated.
+pub(crate) fn in_order(f: &File, path: &Path) -> Result<InOrder> {
+    let cached = f.try_clone().map_err(io_err(path, "opening"))?;
+    Ok(InOrder::new(Direct::new(cached, direct::reopen(path))))
 }
 
 pub(crate) fn io_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {

@@ -349,7 +349,7 @@ fn write_chain<'scope, 'env>(
         let name = chain_file_name(i, p);
         let path = out.join(&name);
         let file = output::Staged::new(&path);
-        let mut f = file.create()?;
+        let f = file.create()?;
         let base = match &prev {
             Some((bp, bname)) if bp.size == p.size && bp.chunk_size == p.chunk_size => {
                 Some((bp, bname.clone()))
@@ -357,6 +357,7 @@ fn write_chain<'scope, 'env>(
             _ => None,
         };
         let tmp = file.tmp().to_path_buf();
+        let mut f = output::in_order(&f, &tmp)?;
         staged.push(file);
         let (bytes, mut damaged) = write_point_vhd(
             scope,

@@ -749,3 +749,88 @@ fn restore_to_a_pipe_or_device_writes_every_byte_in_order() {
     reader.join().expect("reader");
     assert_same_content(&got, &raws[0], true);
 }
+
+#[test]
+fn restores_go_past_the_page_cache_where_they_can_and_through_it_where_not() {
+    // A disk whose size is a multiple of 512 but not of 4096: its last piece cannot go past
+    // the page cache and is written through it.
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let disk = w.join("odd.raw");
+    gen_disk(&disk, SIZE, 21, 7, 0);
+    let size = std::fs::metadata(&disk).expect("disk").len() - 2560;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .and_then(|f| f.set_len(size))
+        .expect("truncate");
+    let p = id(&store.backup("odd", "2026-11-01T02:00:00Z", "xvda", &disk, &[]));
+    let as_raw = |vhd: &Path| {
+        let raw = vhd.with_extension("converted");
+        ok(Command::new("qemu-img")
+            .args(["convert", "-f", "vpc", "-O", "raw"])
+            .arg(vhd)
+            .arg(&raw));
+        raw
+    };
+
+    // ext4 takes O_DIRECT: the raw and VHD restores open their file with it.
+    for format in ["raw", "vhd"] {
+        let out = w.join(format!("got.{format}"));
+        let trace = w.join(format!("{format}.strace"));
+        let mut c = Command::new("strace");
+        c.args(["-f", "-qq", "-e", "trace=openat", "-o"])
+            .arg(&trace)
+            .arg(cairn_tests::cairn_bin())
+            .args(["restore", &p, "--format", format])
+            .arg(&out)
+            .env("CAIRN_STORE", store.path());
+        ok(&mut c);
+        let opened = std::fs::read_to_string(&trace).expect("trace");
+        assert!(
+            opened
+                .lines()
+                .any(|l| l.contains(&format!("got.{format}.cairn-partial"))
+                    && l.contains("O_DIRECT")),
+            "{format}: the output was not opened with O_DIRECT:\n{opened}"
+        );
+        let got = if format == "raw" { out } else { as_raw(&out) };
+        assert_same_content(&got, &disk, format == "raw");
+    }
+
+    // tmpfs refuses O_DIRECT: the same restores go through the page cache.
+    let fs = cairn_tests::Tmpfs::mount(&w.join("mnt"), "256m");
+    let mnt = fs.path();
+    store.restore(&p, &mnt.join("got.raw"), "raw");
+    assert_same_content(&mnt.join("got.raw"), &disk, true);
+    store.restore(&p, &mnt.join("got.vhd"), "vhd");
+    assert_same_content(&as_raw(&mnt.join("got.vhd")), &disk, false);
+    drop(fs);
+
+    // A block device (a loop device over a file of ones): every byte, zeros included, past
+    // the page cache but for the last piece.
+    let backing = w.join("backing.img");
+    std::fs::write(&backing, vec![0xff; size as usize]).expect("backing file");
+    let out = Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(&backing)
+        .output()
+        .expect("run losetup");
+    assert!(
+        out.status.success(),
+        "this test attaches a loop device and needs root: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let restored = run(store
+        .cmd(&["restore", &p, "--format", "raw", "--force"])
+        .arg(&dev));
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_same_content(&backing, &disk, true);
+}

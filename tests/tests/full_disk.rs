@@ -2,35 +2,10 @@
 //! anything, skips the rewrites that do not fit, leaves no partial pack behind, and the store
 //! stays writable (a small tmpfs filled with `fallocate`; needs root, as the test machines give).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use cairn_tests::{cairn, id, json, num, ok, run};
-
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(at).expect("mkdir");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "this test mounts a small tmpfs and needs root: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
+use cairn_tests::{Tmpfs, cairn, id, json, num, ok, run};
 
 fn random(path: &Path, mib: usize, seed: u8) {
     let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -78,7 +53,7 @@ fn gc_on_a_nearly_full_disk_frees_first_skips_what_does_not_fit_and_leaves_no_pa
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
     let fs = Tmpfs::mount(&w.join("mnt"), "64m");
-    let store = fs.0.join("store");
+    let store = fs.path().join("store");
     ok(cairn(["init", "--timezone", "UTC", "--chunk-size", "64K"]).arg(&store));
     let c = |args: &[&str]| {
         let mut cmd = cairn(args);
@@ -105,9 +80,9 @@ fn gc_on_a_nearly_full_disk_frees_first_skips_what_does_not_fit_and_leaves_no_pa
     let pb = backup("b", &b);
     let pc = backup("c", &half);
     let fill_to = |left: u64| {
-        let filler = fs.0.join("filler");
+        let filler = fs.path().join("filler");
         let _ = std::fs::remove_file(&filler);
-        let fill = free_bytes(&fs.0).saturating_sub(left);
+        let fill = free_bytes(fs.path()).saturating_sub(left);
         let st = Command::new("fallocate")
             .args(["-l", &fill.to_string()])
             .arg(&filler)
