@@ -93,8 +93,11 @@ impl Output {
         let Self::Staged(f, staged) = self else {
             return Ok(None);
         };
-        let cached = f.try_clone().map_err(io_err(staged.tmp(), "opening"))?;
-        Ok(Some(Direct::new(cached, direct::reopen(staged.tmp()))))
+        let direct = direct::reopen(staged.tmp());
+        f.try_clone()
+            .and_then(|cached| Direct::new(cached, direct))
+            .map(Some)
+            .map_err(io_err(staged.tmp(), "opening"))
     }
 
     /// Puts a finished output in place.
@@ -214,8 +217,11 @@ fn folder_exists(path: &Path) -> Result<()> {
 /// # Errors
 /// The file's descriptor cannot be duplicated.
 pub(crate) fn in_order(f: &File, path: &Path) -> Result<InOrder> {
-    let cached = f.try_clone().map_err(io_err(path, "opening"))?;
-    Ok(InOrder::new(Direct::new(cached, direct::reopen(path))))
+    let direct = direct::reopen(path);
+    f.try_clone()
+        .and_then(|cached| Direct::new(cached, direct))
+        .map(InOrder::new)
+        .map_err(io_err(path, "opening"))
 }
 
 pub(crate) fn io_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {

@@ -32,10 +32,10 @@ pub(crate) fn restore_raw<'scope, 'env>(
         // Holes stay holes; runs of data chunks are written in pieces, past the page cache
         // where the file system allows (see `direct`).
         while let Some((at, run)) = reader.next_data()? {
-            w.write_at(at, run)
-                .map_err(io_err(out, &format!("writing at offset {at}")))?;
+            w.write_at(at, run).map_err(io_err(out, "writing"))?;
             progress(at + run.len() as u64);
         }
+        w.finish().map_err(io_err(out, "writing"))?;
     } else {
         let mut sink = BufWriter::with_capacity(BOUNCE_BYTES, target.writer()?);
         let zeros = vec![0u8; BOUNCE_BYTES];

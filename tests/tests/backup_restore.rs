@@ -833,4 +833,53 @@ fn restores_go_past_the_page_cache_where_they_can_and_through_it_where_not() {
         String::from_utf8_lossy(&restored.stderr)
     );
     assert_same_content(&backing, &disk, true);
+
+    // A full ext4 (16 MiB, on a loop device) takes O_DIRECT: a write that fails there fails
+    // the restore, naming the file and the offset, and leaves the file it would replace as it
+    // was and no partial file beside it.
+    let image = w.join("small-ext4.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(16 << 20))
+        .expect("image");
+    ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+    let mnt = w.join("small");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let out = Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&image)
+        .arg(&mnt)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "this test mounts a loop file system and needs root: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kept = mnt.join("got.raw");
+    std::fs::write(&kept, b"an earlier restore").expect("earlier file");
+    let results: Vec<_> = ["raw", "vhd"]
+        .iter()
+        .map(|format| {
+            run(store
+                .cmd(&["restore", &p, "--format", format, "--force"])
+                .arg(&kept))
+        })
+        .collect();
+    let left: Vec<String> = std::fs::read_dir(&mnt)
+        .expect("read the mount")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n != "lost+found")
+        .collect();
+    let earlier = std::fs::read(&kept).expect("earlier file");
+    let _ = Command::new("umount").arg(&mnt).status();
+    for (format, out) in ["raw", "vhd"].iter().zip(&results) {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{format}: restored into 16 MiB");
+        assert!(
+            err.contains("got.raw") && err.contains("at offset") && err.contains("No space left"),
+            "{format}: {err}"
+        );
+    }
+    assert_eq!(earlier, b"an earlier restore");
+    assert_eq!(left, vec!["got.raw".to_owned()], "left behind: {left:?}");
 }
