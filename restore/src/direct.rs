@@ -4,11 +4,12 @@
 //! pages that evict everything else the host had cached, and the kernel copies each into a
 //! fresh page: most of a raw restore's time on a VM whose host backs freed memory lazily (6.0 s
 //! through the page cache against 1.5 s for `dd oflag=direct` of the same 2.4 GB, measured on
-//! the 2-core machine this was written on). Pieces aligned to [`ALIGN`] go to the device from an
-//! aligned buffer; a piece that is not (a disk's last, shorter chunk, a VHD's footer), or every
-//! piece once the file system refuses one (tmpfs refuses the flag itself), goes through the page
-//! cache, as does every piece on a network or FUSE file system. Nothing is fsynced: what went past the cache is on the device, the rest (metadata, a
-//! last piece) the kernel writes back.
+//! the 2-core machine this was written on). Pieces aligned to [`ALIGN`] go to the device from
+//! an aligned buffer, written by a thread of their own while the next is filled; a piece that
+//! is not aligned (a disk's last, shorter chunk, a VHD's footer), or every piece once the file
+//! system refuses one (tmpfs refuses the flag itself), goes through the page cache, as does
+//! every piece on a network or FUSE file system. Nothing is fsynced: what went past the cache
+//! is on the device, the rest (metadata, a last piece) the kernel writes back.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
