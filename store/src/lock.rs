@@ -80,12 +80,13 @@ impl WriteLock {
             command.join(" ")
         );
         // Who holds it is a courtesy: the flock is the lock. On a full disk the note may not
-        // fit, and the writer that would free space must still get in.
+        // fit, and the writer that would free space must still get in. Not synced: other
+        // processes read it from the page cache, and after a power loss the name left there
+        // is a process that no longer runs.
         let _ = file
             .set_len(0)
             .and_then(|()| file.seek(SeekFrom::Start(0)))
-            .and_then(|_| file.write_all(me.as_bytes()))
-            .and_then(|()| file.sync_data());
+            .and_then(|_| file.write_all(me.as_bytes()));
         Ok(Self { file, stale })
     }
 }
@@ -116,7 +117,6 @@ impl Drop for WriteLock {
         // An empty lock file means "released cleanly"; a non-empty one found by the next
         // writer means its holder died.
         let _ = self.file.set_len(0);
-        let _ = self.file.sync_data();
         let _ = FileExt::unlock(&self.file);
     }
 }

@@ -46,6 +46,59 @@ pub struct Store {
     commits: Mutex<()>,
 }
 
+/// Table files of a column family from which a writer, as it closes, merges them when they are
+/// small (see [`Store::settle_index`]).
+const SETTLE_FILES: usize = 16;
+/// Average bytes of a table file under which they count as small.
+const SETTLE_SMALL_FILE: usize = 1 << 20;
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self.lock.is_some() {
+            self.settle_index();
+        }
+    }
+}
+
+impl Store {
+    /// Table files of each column family of the index, and their bytes.
+    #[must_use]
+    pub(crate) fn index_files(&self) -> Vec<(String, usize, usize)> {
+        let mut by: HashMap<String, (usize, usize)> = HashMap::new();
+        for f in self.db.live_files().unwrap_or_default() {
+            let e = by.entry(f.column_family_name).or_default();
+            e.0 += 1;
+            e.1 += f.size;
+        }
+        let mut out: Vec<(String, usize, usize)> = by
+            .into_iter()
+            .map(|(cf, (n, bytes))| (cf, n, bytes))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Merges a column family's table files before a writer closes when there are many small
+    /// ones. Each writer's open writes the log of the last into a new small file per column
+    /// family it wrote; where those do not overlap what is stored (the packs' and points' keys)
+    /// RocksDB moves them down as they are and never merges them: after a few hundred backups
+    /// every open opened hundreds of files of a few kilobytes. Such a family is a few hundred
+    /// kilobytes, so merging it whole costs milliseconds; the chunks' family, whose files
+    /// overlap, RocksDB's own compactions keep in few large files.
+    fn settle_index(&self) {
+        for (name, files, bytes) in self.index_files() {
+            let small = files >= SETTLE_FILES && bytes / files < SETTLE_SMALL_FILE;
+            if let (true, Some(cf)) = (small, self.db.cf_handle(&name)) {
+                // The last level too: that is where the small files sit.
+                let mut o = rocksdb::CompactOptions::default();
+                o.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+                self.db
+                    .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &o);
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
@@ -96,6 +149,7 @@ fn db_options_with(cache: &rocksdb::Cache) -> Options {
     // RocksDB's info log: one file per open otherwise (36 MB after 300 opens).
     o.set_keep_log_file_num(4);
     o.set_max_log_file_size(1 << 20);
+    o.set_log_level(rocksdb::LogLevel::Warn);
     o
 }
 
