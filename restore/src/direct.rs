@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 /// Bytes of a write past the page cache.
-const DIRECT_PIECE: usize = 4 << 20;
+const DIRECT_PIECE: usize = 2 << 20;
 /// Bytes of a write through the page cache (from a buffer this thread keeps warm: the kernel
 /// copies from it into the page cache much faster than straight from a window the decoding
 /// threads filled, 3.6-4.1 s against 5.6-7.4 s for a 4 GiB point).

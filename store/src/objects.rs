@@ -281,7 +281,7 @@ impl BucketConfig {
 /// Bytes above which a put goes in parts.
 const MULTIPART_ABOVE: usize = 16 << 20;
 /// The size of each part.
-const PART: usize = 8 << 20;
+const PART: usize = 6 << 20;
 /// Parts of one upload sent at once.
 const PARTS_IN_FLIGHT: usize = 2;
 
