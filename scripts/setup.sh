@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what cairn needs on a fresh Debian machine with the Rust toolchain:
-# system packages (libclang for RocksDB's bindings, qemu-utils, GNU time for the benchmark
-# smoke test) and the peer tools the tests check our VHDs with (qemu-img, Xen Orchestra's
+# system packages (libclang for RocksDB's bindings, qemu-utils, GNU time, zstd and Python's
+# blake3 and zstandard for the benchmark smoke tests' limit rows) and the peer tools the tests check our VHDs with (qemu-img, Xen Orchestra's
 # vhd-lib, libvhdi, nbdkit), curl and procps (pkill) for the tests of `cairn serve`,
 # Chromium for the report page's test, and Garage (an S3-compatible cluster, built from
 # crates.io once, about 10 minutes, cached in ~/.cache/cairn/garage) for object storage.
@@ -15,7 +15,7 @@ peers=$cache/peers
 mkdir -p "$cache"
 
 need_apt=()
-for pkg in libclang-dev clang qemu-utils nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl curl procps chromium; do
+for pkg in libclang-dev clang qemu-utils zstd nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl curl procps chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -43,4 +43,12 @@ if [ ! -x "$garage" ]; then
   echo "setup: building Garage into $cache/garage (once, about 10 minutes)" >&2
   nice -n 10 cargo install garage --locked --root "$cache/garage" >"$cache/garage-install.log" 2>&1 || {
     echo "setup: Garage's build failed, see $cache/garage-install.log" >&2; tail -20 "$cache/garage-install.log" >&2; exit 1; }
+fi
+
+# The benchmark harness's limits (BLAKE3 and zstd over an image) in this Python, as the smoke
+# tests run it; the wheels are kept in the cache.
+if ! python3 -c "import blake3, zstandard" 2>/dev/null; then
+  echo "setup: installing Python's blake3 and zstandard" >&2
+  python3 -m pip install -q --cache-dir "$cache/pip" blake3 zstandard >"$cache/pip-install.log" 2>&1 || {
+    echo "setup: pip install failed, see $cache/pip-install.log" >&2; tail -20 "$cache/pip-install.log" >&2; exit 1; }
 fi
