@@ -7,7 +7,8 @@ use cairn_store::{RecoveryPoint, StoreRead};
 use clap::Args;
 use serde_json::json;
 
-use crate::store_cmd::{StoreArg, show_time};
+use crate::store_cmd::StoreArg;
+use crate::values::show_time;
 use crate::words::{count, human_bytes};
 
 #[derive(Debug, Args)]

@@ -4,14 +4,19 @@
 //! `main` parses the command line, runs one command, prints the error chain on failure and
 //! exits non-zero (1 for a failed operation, 2 for a usage error, as clap does).
 
+mod backup_cmd;
 mod diff_cmd;
+mod list_cmd;
 mod nbd_cmd;
 mod progress;
 mod replicate_cmd;
+mod report_cmd;
+mod restore_cmd;
 mod retention_cmd;
 mod serve_cmd;
 mod standby_cmd;
 mod store_cmd;
+mod values;
 mod vhd_cmd;
 mod words;
 
@@ -47,13 +52,13 @@ enum Command {
     Init(store_cmd::InitArgs),
     /// Back up the disks of a VM: raw images, VHDs (fixed, dynamic, differencing), stdin, or NBD
     /// exports (with a dirty bitmap or XCP-ng's changed blocks, only what changed is read).
-    Backup(store_cmd::BackupArgs),
+    Backup(backup_cmd::BackupArgs),
     /// Restore a recovery point as raw, a dynamic VHD, or a VHD chain.
-    Restore(store_cmd::RestoreArgs),
+    Restore(restore_cmd::RestoreArgs),
     /// List recovery points.
-    List(store_cmd::ListArgs),
+    List(list_cmd::ListArgs),
     /// What each VM, disk and point costs, and what dedup and compression saved.
-    Report(store_cmd::ReportArgs),
+    Report(report_cmd::ReportArgs),
     /// Copy the points another store lacks into it (an offsite copy, an initial seed).
     Replicate(replicate_cmd::ReplicateArgs),
     /// Keep a raw file or block device equal to a point, writing only what changed.
@@ -117,10 +122,10 @@ fn main() {
     };
     let result = match cli.command {
         Command::Init(a) => store_cmd::init(&a),
-        Command::Backup(a) => store_cmd::backup(&a),
-        Command::Restore(a) => store_cmd::restore(&a),
-        Command::List(a) => store_cmd::list(&a),
-        Command::Report(a) => store_cmd::report(&a),
+        Command::Backup(a) => backup_cmd::backup(&a),
+        Command::Restore(a) => restore_cmd::restore(&a),
+        Command::List(a) => list_cmd::list(&a),
+        Command::Report(a) => report_cmd::report(&a),
         Command::Repair(a) => store_cmd::repair(&a),
         Command::ServeNbd(a) => nbd_cmd::serve_nbd(&a),
         Command::Serve(a) => serve_cmd::serve(&a),

@@ -15,7 +15,8 @@ use cairn_nbd::{Stream, Uri};
 use cairn_restore::PointExports;
 use clap::Args;
 
-use crate::store_cmd::{StoreArg, open_read, show_time};
+use crate::store_cmd::{StoreArg, open_read};
+use crate::values::show_time;
 use crate::words::human_bytes;
 
 /// The bound on a client's handshake.
@@ -104,7 +105,7 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
     let mut shown = Vec::new();
     for (p, spec) in points {
         let name = format!("{}/{}@{}", p.vm, p.disk, show_time(&p.time, tz));
-        let mut names = vec![name.clone(), p.id.clone(), p.short_id().to_owned()];
+        let mut names = vec![name.clone(), p.id.to_string(), p.short_id().to_owned()];
         if let Some(s) = spec
             && !names.contains(&s)
         {

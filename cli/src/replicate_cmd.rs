@@ -64,7 +64,7 @@ pub struct ReplicateArgs {
     #[arg(long, value_name = "DURATION", value_parser = crate::retention_cmd::parse_duration)]
     pub since: Option<chrono::Duration>,
     /// Send at most this many bytes a second (20M, 512K): a shared uplink stays usable.
-    #[arg(long, value_name = "BYTES", value_parser = crate::store_cmd::parse_bytes)]
+    #[arg(long, value_name = "BYTES", value_parser = crate::values::parse_bytes)]
     pub limit_rate: Option<u64>,
     /// Print JSON.
     #[arg(long)]

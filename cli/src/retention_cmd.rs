@@ -239,7 +239,7 @@ fn point_row(p: &RecoveryPoint, tz: Tz) -> String {
         p.short_id(),
         p.vm,
         p.disk,
-        crate::store_cmd::show_time(&p.time, tz)
+        crate::values::show_time(&p.time, tz)
     )
 }
 
@@ -356,7 +356,7 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
                 "would_free_chunks": would_free.as_ref().map(|f| f.chunks),
                 "gc_would_copy": gc_estimate.as_ref().map(|g| g.bytes_copied),
                 "points": decisions.iter().map(|(p, k)| json!({
-                    "id": p.id, "vm": p.vm, "disk": p.disk, "time": crate::store_cmd::show_time(&p.time, tz),
+                    "id": p.id, "vm": p.vm, "disk": p.disk, "time": crate::values::show_time(&p.time, tz),
                     "keep": k.is_some(),
                     "reason": match k { Some(Keep::Rule(r)) => json!(r.name()), Some(Keep::Protected) => json!("protected"), None => json!(null) },
                 })).collect::<Vec<_>>(),
@@ -662,7 +662,7 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
                     &h.point[..12.min(h.point.len())],
                     h.vm,
                     h.disk,
-                    crate::store_cmd::show_time(&h.time, tz),
+                    crate::values::show_time(&h.time, tz),
                     offs.join(", "),
                     if h.offsets.len() > 8 { ", ..." } else { "" }
                 );
@@ -799,12 +799,12 @@ fn verify_remote(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "store": r.url(), "points": points.len(), "bytes": total, "seconds": secs,
-                "damaged": damaged.iter().map(crate::store_cmd::damaged_json).collect::<Vec<_>>(),
+                "damaged": damaged.iter().map(crate::restore_cmd::damaged_json).collect::<Vec<_>>(),
             }))?
         );
     } else {
         for d in &damaged {
-            println!("{}", crate::store_cmd::damaged_line(d, ""));
+            println!("{}", crate::restore_cmd::damaged_line(d, ""));
         }
         println!(
             "verified {} ({}) through {} in {secs:.1}s: {}",

@@ -67,7 +67,7 @@ pub enum VhdCommand {
         kind: VhdType,
         /// Block size of a dynamic VHD (a power of two, as 2M or 2097152; 2 MiB is what
         /// everyone reads).
-        #[arg(long, default_value = "2M", value_parser = crate::store_cmd::parse_size)]
+        #[arg(long, default_value = "2M", value_parser = crate::values::parse_size)]
         block_size: u32,
         /// UUID of the new VHD (random if not given).
         #[arg(long)]

@@ -53,7 +53,7 @@ use std::path::PathBuf;
 
 pub use collect::{GcOptions, GcReport, Repack, collect};
 pub use prune::{Candidate, Keep, Rule, Rules, decide, plan};
-pub use verify::{Damage, Hit, VerifyOptions, VerifyReport, verify};
+pub use verify::{Damage, DamageState, DamagedPart, Hit, VerifyOptions, VerifyReport, verify};
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]

@@ -32,7 +32,7 @@ pub struct VerifyOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct Hit {
     /// The point.
-    pub point: String,
+    pub point: cairn_store::PointId,
     /// Its VM.
     pub vm: String,
     /// Its disk.
@@ -44,15 +44,63 @@ pub struct Hit {
     pub offsets: Vec<u64>,
 }
 
+/// What a damaged chunk held (shown and serialized as `data` or `tree`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DamagedPart {
+    /// Disk data: the bytes at the chunk's offsets are lost.
+    Data,
+    /// A tree chunk: the refs under it cannot be reached from the points that name it.
+    Tree,
+}
+
+/// How a chunk is damaged (shown and serialized as `bad` or `missing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DamageState {
+    /// Its frame could not be read, or its bytes are not the chunk its id names.
+    Bad,
+    /// No index entry says where it is.
+    Missing,
+}
+
+impl std::fmt::Display for DamagedPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Data => "data",
+            Self::Tree => "tree",
+        })
+    }
+}
+
+impl std::fmt::Display for DamageState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Bad => "bad",
+            Self::Missing => "missing",
+        })
+    }
+}
+
+/// What one read found wrong with a chunk, before its blast radius is known.
+struct Finding {
+    state: DamageState,
+    what: String,
+    location: Option<String>,
+}
+
+/// The findings of a run, by chunk.
+type Findings = HashMap<ChunkId, Finding>;
+
 /// A bad or missing chunk and its blast radius.
 #[derive(Debug, Clone, Serialize)]
 pub struct Damage {
     /// The chunk.
     pub chunk: String,
-    /// `data` or `tree`.
-    pub kind: &'static str,
-    /// `bad` (unreadable or wrong bytes) or `missing` (not in the index).
-    pub state: &'static str,
+    /// What it held.
+    pub kind: DamagedPart,
+    /// How it is damaged.
+    pub state: DamageState,
     /// What was found.
     pub what: String,
     /// Where it was looked for.
@@ -122,7 +170,7 @@ impl Trees {
         let (mut tree, mut data) = (Vec::new(), Vec::new());
         let (mut seen, mut seen_data) = (HashSet::new(), HashSet::new());
         for p in points {
-            for id in p.distinct_segments().map_err(cairn_store::Error::Point)? {
+            for id in p.distinct_segments() {
                 if seen.insert(id) {
                     tree.push(id);
                 }
@@ -154,15 +202,12 @@ impl Trees {
     }
 
     /// The tree chunks (of those met) under which a chunk of `bad` lies, or that are in it.
-    fn dirty(
-        &self,
-        bad: &HashMap<ChunkId, (&'static str, String, Option<String>)>,
-    ) -> HashSet<ChunkId> {
+    fn dirty(&self, bad: &Findings) -> HashSet<ChunkId> {
         let mut memo: HashMap<ChunkId, bool> = HashMap::new();
         fn visit(
             id: ChunkId,
             trees: &Trees,
-            bad: &HashMap<ChunkId, (&'static str, String, Option<String>)>,
+            bad: &Findings,
             memo: &mut HashMap<ChunkId, bool>,
         ) -> bool {
             if let Some(d) = memo.get(&id) {
@@ -192,7 +237,7 @@ fn hits_in(
     store: &Store,
     p: &RecoveryPoint,
     dirty: &HashSet<ChunkId>,
-    bad: &HashMap<ChunkId, (&'static str, String, Option<String>)>,
+    bad: &Findings,
 ) -> Result<HashMap<ChunkId, Vec<u64>>> {
     let cs = u64::from(p.chunk_size);
     let mut out: HashMap<ChunkId, Vec<u64>> = HashMap::new();
@@ -299,13 +344,20 @@ pub fn verify(
     to_read.extend(marked.keys().filter(|id| !in_list.contains(id)).copied());
     // Read in pack order, in parallel.
     let locs = store.locations(&to_read)?;
-    let mut findings: HashMap<ChunkId, (&'static str, String, Option<String>)> = HashMap::new();
+    let mut findings: Findings = HashMap::new();
     let mut jobs: Vec<(ChunkId, Location)> = Vec::new();
     for (id, loc) in to_read.iter().zip(locs) {
         match loc {
             Some(l) => jobs.push((*id, l)),
             None if scope.contains(id) => {
-                findings.insert(*id, ("missing", "not in the index".into(), None));
+                findings.insert(
+                    *id,
+                    Finding {
+                        state: DamageState::Missing,
+                        what: "not in the index".into(),
+                        location: None,
+                    },
+                );
             }
             None => {}
         }
@@ -354,7 +406,14 @@ pub fn verify(
         let location = format!("pack {} offset {}", loc.pack.to_hex(), loc.offset);
         match err {
             Some(e) if scope.contains(&id) => {
-                findings.insert(id, ("bad", e, Some(location)));
+                findings.insert(
+                    id,
+                    Finding {
+                        state: DamageState::Bad,
+                        what: e,
+                        location: Some(location),
+                    },
+                );
             }
             Some(_) => {}
             None if marked.contains_key(&id) => healed.push(id),
@@ -382,7 +441,7 @@ pub fn verify(
         let mut vms = std::collections::BTreeSet::new();
         let mut damaged: Vec<Damage> = findings
             .iter()
-            .map(|(id, (state, what, location))| {
+            .map(|(id, f)| {
                 let h = hits.remove(id).unwrap_or_default();
                 for x in &h {
                     points.insert(x.point.clone());
@@ -391,13 +450,13 @@ pub fn verify(
                 Damage {
                     chunk: id.to_hex(),
                     kind: if tree_set.contains(id) {
-                        "tree"
+                        DamagedPart::Tree
                     } else {
-                        "data"
+                        DamagedPart::Data
                     },
-                    state,
-                    what: what.clone(),
-                    location: location.clone(),
+                    state: f.state,
+                    what: f.what.clone(),
+                    location: f.location.clone(),
                     points: h,
                 }
             })
@@ -411,10 +470,10 @@ pub fn verify(
     // Record what changed: new marks, and marks of chunks that read well now.
     let now = Utc::now().to_rfc3339();
     let mut marks: Vec<(ChunkId, Option<BadMark>)> = Vec::new();
-    for (id, (_, what, location)) in &findings {
+    for (id, f) in &findings {
         let mark = BadMark {
-            what: what.clone(),
-            location: location.clone(),
+            what: f.what.clone(),
+            location: f.location.clone(),
             found: now.clone(),
         };
         if marked.get(id).is_none_or(|m| m.what != mark.what) {
@@ -471,7 +530,7 @@ pub fn verify(
                 report.not_damage.push(format!(
                     "chunk {id} ({}): moved or dropped by a garbage collection while this \
                      verify ran",
-                    f.1
+                    f.what
                 ));
             }
         }

@@ -29,7 +29,7 @@ fn store_with_a_point(root: &Path) -> Vec<cairn_store::ChunkId> {
         time: chrono::Utc::now(),
         size: 4 * 65536,
         source: SourceInfo {
-            kind: "raw".into(),
+            kind: cairn_store::SourceKind::Raw,
             vhd_uuid: None,
             path: "test".into(),
         },

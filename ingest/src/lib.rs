@@ -301,7 +301,7 @@ impl<'a> Run<'a> {
             .fixed_vhd
             .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
         {
-            info.kind = "vhd-fixed".into();
+            info.kind = cairn_store::SourceKind::VhdFixed;
         }
         let mut stats = done.stats;
         stats.logical_bytes = size;

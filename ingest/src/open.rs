@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use cairn_store::{RecoveryPoint, RefLookup, SourceInfo, StoreRead, Walk};
+use cairn_store::{RecoveryPoint, RefLookup, SourceInfo, SourceKind, StoreRead, Walk};
 use cairn_vhd::{Chain, DiskType, Vhd};
 
 use crate::parent::choose_parent;
@@ -95,7 +95,7 @@ pub(crate) fn open<'s>(
             Stream::Raw(reader) => {
                 let fixed = std::sync::Arc::clone(&reader.fixed);
                 let mut o = full(
-                    "raw",
+                    SourceKind::Raw,
                     &shown,
                     None,
                     None,
@@ -106,7 +106,7 @@ pub(crate) fn open<'s>(
             }
             Stream::Vhd(vhd) => {
                 let info = SourceInfo {
-                    kind: format!("vhd-{}", vhd.footer().disk_type.name()),
+                    kind: vhd_kind(vhd.footer().disk_type),
                     vhd_uuid: Some(vhd.footer().uuid.to_string()),
                     path: shown.clone(),
                 };
@@ -155,16 +155,25 @@ pub(crate) fn open<'s>(
     Ok(opened)
 }
 
+/// How a point names a VHD of this type as its source.
+fn vhd_kind(t: DiskType) -> SourceKind {
+    match t {
+        DiskType::Fixed => SourceKind::VhdFixed,
+        DiskType::Dynamic => SourceKind::VhdDynamic,
+        DiskType::Differencing => SourceKind::VhdDifferencing,
+    }
+}
+
 /// A full read.
 fn full<'s>(
-    kind: &str,
+    kind: SourceKind,
     path: &str,
     vhd_uuid: Option<String>,
     size: Option<u64>,
     src: Box<dyn ChunkSource + 's>,
 ) -> Opened<'s> {
     let info = SourceInfo {
-        kind: kind.into(),
+        kind,
         vhd_uuid,
         path: path.into(),
     };
@@ -240,16 +249,16 @@ fn open_file<'s>(
             .and_then(|l| file.seek(SeekFrom::Start(0)).map(|_| l))
             .map_err(io_err("reading"))?;
         let src = Box::new(SparseFileSource::new(file, path.to_path_buf(), chunk, len));
-        return Ok(full("raw", shown, None, Some(len), src));
+        return Ok(full(SourceKind::Raw, shown, None, Some(len), src));
     }
     let vhd = Vhd::open(file).map_err(|e| e.in_file(shown))?;
     let uuid = Some(vhd.footer().uuid.to_string());
     let size = vhd.disk_size();
-    let kind = format!("vhd-{}", vhd.disk_type().name());
+    let kind = vhd_kind(vhd.disk_type());
     if vhd.disk_type() != DiskType::Differencing {
         let blocks = ChainBlocks::new(Chain::single(path.to_path_buf(), vhd));
         let src = Box::new(VhdChunks::new(blocks, chunk, None));
-        return Ok(full(&kind, shown, uuid, Some(size), src));
+        return Ok(full(kind, shown, uuid, Some(size), src));
     }
     // A key backup reads the whole disk through the parent VHD files; when one is only due, a
     // delta whose parents are gone applies as usual.
@@ -424,7 +433,7 @@ fn open_nbd<'s>(
         )));
     }
     let info = SourceInfo {
-        kind: "nbd".into(),
+        kind: SourceKind::Nbd,
         vhd_uuid: None,
         path: shown,
     };

@@ -322,7 +322,8 @@ pub fn replicate(
         Destination::Server(remote) => {
             check_size(remote.config().chunk_size)?;
             let forgotten = remote.forgotten()?;
-            let there: HashSet<String> = remote.points()?.into_iter().map(|p| p.id).collect();
+            let there: HashSet<cairn_store::PointId> =
+                remote.points()?.into_iter().map(|p| p.id).collect();
             let held = |id: &str| -> Result<bool> { Ok(there.contains(id)) };
             copy_all(
                 src.read(),
@@ -377,7 +378,7 @@ fn copy_all<'d>(
     let mut report = Report::default();
     let mut todo = Vec::new();
     for p in src.points()?.into_iter().filter(|p| selected(p, options)) {
-        if forgotten.contains(&p.id) {
+        if forgotten.contains(p.id.as_str()) {
             report.forgotten += 1;
         } else if held(&p.id)? {
             report.present += 1;
@@ -407,7 +408,7 @@ fn copy_all<'d>(
         if !options.dry_run {
             copy_run(src, open(&group)?, &group, &mut sent)?;
         }
-        report.points.extend(group.iter().map(|p| p.id.clone()));
+        report.points.extend(group.iter().map(|p| p.id.to_string()));
     }
     report.chunks = sent.chunks;
     report.bytes = sent.bytes;

@@ -60,7 +60,7 @@ pub enum Error {
     #[error("disk offset {offset} of point {point}: {source}")]
     Chunk {
         /// The point.
-        point: String,
+        point: cairn_store::PointId,
         /// Where in the disk.
         offset: u64,
         /// What went wrong.
@@ -114,7 +114,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damaged {
     /// The point.
-    pub point: String,
+    pub point: cairn_store::PointId,
     /// Disk offset.
     pub offset: u64,
     /// Length in bytes.

@@ -54,7 +54,7 @@ pub fn chain_file_name(index: usize, p: &RecoveryPoint) -> String {
 
 fn point_uuid(p: &RecoveryPoint) -> uuid::Uuid {
     let mut b = [0u8; 16];
-    if hex::decode_to_slice(&p.id, &mut b).is_err() {
+    if hex::decode_to_slice(p.id.as_str(), &mut b).is_err() {
         b = *blake3::hash(p.id.as_bytes())
             .as_bytes()
             .first_chunk::<16>()

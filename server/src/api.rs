@@ -443,7 +443,7 @@ async fn prune(
             .filter(|(_, keep)| keep.is_none())
             .map(|(p, _)| p)
             .collect();
-        let ids: Vec<String> = remove.iter().map(|p| p.id.clone()).collect();
+        let ids: Vec<cairn_store::PointId> = remove.iter().map(|p| p.id.clone()).collect();
         if b.dry_run || remove.is_empty() {
             let freed = app.store.would_free(&remove)?;
             return Ok(Json(serde_json::json!({ "dry_run": b.dry_run, "remove": ids, "would_free_bytes": freed.stored_bytes })));
@@ -739,12 +739,8 @@ async fn open_session(
             Ok(id) => {
                 tracing::info!(session = %id, vm = %b.vm, token = %t.name, "session opened");
                 let policies = app.store.policies()?;
-                let key_interval = b
-                    .vm_uuid
-                    .as_ref()
-                    .and_then(|u| policies.get(u))
-                    .or_else(|| policies.get(&b.vm))
-                    .map_or(0, |p| p.key_interval);
+                let key_interval =
+                    cairn_store::policy::key_interval(&policies, &b.vm, b.vm_uuid.as_deref());
                 Ok((
                     StatusCode::CREATED,
                     Json(SessionOpened {

@@ -47,7 +47,7 @@ impl Store {
             }
             match read_root_file(&path) {
                 Ok(p) => {
-                    on_disk.insert(p.id.clone());
+                    on_disk.insert(p.id.to_string());
                     orphans.push(p);
                 }
                 Err(e) => warnings.push(format!(
@@ -152,7 +152,7 @@ impl Store {
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(self.index_err())?;
             let id = hex::encode(&k);
-            if !seen.contains(&id) {
+            if !seen.contains(id.as_str()) {
                 let what = serde_json::from_slice::<RecoveryPoint>(&v)
                     .map(|p| format!("{}/{} {}", p.vm, p.disk, p.time.to_rfc3339()))
                     .unwrap_or_default();

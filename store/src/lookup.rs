@@ -93,7 +93,7 @@ impl PointLookup {
         let top = crate::tree::top(point)?;
         let total = point.chunk_count();
         Ok(Self {
-            what: point.id.clone(),
+            what: point.id.to_string(),
             top: top.into(),
             depth: point.depth,
             total,

@@ -20,11 +20,172 @@ fn format_1() -> u32 {
     1
 }
 
+/// A recovery point's id: 32 lower-case hex digits (a random UUID's bytes), unique in a store
+/// and kept by replication. Read from root files and the catalogue strictly: anything else is
+/// refused there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PointId(String);
+
+impl PointId {
+    /// Digits of an id.
+    pub const LEN: usize = 32;
+
+    /// A new random id.
+    #[must_use]
+    pub fn random() -> Self {
+        Self(hex::encode(uuid::Uuid::new_v4().as_bytes()))
+    }
+
+    /// Reads an id: 32 hex digits (upper-case ones are taken and lowered).
+    ///
+    /// # Errors
+    /// Anything else, described.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.len() == Self::LEN && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Self(s.to_ascii_lowercase()))
+        } else {
+            Err(format!("{s:?} is not a point id (32 hex digits)"))
+        }
+    }
+
+    /// The id's digits.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 12 digits, as lists show it.
+    #[must_use]
+    pub fn short(&self) -> &str {
+        &self.0[..12]
+    }
+}
+
+impl TryFrom<String> for PointId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+impl From<PointId> for String {
+    fn from(id: PointId) -> Self {
+        id.0
+    }
+}
+
+impl std::ops::Deref for PointId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for PointId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for PointId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for PointId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for PointId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for PointId {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl std::fmt::Display for PointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What kind of source a point was read from, as root files name it (`raw`, `vhd-fixed`,
+/// `vhd-dynamic`, `vhd-differencing`, `nbd`). A name this cairn does not know (written by a
+/// newer one) is kept as it is, so such a point still reads and is shown as it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum SourceKind {
+    /// A raw image: a file, a block device or a stream.
+    Raw,
+    /// A fixed VHD.
+    VhdFixed,
+    /// A dynamic VHD (or a chain read whole for a key backup).
+    VhdDynamic,
+    /// A differencing VHD applied to its parent point.
+    VhdDifferencing,
+    /// An NBD export (read whole, or its changed blocks applied to a parent point).
+    Nbd,
+    /// A kind this cairn does not know.
+    Other(String),
+}
+
+impl SourceKind {
+    /// The name root files and outputs use.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Raw => "raw",
+            Self::VhdFixed => "vhd-fixed",
+            Self::VhdDynamic => "vhd-dynamic",
+            Self::VhdDifferencing => "vhd-differencing",
+            Self::Nbd => "nbd",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<String> for SourceKind {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "raw" => Self::Raw,
+            "vhd-fixed" => Self::VhdFixed,
+            "vhd-dynamic" => Self::VhdDynamic,
+            "vhd-differencing" => Self::VhdDifferencing,
+            "nbd" => Self::Nbd,
+            _ => Self::Other(s),
+        }
+    }
+}
+
+impl From<SourceKind> for String {
+    fn from(k: SourceKind) -> Self {
+        match k {
+            SourceKind::Other(s) => s,
+            k => k.as_str().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a backup was read from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SourceInfo {
-    /// `raw`, `vhd-fixed`, `vhd-dynamic` or `vhd-differencing`.
-    pub kind: String,
+    /// What kind of source.
+    pub kind: SourceKind,
     /// The footer UUID of the VHD it was read from.
     pub vhd_uuid: Option<String>,
     /// The path it was read from (`-` for stdin).
@@ -69,8 +230,8 @@ pub struct BackupStats {
 /// A committed recovery point. Never changes once committed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RecoveryPoint {
-    /// 32 hex digits.
-    pub id: String,
+    /// The point's id.
+    pub id: PointId,
     /// The VM's name.
     pub vm: String,
     /// The disk's name within the VM (`xvda`, `scsi0`...).
@@ -84,7 +245,7 @@ pub struct RecoveryPoint {
     /// Where the data came from.
     pub source: SourceInfo,
     /// The point a differencing source was applied to.
-    pub parent: Option<String>,
+    pub parent: Option<PointId>,
     /// Format of this record and its tree ([`POINT_FORMAT`] for new points).
     #[serde(default = "format_1")]
     pub format: u32,
@@ -92,8 +253,10 @@ pub struct RecoveryPoint {
     /// 1 when they are nodes naming up to 256 leaves, and so on.
     #[serde(default)]
     pub depth: u8,
-    /// The top of the point's tree: chunk ids (hex) of level `depth`, in disk order.
-    pub segments: Vec<String>,
+    /// The top of the point's tree: chunk ids of level `depth`, in disk order (64 hex digits
+    /// each in the root file).
+    #[serde(with = "hex_ids")]
+    pub segments: Vec<ChunkId>,
     /// What the backup did.
     pub stats: BackupStats,
     /// When the point was committed.
@@ -178,7 +341,7 @@ impl RecoveryPoint {
     /// The first 12 hex digits, enough to name a point in practice.
     #[must_use]
     pub fn short_id(&self) -> &str {
-        &self.id[..12.min(self.id.len())]
+        self.id.short()
     }
 
     /// The root file's path relative to the store: `points/<vm>/<disk>/<time>-<id>.json`.
@@ -193,27 +356,39 @@ impl RecoveryPoint {
         )
     }
 
-    /// Segment ids parsed.
+    /// The distinct segment ids, in first-seen order.
     #[must_use]
-    pub fn segment_ids(&self) -> Vec<Option<ChunkId>> {
-        self.segments.iter().map(|s| ChunkId::from_hex(s)).collect()
+    pub fn distinct_segments(&self) -> Vec<ChunkId> {
+        let mut seen = std::collections::HashSet::new();
+        self.segments
+            .iter()
+            .copied()
+            .filter(|id| seen.insert(*id))
+            .collect()
+    }
+}
+
+/// Chunk ids written as 64 hex digits each (a root file's `segments`); anything else makes the
+/// root file unreadable, named as such by its reader.
+mod hex_ids {
+    use super::ChunkId;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(ids: &[ChunkId], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(ids.iter().map(ChunkId::to_hex))
     }
 
-    /// The distinct segment ids, in first-seen order.
-    ///
-    /// # Errors
-    /// A segment that is not a chunk id.
-    pub fn distinct_segments(&self) -> Result<Vec<ChunkId>, String> {
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        for (i, s) in self.segments.iter().enumerate() {
-            let id = ChunkId::from_hex(s)
-                .ok_or_else(|| format!("{}: segment {i} is not a chunk id", self.id))?;
-            if seen.insert(id) {
-                out.push(id);
-            }
-        }
-        Ok(out)
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ChunkId>, D::Error> {
+        let hex: Vec<String> = Vec::deserialize(d)?;
+        hex.iter()
+            .enumerate()
+            .map(|(i, h)| {
+                ChunkId::from_hex(h).ok_or_else(|| {
+                    D::Error::custom(format!("segment {i} ({h:?}) is not a chunk id"))
+                })
+            })
+            .collect()
     }
 }
 
@@ -264,6 +439,75 @@ mod tests {
         // Any text is a name; none can leave its folder.
         assert!(check_name("VM", "../etc").is_ok());
         assert_eq!(path_component("../etc"), "%2E.%2Fetc");
+    }
+
+    fn root_json() -> serde_json::Value {
+        serde_json::json!({
+            "id": "0123456789abcdef0123456789abcdef",
+            "vm": "web01", "disk": "xvda",
+            "time": "2026-11-22T02:00:00Z", "size": 262144, "chunk_size": 262144,
+            "source": {"kind": "vhd-dynamic", "vhd_uuid": null, "path": "web01.vhd"},
+            "parent": null, "format": 2, "depth": 0,
+            "segments": [ChunkId::of(b"leaf").to_hex()],
+            "stats": {"logical_bytes": 262144, "bytes_read": 0, "chunks": 1, "zero_chunks": 0,
+                      "parent_chunks": 0, "known_chunks": 0, "new_chunks": 1,
+                      "new_plain_bytes": 0, "new_stored_bytes": 0, "seconds": 0.1},
+            "committed": "2026-11-22T02:00:05Z",
+        })
+    }
+
+    #[test]
+    fn a_root_file_reads_into_types_and_writes_back_as_it_was() {
+        let v = root_json();
+        let p: RecoveryPoint = serde_json::from_value(v.clone()).expect("root file");
+        assert_eq!(p.id, "0123456789abcdef0123456789abcdef");
+        assert_eq!(p.short_id(), "0123456789ab");
+        assert_eq!(p.source.kind, SourceKind::VhdDynamic);
+        assert_eq!(p.segments, vec![ChunkId::of(b"leaf")]);
+        let back = serde_json::to_value(&p).expect("json");
+        for field in ["id", "source", "segments", "parent"] {
+            assert_eq!(back[field], v[field], "{field}");
+        }
+        // A kind written by a newer cairn is kept as it is.
+        let mut newer = v.clone();
+        newer["source"]["kind"] = "iscsi".into();
+        let p: RecoveryPoint = serde_json::from_value(newer).expect("root file");
+        assert_eq!(p.source.kind, SourceKind::Other("iscsi".into()));
+        assert_eq!(
+            serde_json::to_value(&p).expect("json")["source"]["kind"],
+            "iscsi"
+        );
+    }
+
+    #[test]
+    fn a_root_file_with_a_bad_id_or_segment_is_refused_naming_it() {
+        for (field, value, says) in [
+            ("id", serde_json::json!("0123"), "not a point id"),
+            (
+                "id",
+                serde_json::json!("zz23456789abcdef0123456789abcdef"),
+                "not a point id",
+            ),
+            ("parent", serde_json::json!("../etc"), "not a point id"),
+            ("segments", serde_json::json!(["abc"]), "segment 0"),
+            (
+                "segments",
+                serde_json::json!([ChunkId::of(b"a").to_hex(), 7]),
+                "expected a string",
+            ),
+        ] {
+            let mut v = root_json();
+            v[field] = value;
+            let e = serde_json::from_value::<RecoveryPoint>(v).expect_err(field);
+            assert!(e.to_string().contains(says), "{field}: {e}");
+        }
+        assert_eq!(
+            PointId::parse("0123456789ABCDEF0123456789ABCDEF").map(String::from),
+            Ok("0123456789abcdef0123456789abcdef".to_owned())
+        );
+        let a = PointId::random();
+        assert_eq!(PointId::parse(&a), Ok(a.clone()));
+        assert_ne!(a, PointId::random());
     }
 }
 

@@ -2,7 +2,9 @@
 //! (in `cairn.toml`).
 
 use crate::error::{Error, Result};
+use crate::point::{RecoveryPoint, VmKey};
 use crate::store::{Store, write_atomic};
+use std::collections::BTreeMap;
 
 /// Name of the file of per-VM policies.
 pub const POLICIES_FILE: &str = "policies.json";
@@ -16,12 +18,42 @@ pub struct Policy {
     pub key_interval: u32,
 }
 
+/// The key interval that applies to a VM: a policy set for its UUID wins over one set for its
+/// name (a renamed VM keeps its policy; two VMs of one name can have their own); 0 when neither
+/// has one.
+#[must_use]
+pub fn key_interval(policies: &BTreeMap<String, Policy>, vm: &str, vm_uuid: Option<&str>) -> u32 {
+    vm_uuid
+        .and_then(|u| policies.get(u))
+        .or_else(|| policies.get(vm))
+        .map_or(0, |p| p.key_interval)
+}
+
+/// Whether the next backup of `disk` of the VM `vm` must be a key backup under an interval of
+/// `n`: every n-th backup of a disk is one, counted from its last key backup (so a disk with
+/// none yet gets one now). `points` may hold any points; only that disk's history counts.
+#[must_use]
+pub fn key_due(points: &[RecoveryPoint], vm: &VmKey, disk: &str, n: u32) -> bool {
+    if n == 0 {
+        return false;
+    }
+    let mut mine: Vec<&RecoveryPoint> = points
+        .iter()
+        .filter(|p| p.disk == disk && &p.vm_key() == vm)
+        .collect();
+    mine.sort_by_key(|p| (p.time, p.committed));
+    match mine.iter().rposition(|p| p.stats.key) {
+        None => true,
+        Some(i) => (mine.len() - 1 - i) as u64 + 1 >= u64::from(n),
+    }
+}
+
 impl Store {
     /// Every VM's policy (`STORE/policies.json`).
     ///
     /// # Errors
     /// An unreadable file.
-    pub fn policies(&self) -> Result<std::collections::BTreeMap<String, Policy>> {
+    pub fn policies(&self) -> Result<BTreeMap<String, Policy>> {
         let path = self.root.join(POLICIES_FILE);
         match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Config {

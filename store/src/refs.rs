@@ -214,7 +214,7 @@ impl Store {
         let mut counter = Counter::new(self);
         let mut tree: HashMap<ChunkId, i64> = HashMap::new();
         for (p, sign) in changes {
-            for id in p.distinct_segments().map_err(Error::Point)? {
+            for id in p.distinct_segments() {
                 *tree.entry(id).or_default() += sign;
             }
         }
@@ -263,7 +263,7 @@ impl Store {
         let mut visited: HashSet<ChunkId> = HashSet::new();
         let mut next: Vec<ChunkId> = Vec::new();
         for p in self.points()? {
-            for id in p.distinct_segments().map_err(Error::Point)? {
+            for id in p.distinct_segments() {
                 *counts.entry(id).or_default() += 1;
                 if visited.insert(id) {
                     next.push(id);

@@ -358,14 +358,14 @@ mod tests {
             .expect("time")
             .with_timezone(&Utc);
         RecoveryPoint {
-            id: id.into(),
+            id: crate::point::PointId::parse(id).expect("id"),
             vm: vm.into(),
             disk: "xvda".into(),
             time: t,
             size: 1 << 20,
             chunk_size: 1 << 16,
             source: SourceInfo {
-                kind: "raw".into(),
+                kind: crate::point::SourceKind::Raw,
                 vhd_uuid: None,
                 path: "x".into(),
             },

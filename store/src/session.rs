@@ -15,7 +15,9 @@ use crate::index::{
     CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_PACKS, CF_POINTS, Location, PackInfo, garbage_key, to_json,
 };
 use crate::pack::{self, PackId, PackWriter};
-use crate::point::{BackupStats, Labels, POINT_FORMAT, RecoveryPoint, SourceInfo, check_name};
+use crate::point::{
+    BackupStats, Labels, POINT_FORMAT, PointId, RecoveryPoint, SourceInfo, check_name,
+};
 use crate::run;
 use crate::store::{Store, point_key, write_atomic};
 use crate::tree::{Body, TreeWriter, Walk};
@@ -34,7 +36,7 @@ pub struct NewPoint {
     /// Where the data came from.
     pub source: SourceInfo,
     /// The point a differencing source was applied to.
-    pub parent: Option<String>,
+    pub parent: Option<PointId>,
     /// What the backup did (new stored bytes of the tree segments are added by commit).
     pub stats: BackupStats,
     /// The backup run it belongs to (the disks of one VM backed up together).
@@ -700,7 +702,7 @@ impl StagedPoint {
     #[must_use]
     pub fn new(point: NewPoint, root: &crate::tree::TreeRoot, chunk_size: u32) -> Self {
         StagedPoint(RecoveryPoint {
-            id: hex::encode(uuid::Uuid::new_v4().as_bytes()),
+            id: PointId::random(),
             vm: point.vm,
             disk: point.disk,
             time: point.time,
@@ -710,7 +712,7 @@ impl StagedPoint {
             parent: point.parent,
             format: POINT_FORMAT,
             depth: root.depth,
-            segments: root.ids.iter().map(ChunkId::to_hex).collect(),
+            segments: root.ids.clone(),
             stats: point.stats,
             committed: Utc::now(),
             protected: false,

@@ -365,20 +365,13 @@ fn store_tree(session: &mut dyn ChunkSink, bytes: &[u8]) -> Result<ChunkId> {
     Ok(encoded.id)
 }
 
-/// The top entries of `point`'s tree, checked: chunk ids, a depth this cairn reads, and as
-/// many entries as cover the disk.
+/// The top entries of `point`'s tree, checked: a depth this cairn reads, and as many entries as
+/// cover the disk.
 ///
 /// # Errors
-/// A root whose entries are not chunk ids or do not cover the disk.
+/// A root whose depth is out of reach or whose entries do not cover the disk.
 pub fn top(point: &crate::RecoveryPoint) -> Result<Vec<ChunkId>> {
-    let ids = point
-        .segment_ids()
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| {
-            s.ok_or_else(|| Error::Point(format!("{}: tree entry {i} is not a chunk id", point.id)))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let ids = point.segments.clone();
     let total = point.chunk_count();
     if point.depth > MAX_DEPTH {
         return Err(Error::Point(format!(
@@ -472,7 +465,7 @@ impl<'s> Walk<'s> {
         let total = point.chunk_count();
         Ok(Self::over(
             store,
-            point.id.clone(),
+            point.id.to_string(),
             total,
             None,
             point.depth,

@@ -10,7 +10,7 @@ fn new_point(vm: &str, size: u64) -> NewPoint {
         time: chrono::Utc::now(),
         size,
         source: SourceInfo {
-            kind: "raw".into(),
+            kind: cairn_store::SourceKind::Raw,
             vhd_uuid: None,
             path: "test".into(),
         },

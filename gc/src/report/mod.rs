@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use cairn_store::point::VmKey;
-use cairn_store::{RecoveryPoint, Store};
+use cairn_store::{PointId, RecoveryPoint, Store};
 use chrono_tz::Tz;
 use serde_json::{Value, json};
 
@@ -105,7 +105,7 @@ fn vm_name(c: &Costs<'_>, k: &VmKey) -> String {
 
 /// Which rule of its VM's last prune keeps each point: the rule's name, `protected`, `none`
 /// (the next prune with those rules removes it); points of VMs never pruned are left out.
-fn kept_by(c: &Costs<'_>, rules: &BTreeMap<String, Recorded>, tz: Tz) -> HashMap<String, String> {
+fn kept_by(c: &Costs<'_>, rules: &BTreeMap<String, Recorded>, tz: Tz) -> HashMap<PointId, String> {
     let mut out = HashMap::new();
     let mut by_vm: BTreeMap<&str, Vec<RecoveryPoint>> = BTreeMap::new();
     for (p, _) in &c.per_point {
@@ -250,7 +250,7 @@ pub fn row_vm_key(v: &Value) -> (Option<String>, Option<String>, Option<String>)
 /// The report document with the rows of the points `shown` only (and of the disks and VMs
 /// that hold one); the store's figures stay those of every point.
 #[must_use]
-pub fn keep_rows(mut doc: Value, shown: &HashSet<String>) -> Value {
+pub fn keep_rows(mut doc: Value, shown: &HashSet<PointId>) -> Value {
     let key = row_vm_key;
     let points: Vec<Value> = doc["points"]
         .as_array()

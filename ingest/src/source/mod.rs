@@ -5,6 +5,11 @@
 //! - `raw`: a raw stream read front to back; a raw file, its holes skipped (`SEEK_DATA`).
 //! - `vhd`: VHD files, chains and streams, whatever their block size against the chunk size,
 //!   full or as a delta on a parent point.
+//! - `nbd`: an NBD export, its holes from `base:allocation` never read, or only the blocks a
+//!   dirty bitmap or changed-block list names, applied to a parent point.
+//!
+//! The trait stays inside the crate: every source (files, block devices, stdin, HTTP(S)
+//! streams, NBD) lives here, and the pipeline is the only consumer.
 
 pub(crate) mod nbd;
 pub(crate) mod raw;

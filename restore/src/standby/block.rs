@@ -84,7 +84,7 @@ impl Writer<'_> {
                         Some((bytes, None)) => &bytes[..len],
                         Some((_, Some(e))) => {
                             return Err(Error::Chunk {
-                                point: point.short_id().to_owned(),
+                                point: point.id.clone(),
                                 offset: at,
                                 source: e,
                             });
@@ -178,7 +178,7 @@ pub(super) fn run(
     let find = |id: &str| -> Result<Option<RecoveryPoint>> { Ok(store.point_by_id(id)?) };
     let mut report = StandbyReport {
         target: shown.clone(),
-        to: point.id.clone(),
+        to: point.id.to_string(),
         ..StandbyReport::default()
     };
     let mut state = f.state()?;
@@ -221,7 +221,7 @@ pub(super) fn run(
         }
         None => None,
     };
-    report.from = held.as_ref().map(|p| p.id.clone());
+    report.from = held.as_ref().map(|p| p.id.to_string());
     if held.as_ref().is_some_and(|h| h.id == point.id) && !options.verify {
         return Ok(report);
     }

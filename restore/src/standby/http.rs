@@ -36,7 +36,7 @@ pub(super) fn run(
     let find = |id: &str| -> Result<Option<RecoveryPoint>> { Ok(store.point_by_id(id)?) };
     let mut report = StandbyReport {
         target: shown.clone(),
-        to: point.id.clone(),
+        to: point.id.to_string(),
         ..StandbyReport::default()
     };
     let looks = |p: &RecoveryPoint| Looks {
@@ -63,7 +63,7 @@ pub(super) fn run(
         Some(s) if !options.force => find(&s.point)?,
         _ => None,
     };
-    report.from = held.as_ref().map(|p| p.id.clone());
+    report.from = held.as_ref().map(|p| p.id.to_string());
     if held.as_ref().is_some_and(|h| h.id == point.id) {
         return Ok(report);
     }

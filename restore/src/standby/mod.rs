@@ -76,7 +76,7 @@ impl State {
     fn new(shown: &str, point: &RecoveryPoint, looks: Looks) -> Self {
         Self {
             target: shown.to_owned(),
-            point: point.id.clone(),
+            point: point.id.to_string(),
             size: looks.size,
             mtime_ns: looks.mtime_ns,
             inode: looks.inode,
@@ -195,8 +195,8 @@ impl Files {
         write_json(
             &self.journal,
             &Journal {
-                from: from.map(|p| p.id.clone()),
-                to: to.id.clone(),
+                from: from.map(|p| p.id.to_string()),
+                to: to.id.to_string(),
             },
         )
     }

@@ -1,0 +1,203 @@
+//! `cairn report`: what each VM, disk and point costs, as text, JSON or a page.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::store_cmd::{Selection, StoreArg, open_read};
+use crate::words::{count, human_bytes};
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cairn report --store /backups/store --json | jq .vms\n  \
+    cairn report --pool prod --since 7d\n  \
+    cairn report --store /backups/store --html /var/www/backups.html\n\n\
+    Shared and unique bytes are counted over the whole store; the filters choose the rows.\n\
+    --html writes one self-contained page (no network): savings, growth and when the disk\n\
+    fills, the last verify, VMs ranked by what deleting them frees, and per VM a chart and\n\
+    its newest points (every point with --vm). The JSON is docs/report-json.md."
+)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    #[command(flatten)]
+    pub select: Selection,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the report as an HTML page to FILE (replaced atomically), instead of the text
+    /// (with --json, the JSON the page is drawn from is printed too).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+}
+
+/// `a` with the fields of `b` added.
+pub fn report(a: &ReportArgs) -> Result<i32> {
+    let doc = match a.store.remote()? {
+        Some(r) => {
+            use cairn_store::StoreRead;
+            let shown: HashSet<cairn_store::PointId> = a
+                .select
+                .choose(&r.points()?)?
+                .into_iter()
+                .map(|p| p.id)
+                .collect();
+            cairn_gc::report::keep_rows(r.report()?, &shown)
+        }
+        None => {
+            let store = open_read(&a.store.store)?;
+            let tz = store.config().tz();
+            let points = store.points()?;
+            // Costs are counted over every point (what is shared, what is unique); the
+            // selection chooses the rows shown.
+            let shown: HashSet<cairn_store::PointId> = a
+                .select
+                .choose(&points)?
+                .into_iter()
+                .map(|p| p.id)
+                .collect();
+            let costs = cairn_gc::cost::costs(&store, &points)?;
+            let extras = cairn_gc::report::Extras::of(store.root());
+            // Space no point references: garbage frames (what `cairn gc` can free, with every
+            // pack rewritten) and unindexed packs, from gc's own dry run. `None` while a gc
+            // runs. The store is closed first: a read-only index opened beside a live writer
+            // can miss files the writer's compaction just replaced.
+            drop(store);
+            let reclaimable =
+                cairn_gc::collect(&a.store.store, &cairn_gc::GcOptions::reclaimable(), &|_| {})
+                    .ok();
+            cairn_gc::report::build(
+                &costs,
+                &|p| shown.contains(&p.id),
+                reclaimable.as_ref(),
+                tz,
+                &extras,
+            )
+        }
+    };
+    let damaged = doc["damaged_points"]
+        .as_array()
+        .is_some_and(|d| !d.is_empty());
+    if let Some(file) = &a.html {
+        // Every point of a VM asked for by name; else its newest ones.
+        let options = cairn_gc::report::page::PageOptions {
+            points_per_vm: if a.select.filter.vm.is_none() {
+                cairn_gc::report::page::PageOptions::default().points_per_vm
+            } else {
+                usize::MAX
+            },
+            vm_pages: false,
+        };
+        let page = cairn_gc::report::page::render(&doc, &options);
+        cairn_store::write_atomic_mode(file, page.as_bytes(), 0o644)
+            .with_context(|| format!("writing the page {}", file.display()))?;
+        eprintln!(
+            "wrote {} ({})",
+            file.display(),
+            human_bytes(page.len() as u64)
+        );
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else if a.html.is_none() {
+        render_report(&doc);
+    }
+    // 3: a partial result.
+    Ok(if damaged { 3 } else { 0 })
+}
+
+/// `cairn report` for people, from the report document (docs/report-json.md): one row for the
+/// store, each VM, its disks and their points.
+fn render_report(doc: &serde_json::Value) {
+    let list = |k: &str| doc[k].as_array().cloned().unwrap_or_default();
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+    // A VM is its UUID (and pool) when it has one, else its name (and pool).
+    let key = cairn_gc::report::row_vm_key;
+    let vm_name = |v: &serde_json::Value| {
+        let mut name = text(v, "vm");
+        if let Some(pool) = v["pool"].as_str() {
+            name = format!("{name} pool={pool}");
+        }
+        if let Some(u) = v["vm_uuid"].as_str() {
+            name = format!("{name} uuid={u}");
+        }
+        name
+    };
+    let point_name = |p: &serde_json::Value| {
+        let id = text(p, "id");
+        format!("    {} {}", &id[..12.min(id.len())], text(p, "time"))
+    };
+    let (vms, disks, points) = (list("vms"), list("disks"), list("points"));
+    let mut names: Vec<String> = vec!["store".into()];
+    names.extend(vms.iter().map(|v| format!("vm {}", vm_name(v))));
+    names.extend(disks.iter().map(|d| format!("  disk {}", text(d, "disk"))));
+    names.extend(points.iter().map(point_name));
+    let nw = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    let row = |name: &str, c: &serde_json::Value| {
+        println!(
+            "{:<nw$} {:>4} {:>11} {:>11} {:>11} {:>11} {:>6.2}x {:>6.2}x {:>11} {:>11}",
+            name,
+            n(c, "points"),
+            human_bytes(n(c, "logical_bytes")),
+            human_bytes(n(c, "allocated_bytes")),
+            human_bytes(n(c, "stored_bytes")),
+            human_bytes(n(c, "unique_stored_bytes")),
+            c["dedup_ratio"].as_f64().unwrap_or(0.0),
+            c["compression_ratio"].as_f64().unwrap_or(0.0),
+            human_bytes(n(c, "full_backups_bytes")),
+            human_bytes(n(c, "xo_vhd_deltas_bytes"))
+        );
+    };
+    println!(
+        "{:<nw$} {:>4} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7} {:>11} {:>11}",
+        "",
+        "PTS",
+        "LOGICAL",
+        "ALLOCATED",
+        "STORED",
+        "UNIQUE",
+        "DEDUP",
+        "COMPR",
+        "AS FULLS",
+        "AS XO VHDS"
+    );
+    row("store", &doc["store"]);
+    for v in &vms {
+        row(&format!("vm {}", vm_name(v)), v);
+        for d in disks.iter().filter(|d| key(d) == key(v)) {
+            row(&format!("  disk {}", text(d, "disk")), d);
+            // A point belongs to its disk by the VM's identity (as `VmKey` says it).
+            for p in points
+                .iter()
+                .filter(|p| text(p, "disk") == text(d, "disk") && key(p) == key(v))
+            {
+                row(&point_name(p), p);
+            }
+        }
+    }
+    match doc["garbage_bytes"].as_u64() {
+        Some(g) => println!(
+            "unreferenced: {} of garbage in {}, {} in {}; `cairn gc` reclaims them",
+            human_bytes(g),
+            count(n(doc, "garbage_frames"), "frame"),
+            human_bytes(n(doc, "orphan_bytes")),
+            count(n(doc, "orphan_packs"), "orphan pack"),
+        ),
+        None => println!("unreferenced: unknown while a garbage collection runs"),
+    }
+    for p in list("damaged_points") {
+        let id = text(&p, "id");
+        println!(
+            "damaged: point {} {}/{} {}: {}; its figures leave out what cannot be read \
+             (`cairn verify` says what is lost)",
+            &id[..12.min(id.len())],
+            text(&p, "vm"),
+            text(&p, "disk"),
+            text(&p, "time"),
+            text(&p, "what")
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! `cairn restore`: a point written as a raw image, one VHD or a VHD chain, to a file, a block
+//! device or stdout.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use cairn_restore::OutputFormat;
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use crate::progress;
+use crate::store_cmd::StoreArg;
+use crate::words::human_bytes;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RestoreFormat {
+    /// A sparse raw image.
+    Raw,
+    /// One dynamic VHD (or with --base one differencing VHD).
+    Vhd,
+    /// A folder with a key VHD and a differencing VHD per later point.
+    VhdChain,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cairn restore --store /backups/store web01/xvda@latest web01.raw\n  \
+    cairn restore 3f2a9c1b07de web01.vhd --format vhd\n  \
+    cairn restore web01/xvda@latest chain/ --format vhd-chain\n  \
+    cairn restore 3f2a9c1b07de - | qemu-img convert -f raw -O qcow2 /dev/stdin web01.qcow2\n\n\
+    A file is written under a temporary name and renamed into place when the restore has\n\
+    succeeded; an existing file is kept unless --force. A chain goes into a new or empty folder.\n\
+    Block devices and pipes are written in place; binary data is never written to a terminal."
+)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The point: an id (a unique prefix, or the UUID of a VHD cairn restored), VM/DISK@latest,
+    /// VM/DISK@latest~N (N before the latest), VM/DISK@DATE or VM/DISK@DATETIME (the newest
+    /// point at or before it; UTC unless a zone is given).
+    pub point: String,
+    /// Where to write: a file, `-` for stdout, or a folder for vhd-chain.
+    pub out: PathBuf,
+    /// The output format.
+    #[arg(long, value_enum, default_value_t = RestoreFormat::Raw)]
+    pub format: RestoreFormat,
+    /// With --format vhd: write a differencing VHD of what changed since this point. Its
+    /// parent is the base's VHD as the first file of a chain restored from it, in the same
+    /// folder (`cairn restore BASE DIR --format vhd-chain --from BASE`).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Write zeros where chunks are bad or missing, list those ranges, and exit with status 3
+    /// (instead of stopping at the first one).
+    #[arg(long)]
+    pub ignore_errors: bool,
+    /// With --format vhd-chain: the chain's first point (by default the newest key backup at
+    /// or before the point).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Replace an existing file (once the restore has succeeded), or write a chain into a
+    /// folder that is not empty.
+    #[arg(long)]
+    pub force: bool,
+    /// Print a JSON summary (on stderr when the data goes to stdout).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn restore(a: &RestoreArgs) -> Result<i32> {
+    let reader = a.store.reader()?;
+    let store = reader.get();
+    let point = store.resolve(&a.point)?;
+    let base = a.base.as_deref().map(|b| store.resolve(b)).transpose()?;
+    let from = a.from.as_deref().map(|b| store.resolve(b)).transpose()?;
+    let to_stdout = a.out == Path::new("-");
+    if to_stdout && std::io::stdout().is_terminal() {
+        bail!(
+            "refusing to write a disk image to a terminal: redirect stdout (`> disk.raw`, `| ...`) \
+             or give a file name"
+        );
+    }
+    let format = match a.format {
+        RestoreFormat::Raw => OutputFormat::Raw,
+        RestoreFormat::Vhd => OutputFormat::Vhd,
+        RestoreFormat::VhdChain => OutputFormat::VhdChain,
+    };
+    if matches!(format, OutputFormat::VhdChain) && a.out == Path::new("-") {
+        bail!("--format vhd-chain writes a folder, not stdout");
+    }
+    let bar = progress::bytes(point.size, "restore");
+    let started = std::time::Instant::now();
+    let opts = cairn_restore::Options {
+        format,
+        base: base.as_ref(),
+        chain_from: from.as_ref(),
+        ignore_errors: a.ignore_errors,
+        force: a.force,
+    };
+    let r = cairn_restore::restore(store, &point, &a.out, &opts, &|done| bar.set_position(done))
+        .with_context(|| {
+            format!(
+                "restore of point {} to {} failed",
+                point.short_id(),
+                a.out.display()
+            )
+        })?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    if a.json {
+        let summary = serde_json::to_string_pretty(
+            &json!({ "point": point.id, "files": r.files, "bytes": r.bytes, "seconds": secs,
+                "damaged": r.damaged.iter().map(damaged_json).collect::<Vec<_>>() }),
+        )?;
+        // Data and JSON never share a stream.
+        if to_stdout {
+            eprintln!("{summary}");
+        } else {
+            println!("{summary}");
+        }
+    } else if !to_stdout {
+        for f in &r.files {
+            eprintln!("wrote {}", f.display());
+        }
+        eprintln!(
+            "restored {} ({}) in {:.1}s",
+            point.short_id(),
+            human_bytes(point.size),
+            secs
+        );
+    }
+    if !r.damaged.is_empty() {
+        for d in &r.damaged {
+            eprintln!("{}", damaged_line(d, " written as zeros"));
+        }
+        eprintln!(
+            "restored with {} damaged ranges ({} bytes of zeros)",
+            r.damaged.len(),
+            r.damaged.iter().map(|d| d.len).sum::<u64>()
+        );
+        return Ok(3);
+    }
+    Ok(0)
+}
+
+/// A damaged range as the JSON of restore and verify shows it.
+pub fn damaged_json(d: &cairn_restore::Damaged) -> serde_json::Value {
+    json!({"point": d.point, "offset": d.offset, "len": d.len, "what": d.what})
+}
+
+/// A damaged range as a line of restore and verify (`how`: what was done with it).
+pub fn damaged_line(d: &cairn_restore::Damaged, how: &str) -> String {
+    format!(
+        "damaged: point {} bytes {}..{}{how}: {}",
+        &d.point[..12.min(d.point.len())],
+        d.offset,
+        d.offset + d.len,
+        d.what
+    )
+}
