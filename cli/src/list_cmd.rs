@@ -54,24 +54,9 @@ pub fn list(a: &ListArgs) -> Result<i32> {
         return Ok(0);
     }
     // Columns as wide as their longest value: long VM names do not break the table.
-    let vw = points
-        .iter()
-        .map(|p| p.vm.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(2);
-    let dw = points
-        .iter()
-        .map(|p| p.disk.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(4);
-    let sw = points
-        .iter()
-        .map(|p| p.source.kind.as_str().len())
-        .max()
-        .unwrap_or(0)
-        .max(6);
+    let vw = width(&points, |p| p.vm.chars().count(), 2);
+    let dw = width(&points, |p| p.disk.chars().count(), 4);
+    let sw = width(&points, |p| p.source.kind.as_str().len(), 6);
     // Identity, tags and notes get columns when some point has them.
     let extra = |f: fn(&RecoveryPoint) -> String| -> Option<(usize, Vec<String>)> {
         let v: Vec<String> = points.iter().map(f).collect();
@@ -151,4 +136,9 @@ pub fn list(a: &ListArgs) -> Result<i32> {
         println!("(no recovery points)");
     }
     Ok(0)
+}
+
+/// A column as wide as its longest value, and at least as wide as its heading.
+fn width(points: &[RecoveryPoint], len: impl Fn(&RecoveryPoint) -> usize, heading: usize) -> usize {
+    points.iter().map(len).max().unwrap_or(0).max(heading)
 }

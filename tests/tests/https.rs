@@ -323,7 +323,10 @@ fn a_standby_over_https_puts_a_vhd_then_differencing_vhds_that_vhd_lib_chains() 
     let out = standby(&ids[0], &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--ca-file") && !err.contains("vdi=5f0c"), "{err}");
+    assert!(
+        err.contains("--ca-file") && !err.contains("vdi=5f0c"),
+        "{err}"
+    );
     // Day 0: the whole point as a dynamic VHD; day 1: a differencing VHD of what changed.
     let first = done(standby(&ids[0], &ca_arg));
     let second = done(standby(&ids[1], &ca_arg));

@@ -680,7 +680,7 @@ fn a_point_scattered_over_many_ranges_restores_verifies_and_repacks_without_wait
     // `c`: every third chunk of `a`, so that its chunks are all stored already and no two sit
     // within a ranged GET's gap of each other: each of its restore windows (32 chunks), verify
     // batches (64) and gc copy groups (32) is as many ranges, more than the read-ahead's
-    // buffers (twelve, six for gc). A reader that waited for a whole batch while holding its
+    // buffers (eleven, five for gc). A reader that waited for a whole batch while holding its
     // buffers would wait for ever: each step has a time limit.
     let g = Garage::start();
     let s = S3Store::new(&g, "scattered");

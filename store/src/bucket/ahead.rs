@@ -20,8 +20,8 @@ use crate::pack::PackId;
 use crate::store::Store;
 
 /// Buffers of ranges (each of [`MAX_RANGE`] bytes): the GETs in flight and the ranges fetched and
-/// not yet decoded, together, at most (48 MiB), for a restore or a verify.
-pub(crate) const BUFFERS: usize = 12;
+/// not yet decoded, together, at most (44 MiB), for a restore or a verify.
+pub(crate) const BUFFERS: usize = 11;
 /// Batches said and not yet read before the oldest is read.
 const AHEAD: usize = 32;
 
