@@ -92,6 +92,11 @@ pub struct BackupArgs {
     /// future.
     #[arg(long)]
     pub force: bool,
+    /// The VM was renamed: its --vm-uuid (within its --pool) belongs to another VM name in the
+    /// store, and this backup takes it over (without it, such a backup is refused: a host
+    /// cannot pass its disk off as another VM's). Through a server, an admin token only.
+    #[arg(long)]
+    pub adopt: bool,
     /// Layout policy: a backup that reads the whole disk may store again up to this percent of
     /// the disk's data, taken from packs its latest point barely uses, so that restores of late
     /// generations read from few packs (the old copies become garbage for `cairn gc`); 0 never.
@@ -185,12 +190,18 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
     let vm_key = VmKey::of(&a.vm, &labels);
     let run_started = Utc::now();
     let mut run = match (&local, &remote) {
-        (Some(s), _) => cairn_ingest::Run::new(s)?,
+        (Some(s), _) => {
+            let mut session = s.session()?;
+            if a.adopt {
+                session.allow_adopt();
+            }
+            cairn_ingest::Run::over(s, Box::new(session))
+        }
         (None, Some(r)) => {
             let disks: Vec<String> = jobs.iter().map(|(d, _)| d.clone()).collect();
             let wait = a.wait.then_some(std::time::Duration::from_secs(24 * 3600));
             let upload = r
-                .upload(&a.vm, a.vm_uuid.as_deref(), &disks, wait)
+                .upload(&a.vm, a.vm_uuid.as_deref(), &disks, wait, a.adopt)
                 .with_context(|| format!("backup of {}: nothing was stored", a.vm))?;
             interval = upload.key_interval();
             cairn_ingest::Run::over(&**r, Box::new(upload))
@@ -372,6 +383,7 @@ fn labels(a: &BackupArgs) -> Result<Labels> {
         pool: a.pool.clone(),
         tags,
         note: a.note.clone(),
+        claimed_time: None,
     })
 }
 

@@ -34,7 +34,7 @@ pub fn point_json(p: &RecoveryPoint, tz: Tz) -> serde_json::Value {
         "parent_chunks": p.stats.parent_chunks, "known_chunks": p.stats.known_chunks,
         "seconds": p.stats.seconds, "key": p.stats.key, "healed_chunks": p.stats.healed_chunks,
         "rewritten_chunks": p.stats.rewritten_chunks,
-        "protected": p.protected, "run": p.run, "vm_uuid": p.labels.vm_uuid,
+        "protected": p.protected_at(chrono::Utc::now()), "protected_until": p.protected_until, "run": p.run, "vm_uuid": p.labels.vm_uuid,
         "pool": p.labels.pool, "host": p.labels.host, "tags": p.labels.tags, "note": p.labels.note,
     })
 }
@@ -114,7 +114,11 @@ pub fn list(a: &ListArgs) -> Result<i32> {
         let flags = format!(
             "{}{}",
             if p.stats.key { "K" } else { "-" },
-            if p.protected { "P" } else { "-" }
+            if p.protected_at(chrono::Utc::now()) {
+                "P"
+            } else {
+                "-"
+            }
         );
         let line = format!(
             "{:<12}  {:<vw$}  {:<dw$}  {:<tw$}  {:>10}  {:>10}  {:<sw$}  {:<5}  {:<8}{}",

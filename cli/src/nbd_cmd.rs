@@ -27,14 +27,22 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
     cairn serve-nbd --store /backups/store web01/xvda@latest\n  \
     qemu-img convert -f raw -O qcow2 nbd://127.0.0.1:10809/web01/xvda@latest web01.qcow2\n  \
     cairn serve-nbd --socket /run/cairn.sock --writable 3f2a9c1b07de\n  \
-    cairn serve-nbd --listen 0.0.0.0:10809 --tls-cert host.pem --tls-key host.key\n  \
+    cairn serve-nbd --listen 0.0.0.0:10809 --tls-cert host.pem --tls-key host.key \\\n      \
+    --tls-client-ca clients-ca.pem\n  \
+    nbdinfo 'nbds://10.0.0.5:10809/web01/xvda@latest?tls-certificates=/etc/pki/cairn-client'\n  \
     qemu-system-x86_64 -m 2G -drive file=nbd+unix:///3f2a9c1b07de?socket=/run/cairn.sock,format=raw\n\n\
     Every point given (all points, with none given) is an export named by its id, its short\n\
     id, VM/DISK@TIME and the name it was given by (web01/xvda@latest). Reads are checked chunk\n\
     by chunk: a bad or missing chunk is an I/O error for that range, never wrong bytes. With\n\
     --writable each client gets a copy-on-write overlay dropped when it disconnects: the backup\n\
     stays untouched. While the server runs, gc keeps the packs its exports read (the next gc\n\
-    after it stops frees them).")]
+    after it stops frees them).\n\n\
+    Who may read: on a unix socket or 127.0.0.1, whoever can reach it on this machine. On any\n\
+    other address, only clients presenting a certificate signed by --tls-client-ca (qemu's\n\
+    tls-creds-x509 with verify-peer, libnbd's tls-certificates=DIR); listening there without\n\
+    it is refused unless --no-auth says anyone who reaches the port may read every export.\n\
+    A handshake must end within 30 s, a client that sends nothing for --idle-timeout is\n\
+    dropped, and one address holds at most --max-clients-per-address slots.")]
 pub struct ServeNbdArgs {
     #[command(flatten)]
     pub store: StoreArg,
@@ -57,10 +65,28 @@ pub struct ServeNbdArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by this CA (PEM): only its holders read.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve a non-loopback address without client certificates: anyone who reaches the port
+    /// reads every export (a warning is printed).
+    #[arg(long)]
+    pub no_auth: bool,
+    /// Drop a client that sends no request for this long once it chose an export (90m, 12h;
+    /// 0: never, for a VM booted from an export that may sit idle).
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_idle)]
+    pub idle_timeout: Duration,
+    /// Clients one TCP address may hold at once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub max_clients_per_address: usize,
     /// Give each client a copy-on-write overlay (a VM can boot and write; the store never
     /// changes).
     #[arg(long)]
     pub writable: bool,
+    /// With --writable: the bytes all clients' overlays may hold together (64G by default); a
+    /// write past it fails with ENOSPC, saying so.
+    #[arg(long, value_name = "BYTES", value_parser = crate::values::parse_bytes)]
+    pub overlay_limit: Option<u64>,
     /// Clients served at once (more are turned away).
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub max_clients: usize,
@@ -70,6 +96,16 @@ pub struct ServeNbdArgs {
     /// Points to export (ids, VM/DISK@latest, ...); all points when none is given.
     #[arg(value_name = "POINT")]
     pub points: Vec<String>,
+}
+
+/// `--idle-timeout`: a duration (`0` never).
+fn parse_idle(s: &str) -> std::result::Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    crate::retention_cmd::parse_duration(s)?
+        .to_std()
+        .map_err(|_| format!("{s:?}: a duration above zero"))
 }
 
 /// A client socket.
@@ -93,15 +129,27 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
     if points.is_empty() {
         bail!("the store has no point to serve");
     }
+    check_exposure(a)?;
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => {
             let cert = std::fs::read(c).with_context(|| format!("reading {}", c.display()))?;
             let key = std::fs::read(k).with_context(|| format!("reading {}", k.display()))?;
-            Some(cairn_nbd::tls::server_config(&cert, &key).context("--tls-cert/--tls-key")?)
+            let clients = a
+                .tls_client_ca
+                .as_ref()
+                .map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display())))
+                .transpose()?;
+            Some(
+                cairn_nbd::tls::server_config(&cert, &key, clients.as_deref())
+                    .context("--tls-cert/--tls-key/--tls-client-ca")?,
+            )
         }
         _ => None,
     };
     let mut exports = PointExports::new(Arc::clone(&store), a.writable);
+    if let Some(limit) = a.overlay_limit {
+        exports.limit_overlays(limit);
+    }
     let mut shown = Vec::new();
     for (p, spec) in points {
         let name = format!("{}/{}@{}", p.vm, p.disk, show_time(&p.time, tz));
@@ -151,9 +199,19 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 bail!("{}: another server is listening there", path.display());
             }
-            if path.exists() {
-                std::fs::remove_file(path)
-                    .with_context(|| format!("removing the stale socket {}", path.display()))?;
+            // Only a stale socket is removed: any other file there is the admin's mistake, and
+            // is left alone.
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("removing the stale socket {}", path.display()))?;
+                }
+                Ok(_) => bail!(
+                    "{}: a file that is not a socket is there; give another --socket path \
+                     (nothing was removed)",
+                    path.display()
+                ),
+                Err(_) => {}
             }
             let l = UnixListener::bind(path)
                 .with_context(|| format!("listening on {}", path.display()))?;
@@ -165,19 +223,6 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
             Box::new(move || l.accept().map(|(s, peer)| (Conn::Tcp(s), peer.to_string())))
         }
     };
-    if let cairn_nbd::Address::Tcp { host, .. } = &base.address {
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if !loopback && tls.is_none() {
-            eprintln!(
-                "serve-nbd: warning: serving on {} without TLS: anyone who reaches it reads \
-                 these backups (give --tls-cert/--tls-key, or listen on 127.0.0.1 or a socket)",
-                base.address
-            );
-        }
-    }
     let mut out = std::io::stdout().lock();
     for (name, short, id, size) in &shown {
         let mut u = base.clone();
@@ -210,22 +255,113 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
     }
     out.flush()?;
     drop(out);
-    serve_loop(accept, exports, a.max_clients, tls)
+    let limits = ClientLimits {
+        total: a.max_clients,
+        per_address: a.max_clients_per_address.max(1),
+        idle: (!a.idle_timeout.is_zero()).then_some(a.idle_timeout),
+    };
+    serve_loop(accept, exports, &limits, tls)
+}
+
+/// Refuses to serve a non-loopback TCP address that any client may read, unless --no-auth
+/// says so (then warns). Checked before anything listens.
+fn check_exposure(a: &ServeNbdArgs) -> Result<()> {
+    if a.socket.is_some() {
+        return Ok(());
+    }
+    let host = a
+        .listen
+        .rsplit_once(':')
+        .map_or(a.listen.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback || a.tls_client_ca.is_some() {
+        return Ok(());
+    }
+    if !a.no_auth {
+        bail!(
+            "--listen {}: anyone who reaches this address would read every export: give \
+             --tls-cert, --tls-key and --tls-client-ca (clients present a certificate that CA \
+             signed), listen on 127.0.0.1 or a --socket, or say --no-auth",
+            a.listen
+        );
+    }
+    eprintln!(
+        "serve-nbd: warning: --no-auth: anyone who reaches {} reads every export{}",
+        a.listen,
+        if a.tls_cert.is_none() {
+            ", in the clear"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// How many clients are served, and for how long one may idle.
+struct ClientLimits {
+    total: usize,
+    per_address: usize,
+    idle: Option<Duration>,
+}
+
+/// The clients connected now, by address.
+#[derive(Default)]
+struct Clients {
+    by_address: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl Clients {
+    /// Takes a slot of `address`, unless it holds `max` already.
+    fn take(&self, address: &str, max: usize) -> bool {
+        let Ok(mut m) = self.by_address.lock() else {
+            return false;
+        };
+        let n = m.entry(address.to_owned()).or_default();
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give_back(&self, address: &str) {
+        if let Ok(mut m) = self.by_address.lock()
+            && let Some(n) = m.get_mut(address)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(address);
+            }
+        }
+    }
+}
+
+/// The address part of a peer (`10.0.0.5:51234` -> `10.0.0.5`; `unix` as it is).
+fn address_of(peer: &str) -> &str {
+    peer.rsplit_once(':').map_or(peer, |(a, _)| a)
 }
 
 fn serve_loop(
     mut accept: Box<dyn FnMut() -> std::io::Result<(Conn, String)>>,
     exports: PointExports,
-    max_clients: usize,
+    limits: &ClientLimits,
     tls: Option<Arc<cairn_nbd::tls::ServerConfig>>,
 ) -> Result<i32> {
     let exports: &'static PointExports = Box::leak(Box::new(exports));
     let active = Arc::new(AtomicUsize::new(0));
+    let clients: &'static Clients = Box::leak(Box::default());
     let next = AtomicU64::new(1);
+    let max_clients = limits.total;
     let config = Config {
         // Every client has its own overlay when writable: their writes do not meet.
         multi_conn: exports_read_only(exports),
         tls,
+        idle_timeout: limits.idle,
         ..Config::default()
     };
     loop {
@@ -242,6 +378,17 @@ fn serve_loop(
             eprintln!("serve-nbd: client {n} ({peer}) turned away: {max_clients} clients already");
             continue;
         }
+        // Per address over TCP (every client of a unix socket is this machine's).
+        let address = matches!(conn, Conn::Tcp(_)).then(|| address_of(&peer).to_owned());
+        if let Some(a) = &address
+            && !clients.take(a, limits.per_address)
+        {
+            eprintln!(
+                "serve-nbd: client {n} ({peer}) turned away: {} clients from {a} already",
+                limits.per_address
+            );
+            continue;
+        }
         active.fetch_add(1, Ordering::SeqCst);
         let active = Arc::clone(&active);
         let config = config.clone();
@@ -253,8 +400,15 @@ fn serve_loop(
                 }
                 Conn::Unix(s) => Box::new(s),
             };
-            let stream: Box<dyn Stream> = Box::new(Slot { stream, active });
-            let _ = stream.set_timeout(Some(HANDSHAKE_TIMEOUT));
+            let stream: Box<dyn Stream> = Box::new(Slot {
+                stream,
+                active,
+                clients,
+                address,
+                deadline: std::sync::Mutex::new(Some(
+                    std::time::Instant::now() + HANDSHAKE_TIMEOUT,
+                )),
+            });
             let log = |line: &str| eprintln!("serve-nbd: client {n} ({peer}): {line}");
             match server::serve(stream, exports, &config, &log) {
                 Ok(s) => log(&format!(
@@ -270,21 +424,50 @@ fn serve_loop(
     }
 }
 
-/// A client's connection, holding one of the server's slots: the slot is given back as the
-/// connection closes, before the client can see the close and connect again.
+/// A client's connection, holding one of the server's slots and one of its address's: both
+/// are given back as the connection closes, before the client can see the close and connect
+/// again. Until the server sets the stream's timeout for the transmission phase, every read
+/// and write is bounded by what is left of the handshake's deadline: a client that trickles
+/// its handshake a byte at a time is dropped when the deadline passes.
 struct Slot {
     stream: Box<dyn Stream>,
     active: Arc<AtomicUsize>,
+    clients: &'static Clients,
+    /// The TCP address whose slot it holds.
+    address: Option<String>,
+    deadline: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Slot {
+    fn before_io(&self) -> std::io::Result<()> {
+        let deadline = self.deadline.lock().map_or(None, |d| *d);
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the handshake took longer than {} s",
+                        HANDSHAKE_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+            self.stream.set_timeout(Some(left))?;
+        }
+        Ok(())
+    }
 }
 
 impl std::io::Read for Slot {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.before_io()?;
         self.stream.read(buf)
     }
 }
 
 impl std::io::Write for Slot {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.before_io()?;
         self.stream.write(buf)
     }
 
@@ -294,7 +477,11 @@ impl std::io::Write for Slot {
 }
 
 impl Stream for Slot {
+    /// The server sets the transmission phase's timeout: the handshake's deadline ends.
     fn set_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        if let Ok(mut d) = self.deadline.lock() {
+            *d = None;
+        }
         self.stream.set_timeout(timeout)
     }
 }
@@ -302,6 +489,9 @@ impl Stream for Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         // Before the fields: the stream closes after this.
+        if let Some(a) = &self.address {
+            self.clients.give_back(a);
+        }
         self.active.fetch_sub(1, Ordering::SeqCst);
     }
 }

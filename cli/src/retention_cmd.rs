@@ -1,5 +1,6 @@
 //! Retention and integrity commands: prune, forget, protect, unprotect, gc, verify, policy.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -77,13 +78,20 @@ pub struct ForgetArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cairn protect --store /backups/store 3f2a9c1b07de\n  cairn unprotect 3f2a9c1b07de"
+    after_help = "Examples:\n  cairn protect --store /backups/store 3f2a9c1b07de\n  cairn unprotect 3f2a9c1b07de\n  \
+    cairn protect --until 2027-06-30 web01/xvda@latest\n\n\
+    A protection --until a date is lifted by time only: unprotect leaves it, a later date\n\
+    extends it, an earlier one is refused (an admin token cannot shorten it either)."
 )]
 pub struct ProtectArgs {
     #[command(flatten)]
     pub store: StoreArg,
     /// The point: an id (a unique prefix is enough) or VM/DISK@latest.
     pub point: String,
+    /// Protect until this time (a date, or a date and time; the store's time zone unless one
+    /// is given): nothing but time lifts it.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
     /// Wait for another writer instead of failing.
     #[arg(long)]
     pub wait: bool,
@@ -193,6 +201,32 @@ pub enum PolicyCommand {
     /// Show every VM's policy.
     #[command(after_help = "Example:\n  cairn policy show --store /backups/store --json")]
     Show(PolicyShowArgs),
+    /// Show or set the store's minimum retention: no forget, prune or gc, on this machine or
+    /// through a server, removes a point committed fewer days ago (nor the chunks it holds).
+    #[command(
+        after_help = "Examples:\n  cairn policy min-retention --store /backups/store\n  \
+        cairn policy min-retention --store /backups/store 14d\n\n\
+        It is set here only, on the store's machine with the store's write lock (stop `cairn\n\
+        serve` first): no token, admin or not, can change it through the server. It guards\n\
+        against a stolen token and a careless prune; it does not guard against root on this\n\
+        machine, who can edit cairn.toml or delete the files. 0 lifts it."
+    )]
+    MinRetention(PolicyRetentionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyRetentionArgs {
+    /// The store folder (on the store's machine: never a server's URL).
+    #[arg(long, env = "CAIRN_STORE")]
+    pub store: PathBuf,
+    /// Days (14 or 14d); 0 lifts it. Without it, the current one is shown.
+    pub days: Option<String>,
+    /// Wait for another writer instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -288,7 +322,7 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
         .into_iter()
         .filter(|p| filter.matches(p))
         .collect();
-    let decisions = cairn_gc::decide(chosen, &rules, &tz);
+    let decisions = cairn_gc::decide(chosen, &rules, &tz, store.retention_cutoff());
     let remove: Vec<RecoveryPoint> = decisions
         .iter()
         .filter(|(_, k)| k.is_none())
@@ -338,6 +372,7 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
     let keep_name = |k: &Option<Keep>| match k {
         None => "remove".to_owned(),
         Some(Keep::Protected) => "keep (protected)".to_owned(),
+        Some(Keep::Held) => "keep (held by the store's minimum retention)".to_owned(),
         Some(Keep::Rule(r)) => format!("keep ({})", r.name()),
     };
     if a.json {
@@ -358,7 +393,7 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
                 "points": decisions.iter().map(|(p, k)| json!({
                     "id": p.id, "vm": p.vm, "disk": p.disk, "time": crate::values::show_time(&p.time, tz),
                     "keep": k.is_some(),
-                    "reason": match k { Some(Keep::Rule(r)) => json!(r.name()), Some(Keep::Protected) => json!("protected"), None => json!(null) },
+                    "reason": match k { Some(Keep::Rule(r)) => json!(r.name()), Some(Keep::Protected) => json!("protected"), Some(Keep::Held) => json!("held"), None => json!(null) },
                 })).collect::<Vec<_>>(),
             }))?
         );
@@ -446,7 +481,7 @@ pub fn forget(a: &ForgetArgs) -> Result<i32> {
         .map(|s| store.resolve(s))
         .collect::<Result<Vec<_>, _>>()?;
     if a.dry_run {
-        if let Some(p) = points.iter().find(|p| p.protected) {
+        if let Some(p) = points.iter().find(|p| p.protected_at(Utc::now())) {
             bail!("point {} is protected: unprotect it first", p.short_id());
         }
         let freed = store.would_free(&points)?;
@@ -495,23 +530,47 @@ pub fn forget(a: &ForgetArgs) -> Result<i32> {
 }
 
 pub fn protect(a: &ProtectArgs, on: bool) -> Result<i32> {
+    if a.until.is_some() && !on {
+        bail!("--until is for protect: a protection until a time is lifted by time only");
+    }
+    let until = |tz: Tz| {
+        a.until
+            .as_deref()
+            .map(|t| crate::values::parse_time(t, tz))
+            .transpose()
+    };
     let (p, tz) = match a.store.remote()? {
         Some(r) => {
             use cairn_store::StoreRead;
+            let tz = r.config().tz();
             let p = r.resolve(&a.point)?;
-            (r.protect(&p.id, on)?, r.config().tz())
+            (r.protect(&p.id, on, until(tz)?)?, tz)
         }
         None => {
             let store = open_write(&a.store.store, a.wait)?;
+            let tz = store.config().tz();
             let p = store.resolve(&a.point)?;
-            (store.set_protected(&p, on)?, store.config().tz())
+            let p = match until(tz)? {
+                Some(u) => store.protect_until(&p, u)?,
+                None => store.set_protected(&p, on)?,
+            };
+            (p, tz)
         }
     };
+    let now = Utc::now();
     if a.json {
-        println!("{}", json!({ "id": p.id, "protected": p.protected }));
-    } else {
         println!(
-            "{} {}",
+            "{}",
+            json!({ "id": p.id, "protected": p.protected_at(now), "protected_until": p.protected_until })
+        );
+    } else {
+        let held = p
+            .protected_until
+            .filter(|u| *u > now)
+            .map(|u| format!(" (protected until {})", crate::values::show_time(&u, tz)))
+            .unwrap_or_default();
+        println!(
+            "{} {}{held}",
             if on { "protected" } else { "unprotected" },
             point_row(&p, tz)
         );
@@ -721,6 +780,7 @@ pub fn policy(cmd: &PolicyCommand) -> Result<i32> {
                 );
             }
         },
+        PolicyCommand::MinRetention(a) => min_retention(a)?,
         PolicyCommand::Show(a) => {
             let (timezone, all) = match a.store.remote()? {
                 Some(r) => {
@@ -751,6 +811,43 @@ pub fn policy(cmd: &PolicyCommand) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn min_retention(a: &PolicyRetentionArgs) -> Result<()> {
+    let shown = a.store.to_string_lossy();
+    if shown.starts_with("https://") || shown.starts_with("http://") {
+        bail!(
+            "the minimum retention is set on the store's machine only (`--store /path/to/store`), \
+             never through a server"
+        );
+    }
+    let days = match &a.days {
+        None => {
+            crate::store_cmd::open_read(&a.store)?
+                .config()
+                .min_retention_days
+        }
+        Some(d) => {
+            let days: u32 = d
+                .strip_suffix('d')
+                .unwrap_or(d)
+                .parse()
+                .with_context(|| format!("{d:?}: expected a number of days (14 or 14d)"))?;
+            open_write(&a.store, a.wait)?.set_min_retention(days)?;
+            days
+        }
+    };
+    if a.json {
+        println!("{}", json!({ "min_retention_days": days }));
+    } else if days == 0 {
+        println!("no minimum retention: prune and forget may remove any unprotected point");
+    } else {
+        println!(
+            "minimum retention {days} days: no forget, prune or gc removes a point committed \
+             fewer than {days} days ago"
+        );
+    }
+    Ok(())
 }
 
 fn describe(p: &Policy) -> String {

@@ -123,7 +123,8 @@ pub struct TokenCreateArgs {
     /// A name for it (the host that will hold it, say).
     #[arg(long)]
     pub name: String,
-    /// backup (append only: new points of its VMs), restore (read its VMs), admin (all).
+    /// backup (append only: new points of its VMs), restore (read its VMs), admin (the whole
+    /// store: an admin token takes no --vm glob).
     #[arg(long, value_parser = ["backup", "restore", "admin"])]
     pub role: String,
     /// The VMs it reaches: a glob (`*` any run, `?` one character).
@@ -158,13 +159,15 @@ pub struct TokenListArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cairn token revoke --store /srv/cairn host1\n  cairn token revoke --store /srv/cairn 3f2a9c1b"
+    after_help = "Examples:\n  cairn token revoke --store /srv/cairn host1\n  cairn token revoke --store /srv/cairn 3f2a9c1b\n  \
+    cairn token revoke --store /srv/cairn id:3f2a9c1b\n\n\
+    A word that is one token's id and another's name is refused: say id:ID or name:NAME."
 )]
 pub struct TokenRevokeArgs {
     /// The store folder (on the server).
     #[arg(long, env = "CAIRN_STORE")]
     pub store: PathBuf,
-    /// The token's id or name.
+    /// The token's id or name (id:ID, name:NAME when a word could be either).
     pub token: String,
 }
 

@@ -74,6 +74,21 @@ fn each_data_ref(store: &Store, p: &RecoveryPoint, mut f: impl FnMut(u64, ChunkI
     Ok(())
 }
 
+/// How many distinct blocks the ranges `[from, to)` cover together.
+fn blocks_in(mut ranges: Vec<(u64, u64)>) -> u64 {
+    ranges.sort_unstable();
+    let mut total = 0u64;
+    let mut reached = 0u64;
+    for (from, to) in ranges {
+        let from = from.max(reached);
+        if to > from {
+            total = total.saturating_add(to - from);
+            reached = to;
+        }
+    }
+    total
+}
+
 /// Figures for one group of points (a point, a disk, a VM, the store).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Cost {
@@ -210,11 +225,14 @@ pub fn costs<'p>(store: &Store, points: &'p [RecoveryPoint]) -> Result<Costs<'p>
         c.full_chain = c.allocated;
         c.vhd_deltas = match prev_of_disk.get(&key) {
             Some(&j) if readable[i] && readable[j] => {
-                let mut changed: HashSet<u64> = HashSet::new();
+                // Ranges of blocks, one per stretch that differs (as many as the trees have
+                // nodes that differ), counted merged: the cost follows the stored tree, never
+                // the size a point claims.
+                let mut changed: Vec<(u64, u64)> = Vec::new();
                 cairn_store::tree::differences(store, &points[j], p, false, |from, to| {
-                    changed.extend(from / per_block..to.div_ceil(per_block));
+                    changed.push((from / per_block, to.div_ceil(per_block)));
                 })?;
-                changed.len() as u64 * block
+                blocks_in(changed).saturating_mul(block)
             }
             _ => blocks.len() as u64 * block,
         };
@@ -226,11 +244,11 @@ pub fn costs<'p>(store: &Store, points: &'p [RecoveryPoint]) -> Result<Costs<'p>
             &mut total,
         ] {
             agg.points += 1;
-            agg.logical += c.logical;
-            agg.allocated += c.allocated;
-            agg.full_chain += c.full_chain;
-            agg.vhd_deltas += c.vhd_deltas;
-            agg.new += c.new;
+            agg.logical = agg.logical.saturating_add(c.logical);
+            agg.allocated = agg.allocated.saturating_add(c.allocated);
+            agg.full_chain = agg.full_chain.saturating_add(c.full_chain);
+            agg.vhd_deltas = agg.vhd_deltas.saturating_add(c.vhd_deltas);
+            agg.new = agg.new.saturating_add(c.new);
         }
     }
     // Stored, plain and unique bytes of groups count each chunk once.
@@ -258,4 +276,18 @@ pub fn costs<'p>(store: &Store, points: &'p [RecoveryPoint]) -> Result<Costs<'p>
         vm_names,
         damaged,
     })
+}
+
+#[cfg(test)]
+mod blocks_tests {
+    use super::blocks_in;
+
+    #[test]
+    fn ranges_are_counted_merged() {
+        assert_eq!(blocks_in(vec![]), 0);
+        assert_eq!(blocks_in(vec![(0, 4), (2, 6), (10, 11)]), 7);
+        assert_eq!(blocks_in(vec![(10, 11), (0, 4), (4, 4), (3, 5)]), 6);
+        // A claimed exabyte is two numbers, not a set of its blocks.
+        assert_eq!(blocks_in(vec![(0, 1 << 42), (1 << 41, 1 << 43)]), 1 << 43);
+    }
 }

@@ -120,6 +120,8 @@ pub enum Keep {
     Rule(Rule),
     /// It is protected.
     Protected,
+    /// The store's minimum retention holds it (committed after the cutoff).
+    Held,
 }
 
 /// One point as prune sees it.
@@ -133,12 +135,14 @@ pub struct Candidate {
 
 /// Decides for every point which to keep and why (`None`: remove), the rules applied to each
 /// disk of each VM (its identity: UUID and pool when given) on its own; disk by disk, in the
-/// order of their points.
+/// order of their points. A point the rules would remove that was committed after `hold` (the
+/// store's [`cairn_store::Store::retention_cutoff`]) is kept as [`Keep::Held`].
 #[must_use]
 pub fn decide<Tz: TimeZone>(
     points: Vec<cairn_store::RecoveryPoint>,
     rules: &Rules,
     tz: &Tz,
+    hold: Option<DateTime<Utc>>,
 ) -> Vec<(cairn_store::RecoveryPoint, Option<Keep>)> {
     let mut by_disk: std::collections::BTreeMap<_, Vec<cairn_store::RecoveryPoint>> =
         std::collections::BTreeMap::new();
@@ -154,11 +158,15 @@ pub fn decide<Tz: TimeZone>(
             .iter()
             .map(|p| Candidate {
                 time: p.time,
-                protected: p.protected,
+                protected: p.protected_at(chrono::Utc::now()),
             })
             .collect();
         let keep = plan(&c, rules, tz);
-        out.extend(points.into_iter().zip(keep));
+        out.extend(points.into_iter().zip(keep).map(|(p, k)| {
+            let k =
+                k.or_else(|| cairn_store::claims::held(p.committed, hold).then_some(Keep::Held));
+            (p, k)
+        }));
     }
     out
 }
@@ -236,6 +244,7 @@ mod tests {
             .map(|k| match k {
                 None => "-".to_owned(),
                 Some(Keep::Protected) => "P".to_owned(),
+                Some(Keep::Held) => "H".to_owned(),
                 Some(Keep::Rule(r)) => r.name().trim_start_matches("keep-").to_owned(),
             })
             .collect()
@@ -492,7 +501,7 @@ mod tests {
             .enumerate()
             .filter_map(|(i, k)| match k {
                 Some(Keep::Rule(r)) => Some((i, r)),
-                Some(Keep::Protected) => panic!("point {i} is not protected"),
+                Some(Keep::Protected | Keep::Held) => panic!("point {i} is not protected"),
                 None => None,
             })
             .collect();

@@ -64,12 +64,33 @@ pub fn client_config(ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>>
     Ok(Arc::new(config))
 }
 
+/// The roots of a CA file (PEM).
+fn roots_of(pem: &[u8], what: &str) -> Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem) {
+        let c = c.map_err(|e| Error::Usage(format!("{what}: {e}")))?;
+        roots
+            .add(c)
+            .map_err(|e| Error::Usage(format!("a certificate of {what}: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(Error::Usage(format!("{what} holds no certificate")));
+    }
+    Ok(roots)
+}
+
 /// A server configuration presenting the certificate chain of `cert_pem` with the private key
-/// of `key_pem`.
+/// of `key_pem`. With `client_ca_pem`, every client must present a certificate that CA signed
+/// (what qemu's `tls-creds-x509` with `verify-peer` and libnbd's `tls-certificates` send): the
+/// handshake of a client without one fails, before any option is read.
 ///
 /// # Errors
 /// Files that hold no certificate or no key, or a key that does not match.
-pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>> {
+pub fn server_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca_pem: Option<&[u8]>,
+) -> Result<Arc<rustls::ServerConfig>> {
     let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Usage(format!("the certificate file: {e}")))?;
@@ -80,10 +101,21 @@ pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::Serv
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| Error::Usage(format!("the key file: {e}")))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(tls_error("TLS setup"))?
-        .with_no_client_auth()
+        .map_err(tls_error("TLS setup"))?;
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let roots = Arc::new(roots_of(pem, "the client CA file")?);
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+                    .build()
+                    .map_err(|e| Error::Usage(format!("the client CA file: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
         .with_single_cert(certs, key)
         .map_err(tls_error("the certificate and key"))?;
     Ok(Arc::new(config))

@@ -213,8 +213,17 @@ impl Remote {
     ///
     /// # Errors
     /// The server's refusal.
-    pub fn protect(&self, id: &str, protected: bool) -> Result<RecoveryPoint> {
-        let body = serde_json::json!({ "protected": protected }).to_string();
+    pub fn protect(
+        &self,
+        id: &str,
+        protected: bool,
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<RecoveryPoint> {
+        let body = match until {
+            Some(u) => serde_json::json!({ "until": u }),
+            None => serde_json::json!({ "protected": protected }),
+        }
+        .to_string();
         self.json(
             reqwest::Method::POST,
             &format!("points/{id}/protect"),
@@ -256,7 +265,8 @@ impl Remote {
     }
 
     /// Opens a backup session for `disks` of `vm`. With `wait`, a disk that another session
-    /// holds is waited for (asked again every second, for up to `wait`).
+    /// holds is waited for (asked again every second, for up to `wait`). With `adopt` (an
+    /// admin token), its points may take a VM identity another VM name owns.
     ///
     /// # Errors
     /// The server's refusal (a token for other VMs, a disk in use when not waiting).
@@ -266,11 +276,13 @@ impl Remote {
         vm_uuid: Option<&str>,
         disks: &[String],
         wait: Option<Duration>,
+        adopt: bool,
     ) -> Result<Upload> {
         let body = serde_json::to_string(&OpenSession {
             vm: vm.to_owned(),
             vm_uuid: vm_uuid.map(str::to_owned),
             disks: disks.to_vec(),
+            adopt,
         })
         .map_err(|e| Error::Usage(e.to_string()))?;
         let started = std::time::Instant::now();
@@ -682,6 +694,31 @@ impl Upload {
         self.counts
             .lock()
             .map_or((0, 0), |c| (c.received, c.stored))
+    }
+
+    /// For each id, whether the server's store holds the whole subtree under it
+    /// ([`cairn_store::Store::holds_subtrees`]; for a token whose lookups see only its own
+    /// chunks, only those of its disks' latest points count).
+    ///
+    /// # Errors
+    /// The server's refusal, transport errors.
+    pub fn holds_subtrees(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(MAX_IDS) {
+            let answer = self.remote.call(
+                reqwest::Method::POST,
+                &format!("sessions/{}/subtrees", self.session),
+                Some(Body::Bytes(ids_bytes(batch))),
+            )?;
+            if answer.len() != batch.len() {
+                return Err(remote_err(
+                    format!("subtrees: {} answers for {} ids", answer.len(), batch.len()),
+                    None,
+                ));
+            }
+            out.extend(answer.iter().map(|b| *b == 1));
+        }
+        Ok(out)
     }
 
     /// Sends what is left and publishes `points` (each with its id: a new one, or a replica's

@@ -146,7 +146,8 @@ pub type Source<'a> = Side<'a>;
 
 /// What copying a run needs from the destination.
 trait CopyInto {
-    /// Whether the destination holds tree chunk `id` (and so, whole, what is under it).
+    /// Whether the destination holds the whole subtree under tree chunk `id`
+    /// ([`Store::holds_subtrees`]: a chunk some point there references).
     fn has_tree(&self, id: &ChunkId) -> Result<bool>;
     /// For each id, whether the destination lacks the chunk.
     fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>>;
@@ -166,8 +167,7 @@ struct IntoFolder<'s> {
 
 impl CopyInto for IntoFolder<'_> {
     fn has_tree(&self, id: &ChunkId) -> Result<bool> {
-        // Referenced (its count above zero): complete there.
-        Ok(self.dst.refcounts(&[*id])?.first().copied().unwrap_or(0) > 0)
+        Ok(self.dst.holds_subtrees(&[*id])?.first() == Some(&true))
     }
     fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
         Ok(self
@@ -198,14 +198,9 @@ struct IntoServer {
 
 impl CopyInto for IntoServer {
     fn has_tree(&self, id: &ChunkId) -> Result<bool> {
-        // Held by the server's index: its subtree is there too (gc removes a chunk only with
-        // every chunk naming it); the commit checks it all again.
-        Ok(!self
-            .filter
-            .missing(&[*id])?
-            .first()
-            .copied()
-            .unwrap_or(true))
+        // The same meaning as a folder's (`Store::holds_subtrees`), asked of the server; the
+        // commit checks it all again.
+        Ok(self.upload.holds_subtrees(&[*id])?.first() == Some(&true))
     }
     fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
         Ok(self.filter.missing(ids)?)
@@ -311,9 +306,12 @@ pub fn replicate(
                 options,
                 progress,
                 &mut |_| {
+                    // A replica copies a store's history as it is, renamed VMs included.
+                    let mut session = dst.session()?;
+                    session.allow_adopt();
                     Ok(Box::new(IntoFolder {
                         dst: &dst,
-                        session: dst.session()?,
+                        session,
                         staged: Vec::new(),
                     }))
                 },
@@ -346,6 +344,9 @@ fn open_upload(
     let vm = group.first().map(|p| p.vm.clone()).unwrap_or_default();
     let uuid = group.first().and_then(|p| p.labels.vm_uuid.clone());
     let disks: Vec<String> = group.iter().map(|p| p.disk.clone()).collect();
+    // A replica copies a store's history as it is, renamed VMs included: an admin token says
+    // so (another token's commits are checked, and timed by the server).
+    let adopt = remote.info().role.name() == "admin";
     let upload = remote.upload(
         &vm,
         uuid.as_deref(),
@@ -353,6 +354,7 @@ fn open_upload(
         options
             .wait
             .then_some(std::time::Duration::from_secs(24 * 3600)),
+        adopt,
     )?;
     let filter = upload.filter();
     Ok(Box::new(IntoServer {

@@ -51,9 +51,10 @@ pub(crate) fn reopen(path: &Path) -> Option<File> {
     if CACHED_FILE_SYSTEMS.contains(&(kind as i64)) {
         return None;
     }
+    // Never through a link swapped in since the file was made.
     OpenOptions::new()
         .write(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .custom_flags((rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::NOFOLLOW).bits() as i32)
         .open(path)
         .ok()
 }

@@ -45,7 +45,12 @@ pub struct PointExports {
     exports: Vec<Exported>,
     writable: bool,
     overlay_dir: PathBuf,
+    /// Bytes every client's overlay may still take, together.
+    overlay_room: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// The default bound on all overlays together (see [`PointExports::limit_overlays`]).
+pub const DEFAULT_OVERLAY_BYTES: u64 = 64 << 30;
 
 impl PointExports {
     /// Exports of points of `store`; with `writable`, each client gets an overlay.
@@ -57,7 +62,14 @@ impl PointExports {
             exports: Vec::new(),
             writable,
             overlay_dir,
+            overlay_room: Arc::new(std::sync::atomic::AtomicU64::new(DEFAULT_OVERLAY_BYTES)),
         }
+    }
+
+    /// Bounds the bytes all clients' overlays hold together: a write that would take more is
+    /// refused with `ENOSPC` and a message saying so (what a client wrote before stays).
+    pub fn limit_overlays(&mut self, bytes: u64) {
+        self.overlay_room = Arc::new(std::sync::atomic::AtomicU64::new(bytes));
     }
 
     /// Exports `point` under each of `names` (the first is listed as its canonical name).
@@ -134,6 +146,8 @@ impl Exports for PointExports {
             Some(Overlay {
                 file,
                 chunks: HashSet::new(),
+                room: Arc::clone(&self.overlay_room),
+                taken: 0,
             })
         } else {
             None
@@ -153,6 +167,36 @@ impl Exports for PointExports {
 struct Overlay {
     file: File,
     chunks: HashSet<u64>,
+    /// The room left to every overlay of the server, and what this one took of it.
+    room: Arc<std::sync::atomic::AtomicU64>,
+    taken: u64,
+}
+
+impl Overlay {
+    /// Takes `bytes` of the server's room for overlays.
+    fn take(&mut self, bytes: u64) -> Result<(), DeviceError> {
+        use std::sync::atomic::Ordering;
+        self.room
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(bytes))
+            .map_err(|left| {
+                DeviceError::new(
+                    proto::ENOSPC,
+                    format!(
+                        "the copy-on-write overlays of this server are full ({left} bytes left, \
+                         {bytes} needed): serve-nbd --overlay-limit bounds them"
+                    ),
+                )
+            })?;
+        self.taken += bytes;
+        Ok(())
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        self.room
+            .fetch_add(self.taken, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// One client's view of a point (see the module).
@@ -230,6 +274,7 @@ impl PointDevice {
         let Some(o) = self.overlay.as_mut() else {
             return Err(DeviceError::new(proto::EPERM, "the export is read-only"));
         };
+        o.take(len as u64)?;
         o.file
             .write_all_at(&data, i * self.chunk)
             .map_err(|e| DeviceError::new(proto::ENOSPC, format!("writing the overlay: {e}")))?;

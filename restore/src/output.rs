@@ -136,13 +136,20 @@ impl Staged {
         }
     }
 
+    /// Creates the temporary file: a new file only (`O_EXCL`), never through a symbolic link
+    /// (`O_NOFOLLOW`): a link planted under its name in a shared folder makes the restore fail,
+    /// and is not followed to overwrite what it points at.
     pub(crate) fn create(&self) -> Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&self.tmp)
-            .map_err(io_err(&self.tmp, "creating"))
+            .map_err(io_err(
+                &self.tmp,
+                "creating (a new file, not through a link)",
+            ))
     }
 
     pub(crate) fn tmp(&self) -> &Path {

@@ -391,9 +391,12 @@ fn fetch(
     let mut slots: Vec<Option<&mut [u8]>> = data.chunks_mut(cs).map(Some).collect();
     let mut taken = Vec::with_capacity(wanted.len());
     for (i, _) in wanted {
+        // Each chunk fills its place exactly: the chunk size, what is left of the disk for the
+        // last one (a shorter chunk is damage, never stale bytes restored).
+        let place = (point.size.saturating_sub(i * cs as u64)).min(cs as u64) as usize;
         match slots.get_mut((i - first) as usize).and_then(Option::take) {
-            Some(slot) => taken.push(slot),
-            None => {
+            Some(slot) if slot.len() >= place => taken.push(&mut slot[..place]),
+            _ => {
                 return Err(Error::Refused(format!(
                     "chunk {i} is outside the window from chunk {first}"
                 )));

@@ -29,16 +29,20 @@ pub const MAX_FRAMES: usize = 4096;
 pub struct App {
     pub(crate) store: &'static Store,
     tokens: Tokens,
-    /// The token file as last read, and its modification time.
-    cache: Mutex<(Option<SystemTime>, Arc<Vec<Token>>)>,
+    /// The token file as last read, and what identified its version (modification time,
+    /// inode, length: two writes within one tick of the clock still differ in the others).
+    cache: Mutex<(Option<FileStamp>, Arc<Vec<Token>>)>,
     pub(crate) sessions: Sessions,
     pub(crate) limits: crate::Limits,
     /// Whether a collection is running (one at a time).
     collecting: Mutex<()>,
+    /// Each token's requests in flight.
+    in_flight: InFlight,
 }
 
 impl App {
     pub(crate) fn new(store: &'static Store, limits: crate::Limits) -> Self {
+        let _ = STORE_ROOT.set(store.root().display().to_string());
         Self {
             store,
             tokens: Tokens::of_store(store.root()),
@@ -46,13 +50,14 @@ impl App {
             sessions: Sessions::default(),
             limits,
             collecting: Mutex::new(()),
+            in_flight: InFlight::default(),
         }
     }
 
     fn tokens(&self) -> Result<Arc<Vec<Token>>, ApiError> {
         let mtime = std::fs::metadata(self.tokens.path())
-            .and_then(|m| m.modified())
-            .ok();
+            .ok()
+            .and_then(|m| FileStamp::of(&m));
         let mut cache = self
             .cache
             .lock()
@@ -77,14 +82,28 @@ impl App {
         })
     }
 
-    /// The request's token, if it is live and has one of `roles`.
+    /// The request's token (`Authorization: Bearer`, the only form the API takes), if it is
+    /// live and has one of `roles`.
     fn authorize(
         &self,
         headers: &HeaderMap,
         roles: &[Role],
         what: &str,
     ) -> Result<Token, ApiError> {
-        let secret = secret_of(headers);
+        self.authorize_from(&bearer_of(headers), roles, what)
+    }
+
+    /// As [`App::authorize`], for the report pages: also the password a browser sends with
+    /// `Basic` (the pages are read-only GETs).
+    fn authorize_page(&self, headers: &HeaderMap, roles: &[Role]) -> Result<Token, ApiError> {
+        let secret = match bearer_of(headers) {
+            s if s.is_empty() => basic_password_of(headers),
+            s => s,
+        };
+        self.authorize_from(&secret, roles, "read the report")
+    }
+
+    fn authorize_from(&self, secret: &str, roles: &[Role], what: &str) -> Result<Token, ApiError> {
         let tokens = self.tokens()?;
         let token = authenticate(&tokens, secret.trim(), chrono::Utc::now())
             .map_err(|r| ApiError::new(StatusCode::UNAUTHORIZED, r.to_string()))?
@@ -99,17 +118,44 @@ impl App {
     }
 }
 
-/// The token's secret a request carries: `Authorization: Bearer SECRET`, or, from a browser
-/// asked for credentials, `Basic` with the secret as the password (any user name).
-fn secret_of(headers: &HeaderMap) -> String {
-    let value = headers
+/// What identifies one version of the token file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: SystemTime,
+    inode: u64,
+    len: u64,
+}
+
+impl FileStamp {
+    fn of(m: &std::fs::Metadata) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        Some(Self {
+            modified: m.modified().ok()?,
+            inode: m.ino(),
+            len: m.len(),
+        })
+    }
+}
+
+/// The token's secret of `Authorization: Bearer SECRET` (empty without one). A browser never
+/// adds this header by itself, so a page of another site cannot make it send a request that
+/// carries a token (cross-site request forgery): the API takes no other form.
+fn bearer_of(headers: &HeaderMap) -> String {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if let Some(s) = value.strip_prefix("Bearer ") {
-        return s.to_owned();
-    }
-    value
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The password of `Authorization: Basic` (a browser asked for credentials by the report
+/// page sends the token as the password, any user name); empty without one.
+fn basic_password_of(headers: &HeaderMap) -> String {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
         .strip_prefix("Basic ")
         .and_then(|b| {
             use base64::Engine;
@@ -163,19 +209,27 @@ impl From<cairn_store::Error> for ApiError {
             E::Usage(_) | E::Point(_) => StatusCode::BAD_REQUEST,
             E::Incomplete { .. } => StatusCode::CONFLICT,
             E::MissingChunk(_) => StatusCode::NOT_FOUND,
+            E::IdentityTaken(_) | E::Held(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.to_string())
     }
 }
 
+/// The store's folder as a server's answers never show it (set once, when it starts).
+static STORE_ROOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
+        let mut message = self.message;
+        if self.status.is_server_error() {
+            // Logged whole for the admin; answered without the server's own paths.
+            tracing::error!(error = %message, "a request failed in the server");
+            if let Some(root) = STORE_ROOT.get().filter(|r| !r.is_empty()) {
+                message = message.replace(root.as_str(), "STORE");
+            }
+        }
+        (self.status, Json(serde_json::json!({ "error": message }))).into_response()
     }
 }
 
@@ -202,6 +256,7 @@ pub fn router(app: Shared) -> axum::Router {
         .route("/api/v1/sessions", post(open_session))
         .route("/api/v1/sessions/{id}", delete(abort_session))
         .route("/api/v1/sessions/{id}/missing", post(missing))
+        .route("/api/v1/sessions/{id}/subtrees", post(subtrees))
         .route("/api/v1/sessions/{id}/chunks", post(upload))
         .route("/api/v1/sessions/{id}/commit", post(commit))
         .route("/api/v1/policies", get(policies))
@@ -236,10 +291,121 @@ async fn require_token(
     if page {
         return next.run(req).await;
     }
-    match app.authorize(req.headers(), ANY, "use this server") {
-        Ok(_) => next.run(req).await,
-        Err(e) => e.into_response(),
+    let token = match app
+        .authorize(req.headers(), ANY, "use this server")
+        .and_then(|t| same_origin_json(&req).map(|()| t))
+    {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    // One token's requests in flight are bounded (each may hold a body in memory): a stolen
+    // token cannot take the server's memory or every worker.
+    let Some(_in_flight) = app.in_flight.take(&token.id, app.limits.requests_per_token) else {
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "token {:?} has {} requests in flight, the most one token may; try again when \
+                 one ended",
+                token.name, app.limits.requests_per_token
+            ),
+        )
+        .into_response();
+    };
+    next.run(req).await
+}
+
+/// Requests in flight, by token id.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    by_token: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// One request's place among its token's; given back on drop.
+pub(crate) struct InFlightSlot {
+    token: String,
+    by_token: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl InFlight {
+    fn take(&self, token: &str, max: usize) -> Option<InFlightSlot> {
+        let mut m = self.by_token.lock().ok()?;
+        let n = m.entry(token.to_owned()).or_default();
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(InFlightSlot {
+            token: token.to_owned(),
+            by_token: Arc::clone(&self.by_token),
+        })
     }
+}
+
+impl Drop for InFlightSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.by_token.lock()
+            && let Some(n) = m.get_mut(&self.token)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.token);
+            }
+        }
+    }
+}
+
+/// Refuses what a browser sends on behalf of another site (defence in depth beside the
+/// Bearer-only tokens): a request whose `Origin` is not this server's own (403), and a request
+/// with a body of any type but the API's, `application/json` or `application/octet-stream`
+/// (415): the types a page of another site can send without asking the server first
+/// (`text/plain`, forms) are never taken.
+fn same_origin_json(req: &axum::extract::Request) -> Result<(), ApiError> {
+    let headers = req.headers();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let own = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| format!("https://{h}"));
+        let origin = origin.to_str().unwrap_or("");
+        if own.is_none_or(|o| !o.eq_ignore_ascii_case(origin)) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} {}: a request from the page of another site ({origin:?}) is refused",
+                    req.method(),
+                    req.uri().path()
+                ),
+            ));
+        }
+    }
+    let has_body = headers
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|l| l.as_bytes() != b"0")
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    if !has_body {
+        return Ok(());
+    }
+    let kind = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if kind == "application/json" || kind == "application/octet-stream" {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!(
+            "{} {}: a body of type {kind:?}; the API takes application/json (metadata) or \
+             application/octet-stream (chunk ids and frames)",
+            req.method(),
+            req.uri().path()
+        ),
+    ))
 }
 
 /// `GET /api/v1/store`.
@@ -330,7 +496,7 @@ async fn forget(
     blocking(move || {
         let p = point_of(&app, &t, &id)?;
         if q.dry_run {
-            if p.protected {
+            if p.protected_at(chrono::Utc::now()) {
                 return Err(ApiError::bad(format!(
                     "point {id} is protected: unprotect it first"
                 )));
@@ -354,7 +520,12 @@ async fn forget(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProtectBody {
-    protected: bool,
+    /// Protect or unprotect (an unprotect leaves a protection `until` a later time).
+    #[serde(default)]
+    protected: Option<bool>,
+    /// Protect until then: extended, never shortened; only time lifts it.
+    #[serde(default)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 async fn protect(
@@ -367,7 +538,18 @@ async fn protect(
     let b: ProtectBody = json_body(&body)?;
     blocking(move || {
         let p = point_of(&app, &t, &id)?;
-        Ok(Json(app.store.set_protected(&p, b.protected)?))
+        let p = match (b.protected, b.until) {
+            (None, None) => return Err(ApiError::bad("give protected, until, or both")),
+            (Some(on), None) => app.store.set_protected(&p, on)?,
+            (on, Some(until)) => {
+                let p = app.store.protect_until(&p, until)?;
+                match on {
+                    Some(on) => app.store.set_protected(&p, on)?,
+                    None => p,
+                }
+            }
+        };
+        Ok(Json(p))
     })
     .await
 }
@@ -435,7 +617,8 @@ async fn prune(
     }
     blocking(move || {
         let tz = app.store.config().tz();
-        let decisions = cairn_gc::decide(app.store.points()?, &b.rules, &tz);
+        let decisions =
+            cairn_gc::decide(app.store.points()?, &b.rules, &tz, app.store.retention_cutoff());
         let mut vms: Vec<String> = decisions.iter().map(|(p, _)| p.vm.clone()).collect();
         vms.dedup();
         let remove: Vec<RecoveryPoint> = decisions
@@ -540,7 +723,7 @@ const STORE_WIDE: [&str; 9] = [
 ];
 
 async fn page_for(app: Shared, headers: HeaderMap, vm: Option<String>) -> Response {
-    let token = match app.authorize(&headers, &[Role::Admin, Role::Restore], "read the report") {
+    let token = match app.authorize_page(&headers, &[Role::Admin, Role::Restore]) {
         Ok(t) => t,
         Err(e) if e.status == StatusCode::UNAUTHORIZED => {
             // A browser asks for the token (as the password) and sends it again.
@@ -655,6 +838,9 @@ async fn read_chunks(
     let ids = ids_body(&body, MAX_READ)?;
     blocking(move || {
         use rayon::prelude::*;
+        // A reader like any other: a collection in this process keeps the packs it may still
+        // read from (the `readers` module of the store).
+        let _reader = cairn_store::readers::register(app.store.root())?;
         // A token that sees only its own chunks reads only those of its live sessions.
         let own = t.lookups == crate::token::Lookups::Own;
         let read: Vec<Result<cairn_store::EncodedChunk, String>> = ids
@@ -698,6 +884,10 @@ pub struct OpenSession {
     pub vm_uuid: Option<String>,
     /// The disks this session will commit points of.
     pub disks: Vec<String>,
+    /// Its points may take a VM identity (UUID within a pool) that another VM name owns: the
+    /// VM was renamed (an admin token only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
 }
 
 /// The answer to [`OpenSession`].
@@ -727,15 +917,28 @@ async fn open_session(
     if !t.allows_vm(&b.vm) {
         return Err(ApiError::vm(&t, &b.vm));
     }
+    if b.adopt && t.role != Role::Admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "a {} token cannot adopt another VM's identity (an admin token can)",
+                t.role.name()
+            ),
+        ));
+    }
     blocking(move || {
-        match app.sessions.open(
-            app.store,
-            &b.vm,
-            &b.disks,
-            &t.id,
-            t.lookups == crate::token::Lookups::Own,
-            app.limits.sessions,
-        )? {
+        let opening = crate::sessions::Opening {
+            vm: &b.vm,
+            disks: &b.disks,
+            token: &t.id,
+            own_lookups: t.lookups == crate::token::Lookups::Own,
+            // Only an admin dates its points (a replica keeps its source's times); every other
+            // token's points get the time of their commit.
+            clock: t.role != Role::Admin,
+            adopt: b.adopt,
+        };
+        let max = (app.limits.sessions, app.limits.sessions_per_token);
+        match app.sessions.open(app.store, &opening, max)? {
             Ok(id) => {
                 tracing::info!(session = %id, vm = %b.vm, token = %t.name, "session opened");
                 let policies = app.store.policies()?;
@@ -753,6 +956,14 @@ async fn open_session(
             Err(Refused::Full(n)) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{n} sessions are open, the most this server takes; try again later"),
+            )),
+            Err(Refused::TokenFull(n)) => Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "token {:?} has {n} sessions open, the most one token may hold; finish or \
+                     abort one first",
+                    t.name
+                ),
             )),
         }
     })
@@ -821,6 +1032,38 @@ async fn missing(
             out.push(u8::from(!(seen && filter.holds(id)?)));
         }
         Ok(out)
+    })
+    .await
+}
+
+/// `POST /api/v1/sessions/{id}/subtrees`: ids in, one byte each out (1: the store holds the
+/// whole subtree under it, [`cairn_store::Store::holds_subtrees`]). A token whose lookups see
+/// only its own chunks is told 0 for every chunk that is not its own.
+async fn subtrees(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Answer<Vec<u8>> {
+    let t = app.authorize(&headers, &[Role::Backup, Role::Admin], "back up")?;
+    let ids = ids_body(&body, MAX_IDS)?;
+    blocking(move || {
+        let taken = session_of(&app, &t, &id)?;
+        let own = taken
+            .live
+            .lock()
+            .map_err(|_| ApiError::internal("session poisoned"))?
+            .own
+            .clone();
+        let held = app.store.holds_subtrees(&ids)?;
+        Ok(ids
+            .iter()
+            .zip(held)
+            .map(|(id, held)| {
+                let seen = own.as_ref().is_none_or(|o| o.binary_search(id).is_ok());
+                u8::from(seen && held)
+            })
+            .collect())
     })
     .await
 }
@@ -937,7 +1180,9 @@ async fn commit(
         }
         let mut session = live.session.take().ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the session is committing"))?;
         // From here the session is spent, whatever happens: its packs go if nothing commits.
-        app.sessions.remove(&id);
+        // They are kept from an in-process collection until the commit ends (indexed, or
+        // deleted with the failed session).
+        let _committing = app.sessions.start_commit(&id, &session);
         session.check_references();
         let mut staged = Vec::new();
         for p in &b.points {
@@ -946,6 +1191,7 @@ async fn commit(
             // replica sent with an admin token keeps the source's).
             if t.role != Role::Admin {
                 p.protected = false;
+                p.protected_until = None;
             }
             let mut one = session.stage_copy(&p).map_err(|e| match e {
                 cairn_store::Error::Usage(m) if m.contains("in this store already") => ApiError::new(StatusCode::CONFLICT, m),

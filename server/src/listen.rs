@@ -25,6 +25,14 @@ pub struct Limits {
     /// A request (its body read, its work done, its answer made) taking longer than this is
     /// answered 408 (a slow client holds a connection no longer).
     pub request: Duration,
+    /// Connections one client address may hold at once.
+    pub connections_per_address: usize,
+    /// A request body that sends no byte for this long fails (the least rate a body keeps).
+    pub body_stall: Duration,
+    /// Sessions one token may hold open at once.
+    pub sessions_per_token: usize,
+    /// Requests one token may have in flight at once (each may hold a body of `body_bytes`).
+    pub requests_per_token: usize,
 }
 
 impl Default for Limits {
@@ -35,6 +43,10 @@ impl Default for Limits {
             idle: Duration::from_secs(600),
             connections: 256,
             request: Duration::from_secs(900),
+            connections_per_address: 32,
+            body_stall: Duration::from_secs(30),
+            sessions_per_token: 8,
+            requests_per_token: 16,
         }
     }
 }
@@ -113,11 +125,19 @@ async fn run(
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let limit = config.limits.request;
+    let stall = config.limits.body_stall;
     let routes = router(Arc::clone(&app))
         .layer(axum::middleware::from_fn(move |req, next| {
             bounded(limit, req, next)
         }))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            body_rate(stall, req, next)
+        }))
         .layer(axum::middleware::from_fn(log_request));
+    let per_address = PerAddress {
+        max: config.limits.connections_per_address.max(1),
+        held: Arc::default(),
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.connections));
     let reaper = {
@@ -148,11 +168,16 @@ async fn run(
                     tracing::warn!(%peer, "refused: too many connections");
                     continue;
                 };
+                let Some(own_slot) = per_address.take(peer.ip()) else {
+                    tracing::warn!(%peer, "refused: too many connections from this address");
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 let routes = routes.clone();
                 let mut stop = stop_rx.clone();
                 conns.spawn(async move {
                     let _permit = permit;
+                    let _own_slot = own_slot;
                     let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
                         tracing::warn!(%peer, "TLS handshake failed or timed out");
                         return;
@@ -184,11 +209,94 @@ async fn run(
     })
     .await;
     reaper.abort();
+    let dropped = tokio::task::spawn_blocking({
+        let app = Arc::clone(&app);
+        move || app.sessions.drop_all()
+    })
+    .await
+    .unwrap_or_default();
+    // The store is a writer that finished: the next one finds no stale lock to report.
+    app.store.finish_writing();
     tracing::info!(
-        sessions = app.sessions.len(),
-        "stopped; open sessions are dropped"
+        sessions = dropped,
+        "stopped; open sessions were dropped (nothing of them was committed)"
     );
     Ok(())
+}
+
+/// Connections held by each client address.
+#[derive(Clone)]
+struct PerAddress {
+    max: usize,
+    held: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One address's connection slot, given back on drop.
+struct AddressSlot {
+    ip: std::net::IpAddr,
+    held: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl PerAddress {
+    fn take(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let mut held = self.held.lock().ok()?;
+        let n = held.entry(ip).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            ip,
+            held: Arc::clone(&self.held),
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.held.lock()
+            && let Some(n) = held.get_mut(&self.ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A request body that sends no byte for `stall` fails (the extractor reading it answers 400
+/// and the connection closes): a client trickling its body holds a connection and a request's
+/// memory no longer than that per byte.
+async fn body_rate(
+    stall: Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use futures_util::StreamExt;
+    let (parts, body) = req.into_parts();
+    let timed = futures_util::stream::unfold(
+        (body.into_data_stream(), false),
+        move |(mut data, ended)| async move {
+            if ended {
+                return None;
+            }
+            match tokio::time::timeout(stall, data.next()).await {
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), (data, false))),
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e.to_string())), (data, true))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no byte of the request body for {} s", stall.as_secs()),
+                    )),
+                    (data, true),
+                )),
+            }
+        },
+    );
+    let req = axum::extract::Request::from_parts(parts, axum::body::Body::from_stream(timed));
+    next.run(req).await
 }
 
 async fn shutdown_signal() {

@@ -17,12 +17,14 @@ pub(crate) struct Live {
     pub(crate) filter: KnownFilter<'static>,
     /// For a token whose lookups see only its own chunks: those of the latest points of the
     /// session's disks, sorted (see [`own_chunks`]).
-    pub(crate) own: Option<Vec<ChunkId>>,
+    pub(crate) own: Option<Arc<Vec<ChunkId>>>,
     pub(crate) received: u64,
     pub(crate) stored: u64,
 }
 
 struct Entry {
+    /// The token that opened it (kept here too, as the VM and disks are).
+    token: String,
     /// The VM and disks it holds (kept here too: checking them never waits for a session
     /// busy committing).
     vm: String,
@@ -38,6 +40,25 @@ struct Entry {
 #[derive(Default)]
 pub(crate) struct Sessions {
     by_id: Mutex<HashMap<String, Entry>>,
+    /// The packs of sessions taken out of the table to commit, until their commit ended: a
+    /// collection leaves them alone as it leaves a live session's (the commit may wait for the
+    /// collection's commit lock with its packs not yet indexed).
+    committing: Mutex<HashMap<String, Vec<PackId>>>,
+}
+
+/// A session's packs kept from garbage collection while it commits; released on drop (after
+/// the commit indexed them, or after the failed session deleted them).
+pub(crate) struct Committing<'a> {
+    sessions: &'a Sessions,
+    id: String,
+}
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.sessions.committing.lock() {
+            c.remove(&self.id);
+        }
+    }
 }
 
 /// A session taken for one request; given back on drop.
@@ -64,25 +85,53 @@ pub(crate) enum Refused {
     Busy(String),
     /// Too many sessions.
     Full(usize),
+    /// Too many sessions of this token.
+    TokenFull(usize),
+}
+
+/// What a session is opened for, and with which rights.
+pub(crate) struct Opening<'r> {
+    /// The VM.
+    pub(crate) vm: &'r str,
+    /// Its disks this session commits points of.
+    pub(crate) disks: &'r [String],
+    /// The id of the token opening it.
+    pub(crate) token: &'r str,
+    /// Whether the token's lookups see only its own chunks.
+    pub(crate) own_lookups: bool,
+    /// Whether the store times the points ([`Session::time_at_commit`]).
+    pub(crate) clock: bool,
+    /// Whether the points may adopt another VM name's identity ([`Session::allow_adopt`]).
+    pub(crate) adopt: bool,
 }
 
 impl Sessions {
-    /// Opens a session for `disks` of `vm`, unless one of them is in another session.
+    /// Opens a session for the disks of a VM, unless one of them is in another session.
     pub(crate) fn open(
         &self,
         store: &'static Store,
-        vm: &str,
-        disks: &[String],
-        token: &str,
-        own_lookups: bool,
-        max: usize,
+        opening: &Opening<'_>,
+        max: (usize, usize),
     ) -> Result<Result<String, Refused>, cairn_store::Error> {
+        let (max, per_token) = max;
+        let (vm, disks, token) = (opening.vm, opening.disks, opening.token);
         // Made before the table is locked (it reads the index): a refused one is dropped
         // before it wrote anything.
-        let own = own_lookups
-            .then(|| own_chunks(store, vm, disks))
+        let own = opening
+            .own_lookups
+            .then(|| own_chunks(store, vm, disks).map(Arc::new))
             .transpose()?;
-        let session = store.session()?;
+        let mut session = store.session()?;
+        if opening.clock {
+            session.time_at_commit();
+        }
+        if opening.adopt {
+            session.allow_adopt();
+        }
+        // Its commit names, of what the store holds, only its own chunks: no oracle.
+        if let Some(own) = &own {
+            session.restrict_references(Arc::clone(own));
+        }
         let filter = session.known_filter();
         let mut map = self
             .by_id
@@ -90,6 +139,9 @@ impl Sessions {
             .map_err(|_| cairn_store::Error::Usage("session table poisoned".into()))?;
         if map.len() >= max {
             return Ok(Err(Refused::Full(max)));
+        }
+        if map.values().filter(|e| e.token == token).count() >= per_token {
+            return Ok(Err(Refused::TokenFull(per_token)));
         }
         for e in map.values() {
             if e.vm == vm
@@ -106,6 +158,7 @@ impl Sessions {
         map.insert(
             id.clone(),
             Entry {
+                token: token.to_owned(),
                 vm: vm.to_owned(),
                 disks: disks.to_vec(),
                 started,
@@ -161,13 +214,32 @@ impl Sessions {
         gone
     }
 
-    /// The packs every live session has open: a collection in this process leaves them.
+    /// Takes session `id` out of the table to commit `session`: its packs stay kept from
+    /// garbage collection until the returned guard is dropped (once the commit ended). Called
+    /// before the session leaves the table, so there is no instant a collection could miss them.
+    pub(crate) fn start_commit(&self, id: &str, session: &Session<'_>) -> Committing<'_> {
+        if let Ok(mut c) = self.committing.lock() {
+            c.insert(id.to_owned(), session.open_packs());
+        }
+        self.remove(id);
+        Committing {
+            sessions: self,
+            id: id.to_owned(),
+        }
+    }
+
+    /// The packs every live session has open, and those of sessions committing: a collection
+    /// in this process leaves them.
     pub(crate) fn open_packs(&self) -> Vec<PackId> {
+        let mut out: Vec<PackId> = self
+            .committing
+            .lock()
+            .map(|c| c.values().flatten().copied().collect())
+            .unwrap_or_default();
         let lives: Vec<Arc<Mutex<Live>>> = match self.by_id.lock() {
             Ok(map) => map.values().map(|e| Arc::clone(&e.live)).collect(),
-            Err(_) => return Vec::new(),
+            Err(_) => return out,
         };
-        let mut out = Vec::new();
         for l in lives {
             if let Ok(l) = l.lock()
                 && let Some(s) = &l.session
@@ -192,9 +264,14 @@ impl Sessions {
         })
     }
 
-    /// How many sessions are live.
-    pub(crate) fn len(&self) -> usize {
-        self.by_id.lock().map_or(0, |m| m.len())
+    /// Drops every session (the server stops): nothing of them was committed, so their packs
+    /// are deleted. Returns how many there were.
+    pub(crate) fn drop_all(&self) -> usize {
+        let all: Vec<Entry> = match self.by_id.lock() {
+            Ok(mut map) => map.drain().map(|(_, e)| e).collect(),
+            Err(_) => return 0,
+        };
+        all.len()
     }
 }
 

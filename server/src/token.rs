@@ -13,7 +13,10 @@
 //!   (to find a parent) and the chunks they name. Never forget, prune, protect, collect
 //!   garbage, set a policy, overwrite anything, or see another VM's points.
 //! - `restore`: read its VMs' points and chunks; no writes.
-//! - `admin`: everything.
+//! - `admin`: everything, on the whole store (an admin token is never limited to some VMs:
+//!   prune, gc, policies and the report act on the store). Even an admin cannot remove a point
+//!   the store's minimum retention holds (`min_retention_days` in `cairn.toml`, set only on the
+//!   store's machine).
 
 use std::path::{Path, PathBuf};
 
@@ -232,6 +235,13 @@ impl Tokens {
         if vms.is_empty() {
             return Err(Error::Usage("--vm: an empty glob matches no VM".into()));
         }
+        if role == Role::Admin && vms != "*" {
+            return Err(Error::Usage(format!(
+                "--role admin --vm {vms:?}: an admin token reaches the whole store (prune, gc, \
+                 policies and the report are store-wide); give a VM glob to backup and restore \
+                 tokens only"
+            )));
+        }
         let mut bytes = [0u8; 36];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
             .map_err(|_| Error::Usage("the system's random source failed".into()))?;
@@ -265,17 +275,46 @@ impl Tokens {
         Ok((made, secret))
     }
 
-    /// Revokes the live token whose id or name is `which`.
+    /// Revokes the live token whose id or name is `which` (`id:ID` or `name:NAME` says which
+    /// one is meant).
     ///
     /// # Errors
-    /// No such live token; I/O errors.
+    /// No such live token, or a word that is one live token's id and another's name; I/O
+    /// errors.
     pub fn revoke(&self, which: &str) -> Result<Token> {
+        let (by_id, by_name) = match which.split_once(':') {
+            Some(("id", id)) => (Some(id), None),
+            Some(("name", name)) => (None, Some(name)),
+            _ => (Some(which), Some(which)),
+        };
         self.change(|tokens| {
             let now = Utc::now();
-            let t = tokens
-                .iter_mut()
-                .find(|t| (t.id == which || t.name == which) && live(t, now))
-                .ok_or_else(|| Error::Usage(format!("no live token has id or name {which:?}")))?;
+            let matching: Vec<usize> = (0..tokens.len())
+                .filter(|&i| {
+                    let t = &tokens[i];
+                    live(t, now)
+                        && (by_id == Some(t.id.as_str()) || by_name == Some(t.name.as_str()))
+                })
+                .collect();
+            let i = match matching[..] {
+                [i] => i,
+                [] => {
+                    return Err(Error::Usage(format!(
+                        "no live token has id or name {which:?}"
+                    )));
+                }
+                _ => {
+                    let named: Vec<String> = matching
+                        .iter()
+                        .map(|&i| format!("{:?} (id {})", tokens[i].name, tokens[i].id))
+                        .collect();
+                    return Err(Error::Usage(format!(
+                        "{which:?} names {}: say `id:ID` or `name:NAME`; nothing was revoked",
+                        named.join(" and ")
+                    )));
+                }
+            };
+            let t = &mut tokens[i];
             t.revoked = Some(now);
             Ok(t.clone())
         })
@@ -297,6 +336,8 @@ pub enum Refusal {
     Revoked(DateTime<Utc>),
     /// Expired at that time.
     Expired(DateTime<Utc>),
+    /// An admin token limited to some VMs (made by an older cairn): no longer honoured.
+    ScopedAdmin,
 }
 
 impl std::fmt::Display for Refusal {
@@ -309,6 +350,11 @@ impl std::fmt::Display for Refusal {
             Self::Unknown => write!(f, "unknown token"),
             Self::Revoked(t) => write!(f, "the token was revoked at {}", t.to_rfc3339()),
             Self::Expired(t) => write!(f, "the token expired at {}", t.to_rfc3339()),
+            Self::ScopedAdmin => write!(
+                f,
+                "an admin token limited to some VMs is no longer honoured (admin acts on the \
+                 whole store): revoke it and make a backup or restore token for those VMs"
+            ),
         }
     }
 }
@@ -341,6 +387,9 @@ pub fn authenticate<'t>(
         && e <= now
     {
         return Err(Refusal::Expired(e));
+    }
+    if token.role == Role::Admin && token.vms != "*" {
+        return Err(Refusal::ScopedAdmin);
     }
     Ok(token)
 }
@@ -413,6 +462,58 @@ mod tests {
             authenticate(&all, &s2, now),
             Err(Refusal::Expired(_))
         ));
+    }
+
+    #[test]
+    fn a_word_that_is_one_tokens_id_and_anothers_name_revokes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = Tokens::of_store(dir.path());
+        let (a, _) = tokens
+            .create("host-a", Role::Backup, "*", None, Lookups::All)
+            .expect("create");
+        let (b, _) = tokens
+            .create(&a.id, Role::Backup, "*", None, Lookups::All)
+            .expect("create");
+        let err = tokens.revoke(&a.id).expect_err("ambiguous");
+        assert!(err.to_string().contains("id:ID"), "{err}");
+        assert!(
+            tokens
+                .load()
+                .expect("load")
+                .iter()
+                .all(|t| t.revoked.is_none())
+        );
+        assert_eq!(
+            tokens
+                .revoke(&format!("name:{}", a.id))
+                .expect("by name")
+                .id,
+            b.id
+        );
+        assert_eq!(
+            tokens.revoke(&format!("id:{}", a.id)).expect("by id").id,
+            a.id
+        );
+    }
+
+    #[test]
+    fn an_admin_token_is_never_scoped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = Tokens::of_store(dir.path());
+        assert!(
+            tokens
+                .create("half", Role::Admin, "web*", None, Lookups::All)
+                .is_err()
+        );
+        let (mut t, secret) = tokens
+            .create("whole", Role::Admin, "*", None, Lookups::All)
+            .expect("create");
+        // One made by an older cairn, scoped: refused at every request.
+        t.vms = "web*".into();
+        assert_eq!(
+            authenticate(&[t], &secret, Utc::now()),
+            Err(Refusal::ScopedAdmin)
+        );
     }
 
     #[test]

@@ -76,13 +76,38 @@ impl Store {
             return Ok(warnings);
         }
         if !orphans.is_empty() {
+            let entries = |batch: &mut WriteBatch| -> Result<()> {
+                for p in &orphans {
+                    batch.put_cf(cf, point_key(&p.id)?, to_json(p, "a catalogue entry")?);
+                }
+                Ok(())
+            };
             let mut batch = WriteBatch::default();
-            for p in &orphans {
-                batch.put_cf(cf, point_key(&p.id)?, to_json(p, "a catalogue entry")?);
-            }
+            entries(&mut batch)?;
             let changes: Vec<(&RecoveryPoint, i64)> = orphans.iter().map(|p| (p, 1)).collect();
-            self.count_refs(&mut batch, &changes)?;
-            self.write_synced(batch)?;
+            match self.count_refs(&mut batch, &changes) {
+                Ok(counted) => {
+                    warnings.extend(counted);
+                    self.write_synced(batch)?;
+                }
+                Err(e) => {
+                    // A tree such a point names cannot be read (its root file was put back
+                    // after a gc, say): published all the same, and every point counted
+                    // afresh, as tolerant as any recount: the unreadable segments are marked
+                    // missing (verify lists what they damage; a backup that writes one again
+                    // heals it), and the store stays writable.
+                    let mut batch = WriteBatch::default();
+                    entries(&mut batch)?;
+                    self.write_synced(batch)?;
+                    self.recount()?;
+                    warnings.push(format!(
+                        "{} root file(s) not in the index were published, but what they name \
+                         cannot all be read ({e}); the missing chunks are marked: `cairn verify` \
+                         lists the points they damage",
+                        orphans.len()
+                    ));
+                }
+            }
         }
         for id in &gone {
             let Some(bytes) = self

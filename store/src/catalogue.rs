@@ -28,8 +28,10 @@ impl Store {
     /// root files. Protected points are refused. A crash between the two steps brings the
     /// points back whole on the next open (their root files are the truth); nothing is lost.
     ///
+    /// Points the store's minimum retention holds are refused too ([`Error::Held`]).
+    ///
     /// # Errors
-    /// A protected point, index and I/O errors.
+    /// A protected or held point, index and I/O errors.
     pub fn forget(&self, points: &[RecoveryPoint]) -> Result<Forgotten> {
         self.require_writer()?;
         let _commit = self.commit_lock()?;
@@ -37,20 +39,48 @@ impl Store {
         let points: Vec<&RecoveryPoint> = points.iter().filter(|p| unique.insert(&p.id)).collect();
         // The root file is the truth: a protect that died before its catalogue write left the
         // protection there only.
+        let now = chrono::Utc::now();
         let protected_on_disk = |p: &RecoveryPoint| {
             std::fs::read(self.root.join(p.root_file()))
                 .ok()
                 .and_then(|b| serde_json::from_slice::<RecoveryPoint>(&b).ok())
-                .is_some_and(|r| r.protected)
+                .is_some_and(|r| r.protected_at(now))
         };
-        if let Some(p) = points.iter().find(|p| p.protected || protected_on_disk(p)) {
+        if let Some(p) = points
+            .iter()
+            .find(|p| p.protected_at(now) || protected_on_disk(p))
+        {
+            let how = match p.protected_until.filter(|u| *u > now) {
+                Some(u) => format!(
+                    "protected until {} (only time lifts that)",
+                    u.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                None => format!("protected; `cairn unprotect {}` first", p.short_id()),
+            };
             return Err(Error::Usage(format!(
-                "point {} of {}/{} is protected; `cairn unprotect {}` first",
+                "point {} of {}/{} is {how}",
                 p.short_id(),
                 p.vm,
-                p.disk,
-                p.short_id()
+                p.disk
             )));
+        }
+        // The catalogue's entry is the truth of when a point was committed here.
+        for p in &points {
+            let committed = self
+                .point_by_id(&p.id)?
+                .map_or(p.committed, |stored| stored.committed);
+            let stored = RecoveryPoint {
+                committed,
+                ..(*p).clone()
+            };
+            if let Some(until) = self.held_until(&stored) {
+                return Err(Error::Held(Box::new(crate::error::HeldPoint {
+                    point: p.short_id().to_owned(),
+                    vm: p.vm.clone(),
+                    disk: p.disk.clone(),
+                    until: until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                })));
+            }
         }
         let mut batch = WriteBatch::default();
         let cf = self.cf(CF_POINTS)?;
@@ -132,10 +162,49 @@ impl Store {
     /// # Errors
     /// Index and I/O errors.
     pub fn set_protected(&self, point: &RecoveryPoint, protected: bool) -> Result<RecoveryPoint> {
+        self.change_protection(point, Some(protected), None)
+    }
+
+    /// Protects a point until `until`: no command lifts that before then (an unprotect leaves
+    /// it, a later `until` extends it, an earlier one is refused); time does.
+    ///
+    /// # Errors
+    /// A time earlier than the point's protection already runs to; index and I/O errors.
+    pub fn protect_until(
+        &self,
+        point: &RecoveryPoint,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<RecoveryPoint> {
+        self.change_protection(point, None, Some(until))
+    }
+
+    fn change_protection(
+        &self,
+        point: &RecoveryPoint,
+        protected: Option<bool>,
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<RecoveryPoint> {
         self.require_writer()?;
         let _commit = self.commit_lock()?;
-        let mut p = point.clone();
-        p.protected = protected;
+        // The catalogue's record, not the caller's copy: a protection is never shortened by a
+        // stale one.
+        let mut p = self
+            .point_by_id(&point.id)?
+            .unwrap_or_else(|| point.clone());
+        if let Some(on) = protected {
+            p.protected = on;
+        }
+        if let Some(u) = until {
+            if let Some(held) = p.protected_until.filter(|h| *h > u) {
+                return Err(Error::Usage(format!(
+                    "point {} is protected until {} already: a protection is extended, never \
+                     shortened",
+                    p.short_id(),
+                    held.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )));
+            }
+            p.protected_until = Some(u);
+        }
         let json = serde_json::to_vec_pretty(&p).map_err(|e| Error::Point(e.to_string()))?;
         // A marker names the point while its root file and catalogue entry may disagree; the
         // next writer to open the store makes the catalogue say what the root file says.
@@ -179,7 +248,8 @@ impl Store {
                 && let Ok(p) = serde_json::from_slice::<RecoveryPoint>(&entry)
                 && let Ok(bytes) = std::fs::read(self.root.join(p.root_file()))
                 && let Ok(on_disk) = serde_json::from_slice::<RecoveryPoint>(&bytes)
-                && on_disk.protected != p.protected
+                && (on_disk.protected != p.protected
+                    || on_disk.protected_until != p.protected_until)
             {
                 batch.put_cf(self.cf(CF_POINTS)?, point_key(id)?, &bytes);
             }

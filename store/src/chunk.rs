@@ -203,11 +203,14 @@ pub fn decode(
     Ok(plain)
 }
 
-/// Decodes stored bytes into the front of `out` (at least `plain_len` bytes) and checks them
-/// against `id`: the allocation-free form of [`decode`].
+/// Decodes stored bytes into `out`, which the chunk must fill exactly (`plain_len` bytes: a
+/// chunk's place on a disk is the chunk size, or what is left of the disk for its last chunk),
+/// and checks them against `id`: the allocation-free form of [`decode`]. A chunk shorter than
+/// its place is an error, never a place left holding what a buffer held before.
 ///
 /// # Errors
-/// A description of what is wrong (decompression failure, wrong length, hash mismatch).
+/// A description of what is wrong (a length that is not its place's, decompression failure,
+/// wrong decoded length, hash mismatch).
 pub fn decode_into(
     id: &ChunkId,
     codec: Codec,
@@ -216,12 +219,12 @@ pub fn decode_into(
     out: &mut [u8],
 ) -> Result<(), String> {
     let want = plain_len as usize;
-    let Some(out) = out.get_mut(..want) else {
+    if out.len() != want {
         return Err(format!(
-            "a chunk of {want} bytes does not fit {} bytes",
+            "the chunk is {want} bytes where its place on the disk holds {}",
             out.len()
         ));
-    };
+    }
     let got = match codec {
         Codec::Plain => {
             if stored.len() == want {

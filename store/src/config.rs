@@ -46,6 +46,34 @@ pub struct StoreConfig {
     /// Where the packs live when not in `STORE/packs` (an S3-compatible bucket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packs: Option<PacksConfig>,
+    /// The minimum retention, in days: no forget, prune or gc, local or through a server,
+    /// removes a point committed fewer days ago, nor a chunk such a point holds. Set only on
+    /// the store's machine (`cairn policy min-retention`), never through the API; 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_retention_days: u32,
+    /// The largest disk a point may claim, in bytes: a commit of a larger one is refused (a
+    /// client cannot make every report and verify walk an exabyte of claimed zeros).
+    #[serde(
+        default = "default_max_disk",
+        skip_serializing_if = "is_default_max_disk"
+    )]
+    pub max_disk_bytes: u64,
+}
+
+/// The default of [`StoreConfig::max_disk_bytes`]: 256 TiB, four times the largest disk of the
+/// formats cairn reads (a 64 TiB VHDX), far above any VM disk seen.
+pub const DEFAULT_MAX_DISK_BYTES: u64 = 256 << 40;
+
+fn default_max_disk() -> u64 {
+    DEFAULT_MAX_DISK_BYTES
+}
+
+fn is_default_max_disk(n: &u64) -> bool {
+    *n == DEFAULT_MAX_DISK_BYTES
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How a store compresses its chunks (`compression = "zstd"` in `cairn.toml`); a store naming
@@ -130,6 +158,8 @@ impl StoreConfig {
             pack_target_size: 128 << 20,
             timezone: utc(),
             packs: None,
+            min_retention_days: 0,
+            max_disk_bytes: DEFAULT_MAX_DISK_BYTES,
         })
     }
 

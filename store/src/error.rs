@@ -122,6 +122,13 @@ pub enum Error {
     /// A recovery point that cannot be found or read.
     #[error("recovery point {0}")]
     Point(String),
+    /// A point claims a VM identity (UUID within a pool) that another VM name owns.
+    #[error("{0}")]
+    IdentityTaken(Box<IdentityClaim>),
+    /// A point the store's minimum retention holds: no forget, prune or gc removes it before
+    /// then.
+    #[error("{0}")]
+    Held(Box<HeldPoint>),
     /// A request the store cannot satisfy (bad argument).
     #[error("{0}")]
     Usage(String),
@@ -164,3 +171,39 @@ impl Error {
 
 /// Result of the store.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A VM name claiming the identity another owns ([`Error::IdentityTaken`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "VM {claimant:?} claims the identity (UUID {uuid}{}) of VM {owner:?}, whose points carry \
+     it; nothing was stored. If {owner:?} was renamed to {claimant:?}, back up once with \
+     `--adopt` (on the store's machine, or with an admin token)",
+    pool.as_deref().map(|p| format!(", pool {p}")).unwrap_or_default()
+)]
+pub struct IdentityClaim {
+    /// The UUID.
+    pub uuid: String,
+    /// The pool, if any.
+    pub pool: Option<String>,
+    /// The VM name whose points carry it.
+    pub owner: String,
+    /// The VM name that claimed it.
+    pub claimant: String,
+}
+
+/// A point the minimum retention holds ([`Error::Held`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "point {point} of {vm}/{disk} is held by the store's minimum retention until {until}; \
+     nothing was removed"
+)]
+pub struct HeldPoint {
+    /// The point (short id).
+    pub point: String,
+    /// Its VM.
+    pub vm: String,
+    /// Its disk.
+    pub disk: String,
+    /// When it may be removed (RFC 3339).
+    pub until: String,
+}

@@ -127,6 +127,8 @@ mod agree;
 pub mod bucket;
 mod catalogue;
 pub mod chunk;
+pub mod claims;
+mod complete;
 pub mod config;
 pub mod error;
 mod garbage;

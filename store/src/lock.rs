@@ -112,6 +112,15 @@ pub fn writer_active(root: &Path) -> bool {
     }
 }
 
+impl WriteLock {
+    /// Empties the holder's note: the writer finished cleanly (its process is about to end,
+    /// and the kernel drops the lock with it). For a store that lives as long as its process.
+    pub fn mark_finished(&self) {
+        let _ = self.file.set_len(0);
+        let _ = self.file.sync_data();
+    }
+}
+
 impl Drop for WriteLock {
     fn drop(&mut self) {
         // An empty lock file means "released cleanly"; a non-empty one found by the next

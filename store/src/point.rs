@@ -264,6 +264,10 @@ pub struct RecoveryPoint {
     /// A protected point is never pruned or forgotten.
     #[serde(default)]
     pub protected: bool,
+    /// Protected until then, whatever `protected` says: no command lifts it before (`protect
+    /// --until`); time does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_until: Option<DateTime<Utc>>,
     /// The backup run this point was made in (the disks of one VM backed up together).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
@@ -294,6 +298,10 @@ pub struct Labels {
     /// A note.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The time the client said the backup stands for, when the store set the point's time
+    /// itself (`cairn serve` times every point a backup token commits: see the `claims` module).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_time: Option<DateTime<Utc>>,
 }
 
 /// Which VM a point belongs to: see [`Labels`].
@@ -330,6 +338,13 @@ impl RecoveryPoint {
     #[must_use]
     pub fn same_disk(&self, other: &Self) -> bool {
         self.disk == other.disk && self.vm_key() == other.vm_key()
+    }
+
+    /// Whether the point is protected at `now` (by `protect`, or by `protect --until` a later
+    /// time).
+    #[must_use]
+    pub fn protected_at(&self, now: DateTime<Utc>) -> bool {
+        self.protected || self.protected_until.is_some_and(|u| u > now)
     }
 
     /// Number of chunks covering the disk.
@@ -392,6 +407,9 @@ mod hex_ids {
     }
 }
 
+/// The longest file name component file systems take (bytes).
+const MAX_COMPONENT: usize = 255;
+
 /// Checks a VM or disk name: 1 to 128 of `A-Z a-z 0-9 . _ -`, not starting with `.` (it becomes
 /// a folder name).
 ///
@@ -401,14 +419,22 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     let ok = !name.trim().is_empty()
         && name.chars().count() <= 128
         && !name.chars().any(char::is_control);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    if !ok {
+        return Err(format!(
             "{what} name {name:?} must be 1 to 128 printable characters (any script, spaces \
              allowed, not only spaces)"
-        ))
+        ));
     }
+    // It becomes a folder name: at most 255 bytes once written as one.
+    let written = path_component(name).len();
+    if written > MAX_COMPONENT {
+        return Err(format!(
+            "{what} name {name:?} is {written} bytes once written as a folder name, more than \
+             the {MAX_COMPONENT} a file system takes: use fewer characters, or plainer ones \
+             (every byte outside A-Z a-z 0-9 . _ - takes three)"
+        ));
+    }
+    Ok(())
 }
 
 /// A VM or disk name as one file name component: ASCII letters, digits, `.`, `_` and `-` stay as

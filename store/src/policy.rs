@@ -91,4 +91,42 @@ impl Store {
         config.timezone = tz.name().to_owned();
         self.write_config(config)
     }
+
+    /// Sets the store's minimum retention (days; 0: none) in `cairn.toml`: no forget, prune or
+    /// gc removes a point committed fewer days ago. Needs the write lock, so it is set on the
+    /// store's machine with the server stopped; no API request changes it.
+    ///
+    /// # Errors
+    /// More than 36 500 days, a store opened read-only, I/O errors.
+    pub fn set_min_retention(&mut self, days: u32) -> Result<()> {
+        self.require_writer()?;
+        if days > 36_500 {
+            return Err(Error::Usage(format!(
+                "a minimum retention of {days} days: at most 36500 (a hundred years)"
+            )));
+        }
+        let mut config = self.config.clone();
+        config.min_retention_days = days;
+        self.write_config(config)
+    }
+
+    /// Points committed after this instant are held by the minimum retention (none when the
+    /// store has none).
+    #[must_use]
+    pub fn retention_cutoff(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        (self.config.min_retention_days > 0).then(|| {
+            chrono::Utc::now() - chrono::Duration::days(i64::from(self.config.min_retention_days))
+        })
+    }
+
+    /// When the minimum retention lets `point` go, if it holds it now.
+    #[must_use]
+    pub fn held_until(
+        &self,
+        point: &crate::RecoveryPoint,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        crate::claims::held(point.committed, self.retention_cutoff()).then(|| {
+            point.committed + chrono::Duration::days(i64::from(self.config.min_retention_days))
+        })
+    }
 }

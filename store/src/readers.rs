@@ -54,25 +54,45 @@ pub fn register(root: &Path) -> Result<ReaderGuard> {
             Err(e) => return Err(Error::io(&dir, "creating the readers folder")(e)),
         }
     }
-    let path = dir.join(format!(
+    let name = format!(
         "{}-{}-{}",
         now(),
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
+    );
+    // Made and locked under a name garbage collection does not count, then renamed: a
+    // collection never sees the file unlocked (it would take it for a dead reader's and
+    // remove it, and the reader would then hold the lock of a file nobody sees). The reader
+    // opens the index only after the rename, so until then it needs no counting.
+    let hidden = dir.join(format!("{HIDDEN}{name}"));
+    let path = dir.join(name);
     let file = {
         use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)
-            .map_err(Error::io(&path, "registering a reader"))?
+            .open(&hidden)
+            .map_err(Error::io(&hidden, "registering a reader"))?
     };
-    file.try_lock_exclusive()
-        .map_err(Error::io(&path, "locking a reader file"))?;
+    let registered = file
+        .try_lock_exclusive()
+        .map_err(Error::io(&hidden, "locking a reader file"))
+        .and_then(|()| {
+            std::fs::rename(&hidden, &path).map_err(Error::io(&path, "registering a reader"))
+        });
+    if let Err(e) = registered {
+        let _ = std::fs::remove_file(&hidden);
+        return Err(e);
+    }
     Ok(ReaderGuard { path, _file: file })
 }
+
+/// Prefix of a reader file being made (not yet locked and named).
+const HIDDEN: &str = ".new-";
+
+/// A file being made that is older than this was left by a reader that died while registering.
+const HIDDEN_STALE_NANOS: u128 = 60_000_000_000;
 
 /// The number of running readers that registered before `instant` (nanoseconds since the
 /// epoch). Files of readers that died are removed on the way.
@@ -87,6 +107,22 @@ pub fn readers_before(root: &Path, instant: u128) -> Result<u64> {
     let mut n = 0;
     for e in entries {
         let path = e.map_err(Error::io(&dir, "listing the readers"))?.path();
+        let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("");
+        if let Some(made) = name.strip_prefix(HIDDEN) {
+            // Not counted: its reader has not opened the index yet. Removed only when old and
+            // unlocked (a reader that died while registering).
+            let started: u128 = made
+                .split('-')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            if now().saturating_sub(started) > HIDDEN_STALE_NANOS
+                && File::open(&path).is_ok_and(|f| f.try_lock_exclusive().is_ok())
+            {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
         let start: Option<u128> = path
             .file_name()
             .and_then(|s| s.to_str())

@@ -149,6 +149,19 @@ impl Store {
             .collect()
     }
 
+    /// For each id, whether the store holds the whole subtree under it: one meaning of "held"
+    /// for everything that skips a subtree it is told is there (replication into a folder or a
+    /// server, a commit's reference check). That is a chunk some point references: a live
+    /// point's tree is complete. An indexed chunk no point references is not: garbage
+    /// collection may keep its frame (in a pack it does not rewrite) while it deletes what it
+    /// names.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn holds_subtrees(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        Ok(self.refcounts(ids)?.into_iter().map(|n| n > 0).collect())
+    }
+
     /// Whether the reference counts cover every point (false on a store written before they
     /// existed, until a writer opens it).
     ///

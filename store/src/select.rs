@@ -376,6 +376,7 @@ mod tests {
             stats: BackupStats::default(),
             committed: t,
             protected: false,
+            protected_until: None,
             run: None,
             labels: crate::point::Labels::default(),
         }

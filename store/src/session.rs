@@ -76,6 +76,13 @@ pub struct Session<'a> {
     rewrite: Arc<Rewrite>,
     /// Chunks stored again by the layout policy since the point being read started.
     rewritten: u64,
+    /// Whether the store sets its points' times at commit ([`Session::time_at_commit`]).
+    clock: bool,
+    /// Whether its points may take a VM identity another name owns ([`Session::allow_adopt`]).
+    adopt: bool,
+    /// The only chunks of the store its points may name without putting them, sorted
+    /// ([`Session::restrict_references`]); `None`: any.
+    allowed: Option<Arc<Vec<ChunkId>>>,
 }
 
 /// Which chunks a backup may store again to keep a disk's chunks together (see the `layout`
@@ -166,7 +173,33 @@ impl<'a> Session<'a> {
             mark: (0, 0),
             rewrite: Arc::default(),
             rewritten: 0,
+            clock: false,
+            adopt: false,
+            allowed: None,
         }
+    }
+
+    /// With [`Session::check_references`]: the points may name, of the chunks the store
+    /// holds, only those of `allowed` (sorted); any other is answered as missing, exactly as a
+    /// chunk the store lacks. For a client that may not learn what other VMs hold (`cairn
+    /// serve`'s `--lookups own` tokens): a commit is no oracle of the store's contents, and no
+    /// way to read a chunk it never had.
+    pub fn restrict_references(&mut self, allowed: Arc<Vec<ChunkId>>) {
+        self.allowed = Some(allowed);
+    }
+
+    /// The points this session commits get the time of their commit (see the `claims`
+    /// module), whatever time they were staged with: what `cairn serve` does for every token
+    /// that is not an admin's, so that a host cannot date its points to make retention drop
+    /// real ones.
+    pub fn time_at_commit(&mut self) {
+        self.clock = true;
+    }
+
+    /// The points this session commits may take a VM identity (UUID within a pool) that
+    /// another VM name owns: a VM renamed, said so by the store's owner or an admin.
+    pub fn allow_adopt(&mut self) {
+        self.adopt = true;
     }
 
     /// Lets the chunks a [`KnownFilter`] made from now on calls new be stored again when they
@@ -385,9 +418,10 @@ impl<'a> Session<'a> {
     /// Makes the commit check, before anything is published, that every chunk the staged
     /// points name is in the store or was put in this session, with the kind its place needs:
     /// for points built elsewhere (a client of `cairn serve`), whose trees this process did not
-    /// write. Tree chunks put in this session are read back and followed; a chunk the store
-    /// already held is trusted with what is under it (an indexed tree chunk's children are
-    /// indexed: garbage collection removes a chunk only with every chunk naming it). The check
+    /// write. Tree chunks put in this session are read back and followed; a tree chunk some
+    /// point of the store references is trusted with what is under it
+    /// ([`Store::holds_subtrees`]); one the index holds that no point references is read and
+    /// followed too (garbage collection may have deleted what it names). The check
     /// runs under the commit lock, so a collection cannot remove a chunk between it and the
     /// commit.
     pub fn check_references(&mut self) {
@@ -408,84 +442,17 @@ impl<'a> Session<'a> {
     /// See [`Session::check_references`]: the chunks `staged` names that are neither in the
     /// store nor in this session (the first few), or of the wrong kind.
     fn check_complete(&self, staged: &[StagedPoint]) -> Result<()> {
-        use crate::tree::{Node, decode};
         let pending: HashMap<ChunkId, Location> = self.pending.iter().copied().collect();
-        let mut visited: HashSet<ChunkId> = HashSet::new();
-        let mut held: Vec<(ChunkId, ChunkKind)> = Vec::new();
+        let mut check = crate::complete::Check::new(
+            self.store,
+            &pending,
+            &self.lost,
+            self.allowed.as_deref().map(Vec::as_slice),
+        );
         for StagedPoint(p) in staged {
-            let mut stack: Vec<(ChunkId, u8)> = crate::tree::top(p)?
-                .into_iter()
-                .map(|id| (id, p.depth))
-                .collect();
-            while let Some((id, level)) = stack.pop() {
-                if !visited.insert(id) {
-                    continue;
-                }
-                let Some(loc) = pending.get(&id) else {
-                    held.push((id, ChunkKind::Tree));
-                    continue;
-                };
-                let wrong = |what: String| {
-                    Error::Usage(format!(
-                        "point {}: tree chunk {id} (level {level}) {what}; nothing was stored",
-                        p.short_id()
-                    ))
-                };
-                if loc.kind != ChunkKind::Tree {
-                    return Err(wrong("was sent as a data chunk".into()));
-                }
-                let bytes = self.store.read_at(&id, loc)?;
-                match decode(&bytes).map_err(wrong)? {
-                    Node::Leaf(refs) if level == 0 => {
-                        for r in refs.iter() {
-                            if let ChunkRef::Data(d) = r
-                                && visited.insert(*d)
-                            {
-                                match pending.get(d) {
-                                    Some(l) if l.kind != ChunkKind::Data => {
-                                        return Err(wrong(format!(
-                                            "names chunk {d} as data, which was sent as a tree chunk"
-                                        )));
-                                    }
-                                    Some(_) => {}
-                                    None => held.push((*d, ChunkKind::Data)),
-                                }
-                            }
-                        }
-                    }
-                    Node::Inner(l, children) if l == level && level > 0 => {
-                        stack.extend(children.iter().map(|c| (*c, level - 1)));
-                    }
-                    n => {
-                        return Err(wrong(format!("is of level {}", n.level())));
-                    }
-                }
-            }
+            check.point(p)?;
         }
-        let mut missing = Vec::new();
-        for batch in held.chunks(4096) {
-            let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
-            for ((id, kind), loc) in batch.iter().zip(self.store.locations(&ids)?) {
-                match loc {
-                    Some(l) if l.kind == *kind && !self.lost.contains(&l.pack) => {}
-                    Some(l) if l.kind != *kind => {
-                        return Err(Error::Usage(format!(
-                            "chunk {id} is named as a {kind:?} chunk but the store holds it as                              {:?}; nothing was stored",
-                            l.kind
-                        )));
-                    }
-                    _ => missing.push(*id),
-                }
-            }
-        }
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let shown: Vec<String> = missing.iter().take(4).map(ChunkId::to_hex).collect();
-        Err(Error::Incomplete {
-            missing: missing.len() as u64,
-            first: shown.join(", "),
-        })
+        check.finish()
     }
 
     /// Refuses a tree naming a chunk whose pack file is gone (and that this session did not
@@ -566,6 +533,9 @@ impl<'a> Session<'a> {
         // One commit at a time in this process (sessions of `cairn serve`, garbage collection
         // in it): the counts read below are changed by this commit's batches only.
         let _commit = store.commit_lock()?;
+        let existing = store.points()?;
+        let mut staged = staged;
+        self.check_claims(&mut staged, &existing)?;
         if self.check {
             self.check_complete(&staged)?;
         }
@@ -612,17 +582,10 @@ impl<'a> Session<'a> {
         // A retry of a backup whose point is already published (an earlier run failed after
         // its commit, at the catalogue write): the same disk, time and content is that point,
         // not a second one.
-        let existing = store.points()?;
         let mut again = Vec::new();
         let mut points: Vec<RecoveryPoint> = Vec::new();
         for StagedPoint(mut p) in staged {
-            match existing.iter().find(|e| {
-                e.same_disk(&p)
-                    && e.time == p.time
-                    && e.size == p.size
-                    && e.depth == p.depth
-                    && e.segments == p.segments
-            }) {
+            match existing.iter().find(|e| same_commit(e, &p)) {
                 Some(e) => again.push(e.clone()),
                 None => {
                     p.committed = committed;
@@ -649,9 +612,23 @@ impl<'a> Session<'a> {
             source: Box::new(e),
         };
         // A store in a bucket: its root files there first, so that the bucket alone (an index
-        // rebuild) holds every point committed here.
-        for (file, json) in &files {
-            store.put_root(file, json)?;
+        // rebuild) holds every point committed here. A commit that fails before its commit
+        // point takes its root objects back out of the bucket: a rebuild from the bucket never
+        // brings back a point the user was told was not stored.
+        let take_back = |put: &[&(String, Vec<u8>)]| {
+            for (file, _) in put {
+                // One that cannot be deleted now (the bucket unreachable) is a stray root
+                // object: the next writer's open deletes it.
+                let _ = store.delete_root(file);
+            }
+        };
+        let mut put: Vec<&(String, Vec<u8>)> = Vec::with_capacity(files.len());
+        for f in &files {
+            if let Err(e) = store.put_root(&f.0, &f.1) {
+                take_back(&put);
+                return Err(e);
+            }
+            put.push(f);
         }
         let write_roots = || -> Result<()> {
             for (file, json) in &files {
@@ -672,6 +649,9 @@ impl<'a> Session<'a> {
                     .is_some_and(|(f, _)| store.root.join(f).exists()),
                 Some(j) => !j.exists(),
             };
+            if !committed {
+                take_back(&put);
+            }
             return Err(if committed { unpublished(e) } else { e });
         }
         // 4. The catalogue entries and the reference counts, in one batch. The points are
@@ -689,6 +669,34 @@ impl<'a> Session<'a> {
         publish().map_err(unpublished)?;
         points.extend(again);
         Ok(points)
+    }
+}
+
+/// Whether `existing` is `p` committed before (a retry of a backup whose earlier run failed
+/// after its commit): the same disk, time and content.
+fn same_commit(existing: &RecoveryPoint, p: &RecoveryPoint) -> bool {
+    existing.same_disk(p)
+        && existing.time == p.time
+        && existing.size == p.size
+        && existing.depth == p.depth
+        && existing.segments == p.segments
+}
+
+impl Session<'_> {
+    /// What the staged points claim, checked against the points the store holds (the `claims`
+    /// module): ids, sizes, times (set here for a store-timed session), identities.
+    fn check_claims(&self, staged: &mut [StagedPoint], existing: &[RecoveryPoint]) -> Result<()> {
+        {
+            let points: Vec<&RecoveryPoint> = staged.iter().map(|s| &s.0).collect();
+            crate::claims::check_ids_and_sizes(&points, self.store.config.max_disk_bytes)?;
+            crate::claims::check_identities(&points, existing, self.adopt)?;
+        }
+        if self.clock {
+            let mut points: Vec<&mut RecoveryPoint> = staged.iter_mut().map(|s| &mut s.0).collect();
+            crate::claims::time_at_commit(&mut points, existing);
+        }
+        let points: Vec<&RecoveryPoint> = staged.iter().map(|s| &s.0).collect();
+        crate::claims::check_times(&points, existing, &same_commit)
     }
 }
 
@@ -716,6 +724,7 @@ impl StagedPoint {
             stats: point.stats,
             committed: Utc::now(),
             protected: false,
+            protected_until: None,
             run: point.run,
             labels: point.labels,
         })

@@ -61,6 +61,18 @@ impl Drop for Store {
 }
 
 impl Store {
+    /// Ends writing for a store that lives as long as its process (`cairn serve`, which
+    /// leaks it): the index is settled as a writer's close settles it, and the lock file says
+    /// its holder finished. Nothing may be written after it; the process then exits.
+    pub fn finish_writing(&self) {
+        if let Some(lock) = &self.lock {
+            self.settle_index();
+            // Every commit synced its batch already: this is only tidiness.
+            let _ = self.db.flush_wal(true);
+            lock.mark_finished();
+        }
+    }
+
     /// Table files of each column family of the index, and their bytes.
     #[must_use]
     pub(crate) fn index_files(&self) -> Vec<(String, usize, usize)> {

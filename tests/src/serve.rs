@@ -58,6 +58,28 @@ impl Server {
         Self::try_start(&wrapper, store, 0, &[], &[]).ok()
     }
 
+    /// Serves the store under `strace`, every call of `syscalls` slowed by `micros` on entry
+    /// (fsyncs made slow, to widen a race).
+    ///
+    /// # Panics
+    /// When it does not start.
+    #[must_use]
+    pub fn start_slowed(store: &Path, syscalls: &str, micros: u64) -> Self {
+        let wrapper = [
+            "strace".to_owned(),
+            "-f".into(),
+            "-qq".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-e".into(),
+            format!("trace={syscalls}"),
+            "-e".into(),
+            format!("inject={syscalls}:delay_enter={micros}"),
+        ];
+        Self::try_start(&wrapper, store, 0, &[], &[])
+            .unwrap_or_else(|log| panic!("cairn serve did not start: {log}"))
+    }
+
     fn try_start(
         wrapper: &[String],
         store: &Path,

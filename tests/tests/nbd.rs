@@ -699,3 +699,268 @@ fn serve_nbd_outlives_hostile_clients_turns_away_extra_ones_and_leaves_no_overla
         "the store is untouched"
     );
 }
+
+/// A client certificate signed by the CA of `certificates(dir)` (its `ca.key`), for `name`.
+fn client_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (key, csr, cert, ext) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.csr")),
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.cnf")),
+    );
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("ext");
+    ok(Command::new("openssl")
+        .args(["req", "-newkey", "rsa:2048", "-nodes", "-subj"])
+        .arg(format!("/CN={name}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    ok(Command::new("openssl")
+        .args(["x509", "-req", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(dir.join("ca.pem"))
+        .arg("-CAkey")
+        .arg(dir.join("ca.key"))
+        .args(["-CAcreateserial", "-days", "2", "-extfile"])
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert));
+    (cert, key)
+}
+
+/// A folder as libnbd's and qemu's `tls-certificates` / `tls-creds-x509` read it.
+fn pki(dir: &Path, files: &[(&Path, &str)]) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    for (from, to) in files {
+        std::fs::copy(from, dir.join(to)).expect("copy");
+    }
+    dir.to_path_buf()
+}
+
+#[test]
+fn serve_nbd_with_client_certificates_serves_their_holders_only_and_refuses_to_expose_without() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (ca, cert, key) = cairn_tests::certificates(w);
+    let (client, client_key) = client_certificate(w, "backup-host");
+    let other = w.join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    let _ = cairn_tests::certificates(&other);
+    let (stranger, stranger_key) = client_certificate(&other, "stranger");
+    let base = w.join("base.raw");
+    make_raw(&base, 8 << 20, 41);
+    let store = TestStore::new("256K");
+    let p = id(&store.backup("vm", "2026-11-01T00:00:00Z", "xvda", &base, &[]));
+    let s = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    // Exposed on every address without client certificates: refused before anything listens.
+    for extra in [
+        &[][..],
+        &["--tls-cert", &s(&cert), "--tls-key", &s(&key)][..],
+    ] {
+        let o = run(store
+            .cmd(&["serve-nbd", "--listen", "0.0.0.0:0"])
+            .args(extra)
+            .arg(&p));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("--tls-client-ca"),
+            "{err}"
+        );
+    }
+    let srv = serve_nbd(
+        &store.path(),
+        &[
+            "--tls-cert",
+            &s(&cert),
+            "--tls-key",
+            &s(&key),
+            "--tls-client-ca",
+            &s(&ca),
+            &p,
+        ],
+    );
+    let holder = pki(
+        &w.join("holder"),
+        &[
+            (&ca, "ca-cert.pem"),
+            (&client, "client-cert.pem"),
+            (&client_key, "client-key.pem"),
+        ],
+    );
+    let anonymous = pki(&w.join("anonymous"), &[(&ca, "ca-cert.pem")]);
+    let foreign = pki(
+        &w.join("foreign"),
+        &[
+            (&ca, "ca-cert.pem"),
+            (&stranger, "client-cert.pem"),
+            (&stranger_key, "client-key.pem"),
+        ],
+    );
+    // libnbd's nbdcopy with the client certificate reads the disk.
+    let copy = w.join("copy.raw");
+    ok(Command::new("nbdcopy")
+        .arg(format!(
+            "{}&tls-certificates={}",
+            srv.tls_uri(&p),
+            holder.display()
+        ))
+        .arg(&copy));
+    assert_eq!(read(&copy), read(&base));
+    // qemu-img with tls-creds-x509 too.
+    let q = w.join("qemu.raw");
+    ok(Command::new("qemu-img")
+        .args(["convert", "--object"])
+        .arg(format!(
+            "tls-creds-x509,id=tls0,dir={},endpoint=client",
+            holder.display()
+        ))
+        .arg("--image-opts")
+        .arg(format!(
+            "driver=nbd,path={},export={p},tls-creds=tls0",
+            srv.socket().display()
+        ))
+        .args(["-O", "raw"])
+        .arg(&q));
+    assert_eq!(read(&q), read(&base));
+    // Without a certificate, or with one another CA signed: nothing is read.
+    for (who, dir) in [("no certificate", &anonymous), ("another CA's", &foreign)] {
+        let o = run(Command::new("nbdinfo").arg(format!(
+            "{}&tls-certificates={}",
+            srv.tls_uri(&p),
+            dir.display()
+        )));
+        assert!(!o.status.success(), "a client with {who} was served");
+    }
+    let o = run(Command::new("nbdinfo").arg(srv.uri(&p)));
+    assert!(!o.status.success(), "a plain client was served");
+}
+
+#[test]
+fn serve_nbd_drops_slow_handshakes_and_caps_each_address() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let work = tempfile::tempdir().expect("tempdir");
+    let base = work.path().join("base.raw");
+    make_raw(&base, 4 << 20, 43);
+    let store = TestStore::new("256K");
+    let p = id(&store.backup("vm", "2026-11-01T00:00:00Z", "xvda", &base, &[]));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = store
+        .cmd(&[
+            "serve-nbd",
+            "--listen",
+            &addr,
+            "--max-clients-per-address",
+            "3",
+            &p,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve-nbd starts");
+    let started = std::time::Instant::now();
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "serve-nbd does not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let uri = format!("nbd://{addr}/{p}");
+    // Three idle clients hold their address's slots: a fourth from it is turned away.
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let o = run(Command::new("nbdinfo").arg(&uri));
+    assert!(
+        !o.status.success(),
+        "a fourth client from one address was served"
+    );
+    drop(idle);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // A client trickling its handshake a byte every few seconds is dropped at the deadline
+    // (30 s in all), not kept for as long as it keeps sending.
+    let mut slow = TcpStream::connect(&addr).expect("connect");
+    // A well-formed handshake (fixed newstyle flags, then an option's magic), a byte at a time.
+    let handshake: Vec<u8> =
+        [&[0u8, 0, 0, 3][..], b"IHAVEOPT", &[0, 0, 0, 1, 0, 0, 0, 64]].concat();
+    let started = std::time::Instant::now();
+    let mut dropped = false;
+    for byte in handshake.iter().cycle() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        if slow.write_all(&[*byte]).is_err() {
+            dropped = true;
+            break;
+        }
+    }
+    assert!(dropped, "a trickling handshake held its slot for 60 s");
+    assert!(
+        started.elapsed().as_secs() >= 25,
+        "dropped before its deadline"
+    );
+    // A real client is served afterwards.
+    let copy = work.path().join("copy.raw");
+    ok(Command::new("nbdcopy").arg(&uri).arg(&copy));
+    assert_eq!(read(&copy), read(&base));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn writable_overlays_are_bounded_in_total_and_say_so_when_full() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let base = work.path().join("base.raw");
+    make_raw(&base, 8 << 20, 45);
+    let store = TestStore::new("256K");
+    let p = id(&store.backup("vm", "2026-11-01T00:00:00Z", "xvda", &base, &[]));
+    // Room for four chunks in all overlays together.
+    let srv = serve_nbd(&store.path(), &["--writable", "--overlay-limit", "1M", &p]);
+    let io = ok(Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x55 0 1M",
+            "-c",
+            "read -P 0x55 0 1M",
+        ])
+        .arg(srv.uri(&p)));
+    assert!(!io.contains("fail"), "{io}");
+    // That client is gone, its room free again. A client whose writes need more than four
+    // chunks gets ENOSPC for the fifth; once it is gone, its room is free again too.
+    let full = run(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x66 2M 2M"])
+        .arg(srv.uri(&p)));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&full.stdout),
+        String::from_utf8_lossy(&full.stderr)
+    );
+    assert!(said.contains("No space left"), "{said}");
+    let again = ok(Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x77 4M 1M",
+            "-c",
+            "read -P 0x77 4M 1M",
+        ])
+        .arg(srv.uri(&p)));
+    assert!(!again.contains("fail"), "{again}");
+}

@@ -350,3 +350,41 @@ fn diff_names_the_ranges_that_changed_between_two_points() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("one disk"));
 }
+
+/// A link planted under the restore's temporary name in a shared folder (every pid the next
+/// processes may get) is not followed: the restore fails naming it, and what the link points
+/// at is untouched.
+#[test]
+fn a_link_planted_under_the_temporary_name_is_never_followed() {
+    let store = Store::new("256K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let d = disk(work.path(), "d.raw", 3, 0);
+    let p = id(&store.backup("vm", "2026-11-01T00:00:00Z", "xvda", &d, &[]));
+    let shared = work.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    let victim = work.path().join("victim");
+    std::fs::write(&victim, b"not to be overwritten").expect("victim");
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .expect("ns_last_pid");
+    for pid in last + 1..last + 3000 {
+        std::os::unix::fs::symlink(
+            &victim,
+            shared.join(format!(".out.raw.cairn-partial-{pid}")),
+        )
+        .expect("symlink");
+    }
+    let o = run(store.cmd(&["restore", &p]).arg(shared.join("out.raw")));
+    assert!(
+        !o.status.success(),
+        "the restore went through a planted link"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cairn-partial"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(read(&victim), b"not to be overwritten");
+    assert!(!shared.join("out.raw").exists());
+}

@@ -32,6 +32,8 @@ pub struct Extras {
     pub rules: BTreeMap<String, Recorded>,
     /// When the report is made.
     pub now: chrono::DateTime<chrono::Utc>,
+    /// Points committed after this are held by the store's minimum retention.
+    pub hold: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Extras {
@@ -45,6 +47,12 @@ impl Extras {
             last_verify: crate::history::last_verify(root),
             rules: crate::history::rules_of(root),
             now: chrono::Utc::now(),
+            hold: cairn_store::StoreConfig::load(root)
+                .ok()
+                .filter(|c| c.min_retention_days > 0)
+                .map(|c| {
+                    chrono::Utc::now() - chrono::Duration::days(i64::from(c.min_retention_days))
+                }),
         }
     }
 }
@@ -105,7 +113,12 @@ fn vm_name(c: &Costs<'_>, k: &VmKey) -> String {
 
 /// Which rule of its VM's last prune keeps each point: the rule's name, `protected`, `none`
 /// (the next prune with those rules removes it); points of VMs never pruned are left out.
-fn kept_by(c: &Costs<'_>, rules: &BTreeMap<String, Recorded>, tz: Tz) -> HashMap<PointId, String> {
+fn kept_by(
+    c: &Costs<'_>,
+    rules: &BTreeMap<String, Recorded>,
+    tz: Tz,
+    hold: Option<chrono::DateTime<chrono::Utc>>,
+) -> HashMap<PointId, String> {
     let mut out = HashMap::new();
     let mut by_vm: BTreeMap<&str, Vec<RecoveryPoint>> = BTreeMap::new();
     for (p, _) in &c.per_point {
@@ -115,10 +128,11 @@ fn kept_by(c: &Costs<'_>, rules: &BTreeMap<String, Recorded>, tz: Tz) -> HashMap
     }
     for (vm, points) in by_vm {
         let Some(r) = rules.get(vm) else { continue };
-        for (p, keep) in crate::decide(points, &r.rules, &tz) {
+        for (p, keep) in crate::decide(points, &r.rules, &tz, hold) {
             let why = match keep {
                 Some(Keep::Rule(rule)) => rule.name().to_owned(),
                 Some(Keep::Protected) => "protected".to_owned(),
+                Some(Keep::Held) => "held".to_owned(),
                 None => "none".to_owned(),
             };
             out.insert(p.id, why);
@@ -166,7 +180,7 @@ pub fn build(
     tz: Tz,
     extras: &Extras,
 ) -> Value {
-    let kept = kept_by(c, &extras.rules, tz);
+    let kept = kept_by(c, &extras.rules, tz, extras.hold);
     let per_point: Vec<&(&RecoveryPoint, Cost)> =
         c.per_point.iter().filter(|(p, _)| shown(p)).collect();
     let shown_disks: HashSet<(VmKey, String)> = per_point

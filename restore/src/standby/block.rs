@@ -73,7 +73,16 @@ impl Writer<'_> {
                          target: &mut dyn BlockTarget|
          -> Result<()> {
             let ids: Vec<cairn_store::ChunkId> = batch.iter().filter_map(|(_, id)| *id).collect();
-            let slots: Vec<&mut [u8]> = buf.chunks_mut(cs as usize).take(ids.len()).collect();
+            // Each chunk fills its place exactly (the last one of the disk may be short).
+            let places = batch
+                .iter()
+                .filter(|(_, id)| id.is_some())
+                .map(|(c, _)| cs.min(point.size - c * cs) as usize);
+            let slots: Vec<&mut [u8]> = buf
+                .chunks_mut(cs as usize)
+                .zip(places)
+                .map(|(slot, place)| &mut slot[..place])
+                .collect();
             let errors = cairn_store::StoreRead::read_chunks(store, &ids, slots)?;
             let mut data = buf.chunks(cs as usize).zip(errors);
             for (c, id) in batch.drain(..) {

@@ -1,0 +1,184 @@
+//! A published point restores: replication into a folder and into a server after a gc that
+//! left a dead tree chunk behind, a root file put back after its tree was collected, and a
+//! client's commit that names a short chunk in the middle of a disk.
+
+use std::path::Path;
+
+use cairn_tests::serve::{Server, token};
+use cairn_tests::{TestStore, id, json, make_raw, num, ok, read, run};
+
+/// Packs of 1 MiB, so that one backup spreads over several.
+fn small_packs(store: &TestStore) {
+    let cfg = store.path().join("cairn.toml");
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("pack_target_size") {
+                "pack_target_size = 1048576".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(&cfg, text.join("\n") + "\n").expect("config");
+}
+
+/// A destination whose index holds the tree chunk of disk `x` but not what it names: `x` and
+/// a larger `y` backed up in one run (x's tree lands in the pack y's data fills), x's point
+/// forgotten, gc: x's data packs go, the pack holding x's tree stays (almost all of it live).
+fn store_with_a_dead_tree(x: &Path, y: &Path) -> TestStore {
+    let dst = TestStore::new("256K");
+    small_packs(&dst);
+    let run = json(&ok(dst
+        .cmd(&[
+            "backup",
+            "--json",
+            "--vm",
+            "keep",
+            "--time",
+            "2026-11-01T00:00:00Z",
+        ])
+        .arg(format!("xvda={}", x.display()))
+        .arg(format!("xvdb={}", y.display()))));
+    let xa = run
+        .as_array()
+        .expect("points")
+        .iter()
+        .find(|p| p["disk"] == "xvda")
+        .map(id)
+        .expect("xvda's point");
+    ok(&mut dst.cmd(&["forget", &xa]));
+    ok(&mut dst.cmd(&["gc"]));
+    let report = json(&ok(&mut dst.cmd(&["report", "--json"])));
+    assert!(
+        num(&report, "garbage_frames") >= 1,
+        "gc left no dead frame behind (the case this test is about): {report}"
+    );
+    dst
+}
+
+#[test]
+fn replication_after_gc_sends_what_a_dead_tree_chunk_names_into_a_folder_and_a_server() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (x, y) = (w.join("x.raw"), w.join("y.raw"));
+    make_raw(&x, 4 << 20, 51);
+    make_raw(&y, 16 << 20, 52);
+    // The source: another VM with the same disk, so the same tree.
+    let src = TestStore::new("256K");
+    let b = id(&src.backup("src", "2026-11-02T00:00:00Z", "xvda", &x, &[]));
+    // Into a folder.
+    let folder = store_with_a_dead_tree(&x, &y);
+    ok(cairn_tests::cairn(["replicate", "--from"])
+        .arg(src.path())
+        .arg("--to")
+        .arg(folder.path()));
+    let out = w.join("folder.raw");
+    folder.restore(&b, &out, "raw");
+    assert_eq!(read(&out), read(&x));
+    // Into a server.
+    let served = store_with_a_dead_tree(&x, &y);
+    let admin = token(&served.path(), "admin", "admin", "*");
+    let server = Server::start(&served.path(), 0, &[]);
+    let copied = json(&ok(server
+        .cmd(&admin, &["replicate", "--json", "--from"])
+        .arg(src.path())
+        .arg("--to")
+        .arg(&server.url)));
+    assert!(
+        num(&copied, "chunks_sent") > 0,
+        "nothing was sent: {copied}"
+    );
+    let out = w.join("server.raw");
+    ok(server.cmd(&admin, &["restore", &b]).arg(&out));
+    assert_eq!(read(&out), read(&x));
+    ok(&mut server.cmd(&admin, &["verify"]));
+}
+
+#[test]
+fn a_root_file_put_back_after_its_tree_was_collected_stops_no_writer() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (a, b) = (w.join("a.raw"), w.join("b.raw"));
+    make_raw(&a, 4 << 20, 61);
+    make_raw(&b, 4 << 20, 62);
+    let store = TestStore::new("256K");
+    let pa = id(&store.backup("va", "2026-11-01T00:00:00Z", "xvda", &a, &[]));
+    store.backup("vb", "2026-11-01T00:00:00Z", "xvda", &b, &[]);
+    let root = cairn_tests::files_under(&store.path().join("points"))
+        .into_iter()
+        .find(|f| f.to_string_lossy().contains(&pa))
+        .expect("the root file");
+    let saved = std::fs::read(&root).expect("root file");
+    ok(&mut store.cmd(&["forget", &pa]));
+    ok(&mut store.cmd(&["gc"]));
+    // The admin follows "restore the file from a copy".
+    std::fs::create_dir_all(root.parent().expect("folder")).expect("mkdir");
+    std::fs::write(&root, saved).expect("put back");
+    // Every writer still works: the point is published, its damage named.
+    let c = w.join("c.raw");
+    make_raw(&c, 4 << 20, 63);
+    let o = run(store
+        .cmd(&["backup", "--vm", "vc", "--time", "2026-11-02T00:00:00Z"])
+        .arg(format!("xvda={}", c.display())));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listed: Vec<String> = store.list().iter().map(id).collect();
+    assert!(listed.contains(&pa), "{listed:?}");
+    let o = run(&mut store.cmd(&["verify", "--json"]));
+    assert!(!o.status.success(), "verify found nothing wrong");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&pa),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // The other points restore.
+    let out = w.join("out.raw");
+    store.restore("vc/xvda@latest", &out, "raw");
+    assert_eq!(read(&out), read(&c));
+}
+
+#[test]
+fn a_commit_slowed_at_its_fsyncs_while_gc_runs_in_the_server_publishes_a_point_that_restores() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("d.raw");
+    make_raw(&disk, 24 << 20, 71);
+    let store = TestStore::new("256K");
+    small_packs(&store);
+    let host = token(&store.path(), "host", "backup", "*");
+    let admin = token(&store.path(), "admin", "admin", "*");
+    // Every fsync of the server takes 0.4 s: a commit waits on its packs' syncs while the
+    // collections below take the commit lock and look for orphan packs.
+    let server = Server::start_slowed(&store.path(), "fsync,fdatasync", 400_000);
+    let mut backup = server
+        .cmd(&host, &["backup", "--json", "--vm", "web1"])
+        .arg(format!("xvda={}", disk.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("backup starts");
+    let mut collections = 0;
+    let started = std::time::Instant::now();
+    while backup.try_wait().expect("backup").is_none() {
+        assert!(started.elapsed().as_secs() < 300, "the backup did not end");
+        let (code, answer) = server.curl("POST", "gc", &admin, Some(br#"{"max_unused": 0}"#));
+        assert!(
+            code == 200 || code == 409,
+            "{code}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        collections += u32::from(code == 200);
+    }
+    let out = backup.wait_with_output().expect("backup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(collections > 0, "no collection ran beside the backup");
+    let p = id(&json(&String::from_utf8_lossy(&out.stdout))[0]);
+    let restored = work.path().join("out.raw");
+    ok(server.cmd(&admin, &["restore", &p]).arg(&restored));
+    assert_eq!(read(&restored), read(&disk));
+    ok(&mut server.cmd(&admin, &["verify"]));
+}
