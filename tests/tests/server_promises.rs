@@ -296,7 +296,13 @@ fn the_minimum_retention_holds_against_every_token_and_is_set_only_on_the_store_
 
 /// One row of the role table: what, method, path, body, and the status expected for each
 /// token.
-type Row = (&'static str, &'static str, String, Option<Vec<u8>>, [u16; 5]);
+type Row = (
+    &'static str,
+    &'static str,
+    String,
+    Option<Vec<u8>>,
+    [u16; 5],
+);
 
 /// Every role, scoped and not, against every endpoint: the whole table compared at once.
 #[test]
