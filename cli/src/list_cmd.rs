@@ -36,6 +36,7 @@ pub fn point_json(p: &RecoveryPoint, tz: Tz) -> serde_json::Value {
         "rewritten_chunks": p.stats.rewritten_chunks,
         "protected": p.protected_at(chrono::Utc::now()), "protected_until": p.protected_until, "run": p.run, "vm_uuid": p.labels.vm_uuid,
         "pool": p.labels.pool, "host": p.labels.host, "tags": p.labels.tags, "note": p.labels.note,
+        "claimed_time": p.labels.claimed_time, "committed": p.committed,
     })
 }
 

@@ -822,7 +822,7 @@ fn serve_nbd_with_client_certificates_serves_their_holders_only_and_refuses_to_e
         ))
         .arg("--image-opts")
         .arg(format!(
-            "driver=nbd,path={},export={p},tls-creds=tls0",
+            "driver=nbd,path={},export={p},tls-creds=tls0,tls-hostname=localhost",
             srv.socket().display()
         ))
         .args(["-O", "raw"])
