@@ -681,6 +681,11 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
             r.seconds,
             if r.clean() {
                 "all well".to_owned()
+            } else if r.damaged.is_empty() && r.catalogue.is_empty() {
+                format!(
+                    "the chunks are well, but {} name a chunk of another length than its place",
+                    crate::words::count(r.misplaced.len() as u64, "place")
+                )
             } else if r.damaged.is_empty() {
                 format!(
                     "the chunks are well, but {} between the root files and the index",
@@ -697,6 +702,9 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
         );
         for c in &r.catalogue {
             println!("index: {c}");
+        }
+        for m in &r.misplaced {
+            println!("{m}");
         }
         if r.unknown_but_referenced > 0 {
             println!(

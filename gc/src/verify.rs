@@ -136,6 +136,10 @@ pub struct VerifyReport {
     /// Disagreements between the root files and the catalogue (a root file gone, unreadable,
     /// or saying otherwise than the index).
     pub catalogue: Vec<String>,
+    /// Points that name a data chunk of another length than its place on the disk (a short
+    /// chunk in the middle of a disk, or a last chunk of another size): such a point does not
+    /// restore there.
+    pub misplaced: Vec<String>,
     /// Findings that turned out not to be damage (a collection moved or dropped the chunk
     /// while this run read it); not recorded.
     pub not_damage: Vec<String>,
@@ -147,7 +151,7 @@ impl VerifyReport {
     /// Whether everything checked is well.
     #[must_use]
     pub fn clean(&self) -> bool {
-        self.damaged.is_empty() && self.catalogue.is_empty()
+        self.damaged.is_empty() && self.catalogue.is_empty() && self.misplaced.is_empty()
     }
 }
 
@@ -260,6 +264,60 @@ fn hits_in(
                     && bad.contains_key(id)
                 {
                     out.entry(*id).or_default().push((e.first + k as u64) * cs);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The places where a point names a data chunk of another length than the place holds: a
+/// chunk shorter than the chunk size may only be a disk's last, as long as what is left of it.
+/// Only subtrees holding such a chunk are walked (they are few: one a point at most).
+fn misplaced(
+    store: &Store,
+    points: &[&RecoveryPoint],
+    trees: &Trees,
+    read: &[(ChunkId, Location, Option<String>)],
+) -> Result<Vec<String>> {
+    let cs = u64::from(store.config().chunk_size);
+    let short: HashMap<ChunkId, u32> = read
+        .iter()
+        .filter(|(_, l, e)| {
+            e.is_none() && l.kind == cairn_store::ChunkKind::Data && u64::from(l.plain_len) < cs
+        })
+        .map(|(id, l, _)| (*id, l.plain_len))
+        .collect();
+    let mut out = Vec::new();
+    if short.is_empty() {
+        return Ok(out);
+    }
+    let suspects: Findings = short
+        .keys()
+        .map(|id| {
+            let f = Finding {
+                state: DamageState::Bad,
+                what: String::new(),
+                location: None,
+            };
+            (*id, f)
+        })
+        .collect();
+    let dirty = trees.dirty(&suspects);
+    for p in points {
+        for (id, offsets) in hits_in(store, p, &dirty, &suspects)? {
+            let len = u64::from(short.get(&id).copied().unwrap_or_default());
+            for at in offsets {
+                let place = p.size.saturating_sub(at).min(cs);
+                if len != place {
+                    out.push(format!(
+                        "point {} ({}/{}) names data chunk {id} of {len} bytes at disk offset \
+                         {at}, where the disk holds {place}: that stretch does not restore; back \
+                         the disk up again",
+                        p.short_id(),
+                        p.vm,
+                        p.disk
+                    ));
                 }
             }
         }
@@ -400,6 +458,7 @@ pub fn verify(
     }
     drop(reader);
     report.chunks_checked = results.len() as u64;
+    report.misplaced = misplaced(&store, &chosen, &trees, &results)?;
     let mut healed = Vec::new();
     for (id, loc, err) in results {
         report.bytes_read += cairn_store::pack::FRAME_HEADER_SIZE + u64::from(loc.stored_len);

@@ -10,7 +10,18 @@
 //!   not its id is refused, and nothing of that request is stored;
 //! - a commit checks that every chunk the points name is in the store or was uploaded in the
 //!   session, of the kind its place needs ([`cairn_store::Session::check_references`]);
-//! - a point id the store holds is refused: nothing is ever overwritten.
+//! - a point id the store holds is refused: nothing is ever overwritten;
+//! - a point's time is the server's for every token but an admin's (the client's claim is kept
+//!   as a label), a VM identity (UUID within a pool) is its VM name's, a disk's size is bounded,
+//!   and every data chunk is the length its place on the disk holds
+//!   ([`cairn_store::claims`]);
+//! - no token, admin or not, removes a point the store's minimum retention or a `protect
+//!   --until` holds.
+//!
+//! What each token can and cannot do, and the limits on connections, sessions and requests,
+//! are in `docs/security.md`; the API takes tokens only from `Authorization: Bearer` and refuses
+//! a foreign `Origin` and a body of another type than its own (a page of another site cannot
+//! drive a logged-in browser).
 //!
 //! # Many writers at once
 //! | what | how |
@@ -18,8 +29,9 @@
 //! | sessions | each its own [`cairn_store::Session`] and packs; uploads to different sessions run in parallel |
 //! | one disk, two sessions | refused with 409 naming the holder (the client retries when asked to wait) |
 //! | commits, forget, protect | one at a time ([`cairn_store::Store::commit_lock`]), each a few synced batches |
-//! | garbage collection | plans from a read-only view; its final step takes the commit lock and leaves alone the packs of live sessions; a chunk a session reused that the collection removed makes that session's commit fail its reference check (409), never a point naming a missing chunk |
+//! | garbage collection | plans from a read-only view; its final step takes the commit lock and leaves alone the packs of live sessions and of sessions committing (registered before they leave the session table); a chunk a session reused that the collection removed makes that session's commit fail its reference check (409), never a point naming a missing chunk; the server's own chunk reads register as readers |
 //! | a session's client dies | the session is dropped after `idle` seconds without a request; its packs are deleted |
+//! | the server is stopped (SIGTERM, SIGINT) | requests in flight finish (30 s at most), open sessions are dropped with their packs, and the lock file says its writer finished |
 //! | the server is killed | committed points are durable (commits are synced before they answer); the next start (or any writer) settles what was half-done, and `gc` deletes the dead sessions' packs |
 //!
 //! The HTTP API is documented in `docs/api.md`.

@@ -4,8 +4,13 @@
 //!
 //! - A tree chunk put in the session is read back and followed.
 //! - A tree chunk some point of the store references is trusted with everything under it
-//!   ([`crate::Store::holds_subtrees`]); one the index holds that no point references is read
-//!   and followed (garbage collection may have deleted what it names).
+//!   ([`crate::Store::holds_subtrees`]), but on the path to the disk's last chunk (which another
+//!   point's tree may end with a chunk of another length); one the index holds that no point
+//!   references is read and followed (garbage collection may have deleted what it names).
+//!
+//! Not checked here: a live subtree that ended another point with a short chunk, taken whole
+//! into the middle of this one. A restore of such a point fails at that chunk (every chunk must
+//! fill its place exactly, [`crate::chunk::decode_into`]), and `verify` names it.
 //! - A data chunk is the chunk size, but the disk's last, which is what is left of the disk: a
 //!   short chunk in the middle of a disk would restore whatever a buffer held before.
 //!
@@ -39,11 +44,27 @@ pub(crate) struct Check<'s> {
     data: HashSet<ChunkId>,
     /// Chunks the session did not put, checked against the index at the end.
     held: Vec<Wanted>,
-    /// The only chunks of the store the points may name without putting them (sorted);
-    /// `None`: any.
-    allowed: Option<&'s [ChunkId]>,
+    /// The only chunks of the store the points may name without putting them; `None`: any.
+    allowed: Option<Allowed<'s>>,
     /// Named, not put, and not allowed: answered as missing whatever the store holds.
     refused: Vec<ChunkId>,
+}
+
+/// The chunks of the store a restricted session's points may name without having put them:
+/// its own (sorted), and those it put that the store held already (it sent their bytes).
+pub(crate) struct Allowed<'s> {
+    own: &'s [ChunkId],
+    proven: &'s HashSet<ChunkId>,
+}
+
+impl<'s> Allowed<'s> {
+    pub(crate) fn new(own: &'s [ChunkId], proven: &'s HashSet<ChunkId>) -> Self {
+        Self { own, proven }
+    }
+
+    fn holds(&self, id: &ChunkId) -> bool {
+        self.own.binary_search(id).is_ok() || self.proven.contains(id)
+    }
 }
 
 /// One tree entry to follow: its id, level, and first chunk on the disk.
@@ -58,7 +79,7 @@ impl<'s> Check<'s> {
         store: &'s Store,
         pending: &'s HashMap<ChunkId, Location>,
         lost: &'s HashSet<PackId>,
-        allowed: Option<&'s [ChunkId]>,
+        allowed: Option<Allowed<'s>>,
     ) -> Self {
         Self {
             store,
@@ -75,7 +96,7 @@ impl<'s> Check<'s> {
     /// Whether a chunk the session did not put may be looked for in the store; one that may
     /// not is listed as missing.
     fn may_name(&mut self, id: &ChunkId) -> bool {
-        let ok = self.allowed.is_none_or(|a| a.binary_search(id).is_ok());
+        let ok = self.allowed.as_ref().is_none_or(|a| a.holds(id));
         if !ok {
             self.refused.push(*id);
         }
@@ -103,7 +124,7 @@ impl<'s> Check<'s> {
             if !self.trees.insert((e.id, last)) {
                 continue;
             }
-            let Some(loc) = self.tree_to_follow(&e.id)? else {
+            let Some(loc) = self.tree_to_follow(&e.id, last)? else {
                 continue;
             };
             let wrong = |what: String| {
@@ -141,17 +162,18 @@ impl<'s> Check<'s> {
         Ok(())
     }
 
-    /// Where tree chunk `id` is, when it must be followed: put in the session, or indexed but
-    /// referenced by no point. `None` when it need not be (a live point's) or cannot be (not in
-    /// the store: listed for the end).
-    fn tree_to_follow(&mut self, id: &ChunkId) -> Result<Option<Location>> {
+    /// Where tree chunk `id` is, when it must be followed: put in the session, indexed but
+    /// referenced by no point, or holding the disk's last chunk (`last`: another point's tree
+    /// may end in a chunk of another length; following it costs a node a level). `None` when
+    /// it need not be (a live point's) or cannot be (not in the store: listed for the end).
+    fn tree_to_follow(&mut self, id: &ChunkId, last: bool) -> Result<Option<Location>> {
         if let Some(loc) = self.pending.get(id) {
             return Ok(Some(*loc));
         }
         if !self.may_name(id) {
             return Ok(None);
         }
-        if self.store.holds_subtrees(&[*id])?.first() == Some(&true) {
+        if !last && self.store.holds_subtrees(&[*id])?.first() == Some(&true) {
             return Ok(None);
         }
         match self.store.locations(&[*id])?.pop().flatten() {

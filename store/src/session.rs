@@ -83,6 +83,9 @@ pub struct Session<'a> {
     /// The only chunks of the store its points may name without putting them, sorted
     /// ([`Session::restrict_references`]); `None`: any.
     allowed: Option<Arc<Vec<ChunkId>>>,
+    /// With `allowed`: chunks put in this session that the store held already (their bytes
+    /// were sent and checked: the client has them, so its points may name them).
+    proven: HashSet<ChunkId>,
 }
 
 /// Which chunks a backup may store again to keep a disk's chunks together (see the `layout`
@@ -176,6 +179,7 @@ impl<'a> Session<'a> {
             clock: false,
             adopt: false,
             allowed: None,
+            proven: HashSet::new(),
         }
     }
 
@@ -236,6 +240,9 @@ impl<'a> Session<'a> {
         if let Some(old) = old {
             let moved = chunk.kind == ChunkKind::Data && self.rewrite.packs.contains(&old.pack);
             if !self.bad.contains(&chunk.id) && !self.lost.contains(&old.pack) && !moved {
+                if self.allowed.is_some() {
+                    self.proven.insert(chunk.id);
+                }
                 return Ok(false);
             }
             if moved && !self.bad.contains(&chunk.id) {
@@ -443,12 +450,11 @@ impl<'a> Session<'a> {
     /// store nor in this session (the first few), or of the wrong kind.
     fn check_complete(&self, staged: &[StagedPoint]) -> Result<()> {
         let pending: HashMap<ChunkId, Location> = self.pending.iter().copied().collect();
-        let mut check = crate::complete::Check::new(
-            self.store,
-            &pending,
-            &self.lost,
-            self.allowed.as_deref().map(Vec::as_slice),
-        );
+        let allowed = self
+            .allowed
+            .as_deref()
+            .map(|a| crate::complete::Allowed::new(a, &self.proven));
+        let mut check = crate::complete::Check::new(self.store, &pending, &self.lost, allowed);
         for StagedPoint(p) in staged {
             check.point(p)?;
         }

@@ -117,8 +117,21 @@ fn two_vms_of_one_name_keep_separate_histories_and_labels_filter_everything() {
     let r = json(&ok(&mut store.cmd(&["report", "--json"])));
     assert_eq!(r["vms"].as_array().map(Vec::len), Some(2), "{r}");
 
-    // A renamed VM keeps its history: its UUID is its identity.
-    let a2 = backup(&store, "web01-old", "2026-11-21T01:00:00Z", &a, &in_a);
+    // A renamed VM keeps its history: its UUID is its identity. The rename is said with
+    // --adopt: without it, another name claiming the UUID is refused.
+    let o = run(store
+        .cmd(&[
+            "backup",
+            "--vm",
+            "web01-old",
+            "--time",
+            "2026-11-21T01:00:00Z",
+        ])
+        .args(in_a)
+        .arg(format!("xvda={}", a.display())));
+    assert!(!o.status.success(), "another name took web01's identity");
+    let adopt: Vec<&str> = in_a.iter().copied().chain(["--adopt"]).collect();
+    let a2 = backup(&store, "web01-old", "2026-11-21T01:00:00Z", &a, &adopt);
     let latest = json(&ok(
         &mut store.cmd(&["list", "--json", "--vm", UUID_A, "--last", "1"])
     ));

@@ -209,7 +209,18 @@ fn a_vm_identity_belongs_to_its_vm_and_only_an_admin_adopts_it() {
     assert!(!id(&db).is_empty());
     // The same UUID in another pool is another VM: any token of it may back it up.
     let o = run(server
-        .cmd(&admin, &["backup", "--vm", "db03", "--vm-uuid", UUID, "--pool", "pool-b"])
+        .cmd(
+            &admin,
+            &[
+                "backup",
+                "--vm",
+                "db03",
+                "--vm-uuid",
+                UUID,
+                "--pool",
+                "pool-b",
+            ],
+        )
         .arg(format!("xvda={}", evil.display())));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
@@ -740,4 +751,87 @@ fn a_protection_until_a_date_is_lifted_by_time_only() {
     ok(&mut store.cmd(&["forget", &b]));
     let left: Vec<String> = store.list().iter().map(id).collect();
     assert_eq!(left, vec![a]);
+}
+
+/// A token whose lookups see only its own chunks learns nothing from a commit: naming a chunk
+/// another VM holds is answered as naming one nobody holds, and the chunk never reads.
+#[test]
+fn a_commit_is_no_oracle_for_a_token_that_sees_only_its_own_chunks() {
+    use cairn_store::chunk::{self, ChunkId, ChunkKind, ChunkRef};
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("d.raw");
+    gen_disk(&disk, "4M", 5, 5, 0);
+    let store = TestStore::new("256K");
+    store.backup("db1", "2026-11-20T02:00:00Z", "xvda", &disk, &[]);
+    let bytes = std::fs::read(&disk).expect("disk");
+    // A chunk db1 holds (its first), and one nobody holds.
+    let held = ChunkId::of(&bytes[..256 << 10]);
+    let nobody = ChunkId::of(b"never stored anywhere");
+    let own = json(&ok(cairn([
+        "token",
+        "create",
+        "--json",
+        "--name",
+        "web-host",
+        "--role",
+        "backup",
+        "--vm",
+        "web*",
+        "--lookups",
+        "own",
+        "--store",
+    ])
+    .arg(store.path())))["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let admin = token(&store.path(), "admin", "admin", "*");
+    let server = Server::start(&store.path(), 0, &[]);
+    let template = json(&ok(server
+        .cmd(&admin, &["backup", "--json", "--vm", "web1"])
+        .arg(format!("xvda={}", disk.display()))))[0]
+        .clone();
+    let (_, root) = server.curl("GET", &format!("points/{}", id(&template)), &admin, None);
+    let root = json(&String::from_utf8_lossy(&root));
+    let mut answers = Vec::new();
+    for (k, named) in [held, nobody].iter().enumerate() {
+        let leaf = chunk::encode(
+            &cairn_store::tree::encode_leaf(&[ChunkRef::Data(*named)]),
+            ChunkKind::Tree,
+            1,
+        );
+        let sid = server.open_session(&own, "web2");
+        let mut body = Vec::new();
+        cairn_store::pack::encode_frame(&leaf, &mut body);
+        let (code, _) = server.curl("POST", &format!("sessions/{sid}/chunks"), &own, Some(&body));
+        assert_eq!(code, 200);
+        let mut point = root.clone();
+        point["id"] = format!("{:032x}", 0xdead0 + k).into();
+        point["vm"] = "web2".into();
+        point["size"] = (256u64 << 10).into();
+        point["depth"] = 0.into();
+        point["segments"] = vec![leaf.id.to_hex()].into();
+        let commit = serde_json::json!({ "points": [point] }).to_string();
+        let (code, answer) = server.curl(
+            "POST",
+            &format!("sessions/{sid}/commit"),
+            &own,
+            Some(commit.as_bytes()),
+        );
+        let answer = String::from_utf8_lossy(&answer).replace(&named.to_hex(), "ID");
+        answers.push((code, answer));
+    }
+    assert_eq!(answers[0].0, 409, "{:?}", answers[0]);
+    assert_eq!(
+        answers[0], answers[1],
+        "the answers tell the two chunks apart"
+    );
+    // And the chunk another VM holds does not read for it.
+    let (code, read) = server.curl("POST", "chunks/read", &own, Some(&held.0));
+    assert_eq!(code, 200);
+    assert_eq!(
+        read.first(),
+        Some(&1),
+        "the chunk read (a record of status 1: failed)"
+    );
 }
