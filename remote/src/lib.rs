@@ -703,22 +703,7 @@ impl Upload {
     /// # Errors
     /// The server's refusal, transport errors.
     pub fn holds_subtrees(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for batch in ids.chunks(MAX_IDS) {
-            let answer = self.remote.call(
-                reqwest::Method::POST,
-                &format!("sessions/{}/subtrees", self.session),
-                Some(Body::Bytes(ids_bytes(batch))),
-            )?;
-            if answer.len() != batch.len() {
-                return Err(remote_err(
-                    format!("subtrees: {} answers for {} ids", answer.len(), batch.len()),
-                    None,
-                ));
-            }
-            out.extend(answer.iter().map(|b| *b == 1));
-        }
-        Ok(out)
+        ask_each(&self.remote, &self.session, "subtrees", ids)
     }
 
     /// Sends what is left and publishes `points` (each with its id: a new one, or a replica's
@@ -789,6 +774,31 @@ impl ChunkSink for Upload {
     }
 }
 
+/// Asks `sessions/{session}/{question}` of every id, [`MAX_IDS`] at a time: one byte an id
+/// back, read as a yes (non-zero) or a no.
+fn ask_each(remote: &Remote, session: &str, question: &str, ids: &[ChunkId]) -> Result<Vec<bool>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for batch in ids.chunks(MAX_IDS) {
+        let answer = remote.call(
+            reqwest::Method::POST,
+            &format!("sessions/{session}/{question}"),
+            Some(Body::Bytes(ids_bytes(batch))),
+        )?;
+        if answer.len() != batch.len() {
+            return Err(remote_err(
+                format!(
+                    "{question}: {} answers for {} ids",
+                    answer.len(),
+                    batch.len()
+                ),
+                None,
+            ));
+        }
+        out.extend(answer.iter().map(|b| *b != 0));
+    }
+    Ok(out)
+}
+
 /// Asks the server which ids a session's store lacks.
 struct Missing {
     remote: Arc<Remote>,
@@ -797,22 +807,7 @@ struct Missing {
 
 impl ChunkFilter for Missing {
     fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for batch in ids.chunks(MAX_IDS) {
-            let answer = self.remote.call(
-                reqwest::Method::POST,
-                &format!("sessions/{}/missing", self.session),
-                Some(Body::Bytes(ids_bytes(batch))),
-            )?;
-            if answer.len() != batch.len() {
-                return Err(remote_err(
-                    format!("missing: {} answers for {} ids", answer.len(), batch.len()),
-                    None,
-                ));
-            }
-            out.extend(answer.iter().map(|b| *b != 0));
-        }
-        Ok(out)
+        ask_each(&self.remote, &self.session, "missing", ids)
     }
 }
 

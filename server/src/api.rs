@@ -37,7 +37,9 @@ pub struct App {
     /// Whether a collection is running (one at a time).
     collecting: Mutex<()>,
     /// Each token's requests in flight.
-    in_flight: InFlight,
+    in_flight: crate::slots::Slots<String>,
+    /// What each token limited to some VMs may read.
+    reach: crate::reach::Reach,
 }
 
 impl App {
@@ -50,7 +52,8 @@ impl App {
             sessions: Sessions::default(),
             limits,
             collecting: Mutex::new(()),
-            in_flight: InFlight::default(),
+            in_flight: crate::slots::Slots::default(),
+            reach: crate::reach::Reach::default(),
         }
     }
 
@@ -312,46 +315,6 @@ async fn require_token(
         .into_response();
     };
     next.run(req).await
-}
-
-/// Requests in flight, by token id.
-#[derive(Default)]
-pub(crate) struct InFlight {
-    by_token: Arc<Mutex<std::collections::HashMap<String, usize>>>,
-}
-
-/// One request's place among its token's; given back on drop.
-pub(crate) struct InFlightSlot {
-    token: String,
-    by_token: Arc<Mutex<std::collections::HashMap<String, usize>>>,
-}
-
-impl InFlight {
-    fn take(&self, token: &str, max: usize) -> Option<InFlightSlot> {
-        let mut m = self.by_token.lock().ok()?;
-        let n = m.entry(token.to_owned()).or_default();
-        if *n >= max.max(1) {
-            return None;
-        }
-        *n += 1;
-        Some(InFlightSlot {
-            token: token.to_owned(),
-            by_token: Arc::clone(&self.by_token),
-        })
-    }
-}
-
-impl Drop for InFlightSlot {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.by_token.lock()
-            && let Some(n) = m.get_mut(&self.token)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.token);
-            }
-        }
-    }
 }
 
 /// Refuses what a browser sends on behalf of another site (defence in depth beside the
@@ -841,15 +804,17 @@ async fn read_chunks(
         // A reader like any other: a collection in this process keeps the packs it may still
         // read from (the `readers` module of the store).
         let _reader = cairn_store::readers::register(app.store.root())?;
-        // A token that sees only its own chunks reads only those of its live sessions.
+        // A token that sees only its own chunks reads only those of its live sessions; one
+        // limited to some VMs, only their points' chunks. Either is told of another chunk
+        // what it is told of a chunk the store lacks: nothing of other VMs is learnt.
         let own = t.lookups == crate::token::Lookups::Own;
+        let reachable = app.reach.may_read(app.store, &t, &ids)?;
         let read: Vec<Result<cairn_store::EncodedChunk, String>> = ids
             .par_iter()
-            .map(|id| {
-                if own && !app.sessions.own_chunk(&t.id, id) {
-                    return Err(format!(
-                        "chunk {id} is not one of the chunks this token's sessions back up from"
-                    ));
+            .zip(reachable)
+            .map(|(id, reachable)| {
+                if !reachable || own && !app.sessions.own_chunk(&t.id, id) {
+                    return Err(cairn_store::Error::MissingChunk(*id).to_string());
                 }
                 app.store.read_stored(id).map_err(|e| e.to_string())
             })
@@ -1016,14 +981,7 @@ async fn missing(
     let t = app.authorize(&headers, &[Role::Backup, Role::Admin], "back up")?;
     let ids = ids_body(&body, MAX_IDS)?;
     blocking(move || {
-        let taken = session_of(&app, &t, &id)?;
-        let (filter, own) = {
-            let live = taken
-                .live
-                .lock()
-                .map_err(|_| ApiError::internal("session poisoned"))?;
-            (live.filter.clone(), live.own.clone())
-        };
+        let (filter, own) = lookups_of(&app, &t, &id)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in &ids {
             // A token that sees only its own chunks is told "missing" for every other one,
@@ -1034,6 +992,20 @@ async fn missing(
         Ok(out)
     })
     .await
+}
+
+/// The store's filter, and the token's own chunks when it sees only those.
+type Lookup = (cairn_store::KnownFilter<'static>, Option<Arc<Vec<ChunkId>>>);
+
+/// What a session's lookups are answered from: the store's filter, and for a token that sees
+/// only its own chunks, those (sorted).
+fn lookups_of(app: &App, t: &Token, id: &str) -> Answer<Lookup> {
+    let taken = session_of(app, t, id)?;
+    let live = taken
+        .live
+        .lock()
+        .map_err(|_| ApiError::internal("session poisoned"))?;
+    Ok((live.filter.clone(), live.own.clone()))
 }
 
 /// `POST /api/v1/sessions/{id}/subtrees`: ids in, one byte each out (1: the store holds the
@@ -1048,13 +1020,7 @@ async fn subtrees(
     let t = app.authorize(&headers, &[Role::Backup, Role::Admin], "back up")?;
     let ids = ids_body(&body, MAX_IDS)?;
     blocking(move || {
-        let taken = session_of(&app, &t, &id)?;
-        let own = taken
-            .live
-            .lock()
-            .map_err(|_| ApiError::internal("session poisoned"))?
-            .own
-            .clone();
+        let (_, own) = lookups_of(&app, &t, &id)?;
         let held = app.store.holds_subtrees(&ids)?;
         Ok(ids
             .iter()

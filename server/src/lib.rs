@@ -38,7 +38,9 @@
 
 pub mod api;
 mod listen;
+mod reach;
 mod sessions;
+mod slots;
 pub mod tls;
 pub mod token;
 

@@ -134,10 +134,8 @@ async fn run(
             body_rate(stall, req, next)
         }))
         .layer(axum::middleware::from_fn(log_request));
-    let per_address = PerAddress {
-        max: config.limits.connections_per_address.max(1),
-        held: Arc::default(),
-    };
+    let per_address: crate::slots::Slots<std::net::IpAddr> = crate::slots::Slots::default();
+    let per_address_max = config.limits.connections_per_address;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.connections));
     let reaper = {
@@ -168,7 +166,7 @@ async fn run(
                     tracing::warn!(%peer, "refused: too many connections");
                     continue;
                 };
-                let Some(own_slot) = per_address.take(peer.ip()) else {
+                let Some(own_slot) = per_address.take(&peer.ip(), per_address_max) else {
                     tracing::warn!(%peer, "refused: too many connections from this address");
                     continue;
                 };
@@ -222,47 +220,6 @@ async fn run(
         "stopped; open sessions were dropped (nothing of them was committed)"
     );
     Ok(())
-}
-
-/// Connections held by each client address.
-#[derive(Clone)]
-struct PerAddress {
-    max: usize,
-    held: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-}
-
-/// One address's connection slot, given back on drop.
-struct AddressSlot {
-    ip: std::net::IpAddr,
-    held: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-}
-
-impl PerAddress {
-    fn take(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
-        let mut held = self.held.lock().ok()?;
-        let n = held.entry(ip).or_default();
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(AddressSlot {
-            ip,
-            held: Arc::clone(&self.held),
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        if let Ok(mut held) = self.held.lock()
-            && let Some(n) = held.get_mut(&self.ip)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                held.remove(&self.ip);
-            }
-        }
-    }
 }
 
 /// A request body that sends no byte for `stall` fails (the extractor reading it answers 400

@@ -44,17 +44,7 @@ impl Server {
     /// (over all threads) of `syscalls`; `None` (with its log) when it died before listening.
     #[must_use]
     pub fn start_killed_at(store: &Path, syscalls: &str, when: u32) -> Option<Self> {
-        let wrapper = [
-            "strace".to_owned(),
-            "-f".into(),
-            "-qq".into(),
-            "-o".into(),
-            "/dev/null".into(),
-            "-e".into(),
-            format!("trace={syscalls}"),
-            "-e".into(),
-            format!("inject={syscalls}:signal=SIGKILL:when={when}"),
-        ];
+        let wrapper = strace(syscalls, &format!("signal=SIGKILL:when={when}"));
         Self::try_start(&wrapper, store, 0, &[], &[]).ok()
     }
 
@@ -65,17 +55,7 @@ impl Server {
     /// When it does not start.
     #[must_use]
     pub fn start_slowed(store: &Path, syscalls: &str, micros: u64) -> Self {
-        let wrapper = [
-            "strace".to_owned(),
-            "-f".into(),
-            "-qq".into(),
-            "-o".into(),
-            "/dev/null".into(),
-            "-e".into(),
-            format!("trace={syscalls}"),
-            "-e".into(),
-            format!("inject={syscalls}:delay_enter={micros}"),
-        ];
+        let wrapper = strace(syscalls, &format!("delay_enter={micros}"));
         Self::try_start(&wrapper, store, 0, &[], &[])
             .unwrap_or_else(|log| panic!("cairn serve did not start: {log}"))
     }
@@ -248,6 +228,22 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `strace` following every thread, injecting `what` (`signal=SIGKILL:when=N`,
+/// `delay_enter=MICROS`) into `syscalls`.
+fn strace(syscalls: &str, what: &str) -> [String; 9] {
+    [
+        "strace".to_owned(),
+        "-f".into(),
+        "-qq".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-e".into(),
+        format!("trace={syscalls}"),
+        "-e".into(),
+        format!("inject={syscalls}:{what}"),
+    ]
 }
 
 /// Makes a token on the store at `store`; returns its secret.

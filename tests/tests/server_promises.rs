@@ -787,9 +787,12 @@ fn a_commit_is_no_oracle_for_a_token_that_sees_only_its_own_chunks() {
         .to_owned();
     let admin = token(&store.path(), "admin", "admin", "*");
     let server = Server::start(&store.path(), 0, &[]);
+    // A point of a web VM, of other data, as the template of the crafted ones.
+    let other = work.path().join("other.raw");
+    gen_disk(&other, "4M", 6, 6, 0);
     let template = json(&ok(server
         .cmd(&admin, &["backup", "--json", "--vm", "web1"])
-        .arg(format!("xvda={}", disk.display()))))[0]
+        .arg(format!("xvda={}", other.display()))))[0]
         .clone();
     let (_, root) = server.curl("GET", &format!("points/{}", id(&template)), &admin, None);
     let root = json(&String::from_utf8_lossy(&root));
@@ -826,12 +829,23 @@ fn a_commit_is_no_oracle_for_a_token_that_sees_only_its_own_chunks() {
         answers[0], answers[1],
         "the answers tell the two chunks apart"
     );
-    // And the chunk another VM holds does not read for it.
-    let (code, read) = server.curl("POST", "chunks/read", &own, Some(&held.0));
-    assert_eq!(code, 200);
-    assert_eq!(
-        read.first(),
-        Some(&1),
-        "the chunk read (a record of status 1: failed)"
-    );
+    // And the chunk another VM holds does not read for it, nor for any token limited to other
+    // VMs; a token of db1's reads it.
+    let web_reader = token(&store.path(), "web-reader", "restore", "web*");
+    let db_reader = token(&store.path(), "db-reader", "restore", "db*");
+    for (tok, reads) in [
+        (&own, false),
+        (&web_reader, false),
+        (&db_reader, true),
+        (&admin, true),
+    ] {
+        let (code, read) = server.curl("POST", "chunks/read", tok, Some(&held.0));
+        assert_eq!(code, 200);
+        assert_eq!(
+            read.first() == Some(&0),
+            reads,
+            "{}",
+            String::from_utf8_lossy(&read)
+        );
+    }
 }
