@@ -4,23 +4,20 @@
 //!
 //! The set of each token is built on its first read, from every point its glob matches (each
 //! tree chunk read once however many points share it), kept sorted (32 bytes a chunk), and
-//! built again when a read names a chunk outside it and the set is older than a second (a point
-//! committed since).
+//! built again when a read names a chunk outside it and the token's points are no longer those
+//! it was built from (a point committed or forgotten since).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use cairn_store::tree::{Node, decode};
 use cairn_store::{ChunkId, ChunkRef, Store};
 
 use crate::token::Token;
 
-/// A set is built again at most this often.
-const REBUILD_AFTER: Duration = Duration::from_secs(1);
-
-/// A token's readable chunks (sorted), and when they were gathered.
-type Readable = (Instant, Arc<Vec<ChunkId>>);
+/// A token's readable chunks (sorted), and the points they were gathered from (a hash of
+/// their ids).
+type Readable = (blake3::Hash, Arc<Vec<ChunkId>>);
 
 /// The chunks each scoped token may read, by token id.
 #[derive(Default)]
@@ -40,46 +37,52 @@ impl Reach {
         if t.vms == "*" {
             return Ok(vec![true; ids.len()]);
         }
-        let (built, set) = self.set_of(store, t, false)?;
-        let mut out: Vec<bool> = ids.iter().map(|id| set.binary_search(id).is_ok()).collect();
-        if out.contains(&false) && built.elapsed() >= REBUILD_AFTER {
-            let (_, set) = self.set_of(store, t, true)?;
-            out = ids.iter().map(|id| set.binary_search(id).is_ok()).collect();
+        let cached = self
+            .by_token
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&t.id).cloned());
+        let answer = |set: &[ChunkId]| -> Vec<bool> {
+            ids.iter().map(|id| set.binary_search(id).is_ok()).collect()
+        };
+        if let Some((_, set)) = &cached {
+            let out = answer(set);
+            if !out.contains(&false) {
+                return Ok(out);
+            }
         }
-        Ok(out)
-    }
-
-    fn set_of(
-        &self,
-        store: &Store,
-        t: &Token,
-        fresh: bool,
-    ) -> Result<Readable, cairn_store::Error> {
-        if !fresh
-            && let Some((at, set)) = self
-                .by_token
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&t.id).cloned())
+        // A chunk outside the set (or no set yet): gathered again if the points changed.
+        let points: Vec<cairn_store::RecoveryPoint> = store
+            .points()?
+            .into_iter()
+            .filter(|p| t.allows_vm(&p.vm))
+            .collect();
+        let mut ids_now: Vec<&str> = points.iter().map(|p| p.id.as_str()).collect();
+        ids_now.sort_unstable();
+        let now = blake3::hash(ids_now.join(",").as_bytes());
+        if let Some((from, set)) = &cached
+            && *from == now
         {
-            return Ok((at, set));
+            return Ok(answer(set));
         }
-        let set = Arc::new(chunks_of(store, t)?);
-        let at = Instant::now();
+        let set = Arc::new(chunks_of(store, &points)?);
         if let Ok(mut m) = self.by_token.lock() {
-            m.insert(t.id.clone(), (at, Arc::clone(&set)));
+            m.insert(t.id.clone(), (now, Arc::clone(&set)));
         }
-        Ok((at, set))
+        Ok(answer(&set))
     }
 }
 
-/// Every chunk of the points `t` reaches, sorted. A tree chunk that cannot be read hides what
-/// it names (those chunks do not read for the token either).
-fn chunks_of(store: &Store, t: &Token) -> Result<Vec<ChunkId>, cairn_store::Error> {
+/// Every chunk of `points`, sorted. A tree chunk that cannot be read hides what it names
+/// (those chunks do not read for the token either).
+fn chunks_of(
+    store: &Store,
+    points: &[cairn_store::RecoveryPoint],
+) -> Result<Vec<ChunkId>, cairn_store::Error> {
     let mut trees: HashSet<ChunkId> = HashSet::new();
     let mut out: Vec<ChunkId> = Vec::new();
     let mut stack: Vec<ChunkId> = Vec::new();
-    for p in store.points()?.iter().filter(|p| t.allows_vm(&p.vm)) {
+    for p in points {
         stack.extend(cairn_store::tree::top(p)?);
         while let Some(id) = stack.pop() {
             if !trees.insert(id) {

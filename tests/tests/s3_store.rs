@@ -734,3 +734,49 @@ fn a_point_scattered_over_many_ranges_restores_verifies_and_repacks_without_wait
     let v = json(&ok(&mut limited(&["verify", "--json"])));
     assert_eq!(v["damaged"].as_array().map(Vec::len), Some(0), "{v}");
 }
+
+/// A commit that fails after its root object went to the bucket (here: the root file's folder
+/// made immutable, so the local write fails) takes the object back out: a rebuild from the
+/// bucket never brings back a point the user was told was not stored.
+#[test]
+fn a_commit_that_fails_after_putting_its_root_object_takes_it_back() {
+    let g = Garage::start();
+    let s = S3Store::new(&g, "takeback");
+    let b = bucket(&g, "takeback");
+    let work = tempfile::tempdir().expect("tempdir");
+    let (d0, d1) = (work.path().join("d0.raw"), work.path().join("d1.raw"));
+    make_raw(&d0, 8 << 20, 21);
+    modify_raw(&d0, &d1, 22);
+    let p0 = id(&s.backup("web", "2026-11-01T02:00:00Z", &d0));
+    let folder = s.path().join("points/web/xvda");
+    ok(Command::new("chattr").arg("+i").arg(&folder));
+    let o = run(s
+        .cmd(&["backup", "--vm", "web", "--time", "2026-11-02T02:00:00Z"])
+        .arg(format!("xvda={}", d1.display())));
+    ok(Command::new("chattr").arg("-i").arg(&folder));
+    assert!(
+        !o.status.success(),
+        "the backup went through an immutable folder"
+    );
+    let roots = |b: &Bucket| -> Vec<String> {
+        b.list("points/")
+            .expect("list")
+            .into_iter()
+            .map(|o| o.name)
+            .filter(|n| n.ends_with(".json"))
+            .collect()
+    };
+    eventually(
+        || roots(&b).len() == 1,
+        "the failed commit's root object taken back",
+    );
+    // A new machine, from the bucket alone: the one point stored, nothing else.
+    std::fs::remove_dir_all(s.path()).expect("remove the store folder");
+    ok(s.cmd(&["repair", "--rebuild-index"])
+        .arg("--store")
+        .arg(s.path())
+        .args(s.packs_args()));
+    let listed: Vec<String> = s.points().iter().map(id).collect();
+    assert_eq!(listed, vec![p0.clone()]);
+    s.restore_and_compare(&p0, &d0);
+}
