@@ -596,17 +596,18 @@ fn a_page_of_another_site_cannot_make_a_logged_in_browser_change_the_store() {
     let api = format!("{}/api/v1", server.url);
     let host = server.url.trim_start_matches("https://");
     // The page: logs the admin in to the report page (a window of its own, the token as the
-    // password, as the page asks), then posts to the API every way a page can.
+    // password, as the page asks), then posts to the API every way a page can: forms that
+    // navigate that window and a new one (first-party requests, which carry the browser's
+    // cached credentials), and a fetch.
     let page = work.path().join("attack.html");
     std::fs::write(
         &page,
         format!(
             r#"<!doctype html><html><body>
-<form id="f" method="POST" action="{api}/points/{p}/forget" enctype="text/plain" target="sink">
+<form id="f" method="POST" action="{api}/points/{p}/forget" enctype="text/plain" target="login">
 <input name="x" value="y"></form>
-<form id="g" method="POST" action="{api}/prune" enctype="text/plain" target="sink2">
+<form id="g" method="POST" action="{api}/prune" enctype="text/plain" target="_blank">
 <input name='{{"rules": {{"last": 1}}, "x": "' value='"}}'></form>
-<iframe name="sink"></iframe><iframe name="sink2"></iframe>
 <script>
 window.open("https://cairn:{admin}@{host}/", "login");
 setTimeout(() => {{
