@@ -152,3 +152,45 @@ pub(crate) fn check_identities(
 pub fn held(committed: DateTime<Utc>, cutoff: Option<DateTime<Utc>>) -> bool {
     cutoff.is_some_and(|c| committed > c)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(id: &str, vm: &str, time: &str) -> RecoveryPoint {
+        crate::point::test_point(id, vm, time)
+    }
+
+    #[test]
+    fn an_id_twice_in_one_commit_and_a_disk_over_the_bound_are_refused() {
+        let a = point(&"a".repeat(32), "web", "2026-11-01T00:00:00Z");
+        let b = point(&"b".repeat(32), "web", "2026-11-02T00:00:00Z");
+        assert!(check_ids_and_sizes(&[&a, &b], 1 << 40).is_ok());
+        let err = check_ids_and_sizes(&[&a, &a], 1 << 40).expect_err("twice");
+        assert!(err.to_string().contains("twice"), "{err}");
+        let mut big = b.clone();
+        big.size = u64::MAX;
+        let err = check_ids_and_sizes(&[&big], 1 << 40).expect_err("too big");
+        assert!(err.to_string().contains("max_disk_bytes"), "{err}");
+    }
+
+    #[test]
+    fn store_timed_points_are_later_than_the_disks_newest_and_keep_their_claim() {
+        let existing = vec![point(&"a".repeat(32), "web", "2099-01-01T00:00:00Z")];
+        let mut p = point(&"b".repeat(32), "web", "2099-06-01T00:00:00Z");
+        time_at_commit(&mut [&mut p], &existing);
+        assert_eq!(
+            p.time,
+            existing[0].time + chrono::Duration::seconds(1),
+            "one second past the newest"
+        );
+        assert_eq!(
+            p.labels.claimed_time.map(|t| t.to_rfc3339()),
+            Some("2099-06-01T00:00:00+00:00".to_owned())
+        );
+        // Two points of one disk at one time: refused, but for the same point again.
+        let same = point(&"c".repeat(32), "web", "2099-01-01T00:00:00Z");
+        assert!(check_times(&[&same], &existing, &|_, _| false).is_err());
+        assert!(check_times(&[&same], &existing, &|_, _| true).is_ok());
+    }
+}

@@ -566,3 +566,34 @@ mod name_tests {
         assert_ne!(path_component("a b"), path_component("a%20b"));
     }
 }
+
+/// A point of `vm`/xvda at `time` (RFC 3339), 1 MiB of 64 KiB chunks, for tests.
+#[cfg(test)]
+pub(crate) fn test_point(id: &str, vm: &str, time: &str) -> RecoveryPoint {
+    let t = chrono::DateTime::parse_from_rfc3339(time)
+        .expect("time")
+        .with_timezone(&Utc);
+    RecoveryPoint {
+        id: crate::point::PointId::parse(id).expect("id"),
+        vm: vm.into(),
+        disk: "xvda".into(),
+        time: t,
+        size: 1 << 20,
+        chunk_size: 1 << 16,
+        source: SourceInfo {
+            kind: SourceKind::Raw,
+            vhd_uuid: None,
+            path: "x".into(),
+        },
+        parent: None,
+        format: crate::point::POINT_FORMAT,
+        depth: 0,
+        segments: Vec::new(),
+        stats: BackupStats::default(),
+        committed: t,
+        protected: false,
+        protected_until: None,
+        run: None,
+        labels: crate::point::Labels::default(),
+    }
+}

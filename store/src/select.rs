@@ -351,35 +351,9 @@ mod tests {
     }
 
     use super::*;
-    use crate::point::{BackupStats, SourceInfo};
 
     fn point(id: &str, vm: &str, time: &str) -> RecoveryPoint {
-        let t = DateTime::parse_from_rfc3339(time)
-            .expect("time")
-            .with_timezone(&Utc);
-        RecoveryPoint {
-            id: crate::point::PointId::parse(id).expect("id"),
-            vm: vm.into(),
-            disk: "xvda".into(),
-            time: t,
-            size: 1 << 20,
-            chunk_size: 1 << 16,
-            source: SourceInfo {
-                kind: crate::point::SourceKind::Raw,
-                vhd_uuid: None,
-                path: "x".into(),
-            },
-            parent: None,
-            format: crate::point::POINT_FORMAT,
-            depth: 0,
-            segments: Vec::new(),
-            stats: BackupStats::default(),
-            committed: t,
-            protected: false,
-            protected_until: None,
-            run: None,
-            labels: crate::point::Labels::default(),
-        }
+        crate::point::test_point(id, vm, time)
     }
 
     fn sample() -> Vec<RecoveryPoint> {

@@ -964,3 +964,25 @@ fn writable_overlays_are_bounded_in_total_and_say_so_when_full() {
         .arg(srv.uri(&p)));
     assert!(!again.contains("fail"), "{again}");
 }
+
+#[test]
+fn serve_nbd_never_deletes_a_file_that_is_not_a_socket() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let base = work.path().join("base.raw");
+    make_raw(&base, 1 << 20, 47);
+    let store = TestStore::new("256K");
+    let p = id(&store.backup("vm", "2026-11-01T00:00:00Z", "xvda", &base, &[]));
+    let precious = work.path().join("precious.txt");
+    std::fs::write(&precious, b"keep me").expect("file");
+    let o = run(store.cmd(&["serve-nbd", "--socket"]).arg(&precious).arg(&p));
+    assert!(
+        !o.status.success(),
+        "serve-nbd listened over a regular file"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a socket"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(read(&precious), b"keep me");
+}

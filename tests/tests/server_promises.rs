@@ -850,3 +850,36 @@ fn a_commit_is_no_oracle_for_a_token_that_sees_only_its_own_chunks() {
         );
     }
 }
+
+/// One token cannot hold every session slot, one address every connection.
+#[test]
+fn one_token_or_one_address_cannot_take_every_slot() {
+    let store = TestStore::new("256K");
+    let greedy = token(&store.path(), "greedy", "backup", "*");
+    let other = token(&store.path(), "other", "backup", "*");
+    let server = Server::start(&store.path(), 0, &[]);
+    for i in 0..8 {
+        let _ = server.open_session(&greedy, &format!("vm{i}"));
+    }
+    let (code, answer) = server.curl(
+        "POST",
+        "sessions",
+        &greedy,
+        Some(br#"{"vm": "vm8", "disks": ["xvda"]}"#),
+    );
+    assert_eq!(code, 429, "{}", String::from_utf8_lossy(&answer));
+    let _ = server.open_session(&other, "vm9");
+    // 32 idle connections from one address (no TLS handshake: each is held up to 10 s): the
+    // next one from it is dropped at once; once they go, requests are served again.
+    let addr = server.url.trim_start_matches("https://").to_owned();
+    let idle: Vec<std::net::TcpStream> = (0..32)
+        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (code, _) = server.curl("GET", "store", &other, None);
+    assert_eq!(code, 0, "a 33rd connection from one address was served");
+    drop(idle);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (code, _) = server.curl("GET", "store", &other, None);
+    assert_eq!(code, 200);
+}
