@@ -3,6 +3,7 @@
 //! client's commit that names a short chunk in the middle of a disk.
 
 use std::path::Path;
+use std::process::Command;
 
 use cairn_tests::serve::{Server, token};
 use cairn_tests::{TestStore, id, json, make_raw, num, ok, read, run};
@@ -373,4 +374,37 @@ fn a_disk_over_the_stores_bound_is_refused_locally_and_through_a_server() {
         "{err}"
     );
     assert!(store.list().is_empty());
+}
+
+/// A point claiming a 15 TiB disk of zeros beside a 4 MiB one of the same disk: the report's
+/// cost follows the stored tree, not the claimed size (on 3420349 it took 167 MB and a second,
+/// linear in the size; now about 20 MB).
+#[test]
+fn a_huge_claimed_disk_costs_the_report_what_its_tree_holds() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (small, big) = (work.path().join("small.raw"), work.path().join("big.raw"));
+    make_raw(&small, 4 << 20, 95);
+    std::fs::File::create(&big)
+        .and_then(|f| f.set_len(15 << 40))
+        .expect("a sparse 15 TiB file");
+    let store = TestStore::new("256K");
+    store.backup("db", "2026-11-01T00:00:00Z", "xvda", &small, &[]);
+    store.backup("db", "2026-11-02T00:00:00Z", "xvda", &big, &[]);
+    let o = run(Command::new("/usr/bin/time")
+        .args(["-f", "max-rss-kb %M"])
+        .arg(cairn_tests::cairn_bin())
+        .args(["report", "--json", "--store"])
+        .arg(store.path()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let kb: u64 = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("max-rss-kb "))
+        .next_back()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no figure from /usr/bin/time: {err}"));
+    assert!(
+        kb < 80 << 10,
+        "the report took {kb} KB for a claimed 15 TiB of zeros"
+    );
 }
