@@ -132,9 +132,23 @@ impl Garage {
                 }
             })
             .collect();
+        // `node id` answers from the node's files: a node may not listen yet when it does
+        // (seen once in CI: connection refused). Asked again until it does, within the bound.
         let first = &nodes[0].config;
         for id in &ids[1..] {
-            garage_ok(first, &["node", "connect", id]);
+            loop {
+                let o = garage(first, &["node", "connect", id]);
+                if o.status.success() {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "garage node connect {id}: {}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
         for (i, id) in ids.iter().enumerate() {
             let short = id.split('@').next().unwrap_or(id);
