@@ -883,3 +883,49 @@ fn one_token_or_one_address_cannot_take_every_slot() {
     let (code, _) = server.curl("GET", "store", &other, None);
     assert_eq!(code, 200);
 }
+
+/// A connection that sends nothing (after a request, or from the start of its TLS session) is
+/// closed after 30 s: idle clients do not hold the server's connection slots.
+#[test]
+fn an_idle_connection_is_closed_after_thirty_seconds() {
+    use std::io::Write;
+    let store = TestStore::new("256K");
+    let admin = token(&store.path(), "admin", "admin", "*");
+    let server = Server::start(&store.path(), 0, &[]);
+    let addr = server.url.trim_start_matches("https://").to_owned();
+    let started = std::time::Instant::now();
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &addr])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let mut stdin = client.stdin.take().expect("stdin");
+    write!(
+        stdin,
+        "GET /api/v1/store HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {admin}\r\n\r\n"
+    )
+    .expect("request");
+    // stdin stays open: only the server can end the connection.
+    let mut ended = false;
+    while started.elapsed() < std::time::Duration::from_secs(90) {
+        if client.try_wait().expect("s_client").is_some() {
+            ended = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = client.kill();
+    let out = client.wait_with_output().expect("s_client");
+    drop(stdin);
+    assert!(ended, "an idle keep-alive connection was kept for 90 s");
+    assert!(
+        started.elapsed().as_secs() >= 25,
+        "closed before its idle time"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("200 OK"),
+        "the request before it was not answered"
+    );
+}
