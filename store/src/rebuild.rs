@@ -1,11 +1,11 @@
 //! Rebuilding the index from what the packs and root files hold, when it is lost or damaged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 
 use chrono::Utc;
-use rocksdb::WriteBatch;
+use rocksdb::{DB, WriteBatch};
 
 use crate::chunk::{self, ChunkId};
 use crate::config::StoreConfig;
@@ -57,6 +57,7 @@ impl Store {
         let index = root.join("index");
         // Until the rebuild is done, the index is incomplete: every other open refuses it.
         write_atomic(&root.join(REBUILD_MARKER), b"rebuilding the index\n")?;
+        let mut old_index = None;
         if index.exists() {
             let aside = root.join(format!(
                 "index.old-{}",
@@ -64,6 +65,7 @@ impl Store {
             ));
             std::fs::rename(&index, &aside)
                 .map_err(Error::io(&index, "moving the old index aside"))?;
+            old_index = Some(aside);
         }
         let (db, _) = open_index(root, false, true)?;
         let err = |source| Error::Index {
@@ -91,7 +93,7 @@ impl Store {
                 let (scans, unlisted) = crate::bucket::frame_lists(b.as_ref())?;
                 if unlisted > 0 {
                     report.problems.push(format!(
-                        "{unlisted} pack object(s) without a frame list (an upload that did not                          finish; no point names them): not indexed, garbage collection deletes                          them"
+                        "{unlisted} pack object(s) without a frame list (an upload that did not finish; no point names them): not indexed, garbage collection deletes them"
                     ));
                 }
                 Box::new(scans.into_iter().map(|s| (b.describe(), s)))
@@ -206,6 +208,7 @@ impl Store {
             report.chunks += scan.frames.len() as u64;
         }
         let mut batch = WriteBatch::default();
+        let mut catalogued: HashSet<String> = HashSet::new();
         crate::run::abandon_unfinished(root)?;
         if let Some(b) = &bucket {
             // The bucket's root files are the truth: they come here first.
@@ -229,7 +232,11 @@ impl Store {
                 point_key(&p.id)?,
                 to_json(&p, "a catalogue entry")?,
             );
+            catalogued.insert(p.id.to_string());
             report.points += 1;
+        }
+        if let Some(aside) = &old_index {
+            report.problems.extend(lost_roots(aside, &catalogued));
         }
         db.write_opt(batch, &sync_write()).map_err(err)?;
         drop(db);
@@ -242,6 +249,48 @@ impl Store {
         drop(Self::open(root, OpenMode::Write { wait })?);
         Ok(report)
     }
+}
+
+/// The points the old index catalogued that have no root file (deleted or lost by hand): the
+/// rebuilt index does not hold them, and the admin is told which, with what the old index says
+/// of them (a copy of the root file, or of the old index's entry, brings one back). Nothing when
+/// the old index cannot be read (that is often why it is rebuilt).
+fn lost_roots(aside: &Path, catalogued: &HashSet<String>) -> Vec<String> {
+    let cfs = crate::index::COLUMN_FAMILIES;
+    let Ok(db) = DB::open_cf_for_read_only(&rocksdb::Options::default(), aside, cfs, false) else {
+        return Vec::new();
+    };
+    let Some(points) = db.cf_handle(CF_POINTS) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, v) in db
+        .iterator_cf(points, rocksdb::IteratorMode::Start)
+        .flatten()
+    {
+        let id = hex::encode(&k);
+        if catalogued.contains(&id) {
+            continue;
+        }
+        let what = serde_json::from_slice::<crate::RecoveryPoint>(&v)
+            .map(|p| {
+                format!(
+                    " ({}/{} {}, root file {})",
+                    p.vm,
+                    p.disk,
+                    p.time.to_rfc3339(),
+                    p.root_file()
+                )
+            })
+            .unwrap_or_default();
+        out.push(format!(
+            "point {id}{what} was in the old index but has no root file: it is not in the \
+             rebuilt index (its entry stays in {}; put its root file back and repair again to \
+             bring it back)",
+            aside.display()
+        ));
+    }
+    out
 }
 
 /// Whether the frame at `loc` reads back as chunk `id` (decodes and hashes to it).

@@ -408,3 +408,28 @@ fn a_huge_claimed_disk_costs_the_report_what_its_tree_holds() {
         "the report took {kb} KB for a claimed 15 TiB of zeros"
     );
 }
+
+/// A root file deleted by hand, then `repair --rebuild-index`: the rebuild names the point the
+/// old index held that no root file brought back.
+#[test]
+fn a_rebuild_names_the_points_whose_root_files_are_gone() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (work.path().join("a.raw"), work.path().join("b.raw"));
+    make_raw(&a, 2 << 20, 97);
+    make_raw(&b, 2 << 20, 98);
+    let store = TestStore::new("256K");
+    let pa = id(&store.backup("va", "2026-11-01T00:00:00Z", "xvda", &a, &[]));
+    let pb = id(&store.backup("vb", "2026-11-01T00:00:00Z", "xvda", &b, &[]));
+    let root = cairn_tests::files_under(&store.path().join("points"))
+        .into_iter()
+        .find(|f| f.to_string_lossy().contains(&pa))
+        .expect("the root file");
+    std::fs::remove_file(&root).expect("delete the root file");
+    let out = ok(&mut store.cmd(&["repair", "--rebuild-index"]));
+    assert!(
+        out.contains(&pa) && out.contains("no root file") && !out.contains(&pb),
+        "{out}"
+    );
+    let listed: Vec<String> = store.list().iter().map(id).collect();
+    assert_eq!(listed, vec![pb]);
+}
