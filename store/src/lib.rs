@@ -114,7 +114,8 @@
 //! | a chunk's bytes are wrong or unreadable | `verify` (exit 1) names the chunk, its pack and offset, and every point and disk offset it damages; the chunk is marked | a key backup of the disk (`backup --key`) stores it afresh; `restore --ignore-errors` writes zeros there and names the ranges |
 //! | a pack file is gone | `verify` names its chunks and their points; a restore says the pack is gone and what to do | a backup never reuses its chunks: a key backup stores them afresh; a backup that would name one is refused |
 //! | a tree chunk (leaf or node) cannot be read | `verify` names it and its points, and counts the data chunks it hides; `report` counts the rest (exit 3) | a key backup stores the tree chunk again; the next writer then counts references afresh |
-//! | a root file is deleted | every open warns; `verify` (exit 1) names the point | the next writer writes it again from the index |
+//! | a root file is deleted | every open warns; `verify` (exit 1) names the point | the next writer writes it again from the index; a `repair --rebuild-index` run before that names the point (the old index, kept aside, still holds its entry) |
+//! | a root file is put back after its tree was collected | the next writer publishes it and marks what it names missing; `verify` names the point | the store stays writable; forget the point, or back its disk up again |
 //! | a root file is damaged | `verify` names it; `repair --rebuild-index` leaves its point out and names it | restore the file from a copy, or let the point go |
 //! | the index lost its last commits (a damaged log) | readers warn that the index is behind the last commit noted and list fewer points; `verify` names the root files it lacks | the next writer publishes them |
 //! | the index folder is gone | every command refuses it, naming the way out | `repair --rebuild-index` |
