@@ -986,3 +986,35 @@ fn serve_nbd_never_deletes_a_file_that_is_not_a_socket() {
     );
     assert_eq!(read(&precious), b"keep me");
 }
+
+/// A client that chose an export and then sends nothing for `--idle-timeout` is dropped: an
+/// idle client does not hold its slot for ever.
+#[test]
+fn serve_nbd_drops_a_client_idle_past_its_timeout() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let base = work.path().join("base.raw");
+    make_raw(&base, 1 << 20, 49);
+    let store = TestStore::new("256K");
+    let p = id(&store.backup("vm", "2026-11-01T00:00:00Z", "xvda", &base, &[]));
+    let srv = serve_nbd(&store.path(), &["--idle-timeout", "1m", &p]);
+    // libnbd's Python binding: a read, 70 s of silence, a read again.
+    let script = format!(
+        "import nbd, time\nh = nbd.NBD()\nh.connect_uri({uri:?})\nh.pread(4096, 0)\n\
+         time.sleep(70)\ntry:\n    h.pread(4096, 0)\n    print('still served')\n\
+         except nbd.Error as e:\n    print('dropped:', e)\n",
+        uri = srv.uri(&p)
+    );
+    // Debian's python3 (python3-libnbd, installed by scripts/setup.sh), not one on the PATH.
+    let python = Path::new("/usr/bin/python3");
+    assert!(
+        python.exists(),
+        "/usr/bin/python3 is missing: scripts/setup.sh installs it"
+    );
+    let o = run(Command::new(python).args(["-c", &script]));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains("dropped"),
+        "{said}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

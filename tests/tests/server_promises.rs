@@ -929,3 +929,58 @@ fn an_idle_connection_is_closed_after_thirty_seconds() {
         "the request before it was not answered"
     );
 }
+
+/// A request body that sends no byte for 30 s fails, and one token's requests in flight are
+/// bounded: 16 requests trickling their bodies hold every slot of their token (a 17th is
+/// answered 429, another token is served), and each ends at its stall, giving its slot back.
+#[test]
+fn stalled_bodies_end_and_one_token_holds_at_most_sixteen_requests() {
+    use std::io::Write;
+    let store = TestStore::new("256K");
+    let admin = token(&store.path(), "admin", "admin", "*");
+    let other = token(&store.path(), "other", "restore", "*");
+    let server = Server::start(&store.path(), 0, &[]);
+    let addr = server.url.trim_start_matches("https://").to_owned();
+    let started = std::time::Instant::now();
+    let stalled: Vec<(std::process::Child, std::process::ChildStdin)> = (0..16)
+        .map(|_| {
+            let mut c = Command::new("openssl")
+                .args(["s_client", "-quiet", "-connect", &addr])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("openssl s_client");
+            let mut stdin = c.stdin.take().expect("stdin");
+            write!(
+                stdin,
+                "POST /api/v1/gc HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {admin}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"dry"
+            )
+            .expect("request");
+            (c, stdin)
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (code, answer) = server.curl("GET", "store", &admin, None);
+    assert_eq!(code, 429, "{}", String::from_utf8_lossy(&answer));
+    let (code, _) = server.curl("GET", "store", &other, None);
+    assert_eq!(code, 200, "another token was held back");
+    // Each stalled body fails by itself (the clients keep their side open).
+    for (mut c, stdin) in stalled {
+        while c.try_wait().expect("s_client").is_none() {
+            assert!(
+                started.elapsed().as_secs() < 90,
+                "a stalled body held its request for 90 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        drop(stdin);
+        let out = c.wait_with_output().expect("s_client");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(!said.contains("200 OK"), "a stalled body was taken: {said}");
+    }
+    assert!(started.elapsed().as_secs() >= 25, "ended before the stall");
+    let (code, _) = server.curl("GET", "store", &admin, None);
+    assert_eq!(code, 200, "the token's slots were not given back");
+}
