@@ -136,6 +136,17 @@ pub fn local_timezone() -> String {
 }
 
 impl StoreConfig {
+    /// Points committed after this instant are held by the minimum retention at `now` (none
+    /// when the store has none).
+    #[must_use]
+    pub fn retention_cutoff(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        (self.min_retention_days > 0)
+            .then(|| now - chrono::Duration::days(i64::from(self.min_retention_days)))
+    }
+
     /// A config for a new store.
     ///
     /// # Errors

@@ -114,9 +114,7 @@ impl Store {
     /// store has none).
     #[must_use]
     pub fn retention_cutoff(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        (self.config.min_retention_days > 0).then(|| {
-            chrono::Utc::now() - chrono::Duration::days(i64::from(self.config.min_retention_days))
-        })
+        self.config.retention_cutoff(chrono::Utc::now())
     }
 
     /// When the minimum retention lets `point` go, if it holds it now.

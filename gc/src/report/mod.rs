@@ -49,10 +49,7 @@ impl Extras {
             now: chrono::Utc::now(),
             hold: cairn_store::StoreConfig::load(root)
                 .ok()
-                .filter(|c| c.min_retention_days > 0)
-                .map(|c| {
-                    chrono::Utc::now() - chrono::Duration::days(i64::from(c.min_retention_days))
-                }),
+                .and_then(|c| c.retention_cutoff(chrono::Utc::now())),
         }
     }
 }
