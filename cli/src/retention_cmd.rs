@@ -125,6 +125,10 @@ pub struct GcArgs {
     /// younger ones.
     #[arg(long, value_parser = parse_duration, default_value = "1d", value_name = "DURATION")]
     pub orphan_grace: Duration,
+    /// Let quarantined packs go (those `cairn repair` could not read whole, kept until now):
+    /// what of them is still referenced and readable is copied out first, the rest is lost.
+    #[arg(long)]
+    pub drop_quarantined: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -586,12 +590,13 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
         .orphan_grace
         .to_std()
         .map_err(|_| anyhow::anyhow!("--orphan-grace cannot be negative"))?;
+    opts.drop_quarantined = a.drop_quarantined;
     let spinner = crate::progress::spinner("gc");
     let started = Instant::now();
     let r = match a.store.remote()? {
         Some(remote) => {
             spinner.set_message(format!("collecting in {}", remote.url()));
-            let body = json!({ "dry_run": a.dry_run, "max_unused": a.max_unused, "repack_below": a.repack_below });
+            let body = json!({ "dry_run": a.dry_run, "max_unused": a.max_unused, "repack_below": a.repack_below, "drop_quarantined": a.drop_quarantined });
             serde_json::from_value(remote.gc(&body)?)?
         }
         None => cairn_gc::collect(&a.store.store, &opts, &|msg| {
@@ -640,6 +645,21 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
         }
         for b in &r.bad_chunks {
             eprintln!("warning: {b} (left in place and marked bad; run `cairn verify`)");
+        }
+        for q in &r.quarantined_kept {
+            println!("kept quarantined {q}");
+        }
+        if !r.quarantined_kept.is_empty() {
+            println!(
+                "quarantined packs are kept whole: `cairn gc --drop-quarantined` copies out what \
+                 of them is still referenced and deletes them"
+            );
+        }
+        if r.quarantined_dropped > 0 {
+            println!(
+                "{} let go",
+                crate::words::count(r.quarantined_dropped, "quarantined pack")
+            );
         }
     }
     Ok(0)

@@ -401,7 +401,7 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
     if a.json {
         println!(
             "{}",
-            json!({ "packs": r.packs, "chunks": r.chunks, "points": r.points, "points_left_out": r.points_left_out, "duplicates": r.duplicates, "problems": r.problems })
+            json!({ "packs": r.packs, "chunks": r.chunks, "points": r.points, "points_left_out": r.points_left_out, "duplicates": r.duplicates, "recovered": r.recovered, "quarantined": r.quarantined, "problems": r.problems })
         );
     } else {
         println!(
@@ -422,6 +422,17 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
             println!(
                 "{} left out of the index: their root files cannot be read (named above)",
                 count(r.points_left_out, "point")
+            );
+        }
+        for q in &r.quarantined {
+            println!("quarantined {q}");
+        }
+        if !r.quarantined.is_empty() {
+            println!(
+                "quarantined packs hold bytes that could not be read: `cairn gc` keeps them whole \
+                 (a copy put back, then `cairn repair --rebuild-index`, may bring their chunks \
+                 back); `cairn verify` names what is missing; `cairn gc --drop-quarantined` lets \
+                 them go"
             );
         }
     }

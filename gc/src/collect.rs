@@ -44,6 +44,9 @@ pub struct GcOptions {
     /// deleted (a store whose packs are in a bucket): another process may be uploading the
     /// packs it will commit.
     pub orphan_grace: std::time::Duration,
+    /// Let quarantined packs go (`cairn_store::quarantine`): copy out what of them is still
+    /// referenced and readable, then delete them. Without it they are kept whole.
+    pub drop_quarantined: bool,
 }
 
 /// The default [`GcOptions::orphan_grace`]: a day.
@@ -63,6 +66,7 @@ impl GcOptions {
                 None => Repack::MaxUnused(max_unused / 100.0),
             },
             orphan_grace: ORPHAN_GRACE,
+            drop_quarantined: false,
         })
     }
 
@@ -74,6 +78,7 @@ impl GcOptions {
             dry_run: true,
             repack: Repack::Below(1.0),
             orphan_grace: ORPHAN_GRACE,
+            drop_quarantined: false,
         }
     }
 }
@@ -84,6 +89,7 @@ impl Default for GcOptions {
             dry_run: false,
             repack: Repack::MaxUnused(0.05),
             orphan_grace: ORPHAN_GRACE,
+            drop_quarantined: false,
         }
     }
 }
@@ -127,6 +133,12 @@ pub struct GcReport {
     pub rewrites_skipped_for_space: u64,
     /// Live chunks found corrupt while copying: their pack is left alone and they are marked bad.
     pub bad_chunks: Vec<String>,
+    /// Quarantined packs kept whole (what a rebuild could not read of each): `gc
+    /// --drop-quarantined` lets them go.
+    pub quarantined_kept: Vec<String>,
+    /// Quarantined packs deleted (`--drop-quarantined`), after copying out what of them is
+    /// still referenced.
+    pub quarantined_dropped: u64,
     /// Seconds spent planning (read-only, beside backups).
     pub plan_seconds: f64,
     /// Seconds spent copying live chunks (read-only, beside backups).
@@ -157,6 +169,8 @@ impl GcReport {
             bytes_left_for_readers: self.bytes_left_for_readers + next.bytes_left_for_readers,
             rewrites_skipped_for_space: next.rewrites_skipped_for_space,
             bad_chunks: [self.bad_chunks, next.bad_chunks].concat(),
+            quarantined_kept: next.quarantined_kept,
+            quarantined_dropped: self.quarantined_dropped + next.quarantined_dropped,
             plan_seconds: self.plan_seconds + next.plan_seconds,
             copy_seconds: self.copy_seconds + next.copy_seconds,
             wait_seconds: self.wait_seconds + next.wait_seconds,
@@ -475,7 +489,9 @@ struct PackFrames {
     torn: bool,
 }
 
-fn classify(store: &Store, pack: PackId) -> Result<PackFrames> {
+/// `released`: the pack is quarantined and its owner let it go: what of it reads is copied out
+/// whatever its damage.
+fn classify(store: &Store, pack: PackId, released: bool) -> Result<PackFrames> {
     let scan = store.pack_scan(pack)?;
     let ids: Vec<ChunkId> = scan.frames.iter().map(|f| f.header.id).collect();
     let locs = store.locations(&ids)?;
@@ -483,7 +499,7 @@ fn classify(store: &Store, pack: PackId) -> Result<PackFrames> {
     let mut out = PackFrames {
         live: Vec::new(),
         dead: Vec::new(),
-        torn: scan.stopped.is_some(),
+        torn: !scan.is_whole() && !released,
     };
     for ((f, loc), count) in scan.frames.iter().zip(locs).zip(counts) {
         match loc {
@@ -525,6 +541,7 @@ pub fn collect(root: &Path, opts: &GcOptions, progress: &dyn Fn(&str)) -> Result
         dry_run: false,
         repack: Repack::Below(0.0),
         orphan_grace: opts.orphan_grace,
+        drop_quarantined: opts.drop_quarantined,
     };
     let first = collect_inner(Final::Open(root), &deletes_only, report, started)?;
     let second = collect_inner(Final::Open(root), opts, GcReport::default(), Instant::now())?;
@@ -561,6 +578,7 @@ pub fn collect_held(
         dry_run: false,
         repack: Repack::Below(0.0),
         orphan_grace: opts.orphan_grace,
+        drop_quarantined: opts.drop_quarantined,
     };
     let first = collect_inner(held(), &deletes_only, report, started)?;
     let second = collect_inner(held(), opts, GcReport::default(), Instant::now())?;
@@ -591,7 +609,25 @@ fn collect_inner(
     };
     // 1. Plan from a read-only view: never blocks or waits for a backup.
     let ro = Store::open(root, OpenMode::Read)?;
-    let (actions, live_bytes) = plan(&ro, opts, &mut report)?;
+    let (mut actions, live_bytes) = plan(&ro, opts, &mut report)?;
+    // Quarantined packs are kept whole, or (let go) copied out and deleted like any other.
+    let quarantine = cairn_store::quarantine::list(root)?;
+    if opts.drop_quarantined {
+        let indexed = ro.pack_infos()?;
+        for pack in quarantine.keys().filter(|p| indexed.contains_key(*p)) {
+            actions.insert(*pack, Action::Rewrite);
+        }
+    } else {
+        actions.retain(|p, _| !quarantine.contains_key(p));
+        let mut kept: Vec<String> = quarantine.values().map(|q| q.describe()).collect();
+        kept.sort();
+        report.quarantined_kept = kept;
+    }
+    let released = |p: &PackId| opts.drop_quarantined && quarantine.contains_key(p);
+    // Unindexed files and objects that are not to be deleted: quarantined ones kept.
+    let keep_unindexed = |p: Option<PackId>| {
+        !opts.drop_quarantined && p.is_some_and(|p| quarantine.contains_key(&p))
+    };
     report.plan_seconds = started.elapsed().as_secs_f64();
     if opts.dry_run {
         // What the run would do, step for step: the same packs, the same frames copied in the
@@ -601,7 +637,7 @@ fn collect_inner(
         let mut new_packs = NewPacks::new(ro.config().pack_target_size);
         for (pack, action) in &actions {
             let size = infos.get(pack).map_or(0, |i| i.size);
-            let PackFrames { live, dead, torn } = classify(&ro, *pack)?;
+            let PackFrames { live, dead, torn } = classify(&ro, *pack, released(pack))?;
             if torn {
                 continue;
             }
@@ -623,7 +659,10 @@ fn collect_inner(
         // one). When no writer holds the lock now, they are orphans and counted as freed, as
         // the run would free them; while a backup runs they may be its packs: reported only.
         let writer_running = cairn_store::lock::writer_active(root);
-        for (_, len) in ro.unindexed_pack_files()? {
+        for (path, len) in ro.unindexed_pack_files()? {
+            if keep_unindexed(pack_of(&path)) {
+                continue;
+            }
             report.orphan_packs += 1;
             report.orphan_bytes += len;
             if !writer_running {
@@ -631,7 +670,8 @@ fn collect_inner(
             }
         }
         // A bucket's: those past the grace period only, as the run deletes them.
-        let old = expired(&ro.unindexed_objects()?, opts.orphan_grace);
+        let mut old = expired(&ro.unindexed_objects()?, opts.orphan_grace);
+        old.retain(|o| !keep_unindexed(cairn_store::bucket::object_pack(&o.name)));
         report.orphan_packs += old.iter().filter(|o| o.name.ends_with(".pack")).count() as u64;
         let bytes: u64 = old.iter().map(|o| o.size).sum();
         report.orphan_bytes += bytes;
@@ -674,7 +714,7 @@ fn collect_inner(
         if *action != Action::Rewrite {
             continue;
         }
-        let PackFrames { live, torn, .. } = classify(&ro, *pack)?;
+        let PackFrames { live, torn, .. } = classify(&ro, *pack, released(pack))?;
         if torn {
             skip.insert(*pack);
             continue;
@@ -736,7 +776,7 @@ fn collect_inner(
         if skip.contains(pack) || !infos.contains_key(pack) {
             continue;
         }
-        let PackFrames { live, dead, torn } = classify(store, *pack)?;
+        let PackFrames { live, dead, torn } = classify(store, *pack, released(pack))?;
         if torn {
             continue;
         }
@@ -817,16 +857,13 @@ fn collect_inner(
             Final::Held { live, since, .. } => (live().into_iter().collect(), Some(since)),
         };
         for (path, len) in store.unindexed_pack_files()? {
-            let id = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(PackId::from_hex);
+            let id = pack_of(&path);
             let young = since.is_some_and(|since| {
                 std::fs::metadata(&path)
                     .and_then(|m| m.modified())
                     .is_ok_and(|m| m >= since)
             });
-            if id.is_some_and(|id| keep.contains(&id)) || young {
+            if id.is_some_and(|id| keep.contains(&id)) || young || keep_unindexed(id) {
                 continue;
             }
             remove(&path)?;
@@ -842,7 +879,8 @@ fn collect_inner(
                 Final::Held { live, .. } => live().into_iter().collect(),
             };
             for o in expired(&store.unindexed_objects()?, opts.orphan_grace) {
-                if cairn_store::bucket::object_pack(&o.name).is_some_and(|p| keep.contains(&p)) {
+                let pack = cairn_store::bucket::object_pack(&o.name);
+                if pack.is_some_and(|p| keep.contains(&p)) || keep_unindexed(pack) {
                     continue;
                 }
                 b.delete(&o.name)?;
@@ -854,6 +892,22 @@ fn collect_inner(
             }
         }
     }
+    if opts.drop_quarantined {
+        // A quarantined pack whose file and objects are gone is released.
+        let indexed = store.pack_infos()?;
+        let objects: HashSet<PackId> = store
+            .unindexed_objects()?
+            .iter()
+            .filter_map(|o| cairn_store::bucket::object_pack(&o.name))
+            .collect();
+        for pack in quarantine.keys() {
+            let here = pack.path(&store.packs_dir()).exists();
+            if !here && !indexed.contains_key(pack) && !objects.contains(pack) {
+                cairn_store::quarantine::release(store.root(), pack)?;
+                report.quarantined_dropped += 1;
+            }
+        }
+    }
     let new_bytes: u64 = copier.written.iter().map(|(_, _, kept)| kept).sum();
     report.bytes_freed = freed.saturating_sub(new_bytes);
     report.garbage_freed = report.bytes_freed.saturating_sub(report.orphan_bytes);
@@ -862,6 +916,13 @@ fn collect_inner(
     }
     report.sweep_seconds = sweep_started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The pack a pack file's name gives.
+fn pack_of(path: &Path) -> Option<PackId> {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(PackId::from_hex)
 }
 
 /// The objects of `objects` older than `grace`.

@@ -376,6 +376,9 @@ pub fn verify(
     // still counts, but that no readable tree chunk of any point names, are reported as unknown
     // but referenced (their bytes may be whole; no point reaches them until the tree chunk is
     // stored again, by a key backup of the disk).
+    // Those are read too: the ones that do not read back are named (under the tree chunk's
+    // points), so that a key backup stores them afresh.
+    let mut hidden: HashSet<ChunkId> = HashSet::new();
     if trees.kids.values().any(std::result::Result::is_err) {
         let (t, d) = trees.reach(&store, all_points.iter())?;
         let named: HashSet<ChunkId> = t.into_iter().chain(d).collect();
@@ -386,16 +389,28 @@ pub fn verify(
             .filter(|id| !named.contains(id))
             .collect();
         let counts = store.refcounts(&unnamed)?;
-        report.unknown_but_referenced = counts.iter().filter(|c| **c > 0).count() as u64;
+        hidden = unnamed
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, c)| *c > 0)
+            .map(|(id, _)| id)
+            .collect();
+        report.unknown_but_referenced = hidden.len() as u64;
     }
     report.chunks_in_scope = (tree_ids.len() + data_ids.len()) as u64;
     let marked: HashMap<ChunkId, BadMark> = store.bad_chunks()?.into_iter().collect();
-    let scope: HashSet<ChunkId> = tree_ids.iter().chain(&data_ids).copied().collect();
+    let scope: HashSet<ChunkId> = tree_ids
+        .iter()
+        .chain(&data_ids)
+        .chain(&hidden)
+        .copied()
+        .collect();
     if let Some(share) = opts.sample {
         data_ids = sample(data_ids, share);
     }
     let mut to_read: Vec<ChunkId> = tree_ids.clone();
     to_read.extend(data_ids);
+    to_read.extend(hidden.iter().copied());
     // Chunks marked bad are read again to clear the marks of those that read well now (healed);
     // one outside the scope (another VM's, or no longer referenced) is not this run's finding.
     let in_list: HashSet<ChunkId> = to_read.iter().copied().collect();
@@ -496,12 +511,29 @@ pub fn verify(
                 });
             }
         }
+        // A hidden chunk lies under an unreadable tree chunk of one of these points.
+        let under_lost_trees: Vec<Hit> = {
+            let mut seen = HashSet::new();
+            hits.iter()
+                .filter(|(id, _)| tree_set.contains(id) && findings.contains_key(id))
+                .flat_map(|(_, h)| h.iter())
+                .filter(|h| seen.insert(h.point.clone()))
+                .map(|h| Hit {
+                    offsets: Vec::new(),
+                    ..h.clone()
+                })
+                .collect()
+        };
         let mut points = HashSet::new();
         let mut vms = std::collections::BTreeSet::new();
         let mut damaged: Vec<Damage> = findings
             .iter()
             .map(|(id, f)| {
-                let h = hits.remove(id).unwrap_or_default();
+                let h = if hidden.contains(id) {
+                    under_lost_trees.clone()
+                } else {
+                    hits.remove(id).unwrap_or_default()
+                };
                 for x in &h {
                     points.insert(x.point.clone());
                     vms.insert(x.vm.clone());
@@ -514,7 +546,15 @@ pub fn verify(
                         DamagedPart::Data
                     },
                     state: f.state,
-                    what: f.what.clone(),
+                    what: if hidden.contains(id) {
+                        format!(
+                            "{} (under a tree chunk that cannot be read: its place on the disk is \
+                             not known)",
+                            f.what
+                        )
+                    } else {
+                        f.what.clone()
+                    },
                     location: f.location.clone(),
                     points: h,
                 }

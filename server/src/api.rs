@@ -614,6 +614,9 @@ struct GcBody {
     max_unused: Option<f64>,
     /// Rewrite packs with less than this percentage live instead.
     repack_below: Option<f64>,
+    /// Let quarantined packs go.
+    #[serde(default)]
+    drop_quarantined: bool,
 }
 
 async fn gc(
@@ -627,11 +630,12 @@ async fn gc(
     } else {
         json_body(&body)?
     };
-    let opts =
+    let mut opts =
         cairn_gc::GcOptions::from_percent(b.dry_run, b.max_unused.unwrap_or(5.0), b.repack_below)
             .ok_or_else(|| {
             ApiError::bad("max_unused and repack_below are percentages from 0 to 100")
         })?;
+    opts.drop_quarantined = b.drop_quarantined;
     blocking(move || {
         let _one = app
             .collecting

@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use crate::chunk::{ChunkId, ChunkKind, ChunkRef};
 use crate::error::{Error, Result};
 use crate::index::Location;
-use crate::pack::PackId;
+use crate::lost::LostPacks;
 use crate::point::RecoveryPoint;
 use crate::store::Store;
 use crate::tree::{Node, decode, span};
@@ -37,7 +37,7 @@ type Wanted = (ChunkId, ChunkKind, Option<u32>);
 pub(crate) struct Check<'s> {
     store: &'s Store,
     pending: &'s HashMap<ChunkId, Location>,
-    lost: &'s HashSet<PackId>,
+    lost: &'s LostPacks,
     /// Tree chunks followed, and whether for the disk's last place.
     trees: HashSet<(ChunkId, bool)>,
     /// Data chunks checked for a place in the middle of a disk (the chunk size).
@@ -78,7 +78,7 @@ impl<'s> Check<'s> {
     pub(crate) fn new(
         store: &'s Store,
         pending: &'s HashMap<ChunkId, Location>,
-        lost: &'s HashSet<PackId>,
+        lost: &'s LostPacks,
         allowed: Option<Allowed<'s>>,
     ) -> Self {
         Self {
@@ -177,7 +177,7 @@ impl<'s> Check<'s> {
             return Ok(None);
         }
         match self.store.locations(&[*id])?.pop().flatten() {
-            Some(l) if !self.lost.contains(&l.pack) => Ok(Some(l)),
+            Some(l) if !self.lost.covers(&l) => Ok(Some(l)),
             _ => {
                 self.held.push((*id, ChunkKind::Tree, None));
                 Ok(None)
@@ -236,7 +236,7 @@ impl<'s> Check<'s> {
                             len.unwrap_or_default()
                         )));
                     }
-                    Some(l) if !self.lost.contains(&l.pack) => {}
+                    Some(l) if !self.lost.covers(&l) => {}
                     _ => missing.push(*id),
                 }
             }

@@ -21,12 +21,13 @@
 //! stops at; nothing committed ever points there.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::chunk::{ChunkId, ChunkKind, Codec, EncodedChunk};
 use crate::error::{Error, Result};
+pub use crate::scan::{Gap, PackScan, Recovered, ScannedFrame, scan};
 
 /// Pack file magic (frozen).
 pub const PACK_MAGIC: [u8; 8] = *b"CAIRNPAK";
@@ -383,7 +384,9 @@ pub fn decode_frame_list(b: &[u8]) -> Result<PackScan, String> {
         id: PackId(id),
         frames,
         len,
-        stopped: None,
+        header_damage: None,
+        gaps: Vec::new(),
+        recovered: Vec::new(),
     })
 }
 
@@ -460,110 +463,6 @@ pub fn read_frame_into(
             format!("reading the frame at offset {offset}"),
         ))?;
     Ok(header)
-}
-
-/// One frame found by [`scan`].
-#[derive(Debug, Clone, Copy)]
-pub struct ScannedFrame {
-    /// Offset of the frame header.
-    pub offset: u64,
-    /// Its header.
-    pub header: FrameHeader,
-}
-
-/// What [`scan`] found in one pack.
-#[derive(Debug)]
-pub struct PackScan {
-    /// The pack's id (from its header).
-    pub id: PackId,
-    /// Every whole, well-formed frame, in order.
-    pub frames: Vec<ScannedFrame>,
-    /// Bytes of the file.
-    pub len: u64,
-    /// Where scanning stopped early and why (a torn tail after a killed writer, or damage).
-    pub stopped: Option<(u64, String)>,
-}
-
-/// Reads every frame header of a pack, front to back (payloads are skipped, not read).
-///
-/// # Errors
-/// I/O errors and a bad pack header.
-pub fn scan(path: &Path) -> Result<PackScan> {
-    let file = File::open(path).map_err(Error::io(path, "opening a pack"))?;
-    let len = file
-        .metadata()
-        .map_err(Error::io(path, "reading pack metadata"))?
-        .len();
-    let mut r = BufReader::with_capacity(1 << 16, file);
-    let mut header = [0u8; PACK_HEADER_SIZE as usize];
-    r.read_exact(&mut header).map_err(|_| Error::BadPack {
-        path: path.into(),
-        offset: 0,
-        what: "no pack header".into(),
-    })?;
-    if header[0..8] != PACK_MAGIC {
-        return Err(Error::BadPack {
-            path: path.into(),
-            offset: 0,
-            what: "not a cairn pack (bad magic)".into(),
-        });
-    }
-    let version = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-    if version != PACK_VERSION {
-        return Err(Error::BadPack {
-            path: path.into(),
-            offset: 8,
-            what: format!("pack version {version}, expected {PACK_VERSION}"),
-        });
-    }
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&header[16..32]);
-    let mut frames = Vec::new();
-    let mut at = PACK_HEADER_SIZE;
-    let mut stopped = None;
-    while at < len {
-        if len - at < FRAME_HEADER_SIZE {
-            stopped = Some((
-                at,
-                format!("{} bytes of a torn frame header at the end", len - at),
-            ));
-            break;
-        }
-        let mut hb = [0u8; FRAME_HEADER_SIZE as usize];
-        r.read_exact(&mut hb)
-            .map_err(Error::io(path, "scanning a pack"))?;
-        let h = match FrameHeader::decode(&hb) {
-            Ok(h) => h,
-            Err(e) => {
-                stopped = Some((at, e));
-                break;
-            }
-        };
-        let end = at + FRAME_HEADER_SIZE + u64::from(h.stored_len);
-        if end > len {
-            stopped = Some((
-                at,
-                format!(
-                    "frame of {} bytes runs past the end of the pack",
-                    h.stored_len
-                ),
-            ));
-            break;
-        }
-        frames.push(ScannedFrame {
-            offset: at,
-            header: h,
-        });
-        r.seek(SeekFrom::Current(i64::from(h.stored_len)))
-            .map_err(Error::io(path, "scanning a pack"))?;
-        at = end;
-    }
-    Ok(PackScan {
-        id: PackId(id),
-        frames,
-        len,
-        stopped,
-    })
 }
 
 /// Appends `chunk` to `out` as a frame (header and stored bytes), the form chunks take in a
@@ -653,7 +552,7 @@ mod tests {
         assert!(chunks.iter().any(|c| c.codec == Codec::Plain));
         assert!(chunks.iter().any(|c| c.codec == Codec::Zstd));
         let scan = scan(&path).expect("scan");
-        assert!(scan.stopped.is_none());
+        assert!(scan.is_whole());
         assert_eq!(scan.frames.len(), chunks.len());
         let file = File::open(&path).expect("open");
         for ((f, c), at) in scan.frames.iter().zip(&chunks).zip(&offsets) {
@@ -709,69 +608,6 @@ mod tests {
             (chunks[1].id, &chunks[1].bytes[..])
         );
         assert!(parse_frame(&bytes[at..bytes.len() - 1], &mut stored).is_err());
-    }
-
-    #[test]
-    fn every_truncation_keeps_the_whole_frames_and_reports_the_torn_one() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (path, chunks, offsets) = sample_pack(dir.path());
-        let bytes = std::fs::read(&path).expect("read");
-        let ends: Vec<u64> = chunks
-            .iter()
-            .zip(&offsets)
-            .map(|(c, at)| at + FRAME_HEADER_SIZE + c.bytes.len() as u64)
-            .collect();
-        let cut_path = dir.path().join("cut.pack");
-        for cut in 0..=bytes.len() {
-            std::fs::write(&cut_path, &bytes[..cut]).expect("write");
-            let Ok(s) = scan(&cut_path) else {
-                assert!((cut as u64) < PACK_HEADER_SIZE, "scan failed at cut {cut}");
-                continue;
-            };
-            let whole = ends.iter().filter(|&&e| e <= cut as u64).count();
-            assert_eq!(s.frames.len(), whole, "cut {cut}");
-            let at_boundary = cut as u64 == PACK_HEADER_SIZE || ends.contains(&(cut as u64));
-            match &s.stopped {
-                None => assert!(at_boundary, "cut {cut}: torn tail not reported"),
-                Some((at, why)) => {
-                    assert!(!at_boundary, "cut {cut}: {why}");
-                    let torn_at = if whole == 0 {
-                        offsets[0]
-                    } else {
-                        ends[whole - 1]
-                    };
-                    assert_eq!(*at, torn_at, "cut {cut}: {why}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn a_torn_or_damaged_frame_header_stops_the_scan_there() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (path, _, offsets) = sample_pack(dir.path());
-        let mut bytes = std::fs::read(&path).expect("read");
-        let target = offsets[2] as usize;
-        let damaged = dir.path().join("damaged.pack");
-        for i in 0..FRAME_HEADER_SIZE as usize {
-            bytes[target + i] ^= 0x10;
-            std::fs::write(&damaged, &bytes).expect("write");
-            let s = scan(&damaged).expect("scan");
-            assert_eq!(s.frames.len(), 2, "byte {i} of a frame header flipped");
-            assert_eq!(s.stopped.as_ref().map(|s| s.0), Some(offsets[2]));
-            let file = File::open(&damaged).expect("open");
-            assert!(matches!(
-                read_frame(&file, &damaged, offsets[2]),
-                Err(Error::BadPack { offset, .. }) if offset == offsets[2]
-            ));
-            bytes[target + i] ^= 0x10;
-        }
-        // Garbage appended after whole frames (a writer killed mid-header) is a torn tail.
-        bytes.extend_from_slice(&[0x5A; 80]);
-        std::fs::write(&damaged, &bytes).expect("write");
-        let s = scan(&damaged).expect("scan");
-        assert_eq!(s.frames.len(), offsets.len());
-        assert!(s.stopped.is_some());
     }
 
     #[test]

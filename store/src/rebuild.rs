@@ -15,6 +15,7 @@ use crate::index::{
 };
 use crate::lock::WriteLock;
 use crate::pack::{self, sync_dir};
+use crate::quarantine::Quarantined;
 use crate::store::{
     OpenMode, REBUILD_MARKER, Store, files_under, open_index, point_key, read_root_file,
     sync_write, write_atomic,
@@ -111,19 +112,41 @@ impl Store {
         // Tree chunks indexed (their copies fetched at once for a store in a bucket: the
         // recount that follows walks every point's tree).
         let mut trees: Vec<(ChunkId, Location)> = Vec::new();
+        let mut quarantined: Vec<Quarantined> = Vec::new();
+        let mut salvage: Vec<chunk::EncodedChunk> = Vec::new();
         for (shown, scan) in scans {
             let scan = match scan {
                 Ok(s) => s,
                 Err(e) => {
+                    // A bucket pack whose frame list does not decode: not indexed, and kept.
+                    if let Error::Objects { name, .. } = &e
+                        && let Some(pack) = crate::bucket::object_pack(name)
+                    {
+                        quarantined.push(Quarantined::whole(pack, 0, e.to_string()));
+                    }
                     report.problems.push(e.to_string());
                     continue;
                 }
             };
-            if let Some((at, why)) = &scan.stopped {
-                report
-                    .problems
-                    .push(format!("{shown}: stopped at offset {at}: {why}"));
+            if let Some(what) = scan.damage() {
+                let recovered = if scan.recovered.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", {} chunk(s) read back from under damaged frame headers",
+                        scan.recovered.len()
+                    )
+                };
+                report.problems.push(format!(
+                    "{shown}: pack {}: {what}; {} whole frame(s) read{recovered}",
+                    scan.id.to_hex(),
+                    scan.frames.len()
+                ));
             }
+            if !scan.is_whole() {
+                quarantined.push(Quarantined::of(&scan));
+            }
+            salvage.extend(scan.recovered.iter().map(|r| r.chunk.clone()));
             let mut batch = WriteBatch::default();
             // Frames of this pack indexed by this batch (a pack may hold a chunk twice).
             let mut here: HashMap<ChunkId, Location> = HashMap::new();
@@ -206,6 +229,54 @@ impl Store {
             db.write(batch).map_err(err)?;
             report.packs += 1;
             report.chunks += scan.frames.len() as u64;
+        }
+        // Chunks read back from under damaged frame headers that no frame holds: stored afresh.
+        let mut fresh = Vec::new();
+        for c in salvage {
+            if db.get_cf(chunks_cf, c.id.0).map_err(err)?.is_none()
+                && !fresh.iter().any(|f: &chunk::EncodedChunk| f.id == c.id)
+            {
+                fresh.push(c);
+            }
+        }
+        if !fresh.is_empty() {
+            let mut w = pack::PackWriter::create(&packs_dir)?;
+            let mut batch = WriteBatch::default();
+            for c in &fresh {
+                let offset = w.append(c)?;
+                let loc = Location {
+                    pack: w.id(),
+                    offset,
+                    stored_len: c.bytes.len() as u32,
+                    plain_len: c.plain_len,
+                    codec: c.codec,
+                    kind: c.kind,
+                };
+                if c.kind == crate::chunk::ChunkKind::Tree {
+                    trees.push((c.id, loc));
+                }
+                batch.put_cf(chunks_cf, c.id.0, loc.encode());
+            }
+            w.sync()?;
+            let info = PackInfo {
+                size: w.len(),
+                chunks: w.chunks(),
+            };
+            batch.put_cf(packs_cf, w.id().0, to_json(&info, "a pack entry")?);
+            db.write(batch).map_err(err)?;
+            report.recovered = fresh.len() as u64;
+            report.packs += 1;
+            report.chunks += fresh.len() as u64;
+            report.problems.push(format!(
+                "{} chunk(s) read back from under damaged frame headers were stored afresh in \
+                 pack {}",
+                fresh.len(),
+                w.id().to_hex()
+            ));
+        }
+        for q in &quarantined {
+            crate::quarantine::put(root, q)?;
+            report.quarantined.push(q.describe());
         }
         let mut batch = WriteBatch::default();
         let mut catalogued: HashSet<String> = HashSet::new();
@@ -363,4 +434,9 @@ pub struct RebuildReport {
     pub points_left_out: u64,
     /// Torn or damaged packs (reported, not fatal).
     pub problems: Vec<String>,
+    /// Chunks read back from under damaged frame headers and stored afresh.
+    pub recovered: u64,
+    /// Packs put in quarantine (bytes no frame accounts for): garbage collection keeps them
+    /// until `gc --drop-quarantined`.
+    pub quarantined: Vec<String>,
 }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::index::{
     CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_PACKS, CF_POINTS, Location, PackInfo, garbage_key, to_json,
 };
+use crate::lost::LostPacks;
 use crate::pack::{self, PackId, PackWriter};
 use crate::point::{
     BackupStats, Labels, POINT_FORMAT, PointId, RecoveryPoint, SourceInfo, check_name,
@@ -55,9 +56,9 @@ pub struct Session<'a> {
     seen: HashSet<ChunkId>,
     /// Chunks marked bad or missing: stored afresh when a backup reads them.
     bad: HashSet<ChunkId>,
-    /// Indexed packs whose file is gone: their chunks are stored afresh when a backup reads
-    /// them, and a point may not reference one that was not.
-    lost: HashSet<PackId>,
+    /// Indexed packs whose file is gone or cut short: chunks past their end are stored afresh
+    /// when a backup reads them, and a point may not reference one that was not.
+    lost: LostPacks,
     /// Old locations of chunks stored afresh (their frames become garbage at commit).
     superseded: Vec<(ChunkId, Location)>,
     new_stored: u64,
@@ -140,7 +141,7 @@ impl Drop for Session<'_> {
 pub struct KnownFilter<'a> {
     store: &'a Store,
     bad: HashSet<ChunkId>,
-    lost: HashSet<PackId>,
+    lost: LostPacks,
     rewrite: Arc<Rewrite>,
 }
 
@@ -154,13 +155,13 @@ impl KnownFilter<'_> {
     pub fn holds(&self, id: &ChunkId) -> Result<bool> {
         Ok(!self.bad.contains(id)
             && self.store.location(id)?.is_some_and(|l| {
-                !self.lost.contains(&l.pack) && !self.rewrite.take(l.pack, u64::from(l.plain_len))
+                !self.lost.covers(&l) && !self.rewrite.take(l.pack, u64::from(l.plain_len))
             }))
     }
 }
 
 impl<'a> Session<'a> {
-    pub(crate) fn new(store: &'a Store, bad: HashSet<ChunkId>, lost: HashSet<PackId>) -> Self {
+    pub(crate) fn new(store: &'a Store, bad: HashSet<ChunkId>, lost: LostPacks) -> Self {
         Session {
             store,
             pack: None,
@@ -239,7 +240,7 @@ impl<'a> Session<'a> {
         let old = self.store.location(&chunk.id)?;
         if let Some(old) = old {
             let moved = chunk.kind == ChunkKind::Data && self.rewrite.packs.contains(&old.pack);
-            if !self.bad.contains(&chunk.id) && !self.lost.contains(&old.pack) && !moved {
+            if !self.bad.contains(&chunk.id) && !self.lost.covers(&old) && !moved {
                 if self.allowed.is_some() {
                     self.proven.insert(chunk.id);
                 }
@@ -485,7 +486,7 @@ impl<'a> Session<'a> {
         let mut gone = 0u64;
         let mut packs = HashSet::new();
         for loc in self.store.locations(&ids)?.into_iter().flatten() {
-            if self.lost.contains(&loc.pack) {
+            if self.lost.covers(&loc) {
                 gone += 1;
                 packs.insert(loc.pack.to_hex());
             }
@@ -496,8 +497,8 @@ impl<'a> Session<'a> {
         let mut packs: Vec<String> = packs.into_iter().collect();
         packs.sort();
         Err(Error::Usage(format!(
-            "the point would reference {gone} chunk(s) whose pack file is gone ({}); nothing \
-             was stored. A key backup (`cairn backup --key`) reads the whole disk and stores \
+            "the point would reference {gone} chunk(s) whose pack file is gone or cut short \
+             ({}); nothing was stored. A key backup (`cairn backup --key`) reads the whole disk and stores \
              them afresh; `cairn verify` lists what else they damage",
             packs.join(", ")
         )))

@@ -772,13 +772,9 @@ impl Store {
     pub fn session(&self) -> Result<Session<'_>> {
         self.require_writer()?;
         let bad = self.bad_chunks()?.into_iter().map(|(id, _)| id).collect();
-        // One stat per pack: a pack file removed by hand (or lost) must not be reused.
-        let stored = self.stored_packs()?;
-        let lost = self
-            .pack_infos()?
-            .into_keys()
-            .filter(|p| !stored.contains(p))
-            .collect();
+        // One stat per pack: a pack file removed by hand (or lost), or cut short, must not be
+        // reused where it is gone.
+        let lost = crate::lost::LostPacks::find(&self.pack_infos()?, &self.stored_pack_lengths()?);
         Ok(Session::new(self, bad, lost))
     }
 

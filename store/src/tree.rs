@@ -38,7 +38,9 @@ pub const FANOUT: usize = 256;
 pub const TREE_FORMAT: u8 = 2;
 /// Deepest tree read (level 4 spans 2^40 chunks, far past any disk).
 pub(crate) const MAX_DEPTH: u8 = 4;
-const MAGIC: &[u8; 10] = b"cairn-tree";
+/// The first bytes of every leaf and node of format 2.
+pub(crate) const TREE_MAGIC: &[u8; 10] = b"cairn-tree";
+const MAGIC: &[u8; 10] = TREE_MAGIC;
 const HEADER: usize = 16;
 
 /// Chunks of disk one entry of `level` covers when full (a leaf at level 0).

@@ -247,18 +247,32 @@ impl Store {
     ///
     /// # Errors
     /// The bucket's failures.
-    pub(crate) fn stored_packs(&self) -> Result<HashSet<PackId>> {
-        let mut out: HashSet<PackId> = crate::store::files_under(&self.packs_dir(), "pack")?
-            .iter()
-            .filter_map(|p| p.file_stem()?.to_str().and_then(PackId::from_hex))
-            .collect();
+    pub(crate) fn stored_pack_lengths(&self) -> Result<HashMap<PackId, u64>> {
+        let mut out: HashMap<PackId, u64> = HashMap::new();
         if let Some(b) = &self.bucket {
-            out.extend(
-                b.list("packs/")?
-                    .iter()
-                    .filter(|o| o.name.ends_with(".frames"))
-                    .filter_map(|o| object_pack(&o.name)),
-            );
+            // A pack object is whole once its frame list is there (uploaded after it).
+            let listed = b.list("packs/")?;
+            let framed: HashSet<PackId> = listed
+                .iter()
+                .filter(|o| o.name.ends_with(".frames"))
+                .filter_map(|o| object_pack(&o.name))
+                .collect();
+            for o in listed.iter().filter(|o| o.name.ends_with(".pack")) {
+                if let Some(p) = object_pack(&o.name).filter(|p| framed.contains(p)) {
+                    out.insert(p, o.size);
+                }
+            }
+        }
+        for path in crate::store::files_under(&self.packs_dir(), "pack")? {
+            if let Some(p) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(PackId::from_hex)
+                && let Ok(m) = std::fs::metadata(&path)
+            {
+                let have = out.entry(p).or_default();
+                *have = (*have).max(m.len());
+            }
         }
         Ok(out)
     }
