@@ -723,6 +723,9 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
         for c in &r.catalogue {
             println!("index: {c}");
         }
+        for p in &r.packs {
+            println!("{p}");
+        }
         for m in &r.misplaced {
             println!("{m}");
         }

@@ -609,13 +609,14 @@ fn collect_inner(
     };
     // 1. Plan from a read-only view: never blocks or waits for a backup.
     let ro = Store::open(root, OpenMode::Read)?;
-    let (mut actions, live_bytes) = plan(&ro, opts, &mut report)?;
+    let (mut actions, mut live_bytes) = plan(&ro, opts, &mut report)?;
     // Quarantined packs are kept whole, or (let go) copied out and deleted like any other.
     let quarantine = cairn_store::quarantine::list(root)?;
     if opts.drop_quarantined {
         let indexed = ro.pack_infos()?;
-        for pack in quarantine.keys().filter(|p| indexed.contains_key(*p)) {
+        for (pack, info) in quarantine.keys().filter_map(|p| Some((p, indexed.get(p)?))) {
             actions.insert(*pack, Action::Rewrite);
+            live_bytes.entry(*pack).or_insert(info.size);
         }
     } else {
         actions.retain(|p, _| !quarantine.contains_key(p));

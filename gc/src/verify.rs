@@ -140,6 +140,9 @@ pub struct VerifyReport {
     /// chunk in the middle of a disk, or a last chunk of another size): such a point does not
     /// restore there.
     pub misplaced: Vec<String>,
+    /// Packs whose file is gone, cut short, or has a damaged header, and packs in quarantine
+    /// (the chunks this damages are in `damaged`).
+    pub packs: Vec<String>,
     /// Findings that turned out not to be damage (a collection moved or dropped the chunk
     /// while this run read it); not recorded.
     pub not_damage: Vec<String>,
@@ -360,6 +363,7 @@ pub fn verify(
     let store = Store::open(root, OpenMode::Read)?;
     let mut report = VerifyReport {
         catalogue: store.compare_root_files()?,
+        packs: store.pack_damage()?,
         ..VerifyReport::default()
     };
     let all_points = store.points()?;
@@ -369,6 +373,19 @@ pub fn verify(
         .filter(|p| opts.since.is_none_or(|s| p.time >= s))
         .collect();
     report.points_in_scope = chosen.len() as u64;
+    // A record whose size disagrees with its tree (a root file edited into other valid JSON,
+    // then rebuilt from) does not restore.
+    for p in &chosen {
+        if let Some(what) = store.shape_disagreement(p)? {
+            report.catalogue.push(format!(
+                "point {} ({}/{}): its record disagrees with its tree: {what}; `cairn repair \
+                 --rebuild-index` sets its root file aside",
+                p.short_id(),
+                p.vm,
+                p.disk
+            ));
+        }
+    }
     // Walk the chosen points' trees: every distinct tree chunk once.
     let mut trees = Trees::default();
     let (tree_ids, mut data_ids) = trees.reach(&store, chosen.iter().copied())?;

@@ -151,6 +151,7 @@ mod run;
 pub mod scan;
 pub mod select;
 mod session;
+pub mod shape;
 mod store;
 pub mod tree;
 pub mod view;

@@ -41,3 +41,56 @@ impl LostPacks {
         self.0.is_empty()
     }
 }
+
+impl crate::store::Store {
+    /// What is wrong with the packs as files, a line each: a pack file gone or shorter than the
+    /// index says (the chunks past its end are lost), a pack header that is not cairn's (no
+    /// chunk is lost by that: every frame carries its own header), a pack in quarantine. Reads
+    /// 32 bytes of each pack kept here; a store in a bucket lists its objects once.
+    ///
+    /// # Errors
+    /// Index errors, the bucket's failures.
+    pub fn pack_damage(&self) -> crate::error::Result<Vec<String>> {
+        use std::os::unix::fs::FileExt;
+        let indexed = self.pack_infos()?;
+        let stored = self.stored_pack_lengths()?;
+        let mut out = Vec::new();
+        let mut ids: Vec<&PackId> = indexed.keys().collect();
+        ids.sort();
+        for id in ids {
+            let want = indexed.get(id).map_or(0, |i| i.size);
+            match stored.get(id) {
+                None => out.push(format!(
+                    "pack {}: gone (the index says {want} bytes)",
+                    id.to_hex()
+                )),
+                Some(have) if *have < want => out.push(format!(
+                    "pack {}: {have} bytes where the index says {want}: cut short, the frames \
+                     past byte {have} are lost",
+                    id.to_hex()
+                )),
+                Some(_) => {}
+            }
+            let path = id.path(&self.packs_dir());
+            let mut header = [0u8; crate::pack::PACK_HEADER_SIZE as usize];
+            if let Ok(f) = std::fs::File::open(&path)
+                && f.read_exact_at(&mut header, 0).is_ok()
+                && (header[0..8] != crate::pack::PACK_MAGIC
+                    || header[8..12] != crate::pack::PACK_VERSION.to_be_bytes())
+            {
+                out.push(format!(
+                    "pack {}: its header is damaged (no chunk is lost by that: every frame \
+                     carries its own header, and a rebuild reads past it)",
+                    id.to_hex()
+                ));
+            }
+        }
+        let mut quarantined: Vec<String> = crate::quarantine::list(self.root())?
+            .values()
+            .map(|q| format!("quarantined {}", q.describe()))
+            .collect();
+        quarantined.sort();
+        out.extend(quarantined);
+        Ok(out)
+    }
+}

@@ -316,8 +316,12 @@ impl Store {
         sync_dir(root)?;
         drop(lock);
         // Opening for writing counts the references of every point afresh (the new index has
-        // no counts yet).
-        drop(Self::open(root, OpenMode::Write { wait })?);
+        // no counts yet); then a root file that disagrees with its tree is refused.
+        let store = Self::open(root, OpenMode::Write { wait })?;
+        let (settled, left_out) = store.settle_shapes(old_index.as_deref())?;
+        report.points_left_out += left_out;
+        report.points -= left_out;
+        report.problems.extend(settled);
         Ok(report)
     }
 }

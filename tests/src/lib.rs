@@ -305,6 +305,17 @@ impl TestStore {
         Self { dir }
     }
 
+    /// A copy of this store (`cp -a`) in a folder of its own: one fixture, damaged many ways.
+    #[must_use]
+    pub fn copy(&self) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        ok(Command::new("cp")
+            .arg("-a")
+            .arg(self.path())
+            .arg(dir.path().join("store")));
+        Self { dir }
+    }
+
     /// The store's folder.
     #[must_use]
     pub fn path(&self) -> PathBuf {

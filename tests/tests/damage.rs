@@ -1,0 +1,338 @@
+//! Damage never costs intact data. One store of six daily points whose first pack all six
+//! share, copied and damaged by hand in every shape the store doc's damage table lists. For each
+//! shape: verify sees it; a key backup made beside the damage restores; `repair
+//! --rebuild-index` loses no point that restored before it and, where the chunks are whole,
+//! brings every point back; gc deletes nothing it could not account for (a quarantined pack
+//! stays until `gc --drop-quarantined`); key backups of the disks heal every point.
+
+use std::path::{Path, PathBuf};
+
+use cairn_tests::{TestStore as Store, gen_disk, id, json, ok, run};
+
+const DAYS: u32 = 6;
+
+struct Fixture {
+    store: Store,
+    _work: tempfile::TempDir,
+    disks: Vec<PathBuf>,
+    points: Vec<String>,
+    /// The pack every point shares, relative to the store.
+    shared: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let work = tempfile::tempdir().expect("tempdir");
+    let store = Store::new("64K");
+    let mut disks = Vec::new();
+    let mut points = Vec::new();
+    for d in 0..DAYS {
+        let disk = work.path().join(format!("day{d}.raw"));
+        gen_disk(&disk, "4M", 1, 1, d);
+        let time = format!("2026-11-{:02}T02:00:00Z", 10 + d);
+        points.push(id(&store.backup("vm", &time, "xvda", &disk, &[])));
+        disks.push(disk);
+    }
+    let biggest = store
+        .pack_files()
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
+    let shared = biggest
+        .strip_prefix(store.path())
+        .expect("in the store")
+        .to_path_buf();
+    Fixture {
+        store,
+        _work: work,
+        disks,
+        points,
+        shared,
+    }
+}
+
+/// Each frame of a pack: (offset, stored length).
+fn frames(pack: &Path) -> Vec<(usize, usize)> {
+    let b = std::fs::read(pack).expect("read pack");
+    let mut out = Vec::new();
+    let mut at = 32;
+    while at + 56 <= b.len() {
+        let stored = u32::from_be_bytes(b[at + 44..at + 48].try_into().expect("len")) as usize;
+        out.push((at, stored));
+        at += 56 + stored;
+    }
+    out
+}
+
+fn rewrite(pack: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut b = std::fs::read(pack).expect("read pack");
+    f(&mut b);
+    std::fs::write(pack, &b).expect("write pack");
+}
+
+fn truncate(pack: &Path, len: usize) {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(pack)
+        .expect("open pack");
+    f.set_len(len as u64).expect("truncate");
+}
+
+/// Which of `points` restore bit-exact to the disk each was made from.
+fn restorable(store: &Store, points: &[String], disks: &[PathBuf]) -> Vec<bool> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    points
+        .iter()
+        .zip(disks)
+        .enumerate()
+        .map(|(k, (p, disk))| {
+            let out = dir.path().join(format!("{k}.raw"));
+            let done = run(store
+                .cmd(&["restore", "--force", p, "--format", "raw"])
+                .arg(&out));
+            done.status.success()
+                && std::fs::read(&out).ok() == Some(std::fs::read(disk).expect("disk"))
+        })
+        .collect()
+}
+
+/// `cairn verify --json`: whether it passed, and what it said.
+fn verify(store: &Store) -> (bool, serde_json::Value) {
+    let out = run(&mut store.cmd(&["verify", "--json"]));
+    (
+        out.status.success(),
+        json(&String::from_utf8_lossy(&out.stdout)),
+    )
+}
+
+/// The points verify names as damaged.
+fn named(v: &serde_json::Value) -> Vec<String> {
+    let mut out: Vec<String> = v["damaged"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|d| d["points"].as_array().cloned().unwrap_or_default())
+        .filter_map(|h| h["point"].as_str().map(str::to_owned))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+struct Case {
+    name: &'static str,
+    damage: fn(&Path),
+    /// Every point restores after the repair, without a backup.
+    back_after_repair: bool,
+    /// The repair quarantines the pack.
+    quarantined: bool,
+}
+
+fn header_zeroed(p: &Path) {
+    rewrite(p, |b| b[..8].fill(0));
+}
+fn frame_header_flipped(p: &Path) {
+    let f = frames(p);
+    rewrite(p, |b| b[f[1].0 + 20] ^= 0x40);
+}
+fn frames_overwritten(p: &Path) {
+    let f = frames(p);
+    rewrite(p, |b| b[f[2].0..f[3].0 + 100].fill(0x5a));
+}
+fn body_flipped(p: &Path) {
+    let f = frames(p);
+    rewrite(p, |b| b[f[1].0 + 56 + f[1].1 / 2] ^= 0x5a);
+}
+fn cut_after_first_frame(p: &Path) {
+    let f = frames(p);
+    truncate(p, f[1].0);
+}
+fn cut_at_middle_frame(p: &Path) {
+    let f = frames(p);
+    truncate(p, f[f.len() / 2].0);
+}
+fn cut_before_last_frame(p: &Path) {
+    let f = frames(p);
+    truncate(p, f[f.len() - 1].0);
+}
+fn cut_inside_a_frame(p: &Path) {
+    let f = frames(p);
+    truncate(p, f[f.len() / 2].0 + 30);
+}
+fn cut_to_100_bytes(p: &Path) {
+    truncate(p, 100);
+}
+fn pack_removed(p: &Path) {
+    std::fs::remove_file(p).expect("remove pack");
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "pack header zeroed",
+        damage: header_zeroed,
+        back_after_repair: true,
+        quarantined: false,
+    },
+    Case {
+        name: "one byte of a frame header flipped",
+        damage: frame_header_flipped,
+        back_after_repair: true,
+        quarantined: true,
+    },
+    Case {
+        name: "two frames overwritten",
+        damage: frames_overwritten,
+        back_after_repair: false,
+        quarantined: true,
+    },
+    Case {
+        name: "one byte of a frame body flipped",
+        damage: body_flipped,
+        back_after_repair: false,
+        quarantined: false,
+    },
+    Case {
+        name: "cut after the first frame",
+        damage: cut_after_first_frame,
+        back_after_repair: false,
+        quarantined: false,
+    },
+    Case {
+        name: "cut at the middle frame",
+        damage: cut_at_middle_frame,
+        back_after_repair: false,
+        quarantined: false,
+    },
+    Case {
+        name: "cut before the last frame",
+        damage: cut_before_last_frame,
+        back_after_repair: false,
+        quarantined: false,
+    },
+    Case {
+        name: "cut inside a frame",
+        damage: cut_inside_a_frame,
+        back_after_repair: false,
+        quarantined: true,
+    },
+    Case {
+        name: "cut to 100 bytes",
+        damage: cut_to_100_bytes,
+        back_after_repair: false,
+        quarantined: true,
+    },
+    Case {
+        name: "the whole pack removed",
+        damage: pack_removed,
+        back_after_repair: false,
+        quarantined: false,
+    },
+];
+
+fn key_backup(store: &Store, disk: &Path, time: &str) -> String {
+    id(&store.backup("vm", time, "xvda", disk, &["--key"]))
+}
+
+fn run_case(fx: &Fixture, case: &Case) {
+    let name = case.name;
+    let store = fx.store.copy();
+    let pack = store.path().join(&fx.shared);
+    (case.damage)(&pack);
+    let before = restorable(&store, &fx.points, &fx.disks);
+
+    // Verify sees the damage, and names every point that does not restore.
+    let (passed, v) = verify(&store);
+    let packs_named = v["packs"].as_array().is_some_and(|a| !a.is_empty());
+    assert!(!passed || packs_named, "{name}: verify saw nothing: {v}");
+    let named_before = named(&v);
+    for (p, ok) in fx.points.iter().zip(&before) {
+        assert!(
+            *ok || named_before.contains(p),
+            "{name}: point {p} does not restore and verify did not name it: {v}"
+        );
+    }
+
+    // A key backup beside the damage (before any repair) restores, at once.
+    let last = fx.disks.len() - 1;
+    let fresh = key_backup(&store, &fx.disks[last], "2026-11-30T02:00:00Z");
+    assert_eq!(
+        restorable(&store, &[fresh], &fx.disks[last..]),
+        vec![true],
+        "{name}: a key backup made beside the damage does not restore"
+    );
+    let before = restorable(&store, &fx.points, &fx.disks);
+
+    // Repair loses nothing that restored, and keeps every chunk that checks.
+    let r = json(&ok(&mut store.cmd(&[
+        "repair",
+        "--rebuild-index",
+        "--json",
+    ])));
+    let quarantined = r["quarantined"].as_array().is_some_and(|a| !a.is_empty());
+    assert_eq!(quarantined, case.quarantined, "{name}: {r}");
+    let after = restorable(&store, &fx.points, &fx.disks);
+    for (k, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(!b || *a, "{name}: repair lost point {k} ({r})");
+    }
+    if case.back_after_repair {
+        assert!(after.iter().all(|a| *a), "{name}: {after:?} after {r}");
+    }
+    let (passed, v) = verify(&store);
+    assert_eq!(
+        passed,
+        after.iter().all(|a| *a),
+        "{name}: verify after the repair: {v}"
+    );
+    let named_after = named(&v);
+    for (p, ok) in fx.points.iter().zip(&after) {
+        assert!(*ok || named_after.contains(p), "{name}: {p} not named: {v}");
+    }
+
+    // gc deletes nothing a point needs, and keeps a quarantined pack whole.
+    let len = std::fs::metadata(&pack).map(|m| m.len()).ok();
+    ok(&mut store.cmd(&["gc"]));
+    assert_eq!(
+        restorable(&store, &fx.points, &fx.disks),
+        after,
+        "{name}: gc"
+    );
+    if case.quarantined {
+        assert_eq!(
+            std::fs::metadata(&pack).map(|m| m.len()).ok(),
+            len,
+            "{name}: gc touched a quarantined pack"
+        );
+    }
+
+    // Key backups of every disk heal every point.
+    for (d, disk) in fx.disks.iter().enumerate() {
+        key_backup(&store, disk, &format!("2026-12-{:02}T02:00:00Z", 1 + d));
+    }
+    assert!(
+        restorable(&store, &fx.points, &fx.disks).iter().all(|a| *a),
+        "{name}: key backups did not heal"
+    );
+    let (passed, v) = verify(&store);
+    assert!(passed, "{name}: verify after healing: {v}");
+
+    // The owner lets the quarantine go: nothing a point needs goes with it.
+    if case.quarantined {
+        let g = json(&ok(&mut store.cmd(&["gc", "--drop-quarantined", "--json"])));
+        assert_eq!(g["quarantined_dropped"], 1, "{name}: {g}");
+        assert!(
+            !pack.exists(),
+            "{name}: the quarantined pack is still there"
+        );
+        assert!(
+            restorable(&store, &fx.points, &fx.disks).iter().all(|a| *a),
+            "{name}: dropping the quarantine lost a point"
+        );
+    }
+}
+
+#[test]
+fn every_shape_of_pack_damage_is_seen_and_repair_keeps_every_chunk_that_checks() {
+    let fx = fixture();
+    for case in CASES {
+        run_case(&fx, case);
+    }
+}
