@@ -202,8 +202,12 @@ pub struct InitArgs {
 #[command(
     after_help = "Examples:\n  cairn repair --store /backups/store --rebuild-index\n  \
                   cairn repair --store /var/lib/cairn/store --rebuild-index --packs s3://backups/cairn \\\n      \
-                  --s3-endpoint https://s3.example   # a new machine: the store made from the bucket"
+                  --s3-endpoint https://s3.example   # a new machine: the store made from the bucket\n  \
+                  cairn repair --store /backups/store --rebuild-config   # cairn.toml lost or garbled\n\n\
+                  A pack the rebuild cannot read whole is quarantined: `cairn gc` keeps it until\n\
+                  `cairn gc --drop-quarantined`."
 )]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["rebuild_index", "rebuild_config"])))]
 pub struct RepairArgs {
     #[command(flatten)]
     pub store: StoreArg,
@@ -212,8 +216,15 @@ pub struct RepairArgs {
     #[command(flatten)]
     pub packs: PacksArgs,
     /// Rebuild the RocksDB index from the packs and root files (the old one is kept aside).
-    #[arg(long, required = true)]
+    #[arg(long)]
     pub rebuild_index: bool,
+    /// Write a lost or garbled cairn.toml again: from the copy every writer keeps in the
+    /// index, else from the root files and packs (a new store id, --timezone or UTC).
+    #[arg(long, conflicts_with = "rebuild_index")]
+    pub rebuild_config: bool,
+    /// With --rebuild-config, when the index holds no copy: the store's time zone.
+    #[arg(long, value_name = "ZONE", requires = "rebuild_config")]
+    pub timezone: Option<String>,
     /// Wait for another writer instead of failing.
     #[arg(long)]
     pub wait: bool,
@@ -374,6 +385,24 @@ fn warn_about(s: &Store) {
 
 pub fn repair(a: &RepairArgs) -> Result<i32> {
     let root = &a.store.store;
+    if a.rebuild_config {
+        let (cfg, source) = Store::rebuild_config(root, a.timezone.as_deref())?;
+        if a.json {
+            println!(
+                "{}",
+                json!({ "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "timezone": cfg.timezone, "source": source })
+            );
+        } else {
+            println!(
+                "wrote {} (store {}, chunk size {}, time zone {}) from {source}",
+                root.join(cairn_store::config::CONFIG_FILE).display(),
+                cfg.store_id,
+                human_bytes(u64::from(cfg.chunk_size)),
+                cfg.timezone
+            );
+        }
+        return Ok(0);
+    }
     if let Some(packs) = a.packs.config() {
         if root.join(cairn_store::config::CONFIG_FILE).exists() {
             let have = cairn_store::StoreConfig::load(root)?.packs;

@@ -180,11 +180,25 @@ impl StoreConfig {
     /// A missing or unreadable file, or a format version this code does not know.
     pub fn load(root: &Path) -> Result<Self> {
         let path = root.join(CONFIG_FILE);
+        // A folder that holds a store's index or packs lost only its config: say how back.
+        let held = root.join("index").is_dir() || root.join("packs").is_dir();
+        let back = "the folder holds a store's index and packs: `cairn repair --rebuild-config` \
+                    writes the config again";
         let text = std::fs::read_to_string(&path).map_err(|e| Error::Config {
             path: path.clone(),
-            what: format!("not a cairn store ({e}); create one with `cairn init`"),
+            what: if held {
+                format!("cannot read the store's config ({e}); {back}")
+            } else {
+                format!("not a cairn store ({e}); create one with `cairn init`")
+            },
         })?;
-        Self::parse(&text, &path)
+        Self::parse(&text, &path).map_err(|e| match e {
+            Error::Config { path, what } if held => Error::Config {
+                path,
+                what: format!("{what}; {back}"),
+            },
+            other => other,
+        })
     }
 
     /// Reads and checks a config's text (`path` names where it came from).

@@ -54,7 +54,7 @@ pub enum Error {
         status: Option<u16>,
     },
     /// A RocksDB error.
-    #[error("index {}: {source}", path.display())]
+    #[error("index {}: {source}{}", path.display(), index_hint(source))]
     Index {
         /// The index folder.
         path: PathBuf,
@@ -206,4 +206,14 @@ pub struct HeldPoint {
     pub disk: String,
     /// When it may be removed (RFC 3339).
     pub until: String,
+}
+
+/// What to do about a RocksDB error that says the index is damaged.
+fn index_hint(e: &rocksdb::Error) -> &'static str {
+    if e.kind() == rocksdb::ErrorKind::Corruption {
+        "; the index is damaged: `cairn repair --rebuild-index` rebuilds it from the packs and \
+         root files (the damaged one is kept aside)"
+    } else {
+        ""
+    }
 }

@@ -131,6 +131,7 @@ pub mod chunk;
 pub mod claims;
 mod complete;
 pub mod config;
+mod config_copy;
 pub mod error;
 mod garbage;
 pub mod index;

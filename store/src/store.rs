@@ -407,6 +407,7 @@ impl Store {
             store.warnings = store.reconcile(true)?;
             store.finish_protects()?;
             store.sync_roots()?;
+            store.copy_config()?;
             // This index is the truth now (whatever an earlier note says).
             crate::view::note_commit(&store.root, &store.db);
         }

@@ -157,6 +157,12 @@ pub(crate) fn open_read_only(root: &Path, options: &Options) -> Result<(DB, Opti
                     Some(seq) => format!("the index is behind a commit at sequence {seq}"),
                 }
             }
+            // Damage that no writer is moving under us stays: said at once, with the way back.
+            Err(source)
+                if source.kind() == ErrorKind::Corruption && !crate::lock::writer_active(root) =>
+            {
+                return Err(Error::Index { path, source });
+            }
             Err(e) if retryable(e.kind()) => e.to_string(),
             Err(source) => return Err(Error::Index { path, source }),
         };
