@@ -514,3 +514,86 @@ fn verify_reports_the_data_under_an_unreadable_tree_segment() {
     );
     assert!(num_of(&v, "unknown_but_referenced") > 0, "{v}");
 }
+
+/// The 1-based count, among `rename`-family calls of `cairn ARGS` on `store`, of the one that
+/// puts a root file in place.
+fn root_file_rename(store: &Store, args: &[&str]) -> u32 {
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let status = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=rename,renameat,renameat2", "-o"])
+        .arg(log.path())
+        .arg(cairn_tests::cairn_bin())
+        .args(args)
+        .env("CAIRN_STORE", store.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("strace");
+    assert!(status.success());
+    let text = std::fs::read_to_string(log.path()).expect("log");
+    let calls: Vec<&str> = text.lines().filter(|l| l.contains("rename")).collect();
+    let at = calls
+        .iter()
+        .position(|l| l.contains("/points/") && l.contains(".json\""))
+        .unwrap_or_else(|| panic!("no root file rename in {text}"));
+    at as u32 + 1
+}
+
+#[test]
+fn verify_beside_a_commit_in_flight_finds_no_disagreement() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let a = work.path().join("a.raw");
+    gen_disk(&a, "2M", 1, 1, 0);
+    let src = format!("xvda={}", a.display());
+    let backup = |time: &str| -> Vec<String> {
+        ["backup", "--vm", "v", "--time", time, src.as_str()]
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    };
+    let first = backup("2026-11-20T02:00:00Z");
+    let when = root_file_rename(
+        &store,
+        &first.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    // The next backup's root file is renamed in, then 3 s pass before its catalogue batch.
+    let mut slowed = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg("trace=rename,renameat,renameat2")
+        .arg("-e")
+        .arg(format!(
+            "inject=rename,renameat,renameat2:delay_exit=3000000:when={when}"
+        ))
+        .arg(cairn_tests::cairn_bin())
+        .args(backup("2026-11-21T02:00:00Z"))
+        .env("CAIRN_STORE", store.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("strace");
+    let points = store.path().join("points");
+    let count = || {
+        cairn_tests::files_under(&points)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .count()
+    };
+    let started = std::time::Instant::now();
+    while count() < 2 {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the second root file never came"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = run(&mut store.cmd(&["verify", "--json"]));
+    let still_running = slowed.try_wait().expect("wait").is_none();
+    assert!(
+        out.status.success(),
+        "verify beside a commit in flight: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(slowed.wait().expect("wait").success());
+    assert!(still_running || store.list().len() == 2);
+    assert_eq!(store.list().len(), 2);
+}
