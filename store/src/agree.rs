@@ -73,6 +73,7 @@ impl Store {
                     &id[..12.min(id.len())]
                 ));
             }
+            warnings.extend(self.lost_pack_warnings()?);
             return Ok(warnings);
         }
         if !orphans.is_empty() {

@@ -43,6 +43,36 @@ impl LostPacks {
 }
 
 impl crate::store::Store {
+    /// A line for each indexed pack kept here whose file is gone or cut short (every open of a
+    /// store whose packs are in its folder says so; one folder listing).
+    ///
+    /// # Errors
+    /// Index and I/O errors.
+    pub(crate) fn lost_pack_warnings(&self) -> crate::error::Result<Vec<String>> {
+        if self.bucket().is_some() {
+            return Ok(Vec::new());
+        }
+        let lost = LostPacks::find(&self.pack_infos()?, &self.stored_pack_lengths()?);
+        let mut out: Vec<String> = lost
+            .0
+            .iter()
+            .map(|(id, have)| {
+                let what = if *have == 0 {
+                    "is gone".to_owned()
+                } else {
+                    format!("is cut short at {have} bytes")
+                };
+                format!(
+                    "pack {} {what}: `cairn verify` names the points it damages; a key backup \
+                     of their disks (`cairn backup --key`) stores its chunks afresh",
+                    id.to_hex()
+                )
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// What is wrong with the packs as files, a line each: a pack file gone or shorter than the
     /// index says (the chunks past its end are lost), a pack header that is not cairn's (no
     /// chunk is lost by that: every frame carries its own header), a pack in quarantine. Reads
