@@ -258,7 +258,7 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     create_dir_durable(dir)?;
-    let tmp = path.with_extension("tmp");
+    let tmp = tmp_name(path);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -270,6 +270,57 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     f.sync_all().map_err(Error::io(&tmp, "syncing"))?;
     std::fs::rename(&tmp, path).map_err(Error::io(path, "renaming into place"))?;
     sync_dir(dir)
+}
+
+/// The temporary name [`write_atomic`] writes `path` under before its rename: hidden, and
+/// naming the process, so that writers never share one and a leftover of a dead process is
+/// known as such ([`remove_stale_tmp`]).
+fn tmp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Whether `path` is a temporary file of [`write_atomic`] that no live process is writing (a
+/// name of the older form, without a process id, counts as stale).
+fn stale_tmp(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let Some(stem) = name.strip_suffix(".tmp") else {
+        return false;
+    };
+    match stem.rsplit_once('.').map(|(_, pid)| pid.parse::<u32>()) {
+        Some(Ok(pid)) if stem.starts_with('.') => !Path::new(&format!("/proc/{pid}")).exists(),
+        _ => true,
+    }
+}
+
+/// Removes the temporary files of [`write_atomic`] that killed processes left in `dir` (not
+/// below it); returns how many.
+///
+/// # Errors
+/// I/O errors.
+pub(crate) fn remove_stale_tmp(dir: &Path) -> Result<u64> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(dir, "listing a folder")(e)),
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "tmp") && path.is_file() && stale_tmp(&path) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, "removing a temporary file")(e)),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Creates `dir` and any missing parents, syncing the folder each new one is created in, so
@@ -403,6 +454,12 @@ impl Store {
             // Temporary files of root files whose write was killed before its rename.
             for tmp in files_under(&store.root.join("points"), "tmp")? {
                 std::fs::remove_file(&tmp).map_err(Error::io(&tmp, "removing a temporary file"))?;
+            }
+            // ... and of the store's other files, written by writers and readers alike (the
+            // retention and verify records, policies, standby journals, quarantine records):
+            // those of processes that are gone.
+            for dir in ["", "standby", crate::quarantine::QUARANTINE_DIR] {
+                remove_stale_tmp(&store.root.join(dir))?;
             }
             store.warnings = store.reconcile(true)?;
             store.finish_protects()?;

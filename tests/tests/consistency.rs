@@ -94,11 +94,34 @@ fn leftovers_are_cleaned_logs_are_bounded_and_odd_paths_are_handled() {
     // The temporary file of a root file whose write was killed before its rename.
     let tmp = root_file(&store, &p).with_extension("tmp");
     std::fs::write(&tmp, b"{\"half").expect("write");
+    // ... and of the store's other files: of killed processes (an old-style name, a dead pid)
+    // they go; one a live process is writing stays.
+    let dead = [
+        store.path().join("retention.tmp"),
+        store.path().join(".last-verify.json.4194303.tmp"),
+        store
+            .path()
+            .join("standby")
+            .join(".journal.json.4194303.tmp"),
+        store.path().join("quarantine").join("x.tmp"),
+    ];
+    for d in &dead {
+        std::fs::create_dir_all(d.parent().expect("parent")).expect("mkdir");
+        std::fs::write(d, b"half").expect("write");
+    }
+    let live = store
+        .path()
+        .join(format!(".retention.json.{}.tmp", std::process::id()));
+    std::fs::write(&live, b"being written").expect("write");
     // Many writer opens: RocksDB's info logs stay bounded.
     for i in 0..30 {
         ok(&mut store.cmd(&[if i % 2 == 0 { "protect" } else { "unprotect" }, &p]));
     }
     assert!(!tmp.exists(), "a root file's temporary file was left");
+    for d in &dead {
+        assert!(!d.exists(), "{} was left", d.display());
+    }
+    assert!(live.exists(), "a live process's temporary file was removed");
     let logs = std::fs::read_dir(store.path().join("index"))
         .expect("index")
         .flatten()

@@ -240,11 +240,19 @@ fn run_case(fx: &Fixture, case: &Case) {
     (case.damage)(&pack);
     // Every open names a pack gone or cut short: `list` and `report` too.
     if std::fs::metadata(&pack).map(|m| m.len()).unwrap_or(0) < len {
-        let hex = fx.shared.file_stem().expect("stem").to_string_lossy().into_owned();
+        let hex = fx
+            .shared
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
         for args in [&["list"][..], &["report"]] {
             let out = run(&mut store.cmd(args));
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains(&format!("pack {hex}")), "{name}: `cairn {args:?}`: {err}");
+            assert!(
+                err.contains(&format!("pack {hex}")),
+                "{name}: `cairn {args:?}`: {err}"
+            );
         }
     }
     let before = restorable(&store, &fx.points, &fx.disks);
