@@ -109,6 +109,9 @@ impl Store {
                     ));
                 }
             }
+            // A forget killed after it noted its points as forgotten, before it removed their
+            // root files, is undone here: they are not forgotten (a replica receives them).
+            self.unforget(&orphans.iter().map(|p| p.id.to_string()).collect())?;
         }
         for id in &gone {
             let Some(bytes) = self

@@ -124,6 +124,24 @@ impl Store {
         })
     }
 
+    /// Takes `ids` off the forgotten list (points published again).
+    pub(crate) fn unforget(&self, ids: &HashSet<String>) -> Result<()> {
+        let path = self.root.join(FORGOTTEN_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        if !text.lines().any(|l| ids.contains(l)) {
+            return Ok(());
+        }
+        let kept: String = text
+            .lines()
+            .filter(|l| !ids.contains(*l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write_atomic(&path, kept.as_bytes())?;
+        self.put_forgotten()
+    }
+
     fn remember_forgotten(&self, points: &[&RecoveryPoint]) -> Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;

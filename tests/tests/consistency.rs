@@ -620,3 +620,43 @@ fn verify_beside_a_commit_in_flight_finds_no_disagreement() {
     assert!(still_running || store.list().len() == 2);
     assert_eq!(store.list().len(), 2);
 }
+
+#[test]
+fn a_forget_killed_at_any_step_leaves_a_point_listed_or_forgotten_never_both() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let a = work.path().join("a.raw");
+    gen_disk(&a, "2M", 1, 1, 0);
+    let mut undone = 0;
+    for syscalls in ["unlink", "fsync", "rename", "write"] {
+        for when in 1.. {
+            assert!(when < 80, "{syscalls}: forget never finished");
+            let store = Store::new("64K");
+            let p = id(&store.backup("v", "2026-11-20T02:00:00Z", "xvda", &a, &[]));
+            let args: Vec<&OsStr> = ["forget", p.as_str()].into_iter().map(OsStr::new).collect();
+            let status = store.killed_at(syscalls, when, &args);
+            let done = status.success();
+            assert!(done || status.signal() == Some(9), "{status}");
+            // The next writer settles what the kill left.
+            store.backup("other", "2026-11-21T02:00:00Z", "xvda", &a, &[]);
+            let listed = store.list().iter().any(|q| id(q) == p);
+            let forgotten = std::fs::read_to_string(store.path().join("forgotten"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l == p);
+            assert!(
+                !(listed && forgotten),
+                "{syscalls} #{when}: the point is listed and noted as forgotten (a replica \
+                 would never receive it)"
+            );
+            assert!(done || listed || forgotten || syscalls != "unlink");
+            if listed && !done {
+                undone += 1;
+            }
+            if done {
+                assert!(!listed && forgotten, "{syscalls}: a finished forget");
+                break;
+            }
+        }
+    }
+    assert!(undone > 0, "no kill left a forget half done");
+}
