@@ -238,6 +238,21 @@ fn open_file<'s>(
         .map_err(io_err("reading"))?;
     let vhd = looks_like_vhd(&mut file).map_err(io_err("reading"))?;
     check_not_foreign(shown, &head, vhd, req)?;
+    // A file named as a VHD that is none (a damaged one, random bytes, text, zeros): its bytes
+    // would be stored as a raw disk without a word.
+    if !vhd
+        && req.format == Format::Auto
+        && !req.force
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("vhd"))
+    {
+        return Err(Error::Refused(format!(
+            "{shown} is named as a VHD but is none: no VHD footer (cookie \"conectix\") at its \
+             end nor a copy at its start; a damaged VHD, or a raw image misnamed: check it with \
+             `qemu-img info {shown}`; --format raw stores its bytes as a raw disk"
+        )));
+    }
     let is_vhd = match req.format {
         Format::Vhd => true,
         Format::Raw => false,

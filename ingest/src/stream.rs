@@ -170,6 +170,22 @@ impl<R: Read> FixedTail<R> {
                     self.name, self.passed
                 )));
             }
+            // The cookie of a footer that does not decode, or describes other bytes: a fixed VHD
+            // damaged, or cut short. Read as told only (`--format raw`).
+            (None, OnFooter::Strip) if self.held.starts_with(b"conectix") => {
+                let why = cairn_vhd::format::Footer::decode(&self.held, self.passed)
+                    .err()
+                    .map_or_else(
+                        || "it does not describe the bytes before it".to_owned(),
+                        |e| e.to_string(),
+                    );
+                return Err(bad(format!(
+                    "{}: the stream ends with a damaged VHD footer ({why}): a fixed VHD damaged \
+                     or cut short, not a raw disk; check it with `qemu-img info`; --format raw \
+                     stores its bytes, footer included, as a raw disk",
+                    self.name
+                )));
+            }
             (None, _) if self.must => {
                 return Err(bad(format!(
                     "{}: --format vhd, but the stream is neither a dynamic VHD (no footer copy at \

@@ -600,3 +600,56 @@ fn the_holes_of_a_sparse_raw_file_are_never_read_and_restore_as_holes() {
         .expect("du output");
     assert!(kib < 16 << 10, "the restored file is not sparse: {kib} KiB");
 }
+
+#[test]
+fn a_file_named_vhd_that_is_none_and_a_damaged_fixed_vhd_on_stdin_are_refused() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    // Random bytes, text and zeros named .vhd: refused; --format raw stores them as told.
+    let random: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let text = "not a disk\n".repeat(50_000).into_bytes();
+    let zeros = vec![0u8; 1 << 20];
+    for (name, bytes) in [
+        ("random.vhd", &random),
+        ("text.VHD", &text),
+        ("zeros.vhd", &zeros),
+    ] {
+        let path = w.join(name);
+        std::fs::write(&path, bytes).expect("write");
+        let src = format!("xvda={}", path.display());
+        let out = run(&mut store.cmd(&["backup", "--vm", name, &src]));
+        refused(&out, &[name, "named as a VHD but is none", "--format raw"]);
+        ok(&mut store.cmd(&["backup", "--vm", name, "--format", "raw", &src]));
+    }
+    assert_eq!(store.list().len(), 3);
+
+    // A fixed VHD whose footer was damaged, piped in: refused, not stored as a raw disk.
+    let raw = disk(w, "d.raw", 3);
+    let fixed = w.join("fixed.vhd");
+    ok(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed"])
+        .arg(&raw)
+        .arg(&fixed));
+    let mut bytes = read(&fixed);
+    let at = bytes.len() - 512 + 70; // inside the footer, past its cookie
+    bytes[at] ^= 0x55;
+    let out = backup_piped(&store, "piped", &[], &bytes);
+    refused(&out, &["damaged VHD footer", "--format raw"]);
+    assert_eq!(store.list().len(), 3, "a damaged VHD was stored");
+    // An intact one still goes in as the disk it holds.
+    let intact = read(&fixed);
+    let out = backup_piped(&store, "piped", &[], &intact);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = json(&String::from_utf8_lossy(&out.stdout))[0].clone();
+    let restored = w.join("out.raw");
+    store.restore(&cairn_tests::id(&p), &restored, "raw");
+    // (qemu-img rounds a fixed VHD up to its geometry: zeros past the raw image.)
+    cairn_tests::assert_same_content(&restored, &raw, false);
+}
