@@ -250,3 +250,40 @@ fn a_standby_nbd_export_follows_the_points_and_is_finished_after_a_kill() {
     assert_eq!(export_bytes(&uri, w), read(&raws[2]));
     ok(&mut store.cmd(&["verify"]));
 }
+
+#[test]
+fn a_standby_to_a_new_file_killed_at_any_sync_is_finished_by_the_next_run_without_force() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let raw = w.join("day0.raw");
+    gen_disk(&raw, "8M", 8, 6, 0);
+    let store = TestStore::new("256K");
+    let p = id(&store.backup("vm", "2026-11-01T02:00:00Z", "xvda", &raw, &[]));
+    let mut killed = 0;
+    for when in 1u32.. {
+        assert!(when < 40, "the standby never finished");
+        let target = w.join(format!("new-{when}.raw"));
+        let status = store.killed_at(
+            "fsync,fdatasync,ftruncate",
+            when,
+            &[
+                std::ffi::OsStr::new("standby"),
+                std::ffi::OsStr::new(&p),
+                std::ffi::OsStr::new("--to"),
+                target.as_os_str(),
+            ],
+        );
+        let out = standby(&store, &p, &target, &[]);
+        assert!(
+            out.status.success(),
+            "killed at call {when}: the next run (without --force) refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(read(&target), read(&raw), "killed at call {when}");
+        if status.success() {
+            break;
+        }
+        killed += 1;
+    }
+    assert!(killed >= 2, "the kills happened ({killed})");
+}

@@ -195,6 +195,13 @@ pub(super) fn run(
     if let Some(j) = f.journal()? {
         let to = journal_point(store, &j, &shown, point)?;
         let from = j.from.as_deref().map(find).transpose()?.flatten();
+        // Killed before it sized the target (a new file): sized now.
+        if target.looks(cs)?.size != to.size && !target.set_len(to.size)? {
+            return Err(refused(format!(
+                "{shown} is not the size of point {} its unfinished run was writing",
+                to.short_id()
+            )));
+        }
         let w = bring(store, target, from.as_ref(), &to, from.is_none(), false)?;
         let s = State::new(&shown, &to, target.looks(cs)?);
         f.set_state(&s)?;
@@ -234,15 +241,18 @@ pub(super) fn run(
     if held.as_ref().is_some_and(|h| h.id == point.id) && !options.verify {
         return Ok(report);
     }
+    // 3. The journal, then the size, the writes, the flush, the state; the journal goes last. A
+    //    run killed after it sized a new file but before its journal was durable would leave a
+    //    file of data cairn never wrote, refused by every run after.
+    let compare = held.is_none() && held_data || options.verify;
+    f.begin(held.as_ref(), point)?;
     if looks.size != point.size && !target.set_len(point.size)? {
+        f.end()?;
         return Err(refused(format!(
             "{shown} is {} bytes and the point {} bytes",
             looks.size, point.size
         )));
     }
-    // 3. The journal, then the writes, the flush, the state; the journal goes last.
-    let compare = held.is_none() && held_data || options.verify;
-    f.begin(held.as_ref(), point)?;
     let w = bring(store, target, held.as_ref(), point, compare, !held_data)?;
     report.chunks_written += w.0;
     report.bytes_written += w.1;
