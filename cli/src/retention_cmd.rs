@@ -646,6 +646,12 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
         for b in &r.bad_chunks {
             eprintln!("warning: {b} (left in place and marked bad; run `cairn verify`)");
         }
+        if r.reserve_given_up {
+            println!(
+                "the disk was nearly full: the store's 1 MiB reserve was given up to start; the \
+                 next writer on a disk with room keeps it again"
+            );
+        }
         for q in &r.quarantined_kept {
             println!("kept quarantined {q}");
         }

@@ -136,6 +136,9 @@ pub struct GcReport {
     /// Quarantined packs kept whole (what a rebuild could not read of each): `gc
     /// --drop-quarantined` lets them go.
     pub quarantined_kept: Vec<String>,
+    /// The disk was nearly full: the store's reserve (`cairn_store::reserve`) was deleted to
+    /// start; the next writer on a disk with room makes it again.
+    pub reserve_given_up: bool,
     /// Quarantined packs deleted (`--drop-quarantined`), after copying out what of them is
     /// still referenced.
     pub quarantined_dropped: u64,
@@ -170,6 +173,7 @@ impl GcReport {
             rewrites_skipped_for_space: next.rewrites_skipped_for_space,
             bad_chunks: [self.bad_chunks, next.bad_chunks].concat(),
             quarantined_kept: next.quarantined_kept,
+            reserve_given_up: self.reserve_given_up || next.reserve_given_up,
             quarantined_dropped: self.quarantined_dropped + next.quarantined_dropped,
             plan_seconds: self.plan_seconds + next.plan_seconds,
             copy_seconds: self.copy_seconds + next.copy_seconds,
@@ -523,6 +527,11 @@ fn classify(store: &Store, pack: PackId, released: bool) -> Result<PackFrames> {
 pub fn collect(root: &Path, opts: &GcOptions, progress: &dyn Fn(&str)) -> Result<GcReport> {
     let _gc_lock = GcLock::acquire(root)?;
     let started = Instant::now();
+    // A disk too full for the index to open: the store's reserve makes the room.
+    let reserve_given_up = !opts.dry_run && cairn_store::reserve::give_up_if_full(root)?;
+    if reserve_given_up {
+        progress("the disk is nearly full: gave up the store's 1 MiB reserve to start");
+    }
     if !Store::open(root, OpenMode::Read)?.refcounts_ready()? {
         // A store written before reference counts: a writer's open counts them.
         progress("counting references (first collection on this store)");
@@ -545,7 +554,9 @@ pub fn collect(root: &Path, opts: &GcOptions, progress: &dyn Fn(&str)) -> Result
     };
     let first = collect_inner(Final::Open(root), &deletes_only, report, started)?;
     let second = collect_inner(Final::Open(root), opts, GcReport::default(), Instant::now())?;
-    Ok(first.then(second))
+    let mut report = first.then(second);
+    report.reserve_given_up = reserve_given_up;
+    Ok(report)
 }
 
 /// Runs a garbage collection in the process that holds `store` open for writing (`cairn

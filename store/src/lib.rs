@@ -148,6 +148,7 @@ pub mod quarantine;
 pub mod readers;
 mod rebuild;
 mod refs;
+pub mod reserve;
 mod run;
 pub mod scan;
 pub mod select;

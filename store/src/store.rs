@@ -465,6 +465,7 @@ impl Store {
             store.finish_protects()?;
             store.sync_roots()?;
             store.copy_config()?;
+            crate::reserve::keep(&store.root);
             // This index is the truth now (whatever an earlier note says).
             crate::view::note_commit(&store.root, &store.db);
         }

@@ -121,3 +121,49 @@ fn gc_on_a_nearly_full_disk_frees_first_skips_what_does_not_fit_and_leaves_no_pa
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
     drop(fs);
 }
+
+#[test]
+fn gc_starts_on_a_disk_with_no_room_left_by_giving_up_the_store_reserve() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let fs = Tmpfs::mount(&w.join("mnt"), "96m");
+    let store = fs.path().join("store");
+    ok(cairn(["init", "--timezone", "UTC", "--chunk-size", "64K"]).arg(&store));
+    let c = |args: &[&str]| {
+        let mut cmd = cairn(args);
+        cmd.env("CAIRN_STORE", &store);
+        cmd
+    };
+    let (a, b) = (w.join("a.raw"), w.join("b.raw"));
+    random(&a, 8, 4);
+    random(&b, 8, 5);
+    ok(c(&["backup", "--vm", "a"]).arg(format!("xvda={}", a.display())));
+    let pb = json(&ok(
+        c(&["backup", "--json", "--vm", "b"]).arg(format!("xvda={}", b.display()))
+    ))[0]
+        .clone();
+    let reserve = store.join("reserve");
+    assert!(
+        reserve.exists(),
+        "no reserve was kept while the disk had room"
+    );
+    ok(&mut c(&["forget", &id(&pb)]));
+    // The disk filled to its last 16 KiB: the index could not even open for writing.
+    let filler = fs.path().join("filler");
+    let fill = free_bytes(fs.path()).saturating_sub(16 << 10);
+    let st = Command::new("fallocate")
+        .args(["-l", &fill.to_string()])
+        .arg(&filler)
+        .status()
+        .expect("fallocate");
+    assert!(st.success());
+    let g = json(&ok(&mut c(&["gc", "--json"])));
+    assert_eq!(g["reserve_given_up"], true, "{g}");
+    assert_eq!(num(&g, "packs_deleted"), 1, "{g}");
+    assert!(!reserve.exists());
+    // Room again: the next writer keeps a reserve anew.
+    std::fs::remove_file(&filler).expect("rm");
+    ok(c(&["backup", "--vm", "b"]).arg(format!("xvda={}", b.display())));
+    assert!(reserve.exists(), "the reserve was not made again");
+    drop(fs);
+}
