@@ -107,21 +107,30 @@
 //!
 //! # Damage, and the way back
 //! Packs and root files are the truth; every damage below is seen, named, and has a way out
-//! that works (each is a test through the binary).
+//! that works, and none costs a chunk that still checks (each row is a test through the binary:
+//! `tests/tests/damage.rs` holds one store damaged in each shape).
 //!
 //! | what happened | what cairn shows | what to do |
 //! |---|---|---|
-//! | a chunk's bytes are wrong or unreadable | `verify` (exit 1) names the chunk, its pack and offset, and every point and disk offset it damages; the chunk is marked | a key backup of the disk (`backup --key`) stores it afresh; `restore --ignore-errors` writes zeros there and names the ranges |
-//! | a pack file is gone | `verify` names its chunks and their points; a restore says the pack is gone and what to do | a backup never reuses its chunks: a key backup stores them afresh; a backup that would name one is refused |
-//! | a tree chunk (leaf or node) cannot be read | `verify` names it and its points, and counts the data chunks it hides; `report` counts the rest (exit 3) | a key backup stores the tree chunk again; the next writer then counts references afresh |
+//! | a chunk's bytes are wrong or unreadable (a frame body damaged) | `verify` (exit 1) names the chunk, its pack and offset, and every point and disk offset it damages; the chunk is marked | a key backup of the disk (`backup --key`) stores it afresh; `restore --ignore-errors` writes zeros there and names the ranges |
+//! | a pack file is gone | every open warns, naming it; `verify` names its chunks and their points; a restore says the pack is gone and what to do | a backup never reuses its chunks: a key backup stores them afresh; a backup that would name one is refused |
+//! | a pack is cut short (truncated, at a frame boundary or inside a frame) | every open warns, naming it and its length; `verify` names each chunk past the end, those under a lost tree chunk too (read from the index) | a backup never reuses a chunk past the end: a key backup stores them afresh at once; a repair quarantines a pack that ends inside a frame |
+//! | a pack header is overwritten | `verify` names the pack (no chunk is lost: every frame carries its own header); every point restores | nothing; a rebuild reads every frame past it |
+//! | a frame header is damaged (a flipped byte, an overwritten stretch) | `verify` names the chunk(s) whose frame it is | `repair --rebuild-index` reads past it (every frame has its own magic and header checksum), reads the chunk back from its body when that is whole, keeps every frame that checks, and quarantines the pack |
+//! | a pack is quarantined (a rebuild could not account for all its bytes) | `repair`, `verify` and `gc` name it and what could not be read | `gc` keeps it whole (a copy of the pack put back, then a rebuild, may recover more); `gc --drop-quarantined` copies out what of it is referenced and deletes it |
+//! | a tree chunk (leaf or node) cannot be read | `verify` names it and its points, reads the data chunks it hides (from the index) and names the bad ones; `report` counts the rest (exit 3) | a key backup stores the tree chunk again; the next writer then counts references afresh |
 //! | a root file is deleted | every open warns; `verify` (exit 1) names the point | the next writer writes it again from the index; a `repair --rebuild-index` run before that names the point (the old index, kept aside, still holds its entry) |
 //! | a root file is put back after its tree was collected | the next writer publishes it and marks what it names missing; `verify` names the point | the store stays writable; forget the point, or back its disk up again |
-//! | a root file is damaged | `verify` names it; `repair --rebuild-index` leaves its point out and names it | restore the file from a copy, or let the point go |
+//! | a root file is unreadable | `verify` names it; `repair --rebuild-index` leaves its point out and names it | restore the file from a copy, or let the point go |
+//! | a root file is edited into other valid JSON (its size changed) | `verify` names the point whose record disagrees with its tree ([`shape`]) | `repair --rebuild-index` takes the old index's entry when that one agrees (and writes the file again), else leaves the point out and keeps the file as `*.json.disagrees` |
 //! | the index lost its last commits (a damaged log) | readers warn that the index is behind the last commit noted and list fewer points; `verify` names the root files it lacks | the next writer publishes them |
+//! | an index file is damaged (SST, MANIFEST) or `CURRENT` is gone | every command that meets it fails at once, naming `repair --rebuild-index` | `repair --rebuild-index` (the damaged index is kept aside) |
 //! | the index folder is gone | every command refuses it, naming the way out | `repair --rebuild-index` |
 //! | a rebuild was killed | every command refuses the half-built index | `repair --rebuild-index` again |
-//! | a writer was killed | nothing half-done is visible: a run's points all or none, orphan packs, leftover temporary files | the next writer settles it; `gc` deletes orphan packs |
-//! | the disk filled up | the command says exactly what was stored (a point whose catalogue write failed is listed later, never stored twice) | free space; `gc` deletes dead packs first and skips rewrites that do not fit |
+//! | `cairn.toml` is gone or garbled | every command names `repair --rebuild-config` | `repair --rebuild-config` writes it from the copy every writer keeps in the index (else from the root files and packs, with a new store id) |
+//! | a writer was killed | nothing half-done is visible: a run's points all or none, a forget done whole or undone whole, orphan packs, leftover temporary files | the next writer settles it (and removes the temporary files of dead processes); `gc` deletes orphan packs |
+//! | a verify runs beside a commit | a root file ahead of its catalogue batch is looked at again while the writer runs: no disagreement is reported for a commit in flight | nothing |
+//! | the disk filled up | the command says exactly what was stored (a point whose catalogue write failed is listed later, never stored twice) | free space; `gc` gives up the store's 1 MiB reserve ([`reserve`]) when the index could not open otherwise, deletes dead packs first and skips rewrites that do not fit |
 //!
 pub mod access;
 mod agree;

@@ -193,7 +193,7 @@ pub struct TreeRoot {
     pub ids: Vec<ChunkId>,
 }
 
-/// Builds a point's tree as refs arrive, storing leaves and nodes through a [`Session`] as they
+/// Builds a point's tree as refs arrive, storing leaves and nodes through a [`Session`](crate::Session) as they
 /// fill: memory is one leaf and one node per level, whatever the disk's size. Runs of zeros and
 /// whole subtrees of a parent point go in without being expanded.
 #[derive(Debug, Default)]
