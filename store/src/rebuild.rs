@@ -115,15 +115,42 @@ impl Store {
         let mut quarantined: Vec<Quarantined> = Vec::new();
         let mut salvage: Vec<chunk::EncodedChunk> = Vec::new();
         for (shown, scan) in scans {
-            let scan = match scan {
-                Ok(s) => s,
-                Err(e) => {
-                    // A bucket pack whose frame list does not decode: not indexed, and kept.
-                    if let Error::Objects { name, .. } = &e
-                        && let Some(pack) = crate::bucket::object_pack(name)
-                    {
-                        quarantined.push(Quarantined::whole(pack, 0, e.to_string()));
+            // A bucket pack whose frame list does not decode: the pack itself is read (and its
+            // frame list written again); one that cannot be is not indexed, and kept.
+            let scan = match (scan, &bucket) {
+                (Ok(s), _) => s,
+                (Err(e), Some(b)) => {
+                    let pack = match &e {
+                        Error::Objects { name, .. } => crate::bucket::object_pack(name),
+                        _ => None,
+                    };
+                    let read = pack.map(|p| (p, rescan_bucket_pack(root, b.as_ref(), p)));
+                    match read {
+                        Some((_, Ok(s))) => {
+                            report.problems.push(format!(
+                                "{e}: the pack was read whole instead{}",
+                                if s.is_whole() {
+                                    " and its frame list written again"
+                                } else {
+                                    ""
+                                }
+                            ));
+                            s
+                        }
+                        Some((p, Err(again))) => {
+                            quarantined.push(Quarantined::whole(p, 0, e.to_string()));
+                            report
+                                .problems
+                                .push(format!("{e}; reading the pack itself: {again}"));
+                            continue;
+                        }
+                        None => {
+                            report.problems.push(e.to_string());
+                            continue;
+                        }
                     }
+                }
+                (Err(e), None) => {
                     report.problems.push(e.to_string());
                     continue;
                 }
@@ -238,6 +265,14 @@ impl Store {
             {
                 fresh.push(c);
             }
+        }
+        if !fresh.is_empty() && bucket.is_some() {
+            report.problems.push(format!(
+                "{} chunk(s) read back from under damaged frame headers are not stored afresh \
+                 (a store in a bucket): the quarantined pack keeps them",
+                fresh.len()
+            ));
+            fresh.clear();
         }
         if !fresh.is_empty() {
             let mut w = pack::PackWriter::create(&packs_dir)?;
@@ -366,6 +401,30 @@ fn lost_roots(aside: &Path, catalogued: &HashSet<String>) -> Vec<String> {
         ));
     }
     out
+}
+
+/// Reads a bucket pack whose frame list is damaged or missing, whole, through a scan of a
+/// copy here (past damage, as any pack); a pack read whole gets its frame list written again.
+fn rescan_bucket_pack(
+    root: &Path,
+    bucket: &dyn crate::objects::Objects,
+    pack: crate::pack::PackId,
+) -> Result<pack::PackScan> {
+    let bytes = bucket.get(&crate::bucket::pack_object(&pack))?;
+    let dir = root.join("tmp");
+    std::fs::create_dir_all(&dir).map_err(Error::io(&dir, "making the spool folder"))?;
+    let copy = dir.join(format!("{}.pack", pack.to_hex()));
+    std::fs::write(&copy, &bytes).map_err(Error::io(&copy, "spooling a pack"))?;
+    let scan = pack::scan(&copy);
+    let _ = std::fs::remove_file(&copy);
+    let scan = scan?;
+    if scan.is_whole() {
+        bucket.put(
+            &crate::bucket::frames_object(&pack),
+            &pack::encode_frame_list(pack, scan.len, &scan.frames),
+        )?;
+    }
+    Ok(scan)
 }
 
 /// Whether the frame at `loc` reads back as chunk `id` (decodes and hashes to it).

@@ -780,3 +780,52 @@ fn a_commit_that_fails_after_putting_its_root_object_takes_it_back() {
     assert_eq!(listed, vec![p0.clone()]);
     s.restore_and_compare(&p0, &d0);
 }
+
+#[test]
+fn a_garbled_frame_list_costs_nothing_the_rebuild_reads_its_pack_and_gc_never_deletes_it() {
+    let g = Garage::start();
+    let s = S3Store::new(&g, "garbled");
+    s.small_packs();
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("d.raw");
+    make_raw(&disk, 12 << 20, 21);
+    let p = id(&s.backup("web", "2026-11-01T02:00:00Z", &disk));
+    let b = bucket(&g, &s.prefix);
+    let lists: Vec<String> = b
+        .list("packs/")
+        .expect("list")
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|n| n.ends_with(".frames"))
+        .collect();
+    assert!(!lists.is_empty(), "no pack: {lists:?}");
+    let garbled = &lists[0];
+    b.put(garbled, b"not a frame list").expect("garble");
+    // The index lost: the rebuild reads the pack itself and writes its frame list again.
+    std::fs::remove_dir_all(s.path().join("index")).expect("lose the index");
+    let r = json(&ok(&mut s.cmd(&["repair", "--rebuild-index", "--json"])));
+    assert!(
+        r["problems"].to_string().contains("read whole instead"),
+        "{r}"
+    );
+    s.restore_and_compare(&p, &disk);
+    assert_ne!(b.get(garbled).expect("get"), b"not a frame list".to_vec());
+    // A pack object whose frames are all overwritten: quarantined, and gc (even with no
+    // grace) leaves it in the bucket.
+    let pack = garbled.replace(".frames", ".pack");
+    let bytes = b.get(&pack).expect("get");
+    b.put(garbled, b"not a frame list").expect("garble");
+    let mut overwritten = bytes.clone();
+    overwritten[32..].fill(0x5a);
+    b.put(&pack, &overwritten).expect("overwrite the pack");
+    std::fs::remove_dir_all(s.path().join("index")).expect("lose the index");
+    let r = json(&ok(&mut s.cmd(&["repair", "--rebuild-index", "--json"])));
+    assert_eq!(r["quarantined"].as_array().map(Vec::len), Some(1), "{r}");
+    let g2 = json(&ok(&mut s.cmd(&["gc", "--json", "--orphan-grace", "0m"])));
+    assert_eq!(
+        g2["quarantined_kept"].as_array().map(Vec::len),
+        Some(1),
+        "{g2}"
+    );
+    assert!(b.get(&pack).is_ok(), "gc deleted a quarantined pack object");
+}
