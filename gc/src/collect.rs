@@ -692,7 +692,6 @@ fn collect_inner(
     }
     // Room for the copies: a rewrite needs its live bytes on disk before the old pack goes.
     // Rewrites that do not fit are left for later (most garbage per byte copied first).
-    let mut actions = actions;
     let mut rewrites: Vec<(PackId, u64)> = actions
         .iter()
         .filter(|(_, a)| **a == Action::Rewrite)

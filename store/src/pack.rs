@@ -43,7 +43,7 @@ pub const FRAME_HEADER_SIZE: u64 = 56;
 pub const MAX_FRAME_PAYLOAD: u32 = 4 << 20;
 
 /// A pack's id: 16 random bytes, shown as hex.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
 pub struct PackId(pub [u8; 16]);
 
 impl PackId {

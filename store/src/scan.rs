@@ -106,12 +106,6 @@ impl PackScan {
     }
 }
 
-impl Default for PackId {
-    fn default() -> Self {
-        Self([0; 16])
-    }
-}
-
 /// Reads every frame header of a pack, front to back (payloads are skipped, not read), past
 /// damage (see the module doc).
 ///
