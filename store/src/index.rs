@@ -92,6 +92,19 @@ impl Location {
     /// Encoded size.
     pub const SIZE: usize = 34;
 
+    /// Where `chunk` is once appended to `pack` at `offset`.
+    #[must_use]
+    pub fn appended(pack: PackId, offset: u64, chunk: &crate::chunk::EncodedChunk) -> Self {
+        Self {
+            pack,
+            offset,
+            stored_len: chunk.bytes.len() as u32,
+            plain_len: chunk.plain_len,
+            codec: chunk.codec,
+            kind: chunk.kind,
+        }
+    }
+
     /// The index value.
     #[must_use]
     pub fn encode(&self) -> [u8; Self::SIZE] {

@@ -278,15 +278,7 @@ impl Store {
             let mut w = pack::PackWriter::create(&packs_dir)?;
             let mut batch = WriteBatch::default();
             for c in &fresh {
-                let offset = w.append(c)?;
-                let loc = Location {
-                    pack: w.id(),
-                    offset,
-                    stored_len: c.bytes.len() as u32,
-                    plain_len: c.plain_len,
-                    codec: c.codec,
-                    kind: c.kind,
-                };
+                let loc = Location::appended(w.id(), w.append(c)?, c);
                 if c.kind == crate::chunk::ChunkKind::Tree {
                     trees.push((c.id, loc));
                 }

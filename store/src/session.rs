@@ -272,15 +272,7 @@ impl<'a> Session<'a> {
         let Some(pack) = self.pack.as_mut() else {
             return Err(Error::Usage("no open pack".into()));
         };
-        let offset = pack.append(chunk)?;
-        let loc = Location {
-            pack: pack.id(),
-            offset,
-            stored_len: chunk.bytes.len() as u32,
-            plain_len: chunk.plain_len,
-            codec: chunk.codec,
-            kind: chunk.kind,
-        };
+        let loc = Location::appended(pack.id(), pack.append(chunk)?, chunk);
         self.pending.push((chunk.id, loc));
         self.seen.insert(chunk.id);
         self.new_stored += pack::FRAME_HEADER_SIZE + chunk.bytes.len() as u64;

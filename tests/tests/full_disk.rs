@@ -48,18 +48,27 @@ fn free_bytes(path: &Path) -> u64 {
     it.next().expect("blocks") * it.next().expect("block size")
 }
 
+/// A new store on `fs`.
+fn new_store(fs: &Tmpfs) -> std::path::PathBuf {
+    let store = fs.path().join("store");
+    ok(cairn(["init", "--timezone", "UTC", "--chunk-size", "64K"]).arg(&store));
+    store
+}
+
+/// `cairn ARGS` on `store`.
+fn on(store: &Path, args: &[&str]) -> Command {
+    let mut cmd = cairn(args);
+    cmd.env("CAIRN_STORE", store);
+    cmd
+}
+
 #[test]
 fn gc_on_a_nearly_full_disk_frees_first_skips_what_does_not_fit_and_leaves_no_partial_pack() {
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
     let fs = Tmpfs::mount(&w.join("mnt"), "64m");
-    let store = fs.path().join("store");
-    ok(cairn(["init", "--timezone", "UTC", "--chunk-size", "64K"]).arg(&store));
-    let c = |args: &[&str]| {
-        let mut cmd = cairn(args);
-        cmd.env("CAIRN_STORE", &store);
-        cmd
-    };
+    let store = new_store(&fs);
+    let c = |args: &[&str]| on(&store, args);
     let (a, b, half) = (w.join("a.raw"), w.join("b.raw"), w.join("c.raw"));
     random(&a, 8, 1);
     random(&b, 8, 2);
@@ -127,13 +136,8 @@ fn gc_starts_on_a_disk_with_no_room_left_by_giving_up_the_store_reserve() {
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
     let fs = Tmpfs::mount(&w.join("mnt"), "96m");
-    let store = fs.path().join("store");
-    ok(cairn(["init", "--timezone", "UTC", "--chunk-size", "64K"]).arg(&store));
-    let c = |args: &[&str]| {
-        let mut cmd = cairn(args);
-        cmd.env("CAIRN_STORE", &store);
-        cmd
-    };
+    let store = new_store(&fs);
+    let c = |args: &[&str]| on(&store, args);
     let (a, b) = (w.join("a.raw"), w.join("b.raw"));
     random(&a, 8, 4);
     random(&b, 8, 5);
