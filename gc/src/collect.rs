@@ -851,10 +851,15 @@ fn collect_inner(
     report.readers_waited_for = readers::readers_before(store.root(), swapped)?;
     let mut freed = 0u64;
     if report.readers_waited_for > 0 {
+        // The packs the swap dropped (unindexed now: counted once), and those an earlier
+        // collection left: what the next one deletes.
+        let dropped: HashSet<PackId> = removed_files.iter().map(|(p, _)| *p).collect();
         let kept: u64 = removed_files.iter().map(|(_, size)| size).sum();
         report.bytes_left_for_readers = kept;
-        for (_, len) in store.unindexed_pack_files()? {
-            report.bytes_left_for_readers += len;
+        for (path, len) in store.unindexed_pack_files()? {
+            if !pack_of(&path).is_some_and(|p| dropped.contains(&p)) {
+                report.bytes_left_for_readers += len;
+            }
         }
     } else {
         for (pack, size) in &removed_files {

@@ -552,3 +552,33 @@ fn a_root_file_edited_into_other_valid_json_is_named_and_refused_by_a_rebuild() 
         assert!(passed, "{v}");
     }
 }
+
+#[test]
+fn a_pack_cut_at_any_frame_boundary_is_seen_and_never_reused_by_a_new_point() {
+    let fx = fixture();
+    let pack = fx.store.path().join(&fx.shared);
+    let bounds: Vec<usize> = frames(&pack).iter().map(|f| f.0).collect();
+    let last = fx.disks.len() - 1;
+    for (k, at) in bounds.iter().enumerate() {
+        let store = fx.store.copy();
+        truncate(&store.path().join(&fx.shared), *at);
+        let (passed, v) = verify(&store);
+        assert!(!passed, "cut at frame {k}: verify saw nothing: {v}");
+        // Every point that does not restore is named.
+        let named = named(&v);
+        let ok_now = restorable(&store, &fx.points, &fx.disks);
+        for (p, ok) in fx.points.iter().zip(&ok_now) {
+            assert!(
+                *ok || named.contains(p),
+                "cut at frame {k}: {p} not named: {v}"
+            );
+        }
+        // A key backup beside it stores what the cut lost, at once.
+        let fresh = key_backup(&store, &fx.disks[last], "2026-11-30T02:00:00Z");
+        assert_eq!(
+            restorable(&store, &[fresh], &fx.disks[last..]),
+            vec![true],
+            "cut at frame {k}: the key backup does not restore"
+        );
+    }
+}

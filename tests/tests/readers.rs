@@ -101,10 +101,13 @@ fn a_restore_overtaken_by_gc_finishes_bit_exact_and_the_next_gc_frees_the_old_pa
         String::from_utf8_lossy(&done.stderr)
     );
     assert_same_content(&out, &day1, true);
-    // No reader left: the next collection deletes the pack the swap dropped.
+    // No reader left: the next collection deletes the pack the swap dropped, freeing what
+    // the first one said it left in place.
+    let left = num(&g, "bytes_left_for_readers");
     let g = gc_rewriting_everything(&store);
     assert_eq!(num(&g, "readers_waited_for"), 0, "{g}");
     assert!(num(&g, "orphan_packs") >= 1, "{g}");
+    assert_eq!(num(&g, "orphan_bytes"), left, "{g}");
     assert!(!old_pack.exists());
     let v = run(&mut store.cmd(&["verify"]));
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
