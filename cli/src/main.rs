@@ -8,6 +8,7 @@ mod backup_cmd;
 mod diff_cmd;
 mod list_cmd;
 mod nbd_cmd;
+mod new_file;
 mod progress;
 mod replicate_cmd;
 mod report_cmd;

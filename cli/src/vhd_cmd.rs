@@ -12,6 +12,7 @@ use cairn_vhd::{
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 
+use crate::new_file::NewFile;
 use crate::progress;
 use crate::words::human_bytes;
 
@@ -45,8 +46,13 @@ pub enum VhdCommand {
     ToRaw {
         /// The VHD file (the newest of a chain), or `-` for a dynamic or fixed VHD on stdin.
         top: PathBuf,
-        /// The raw image to write (holes for zeros), or `-` for stdout.
+        /// The raw image to write (holes for zeros), or `-` for stdout. Never a file of the
+        /// chain; an existing file only with --force. Written under a temporary name, renamed
+        /// when whole.
         out: PathBuf,
+        /// Replace an existing output file (or write onto a block device).
+        #[arg(long)]
+        force: bool,
     },
     /// Make a dynamic or fixed VHD of a raw image, or with --parent a differencing VHD holding
     /// only the blocks that differ from the parent (whole blocks, as Xen Orchestra expects).
@@ -57,7 +63,9 @@ pub enum VhdCommand {
     FromRaw {
         /// The raw image.
         input: PathBuf,
-        /// The VHD to write, or `-` for stdout.
+        /// The VHD to write, or `-` for stdout. Never the input or a file of the parent's chain;
+        /// an existing file only with --force. Written under a temporary name, renamed when
+        /// whole.
         out: PathBuf,
         /// Write a differencing VHD on top of this VHD (or chain).
         #[arg(long)]
@@ -72,6 +80,9 @@ pub enum VhdCommand {
         /// UUID of the new VHD (random if not given).
         #[arg(long)]
         uuid: Option<uuid::Uuid>,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -88,7 +99,7 @@ pub fn run(cmd: VhdCommand) -> Result<i32> {
     match cmd {
         VhdCommand::Info { file, json } => info(&file, json),
         VhdCommand::Check { file, json } => check(&file, json),
-        VhdCommand::ToRaw { top, out } => to_raw(&top, &out),
+        VhdCommand::ToRaw { top, out, force } => to_raw(&top, &out, force),
         VhdCommand::FromRaw {
             input,
             out,
@@ -96,7 +107,18 @@ pub fn run(cmd: VhdCommand) -> Result<i32> {
             kind,
             block_size,
             uuid,
-        } => from_raw(&input, &out, parent.as_deref(), kind, block_size, uuid),
+            force,
+        } => from_raw(
+            &input,
+            &out,
+            parent.as_deref(),
+            FromRawOptions {
+                kind,
+                block_size,
+                uuid,
+                force,
+            },
+        ),
     }
 }
 
@@ -374,13 +396,13 @@ fn is_zero(buf: &[u8]) -> bool {
 
 /// A VHD on stdin: read in one pass when its layout allows, else spooled to a temporary file
 /// (removed after) and read from there. A differencing VHD on stdin has no parents to read.
-fn to_raw_from_stdin(out: &Path) -> Result<i32> {
+fn to_raw_from_stdin(out: &Path, force: bool) -> Result<i32> {
     use cairn_vhd::{BlockState, DiskType, StreamOpen, StreamVhd};
     let spool_and_convert = |consumed: &[u8], mut rest: Box<dyn Read>| -> Result<i32> {
         let mut spool = tempfile::NamedTempFile::new().context("creating a spool file")?;
         spool.write_all(consumed).context("spooling stdin")?;
         std::io::copy(&mut rest, &mut spool).context("spooling stdin")?;
-        to_raw(spool.path(), out)
+        to_raw(spool.path(), out, force)
     };
     let mut stdin = std::io::stdin().lock();
     let mut head = Vec::with_capacity(512);
@@ -408,7 +430,7 @@ fn to_raw_from_stdin(out: &Path) -> Result<i32> {
     let bs = u64::from(vhd.block_size());
     let bar = progress::bytes(size, "to-raw");
     let mut buf = vec![0u8; bs as usize];
-    let mut sink = open_raw_sink(out)?;
+    let mut sink = open_raw_sink(out, &[], force)?;
     let to_stdout = out == Path::new("-");
     for i in 0..vhd.block_count() {
         let start = u64::from(i) * bs;
@@ -434,20 +456,20 @@ fn to_raw_from_stdin(out: &Path) -> Result<i32> {
     Ok(0)
 }
 
-fn open_raw_sink(out: &Path) -> Result<Box<dyn WriteSeek>> {
+fn open_raw_sink(out: &Path, inputs: &[&Path], force: bool) -> Result<Box<dyn WriteSeek>> {
     Ok(if out == Path::new("-") {
         Box::new(StdoutSink(BufWriter::with_capacity(
             1 << 20,
             std::io::stdout().lock(),
         )))
     } else {
-        Box::new(File::create(out).with_context(|| format!("cannot create {}", out.display()))?)
+        Box::new(RawFile(Some(NewFile::create(out, inputs, force)?)))
     })
 }
 
-fn to_raw(top: &Path, out: &Path) -> Result<i32> {
+fn to_raw(top: &Path, out: &Path, force: bool) -> Result<i32> {
     if top == Path::new("-") {
-        return to_raw_from_stdin(out);
+        return to_raw_from_stdin(out, force);
     }
     let mut chain = open_chain(top)?;
     let size = chain.disk_size();
@@ -455,7 +477,11 @@ fn to_raw(top: &Path, out: &Path) -> Result<i32> {
     let bar = progress::bytes(size, "to-raw");
     let mut buf = vec![0u8; bs as usize];
     let to_stdout = out == Path::new("-");
-    let mut sink = open_raw_sink(out)?;
+    let files: Vec<PathBuf> = chain.levels().iter().map(|l| l.path.clone()).collect();
+    let inputs: Vec<&Path> = std::iter::once(top)
+        .chain(files.iter().map(PathBuf::as_path))
+        .collect();
+    let mut sink = open_raw_sink(out, &inputs, force)?;
     for i in 0..chain.block_count() {
         let start = u64::from(i) * bs;
         let len = (size - start).min(bs) as usize;
@@ -484,10 +510,44 @@ trait WriteSeek: Write + Seek {
     fn finish(&mut self, size: u64) -> std::io::Result<()>;
 }
 
-impl WriteSeek for File {
+/// A raw image written to a new file (see [`NewFile`]): sized, synced and renamed into place
+/// by `finish`.
+struct RawFile(Option<NewFile>);
+
+impl RawFile {
+    fn file(&mut self) -> std::io::Result<&mut File> {
+        self.0
+            .as_mut()
+            .map(NewFile::file)
+            .ok_or_else(|| std::io::Error::other("the file is finished"))
+    }
+}
+
+impl Write for RawFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file()?.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file()?.flush()
+    }
+}
+
+impl Seek for RawFile {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.file()?.seek(pos)
+    }
+}
+
+impl WriteSeek for RawFile {
     fn finish(&mut self, size: u64) -> std::io::Result<()> {
-        self.set_len(size)?;
-        self.sync_all()
+        let f = self.file()?;
+        if f.metadata()?.is_file() {
+            f.set_len(size)?;
+        }
+        if let Some(done) = self.0.take() {
+            done.finish().map_err(std::io::Error::other)?;
+        }
+        Ok(())
     }
 }
 
@@ -536,19 +596,57 @@ pub fn relative_path(from_dir: &Path, target: &Path) -> Result<String> {
     Ok(parts.join("/"))
 }
 
-fn from_raw(
-    input: &Path,
-    out: &Path,
-    parent: Option<&Path>,
+/// How `from-raw` writes.
+struct FromRawOptions {
     kind: VhdType,
     block_size: u32,
     uuid: Option<uuid::Uuid>,
-) -> Result<i32> {
+    force: bool,
+}
+
+/// Refuses an input that is an image of a format other than raw (a VHD, qcow2...): its
+/// container bytes would be made the disk.
+fn check_raw(input: &Path, raw: &mut File, size: u64) -> Result<()> {
+    let mut head = Vec::with_capacity(512);
+    (&mut *raw)
+        .take(512)
+        .read_to_end(&mut head)
+        .with_context(|| format!("reading {}", input.display()))?;
+    let mut tail = [0u8; 8];
+    let fixed = size >= 512
+        && raw.seek(SeekFrom::Start(size - 512)).is_ok()
+        && raw.read_exact(&mut tail).is_ok()
+        && &tail == b"conectix";
+    let what = if head.starts_with(b"conectix") || fixed {
+        Some("a VHD")
+    } else {
+        cairn_ingest::foreign_format(&head)
+    };
+    if let Some(what) = what {
+        bail!(
+            "{} is {what}, not a raw image: from-raw would wrap its container bytes as the \
+             disk; `cairn vhd to-raw` (for a VHD) or `qemu-img convert -O raw` gives its content",
+            input.display()
+        );
+    }
+    raw.seek(SeekFrom::Start(0))
+        .with_context(|| format!("reading {}", input.display()))?;
+    Ok(())
+}
+
+fn from_raw(input: &Path, out: &Path, parent: Option<&Path>, o: FromRawOptions) -> Result<i32> {
+    let FromRawOptions {
+        kind,
+        block_size,
+        uuid,
+        force,
+    } = o;
     let mut raw = File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
     let size = raw
         .metadata()
         .with_context(|| format!("cannot stat {}", input.display()))?
         .len();
+    check_raw(input, &mut raw, size)?;
     if size == 0 || size % 512 != 0 {
         bail!(
             "{}: size {size} bytes is not a positive multiple of 512 (a disk image is whole sectors)",
@@ -588,10 +686,22 @@ fn from_raw(
         Ok(())
     };
     let to_stdout = out == Path::new("-");
-    let sink: Box<dyn Write> = if to_stdout {
-        Box::new(std::io::stdout().lock())
+    let files: Vec<PathBuf> = parent_chain
+        .as_ref()
+        .map(|c| c.levels().iter().map(|l| l.path.clone()).collect())
+        .unwrap_or_default();
+    let inputs: Vec<&Path> = std::iter::once(input)
+        .chain(parent)
+        .chain(files.iter().map(PathBuf::as_path))
+        .collect();
+    let mut target = if to_stdout {
+        None
     } else {
-        Box::new(File::create(out).with_context(|| format!("cannot create {}", out.display()))?)
+        Some(NewFile::create(out, &inputs, force)?)
+    };
+    let sink: Box<dyn Write + '_> = match &mut target {
+        Some(t) => Box::new(t.file()),
+        None => Box::new(std::io::stdout().lock()),
     };
     let mut sink = BufWriter::with_capacity(1 << 20, sink);
     let passes = if kind == VhdType::Fixed { 1 } else { 2 };
@@ -663,8 +773,9 @@ fn from_raw(
     };
     let written = written.map_err(|e| e.in_file(out))?;
     sink.flush()?;
-    if let Ok(f) = sink.into_inner() {
-        drop(f);
+    drop(sink);
+    if let Some(t) = target {
+        t.finish()?;
     }
     bar.finish_and_clear();
     if !to_stdout {

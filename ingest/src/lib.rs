@@ -33,6 +33,7 @@ mod source;
 mod stream;
 
 pub use http::{HttpOptions, is_http_url, redacted};
+pub use open::foreign_format;
 pub use source::nbd::{CBT_BLOCK, Changes};
 pub use source::raw::Holes;
 

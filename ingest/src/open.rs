@@ -311,7 +311,8 @@ fn open_file<'s>(
 
 /// The disk image formats cairn does not read, by the magic at their start, and how to get
 /// their content to cairn.
-fn foreign_format(head: &[u8]) -> Option<&'static str> {
+#[must_use]
+pub fn foreign_format(head: &[u8]) -> Option<&'static str> {
     const KNOWN: [(&[u8], &str); 5] = [
         (b"QFI\xfb", "a qcow2 image"),
         (b"vhdxfile", "a VHDX image"),

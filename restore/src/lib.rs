@@ -190,13 +190,13 @@ pub fn restore(
     // The readers' fetcher threads live in this scope: they end when their reader is dropped.
     std::thread::scope(|scope| match opts.format {
         OutputFormat::Raw => {
-            let target = Output::open(out, opts.force)?;
+            let target = Output::open(out, opts.force, Some(point.size))?;
             let r = raw::restore_raw(scope, store, point, out, &target, ignore, progress)?;
             target.finish()?;
             Ok(r)
         }
         OutputFormat::Vhd => {
-            let target = Output::open(out, opts.force)?;
+            let target = Output::open(out, opts.force, None)?;
             let r = vhd::restore_vhd(
                 scope, store, point, opts.base, out, &target, ignore, progress,
             )?;

@@ -5,7 +5,9 @@
 //!   its temporary file, so nothing that looks like a result is left. An existing file is
 //!   never replaced unless the caller says so (`force`); it stays untouched until the rename.
 //! - A block device, a pipe or another non-regular file that exists is written in place, every
-//!   byte in order (it has no holes and cannot be renamed over).
+//!   byte in order (it has no holes and cannot be renamed over). A block device is a disk that
+//!   may hold data: as with a file, only with `force`, only for a raw restore, and only when it
+//!   is at least as large as the point (checked before the first write).
 //! - `-` is standard output.
 //! - A VHD chain goes into a folder that is new or empty (unless `force`); its files are written
 //!   under temporary names and renamed, in chain order, once all of them are written.
@@ -34,8 +36,10 @@ impl Output {
     /// Opens `out` for a restore. `-` is standard output.
     ///
     /// # Errors
-    /// An existing regular file without `force`, a folder that does not exist, I/O errors.
-    pub(crate) fn open(out: &Path, force: bool) -> Result<Self> {
+    /// An existing regular file or block device without `force`, a block device for a VHD or
+    /// smaller than `raw_size` (the point's size, for a raw restore; `None` for a VHD), a
+    /// folder that does not exist, I/O errors.
+    pub(crate) fn open(out: &Path, force: bool, raw_size: Option<u64>) -> Result<Self> {
         if out == Path::new("-") {
             return Ok(Self::Stdout);
         }
@@ -45,10 +49,14 @@ impl Output {
                 out.display()
             ))),
             Ok(m) if !m.is_file() => {
+                use std::os::unix::fs::FileTypeExt;
                 let f = OpenOptions::new()
                     .write(true)
                     .open(out)
                     .map_err(io_err(out, "opening"))?;
+                if m.file_type().is_block_device() {
+                    check_device(out, &f, force, raw_size)?;
+                }
                 Ok(Self::InPlace(f, out.to_path_buf()))
             }
             Ok(_) if !force => Err(Error::Refused(format!(
@@ -234,4 +242,39 @@ pub(crate) fn in_order(f: &File, path: &Path) -> Result<InOrder> {
 pub(crate) fn io_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
     let (path, what) = (path.to_path_buf(), what.to_owned());
     move |source| Error::Io { path, what, source }
+}
+
+/// Refuses a block device a restore may not write: without `force` (it may hold data, as an
+/// existing file may), for a VHD (`raw_size` `None`: a VHD file on a disk is nobody's disk), or
+/// smaller than the point (the restore could never finish, and would have destroyed what the
+/// device held by the time it failed).
+fn check_device(out: &Path, f: &File, force: bool, raw_size: Option<u64>) -> Result<()> {
+    use std::io::Seek;
+    let Some(need) = raw_size else {
+        return Err(Error::Refused(format!(
+            "{} is a block device: a VHD is a file; restore --format raw onto a device",
+            out.display()
+        )));
+    };
+    if !force {
+        return Err(Error::Refused(format!(
+            "{} is a block device and may hold data; it is left as it is (pass --force to \
+             overwrite it with the point)",
+            out.display()
+        )));
+    }
+    let have = (&*f)
+        .seek(std::io::SeekFrom::End(0))
+        .map_err(io_err(out, "finding the device's size"))?;
+    (&*f)
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(io_err(out, "finding the device's size"))?;
+    if have < need {
+        return Err(Error::Refused(format!(
+            "{} holds {have} bytes, the point {need}: nothing was written (a device at least as \
+             large as the disk is needed)",
+            out.display()
+        )));
+    }
+    Ok(())
 }

@@ -1,0 +1,145 @@
+//! Nothing an admin types destroys data: `vhd from-raw` and `vhd to-raw` never write over their
+//! input or a file of its chain, nor over an existing file without --force, and never leave a
+//! half-written output; a restore writes onto a block device only with --force, only raw, and
+//! only when the device is large enough (checked before the first write). Needs root for the
+//! loop device, as the test machines give.
+
+use std::path::Path;
+use std::process::Command;
+
+use cairn_tests::{TestStore as Store, cairn, gen_disk, id, ok, read, run};
+
+fn refused(out: &std::process::Output, words: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {err}");
+    for w in words {
+        assert!(err.contains(w), "{w:?} missing from: {err}");
+    }
+}
+
+fn no_partial_files(dir: &Path) {
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("cairn-partial"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn vhd_from_raw_and_to_raw_never_write_over_their_input_its_chain_or_an_existing_file() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (raw, next) = (w.join("day0.raw"), w.join("day1.raw"));
+    gen_disk(&raw, "8M", 2, 1, 0);
+    gen_disk(&next, "8M", 2, 1, 1);
+    let (raw_bytes, next_bytes) = (read(&raw), read(&next));
+    let vhd = |args: &[&Path]| {
+        let mut c = cairn(["vhd"]);
+        for a in args {
+            c.arg(a);
+        }
+        c
+    };
+    let (from, to) = (Path::new("from-raw"), Path::new("to-raw"));
+    // Output = input.
+    refused(&run(&mut vhd(&[from, &raw, &raw])), &["the input"]);
+    assert_eq!(read(&raw), raw_bytes);
+    let base = w.join("base.vhd");
+    ok(&mut vhd(&[from, &raw, &base]));
+    let base_bytes = read(&base);
+    refused(&run(&mut vhd(&[to, &base, &base])), &["the input"]);
+    assert_eq!(read(&base), base_bytes);
+    // With --force too: an input is never an output.
+    refused(
+        &run(vhd(&[from, &raw, &raw]).arg("--force")),
+        &["the input"],
+    );
+    // Arguments swapped: a VHD given as the raw image is refused, the raw file untouched.
+    refused(
+        &run(&mut vhd(&[from, &base, &next])),
+        &["is a VHD", "not a raw image"],
+    );
+    assert_eq!(read(&next), next_bytes);
+    // A chain: its parent is neither overwritten by a delta nor by a to-raw of the chain.
+    let delta = w.join("delta.vhd");
+    ok(vhd(&[from, &next, &delta]).arg("--parent").arg(&base));
+    refused(
+        &run(vhd(&[from, &next, &base]).arg("--parent").arg(&base)),
+        &["the input's chain"],
+    );
+    refused(
+        &run(vhd(&[to, &delta, &base]).arg("--force")),
+        &["the input's chain"],
+    );
+    assert_eq!(read(&base), base_bytes);
+    // An existing file: only with --force, replaced whole.
+    let out = w.join("out.raw");
+    std::fs::write(&out, b"keep me").expect("write");
+    refused(&run(&mut vhd(&[to, &delta, &out])), &["exists", "--force"]);
+    assert_eq!(read(&out), b"keep me");
+    ok(vhd(&[to, &delta, &out]).arg("--force"));
+    assert_eq!(read(&out), next_bytes);
+    no_partial_files(w);
+}
+
+struct Loop(String);
+
+impl Loop {
+    fn attach(backing: &Path) -> Self {
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(backing)
+            .output()
+            .expect("run losetup");
+        assert!(
+            out.status.success(),
+            "this test attaches a loop device and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_restore_onto_a_block_device_needs_force_a_raw_format_and_room_before_any_write() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (small, big) = (w.join("small.raw"), w.join("big.raw"));
+    gen_disk(&small, "4M", 3, 1, 0);
+    gen_disk(&big, "16M", 3, 1, 0);
+    let ps = id(&store.backup("s", "2026-11-20T02:00:00Z", "xvda", &small, &[]));
+    let pb = id(&store.backup("b", "2026-11-20T02:00:00Z", "xvda", &big, &[]));
+    // A device of 8 MiB holding data.
+    let backing = w.join("backing.img");
+    let held: Vec<u8> = (0..8u32 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&backing, &held).expect("backing");
+    let dev = Loop::attach(&backing);
+    let restore = |p: &str, extra: &[&str]| run(store.cmd(&["restore", p]).args(extra).arg(&dev.0));
+    refused(&restore(&ps, &[]), &["block device", "--force"]);
+    refused(
+        &restore(&ps, &["--format", "vhd", "--force"]),
+        &["block device", "raw"],
+    );
+    refused(
+        &restore(&pb, &["--force"]),
+        &["holds 8388608 bytes", "nothing was written"],
+    );
+    assert!(
+        read(&backing) == held,
+        "a refused restore wrote to the device"
+    );
+    // Forced, raw, and large enough: written.
+    ok(store.cmd(&["restore", &ps, "--force"]).arg(&dev.0));
+    drop(dev);
+    let got = read(&backing);
+    assert_eq!(&got[..4 << 20], &read(&small)[..]);
+}
