@@ -106,7 +106,31 @@ enum Command {
     Vhd(vhd_cmd::VhdCommand),
 }
 
+/// Exit status of a command whose output was closed under it (`cairn list | head -1`): what a
+/// shell reports for a process ended by SIGPIPE (128 + 13).
+const CLOSED_PIPE: i32 = 141;
+
+/// A command whose standard output is closed before it is done (a pager quit, `head`) ends
+/// quietly, as other command-line tools do, instead of with a panic: Rust ignores SIGPIPE, so
+/// the next print fails with EPIPE and `println!` panics.
+fn end_quietly_on_a_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("Broken pipe") && msg.contains("failed printing to std") {
+            std::process::exit(CLOSED_PIPE);
+        }
+        default(info);
+    }));
+}
+
 fn main() {
+    end_quietly_on_a_closed_pipe();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -143,3 +143,32 @@ fn a_restore_onto_a_block_device_needs_force_a_raw_format_and_room_before_any_wr
     let got = read(&backing);
     assert_eq!(&got[..4 << 20], &read(&small)[..]);
 }
+
+#[test]
+fn every_command_ends_quietly_on_a_closed_pipe() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("d.raw");
+    gen_disk(&disk, "2M", 1, 1, 0);
+    for vm in 0..30 {
+        store.backup(&format!("vm{vm}"), "2026-11-20T02:00:00Z", "xvda", &disk, &[]);
+    }
+    for args in [&["list"][..], &["list", "--json"], &["report"], &["report", "--json"]] {
+        let mut child = store
+            .cmd(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // The reader goes away before a byte is read (a pager quit at once).
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            matches!(out.status.code(), Some(0 | 141)),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+    }
+}
