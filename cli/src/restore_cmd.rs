@@ -42,9 +42,11 @@ pub struct RestoreArgs {
     pub point: String,
     /// Where to write: a file, `-` for stdout, or a folder for vhd-chain.
     pub out: PathBuf,
-    /// The output format.
-    #[arg(long, value_enum, default_value_t = RestoreFormat::Raw)]
-    pub format: RestoreFormat,
+    /// The output format. By default from the output's name: `.vhd` is a VHD, anything else
+    /// raw; a name of another image format (`.qcow2`, `.vmdk`, `.vhdx`, `.vdi`) is refused, as
+    /// is a `.vhd` name with `--format raw`.
+    #[arg(long, value_enum)]
+    pub format: Option<RestoreFormat>,
     /// With --format vhd: write a differencing VHD of what changed since this point. Its
     /// parent is the base's VHD as the first file of a chain restored from it, in the same
     /// folder (`cairn restore BASE DIR --format vhd-chain --from BASE`).
@@ -67,6 +69,35 @@ pub struct RestoreArgs {
     pub json: bool,
 }
 
+/// The format to write `out` in: `given`, or from the name. A name that says another format
+/// than the one written is refused: `web01.vhd` holding a raw image (or `.qcow2` holding
+/// anything cairn writes) imports as garbage.
+fn format_for(out: &Path, given: Option<RestoreFormat>) -> Result<RestoreFormat> {
+    let ext = out
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let foreign = ["qcow2", "qcow", "vmdk", "vhdx", "vdi"].contains(&ext.as_str());
+    match (given, ext.as_str()) {
+        (Some(RestoreFormat::VhdChain), _) => Ok(RestoreFormat::VhdChain),
+        _ if foreign => bail!(
+            "{}: cairn writes raw images and VHDs, not .{ext}: restore to stdout and convert \
+             (`cairn restore POINT - | qemu-img convert -f raw -O {} /dev/stdin {}`)",
+            out.display(),
+            if ext == "qcow" { "qcow2" } else { ext.as_str() },
+            out.display()
+        ),
+        (Some(RestoreFormat::Raw), "vhd") => bail!(
+            "{}: a .vhd name for a raw image imports as garbage: drop --format raw (a .vhd name \
+             is written as a VHD) or give a .raw or .img name",
+            out.display()
+        ),
+        (Some(f), _) => Ok(f),
+        (None, "vhd") => Ok(RestoreFormat::Vhd),
+        (None, _) => Ok(RestoreFormat::Raw),
+    }
+}
+
 pub fn restore(a: &RestoreArgs) -> Result<i32> {
     let reader = a.store.reader()?;
     let store = reader.get();
@@ -80,7 +111,7 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
              or give a file name"
         );
     }
-    let format = match a.format {
+    let format = match format_for(&a.out, a.format)? {
         RestoreFormat::Raw => OutputFormat::Raw,
         RestoreFormat::Vhd => OutputFormat::Vhd,
         RestoreFormat::VhdChain => OutputFormat::VhdChain,

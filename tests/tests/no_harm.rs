@@ -151,9 +151,20 @@ fn every_command_ends_quietly_on_a_closed_pipe() {
     let disk = work.path().join("d.raw");
     gen_disk(&disk, "2M", 1, 1, 0);
     for vm in 0..30 {
-        store.backup(&format!("vm{vm}"), "2026-11-20T02:00:00Z", "xvda", &disk, &[]);
+        store.backup(
+            &format!("vm{vm}"),
+            "2026-11-20T02:00:00Z",
+            "xvda",
+            &disk,
+            &[],
+        );
     }
-    for args in [&["list"][..], &["list", "--json"], &["report"], &["report", "--json"]] {
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["report"],
+        &["report", "--json"],
+    ] {
         let mut child = store
             .cmd(args)
             .stdout(std::process::Stdio::piped())
@@ -170,5 +181,36 @@ fn every_command_ends_quietly_on_a_closed_pipe() {
             "{args:?}: {:?} {err}",
             out.status
         );
+    }
+}
+
+#[test]
+fn a_restore_writes_what_its_output_name_says_or_refuses() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let disk = w.join("d.raw");
+    gen_disk(&disk, "4M", 1, 1, 0);
+    let p = id(&store.backup("web01", "2026-11-20T02:00:00Z", "xvda", &disk, &[]));
+    // A .vhd name is a VHD (qemu-img reads it as one, holding the disk).
+    let vhd = w.join("web01.vhd");
+    ok(store.cmd(&["restore", &p]).arg(&vhd));
+    let info = ok(Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&vhd));
+    assert!(info.contains("\"format\": \"vpc\""), "{info}");
+    let back = w.join("back.raw");
+    ok(cairn(["vhd", "to-raw"]).arg(&vhd).arg(&back));
+    cairn_tests::assert_same_content(&back, &disk, true);
+    // Another image format's name, or a .vhd name for a raw image: refused, nothing written.
+    for (name, extra) in [
+        ("web01.qcow2", &[][..]),
+        ("web01.VMDK", &[]),
+        ("raw.vhd", &["--format", "raw"]),
+    ] {
+        let out = w.join(name);
+        let done = run(store.cmd(&["restore", &p]).args(extra).arg(&out));
+        refused(&done, &[name]);
+        assert!(!out.exists(), "{name} was written");
     }
 }
