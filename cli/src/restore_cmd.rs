@@ -38,7 +38,8 @@ pub struct RestoreArgs {
     pub store: StoreArg,
     /// The point: an id (a unique prefix, or the UUID of a VHD cairn restored), VM/DISK@latest,
     /// VM/DISK@latest~N (N before the latest), VM/DISK@DATE or VM/DISK@DATETIME (the newest
-    /// point at or before it; UTC unless a zone is given).
+    /// point at or before it; a date or time without a zone is in the store's time zone, as
+    /// `list` shows times).
     pub point: String,
     /// Where to write: a file, `-` for stdout, or a folder for vhd-chain.
     pub out: PathBuf,
@@ -154,8 +155,11 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
             eprintln!("wrote {}", f.display());
         }
         eprintln!(
-            "restored {} ({}) in {:.1}s",
+            "restored {} ({}/{} made {}, {}) in {:.1}s",
             point.short_id(),
+            point.vm,
+            point.disk,
+            crate::values::show_time(&point.time, store.config().tz()),
             human_bytes(point.size),
             secs
         );

@@ -6,8 +6,8 @@
 //! | `3f2a9c1b-07de-4e1a-...` | the same, as the UUID cairn writes into the VHDs it restores |
 //! | `VM/DISK@latest` | the disk's newest point (VM: its name, or its `--vm-uuid`) |
 //! | `VM/DISK@latest~N` | the N-th point before the newest (`~1` is the one before) |
-//! | `VM/DISK@2026-11-22` | the newest point made on or before that day (UTC) |
-//! | `VM/DISK@2026-11-22T02:00:00Z` | the newest point made at or before that instant (a time without a zone is UTC) |
+//! | `VM/DISK@2026-11-22` | the newest point made on or before that day (in the store's time zone) |
+//! | `VM/DISK@2026-11-22T02:00:00Z` | the newest point made at or before that instant (a time without a zone is in the store's time zone) |
 //!
 //! An ambiguous prefix lists the points it matches.
 
@@ -237,7 +237,8 @@ type Values = fn(&RecoveryPoint) -> Vec<String>;
 pub enum When {
     /// A date alone: what it means (its start, its end) is the caller's.
     Day(NaiveDate),
-    /// An instant: RFC 3339, or a date and time without a zone (UTC).
+    /// An instant: RFC 3339, or a date and time without a zone (in the zone given to
+    /// [`parse_when`]: the store's).
     Instant(DateTime<Utc>),
 }
 

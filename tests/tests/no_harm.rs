@@ -214,3 +214,33 @@ fn a_restore_writes_what_its_output_name_says_or_refuses() {
         assert!(!out.exists(), "{name} was written");
     }
 }
+
+#[test]
+fn a_time_without_a_zone_is_read_in_the_store_zone_as_help_says_and_the_restore_names_its_point() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = w.join("store");
+    ok(cairn(["init", "--timezone", "Europe/Paris", "--chunk-size", "64K"]).arg(&store));
+    let disk = w.join("d.raw");
+    gen_disk(&disk, "2M", 1, 1, 0);
+    for t in ["2026-11-22T01:30:00Z", "2026-11-22T02:30:00Z"] {
+        ok(cairn(["backup", "--vm", "v", "--time", t])
+            .arg(format!("xvda={}", disk.display()))
+            .env("CAIRN_STORE", &store));
+    }
+    // 02:59 in Paris is 01:59 UTC: the 01:30 UTC point (02:30 in Paris), named as such.
+    let out = run(cairn(["restore", "v/xvda@2026-11-22T02:59:00"])
+        .arg(w.join("out.raw"))
+        .env("CAIRN_STORE", &store));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("v/xvda made 2026-11-22T02:30:00+01:00"),
+        "{err}"
+    );
+    let help = ok(&mut cairn(["restore", "--help"]));
+    assert!(
+        help.contains("store's time zone") && !help.contains("UTC unless"),
+        "{help}"
+    );
+}
