@@ -129,6 +129,27 @@ fn end_quietly_on_a_closed_pipe() {
     }));
 }
 
+/// For a command that writes an output under a temporary name (`restore`, `vhd to-raw` and
+/// `from-raw`): on SIGINT, SIGTERM or SIGHUP the temporary files go (they are as large as the
+/// disk), it says so, and exits as a process ended by that signal would (128 + its number).
+pub(crate) fn remove_partials_when_interrupted() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let removed = cairn_restore::partials::remove_all();
+            eprintln!(
+                "interrupted: {} partial output file(s) removed; nothing that existed was \
+                 replaced",
+                removed
+            );
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
 fn main() {
     end_quietly_on_a_closed_pipe();
     let cli = match Cli::try_parse() {

@@ -72,13 +72,25 @@ impl NewFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .with_context(|| format!("{} names no file", dest.display()))?;
-        let tmp = dest.with_file_name(format!(".{name}.cairn-partial-{}", std::process::id()));
+        let tmp = dest.with_file_name(format!(
+            ".{name}{}{}",
+            cairn_restore::partials::MARKER,
+            std::process::id()
+        ));
+        if let Some(dir) = dest.parent() {
+            cairn_restore::partials::remove_stale(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            });
+        }
         let file = OpenOptions::new()
             .write(true)
             .read(true)
             .create_new(true)
             .open(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
+        cairn_restore::partials::register(&tmp);
         Ok(Self {
             file,
             tmp: Some(tmp),
@@ -100,6 +112,7 @@ impl NewFile {
             .sync_all()
             .with_context(|| format!("syncing {}", self.dest.display()))?;
         if let Some(tmp) = self.tmp.take() {
+            cairn_restore::partials::unregister(&tmp);
             if let Err(e) = std::fs::rename(&tmp, &self.dest) {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e).with_context(|| format!("renaming into {}", self.dest.display()));
@@ -116,6 +129,7 @@ impl Drop for NewFile {
     fn drop(&mut self) {
         if let Some(tmp) = &self.tmp {
             let _ = std::fs::remove_file(tmp);
+            cairn_restore::partials::unregister(tmp);
         }
     }
 }

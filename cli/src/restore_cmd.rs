@@ -100,6 +100,7 @@ fn format_for(out: &Path, given: Option<RestoreFormat>) -> Result<RestoreFormat>
 }
 
 pub fn restore(a: &RestoreArgs) -> Result<i32> {
+    crate::remove_partials_when_interrupted();
     let reader = a.store.reader()?;
     let store = reader.get();
     let point = store.resolve(&a.point)?;

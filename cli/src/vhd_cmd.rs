@@ -96,6 +96,7 @@ pub enum VhdType {
 
 /// Runs a `cairn vhd` command; returns the exit code.
 pub fn run(cmd: VhdCommand) -> Result<i32> {
+    crate::remove_partials_when_interrupted();
     match cmd {
         VhdCommand::Info { file, json } => info(&file, json),
         VhdCommand::Check { file, json } => check(&file, json),

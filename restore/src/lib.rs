@@ -33,6 +33,7 @@
 mod direct;
 pub mod export;
 mod output;
+pub mod partials;
 mod raw;
 mod reader;
 pub mod standby;

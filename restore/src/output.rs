@@ -66,6 +66,13 @@ impl Output {
             ))),
             _ => {
                 folder_exists(out)?;
+                if let Some(dir) = out.parent() {
+                    crate::partials::remove_stale(if dir.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        dir
+                    });
+                }
                 let staged = Staged::new(out);
                 let f = staged.create()?;
                 Ok(Self::Staged(f, staged))
@@ -136,7 +143,12 @@ impl Staged {
         let name = target
             .file_name()
             .map_or_else(|| "restore".into(), |n| n.to_string_lossy().into_owned());
-        let tmp = target.with_file_name(format!(".{name}.cairn-partial-{}", std::process::id()));
+        let tmp = target.with_file_name(format!(
+            ".{name}{}{}",
+            crate::partials::MARKER,
+            std::process::id()
+        ));
+        crate::partials::register(&tmp);
         Self {
             tmp,
             target: target.to_path_buf(),
@@ -171,6 +183,7 @@ impl Staged {
             "renaming the finished restore into place",
         ))?;
         self.committed = true;
+        crate::partials::unregister(&self.tmp);
         Ok(())
     }
 }
@@ -179,6 +192,7 @@ impl Drop for Staged {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
+            crate::partials::unregister(&self.tmp);
         }
     }
 }
@@ -186,6 +200,8 @@ impl Drop for Staged {
 /// The folder a chain is restored into: created when new (its parent must exist), refused when
 /// it holds anything unless `force`. Returns whether it was created.
 pub(crate) fn chain_folder(out: &Path, force: bool) -> Result<bool> {
+    // What an interrupted restore into it left (its writer gone) does not make it "not empty".
+    crate::partials::remove_stale(out);
     match std::fs::read_dir(out) {
         Ok(mut entries) => {
             if entries.next().is_some() && !force {

@@ -244,3 +244,100 @@ fn a_time_without_a_zone_is_read_in_the_store_zone_as_help_says_and_the_restore_
         "{help}"
     );
 }
+
+/// Starts `cairn ARGS` on `store` with each fsync/fdatasync delayed by 4 s (strace): a restore
+/// then waits with its whole partial file written. Returns the strace process and the partial
+/// file once it is there.
+fn restore_held_at_sync(
+    store: &Store,
+    args: &[&str],
+    dir: &Path,
+) -> (std::process::Child, std::path::PathBuf) {
+    let child = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=fsync,fdatasync",
+            "-e",
+        ])
+        .arg("inject=fsync,fdatasync:delay_enter=4000000")
+        .arg(cairn_tests::cairn_bin())
+        .args(args)
+        .env("CAIRN_STORE", store.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace");
+    let started = std::time::Instant::now();
+    loop {
+        assert!(started.elapsed().as_secs() < 60, "no partial file appeared");
+        let found = cairn_tests::files_under(dir)
+            .into_iter()
+            .find(|p| p.to_string_lossy().contains(".cairn-partial-"));
+        if let Some(p) = found {
+            return (child, p);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn pid_of(partial: &Path) -> String {
+    partial
+        .to_string_lossy()
+        .rsplit_once(".cairn-partial-")
+        .map(|(_, pid)| pid.to_owned())
+        .expect("pid")
+}
+
+#[test]
+fn an_interrupted_restore_leaves_no_partial_file_and_a_killed_one_does_not_block_the_next() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let disk = w.join("d.raw");
+    gen_disk(&disk, "8M", 1, 1, 0);
+    let p = id(&store.backup("v", "2026-11-20T02:00:00Z", "xvda", &disk, &[]));
+    let out_dir = w.join("out");
+    std::fs::create_dir(&out_dir).expect("mkdir");
+    let out = out_dir.join("d.raw");
+    let out_s = out.to_string_lossy().into_owned();
+    // Ctrl-C (SIGINT) or SIGTERM: the partial file goes, the exit says so.
+    for (sig, code) in [("-INT", 130), ("-TERM", 143)] {
+        let (child, partial) = restore_held_at_sync(&store, &["restore", &p, &out_s], &out_dir);
+        ok(Command::new("kill").args([sig, &pid_of(&partial)]));
+        let done = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(code), "{sig}: {err}");
+        assert!(err.contains("interrupted"), "{sig}: {err}");
+        assert!(!partial.exists(), "{sig}: the partial file was left");
+        assert!(!out.exists());
+    }
+    // kill -9: the partial file stays, and the next restore into the folder removes it.
+    let (child, partial) = restore_held_at_sync(&store, &["restore", &p, &out_s], &out_dir);
+    ok(Command::new("kill").args(["-KILL", &pid_of(&partial)]));
+    let _ = child.wait_with_output();
+    assert!(partial.exists());
+    ok(store.cmd(&["restore", &p]).arg(&out));
+    assert!(!partial.exists(), "a dead restore's partial file was left");
+    // A chain restore killed the same way: its retry into the same folder needs no --force.
+    let chain = w.join("chain");
+    let chain_s = chain.to_string_lossy().into_owned();
+    let (child, partial) = restore_held_at_sync(
+        &store,
+        &["restore", &p, &chain_s, "--format", "vhd-chain"],
+        w,
+    );
+    ok(Command::new("kill").args(["-KILL", &pid_of(&partial)]));
+    let _ = child.wait_with_output();
+    ok(store
+        .cmd(&["restore", &p, "--format", "vhd-chain"])
+        .arg(&chain));
+    let left: Vec<_> = cairn_tests::files_under(&chain)
+        .into_iter()
+        .filter(|f| f.to_string_lossy().contains("cairn-partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
