@@ -253,7 +253,7 @@ fn restore_held_at_sync(
     args: &[&str],
     dir: &Path,
 ) -> (std::process::Child, std::path::PathBuf) {
-    let child = Command::new("strace")
+    let mut child = Command::new("strace")
         .args([
             "-f",
             "-qq",
@@ -273,7 +273,11 @@ fn restore_held_at_sync(
         .expect("strace");
     let started = std::time::Instant::now();
     loop {
-        assert!(started.elapsed().as_secs() < 60, "no partial file appeared");
+        if started.elapsed().as_secs() >= 60 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no partial file appeared");
+        }
         let found = cairn_tests::files_under(dir)
             .into_iter()
             .find(|p| p.to_string_lossy().contains(".cairn-partial-"));
