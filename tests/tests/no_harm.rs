@@ -248,6 +248,8 @@ fn a_time_without_a_zone_is_read_in_the_store_zone_as_help_says_and_the_restore_
 /// Starts `cairn ARGS` on `store` with each fsync/fdatasync delayed by 4 s (strace): a restore
 /// then waits with its whole partial file written. Returns the strace process and the partial
 /// file once it is there.
+// The child is returned to the caller, which waits for it (or kills it here first).
+#[allow(clippy::zombie_processes)]
 fn restore_held_at_sync(
     store: &Store,
     args: &[&str],
