@@ -369,7 +369,7 @@ fn labels(a: &BackupArgs) -> Result<Labels> {
     if let Some(n) = &a.note
         && (n.chars().count() > 4096 || n.chars().any(|c| c.is_control() && c != '\n'))
     {
-        bail!("--note must be at most 4096 characters of text");
+        crate::usage!("--note must be at most 4096 characters of text");
     }
     let mut tags = Vec::new();
     for t in &a.tags {

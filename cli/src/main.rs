@@ -106,6 +106,30 @@ enum Command {
     Vhd(vhd_cmd::VhdCommand),
 }
 
+/// A mistake in what was typed (a value out of range, options that do not go together): exit
+/// status 2, as clap gives for the mistakes it finds, whichever check finds it.
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Returns early with a [`Usage`] error (exit status 2).
+#[macro_export]
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::Usage(format!($($arg)*))))
+    };
+}
+
+/// Exit status of a mistake in what was typed.
+const USAGE: i32 = 2;
+
 /// Exit status of a command whose output was closed under it (`cairn list | head -1`): what a
 /// shell reports for a process ended by SIGPIPE (128 + 13).
 const CLOSED_PIPE: i32 = 141;
@@ -202,7 +226,8 @@ fn main() {
                     shown = text;
                 }
             }
-            std::process::exit(1);
+            let typed = err.chain().any(|c| c.is::<Usage>());
+            std::process::exit(if typed { USAGE } else { 1 });
         }
     }
 }

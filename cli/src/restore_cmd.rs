@@ -81,14 +81,14 @@ fn format_for(out: &Path, given: Option<RestoreFormat>) -> Result<RestoreFormat>
     let foreign = ["qcow2", "qcow", "vmdk", "vhdx", "vdi"].contains(&ext.as_str());
     match (given, ext.as_str()) {
         (Some(RestoreFormat::VhdChain), _) => Ok(RestoreFormat::VhdChain),
-        _ if foreign => bail!(
+        _ if foreign => crate::usage!(
             "{}: cairn writes raw images and VHDs, not .{ext}: restore to stdout and convert \
              (`cairn restore POINT - | qemu-img convert -f raw -O {} /dev/stdin {}`)",
             out.display(),
             if ext == "qcow" { "qcow2" } else { ext.as_str() },
             out.display()
         ),
-        (Some(RestoreFormat::Raw), "vhd") => bail!(
+        (Some(RestoreFormat::Raw), "vhd") => crate::usage!(
             "{}: a .vhd name for a raw image imports as garbage: drop --format raw (a .vhd name \
              is written as a VHD) or give a .raw or .img name",
             out.display()
@@ -119,7 +119,7 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
         RestoreFormat::VhdChain => OutputFormat::VhdChain,
     };
     if matches!(format, OutputFormat::VhdChain) && a.out == Path::new("-") {
-        bail!("--format vhd-chain writes a folder, not stdout");
+        crate::usage!("--format vhd-chain writes a folder, not stdout");
     }
     let bar = progress::bytes(point.size, "restore");
     let started = std::time::Instant::now();

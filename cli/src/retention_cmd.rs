@@ -535,7 +535,7 @@ pub fn forget(a: &ForgetArgs) -> Result<i32> {
 
 pub fn protect(a: &ProtectArgs, on: bool) -> Result<i32> {
     if a.until.is_some() && !on {
-        bail!("--until is for protect: a protection until a time is lifted by time only");
+        crate::usage!("--until is for protect: a protection until a time is lifted by time only");
     }
     let until = |tz: Tz| {
         a.until
@@ -584,7 +584,7 @@ pub fn protect(a: &ProtectArgs, on: bool) -> Result<i32> {
 
 pub fn gc(a: &GcArgs) -> Result<i32> {
     let Some(mut opts) = GcOptions::from_percent(a.dry_run, a.max_unused, a.repack_below) else {
-        bail!("--max-unused and --repack-below are percentages from 0 to 100");
+        crate::usage!("--max-unused and --repack-below are percentages from 0 to 100");
     };
     opts.orphan_grace = a
         .orphan_grace
@@ -675,7 +675,9 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
     let filter = a.filter.filter();
     if let Some(r) = a.store.remote()? {
         if a.sample.is_some() || a.since.is_some() {
-            bail!("--sample and --since are not taken through a server yet; verify every point");
+            crate::usage!(
+                "--sample and --since are not taken through a server yet; verify every point"
+            );
         }
         return verify_remote(&r, &filter, a.json);
     }

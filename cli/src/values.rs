@@ -1,7 +1,7 @@
 //! Values as the command line takes them and gives them back: times in the store's time zone,
 //! chunk sizes and byte counts.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
@@ -33,7 +33,7 @@ pub fn parse_time(s: &str, tz: Tz) -> Result<DateTime<Utc>> {
         }
         None => {}
     }
-    bail!(
+    crate::usage!(
         "--time {s:?} is not a time: give RFC 3339 (2026-11-22T02:00:00Z or with an offset), a \
          date and time without a zone (2026-11-22T02:00:00, in the store's time zone {tz}; one \
          that the clocks skip is refused) or a date (2026-11-22)"

@@ -658,7 +658,7 @@ fn from_raw(input: &Path, out: &Path, parent: Option<&Path>, o: FromRawOptions) 
     let mut parent_chain = match parent {
         Some(p) => {
             if kind == VhdType::Fixed {
-                bail!(
+                crate::usage!(
                     "--parent writes a differencing VHD; it cannot be combined with --type fixed"
                 );
             }

@@ -347,3 +347,36 @@ fn an_interrupted_restore_leaves_no_partial_file_and_a_killed_one_does_not_block
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn a_mistake_in_what_was_typed_exits_2_whichever_check_finds_it() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = w.join("store");
+    ok(cairn(["init", "--timezone", "Europe/Paris", "--chunk-size", "64K"]).arg(&store));
+    let disk = w.join("d.raw");
+    gen_disk(&disk, "2M", 1, 1, 0);
+    let src = format!("xvda={}", disk.display());
+    let p = {
+        let out = ok(cairn(["backup", "--json", "--vm", "v", &src]).env("CAIRN_STORE", &store));
+        cairn_tests::id(&cairn_tests::json(&out)[0])
+    };
+    let out_file = w.join("x.qcow2").to_string_lossy().into_owned();
+    for args in [
+        &["gc", "--max-unused", "150"][..],
+        &["verify", "--sample", "150"],
+        // A time the clocks skip in the store's zone, and no time at all.
+        &["backup", "--vm", "v", "--time", "2026-03-29T02:30:00", &src],
+        &["backup", "--vm", "v", "--time", "yesterday", &src],
+        &["restore", &p, &out_file],
+        &["backup", "--vm", "v", "--note", &"x".repeat(5000), &src],
+    ] {
+        let out = run(cairn(args).env("CAIRN_STORE", &store));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
