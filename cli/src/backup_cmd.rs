@@ -142,10 +142,14 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             );
             continue;
         }
-        cairn_store::point::check_name("disk", disk).map_err(anyhow::Error::msg)?;
+        if let Err(e) = cairn_store::point::check_point_name("disk", disk) {
+            crate::usage!("{e}");
+        }
         jobs.push((disk.to_owned(), PathBuf::from(src)));
     }
-    cairn_store::point::check_name("VM", &a.vm).map_err(anyhow::Error::msg)?;
+    if let Err(e) = cairn_store::point::check_point_name("VM", &a.vm) {
+        crate::usage!("{e}");
+    }
     if jobs.iter().filter(|(_, s)| s == Path::new("-")).count() > 1 {
         bail!("only one disk can be read from stdin");
     }

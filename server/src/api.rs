@@ -876,12 +876,12 @@ async fn open_session(
 ) -> Answer<(StatusCode, Json<SessionOpened>)> {
     let t = app.authorize(&headers, &[Role::Backup, Role::Admin], "back up")?;
     let b: OpenSession = json_body(&body)?;
-    cairn_store::point::check_name("VM", &b.vm).map_err(ApiError::bad)?;
+    cairn_store::point::check_point_name("VM", &b.vm).map_err(ApiError::bad)?;
     if b.disks.is_empty() || b.disks.len() > 64 {
         return Err(ApiError::bad("a session names 1 to 64 disks"));
     }
     for d in &b.disks {
-        cairn_store::point::check_name("disk", d).map_err(ApiError::bad)?;
+        cairn_store::point::check_point_name("disk", d).map_err(ApiError::bad)?;
     }
     if !t.allows_vm(&b.vm) {
         return Err(ApiError::vm(&t, &b.vm));

@@ -437,6 +437,30 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks the name of a VM (`what` "VM") or a disk (`what` "disk") as [`check_name`] does, and
+/// that the point syntax (`VM/DISK@latest`) reaches it: no `@` (it starts the point's time), no
+/// `/` in a disk name (the last `/` parts the VM from the disk), no space at either end (`'xvda
+/// =disk.raw'` would make a disk `"xvda "` beside `xvda`: two histories where one was meant).
+///
+/// # Errors
+/// What is wrong with it, and the rule.
+pub fn check_point_name(what: &str, name: &str) -> Result<(), String> {
+    check_name(what, name)?;
+    let why = if name.contains('@') {
+        Some("`@` starts the point's time in VM/DISK@latest")
+    } else if what == "disk" && name.contains('/') {
+        Some("the last `/` parts the VM from the disk in VM/DISK@latest")
+    } else if name.trim() != name {
+        Some("a space at either end makes another name than the one meant (`xvda ` is not `xvda`)")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(format!("{what} name {name:?} is not allowed: {why}")),
+        None => Ok(()),
+    }
+}
+
 /// A VM or disk name as one file name component: ASCII letters, digits, `.`, `_` and `-` stay as
 /// they are (so such names keep the folders they always had), every other byte of the name's
 /// UTF-8 becomes `%XX`, as does a leading `.`; a name is stored whole in its root file, the path
@@ -540,6 +564,25 @@ mod tests {
 #[cfg(test)]
 mod name_tests {
     use super::*;
+
+    #[test]
+    fn point_names_are_reachable_by_the_point_syntax() {
+        for ok in ["web01", "a/b", "Windows Server 2022 (prod)", ".."] {
+            check_point_name("VM", ok).unwrap_or_else(|e| panic!("{e}"));
+        }
+        for (what, bad) in [
+            ("VM", "web@01"),
+            ("disk", "xvd/a"),
+            ("disk", "xvda "),
+            ("VM", " web"),
+        ] {
+            assert!(
+                check_point_name(what, bad).is_err(),
+                "{what} {bad:?} accepted"
+            );
+        }
+        check_point_name("disk", "xvda").expect("xvda");
+    }
 
     #[test]
     fn names_are_any_printable_text_and_their_paths_are_safe() {

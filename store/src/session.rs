@@ -17,7 +17,7 @@ use crate::index::{
 use crate::lost::LostPacks;
 use crate::pack::{self, PackId, PackWriter};
 use crate::point::{
-    BackupStats, Labels, POINT_FORMAT, PointId, RecoveryPoint, SourceInfo, check_name,
+    BackupStats, Labels, POINT_FORMAT, PointId, RecoveryPoint, SourceInfo, check_point_name,
 };
 use crate::run;
 use crate::store::{Store, point_key, write_atomic};
@@ -351,8 +351,8 @@ impl<'a> Session<'a> {
     /// A tree that does not cover the disk, a VM or disk name that is not allowed, a chunk
     /// named whose pack file is gone, I/O errors.
     pub fn stage_tree(&mut self, point: NewPoint, mut tree: TreeWriter) -> Result<StagedPoint> {
-        check_name("VM", &point.vm).map_err(Error::Usage)?;
-        check_name("disk", &point.disk).map_err(Error::Usage)?;
+        check_point_name("VM", &point.vm).map_err(Error::Usage)?;
+        check_point_name("disk", &point.disk).map_err(Error::Usage)?;
         let chunk_size = self.store.config.chunk_size;
         if tree.chunks() != point.size.div_ceil(u64::from(chunk_size)) {
             return Err(Error::Usage(format!(
@@ -383,8 +383,8 @@ impl<'a> Session<'a> {
     /// Another chunk size, a name that is not allowed, a point this store already holds, a top
     /// tree entry this store does not hold.
     pub fn stage_copy(&mut self, point: &RecoveryPoint) -> Result<StagedPoint> {
-        check_name("VM", &point.vm).map_err(Error::Usage)?;
-        check_name("disk", &point.disk).map_err(Error::Usage)?;
+        check_point_name("VM", &point.vm).map_err(Error::Usage)?;
+        check_point_name("disk", &point.disk).map_err(Error::Usage)?;
         if point.chunk_size != self.store.config.chunk_size {
             return Err(Error::Usage(format!(
                 "point {} has chunks of {} bytes, this store {}",

@@ -380,3 +380,35 @@ fn a_mistake_in_what_was_typed_exits_2_whichever_check_finds_it() {
         );
     }
 }
+
+#[test]
+fn a_name_the_point_syntax_cannot_reach_is_refused_before_anything_is_read() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("d.raw");
+    gen_disk(&disk, "2M", 1, 1, 0);
+    let d = disk.display();
+    for (vm, src) in [
+        ("v", format!("xvda ={d}")),
+        ("v", format!("xv@da={d}")),
+        ("v", format!("xv/da={d}")),
+        ("web@01", format!("xvda={d}")),
+        (" v", format!("xvda={d}")),
+    ] {
+        let out = run(&mut store.cmd(&["backup", "--vm", vm, &src]));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{vm:?} {src:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is not allowed"));
+    }
+    assert!(store.list().is_empty());
+    // A VM name with a `/` is reachable (the last `/` parts it from the disk).
+    let p = store.backup("site/web01", "2026-11-20T02:00:00Z", "xvda", &disk, &[]);
+    let out = work.path().join("out.raw");
+    ok(store.cmd(&["restore", "site/web01/xvda@latest"]).arg(&out));
+    assert_eq!(read(&out), read(&disk));
+    let _ = p;
+}
