@@ -605,3 +605,39 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// A loop device over a file, detached when dropped (needs root, as the test machines give).
+pub struct LoopDevice(String);
+
+impl LoopDevice {
+    /// Attaches `backing` to the first free loop device.
+    ///
+    /// # Panics
+    /// `losetup` fails (not root).
+    #[must_use]
+    pub fn attach(backing: &Path) -> Self {
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(backing)
+            .output()
+            .expect("run losetup");
+        assert!(
+            out.status.success(),
+            "this test attaches a loop device and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// The device, `/dev/loopN`.
+    #[must_use]
+    pub fn path(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}

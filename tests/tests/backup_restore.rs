@@ -812,21 +812,11 @@ fn restores_go_past_the_page_cache_where_they_can_and_through_it_where_not() {
     // the page cache but for the last piece.
     let backing = w.join("backing.img");
     std::fs::write(&backing, vec![0xff; size as usize]).expect("backing file");
-    let out = Command::new("losetup")
-        .args(["--find", "--show"])
-        .arg(&backing)
-        .output()
-        .expect("run losetup");
-    assert!(
-        out.status.success(),
-        "this test attaches a loop device and needs root: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let dev = cairn_tests::LoopDevice::attach(&backing);
     let restored = run(store
         .cmd(&["restore", &p, "--format", "raw", "--force"])
-        .arg(&dev));
-    let _ = Command::new("losetup").args(["-d", &dev]).status();
+        .arg(dev.path()));
+    drop(dev);
     assert!(
         restored.status.success(),
         "{}",

@@ -9,6 +9,17 @@ use std::process::Command;
 
 use cairn_tests::{TestStore as Store, cairn, gen_disk, id, ok, read, run};
 
+/// A store holding one point of `vm`'s disk xvda (a generated disk of `size`): the store, the
+/// work folder, the disk, the point's id.
+fn one_point(vm: &str, size: &str) -> (Store, tempfile::TempDir, std::path::PathBuf, String) {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("d.raw");
+    gen_disk(&disk, size, 1, 1, 0);
+    let p = id(&store.backup(vm, "2026-11-20T02:00:00Z", "xvda", &disk, &[]));
+    (store, work, disk, p)
+}
+
 fn refused(out: &std::process::Output, words: &[&str]) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "accepted: {err}");
@@ -84,30 +95,6 @@ fn vhd_from_raw_and_to_raw_never_write_over_their_input_its_chain_or_an_existing
     no_partial_files(w);
 }
 
-struct Loop(String);
-
-impl Loop {
-    fn attach(backing: &Path) -> Self {
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(backing)
-            .output()
-            .expect("run losetup");
-        assert!(
-            out.status.success(),
-            "this test attaches a loop device and needs root: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
 #[test]
 fn a_restore_onto_a_block_device_needs_force_a_raw_format_and_room_before_any_write() {
     let store = Store::new("64K");
@@ -122,8 +109,9 @@ fn a_restore_onto_a_block_device_needs_force_a_raw_format_and_room_before_any_wr
     let backing = w.join("backing.img");
     let held: Vec<u8> = (0..8u32 << 20).map(|i| (i % 253) as u8).collect();
     std::fs::write(&backing, &held).expect("backing");
-    let dev = Loop::attach(&backing);
-    let restore = |p: &str, extra: &[&str]| run(store.cmd(&["restore", p]).args(extra).arg(&dev.0));
+    let dev = cairn_tests::LoopDevice::attach(&backing);
+    let restore =
+        |p: &str, extra: &[&str]| run(store.cmd(&["restore", p]).args(extra).arg(dev.path()));
     refused(&restore(&ps, &[]), &["block device", "--force"]);
     refused(
         &restore(&ps, &["--format", "vhd", "--force"]),
@@ -138,7 +126,7 @@ fn a_restore_onto_a_block_device_needs_force_a_raw_format_and_room_before_any_wr
         "a refused restore wrote to the device"
     );
     // Forced, raw, and large enough: written.
-    ok(store.cmd(&["restore", &ps, "--force"]).arg(&dev.0));
+    ok(store.cmd(&["restore", &ps, "--force"]).arg(dev.path()));
     drop(dev);
     let got = read(&backing);
     assert_eq!(&got[..4 << 20], &read(&small)[..]);
@@ -186,12 +174,8 @@ fn every_command_ends_quietly_on_a_closed_pipe() {
 
 #[test]
 fn a_restore_writes_what_its_output_name_says_or_refuses() {
-    let store = Store::new("64K");
-    let work = tempfile::tempdir().expect("tempdir");
+    let (store, work, disk, p) = one_point("web01", "4M");
     let w = work.path();
-    let disk = w.join("d.raw");
-    gen_disk(&disk, "4M", 1, 1, 0);
-    let p = id(&store.backup("web01", "2026-11-20T02:00:00Z", "xvda", &disk, &[]));
     // A .vhd name is a VHD (qemu-img reads it as one, holding the disk).
     let vhd = w.join("web01.vhd");
     ok(store.cmd(&["restore", &p]).arg(&vhd));
@@ -300,12 +284,8 @@ fn pid_of(partial: &Path) -> String {
 
 #[test]
 fn an_interrupted_restore_leaves_no_partial_file_and_a_killed_one_does_not_block_the_next() {
-    let store = Store::new("64K");
-    let work = tempfile::tempdir().expect("tempdir");
+    let (store, work, _, p) = one_point("v", "8M");
     let w = work.path();
-    let disk = w.join("d.raw");
-    gen_disk(&disk, "8M", 1, 1, 0);
-    let p = id(&store.backup("v", "2026-11-20T02:00:00Z", "xvda", &disk, &[]));
     let out_dir = w.join("out");
     std::fs::create_dir(&out_dir).expect("mkdir");
     let out = out_dir.join("d.raw");
