@@ -383,6 +383,20 @@ fn warn_about(s: &Store) {
     }
 }
 
+/// Bytes of the files in `dir` (not below it).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(std::fs::Metadata::is_file)
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 pub fn repair(a: &RepairArgs) -> Result<i32> {
     let root = &a.store.store;
     if a.rebuild_config {
@@ -430,7 +444,7 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
     if a.json {
         println!(
             "{}",
-            json!({ "packs": r.packs, "chunks": r.chunks, "points": r.points, "points_left_out": r.points_left_out, "duplicates": r.duplicates, "recovered": r.recovered, "quarantined": r.quarantined, "problems": r.problems })
+            json!({ "packs": r.packs, "chunks": r.chunks, "points": r.points, "points_left_out": r.points_left_out, "duplicates": r.duplicates, "recovered": r.recovered, "quarantined": r.quarantined, "problems": r.problems, "old_index": r.old_index })
         );
     } else {
         println!(
@@ -451,6 +465,14 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
             println!(
                 "{} left out of the index: their root files cannot be read (named above)",
                 count(r.points_left_out, "point")
+            );
+        }
+        if let Some(old) = &r.old_index {
+            println!(
+                "the old index is kept as {} ({}): nothing removes it; remove it once `cairn \
+                 verify` is clean",
+                old.display(),
+                human_bytes(dir_bytes(old))
             );
         }
         for q in &r.quarantined {

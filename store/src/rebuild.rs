@@ -346,6 +346,7 @@ impl Store {
         // no counts yet); then a root file that disagrees with its tree is refused.
         let store = Self::open(root, OpenMode::Write { wait })?;
         let (settled, left_out) = store.settle_shapes(old_index.as_deref())?;
+        report.old_index = old_index;
         report.points_left_out += left_out;
         report.points -= left_out;
         report.problems.extend(settled);
@@ -491,6 +492,8 @@ pub struct RebuildReport {
     pub problems: Vec<String>,
     /// Chunks read back from under damaged frame headers and stored afresh.
     pub recovered: u64,
+    /// Where the old index was moved aside (kept for a look: nothing removes it).
+    pub old_index: Option<std::path::PathBuf>,
     /// Packs put in quarantine (bytes no frame accounts for): garbage collection keeps them
     /// until `gc --drop-quarantined`.
     pub quarantined: Vec<String>,

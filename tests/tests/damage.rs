@@ -516,6 +516,9 @@ fn a_root_file_edited_into_other_valid_json_is_named_and_refused_by_a_rebuild() 
         "--json",
     ])));
     assert!(r.to_string().contains("old index"), "{r}");
+    // The old index is kept, and said where.
+    let old = r["old_index"].as_str().expect("the old index is named");
+    assert!(Path::new(old).join("CURRENT").exists(), "{r}");
     all_well(&fx, &store, "edited root file");
 
     // Rebuilt twice (the old index says the same as the file), or without an index: the
@@ -541,6 +544,7 @@ fn a_root_file_edited_into_other_valid_json_is_named_and_refused_by_a_rebuild() 
             continue;
         }
         assert_eq!(r["points_left_out"], 1, "{r}");
+        assert!(r["old_index"].is_null(), "no index was there to keep: {r}");
         assert!(r.to_string().contains(&victim[..12]), "{r}");
         let mut aside = path.clone().into_os_string();
         aside.push(".disagrees");
