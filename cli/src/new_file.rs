@@ -68,15 +68,10 @@ impl NewFile {
                 dest: dest.to_path_buf(),
             });
         }
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .with_context(|| format!("{} names no file", dest.display()))?;
-        let tmp = dest.with_file_name(format!(
-            ".{name}{}{}",
-            cairn_restore::partials::MARKER,
-            std::process::id()
-        ));
+        if dest.file_name().is_none() {
+            bail!("{} names no file", dest.display());
+        }
+        let tmp = cairn_restore::partials::temp_name(dest);
         if let Some(dir) = dest.parent() {
             cairn_restore::partials::remove_stale(if dir.as_os_str().is_empty() {
                 Path::new(".")

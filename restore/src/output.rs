@@ -140,14 +140,7 @@ pub(crate) struct Staged {
 
 impl Staged {
     pub(crate) fn new(target: &Path) -> Self {
-        let name = target
-            .file_name()
-            .map_or_else(|| "restore".into(), |n| n.to_string_lossy().into_owned());
-        let tmp = target.with_file_name(format!(
-            ".{name}{}{}",
-            crate::partials::MARKER,
-            std::process::id()
-        ));
+        let tmp = crate::partials::temp_name(target);
         crate::partials::register(&tmp);
         Self {
             tmp,

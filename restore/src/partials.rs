@@ -11,6 +11,15 @@ static OPEN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// The marker in a temporary file's name, before the writer's process id.
 pub const MARKER: &str = ".cairn-partial-";
 
+/// The temporary name `dest` is written under by this process: hidden, beside it.
+#[must_use]
+pub fn temp_name(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map_or_else(|| "restore".into(), |n| n.to_string_lossy().into_owned());
+    dest.with_file_name(format!(".{name}{MARKER}{}", std::process::id()))
+}
+
 /// Notes a temporary file being written.
 pub fn register(path: &Path) {
     if let Ok(mut open) = OPEN.lock() {
@@ -51,7 +60,7 @@ pub fn remove_stale(dir: &Path) -> usize {
         else {
             continue;
         };
-        let gone = pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
+        let gone = pid != std::process::id() && !cairn_store::lock::process_alive(pid);
         if gone
             && e.file_type().is_ok_and(|t| t.is_file())
             && std::fs::remove_file(e.path()).is_ok()

@@ -10,8 +10,6 @@
 
 use std::path::Path;
 
-use rocksdb::DB;
-
 use crate::config::{CONFIG_FILE, StoreConfig};
 use crate::error::{Error, Result};
 use crate::index::CF_META;
@@ -61,19 +59,13 @@ impl Store {
             )));
         }
         let _lock = crate::lock::WriteLock::acquire(root, false)?;
-        let copied = DB::open_cf_for_read_only(
-            &rocksdb::Options::default(),
-            &index,
-            crate::index::COLUMN_FAMILIES,
-            false,
-        )
-        .ok()
-        .and_then(|db| {
-            let cf = db.cf_handle(CF_META)?;
-            let bytes = db.get_cf(cf, META_CONFIG).ok()??;
-            String::from_utf8(bytes).ok()
-        })
-        .and_then(|text| StoreConfig::parse(&text, &index).ok());
+        let copied = crate::index::open_as_it_is(&index)
+            .and_then(|db| {
+                let cf = db.cf_handle(CF_META)?;
+                let bytes = db.get_cf(cf, META_CONFIG).ok()??;
+                String::from_utf8(bytes).ok()
+            })
+            .and_then(|text| StoreConfig::parse(&text, &index).ok());
         let (config, source) = match copied {
             Some(c) => (c, "the copy in the index".to_owned()),
             None => derive(root, timezone)?,

@@ -187,6 +187,14 @@ pub struct PackInfo {
     pub chunks: u64,
 }
 
+/// An index folder opened read-only as it is (an index moved aside by a rebuild, or one whose
+/// config is lost), without a store around it; `None` when it cannot be read (damage is often
+/// why it is looked at).
+pub(crate) fn open_as_it_is(path: &std::path::Path) -> Option<rocksdb::DB> {
+    rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), path, COLUMN_FAMILIES, false)
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

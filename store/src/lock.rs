@@ -106,10 +106,13 @@ pub fn writer_active(root: &Path) -> bool {
         .strip_prefix("pid ")
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse::<u32>().ok());
-    match pid {
-        Some(pid) => Path::new("/proc").join(pid.to_string()).exists(),
-        None => true,
-    }
+    pid.is_none_or(process_alive)
+}
+
+/// Whether a process with this id runs on this machine.
+#[must_use]
+pub fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
 }
 
 impl WriteLock {

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::Path;
 
 use chrono::Utc;
-use rocksdb::{DB, WriteBatch};
+use rocksdb::WriteBatch;
 
 use crate::chunk::{self, ChunkId};
 use crate::config::StoreConfig;
@@ -359,8 +359,7 @@ impl Store {
 /// of them (a copy of the root file, or of the old index's entry, brings one back). Nothing when
 /// the old index cannot be read (that is often why it is rebuilt).
 fn lost_roots(aside: &Path, catalogued: &HashSet<String>) -> Vec<String> {
-    let cfs = crate::index::COLUMN_FAMILIES;
-    let Ok(db) = DB::open_cf_for_read_only(&rocksdb::Options::default(), aside, cfs, false) else {
+    let Some(db) = crate::index::open_as_it_is(aside) else {
         return Vec::new();
     };
     let Some(points) = db.cf_handle(CF_POINTS) else {

@@ -111,15 +111,7 @@ impl Store {
     /// Index and I/O errors.
     pub(crate) fn settle_shapes(&self, aside: Option<&Path>) -> Result<(Vec<String>, u64)> {
         self.require_writer()?;
-        let old = aside.and_then(|a| {
-            rocksdb::DB::open_cf_for_read_only(
-                &rocksdb::Options::default(),
-                a,
-                crate::index::COLUMN_FAMILIES,
-                false,
-            )
-            .ok()
-        });
+        let old = aside.and_then(crate::index::open_as_it_is);
         let mut notes = Vec::new();
         let mut dropped = 0u64;
         for p in self.points()? {

@@ -293,7 +293,7 @@ fn stale_tmp(path: &Path) -> bool {
         return false;
     };
     match stem.rsplit_once('.').map(|(_, pid)| pid.parse::<u32>()) {
-        Some(Ok(pid)) if stem.starts_with('.') => !Path::new(&format!("/proc/{pid}")).exists(),
+        Some(Ok(pid)) if stem.starts_with('.') => !crate::lock::process_alive(pid),
         _ => true,
     }
 }
