@@ -586,3 +586,40 @@ fn a_pack_cut_at_any_frame_boundary_is_seen_and_never_reused_by_a_new_point() {
         );
     }
 }
+
+#[test]
+fn gc_keeps_a_quarantined_pack_the_index_does_not_know_until_the_owner_lets_it_go() {
+    let fx = fixture();
+    let store = fx.store.copy();
+    // A pack no index entry names (a copy put back by hand), quarantined: without the record,
+    // gc deletes it as an orphan.
+    let id = "0123456789abcdef0123456789abcdef";
+    let stray = store
+        .path()
+        .join("packs")
+        .join(&id[..2])
+        .join(format!("{id}.pack"));
+    std::fs::create_dir_all(stray.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(store.path().join(&fx.shared), &stray).expect("copy");
+    let len = std::fs::metadata(&stray).expect("stat").len();
+    let record = store.path().join("quarantine").join(format!("{id}.json"));
+    std::fs::create_dir_all(record.parent().expect("parent")).expect("mkdir");
+    let q = serde_json::json!({
+        "pack": id, "size": len, "frames_read": 0,
+        "unread": [{ "start": 0, "end": len, "why": "put back by hand" }],
+        "found": "2026-12-07T00:00:00Z",
+    });
+    std::fs::write(&record, q.to_string()).expect("record");
+    let g = json(&ok(&mut store.cmd(&["gc", "--json"])));
+    assert_eq!(
+        g["quarantined_kept"].as_array().map(Vec::len),
+        Some(1),
+        "{g}"
+    );
+    assert_eq!(g["orphan_packs"], 0, "{g}");
+    assert!(stray.exists(), "gc deleted a quarantined pack");
+    let g = json(&ok(&mut store.cmd(&["gc", "--drop-quarantined", "--json"])));
+    assert_eq!(g["quarantined_dropped"], 1, "{g}");
+    assert!(!stray.exists() && !record.exists(), "{g}");
+    assert!(restorable(&store, &fx.points, &fx.disks).iter().all(|a| *a));
+}
