@@ -301,6 +301,17 @@ fn an_interrupted_restore_leaves_no_partial_file_and_a_killed_one_does_not_block
         assert!(!partial.exists(), "{sig}: the partial file was left");
         assert!(!out.exists());
     }
+    // `vhd to-raw` writes the same way: interrupted, its partial file goes too.
+    let vhd = w.join("d.vhd");
+    ok(store.cmd(&["restore", &p]).arg(&vhd));
+    let raw_out = out_dir.join("from-vhd.raw").to_string_lossy().into_owned();
+    let vhd_s = vhd.to_string_lossy().into_owned();
+    let (child, partial) =
+        restore_held_at_sync(&store, &["vhd", "to-raw", &vhd_s, &raw_out], &out_dir);
+    ok(Command::new("kill").args(["-INT", &pid_of(&partial)]));
+    let done = child.wait_with_output().expect("wait");
+    assert_eq!(done.status.code(), Some(130), "{:?}", done.status);
+    assert!(!partial.exists(), "vhd to-raw left its partial file");
     // kill -9: the partial file stays, and the next restore into the folder removes it.
     let (child, partial) = restore_held_at_sync(&store, &["restore", &p, &out_s], &out_dir);
     ok(Command::new("kill").args(["-KILL", &pid_of(&partial)]));
