@@ -25,7 +25,7 @@ for cs in 64K 256K 1M 2M; do
   for vm in 1 2; do for day in 0 1 2 3 4 5; do
     out=$("$cairn" backup --store "$store" --json --vm vm$vm --time 2026-11-0$((day+1))T02:00:00Z xvda="$work/vm$vm-day$day.raw")
     secs=$(python3 -c "import json,sys; print($secs + json.loads(sys.argv[1])[0]['seconds'])" "$out")
-    bytes=$(python3 -c "import json,sys; print($bytes + json.loads(sys.argv[1])[0]['logical_bytes'])" "$out")
+    bytes=$(python3 -c "import json,sys; print($bytes + json.loads(sys.argv[1])[0]['size'])" "$out")
     if [ $vm = 1 ] && [ $day = 0 ]; then after0=$(du -sb "$store/packs" | cut -f1); fi
     if [ $vm = 1 ] && [ $day = 5 ]; then after6=$(du -sb "$store/packs" | cut -f1); fi
   done; done

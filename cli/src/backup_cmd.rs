@@ -315,7 +315,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
                 j
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        crate::print_json(&all)?;
         return Ok(0);
     }
     for p in &points {

@@ -66,15 +66,12 @@ pub fn diff(a: &DiffArgs) -> Result<i32> {
     let ranges = changed_ranges(store, &p, &q)?;
     let changed: u64 = ranges.iter().map(|r| r.1).sum();
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "from": p.id, "to": q.id, "vm": p.vm, "disk": p.disk,
-                "from_time": show_time(&p.time, tz), "to_time": show_time(&q.time, tz),
-                "from_size": p.size, "to_size": q.size, "changed_bytes": changed,
-                "ranges": ranges.iter().map(|(o, l)| json!({"offset": o, "len": l})).collect::<Vec<_>>(),
-            }))?
-        );
+        crate::print_json(&json!({
+            "from": p.id, "to": q.id, "vm": p.vm, "disk": p.disk,
+            "from_time": show_time(&p.time, tz), "to_time": show_time(&q.time, tz),
+            "from_size": p.size, "to_size": q.size, "changed_bytes": changed,
+            "ranges": ranges.iter().map(|(o, l)| json!({"offset": o, "len": l})).collect::<Vec<_>>(),
+        }))?;
         return Ok(0);
     }
     println!(

@@ -7,6 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::store_cmd::{Selection, StoreArg};
+use crate::table::{Align, Table};
 use crate::values::show_time;
 use crate::words::human_bytes;
 
@@ -28,15 +29,15 @@ pub struct ListArgs {
 pub fn point_json(p: &RecoveryPoint, tz: Tz) -> serde_json::Value {
     json!({
         "id": p.id, "vm": p.vm, "disk": p.disk, "time": show_time(&p.time, tz), "size": p.size,
-        "source": p.source, "parent": p.parent, "logical_bytes": p.stats.logical_bytes,
+        "source": p.source, "parent": p.parent,
         "bytes_read": p.stats.bytes_read, "chunks": p.stats.chunks, "new_chunks": p.stats.new_chunks,
         "new_stored_bytes": p.stats.new_stored_bytes, "zero_chunks": p.stats.zero_chunks,
         "parent_chunks": p.stats.parent_chunks, "known_chunks": p.stats.known_chunks,
         "seconds": p.stats.seconds, "key": p.stats.key, "healed_chunks": p.stats.healed_chunks,
         "rewritten_chunks": p.stats.rewritten_chunks,
-        "protected": p.protected_at(chrono::Utc::now()), "protected_until": p.protected_until, "run": p.run, "vm_uuid": p.labels.vm_uuid,
+        "protected": p.protected_at(chrono::Utc::now()), "protected_until": p.protected_until.map(|t| show_time(&t, tz)), "run": p.run, "vm_uuid": p.labels.vm_uuid,
         "pool": p.labels.pool, "host": p.labels.host, "tags": p.labels.tags, "note": p.labels.note,
-        "claimed_time": p.labels.claimed_time, "committed": p.committed,
+        "claimed_time": p.labels.claimed_time.map(|t| show_time(&t, tz)), "committed": show_time(&p.committed, tz),
     })
 }
 
@@ -46,25 +47,15 @@ pub fn list(a: &ListArgs) -> Result<i32> {
     let tz = store.config().tz();
     let points = a.select.choose(&store.points()?)?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &points.iter().map(|p| point_json(p, tz)).collect::<Vec<_>>()
-            )?
-        );
+        crate::print_json(&points.iter().map(|p| point_json(p, tz)).collect::<Vec<_>>())?;
         return Ok(0);
     }
-    // Columns as wide as their longest value: long VM names do not break the table.
-    let vw = width(&points, |p| p.vm.chars().count(), 2);
-    let dw = width(&points, |p| p.disk.chars().count(), 4);
-    let sw = width(&points, |p| p.source.kind.as_str().len(), 6);
     // Identity, tags and notes get columns when some point has them.
-    let extra = |f: fn(&RecoveryPoint) -> String| -> Option<(usize, Vec<String>)> {
+    let extra = |f: fn(&RecoveryPoint) -> String| -> Option<Vec<String>> {
         let v: Vec<String> = points.iter().map(f).collect();
-        let w = v.iter().map(|x| x.chars().count()).max().unwrap_or(0);
-        (w > 0).then_some((w, v))
+        v.iter().any(|x| !x.is_empty()).then_some(v)
     };
-    let columns = [
+    let extras: Vec<(&str, Vec<String>)> = [
         ("POOL", extra(|p| p.labels.pool.clone().unwrap_or_default())),
         ("HOST", extra(|p| p.labels.host.clone().unwrap_or_default())),
         (
@@ -76,40 +67,23 @@ pub fn list(a: &ListArgs) -> Result<i32> {
             "NOTE",
             extra(|p| p.labels.note.clone().unwrap_or_default().replace('\n', " ")),
         ),
+    ]
+    .into_iter()
+    .filter_map(|(h, c)| c.map(|v| (h, v)))
+    .collect();
+    let mut columns = vec![
+        ("ID", Align::Left),
+        ("VM", Align::Left),
+        ("DISK", Align::Left),
+        ("TIME", Align::Left),
+        ("SIZE", Align::Right),
+        ("NEW", Align::Right),
+        ("SOURCE", Align::Left),
+        ("FLAGS", Align::Left),
+        ("RUN", Align::Left),
     ];
-    let columns: Vec<(&str, usize, Vec<String>)> = columns
-        .into_iter()
-        .filter_map(|(h, c)| c.map(|(w, v)| (h, w.max(h.len()), v)))
-        .collect();
-    let extra_cells = |i: Option<usize>| -> String {
-        columns
-            .iter()
-            .map(|(h, w, v)| {
-                let cell = i.and_then(|i| v.get(i)).map_or(*h, String::as_str);
-                format!("  {cell:<w$}")
-            })
-            .collect()
-    };
-    let tw = points
-        .iter()
-        .map(|p| show_time(&p.time, tz).len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
-    let header = format!(
-        "{:<12}  {:<vw$}  {:<dw$}  {:<tw$}  {:>10}  {:>10}  {:<sw$}  {:<5}  {:<8}{}",
-        "ID",
-        "VM",
-        "DISK",
-        "TIME",
-        "SIZE",
-        "NEW",
-        "SOURCE",
-        "FLAGS",
-        "RUN",
-        extra_cells(None)
-    );
-    println!("{}", header.trim_end());
+    columns.extend(extras.iter().map(|(h, _)| (*h, Align::Left)));
+    let mut table = Table::new(&columns);
     // Points sort by time, so the disks of one backup run (one time) are listed together.
     for (i, p) in points.iter().enumerate() {
         let flags = format!(
@@ -121,29 +95,27 @@ pub fn list(a: &ListArgs) -> Result<i32> {
                 "-"
             }
         );
-        let line = format!(
-            "{:<12}  {:<vw$}  {:<dw$}  {:<tw$}  {:>10}  {:>10}  {:<sw$}  {:<5}  {:<8}{}",
-            p.short_id(),
-            p.vm,
-            p.disk,
+        let mut cells = vec![
+            p.short_id().to_string(),
+            p.vm.clone(),
+            p.disk.clone(),
             show_time(&p.time, tz),
             human_bytes(p.size),
             human_bytes(p.stats.new_stored_bytes),
-            p.source.kind,
+            p.source.kind.to_string(),
             flags,
-            p.run.as_deref().map_or("", |r| &r[..8.min(r.len())]),
-            extra_cells(Some(i))
-        );
-        println!("{}", line.trim_end());
+            p.run
+                .as_deref()
+                .map_or("", |r| &r[..8.min(r.len())])
+                .to_owned(),
+        ];
+        cells.extend(extras.iter().map(|(_, v)| v[i].clone()));
+        table.row(cells);
     }
+    table.print();
     println!("flags: K key backup (read the whole disk), P protected");
     if points.is_empty() {
         println!("(no recovery points)");
     }
     Ok(0)
-}
-
-/// A column as wide as its longest value, and at least as wide as its heading.
-fn width(points: &[RecoveryPoint], len: impl Fn(&RecoveryPoint) -> usize, heading: usize) -> usize {
-    points.iter().map(len).max().unwrap_or(0).max(heading)
 }

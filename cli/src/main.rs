@@ -17,6 +17,7 @@ mod retention_cmd;
 mod serve_cmd;
 mod standby_cmd;
 mod store_cmd;
+mod table;
 mod values;
 mod vhd_cmd;
 mod words;
@@ -127,6 +128,70 @@ macro_rules! usage {
     };
 }
 
+/// Prints a JSON document on standard output, as every `--json` does: pretty, one document per
+/// command.
+pub(crate) fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Whether `--json` was typed (before any `--`): errors are then JSON on standard output too.
+fn json_asked() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// What kind of failure an error is, for `--json`'s `kind`: `usage` (exit status 2, also a
+/// request a server answered 400), `locked`, `not-found` (a point, file or token that is not
+/// there), `damaged` (the store's data is), `refused` (a rule or a server said no), `io`, or
+/// `error`.
+fn error_kind(err: &anyhow::Error) -> &'static str {
+    use cairn_store::Error as E;
+    for cause in err.chain() {
+        if cause.is::<Usage>() {
+            return "usage";
+        }
+        if let Some(cairn_gc::Error::Usage(_)) = cause.downcast_ref::<cairn_gc::Error>() {
+            return "usage";
+        }
+        if let Some(e) = cause.downcast_ref::<E>() {
+            return match e {
+                E::Locked { .. } => "locked",
+                E::Point(_) => "not-found",
+                E::BadChunk { .. }
+                | E::MissingChunk(_)
+                | E::BadPack { .. }
+                | E::CorruptIndex { .. }
+                | E::ObjectMissing { .. } => "damaged",
+                E::IdentityTaken(_) | E::Held(_) => "refused",
+                // A server's answer: a request it could not take is what was typed.
+                E::Remote {
+                    status: Some(400), ..
+                } => "usage",
+                E::Remote {
+                    status: Some(404), ..
+                } => "not-found",
+                E::Remote {
+                    status: Some(401 | 403 | 409),
+                    ..
+                } => "refused",
+                E::Io { .. } => "io",
+                _ => "error",
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<std::io::Error>() {
+            return if e.kind() == std::io::ErrorKind::NotFound {
+                "not-found"
+            } else {
+                "io"
+            };
+        }
+    }
+    "error"
+}
+
 /// Exit status of a mistake in what was typed.
 const USAGE: i32 = 2;
 
@@ -176,8 +241,23 @@ pub(crate) fn remove_partials_when_interrupted() {
 
 fn main() {
     end_quietly_on_a_closed_pipe();
+    let json = json_asked();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if json && e.use_stderr() => {
+            let code = e.exit_code();
+            let text = e.render().to_string();
+            // The message is the first paragraph (the usage and the hint follow).
+            let first = text.split("\n\n").next().unwrap_or_default();
+            let first = first.split_whitespace().collect::<Vec<_>>().join(" ");
+            let _ = print_json(&serde_json::json!({
+                "error": first.trim_start_matches("error: "),
+                "kind": "usage",
+                "exit_status": code,
+                "detail": text.trim_end(),
+            }));
+            std::process::exit(code);
+        }
         Err(e) => {
             // A missing store is the commonest first mistake: name both ways to give it.
             let hint = e.kind() == clap::error::ErrorKind::MissingRequiredArgument
@@ -216,18 +296,32 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(err) => {
             let mut shown = err.to_string();
-            eprintln!("cairn: error: {shown}");
-            // Library errors often repeat their source in their own text: print a cause only
+            // Library errors often repeat their source in their own text: show a cause only
             // when it adds something.
+            let mut causes = Vec::new();
             for cause in err.chain().skip(1) {
                 let text = cause.to_string();
                 if !shown.contains(&text) {
-                    eprintln!("  caused by: {text}");
+                    causes.push(text.clone());
                     shown = text;
                 }
             }
-            let typed = err.chain().any(|c| c.is::<Usage>());
-            std::process::exit(if typed { USAGE } else { 1 });
+            let kind = error_kind(&err);
+            let code = if kind == "usage" { USAGE } else { 1 };
+            if json {
+                let _ = print_json(&serde_json::json!({
+                    "error": err.to_string(),
+                    "causes": causes,
+                    "kind": kind,
+                    "exit_status": code,
+                }));
+            } else {
+                eprintln!("cairn: error: {err}");
+                for c in &causes {
+                    eprintln!("  caused by: {c}");
+                }
+            }
+            std::process::exit(code);
         }
     }
 }

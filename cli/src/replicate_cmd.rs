@@ -134,18 +134,15 @@ pub fn replicate(a: &ReplicateArgs) -> Result<i32> {
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "dry_run": a.dry_run,
-                "points": report.points,
-                "points_present": report.present,
-                "points_forgotten": report.forgotten,
-                "chunks_sent": report.chunks,
-                "bytes_sent": report.bytes,
-                "seconds": secs,
-            }))?
-        );
+        crate::print_json(&json!({
+            "dry_run": a.dry_run,
+            "points": report.points,
+            "points_present": report.present,
+            "points_forgotten": report.forgotten,
+            "chunks_sent": report.chunks,
+            "bytes_sent": report.bytes,
+            "seconds": secs,
+        }))?;
         return Ok(0);
     }
     let verb = if a.dry_run { "would copy" } else { "copied" };

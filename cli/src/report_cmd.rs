@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::store_cmd::{Selection, StoreArg, open_read};
+use crate::table::{Align, Table};
 use crate::words::{count, human_bytes};
 
 #[derive(Debug, Args)]
@@ -100,7 +101,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         );
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::print_json(&doc)?;
     } else if a.html.is_none() {
         render_report(&doc);
     }
@@ -131,53 +132,48 @@ fn render_report(doc: &serde_json::Value) {
         format!("    {} {}", &id[..12.min(id.len())], text(p, "time"))
     };
     let (vms, disks, points) = (list("vms"), list("disks"), list("points"));
-    let mut names: Vec<String> = vec!["store".into()];
-    names.extend(vms.iter().map(|v| format!("vm {}", vm_name(v))));
-    names.extend(disks.iter().map(|d| format!("  disk {}", text(d, "disk"))));
-    names.extend(points.iter().map(point_name));
-    let nw = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
-    let row = |name: &str, c: &serde_json::Value| {
-        println!(
-            "{:<nw$} {:>4} {:>11} {:>11} {:>11} {:>11} {:>6.2}x {:>6.2}x {:>11} {:>11}",
+    let mut t = Table::new(&[
+        ("", Align::Left),
+        ("PTS", Align::Right),
+        ("LOGICAL", Align::Right),
+        ("ALLOCATED", Align::Right),
+        ("STORED", Align::Right),
+        ("UNIQUE", Align::Right),
+        ("DEDUP", Align::Right),
+        ("COMPR", Align::Right),
+        ("AS FULLS", Align::Right),
+        ("AS XO VHDS", Align::Right),
+    ]);
+    let mut row = |name: String, c: &serde_json::Value| {
+        let ratio = |k: &str| format!("{:.2}x", c[k].as_f64().unwrap_or(0.0));
+        t.row([
             name,
-            n(c, "points"),
+            n(c, "points").to_string(),
             human_bytes(n(c, "logical_bytes")),
             human_bytes(n(c, "allocated_bytes")),
             human_bytes(n(c, "stored_bytes")),
             human_bytes(n(c, "unique_stored_bytes")),
-            c["dedup_ratio"].as_f64().unwrap_or(0.0),
-            c["compression_ratio"].as_f64().unwrap_or(0.0),
+            ratio("dedup_ratio"),
+            ratio("compression_ratio"),
             human_bytes(n(c, "full_backups_bytes")),
-            human_bytes(n(c, "xo_vhd_deltas_bytes"))
-        );
+            human_bytes(n(c, "xo_vhd_deltas_bytes")),
+        ]);
     };
-    println!(
-        "{:<nw$} {:>4} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7} {:>11} {:>11}",
-        "",
-        "PTS",
-        "LOGICAL",
-        "ALLOCATED",
-        "STORED",
-        "UNIQUE",
-        "DEDUP",
-        "COMPR",
-        "AS FULLS",
-        "AS XO VHDS"
-    );
-    row("store", &doc["store"]);
+    row("store".into(), &doc["store"]);
     for v in &vms {
-        row(&format!("vm {}", vm_name(v)), v);
+        row(format!("vm {}", vm_name(v)), v);
         for d in disks.iter().filter(|d| key(d) == key(v)) {
-            row(&format!("  disk {}", text(d, "disk")), d);
+            row(format!("  disk {}", text(d, "disk")), d);
             // A point belongs to its disk by the VM's identity (as `VmKey` says it).
             for p in points
                 .iter()
                 .filter(|p| text(p, "disk") == text(d, "disk") && key(p) == key(v))
             {
-                row(&point_name(p), p);
+                row(point_name(p), p);
             }
         }
     }
+    t.print();
     match doc["garbage_bytes"].as_u64() {
         Some(g) => println!(
             "unreferenced: {} of garbage in {}, {} in {}; `cairn gc` reclaims them",

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use cairn_gc::{GcOptions, Keep, Rules, VerifyOptions};
+use cairn_gc::{GcOptions, Rules, VerifyOptions};
 use cairn_store::{Policy, RecoveryPoint};
 use chrono::{Duration, Utc};
 use chrono_tz::Tz;
@@ -12,15 +12,17 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::store_cmd::{PointFilter, StoreArg, open_write};
+use crate::table::{Align, Table};
 use crate::words::human_bytes;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     cairn prune --dry-run --store /backups/store --keep-last 3 --keep-daily 7 --keep-monthly 12\n  \
     cairn prune --vm web01 --disk xvda --keep-daily 14 --json\n\n\
-    Rules apply per VM and disk, newest first, in the order last, hourly, daily, weekly (ISO),\n\
-    monthly, yearly; each keeps the newest point of N periods (in the store's time zone)\n\
-    that no earlier rule covered. Protected points are always kept. Dropping a point writes no\n\
+    Rules apply per VM and disk, newest first, in the order within, last, hourly, daily, weekly\n\
+    (ISO), monthly, yearly; each keeps the newest point of N periods (in the store's time zone)\n\
+    that no earlier rule covered. Through a server (--server), the server applies the rules\n\
+    and returns the same plan; an admin token is needed. Protected points are always kept. Dropping a point writes no\n\
     chunk data: run `cairn gc` to reclaim the space. (restic users: this is restic's\n\
     `forget --keep-*`; restic's `prune` is `cairn gc`.)")]
 pub struct PruneArgs {
@@ -46,6 +48,10 @@ pub struct PruneArgs {
     /// ... years.
     #[arg(long, default_value_t = 0)]
     pub keep_yearly: u32,
+    /// Keep every point taken within this span (90m, 12h, 7d, 2w) before the disk's newest
+    /// point (not before now: if backups stop, this keeps removing nothing more).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub keep_within: Option<Duration>,
     /// Show what would be kept and removed; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -270,15 +276,52 @@ pub struct PolicyShowArgs {
     pub json: bool,
 }
 
-fn point_row(p: &RecoveryPoint, tz: Tz) -> String {
-    // In the store's time zone, in which the rules count periods.
+/// A point in one line: `3f2a9c1b07de web01/xvda 2026-11-22T02:00:00+01:00` (in the store's
+/// time zone, in which the rules count periods).
+fn point_words(p: &RecoveryPoint, tz: Tz) -> String {
     format!(
-        "{:<12}  {:<16} {:<8} {}",
+        "{} {}/{} {}",
         p.short_id(),
         p.vm,
         p.disk,
         crate::values::show_time(&p.time, tz)
     )
+}
+
+/// `points` as [`points_table`] prints them, each with `what`.
+fn brief_table(points: &[RecoveryPoint], tz: Tz, what: &str) {
+    let rows: Vec<serde_json::Value> = points
+        .iter()
+        .map(|p| {
+            json!({ "id": p.id, "vm": p.vm, "disk": p.disk,
+                    "time": crate::values::show_time(&p.time, tz) })
+        })
+        .collect();
+    points_table(rows.iter().map(|p| (p, what.to_owned())), "ACTION");
+}
+
+/// Points as a table of id, VM, disk and time (from the JSON the commands print), with a last
+/// column saying what was done to each.
+fn points_table<'a>(rows: impl IntoIterator<Item = (&'a serde_json::Value, String)>, last: &str) {
+    let mut t = Table::new(&[
+        ("ID", Align::Left),
+        ("VM", Align::Left),
+        ("DISK", Align::Left),
+        ("TIME", Align::Left),
+        (last, Align::Left),
+    ]);
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    for (p, what) in rows {
+        let id = text(p, "id");
+        t.row([
+            id[..12.min(id.len())].to_owned(),
+            text(p, "vm"),
+            text(p, "disk"),
+            text(p, "time"),
+            what,
+        ]);
+    }
+    t.print();
 }
 
 pub fn prune(a: &PruneArgs) -> Result<i32> {
@@ -289,155 +332,105 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
         weekly: a.keep_weekly,
         monthly: a.keep_monthly,
         yearly: a.keep_yearly,
+        within_seconds: a
+            .keep_within
+            .map_or(0, |d| u64::try_from(d.num_seconds()).unwrap_or(0)),
     };
     if !rules.any() {
-        bail!("give at least one --keep-* rule (prune never removes every point of a disk)");
+        crate::usage!(
+            "give at least one --keep-* rule (prune never removes every point of a disk)"
+        );
     }
-    let started = Instant::now();
-    if let Some(r) = a.store.remote()? {
-        if !a.filter.filter().is_empty() {
-            bail!(
-                "prune through a server applies its rules to every disk the token reaches; filters are not taken yet"
-            );
-        }
-        let v = r.prune(&json!({ "rules": rules, "dry_run": a.dry_run }))?;
-        if a.json {
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        } else {
-            let n = v["remove"].as_array().map_or(0, Vec::len);
-            let verb = if a.dry_run { "would remove" } else { "removed" };
-            println!(
-                "{verb} {n} point(s) in {}; `cairn gc` reclaims their space",
-                r.url()
-            );
-        }
-        return Ok(0);
-    }
-    let store = if a.dry_run {
-        crate::store_cmd::open_read(&a.store.store)?
-    } else {
-        open_write(&a.store.store, a.wait)?
-    };
-    let tz = store.config().tz();
     let filter = a.filter.filter();
-    crate::store_cmd::check_filter(&store, &filter)?;
-    let chosen: Vec<RecoveryPoint> = store
-        .points()?
-        .into_iter()
-        .filter(|p| filter.matches(p))
-        .collect();
-    let decisions = cairn_gc::decide(chosen, &rules, &tz, store.retention_cutoff());
-    let remove: Vec<RecoveryPoint> = decisions
-        .iter()
-        .filter(|(_, k)| k.is_none())
-        .map(|(p, _)| p.clone())
-        .collect();
-    let plan_secs = started.elapsed().as_secs_f64();
-    let forget_started = Instant::now();
-    let forgotten = if a.dry_run || remove.is_empty() {
-        None
-    } else {
-        Some(store.forget(&remove)?)
-    };
-    let forget_secs = forget_started.elapsed().as_secs_f64();
-    if !a.dry_run {
-        // Remembered for the report: which rule keeps each point of these VMs.
-        let mut vms: Vec<String> = decisions.iter().map(|(p, _)| p.vm.clone()).collect();
-        vms.sort();
-        vms.dedup();
-        if let Err(e) = cairn_gc::history::record_rules(&store, &vms, &rules) {
-            eprintln!("note: the rules could not be recorded for the report: {e}");
+    let (doc, place) = match a.store.remote()? {
+        Some(r) => (
+            r.prune(&json!({ "rules": rules, "filter": filter, "dry_run": a.dry_run }))?,
+            format!(" in {}", r.url()),
+        ),
+        None => {
+            let store = if a.dry_run {
+                crate::store_cmd::open_read(&a.store.store)?
+            } else {
+                open_write(&a.store.store, a.wait)?
+            };
+            let pruned = cairn_gc::prune(&store, &filter, &rules, a.dry_run)?;
+            let mut doc = pruned.to_json(store.config().tz());
+            // What `cairn gc` would free now (its own dry run): the space a prune gives back is
+            // reclaimed by gc, so say how much up front. The store is closed first: a read-only
+            // index opened beside a live writer can miss files the writer's compaction just
+            // replaced.
+            drop(store);
+            if !a.dry_run && pruned.removed().next().is_some() {
+                let opts = GcOptions {
+                    dry_run: true,
+                    ..GcOptions::default()
+                };
+                match cairn_gc::collect(&a.store.store, &opts, &|_| {}) {
+                    Ok(g) => {
+                        doc["gc_would_free"] = json!(g.bytes_freed);
+                        doc["gc_would_copy"] = json!(g.bytes_copied);
+                    }
+                    Err(e) => eprintln!("note: cannot say what `cairn gc` would free: {e}"),
+                }
+            }
+            (doc, String::new())
         }
-    }
-    // A dry run says what the removal would free: the chunks only these points hold.
-    let would_free = if a.dry_run && !remove.is_empty() {
-        Some(store.would_free(&remove)?)
-    } else {
-        None
-    };
-    // What `cairn gc` would free now (its own dry run): the space a prune gives back is
-    // reclaimed by gc, so say how much up front. The store is closed first: a read-only index
-    // opened beside a live writer can miss files the writer's compaction just replaced.
-    drop(store);
-    let gc_estimate = if a.dry_run || remove.is_empty() {
-        None
-    } else {
-        cairn_gc::collect(
-            &a.store.store,
-            &GcOptions {
-                dry_run: true,
-                ..GcOptions::default()
-            },
-            &|_| {},
-        )
-        .map_err(|e| eprintln!("note: cannot say what `cairn gc` would free: {e}"))
-        .ok()
-    };
-    let keep_name = |k: &Option<Keep>| match k {
-        None => "remove".to_owned(),
-        Some(Keep::Protected) => "keep (protected)".to_owned(),
-        Some(Keep::Held) => "keep (held by the store's minimum retention)".to_owned(),
-        Some(Keep::Rule(r)) => format!("keep ({})", r.name()),
     };
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "dry_run": a.dry_run,
-                "kept": decisions.iter().filter(|(_, k)| k.is_some()).count(),
-                "removed": remove.len(),
-                "chunks_unreferenced": forgotten.as_ref().map_or(0, |f| f.chunks_unreferenced),
-                "warnings": forgotten.as_ref().map(|f| f.warnings.clone()).unwrap_or_default(),
-                "plan_seconds": plan_secs,
-                "forget_seconds": forget_secs,
-                "gc_would_free": gc_estimate.as_ref().map(|g| g.bytes_freed),
-                "would_free_bytes": would_free.as_ref().map(|f| f.stored_bytes),
-                "would_free_chunks": would_free.as_ref().map(|f| f.chunks),
-                "gc_would_copy": gc_estimate.as_ref().map(|g| g.bytes_copied),
-                "points": decisions.iter().map(|(p, k)| json!({
-                    "id": p.id, "vm": p.vm, "disk": p.disk, "time": crate::values::show_time(&p.time, tz),
-                    "keep": k.is_some(),
-                    "reason": match k { Some(Keep::Rule(r)) => json!(r.name()), Some(Keep::Protected) => json!("protected"), Some(Keep::Held) => json!("held"), None => json!(null) },
-                })).collect::<Vec<_>>(),
-            }))?
-        );
+        crate::print_json(&doc)?;
         return Ok(0);
     }
-    for (p, k) in &decisions {
-        println!("{}  {}", point_row(p, tz), keep_name(k));
-    }
-    let kept = decisions.len() - remove.len();
-    if a.dry_run {
+    render_prune(&doc, &place);
+    Ok(0)
+}
+
+/// `cairn prune` for people, from its JSON document (the same from a store or a server).
+fn render_prune(doc: &serde_json::Value, place: &str) {
+    let n = |k: &str| doc[k].as_u64().unwrap_or(0);
+    let points = doc["points"].as_array().cloned().unwrap_or_default();
+    points_table(
+        points.iter().map(|p| {
+            let what = match p["reason"].as_str() {
+                _ if !p["keep"].as_bool().unwrap_or(false) => "remove".to_owned(),
+                Some("held") => "keep (held by the store's minimum retention)".to_owned(),
+                Some(r) => format!("keep ({r})"),
+                None => "keep".to_owned(),
+            };
+            (p, what)
+        }),
+        "DECISION",
+    );
+    let (kept, removed) = (n("kept"), n("removed"));
+    if doc["dry_run"].as_bool().unwrap_or(false) {
+        let freed = doc["would_free_bytes"].as_u64().map_or(String::new(), |b| {
+            format!(
+                ", freeing up to {} ({} only they hold) at the next `cairn gc`",
+                human_bytes(b),
+                crate::words::count(n("would_free_chunks"), "chunk")
+            )
+        });
         println!(
-            "dry run: would keep {kept} and remove {}{}",
-            crate::words::count(remove.len() as u64, "point"),
-            would_free.as_ref().map_or(String::new(), freed_words)
+            "dry run{place}: would keep {kept} and remove {}{freed}",
+            crate::words::count(removed, "point"),
         );
-        for w in would_free.iter().flat_map(|f| &f.warnings) {
-            eprintln!("warning: {w}");
-        }
     } else {
         println!(
-            "kept {kept}, removed {} in {:.3}s ({} now unreferenced; `cairn gc` reclaims them)",
-            crate::words::count(remove.len() as u64, "point"),
-            forget_secs,
-            crate::words::count(
-                forgotten.as_ref().map_or(0, |f| f.chunks_unreferenced),
-                "chunk"
-            )
+            "kept {kept}, removed {}{place} in {:.3}s ({} now unreferenced; `cairn gc` reclaims them)",
+            crate::words::count(removed, "point"),
+            doc["forget_seconds"].as_f64().unwrap_or(0.0),
+            crate::words::count(n("chunks_unreferenced"), "chunk")
         );
-        for w in forgotten.iter().flat_map(|f| &f.warnings) {
-            eprintln!("warning: {w}");
-        }
-        if let Some(g) = &gc_estimate {
+        if let Some(b) = doc["gc_would_free"].as_u64() {
             println!(
                 "`cairn gc` would now free {} (copying {})",
-                human_bytes(g.bytes_freed),
-                human_bytes(g.bytes_copied)
+                human_bytes(b),
+                human_bytes(n("gc_would_copy"))
             );
         }
     }
-    Ok(0)
+    for w in doc["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", w.as_str().unwrap_or_default());
+    }
 }
 
 /// `, freeing up to X (N chunks only they hold) at the next `cairn gc``: up to, since gc
@@ -461,15 +454,14 @@ pub fn forget(a: &ForgetArgs) -> Result<i32> {
             .collect::<Result<Vec<_>, _>>()?;
         let mut all = Vec::new();
         for p in &points {
-            let v = r.forget(&p.id, a.dry_run)?;
-            if !a.json {
-                let verb = if a.dry_run { "would forget" } else { "forgot" };
-                println!("{verb} {}", point_row(p, tz));
-            }
-            all.push(v);
+            all.push(r.forget(&p.id, a.dry_run)?);
+        }
+        if !a.json {
+            let verb = if a.dry_run { "would forget" } else { "forgot" };
+            brief_table(&points, tz, verb);
         }
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&all)?);
+            crate::print_json(&all)?;
         }
         return Ok(0);
     }
@@ -490,19 +482,14 @@ pub fn forget(a: &ForgetArgs) -> Result<i32> {
         }
         let freed = store.would_free(&points)?;
         if a.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({
-                    "dry_run": true,
-                    "would_forget": points.iter().map(|p| &p.id).collect::<Vec<_>>(),
-                    "would_free_bytes": freed.stored_bytes,
-                    "would_free_chunks": freed.chunks,
-                }))?
-            );
+            crate::print_json(&json!({
+                "dry_run": true,
+                "would_forget": points.iter().map(|p| &p.id).collect::<Vec<_>>(),
+                "would_free_bytes": freed.stored_bytes,
+                "would_free_chunks": freed.chunks,
+            }))?;
         } else {
-            for p in &points {
-                println!("would forget {}", point_row(p, tz));
-            }
+            brief_table(&points, tz, "would forget");
             println!("dry run{}", freed_words(&freed));
         }
         return Ok(0);
@@ -511,17 +498,12 @@ pub fn forget(a: &ForgetArgs) -> Result<i32> {
     let f = store.forget(&points)?;
     let secs = started.elapsed().as_secs_f64();
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "forgotten": f.points.iter().map(|p| &p.id).collect::<Vec<_>>(),
-                "chunks_unreferenced": f.chunks_unreferenced, "warnings": f.warnings, "seconds": secs,
-            }))?
-        );
+        crate::print_json(&json!({
+            "forgotten": f.points.iter().map(|p| &p.id).collect::<Vec<_>>(),
+            "chunks_unreferenced": f.chunks_unreferenced, "warnings": f.warnings, "seconds": secs,
+        }))?;
     } else {
-        for p in &f.points {
-            println!("forgot {}", point_row(p, tz));
-        }
+        brief_table(&f.points, tz, "forgot");
         println!(
             "{} chunks now unreferenced ({:.3}s); `cairn gc` reclaims them",
             f.chunks_unreferenced, secs
@@ -563,10 +545,9 @@ pub fn protect(a: &ProtectArgs, on: bool) -> Result<i32> {
     };
     let now = Utc::now();
     if a.json {
-        println!(
-            "{}",
-            json!({ "id": p.id, "protected": p.protected_at(now), "protected_until": p.protected_until })
-        );
+        crate::print_json(
+            &json!({ "id": p.id, "protected": p.protected_at(now), "protected_until": p.protected_until.map(|t| crate::values::show_time(&t, tz)) }),
+        )?;
     } else {
         let held = p
             .protected_until
@@ -576,7 +557,7 @@ pub fn protect(a: &ProtectArgs, on: bool) -> Result<i32> {
         println!(
             "{} {}{held}",
             if on { "protected" } else { "unprotected" },
-            point_row(&p, tz)
+            point_words(&p, tz)
         );
     }
     Ok(0)
@@ -609,7 +590,7 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["seconds"] = json!(secs);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::print_json(&v)?;
     } else {
         let verb = if r.dry_run { "would free" } else { "freed" };
         println!(
@@ -698,7 +679,7 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
     })?;
     bar.finish_and_clear();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::print_json(&r)?;
     } else {
         println!(
             "checked {} of {} ({} read) of {} in {:.1}s: {}",
@@ -834,10 +815,7 @@ pub fn policy(cmd: &PolicyCommand) -> Result<i32> {
                 }
             };
             if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({ "timezone": timezone, "vms": all }))?
-                );
+                crate::print_json(&json!({ "timezone": timezone, "vms": all }))?;
             } else if all.is_empty() {
                 println!("time zone {timezone}");
                 println!("(no policies: no key backups are forced)");
@@ -877,7 +855,7 @@ fn min_retention(a: &PolicyRetentionArgs) -> Result<()> {
         }
     };
     if a.json {
-        println!("{}", json!({ "min_retention_days": days }));
+        crate::print_json(&json!({ "min_retention_days": days }))?;
     } else if days == 0 {
         println!("no minimum retention: prune and forget may remove any unprotected point");
     } else {
@@ -931,13 +909,10 @@ fn verify_remote(
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if json_out {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "store": r.url(), "points": points.len(), "bytes": total, "seconds": secs,
-                "damaged": damaged.iter().map(crate::restore_cmd::damaged_json).collect::<Vec<_>>(),
-            }))?
-        );
+        crate::print_json(&json!({
+            "store": r.url(), "points": points.len(), "bytes": total, "seconds": secs,
+            "damaged": damaged.iter().map(crate::restore_cmd::damaged_json).collect::<Vec<_>>(),
+        }))?;
     } else {
         for d in &damaged {
             println!("{}", crate::restore_cmd::damaged_line(d, ""));

@@ -8,6 +8,8 @@ use anyhow::{Context, Result};
 use cairn_server::token::{Lookups, Role, Tokens, parse_duration};
 use clap::{Args, Subcommand};
 
+use crate::table::{Align, Table};
+
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     cairn serve /srv/cairn --listen 127.0.0.1:8443\n  \
@@ -215,9 +217,16 @@ pub fn token(c: &TokenCommand) -> Result<i32> {
         TokenCommand::List(a) => {
             let all = tokens_of(&a.store)?.load()?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
+                crate::print_json(&all)?;
             } else {
                 let now = chrono::Utc::now();
+                let mut table = Table::new(&[
+                    ("ID", Align::Left),
+                    ("NAME", Align::Left),
+                    ("ROLE", Align::Left),
+                    ("VMS", Align::Left),
+                    ("STATE", Align::Left),
+                ]);
                 for t in &all {
                     let state = match (t.revoked, t.expires) {
                         (Some(r), _) => format!(
@@ -234,13 +243,18 @@ pub fn token(c: &TokenCommand) -> Result<i32> {
                         ),
                         (None, None) => "live".into(),
                     };
-                    println!(
-                        "{} {:<16} {:<8} vm {:<12} {state}",
-                        t.id,
-                        t.name,
-                        t.role.name(),
-                        t.vms
-                    );
+                    table.row([
+                        t.id.to_string(),
+                        t.name.clone(),
+                        t.role.name().to_owned(),
+                        t.vms.to_string(),
+                        state,
+                    ]);
+                }
+                if all.is_empty() {
+                    println!("(no tokens: `cairn token create` makes one)");
+                } else {
+                    table.print();
                 }
             }
         }

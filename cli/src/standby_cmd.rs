@@ -72,14 +72,11 @@ pub fn standby(a: &StandbyArgs) -> Result<i32> {
     spinner.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "target": r.target, "from": r.from, "to": r.to, "chunks_written": r.chunks_written,
-                "bytes_written": r.bytes_written, "finished_interrupted": r.finished_interrupted,
-                "compared": r.compared, "seconds": secs,
-            }))?
-        );
+        crate::print_json(&json!({
+            "target": r.target, "from": r.from, "to": r.to, "chunks_written": r.chunks_written,
+            "bytes_written": r.bytes_written, "finished_interrupted": r.finished_interrupted,
+            "compared": r.compared, "seconds": secs,
+        }))?;
         return Ok(0);
     }
     if r.finished_interrupted {

@@ -247,10 +247,9 @@ pub fn init(a: &InitArgs) -> Result<i32> {
     store.set_timezone(&zone)?;
     let cfg = store.config();
     if a.json {
-        println!(
-            "{}",
-            json!({ "store": a.store.display().to_string(), "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "format_version": cfg.format_version, "mode": "0700", "timezone": cfg.timezone, "packs": store.packs_shown() })
-        );
+        crate::print_json(
+            &json!({ "store": a.store.display().to_string(), "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "format_version": cfg.format_version, "mode": "0700", "timezone": cfg.timezone, "packs": store.packs_shown() }),
+        )?;
     } else {
         println!(
             "created store {} (id {}, chunk size {}, time zone {}), private to its owner (folder \
@@ -402,10 +401,9 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
     if a.rebuild_config {
         let (cfg, source) = Store::rebuild_config(root, a.timezone.as_deref())?;
         if a.json {
-            println!(
-                "{}",
-                json!({ "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "timezone": cfg.timezone, "source": source })
-            );
+            crate::print_json(
+                &json!({ "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "timezone": cfg.timezone, "source": source }),
+            )?;
         } else {
             println!(
                 "wrote {} (store {}, chunk size {}, time zone {}) from {source}",
@@ -442,10 +440,9 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
     }
     let r = Store::rebuild_index(root, a.wait)?;
     if a.json {
-        println!(
-            "{}",
-            json!({ "packs": r.packs, "chunks": r.chunks, "points": r.points, "points_left_out": r.points_left_out, "duplicates": r.duplicates, "recovered": r.recovered, "quarantined": r.quarantined, "problems": r.problems, "old_index": r.old_index })
-        );
+        crate::print_json(
+            &json!({ "packs": r.packs, "chunks": r.chunks, "points": r.points, "points_left_out": r.points_left_out, "duplicates": r.duplicates, "recovered": r.recovered, "quarantined": r.quarantined, "problems": r.problems, "old_index": r.old_index }),
+        )?;
     } else {
         println!(
             "rebuilt the index: {} packs, {} chunks, {} recovery points",

@@ -5,12 +5,7 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
-/// A time as cairn shows it everywhere, human and JSON: RFC 3339 with seconds, in the store's
-/// time zone (`Z` for UTC, else its offset then).
-pub fn show_time(t: &DateTime<Utc>, tz: Tz) -> String {
-    t.with_timezone(&tz)
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
+pub use cairn_store::select::show_time;
 
 /// Checks the form of `--time` as the command line is read (a usage error, exit status 2); it
 /// is read in the store's zone once the store is open.

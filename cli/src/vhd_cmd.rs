@@ -220,7 +220,7 @@ fn info(path: &Path, as_json: bool) -> Result<i32> {
     };
     v["chain"] = chain;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::print_json(&v)?;
         return Ok(0);
     }
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
@@ -329,7 +329,7 @@ fn check(path: &Path, as_json: bool) -> Result<i32> {
         Ok(c) => c,
         Err(e) => {
             if as_json {
-                println!("{}", json!({ "ok": false, "error": e.to_string() }));
+                crate::print_json(&json!({ "ok": false, "error": e.to_string() }))?;
                 return Ok(1);
             }
             return Err(e.context(format!("{} is not a valid VHD chain", path.display())));
@@ -368,12 +368,7 @@ fn check(path: &Path, as_json: bool) -> Result<i32> {
     }
     let ok = problems.is_empty();
     if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({ "ok": ok, "files": files, "problems": problems })
-            )?
-        );
+        crate::print_json(&json!({ "ok": ok, "files": files, "problems": problems }))?;
     } else {
         for f in &files {
             println!(

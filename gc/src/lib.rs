@@ -47,12 +47,14 @@ pub mod cost;
 pub mod history;
 pub mod prune;
 pub mod report;
+pub mod retention;
 pub mod verify;
 
 use std::path::PathBuf;
 
 pub use collect::{GcOptions, GcReport, Repack, collect};
 pub use prune::{Candidate, Keep, Rule, Rules, decide, plan};
+pub use retention::{Pruned, prune};
 pub use verify::{Damage, DamageState, DamagedPart, Hit, VerifyOptions, VerifyReport, verify};
 
 /// What went wrong.
@@ -68,6 +70,9 @@ pub enum Error {
     /// Something that cannot be done now.
     #[error("{0}")]
     Refused(String),
+    /// A request that cannot mean anything (no rule given, a filter that names nothing).
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Result of this crate.

@@ -7,6 +7,10 @@
 //! rule does not count again; an older point in a period the rule already kept is marked for
 //! removal and no later rule keeps it. Protected points are kept and count for no rule. A
 //! point that no rule keeps is removed.
+//!
+//! `keep-within` (restic's and borg's) applies first: it keeps every point of a disk taken
+//! within the duration before that disk's newest point (not before now, so backups that stop
+//! do not make a prune remove more), and those points cover their periods as any rule's do.
 
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use serde::Serialize;
@@ -15,6 +19,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Rule {
+    /// Every point within a duration of the disk's newest point.
+    Within,
     /// The N newest points.
     Last,
     /// The newest point of each of the N newest hours.
@@ -30,8 +36,8 @@ pub enum Rule {
 }
 
 impl Rule {
-    /// The rules in the order they apply.
-    pub const ALL: [Rule; 6] = [
+    /// The rules that keep N periods, in the order they apply (after [`Rule::Within`]).
+    pub const PERIODS: [Rule; 6] = [
         Rule::Last,
         Rule::Hourly,
         Rule::Daily,
@@ -44,6 +50,7 @@ impl Rule {
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
+            Rule::Within => "keep-within",
             Rule::Last => "keep-last",
             Rule::Hourly => "keep-hourly",
             Rule::Daily => "keep-daily",
@@ -62,7 +69,7 @@ impl Rule {
     ) -> (i32, u32, u32, u32) {
         let t = time.with_timezone(tz);
         match self {
-            Rule::Last => (index as i32, 0, 0, 0),
+            Rule::Last | Rule::Within => (index as i32, 0, 0, 0),
             Rule::Hourly => (t.year(), t.month(), t.day(), t.hour() + 1),
             Rule::Daily => (t.year(), t.month(), t.day(), 0),
             Rule::Weekly => {
@@ -91,11 +98,14 @@ pub struct Rules {
     pub monthly: u32,
     /// `--keep-yearly`.
     pub yearly: u32,
+    /// `--keep-within`, in seconds (0: none).
+    pub within_seconds: u64,
 }
 
 impl Rules {
     fn count(&self, rule: Rule) -> u32 {
         match rule {
+            Rule::Within => 0,
             Rule::Last => self.last,
             Rule::Hourly => self.hourly,
             Rule::Daily => self.daily,
@@ -108,7 +118,7 @@ impl Rules {
     /// Whether any rule keeps anything.
     #[must_use]
     pub fn any(&self) -> bool {
-        Rule::ALL.iter().any(|r| self.count(*r) > 0)
+        self.within_seconds > 0 || Rule::PERIODS.iter().any(|r| self.count(*r) > 0)
     }
 }
 
@@ -184,7 +194,22 @@ pub fn plan<Tz: TimeZone>(points: &[Candidate], rules: &Rules, tz: &Tz) -> Vec<O
             decided[i] = Some(Some(Keep::Protected));
         }
     }
-    for rule in Rule::ALL {
+    let newest = points.iter().map(|p| p.time).max();
+    if let (true, Some(newest)) = (rules.within_seconds > 0, newest) {
+        let span = i64::try_from(rules.within_seconds)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .unwrap_or(chrono::Duration::MAX);
+        let from = newest
+            .checked_sub_signed(span)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        for &i in &order {
+            if decided[i].is_none() && points[i].time >= from {
+                decided[i] = Some(Some(Keep::Rule(Rule::Within)));
+            }
+        }
+    }
+    for rule in Rule::PERIODS {
         let n = rules.count(rule) as usize;
         if n == 0 {
             continue;
@@ -273,6 +298,7 @@ mod tests {
             weekly,
             monthly,
             yearly,
+            within_seconds: 0,
         };
         let cases = [
             Case {
@@ -441,6 +467,38 @@ mod tests {
             &utc(),
         );
         assert_eq!(got, ["P", "-"]);
+    }
+
+    /// keep-within counts back from the disk's newest point, not from now: points from 2020
+    /// are all kept by a 2-day window when the newest is from 2020 too; the edge is inclusive;
+    /// what it keeps covers its days for keep-daily, which keeps the next older days.
+    #[test]
+    fn keep_within_counts_from_the_newest_point_and_covers_its_periods() {
+        let times = [
+            "2020-03-01T12:00:00Z",
+            "2020-03-02T12:00:00Z",
+            "2020-03-03T12:00:00Z",
+            "2020-03-04T12:00:00Z",
+            "2020-03-05T12:00:00Z",
+        ];
+        let rules = Rules {
+            within_seconds: 2 * 86400,
+            ..Rules::default()
+        };
+        assert_eq!(
+            run(&times, &[], rules, &utc()),
+            ["-", "-", "within", "within", "within"]
+        );
+        let rules = Rules {
+            within_seconds: 2 * 86400,
+            daily: 1,
+            ..Rules::default()
+        };
+        assert_eq!(
+            run(&times, &[], rules, &utc()),
+            ["-", "daily", "within", "within", "within"]
+        );
+        assert!(rules.any());
     }
 
     /// Five thousand points, one every 5 hours from 2024-01-01T00:00Z to 2026-11-07T11:00Z (a

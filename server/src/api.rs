@@ -219,6 +219,17 @@ impl From<cairn_store::Error> for ApiError {
     }
 }
 
+impl From<cairn_gc::Error> for ApiError {
+    fn from(e: cairn_gc::Error) -> Self {
+        match e {
+            cairn_gc::Error::Store(e) => e.into(),
+            cairn_gc::Error::Usage(m) => Self::bad(m),
+            cairn_gc::Error::Refused(m) => Self::new(StatusCode::CONFLICT, m),
+            e => Self::internal(&e.to_string()),
+        }
+    }
+}
+
 /// The store's folder as a server's answers never show it (set once, when it starts).
 static STORE_ROOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -562,10 +573,15 @@ async fn policies(
 #[serde(deny_unknown_fields)]
 struct PruneBody {
     rules: cairn_gc::Rules,
+    /// Which points the rules apply to (every point when empty).
+    #[serde(default)]
+    filter: cairn_store::select::Filter,
     #[serde(default)]
     dry_run: bool,
 }
 
+/// `POST /api/v1/prune`: the plan of `cairn prune` (every chosen point, kept or removed, and
+/// why), carried out unless it is a dry run.
 async fn prune(
     State(app): State<Shared>,
     headers: HeaderMap,
@@ -573,34 +589,12 @@ async fn prune(
 ) -> Answer<Json<serde_json::Value>> {
     app.authorize(&headers, &[Role::Admin], "prune")?;
     let b: PruneBody = json_body(&body)?;
-    if !b.rules.any() {
-        return Err(ApiError::bad(
-            "give at least one keep rule (prune never removes every point of a disk)",
-        ));
-    }
     blocking(move || {
-        let tz = app.store.config().tz();
-        let decisions =
-            cairn_gc::decide(app.store.points()?, &b.rules, &tz, app.store.retention_cutoff());
-        let mut vms: Vec<String> = decisions.iter().map(|(p, _)| p.vm.clone()).collect();
-        vms.dedup();
-        let remove: Vec<RecoveryPoint> = decisions
-            .into_iter()
-            .filter(|(_, keep)| keep.is_none())
-            .map(|(p, _)| p)
-            .collect();
-        let ids: Vec<cairn_store::PointId> = remove.iter().map(|p| p.id.clone()).collect();
-        if b.dry_run || remove.is_empty() {
-            let freed = app.store.would_free(&remove)?;
-            return Ok(Json(serde_json::json!({ "dry_run": b.dry_run, "remove": ids, "would_free_bytes": freed.stored_bytes })));
+        let pruned = cairn_gc::prune(app.store, &b.filter, &b.rules, b.dry_run)?;
+        for w in &pruned.warnings {
+            tracing::warn!("prune: {w}");
         }
-        let f = app.store.forget(&remove)?;
-        vms.sort();
-        vms.dedup();
-        if let Err(e) = cairn_gc::history::record_rules(app.store, &vms, &b.rules) {
-            tracing::warn!("the rules could not be recorded for the report: {e}");
-        }
-        Ok(Json(serde_json::json!({ "dry_run": false, "remove": ids, "chunks_unreferenced": f.chunks_unreferenced })))
+        Ok(Json(pruned.to_json(app.store.config().tz())))
     })
     .await
 }

@@ -109,9 +109,18 @@ pub fn resolve(points: &[RecoveryPoint], spec: &str, tz: Tz) -> Result<RecoveryP
     }
 }
 
+/// A time as cairn shows it everywhere, to people and in JSON: RFC 3339 with seconds, in the
+/// store's time zone (`Z` for UTC, else its offset).
+#[must_use]
+pub fn show_time(t: &DateTime<Utc>, tz: Tz) -> String {
+    t.with_timezone(&tz)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// Which points a command works on: every given field must match (`vm` by name or UUID, every
 /// tag present).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Filter {
     /// The VM's name or its `--vm-uuid`.
     pub vm: Option<String>,

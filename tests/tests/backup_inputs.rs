@@ -31,8 +31,13 @@ fn backup_piped(store: &Store, vm: &str, args: &[&str], bytes: &[u8]) -> std::pr
     child.wait_with_output().expect("wait")
 }
 
+/// The error of a refused command (under `--json` it is the JSON on standard output).
 fn refused(out: &std::process::Output, words: &[&str]) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(!out.status.success(), "accepted: {err}");
     for w in words {
         assert!(err.contains(w), "{w:?} missing from: {err}");
@@ -76,7 +81,7 @@ fn a_raw_stream_that_ends_early_is_refused_unless_the_size_is_declared() {
         String::from_utf8_lossy(&out.stderr)
     );
     let p = json(&String::from_utf8_lossy(&out.stdout))[0].clone();
-    assert_eq!(p["logical_bytes"], 10 << 20);
+    assert_eq!(p["size"], 10 << 20);
     // A disk's first point has nothing to compare with: a stream is taken as it comes.
     let out = backup_piped(&store, "new01", &[], cut);
     assert!(out.status.success());
@@ -238,11 +243,9 @@ fn a_run_checks_every_source_first_and_says_exactly_what_it_stored() {
         &out,
         &["multi/xvdb", "bad.vhd", "nothing was stored", "together"],
     );
-    assert!(
-        out.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    // Standard output holds the error, not a point.
+    let said = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(said["kind"], "error", "{said}");
     assert!(store.list().is_empty());
     assert!(store.pack_files().is_empty(), "{:?}", store.pack_files());
     // Both good: one run, both points under one run id and one time.

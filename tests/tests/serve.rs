@@ -577,11 +577,7 @@ fn one_disk_is_in_one_session_at_a_time_and_admins_work_through_the_cli() {
     let pruned = json(&ok(
         &mut server.cmd(&admin, &["prune", "--keep-last", "1", "--json"])
     ));
-    assert_eq!(
-        pruned["remove"].as_array().map(Vec::len),
-        Some(0),
-        "{pruned}"
-    );
+    assert_eq!(pruned["removed"], 0, "{pruned}");
     assert_eq!(
         json(&ok(&mut server.cmd(&admin, &["list", "--json"])))
             .as_array()
@@ -1159,10 +1155,10 @@ fn a_server_replicates_into_a_folder_and_into_another_server() {
     };
     let refused = run(&mut both(&[]));
     assert!(!refused.status.success());
+    // Under --json, the error is JSON on standard output.
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("--from-token-file"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
+        String::from_utf8_lossy(&refused.stdout).contains("--from-token-file"),
+        "{refused:?}"
     );
     let tf = token_file.to_string_lossy().into_owned();
     let r = json(&ok(&mut both(&[
@@ -1179,4 +1175,73 @@ fn a_server_replicates_into_a_folder_and_into_another_server() {
             .arg(&b));
         assert_eq!(read(&a), read(&b), "{}", id(&p));
     }
+}
+
+/// Prune through a server takes the filters a local prune takes and prints the same plan: every
+/// chosen point with its decision. Another VM's points are not in the plan and stay; a filter
+/// naming nothing is a usage error (exit 2) that removes nothing.
+#[test]
+fn prune_through_a_server_takes_filters_and_prints_its_plan() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = TestStore::new("256K");
+    let tok = token(&store.path(), "host", "backup", "*");
+    let admin = token(&store.path(), "admin", "admin", "*");
+    let server = Server::start(&store.path(), 0, &[]);
+    for (vm, seeds) in [("alpha", [1, 2, 3]), ("beta", [4, 5, 6])] {
+        for seed in seeds {
+            let d = w.join(format!("{vm}{seed}.raw"));
+            gen_disk(&d, "4M", 6, 1, seed);
+            backup_json(&server, &tok, vm, &d);
+        }
+    }
+    let dry = ok(&mut server.cmd(
+        &admin,
+        &["prune", "--vm", "alpha", "--keep-last", "1", "--dry-run"],
+    ));
+    let rows: Vec<&str> = dry.lines().filter(|l| l.contains(" alpha ")).collect();
+    assert_eq!(rows.len(), 3, "{dry}");
+    assert_eq!(
+        rows.iter().filter(|l| l.ends_with("remove")).count(),
+        2,
+        "{dry}"
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|l| l.ends_with("keep (keep-last)"))
+            .count(),
+        1,
+        "{dry}"
+    );
+    assert!(
+        !dry.contains("beta"),
+        "another VM's points are not in the plan:\n{dry}"
+    );
+    assert!(dry.contains("dry run in https://"), "{dry}");
+    let before = json(&ok(&mut server.cmd(&admin, &["list", "--json"])));
+    assert_eq!(before.as_array().map(Vec::len), Some(6));
+    // A filter that names nothing removes nothing and says so.
+    let out = run(&mut server.cmd(&admin, &["prune", "--vm", "gamma", "--keep-last", "1"]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gamma"),
+        "{out:?}"
+    );
+    let pruned = json(&ok(&mut server.cmd(
+        &admin,
+        &["prune", "--vm", "alpha", "--keep-last", "1", "--json"],
+    )));
+    assert_eq!(pruned["removed"], 2, "{pruned}");
+    assert_eq!(
+        pruned["points"].as_array().map(Vec::len),
+        Some(3),
+        "{pruned}"
+    );
+    let after = json(&ok(&mut server.cmd(&admin, &["list", "--json"])));
+    let count = |vm: &str| {
+        after
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|p| p["vm"] == vm).count())
+    };
+    assert_eq!((count("alpha"), count("beta")), (1, 3), "{after}");
 }
