@@ -716,7 +716,7 @@ fn vhd_streams_on_stdin_are_read_in_one_pass_and_truncated_streams_refused() {
     let _ = pipe.write_all(&read(&raws[1]));
     drop(pipe);
     let out = child.wait_with_output().expect("wait");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stdout);
     assert!(
         !out.status.success(),
         "a raw stream with --parent was stored"
