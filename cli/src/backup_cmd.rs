@@ -135,7 +135,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             .split_once('=')
             .with_context(|| format!("{d:?}: expected DISK=SOURCE, e.g. xvda=disk.vhd"))?;
         if let Some(rest) = disk.strip_prefix("[NOBAK]") {
-            eprintln!(
+            crate::say!(
                 "skipping disk {:?} of VM {}: its name starts with [NOBAK]",
                 rest.trim_start(),
                 a.vm
@@ -298,7 +298,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
         anyhow::Error::new(e).context(what)
     })?;
     for disk in due_disks {
-        eprintln!(
+        crate::say!(
             "note: a key backup of {}/{disk} was due (every {interval}), but the source is a \
              differencing VHD whose parents cannot be opened; this backup read only what changed",
             a.vm

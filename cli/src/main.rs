@@ -44,6 +44,10 @@ use clap::{Parser, Subcommand};
     store takes --store or CAIRN_STORE."
 )]
 struct Cli {
+    /// No progress bars and no informational messages on standard error (warnings, errors and
+    /// what was asked for on standard output still come).
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,6 +102,25 @@ enum Command {
         after_help = "Examples:\n  cairn policy set --vm web01 --key-interval 7\n  cairn policy show --json"
     )]
     Policy(retention_cmd::PolicyCommand),
+    /// Shell completion for bash, zsh, fish, elvish or PowerShell, on standard output.
+    #[command(after_help = "Examples:\n  \
+        cairn completions bash > /etc/bash_completion.d/cairn\n  \
+        cairn completions zsh > \"${fpath[1]}/_cairn\"\n  \
+        cairn completions fish > ~/.config/fish/completions/cairn.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Manual pages: cairn.1 and one per command (cairn-backup.1, ...), written into a folder.
+    #[command(
+        after_help = "Examples:\n  cairn man --out /usr/local/share/man/man1\n  \
+        cairn man --out /tmp/man && man -l /tmp/man/cairn-restore.1"
+    )]
+    Man {
+        /// The folder the pages are written into (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
     /// Inspect, check, convert and create VHD files (fixed, dynamic, differencing chains).
     #[command(
         subcommand,
@@ -126,6 +149,67 @@ macro_rules! usage {
     ($($arg:tt)*) => {
         return Err(anyhow::Error::new($crate::Usage(format!($($arg)*))))
     };
+}
+
+/// `--quiet` was given.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether informational messages and progress bars are to be left out (`--quiet`).
+pub(crate) fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// An informational message on standard error, left out under `--quiet`.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if !$crate::quiet() {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
+/// `cairn --version`: the program's version and the store format it writes (and the oldest it
+/// reads).
+fn version_text() -> &'static str {
+    let text = format!(
+        "{} (store format {}, reads formats {} to {})",
+        env!("CARGO_PKG_VERSION"),
+        cairn_store::config::FORMAT_VERSION,
+        cairn_store::config::OLDEST_FORMAT_VERSION,
+        cairn_store::config::FORMAT_VERSION
+    );
+    Box::leak(text.into_boxed_str())
+}
+
+/// The command line as clap sees it, with the version text.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().version(version_text())
+}
+
+/// Writes the manual pages of `cmd` and its subcommands (`cairn-vhd-info.1`...) into `dir`.
+fn write_man_pages(
+    cmd: &clap::Command,
+    prefix: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<u32> {
+    use anyhow::Context;
+    let name = if prefix.is_empty() {
+        cmd.get_name().to_owned()
+    } else {
+        format!("{prefix}-{}", cmd.get_name())
+    };
+    let page = cmd.clone().name(&*Box::leak(name.clone().into_boxed_str()));
+    let mut bytes = Vec::new();
+    clap_mangen::Man::new(page).render(&mut bytes)?;
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    let mut n = 1;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        n += write_man_pages(sub, &name, dir)?;
+    }
+    Ok(n)
 }
 
 /// Prints a JSON document on standard output, as every `--json` does: pretty, one document per
@@ -242,7 +326,10 @@ pub(crate) fn remove_partials_when_interrupted() {
 fn main() {
     end_quietly_on_a_closed_pipe();
     let json = json_asked();
-    let cli = match Cli::try_parse() {
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) if json && e.use_stderr() => {
             let code = e.exit_code();
@@ -270,7 +357,19 @@ fn main() {
             std::process::exit(code);
         }
     };
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     let result = match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut command(), "cairn", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { out } => std::fs::create_dir_all(&out)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| write_man_pages(&command(), "", &out))
+            .map(|n| {
+                say!("wrote {n} manual pages into {}", out.display());
+                0
+            }),
         Command::Init(a) => store_cmd::init(&a),
         Command::Backup(a) => backup_cmd::backup(&a),
         Command::Restore(a) => restore_cmd::restore(&a),

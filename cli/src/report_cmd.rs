@@ -94,7 +94,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         let page = cairn_gc::report::page::render(&doc, &options);
         cairn_store::write_atomic_mode(file, page.as_bytes(), 0o644)
             .with_context(|| format!("writing the page {}", file.display()))?;
-        eprintln!(
+        crate::say!(
             "wrote {} ({})",
             file.display(),
             human_bytes(page.len() as u64)
@@ -176,13 +176,14 @@ fn render_report(doc: &serde_json::Value) {
     t.print();
     match doc["garbage_bytes"].as_u64() {
         Some(g) => println!(
-            "unreferenced: {} of garbage in {}, {} in {}; `cairn gc` reclaims them",
+            "reclaimable now: {} ({} of garbage in {}, {} in {}); `cairn gc` reclaims it",
+            human_bytes(n(doc, "reclaimable_bytes")),
             human_bytes(g),
             count(n(doc, "garbage_frames"), "frame"),
             human_bytes(n(doc, "orphan_bytes")),
             count(n(doc, "orphan_packs"), "orphan pack"),
         ),
-        None => println!("unreferenced: unknown while a garbage collection runs"),
+        None => println!("reclaimable now: unknown while a garbage collection runs"),
     }
     for p in list("damaged_points") {
         let id = text(&p, "id");

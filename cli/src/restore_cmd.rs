@@ -153,9 +153,9 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
         }
     } else if !to_stdout {
         for f in &r.files {
-            eprintln!("wrote {}", f.display());
+            crate::say!("wrote {}", f.display());
         }
-        eprintln!(
+        crate::say!(
             "restored {} ({}/{} made {}, {}) in {:.1}s",
             point.short_id(),
             point.vm,

@@ -355,13 +355,13 @@ pub fn open_write(store: &Path, wait: bool) -> Result<Store> {
     local_only(store)?;
     let s = match Store::open(store, OpenMode::Write { wait: false }) {
         Err(cairn_store::Error::Locked { holder, .. }) if wait => {
-            eprintln!("waiting for the write lock, held by {holder}");
+            crate::say!("waiting for the write lock, held by {holder}");
             Store::open(store, OpenMode::Write { wait: true })?
         }
         other => other?,
     };
     if let Some(stale) = s.stale_lock() {
-        eprintln!("note: took over the lock of a writer that did not finish ({stale})");
+        crate::say!("note: took over the lock of a writer that did not finish ({stale})");
     }
     warn_about(&s);
     Ok(s)

@@ -775,7 +775,7 @@ fn from_raw(input: &Path, out: &Path, parent: Option<&Path>, o: FromRawOptions) 
     }
     bar.finish_and_clear();
     if !to_stdout {
-        eprintln!(
+        crate::say!(
             "wrote {} ({} bytes, disk of {} bytes)",
             out.display(),
             written,

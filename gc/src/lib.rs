@@ -42,6 +42,7 @@
 //! key backup (a full read of the disk) then stores a fresh copy of any marked chunk it meets,
 //! which repairs every point that references it.
 
+pub mod checked;
 pub mod collect;
 pub mod cost;
 pub mod history;

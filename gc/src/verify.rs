@@ -26,6 +26,54 @@ pub struct VerifyOptions {
     /// Read only this share of the chosen chunks (0.0 to 1.0), picked at random each run;
     /// tree chunks and chunks already marked bad are always read.
     pub sample: Option<f64>,
+    /// Read only the data chunks of part N of M (1-based; [`crate::checked::in_subset`]):
+    /// runs 1/M to M/M read every chunk once. Tree chunks and marked chunks always.
+    pub subset: Option<(u32, u32)>,
+    /// Read only the chunks no complete run has read since they were written
+    /// ([`crate::checked::Checked`]); marked chunks always.
+    pub since_last: bool,
+    /// Metadata only: the catalogue, the packs' state and the tree chunks, no data chunk.
+    pub quick: bool,
+}
+
+impl VerifyOptions {
+    /// Whether the run reads every chunk of every point (a record for `--since-last`); a
+    /// `--since-last` run with no other limit completes what earlier runs read.
+    fn complete(&self) -> bool {
+        self.filter.is_empty()
+            && self.since.is_none()
+            && self.sample.is_none()
+            && self.subset.is_none()
+            && !self.quick
+    }
+
+    /// What the run covered, as the report's last verify says it.
+    fn scope(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.filter.is_empty() {
+            parts.push("the points chosen".to_owned());
+        }
+        if let Some(t) = self.since {
+            parts.push(format!("points since {}", t.to_rfc3339()));
+        }
+        if self.quick {
+            parts.push("metadata only (tree chunks)".to_owned());
+        }
+        if self.since_last {
+            parts.push("chunks unread since they were written".to_owned());
+        }
+        if let Some((n, m)) = self.subset {
+            parts.push(format!("part {n} of {m} of the data chunks"));
+        }
+        if let Some(s) = self.sample {
+            parts.push(format!("a sample of {:.0} % of the chunks", s * 100.0));
+        }
+        if parts.is_empty() {
+            "every point".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    }
 }
 
 /// One point a bad chunk damages, and where.
@@ -118,6 +166,9 @@ pub struct VerifyReport {
     pub chunks_in_scope: u64,
     /// Chunks read and checked.
     pub chunks_checked: u64,
+    /// Chunks in scope not read because a complete run read them since they were written
+    /// (`--since-last`).
+    pub chunks_skipped: u64,
     /// Stored bytes read.
     pub bytes_read: u64,
     /// Bad or missing chunks with the points they damage.
@@ -385,6 +436,14 @@ pub fn verify(
 ) -> Result<VerifyReport> {
     let started = Instant::now();
     let store = Store::open(root, OpenMode::Read)?;
+    // The packs as the run starts, before the points are read: every frame in them belongs to
+    // a point committed by now (or is garbage).
+    let packs_at_start = store.pack_infos()?;
+    let checked = if opts.since_last {
+        crate::checked::Checked::load(root)
+    } else {
+        crate::checked::Checked::default()
+    };
     let mut report = VerifyReport {
         catalogue: catalogue_disagreements(root, &store)?,
         packs: store.pack_damage()?,
@@ -446,6 +505,12 @@ pub fn verify(
         .chain(&hidden)
         .copied()
         .collect();
+    if opts.quick {
+        data_ids.clear();
+    }
+    if let Some((n, m)) = opts.subset {
+        data_ids.retain(|id| crate::checked::in_subset(id, n, m));
+    }
     if let Some(share) = opts.sample {
         data_ids = sample(data_ids, share);
     }
@@ -462,6 +527,10 @@ pub fn verify(
     let mut jobs: Vec<(ChunkId, Location)> = Vec::new();
     for (id, loc) in to_read.iter().zip(locs) {
         match loc {
+            // Read whole by a complete run since it was written (`--since-last`).
+            Some(l) if checked.covers(&l) && !marked.contains_key(id) => {
+                report.chunks_skipped += 1;
+            }
             Some(l) => jobs.push((*id, l)),
             None if scope.contains(id) => {
                 findings.insert(
@@ -694,22 +763,10 @@ pub fn verify(
     }
     report.seconds = started.elapsed().as_secs_f64();
     // Remembered for the report page; a verify whose record cannot be written still stands.
-    let scope = match (opts.filter.is_empty(), opts.since, opts.sample) {
-        (true, None, None) => "every point".to_owned(),
-        (all, since, sample) => {
-            let mut parts = Vec::new();
-            if !all {
-                parts.push("the points chosen".to_owned());
-            }
-            if let Some(t) = since {
-                parts.push(format!("points since {}", t.to_rfc3339()));
-            }
-            if let Some(s) = sample {
-                parts.push(format!("a sample of {:.0} % of the chunks", s * 100.0));
-            }
-            parts.join(", ")
-        }
-    };
+    let scope = opts.scope();
+    if opts.complete() {
+        let _ = crate::checked::Checked::record(root, &packs_at_start);
+    }
     let _ = crate::history::record_verify(root, &report, &scope);
     Ok(report)
 }

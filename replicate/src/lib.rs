@@ -63,7 +63,8 @@ pub struct Options {
     pub vm: Option<String>,
     /// Only this disk.
     pub disk: Option<String>,
-    /// Say what would be copied, copy nothing.
+    /// Say what would be copied, copy nothing: the same walk as a copy, asking the destination
+    /// what it lacks and reading (and checking) what would be sent, to count it.
     pub dry_run: bool,
     /// Wait for the destination's writer instead of failing.
     pub wait: bool,
@@ -219,6 +220,68 @@ impl CopyInto for IntoServer {
     }
 }
 
+/// A destination folder opened read-only, asked what it holds (a dry run sends nothing).
+struct FolderProbe<'s> {
+    dst: &'s Store,
+}
+
+impl CopyInto for FolderProbe<'_> {
+    fn has_tree(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.dst.holds_subtrees(&[*id])?.first() == Some(&true))
+    }
+    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        Ok(self
+            .dst
+            .locations(ids)?
+            .iter()
+            .map(Option::is_none)
+            .collect())
+    }
+    fn put(&mut self, _: &cairn_store::EncodedChunk) -> Result<bool> {
+        Ok(false)
+    }
+    fn stage(&mut self, _: &RecoveryPoint) -> Result<()> {
+        Ok(())
+    }
+    fn commit(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A dry run: the same walk as a copy, asking the destination (`probe`) what it lacks, but
+/// what would be sent is only counted, in `sent`, which outlives one run: a chunk or subtree
+/// a run before would have sent counts as there, as it would be. Nothing is staged or
+/// committed; a server's session is dropped (aborted) at the end of each run.
+struct DryRun<'d> {
+    probe: Box<dyn CopyInto + 'd>,
+    sent: std::rc::Rc<std::cell::RefCell<HashSet<ChunkId>>>,
+}
+
+impl CopyInto for DryRun<'_> {
+    fn has_tree(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.sent.borrow().contains(id) || self.probe.has_tree(id)?)
+    }
+    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        let sent = self.sent.borrow();
+        Ok(self
+            .probe
+            .missing(ids)?
+            .into_iter()
+            .zip(ids)
+            .map(|(lacks, id)| lacks && !sent.contains(id))
+            .collect())
+    }
+    fn put(&mut self, enc: &cairn_store::EncodedChunk) -> Result<bool> {
+        Ok(self.sent.borrow_mut().insert(enc.id))
+    }
+    fn stage(&mut self, _: &RecoveryPoint) -> Result<()> {
+        Ok(())
+    }
+    fn commit(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
 fn selected(p: &RecoveryPoint, o: &Options) -> bool {
     let vm = o.vm.as_ref().is_none_or(|g| {
         glob_match(g, &p.vm) || p.labels.vm_uuid.as_ref().is_some_and(|u| glob_match(g, u))
@@ -299,6 +362,7 @@ pub fn replicate(
             check_size(dst.config().chunk_size)?;
             let forgotten = dst.forgotten_ids()?;
             let held = |id: &str| -> Result<bool> { Ok(dst.point_by_id(id)?.is_some()) };
+            let sent = std::rc::Rc::default();
             copy_all(
                 src.read(),
                 &forgotten,
@@ -306,6 +370,12 @@ pub fn replicate(
                 options,
                 progress,
                 &mut |_| {
+                    if options.dry_run {
+                        return Ok(Box::new(DryRun {
+                            probe: Box::new(FolderProbe { dst: &dst }),
+                            sent: std::rc::Rc::clone(&sent),
+                        }));
+                    }
                     // A replica copies a store's history as it is, renamed VMs included.
                     let mut session = dst.session()?;
                     session.allow_adopt();
@@ -323,13 +393,23 @@ pub fn replicate(
             let there: HashSet<cairn_store::PointId> =
                 remote.points()?.into_iter().map(|p| p.id).collect();
             let held = |id: &str| -> Result<bool> { Ok(there.contains(id)) };
+            let sent = std::rc::Rc::default();
             copy_all(
                 src.read(),
                 &forgotten,
                 &held,
                 options,
                 progress,
-                &mut |group| open_upload(remote, group, options),
+                &mut |group| {
+                    let upload = open_upload(remote, group, options)?;
+                    if options.dry_run {
+                        return Ok(Box::new(DryRun {
+                            probe: upload,
+                            sent: std::rc::Rc::clone(&sent),
+                        }));
+                    }
+                    Ok(upload)
+                },
             )
         }
     }
@@ -401,15 +481,14 @@ fn copy_all<'d>(
         }
     }
     let mut i = 0;
-    let mut sent = Sent::new(options.limit_rate);
+    // A dry run sends nothing: no pace to keep.
+    let mut sent = Sent::new(options.limit_rate.filter(|_| !options.dry_run));
     for group in runs {
         for p in &group {
             progress(i, todo.len(), p);
             i += 1;
         }
-        if !options.dry_run {
-            copy_run(src, open(&group)?, &group, &mut sent)?;
-        }
+        copy_run(src, open(&group)?, &group, &mut sent)?;
         report.points.extend(group.iter().map(|p| p.id.to_string()));
     }
     report.chunks = sent.chunks;

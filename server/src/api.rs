@@ -671,8 +671,9 @@ async fn vm_page(
 }
 
 /// The fields of the report document about the whole store, which only an admin token reads.
-const STORE_WIDE: [&str; 9] = [
+const STORE_WIDE: [&str; 10] = [
     "store",
+    "reclaimable_bytes",
     "growth",
     "filesystem",
     "last_verify",

@@ -103,6 +103,17 @@ pub fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// What a failed command said: its standard error, then its standard output (under `--json`
+/// an error is a JSON document there).
+#[must_use]
+pub fn error_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    )
+}
+
 /// `cairn ARGS...`.
 pub fn cairn<I, S>(args: I) -> Command
 where
@@ -449,6 +460,12 @@ pub fn corrupt_a_data_chunk(store: &TestStore) -> String {
         .iter()
         .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .expect("a pack");
+    corrupt_a_data_chunk_in(pack)
+}
+
+/// Flips a byte in the first data chunk of the pack file `pack`; returns the chunk's id.
+#[must_use]
+pub fn corrupt_a_data_chunk_in(pack: &Path) -> String {
     let mut bytes = read(pack);
     // Pack header 32 bytes; frame header 56: id at 8..40, kind at 49, payload after.
     let mut at = 32usize;

@@ -33,11 +33,7 @@ fn backup_piped(store: &Store, vm: &str, args: &[&str], bytes: &[u8]) -> std::pr
 
 /// The error of a refused command (under `--json` it is the JSON on standard output).
 fn refused(out: &std::process::Output, words: &[&str]) -> String {
-    let err = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let err = cairn_tests::error_text(out);
     assert!(!out.status.success(), "accepted: {err}");
     for w in words {
         assert!(err.contains(w), "{w:?} missing from: {err}");

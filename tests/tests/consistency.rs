@@ -284,7 +284,7 @@ fn three_points(store: &Store, work: &Path) -> (Vec<String>, PathBuf) {
 }
 
 fn err_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    cairn_tests::error_text(out)
 }
 
 #[test]

@@ -76,7 +76,7 @@ fn stored(out: &std::process::Output) -> serde_json::Value {
 }
 
 fn refused(out: &std::process::Output, want: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = cairn_tests::error_text(out);
     assert!(
         !out.status.success(),
         "accepted; wanted an error with {want:?}"
@@ -322,7 +322,7 @@ fn a_standby_over_https_puts_a_vhd_then_differencing_vhds_that_vhd_lib_chains() 
     // The certificate is checked: without its CA, refused, nothing sent.
     let out = standby(&ids[0], &[]);
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = cairn_tests::error_text(&out);
     assert!(
         err.contains("--ca-file") && !err.contains("vdi=5f0c"),
         "{err}"
@@ -339,7 +339,7 @@ fn a_standby_over_https_puts_a_vhd_then_differencing_vhds_that_vhd_lib_chains() 
     std::fs::write(got.join("fail-next-put"), b"").expect("flag");
     let out = standby(&ids[2], &ca_arg);
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = cairn_tests::error_text(&out);
     assert!(
         err.contains("the next run sends it again") && !err.contains("vdi=5f0c"),
         "{err}"

@@ -64,7 +64,7 @@ fn tables_line_up_in_display_columns_whatever_the_names() {
     let report = ok(&mut store.cmd(&["report"]));
     let rows: Vec<&str> = report
         .lines()
-        .take_while(|l| !l.starts_with("unreferenced"))
+        .take_while(|l| !l.starts_with("reclaimable now"))
         .collect();
     let end = column_of(rows[0], "DEDUP") + "DEDUP".len();
     assert!(rows.len() > 4, "{report}");
@@ -168,4 +168,46 @@ fn every_json_time_is_in_the_stores_zone() {
         "1",
     ])));
     assert_eq!(pruned["points"][0]["time"], "2026-11-20T03:00:00+01:00");
+}
+
+/// The page, the text report and the JSON say one reclaimable figure, and it is what gc frees:
+/// unreferenced chunks and orphan packs (a pack no index entry names, as a killed backup
+/// leaves) together.
+#[test]
+fn the_page_and_the_report_say_what_gc_frees_orphan_packs_included() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = work.path().join("d.raw");
+    gen_disk(&disk, "4M", 1, 1, 0);
+    store.backup("web01", "2026-11-20T02:00:00Z", "xvda", &disk, &[]);
+    let orphan_dir = store.path().join("packs/ff");
+    std::fs::create_dir_all(&orphan_dir).expect("mkdir");
+    let orphan = orphan_dir.join(format!("{}.pack", "f".repeat(32)));
+    std::fs::copy(&store.pack_files()[0], &orphan).expect("copy");
+    let orphan_len = std::fs::metadata(&orphan).expect("orphan").len();
+    let doc = json(&ok(&mut store.cmd(&["report", "--json"])));
+    assert_eq!(doc["reclaimable_bytes"], orphan_len, "{doc}");
+    let page = work.path().join("page.html");
+    ok(store.cmd(&["report", "--html"]).arg(&page));
+    let html = std::fs::read_to_string(&page).expect("page");
+    assert!(
+        html.contains(&format!(
+            "data-path=\"reclaimable_bytes\" data-value=\"{orphan_len}\""
+        )),
+        "the page's reclaimable figure is not {orphan_len}"
+    );
+    let text = ok(&mut store.cmd(&["report"]));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("reclaimable now: "))
+        .expect("a reclaimable line");
+    let dry = json(&ok(&mut store.cmd(&[
+        "gc",
+        "--dry-run",
+        "--json",
+        "--repack-below",
+        "100",
+    ])));
+    assert_eq!(dry["bytes_freed"], orphan_len, "{dry}");
+    assert!(line.contains("1 orphan pack"), "{line}");
 }

@@ -54,9 +54,17 @@ fn replicas_copy_what_is_new_keep_their_own_retention_and_finish_what_a_kill_lef
     let first = id(&src.list()[0]);
     ok(&mut src.cmd(&["protect", &first]));
 
-    // The first run copies every point, as it is.
+    // A dry run says what the run will send, to the chunk and byte, and changes nothing.
     let dst = TestStore::new("256K");
+    let dry = replicate(&src, &dst.path(), &["--dry-run"]);
+    assert!(dst.list().is_empty(), "a dry run copied points");
+    assert!(dst.pack_files().is_empty(), "a dry run wrote packs");
+    // The first run copies every point, as it is.
     let r = replicate(&src, &dst.path(), &[]);
+    for k in ["chunks_sent", "bytes_sent"] {
+        assert_eq!(num(&dry, k), num(&r, k), "{k}: dry {dry} vs {r}");
+    }
+    assert_eq!(dry["points"], r["points"]);
     assert_eq!(r["points"].as_array().map(Vec::len), Some(4), "{r}");
     assert!(num(&r, "bytes_sent") > 0);
     let listed = dst.list();

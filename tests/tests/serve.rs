@@ -892,14 +892,23 @@ fn a_store_replicates_into_a_server_with_an_append_only_token() {
     let tok = token(&dst.path(), "offsite", "backup", "web*");
     let admin = token(&dst.path(), "admin", "admin", "*");
     let server = Server::start(&dst.path(), 0, &[]);
-    let replicate = |tok: &str| {
+    let replicate_with = |tok: &str, extra: &[&str]| {
         json(&ok(server
             .cmd(tok, &["replicate", "--json", "--from"])
             .arg(src.path())
             .arg("--to")
-            .arg(&server.url)))
+            .arg(&server.url)
+            .args(extra)))
     };
+    let replicate = |tok: &str| replicate_with(tok, &[]);
+    // A dry run into the server counts what the run sends, and publishes nothing.
+    let dry = replicate_with(&tok, &["--dry-run"]);
+    assert!(dst.list().is_empty(), "a dry run published points");
     let first = replicate(&tok);
+    for k in ["chunks_sent", "bytes_sent"] {
+        assert!(num(&first, k) > 0, "{first}");
+        assert_eq!(num(&dry, k), num(&first, k), "{k}: dry {dry} vs {first}");
+    }
     assert_eq!(first["points"].as_array().map(Vec::len), Some(2), "{first}");
     // Only what is new the second time; a point the server forgot is not sent again.
     src.backup("web1", "2026-11-03T02:00:00Z", "xvda", &days[2], &[]);

@@ -105,7 +105,7 @@ fn a_standby_file_follows_the_points_writing_what_changed() {
     drop(f);
     let out = standby(&store, &ids[2], &target, &[]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("changed since cairn wrote"));
+    assert!(cairn_tests::error_text(&out).contains("changed since cairn wrote"));
     assert_ne!(read(&target), read(&raws[2]), "nothing was written");
     let out = standby(&store, &ids[2], &target, &["--force"]);
     assert!(
@@ -176,7 +176,7 @@ fn a_standby_nbd_export_follows_the_points_and_is_finished_after_a_kill() {
     let out = standby(&ids[0], &[]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cairn never wrote it"),
+        cairn_tests::error_text(&out).contains("cairn never wrote it"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -241,7 +241,7 @@ fn a_standby_nbd_export_follows_the_points_and_is_finished_after_a_kill() {
     let out = standby(&ids[2], &[]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("changed since cairn wrote"),
+        cairn_tests::error_text(&out).contains("changed since cairn wrote"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -221,6 +221,7 @@ pub fn build(
             }
             v
         }),
+        "reclaimable_bytes": reclaimable.map(|g| g.garbage_freed + g.orphan_bytes),
         "garbage_bytes": reclaimable.map(|g| g.garbage_freed),
         "garbage_frames": reclaimable.map(|g| g.garbage_frames),
         "orphan_packs": reclaimable.map(|g| g.orphan_packs),

@@ -239,12 +239,18 @@ fn store_section(h: &mut String, doc: &Value) {
             what,
         );
     }
-    if !doc["garbage_bytes"].is_null() {
+    if !doc["reclaimable_bytes"].is_null() {
+        let orphans = doc["orphan_packs"].as_u64().unwrap_or(0);
         card(
             h,
             "reclaimable now",
-            &num("garbage_bytes", &doc["garbage_bytes"], Kind::Bytes),
-            "what `cairn gc` frees",
+            &num("reclaimable_bytes", &doc["reclaimable_bytes"], Kind::Bytes),
+            &format!(
+                "what `cairn gc` frees: {} of unreferenced chunks, {} in {orphans} orphan pack{}",
+                human_bytes(doc["garbage_bytes"].as_u64().unwrap_or(0)),
+                human_bytes(doc["orphan_bytes"].as_u64().unwrap_or(0)),
+                if orphans == 1 { "" } else { "s" }
+            ),
         );
     }
     if let Some(fs) = doc["filesystem"].as_object() {
