@@ -28,10 +28,12 @@ pub enum RestoreFormat {
     after_help = "Examples:\n  cairn restore --store /backups/store web01/xvda@latest web01.raw\n  \
     cairn restore 3f2a9c1b07de web01.vhd --format vhd\n  \
     cairn restore web01/xvda@latest chain/ --format vhd-chain\n  \
-    cairn restore 3f2a9c1b07de - | qemu-img convert -f raw -O qcow2 /dev/stdin web01.qcow2\n\n\
+    cairn restore 3f2a9c1b07de - | qemu-img convert -f raw -O qcow2 /dev/stdin web01.qcow2\n  \
+    cairn restore --changed-only --force web01/xvda@latest /dev/vg0/web01   (only what differs)\n\n\
     A file is written under a temporary name and renamed into place when the restore has\n\
     succeeded; an existing file is kept unless --force. A chain goes into a new or empty folder.\n\
-    Block devices and pipes are written in place; binary data is never written to a terminal."
+    Block devices and pipes are written in place; binary data is never written to a terminal.\n\
+    --changed-only writes in place onto a file or device that exists, only where it differs."
 )]
 pub struct RestoreArgs {
     #[command(flatten)]
@@ -65,6 +67,12 @@ pub struct RestoreArgs {
     /// folder that is not empty.
     #[arg(long)]
     pub force: bool,
+    /// Restore onto an existing disk (a file or block device holding an older or damaged copy):
+    /// read it, hash it chunk by chunk, and write only the chunks that differ from the point,
+    /// in place (with --force). Says how much it read and wrote; an interrupted run is
+    /// finished by running it again.
+    #[arg(long, conflicts_with_all = ["base", "from", "ignore_errors"])]
+    pub changed_only: bool,
     /// Print a JSON summary (on stderr when the data goes to stdout).
     #[arg(long)]
     pub json: bool,
@@ -123,6 +131,49 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
     }
     let bar = progress::bytes(point.size, "restore");
     let started = std::time::Instant::now();
+    if a.changed_only {
+        if !matches!(format, OutputFormat::Raw) || to_stdout {
+            crate::usage!(
+                "--changed-only writes a raw disk in place onto a file or block device that \
+                 exists (not a VHD, a chain or stdout)"
+            );
+        }
+        let c = cairn_restore::restore_changed(store, &point, &a.out, a.force, &|done| {
+            bar.set_position(done);
+        })
+        .with_context(|| {
+            format!(
+                "restore of point {} onto {} failed",
+                point.short_id(),
+                a.out.display()
+            )
+        })?;
+        bar.finish_and_clear();
+        let secs = started.elapsed().as_secs_f64();
+        if a.json {
+            crate::print_json(&json!({
+                "point": point.id, "target": a.out, "bytes_read": c.bytes_read,
+                "chunks_compared": c.chunks_compared, "chunks_written": c.chunks_written,
+                "bytes_written": c.bytes_written, "seconds": secs,
+            }))?;
+        } else {
+            crate::say!(
+                "restored {} ({}/{} made {}) onto {} in {:.1}s: read {} and compared {}, wrote \
+                 {} ({}); the rest was equal",
+                point.short_id(),
+                point.vm,
+                point.disk,
+                crate::values::show_time(&point.time, store.config().tz()),
+                a.out.display(),
+                secs,
+                human_bytes(c.bytes_read),
+                crate::words::count(c.chunks_compared, "chunk"),
+                crate::words::count(c.chunks_written, "chunk"),
+                human_bytes(c.bytes_written)
+            );
+        }
+        return Ok(0);
+    }
     let opts = cairn_restore::Options {
         format,
         base: base.as_ref(),

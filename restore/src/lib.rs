@@ -16,6 +16,10 @@
 //! fsynced (as `cp`, borg and restic do not): run `sync` when the file must be on disk before
 //! going on.
 //!
+//! # Onto an existing disk
+//! [`restore_changed`] reads the target, hashes it chunk by chunk and writes only what differs
+//! from the point (a differential restore; see the `changed` module).
+//!
 //! # Exports
 //! The [`export`] module serves points as NBD block devices (instant restore): random reads
 //! checked chunk by chunk, holes reported, writes kept in a per-client overlay.
@@ -30,6 +34,7 @@
 //! restoring the same point twice gives the same VHD, and a differencing VHD restored later
 //! names its parent correctly. A chain's files are named by [`vhd_file_name`].
 
+mod changed;
 mod direct;
 pub mod export;
 mod output;
@@ -39,6 +44,7 @@ mod reader;
 pub mod standby;
 mod vhd;
 
+pub use changed::{Changed, restore_changed};
 pub use export::{PointDevice, PointExports};
 pub use reader::{Needed, PointReader};
 pub use standby::{StandbyOptions, StandbyReport, standby};
