@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up everything (scripts/setup.sh), builds cairn and runs its main job on a sample VM:
+# Sets up what it runs (scripts/setup.sh --demo), builds cairn and runs its main job on a sample VM:
 # three days of a disk from the shared workload generator are exported as a VHD chain (key +
 # two differencing VHDs, as XenServer exports incremental backups), backed up into a store
 # with a clone of the same template, listed, reported, and restored bit-exact as raw, as one
@@ -8,7 +8,7 @@
 #   usage: scripts/demo.sh [WORKDIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-bash "$repo/scripts/setup.sh"
+bash "$repo/scripts/setup.sh" --demo    # what the demo runs only: no Garage, no peer tools
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/cairn/target}
 cargo build --locked --manifest-path "$repo/Cargo.toml" -p cairn-cli
 cairn=$CARGO_TARGET_DIR/debug/cairn

@@ -6,16 +6,26 @@
 # Chromium for the report page's test, and Garage (an S3-compatible cluster, built from
 # crates.io once, about 10 minutes, cached in ~/.cache/cairn/garage) for object storage.
 # Idempotent and quick when everything is already there.
-#   usage: scripts/setup.sh
+#   usage: scripts/setup.sh              everything the tests use
+#          scripts/setup.sh --demo       only what scripts/demo.sh runs (build tools, qemu-utils,
+#                                        libnbd's nbdinfo): no Garage, no peer tools
+#          scripts/setup.sh --build-only only what building cairn needs (libclang for RocksDB)
 set -euo pipefail
+mode=${1:-all}
+case $mode in all|--demo|--build-only) ;; *) echo "usage: $0 [--demo|--build-only]" >&2; exit 2;; esac
 here=$(cd "$(dirname "$0")/.." && pwd)
 shared=${CAIRN_SHARED:-$here/../shared}
 cache=${CAIRN_CACHE:-$HOME/.cache/cairn}
 peers=$cache/peers
 mkdir -p "$cache"
 
+case $mode in
+  --build-only) packages="libclang-dev clang" ;;
+  --demo) packages="libclang-dev clang qemu-utils libnbd-bin" ;;
+  *) packages="libclang-dev clang qemu-utils zstd nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl curl procps chromium" ;;
+esac
 need_apt=()
-for pkg in libclang-dev clang qemu-utils zstd nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl curl procps chromium; do
+for pkg in $packages; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -24,6 +34,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ "$mode" != all ]; then
+  exit 0
 fi
 
 if [ ! -f "$peers/.installed" ]; then

@@ -117,6 +117,11 @@ pub struct BackupArgs {
     pub changed_blocks: Option<PathBuf>,
     #[command(flatten)]
     pub http: HttpArgs,
+    /// Read the sources, cut, hash and compress them as a backup does, and ask the store
+    /// which chunks it lacks, but store nothing: says what the backup would read and store
+    /// (and send, through a server). Takes no write lock.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -156,8 +161,10 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
     check_sources(&jobs)?;
     let labels = labels(a)?;
     let remote = a.store.remote()?;
+    crate::say_what_an_interrupted_backup_left(remote.is_none().then(|| a.store.store.clone()));
     let local = match &remote {
         Some(_) => None,
+        None if a.dry_run => Some(crate::store_cmd::open_read(&a.store.store)?),
         None => Some(
             open_write(&a.store.store, a.wait)
                 .with_context(|| format!("backup of {}: nothing was stored", a.vm))?,
@@ -194,6 +201,16 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
     let vm_key = VmKey::of(&a.vm, &labels);
     let run_started = Utc::now();
     let mut run = match (&local, &remote) {
+        (Some(s), _) if a.dry_run => {
+            let cfg = s.config();
+            let dry = cairn_ingest::DryRun::new(
+                std::sync::Arc::new(s.held_filter()?),
+                cfg.zstd_level,
+                cfg.chunk_size,
+            )
+            .with_overhead(cairn_store::pack::FRAME_HEADER_SIZE);
+            cairn_ingest::Run::over(s, Box::new(dry))
+        }
         (Some(s), _) => {
             let mut session = s.session()?;
             if a.adopt {
@@ -208,7 +225,20 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
                 .upload(&a.vm, a.vm_uuid.as_deref(), &disks, wait, a.adopt)
                 .with_context(|| format!("backup of {}: nothing was stored", a.vm))?;
             interval = upload.key_interval();
-            cairn_ingest::Run::over(&**r, Box::new(upload))
+            if a.dry_run {
+                // The server's session answers what it lacks; dropped at the end, it
+                // publishes nothing.
+                let cfg = cairn_store::StoreRead::config(&**r);
+                let dry = cairn_ingest::DryRun::new(
+                    cairn_store::StoreWrite::filter(&upload),
+                    cfg.zstd_level,
+                    cfg.chunk_size,
+                )
+                .keeping(Box::new(upload));
+                cairn_ingest::Run::over(&**r, Box::new(dry))
+            } else {
+                cairn_ingest::Run::over(&**r, Box::new(upload))
+            }
         }
         (None, None) => bail!("no store"),
     };
@@ -312,6 +342,9 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
                 if let Some(b) = sent.get(&p.disk) {
                     j["bytes_sent"] = json!(b);
                 }
+                if a.dry_run {
+                    j["dry_run"] = json!(true);
+                }
                 j
             })
             .collect();
@@ -322,7 +355,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
         let s = &p.stats;
         println!(
             "{} {}/{} {}: {} logical, {} read, {}, {} stored{}, {:.1}s ({}/s){}{}",
-            p.short_id(),
+            if a.dry_run { "dry run:" } else { p.short_id() },
             p.vm,
             p.disk,
             show_time(&p.time, tz),
@@ -349,9 +382,12 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
                 crate::words::count(s.rewritten_chunks, "chunk")
             );
         }
-        if p.committed < run_started {
+        if p.committed < run_started && !a.dry_run {
             println!("  (the same point was stored by an earlier run; it is not stored twice)");
         }
+    }
+    if a.dry_run {
+        println!("dry run: nothing was stored");
     }
     Ok(0)
 }
@@ -391,6 +427,19 @@ fn labels(a: &BackupArgs) -> Result<Labels> {
     })
 }
 
+/// Whether a file of `len` bytes ends with a VHD footer (a VHD of Virtual PC 2004 ends with
+/// 511 bytes of footer, so its size is no whole number of sectors).
+fn has_vhd_footer(path: &Path, len: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut tail = [0u8; 512];
+    let at = len.saturating_sub(512);
+    let n = f.read_at(&mut tail, at).unwrap_or(0);
+    tail[..n].windows(8).any(|w| w == b"conectix")
+}
+
 /// Checks every source of a run before any is read: each disk named once, each file there and
 /// readable. All problems are reported together.
 fn check_sources(jobs: &[(String, PathBuf)]) -> Result<()> {
@@ -422,9 +471,19 @@ fn check_sources(jobs: &[(String, PathBuf)]) -> Result<()> {
             }
             // A named pipe is not opened here: opening it would take the writer's only stream.
             Ok(m) if m.file_type().is_fifo() => {}
-            Ok(_) => {
+            Ok(m) => {
                 if let Err(e) = std::fs::File::open(src) {
                     problems.push(format!("{disk}={}: {e}", src.display()));
+                }
+                // A disk is whole sectors: a file that is not (a text file, a cut copy) is
+                // backed up as it is, but said.
+                if m.is_file() && m.len() % 512 != 0 && !has_vhd_footer(src, m.len()) {
+                    eprintln!(
+                        "warning: {disk}={} is {} bytes, not a whole number of 512-byte sectors: \
+                         is it a disk image? (backed up as it is)",
+                        src.display(),
+                        m.len()
+                    );
                 }
             }
         }

@@ -314,10 +314,43 @@ pub(crate) fn remove_partials_when_interrupted() {
         if let Some(sig) = signals.forever().next() {
             let removed = cairn_restore::partials::remove_all();
             eprintln!(
-                "interrupted: {} partial output file(s) removed; nothing that existed was \
+                "interrupted: {} removed; nothing that existed was \
                  replaced",
-                removed
+                words::count(removed as u64, "partial output file")
             );
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
+/// For `backup`: on SIGINT, SIGTERM or SIGHUP it says that nothing was stored (a run is
+/// published whole or not at all) and how much the packs it left hold, which `cairn gc`
+/// reclaims, then exits as a process ended by that signal would (128 + its number).
+pub(crate) fn say_what_an_interrupted_backup_left(store: Option<std::path::PathBuf>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            // Read-only, beside the writer this process still is: the packs no index entry
+            // names are this run's (and any earlier killed run's).
+            let left = store
+                .as_deref()
+                .and_then(|s| cairn_store::Store::open(s, cairn_store::OpenMode::Read).ok())
+                .and_then(|s| s.unindexed_pack_files().ok())
+                .map(|files| files.iter().map(|(_, len)| len).sum::<u64>());
+            match left {
+                Some(bytes) => eprintln!(
+                    "interrupted: nothing was stored (a run is published whole or not at all); \
+                     `cairn gc` reclaims the {} of packs it left",
+                    words::human_bytes(bytes)
+                ),
+                None => eprintln!(
+                    "interrupted: nothing was stored (a run is published whole or not at all; \
+                     a server drops the session and its chunks)"
+                ),
+            }
             std::process::exit(128 + sig);
         }
     });

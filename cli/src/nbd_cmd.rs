@@ -171,7 +171,7 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
             .add(p, names, description)
             .context("exporting a point")?;
     }
-    let base = match &a.socket {
+    let mut base = match &a.socket {
         Some(path) => Uri {
             address: cairn_nbd::Address::Unix(path.clone()),
             export: String::new(),
@@ -220,6 +220,10 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
         None => {
             let l = TcpListener::bind(&a.listen)
                 .with_context(|| format!("listening on {}", a.listen))?;
+            // The port bound, not the one asked for: `--listen HOST:0` takes a free one.
+            if let cairn_nbd::Address::Tcp { port, .. } = &mut base.address {
+                *port = l.local_addr().context("the address listened on")?.port();
+            }
             Box::new(move || l.accept().map(|(s, peer)| (Conn::Tcp(s), peer.to_string())))
         }
     };
@@ -242,8 +246,8 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
     if !a.json {
         writeln!(
             out,
-            "serving {} point(s) {}{}on {}; stop with Ctrl-C",
-            shown.len(),
+            "serving {} {}{}on {}; stop with Ctrl-C",
+            crate::words::count(shown.len() as u64, "point"),
             if base.tls { "over TLS only, " } else { "" },
             if a.writable {
                 "with a copy-on-write overlay per client "

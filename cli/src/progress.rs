@@ -27,8 +27,15 @@ pub fn bytes(total: u64, message: &str) -> ProgressBar {
 /// A counting progress bar (chunks, points) on stderr when it is a terminal.
 pub fn count(total: u64, message: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), target());
-    let style = ProgressStyle::with_template("{msg:12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+    // A whole number a second (indicatif's own {per_sec} shows four decimals: "1,318.5295/s").
+    let style = ProgressStyle::with_template("{msg:12} [{bar:40}] {pos}/{len} {rate} eta {eta}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", state.per_sec());
+            },
+        )
         .progress_chars("=> ");
     bar.set_style(style);
     bar.set_message(message.to_owned());

@@ -28,8 +28,8 @@ pub struct ReportArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// Write the report as an HTML page to FILE (replaced atomically), instead of the text
-    /// (with --json, the JSON the page is drawn from is printed too).
+    /// Write the report as an HTML page to FILE (replaced atomically; `-` for stdout), instead
+    /// of the text (with --json, the JSON the page is drawn from is printed too).
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
 }
@@ -92,13 +92,29 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
             vm_pages: false,
         };
         let page = cairn_gc::report::page::render(&doc, &options);
-        cairn_store::write_atomic_mode(file, page.as_bytes(), 0o644)
-            .with_context(|| format!("writing the page {}", file.display()))?;
-        crate::say!(
-            "wrote {} ({})",
-            file.display(),
-            human_bytes(page.len() as u64)
-        );
+        if file == std::path::Path::new("-") {
+            if a.json {
+                crate::usage!("--html - and --json both go to stdout: give the page a file name");
+            }
+            print!("{page}");
+        } else {
+            // A typo in a folder is an error naming it, not a new tree of folders.
+            let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+                anyhow::bail!(
+                    "{}: no such folder to write the page {} into",
+                    dir.display(),
+                    file.display()
+                );
+            }
+            cairn_store::write_atomic_mode(file, page.as_bytes(), 0o644)
+                .with_context(|| format!("writing the page {}", file.display()))?;
+            crate::say!(
+                "wrote {} ({})",
+                file.display(),
+                human_bytes(page.len() as u64)
+            );
+        }
     }
     if a.json {
         crate::print_json(&doc)?;

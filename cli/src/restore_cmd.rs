@@ -41,7 +41,8 @@ pub struct RestoreArgs {
     /// The point: an id (a unique prefix, or the UUID of a VHD cairn restored), VM/DISK@latest,
     /// VM/DISK@latest~N (N before the latest), VM/DISK@DATE or VM/DISK@DATETIME (the newest
     /// point at or before it; a date or time without a zone is in the store's time zone, as
-    /// `list` shows times).
+    /// `list` shows times). VM is the name, the --vm-uuid, or POOL:NAME when two VMs of one
+    /// name live in different pools.
     pub point: String,
     /// Where to write: a file, `-` for stdout, or a folder for vhd-chain.
     pub out: PathBuf,
@@ -73,6 +74,11 @@ pub struct RestoreArgs {
     /// finished by running it again.
     #[arg(long, conflicts_with_all = ["base", "from", "ignore_errors"])]
     pub changed_only: bool,
+    /// Check everything the restore would check (the point, the output's rules, a device's
+    /// size) and say what it would write, writing nothing; with --changed-only, read and
+    /// compare the target and say how much would be written.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print a JSON summary (on stderr when the data goes to stdout).
     #[arg(long)]
     pub json: bool,
@@ -138,24 +144,35 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
                  exists (not a VHD, a chain or stdout)"
             );
         }
-        let c = cairn_restore::restore_changed(store, &point, &a.out, a.force, &|done| {
-            bar.set_position(done);
-        })
-        .with_context(|| {
-            format!(
-                "restore of point {} onto {} failed",
-                point.short_id(),
-                a.out.display()
-            )
-        })?;
+        let c =
+            cairn_restore::restore_changed(store, &point, &a.out, a.force, a.dry_run, &|done| {
+                bar.set_position(done);
+            })
+            .with_context(|| {
+                format!(
+                    "restore of point {} onto {} failed",
+                    point.short_id(),
+                    a.out.display()
+                )
+            })?;
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         if a.json {
             crate::print_json(&json!({
                 "point": point.id, "target": a.out, "bytes_read": c.bytes_read,
                 "chunks_compared": c.chunks_compared, "chunks_written": c.chunks_written,
-                "bytes_written": c.bytes_written, "seconds": secs,
+                "bytes_written": c.bytes_written, "seconds": secs, "dry_run": a.dry_run,
             }))?;
+        } else if a.dry_run {
+            println!(
+                "dry run: restoring {} onto {} would write {} ({}) of {} compared; nothing \
+                 was written",
+                point.short_id(),
+                a.out.display(),
+                crate::words::count(c.chunks_written, "chunk"),
+                human_bytes(c.bytes_written),
+                crate::words::count(c.chunks_compared, "chunk"),
+            );
         } else {
             crate::say!(
                 "restored {} ({}/{} made {}) onto {} in {:.1}s: read {} and compared {}, wrote \
@@ -170,6 +187,39 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
                 crate::words::count(c.chunks_compared, "chunk"),
                 crate::words::count(c.chunks_written, "chunk"),
                 human_bytes(c.bytes_written)
+            );
+        }
+        return Ok(0);
+    }
+    if a.dry_run {
+        let plan = cairn_restore::check(&point, &a.out, format, a.force).with_context(|| {
+            format!(
+                "restore of point {} to {} would fail",
+                point.short_id(),
+                a.out.display()
+            )
+        })?;
+        let format_name = match format {
+            OutputFormat::Raw => "a raw image",
+            OutputFormat::Vhd if base.is_some() => "a differencing VHD",
+            OutputFormat::Vhd => "a dynamic VHD",
+            OutputFormat::VhdChain => "a VHD chain",
+        };
+        if a.json {
+            crate::print_json(&json!({
+                "dry_run": true, "point": point.id, "out": a.out, "format": format_name,
+                "target": plan.to_string(), "disk_bytes": point.size,
+            }))?;
+        } else {
+            println!(
+                "dry run: would restore {} ({}/{} made {}, {}) as {format_name} to {} ({plan}); \
+                 nothing was written",
+                point.short_id(),
+                point.vm,
+                point.disk,
+                crate::values::show_time(&point.time, store.config().tz()),
+                human_bytes(point.size),
+                a.out.display()
             );
         }
         return Ok(0);

@@ -746,9 +746,14 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
                 )
             } else {
                 format!(
-                    "{} bad or missing chunk(s) damage {} point(s) of VM(s) {}",
-                    r.damaged.len(),
-                    r.points_damaged,
+                    "{} bad or missing damage {} of {} {}",
+                    crate::words::count(r.damaged.len() as u64, "chunk"),
+                    crate::words::count(r.points_damaged, "point"),
+                    if r.vms_damaged.len() == 1 {
+                        "VM"
+                    } else {
+                        "VMs"
+                    },
                     r.vms_damaged.join(", ")
                 )
             }

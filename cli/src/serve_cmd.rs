@@ -24,9 +24,17 @@ use crate::table::{Align, Table};
     --store https://...) with an admin token instead. SIGTERM or Ctrl-C stops it gracefully.\n\
     The API is documented in docs/api.md.")]
 pub struct ServeArgs {
-    /// The store folder.
+    /// The store folder (or --store, or CAIRN_STORE).
     #[arg(value_name = "STORE")]
-    pub store: PathBuf,
+    pub store: Option<PathBuf>,
+    /// The store folder, as every other command takes it.
+    #[arg(
+        long = "store",
+        env = "CAIRN_STORE",
+        value_name = "STORE",
+        hide_env_values = true
+    )]
+    pub store_flag: Option<PathBuf>,
     /// The address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
     pub listen: std::net::SocketAddr,
@@ -50,13 +58,41 @@ pub struct ServeArgs {
     pub json: bool,
 }
 
+/// The store `serve` serves: the folder given as argument, else --store or CAIRN_STORE; a
+/// server's URL is no folder to serve.
+fn served_store(a: &ServeArgs) -> Result<PathBuf> {
+    let store = match (&a.store, &a.store_flag) {
+        (Some(p), Some(f))
+            if p != f && std::env::var_os("CAIRN_STORE").as_deref() != Some(f.as_os_str()) =>
+        {
+            crate::usage!(
+                "two stores given: {} and --store {}; give one",
+                p.display(),
+                f.display()
+            )
+        }
+        (Some(p), _) | (None, Some(p)) => p.clone(),
+        (None, None) => {
+            crate::usage!("give the store folder: cairn serve STORE, --store STORE or CAIRN_STORE")
+        }
+    };
+    if store.to_string_lossy().starts_with("https://") {
+        crate::usage!(
+            "{} is a server: `cairn serve` serves a store folder on this machine",
+            store.display()
+        );
+    }
+    Ok(store)
+}
+
 pub fn serve(a: &ServeArgs) -> Result<i32> {
+    let store = served_store(a)?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
     let config = cairn_server::Config {
-        store: a.store.clone(),
+        store: store.clone(),
         listen: a.listen,
         tls: a.tls_cert.clone().zip(a.tls_key.clone()),
         limits: cairn_server::Limits {
@@ -97,7 +133,7 @@ pub fn serve(a: &ServeArgs) -> Result<i32> {
         }
         let _ = out.flush();
     })
-    .with_context(|| format!("cairn serve {}", a.store.display()))?;
+    .with_context(|| format!("cairn serve {}", store.display()))?;
     Ok(0)
 }
 
@@ -141,7 +177,11 @@ pub struct TokenCreateArgs {
     /// up (nothing is told of other VMs; blocks shared with them are sent again, stored once).
     #[arg(long, value_parser = ["all", "own"], default_value = "all")]
     pub lookups: String,
-    /// Print the token and its secret as JSON.
+    /// Write the secret into this new file, readable by its owner only (0600), instead of
+    /// printing it; an existing file is refused before the token is made.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Print the token (and its secret, unless --output) as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -190,17 +230,50 @@ pub fn token(c: &TokenCommand) -> Result<i32> {
                 .transpose()?
                 .map(|d| chrono::Utc::now() + d);
             let lookups = Lookups::parse(&a.lookups)?;
+            // The file first: a secret made and then not written anywhere is lost.
+            let mut file = a
+                .output
+                .as_ref()
+                .map(|path| {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(path)
+                        .with_context(|| {
+                            format!(
+                                "--output {}: cannot make it (an existing file is left as it \
+                                 is); no token was made",
+                                path.display()
+                            )
+                        })
+                })
+                .transpose()?;
             let (t, secret) =
                 tokens_of(&a.store)?.create(&a.name, role, &a.vm, expires, lookups)?;
+            if let (Some(f), Some(path)) = (file.as_mut(), &a.output) {
+                writeln!(f, "{secret}")
+                    .and_then(|()| f.sync_all())
+                    .with_context(|| format!("writing the secret into {}", path.display()))?;
+            }
+            let shown_secret = a.output.is_none().then_some(secret.as_str());
             if a.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "id": t.id, "name": t.name, "role": t.role, "vms": t.vms, "expires": t.expires, "lookups": t.lookups, "secret": secret })
-                );
+                crate::print_json(&serde_json::json!({
+                    "id": t.id, "name": t.name, "role": t.role, "vms": t.vms,
+                    "expires": t.expires, "lookups": t.lookups, "secret": shown_secret,
+                    "secret_file": a.output,
+                }))?;
             } else {
-                println!("{secret}");
+                if let Some(s) = shown_secret {
+                    println!("{s}");
+                }
+                let said = match &a.output {
+                    Some(path) => format!("the secret is in {} (0600)", path.display()),
+                    None => "the secret above is shown once".to_owned(),
+                };
                 eprintln!(
-                    "token {} ({}, {} role, VMs {:?}{}): the secret above is shown once; give it to the host as CAIRN_TOKEN or --token-file",
+                    "token {} ({}, {} role, VMs {:?}{}): {said}; give it to the host as CAIRN_TOKEN or --token-file",
                     t.id,
                     t.name,
                     t.role.name(),

@@ -42,6 +42,10 @@ pub struct StandbyArgs {
     /// Read the whole target and compare with the point, even when it looks unchanged.
     #[arg(long)]
     pub verify_target: bool,
+    /// Make every check and say what the run would write (reading a block target where the
+    /// run would compare it), writing nothing: not the target, nor the store's record of it.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -60,6 +64,7 @@ pub fn standby(a: &StandbyArgs) -> Result<i32> {
             force: a.force,
             verify: a.verify_target,
             http: a.http.options(),
+            dry_run: a.dry_run,
         },
     )
     .with_context(|| {
@@ -75,8 +80,32 @@ pub fn standby(a: &StandbyArgs) -> Result<i32> {
         crate::print_json(&json!({
             "target": r.target, "from": r.from, "to": r.to, "chunks_written": r.chunks_written,
             "bytes_written": r.bytes_written, "finished_interrupted": r.finished_interrupted,
-            "compared": r.compared, "seconds": secs,
+            "compared": r.compared, "seconds": secs, "dry_run": a.dry_run,
         }))?;
+        return Ok(0);
+    }
+    if a.dry_run {
+        println!(
+            "dry run: {}bringing {} to point {} ({}/{}) would write {} ({}){}; nothing was \
+             written",
+            if r.finished_interrupted {
+                "finishing the interrupted run, then "
+            } else {
+                ""
+            },
+            r.target,
+            point.short_id(),
+            point.vm,
+            point.disk,
+            human_bytes(r.bytes_written),
+            crate::words::count(r.chunks_written, "chunk"),
+            match &r.from {
+                Some(f) if *f == r.to => ": it holds it already".to_owned(),
+                Some(f) => format!(", from point {}", &f[..12.min(f.len())]),
+                None if r.compared => ", after reading and comparing the whole target".to_owned(),
+                None => String::new(),
+            }
+        );
         return Ok(0);
     }
     if r.finished_interrupted {

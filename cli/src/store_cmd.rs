@@ -445,14 +445,16 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
         )?;
     } else {
         println!(
-            "rebuilt the index: {} packs, {} chunks, {} recovery points",
-            r.packs, r.chunks, r.points
+            "rebuilt the index: {}, {}, {}",
+            crate::words::count(r.packs, "pack"),
+            crate::words::count(r.chunks, "chunk"),
+            crate::words::count(r.points, "recovery point")
         );
         if r.duplicates > 0 {
             println!(
-                "{} chunk(s) found twice: the copy that reads back as its id is indexed, the other \
-                 is garbage for `cairn gc`",
-                r.duplicates
+                "{} found twice: the copy that reads back as its id is indexed, the other is \
+                 garbage for `cairn gc`",
+                crate::words::count(r.duplicates, "chunk")
             );
         }
         for p in &r.problems {

@@ -134,11 +134,28 @@ fn open_file(path: &Path) -> std::io::Result<File> {
 
 fn open_vhd(path: &Path) -> Result<Vhd<File>> {
     let f = open_file(path).with_context(|| format!("cannot open {}", path.display()))?;
-    Vhd::open(f).map_err(|e| e.in_file(path).into())
+    Vhd::open(f).map_err(|e| named_format(path, e.in_file(path).into()))
 }
 
+/// Opens a VHD and its parents.
 fn open_chain(path: &Path) -> Result<Chain<File>> {
-    Ok(Chain::open(path, open_file)?)
+    Chain::open(path, open_file).map_err(|e| named_format(path, e.into()))
+}
+
+/// `err`, or, when `path` is an image of another format, that: what the file is.
+fn named_format(path: &Path, err: anyhow::Error) -> anyhow::Error {
+    let mut head = [0u8; 72];
+    let n = File::open(path)
+        .and_then(|f| std::os::unix::fs::FileExt::read_at(&f, &mut head, 0))
+        .unwrap_or(0);
+    match cairn_ingest::foreign_format(&head[..n]) {
+        Some(what) => anyhow::anyhow!(
+            "{} is {what}, not a VHD (`qemu-img info` reads it; `qemu-img convert -O vpc` makes \
+             a VHD of it)",
+            path.display()
+        ),
+        None => err,
+    }
 }
 
 fn vhd_time(ts: u32) -> String {

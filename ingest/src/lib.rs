@@ -15,6 +15,8 @@
 //! - `stream`: stdin or any reader: a raw stream read straight through; a VHD stream in one pass when its layout
 //!   allows (Xen Orchestra, qemu and cairn write it so), else spooled to a file in the store's
 //!   `tmp/` folder. Never held whole in memory.
+//! - `dry_run`: a session that stores nothing, for `backup --dry-run`: what would be read and
+//!   stored, counted.
 //! - `pipeline`: reader thread → hashing and compression on rayon → pack writes, over bounded
 //!   channels, so memory is bounded whatever the disk's size.
 //!
@@ -25,6 +27,7 @@
 //! must be the UUID of the VHD the parent point was read from, unless the parent is given
 //! explicitly: a delta applied to the wrong parent would be silent garbage.
 
+mod dry_run;
 mod http;
 mod open;
 mod parent;
@@ -32,6 +35,7 @@ mod pipeline;
 mod source;
 mod stream;
 
+pub use dry_run::DryRun;
 pub use http::{HttpOptions, is_http_url, redacted};
 pub use open::foreign_format;
 pub use source::nbd::{CBT_BLOCK, Changes};

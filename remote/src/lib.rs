@@ -159,6 +159,15 @@ impl Remote {
                 text.push_str(&format!(": {s}"));
                 src = s.source();
             }
+            // A certificate refused says how to trust the right one.
+            if text.to_ascii_lowercase().contains("certificate") && !text.contains("--fingerprint")
+            {
+                text.push_str(
+                    "; to trust this server, pass --fingerprint with the SHA-256 fingerprint \
+                     `cairn serve` prints when it starts (or set CAIRN_FINGERPRINT), or \
+                     --server-ca with the CA that signed its certificate",
+                );
+            }
             remote_err(text, None)
         })?;
         let status = resp.status();

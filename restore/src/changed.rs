@@ -21,7 +21,7 @@ use cairn_store::{ChunkId, ChunkRef, RecoveryPoint, StoreRead};
 use crate::output::io_err;
 use crate::{Error, Result};
 
-/// What a changed-only restore read and wrote.
+/// What a changed-only restore read and wrote (in a dry run: would write).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Changed {
     /// Bytes of the target read and hashed.
@@ -38,7 +38,9 @@ pub struct Changed {
 const BATCH: usize = 64;
 
 /// Restores `point` onto the existing file or block device `out`, writing only the chunks
-/// whose bytes differ (see the module). `progress` gets the bytes compared so far.
+/// whose bytes differ (see the module). With `dry_run` the target is read and compared, and
+/// what would be written counted, but nothing is written (nor `force` needed). `progress` gets
+/// the bytes compared so far.
 ///
 /// # Errors
 /// A target that is missing, not a file or device, smaller than the point (a device), or
@@ -49,14 +51,17 @@ pub fn restore_changed(
     point: &RecoveryPoint,
     out: &Path,
     force: bool,
+    dry_run: bool,
     progress: &dyn Fn(u64),
 ) -> Result<Changed> {
-    let file = open_target(out, force, point.size)?;
+    let (file, len) = open_target(out, force, dry_run, point.size)?;
     let cs = u64::from(point.chunk_size);
     let mut run = Run {
         store,
         point,
         file: &file,
+        target_len: len,
+        dry_run,
         out,
         cs,
         done: Changed::default(),
@@ -105,8 +110,9 @@ pub fn restore_changed(
 }
 
 /// Opens the target: it must exist, be a file or a block device, hold at least the point
-/// (a file is sized to it), and `force` must be given.
-fn open_target(out: &Path, force: bool, size: u64) -> Result<File> {
+/// (a file is sized to it), and `force` must be given (unless `dry_run`: then it is only
+/// read). Returns it and the bytes it holds, as read.
+fn open_target(out: &Path, force: bool, dry_run: bool, size: u64) -> Result<(File, u64)> {
     use std::os::unix::fs::FileTypeExt;
     let m = std::fs::metadata(out).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -126,7 +132,7 @@ fn open_target(out: &Path, force: bool, size: u64) -> Result<File> {
             out.display()
         )));
     }
-    if !force {
+    if !force && !dry_run {
         return Err(Error::Refused(format!(
             "{} holds data; --changed-only rewrites in place what differs from the point: pass \
              --force too to say it may be written over",
@@ -135,7 +141,7 @@ fn open_target(out: &Path, force: bool, size: u64) -> Result<File> {
     }
     let file = OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(!dry_run)
         .open(out)
         .map_err(io_err(out, "opening the target"))?;
     let have = if device {
@@ -152,11 +158,12 @@ fn open_target(out: &Path, force: bool, size: u64) -> Result<File> {
             out.display()
         )));
     }
-    if !device && have != size {
+    if !device && have != size && !dry_run {
         file.set_len(size)
             .map_err(io_err(out, "setting the file to the point's size"))?;
+        return Ok((file, size));
     }
-    Ok(file)
+    Ok((file, have))
 }
 
 /// One changed-only restore under way.
@@ -164,6 +171,9 @@ struct Run<'a> {
     store: &'a dyn StoreRead,
     point: &'a RecoveryPoint,
     file: &'a File,
+    /// The target's length as read: bytes past it read as zeros (a dry run on a shorter file).
+    target_len: u64,
+    dry_run: bool,
     out: &'a Path,
     cs: u64,
     done: Changed,
@@ -187,10 +197,15 @@ impl Run<'_> {
         let last = first + wants.len() as u64 - 1;
         let bytes = (last * self.cs + self.len(last) as u64 - at) as usize;
         let have = &mut self.have[..bytes];
-        self.file.read_exact_at(have, at).map_err(io_err(
-            self.out,
-            &format!("reading the target at offset {at}"),
-        ))?;
+        // Past the end of a file a dry run did not size: what the sized file would hold.
+        let there = (self.target_len.saturating_sub(at) as usize).min(bytes);
+        self.file
+            .read_exact_at(&mut have[..there], at)
+            .map_err(io_err(
+                self.out,
+                &format!("reading the target at offset {at}"),
+            ))?;
+        have[there..].fill(0);
         self.done.bytes_read += bytes as u64;
         for (k, want) in wants.iter().enumerate() {
             let i = first + k as u64;
@@ -211,9 +226,17 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Fetches the differing chunks from the store (zeros need none) and writes them.
+    /// Fetches the differing chunks from the store (zeros need none) and writes them (a dry
+    /// run counts them only).
     fn write_differing(&mut self) -> Result<()> {
         let differing = std::mem::take(&mut self.differing);
+        if self.dry_run {
+            for (i, _) in &differing {
+                self.done.chunks_written += 1;
+                self.done.bytes_written += self.len(*i) as u64;
+            }
+            return Ok(());
+        }
         for batch in differing.chunks(BATCH) {
             let ids: Vec<ChunkId> = batch
                 .iter()

@@ -46,6 +46,7 @@ mod vhd;
 
 pub use changed::{Changed, restore_changed};
 pub use export::{PointDevice, PointExports};
+pub use output::Plan;
 pub use reader::{Needed, PointReader};
 pub use standby::{StandbyOptions, StandbyReport, standby};
 pub use vhd::{chain_file_name, vhd_file_name};
@@ -111,6 +112,19 @@ impl From<cairn_http::Error> for Error {
             },
             other => Self::Refused(other.to_string()),
         }
+    }
+}
+
+/// Checks every rule a restore of `point` as `format` into `out` must pass (see the `output`
+/// module) and says what it would write to: for a dry run; nothing is created or changed.
+///
+/// # Errors
+/// What the restore itself would refuse with.
+pub fn check(point: &RecoveryPoint, out: &Path, format: OutputFormat, force: bool) -> Result<Plan> {
+    match format {
+        OutputFormat::Raw => output::plan(out, force, Some(point.size)),
+        OutputFormat::Vhd => output::plan(out, force, None),
+        OutputFormat::VhdChain => output::plan_chain(out, force),
     }
 }
 

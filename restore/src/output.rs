@@ -22,6 +22,83 @@ use std::path::{Path, PathBuf};
 use crate::direct::{self, Direct, InOrder};
 use crate::{Error, Result};
 
+/// What a restore writes to, every rule checked ([`plan`], [`plan_chain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Standard output.
+    Stdout,
+    /// A new file.
+    NewFile,
+    /// An existing file, replaced once the restore has succeeded (`force`).
+    ReplaceFile,
+    /// A block device, written in place (`force`, raw, large enough).
+    Device,
+    /// A pipe or another file that is not a regular one, written in place.
+    InPlace,
+    /// A new folder (a chain).
+    NewFolder,
+    /// An empty folder (a chain).
+    EmptyFolder,
+    /// A folder holding files (a chain, `force`).
+    FullFolder,
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Stdout => "standard output",
+            Self::NewFile => "a new file",
+            Self::ReplaceFile => "the existing file, replaced once the restore has succeeded",
+            Self::Device => "the block device, in place",
+            Self::InPlace => "the pipe, in order",
+            Self::NewFolder => "a new folder",
+            Self::EmptyFolder => "the empty folder",
+            Self::FullFolder => "the folder, beside the files it holds",
+        })
+    }
+}
+
+/// Checks every rule for writing a raw image or a VHD (`raw_size` `None`) to `out` and says
+/// what the restore would write to; creates and changes nothing.
+///
+/// # Errors
+/// An existing regular file or block device without `force`, a block device for a VHD or
+/// smaller than `raw_size` (the point's size, for a raw restore), a folder given as a file, a
+/// folder that does not exist, I/O errors.
+pub(crate) fn plan(out: &Path, force: bool, raw_size: Option<u64>) -> Result<Plan> {
+    if out == Path::new("-") {
+        return Ok(Plan::Stdout);
+    }
+    match std::fs::metadata(out) {
+        Ok(m) if m.is_dir() => Err(Error::Refused(format!(
+            "{} is a folder: give a file name (a folder is for --format vhd-chain)",
+            out.display()
+        ))),
+        Ok(m) if !m.is_file() => {
+            use std::os::unix::fs::FileTypeExt;
+            if !m.file_type().is_block_device() {
+                return Ok(Plan::InPlace);
+            }
+            let f = File::open(out).map_err(io_err(out, "opening"))?;
+            check_device(out, &f, force, raw_size)?;
+            Ok(Plan::Device)
+        }
+        Ok(_) if !force => Err(Error::Refused(format!(
+            "{} exists; it is left as it is (pass --force to replace it once the restore \
+             has succeeded)",
+            out.display()
+        ))),
+        Ok(_) => {
+            folder_exists(out)?;
+            Ok(Plan::ReplaceFile)
+        }
+        Err(_) => {
+            folder_exists(out)?;
+            Ok(Plan::NewFile)
+        }
+    }
+}
+
 /// An output being written.
 pub(crate) enum Output {
     /// Standard output.
@@ -36,36 +113,18 @@ impl Output {
     /// Opens `out` for a restore. `-` is standard output.
     ///
     /// # Errors
-    /// An existing regular file or block device without `force`, a block device for a VHD or
-    /// smaller than `raw_size` (the point's size, for a raw restore; `None` for a VHD), a
-    /// folder that does not exist, I/O errors.
+    /// As [`plan`]; I/O errors.
     pub(crate) fn open(out: &Path, force: bool, raw_size: Option<u64>) -> Result<Self> {
-        if out == Path::new("-") {
-            return Ok(Self::Stdout);
-        }
-        match std::fs::metadata(out) {
-            Ok(m) if m.is_dir() => Err(Error::Refused(format!(
-                "{} is a folder: give a file name (a folder is for --format vhd-chain)",
-                out.display()
-            ))),
-            Ok(m) if !m.is_file() => {
-                use std::os::unix::fs::FileTypeExt;
+        match plan(out, force, raw_size)? {
+            Plan::Stdout => Ok(Self::Stdout),
+            Plan::Device | Plan::InPlace => {
                 let f = OpenOptions::new()
                     .write(true)
                     .open(out)
                     .map_err(io_err(out, "opening"))?;
-                if m.file_type().is_block_device() {
-                    check_device(out, &f, force, raw_size)?;
-                }
                 Ok(Self::InPlace(f, out.to_path_buf()))
             }
-            Ok(_) if !force => Err(Error::Refused(format!(
-                "{} exists; it is left as it is (pass --force to replace it once the restore \
-                 has succeeded)",
-                out.display()
-            ))),
             _ => {
-                folder_exists(out)?;
                 if let Some(dir) = out.parent() {
                     crate::partials::remove_stale(if dir.as_os_str().is_empty() {
                         Path::new(".")
@@ -195,21 +254,41 @@ impl Drop for Staged {
 pub(crate) fn chain_folder(out: &Path, force: bool) -> Result<bool> {
     // What an interrupted restore into it left (its writer gone) does not make it "not empty".
     crate::partials::remove_stale(out);
+    if plan_chain(out, force)? == Plan::NewFolder {
+        std::fs::create_dir(out).map_err(io_err(out, "creating the folder"))?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Checks the rules for a chain's folder (new, or empty, or `force`) and says which it is;
+/// creates nothing.
+///
+/// # Errors
+/// A folder holding files without `force`, a file, a parent folder that does not exist.
+pub(crate) fn plan_chain(out: &Path, force: bool) -> Result<Plan> {
     match std::fs::read_dir(out) {
         Ok(mut entries) => {
-            if entries.next().is_some() && !force {
+            let full = entries.any(|e| {
+                e.ok()
+                    .is_some_and(|e| !crate::partials::is_stale(&e.path()))
+            });
+            if full && !force {
                 return Err(Error::Refused(format!(
                     "folder {} is not empty: a chain is restored into a new or empty folder, so \
                      that no earlier VHD mixes into it (pass --force to write into it anyway)",
                     out.display()
                 )));
             }
-            Ok(false)
+            Ok(if full {
+                Plan::FullFolder
+            } else {
+                Plan::EmptyFolder
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             folder_exists(out)?;
-            std::fs::create_dir(out).map_err(io_err(out, "creating the folder"))?;
-            Ok(true)
+            Ok(Plan::NewFolder)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(Error::Refused(format!(
             "{} is a file: --format vhd-chain writes a folder",

@@ -44,31 +44,31 @@ pub fn remove_all() -> usize {
         .count()
 }
 
+/// Whether `path` is a temporary file whose writer process is gone.
+#[must_use]
+pub fn is_stale(path: &Path) -> bool {
+    let pid = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| n.starts_with('.'))
+        .and_then(|n| n.rsplit_once(MARKER))
+        .and_then(|(_, pid)| pid.parse::<u32>().ok());
+    pid.is_some_and(|pid| {
+        pid != std::process::id()
+            && !cairn_store::lock::process_alive(pid)
+            && std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+    })
+}
+
 /// Removes the temporary files in `dir` whose writer process is gone; returns how many.
 pub fn remove_stale(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
-    let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.starts_with('.'))
-            .and_then(|n| n.rsplit_once(MARKER))
-            .and_then(|(_, pid)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let gone = pid != std::process::id() && !cairn_store::lock::process_alive(pid);
-        if gone
-            && e.file_type().is_ok_and(|t| t.is_file())
-            && std::fs::remove_file(e.path()).is_ok()
-        {
-            removed += 1;
-        }
-    }
-    removed
+    entries
+        .flatten()
+        .filter(|e| is_stale(&e.path()) && std::fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 #[cfg(test)]

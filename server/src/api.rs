@@ -643,16 +643,31 @@ async fn gc(
     .await
 }
 
-/// `GET /api/v1/report`: the report document (docs/report-json.md) of the whole store.
+/// `GET /api/v1/report`: the report document (docs/report-json.md) of what the token may read,
+/// the one the page is drawn from: an admin token's covers the whole store; a restore token's
+/// its VMs' rows, without the store-wide figures.
 async fn report(State(app): State<Shared>, headers: HeaderMap) -> Answer<Json<serde_json::Value>> {
-    app.authorize(&headers, &[Role::Admin], "read the store's report")?;
-    blocking(move || {
-        let reclaimable = app.reclaimable();
-        let doc = cairn_gc::report::document(app.store, &|_| true, reclaimable.as_ref())
-            .map_err(|e| ApiError::internal(&e.to_string()))?;
-        Ok(Json(doc))
-    })
-    .await
+    let token = app.authorize(&headers, &[Role::Admin, Role::Restore], "read the report")?;
+    blocking(move || Ok(Json(report_for(&app, &token, None)?))).await
+}
+
+/// The report document a token reads (of one VM, with `vm`): see [`report`].
+fn report_for(
+    app: &Shared,
+    token: &crate::token::Token,
+    vm: Option<&str>,
+) -> Answer<serde_json::Value> {
+    let admin = token.role == Role::Admin;
+    let reclaimable = if admin { app.reclaimable() } else { None };
+    let shown = |p: &RecoveryPoint| token.allows_vm(&p.vm) && vm.is_none_or(|v| v == p.vm);
+    let mut doc = cairn_gc::report::document(app.store, &shown, reclaimable.as_ref())
+        .map_err(|e| ApiError::internal(&e.to_string()))?;
+    if !admin {
+        for f in STORE_WIDE {
+            doc[f] = serde_json::Value::Null;
+        }
+    }
+    Ok(doc)
 }
 
 /// `GET /`: the report page of what the token may read (an admin token: the whole store; a
@@ -705,17 +720,7 @@ async fn page_for(app: Shared, headers: HeaderMap, vm: Option<String>) -> Respon
         Err(e) => return e.into_response(),
     };
     let made = blocking(move || {
-        let admin = token.role == Role::Admin;
-        let reclaimable = if admin { app.reclaimable() } else { None };
-        let shown =
-            |p: &RecoveryPoint| token.allows_vm(&p.vm) && vm.as_ref().is_none_or(|v| *v == p.vm);
-        let mut doc = cairn_gc::report::document(app.store, &shown, reclaimable.as_ref())
-            .map_err(|e| ApiError::internal(&e.to_string()))?;
-        if !admin {
-            for f in STORE_WIDE {
-                doc[f] = serde_json::Value::Null;
-            }
-        }
+        let doc = report_for(&app, &token, vm.as_deref())?;
         if let Some(v) = &vm
             && doc["vms"].as_array().is_none_or(Vec::is_empty)
         {

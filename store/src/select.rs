@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `3f2a9c1b07de` | the point whose id starts so (the prefix must be unique) |
 //! | `3f2a9c1b-07de-4e1a-...` | the same, as the UUID cairn writes into the VHDs it restores |
-//! | `VM/DISK@latest` | the disk's newest point (VM: its name, or its `--vm-uuid`) |
+//! | `VM/DISK@latest` | the disk's newest point (VM: its name, or its `--vm-uuid`, or `POOL:NAME` when two VMs of one name are in different pools) |
 //! | `VM/DISK@latest~N` | the N-th point before the newest (`~1` is the one before) |
 //! | `VM/DISK@2026-11-22` | the newest point made on or before that day (in the store's time zone) |
 //! | `VM/DISK@2026-11-22T02:00:00Z` | the newest point made at or before that instant (a time without a zone is in the store's time zone) |
@@ -25,11 +25,18 @@ pub fn resolve(points: &[RecoveryPoint], spec: &str, tz: Tz) -> Result<RecoveryP
         let (vm, disk) = vmdisk.rsplit_once('/').ok_or_else(|| {
             format!("{spec:?}: expected VM/DISK@latest, @latest~N, @DATE or @DATETIME")
         })?;
-        // The VM by its name or its UUID; two VMs of one name are told apart by UUID.
-        let mut mine: Vec<&RecoveryPoint> = points
-            .iter()
-            .filter(|p| p.disk == disk && (p.vm == vm || p.labels.vm_uuid.as_deref() == Some(vm)))
-            .collect();
+        // The VM by its name or its UUID; two VMs of one name are told apart by UUID, or by
+        // pool as `POOL:VM` (read so only when no VM is called that whole).
+        let named = |p: &&RecoveryPoint, vm: &str| {
+            p.disk == disk && (p.vm == vm || p.labels.vm_uuid.as_deref() == Some(vm))
+        };
+        let mut mine: Vec<&RecoveryPoint> = points.iter().filter(|p| named(p, vm)).collect();
+        if let (true, Some((pool, name))) = (mine.is_empty(), vm.split_once(':')) {
+            mine = points
+                .iter()
+                .filter(|p| named(p, name) && p.labels.pool.as_deref() == Some(pool))
+                .collect();
+        }
         if mine.is_empty() {
             return Err(format!("{spec:?}: no point of disk {disk:?} of VM {vm:?}"));
         }
@@ -53,7 +60,7 @@ pub fn resolve(points: &[RecoveryPoint], spec: &str, tz: Tz) -> Result<RecoveryP
                 .collect();
             return Err(format!(
                 "{spec:?}: {} VMs are called {vm:?}; name the VM by its UUID (UUID/{disk}@...) \
-                 or choose a point by id:\n{}",
+                 or its pool (POOL:{vm}/{disk}@...), or choose a point by id:\n{}",
                 vms.len(),
                 list.join("\n")
             ));
@@ -452,6 +459,11 @@ mod tests {
         assert!(e.contains("--vm-uuid 0b5e2c4a-other --pool pool-b"), "{e}");
         let by_uuid = resolve(&points, "0b5e2c4a-other/xvda@latest", Tz::UTC).expect("by uuid");
         assert_eq!(&by_uuid.id[..2], "77");
+        assert!(e.contains("POOL:web01/xvda@"), "{e}");
+        let by_pool = resolve(&points, "pool-b:web01/xvda@latest", Tz::UTC).expect("by pool");
+        assert_eq!(&by_pool.id[..2], "77");
+        let e = resolve(&points, "pool-c:web01/xvda@latest", Tz::UTC).expect_err("no pool");
+        assert!(e.contains("no point"), "{e}");
     }
 
     #[test]

@@ -145,6 +145,25 @@ pub struct KnownFilter<'a> {
     rewrite: Arc<Rewrite>,
 }
 
+impl Store {
+    /// What a backup would find held in this store, as its session's filter says it (chunks
+    /// marked bad or in lost packs are not held), without a session: for a dry run, on a store
+    /// opened read-only. No layout policy applies.
+    ///
+    /// # Errors
+    /// Index and I/O errors.
+    pub fn held_filter(&self) -> Result<KnownFilter<'_>> {
+        let bad = self.bad_chunks()?.into_iter().map(|(id, _)| id).collect();
+        let lost = LostPacks::find(&self.pack_infos()?, &self.stored_pack_lengths()?);
+        Ok(KnownFilter {
+            store: self,
+            bad,
+            lost,
+            rewrite: Arc::default(),
+        })
+    }
+}
+
 impl KnownFilter<'_> {
     /// Whether the store holds a good copy of the chunk (not marked bad or missing, and in a
     /// pack whose file is there) that the backup keeps where it is: a chunk the layout policy

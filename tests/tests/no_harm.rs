@@ -403,3 +403,151 @@ fn a_name_the_point_syntax_cannot_reach_is_refused_before_anything_is_read() {
     assert_eq!(read(&out), read(&disk));
     let _ = p;
 }
+
+/// `token create --output FILE` writes the secret into a new file only its owner reads, and
+/// an existing file is refused before any token is made (a secret made and lost is a token
+/// nobody holds).
+#[test]
+fn a_token_written_to_a_file_is_private_and_never_replaces_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("host.token");
+    let mut c = cairn([
+        "token", "create", "--name", "h1", "--role", "backup", "--output",
+    ]);
+    c.arg(&file).arg("--store").arg(store.path());
+    let said = run(&mut c);
+    assert!(said.status.success(), "{said:?}");
+    assert!(said.stdout.is_empty(), "the secret was printed too");
+    let secret = std::fs::read_to_string(&file).expect("token file");
+    assert!(secret.starts_with("cairn_"), "{secret}");
+    let mode = std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let mut again = cairn([
+        "token", "create", "--name", "h2", "--role", "backup", "--output",
+    ]);
+    again.arg(&file).arg("--store").arg(store.path());
+    let out = run(&mut again);
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&file).expect("token file"), secret);
+    let listed = ok(cairn(["token", "list", "--json", "--store"]).arg(store.path()));
+    assert!(!listed.contains("\"h2\""), "a token was made: {listed}");
+}
+
+/// A file that is no whole number of sectors is said to be an odd disk; a qcow2 given to
+/// `vhd info` is named as a qcow2; `report --html -` writes the page to stdout and a page
+/// into a folder that does not exist is an error naming the folder.
+#[test]
+fn odd_inputs_are_named_for_what_they_are() {
+    let (store, work, _, _) = one_point("web01", "1M");
+    let w = work.path();
+    let odd = w.join("odd.img");
+    std::fs::write(&odd, vec![7u8; 775]).expect("odd");
+    let out = run(store
+        .cmd(&["backup", "--vm", "odd"])
+        .arg(format!("xvda={}", odd.display())));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("775 bytes") && err.contains("sectors"),
+        "{err}"
+    );
+    let qcow = w.join("d.qcow2");
+    ok(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow)
+        .arg("1M"));
+    let out = run(cairn(["vhd", "info"]).arg(&qcow));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a qcow2 image, not a VHD"),
+        "{out:?}"
+    );
+    let page = ok(&mut store.cmd(&["report", "--html", "-"]));
+    assert!(page.contains("<html"), "{}", &page[..page.len().min(200)]);
+    assert!(!Path::new("-").exists());
+    let nowhere = w.join("no/such/folder/page.html");
+    let out = run(store.cmd(&["report", "--html"]).arg(&nowhere));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such folder"),
+        "{out:?}"
+    );
+    assert!(!w.join("no").exists(), "folders were made");
+}
+
+/// Ctrl-C during a backup says that nothing was stored and what `cairn gc` reclaims, and
+/// exits 130; the store holds no point of it.
+#[test]
+fn an_interrupted_backup_says_nothing_was_stored() {
+    use std::io::Write;
+    let (store, _work, disk, _) = one_point("web01", "8M");
+    let mut child = store
+        .cmd(&["backup", "--vm", "stdin-vm", "--size", "67108864", "xvda=-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut pipe = child.stdin.take().expect("stdin");
+    pipe.write_all(&read(&disk)).expect("feed");
+    // The backup waits for the rest of the disk; then Ctrl-C.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    ok(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    // Closed a moment later, so that a backup that missed the signal ends instead of waiting.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    drop(pipe);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nothing was stored") && err.contains("cairn gc"),
+        "{err}"
+    );
+    assert!(!store.list().iter().any(|p| p["vm"] == "stdin-vm"));
+}
+
+/// The first line a server prints, then the server stopped.
+fn first_line_of(mut c: Command) -> String {
+    use std::io::BufRead;
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+    let _ = child.kill();
+    let _ = child.wait();
+    line
+}
+
+/// `cairn serve` takes its store as every command does (`--store`, `CAIRN_STORE`) and refuses
+/// a server's URL; `serve-nbd --listen HOST:0` says the port it took, not 0.
+#[test]
+fn servers_take_the_store_as_every_command_and_say_the_port_they_took() {
+    let (store, _work, _, _) = one_point("web01", "1M");
+    let mut c = cairn(["serve", "--listen", "127.0.0.1:0", "--json"]);
+    c.env("CAIRN_STORE", store.path());
+    let line = first_line_of(c);
+    let v: serde_json::Value = serde_json::from_str(&line).expect("the server's first line");
+    assert!(
+        v["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://127.0.0.1:")),
+        "{v}"
+    );
+    let out = run(cairn(["serve"]).env("CAIRN_STORE", "https://backup.example:8443"));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = run(cairn(["serve"]).env_remove("CAIRN_STORE"));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let mut c = store.cmd(&["serve-nbd", "--listen", "127.0.0.1:0"]);
+    c.arg("web01/xvda@latest");
+    let line = first_line_of(c);
+    assert!(line.starts_with("nbd://127.0.0.1:"), "{line}");
+    assert!(
+        !line.starts_with("nbd://127.0.0.1:0/"),
+        "port 0 printed: {line}"
+    );
+}

@@ -345,10 +345,20 @@ fn diff_names_the_ranges_that_changed_between_two_points() {
         "web01/xvda@latest",
     ])));
     assert_eq!(same["changed_bytes"], 0);
+    // Of one disk, the older point goes first.
+    let out = run(&mut store.cmd(&["diff", "web01/xvda@latest", "web01/xvda@latest~1"]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("older point first"));
+    // Two disks (a clone against its template): the ranges where their contents differ.
     store.backup("db01", "2026-11-22T03:00:00Z", "xvda", &day0, &[]);
-    let out = run(&mut store.cmd(&["diff", "web01/xvda@latest", "db01/xvda@latest"]));
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("one disk"));
+    let across = json(&ok(&mut store.cmd(&[
+        "diff",
+        "--json",
+        "db01/xvda@latest",
+        "web01/xvda@latest",
+    ])));
+    assert_eq!(across["ranges"], d["ranges"], "{across}");
+    assert_eq!(across["to_vm"], "web01");
 }
 
 /// A link planted under the restore's temporary name in a shared folder (every pid the next

@@ -382,6 +382,12 @@ fn bad_tokens_bodies_and_certificates_are_refused_and_nothing_is_stored() {
         !o.status.success(),
         "a certificate the CA did not sign is refused"
     );
+    // The refusal says how to trust the right certificate.
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("--fingerprint") && said.contains("--server-ca"),
+        "{said}"
+    );
     let mut c = server.cmd(&backup, &["list"]);
     c.env_remove("CAIRN_FINGERPRINT")
         .env("CAIRN_SERVER_CA", &server.cert);

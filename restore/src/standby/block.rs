@@ -18,11 +18,13 @@ pub(super) trait BlockTarget {
     /// # Errors
     /// I/O or NBD errors.
     fn looks(&mut self, chunk_size: u64) -> Result<Looks>;
-    /// Makes it `len` bytes long, when it can be (a file); `false` when it cannot.
+    /// Whether its size can be set (a file; not a device or an export).
+    fn resizable(&self) -> bool;
+    /// Makes it `len` bytes long (when [`BlockTarget::resizable`]).
     ///
     /// # Errors
-    /// I/O errors.
-    fn set_len(&mut self, len: u64) -> Result<bool>;
+    /// I/O errors; a target that cannot be sized.
+    fn set_len(&mut self, len: u64) -> Result<()>;
     /// Reads `buf.len()` bytes at `at`.
     ///
     /// # Errors
@@ -174,15 +176,70 @@ fn bring(
     Ok(written)
 }
 
-/// Keeps a block target equal to `point` (see the module).
+/// A target as a dry run sees it: read as it is (past its end, as the zeros a resized file
+/// would hold), never written, sized or flushed.
+struct DryTarget<'t> {
+    inner: &'t mut dyn BlockTarget,
+    /// Its size as the run starts.
+    len: u64,
+}
+
+impl BlockTarget for DryTarget<'_> {
+    fn shown(&self) -> &str {
+        self.inner.shown()
+    }
+    fn held_data(&self) -> bool {
+        self.inner.held_data()
+    }
+    fn looks(&mut self, chunk_size: u64) -> Result<Looks> {
+        self.inner.looks(chunk_size)
+    }
+    fn resizable(&self) -> bool {
+        self.inner.resizable()
+    }
+    fn set_len(&mut self, _len: u64) -> Result<()> {
+        Ok(())
+    }
+    fn read_at(&mut self, buf: &mut [u8], at: u64) -> Result<()> {
+        let there = (self.len.saturating_sub(at) as usize).min(buf.len());
+        if there > 0 {
+            self.inner.read_at(&mut buf[..there], at)?;
+        }
+        buf[there..].fill(0);
+        Ok(())
+    }
+    fn write_at(&mut self, _data: &[u8], _at: u64) -> Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Keeps a block target equal to `point` (see the module); a dry run goes through the same
+/// steps on a [`DryTarget`], with the state and journal only read.
 pub(super) fn run(
     store: &Store,
     point: &RecoveryPoint,
     target: &mut dyn BlockTarget,
     options: &StandbyOptions,
 ) -> Result<StandbyReport> {
+    if options.dry_run {
+        let len = target.looks(u64::from(point.chunk_size))?.size;
+        let mut dry = DryTarget { inner: target, len };
+        return run_on(store, point, &mut dry, options);
+    }
+    run_on(store, point, target, options)
+}
+
+fn run_on(
+    store: &Store,
+    point: &RecoveryPoint,
+    target: &mut dyn BlockTarget,
+    options: &StandbyOptions,
+) -> Result<StandbyReport> {
     let shown = target.shown().to_owned();
-    let f = Files::lock(store, &shown)?;
+    let f = Files::lock(store, &shown, options.dry_run)?;
     let cs = u64::from(point.chunk_size);
     let find = |id: &str| -> Result<Option<RecoveryPoint>> { Ok(store.point_by_id(id)?) };
     let mut report = StandbyReport {
@@ -196,11 +253,14 @@ pub(super) fn run(
         let to = journal_point(store, &j, &shown, point)?;
         let from = j.from.as_deref().map(find).transpose()?.flatten();
         // Killed before it sized the target (a new file): sized now.
-        if target.looks(cs)?.size != to.size && !target.set_len(to.size)? {
-            return Err(refused(format!(
-                "{shown} is not the size of point {} its unfinished run was writing",
-                to.short_id()
-            )));
+        if target.looks(cs)?.size != to.size {
+            if !target.resizable() {
+                return Err(refused(format!(
+                    "{shown} is not the size of point {} its unfinished run was writing",
+                    to.short_id()
+                )));
+            }
+            target.set_len(to.size)?;
         }
         let w = bring(store, target, from.as_ref(), &to, from.is_none(), false)?;
         let s = State::new(&shown, &to, target.looks(cs)?);
@@ -246,12 +306,15 @@ pub(super) fn run(
     //    file of data cairn never wrote, refused by every run after.
     let compare = held.is_none() && held_data || options.verify;
     f.begin(held.as_ref(), point)?;
-    if looks.size != point.size && !target.set_len(point.size)? {
-        f.end()?;
-        return Err(refused(format!(
-            "{shown} is {} bytes and the point {} bytes",
-            looks.size, point.size
-        )));
+    if looks.size != point.size {
+        if !target.resizable() {
+            f.end()?;
+            return Err(refused(format!(
+                "{shown} is {} bytes and the point {} bytes",
+                looks.size, point.size
+            )));
+        }
+        target.set_len(point.size)?;
     }
     let w = bring(store, target, held.as_ref(), point, compare, !held_data)?;
     report.chunks_written += w.0;

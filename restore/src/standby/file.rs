@@ -8,7 +8,8 @@ use super::block::BlockTarget;
 use super::{Looks, io};
 use crate::Result;
 
-/// A file or device, opened for reading and writing (a file is made when missing).
+/// A file or device, opened for reading and writing (a file is made when missing); for a dry
+/// run, opened to read only, and a missing file stands as an empty one (nothing is made).
 pub(super) struct FileTarget {
     file: File,
     path: PathBuf,
@@ -17,15 +18,19 @@ pub(super) struct FileTarget {
 }
 
 impl FileTarget {
-    pub(super) fn open(path: &Path) -> Result<Self> {
+    pub(super) fn open(path: &Path, dry_run: bool) -> Result<Self> {
         let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io(path, "opening the target"))?;
+        let file = if dry_run && !existed {
+            tempfile::tempfile().map_err(io(path, "standing in for the target"))?
+        } else {
+            OpenOptions::new()
+                .read(true)
+                .write(!dry_run)
+                .create(!dry_run)
+                .truncate(false)
+                .open(path)
+                .map_err(io(path, "opening the target"))?
+        };
         let shown = std::fs::canonicalize(path)
             .unwrap_or_else(|_| path.to_path_buf())
             .display()
@@ -73,18 +78,17 @@ impl BlockTarget for FileTarget {
         })
     }
 
-    fn set_len(&mut self, len: u64) -> Result<bool> {
-        let is_file = self
-            .file
+    fn resizable(&self) -> bool {
+        self.file
             .metadata()
             .map(|m| m.file_type().is_file())
-            .unwrap_or(false);
-        if is_file {
-            self.file
-                .set_len(len)
-                .map_err(io(&self.path, "sizing the target"))?;
-        }
-        Ok(is_file)
+            .unwrap_or(false)
+    }
+
+    fn set_len(&mut self, len: u64) -> Result<()> {
+        self.file
+            .set_len(len)
+            .map_err(io(&self.path, "sizing the target"))
     }
 
     fn read_at(&mut self, buf: &mut [u8], at: u64) -> Result<()> {

@@ -32,7 +32,7 @@ pub(super) fn run(
              point"
         )));
     }
-    let f = Files::lock(store, &shown)?;
+    let f = Files::lock(store, &shown, options.dry_run)?;
     let find = |id: &str| -> Result<Option<RecoveryPoint>> { Ok(store.point_by_id(id)?) };
     let mut report = StandbyReport {
         target: shown.clone(),
@@ -49,7 +49,7 @@ pub(super) fn run(
     if let Some(j) = f.journal()? {
         let to = journal_point(store, &j, &shown, point)?;
         let from = j.from.as_deref().map(find).transpose()?.flatten();
-        let w = put(store, &endpoint, from.as_ref(), &to)?;
+        let w = put(store, &endpoint, from.as_ref(), &to, options.dry_run)?;
         let s = State::new(&shown, &to, looks(&to));
         f.set_state(&s)?;
         state = Some(s);
@@ -69,7 +69,7 @@ pub(super) fn run(
     }
     // 3. The journal, the PUT, the state; the journal goes last.
     f.begin(held.as_ref(), point)?;
-    let w = put(store, &endpoint, held.as_ref(), point)?;
+    let w = put(store, &endpoint, held.as_ref(), point, options.dry_run)?;
     report.chunks_written += w.0;
     report.bytes_written += w.1;
     f.set_state(&State::new(&shown, point, looks(point)))?;
@@ -78,12 +78,13 @@ pub(super) fn run(
 }
 
 /// PUTs the VHD of `point`, differencing against `base` when given (and of the same disk
-/// size); returns (chunks, bytes) sent.
+/// size); returns (chunks, bytes) sent (a dry run sizes it and sends nothing).
 fn put(
     store: &Store,
     endpoint: &cairn_http::Endpoint,
     base: Option<&RecoveryPoint>,
     point: &RecoveryPoint,
+    dry_run: bool,
 ) -> Result<(u64, u64)> {
     let base = base
         .filter(|b| b.size == point.size && b.chunk_size == point.chunk_size)
@@ -91,6 +92,9 @@ fn put(
     let plan = VhdPlan::new(store, point, base, false)?;
     let len = plan.size()?;
     let chunks = plan.blocks() * plan.chunks_per_block();
+    if dry_run {
+        return Ok((chunks, len));
+    }
     let shown = endpoint.shown();
     let (reader, mut writer) =
         std::io::pipe().map_err(super::io(Path::new(shown), "making a pipe"))?;

@@ -25,6 +25,11 @@
 //! target from any mix of them to the journal's point. A target is never reported as holding a
 //! point it does not hold.
 //!
+//! # Dry run
+//! With `dry_run` every check is made and what the run would write is counted (a block target
+//! is read where the run would compare it; an HTTP target's VHD is sized), but nothing is
+//! written: not the target, its state or journal; no lock is taken, no file made.
+//!
 //! # Protected
 //! A target changed since the last run (someone booted the copy) is refused unless `force`,
 //! which reads the whole target and rewrites every chunk that differs from the point
@@ -112,6 +117,9 @@ pub struct StandbyOptions {
     /// For an HTTP(S) target: credentials and certificate checks (its CA file is also the one
     /// an `nbds://` target's certificate is checked against).
     pub http: cairn_http::HttpOptions,
+    /// Check everything and count what the run would write (a block target is read where the
+    /// run would compare), but write nothing: not the target, nor the state or the journal.
+    pub dry_run: bool,
 }
 
 /// What a run did.
@@ -146,19 +154,33 @@ fn refused(what: String) -> Error {
     Error::Refused(what)
 }
 
-/// The state, journal and lock files of a target.
+/// The state, journal and lock files of a target. In a dry run they are read, never written,
+/// and no lock is taken.
 struct Files {
     state: PathBuf,
     journal: PathBuf,
-    _lock: File,
+    _lock: Option<File>,
+    dry_run: bool,
 }
 
 impl Files {
-    /// Takes the lock of the target shown as `shown`.
-    fn lock(store: &Store, shown: &str) -> Result<Self> {
+    /// Takes the lock of the target shown as `shown` (a dry run takes none and makes nothing).
+    fn lock(store: &Store, shown: &str, dry_run: bool) -> Result<Self> {
         let dir = store.root().join("standby");
-        std::fs::create_dir_all(&dir).map_err(io(&dir, "creating the standby folder"))?;
         let key = blake3::hash(shown.as_bytes()).to_hex()[..32].to_owned();
+        let (state, journal) = (
+            dir.join(format!("{key}.json")),
+            dir.join(format!("{key}.journal")),
+        );
+        if dry_run {
+            return Ok(Self {
+                state,
+                journal,
+                _lock: None,
+                dry_run,
+            });
+        }
+        std::fs::create_dir_all(&dir).map_err(io(&dir, "creating the standby folder"))?;
         let lock_path = dir.join(format!("{key}.lock"));
         let lock = OpenOptions::new()
             .create(true)
@@ -172,9 +194,10 @@ impl Files {
             ))
         })?;
         Ok(Self {
-            state: dir.join(format!("{key}.json")),
-            journal: dir.join(format!("{key}.journal")),
-            _lock: lock,
+            state,
+            journal,
+            _lock: Some(lock),
+            dry_run,
         })
     }
 
@@ -183,6 +206,9 @@ impl Files {
     }
 
     fn set_state(&self, s: &State) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
         write_json(&self.state, s)
     }
 
@@ -192,6 +218,9 @@ impl Files {
 
     /// Made durable before the first byte of the run is written.
     fn begin(&self, from: Option<&RecoveryPoint>, to: &RecoveryPoint) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
         write_json(
             &self.journal,
             &Journal {
@@ -203,6 +232,9 @@ impl Files {
 
     /// Removed once the state says what the target holds.
     fn end(&self) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
         match std::fs::remove_file(&self.journal) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -262,7 +294,7 @@ pub fn standby(
     } else if cairn_http::is_http_url(target) {
         http::run(store, point, target, options)
     } else {
-        let mut t = file::FileTarget::open(Path::new(target))?;
+        let mut t = file::FileTarget::open(Path::new(target), options.dry_run)?;
         block::run(store, point, &mut t, options)
     }
 }

@@ -111,8 +111,15 @@ impl BlockTarget for NbdTarget {
         })
     }
 
-    fn set_len(&mut self, _len: u64) -> Result<bool> {
-        Ok(false)
+    fn resizable(&self) -> bool {
+        false
+    }
+
+    fn set_len(&mut self, _len: u64) -> Result<()> {
+        Err(super::refused(format!(
+            "{}: an NBD export's size is the server's",
+            self.shown()
+        )))
     }
 
     fn read_at(&mut self, buf: &mut [u8], at: u64) -> Result<()> {
