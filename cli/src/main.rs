@@ -4,6 +4,7 @@
 //! `main` parses the command line, runs one command, prints the error chain on failure and
 //! exits non-zero (1 for a failed operation, 2 for a usage error, as clap does).
 
+mod adopt_cmd;
 mod backup_cmd;
 mod diff_cmd;
 mod list_cmd;
@@ -88,6 +89,8 @@ enum Command {
     Prune(retention_cmd::PruneArgs),
     /// Drop the given points.
     Forget(retention_cmd::ForgetArgs),
+    /// Join the history of a VM's old identity (renamed, or given a UUID later) to its new one.
+    Adopt(adopt_cmd::AdoptArgs),
     /// Protect a point from prune and forget.
     Protect(retention_cmd::ProtectArgs),
     /// Lift a point's protection.
@@ -417,6 +420,7 @@ fn main() {
         Command::Diff(a) => diff_cmd::diff(&a),
         Command::Prune(a) => retention_cmd::prune(&a),
         Command::Forget(a) => retention_cmd::forget(&a),
+        Command::Adopt(a) => adopt_cmd::adopt(&a),
         Command::Protect(a) => retention_cmd::protect(&a, true),
         Command::Unprotect(a) => retention_cmd::protect(&a, false),
         Command::Gc(a) => retention_cmd::gc(&a),

@@ -416,7 +416,45 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
 /// `cairn prune` for people, from its JSON document (the same from a store or a server).
 fn render_prune(doc: &serde_json::Value, place: &str) {
     let n = |k: &str| doc[k].as_u64().unwrap_or(0);
-    let points = doc["points"].as_array().cloned().unwrap_or_default();
+    let mut points = doc["points"].as_array().cloned().unwrap_or_default();
+    // A VM name with several histories (a UUID given later, a rename without one): each point
+    // says which, so the split shows.
+    let identity = |p: &serde_json::Value| {
+        (
+            p["vm"].as_str().unwrap_or_default().to_owned(),
+            p["vm_uuid"].as_str().map(str::to_owned),
+            p["pool"].as_str().map(str::to_owned),
+        )
+    };
+    let mut ids: Vec<_> = points.iter().map(identity).collect();
+    ids.sort();
+    ids.dedup();
+    let split: std::collections::BTreeSet<String> = ids
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0)
+        .map(|w| w[0].0.clone())
+        .collect();
+    for p in &mut points {
+        let (vm, uuid, pool) = identity(p);
+        if split.contains(&vm) {
+            let mut shown = vm;
+            shown.push_str(&match (uuid, pool) {
+                (None, None) => " (no uuid)".to_owned(),
+                (u, p) => format!(
+                    " ({})",
+                    [
+                        u.map(|u| format!("uuid {u}")),
+                        p.map(|p| format!("pool {p}"))
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                ),
+            });
+            p["vm"] = serde_json::json!(shown);
+        }
+    }
     points_table(
         points.iter().map(|p| {
             let what = match p["reason"].as_str() {
@@ -456,6 +494,12 @@ fn render_prune(doc: &serde_json::Value, place: &str) {
                 human_bytes(n("gc_would_copy"))
             );
         }
+    }
+    for vm in &split {
+        println!(
+            "note: VM {vm} has several histories (a UUID given later, or a rename): each is \
+             pruned on its own; `cairn adopt` joins them"
+        );
     }
     for w in doc["warnings"].as_array().into_iter().flatten() {
         eprintln!("warning: {}", w.as_str().unwrap_or_default());

@@ -131,7 +131,7 @@ impl Reader {
 }
 
 /// Refuses a server's URL where a command needs the store's folder.
-fn local_only(store: &Path) -> Result<()> {
+pub fn local_only(store: &Path) -> Result<()> {
     if cairn_remote::is_remote(&store.to_string_lossy()) {
         bail!(
             "{}: this command works on a store folder; through a server, backup, list, report, \

@@ -57,6 +57,8 @@ impl Pruned {
             "points": self.decisions.iter().map(|(p, k)| json!({
                 "id": p.id,
                 "vm": p.vm,
+                "vm_uuid": p.labels.vm_uuid,
+                "pool": p.labels.pool,
                 "disk": p.disk,
                 "time": cairn_store::select::show_time(&p.time, tz),
                 "keep": k.is_some(),

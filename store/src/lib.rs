@@ -133,6 +133,7 @@
 //! | the disk filled up | the command says exactly what was stored (a point whose catalogue write failed is listed later, never stored twice) | free space; `gc` gives up the store's 1 MiB reserve ([`reserve`]) when the index could not open otherwise, deletes dead packs first and skips rewrites that do not fit |
 //!
 pub mod access;
+mod adopt;
 mod agree;
 pub mod bucket;
 mod catalogue;

@@ -16,6 +16,73 @@ use chrono_tz::Tz;
 
 use crate::point::{RecoveryPoint, VmKey};
 
+/// The points of the VM named `vm` (by its name or its UUID; two VMs of one name are told apart
+/// by UUID, or by pool as `POOL:NAME`, read so only when no VM is called that whole), of `disk`
+/// when given.
+fn vm_points<'p>(
+    points: &'p [RecoveryPoint],
+    vm: &str,
+    disk: Option<&str>,
+) -> Vec<&'p RecoveryPoint> {
+    let named = |p: &&RecoveryPoint, vm: &str| {
+        disk.is_none_or(|d| p.disk == d) && (p.vm == vm || p.labels.vm_uuid.as_deref() == Some(vm))
+    };
+    let mine: Vec<&RecoveryPoint> = points.iter().filter(|p| named(p, vm)).collect();
+    match (mine.is_empty(), vm.split_once(':')) {
+        (true, Some((pool, name))) => points
+            .iter()
+            .filter(|p| named(p, name) && p.labels.pool.as_deref() == Some(pool))
+            .collect(),
+        _ => mine,
+    }
+}
+
+/// The identity of the VM named `vm` (as a point name's VM part: its name, its UUID, or
+/// `POOL:NAME`) and its newest point; not `except` (the other VM of a command that names two:
+/// `adopt web01 UUID` takes the `web01` that is not that UUID's).
+///
+/// # Errors
+/// No VM of that name, or several (each listed with its UUID and pool).
+pub fn vm_identity(
+    points: &[RecoveryPoint],
+    vm: &str,
+    except: Option<&VmKey>,
+) -> Result<(VmKey, RecoveryPoint), String> {
+    let mine: Vec<&RecoveryPoint> = vm_points(points, vm, None)
+        .into_iter()
+        .filter(|p| except.is_none_or(|k| p.vm_key() != *k))
+        .collect();
+    let mut keys: Vec<VmKey> = mine.iter().map(|p| p.vm_key()).collect();
+    keys.sort();
+    keys.dedup();
+    match keys.len() {
+        0 => Err(format!("no VM {vm:?} in the store")),
+        1 => {
+            let newest = mine
+                .iter()
+                .max_by_key(|p| (p.time, p.committed))
+                .map(|p| (*p).clone())
+                .ok_or_else(|| format!("no VM {vm:?} in the store"))?;
+            Ok((keys.remove(0), newest))
+        }
+        n => Err(format!(
+            "{n} VMs are called {vm:?}: name one by its UUID or as POOL:NAME:\n{}",
+            keys.iter()
+                .map(|k| format!(
+                    "  {vm}{}{}",
+                    k.uuid
+                        .as_deref()
+                        .map_or(String::new(), |u| format!(" --vm-uuid {u}")),
+                    k.pool
+                        .as_deref()
+                        .map_or(String::new(), |p| format!(" --pool {p}"))
+                ))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )),
+    }
+}
+
 /// The point `spec` names among `points`.
 ///
 /// # Errors
@@ -25,18 +92,7 @@ pub fn resolve(points: &[RecoveryPoint], spec: &str, tz: Tz) -> Result<RecoveryP
         let (vm, disk) = vmdisk.rsplit_once('/').ok_or_else(|| {
             format!("{spec:?}: expected VM/DISK@latest, @latest~N, @DATE or @DATETIME")
         })?;
-        // The VM by its name or its UUID; two VMs of one name are told apart by UUID, or by
-        // pool as `POOL:VM` (read so only when no VM is called that whole).
-        let named = |p: &&RecoveryPoint, vm: &str| {
-            p.disk == disk && (p.vm == vm || p.labels.vm_uuid.as_deref() == Some(vm))
-        };
-        let mut mine: Vec<&RecoveryPoint> = points.iter().filter(|p| named(p, vm)).collect();
-        if let (true, Some((pool, name))) = (mine.is_empty(), vm.split_once(':')) {
-            mine = points
-                .iter()
-                .filter(|p| named(p, name) && p.labels.pool.as_deref() == Some(pool))
-                .collect();
-        }
+        let mut mine = vm_points(points, vm, Some(disk));
         if mine.is_empty() {
             return Err(format!("{spec:?}: no point of disk {disk:?} of VM {vm:?}"));
         }

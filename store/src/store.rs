@@ -461,6 +461,7 @@ impl Store {
             for dir in ["", "standby", crate::quarantine::QUARANTINE_DIR] {
                 remove_stale_tmp(&store.root.join(dir))?;
             }
+            store.finish_adopts()?;
             store.warnings = store.reconcile(true)?;
             store.finish_protects()?;
             store.sync_roots()?;

@@ -172,3 +172,157 @@ fn a_key_backup_policy_can_be_set_for_a_vm_uuid() {
     let p = backup(&store, "web01", "2026-11-21T01:00:00Z", &bv, &me);
     assert_eq!(p["key"], true, "{p}");
 }
+
+/// The root files (`*.json`) under the store's `points/`.
+fn root_files(store: &Store) -> Vec<std::path::PathBuf> {
+    cairn_tests::files_under(&store.path().join("points"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect()
+}
+
+/// A store where web01 was backed up three days without a UUID, then two with one.
+fn split_history(work: &Path) -> (Store, Vec<std::path::PathBuf>) {
+    let store = Store::new("64K");
+    let days: Vec<_> = (0..5)
+        .map(|d| {
+            let p = work.join(format!("day{d}.raw"));
+            gen_disk(&p, "2M", 1, 3, d);
+            p
+        })
+        .collect();
+    for (d, raw) in days.iter().enumerate() {
+        let time = format!("2026-11-2{d}T02:00:00Z");
+        let labels: &[&str] = if d < 3 { &[] } else { &["--vm-uuid", UUID_A] };
+        backup(&store, "web01", &time, raw, labels);
+    }
+    (store, days)
+}
+
+/// A VM given a UUID later has two histories; prune shows the split and `adopt` joins them:
+/// every point takes the new identity, restores as before, and retention weighs them together.
+#[test]
+fn a_vm_given_a_uuid_later_is_joined_to_its_old_history() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (store, days) = split_history(work.path());
+    let plan = ok(&mut store.cmd(&["prune", "--dry-run", "--keep-last", "1"]));
+    assert!(
+        plan.contains("web01 (no uuid)") && plan.contains(&format!("web01 (uuid {UUID_A})")),
+        "{plan}"
+    );
+    assert!(plan.contains("cairn adopt"), "{plan}");
+    assert!(plan.contains("would keep 2 and remove 3"), "{plan}");
+    let before = root_files(&store);
+    let dry = json(&ok(&mut store.cmd(&[
+        "adopt",
+        "--json",
+        "--dry-run",
+        "web01",
+        UUID_A,
+    ])));
+    assert_eq!(dry["points"].as_array().map(Vec::len), Some(3), "{dry}");
+    assert_eq!(root_files(&store), before, "a dry run changed root files");
+    // `web01` names both histories: the one that is not UUID_A's is the old one.
+    let said = ok(&mut store.cmd(&["adopt", "web01", UUID_A]));
+    assert!(said.contains("joined 3 points"), "{said}");
+    let list = store.list();
+    assert_eq!(list.len(), 5);
+    assert!(list.iter().all(|p| p["vm_uuid"] == UUID_A), "{list:?}");
+    assert_eq!(root_files(&store).len(), 5);
+    let out = work.path().join("r.raw");
+    store.restore(&format!("{UUID_A}/xvda@latest~4"), &out, "raw");
+    assert_eq!(cairn_tests::read(&out), cairn_tests::read(&days[0]));
+    let plan = ok(&mut store.cmd(&["prune", "--dry-run", "--keep-last", "1"]));
+    assert!(plan.contains("would keep 1 and remove 4"), "{plan}");
+    ok(&mut store.cmd(&["verify"]));
+    // The index rebuilt from the root files says the same.
+    ok(&mut store.cmd(&["repair", "--rebuild-index"]));
+    assert!(store.list().iter().all(|p| p["vm_uuid"] == UUID_A));
+}
+
+/// A VM renamed without a UUID: its points move under the new name (their root files too),
+/// and two points of one disk at one time are refused with nothing changed.
+#[test]
+fn a_renamed_vm_is_joined_and_a_clash_of_times_is_refused() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let raw = work.path().join("d.raw");
+    gen_disk(&raw, "2M", 1, 3, 0);
+    backup(&store, "old-name", "2026-11-20T02:00:00Z", &raw, &[]);
+    backup(&store, "old-name", "2026-11-21T02:00:00Z", &raw, &[]);
+    backup(&store, "new-name", "2026-11-21T02:00:00Z", &raw, &[]);
+    backup(&store, "new-name", "2026-11-22T02:00:00Z", &raw, &[]);
+    let before = root_files(&store);
+    let out = run(&mut store.cmd(&["adopt", "old-name", "new-name"]));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        cairn_tests::error_text(&out).contains("nothing was changed"),
+        "{out:?}"
+    );
+    assert_eq!(root_files(&store), before);
+    let clash = store
+        .list()
+        .into_iter()
+        .find(|p| p["vm"] == "new-name" && p["time"] == "2026-11-21T02:00:00Z")
+        .expect("point");
+    ok(&mut store.cmd(&["forget", &id(&clash)]));
+    ok(&mut store.cmd(&["adopt", "old-name", "new-name"])).to_string();
+    let list = store.list();
+    assert!(list.iter().all(|p| p["vm"] == "new-name"), "{list:?}");
+    assert!(
+        root_files(&store)
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("old-name"))
+    );
+    let out = run(&mut store.cmd(&["adopt", "nobody", "new-name"]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// `adopt` killed at each of its renames: the next writer finishes it or leaves it undone,
+/// never half: every point once in the catalogue, one root file each, all of one identity or
+/// the three old ones untouched, and verify finds nothing wrong.
+#[test]
+fn an_adopt_killed_at_any_rename_is_finished_or_undone_whole() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (fixture, _) = split_history(work.path());
+    let mut killed = 0;
+    for when in 1..=12 {
+        let store = fixture.copy();
+        let status = store.killed_at(
+            "rename",
+            when,
+            &[
+                std::ffi::OsStr::new("adopt"),
+                "web01".as_ref(),
+                UUID_A.as_ref(),
+            ],
+        );
+        if std::os::unix::process::ExitStatusExt::signal(&status) == Some(9) {
+            killed += 1;
+        }
+        // The next writer settles what the kill left.
+        ok(&mut store.cmd(&["policy", "set", "--vm", "other", "--key-interval", "0"]));
+        let list = store.list();
+        assert_eq!(list.len(), 5, "kill #{when}: {list:?}");
+        let mut seen: Vec<String> = list.iter().map(id).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 5, "kill #{when}");
+        assert_eq!(
+            root_files(&store).len(),
+            5,
+            "kill #{when}: {:?}",
+            root_files(&store)
+        );
+        let with_uuid = list.iter().filter(|p| p["vm_uuid"] == UUID_A).count();
+        assert!(
+            with_uuid == 2 || with_uuid == 5,
+            "kill #{when}: {with_uuid} of 5 are one history"
+        );
+        ok(&mut store.cmd(&["verify"]));
+    }
+    assert!(
+        killed >= 3,
+        "the kills never reached adopt's renames ({killed})"
+    );
+}
