@@ -243,7 +243,7 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
         (None, None) => bail!("no store"),
     };
     let spool = match &local {
-        Some(s) => s.root().join("tmp"),
+        Some(s) => s.spool_dir(),
         None => std::env::temp_dir(),
     };
     let mut due_disks = Vec::new();

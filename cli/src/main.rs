@@ -7,19 +7,25 @@
 mod adopt_cmd;
 mod backup_cmd;
 mod diff_cmd;
+mod forget_cmd;
+mod gc_cmd;
 mod list_cmd;
 mod nbd_cmd;
 mod new_file;
+mod point_rows;
+mod policy_cmd;
 mod progress;
+mod protect_cmd;
+mod prune_cmd;
 mod replicate_cmd;
 mod report_cmd;
 mod restore_cmd;
-mod retention_cmd;
 mod serve_cmd;
 mod standby_cmd;
 mod store_cmd;
 mod table;
 mod values;
+mod verify_cmd;
 mod vhd_cmd;
 mod words;
 
@@ -86,25 +92,25 @@ enum Command {
     /// The byte ranges that differ between two points of a disk.
     Diff(diff_cmd::DiffArgs),
     /// Drop points by retention rules (keep-last, hourly, daily, weekly, monthly, yearly).
-    Prune(retention_cmd::PruneArgs),
+    Prune(prune_cmd::PruneArgs),
     /// Drop the given points.
-    Forget(retention_cmd::ForgetArgs),
+    Forget(forget_cmd::ForgetArgs),
     /// Join the history of a VM's old identity (renamed, or given a UUID later) to its new one.
     Adopt(adopt_cmd::AdoptArgs),
     /// Protect a point from prune and forget.
-    Protect(retention_cmd::ProtectArgs),
+    Protect(protect_cmd::ProtectArgs),
     /// Lift a point's protection.
-    Unprotect(retention_cmd::ProtectArgs),
+    Unprotect(protect_cmd::ProtectArgs),
     /// Reclaim the space of chunks no point references.
-    Gc(retention_cmd::GcArgs),
+    Gc(gc_cmd::GcArgs),
     /// Read chunks, check them against their ids, and name what a bad one damages.
-    Verify(retention_cmd::VerifyArgs),
+    Verify(verify_cmd::VerifyArgs),
     /// Per-VM policies (key backup interval).
     #[command(
         subcommand,
         after_help = "Examples:\n  cairn policy set --vm web01 --key-interval 7\n  cairn policy show --json"
     )]
-    Policy(retention_cmd::PolicyCommand),
+    Policy(policy_cmd::PolicyCommand),
     /// Shell completion for bash, zsh, fish, elvish or PowerShell, on standard output.
     #[command(after_help = "Examples:\n  \
         cairn completions bash > /etc/bash_completion.d/cairn\n  \
@@ -418,14 +424,14 @@ fn main() {
         Command::Replicate(a) => replicate_cmd::replicate(&a),
         Command::Standby(a) => standby_cmd::standby(&a),
         Command::Diff(a) => diff_cmd::diff(&a),
-        Command::Prune(a) => retention_cmd::prune(&a),
-        Command::Forget(a) => retention_cmd::forget(&a),
+        Command::Prune(a) => prune_cmd::prune(&a),
+        Command::Forget(a) => forget_cmd::forget(&a),
         Command::Adopt(a) => adopt_cmd::adopt(&a),
-        Command::Protect(a) => retention_cmd::protect(&a, true),
-        Command::Unprotect(a) => retention_cmd::protect(&a, false),
-        Command::Gc(a) => retention_cmd::gc(&a),
-        Command::Verify(a) => retention_cmd::verify(&a),
-        Command::Policy(cmd) => retention_cmd::policy(&cmd),
+        Command::Protect(a) => protect_cmd::protect(&a, true),
+        Command::Unprotect(a) => protect_cmd::protect(&a, false),
+        Command::Gc(a) => gc_cmd::gc(&a),
+        Command::Verify(a) => verify_cmd::verify(&a),
+        Command::Policy(cmd) => policy_cmd::policy(&cmd),
         Command::Vhd(cmd) => vhd_cmd::run(cmd),
     };
     match result {

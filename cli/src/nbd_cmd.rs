@@ -103,7 +103,7 @@ fn parse_idle(s: &str) -> std::result::Result<Duration, String> {
     if s.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    crate::retention_cmd::parse_duration(s)?
+    crate::values::parse_duration(s)?
         .to_std()
         .map_err(|_| format!("{s:?}: a duration above zero"))
 }
@@ -416,10 +416,10 @@ fn serve_loop(
             let log = |line: &str| eprintln!("serve-nbd: client {n} ({peer}): {line}");
             match server::serve(stream, exports, &config, &log) {
                 Ok(s) => log(&format!(
-                    "done: export {}, {} requests, {} errors, {} read",
+                    "done: export {}, {}, {}, {} read",
                     s.export.as_deref().unwrap_or("none"),
-                    s.requests,
-                    s.errors,
+                    crate::words::count(s.requests, "request"),
+                    crate::words::count(s.errors, "error"),
                     human_bytes(s.bytes_read)
                 )),
                 Err(e) => log(&format!("ended: {e}")),

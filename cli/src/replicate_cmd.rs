@@ -61,7 +61,7 @@ pub struct ReplicateArgs {
     #[arg(long)]
     pub wait: bool,
     /// Only points made in this last stretch of time (90m, 12h, 7d, 2w).
-    #[arg(long, value_name = "DURATION", value_parser = crate::retention_cmd::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::values::parse_duration)]
     pub since: Option<chrono::Duration>,
     /// Send at most this many bytes a second (20M, 512K): a shared uplink stays usable.
     #[arg(long, value_name = "BYTES", value_parser = crate::values::parse_bytes)]

@@ -145,7 +145,11 @@ fn render_report(doc: &serde_json::Value) {
     };
     let point_name = |p: &serde_json::Value| {
         let id = text(p, "id");
-        format!("    {} {}", &id[..12.min(id.len())], text(p, "time"))
+        format!(
+            "    {} {}",
+            cairn_store::point::short_id(&id),
+            text(p, "time")
+        )
     };
     let (vms, disks, points) = (list("vms"), list("disks"), list("points"));
     let mut t = Table::new(&[
@@ -206,7 +210,7 @@ fn render_report(doc: &serde_json::Value) {
         println!(
             "damaged: point {} {}/{} {}: {}; its figures leave out what cannot be read \
              (`cairn verify` says what is lost)",
-            &id[..12.min(id.len())],
+            cairn_store::point::short_id(&id),
             text(&p, "vm"),
             text(&p, "disk"),
             text(&p, "time"),

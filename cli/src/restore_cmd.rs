@@ -289,7 +289,7 @@ pub fn damaged_json(d: &cairn_restore::Damaged) -> serde_json::Value {
 pub fn damaged_line(d: &cairn_restore::Damaged, how: &str) -> String {
     format!(
         "damaged: point {} bytes {}..{}{how}: {}",
-        &d.point[..12.min(d.point.len())],
+        cairn_store::point::short_id(&d.point),
         d.offset,
         d.offset + d.len,
         d.what

@@ -101,7 +101,7 @@ pub fn standby(a: &StandbyArgs) -> Result<i32> {
             crate::words::count(r.chunks_written, "chunk"),
             match &r.from {
                 Some(f) if *f == r.to => ": it holds it already".to_owned(),
-                Some(f) => format!(", from point {}", &f[..12.min(f.len())]),
+                Some(f) => format!(", from point {}", cairn_store::point::short_id(f)),
                 None if r.compared => ", after reading and comparing the whole target".to_owned(),
                 None => String::new(),
             }
@@ -121,7 +121,7 @@ pub fn standby(a: &StandbyArgs) -> Result<i32> {
         r.chunks_written,
         match &r.from {
             Some(f) if *f == r.to => ", it held it already".to_owned(),
-            Some(f) => format!(", from point {}", &f[..12.min(f.len())]),
+            Some(f) => format!(", from point {}", cairn_store::point::short_id(f)),
             None => String::new(),
         }
     );

@@ -304,7 +304,7 @@ pub struct Selection {
     #[command(flatten)]
     pub filter: PointFilter,
     /// Only points made in this last stretch of time (90m, 12h, 7d, 2w).
-    #[arg(long, value_parser = crate::retention_cmd::parse_duration)]
+    #[arg(long, value_parser = crate::values::parse_duration)]
     pub since: Option<chrono::Duration>,
     /// Only the N newest points of each disk.
     #[arg(long)]

@@ -58,3 +58,19 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     n.checked_mul(mul)
         .ok_or_else(|| format!("{s} is too large"))
 }
+
+/// Parses `90m`, `12h`, `7d`, `2w`.
+pub fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.len().saturating_sub(1));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 90m, 12h, 7d, 2w)"))?;
+    match unit {
+        "m" => Ok(chrono::Duration::minutes(n)),
+        "h" => Ok(chrono::Duration::hours(n)),
+        "d" => Ok(chrono::Duration::days(n)),
+        "w" => Ok(chrono::Duration::weeks(n)),
+        _ => Err(format!("{s:?}: the unit is m, h, d or w")),
+    }
+}

@@ -403,10 +403,6 @@ fn check(path: &Path, as_json: bool) -> Result<i32> {
     Ok(if ok { 0 } else { 1 })
 }
 
-fn is_zero(buf: &[u8]) -> bool {
-    buf.iter().all(|&b| b == 0)
-}
-
 /// A VHD on stdin: read in one pass when its layout allows, else spooled to a temporary file
 /// (removed after) and read from there. A differencing VHD on stdin has no parents to read.
 fn to_raw_from_stdin(out: &Path, force: bool) -> Result<i32> {
@@ -453,7 +449,7 @@ fn to_raw_from_stdin(out: &Path, force: bool) -> Result<i32> {
         if present {
             vhd.read_block_data(i, 0, &mut buf)?;
         }
-        if present && !is_zero(&buf[..len]) || to_stdout {
+        if present && !cairn_store::chunk::is_zero(&buf[..len]) || to_stdout {
             sink.seek(SeekFrom::Start(start))
                 .with_context(|| format!("seeking {} to {start}", out.display()))?;
             sink.write_all(&buf[..len])
@@ -502,7 +498,7 @@ fn to_raw(top: &Path, out: &Path, force: bool) -> Result<i32> {
         if present {
             chain.read_block(i, &mut buf)?;
         }
-        if present && !is_zero(&buf[..len]) || to_stdout {
+        if present && !cairn_store::chunk::is_zero(&buf[..len]) || to_stdout {
             if !present {
                 buf.fill(0);
             }
@@ -752,7 +748,7 @@ fn from_raw(input: &Path, out: &Path, parent: Option<&Path>, o: FromRawOptions) 
                     c.read_at(start, &mut pbuf)?;
                     buf != pbuf
                 }
-                None => !hole && !is_zero(&buf),
+                None => !hole && !cairn_store::chunk::is_zero(&buf),
             };
             allocated.push(differs);
             bar.inc(bs);

@@ -928,7 +928,7 @@ fn collect_inner(
     report.bytes_freed = freed.saturating_sub(new_bytes);
     report.garbage_freed = report.bytes_freed.saturating_sub(report.orphan_bytes);
     if matches!(target, Final::Open(_)) {
-        clean_spool(&store.root().join("tmp"));
+        clean_spool(&store.spool_dir());
     }
     report.sweep_seconds = sweep_started.elapsed().as_secs_f64();
     Ok(report)

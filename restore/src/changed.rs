@@ -212,7 +212,7 @@ impl Run<'_> {
             let start = k * self.cs as usize;
             let got = &self.have[start..start + self.len(i)];
             let same = match want {
-                ChunkRef::Zero => got.iter().all(|b| *b == 0),
+                ChunkRef::Zero => cairn_store::chunk::is_zero(got),
                 ChunkRef::Data(id) => ChunkId::of(got) == *id,
             };
             self.done.chunks_compared += 1;

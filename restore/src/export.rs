@@ -56,7 +56,7 @@ impl PointExports {
     /// Exports of points of `store`; with `writable`, each client gets an overlay.
     #[must_use]
     pub fn new(store: Arc<Store>, writable: bool) -> Self {
-        let overlay_dir = store.root().join("tmp");
+        let overlay_dir = store.spool_dir();
         Self {
             store,
             exports: Vec::new(),

@@ -70,7 +70,7 @@ impl Store {
                 warnings.push(format!(
                     "point {} is in the index but its root file is gone; the next command that \
                      writes to the store writes it again",
-                    &id[..12.min(id.len())]
+                    crate::point::short_id(id)
                 ));
             }
             // (An index whose pack entries cannot be read fails where they are needed.)
@@ -188,7 +188,7 @@ impl Store {
                     .unwrap_or_default();
                 problems.push(format!(
                     "point {} ({what}) is in the index but its root file is gone",
-                    &id[..12.min(id.len())]
+                    crate::point::short_id(&id)
                 ));
             }
         }

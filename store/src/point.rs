@@ -58,8 +58,14 @@ impl PointId {
     /// The first 12 digits, as lists show it.
     #[must_use]
     pub fn short(&self) -> &str {
-        &self.0[..12]
+        short_id(&self.0)
     }
+}
+
+/// The first 12 digits of a point id given as text (what lists show), or all of a shorter one.
+#[must_use]
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 impl TryFrom<String> for PointId {

@@ -403,7 +403,7 @@ fn rescan_bucket_pack(
     pack: crate::pack::PackId,
 ) -> Result<pack::PackScan> {
     let bytes = bucket.get(&crate::bucket::pack_object(&pack))?;
-    let dir = root.join("tmp");
+    let dir = crate::store::spool_dir(root);
     std::fs::create_dir_all(&dir).map_err(Error::io(&dir, "making the spool folder"))?;
     let copy = dir.join(format!("{}.pack", pack.to_hex()));
     std::fs::write(&copy, &bytes).map_err(Error::io(&copy, "spooling a pack"))?;

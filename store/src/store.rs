@@ -603,6 +603,13 @@ impl Store {
         self.root.join("packs")
     }
 
+    /// The store's spool folder (`tmp/`): VHD streams that cannot be read in one pass, a
+    /// bucket pack being scanned, `serve-nbd`'s overlays. What is there belongs to no point.
+    #[must_use]
+    pub fn spool_dir(&self) -> PathBuf {
+        spool_dir(&self.root)
+    }
+
     /// Reads a chunk at a known location and checks it against its id.
     ///
     /// # Errors
@@ -901,6 +908,12 @@ pub(crate) fn bad_chunk(id: &ChunkId, loc: &Location, what: String) -> Error {
         where_: format!("pack {} offset {}", loc.pack.to_hex(), loc.offset),
         what,
     }
+}
+
+/// The spool folder of the store at `root` (see [`Store::spool_dir`]).
+#[must_use]
+pub fn spool_dir(root: &Path) -> PathBuf {
+    root.join("tmp")
 }
 
 pub(crate) fn point_key(id: &str) -> Result<[u8; 16]> {

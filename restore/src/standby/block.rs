@@ -280,7 +280,7 @@ fn run_on(
             return Err(refused(format!(
                 "{shown} changed since cairn wrote point {} to it ({}: was the copy \
                  started?); nothing was written. --force reads it all and rewrites what differs",
-                &s.point[..12.min(s.point.len())],
+                cairn_store::point::short_id(&s.point),
                 if s.sample.is_some() {
                     "its size or sampled chunks differ"
                 } else {
