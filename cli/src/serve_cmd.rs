@@ -222,7 +222,7 @@ fn tokens_of(store: &std::path::Path) -> Result<Tokens> {
 pub fn token(c: &TokenCommand) -> Result<i32> {
     match c {
         TokenCommand::Create(a) => {
-            let role = Role::parse(&a.role)?;
+            let role = Role::parse(&a.role).map_err(anyhow::Error::msg)?;
             let expires = a
                 .expires
                 .as_deref()

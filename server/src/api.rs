@@ -13,15 +13,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use cairn_store::chunk::{self, ChunkId, ChunkKind};
 use cairn_store::{RecoveryPoint, Store, pack};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::sessions::{Refused, Sessions};
 use crate::token::{Role, Token, Tokens, authenticate};
 
-/// Ids a lookup or a read may name at once.
-pub const MAX_IDS: usize = 4096;
-/// Chunks one read returns at once.
-pub const MAX_READ: usize = 64;
+pub use cairn_protocol::{
+    Commit, MAX_IDS, MAX_READ, OpenSession, READ_FAILED, READ_OK, SessionOpened, StoreInfo,
+    Uploaded,
+};
 /// Frames one upload may carry.
 pub const MAX_FRAMES: usize = 4096;
 
@@ -380,19 +380,6 @@ fn same_origin_json(req: &axum::extract::Request) -> Result<(), ApiError> {
             req.uri().path()
         ),
     ))
-}
-
-/// `GET /api/v1/store`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct StoreInfo {
-    /// The store's configuration.
-    pub config: cairn_store::StoreConfig,
-    /// The server's version.
-    pub server: String,
-    /// The name of the token used, and its role.
-    pub token: String,
-    /// Its role.
-    pub role: Role,
 }
 
 async fn store_info(State(app): State<Shared>, headers: HeaderMap) -> Answer<Json<StoreInfo>> {
@@ -787,11 +774,6 @@ fn ids_body(body: &[u8], max: usize) -> Answer<Vec<ChunkId>> {
         .collect())
 }
 
-/// Record status of a chunk read: the frame follows.
-pub const READ_OK: u8 = 0;
-/// Record status of a chunk read: a length (u32, big-endian) and a message follow.
-pub const READ_FAILED: u8 = 1;
-
 /// `POST /api/v1/chunks/read`: ids in, one record each out, in order, as the packs hold them
 /// (frames checked, bytes not decoded: the client decodes and checks each against its id, once).
 /// Chunk ids are not secret within what a token may read: they are named by the trees of the
@@ -840,33 +822,6 @@ async fn read_chunks(
         Ok(([(header::CONTENT_TYPE, "application/octet-stream")], out).into_response())
     })
     .await
-}
-
-/// `POST /api/v1/sessions`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OpenSession {
-    /// The VM.
-    pub vm: String,
-    /// Its UUID, when the backup gives one (a policy set for it wins over one for the name).
-    #[serde(default)]
-    pub vm_uuid: Option<String>,
-    /// The disks this session will commit points of.
-    pub disks: Vec<String>,
-    /// Its points may take a VM identity (UUID within a pool) that another VM name owns: the
-    /// VM was renamed (an admin token only).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub adopt: bool,
-}
-
-/// The answer to [`OpenSession`].
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SessionOpened {
-    /// The session's id.
-    pub session: String,
-    /// The VM's policy: every N-th backup of each disk is a key backup (0: never forced).
-    #[serde(default)]
-    pub key_interval: u32,
 }
 
 async fn open_session(
@@ -1038,15 +993,6 @@ async fn subtrees(
     .await
 }
 
-/// The answer to an upload.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Uploaded {
-    /// Chunks in the body.
-    pub received: u64,
-    /// Of them, appended (the others the store or the session held already).
-    pub stored: u64,
-}
-
 /// `POST /api/v1/sessions/{id}/chunks`: frames, each checked against its id before any is
 /// stored.
 async fn upload(
@@ -1116,14 +1062,6 @@ async fn upload(
         }))
     })
     .await
-}
-
-/// `POST /api/v1/sessions/{id}/commit`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Commit {
-    /// The points, as the client staged them (the server sets their commit time).
-    pub points: Vec<RecoveryPoint>,
 }
 
 async fn commit(

@@ -33,44 +33,7 @@ const TOKENS_VERSION: u32 = 1;
 /// BLAKE3 key-derivation context of secrets' hashes (frozen).
 const HASH_CONTEXT: &str = "cairn 2026-12 token secret v1";
 
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Append only: new points of its VMs.
-    Backup,
-    /// Read only: its VMs' points and chunks.
-    Restore,
-    /// Everything.
-    Admin,
-}
-
-impl Role {
-    /// Parses `backup`, `restore` or `admin`.
-    ///
-    /// # Errors
-    /// Any other word.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "backup" => Ok(Self::Backup),
-            "restore" => Ok(Self::Restore),
-            "admin" => Ok(Self::Admin),
-            _ => Err(Error::Usage(format!(
-                "role {s:?}: expected backup, restore or admin"
-            ))),
-        }
-    }
-
-    /// The role's name.
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Backup => "backup",
-            Self::Restore => "restore",
-            Self::Admin => "admin",
-        }
-    }
-}
+pub use cairn_protocol::Role;
 
 /// One token as the file keeps it (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -649,3 +649,37 @@ fn a_dry_run_says_what_the_removal_would_free_and_gc_then_frees_it() {
     );
     restore_matches(&store, &ids[3], &raws[3], work.path());
 }
+
+/// `--keep-within` counts back from the disk's newest point, not from now: points of November
+/// 2026 pruned weeks later with `--keep-within 2d` keep the newest two days and the point
+/// exactly two days before the newest; a duration that is not one is a usage error.
+#[test]
+fn keep_within_counts_back_from_the_newest_point() {
+    let store = Store::new("64K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let raws = days(work.path(), "1M", 7, 5);
+    let points = daily_backups(&store, "vm", &raws);
+    let plan = json(&ok(&mut store.cmd(&[
+        "prune",
+        "--dry-run",
+        "--json",
+        "--keep-within",
+        "2d",
+    ])));
+    let kept: Vec<String> = plan["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .filter(|p| p["keep"] == true)
+        .map(|p| {
+            assert_eq!(p["reason"], "keep-within", "{p}");
+            id(p)
+        })
+        .collect();
+    assert_eq!(kept.len(), 3, "{plan}");
+    for p in &points[2..] {
+        assert!(kept.contains(p), "{p} not kept: {plan}");
+    }
+    let out = run(&mut store.cmd(&["prune", "--keep-within", "soon"]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
