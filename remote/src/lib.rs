@@ -14,7 +14,7 @@ mod tls;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_protocol::{
+use cairn_api::{
     Commit, MAX_IDS, MAX_READ, OpenSession, READ_FAILED, READ_OK, SessionOpened, StoreInfo,
     Uploaded,
 };
@@ -112,7 +112,7 @@ impl Remote {
                 config: StoreConfig::new(cairn_store::DEFAULT_CHUNK_SIZE)?,
                 server: String::new(),
                 token: String::new(),
-                role: cairn_protocol::Role::Restore,
+                role: cairn_api::Role::Restore,
             },
         };
         remote.info = serde_json::from_slice(&remote.call(reqwest::Method::GET, "store", None)?)

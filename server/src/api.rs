@@ -18,7 +18,7 @@ use serde::Deserialize;
 use crate::sessions::{Refused, Sessions};
 use crate::token::{Role, Token, Tokens, authenticate};
 
-pub use cairn_protocol::{
+pub use cairn_api::{
     Commit, MAX_IDS, MAX_READ, OpenSession, READ_FAILED, READ_OK, SessionOpened, StoreInfo,
     Uploaded,
 };

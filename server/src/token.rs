@@ -33,7 +33,7 @@ const TOKENS_VERSION: u32 = 1;
 /// BLAKE3 key-derivation context of secrets' hashes (frozen).
 const HASH_CONTEXT: &str = "cairn 2026-12 token secret v1";
 
-pub use cairn_protocol::Role;
+pub use cairn_api::Role;
 
 /// One token as the file keeps it (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
