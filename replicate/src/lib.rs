@@ -161,22 +161,17 @@ trait CopyInto {
 }
 
 struct IntoFolder<'s> {
-    dst: &'s Store,
+    dst: FolderProbe<'s>,
     session: cairn_store::Session<'s>,
     staged: Vec<cairn_store::StagedPoint>,
 }
 
 impl CopyInto for IntoFolder<'_> {
     fn has_tree(&self, id: &ChunkId) -> Result<bool> {
-        Ok(self.dst.holds_subtrees(&[*id])?.first() == Some(&true))
+        self.dst.has_tree(id)
     }
     fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
-        Ok(self
-            .dst
-            .locations(ids)?
-            .iter()
-            .map(Option::is_none)
-            .collect())
+        self.dst.missing(ids)
     }
     fn put(&mut self, enc: &cairn_store::EncodedChunk) -> Result<bool> {
         Ok(self.session.put(enc)?)
@@ -380,7 +375,7 @@ pub fn replicate(
                     let mut session = dst.session()?;
                     session.allow_adopt();
                     Ok(Box::new(IntoFolder {
-                        dst: &dst,
+                        dst: FolderProbe { dst: &dst },
                         session,
                         staged: Vec::new(),
                     }))

@@ -322,6 +322,20 @@ pub struct VmKey {
 }
 
 impl VmKey {
+    /// The flags a backup gives this identity: ` --vm-uuid U --pool P` (empty for a name
+    /// alone), to tell two VMs of one name apart in messages.
+    #[must_use]
+    pub fn as_flags(&self) -> String {
+        let mut s = String::new();
+        if let Some(u) = &self.uuid {
+            s.push_str(&format!(" --vm-uuid {u}"));
+        }
+        if let Some(p) = &self.pool {
+            s.push_str(&format!(" --pool {p}"));
+        }
+        s
+    }
+
     /// The key of a VM as a backup names it.
     #[must_use]
     pub fn of(vm: &str, labels: &Labels) -> Self {

@@ -68,15 +68,7 @@ pub fn vm_identity(
         n => Err(format!(
             "{n} VMs are called {vm:?}: name one by its UUID or as POOL:NAME:\n{}",
             keys.iter()
-                .map(|k| format!(
-                    "  {vm}{}{}",
-                    k.uuid
-                        .as_deref()
-                        .map_or(String::new(), |u| format!(" --vm-uuid {u}")),
-                    k.pool
-                        .as_deref()
-                        .map_or(String::new(), |p| format!(" --pool {p}"))
-                ))
+                .map(|k| format!("  {vm}{}", k.as_flags()))
                 .collect::<Vec<_>>()
                 .join("\n")
         )),
@@ -102,17 +94,7 @@ pub fn resolve(points: &[RecoveryPoint], spec: &str, tz: Tz) -> Result<RecoveryP
         if vms.len() > 1 {
             let list: Vec<String> = vms
                 .iter()
-                .map(|k| {
-                    format!(
-                        "  {vm}{}{}",
-                        k.uuid
-                            .as_deref()
-                            .map_or(String::new(), |u| format!(" --vm-uuid {u}")),
-                        k.pool
-                            .as_deref()
-                            .map_or(String::new(), |p| format!(" --pool {p}"))
-                    )
-                })
+                .map(|k| format!("  {vm}{}", k.as_flags()))
                 .collect();
             return Err(format!(
                 "{spec:?}: {} VMs are called {vm:?}; name the VM by its UUID (UUID/{disk}@...) \
