@@ -45,7 +45,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
                 .into_iter()
                 .map(|p| p.id)
                 .collect();
-            cairn_gc::report::keep_rows(r.report()?, &shown)
+            cairn_report::keep_rows(r.report()?, &shown)
         }
         None => {
             let store = open_read(&a.store.store)?;
@@ -60,7 +60,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
                 .map(|p| p.id)
                 .collect();
             let costs = cairn_gc::cost::costs(&store, &points)?;
-            let extras = cairn_gc::report::Extras::of(store.root());
+            let extras = cairn_report::Extras::of(store.root());
             // Space no point references: garbage frames (what `cairn gc` can free, with every
             // pack rewritten) and unindexed packs, from gc's own dry run. `None` while a gc
             // runs. The store is closed first: a read-only index opened beside a live writer
@@ -69,7 +69,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
             let reclaimable =
                 cairn_gc::collect(&a.store.store, &cairn_gc::GcOptions::reclaimable(), &|_| {})
                     .ok();
-            cairn_gc::report::build(
+            cairn_report::build(
                 &costs,
                 &|p| shown.contains(&p.id),
                 reclaimable.as_ref(),
@@ -83,15 +83,15 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         .is_some_and(|d| !d.is_empty());
     if let Some(file) = &a.html {
         // Every point of a VM asked for by name; else its newest ones.
-        let options = cairn_gc::report::page::PageOptions {
+        let options = cairn_report::page::PageOptions {
             points_per_vm: if a.select.filter.vm.is_none() {
-                cairn_gc::report::page::PageOptions::default().points_per_vm
+                cairn_report::page::PageOptions::default().points_per_vm
             } else {
                 usize::MAX
             },
             vm_pages: false,
         };
-        let page = cairn_gc::report::page::render(&doc, &options);
+        let page = cairn_report::page::render(&doc, &options);
         if file == std::path::Path::new("-") {
             if a.json {
                 crate::usage!("--html - and --json both go to stdout: give the page a file name");
@@ -132,7 +132,7 @@ fn render_report(doc: &serde_json::Value) {
     let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
     let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
     // A VM is its UUID (and pool) when it has one, else its name (and pool).
-    let key = cairn_gc::report::row_vm_key;
+    let key = cairn_report::row_vm_key;
     let vm_name = |v: &serde_json::Value| {
         let mut name = text(v, "vm");
         if let Some(pool) = v["pool"].as_str() {

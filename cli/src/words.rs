@@ -23,7 +23,7 @@ pub fn ordinal(n: u32) -> String {
 }
 
 /// Bytes for people: `1.25 GiB` (the report page's own words).
-pub use cairn_gc::report::page::human_bytes;
+pub use cairn_report::page::human_bytes;
 
 #[cfg(test)]
 mod tests {

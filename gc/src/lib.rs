@@ -47,7 +47,6 @@ pub mod collect;
 pub mod cost;
 pub mod history;
 pub mod prune;
-pub mod report;
 pub mod retention;
 pub mod verify;
 

@@ -647,7 +647,7 @@ fn report_for(
     let admin = token.role == Role::Admin;
     let reclaimable = if admin { app.reclaimable() } else { None };
     let shown = |p: &RecoveryPoint| token.allows_vm(&p.vm) && vm.is_none_or(|v| v == p.vm);
-    let mut doc = cairn_gc::report::document(app.store, &shown, reclaimable.as_ref())
+    let mut doc = cairn_report::document(app.store, &shown, reclaimable.as_ref())
         .map_err(|e| ApiError::internal(&e.to_string()))?;
     if !admin {
         for f in STORE_WIDE {
@@ -716,15 +716,15 @@ async fn page_for(app: Shared, headers: HeaderMap, vm: Option<String>) -> Respon
                 format!("no VM {v:?} that this token reads"),
             ));
         }
-        let options = cairn_gc::report::page::PageOptions {
+        let options = cairn_report::page::PageOptions {
             points_per_vm: if vm.is_some() {
                 usize::MAX
             } else {
-                cairn_gc::report::page::PageOptions::default().points_per_vm
+                cairn_report::page::PageOptions::default().points_per_vm
             },
             vm_pages: vm.is_none(),
         };
-        Ok(cairn_gc::report::page::render(&doc, &options))
+        Ok(cairn_report::page::render(&doc, &options))
     })
     .await;
     match made {

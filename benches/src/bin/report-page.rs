@@ -15,10 +15,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         return Err("usage: report-page VMS POINTS OUT".into());
     };
     let (vms, points): (usize, usize) = (vms.parse()?, points.parse()?);
-    let doc = cairn_gc::report::page::synthetic_document(vms, points);
+    let doc = cairn_report::page::synthetic_document(vms, points);
     let started = Instant::now();
-    let page =
-        cairn_gc::report::page::render(&doc, &cairn_gc::report::page::PageOptions::default());
+    let page = cairn_report::page::render(&doc, &cairn_report::page::PageOptions::default());
     let seconds = started.elapsed().as_secs_f64();
     std::fs::write(out, &page)?;
     println!(

@@ -1,3 +1,7 @@
+//! The report of a store: the document (what each VM, disk and point costs), the page drawn
+//! from it ([`page`]). Retention and collection live in `cairn-gc`; the report reads their
+//! records (the last verify, the rules each VM was pruned with, what gc would free).
+//!
 //! The report document: what each VM, disk and point costs, as `cairn report --json` prints it
 //! and `cairn serve` answers it (`GET /api/v1/report`). Its schema is `docs/report-json.md`;
 //! [`SCHEMA_VERSION`] is raised when a field changes meaning or goes away.
@@ -12,10 +16,10 @@ use cairn_store::{PointId, RecoveryPoint, Store};
 use chrono_tz::Tz;
 use serde_json::{Value, json};
 
-use crate::collect::GcReport;
-use crate::cost::{Cost, Costs, costs};
-use crate::history::Recorded;
-use crate::{Error, Keep, Result};
+use cairn_gc::GcReport;
+use cairn_gc::cost::{Cost, Costs, costs};
+use cairn_gc::history::Recorded;
+use cairn_gc::{Error, Keep, Result};
 
 /// Days of growth the report averages.
 pub const GROWTH_DAYS: i64 = 30;
@@ -26,7 +30,7 @@ pub const GROWTH_DAYS: i64 = 30;
 pub struct Extras {
     /// Total and free bytes of the store's file system.
     pub filesystem: Option<(u64, u64)>,
-    /// The last verify's record ([`crate::history::last_verify`]).
+    /// The last verify's record ([`cairn_gc::history::last_verify`]).
     pub last_verify: Option<Value>,
     /// Each VM's last retention rules.
     pub rules: BTreeMap<String, Recorded>,
@@ -44,8 +48,8 @@ impl Extras {
             filesystem: fs2::total_space(root)
                 .ok()
                 .zip(fs2::available_space(root).ok()),
-            last_verify: crate::history::last_verify(root),
-            rules: crate::history::rules_of(root),
+            last_verify: cairn_gc::history::last_verify(root),
+            rules: cairn_gc::history::rules_of(root),
             now: chrono::Utc::now(),
             hold: cairn_store::StoreConfig::load(root)
                 .ok()
@@ -125,7 +129,7 @@ fn kept_by(
     }
     for (vm, points) in by_vm {
         let Some(r) = rules.get(vm) else { continue };
-        for (p, keep) in crate::decide(points, &r.rules, &tz, hold) {
+        for (p, keep) in cairn_gc::decide(points, &r.rules, &tz, hold) {
             let why = match keep {
                 Some(Keep::Rule(rule)) => rule.name().to_owned(),
                 Some(Keep::Protected) => "protected".to_owned(),
