@@ -52,29 +52,24 @@ pub fn is_nbd_uri(s: &str) -> bool {
         .any(|p| s.starts_with(p))
 }
 
+/// Decodes `%XX` escapes, strictly: a `%` not followed by two hex digits is refused (the
+/// `percent-encoding` crate would pass it through), as is a name that is not UTF-8.
 fn percent_decode(s: &str, uri: &str) -> Result<String> {
     let bad = |what: &str| Error::Uri {
         uri: uri.to_owned(),
         what: what.to_owned(),
     };
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| bad("a % not followed by two hex digits"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+    let escapes_whole = s
+        .split('%')
+        .skip(1)
+        .all(|rest| rest.len() >= 2 && rest.as_bytes()[..2].iter().all(u8::is_ascii_hexdigit));
+    if !escapes_whole {
+        return Err(bad("a % not followed by two hex digits"));
     }
-    String::from_utf8(out).map_err(|_| bad("the export name is not UTF-8 once decoded"))
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|_| bad("the export name is not UTF-8 once decoded"))
 }
 
 impl Uri {
@@ -227,6 +222,18 @@ mod tests {
             "nbd+unix://host/d?socket=/s",
         ] {
             assert!(Uri::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn escapes_decode_strictly() {
+        let u = Uri::parse("nbd://h/%41b%2Fc").expect("uri");
+        assert_eq!(u.export, "Ab/c");
+        for bad in ["nbd://h/%zz", "nbd://h/a%2", "nbd://h/%", "nbd://h/%ff%fe"] {
+            assert!(
+                matches!(Uri::parse(bad), Err(Error::Uri { .. })),
+                "{bad} accepted"
+            );
         }
     }
 
