@@ -233,6 +233,27 @@ impl StoreConfig {
                 what: format!("chunk size {} is not valid", cfg.chunk_size),
             });
         }
+        // What a hand edit could make wrong, refused here rather than met mid-backup.
+        let problem = if !(-7..=22).contains(&cfg.zstd_level) {
+            Some(format!(
+                "zstd_level {} is not a zstd level (-7 to 22)",
+                cfg.zstd_level
+            ))
+        } else if !(1 << 20..=4 << 30).contains(&cfg.pack_target_size)
+            || cfg.pack_target_size < u64::from(cfg.chunk_size)
+        {
+            Some(format!(
+                "pack_target_size {} is not between 1 MiB and 4 GiB (and at least a chunk)",
+                cfg.pack_target_size
+            ))
+        } else if cfg.max_disk_bytes == 0 {
+            Some("max_disk_bytes 0 would refuse every disk".to_owned())
+        } else {
+            None
+        };
+        if let Some(what) = problem {
+            return Err(Error::Config { path, what });
+        }
         Ok(cfg)
     }
 
@@ -271,5 +292,30 @@ mod tests {
             e.contains("/backups/store/cairn.toml") && e.contains("lz4"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn values_a_hand_edit_could_break_are_refused_when_read() {
+        let cfg = StoreConfig::new(DEFAULT_CHUNK_SIZE).expect("config");
+        let text = cfg.to_toml().expect("toml");
+        let path = Path::new("/backups/store/cairn.toml");
+        for (from, to, says) in [
+            ("zstd_level = 1", "zstd_level = 99", "zstd_level 99"),
+            ("zstd_level = 1", "zstd_level = -100", "zstd_level -100"),
+            ("pack_target_size = 134217728", "pack_target_size = 0", "pack_target_size 0"),
+            (
+                "pack_target_size = 134217728",
+                "pack_target_size = 1099511627776",
+                "pack_target_size 1099511627776",
+            ),
+        ] {
+            assert!(text.contains(from), "{text}");
+            let e = StoreConfig::parse(&text.replace(from, to), path)
+                .expect_err(to)
+                .to_string();
+            assert!(e.contains(says) && e.contains("cairn.toml"), "{e}");
+        }
+        let zero = format!("{text}max_disk_bytes = 0\n");
+        assert!(StoreConfig::parse(&zero, path).is_err());
     }
 }
