@@ -302,7 +302,11 @@ mod tests {
         for (from, to, says) in [
             ("zstd_level = 1", "zstd_level = 99", "zstd_level 99"),
             ("zstd_level = 1", "zstd_level = -100", "zstd_level -100"),
-            ("pack_target_size = 134217728", "pack_target_size = 0", "pack_target_size 0"),
+            (
+                "pack_target_size = 134217728",
+                "pack_target_size = 0",
+                "pack_target_size 0",
+            ),
             (
                 "pack_target_size = 134217728",
                 "pack_target_size = 1099511627776",
