@@ -103,6 +103,19 @@ pub fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits until `cond` holds (asked every 10 ms, for up to 60 s), instead of sleeping a guessed
+/// time: a test's outcome never depends on how fast the machine is. Panics naming `what`.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "waited a minute for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// What a failed command said: its standard error, then its standard output (under `--json`
 /// an error is a JSON document there).
 #[must_use]

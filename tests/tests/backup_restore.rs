@@ -544,7 +544,9 @@ fn a_second_writer_is_told_and_readers_work_beside_a_writer() {
         .expect("spawn");
     let mut pipe = holder.stdin.take().expect("stdin");
     pipe.write_all(&vec![7u8; 1 << 20]).expect("pipe");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    cairn_tests::wait_until("the first backup to hold the write lock", || {
+        cairn_store::lock::writer_active(&store.path())
+    });
     let second = run(store
         .cmd(&["backup", "--vm", "web2", "--time", "2026-11-02T02:00:00Z"])
         .arg(format!("xvda={}", raws[0].display())));
@@ -560,7 +562,7 @@ fn a_second_writer_is_told_and_readers_work_beside_a_writer() {
     assert_same_content(&out, &raws[0], true);
     // A writer with --wait says whom it waits for, and when the holder finished normally it
     // does not call it a writer that did not finish.
-    let waiter = store
+    let mut waiter = store
         .cmd(&[
             "backup",
             "--wait",
@@ -574,12 +576,31 @@ fn a_second_writer_is_told_and_readers_work_beside_a_writer() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Its standard error, read as it comes: the holder is let go once the waiter says it waits.
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        use std::io::Read;
+        let mut stderr = waiter.stderr.take().expect("stderr");
+        let said = std::sync::Arc::clone(&said);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                if let Ok(mut s) = said.lock() {
+                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        })
+    };
+    cairn_tests::wait_until("the second backup to say it waits", || {
+        said.lock()
+            .is_ok_and(|s| s.contains("waiting for the write lock"))
+    });
     drop(pipe);
     assert!(holder.wait().expect("wait").success());
-    let waited = waiter.wait_with_output().expect("wait");
-    let err = String::from_utf8_lossy(&waited.stderr);
-    assert!(waited.status.success(), "{err}");
+    let status = waiter.wait().expect("wait");
+    reader.join().expect("stderr reader");
+    let err = said.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(status.success(), "{err}");
     assert!(
         err.contains("waiting for the write lock, held by pid"),
         "{err}"

@@ -491,11 +491,15 @@ fn an_interrupted_backup_says_nothing_was_stored() {
         .expect("spawn");
     let mut pipe = child.stdin.take().expect("stdin");
     pipe.write_all(&read(&disk)).expect("feed");
-    // The backup waits for the rest of the disk; then Ctrl-C.
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    // The backup waits for the rest of the disk, holding the write lock; then Ctrl-C.
+    cairn_tests::wait_until("the backup to hold the write lock", || {
+        cairn_store::lock::writer_active(&store.path())
+    });
     ok(Command::new("kill").args(["-INT", &child.id().to_string()]));
-    // Closed a moment later, so that a backup that missed the signal ends instead of waiting.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // It ends on the signal, its input still open (closing it would end it another way).
+    cairn_tests::wait_until("the interrupted backup to end", || {
+        child.try_wait().is_ok_and(|s| s.is_some())
+    });
     drop(pipe);
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(130), "{out:?}");
