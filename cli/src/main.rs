@@ -258,7 +258,7 @@ fn error_kind(err: &anyhow::Error) -> &'static str {
                 | E::BadPack { .. }
                 | E::CorruptIndex { .. }
                 | E::ObjectMissing { .. } => "damaged",
-                E::IdentityTaken(_) | E::Held(_) => "refused",
+                E::IdentityTaken(_) | E::Held(_) | E::AlreadyHeld(_) => "refused",
                 // A server's answer: a request it could not take is what was typed.
                 E::Remote {
                     status: Some(400), ..

@@ -210,7 +210,7 @@ impl From<cairn_store::Error> for ApiError {
         use cairn_store::Error as E;
         let status = match &e {
             E::Usage(_) | E::Point(_) => StatusCode::BAD_REQUEST,
-            E::Incomplete { .. } => StatusCode::CONFLICT,
+            E::Incomplete { .. } | E::AlreadyHeld(_) => StatusCode::CONFLICT,
             E::MissingChunk(_) => StatusCode::NOT_FOUND,
             E::IdentityTaken(_) | E::Held(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -1101,10 +1101,7 @@ async fn commit(
                 p.protected = false;
                 p.protected_until = None;
             }
-            let mut one = session.stage_copy(&p).map_err(|e| match e {
-                cairn_store::Error::Usage(m) if m.contains("in this store already") => ApiError::new(StatusCode::CONFLICT, m),
-                e => e.into(),
-            })?;
+            let mut one = session.stage_copy(&p)?;
             // What the store appended tells which chunks it held: a token whose lookups see
             // only its own chunks keeps the figure it sent (the store's own is in the report).
             if t.lookups == crate::token::Lookups::Own {

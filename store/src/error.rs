@@ -122,6 +122,9 @@ pub enum Error {
     /// A recovery point that cannot be found or read.
     #[error("recovery point {0}")]
     Point(String),
+    /// A point copied in (replication, a server's commit) that the store holds already.
+    #[error("point {0} is in this store already")]
+    AlreadyHeld(String),
     /// A point claims a VM identity (UUID within a pool) that another VM name owns.
     #[error("{0}")]
     IdentityTaken(Box<IdentityClaim>),

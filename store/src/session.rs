@@ -413,10 +413,7 @@ impl<'a> Session<'a> {
             )));
         }
         if self.store.point_by_id(&point.id)?.is_some() {
-            return Err(Error::Usage(format!(
-                "point {} is in this store already",
-                point.short_id()
-            )));
+            return Err(Error::AlreadyHeld(point.short_id().to_owned()));
         }
         let top = crate::tree::top(point)?;
         for (id, loc) in top.iter().zip(self.store.locations(&top)?) {
