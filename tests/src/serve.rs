@@ -288,3 +288,85 @@ fn kill_tree(c: &mut Child) {
         }
     }
 }
+
+/// `cairn backup --json --vm VM xvda=DISK` through the server with `tok`: the point.
+pub fn backup_json(s: &Server, tok: &str, vm: &str, disk: &Path) -> serde_json::Value {
+    json(&ok(s
+        .cmd(tok, &["backup", "--json", "--vm", vm])
+        .arg(format!("xvda={}", disk.display()))))[0]
+        .clone()
+}
+
+/// The frame of a plain chunk holding `bytes` (the pack format: header, then the bytes).
+pub fn frame_of(bytes: &[u8]) -> Vec<u8> {
+    frame_of_kind(bytes, 0)
+}
+
+/// The frame of a plain chunk of `kind` (0 data, 1 tree).
+pub fn frame_of_kind(bytes: &[u8], kind: u8) -> Vec<u8> {
+    let id = blake3::hash(bytes);
+    let mut h = vec![0u8; 56];
+    h[0..4].copy_from_slice(b"CFRM");
+    h[8..40].copy_from_slice(id.as_bytes());
+    h[40..44].copy_from_slice(&(bytes.len() as u32).to_be_bytes());
+    h[44..48].copy_from_slice(&(bytes.len() as u32).to_be_bytes());
+    h[49] = kind;
+    let crc = crc32(&h[8..]);
+    h[4..8].copy_from_slice(&crc.to_be_bytes());
+    h.extend_from_slice(bytes);
+    h
+}
+
+/// CRC-32 (IEEE) as the pack format uses it.
+pub fn crc32(b: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &x in b {
+        crc ^= u32::from(x);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A leaf of the tree format (format 2, level 0) naming `chunks`.
+pub fn leaf_of(chunks: &[[u8; 32]]) -> Vec<u8> {
+    let mut b = b"cairn-tree".to_vec();
+    b.extend_from_slice(&[2, 0]);
+    b.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    for c in chunks {
+        b.extend_from_slice(c);
+    }
+    b
+}
+
+/// A point of `size` bytes whose tree is the one leaf `leaf`, as a client commits it.
+pub fn one_chunk_point(vm: &str, size: usize, leaf: &[u8]) -> String {
+    serde_json::json!({"points": [{
+        "id": hex(blake3::hash(vm.as_bytes()).as_bytes())[..32].to_owned(), "vm": vm, "disk": "xvda",
+        "time": "2026-12-01T00:00:00Z", "size": size, "chunk_size": 262144,
+        "source": {"kind": "raw", "vhd_uuid": null, "path": "x"}, "parent": null, "format": 2,
+        "depth": 0, "segments": [hex(blake3::hash(leaf).as_bytes())], "stats": {"logical_bytes": 0, "bytes_read": 0, "chunks": 1, "zero_chunks": 0, "parent_chunks": 0, "known_chunks": 0, "new_chunks": 1, "new_plain_bytes": 0, "new_stored_bytes": 0, "seconds": 0.0},
+        "committed": "2026-12-01T00:00:00Z", "protected": false, "run": null, "labels": {}
+    }]})
+    .to_string()
+}
+
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A commit refused because it names chunks the store does not hold (4xx, saying so).
+pub fn refused_missing(code: u16, answer: &[u8]) {
+    let text = String::from_utf8_lossy(answer);
+    assert!(
+        (code == 400 || code == 409)
+            && (text.contains("does not hold") || text.contains("is not in this store")),
+        "{code}: {text}"
+    );
+}
