@@ -137,6 +137,14 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
     }
     let bar = progress::bytes(point.size, "restore");
     let started = std::time::Instant::now();
+    // What an error is about: "restore of point P to OUT failed".
+    let failed = |to: &str, how: &str| {
+        format!(
+            "restore of point {} {to} {} {how}",
+            point.short_id(),
+            a.out.display()
+        )
+    };
     if a.changed_only {
         if !matches!(format, OutputFormat::Raw) || to_stdout {
             crate::usage!(
@@ -148,13 +156,7 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
             cairn_restore::restore_changed(store, &point, &a.out, a.force, a.dry_run, &|done| {
                 bar.set_position(done);
             })
-            .with_context(|| {
-                format!(
-                    "restore of point {} onto {} failed",
-                    point.short_id(),
-                    a.out.display()
-                )
-            })?;
+            .with_context(|| failed("onto", "failed"))?;
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         if a.json {
@@ -192,13 +194,8 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
         return Ok(0);
     }
     if a.dry_run {
-        let plan = cairn_restore::check(&point, &a.out, format, a.force).with_context(|| {
-            format!(
-                "restore of point {} to {} would fail",
-                point.short_id(),
-                a.out.display()
-            )
-        })?;
+        let plan = cairn_restore::check(&point, &a.out, format, a.force)
+            .with_context(|| failed("to", "would fail"))?;
         let format_name = match format {
             OutputFormat::Raw => "a raw image",
             OutputFormat::Vhd if base.is_some() => "a differencing VHD",
@@ -232,13 +229,7 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
         force: a.force,
     };
     let r = cairn_restore::restore(store, &point, &a.out, &opts, &|done| bar.set_position(done))
-        .with_context(|| {
-            format!(
-                "restore of point {} to {} failed",
-                point.short_id(),
-                a.out.display()
-            )
-        })?;
+        .with_context(|| failed("to", "failed"))?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if a.json {

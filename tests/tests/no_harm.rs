@@ -29,11 +29,9 @@ fn refused(out: &std::process::Output, words: &[&str]) {
 }
 
 fn no_partial_files(dir: &Path) {
-    let left: Vec<String> = std::fs::read_dir(dir)
-        .expect("ls")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("cairn-partial"))
+    let left: Vec<_> = cairn_tests::files_under(dir)
+        .into_iter()
+        .filter(|f| f.to_string_lossy().contains("cairn-partial"))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
@@ -332,11 +330,7 @@ fn an_interrupted_restore_leaves_no_partial_file_and_a_killed_one_does_not_block
     ok(store
         .cmd(&["restore", &p, "--format", "vhd-chain"])
         .arg(&chain));
-    let left: Vec<_> = cairn_tests::files_under(&chain)
-        .into_iter()
-        .filter(|f| f.to_string_lossy().contains("cairn-partial"))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    no_partial_files(&chain);
 }
 
 #[test]
