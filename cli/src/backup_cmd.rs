@@ -1,7 +1,7 @@
 //! `cairn backup`: the disks of one VM backed up in one run, from files, block devices, stdin,
 //! NBD exports or HTTP(S) streams, into a store folder or through a server.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
@@ -134,6 +134,87 @@ pub struct BackupArgs {
 }
 
 pub fn backup(a: &BackupArgs) -> Result<i32> {
+    let jobs = disk_jobs(a)?;
+    check_sources(&jobs)?;
+    let labels = labels(a)?;
+    let remote = a.store.remote()?;
+    crate::say_what_an_interrupted_backup_left(remote.is_none().then(|| a.store.store.clone()));
+    let local = match &remote {
+        Some(_) => None,
+        None if a.dry_run => Some(crate::store_cmd::open_read(&a.store.store)?),
+        None => Some(
+            open_write(&a.store.store, a.wait)
+                .with_context(|| format!("backup of {}: nothing was stored", a.vm))?,
+        ),
+    };
+    let store: &dyn cairn_store::StoreRead = match (&local, &remote) {
+        (Some(s), _) => s,
+        (None, Some(r)) => &**r,
+        (None, None) => bail!("no store"),
+    };
+    let tz = store.config().tz();
+    let common = Common {
+        parent: a.parent.as_deref().map(|p| store.resolve(p)).transpose()?,
+        time: backup_time(a, tz)?,
+        spool: match &local {
+            Some(s) => s.spool_dir(),
+            None => std::env::temp_dir(),
+        },
+        run: (jobs.len() > 1).then(|| uuid::Uuid::new_v4().simple().to_string()),
+        labels,
+    };
+    // A policy set for the VM's UUID wins over one set for its name. (A server's policies
+    // are its own: a backup token does not read them; its session says the interval.)
+    let policies = match &local {
+        Some(s) => s.policies()?,
+        None => Default::default(),
+    };
+    let mut interval = cairn_store::policy::key_interval(&policies, &a.vm, a.vm_uuid.as_deref());
+    let existing = store.points()?;
+    let vm_key = VmKey::of(&a.vm, &common.labels);
+    let run_started = Utc::now();
+    let mut run = match (&local, &remote) {
+        (Some(s), _) => local_run(a, s)?,
+        (None, Some(r)) => {
+            let (run, server_interval) = remote_run(a, r, &jobs)?;
+            interval = server_interval;
+            run
+        }
+        (None, None) => bail!("no store"),
+    };
+    let mut due_disks = Vec::new();
+    let mut sent: HashMap<String, u64> = HashMap::new();
+    for (disk, src) in &jobs {
+        let due = cairn_store::policy::key_due(&existing, &vm_key, disk, interval);
+        let req = request(a, disk, src, due, &common);
+        let staged = add_disk(&mut run, &req, a, jobs.len())?;
+        if due && !staged.stats.key {
+            due_disks.push(disk.clone());
+        }
+        // Through a server: what crossed the wire for this disk (the point says what the
+        // store appended).
+        if remote.is_some() {
+            sent.insert(disk.clone(), staged.stats.new_stored_bytes);
+        }
+    }
+    let points = commit(run, a)?;
+    for disk in due_disks {
+        crate::say!(
+            "note: a key backup of {}/{disk} was due (every {interval}), but the source is a \
+             differencing VHD whose parents cannot be opened; this backup read only what changed",
+            a.vm
+        );
+    }
+    if a.json {
+        print_points_json(a, &points, &sent, tz)?;
+    } else {
+        print_points(a, &points, &sent, tz, run_started);
+    }
+    Ok(0)
+}
+
+/// The disks to back up, as DISK=SOURCE pairs checked (a `[NOBAK]` disk skipped, said).
+fn disk_jobs(a: &BackupArgs) -> Result<Vec<(String, PathBuf)>> {
     let mut jobs = Vec::new();
     for d in &a.disks {
         let (disk, src) = d
@@ -158,162 +239,151 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
     if jobs.iter().filter(|(_, s)| s == Path::new("-")).count() > 1 {
         bail!("only one disk can be read from stdin");
     }
-    check_sources(&jobs)?;
-    let labels = labels(a)?;
-    let remote = a.store.remote()?;
-    crate::say_what_an_interrupted_backup_left(remote.is_none().then(|| a.store.store.clone()));
-    let local = match &remote {
-        Some(_) => None,
-        None if a.dry_run => Some(crate::store_cmd::open_read(&a.store.store)?),
-        None => Some(
-            open_write(&a.store.store, a.wait)
-                .with_context(|| format!("backup of {}: nothing was stored", a.vm))?,
-        ),
-    };
-    let store: &dyn cairn_store::StoreRead = match (&local, &remote) {
-        (Some(s), _) => s,
-        (None, Some(r)) => &**r,
-        (None, None) => bail!("no store"),
-    };
-    let parent = a.parent.as_deref().map(|p| store.resolve(p)).transpose()?;
-    let tz = store.config().tz();
+    Ok(jobs)
+}
+
+/// The time the points stand for: --time, or now. A few minutes of clock skew between hosts
+/// are fine; a time further ahead is a mistake (a typo in the year) that would make the point
+/// @latest for a long time: refused without --force.
+fn backup_time(a: &BackupArgs, tz: chrono_tz::Tz) -> Result<chrono::DateTime<Utc>> {
     let time = match &a.time {
         Some(t) => parse_time(t, tz)?,
         None => Utc::now(),
     };
-    // A few minutes of clock skew between hosts are fine; a time further ahead is a mistake
-    // (a typo in the year) that would make the point @latest for a long time.
     if time > Utc::now() + chrono::Duration::minutes(5) && !a.force {
         bail!(
             "--time {} is in the future; pass --force to back up under it anyway",
             show_time(&time, tz)
         );
     }
-    // A policy set for the VM's UUID wins over one set for its name. (A server's policies
-    // are its own: a backup token does not read them.)
-    let policies = match &local {
-        Some(s) => s.policies()?,
-        None => Default::default(),
-    };
-    let mut interval = cairn_store::policy::key_interval(&policies, &a.vm, a.vm_uuid.as_deref());
-    let existing = store.points()?;
-    let run_id = (jobs.len() > 1).then(|| uuid::Uuid::new_v4().simple().to_string());
-    let vm_key = VmKey::of(&a.vm, &labels);
-    let run_started = Utc::now();
-    let mut run = match (&local, &remote) {
-        (Some(s), _) if a.dry_run => {
-            let cfg = s.config();
-            let dry = cairn_ingest::DryRun::new(
-                std::sync::Arc::new(s.held_filter()?),
-                cfg.zstd_level,
-                cfg.chunk_size,
-            )
-            .with_overhead(cairn_store::pack::FRAME_HEADER_SIZE);
-            cairn_ingest::Run::over(s, Box::new(dry))
-        }
-        (Some(s), _) => {
-            let mut session = s.session()?;
-            if a.adopt {
-                session.allow_adopt();
-            }
-            cairn_ingest::Run::over(s, Box::new(session))
-        }
-        (None, Some(r)) => {
-            let disks: Vec<String> = jobs.iter().map(|(d, _)| d.clone()).collect();
-            let wait = a.wait.then_some(std::time::Duration::from_secs(24 * 3600));
-            let upload = r
-                .upload(&a.vm, a.vm_uuid.as_deref(), &disks, wait, a.adopt)
-                .with_context(|| format!("backup of {}: nothing was stored", a.vm))?;
-            interval = upload.key_interval();
-            if a.dry_run {
-                // The server's session answers what it lacks; dropped at the end, it
-                // publishes nothing.
-                let cfg = cairn_store::StoreRead::config(&**r);
-                let dry = cairn_ingest::DryRun::new(
-                    cairn_store::StoreWrite::filter(&upload),
-                    cfg.zstd_level,
-                    cfg.chunk_size,
-                )
-                .keeping(Box::new(upload));
-                cairn_ingest::Run::over(&**r, Box::new(dry))
-            } else {
-                cairn_ingest::Run::over(&**r, Box::new(upload))
-            }
-        }
-        (None, None) => bail!("no store"),
-    };
-    let spool = match &local {
-        Some(s) => s.spool_dir(),
-        None => std::env::temp_dir(),
-    };
-    let mut due_disks = Vec::new();
-    let mut sent: std::collections::HashMap<String, u64> = Default::default();
-    for (disk, src) in &jobs {
-        let due = cairn_store::policy::key_due(&existing, &vm_key, disk, interval);
-        let req = Request {
-            vm: a.vm.clone(),
-            disk: disk.clone(),
-            time,
-            source: src.clone(),
-            format: match a.format {
-                SourceFormat::Auto => Format::Auto,
-                SourceFormat::Raw => Format::Raw,
-                SourceFormat::Vhd => Format::Vhd,
-            },
-            parent: parent.clone(),
-            spool_dir: spool.clone(),
-            key: if a.key {
-                KeyMode::Forced
-            } else if due {
-                KeyMode::Due
-            } else {
-                KeyMode::No
-            },
-            run: run_id.clone(),
-            labels: labels.clone(),
-            expected_size: a.size,
-            allow_resize: a.allow_resize,
-            force: a.force,
-            rewrite_percent: a.rewrite,
-            nbd_connections: a.nbd_connections as usize,
-            changed_blocks: match (&a.dirty_bitmap, &a.changed_blocks) {
-                (Some(name), _) => Some(cairn_ingest::ChangedBlocks::DirtyBitmap(name.clone())),
-                (None, Some(file)) => Some(cairn_ingest::ChangedBlocks::File(file.clone())),
-                (None, None) => None,
-            },
-            http: a.http.options(),
-        };
-        // A raw stream's size is known only at its end: bytes and rate until then.
-        let bar = progress::stream(disk);
-        let added = run.add(&req, None, &|done, total| {
-            if let Some(t) = total {
-                progress::set_total(&bar, t);
-            }
-            bar.set_position(done);
-        });
-        bar.finish_and_clear();
-        let staged = added.map_err(|e| {
-            let whole = if jobs.len() > 1 {
-                " (the disks of a run are stored together or not at all)"
-            } else {
-                ""
-            };
-            anyhow::Error::new(e).context(format!(
-                "backup of {}/{disk} from {} failed; nothing was stored{whole}",
-                a.vm,
-                cairn_ingest::redacted(&src.to_string_lossy())
-            ))
-        })?;
-        if due && !staged.stats.key {
-            due_disks.push(disk.clone());
-        }
-        // Through a server: what crossed the wire for this disk (the point says what the
-        // store appended).
-        if remote.is_some() {
-            sent.insert(disk.clone(), staged.stats.new_stored_bytes);
-        }
+    Ok(time)
+}
+
+/// A run into a store folder: a session, or (--dry-run) a count against what the store holds.
+fn local_run<'s>(a: &BackupArgs, s: &'s cairn_store::Store) -> Result<cairn_ingest::Run<'s>> {
+    if a.dry_run {
+        let cfg = s.config();
+        let dry = cairn_ingest::DryRun::new(
+            std::sync::Arc::new(s.held_filter()?),
+            cfg.zstd_level,
+            cfg.chunk_size,
+        )
+        .with_overhead(cairn_store::pack::FRAME_HEADER_SIZE);
+        return Ok(cairn_ingest::Run::over(s, Box::new(dry)));
     }
-    let points = run.commit().map_err(|e| {
+    let mut session = s.session()?;
+    if a.adopt {
+        session.allow_adopt();
+    }
+    Ok(cairn_ingest::Run::over(s, Box::new(session)))
+}
+
+/// A run through a server: an upload session, with the key interval the server's policy sets.
+/// A dry run asks the session what the server lacks; dropped at the end, it publishes nothing.
+fn remote_run<'r>(
+    a: &BackupArgs,
+    r: &'r std::sync::Arc<cairn_remote::Remote>,
+    jobs: &[(String, PathBuf)],
+) -> Result<(cairn_ingest::Run<'r>, u32)> {
+    let disks: Vec<String> = jobs.iter().map(|(d, _)| d.clone()).collect();
+    let wait = a.wait.then_some(std::time::Duration::from_secs(24 * 3600));
+    let upload = r
+        .upload(&a.vm, a.vm_uuid.as_deref(), &disks, wait, a.adopt)
+        .with_context(|| format!("backup of {}: nothing was stored", a.vm))?;
+    let interval = upload.key_interval();
+    if !a.dry_run {
+        return Ok((cairn_ingest::Run::over(&**r, Box::new(upload)), interval));
+    }
+    let cfg = cairn_store::StoreRead::config(&**r);
+    let dry = cairn_ingest::DryRun::new(
+        cairn_store::StoreWrite::filter(&upload),
+        cfg.zstd_level,
+        cfg.chunk_size,
+    )
+    .keeping(Box::new(upload));
+    Ok((cairn_ingest::Run::over(&**r, Box::new(dry)), interval))
+}
+
+/// What every disk of a run shares.
+struct Common {
+    parent: Option<cairn_store::RecoveryPoint>,
+    time: chrono::DateTime<Utc>,
+    spool: PathBuf,
+    run: Option<String>,
+    labels: Labels,
+}
+
+/// The ingest request for one disk.
+fn request(a: &BackupArgs, disk: &str, src: &Path, due: bool, c: &Common) -> Request {
+    Request {
+        vm: a.vm.clone(),
+        disk: disk.to_owned(),
+        time: c.time,
+        source: src.to_path_buf(),
+        format: match a.format {
+            SourceFormat::Auto => Format::Auto,
+            SourceFormat::Raw => Format::Raw,
+            SourceFormat::Vhd => Format::Vhd,
+        },
+        parent: c.parent.clone(),
+        spool_dir: c.spool.clone(),
+        key: if a.key {
+            KeyMode::Forced
+        } else if due {
+            KeyMode::Due
+        } else {
+            KeyMode::No
+        },
+        run: c.run.clone(),
+        labels: c.labels.clone(),
+        expected_size: a.size,
+        allow_resize: a.allow_resize,
+        force: a.force,
+        rewrite_percent: a.rewrite,
+        nbd_connections: a.nbd_connections as usize,
+        changed_blocks: match (&a.dirty_bitmap, &a.changed_blocks) {
+            (Some(name), _) => Some(cairn_ingest::ChangedBlocks::DirtyBitmap(name.clone())),
+            (None, Some(file)) => Some(cairn_ingest::ChangedBlocks::File(file.clone())),
+            (None, None) => None,
+        },
+        http: a.http.options(),
+    }
+}
+
+/// Reads one disk into the run, with a progress bar (a raw stream's size is known only at its
+/// end: bytes and rate until then).
+fn add_disk(
+    run: &mut cairn_ingest::Run<'_>,
+    req: &Request,
+    a: &BackupArgs,
+    disks: usize,
+) -> Result<cairn_store::RecoveryPoint> {
+    let bar = progress::stream(&req.disk);
+    let added = run.add(req, None, &|done, total| {
+        if let Some(t) = total {
+            progress::set_total(&bar, t);
+        }
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    added.cloned().map_err(|e| {
+        let whole = if disks > 1 {
+            " (the disks of a run are stored together or not at all)"
+        } else {
+            ""
+        };
+        anyhow::Error::new(e).context(format!(
+            "backup of {}/{} from {} failed; nothing was stored{whole}",
+            a.vm,
+            req.disk,
+            cairn_ingest::redacted(&req.source.to_string_lossy())
+        ))
+    })
+}
+
+/// Publishes the run's points, all or none.
+fn commit(run: cairn_ingest::Run<'_>, a: &BackupArgs) -> Result<Vec<cairn_store::RecoveryPoint>> {
+    run.commit().map_err(|e| {
         let what = if matches!(
             &e,
             cairn_ingest::Error::Store(cairn_store::Error::Unpublished { .. })
@@ -326,32 +396,41 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
             )
         };
         anyhow::Error::new(e).context(what)
-    })?;
-    for disk in due_disks {
-        crate::say!(
-            "note: a key backup of {}/{disk} was due (every {interval}), but the source is a \
-             differencing VHD whose parents cannot be opened; this backup read only what changed",
-            a.vm
-        );
-    }
-    if a.json {
-        let all: Vec<serde_json::Value> = points
-            .iter()
-            .map(|p| {
-                let mut j = point_json(p, tz);
-                if let Some(b) = sent.get(&p.disk) {
-                    j["bytes_sent"] = json!(b);
-                }
-                if a.dry_run {
-                    j["dry_run"] = json!(true);
-                }
-                j
-            })
-            .collect();
-        crate::print_json(&all)?;
-        return Ok(0);
-    }
-    for p in &points {
+    })
+}
+
+/// The points as `list --json` shows them, with the bytes sent through a server.
+fn print_points_json(
+    a: &BackupArgs,
+    points: &[cairn_store::RecoveryPoint],
+    sent: &HashMap<String, u64>,
+    tz: chrono_tz::Tz,
+) -> Result<()> {
+    let all: Vec<serde_json::Value> = points
+        .iter()
+        .map(|p| {
+            let mut j = point_json(p, tz);
+            if let Some(b) = sent.get(&p.disk) {
+                j["bytes_sent"] = json!(b);
+            }
+            if a.dry_run {
+                j["dry_run"] = json!(true);
+            }
+            j
+        })
+        .collect();
+    crate::print_json(&all)
+}
+
+/// One line per point: what was read, stored and sent, how fast.
+fn print_points(
+    a: &BackupArgs,
+    points: &[cairn_store::RecoveryPoint],
+    sent: &HashMap<String, u64>,
+    tz: chrono_tz::Tz,
+    run_started: chrono::DateTime<Utc>,
+) {
+    for p in points {
         let s = &p.stats;
         println!(
             "{} {}/{} {}: {} logical, {} read, {}, {} stored{}, {:.1}s ({}/s){}{}",
@@ -389,7 +468,6 @@ pub fn backup(a: &BackupArgs) -> Result<i32> {
     if a.dry_run {
         println!("dry run: nothing was stored");
     }
-    Ok(0)
 }
 
 /// The labels a backup gives its points, checked.
