@@ -35,6 +35,30 @@ impl Server {
         &self.socket
     }
 
+    /// The server's process, while it runs.
+    #[must_use]
+    pub fn process_id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id).or(self.pid)
+    }
+
+    /// Whether the server holds open a file under `dir` that is unlinked (an overlay).
+    #[must_use]
+    pub fn holds_unlinked_file_in(&self, dir: &Path) -> bool {
+        let Some(pid) = self.process_id() else {
+            return false;
+        };
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|t| {
+                        let t = t.to_string_lossy();
+                        t.starts_with(&*dir.to_string_lossy()) && t.ends_with(" (deleted)")
+                    })
+                })
+            })
+            .unwrap_or(false)
+    }
+
     /// Stops the server now (kill -9).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -659,10 +659,24 @@ fn serve_nbd_outlives_hostile_clients_turns_away_extra_ones_and_leaves_no_overla
         let mut sink = Vec::new();
         let _ = s.read_to_end(&mut sink);
     }
-    // Two clients holding connections: a third is turned away, the two work.
-    let a = UnixStream::connect(srv.socket()).expect("a");
-    let b = UnixStream::connect(srv.socket()).expect("b");
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Two clients holding connections (each greeted, so counted; a junk session the server has
+    // not finished counting may turn one away: it connects again): a third is turned away.
+    let greeted = || {
+        let mut held = None;
+        cairn_tests::wait_until("a client to be greeted", || {
+            let mut s = UnixStream::connect(srv.socket()).expect("connect");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("timeout");
+            let mut greeting = [0u8; 18];
+            if s.read_exact(&mut greeting).is_ok() {
+                held = Some(s);
+            }
+            held.is_some()
+        });
+        held
+    };
+    let a = greeted();
+    let b = greeted();
     let mut c = UnixStream::connect(srv.socket()).expect("c");
     c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .expect("timeout");
@@ -670,10 +684,17 @@ fn serve_nbd_outlives_hostile_clients_turns_away_extra_ones_and_leaves_no_overla
     let _ = c.read_to_end(&mut got);
     assert!(got.is_empty(), "the third client was greeted: {got:?}");
     drop((a, b));
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    // The server still serves, bit-exact, and a writer's overlay lives in STORE/tmp unlinked.
+    // The server still serves, bit-exact (once it has seen the two go: until then a client is
+    // turned away), and a writer's overlay lives in STORE/tmp unlinked.
     let copy = work.path().join("copy.raw");
-    ok(Command::new("nbdcopy").arg(srv.uri(&p)).arg(&copy));
+    cairn_tests::wait_until("nbdcopy to be served", || {
+        Command::new("nbdcopy")
+            .arg(srv.uri(&p))
+            .arg(&copy)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
     assert_eq!(read(&copy), read(&base));
     let mut writer = Command::new("qemu-io")
         .args(["-f", "raw", "-c", "write -P 0x33 0 1M", "-c", "sleep 5000"])
@@ -681,11 +702,13 @@ fn serve_nbd_outlives_hostile_clients_turns_away_extra_ones_and_leaves_no_overla
         .stdout(Stdio::null())
         .spawn()
         .expect("qemu-io");
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    let tmp = store.path().join("tmp");
+    cairn_tests::wait_until("the writer's overlay to be open", || {
+        srv.holds_unlinked_file_in(&tmp)
+    });
     srv.kill();
     let _ = writer.kill();
     let _ = writer.wait();
-    let tmp = store.path().join("tmp");
     let left: Vec<_> = std::fs::read_dir(&tmp)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
