@@ -19,10 +19,12 @@ use std::collections::HashSet;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
+use crate::catalogue::point_key;
 use crate::error::{Error, Result};
+use crate::files::write_atomic;
 use crate::index::CF_POINTS;
 use crate::point::{RecoveryPoint, VmKey};
-use crate::store::{Store, point_key, write_atomic};
+use crate::store::Store;
 
 /// The marker of an adoption in progress, in `points/`.
 const ADOPT_MARKER: &str = ".adopt";

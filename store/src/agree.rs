@@ -13,10 +13,12 @@ use std::collections::HashSet;
 
 use rocksdb::{IteratorMode, WriteBatch};
 
+use crate::catalogue::{point_key, read_root_file};
 use crate::error::Result;
+use crate::files::{files_under, write_atomic};
 use crate::index::{CF_POINTS, to_json};
 use crate::point::RecoveryPoint;
-use crate::store::{Store, files_under, point_key, read_root_file, write_atomic};
+use crate::store::Store;
 
 impl Store {
     /// Compares root files and catalogue; a writer (`settle`) publishes root files the

@@ -1,13 +1,18 @@
-//! The catalogue's changes beside backups: forgetting points and protecting them.
+//! The catalogue: reading the points (oldest first, by id, the latest of a disk, by name),
+//! and its changes beside backups: forgetting points and protecting them.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use rocksdb::{IteratorMode, WriteBatch};
 
+use crate::chunk::ChunkRef;
 use crate::error::{Error, Result};
+use crate::files::write_atomic;
 use crate::index::{CF_GARBAGE, CF_POINTS};
-use crate::point::RecoveryPoint;
-use crate::store::{Store, point_key, write_atomic};
+use crate::point::{RecoveryPoint, VmKey};
+use crate::store::Store;
+use crate::tree::{Body, Walk};
 
 /// What [`Store::forget`] did.
 #[derive(Debug, Default, Clone)]
@@ -22,6 +27,123 @@ pub struct Forgotten {
 
 /// The ids of forgotten points, one a line, appended to (`Store::forgotten_ids`).
 pub(crate) const FORGOTTEN_FILE: &str = "forgotten";
+
+impl Store {
+    /// Every recovery point, oldest first.
+    ///
+    /// # Errors
+    /// Index errors or an unreadable catalogue entry.
+    pub fn points(&self) -> Result<Vec<RecoveryPoint>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_POINTS)?, IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(self.index_err())?;
+            let p: RecoveryPoint = serde_json::from_slice(&v).map_err(|e| {
+                Error::Point(format!(
+                    "{}: unreadable catalogue entry: {e}",
+                    hex::encode(k)
+                ))
+            })?;
+            out.push(p);
+        }
+        out.sort_by(|a, b| {
+            (a.time, &a.vm, &a.disk, a.committed).cmp(&(b.time, &b.vm, &b.disk, b.committed))
+        });
+        Ok(out)
+    }
+
+    /// The point of id `id` (32 hex digits), if the catalogue holds it.
+    ///
+    /// # Errors
+    /// Not a point id, index errors, an unreadable entry.
+    pub fn point_by_id(&self, id: &str) -> Result<Option<RecoveryPoint>> {
+        let v = self
+            .db
+            .get_cf(self.cf(CF_POINTS)?, point_key(id)?)
+            .map_err(self.index_err())?;
+        v.map(|v| {
+            serde_json::from_slice(&v)
+                .map_err(|e| Error::Point(format!("{id}: unreadable catalogue entry: {e}")))
+        })
+        .transpose()
+    }
+
+    /// The ids of the points forgotten from this store (`STORE/forgotten`): a replica never
+    /// brings one back.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn forgotten_ids(&self) -> Result<std::collections::HashSet<String>> {
+        let path = self.root.join(crate::catalogue::FORGOTTEN_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(text
+                .lines()
+                .filter(|l| l.len() == 32 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_owned)
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(Error::io(&path, "reading the forgotten points")(e)),
+        }
+    }
+
+    /// The newest point of a VM's disk.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn latest(&self, vm: &VmKey, disk: &str) -> Result<Option<RecoveryPoint>> {
+        Ok(self
+            .points()?
+            .into_iter()
+            .filter(|p| p.disk == disk && &p.vm_key() == vm)
+            .max_by_key(|p| (p.time, p.committed)))
+    }
+
+    /// Finds a point as [`crate::select`] reads a name: an id (with or without the dashes of
+    /// the UUID cairn writes into VHDs), a unique id prefix, or `VM/DISK@latest`,
+    /// `VM/DISK@latest~N`, `VM/DISK@DATE`, `VM/DISK@DATETIME`.
+    ///
+    /// # Errors
+    /// [`Error::Point`] when nothing or more than one point matches (the candidates listed).
+    pub fn resolve(&self, spec: &str) -> Result<RecoveryPoint> {
+        let points = self.points()?;
+        crate::select::resolve(&points, spec, self.config.tz()).map_err(Error::Point)
+    }
+
+    /// The reference list of a point, one ref per chunk of its disk. It grows with the disk
+    /// (32 bytes a chunk): a reader of big disks walks the tree instead ([`Walk`]).
+    ///
+    /// # Errors
+    /// A missing or bad tree chunk.
+    pub fn chunk_refs(&self, point: &RecoveryPoint) -> Result<Vec<ChunkRef>> {
+        let mut refs = Vec::new();
+        let mut walk = Walk::new(self, point)?;
+        while let Some(x) = walk.next_extent()? {
+            match x.body {
+                Body::Refs(r) => refs.extend_from_slice(&r),
+                Body::Zero => refs.extend(std::iter::repeat_n(ChunkRef::Zero, x.count as usize)),
+                Body::Unreadable(what) => return Err(Error::Point(what)),
+            }
+        }
+        Ok(refs)
+    }
+}
+
+/// The point a root file holds.
+pub(crate) fn read_root_file(path: &Path) -> Result<RecoveryPoint> {
+    let bytes = std::fs::read(path).map_err(Error::io(path, "reading a root file"))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Point(format!("{}: unreadable root file: {e}", path.display())))
+}
+
+/// The index key of point `id` (32 hex digits).
+pub(crate) fn point_key(id: &str) -> Result<[u8; 16]> {
+    let mut k = [0u8; 16];
+    hex::decode_to_slice(id, &mut k)
+        .map_err(|_| Error::Point(format!("{id:?} is not a point id")))?;
+    Ok(k)
+}
 
 impl Store {
     /// Removes points: catalogue entries and reference counts in one synced batch, then the

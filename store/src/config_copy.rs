@@ -10,10 +10,12 @@
 
 use std::path::Path;
 
+use crate::catalogue::read_root_file;
 use crate::config::{CONFIG_FILE, StoreConfig};
 use crate::error::{Error, Result};
+use crate::files::{files_under, write_atomic};
 use crate::index::CF_META;
-use crate::store::{Store, files_under, read_root_file, write_atomic};
+use crate::store::Store;
 
 /// The metadata key of the copy.
 const META_CONFIG: &str = "config";

@@ -107,7 +107,7 @@ impl Store {
     pub fn unindexed_pack_files(&self) -> Result<Vec<(PathBuf, u64)>> {
         let known = self.pack_infos()?;
         let mut out = Vec::new();
-        for path in crate::store::files_under(&self.packs_dir(), "pack")? {
+        for path in crate::files::files_under(&self.packs_dir(), "pack")? {
             let id = path
                 .file_stem()
                 .and_then(|s| s.to_str())

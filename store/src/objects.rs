@@ -129,7 +129,7 @@ impl Objects for Folder {
     }
 
     fn put(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        crate::store::write_atomic_mode(&self.path(name)?, bytes, 0o600)
+        crate::files::write_atomic_mode(&self.path(name)?, bytes, 0o600)
     }
 
     fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {

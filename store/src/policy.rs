@@ -2,8 +2,9 @@
 //! (in `cairn.toml`).
 
 use crate::error::{Error, Result};
+use crate::files::write_atomic;
 use crate::point::{RecoveryPoint, VmKey};
-use crate::store::{Store, write_atomic};
+use crate::store::Store;
 use std::collections::BTreeMap;
 
 /// Name of the file of per-VM policies.

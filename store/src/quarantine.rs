@@ -123,7 +123,7 @@ pub fn put(root: &Path, q: &Quarantined) -> Result<()> {
     std::fs::create_dir_all(&dir).map_err(Error::io(&dir, "making the quarantine folder"))?;
     let json = serde_json::to_vec_pretty(q)
         .map_err(|e| Error::Usage(format!("writing a quarantine record: {e}")))?;
-    crate::store::write_atomic(&record_path(root, &id), &json)
+    crate::files::write_atomic(&record_path(root, &id), &json)
 }
 
 /// Removes the record of `pack` (nothing when there is none).

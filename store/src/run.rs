@@ -19,8 +19,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::files::write_atomic;
 use crate::pack::sync_dir;
-use crate::store::write_atomic;
 
 const PREFIX: &str = ".run-";
 const SUFFIX: &str = ".pending";

@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use rocksdb::WriteBatch;
 
+use crate::catalogue::point_key;
 use crate::chunk::{ChunkId, ChunkKind, ChunkRef, EncodedChunk};
 use crate::error::{Error, Result};
+use crate::files::write_atomic;
 use crate::index::{
     CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_PACKS, CF_POINTS, Location, PackInfo, garbage_key, to_json,
 };
@@ -20,7 +22,7 @@ use crate::point::{
     BackupStats, Labels, POINT_FORMAT, PointId, RecoveryPoint, SourceInfo, check_point_name,
 };
 use crate::run;
-use crate::store::{Store, point_key, write_atomic};
+use crate::store::Store;
 use crate::tree::{Body, TreeWriter, Walk};
 
 /// A new recovery point, as a backup hands it to [`Session::commit`].

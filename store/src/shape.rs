@@ -12,10 +12,12 @@ use std::path::Path;
 use rocksdb::WriteBatch;
 
 use crate::RecoveryPoint;
+use crate::catalogue::point_key;
 use crate::chunk::ChunkRef;
 use crate::error::{Error, Result};
+use crate::files::write_atomic;
 use crate::index::{CF_POINTS, to_json};
-use crate::store::{Store, point_key, write_atomic};
+use crate::store::Store;
 use crate::tree::{self, Node, span};
 
 /// The suffix a refused root file is renamed with (kept for a look, never read as a point).

@@ -263,7 +263,7 @@ impl Store {
                 }
             }
         }
-        for path in crate::store::files_under(&self.packs_dir(), "pack")? {
+        for path in crate::files::files_under(&self.packs_dir(), "pack")? {
             if let Some(p) = path
                 .file_stem()
                 .and_then(|s| s.to_str())

@@ -318,7 +318,7 @@ pub(super) fn decode_range(
             chunk::decode_into(&id, h.codec, h.plain_len, &stored, slot)
         });
         if let Err(what) = r {
-            failed.push((i, crate::store::bad_chunk(&id, &loc, what)));
+            failed.push((i, crate::read::bad_chunk(&id, &loc, what)));
         }
     }
     failed
@@ -360,10 +360,7 @@ pub(super) fn encoded_in(
                 bytes: std::mem::take(&mut stored),
             })
         });
-        out.push((
-            i,
-            r.map_err(|what| crate::store::bad_chunk(&id, &loc, what)),
-        ));
+        out.push((i, r.map_err(|what| crate::read::bad_chunk(&id, &loc, what))));
     }
     out
 }

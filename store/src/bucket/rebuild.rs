@@ -130,17 +130,17 @@ pub(crate) fn fetch_roots(bucket: &dyn Objects, root: &Path) -> Result<u64> {
         .collect();
     let got = fetch_all(bucket, &names)?;
     let keep: HashSet<std::path::PathBuf> = names.iter().map(|n| root.join(n)).collect();
-    for old in crate::store::files_under(&root.join("points"), "json")? {
+    for old in crate::files::files_under(&root.join("points"), "json")? {
         if !keep.contains(&old) {
             std::fs::remove_file(&old).map_err(Error::io(&old, "removing a root file"))?;
         }
     }
     for (name, bytes) in names.iter().zip(got) {
-        crate::store::write_atomic(&root.join(name), &bytes)?;
+        crate::files::write_atomic(&root.join(name), &bytes)?;
     }
     match bucket.get(FORGOTTEN_OBJECT) {
         Ok(bytes) => {
-            crate::store::write_atomic(&root.join(crate::catalogue::FORGOTTEN_FILE), &bytes)?;
+            crate::files::write_atomic(&root.join(crate::catalogue::FORGOTTEN_FILE), &bytes)?;
         }
         Err(Error::ObjectMissing { .. }) => {}
         Err(e) => return Err(e),

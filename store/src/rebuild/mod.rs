@@ -17,13 +17,15 @@ use rocksdb::{ColumnFamily, DB};
 
 use crate::chunk::{ChunkId, EncodedChunk};
 use crate::config::StoreConfig;
+use crate::db::{REBUILD_MARKER, open_index};
 use crate::error::{Error, Result};
+use crate::files::write_atomic;
 use crate::index::{CF_CHUNKS, Location};
 use crate::lock::WriteLock;
 use crate::objects::Objects;
 use crate::pack::sync_dir;
 use crate::quarantine::Quarantined;
-use crate::store::{OpenMode, REBUILD_MARKER, Store, open_index, write_atomic};
+use crate::store::{OpenMode, Store};
 
 impl Store {
     /// Makes a store folder in `root` (missing or empty) for the store whose packs are in
@@ -33,7 +35,7 @@ impl Store {
     /// # Errors
     /// A folder that is not empty, no store in the bucket, the bucket's failures.
     pub fn attach(root: &Path, packs: &crate::config::PacksConfig) -> Result<StoreConfig> {
-        crate::store::utf8_path(root)?;
+        crate::files::utf8_path(root)?;
         if std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_some()) {
             return Err(Error::Usage(format!(
                 "{} exists and is not empty: the store of {} is made in an empty folder",

@@ -10,11 +10,11 @@ use rocksdb::WriteBatch;
 use super::Rebuild;
 use crate::chunk::{self, ChunkId, EncodedChunk};
 use crate::error::{Error, Result};
+use crate::files::files_under;
 use crate::index::{CF_CHUNKS, CF_GARBAGE, CF_PACKS, Location, PackInfo, garbage_key, to_json};
 use crate::objects::Objects;
 use crate::pack::{self, PackId, PackScan};
 use crate::quarantine::Quarantined;
-use crate::store::files_under;
 
 /// One pack's scan, with the name of where it was read.
 type Scans = Vec<(String, Result<PackScan>)>;
@@ -253,7 +253,7 @@ impl Rebuild<'_> {
 /// copy here (past damage, as any pack); a pack read whole gets its frame list written again.
 fn rescan_bucket_pack(root: &Path, bucket: &dyn Objects, pack: PackId) -> Result<PackScan> {
     let bytes = bucket.get(&crate::bucket::pack_object(&pack))?;
-    let dir = crate::store::spool_dir(root);
+    let dir = crate::files::spool_dir(root);
     std::fs::create_dir_all(&dir).map_err(Error::io(&dir, "making the spool folder"))?;
     let copy = dir.join(format!("{}.pack", pack.to_hex()));
     std::fs::write(&copy, &bytes).map_err(Error::io(&copy, "spooling a pack"))?;

@@ -7,9 +7,11 @@ use std::path::Path;
 use rocksdb::WriteBatch;
 
 use super::Rebuild;
+use crate::catalogue::{point_key, read_root_file};
+use crate::db::sync_write;
 use crate::error::Result;
+use crate::files::files_under;
 use crate::index::{CF_POINTS, to_json};
-use crate::store::{files_under, point_key, read_root_file, sync_write};
 
 impl Rebuild<'_> {
     /// Catalogues every readable root file in one synced batch; a point whose root file cannot
