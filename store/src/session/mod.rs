@@ -1,29 +1,30 @@
 //! Writing into a store: new chunks go to packs at once; points are published by
 //! [`Session::commit`] (one point) or [`Session::commit_run`] (the disks of one run, together or
 //! not at all).
+//!
+//! Publishing is its own module ([`commit`]), as are the checks it makes first ([`checks`]) and
+//! the staged point ([`staged`]).
 
-use std::collections::{HashMap, HashSet};
+mod checks;
+mod commit;
+mod staged;
+
+pub use staged::StagedPoint;
+
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
-use rocksdb::WriteBatch;
 
-use crate::catalogue::point_key;
 use crate::chunk::{ChunkId, ChunkKind, ChunkRef, EncodedChunk};
 use crate::error::{Error, Result};
-use crate::files::write_atomic;
-use crate::index::{
-    CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_PACKS, CF_POINTS, Location, PackInfo, garbage_key, to_json,
-};
+use crate::index::Location;
 use crate::lost::LostPacks;
 use crate::pack::{self, PackId, PackWriter};
-use crate::point::{
-    BackupStats, Labels, POINT_FORMAT, PointId, RecoveryPoint, SourceInfo, check_point_name,
-};
-use crate::run;
+use crate::point::{BackupStats, Labels, PointId, RecoveryPoint, SourceInfo, check_point_name};
 use crate::store::Store;
-use crate::tree::{Body, TreeWriter, Walk};
+use crate::tree::TreeWriter;
 
 /// A new recovery point, as a backup hands it to [`Session::commit`].
 #[derive(Debug, Clone)]
@@ -455,317 +456,5 @@ impl<'a> Session<'a> {
         out.sort_unstable();
         out.dedup();
         out
-    }
-
-    /// See [`Session::check_references`]: the chunks `staged` names that are neither in the
-    /// store nor in this session (the first few), or of the wrong kind.
-    fn check_complete(&self, staged: &[StagedPoint]) -> Result<()> {
-        let pending: HashMap<ChunkId, Location> = self.pending.iter().copied().collect();
-        let allowed = self
-            .allowed
-            .as_deref()
-            .map(|a| crate::complete::Allowed::new(a, &self.proven));
-        let mut check = crate::complete::Check::new(self.store, &pending, &self.lost, allowed);
-        for StagedPoint(p) in staged {
-            check.point(p)?;
-        }
-        check.finish()
-    }
-
-    /// Refuses a tree naming a chunk whose pack file is gone (and that this session did not
-    /// store afresh): the point would not restore. `ids` are the data chunks pushed one by one,
-    /// `subtrees` those taken whole from another point (read here). Only called when packs are
-    /// lost.
-    fn check_not_lost(&self, mut ids: Vec<ChunkId>, subtrees: &[(ChunkId, u8, u64)]) -> Result<()> {
-        for (id, level, count) in subtrees {
-            let mut walk = Walk::subtree(self.store, *id, *level, *count);
-            while let Some(x) = walk.next_extent()? {
-                match x.body {
-                    Body::Refs(refs) => ids.extend(refs.iter().filter_map(|r| match r {
-                        ChunkRef::Data(id) => Some(*id),
-                        ChunkRef::Zero => None,
-                    })),
-                    Body::Zero => {}
-                    Body::Unreadable(what) => return Err(Error::Point(what)),
-                }
-            }
-        }
-        ids.retain(|id| !self.seen.contains(id));
-        ids.sort_unstable();
-        ids.dedup();
-        let mut gone = 0u64;
-        let mut packs = HashSet::new();
-        for loc in self.store.locations(&ids)?.into_iter().flatten() {
-            if self.lost.covers(&loc) {
-                gone += 1;
-                packs.insert(loc.pack.to_hex());
-            }
-        }
-        if gone == 0 {
-            return Ok(());
-        }
-        let mut packs: Vec<String> = packs.into_iter().collect();
-        packs.sort();
-        Err(Error::Usage(format!(
-            "the point would reference {gone} chunk(s) whose pack file is gone or cut short \
-             ({}); nothing was stored. A key backup (`cairn backup --key`) reads the whole disk and stores \
-             them afresh; `cairn verify` lists what else they damage",
-            packs.join(", ")
-        )))
-    }
-
-    /// Publishes one recovery point whose reference list is `refs` (see [`Session::stage`] and
-    /// [`Session::commit_run`]).
-    ///
-    /// # Errors
-    /// As [`Session::stage`] and [`Session::commit_run`].
-    pub fn commit(mut self, point: NewPoint, refs: &[ChunkRef]) -> Result<RecoveryPoint> {
-        let staged = self.stage(point, refs)?;
-        let mut done = self.commit_run(vec![staged])?;
-        done.pop()
-            .ok_or_else(|| Error::Usage("a commit published no point".into()))
-    }
-
-    /// Publishes staged points together: makes every appended chunk durable, indexes them,
-    /// writes the root files, and publishes the catalogue entries in one RocksDB batch. A crash
-    /// at any instant leaves the store as it was before, or with every point committed.
-    ///
-    /// Several points are one commit through a run journal (`points/.run-<id>.pending`, listing
-    /// their root files): written before the first root file, removed after the last, so the
-    /// removal is the commit; the next writer deletes the root files of a run whose journal is
-    /// still there (the `run` module).
-    ///
-    /// # Errors
-    /// I/O and index errors.
-    pub fn commit_run(mut self, staged: Vec<StagedPoint>) -> Result<Vec<RecoveryPoint>> {
-        // 1. Chunks durable: the last pack, and every full one synced (or uploaded) beside the
-        //    appends.
-        if let Some(pack) = self.pack.take() {
-            self.store.sealer().seal(pack)?;
-        }
-        while !self.syncing.is_empty() {
-            self.wait_one_sync()?;
-        }
-        let store = self.store;
-        // One commit at a time in this process (sessions of `cairn serve`, garbage collection
-        // in it): the counts read below are changed by this commit's batches only.
-        let _commit = store.commit_lock()?;
-        let existing = store.points()?;
-        let mut staged = staged;
-        self.check_claims(&mut staged, &existing)?;
-        if self.check {
-            self.check_complete(&staged)?;
-        }
-        // 2. Chunks indexed (unreferenced until the points are published).
-        let mut batch = WriteBatch::default();
-        let chunks_cf = store.cf(CF_CHUNKS)?;
-        let mut packs: HashMap<PackId, PackInfo> = HashMap::new();
-        for (id, loc) in &self.pending {
-            batch.put_cf(chunks_cf, id.0, loc.encode());
-            let info = packs.entry(loc.pack).or_default();
-            info.chunks += 1;
-            info.size = info
-                .size
-                .max(loc.offset + pack::FRAME_HEADER_SIZE + u64::from(loc.stored_len));
-        }
-        let packs_cf = store.cf(CF_PACKS)?;
-        for (id, info) in &packs {
-            batch.put_cf(packs_cf, id.0, to_json(info, "a pack entry")?);
-        }
-        // Unreferenced until the catalogue batch counts them: listed as garbage, so a crash
-        // before that batch leaves nothing that garbage collection cannot find.
-        let ids: Vec<ChunkId> = self.pending.iter().map(|(id, _)| *id).collect();
-        let garbage_cf = store.cf(CF_GARBAGE)?;
-        for ((id, loc), count) in self.pending.iter().zip(store.refcounts(&ids)?) {
-            if count == 0 {
-                batch.put_cf(garbage_cf, garbage_key(loc.pack, loc.offset), id.0);
-            }
-        }
-        let bad_cf = store.cf(CF_BAD)?;
-        for (id, old) in &self.superseded {
-            batch.put_cf(garbage_cf, garbage_key(old.pack, old.offset), id.0);
-            batch.delete_cf(bad_cf, id.0);
-        }
-        for id in &ids {
-            if self.bad.contains(id) {
-                batch.delete_cf(bad_cf, id.0);
-            }
-        }
-        store.write_synced(batch)?;
-        // From here on the packs are indexed: they stay, whatever happens next.
-        self.created.clear();
-        // 3. The root files: the commit (for several, the journal's removal).
-        let committed = Utc::now();
-        // A retry of a backup whose point is already published (an earlier run failed after
-        // its commit, at the catalogue write): the same disk, time and content is that point,
-        // not a second one.
-        let mut again = Vec::new();
-        let mut points: Vec<RecoveryPoint> = Vec::new();
-        for StagedPoint(mut p) in staged {
-            match existing.iter().find(|e| same_commit(e, &p)) {
-                Some(e) => again.push(e.clone()),
-                None => {
-                    p.committed = committed;
-                    points.push(p);
-                }
-            }
-        }
-        let mut files = Vec::with_capacity(points.len());
-        for p in &points {
-            let json = serde_json::to_vec_pretty(p).map_err(|e| Error::Point(e.to_string()))?;
-            files.push((p.root_file(), json));
-        }
-        let journal = match &files[..] {
-            [] => return Ok(again),
-            [_] => None,
-            _ => Some(run::begin(
-                &store.root,
-                points.first().and_then(|p| p.run.as_deref()),
-                files.iter().map(|(f, _)| f.as_str()),
-            )?),
-        };
-        let unpublished = |e: Error| Error::Unpublished {
-            ids: points.iter().map(|p| p.short_id().to_owned()).collect(),
-            source: Box::new(e),
-        };
-        // A store in a bucket: its root files there first, so that the bucket alone (an index
-        // rebuild) holds every point committed here. A commit that fails before its commit
-        // point takes its root objects back out of the bucket: a rebuild from the bucket never
-        // brings back a point the user was told was not stored.
-        let take_back = |put: &[&(String, Vec<u8>)]| {
-            for (file, _) in put {
-                // One that cannot be deleted now (the bucket unreachable) is a stray root
-                // object: the next writer's open deletes it.
-                let _ = store.delete_root(file);
-            }
-        };
-        let mut put: Vec<&(String, Vec<u8>)> = Vec::with_capacity(files.len());
-        for f in &files {
-            if let Err(e) = store.put_root(&f.0, &f.1) {
-                take_back(&put);
-                return Err(e);
-            }
-            put.push(f);
-        }
-        let write_roots = || -> Result<()> {
-            for (file, json) in &files {
-                write_atomic(&store.root.join(file), json)?;
-            }
-            if let Some(journal) = &journal {
-                run::end(journal)?;
-            }
-            Ok(())
-        };
-        if let Err(e) = write_roots() {
-            // Failed after the commit itself (the last rename, or the journal's removal), in
-            // the folder sync that follows it: the points are there, and the next writer
-            // publishes them.
-            let committed = match &journal {
-                None => files
-                    .first()
-                    .is_some_and(|(f, _)| store.root.join(f).exists()),
-                Some(j) => !j.exists(),
-            };
-            if !committed {
-                take_back(&put);
-            }
-            return Err(if committed { unpublished(e) } else { e });
-        }
-        // 4. The catalogue entries and the reference counts, in one batch. The points are
-        //    committed already: a failure here (a full disk) publishes them later, not never.
-        let publish = || -> Result<()> {
-            let mut batch = WriteBatch::default();
-            let points_cf = store.cf(CF_POINTS)?;
-            for (p, (_, json)) in points.iter().zip(&files) {
-                batch.put_cf(points_cf, point_key(&p.id)?, json);
-            }
-            let changes: Vec<(&RecoveryPoint, i64)> = points.iter().map(|p| (p, 1)).collect();
-            store.count_refs(&mut batch, &changes)?;
-            store.write_synced(batch)
-        };
-        publish().map_err(unpublished)?;
-        points.extend(again);
-        Ok(points)
-    }
-}
-
-/// Whether `existing` is `p` committed before (a retry of a backup whose earlier run failed
-/// after its commit): the same disk, time and content.
-fn same_commit(existing: &RecoveryPoint, p: &RecoveryPoint) -> bool {
-    existing.same_disk(p)
-        && existing.time == p.time
-        && existing.size == p.size
-        && existing.depth == p.depth
-        && existing.segments == p.segments
-}
-
-impl Session<'_> {
-    /// What the staged points claim, checked against the points the store holds (the `claims`
-    /// module): ids, sizes, times (set here for a store-timed session), identities.
-    fn check_claims(&self, staged: &mut [StagedPoint], existing: &[RecoveryPoint]) -> Result<()> {
-        {
-            let points: Vec<&RecoveryPoint> = staged.iter().map(|s| &s.0).collect();
-            crate::claims::check_ids_and_sizes(&points, self.store.config.max_disk_bytes)?;
-            crate::claims::check_identities(&points, existing, self.adopt)?;
-        }
-        if self.clock {
-            let mut points: Vec<&mut RecoveryPoint> = staged.iter_mut().map(|s| &mut s.0).collect();
-            crate::claims::time_at_commit(&mut points, existing);
-        }
-        let points: Vec<&RecoveryPoint> = staged.iter().map(|s| &s.0).collect();
-        crate::claims::check_times(&points, existing, &same_commit)
-    }
-}
-
-/// A point read and stored, not yet published: see [`Session::commit_run`].
-#[derive(Debug, Clone)]
-pub struct StagedPoint(RecoveryPoint);
-
-impl StagedPoint {
-    /// A point built elsewhere from `point` and its tree's `root` (a client of a remote
-    /// store): a new id; its commit time is set when it is published.
-    #[must_use]
-    pub fn new(point: NewPoint, root: &crate::tree::TreeRoot, chunk_size: u32) -> Self {
-        StagedPoint(RecoveryPoint {
-            id: PointId::random(),
-            vm: point.vm,
-            disk: point.disk,
-            time: point.time,
-            size: point.size,
-            chunk_size,
-            source: point.source,
-            parent: point.parent,
-            format: POINT_FORMAT,
-            depth: root.depth,
-            segments: root.ids.clone(),
-            stats: point.stats,
-            committed: Utc::now(),
-            protected: false,
-            protected_until: None,
-            run: point.run,
-            labels: point.labels,
-        })
-    }
-
-    /// The point, for sending to the store that publishes it.
-    #[must_use]
-    pub fn into_point(self) -> RecoveryPoint {
-        self.0
-    }
-
-    /// The point as it will be published (its commit time is set then).
-    #[must_use]
-    pub fn point(&self) -> &RecoveryPoint {
-        &self.0
-    }
-
-    /// Records the bytes the point added to the store (or sent to it).
-    pub fn set_new_stored(&mut self, bytes: u64) {
-        self.0.stats.new_stored_bytes = bytes;
-    }
-
-    /// Records how long reading the point took.
-    pub fn set_seconds(&mut self, seconds: f64) {
-        self.0.stats.seconds = seconds;
     }
 }
