@@ -241,9 +241,11 @@ pub(crate) fn run<'a>(
                 progress(logical, size);
             }
         }
-        reader
-            .join()
-            .map_err(|_| Error::Refused("the source reader thread panicked".into()))
+        reader.join().map_err(|_| {
+            Error::Store(cairn_store::Error::Internal(
+                "the source reader thread panicked".into(),
+            ))
+        })
     })?;
     Ok(Ingested {
         tree,

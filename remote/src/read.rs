@@ -119,7 +119,7 @@ fn in_lanes<I: Send, T: Send>(items: Vec<I>, f: impl Fn(I) -> Result<T> + Sync) 
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(Error::Usage("a reader thread panicked".into())))
+                    .unwrap_or_else(|_| Err(Error::Internal("a reader thread panicked".into())))
             })
             .collect()
     });

@@ -112,7 +112,7 @@ impl Upload {
                 Some(e) => Err(e),
                 None => Ok(()),
             },
-            Err(_) => Err(Error::Usage("an uploader panicked".into())),
+            Err(_) => Err(Error::Internal("an uploader panicked".into())),
         }
     }
 

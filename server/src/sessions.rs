@@ -133,10 +133,9 @@ impl Sessions {
             session.restrict_references(Arc::clone(own));
         }
         let filter = session.known_filter();
-        let mut map = self
-            .by_id
-            .lock()
-            .map_err(|_| cairn_store::Error::Usage("session table poisoned".into()))?;
+        let mut map = self.by_id.lock().map_err(|_| {
+            cairn_store::Error::Internal("the session table was poisoned by a panic".into())
+        })?;
         if map.len() >= max {
             return Ok(Err(Refused::Full(max)));
         }

@@ -140,9 +140,9 @@ where
 {
     let next = said
         .pop_front()
-        .ok_or_else(|| Error::Usage("a batch was read that was never said".into()))?;
+        .ok_or_else(|| Error::Internal("a batch was read that was never said".into()))?;
     if next.as_ref().len() != slots {
-        return Err(Error::Usage(format!(
+        return Err(Error::Internal(format!(
             "a batch of {} chunks was read into {slots} slots",
             next.as_ref().len()
         )));

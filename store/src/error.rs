@@ -135,6 +135,11 @@ pub enum Error {
     /// A request the store cannot satisfy (bad argument).
     #[error("{0}")]
     Usage(String),
+    /// A failure inside cairn itself, not of the request nor of the store's files: a thread
+    /// that panicked, a lock poisoned by one, a state that cannot happen. A server answers it
+    /// 500, never 400.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// An index entry that does not decode. Nothing reads it as a default: writers and garbage
     /// collection stop, and the index must be rebuilt from the packs and root files.
     #[error(

@@ -185,5 +185,5 @@ impl PointLookup {
 }
 
 fn poisoned() -> Error {
-    Error::Point("a lookup cache lock was poisoned by a panic".into())
+    Error::Internal("a lookup cache lock was poisoned by a panic".into())
 }

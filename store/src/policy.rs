@@ -75,7 +75,7 @@ impl Store {
         crate::point::check_name("VM", vm).map_err(Error::Usage)?;
         let mut all = self.policies()?;
         all.insert(vm.to_owned(), policy);
-        let json = serde_json::to_vec_pretty(&all).map_err(|e| Error::Usage(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&all).map_err(|e| Error::Internal(e.to_string()))?;
         write_atomic(&self.root.join(POLICIES_FILE), &json)
     }
 }

@@ -122,7 +122,7 @@ pub fn put(root: &Path, q: &Quarantined) -> Result<()> {
     let dir = root.join(QUARANTINE_DIR);
     std::fs::create_dir_all(&dir).map_err(Error::io(&dir, "making the quarantine folder"))?;
     let json = serde_json::to_vec_pretty(q)
-        .map_err(|e| Error::Usage(format!("writing a quarantine record: {e}")))?;
+        .map_err(|e| Error::Internal(format!("writing a quarantine record: {e}")))?;
     crate::files::write_atomic(&record_path(root, &id), &json)
 }
 

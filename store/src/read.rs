@@ -46,7 +46,7 @@ impl Store {
         let mut files = self
             .files
             .lock()
-            .map_err(|_| Error::Usage("pack file cache poisoned".into()))?;
+            .map_err(|_| Error::Internal("the pack file cache was poisoned by a panic".into()))?;
         if let Some(f) = files.get(&pack) {
             return Ok(Some(Arc::clone(f)));
         }

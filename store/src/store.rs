@@ -278,13 +278,13 @@ impl Store {
     pub fn commit_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
         self.commits
             .lock()
-            .map_err(|_| Error::Usage("a commit panicked in this process".into()))
+            .map_err(|_| Error::Internal("a commit panicked in this process".into()))
     }
 
     /// Fails unless the store was opened for writing.
     pub(crate) fn require_writer(&self) -> Result<()> {
         if self.lock.is_none() {
-            return Err(Error::Usage("the store was opened read-only".into()));
+            return Err(Error::Internal("the store was opened read-only".into()));
         }
         Ok(())
     }

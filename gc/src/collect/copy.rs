@@ -140,7 +140,9 @@ impl<'a> Copier<'a> {
             self.writer = Some(w);
         }
         let Some(w) = self.writer.as_mut() else {
-            return Err(Error::Refused("no open pack".into()));
+            return Err(Error::Store(cairn_store::Error::Internal(
+                "no open pack".into(),
+            )));
         };
         let offset = w.append(&enc)?;
         let new = Location {

@@ -82,3 +82,25 @@ impl IntoResponse for ApiError {
         (self.status, Json(serde_json::json!({ "error": message }))).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_inside_cairn_is_a_server_error_and_a_bad_request_is_the_clients() {
+        use cairn_store::Error as E;
+        let status = |e: E| ApiError::from(e).status;
+        assert_eq!(
+            status(E::Internal("a pack's sync panicked".into())),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            status(E::Usage("no such disk".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(status(E::AlreadyHeld("abc".into())), StatusCode::CONFLICT);
+        let gc = ApiError::from(cairn_gc::Error::Store(E::Internal("no open pack".into())));
+        assert_eq!(gc.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -235,7 +235,9 @@ impl ReadAhead<'_> {
                 };
             }
             if st.stop {
-                return Err(Error::Usage("the bucket's read-ahead has stopped".into()));
+                return Err(Error::Internal(
+                    "the bucket's read-ahead has stopped".into(),
+                ));
             }
             if !wait {
                 return Ok(None);
@@ -258,7 +260,7 @@ impl ReadAhead<'_> {
         let mut items = items.into_iter().peekable();
         while let Some((seq, item)) = items.next() {
             let Some(first) = self.take(seq, true)? else {
-                return Err(Error::Usage(format!("range {seq} was never fetched")));
+                return Err(Error::Internal(format!("range {seq} was never fetched")));
             };
             let mut round = vec![(first, item)];
             while let Some(&(next, _)) = items.peek() {
@@ -302,7 +304,7 @@ impl ReadAhead<'_> {
         let said = self
             .said
             .pop_front()
-            .ok_or_else(|| Error::Usage("a batch was read that was never said".into()))?;
+            .ok_or_else(|| Error::Internal("a batch was read that was never said".into()))?;
         let mut got: Vec<(usize, Result<EncodedChunk>)> = said
             .missing
             .iter()
@@ -350,7 +352,7 @@ impl BatchReader for ReadAhead<'_> {
             slots
                 .get_mut(i)
                 .and_then(Option::take)
-                .ok_or_else(|| Error::Usage(format!("slot {i} of a batch taken twice")))
+                .ok_or_else(|| Error::Internal(format!("slot {i} of a batch taken twice")))
         };
         let mut there = Vec::with_capacity(said.there.len());
         for (seq, range) in said.there {

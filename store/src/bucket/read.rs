@@ -37,7 +37,7 @@ impl Store {
             Some(file) => pack::read_frame_into(&file, &path, loc.offset, stored),
             None => {
                 let Some(b) = &self.bucket else {
-                    return Err(Error::Usage("no bucket".into()));
+                    return Err(Error::Internal("no bucket".into()));
                 };
                 let name = pack_object(&loc.pack);
                 let len = FRAME_HEADER_SIZE + u64::from(loc.stored_len);
@@ -248,7 +248,7 @@ pub(super) fn in_flight<T: Send, R: Send>(
         return Err(e);
     }
     out.into_inner()
-        .map_err(|_| Error::Usage("a read of the bucket panicked".into()))
+        .map_err(|_| Error::Internal("a read of the bucket panicked".into()))
 }
 
 /// The bytes of a range; `Ok(Err(what))` when its pack object is gone (each chunk's damage,

@@ -78,7 +78,7 @@ pub(crate) fn fetch_all(bucket: &dyn Objects, names: &[String]) -> Result<Vec<Ve
         }
     });
     got.into_inner()
-        .map_err(|_| Error::Usage("a fetch panicked".into()))?
+        .map_err(|_| Error::Internal("a fetch panicked".into()))?
         .into_iter()
         .zip(names)
         .map(|(r, name)| {

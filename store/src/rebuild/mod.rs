@@ -134,7 +134,7 @@ impl<'r> Rebuild<'r> {
     fn cf(&self, name: &str) -> Result<&ColumnFamily> {
         self.db
             .cf_handle(name)
-            .ok_or_else(|| Error::Usage(format!("no {name} column family")))
+            .ok_or_else(|| Error::Internal(format!("no {name} column family")))
     }
 
     /// The index's error, naming its folder.

@@ -34,7 +34,7 @@ impl Session<'_> {
         let staged = self.stage(point, refs)?;
         let mut done = self.commit_run(vec![staged])?;
         done.pop()
-            .ok_or_else(|| Error::Usage("a commit published no point".into()))
+            .ok_or_else(|| Error::Internal("a commit published no point".into()))
     }
 
     /// Publishes staged points together: makes every appended chunk durable, indexes them,

@@ -292,7 +292,7 @@ impl<'a> Session<'a> {
             self.pack = Some(pack);
         }
         let Some(pack) = self.pack.as_mut() else {
-            return Err(Error::Usage("no open pack".into()));
+            return Err(Error::Internal("no open pack".into()));
         };
         let loc = Location::appended(pack.id(), pack.append(chunk)?, chunk);
         self.pending.push((chunk.id, loc));
@@ -306,7 +306,7 @@ impl<'a> Session<'a> {
         match self.syncing.pop_front() {
             Some(h) => h
                 .join()
-                .unwrap_or_else(|_| Err(Error::Usage("a pack's sync panicked".into())))
+                .unwrap_or_else(|_| Err(Error::Internal("a pack's sync panicked".into())))
                 .map(|_| ()),
             None => Ok(()),
         }
