@@ -271,6 +271,7 @@ fn a_failing_or_dying_server_stores_nothing() {
     drop(srv);
     // The server dies in the middle: the backup fails clearly, nothing is committed.
     let mut srv = nbdkit(&["--filter=delay", "pattern", "size=256M", "rdelay=50ms"]);
+    let packs = store.pack_files().len();
     let child = store
         .cmd(&["backup", "--vm", "vm", "--nbd-connections", "2"])
         .arg(format!("xvda={}", srv.uri("")))
@@ -278,7 +279,10 @@ fn a_failing_or_dying_server_stores_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("backup");
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    // Killed mid-read: once the backup has stored its first chunks.
+    cairn_tests::wait_until("the backup's first pack", || {
+        store.pack_files().len() > packs
+    });
     srv.kill();
     let out = child.wait_with_output().expect("wait");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -899,20 +903,34 @@ fn serve_nbd_drops_slow_handshakes_and_caps_each_address() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
     let uri = format!("nbd://{addr}/{p}");
+    // A connection the server greeted (so holds a slot); one turned away (a slot of a closed
+    // connection not yet given back) connects again.
+    let greeted = || {
+        let mut held = None;
+        cairn_tests::wait_until("a client to be greeted", || {
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("timeout");
+            let mut greeting = [0u8; 18];
+            if std::io::Read::read_exact(&mut s, &mut greeting).is_ok() {
+                held = Some(s);
+            }
+            held.is_some()
+        });
+        held.expect("greeted")
+    };
     // Three idle clients hold their address's slots: a fourth from it is turned away.
-    let idle: Vec<TcpStream> = (0..3)
-        .map(|_| TcpStream::connect(&addr).expect("connect"))
-        .collect();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let idle: Vec<TcpStream> = (0..3).map(|_| greeted()).collect();
     let o = run(Command::new("nbdinfo").arg(&uri));
     assert!(
         !o.status.success(),
         "a fourth client from one address was served"
     );
     drop(idle);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Their slots come back: two clients at once are greeted (so the slow client below finds
+    // a slot whatever of these two is not yet given back).
+    drop((greeted(), greeted()));
     // A client trickling its handshake a byte every few seconds is dropped at the deadline
     // (30 s in all), not kept for as long as it keeps sending.
     let mut slow = TcpStream::connect(&addr).expect("connect");

@@ -50,20 +50,37 @@ fn slowed_on(store: &Store, slow: &Path, secs: u32, args: &[&str]) -> Child {
         .expect("run strace (installed by scripts/setup.sh)")
 }
 
-/// Waits until the store has a registered reader (the slowed command opened the store).
-fn wait_for_reader(store: &Store) {
-    for _ in 0..200 {
-        let n = std::fs::read_dir(store.path().join("readers"))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        if n > 0 {
-            // It registers, then opens the index; give the open a moment.
-            std::thread::sleep(Duration::from_millis(300));
-            return;
+/// Waits until the command `strace` runs is held in the delayed open of the pack: it opened the
+/// index before (its view of the store is fixed) and registered as a reader. A task of it has
+/// been in `openat` (syscall 257 on x86-64; only the pack's open is delayed) with the same
+/// arguments for 200 ms.
+fn wait_held_in_pack_open(strace: &Child) {
+    let parent = strace.id().to_string();
+    let in_open = || -> Option<String> {
+        for p in std::fs::read_dir("/proc").ok()?.flatten() {
+            let status = std::fs::read_to_string(p.path().join("status")).unwrap_or_default();
+            let child = status
+                .lines()
+                .any(|l| l.strip_prefix("PPid:").is_some_and(|v| v.trim() == parent));
+            if !child {
+                continue;
+            }
+            for t in std::fs::read_dir(p.path().join("task")).ok()?.flatten() {
+                let call = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+                if call.starts_with("257 ") {
+                    return Some(format!("{} {call}", t.path().display()));
+                }
+            }
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the reader never registered");
+        None
+    };
+    cairn_tests::wait_until("the command to be held opening the pack", || {
+        let Some(first) = in_open() else {
+            return false;
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        in_open().as_ref() == Some(&first)
+    });
 }
 
 fn gc_rewriting_everything(store: &Store) -> serde_json::Value {
@@ -86,7 +103,7 @@ fn a_restore_overtaken_by_gc_finishes_bit_exact_and_the_next_gc_frees_the_old_pa
         3,
         &["restore", &p2, out.to_str().expect("utf-8")],
     );
-    wait_for_reader(&store);
+    wait_held_in_pack_open(&restore);
     let g = gc_rewriting_everything(&store);
     assert!(num(&g, "packs_rewritten") >= 1, "{g}");
     assert_eq!(num(&g, "readers_waited_for"), 1, "{g}");
@@ -118,7 +135,7 @@ fn a_verify_overtaken_by_gc_reports_no_false_damage_and_leaves_no_marks() {
     let work = tempfile::tempdir().expect("tempdir");
     let (store, _, old_pack, _) = store_with_a_pack_to_rewrite(work.path());
     let verify = slowed_on(&store, &old_pack, 3, &["verify", "--json"]);
-    wait_for_reader(&store);
+    wait_held_in_pack_open(&verify);
     let g = gc_rewriting_everything(&store);
     let done = verify.wait_with_output().expect("wait");
     let report = String::from_utf8_lossy(&done.stdout);

@@ -138,7 +138,15 @@ fn one_disk_is_in_one_session_at_a_time_and_admins_work_through_the_cli() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("backup starts");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Released once the waiting backup has been refused at least once (the first refusal is
+    // the backup above without --wait).
+    cairn_tests::wait_until("the waiting backup to be refused", || {
+        std::fs::read_to_string(&server.log)
+            .unwrap_or_default()
+            .matches("session refused")
+            .count()
+            >= 2
+    });
     let (code, _) = server.curl("DELETE", &format!("sessions/{sid}"), &tok, None);
     assert_eq!(code, 204);
     let o = waiting.wait_with_output().expect("backup ends");
@@ -286,8 +294,12 @@ fn an_idle_session_is_dropped_with_its_chunks() {
     );
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
     assert_eq!(store.pack_files().len(), 1, "the session's pack");
-    // The reaper looks every 5 s.
-    std::thread::sleep(std::time::Duration::from_secs(7));
+    // The reaper looks every 5 s, and says what it dropped.
+    cairn_tests::wait_until("the reaper to drop the idle session", || {
+        std::fs::read_to_string(&server.log)
+            .unwrap_or_default()
+            .contains("dropped after being idle")
+    });
     let (code, answer) = server.curl(
         "POST",
         &format!("sessions/{sid}/chunks"),

@@ -44,11 +44,15 @@ fn kills_of_client_and_server_lose_no_committed_point() {
             .stderr(Stdio::null())
             .spawn()
             .expect("backup starts");
+        let packs = store.pack_files().len();
         let mut input = c.stdin.take().expect("stdin");
         input
             .write_all(&bytes[..bytes.len() / 2])
             .expect("half the disk");
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // Chunks in flight: the session has written into a pack of its own.
+        cairn_tests::wait_until("the session's first pack", || {
+            store.pack_files().len() > packs
+        });
         (c, input)
     };
     let (mut c, input) = half(&server, "vm2");

@@ -69,7 +69,10 @@ pub(super) async fn open_session(
                     }),
                 ))
             }
-            Err(Refused::Busy(why)) => Err(ApiError::new(StatusCode::CONFLICT, why)),
+            Err(Refused::Busy(why)) => {
+                tracing::info!(vm = %b.vm, token = %t.name, "session refused: {why}");
+                Err(ApiError::new(StatusCode::CONFLICT, why))
+            }
             Err(Refused::Full(n)) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{n} sessions are open, the most this server takes; try again later"),
