@@ -118,7 +118,8 @@ fn a_malformed_location_is_an_error_not_a_missing_chunk() {
     let store = Store::open(&root, OpenMode::Read).expect("open");
     let err = store.location(&ids[1]).expect_err("malformed location");
     assert!(is_corrupt(&err, "chunks"), "{err}");
-    assert!(store.locations(&ids).is_err());
+    let err = store.locations(&ids).expect_err("malformed location");
+    assert!(is_corrupt(&err, "chunks"), "{err}");
     drop(store);
     // verify reports it (a failure, not a clean run).
     let err = verify(&root, &VerifyOptions::default(), &|_, _| {}).map(|r| r.clean());
@@ -132,10 +133,10 @@ fn a_malformed_location_is_an_error_not_a_missing_chunk() {
     let c = encode(&data, ChunkKind::Data, 1);
     assert_eq!(c.id, ids[1]);
     let mut s = store.session().expect("session");
-    assert!(
-        s.put(&c).is_err(),
-        "a malformed location read as not stored"
-    );
+    let err = s
+        .put(&c)
+        .expect_err("a malformed location read as not stored");
+    assert!(is_corrupt(&err, "chunks"), "{err}");
 }
 
 #[test]
@@ -158,5 +159,6 @@ fn a_malformed_reference_count_is_an_error_not_zero() {
     let _ = collect(&root, &opts, &|_| {});
     assert_eq!(pack_files(&root), packs, "gc deleted a pack");
     let store = Store::open(&root, OpenMode::Read).expect("open");
-    assert!(store.refcounts(&ids).is_err());
+    let err = store.refcounts(&ids).expect_err("a malformed count");
+    assert!(is_corrupt(&err, "refs"), "{err}");
 }

@@ -190,7 +190,8 @@ fn read_write_status_and_errors() {
     }
     c.read(0, &mut b).expect("read after an error");
     // Past the end: refused by the client before sending.
-    assert!(c.read((4 << 20) - 10, &mut b).is_err());
+    let e = c.read((4 << 20) - 10, &mut b).expect_err("past the end");
+    assert!(e.to_string().contains("passes the end of export"), "{e}");
     // Writes.
     c.write(4096, &[9u8; 512]).expect("write");
     c.write_zeroes(0, 4096).expect("zeroes");
@@ -225,8 +226,10 @@ fn read_only_and_unknown_export() {
     });
     let mut c = Client::handshake(Box::new(sock), "disk", &[]).expect("handshake");
     assert!(c.info().read_only());
-    assert!(c.write(0, &[1]).is_err());
-    assert!(c.block_status(0, 10).is_err(), "no context selected");
+    let e = c.write(0, &[1]).expect_err("a read-only export");
+    assert!(e.to_string().contains("is read-only"), "{e}");
+    let e = c.block_status(0, 10).expect_err("no context selected");
+    assert!(e.to_string().contains("needs a metadata context"), "{e}");
 }
 
 /// A server of the old kind (as XAPI's NBD server is): it knows neither structured replies

@@ -145,6 +145,21 @@ impl Objects for Folder {
             }
             Err(e) => return Err(Error::io(&path, "opening")(e)),
         };
+        let size = f
+            .metadata()
+            .map_err(Error::io(&path, "reading the size of"))?
+            .len();
+        // A range past the end is said as a bucket says it: what of it is there.
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::Objects {
+                storage: self.describe(),
+                name: name.to_owned(),
+                what: format!(
+                    "{} bytes read of the {len} asked at {offset}",
+                    size.saturating_sub(offset).min(len)
+                ),
+            });
+        }
         let len = usize::try_from(len).map_err(|_| Error::Usage("a range too large".into()))?;
         let mut buf = vec![0u8; len];
         f.read_exact_at(&mut buf, offset)

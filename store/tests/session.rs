@@ -1,7 +1,7 @@
 //! The store through its API: sessions, commits, dedup, crash leftovers, index rebuild.
 
 use cairn_store::chunk::{ChunkKind, encode};
-use cairn_store::{BackupStats, ChunkRef, NewPoint, OpenMode, SourceInfo, Store};
+use cairn_store::{BackupStats, ChunkRef, Error, NewPoint, OpenMode, SourceInfo, Store};
 
 fn new_point(vm: &str, size: u64) -> NewPoint {
     NewPoint {
@@ -91,10 +91,21 @@ fn commit_publishes_and_dedups_and_a_dropped_session_leaves_nothing() {
 
     // Refs that do not cover the disk are refused.
     let s = store.session().expect("session");
-    assert!(s.commit(new_point("vm1", 5 * 65536), &refs).is_err());
+    let e = s
+        .commit(new_point("vm1", 5 * 65536), &refs)
+        .expect_err("refs short of the disk");
+    assert!(matches!(e, Error::Usage(_)), "{e:?}");
+    assert!(
+        e.to_string().contains("4 refs for a disk of 327680 bytes"),
+        "{e}"
+    );
     // Bad names are refused.
     let s = store.session().expect("session");
-    assert!(s.commit(new_point("x\ny", 4 * 65536), &refs).is_err());
+    let e = s
+        .commit(new_point("x\ny", 4 * 65536), &refs)
+        .expect_err("a bad name");
+    assert!(matches!(e, Error::Usage(_)), "{e:?}");
+    assert!(e.to_string().contains("must be 1 to 128 printable"), "{e}");
 
     // A second writer is refused while the first holds the lock; a reader is not.
     let err = Store::open(&root, OpenMode::Write { wait: false }).expect_err("locked");
@@ -123,9 +134,10 @@ fn commit_publishes_and_dedups_and_a_dropped_session_leaves_nothing() {
 fn chunk_sizes_outside_the_range_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     for bad in [0, 1000, 32 << 10, 4 << 20, (256 << 10) + 1] {
+        let e = Store::init(&dir.path().join(format!("s{bad}")), bad).expect_err("refused");
         assert!(
-            Store::init(&dir.path().join(format!("s{bad}")), bad).is_err(),
-            "{bad}"
+            matches!(&e, Error::Usage(m) if m.contains("is not a power of two from 64 KiB to 2 MiB")),
+            "{bad}: {e:?}"
         );
     }
     assert!(Store::init(&dir.path().join("ok"), 2 << 20).is_ok());
@@ -195,7 +207,13 @@ fn reference_counts_follow_commits_and_forgets_and_a_recount_agrees() {
     );
     // Protected points cannot be forgotten.
     let p3 = store.set_protected(&p3, true).expect("protect");
-    assert!(store.forget(std::slice::from_ref(&p3)).is_err());
+    let e = store
+        .forget(std::slice::from_ref(&p3))
+        .expect_err("protected");
+    assert!(
+        matches!(&e, Error::Usage(m) if m.contains("is protected")),
+        "{e:?}"
+    );
     // A recount from the points gives the same counts and garbage list.
     let before = (
         counts(&[1, 2, 3, 4, 5]),

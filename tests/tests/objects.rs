@@ -110,9 +110,13 @@ fn conformance(o: &dyn Objects, scratch: &Path) {
             .expect("the last bytes"),
         small[9_990..],
     );
+    let e = o
+        .get_range("test/a/small.bin", 9_995, 10)
+        .expect_err("a range past the end is an error");
     assert!(
-        o.get_range("test/a/small.bin", 9_995, 10).is_err(),
-        "{what}: a range past the end is an error"
+        e.to_string()
+            .contains("5 bytes read of the 10 asked at 9995"),
+        "{what}: {e:?}"
     );
     // A missing object is named as missing.
     match o.get("test/none.bin") {
@@ -137,9 +141,13 @@ fn conformance(o: &dyn Objects, scratch: &Path) {
         );
     }
     // A put of a file that cannot be read leaves no object.
+    let e = o
+        .put_file("test/b/never.pack", &scratch.join("absent"))
+        .expect_err("no file to put");
     assert!(
-        o.put_file("test/b/never.pack", &scratch.join("absent"))
-            .is_err()
+        matches!(&e, Error::Io { path, source, .. }
+            if path.ends_with("absent") && source.kind() == std::io::ErrorKind::NotFound),
+        "{what}: {e:?}"
     );
     assert!(matches!(
         o.get("test/b/never.pack"),
@@ -195,7 +203,11 @@ fn conformance(o: &dyn Objects, scratch: &Path) {
     assert!(o.list("test/a/").expect("list").is_empty());
     // Names that would leave the root are refused.
     for bad in ["../x", "/abs", "a//b", ""] {
-        assert!(o.put(bad, b"x").is_err(), "{what}: {bad:?} taken");
+        let e = o.put(bad, b"x").expect_err("a name leaving the root");
+        assert!(
+            matches!(&e, Error::Usage(m) if m.contains("is not an object name")),
+            "{what}: {bad:?}: {e:?}"
+        );
     }
     for t in 0..4u8 {
         o.delete(&format!("test/c/{t}.bin")).expect("delete");
