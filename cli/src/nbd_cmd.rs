@@ -130,7 +130,28 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
         bail!("the store has no point to serve");
     }
     check_exposure(a)?;
-    let tls = match (&a.tls_cert, &a.tls_key) {
+    let tls = tls_config(a)?;
+    let (exports, shown) = exports(a, &store, points, tz)?;
+    let mut base = listen_uri(a, tls.is_some())?;
+    let accept = listen(a, &mut base)?;
+    say_exports(a, &base, &shown)?;
+    let limits = ClientLimits {
+        total: a.max_clients,
+        per_address: a.max_clients_per_address.max(1),
+        idle: (!a.idle_timeout.is_zero()).then_some(a.idle_timeout),
+    };
+    serve_loop(accept, exports, &limits, tls)
+}
+
+/// An export as the start-up lines show it: its name, short id, id and size.
+type Shown = (String, String, cairn_store::PointId, u64);
+
+/// Accepts the next client: its socket and a name for the log.
+type Accept = Box<dyn FnMut() -> std::io::Result<(Conn, String)>>;
+
+/// The TLS configuration of --tls-cert, --tls-key and --tls-client-ca, when given.
+fn tls_config(a: &ServeNbdArgs) -> Result<Option<Arc<cairn_nbd::tls::ServerConfig>>> {
+    Ok(match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => {
             let cert = std::fs::read(c).with_context(|| format!("reading {}", c.display()))?;
             let key = std::fs::read(k).with_context(|| format!("reading {}", k.display()))?;
@@ -145,8 +166,18 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
             )
         }
         _ => None,
-    };
-    let mut exports = PointExports::new(Arc::clone(&store), a.writable);
+    })
+}
+
+/// Each point as an export, named by its VM, disk and time, its id and short id, and the spec
+/// it was given by.
+fn exports(
+    a: &ServeNbdArgs,
+    store: &Arc<cairn_store::Store>,
+    points: Vec<(cairn_store::RecoveryPoint, Option<String>)>,
+    tz: chrono_tz::Tz,
+) -> Result<(PointExports, Vec<Shown>)> {
+    let mut exports = PointExports::new(Arc::clone(store), a.writable);
     if let Some(limit) = a.overlay_limit {
         exports.limit_overlays(limit);
     }
@@ -171,11 +202,16 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
             .add(p, names, description)
             .context("exporting a point")?;
     }
-    let mut base = match &a.socket {
+    Ok((exports, shown))
+}
+
+/// The URI clients reach the server by (its export left empty).
+fn listen_uri(a: &ServeNbdArgs, tls: bool) -> Result<Uri> {
+    Ok(match &a.socket {
         Some(path) => Uri {
             address: cairn_nbd::Address::Unix(path.clone()),
             export: String::new(),
-            tls: tls.is_some(),
+            tls,
         },
         None => {
             let (host, port) = a
@@ -190,11 +226,16 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
                         .with_context(|| format!("--listen {}: bad port", a.listen))?,
                 },
                 export: String::new(),
-                tls: tls.is_some(),
+                tls,
             }
         }
-    };
-    let accept: Box<dyn FnMut() -> std::io::Result<(Conn, String)>> = match &a.socket {
+    })
+}
+
+/// Listens on --socket (a stale socket replaced, nothing else removed) or --listen (the port
+/// bound written into `base`: `--listen HOST:0` takes a free one).
+fn listen(a: &ServeNbdArgs, base: &mut Uri) -> Result<Accept> {
+    Ok(match &a.socket {
         Some(path) => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 bail!("{}: another server is listening there", path.display());
@@ -226,9 +267,13 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
             }
             Box::new(move || l.accept().map(|(s, peer)| (Conn::Tcp(s), peer.to_string())))
         }
-    };
+    })
+}
+
+/// One line per export (its URI), then what is served and how to stop.
+fn say_exports(a: &ServeNbdArgs, base: &Uri, shown: &[Shown]) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    for (name, short, id, size) in &shown {
+    for (name, short, id, size) in shown {
         let mut u = base.clone();
         u.export = name.clone();
         if a.json {
@@ -259,12 +304,7 @@ pub fn serve_nbd(a: &ServeNbdArgs) -> Result<i32> {
     }
     out.flush()?;
     drop(out);
-    let limits = ClientLimits {
-        total: a.max_clients,
-        per_address: a.max_clients_per_address.max(1),
-        idle: (!a.idle_timeout.is_zero()).then_some(a.idle_timeout),
-    };
-    serve_loop(accept, exports, &limits, tls)
+    Ok(())
 }
 
 /// Refuses to serve a non-loopback TCP address that any client may read, unless --no-auth
@@ -351,7 +391,7 @@ fn address_of(peer: &str) -> &str {
 }
 
 fn serve_loop(
-    mut accept: Box<dyn FnMut() -> std::io::Result<(Conn, String)>>,
+    mut accept: Accept,
     exports: PointExports,
     limits: &ClientLimits,
     tls: Option<Arc<cairn_nbd::tls::ServerConfig>>,

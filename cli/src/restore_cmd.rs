@@ -132,18 +132,14 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
         RestoreFormat::Vhd => OutputFormat::Vhd,
         RestoreFormat::VhdChain => OutputFormat::VhdChain,
     };
-    if matches!(format, OutputFormat::VhdChain) && a.out == Path::new("-") {
+    if matches!(format, OutputFormat::VhdChain) && to_stdout {
         crate::usage!("--format vhd-chain writes a folder, not stdout");
     }
-    let bar = progress::bytes(point.size, "restore");
-    let started = std::time::Instant::now();
-    // What an error is about: "restore of point P to OUT failed".
-    let failed = |to: &str, how: &str| {
-        format!(
-            "restore of point {} {to} {} {how}",
-            point.short_id(),
-            a.out.display()
-        )
+    let job = Job {
+        a,
+        store,
+        point: &point,
+        tz: store.config().tz(),
     };
     if a.changed_only {
         if !matches!(format, OutputFormat::Raw) || to_stdout {
@@ -152,11 +148,65 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
                  exists (not a VHD, a chain or stdout)"
             );
         }
-        let c =
-            cairn_restore::restore_changed(store, &point, &a.out, a.force, a.dry_run, &|done| {
-                bar.set_position(done);
-            })
-            .with_context(|| failed("onto", "failed"))?;
+        return job.changed_only();
+    }
+    if a.dry_run {
+        return job.dry_run(format, base.is_some());
+    }
+    let opts = cairn_restore::Options {
+        format,
+        base: base.as_ref(),
+        chain_from: from.as_ref(),
+        ignore_errors: a.ignore_errors,
+        force: a.force,
+    };
+    job.whole(&opts, to_stdout)
+}
+
+/// One restore: what was asked, of which point, from which store.
+struct Job<'a> {
+    a: &'a RestoreArgs,
+    store: &'a dyn cairn_store::StoreRead,
+    point: &'a cairn_store::RecoveryPoint,
+    tz: chrono_tz::Tz,
+}
+
+impl Job<'_> {
+    /// What an error is about: "restore of point P to OUT failed".
+    fn failed(&self, to: &str, how: &str) -> String {
+        format!(
+            "restore of point {} {to} {} {how}",
+            self.point.short_id(),
+            self.a.out.display()
+        )
+    }
+
+    /// The point, its disk and its time, as the lines below name it.
+    fn named(&self) -> String {
+        let p = self.point;
+        format!(
+            "{} ({}/{} made {}",
+            p.short_id(),
+            p.vm,
+            p.disk,
+            crate::values::show_time(&p.time, self.tz)
+        )
+    }
+
+    /// `--changed-only`: the chunks that differ, written in place.
+    fn changed_only(&self) -> Result<i32> {
+        let (a, point) = (self.a, self.point);
+        let bar = progress::bytes(point.size, "restore");
+        let started = std::time::Instant::now();
+        let c = cairn_restore::restore_changed(
+            self.store,
+            point,
+            &a.out,
+            a.force,
+            a.dry_run,
+            &|done| bar.set_position(done),
+        )
+        .with_context(|| self.failed("onto", "failed"))?;
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         if a.json {
@@ -177,28 +227,27 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
             );
         } else {
             crate::say!(
-                "restored {} ({}/{} made {}) onto {} in {:.1}s: read {} and compared {}, wrote \
-                 {} ({}); the rest was equal",
-                point.short_id(),
-                point.vm,
-                point.disk,
-                crate::values::show_time(&point.time, store.config().tz()),
+                "restored {}) onto {} in {secs:.1}s: read {} and compared {}, wrote {} ({}); the \
+                 rest was equal",
+                self.named(),
                 a.out.display(),
-                secs,
                 human_bytes(c.bytes_read),
                 crate::words::count(c.chunks_compared, "chunk"),
                 crate::words::count(c.chunks_written, "chunk"),
                 human_bytes(c.bytes_written)
             );
         }
-        return Ok(0);
+        Ok(0)
     }
-    if a.dry_run {
-        let plan = cairn_restore::check(&point, &a.out, format, a.force)
-            .with_context(|| failed("to", "would fail"))?;
+
+    /// `--dry-run`: what would be written, checked, nothing written.
+    fn dry_run(&self, format: OutputFormat, differencing: bool) -> Result<i32> {
+        let (a, point) = (self.a, self.point);
+        let plan = cairn_restore::check(point, &a.out, format, a.force)
+            .with_context(|| self.failed("to", "would fail"))?;
         let format_name = match format {
             OutputFormat::Raw => "a raw image",
-            OutputFormat::Vhd if base.is_some() => "a differencing VHD",
+            OutputFormat::Vhd if differencing => "a differencing VHD",
             OutputFormat::Vhd => "a dynamic VHD",
             OutputFormat::VhdChain => "a VHD chain",
         };
@@ -209,55 +258,52 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
             }))?;
         } else {
             println!(
-                "dry run: would restore {} ({}/{} made {}, {}) as {format_name} to {} ({plan}); \
-                 nothing was written",
-                point.short_id(),
-                point.vm,
-                point.disk,
-                crate::values::show_time(&point.time, store.config().tz()),
+                "dry run: would restore {}, {}) as {format_name} to {} ({plan}); nothing was \
+                 written",
+                self.named(),
                 human_bytes(point.size),
                 a.out.display()
             );
         }
-        return Ok(0);
+        Ok(0)
     }
-    let opts = cairn_restore::Options {
-        format,
-        base: base.as_ref(),
-        chain_from: from.as_ref(),
-        ignore_errors: a.ignore_errors,
-        force: a.force,
-    };
-    let r = cairn_restore::restore(store, &point, &a.out, &opts, &|done| bar.set_position(done))
-        .with_context(|| failed("to", "failed"))?;
-    bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
-    if a.json {
-        let summary = serde_json::to_string_pretty(
-            &json!({ "point": point.id, "files": r.files, "bytes": r.bytes, "seconds": secs,
-                "damaged": r.damaged.iter().map(damaged_json).collect::<Vec<_>>() }),
-        )?;
-        // Data and JSON never share a stream.
-        if to_stdout {
-            eprintln!("{summary}");
-        } else {
-            println!("{summary}");
+
+    /// The whole disk, as a raw image, a VHD or a VHD chain; exit status 3 when damaged ranges
+    /// were written as zeros (`--ignore-errors`).
+    fn whole(&self, opts: &cairn_restore::Options<'_>, to_stdout: bool) -> Result<i32> {
+        let (a, point) = (self.a, self.point);
+        let bar = progress::bytes(point.size, "restore");
+        let started = std::time::Instant::now();
+        let r = cairn_restore::restore(self.store, point, &a.out, opts, &|done| {
+            bar.set_position(done);
+        })
+        .with_context(|| self.failed("to", "failed"))?;
+        bar.finish_and_clear();
+        let secs = started.elapsed().as_secs_f64();
+        if a.json {
+            let summary = serde_json::to_string_pretty(
+                &json!({ "point": point.id, "files": r.files, "bytes": r.bytes, "seconds": secs,
+                    "damaged": r.damaged.iter().map(damaged_json).collect::<Vec<_>>() }),
+            )?;
+            // Data and JSON never share a stream.
+            if to_stdout {
+                eprintln!("{summary}");
+            } else {
+                println!("{summary}");
+            }
+        } else if !to_stdout {
+            for f in &r.files {
+                crate::say!("wrote {}", f.display());
+            }
+            crate::say!(
+                "restored {}, {}) in {secs:.1}s",
+                self.named(),
+                human_bytes(point.size)
+            );
         }
-    } else if !to_stdout {
-        for f in &r.files {
-            crate::say!("wrote {}", f.display());
+        if r.damaged.is_empty() {
+            return Ok(0);
         }
-        crate::say!(
-            "restored {} ({}/{} made {}, {}) in {:.1}s",
-            point.short_id(),
-            point.vm,
-            point.disk,
-            crate::values::show_time(&point.time, store.config().tz()),
-            human_bytes(point.size),
-            secs
-        );
-    }
-    if !r.damaged.is_empty() {
         for d in &r.damaged {
             eprintln!("{}", damaged_line(d, " written as zeros"));
         }
@@ -266,9 +312,8 @@ pub fn restore(a: &RestoreArgs) -> Result<i32> {
             r.damaged.len(),
             r.damaged.iter().map(|d| d.len).sum::<u64>()
         );
-        return Ok(3);
+        Ok(3)
     }
-    Ok(0)
 }
 
 /// A damaged range as the JSON of restore and verify shows it.

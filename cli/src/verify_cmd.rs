@@ -111,102 +111,7 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
     if a.json {
         crate::print_json(&r)?;
     } else {
-        let skipped = if r.chunks_skipped > 0 {
-            format!(
-                ", {} read whole by an earlier verify skipped",
-                crate::words::count(r.chunks_skipped, "chunk")
-            )
-        } else {
-            String::new()
-        };
-        println!(
-            "checked {} of {} ({} read{skipped}) of {} in {:.1}s: {}",
-            r.chunks_checked,
-            crate::words::count(r.chunks_in_scope, "chunk"),
-            human_bytes(r.bytes_read),
-            crate::words::count(r.points_in_scope, "point"),
-            r.seconds,
-            if r.points_in_scope == 0 {
-                "no points, nothing checked".to_owned()
-            } else if r.clean() {
-                "all well".to_owned()
-            } else if r.damaged.is_empty() && r.catalogue.is_empty() {
-                format!(
-                    "the chunks are well, but {} name a chunk of another length than its place",
-                    crate::words::count(r.misplaced.len() as u64, "place")
-                )
-            } else if r.damaged.is_empty() {
-                format!(
-                    "the chunks are well, but {} between the root files and the index",
-                    crate::words::count(r.catalogue.len() as u64, "disagreement")
-                )
-            } else {
-                format!(
-                    "{} bad or missing, damaging {} of {} {}",
-                    crate::words::count(r.damaged.len() as u64, "chunk"),
-                    crate::words::count(r.points_damaged, "point"),
-                    if r.vms_damaged.len() == 1 {
-                        "VM"
-                    } else {
-                        "VMs"
-                    },
-                    r.vms_damaged.join(", ")
-                )
-            }
-        );
-        for c in &r.catalogue {
-            println!("index: {c}");
-        }
-        for p in &r.packs {
-            println!("{p}");
-        }
-        for m in &r.misplaced {
-            println!("{m}");
-        }
-        if r.unknown_but_referenced > 0 {
-            println!(
-                "{} still referenced under tree chunks that cannot be read: their points \
-                 cannot reach them until a key backup of the disk stores them again",
-                crate::words::count(r.unknown_but_referenced, "chunk")
-            );
-        }
-        for d in &r.damaged {
-            println!(
-                "{} {} chunk {} ({}): {}",
-                d.state,
-                d.kind,
-                d.chunk,
-                d.location.as_deref().unwrap_or("no location"),
-                d.what
-            );
-            for h in &d.points {
-                let offs: Vec<String> = h.offsets.iter().take(8).map(u64::to_string).collect();
-                println!(
-                    "  point {} {}/{} {} at disk offset {}{}",
-                    cairn_store::point::short_id(&h.point),
-                    h.vm,
-                    h.disk,
-                    crate::values::show_time(&h.time, tz),
-                    offs.join(", "),
-                    if h.offsets.len() > 8 { ", ..." } else { "" }
-                );
-            }
-        }
-        if r.marks_cleared > 0 {
-            println!("{} chunks marked bad before read well now", r.marks_cleared);
-        }
-        if !r.damaged.is_empty() {
-            println!(
-                "a key backup of each damaged disk (`cairn backup --key`) stores fresh copies"
-            );
-        }
-        if !r.catalogue.is_empty() {
-            println!(
-                "the next command that writes to the store settles what it can (publishes root \
-                 files, writes lost ones again from the index); `cairn repair --rebuild-index` \
-                 rebuilds the index from the root files"
-            );
-        }
+        print_report(&r, tz);
     }
     // A store with no point to check is not "all well" to a monitor: 3, a partial result.
     Ok(if !r.clean() {
@@ -216,6 +121,114 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
     } else {
         0
     })
+}
+
+/// The text report of a verify: one summary line, then what is wrong and what to do.
+fn print_report(r: &cairn_gc::VerifyReport, tz: chrono_tz::Tz) {
+    println!("{}", summary(r));
+    for c in &r.catalogue {
+        println!("index: {c}");
+    }
+    for p in &r.packs {
+        println!("{p}");
+    }
+    for m in &r.misplaced {
+        println!("{m}");
+    }
+    if r.unknown_but_referenced > 0 {
+        println!(
+            "{} still referenced under tree chunks that cannot be read: their points \
+             cannot reach them until a key backup of the disk stores them again",
+            crate::words::count(r.unknown_but_referenced, "chunk")
+        );
+    }
+    print_damage(&r.damaged, tz);
+    if r.marks_cleared > 0 {
+        println!("{} chunks marked bad before read well now", r.marks_cleared);
+    }
+    if !r.damaged.is_empty() {
+        println!("a key backup of each damaged disk (`cairn backup --key`) stores fresh copies");
+    }
+    if !r.catalogue.is_empty() {
+        println!(
+            "the next command that writes to the store settles what it can (publishes root \
+             files, writes lost ones again from the index); `cairn repair --rebuild-index` \
+             rebuilds the index from the root files"
+        );
+    }
+}
+
+/// The summary line: what was checked, and whether it is well.
+fn summary(r: &cairn_gc::VerifyReport) -> String {
+    let skipped = if r.chunks_skipped > 0 {
+        format!(
+            ", {} read whole by an earlier verify skipped",
+            crate::words::count(r.chunks_skipped, "chunk")
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "checked {} of {} ({} read{skipped}) of {} in {:.1}s: {}",
+        r.chunks_checked,
+        crate::words::count(r.chunks_in_scope, "chunk"),
+        human_bytes(r.bytes_read),
+        crate::words::count(r.points_in_scope, "point"),
+        r.seconds,
+        if r.points_in_scope == 0 {
+            "no points, nothing checked".to_owned()
+        } else if r.clean() {
+            "all well".to_owned()
+        } else if r.damaged.is_empty() && r.catalogue.is_empty() {
+            format!(
+                "the chunks are well, but {} name a chunk of another length than its place",
+                crate::words::count(r.misplaced.len() as u64, "place")
+            )
+        } else if r.damaged.is_empty() {
+            format!(
+                "the chunks are well, but {} between the root files and the index",
+                crate::words::count(r.catalogue.len() as u64, "disagreement")
+            )
+        } else {
+            format!(
+                "{} bad or missing, damaging {} of {} {}",
+                crate::words::count(r.damaged.len() as u64, "chunk"),
+                crate::words::count(r.points_damaged, "point"),
+                if r.vms_damaged.len() == 1 {
+                    "VM"
+                } else {
+                    "VMs"
+                },
+                r.vms_damaged.join(", ")
+            )
+        }
+    )
+}
+
+/// Each damaged chunk, and the points, disks and offsets it damages.
+fn print_damage(damaged: &[cairn_gc::Damage], tz: chrono_tz::Tz) {
+    for d in damaged {
+        println!(
+            "{} {} chunk {} ({}): {}",
+            d.state,
+            d.kind,
+            d.chunk,
+            d.location.as_deref().unwrap_or("no location"),
+            d.what
+        );
+        for h in &d.points {
+            let offs: Vec<String> = h.offsets.iter().take(8).map(u64::to_string).collect();
+            println!(
+                "  point {} {}/{} {} at disk offset {}{}",
+                cairn_store::point::short_id(&h.point),
+                h.vm,
+                h.disk,
+                crate::values::show_time(&h.time, tz),
+                offs.join(", "),
+                if h.offsets.len() > 8 { ", ..." } else { "" }
+            );
+        }
+    }
 }
 
 /// Verify through a server: every chunk of every point the token sees (and the filter keeps)

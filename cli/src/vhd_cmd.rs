@@ -650,30 +650,13 @@ fn from_raw(input: &Path, out: &Path, parent: Option<&Path>, o: FromRawOptions) 
         uuid,
         force,
     } = o;
-    let mut raw = File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
-    let size = raw
-        .metadata()
-        .with_context(|| format!("cannot stat {}", input.display()))?
-        .len();
-    check_raw(input, &mut raw, size)?;
-    if size == 0 || size % 512 != 0 {
-        bail!(
-            "{}: size {size} bytes is not a positive multiple of 512 (a disk image is whole sectors)",
-            input.display()
+    let (mut raw, size) = open_raw(input)?;
+    if parent.is_some() && kind == VhdType::Fixed {
+        crate::usage!(
+            "--parent writes a differencing VHD; it cannot be combined with --type fixed"
         );
     }
-    let now = vhd_timestamp(chrono::Utc::now().timestamp());
-    let mut parent_chain = match parent {
-        Some(p) => {
-            if kind == VhdType::Fixed {
-                crate::usage!(
-                    "--parent writes a differencing VHD; it cannot be combined with --type fixed"
-                );
-            }
-            Some(open_chain(p)?)
-        }
-        None => None,
-    };
+    let mut parent_chain = parent.map(open_chain).transpose()?;
     let block_size = match &parent_chain {
         Some(c) if c.top().disk_type().is_sparse() => c.block_size(),
         _ => block_size,
@@ -682,18 +665,9 @@ fn from_raw(input: &Path, out: &Path, parent: Option<&Path>, o: FromRawOptions) 
         size,
         block_size,
         uuid: uuid.unwrap_or_else(uuid::Uuid::new_v4),
-        timestamp: now,
+        timestamp: vhd_timestamp(chrono::Utc::now().timestamp()),
     };
     let bs = u64::from(block_size);
-    let blocks = size.div_ceil(bs) as u32;
-    let read_raw = |raw: &mut File, i: u32, buf: &mut [u8]| -> std::io::Result<()> {
-        let start = u64::from(i) * bs;
-        let n = (size - start).min(bs) as usize;
-        raw.seek(SeekFrom::Start(start))?;
-        raw.read_exact(&mut buf[..n])?;
-        buf[n..].fill(0);
-        Ok(())
-    };
     let to_stdout = out == Path::new("-");
     let files: Vec<PathBuf> = parent_chain
         .as_ref()
@@ -718,55 +692,14 @@ fn from_raw(input: &Path, out: &Path, parent: Option<&Path>, o: FromRawOptions) 
     let written = if kind == VhdType::Fixed {
         write_fixed(&mut sink, &spec, |i, buf| {
             bar.inc(bs);
-            read_raw(&mut raw, i, buf)
+            read_block(&mut raw, size, bs, i, buf)
         })
     } else {
-        // Pass 1: which blocks to store (non-zero, or different from the parent).
-        let mut buf = vec![0u8; bs as usize];
-        let mut pbuf = vec![0u8; bs as usize];
-        let mut allocated = Vec::with_capacity(blocks as usize);
-        // Blocks in a hole of a sparse raw file are zeros, known without reading them.
-        let mut holes = cairn_ingest::Holes::new(&raw, size);
-        // Whether `buf` holds zeros (set once for a run of holes, not for each of its blocks).
-        let mut zeroed = false;
-        for i in 0..blocks {
-            let start = u64::from(i) * bs;
-            let hole = holes.covers(&raw, start, (start + bs).min(size));
-            if hole {
-                if !zeroed {
-                    buf.fill(0);
-                    zeroed = true;
-                }
-            } else {
-                zeroed = false;
-                read_raw(&mut raw, i, &mut buf)
-                    .with_context(|| format!("reading {} at offset {start}", input.display()))?;
-            }
-            let differs = match &mut parent_chain {
-                Some(c) if hole && !c.range_present(start, bs)? => false,
-                Some(c) => {
-                    c.read_at(start, &mut pbuf)?;
-                    buf != pbuf
-                }
-                None => !hole && !cairn_store::chunk::is_zero(&buf),
-            };
-            allocated.push(differs);
+        let allocated = allocated_blocks(input, &raw, size, bs, parent_chain.as_mut(), &|| {
             bar.inc(bs);
-        }
+        })?;
         let parent_spec = match (&parent_chain, parent) {
-            (Some(c), Some(p)) => {
-                let out_dir = match out.parent() {
-                    Some(d) if !d.as_os_str().is_empty() && !to_stdout => d.to_path_buf(),
-                    _ => PathBuf::from("."),
-                };
-                let f = c.top().footer();
-                Some(ParentSpec {
-                    uuid: f.uuid,
-                    timestamp: f.timestamp,
-                    relative_path: relative_path(&out_dir, p)?,
-                    absolute_path: std::fs::canonicalize(p)?.display().to_string(),
-                })
-            }
+            (Some(c), Some(p)) => Some(parent_spec(c, p, out, to_stdout)?),
             _ => None,
         };
         write_sparse(
@@ -776,7 +709,7 @@ fn from_raw(input: &Path, out: &Path, parent: Option<&Path>, o: FromRawOptions) 
             &allocated,
             |i, buf| {
                 bar.inc(bs);
-                read_raw(&mut raw, i, buf)
+                read_block(&mut raw, size, bs, i, buf)
             },
         )
     };
@@ -796,4 +729,104 @@ fn from_raw(input: &Path, out: &Path, parent: Option<&Path>, o: FromRawOptions) 
         );
     }
     Ok(0)
+}
+
+/// The raw image `input`, checked (not another format, whole sectors), and its size.
+fn open_raw(input: &Path) -> Result<(File, u64)> {
+    let mut raw = File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
+    let size = raw
+        .metadata()
+        .with_context(|| format!("cannot stat {}", input.display()))?
+        .len();
+    check_raw(input, &mut raw, size)?;
+    if size == 0 || size % 512 != 0 {
+        bail!(
+            "{}: size {size} bytes is not a positive multiple of 512 (a disk image is whole sectors)",
+            input.display()
+        );
+    }
+    Ok((raw, size))
+}
+
+/// Reads block `i` (of `bs` bytes) of a raw image of `size` bytes into `buf`, zeros past its
+/// end.
+fn read_block(
+    raw: &mut (impl Read + Seek),
+    size: u64,
+    bs: u64,
+    i: u32,
+    buf: &mut [u8],
+) -> std::io::Result<()> {
+    let start = u64::from(i) * bs;
+    let n = (size - start).min(bs) as usize;
+    raw.seek(SeekFrom::Start(start))?;
+    raw.read_exact(&mut buf[..n])?;
+    buf[n..].fill(0);
+    Ok(())
+}
+
+/// Pass 1 of a sparse VHD: which blocks to store (non-zero, or different from the parent).
+/// Blocks in a hole of a sparse raw file are zeros, known without reading them.
+fn allocated_blocks(
+    input: &Path,
+    raw: &File,
+    size: u64,
+    bs: u64,
+    mut parent: Option<&mut Chain<File>>,
+    step: &dyn Fn(),
+) -> Result<Vec<bool>> {
+    let blocks = size.div_ceil(bs) as u32;
+    let mut reader = raw;
+    let mut buf = vec![0u8; bs as usize];
+    let mut pbuf = vec![0u8; bs as usize];
+    let mut allocated = Vec::with_capacity(blocks as usize);
+    let mut holes = cairn_ingest::Holes::new(raw, size);
+    // Whether `buf` holds zeros (set once for a run of holes, not for each of its blocks).
+    let mut zeroed = false;
+    for i in 0..blocks {
+        let start = u64::from(i) * bs;
+        let hole = holes.covers(raw, start, (start + bs).min(size));
+        if hole {
+            if !zeroed {
+                buf.fill(0);
+                zeroed = true;
+            }
+        } else {
+            zeroed = false;
+            read_block(&mut reader, size, bs, i, &mut buf)
+                .with_context(|| format!("reading {} at offset {start}", input.display()))?;
+        }
+        let differs = match &mut parent {
+            Some(c) if hole && !c.range_present(start, bs)? => false,
+            Some(c) => {
+                c.read_at(start, &mut pbuf)?;
+                buf != pbuf
+            }
+            None => !hole && !cairn_store::chunk::is_zero(&buf),
+        };
+        allocated.push(differs);
+        step();
+    }
+    Ok(allocated)
+}
+
+/// The parent locator of a differencing VHD written to `out`: the parent's identity and its
+/// path relative to `out`'s folder and absolute.
+fn parent_spec(
+    chain: &Chain<File>,
+    parent: &Path,
+    out: &Path,
+    to_stdout: bool,
+) -> Result<ParentSpec> {
+    let out_dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() && !to_stdout => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let f = chain.top().footer();
+    Ok(ParentSpec {
+        uuid: f.uuid,
+        timestamp: f.timestamp,
+        relative_path: relative_path(&out_dir, parent)?,
+        absolute_path: std::fs::canonicalize(parent)?.display().to_string(),
+    })
 }

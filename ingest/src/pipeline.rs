@@ -114,131 +114,46 @@ pub(crate) struct Ingested {
     pub(crate) bytes_read: u64,
 }
 
+/// Batches of pieces from the reader to the hashers.
+type Pieces = crossbeam_channel::Sender<Result<Vec<(Piece, u64)>>>;
+/// Batches of hashed pieces from the hashers to the writer.
+type HashedBatches = crossbeam_channel::Sender<Result<Vec<(Hashed, u64)>>>;
+
 /// Reads `src` to its end through the three stages, appending new chunks to `session`.
 /// `progress` gets the disk bytes done so far and the size when known.
 pub(crate) fn run<'a>(
     store: &dyn StoreRead,
     session: &mut dyn StoreWrite<'a>,
-    mut src: Box<dyn ChunkSource + '_>,
+    src: Box<dyn ChunkSource + '_>,
     parent: Option<&RecoveryPoint>,
     level: i32,
     size: Option<u64>,
     progress: &(dyn Fn(u64, Option<u64>) + Sync),
 ) -> Result<Ingested> {
-    let mut tree = session.tree_writer();
-    let mut parent = match parent {
-        Some(p) => Some(ParentCopy::new(store, p)?),
-        None => None,
+    let mut w = Writer {
+        tree: session.tree_writer(),
+        parent: match parent {
+            Some(p) => Some(ParentCopy::new(store, p)?),
+            None => None,
+        },
+        stats: BackupStats::default(),
+        logical: 0,
     };
-    let mut stats = BackupStats::default();
-    let mut logical = 0u64;
     let (tx, rx) = crossbeam_channel::bounded::<Result<Vec<(Piece, u64)>>>(QUEUE_DEPTH);
     let (htx, hrx) = crossbeam_channel::bounded::<Result<Vec<(Hashed, u64)>>>(QUEUE_DEPTH);
     let known = session.filter();
     let bytes_read = std::thread::scope(|scope| {
-        let reader = scope.spawn(move || {
-            loop {
-                let mut batch = Vec::with_capacity(BATCH);
-                let mut err = None;
-                while batch.len() < BATCH {
-                    match src.next_piece() {
-                        Ok(Some(p)) => {
-                            let len = p.len();
-                            batch.push((p, len));
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            err = Some(e);
-                            break;
-                        }
-                    }
-                }
-                let end = batch.len() < BATCH || err.is_some();
-                if !batch.is_empty() && tx.send(Ok(batch)).is_err() {
-                    return src.bytes_read();
-                }
-                if let Some(e) = err {
-                    let _ = tx.send(Err(e));
-                    return src.bytes_read();
-                }
-                if end {
-                    return src.bytes_read();
-                }
-            }
-        });
+        let reader = scope.spawn(move || read_stage(src, &tx));
         // Hashing and compressing on the rayon pool, one batch at a time, while the writer
-        // below appends the previous batch. A chunk met twice in this backup is compressed
-        // once: later copies go on as known.
-        scope.spawn(move || {
-            let mut emitted: HashSet<ChunkId> = HashSet::new();
-            for batch in &rx {
-                let out = batch.and_then(|batch| {
-                    Ok(hash_batch(store, &*known, batch, level)?
-                        .into_iter()
-                        .map(|(h, len)| match h {
-                            Hashed::New(enc) if !emitted.insert(enc.id) => {
-                                (Hashed::Known(enc.id), len)
-                            }
-                            other => (other, len),
-                        })
-                        .collect::<Vec<_>>())
-                });
-                let failed = out.is_err();
-                if htx.send(out).is_err() || failed {
-                    return;
-                }
-            }
-        });
+        // below appends the previous batch.
+        scope.spawn(move || hash_stage(store, &*known, level, &rx, &htx));
         // Owned here: if the writer stops early, dropping it stops the hasher, which drops
         // the reader's channel and stops the reader, so the scope never waits forever.
         let hrx = hrx;
         for batch in &hrx {
             for (h, len) in batch? {
-                let r = match h {
-                    Hashed::Zero => {
-                        stats.zero_chunks += 1;
-                        ChunkRef::Zero
-                    }
-                    Hashed::Known(id) => {
-                        stats.known_chunks += 1;
-                        ChunkRef::Data(id)
-                    }
-                    Hashed::New(enc) => {
-                        if session.put(&enc)? {
-                            stats.new_chunks += 1;
-                            stats.new_plain_bytes += u64::from(enc.plain_len);
-                        } else {
-                            stats.known_chunks += 1;
-                        }
-                        ChunkRef::Data(enc.id)
-                    }
-                    Hashed::Run(origin, n) => {
-                        let at = tree.chunks();
-                        match (origin, &mut parent) {
-                            (PieceOrigin::Parent, Some(p)) => {
-                                stats.parent_chunks += n;
-                                p.copy(session, &mut tree, at, n)?;
-                            }
-                            (PieceOrigin::Parent, None) => {
-                                return Err(Error::Refused(
-                                    "a source gave its parent's chunks without a parent".into(),
-                                ));
-                            }
-                            (PieceOrigin::Unallocated, _) => {
-                                stats.zero_chunks += n;
-                                tree.push_zeros(session, n)?;
-                            }
-                        }
-                        stats.chunks += n;
-                        logical += len;
-                        progress(logical, size);
-                        continue;
-                    }
-                };
-                stats.chunks += 1;
-                tree.push(session, r)?;
-                logical += len;
-                progress(logical, size);
+                w.take(session, h, len)?;
+                progress(w.logical, size);
             }
         }
         reader.join().map_err(|_| {
@@ -248,9 +163,128 @@ pub(crate) fn run<'a>(
         })
     })?;
     Ok(Ingested {
-        tree,
-        stats,
-        logical,
+        tree: w.tree,
+        stats: w.stats,
+        logical: w.logical,
         bytes_read,
     })
+}
+
+/// The reader stage: the source's pieces in batches, until its end or an error (sent on);
+/// returns the bytes it read. A closed channel (the writer stopped) ends it.
+fn read_stage(mut src: Box<dyn ChunkSource + '_>, tx: &Pieces) -> u64 {
+    loop {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut err = None;
+        while batch.len() < BATCH {
+            match src.next_piece() {
+                Ok(Some(p)) => {
+                    let len = p.len();
+                    batch.push((p, len));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        let end = batch.len() < BATCH || err.is_some();
+        if !batch.is_empty() && tx.send(Ok(batch)).is_err() {
+            return src.bytes_read();
+        }
+        if let Some(e) = err {
+            let _ = tx.send(Err(e));
+            return src.bytes_read();
+        }
+        if end {
+            return src.bytes_read();
+        }
+    }
+}
+
+/// The hashing stage: each batch hashed (and its new chunks compressed); a chunk met twice in
+/// this backup is compressed once: later copies go on as known.
+fn hash_stage(
+    store: &dyn StoreRead,
+    known: &dyn ChunkFilter,
+    level: i32,
+    rx: &crossbeam_channel::Receiver<Result<Vec<(Piece, u64)>>>,
+    htx: &HashedBatches,
+) {
+    let mut emitted: HashSet<ChunkId> = HashSet::new();
+    for batch in rx {
+        let out = batch.and_then(|batch| {
+            Ok(hash_batch(store, known, batch, level)?
+                .into_iter()
+                .map(|(h, len)| match h {
+                    Hashed::New(enc) if !emitted.insert(enc.id) => (Hashed::Known(enc.id), len),
+                    other => (other, len),
+                })
+                .collect::<Vec<_>>())
+        });
+        let failed = out.is_err();
+        if htx.send(out).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// The writer stage: each hashed piece into the tree (new chunks into the session), counted.
+struct Writer<'s> {
+    tree: TreeWriter,
+    parent: Option<ParentCopy<'s>>,
+    stats: BackupStats,
+    /// Bytes of disk covered so far.
+    logical: u64,
+}
+
+impl Writer<'_> {
+    fn take(&mut self, session: &mut dyn StoreWrite<'_>, h: Hashed, len: u64) -> Result<()> {
+        let stats = &mut self.stats;
+        let r = match h {
+            Hashed::Zero => {
+                stats.zero_chunks += 1;
+                ChunkRef::Zero
+            }
+            Hashed::Known(id) => {
+                stats.known_chunks += 1;
+                ChunkRef::Data(id)
+            }
+            Hashed::New(enc) => {
+                if session.put(&enc)? {
+                    stats.new_chunks += 1;
+                    stats.new_plain_bytes += u64::from(enc.plain_len);
+                } else {
+                    stats.known_chunks += 1;
+                }
+                ChunkRef::Data(enc.id)
+            }
+            Hashed::Run(origin, n) => {
+                let at = self.tree.chunks();
+                match (origin, &mut self.parent) {
+                    (PieceOrigin::Parent, Some(p)) => {
+                        stats.parent_chunks += n;
+                        p.copy(session, &mut self.tree, at, n)?;
+                    }
+                    (PieceOrigin::Parent, None) => {
+                        return Err(Error::Refused(
+                            "a source gave its parent's chunks without a parent".into(),
+                        ));
+                    }
+                    (PieceOrigin::Unallocated, _) => {
+                        stats.zero_chunks += n;
+                        self.tree.push_zeros(session, n)?;
+                    }
+                }
+                stats.chunks += n;
+                self.logical += len;
+                return Ok(());
+            }
+        };
+        stats.chunks += 1;
+        self.tree.push(session, r)?;
+        self.logical += len;
+        Ok(())
+    }
 }

@@ -109,45 +109,15 @@ impl<R: Read> StreamVhd<R> {
             })
         };
         if !footer.disk_type.is_sparse() {
-            return needs_seek(
-                meta,
-                inner,
-                format!(
-                    "a {} disk keeps its footer at the end",
-                    footer.disk_type.name()
-                ),
+            let reason = format!(
+                "a {} disk keeps its footer at the end",
+                footer.disk_type.name()
             );
+            return needs_seek(meta, inner, reason);
         }
-        let hoff = footer.data_offset;
-        let hend = hoff.checked_add(HEADER_SIZE as u64).ok_or(Error::Invalid {
-            offset: 16,
-            what: format!("data offset {hoff} is past any stream"),
-        })?;
-        if hoff < FOOTER_SIZE as u64 {
-            return Err(Error::Invalid {
-                offset: 16,
-                what: format!("data offset {hoff} puts the header over the footer copy"),
-            });
-        }
-        if hend > MAX_STREAM_METADATA {
-            return needs_seek(
-                meta,
-                inner,
-                format!("the header lies at offset {hoff}, far into the stream"),
-            );
-        }
-        let fill = |meta: &mut Vec<u8>, inner: &mut R, to: u64, what: &str| -> Result<()> {
-            let have = meta.len() as u64;
-            if to <= have {
-                return Ok(());
-            }
-            meta.resize(to as usize, 0);
-            read_full(
-                inner,
-                have,
-                meta.get_mut(have as usize..).unwrap_or_default(),
-                what,
-            )
+        let (hoff, hend) = match header_place(&footer)? {
+            Ok(place) => place,
+            Err(reason) => return needs_seek(meta, inner, reason),
         };
         fill(&mut meta, &mut inner, hend, "the dynamic disk header")?;
         let mut hb = [0u8; HEADER_SIZE];
@@ -156,33 +126,10 @@ impl<R: Read> StreamVhd<R> {
                 .unwrap_or(&[0; HEADER_SIZE]),
         );
         let header = Header::decode(&hb, hoff)?;
-        let bs = u64::from(header.block_size);
-        let blocks = footer.current_size.div_ceil(bs);
-        if u64::from(header.max_table_entries) < blocks {
-            return Err(Error::Invalid {
-                offset: hoff.saturating_add(28),
-                what: format!(
-                    "max table entries is {}, but a disk of {} bytes in blocks of {bs} needs {blocks}",
-                    header.max_table_entries, footer.current_size
-                ),
-            });
-        }
-        let toff = header.table_offset;
-        let tlen = u64::from(header.max_table_entries).saturating_mul(4);
-        let tend = toff.saturating_add(tlen);
-        if toff < FOOTER_SIZE as u64 || (toff < hend && hoff < tend) {
-            return Err(Error::Invalid {
-                offset: hoff.saturating_add(16),
-                what: format!("BAT at {toff}..{tend} overlaps the header or the footer copy"),
-            });
-        }
-        if tend > MAX_STREAM_METADATA {
-            return needs_seek(
-                meta,
-                inner,
-                format!("the BAT ends at offset {tend}, more metadata than a stream is read with"),
-            );
-        }
+        let (toff, tend) = match bat_place(&footer, &header, hoff, hend)? {
+            Ok(place) => place,
+            Err(reason) => return needs_seek(meta, inner, reason),
+        };
         fill(&mut meta, &mut inner, tend, "the BAT")?;
         let bat: Vec<u32> = meta
             .get(toff as usize..tend as usize)
@@ -190,42 +137,16 @@ impl<R: Read> StreamVhd<R> {
             .chunks_exact(4)
             .map(|c| <[u8; 4]>::try_from(c).map_or(BAT_UNALLOCATED, u32::from_be_bytes))
             .collect();
-        // Blocks of the disk (entries past it are never read) must follow the metadata, in BAT
-        // order, without overlapping.
-        let span = header.bitmap_size().saturating_add(bs);
-        let mut last = hend.max(tend).next_multiple_of(SECTOR_SIZE);
-        let mut prev: Option<usize> = None;
-        for (i, &sector) in bat.iter().enumerate().take(blocks as usize) {
-            if sector == BAT_UNALLOCATED {
-                continue;
-            }
-            let entry_at = toff.saturating_add((i as u64).saturating_mul(4));
-            let start = u64::from(sector).saturating_mul(SECTOR_SIZE);
-            let stop = start.saturating_add(span);
-            let over_meta = [(0, FOOTER_SIZE as u64), (hoff, hend), (toff, tend)]
-                .iter()
-                .any(|&(a, b)| start < b && a < stop);
-            if over_meta {
-                return Err(Error::Invalid {
-                    offset: entry_at,
-                    what: format!(
-                        "BAT entry {i} puts the block at bytes {start}..{stop}, over the metadata"
-                    ),
-                });
-            }
-            if start < last {
-                let reason = match prev {
-                    Some(p) => format!(
-                        "BAT entry {i} puts its block at byte {start}, before the end of block {p}'s"
-                    ),
-                    None => format!(
-                        "BAT entry {i} puts its block at byte {start}, before the BAT's end"
-                    ),
-                };
-                return needs_seek(meta, inner, reason);
-            }
-            last = stop;
-            prev = Some(i);
+        let layout = Layout {
+            blocks: footer.current_size.div_ceil(u64::from(header.block_size)),
+            span: header
+                .bitmap_size()
+                .saturating_add(u64::from(header.block_size)),
+            header: (hoff, hend),
+            table: (toff, tend),
+        };
+        if let Err(reason) = layout.blocks_in_order(&bat)? {
+            return needs_seek(meta, inner, reason);
         }
         let pos = meta.len() as u64;
         Ok(StreamOpen::OnePass(Box::new(Self {
@@ -404,6 +325,135 @@ impl<R> StreamVhd<R> {
     #[must_use]
     pub fn position(&self) -> u64 {
         self.pos
+    }
+}
+
+/// What of a stream's metadata is read so far grows to `to` bytes (read from `inner`).
+fn fill<R: Read>(meta: &mut Vec<u8>, inner: &mut R, to: u64, what: &str) -> Result<()> {
+    let have = meta.len() as u64;
+    if to <= have {
+        return Ok(());
+    }
+    meta.resize(to as usize, 0);
+    read_full(
+        inner,
+        have,
+        meta.get_mut(have as usize..).unwrap_or_default(),
+        what,
+    )
+}
+
+/// Where the dynamic disk header lies (`start..end`), or why a stream cannot reach it in one
+/// pass (`Err` inside: it lies far into the stream).
+fn header_place(footer: &Footer) -> Result<std::result::Result<(u64, u64), String>> {
+    let hoff = footer.data_offset;
+    let hend = hoff.checked_add(HEADER_SIZE as u64).ok_or(Error::Invalid {
+        offset: 16,
+        what: format!("data offset {hoff} is past any stream"),
+    })?;
+    if hoff < FOOTER_SIZE as u64 {
+        return Err(Error::Invalid {
+            offset: 16,
+            what: format!("data offset {hoff} puts the header over the footer copy"),
+        });
+    }
+    if hend > MAX_STREAM_METADATA {
+        return Ok(Err(format!(
+            "the header lies at offset {hoff}, far into the stream"
+        )));
+    }
+    Ok(Ok((hoff, hend)))
+}
+
+/// Where the BAT lies (`start..end`), checked against the disk and the header, or why a stream
+/// cannot reach it in one pass.
+fn bat_place(
+    footer: &Footer,
+    header: &Header,
+    hoff: u64,
+    hend: u64,
+) -> Result<std::result::Result<(u64, u64), String>> {
+    let bs = u64::from(header.block_size);
+    let blocks = footer.current_size.div_ceil(bs);
+    if u64::from(header.max_table_entries) < blocks {
+        return Err(Error::Invalid {
+            offset: hoff.saturating_add(28),
+            what: format!(
+                "max table entries is {}, but a disk of {} bytes in blocks of {bs} needs {blocks}",
+                header.max_table_entries, footer.current_size
+            ),
+        });
+    }
+    let toff = header.table_offset;
+    let tlen = u64::from(header.max_table_entries).saturating_mul(4);
+    let tend = toff.saturating_add(tlen);
+    if toff < FOOTER_SIZE as u64 || (toff < hend && hoff < tend) {
+        return Err(Error::Invalid {
+            offset: hoff.saturating_add(16),
+            what: format!("BAT at {toff}..{tend} overlaps the header or the footer copy"),
+        });
+    }
+    if tend > MAX_STREAM_METADATA {
+        return Ok(Err(format!(
+            "the BAT ends at offset {tend}, more metadata than a stream is read with"
+        )));
+    }
+    Ok(Ok((toff, tend)))
+}
+
+/// Where a dynamic VHD's metadata lies, and its blocks' extent.
+struct Layout {
+    /// Blocks of the disk.
+    blocks: u64,
+    /// Bytes of a block with its bitmap.
+    span: u64,
+    /// The header's bytes.
+    header: (u64, u64),
+    /// The BAT's bytes.
+    table: (u64, u64),
+}
+
+impl Layout {
+    /// Blocks of the disk (entries past it are never read) must follow the metadata, in BAT
+    /// order, without overlapping: a block over the metadata is an error; one out of order
+    /// means the stream cannot be read in one pass (`Err` inside, why).
+    fn blocks_in_order(&self, bat: &[u32]) -> Result<std::result::Result<(), String>> {
+        let (hoff, hend) = self.header;
+        let (toff, tend) = self.table;
+        let mut last = hend.max(tend).next_multiple_of(SECTOR_SIZE);
+        let mut prev: Option<usize> = None;
+        for (i, &sector) in bat.iter().enumerate().take(self.blocks as usize) {
+            if sector == BAT_UNALLOCATED {
+                continue;
+            }
+            let entry_at = toff.saturating_add((i as u64).saturating_mul(4));
+            let start = u64::from(sector).saturating_mul(SECTOR_SIZE);
+            let stop = start.saturating_add(self.span);
+            let over_meta = [(0, FOOTER_SIZE as u64), (hoff, hend), (toff, tend)]
+                .iter()
+                .any(|&(a, b)| start < b && a < stop);
+            if over_meta {
+                return Err(Error::Invalid {
+                    offset: entry_at,
+                    what: format!(
+                        "BAT entry {i} puts the block at bytes {start}..{stop}, over the metadata"
+                    ),
+                });
+            }
+            if start < last {
+                return Ok(Err(match prev {
+                    Some(p) => format!(
+                        "BAT entry {i} puts its block at byte {start}, before the end of block {p}'s"
+                    ),
+                    None => format!(
+                        "BAT entry {i} puts its block at byte {start}, before the BAT's end"
+                    ),
+                }));
+            }
+            last = stop;
+            prev = Some(i);
+        }
+        Ok(Ok(()))
     }
 }
 
