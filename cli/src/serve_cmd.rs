@@ -221,120 +221,128 @@ fn tokens_of(store: &std::path::Path) -> Result<Tokens> {
 
 pub fn token(c: &TokenCommand) -> Result<i32> {
     match c {
-        TokenCommand::Create(a) => {
-            let role = Role::parse(&a.role).map_err(anyhow::Error::msg)?;
-            let expires = a
-                .expires
-                .as_deref()
-                .map(parse_duration)
-                .transpose()?
-                .map(|d| chrono::Utc::now() + d);
-            let lookups = Lookups::parse(&a.lookups)?;
-            // The file first: a secret made and then not written anywhere is lost.
-            let mut file = a
-                .output
-                .as_ref()
-                .map(|path| {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(path)
-                        .with_context(|| {
-                            format!(
-                                "--output {}: cannot make it (an existing file is left as it \
-                                 is); no token was made",
-                                path.display()
-                            )
-                        })
-                })
-                .transpose()?;
-            let (t, secret) =
-                tokens_of(&a.store)?.create(&a.name, role, &a.vm, expires, lookups)?;
-            if let (Some(f), Some(path)) = (file.as_mut(), &a.output) {
-                writeln!(f, "{secret}")
-                    .and_then(|()| f.sync_all())
-                    .with_context(|| format!("writing the secret into {}", path.display()))?;
-            }
-            let shown_secret = a.output.is_none().then_some(secret.as_str());
-            if a.json {
-                crate::print_json(&serde_json::json!({
-                    "id": t.id, "name": t.name, "role": t.role, "vms": t.vms,
-                    "expires": t.expires, "lookups": t.lookups, "secret": shown_secret,
-                    "secret_file": a.output,
-                }))?;
-            } else {
-                if let Some(s) = shown_secret {
-                    println!("{s}");
-                }
-                let said = match &a.output {
-                    Some(path) => format!("the secret is in {} (0600)", path.display()),
-                    None => "the secret above is shown once".to_owned(),
-                };
-                eprintln!(
-                    "token {} ({}, {} role, VMs {:?}{}): {said}; give it to the host as CAIRN_TOKEN or --token-file",
-                    t.id,
-                    t.name,
-                    t.role.name(),
-                    t.vms,
-                    t.expires
-                        .map(|e| format!(
-                            ", expires {}",
-                            e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        ))
-                        .unwrap_or_default()
-                );
-            }
-        }
-        TokenCommand::List(a) => {
-            let all = tokens_of(&a.store)?.load()?;
-            if a.json {
-                crate::print_json(&all)?;
-            } else {
-                let now = chrono::Utc::now();
-                let mut table = Table::new(&[
-                    ("ID", Align::Left),
-                    ("NAME", Align::Left),
-                    ("ROLE", Align::Left),
-                    ("VMS", Align::Left),
-                    ("STATE", Align::Left),
-                ]);
-                for t in &all {
-                    let state = match (t.revoked, t.expires) {
-                        (Some(r), _) => format!(
-                            "revoked {}",
-                            r.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        ),
-                        (None, Some(e)) if e <= now => format!(
-                            "expired {}",
-                            e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        ),
-                        (None, Some(e)) => format!(
-                            "expires {}",
-                            e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        ),
-                        (None, None) => "live".into(),
-                    };
-                    table.row([
-                        t.id.to_string(),
-                        t.name.clone(),
-                        t.role.name().to_owned(),
-                        t.vms.to_string(),
-                        state,
-                    ]);
-                }
-                if all.is_empty() {
-                    println!("(no tokens: `cairn token create` makes one)");
-                } else {
-                    table.print();
-                }
-            }
-        }
+        TokenCommand::Create(a) => token_create(a)?,
+        TokenCommand::List(a) => token_list(a)?,
         TokenCommand::Revoke(a) => {
             let t = tokens_of(&a.store)?.revoke(&a.token)?;
             println!("revoked token {} ({})", t.id, t.name);
         }
     }
     Ok(0)
+}
+
+/// `token create`: the secret written to --output first (a secret made and then not written
+/// anywhere is lost), or printed once.
+fn token_create(a: &TokenCreateArgs) -> Result<()> {
+    let role = Role::parse(&a.role).map_err(anyhow::Error::msg)?;
+    let expires = a
+        .expires
+        .as_deref()
+        .map(parse_duration)
+        .transpose()?
+        .map(|d| chrono::Utc::now() + d);
+    let lookups = Lookups::parse(&a.lookups)?;
+    // The file first: a secret made and then not written anywhere is lost.
+    let mut file = a
+        .output
+        .as_ref()
+        .map(|path| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| {
+                    format!(
+                        "--output {}: cannot make it (an existing file is left as it \
+                         is); no token was made",
+                        path.display()
+                    )
+                })
+        })
+        .transpose()?;
+    let (t, secret) = tokens_of(&a.store)?.create(&a.name, role, &a.vm, expires, lookups)?;
+    if let (Some(f), Some(path)) = (file.as_mut(), &a.output) {
+        writeln!(f, "{secret}")
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing the secret into {}", path.display()))?;
+    }
+    let shown_secret = a.output.is_none().then_some(secret.as_str());
+    if a.json {
+        crate::print_json(&serde_json::json!({
+            "id": t.id, "name": t.name, "role": t.role, "vms": t.vms,
+            "expires": t.expires, "lookups": t.lookups, "secret": shown_secret,
+            "secret_file": a.output,
+        }))?;
+    } else {
+        if let Some(s) = shown_secret {
+            println!("{s}");
+        }
+        let said = match &a.output {
+            Some(path) => format!("the secret is in {} (0600)", path.display()),
+            None => "the secret above is shown once".to_owned(),
+        };
+        eprintln!(
+            "token {} ({}, {} role, VMs {:?}{}): {said}; give it to the host as CAIRN_TOKEN or --token-file",
+            t.id,
+            t.name,
+            t.role.name(),
+            t.vms,
+            t.expires
+                .map(|e| format!(
+                    ", expires {}",
+                    e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `token list`: every token, its role, VMs and state.
+fn token_list(a: &TokenListArgs) -> Result<()> {
+    let all = tokens_of(&a.store)?.load()?;
+    if a.json {
+        crate::print_json(&all)?;
+    } else {
+        let now = chrono::Utc::now();
+        let mut table = Table::new(&[
+            ("ID", Align::Left),
+            ("NAME", Align::Left),
+            ("ROLE", Align::Left),
+            ("VMS", Align::Left),
+            ("STATE", Align::Left),
+        ]);
+        for t in &all {
+            let state = match (t.revoked, t.expires) {
+                (Some(r), _) => format!(
+                    "revoked {}",
+                    r.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                (None, Some(e)) if e <= now => format!(
+                    "expired {}",
+                    e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                (None, Some(e)) => format!(
+                    "expires {}",
+                    e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                (None, None) => "live".into(),
+            };
+            table.row([
+                t.id.to_string(),
+                t.name.clone(),
+                t.role.name().to_owned(),
+                t.vms.to_string(),
+                state,
+            ]);
+        }
+        if all.is_empty() {
+            println!("(no tokens: `cairn token create` makes one)");
+        } else {
+            table.print();
+        }
+    }
+    Ok(())
 }

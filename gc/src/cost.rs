@@ -114,6 +114,16 @@ pub struct Cost {
 }
 
 impl Cost {
+    /// Adds one point's own figures to a group's (its chunks are counted apart, once each).
+    fn add_point(&mut self, c: &Cost) {
+        self.points += 1;
+        self.logical = self.logical.saturating_add(c.logical);
+        self.allocated = self.allocated.saturating_add(c.allocated);
+        self.full_chain = self.full_chain.saturating_add(c.full_chain);
+        self.vhd_deltas = self.vhd_deltas.saturating_add(c.vhd_deltas);
+        self.new = self.new.saturating_add(c.new);
+    }
+
     /// Counts one distinct chunk of the group: `stored` bytes in packs, `plain` bytes of data,
     /// and whether no other group holds it.
     fn add_chunk(&mut self, stored: u64, plain: u64, unique: bool) {
@@ -143,88 +153,38 @@ impl Cost {
 /// Index errors (a tree that cannot be read is listed in [`Costs::damaged`], not an error).
 pub fn costs<'p>(store: &Store, points: &'p [RecoveryPoint]) -> Result<Costs<'p>> {
     let cs = u64::from(store.config().chunk_size);
-    // A point whose tree cannot be read is reported, not fatal: the rest is still counted.
-    let mut damaged: Vec<(&RecoveryPoint, String)> = Vec::new();
-    let mut readable = vec![true; points.len()];
-    // Which points, disks and VMs hold each chunk, and what it costs.
-    let mut holders: HashMap<ChunkId, Holders> = HashMap::new();
-    for (i, p) in points.iter().enumerate() {
-        let key = (p.vm_key(), p.disk.clone());
-        let walked = each_data_ref(store, p, |_, id| {
-            let h = holders.entry(id).or_insert_with(|| Holders {
-                first_point: i,
-                ..Holders::default()
-            });
-            if h.last_point != Some(i) {
-                h.points += 1;
-                h.last_point = Some(i);
-                if !h.disks.contains(&key) {
-                    h.disks.insert(key.clone());
-                    h.vms.insert(p.vm_key());
-                }
-            }
-        });
-        if let Err(e) = walked {
-            damaged.push((p, format!("{e:#}")));
-            readable[i] = false;
-        }
-    }
-    let ids: Vec<ChunkId> = holders.keys().copied().collect();
-    let mut size: HashMap<ChunkId, (u64, u64)> = HashMap::new();
-    for (id, loc) in ids.iter().zip(store.locations(&ids)?) {
-        if let Some(l) = loc {
-            size.insert(
-                *id,
-                (
-                    u64::from(l.stored_len) + cairn_store::pack::FRAME_HEADER_SIZE,
-                    u64::from(l.plain_len),
-                ),
-            );
-        }
-    }
-    let block = XO_BLOCK;
-    let per_block = (block / cs).max(1);
-    let mut per_point = Vec::new();
-    let mut per_disk: HashMap<(VmKey, String), Cost> = HashMap::new();
-    let mut per_vm: HashMap<VmKey, Cost> = HashMap::new();
-    // A VM is shown by the name and labels of its newest point (a VM keeps its UUID when it
-    // is renamed).
-    let mut vm_names: HashMap<VmKey, &RecoveryPoint> = HashMap::new();
-    let mut total = Cost::default();
+    let held = Held::find(store, points);
+    let size = chunk_sizes(store, &held.holders)?;
+    let per_block = (XO_BLOCK / cs).max(1);
+    let mut out = Costs {
+        total: Cost::default(),
+        per_point: Vec::new(),
+        per_disk: HashMap::new(),
+        per_vm: HashMap::new(),
+        vm_names: HashMap::new(),
+        damaged: held.damaged,
+    };
     let mut prev_of_disk: HashMap<(VmKey, String), usize> = HashMap::new();
     for (i, p) in points.iter().enumerate() {
         let key = (p.vm_key(), p.disk.clone());
-        vm_names.insert(p.vm_key(), p);
-        let mut c = Cost {
-            points: 1,
-            logical: p.size,
-            ..Cost::default()
+        // A VM is shown by the name and labels of its newest point (a VM keeps its UUID when
+        // it is renamed).
+        out.vm_names.insert(p.vm_key(), p);
+        let (mut c, blocks) = if held.readable[i] {
+            point_cost(store, p, i, &held.holders, &size, per_block)?
+        } else {
+            (
+                Cost {
+                    points: 1,
+                    logical: p.size,
+                    ..Cost::default()
+                },
+                0,
+            )
         };
-        let mut seen = HashSet::new();
-        // An XO delta holds every 2 MiB block that changed (the key: every allocated block).
-        let mut blocks: HashSet<u64> = HashSet::new();
-        if readable[i] {
-            each_data_ref(store, p, |k, id| {
-                c.allocated += size.get(&id).map_or(cs, |s| s.1);
-                if seen.insert(id) {
-                    let (st, pl) = size.get(&id).copied().unwrap_or_default();
-                    c.stored += st;
-                    c.plain += pl;
-                    if let Some(h) = holders.get(&id) {
-                        if h.points == 1 {
-                            c.unique += st;
-                        }
-                        if h.first_point == i {
-                            c.new += st;
-                        }
-                    }
-                }
-                blocks.insert(k / per_block);
-            })?;
-        }
         c.full_chain = c.allocated;
         c.vhd_deltas = match prev_of_disk.get(&key) {
-            Some(&j) if readable[i] && readable[j] => {
+            Some(&j) if held.readable[i] && held.readable[j] => {
                 // Ranges of blocks, one per stretch that differs (as many as the trees have
                 // nodes that differ), counted merged: the cost follows the stored tree, never
                 // the size a point claims.
@@ -232,50 +192,132 @@ pub fn costs<'p>(store: &Store, points: &'p [RecoveryPoint]) -> Result<Costs<'p>
                 cairn_store::tree::differences(store, &points[j], p, false, |from, to| {
                     changed.push((from / per_block, to.div_ceil(per_block)));
                 })?;
-                blocks_in(changed).saturating_mul(block)
+                blocks_in(changed).saturating_mul(XO_BLOCK)
             }
-            _ => blocks.len() as u64 * block,
+            _ => blocks * XO_BLOCK,
         };
         prev_of_disk.insert(key.clone(), i);
-        per_point.push((p, c.clone()));
         for agg in [
-            per_disk.entry(key.clone()).or_default(),
-            per_vm.entry(p.vm_key()).or_default(),
-            &mut total,
+            out.per_disk.entry(key).or_default(),
+            out.per_vm.entry(p.vm_key()).or_default(),
+            &mut out.total,
         ] {
-            agg.points += 1;
-            agg.logical = agg.logical.saturating_add(c.logical);
-            agg.allocated = agg.allocated.saturating_add(c.allocated);
-            agg.full_chain = agg.full_chain.saturating_add(c.full_chain);
-            agg.vhd_deltas = agg.vhd_deltas.saturating_add(c.vhd_deltas);
-            agg.new = agg.new.saturating_add(c.new);
+            agg.add_point(&c);
         }
+        out.per_point.push((p, c));
     }
     // Stored, plain and unique bytes of groups count each chunk once.
-    for (id, Holders { disks, vms, .. }) in &holders {
+    for (id, Holders { disks, vms, .. }) in &held.holders {
         let (st, pl) = size.get(id).copied().unwrap_or_default();
-        total.add_chunk(st, pl, true);
+        out.total.add_chunk(st, pl, true);
         for d in disks {
-            per_disk
+            out.per_disk
                 .entry(d.clone())
                 .or_default()
                 .add_chunk(st, pl, disks.len() == 1);
         }
         for v in vms {
-            per_vm
+            out.per_vm
                 .entry(v.clone())
                 .or_default()
                 .add_chunk(st, pl, vms.len() == 1);
         }
     }
-    Ok(Costs {
-        total,
-        per_point,
-        per_disk,
-        per_vm,
-        vm_names,
-        damaged,
-    })
+    Ok(out)
+}
+
+/// Which points, disks and VMs hold each chunk; the points whose tree cannot be read (reported,
+/// not fatal: the rest is still counted).
+struct Held<'p> {
+    holders: HashMap<ChunkId, Holders>,
+    damaged: Vec<(&'p RecoveryPoint, String)>,
+    readable: Vec<bool>,
+}
+
+impl<'p> Held<'p> {
+    fn find(store: &Store, points: &'p [RecoveryPoint]) -> Self {
+        let mut held = Self {
+            holders: HashMap::new(),
+            damaged: Vec::new(),
+            readable: vec![true; points.len()],
+        };
+        for (i, p) in points.iter().enumerate() {
+            let key = (p.vm_key(), p.disk.clone());
+            let walked = each_data_ref(store, p, |_, id| {
+                let h = held.holders.entry(id).or_insert_with(|| Holders {
+                    first_point: i,
+                    ..Holders::default()
+                });
+                if h.last_point != Some(i) {
+                    h.points += 1;
+                    h.last_point = Some(i);
+                    if !h.disks.contains(&key) {
+                        h.disks.insert(key.clone());
+                        h.vms.insert(p.vm_key());
+                    }
+                }
+            });
+            if let Err(e) = walked {
+                held.damaged.push((p, format!("{e:#}")));
+                held.readable[i] = false;
+            }
+        }
+        held
+    }
+}
+
+/// The stored bytes (frame included) and plain bytes of each chunk the index holds.
+fn chunk_sizes(
+    store: &Store,
+    holders: &HashMap<ChunkId, Holders>,
+) -> Result<HashMap<ChunkId, (u64, u64)>> {
+    let ids: Vec<ChunkId> = holders.keys().copied().collect();
+    let mut size = HashMap::new();
+    for (id, loc) in ids.iter().zip(store.locations(&ids)?) {
+        if let Some(l) = loc {
+            let stored = u64::from(l.stored_len) + cairn_store::pack::FRAME_HEADER_SIZE;
+            size.insert(*id, (stored, u64::from(l.plain_len)));
+        }
+    }
+    Ok(size)
+}
+
+/// One point's own figures, and how many XO blocks (of `per_block` chunks) it allocates.
+fn point_cost(
+    store: &Store,
+    p: &RecoveryPoint,
+    i: usize,
+    holders: &HashMap<ChunkId, Holders>,
+    size: &HashMap<ChunkId, (u64, u64)>,
+    per_block: u64,
+) -> Result<(Cost, u64)> {
+    let cs = u64::from(store.config().chunk_size);
+    let mut c = Cost {
+        points: 1,
+        logical: p.size,
+        ..Cost::default()
+    };
+    let mut seen = HashSet::new();
+    // An XO delta holds every 2 MiB block that changed (the key: every allocated block).
+    let mut blocks: HashSet<u64> = HashSet::new();
+    each_data_ref(store, p, |k, id| {
+        c.allocated += size.get(&id).map_or(cs, |s| s.1);
+        if seen.insert(id) {
+            let (st, pl) = size.get(&id).copied().unwrap_or_default();
+            c.stored += st;
+            c.plain += pl;
+            if let Some(h) = holders.get(&id) {
+                if h.points == 1 {
+                    c.unique += st;
+                }
+                if h.first_point == i {
+                    c.new += st;
+                }
+            }
+        }
+        blocks.insert(k / per_block);
+    })?;
+    Ok((c, blocks.len() as u64))
 }
 
 #[cfg(test)]

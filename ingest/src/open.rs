@@ -66,81 +66,9 @@ pub(crate) fn open<'s>(
              differencing VHD says itself what changed"
         )));
     }
-    let input = match input {
-        Some(i) => Some(i),
-        None if req.source == Path::new("-") => {
-            if std::io::stdin().is_terminal() {
-                return Err(Error::Refused(
-                    "stdin is a terminal: pipe the disk in (`... | cairn backup --vm VM \
-                     xvda=-`) or give its path"
-                        .into(),
-                ));
-            }
-            Some(Box::new(std::io::stdin()) as Input)
-        }
-        // A named pipe (or a character device) cannot seek: it is read as a stream, as stdin.
-        None if is_stream(&req.source) => {
-            let f = std::fs::File::open(&req.source).map_err(|e| Error::Io {
-                path: req.source.clone(),
-                offset: 0,
-                what: "opening",
-                source: e,
-            })?;
-            Some(Box::new(f) as Input)
-        }
-        None => None,
-    };
-    let opened = if let Some(input) = input {
-        match stream::open(input, &shown, req, &req.spool_dir)? {
-            Stream::Raw(reader) => {
-                let fixed = std::sync::Arc::clone(&reader.fixed);
-                let mut o = full(
-                    SourceKind::Raw,
-                    &shown,
-                    None,
-                    None,
-                    Box::new(RawSource::new(reader, shown.clone().into(), chunk)),
-                );
-                o.fixed_vhd = Some(fixed);
-                o
-            }
-            Stream::Vhd(vhd) => {
-                let info = SourceInfo {
-                    kind: vhd_kind(vhd.footer().disk_type),
-                    vhd_uuid: Some(vhd.footer().uuid.to_string()),
-                    path: shown.clone(),
-                };
-                let size = vhd.disk_size();
-                if vhd.footer().disk_type == DiskType::Differencing {
-                    if req.key == KeyMode::Forced {
-                        return Err(Error::Refused(
-                            "a key backup reads the whole disk, and a differencing VHD on stdin \
-                             comes without its parents: give the VHD's path (its parents beside \
-                             it) or back up the full disk"
-                                .into(),
-                        ));
-                    }
-                    let want = vhd.header().parent_uuid.to_string();
-                    let parent = choose_parent(store, req, &shown, &want, size)?;
-                    let blocks = SparseBlocks::new(*vhd, shown.clone().into());
-                    delta(store, info, size, &parent, blocks, chunk)?
-                } else {
-                    let blocks = SparseBlocks::new(*vhd, shown.clone().into());
-                    whole(
-                        info,
-                        Some(size),
-                        Box::new(VhdChunks::new(blocks, chunk, None)),
-                    )
-                }
-            }
-            Stream::Spooled(spool) => {
-                let mut opened = open_file(store, req, &spool.0, &shown, chunk)?;
-                opened._spool = Some(spool);
-                opened
-            }
-        }
-    } else {
-        open_file(store, req, &req.source, &shown, chunk)?
+    let opened = match stream_input(req, input)? {
+        Some(input) => open_stream(store, req, input, &shown, chunk)?,
+        None => open_file(store, req, &req.source, &shown, chunk)?,
     };
     if opened.parent.is_none()
         && let Some(p) = &req.parent
@@ -153,6 +81,84 @@ pub(crate) fn open<'s>(
         )));
     }
     Ok(opened)
+}
+
+/// The stream to read: the one given, stdin for `-` (never a terminal), or a named pipe or
+/// character device (it cannot seek: read as a stream, as stdin); `None` for a file.
+fn stream_input(req: &Request, input: Option<Input>) -> Result<Option<Input>> {
+    Ok(match input {
+        Some(i) => Some(i),
+        None if req.source == Path::new("-") => {
+            if std::io::stdin().is_terminal() {
+                return Err(Error::Refused(
+                    "stdin is a terminal: pipe the disk in (`... | cairn backup --vm VM \
+                     xvda=-`) or give its path"
+                        .into(),
+                ));
+            }
+            Some(Box::new(std::io::stdin()) as Input)
+        }
+        None if is_stream(&req.source) => {
+            let f = std::fs::File::open(&req.source).map_err(|e| Error::Io {
+                path: req.source.clone(),
+                offset: 0,
+                what: "opening",
+                source: e,
+            })?;
+            Some(Box::new(f) as Input)
+        }
+        None => None,
+    })
+}
+
+/// A stream: raw, a VHD read in one pass, or spooled (a VHD whose layout needs seeks) and
+/// read as a file.
+fn open_stream<'s>(
+    store: &'s dyn StoreRead,
+    req: &Request,
+    input: Input,
+    shown: &str,
+    chunk: u32,
+) -> Result<Opened<'s>> {
+    Ok(match stream::open(input, shown, req, &req.spool_dir)? {
+        Stream::Raw(reader) => {
+            let fixed = std::sync::Arc::clone(&reader.fixed);
+            let src = Box::new(RawSource::new(reader, shown.to_owned().into(), chunk));
+            let mut o = full(SourceKind::Raw, shown, None, None, src);
+            o.fixed_vhd = Some(fixed);
+            o
+        }
+        Stream::Vhd(vhd) => {
+            let info = SourceInfo {
+                kind: vhd_kind(vhd.footer().disk_type),
+                vhd_uuid: Some(vhd.footer().uuid.to_string()),
+                path: shown.to_owned(),
+            };
+            let size = vhd.disk_size();
+            if vhd.footer().disk_type != DiskType::Differencing {
+                let blocks = SparseBlocks::new(*vhd, shown.to_owned().into());
+                let src = Box::new(VhdChunks::new(blocks, chunk, None));
+                return Ok(whole(info, Some(size), src));
+            }
+            if req.key == KeyMode::Forced {
+                return Err(Error::Refused(
+                    "a key backup reads the whole disk, and a differencing VHD on stdin comes \
+                     without its parents: give the VHD's path (its parents beside it) or back \
+                     up the full disk"
+                        .into(),
+                ));
+            }
+            let want = vhd.header().parent_uuid.to_string();
+            let parent = choose_parent(store, req, shown, &want, size)?;
+            let blocks = SparseBlocks::new(*vhd, shown.to_owned().into());
+            delta(store, info, size, &parent, blocks, chunk)?
+        }
+        Stream::Spooled(spool) => {
+            let mut opened = open_file(store, req, &spool.0, shown, chunk)?;
+            opened._spool = Some(spool);
+            opened
+        }
+    })
 }
 
 /// How a point names a VHD of this type as its source.
@@ -266,6 +272,19 @@ fn open_file<'s>(
         let src = Box::new(SparseFileSource::new(file, path.to_path_buf(), chunk, len));
         return Ok(full(SourceKind::Raw, shown, None, Some(len), src));
     }
+    open_vhd_file(store, req, file, path, shown, chunk)
+}
+
+/// A VHD file: read whole (fixed, dynamic, or a key backup through its parents), or its blocks
+/// applied to the point it differs from.
+fn open_vhd_file<'s>(
+    store: &'s dyn StoreRead,
+    req: &Request,
+    file: File,
+    path: &Path,
+    shown: &str,
+    chunk: u32,
+) -> Result<Opened<'s>> {
     let vhd = Vhd::open(file).map_err(|e| e.in_file(shown))?;
     let uuid = Some(vhd.footer().uuid.to_string());
     let size = vhd.disk_size();

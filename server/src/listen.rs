@@ -138,23 +138,7 @@ async fn run(
     let per_address_max = config.limits.connections_per_address;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.connections));
-    let reaper = {
-        let app = Arc::clone(&app);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                let app = Arc::clone(&app);
-                let idle = app.limits.idle;
-                let gone = tokio::task::spawn_blocking(move || app.sessions.reap(idle))
-                    .await
-                    .unwrap_or_default();
-                for id in gone {
-                    tracing::warn!(session = %id, "dropped after being idle; its chunks are not kept");
-                }
-            }
-        })
-    };
+    let reaper = tokio::spawn(reap_idle_sessions(Arc::clone(&app)));
     let mut conns = tokio::task::JoinSet::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -170,29 +154,11 @@ async fn run(
                     tracing::warn!(%peer, "refused: too many connections from this address");
                     continue;
                 };
-                let acceptor = acceptor.clone();
-                let routes = routes.clone();
-                let mut stop = stop_rx.clone();
+                let (acceptor, routes) = (acceptor.clone(), routes.clone());
+                let stop = stop_rx.clone();
                 conns.spawn(async move {
-                    let _permit = permit;
-                    let _own_slot = own_slot;
-                    let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
-                        tracing::warn!(%peer, "TLS handshake failed or timed out");
-                        return;
-                    };
-                    let service = hyper_util::service::TowerToHyperService::new(routes);
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(30))
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = stop.changed() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
-                    }
+                    let _held = (permit, own_slot);
+                    serve_connection(acceptor, tcp, peer, routes, stop).await;
                 });
             }
             () = &mut shutdown => break,
@@ -207,19 +173,69 @@ async fn run(
     })
     .await;
     reaper.abort();
-    let dropped = tokio::task::spawn_blocking({
+    stop(&app).await;
+    Ok(())
+}
+
+/// Every 5 s, drops the sessions idle past the limit (their chunks are not kept).
+async fn reap_idle_sessions(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
         let app = Arc::clone(&app);
+        let idle = app.limits.idle;
+        let gone = tokio::task::spawn_blocking(move || app.sessions.reap(idle))
+            .await
+            .unwrap_or_default();
+        for id in gone {
+            tracing::warn!(session = %id, "dropped after being idle; its chunks are not kept");
+        }
+    }
+}
+
+/// One connection: the TLS handshake (10 s at most), then HTTP/1.1 until the client closes it
+/// or the server stops (then the requests in flight finish).
+async fn serve_connection(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    routes: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+    else {
+        tracing::warn!(%peer, "TLS handshake failed or timed out");
+        return;
+    };
+    let service = hyper_util::service::TowerToHyperService::new(routes);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// The server's end: open sessions dropped (nothing of them was committed), and the store a
+/// writer that finished (the next one finds no stale lock to report).
+async fn stop(app: &Arc<App>) {
+    let dropped = tokio::task::spawn_blocking({
+        let app = Arc::clone(app);
         move || app.sessions.drop_all()
     })
     .await
     .unwrap_or_default();
-    // The store is a writer that finished: the next one finds no stale lock to report.
     app.store.finish_writing();
     tracing::info!(
         sessions = dropped,
         "stopped; open sessions were dropped (nothing of them was committed)"
     );
-    Ok(())
 }
 
 /// A request body that sends no byte for `stall` fails (the extractor reading it answers 400

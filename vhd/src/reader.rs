@@ -158,9 +158,20 @@ impl<R: Read + Seek> Vhd<R> {
     }
 
     fn open_sparse(&mut self) -> Result<()> {
-        let file_len = self.file_len;
-        let end = self.footer_offset;
-        // The copy of the footer at offset 0.
+        self.check_footer_copy()?;
+        let header = self.read_header()?;
+        let bat = self.read_bat(&header)?;
+        self.check_blocks(&header, &bat)?;
+        if self.footer.disk_type == DiskType::Differencing {
+            self.check_locators(&header);
+        }
+        self.header = Some(header);
+        self.bat = bat;
+        Ok(())
+    }
+
+    /// The copy of the footer at offset 0: a copy that differs or does not decode is a warning.
+    fn check_footer_copy(&mut self) -> Result<()> {
         let mut buf = [0u8; FOOTER_SIZE];
         read_at(&mut self.inner, 0, &mut buf, "reading the footer copy")?;
         match Footer::decode(&buf, 0) {
@@ -173,14 +184,21 @@ impl<R: Read + Seek> Vhd<R> {
                 self.warnings.push(format!("footer copy is not valid: {e}"));
             }
         }
-        // The dynamic header.
+        Ok(())
+    }
+
+    /// The dynamic disk header, inside the file, with a BAT large enough for the disk.
+    fn read_header(&mut self) -> Result<Header> {
         let hoff = self.footer.data_offset;
-        if hoff.checked_add(HEADER_SIZE as u64).is_none_or(|e| e > end) {
+        if hoff
+            .checked_add(HEADER_SIZE as u64)
+            .is_none_or(|e| e > self.footer_offset)
+        {
             return Err(Error::Truncated {
                 offset: hoff,
                 what: "the dynamic disk header".into(),
                 needed: HEADER_SIZE as u64,
-                file_len,
+                file_len: self.file_len,
             });
         }
         let mut hbuf = [0u8; HEADER_SIZE];
@@ -202,19 +220,32 @@ impl<R: Read + Seek> Vhd<R> {
                 ),
             });
         }
-        // The BAT.
+        Ok(header)
+    }
+
+    /// Where the header lies and where the BAT lies (`start..end` each).
+    fn metadata(&self, header: &Header) -> ((u64, u64), (u64, u64)) {
+        let hoff = self.footer.data_offset;
         let toff = header.table_offset;
+        let tend = toff.saturating_add(u64::from(header.max_table_entries) * 4);
+        (
+            (hoff, hoff.saturating_add(HEADER_SIZE as u64)),
+            (toff, tend),
+        )
+    }
+
+    /// The BAT, inside the file and clear of the header and the footer copy.
+    fn read_bat(&mut self, header: &Header) -> Result<Vec<u32>> {
+        let ((hoff, hend), (toff, tend)) = self.metadata(header);
         let tlen = u64::from(header.max_table_entries) * 4;
-        let tend = toff.saturating_add(tlen);
-        if tend > end {
+        if tend > self.footer_offset {
             return Err(Error::Truncated {
                 offset: toff,
                 what: format!("a BAT of {} entries", header.max_table_entries),
                 needed: tlen,
-                file_len,
+                file_len: self.file_len,
             });
         }
-        let hend = hoff.saturating_add(HEADER_SIZE as u64);
         if overlaps((toff, tend), (hoff, hend)) || toff < FOOTER_SIZE as u64 {
             return Err(Error::Invalid {
                 offset: hoff.saturating_add(16),
@@ -223,12 +254,19 @@ impl<R: Read + Seek> Vhd<R> {
         }
         let mut raw = vec![0u8; tlen as usize];
         read_at(&mut self.inner, toff, &mut raw, "reading the BAT")?;
-        let bat: Vec<u32> = raw
+        Ok(raw
             .chunks_exact(4)
             .map(|c| <[u8; 4]>::try_from(c).map_or(BAT_UNALLOCATED, u32::from_be_bytes))
-            .collect();
-        // Every allocated block inside the file, clear of the metadata and of each other.
-        let span = header.bitmap_size().saturating_add(bs);
+            .collect())
+    }
+
+    /// Every allocated block inside the file, clear of the metadata and of each other.
+    fn check_blocks(&self, header: &Header, bat: &[u32]) -> Result<()> {
+        let end = self.footer_offset;
+        let ((hoff, hend), (toff, tend)) = self.metadata(header);
+        let span = header
+            .bitmap_size()
+            .saturating_add(u64::from(header.block_size));
         let meta = [(0, FOOTER_SIZE as u64), (hoff, hend), (toff, tend)];
         let mut blocks: Vec<(u64, u64, usize)> = Vec::new();
         for (i, &sector) in bat.iter().enumerate() {
@@ -273,25 +311,24 @@ impl<R: Read + Seek> Vhd<R> {
                 });
             }
         }
-        // Parent locators must point inside the file.
-        if self.footer.disk_type == DiskType::Differencing {
-            for (i, loc) in header.locators.iter().enumerate() {
-                if loc.platform_code == 0 {
-                    continue;
-                }
-                let stop = loc.data_offset.saturating_add(u64::from(loc.data_length));
-                if stop > end {
-                    self.warnings.push(format!(
-                        "parent locator {i} ({}) points at bytes {}..{stop}, past the footer",
-                        loc.platform_name(),
-                        loc.data_offset
-                    ));
-                }
+        Ok(())
+    }
+
+    /// Parent locators must point inside the file (a warning otherwise).
+    fn check_locators(&mut self, header: &Header) {
+        for (i, loc) in header.locators.iter().enumerate() {
+            if loc.platform_code == 0 {
+                continue;
+            }
+            let stop = loc.data_offset.saturating_add(u64::from(loc.data_length));
+            if stop > self.footer_offset {
+                self.warnings.push(format!(
+                    "parent locator {i} ({}) points at bytes {}..{stop}, past the footer",
+                    loc.platform_name(),
+                    loc.data_offset
+                ));
             }
         }
-        self.header = Some(header);
-        self.bat = bat;
-        Ok(())
     }
 
     /// Reads the sector bitmap of block `index`, or `None` when the block is not allocated (or
