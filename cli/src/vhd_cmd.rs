@@ -282,44 +282,55 @@ fn info(path: &Path, as_json: bool) -> Result<i32> {
         }
     );
     if let Some(h) = vhd.header() {
-        let alloc = vhd.allocated_blocks();
-        println!(
-            "block size:  {} ({})",
-            h.block_size,
-            human_bytes(u64::from(h.block_size))
-        );
-        println!(
-            "BAT:         at offset {}, {} entries, {} of {} blocks allocated ({})",
-            h.table_offset,
-            h.max_table_entries,
-            alloc,
-            vhd.block_count(),
-            human_bytes(u64::from(alloc) * u64::from(h.block_size))
-        );
-        if vhd.disk_type() == DiskType::Differencing {
-            let p = &v["header"]["parent"];
-            println!(
-                "parent:      \"{}\" uuid {} time {}",
-                h.parent_name,
-                h.parent_uuid,
-                p["time"].as_str().unwrap_or_default()
-            );
-            for l in p["locators"].as_array().into_iter().flatten() {
-                println!(
-                    "  locator:   {} at {} ({} bytes): {}",
-                    l["platform"].as_str().unwrap_or_default(),
-                    l["data_offset"],
-                    l["data_length"],
-                    l["path"]
-                );
-            }
-        }
+        print_sparse(&vhd, h, &v);
     }
     for w in vhd.warnings() {
         println!("warning:     {w}");
     }
-    if v["chain"]["ok"] == true {
-        let files: Vec<String> = v["chain"]["files"]
+    print_chain(&v["chain"]);
+    Ok(0)
+}
+
+/// The block size, BAT and parent of a dynamic or differencing VHD (`v`: its description).
+fn print_sparse(vhd: &Vhd<File>, h: &cairn_vhd::Header, v: &serde_json::Value) {
+    let alloc = vhd.allocated_blocks();
+    println!(
+        "block size:  {} ({})",
+        h.block_size,
+        human_bytes(u64::from(h.block_size))
+    );
+    println!(
+        "BAT:         at offset {}, {} entries, {} of {} blocks allocated ({})",
+        h.table_offset,
+        h.max_table_entries,
+        alloc,
+        vhd.block_count(),
+        human_bytes(u64::from(alloc) * u64::from(h.block_size))
+    );
+    if vhd.disk_type() == DiskType::Differencing {
+        let p = &v["header"]["parent"];
+        println!(
+            "parent:      \"{}\" uuid {} time {}",
+            h.parent_name,
+            h.parent_uuid,
+            p["time"].as_str().unwrap_or_default()
+        );
+        for l in p["locators"].as_array().into_iter().flatten() {
+            println!(
+                "  locator:   {} at {} ({} bytes): {}",
+                l["platform"].as_str().unwrap_or_default(),
+                l["data_offset"],
+                l["data_length"],
+                l["path"]
+            );
+        }
+    }
+}
+
+/// The chain of files the VHD reads through, or why it is broken.
+fn print_chain(chain: &serde_json::Value) {
+    if chain["ok"] == true {
+        let files: Vec<String> = chain["files"]
             .as_array()
             .into_iter()
             .flatten()
@@ -335,10 +346,9 @@ fn info(path: &Path, as_json: bool) -> Result<i32> {
     } else {
         println!(
             "chain:       broken: {}",
-            v["chain"]["error"].as_str().unwrap_or_default()
+            chain["error"].as_str().unwrap_or_default()
         );
     }
-    Ok(0)
 }
 
 fn check(path: &Path, as_json: bool) -> Result<i32> {

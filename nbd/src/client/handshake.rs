@@ -129,17 +129,7 @@ impl Client {
     ) -> Result<Self> {
         let (fixed, no_zeroes) = greet(&mut *stream)?;
         if let Some((config, name)) = tls {
-            if !fixed {
-                return Err(Error::Usage(
-                    "the server does not speak fixed newstyle, so it cannot start TLS".into(),
-                ));
-            }
-            wire::write_option(&mut *stream, proto::OPT_STARTTLS, &[])?;
-            let r = option_reply(&mut *stream, proto::OPT_STARTTLS)?;
-            if r.reply != proto::REP_ACK {
-                return Err(refused("NBD_OPT_STARTTLS", &r));
-            }
-            stream = crate::tls::connect(config, &name, stream)?;
+            stream = start_tls(stream, fixed, config, &name)?;
         }
         let s = &mut *stream;
         let mut structured = false;
@@ -149,67 +139,12 @@ impl Client {
             let r = option_reply(s, proto::OPT_STRUCTURED_REPLY)?;
             structured = r.reply == proto::REP_ACK;
             if structured && !contexts.is_empty() {
-                let queries: Vec<&str> = contexts.iter().map(String::as_str).collect();
-                wire::write_option(
-                    s,
-                    proto::OPT_SET_META_CONTEXT,
-                    &wire::encode_meta_context(export, &queries),
-                )?;
-                loop {
-                    let r = option_reply(s, proto::OPT_SET_META_CONTEXT)?;
-                    match r.reply {
-                        proto::REP_META_CONTEXT => {
-                            let mut p = Payload::new(&r.data, "an NBD_REP_META_CONTEXT reply");
-                            let id = p.u32()?;
-                            let name = p.rest_string()?;
-                            if !contexts.contains(&name) {
-                                return Err(Error::Protocol(format!(
-                                    "the server selected context {name:?}, which was not asked for"
-                                )));
-                            }
-                            selected.push((id, name));
-                            if selected.len() > contexts.len() {
-                                return Err(Error::Protocol(
-                                    "more contexts selected than asked for".into(),
-                                ));
-                            }
-                        }
-                        proto::REP_ACK => break,
-                        // Contexts are a hint: a server that cannot select them gives none.
-                        e if e & proto::REP_FLAG_ERROR != 0 => {
-                            selected.clear();
-                            break;
-                        }
-                        other => {
-                            return Err(Error::Protocol(format!(
-                                "reply type {other} to NBD_OPT_SET_META_CONTEXT"
-                            )));
-                        }
-                    }
-                }
+                selected = set_meta_contexts(s, export, contexts)?;
             }
         }
-        let info = if fixed { Self::go(s, export)? } else { None };
-        let info = match info {
+        let info = match if fixed { Self::go(s, export)? } else { None } {
             Some(i) => i,
-            None => {
-                // An old server: NBD_OPT_EXPORT_NAME, which has no error reply (an unknown
-                // export closes the connection).
-                wire::write_option(s, proto::OPT_EXPORT_NAME, export.as_bytes())?;
-                let size =
-                    wire::read_u64(s, "the export's size (the server may not know the export)")?;
-                let flags = wire::read_u16(s, "the export's flags")?;
-                if !no_zeroes {
-                    wire::discard(s, proto::EXPORT_NAME_PADDING as u64, "the zero padding")?;
-                }
-                ExportInfo {
-                    name: export.to_owned(),
-                    size,
-                    flags,
-                    block: BlockSize::default(),
-                    description: None,
-                }
-            }
+            None => export_name(s, export, no_zeroes)?,
         };
         if info.block.maximum == 0
             || info.block.minimum == 0
@@ -295,4 +230,87 @@ impl Client {
         }
         Err(Error::Protocol("too many replies to NBD_OPT_GO".into()))
     }
+}
+
+/// `NBD_OPT_STARTTLS`: the stream becomes a TLS session (a server that does not speak fixed
+/// newstyle cannot start one).
+fn start_tls(
+    mut stream: Box<dyn Stream>,
+    fixed: bool,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    name: &str,
+) -> Result<Box<dyn Stream>> {
+    if !fixed {
+        return Err(Error::Usage(
+            "the server does not speak fixed newstyle, so it cannot start TLS".into(),
+        ));
+    }
+    wire::write_option(&mut *stream, proto::OPT_STARTTLS, &[])?;
+    let r = option_reply(&mut *stream, proto::OPT_STARTTLS)?;
+    if r.reply != proto::REP_ACK {
+        return Err(refused("NBD_OPT_STARTTLS", &r));
+    }
+    crate::tls::connect(config, name, stream)
+}
+
+/// `NBD_OPT_SET_META_CONTEXT`: the contexts the server selected, each one asked for (a server
+/// that cannot select them gives none: contexts are a hint).
+fn set_meta_contexts(
+    s: &mut dyn Stream,
+    export: &str,
+    contexts: &[String],
+) -> Result<Vec<(u32, String)>> {
+    let queries: Vec<&str> = contexts.iter().map(String::as_str).collect();
+    wire::write_option(
+        s,
+        proto::OPT_SET_META_CONTEXT,
+        &wire::encode_meta_context(export, &queries),
+    )?;
+    let mut selected = Vec::new();
+    loop {
+        let r = option_reply(s, proto::OPT_SET_META_CONTEXT)?;
+        match r.reply {
+            proto::REP_META_CONTEXT => {
+                let mut p = Payload::new(&r.data, "an NBD_REP_META_CONTEXT reply");
+                let id = p.u32()?;
+                let name = p.rest_string()?;
+                if !contexts.contains(&name) {
+                    return Err(Error::Protocol(format!(
+                        "the server selected context {name:?}, which was not asked for"
+                    )));
+                }
+                selected.push((id, name));
+                if selected.len() > contexts.len() {
+                    return Err(Error::Protocol(
+                        "more contexts selected than asked for".into(),
+                    ));
+                }
+            }
+            proto::REP_ACK => return Ok(selected),
+            e if e & proto::REP_FLAG_ERROR != 0 => return Ok(Vec::new()),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "reply type {other} to NBD_OPT_SET_META_CONTEXT"
+                )));
+            }
+        }
+    }
+}
+
+/// `NBD_OPT_EXPORT_NAME`, for an old server: it has no error reply (an unknown export closes
+/// the connection).
+fn export_name(s: &mut dyn Stream, export: &str, no_zeroes: bool) -> Result<ExportInfo> {
+    wire::write_option(s, proto::OPT_EXPORT_NAME, export.as_bytes())?;
+    let size = wire::read_u64(s, "the export's size (the server may not know the export)")?;
+    let flags = wire::read_u16(s, "the export's flags")?;
+    if !no_zeroes {
+        wire::discard(s, proto::EXPORT_NAME_PADDING as u64, "the zero padding")?;
+    }
+    Ok(ExportInfo {
+        name: export.to_owned(),
+        size,
+        flags,
+        block: BlockSize::default(),
+        description: None,
+    })
 }

@@ -110,99 +110,18 @@ impl Client {
 
     /// Reads one structured chunk of `length` payload bytes into `p`.
     pub(super) fn chunk(&mut self, p: &mut Pending, kind: u16, length: u32) -> Result<()> {
-        let s = &mut *self.stream;
         match kind {
-            proto::REPLY_TYPE_NONE => {
-                if length != 0 {
-                    return Err(Error::Protocol(format!(
-                        "an NBD_REPLY_TYPE_NONE chunk of {length} bytes"
-                    )));
-                }
-            }
+            proto::REPLY_TYPE_NONE if length != 0 => Err(Error::Protocol(format!(
+                "an NBD_REPLY_TYPE_NONE chunk of {length} bytes"
+            ))),
+            proto::REPLY_TYPE_NONE => Ok(()),
             proto::REPLY_TYPE_OFFSET_DATA | proto::REPLY_TYPE_OFFSET_HOLE => {
-                if p.command != proto::CMD_READ {
-                    return Err(Error::Protocol(
-                        "read data in the reply to another command".into(),
-                    ));
-                }
-                let (offset, len) = if kind == proto::REPLY_TYPE_OFFSET_DATA {
-                    if length < 9 || length - 8 > p.length {
-                        return Err(Error::Protocol(format!(
-                            "a data chunk of {length} bytes for a read of {}",
-                            p.length
-                        )));
-                    }
-                    (
-                        wire::read_u64(s, "a data chunk's offset")?,
-                        u64::from(length - 8),
-                    )
-                } else {
-                    if length != 12 {
-                        return Err(Error::Protocol(format!(
-                            "a hole chunk of {length} bytes, not 12"
-                        )));
-                    }
-                    let o = wire::read_u64(s, "a hole chunk's offset")?;
-                    let n = wire::read_u32(s, "a hole chunk's size")?;
-                    if n == 0 {
-                        return Err(Error::Protocol("a hole chunk of size 0".into()));
-                    }
-                    (o, u64::from(n))
-                };
-                let start = offset
-                    .checked_sub(p.offset)
-                    .filter(|s| s.checked_add(len).is_some_and(|e| e <= u64::from(p.length)));
-                let Some(start) = start else {
-                    return Err(Error::Protocol(format!(
-                        "a chunk of {len} bytes at offset {offset}, outside the read of {} bytes at {}",
-                        p.length, p.offset
-                    )));
-                };
-                let end = start + len;
-                let before = p.covered.range(..end).next_back();
-                if before.is_some_and(|(_, &e)| e > start) {
-                    return Err(Error::Protocol(format!(
-                        "a chunk at offset {offset} overlaps an earlier one of the same read"
-                    )));
-                }
-                p.covered.insert(start, end);
-                p.covered_bytes += len;
-                let dst = &mut p.data[start as usize..end as usize];
-                if kind == proto::REPLY_TYPE_OFFSET_DATA {
-                    s.read_exact(dst)
-                        .map_err(Error::io("reading a read's data"))?;
-                } else {
-                    dst.fill(0);
-                }
+                self.read_chunk(p, kind, length)
             }
-            proto::REPLY_TYPE_BLOCK_STATUS => {
-                if p.command != proto::CMD_BLOCK_STATUS {
-                    return Err(Error::Protocol(
-                        "block status in the reply to another command".into(),
-                    ));
-                }
-                let bytes = wire::read_vec(
-                    s,
-                    u64::from(length),
-                    u64::from(MAX_BLOCK_STATUS_CHUNK),
-                    "a block status chunk",
-                )?;
-                let (id, extents) = wire::parse_block_status(&bytes)?;
-                if p.status.iter().any(|(i, _)| *i == id) {
-                    return Err(Error::Protocol(format!(
-                        "two block status chunks for context id {id}"
-                    )));
-                }
-                if p.status.len() >= self.contexts.len().max(1) {
-                    return Err(Error::Protocol(
-                        "more block status chunks than contexts".into(),
-                    ));
-                }
-                p.status.push((id, extents));
-            }
+            proto::REPLY_TYPE_BLOCK_STATUS => self.block_status_chunk(p, length),
             k if k & proto::REPLY_TYPE_FLAG_ERROR != 0 => {
                 let bytes = wire::read_vec(
-                    s,
+                    &mut *self.stream,
                     u64::from(length),
                     (proto::MAX_STRING + 14) as u64,
                     "an error chunk",
@@ -211,13 +130,100 @@ impl Client {
                 if p.error.is_none() {
                     p.error = Some(request_error(p, errno, message, offset));
                 }
+                Ok(())
             }
-            other => {
+            other => Err(Error::Protocol(format!(
+                "a structured reply chunk of unknown type {other}"
+            ))),
+        }
+    }
+
+    /// `NBD_REPLY_TYPE_OFFSET_DATA` or `_OFFSET_HOLE`: inside the read, overlapping no earlier
+    /// chunk of it.
+    fn read_chunk(&mut self, p: &mut Pending, kind: u16, length: u32) -> Result<()> {
+        let s = &mut *self.stream;
+        if p.command != proto::CMD_READ {
+            return Err(Error::Protocol(
+                "read data in the reply to another command".into(),
+            ));
+        }
+        let (offset, len) = if kind == proto::REPLY_TYPE_OFFSET_DATA {
+            if length < 9 || length - 8 > p.length {
                 return Err(Error::Protocol(format!(
-                    "a structured reply chunk of unknown type {other}"
+                    "a data chunk of {length} bytes for a read of {}",
+                    p.length
                 )));
             }
+            (
+                wire::read_u64(s, "a data chunk's offset")?,
+                u64::from(length - 8),
+            )
+        } else {
+            if length != 12 {
+                return Err(Error::Protocol(format!(
+                    "a hole chunk of {length} bytes, not 12"
+                )));
+            }
+            let o = wire::read_u64(s, "a hole chunk's offset")?;
+            let n = wire::read_u32(s, "a hole chunk's size")?;
+            if n == 0 {
+                return Err(Error::Protocol("a hole chunk of size 0".into()));
+            }
+            (o, u64::from(n))
+        };
+        let start = offset
+            .checked_sub(p.offset)
+            .filter(|s| s.checked_add(len).is_some_and(|e| e <= u64::from(p.length)));
+        let Some(start) = start else {
+            return Err(Error::Protocol(format!(
+                "a chunk of {len} bytes at offset {offset}, outside the read of {} bytes at {}",
+                p.length, p.offset
+            )));
+        };
+        let end = start + len;
+        let before = p.covered.range(..end).next_back();
+        if before.is_some_and(|(_, &e)| e > start) {
+            return Err(Error::Protocol(format!(
+                "a chunk at offset {offset} overlaps an earlier one of the same read"
+            )));
         }
+        p.covered.insert(start, end);
+        p.covered_bytes += len;
+        let dst = &mut p.data[start as usize..end as usize];
+        if kind == proto::REPLY_TYPE_OFFSET_DATA {
+            s.read_exact(dst)
+                .map_err(Error::io("reading a read's data"))?;
+        } else {
+            dst.fill(0);
+        }
+        Ok(())
+    }
+
+    /// `NBD_REPLY_TYPE_BLOCK_STATUS`: one per context selected.
+    fn block_status_chunk(&mut self, p: &mut Pending, length: u32) -> Result<()> {
+        if p.command != proto::CMD_BLOCK_STATUS {
+            return Err(Error::Protocol(
+                "block status in the reply to another command".into(),
+            ));
+        }
+        let bytes = wire::read_vec(
+            &mut *self.stream,
+            u64::from(length),
+            u64::from(MAX_BLOCK_STATUS_CHUNK),
+            "a block status chunk",
+        )?;
+        let (id, extents) = wire::parse_block_status(&bytes)?;
+        if p.status.iter().any(|(i, _)| *i == id) {
+            return Err(Error::Protocol(format!(
+                "two block status chunks for context id {id}"
+            )));
+        }
+        if p.status.len() >= self.contexts.len().max(1) {
+            return Err(Error::Protocol(
+                "more block status chunks than contexts".into(),
+            ));
+        }
+        p.status.push((id, extents));
         Ok(())
     }
 }
