@@ -373,34 +373,18 @@ fn main() {
         .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
     let cli = match parsed {
         Ok(cli) => cli,
-        Err(e) if json && e.use_stderr() => {
-            let code = e.exit_code();
-            let text = e.render().to_string();
-            // The message is the first paragraph (the usage and the hint follow).
-            let first = text.split("\n\n").next().unwrap_or_default();
-            let first = first.split_whitespace().collect::<Vec<_>>().join(" ");
-            let _ = print_json(&serde_json::json!({
-                "error": first.trim_start_matches("error: "),
-                "kind": "usage",
-                "exit_status": code,
-                "detail": text.trim_end(),
-            }));
-            std::process::exit(code);
-        }
-        Err(e) => {
-            // A missing store is the commonest first mistake: name both ways to give it.
-            let hint = e.kind() == clap::error::ErrorKind::MissingRequiredArgument
-                && e.to_string().contains("--store");
-            let code = e.exit_code();
-            let _ = e.print();
-            if hint {
-                eprintln!("hint: give the store as --store PATH, or set CAIRN_STORE=PATH");
-            }
-            std::process::exit(code);
-        }
+        Err(e) => exit_on_a_parse_error(&e, json),
     };
     QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
-    let result = match cli.command {
+    match run(cli.command) {
+        Ok(code) => std::process::exit(code),
+        Err(err) => exit_on_an_error(&err, json),
+    }
+}
+
+/// Runs one command; its exit status.
+fn run(asked: Command) -> anyhow::Result<i32> {
+    match asked {
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut command(), "cairn", &mut std::io::stdout());
             Ok(0)
@@ -433,37 +417,64 @@ fn main() {
         Command::Verify(a) => verify_cmd::verify(&a),
         Command::Policy(cmd) => policy_cmd::policy(&cmd),
         Command::Vhd(cmd) => vhd_cmd::run(cmd),
-    };
-    match result {
-        Ok(code) => std::process::exit(code),
-        Err(err) => {
-            let mut shown = err.to_string();
-            // Library errors often repeat their source in their own text: show a cause only
-            // when it adds something.
-            let mut causes = Vec::new();
-            for cause in err.chain().skip(1) {
-                let text = cause.to_string();
-                if !shown.contains(&text) {
-                    causes.push(text.clone());
-                    shown = text;
-                }
-            }
-            let kind = error_kind(&err);
-            let code = if kind == "usage" { USAGE } else { 1 };
-            if json {
-                let _ = print_json(&serde_json::json!({
-                    "error": err.to_string(),
-                    "causes": causes,
-                    "kind": kind,
-                    "exit_status": code,
-                }));
-            } else {
-                eprintln!("cairn: error: {err}");
-                for c in &causes {
-                    eprintln!("  caused by: {c}");
-                }
-            }
-            std::process::exit(code);
+    }
+}
+
+/// What was typed does not parse: clap's message (under `--json`, as a JSON error document),
+/// with a hint for the commonest first mistake, and clap's exit status.
+fn exit_on_a_parse_error(e: &clap::Error, json: bool) -> ! {
+    let code = e.exit_code();
+    if json && e.use_stderr() {
+        let text = e.render().to_string();
+        // The message is the first paragraph (the usage and the hint follow).
+        let first = text.split("\n\n").next().unwrap_or_default();
+        let first = first.split_whitespace().collect::<Vec<_>>().join(" ");
+        let _ = print_json(&serde_json::json!({
+            "error": first.trim_start_matches("error: "),
+            "kind": "usage",
+            "exit_status": code,
+            "detail": text.trim_end(),
+        }));
+        std::process::exit(code);
+    }
+    // A missing store is the commonest first mistake: name both ways to give it.
+    let hint = e.kind() == clap::error::ErrorKind::MissingRequiredArgument
+        && e.to_string().contains("--store");
+    let _ = e.print();
+    if hint {
+        eprintln!("hint: give the store as --store PATH, or set CAIRN_STORE=PATH");
+    }
+    std::process::exit(code);
+}
+
+/// A command failed: the error and the causes that add something (under `--json`, as a JSON
+/// document on stdout), and the exit status of its kind.
+fn exit_on_an_error(err: &anyhow::Error, json: bool) -> ! {
+    let mut shown = err.to_string();
+    // Library errors often repeat their source in their own text: show a cause only when it
+    // adds something.
+    let mut causes = Vec::new();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            causes.push(text.clone());
+            shown = text;
         }
     }
+    let kind = error_kind(err);
+    let code = if kind == "usage" { USAGE } else { 1 };
+    if json {
+        let _ = print_json(&serde_json::json!({
+            "error": err.to_string(),
+            "causes": causes,
+            "kind": kind,
+            "exit_status": code,
+        }));
+    } else {
+        eprintln!("cairn: error: {err}");
+        for c in &causes {
+            eprintln!("  caused by: {c}");
+        }
+    }
+    std::process::exit(code);
 }

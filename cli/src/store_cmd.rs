@@ -399,21 +399,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 pub fn repair(a: &RepairArgs) -> Result<i32> {
     let root = &a.store.store;
     if a.rebuild_config {
-        let (cfg, source) = Store::rebuild_config(root, a.timezone.as_deref())?;
-        if a.json {
-            crate::print_json(
-                &json!({ "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "timezone": cfg.timezone, "source": source }),
-            )?;
-        } else {
-            println!(
-                "wrote {} (store {}, chunk size {}, time zone {}) from {source}",
-                root.join(cairn_store::config::CONFIG_FILE).display(),
-                cfg.store_id,
-                human_bytes(u64::from(cfg.chunk_size)),
-                cfg.timezone
-            );
-        }
-        return Ok(0);
+        return rebuild_config(a);
     }
     if let Some(packs) = a.packs.config() {
         if root.join(cairn_store::config::CONFIG_FILE).exists() {
@@ -444,47 +430,72 @@ pub fn repair(a: &RepairArgs) -> Result<i32> {
             &json!({ "packs": r.packs, "chunks": r.chunks, "points": r.points, "points_left_out": r.points_left_out, "duplicates": r.duplicates, "recovered": r.recovered, "quarantined": r.quarantined, "problems": r.problems, "old_index": r.old_index }),
         )?;
     } else {
-        println!(
-            "rebuilt the index: {}, {}, {}",
-            crate::words::count(r.packs, "pack"),
-            crate::words::count(r.chunks, "chunk"),
-            crate::words::count(r.points, "recovery point")
-        );
-        if r.duplicates > 0 {
-            println!(
-                "{} found twice: the copy that reads back as its id is indexed, the other is \
-                 garbage for `cairn gc`",
-                crate::words::count(r.duplicates, "chunk")
-            );
-        }
-        for p in &r.problems {
-            println!("note: {p}");
-        }
-        if r.points_left_out > 0 {
-            println!(
-                "{} left out of the index: their root files cannot be read (named above)",
-                count(r.points_left_out, "point")
-            );
-        }
-        if let Some(old) = &r.old_index {
-            println!(
-                "the old index is kept as {} ({}): nothing removes it; remove it once `cairn \
-                 verify` is clean",
-                old.display(),
-                human_bytes(dir_bytes(old))
-            );
-        }
-        for q in &r.quarantined {
-            println!("quarantined {q}");
-        }
-        if !r.quarantined.is_empty() {
-            println!(
-                "quarantined packs hold bytes that could not be read: `cairn gc` keeps them whole \
-                 (a copy put back, then `cairn repair --rebuild-index`, may bring their chunks \
-                 back); `cairn verify` names what is missing; `cairn gc --drop-quarantined` lets \
-                 them go"
-            );
-        }
+        say_rebuilt(&r);
     }
     Ok(0)
+}
+
+/// `repair --rebuild-config`: the store's config written again from its copies.
+fn rebuild_config(a: &RepairArgs) -> Result<i32> {
+    let root = &a.store.store;
+    let (cfg, source) = Store::rebuild_config(root, a.timezone.as_deref())?;
+    if a.json {
+        crate::print_json(
+            &json!({ "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "timezone": cfg.timezone, "source": source }),
+        )?;
+    } else {
+        println!(
+            "wrote {} (store {}, chunk size {}, time zone {}) from {source}",
+            root.join(cairn_store::config::CONFIG_FILE).display(),
+            cfg.store_id,
+            human_bytes(u64::from(cfg.chunk_size)),
+            cfg.timezone
+        );
+    }
+    Ok(0)
+}
+
+/// What a rebuild of the index did and found, and what to do about it.
+fn say_rebuilt(r: &cairn_store::RebuildReport) {
+    println!(
+        "rebuilt the index: {}, {}, {}",
+        crate::words::count(r.packs, "pack"),
+        crate::words::count(r.chunks, "chunk"),
+        crate::words::count(r.points, "recovery point")
+    );
+    if r.duplicates > 0 {
+        println!(
+            "{} found twice: the copy that reads back as its id is indexed, the other is \
+             garbage for `cairn gc`",
+            crate::words::count(r.duplicates, "chunk")
+        );
+    }
+    for p in &r.problems {
+        println!("note: {p}");
+    }
+    if r.points_left_out > 0 {
+        println!(
+            "{} left out of the index: their root files cannot be read (named above)",
+            count(r.points_left_out, "point")
+        );
+    }
+    if let Some(old) = &r.old_index {
+        println!(
+            "the old index is kept as {} ({}): nothing removes it; remove it once `cairn \
+             verify` is clean",
+            old.display(),
+            human_bytes(dir_bytes(old))
+        );
+    }
+    for q in &r.quarantined {
+        println!("quarantined {q}");
+    }
+    if !r.quarantined.is_empty() {
+        println!(
+            "quarantined packs hold bytes that could not be read: `cairn gc` keeps them whole \
+             (a copy put back, then `cairn repair --rebuild-index`, may bring their chunks \
+             back); `cairn verify` names what is missing; `cairn gc --drop-quarantined` lets \
+             them go"
+        );
+    }
 }

@@ -348,66 +348,75 @@ pub fn replicate(
         )))
     };
     match to {
-        Destination::Folder(path) => {
-            let dst = if options.dry_run {
-                Store::open(path, OpenMode::Read)?
-            } else {
-                Store::open(path, OpenMode::Write { wait: options.wait })?
-            };
-            check_size(dst.config().chunk_size)?;
-            let forgotten = dst.forgotten_ids()?;
-            let held = |id: &str| -> Result<bool> { Ok(dst.point_by_id(id)?.is_some()) };
-            let sent = std::rc::Rc::default();
-            copy_all(
-                src.read(),
-                &forgotten,
-                &held,
-                options,
-                progress,
-                &mut |_| {
-                    if options.dry_run {
-                        return Ok(Box::new(DryRun {
-                            probe: Box::new(FolderProbe { dst: &dst }),
-                            sent: std::rc::Rc::clone(&sent),
-                        }));
-                    }
-                    // A replica copies a store's history as it is, renamed VMs included.
-                    let mut session = dst.session()?;
-                    session.allow_adopt();
-                    Ok(Box::new(IntoFolder {
-                        dst: FolderProbe { dst: &dst },
-                        session,
-                        staged: Vec::new(),
-                    }))
-                },
-            )
-        }
+        Destination::Folder(path) => into_folder(src.read(), path, options, progress, &check_size),
         Destination::Server(remote) => {
-            check_size(remote.config().chunk_size)?;
-            let forgotten = remote.forgotten()?;
-            let there: HashSet<cairn_store::PointId> =
-                remote.points()?.into_iter().map(|p| p.id).collect();
-            let held = |id: &str| -> Result<bool> { Ok(there.contains(id)) };
-            let sent = std::rc::Rc::default();
-            copy_all(
-                src.read(),
-                &forgotten,
-                &held,
-                options,
-                progress,
-                &mut |group| {
-                    let upload = open_upload(remote, group, options)?;
-                    if options.dry_run {
-                        return Ok(Box::new(DryRun {
-                            probe: upload,
-                            sent: std::rc::Rc::clone(&sent),
-                        }));
-                    }
-                    Ok(upload)
-                },
-            )
+            into_server(src.read(), remote, options, progress, &check_size)
         }
     }
+}
+
+/// The type of the chunk-size check both destinations make.
+type CheckSize<'c> = dyn Fn(u32) -> Result<()> + 'c;
+
+/// Copies into a store folder: a session of its own (a dry run asks it what it lacks).
+fn into_folder(
+    src: &dyn StoreRead,
+    path: &std::path::Path,
+    options: &Options,
+    progress: &dyn Fn(usize, usize, &RecoveryPoint),
+    check_size: &CheckSize<'_>,
+) -> Result<Report> {
+    let dst = if options.dry_run {
+        Store::open(path, OpenMode::Read)?
+    } else {
+        Store::open(path, OpenMode::Write { wait: options.wait })?
+    };
+    check_size(dst.config().chunk_size)?;
+    let forgotten = dst.forgotten_ids()?;
+    let held = |id: &str| -> Result<bool> { Ok(dst.point_by_id(id)?.is_some()) };
+    let sent = std::rc::Rc::default();
+    copy_all(src, &forgotten, &held, options, progress, &mut |_| {
+        if options.dry_run {
+            return Ok(Box::new(DryRun {
+                probe: Box::new(FolderProbe { dst: &dst }),
+                sent: std::rc::Rc::clone(&sent),
+            }));
+        }
+        // A replica copies a store's history as it is, renamed VMs included.
+        let mut session = dst.session()?;
+        session.allow_adopt();
+        Ok(Box::new(IntoFolder {
+            dst: FolderProbe { dst: &dst },
+            session,
+            staged: Vec::new(),
+        }))
+    })
+}
+
+/// Copies through a server: an upload session per group (a dry run asks the server what it
+/// lacks).
+fn into_server(
+    src: &dyn StoreRead,
+    remote: &Arc<cairn_remote::Remote>,
+    options: &Options,
+    progress: &dyn Fn(usize, usize, &RecoveryPoint),
+    check_size: &CheckSize<'_>,
+) -> Result<Report> {
+    check_size(remote.config().chunk_size)?;
+    let forgotten = remote.forgotten()?;
+    let there: HashSet<cairn_store::PointId> = remote.points()?.into_iter().map(|p| p.id).collect();
+    let held = |id: &str| -> Result<bool> { Ok(there.contains(id)) };
+    let sent = std::rc::Rc::default();
+    copy_all(src, &forgotten, &held, options, progress, &mut |group| {
+        let upload = open_upload(remote, group, options)?;
+        if options.dry_run {
+            return Ok(Box::new(DryRun {
+                probe: upload,
+                sent: std::rc::Rc::clone(&sent),
+            }));
+        }
+        Ok(upload)
+    })
 }
 
 /// Into a server: one session for the points of a run.

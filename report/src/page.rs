@@ -608,23 +608,7 @@ fn vm_sections(h: &mut String, doc: &Value, options: &PageOptions) {
                 Kind::Bytes
             ),
         );
-        if let Some(r) = vm["retention"].as_object() {
-            let rules = r.get("rules").and_then(Value::as_object);
-            let list: Vec<String> = rules
-                .into_iter()
-                .flatten()
-                .filter(|(_, n)| u(n) > 0)
-                .map(|(k, n)| format!("keep-{k} {n}"))
-                .collect();
-            let _ = write!(
-                h,
-                " Last pruned {} with {}.",
-                esc(r.get("time").map_or("", s)),
-                esc(&list.join(", "))
-            );
-        } else {
-            h.push_str(" Never pruned: every point stays until a prune.");
-        }
+        retention_line(h, vm);
         h.push_str("</p>");
         vm_chart(h, &mine);
         h.push_str(
@@ -633,52 +617,84 @@ fn vm_sections(h: &mut String, doc: &Value, options: &PageOptions) {
         );
         let listed = mine.len().saturating_sub(options.points_per_vm);
         for (k, p) in mine.iter().skip(listed).rev() {
-            let f = |f: &str| format!("points[{k}].{f}");
-            let mut flags = String::new();
-            if p["key"].as_bool() == Some(true) {
-                flags.push_str("<span class=\"flag key\">key</span>");
-            }
-            if p["protected"].as_bool() == Some(true) {
-                flags.push_str("<span class=\"flag prot\">protected</span>");
-            }
-            let kept = match p["kept_by"].as_str() {
-                Some("none") => "<span class=\"bad\">the next prune</span>".to_owned(),
-                Some(r) => esc(r),
-                None => "<span class=\"na\">–</span>".to_owned(),
-            };
-            let _ = write!(
-                h,
-                "<tr><td title=\"{}\">{} {flags}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{kept}</td></tr>",
-                esc(s(&p["id"])),
-                esc(s(&p["time"])),
-                esc(s(&p["disk"])),
-                num(&f("new_stored_bytes"), &p["new_stored_bytes"], Kind::Bytes),
-                num(
-                    &f("unique_stored_bytes"),
-                    &p["unique_stored_bytes"],
-                    Kind::Bytes
-                ),
-                num(&f("allocated_bytes"), &p["allocated_bytes"], Kind::Bytes),
-                num(&f("logical_bytes"), &p["logical_bytes"], Kind::Bytes),
-            );
+            point_row(h, *k, p);
         }
         h.push_str("</tbody></table></div>");
-        if listed > 0 && options.vm_pages {
-            let _ = write!(
-                h,
-                "<p class=\"note\">{listed} older points are not listed (the chart shows them): \
-                 <a href=\"vm/{}\">this VM's page</a> lists every point.</p>",
-                url_piece(s(&vm["vm"]))
-            );
-        } else if listed > 0 {
-            let _ = write!(
-                h,
-                "<p class=\"note\">{listed} older points are not listed (the chart shows them): \
-                 <code>cairn report --html FILE --vm {}</code> lists every point of this VM.</p>",
-                esc(s(&vm["vm"]))
-            );
-        }
+        older_points_note(h, vm, listed, options);
         h.push_str("<p class=\"note\">“new”: what the point's backup added to the store; “frees”: what deleting it alone frees; “kept by”: the rule of the VM's last prune that keeps it.</p></section>");
+    }
+}
+
+/// When the VM was last pruned and with which rules.
+fn retention_line(h: &mut String, vm: &Value) {
+    if let Some(r) = vm["retention"].as_object() {
+        let rules = r.get("rules").and_then(Value::as_object);
+        let list: Vec<String> = rules
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| u(n) > 0)
+            .map(|(k, n)| format!("keep-{k} {n}"))
+            .collect();
+        let _ = write!(
+            h,
+            " Last pruned {} with {}.",
+            esc(r.get("time").map_or("", s)),
+            esc(&list.join(", "))
+        );
+    } else {
+        h.push_str(" Never pruned: every point stays until a prune.");
+    }
+}
+
+/// One point's row: its time and flags, disk, new, frees, data, disk size and the rule that
+/// keeps it (`k`: its index in the document's points).
+fn point_row(h: &mut String, k: usize, p: &Value) {
+    let f = |f: &str| format!("points[{k}].{f}");
+    let mut flags = String::new();
+    if p["key"].as_bool() == Some(true) {
+        flags.push_str("<span class=\"flag key\">key</span>");
+    }
+    if p["protected"].as_bool() == Some(true) {
+        flags.push_str("<span class=\"flag prot\">protected</span>");
+    }
+    let kept = match p["kept_by"].as_str() {
+        Some("none") => "<span class=\"bad\">the next prune</span>".to_owned(),
+        Some(r) => esc(r),
+        None => "<span class=\"na\">–</span>".to_owned(),
+    };
+    let _ = write!(
+        h,
+        "<tr><td title=\"{}\">{} {flags}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{kept}</td></tr>",
+        esc(s(&p["id"])),
+        esc(s(&p["time"])),
+        esc(s(&p["disk"])),
+        num(&f("new_stored_bytes"), &p["new_stored_bytes"], Kind::Bytes),
+        num(
+            &f("unique_stored_bytes"),
+            &p["unique_stored_bytes"],
+            Kind::Bytes
+        ),
+        num(&f("allocated_bytes"), &p["allocated_bytes"], Kind::Bytes),
+        num(&f("logical_bytes"), &p["logical_bytes"], Kind::Bytes),
+    );
+}
+
+/// Says how many older points are not listed, and where they are.
+fn older_points_note(h: &mut String, vm: &Value, listed: usize, options: &PageOptions) {
+    if listed > 0 && options.vm_pages {
+        let _ = write!(
+            h,
+            "<p class=\"note\">{listed} older points are not listed (the chart shows them): \
+         <a href=\"vm/{}\">this VM's page</a> lists every point.</p>",
+            url_piece(s(&vm["vm"]))
+        );
+    } else if listed > 0 {
+        let _ = write!(
+            h,
+            "<p class=\"note\">{listed} older points are not listed (the chart shows them): \
+         <code>cairn report --html FILE --vm {}</code> lists every point of this VM.</p>",
+            esc(s(&vm["vm"]))
+        );
     }
 }
 

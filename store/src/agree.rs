@@ -20,6 +20,16 @@ use crate::index::{CF_POINTS, to_json};
 use crate::point::RecoveryPoint;
 use crate::store::Store;
 
+/// What comparing root files and catalogue found.
+struct Found {
+    /// Root files the catalogue lacks.
+    orphans: Vec<RecoveryPoint>,
+    /// Catalogued points whose root file is gone (ids).
+    gone: Vec<String>,
+    /// Root files that cannot be read.
+    warnings: Vec<String>,
+}
+
 impl Store {
     /// Compares root files and catalogue; a writer (`settle`) publishes root files the
     /// catalogue lacks and writes again root files that are gone. Returns what it found.
@@ -27,6 +37,42 @@ impl Store {
     /// # Errors
     /// Index and I/O errors.
     pub(crate) fn reconcile(&self, settle: bool) -> Result<Vec<String>> {
+        let Found {
+            orphans,
+            gone,
+            mut warnings,
+        } = self.compare_catalogue()?;
+        if !settle {
+            // While a writer runs, its next root file may be ahead of its catalogue batch.
+            if !orphans.is_empty() && !crate::lock::writer_active(&self.root) {
+                warnings.push(format!(
+                    "{} root file(s) are not in the index (a writer was interrupted, or the \
+                     index lost its last commit); the next command that writes to the store \
+                     settles them",
+                    orphans.len()
+                ));
+            }
+            for id in &gone {
+                warnings.push(format!(
+                    "point {} is in the index but its root file is gone; the next command that \
+                     writes to the store writes it again",
+                    crate::point::short_id(id)
+                ));
+            }
+            // (An index whose pack entries cannot be read fails where they are needed.)
+            warnings.extend(self.lost_pack_warnings().unwrap_or_default());
+            return Ok(warnings);
+        }
+        if !orphans.is_empty() {
+            warnings.extend(self.publish_orphans(&orphans)?);
+        }
+        warnings.extend(self.write_gone_roots(&gone)?);
+        Ok(warnings)
+    }
+
+    /// The root files the catalogue lacks (read), the catalogued points whose root file is
+    /// gone, and the root files that cannot be read.
+    fn compare_catalogue(&self) -> Result<Found> {
         let cf = self.cf(CF_POINTS)?;
         let mut catalogued: HashSet<String> = HashSet::new();
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
@@ -57,66 +103,61 @@ impl Store {
                 )),
             }
         }
-        let gone: Vec<String> = catalogued.difference(&on_disk).cloned().collect();
-        if !settle {
-            // While a writer runs, its next root file may be ahead of its catalogue batch.
-            if !orphans.is_empty() && !crate::lock::writer_active(&self.root) {
+        let gone = catalogued.difference(&on_disk).cloned().collect();
+        Ok(Found {
+            orphans,
+            gone,
+            warnings,
+        })
+    }
+
+    /// Publishes root files the catalogue lacks, with their reference counts.
+    fn publish_orphans(&self, orphans: &[RecoveryPoint]) -> Result<Vec<String>> {
+        let cf = self.cf(CF_POINTS)?;
+        let entries = |batch: &mut WriteBatch| -> Result<()> {
+            for p in orphans {
+                batch.put_cf(cf, point_key(&p.id)?, to_json(p, "a catalogue entry")?);
+            }
+            Ok(())
+        };
+        let mut warnings = Vec::new();
+        let mut batch = WriteBatch::default();
+        entries(&mut batch)?;
+        let changes: Vec<(&RecoveryPoint, i64)> = orphans.iter().map(|p| (p, 1)).collect();
+        match self.count_refs(&mut batch, &changes) {
+            Ok(counted) => {
+                warnings.extend(counted);
+                self.write_synced(batch)?;
+            }
+            Err(e) => {
+                // A tree such a point names cannot be read (its root file was put back after a
+                // gc, say): published all the same, and every point counted afresh, as
+                // tolerant as any recount: the unreadable segments are marked missing (verify
+                // lists what they damage; a backup that writes one again heals it), and the
+                // store stays writable.
+                let mut batch = WriteBatch::default();
+                entries(&mut batch)?;
+                self.write_synced(batch)?;
+                self.recount()?;
                 warnings.push(format!(
-                    "{} root file(s) are not in the index (a writer was interrupted, or the \
-                     index lost its last commit); the next command that writes to the store \
-                     settles them",
+                    "{} root file(s) not in the index were published, but what they name \
+                     cannot all be read ({e}); the missing chunks are marked: `cairn verify` \
+                     lists the points they damage",
                     orphans.len()
                 ));
             }
-            for id in &gone {
-                warnings.push(format!(
-                    "point {} is in the index but its root file is gone; the next command that \
-                     writes to the store writes it again",
-                    crate::point::short_id(id)
-                ));
-            }
-            // (An index whose pack entries cannot be read fails where they are needed.)
-            warnings.extend(self.lost_pack_warnings().unwrap_or_default());
-            return Ok(warnings);
         }
-        if !orphans.is_empty() {
-            let entries = |batch: &mut WriteBatch| -> Result<()> {
-                for p in &orphans {
-                    batch.put_cf(cf, point_key(&p.id)?, to_json(p, "a catalogue entry")?);
-                }
-                Ok(())
-            };
-            let mut batch = WriteBatch::default();
-            entries(&mut batch)?;
-            let changes: Vec<(&RecoveryPoint, i64)> = orphans.iter().map(|p| (p, 1)).collect();
-            match self.count_refs(&mut batch, &changes) {
-                Ok(counted) => {
-                    warnings.extend(counted);
-                    self.write_synced(batch)?;
-                }
-                Err(e) => {
-                    // A tree such a point names cannot be read (its root file was put back
-                    // after a gc, say): published all the same, and every point counted
-                    // afresh, as tolerant as any recount: the unreadable segments are marked
-                    // missing (verify lists what they damage; a backup that writes one again
-                    // heals it), and the store stays writable.
-                    let mut batch = WriteBatch::default();
-                    entries(&mut batch)?;
-                    self.write_synced(batch)?;
-                    self.recount()?;
-                    warnings.push(format!(
-                        "{} root file(s) not in the index were published, but what they name \
-                         cannot all be read ({e}); the missing chunks are marked: `cairn verify` \
-                         lists the points they damage",
-                        orphans.len()
-                    ));
-                }
-            }
-            // A forget killed after it noted its points as forgotten, before it removed their
-            // root files, is undone here: they are not forgotten (a replica receives them).
-            self.unforget(&orphans.iter().map(|p| p.id.to_string()).collect())?;
-        }
-        for id in &gone {
+        // A forget killed after it noted its points as forgotten, before it removed their root
+        // files, is undone here: they are not forgotten (a replica receives them).
+        self.unforget(&orphans.iter().map(|p| p.id.to_string()).collect())?;
+        Ok(warnings)
+    }
+
+    /// Writes again, from the index, the root files of catalogued points that are gone.
+    fn write_gone_roots(&self, gone: &[String]) -> Result<Vec<String>> {
+        let cf = self.cf(CF_POINTS)?;
+        let mut warnings = Vec::new();
+        for id in gone {
             let Some(bytes) = self
                 .db
                 .get_cf(cf, point_key(id)?)

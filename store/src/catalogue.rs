@@ -159,8 +159,39 @@ impl Store {
         let _commit = self.commit_lock()?;
         let mut unique = HashSet::new();
         let points: Vec<&RecoveryPoint> = points.iter().filter(|p| unique.insert(&p.id)).collect();
-        // The root file is the truth: a protect that died before its catalogue write left the
-        // protection there only.
+        self.refuse_kept(&points)?;
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(CF_POINTS)?;
+        for p in &points {
+            batch.delete_cf(cf, point_key(&p.id)?);
+        }
+        let changes: Vec<(&RecoveryPoint, i64)> = points.iter().map(|p| (*p, -1)).collect();
+        let before = self.garbage_len()?;
+        let warnings = self.count_refs(&mut batch, &changes)?;
+        self.write_synced(batch)?;
+        // Remembered, so that a replication into this store never brings them back. Written
+        // after the batch: a crash before it leaves points forgotten but not remembered, which
+        // only lets a later replication copy them again.
+        self.remember_forgotten(&points)?;
+        let after = self.garbage_len()?;
+        // The bucket's copies (a store in a bucket): a failure here leaves root files the next
+        // writer's open deletes (they are not in the catalogue).
+        self.put_forgotten()?;
+        for p in &points {
+            self.delete_root(&p.root_file())?;
+        }
+        self.remove_root_files(&points)?;
+        Ok(Forgotten {
+            points: points.into_iter().cloned().collect(),
+            chunks_unreferenced: after.saturating_sub(before),
+            warnings,
+        })
+    }
+
+    /// Refuses to forget a protected point (the root file is the truth: a protect that died
+    /// before its catalogue write left the protection there only) or one the minimum
+    /// retention holds (the catalogue's entry is the truth of when it was committed here).
+    fn refuse_kept(&self, points: &[&RecoveryPoint]) -> Result<()> {
         let now = chrono::Utc::now();
         let protected_on_disk = |p: &RecoveryPoint| {
             std::fs::read(self.root.join(p.root_file()))
@@ -186,8 +217,7 @@ impl Store {
                 p.disk
             )));
         }
-        // The catalogue's entry is the truth of when a point was committed here.
-        for p in &points {
+        for p in points {
             let committed = self
                 .point_by_id(&p.id)?
                 .map_or(p.committed, |stored| stored.committed);
@@ -204,28 +234,13 @@ impl Store {
                 })));
             }
         }
-        let mut batch = WriteBatch::default();
-        let cf = self.cf(CF_POINTS)?;
-        for p in &points {
-            batch.delete_cf(cf, point_key(&p.id)?);
-        }
-        let changes: Vec<(&RecoveryPoint, i64)> = points.iter().map(|p| (*p, -1)).collect();
-        let before = self.garbage_len()?;
-        let warnings = self.count_refs(&mut batch, &changes)?;
-        self.write_synced(batch)?;
-        // Remembered, so that a replication into this store never brings them back. Written
-        // after the batch: a crash before it leaves points forgotten but not remembered, which
-        // only lets a later replication copy them again.
-        self.remember_forgotten(&points)?;
-        let after = self.garbage_len()?;
-        // The bucket's copies (a store in a bucket): a failure here leaves root files the next
-        // writer's open deletes (they are not in the catalogue).
-        self.put_forgotten()?;
-        for p in &points {
-            self.delete_root(&p.root_file())?;
-        }
+        Ok(())
+    }
+
+    /// Removes the points' root files and syncs their folders.
+    fn remove_root_files(&self, points: &[&RecoveryPoint]) -> Result<()> {
         let mut dirs = HashSet::new();
-        for p in &points {
+        for p in points {
             let path = self.root.join(p.root_file());
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -239,11 +254,7 @@ impl Store {
         for d in dirs {
             crate::pack::sync_dir(&d)?;
         }
-        Ok(Forgotten {
-            points: points.into_iter().cloned().collect(),
-            chunks_unreferenced: after.saturating_sub(before),
-            warnings,
-        })
+        Ok(())
     }
 
     /// Takes `ids` off the forgotten list (points published again).

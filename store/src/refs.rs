@@ -131,6 +131,9 @@ impl<'s> Counter<'s> {
     }
 }
 
+/// Tree chunks that cannot be read, and why.
+type Unreadable = Vec<(ChunkId, String)>;
+
 impl Store {
     /// Reference counts of chunks (0 for a chunk nothing references).
     ///
@@ -271,8 +274,55 @@ impl Store {
     /// Index errors.
     pub fn recount(&self) -> Result<()> {
         self.require_writer()?;
+        let (counts, unreadable) = self.count_from_points()?;
+        // Frames that a fresh copy superseded (a heal, a rebuild that found a chunk twice) are
+        // garbage whatever the counts say: keep those entries.
+        let mut superseded = Vec::new();
+        for g in self.garbage()? {
+            let indexed = self.location(&g.id)?;
+            if indexed.is_some_and(|l| (l.pack, l.offset) != (g.pack, g.offset)) {
+                superseded.push(g);
+            }
+        }
+        let (refs_cf, garbage_cf) = (self.cf(CF_REFS)?, self.cf(CF_GARBAGE)?);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(refs_cf, &[][..], &[0xffu8; 33][..]);
+        batch.delete_range_cf(garbage_cf, &[][..], &[0xffu8; 25][..]);
+        for g in &superseded {
+            batch.put_cf(garbage_cf, garbage_key(g.pack, g.offset), g.id.0);
+        }
+        for (id, n) in &counts {
+            batch.put_cf(refs_cf, id.0, n.to_be_bytes());
+        }
+        self.count_unnamed(&mut batch, &counts, !unreadable.is_empty())?;
+        let bad_cf = self.cf(crate::index::CF_BAD)?;
+        let now = chrono::Utc::now().to_rfc3339();
+        for (seg, what) in &unreadable {
+            let mark = crate::index::BadMark {
+                what: format!("tree segment unreadable: {what}"),
+                location: None,
+                found: now.clone(),
+            };
+            batch.put_cf(
+                bad_cf,
+                seg.0,
+                crate::index::to_json(&mark, "a bad-chunk mark")?,
+            );
+        }
+        let state = if unreadable.is_empty() {
+            "1".to_owned()
+        } else {
+            let ids: Vec<String> = unreadable.iter().map(|(s, _)| s.to_hex()).collect();
+            format!("partial:{}", ids.join(","))
+        };
+        batch.put_cf(self.cf(CF_META)?, META_REFCOUNTS, state.as_bytes());
+        self.write_synced(batch)
+    }
+
+    /// The references of every chunk reachable from a point (each tree chunk opened once), and
+    /// the tree chunks that cannot be read.
+    fn count_from_points(&self) -> Result<(HashMap<ChunkId, u64>, Unreadable)> {
         let mut counts: HashMap<ChunkId, u64> = HashMap::new();
-        // Every tree chunk reachable from a point, each opened once.
         let mut visited: HashSet<ChunkId> = HashSet::new();
         let mut next: Vec<ChunkId> = Vec::new();
         for p in self.points()? {
@@ -300,25 +350,18 @@ impl Store {
                 Err(e) => unreadable.push((node, e.to_string())),
             }
         }
-        // Frames that a fresh copy superseded (a heal, a rebuild that found a chunk twice) are
-        // garbage whatever the counts say: keep those entries.
-        let mut superseded = Vec::new();
-        for g in self.garbage()? {
-            let indexed = self.location(&g.id)?;
-            if indexed.is_some_and(|l| (l.pack, l.offset) != (g.pack, g.offset)) {
-                superseded.push(g);
-            }
-        }
+        Ok((counts, unreadable))
+    }
+
+    /// Every indexed chunk no point names: garbage, or, when a tree chunk could not be read
+    /// (`held`: it may name them), held once and never garbage.
+    fn count_unnamed(
+        &self,
+        batch: &mut WriteBatch,
+        counts: &HashMap<ChunkId, u64>,
+        held: bool,
+    ) -> Result<()> {
         let (refs_cf, garbage_cf) = (self.cf(CF_REFS)?, self.cf(CF_GARBAGE)?);
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(refs_cf, &[][..], &[0xffu8; 33][..]);
-        batch.delete_range_cf(garbage_cf, &[][..], &[0xffu8; 25][..]);
-        for g in &superseded {
-            batch.put_cf(garbage_cf, garbage_key(g.pack, g.offset), g.id.0);
-        }
-        for (id, n) in &counts {
-            batch.put_cf(refs_cf, id.0, n.to_be_bytes());
-        }
         for item in self
             .db
             .iterator_cf(self.cf(CF_CHUNKS)?, IteratorMode::Start)
@@ -329,35 +372,13 @@ impl Store {
             if counts.contains_key(&ChunkId(id)) {
                 continue;
             }
-            if unreadable.is_empty() {
-                batch.put_cf(garbage_cf, garbage_key(loc.pack, loc.offset), id);
-            } else {
-                // Perhaps named by an unreadable segment: held, never garbage.
+            if held {
                 batch.put_cf(refs_cf, id, 1u64.to_be_bytes());
+            } else {
+                batch.put_cf(garbage_cf, garbage_key(loc.pack, loc.offset), id);
             }
         }
-        let bad_cf = self.cf(crate::index::CF_BAD)?;
-        let now = chrono::Utc::now().to_rfc3339();
-        for (seg, what) in &unreadable {
-            let mark = crate::index::BadMark {
-                what: format!("tree segment unreadable: {what}"),
-                location: None,
-                found: now.clone(),
-            };
-            batch.put_cf(
-                bad_cf,
-                seg.0,
-                crate::index::to_json(&mark, "a bad-chunk mark")?,
-            );
-        }
-        let state = if unreadable.is_empty() {
-            "1".to_owned()
-        } else {
-            let ids: Vec<String> = unreadable.iter().map(|(s, _)| s.to_hex()).collect();
-            format!("partial:{}", ids.join(","))
-        };
-        batch.put_cf(self.cf(CF_META)?, META_REFCOUNTS, state.as_bytes());
-        self.write_synced(batch)
+        Ok(())
     }
 
     /// Whether the counts were made while tree segments were unreadable and one of them can be

@@ -117,12 +117,70 @@ pub fn scan(path: &Path) -> Result<PackScan> {
         .metadata()
         .map_err(Error::io(path, "reading pack metadata"))?
         .len();
+    let (id, header_damage) = pack_identity(path, &file)?;
+    let mut out = PackScan {
+        id,
+        len,
+        header_damage,
+        ..PackScan::default()
+    };
+    let io = |e: std::io::Error| Error::io(path, "scanning a pack")(e);
+    let mut r = BufReader::with_capacity(1 << 16, &file);
+    let mut at = PACK_HEADER_SIZE.min(len);
+    r.seek(SeekFrom::Start(at)).map_err(io)?;
+    while at < len {
+        if len - at < FRAME_HEADER_SIZE {
+            out.gaps.push(Gap {
+                start: at,
+                end: len,
+                why: format!("{} bytes of a torn frame header at the end", len - at),
+            });
+            break;
+        }
+        let mut hb = [0u8; FRAME_HEADER_SIZE as usize];
+        r.read_exact(&mut hb).map_err(io)?;
+        match FrameHeader::decode(&hb) {
+            Ok(h) => {
+                let end = at + FRAME_HEADER_SIZE + u64::from(h.stored_len);
+                if end > len {
+                    out.gaps.push(Gap {
+                        start: at,
+                        end: len,
+                        why: format!(
+                            "a frame of {} bytes runs past the end of the pack ({} bytes are \
+                             there: a torn tail, or the pack was cut short)",
+                            h.stored_len,
+                            len - at - FRAME_HEADER_SIZE
+                        ),
+                    });
+                    break;
+                }
+                out.frames.push(ScannedFrame {
+                    offset: at,
+                    header: h,
+                });
+                r.seek(SeekFrom::Current(i64::from(h.stored_len)))
+                    .map_err(io)?;
+                at = end;
+            }
+            Err(why) => {
+                at = past_damage(&file, at, len, &why, &mut out).map_err(io)?;
+                r.seek(SeekFrom::Start(at)).map_err(io)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The pack's id (its name, or its header's when the name is not one) and what is wrong with
+/// its header.
+fn pack_identity(path: &Path, file: &File) -> Result<(PackId, Option<String>)> {
     let named = path
         .file_stem()
         .and_then(|s| s.to_str())
         .and_then(PackId::from_hex);
     let mut header = [0u8; PACK_HEADER_SIZE as usize];
-    let got = read_up_to(&file, &mut header, 0).map_err(Error::io(path, "scanning a pack"))?;
+    let got = read_up_to(file, &mut header, 0).map_err(Error::io(path, "scanning a pack"))?;
     let header_damage = if got < header.len() {
         Some(format!("{got} bytes, a pack header is {PACK_HEADER_SIZE}"))
     } else if header[0..8] != PACK_MAGIC {
@@ -147,73 +205,28 @@ pub fn scan(path: &Path) -> Result<PackScan> {
             });
         }
     };
-    let mut out = PackScan {
-        id,
-        len,
-        header_damage,
-        ..PackScan::default()
-    };
-    let mut r = BufReader::with_capacity(1 << 16, &file);
-    let mut at = PACK_HEADER_SIZE.min(len);
-    r.seek(SeekFrom::Start(at))
-        .map_err(Error::io(path, "scanning a pack"))?;
-    while at < len {
-        if len - at < FRAME_HEADER_SIZE {
-            out.gaps.push(Gap {
-                start: at,
-                end: len,
-                why: format!("{} bytes of a torn frame header at the end", len - at),
-            });
-            break;
-        }
-        let mut hb = [0u8; FRAME_HEADER_SIZE as usize];
-        r.read_exact(&mut hb)
-            .map_err(Error::io(path, "scanning a pack"))?;
-        match FrameHeader::decode(&hb) {
-            Ok(h) => {
-                let end = at + FRAME_HEADER_SIZE + u64::from(h.stored_len);
-                if end > len {
-                    out.gaps.push(Gap {
-                        start: at,
-                        end: len,
-                        why: format!(
-                            "a frame of {} bytes runs past the end of the pack ({} bytes are \
-                             there: a torn tail, or the pack was cut short)",
-                            h.stored_len,
-                            len - at - FRAME_HEADER_SIZE
-                        ),
-                    });
-                    break;
-                }
-                out.frames.push(ScannedFrame {
-                    offset: at,
-                    header: h,
-                });
-                r.seek(SeekFrom::Current(i64::from(h.stored_len)))
-                    .map_err(Error::io(path, "scanning a pack"))?;
-                at = end;
-            }
-            Err(why) => {
-                let next =
-                    next_frame(&file, at + 1, len).map_err(Error::io(path, "scanning a pack"))?;
-                let end = next.unwrap_or(len);
-                out.gaps.push(Gap {
-                    start: at,
-                    end,
-                    why: format!("damaged frame header ({why})"),
-                });
-                if let Some(chunk) =
-                    recover(&file, at, end).map_err(Error::io(path, "scanning a pack"))?
-                {
-                    out.recovered.push(Recovered { offset: at, chunk });
-                }
-                r.seek(SeekFrom::Start(end))
-                    .map_err(Error::io(path, "scanning a pack"))?;
-                at = end;
-            }
-        }
+    Ok((id, header_damage))
+}
+
+/// A damaged frame header at `at`: the gap to the next frame (or the end) is recorded, with
+/// the chunk read back from under it if one is; returns where scanning goes on.
+fn past_damage(
+    file: &File,
+    at: u64,
+    len: u64,
+    why: &str,
+    out: &mut PackScan,
+) -> std::io::Result<u64> {
+    let end = next_frame(file, at + 1, len)?.unwrap_or(len);
+    out.gaps.push(Gap {
+        start: at,
+        end,
+        why: format!("damaged frame header ({why})"),
+    });
+    if let Some(chunk) = recover(file, at, end)? {
+        out.recovered.push(Recovered { offset: at, chunk });
     }
-    Ok(out)
+    Ok(end)
 }
 
 /// Reads as much of `buf` as the file holds from `offset`.
