@@ -75,62 +75,67 @@ pub fn gc(a: &GcArgs) -> Result<i32> {
         v["seconds"] = json!(secs);
         crate::print_json(&v)?;
     } else {
-        let verb = if r.dry_run { "would free" } else { "freed" };
-        println!(
-            "{verb} {} ({}): {} deleted, {} rewritten into {} ({} copied), {} ({}); {} of garbage left (within the bound); {:.2}s",
-            human_bytes(r.bytes_freed),
-            crate::words::count(r.chunks_freed, "chunk"),
-            crate::words::count(r.packs_deleted, "pack"),
-            r.packs_rewritten,
-            r.packs_written,
-            human_bytes(r.bytes_copied),
-            crate::words::count(r.orphan_packs, "orphan pack"),
-            human_bytes(r.orphan_bytes),
-            human_bytes(r.garbage_bytes_kept),
-            secs
-        );
-        if r.dry_run && r.orphan_packs > 0 {
-            println!("note: unindexed packs belong to killed backups, or to a backup running now");
-        }
-        if r.rewrites_skipped_for_space > 0 {
-            println!(
-                "{} not rewritten: the disk has no room for their live chunks now (free space, \
-                 then run gc again)",
-                crate::words::count(r.rewrites_skipped_for_space, "pack")
-            );
-        }
-        if r.readers_waited_for > 0 {
-            println!(
-                "{} of old packs left in place for {} that started before the swap; the next \
-                 `cairn gc` deletes them",
-                human_bytes(r.bytes_left_for_readers),
-                crate::words::count(r.readers_waited_for, "running reader")
-            );
-        }
-        for b in &r.bad_chunks {
-            eprintln!("warning: {b} (left in place and marked bad; run `cairn verify`)");
-        }
-        if r.reserve_given_up {
-            println!(
-                "the disk was nearly full: the store's 1 MiB reserve was given up to start; the \
-                 next writer on a disk with room keeps it again"
-            );
-        }
-        for q in &r.quarantined_kept {
-            println!("kept quarantined {q}");
-        }
-        if !r.quarantined_kept.is_empty() {
-            println!(
-                "quarantined packs are kept whole: `cairn gc --drop-quarantined` copies out what \
-                 of them is still referenced and deletes them"
-            );
-        }
-        if r.quarantined_dropped > 0 {
-            println!(
-                "{} let go",
-                crate::words::count(r.quarantined_dropped, "quarantined pack")
-            );
-        }
+        say_collected(&r, secs);
     }
     Ok(0)
+}
+
+/// What a collection freed, copied and left, and why.
+fn say_collected(r: &cairn_gc::GcReport, secs: f64) {
+    let verb = if r.dry_run { "would free" } else { "freed" };
+    println!(
+        "{verb} {} ({}): {} deleted, {} rewritten into {} ({} copied), {} ({}); {} of garbage left (within the bound); {:.2}s",
+        human_bytes(r.bytes_freed),
+        crate::words::count(r.chunks_freed, "chunk"),
+        crate::words::count(r.packs_deleted, "pack"),
+        r.packs_rewritten,
+        r.packs_written,
+        human_bytes(r.bytes_copied),
+        crate::words::count(r.orphan_packs, "orphan pack"),
+        human_bytes(r.orphan_bytes),
+        human_bytes(r.garbage_bytes_kept),
+        secs
+    );
+    if r.dry_run && r.orphan_packs > 0 {
+        println!("note: unindexed packs belong to killed backups, or to a backup running now");
+    }
+    if r.rewrites_skipped_for_space > 0 {
+        println!(
+            "{} not rewritten: the disk has no room for their live chunks now (free space, \
+             then run gc again)",
+            crate::words::count(r.rewrites_skipped_for_space, "pack")
+        );
+    }
+    if r.readers_waited_for > 0 {
+        println!(
+            "{} of old packs left in place for {} that started before the swap; the next \
+             `cairn gc` deletes them",
+            human_bytes(r.bytes_left_for_readers),
+            crate::words::count(r.readers_waited_for, "running reader")
+        );
+    }
+    for b in &r.bad_chunks {
+        eprintln!("warning: {b} (left in place and marked bad; run `cairn verify`)");
+    }
+    if r.reserve_given_up {
+        println!(
+            "the disk was nearly full: the store's 1 MiB reserve was given up to start; the \
+             next writer on a disk with room keeps it again"
+        );
+    }
+    for q in &r.quarantined_kept {
+        println!("kept quarantined {q}");
+    }
+    if !r.quarantined_kept.is_empty() {
+        println!(
+            "quarantined packs are kept whole: `cairn gc --drop-quarantined` copies out what \
+             of them is still referenced and deletes them"
+        );
+    }
+    if r.quarantined_dropped > 0 {
+        println!(
+            "{} let go",
+            crate::words::count(r.quarantined_dropped, "quarantined pack")
+        );
+    }
 }

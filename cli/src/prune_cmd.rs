@@ -124,44 +124,7 @@ pub fn prune(a: &PruneArgs) -> Result<i32> {
 fn render_prune(doc: &serde_json::Value, place: &str) {
     let n = |k: &str| doc[k].as_u64().unwrap_or(0);
     let mut points = doc["points"].as_array().cloned().unwrap_or_default();
-    // A VM name with several histories (a UUID given later, a rename without one): each point
-    // says which, so the split shows.
-    let identity = |p: &serde_json::Value| {
-        (
-            p["vm"].as_str().unwrap_or_default().to_owned(),
-            p["vm_uuid"].as_str().map(str::to_owned),
-            p["pool"].as_str().map(str::to_owned),
-        )
-    };
-    let mut ids: Vec<_> = points.iter().map(identity).collect();
-    ids.sort();
-    ids.dedup();
-    let split: std::collections::BTreeSet<String> = ids
-        .windows(2)
-        .filter(|w| w[0].0 == w[1].0)
-        .map(|w| w[0].0.clone())
-        .collect();
-    for p in &mut points {
-        let (vm, uuid, pool) = identity(p);
-        if split.contains(&vm) {
-            let mut shown = vm;
-            shown.push_str(&match (uuid, pool) {
-                (None, None) => " (no uuid)".to_owned(),
-                (u, p) => format!(
-                    " ({})",
-                    [
-                        u.map(|u| format!("uuid {u}")),
-                        p.map(|p| format!("pool {p}"))
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-                ),
-            });
-            p["vm"] = serde_json::json!(shown);
-        }
-    }
+    let split = name_histories(&mut points);
     points_table(
         points.iter().map(|p| {
             let what = match p["reason"].as_str() {
@@ -211,4 +174,46 @@ fn render_prune(doc: &serde_json::Value, place: &str) {
     for w in doc["warnings"].as_array().into_iter().flatten() {
         eprintln!("warning: {}", w.as_str().unwrap_or_default());
     }
+}
+
+/// A VM name with several histories (a UUID given later, a rename without one): each of its
+/// points says which, so the split shows; the names so split.
+fn name_histories(points: &mut [serde_json::Value]) -> std::collections::BTreeSet<String> {
+    let identity = |p: &serde_json::Value| {
+        (
+            p["vm"].as_str().unwrap_or_default().to_owned(),
+            p["vm_uuid"].as_str().map(str::to_owned),
+            p["pool"].as_str().map(str::to_owned),
+        )
+    };
+    let mut ids: Vec<_> = points.iter().map(identity).collect();
+    ids.sort();
+    ids.dedup();
+    let split: std::collections::BTreeSet<String> = ids
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0)
+        .map(|w| w[0].0.clone())
+        .collect();
+    for p in points.iter_mut() {
+        let (vm, uuid, pool) = identity(p);
+        if split.contains(&vm) {
+            let mut shown = vm;
+            shown.push_str(&match (uuid, pool) {
+                (None, None) => " (no uuid)".to_owned(),
+                (u, p) => format!(
+                    " ({})",
+                    [
+                        u.map(|u| format!("uuid {u}")),
+                        p.map(|p| format!("pool {p}"))
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                ),
+            });
+            p["vm"] = serde_json::json!(shown);
+        }
+    }
+    split
 }

@@ -79,24 +79,7 @@ pub fn replicate(a: &ReplicateArgs) -> Result<i32> {
         Some(r) => cairn_replicate::Destination::Server(std::sync::Arc::clone(r)),
         None => cairn_replicate::Destination::Folder(&a.to),
     };
-    let from_server = if remote.is_some() {
-        if cairn_remote::is_remote(&a.from.to_string_lossy()) && a.from_token_file.is_none() {
-            anyhow::bail!(
-                "--from {} and --to {} are both servers: give --from's token with \
-                 --from-token-file (and its certificate's check with --from-fingerprint or \
-                 --from-server-ca)",
-                a.from.display(),
-                a.to.display()
-            );
-        }
-        crate::store_cmd::ServerArgs {
-            token_file: a.from_token_file.clone(),
-            fingerprint: a.from_fingerprint.clone(),
-            server_ca: a.from_server_ca.clone(),
-        }
-    } else {
-        a.server.clone()
-    };
+    let from_server = source_server(a, remote.is_some())?;
     let source = from_server.connect(&a.from)?;
     let source = match &source {
         Some(r) => cairn_replicate::Source::Server(std::sync::Arc::clone(r)),
@@ -155,4 +138,27 @@ pub fn replicate(a: &ReplicateArgs) -> Result<i32> {
         report.forgotten
     );
     Ok(0)
+}
+
+/// How to reach `--from`: when `--to` is a server, with `--from`'s own token and certificate
+/// check (`--from-token-file`...; a server `--from` needs them), never the destination's;
+/// otherwise with the server options given.
+fn source_server(a: &ReplicateArgs, to_server: bool) -> Result<crate::store_cmd::ServerArgs> {
+    if !to_server {
+        return Ok(a.server.clone());
+    }
+    if cairn_remote::is_remote(&a.from.to_string_lossy()) && a.from_token_file.is_none() {
+        anyhow::bail!(
+            "--from {} and --to {} are both servers: give --from's token with \
+             --from-token-file (and its certificate's check with --from-fingerprint or \
+             --from-server-ca)",
+            a.from.display(),
+            a.to.display()
+        );
+    }
+    Ok(crate::store_cmd::ServerArgs {
+        token_file: a.from_token_file.clone(),
+        fingerprint: a.from_fingerprint.clone(),
+        server_ca: a.from_server_ca.clone(),
+    })
 }

@@ -47,74 +47,13 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
                 .collect();
             cairn_report::keep_rows(r.report()?, &shown)
         }
-        None => {
-            let store = open_read(&a.store.store)?;
-            let tz = store.config().tz();
-            let points = store.points()?;
-            // Costs are counted over every point (what is shared, what is unique); the
-            // selection chooses the rows shown.
-            let shown: HashSet<cairn_store::PointId> = a
-                .select
-                .choose(&points)?
-                .into_iter()
-                .map(|p| p.id)
-                .collect();
-            let costs = cairn_gc::cost::costs(&store, &points)?;
-            let extras = cairn_report::Extras::of(store.root());
-            // Space no point references: garbage frames (what `cairn gc` can free, with every
-            // pack rewritten) and unindexed packs, from gc's own dry run. `None` while a gc
-            // runs. The store is closed first: a read-only index opened beside a live writer
-            // can miss files the writer's compaction just replaced.
-            drop(store);
-            let reclaimable =
-                cairn_gc::collect(&a.store.store, &cairn_gc::GcOptions::reclaimable(), &|_| {})
-                    .ok();
-            cairn_report::build(
-                &costs,
-                &|p| shown.contains(&p.id),
-                reclaimable.as_ref(),
-                tz,
-                &extras,
-            )
-        }
+        None => local_doc(a)?,
     };
     let damaged = doc["damaged_points"]
         .as_array()
         .is_some_and(|d| !d.is_empty());
     if let Some(file) = &a.html {
-        // Every point of a VM asked for by name; else its newest ones.
-        let options = cairn_report::page::PageOptions {
-            points_per_vm: if a.select.filter.vm.is_none() {
-                cairn_report::page::PageOptions::default().points_per_vm
-            } else {
-                usize::MAX
-            },
-            vm_pages: false,
-        };
-        let page = cairn_report::page::render(&doc, &options);
-        if file == std::path::Path::new("-") {
-            if a.json {
-                crate::usage!("--html - and --json both go to stdout: give the page a file name");
-            }
-            print!("{page}");
-        } else {
-            // A typo in a folder is an error naming it, not a new tree of folders.
-            let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
-            if let Some(dir) = dir.filter(|d| !d.is_dir()) {
-                anyhow::bail!(
-                    "{}: no such folder to write the page {} into",
-                    dir.display(),
-                    file.display()
-                );
-            }
-            cairn_store::write_atomic_mode(file, page.as_bytes(), 0o644)
-                .with_context(|| format!("writing the page {}", file.display()))?;
-            crate::say!(
-                "wrote {} ({})",
-                file.display(),
-                human_bytes(page.len() as u64)
-            );
-        }
+        write_page(a, &doc, file)?;
     }
     if a.json {
         crate::print_json(&doc)?;
@@ -123,6 +62,77 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
     }
     // 3: a partial result.
     Ok(if damaged { 3 } else { 0 })
+}
+
+/// The report document of a store folder: costs counted over every point (what is shared, what
+/// is unique), the selection choosing the rows shown.
+fn local_doc(a: &ReportArgs) -> Result<serde_json::Value> {
+    let store = open_read(&a.store.store)?;
+    let tz = store.config().tz();
+    let points = store.points()?;
+    // Costs are counted over every point (what is shared, what is unique); the
+    // selection chooses the rows shown.
+    let shown: HashSet<cairn_store::PointId> = a
+        .select
+        .choose(&points)?
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let costs = cairn_gc::cost::costs(&store, &points)?;
+    let extras = cairn_report::Extras::of(store.root());
+    // Space no point references: garbage frames (what `cairn gc` can free, with every
+    // pack rewritten) and unindexed packs, from gc's own dry run. `None` while a gc
+    // runs. The store is closed first: a read-only index opened beside a live writer
+    // can miss files the writer's compaction just replaced.
+    drop(store);
+    let reclaimable =
+        cairn_gc::collect(&a.store.store, &cairn_gc::GcOptions::reclaimable(), &|_| {}).ok();
+    Ok(cairn_report::build(
+        &costs,
+        &|p| shown.contains(&p.id),
+        reclaimable.as_ref(),
+        tz,
+        &extras,
+    ))
+}
+
+/// `--html FILE` (`-`: stdout): the page; every point of a VM asked for by name, else its
+/// newest ones.
+fn write_page(a: &ReportArgs, doc: &serde_json::Value, file: &std::path::Path) -> Result<()> {
+    // Every point of a VM asked for by name; else its newest ones.
+    let options = cairn_report::page::PageOptions {
+        points_per_vm: if a.select.filter.vm.is_none() {
+            cairn_report::page::PageOptions::default().points_per_vm
+        } else {
+            usize::MAX
+        },
+        vm_pages: false,
+    };
+    let page = cairn_report::page::render(doc, &options);
+    if file == std::path::Path::new("-") {
+        if a.json {
+            crate::usage!("--html - and --json both go to stdout: give the page a file name");
+        }
+        print!("{page}");
+    } else {
+        // A typo in a folder is an error naming it, not a new tree of folders.
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+            anyhow::bail!(
+                "{}: no such folder to write the page {} into",
+                dir.display(),
+                file.display()
+            );
+        }
+        cairn_store::write_atomic_mode(file, page.as_bytes(), 0o644)
+            .with_context(|| format!("writing the page {}", file.display()))?;
+        crate::say!(
+            "wrote {} ({})",
+            file.display(),
+            human_bytes(page.len() as u64)
+        );
+    }
+    Ok(())
 }
 
 /// `cairn report` for people, from the report document (docs/report-json.md): one row for the
@@ -194,6 +204,14 @@ fn render_report(doc: &serde_json::Value) {
         }
     }
     t.print();
+    say_reclaimable_and_damage(doc);
+}
+
+/// What gc can reclaim now, and the points whose figures leave out what cannot be read.
+fn say_reclaimable_and_damage(doc: &serde_json::Value) {
+    let list = |k: &str| doc[k].as_array().cloned().unwrap_or_default();
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
     match doc["garbage_bytes"].as_u64() {
         Some(g) => println!(
             "reclaimable now: {} ({} of garbage in {}, {} in {}); `cairn gc` reclaims it",

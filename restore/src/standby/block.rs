@@ -3,7 +3,7 @@
 
 use cairn_store::{ChunkRef, Found, PointLookup, RecoveryPoint, Store};
 
-use super::{Files, Looks, StandbyOptions, StandbyReport, State, journal_point, refused};
+use super::{Files, Journal, Looks, StandbyOptions, StandbyReport, State, journal_point, refused};
 use crate::{Error, Result};
 
 /// A disk written in place.
@@ -241,7 +241,6 @@ fn run_on(
     let shown = target.shown().to_owned();
     let f = Files::lock(store, &shown, options.dry_run)?;
     let cs = u64::from(point.chunk_size);
-    let find = |id: &str| -> Result<Option<RecoveryPoint>> { Ok(store.point_by_id(id)?) };
     let mut report = StandbyReport {
         target: shown.clone(),
         to: point.id.to_string(),
@@ -250,23 +249,8 @@ fn run_on(
     let mut state = f.state()?;
     // 1. An interrupted run is finished first.
     if let Some(j) = f.journal()? {
-        let to = journal_point(store, &j, &shown, point)?;
-        let from = j.from.as_deref().map(find).transpose()?.flatten();
-        // Killed before it sized the target (a new file): sized now.
-        if target.looks(cs)?.size != to.size {
-            if !target.resizable() {
-                return Err(refused(format!(
-                    "{shown} is not the size of point {} its unfinished run was writing",
-                    to.short_id()
-                )));
-            }
-            target.set_len(to.size)?;
-        }
-        let w = bring(store, target, from.as_ref(), &to, from.is_none(), false)?;
-        let s = State::new(&shown, &to, target.looks(cs)?);
-        f.set_state(&s)?;
+        let (s, w) = finish_interrupted(store, target, &f, &j, point)?;
         state = Some(s);
-        f.end()?;
         report.finished_interrupted = true;
         report.chunks_written += w.0;
         report.bytes_written += w.1;
@@ -274,29 +258,7 @@ fn run_on(
     // 2. What the target holds, checked.
     let held_data = target.held_data();
     let looks = target.looks(cs)?;
-    let held = match &state {
-        Some(s) if s.looks() == looks => find(&s.point)?,
-        Some(s) if !options.force => {
-            return Err(refused(format!(
-                "{shown} changed since cairn wrote point {} to it ({}: was the copy \
-                 started?); nothing was written. --force reads it all and rewrites what differs",
-                cairn_store::point::short_id(&s.point),
-                if s.sample.is_some() {
-                    "its size or sampled chunks differ"
-                } else {
-                    "size, time or inode differ"
-                }
-            )));
-        }
-        Some(_) => None,
-        None if held_data && !options.force => {
-            return Err(refused(format!(
-                "{shown} holds data and cairn never wrote it; nothing was written. --force \
-                 makes it a standby disk (what differs is rewritten)"
-            )));
-        }
-        None => None,
-    };
+    let held = held_point(store, &shown, state.as_ref(), &looks, held_data, options)?;
     report.from = held.as_ref().map(|p| p.id.to_string());
     if held.as_ref().is_some_and(|h| h.id == point.id) && !options.verify {
         return Ok(report);
@@ -323,4 +285,71 @@ fn run_on(
     f.set_state(&State::new(&shown, point, target.looks(cs)?))?;
     f.end()?;
     Ok(report)
+}
+
+/// Finishes the run a journal says was interrupted: the target sized (a new file killed before
+/// it was), brought to the journal's point; returns the state recorded and what was written.
+fn finish_interrupted(
+    store: &Store,
+    target: &mut dyn BlockTarget,
+    f: &Files,
+    j: &Journal,
+    point: &RecoveryPoint,
+) -> Result<(State, (u64, u64))> {
+    let shown = target.shown().to_owned();
+    let cs = u64::from(point.chunk_size);
+    let to = journal_point(store, j, &shown, point)?;
+    let from = match j.from.as_deref() {
+        Some(id) => store.point_by_id(id)?,
+        None => None,
+    };
+    if target.looks(cs)?.size != to.size {
+        if !target.resizable() {
+            return Err(refused(format!(
+                "{shown} is not the size of point {} its unfinished run was writing",
+                to.short_id()
+            )));
+        }
+        target.set_len(to.size)?;
+    }
+    let w = bring(store, target, from.as_ref(), &to, from.is_none(), false)?;
+    let s = State::new(&shown, &to, target.looks(cs)?);
+    f.set_state(&s)?;
+    f.end()?;
+    Ok((s, w))
+}
+
+/// The point the target holds, by the state cairn recorded when it last wrote it: none (a
+/// target cairn never wrote, or one that changed since, taken only with --force).
+fn held_point(
+    store: &Store,
+    shown: &str,
+    state: Option<&State>,
+    looks: &Looks,
+    held_data: bool,
+    options: &StandbyOptions,
+) -> Result<Option<RecoveryPoint>> {
+    Ok(match state {
+        Some(s) if s.looks() == *looks => store.point_by_id(&s.point)?,
+        Some(s) if !options.force => {
+            return Err(refused(format!(
+                "{shown} changed since cairn wrote point {} to it ({}: was the copy \
+                 started?); nothing was written. --force reads it all and rewrites what differs",
+                cairn_store::point::short_id(&s.point),
+                if s.sample.is_some() {
+                    "its size or sampled chunks differ"
+                } else {
+                    "size, time or inode differ"
+                }
+            )));
+        }
+        Some(_) => None,
+        None if held_data && !options.force => {
+            return Err(refused(format!(
+                "{shown} holds data and cairn never wrote it; nothing was written. --force \
+                 makes it a standby disk (what differs is rewritten)"
+            )));
+        }
+        None => None,
+    })
 }
