@@ -679,14 +679,8 @@ fn from_raw(input: &Path, out: &Path, parent: Option<&Path>, o: FromRawOptions) 
     };
     let bs = u64::from(block_size);
     let to_stdout = out == Path::new("-");
-    let files: Vec<PathBuf> = parent_chain
-        .as_ref()
-        .map(|c| c.levels().iter().map(|l| l.path.clone()).collect())
-        .unwrap_or_default();
-    let inputs: Vec<&Path> = std::iter::once(input)
-        .chain(parent)
-        .chain(files.iter().map(PathBuf::as_path))
-        .collect();
+    let inputs = inputs_of(input, parent, parent_chain.as_ref());
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
     let mut target = if to_stdout {
         None
     } else {
@@ -699,15 +693,14 @@ fn from_raw(input: &Path, out: &Path, parent: Option<&Path>, o: FromRawOptions) 
     let mut sink = BufWriter::with_capacity(1 << 20, sink);
     let passes = if kind == VhdType::Fixed { 1 } else { 2 };
     let bar = progress::bytes(size * passes, "from-raw");
+    let step = || bar.inc(bs);
     let written = if kind == VhdType::Fixed {
         write_fixed(&mut sink, &spec, |i, buf| {
-            bar.inc(bs);
+            step();
             read_block(&mut raw, size, bs, i, buf)
         })
     } else {
-        let allocated = allocated_blocks(input, &raw, size, bs, parent_chain.as_mut(), &|| {
-            bar.inc(bs);
-        })?;
+        let allocated = allocated_blocks(input, &raw, size, bs, parent_chain.as_mut(), &step)?;
         let parent_spec = match (&parent_chain, parent) {
             (Some(c), Some(p)) => Some(parent_spec(c, p, out, to_stdout)?),
             _ => None,
@@ -718,7 +711,7 @@ fn from_raw(input: &Path, out: &Path, parent: Option<&Path>, o: FromRawOptions) 
             parent_spec.as_ref(),
             &allocated,
             |i, buf| {
-                bar.inc(bs);
+                step();
                 read_block(&mut raw, size, bs, i, buf)
             },
         )
@@ -739,6 +732,18 @@ fn from_raw(input: &Path, out: &Path, parent: Option<&Path>, o: FromRawOptions) 
         );
     }
     Ok(0)
+}
+
+/// Every file the output must not overwrite: the input, the parent and its chain.
+fn inputs_of(input: &Path, parent: Option<&Path>, chain: Option<&Chain<File>>) -> Vec<PathBuf> {
+    std::iter::once(input.to_path_buf())
+        .chain(parent.map(Path::to_path_buf))
+        .chain(
+            chain
+                .into_iter()
+                .flat_map(|c| c.levels().iter().map(|l| l.path.clone())),
+        )
+        .collect()
 }
 
 /// The raw image `input`, checked (not another format, whole sectors), and its size.

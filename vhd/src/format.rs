@@ -282,6 +282,39 @@ pub fn fourcc(bytes: [u8; 4]) -> String {
         .collect()
 }
 
+/// A footer's cookie, checksum and major version, checked: its stored checksum and version.
+fn check_footer_frame(b: &[u8], at: u64) -> Result<(u32, u32), Error> {
+    let cookie: [u8; 8] = arr(b, F_COOKIE);
+    if cookie != FOOTER_COOKIE {
+        return Err(Error::BadCookie {
+            structure: Structure::Footer,
+            offset: at,
+            found: cookie,
+            expected: FOOTER_COOKIE,
+        });
+    }
+    let stored = be32(b, F_CHECKSUM);
+    let computed = checksum(b, F_CHECKSUM);
+    if stored != computed {
+        return Err(Error::ChecksumMismatch {
+            structure: Structure::Footer,
+            offset: at.saturating_add(F_CHECKSUM as u64),
+            found: stored,
+            expected: computed,
+        });
+    }
+    let version = be32(b, F_VERSION);
+    if version >> 16 != FILE_FORMAT_VERSION >> 16 {
+        return Err(Error::UnsupportedVersion {
+            structure: Structure::Footer,
+            offset: at.saturating_add(F_VERSION as u64),
+            found: version,
+            expected: FILE_FORMAT_VERSION,
+        });
+    }
+    Ok((stored, version))
+}
+
 impl Footer {
     /// A footer for a new disk written by cairn. The caller fills in the data offset of sparse
     /// disks; the checksum is computed by [`Footer::encode`].
@@ -323,34 +356,7 @@ impl Footer {
             *to = *from;
         }
         let b = &buf[..];
-        let cookie: [u8; 8] = arr(b, F_COOKIE);
-        if cookie != FOOTER_COOKIE {
-            return Err(Error::BadCookie {
-                structure: Structure::Footer,
-                offset: at,
-                found: cookie,
-                expected: FOOTER_COOKIE,
-            });
-        }
-        let stored = be32(b, F_CHECKSUM);
-        let computed = checksum(b, F_CHECKSUM);
-        if stored != computed {
-            return Err(Error::ChecksumMismatch {
-                structure: Structure::Footer,
-                offset: at.saturating_add(F_CHECKSUM as u64),
-                found: stored,
-                expected: computed,
-            });
-        }
-        let version = be32(b, F_VERSION);
-        if version >> 16 != FILE_FORMAT_VERSION >> 16 {
-            return Err(Error::UnsupportedVersion {
-                structure: Structure::Footer,
-                offset: at.saturating_add(F_VERSION as u64),
-                found: version,
-                expected: FILE_FORMAT_VERSION,
-            });
-        }
+        let (stored, version) = check_footer_frame(b, at)?;
         let type_code = be32(b, F_DISK_TYPE);
         let disk_type = DiskType::from_code(type_code).ok_or_else(|| Error::Invalid {
             offset: at.saturating_add(F_DISK_TYPE as u64),

@@ -67,7 +67,7 @@ pub(super) fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Re
     let mut actions = HashMap::new();
     let mut live_bytes = HashMap::new();
     // Packs with garbage among live chunks: (garbage bytes, live share, pack).
-    let mut mixed: Vec<(u64, f64, PackId)> = Vec::new();
+    let mut mixed: Mixed = Vec::new();
     for (pack, (frames, bytes)) in dead {
         let Some(info) = infos.get(&pack) else {
             continue;
@@ -81,19 +81,9 @@ pub(super) fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Re
             mixed.push((bytes, live as f64 / body as f64, pack));
         }
     }
-    match opts.repack {
-        Repack::Below(share) => {
-            for (bytes, live, pack) in mixed {
-                if live < share {
-                    actions.insert(pack, Action::Rewrite);
-                } else {
-                    report.garbage_bytes_kept += bytes;
-                }
-            }
-        }
+    let rewrite = match opts.repack {
+        Repack::Below(share) => below(mixed, share, report),
         Repack::MaxUnused(share) => {
-            // Most garbage first: each rewrite frees the most for what it copies.
-            mixed.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
             // The share is of the store as this collection leaves it: without the packs it
             // deletes and the garbage its rewrites drop (measured before, the store would keep
             // more than the share once it shrank).
@@ -103,23 +93,48 @@ pub(super) fn plan(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Re
                 .filter_map(|(p, _)| infos.get(p).map(|i| i.size))
                 .sum();
             let total: u64 = infos.values().map(|i| i.size).sum();
-            let mut after = total.saturating_sub(deleted);
-            let mut left: u64 = mixed.iter().map(|m| m.0).sum();
-            for (bytes, _, pack) in mixed {
-                if left as f64 > after as f64 * share {
-                    actions.insert(pack, Action::Rewrite);
-                    left -= bytes;
-                    after = after.saturating_sub(bytes);
-                } else {
-                    report.garbage_bytes_kept += bytes;
-                }
-            }
+            max_unused(mixed, total.saturating_sub(deleted), share, report)
         }
-    }
+    };
+    actions.extend(rewrite.into_iter().map(|p| (p, Action::Rewrite)));
     Ok(Plan {
         actions,
         live_bytes,
     })
+}
+
+/// Packs with garbage among live chunks: (garbage bytes, live share, pack).
+type Mixed = Vec<(u64, f64, PackId)>;
+
+/// `--repack-below`: every pack whose live share is under `share`; the others' garbage stays.
+fn below(mixed: Mixed, share: f64, report: &mut GcReport) -> Vec<PackId> {
+    let mut out = Vec::new();
+    for (bytes, live, pack) in mixed {
+        if live < share {
+            out.push(pack);
+        } else {
+            report.garbage_bytes_kept += bytes;
+        }
+    }
+    out
+}
+
+/// `--max-unused`: the packs with the most garbage first (each rewrite frees the most for what
+/// it copies) until what is left is at most `share` of the store's `after` bytes.
+fn max_unused(mut mixed: Mixed, mut after: u64, share: f64, report: &mut GcReport) -> Vec<PackId> {
+    mixed.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
+    let mut left: u64 = mixed.iter().map(|m| m.0).sum();
+    let mut out = Vec::new();
+    for (bytes, _, pack) in mixed {
+        if left as f64 > after as f64 * share {
+            out.push(pack);
+            left -= bytes;
+            after = after.saturating_sub(bytes);
+        } else {
+            report.garbage_bytes_kept += bytes;
+        }
+    }
+    out
 }
 
 impl Plan {

@@ -55,18 +55,7 @@ pub(super) fn sweep(
         } else {
             report.packs_rewritten += 1;
         }
-        let mut ok = true;
-        let todo: Vec<(ChunkId, Location)> = live
-            .into_iter()
-            .filter(|(id, loc)| copier.moved.get(id).is_none_or(|(old, _)| old != loc))
-            .collect();
-        for (id, _, what) in copier.copy_all(&todo)? {
-            ok = false;
-            report
-                .bad_chunks
-                .push(format!("chunk {id} in pack {}: {what}", pack.to_hex()));
-        }
-        if !ok {
+        if !copy_what_is_left(&mut copier, *pack, live, report)? {
             continue;
         }
         report.chunks_freed += dead.len() as u64;
@@ -105,4 +94,26 @@ pub(super) fn sweep(
         removed: removed_files,
         new_bytes: copier.written.iter().map(|(_, _, kept)| kept).sum(),
     })
+}
+
+/// Copies the live frames of `pack` the copy step did not (what came alive since, or all of
+/// a pack planned for deletion); whether all read well (a pack with a bad chunk stays).
+fn copy_what_is_left(
+    copier: &mut Copier<'_>,
+    pack: PackId,
+    live: Vec<(ChunkId, Location)>,
+    report: &mut GcReport,
+) -> Result<bool> {
+    let todo: Vec<(ChunkId, Location)> = live
+        .into_iter()
+        .filter(|(id, loc)| copier.moved.get(id).is_none_or(|(old, _)| old != loc))
+        .collect();
+    let mut ok = true;
+    for (id, _, what) in copier.copy_all(&todo)? {
+        ok = false;
+        report
+            .bad_chunks
+            .push(format!("chunk {id} in pack {}: {what}", pack.to_hex()));
+    }
+    Ok(ok)
 }

@@ -74,18 +74,7 @@ impl Writer<'_> {
         let mut flush = |batch: &mut Vec<(u64, Option<cairn_store::ChunkId>)>,
                          target: &mut dyn BlockTarget|
          -> Result<()> {
-            let ids: Vec<cairn_store::ChunkId> = batch.iter().filter_map(|(_, id)| *id).collect();
-            // Each chunk fills its place exactly (the last one of the disk may be short).
-            let places = batch
-                .iter()
-                .filter(|(_, id)| id.is_some())
-                .map(|(c, _)| cs.min(point.size - c * cs) as usize);
-            let slots: Vec<&mut [u8]> = buf
-                .chunks_mut(cs as usize)
-                .zip(places)
-                .map(|(slot, place)| &mut slot[..place])
-                .collect();
-            let errors = cairn_store::StoreRead::read_chunks(store, &ids, slots)?;
+            let errors = read_batch(store, point, batch, &mut buf)?;
             let mut data = buf.chunks(cs as usize).zip(errors);
             for (c, id) in batch.drain(..) {
                 let at = c * cs;
@@ -100,7 +89,11 @@ impl Writer<'_> {
                                 source: e,
                             });
                         }
-                        None => return Err(Error::Refused("a chunk read went missing".into())),
+                        None => {
+                            return Err(Error::Store(cairn_store::Error::Internal(
+                                "a chunk read went missing".into(),
+                            )));
+                        }
                     },
                     None => &zeros[..len],
                 };
@@ -352,4 +345,26 @@ fn held_point(
         }
         None => None,
     })
+}
+
+/// Reads the data chunks of `batch` into `buf`, each filling its place exactly (the last one of
+/// the disk may be short); what went wrong with each.
+fn read_batch(
+    store: &Store,
+    point: &RecoveryPoint,
+    batch: &[(u64, Option<cairn_store::ChunkId>)],
+    buf: &mut [u8],
+) -> Result<Vec<Option<cairn_store::Error>>> {
+    let cs = u64::from(point.chunk_size);
+    let ids: Vec<cairn_store::ChunkId> = batch.iter().filter_map(|(_, id)| *id).collect();
+    let places = batch
+        .iter()
+        .filter(|(_, id)| id.is_some())
+        .map(|(c, _)| cs.min(point.size - c * cs) as usize);
+    let slots: Vec<&mut [u8]> = buf
+        .chunks_mut(cs as usize)
+        .zip(places)
+        .map(|(slot, place)| &mut slot[..place])
+        .collect();
+    Ok(cairn_store::StoreRead::read_chunks(store, &ids, slots)?)
 }

@@ -102,25 +102,9 @@ impl NbdSource {
         })?;
         let size = control.size();
         let selected: Vec<String> = control.contexts().iter().map(|s| (*s).to_owned()).collect();
-        if let Some(ChangeSource::Context(s)) = &changes
-            && !selected.contains(&s.context)
-        {
-            return Err(Error::Refused(format!(
-                "{shown}: the server does not offer {} (is the bitmap there, and exported? \
-                 `qemu-nbd -B NAME` exports one); nothing was stored",
-                s.context
-            )));
-        }
-        let changes = changes.map(|c| match c {
-            ChangeSource::Context(mut s) => {
-                s.size = size;
-                ChangeSource::Context(s)
-            }
-            known => known,
-        });
-        if let Some(ChangeSource::Known(k)) = &changes {
-            k.check_size(size, &shown)?;
-        }
+        let changes = changes
+            .map(|c| c.for_export(&selected, size, &shown))
+            .transpose()?;
         let allocation = selected
             .iter()
             .any(|c| c == proto::CONTEXT_BASE_ALLOCATION)

@@ -108,6 +108,28 @@ pub(crate) enum ChangeSource {
 }
 
 impl ChangeSource {
+    /// What changed, for an export of `size` bytes whose server selected the contexts
+    /// `selected`: a dirty bitmap the server does not offer, or a file's changes of another
+    /// size, is refused.
+    pub(super) fn for_export(self, selected: &[String], size: u64, shown: &str) -> Result<Self> {
+        match self {
+            ChangeSource::Context(s) if !selected.contains(&s.context) => {
+                Err(Error::Refused(format!(
+                    "{shown}: the server does not offer {} (is the bitmap there, and exported? \
+                     `qemu-nbd -B NAME` exports one); nothing was stored",
+                    s.context
+                )))
+            }
+            ChangeSource::Context(mut s) => {
+                s.size = size;
+                Ok(ChangeSource::Context(s))
+            }
+            ChangeSource::Known(k) => {
+                k.check_size(size, shown)?;
+                Ok(ChangeSource::Known(k))
+            }
+        }
+    }
     /// The dirty bitmap `name` of the server.
     pub(crate) fn bitmap(name: &str, size: u64) -> Self {
         Self::Context(Box::new(Status::new(

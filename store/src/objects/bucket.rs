@@ -1,231 +1,12 @@
-//! Where packs live: a small storage trait with the few operations an object store has, and
-//! its two implementations, a folder ([`Folder`]) and an S3-compatible bucket ([`Bucket`]: S3,
-//! Garage, Ceph RGW, MinIO, through the `object_store` crate, which retries with backoff).
-//!
-//! Objects are written once, whole, and never renamed or changed: a pack is an object. Names
-//! are `/`-separated paths relative to the storage's root (`packs/ab/ab12....pack`). Every
-//! implementation runs one conformance suite (`tests/src/objects.rs`), which checks each
-//! guarantee written below.
+//! Objects in an S3-compatible bucket (S3, Garage, Ceph RGW, MinIO) through the `object_store`
+//! crate: large objects in parts, several in flight.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// An object as a listing shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectInfo {
-    /// Its name.
-    pub name: String,
-    /// Its size in bytes.
-    pub size: u64,
-    /// When it was written (for a grace period before an unreferenced object is deleted:
-    /// another process may be uploading the packs it will reference).
-    pub modified: chrono::DateTime<chrono::Utc>,
-}
-
-/// The operations packs need from where they are kept.
-pub trait Objects: Send + Sync + std::fmt::Debug {
-    /// Where the objects are, for messages (`/backups/store`, `s3://bucket/prefix`).
-    fn describe(&self) -> String;
-
-    /// Stores the file at `path` as object `name`, whole. When it returns, the object is
-    /// durable and reads back whole; a put that fails or is killed leaves no object under
-    /// `name`, or (for a name that held one) the old one: never a part. Large files go in parts
-    /// (a multipart upload), each retried.
-    ///
-    /// # Errors
-    /// The file cannot be read, or the storage refuses or fails (after its retries).
-    fn put_file(&self, name: &str, path: &Path) -> Result<()>;
-
-    /// Stores `bytes` as object `name`, whole (as [`Objects::put_file`]).
-    ///
-    /// # Errors
-    /// The storage refuses or fails (after its retries).
-    fn put(&self, name: &str, bytes: &[u8]) -> Result<()>;
-
-    /// `len` bytes of object `name` from `offset`.
-    ///
-    /// # Errors
-    /// [`Error::ObjectMissing`] when there is no such object; a range past its end; the
-    /// storage's failures.
-    fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
-
-    /// As [`Objects::get_range`], into `buf` (cleared first): a reader that reuses its buffers
-    /// allocates nothing per read.
-    ///
-    /// # Errors
-    /// As [`Objects::get_range`].
-    fn get_range_into(&self, name: &str, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
-        *buf = self.get_range(name, offset, len)?;
-        Ok(())
-    }
-
-    /// The whole of object `name`.
-    ///
-    /// # Errors
-    /// As [`Objects::get_range`].
-    fn get(&self, name: &str) -> Result<Vec<u8>>;
-
-    /// Every object whose name starts with `prefix` (a folder: `packs/`), in no set order. An
-    /// object put before the call is listed; one deleted just before may still be listed for a
-    /// moment on a distributed store (a collection that deletes what it lists must tolerate
-    /// both).
-    ///
-    /// # Errors
-    /// The storage's failures.
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
-
-    /// Deletes object `name`; deleting one that is not there is not an error.
-    ///
-    /// # Errors
-    /// The storage's failures.
-    fn delete(&self, name: &str) -> Result<()>;
-}
-
-/// Objects as files under a folder: a put writes a temporary file, syncs it and renames it
-/// into place (then syncs the folder), so an object is whole or absent.
-#[derive(Debug, Clone)]
-pub struct Folder {
-    root: PathBuf,
-}
-
-impl Folder {
-    /// The objects under `root`.
-    #[must_use]
-    pub fn new(root: &Path) -> Self {
-        Self {
-            root: root.to_path_buf(),
-        }
-    }
-
-    fn path(&self, name: &str) -> Result<PathBuf> {
-        check_name(name)?;
-        Ok(self.root.join(name))
-    }
-}
-
-/// A name is relative, `/`-separated, without `.` or `..` parts.
-fn check_name(name: &str) -> Result<()> {
-    let bad = name.is_empty()
-        || name.starts_with('/')
-        || name
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == "..");
-    if bad {
-        return Err(Error::Usage(format!("{name:?} is not an object name")));
-    }
-    Ok(())
-}
-
-impl Objects for Folder {
-    fn describe(&self) -> String {
-        self.root.display().to_string()
-    }
-
-    fn put_file(&self, name: &str, path: &Path) -> Result<()> {
-        let bytes = std::fs::read(path).map_err(Error::io(path, "reading"))?;
-        self.put(name, &bytes)
-    }
-
-    fn put(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        crate::files::write_atomic_mode(&self.path(name)?, bytes, 0o600)
-    }
-
-    fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        let path = self.path(name)?;
-        let f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::ObjectMissing {
-                    storage: self.describe(),
-                    name: name.to_owned(),
-                });
-            }
-            Err(e) => return Err(Error::io(&path, "opening")(e)),
-        };
-        let size = f
-            .metadata()
-            .map_err(Error::io(&path, "reading the size of"))?
-            .len();
-        // A range past the end is said as a bucket says it: what of it is there.
-        if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(Error::Objects {
-                storage: self.describe(),
-                name: name.to_owned(),
-                what: format!(
-                    "{} bytes read of the {len} asked at {offset}",
-                    size.saturating_sub(offset).min(len)
-                ),
-            });
-        }
-        let len = usize::try_from(len).map_err(|_| Error::Usage("a range too large".into()))?;
-        let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, offset)
-            .map_err(Error::io(&path, "reading a range"))?;
-        Ok(buf)
-    }
-
-    fn get(&self, name: &str) -> Result<Vec<u8>> {
-        let path = self.path(name)?;
-        match std::fs::read(&path) {
-            Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::ObjectMissing {
-                storage: self.describe(),
-                name: name.to_owned(),
-            }),
-            Err(e) => Err(Error::io(&path, "reading")(e)),
-        }
-    }
-
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(&dir, "listing")(e)),
-            };
-            for e in entries {
-                let e = e.map_err(Error::io(&dir, "listing"))?;
-                let path = e.path();
-                let meta = e.metadata().map_err(Error::io(&path, "reading metadata"))?;
-                if meta.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
-                let Ok(rel) = path.strip_prefix(&self.root) else {
-                    continue;
-                };
-                let name = rel.to_string_lossy().replace('\\', "/");
-                // A temporary file of a put in progress is not an object.
-                if name.ends_with(".tmp") || !name.starts_with(prefix) {
-                    continue;
-                }
-                out.push(ObjectInfo {
-                    name,
-                    size: meta.len(),
-                    modified: meta
-                        .modified()
-                        .map(chrono::DateTime::<chrono::Utc>::from)
-                        .unwrap_or_default(),
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    fn delete(&self, name: &str) -> Result<()> {
-        let path = self.path(name)?;
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(&path, "deleting")(e)),
-        }
-    }
-}
+use super::{ObjectInfo, Objects, check_name};
 
 /// Where a bucket is and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,8 +76,10 @@ impl BucketConfig {
 
 /// Bytes above which a put goes in parts.
 const MULTIPART_ABOVE: usize = 16 << 20;
+
 /// The size of each part.
 const PART: usize = 6 << 20;
+
 /// Parts of one upload sent at once.
 const PARTS_IN_FLIGHT: usize = 2;
 
@@ -595,31 +378,5 @@ impl Objects for Bucket {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.failed(name, "deleting", &e)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_that_could_leave_the_root_are_refused() {
-        for bad in ["", "/abs", "a/../b", "a//b", "./a", "a/"] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
-        }
-        assert!(check_name("packs/ab/ab12.pack").is_ok());
-    }
-
-    #[test]
-    fn a_plain_http_endpoint_elsewhere_is_refused() {
-        let c = BucketConfig {
-            bucket: "b".into(),
-            prefix: String::new(),
-            endpoint: Some("http://s3.example.com".into()),
-            region: "r".into(),
-            key_id: "k".into(),
-            secret: "s".into(),
-        };
-        assert!(matches!(Bucket::open(&c), Err(Error::Usage(_))));
     }
 }
