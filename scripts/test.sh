@@ -9,6 +9,22 @@ bash scripts/setup.sh
 # One target directory that survives between runs, so only a fresh machine builds RocksDB.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/cairn/target}
 export CARGO_TERM_COLOR=never
+# Test binaries of earlier builds are dead weight (each links the whole workspace, hundreds of
+# MB with its debug info): only the newest of each name is kept, so that the cache does not grow
+# by gigabytes with every change and fill the disk.
+python3 - "$CARGO_TARGET_DIR/debug/deps" <<'PRUNE'
+import collections, os, sys
+deps = sys.argv[1]
+if os.path.isdir(deps):
+    by_name = collections.defaultdict(list)
+    for f in os.listdir(deps):
+        p = os.path.join(deps, f)
+        if "." not in f and "-" in f and os.path.isfile(p) and os.access(p, os.X_OK):
+            by_name[f.rsplit("-", 1)[0]].append((os.path.getmtime(p), p))
+    for runs in by_name.values():
+        for _, p in sorted(runs)[:-1]:
+            os.remove(p)
+PRUNE
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log=$(mktemp)

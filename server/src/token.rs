@@ -28,8 +28,11 @@ use crate::{Error, Result};
 /// The token file, in the store's folder.
 pub const TOKENS_FILE: &str = "tokens.json";
 const TOKENS_LOCK: &str = "tokens.lock";
+/// The token file's format.
+const TOKENS: cairn_store::format::FormatVersion =
+    cairn_store::format::FormatVersion::new("token file format", 1, 1);
 /// Format of the token file this code writes.
-const TOKENS_VERSION: u32 = 1;
+const TOKENS_VERSION: u32 = TOKENS.current();
 /// BLAKE3 key-derivation context of secrets' hashes (frozen).
 const HASH_CONTEXT: &str = "cairn 2026-12 token secret v1";
 
@@ -143,12 +146,8 @@ impl Tokens {
         };
         let file: TokenFile = serde_json::from_str(&text)
             .map_err(|e| Error::Usage(format!("{}: not a token file: {e}", self.path.display())))?;
-        if file.version > TOKENS_VERSION {
-            return Err(Error::Usage(format!(
-                "{}: token file format {} is newer than this cairn's {TOKENS_VERSION}",
-                self.path.display(),
-                file.version
-            )));
+        if let Err(what) = TOKENS.check(file.version) {
+            return Err(Error::Usage(format!("{}: {what}", self.path.display())));
         }
         Ok(file.tokens)
     }

@@ -11,9 +11,9 @@ use crate::error::{Error, Result};
 /// may be trees of leaves and nodes ([`crate::tree`]). This code reads both; a writer upgrades a
 /// store of version 1 when it opens it, so that a cairn that reads only version 1 refuses the
 /// store instead of misreading its trees.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = crate::format::STORE.current();
 /// The oldest store format version this code reads.
-pub const OLDEST_FORMAT_VERSION: u32 = 1;
+pub const OLDEST_FORMAT_VERSION: u32 = crate::format::STORE.oldest();
 /// Smallest chunk size accepted.
 pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
 /// Largest chunk size accepted (the VHD block size, which every chunk size must divide).
@@ -211,15 +211,8 @@ impl StoreConfig {
             path: path.clone(),
             what: e.to_string(),
         })?;
-        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&cfg.format_version) {
-            return Err(Error::Config {
-                path,
-                what: format!(
-                    "store format version {}, this cairn reads versions {OLDEST_FORMAT_VERSION} to \
-                     {FORMAT_VERSION}: use a newer cairn",
-                    cfg.format_version
-                ),
-            });
+        if let Err(what) = crate::format::STORE.check(cfg.format_version) {
+            return Err(Error::Config { path, what });
         }
         if parse_timezone(&cfg.timezone).is_err() {
             return Err(Error::Config {

@@ -145,6 +145,7 @@ mod config_copy;
 mod db;
 pub mod error;
 mod files;
+pub mod format;
 mod garbage;
 pub mod index;
 mod layout;

@@ -14,7 +14,7 @@ pub use crate::tree::SEGMENT_REFS;
 
 /// The format of root files written now: 2 adds `format` and `depth` (a tree over the
 /// segments); a root file without `format` is of format 1 (its `segments` are leaves).
-pub const POINT_FORMAT: u32 = 2;
+pub const POINT_FORMAT: u32 = crate::format::POINT.current();
 
 fn format_1() -> u32 {
     1

@@ -26,7 +26,7 @@ use crate::chunk::{ChunkId, ChunkKind, Codec, EncodedChunk};
 use crate::error::{Error, Result};
 use crate::pack::{
     FRAME_HEADER_SIZE, FRAME_MAGIC, FrameHeader, MAX_FRAME_PAYLOAD, PACK_HEADER_SIZE, PACK_MAGIC,
-    PACK_VERSION, PackId,
+    PackId,
 };
 
 /// Bytes read at a time while looking for the next frame past damage.
@@ -187,8 +187,7 @@ fn pack_identity(path: &Path, file: &File) -> Result<(PackId, Option<String>)> {
         Some(format!("the pack header's magic is {:02x?}", &header[0..8]))
     } else {
         let version = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-        (version != PACK_VERSION)
-            .then(|| format!("pack version {version}, expected {PACK_VERSION}"))
+        crate::format::PACK.check(version).err()
     };
     let id = match (named, &header_damage) {
         (Some(id), _) => id,

@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 
 pub mod garage;
 pub mod nbd;
+pub mod s3;
 pub mod serve;
 
 /// The repository's root folder. Read from `CARGO_MANIFEST_DIR` at run time (cargo sets it for
@@ -266,6 +267,19 @@ pub fn gen_disk(out: &Path, size: &str, seed: u32, template: u32, day: u32) {
     ]));
 }
 
+/// `n` days of VM `seed` (built on `template`) of `size`, from the shared workload: one image
+/// each, day 0 first.
+#[must_use]
+pub fn series(dir: &Path, size: &str, seed: u32, template: u32, n: u32) -> Vec<PathBuf> {
+    (0..n)
+        .map(|d| {
+            let p = dir.join(format!("vm{seed}-t{template}-{size}-day{d}.raw"));
+            gen_disk(&p, size, seed, template, d);
+            p
+        })
+        .collect()
+}
+
 /// Parses a command's stdout as JSON.
 #[must_use]
 pub fn json(out: &str) -> serde_json::Value {
@@ -319,6 +333,62 @@ pub struct TestStore {
 }
 
 impl TestStore {
+    /// Backs up `raws` as one disk of `vm`, a day apart from 2026-11-01; the point ids.
+    #[must_use]
+    pub fn daily_backups(&self, vm: &str, raws: &[PathBuf]) -> Vec<String> {
+        raws.iter()
+            .enumerate()
+            .map(|(d, r)| {
+                let time = format!("2026-11-{:02}T02:00:00Z", d + 1);
+                id(&self.backup(vm, &time, "xvda", r, &[]))
+            })
+            .collect()
+    }
+
+    /// `cairn gc --json EXTRA...`, which must succeed: its report.
+    pub fn gc(&self, extra: &[&str]) -> serde_json::Value {
+        let mut c = self.cmd(&["gc", "--json"]);
+        c.args(extra);
+        json(&ok(&mut c))
+    }
+
+    /// `cairn verify --json EXTRA...`: whether it passed, and its report.
+    #[must_use]
+    pub fn verify(&self, extra: &[&str]) -> (bool, serde_json::Value) {
+        let mut c = self.cmd(&["verify", "--json"]);
+        c.args(extra);
+        let out = run(&mut c);
+        (
+            out.status.success(),
+            json(&String::from_utf8_lossy(&out.stdout)),
+        )
+    }
+
+    /// Restores `point` as a raw image in `work` and checks it holds what `want` holds.
+    pub fn restore_matches(&self, point: &str, want: &Path, work: &Path) {
+        let out = work.join(format!("restored-{point}.raw"));
+        self.restore(point, &out, "raw");
+        assert_same_content(&out, want, true);
+        std::fs::remove_file(out).expect("remove");
+    }
+
+    /// The root file of point `point` (its id) in the store's `points/` folder.
+    #[must_use]
+    pub fn root_file(&self, point: &str) -> PathBuf {
+        let mut stack = vec![self.path().join("points")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("points").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.to_string_lossy().ends_with(&format!("-{point}.json")) {
+                    return p;
+                }
+            }
+        }
+        panic!("no root file for {point}");
+    }
+
     /// A new store with this chunk size.
     #[must_use]
     pub fn new(chunk: &str) -> Self {
@@ -670,4 +740,23 @@ impl Drop for LoopDevice {
     fn drop(&mut self) {
         let _ = Command::new("losetup").args(["-d", &self.0]).status();
     }
+}
+
+/// The error of a refused command (under `--json` it is the JSON on standard output), which
+/// must hold each of `words`.
+pub fn refused(out: &Output, words: &[&str]) -> String {
+    let err = error_text(out);
+    assert!(!out.status.success(), "accepted: {err}");
+    for w in words {
+        assert!(err.contains(w), "{w:?} missing from: {err}");
+    }
+    err
+}
+
+/// A 16 MiB disk of the shared workload (VM `seed` on template 7, day 0) named `name` in `dir`.
+#[must_use]
+pub fn small_disk(dir: &Path, name: &str, seed: u32) -> PathBuf {
+    let p = dir.join(name);
+    gen_disk(&p, "16M", seed, 7, 0);
+    p
 }

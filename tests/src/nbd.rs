@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{cairn_bin, ok, shared_dir};
+use crate::{TestStore, cairn_bin, make_raw, ok, read, shared_dir};
 
 /// A running NBD server.
 pub struct Server {
@@ -242,4 +242,25 @@ pub fn map(uri: &str, context: Option<&str>) -> Vec<(u64, u64, u64)> {
             )
         })
         .collect()
+}
+
+/// A 32 MiB raw disk with holes, and the changed-block-tracking fixture on it (a qcow2 with
+/// the dirty bitmap `inc1`, `expected.raw`, `dirty.json`).
+pub fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
+    let base = dir.join("base.raw");
+    make_raw(&base, 32 << 20, 3);
+    let cbt = dir.join("cbt");
+    ok(Command::new("bash")
+        .arg(shared_dir().join("peers/qcow2_cbt_fixture.sh"))
+        .arg(&base)
+        .arg(&cbt)
+        .arg("7"));
+    (base, cbt)
+}
+
+/// The bytes of `point` restored as a raw image into `dir`.
+pub fn restored(store: &TestStore, point: &str, dir: &Path) -> Vec<u8> {
+    let out = dir.join(format!("{point}.raw"));
+    store.restore(point, &out, "raw");
+    read(&out)
 }

@@ -370,3 +370,49 @@ pub fn refused_missing(code: u16, answer: &[u8]) {
         "{code}: {text}"
     );
 }
+
+/// A request with full control of its headers: `(status, body)`.
+pub fn call(
+    server: &Server,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    body: Option<&[u8]>,
+) -> (u16, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let mut c = Command::new("curl");
+    c.args(["-s", "-X", method, "--max-time", "60", "-o"])
+        .arg(&out)
+        .args(["-w", "%{http_code}", "--cacert"])
+        .arg(&server.cert);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    if let Some(b) = body {
+        let f = dir.path().join("body");
+        std::fs::write(&f, b).expect("body");
+        c.arg("--data-binary").arg(format!("@{}", f.display()));
+    }
+    c.arg(format!("{}{path}", server.url));
+    let o = run(&mut c);
+    let code = String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    (
+        code,
+        String::from_utf8_lossy(&std::fs::read(&out).unwrap_or_default()).into_owned(),
+    )
+}
+
+/// The `Authorization` header of token `tok`.
+pub fn bearer(tok: &str) -> String {
+    format!("Authorization: Bearer {tok}")
+}
+
+/// Every point the server lists to `admin`.
+pub fn points_of(server: &Server, admin: &str) -> Vec<serde_json::Value> {
+    let listed = json(&ok(&mut server.cmd(admin, &["list", "--json"])));
+    listed.as_array().expect("list").clone()
+}

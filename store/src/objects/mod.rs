@@ -7,7 +7,8 @@
 //! implementation runs one conformance suite (`tests/src/objects.rs`), which checks each
 //! guarantee written below.
 //!
-//! The two implementations are modules: [`folder`] and [`bucket`].
+//! The two implementations are modules: [`folder`] and [`bucket`]. The trait's shape is
+//! object_store's: few methods, each guarantee written in its doc, one conformance suite.
 
 mod bucket;
 mod folder;

@@ -42,7 +42,7 @@ pub use writer::PackWriter;
 pub const PACK_MAGIC: [u8; 8] = *b"CAIRNPAK";
 
 /// Pack format version written by this code.
-pub const PACK_VERSION: u32 = 1;
+pub const PACK_VERSION: u32 = crate::format::PACK.current();
 
 /// Size of the pack header.
 pub const PACK_HEADER_SIZE: u64 = 32;

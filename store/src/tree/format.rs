@@ -13,7 +13,7 @@ pub const SEGMENT_REFS: usize = 256;
 pub const FANOUT: usize = 256;
 
 /// The format of leaves and nodes written now.
-pub const TREE_FORMAT: u8 = 2;
+pub const TREE_FORMAT: u8 = crate::format::TREE.current() as u8;
 
 /// Deepest tree read (level 4 spans 2^40 chunks, far past any disk).
 pub(crate) const MAX_DEPTH: u8 = 4;
@@ -97,11 +97,7 @@ pub(super) fn entries(bytes: &[u8]) -> impl Iterator<Item = [u8; 32]> + '_ {
 pub fn decode(bytes: &[u8]) -> Result<Node, String> {
     if bytes.len() >= HEADER && bytes.starts_with(MAGIC) {
         let (version, level) = (bytes[10], bytes[11]);
-        if version != TREE_FORMAT {
-            return Err(format!(
-                "tree chunk of format {version}: this cairn reads format {TREE_FORMAT}"
-            ));
-        }
+        crate::format::TREE.check(u32::from(version))?;
         let count = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
         let body = &bytes[HEADER..];
         if body.len() != count * 32 || count == 0 {
