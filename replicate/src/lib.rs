@@ -28,14 +28,20 @@
 //!   as stored (compressed), several requests in flight, each checked against its id here
 //!   before it is written; a restore token for the VMs is enough. Server to server works too
 //!   (one token each).
+//!
+//! Where copied chunks and points go (a folder's session, a server's upload, a dry run's
+//! count) is [`into`].
 
-use std::collections::HashSet;
-use std::path::Path;
-use std::sync::Arc;
+mod into;
 
 use cairn_store::select::glob_match;
 use cairn_store::tree::{self, Node};
 use cairn_store::{ChunkId, ChunkRef, OpenMode, RecoveryPoint, Store, StoreRead, StoreWrite};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use into::{CopyInto, DryRun, FolderProbe, IntoFolder, IntoServer};
 
 /// Data chunks read and checked at once (at most 32 x 4 MiB held), on both cores or as
 /// several requests in flight.
@@ -142,140 +148,9 @@ impl Side<'_> {
 
 /// Where a replica goes.
 pub type Destination<'a> = Side<'a>;
+
 /// Where the points come from.
 pub type Source<'a> = Side<'a>;
-
-/// What copying a run needs from the destination.
-trait CopyInto {
-    /// Whether the destination holds the whole subtree under tree chunk `id`
-    /// ([`Store::holds_subtrees`]: a chunk some point there references).
-    fn has_tree(&self, id: &ChunkId) -> Result<bool>;
-    /// For each id, whether the destination lacks the chunk.
-    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>>;
-    /// Sends a chunk.
-    fn put(&mut self, enc: &cairn_store::EncodedChunk) -> Result<bool>;
-    /// Stages a point as it is.
-    fn stage(&mut self, p: &RecoveryPoint) -> Result<()>;
-    /// Publishes the staged points together.
-    fn commit(self: Box<Self>) -> Result<()>;
-}
-
-struct IntoFolder<'s> {
-    dst: FolderProbe<'s>,
-    session: cairn_store::Session<'s>,
-    staged: Vec<cairn_store::StagedPoint>,
-}
-
-impl CopyInto for IntoFolder<'_> {
-    fn has_tree(&self, id: &ChunkId) -> Result<bool> {
-        self.dst.has_tree(id)
-    }
-    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
-        self.dst.missing(ids)
-    }
-    fn put(&mut self, enc: &cairn_store::EncodedChunk) -> Result<bool> {
-        Ok(self.session.put(enc)?)
-    }
-    fn stage(&mut self, p: &RecoveryPoint) -> Result<()> {
-        self.staged.push(self.session.stage_copy(p)?);
-        Ok(())
-    }
-    fn commit(self: Box<Self>) -> Result<()> {
-        self.session.commit_run(self.staged)?;
-        Ok(())
-    }
-}
-
-struct IntoServer {
-    upload: cairn_remote::Upload,
-    filter: Arc<dyn cairn_store::ChunkFilter>,
-    points: Vec<RecoveryPoint>,
-}
-
-impl CopyInto for IntoServer {
-    fn has_tree(&self, id: &ChunkId) -> Result<bool> {
-        // The same meaning as a folder's (`Store::holds_subtrees`), asked of the server; the
-        // commit checks it all again.
-        Ok(self.upload.holds_subtrees(&[*id])?.first() == Some(&true))
-    }
-    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
-        Ok(self.filter.missing(ids)?)
-    }
-    fn put(&mut self, enc: &cairn_store::EncodedChunk) -> Result<bool> {
-        use cairn_store::ChunkSink;
-        Ok(self.upload.put(enc)?)
-    }
-    fn stage(&mut self, p: &RecoveryPoint) -> Result<()> {
-        self.points.push(p.clone());
-        Ok(())
-    }
-    fn commit(self: Box<Self>) -> Result<()> {
-        self.upload.commit_points(self.points)?;
-        Ok(())
-    }
-}
-
-/// A destination folder opened read-only, asked what it holds (a dry run sends nothing).
-struct FolderProbe<'s> {
-    dst: &'s Store,
-}
-
-impl CopyInto for FolderProbe<'_> {
-    fn has_tree(&self, id: &ChunkId) -> Result<bool> {
-        Ok(self.dst.holds_subtrees(&[*id])?.first() == Some(&true))
-    }
-    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
-        Ok(self
-            .dst
-            .locations(ids)?
-            .iter()
-            .map(Option::is_none)
-            .collect())
-    }
-    fn put(&mut self, _: &cairn_store::EncodedChunk) -> Result<bool> {
-        Ok(false)
-    }
-    fn stage(&mut self, _: &RecoveryPoint) -> Result<()> {
-        Ok(())
-    }
-    fn commit(self: Box<Self>) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// A dry run: the same walk as a copy, asking the destination (`probe`) what it lacks, but
-/// what would be sent is only counted, in `sent`, which outlives one run: a chunk or subtree
-/// a run before would have sent counts as there, as it would be. Nothing is staged or
-/// committed; a server's session is dropped (aborted) at the end of each run.
-struct DryRun<'d> {
-    probe: Box<dyn CopyInto + 'd>,
-    sent: std::rc::Rc<std::cell::RefCell<HashSet<ChunkId>>>,
-}
-
-impl CopyInto for DryRun<'_> {
-    fn has_tree(&self, id: &ChunkId) -> Result<bool> {
-        Ok(self.sent.borrow().contains(id) || self.probe.has_tree(id)?)
-    }
-    fn missing(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
-        let sent = self.sent.borrow();
-        Ok(self
-            .probe
-            .missing(ids)?
-            .into_iter()
-            .zip(ids)
-            .map(|(lacks, id)| lacks && !sent.contains(id))
-            .collect())
-    }
-    fn put(&mut self, enc: &cairn_store::EncodedChunk) -> Result<bool> {
-        Ok(self.sent.borrow_mut().insert(enc.id))
-    }
-    fn stage(&mut self, _: &RecoveryPoint) -> Result<()> {
-        Ok(())
-    }
-    fn commit(self: Box<Self>) -> Result<()> {
-        Ok(())
-    }
-}
 
 fn selected(p: &RecoveryPoint, o: &Options) -> bool {
     let vm = o.vm.as_ref().is_none_or(|g| {

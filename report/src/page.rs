@@ -3,6 +3,9 @@
 //! alone (the JSON of `cairn report --json`), so every figure on it is one of the document's:
 //! each number carries its place in the document (`data-path`) and its exact value
 //! (`data-value`) beside the rounded text people read.
+//!
+//! One file (over 600 lines) for one page: its style, its sections in the order the page shows
+//! them, and the helpers every section shares (escaping, numbers with their place).
 
 use std::fmt::Write;
 

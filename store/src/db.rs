@@ -188,3 +188,41 @@ pub(crate) fn sync_write() -> WriteOptions {
     w.set_sync(true);
     w
 }
+
+impl Store {
+    /// Indexes `chunks` as held in packs that need not exist, each counted once, without
+    /// syncing: a synthetic index for the large-index benchmark (`benches/src/bin/fill-index.rs`:
+    /// a store of 10 TB holds 40 M chunks, out of reach of backups in a benchmark run). Nothing
+    /// reads the packs: never on a store that matters.
+    ///
+    /// # Errors
+    /// A store opened read-only, index errors.
+    #[doc(hidden)]
+    pub fn index_synthetic(&self, chunks: &[(crate::ChunkId, Location)]) -> Result<()> {
+        self.require_writer()?;
+        let (chunks_cf, refs_cf) = (self.cf(CF_CHUNKS)?, self.cf(crate::index::CF_REFS)?);
+        let mut batch = WriteBatch::default();
+        for (id, loc) in chunks {
+            batch.put_cf(chunks_cf, id.0, loc.encode());
+            batch.put_cf(refs_cf, id.0, 1u64.to_be_bytes());
+        }
+        let mut write = WriteOptions::default();
+        write.disable_wal(true);
+        self.db.write_opt(batch, &write).map_err(self.index_err())
+    }
+
+    /// Flushes and compacts the chunks' and references' column families (after
+    /// [`Store::index_synthetic`]), as a store that grew over years holds them.
+    ///
+    /// # Errors
+    /// Index errors.
+    #[doc(hidden)]
+    pub fn compact_chunk_index(&self) -> Result<()> {
+        for name in [CF_CHUNKS, crate::index::CF_REFS] {
+            let cf = self.cf(name)?;
+            self.db.flush_cf(cf).map_err(self.index_err())?;
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+}

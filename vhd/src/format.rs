@@ -4,6 +4,10 @@
 //! v1.0 (2006) and is frozen: changing one changes the format. All integers are big-endian.
 //! The on-disk layout is kept apart from the domain types: [`Footer::decode`] and
 //! [`Header::decode`] validate while they parse, and `encode` always writes a correct checksum.
+//!
+//! One file for the whole specification (over 600 lines): the structures refer to each other's
+//! constants and checksum, and reading them beside the spec's sections, in its order, is how
+//! they are checked (cloud-hypervisor's `block` crate keeps each format in one module too).
 
 #![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 

@@ -10,10 +10,10 @@
 //! cache, memory). Do not run it on a store that matters.
 
 use std::error::Error;
-use std::path::PathBuf;
+use std::path::Path;
 
-use cairn_store::index::{CF_CHUNKS, CF_REFS, COLUMN_FAMILIES, Location};
-use cairn_store::{ChunkKind, Codec, PackId};
+use cairn_store::index::Location;
+use cairn_store::{ChunkId, ChunkKind, Codec, OpenMode, PackId, Store};
 
 fn main() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -21,19 +21,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         return Err("usage: fill-index STORE COUNT".into());
     };
     let count: u64 = count.parse()?;
-    let path = PathBuf::from(store).join("index");
-    let _lock = cairn_store::lock::WriteLock::acquire(std::path::Path::new(store), false)?;
-    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, COLUMN_FAMILIES)?;
-    let (chunks, refs) = (
-        db.cf_handle(CF_CHUNKS).ok_or("no chunks family")?,
-        db.cf_handle(CF_REFS).ok_or("no refs family")?,
-    );
+    let store = Store::open(Path::new(store), OpenMode::Write { wait: false })?;
     let pack = PackId::random();
-    let mut write = rocksdb::WriteOptions::default();
-    write.disable_wal(true);
-    let mut batch = rocksdb::WriteBatch::default();
+    let mut batch = Vec::with_capacity(100_000);
     for i in 0..count {
-        let id = blake3::hash(&i.to_le_bytes());
         let loc = Location {
             pack,
             offset: i * 100_000,
@@ -42,20 +33,20 @@ fn main() -> Result<(), Box<dyn Error>> {
             codec: Codec::Zstd,
             kind: ChunkKind::Data,
         };
-        batch.put_cf(chunks, id.as_bytes(), loc.encode());
-        batch.put_cf(refs, id.as_bytes(), 1u64.to_be_bytes());
-        if batch.len() >= 200_000 {
-            db.write_opt(std::mem::take(&mut batch), &write)?;
+        batch.push((ChunkId(*blake3::hash(&i.to_le_bytes()).as_bytes()), loc));
+        if batch.len() >= 100_000 {
+            store.index_synthetic(&batch)?;
+            batch.clear();
         }
         if i > 0 && i % 5_000_000 == 0 {
             eprintln!("{i} entries");
         }
     }
-    db.write_opt(batch, &write)?;
-    db.flush_cf(chunks)?;
-    db.flush_cf(refs)?;
-    db.compact_range_cf(chunks, None::<&[u8]>, None::<&[u8]>);
-    db.compact_range_cf(refs, None::<&[u8]>, None::<&[u8]>);
-    eprintln!("indexed {count} synthetic chunks in {}", path.display());
+    store.index_synthetic(&batch)?;
+    store.compact_chunk_index()?;
+    eprintln!(
+        "indexed {count} synthetic chunks in {}",
+        store.root().display()
+    );
     Ok(())
 }

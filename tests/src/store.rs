@@ -1,0 +1,212 @@
+//! A store under test: made in a temporary folder, driven through the `cairn` binary.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cairn_bin;
+use crate::{assert_same_content, cairn, id, json, ok, run};
+
+/// A store in a temporary folder, driven through the `cairn` binary.
+pub struct TestStore {
+    dir: tempfile::TempDir,
+}
+
+impl TestStore {
+    /// Backs up `raws` as one disk of `vm`, a day apart from 2026-11-01; the point ids.
+    #[must_use]
+    pub fn daily_backups(&self, vm: &str, raws: &[PathBuf]) -> Vec<String> {
+        raws.iter()
+            .enumerate()
+            .map(|(d, r)| {
+                let time = format!("2026-11-{:02}T02:00:00Z", d + 1);
+                id(&self.backup(vm, &time, "xvda", r, &[]))
+            })
+            .collect()
+    }
+
+    /// `cairn gc --json EXTRA...`, which must succeed: its report.
+    pub fn gc(&self, extra: &[&str]) -> serde_json::Value {
+        let mut c = self.cmd(&["gc", "--json"]);
+        c.args(extra);
+        json(&ok(&mut c))
+    }
+
+    /// `cairn verify --json EXTRA...`: whether it passed, and its report.
+    #[must_use]
+    pub fn verify(&self, extra: &[&str]) -> (bool, serde_json::Value) {
+        let mut c = self.cmd(&["verify", "--json"]);
+        c.args(extra);
+        let out = run(&mut c);
+        (
+            out.status.success(),
+            json(&String::from_utf8_lossy(&out.stdout)),
+        )
+    }
+
+    /// Restores `point` as a raw image in `work` and checks it holds what `want` holds.
+    pub fn restore_matches(&self, point: &str, want: &Path, work: &Path) {
+        let out = work.join(format!("restored-{point}.raw"));
+        self.restore(point, &out, "raw");
+        assert_same_content(&out, want, true);
+        std::fs::remove_file(out).expect("remove");
+    }
+
+    /// The root file of point `point` (its id) in the store's `points/` folder.
+    #[must_use]
+    pub fn root_file(&self, point: &str) -> PathBuf {
+        let mut stack = vec![self.path().join("points")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("points").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.to_string_lossy().ends_with(&format!("-{point}.json")) {
+                    return p;
+                }
+            }
+        }
+        panic!("no root file for {point}");
+    }
+
+    /// A new store with this chunk size.
+    #[must_use]
+    pub fn new(chunk: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // UTC, whatever this machine's zone: tests give times in UTC.
+        ok(cairn(["init", "--timezone", "UTC", "--chunk-size", chunk])
+            .arg(dir.path().join("store")));
+        Self { dir }
+    }
+
+    /// A copy of this store (`cp -a`) in a folder of its own: one fixture, damaged many ways.
+    #[must_use]
+    pub fn copy(&self) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        ok(Command::new("cp")
+            .arg("-a")
+            .arg(self.path())
+            .arg(dir.path().join("store")));
+        Self { dir }
+    }
+
+    /// The store's folder.
+    #[must_use]
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// A `cairn` command on this store.
+    #[must_use]
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = cairn(args);
+        c.env("CAIRN_STORE", self.path());
+        c
+    }
+
+    /// Backs up `src` as `disk` of `vm` at `time`; returns the point's JSON.
+    pub fn backup(
+        &self,
+        vm: &str,
+        time: &str,
+        disk: &str,
+        src: &Path,
+        extra: &[&str],
+    ) -> serde_json::Value {
+        let mut c = self.cmd(&["backup", "--json", "--vm", vm, "--time", time]);
+        c.args(extra).arg(format!("{disk}={}", src.display()));
+        json(&ok(&mut c))[0].clone()
+    }
+
+    /// Restores a point, replacing `out` if a test restored there before (`--force`).
+    pub fn restore(&self, point: &str, out: &Path, format: &str) {
+        ok(self
+            .cmd(&["restore", "--force", point, "--format", format])
+            .arg(out));
+    }
+
+    /// Runs `cairn ARGS` on this store under `strace`, killed with SIGKILL on entering the
+    /// `when`-th call (over all threads) of `syscalls` (comma-separated; strace counts each
+    /// system call of the list on its own). Returns how it ended: killed by signal 9 when the
+    /// call was reached, else the command's own exit.
+    pub fn killed_at(
+        &self,
+        syscalls: &str,
+        when: u32,
+        args: &[&OsStr],
+    ) -> std::process::ExitStatus {
+        self.killed_at_path(syscalls, when, None, args)
+    }
+
+    /// As [`TestStore::killed_at`], counting only the calls on `path` (strace `-P`: a file or
+    /// folder, given absolute, that exists when the command starts).
+    pub fn killed_at_path(
+        &self,
+        syscalls: &str,
+        when: u32,
+        path: Option<&Path>,
+        args: &[&OsStr],
+    ) -> std::process::ExitStatus {
+        let mut c = Command::new("strace");
+        if let Some(p) = path {
+            c.arg("-P").arg(p);
+        }
+        c.args(["-f", "-qq", "-o", "/dev/null", "-e"])
+            .arg(format!("trace={syscalls}"))
+            .arg("-e")
+            .arg(format!("inject={syscalls}:signal=SIGKILL:when={when}"))
+            .arg(cairn_bin())
+            .args(args)
+            .env("CAIRN_STORE", self.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run strace (installed by scripts/setup.sh)")
+    }
+
+    /// Runs `cairn ARGS --store STORE` with a pseudo-terminal as its stdin and stdout (through
+    /// util-linux `script`); returns its status and what reached the terminal.
+    pub fn on_a_terminal(&self, args: &str) -> (std::process::ExitStatus, String) {
+        let cmdline = format!(
+            "{} {args} --store {}",
+            cairn_bin().display(),
+            self.path().display()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &cmdline, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("script (util-linux)");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// `cairn list --json`.
+    #[must_use]
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        json(&ok(&mut self.cmd(&["list", "--json"])))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every file under `packs/`.
+    #[must_use]
+    pub fn pack_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.path().join("packs")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("packs").flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
