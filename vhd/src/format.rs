@@ -286,38 +286,71 @@ pub fn fourcc(bytes: [u8; 4]) -> String {
         .collect()
 }
 
-/// A footer's cookie, checksum and major version, checked: its stored checksum and version.
-fn check_footer_frame(b: &[u8], at: u64) -> Result<(u32, u32), Error> {
-    let cookie: [u8; 8] = arr(b, F_COOKIE);
-    if cookie != FOOTER_COOKIE {
-        return Err(Error::BadCookie {
-            structure: Structure::Footer,
-            offset: at,
-            found: cookie,
-            expected: FOOTER_COOKIE,
-        });
-    }
-    let stored = be32(b, F_CHECKSUM);
-    let computed = checksum(b, F_CHECKSUM);
-    if stored != computed {
-        return Err(Error::ChecksumMismatch {
-            structure: Structure::Footer,
-            offset: at.saturating_add(F_CHECKSUM as u64),
-            found: stored,
-            expected: computed,
-        });
-    }
-    let version = be32(b, F_VERSION);
-    if version >> 16 != FILE_FORMAT_VERSION >> 16 {
-        return Err(Error::UnsupportedVersion {
-            structure: Structure::Footer,
-            offset: at.saturating_add(F_VERSION as u64),
-            found: version,
-            expected: FILE_FORMAT_VERSION,
-        });
-    }
-    Ok((stored, version))
+/// Where a structure keeps its cookie, checksum and version, and what they must be.
+struct Frame {
+    structure: Structure,
+    cookie: [u8; 8],
+    cookie_at: usize,
+    checksum_at: usize,
+    version_at: usize,
+    version: u32,
 }
+
+impl Frame {
+    /// The cookie, checksum and major version of the structure in `b` (read at `at`), checked:
+    /// its stored checksum and version.
+    fn check(&self, b: &[u8], at: u64) -> Result<(u32, u32), Error> {
+        let cookie: [u8; 8] = arr(b, self.cookie_at);
+        if cookie != self.cookie {
+            return Err(Error::BadCookie {
+                structure: self.structure,
+                offset: at,
+                found: cookie,
+                expected: self.cookie,
+            });
+        }
+        let stored = be32(b, self.checksum_at);
+        let computed = checksum(b, self.checksum_at);
+        if stored != computed {
+            return Err(Error::ChecksumMismatch {
+                structure: self.structure,
+                offset: at.saturating_add(self.checksum_at as u64),
+                found: stored,
+                expected: computed,
+            });
+        }
+        let version = be32(b, self.version_at);
+        if version >> 16 != self.version >> 16 {
+            return Err(Error::UnsupportedVersion {
+                structure: self.structure,
+                offset: at.saturating_add(self.version_at as u64),
+                found: version,
+                expected: self.version,
+            });
+        }
+        Ok((stored, version))
+    }
+}
+
+/// The footer's frame.
+const FOOTER_FRAME: Frame = Frame {
+    structure: Structure::Footer,
+    cookie: FOOTER_COOKIE,
+    cookie_at: F_COOKIE,
+    checksum_at: F_CHECKSUM,
+    version_at: F_VERSION,
+    version: FILE_FORMAT_VERSION,
+};
+
+/// The dynamic disk header's frame.
+const HEADER_FRAME: Frame = Frame {
+    structure: Structure::Header,
+    cookie: HEADER_COOKIE,
+    cookie_at: H_COOKIE,
+    checksum_at: H_CHECKSUM,
+    version_at: H_VERSION,
+    version: HEADER_VERSION,
+};
 
 impl Footer {
     /// A footer for a new disk written by cairn. The caller fills in the data offset of sparse
@@ -360,7 +393,7 @@ impl Footer {
             *to = *from;
         }
         let b = &buf[..];
-        let (stored, version) = check_footer_frame(b, at)?;
+        let (stored, version) = FOOTER_FRAME.check(b, at)?;
         let type_code = be32(b, F_DISK_TYPE);
         let disk_type = DiskType::from_code(type_code).ok_or_else(|| Error::Invalid {
             offset: at.saturating_add(F_DISK_TYPE as u64),
@@ -544,34 +577,7 @@ impl Header {
     /// A wrong cookie or checksum, an unknown major version, a block size that is not a power
     /// of two in `[MIN_BLOCK_SIZE, MAX_BLOCK_SIZE]`, or a table offset not on a sector.
     pub fn decode(b: &[u8; HEADER_SIZE], at: u64) -> Result<Self, Error> {
-        let cookie: [u8; 8] = arr(b, H_COOKIE);
-        if cookie != HEADER_COOKIE {
-            return Err(Error::BadCookie {
-                structure: Structure::Header,
-                offset: at,
-                found: cookie,
-                expected: HEADER_COOKIE,
-            });
-        }
-        let stored = be32(b, H_CHECKSUM);
-        let computed = checksum(b, H_CHECKSUM);
-        if stored != computed {
-            return Err(Error::ChecksumMismatch {
-                structure: Structure::Header,
-                offset: at.saturating_add(H_CHECKSUM as u64),
-                found: stored,
-                expected: computed,
-            });
-        }
-        let version = be32(b, H_VERSION);
-        if version >> 16 != HEADER_VERSION >> 16 {
-            return Err(Error::UnsupportedVersion {
-                structure: Structure::Header,
-                offset: at.saturating_add(H_VERSION as u64),
-                found: version,
-                expected: HEADER_VERSION,
-            });
-        }
+        let (stored, version) = HEADER_FRAME.check(b, at)?;
         let block_size = be32(b, H_BLOCK_SIZE);
         if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
         {
