@@ -88,7 +88,7 @@ fn check_into(id: &ChunkId, c: &EncodedChunk, out: &mut [u8]) -> Result<()> {
     chunk::decode_into(id, c.codec, c.plain_len, &c.bytes, out).map_err(|what| Error::BadChunk {
         id: *id,
         where_: "as the server sent it".into(),
-        what,
+        what: what.to_string(),
     })
 }
 

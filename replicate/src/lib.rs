@@ -415,7 +415,7 @@ fn copy_chunks(
             |what| cairn_store::Error::BadChunk {
                 id,
                 where_: "as read for replication".into(),
-                what,
+                what: what.to_string(),
             },
         )?;
         let node = tree::decode(&bytes).map_err(|what| {

@@ -188,16 +188,47 @@ pub fn encode_with_id(id: ChunkId, data: &[u8], kind: ChunkKind, level: i32) -> 
     }
 }
 
+/// What is wrong with a chunk's stored bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChunkError {
+    /// The chunk's length is not its place's on the disk.
+    #[error("the chunk is {len} bytes where its place on the disk holds {place}")]
+    NotItsPlace {
+        /// The chunk's length.
+        len: usize,
+        /// Its place's.
+        place: usize,
+    },
+    /// The stored bytes do not decompress.
+    #[error("zstd: {0}")]
+    Zstd(String),
+    /// They decode to another length than the frame says.
+    #[error("decodes to {got} bytes, expected {expected}")]
+    Length {
+        /// Bytes decoded.
+        got: usize,
+        /// Bytes the frame says.
+        expected: u32,
+    },
+    /// They hash to another id.
+    #[error("content hashes to {hashed}, not to its id")]
+    Hash {
+        /// What they hash to.
+        hashed: ChunkId,
+    },
+}
+
 /// Decodes stored bytes and checks them against `id`.
 ///
 /// # Errors
-/// A description of what is wrong (decompression failure, wrong length, hash mismatch).
+/// What is wrong (decompression failure, wrong length, hash mismatch).
 pub fn decode(
     id: &ChunkId,
     codec: Codec,
     plain_len: u32,
     stored: &[u8],
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, ChunkError> {
     let mut plain = vec![0u8; plain_len as usize];
     decode_into(id, codec, plain_len, stored, &mut plain)?;
     Ok(plain)
@@ -209,21 +240,21 @@ pub fn decode(
 /// its place is an error, never a place left holding what a buffer held before.
 ///
 /// # Errors
-/// A description of what is wrong (a length that is not its place's, decompression failure,
-/// wrong decoded length, hash mismatch).
+/// What is wrong (a length that is not its place's, decompression failure, wrong decoded
+/// length, hash mismatch).
 pub fn decode_into(
     id: &ChunkId,
     codec: Codec,
     plain_len: u32,
     stored: &[u8],
     out: &mut [u8],
-) -> Result<(), String> {
+) -> Result<(), ChunkError> {
     let want = plain_len as usize;
     if out.len() != want {
-        return Err(format!(
-            "the chunk is {want} bytes where its place on the disk holds {}",
-            out.len()
-        ));
+        return Err(ChunkError::NotItsPlace {
+            len: want,
+            place: out.len(),
+        });
     }
     let got = match codec {
         Codec::Plain => {
@@ -247,15 +278,18 @@ pub fn decode_into(
                         None => zstd::bulk::decompress_to_buffer(stored, out),
                     }
                 })
-                .map_err(|e| format!("zstd: {e}"))?
+                .map_err(|e| ChunkError::Zstd(e.to_string()))?
         }
     };
     if got != want {
-        return Err(format!("decodes to {got} bytes, expected {plain_len}"));
+        return Err(ChunkError::Length {
+            got,
+            expected: plain_len,
+        });
     }
     let hashed = ChunkId::of(out);
     if &hashed != id {
-        return Err(format!("content hashes to {hashed}, not to its id"));
+        return Err(ChunkError::Hash { hashed });
     }
     Ok(())
 }

@@ -198,10 +198,10 @@ impl Store {
 }
 
 /// A chunk at `loc` that cannot be read or is not what its id says.
-pub(crate) fn bad_chunk(id: &ChunkId, loc: &Location, what: String) -> Error {
+pub(crate) fn bad_chunk(id: &ChunkId, loc: &Location, what: impl std::fmt::Display) -> Error {
     Error::BadChunk {
         id: *id,
         where_: format!("pack {} offset {}", loc.pack.to_hex(), loc.offset),
-        what,
+        what: what.to_string(),
     }
 }

@@ -164,7 +164,7 @@ pub fn scan(path: &Path) -> Result<PackScan> {
                 at = end;
             }
             Err(why) => {
-                at = past_damage(&file, at, len, &why, &mut out).map_err(io)?;
+                at = past_damage(&file, at, len, &why.to_string(), &mut out).map_err(io)?;
                 r.seek(SeekFrom::Start(at)).map_err(io)?;
             }
         }

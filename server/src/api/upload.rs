@@ -223,7 +223,8 @@ pub(super) async fn upload(
                         f.plain_len
                     )));
                 }
-                let plain = chunk::decode(&f.id, f.codec, f.plain_len, &f.bytes).map_err(fail)?;
+                let plain = chunk::decode(&f.id, f.codec, f.plain_len, &f.bytes)
+                    .map_err(|e| fail(e.to_string()))?;
                 if f.kind == ChunkKind::Tree {
                     cairn_store::tree::decode(&plain)
                         .map_err(|e| fail(format!("not a tree chunk: {e}")))?;

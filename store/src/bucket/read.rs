@@ -315,7 +315,7 @@ pub(super) fn decode_range(
     for (i, id, loc, slot) in jobs {
         let r = buf.map_err(str::to_owned).and_then(|buf| {
             let h = frame_in(buf, loc.offset - start, &id, &mut stored)?;
-            chunk::decode_into(&id, h.codec, h.plain_len, &stored, slot)
+            chunk::decode_into(&id, h.codec, h.plain_len, &stored, slot).map_err(|e| e.to_string())
         });
         if let Err(what) = r {
             failed.push((i, crate::read::bad_chunk(&id, &loc, what)));
@@ -351,7 +351,8 @@ pub(super) fn encoded_in(
         let r = buf.map_err(str::to_owned).and_then(|buf| {
             let h = frame_in(buf, loc.offset - start, &id, &mut stored)?;
             plain.resize(h.plain_len as usize, 0);
-            chunk::decode_into(&id, h.codec, h.plain_len, &stored, &mut plain)?;
+            chunk::decode_into(&id, h.codec, h.plain_len, &stored, &mut plain)
+                .map_err(|e| e.to_string())?;
             Ok(EncodedChunk {
                 id,
                 kind: h.kind,

@@ -8,6 +8,37 @@ use std::path::Path;
 
 use super::{FRAME_HEADER_SIZE, FRAME_MAGIC, MAX_FRAME_PAYLOAD};
 
+/// What is wrong with a frame header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// Not a frame's magic.
+    #[error("frame magic is {0:02x?}, expected \"CFRM\"")]
+    Magic([u8; 4]),
+    /// The header's CRC does not match its bytes.
+    #[error("frame header CRC is {stored:#010x}, the bytes give {computed:#010x}")]
+    Crc {
+        /// The CRC stored.
+        stored: u32,
+        /// The CRC of the bytes.
+        computed: u32,
+    },
+    /// An unknown codec.
+    #[error("unknown codec {0}")]
+    Codec(u8),
+    /// An unknown chunk kind.
+    #[error("unknown chunk kind {0}")]
+    Kind(u8),
+    /// A length over the most a frame holds.
+    #[error("frame lengths {plain_len}/{stored_len} exceed {MAX_FRAME_PAYLOAD}")]
+    Lengths {
+        /// The plain length.
+        plain_len: u32,
+        /// The stored length.
+        stored_len: u32,
+    },
+}
+
 /// The header of one frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -55,31 +86,26 @@ impl FrameHeader {
     ///
     /// # Errors
     /// Wrong magic, CRC mismatch, unknown codec or kind, or a length out of range.
-    pub fn decode(b: &[u8; FRAME_HEADER_SIZE as usize]) -> Result<Self, String> {
+    pub fn decode(b: &[u8; FRAME_HEADER_SIZE as usize]) -> Result<Self, FrameError> {
         if b[0..4] != FRAME_MAGIC {
-            return Err(format!(
-                "frame magic is {:02x?}, expected \"CFRM\"",
-                &b[0..4]
-            ));
+            return Err(FrameError::Magic([b[0], b[1], b[2], b[3]]));
         }
-        let crc = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
-        let got = crc32fast::hash(&b[8..]);
-        if crc != got {
-            return Err(format!(
-                "frame header CRC is {crc:#010x}, the bytes give {got:#010x}"
-            ));
+        let stored = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+        let computed = crc32fast::hash(&b[8..]);
+        if stored != computed {
+            return Err(FrameError::Crc { stored, computed });
         }
         let mut id = [0u8; 32];
         id.copy_from_slice(&b[8..40]);
         let plain_len = u32::from_be_bytes([b[40], b[41], b[42], b[43]]);
         let stored_len = u32::from_be_bytes([b[44], b[45], b[46], b[47]]);
-        let codec = Codec::from_code(b[48]).ok_or_else(|| format!("unknown codec {}", b[48]))?;
-        let kind =
-            ChunkKind::from_code(b[49]).ok_or_else(|| format!("unknown chunk kind {}", b[49]))?;
+        let codec = Codec::from_code(b[48]).ok_or(FrameError::Codec(b[48]))?;
+        let kind = ChunkKind::from_code(b[49]).ok_or(FrameError::Kind(b[49]))?;
         if plain_len > MAX_FRAME_PAYLOAD || stored_len > MAX_FRAME_PAYLOAD {
-            return Err(format!(
-                "frame lengths {plain_len}/{stored_len} exceed {MAX_FRAME_PAYLOAD}"
-            ));
+            return Err(FrameError::Lengths {
+                plain_len,
+                stored_len,
+            });
         }
         Ok(Self {
             id: ChunkId(id),
@@ -101,7 +127,7 @@ pub fn parse_frame(buf: &[u8], stored: &mut Vec<u8>) -> Result<FrameHeader, Stri
         .get(..FRAME_HEADER_SIZE as usize)
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| format!("{} bytes, a frame header is {FRAME_HEADER_SIZE}", buf.len()))?;
-    let header = FrameHeader::decode(hb)?;
+    let header = FrameHeader::decode(hb).map_err(|e| e.to_string())?;
     let start = FRAME_HEADER_SIZE as usize;
     let bytes = buf
         .get(start..start + header.stored_len as usize)
@@ -145,7 +171,7 @@ pub fn read_frame_into(
     let header = FrameHeader::decode(&hb).map_err(|what| Error::BadPack {
         path: path.to_path_buf(),
         offset,
-        what,
+        what: what.to_string(),
     })?;
     bytes.resize(header.stored_len as usize, 0);
     file.read_exact_at(bytes, offset + FRAME_HEADER_SIZE)
