@@ -153,31 +153,11 @@ impl Server {
         token: &str,
         body: Option<&[u8]>,
     ) -> (u16, Vec<u8>) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let out = dir.path().join("out");
-        let mut c = Command::new("curl");
-        c.args(["-s", "-X", method, "--max-time", "60", "-o"])
-            .arg(&out)
-            .args(["-w", "%{http_code}", "--cacert"])
-            .arg(&self.cert)
-            .args(["-H", &format!("Authorization: Bearer {token}")]);
-        if let Some(b) = body {
-            let f = dir.path().join("body");
-            std::fs::write(&f, b).expect("body");
-            c.args([
-                "-H",
-                "Content-Type: application/octet-stream",
-                "--data-binary",
-            ])
-            .arg(format!("@{}", f.display()));
+        let mut headers = vec![bearer(token)];
+        if body.is_some() {
+            headers.push("Content-Type: application/octet-stream".into());
         }
-        c.arg(format!("{}/api/v1/{path}", self.url));
-        let o = run(&mut c);
-        let code = String::from_utf8_lossy(&o.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        (code, std::fs::read(&out).unwrap_or_default())
+        request(self, method, &format!("/api/v1/{path}"), &headers, body)
     }
 
     /// Opens a backup session for disk `xvda` of `vm` with `token` through the API; returns
@@ -379,6 +359,19 @@ pub fn call(
     headers: &[String],
     body: Option<&[u8]>,
 ) -> (u16, String) {
+    let (code, answer) = request(server, method, path, headers, body);
+    (code, String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// `curl` of `path` (from the server's root) with `headers` and `body`: `(status, body)`, the
+/// status 0 when no answer came.
+fn request(
+    server: &Server,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    body: Option<&[u8]>,
+) -> (u16, Vec<u8>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out");
     let mut c = Command::new("curl");
@@ -400,10 +393,7 @@ pub fn call(
         .trim()
         .parse()
         .unwrap_or(0);
-    (
-        code,
-        String::from_utf8_lossy(&std::fs::read(&out).unwrap_or_default()).into_owned(),
-    )
+    (code, std::fs::read(&out).unwrap_or_default())
 }
 
 /// The `Authorization` header of token `tok`.
