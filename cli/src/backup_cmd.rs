@@ -265,6 +265,7 @@ fn local_run<'s>(a: &BackupArgs, s: &'s cairn_store::Store) -> Result<cairn_inge
         let cfg = s.config();
         let dry = cairn_ingest::DryRun::new(
             std::sync::Arc::new(s.held_filter()?),
+            s.keys()?.clone(),
             cfg.zstd_level,
             cfg.chunk_size,
         )
@@ -297,6 +298,7 @@ fn remote_run<'r>(
     let cfg = cairn_store::StoreRead::config(&**r);
     let dry = cairn_ingest::DryRun::new(
         cairn_store::StoreWrite::filter(&upload),
+        r.keys()?.clone(),
         cfg.zstd_level,
         cfg.chunk_size,
     )

@@ -182,11 +182,12 @@ macro_rules! say {
 /// reads).
 fn version_text() -> &'static str {
     let text = format!(
-        "{} (store format {}, reads formats {} to {})",
+        "{} (store format {}, {} encrypted; reads formats {} to {})",
         env!("CARGO_PKG_VERSION"),
         cairn_store::config::FORMAT_VERSION,
+        cairn_store::config::ENCRYPTED_FORMAT_VERSION,
         cairn_store::config::OLDEST_FORMAT_VERSION,
-        cairn_store::config::FORMAT_VERSION
+        cairn_store::config::ENCRYPTED_FORMAT_VERSION
     );
     Box::leak(text.into_boxed_str())
 }

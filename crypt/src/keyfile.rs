@@ -38,6 +38,30 @@ impl Default for KdfParams {
     }
 }
 
+impl KdfParams {
+    /// Refuses parameters past what any machine should spend on one passphrase (a key file
+    /// altered to exhaust memory or time is refused, not obeyed): at most 4 GiB, 64 passes,
+    /// 16 lanes, and at least Argon2's minimum of 8 KiB per lane.
+    ///
+    /// # Errors
+    /// [`Error::KeyFile`] naming the parameter.
+    pub fn check(&self) -> Result<()> {
+        if !(8 * self.parallelism.max(1)..=4 << 20).contains(&self.memory_kib) {
+            return Err(Error::KeyFile(format!(
+                "Argon2id memory {} KiB is outside 8 KiB per lane to 4 GiB",
+                self.memory_kib
+            )));
+        }
+        if !(1..=64).contains(&self.iterations) || !(1..=16).contains(&self.parallelism) {
+            return Err(Error::KeyFile(format!(
+                "Argon2id passes {} or lanes {} are outside 1 to 64 and 1 to 16",
+                self.iterations, self.parallelism
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A key file's contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +117,20 @@ impl KeyFile {
         })
     }
 
+    /// A key file of `params` with empty fields: the shape the paper form fills.
+    pub(crate) fn seal_shape(params: KdfParams) -> Self {
+        Self {
+            format: FORMAT,
+            kdf: "argon2id".into(),
+            params,
+            salt: String::new(),
+            cipher: "xchacha20poly1305".into(),
+            nonce: String::new(),
+            sealed_key: String::new(),
+            fingerprint: String::new(),
+        }
+    }
+
     /// The master key this file seals, opened with `passphrase`.
     ///
     /// # Errors
@@ -105,6 +143,7 @@ impl KeyFile {
                 self.format, self.kdf, self.cipher
             )));
         }
+        self.params.check()?;
         let salt = unhex(&self.salt, "salt")?;
         let nonce: [u8; 24] = unhex(&self.nonce, "nonce")?
             .try_into()

@@ -11,8 +11,8 @@
 //!   dedups within the store while ids say nothing without the key (two stores with different
 //!   keys give different ids to the same data);
 //! - the **seal key**: each chunk's stored bytes are sealed with XChaCha20-Poly1305
-//!   ([`MasterKey::seal`]), the chunk id as associated data, so that a chunk moved or swapped
-//!   under another id fails to open;
+//!   ([`MasterKey::seal`]), the chunk id (with its kind, codec and length) as associated data,
+//!   so that a chunk moved or swapped under another id fails to open;
 //! - the **fingerprint**, shown to tell keys apart ([`MasterKey::fingerprint`]).
 //!
 //! # Why XChaCha20-Poly1305
@@ -21,20 +21,24 @@
 //! 868 MB/s, AES-256-GCM seals at 459 MB/s and opens at 481 MB/s. Speed aside, GCM's 96-bit
 //! nonce cannot be drawn at random for billions of chunks, and one taken from the chunk id
 //! would collide in its first 96 bits long before a store is large. XChaCha20-Poly1305's
-//! 192-bit nonce is taken from the (keyed) chunk id: sealing is deterministic (the same chunk
-//! seals to the same bytes, as dedup wants), and two different chunks never share a nonce
-//! unless their 256-bit ids agree in 192 bits.
+//! 192-bit nonce is drawn at random for every seal (and stored in front of the ciphertext):
+//! at 2^-192 per pair, no two seals in the life of any store share one. A nonce taken from the
+//! chunk id would save its 24 bytes but repeat whenever one chunk is sealed twice with different
+//! bytes (a zstd level or version changed, a chunk stored plain once and compressed once):
+//! under a stream cipher, that gives away the XOR of the two.
 //!
 //! The store's chunk codec is meant to be this crate's one caller (the chunk seal lives in the
 //! store, below every reader and writer): nothing above the store sees a sealed byte or a key.
-//! Not wired in yet (issue 33): this crate is the keys, ids and seal, with their tests.
 //!
 //! Secrets are zeroized when dropped, and no type here prints one (`Debug` shows only the
 //! fingerprint).
 
 mod keyfile;
+mod paper;
+mod recovery;
 
 pub use keyfile::{KdfParams, KeyFile};
+pub use recovery::{RecoveryPublic, RecoverySeal, RecoverySecret};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -42,8 +46,10 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Bytes of a master key.
 pub const KEY_BYTES: usize = 32;
-/// Bytes the seal adds to a chunk (the Poly1305 tag).
-pub const SEAL_OVERHEAD: usize = 16;
+/// Bytes of a seal's nonce.
+const NONCE_BYTES: usize = 24;
+/// Bytes the seal adds to a chunk: its random nonce (24) and the Poly1305 tag (16).
+pub const SEAL_OVERHEAD: usize = NONCE_BYTES + 16;
 
 /// Context strings of the derivations from the master key (frozen: changing one changes every
 /// id or seal of every encrypted store).
@@ -58,12 +64,9 @@ pub enum Error {
     /// The passphrase does not open the key file (or the file was altered).
     #[error("the passphrase does not open this key file (or the key file was altered)")]
     WrongPassphrase,
-    /// A sealed chunk does not open under its id: damaged, moved, or sealed with another key.
-    #[error("chunk {id} does not open: damaged, put under another id, or sealed with another key")]
-    Unsealed {
-        /// The chunk id it was opened under, hex.
-        id: String,
-    },
+    /// Sealed bytes do not open: damaged, moved under another id, or sealed with another key.
+    #[error("failed authentication: altered, put under another id, or sealed with another key")]
+    Unsealed,
     /// A key file that cannot be read as one.
     #[error("not a cairn key file: {0}")]
     KeyFile(String),
@@ -114,7 +117,7 @@ impl MasterKey {
         }
     }
 
-    /// The key's bytes, to seal into a key file.
+    /// The key's bytes, to seal into a key file or a recovery seal.
     pub(crate) fn bytes(&self) -> &[u8; KEY_BYTES] {
         &self.key
     }
@@ -133,45 +136,40 @@ impl MasterKey {
         *blake3::keyed_hash(&self.id_key, plain).as_bytes()
     }
 
-    /// Seals `stored` (a chunk's bytes as the store keeps them, compressed or not) under its id
-    /// `id`: the ciphertext with its tag ([`SEAL_OVERHEAD`] more bytes). Deterministic: the
-    /// nonce is the id's first 24 bytes.
-    #[must_use]
-    pub fn seal(&self, id: &[u8; 32], stored: &[u8]) -> Vec<u8> {
-        let cipher = XChaCha20Poly1305::new((&self.seal_key).into());
-        let payload = Payload {
-            msg: stored,
-            aad: id,
-        };
-        // Encryption into a Vec only fails on a length past what the cipher takes (2^38
-        // bytes); a chunk is at most a few MiB.
-        cipher
-            .encrypt(nonce_of(id), payload)
-            .unwrap_or_else(|_| Vec::new())
-    }
-
-    /// Opens what [`MasterKey::seal`] sealed under `id`.
+    /// Seals `stored` (a chunk's bytes as the store keeps them, compressed or not), binding
+    /// `aad` to them (the store passes the chunk's id, kind, codec and length): a fresh random
+    /// nonce, then the ciphertext and its tag ([`SEAL_OVERHEAD`] bytes more than `stored`).
     ///
     /// # Errors
-    /// [`Error::Unsealed`]: the bytes were altered, sealed under another id, or with another
-    /// key.
-    pub fn open(&self, id: &[u8; 32], sealed: &[u8]) -> Result<Vec<u8>> {
+    /// The system gave no randomness.
+    pub fn seal(&self, aad: &[u8], stored: &[u8]) -> Result<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_BYTES];
+        random(&mut nonce)?;
         let cipher = XChaCha20Poly1305::new((&self.seal_key).into());
-        let payload = Payload {
-            msg: sealed,
-            aad: id,
-        };
-        cipher
-            .decrypt(nonce_of(id), payload)
-            .map_err(|_| Error::Unsealed {
-                id: hex::encode(id),
-            })
+        let sealed = cipher
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: stored, aad })
+            // Only a length past what the cipher takes (2^38 bytes) fails; a chunk is MiBs.
+            .map_err(|_| Error::Unsealed)?;
+        let mut out = Vec::with_capacity(NONCE_BYTES + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
     }
-}
 
-/// The nonce of a chunk: its id's first 24 bytes.
-fn nonce_of(id: &[u8; 32]) -> &XNonce {
-    XNonce::from_slice(&id[..24])
+    /// Opens what [`MasterKey::seal`] sealed with the same `aad`.
+    ///
+    /// # Errors
+    /// [`Error::Unsealed`]: the bytes were altered, sealed with other associated data (a chunk
+    /// under another id), or with another key.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        let (nonce, body) = sealed
+            .split_at_checked(NONCE_BYTES)
+            .ok_or(Error::Unsealed)?;
+        let cipher = XChaCha20Poly1305::new((&self.seal_key).into());
+        cipher
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad })
+            .map_err(|_| Error::Unsealed)
+    }
 }
 
 /// Fills `buf` from the system's randomness.
@@ -192,32 +190,31 @@ mod tests {
         let k = key(1);
         let plain = b"a chunk of a guest's disk".repeat(100);
         let id = k.chunk_id(&plain);
-        let sealed = k.seal(&id, &plain);
+        let sealed = k.seal(&id, &plain).expect("seals");
         assert_eq!(sealed.len(), plain.len() + SEAL_OVERHEAD);
-        assert_ne!(&sealed[..plain.len()], &plain[..]);
+        assert!(
+            !sealed
+                .windows(16)
+                .any(|w| plain.windows(16).any(|p| p == w))
+        );
         assert_eq!(k.open(&id, &sealed).expect("opens"), plain);
-        // Deterministic: the same chunk seals to the same bytes (dedup keeps working).
-        assert_eq!(k.seal(&id, &plain), sealed);
+        // A fresh nonce each time: sealing twice never repeats a nonce (nor the bytes).
+        let again = k.seal(&id, &plain).expect("seals");
+        assert_ne!(again[..24], sealed[..24]);
+        assert_eq!(k.open(&id, &again).expect("opens"), plain);
+        // Too short to hold a nonce and a tag: refused, not a panic.
+        assert!(matches!(k.open(&id, &sealed[..30]), Err(Error::Unsealed)));
         // Under another id (a chunk moved or swapped): refused.
         let other = k.chunk_id(b"another chunk");
-        assert!(matches!(
-            k.open(&other, &sealed),
-            Err(Error::Unsealed { .. })
-        ));
+        assert!(matches!(k.open(&other, &sealed), Err(Error::Unsealed)));
         // One bit flipped anywhere: refused.
         for at in [0, sealed.len() / 2, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[at] ^= 1;
-            assert!(
-                matches!(k.open(&id, &bad), Err(Error::Unsealed { .. })),
-                "{at}"
-            );
+            assert!(matches!(k.open(&id, &bad), Err(Error::Unsealed)), "{at}");
         }
         // Another key: refused.
-        assert!(matches!(
-            key(2).open(&id, &sealed),
-            Err(Error::Unsealed { .. })
-        ));
+        assert!(matches!(key(2).open(&id, &sealed), Err(Error::Unsealed)));
     }
 
     #[test]

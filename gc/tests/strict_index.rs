@@ -19,7 +19,7 @@ fn store_with_a_point(root: &Path) -> Vec<cairn_store::ChunkId> {
     let mut refs = Vec::new();
     for seed in 1..=4u8 {
         let data: Vec<u8> = (0..65536u32).map(|i| (i as u8) ^ seed).collect();
-        let c = encode(&data, ChunkKind::Data, 1);
+        let c = encode(&cairn_store::Keys::Clear, &data, ChunkKind::Data, 1).expect("encode");
         s.put(&c).expect("put");
         refs.push(ChunkRef::Data(c.id));
     }
@@ -130,7 +130,7 @@ fn a_malformed_location_is_an_error_not_a_missing_chunk() {
     // A writer refuses to dedup against it: a backup must not treat the chunk as absent.
     let store = Store::open(&root, OpenMode::Write { wait: false }).expect("open");
     let data: Vec<u8> = (0..65536u32).map(|i| (i as u8) ^ 2).collect();
-    let c = encode(&data, ChunkKind::Data, 1);
+    let c = encode(&cairn_store::Keys::Clear, &data, ChunkKind::Data, 1).expect("encode");
     assert_eq!(c.id, ids[1]);
     let mut s = store.session().expect("session");
     let err = s

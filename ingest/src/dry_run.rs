@@ -13,6 +13,7 @@ use cairn_store::{
 
 /// A session that stores nothing (see the module).
 pub struct DryRun<'a> {
+    keys: cairn_store::Keys,
     filter: Arc<dyn ChunkFilter + 'a>,
     zstd_level: i32,
     chunk_size: u32,
@@ -29,12 +30,18 @@ pub struct DryRun<'a> {
 }
 
 impl<'a> DryRun<'a> {
-    /// A dry run asking `filter` what the store holds; chunks compressed at `zstd_level` and
-    /// cut at `chunk_size` as the store would.
+    /// A dry run asking `filter` what the store holds; chunks named and sealed with `keys`,
+    /// compressed at `zstd_level` and cut at `chunk_size` as the store would.
     #[must_use]
-    pub fn new(filter: Arc<dyn ChunkFilter + 'a>, zstd_level: i32, chunk_size: u32) -> Self {
+    pub fn new(
+        filter: Arc<dyn ChunkFilter + 'a>,
+        keys: cairn_store::Keys,
+        zstd_level: i32,
+        chunk_size: u32,
+    ) -> Self {
         Self {
             filter,
+            keys,
             zstd_level,
             chunk_size,
             new: HashSet::new(),
@@ -79,6 +86,10 @@ impl ChunkSink for DryRun<'_> {
 
     fn zstd_level(&self) -> i32 {
         self.zstd_level
+    }
+
+    fn keys(&self) -> cairn_store::Result<&cairn_store::Keys> {
+        Ok(&self.keys)
     }
 }
 

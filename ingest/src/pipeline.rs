@@ -41,7 +41,7 @@ fn hash_batch(
     store: &dyn StoreRead,
     known: &dyn ChunkFilter,
     batch: Vec<(Piece, u64)>,
-    level: i32,
+    enc: &Encoder,
 ) -> Result<Vec<(Hashed, u64)>> {
     enum Step {
         Done(Hashed),
@@ -51,7 +51,7 @@ fn hash_batch(
         if is_zero(&d) {
             Step::Done(Hashed::Zero)
         } else {
-            Step::Hashed(ChunkId::of(&d), d)
+            Step::Hashed(enc.keys.id_of(&d), d)
         }
     };
     let steps: Vec<(Step, u64)> = batch
@@ -87,19 +87,27 @@ fn hash_batch(
             (s, new, len)
         })
         .collect();
-    Ok(steps
+    steps
         .into_par_iter()
         .map(|(s, new, len)| {
             let h = match s {
                 Step::Done(h) => h,
-                Step::Hashed(id, d) if new => {
-                    Hashed::New(chunk::encode_with_id(id, &d, ChunkKind::Data, level))
-                }
+                Step::Hashed(id, d) if new => Hashed::New(
+                    chunk::encode_with_id(&enc.keys, id, &d, ChunkKind::Data, enc.level).map_err(
+                        |e| Error::Store(cairn_store::Error::Internal(format!("chunk {id}: {e}"))),
+                    )?,
+                ),
                 Step::Hashed(id, _) => Hashed::Known(id),
             };
-            (h, len)
+            Ok((h, len))
         })
-        .collect())
+        .collect()
+}
+
+/// How the hashing stage names and encodes new chunks: the store's keys and zstd level.
+struct Encoder {
+    keys: cairn_store::Keys,
+    level: i32,
 }
 
 /// What the pipeline made of a source.
@@ -142,11 +150,16 @@ pub(crate) fn run<'a>(
     let (tx, rx) = crossbeam_channel::bounded::<Result<Vec<(Piece, u64)>>>(QUEUE_DEPTH);
     let (htx, hrx) = crossbeam_channel::bounded::<Result<Vec<(Hashed, u64)>>>(QUEUE_DEPTH);
     let known = session.filter();
+    let enc = Encoder {
+        keys: session.keys()?.clone(),
+        level,
+    };
     let bytes_read = std::thread::scope(|scope| {
         let reader = scope.spawn(move || read_stage(src, &tx));
         // Hashing and compressing on the rayon pool, one batch at a time, while the writer
         // below appends the previous batch.
-        scope.spawn(move || hash_stage(store, &*known, level, &rx, &htx));
+        let enc = &enc;
+        scope.spawn(move || hash_stage(store, &*known, enc, &rx, &htx));
         // Owned here: if the writer stops early, dropping it stops the hasher, which drops
         // the reader's channel and stops the reader, so the scope never waits forever.
         let hrx = hrx;
@@ -208,14 +221,14 @@ fn read_stage(mut src: Box<dyn ChunkSource + '_>, tx: &Pieces) -> u64 {
 fn hash_stage(
     store: &dyn StoreRead,
     known: &dyn ChunkFilter,
-    level: i32,
+    enc: &Encoder,
     rx: &crossbeam_channel::Receiver<Result<Vec<(Piece, u64)>>>,
     htx: &HashedBatches,
 ) {
     let mut emitted: HashSet<ChunkId> = HashSet::new();
     for batch in rx {
         let out = batch.and_then(|batch| {
-            Ok(hash_batch(store, known, batch, level)?
+            Ok(hash_batch(store, known, batch, enc)?
                 .into_iter()
                 .map(|(h, len)| match h {
                     Hashed::New(enc) if !emitted.insert(enc.id) => (Hashed::Known(enc.id), len),

@@ -46,6 +46,8 @@ pub struct Remote {
     http: reqwest::blocking::Client,
     token: String,
     info: StoreInfo,
+    /// How the store names and seals chunks; `None`: encrypted, and not given its key.
+    keys: Option<cairn_store::Keys>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -96,10 +98,54 @@ impl Remote {
                 token: String::new(),
                 role: cairn_api::Role::Restore,
             },
+            keys: None,
         };
         remote.info = serde_json::from_slice(&remote.call(reqwest::Method::GET, "store", None)?)
             .map_err(|e| remote_err(format!("{url}: not a cairn server: {e}"), None))?;
+        if remote.info.config.encryption.is_none() {
+            remote.keys = Some(cairn_store::Keys::Clear);
+        }
         Ok(remote)
+    }
+
+    /// Gives the server's encrypted store its key (this client's: the server never sees it):
+    /// refused, before any work, when it is not the store's key.
+    ///
+    /// # Errors
+    /// An unencrypted store, or another store's key.
+    pub fn unlock(&mut self, key: cairn_crypt::MasterKey) -> Result<()> {
+        let Some(enc) = &self.info.config.encryption else {
+            return Err(Error::Usage(format!(
+                "{}: the server's store is not encrypted: it takes no key",
+                self.base
+            )));
+        };
+        let got = key.fingerprint();
+        if got != enc.key_fingerprint {
+            return Err(Error::Usage(format!(
+                "the key given (fingerprint {got}) is not the key of the store at {} \
+                 (fingerprint {})",
+                self.base, enc.key_fingerprint
+            )));
+        }
+        self.keys = Some(cairn_store::Keys::Sealed(std::sync::Arc::new(key)));
+        Ok(())
+    }
+
+    /// The store's keys, when this client can name and open its chunks.
+    #[must_use]
+    pub fn chunk_keys(&self) -> Option<&cairn_store::Keys> {
+        self.keys.as_ref()
+    }
+
+    /// The store's keys, for work that names or opens chunks.
+    ///
+    /// # Errors
+    /// [`cairn_store::Error::NoKey`]: an encrypted store and no key given.
+    pub fn keys(&self) -> cairn_store::Result<&cairn_store::Keys> {
+        self.keys.as_ref().ok_or_else(|| cairn_store::Error::NoKey {
+            store: self.base.clone().into(),
+        })
     }
 
     /// The server's URL.

@@ -27,6 +27,10 @@ impl StoreRead for Remote {
         &self.info.config
     }
 
+    fn chunk_keys(&self) -> Option<&cairn_store::Keys> {
+        Remote::chunk_keys(self)
+    }
+
     fn read_ahead(&self) -> u64 {
         // Each window is several requests in flight; a bigger one keeps more of them going
         // (a restore holds about four windows).
@@ -41,7 +45,7 @@ impl StoreRead for Remote {
         match self.fetch(std::slice::from_ref(id))?.into_iter().next() {
             Some(Ok(c)) => {
                 let mut plain = vec![0u8; c.plain_len as usize];
-                check_into(id, &c, &mut plain)?;
+                check_into(self.chunk_keys(), id, &c, &mut plain)?;
                 Ok(plain)
             }
             Some(Err(e)) => Err(e),
@@ -70,8 +74,7 @@ impl StoreRead for Remote {
                 .zip(self.fetch(g)?)
                 .map(|(id, got)| {
                     let c = got?;
-                    plain.resize(c.plain_len as usize, 0);
-                    check_into(id, &c, &mut plain)?;
+                    check_stored(self.chunk_keys(), id, &c, &mut plain)?;
                     Ok(c)
                 })
                 .collect::<Result<Vec<_>>>()
@@ -80,12 +83,46 @@ impl StoreRead for Remote {
     }
 }
 
+/// Checks a chunk the server sent as stored (to be copied as it is), as far as `keys` allow
+/// ([`chunk::check`]).
+///
+/// # Errors
+/// [`Error::BadChunk`] when it is not `id`'s or does not check.
+fn check_stored(
+    keys: Option<&cairn_store::Keys>,
+    id: &ChunkId,
+    c: &EncodedChunk,
+    scratch: &mut Vec<u8>,
+) -> Result<()> {
+    let bad = |what: String| Error::BadChunk {
+        id: *id,
+        where_: "as the server sent it".into(),
+        what,
+    };
+    if c.id != *id {
+        return Err(bad(format!("the server sent chunk {} for it", c.id)));
+    }
+    chunk::check(keys, &c.stored(), scratch).map_err(|e| bad(e.to_string()))
+}
+
 /// Decodes a chunk the server sent into the front of `out` and checks it against its id.
 ///
 /// # Errors
 /// [`Error::BadChunk`] when it does not decode or hash to `id`.
-fn check_into(id: &ChunkId, c: &EncodedChunk, out: &mut [u8]) -> Result<()> {
-    chunk::decode_into(id, c.codec, c.plain_len, &c.bytes, out).map_err(|what| Error::BadChunk {
+fn check_into(
+    keys: Option<&cairn_store::Keys>,
+    id: &ChunkId,
+    c: &EncodedChunk,
+    out: &mut [u8],
+) -> Result<()> {
+    if c.id != *id {
+        return Err(Error::BadChunk {
+            id: *id,
+            where_: "as the server sent it".into(),
+            what: format!("the server sent chunk {} for it", c.id),
+        });
+    }
+    chunk::decode_into(keys, &c.stored(), out).map_err(|what| Error::BadChunk {
         id: *id,
         where_: "as the server sent it".into(),
         what: what.to_string(),
@@ -139,7 +176,7 @@ impl Remote {
             .zip(self.fetch(ids)?)
             .zip(slots.iter_mut())
             .map(|((id, got), slot)| match got {
-                Ok(c) => check_into(id, &c, slot).err(),
+                Ok(c) => check_into(self.chunk_keys(), id, &c, slot).err(),
                 Err(e) => Some(e),
             })
             .collect())
@@ -217,7 +254,13 @@ mod tests {
     use super::*;
 
     fn chunk(bytes: &[u8]) -> EncodedChunk {
-        chunk::encode(bytes, cairn_store::ChunkKind::Data, 1)
+        chunk::encode(
+            &cairn_store::Keys::Clear,
+            bytes,
+            cairn_store::ChunkKind::Data,
+            1,
+        )
+        .expect("encode")
     }
 
     #[test]

@@ -258,6 +258,10 @@ impl ChunkSink for Upload {
     fn zstd_level(&self) -> i32 {
         self.remote.info.config.zstd_level
     }
+
+    fn keys(&self) -> Result<&cairn_store::Keys> {
+        self.remote.keys()
+    }
 }
 
 /// Asks `sessions/{session}/{question}` of every id, [`MAX_IDS`] at a time: one byte an id

@@ -411,13 +411,15 @@ fn copy_chunks(
         }
         // Read once, as stored (and checked): decoded here to walk it, sent as it is.
         let enc = one_encoded(src, &id)?;
-        let bytes = cairn_store::chunk::decode(&id, enc.codec, enc.plain_len, &enc.bytes).map_err(
-            |what| cairn_store::Error::BadChunk {
-                id,
-                where_: "as read for replication".into(),
-                what: what.to_string(),
-            },
-        )?;
+        // Trees are never sealed: read without the key (checked against their ids with it).
+        let bytes =
+            cairn_store::chunk::decode(src.chunk_keys(), &enc.stored()).map_err(|what| {
+                cairn_store::Error::BadChunk {
+                    id,
+                    where_: "as read for replication".into(),
+                    what: what.to_string(),
+                }
+            })?;
         let node = tree::decode(&bytes).map_err(|what| {
             Error::Store(cairn_store::Error::Point(format!(
                 "{}: tree chunk {id}: {what}",

@@ -21,6 +21,10 @@ pub trait StoreRead: Sync {
     /// The store's configuration (chunk size, compression level, time zone).
     fn config(&self) -> &StoreConfig;
 
+    /// How the store names and seals chunks; `None`: an encrypted store whose key this reader
+    /// was not given (it reads trees, and is refused data chunks).
+    fn chunk_keys(&self) -> Option<&crate::Keys>;
+
     /// Every recovery point the reader may see, oldest first.
     ///
     /// # Errors
@@ -161,6 +165,12 @@ pub trait ChunkSink {
 
     /// The zstd level chunks are compressed with.
     fn zstd_level(&self) -> i32;
+
+    /// How the store names and seals chunks.
+    ///
+    /// # Errors
+    /// [`crate::Error::NoKey`]: an encrypted store not given its key.
+    fn keys(&self) -> Result<&crate::Keys>;
 }
 
 /// Which chunks a store lacks: asked by a backup's hashing stage, many ids at a time, from
@@ -207,6 +217,10 @@ pub trait StoreWrite<'a>: ChunkSink + Send {
 impl StoreRead for Store {
     fn config(&self) -> &StoreConfig {
         Store::config(self)
+    }
+
+    fn chunk_keys(&self) -> Option<&crate::Keys> {
+        Store::chunk_keys(self)
     }
 
     fn points(&self) -> Result<Vec<RecoveryPoint>> {
@@ -273,6 +287,10 @@ impl ChunkSink for Session<'_> {
 
     fn zstd_level(&self) -> i32 {
         self.store().config().zstd_level
+    }
+
+    fn keys(&self) -> Result<&crate::Keys> {
+        self.store().keys()
     }
 }
 

@@ -6,12 +6,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Store format version written by this code. Version 1: packs of [`crate::pack`] frames, a
-/// RocksDB index, JSON root files whose segments are leaves of refs. Version 2: points' refs
-/// may be trees of leaves and nodes ([`crate::tree`]). This code reads both; a writer upgrades a
-/// store of version 1 when it opens it, so that a cairn that reads only version 1 refuses the
-/// store instead of misreading its trees.
-pub const FORMAT_VERSION: u32 = crate::format::STORE.current();
+/// Store format version of an unencrypted store written by this code. Version 1: packs of
+/// [`crate::pack`] frames, a RocksDB index, JSON root files whose segments are leaves of refs.
+/// Version 2: points' refs may be trees of leaves and nodes ([`crate::tree`]). This code reads
+/// both; a writer upgrades a store of version 1 when it opens it, so that a cairn that reads
+/// only version 1 refuses the store instead of misreading its trees.
+pub const FORMAT_VERSION: u32 = 2;
+/// Store format version of an encrypted store ([`crate::keys`]): made so, never upgraded to,
+/// so that a cairn that does not know encryption refuses it instead of misreading it.
+pub const ENCRYPTED_FORMAT_VERSION: u32 = crate::format::STORE.current();
 /// The oldest store format version this code reads.
 pub const OLDEST_FORMAT_VERSION: u32 = crate::format::STORE.oldest();
 /// Smallest chunk size accepted.
@@ -58,6 +61,40 @@ pub struct StoreConfig {
         skip_serializing_if = "is_default_max_disk"
     )]
     pub max_disk_bytes: u64,
+    /// How the store is encrypted (`cairn init --encrypt`); none: it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// An encrypted store's `[encryption]`: what a reader needs to know to use its key, and
+/// nothing of the key itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// How chunks are sealed: `xchacha20poly1305`.
+    pub cipher: String,
+    /// How chunks are named: `blake3-keyed`.
+    pub chunk_ids: String,
+    /// The fingerprint of the store's master key ([`cairn_crypt::MasterKey::fingerprint`]):
+    /// a key that is not this one is refused before any work.
+    pub key_fingerprint: String,
+}
+
+impl EncryptionConfig {
+    /// The cipher this code seals with.
+    pub const CIPHER: &str = "xchacha20poly1305";
+    /// The ids this code computes.
+    pub const CHUNK_IDS: &str = "blake3-keyed";
+
+    /// The `[encryption]` of a store made with `key`.
+    #[must_use]
+    pub fn for_key(key: &cairn_crypt::MasterKey) -> Self {
+        Self {
+            cipher: Self::CIPHER.into(),
+            chunk_ids: Self::CHUNK_IDS.into(),
+            key_fingerprint: key.fingerprint(),
+        }
+    }
 }
 
 /// The default of [`StoreConfig::max_disk_bytes`]: 256 TiB, four times the largest disk of the
@@ -171,7 +208,16 @@ impl StoreConfig {
             packs: None,
             min_retention_days: 0,
             max_disk_bytes: DEFAULT_MAX_DISK_BYTES,
+            encryption: None,
         })
+    }
+
+    /// This config, for a store encrypted with `key`.
+    #[must_use]
+    pub fn encrypted(mut self, key: &cairn_crypt::MasterKey) -> Self {
+        self.format_version = ENCRYPTED_FORMAT_VERSION;
+        self.encryption = Some(EncryptionConfig::for_key(key));
+        self
     }
 
     /// Reads and checks `root/cairn.toml`.
@@ -241,6 +287,8 @@ impl StoreConfig {
             ))
         } else if cfg.max_disk_bytes == 0 {
             Some("max_disk_bytes 0 would refuse every disk".to_owned())
+        } else if let Some(what) = cfg.encryption_problem() {
+            Some(what)
         } else {
             None
         };
@@ -248,6 +296,42 @@ impl StoreConfig {
             return Err(Error::Config { path, what });
         }
         Ok(cfg)
+    }
+
+    /// What is wrong with the store's encryption settings: an encrypted store of another
+    /// format than [`ENCRYPTED_FORMAT_VERSION`] (or the reverse), a cipher or id scheme this
+    /// code does not know.
+    fn encryption_problem(&self) -> Option<String> {
+        let encrypted_format = self.format_version == ENCRYPTED_FORMAT_VERSION;
+        match &self.encryption {
+            None if encrypted_format => Some(format!(
+                "format_version {} is an encrypted store's, and [encryption] is missing",
+                self.format_version
+            )),
+            Some(_) if !encrypted_format => Some(format!(
+                "[encryption] in a store of format_version {} (an encrypted store is of {})",
+                self.format_version, ENCRYPTED_FORMAT_VERSION
+            )),
+            Some(e) if e.cipher != EncryptionConfig::CIPHER => Some(format!(
+                "encryption cipher {:?} is not known (this cairn seals with {:?})",
+                e.cipher,
+                EncryptionConfig::CIPHER
+            )),
+            Some(e) if e.chunk_ids != EncryptionConfig::CHUNK_IDS => Some(format!(
+                "encryption chunk_ids {:?} is not known (this cairn computes {:?})",
+                e.chunk_ids,
+                EncryptionConfig::CHUNK_IDS
+            )),
+            Some(e)
+                if !(e.key_fingerprint.len() == 32 && hex::decode(&e.key_fingerprint).is_ok()) =>
+            {
+                Some(format!(
+                    "encryption key_fingerprint {:?} is not 32 hex digits",
+                    e.key_fingerprint
+                ))
+            }
+            _ => None,
+        }
     }
 
     /// The store's time zone.

@@ -88,6 +88,17 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// An encrypted store opened without its key, asked for what only the key opens.
+    #[error(
+        "{}: the store is encrypted and no key was given: this needs its key (`--key-file`, \
+         `CAIRN_KEY_FILE`, or the store's key file in ~/.config/cairn/keys; `cairn key recover` \
+         with a recovery key); list, prune, gc and verify of the frames need none",
+        store.display()
+    )]
+    NoKey {
+        /// The store.
+        store: std::path::PathBuf,
+    },
     /// A chunk id not in the index.
     #[error("chunk {0} is not in the store")]
     MissingChunk(ChunkId),

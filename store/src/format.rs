@@ -59,8 +59,9 @@ impl FormatVersion {
     }
 }
 
-/// The store (`format_version` in `cairn.toml`): 2 writes trees of nodes over leaves.
-pub const STORE: FormatVersion = FormatVersion::new("store format", 1, 2);
+/// The store (`format_version` in `cairn.toml`): 2 writes trees of nodes over leaves; 3 is an
+/// encrypted store (keyed ids, sealed data chunks: [`crate::keys`]).
+pub const STORE: FormatVersion = FormatVersion::new("store format", 1, 3);
 /// A pack file's header.
 pub const PACK: FormatVersion = FormatVersion::new("pack", 1, 1);
 /// A tree chunk's header (a leaf of format 1 has none: it is read as bare refs).
@@ -77,9 +78,9 @@ mod tests {
         assert_eq!(STORE.check(1), Ok(()));
         assert_eq!(STORE.check(2), Ok(()));
         assert_eq!(
-            STORE.check(3),
+            STORE.check(4),
             Err(
-                "store format version 3, this cairn reads versions 1 to 2: use a newer cairn"
+                "store format version 4, this cairn reads versions 1 to 3: use a newer cairn"
                     .into()
             )
         );

@@ -74,7 +74,9 @@ impl std::fmt::Debug for PointLookup {
     }
 }
 
-/// The ids of full subtrees of zeros, level 0 (the zero leaf) to `MAX_DEPTH`.
+/// The ids of full subtrees of zeros, level 0 (the zero leaf) to `MAX_DEPTH`, in an unencrypted
+/// store. An encrypted store's differ (keyed): its subtrees of zeros are never matched here and
+/// are read like any other (from the cache that keeps every tree chunk read).
 fn zero_ids() -> Vec<ChunkId> {
     let mut ids = vec![ChunkId::of(&encode_leaf(&[ChunkRef::Zero; SEGMENT_REFS]))];
     for level in 1..=MAX_DEPTH {

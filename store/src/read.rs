@@ -95,7 +95,7 @@ impl Store {
         }
         STORED.with_borrow_mut(|stored| {
             let header = self.read_frame(id, loc, stored)?;
-            chunk::decode_into(id, header.codec, header.plain_len, stored, out)
+            chunk::decode_into(self.chunk_keys(), &header.stored(stored), out)
                 .map_err(|what| bad_chunk(id, loc, what))
         })
     }
@@ -110,7 +110,7 @@ impl Store {
         // A tree chunk of a store in a bucket: from this machine's cache when it holds it (a
         // walk reads its tree chunks one after the other: a round trip each otherwise).
         let cached = loc.kind == chunk::ChunkKind::Tree && self.bucket.is_some();
-        if cached && let Some(h) = self.tree_cache().get(id, stored) {
+        if cached && let Some(h) = self.tree_cache().get(self.chunk_keys(), id, stored) {
             return Ok(h);
         }
         // The bucket's own failures (after its retries) are not damage: they stop the reader.
@@ -151,10 +151,7 @@ impl Store {
             static PLAIN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         PLAIN
-            .with_borrow_mut(|plain| {
-                plain.resize(stored.plain_len as usize, 0);
-                chunk::decode_into(id, stored.codec, stored.plain_len, &stored.bytes, plain)
-            })
+            .with_borrow_mut(|plain| chunk::check(self.chunk_keys(), &stored.stored(), plain))
             .map_err(|what| bad_chunk(id, &loc, what))?;
         Ok(stored)
     }

@@ -305,7 +305,7 @@ mod tests {
         let data: Vec<u8> = (0..len)
             .map(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed))
             .collect();
-        crate::chunk::encode(&data, kind, 3)
+        crate::chunk::encode(&crate::Keys::Clear, &data, kind, 3).expect("encode")
     }
 
     /// A pack of five frames; the frames' offsets and ends.

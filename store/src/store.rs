@@ -44,6 +44,9 @@ pub struct Store {
     /// The bucket the packs live in, if not in `STORE/packs` (the `bucket` module).
     pub(crate) bucket: Option<Arc<dyn crate::objects::Objects>>,
     warnings: Vec<String>,
+    /// How its chunks are named and sealed; `None`: an encrypted store not given its key
+    /// (the `keys` module).
+    pub(crate) keys: Option<crate::keys::Keys>,
     /// Held by each commit, forget, protect and collection of this process (see
     /// [`Store::commit_lock`]).
     commits: Mutex<()>,
@@ -162,6 +165,10 @@ impl Store {
         };
         let bucket = config.packs.as_ref().map(crate::bucket::connect_lazily);
         let (db, behind) = open_db(root, lock.is_none())?;
+        let config_keys = config
+            .encryption
+            .is_none()
+            .then_some(crate::keys::Keys::Clear);
         let mut store = Self {
             root: root.to_path_buf(),
             config,
@@ -171,6 +178,7 @@ impl Store {
             files: Mutex::new(HashMap::new()),
             bucket,
             warnings: Vec::new(),
+            keys: config_keys,
             commits: Mutex::new(()),
         };
         if store.lock.is_none() {

@@ -53,8 +53,8 @@ fn commit_publishes_and_dedups_and_a_dropped_session_leaves_nothing() {
     let store = Store::open(&root, OpenMode::Write { wait: false }).expect("open");
     let mut s = store.session().expect("session");
     let (a, b) = (
-        encode(&chunk(3), ChunkKind::Data, 3),
-        encode(&chunk(5), ChunkKind::Data, 3),
+        encode(&cairn_store::Keys::Clear, &chunk(3), ChunkKind::Data, 3).expect("encode"),
+        encode(&cairn_store::Keys::Clear, &chunk(5), ChunkKind::Data, 3).expect("encode"),
     );
     assert!(s.put(&a).expect("put"));
     assert!(
@@ -79,7 +79,7 @@ fn commit_publishes_and_dedups_and_a_dropped_session_leaves_nothing() {
     let mut s = store.session().expect("session");
     assert!(!s.put(&a).expect("put"));
     // A dropped (failed) session removes what it wrote.
-    let c = encode(&chunk(7), ChunkKind::Data, 3);
+    let c = encode(&cairn_store::Keys::Clear, &chunk(7), ChunkKind::Data, 3).expect("encode");
     assert!(s.put(&c).expect("put"));
     drop(s);
     assert_eq!(
@@ -150,7 +150,7 @@ fn commit_point(store: &Store, vm: &str, chunks: &[Vec<u8>]) -> cairn_store::Rec
     let mut s = store.session().expect("session");
     let mut refs = Vec::new();
     for c in chunks {
-        let e = encode(c, ChunkKind::Data, 1);
+        let e = encode(&cairn_store::Keys::Clear, c, ChunkKind::Data, 1).expect("encode");
         s.put(&e).expect("put");
         refs.push(ChunkRef::Data(e.id));
     }

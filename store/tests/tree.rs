@@ -44,7 +44,7 @@ fn data(s: &mut cairn_store::Session<'_>, seed: u32) -> ChunkRef {
         .map(|i| (i ^ seed.wrapping_mul(2654435761)) as u8)
         .collect();
     bytes[..4].copy_from_slice(&seed.to_le_bytes());
-    let c = encode(&bytes, ChunkKind::Data, 1);
+    let c = encode(&cairn_store::Keys::Clear, &bytes, ChunkKind::Data, 1).expect("encode");
     s.put(&c).expect("put");
     ChunkRef::Data(c.id)
 }

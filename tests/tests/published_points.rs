@@ -211,10 +211,11 @@ fn a_commit_naming_a_short_chunk_in_the_middle_of_a_disk_is_refused() {
     let root = json(&String::from_utf8_lossy(&root));
     let full = |seed: u8| vec![seed; 256 << 10];
     let (a, b) = (
-        chunk::encode(&full(1), ChunkKind::Data, 1),
-        chunk::encode(&full(2), ChunkKind::Data, 1),
+        chunk::encode(&cairn_store::Keys::Clear, &full(1), ChunkKind::Data, 1).expect("encode"),
+        chunk::encode(&cairn_store::Keys::Clear, &full(2), ChunkKind::Data, 1).expect("encode"),
     );
-    let short = chunk::encode(&[7u8; 1000], ChunkKind::Data, 1);
+    let short =
+        chunk::encode(&cairn_store::Keys::Clear, &[7u8; 1000], ChunkKind::Data, 1).expect("encode");
     // (refs, disk size, what the server must say)
     let cases = [
         (vec![&a, &short, &b], 3 * (256 << 10), 400),
@@ -224,10 +225,12 @@ fn a_commit_naming_a_short_chunk_in_the_middle_of_a_disk_is_refused() {
     for (k, (refs, size, want)) in cases.iter().enumerate() {
         let leaf_refs: Vec<ChunkRef> = refs.iter().map(|c| ChunkRef::Data(c.id)).collect();
         let leaf = chunk::encode(
+            &cairn_store::Keys::Clear,
             &cairn_store::tree::encode_leaf(&leaf_refs),
             ChunkKind::Tree,
             1,
-        );
+        )
+        .expect("encode");
         let sid = server.open_session(&host, "web1");
         let mut sent: Vec<cairn_store::EncodedChunk> = refs.iter().map(|c| (*c).clone()).collect();
         sent.push(leaf.clone());
@@ -275,9 +278,21 @@ fn a_commit_naming_a_short_chunk_in_the_middle_of_a_disk_is_refused() {
     let ending: Vec<ChunkRef> = std::iter::repeat_n(ChunkRef::Data(a.id), 255)
         .chain([ChunkRef::Data(short.id)])
         .collect();
-    let ending = chunk::encode(&cairn_store::tree::encode_leaf(&ending), ChunkKind::Tree, 1);
+    let ending = chunk::encode(
+        &cairn_store::Keys::Clear,
+        &cairn_store::tree::encode_leaf(&ending),
+        ChunkKind::Tree,
+        1,
+    )
+    .expect("encode");
     let fulls: Vec<ChunkRef> = std::iter::repeat_n(ChunkRef::Data(b.id), 256).collect();
-    let fulls = chunk::encode(&cairn_store::tree::encode_leaf(&fulls), ChunkKind::Tree, 1);
+    let fulls = chunk::encode(
+        &cairn_store::Keys::Clear,
+        &cairn_store::tree::encode_leaf(&fulls),
+        ChunkKind::Tree,
+        1,
+    )
+    .expect("encode");
     let commit =
         |k: usize, size: u64, segments: Vec<String>, chunks: &[cairn_store::EncodedChunk]| {
             let sid = server.open_session(&host, "web1");

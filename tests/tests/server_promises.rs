@@ -351,10 +351,12 @@ fn a_commit_is_no_oracle_for_a_token_that_sees_only_its_own_chunks() {
     let mut answers = Vec::new();
     for (k, named) in [held, nobody].iter().enumerate() {
         let leaf = chunk::encode(
+            &cairn_store::Keys::Clear,
             &cairn_store::tree::encode_leaf(&[ChunkRef::Data(*named)]),
             ChunkKind::Tree,
             1,
-        );
+        )
+        .expect("encode");
         let sid = server.open_session(&own, "web2");
         let mut body = Vec::new();
         cairn_store::pack::encode_frame(&leaf, &mut body);

@@ -315,8 +315,9 @@ impl ReadAhead<'_> {
             .into_iter()
             .map(|(seq, range)| (seq, (range.start, range.jobs)))
             .collect();
-        let decoded =
-            self.each_arrived(there, |bytes, (start, jobs)| encoded_in(bytes, start, jobs))?;
+        let decoded = self.each_arrived(there, |bytes, (start, jobs)| {
+            encoded_in(self.store.chunk_keys(), bytes, start, jobs)
+        })?;
         got.extend(decoded.into_iter().flatten());
         got.extend(
             said.here
@@ -367,7 +368,7 @@ impl BatchReader for ReadAhead<'_> {
             here.push((i, id, loc, take(i)?));
         }
         let failed = self.each_arrived(there, |bytes, (start, jobs)| {
-            decode_range(bytes, start, jobs)
+            decode_range(self.store.chunk_keys(), bytes, start, jobs)
         })?;
         let mut failed: Vec<(usize, Error)> = failed.into_iter().flatten().collect();
         failed.extend(

@@ -67,7 +67,7 @@ impl Store {
             .collect();
         if let Some(bucket) = &self.bucket {
             failed.extend(in_flight(coalesce(there), |r| {
-                read_range(bucket.as_ref(), r)
+                read_range(self.chunk_keys(), bucket.as_ref(), r)
             })?);
         }
         Ok(failed)
@@ -127,7 +127,7 @@ impl Store {
         };
         if let Some(bucket) = &self.bucket {
             got.extend(in_flight(coalesce(there), |r| {
-                encoded_range(bucket.as_ref(), r)
+                encoded_range(self.chunk_keys(), bucket.as_ref(), r)
             })?);
         }
         got.sort_by_key(|(i, _)| *i);
@@ -294,9 +294,14 @@ fn frame_in(
 
 /// Reads one range and decodes its chunks into their slots: the chunks that failed, or the
 /// bucket's own failure.
-fn read_range(bucket: &dyn Objects, range: Range<&mut [u8]>) -> Result<Vec<(usize, Error)>> {
+fn read_range(
+    keys: Option<&crate::Keys>,
+    bucket: &dyn Objects,
+    range: Range<&mut [u8]>,
+) -> Result<Vec<(usize, Error)>> {
     let buf = fetch_range(bucket, &range)?;
     Ok(decode_range(
+        keys,
         buf.as_deref().map_err(String::as_str),
         range.start,
         range.jobs,
@@ -306,6 +311,7 @@ fn read_range(bucket: &dyn Objects, range: Range<&mut [u8]>) -> Result<Vec<(usiz
 /// Decodes the chunks of a range whose bytes from `start` are `buf` (or whose pack is gone)
 /// into their slots: the chunks that failed.
 pub(super) fn decode_range(
+    keys: Option<&crate::Keys>,
     buf: std::result::Result<&[u8], &str>,
     start: u64,
     jobs: Vec<ReadJob<'_>>,
@@ -315,7 +321,7 @@ pub(super) fn decode_range(
     for (i, id, loc, slot) in jobs {
         let r = buf.map_err(str::to_owned).and_then(|buf| {
             let h = frame_in(buf, loc.offset - start, &id, &mut stored)?;
-            chunk::decode_into(&id, h.codec, h.plain_len, &stored, slot).map_err(|e| e.to_string())
+            chunk::decode_into(keys, &h.stored(&stored), slot).map_err(|e| e.to_string())
         });
         if let Err(what) = r {
             failed.push((i, crate::read::bad_chunk(&id, &loc, what)));
@@ -326,11 +332,13 @@ pub(super) fn decode_range(
 
 /// Reads one range's chunks as stored, each checked against its id (decoded and hashed).
 pub(super) fn encoded_range(
+    keys: Option<&crate::Keys>,
     bucket: &dyn Objects,
     range: Range<()>,
 ) -> Result<Vec<(usize, Result<EncodedChunk>)>> {
     let buf = fetch_range(bucket, &range)?;
     Ok(encoded_in(
+        keys,
         buf.as_deref().map_err(String::as_str),
         range.start,
         range.jobs,
@@ -340,6 +348,7 @@ pub(super) fn encoded_range(
 /// The chunks of a range whose bytes from `start` are `buf` (or whose pack is gone), as
 /// stored, each checked against its id (decoded and hashed).
 pub(super) fn encoded_in(
+    keys: Option<&crate::Keys>,
     buf: std::result::Result<&[u8], &str>,
     start: u64,
     jobs: Vec<(usize, ChunkId, Location, ())>,
@@ -350,9 +359,7 @@ pub(super) fn encoded_in(
         let mut stored = Vec::new();
         let r = buf.map_err(str::to_owned).and_then(|buf| {
             let h = frame_in(buf, loc.offset - start, &id, &mut stored)?;
-            plain.resize(h.plain_len as usize, 0);
-            chunk::decode_into(&id, h.codec, h.plain_len, &stored, &mut plain)
-                .map_err(|e| e.to_string())?;
+            chunk::check(keys, &h.stored(&stored), &mut plain).map_err(|e| e.to_string())?;
             Ok(EncodedChunk {
                 id,
                 kind: h.kind,

@@ -95,8 +95,8 @@ pub(crate) fn fetch_all(bucket: &dyn Objects, names: &[String]) -> Result<Vec<Ve
 
 /// Fills the tree cache of the store at `root` with the tree chunks `trees` (a rebuild from
 /// the bucket: the recount after it walks every point's tree), adjacent frames in one GET and
-/// several in flight. A frame that does not read back as its id is left out (a walk reads it
-/// from the bucket and names its damage).
+/// several in flight. A frame whose CRCs or compression fail is left out (a walk reads it from
+/// the bucket and names its damage); the cache checks each against its id when it is read.
 ///
 /// # Errors
 /// The bucket's failures.
@@ -108,7 +108,7 @@ pub(crate) fn prefetch_trees(
     trees.sort_by_key(|(_, l)| (l.pack, l.offset));
     let cache = TreeCache::of(root);
     let jobs = trees.into_iter().map(|(id, l)| (0, id, l, ())).collect();
-    for (_, chunk) in in_flight(coalesce(jobs), |r| encoded_range(bucket, r))? {
+    for (_, chunk) in in_flight(coalesce(jobs), |r| encoded_range(None, bucket, r))? {
         if let Ok(c) = chunk {
             cache.put(&FrameHeader::of(&c), &c.bytes);
         }

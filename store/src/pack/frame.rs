@@ -1,6 +1,13 @@
-//! A frame: the header (magic, id, kind, codec, lengths, CRC) and the stored bytes of one chunk.
+//! A frame: the header (magic, id, kind, codec, lengths, CRCs) and the stored bytes of one chunk.
+//!
+//! The header's bytes: magic (0..4), the CRC32 of bytes 8..56 (4..8), the chunk id (8..40), the
+//! plain and stored lengths (40..44, 44..48), codec (48), kind (49), flags (50), zero (51), and
+//! when flag [`FLAG_PAYLOAD_CRC`] is set the CRC32 of the stored bytes (52..56). Frames written
+//! before the flag existed have zeros there; every frame written now carries the payload CRC,
+//! which is all a reader without an encrypted store's key can check of a sealed chunk (bit rot
+//! on the server's machine or in a bucket).
 
-use crate::chunk::{ChunkId, ChunkKind, Codec, EncodedChunk};
+use crate::chunk::{ChunkId, ChunkKind, Codec, EncodedChunk, Stored};
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -29,6 +36,17 @@ pub enum FrameError {
     /// An unknown chunk kind.
     #[error("unknown chunk kind {0}")]
     Kind(u8),
+    /// Unknown flags (a frame written by a newer cairn).
+    #[error("unknown frame flags {0:#04x}")]
+    Flags(u8),
+    /// The stored bytes do not match the header's CRC of them.
+    #[error("stored bytes' CRC is {computed:#010x}, the frame header says {stored:#010x}")]
+    PayloadCrc {
+        /// The CRC the header holds.
+        stored: u32,
+        /// The CRC of the bytes.
+        computed: u32,
+    },
     /// A length over the most a frame holds.
     #[error("frame lengths {plain_len}/{stored_len} exceed {MAX_FRAME_PAYLOAD}")]
     Lengths {
@@ -52,7 +70,12 @@ pub struct FrameHeader {
     pub codec: Codec,
     /// What the chunk holds.
     pub kind: ChunkKind,
+    /// The CRC32 of the stored bytes (none in frames written before it was kept).
+    pub payload_crc: Option<u32>,
 }
+
+/// Flag: bytes 52..56 of the header hold the CRC32 of the stored bytes.
+pub const FLAG_PAYLOAD_CRC: u8 = 1;
 
 impl FrameHeader {
     /// The header of `chunk`'s frame.
@@ -64,6 +87,40 @@ impl FrameHeader {
             stored_len: chunk.bytes.len() as u32,
             codec: chunk.codec,
             kind: chunk.kind,
+            payload_crc: Some(crc32fast::hash(&chunk.bytes)),
+        }
+    }
+
+    /// Checks `stored` against the header's CRC of them, when it holds one.
+    ///
+    /// # Errors
+    /// [`FrameError::PayloadCrc`].
+    pub fn check_payload(&self, stored: &[u8]) -> Result<(), FrameError> {
+        match self.payload_crc {
+            Some(want) => {
+                let computed = crc32fast::hash(stored);
+                if computed == want {
+                    Ok(())
+                } else {
+                    Err(FrameError::PayloadCrc {
+                        stored: want,
+                        computed,
+                    })
+                }
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The chunk this header and its `stored` bytes hold, as [`crate::chunk::decode`] reads it.
+    #[must_use]
+    pub fn stored<'a>(&'a self, stored: &'a [u8]) -> Stored<'a> {
+        Stored {
+            id: &self.id,
+            kind: self.kind,
+            codec: self.codec,
+            plain_len: self.plain_len,
+            bytes: stored,
         }
     }
 
@@ -77,6 +134,10 @@ impl FrameHeader {
         b[44..48].copy_from_slice(&self.stored_len.to_be_bytes());
         b[48] = self.codec.code();
         b[49] = self.kind.code();
+        if let Some(crc) = self.payload_crc {
+            b[50] = FLAG_PAYLOAD_CRC;
+            b[52..56].copy_from_slice(&crc.to_be_bytes());
+        }
         let crc = crc32fast::hash(&b[8..]);
         b[4..8].copy_from_slice(&crc.to_be_bytes());
         b
@@ -101,6 +162,11 @@ impl FrameHeader {
         let stored_len = u32::from_be_bytes([b[44], b[45], b[46], b[47]]);
         let codec = Codec::from_code(b[48]).ok_or(FrameError::Codec(b[48]))?;
         let kind = ChunkKind::from_code(b[49]).ok_or(FrameError::Kind(b[49]))?;
+        if b[50] & !FLAG_PAYLOAD_CRC != 0 {
+            return Err(FrameError::Flags(b[50]));
+        }
+        let payload_crc = (b[50] & FLAG_PAYLOAD_CRC != 0)
+            .then(|| u32::from_be_bytes([b[52], b[53], b[54], b[55]]));
         if plain_len > MAX_FRAME_PAYLOAD || stored_len > MAX_FRAME_PAYLOAD {
             return Err(FrameError::Lengths {
                 plain_len,
@@ -113,6 +179,7 @@ impl FrameHeader {
             stored_len,
             codec,
             kind,
+            payload_crc,
         })
     }
 }
@@ -138,6 +205,7 @@ pub fn parse_frame(buf: &[u8], stored: &mut Vec<u8>) -> Result<FrameHeader, Stri
                 buf.len() - start
             )
         })?;
+    header.check_payload(bytes).map_err(|e| e.to_string())?;
     stored.clear();
     stored.extend_from_slice(bytes);
     Ok(header)
@@ -179,6 +247,11 @@ pub fn read_frame_into(
             path,
             format!("reading the frame at offset {offset}"),
         ))?;
+    header.check_payload(bytes).map_err(|what| Error::BadPack {
+        path: path.to_path_buf(),
+        offset,
+        what: what.to_string(),
+    })?;
     Ok(header)
 }
 
@@ -220,6 +293,8 @@ pub fn decode_frames(body: &[u8], max: usize) -> Result<Vec<EncodedChunk>, Strin
                 body.len() - start
             ));
         };
+        h.check_payload(bytes)
+            .map_err(|e| format!("offset {at}: {e}"))?;
         out.push(EncodedChunk {
             id: h.id,
             kind: h.kind,

@@ -112,7 +112,7 @@ mod tests {
         let data: Vec<u8> = (0..len)
             .map(|i| (i as u8).wrapping_mul(seed) ^ (i / 251) as u8)
             .collect();
-        encode(&data, kind, 1)
+        encode(&crate::Keys::Clear, &data, kind, 1).expect("encode")
     }
 
     /// A pack of a few frames of every codec and kind; returns its path, the chunks and the
@@ -122,7 +122,7 @@ mod tests {
             chunk(3, 70_000, ChunkKind::Data),
             chunk(0, 4096, ChunkKind::Data), // compresses well: zstd
             chunk(7, 1000, ChunkKind::Tree),
-            encode(&[0xAB; 1][..], ChunkKind::Data, 1), // too small to compress: plain
+            encode(&crate::Keys::Clear, &[0xAB; 1][..], ChunkKind::Data, 1).expect("encode"), // too small to compress: plain
         ];
         let mut w = PackWriter::create(dir).expect("create");
         let offsets: Vec<u64> = chunks
@@ -157,7 +157,8 @@ mod tests {
             let (h, stored) = read_frame(&file, &path, *at).expect("read");
             assert_eq!(h, f.header);
             assert_eq!(stored, c.bytes);
-            crate::chunk::decode(&c.id, h.codec, h.plain_len, &stored).expect("decodes to its id");
+            crate::chunk::decode(Some(&crate::Keys::Clear), &h.stored(&stored))
+                .expect("decodes to its id");
         }
     }
 
@@ -200,8 +201,10 @@ mod tests {
 
     #[test]
     fn frames_on_the_wire_round_trip_and_bad_ones_are_named() {
-        let a = crate::chunk::encode(&[7u8; 5000], ChunkKind::Data, 3);
-        let b = crate::chunk::encode(b"tree-ish bytes", ChunkKind::Tree, 3);
+        let a = crate::chunk::encode(&crate::Keys::Clear, &[7u8; 5000], ChunkKind::Data, 3)
+            .expect("encode");
+        let b = crate::chunk::encode(&crate::Keys::Clear, b"tree-ish bytes", ChunkKind::Tree, 3)
+            .expect("encode");
         let mut body = Vec::new();
         encode_frame(&a, &mut body);
         encode_frame(&b, &mut body);
@@ -230,8 +233,8 @@ mod tests {
         #[test]
         fn mutated_bodies_never_panic(at in 0usize..200, byte in proptest::num::u8::ANY) {
             let mut body = Vec::new();
-            encode_frame(&crate::chunk::encode(&[1u8; 100], ChunkKind::Data, 1), &mut body);
-            encode_frame(&crate::chunk::encode(&[2u8; 30], ChunkKind::Data, 1), &mut body);
+            encode_frame(&crate::chunk::encode(&crate::Keys::Clear, &[1u8; 100], ChunkKind::Data, 1).expect("encode"), &mut body);
+            encode_frame(&crate::chunk::encode(&crate::Keys::Clear, &[2u8; 30], ChunkKind::Data, 1).expect("encode"), &mut body);
             let i = at % body.len();
             body[i] = byte;
             let _ = decode_frames(&body, 8);

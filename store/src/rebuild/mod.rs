@@ -62,6 +62,8 @@ impl Store {
             .transpose()?;
         let lock = WriteLock::acquire(root, wait)?;
         let mut r = Rebuild::begin(root, bucket)?;
+        // No key is asked: an encrypted store's sealed chunks are taken on their frames' CRCs.
+        r.keys = config.encryption.is_none().then_some(crate::Keys::Clear);
         r.index_packs()?;
         r.store_salvage()?;
         r.record_quarantine()?;
@@ -98,6 +100,8 @@ struct Rebuild<'r> {
     quarantined: Vec<Quarantined>,
     /// Chunks read back from under damaged frame headers.
     salvage: Vec<EncodedChunk>,
+    /// How chunks are checked: `None` for an encrypted store (rebuilt without its key).
+    keys: Option<crate::Keys>,
 }
 
 impl<'r> Rebuild<'r> {
@@ -127,6 +131,7 @@ impl<'r> Rebuild<'r> {
             trees: Vec::new(),
             quarantined: Vec::new(),
             salvage: Vec::new(),
+            keys: None,
         })
     }
 

@@ -183,7 +183,8 @@ impl TreeWriter {
 
 fn store_tree(session: &mut dyn ChunkSink, bytes: &[u8]) -> Result<ChunkId> {
     let level = session.zstd_level();
-    let encoded = chunk::encode(bytes, ChunkKind::Tree, level);
+    let encoded = chunk::encode(session.keys()?, bytes, ChunkKind::Tree, level)
+        .map_err(|e| Error::Internal(format!("encoding a tree chunk: {e}")))?;
     session.put(&encoded)?;
     Ok(encoded.id)
 }

@@ -1,0 +1,134 @@
+//! How a store names and seals its chunks.
+//!
+//! An unencrypted store names a chunk by the BLAKE3 hash of its plain bytes and keeps those
+//! bytes as they are or compressed. An encrypted store (`cairn init --encrypt`, store format 3)
+//! names a chunk by BLAKE3 keyed with its master key's id key, and seals a data chunk's stored
+//! bytes (compressed first) with XChaCha20-Poly1305 ([`cairn_crypt`]), the chunk's id, kind,
+//! codec and length bound to them as associated data.
+//!
+//! # What stays readable, and why
+//! Tree chunks are not sealed. They hold only keyed chunk ids and zero marks, and everything
+//! that keeps a store without its key walks them: gc and prune (which chunks are held), verify
+//! on the server's machine, a server checking that a commit is complete, replication. Their
+//! keyed id authenticates them to whoever holds the key (a tree changed, moved or forged
+//! without the key does not hash to its id). What a tree tells without the key: which of a
+//! disk's chunk-sized places hold zeros, which hold the same chunk as another place, and which
+//! changed between two points (PBS's index files tell a PBS server as much). Root files stay
+//! readable too (VM name, UUID, disk, times, sizes, labels, notes): the server needs them for
+//! retention, reports and tokens' scopes. No data byte and no unkeyed id is ever written.
+//!
+//! A reader without the key ([`None`] where a `keys` is asked for) reads trees, checked by the
+//! frames' CRCs only, and is refused every data chunk ([`crate::chunk::ChunkError::Locked`]).
+
+use std::sync::Arc;
+
+use cairn_crypt::MasterKey;
+
+use crate::chunk::{ChunkId, ChunkKind, Codec};
+use crate::error::{Error, Result};
+
+/// How chunks are named and sealed: the keys of a store that can write and fully read.
+#[derive(Clone, Debug)]
+pub enum Keys {
+    /// An unencrypted store: BLAKE3 ids, nothing sealed.
+    Clear,
+    /// An encrypted store, with its master key.
+    Sealed(Arc<MasterKey>),
+}
+
+impl Keys {
+    /// The id of a chunk of `data`.
+    #[must_use]
+    pub fn id_of(&self, data: &[u8]) -> ChunkId {
+        match self {
+            Self::Clear => ChunkId(*blake3::hash(data).as_bytes()),
+            Self::Sealed(k) => ChunkId(k.chunk_id(data)),
+        }
+    }
+
+    /// Whether data chunks are sealed.
+    #[must_use]
+    pub fn seals(&self) -> bool {
+        matches!(self, Self::Sealed(_))
+    }
+}
+
+/// The associated data a chunk's seal binds: its id, kind, codec (the sealed one) and plain
+/// length, so that a sealed chunk put under another id, or its frame header changed, fails to
+/// open.
+#[must_use]
+pub fn seal_aad(id: &ChunkId, kind: ChunkKind, codec: Codec, plain_len: u32) -> [u8; 38] {
+    let mut aad = [0u8; 38];
+    aad[..32].copy_from_slice(&id.0);
+    aad[32] = kind.code();
+    aad[33] = codec.code();
+    aad[34..].copy_from_slice(&plain_len.to_be_bytes());
+    aad
+}
+
+impl crate::store::Store {
+    /// Gives an encrypted store its key (read by the caller from a key file): refused, before
+    /// any work, when it is not the store's key.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] for an unencrypted store or another store's key.
+    pub fn unlock(&mut self, key: MasterKey) -> Result<()> {
+        let Some(enc) = &self.config.encryption else {
+            return Err(Error::Usage(format!(
+                "{} is not encrypted: it takes no key",
+                self.root.display()
+            )));
+        };
+        let got = key.fingerprint();
+        if got != enc.key_fingerprint {
+            return Err(Error::Usage(format!(
+                "the key given (fingerprint {got}) is not the key of {} (fingerprint {})",
+                self.root.display(),
+                enc.key_fingerprint
+            )));
+        }
+        self.keys = Some(Keys::Sealed(Arc::new(key)));
+        Ok(())
+    }
+
+    /// Whether the store is encrypted.
+    #[must_use]
+    pub fn is_encrypted(&self) -> bool {
+        self.config.encryption.is_some()
+    }
+
+    /// The store's keys, when it can name and open chunks: an unencrypted store, or an
+    /// encrypted one given its key ([`crate::store::Store::unlock`]).
+    #[must_use]
+    pub fn chunk_keys(&self) -> Option<&Keys> {
+        self.keys.as_ref()
+    }
+
+    /// The store's keys, for work that names or opens chunks (a backup, a restore).
+    ///
+    /// # Errors
+    /// [`Error::NoKey`]: an encrypted store opened without its key.
+    pub fn keys(&self) -> Result<&Keys> {
+        self.keys.as_ref().ok_or_else(|| Error::NoKey {
+            store: self.root.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seal_binds_id_kind_codec_and_length() {
+        let id = ChunkId([7; 32]);
+        let a = seal_aad(&id, ChunkKind::Data, Codec::SealedZstd, 4096);
+        assert_ne!(
+            a,
+            seal_aad(&ChunkId([8; 32]), ChunkKind::Data, Codec::SealedZstd, 4096)
+        );
+        assert_ne!(a, seal_aad(&id, ChunkKind::Tree, Codec::SealedZstd, 4096));
+        assert_ne!(a, seal_aad(&id, ChunkKind::Data, Codec::SealedPlain, 4096));
+        assert_ne!(a, seal_aad(&id, ChunkKind::Data, Codec::SealedZstd, 4097));
+    }
+}
