@@ -9,6 +9,7 @@ mod backup_cmd;
 mod diff_cmd;
 mod forget_cmd;
 mod gc_cmd;
+mod key_cmd;
 mod list_cmd;
 mod nbd_cmd;
 mod new_file;
@@ -55,6 +56,13 @@ struct Cli {
     /// what was asked for on standard output still come).
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// An encrypted store's key file (default: the store's own, in ~/.config/cairn/keys).
+    #[arg(long, global = true, env = "CAIRN_KEY_FILE", value_name = "FILE")]
+    key_file: Option<std::path::PathBuf>,
+    /// Read the key file's passphrase from this file descriptor (else CAIRN_PASSPHRASE, else
+    /// a prompt on the terminal; never from an argument).
+    #[arg(long, global = true, value_name = "FD")]
+    passphrase_fd: Option<i32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,6 +95,13 @@ enum Command {
         cairn token list --store /srv/cairn\n  cairn token revoke --store /srv/cairn host1"
     )]
     Token(serve_cmd::TokenCommand),
+    /// An encrypted store's keys: key files, their passphrase, paper copies, recovery keys.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cairn init --encrypt /backups/store\n  cairn key show --store /backups/store\n  \
+        cairn key change-passphrase --store /backups/store\n  cairn key export --paper --store /backups/store"
+    )]
+    Key(key_cmd::KeyCommand),
     /// Repair a store: rebuild its index from the packs and root files.
     Repair(store_cmd::RepairArgs),
     /// The byte ranges that differ between two points of a disk.
@@ -377,9 +392,27 @@ fn main() {
         Err(e) => exit_on_a_parse_error(&e, json),
     };
     QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
+    key_cmd::set_source(key_cmd::KeySource {
+        key_file: cli.key_file.clone(),
+        passphrase_fd: cli.passphrase_fd,
+        needed: names_or_opens_chunks(&cli.command),
+    });
     match run(cli.command) {
         Ok(code) => std::process::exit(code),
         Err(err) => exit_on_an_error(&err, json),
+    }
+}
+
+/// Whether the command names or opens chunks, so that an encrypted store's key is needed
+/// (asked before any work); the others run without it.
+fn names_or_opens_chunks(c: &Command) -> bool {
+    match c {
+        Command::Backup(_)
+        | Command::Restore(_)
+        | Command::ServeNbd(_)
+        | Command::Standby(_) => true,
+        Command::Verify(a) => a.key,
+        _ => false,
     }
 }
 
@@ -403,6 +436,7 @@ fn run(asked: Command) -> anyhow::Result<i32> {
         Command::List(a) => list_cmd::list(&a),
         Command::Report(a) => report_cmd::report(&a),
         Command::Repair(a) => store_cmd::repair(&a),
+        Command::Key(c) => key_cmd::key(&c),
         Command::ServeNbd(a) => nbd_cmd::serve_nbd(&a),
         Command::Serve(a) => serve_cmd::serve(&a),
         Command::Token(c) => serve_cmd::token(&c),

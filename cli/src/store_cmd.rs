@@ -107,9 +107,9 @@ impl ServerArgs {
                 fingerprint: self.fingerprint.clone(),
             },
         };
-        Ok(Some(std::sync::Arc::new(cairn_remote::Remote::connect(
-            &url, &opts,
-        )?)))
+        let mut remote = cairn_remote::Remote::connect(&url, &opts)?;
+        crate::key_cmd::unlock_remote(&mut remote)?;
+        Ok(Some(std::sync::Arc::new(remote)))
     }
 }
 
@@ -193,6 +193,14 @@ pub struct InitArgs {
     /// /etc/localtime); change it later with `cairn policy timezone`.
     #[arg(long, value_name = "ZONE")]
     pub timezone: Option<String>,
+    /// Encrypt the store: chunk ids keyed and data sealed with a new master key (or the one
+    /// of --key-file, when that file exists), kept in a key file under a passphrase
+    /// (CAIRN_PASSPHRASE, --passphrase-fd, or asked twice). The key file goes to --key-file,
+    /// else ~/.config/cairn/keys/STORE_ID.json.
+    #[arg(long)]
+    pub encrypt: bool,
+    #[command(flatten)]
+    pub kdf: crate::key_cmd::KdfArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -242,13 +250,29 @@ pub fn init(a: &InitArgs) -> Result<i32> {
     cairn_store::config::parse_timezone(&zone)?;
     let mut config = cairn_store::StoreConfig::new(a.chunk_size)?;
     config.packs = a.packs.config();
-    Store::init_with(&a.store, config)?;
+    let key = if a.encrypt {
+        refuse_a_taken_folder(&a.store)?;
+        let (key, path, made) = crate::key_cmd::key_for_new_store(&config.store_id, &a.kdf)?;
+        config = config.encrypted(&key);
+        Some((path, made))
+    } else {
+        None
+    };
+    if let Err(e) = Store::init_with(&a.store, config) {
+        if let Some((path, true)) = &key {
+            // The key of a store that was not made opens nothing.
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(e.into());
+    }
     let mut store = Store::open(&a.store, OpenMode::Write { wait: false })?;
     store.set_timezone(&zone)?;
     let cfg = store.config();
+    let fingerprint = cfg.encryption.as_ref().map(|e| e.key_fingerprint.clone());
+    let key_file = key.as_ref().map(|(p, _)| p.display().to_string());
     if a.json {
         crate::print_json(
-            &json!({ "store": a.store.display().to_string(), "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "format_version": cfg.format_version, "mode": "0700", "timezone": cfg.timezone, "packs": store.packs_shown() }),
+            &json!({ "store": a.store.display().to_string(), "store_id": cfg.store_id, "chunk_size": cfg.chunk_size, "format_version": cfg.format_version, "mode": "0700", "timezone": cfg.timezone, "packs": store.packs_shown(), "encrypted": fingerprint.is_some(), "key_fingerprint": fingerprint, "key_file": key_file }),
         )?;
     } else {
         println!(
@@ -262,8 +286,25 @@ pub fn init(a: &InitArgs) -> Result<i32> {
         if store.bucket().is_some() {
             println!("packs and root files in {}", store.packs_shown());
         }
+        if let (Some(fp), Some((path, made))) = (&fingerprint, &key) {
+            println!(
+                "encrypted with key {fp}, {} {}: without it and its passphrase no point \
+                 restores. Keep a copy away from the store (`cairn key export --paper`) and add a \
+                 recovery key (`cairn key new-recovery`, `cairn key add-recovery`)",
+                if *made { "written to" } else { "from" },
+                path.display()
+            );
+        }
     }
     Ok(0)
+}
+
+/// Refuses a folder that is not empty before a key is made for a store there.
+fn refuse_a_taken_folder(root: &Path) -> Result<()> {
+    if std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_some()) {
+        bail!("{} exists and is not empty", root.display());
+    }
+    Ok(())
 }
 
 /// Which points a command works on (every filter given must match).
@@ -363,6 +404,8 @@ pub fn open_write(store: &Path, wait: bool) -> Result<Store> {
     if let Some(stale) = s.stale_lock() {
         crate::say!("note: took over the lock of a writer that did not finish ({stale})");
     }
+    let mut s = s;
+    crate::key_cmd::unlock_store(&mut s)?;
     warn_about(&s);
     Ok(s)
 }
@@ -370,7 +413,8 @@ pub fn open_write(store: &Path, wait: bool) -> Result<Store> {
 /// Opens a store read-only (beside any writer), saying what it found amiss.
 pub fn open_read(store: &Path) -> Result<Store> {
     local_only(store)?;
-    let s = Store::open(store, OpenMode::Read)?;
+    let mut s = Store::open(store, OpenMode::Read)?;
+    crate::key_cmd::unlock_store(&mut s)?;
     warn_about(&s);
     Ok(s)
 }

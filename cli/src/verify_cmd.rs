@@ -58,6 +58,11 @@ pub struct VerifyArgs {
     /// any store).
     #[arg(long, conflicts_with_all = ["sample", "subset", "since_last"])]
     pub quick: bool,
+    /// An encrypted store: open every sealed chunk read with the store's key (asked before any
+    /// work) and check it against its keyed id. Without it, verify checks what it can without
+    /// the key: every frame's CRCs (bit rot), lengths, and the tree chunks' structure.
+    #[arg(long)]
+    pub key: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

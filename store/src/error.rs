@@ -99,6 +99,10 @@ pub enum Error {
         /// The store.
         store: std::path::PathBuf,
     },
+    /// A data chunk of an encrypted store, read without its key: its frame's CRCs were checked,
+    /// nothing more can be (a verify without the key counts it as checked that far).
+    #[error("chunk {0} is sealed and the store's key was not given")]
+    Sealed(ChunkId),
     /// A chunk id not in the index.
     #[error("chunk {0} is not in the store")]
     MissingChunk(ChunkId),

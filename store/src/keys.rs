@@ -115,6 +115,52 @@ impl crate::store::Store {
     }
 }
 
+/// The folder (and bucket prefix) of an encrypted store's recovery seals.
+pub const KEYS_DIR: &str = "keys";
+
+impl crate::store::Store {
+    /// Keeps a recovery seal (`cairn key add-recovery`) as `keys/recovery-NAME.json`, in the
+    /// bucket too for a store in one (a store rebuilt from its bucket keeps its seals): the
+    /// master key sealed for a recovery key, which tells nothing without its private half.
+    ///
+    /// # Errors
+    /// A store opened read-only, I/O and bucket errors.
+    pub fn put_recovery_seal(&self, name: &str, text: &str) -> Result<std::path::PathBuf> {
+        self.require_writer()?;
+        let rel = format!("{KEYS_DIR}/recovery-{name}.json");
+        if let Some(b) = &self.bucket {
+            b.put(&rel, text.as_bytes())?;
+        }
+        let path = self.root.join(&rel);
+        crate::files::write_atomic(&path, text.as_bytes())?;
+        Ok(path)
+    }
+
+    /// The store's recovery seals: their names and texts, from its folder and its bucket.
+    ///
+    /// # Errors
+    /// I/O and bucket errors.
+    pub fn recovery_seals(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let dir = self.root.join(KEYS_DIR);
+        for path in crate::files::files_under(&dir, "json")? {
+            let text = std::fs::read_to_string(&path)
+                .map_err(Error::io(&path, "reading a recovery seal"))?;
+            out.push((path.display().to_string(), text));
+        }
+        if let Some(b) = &self.bucket {
+            for o in b.list(&format!("{KEYS_DIR}/"))? {
+                let here = self.root.join(&o.name);
+                if !here.exists() {
+                    let text = String::from_utf8_lossy(&b.get(&o.name)?).into_owned();
+                    out.push((o.name.clone(), text));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,7 +96,7 @@ impl Store {
         STORED.with_borrow_mut(|stored| {
             let header = self.read_frame(id, loc, stored)?;
             chunk::decode_into(self.chunk_keys(), &header.stored(stored), out)
-                .map_err(|what| bad_chunk(id, loc, what))
+                .map_err(|e| chunk_error(id, loc, e))
         })
     }
 
@@ -195,6 +195,15 @@ impl Store {
 }
 
 /// A chunk at `loc` that cannot be read or is not what its id says.
+/// A chunk that did not decode: [`Error::Sealed`] for one sealed from a reader without the
+/// key, else [`Error::BadChunk`].
+pub(crate) fn chunk_error(id: &ChunkId, loc: &Location, e: chunk::ChunkError) -> Error {
+    match e {
+        chunk::ChunkError::Locked => Error::Sealed(*id),
+        e => bad_chunk(id, loc, e),
+    }
+}
+
 pub(crate) fn bad_chunk(id: &ChunkId, loc: &Location, what: impl std::fmt::Display) -> Error {
     Error::BadChunk {
         id: *id,

@@ -319,12 +319,16 @@ pub(super) fn decode_range(
     let mut stored = Vec::new();
     let mut failed = Vec::new();
     for (i, id, loc, slot) in jobs {
-        let r = buf.map_err(str::to_owned).and_then(|buf| {
-            let h = frame_in(buf, loc.offset - start, &id, &mut stored)?;
-            chunk::decode_into(keys, &h.stored(&stored), slot).map_err(|e| e.to_string())
-        });
-        if let Err(what) = r {
-            failed.push((i, crate::read::bad_chunk(&id, &loc, what)));
+        let r = buf
+            .map_err(str::to_owned)
+            .and_then(|buf| frame_in(buf, loc.offset - start, &id, &mut stored))
+            .map_err(|what| crate::read::bad_chunk(&id, &loc, what))
+            .and_then(|h| {
+                chunk::decode_into(keys, &h.stored(&stored), slot)
+                    .map_err(|e| crate::read::chunk_error(&id, &loc, e))
+            });
+        if let Err(e) = r {
+            failed.push((i, e));
         }
     }
     failed
