@@ -275,29 +275,41 @@ pub enum KeyCommand {
     Show(ShowArgs),
     /// Seal the same master key under a new passphrase: the key file is rewritten, nothing in
     /// the store is.
-    #[command(after_help = "Examples:\n  cairn key change-passphrase --store /backups/store\n  \
-        CAIRN_PASSPHRASE=old CAIRN_NEW_PASSPHRASE=new cairn key change-passphrase --key-file k.json")]
+    #[command(
+        after_help = "Examples:\n  cairn key change-passphrase --store /backups/store\n  \
+        CAIRN_PASSPHRASE=old CAIRN_NEW_PASSPHRASE=new cairn key change-passphrase --key-file k.json"
+    )]
     ChangePassphrase(ChangeArgs),
     /// Print a key file as numbered lines of hex with check digits, to keep on paper (it still
     /// needs its passphrase).
-    #[command(after_help = "Examples:\n  cairn key export --paper --store /backups/store | lpr\n  \
-        cairn key export --paper --key-file fleet.key > key.txt")]
+    #[command(
+        after_help = "Examples:\n  cairn key export --paper --store /backups/store | lpr\n  \
+        cairn key export --paper --key-file fleet.key > key.txt"
+    )]
     Export(ExportArgs),
     /// Type a paper copy back into a key file (each line's check digits find a typo in it).
-    #[command(after_help = "Examples:\n  cairn key import key.txt --out /root/.config/cairn/keys/STORE_ID.json\n  \
-        cairn key import - --out restored.key < key.txt")]
+    #[command(
+        after_help = "Examples:\n  cairn key import key.txt --out /root/.config/cairn/keys/STORE_ID.json\n  \
+        cairn key import - --out restored.key < key.txt"
+    )]
     Import(ImportArgs),
     /// Make a recovery key pair: the private half into a file to keep offline, the public half
     /// printed (for `cairn key add-recovery`).
-    #[command(after_help = "Examples:\n  cairn key new-recovery --out /media/usb/cairn-recovery.secret")]
+    #[command(
+        after_help = "Examples:\n  cairn key new-recovery --out /media/usb/cairn-recovery.secret"
+    )]
     NewRecovery(NewRecoveryArgs),
     /// Seal the store's master key for a recovery public key, in the store (`keys/`): whoever
     /// holds the private half can recover the store without its key file or passphrase.
-    #[command(after_help = "Examples:\n  cairn key add-recovery --store /backups/store cairn-recovery-public-3f…")]
+    #[command(
+        after_help = "Examples:\n  cairn key add-recovery --store /backups/store cairn-recovery-public-3f…"
+    )]
     AddRecovery(AddRecoveryArgs),
     /// Open the store's master key with a recovery private key and write it into a new key file
     /// under a new passphrase (a lost passphrase, a lost key file).
-    #[command(after_help = "Examples:\n  cairn key recover --store /backups/store --recovery-key /media/usb/cairn-recovery.secret")]
+    #[command(
+        after_help = "Examples:\n  cairn key recover --store /backups/store --recovery-key /media/usb/cairn-recovery.secret"
+    )]
     Recover(RecoverArgs),
 }
 
@@ -435,7 +447,10 @@ pub fn key(cmd: &KeyCommand) -> Result<i32> {
 
 fn create(a: &CreateArgs) -> Result<i32> {
     if a.file.exists() {
-        bail!("{} exists: a key file is never overwritten", a.file.display());
+        bail!(
+            "{} exists: a key file is never overwritten",
+            a.file.display()
+        );
     }
     let key = MasterKey::generate()?;
     let pass = new_passphrase(source().passphrase_fd, "CAIRN_PASSPHRASE")?;
@@ -583,10 +598,13 @@ fn add_recovery(a: &AddRecoveryArgs) -> Result<i32> {
     let public = RecoveryPublic::from_text(&a.public_key)?;
     let mut store = crate::store_cmd::open_write(&a.store, false)?;
     if !store.is_encrypted() {
-        bail!("{} is not encrypted: it has no key to recover", a.store.display());
+        bail!(
+            "{} is not encrypted: it has no key to recover",
+            a.store.display()
+        );
     }
-    let key = key_for(&store.config().store_id, &a.store.display().to_string())?
-        .context("no key")?;
+    let key =
+        key_for(&store.config().store_id, &a.store.display().to_string())?.context("no key")?;
     store.unlock(key.clone())?;
     let seal = RecoverySeal::seal(&key, &public)?;
     let path = store.put_recovery_seal(&public.short(), &seal.to_json()?)?;
@@ -605,11 +623,14 @@ fn recover(a: &RecoverArgs) -> Result<i32> {
         std::fs::read_to_string(&a.recovery_key)
             .with_context(|| format!("reading {}", a.recovery_key.display()))?,
     );
-    let secret = RecoverySecret::from_text(&text)
-        .with_context(|| a.recovery_key.display().to_string())?;
+    let secret =
+        RecoverySecret::from_text(&text).with_context(|| a.recovery_key.display().to_string())?;
     let store = Store::open(&a.store, cairn_store::OpenMode::Read)?;
     let Some(enc) = store.config().encryption.clone() else {
-        bail!("{} is not encrypted: it has no key to recover", a.store.display());
+        bail!(
+            "{} is not encrypted: it has no key to recover",
+            a.store.display()
+        );
     };
     let mine = secret.public().to_text();
     let mut key = None;

@@ -407,10 +407,9 @@ fn main() {
 /// (asked before any work); the others run without it.
 fn names_or_opens_chunks(c: &Command) -> bool {
     match c {
-        Command::Backup(_)
-        | Command::Restore(_)
-        | Command::ServeNbd(_)
-        | Command::Standby(_) => true,
+        Command::Backup(_) | Command::Restore(_) | Command::ServeNbd(_) | Command::Standby(_) => {
+            true
+        }
         Command::Verify(a) => a.key,
         _ => false,
     }

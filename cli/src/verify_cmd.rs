@@ -94,10 +94,10 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
         }
         return verify_remote(&r, &filter, a.json);
     }
-    let tz = {
+    let (tz, keys) = {
         let store = crate::store_cmd::open_read(&a.store.store)?;
         crate::store_cmd::check_filter(&store, &filter)?;
-        store.config().tz()
+        (store.config().tz(), store.chunk_keys().cloned())
     };
     let opts = VerifyOptions {
         filter,
@@ -106,6 +106,7 @@ pub fn verify(a: &VerifyArgs) -> Result<i32> {
         subset: a.subset,
         since_last: a.since_last,
         quick: a.quick,
+        keys,
     };
     let bar = crate::progress::count(0, "verify");
     let r = cairn_gc::verify(&a.store.store, &opts, &|done, total| {

@@ -91,6 +91,23 @@ impl crate::store::Store {
         Ok(())
     }
 
+    /// Gives the store `keys` (another handle's, [`crate::store::Store::chunk_keys`]): an
+    /// encrypted store's key, checked as [`crate::store::Store::unlock`] does; an unencrypted
+    /// store takes [`Keys::Clear`] only.
+    ///
+    /// # Errors
+    /// Keys that are not the store's.
+    pub fn unlock_with(&mut self, keys: &Keys) -> Result<()> {
+        match keys {
+            Keys::Sealed(k) => self.unlock(MasterKey::clone(k)),
+            Keys::Clear if self.config.encryption.is_none() => Ok(()),
+            Keys::Clear => Err(Error::Usage(format!(
+                "{} is encrypted: unencrypted keys do not open it",
+                self.root.display()
+            ))),
+        }
+    }
+
     /// Whether the store is encrypted.
     #[must_use]
     pub fn is_encrypted(&self) -> bool {

@@ -10,6 +10,7 @@
 pub mod damage;
 pub mod disks;
 pub mod garage;
+pub mod leaks;
 pub mod nbd;
 pub mod s3;
 pub mod scratch;
@@ -26,7 +27,7 @@ pub use disks::{
     modify_raw, read, series, small_disk, vhd_and_delta, vhdi_to_raw, xo_chain3,
 };
 pub use scratch::{LoopDevice, Tmpfs};
-pub use store::TestStore;
+pub use store::{LIGHT_KDF, PASSPHRASE, TestStore};
 
 /// The repository's root folder. Read from `CARGO_MANIFEST_DIR` at run time (cargo sets it for
 /// the package under test): the target folder is shared between clones at other paths, and a

@@ -10,7 +10,16 @@ use crate::{assert_same_content, cairn, id, json, ok, run};
 /// A store in a temporary folder, driven through the `cairn` binary.
 pub struct TestStore {
     dir: tempfile::TempDir,
+    /// An encrypted store's key file (beside the store), which [`TestStore::cmd`] passes.
+    key: Option<PathBuf>,
 }
+
+/// The passphrase of the test stores' key files.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// Key files of the tests: Argon2id at 1 MiB and one pass (the tests' speed; the default is
+/// 64 MiB and three passes).
+pub const LIGHT_KDF: [&str; 4] = ["--kdf-memory", "1M", "--kdf-passes", "1"];
 
 impl TestStore {
     /// Backs up `raws` as one disk of `vm`, a day apart from 2026-11-01; the point ids.
@@ -76,7 +85,52 @@ impl TestStore {
         // UTC, whatever this machine's zone: tests give times in UTC.
         ok(cairn(["init", "--timezone", "UTC", "--chunk-size", chunk])
             .arg(dir.path().join("store")));
-        Self { dir }
+        Self { dir, key: None }
+    }
+
+    /// A new encrypted store with this chunk size, its key file beside it (`key.json`,
+    /// sealed under [`PASSPHRASE`]).
+    #[must_use]
+    pub fn encrypted(chunk: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key.json");
+        ok(cairn([
+            "init",
+            "--encrypt",
+            "--timezone",
+            "UTC",
+            "--chunk-size",
+            chunk,
+        ])
+        .args(LIGHT_KDF)
+        .arg("--key-file")
+        .arg(&key)
+        .env("CAIRN_PASSPHRASE", PASSPHRASE)
+        .env("CAIRN_KEYS_DIR", dir.path().join("keys"))
+        .arg(dir.path().join("store")));
+        Self {
+            dir,
+            key: Some(key),
+        }
+    }
+
+    /// The key file of an encrypted store.
+    ///
+    /// # Panics
+    /// For an unencrypted store.
+    #[must_use]
+    pub fn key_file(&self) -> PathBuf {
+        self.key.clone().expect("an encrypted store")
+    }
+
+    /// A `cairn` command on this store given no key (nor passphrase, nor a key file kept under
+    /// the store's id).
+    #[must_use]
+    pub fn keyless(&self, args: &[&str]) -> Command {
+        let mut c = self.cmd(args);
+        c.env_remove("CAIRN_KEY_FILE")
+            .env_remove("CAIRN_PASSPHRASE");
+        c
     }
 
     /// A copy of this store (`cp -a`) in a folder of its own: one fixture, damaged many ways.
@@ -87,7 +141,12 @@ impl TestStore {
             .arg("-a")
             .arg(self.path())
             .arg(dir.path().join("store")));
-        Self { dir }
+        let key = self.key.as_ref().map(|k| {
+            let copy = dir.path().join("key.json");
+            std::fs::copy(k, &copy).expect("copy the key file");
+            copy
+        });
+        Self { dir, key }
     }
 
     /// The store's folder.
@@ -100,7 +159,13 @@ impl TestStore {
     #[must_use]
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = cairn(args);
-        c.env("CAIRN_STORE", self.path());
+        // Never the key files of whoever runs the tests.
+        c.env("CAIRN_STORE", self.path())
+            .env("CAIRN_KEYS_DIR", self.dir.path().join("keys"));
+        if let Some(k) = &self.key {
+            c.env("CAIRN_KEY_FILE", k)
+                .env("CAIRN_PASSPHRASE", PASSPHRASE);
+        }
         c
     }
 

@@ -39,6 +39,10 @@ pub struct VerifyOptions {
     pub since_last: bool,
     /// Metadata only: the catalogue, the packs' state and the tree chunks, no data chunk.
     pub quick: bool,
+    /// An encrypted store's keys (`verify --key`): sealed chunks are opened and checked
+    /// against their keyed ids. Without them, an encrypted store's sealed chunks are checked
+    /// as far as their frames' CRCs go, and its trees' ids are not checked.
+    pub keys: Option<cairn_store::Keys>,
 }
 
 impl VerifyOptions {
@@ -225,7 +229,10 @@ pub fn verify(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<VerifyReport> {
     let started = Instant::now();
-    let store = Store::open(root, OpenMode::Read)?;
+    let mut store = Store::open(root, OpenMode::Read)?;
+    if let Some(keys) = &opts.keys {
+        store.unlock_with(keys)?;
+    }
     // The packs as the run starts, before the points are read: every frame in them belongs to
     // a point committed by now (or is garbage).
     let packs_at_start = store.pack_infos()?;
