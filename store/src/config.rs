@@ -287,10 +287,8 @@ impl StoreConfig {
             ))
         } else if cfg.max_disk_bytes == 0 {
             Some("max_disk_bytes 0 would refuse every disk".to_owned())
-        } else if let Some(what) = cfg.encryption_problem() {
-            Some(what)
         } else {
-            None
+            cfg.encryption_problem()
         };
         if let Some(what) = problem {
             return Err(Error::Config { path, what });
