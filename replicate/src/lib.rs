@@ -210,17 +210,18 @@ pub fn replicate(
         Source::Folder(p) => Opened::Folder(Box::new(Store::open(p, OpenMode::Read)?)),
         Source::Server(r) => Opened::Server(Arc::clone(r)),
     };
-    let src_size = src.read().config().chunk_size;
-    let check_size = |dst_size: u32| {
-        if src_size == dst_size {
-            return Ok(());
+    let src_config = src.read().config().clone();
+    let check_size = |dst: &cairn_store::StoreConfig| {
+        let (src_size, dst_size) = (src_config.chunk_size, dst.chunk_size);
+        if src_size != dst_size {
+            return Err(Error::Refused(format!(
+                "{} has chunks of {src_size} bytes and {} of {dst_size}: a replica needs the same \
+                 chunk size (`cairn init --chunk-size`)",
+                from.name(),
+                to.name(),
+            )));
         }
-        Err(Error::Refused(format!(
-            "{} has chunks of {src_size} bytes and {} of {dst_size}: a replica needs the same \
-             chunk size (`cairn init --chunk-size`)",
-            from.name(),
-            to.name(),
-        )))
+        same_sealing(&src_config, dst, &from.name(), &to.name())
     };
     match to {
         Destination::Folder(path) => into_folder(src.read(), path, options, progress, &check_size),
@@ -230,8 +231,38 @@ pub fn replicate(
     }
 }
 
-/// The type of the chunk-size check both destinations make.
-type CheckSize<'c> = dyn Fn(u32) -> Result<()> + 'c;
+/// The type of the check both destinations make (chunk size, sealing).
+type CheckSize<'c> = dyn Fn(&cairn_store::StoreConfig) -> Result<()> + 'c;
+
+/// Refuses stores that name and seal chunks differently: chunks are copied as stored, so a
+/// replica is unencrypted as its source is, or encrypted with the same key (its chunks travel
+/// sealed, and the replica needs no key to keep them).
+fn same_sealing(
+    src: &cairn_store::StoreConfig,
+    dst: &cairn_store::StoreConfig,
+    from: &str,
+    to: &str,
+) -> Result<()> {
+    let key =
+        |c: &cairn_store::StoreConfig| c.encryption.as_ref().map(|e| e.key_fingerprint.clone());
+    match (key(src), key(dst)) {
+        (a, b) if a == b => Ok(()),
+        (None, Some(_)) => Err(Error::Refused(format!(
+            "{from} is not encrypted and {to} is: replicate copies chunks as they are stored \
+             and cannot seal them on the way yet; back the VMs up into {to} instead"
+        ))),
+        (Some(_), None) => Err(Error::Refused(format!(
+            "{from} is encrypted and {to} is not: a replica of an encrypted store is made with \
+             its key file (`cairn init --encrypt --key-file KEY`), so that its chunks stay sealed"
+        ))),
+        (Some(a), Some(b)) => Err(Error::Refused(format!(
+            "{from} is encrypted with key {a} and {to} with key {b}: a replica is made with the \
+             source's key file (`cairn init --encrypt --key-file KEY`), so that its chunks \
+             (sealed, and named by that key) are copied as they are"
+        ))),
+        (None, None) => Ok(()),
+    }
+}
 
 /// Copies into a store folder: a session of its own (a dry run asks it what it lacks).
 fn into_folder(
@@ -246,7 +277,7 @@ fn into_folder(
     } else {
         Store::open(path, OpenMode::Write { wait: options.wait })?
     };
-    check_size(dst.config().chunk_size)?;
+    check_size(dst.config())?;
     let forgotten = dst.forgotten_ids()?;
     let held = |id: &str| -> Result<bool> { Ok(dst.point_by_id(id)?.is_some()) };
     let sent = std::rc::Rc::default();
@@ -277,7 +308,7 @@ fn into_server(
     progress: &dyn Fn(usize, usize, &RecoveryPoint),
     check_size: &CheckSize<'_>,
 ) -> Result<Report> {
-    check_size(remote.config().chunk_size)?;
+    check_size(remote.config())?;
     let forgotten = remote.forgotten()?;
     let there: HashSet<cairn_store::PointId> = remote.points()?.into_iter().map(|p| p.id).collect();
     let held = |id: &str| -> Result<bool> { Ok(there.contains(id)) };

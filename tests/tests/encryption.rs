@@ -266,7 +266,9 @@ fn verify_names_a_flipped_swapped_or_cut_sealed_chunk_and_restore_never_hides_it
         .args(["-c", "4194304", "/dev/urandom"])
         .stdout(std::fs::File::create(&raw).expect("create")));
     let fixture = TestStore::encrypted("64K");
-    let p = fixture.daily_backups("vm", std::slice::from_ref(&raw)).remove(0);
+    let p = fixture
+        .daily_backups("vm", std::slice::from_ref(&raw))
+        .remove(0);
     let pack_of = |s: &TestStore| {
         s.pack_files()
             .into_iter()
