@@ -221,6 +221,21 @@ pub fn serve_nbd(store: &Path, args: &[&str]) -> Server {
     )
 }
 
+/// As [`serve_nbd`], for an encrypted store: its key file `key`, the passphrase
+/// [`crate::PASSPHRASE`] handed on file descriptor 3 (`--passphrase-fd 3`), as an admin's
+/// service would.
+#[must_use]
+pub fn serve_nbd_keyed(store: &Path, key: &Path, args: &[&str]) -> Server {
+    let pass = key.with_extension("pass");
+    std::fs::write(&pass, format!("{}\n", crate::PASSPHRASE)).expect("passphrase file");
+    let script = r#"exec 3<"$1" && exec "$2" serve-nbd --store "$3" --socket "$0" --key-file "$4" --passphrase-fd 3 "${@:5}""#;
+    foreground("bash", "cairn serve-nbd", true, |socket| {
+        let mut v = os(&[&"-c", &script, &socket, &pass, &cairn_bin(), &store, &key]);
+        v.extend(args.iter().map(std::ffi::OsString::from));
+        v
+    })
+}
+
 /// `nbdinfo --map --json URI [CONTEXT]`: `(offset, length, type)` of each extent.
 #[must_use]
 pub fn map(uri: &str, context: Option<&str>) -> Vec<(u64, u64, u64)> {

@@ -15,23 +15,46 @@ pub struct S3Store {
     /// Where its packs are in the bucket.
     pub prefix: String,
     endpoint: String,
-    /// The bucket's keys, as cairn takes them from the environment.
+    /// The bucket's keys, as cairn takes them from the environment (and an encrypted
+    /// store's key file and passphrase).
     pub env: Vec<(&'static str, String)>,
 }
 
 impl S3Store {
     /// A store made with `cairn init --packs` on the cluster's bucket under `prefix`.
     pub fn new(g: &Garage, prefix: &str) -> Self {
-        let s = Self {
+        Self::made(g, prefix, false)
+    }
+
+    /// As [`S3Store::new`], encrypted (`--encrypt`): its key file beside the store, its
+    /// passphrase [`crate::PASSPHRASE`], both in [`S3Store::env`].
+    pub fn encrypted(g: &Garage, prefix: &str) -> Self {
+        Self::made(g, prefix, true)
+    }
+
+    fn made(g: &Garage, prefix: &str, encrypt: bool) -> Self {
+        let mut s = Self {
             dir: tempfile::tempdir().expect("tempdir"),
             prefix: prefix.into(),
             endpoint: g.endpoint.clone(),
             env: g.env(),
         };
-        let out = ok(s
-            .cmd(&["init", "--timezone", "UTC", "--chunk-size", "256K"])
-            .arg(s.path())
-            .args(s.packs_args()));
+        let mut init = s.cmd(&["init", "--timezone", "UTC", "--chunk-size", "256K"]);
+        if encrypt {
+            let key = s.dir.path().join("key.json");
+            s.env.push(("CAIRN_KEY_FILE", key.display().to_string()));
+            s.env.push(("CAIRN_PASSPHRASE", crate::PASSPHRASE.into()));
+            init = s.cmd(&[
+                "init",
+                "--timezone",
+                "UTC",
+                "--chunk-size",
+                "256K",
+                "--encrypt",
+            ]);
+            init.args(crate::LIGHT_KDF);
+        }
+        let out = ok(init.arg(s.path()).args(s.packs_args()));
         assert!(out.contains("packs and root files in s3://"), "{out}");
         s
     }

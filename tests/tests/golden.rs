@@ -129,7 +129,7 @@ fn a_writer_upgrades_the_golden_store_and_its_new_points_live_beside_the_old() {
     let text = std::fs::read_to_string(store.join("cairn.toml")).expect("toml");
     std::fs::write(
         store.join("cairn.toml"),
-        text.replace("format_version = 2", "format_version = 3"),
+        text.replace("format_version = 2", "format_version = 4"),
     )
     .expect("write");
     let mut list = cairn(["list"]);
@@ -137,7 +137,7 @@ fn a_writer_upgrades_the_golden_store_and_its_new_points_live_beside_the_old() {
     let r = run(&mut list);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(
-        !r.status.success() && err.contains("store format version 3"),
+        !r.status.success() && err.contains("store format version 4"),
         "{err}"
     );
 }
