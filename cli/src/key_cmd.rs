@@ -134,17 +134,18 @@ fn read_key_file(path: &Path) -> Result<KeyFile> {
 
 /// The master key of the key file at `path`, its passphrase asked once per process.
 fn open_key_file(path: &Path) -> Result<MasterKey> {
+    open_key_file_with(path, source().passphrase_fd, "CAIRN_PASSPHRASE")
+}
+
+/// As [`open_key_file`], the passphrase from `fd`, else `env`, else a prompt.
+fn open_key_file_with(path: &Path, fd: Option<i32>, env: &str) -> Result<MasterKey> {
     if let Ok(opened) = OPENED.lock()
         && let Some((_, k)) = opened.iter().find(|(p, _)| p == path)
     {
         return Ok(k.clone());
     }
     let file = read_key_file(path)?;
-    let pass = read_passphrase(
-        source().passphrase_fd,
-        "CAIRN_PASSPHRASE",
-        &format!("passphrase of {}", path.display()),
-    )?;
+    let pass = read_passphrase(fd, env, &format!("passphrase of {}", path.display()))?;
     let key = file.open(pass.as_bytes()).map_err(|e| match e {
         cairn_crypt::Error::WrongPassphrase => anyhow::anyhow!(
             "{}: the passphrase does not open this key file (or the file was altered); nothing \
@@ -180,6 +181,46 @@ fn key_for(store_id: &str, what: &str) -> Result<Option<MasterKey>> {
         );
     }
     open_key_file(&path).map(Some)
+}
+
+/// The keys of a store with config `config` (`what` names it) for a replication that reads or
+/// seals its chunks: none for an unencrypted store; else its key, from `file` (else the key
+/// file kept under its id), the passphrase from `env` or a prompt.
+pub fn replication_keys(
+    config: &cairn_store::StoreConfig,
+    what: &str,
+    file: Option<&Path>,
+    env: &str,
+) -> Result<Option<cairn_store::Keys>> {
+    let Some(enc) = &config.encryption else {
+        return Ok(None);
+    };
+    let path = match file {
+        Some(f) => f.to_path_buf(),
+        None => keys_dir()?.join(format!("{}.json", config.store_id)),
+    };
+    if !path.exists() {
+        bail!(
+            "{what} is encrypted and its key file {} is not there: a copy between stores sealed \
+             differently reads and seals every chunk, which needs it",
+            path.display()
+        );
+    }
+    let key = open_key_file_with(&path, None, env)?;
+    if key.fingerprint() != enc.key_fingerprint {
+        bail!(
+            "the key of {} (fingerprint {}) is not the key of {what} (fingerprint {})",
+            path.display(),
+            key.fingerprint(),
+            enc.key_fingerprint
+        );
+    }
+    Ok(Some(cairn_store::Keys::Sealed(std::sync::Arc::new(key))))
+}
+
+/// The key file given with `--key-file` (or `CAIRN_KEY_FILE`), if any.
+pub fn given_key_file() -> Option<PathBuf> {
+    source().key_file
 }
 
 /// Gives an encrypted store its key when this command has one (see [`key_for`]).

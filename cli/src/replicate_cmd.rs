@@ -26,7 +26,13 @@ use crate::words::{count, human_bytes};
     enough (replication only adds); with an admin token the points keep their protection.\n\
     --from may be one too (a restore token is enough). --token-file, --fingerprint and\n\
     --server-ca are for the side that is a server; when both are, --from-token-file,\n\
-    --from-fingerprint and --from-server-ca are for --from.")]
+    --from-fingerprint and --from-server-ca are for --from.\n\n\
+    Encrypted stores: between stores sealed alike (unencrypted, or made with one key file)\n\
+    chunks travel as stored, sealed, and no key is needed. Into a store sealed otherwise (an\n\
+    unencrypted store moved to an encrypted one: `cairn init --encrypt NEW`, then replicate)\n\
+    every chunk is read, named and sealed anew: --to's key (--key-file, CAIRN_PASSPHRASE) and,\n\
+    for an encrypted --from, --from's (--from-key-file, CAIRN_FROM_PASSPHRASE) are needed, and\n\
+    each run reads the points it copies whole (ids change: it cannot be incremental).")]
 pub struct ReplicateArgs {
     /// The store to copy from (opened read-only: backups and gc run beside it): a folder, or
     /// https://HOST:PORT of a `cairn serve`.
@@ -48,6 +54,10 @@ pub struct ReplicateArgs {
     /// When both are servers: the CA file --from's certificate is checked against.
     #[arg(long, value_name = "FILE")]
     pub from_server_ca: Option<PathBuf>,
+    /// An encrypted --from's key file, for a copy into a store sealed otherwise (default: the
+    /// key file kept under its id; its passphrase from CAIRN_FROM_PASSPHRASE or a prompt).
+    #[arg(long, value_name = "FILE")]
+    pub from_key_file: Option<PathBuf>,
     /// Only VMs whose name or UUID matches this glob (`*`, `?`).
     #[arg(long, value_name = "GLOB")]
     pub vm: Option<String>,
@@ -74,13 +84,16 @@ pub struct ReplicateArgs {
 pub fn replicate(a: &ReplicateArgs) -> Result<i32> {
     let bar = progress::spinner("replicate");
     let started = std::time::Instant::now();
-    let remote = a.server.connect(&a.to)?;
+    let mut remote = a.server.connect_locked(&a.to)?;
+    let from_server = source_server(a, remote.is_some())?;
+    let mut source = from_server.connect_locked(&a.from)?;
+    let (from_keys, to_keys) = keys(a, source.as_mut(), remote.as_mut())?;
+    let remote = remote.map(std::sync::Arc::new);
+    let source = source.map(std::sync::Arc::new);
     let dest = match &remote {
         Some(r) => cairn_replicate::Destination::Server(std::sync::Arc::clone(r)),
         None => cairn_replicate::Destination::Folder(&a.to),
     };
-    let from_server = source_server(a, remote.is_some())?;
-    let source = from_server.connect(&a.from)?;
     let source = match &source {
         Some(r) => cairn_replicate::Source::Server(std::sync::Arc::clone(r)),
         None => cairn_replicate::Source::Folder(&a.from),
@@ -93,6 +106,8 @@ pub fn replicate(a: &ReplicateArgs) -> Result<i32> {
             disk: a.disk.clone(),
             dry_run: a.dry_run,
             wait: a.wait,
+            from_keys,
+            to_keys,
             since: a.since.map(|d| chrono::Utc::now() - d),
             limit_rate: a.limit_rate,
         },
@@ -138,6 +153,51 @@ pub fn replicate(a: &ReplicateArgs) -> Result<i32> {
         report.forgotten
     );
     Ok(0)
+}
+
+/// The keys a copy between stores sealed differently needs (none between stores sealed
+/// alike): `--from`'s to read its data, `--to`'s to name and seal it; a server's side is given
+/// its key here, a folder's is returned (`(from, to)`) for the replication to open it with.
+fn keys(
+    a: &ReplicateArgs,
+    from_server: Option<&mut cairn_remote::Remote>,
+    to_server: Option<&mut cairn_remote::Remote>,
+) -> Result<(Option<cairn_store::Keys>, Option<cairn_store::Keys>)> {
+    let config = |server: &Option<&mut cairn_remote::Remote>, path: &std::path::Path| match server {
+        Some(r) => Ok(cairn_store::StoreRead::config(&**r).clone()),
+        None => cairn_store::StoreConfig::load(path),
+    };
+    let (from_cfg, to_cfg) = (config(&from_server, &a.from)?, config(&to_server, &a.to)?);
+    let fingerprint =
+        |c: &cairn_store::StoreConfig| c.encryption.as_ref().map(|e| e.key_fingerprint.clone());
+    if fingerprint(&from_cfg) == fingerprint(&to_cfg) {
+        return Ok((None, None));
+    }
+    let from_keys = crate::key_cmd::replication_keys(
+        &from_cfg,
+        &a.from.display().to_string(),
+        a.from_key_file.as_deref(),
+        "CAIRN_FROM_PASSPHRASE",
+    )?;
+    let to_keys = crate::key_cmd::replication_keys(
+        &to_cfg,
+        &a.to.display().to_string(),
+        crate::key_cmd::given_key_file().as_deref(),
+        "CAIRN_PASSPHRASE",
+    )?;
+    let give = |server: Option<&mut cairn_remote::Remote>, keys: &Option<cairn_store::Keys>| {
+        if let (Some(r), Some(cairn_store::Keys::Sealed(k))) = (server, keys) {
+            r.unlock(cairn_crypt::MasterKey::clone(k))?;
+        }
+        anyhow::Ok(())
+    };
+    let (from_local, to_local) = (from_server.is_none(), to_server.is_none());
+    give(from_server, &from_keys)?;
+    give(to_server, &to_keys)?;
+    Ok((
+        from_keys.filter(|_| from_local),
+        to_keys.filter(|_| to_local),
+    ))
 }
 
 /// How to reach `--from`: when `--to` is a server, with `--from`'s own token and certificate

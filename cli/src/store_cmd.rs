@@ -91,6 +91,18 @@ impl StoreArg {
 impl ServerArgs {
     /// The server at `store`, when it is `https://...`.
     pub fn connect(&self, store: &Path) -> Result<Option<std::sync::Arc<cairn_remote::Remote>>> {
+        Ok(match self.connect_locked(store)? {
+            Some(mut remote) => {
+                crate::key_cmd::unlock_remote(&mut remote)?;
+                Some(std::sync::Arc::new(remote))
+            }
+            None => None,
+        })
+    }
+
+    /// As [`ServerArgs::connect`], the store not given its key (the caller gives the one it
+    /// needs).
+    pub fn connect_locked(&self, store: &Path) -> Result<Option<cairn_remote::Remote>> {
         let url = store.to_string_lossy();
         if !cairn_remote::is_remote(&url) {
             return Ok(None);
@@ -107,9 +119,7 @@ impl ServerArgs {
                 fingerprint: self.fingerprint.clone(),
             },
         };
-        let mut remote = cairn_remote::Remote::connect(&url, &opts)?;
-        crate::key_cmd::unlock_remote(&mut remote)?;
-        Ok(Some(std::sync::Arc::new(remote)))
+        Ok(Some(cairn_remote::Remote::connect(&url, &opts)?))
     }
 }
 

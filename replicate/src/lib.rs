@@ -33,6 +33,7 @@
 //! count) is [`into`].
 
 mod into;
+mod reseal;
 
 use cairn_store::select::glob_match;
 use cairn_store::tree::{self, Node};
@@ -78,6 +79,11 @@ pub struct Options {
     pub since: Option<chrono::DateTime<chrono::Utc>>,
     /// At most this many bytes a second sent (a shared uplink kept usable).
     pub limit_rate: Option<u64>,
+    /// The source folder's keys, when it is encrypted and a copy must read its data (into a
+    /// store sealed otherwise).
+    pub from_keys: Option<cairn_store::Keys>,
+    /// The destination folder's keys, when chunks must be named and sealed for it.
+    pub to_keys: Option<cairn_store::Keys>,
 }
 
 /// Chunks and bytes sent so far, and the pace they may go at.
@@ -207,11 +213,17 @@ pub fn replicate(
         )));
     }
     let src = match from {
-        Source::Folder(p) => Opened::Folder(Box::new(Store::open(p, OpenMode::Read)?)),
+        Source::Folder(p) => {
+            let mut s = Store::open(p, OpenMode::Read)?;
+            if let Some(k) = &options.from_keys {
+                s.unlock_with(k)?;
+            }
+            Opened::Folder(Box::new(s))
+        }
         Source::Server(r) => Opened::Server(Arc::clone(r)),
     };
     let src_config = src.read().config().clone();
-    let check_size = |dst: &cairn_store::StoreConfig| {
+    let check = |dst: &cairn_store::StoreConfig, dst_keys: Option<&cairn_store::Keys>| {
         let (src_size, dst_size) = (src_config.chunk_size, dst.chunk_size);
         if src_size != dst_size {
             return Err(Error::Refused(format!(
@@ -221,47 +233,52 @@ pub fn replicate(
                 to.name(),
             )));
         }
-        same_sealing(&src_config, dst, &from.name(), &to.name())
+        resealer(src.read(), dst, dst_keys, &from.name(), &to.name())
     };
     match to {
-        Destination::Folder(path) => into_folder(src.read(), path, options, progress, &check_size),
-        Destination::Server(remote) => {
-            into_server(src.read(), remote, options, progress, &check_size)
-        }
+        Destination::Folder(path) => into_folder(src.read(), path, options, progress, &check),
+        Destination::Server(remote) => into_server(src.read(), remote, options, progress, &check),
     }
 }
 
-/// The type of the check both destinations make (chunk size, sealing).
-type CheckSize<'c> = dyn Fn(&cairn_store::StoreConfig) -> Result<()> + 'c;
+/// The check both destinations make (the chunk size), and how chunks are copied (as stored,
+/// or sealed anew).
+type Check<'c> = dyn Fn(&cairn_store::StoreConfig, Option<&cairn_store::Keys>) -> Result<Option<reseal::Resealer>>
+    + 'c;
 
-/// Refuses stores that name and seal chunks differently: chunks are copied as stored, so a
-/// replica is unencrypted as its source is, or encrypted with the same key (its chunks travel
-/// sealed, and the replica needs no key to keep them).
-fn same_sealing(
-    src: &cairn_store::StoreConfig,
-    dst: &cairn_store::StoreConfig,
+/// How a replication copies chunks: as the source stores them (stores sealed alike: both
+/// unencrypted, or encrypted with one key; a replica then needs no key to be kept), or named
+/// and sealed anew with the destination's keys ([`reseal`]: it reads the source's data, so
+/// it needs the source's key when that is encrypted, and the destination's keys).
+fn resealer(
+    src: &dyn StoreRead,
+    dst_config: &cairn_store::StoreConfig,
+    dst_keys: Option<&cairn_store::Keys>,
     from: &str,
     to: &str,
-) -> Result<()> {
+) -> Result<Option<reseal::Resealer>> {
     let key =
         |c: &cairn_store::StoreConfig| c.encryption.as_ref().map(|e| e.key_fingerprint.clone());
-    match (key(src), key(dst)) {
-        (a, b) if a == b => Ok(()),
-        (None, Some(_)) => Err(Error::Refused(format!(
-            "{from} is not encrypted and {to} is: replicate copies chunks as they are stored \
-             and cannot seal them on the way yet; back the VMs up into {to} instead"
-        ))),
-        (Some(_), None) => Err(Error::Refused(format!(
-            "{from} is encrypted and {to} is not: a replica of an encrypted store is made with \
-             its key file (`cairn init --encrypt --key-file KEY`), so that its chunks stay sealed"
-        ))),
-        (Some(a), Some(b)) => Err(Error::Refused(format!(
-            "{from} is encrypted with key {a} and {to} with key {b}: a replica is made with the \
-             source's key file (`cairn init --encrypt --key-file KEY`), so that its chunks \
-             (sealed, and named by that key) are copied as they are"
-        ))),
-        (None, None) => Ok(()),
+    if key(src.config()) == key(dst_config) {
+        return Ok(None);
     }
+    if src.chunk_keys().is_none() {
+        return Err(Error::Refused(format!(
+            "{from} and {to} seal chunks differently: every chunk is read and sealed anew on \
+             the way, which needs {from}'s key (--from-key-file, or its key file kept under its \
+             id)"
+        )));
+    }
+    let Some(keys) = dst_keys else {
+        return Err(Error::Refused(format!(
+            "{from} and {to} seal chunks differently: every chunk is named and sealed anew for \
+             {to}, which needs {to}'s key (--key-file, or its key file kept under its id)"
+        )));
+    };
+    Ok(Some(reseal::Resealer::new(
+        keys.clone(),
+        dst_config.zstd_level,
+    )))
 }
 
 /// Copies into a store folder: a session of its own (a dry run asks it what it lacks).
@@ -270,33 +287,45 @@ fn into_folder(
     path: &std::path::Path,
     options: &Options,
     progress: &dyn Fn(usize, usize, &RecoveryPoint),
-    check_size: &CheckSize<'_>,
+    check: &Check<'_>,
 ) -> Result<Report> {
-    let dst = if options.dry_run {
+    let mut dst = if options.dry_run {
         Store::open(path, OpenMode::Read)?
     } else {
         Store::open(path, OpenMode::Write { wait: options.wait })?
     };
-    check_size(dst.config())?;
+    if let Some(k) = &options.to_keys {
+        dst.unlock_with(k)?;
+    }
+    let mut reseal = check(dst.config(), dst.chunk_keys())?;
+    let dst = dst;
     let forgotten = dst.forgotten_ids()?;
     let held = |id: &str| -> Result<bool> { Ok(dst.point_by_id(id)?.is_some()) };
     let sent = std::rc::Rc::default();
-    copy_all(src, &forgotten, &held, options, progress, &mut |_| {
-        if options.dry_run {
-            return Ok(Box::new(DryRun {
-                probe: Box::new(FolderProbe { dst: &dst }),
-                sent: std::rc::Rc::clone(&sent),
-            }));
-        }
-        // A replica copies a store's history as it is, renamed VMs included.
-        let mut session = dst.session()?;
-        session.allow_adopt();
-        Ok(Box::new(IntoFolder {
-            dst: FolderProbe { dst: &dst },
-            session,
-            staged: Vec::new(),
-        }))
-    })
+    copy_all(
+        src,
+        &forgotten,
+        &held,
+        options,
+        progress,
+        &mut reseal,
+        &mut |_| {
+            if options.dry_run {
+                return Ok(Box::new(DryRun {
+                    probe: Box::new(FolderProbe { dst: &dst }),
+                    sent: std::rc::Rc::clone(&sent),
+                }));
+            }
+            // A replica copies a store's history as it is, renamed VMs included.
+            let mut session = dst.session()?;
+            session.allow_adopt();
+            Ok(Box::new(IntoFolder {
+                dst: FolderProbe { dst: &dst },
+                session,
+                staged: Vec::new(),
+            }))
+        },
+    )
 }
 
 /// Copies through a server: an upload session per group (a dry run asks the server what it
@@ -306,23 +335,31 @@ fn into_server(
     remote: &Arc<cairn_remote::Remote>,
     options: &Options,
     progress: &dyn Fn(usize, usize, &RecoveryPoint),
-    check_size: &CheckSize<'_>,
+    check: &Check<'_>,
 ) -> Result<Report> {
-    check_size(remote.config())?;
+    let mut reseal = check(remote.config(), remote.chunk_keys())?;
     let forgotten = remote.forgotten()?;
     let there: HashSet<cairn_store::PointId> = remote.points()?.into_iter().map(|p| p.id).collect();
     let held = |id: &str| -> Result<bool> { Ok(there.contains(id)) };
     let sent = std::rc::Rc::default();
-    copy_all(src, &forgotten, &held, options, progress, &mut |group| {
-        let upload = open_upload(remote, group, options)?;
-        if options.dry_run {
-            return Ok(Box::new(DryRun {
-                probe: upload,
-                sent: std::rc::Rc::clone(&sent),
-            }));
-        }
-        Ok(upload)
-    })
+    copy_all(
+        src,
+        &forgotten,
+        &held,
+        options,
+        progress,
+        &mut reseal,
+        &mut |group| {
+            let upload = open_upload(remote, group, options)?;
+            if options.dry_run {
+                return Ok(Box::new(DryRun {
+                    probe: upload,
+                    sent: std::rc::Rc::clone(&sent),
+                }));
+            }
+            Ok(upload)
+        },
+    )
 }
 
 /// Into a server: one session for the points of a run.
@@ -365,6 +402,7 @@ fn copy_all<'d>(
     held: &dyn Fn(&str) -> Result<bool>,
     options: &Options,
     progress: &dyn Fn(usize, usize, &RecoveryPoint),
+    reseal: &mut Option<reseal::Resealer>,
     open: &mut OpenRun<'_, 'd>,
 ) -> Result<Report> {
     let mut report = Report::default();
@@ -398,7 +436,7 @@ fn copy_all<'d>(
             progress(i, todo.len(), p);
             i += 1;
         }
-        copy_run(src, open(&group)?, &group, &mut sent)?;
+        copy_run(src, open(&group)?, &group, &mut sent, reseal)?;
         report.points.extend(group.iter().map(|p| p.id.to_string()));
     }
     report.chunks = sent.chunks;
@@ -413,11 +451,20 @@ fn copy_run(
     mut dst: Box<dyn CopyInto + '_>,
     points: &[&RecoveryPoint],
     sent: &mut Sent,
+    reseal: &mut Option<reseal::Resealer>,
 ) -> Result<()> {
     let mut done: HashSet<ChunkId> = HashSet::new();
     for p in points {
-        copy_chunks(src, &mut *dst, &mut done, sent, p)?;
-        dst.stage(p)?;
+        match reseal {
+            Some(r) => {
+                let q = r.point(src, &mut *dst, sent, p)?;
+                dst.stage(&q)?;
+            }
+            None => {
+                copy_chunks(src, &mut *dst, &mut done, sent, p)?;
+                dst.stage(p)?;
+            }
+        }
     }
     dst.commit()?;
     Ok(())

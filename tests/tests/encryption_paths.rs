@@ -195,14 +195,15 @@ fn replicas_keep_sealed_chunks_without_the_key_and_refuse_another_sealing() {
             .env("CAIRN_PASSPHRASE", PASSPHRASE));
         assert_same_content(&out, r, true);
     }
-    // Into an unencrypted store, or one of another key: refused, naming both, nothing copied.
+    // Into an unencrypted store, or one of another key, without the keys that takes: refused,
+    // naming the key file, nothing copied.
     let plain = TestStore::new("256K");
     let out = run(src
         .keyless(&["replicate", "--from"])
         .arg(src.path())
         .arg("--to")
         .arg(plain.path()));
-    refused(&out, &["is encrypted", "is not"]);
+    refused(&out, &["is encrypted", "key file", "is not there"]);
     assert!(plain.list().is_empty());
     let other = TestStore::encrypted("256K");
     let out = run(src
@@ -210,13 +211,92 @@ fn replicas_keep_sealed_chunks_without_the_key_and_refuse_another_sealing() {
         .arg(src.path())
         .arg("--to")
         .arg(other.path()));
-    refused(&out, &["encrypted with key", "--key-file"]);
-    let out = run(plain
-        .cmd(&["replicate", "--from"])
+    refused(&out, &["is encrypted", "key file"]);
+    assert!(other.list().is_empty());
+}
+
+#[test]
+fn an_unencrypted_store_moves_to_encryption_and_an_encrypted_one_to_a_new_key() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let raws = series(w, "32M", 24, 7, 3);
+    let plain = TestStore::new("256K");
+    let points = plain.daily_backups("app", &raws[..2]);
+    let enc = TestStore::encrypted("256K");
+    let migrate = |from: &TestStore, to: &TestStore| {
+        let mut c = to.cmd(&["replicate", "--json", "--from"]);
+        c.arg(from.path()).arg("--to").arg(to.path());
+        c
+    };
+    // Without the destination's key: refused before any copy.
+    let out = run(enc
+        .keyless(&["replicate", "--from"])
         .arg(plain.path())
         .arg("--to")
-        .arg(other.path()));
-    refused(&out, &["is not encrypted", "cannot seal them on the way"]);
+        .arg(enc.path()));
+    refused(&out, &["is encrypted", "key file"]);
+    assert!(enc.list().is_empty());
+    // With it: every point, its id kept, every chunk sealed and named anew.
+    let first = json(&ok(&mut migrate(&plain, &enc)));
+    assert_eq!(first["points"].as_array().map(Vec::len), Some(2), "{first}");
+    let ids: Vec<String> = enc.list().iter().map(id).collect();
+    assert_eq!(ids, points);
+    holds_none(
+        &Needles::of_images(&[&raws[0], &raws[1]], CHUNK),
+        &enc.path(),
+    );
+    for (p, r) in points.iter().zip(&raws) {
+        enc.restore_matches(p, r, w);
+    }
+    let (clean, report) = enc.verify(&["--key"]);
+    assert!(clean, "{report}");
+    // Run again: nothing to copy. A new point on the old store: that one only.
+    let again = json(&ok(&mut migrate(&plain, &enc)));
+    assert_eq!(num(&again, "points_present"), 2, "{again}");
+    assert_eq!(num(&again, "chunks_sent"), 0, "{again}");
+    let p3 = id(&plain.backup("app", "2026-11-03T02:00:00Z", "xvda", &raws[2], &[]));
+    let third = json(&ok(&mut migrate(&plain, &enc)));
+    assert_eq!(third["points"].as_array().map(Vec::len), Some(1), "{third}");
+    enc.restore_matches(&p3, &raws[2], w);
+
+    // A new key: an encrypted store into one made with another key, both keys given.
+    let rekeyed = TestStore::encrypted("256K");
+    let out = run(rekeyed
+        .cmd(&["replicate", "--from"])
+        .arg(enc.path())
+        .arg("--to")
+        .arg(rekeyed.path())
+        .env("CAIRN_KEYS_DIR", w.join("no-keys")));
+    refused(&out, &["is encrypted", "key file"]);
+    ok(rekeyed
+        .cmd(&["replicate", "--from"])
+        .arg(enc.path())
+        .arg("--to")
+        .arg(rekeyed.path())
+        .arg("--from-key-file")
+        .arg(enc.key_file())
+        .env("CAIRN_FROM_PASSPHRASE", PASSPHRASE));
+    for (p, r) in points.iter().chain([&p3]).zip(&raws) {
+        rekeyed.restore_matches(p, r, w);
+    }
+    // The two encrypted stores share no chunk id.
+    let ids_of = |s: &TestStore| -> std::collections::HashSet<String> {
+        cairn_tests::files_under(&s.path().join("packs"))
+            .into_iter()
+            .flat_map(|f| {
+                let b = cairn_tests::read(&f);
+                let mut out = Vec::new();
+                let mut at = 32usize;
+                while at + 56 <= b.len() {
+                    let stored = u32::from_be_bytes(b[at + 44..at + 48].try_into().expect("len"));
+                    out.push(cairn_tests::serve::hex(&b[at + 8..at + 40]));
+                    at += 56 + stored as usize;
+                }
+                out
+            })
+            .collect()
+    };
+    assert!(ids_of(&enc).is_disjoint(&ids_of(&rekeyed)));
 }
 
 #[test]
