@@ -11,24 +11,10 @@ increment replicated against that day's new stored bytes.
 import json
 import shutil
 import subprocess
-import sys
 
-from run import best_of, dir_bytes, log, measure, warm
+from run import best_of, dir_bytes, disk_series, log, measure, warm
 
 SIZES = {"full": "4G", "quick": "1G", "smoke": "64M"}
-
-
-def series(work, shared, size, days):
-    """Days 0..days-1 of one disk of the shared workload (made once, kept in work)."""
-    raws = []
-    for day in range(days):
-        raw = work / f"replicate-{size}-day{day}.raw"
-        if not raw.exists():
-            log(f"generating {raw.name}")
-            subprocess.run([sys.executable, shared / "workload" / "gen_disk.py", raw, "--size", size, "--seed", "17",
-                            "--template", "7", "--day", str(day)], check=True)
-        raws.append(raw)
-    return raws
 
 
 def run_replicate(work, shared, cairn, res, profile):
@@ -36,7 +22,7 @@ def run_replicate(work, shared, cairn, res, profile):
     d = work / "replicate"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
-    raws = series(work, shared, size, 4)
+    raws = disk_series(work, shared, "replicate", size, 4, 17, 7)
     src, dst, copy = d / "src", d / "dst", d / "copy"
     for s in (src,):
         subprocess.run([str(cairn), "init", "--timezone", "UTC", str(s)], check=True, stdout=subprocess.DEVNULL)

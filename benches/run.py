@@ -96,6 +96,20 @@ def best_of(n, prepare, cmd, **kw):
 FULL_RUNS = 2
 
 
+def disk_series(work, shared, name, size, days, seed, template):
+    """Days 0..days-1 of one disk of the shared workload, `name`-SIZE-dayN.raw in work (made
+    once, kept)."""
+    raws = []
+    for day in range(days):
+        raw = work / f"{name}-{size}-day{day}.raw"
+        if not raw.exists():
+            log(f"generating {raw.name}")
+            subprocess.run([sys.executable, shared / "workload" / "gen_disk.py", raw, "--size", size, "--seed",
+                            str(seed), "--template", str(template), "--day", str(day)], check=True)
+        raws.append(raw)
+    return raws
+
+
 def dir_bytes(path):
     total = 0
     for d, _, files in os.walk(path):

@@ -17,8 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import replicate
-from run import measure, warm
+from run import disk_series, measure, warm
 
 SIZES = {"full": "4G", "quick": "1G", "smoke": "64M"}
 
@@ -115,7 +114,7 @@ def run_s3(work, shared, cairn, res, profile):
     d = work / "s3"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
-    raws = replicate.series(work, shared, size, 3)
+    raws = disk_series(work, shared, "replicate", size, 3, 17, 7)
     endpoint, key_id, secret, w = start_cluster(shared, work)
     env = dict(os.environ, AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret, AWS_REGION="garage")
     packs = ["--packs", "s3://cairn/bench", "--s3-endpoint", endpoint, "--s3-region", "garage"]

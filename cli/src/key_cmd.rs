@@ -162,11 +162,14 @@ fn open_key_file_with(path: &Path, fd: Option<i32>, env: &str) -> Result<MasterK
 
 /// The key of an encrypted store `store_id` (`what` names it in messages), when this command
 /// has one to use: when it is needed, a missing key file is an error; when not, the key is
-/// opened only when one was pointed at (a key file or a passphrase given).
+/// opened only when its passphrase is given (`CAIRN_PASSPHRASE`, `--passphrase-fd`).
 fn key_for(store_id: &str, what: &str) -> Result<Option<MasterKey>> {
     let (path, given) = key_file_of(store_id)?;
     let needed = source().needed;
-    if !needed && !given && !passphrase_given() {
+    // A command that can do without the key uses it when its passphrase comes without asking
+    // (CAIRN_KEY_FILE set in a profile must not make `cairn list` prompt, or fail off a
+    // terminal).
+    if !needed && !passphrase_given() {
         return Ok(None);
     }
     if !path.exists() {

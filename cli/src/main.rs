@@ -254,8 +254,8 @@ fn json_asked() -> bool {
 
 /// What kind of failure an error is, for `--json`'s `kind`: `usage` (exit status 2, also a
 /// request a server answered 400), `locked`, `not-found` (a point, file or token that is not
-/// there), `damaged` (the store's data is), `refused` (a rule or a server said no), `io`, or
-/// `error`.
+/// there), `damaged` (the store's data is), `refused` (a rule or a server said no, or an
+/// encrypted store was given no key), `io`, or `error`.
 fn error_kind(err: &anyhow::Error) -> &'static str {
     use cairn_store::Error as E;
     for cause in err.chain() {
@@ -274,7 +274,11 @@ fn error_kind(err: &anyhow::Error) -> &'static str {
                 | E::BadPack { .. }
                 | E::CorruptIndex { .. }
                 | E::ObjectMissing { .. } => "damaged",
-                E::IdentityTaken(_) | E::Held(_) | E::AlreadyHeld(_) => "refused",
+                E::IdentityTaken(_)
+                | E::Held(_)
+                | E::AlreadyHeld(_)
+                | E::NoKey { .. }
+                | E::Sealed(_) => "refused",
                 // A server's answer: a request it could not take is what was typed.
                 E::Remote {
                     status: Some(400), ..

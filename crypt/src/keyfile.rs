@@ -3,12 +3,10 @@
 //! files apart without a passphrase). JSON, so that an admin can read what it says.
 
 use argon2::{Algorithm, Argon2, Params, Version};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::{Error, KEY_BYTES, MasterKey, Result, random};
+use crate::{Error, KEY_BYTES, MasterKey, Result, random, unwrap_master, wrap_master};
 
 /// The key file's format (frozen: a reader refuses another).
 const FORMAT: u32 = 1;
@@ -95,16 +93,7 @@ impl KeyFile {
         let mut nonce = [0u8; 24];
         random(&mut nonce)?;
         let kek = derive(passphrase, &salt, params)?;
-        let cipher = XChaCha20Poly1305::new(kek.as_slice().into());
-        let sealed = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: key.bytes(),
-                    aad: KEY_FILE_AAD,
-                },
-            )
-            .map_err(|_| Error::KeyFile("sealing the key failed".into()))?;
+        let sealed = wrap_master(key, &kek, &nonce, KEY_FILE_AAD)?;
         Ok(Self {
             format: FORMAT,
             kdf: "argon2id".into(),
@@ -150,29 +139,7 @@ impl KeyFile {
             .map_err(|_| Error::KeyFile("a nonce that is not 24 bytes".into()))?;
         let sealed = unhex(&self.sealed_key, "sealed key")?;
         let kek = derive(passphrase, &salt, self.params)?;
-        let cipher = XChaCha20Poly1305::new(kek.as_slice().into());
-        let plain = Zeroizing::new(
-            cipher
-                .decrypt(
-                    XNonce::from_slice(&nonce),
-                    Payload {
-                        msg: &sealed,
-                        aad: KEY_FILE_AAD,
-                    },
-                )
-                .map_err(|_| Error::WrongPassphrase)?,
-        );
-        let bytes: &[u8; KEY_BYTES] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::KeyFile("a sealed key that is not 32 bytes".into()))?;
-        let key = MasterKey::from_bytes(bytes);
-        if key.fingerprint() != self.fingerprint {
-            return Err(Error::KeyFile(
-                "the key opens but is not the one its fingerprint names".into(),
-            ));
-        }
-        Ok(key)
+        unwrap_master(&kek, &nonce, &sealed, KEY_FILE_AAD, &self.fingerprint)
     }
 
     /// The same master key sealed under `new` (a fresh salt and nonce): nothing in the store
@@ -218,11 +185,11 @@ fn unhex(s: &str, what: &str) -> Result<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Light parameters: the tests' speed, not a key's strength.
-    const LIGHT: KdfParams = KdfParams {
+    pub(crate) const LIGHT: KdfParams = KdfParams {
         memory_kib: 64,
         iterations: 1,
         parallelism: 1,

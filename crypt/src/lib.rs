@@ -15,6 +15,10 @@
 //!   so that a chunk moved or swapped under another id fails to open;
 //! - the **fingerprint**, shown to tell keys apart ([`MasterKey::fingerprint`]).
 //!
+//! A key file also prints on paper (numbered lines of hex, check digits per line:
+//! [`KeyFile::to_paper`]) and the master key can be sealed for a recovery key, an X25519 public
+//! key whose private half lives offline ([`RecoverySeal`]).
+//!
 //! # Why XChaCha20-Poly1305
 //! Measured on this project's machine (`benches`: `aead-speed`, one core, 256 KiB chunks, the
 //! crates as the workspace builds them): XChaCha20-Poly1305 seals at 873 MB/s and opens at
@@ -170,6 +174,55 @@ impl MasterKey {
             .decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad })
             .map_err(|_| Error::Unsealed)
     }
+}
+
+/// Seals `key`'s bytes under `wrap` (a key derived from a passphrase, an agreed secret) with
+/// `nonce`, bound to `aad`: what key files and recovery seals hold.
+pub(crate) fn wrap_master(
+    key: &MasterKey,
+    wrap: &[u8; KEY_BYTES],
+    nonce: &[u8; 24],
+    aad: &[u8],
+) -> Result<Vec<u8>> {
+    XChaCha20Poly1305::new(wrap.into())
+        .encrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: key.bytes(),
+                aad,
+            },
+        )
+        .map_err(|_| Error::KeyFile("sealing the key failed".into()))
+}
+
+/// Opens what [`wrap_master`] sealed, and checks that it is the key `fingerprint` names.
+///
+/// # Errors
+/// [`Error::WrongPassphrase`] when `wrap` does not open it (or it was altered);
+/// [`Error::KeyFile`] when it opens to something else than the key named.
+pub(crate) fn unwrap_master(
+    wrap: &[u8; KEY_BYTES],
+    nonce: &[u8; 24],
+    sealed: &[u8],
+    aad: &[u8],
+    fingerprint: &str,
+) -> Result<MasterKey> {
+    let plain = zeroize::Zeroizing::new(
+        XChaCha20Poly1305::new(wrap.into())
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
+            .map_err(|_| Error::WrongPassphrase)?,
+    );
+    let bytes: &[u8; KEY_BYTES] = plain
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::KeyFile("a sealed key that is not 32 bytes".into()))?;
+    let key = MasterKey::from_bytes(bytes);
+    if key.fingerprint() != fingerprint {
+        return Err(Error::KeyFile(
+            "the key opens but is not the one its fingerprint names".into(),
+        ));
+    }
+    Ok(key)
 }
 
 /// Fills `buf` from the system's randomness.

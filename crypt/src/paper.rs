@@ -189,12 +189,7 @@ fn line_check(n: usize, line: &[u8]) -> [u8; 2] {
 mod tests {
     use super::*;
     use crate::MasterKey;
-
-    const LIGHT: KdfParams = KdfParams {
-        memory_kib: 64,
-        iterations: 1,
-        parallelism: 1,
-    };
+    use crate::keyfile::tests::LIGHT;
 
     #[test]
     fn the_paper_form_types_back_to_the_same_key_file_and_finds_each_typo_in_its_line() {

@@ -9,13 +9,11 @@
 //! the private half can open it ([`RecoverySeal::open`]); adding one needs the master key
 //! (a passphrase that opens the key file), never the private half.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::{Error, KEY_BYTES, MasterKey, Result, random};
+use crate::{Error, MasterKey, Result, random, unwrap_master, wrap_master};
 
 /// The recovery seal's format (frozen).
 const FORMAT: u32 = 1;
@@ -137,15 +135,7 @@ impl RecoverySeal {
         let wrap = wrap_key(&ephemeral.0, &recipient.0, &eph_public.0, &recipient.0);
         let mut nonce = [0u8; 24];
         random(&mut nonce)?;
-        let sealed = XChaCha20Poly1305::new(wrap.as_slice().into())
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: key.bytes(),
-                    aad: RECOVERY_AAD,
-                },
-            )
-            .map_err(|_| Error::KeyFile("sealing for the recovery key failed".into()))?;
+        let sealed = wrap_master(key, &wrap, &nonce, RECOVERY_AAD)?;
         Ok(Self {
             format: FORMAT,
             recipient: recipient.to_text(),
@@ -180,28 +170,7 @@ impl RecoverySeal {
         hex::decode_to_slice(&self.nonce, &mut nonce).map_err(|_| bad("nonce"))?;
         let sealed = hex::decode(&self.sealed_key).map_err(|_| bad("sealed key"))?;
         let wrap = wrap_key(&secret.0, &eph, &eph, &recipient.0);
-        let plain = Zeroizing::new(
-            XChaCha20Poly1305::new(wrap.as_slice().into())
-                .decrypt(
-                    XNonce::from_slice(&nonce),
-                    Payload {
-                        msg: &sealed,
-                        aad: RECOVERY_AAD,
-                    },
-                )
-                .map_err(|_| Error::WrongPassphrase)?,
-        );
-        let bytes: &[u8; KEY_BYTES] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::KeyFile("a sealed key that is not 32 bytes".into()))?;
-        let key = MasterKey::from_bytes(bytes);
-        if key.fingerprint() != self.fingerprint {
-            return Err(Error::KeyFile(
-                "the recovery seal opens to a key that is not the one it names".into(),
-            ));
-        }
-        Ok(key)
+        unwrap_master(&wrap, &nonce, &sealed, RECOVERY_AAD, &self.fingerprint)
     }
 
     /// The seal's text.

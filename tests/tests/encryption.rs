@@ -151,9 +151,13 @@ fn without_its_key_a_store_lists_and_verifies_frames_but_refuses_what_needs_the_
     let p = enc.daily_backups("db", &raws).remove(0);
     let packs = enc.pack_files().len();
 
-    // No key: list and a frames-only verify run.
+    // No key: list and a frames-only verify run; a key file set in the environment without its
+    // passphrase neither prompts nor fails a command that does without the key.
     let listed = json(&ok(&mut enc.keyless(&["list", "--json"])));
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    let mut c = enc.cmd(&["list", "--json"]);
+    c.env_remove("CAIRN_PASSPHRASE");
+    assert_eq!(json(&ok(&mut c)), listed);
     let out = run(&mut enc.keyless(&["verify", "--json"]));
     assert!(
         out.status.success(),

@@ -335,3 +335,53 @@ fn a_store_in_a_bucket_puts_only_sealed_chunks_there() {
     let v = json(&ok(&mut c));
     assert_eq!(v["damaged"].as_array().map(Vec::len), Some(0), "{v}");
 }
+
+#[test]
+fn a_standby_disk_follows_an_encrypted_store_with_its_key_only() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let raws = series(w, "16M", 25, 8, 2);
+    let store = TestStore::encrypted("64K");
+    let points = store.daily_backups("vm", &raws);
+    let target = w.join("standby.raw");
+    let out = run(store.keyless(&["standby", &points[0], "--to"]).arg(&target));
+    refused(&out, &["encrypted", "key"]);
+    assert!(!target.exists());
+    for (p, r) in points.iter().zip(&raws) {
+        ok(store.cmd(&["standby", p, "--to"]).arg(&target));
+        assert_same_content(&target, r, true);
+    }
+}
+
+#[test]
+fn an_https_export_backs_up_into_an_encrypted_store() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (ca, cert, key) = cairn_tests::certificates(w);
+    let files = w.join("files");
+    std::fs::create_dir(&files).expect("mkdir");
+    let raws = series(&files, "16M", 26, 9, 1);
+    let name = raws[0]
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let srv = cairn_tests::https::Https::start(&cert, &key, &files, "root:pw");
+    let store = TestStore::encrypted("256K");
+    let p = json(&ok(store
+        .cmd(&[
+            "backup",
+            "--json",
+            "--vm",
+            "xapi",
+            "--http-user",
+            "root",
+            "--ca-file",
+        ])
+        .arg(&ca)
+        .arg(format!("xvda={}", srv.url(&format!("files/{name}"))))
+        .env("CAIRN_HTTP_PASSWORD", "pw")))[0]
+        .clone();
+    store.restore_matches(&id(&p), &raws[0], w);
+    holds_none(&Needles::of_images(&[&raws[0]], CHUNK), &store.path());
+}

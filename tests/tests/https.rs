@@ -2,55 +2,10 @@
 //! picks): cairn- and vhd-lib-made VHDs and a raw disk, basic authentication, a 302 to another
 //! port, certificate checks, a dropped transfer.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
-use cairn_tests::{
-    TestStore, cairn, certificates, id, make_raw, modify_raw, node, ok, read, repo_root, run,
-};
-
-/// The test's HTTPS server; stopped when dropped (its stdin closes).
-struct Https {
-    child: Child,
-    main: u16,
-}
-
-impl Https {
-    fn start(cert: &Path, key: &Path, dir: &Path, user: &str) -> Self {
-        let mut child = Command::new("python3")
-            .arg(repo_root().join("tests/scripts/https_serve.py"))
-            .arg(cert)
-            .arg(key)
-            .arg(dir)
-            .args(["--user", user])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ports");
-        let main = line
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("the server printed {line:?}"));
-        Self { child, main }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}/{path}", self.main)
-    }
-}
-
-impl Drop for Https {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use cairn_tests::https::Https;
+use cairn_tests::{TestStore, cairn, certificates, id, make_raw, modify_raw, node, ok, read, run};
 
 fn backup(
     store: &TestStore,
@@ -144,7 +99,7 @@ fn https_sources_are_read_as_streams_with_checked_certificates() {
     // query.
     let url = format!(
         "https://root:pw@127.0.0.1:{}/files/cairn.vhd?session_id=OpaqueRef:secret",
-        srv.main
+        srv.port()
     );
     let c = stored(&backup(
         &store,
@@ -230,7 +185,7 @@ fn https_sources_are_read_as_streams_with_checked_certificates() {
     // A failing URL with credentials: its message never shows them.
     let secret = format!(
         "https://root:s3cret@127.0.0.1:{}/files/nope.raw?session_id=OpaqueRef:hidden",
-        srv.main
+        srv.port()
     );
     let out = backup(
         &store,
