@@ -246,8 +246,8 @@ pub fn encode_with_id(
     if let (Keys::Sealed(key), ChunkKind::Data) = (keys, kind) {
         chunk.codec = chunk.codec.sealed();
         let aad = seal_aad(&id, kind, chunk.codec, chunk.plain_len);
-        chunk.bytes = key
-            .seal(&aad, &chunk.bytes)
+        // Sealed where it lies: the tag and nonce appended (a large buffer grows in place).
+        key.seal_in_place(&aad, &mut chunk.bytes)
             .map_err(|e| ChunkError::Random(e.to_string()))?;
     }
     Ok(chunk)
@@ -366,25 +366,43 @@ pub fn decode_into(
             place: out.len(),
         });
     }
-    let opened;
-    let stored = match (keys, chunk.codec.is_sealed()) {
+    match (keys, chunk.codec.is_sealed()) {
         (Some(Keys::Sealed(key)), true) => {
+            thread_local! {
+                // Opened where they are copied, in a buffer each thread keeps: a fresh one per
+                // chunk costs an mmap, its page faults and an munmap.
+                static OPENED: std::cell::RefCell<Vec<u8>> =
+                    const { std::cell::RefCell::new(Vec::new()) };
+            }
             let aad = seal_aad(chunk.id, chunk.kind, chunk.codec, chunk.plain_len);
-            opened = key
-                .open(&aad, chunk.bytes)
-                .map_err(|_| ChunkError::Unsealed)?;
-            &opened[..]
+            OPENED.with_borrow_mut(|opened| {
+                opened.clear();
+                opened.extend_from_slice(chunk.bytes);
+                key.open_in_place(&aad, opened)
+                    .map_err(|_| ChunkError::Unsealed)?;
+                inflate(keys, chunk, opened, out)
+            })
         }
-        (None, true) => return Err(ChunkError::Locked),
-        (Some(Keys::Clear), true) => return Err(ChunkError::SealedInClear),
+        (None, true) => Err(ChunkError::Locked),
+        (Some(Keys::Clear), true) => Err(ChunkError::SealedInClear),
         // Only an encrypted store has no keys: its data chunks are all sealed.
         (Some(Keys::Sealed(_)) | None, false) if chunk.kind == ChunkKind::Data => {
-            return Err(ChunkError::NotSealed);
+            Err(ChunkError::NotSealed)
         }
-        (_, false) => chunk.bytes,
-    };
+        (_, false) => inflate(keys, chunk, chunk.bytes, out),
+    }
+}
+
+/// The last steps of [`decode_into`]: `stored` (the chunk's bytes, opened when sealed)
+/// decompressed into `out`, their length and (with `keys`) their id checked.
+fn inflate(
+    keys: Option<&Keys>,
+    chunk: &Stored<'_>,
+    stored: &[u8],
+    out: &mut [u8],
+) -> Result<(), ChunkError> {
     let got = decompress(chunk.codec.inner(), stored, out)?;
-    if got != want {
+    if got != out.len() {
         return Err(ChunkError::Length {
             got,
             expected: chunk.plain_len,
