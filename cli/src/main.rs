@@ -7,6 +7,7 @@
 mod adopt_cmd;
 mod backup_cmd;
 mod diff_cmd;
+mod files_cmd;
 mod forget_cmd;
 mod gc_cmd;
 mod key_cmd;
@@ -78,6 +79,10 @@ enum Command {
     Restore(restore_cmd::RestoreArgs),
     /// List recovery points.
     List(list_cmd::ListArgs),
+    /// List a point's partitions, or the files of a folder inside it, read in place.
+    Ls(files_cmd::LsArgs),
+    /// Print a file inside a point, read in place.
+    Cat(files_cmd::CatArgs),
     /// What each VM, disk and point costs, and what dedup and compression saved.
     Report(report_cmd::ReportArgs),
     /// Copy the points another store lacks into it (an offsite copy, an initial seed).
@@ -411,9 +416,12 @@ fn main() {
 /// (asked before any work); the others run without it.
 fn names_or_opens_chunks(c: &Command) -> bool {
     match c {
-        Command::Backup(_) | Command::Restore(_) | Command::ServeNbd(_) | Command::Standby(_) => {
-            true
-        }
+        Command::Backup(_)
+        | Command::Restore(_)
+        | Command::ServeNbd(_)
+        | Command::Standby(_)
+        | Command::Ls(_)
+        | Command::Cat(_) => true,
         Command::Verify(a) => a.key,
         _ => false,
     }
@@ -437,6 +445,8 @@ fn run(asked: Command) -> anyhow::Result<i32> {
         Command::Backup(a) => backup_cmd::backup(&a),
         Command::Restore(a) => restore_cmd::restore(&a),
         Command::List(a) => list_cmd::list(&a),
+        Command::Ls(a) => files_cmd::ls(&a),
+        Command::Cat(a) => files_cmd::cat(&a),
         Command::Report(a) => report_cmd::report(&a),
         Command::Repair(a) => store_cmd::repair(&a),
         Command::Key(c) => key_cmd::key(&c),

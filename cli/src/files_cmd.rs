@@ -1,0 +1,232 @@
+//! `cairn ls` and `cairn cat`: files inside a point, read in place (the `cairn-files` crate).
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use cairn_files::{Entry, EntryKind, PointFiles};
+use cairn_store::{RecoveryPoint, Store};
+use clap::Args;
+use serde_json::json;
+
+use crate::store_cmd::StoreArg;
+use crate::table::{Align, Table};
+use crate::words::human_bytes;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    cairn ls web01/xvda@latest                    # the partition table, each file system named\n  \
+    cairn ls -l web01/xvda@latest:p2/etc          # a folder of partition 2\n  \
+    cairn ls --json 'web01/xvda@2026-11-22T02:00:00Z:rootfs/var/log'   # by GPT name\n\n\
+    POINT is any point name `restore` takes; after the last ':' comes a partition (p1, p2...,\n\
+    its GPT name, or `disk` for a disk without a partition table) and a path in it. Only the\n\
+    chunks the file system reads are read from the store. ext2/3/4 are read so far.")]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// POINT[:PARTITION[/PATH]].
+    pub what: String,
+    /// Long listing: mode, owner, group, size, modification time, link target.
+    #[arg(short, long)]
+    pub long: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    cairn cat web01/xvda@latest:p2/etc/hostname\n  \
+    cairn cat web01/xvda@latest:rootfs/var/log/syslog | grep error")]
+pub struct CatArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// POINT:PARTITION/PATH of a file.
+    pub what: String,
+}
+
+/// The point a `POINT[:PARTITION/PATH]` names, and the rest: the whole text when it names a
+/// point, else split at the last ':' whose left side does (a point's time holds ':' too).
+fn point_and_path(store: &Store, what: &str) -> Result<(RecoveryPoint, Option<String>)> {
+    let whole = match store.resolve(what) {
+        Ok(p) => return Ok((p, None)),
+        Err(e) => e,
+    };
+    for (i, _) in what.rmatch_indices(':') {
+        if let Ok(p) = store.resolve(&what[..i]) {
+            return Ok((p, Some(what[i + 1..].to_owned())));
+        }
+    }
+    Err(anyhow::Error::new(whole).context(format!(
+        "{what}: no point is named by it, nor by what comes before any ':' in it"
+    )))
+}
+
+fn open(a: &StoreArg, what: &str) -> Result<(PointFiles, RecoveryPoint, Option<String>)> {
+    if a.remote()?.is_some() {
+        crate::usage!(
+            "{}: files inside points are read from a store folder so far (not through `cairn \
+             serve`)",
+            a.store.display()
+        );
+    }
+    let store = Arc::new(crate::store_cmd::open_read(&a.store)?);
+    store.keys()?;
+    let (point, path) = point_and_path(&store, what)?;
+    let files = PointFiles::open(Arc::clone(&store), point.clone())
+        .with_context(|| format!("reading the partitions of point {}", point.short_id()))?;
+    Ok((files, point, path))
+}
+
+pub fn ls(a: &LsArgs) -> Result<i32> {
+    let (files, point, path) = open(&a.store, &a.what)?;
+    let Some(path) = path.filter(|p| !p.is_empty()) else {
+        return show_partitions(&files, &point, a.json);
+    };
+    let (part, inner) = files.resolve(&path)?;
+    let fs = files.open_fs(part)?;
+    let entry = fs.entry(&inner)?;
+    let entries = if entry.kind == EntryKind::Dir {
+        fs.list(&inner)?
+    } else {
+        vec![entry]
+    };
+    if a.json {
+        crate::print_json(&entries.iter().map(entry_json).collect::<Vec<_>>())?;
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    if !a.long {
+        for e in &entries {
+            writeln!(out, "{}", e.name)?;
+        }
+        return Ok(0);
+    }
+    let mut table = Table::new(&[
+        ("MODE", Align::Left),
+        ("UID", Align::Right),
+        ("GID", Align::Right),
+        ("SIZE", Align::Right),
+        ("MODIFIED", Align::Left),
+        ("NAME", Align::Left),
+    ]);
+    for e in &entries {
+        let name = match &e.link {
+            Some(t) => format!("{} -> {t}", e.name),
+            None => e.name.clone(),
+        };
+        table.row([
+            mode_string(e),
+            e.uid.to_string(),
+            e.gid.to_string(),
+            e.size.to_string(),
+            mtime(e.mtime),
+            name,
+        ]);
+    }
+    drop(out);
+    table.print();
+    Ok(0)
+}
+
+fn show_partitions(files: &PointFiles, point: &RecoveryPoint, json: bool) -> Result<i32> {
+    let mut rows = Vec::new();
+    for p in files.partitions() {
+        rows.push((p, files.detect(p)?));
+    }
+    if json {
+        crate::print_json(&json!({
+            "point": point.id,
+            "scheme": format!("{:?}", files.scheme()).to_lowercase(),
+            "partitions": rows.iter().map(|(p, fs)| json!({
+                "name": p.name, "label": p.label, "type": p.kind, "start": p.start,
+                "size": p.size, "filesystem": fs.name(), "readable": fs.readable(),
+            })).collect::<Vec<_>>(),
+        }))?;
+        return Ok(0);
+    }
+    let mut table = Table::new(&[
+        ("NAME", Align::Left),
+        ("LABEL", Align::Left),
+        ("START", Align::Right),
+        ("SIZE", Align::Right),
+        ("FILESYSTEM", Align::Left),
+        ("TYPE", Align::Left),
+    ]);
+    for (p, fs) in &rows {
+        table.row([
+            p.name.clone(),
+            p.label.clone().unwrap_or_default(),
+            p.start.to_string(),
+            human_bytes(p.size),
+            format!(
+                "{}{}",
+                fs.name(),
+                if fs.readable() { "" } else { " (not read)" }
+            ),
+            p.kind.clone(),
+        ]);
+    }
+    println!(
+        "point {} ({}/{}): {:?} partition table",
+        point.short_id(),
+        point.vm,
+        point.disk,
+        files.scheme()
+    );
+    table.print();
+    Ok(0)
+}
+
+pub fn cat(a: &CatArgs) -> Result<i32> {
+    let (files, point, path) = open(&a.store, &a.what)?;
+    let Some(path) = path else {
+        crate::usage!(
+            "{}: name a file inside point {} (POINT:PARTITION/PATH)",
+            a.what,
+            point.short_id()
+        );
+    };
+    let (part, inner) = files.resolve(&path)?;
+    let fs = files.open_fs(part)?;
+    let entry = fs.entry(&inner)?;
+    if entry.kind == EntryKind::Dir {
+        crate::usage!("{path} is a folder: `cairn ls` lists it");
+    }
+    let mut reader = fs.open_file(&inner)?;
+    let mut out = std::io::stdout().lock();
+    std::io::copy(&mut reader, &mut out).with_context(|| format!("reading {path}"))?;
+    out.flush()?;
+    Ok(0)
+}
+
+fn entry_json(e: &Entry) -> serde_json::Value {
+    json!({
+        "name": e.name, "type": e.kind.name(), "size": e.size, "mode": format!("{:o}", e.mode & 0o7777),
+        "uid": e.uid, "gid": e.gid, "mtime": e.mtime, "link": e.link,
+    })
+}
+
+/// `drwxr-xr-x`, as `ls -l`.
+fn mode_string(e: &Entry) -> String {
+    let t = match e.kind {
+        EntryKind::Dir => 'd',
+        EntryKind::Symlink => 'l',
+        EntryKind::File => '-',
+        EntryKind::Other => '?',
+    };
+    let bits = "rwxrwxrwx";
+    let perms: String = bits
+        .chars()
+        .enumerate()
+        .map(|(i, c)| if e.mode & (0o400 >> i) != 0 { c } else { '-' })
+        .collect();
+    format!("{t}{perms}")
+}
+
+/// Seconds since 1970 as UTC.
+fn mtime(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| secs.to_string())
+}

@@ -1,0 +1,224 @@
+//! Files inside a recovery point, read in place: no restore, no root, no loop device.
+//!
+//! A point's disk is read at any offset through its tree ([`disk`]); its partition table names
+//! its partitions ([`partitions`]: GPT, MBR with logical partitions, or none); each partition's
+//! file system is recognised by its magic and, when cairn reads it, opened ([`fs`]: ext2/3/4
+//! through `ext4-view`). Only the chunks the file system asks for are read from the store, each
+//! checked against its id.
+//!
+//! Paths name a partition and a path inside it: `p1/etc/hostname`, or the GPT partition's name
+//! (`rootfs/etc/hostname`); `disk/...` for a disk without a partition table.
+//!
+//! Still to come (issue 34): FAT and NTFS, LVM, `find`, `extract`, `mount`, points read through
+//! `cairn serve`.
+
+pub mod disk;
+pub mod fs;
+pub mod partitions;
+
+use std::sync::Arc;
+
+use cairn_store::{RecoveryPoint, Store};
+
+pub use disk::{PointDisk, Slice};
+pub use fs::FsKind;
+pub use partitions::{Partition, Scheme};
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] cairn_store::Error),
+    /// A chunk of the point could not be read.
+    #[error("point {point}, disk offset {offset}: {source}")]
+    Chunk {
+        /// The point.
+        point: String,
+        /// The chunk's offset on the disk.
+        offset: u64,
+        /// Why.
+        source: cairn_store::Error,
+    },
+    /// A read past the end of a disk or partition (a table or file system pointing outside).
+    #[error("a read of {len} bytes at offset {offset} lies past the end ({size} bytes)")]
+    Outside {
+        /// Where.
+        offset: u64,
+        /// How much.
+        len: u64,
+        /// The size of what was read.
+        size: u64,
+    },
+    /// A partition table that does not read.
+    #[error("{what}: {why}")]
+    Table {
+        /// Which table or entry.
+        what: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A path that names no partition, or a partition whose file system is not read.
+    #[error("{0}")]
+    Path(String),
+    /// The file system failed at a path (not there, not a folder, damaged).
+    #[error("{path}: {why}")]
+    Fs {
+        /// The path inside the file system.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// Result of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A folder.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A device, a fifo, a socket.
+    Other,
+}
+
+impl EntryKind {
+    /// Its name in `--json`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Dir => "dir",
+            Self::Symlink => "symlink",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// One entry of a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its name.
+    pub name: String,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its mode bits (type and permissions, as `stat`).
+    pub mode: u16,
+    /// Its owner.
+    pub uid: u32,
+    /// Its group.
+    pub gid: u32,
+    /// When its content changed, in seconds since 1970.
+    pub mtime: i64,
+    /// A symlink's target.
+    pub link: Option<String>,
+}
+
+/// A point's partitions and file systems.
+pub struct PointFiles {
+    disk: Arc<PointDisk>,
+    scheme: Scheme,
+    parts: Vec<Partition>,
+}
+
+impl PointFiles {
+    /// Opens `point` of `store`: reads its partition table.
+    ///
+    /// # Errors
+    /// A point whose tree or partition table cannot be read.
+    pub fn open(store: Arc<Store>, point: RecoveryPoint) -> Result<Self> {
+        let disk = Arc::new(PointDisk::new(store, point)?);
+        let (scheme, parts) = partitions::partitions(&disk)?;
+        Ok(Self {
+            disk,
+            scheme,
+            parts,
+        })
+    }
+
+    /// The disk's partition scheme.
+    #[must_use]
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    /// Its partitions.
+    #[must_use]
+    pub fn partitions(&self) -> &[Partition] {
+        &self.parts
+    }
+
+    /// Bytes read from the store so far.
+    #[must_use]
+    pub fn bytes_read(&self) -> u64 {
+        self.disk.bytes_read()
+    }
+
+    /// A partition's bytes.
+    #[must_use]
+    pub fn slice(&self, p: &Partition) -> Slice {
+        Slice::new(Arc::clone(&self.disk), p.start, p.size)
+    }
+
+    /// The file system a partition holds.
+    ///
+    /// # Errors
+    /// The disk's read errors.
+    pub fn detect(&self, p: &Partition) -> Result<FsKind> {
+        fs::detect(&self.slice(p))
+    }
+
+    /// The partition `spec` starts with, and the path after it (absolute, `/` for none).
+    ///
+    /// # Errors
+    /// A spec that names no partition (the partitions are listed).
+    pub fn resolve(&self, spec: &str) -> Result<(&Partition, String)> {
+        let spec = spec.trim_start_matches('/');
+        let (head, rest) = spec.split_once('/').unwrap_or((spec, ""));
+        let part = self
+            .parts
+            .iter()
+            .find(|p| p.name == head)
+            .or_else(|| self.parts.iter().find(|p| p.label.as_deref() == Some(head)))
+            .ok_or_else(|| {
+                let names: Vec<String> = self
+                    .parts
+                    .iter()
+                    .map(|p| match &p.label {
+                        Some(l) => format!("{} ({l})", p.name),
+                        None => p.name.clone(),
+                    })
+                    .collect();
+                Error::Path(format!(
+                    "{head:?} names no partition of point {}: it has {}",
+                    self.disk.point().short_id(),
+                    names.join(", ")
+                ))
+            })?;
+        Ok((part, format!("/{}", rest.trim_end_matches('/'))))
+    }
+
+    /// Opens the file system of `part`.
+    ///
+    /// # Errors
+    /// A file system cairn does not read (named), or one that does not open.
+    pub fn open_fs(&self, part: &Partition) -> Result<fs::Ext> {
+        match self.detect(part)? {
+            FsKind::Ext => fs::Ext::open(self.slice(part)),
+            other => Err(Error::Path(format!(
+                "{} holds {}: cairn reads ext2/3/4 file systems so far; `cairn serve-nbd` serves \
+                 the disk for the system's own tools",
+                part.name,
+                other.name()
+            ))),
+        }
+    }
+}

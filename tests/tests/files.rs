@@ -1,0 +1,322 @@
+//! Files inside points (`cairn ls`, `cairn cat`), read in place from the store, against what
+//! `debugfs` reads from the same ext4 image: a GPT disk made with `sfdisk` and `mkfs.ext4 -d`,
+//! an MBR disk with logical partitions, damaged tables and file systems, an encrypted store.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_tests::{TestStore, id, json, ok, read, refused, run};
+
+/// `mkfs.ext4 -d` of a folder holding Unicode names, a symlink, hard links, a sparse file, a
+/// folder of 10 000 files and a deep path: the image `part.img` of `mib` MiB, and the folder.
+fn ext4_image(dir: &Path, mib: u32) -> (PathBuf, PathBuf) {
+    let root = dir.join("root");
+    let deep = root.join(
+        (0..24)
+            .map(|i| format!("d{i}"))
+            .collect::<Vec<_>>()
+            .join("/"),
+    );
+    std::fs::create_dir_all(&deep).expect("deep");
+    std::fs::write(deep.join("bottom.txt"), "the bottom\n").expect("write");
+    std::fs::create_dir_all(root.join("etc")).expect("etc");
+    std::fs::write(root.join("etc/hostname"), "web01\n").expect("write");
+    std::fs::write(root.join("ünïcode näme.txt"), "héllo wörld\n").expect("write");
+    std::fs::write(root.join("日本語.txt"), "こんにちは\n").expect("write");
+    std::os::unix::fs::symlink("etc/hostname", root.join("hostname-link")).expect("symlink");
+    std::fs::hard_link(root.join("etc/hostname"), root.join("hostname-hard")).expect("link");
+    let sparse = std::fs::File::create(root.join("sparse.bin")).expect("sparse");
+    sparse.set_len(24 << 20).expect("len");
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"in the middle", 12 << 20).expect("w");
+    let random: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(root.join("big.bin"), random).expect("write");
+    let many = root.join("many");
+    std::fs::create_dir(&many).expect("many");
+    for i in 0..10_000 {
+        std::fs::write(many.join(format!("f{i:05}")), format!("{i}\n")).expect("write");
+    }
+    let img = dir.join("part.img");
+    ok(Command::new("mkfs.ext4")
+        .args(["-q", "-L", "rootfs", "-N", "16384", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .arg(format!("{mib}M")));
+    (img, root)
+}
+
+/// A raw disk of `mib` MiB with the table `sfdisk` makes of `script`, and `parts` (image,
+/// start in MiB) written in place.
+fn disk(dir: &Path, mib: u32, script: &str, parts: &[(&Path, u64)]) -> PathBuf {
+    let raw = dir.join("disk.raw");
+    let f = std::fs::File::create(&raw).expect("disk");
+    f.set_len(u64::from(mib) << 20).expect("len");
+    drop(f);
+    let mut c = Command::new("sfdisk");
+    c.arg("-q").arg(&raw).stdin(std::process::Stdio::piped());
+    let mut child = c
+        .spawn()
+        .expect("sfdisk (fdisk, installed by scripts/setup.sh)");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), script.as_bytes())
+        .expect("script");
+    assert!(child.wait().expect("sfdisk").success());
+    for (img, start) in parts {
+        ok(Command::new("dd")
+            .arg(format!("if={}", img.display()))
+            .arg(format!("of={}", raw.display()))
+            .args(["bs=1M", "conv=notrunc", "status=none"])
+            .arg(format!("seek={start}")));
+    }
+    raw
+}
+
+/// What `debugfs -R "ls -p DIR"` lists: name -> (mode, uid, gid, size; none for folders).
+fn debugfs_ls(img: &Path, dir: &str) -> BTreeMap<String, (u32, u32, u32, Option<u64>)> {
+    let out = ok(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("ls -p \"{dir}\""))
+        .arg(img)
+        .stderr(std::process::Stdio::null()));
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('/').collect();
+            (f.len() >= 7 && f[5] != "." && f[5] != "..").then(|| {
+                let mode = u32::from_str_radix(f[2], 8).expect("mode");
+                (
+                    f[5].to_owned(),
+                    (
+                        mode,
+                        f[3].parse().expect("uid"),
+                        f[4].parse().expect("gid"),
+                        f[6].parse().ok(),
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// `cairn ls --json POINT:SPEC` as name -> (mode, uid, gid, size).
+fn cairn_ls(store: &TestStore, spec: &str) -> BTreeMap<String, (u32, u32, u32, u64, String)> {
+    json(&ok(&mut store.cmd(&["ls", "--json", spec])))
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().expect("name").to_owned(),
+                (
+                    u32::from_str_radix(e["mode"].as_str().expect("mode"), 8).expect("octal"),
+                    e["uid"].as_u64().expect("uid") as u32,
+                    e["gid"].as_u64().expect("gid") as u32,
+                    e["size"].as_u64().expect("size"),
+                    e["type"].as_str().expect("type").to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn cat(store: &TestStore, spec: &str) -> Vec<u8> {
+    let out = run(&mut store.cmd(&["cat", spec]));
+    assert!(
+        out.status.success(),
+        "cat {spec}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn every_entry_and_file_of_a_gpt_disk_reads_as_debugfs_reads_it() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (img, root) = ext4_image(w, 96);
+    let raw = disk(
+        w,
+        112,
+        "label: gpt\nstart=2048, size=8192, type=21686148-6449-6E6F-744E-656564454649, name=\"bios\"\n\
+         start=10240, size=196608, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=\"rootfs\"\n",
+        &[(&img, 5)],
+    );
+    let store = TestStore::new("256K");
+    let p = id(&store.backup("web01", "2026-11-01T02:00:00Z", "xvda", &raw, &[]));
+
+    // The partition table, each file system named.
+    let table = json(&ok(&mut store.cmd(&["ls", "--json", &p])));
+    assert_eq!(table["scheme"], "gpt", "{table}");
+    let parts = table["partitions"].as_array().expect("parts");
+    assert_eq!(parts.len(), 2, "{table}");
+    assert_eq!(parts[1]["name"], "p2");
+    assert_eq!(parts[1]["label"], "rootfs");
+    assert_eq!(parts[1]["filesystem"], "ext4");
+    assert_eq!(parts[1]["start"], 5u64 << 20);
+    assert_eq!(parts[0]["filesystem"], "unknown");
+
+    // Every folder lists as debugfs lists it: names, modes, owners, sizes.
+    let deep: String = (0..24).map(|i| format!("/d{i}")).collect();
+    for dir in ["/", "/etc", "/many", deep.as_str()] {
+        let want = debugfs_ls(&img, dir);
+        let got = cairn_ls(&store, &format!("{p}:p2{dir}"));
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{dir}"
+        );
+        for (name, (mode, uid, gid, size)) in &want {
+            let g = &got[name];
+            assert_eq!(
+                (g.0, g.1, g.2),
+                (*mode & 0o7777, *uid, *gid),
+                "{dir}/{name}"
+            );
+            if let Some(size) = size {
+                assert_eq!(g.3, *size, "{dir}/{name}");
+            }
+        }
+    }
+    assert_eq!(cairn_ls(&store, &format!("{p}:p2/many")).len(), 10_000);
+
+    // Every file reads as the folder held it, and as debugfs reads it.
+    for file in [
+        "etc/hostname",
+        "ünïcode näme.txt",
+        "日本語.txt",
+        "hostname-hard",
+        "sparse.bin",
+        "big.bin",
+        "many/f04321",
+    ] {
+        let got = cat(&store, &format!("{p}:p2/{file}"));
+        assert_eq!(got, read(&root.join(file)), "{file}");
+    }
+    assert_eq!(
+        cat(&store, &format!("{p}:p2{deep}/bottom.txt")),
+        b"the bottom\n"
+    );
+    // By the partition's GPT name; a symlink shown with its target.
+    assert_eq!(cat(&store, &format!("{p}:rootfs/etc/hostname")), b"web01\n");
+    let long = ok(&mut store.cmd(&["ls", "-l", &format!("{p}:p2/")]));
+    assert!(long.contains("hostname-link -> etc/hostname"), "{long}");
+    assert!(long.contains("lrwxrwxrwx"), "{long}");
+    // The point named by its time (a name with ':' in it) works too.
+    assert_eq!(
+        cat(&store, "web01/xvda@2026-11-01T02:00:00Z:p2/etc/hostname"),
+        b"web01\n"
+    );
+}
+
+#[test]
+fn an_mbr_disk_names_its_logical_partitions_from_p5() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (img, root) = ext4_image(w, 64);
+    let raw = disk(
+        w,
+        96,
+        "label: dos\nstart=2048, size=16384, type=83\nstart=20480, type=5\n\
+         start=22528, size=131072, type=83\n",
+        &[(&img, 11)],
+    );
+    let store = TestStore::new("256K");
+    let p = id(&store.backup("db", "2026-11-01T02:00:00Z", "xvda", &raw, &[]));
+    let table = json(&ok(&mut store.cmd(&["ls", "--json", &p])));
+    assert_eq!(table["scheme"], "mbr", "{table}");
+    let names: Vec<&str> = table["partitions"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .map(|x| x["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["p1", "p5"], "{table}");
+    assert_eq!(
+        cat(&store, &format!("{p}:p5/etc/hostname")),
+        read(&root.join("etc/hostname"))
+    );
+}
+
+#[test]
+fn damaged_tables_and_file_systems_are_named_never_a_panic() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (img, _) = ext4_image(w, 64);
+    let raw = disk(
+        w,
+        80,
+        "label: gpt\nstart=2048, size=131072, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
+        &[(&img, 1)],
+    );
+    let store = TestStore::new("256K");
+    let good = id(&store.backup("vm", "2026-11-01T02:00:00Z", "xvda", &raw, &[]));
+    // A partition that does not exist, a folder given to cat, a path not there.
+    let out = run(&mut store.cmd(&["ls", &format!("{good}:p7/etc")]));
+    refused(&out, &["\"p7\" names no partition", "p1"]);
+    let out = run(&mut store.cmd(&["cat", &format!("{good}:p1/etc")]));
+    refused(&out, &["is a folder"]);
+    let out = run(&mut store.cmd(&["cat", &format!("{good}:p1/etc/nothing")]));
+    refused(&out, &["/etc/nothing"]);
+
+    // The disk cut short: the primary GPT points past the end (and the backup is gone).
+    let short = w.join("short.raw");
+    std::fs::copy(&raw, &short).expect("copy");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&short)
+        .and_then(|f| f.set_len(40 << 20))
+        .expect("truncate");
+    let cut = id(&store.backup("cut", "2026-11-01T02:00:00Z", "xvda", &short, &[]));
+    let out = run(&mut store.cmd(&["ls", &cut]));
+    refused(&out, &["p1", "past the disk's end"]);
+
+    // A file system whose superblock is gone: named as unknown, refused by name.
+    let wiped = w.join("wiped.raw");
+    let mut bytes = read(&raw);
+    bytes[(1 << 20) + 1024..(1 << 20) + 2048].fill(0);
+    std::fs::write(&wiped, &bytes).expect("write");
+    let p = id(&store.backup("wiped", "2026-11-01T02:00:00Z", "xvda", &wiped, &[]));
+    let out = run(&mut store.cmd(&["ls", &format!("{p}:p1/")]));
+    refused(&out, &["p1 holds unknown", "ext2/3/4"]);
+
+    // Its group descriptors and inode tables overwritten with a pattern: each command ends, as
+    // an error naming what it read or with what it could read, never a panic (`run` fails the
+    // test on one) or a hang.
+    let garbled = w.join("garbled.raw");
+    let mut bytes = read(&raw);
+    bytes[(1 << 20) + 2048..(9 << 20)].fill(0xA5);
+    std::fs::write(&garbled, &bytes).expect("write");
+    let p = id(&store.backup("garbled", "2026-11-01T02:00:00Z", "xvda", &garbled, &[]));
+    for spec in ["p1/", "p1/etc", "p1/many"] {
+        let out = run(&mut store.cmd(&["ls", "-l", &format!("{p}:{spec}")]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || err.contains("cairn: error"),
+            "{spec}: {err}"
+        );
+    }
+    let out = run(&mut store.cmd(&["cat", &format!("{p}:p1/big.bin")]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || err.contains("cairn: error"),
+        "{err}"
+    );
+}
+
+#[test]
+fn files_of_an_encrypted_store_need_its_key() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (img, _) = ext4_image(w, 64);
+    let raw = disk(
+        w,
+        80,
+        "label: gpt\nstart=2048, size=131072, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
+        &[(&img, 1)],
+    );
+    let store = TestStore::encrypted("256K");
+    let p = id(&store.backup("vm", "2026-11-01T02:00:00Z", "xvda", &raw, &[]));
+    assert_eq!(cat(&store, &format!("{p}:p1/etc/hostname")), b"web01\n");
+    let out = run(&mut store.keyless(&["ls", &p]));
+    refused(&out, &["encrypted", "key"]);
+}
