@@ -200,6 +200,82 @@ pub fn cat(a: &CatArgs) -> Result<i32> {
     Ok(0)
 }
 
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    cairn extract web01/xvda@latest:p2/etc/nginx ./nginx-conf\n  \
+    cairn extract --force 'web01/xvda@2026-11-22:rootfs/home/alice/report.odt' /tmp/report.odt\n\n\
+    A file, or a folder with everything under it: modes, modification times, symlinks (as\n\
+    symlinks, never followed), owners when run as root, holes of sparse files; hard links\n\
+    become copies. DEST must not exist unless --force. No name in the image writes outside\n\
+    DEST: `..`, `/` in names and symlinks on the way are refused.")]
+pub struct ExtractArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// POINT:PARTITION/PATH of a file or folder.
+    pub what: String,
+    /// Where it goes (a new file or folder).
+    pub dest: std::path::PathBuf,
+    /// Write into an existing DEST: replace files there, fill folders.
+    #[arg(long)]
+    pub force: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn extract(a: &ExtractArgs) -> Result<i32> {
+    let (files, point, path) = open(&a.store, &a.what)?;
+    let Some(path) = path else {
+        crate::usage!(
+            "{}: name a file or folder inside point {} (POINT:PARTITION/PATH)",
+            a.what,
+            point.short_id()
+        );
+    };
+    let (part, inner) = files.resolve(&path)?;
+    let fs = files.open_fs(part)?;
+    let started = std::time::Instant::now();
+    let bar = crate::progress::spinner("extract");
+    let done = cairn_files::extract(&*fs, &inner, &a.dest, a.force, &|d| {
+        bar.set_message(format!("{} files, {}", d.files, human_bytes(d.bytes)));
+    })
+    .with_context(|| {
+        format!(
+            "extracting {path} of point {} into {}",
+            point.short_id(),
+            a.dest.display()
+        )
+    })?;
+    bar.finish_and_clear();
+    if a.json {
+        crate::print_json(&json!({
+            "point": point.id, "path": path, "dest": a.dest.display().to_string(),
+            "files": done.files, "dirs": done.dirs, "symlinks": done.symlinks,
+            "skipped": done.skipped, "bytes": done.bytes,
+            "bytes_read_from_store": files.bytes_read(),
+            "seconds": started.elapsed().as_secs_f64(),
+        }))?;
+    } else {
+        println!(
+            "extracted {path} of point {} into {}: {} files ({}), {} folders, {} symlinks{} in \
+             {:.1}s",
+            point.short_id(),
+            a.dest.display(),
+            done.files,
+            human_bytes(done.bytes),
+            done.dirs,
+            done.symlinks,
+            if done.skipped > 0 {
+                format!(", {} devices, fifos or sockets left out", done.skipped)
+            } else {
+                String::new()
+            },
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(0)
+}
+
 fn entry_json(e: &Entry) -> serde_json::Value {
     json!({
         "name": e.name, "type": e.kind.name(), "size": e.size, "mode": format!("{:o}", e.mode & 0o7777),

@@ -83,6 +83,8 @@ enum Command {
     Ls(files_cmd::LsArgs),
     /// Print a file inside a point, read in place.
     Cat(files_cmd::CatArgs),
+    /// Copy a file or folder out of a point onto this machine, read in place.
+    Extract(files_cmd::ExtractArgs),
     /// What each VM, disk and point costs, and what dedup and compression saved.
     Report(report_cmd::ReportArgs),
     /// Copy the points another store lacks into it (an offsite copy, an initial seed).
@@ -421,7 +423,8 @@ fn names_or_opens_chunks(c: &Command) -> bool {
         | Command::ServeNbd(_)
         | Command::Standby(_)
         | Command::Ls(_)
-        | Command::Cat(_) => true,
+        | Command::Cat(_)
+        | Command::Extract(_) => true,
         Command::Verify(a) => a.key,
         _ => false,
     }
@@ -447,6 +450,7 @@ fn run(asked: Command) -> anyhow::Result<i32> {
         Command::List(a) => list_cmd::list(&a),
         Command::Ls(a) => files_cmd::ls(&a),
         Command::Cat(a) => files_cmd::cat(&a),
+        Command::Extract(a) => files_cmd::extract(&a),
         Command::Report(a) => report_cmd::report(&a),
         Command::Repair(a) => store_cmd::repair(&a),
         Command::Key(c) => key_cmd::key(&c),

@@ -77,6 +77,28 @@ pub fn detect(part: &Slice) -> Result<FsKind> {
     })
 }
 
+/// A file system opened for reading: what `ls`, `cat` and `extract` ask of it. Paths are
+/// absolute (`/etc/hostname`).
+pub trait FileSystem {
+    /// The entry at `path` itself (a symlink as itself).
+    ///
+    /// # Errors
+    /// A path that is not there, a damaged file system.
+    fn entry(&self, path: &str) -> Result<Entry>;
+
+    /// The entries of the folder `path`, sorted by name (`.` and `..` left out).
+    ///
+    /// # Errors
+    /// A path that is not there or not a folder, a damaged file system.
+    fn list(&self, path: &str) -> Result<Vec<Entry>>;
+
+    /// The bytes of the file at `path`, as a stream.
+    ///
+    /// # Errors
+    /// A path that is not there or not a file, a damaged file system.
+    fn open_file(&self, path: &str) -> Result<Box<dyn Read + '_>>;
+}
+
 /// An opened ext2/3/4 file system.
 pub struct Ext {
     fs: ext4_view::Ext4,
@@ -97,16 +119,6 @@ impl Ext {
     pub fn open(part: Slice) -> Result<Self> {
         let fs = ext4_view::Ext4::load(Box::new(part)).map_err(ext_err("/"))?;
         Ok(Self { fs })
-    }
-
-    /// The entry at `path` itself (a symlink as itself).
-    ///
-    /// # Errors
-    /// A path that is not there, a damaged file system.
-    pub fn entry(&self, path: &str) -> Result<Entry> {
-        let meta = self.fs.symlink_metadata(path).map_err(ext_err(path))?;
-        let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("/");
-        self.entry_of(path, name.to_owned(), &meta)
     }
 
     fn entry_of(&self, path: &str, name: String, meta: &ext4_view::Metadata) -> Result<Entry> {
@@ -142,12 +154,16 @@ impl Ext {
             link,
         })
     }
+}
 
-    /// The entries of the folder `path`, sorted by name (`.` and `..` left out).
-    ///
-    /// # Errors
-    /// A path that is not there or not a folder, a damaged file system.
-    pub fn list(&self, path: &str) -> Result<Vec<Entry>> {
+impl FileSystem for Ext {
+    fn entry(&self, path: &str) -> Result<Entry> {
+        let meta = self.fs.symlink_metadata(path).map_err(ext_err(path))?;
+        let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("/");
+        self.entry_of(path, name.to_owned(), &meta)
+    }
+
+    fn list(&self, path: &str) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
         for e in self.fs.read_dir(path).map_err(ext_err(path))? {
             let e = e.map_err(ext_err(path))?;
@@ -163,11 +179,7 @@ impl Ext {
         Ok(out)
     }
 
-    /// The bytes of the file at `path`, as a stream.
-    ///
-    /// # Errors
-    /// A path that is not there or not a file, a damaged file system.
-    pub fn open_file(&self, path: &str) -> Result<Box<dyn Read + '_>> {
+    fn open_file(&self, path: &str) -> Result<Box<dyn Read + '_>> {
         Ok(Box::new(self.fs.open(path).map_err(ext_err(path))?))
     }
 }

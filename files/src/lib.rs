@@ -9,10 +9,13 @@
 //! Paths name a partition and a path inside it: `p1/etc/hostname`, or the GPT partition's name
 //! (`rootfs/etc/hostname`); `disk/...` for a disk without a partition table.
 //!
-//! Still to come (issue 34): FAT and NTFS, LVM, `find`, `extract`, `mount`, points read through
+//! Files and folders are copied out by [`extract`], never outside their destination.
+//!
+//! Still to come (issue 34): FAT and NTFS, LVM, `find`, `mount`, points read through
 //! `cairn serve`.
 
 pub mod disk;
+pub mod extract;
 pub mod fs;
 pub mod partitions;
 
@@ -21,7 +24,8 @@ use std::sync::Arc;
 use cairn_store::{RecoveryPoint, Store};
 
 pub use disk::{PointDisk, Slice};
-pub use fs::FsKind;
+pub use extract::{Extracted, extract};
+pub use fs::{FileSystem, FsKind};
 pub use partitions::{Partition, Scheme};
 
 /// What went wrong.
@@ -210,9 +214,9 @@ impl PointFiles {
     ///
     /// # Errors
     /// A file system cairn does not read (named), or one that does not open.
-    pub fn open_fs(&self, part: &Partition) -> Result<fs::Ext> {
+    pub fn open_fs(&self, part: &Partition) -> Result<Box<dyn FileSystem>> {
         match self.detect(part)? {
-            FsKind::Ext => fs::Ext::open(self.slice(part)),
+            FsKind::Ext => Ok(Box::new(fs::Ext::open(self.slice(part))?)),
             other => Err(Error::Path(format!(
                 "{} holds {}: cairn reads ext2/3/4 file systems so far; `cairn serve-nbd` serves \
                  the disk for the system's own tools",

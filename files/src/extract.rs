@@ -1,0 +1,248 @@
+//! Copying files and folders out of a point's file system onto this machine (`cairn extract`).
+//!
+//! - **Never outside DEST.** Every name comes from the image, so every name is checked: one
+//!   that is empty, `.`, `..`, or holds a `/` or a NUL is refused, naming the folder that holds
+//!   it. Files are made with `O_CREAT|O_EXCL|O_NOFOLLOW` (a symlink already in DEST, or made by
+//!   an earlier entry, is never written through); symlinks are made as symlinks, their targets
+//!   as the image holds them, never followed.
+//! - **Never over what is there** unless `force`: then an existing file is replaced (removed,
+//!   then made afresh, so a symlink in its place is removed, not followed) and existing folders
+//!   are filled.
+//! - **As the image had them, where this machine allows**: permissions, modification times
+//!   (folders' after their content), owners when run as root; runs of zeros of whole 4 KiB
+//!   blocks are left as holes (a sparse file stays sparse). Hard links are extracted as
+//!   separate copies.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use crate::fs::FileSystem;
+use crate::{Entry, EntryKind, Error, Result};
+
+/// What an extraction wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extracted {
+    /// Regular files.
+    pub files: u64,
+    /// Folders.
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Devices, fifos and sockets left out.
+    pub skipped: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+}
+
+/// Copies the file or folder at `src` (absolute, in `fs`) to `dest` (which must not exist
+/// unless `force`).
+///
+/// # Errors
+/// A name from the image that would write outside `dest`, `dest` existing without `force`,
+/// the file system's errors, I/O errors naming the path.
+pub fn extract(
+    fs: &dyn FileSystem,
+    src: &str,
+    dest: &Path,
+    force: bool,
+    progress: &dyn Fn(&Extracted),
+) -> Result<Extracted> {
+    let mut done = Extracted::default();
+    let top = fs.entry(src)?;
+    let mut dirs: Vec<(std::path::PathBuf, Entry)> = Vec::new();
+    put(fs, src, &top, dest, force, &mut done, &mut dirs, progress)?;
+    // Folders' times last (writing into a folder changes its time), deepest first.
+    for (path, e) in dirs.iter().rev() {
+        set_time(path, e.mtime)?;
+    }
+    Ok(done)
+}
+
+/// Writes entry `e` (at `src` in the image) to `dest`, folders depth first.
+#[allow(clippy::too_many_arguments)]
+fn put(
+    fs: &dyn FileSystem,
+    src: &str,
+    e: &Entry,
+    dest: &Path,
+    force: bool,
+    done: &mut Extracted,
+    dirs: &mut Vec<(std::path::PathBuf, Entry)>,
+    progress: &dyn Fn(&Extracted),
+) -> Result<()> {
+    match e.kind {
+        EntryKind::Dir => {
+            match std::fs::create_dir(dest) {
+                Ok(()) => {}
+                Err(err) if force && err.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if !std::fs::symlink_metadata(dest).map_err(io(dest))?.is_dir() {
+                        return Err(io(dest)(std::io::Error::other(
+                            "exists and is not a folder",
+                        )));
+                    }
+                }
+                Err(err) => return Err(io(dest)(err)),
+            }
+            done.dirs += 1;
+            for child in fs.list(src)? {
+                check_name(src, &child.name)?;
+                let child_src = format!("{}/{}", src.trim_end_matches('/'), child.name);
+                put(
+                    fs,
+                    &child_src,
+                    &child,
+                    &dest.join(&child.name),
+                    force,
+                    done,
+                    dirs,
+                    progress,
+                )?;
+            }
+            finish(dest, e)?;
+            dirs.push((dest.to_path_buf(), e.clone()));
+        }
+        EntryKind::Symlink => {
+            make_room(dest, force)?;
+            let target = e.link.clone().unwrap_or_default();
+            std::os::unix::fs::symlink(&target, dest).map_err(io(dest))?;
+            if am_root() {
+                let _ = std::os::unix::fs::lchown(dest, Some(e.uid), Some(e.gid));
+            }
+            done.symlinks += 1;
+        }
+        EntryKind::File => {
+            make_room(dest, force)?;
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .mode(0o600)
+                .open(dest)
+                .map_err(io(dest))?;
+            let mut input = fs.open_file(src)?;
+            done.bytes += copy_sparse(&mut *input, &mut out, dest)?;
+            drop(out);
+            finish(dest, e)?;
+            set_time(dest, e.mtime)?;
+            done.files += 1;
+        }
+        EntryKind::Other => done.skipped += 1,
+    }
+    progress(done);
+    Ok(())
+}
+
+/// Refuses a name that would leave its folder.
+fn check_name(dir: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(Error::Fs {
+            path: dir.to_owned(),
+            why: format!("holds an entry named {name:?}: refused (it would write outside DEST)"),
+        });
+    }
+    Ok(())
+}
+
+/// Clears `dest` for a new entry: refused if something is there, unless `force` (then it is
+/// removed; a folder is not).
+fn make_room(dest: &Path, force: bool) -> Result<()> {
+    match std::fs::symlink_metadata(dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(dest)(e)),
+        Ok(m) if force && !m.is_dir() => std::fs::remove_file(dest).map_err(io(dest)),
+        Ok(_) => Err(io(dest)(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "exists: nothing is written over without --force",
+        ))),
+    }
+}
+
+/// Copies `input` to `out`, leaving whole 4 KiB blocks of zeros as holes; the bytes copied.
+fn copy_sparse(input: &mut dyn Read, out: &mut std::fs::File, dest: &Path) -> Result<u64> {
+    use std::io::Seek;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match input.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::Fs {
+                        path: dest.display().to_string(),
+                        why: format!("reading its content: {e}"),
+                    });
+                }
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        for block in buf[..n].chunks(4096) {
+            if block.iter().all(|&b| b == 0) {
+                out.seek(std::io::SeekFrom::Current(block.len() as i64))
+                    .map_err(io(dest))?;
+            } else {
+                out.write_all(block).map_err(io(dest))?;
+            }
+        }
+        total += n as u64;
+    }
+    // A file ending in a hole: its length set, the hole kept.
+    out.set_len(total).map_err(io(dest))?;
+    Ok(total)
+}
+
+/// Sets `dest`'s permissions, and owner when run as root.
+fn finish(dest: &Path, e: &Entry) -> Result<()> {
+    std::fs::set_permissions(
+        dest,
+        std::fs::Permissions::from_mode(u32::from(e.mode & 0o7777)),
+    )
+    .map_err(io(dest))?;
+    if am_root() {
+        std::os::unix::fs::chown(dest, Some(e.uid), Some(e.gid)).map_err(io(dest))?;
+    }
+    Ok(())
+}
+
+fn set_time(dest: &Path, mtime: i64) -> Result<()> {
+    let t = if mtime >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime as u64)
+    } else {
+        std::time::UNIX_EPOCH - std::time::Duration::from_secs(mtime.unsigned_abs())
+    };
+    std::fs::File::open(dest)
+        .and_then(|f| f.set_modified(t))
+        .map_err(io(dest))
+}
+
+fn am_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::Fs {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_would_leave_dest_are_refused() {
+        for bad in ["", ".", "..", "../x", "a/b", "/etc", "a\0b"] {
+            let e = check_name("/etc", bad).expect_err(bad).to_string();
+            assert!(e.contains("/etc") && e.contains("outside DEST"), "{e}");
+        }
+        for good in ["...", "..a", "a..", "ünïcode", " ", "-rf"] {
+            check_name("/", good).expect(good);
+        }
+    }
+}
