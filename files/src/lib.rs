@@ -3,7 +3,7 @@
 //! A point's disk is read at any offset through its tree ([`disk`]); its partition table names
 //! its partitions ([`partitions`]: GPT, MBR with logical partitions, or none); each partition's
 //! file system is recognised by its magic and, when cairn reads it, opened ([`fs`]: ext2/3/4
-//! through `ext4-view`). Only the chunks the file system asks for are read from the store, each
+//! through `ext4-view`, FAT12/16/32 through `fatfs`). Only the chunks the file system asks for are read from the store, each
 //! checked against its id.
 //!
 //! Paths name a partition and a path inside it: `p1/etc/hostname`, or the GPT partition's name
@@ -11,7 +11,7 @@
 //!
 //! Files and folders are copied out by [`extract`], never outside their destination.
 //!
-//! Still to come (issue 34): FAT and NTFS, LVM, `find`, `mount`, points read through
+//! Still to come (issue 34): NTFS, LVM, `find`, `mount`, points read through
 //! `cairn serve`.
 
 pub mod disk;
@@ -217,8 +217,9 @@ impl PointFiles {
     pub fn open_fs(&self, part: &Partition) -> Result<Box<dyn FileSystem>> {
         match self.detect(part)? {
             FsKind::Ext => Ok(Box::new(fs::Ext::open(self.slice(part))?)),
+            FsKind::Fat => Ok(Box::new(fs::Fat::open(self.slice(part))?)),
             other => Err(Error::Path(format!(
-                "{} holds {}: cairn reads ext2/3/4 file systems so far; `cairn serve-nbd` serves \
+                "{} holds {}: cairn reads ext2/3/4 and FAT file systems so far; `cairn serve-nbd` serves \
                  the disk for the system's own tools",
                 part.name,
                 other.name()

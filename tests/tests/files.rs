@@ -449,3 +449,85 @@ fn a_folder_extracts_whole_and_nothing_lands_outside_dest() {
     refused(&out, &["/etc", "path separator"]);
     assert!(!w.join("xx").exists() && !w.join("trap/xx").exists());
 }
+
+#[test]
+fn an_efi_fat32_partition_reads_as_mtools_reads_it() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    // The EFI partition: nested folders, long and mixed-case names, a 3 MB file.
+    let src = w.join("efi-src");
+    std::fs::create_dir_all(src.join("EFI/BOOT")).expect("mkdir");
+    std::fs::create_dir_all(src.join("EFI/debian/Long Folder Name")).expect("mkdir");
+    std::fs::write(src.join("EFI/BOOT/BOOTX64.EFI"), vec![0x4d; 3_000_000]).expect("write");
+    std::fs::write(
+        src.join("EFI/debian/grub.cfg"),
+        "search.fs_uuid 1234 root\n",
+    )
+    .expect("w");
+    std::fs::write(
+        src.join("EFI/debian/Long Folder Name/A file with a long name.txt"),
+        "long\n",
+    )
+    .expect("write");
+    let fat = w.join("efi.img");
+    ok(Command::new("mkfs.vfat")
+        .args(["-F", "32", "-n", "EFI", "-C"])
+        .arg(&fat)
+        .arg("65536")
+        .stdout(std::process::Stdio::null()));
+    ok(Command::new("mcopy")
+        .args(["-s", "-i"])
+        .arg(&fat)
+        .arg(src.join("EFI"))
+        .arg("::/"));
+    let (ext, _) = ext4_image(w, 64);
+    let raw = disk(
+        w,
+        144,
+        "label: gpt\nstart=2048, size=131072, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"EFI\"\n\
+         start=133120, size=131072, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
+        &[(&fat, 1), (&ext, 65)],
+    );
+    let store = TestStore::new("256K");
+    let p = id(&store.backup("uefi", "2026-11-01T02:00:00Z", "xvda", &raw, &[]));
+    let table = json(&ok(&mut store.cmd(&["ls", "--json", &p])));
+    assert_eq!(table["partitions"][0]["filesystem"], "vfat", "{table}");
+    assert_eq!(table["partitions"][1]["filesystem"], "ext4", "{table}");
+    // What mtools copies out of the image, and what cairn extracts from the point: the same
+    // names, sizes and contents.
+    let by_mtools = w.join("mtools");
+    std::fs::create_dir(&by_mtools).expect("mkdir");
+    ok(Command::new("mcopy")
+        .args(["-s", "-n", "-i"])
+        .arg(&fat)
+        .arg("::/EFI")
+        .arg(&by_mtools));
+    let by_cairn = w.join("cairn-efi");
+    ok(store
+        .cmd(&["extract", &format!("{p}:EFI/EFI")])
+        .arg(&by_cairn));
+    let strip = |t: BTreeMap<String, (char, u32, u64, String, String)>| -> BTreeMap<_, _> {
+        t.into_iter()
+            .map(|(k, (kind, _, size, _, hash))| (k, (kind, size, hash)))
+            .collect()
+    };
+    assert_eq!(
+        strip(tree(&by_cairn)),
+        strip(tree(&by_mtools.join("EFI"))),
+        "cairn against mcopy"
+    );
+    assert_eq!(
+        cat(&store, &format!("{p}:p1/EFI/debian/grub.cfg")),
+        b"search.fs_uuid 1234 root\n"
+    );
+    let listed = cairn_ls(&store, &format!("{p}:p1/EFI/debian"));
+    assert_eq!(
+        listed.keys().collect::<Vec<_>>(),
+        ["Long Folder Name", "grub.cfg"]
+    );
+    // FAT compares names without case.
+    assert_eq!(
+        cat(&store, &format!("{p}:p1/efi/boot/bootx64.efi")).len(),
+        3_000_000
+    );
+}

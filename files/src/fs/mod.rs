@@ -1,10 +1,17 @@
 //! Which file system a partition holds (by its superblock's magic), and reading the ones cairn
-//! reads: ext2/3/4 (`ext4-view`). Others are named, and refused by name.
+//! reads: ext2/3/4 ([`ext`], through `ext4-view`) and FAT12/16/32 ([`fat`], through `fatfs`).
+//! Others are named, and refused by name.
+
+pub mod ext;
+pub mod fat;
+
+pub use ext::Ext;
+pub use fat::Fat;
 
 use std::io::Read;
 
 use crate::disk::Slice;
-use crate::{Entry, EntryKind, Error, Result};
+use crate::{Entry, Result};
 
 /// What a partition holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +53,7 @@ impl FsKind {
     /// Whether cairn reads its files.
     #[must_use]
     pub fn readable(self) -> bool {
-        matches!(self, Self::Ext)
+        matches!(self, Self::Ext | Self::Fat)
     }
 }
 
@@ -97,89 +104,4 @@ pub trait FileSystem {
     /// # Errors
     /// A path that is not there or not a file, a damaged file system.
     fn open_file(&self, path: &str) -> Result<Box<dyn Read + '_>>;
-}
-
-/// An opened ext2/3/4 file system.
-pub struct Ext {
-    fs: ext4_view::Ext4,
-}
-
-fn ext_err(path: &str) -> impl Fn(ext4_view::Ext4Error) -> Error + '_ {
-    move |e| Error::Fs {
-        path: path.to_owned(),
-        why: e.to_string(),
-    }
-}
-
-impl Ext {
-    /// Opens the ext file system of `part`.
-    ///
-    /// # Errors
-    /// A superblock or group descriptors that do not read as ext's.
-    pub fn open(part: Slice) -> Result<Self> {
-        let fs = ext4_view::Ext4::load(Box::new(part)).map_err(ext_err("/"))?;
-        Ok(Self { fs })
-    }
-
-    fn entry_of(&self, path: &str, name: String, meta: &ext4_view::Metadata) -> Result<Entry> {
-        let t = meta.file_type();
-        let kind = if t.is_dir() {
-            EntryKind::Dir
-        } else if t.is_symlink() {
-            EntryKind::Symlink
-        } else if t.is_regular_file() {
-            EntryKind::File
-        } else {
-            EntryKind::Other
-        };
-        let link = if kind == EntryKind::Symlink {
-            Some(
-                self.fs
-                    .read_link(path)
-                    .map_err(ext_err(path))?
-                    .display()
-                    .to_string(),
-            )
-        } else {
-            None
-        };
-        Ok(Entry {
-            name,
-            kind,
-            size: meta.len(),
-            mode: meta.mode(),
-            uid: meta.uid(),
-            gid: meta.gid(),
-            mtime: meta.modified().seconds(),
-            link,
-        })
-    }
-}
-
-impl FileSystem for Ext {
-    fn entry(&self, path: &str) -> Result<Entry> {
-        let meta = self.fs.symlink_metadata(path).map_err(ext_err(path))?;
-        let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("/");
-        self.entry_of(path, name.to_owned(), &meta)
-    }
-
-    fn list(&self, path: &str) -> Result<Vec<Entry>> {
-        let mut out = Vec::new();
-        for e in self.fs.read_dir(path).map_err(ext_err(path))? {
-            let e = e.map_err(ext_err(path))?;
-            let name = e.file_name().display().to_string();
-            if name == "." || name == ".." {
-                continue;
-            }
-            let full = e.path().display().to_string();
-            let meta = e.metadata().map_err(ext_err(&full))?;
-            out.push(self.entry_of(&full, name, &meta)?);
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
-    }
-
-    fn open_file(&self, path: &str) -> Result<Box<dyn Read + '_>> {
-        Ok(Box::new(self.fs.open(path).map_err(ext_err(path))?))
-    }
 }
