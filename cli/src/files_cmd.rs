@@ -4,8 +4,8 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use cairn_files::{Entry, EntryKind, PointFiles};
-use cairn_store::{RecoveryPoint, Store};
+use cairn_files::{Entry, EntryKind, PointFiles, SharedStore};
+use cairn_store::{RecoveryPoint, StoreRead};
 use clap::Args;
 use serde_json::json;
 
@@ -47,32 +47,37 @@ pub struct CatArgs {
 
 /// The point a `POINT[:PARTITION/PATH]` names, and the rest: the whole text when it names a
 /// point, else split at the last ':' whose left side does (a point's time holds ':' too).
-fn point_and_path(store: &Store, what: &str) -> Result<(RecoveryPoint, Option<String>)> {
-    let whole = match store.resolve(what) {
+fn point_and_path(store: &dyn StoreRead, what: &str) -> Result<(RecoveryPoint, Option<String>)> {
+    let points = store.points()?;
+    let tz = store.config().tz();
+    let resolve = |spec: &str| cairn_store::select::resolve(&points, spec, tz);
+    let whole = match resolve(what) {
         Ok(p) => return Ok((p, None)),
         Err(e) => e,
     };
     for (i, _) in what.rmatch_indices(':') {
-        if let Ok(p) = store.resolve(&what[..i]) {
+        if let Ok(p) = resolve(&what[..i]) {
             return Ok((p, Some(what[i + 1..].to_owned())));
         }
     }
-    Err(anyhow::Error::new(whole).context(format!(
-        "{what}: no point is named by it, nor by what comes before any ':' in it"
-    )))
+    Err(anyhow::anyhow!(
+        "{what}: no point is named by it, nor by what comes before any ':' in it ({whole})"
+    ))
 }
 
+/// A point's files, in a store folder or through a server, with the store's key.
 fn open(a: &StoreArg, what: &str) -> Result<(PointFiles, RecoveryPoint, Option<String>)> {
-    if a.remote()?.is_some() {
-        crate::usage!(
-            "{}: files inside points are read from a store folder so far (not through `cairn \
-             serve`)",
-            a.store.display()
-        );
-    }
-    let store = Arc::new(crate::store_cmd::open_read(&a.store)?);
-    store.keys()?;
-    let (point, path) = point_and_path(&store, what)?;
+    let store: SharedStore = match a.reader()? {
+        crate::store_cmd::Reader::Local(s) => {
+            s.keys()?;
+            Arc::new(*s)
+        }
+        crate::store_cmd::Reader::Remote(r) => {
+            r.keys()?;
+            r
+        }
+    };
+    let (point, path) = point_and_path(&*store, what)?;
     let files = PointFiles::open(Arc::clone(&store), point.clone())
         .with_context(|| format!("reading the partitions of point {}", point.short_id()))?;
     Ok((files, point, path))

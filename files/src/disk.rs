@@ -4,7 +4,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use cairn_store::{ChunkRef, Found, PointLookup, RecoveryPoint, Store};
+use cairn_store::{ChunkRef, Found, PointLookup, RecoveryPoint, StoreRead};
+
+/// A store read here or through `cairn serve`.
+pub type SharedStore = Arc<dyn StoreRead + Send + Sync>;
 
 use crate::{Error, Result};
 
@@ -13,7 +16,7 @@ const CACHED_CHUNKS: usize = 32;
 
 /// A point's disk, read in place.
 pub struct PointDisk {
-    store: Arc<Store>,
+    store: SharedStore,
     point: RecoveryPoint,
     lookup: PointLookup,
     chunk: u64,
@@ -28,7 +31,7 @@ impl PointDisk {
     ///
     /// # Errors
     /// A point whose tree cannot be read.
-    pub fn new(store: Arc<Store>, point: RecoveryPoint) -> Result<Self> {
+    pub fn new(store: SharedStore, point: RecoveryPoint) -> Result<Self> {
         let lookup = PointLookup::new(&point)?;
         let chunk = u64::from(store.config().chunk_size);
         Ok(Self {
@@ -94,17 +97,15 @@ impl PointDisk {
         {
             return Ok(Some(Arc::clone(c)));
         }
-        let id = match self.lookup.find(&self.store, i)? {
+        let id = match self.lookup.find(&*self.store, i)? {
             Found::Zeros { .. } | Found::Ref(ChunkRef::Zero) => return Ok(None),
             Found::Ref(ChunkRef::Data(id)) => id,
         };
-        let bytes = Arc::new(
-            cairn_store::StoreRead::read_chunk(&*self.store, &id).map_err(|e| Error::Chunk {
-                point: self.point.short_id().to_owned(),
-                offset: i * self.chunk,
-                source: e,
-            })?,
-        );
+        let bytes = Arc::new(self.store.read_chunk(&id).map_err(|e| Error::Chunk {
+            point: self.point.short_id().to_owned(),
+            offset: i * self.chunk,
+            source: e,
+        })?);
         self.read
             .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut cache) = self.cache.lock() {

@@ -11,8 +11,10 @@
 //!
 //! Files and folders are copied out by [`extract`], never outside their destination.
 //!
-//! Still to come (issue 34): NTFS, LVM, `find`, `mount`, points read through
-//! `cairn serve`.
+//! The store is a folder's or a `cairn serve`'s (through the API's chunk reads: the server
+//! reads only the chunks asked for).
+//!
+//! Still to come (issue 34): NTFS, LVM, `find`, `mount`, the report page's browse page.
 
 pub mod disk;
 pub mod extract;
@@ -21,9 +23,9 @@ pub mod partitions;
 
 use std::sync::Arc;
 
-use cairn_store::{RecoveryPoint, Store};
+use cairn_store::RecoveryPoint;
 
-pub use disk::{PointDisk, Slice};
+pub use disk::{PointDisk, SharedStore, Slice};
 pub use extract::{Extracted, extract};
 pub use fs::{FileSystem, FsKind};
 pub use partitions::{Partition, Scheme};
@@ -138,7 +140,7 @@ impl PointFiles {
     ///
     /// # Errors
     /// A point whose tree or partition table cannot be read.
-    pub fn open(store: Arc<Store>, point: RecoveryPoint) -> Result<Self> {
+    pub fn open(store: SharedStore, point: RecoveryPoint) -> Result<Self> {
         let disk = Arc::new(PointDisk::new(store, point)?);
         let (scheme, parts) = partitions::partitions(&disk)?;
         Ok(Self {

@@ -224,7 +224,7 @@ impl PointDevice {
         let shown = self.point.short_id().to_owned();
         let found = self
             .lookup
-            .find(&self.store, i)
+            .find(&*self.store, i)
             .map_err(|e| eio(format!("point {shown}: {e}"), at))?;
         let id = match found {
             Found::Zeros { .. } | Found::Ref(ChunkRef::Zero) => {
@@ -366,7 +366,7 @@ impl Device for PointDevice {
             } else {
                 match self
                     .lookup
-                    .find(&self.store, i)
+                    .find(&*self.store, i)
                     .map_err(|e| eio(format!("point {}: {e}", self.point.short_id()), at))?
                 {
                     Found::Zeros { end } => (true, end.saturating_mul(self.chunk)),

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 
 use crate::chunk::{ChunkId, ChunkRef};
 use crate::error::{Error, Result};
-use crate::store::Store;
 use crate::tree::{FANOUT, MAX_DEPTH, Node, SEGMENT_REFS, decode, encode_leaf, encode_node, span};
 
 /// Nodes and leaves cached (8 KiB each at most): 16 MiB.
@@ -110,7 +109,7 @@ impl PointLookup {
         self.total
     }
 
-    fn node(&self, store: &Store, id: &ChunkId) -> Result<Node> {
+    fn node(&self, store: &dyn crate::StoreRead, id: &ChunkId) -> Result<Node> {
         if let Some(n) = self.cache.lock().map_err(|_| poisoned())?.get(id) {
             return Ok(n);
         }
@@ -128,7 +127,7 @@ impl PointLookup {
     ///
     /// # Errors
     /// A tree chunk that cannot be read (missing, bad, or not what its place needs).
-    pub fn find(&self, store: &Store, i: u64) -> Result<Found> {
+    pub fn find(&self, store: &dyn crate::StoreRead, i: u64) -> Result<Found> {
         if i >= self.total {
             return Ok(Found::Zeros { end: u64::MAX });
         }

@@ -531,3 +531,82 @@ fn an_efi_fat32_partition_reads_as_mtools_reads_it() {
         3_000_000
     );
 }
+
+#[test]
+fn files_of_a_point_thirty_generations_deep_read_here_and_through_a_server() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let (img, _) = ext4_image(w, 64);
+    let store = TestStore::new("256K");
+    let note = w.join("note.txt");
+    let mut points = Vec::new();
+    for day in 0..30u32 {
+        // Each day one file is written anew: an incremental point of a few chunks.
+        std::fs::write(&note, format!("generation {day}\n")).expect("write");
+        if day > 0 {
+            ok(Command::new("debugfs")
+                .args(["-w", "-R", "rm /note.txt"])
+                .arg(&img)
+                .stderr(std::process::Stdio::null()));
+        }
+        ok(Command::new("debugfs")
+            .arg("-w")
+            .arg("-R")
+            .arg(format!("write {} /note.txt", note.display()))
+            .arg(&img)
+            .stderr(std::process::Stdio::null()));
+        let raw = disk(
+            w,
+            80,
+            "label: gpt\nstart=2048, size=131072, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
+            &[(&img, 1)],
+        );
+        let time = format!("2026-10-{:02}T02:00:00Z", day + 1);
+        points.push(store.backup("deep", &time, "xvda", &raw, &[]));
+    }
+    // Each day stored a few chunks only.
+    assert!(
+        points[29]["new_chunks"].as_u64().expect("new") < 8,
+        "{}",
+        points[29]
+    );
+    let (oldest, newest) = (id(&points[0]), id(&points[29]));
+    assert_eq!(
+        cat(&store, &format!("{newest}:p1/note.txt")),
+        b"generation 29\n"
+    );
+    assert_eq!(
+        cat(&store, &format!("{}:p1/note.txt", id(&points[14]))),
+        b"generation 14\n"
+    );
+    assert_eq!(
+        cat(&store, &format!("{oldest}:p1/note.txt")),
+        b"generation 0\n"
+    );
+
+    // Through `cairn serve`, with a restore token: the same files; another VM's token sees
+    // no such point.
+    let reader = cairn_tests::serve::token(&store.path(), "reader", "restore", "deep");
+    let other = cairn_tests::serve::token(&store.path(), "other", "restore", "else*");
+    let server = cairn_tests::serve::Server::start(&store.path(), 0, &[]);
+    let got = ok(&mut server.cmd(&reader, &["cat", &format!("{newest}:p1/note.txt")]));
+    assert_eq!(got, "generation 29\n");
+    let listed = json(&ok(
+        &mut server.cmd(&reader, &["ls", "--json", &format!("{newest}:p1/")])
+    ));
+    assert!(
+        listed
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["name"] == "many"),
+        "{listed}"
+    );
+    let dest = w.join("through-server");
+    ok(server
+        .cmd(&reader, &["extract", &format!("{newest}:p1/etc")])
+        .arg(&dest));
+    assert_eq!(read(&dest.join("hostname")), b"web01\n");
+    let out = run(&mut server.cmd(&other, &["cat", &format!("{newest}:p1/note.txt")]));
+    assert!(!out.status.success());
+}
