@@ -281,6 +281,96 @@ pub fn extract(a: &ExtractArgs) -> Result<i32> {
     Ok(0)
 }
 
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    cairn find web01/xvda@latest '*.conf'                  # every readable partition\n  \
+    cairn find web01/xvda@latest:p2/var/log 'syslog*' --newer 2026-11-20\n  \
+    cairn find --json --type d web01/xvda@latest:rootfs/home '*'\n\n\
+    PATTERN is a glob on names (`*`, `?`), as `find -name`. Paths are printed as `ls`, `cat`\n\
+    and `extract` take them after the point.")]
+pub struct FindArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// POINT[:PARTITION[/PATH]]: where to look (every partition cairn reads, by default).
+    pub what: String,
+    /// A glob on names.
+    pub pattern: String,
+    /// Only entries modified after this time (2026-11-22, 2026-11-22T02:00, RFC 3339; UTC
+    /// unless a zone is given).
+    #[arg(long, value_name = "TIME")]
+    pub newer: Option<String>,
+    /// Only files (f), folders (d) or symlinks (l).
+    #[arg(long = "type", value_name = "f|d|l", value_parser = ["f", "d", "l"])]
+    pub kind: Option<String>,
+    /// Print JSON (one array of entries, each with its path).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn find(a: &FindArgs) -> Result<i32> {
+    let (files, point, path) = open(&a.store, &a.what)?;
+    let newer = a
+        .newer
+        .as_deref()
+        .map(|t| crate::values::parse_time(t, chrono_tz::Tz::UTC))
+        .transpose()?
+        .map(|t| t.timestamp());
+    let kind = a.kind.as_deref().map(|k| match k {
+        "d" => EntryKind::Dir,
+        "l" => EntryKind::Symlink,
+        _ => EntryKind::File,
+    });
+    let matches = |e: &Entry| {
+        cairn_store::select::glob_match(&a.pattern, &e.name)
+            && newer.is_none_or(|t| e.mtime > t)
+            && kind.is_none_or(|k| e.kind == k)
+    };
+    // Where to look: the path given, or the root of every partition cairn reads.
+    let starts: Vec<(cairn_files::Partition, String)> = match path.filter(|p| !p.is_empty()) {
+        Some(p) => {
+            let (part, inner) = files.resolve(&p)?;
+            vec![(part.clone(), inner)]
+        }
+        None => files
+            .partitions()
+            .iter()
+            .filter(|p| files.detect(p).is_ok_and(|k| k.readable()))
+            .map(|p| (p.clone(), "/".to_owned()))
+            .collect(),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut found = Vec::new();
+    for (part, inner) in &starts {
+        let fs = files.open_fs(part)?;
+        cairn_files::find(&*fs, inner, &matches, &mut |p, e| {
+            let shown = format!("{}{p}", part.name);
+            if a.json {
+                let mut j = entry_json(e);
+                j["path"] = json!(shown);
+                found.push(j);
+            } else {
+                writeln!(out, "{shown}").map_err(|e| cairn_files::Error::Fs {
+                    path: shown.clone(),
+                    why: e.to_string(),
+                })?;
+            }
+            Ok(())
+        })
+        .with_context(|| {
+            format!(
+                "searching {}{inner} of point {}",
+                part.name,
+                point.short_id()
+            )
+        })?;
+    }
+    if a.json {
+        drop(out);
+        crate::print_json(&found)?;
+    }
+    Ok(0)
+}
+
 fn entry_json(e: &Entry) -> serde_json::Value {
     json!({
         "name": e.name, "type": e.kind.name(), "size": e.size, "mode": format!("{:o}", e.mode & 0o7777),

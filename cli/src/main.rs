@@ -85,6 +85,8 @@ enum Command {
     Cat(files_cmd::CatArgs),
     /// Copy a file or folder out of a point onto this machine, read in place.
     Extract(files_cmd::ExtractArgs),
+    /// Find files by name inside a point, read in place.
+    Find(files_cmd::FindArgs),
     /// What each VM, disk and point costs, and what dedup and compression saved.
     Report(report_cmd::ReportArgs),
     /// Copy the points another store lacks into it (an offsite copy, an initial seed).
@@ -424,7 +426,8 @@ fn names_or_opens_chunks(c: &Command) -> bool {
         | Command::Standby(_)
         | Command::Ls(_)
         | Command::Cat(_)
-        | Command::Extract(_) => true,
+        | Command::Extract(_)
+        | Command::Find(_) => true,
         Command::Verify(a) => a.key,
         _ => false,
     }
@@ -451,6 +454,7 @@ fn run(asked: Command) -> anyhow::Result<i32> {
         Command::Ls(a) => files_cmd::ls(&a),
         Command::Cat(a) => files_cmd::cat(&a),
         Command::Extract(a) => files_cmd::extract(&a),
+        Command::Find(a) => files_cmd::find(&a),
         Command::Report(a) => report_cmd::report(&a),
         Command::Repair(a) => store_cmd::repair(&a),
         Command::Key(c) => key_cmd::key(&c),

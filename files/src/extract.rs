@@ -8,6 +8,8 @@
 //! - **Never over what is there** unless `force`: then an existing file is replaced (removed,
 //!   then made afresh, so a symlink in its place is removed, not followed) and existing folders
 //!   are filled.
+//! - **Bounded**: a folder deeper than [`MAX_DEPTH`] levels (a directory that holds one of its
+//!   ancestors, in a damaged or hostile image) is refused, naming it.
 //! - **As the image had them, where this machine allows**: permissions, modification times
 //!   (folders' after their content), owners when run as root; runs of zeros of whole 4 KiB
 //!   blocks are left as holes (a sparse file stays sparse). Hard links are extracted as
@@ -18,7 +20,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::fs::FileSystem;
-use crate::{Entry, EntryKind, Error, Result};
+use crate::{Entry, EntryKind, Error, MAX_DEPTH, Result};
 
 /// What an extraction wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,6 +75,14 @@ fn put(
 ) -> Result<()> {
     match e.kind {
         EntryKind::Dir => {
+            if src.matches('/').count() > MAX_DEPTH {
+                return Err(Error::Fs {
+                    path: src.to_owned(),
+                    why: format!(
+                        "deeper than {MAX_DEPTH} folders: a loop in the file system? (refused)"
+                    ),
+                });
+            }
             match std::fs::create_dir(dest) {
                 Ok(()) => {}
                 Err(err) if force && err.kind() == std::io::ErrorKind::AlreadyExists => {

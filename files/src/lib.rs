@@ -14,10 +14,11 @@
 //! The store is a folder's or a `cairn serve`'s (through the API's chunk reads: the server
 //! reads only the chunks asked for).
 //!
-//! Still to come (issue 34): NTFS, LVM, `find`, `mount`, the report page's browse page.
+//! Still to come (issue 34): NTFS, LVM, `mount`, the report page's browse page.
 
 pub mod disk;
 pub mod extract;
+pub mod find;
 pub mod fs;
 pub mod partitions;
 
@@ -27,6 +28,7 @@ use cairn_store::RecoveryPoint;
 
 pub use disk::{PointDisk, SharedStore, Slice};
 pub use extract::{Extracted, extract};
+pub use find::find;
 pub use fs::{FileSystem, FsKind};
 pub use partitions::{Partition, Scheme};
 
@@ -77,6 +79,10 @@ pub enum Error {
         why: String,
     },
 }
+
+/// The deepest folder `extract` and `find` go into: deeper is taken for a loop (a directory
+/// holding one of its ancestors, in a damaged or hostile image) and refused, naming it.
+pub const MAX_DEPTH: usize = 1024;
 
 /// Result of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

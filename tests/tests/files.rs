@@ -201,6 +201,35 @@ fn every_entry_and_file_of_a_gpt_disk_reads_as_debugfs_reads_it() {
     let long = ok(&mut store.cmd(&["ls", "-l", &format!("{p}:p2/")]));
     assert!(long.contains("hostname-link -> etc/hostname"), "{long}");
     assert!(long.contains("lrwxrwxrwx"), "{long}");
+    // find: by glob over every partition cairn reads, by type, by time.
+    let found = ok(&mut store.cmd(&["find", &p, "*.txt"]));
+    let found: Vec<&str> = found.lines().collect();
+    assert_eq!(
+        found,
+        [
+            "p2/ünïcode näme.txt".to_owned(),
+            "p2/日本語.txt".to_owned(),
+            format!("p2{deep}/bottom.txt")
+        ],
+        "{found:?}"
+    );
+    let dirs = json(&ok(&mut store.cmd(&[
+        "find",
+        "--json",
+        "--type",
+        "d",
+        &format!("{p}:p2/"),
+        "d2*",
+    ])));
+    let dirs: Vec<&str> = dirs
+        .as_array()
+        .expect("found")
+        .iter()
+        .map(|e| e["path"].as_str().expect("path"))
+        .collect();
+    assert_eq!(dirs.len(), 5, "d2, d20..d23: {dirs:?}");
+    let none = ok(&mut store.cmd(&["find", "--newer", "2099-01-01", &p, "*"]));
+    assert!(none.is_empty(), "{none}");
     // The point named by its time (a name with ':' in it) works too.
     assert_eq!(
         cat(&store, "web01/xvda@2026-11-01T02:00:00Z:p2/etc/hostname"),
