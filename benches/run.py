@@ -28,8 +28,10 @@ consecutive days made with `cairn vhd from-raw --parent`):
            its index rebuilt from the bucket; S3 requests per GiB (benches/s3.py)
   encryption  full, daily and restore of an encrypted store against an unencrypted one on the
            same series, and the bytes sealing adds per chunk (benches/encryption.py)
+  files    files read in place from a point: ls of a 10 000-file folder, cat of a 100 MiB file
+           against debugfs, bytes read from the store (benches/files.py)
 `--only SECTIONS` runs only those (comma-separated: main, limits, scaling, sparse, scale, bigdisk,
-generations, index, nbd, replicate, serve, report, s3, encryption; main is the full/daily/clone/restore steps with the peers).
+generations, index, nbd, replicate, serve, report, s3, encryption, files; main is the full/daily/clone/restore steps with the peers).
 Each step records wall time, CPU time and peak RSS (wait4) and the repository size after it.
 The table goes to stdout, everything to target/bench/results.json. Times are of a shared,
 noisy machine: compare ratios within one run, not absolute times across runs.
@@ -520,7 +522,7 @@ def main():
 
 
 SECTIONS = ("main", "limits", "scaling", "sparse", "scale", "bigdisk", "generations", "index", "nbd", "replicate", "serve",
-            "report", "s3", "encryption")
+            "report", "s3", "encryption", "files")
 
 
 def run_all(a, size, work, skip, res, started):
@@ -531,6 +533,7 @@ def run_all(a, size, work, skip, res, started):
     import s3
     import serve
     import encryption
+    import files
     only = set(filter(None, a.only.split(",")))
     unknown = (only | skip) - set(SECTIONS)
     if unknown:
@@ -550,7 +553,7 @@ def run_all(a, size, work, skip, res, started):
         run_limits(work, imgs["vm1-day0"], res)
     # The scale sections run in a full run with the peers, or when asked for by --only.
     if a.cairn_only and not only:
-        skip = skip | {"bigdisk", "generations", "index", "nbd", "replicate", "serve", "report", "s3", "encryption"}
+        skip = skip | {"bigdisk", "generations", "index", "nbd", "replicate", "serve", "report", "s3", "encryption", "files"}
     profile = "smoke" if a.smoke else "quick" if a.quick else "full"
     if "bigdisk" not in skip:
         scale.run_bigdisk(work, a.shared, a.cairn, res, profile)
@@ -574,6 +577,8 @@ def run_all(a, size, work, skip, res, started):
         s3.run_s3(work, a.shared, a.cairn, res, profile)
     if "encryption" not in skip:
         encryption.run_encryption(work, a.shared, a.cairn, res, profile)
+    if "files" not in skip:
+        files.run_files(work, a.shared, a.cairn, res, profile)
     ideal = None
     chunk = 256 << 10
     if "main" not in skip and not a.cairn_only:
@@ -587,7 +592,8 @@ def run_all(a, size, work, skip, res, started):
     if "scale" not in skip and not a.quick and not a.cairn_only:
         run_scale(work, a.shared, a.cairn, res, 1000)
     targets = (summarize(res, ideal, scaling, chunk) + scale.targets(res) + nbd.targets(res) + replicate.targets(res)
-               + serve.targets(res) + report.targets(res) + s3.targets(res) + encryption.targets(res))
+               + serve.targets(res) + report.targets(res) + s3.targets(res) + encryption.targets(res)
+               + files.targets(res))
 
     # The table: one row per step, one column group per tool.
     tools = [t for t in ("cairn", "restic", "borg", "borg-fixed", "limit", "helper") if any(r["tool"] == t for r in res.rows)]
