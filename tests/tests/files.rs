@@ -72,6 +72,19 @@ fn disk(dir: &Path, mib: u32, script: &str, parts: &[(&Path, u64)]) -> PathBuf {
     raw
 }
 
+/// A GPT disk of 80 MiB whose one partition, at 1 MiB, is a 64 MiB [`ext4_image`]: the
+/// image and the disk.
+fn one_linux_partition(dir: &Path) -> (PathBuf, PathBuf) {
+    let (img, _) = ext4_image(dir, 64);
+    let raw = disk(
+        dir,
+        80,
+        "label: gpt\nstart=2048, size=131072, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
+        &[(&img, 1)],
+    );
+    (img, raw)
+}
+
 /// What `debugfs -R "ls -p DIR"` lists: name -> (mode, uid, gid, size; none for folders).
 fn debugfs_ls(img: &Path, dir: &str) -> BTreeMap<String, (u32, u32, u32, Option<u64>)> {
     let out = ok(Command::new("debugfs")
@@ -270,13 +283,7 @@ fn an_mbr_disk_names_its_logical_partitions_from_p5() {
 fn damaged_tables_and_file_systems_are_named_never_a_panic() {
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
-    let (img, _) = ext4_image(w, 64);
-    let raw = disk(
-        w,
-        80,
-        "label: gpt\nstart=2048, size=131072, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
-        &[(&img, 1)],
-    );
+    let (_, raw) = one_linux_partition(w);
     let store = TestStore::new("256K");
     let good = id(&store.backup("vm", "2026-11-01T02:00:00Z", "xvda", &raw, &[]));
     // A partition that does not exist, a folder given to cat, a path not there.
@@ -336,13 +343,7 @@ fn damaged_tables_and_file_systems_are_named_never_a_panic() {
 fn files_of_an_encrypted_store_need_its_key() {
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
-    let (img, _) = ext4_image(w, 64);
-    let raw = disk(
-        w,
-        80,
-        "label: gpt\nstart=2048, size=131072, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
-        &[(&img, 1)],
-    );
+    let (_, raw) = one_linux_partition(w);
     let store = TestStore::encrypted("256K");
     let p = id(&store.backup("vm", "2026-11-01T02:00:00Z", "xvda", &raw, &[]));
     assert_eq!(cat(&store, &format!("{p}:p1/etc/hostname")), b"web01\n");
