@@ -3,7 +3,7 @@
 //! A point's disk is read at any offset through its tree ([`disk`]); its partition table names
 //! its partitions ([`partitions`]: GPT, MBR with logical partitions, or none); each partition's
 //! file system is recognised by its magic and, when cairn reads it, opened ([`fs`]: ext2/3/4
-//! through `ext4-view`, FAT12/16/32 through `fatfs`). Only the chunks the file system asks for are read from the store, each
+//! through `ext4-view`, FAT12/16/32 through `fatfs`, NTFS through `ntfs`). Only the chunks the file system asks for are read from the store, each
 //! checked against its id.
 //!
 //! Paths name a partition and a path inside it: `p1/etc/hostname`, or the GPT partition's name
@@ -14,7 +14,7 @@
 //! The store is a folder's or a `cairn serve`'s (through the API's chunk reads: the server
 //! reads only the chunks asked for).
 //!
-//! Still to come (issue 34): NTFS, LVM, `mount`, the report page's browse page.
+//! Still to come (issue 34): LVM, `mount`, the report page's browse page.
 
 pub mod disk;
 pub mod extract;
@@ -226,8 +226,9 @@ impl PointFiles {
         match self.detect(part)? {
             FsKind::Ext => Ok(Box::new(fs::Ext::open(self.slice(part))?)),
             FsKind::Fat => Ok(Box::new(fs::Fat::open(self.slice(part))?)),
+            FsKind::Ntfs => Ok(Box::new(fs::NtfsVolume::open(self.slice(part))?)),
             other => Err(Error::Path(format!(
-                "{} holds {}: cairn reads ext2/3/4 and FAT file systems so far; `cairn serve-nbd` serves \
+                "{} holds {}: cairn reads ext2/3/4, FAT and NTFS file systems so far; `cairn serve-nbd` serves \
                  the disk for the system's own tools",
                 part.name,
                 other.name()

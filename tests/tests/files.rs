@@ -640,3 +640,72 @@ fn files_of_a_point_thirty_generations_deep_read_here_and_through_a_server() {
     let out = run(&mut server.cmd(&other, &["cat", &format!("{newest}:p1/note.txt")]));
     assert!(!out.status.success());
 }
+
+#[test]
+fn an_ntfs_data_partition_reads_as_ntfsls_and_ntfscat_read_it() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let ntfs = w.join("ntfs.img");
+    std::fs::File::create(&ntfs)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("image");
+    ok(Command::new("mkntfs")
+        .args(["-q", "-F", "-Q", "-L", "DATA"])
+        .arg(&ntfs)
+        .stderr(std::process::Stdio::null()));
+    let files: [(&str, Vec<u8>); 3] = [
+        ("a.txt", b"hello\n".to_vec()),
+        ("données.txt", "données\n".as_bytes().to_vec()),
+        (
+            "big.bin",
+            (0..3_000_000u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+                .collect(),
+        ),
+    ];
+    for (name, bytes) in &files {
+        let src = w.join(name);
+        std::fs::write(&src, bytes).expect("write");
+        ok(Command::new("ntfscp")
+            .arg("-q")
+            .arg(&ntfs)
+            .arg(&src)
+            .arg(name));
+    }
+    let raw = disk(
+        w,
+        80,
+        "label: gpt\nstart=2048, size=131072, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7, name=\"DATA\"\n",
+        &[(&ntfs, 1)],
+    );
+    let store = TestStore::new("256K");
+    let p = id(&store.backup("win", "2026-11-01T02:00:00Z", "xvda", &raw, &[]));
+    let table = json(&ok(&mut store.cmd(&["ls", "--json", &p])));
+    assert_eq!(table["partitions"][0]["filesystem"], "ntfs", "{table}");
+    // Names and sizes as `ntfsls -l` lists them; contents as `ntfscat` reads them.
+    let ntfsls = ok(Command::new("ntfsls").arg("-l").arg(&ntfs));
+    let want: BTreeMap<String, u64> = ntfsls
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 6).then(|| (f[5..].join(" "), f[0].parse().expect("size")))
+        })
+        .collect();
+    let got: BTreeMap<String, u64> = cairn_ls(&store, &format!("{p}:DATA/"))
+        .into_iter()
+        .map(|(k, v)| (k, v.3))
+        .collect();
+    assert_eq!(got, want);
+    for (name, bytes) in &files {
+        let by_ntfscat = Command::new("ntfscat")
+            .arg(&ntfs)
+            .arg(format!("/{name}"))
+            .output()
+            .expect("ntfscat");
+        assert_eq!(&by_ntfscat.stdout, bytes, "{name}");
+        assert_eq!(&cat(&store, &format!("{p}:p1/{name}")), bytes, "{name}");
+    }
+    let dest = w.join("out");
+    ok(store.cmd(&["extract", &format!("{p}:p1/")]).arg(&dest));
+    assert_eq!(read(&dest.join("big.bin")), files[2].1);
+}

@@ -1,12 +1,15 @@
 //! Which file system a partition holds (by its superblock's magic), and reading the ones cairn
-//! reads: ext2/3/4 ([`ext`], through `ext4-view`) and FAT12/16/32 ([`fat`], through `fatfs`).
+//! reads: ext2/3/4 ([`ext`], through `ext4-view`), FAT12/16/32 ([`fat`], through `fatfs`) and
+//! NTFS ([`ntfs`], through `ntfs`).
 //! Others are named, and refused by name.
 
 pub mod ext;
 pub mod fat;
+pub mod ntfs;
 
 pub use ext::Ext;
 pub use fat::Fat;
+pub use ntfs::NtfsVolume;
 
 use std::io::Read;
 
@@ -53,7 +56,7 @@ impl FsKind {
     /// Whether cairn reads its files.
     #[must_use]
     pub fn readable(self) -> bool {
-        matches!(self, Self::Ext | Self::Fat)
+        matches!(self, Self::Ext | Self::Fat | Self::Ntfs)
     }
 }
 

@@ -1,0 +1,235 @@
+//! NTFS (Windows data and system volumes), read through `ntfs` (read-only, pure Rust).
+//!
+//! Folders list their Win32 names (a DOS 8.3 alias is left out), the metafiles (`$MFT`...) left
+//! out as Windows and `ntfsls` leave them out; sizes are those of each file's unnamed data
+//! stream; NTFS keeps no Unix owner or mode, so entries show as root's, folders 0755 and files
+//! 0644 (0444 when read-only). A file's content streams: its data attribute is found again for
+//! each 1 MiB read (the crate's values borrow the file record they come from).
+
+use std::cell::RefCell;
+use std::io::Read;
+
+use ntfs::indexes::NtfsFileNameIndex;
+use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
+use ntfs::{Ntfs, NtfsFile, NtfsReadSeek};
+
+use super::FileSystem;
+use crate::disk::Slice;
+use crate::{Entry, EntryKind, Error, Result};
+
+/// Files of record numbers below this are NTFS's own ($MFT, $LogFile, ... and reserved).
+const FIRST_USER_RECORD: u64 = 24;
+/// Bytes read at a time from a file's data.
+const READ_AT_ONCE: usize = 1 << 20;
+
+/// An opened NTFS file system.
+pub struct NtfsVolume {
+    ntfs: Ntfs,
+    part: RefCell<Slice>,
+}
+
+fn ntfs_err(path: &str) -> impl Fn(ntfs::NtfsError) -> Error + '_ {
+    move |e| Error::Fs {
+        path: path.to_owned(),
+        why: e.to_string(),
+    }
+}
+
+fn not_there(path: &str) -> Error {
+    Error::Fs {
+        path: path.to_owned(),
+        why: "no such file or folder".into(),
+    }
+}
+
+impl NtfsVolume {
+    /// Opens the NTFS file system of `part`.
+    ///
+    /// # Errors
+    /// A boot sector or upcase table that does not read as NTFS's.
+    pub fn open(mut part: Slice) -> Result<Self> {
+        let mut ntfs = Ntfs::new(&mut part).map_err(ntfs_err("/"))?;
+        ntfs.read_upcase_table(&mut part).map_err(ntfs_err("/"))?;
+        Ok(Self {
+            ntfs,
+            part: RefCell::new(part),
+        })
+    }
+
+    /// The file at `path`, component by component from the root.
+    fn file(&self, path: &str) -> Result<NtfsFile<'_>> {
+        let mut fs = self.part.borrow_mut();
+        let mut file = self.ntfs.root_directory(&mut *fs).map_err(ntfs_err(path))?;
+        for name in path.split('/').filter(|s| !s.is_empty()) {
+            if !file.is_directory() {
+                return Err(not_there(path));
+            }
+            let index = file.directory_index(&mut *fs).map_err(ntfs_err(path))?;
+            let mut finder = index.finder();
+            let entry = NtfsFileNameIndex::find(&mut finder, &self.ntfs, &mut *fs, name)
+                .ok_or_else(|| not_there(path))?
+                .map_err(ntfs_err(path))?;
+            let next = entry
+                .to_file(&self.ntfs, &mut *fs)
+                .map_err(ntfs_err(path))?;
+            file = next;
+        }
+        Ok(file)
+    }
+
+    /// The entry of `file`, named `name`.
+    fn entry_of(&self, file: &NtfsFile<'_>, name: String, path: &str) -> Result<Entry> {
+        let dir = file.is_directory();
+        let info = file.info().map_err(ntfs_err(path))?;
+        let read_only = info
+            .file_attributes()
+            .contains(NtfsFileAttributeFlags::READ_ONLY);
+        let size = if dir {
+            0
+        } else {
+            let mut fs = self.part.borrow_mut();
+            match file.data(&mut *fs, "") {
+                Some(item) => {
+                    let item = item.map_err(ntfs_err(path))?;
+                    let attr = item.to_attribute().map_err(ntfs_err(path))?;
+                    attr.value_length()
+                }
+                None => 0,
+            }
+        };
+        Ok(Entry {
+            name,
+            kind: if dir { EntryKind::Dir } else { EntryKind::File },
+            size,
+            mode: match (dir, read_only) {
+                (true, _) => 0o040_755,
+                (false, true) => 0o100_444,
+                (false, false) => 0o100_644,
+            },
+            uid: 0,
+            gid: 0,
+            mtime: unix_seconds(info.modification_time().nt_timestamp()),
+            link: None,
+        })
+    }
+}
+
+/// An NT time (100 ns since 1601) as seconds since 1970.
+fn unix_seconds(nt: u64) -> i64 {
+    (nt / 10_000_000) as i64 - 11_644_473_600
+}
+
+impl FileSystem for NtfsVolume {
+    fn entry(&self, path: &str) -> Result<Entry> {
+        let file = self.file(path)?;
+        let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("/");
+        self.entry_of(&file, name.to_owned(), path)
+    }
+
+    fn list(&self, path: &str) -> Result<Vec<Entry>> {
+        let dir = self.file(path)?;
+        if !dir.is_directory() {
+            return Err(Error::Fs {
+                path: path.to_owned(),
+                why: "not a folder".into(),
+            });
+        }
+        let mut found = Vec::new();
+        {
+            let mut fs = self.part.borrow_mut();
+            let index = dir.directory_index(&mut *fs).map_err(ntfs_err(path))?;
+            let mut entries = index.entries();
+            while let Some(e) = entries.next(&mut *fs) {
+                let e = e.map_err(ntfs_err(path))?;
+                let Some(key) = e.key() else { continue };
+                let key = key.map_err(ntfs_err(path))?;
+                let record = e.file_reference().file_record_number();
+                if key.namespace() == NtfsFileNamespace::Dos || record < FIRST_USER_RECORD {
+                    continue;
+                }
+                found.push((key.name().to_string_lossy(), record));
+            }
+        }
+        let mut out = Vec::with_capacity(found.len());
+        for (name, record) in found {
+            let file = {
+                let mut fs = self.part.borrow_mut();
+                self.ntfs.file(&mut *fs, record).map_err(ntfs_err(path))?
+            };
+            let full = format!("{}/{name}", path.trim_end_matches('/'));
+            out.push(self.entry_of(&file, name, &full)?);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.dedup_by(|a, b| a.name == b.name);
+        Ok(out)
+    }
+
+    fn open_file(&self, path: &str) -> Result<Box<dyn Read + '_>> {
+        let file = self.file(path)?;
+        if file.is_directory() {
+            return Err(Error::Fs {
+                path: path.to_owned(),
+                why: "a folder, not a file".into(),
+            });
+        }
+        Ok(Box::new(Stream {
+            fs: self,
+            file,
+            path: path.to_owned(),
+            pos: 0,
+            buf: Vec::new(),
+            at: 0,
+        }))
+    }
+}
+
+/// A file's unnamed data stream, read 1 MiB at a time.
+struct Stream<'n> {
+    fs: &'n NtfsVolume,
+    file: NtfsFile<'n>,
+    path: String,
+    /// Where the next refill starts.
+    pos: u64,
+    buf: Vec<u8>,
+    /// What of `buf` was handed out.
+    at: usize,
+}
+
+impl Stream<'_> {
+    fn refill(&mut self) -> std::io::Result<()> {
+        let mut part = self.fs.part.borrow_mut();
+        let err = |e: ntfs::NtfsError| std::io::Error::other(format!("{}: {e}", self.path));
+        let Some(item) = self.file.data(&mut *part, "") else {
+            self.buf.clear();
+            self.at = 0;
+            return Ok(());
+        };
+        let item = item.map_err(err)?;
+        let attr = item.to_attribute().map_err(err)?;
+        let mut value = attr.value(&mut *part).map_err(err)?;
+        let len = value.len();
+        let want = (len.saturating_sub(self.pos)).min(READ_AT_ONCE as u64) as usize;
+        self.buf.resize(want, 0);
+        if want > 0 {
+            value
+                .seek(&mut *part, std::io::SeekFrom::Start(self.pos))
+                .map_err(err)?;
+            value.read_exact(&mut *part, &mut self.buf).map_err(err)?;
+        }
+        self.pos += want as u64;
+        self.at = 0;
+        Ok(())
+    }
+}
+
+impl Read for Stream<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.buf.len() {
+            self.refill()?;
+        }
+        let n = (self.buf.len() - self.at).min(out.len());
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
