@@ -306,6 +306,40 @@ fn damaged_tables_and_file_systems_are_named_never_a_panic() {
     let out = run(&mut store.cmd(&["ls", &cut]));
     refused(&out, &["p1", "past the disk's end"]);
 
+    // The primary GPT header zeroed: the backup header at the disk's end names the partitions.
+    let backup_only = w.join("backup-only.raw");
+    let mut bytes = read(&raw);
+    bytes[512..1024].fill(0);
+    std::fs::write(&backup_only, &bytes).expect("write");
+    let b = id(&store.backup("backup", "2026-11-01T02:00:00Z", "xvda", &backup_only, &[]));
+    let table = json(&ok(&mut store.cmd(&["ls", "--json", &b])));
+    assert_eq!(table["partitions"][0]["filesystem"], "ext4", "{table}");
+    assert_eq!(cat(&store, &format!("{b}:p1/etc/hostname")), b"web01\n");
+
+    // An MBR whose chain of logical partitions loops (an EBR naming itself as the next):
+    // refused, not followed forever.
+    std::fs::create_dir_all(w.join("loop")).expect("mkdir");
+    let looped = disk(
+        &w.join("loop"),
+        16,
+        "label: dos\nstart=2048, type=5\nstart=4096, size=2048, type=83\nstart=8192, size=2048, type=83\n",
+        &[],
+    );
+    let mut bytes = read(&looped);
+    let le =
+        |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4")) as usize;
+    let ext = le(&bytes, 446 + 8);
+    let second = le(&bytes, ext * 512 + 446 + 16 + 8);
+    let at = (ext + second) * 512 + 446 + 16;
+    bytes[at + 4] = 0x05;
+    bytes[at + 8..at + 12].copy_from_slice(&(second as u32).to_le_bytes());
+    bytes[at + 12..at + 16].copy_from_slice(&2048u32.to_le_bytes());
+    std::fs::write(&looped, &bytes).expect("write");
+    let l = id(&store.backup("loop", "2026-11-01T02:00:00Z", "xvda", &looped, &[]));
+    let out = run(&mut store.cmd(&["ls", &l]));
+    let err = refused(&out, &["MBR"]);
+    assert!(err.to_lowercase().contains("inconsistent"), "{err}");
+
     // A file system whose superblock is gone: named as unknown, refused by name.
     let wiped = w.join("wiped.raw");
     let mut bytes = read(&raw);
