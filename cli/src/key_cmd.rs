@@ -195,9 +195,9 @@ pub fn replication_keys(
     file: Option<&Path>,
     env: &str,
 ) -> Result<Option<cairn_store::Keys>> {
-    let Some(enc) = &config.encryption else {
+    if config.encryption.is_none() {
         return Ok(None);
-    };
+    }
     let path = match file {
         Some(f) => f.to_path_buf(),
         None => keys_dir()?.join(format!("{}.json", config.store_id)),
@@ -210,15 +210,9 @@ pub fn replication_keys(
         );
     }
     let key = open_key_file_with(&path, None, env)?;
-    if key.fingerprint() != enc.key_fingerprint {
-        bail!(
-            "the key of {} (fingerprint {}) is not the key of {what} (fingerprint {})",
-            path.display(),
-            key.fingerprint(),
-            enc.key_fingerprint
-        );
-    }
-    Ok(Some(cairn_store::Keys::Sealed(std::sync::Arc::new(key))))
+    let keys = cairn_store::keys::keys_of(config, key, what)
+        .with_context(|| format!("the key file {}", path.display()))?;
+    Ok(Some(keys))
 }
 
 /// The key file given with `--key-file` (or `CAIRN_KEY_FILE`), if any.

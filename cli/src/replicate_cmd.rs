@@ -168,9 +168,7 @@ fn keys(
         None => cairn_store::StoreConfig::load(path),
     };
     let (from_cfg, to_cfg) = (config(&from_server, &a.from)?, config(&to_server, &a.to)?);
-    let fingerprint =
-        |c: &cairn_store::StoreConfig| c.encryption.as_ref().map(|e| e.key_fingerprint.clone());
-    if fingerprint(&from_cfg) == fingerprint(&to_cfg) {
+    if from_cfg.key_fingerprint() == to_cfg.key_fingerprint() {
         return Ok((None, None));
     }
     let from_keys = crate::key_cmd::replication_keys(

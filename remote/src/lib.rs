@@ -114,21 +114,8 @@ impl Remote {
     /// # Errors
     /// An unencrypted store, or another store's key.
     pub fn unlock(&mut self, key: cairn_crypt::MasterKey) -> Result<()> {
-        let Some(enc) = &self.info.config.encryption else {
-            return Err(Error::Usage(format!(
-                "{}: the server's store is not encrypted: it takes no key",
-                self.base
-            )));
-        };
-        let got = key.fingerprint();
-        if got != enc.key_fingerprint {
-            return Err(Error::Usage(format!(
-                "the key given (fingerprint {got}) is not the key of the store at {} \
-                 (fingerprint {})",
-                self.base, enc.key_fingerprint
-            )));
-        }
-        self.keys = Some(cairn_store::Keys::Sealed(std::sync::Arc::new(key)));
+        let what = format!("the store at {}", self.base);
+        self.keys = Some(cairn_store::keys::keys_of(&self.info.config, key, &what)?);
         Ok(())
     }
 

@@ -257,9 +257,7 @@ fn resealer(
     from: &str,
     to: &str,
 ) -> Result<Option<reseal::Resealer>> {
-    let key =
-        |c: &cairn_store::StoreConfig| c.encryption.as_ref().map(|e| e.key_fingerprint.clone());
-    if key(src.config()) == key(dst_config) {
+    if src.config().key_fingerprint() == dst_config.key_fingerprint() {
         return Ok(None);
     }
     if src.chunk_keys().is_none() {

@@ -212,6 +212,13 @@ impl StoreConfig {
         })
     }
 
+    /// The fingerprint of an encrypted store's key; `None` for an unencrypted store (two stores
+    /// with the same answer name and seal chunks alike).
+    #[must_use]
+    pub fn key_fingerprint(&self) -> Option<&str> {
+        self.encryption.as_ref().map(|e| e.key_fingerprint.as_str())
+    }
+
     /// This config, for a store encrypted with `key`.
     #[must_use]
     pub fn encrypted(mut self, key: &cairn_crypt::MasterKey) -> Self {

@@ -66,6 +66,26 @@ pub fn seal_aad(id: &ChunkId, kind: ChunkKind, codec: Codec, plain_len: u32) -> 
     aad
 }
 
+/// The keys of the store of `config` (`what` names it) made of `key`: refused, before any
+/// work, for an unencrypted store or another store's key (told apart by fingerprint).
+///
+/// # Errors
+/// [`Error::Usage`] naming both fingerprints.
+pub fn keys_of(config: &crate::StoreConfig, key: MasterKey, what: &str) -> Result<Keys> {
+    let Some(want) = config.key_fingerprint() else {
+        return Err(Error::Usage(format!(
+            "{what} is not encrypted: it takes no key"
+        )));
+    };
+    let got = key.fingerprint();
+    if got != want {
+        return Err(Error::Usage(format!(
+            "the key given (fingerprint {got}) is not the key of {what} (fingerprint {want})"
+        )));
+    }
+    Ok(Keys::Sealed(Arc::new(key)))
+}
+
 impl crate::store::Store {
     /// Gives an encrypted store its key (read by the caller from a key file): refused, before
     /// any work, when it is not the store's key.
@@ -73,21 +93,8 @@ impl crate::store::Store {
     /// # Errors
     /// [`Error::Usage`] for an unencrypted store or another store's key.
     pub fn unlock(&mut self, key: MasterKey) -> Result<()> {
-        let Some(enc) = &self.config.encryption else {
-            return Err(Error::Usage(format!(
-                "{} is not encrypted: it takes no key",
-                self.root.display()
-            )));
-        };
-        let got = key.fingerprint();
-        if got != enc.key_fingerprint {
-            return Err(Error::Usage(format!(
-                "the key given (fingerprint {got}) is not the key of {} (fingerprint {})",
-                self.root.display(),
-                enc.key_fingerprint
-            )));
-        }
-        self.keys = Some(Keys::Sealed(Arc::new(key)));
+        let what = self.root.display().to_string();
+        self.keys = Some(keys_of(&self.config, key, &what)?);
         Ok(())
     }
 
