@@ -196,6 +196,32 @@ pub(crate) mod tests {
     };
 
     #[test]
+    fn a_key_file_asking_too_much_memory_or_time_is_refused_before_argon2_runs() {
+        let key = MasterKey::generate().expect("key");
+        let file = KeyFile::seal(&key, b"pw", LIGHT).expect("seal");
+        for (memory_kib, iterations, parallelism) in [
+            (u32::MAX, 1, 1),
+            (64, 1_000_000, 1),
+            (64, 1, 255),
+            (0, 1, 1),
+        ] {
+            let mut bad = file.clone();
+            bad.params = KdfParams {
+                memory_kib,
+                iterations,
+                parallelism,
+            };
+            let started = std::time::Instant::now();
+            assert!(
+                matches!(bad.open(b"pw"), Err(Error::KeyFile(_))),
+                "{:?}",
+                bad.params
+            );
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        }
+    }
+
+    #[test]
     fn a_key_file_opens_with_its_passphrase_only_and_names_its_key() {
         let key = MasterKey::generate().expect("key");
         let file = KeyFile::seal(&key, b"correct horse", LIGHT).expect("seal");

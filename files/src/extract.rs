@@ -245,6 +245,58 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 mod tests {
     use super::*;
 
+    /// A file system whose one folder holds itself (a loop a hostile image can make).
+    struct Looping;
+
+    impl FileSystem for Looping {
+        fn entry(&self, _: &str) -> Result<Entry> {
+            Ok(Entry {
+                name: "loop".into(),
+                kind: EntryKind::Dir,
+                size: 0,
+                mode: 0o040_755,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                link: None,
+            })
+        }
+
+        fn list(&self, path: &str) -> Result<Vec<Entry>> {
+            Ok(vec![self.entry(path)?])
+        }
+
+        fn open_file(&self, path: &str) -> Result<Box<dyn Read + '_>> {
+            Err(Error::Path(format!("{path}: a folder")))
+        }
+    }
+
+    #[test]
+    fn a_folder_that_holds_itself_is_refused_by_extract_and_find() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // extract stops at the depth bound, or before it at the system's path length bound
+        // (ENAMETOOLONG), whichever comes first: an error naming the path, never a loop.
+        let e = extract(&Looping, "/", &dir.path().join("out"), false, &|_| {})
+            .expect_err("a loop")
+            .to_string();
+        assert!(
+            e.contains("deeper than 1024 folders") || e.contains("File name too long"),
+            "{}",
+            &e[e.len().saturating_sub(200)..]
+        );
+        let mut seen = 0u64;
+        let e = crate::find(&Looping, "/", &|_| true, &mut |_, _| {
+            seen += 1;
+            Ok(())
+        })
+        .expect_err("a loop")
+        .to_string();
+        assert!(
+            e.contains("deeper than 1024 folders") && seen > 1000,
+            "{e} after {seen}"
+        );
+    }
+
     #[test]
     fn names_that_would_leave_dest_are_refused() {
         for bad in ["", ".", "..", "../x", "a/b", "/etc", "a\0b"] {

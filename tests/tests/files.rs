@@ -469,6 +469,23 @@ fn a_folder_extracts_whole_and_nothing_lands_outside_dest() {
         "{} blocks",
         sparse.blocks()
     );
+    // A symlink planted in DEST where a file goes (a careless admin's, or an attacker's):
+    // --force removes it and writes the file, never through it.
+    let outside = w.join("outside.txt");
+    std::fs::write(&outside, "not to be touched").expect("write");
+    std::fs::remove_file(dest.join("etc/hostname")).expect("rm");
+    std::os::unix::fs::symlink(&outside, dest.join("etc/hostname")).expect("plant");
+    ok(store
+        .cmd(&["extract", "--force", &format!("{p}:p1/")])
+        .arg(&dest));
+    assert_eq!(read(&outside), b"not to be touched");
+    assert!(
+        !std::fs::symlink_metadata(dest.join("etc/hostname"))
+            .expect("stat")
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(read(&dest.join("etc/hostname")), b"web01\n");
     // Never over what is there without --force; with it, the file replaced.
     let again = run(store
         .cmd(&["extract", &format!("{p}:p1/etc/hostname")])
