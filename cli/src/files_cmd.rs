@@ -66,7 +66,10 @@ fn point_and_path(store: &dyn StoreRead, what: &str) -> Result<(RecoveryPoint, O
 }
 
 /// A point's files, in a store folder or through a server, with the store's key.
-fn open(a: &StoreArg, what: &str) -> Result<(PointFiles, RecoveryPoint, Option<String>)> {
+pub(crate) fn open(
+    a: &StoreArg,
+    what: &str,
+) -> Result<(PointFiles, RecoveryPoint, Option<String>)> {
     let store: SharedStore = match a.reader()? {
         crate::store_cmd::Reader::Local(s) => {
             s.keys()?;

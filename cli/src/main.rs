@@ -12,6 +12,7 @@ mod forget_cmd;
 mod gc_cmd;
 mod key_cmd;
 mod list_cmd;
+mod mount_cmd;
 mod nbd_cmd;
 mod new_file;
 mod point_rows;
@@ -87,6 +88,8 @@ enum Command {
     Extract(files_cmd::ExtractArgs),
     /// Find files by name inside a point, read in place.
     Find(files_cmd::FindArgs),
+    /// Mount a point read-only (FUSE): its disk as a raw file, its file systems as folders.
+    Mount(mount_cmd::MountArgs),
     /// What each VM, disk and point costs, and what dedup and compression saved.
     Report(report_cmd::ReportArgs),
     /// Copy the points another store lacks into it (an offsite copy, an initial seed).
@@ -427,7 +430,8 @@ fn names_or_opens_chunks(c: &Command) -> bool {
         | Command::Ls(_)
         | Command::Cat(_)
         | Command::Extract(_)
-        | Command::Find(_) => true,
+        | Command::Find(_)
+        | Command::Mount(_) => true,
         Command::Verify(a) => a.key,
         _ => false,
     }
@@ -455,6 +459,7 @@ fn run(asked: Command) -> anyhow::Result<i32> {
         Command::Cat(a) => files_cmd::cat(&a),
         Command::Extract(a) => files_cmd::extract(&a),
         Command::Find(a) => files_cmd::find(&a),
+        Command::Mount(a) => mount_cmd::mount(&a),
         Command::Report(a) => report_cmd::report(&a),
         Command::Repair(a) => store_cmd::repair(&a),
         Command::Key(c) => key_cmd::key(&c),

@@ -266,7 +266,7 @@ mod tests {
             Ok(vec![self.entry(path)?])
         }
 
-        fn open_file(&self, path: &str) -> Result<Box<dyn Read + '_>> {
+        fn open_file(&self, path: &str) -> Result<Box<dyn crate::fs::FileRead + '_>> {
             Err(Error::Path(format!("{path}: a folder")))
         }
     }

@@ -29,7 +29,7 @@ use cairn_store::RecoveryPoint;
 pub use disk::{PointDisk, SharedStore, Slice};
 pub use extract::{Extracted, extract};
 pub use find::find;
-pub use fs::{FileSystem, FsKind};
+pub use fs::{FileRead, FileSystem, FsKind};
 pub use partitions::{Partition, Scheme};
 
 /// What went wrong.
@@ -172,6 +172,18 @@ impl PointFiles {
     #[must_use]
     pub fn bytes_read(&self) -> u64 {
         self.disk.bytes_read()
+    }
+
+    /// The whole disk's bytes.
+    #[must_use]
+    pub fn whole_disk(&self) -> Slice {
+        Slice::new(Arc::clone(&self.disk), 0, self.disk.size())
+    }
+
+    /// The point it reads.
+    #[must_use]
+    pub fn point(&self) -> &RecoveryPoint {
+        self.disk.point()
     }
 
     /// A partition's bytes.

@@ -11,6 +11,7 @@ pub mod damage;
 pub mod disks;
 pub mod garage;
 pub mod https;
+pub mod images;
 pub mod leaks;
 pub mod nbd;
 pub mod s3;

@@ -1,8 +1,6 @@
 //! ext2, ext3 and ext4, read through `ext4-view` (read-only, pure Rust; it checks metadata
 //! checksums and refuses names holding a `/`).
 
-use std::io::Read;
-
 use super::FileSystem;
 use crate::disk::Slice;
 use crate::{Entry, EntryKind, Error, Result};
@@ -87,7 +85,7 @@ impl FileSystem for Ext {
         Ok(out)
     }
 
-    fn open_file(&self, path: &str) -> Result<Box<dyn Read + '_>> {
+    fn open_file(&self, path: &str) -> Result<Box<dyn super::FileRead + '_>> {
         Ok(Box::new(self.fs.open(path).map_err(ext_err(path))?))
     }
 }

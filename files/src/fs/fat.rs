@@ -5,8 +5,6 @@
 //! set it). FAT keeps no owner nor mode: entries show as root's, folders 0755 and files 0644
 //! (0444 when read-only); times are local times with no zone, shown as UTC.
 
-use std::io::Read;
-
 use super::FileSystem;
 use crate::disk::Slice;
 use crate::{Entry, EntryKind, Error, Result};
@@ -167,7 +165,7 @@ impl FileSystem for Fat {
         Ok(out)
     }
 
-    fn open_file(&self, path: &str) -> Result<Box<dyn Read + '_>> {
+    fn open_file(&self, path: &str) -> Result<Box<dyn super::FileRead + '_>> {
         Ok(Box::new(
             self.fs
                 .root_dir()

@@ -11,7 +11,7 @@ pub use ext::Ext;
 pub use fat::Fat;
 pub use ntfs::NtfsVolume;
 
-use std::io::Read;
+use std::io::{Read, Seek};
 
 use crate::disk::Slice;
 use crate::{Entry, Result};
@@ -87,6 +87,12 @@ pub fn detect(part: &Slice) -> Result<FsKind> {
     })
 }
 
+/// A file's content as a file system hands it out: read in order, or sought (`mount` reads at
+/// any offset).
+pub trait FileRead: Read + Seek {}
+
+impl<T: Read + Seek> FileRead for T {}
+
 /// A file system opened for reading: what `ls`, `cat` and `extract` ask of it. Paths are
 /// absolute (`/etc/hostname`).
 pub trait FileSystem {
@@ -102,9 +108,9 @@ pub trait FileSystem {
     /// A path that is not there or not a folder, a damaged file system.
     fn list(&self, path: &str) -> Result<Vec<Entry>>;
 
-    /// The bytes of the file at `path`, as a stream.
+    /// The bytes of the file at `path`, to read in order or at any offset.
     ///
     /// # Errors
     /// A path that is not there or not a file, a damaged file system.
-    fn open_file(&self, path: &str) -> Result<Box<dyn Read + '_>>;
+    fn open_file(&self, path: &str) -> Result<Box<dyn FileRead + '_>>;
 }

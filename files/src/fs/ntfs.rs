@@ -164,7 +164,7 @@ impl FileSystem for NtfsVolume {
         Ok(out)
     }
 
-    fn open_file(&self, path: &str) -> Result<Box<dyn Read + '_>> {
+    fn open_file(&self, path: &str) -> Result<Box<dyn super::FileRead + '_>> {
         let file = self.file(path)?;
         if file.is_directory() {
             return Err(Error::Fs {
@@ -172,10 +172,12 @@ impl FileSystem for NtfsVolume {
                 why: "a folder, not a file".into(),
             });
         }
+        let len = self.entry_of(&file, String::new(), path)?.size;
         Ok(Box::new(Stream {
             fs: self,
             file,
             path: path.to_owned(),
+            len,
             pos: 0,
             buf: Vec::new(),
             at: 0,
@@ -183,11 +185,14 @@ impl FileSystem for NtfsVolume {
     }
 }
 
-/// A file's unnamed data stream, read 1 MiB at a time.
+/// A file's unnamed data stream, read up to 1 MiB at a time (as much as the reader asks, at
+/// least 64 KiB), sought by dropping what is buffered.
 struct Stream<'n> {
     fs: &'n NtfsVolume,
     file: NtfsFile<'n>,
     path: String,
+    /// Its length.
+    len: u64,
     /// Where the next refill starts.
     pos: u64,
     buf: Vec<u8>,
@@ -196,7 +201,7 @@ struct Stream<'n> {
 }
 
 impl Stream<'_> {
-    fn refill(&mut self) -> std::io::Result<()> {
+    fn refill(&mut self, asked: usize) -> std::io::Result<()> {
         let mut part = self.fs.part.borrow_mut();
         let err = |e: ntfs::NtfsError| std::io::Error::other(format!("{}: {e}", self.path));
         let Some(item) = self.file.data(&mut *part, "") else {
@@ -208,7 +213,8 @@ impl Stream<'_> {
         let attr = item.to_attribute().map_err(err)?;
         let mut value = attr.value(&mut *part).map_err(err)?;
         let len = value.len();
-        let want = (len.saturating_sub(self.pos)).min(READ_AT_ONCE as u64) as usize;
+        let want =
+            (len.saturating_sub(self.pos)).min(asked.clamp(64 << 10, READ_AT_ONCE) as u64) as usize;
         self.buf.resize(want, 0);
         if want > 0 {
             value
@@ -225,11 +231,34 @@ impl Stream<'_> {
 impl Read for Stream<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         if self.at == self.buf.len() {
-            self.refill()?;
+            self.refill(out.len())?;
         }
         let n = (self.buf.len() - self.at).min(out.len());
         out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
         self.at += n;
         Ok(n)
+    }
+}
+
+impl std::io::Seek for Stream<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let here = self.pos - (self.buf.len() - self.at) as u64;
+        let target = match to {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::Current(d) => here.checked_add_signed(d),
+            std::io::SeekFrom::End(d) => self.len.checked_add_signed(d),
+        }
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{}: a seek before the start", self.path),
+            )
+        })?;
+        if target != here {
+            self.pos = target;
+            self.buf.clear();
+            self.at = 0;
+        }
+        Ok(target)
     }
 }
