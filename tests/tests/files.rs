@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cairn_tests::images::{disk, ext4_image, tree, walk};
+use cairn_tests::images::{disk, ext4_image, tree};
 use cairn_tests::{TestStore, id, json, ok, read, refused, run};
 
 /// A GPT disk of 80 MiB whose one partition, at 1 MiB, is a 64 MiB [`ext4_image`]: the
