@@ -100,7 +100,12 @@ pub fn ls(a: &LsArgs) -> Result<i32> {
         vec![entry]
     };
     if a.json {
-        crate::print_json(&entries.iter().map(entry_json).collect::<Vec<_>>())?;
+        crate::print_json(
+            &entries
+                .iter()
+                .map(cairn_files::shown::entry_json)
+                .collect::<Vec<_>>(),
+        )?;
         return Ok(0);
     }
     let mut out = std::io::stdout().lock();
@@ -124,7 +129,7 @@ pub fn ls(a: &LsArgs) -> Result<i32> {
             None => e.name.clone(),
         };
         table.row([
-            mode_string(e),
+            e.mode_string(),
             e.uid.to_string(),
             e.gid.to_string(),
             e.size.to_string(),
@@ -138,20 +143,13 @@ pub fn ls(a: &LsArgs) -> Result<i32> {
 }
 
 fn show_partitions(files: &PointFiles, point: &RecoveryPoint, json: bool) -> Result<i32> {
+    if json {
+        crate::print_json(&cairn_files::shown::partitions_json(files)?)?;
+        return Ok(0);
+    }
     let mut rows = Vec::new();
     for p in files.partitions() {
         rows.push((p, files.detect(p)?));
-    }
-    if json {
-        crate::print_json(&json!({
-            "point": point.id,
-            "scheme": format!("{:?}", files.scheme()).to_lowercase(),
-            "partitions": rows.iter().map(|(p, fs)| json!({
-                "name": p.name, "label": p.label, "type": p.kind, "start": p.start,
-                "size": p.size, "filesystem": fs.name(), "readable": fs.readable(),
-            })).collect::<Vec<_>>(),
-        }))?;
-        return Ok(0);
     }
     let mut table = Table::new(&[
         ("NAME", Align::Left),
@@ -348,7 +346,7 @@ pub fn find(a: &FindArgs) -> Result<i32> {
         cairn_files::find(&*fs, inner, &matches, &mut |p, e| {
             let shown = format!("{}{p}", part.name);
             if a.json {
-                let mut j = entry_json(e);
+                let mut j = cairn_files::shown::entry_json(e);
                 j["path"] = json!(shown);
                 found.push(j);
             } else {
@@ -372,30 +370,6 @@ pub fn find(a: &FindArgs) -> Result<i32> {
         crate::print_json(&found)?;
     }
     Ok(0)
-}
-
-fn entry_json(e: &Entry) -> serde_json::Value {
-    json!({
-        "name": e.name, "type": e.kind.name(), "size": e.size, "mode": format!("{:o}", e.mode & 0o7777),
-        "uid": e.uid, "gid": e.gid, "mtime": e.mtime, "link": e.link,
-    })
-}
-
-/// `drwxr-xr-x`, as `ls -l`.
-fn mode_string(e: &Entry) -> String {
-    let t = match e.kind {
-        EntryKind::Dir => 'd',
-        EntryKind::Symlink => 'l',
-        EntryKind::File => '-',
-        EntryKind::Other => '?',
-    };
-    let bits = "rwxrwxrwx";
-    let perms: String = bits
-        .chars()
-        .enumerate()
-        .map(|(i, c)| if e.mode & (0o400 >> i) != 0 { c } else { '-' })
-        .collect();
-    format!("{t}{perms}")
 }
 
 /// Seconds since 1970 as UTC.

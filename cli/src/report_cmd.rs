@@ -107,6 +107,7 @@ fn write_page(a: &ReportArgs, doc: &serde_json::Value, file: &std::path::Path) -
             usize::MAX
         },
         vm_pages: false,
+        browse_links: false,
     };
     let page = cairn_report::page::render(doc, &options);
     if file == std::path::Path::new("-") {

@@ -6,6 +6,7 @@
 //! and `cairn serve` answers it (`GET /api/v1/report`). Its schema is `docs/report-json.md`;
 //! [`SCHEMA_VERSION`] is raised when a field changes meaning or goes away.
 
+pub mod browse;
 pub mod page;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

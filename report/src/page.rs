@@ -20,6 +20,9 @@ pub struct PageOptions {
     /// Served by `cairn serve`: each VM links to its own page (`vm/NAME`), which lists every
     /// point.
     pub vm_pages: bool,
+    /// Served by a `cairn serve` that reads the store's files (it holds no key of an
+    /// encrypted one): each point links to its browse page (`/point/ID/files/`).
+    pub browse_links: bool,
 }
 
 impl Default for PageOptions {
@@ -27,12 +30,13 @@ impl Default for PageOptions {
         Self {
             points_per_vm: 30,
             vm_pages: false,
+            browse_links: false,
         }
     }
 }
 
 /// A name as a piece of a URL path.
-fn url_piece(s: &str) -> String {
+pub(crate) fn url_piece(s: &str) -> String {
     let mut o = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -65,7 +69,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// Text for an HTML body or attribute.
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -121,7 +125,7 @@ fn vm_label(v: &Value) -> String {
     name
 }
 
-const STYLE: &str = r#"
+pub(crate) const STYLE: &str = r#"
 :root{--fg:#1d2330;--mute:#5d6678;--line:#dde1e8;--bg:#f6f7f9;--card:#fff;--a:#2f6fdf;--b:#13a37f;--c:#e0a100;--d:#c8433a}
 *{box-sizing:border-box}body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
 header{background:#1d2330;color:#fff;padding:18px 24px}header h1{margin:0;font-size:22px}header p{margin:4px 0 0;color:#c5cbd6}
@@ -620,7 +624,7 @@ fn vm_sections(h: &mut String, doc: &Value, options: &PageOptions) {
         );
         let listed = mine.len().saturating_sub(options.points_per_vm);
         for (k, p) in mine.iter().skip(listed).rev() {
-            point_row(h, *k, p);
+            point_row(h, *k, p, options.browse_links);
         }
         h.push_str("</tbody></table></div>");
         older_points_note(h, vm, listed, options);
@@ -651,7 +655,7 @@ fn retention_line(h: &mut String, vm: &Value) {
 
 /// One point's row: its time and flags, disk, new, frees, data, disk size and the rule that
 /// keeps it (`k`: its index in the document's points).
-fn point_row(h: &mut String, k: usize, p: &Value) {
+fn point_row(h: &mut String, k: usize, p: &Value, browse: bool) {
     let f = |f: &str| format!("points[{k}].{f}");
     let mut flags = String::new();
     if p["key"].as_bool() == Some(true) {
@@ -665,11 +669,19 @@ fn point_row(h: &mut String, k: usize, p: &Value) {
         Some(r) => esc(r),
         None => "<span class=\"na\">–</span>".to_owned(),
     };
+    let time = if browse {
+        format!(
+            "<a href=\"/point/{}/files/\" title=\"browse its files\">{}</a>",
+            url_piece(s(&p["id"])),
+            esc(s(&p["time"]))
+        )
+    } else {
+        esc(s(&p["time"]))
+    };
     let _ = write!(
         h,
-        "<tr><td title=\"{}\">{} {flags}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{kept}</td></tr>",
+        "<tr><td title=\"{}\">{time} {flags}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{kept}</td></tr>",
         esc(s(&p["id"])),
-        esc(s(&p["time"])),
         esc(s(&p["disk"])),
         num(&f("new_stored_bytes"), &p["new_stored_bytes"], Kind::Bytes),
         num(

@@ -214,6 +214,50 @@ pub trait StoreWrite<'a>: ChunkSink + Send {
     fn commit_run(self: Box<Self>, staged: Vec<StagedPoint>) -> Result<Vec<RecoveryPoint>>;
 }
 
+/// A borrowed store reads as the store does (a server's `&'static Store` handed to a reader
+/// that wants a shared one).
+impl<S: StoreRead + ?Sized> StoreRead for &S {
+    fn config(&self) -> &StoreConfig {
+        (**self).config()
+    }
+
+    fn chunk_keys(&self) -> Option<&crate::Keys> {
+        (**self).chunk_keys()
+    }
+
+    fn points(&self) -> Result<Vec<RecoveryPoint>> {
+        (**self).points()
+    }
+
+    fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        (**self).read_chunk(id)
+    }
+
+    fn read_chunks(&self, ids: &[ChunkId], slots: Vec<&mut [u8]>) -> Result<Vec<Option<Error>>> {
+        (**self).read_chunks(ids, slots)
+    }
+
+    fn read_encoded(&self, ids: &[ChunkId]) -> Result<Vec<EncodedChunk>> {
+        (**self).read_encoded(ids)
+    }
+
+    fn read_ahead(&self) -> u64 {
+        (**self).read_ahead()
+    }
+
+    fn batches(&self) -> Box<dyn BatchReader + '_> {
+        (**self).batches()
+    }
+
+    fn latest(&self, vm: &VmKey, disk: &str) -> Result<Option<RecoveryPoint>> {
+        (**self).latest(vm, disk)
+    }
+
+    fn resolve(&self, spec: &str) -> Result<RecoveryPoint> {
+        (**self).resolve(spec)
+    }
+}
+
 impl StoreRead for Store {
     fn config(&self) -> &StoreConfig {
         Store::config(self)

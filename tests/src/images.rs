@@ -112,3 +112,16 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A GPT disk of 80 MiB whose one partition, at 1 MiB, is a 64 MiB [`ext4_image`]: the
+/// image and the disk.
+pub fn one_linux_partition(dir: &Path) -> (PathBuf, PathBuf) {
+    let (img, _) = ext4_image(dir, 64);
+    let raw = disk(
+        dir,
+        80,
+        "label: gpt\nstart=2048, size=131072, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
+        &[(&img, 1)],
+    );
+    (img, raw)
+}

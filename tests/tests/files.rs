@@ -3,24 +3,11 @@
 //! an MBR disk with logical partitions, damaged tables and file systems, an encrypted store.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use cairn_tests::images::{disk, ext4_image, tree};
+use cairn_tests::images::{disk, ext4_image, one_linux_partition, tree};
 use cairn_tests::{TestStore, id, json, ok, read, refused, run};
-
-/// A GPT disk of 80 MiB whose one partition, at 1 MiB, is a 64 MiB [`ext4_image`]: the
-/// image and the disk.
-fn one_linux_partition(dir: &Path) -> (PathBuf, PathBuf) {
-    let (img, _) = ext4_image(dir, 64);
-    let raw = disk(
-        dir,
-        80,
-        "label: gpt\nstart=2048, size=131072, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
-        &[(&img, 1)],
-    );
-    (img, raw)
-}
 
 /// What `debugfs -R "ls -p DIR"` lists: name -> (mode, uid, gid, size; none for folders).
 fn debugfs_ls(img: &Path, dir: &str) -> BTreeMap<String, (u32, u32, u32, Option<u64>)> {

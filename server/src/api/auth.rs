@@ -44,18 +44,21 @@ pub(super) async fn require_token(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    // The report pages ask a browser for the token themselves (a GET has no body to read).
+    // The report and browse pages (GETs: no body to read) take the token a browser sends
+    // (`Basic`, the token as the password) and ask a browser for one when none came.
+    let path = req.uri().path();
     let page = req.method() == axum::http::Method::GET
-        && (req.uri().path() == "/" || req.uri().path().starts_with("/vm/"));
-    if page {
-        return next.run(req).await;
-    }
-    let token = match app
-        .authorize(req.headers(), ANY, "use this server")
-        .and_then(|t| same_origin_json(&req).map(|()| t))
-    {
+        && (path == "/" || path.starts_with("/vm/") || path.starts_with("/point/"));
+    let checked = if page {
+        super::page::page_token(&app, req.headers())
+    } else {
+        app.authorize(req.headers(), ANY, "use this server")
+            .and_then(|t| same_origin_json(&req).map(|()| t))
+            .map_err(|e| Box::new(e.into_response()))
+    };
+    let token = match checked {
         Ok(t) => t,
-        Err(e) => return e.into_response(),
+        Err(answer) => return *answer,
     };
     // One token's requests in flight are bounded (each may hold a body in memory): a stolen
     // token cannot take the server's memory or every worker.

@@ -3,13 +3,14 @@
 //! VMs, bounds what it reads, and does its store work on the blocking pool.
 //!
 //! The handlers live by resource: [`points`], [`admin`], [`chunks`], [`upload`] (backup
-//! sessions) and [`page`] (the report); who may ask is [`auth`], and [`error`] maps every
+//! sessions), [`files`] (files inside points) and [`page`] (the report); who may ask is [`auth`], and [`error`] maps every
 //! failure to its HTTP status in one place.
 
 mod admin;
 mod auth;
 mod chunks;
 mod error;
+mod files;
 mod page;
 mod points;
 mod upload;
@@ -170,6 +171,8 @@ pub fn router(app: Shared) -> axum::Router {
         .route("/api/v1/store", get(points::store_info))
         .route("/api/v1/points", get(points::list_points))
         .route("/api/v1/points/{id}", get(points::one_point))
+        .route("/api/v1/points/{id}/files", get(files::list))
+        .route("/api/v1/points/{id}/content", get(files::content))
         .route("/api/v1/points/{id}/forget", post(admin::forget))
         .route("/api/v1/points/{id}/protect", post(admin::protect))
         .route("/api/v1/chunks/read", post(chunks::read_chunks))
@@ -187,6 +190,10 @@ pub fn router(app: Shared) -> axum::Router {
         .route("/api/v1/report", get(page::report))
         .route("/", get(page::page))
         .route("/vm/{vm}", get(page::vm_page))
+        .route("/point/{id}/files", get(files::browse_point))
+        .route("/point/{id}/files/", get(files::browse_point))
+        .route("/point/{id}/files/{*path}", get(files::browse))
+        .route("/point/{id}/download/{*path}", get(files::download))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint (see docs/api.md)")
         })

@@ -68,12 +68,16 @@ const STORE_WIDE: [&str; 10] = [
     "damaged_points",
 ];
 
-pub(super) async fn page_for(app: Shared, headers: HeaderMap, vm: Option<String>) -> Response {
-    let token = match app.authorize_page(&headers, &[Role::Admin, Role::Restore]) {
-        Ok(t) => t,
-        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
-            // A browser asks for the token (as the password) and sends it again.
-            return (
+/// The token of a page's request (a restore or admin one), or the answer that asks a browser
+/// for one (the token as the password) or refuses it.
+pub(super) fn page_token(
+    app: &Shared,
+    headers: &HeaderMap,
+) -> Result<crate::token::Token, Box<Response>> {
+    match app.authorize_page(headers, &[Role::Admin, Role::Restore]) {
+        Ok(t) => Ok(t),
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => Err(Box::new(
+            (
                 StatusCode::UNAUTHORIZED,
                 [(
                     header::WWW_AUTHENTICATE,
@@ -84,9 +88,33 @@ pub(super) async fn page_for(app: Shared, headers: HeaderMap, vm: Option<String>
                     e.message
                 ),
             )
-                .into_response();
-        }
-        Err(e) => return e.into_response(),
+                .into_response(),
+        )),
+        Err(e) => Err(Box::new(e.into_response())),
+    }
+}
+
+/// A page's answer: the HTML, whole in itself (nothing may be loaded from anywhere).
+pub(super) fn html(page: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        page,
+    )
+        .into_response()
+}
+
+pub(super) async fn page_for(app: Shared, headers: HeaderMap, vm: Option<String>) -> Response {
+    let token = match page_token(&app, &headers) {
+        Ok(t) => t,
+        Err(answer) => return *answer,
     };
     let made = blocking(move || {
         let doc = report_for(&app, &token, vm.as_deref())?;
@@ -105,25 +133,13 @@ pub(super) async fn page_for(app: Shared, headers: HeaderMap, vm: Option<String>
                 cairn_report::page::PageOptions::default().points_per_vm
             },
             vm_pages: vm.is_none(),
+            browse_links: app.store.chunk_keys().is_some(),
         };
         Ok(cairn_report::page::render(&doc, &options))
     })
     .await;
     match made {
-        Ok(page) => (
-            [
-                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                // The page is whole in itself: nothing may be loaded from anywhere.
-                (
-                    header::CONTENT_SECURITY_POLICY,
-                    "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:",
-                ),
-                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            page,
-        )
-            .into_response(),
+        Ok(page) => html(page),
         Err(e) => e.into_response(),
     }
 }
