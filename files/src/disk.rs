@@ -118,11 +118,24 @@ impl PointDisk {
     }
 }
 
-/// A stretch of a disk (a partition), read from its start.
+/// A run of a disk's bytes that a volume holds: `len` bytes at `disk` on the disk are the
+/// volume's bytes from `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// Where in the volume.
+    pub at: u64,
+    /// Where on the disk.
+    pub disk: u64,
+    /// How long.
+    pub len: u64,
+}
+
+/// A volume of a disk, read from its start: a partition (one piece), or a logical volume
+/// whose extents lie in several places (pieces in order, each after the last).
 #[derive(Clone)]
 pub struct Slice {
     disk: Arc<PointDisk>,
-    start: u64,
+    pieces: Arc<[Piece]>,
     len: u64,
     /// Where `std::io::Read` goes on from.
     pos: u64,
@@ -132,9 +145,23 @@ impl Slice {
     /// `len` bytes of `disk` from `start`.
     #[must_use]
     pub fn new(disk: Arc<PointDisk>, start: u64, len: u64) -> Self {
+        Self::of_pieces(
+            disk,
+            vec![Piece {
+                at: 0,
+                disk: start,
+                len,
+            }],
+        )
+    }
+
+    /// The volume made of `pieces` (in order, each starting where the last ended).
+    #[must_use]
+    pub fn of_pieces(disk: Arc<PointDisk>, pieces: Vec<Piece>) -> Self {
+        let len = pieces.last().map_or(0, |p| p.at + p.len);
         Self {
             disk,
-            start,
+            pieces: pieces.into(),
             len,
             pos: 0,
         }
@@ -167,7 +194,21 @@ impl Slice {
                 size: self.len,
             });
         }
-        self.disk.read_at(self.start + offset, buf)
+        let mut done = 0usize;
+        // The piece holding `offset`, then the ones after it.
+        let first = self.pieces.partition_point(|p| p.at + p.len <= offset);
+        for p in &self.pieces[first..] {
+            if done == buf.len() {
+                break;
+            }
+            let at = offset + done as u64;
+            let within = at - p.at;
+            let n = ((p.len - within) as usize).min(buf.len() - done);
+            self.disk
+                .read_at(p.disk + within, &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
     }
 }
 

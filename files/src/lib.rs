@@ -20,13 +20,15 @@ pub mod disk;
 pub mod extract;
 pub mod find;
 pub mod fs;
+pub mod lvm;
 pub mod partitions;
+pub mod shown;
 
 use std::sync::Arc;
 
 use cairn_store::RecoveryPoint;
 
-pub use disk::{PointDisk, SharedStore, Slice};
+pub use disk::{Piece, PointDisk, SharedStore, Slice};
 pub use extract::{Extracted, extract};
 pub use find::find;
 pub use fs::{FileRead, FileSystem, FsKind};
@@ -134,6 +136,60 @@ pub struct Entry {
     pub link: Option<String>,
 }
 
+impl Entry {
+    /// Its type and permissions as `ls -l` shows them: `drwxr-xr-x`.
+    #[must_use]
+    pub fn mode_string(&self) -> String {
+        let t = match self.kind {
+            EntryKind::Dir => 'd',
+            EntryKind::Symlink => 'l',
+            EntryKind::File => '-',
+            EntryKind::Other => '?',
+        };
+        let perms: String = "rwxrwxrwx"
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if self.mode & (0o400 >> i) != 0 {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("{t}{perms}")
+    }
+}
+
+/// Adds the LVM2 logical volumes found on `parts` to them: each linear one as a volume; one
+/// that cannot be read with an empty map and why in its kind; a physical volume whose label or
+/// metadata is damaged says so in its own kind (the other partitions still read).
+fn logical_volumes(disk: &Arc<PointDisk>, parts: &mut Vec<Partition>) -> Result<()> {
+    let mut pvs = Vec::new();
+    for p in parts.iter_mut() {
+        let slice = Slice::of_pieces(Arc::clone(disk), p.pieces.clone());
+        if fs::detect(&slice)? != FsKind::Lvm {
+            continue;
+        }
+        match lvm::physical_volume(&p.name, &slice) {
+            Ok(Some(pv)) => pvs.push(pv),
+            Ok(None) => {}
+            Err(e) => p.kind = format!("{}; its LVM metadata does not read: {e}", p.kind),
+        }
+    }
+    for found in lvm::logical_volumes(&pvs, parts) {
+        parts.push(found.unwrap_or_else(|(name, why)| Partition {
+            name,
+            label: None,
+            kind: format!("LVM2 logical volume, not read: {why}"),
+            start: 0,
+            size: 0,
+            pieces: Vec::new(),
+        }));
+    }
+    Ok(())
+}
+
 /// A point's partitions and file systems.
 pub struct PointFiles {
     disk: Arc<PointDisk>,
@@ -148,7 +204,8 @@ impl PointFiles {
     /// A point whose tree or partition table cannot be read.
     pub fn open(store: SharedStore, point: RecoveryPoint) -> Result<Self> {
         let disk = Arc::new(PointDisk::new(store, point)?);
-        let (scheme, parts) = partitions::partitions(&disk)?;
+        let (scheme, mut parts) = partitions::partitions(&disk)?;
+        logical_volumes(&disk, &mut parts)?;
         Ok(Self {
             disk,
             scheme,
@@ -189,7 +246,7 @@ impl PointFiles {
     /// A partition's bytes.
     #[must_use]
     pub fn slice(&self, p: &Partition) -> Slice {
-        Slice::new(Arc::clone(&self.disk), p.start, p.size)
+        Slice::of_pieces(Arc::clone(&self.disk), p.pieces.clone())
     }
 
     /// The file system a partition holds.

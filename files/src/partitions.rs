@@ -7,7 +7,7 @@
 //! `gpt` (the crate) reads through a device it also writes to; the GPT's few structures are
 //! read here instead, every field bounded by the disk's size.
 
-use crate::disk::{PointDisk, Slice};
+use crate::disk::{Piece, PointDisk, Slice};
 use crate::{Error, Result};
 use std::sync::Arc;
 
@@ -40,6 +40,28 @@ pub struct Partition {
     pub start: u64,
     /// Its length in bytes.
     pub size: u64,
+    /// Where its bytes lie on the disk: one piece for a partition; a logical volume's extents
+    /// may lie in several.
+    pub pieces: Vec<Piece>,
+}
+
+impl Partition {
+    /// A partition of `size` bytes at `start`.
+    #[must_use]
+    pub fn at(name: String, label: Option<String>, kind: String, start: u64, size: u64) -> Self {
+        Self {
+            name,
+            label,
+            kind,
+            start,
+            size,
+            pieces: vec![Piece {
+                at: 0,
+                disk: start,
+                len: size,
+            }],
+        }
+    }
 }
 
 /// The partitions of `disk`.
@@ -69,13 +91,13 @@ pub fn partitions(disk: &Arc<PointDisk>) -> Result<(Scheme, Vec<Partition>)> {
 }
 
 fn whole(disk: &Arc<PointDisk>) -> Vec<Partition> {
-    vec![Partition {
-        name: "disk".into(),
-        label: None,
-        kind: "whole disk".into(),
-        start: 0,
-        size: disk.size(),
-    }]
+    vec![Partition::at(
+        "disk".into(),
+        None,
+        "whole disk".into(),
+        0,
+        disk.size(),
+    )]
 }
 
 fn mbr_partitions(disk: &Arc<PointDisk>) -> Result<Vec<Partition>> {
@@ -92,13 +114,13 @@ fn mbr_partitions(disk: &Arc<PointDisk>) -> Result<Vec<Partition>> {
         let start = u64::from(p.starting_lba) * SECTOR;
         let size = u64::from(p.sectors) * SECTOR;
         check_inside(disk, &format!("p{i}"), start, size)?;
-        out.push(Partition {
-            name: format!("p{i}"),
-            label: None,
-            kind: format!("{:#04x} {}", p.sys, mbr_type(p.sys)),
+        out.push(Partition::at(
+            format!("p{i}"),
+            None,
+            format!("{:#04x} {}", p.sys, mbr_type(p.sys)),
             start,
             size,
-        });
+        ));
     }
     Ok(out)
 }
@@ -204,13 +226,13 @@ fn gpt_at(disk: &Arc<PointDisk>, lba: u64) -> Result<Vec<Partition>> {
         )
         .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
         .collect();
-        out.push(Partition {
+        out.push(Partition::at(
             name,
-            label: (!label.is_empty()).then_some(label),
-            kind: gpt_type(&e[0..16]),
+            (!label.is_empty()).then_some(label),
+            gpt_type(&e[0..16]),
             start,
             size,
-        });
+        ));
     }
     Ok(out)
 }
