@@ -14,6 +14,48 @@ use crate::{Error, Result};
 /// Chunks kept for reads that come back to them (4 MiB... 64 MiB by chunk size).
 const CACHED_CHUNKS: usize = 32;
 
+/// What volumes are read from: a point's disk ([`PointDisk`]), or bytes in memory (an image
+/// in a test or a fuzz target).
+pub trait DiskRead: Send + Sync {
+    /// Its size in bytes.
+    fn size(&self) -> u64;
+
+    /// Fills `buf` from byte `offset`.
+    ///
+    /// # Errors
+    /// A read past the end ([`Error::Outside`]); the store's errors.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+}
+
+impl DiskRead for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let bytes = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.get(o..o.checked_add(buf.len())?))
+            .ok_or(Error::Outside {
+                offset,
+                len: buf.len() as u64,
+                size: self.len() as u64,
+            })?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl DiskRead for PointDisk {
+    fn size(&self) -> u64 {
+        PointDisk::size(self)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        PointDisk::read_at(self, offset, buf)
+    }
+}
+
 /// A point's disk, read in place.
 pub struct PointDisk {
     store: SharedStore,
@@ -134,7 +176,7 @@ pub struct Piece {
 /// whose extents lie in several places (pieces in order, each after the last).
 #[derive(Clone)]
 pub struct Slice {
-    disk: Arc<PointDisk>,
+    disk: Arc<dyn DiskRead>,
     pieces: Arc<[Piece]>,
     len: u64,
     /// Where `std::io::Read` goes on from.
@@ -144,7 +186,7 @@ pub struct Slice {
 impl Slice {
     /// `len` bytes of `disk` from `start`.
     #[must_use]
-    pub fn new(disk: Arc<PointDisk>, start: u64, len: u64) -> Self {
+    pub fn new(disk: Arc<dyn DiskRead>, start: u64, len: u64) -> Self {
         Self::of_pieces(
             disk,
             vec![Piece {
@@ -157,7 +199,7 @@ impl Slice {
 
     /// The volume made of `pieces` (in order, each starting where the last ended).
     #[must_use]
-    pub fn of_pieces(disk: Arc<PointDisk>, pieces: Vec<Piece>) -> Self {
+    pub fn of_pieces(disk: Arc<dyn DiskRead>, pieces: Vec<Piece>) -> Self {
         let len = pieces.last().map_or(0, |p| p.at + p.len);
         Self {
             disk,

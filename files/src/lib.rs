@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use cairn_store::RecoveryPoint;
 
-pub use disk::{Piece, PointDisk, SharedStore, Slice};
+pub use disk::{DiskRead, Piece, PointDisk, SharedStore, Slice};
 pub use extract::{Extracted, extract};
 pub use find::find;
 pub use fs::{FileRead, FileSystem, FsKind};
@@ -161,10 +161,22 @@ impl Entry {
     }
 }
 
+/// The volumes of `disk`: its partitions (GPT, MBR, or the whole disk), then the LVM2 logical
+/// volumes on them.
+///
+/// # Errors
+/// A partition table that does not read (LVM metadata that does not read is said in its
+/// physical volume's kind, not an error).
+pub fn volumes(disk: &Arc<dyn DiskRead>) -> Result<(Scheme, Vec<Partition>)> {
+    let (scheme, mut parts) = partitions::partitions(disk)?;
+    logical_volumes(disk, &mut parts)?;
+    Ok((scheme, parts))
+}
+
 /// Adds the LVM2 logical volumes found on `parts` to them: each linear one as a volume; one
 /// that cannot be read with an empty map and why in its kind; a physical volume whose label or
 /// metadata is damaged says so in its own kind (the other partitions still read).
-fn logical_volumes(disk: &Arc<PointDisk>, parts: &mut Vec<Partition>) -> Result<()> {
+fn logical_volumes(disk: &Arc<dyn DiskRead>, parts: &mut Vec<Partition>) -> Result<()> {
     let mut pvs = Vec::new();
     for p in parts.iter_mut() {
         let slice = Slice::of_pieces(Arc::clone(disk), p.pieces.clone());
@@ -204,8 +216,7 @@ impl PointFiles {
     /// A point whose tree or partition table cannot be read.
     pub fn open(store: SharedStore, point: RecoveryPoint) -> Result<Self> {
         let disk = Arc::new(PointDisk::new(store, point)?);
-        let (scheme, mut parts) = partitions::partitions(&disk)?;
-        logical_volumes(&disk, &mut parts)?;
+        let (scheme, parts) = volumes(&(Arc::clone(&disk) as Arc<dyn DiskRead>))?;
         Ok(Self {
             disk,
             scheme,
@@ -231,10 +242,14 @@ impl PointFiles {
         self.disk.bytes_read()
     }
 
+    fn shared(&self) -> Arc<dyn DiskRead> {
+        Arc::clone(&self.disk) as Arc<dyn DiskRead>
+    }
+
     /// The whole disk's bytes.
     #[must_use]
     pub fn whole_disk(&self) -> Slice {
-        Slice::new(Arc::clone(&self.disk), 0, self.disk.size())
+        Slice::new(self.shared(), 0, self.disk.size())
     }
 
     /// The point it reads.
@@ -246,7 +261,7 @@ impl PointFiles {
     /// A partition's bytes.
     #[must_use]
     pub fn slice(&self, p: &Partition) -> Slice {
-        Slice::of_pieces(Arc::clone(&self.disk), p.pieces.clone())
+        Slice::of_pieces(self.shared(), p.pieces.clone())
     }
 
     /// The file system a partition holds.
@@ -292,16 +307,9 @@ impl PointFiles {
     /// # Errors
     /// A file system cairn does not read (named), or one that does not open.
     pub fn open_fs(&self, part: &Partition) -> Result<Box<dyn FileSystem>> {
-        match self.detect(part)? {
-            FsKind::Ext => Ok(Box::new(fs::Ext::open(self.slice(part))?)),
-            FsKind::Fat => Ok(Box::new(fs::Fat::open(self.slice(part))?)),
-            FsKind::Ntfs => Ok(Box::new(fs::NtfsVolume::open(self.slice(part))?)),
-            other => Err(Error::Path(format!(
-                "{} holds {}: cairn reads ext2/3/4, FAT and NTFS file systems so far; `cairn serve-nbd` serves \
-                 the disk for the system's own tools",
-                part.name,
-                other.name()
-            ))),
-        }
+        fs::open(self.slice(part)).map_err(|e| match e {
+            Error::Path(why) => Error::Path(format!("{} {why}", part.name)),
+            e => e,
+        })
     }
 }

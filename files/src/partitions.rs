@@ -7,7 +7,7 @@
 //! `gpt` (the crate) reads through a device it also writes to; the GPT's few structures are
 //! read here instead, every field bounded by the disk's size.
 
-use crate::disk::{Piece, PointDisk, Slice};
+use crate::disk::{DiskRead, Piece, Slice};
 use crate::{Error, Result};
 use std::sync::Arc;
 
@@ -69,7 +69,7 @@ impl Partition {
 /// # Errors
 /// A table whose entries point past the disk, a GPT whose both headers are bad while its
 /// protective MBR says there is one, the disk's read errors.
-pub fn partitions(disk: &Arc<PointDisk>) -> Result<(Scheme, Vec<Partition>)> {
+pub fn partitions(disk: &Arc<dyn DiskRead>) -> Result<(Scheme, Vec<Partition>)> {
     let mut mbr = [0u8; 512];
     if disk.size() < 512 {
         return Ok((Scheme::None, whole(disk)));
@@ -90,7 +90,7 @@ pub fn partitions(disk: &Arc<PointDisk>) -> Result<(Scheme, Vec<Partition>)> {
     Ok((Scheme::Mbr, mbr_partitions(disk)?))
 }
 
-fn whole(disk: &Arc<PointDisk>) -> Vec<Partition> {
+fn whole(disk: &Arc<dyn DiskRead>) -> Vec<Partition> {
     vec![Partition::at(
         "disk".into(),
         None,
@@ -100,7 +100,7 @@ fn whole(disk: &Arc<PointDisk>) -> Vec<Partition> {
     )]
 }
 
-fn mbr_partitions(disk: &Arc<PointDisk>) -> Result<Vec<Partition>> {
+fn mbr_partitions(disk: &Arc<dyn DiskRead>) -> Result<Vec<Partition>> {
     let mut reader = Slice::new(Arc::clone(disk), 0, disk.size());
     let mbr = mbrman::MBR::read_from(&mut reader, SECTOR as u32).map_err(|e| Error::Table {
         what: "MBR".into(),
@@ -113,7 +113,7 @@ fn mbr_partitions(disk: &Arc<PointDisk>) -> Result<Vec<Partition>> {
         }
         let start = u64::from(p.starting_lba) * SECTOR;
         let size = u64::from(p.sectors) * SECTOR;
-        check_inside(disk, &format!("p{i}"), start, size)?;
+        check_inside(&**disk, &format!("p{i}"), start, size)?;
         out.push(Partition::at(
             format!("p{i}"),
             None,
@@ -138,7 +138,7 @@ fn mbr_type(sys: u8) -> &'static str {
     }
 }
 
-fn check_inside(disk: &PointDisk, name: &str, start: u64, size: u64) -> Result<()> {
+fn check_inside(disk: &dyn DiskRead, name: &str, start: u64, size: u64) -> Result<()> {
     if start.checked_add(size).is_none_or(|e| e > disk.size()) {
         return Err(Error::Table {
             what: name.into(),
@@ -154,7 +154,7 @@ fn check_inside(disk: &PointDisk, name: &str, start: u64, size: u64) -> Result<(
 
 /// The partitions of a GPT disk: from the primary header at LBA 1, else the backup at the
 /// disk's last sector.
-fn gpt(disk: &Arc<PointDisk>) -> Result<Vec<Partition>> {
+fn gpt(disk: &Arc<dyn DiskRead>) -> Result<Vec<Partition>> {
     let last = disk.size() / SECTOR - 1;
     match gpt_at(disk, 1) {
         Ok(p) => Ok(p),
@@ -162,7 +162,7 @@ fn gpt(disk: &Arc<PointDisk>) -> Result<Vec<Partition>> {
     }
 }
 
-fn gpt_at(disk: &Arc<PointDisk>, lba: u64) -> Result<Vec<Partition>> {
+fn gpt_at(disk: &Arc<dyn DiskRead>, lba: u64) -> Result<Vec<Partition>> {
     let bad = |why: String| Error::Table {
         what: format!("GPT header at LBA {lba}"),
         why,
@@ -217,7 +217,7 @@ fn gpt_at(disk: &Arc<PointDisk>, lba: u64) -> Result<Vec<Partition>> {
             });
         }
         let (start, size) = (first * SECTOR, (last - first + 1) * SECTOR);
-        check_inside(disk, &name, start, size)?;
+        check_inside(&**disk, &name, start, size)?;
         let label: String = char::decode_utf16(
             e[56..128]
                 .chunks(2)

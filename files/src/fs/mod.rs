@@ -87,6 +87,23 @@ pub fn detect(part: &Slice) -> Result<FsKind> {
     })
 }
 
+/// Opens the file system `part` holds.
+///
+/// # Errors
+/// A file system cairn does not read (`holds xfs: ...`, named), one that does not open.
+pub fn open(part: Slice) -> Result<Box<dyn FileSystem>> {
+    match detect(&part)? {
+        FsKind::Ext => Ok(Box::new(Ext::open(part)?)),
+        FsKind::Fat => Ok(Box::new(Fat::open(part)?)),
+        FsKind::Ntfs => Ok(Box::new(NtfsVolume::open(part)?)),
+        other => Err(crate::Error::Path(format!(
+            "holds {}: cairn reads ext2/3/4, FAT and NTFS file systems so far; `cairn mount` \
+             shows its raw bytes and `cairn serve-nbd` serves the disk, for the system's own tools",
+            other.name()
+        ))),
+    }
+}
+
 /// A file's content as a file system hands it out: read in order, or sought (`mount` reads at
 /// any offset).
 pub trait FileRead: Read + Seek {}
@@ -107,6 +124,17 @@ pub trait FileSystem {
     /// # Errors
     /// A path that is not there or not a folder, a damaged file system.
     fn list(&self, path: &str) -> Result<Vec<Entry>>;
+
+    /// What identifies the file at `path` within the file system, the same for each of its
+    /// names when it has several (hard links): ext's inode number, NTFS's file record number;
+    /// `None` where the file system has no hard links (FAT).
+    ///
+    /// # Errors
+    /// A path that is not there, a damaged file system.
+    fn file_id(&self, path: &str) -> Result<Option<u64>> {
+        let _ = path;
+        Ok(None)
+    }
 
     /// The bytes of the file at `path`, to read in order or at any offset.
     ///

@@ -164,6 +164,10 @@ impl FileSystem for NtfsVolume {
         Ok(out)
     }
 
+    fn file_id(&self, path: &str) -> Result<Option<u64>> {
+        Ok(Some(self.file(path)?.file_record_number()))
+    }
+
     fn open_file(&self, path: &str) -> Result<Box<dyn super::FileRead + '_>> {
         let file = self.file(path)?;
         if file.is_directory() {
@@ -201,12 +205,14 @@ struct Stream<'n> {
 }
 
 impl Stream<'_> {
+    /// Reads the next piece into `buf`; on an error `buf` is left empty (what was handed out
+    /// stays counted in `pos`).
     fn refill(&mut self, asked: usize) -> std::io::Result<()> {
+        self.buf.clear();
+        self.at = 0;
         let mut part = self.fs.part.borrow_mut();
         let err = |e: ntfs::NtfsError| std::io::Error::other(format!("{}: {e}", self.path));
         let Some(item) = self.file.data(&mut *part, "") else {
-            self.buf.clear();
-            self.at = 0;
             return Ok(());
         };
         let item = item.map_err(err)?;
@@ -215,15 +221,15 @@ impl Stream<'_> {
         let len = value.len();
         let want =
             (len.saturating_sub(self.pos)).min(asked.clamp(64 << 10, READ_AT_ONCE) as u64) as usize;
-        self.buf.resize(want, 0);
+        let mut piece = vec![0u8; want];
         if want > 0 {
             value
                 .seek(&mut *part, std::io::SeekFrom::Start(self.pos))
                 .map_err(err)?;
-            value.read_exact(&mut *part, &mut self.buf).map_err(err)?;
+            value.read_exact(&mut *part, &mut piece).map_err(err)?;
         }
+        self.buf = piece;
         self.pos += want as u64;
-        self.at = 0;
         Ok(())
     }
 }
