@@ -3,13 +3,16 @@
   files   a GPT disk with an ext4 partition (mkfs.ext4 -d) holding a folder of 10 000 files and
           a 100 MiB file (--smoke: 1 000 files and 16 MiB), backed up; `cairn ls` of the folder,
           `cairn cat` of the file against `debugfs -R cat` of the same file in the image (a
-          reader of the restored image), the bytes `cairn extract` read from the store for it.
+          reader of the restored image), the bytes `cairn extract` read from the store for it;
+          `cat` of the file through `cairn mount` (the page cache dropped before each run) and
+          the mount process's peak memory.
 """
 
 import json
 import os
 import shutil
 import subprocess
+import time
 
 from run import best_of, log, measure, warm
 
@@ -54,6 +57,37 @@ def run_files(work, shared, cairn, res, profile):
     m = measure([cairn, "extract", "--json", "--store", store, f"{point}:p1/big.bin", dest], stdout=report)
     read = json.loads(report.read_text())["bytes_read_from_store"]
     res.add("files-extract", "cairn", m, read_from_store=read, file_bytes=mib << 20)
+    run_mount(d, cairn, store, point, root, res, mib)
+
+
+def run_mount(d, cairn, store, point, root, res, mib):
+    """`cat` of the big file through `cairn mount`, and the mount process's peak RSS."""
+    mnt = d / "mnt"
+    mnt.mkdir()
+    mount = subprocess.Popen([str(cairn), "mount", "--store", str(store), point, str(mnt)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            if (mnt / "disk.raw").exists() or mount.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not (mnt / "disk.raw").exists():
+            raise SystemExit("cairn mount did not mount")
+        out = d / "mount-cat.out"
+        m = best_of(3, lambda: warm(store), ["cat", mnt / "p1" / "big.bin"], stdout=out)
+        if out.read_bytes() != (root / "big.bin").read_bytes():
+            raise SystemExit("cat through cairn mount read the file wrong")
+        hwm = 0
+        for line in open(f"/proc/{mount.pid}/status"):
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024
+        res.add("files-mount-cat", "cairn", m, mib=mib, mount_rss_mib=round(hwm, 1))
+    finally:
+        subprocess.run(["fusermount", "-u", str(mnt)], check=False, stderr=subprocess.DEVNULL)
+        try:
+            mount.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            mount.kill()
 
 
 def targets(res):
@@ -61,6 +95,7 @@ def targets(res):
     ls = res.get("files-ls-folder", "cairn")
     cat, limit = res.get("files-cat", "cairn"), res.get("files-cat", "limit")
     ex = res.get("files-extract", "cairn")
+    mnt = res.get("files-mount-cat", "cairn")
     return [
         ("ls of a 10 000-file folder (s)", None if ls is None else ls["seconds"], "< 1"),
         ("cairn cat / debugfs cat of the same 100 MiB file", None if not (cat and limit) else
@@ -68,4 +103,7 @@ def targets(res):
         ("bytes read from the store / file size (extract)", None if ex is None else
          ex["read_from_store"] / ex["file_bytes"], "<= 1.25"),
         ("peak RSS of cat (MiB)", None if cat is None else cat["rss_mib"], "< 128"),
+        ("cat through cairn mount / debugfs cat of the same file", None if not (mnt and limit) else
+         mnt["seconds"] / limit["seconds"], "<= 1.5"),
+        ("peak RSS of cairn mount (MiB)", None if mnt is None else mnt["mount_rss_mib"], "< 128"),
     ]

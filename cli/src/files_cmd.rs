@@ -18,9 +18,10 @@ use crate::words::human_bytes;
     cairn ls web01/xvda@latest                    # the partition table, each file system named\n  \
     cairn ls -l web01/xvda@latest:p2/etc          # a folder of partition 2\n  \
     cairn ls --json 'web01/xvda@2026-11-22T02:00:00Z:rootfs/var/log'   # by GPT name\n\n\
-    POINT is any point name `restore` takes; after the last ':' comes a partition (p1, p2...,\n\
-    its GPT name, or `disk` for a disk without a partition table) and a path in it. Only the\n\
-    chunks the file system reads are read from the store. ext2/3/4 are read so far.")]
+    POINT is any point name `restore` takes; after the last ':' comes a volume (p1, p2..., a\n\
+    GPT name, `disk` for a disk without a partition table, an LVM volume as VG-LV or by its\n\
+    name) and a path in it. Only the chunks the file system reads are read from the store.\n\
+    ext2/3/4, FAT12/16/32 and NTFS are read.")]
 pub struct LsArgs {
     #[command(flatten)]
     pub store: StoreArg,
@@ -211,8 +212,8 @@ pub fn cat(a: &CatArgs) -> Result<i32> {
     cairn extract web01/xvda@latest:p2/etc/nginx ./nginx-conf\n  \
     cairn extract --force 'web01/xvda@2026-11-22:rootfs/home/alice/report.odt' /tmp/report.odt\n\n\
     A file, or a folder with everything under it: modes, modification times, symlinks (as\n\
-    symlinks, never followed), owners when run as root, holes of sparse files; hard links\n\
-    become copies. DEST must not exist unless --force. No name in the image writes outside\n\
+    symlinks, never followed), owners when run as root, holes of sparse files, hard links (a\n\
+    file with several names is written once and linked). DEST must not exist unless --force. No name in the image writes outside\n\
     DEST: `..`, `/` in names and symlinks on the way are refused.")]
 pub struct ExtractArgs {
     #[command(flatten)]
@@ -257,13 +258,14 @@ pub fn extract(a: &ExtractArgs) -> Result<i32> {
         crate::print_json(&json!({
             "point": point.id, "path": path, "dest": a.dest.display().to_string(),
             "files": done.files, "dirs": done.dirs, "symlinks": done.symlinks,
+            "hard_links": done.hard_links,
             "skipped": done.skipped, "bytes": done.bytes,
             "bytes_read_from_store": files.bytes_read(),
             "seconds": started.elapsed().as_secs_f64(),
         }))?;
     } else {
         println!(
-            "extracted {path} of point {} into {}: {} files ({}), {} folders, {} symlinks{} in \
+            "extracted {path} of point {} into {}: {} files ({}), {} folders, {} symlinks{}{} in \
              {:.1}s",
             point.short_id(),
             a.dest.display(),
@@ -271,6 +273,11 @@ pub fn extract(a: &ExtractArgs) -> Result<i32> {
             human_bytes(done.bytes),
             done.dirs,
             done.symlinks,
+            if done.hard_links > 0 {
+                format!(", {}", crate::words::count(done.hard_links, "hard link"))
+            } else {
+                String::new()
+            },
             if done.skipped > 0 {
                 format!(", {} devices, fifos or sockets left out", done.skipped)
             } else {

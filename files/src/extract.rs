@@ -12,8 +12,8 @@
 //!   ancestors, in a damaged or hostile image) is refused, naming it.
 //! - **As the image had them, where this machine allows**: permissions, modification times
 //!   (folders' after their content), owners when run as root; runs of zeros of whole 4 KiB
-//!   blocks are left as holes (a sparse file stays sparse). Hard links are extracted as
-//!   separate copies.
+//!   blocks are left as holes (a sparse file stays sparse). A file with several names (hard
+//!   links, on ext and NTFS) is written once and linked under its other names, inside DEST.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -31,6 +31,8 @@ pub struct Extracted {
     pub dirs: u64,
     /// Symbolic links.
     pub symlinks: u64,
+    /// Names linked to a file already written (hard links).
+    pub hard_links: u64,
     /// Devices, fifos and sockets left out.
     pub skipped: u64,
     /// Bytes of file content.
@@ -52,13 +54,23 @@ pub fn extract(
 ) -> Result<Extracted> {
     let mut done = Extracted::default();
     let top = fs.entry(src)?;
-    let mut dirs: Vec<(std::path::PathBuf, Entry)> = Vec::new();
-    put(fs, src, &top, dest, force, &mut done, &mut dirs, progress)?;
+    let mut w = Written::default();
+    put(fs, src, &top, dest, force, &mut done, &mut w, progress)?;
     // Folders' times last (writing into a folder changes its time), deepest first.
-    for (path, e) in dirs.iter().rev() {
+    for (path, e) in w.dirs.iter().rev() {
         set_time(path, e.mtime)?;
     }
     Ok(done)
+}
+
+/// What an extraction wrote that it comes back to.
+#[derive(Default)]
+struct Written {
+    /// Folders, to set their times last.
+    dirs: Vec<(std::path::PathBuf, Entry)>,
+    /// The first name each file with an identity was written under (see
+    /// [`FileSystem::file_id`]): its other names become hard links to it.
+    files: std::collections::HashMap<u64, std::path::PathBuf>,
 }
 
 /// Writes entry `e` (at `src` in the image) to `dest`, folders depth first.
@@ -70,7 +82,7 @@ fn put(
     dest: &Path,
     force: bool,
     done: &mut Extracted,
-    dirs: &mut Vec<(std::path::PathBuf, Entry)>,
+    w: &mut Written,
     progress: &dyn Fn(&Extracted),
 ) -> Result<()> {
     match e.kind {
@@ -105,12 +117,12 @@ fn put(
                     &dest.join(&child.name),
                     force,
                     done,
-                    dirs,
+                    w,
                     progress,
                 )?;
             }
             finish(dest, e)?;
-            dirs.push((dest.to_path_buf(), e.clone()));
+            w.dirs.push((dest.to_path_buf(), e.clone()));
         }
         EntryKind::Symlink => {
             make_room(dest, force)?;
@@ -123,6 +135,13 @@ fn put(
         }
         EntryKind::File => {
             make_room(dest, force)?;
+            let id = fs.file_id(src)?;
+            if let Some(first) = id.and_then(|id| w.files.get(&id)) {
+                std::fs::hard_link(first, dest).map_err(io(dest))?;
+                done.hard_links += 1;
+                progress(done);
+                return Ok(());
+            }
             let mut out = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -135,6 +154,9 @@ fn put(
             drop(out);
             finish(dest, e)?;
             set_time(dest, e.mtime)?;
+            if let Some(id) = id {
+                w.files.insert(id, dest.to_path_buf());
+            }
             done.files += 1;
         }
         EntryKind::Other => done.skipped += 1,

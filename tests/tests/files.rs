@@ -346,6 +346,16 @@ fn a_folder_extracts_whole_and_nothing_lands_outside_dest() {
             .expect("stat")
             .mtime()
     );
+    // A file with two names (a hard link) written once, linked under its second name.
+    assert_eq!(done["hard_links"], 1, "{done}");
+    assert_eq!(
+        std::fs::metadata(dest.join("hostname-hard"))
+            .expect("stat")
+            .ino(),
+        m.ino(),
+        "hostname-hard is a hard link to etc/hostname"
+    );
+    assert_eq!(m.nlink(), 2);
     let sparse = std::fs::metadata(dest.join("sparse.bin")).expect("stat");
     assert_eq!(sparse.len(), 24 << 20);
     assert!(

@@ -85,6 +85,23 @@ impl FileSystem for Ext {
         Ok(out)
     }
 
+    /// The inode number. ext4-view 1.0 has no public accessor for it; its `File`'s `Debug`
+    /// shows it (`File { inode: 12, .. }`) and is read here. The crate's version is pinned
+    /// (`=1.0.0`) and the hard-link tests fail if that form changes.
+    fn file_id(&self, path: &str) -> Result<Option<u64>> {
+        let file = self.fs.open(path).map_err(ext_err(path))?;
+        let shown = format!("{file:?}");
+        let id = shown.split_once("inode: ").and_then(|(_, rest)| {
+            let digits: String = rest
+                .chars()
+                .skip_while(|c| !c.is_ascii_digit())
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        });
+        Ok(id)
+    }
+
     fn open_file(&self, path: &str) -> Result<Box<dyn super::FileRead + '_>> {
         Ok(Box::new(self.fs.open(path).map_err(ext_err(path))?))
     }
