@@ -617,6 +617,24 @@ fn an_ntfs_data_partition_reads_as_ntfsls_and_ntfscat_read_it() {
             .arg(&src)
             .arg(name));
     }
+    // Folders, a Unicode folder name, a deep path and a hard link, made through ntfs-3g (a
+    // FUSE mount of the image; ntfscp makes files only).
+    let mnt = w.join("ntfs-mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    ok(Command::new("ntfs-3g").arg(&ntfs).arg(&mnt));
+    let made = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(mnt.join("Users/alice/Documents/2026/Q4"))?;
+        std::fs::create_dir_all(mnt.join("日本語 フォルダ"))?;
+        std::fs::write(mnt.join("Users/alice/Documents/report.txt"), "quarterly\n")?;
+        std::fs::write(mnt.join("Users/alice/Documents/2026/Q4/deep.txt"), "deep\n")?;
+        std::fs::write(mnt.join("日本語 フォルダ/メモ.txt"), "メモ\n")?;
+        std::fs::hard_link(
+            mnt.join("Users/alice/Documents/report.txt"),
+            mnt.join("Users/alice/report-link.txt"),
+        )
+    })();
+    ok(Command::new("fusermount").arg("-u").arg(&mnt));
+    made.expect("files made through ntfs-3g");
     let raw = disk(
         w,
         80,
@@ -627,20 +645,35 @@ fn an_ntfs_data_partition_reads_as_ntfsls_and_ntfscat_read_it() {
     let p = id(&store.backup("win", "2026-11-01T02:00:00Z", "xvda", &raw, &[]));
     let table = json(&ok(&mut store.cmd(&["ls", "--json", &p])));
     assert_eq!(table["partitions"][0]["filesystem"], "ntfs", "{table}");
-    // Names and sizes as `ntfsls -l` lists them; contents as `ntfscat` reads them.
-    let ntfsls = ok(Command::new("ntfsls").arg("-l").arg(&ntfs));
-    let want: BTreeMap<String, u64> = ntfsls
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 6).then(|| (f[5..].join(" "), f[0].parse().expect("size")))
-        })
-        .collect();
-    let got: BTreeMap<String, u64> = cairn_ls(&store, &format!("{p}:DATA/"))
-        .into_iter()
-        .map(|(k, v)| (k, v.3))
-        .collect();
-    assert_eq!(got, want);
+    // Names and sizes of every folder as `ntfsls -l -p` lists them; contents as `ntfscat`
+    // reads them.
+    for folder in [
+        "/",
+        "/Users",
+        "/Users/alice",
+        "/Users/alice/Documents",
+        "/Users/alice/Documents/2026/Q4",
+        "/日本語 フォルダ",
+    ] {
+        let ntfsls = ok(Command::new("ntfsls").args(["-l", "-p", folder]).arg(&ntfs));
+        let want: BTreeMap<String, u64> = ntfsls
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 6).then(|| (f[5..].join(" "), f[0].parse().expect("size")))
+            })
+            .filter(|(name, _)| name != "." && name != "..")
+            .collect();
+        let got: BTreeMap<String, u64> = cairn_ls(&store, &format!("{p}:DATA{folder}"))
+            .into_iter()
+            .map(|(k, v)| (k, if v.4 == "dir" { 0 } else { v.3 }))
+            .collect();
+        assert_eq!(got, want, "{folder}");
+    }
+    assert_eq!(
+        cat(&store, &format!("{p}:p1/日本語 フォルダ/メモ.txt")),
+        "メモ\n".as_bytes()
+    );
     for (name, bytes) in &files {
         let by_ntfscat = Command::new("ntfscat")
             .arg(&ntfs)
@@ -651,6 +684,20 @@ fn an_ntfs_data_partition_reads_as_ntfsls_and_ntfscat_read_it() {
         assert_eq!(&cat(&store, &format!("{p}:p1/{name}")), bytes, "{name}");
     }
     let dest = w.join("out");
-    ok(store.cmd(&["extract", &format!("{p}:p1/")]).arg(&dest));
+    let done = json(&ok(store
+        .cmd(&["extract", "--json", &format!("{p}:p1/")])
+        .arg(&dest)));
     assert_eq!(read(&dest.join("big.bin")), files[2].1);
+    assert_eq!(
+        read(&dest.join("Users/alice/Documents/2026/Q4/deep.txt")),
+        b"deep\n"
+    );
+    // The hard link made through ntfs-3g: one file, two names.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(done["hard_links"], 1, "{done}");
+    let ino = |p: &str| std::fs::metadata(dest.join(p)).expect("stat").ino();
+    assert_eq!(
+        ino("Users/alice/report-link.txt"),
+        ino("Users/alice/Documents/report.txt")
+    );
 }
