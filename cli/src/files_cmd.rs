@@ -4,7 +4,8 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use cairn_files::{Entry, EntryKind, PointFiles, SharedStore};
+use cairn_files::{DiskFiles, Entry, EntryKind};
+use cairn_restore::{PointDisk, SharedStore};
 use cairn_store::{RecoveryPoint, StoreRead};
 use clap::Args;
 use serde_json::json;
@@ -66,11 +67,17 @@ fn point_and_path(store: &dyn StoreRead, what: &str) -> Result<(RecoveryPoint, O
     ))
 }
 
+/// A point opened for its files: its volumes, its disk (which counts what it read), the point,
+/// and the path asked for after its name.
+pub(crate) struct Opened {
+    pub files: DiskFiles,
+    pub disk: Arc<PointDisk>,
+    pub point: RecoveryPoint,
+    pub path: Option<String>,
+}
+
 /// A point's files, in a store folder or through a server, with the store's key.
-pub(crate) fn open(
-    a: &StoreArg,
-    what: &str,
-) -> Result<(PointFiles, RecoveryPoint, Option<String>)> {
+pub(crate) fn open(a: &StoreArg, what: &str) -> Result<Opened> {
     let store: SharedStore = match a.reader()? {
         crate::store_cmd::Reader::Local(s) => {
             s.keys()?;
@@ -82,13 +89,24 @@ pub(crate) fn open(
         }
     };
     let (point, path) = point_and_path(&*store, what)?;
-    let files = PointFiles::open(Arc::clone(&store), point.clone())
-        .with_context(|| format!("reading the partitions of point {}", point.short_id()))?;
-    Ok((files, point, path))
+    let disk = Arc::new(PointDisk::new(Arc::clone(&store), point.clone())?);
+    let files = DiskFiles::open(
+        Arc::clone(&disk) as Arc<dyn cairn_files::DiskRead>,
+        format!("point {}", point.short_id()),
+    )
+    .with_context(|| format!("reading the partitions of point {}", point.short_id()))?;
+    Ok(Opened {
+        files,
+        disk,
+        point,
+        path,
+    })
 }
 
 pub fn ls(a: &LsArgs) -> Result<i32> {
-    let (files, point, path) = open(&a.store, &a.what)?;
+    let Opened {
+        files, point, path, ..
+    } = open(&a.store, &a.what)?;
     let Some(path) = path.filter(|p| !p.is_empty()) else {
         return show_partitions(&files, &point, a.json);
     };
@@ -143,9 +161,11 @@ pub fn ls(a: &LsArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn show_partitions(files: &PointFiles, point: &RecoveryPoint, json: bool) -> Result<i32> {
+fn show_partitions(files: &DiskFiles, point: &RecoveryPoint, json: bool) -> Result<i32> {
     if json {
-        crate::print_json(&cairn_files::shown::partitions_json(files)?)?;
+        let mut table = cairn_files::shown::partitions_json(files)?;
+        table["point"] = json!(point.id);
+        crate::print_json(&table)?;
         return Ok(0);
     }
     let mut rows = Vec::new();
@@ -186,7 +206,9 @@ fn show_partitions(files: &PointFiles, point: &RecoveryPoint, json: bool) -> Res
 }
 
 pub fn cat(a: &CatArgs) -> Result<i32> {
-    let (files, point, path) = open(&a.store, &a.what)?;
+    let Opened {
+        files, point, path, ..
+    } = open(&a.store, &a.what)?;
     let Some(path) = path else {
         crate::usage!(
             "{}: name a file inside point {} (POINT:PARTITION/PATH)",
@@ -231,7 +253,12 @@ pub struct ExtractArgs {
 }
 
 pub fn extract(a: &ExtractArgs) -> Result<i32> {
-    let (files, point, path) = open(&a.store, &a.what)?;
+    let Opened {
+        files,
+        disk,
+        point,
+        path,
+    } = open(&a.store, &a.what)?;
     let Some(path) = path else {
         crate::usage!(
             "{}: name a file or folder inside point {} (POINT:PARTITION/PATH)",
@@ -260,7 +287,7 @@ pub fn extract(a: &ExtractArgs) -> Result<i32> {
             "files": done.files, "dirs": done.dirs, "symlinks": done.symlinks,
             "hard_links": done.hard_links,
             "skipped": done.skipped, "bytes": done.bytes,
-            "bytes_read_from_store": files.bytes_read(),
+            "bytes_read_from_store": disk.bytes_read(),
             "seconds": started.elapsed().as_secs_f64(),
         }))?;
     } else {
@@ -316,7 +343,9 @@ pub struct FindArgs {
 }
 
 pub fn find(a: &FindArgs) -> Result<i32> {
-    let (files, point, path) = open(&a.store, &a.what)?;
+    let Opened {
+        files, point, path, ..
+    } = open(&a.store, &a.what)?;
     let newer = a
         .newer
         .as_deref()

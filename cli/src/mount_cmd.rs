@@ -29,7 +29,9 @@ pub struct MountArgs {
 }
 
 pub fn mount(a: &MountArgs) -> Result<i32> {
-    let (files, point, path) = crate::files_cmd::open(&a.store, &a.point)?;
+    let crate::files_cmd::Opened {
+        files, point, path, ..
+    } = crate::files_cmd::open(&a.store, &a.point)?;
     if let Some(p) = path {
         anyhow::bail!(
             "{}: `cairn mount` mounts a whole point (its partitions are its folders), not \
@@ -37,7 +39,11 @@ pub fn mount(a: &MountArgs) -> Result<i32> {
             a.point
         );
     }
-    let mounted = cairn_mount::mount(files, &a.dir)
+    let about = cairn_mount::About {
+        name: format!("cairn:{}", point.short_id()),
+        time: point.time.timestamp(),
+    };
+    let mounted = cairn_mount::mount(files, &about, &a.dir)
         .with_context(|| format!("mounting point {}", point.short_id()))?;
     if a.json {
         let shown: Vec<_> = mounted

@@ -1,21 +1,13 @@
-//! A point read as a disk, at any offset, chunk by chunk: the chunks a read touches are looked
-//! up in the point's tree and read from their packs (checked against their ids), a few kept for
-//! the reads that follow (a file system reads its metadata in small, nearby pieces).
+//! What volumes are read from ([`DiskRead`]: a point's disk in cairn, bytes in memory in a
+//! test or a fuzz target), and a volume's bytes ([`Slice`]: a partition in one piece, a logical
+//! volume in several).
 
-use std::sync::{Arc, Mutex};
-
-use cairn_store::{ChunkRef, Found, PointLookup, RecoveryPoint, StoreRead};
-
-/// A store read here or through `cairn serve`.
-pub type SharedStore = Arc<dyn StoreRead + Send + Sync>;
+use std::sync::Arc;
 
 use crate::{Error, Result};
 
-/// Chunks kept for reads that come back to them (4 MiB... 64 MiB by chunk size).
-const CACHED_CHUNKS: usize = 32;
-
-/// What volumes are read from: a point's disk ([`PointDisk`]), or bytes in memory (an image
-/// in a test or a fuzz target).
+/// What volumes are read from: a point's disk (cairn's `PointDisk`), or bytes in memory (an
+/// image in a test or a fuzz target). Reads are checked by whoever implements it.
 pub trait DiskRead: Send + Sync {
     /// Its size in bytes.
     fn size(&self) -> u64;
@@ -43,120 +35,6 @@ impl DiskRead for Vec<u8> {
             })?;
         buf.copy_from_slice(bytes);
         Ok(())
-    }
-}
-
-impl DiskRead for PointDisk {
-    fn size(&self) -> u64 {
-        PointDisk::size(self)
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        PointDisk::read_at(self, offset, buf)
-    }
-}
-
-/// A point's disk, read in place.
-pub struct PointDisk {
-    store: SharedStore,
-    point: RecoveryPoint,
-    lookup: PointLookup,
-    chunk: u64,
-    /// The chunks read last, newest last.
-    cache: Mutex<Vec<(u64, Arc<Vec<u8>>)>>,
-    /// Bytes read from the store so far.
-    read: std::sync::atomic::AtomicU64,
-}
-
-impl PointDisk {
-    /// The disk of `point` in `store`.
-    ///
-    /// # Errors
-    /// A point whose tree cannot be read.
-    pub fn new(store: SharedStore, point: RecoveryPoint) -> Result<Self> {
-        let lookup = PointLookup::new(&point)?;
-        let chunk = u64::from(store.config().chunk_size);
-        Ok(Self {
-            store,
-            point,
-            lookup,
-            chunk,
-            cache: Mutex::new(Vec::new()),
-            read: std::sync::atomic::AtomicU64::new(0),
-        })
-    }
-
-    /// The disk's size in bytes.
-    #[must_use]
-    pub fn size(&self) -> u64 {
-        self.point.size
-    }
-
-    /// The point.
-    #[must_use]
-    pub fn point(&self) -> &RecoveryPoint {
-        &self.point
-    }
-
-    /// Bytes of chunks read from the store so far (zeros cost none).
-    #[must_use]
-    pub fn bytes_read(&self) -> u64 {
-        self.read.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Fills `buf` from disk offset `offset`.
-    ///
-    /// # Errors
-    /// A read past the disk's end; a chunk that is missing or bad (named, with the offset).
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= self.point.size)
-            .ok_or_else(|| Error::Outside {
-                offset,
-                len: buf.len() as u64,
-                size: self.point.size,
-            })?;
-        let mut at = offset;
-        while at < end {
-            let i = at / self.chunk;
-            let within = (at - i * self.chunk) as usize;
-            let n = ((end - at) as usize).min(self.chunk as usize - within);
-            let out = &mut buf[(at - offset) as usize..(at - offset) as usize + n];
-            match self.chunk_at(i)? {
-                Some(c) => out.copy_from_slice(&c[within..within + n]),
-                None => out.fill(0),
-            }
-            at += n as u64;
-        }
-        Ok(())
-    }
-
-    /// Chunk `i`'s bytes; `None` for zeros.
-    fn chunk_at(&self, i: u64) -> Result<Option<Arc<Vec<u8>>>> {
-        if let Ok(cache) = self.cache.lock()
-            && let Some((_, c)) = cache.iter().find(|(k, _)| *k == i)
-        {
-            return Ok(Some(Arc::clone(c)));
-        }
-        let id = match self.lookup.find(&*self.store, i)? {
-            Found::Zeros { .. } | Found::Ref(ChunkRef::Zero) => return Ok(None),
-            Found::Ref(ChunkRef::Data(id)) => id,
-        };
-        let bytes = Arc::new(self.store.read_chunk(&id).map_err(|e| Error::Chunk {
-            point: self.point.short_id().to_owned(),
-            offset: i * self.chunk,
-            source: e,
-        })?);
-        self.read
-            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHED_CHUNKS {
-                cache.remove(0);
-            }
-            cache.push((i, Arc::clone(&bytes)));
-        }
-        Ok(Some(bytes))
     }
 }
 

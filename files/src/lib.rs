@@ -1,20 +1,21 @@
-//! Files inside a recovery point, read in place: no restore, no root, no loop device.
+//! Files inside a disk image, read in place: no restore, no root, no loop device. This crate
+//! knows nothing of cairn's store: it reads volumes from any [`DiskRead`] (`read_at(offset,
+//! buf)`); cairn hands it a point's disk (`cairn_restore::PointDisk`, which reads only the
+//! chunks asked for, each checked against its id), a test or a fuzz target hands it bytes.
 //!
-//! A point's disk is read at any offset through its tree ([`disk`]); its partition table names
-//! its partitions ([`partitions`]: GPT, MBR with logical partitions, or none); each partition's
-//! file system is recognised by its magic and, when cairn reads it, opened ([`fs`]: ext2/3/4
-//! through `ext4-view`, FAT12/16/32 through `fatfs`, NTFS through `ntfs`). Only the chunks the file system asks for are read from the store, each
-//! checked against its id.
+//! The disk's partition table names its partitions ([`partitions`]: GPT, MBR with logical
+//! partitions, or none), LVM2 physical volumes among them give their linear logical volumes
+//! ([`lvm`]); each volume's file system is recognised by its magic and, when read here, opened
+//! ([`fs`]: ext2/3/4 through `ext4-view`, FAT12/16/32 through `fatfs`, NTFS through `ntfs`).
+//! Every structure parsed is hostile input: bounded, checked, never a panic (`tests/hostile.rs`,
+//! and the fuzz target in `fuzz/`).
 //!
-//! Paths name a partition and a path inside it: `p1/etc/hostname`, or the GPT partition's name
-//! (`rootfs/etc/hostname`); `disk/...` for a disk without a partition table.
+//! Paths name a volume and a path inside it: `p1/etc/hostname`, the GPT partition's name
+//! (`rootfs/etc/hostname`), an LVM volume (`vg-root/etc`, or `root/etc`); `disk/...` for a disk
+//! without a partition table.
 //!
-//! Files and folders are copied out by [`extract`], never outside their destination.
-//!
-//! The store is a folder's or a `cairn serve`'s (through the API's chunk reads: the server
-//! reads only the chunks asked for).
-//!
-//! Still to come (issue 34): LVM, `mount`, the report page's browse page.
+//! Files and folders are copied out by [`extract`], never outside their destination; found by
+//! [`find`]; shown as `--json` shows them by [`shown`].
 
 pub mod disk;
 pub mod extract;
@@ -26,9 +27,7 @@ pub mod shown;
 
 use std::sync::Arc;
 
-use cairn_store::RecoveryPoint;
-
-pub use disk::{DiskRead, Piece, PointDisk, SharedStore, Slice};
+pub use disk::{DiskRead, Piece, Slice};
 pub use extract::{Extracted, extract};
 pub use find::find;
 pub use fs::{FileRead, FileSystem, FsKind};
@@ -38,18 +37,15 @@ pub use partitions::{Partition, Scheme};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] cairn_store::Error),
-    /// A chunk of the point could not be read.
-    #[error("point {point}, disk offset {offset}: {source}")]
-    Chunk {
-        /// The point.
-        point: String,
-        /// The chunk's offset on the disk.
+    /// The disk could not be read there (a chunk missing or damaged, a transport error).
+    #[error("{disk}, disk offset {offset}: {source}")]
+    Read {
+        /// The disk (`point 1a2b3c4d5e6f`).
+        disk: String,
+        /// Where.
         offset: u64,
-        /// Why.
-        source: cairn_store::Error,
+        /// Why: the reader's own error.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A read past the end of a disk or partition (a table or file system pointing outside).
     #[error("a read of {len} bytes at offset {offset} lies past the end ({size} bytes)")]
@@ -202,26 +198,34 @@ fn logical_volumes(disk: &Arc<dyn DiskRead>, parts: &mut Vec<Partition>) -> Resu
     Ok(())
 }
 
-/// A point's partitions and file systems.
-pub struct PointFiles {
-    disk: Arc<PointDisk>,
+/// A disk's volumes and file systems.
+pub struct DiskFiles {
+    disk: Arc<dyn DiskRead>,
+    /// What the disk is called in messages (`point 1a2b3c4d5e6f`).
+    name: String,
     scheme: Scheme,
     parts: Vec<Partition>,
 }
 
-impl PointFiles {
-    /// Opens `point` of `store`: reads its partition table.
+impl DiskFiles {
+    /// Opens `disk` (called `name` in messages): reads its partition table and LVM metadata.
     ///
     /// # Errors
-    /// A point whose tree or partition table cannot be read.
-    pub fn open(store: SharedStore, point: RecoveryPoint) -> Result<Self> {
-        let disk = Arc::new(PointDisk::new(store, point)?);
-        let (scheme, parts) = volumes(&(Arc::clone(&disk) as Arc<dyn DiskRead>))?;
+    /// A partition table that cannot be read.
+    pub fn open(disk: Arc<dyn DiskRead>, name: impl Into<String>) -> Result<Self> {
+        let (scheme, parts) = volumes(&disk)?;
         Ok(Self {
             disk,
+            name: name.into(),
             scheme,
             parts,
         })
+    }
+
+    /// What the disk is called in messages.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The disk's partition scheme.
@@ -236,26 +240,14 @@ impl PointFiles {
         &self.parts
     }
 
-    /// Bytes read from the store so far.
-    #[must_use]
-    pub fn bytes_read(&self) -> u64 {
-        self.disk.bytes_read()
-    }
-
     fn shared(&self) -> Arc<dyn DiskRead> {
-        Arc::clone(&self.disk) as Arc<dyn DiskRead>
+        Arc::clone(&self.disk)
     }
 
     /// The whole disk's bytes.
     #[must_use]
     pub fn whole_disk(&self) -> Slice {
         Slice::new(self.shared(), 0, self.disk.size())
-    }
-
-    /// The point it reads.
-    #[must_use]
-    pub fn point(&self) -> &RecoveryPoint {
-        self.disk.point()
     }
 
     /// A partition's bytes.
@@ -294,8 +286,8 @@ impl PointFiles {
                     })
                     .collect();
                 Error::Path(format!(
-                    "{head:?} names no partition of point {}: it has {}",
-                    self.disk.point().short_id(),
+                    "{head:?} names no volume of {}: it has {}",
+                    self.name,
                     names.join(", ")
                 ))
             })?;

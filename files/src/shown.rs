@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::{Entry, PointFiles, Result};
+use crate::{DiskFiles, Entry, Result};
 
 /// One entry: name, type, size, mode (octal permissions), owner, group, mtime (seconds since
 /// 1970), link target.
@@ -15,12 +15,12 @@ pub fn entry_json(e: &Entry) -> Value {
     })
 }
 
-/// A point's partition table: the point's id, the scheme, and each partition with the file
-/// system found in it and whether cairn reads it.
+/// A disk's volumes: the scheme, and each volume with the file system found in it and whether
+/// it is read.
 ///
 /// # Errors
 /// The disk's read errors (each partition's first bytes are read).
-pub fn partitions_json(files: &PointFiles) -> Result<Value> {
+pub fn partitions_json(files: &DiskFiles) -> Result<Value> {
     let mut parts = Vec::new();
     for p in files.partitions() {
         let fs = files.detect(p)?;
@@ -30,7 +30,6 @@ pub fn partitions_json(files: &PointFiles) -> Result<Value> {
         }));
     }
     Ok(json!({
-        "point": files.point().id,
         "scheme": format!("{:?}", files.scheme()).to_lowercase(),
         "partitions": parts,
     }))

@@ -306,3 +306,30 @@ fn damaged_partition_tables_give_errors_never_a_panic_or_a_hang() {
         }
     }
 }
+
+#[test]
+fn an_ntfs_volume_cut_short_anywhere_is_an_error_not_a_panic() {
+    // The fuzz target's first find: a boot sector cut short made the ntfs crate panic.
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = source(work.path());
+    let image = ntfs(work.path(), &src);
+    for len in [
+        11usize,
+        100,
+        511,
+        512,
+        513,
+        4096,
+        8192,
+        65_536,
+        1 << 20,
+        4 << 20,
+    ] {
+        let cut = image[..len.min(image.len())].to_vec();
+        bounded(&format!("ntfs cut at {len}"), move || {
+            let disk: Arc<dyn DiskRead> = Arc::new(cut);
+            let n = disk.size();
+            walk_all(Slice::new(disk, 0, n));
+        });
+    }
+}

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use cairn_files::PointFiles;
+use cairn_files::DiskFiles;
 use crossbeam_channel::{Receiver, Sender};
 use fuser::{
     FileHandle, Filesystem, INodeNo, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
@@ -151,11 +151,20 @@ pub fn ask_unmount(dir: &Path) -> Result<(), Error> {
     })
 }
 
+/// What a mount says of itself.
+#[derive(Debug, Clone)]
+pub struct About {
+    /// Its name in the system's list of mounts (`cairn:1a2b3c4d5e6f`).
+    pub name: String,
+    /// The time its made-up entries (the root, the raw files) show, in seconds since 1970.
+    pub time: i64,
+}
+
 /// Mounts `files` at `dir` (an empty folder), read-only, in the background of this process.
 ///
 /// # Errors
 /// `dir` not an empty folder; a partition whose file system does not open; FUSE refusing.
-pub fn mount(files: PointFiles, dir: &Path) -> Result<Mounted, Error> {
+pub fn mount(files: DiskFiles, about: &About, dir: &Path) -> Result<Mounted, Error> {
     let bad = |why: &str| Error::MountPoint {
         dir: dir.to_path_buf(),
         why: why.to_owned(),
@@ -164,12 +173,12 @@ pub fn mount(files: PointFiles, dir: &Path) -> Result<Mounted, Error> {
     if inside.next().is_some() {
         return Err(bad("not empty: a point is mounted on an empty folder only"));
     }
-    let name = format!("cairn:{}", files.point().short_id());
+    let (name, time) = (about.name.clone(), about.time);
     let (ops_tx, ops_rx) = crossbeam_channel::bounded::<Op>(64);
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     std::thread::Builder::new()
         .name("cairn-mount".into())
-        .spawn(move || worker::run(files, &ops_rx, &ready_tx))
+        .spawn(move || worker::run(files, time, &ops_rx, &ready_tx))
         .map_err(|e| Error::Files(format!("starting the mount's thread: {e}")))?;
     let shown = ready_rx
         .recv()

@@ -11,7 +11,7 @@ use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, UNIX_EPOCH};
 
-use cairn_files::{Entry, EntryKind, FileRead, FileSystem, PointFiles, Slice};
+use cairn_files::{DiskFiles, Entry, EntryKind, FileRead, FileSystem, Slice};
 use crossbeam_channel::{Receiver, Sender};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, OpenAccMode, OpenFlags,
@@ -83,9 +83,13 @@ enum Handle<'s> {
 }
 
 /// Opens `files`' file systems, says what the mount shows on `ready`, then answers `ops` until
-/// the mount ends (the channel closes).
-pub fn run(files: PointFiles, ops: &Receiver<Op>, ready: &Sender<Result<Vec<Shown>, String>>) {
-    let time = files.point().time.timestamp();
+/// the mount ends (the channel closes). Made-up entries are dated `time`.
+pub fn run(
+    files: DiskFiles,
+    time: i64,
+    ops: &Receiver<Op>,
+    ready: &Sender<Result<Vec<Shown>, String>>,
+) {
     let disk = files.whole_disk();
     let mut systems: Vec<Box<dyn FileSystem>> = Vec::new();
     let mut top = vec![(

@@ -24,6 +24,10 @@
 //! The [`export`] module serves points as NBD block devices (instant restore): random reads
 //! checked chunk by chunk, holes reported, writes kept in a per-client overlay.
 //!
+//! # Files inside a point
+//! [`PointDisk`] reads a point at any offset for `cairn-files` (which knows nothing of the
+//! store): `ls`, `cat`, `extract`, `mount` and the server's browse pages.
+//!
 //! # Outputs
 //! A restore never destroys what it writes over, nor leaves a partial file that looks finished:
 //! the `output` module holds the rules (temporary name, rename on success, `force` to replace a
@@ -39,6 +43,7 @@ mod direct;
 pub mod export;
 mod output;
 pub mod partials;
+pub mod point_disk;
 mod raw;
 mod reader;
 pub mod standby;
@@ -47,6 +52,7 @@ mod vhd;
 pub use changed::{Changed, restore_changed};
 pub use export::{PointDevice, PointExports};
 pub use output::Plan;
+pub use point_disk::{PointDisk, SharedStore};
 pub use reader::{Needed, PointReader};
 pub use standby::{StandbyOptions, StandbyReport, standby};
 pub use vhd::{chain_file_name, vhd_file_name};

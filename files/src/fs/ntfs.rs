@@ -5,6 +5,12 @@
 //! stream; NTFS keeps no Unix owner or mode, so entries show as root's, folders 0755 and files
 //! 0644 (0444 when read-only). A file's content streams: its data attribute is found again for
 //! each 1 MiB read (the crate's values borrow the file record they come from).
+//!
+//! The `ntfs` crate (0.4) panics when a read fails inside a structure it parses (a binrw
+//! error of a type it does not expect; found by the fuzz target on a volume cut short). So it
+//! is handed a device that never fails ([`Device`]): past the volume's end, or where the disk
+//! does not read, it reads zeros and keeps the first error, and every operation here returns
+//! that error when it ends.
 
 use std::cell::RefCell;
 use std::io::Read;
@@ -25,7 +31,50 @@ const READ_AT_ONCE: usize = 1 << 20;
 /// An opened NTFS file system.
 pub struct NtfsVolume {
     ntfs: Ntfs,
-    part: RefCell<Slice>,
+    part: RefCell<Device>,
+}
+
+/// A volume as `ntfs` reads it: reads never fail; a read past the end or one the disk refuses
+/// gives zeros and leaves its error in `failed` (see the module's doc).
+struct Device {
+    slice: Slice,
+    pos: u64,
+    failed: Option<String>,
+}
+
+impl std::io::Read for Device {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let len = self.slice.len();
+        let inside = len.saturating_sub(self.pos).min(buf.len() as u64) as usize;
+        if inside < buf.len() && self.failed.is_none() {
+            self.failed = Some(format!(
+                "a read of {} bytes at byte {} runs past the volume's end ({len} bytes)",
+                buf.len(),
+                self.pos
+            ));
+        }
+        if inside > 0
+            && let Err(e) = self.slice.read_at(self.pos, &mut buf[..inside])
+        {
+            buf[..inside].fill(0);
+            self.failed.get_or_insert_with(|| e.to_string());
+        }
+        buf[inside..].fill(0);
+        self.pos = self.pos.saturating_add(buf.len() as u64);
+        Ok(buf.len())
+    }
+}
+
+impl std::io::Seek for Device {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let new = match to {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(d) => self.slice.len().checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| std::io::Error::other("a seek before the start"))?;
+        Ok(self.pos)
+    }
 }
 
 fn ntfs_err(path: &str) -> impl Fn(ntfs::NtfsError) -> Error + '_ {
@@ -47,13 +96,38 @@ impl NtfsVolume {
     ///
     /// # Errors
     /// A boot sector or upcase table that does not read as NTFS's.
-    pub fn open(mut part: Slice) -> Result<Self> {
-        let mut ntfs = Ntfs::new(&mut part).map_err(ntfs_err("/"))?;
-        ntfs.read_upcase_table(&mut part).map_err(ntfs_err("/"))?;
+    pub fn open(part: Slice) -> Result<Self> {
+        let mut dev = Device {
+            slice: part,
+            pos: 0,
+            failed: None,
+        };
+        let opened = Ntfs::new(&mut dev).and_then(|mut ntfs| {
+            ntfs.read_upcase_table(&mut dev)?;
+            Ok(ntfs)
+        });
+        if let Some(why) = dev.failed.take() {
+            return Err(Error::Fs {
+                path: "/".into(),
+                why,
+            });
+        }
         Ok(Self {
-            ntfs,
-            part: RefCell::new(part),
+            ntfs: opened.map_err(ntfs_err("/"))?,
+            part: RefCell::new(dev),
         })
+    }
+
+    /// `done`, unless the device failed on the way: then its error (a volume cut short, a
+    /// chunk that does not read).
+    fn checked<T>(&self, path: &str, done: Result<T>) -> Result<T> {
+        if let Some(why) = self.part.borrow_mut().failed.take() {
+            return Err(Error::Fs {
+                path: path.to_owned(),
+                why,
+            });
+        }
+        done
     }
 
     /// The file at `path`, component by component from the root.
@@ -121,12 +195,31 @@ fn unix_seconds(nt: u64) -> i64 {
 
 impl FileSystem for NtfsVolume {
     fn entry(&self, path: &str) -> Result<Entry> {
-        let file = self.file(path)?;
-        let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("/");
-        self.entry_of(&file, name.to_owned(), path)
+        let done = self.file(path).and_then(|file| {
+            let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("/");
+            self.entry_of(&file, name.to_owned(), path)
+        });
+        self.checked(path, done)
     }
 
     fn list(&self, path: &str) -> Result<Vec<Entry>> {
+        let done = self.list_unchecked(path);
+        self.checked(path, done)
+    }
+
+    fn file_id(&self, path: &str) -> Result<Option<u64>> {
+        let done = self.file(path).map(|f| Some(f.file_record_number()));
+        self.checked(path, done)
+    }
+
+    fn open_file(&self, path: &str) -> Result<Box<dyn super::FileRead + '_>> {
+        let done = self.open_unchecked(path);
+        self.checked(path, done)
+    }
+}
+
+impl NtfsVolume {
+    fn list_unchecked(&self, path: &str) -> Result<Vec<Entry>> {
         let dir = self.file(path)?;
         if !dir.is_directory() {
             return Err(Error::Fs {
@@ -164,11 +257,7 @@ impl FileSystem for NtfsVolume {
         Ok(out)
     }
 
-    fn file_id(&self, path: &str) -> Result<Option<u64>> {
-        Ok(Some(self.file(path)?.file_record_number()))
-    }
-
-    fn open_file(&self, path: &str) -> Result<Box<dyn super::FileRead + '_>> {
+    fn open_unchecked(&self, path: &str) -> Result<Box<dyn super::FileRead + '_>> {
         let file = self.file(path)?;
         if file.is_directory() {
             return Err(Error::Fs {
@@ -211,25 +300,29 @@ impl Stream<'_> {
         self.buf.clear();
         self.at = 0;
         let mut part = self.fs.part.borrow_mut();
-        let err = |e: ntfs::NtfsError| std::io::Error::other(format!("{}: {e}", self.path));
-        let Some(item) = self.file.data(&mut *part, "") else {
-            return Ok(());
-        };
-        let item = item.map_err(err)?;
-        let attr = item.to_attribute().map_err(err)?;
-        let mut value = attr.value(&mut *part).map_err(err)?;
-        let len = value.len();
-        let want =
-            (len.saturating_sub(self.pos)).min(asked.clamp(64 << 10, READ_AT_ONCE) as u64) as usize;
-        let mut piece = vec![0u8; want];
-        if want > 0 {
-            value
-                .seek(&mut *part, std::io::SeekFrom::Start(self.pos))
-                .map_err(err)?;
-            value.read_exact(&mut *part, &mut piece).map_err(err)?;
+        let (pos, chunk) = (self.pos, asked.clamp(64 << 10, READ_AT_ONCE) as u64);
+        let read = (|| -> std::result::Result<Vec<u8>, ntfs::NtfsError> {
+            let Some(item) = self.file.data(&mut *part, "") else {
+                return Ok(Vec::new());
+            };
+            let item = item?;
+            let attr = item.to_attribute()?;
+            let mut value = attr.value(&mut *part)?;
+            let want = value.len().saturating_sub(pos).min(chunk) as usize;
+            let mut piece = vec![0u8; want];
+            if want > 0 {
+                value.seek(&mut *part, std::io::SeekFrom::Start(pos))?;
+                value.read_exact(&mut *part, &mut piece)?;
+            }
+            Ok(piece)
+        })();
+        // The device's own failure first: it is why what was parsed was zeros.
+        if let Some(why) = part.failed.take() {
+            return Err(std::io::Error::other(format!("{}: {why}", self.path)));
         }
+        let piece = read.map_err(|e| std::io::Error::other(format!("{}: {e}", self.path)))?;
+        self.pos += piece.len() as u64;
         self.buf = piece;
-        self.pos += want as u64;
         Ok(())
     }
 }

@@ -20,7 +20,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use cairn_files::{EntryKind, FileSystem, PointFiles, SharedStore};
+use cairn_files::{DiskFiles, EntryKind, FileSystem};
+use cairn_restore::{PointDisk, SharedStore};
+use cairn_store::RecoveryPoint;
 use serde_json::{Value, json};
 
 use super::page::{html, page_token};
@@ -66,7 +68,7 @@ pub(super) async fn list(
             vec![entry]
         };
         Ok(Json(json!({
-            "point": files.point().id,
+            "point": point.id,
             "path": path,
             "entries": entries.iter().map(cairn_files::shown::entry_json).collect::<Vec<_>>(),
         })))
@@ -131,8 +133,7 @@ async fn browse_at(app: Shared, headers: HeaderMap, id: String, path: String) ->
         Err(answer) => return *answer,
     };
     let made = blocking(move || {
-        let files = point_files(&app, &t, &id)?;
-        let point = files.point().clone();
+        let (point, files) = point_files(&app, &t, &id)?;
         if path.trim_matches('/').is_empty() {
             let mut parts = Vec::new();
             for p in files.partitions() {
@@ -164,8 +165,8 @@ async fn browse_at(app: Shared, headers: HeaderMap, id: String, path: String) ->
     }
 }
 
-/// A point's files, for a token that reaches its VM, in a store the server can read.
-fn point_files(app: &App, t: &Token, id: &str) -> Answer<PointFiles> {
+/// A point and its files, for a token that reaches its VM, in a store the server can read.
+fn point_files(app: &App, t: &Token, id: &str) -> Answer<(RecoveryPoint, DiskFiles)> {
     let point = point_of(app, t, id)?;
     if app.store.chunk_keys().is_none() {
         return Err(ApiError::new(
@@ -175,7 +176,9 @@ fn point_files(app: &App, t: &Token, id: &str) -> Answer<PointFiles> {
         ));
     }
     let store: SharedStore = Arc::new(app.store);
-    PointFiles::open(store, point).map_err(bad)
+    let disk = Arc::new(PointDisk::new(store, point.clone())?);
+    let files = DiskFiles::open(disk, format!("point {}", point.short_id())).map_err(bad)?;
+    Ok((point, files))
 }
 
 /// A file's bytes as the answer: streamed from a blocking thread that reads it a piece at a
@@ -236,7 +239,7 @@ fn send_file(
     head: tokio::sync::oneshot::Sender<Answer<(u64, String)>>,
     out: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
-    let opened = point_files(app, t, id).and_then(|files| {
+    let opened = point_files(app, t, id).and_then(|(_, files)| {
         let (part, inner) = files.resolve(path).map_err(bad)?;
         let fs = files.open_fs(part).map_err(bad)?;
         Ok((inner, fs))
@@ -297,8 +300,7 @@ fn open_file<'f>(
 fn bad(e: cairn_files::Error) -> ApiError {
     use cairn_files::Error as E;
     match e {
-        E::Store(e) => e.into(),
-        E::Chunk { .. } => ApiError::internal(&e.to_string()),
+        E::Read { .. } => ApiError::internal(&e.to_string()),
         E::Path(_) | E::Fs { .. } => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
         other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, other.to_string()),
     }
