@@ -53,11 +53,11 @@ pub(super) async fn list(
         "read files inside points",
     )?;
     blocking(move || {
-        let files = point_files(&app, &t, &id)?;
+        let (point, files) = point_files(&app, &t, &id)?;
         let Some(path) = q.path.filter(|p| !p.trim_matches('/').is_empty()) else {
-            return Ok(Json(
-                cairn_files::shown::partitions_json(&files).map_err(bad)?,
-            ));
+            let mut table = cairn_files::shown::partitions_json(&files).map_err(bad)?;
+            table["point"] = json!(point.id);
+            return Ok(Json(table));
         };
         let (part, inner) = files.resolve(&path).map_err(bad)?;
         let fs = files.open_fs(part).map_err(bad)?;
