@@ -212,7 +212,7 @@ fn damaged_tables_and_file_systems_are_named_never_a_panic() {
     let good = id(&store.backup("vm", "2026-11-01T02:00:00Z", "xvda", &raw, &[]));
     // A partition that does not exist, a folder given to cat, a path not there.
     let out = run(&mut store.cmd(&["ls", &format!("{good}:p7/etc")]));
-    refused(&out, &["\"p7\" names no partition", "p1"]);
+    refused(&out, &["\"p7\" names no volume", "p1"]);
     let out = run(&mut store.cmd(&["cat", &format!("{good}:p1/etc")]));
     refused(&out, &["is a folder"]);
     let out = run(&mut store.cmd(&["cat", &format!("{good}:p1/etc/nothing")]));
