@@ -101,6 +101,20 @@ fn whole(disk: &Arc<dyn DiskRead>) -> Vec<Partition> {
 }
 
 fn mbr_partitions(disk: &Arc<dyn DiskRead>) -> Result<Vec<Partition>> {
+    // A used entry starting at LBA 0 lies on the MBR itself: refused here, as mbrman 0.6
+    // panics on a table whose used entries all start there (found by the fuzz target).
+    let mut mbr = [0u8; 512];
+    disk.read_at(0, &mut mbr)?;
+    for k in 0..4 {
+        let e = &mbr[446 + 16 * k..462 + 16 * k];
+        let start = u32::from_le_bytes([e[8], e[9], e[10], e[11]]);
+        if e[4] != 0 && start == 0 {
+            return Err(Error::Table {
+                what: format!("MBR entry {}", k + 1),
+                why: "it starts at LBA 0, on the table itself".into(),
+            });
+        }
+    }
     let mut reader = Slice::new(Arc::clone(disk), 0, disk.size());
     let mbr = mbrman::MBR::read_from(&mut reader, SECTOR as u32).map_err(|e| Error::Table {
         what: "MBR".into(),

@@ -333,3 +333,16 @@ fn an_ntfs_volume_cut_short_anywhere_is_an_error_not_a_panic() {
         });
     }
 }
+
+#[test]
+fn an_mbr_whose_entries_start_on_itself_is_refused() {
+    // The fuzz target's second find: mbrman panics when every used entry starts at LBA 0.
+    let mut disk = vec![0u8; 1 << 20];
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk[446 + 4] = 0x83;
+    disk[446 + 12] = 8;
+    let disk: Arc<dyn DiskRead> = Arc::new(disk);
+    let e = cairn_files::volumes(&disk).expect_err("refused").to_string();
+    assert!(e.contains("LBA 0"), "{e}");
+}
