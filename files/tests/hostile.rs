@@ -343,6 +343,26 @@ fn an_mbr_whose_entries_start_on_itself_is_refused() {
     disk[446 + 4] = 0x83;
     disk[446 + 12] = 8;
     let disk: Arc<dyn DiskRead> = Arc::new(disk);
-    let e = cairn_files::volumes(&disk).expect_err("refused").to_string();
+    let e = cairn_files::volumes(&disk)
+        .expect_err("refused")
+        .to_string();
     assert!(e.contains("LBA 0"), "{e}");
+}
+
+#[test]
+fn an_ext_superblock_claiming_more_than_its_volume_is_refused_before_it_is_loaded() {
+    // The fuzz target's third find: ext4-view allocates a descriptor per group the superblock
+    // claims (10 GiB for 2^32 of them).
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = source(work.path());
+    let mut image = ext4(work.path(), &src);
+    image[1024 + 4..1024 + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+    image[1024 + 0x20..1024 + 0x24].copy_from_slice(&8u32.to_le_bytes());
+    let disk: Arc<dyn DiskRead> = Arc::new(image);
+    let n = disk.size();
+    let e = cairn_files::fs::open(Slice::new(disk, 0, n))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("superblock") && e.contains("groups"), "{e}");
 }
