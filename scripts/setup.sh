@@ -22,7 +22,7 @@ mkdir -p "$cache"
 case $mode in
   --build-only) packages="libclang-dev clang" ;;
   --demo) packages="libclang-dev clang qemu-utils libnbd-bin" ;;
-  *) packages="libclang-dev clang qemu-utils zstd nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl curl procps chromium man-db fdisk e2fsprogs dosfstools mtools ntfs-3g fuse3 lvm2" ;;
+  *) packages="libclang-dev clang qemu-utils zstd nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl curl procps chromium man-db fdisk e2fsprogs dosfstools mtools ntfs-3g fuse3 lvm2 syslinux syslinux-common cpio" ;;
 esac
 need_apt=()
 for pkg in $packages; do
@@ -65,4 +65,40 @@ if ! python3 -c "import blake3, zstandard" 2>/dev/null; then
   echo "setup: installing Python's blake3 and zstandard" >&2
   python3 -m pip install -q --cache-dir "$cache/pip" blake3 zstandard >"$cache/pip-install.log" 2>&1 || {
     echo "setup: pip install failed, see $cache/pip-install.log" >&2; tail -20 "$cache/pip-install.log" >&2; exit 1; }
+fi
+
+# check-boot: qemu-system-x86 from bookworm-backports, as qemu-utils 10 is (bookworm's own 7.2
+# would replace qemu-utils and break the VHD and NBD tests); the backports suite is added for
+# that one install. Then qemu-img must still be 10.
+if ! command -v qemu-system-x86_64 >/dev/null; then
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  list=/etc/apt/sources.list.d/cairn-bookworm-backports.sources
+  if [ ! -f "$list" ]; then
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' | $SUDO tee "$list" >/dev/null
+  fi
+  echo "setup: installing qemu-system-x86 from bookworm-backports" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports --no-install-recommends qemu-system-x86 >/dev/null
+fi
+if ! qemu-img --version | grep -q 'version 10\.'; then
+  echo "setup: qemu-img is not version 10 any more ($(qemu-img --version | head -1)): reinstall qemu-utils from bookworm-backports" >&2
+  exit 1
+fi
+
+# The test guest of check-boot: a Debian cloud kernel, its virtio disk modules and a static
+# busybox, taken from their packages (downloaded, not installed) into the cache.
+boot=$cache/boot
+if [ ! -f "$boot/.ready" ]; then
+  echo "setup: fetching a kernel and busybox for the check-boot test guest into $boot" >&2
+  rm -rf "$boot" && mkdir -p "$boot/deb"
+  kernel=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+  (cd "$boot/deb" && apt-get download -qq "$kernel" busybox-static 2>/dev/null)
+  for d in "$boot"/deb/*.deb; do dpkg-deb -x "$d" "$boot/x"; done
+  cp "$boot"/x/boot/vmlinuz-* "$boot/vmlinuz" && cp "$boot/x/bin/busybox" "$boot/busybox"
+  mkdir -p "$boot/modules"
+  for m in virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
+    find "$boot/x/lib/modules" -name "$m.ko*" -exec cp {} "$boot/modules/" \;
+  done
+  rm -rf "$boot/deb" "$boot/x"
+  touch "$boot/.ready"
 fi

@@ -6,6 +6,7 @@
 
 mod adopt_cmd;
 mod backup_cmd;
+mod check_cmd;
 mod diff_cmd;
 mod files_cmd;
 mod forget_cmd;
@@ -98,6 +99,9 @@ enum Command {
     Standby(standby_cmd::StandbyArgs),
     /// Serve points over NBD: boot, copy or mount a backup without restoring it first.
     ServeNbd(nbd_cmd::ServeNbdArgs),
+    /// Boot a point in a throw-away VM (no network, nothing written back) and say whether it
+    /// came up.
+    CheckBoot(check_cmd::CheckBootArgs),
     /// Serve the store over HTTPS: many hosts back up into it at once, with scoped tokens.
     Serve(serve_cmd::ServeArgs),
     /// Tokens for `cairn serve`: create (the secret is shown once), list, revoke.
@@ -431,7 +435,8 @@ fn names_or_opens_chunks(c: &Command) -> bool {
         | Command::Cat(_)
         | Command::Extract(_)
         | Command::Find(_)
-        | Command::Mount(_) => true,
+        | Command::Mount(_)
+        | Command::CheckBoot(_) => true,
         Command::Verify(a) => a.key,
         _ => false,
     }
@@ -464,6 +469,7 @@ fn run(asked: Command) -> anyhow::Result<i32> {
         Command::Repair(a) => store_cmd::repair(&a),
         Command::Key(c) => key_cmd::key(&c),
         Command::ServeNbd(a) => nbd_cmd::serve_nbd(&a),
+        Command::CheckBoot(a) => check_cmd::check_boot(&a),
         Command::Serve(a) => serve_cmd::serve(&a),
         Command::Token(c) => serve_cmd::token(&c),
         Command::Replicate(a) => replicate_cmd::replicate(&a),

@@ -7,6 +7,7 @@
 //! The store under test is [`store`] (re-exported here); disks of the workload and what
 //! damages them are [`disks`]; scratch file systems for full-disk tests are [`scratch`].
 
+pub mod boot;
 pub mod damage;
 pub mod disks;
 pub mod garage;

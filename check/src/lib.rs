@@ -1,0 +1,243 @@
+//! Recoverability proven (`cairn check-boot`): the disks of a point's run served over NBD to a
+//! throw-away VM, which is started, watched and stopped, without restoring a byte.
+//!
+//! - **Nothing reaches the store**: the exports are read-only and qemu puts the guest's writes
+//!   in an overlay (`snapshot=on`) it deletes; the check's folder (the NBD socket, the console,
+//!   qemu's overlay) is private to its user and removed at the end.
+//! - **Isolated**: no network device at all (`-nic none`), no display but the screenshot.
+//! - **Judged by what the guest says** ([`console`]): a login prompt or the line the admin
+//!   names on the serial console means it booted; SeaBIOS's "no bootable device", a kernel
+//!   panic or GRUB's rescue prompt mean it did not, with that line; silence until the timeout
+//!   is a failure with the console's last lines.
+//! - **KVM when usable, else TCG**, said in the outcome: a KVM that fails inside the guest
+//!   (nested virtualization that cannot run real mode, seen on cloud VMs) is said and the boot
+//!   is tried again with TCG.
+
+pub mod console;
+pub mod qemu;
+mod serve;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cairn_restore::PointExports;
+
+pub use console::{Signals, Verdict};
+pub use qemu::{Accel, Firmware};
+
+/// What went wrong (a boot that fails is an [`Outcome`], not an error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A tool the check needs is not installed (named, with its package).
+    #[error("{0}")]
+    Missing(String),
+    /// A file or process could not be used.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// Which.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// qemu's QMP did not answer as expected.
+    #[error("QMP: {0}")]
+    Qmp(String),
+}
+
+impl Error {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Result of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a check runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// What is looked for on the console.
+    pub signals: Signals,
+    /// How long the guest has to come up.
+    pub timeout: Duration,
+    /// The guest's memory, in MiB.
+    pub memory_mib: u32,
+    /// The firmware.
+    pub firmware: Firmware,
+    /// The accelerator (`None`: KVM when usable, else TCG).
+    pub accel: Option<Accel>,
+    /// Where a screenshot of the display goes (PNG), taken when the verdict is in.
+    pub screenshot: Option<PathBuf>,
+}
+
+/// How a check went.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Whether the guest came up.
+    pub booted: bool,
+    /// Seconds from the VM's start to the verdict.
+    pub seconds: f64,
+    /// The accelerator the verdict was reached with.
+    pub accel: Accel,
+    /// Why KVM was left for TCG, when it was.
+    pub accel_note: Option<String>,
+    /// Why, in a few words: `booted`, `kernel panic`, `no bootloader found`, `timed out`...
+    pub why: String,
+    /// The console line the verdict rests on.
+    pub line: Option<String>,
+    /// The console's last lines.
+    pub last_lines: Vec<String>,
+    /// The screenshot, when one was asked for and taken.
+    pub screenshot: Option<PathBuf>,
+    /// Why the screenshot was not taken, when it was asked for.
+    pub screenshot_error: Option<String>,
+}
+
+/// Boots `disks` (export names of `exports`, the first boots) and judges the boot.
+///
+/// # Errors
+/// qemu missing, a folder or socket that cannot be made, qemu that does not start. A guest
+/// that does not boot is an [`Outcome`] with `booted: false`.
+pub fn check_boot(exports: PointExports, disks: Vec<String>, opts: &Options) -> Result<Outcome> {
+    let qemu = qemu::find()?;
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-check-boot-")
+        .tempdir()
+        .map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+    let served = serve::Served::start(exports, dir.path())?;
+    let mut machine = qemu::Machine {
+        qemu,
+        accel: opts.accel.unwrap_or_else(Accel::best),
+        firmware: opts.firmware.clone(),
+        memory_mib: opts.memory_mib,
+        socket: served.socket.clone(),
+        disks,
+        dir: dir.path().to_path_buf(),
+    };
+    let mut accel_note = None;
+    loop {
+        let run = watch(&machine, opts)?;
+        match run {
+            Watched::KvmFailed(why) if machine.accel == Accel::Kvm => {
+                accel_note = Some(format!("KVM failed inside the guest ({why}): TCG used"));
+                machine.accel = Accel::Tcg;
+            }
+            Watched::KvmFailed(why) => {
+                return Err(Error::Qmp(format!("qemu failed: {why}")));
+            }
+            Watched::Judged(mut outcome) => {
+                outcome.accel_note = accel_note;
+                drop(served);
+                return Ok(outcome);
+            }
+        }
+    }
+}
+
+enum Watched {
+    Judged(Outcome),
+    KvmFailed(String),
+}
+
+/// The longest tail of a log read at each look.
+const LOG_TAIL: u64 = 1 << 20;
+
+/// Starts the VM, watches its console until a verdict, the timeout or its end, takes the
+/// screenshot and stops it.
+fn watch(machine: &qemu::Machine, opts: &Options) -> Result<Watched> {
+    // Each attempt writes its logs afresh.
+    for f in ["console.log", "firmware.log"] {
+        let _ = std::fs::remove_file(machine.dir.join(f));
+    }
+    let mut vm = machine.start()?;
+    let started = Instant::now();
+    let (verdict, ended) = loop {
+        let console = tail(&vm.console);
+        let firmware = tail(&vm.firmware_log);
+        if let Some(v) = opts.signals.judge(&console, &firmware) {
+            break (Some(v), None);
+        }
+        // A KVM that cannot run the guest stops it (qemu stays up, the VM paused) and says so
+        // on qemu's standard error.
+        let err = tail(&vm.stderr);
+        if machine.accel == Accel::Kvm
+            && (err.contains("KVM internal error") || err.contains("emulation failure"))
+        {
+            vm.stop();
+            return Ok(Watched::KvmFailed(
+                err.lines()
+                    .find(|l| l.contains("KVM internal error"))
+                    .unwrap_or("emulation failure")
+                    .trim()
+                    .to_owned(),
+            ));
+        }
+        if let Some(status) = vm.ended()? {
+            break (None, Some(format!("qemu ended ({status}): {}", last(&err))));
+        }
+        if started.elapsed() >= opts.timeout {
+            break (None, None);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let console = tail(&vm.console);
+    let (mut screenshot, mut screenshot_error) = (None, None);
+    if let Some(png) = &opts.screenshot
+        && ended.is_none()
+    {
+        match vm.screenshot(png) {
+            Ok(()) => screenshot = Some(png.clone()),
+            Err(e) => screenshot_error = Some(e.to_string()),
+        }
+    }
+    vm.stop();
+    let (booted, why, line) = match verdict {
+        Some(Verdict::Booted(line)) => (true, "booted".to_owned(), Some(line)),
+        Some(Verdict::Failed { why, line }) => (false, why, Some(line)),
+        None => match ended {
+            Some(e) => (false, e, None),
+            None => (
+                false,
+                format!("timed out after {} s", opts.timeout.as_secs()),
+                None,
+            ),
+        },
+    };
+    Ok(Watched::Judged(Outcome {
+        booted,
+        seconds,
+        accel: machine.accel,
+        accel_note: None,
+        why,
+        line,
+        last_lines: console::last_lines(&console, 10),
+        screenshot,
+        screenshot_error,
+    }))
+}
+
+/// The last [`LOG_TAIL`] bytes of a log, as text.
+fn tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL)));
+    let mut bytes = Vec::new();
+    let _ = f.take(LOG_TAIL).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn last(text: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_owned()
+}

@@ -1,0 +1,290 @@
+//! The throw-away VM: `qemu-system-x86_64` with no network, the points as virtio disks over NBD
+//! with a temporary overlay (`snapshot=on`: whatever the guest writes goes to a file qemu
+//! deletes, never to the export), the serial console and the firmware's debug port written to
+//! files, and QMP on a unix socket for the screenshot and the end.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Error, Result};
+
+/// How the guest's CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualization (`/dev/kvm`).
+    Kvm,
+    /// qemu's own emulation.
+    Tcg,
+}
+
+impl Accel {
+    /// Its name on qemu's command line and in the output.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        }
+    }
+
+    /// KVM when `/dev/kvm` opens for reading and writing, else TCG.
+    #[must_use]
+    pub fn best() -> Self {
+        let usable = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if usable { Self::Kvm } else { Self::Tcg }
+    }
+}
+
+/// The firmware the guest starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS (an MBR disk, or a GPT one with a BIOS boot partition).
+    Bios,
+    /// OVMF, from this code file (a GPT disk with an EFI system partition only).
+    Uefi(PathBuf),
+}
+
+/// Where OVMF is looked for (Debian's `ovmf` package).
+pub const OVMF_PATHS: [&str; 2] = [
+    "/usr/share/OVMF/OVMF_CODE_4M.fd",
+    "/usr/share/OVMF/OVMF_CODE.fd",
+];
+
+/// `qemu-system-x86_64` on the PATH.
+///
+/// # Errors
+/// [`Error::Missing`] naming the package when it is not there.
+pub fn find() -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Missing(
+                "qemu-system-x86_64 is not installed: install Debian's qemu-system-x86 (on \
+                 bookworm from bookworm-backports, beside qemu-utils 10; scripts/setup.sh does)"
+                    .into(),
+            )
+        })
+}
+
+/// What the VM is given.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// The qemu binary.
+    pub qemu: PathBuf,
+    /// Its accelerator.
+    pub accel: Accel,
+    /// Its firmware.
+    pub firmware: Firmware,
+    /// Memory, in MiB.
+    pub memory_mib: u32,
+    /// The NBD unix socket the disks are served on, and each disk's export name, in order
+    /// (the first boots).
+    pub socket: PathBuf,
+    /// The exports, in order.
+    pub disks: Vec<String>,
+    /// Where the VM's files go (console, firmware log, QMP socket, overlays).
+    pub dir: PathBuf,
+}
+
+/// A running VM.
+pub struct Vm {
+    child: Child,
+    /// The guest's serial console, as written.
+    pub console: PathBuf,
+    /// SeaBIOS's debug output.
+    pub firmware_log: PathBuf,
+    /// qemu's own standard error.
+    pub stderr: PathBuf,
+    qmp: PathBuf,
+}
+
+impl Machine {
+    /// Starts the VM.
+    ///
+    /// # Errors
+    /// qemu that does not start.
+    pub fn start(&self) -> Result<Vm> {
+        let console = self.dir.join("console.log");
+        let firmware_log = self.dir.join("firmware.log");
+        let stderr = self.dir.join("qemu.err");
+        let qmp = self.dir.join("qmp.sock");
+        let mut c = Command::new(&self.qemu);
+        c.args(["-accel", self.accel.name(), "-machine", "pc"])
+            .args(["-m", &self.memory_mib.to_string()])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-vga",
+                "std",
+            ])
+            .args(["-nic", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-chardev")
+            .arg(format!("file,id=fw,path={}", firmware_log.display()))
+            .args(["-device", "isa-debugcon,iobase=0x402,chardev=fw"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        if let Firmware::Uefi(code) = &self.firmware {
+            c.arg("-drive").arg(format!(
+                "if=pflash,format=raw,readonly=on,file={}",
+                code.display()
+            ));
+        }
+        for (k, export) in self.disks.iter().enumerate() {
+            c.arg("-drive")
+                .arg(format!(
+                    "file=nbd+unix:///{export}?socket={},format=raw,if=none,id=d{k},snapshot=on",
+                    self.socket.display()
+                ))
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=d{k},bootindex={}", k + 1));
+        }
+        // The overlays qemu makes for snapshot=on go here, and go with the folder.
+        c.env("TMPDIR", &self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).map_err(|e| Error::io(&stderr, e))?);
+        let child = c.spawn().map_err(|e| Error::io(&self.qemu, e))?;
+        Ok(Vm {
+            child,
+            console,
+            firmware_log,
+            stderr,
+            qmp,
+        })
+    }
+}
+
+impl Vm {
+    /// Whether qemu has ended (and how).
+    ///
+    /// # Errors
+    /// The process's status that cannot be read.
+    pub fn ended(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        self.child
+            .try_wait()
+            .map_err(|e| Error::io(Path::new("qemu"), e))
+    }
+
+    /// A screenshot of the VM's display, as PNG, into `png` (QMP `screendump`).
+    ///
+    /// # Errors
+    /// QMP that does not answer, or refuses.
+    pub fn screenshot(&self, png: &Path) -> Result<()> {
+        let mut qmp = Qmp::connect(&self.qmp)?;
+        qmp.execute(&serde_json::json!({
+            "execute": "screendump",
+            "arguments": {"filename": png.display().to_string(), "format": "png"},
+        }))
+    }
+
+    /// The PID of qemu (for `--keep-running`).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Ends the VM: QMP `quit`, then a kill if it has not ended within 10 s.
+    pub fn stop(mut self) {
+        if let Ok(mut qmp) = Qmp::connect(&self.qmp) {
+            let _ = qmp.execute(&serde_json::json!({"execute": "quit"}));
+        }
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A QMP connection, capabilities negotiated.
+struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    fn connect(path: &Path) -> Result<Self> {
+        let until = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= until => return Err(Error::io(path, e)),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let timeout = Some(Duration::from_secs(30));
+        stream
+            .set_read_timeout(timeout)
+            .map_err(|e| Error::io(path, e))?;
+        let writer = stream.try_clone().map_err(|e| Error::io(path, e))?;
+        let mut qmp = Self {
+            reader: BufReader::new(stream),
+            writer,
+        };
+        // The greeting, then the capabilities handshake.
+        qmp.line()?;
+        qmp.execute(&serde_json::json!({"execute": "qmp_capabilities"}))?;
+        Ok(qmp)
+    }
+
+    fn line(&mut self) -> Result<serde_json::Value> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|e| Error::Qmp(e.to_string()))?;
+        if n == 0 {
+            return Err(Error::Qmp("qemu closed its QMP socket".into()));
+        }
+        serde_json::from_str(&line).map_err(|e| Error::Qmp(format!("{e}: {line}")))
+    }
+
+    /// Sends `command` and waits for its answer (events on the way are skipped, at most 64).
+    fn execute(&mut self, command: &serde_json::Value) -> Result<()> {
+        let mut text = command.to_string();
+        text.push('\n');
+        self.writer
+            .write_all(text.as_bytes())
+            .map_err(|e| Error::Qmp(e.to_string()))?;
+        for _ in 0..64 {
+            let answer = self.line()?;
+            if answer.get("return").is_some() {
+                return Ok(());
+            }
+            if let Some(e) = answer.get("error") {
+                return Err(Error::Qmp(format!("{} refused: {e}", command["execute"])));
+            }
+        }
+        Err(Error::Qmp(format!(
+            "no answer to {} among 64 events",
+            command["execute"]
+        )))
+    }
+}

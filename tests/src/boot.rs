@@ -1,0 +1,152 @@
+//! A small bootable disk for `check-boot`'s tests, made in a few seconds from Debian's packages
+//! (fetched by `scripts/setup.sh` into `~/.cache/cairn/boot`): an MBR disk whose one FAT
+//! partition holds SYSLINUX, a cloud kernel and a busybox initramfs whose `/init` loads the
+//! virtio disk modules, prints the disks it sees and a login prompt on the serial console.
+//! Variants: a guest whose init exits (the kernel panics), a disk whose boot sector is zeroed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::ok;
+
+/// What the guest does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guest {
+    /// Comes up: prints `disks: vda vdb...` and `cairnguest login: `.
+    Boots,
+    /// Its init exits: "Kernel panic - not syncing: Attempted to kill init!".
+    Panics,
+    /// Its boot sector is zeros: the firmware finds no bootloader.
+    NoBootSector,
+}
+
+/// The folder of the kernel, modules and busybox (`CAIRN_CACHE`, else `~/.cache/cairn`).
+///
+/// # Panics
+/// When setup has not fetched them.
+#[must_use]
+pub fn parts() -> PathBuf {
+    let cache = std::env::var_os("CAIRN_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/cairn"),
+        PathBuf::from,
+    );
+    let boot = cache.join("boot");
+    assert!(
+        boot.join(".ready").is_file(),
+        "{} is missing the test guest's kernel and busybox: run scripts/setup.sh",
+        boot.display()
+    );
+    boot
+}
+
+/// Makes the disk `dir/NAME.raw` (64 MiB, sparse) of `guest`.
+///
+/// # Panics
+/// When a tool fails (sfdisk, mkfs.vfat, mcopy, syslinux, cpio: scripts/setup.sh installs them).
+#[must_use]
+pub fn bootable_disk(dir: &Path, name: &str, guest: Guest) -> PathBuf {
+    let parts = parts();
+    let work = dir.join(format!("{name}.build"));
+    let ir = work.join("initramfs");
+    for d in ["bin", "proc", "sys", "dev", "modules"] {
+        std::fs::create_dir_all(ir.join(d)).expect("mkdir");
+    }
+    std::fs::copy(parts.join("busybox"), ir.join("bin/busybox")).expect("busybox");
+    let mut modules = Vec::new();
+    // In the order their dependencies need.
+    for m in [
+        "virtio_ring",
+        "virtio",
+        "virtio_pci_modern_dev",
+        "virtio_pci_legacy_dev",
+        "virtio_pci",
+        "virtio_blk",
+    ] {
+        let from = parts.join(format!("modules/{m}.ko"));
+        if from.is_file() {
+            std::fs::copy(&from, ir.join(format!("modules/{m}.ko"))).expect("module");
+            modules.push(format!("/bin/busybox insmod /modules/{m}.ko"));
+        }
+    }
+    let end = match guest {
+        Guest::Panics => "echo 'init: giving up'\nexit 1\n",
+        _ => "echo\necho 'cairnguest login: '\nexec /bin/busybox sleep 3600\n",
+    };
+    let init = format!(
+        "#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n\
+         /bin/busybox mount -t sysfs sys /sys\n{}\n\
+         echo \"cairn test guest: up\"\necho \"disks: $(/bin/busybox ls /sys/block | \
+         /bin/busybox tr '\\n' ' ')\"\n{end}",
+        modules.join("\n")
+    );
+    std::fs::write(ir.join("init"), init).expect("init");
+    ok(Command::new("chmod").args(["755"]).arg(ir.join("init")));
+    let initrd = work.join("initrd.img");
+    ok(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+        ir.display(),
+        initrd.display()
+    )));
+    let cfg = work.join("syslinux.cfg");
+    std::fs::write(
+        &cfg,
+        "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nSERIAL 0 115200\nLABEL linux\n  KERNEL /vmlinuz\n  \
+         INITRD /initrd.img\n  APPEND console=ttyS0 panic=-1 quiet\n",
+    )
+    .expect("cfg");
+    let raw = dir.join(format!("{name}.raw"));
+    std::fs::File::create(&raw)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("disk");
+    let mut sfdisk = Command::new("sfdisk")
+        .arg("-q")
+        .arg(&raw)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sfdisk");
+    std::io::Write::write_all(
+        &mut sfdisk.stdin.take().expect("stdin"),
+        b"label: dos\nstart=2048, type=c, bootable\n",
+    )
+    .expect("script");
+    assert!(sfdisk.wait().expect("sfdisk").success());
+    ok(Command::new("mkfs.vfat")
+        .args(["--offset", "2048", "-n", "BOOT"])
+        .arg(&raw)
+        .arg("64512")
+        .stdout(Stdio::null()));
+    let fat = format!("{}@@1M", raw.display());
+    for (from, to) in [
+        (parts.join("vmlinuz"), "::/vmlinuz"),
+        (initrd, "::/initrd.img"),
+        (cfg, "::/syslinux.cfg"),
+    ] {
+        ok(Command::new("mcopy").args(["-i", &fat]).arg(from).arg(to));
+    }
+    ok(Command::new("syslinux")
+        .args(["--offset", "1048576", "--install"])
+        .arg(&raw));
+    let mbr = std::fs::read("/usr/lib/syslinux/mbr/mbr.bin").expect("syslinux's mbr.bin");
+    let mut bytes = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&raw)
+        .expect("disk");
+    let code: Vec<u8> = if guest == Guest::NoBootSector {
+        vec![0u8; 512]
+    } else {
+        mbr[..440.min(mbr.len())].to_vec()
+    };
+    std::io::Write::write_all(&mut bytes, &code).expect("boot sector");
+    std::fs::remove_dir_all(&work).expect("clean");
+    raw
+}
+
+/// A data disk of `mib` MiB (zeros but for a marker at its start), for a run of several disks.
+#[must_use]
+pub fn data_disk(dir: &Path, name: &str, mib: u64) -> PathBuf {
+    let raw = dir.join(format!("{name}.raw"));
+    let f = std::fs::File::create(&raw).expect("disk");
+    f.set_len(mib << 20).expect("len");
+    std::os::unix::fs::FileExt::write_all_at(&f, b"cairn data disk", 0).expect("write");
+    raw
+}

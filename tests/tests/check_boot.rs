@@ -1,0 +1,137 @@
+//! `cairn check-boot`: a point booted in a throw-away VM (qemu-system-x86_64 from
+//! bookworm-backports, TCG or KVM) over NBD. A small guest made from Debian's packages
+//! (`cairn_tests::boot`) boots; a copy whose kernel panics and one whose boot sector is zeroed
+//! are reported as not booting, with the reason; the disks of a run are attached in order;
+//! nothing the guest writes reaches the store; a missing qemu is named with its package.
+
+use cairn_tests::boot::{Guest, bootable_disk, data_disk};
+use cairn_tests::{TestStore, error_text, id, json, ok, read, run};
+
+fn check(store: &TestStore, point: &str, extra: &[&str]) -> (i32, serde_json::Value) {
+    let mut c = store.cmd(&["check-boot", "--json", "--memory", "256"]);
+    if !extra.contains(&"--timeout") {
+        c.args(["--timeout", "2m"]);
+    }
+    c.args(extra).arg(point);
+    let out = run(&mut c);
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == 4,
+        "check-boot failed to run ({code}): {}",
+        error_text(&out)
+    );
+    (code, json(&String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn a_bootable_point_boots_and_broken_ones_say_why() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = TestStore::new("256K");
+    let good = bootable_disk(w, "good", Guest::Boots);
+    let p = id(&store.backup("web01", "2026-11-01T02:00:00Z", "xvda", &good, &[]));
+
+    // It boots: the login prompt seen, a screenshot kept.
+    let shot = w.join("shot.png");
+    let (code, out) = check(&store, &p, &["--screenshot", shot.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["booted"], true, "{out}");
+    assert!(
+        out["line"].as_str().expect("line").ends_with("login:"),
+        "{out}"
+    );
+    assert!(
+        ["tcg", "kvm"].contains(&out["accel"].as_str().expect("accel")),
+        "{out}"
+    );
+    assert!(
+        read(&shot).starts_with(b"\x89PNG\r\n\x1a\n"),
+        "a PNG screenshot"
+    );
+    // Nothing the guest wrote reached the store: the point restores to the same bytes and
+    // verify reads every chunk well.
+    let restored = w.join("restored.raw");
+    ok(store.cmd(&["restore", &p]).arg(&restored));
+    assert!(read(&restored) == read(&good), "the point changed");
+    ok(&mut store.cmd(&["verify"]));
+
+    // A kernel that panics, and a disk with no boot sector: not booted, and why.
+    let panics = bootable_disk(w, "panics", Guest::Panics);
+    let q = id(&store.backup("web02", "2026-11-01T02:00:00Z", "xvda", &panics, &[]));
+    let (code, out) = check(&store, &q, &[]);
+    assert_eq!(code, 4, "{out}");
+    assert_eq!(out["why"], "kernel panic", "{out}");
+    assert!(
+        out["line"].as_str().expect("line").contains("Kernel panic"),
+        "{out}"
+    );
+    let blank = bootable_disk(w, "blank", Guest::NoBootSector);
+    let r = id(&store.backup("web03", "2026-11-01T02:00:00Z", "xvda", &blank, &[]));
+    let (code, out) = check(&store, &r, &[]);
+    assert_eq!(code, 4, "{out}");
+    assert_eq!(out["why"], "no bootloader found", "{out}");
+
+    // A text the admin names that never comes: a timeout, with the console's last lines.
+    let (code, out) = check(
+        &store,
+        &p,
+        &["--expect", "NEVER PRINTED", "--timeout", "20s"],
+    );
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out["why"].as_str().expect("why").starts_with("timed out"),
+        "{out}"
+    );
+    assert!(
+        out["last_lines"]
+            .as_array()
+            .expect("lines")
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains("cairnguest login"))),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_disks_of_a_run_are_attached_in_order() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = TestStore::new("256K");
+    let boot = bootable_disk(w, "boot", Guest::Boots);
+    let data = data_disk(w, "data", 8);
+    let points = json(&ok(store
+        .cmd(&[
+            "backup",
+            "--json",
+            "--vm",
+            "db01",
+            "--time",
+            "2026-11-01T02:00:00Z",
+        ])
+        .arg(format!("xvda={}", boot.display()))
+        .arg(format!("xvdb={}", data.display()))));
+    let xvdb = points
+        .as_array()
+        .expect("points")
+        .iter()
+        .find(|p| p["disk"] == "xvdb")
+        .map(id)
+        .expect("xvdb");
+    // Asked for the data disk's point: the run boots from its first disk, both attached.
+    let (code, out) = check(&store, &xvdb, &["--expect", "disks: vda vdb"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["disks"].as_array().map(Vec::len), Some(2), "{out}");
+    assert_eq!(out["disks"][0]["disk"], "xvda");
+}
+
+#[test]
+fn a_missing_qemu_is_named_with_its_package() {
+    let store = TestStore::new("256K");
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = data_disk(work.path(), "d", 1);
+    let p = id(&store.backup("vm", "2026-11-01T02:00:00Z", "xvda", &disk, &[]));
+    let out = run(store.cmd(&["check-boot", &p]).env("PATH", work.path()));
+    assert!(!out.status.success());
+    let err = error_text(&out);
+    assert!(err.contains("qemu-system-x86"), "{err}");
+}
