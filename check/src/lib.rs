@@ -9,12 +9,15 @@
 //!   names on the serial console means it booted; SeaBIOS's "no bootable device", a kernel
 //!   panic or GRUB's rescue prompt mean it did not, with that line; silence until the timeout
 //!   is a failure with the console's last lines.
+//! - **Remembered** ([`record`]): the last check of each point and its screenshot, in the
+//!   store's `boot-checks/` folder, for `list`, `report` and the report page.
 //! - **KVM when usable, else TCG**, said in the outcome: a KVM that fails inside the guest
 //!   (nested virtualization that cannot run real mode, seen on cloud VMs) is said and the boot
 //!   is tried again with TCG.
 
 pub mod console;
 pub mod qemu;
+pub mod record;
 mod serve;
 
 use std::path::{Path, PathBuf};

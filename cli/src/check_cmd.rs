@@ -36,17 +36,26 @@ pub enum AccelArg {
 #[command(after_help = "Examples:\n  \
     cairn check-boot web01/xvda@latest\n  \
     cairn check-boot --expect 'Reached target Multi-User System' --timeout 10m db01/xvda@latest\n  \
-    cairn check-boot --screenshot web01.png --json web01/xvda@latest\n\n\
+    cairn check-boot --screenshot web01.png --json web01/xvda@latest\n  \
+    cairn check-boot --latest-of-each-vm            # a nightly job: the newest run of each VM\n\n\
     The point and the other disks of its backup run are served over NBD to qemu-system-x86_64\n\
     with no network and a throw-away overlay: nothing the guest writes reaches the store. It\n\
     booted when its serial console shows a login prompt (or the --expect text); it did not\n\
     when the firmware finds no bootloader, the kernel panics, GRUB drops to its rescue prompt,\n\
-    or nothing comes before --timeout. Exit status 0: booted; 4: did not boot.")]
+    or nothing comes before --timeout. The result and a screenshot are kept in the store\n\
+    (boot-checks/), the last per point. Exit status 0: booted; 4: did not boot.")]
 pub struct CheckBootArgs {
     #[command(flatten)]
     pub store: StoreArg,
     /// The point to boot (any name `restore` takes).
-    pub point: String,
+    #[arg(
+        required_unless_present = "latest_of_each_vm",
+        conflicts_with = "latest_of_each_vm"
+    )]
+    pub point: Option<String>,
+    /// Check the newest run of every VM, one after the other.
+    #[arg(long)]
+    pub latest_of_each_vm: bool,
     /// Text on the serial console that means the guest is up (default: a login prompt). May
     /// be given several times: any one.
     #[arg(long, value_name = "TEXT")]
@@ -95,8 +104,54 @@ const DID_NOT_BOOT: i32 = 4;
 
 pub fn check_boot(a: &CheckBootArgs) -> Result<i32> {
     let store = Arc::new(open_read(&a.store.store)?);
-    let point = store.resolve(&a.point)?;
-    // The disks of its run, in disk order (the one asked for first when it has no run).
+    let points = match &a.point {
+        Some(spec) => vec![store.resolve(spec)?],
+        None => latest_of_each_vm(&store)?,
+    };
+    let mut results = Vec::new();
+    let mut all_booted = true;
+    for point in points {
+        let (booted, doc) = check_one(&store, &point, a)?;
+        all_booted &= booted;
+        results.push(doc);
+    }
+    if a.json {
+        if a.point.is_some() {
+            crate::print_json(&results[0])?;
+        } else {
+            crate::print_json(&results)?;
+        }
+    }
+    Ok(if all_booted { 0 } else { DID_NOT_BOOT })
+}
+
+/// The newest point of each VM (the one its newest run is found by).
+fn latest_of_each_vm(store: &cairn_store::Store) -> Result<Vec<cairn_store::RecoveryPoint>> {
+    let mut newest: std::collections::BTreeMap<_, cairn_store::RecoveryPoint> =
+        std::collections::BTreeMap::new();
+    for p in store.points()? {
+        let key = p.vm_key();
+        if newest
+            .get(&key)
+            .is_none_or(|q| (p.time, p.committed) > (q.time, q.committed))
+        {
+            newest.insert(key, p);
+        }
+    }
+    if newest.is_empty() {
+        bail!("the store has no point to check");
+    }
+    Ok(newest.into_values().collect())
+}
+
+/// Checks the run of `point`, records the outcome, says it (unless --json): whether it booted,
+/// and its JSON.
+fn check_one(
+    store: &Arc<cairn_store::Store>,
+    point: &cairn_store::RecoveryPoint,
+    a: &CheckBootArgs,
+) -> Result<(bool, serde_json::Value)> {
+    // The disks of its run, in disk order (the one asked for alone when it has no run).
     let mut disks = match &point.run {
         Some(run) => store
             .points()?
@@ -106,8 +161,8 @@ pub fn check_boot(a: &CheckBootArgs) -> Result<i32> {
         None => vec![point.clone()],
     };
     disks.sort_by(|x, y| x.disk.cmp(&y.disk));
-    let firmware = firmware(a.firmware, &store, &disks[0])?;
-    let mut exports = PointExports::new(Arc::clone(&store), false);
+    let firmware = firmware(a.firmware, store, &disks[0])?;
+    let mut exports = PointExports::new(Arc::clone(store), false);
     let names: Vec<String> = disks.iter().map(|p| p.id.to_string()).collect();
     for (p, name) in disks.iter().zip(&names) {
         exports
@@ -118,6 +173,11 @@ pub fn check_boot(a: &CheckBootArgs) -> Result<i32> {
             )
             .context("exporting a point")?;
     }
+    // The screenshot is always taken (the store keeps it); --screenshot keeps a copy there.
+    let shot = tempfile::Builder::new()
+        .suffix(".png")
+        .tempfile()
+        .context("a temporary file for the screenshot")?;
     let opts = Options {
         signals: if a.expect.is_empty() {
             Signals::default()
@@ -134,7 +194,7 @@ pub fn check_boot(a: &CheckBootArgs) -> Result<i32> {
             AccelArg::Kvm => Some(Accel::Kvm),
             AccelArg::Tcg => Some(Accel::Tcg),
         },
-        screenshot: a.screenshot.clone(),
+        screenshot: Some(shot.path().to_path_buf()),
     };
     let bar = crate::progress::spinner("check-boot");
     bar.set_message(format!(
@@ -145,57 +205,74 @@ pub fn check_boot(a: &CheckBootArgs) -> Result<i32> {
     ));
     let outcome = cairn_check::check_boot(exports, names, &opts)?;
     bar.finish_and_clear();
-    if a.json {
-        crate::print_json(&json!({
-            "point": point.id, "vm": point.vm,
-            "disks": disks.iter().map(|p| json!({"disk": p.disk, "point": p.id})).collect::<Vec<_>>(),
-            "booted": outcome.booted, "why": outcome.why, "line": outcome.line,
-            "seconds": outcome.seconds, "accel": outcome.accel.name(),
-            "accel_note": outcome.accel_note,
-            "firmware": match firmware { Firmware::Bios => "bios", Firmware::Uefi(_) => "uefi" },
-            "last_lines": outcome.last_lines,
-            "screenshot": outcome.screenshot.as_ref().map(|p| p.display().to_string()),
-            "screenshot_error": outcome.screenshot_error,
-        }))?;
-    } else {
-        let what = format!(
-            "{} {} ({}, {})",
-            point.vm,
-            point.disk,
-            point.short_id(),
-            point.time.format("%Y-%m-%d %H:%M:%SZ")
+    let recorded = cairn_check::record::record(store.root(), point.id.as_str(), &outcome)
+        .context("recording the check in the store")?;
+    let mut screenshot = outcome.screenshot.as_ref().map(|_| {
+        store
+            .root()
+            .join(cairn_check::record::DIR)
+            .join(format!("{}.png", point.id))
+    });
+    if let (Some(to), Some(from)) = (&a.screenshot, &outcome.screenshot) {
+        std::fs::copy(from, to).with_context(|| format!("writing {}", to.display()))?;
+        screenshot = Some(to.clone());
+    }
+    let doc = json!({
+        "point": point.id, "vm": point.vm,
+        "disks": disks.iter().map(|p| json!({"disk": p.disk, "point": p.id})).collect::<Vec<_>>(),
+        "booted": outcome.booted, "why": outcome.why, "line": outcome.line,
+        "seconds": outcome.seconds, "accel": outcome.accel.name(),
+        "accel_note": outcome.accel_note,
+        "firmware": match firmware { Firmware::Bios => "bios", Firmware::Uefi(_) => "uefi" },
+        "last_lines": outcome.last_lines,
+        "screenshot": screenshot.as_ref().map(|p| p.display().to_string()),
+        "screenshot_error": outcome.screenshot_error,
+        "recorded": recorded["time"],
+    });
+    if !a.json {
+        say_outcome(point, &outcome);
+    }
+    Ok((outcome.booted, doc))
+}
+
+/// One line per check (and the console's last lines when it did not boot).
+fn say_outcome(point: &cairn_store::RecoveryPoint, outcome: &cairn_check::Outcome) {
+    let what = format!(
+        "{} {} ({}, {})",
+        point.vm,
+        point.disk,
+        point.short_id(),
+        point.time.format("%Y-%m-%d %H:%M:%SZ")
+    );
+    if let Some(note) = &outcome.accel_note {
+        eprintln!("note: {note}");
+    }
+    if outcome.booted {
+        println!(
+            "{what}: booted in {:.1} s ({}): {}",
+            outcome.seconds,
+            outcome.accel.name(),
+            outcome.line.as_deref().unwrap_or("")
         );
-        if let Some(note) = &outcome.accel_note {
-            eprintln!("note: {note}");
-        }
-        if outcome.booted {
-            println!(
-                "{what}: booted in {:.1} s ({}): {}",
-                outcome.seconds,
-                outcome.accel.name(),
-                outcome.line.as_deref().unwrap_or("")
-            );
-        } else {
-            println!(
-                "{what}: did not boot: {} after {:.1} s ({}){}",
-                outcome.why,
-                outcome.seconds,
-                outcome.accel.name(),
-                outcome
-                    .line
-                    .as_deref()
-                    .map(|l| format!(": {l}"))
-                    .unwrap_or_default()
-            );
-            for l in &outcome.last_lines {
-                println!("  | {l}");
-            }
-        }
-        if let Some(e) = &outcome.screenshot_error {
-            eprintln!("warning: no screenshot: {e}");
+    } else {
+        println!(
+            "{what}: did not boot: {} after {:.1} s ({}){}",
+            outcome.why,
+            outcome.seconds,
+            outcome.accel.name(),
+            outcome
+                .line
+                .as_deref()
+                .map(|l| format!(": {l}"))
+                .unwrap_or_default()
+        );
+        for l in &outcome.last_lines {
+            println!("  | {l}");
         }
     }
-    Ok(if outcome.booted { 0 } else { DID_NOT_BOOT })
+    if let Some(e) = &outcome.screenshot_error {
+        eprintln!("warning: no screenshot: {e}");
+    }
 }
 
 /// The firmware asked for, or the one the first disk needs: UEFI for a GPT disk with an EFI

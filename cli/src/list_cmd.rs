@@ -14,13 +14,18 @@ use crate::words::human_bytes;
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  cairn list --store /backups/store --vm web01\n  \
-    cairn list --pool prod --tag monthly --last 1 --json"
+    cairn list --pool prod --tag monthly --last 1 --json\n  \
+    cairn list --boot --vm web01        # each point's last check-boot"
 )]
 pub struct ListArgs {
     #[command(flatten)]
     pub store: StoreArg,
     #[command(flatten)]
     pub select: Selection,
+    /// Show each point's last `check-boot` (BOOT: ok and seconds, or FAILED and why; in JSON,
+    /// `boot_check`). A store folder only, so far.
+    #[arg(long)]
+    pub boot: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -46,8 +51,26 @@ pub fn list(a: &ListArgs) -> Result<i32> {
     let store = reader.get();
     let tz = store.config().tz();
     let points = a.select.choose(&store.points()?)?;
+    let checks = match (&reader, a.boot) {
+        (_, false) => None,
+        (crate::store_cmd::Reader::Local(s), true) => Some(cairn_check::record::records(s.root())),
+        (crate::store_cmd::Reader::Remote(_), true) => {
+            crate::usage!("--boot reads a store folder's boot checks; through a server not yet")
+        }
+    };
+    let check_of = |p: &RecoveryPoint| checks.as_ref().and_then(|c| c.get(p.id.as_str()));
     if a.json {
-        crate::print_json(&points.iter().map(|p| point_json(p, tz)).collect::<Vec<_>>())?;
+        let rows: Vec<_> = points
+            .iter()
+            .map(|p| {
+                let mut j = point_json(p, tz);
+                if checks.is_some() {
+                    j["boot_check"] = check_of(p).cloned().unwrap_or(serde_json::Value::Null);
+                }
+                j
+            })
+            .collect();
+        crate::print_json(&rows)?;
         return Ok(0);
     }
     // Identity, tags and notes get columns when some point has them.
@@ -82,6 +105,9 @@ pub fn list(a: &ListArgs) -> Result<i32> {
         ("FLAGS", Align::Left),
         ("RUN", Align::Left),
     ];
+    if checks.is_some() {
+        columns.push(("BOOT", Align::Left));
+    }
     columns.extend(extras.iter().map(|(h, _)| (*h, Align::Left)));
     let mut table = Table::new(&columns);
     // Points sort by time, so the disks of one backup run (one time) are listed together.
@@ -109,6 +135,13 @@ pub fn list(a: &ListArgs) -> Result<i32> {
                 .map_or("", |r| &r[..8.min(r.len())])
                 .to_owned(),
         ];
+        if checks.is_some() {
+            cells.push(match check_of(p) {
+                Some(c) if c["booted"] == true => format!("ok {}s", c["seconds"]),
+                Some(c) => format!("FAILED: {}", c["why"].as_str().unwrap_or("?")),
+                None => "-".into(),
+            });
+        }
         cells.extend(extras.iter().map(|(_, v)| v[i].clone()));
         table.row(cells);
     }

@@ -202,9 +202,15 @@ impl Store {
                 std::fs::remove_file(&tmp).map_err(Error::io(&tmp, "removing a temporary file"))?;
             }
             // ... and of the store's other files, written by writers and readers alike (the
-            // retention and verify records, policies, standby journals, quarantine records):
+            // retention, verify and boot-check records, policies, standby journals, quarantine
+            // records):
             // those of processes that are gone.
-            for dir in ["", "standby", crate::quarantine::QUARANTINE_DIR] {
+            for dir in [
+                "",
+                "standby",
+                "boot-checks",
+                crate::quarantine::QUARANTINE_DIR,
+            ] {
                 remove_stale_tmp(&store.root.join(dir))?;
             }
             store.finish_adopts()?;

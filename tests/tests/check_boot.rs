@@ -71,6 +71,52 @@ fn a_bootable_point_boots_and_broken_ones_say_why() {
     assert_eq!(code, 4, "{out}");
     assert_eq!(out["why"], "no bootloader found", "{out}");
 
+    // Each point's last check is in the store, with its screenshot, and `list --boot` shows it.
+    let listed = json(&ok(&mut store.cmd(&["list", "--boot", "--json"])));
+    let check_of = |point: &str| {
+        listed
+            .as_array()
+            .expect("points")
+            .iter()
+            .find(|p| p["id"] == point)
+            .map(|p| p["boot_check"].clone())
+            .expect("listed")
+    };
+    assert_eq!(check_of(&p)["booted"], true, "{listed}");
+    assert_eq!(check_of(&q)["why"], "kernel panic", "{listed}");
+    assert_eq!(check_of(&r)["booted"], false, "{listed}");
+    let kept = store.path().join("boot-checks").join(format!(
+        "{}.png",
+        check_of(&p)["point"].as_str().expect("id")
+    ));
+    assert!(read(&kept).starts_with(b"\x89PNG"), "{}", kept.display());
+    let table = ok(&mut store.cmd(&["list", "--boot"]));
+    assert!(
+        table.contains("FAILED: kernel panic") && table.contains("ok "),
+        "{table}"
+    );
+    // The nightly form: every VM's newest run, one verdict each; one failure fails the job.
+    let out = run(&mut store.cmd(&[
+        "check-boot",
+        "--json",
+        "--latest-of-each-vm",
+        "--timeout",
+        "2m",
+    ]));
+    assert_eq!(out.status.code(), Some(4), "{}", error_text(&out));
+    let all = json(&String::from_utf8_lossy(&out.stdout));
+    let verdicts: Vec<(&str, bool)> = all
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| (c["vm"].as_str().expect("vm"), c["booted"] == true))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [("web01", true), ("web02", false), ("web03", false)],
+        "{all}"
+    );
+
     // A text the admin names that never comes: a timeout, with the console's last lines.
     let (code, out) = check(
         &store,
