@@ -12,7 +12,8 @@ use crate::ok;
 /// What the guest does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Guest {
-    /// Comes up: prints `disks: vda vdb...` and `cairnguest login: `.
+    /// Comes up: prints `disks: vda vdb...`, writes zeros over the start of vda, prints
+    /// `cairnguest login: `.
     Boots,
     /// Its init exits: "Kernel panic - not syncing: Attempted to kill init!".
     Panics,
@@ -68,13 +69,19 @@ pub fn bootable_disk(dir: &Path, name: &str, guest: Guest) -> PathBuf {
             modules.push(format!("/bin/busybox insmod /modules/{m}.ko"));
         }
     }
+    // A guest that comes up first writes zeros over the start of its own boot disk (the
+    // check's overlay must take them: the point never changes).
     let end = match guest {
         Guest::Panics => "echo 'init: giving up'\nexit 1\n",
-        _ => "echo\necho 'cairnguest login: '\nexec /bin/busybox sleep 3600\n",
+        _ => {
+            "if [ -b /dev/vda ]; then /bin/busybox dd if=/dev/zero of=/dev/vda bs=65536 \
+              count=64 2>/dev/null && /bin/busybox sync && echo 'guest: wrote 4 MiB of zeros \
+              over vda'; fi\necho\necho 'cairnguest login: '\nexec /bin/busybox sleep 3600\n"
+        }
     };
     let init = format!(
         "#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n\
-         /bin/busybox mount -t sysfs sys /sys\n{}\n\
+         /bin/busybox mount -t sysfs sys /sys\n/bin/busybox mount -t devtmpfs dev /dev\n{}\n\
          echo \"cairn test guest: up\"\necho \"disks: $(/bin/busybox ls /sys/block | \
          /bin/busybox tr '\\n' ' ')\"\n{end}",
         modules.join("\n")
