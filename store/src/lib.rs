@@ -14,6 +14,7 @@
 //! STORE/points/.protect-<id>               a protect or unprotect in progress
 //! STORE/forgotten                          ids of forgotten points, one a line (a replica never brings them back)
 //! STORE/standby/<hash>.json, .journal      which point each standby target holds; a run in progress
+//! STORE/boot-checks/<id>.json, .png        each point's last `check-boot` and its screenshot (cairn-check)
 //! STORE/cache/trees/ab/<chunk id>          copies of tree chunks' frames (a store in a bucket only)
 //! ```
 //! Packs and root files are the truth; the index is rebuilt from them by
