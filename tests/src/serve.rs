@@ -396,6 +396,42 @@ fn request(
     (code, std::fs::read(&out).unwrap_or_default())
 }
 
+/// A browser's GET of `path` (from the server's root, as given: `--path-as-is`) with
+/// `headers`: the status (0 when no answer came), the response's headers and its body.
+#[must_use]
+pub fn page(server: &Server, path: &str, headers: &[String]) -> (u16, String, Vec<u8>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (body, head) = (dir.path().join("b"), dir.path().join("h"));
+    let mut c = Command::new("curl");
+    c.args(["-s", "--path-as-is", "--max-time", "60", "-o"])
+        .arg(&body)
+        .arg("-D")
+        .arg(&head)
+        .args(["-w", "%{http_code}", "--cacert"])
+        .arg(&server.cert);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    c.arg(format!("{}{path}", server.url));
+    let o = run(&mut c);
+    (
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0),
+        std::fs::read_to_string(&head).unwrap_or_default(),
+        std::fs::read(&body).unwrap_or_default(),
+    )
+}
+
+/// The `Authorization` header a browser sends for `user:password` (`Basic`).
+#[must_use]
+pub fn basic(user_and_password: &str) -> String {
+    use base64::Engine as _;
+    let b = base64::engine::general_purpose::STANDARD.encode(user_and_password);
+    format!("Authorization: Basic {b}")
+}
+
 /// The `Authorization` header of token `tok`.
 pub fn bearer(tok: &str) -> String {
     format!("Authorization: Bearer {tok}")

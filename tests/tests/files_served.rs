@@ -2,43 +2,13 @@
 //! pages the report links each point to, for a restore token of the point's VM only; what a
 //! hostile path or another VM's token gets; an encrypted store's server, which holds no key.
 
-use std::process::Command;
-
 use cairn_tests::images::one_linux_partition;
-use cairn_tests::serve::{Server, bearer, call, token};
-use cairn_tests::{TestStore, id, json, ok, read, run};
-
-/// `curl` of `path` with `headers`: status, response headers, body bytes.
-fn get(server: &Server, path: &str, headers: &[String]) -> (u16, String, Vec<u8>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (body, head) = (dir.path().join("b"), dir.path().join("h"));
-    let mut c = Command::new("curl");
-    c.args(["-s", "--path-as-is", "--max-time", "60", "-o"])
-        .arg(&body)
-        .arg("-D")
-        .arg(&head)
-        .args(["-w", "%{http_code}", "--cacert"])
-        .arg(&server.cert);
-    for h in headers {
-        c.args(["-H", h]);
-    }
-    c.arg(format!("{}{path}", server.url));
-    let o = run(&mut c);
-    (
-        String::from_utf8_lossy(&o.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0),
-        std::fs::read_to_string(&head).unwrap_or_default(),
-        std::fs::read(&body).unwrap_or_default(),
-    )
-}
+use cairn_tests::serve::{Server, bearer, call, page, token};
+use cairn_tests::{TestStore, id, json, ok, read};
 
 /// A browser's `Authorization` for `tok` (the token as the password).
 fn basic(tok: &str) -> String {
-    use base64::Engine as _;
-    let b = base64::engine::general_purpose::STANDARD.encode(format!("me:{tok}"));
-    format!("Authorization: Basic {b}")
+    cairn_tests::serve::basic(&format!("me:{tok}"))
 }
 
 /// Every `href="..."` of a page.
@@ -62,7 +32,7 @@ fn a_restore_token_lists_reads_and_browses_its_vms_files_and_no_others() {
     let reader = token(&store.path(), "reader", "restore", "web*");
     let host = token(&store.path(), "host", "backup", "*");
     let server = Server::start(&store.path(), 0, &[]);
-    let api = |path: &str, tok: &str| get(&server, &format!("/api/v1/{path}"), &[bearer(tok)]);
+    let api = |path: &str, tok: &str| page(&server, &format!("/api/v1/{path}"), &[bearer(tok)]);
 
     // The partition table and a folder: what `cairn ls --json` prints from the store folder.
     let (code, _, body) = api(&format!("points/{web}/files"), &reader);
@@ -111,7 +81,7 @@ fn a_restore_token_lists_reads_and_browses_its_vms_files_and_no_others() {
     );
     assert_eq!(api(&format!("points/{web}/files"), &host).0, 403);
     assert_eq!(
-        get(&server, &format!("/api/v1/points/{web}/files"), &[]).0,
+        page(&server, &format!("/api/v1/points/{web}/files"), &[]).0,
         401
     );
     // Paths that climb: resolved inside the image (its root's parent is its root), never on
@@ -139,19 +109,19 @@ fn a_restore_token_lists_reads_and_browses_its_vms_files_and_no_others() {
 
     // The report page links each point to its browse page; the pages link folders to their
     // pages and files to their downloads, every link one the server answers.
-    let (code, _, page) = get(&server, "/", &[basic(&reader)]);
+    let (code, _, report) = page(&server, "/", &[basic(&reader)]);
     assert_eq!(code, 200);
-    let page = String::from_utf8_lossy(&page);
+    let report = String::from_utf8_lossy(&report);
     let to_web = format!("/point/{web}/files/");
     assert!(
-        links(&page).contains(&to_web),
+        links(&report).contains(&to_web),
         "no browse link in the report"
     );
     assert!(
-        !page.contains(&format!("/point/{db}/")),
+        !report.contains(&format!("/point/{db}/")),
         "another VM's point"
     );
-    let (code, head, body) = get(&server, &to_web, &[basic(&reader)]);
+    let (code, head, body) = page(&server, &to_web, &[basic(&reader)]);
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     assert!(
         head.to_lowercase()
@@ -160,7 +130,7 @@ fn a_restore_token_lists_reads_and_browses_its_vms_files_and_no_others() {
     let top = String::from_utf8_lossy(&body).into_owned();
     let p1 = format!("/point/{web}/files/p1/");
     assert!(links(&top).contains(&p1), "{top}");
-    let (code, _, body) = get(&server, &p1, &[basic(&reader)]);
+    let (code, _, body) = page(&server, &p1, &[basic(&reader)]);
     assert_eq!(code, 200);
     let folder = String::from_utf8_lossy(&body).into_owned();
     assert!(folder.contains("ünïcode näme.txt") && folder.contains("日本語.txt"));
@@ -168,7 +138,7 @@ fn a_restore_token_lists_reads_and_browses_its_vms_files_and_no_others() {
         .into_iter()
         .find(|l| l.contains("/download/") && l.ends_with("n%C3%A4me.txt"))
         .unwrap_or_else(|| panic!("no download link: {folder}"));
-    let (code, head, body) = get(&server, &download, &[basic(&reader)]);
+    let (code, head, body) = page(&server, &download, &[basic(&reader)]);
     assert_eq!(code, 200);
     assert_eq!(body, "héllo wörld\n".as_bytes());
     assert!(
@@ -177,9 +147,9 @@ fn a_restore_token_lists_reads_and_browses_its_vms_files_and_no_others() {
     );
     // Every folder link of the page answers; the 10 000-file folder lists every entry.
     for l in links(&folder).iter().filter(|l| l.contains("/files/")) {
-        assert_eq!(get(&server, l, &[basic(&reader)]).0, 200, "{l}");
+        assert_eq!(page(&server, l, &[basic(&reader)]).0, 200, "{l}");
     }
-    let (code, _, body) = get(&server, &format!("{p1}many/"), &[basic(&reader)]);
+    let (code, _, body) = page(&server, &format!("{p1}many/"), &[basic(&reader)]);
     assert_eq!(code, 200);
     let many = String::from_utf8_lossy(&body);
     assert_eq!(
@@ -192,7 +162,7 @@ fn a_restore_token_lists_reads_and_browses_its_vms_files_and_no_others() {
     // A name from the image is text on the page, never markup.
     assert!(!folder.contains("<script"), "no script in a browse page");
     assert_eq!(
-        get(&server, &format!("/point/{db}/files/"), &[basic(&reader)]).0,
+        page(&server, &format!("/point/{db}/files/"), &[basic(&reader)]).0,
         404
     );
 }
@@ -218,9 +188,9 @@ fn an_encrypted_stores_server_refuses_files_and_links_none() {
         answer.contains("encrypted") && answer.contains("no key"),
         "{answer}"
     );
-    let (code, _, page) = get(&server, "/", &[basic(&admin)]);
+    let (code, _, report) = page(&server, "/", &[basic(&admin)]);
     assert_eq!(code, 200);
-    assert!(!String::from_utf8_lossy(&page).contains("/point/"));
+    assert!(!String::from_utf8_lossy(&report).contains("/point/"));
     // A machine with the key reads the files through the same server.
     let got = ok(server
         .cmd(&admin, &["cat", &format!("{p}:p1/etc/hostname")])

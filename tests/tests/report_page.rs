@@ -3,7 +3,7 @@
 //! from outside, screenshots at 1280 px and 390 px kept for review; served live by `cairn
 //! serve` at `/` to tokens that may read.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use cairn_tests::serve::{Server, token};
@@ -203,29 +203,11 @@ fn the_page_shows_the_numbers_of_the_json_and_needs_nothing_outside() {
     }
 }
 
+/// A GET of `path` as a browser sends it, with `user:password` when given.
 fn curl(server: &Server, path: &str, user: Option<&str>) -> (u16, String, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (body, head): (PathBuf, PathBuf) = (dir.path().join("b"), dir.path().join("h"));
-    let mut c = Command::new("curl");
-    c.args(["-s", "--max-time", "60", "-o"])
-        .arg(&body)
-        .arg("-D")
-        .arg(&head)
-        .args(["-w", "%{http_code}", "--cacert"])
-        .arg(&server.cert);
-    if let Some(u) = user {
-        c.args(["-u", u]);
-    }
-    c.arg(format!("{}{path}", server.url));
-    let o = run(&mut c);
-    (
-        String::from_utf8_lossy(&o.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0),
-        std::fs::read_to_string(&head).unwrap_or_default(),
-        std::fs::read_to_string(&body).unwrap_or_default(),
-    )
+    let headers: Vec<String> = user.map(cairn_tests::serve::basic).into_iter().collect();
+    let (code, head, body) = cairn_tests::serve::page(server, path, &headers);
+    (code, head, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Whether `text` holds `word` with no letter, digit or `_` on either side of it.
