@@ -46,6 +46,9 @@ pub enum Error {
     /// qemu's QMP did not answer as expected.
     #[error("QMP: {0}")]
     Qmp(String),
+    /// The outcome could not be kept in the store.
+    #[error("recording the check: {0}")]
+    Record(String),
 }
 
 impl Error {

@@ -210,7 +210,7 @@ fn check_one(
     let mut screenshot = outcome.screenshot.as_ref().map(|_| {
         store
             .root()
-            .join(cairn_check::record::DIR)
+            .join(cairn_gc::history::BOOT_CHECKS_DIR)
             .join(format!("{}.png", point.id))
     });
     if let (Some(to), Some(from)) = (&a.screenshot, &outcome.screenshot) {

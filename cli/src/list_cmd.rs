@@ -53,7 +53,9 @@ pub fn list(a: &ListArgs) -> Result<i32> {
     let points = a.select.choose(&store.points()?)?;
     let checks = match (&reader, a.boot) {
         (_, false) => None,
-        (crate::store_cmd::Reader::Local(s), true) => Some(cairn_check::record::records(s.root())),
+        (crate::store_cmd::Reader::Local(s), true) => {
+            Some(cairn_gc::history::boot_checks(s.root()))
+        }
         (crate::store_cmd::Reader::Remote(_), true) => {
             crate::usage!("--boot reads a store folder's boot checks; through a server not yet")
         }

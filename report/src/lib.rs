@@ -39,6 +39,8 @@ pub struct Extras {
     pub now: chrono::DateTime<chrono::Utc>,
     /// Points committed after this are held by the store's minimum retention.
     pub hold: Option<chrono::DateTime<chrono::Utc>>,
+    /// Each point's last boot check ([`cairn_gc::history::boot_checks`]), by point id.
+    pub boot_checks: BTreeMap<String, Value>,
 }
 
 impl Extras {
@@ -55,6 +57,7 @@ impl Extras {
             hold: cairn_store::StoreConfig::load(root)
                 .ok()
                 .and_then(|c| c.retention_cutoff(chrono::Utc::now())),
+            boot_checks: cairn_gc::history::boot_checks(root),
         }
     }
 }
@@ -247,6 +250,10 @@ pub fn build(
             "tags": p.labels.tags, "note": p.labels.note,
             "key": p.stats.key, "protected": p.protected,
             "kept_by": kept.get(&p.id),
+            "boot_check": extras.boot_checks.get(p.id.as_str()).map(|c| json!({
+                "time": c["time"], "booted": c["booted"], "why": c["why"],
+                "seconds": c["seconds"], "screenshot": c["screenshot"],
+            })),
         }))).collect::<Vec<_>>(),
     })
 }

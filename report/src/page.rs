@@ -138,7 +138,7 @@ h2{font-size:18px;margin:0 0 12px}h3{font-size:16px;margin:16px 0 8px}
 th,td{padding:6px 8px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}th{cursor:pointer;color:var(--mute);font-weight:600;user-select:none}
 th.sorted::after{content:" ▾"}.na{color:var(--mute)}.flag{font-size:12px;border-radius:4px;padding:1px 5px;margin-left:2px}
-.key{background:#e3ecfd;color:#1f4fa8}.prot{background:#fde8e6;color:#9b2a22}.ok{color:var(--b);font-weight:600}.bad{color:var(--d);font-weight:600}
+.key{background:#e3ecfd;color:#1f4fa8}.prot{background:#fde8e6;color:#9b2a22}.boots{background:#e2f5ee;color:#0d7a5f}.noboot{background:#c8433a;color:#fff}.ok{color:var(--b);font-weight:600}.bad{color:var(--d);font-weight:600}
 svg{width:100%;display:block}svg.growth{height:120px}svg.vm{height:160px}
 .axis{display:flex;justify-content:space-between;color:var(--mute);font-size:12px}
 .bar{display:grid;grid-template-columns:150px 1fr 110px;gap:8px;align-items:center;margin:6px 0}
@@ -663,6 +663,37 @@ fn point_row(h: &mut String, k: usize, p: &Value, browse: bool) {
     }
     if p["protected"].as_bool() == Some(true) {
         flags.push_str("<span class=\"flag prot\">protected</span>");
+    }
+    // Its last boot check: a mark, linked to the screenshot where the server shows it.
+    if let Some(c) = p["boot_check"].as_object() {
+        let booted = c.get("booted").and_then(Value::as_bool) == Some(true);
+        let title = format!(
+            "check-boot {}: {}{}",
+            c.get("time").map_or("", s),
+            c.get("why").map_or("", s),
+            c.get("seconds")
+                .and_then(Value::as_f64)
+                .map(|n| format!(" ({n} s)"))
+                .unwrap_or_default()
+        );
+        let (class, word) = if booted {
+            ("boots", "boots")
+        } else {
+            ("noboot", "no boot")
+        };
+        let mark = format!(
+            "<span class=\"flag {class}\" title=\"{}\">{word}</span>",
+            esc(&title)
+        );
+        if browse && c.get("screenshot").and_then(Value::as_bool) == Some(true) {
+            let _ = write!(
+                flags,
+                "<a href=\"/point/{}/boot-check.png\">{mark}</a>",
+                url_piece(s(&p["id"]))
+            );
+        } else {
+            flags.push_str(&mark);
+        }
     }
     let kept = match p["kept_by"].as_str() {
         Some("none") => "<span class=\"bad\">the next prune</span>".to_owned(),

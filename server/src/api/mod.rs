@@ -190,6 +190,7 @@ pub fn router(app: Shared) -> axum::Router {
         .route("/api/v1/report", get(page::report))
         .route("/", get(page::page))
         .route("/vm/{vm}", get(page::vm_page))
+        .route("/point/{id}/boot-check.png", get(page::boot_check_png))
         .route("/point/{id}/files", get(files::browse_point))
         .route("/point/{id}/files/", get(files::browse_point))
         .route("/point/{id}/files/{*path}", get(files::browse))

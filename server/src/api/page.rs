@@ -143,3 +143,41 @@ pub(super) async fn page_for(app: Shared, headers: HeaderMap, vm: Option<String>
         Err(e) => e.into_response(),
     }
 }
+
+/// `GET /point/{id}/boot-check.png`: the screenshot of the point's last boot check, for a
+/// restore or admin token that reaches its VM.
+pub(super) async fn boot_check_png(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let token = match page_token(&app, &headers) {
+        Ok(t) => t,
+        Err(answer) => return *answer,
+    };
+    let found = blocking(move || {
+        let point = super::points::point_of(&app, &token, &id)?;
+        cairn_gc::history::boot_check_screenshot(app.store.root(), point.id.as_str()).ok_or_else(
+            || {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("point {id} has no boot check screenshot"),
+                )
+            },
+        )
+    })
+    .await;
+    match found {
+        Ok(png) => (
+            [
+                (header::CONTENT_TYPE, "image/png"),
+                (header::CONTENT_SECURITY_POLICY, "default-src 'none'"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            png,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
