@@ -35,8 +35,10 @@ impl Default for PageOptions {
     }
 }
 
-/// A name as a piece of a URL path.
-pub(crate) fn url_piece(s: &str) -> String {
+/// A name as a piece of a URL path: RFC 3986's unreserved characters kept, every other byte
+/// percent-encoded (a `/` too).
+#[must_use]
+pub fn url_piece(s: &str) -> String {
     let mut o = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -25,6 +25,8 @@ use cairn_restore::{PointDisk, SharedStore};
 use cairn_store::RecoveryPoint;
 use serde_json::{Value, json};
 
+use cairn_report::page::url_piece;
+
 use super::page::{html, page_token};
 use super::points::point_of;
 use super::{Answer, ApiError, App, Shared, blocking};
@@ -221,7 +223,7 @@ async fn file_answer(
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{disposition}; filename=\"{}\"; filename*=UTF-8''{}",
         ascii_name(&name),
-        percent(&name, false)
+        url_piece(&name)
     )) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
@@ -319,21 +321,9 @@ fn ascii_name(name: &str) -> String {
         .collect()
 }
 
-/// `s` percent-encoded (RFC 3986 unreserved characters kept; `/` kept when `slashes`).
-fn percent(s: &str, slashes: bool) -> String {
-    let mut o = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (slashes && b == b'/') {
-            o.push(b as char);
-        } else {
-            o.push_str(&format!("%{b:02X}"));
-        }
-    }
-    o
-}
-
+/// A path for a URL: each piece percent-encoded, the `/` between them kept.
 fn encode_path(p: &str) -> String {
-    percent(p, true)
+    p.split('/').map(url_piece).collect::<Vec<_>>().join("/")
 }
 
 #[cfg(test)]
@@ -343,7 +333,7 @@ mod tests {
     #[test]
     fn names_in_headers_and_links_cannot_break_out() {
         assert_eq!(ascii_name("a\"b\\c\r\nd é.txt"), "a_b_c__d _.txt");
-        assert_eq!(percent("a b/é\"", false), "a%20b%2F%C3%A9%22");
+        assert_eq!(url_piece("a b/é\""), "a%20b%2F%C3%A9%22");
         assert_eq!(encode_path("/point/x/a b/c"), "/point/x/a%20b/c");
         assert!(HeaderValue::from_str(&ascii_name("\r\nSet-Cookie: x")).is_ok());
     }
