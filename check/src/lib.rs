@@ -114,6 +114,12 @@ pub fn check_boot(exports: PointExports, disks: Vec<String>, opts: &Options) -> 
         .prefix("cairn-check-boot-")
         .tempdir()
         .map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+    // Private before anything is put in it (tempfile makes folders by the umask: 0755).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(dir.path(), e))?;
+    }
     let served = serve::Served::start(exports, dir.path())?;
     let mut machine = qemu::Machine {
         qemu,

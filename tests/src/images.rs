@@ -8,7 +8,7 @@ use std::process::Command;
 
 use crate::{ok, read};
 
-/// `mkfs.ext4 -d` of a folder holding Unicode names, a symlink, hard links, a sparse file, a
+/// `mkfs.ext4 -d` of a folder holding Unicode names, a name that is HTML markup, a symlink, hard links, a sparse file, a
 /// folder of 10 000 files and a deep path: the image `part.img` of `mib` MiB, and the folder.
 pub fn ext4_image(dir: &Path, mib: u32) -> (PathBuf, PathBuf) {
     let root = dir.join("root");
@@ -24,6 +24,8 @@ pub fn ext4_image(dir: &Path, mib: u32) -> (PathBuf, PathBuf) {
     std::fs::write(root.join("etc/hostname"), "web01\n").expect("write");
     std::fs::write(root.join("ünïcode näme.txt"), "héllo wörld\n").expect("write");
     std::fs::write(root.join("日本語.txt"), "こんにちは\n").expect("write");
+    // A name that is markup: shown as text by every page, never run.
+    std::fs::write(root.join("<img src=x onerror=alert(1)>.txt"), "x\n").expect("write");
     std::os::unix::fs::symlink("etc/hostname", root.join("hostname-link")).expect("symlink");
     std::fs::hard_link(root.join("etc/hostname"), root.join("hostname-hard")).expect("link");
     let sparse = std::fs::File::create(root.join("sparse.bin")).expect("sparse");

@@ -181,3 +181,63 @@ fn a_missing_qemu_is_named_with_its_package() {
     let err = error_text(&out);
     assert!(err.contains("qemu-system-x86"), "{err}");
 }
+
+#[test]
+fn another_user_reaches_neither_the_checks_folder_nor_its_nbd_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    // A temporary folder anyone may enter, so that only the check's own folder can keep
+    // another user out.
+    let tmp = w.join("tmp");
+    std::fs::create_dir(&tmp).expect("mkdir");
+    std::fs::set_permissions(w, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let store = TestStore::new("256K");
+    let good = bootable_disk(w, "good", Guest::Boots);
+    let p = id(&store.backup("web01", "2026-11-01T02:00:00Z", "xvda", &good, &[]));
+    let mut check = store
+        .cmd(&[
+            "check-boot",
+            "--json",
+            "--accel",
+            "tcg",
+            "--expect",
+            "NEVER",
+            "--timeout",
+            "60s",
+        ])
+        .arg(&p)
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("check-boot");
+    let mut socket = None;
+    cairn_tests::wait_until("the check's NBD socket", || {
+        socket = std::fs::read_dir(&tmp)
+            .expect("tmp")
+            .flatten()
+            .map(|e| e.path().join("nbd.sock"))
+            .find(|s| s.exists());
+        socket.is_some()
+    });
+    let socket = socket.expect("socket");
+    let folder = socket.parent().expect("folder");
+    let mode = std::fs::metadata(folder)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", folder.display());
+    let other = run(std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["nbdinfo", "--size"])
+        .arg(format!("nbd+unix:///{p}?socket={}", socket.display())));
+    assert!(
+        !other.status.success(),
+        "another user read the export: {}",
+        String::from_utf8_lossy(&other.stdout)
+    );
+    let _ = check.kill();
+    let _ = check.wait();
+}

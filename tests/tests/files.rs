@@ -144,6 +144,7 @@ fn every_entry_and_file_of_a_gpt_disk_reads_as_debugfs_reads_it() {
     assert_eq!(
         found,
         [
+            "p2/<img src=x onerror=alert(1)>.txt".to_owned(),
             "p2/ünïcode näme.txt".to_owned(),
             "p2/日本語.txt".to_owned(),
             format!("p2{deep}/bottom.txt")

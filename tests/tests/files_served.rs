@@ -161,6 +161,10 @@ fn a_restore_token_lists_reads_and_browses_its_vms_files_and_no_others() {
     );
     // A name from the image is text on the page, never markup.
     assert!(!folder.contains("<script"), "no script in a browse page");
+    assert!(
+        !folder.contains("<img src=x") && folder.contains("&lt;img src=x onerror=alert(1)&gt;.txt"),
+        "a name that is markup, escaped"
+    );
     assert_eq!(
         page(&server, &format!("/point/{db}/files/"), &[basic(&reader)]).0,
         404

@@ -174,6 +174,25 @@ fn a_mounted_point_reads_as_its_image_and_refuses_every_write() {
         assert!(buf == big[at as usize..at as usize + 1000], "at {at}");
     }
     drop(f);
+    // Another user reaches nothing of it (FUSE's default: the mounting user only), though
+    // every folder on the way and the file's mode would let them.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(w, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let other = run(Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "cat",
+        ])
+        .arg(dir.join("p2/etc/hostname")));
+    assert!(
+        !other.status.success(),
+        "another user read the mount: {}",
+        String::from_utf8_lossy(&other.stdout)
+    );
     // Nothing can be written, made, renamed or removed.
     let p2 = dir.join("p2");
     let refusals = [
