@@ -16,6 +16,8 @@
 //!   is tried again with TCG.
 
 pub mod console;
+mod kept;
+mod point;
 pub mod qemu;
 pub mod record;
 mod serve;
@@ -26,6 +28,8 @@ use std::time::{Duration, Instant};
 use cairn_restore::PointExports;
 
 pub use console::{Signals, Verdict};
+pub use kept::Kept;
+pub use point::{Checked, FirmwareChoice, check_point, firmware_for, run_of};
 pub use qemu::{Accel, Firmware};
 
 /// What went wrong (a boot that fails is an [`Outcome`], not an error).
@@ -49,6 +53,12 @@ pub enum Error {
     /// The outcome could not be kept in the store.
     #[error("recording the check: {0}")]
     Record(String),
+    /// The store could not be read (its catalogue, a point's tree).
+    #[error(transparent)]
+    Store(cairn_store::Error),
+    /// A point could not be exported.
+    #[error("{0}")]
+    Export(String),
 }
 
 impl Error {
@@ -72,12 +82,13 @@ pub struct Options {
     pub timeout: Duration,
     /// The guest's memory, in MiB.
     pub memory_mib: u32,
-    /// The firmware.
-    pub firmware: Firmware,
     /// The accelerator (`None`: KVM when usable, else TCG).
     pub accel: Option<Accel>,
     /// Where a screenshot of the display goes (PNG), taken when the verdict is in.
     pub screenshot: Option<PathBuf>,
+    /// Leave the VM running after the verdict (its console and display on unix sockets), for
+    /// an admin who wants to log in: see [`Kept`].
+    pub keep_running: bool,
 }
 
 /// How a check went.
@@ -103,12 +114,18 @@ pub struct Outcome {
     pub screenshot_error: Option<String>,
 }
 
-/// Boots `disks` (export names of `exports`, the first boots) and judges the boot.
+/// Boots `disks` (export names of `exports`, the first boots) with `firmware` and judges the
+/// boot; with [`Options::keep_running`], the VM is handed back still running.
 ///
 /// # Errors
 /// qemu missing, a folder or socket that cannot be made, qemu that does not start. A guest
 /// that does not boot is an [`Outcome`] with `booted: false`.
-pub fn check_boot(exports: PointExports, disks: Vec<String>, opts: &Options) -> Result<Outcome> {
+pub fn check_boot(
+    exports: PointExports,
+    disks: Vec<String>,
+    firmware: &Firmware,
+    opts: &Options,
+) -> Result<(Outcome, Option<Kept>)> {
     let qemu = qemu::find()?;
     let dir = tempfile::Builder::new()
         .prefix("cairn-check-boot-")
@@ -124,11 +141,12 @@ pub fn check_boot(exports: PointExports, disks: Vec<String>, opts: &Options) -> 
     let mut machine = qemu::Machine {
         qemu,
         accel: opts.accel.unwrap_or_else(Accel::best),
-        firmware: opts.firmware.clone(),
+        firmware: firmware.clone(),
         memory_mib: opts.memory_mib,
         socket: served.socket.clone(),
         disks,
         dir: dir.path().to_path_buf(),
+        interactive: opts.keep_running,
     };
     let mut accel_note = None;
     loop {
@@ -141,17 +159,18 @@ pub fn check_boot(exports: PointExports, disks: Vec<String>, opts: &Options) -> 
             Watched::KvmFailed(why) => {
                 return Err(Error::Qmp(format!("qemu failed: {why}")));
             }
-            Watched::Judged(mut outcome) => {
+            Watched::Judged(mut outcome, vm) => {
                 outcome.accel_note = accel_note;
-                drop(served);
-                return Ok(outcome);
+                let kept = vm.map(|vm| Kept::new(vm, served, dir));
+                return Ok((*outcome, kept));
             }
         }
     }
 }
 
 enum Watched {
-    Judged(Outcome),
+    /// The verdict, and the VM when it is kept running.
+    Judged(Box<Outcome>, Option<qemu::Vm>),
     KvmFailed(String),
 }
 
@@ -159,7 +178,7 @@ enum Watched {
 const LOG_TAIL: u64 = 1 << 20;
 
 /// Starts the VM, watches its console until a verdict, the timeout or its end, takes the
-/// screenshot and stops it.
+/// screenshot and stops it (or hands it back, with `--keep-running`).
 fn watch(machine: &qemu::Machine, opts: &Options) -> Result<Watched> {
     // Each attempt writes its logs afresh.
     for f in ["console.log", "firmware.log"] {
@@ -207,7 +226,12 @@ fn watch(machine: &qemu::Machine, opts: &Options) -> Result<Watched> {
             Err(e) => screenshot_error = Some(e.to_string()),
         }
     }
-    vm.stop();
+    let vm = if opts.keep_running && ended.is_none() {
+        Some(vm)
+    } else {
+        vm.stop();
+        None
+    };
     let (booted, why, line) = match verdict {
         Some(Verdict::Booted(line)) => (true, "booted".to_owned(), Some(line)),
         Some(Verdict::Failed { why, line }) => (false, why, Some(line)),
@@ -220,17 +244,20 @@ fn watch(machine: &qemu::Machine, opts: &Options) -> Result<Watched> {
             ),
         },
     };
-    Ok(Watched::Judged(Outcome {
-        booted,
-        seconds,
-        accel: machine.accel,
-        accel_note: None,
-        why,
-        line,
-        last_lines: console::last_lines(&console, 10),
-        screenshot,
-        screenshot_error,
-    }))
+    Ok(Watched::Judged(
+        Box::new(Outcome {
+            booted,
+            seconds,
+            accel: machine.accel,
+            accel_note: None,
+            why,
+            line,
+            last_lines: console::last_lines(&console, 10),
+            screenshot,
+            screenshot_error,
+        }),
+        vm,
+    ))
 }
 
 /// The last [`LOG_TAIL`] bytes of a log, as text.

@@ -94,6 +94,9 @@ pub struct Machine {
     pub disks: Vec<String>,
     /// Where the VM's files go (console, firmware log, QMP socket, overlays).
     pub dir: PathBuf,
+    /// The console and the display on unix sockets an admin connects to (`--keep-running`);
+    /// the console is still written to its file.
+    pub interactive: bool,
 }
 
 /// A running VM.
@@ -105,6 +108,10 @@ pub struct Vm {
     pub firmware_log: PathBuf,
     /// qemu's own standard error.
     pub stderr: PathBuf,
+    /// The serial console's unix socket, when interactive.
+    pub console_socket: Option<PathBuf>,
+    /// The display's VNC unix socket, when interactive.
+    pub vnc_socket: Option<PathBuf>,
     qmp: PathBuf,
 }
 
@@ -129,10 +136,24 @@ impl Machine {
                 "-vga",
                 "std",
             ])
-            .args(["-nic", "none"])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-chardev")
+            .args(["-nic", "none"]);
+        let (console_socket, vnc_socket) = if self.interactive {
+            let (sock, vnc) = (self.dir.join("console.sock"), self.dir.join("vnc.sock"));
+            c.arg("-chardev")
+                .arg(format!(
+                    "socket,id=con,path={},server=on,wait=off,logfile={}",
+                    sock.display(),
+                    console.display()
+                ))
+                .args(["-serial", "chardev:con"])
+                .arg("-vnc")
+                .arg(format!("unix:{}", vnc.display()));
+            (Some(sock), Some(vnc))
+        } else {
+            c.arg("-serial").arg(format!("file:{}", console.display()));
+            (None, None)
+        };
+        c.arg("-chardev")
             .arg(format!("file,id=fw,path={}", firmware_log.display()))
             .args(["-device", "isa-debugcon,iobase=0x402,chardev=fw"])
             .arg("-qmp")
@@ -163,6 +184,8 @@ impl Machine {
             console,
             firmware_log,
             stderr,
+            console_socket,
+            vnc_socket,
             qmp,
         })
     }
@@ -189,12 +212,6 @@ impl Vm {
             "execute": "screendump",
             "arguments": {"filename": png.display().to_string(), "format": "png"},
         }))
-    }
-
-    /// The PID of qemu (for `--keep-running`).
-    #[must_use]
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Ends the VM: QMP `quit`, then a kill if it has not ended within 10 s.

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cairn_check::{Accel, Firmware, Options, Signals};
-use cairn_restore::PointExports;
+use cairn_check::{Accel, FirmwareChoice, Options, Signals};
+use cairn_restore::SharedStore;
+use cairn_store::{RecoveryPoint, StoreRead};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
@@ -37,13 +38,18 @@ pub enum AccelArg {
     cairn check-boot web01/xvda@latest\n  \
     cairn check-boot --expect 'Reached target Multi-User System' --timeout 10m db01/xvda@latest\n  \
     cairn check-boot --screenshot web01.png --json web01/xvda@latest\n  \
-    cairn check-boot --latest-of-each-vm            # a nightly job: the newest run of each VM\n\n\
+    cairn check-boot --latest-of-each-vm            # a nightly job: the newest run of each VM\n  \
+    cairn check-boot --keep-running web01/xvda@latest   # then log in on its console\n  \
+    CAIRN_TOKEN=... cairn check-boot --store https://backup1:8443 web01/xvda@latest\n\n\
     The point and the other disks of its backup run are served over NBD to qemu-system-x86_64\n\
     with no network and a throw-away overlay: nothing the guest writes reaches the store. It\n\
     booted when its serial console shows a login prompt (or the --expect text); it did not\n\
     when the firmware finds no bootloader, the kernel panics, GRUB drops to its rescue prompt,\n\
     or nothing comes before --timeout. The result and a screenshot are kept in the store\n\
-    (boot-checks/), the last per point. Exit status 0: booted; 4: did not boot.")]
+    (boot-checks/), the last per point. Exit status 0: booted; 4: did not boot.\n\n\
+    Through a server (an admin token) the server's machine runs qemu and keeps the result; an\n\
+    encrypted store's server never holds its key, so this machine boots the point, reading\n\
+    its chunks through the server, and hands the server the result to keep.")]
 pub struct CheckBootArgs {
     #[command(flatten)]
     pub store: StoreArg,
@@ -75,6 +81,11 @@ pub struct CheckBootArgs {
     /// Keep a screenshot of the display (PNG) taken when the verdict is in.
     #[arg(long, value_name = "FILE")]
     pub screenshot: Option<std::path::PathBuf>,
+    /// Leave the VM running after the verdict, its serial console and display (VNC) on unix
+    /// sockets in a private folder, until Ctrl-C or the guest powers off. Its writes still go
+    /// to the throw-away overlay.
+    #[arg(long, conflicts_with = "latest_of_each_vm")]
+    pub keep_running: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -103,18 +114,60 @@ fn parse_timeout(s: &str) -> std::result::Result<Duration, String> {
 const DID_NOT_BOOT: i32 = 4;
 
 pub fn check_boot(a: &CheckBootArgs) -> Result<i32> {
-    let store = Arc::new(open_read(&a.store.store)?);
-    let points = match &a.point {
-        Some(spec) => vec![store.resolve(spec)?],
-        None => latest_of_each_vm(&store)?,
-    };
     let mut results = Vec::new();
-    let mut all_booted = true;
-    for point in points {
-        let (booted, doc) = check_one(&store, &point, a)?;
-        all_booted &= booted;
-        results.push(doc);
+    match a.store.remote()? {
+        // The server's machine boots the point and keeps the result.
+        Some(remote) if remote.info().config.encryption.is_none() => {
+            if a.keep_running {
+                bail!(
+                    "--keep-running: through a server the VM runs on the server's machine; run \
+                     check-boot there, on the store's folder, to log in to it"
+                );
+            }
+            for point in points(&*remote, a)? {
+                results.push(on_server(&remote, &point, a)?);
+            }
+        }
+        // An encrypted store's server never holds its key: booted here, kept there.
+        Some(remote) => {
+            let store: SharedStore = Arc::clone(&remote) as _;
+            for point in points(&*remote, a)? {
+                let here = check_here(&store, &point, a)?;
+                let kept = remote
+                    .record_boot_check(point.id.as_str(), &here.record, here.png.as_deref())
+                    .context("handing the result to the server")?;
+                let at = here
+                    .png
+                    .as_ref()
+                    .map(|_| format!("{}/point/{}/boot-check.png", remote.url(), point.id));
+                results.push(here.finish(&kept, at, a)?);
+            }
+        }
+        None => {
+            let local = Arc::new(open_read(&a.store.store)?);
+            let store: SharedStore = Arc::clone(&local) as _;
+            for point in points(&*local, a)? {
+                let here = check_here(&store, &point, a)?;
+                let kept = cairn_check::record::keep(
+                    local.root(),
+                    point.id.as_str(),
+                    &here.record,
+                    here.png.as_deref(),
+                )
+                .context("recording the check in the store")?;
+                let at = here.png.as_ref().map(|_| {
+                    local
+                        .root()
+                        .join(cairn_gc::history::BOOT_CHECKS_DIR)
+                        .join(format!("{}.png", point.id))
+                        .display()
+                        .to_string()
+                });
+                results.push(here.finish(&kept, at, a)?);
+            }
+        }
     }
+    let all_booted = results.iter().all(|d| d["booted"] == true);
     if a.json {
         if a.point.is_some() {
             crate::print_json(&results[0])?;
@@ -125,9 +178,12 @@ pub fn check_boot(a: &CheckBootArgs) -> Result<i32> {
     Ok(if all_booted { 0 } else { DID_NOT_BOOT })
 }
 
-/// The newest point of each VM (the one its newest run is found by).
-fn latest_of_each_vm(store: &cairn_store::Store) -> Result<Vec<cairn_store::RecoveryPoint>> {
-    let mut newest: std::collections::BTreeMap<_, cairn_store::RecoveryPoint> =
+/// The point asked for, or the newest of each VM.
+fn points(store: &dyn StoreRead, a: &CheckBootArgs) -> Result<Vec<RecoveryPoint>> {
+    if let Some(spec) = &a.point {
+        return Ok(vec![store.resolve(spec)?]);
+    }
+    let mut newest: std::collections::BTreeMap<_, RecoveryPoint> =
         std::collections::BTreeMap::new();
     for p in store.points()? {
         let key = p.vm_key();
@@ -144,36 +200,32 @@ fn latest_of_each_vm(store: &cairn_store::Store) -> Result<Vec<cairn_store::Reco
     Ok(newest.into_values().collect())
 }
 
-/// Checks the run of `point`, records the outcome, says it (unless --json): whether it booted,
-/// and its JSON.
-fn check_one(
-    store: &Arc<cairn_store::Store>,
-    point: &cairn_store::RecoveryPoint,
-    a: &CheckBootArgs,
-) -> Result<(bool, serde_json::Value)> {
-    // The disks of its run, in disk order (the one asked for alone when it has no run).
-    let mut disks = match &point.run {
-        Some(run) => store
-            .points()?
-            .into_iter()
-            .filter(|p| p.run.as_deref() == Some(run.as_str()))
-            .collect(),
-        None => vec![point.clone()],
-    };
-    disks.sort_by(|x, y| x.disk.cmp(&y.disk));
-    let firmware = firmware(a.firmware, store, &disks[0])?;
-    let mut exports = PointExports::new(Arc::clone(store), false);
-    let names: Vec<String> = disks.iter().map(|p| p.id.to_string()).collect();
-    for (p, name) in disks.iter().zip(&names) {
-        exports
-            .add(
-                p.clone(),
-                vec![name.clone()],
-                format!("{} {}", p.vm, p.disk),
-            )
-            .context("exporting a point")?;
-    }
-    // The screenshot is always taken (the store keeps it); --screenshot keeps a copy there.
+fn booting(point: &RecoveryPoint, whose: &str) -> indicatif::ProgressBar {
+    let bar = crate::progress::spinner("check-boot");
+    bar.set_message(format!(
+        "booting {} {} ({}){whose}",
+        point.vm,
+        point.disk,
+        point.short_id()
+    ));
+    bar
+}
+
+/// A check made on this machine, to be kept in the store.
+struct Here {
+    /// Its JSON.
+    doc: serde_json::Value,
+    /// What the store keeps.
+    record: serde_json::Value,
+    /// The screenshot.
+    png: Option<Vec<u8>>,
+    /// Whether its line was said already (before a VM kept running).
+    said: bool,
+}
+
+/// Boots `point` on this machine (with --keep-running, waits until the admin is done).
+fn check_here(store: &SharedStore, point: &RecoveryPoint, a: &CheckBootArgs) -> Result<Here> {
+    // The screenshot is always taken (the store keeps it); --screenshot keeps a copy too.
     let shot = tempfile::Builder::new()
         .suffix(".png")
         .tempfile()
@@ -188,131 +240,163 @@ fn check_one(
         },
         timeout: a.timeout,
         memory_mib: a.memory,
-        firmware: firmware.clone(),
         accel: match a.accel {
             AccelArg::Auto => None,
             AccelArg::Kvm => Some(Accel::Kvm),
             AccelArg::Tcg => Some(Accel::Tcg),
         },
         screenshot: Some(shot.path().to_path_buf()),
+        keep_running: a.keep_running,
     };
-    let bar = crate::progress::spinner("check-boot");
-    bar.set_message(format!(
-        "booting {} {} ({})",
-        point.vm,
-        point.disk,
-        point.short_id()
-    ));
-    let outcome = cairn_check::check_boot(exports, names, &opts)?;
+    let firmware = match a.firmware {
+        FirmwareArg::Auto => FirmwareChoice::Auto,
+        FirmwareArg::Bios => FirmwareChoice::Bios,
+        FirmwareArg::Uefi => FirmwareChoice::Uefi,
+    };
+    let bar = booting(point, "");
+    let checked = cairn_check::check_point(store, point, firmware, &opts)?;
     bar.finish_and_clear();
-    let recorded = cairn_check::record::record(store.root(), point.id.as_str(), &outcome)
-        .context("recording the check in the store")?;
-    let mut screenshot = outcome.screenshot.as_ref().map(|_| {
-        store
-            .root()
-            .join(cairn_gc::history::BOOT_CHECKS_DIR)
-            .join(format!("{}.png", point.id))
-    });
-    if let (Some(to), Some(from)) = (&a.screenshot, &outcome.screenshot) {
-        std::fs::copy(from, to).with_context(|| format!("writing {}", to.display()))?;
-        screenshot = Some(to.clone());
+    let png = match &checked.outcome.screenshot {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let mut here = Here {
+        doc: checked.to_json(),
+        record: cairn_check::record::of(&checked.outcome),
+        png,
+        said: false,
+    };
+    if let Some(kept) = checked.kept {
+        if a.json {
+            let mut doc = here.doc.clone();
+            doc["console"] = kept.console().map(|p| p.display().to_string()).into();
+            doc["display"] = kept.display().map(|p| p.display().to_string()).into();
+            crate::print_json(&doc)?;
+        } else {
+            say(&here.doc);
+        }
+        here.said = true;
+        keep(kept)?;
     }
-    let doc = json!({
-        "point": point.id, "vm": point.vm,
-        "disks": disks.iter().map(|p| json!({"disk": p.disk, "point": p.id})).collect::<Vec<_>>(),
-        "booted": outcome.booted, "why": outcome.why, "line": outcome.line,
-        "seconds": outcome.seconds, "accel": outcome.accel.name(),
-        "accel_note": outcome.accel_note,
-        "firmware": match firmware { Firmware::Bios => "bios", Firmware::Uefi(_) => "uefi" },
-        "last_lines": outcome.last_lines,
-        "screenshot": screenshot.as_ref().map(|p| p.display().to_string()),
-        "screenshot_error": outcome.screenshot_error,
-        "recorded": recorded["time"],
-    });
-    if !a.json {
-        say_outcome(point, &outcome);
-    }
-    Ok((outcome.booted, doc))
+    Ok(here)
 }
 
-/// One line per check (and the console's last lines when it did not boot).
-fn say_outcome(point: &cairn_store::RecoveryPoint, outcome: &cairn_check::Outcome) {
+impl Here {
+    /// The check's JSON once kept (`kept`: the record as stored; `at`: where its screenshot
+    /// is), the --screenshot copy written, its line said.
+    fn finish(
+        mut self,
+        kept: &serde_json::Value,
+        at: Option<String>,
+        a: &CheckBootArgs,
+    ) -> Result<serde_json::Value> {
+        self.doc["recorded"] = kept["time"].clone();
+        self.doc["screenshot"] = at.into();
+        if let (Some(to), Some(png)) = (&a.screenshot, &self.png) {
+            std::fs::write(to, png).with_context(|| format!("writing {}", to.display()))?;
+            self.doc["screenshot"] = to.display().to_string().into();
+        }
+        if !a.json && !self.said {
+            say(&self.doc);
+        }
+        Ok(self.doc)
+    }
+}
+
+/// Waits for the admin to be done with a VM left running.
+fn keep(kept: cairn_check::Kept) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("catching Ctrl-C")?;
+    }
+    let shown =
+        |p: Option<&std::path::Path>| p.map(|p| p.display().to_string()).unwrap_or_default();
+    eprintln!(
+        "the VM keeps running (its writes go to a throw-away overlay); Ctrl-C ends it\n  \
+         console: socat -,raw,echo=0 UNIX-CONNECT:{}\n  display: VNC on the unix socket {}",
+        shown(kept.console()),
+        shown(kept.display()),
+    );
+    if kept.wait(&stop) {
+        eprintln!("the guest ended: its overlay and folder are removed");
+    } else {
+        eprintln!("stopped: the VM, its overlay and its folder are removed");
+    }
+    Ok(())
+}
+
+/// Boots `point` on the server's machine (which keeps the result).
+fn on_server(
+    remote: &Arc<cairn_remote::Remote>,
+    point: &RecoveryPoint,
+    a: &CheckBootArgs,
+) -> Result<serde_json::Value> {
+    let body = json!({
+        "expect": a.expect,
+        "timeout_seconds": a.timeout.as_secs(),
+        "memory_mib": a.memory,
+        "firmware": format!("{:?}", a.firmware).to_lowercase(),
+        "accel": format!("{:?}", a.accel).to_lowercase(),
+    });
+    let bar = booting(point, " on the server");
+    let mut doc = remote.boot_check(point.id.as_str(), &body)?;
+    bar.finish_and_clear();
+    if !doc["screenshot"].is_null() {
+        doc["screenshot"] = format!(
+            "{}{}",
+            remote.url(),
+            doc["screenshot"].as_str().unwrap_or("")
+        )
+        .into();
+        if let Some(to) = &a.screenshot {
+            let png = remote.boot_check_screenshot(point.id.as_str())?;
+            std::fs::write(to, png).with_context(|| format!("writing {}", to.display()))?;
+            doc["screenshot"] = to.display().to_string().into();
+        }
+    }
+    if !a.json {
+        say(&doc);
+    }
+    Ok(doc)
+}
+
+/// One line per check (and the console's last lines when it did not boot), from its JSON.
+fn say(doc: &serde_json::Value) {
+    let s = |k: &str| doc[k].as_str().unwrap_or("").to_owned();
+    let id = s("point");
     let what = format!(
         "{} {} ({}, {})",
-        point.vm,
-        point.disk,
-        point.short_id(),
-        point.time.format("%Y-%m-%d %H:%M:%SZ")
+        s("vm"),
+        s("disk"),
+        &id[..12.min(id.len())],
+        s("point_time"),
     );
-    if let Some(note) = &outcome.accel_note {
+    if let Some(note) = doc["accel_note"].as_str() {
         eprintln!("note: {note}");
     }
-    if outcome.booted {
+    let seconds = doc["seconds"].as_f64().unwrap_or(0.0);
+    if doc["booted"] == true {
         println!(
-            "{what}: booted in {:.1} s ({}): {}",
-            outcome.seconds,
-            outcome.accel.name(),
-            outcome.line.as_deref().unwrap_or("")
+            "{what}: booted in {seconds:.1} s ({}): {}",
+            s("accel"),
+            s("line")
         );
     } else {
         println!(
-            "{what}: did not boot: {} after {:.1} s ({}){}",
-            outcome.why,
-            outcome.seconds,
-            outcome.accel.name(),
-            outcome
-                .line
-                .as_deref()
+            "{what}: did not boot: {} after {seconds:.1} s ({}){}",
+            s("why"),
+            s("accel"),
+            doc["line"]
+                .as_str()
                 .map(|l| format!(": {l}"))
                 .unwrap_or_default()
         );
-        for l in &outcome.last_lines {
-            println!("  | {l}");
+        for l in doc["last_lines"].as_array().into_iter().flatten() {
+            println!("  | {}", l.as_str().unwrap_or(""));
         }
     }
-    if let Some(e) = &outcome.screenshot_error {
+    if let Some(e) = doc["screenshot_error"].as_str() {
         eprintln!("warning: no screenshot: {e}");
-    }
-}
-
-/// The firmware asked for, or the one the first disk needs: UEFI for a GPT disk with an EFI
-/// system partition and no BIOS boot partition.
-fn firmware(
-    asked: FirmwareArg,
-    store: &Arc<cairn_store::Store>,
-    first: &cairn_store::RecoveryPoint,
-) -> Result<Firmware> {
-    let uefi = match asked {
-        FirmwareArg::Bios => false,
-        FirmwareArg::Uefi => true,
-        FirmwareArg::Auto => {
-            let shared: cairn_restore::SharedStore = Arc::clone(store) as _;
-            let disk = Arc::new(cairn_restore::PointDisk::new(shared, first.clone())?);
-            match cairn_files::DiskFiles::open(disk, format!("point {}", first.short_id())) {
-                Ok(files) => {
-                    let kinds: Vec<&str> =
-                        files.partitions().iter().map(|p| p.kind.as_str()).collect();
-                    files.scheme() == cairn_files::Scheme::Gpt
-                        && kinds.iter().any(|k| k.ends_with("EFI system"))
-                        && !kinds.iter().any(|k| k.ends_with("BIOS boot"))
-                }
-                // A table that does not read: let the firmware say what it makes of the disk.
-                Err(_) => false,
-            }
-        }
-    };
-    if !uefi {
-        return Ok(Firmware::Bios);
-    }
-    match cairn_check::qemu::OVMF_PATHS
-        .iter()
-        .map(std::path::Path::new)
-        .find(|p| p.is_file())
-    {
-        Some(p) => Ok(Firmware::Uefi(p.to_path_buf())),
-        None => bail!(
-            "point {} boots with UEFI and OVMF is not installed: install Debian's ovmf package",
-            first.short_id()
-        ),
     }
 }

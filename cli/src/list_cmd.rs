@@ -23,7 +23,7 @@ pub struct ListArgs {
     #[command(flatten)]
     pub select: Selection,
     /// Show each point's last `check-boot` (BOOT: ok and seconds, or FAILED and why; in JSON,
-    /// `boot_check`). A store folder only, so far.
+    /// `boot_check`).
     #[arg(long)]
     pub boot: bool,
     /// Print JSON.
@@ -56,9 +56,7 @@ pub fn list(a: &ListArgs) -> Result<i32> {
         (crate::store_cmd::Reader::Local(s), true) => {
             Some(cairn_gc::history::boot_checks(s.root()))
         }
-        (crate::store_cmd::Reader::Remote(_), true) => {
-            crate::usage!("--boot reads a store folder's boot checks; through a server not yet")
-        }
+        (crate::store_cmd::Reader::Remote(r), true) => Some(r.boot_checks()?),
     };
     let check_of = |p: &RecoveryPoint| checks.as_ref().and_then(|c| c.get(p.id.as_str()));
     if a.json {

@@ -19,8 +19,8 @@ use crate::words::{count, human_bytes};
 #[derive(Debug, Args)]
 pub struct StoreArg {
     /// The store: a folder, or https://HOST:PORT of a `cairn serve` (backup, list, report,
-    /// restore, verify, diff, forget, protect, unprotect, prune, gc and policy work through a
-    /// server).
+    /// restore, verify, diff, ls, cat, find, extract, mount, check-boot, forget, protect,
+    /// unprotect, prune, gc and policy work through a server).
     #[arg(long, env = "CAIRN_STORE")]
     pub store: PathBuf,
     #[command(flatten)]
@@ -145,7 +145,8 @@ pub fn local_only(store: &Path) -> Result<()> {
     if cairn_remote::is_remote(&store.to_string_lossy()) {
         bail!(
             "{}: this command works on a store folder; through a server, backup, list, report, \
-             restore, verify, diff, forget, protect, unprotect, prune, gc and policy work (run \
+             restore, verify, diff, ls, cat, find, extract, mount, check-boot, forget, protect, \
+             unprotect, prune, gc and policy work (run \
              this one on the server's machine: readers such as standby and serve-nbd run beside \
              the server, writers such as repair with it stopped)",
             store.display()

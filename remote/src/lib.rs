@@ -150,11 +150,26 @@ impl Remote {
     /// One request to `/api/v1/{path}`; a non-2xx answer is an error carrying the server's
     /// message.
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Body>) -> Result<Vec<u8>> {
+        self.call_within(method, path, body, None)
+    }
+
+    /// As [`Remote::call`], waiting up to `wait` for the answer instead of the client's 5
+    /// minutes (work the server does while the client waits: a boot check).
+    fn call_within(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Body>,
+        wait: Option<Duration>,
+    ) -> Result<Vec<u8>> {
         let url = format!("{}/api/v1/{path}", self.base);
         let mut req = self
             .http
             .request(method.clone(), &url)
             .bearer_auth(&self.token);
+        if let Some(wait) = wait {
+            req = req.timeout(wait);
+        }
         match body {
             Some(Body::Json(j)) => {
                 req = req.header("content-type", "application/json").body(j);
@@ -253,6 +268,73 @@ impl Remote {
             &format!("points/{id}/protect"),
             Some(Body::Json(body)),
         )
+    }
+
+    /// Boots point `id` on the server's machine (an admin token; `body` as `POST
+    /// /api/v1/points/ID/boot-check` takes it, `timeout_seconds` the guest's time) and answers
+    /// the outcome the server recorded.
+    ///
+    /// # Errors
+    /// The server's refusal (an encrypted store, a check already running, no qemu there).
+    pub fn boot_check(&self, id: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+        let guest = body["timeout_seconds"].as_u64().unwrap_or(300);
+        // The guest's time, and a margin for qemu's start and end and the screenshot.
+        let wait = Duration::from_secs(guest.saturating_add(120));
+        let bytes = self.call_within(
+            reqwest::Method::POST,
+            &format!("points/{id}/boot-check"),
+            Some(Body::Json(body.to_string())),
+            Some(wait),
+        )?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            remote_err(
+                format!("boot check of {id}: the server's answer is not what cairn expects: {e}"),
+                None,
+            )
+        })
+    }
+
+    /// Hands the server the outcome of a boot check run here (`record` as `cairn-check`
+    /// records it, and its screenshot), kept as point `id`'s last check (an admin token).
+    ///
+    /// # Errors
+    /// The server's refusal.
+    pub fn record_boot_check(
+        &self,
+        id: &str,
+        record: &serde_json::Value,
+        png: Option<&[u8]>,
+    ) -> Result<serde_json::Value> {
+        use base64::Engine;
+        let body = serde_json::json!({
+            "record": record,
+            "screenshot_png": png.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+        });
+        self.json(
+            reqwest::Method::PUT,
+            &format!("points/{id}/boot-check"),
+            Some(Body::Json(body.to_string())),
+        )
+    }
+
+    /// The screenshot (PNG) of point `id`'s last boot check.
+    ///
+    /// # Errors
+    /// The server's refusal; 404 when the point has none.
+    pub fn boot_check_screenshot(&self, id: &str) -> Result<Vec<u8>> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("points/{id}/boot-check.png"),
+            None,
+        )
+    }
+
+    /// The last boot check of each point the token reaches, by point id.
+    ///
+    /// # Errors
+    /// The server's refusal.
+    pub fn boot_checks(&self) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
+        self.json(reqwest::Method::GET, "boot-checks", None)
     }
 
     /// The report document of the server's store (docs/report-json.md; an admin token).

@@ -28,6 +28,8 @@ use cairn_nbd::server::{Device, DeviceError, Exports};
 use cairn_nbd::{Extent, proto};
 use cairn_store::{ChunkRef, Found, PointLookup, RecoveryPoint, Store};
 
+use crate::SharedStore;
+
 /// The most extents one block status answer describes.
 const MAX_EXTENTS: usize = 4096;
 
@@ -41,7 +43,7 @@ struct Exported {
 
 /// The points a server exports.
 pub struct PointExports {
-    store: Arc<Store>,
+    store: SharedStore,
     exports: Vec<Exported>,
     writable: bool,
     overlay_dir: PathBuf,
@@ -53,10 +55,18 @@ pub struct PointExports {
 pub const DEFAULT_OVERLAY_BYTES: u64 = 64 << 30;
 
 impl PointExports {
-    /// Exports of points of `store`; with `writable`, each client gets an overlay.
+    /// Exports of points of the store folder `store`; with `writable`, each client gets an
+    /// overlay in the store's `tmp/` folder.
     #[must_use]
     pub fn new(store: Arc<Store>, writable: bool) -> Self {
         let overlay_dir = store.spool_dir();
+        Self::of(store, overlay_dir, writable)
+    }
+
+    /// Exports of points of any store (a folder, a server, a bucket); with `writable`, each
+    /// client gets an overlay in `overlay_dir`.
+    #[must_use]
+    pub fn of(store: SharedStore, overlay_dir: PathBuf, writable: bool) -> Self {
         Self {
             store,
             exports: Vec::new(),
@@ -201,7 +211,7 @@ impl Drop for Overlay {
 
 /// One client's view of a point (see the module).
 pub struct PointDevice {
-    store: Arc<Store>,
+    store: SharedStore,
     point: RecoveryPoint,
     lookup: Arc<PointLookup>,
     chunk: u64,
@@ -233,29 +243,16 @@ impl PointDevice {
             }
             Found::Ref(ChunkRef::Data(id)) => id,
         };
-        let loc = self
+        let failed = self
             .store
-            .location(&id)
+            .read_chunks(std::slice::from_ref(&id), vec![&mut *out])
             .map_err(|e| eio(format!("point {shown}, chunk {id}: {e}"), at))?
-            .ok_or_else(|| {
-                eio(
-                    format!("point {shown}, chunk {id}: not in the store's index"),
-                    at,
-                )
-            })?;
-        if loc.plain_len as usize != out.len() {
-            return Err(eio(
-                format!(
-                    "point {shown}, chunk {id}: {} bytes stored where the disk needs {}",
-                    loc.plain_len,
-                    out.len()
-                ),
-                at,
-            ));
+            .pop()
+            .flatten();
+        match failed {
+            None => Ok(()),
+            Some(e) => Err(eio(format!("point {shown} at disk offset {at}: {e}"), at)),
         }
-        self.store
-            .read_into(&id, &loc, out)
-            .map_err(|e| eio(format!("point {shown} at disk offset {at}: {e}"), at))
     }
 
     /// The length of chunk `i` (the last one may be short).

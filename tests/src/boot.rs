@@ -12,8 +12,9 @@ use crate::ok;
 /// What the guest does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Guest {
-    /// Comes up: prints `disks: vda vdb...`, writes zeros over the start of vda, prints
-    /// `cairnguest login: `.
+    /// Comes up: prints `disks: vda vdb...`, writes zeros over the start of vda, prints its
+    /// network interfaces (`net: lo `) and `cairnguest login: `, then runs a shell on the
+    /// console.
     Boots,
     /// Its init exits: "Kernel panic - not syncing: Attempted to kill init!".
     Panics,
@@ -76,7 +77,8 @@ pub fn bootable_disk(dir: &Path, name: &str, guest: Guest) -> PathBuf {
         _ => {
             "if [ -b /dev/vda ]; then /bin/busybox dd if=/dev/zero of=/dev/vda bs=65536 \
               count=64 2>/dev/null && /bin/busybox sync && echo 'guest: wrote 4 MiB of zeros \
-              over vda'; fi\necho\necho 'cairnguest login: '\nexec /bin/busybox sleep 3600\n"
+              over vda'; fi\necho \"net: $(/bin/busybox ls /sys/class/net | /bin/busybox tr \
+              '\\n' ' ')\"\necho\necho 'cairnguest login: '\nexec /bin/busybox sh -i\n"
         }
     };
     let init = format!(

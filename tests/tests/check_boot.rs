@@ -241,3 +241,331 @@ fn another_user_reaches_neither_the_checks_folder_nor_its_nbd_socket() {
     let _ = check.kill();
     let _ = check.wait();
 }
+
+/// Whether the guest's console showed no network interface but the loopback (`-nic none`).
+fn no_network(out: &serde_json::Value) -> bool {
+    out["last_lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .any(|l| l.as_str().is_some_and(|l| l.trim() == "net: lo"))
+}
+
+#[test]
+fn the_guest_has_no_network() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let store = TestStore::new("256K");
+    let good = bootable_disk(work.path(), "good", Guest::Boots);
+    let p = id(&store.backup("web01", "2026-11-01T02:00:00Z", "xvda", &good, &[]));
+    let (code, out) = check(&store, &p, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(no_network(&out), "the guest saw a network: {out}");
+}
+
+#[test]
+fn through_a_server_an_admin_token_boots_a_point_on_the_servers_machine() {
+    use cairn_tests::serve::{Server, bearer, call, token};
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = TestStore::new("256K");
+    let good = bootable_disk(w, "good", Guest::Boots);
+    let blank = bootable_disk(w, "blank", Guest::NoBootSector);
+    let p = id(&store.backup("web01", "2026-11-01T02:00:00Z", "xvda", &good, &[]));
+    let q = id(&store.backup("web02", "2026-11-01T02:00:00Z", "xvda", &blank, &[]));
+    let admin = token(&store.path(), "ops", "admin", "*");
+    let reader = token(&store.path(), "reader", "restore", "web*");
+    let host = token(&store.path(), "host", "backup", "*");
+    // The server's own temporary folder: where its checks' folders are seen.
+    let tmp = w.join("server-tmp");
+    std::fs::create_dir(&tmp).expect("mkdir");
+    let server = Server::start_env(&store.path(), &[("TMPDIR", tmp.display().to_string())])
+        .expect("cairn serve");
+    let remote = |tok: &str, point: &str, extra: &[&str]| {
+        let mut args = vec!["check-boot", "--json", "--memory", "256", "--timeout", "2m"];
+        args.extend_from_slice(extra);
+        args.push(point);
+        run(&mut server.cmd(tok, &args))
+    };
+
+    // The server boots it and keeps the result in its store; the screenshot comes back.
+    let shot = w.join("shot.png");
+    let out = remote(&admin, &p, &["--screenshot", shot.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", error_text(&out));
+    let doc = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(doc["booted"], true, "{doc}");
+    assert!(no_network(&doc), "{doc}");
+    assert!(read(&shot).starts_with(b"\x89PNG\r\n\x1a\n"));
+    let kept = store.path().join(format!("boot-checks/{p}.json"));
+    assert_eq!(
+        json(&String::from_utf8(read(&kept)).expect("utf-8"))["booted"],
+        true
+    );
+    let out = remote(&admin, &q, &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", error_text(&out));
+    assert_eq!(
+        json(&String::from_utf8_lossy(&out.stdout))["why"],
+        "no bootloader found"
+    );
+    // A restore token sees the results of its VMs (`list --boot`), and another VM's not.
+    let listed = json(&ok(&mut server.cmd(&reader, &["list", "--boot", "--json"])));
+    let rows = listed.as_array().expect("points");
+    assert_eq!(rows.len(), 2, "{listed}");
+    assert!(
+        rows.iter()
+            .any(|r| r["id"] == p && r["boot_check"]["booted"] == true)
+    );
+    let web_only = token(&store.path(), "web01-only", "restore", "web01");
+    let (code, answer) = call(
+        &server,
+        "GET",
+        "/api/v1/boot-checks",
+        &[bearer(&web_only)],
+        None,
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains(&p) && !answer.contains(&q), "{answer}");
+
+    // Only an admin token starts a VM on the server, or says what a check found.
+    for tok in [&reader, &host] {
+        let out = remote(tok, &p, &[]);
+        assert!(!out.status.success());
+        assert!(
+            error_text(&out).contains("cannot check that points boot"),
+            "{}",
+            error_text(&out)
+        );
+    }
+    let record = r#"{"record": {"booted": true, "why": "booted", "seconds": 1.0, "accel": "kvm"}}"#;
+    let (code, answer) = call(
+        &server,
+        "PUT",
+        &format!("/api/v1/points/{q}/boot-check"),
+        &[bearer(&reader), "Content-Type: application/json".into()],
+        Some(record.as_bytes()),
+    );
+    assert_eq!(code, 403, "{answer}");
+    // Bodies a careless or hostile admin sends are refused before any VM starts: a guest
+    // time past the server's request limit, too little or too much memory, an unknown
+    // firmware, field or accelerator, too many texts; a record of another shape, a screenshot
+    // that is no PNG.
+    let post = |body: &str| {
+        call(
+            &server,
+            "POST",
+            &format!("/api/v1/points/{p}/boot-check"),
+            &[bearer(&admin), "Content-Type: application/json".into()],
+            Some(body.as_bytes()),
+        )
+    };
+    let many = serde_json::json!({ "expect": vec!["x"; 17] }).to_string();
+    for body in [
+        r#"{"timeout_seconds": 100000}"#,
+        r#"{"timeout_seconds": 0}"#,
+        r#"{"memory_mib": 1}"#,
+        r#"{"memory_mib": 1000000}"#,
+        r#"{"firmware": "coreboot"}"#,
+        r#"{"accel": "hvf"}"#,
+        r#"{"network": true}"#,
+        r#"{"expect": [""]}"#,
+        many.as_str(),
+        "not json",
+    ] {
+        let (code, answer) = post(body);
+        assert_eq!(code, 400, "{body}: {answer}");
+    }
+    let put = |body: &str| {
+        call(
+            &server,
+            "PUT",
+            &format!("/api/v1/points/{q}/boot-check"),
+            &[bearer(&admin), "Content-Type: application/json".into()],
+            Some(body.as_bytes()),
+        )
+    };
+    let long = "x".repeat(5000);
+    for body in [
+        r#"{"record": {"booted": "yes", "why": "booted", "seconds": 1.0, "accel": "kvm"}}"#.to_owned(),
+        r#"{"record": {"booted": true, "why": "booted", "seconds": -1, "accel": "kvm"}}"#.to_owned(),
+        r#"{"record": {"booted": true, "why": "booted", "seconds": 1, "accel": "kvm", "point": "x"}}"#.to_owned(),
+        r#"{"record": {"booted": true, "seconds": 1, "accel": "kvm"}}"#.to_owned(),
+        format!(r#"{{"record": {{"booted": true, "why": "{long}", "seconds": 1, "accel": "kvm"}}}}"#),
+        format!(r#"{{"record": {{"booted": true, "why": "b", "seconds": 1, "accel": "kvm"}}, "screenshot_png": "{}"}}"#,
+            "PHN2Zz48L3N2Zz4="), // <svg></svg>
+    ] {
+        let (code, answer) = put(&body);
+        assert_eq!(code, 400, "{body}: {answer}");
+    }
+    // None of them changed what the store says of q.
+    let kept = json(
+        &String::from_utf8(read(&store.path().join(format!("boot-checks/{q}.json"))))
+            .expect("utf-8"),
+    );
+    assert_eq!(kept["why"], "no bootloader found", "{kept}");
+
+    // One check at a time on a server.
+    let mut first = server
+        .cmd(
+            &admin,
+            &[
+                "check-boot",
+                "--memory",
+                "256",
+                "--expect",
+                "NEVER",
+                "--timeout",
+                "20s",
+                &p,
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("check-boot");
+    cairn_tests::wait_until("the first check's VM", || {
+        std::fs::read_dir(&tmp).expect("tmp").flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("cairn-check-boot-")
+        })
+    });
+    let (code, answer) = post("{}");
+    assert_eq!(code, 409, "{answer}");
+    assert!(answer.contains("one at a time"), "{answer}");
+    assert_eq!(first.wait().expect("wait").code(), Some(4));
+}
+
+#[test]
+fn an_encrypted_store_boots_where_its_key_is_and_its_server_keeps_the_result() {
+    use cairn_tests::serve::{Server, bearer, call, token};
+    let work = tempfile::tempdir().expect("tempdir");
+    let store = TestStore::encrypted("256K");
+    let good = bootable_disk(work.path(), "good", Guest::Boots);
+    let p = id(&store.backup("web01", "2026-11-01T02:00:00Z", "xvda", &good, &[]));
+    // The store's folder, with its key.
+    let (code, out) = check(&store, &p, &[]);
+    assert_eq!(code, 0, "{out}");
+    // Without it, nothing boots: the key is asked for.
+    let out = run(&mut store.keyless(&["check-boot", "--memory", "256", &p]));
+    assert!(!out.status.success());
+    assert!(error_text(&out).contains("key"), "{}", error_text(&out));
+
+    // Its server holds no key: it refuses to boot the point, and says where it can be.
+    std::fs::remove_dir_all(store.path().join("boot-checks")).expect("rm");
+    let admin = token(&store.path(), "ops", "admin", "*");
+    let server = Server::start(&store.path(), 0, &[]);
+    let (code, answer) = call(
+        &server,
+        "POST",
+        &format!("/api/v1/points/{p}/boot-check"),
+        &[bearer(&admin)],
+        None,
+    );
+    assert_eq!(code, 409, "{answer}");
+    assert!(
+        answer.contains("encrypted") && answer.contains("key"),
+        "{answer}"
+    );
+    // A machine with the key boots it, reading the chunks through the server, and the server
+    // keeps the result.
+    let out = run(server
+        .cmd(
+            &admin,
+            &[
+                "check-boot",
+                "--json",
+                "--memory",
+                "256",
+                "--timeout",
+                "2m",
+                &p,
+            ],
+        )
+        .env("CAIRN_KEY_FILE", store.key_file())
+        .env("CAIRN_PASSPHRASE", cairn_tests::store::PASSPHRASE));
+    assert_eq!(out.status.code(), Some(0), "{}", error_text(&out));
+    let doc = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(doc["booted"], true, "{doc}");
+    let kept = store.path().join(format!("boot-checks/{p}.json"));
+    assert_eq!(
+        json(&String::from_utf8(read(&kept)).expect("utf-8"))["booted"],
+        true
+    );
+    assert!(read(&store.path().join(format!("boot-checks/{p}.png"))).starts_with(b"\x89PNG"));
+    // Nothing the guest wrote reached the store.
+    ok(&mut store.cmd(&["verify"]));
+}
+
+#[test]
+fn keep_running_leaves_a_console_to_log_in_on_until_ctrl_c() {
+    use std::io::{BufRead, Read, Write};
+    let work = tempfile::tempdir().expect("tempdir");
+    let store = TestStore::new("256K");
+    let good = bootable_disk(work.path(), "good", Guest::Boots);
+    let p = id(&store.backup("web01", "2026-11-01T02:00:00Z", "xvda", &good, &[]));
+    let mut child = store
+        .cmd(&[
+            "check-boot",
+            "--keep-running",
+            "--memory",
+            "256",
+            "--timeout",
+            "2m",
+            &p,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("check-boot");
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut said = String::new();
+    let socket = loop {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).expect("stderr") > 0,
+            "check-boot ended: {said}"
+        );
+        said.push_str(&line);
+        if let Some(s) = line
+            .trim()
+            .strip_prefix("console: socat -,raw,echo=0 UNIX-CONNECT:")
+        {
+            break std::path::PathBuf::from(s);
+        }
+    };
+    // The admin logs in: what is typed on the console runs in the guest.
+    let mut console = std::os::unix::net::UnixStream::connect(&socket).expect("console");
+    console
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .expect("timeout");
+    console
+        .write_all(b"\necho cairn-$((6 * 7))-here\n")
+        .expect("type");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("cairn-42-here") {
+        let n = console.read(&mut buf).expect("the console answers");
+        assert!(
+            n > 0,
+            "the console closed: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // Ctrl-C ends the VM and removes its folder.
+    let folder = socket.parent().expect("folder").to_path_buf();
+    assert!(folder.exists());
+    ok(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let status = child.wait().expect("wait");
+    let mut rest = String::new();
+    let _ = err.read_to_string(&mut rest);
+    assert_eq!(status.code(), Some(0), "{said}{rest}");
+    assert!(rest.contains("stopped"), "{rest}");
+    assert!(!folder.exists(), "{} is left", folder.display());
+    let mut out = String::new();
+    let _ = child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out);
+    assert!(out.contains("booted in"), "{out}");
+}

@@ -8,6 +8,7 @@
 
 mod admin;
 mod auth;
+mod check;
 mod chunks;
 mod error;
 mod files;
@@ -47,6 +48,8 @@ pub struct App {
     pub(crate) limits: crate::Limits,
     /// Whether a collection is running (one at a time).
     collecting: Mutex<()>,
+    /// Whether a boot check is running (one at a time).
+    booting: Mutex<()>,
     /// Each token's requests in flight.
     in_flight: crate::slots::Slots<String>,
     /// What each token limited to some VMs may read.
@@ -63,6 +66,7 @@ impl App {
             sessions: Sessions::default(),
             limits,
             collecting: Mutex::new(()),
+            booting: Mutex::new(()),
             in_flight: crate::slots::Slots::default(),
             reach: crate::reach::Reach::default(),
         }
@@ -175,6 +179,15 @@ pub fn router(app: Shared) -> axum::Router {
         .route("/api/v1/points/{id}/content", get(files::content))
         .route("/api/v1/points/{id}/forget", post(admin::forget))
         .route("/api/v1/points/{id}/protect", post(admin::protect))
+        .route(
+            "/api/v1/points/{id}/boot-check",
+            post(check::boot_check).put(check::keep_boot_check),
+        )
+        .route(
+            "/api/v1/points/{id}/boot-check.png",
+            get(page::boot_check_png),
+        )
+        .route("/api/v1/boot-checks", get(check::boot_checks))
         .route("/api/v1/chunks/read", post(chunks::read_chunks))
         .route("/api/v1/sessions", post(upload::open_session))
         .route("/api/v1/sessions/{id}", delete(upload::abort_session))
