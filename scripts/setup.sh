@@ -22,7 +22,7 @@ mkdir -p "$cache"
 case $mode in
   --build-only) packages="libclang-dev clang" ;;
   --demo) packages="libclang-dev clang qemu-utils libnbd-bin" ;;
-  *) packages="libclang-dev clang qemu-utils zstd nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl curl procps chromium man-db fdisk e2fsprogs dosfstools mtools ntfs-3g fuse3 lvm2 syslinux syslinux-common cpio" ;;
+  *) packages="libclang-dev clang qemu-utils zstd nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl curl procps chromium man-db fdisk e2fsprogs dosfstools mtools ntfs-3g fuse3 lvm2 syslinux syslinux-common syslinux-efi ovmf cpio" ;;
 esac
 need_apt=()
 for pkg in $packages; do

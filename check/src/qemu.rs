@@ -57,6 +57,16 @@ pub const OVMF_PATHS: [&str; 2] = [
     "/usr/share/OVMF/OVMF_CODE.fd",
 ];
 
+/// The empty variable store that goes with OVMF's code file (`OVMF_CODE_4M.fd`:
+/// `OVMF_VARS_4M.fd`, beside it).
+fn ovmf_vars(code: &Path) -> PathBuf {
+    let name = code
+        .file_name()
+        .map(|n| n.to_string_lossy().replace("CODE", "VARS"))
+        .unwrap_or_default();
+    code.with_file_name(name)
+}
+
 /// `qemu-system-x86_64` on the PATH.
 ///
 /// # Errors
@@ -160,8 +170,17 @@ impl Machine {
             .arg(format!("unix:{},server=on,wait=off", qmp.display()));
         if let Firmware::Uefi(code) = &self.firmware {
             c.arg("-drive").arg(format!(
-                "if=pflash,format=raw,readonly=on,file={}",
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
                 code.display()
+            ));
+            // The firmware's variables: a fresh copy of its empty store, thrown away with the
+            // folder (the boot entries a guest writes never outlive the check).
+            let vars = self.dir.join("efivars.fd");
+            let blank = ovmf_vars(code);
+            std::fs::copy(&blank, &vars).map_err(|e| Error::io(&blank, e))?;
+            c.arg("-drive").arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
             ));
         }
         for (k, export) in self.disks.iter().enumerate() {

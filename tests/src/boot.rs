@@ -2,7 +2,9 @@
 //! (fetched by `scripts/setup.sh` into `~/.cache/cairn/boot`): an MBR disk whose one FAT
 //! partition holds SYSLINUX, a cloud kernel and a busybox initramfs whose `/init` loads the
 //! virtio disk modules, prints the disks it sees and a login prompt on the serial console.
-//! Variants: a guest whose init exits (the kernel panics), a disk whose boot sector is zeroed.
+//! Variants: a guest whose init exits (the kernel panics), a disk whose boot sector is zeroed,
+//! and a GPT disk that only UEFI boots (SYSLINUX's EFI loader on an EFI system partition),
+//! with or without its loader.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,14 +43,126 @@ pub fn parts() -> PathBuf {
     boot
 }
 
-/// Makes the disk `dir/NAME.raw` (64 MiB, sparse) of `guest`.
+/// Makes the disk `dir/NAME.raw` (64 MiB, sparse) of `guest`: MBR, SYSLINUX, for a BIOS.
 ///
 /// # Panics
 /// When a tool fails (sfdisk, mkfs.vfat, mcopy, syslinux, cpio: scripts/setup.sh installs them).
 #[must_use]
 pub fn bootable_disk(dir: &Path, name: &str, guest: Guest) -> PathBuf {
-    let parts = parts();
     let work = dir.join(format!("{name}.build"));
+    let initrd = initramfs(&work, guest);
+    let raw = dir.join(format!("{name}.raw"));
+    blank_disk(&raw, "label: dos\nstart=2048, type=c, bootable\n");
+    let fat = esp_or_boot_fs(&raw);
+    for (from, to) in [
+        (parts().join("vmlinuz"), "::/vmlinuz"),
+        (initrd, "::/initrd.img"),
+        (syslinux_cfg(&work), "::/syslinux.cfg"),
+    ] {
+        ok(Command::new("mcopy").args(["-i", &fat]).arg(from).arg(to));
+    }
+    ok(Command::new("syslinux")
+        .args(["--offset", "1048576", "--install"])
+        .arg(&raw));
+    let mbr = std::fs::read("/usr/lib/syslinux/mbr/mbr.bin").expect("syslinux's mbr.bin");
+    let mut bytes = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&raw)
+        .expect("disk");
+    let code: Vec<u8> = if guest == Guest::NoBootSector {
+        vec![0u8; 512]
+    } else {
+        mbr[..440.min(mbr.len())].to_vec()
+    };
+    std::io::Write::write_all(&mut bytes, &code).expect("boot sector");
+    std::fs::remove_dir_all(&work).expect("clean");
+    raw
+}
+
+/// Makes the disk `dir/NAME.raw` (64 MiB, sparse) of a guest that boots with UEFI only: GPT,
+/// one EFI system partition holding SYSLINUX's EFI loader as `\EFI\BOOT\BOOTX64.EFI` (what
+/// firmware starts on a disk with no boot entry), and no BIOS boot code at all. Without
+/// `loader`, the partition holds the kernel but no `BOOTX64.EFI`: nothing for firmware to start.
+///
+/// # Panics
+/// When a tool fails (syslinux-efi: scripts/setup.sh installs it).
+#[must_use]
+pub fn uefi_disk(dir: &Path, name: &str, loader: bool) -> PathBuf {
+    let work = dir.join(format!("{name}.build"));
+    let initrd = initramfs(&work, Guest::Boots);
+    let raw = dir.join(format!("{name}.raw"));
+    blank_disk(
+        &raw,
+        "label: gpt\nstart=2048, size=126976, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n",
+    );
+    let fat = esp_or_boot_fs(&raw);
+    for d in ["::/EFI", "::/EFI/BOOT"] {
+        ok(Command::new("mmd").args(["-i", &fat, d]));
+    }
+    for (from, to) in [
+        (
+            PathBuf::from("/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi"),
+            "::/EFI/BOOT/BOOTX64.EFI",
+        ),
+        (
+            PathBuf::from("/usr/lib/syslinux/modules/efi64/ldlinux.e64"),
+            "::/EFI/BOOT/ldlinux.e64",
+        ),
+        (syslinux_cfg(&work), "::/EFI/BOOT/syslinux.cfg"),
+        (parts().join("vmlinuz"), "::/vmlinuz"),
+        (initrd, "::/initrd.img"),
+    ] {
+        if to.ends_with(".EFI") && !loader {
+            continue;
+        }
+        ok(Command::new("mcopy").args(["-i", &fat]).arg(from).arg(to));
+    }
+    std::fs::remove_dir_all(&work).expect("clean");
+    raw
+}
+
+/// A sparse 64 MiB file partitioned by `script` (sfdisk's).
+fn blank_disk(raw: &Path, script: &str) {
+    std::fs::File::create(raw)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("disk");
+    let mut sfdisk = Command::new("sfdisk")
+        .arg("-q")
+        .arg(raw)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sfdisk");
+    std::io::Write::write_all(&mut sfdisk.stdin.take().expect("stdin"), script.as_bytes())
+        .expect("script");
+    assert!(sfdisk.wait().expect("sfdisk").success());
+}
+
+/// A FAT file system on the partition at 1 MiB (to its 63 MiB end); mtools' name of it.
+fn esp_or_boot_fs(raw: &Path) -> String {
+    ok(Command::new("mkfs.vfat")
+        .args(["--offset", "2048", "-n", "BOOT"])
+        .arg(raw)
+        .arg("63488")
+        .stdout(Stdio::null()));
+    format!("{}@@1M", raw.display())
+}
+
+/// SYSLINUX's configuration: the kernel and initramfs at the file system's root, the console
+/// on the first serial port.
+fn syslinux_cfg(work: &Path) -> PathBuf {
+    let cfg = work.join("syslinux.cfg");
+    std::fs::write(
+        &cfg,
+        "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nSERIAL 0 115200\nLABEL linux\n  KERNEL /vmlinuz\n  \
+         INITRD /initrd.img\n  APPEND console=ttyS0 panic=-1 quiet\n",
+    )
+    .expect("cfg");
+    cfg
+}
+
+/// The guest's initramfs (busybox, the virtio modules, its `/init`), in `work`.
+fn initramfs(work: &Path, guest: Guest) -> PathBuf {
+    let parts = parts();
     let ir = work.join("initramfs");
     for d in ["bin", "proc", "sys", "dev", "modules"] {
         std::fs::create_dir_all(ir.join(d)).expect("mkdir");
@@ -96,58 +210,7 @@ pub fn bootable_disk(dir: &Path, name: &str, guest: Guest) -> PathBuf {
         ir.display(),
         initrd.display()
     )));
-    let cfg = work.join("syslinux.cfg");
-    std::fs::write(
-        &cfg,
-        "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nSERIAL 0 115200\nLABEL linux\n  KERNEL /vmlinuz\n  \
-         INITRD /initrd.img\n  APPEND console=ttyS0 panic=-1 quiet\n",
-    )
-    .expect("cfg");
-    let raw = dir.join(format!("{name}.raw"));
-    std::fs::File::create(&raw)
-        .and_then(|f| f.set_len(64 << 20))
-        .expect("disk");
-    let mut sfdisk = Command::new("sfdisk")
-        .arg("-q")
-        .arg(&raw)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("sfdisk");
-    std::io::Write::write_all(
-        &mut sfdisk.stdin.take().expect("stdin"),
-        b"label: dos\nstart=2048, type=c, bootable\n",
-    )
-    .expect("script");
-    assert!(sfdisk.wait().expect("sfdisk").success());
-    ok(Command::new("mkfs.vfat")
-        .args(["--offset", "2048", "-n", "BOOT"])
-        .arg(&raw)
-        .arg("64512")
-        .stdout(Stdio::null()));
-    let fat = format!("{}@@1M", raw.display());
-    for (from, to) in [
-        (parts.join("vmlinuz"), "::/vmlinuz"),
-        (initrd, "::/initrd.img"),
-        (cfg, "::/syslinux.cfg"),
-    ] {
-        ok(Command::new("mcopy").args(["-i", &fat]).arg(from).arg(to));
-    }
-    ok(Command::new("syslinux")
-        .args(["--offset", "1048576", "--install"])
-        .arg(&raw));
-    let mbr = std::fs::read("/usr/lib/syslinux/mbr/mbr.bin").expect("syslinux's mbr.bin");
-    let mut bytes = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&raw)
-        .expect("disk");
-    let code: Vec<u8> = if guest == Guest::NoBootSector {
-        vec![0u8; 512]
-    } else {
-        mbr[..440.min(mbr.len())].to_vec()
-    };
-    std::io::Write::write_all(&mut bytes, &code).expect("boot sector");
-    std::fs::remove_dir_all(&work).expect("clean");
-    raw
+    initrd
 }
 
 /// A data disk of `mib` MiB (zeros but for a marker at its start), for a run of several disks.

@@ -569,3 +569,37 @@ fn keep_running_leaves_a_console_to_log_in_on_until_ctrl_c() {
         .read_to_string(&mut out);
     assert!(out.contains("booted in"), "{out}");
 }
+
+#[test]
+fn a_gpt_disk_with_only_an_efi_system_partition_boots_with_uefi() {
+    use cairn_tests::boot::uefi_disk;
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = TestStore::new("256K");
+    let efi = uefi_disk(w, "efi", true);
+    let p = id(&store.backup("web01", "2026-11-01T02:00:00Z", "xvda", &efi, &[]));
+    // The firmware is chosen from the partition table: OVMF, and the guest comes up.
+    let (code, out) = check(&store, &p, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["firmware"], "uefi", "{out}");
+    // SeaBIOS runs the protective MBR's empty boot code and hangs: the choice mattered.
+    let (code, out) = check(&store, &p, &["--firmware", "bios", "--timeout", "20s"]);
+    assert_eq!(code, 4, "{out}");
+    assert_eq!(out["firmware"], "bios", "{out}");
+    assert!(
+        out["why"].as_str().expect("why").starts_with("timed out"),
+        "{out}"
+    );
+    // An EFI system partition without a loader: the firmware has nothing to start.
+    let empty = uefi_disk(w, "empty", false);
+    let q = id(&store.backup("web02", "2026-11-01T02:00:00Z", "xvda", &empty, &[]));
+    let (code, out) = check(&store, &q, &[]);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out["why"]
+            .as_str()
+            .expect("why")
+            .starts_with("no bootloader found"),
+        "{out}"
+    );
+}
