@@ -30,8 +30,10 @@ consecutive days made with `cairn vhd from-raw --parent`):
            same series, and the bytes sealing adds per chunk (benches/encryption.py)
   files    files read in place from a point: ls of a 10 000-file folder, cat of a 100 MiB file
            against debugfs, bytes read from the store (benches/files.py)
+  boot     check-boot of a point 30 generations deep against booting its raw file the same way
+           (benches/boot.py)
 `--only SECTIONS` runs only those (comma-separated: main, limits, scaling, sparse, scale, bigdisk,
-generations, index, nbd, replicate, serve, report, s3, encryption, files; main is the full/daily/clone/restore steps with the peers).
+generations, index, nbd, replicate, serve, report, s3, encryption, files, boot; main is the full/daily/clone/restore steps with the peers).
 Each step records wall time, CPU time and peak RSS (wait4) and the repository size after it.
 The table goes to stdout, everything to target/bench/results.json. Times are of a shared,
 noisy machine: compare ratios within one run, not absolute times across runs.
@@ -501,6 +503,7 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated sections to run (see above)")
     ap.add_argument("--fill-index", type=Path, help="the fill-index binary (for the index section)")
     ap.add_argument("--report-page", type=Path, help="the report-page binary (for the report section)")
+    ap.add_argument("--guest-disk", type=Path, help="the guest-disk binary (for the boot section)")
     ap.add_argument("--smoke", action="store_true", help="the scale sections at a smoke test's sizes")
     a = ap.parse_args()
     global DROP_CACHES
@@ -522,7 +525,7 @@ def main():
 
 
 SECTIONS = ("main", "limits", "scaling", "sparse", "scale", "bigdisk", "generations", "index", "nbd", "replicate", "serve",
-            "report", "s3", "encryption", "files")
+            "report", "s3", "encryption", "files", "boot")
 
 
 def run_all(a, size, work, skip, res, started):
@@ -534,6 +537,7 @@ def run_all(a, size, work, skip, res, started):
     import serve
     import encryption
     import files
+    import boot
     only = set(filter(None, a.only.split(",")))
     unknown = (only | skip) - set(SECTIONS)
     if unknown:
@@ -553,7 +557,8 @@ def run_all(a, size, work, skip, res, started):
         run_limits(work, imgs["vm1-day0"], res)
     # The scale sections run in a full run with the peers, or when asked for by --only.
     if a.cairn_only and not only:
-        skip = skip | {"bigdisk", "generations", "index", "nbd", "replicate", "serve", "report", "s3", "encryption", "files"}
+        skip = skip | {"bigdisk", "generations", "index", "nbd", "replicate", "serve", "report", "s3", "encryption", "files",
+                       "boot"}
     profile = "smoke" if a.smoke else "quick" if a.quick else "full"
     if "bigdisk" not in skip:
         scale.run_bigdisk(work, a.shared, a.cairn, res, profile)
@@ -579,6 +584,10 @@ def run_all(a, size, work, skip, res, started):
         encryption.run_encryption(work, a.shared, a.cairn, res, profile)
     if "files" not in skip:
         files.run_files(work, a.shared, a.cairn, res, profile)
+    if "boot" not in skip:
+        if a.guest_disk is None:
+            raise SystemExit("the boot section needs --guest-disk (run.sh passes it)")
+        boot.run_boot(work, a.cairn, a.guest_disk, res, profile)
     ideal = None
     chunk = 256 << 10
     if "main" not in skip and not a.cairn_only:
@@ -593,7 +602,7 @@ def run_all(a, size, work, skip, res, started):
         run_scale(work, a.shared, a.cairn, res, 1000)
     targets = (summarize(res, ideal, scaling, chunk) + scale.targets(res) + nbd.targets(res) + replicate.targets(res)
                + serve.targets(res) + report.targets(res) + s3.targets(res) + encryption.targets(res)
-               + files.targets(res))
+               + files.targets(res) + boot.targets(res))
 
     # The table: one row per step, one column group per tool.
     tools = [t for t in ("cairn", "restic", "borg", "borg-fixed", "limit", "helper") if any(r["tool"] == t for r in res.rows)]

@@ -28,4 +28,5 @@ command -v nbdcopy >/dev/null && /usr/bin/python3 -c "import nbd" 2>/dev/null ||
 cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p cairn-cli -p cairn-benches >&2
 exec python3 "$repo/benches/run.py" --cairn "$CARGO_TARGET_DIR/release/cairn" \
   --fill-index "$CARGO_TARGET_DIR/release/fill-index" \
-  --report-page "$CARGO_TARGET_DIR/release/report-page" "$@"
+  --report-page "$CARGO_TARGET_DIR/release/report-page" \
+  --guest-disk "$CARGO_TARGET_DIR/release/guest-disk" "$@"

@@ -35,7 +35,10 @@ impl Default for Signals {
 /// What firmware and kernels print when a boot fails, and what it means.
 const FAILURES: [(&str, &str); 10] = [
     ("No bootable device", "no bootloader found"),
-    ("No bootable option or device was found", "no bootloader found"),
+    (
+        "No bootable option or device was found",
+        "no bootloader found",
+    ),
     (
         "UEFI Interactive Shell",
         "no bootloader found (the firmware started its UEFI shell)",

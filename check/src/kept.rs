@@ -13,12 +13,12 @@ use crate::serve::Served;
 /// A VM still running (fields drop in order: the VM, then its disks, then its folder).
 pub struct Kept {
     vm: Vm,
-    _served: Served,
+    _served: Option<Served>,
     _dir: tempfile::TempDir,
 }
 
 impl Kept {
-    pub(crate) fn new(vm: Vm, served: Served, dir: tempfile::TempDir) -> Self {
+    pub(crate) fn new(vm: Vm, served: Option<Served>, dir: tempfile::TempDir) -> Self {
         Self {
             vm,
             _served: served,

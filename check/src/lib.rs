@@ -29,7 +29,7 @@ use cairn_restore::PointExports;
 
 pub use console::{Signals, Verdict};
 pub use kept::Kept;
-pub use point::{Checked, FirmwareChoice, check_point, firmware_for, run_of};
+pub use point::{Checked, FirmwareChoice, check_images, check_point, firmware_for, run_of};
 pub use qemu::{Accel, Firmware};
 
 /// What went wrong (a boot that fails is an [`Outcome`], not an error).
@@ -114,15 +114,37 @@ pub struct Outcome {
     pub screenshot_error: Option<String>,
 }
 
-/// Boots `disks` (export names of `exports`, the first boots) with `firmware` and judges the
-/// boot; with [`Options::keep_running`], the VM is handed back still running.
+/// What the VM's disks are.
+pub enum Disks {
+    /// Points served over NBD: the exports and the names of those attached, in order.
+    Points(PointExports, Vec<String>),
+    /// Raw image files here, in order (`check-boot --image`: the same boot of a file, which
+    /// the benchmark compares a point's boot with).
+    Images(Vec<PathBuf>),
+}
+
+impl Outcome {
+    /// How the boot went, as JSON (`firmware`: what the VM started with).
+    #[must_use]
+    pub fn to_json(&self, firmware: &Firmware) -> serde_json::Value {
+        serde_json::json!({
+            "booted": self.booted, "why": self.why, "line": self.line,
+            "seconds": self.seconds, "accel": self.accel.name(), "accel_note": self.accel_note,
+            "firmware": match firmware { Firmware::Bios => "bios", Firmware::Uefi(_) => "uefi" },
+            "last_lines": self.last_lines,
+            "screenshot_error": self.screenshot_error,
+        })
+    }
+}
+
+/// Boots `disks` (the first boots) with `firmware` and judges the boot; with
+/// [`Options::keep_running`], the VM is handed back still running.
 ///
 /// # Errors
 /// qemu missing, a folder or socket that cannot be made, qemu that does not start. A guest
 /// that does not boot is an [`Outcome`] with `booted: false`.
 pub fn check_boot(
-    exports: PointExports,
-    disks: Vec<String>,
+    disks: Disks,
     firmware: &Firmware,
     opts: &Options,
 ) -> Result<(Outcome, Option<Kept>)> {
@@ -137,14 +159,26 @@ pub fn check_boot(
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::io(dir.path(), e))?;
     }
-    let served = serve::Served::start(exports, dir.path())?;
+    let (served, drives) = match disks {
+        Disks::Points(exports, names) => {
+            let served = serve::Served::start(exports, dir.path())?;
+            let drives = names
+                .into_iter()
+                .map(|name| qemu::Drive::Export {
+                    socket: served.socket.clone(),
+                    name,
+                })
+                .collect();
+            (Some(served), drives)
+        }
+        Disks::Images(files) => (None, files.into_iter().map(qemu::Drive::Image).collect()),
+    };
     let mut machine = qemu::Machine {
         qemu,
         accel: opts.accel.unwrap_or_else(Accel::best),
         firmware: firmware.clone(),
         memory_mib: opts.memory_mib,
-        socket: served.socket.clone(),
-        disks,
+        drives,
         dir: dir.path().to_path_buf(),
         interactive: opts.keep_running,
     };

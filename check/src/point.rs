@@ -8,8 +8,10 @@ use std::sync::Arc;
 use cairn_restore::{PointDisk, PointExports, SharedStore};
 use cairn_store::RecoveryPoint;
 
+use std::path::PathBuf;
+
 use crate::qemu::{Firmware, OVMF_PATHS};
-use crate::{Error, Options, Outcome, Result};
+use crate::{Disks, Error, Options, Outcome, Result};
 
 /// The firmware asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,19 +56,19 @@ impl Checked {
     /// The check as JSON (without where its screenshot went: the caller says).
     #[must_use]
     pub fn to_json(&self) -> serde_json::Value {
-        let o = &self.outcome;
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "point": self.point.id, "vm": self.point.vm, "disk": self.point.disk,
             "point_time": self.point.time.format("%Y-%m-%d %H:%M:%SZ").to_string(),
             "disks": self.disks.iter()
                 .map(|p| serde_json::json!({"disk": p.disk, "point": p.id}))
                 .collect::<Vec<_>>(),
-            "booted": o.booted, "why": o.why, "line": o.line,
-            "seconds": o.seconds, "accel": o.accel.name(), "accel_note": o.accel_note,
-            "firmware": match self.firmware { Firmware::Bios => "bios", Firmware::Uefi(_) => "uefi" },
-            "last_lines": o.last_lines,
-            "screenshot_error": o.screenshot_error,
-        })
+        });
+        if let (Some(d), serde_json::Value::Object(o)) =
+            (doc.as_object_mut(), self.outcome.to_json(&self.firmware))
+        {
+            d.extend(o);
+        }
+        doc
     }
 }
 
@@ -104,26 +106,34 @@ pub fn firmware_for(
     first: &RecoveryPoint,
     asked: FirmwareChoice,
 ) -> Result<Firmware> {
+    let name = format!("point {}", first.short_id());
+    firmware_of(asked, &name, || {
+        Ok(Arc::new(
+            PointDisk::new(Arc::clone(store), first.clone()).map_err(Error::Store)?,
+        ))
+    })
+}
+
+/// The firmware `asked` for, or the one the disk `name` (opened by `open` only when it is
+/// needed) needs.
+fn firmware_of(
+    asked: FirmwareChoice,
+    name: &str,
+    open: impl FnOnce() -> Result<Arc<dyn cairn_files::DiskRead>>,
+) -> Result<Firmware> {
     let uefi = match asked {
         FirmwareChoice::Bios => false,
         FirmwareChoice::Uefi => true,
-        FirmwareChoice::Auto => {
-            let disk = PointDisk::new(Arc::clone(store), first.clone()).map_err(Error::Store)?;
-            match cairn_files::DiskFiles::open(
-                Arc::new(disk),
-                format!("point {}", first.short_id()),
-            ) {
-                Ok(files) => {
-                    let kinds: Vec<&str> =
-                        files.partitions().iter().map(|p| p.kind.as_str()).collect();
-                    files.scheme() == cairn_files::Scheme::Gpt
-                        && kinds.iter().any(|k| k.ends_with("EFI system"))
-                        && !kinds.iter().any(|k| k.ends_with("BIOS boot"))
-                }
-                // A table that does not read: let the firmware say what it makes of the disk.
-                Err(_) => false,
+        FirmwareChoice::Auto => match cairn_files::DiskFiles::open(open()?, name.to_owned()) {
+            Ok(files) => {
+                let kinds: Vec<&str> = files.partitions().iter().map(|p| p.kind.as_str()).collect();
+                files.scheme() == cairn_files::Scheme::Gpt
+                    && kinds.iter().any(|k| k.ends_with("EFI system"))
+                    && !kinds.iter().any(|k| k.ends_with("BIOS boot"))
             }
-        }
+            // A table that does not read: let the firmware say what it makes of the disk.
+            Err(_) => false,
+        },
     };
     if !uefi {
         return Ok(Firmware::Bios);
@@ -135,10 +145,34 @@ pub fn firmware_for(
     {
         Some(p) => Ok(Firmware::Uefi(p.to_path_buf())),
         None => Err(Error::Missing(format!(
-            "point {} boots with UEFI and OVMF is not installed: install Debian's ovmf package",
-            first.short_id()
+            "{name} boots with UEFI and OVMF is not installed: install Debian's ovmf package"
         ))),
     }
+}
+
+/// Boots the raw image files `images` (the first boots) the way a point is booted, but from
+/// files here: `check-boot --image`, and the benchmark's measure of what a point's boot costs.
+///
+/// # Errors
+/// As [`crate::check_boot`], and a file that cannot be opened.
+pub fn check_images(
+    images: &[PathBuf],
+    firmware: FirmwareChoice,
+    opts: &Options,
+) -> Result<(Firmware, Outcome, Option<crate::Kept>)> {
+    let first = images
+        .first()
+        .ok_or_else(|| Error::Export("no image to boot".into()))?;
+    for image in images {
+        std::fs::File::open(image).map_err(|e| Error::io(image, e))?;
+    }
+    let firmware = firmware_of(firmware, &first.display().to_string(), || {
+        Ok(Arc::new(
+            cairn_files::ImageFile::open(first).map_err(|e| Error::io(first, e))?,
+        ))
+    })?;
+    let (outcome, kept) = crate::check_boot(Disks::Images(images.to_vec()), &firmware, opts)?;
+    Ok((firmware, outcome, kept))
 }
 
 /// Boots `point` of `store` with the other disks of its run and judges the boot (the outcome
@@ -164,9 +198,9 @@ pub fn check_point(
                 vec![name.clone()],
                 format!("{} {}", p.vm, p.disk),
             )
-            .map_err(|e| Error::Record(format!("exporting point {}: {e}", p.short_id())))?;
+            .map_err(|e| Error::Export(format!("exporting point {}: {e}", p.short_id())))?;
     }
-    let (outcome, kept) = crate::check_boot(exports, names, &firmware, opts)?;
+    let (outcome, kept) = crate::check_boot(Disks::Points(exports, names), &firmware, opts)?;
     Ok(Checked {
         point: point.clone(),
         disks,

@@ -86,6 +86,33 @@ pub fn find() -> Result<PathBuf> {
         })
 }
 
+/// A disk of the VM.
+#[derive(Debug, Clone)]
+pub enum Drive {
+    /// An NBD export on a unix socket.
+    Export {
+        /// The socket.
+        socket: PathBuf,
+        /// The export's name.
+        name: String,
+    },
+    /// A raw image file.
+    Image(PathBuf),
+}
+
+impl Drive {
+    /// Its `file=` on qemu's `-drive` (commas doubled: qemu's escape in option values).
+    fn file(&self) -> String {
+        let text = match self {
+            Self::Export { socket, name } => {
+                format!("nbd+unix:///{name}?socket={}", socket.display())
+            }
+            Self::Image(path) => path.display().to_string(),
+        };
+        text.replace(',', ",,")
+    }
+}
+
 /// What the VM is given.
 #[derive(Debug, Clone)]
 pub struct Machine {
@@ -97,11 +124,8 @@ pub struct Machine {
     pub firmware: Firmware,
     /// Memory, in MiB.
     pub memory_mib: u32,
-    /// The NBD unix socket the disks are served on, and each disk's export name, in order
-    /// (the first boots).
-    pub socket: PathBuf,
-    /// The exports, in order.
-    pub disks: Vec<String>,
+    /// Its disks, in order (the first boots).
+    pub drives: Vec<Drive>,
     /// Where the VM's files go (console, firmware log, QMP socket, overlays).
     pub dir: PathBuf,
     /// The console and the display on unix sockets an admin connects to (`--keep-running`);
@@ -183,11 +207,11 @@ impl Machine {
                 vars.display()
             ));
         }
-        for (k, export) in self.disks.iter().enumerate() {
+        for (k, drive) in self.drives.iter().enumerate() {
             c.arg("-drive")
                 .arg(format!(
-                    "file=nbd+unix:///{export}?socket={},format=raw,if=none,id=d{k},snapshot=on",
-                    self.socket.display()
+                    "file={},format=raw,if=none,id=d{k},snapshot=on",
+                    drive.file()
                 ))
                 .arg("-device")
                 .arg(format!("virtio-blk-pci,drive=d{k},bootindex={}", k + 1));

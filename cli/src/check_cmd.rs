@@ -1,6 +1,7 @@
 //! `cairn check-boot`: a point (with the other disks of its run) booted in a throw-away VM
 //! over NBD, and whether it came up (the `cairn-check` crate).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use cairn_store::{RecoveryPoint, StoreRead};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::store_cmd::{StoreArg, open_read};
+use crate::store_cmd::{ServerArgs, open_read};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum FirmwareArg {
@@ -40,6 +41,7 @@ pub enum AccelArg {
     cairn check-boot --screenshot web01.png --json web01/xvda@latest\n  \
     cairn check-boot --latest-of-each-vm            # a nightly job: the newest run of each VM\n  \
     cairn check-boot --keep-running web01/xvda@latest   # then log in on its console\n  \
+    cairn check-boot --image restored.raw           # a raw image file, booted the same way\n  \
     CAIRN_TOKEN=... cairn check-boot --store https://backup1:8443 web01/xvda@latest\n\n\
     The point and the other disks of its backup run are served over NBD to qemu-system-x86_64\n\
     with no network and a throw-away overlay: nothing the guest writes reaches the store. It\n\
@@ -51,14 +53,21 @@ pub enum AccelArg {
     encrypted store's server never holds its key, so this machine boots the point, reading\n\
     its chunks through the server, and hands the server the result to keep.")]
 pub struct CheckBootArgs {
+    /// The store: a folder, or https://HOST:PORT of a `cairn serve` (an admin token).
+    #[arg(long, env = "CAIRN_STORE", required_unless_present = "image")]
+    pub store: Option<PathBuf>,
     #[command(flatten)]
-    pub store: StoreArg,
+    pub server: ServerArgs,
     /// The point to boot (any name `restore` takes).
     #[arg(
-        required_unless_present = "latest_of_each_vm",
-        conflicts_with = "latest_of_each_vm"
+        required_unless_present_any = ["latest_of_each_vm", "image"],
+        conflicts_with_all = ["latest_of_each_vm", "image"]
     )]
     pub point: Option<String>,
+    /// Boot this raw image file instead of a point, the same way (given several times: the
+    /// disks in order). Nothing is recorded: the measure a point's boot is compared with.
+    #[arg(long, value_name = "FILE", conflicts_with = "latest_of_each_vm")]
+    pub image: Vec<PathBuf>,
     /// Check the newest run of every VM, one after the other.
     #[arg(long)]
     pub latest_of_each_vm: bool,
@@ -114,8 +123,15 @@ fn parse_timeout(s: &str) -> std::result::Result<Duration, String> {
 const DID_NOT_BOOT: i32 = 4;
 
 pub fn check_boot(a: &CheckBootArgs) -> Result<i32> {
+    if !a.image.is_empty() {
+        return check_images(a);
+    }
+    let path = a
+        .store
+        .as_ref()
+        .context("--store (or CAIRN_STORE) is needed")?;
     let mut results = Vec::new();
-    match a.store.remote()? {
+    match a.server.connect(path)? {
         // The server's machine boots the point and keeps the result.
         Some(remote) if remote.info().config.encryption.is_none() => {
             if a.keep_running {
@@ -144,7 +160,7 @@ pub fn check_boot(a: &CheckBootArgs) -> Result<i32> {
             }
         }
         None => {
-            let local = Arc::new(open_read(&a.store.store)?);
+            let local = Arc::new(open_read(path)?);
             let store: SharedStore = Arc::clone(&local) as _;
             for point in points(&*local, a)? {
                 let here = check_here(&store, &point, a)?;
@@ -200,14 +216,9 @@ fn points(store: &dyn StoreRead, a: &CheckBootArgs) -> Result<Vec<RecoveryPoint>
     Ok(newest.into_values().collect())
 }
 
-fn booting(point: &RecoveryPoint, whose: &str) -> indicatif::ProgressBar {
+fn booting(what: &str) -> indicatif::ProgressBar {
     let bar = crate::progress::spinner("check-boot");
-    bar.set_message(format!(
-        "booting {} {} ({}){whose}",
-        point.vm,
-        point.disk,
-        point.short_id()
-    ));
+    bar.set_message(format!("booting {what}"));
     bar
 }
 
@@ -223,13 +234,8 @@ struct Here {
     said: bool,
 }
 
-/// Boots `point` on this machine (with --keep-running, waits until the admin is done).
-fn check_here(store: &SharedStore, point: &RecoveryPoint, a: &CheckBootArgs) -> Result<Here> {
-    // The screenshot is always taken (the store keeps it); --screenshot keeps a copy too.
-    let shot = tempfile::Builder::new()
-        .suffix(".png")
-        .tempfile()
-        .context("a temporary file for the screenshot")?;
+/// The check's options (the screenshot into `shot`) and firmware, from the flags.
+fn options(a: &CheckBootArgs, shot: &std::path::Path) -> (Options, FirmwareChoice) {
     let opts = Options {
         signals: if a.expect.is_empty() {
             Signals::default()
@@ -245,7 +251,7 @@ fn check_here(store: &SharedStore, point: &RecoveryPoint, a: &CheckBootArgs) -> 
             AccelArg::Kvm => Some(Accel::Kvm),
             AccelArg::Tcg => Some(Accel::Tcg),
         },
-        screenshot: Some(shot.path().to_path_buf()),
+        screenshot: Some(shot.to_path_buf()),
         keep_running: a.keep_running,
     };
     let firmware = match a.firmware {
@@ -253,7 +259,27 @@ fn check_here(store: &SharedStore, point: &RecoveryPoint, a: &CheckBootArgs) -> 
         FirmwareArg::Bios => FirmwareChoice::Bios,
         FirmwareArg::Uefi => FirmwareChoice::Uefi,
     };
-    let bar = booting(point, "");
+    (opts, firmware)
+}
+
+/// A temporary file for the screenshot (always taken: the store keeps it).
+fn screenshot_file() -> Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .suffix(".png")
+        .tempfile()
+        .context("a temporary file for the screenshot")
+}
+
+/// Boots `point` on this machine (with --keep-running, waits until the admin is done).
+fn check_here(store: &SharedStore, point: &RecoveryPoint, a: &CheckBootArgs) -> Result<Here> {
+    let shot = screenshot_file()?;
+    let (opts, firmware) = options(a, shot.path());
+    let bar = booting(&format!(
+        "{} {} ({})",
+        point.vm,
+        point.disk,
+        point.short_id()
+    ));
     let checked = cairn_check::check_point(store, point, firmware, &opts)?;
     bar.finish_and_clear();
     let png = match &checked.outcome.screenshot {
@@ -267,18 +293,32 @@ fn check_here(store: &SharedStore, point: &RecoveryPoint, a: &CheckBootArgs) -> 
         said: false,
     };
     if let Some(kept) = checked.kept {
-        if a.json {
-            let mut doc = here.doc.clone();
-            doc["console"] = kept.console().map(|p| p.display().to_string()).into();
-            doc["display"] = kept.display().map(|p| p.display().to_string()).into();
-            crate::print_json(&doc)?;
-        } else {
-            say(&here.doc);
-        }
+        keep(kept, &here.doc, a)?;
         here.said = true;
-        keep(kept)?;
     }
     Ok(here)
+}
+
+/// `--image`: raw files booted the same way; nothing recorded.
+fn check_images(a: &CheckBootArgs) -> Result<i32> {
+    let shot = screenshot_file()?;
+    let (opts, firmware) = options(a, shot.path());
+    let bar = booting(&a.image[0].display().to_string());
+    let (firmware, outcome, kept) = cairn_check::check_images(&a.image, firmware, &opts)?;
+    bar.finish_and_clear();
+    let mut doc = outcome.to_json(&firmware);
+    doc["images"] = a.image.iter().map(|p| p.display().to_string()).collect();
+    doc["screenshot"] = serde_json::Value::Null;
+    if let (Some(to), Some(png)) = (&a.screenshot, &outcome.screenshot) {
+        std::fs::copy(png, to).with_context(|| format!("writing {}", to.display()))?;
+        doc["screenshot"] = to.display().to_string().into();
+    }
+    match kept {
+        Some(kept) => keep(kept, &doc, a)?,
+        None if a.json => crate::print_json(&doc)?,
+        None => say(&doc),
+    }
+    Ok(if outcome.booted { 0 } else { DID_NOT_BOOT })
 }
 
 impl Here {
@@ -303,20 +343,28 @@ impl Here {
     }
 }
 
-/// Waits for the admin to be done with a VM left running.
-fn keep(kept: cairn_check::Kept) -> Result<()> {
+/// Says the verdict of a VM left running (its JSON with where its console and display are,
+/// with --json) and waits for the admin to be done with it.
+fn keep(kept: cairn_check::Kept, doc: &serde_json::Value, a: &CheckBootArgs) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let shown = |p: Option<&std::path::Path>| p.map(|p| p.display().to_string());
+    if a.json {
+        let mut doc = doc.clone();
+        doc["console"] = shown(kept.console()).into();
+        doc["display"] = shown(kept.display()).into();
+        crate::print_json(&doc)?;
+    } else {
+        say(doc);
+    }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [SIGINT, SIGTERM, SIGHUP] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("catching Ctrl-C")?;
     }
-    let shown =
-        |p: Option<&std::path::Path>| p.map(|p| p.display().to_string()).unwrap_or_default();
     eprintln!(
         "the VM keeps running (its writes go to a throw-away overlay); Ctrl-C ends it\n  \
          console: socat -,raw,echo=0 UNIX-CONNECT:{}\n  display: VNC on the unix socket {}",
-        shown(kept.console()),
-        shown(kept.display()),
+        shown(kept.console()).unwrap_or_default(),
+        shown(kept.display()).unwrap_or_default(),
     );
     if kept.wait(&stop) {
         eprintln!("the guest ended: its overlay and folder are removed");
@@ -339,7 +387,12 @@ fn on_server(
         "firmware": format!("{:?}", a.firmware).to_lowercase(),
         "accel": format!("{:?}", a.accel).to_lowercase(),
     });
-    let bar = booting(point, " on the server");
+    let bar = booting(&format!(
+        "{} {} ({}) on the server",
+        point.vm,
+        point.disk,
+        point.short_id()
+    ));
     let mut doc = remote.boot_check(point.id.as_str(), &body)?;
     bar.finish_and_clear();
     if !doc["screenshot"].is_null() {
@@ -365,13 +418,16 @@ fn on_server(
 fn say(doc: &serde_json::Value) {
     let s = |k: &str| doc[k].as_str().unwrap_or("").to_owned();
     let id = s("point");
-    let what = format!(
-        "{} {} ({}, {})",
-        s("vm"),
-        s("disk"),
-        &id[..12.min(id.len())],
-        s("point_time"),
-    );
+    let what = match doc["images"][0].as_str() {
+        Some(image) => image.to_owned(),
+        None => format!(
+            "{} {} ({}, {})",
+            s("vm"),
+            s("disk"),
+            &id[..12.min(id.len())],
+            s("point_time"),
+        ),
+    };
     if let Some(note) = doc["accel_note"].as_str() {
         eprintln!("note: {note}");
     }

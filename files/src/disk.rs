@@ -38,6 +38,55 @@ impl DiskRead for Vec<u8> {
     }
 }
 
+/// A disk image file, read where it lies (a raw image).
+pub struct ImageFile {
+    file: std::fs::File,
+    name: String,
+    size: u64,
+}
+
+impl ImageFile {
+    /// Opens the raw image at `path`.
+    ///
+    /// # Errors
+    /// A file that cannot be opened or whose size cannot be read.
+    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        let file = std::fs::File::open(path)?;
+        let size = file.metadata()?.len();
+        Ok(Self {
+            file,
+            name: path.display().to_string(),
+            size,
+        })
+    }
+}
+
+impl DiskRead for ImageFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > self.size)
+        {
+            return Err(Error::Outside {
+                offset,
+                len: buf.len() as u64,
+                size: self.size,
+            });
+        }
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset).map_err(|e| {
+            Error::Read {
+                disk: self.name.clone(),
+                offset,
+                source: Box::new(e),
+            }
+        })
+    }
+}
+
 /// A run of a disk's bytes that a volume holds: `len` bytes at `disk` on the disk are the
 /// volume's bytes from `at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

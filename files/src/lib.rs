@@ -27,7 +27,7 @@ pub mod shown;
 
 use std::sync::Arc;
 
-pub use disk::{DiskRead, Piece, Slice};
+pub use disk::{DiskRead, ImageFile, Piece, Slice};
 pub use extract::{Extracted, extract};
 pub use find::find;
 pub use fs::{FileRead, FileSystem, FsKind};

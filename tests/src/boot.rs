@@ -160,12 +160,46 @@ fn syslinux_cfg(work: &Path) -> PathBuf {
     cfg
 }
 
+/// Makes the next generation of a [`Guest::Boots`] disk made by [`bootable_disk`], as a day
+/// of a VM's life would: a new initramfs (holding `/generation` and 1 MiB that differs each
+/// generation) over the old one, and 2 MiB of new data in `/churn.bin`. Still boots.
+///
+/// # Panics
+/// When a tool fails.
+pub fn next_generation(raw: &Path, generation: u32) {
+    let work = raw.with_extension("next.build");
+    let mut blob = vec![0u8; 3 << 20];
+    blake3::Hasher::new()
+        .update(format!("cairn guest generation {generation}").as_bytes())
+        .finalize_xof()
+        .fill(&mut blob);
+    let initrd = initramfs_with(&work, Guest::Boots, &[("generation", &blob[..1 << 20])]);
+    let churn = work.join("churn.bin");
+    std::fs::write(&churn, &blob[1 << 20..]).expect("churn");
+    let fat = format!("{}@@1M", raw.display());
+    for (from, to) in [(initrd, "::/initrd.img"), (churn, "::/churn.bin")] {
+        ok(Command::new("mcopy")
+            .args(["-o", "-i", &fat])
+            .arg(from)
+            .arg(to));
+    }
+    std::fs::remove_dir_all(&work).expect("clean");
+}
+
 /// The guest's initramfs (busybox, the virtio modules, its `/init`), in `work`.
 fn initramfs(work: &Path, guest: Guest) -> PathBuf {
+    initramfs_with(work, guest, &[])
+}
+
+/// As [`initramfs`], with `extra` files at its root.
+fn initramfs_with(work: &Path, guest: Guest, extra: &[(&str, &[u8])]) -> PathBuf {
     let parts = parts();
     let ir = work.join("initramfs");
     for d in ["bin", "proc", "sys", "dev", "modules"] {
         std::fs::create_dir_all(ir.join(d)).expect("mkdir");
+    }
+    for (name, bytes) in extra {
+        std::fs::write(ir.join(name), bytes).expect("extra file");
     }
     std::fs::copy(parts.join("busybox"), ir.join("bin/busybox")).expect("busybox");
     let mut modules = Vec::new();

@@ -260,6 +260,22 @@ fn the_guest_has_no_network() {
     let (code, out) = check(&store, &p, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(no_network(&out), "the guest saw a network: {out}");
+    // The image file itself, booted the same way (no store: nothing recorded).
+    let out = run(cairn_tests::cairn(&[
+        "check-boot",
+        "--json",
+        "--memory",
+        "256",
+        "--timeout",
+        "2m",
+        "--image",
+    ])
+    .arg(&good)
+    .env_remove("CAIRN_STORE"));
+    assert_eq!(out.status.code(), Some(0), "{}", error_text(&out));
+    let doc = json(&String::from_utf8_lossy(&out.stdout));
+    assert!(no_network(&doc), "the guest saw a network: {doc}");
+    assert_eq!(doc["images"][0], good.display().to_string(), "{doc}");
 }
 
 #[test]
