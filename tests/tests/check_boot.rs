@@ -261,7 +261,7 @@ fn the_guest_has_no_network() {
     assert_eq!(code, 0, "{out}");
     assert!(no_network(&out), "the guest saw a network: {out}");
     // The image file itself, booted the same way (no store: nothing recorded).
-    let out = run(cairn_tests::cairn(&[
+    let out = run(cairn_tests::cairn([
         "check-boot",
         "--json",
         "--memory",
