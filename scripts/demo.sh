@@ -4,13 +4,16 @@
 # two differencing VHDs, as XenServer exports incremental backups), backed up into a store
 # with a clone of the same template, listed, reported, and restored bit-exact as raw, as one
 # VHD and as a VHD chain; then a qcow2 disk is backed up from qemu-nbd (full, then only what its
-# dirty bitmap marks) and served back over NBD (instant restore); last, the report page.
+# dirty bitmap marks) and served back over NBD (instant restore); a small bootable VM is backed
+# up and booted from the store (check-boot); last, the report page.
 #   usage: scripts/demo.sh [WORKDIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/scripts/setup.sh" --demo    # what the demo runs only: no Garage, no peer tools
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/cairn/target}
 cargo build --locked --manifest-path "$repo/Cargo.toml" -p cairn-cli
+# The small bootable VM disk the check-boot step backs up (the tests' guest).
+cargo build --locked --manifest-path "$repo/Cargo.toml" -p cairn-benches --bin guest-disk
 cairn=$CARGO_TARGET_DIR/debug/cairn
 shared=${CAIRN_SHARED:-$repo/../shared}
 [ -f "$shared/workload/gen_disk.py" ] || { echo "demo: $shared/workload/gen_disk.py is missing: put shared/ beside the repository" >&2; exit 1; }
@@ -115,6 +118,11 @@ for _ in $(seq 100); do [ -S "$work/cairn.sock" ] && break; sleep 0.05; done
 qemu-img compare -f raw -F qcow2 "nbd+unix:///pve-101/scsi0@latest?socket=$work/cairn.sock" "$work/pve-101.qcow2"
 nbdinfo --map "nbd+unix:///pve-101/scsi0@latest?socket=$work/cairn.sock" | head -4
 kill "$served"; wait "$served" 2>/dev/null || true
+echo "== check-boot: a small bootable VM backed up, then booted from the store in a throw-away VM (no restore)"
+guest=$("$CARGO_TARGET_DIR/debug/guest-disk" "$work" app01)   # SYSLINUX, a Debian kernel, busybox
+"$cairn" backup --vm app01 --time 2026-11-22T05:00 xvda="$guest"
+"$cairn" check-boot --timeout 3m app01/xvda@latest
+"$cairn" list --boot --vm app01
 echo "== the report page: one self-contained HTML file (also served live by cairn serve at /)"
 "$cairn" report --html "$work/report.html"
 if command -v chromium >/dev/null; then

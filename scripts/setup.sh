@@ -3,12 +3,14 @@
 # system packages (libclang for RocksDB's bindings, qemu-utils, GNU time, zstd and Python's
 # blake3 and zstandard for the benchmark smoke tests' limit rows) and the peer tools the tests check our VHDs with (qemu-img, Xen Orchestra's
 # vhd-lib, libvhdi, nbdkit), curl and procps (pkill) for the tests of `cairn serve`,
-# Chromium for the report page's test, and Garage (an S3-compatible cluster, built from
+# Chromium for the report page's test, qemu-system-x86 (from bookworm-backports), OVMF and a
+# Debian kernel and busybox for check-boot's guest, and Garage (an S3-compatible cluster, built from
 # crates.io once, about 10 minutes, cached in ~/.cache/cairn/garage) for object storage.
 # Idempotent and quick when everything is already there.
 #   usage: scripts/setup.sh              everything the tests use
 #          scripts/setup.sh --demo       only what scripts/demo.sh runs (build tools, qemu-utils,
-#                                        libnbd's nbdinfo): no Garage, no peer tools
+#                                        libnbd's nbdinfo, qemu-system-x86 and the check-boot
+#                                        guest's parts): no Garage, no peer tools
 #          scripts/setup.sh --build-only only what building cairn needs (libclang for RocksDB)
 set -euo pipefail
 mode=${1:-all}
@@ -21,8 +23,8 @@ mkdir -p "$cache"
 
 case $mode in
   --build-only) packages="libclang-dev clang" ;;
-  --demo) packages="libclang-dev clang qemu-utils libnbd-bin" ;;
-  *) packages="libclang-dev clang qemu-utils zstd nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl curl procps chromium man-db fdisk e2fsprogs dosfstools mtools ntfs-3g fuse3 lvm2 syslinux syslinux-common syslinux-efi ovmf cpio" ;;
+  --demo) packages="libclang-dev clang qemu-utils libnbd-bin fdisk dosfstools mtools syslinux syslinux-common cpio libglib2.0-0 libnuma1 liburing2 libudev1" ;;
+  *) packages="libclang-dev clang qemu-utils zstd nbdkit libnbd-bin python3-libnbd libvhdi-utils python3-libvhdi time strace openssl curl procps chromium man-db fdisk e2fsprogs dosfstools mtools ntfs-3g fuse3 lvm2 syslinux syslinux-common syslinux-efi ovmf cpio libglib2.0-0 libnuma1 liburing2 libudev1" ;;
 esac
 need_apt=()
 for pkg in $packages; do
@@ -34,6 +36,55 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ "$mode" = --build-only ]; then
+  exit 0
+fi
+
+# check-boot: qemu-system-x86 from bookworm-backports, as qemu-utils 10 is (bookworm's own 7.2
+# would replace qemu-utils and break the VHD and NBD tests); the backports suite is added for
+# that one install. Then qemu-img must still be 10.
+if ! command -v qemu-system-x86_64 >/dev/null; then
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  list=/etc/apt/sources.list.d/cairn-bookworm-backports.sources
+  if [ ! -f "$list" ]; then
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' | $SUDO tee "$list" >/dev/null
+  fi
+  echo "setup: installing qemu-system-x86 from bookworm-backports" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports --no-install-recommends qemu-system-x86 >/dev/null
+fi
+if ! qemu-img --version | grep -q 'version 10\.'; then
+  echo "setup: qemu-img is not version 10 any more ($(qemu-img --version | head -1)): reinstall qemu-utils from bookworm-backports" >&2
+  exit 1
+fi
+
+# The test guest of check-boot: a Debian cloud kernel, its virtio disk, console and network
+# modules, a static busybox and the QEMU guest agent with the libraries it loads, taken from
+# their packages (downloaded, not installed) into the cache. `.ready` holds the set's version.
+boot=$cache/boot
+boot_parts=2
+if [ "$(cat "$boot/.ready" 2>/dev/null)" != "$boot_parts" ]; then
+  echo "setup: fetching a kernel, busybox and qemu-ga for the check-boot test guest into $boot" >&2
+  rm -rf "$boot" && mkdir -p "$boot/deb" "$boot/qga/lib"
+  kernel=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+  (cd "$boot/deb" && apt-get download -qq "$kernel" busybox-static qemu-guest-agent 2>/dev/null)
+  for d in "$boot"/deb/*.deb; do dpkg-deb -x "$d" "$boot/x"; done
+  cp "$boot"/x/boot/vmlinuz-* "$boot/vmlinuz" && cp "$boot/x/bin/busybox" "$boot/busybox"
+  mkdir -p "$boot/modules"
+  for m in virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk \
+           virtio_console failover net_failover virtio_net; do
+    find "$boot/x/lib/modules" -name "$m.ko*" -exec cp {} "$boot/modules/" \;
+  done
+  cp "$boot/x/usr/sbin/qemu-ga" "$boot/qga/qemu-ga"
+  if ldd "$boot/qga/qemu-ga" | grep -q "not found"; then
+    echo "setup: qemu-ga's libraries are missing here: $(ldd "$boot/qga/qemu-ga" | grep 'not found')" >&2; exit 1
+  fi
+  ldd "$boot/qga/qemu-ga" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}' |
+    while read -r lib; do cp -L "$lib" "$boot/qga/lib/"; done
+  rm -rf "$boot/deb" "$boot/x"
+  echo "$boot_parts" > "$boot/.ready"
 fi
 
 if [ "$mode" != all ]; then
@@ -67,38 +118,3 @@ if ! python3 -c "import blake3, zstandard" 2>/dev/null; then
     echo "setup: pip install failed, see $cache/pip-install.log" >&2; tail -20 "$cache/pip-install.log" >&2; exit 1; }
 fi
 
-# check-boot: qemu-system-x86 from bookworm-backports, as qemu-utils 10 is (bookworm's own 7.2
-# would replace qemu-utils and break the VHD and NBD tests); the backports suite is added for
-# that one install. Then qemu-img must still be 10.
-if ! command -v qemu-system-x86_64 >/dev/null; then
-  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  list=/etc/apt/sources.list.d/cairn-bookworm-backports.sources
-  if [ ! -f "$list" ]; then
-    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' | $SUDO tee "$list" >/dev/null
-  fi
-  echo "setup: installing qemu-system-x86 from bookworm-backports" >&2
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports --no-install-recommends qemu-system-x86 >/dev/null
-fi
-if ! qemu-img --version | grep -q 'version 10\.'; then
-  echo "setup: qemu-img is not version 10 any more ($(qemu-img --version | head -1)): reinstall qemu-utils from bookworm-backports" >&2
-  exit 1
-fi
-
-# The test guest of check-boot: a Debian cloud kernel, its virtio disk modules and a static
-# busybox, taken from their packages (downloaded, not installed) into the cache.
-boot=$cache/boot
-if [ ! -f "$boot/.ready" ]; then
-  echo "setup: fetching a kernel and busybox for the check-boot test guest into $boot" >&2
-  rm -rf "$boot" && mkdir -p "$boot/deb"
-  kernel=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
-  (cd "$boot/deb" && apt-get download -qq "$kernel" busybox-static 2>/dev/null)
-  for d in "$boot"/deb/*.deb; do dpkg-deb -x "$d" "$boot/x"; done
-  cp "$boot"/x/boot/vmlinuz-* "$boot/vmlinuz" && cp "$boot/x/bin/busybox" "$boot/busybox"
-  mkdir -p "$boot/modules"
-  for m in virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
-    find "$boot/x/lib/modules" -name "$m.ko*" -exec cp {} "$boot/modules/" \;
-  done
-  rm -rf "$boot/deb" "$boot/x"
-  touch "$boot/.ready"
-fi

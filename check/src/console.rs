@@ -62,6 +62,19 @@ const FAILURES: [(&str, &str); 10] = [
 ];
 
 impl Signals {
+    /// The texts named, else a login prompt, unless another signal (the guest agent, a port)
+    /// is watched for instead.
+    #[must_use]
+    pub fn named(expect: &[String], other_signal: bool) -> Self {
+        if expect.is_empty() && !other_signal {
+            Self::default()
+        } else {
+            Self {
+                expect: expect.to_vec(),
+            }
+        }
+    }
+
     /// The verdict of `console` (the guest's serial output) and `firmware` (the BIOS's debug
     /// output), if either says one yet. A failure seen before the success signal wins.
     #[must_use]

@@ -18,6 +18,7 @@
 pub mod console;
 mod kept;
 mod point;
+mod probe;
 pub mod qemu;
 pub mod record;
 mod serve;
@@ -89,6 +90,11 @@ pub struct Options {
     /// Leave the VM running after the verdict (its console and display on unix sockets), for
     /// an admin who wants to log in: see [`Kept`].
     pub keep_running: bool,
+    /// Booted also when the QEMU guest agent answers (a channel to it is given to the VM).
+    pub agent: bool,
+    /// Booted also when this TCP port of the guest accepts a connection (the guest gets a
+    /// network that reaches nothing, the port forwarded from 127.0.0.1 here).
+    pub port: Option<u16>,
 }
 
 /// How a check went.
@@ -181,6 +187,11 @@ pub fn check_boot(
         drives,
         dir: dir.path().to_path_buf(),
         interactive: opts.keep_running,
+        agent: opts.agent,
+        forward: match opts.port {
+            Some(guest) => Some((free_port()?, guest)),
+            None => None,
+        },
     };
     let mut accel_note = None;
     loop {
@@ -220,11 +231,21 @@ fn watch(machine: &qemu::Machine, opts: &Options) -> Result<Watched> {
     }
     let mut vm = machine.start()?;
     let started = Instant::now();
+    let mut agent = vm.agent_socket.clone().map(probe::Agent::new);
+    let mut port = machine
+        .forward
+        .map(|(host, guest)| probe::Port::new(host, guest));
     let (verdict, ended) = loop {
         let console = tail(&vm.console);
         let firmware = tail(&vm.firmware_log);
         if let Some(v) = opts.signals.judge(&console, &firmware) {
             break (Some(v), None);
+        }
+        if let Some(line) = agent.as_mut().and_then(probe::Agent::answered) {
+            break (Some(Verdict::Booted(line)), None);
+        }
+        if let Some(line) = port.as_mut().and_then(|p| p.open(&vm)) {
+            break (Some(Verdict::Booted(line)), None);
         }
         // A KVM that cannot run the guest stops it (qemu stays up, the VM paused) and says so
         // on qemu's standard error.
@@ -292,6 +313,15 @@ fn watch(machine: &qemu::Machine, opts: &Options) -> Result<Watched> {
         }),
         vm,
     ))
+}
+
+/// A TCP port of 127.0.0.1 free now (the forward to the guest's port binds it).
+fn free_port() -> Result<u16> {
+    let here = Path::new("127.0.0.1:0");
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error::io(here, e))
 }
 
 /// The last [`LOG_TAIL`] bytes of a log, as text.

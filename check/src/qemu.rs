@@ -131,6 +131,12 @@ pub struct Machine {
     /// The console and the display on unix sockets an admin connects to (`--keep-running`);
     /// the console is still written to its file.
     pub interactive: bool,
+    /// A channel to the QEMU guest agent (virtio-serial `org.qemu.guest_agent.0`) on a unix
+    /// socket.
+    pub agent: bool,
+    /// A network for the guest that reaches nothing (slirp, `restrict=on`) but one guest TCP
+    /// port forwarded from 127.0.0.1 here: `(host port, guest port)`.
+    pub forward: Option<(u16, u16)>,
 }
 
 /// A running VM.
@@ -146,6 +152,8 @@ pub struct Vm {
     pub console_socket: Option<PathBuf>,
     /// The display's VNC unix socket, when interactive.
     pub vnc_socket: Option<PathBuf>,
+    /// The guest agent's unix socket, when asked for.
+    pub agent_socket: Option<PathBuf>,
     qmp: PathBuf,
 }
 
@@ -169,8 +177,28 @@ impl Machine {
                 "none",
                 "-vga",
                 "std",
-            ])
-            .args(["-nic", "none"]);
+            ]);
+        match self.forward {
+            // Isolated: the guest reaches neither this machine nor anything beyond it; only
+            // the forwarded port reaches the guest.
+            Some((host, guest)) => c.arg("-nic").arg(format!(
+                "user,restrict=on,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{host}-:{guest}"
+            )),
+            None => c.args(["-nic", "none"]),
+        };
+        let agent_socket = self.agent.then(|| self.dir.join("agent.sock"));
+        if let Some(sock) = &agent_socket {
+            c.arg("-chardev")
+                .arg(format!(
+                    "socket,id=agent,path={},server=on,wait=off",
+                    sock.display()
+                ))
+                .args(["-device", "virtio-serial-pci"])
+                .args([
+                    "-device",
+                    "virtserialport,chardev=agent,name=org.qemu.guest_agent.0",
+                ]);
+        }
         let (console_socket, vnc_socket) = if self.interactive {
             let (sock, vnc) = (self.dir.join("console.sock"), self.dir.join("vnc.sock"));
             c.arg("-chardev")
@@ -229,6 +257,7 @@ impl Machine {
             stderr,
             console_socket,
             vnc_socket,
+            agent_socket,
             qmp,
         })
     }
@@ -255,6 +284,20 @@ impl Vm {
             "execute": "screendump",
             "arguments": {"filename": png.display().to_string(), "format": "png"},
         }))
+        .map(drop)
+    }
+
+    /// The guest network's connections, as qemu's monitor lists them (`info usernet`).
+    ///
+    /// # Errors
+    /// QMP that does not answer.
+    pub fn usernet(&self) -> Result<String> {
+        let mut qmp = Qmp::connect(&self.qmp)?;
+        let answer = qmp.execute(&serde_json::json!({
+            "execute": "human-monitor-command",
+            "arguments": {"command-line": "info usernet"},
+        }))?;
+        Ok(answer.as_str().unwrap_or("").to_owned())
     }
 
     /// Ends the VM: QMP `quit`, then a kill if it has not ended within 10 s.
@@ -326,17 +369,18 @@ impl Qmp {
         serde_json::from_str(&line).map_err(|e| Error::Qmp(format!("{e}: {line}")))
     }
 
-    /// Sends `command` and waits for its answer (events on the way are skipped, at most 64).
-    fn execute(&mut self, command: &serde_json::Value) -> Result<()> {
+    /// Sends `command` and waits for its answer (events on the way are skipped, at most 64):
+    /// what it returned.
+    fn execute(&mut self, command: &serde_json::Value) -> Result<serde_json::Value> {
         let mut text = command.to_string();
         text.push('\n');
         self.writer
             .write_all(text.as_bytes())
             .map_err(|e| Error::Qmp(e.to_string()))?;
         for _ in 0..64 {
-            let answer = self.line()?;
-            if answer.get("return").is_some() {
-                return Ok(());
+            let mut answer = self.line()?;
+            if let Some(r) = answer.get_mut("return") {
+                return Ok(r.take());
             }
             if let Some(e) = answer.get("error") {
                 return Err(Error::Qmp(format!("{} refused: {e}", command["execute"])));

@@ -42,6 +42,7 @@ pub enum AccelArg {
     cairn check-boot --latest-of-each-vm            # a nightly job: the newest run of each VM\n  \
     cairn check-boot --keep-running web01/xvda@latest   # then log in on its console\n  \
     cairn check-boot --image restored.raw           # a raw image file, booted the same way\n  \
+    cairn check-boot --guest-agent --port 3389 win01/c@latest   # a guest with no serial console\n  \
     CAIRN_TOKEN=... cairn check-boot --store https://backup1:8443 web01/xvda@latest\n\n\
     The point and the other disks of its backup run are served over NBD to qemu-system-x86_64\n\
     with no network and a throw-away overlay: nothing the guest writes reaches the store. It\n\
@@ -75,6 +76,15 @@ pub struct CheckBootArgs {
     /// be given several times: any one.
     #[arg(long, value_name = "TEXT")]
     pub expect: Vec<String>,
+    /// It is up when the QEMU guest agent in it answers (qemu-ga; Windows guests without a
+    /// serial console). Given alone, the console's login prompt no longer counts.
+    #[arg(long)]
+    pub guest_agent: bool,
+    /// It is up when this TCP port of the guest accepts a connection (22, 3389): the guest
+    /// gets a network that reaches nothing but this port, forwarded from 127.0.0.1. Given
+    /// alone, the console's login prompt no longer counts.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
     /// How long the guest has to come up (30s, 5m).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_timeout)]
     pub timeout: Duration,
@@ -237,13 +247,7 @@ struct Here {
 /// The check's options (the screenshot into `shot`) and firmware, from the flags.
 fn options(a: &CheckBootArgs, shot: &std::path::Path) -> (Options, FirmwareChoice) {
     let opts = Options {
-        signals: if a.expect.is_empty() {
-            Signals::default()
-        } else {
-            Signals {
-                expect: a.expect.clone(),
-            }
-        },
+        signals: Signals::named(&a.expect, a.guest_agent || a.port.is_some()),
         timeout: a.timeout,
         memory_mib: a.memory,
         accel: match a.accel {
@@ -253,6 +257,8 @@ fn options(a: &CheckBootArgs, shot: &std::path::Path) -> (Options, FirmwareChoic
         },
         screenshot: Some(shot.to_path_buf()),
         keep_running: a.keep_running,
+        agent: a.guest_agent,
+        port: a.port,
     };
     let firmware = match a.firmware {
         FirmwareArg::Auto => FirmwareChoice::Auto,
@@ -386,6 +392,8 @@ fn on_server(
         "memory_mib": a.memory,
         "firmware": format!("{:?}", a.firmware).to_lowercase(),
         "accel": format!("{:?}", a.accel).to_lowercase(),
+        "guest_agent": a.guest_agent,
+        "port": a.port,
     });
     let bar = booting(&format!(
         "{} {} ({}) on the server",

@@ -14,9 +14,10 @@ use crate::ok;
 /// What the guest does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Guest {
-    /// Comes up: prints `disks: vda vdb...`, writes zeros over the start of vda, prints its
-    /// network interfaces (`net: lo `) and `cairnguest login: `, then runs a shell on the
-    /// console.
+    /// Comes up: prints `disks: vda vdb...`, starts the QEMU guest agent when it has its
+    /// channel, listens on ports 22 (a banner) and 80 (silent) when it has a network card,
+    /// writes zeros over the start of vda, prints its network interfaces (`net: lo `) and
+    /// `cairnguest login: `, then runs a shell on the console.
     Boots,
     /// Its init exits: "Kernel panic - not syncing: Attempted to kill init!".
     Panics,
@@ -35,9 +36,10 @@ pub fn parts() -> PathBuf {
         PathBuf::from,
     );
     let boot = cache.join("boot");
+    // The version of the set scripts/setup.sh fetches (it writes it when the set is whole).
     assert!(
-        boot.join(".ready").is_file(),
-        "{} is missing the test guest's kernel and busybox: run scripts/setup.sh",
+        std::fs::read_to_string(boot.join(".ready")).is_ok_and(|v| v.trim() == "2"),
+        "{} is missing the test guest's kernel, busybox or qemu-ga: run scripts/setup.sh",
         boot.display()
     );
     boot
@@ -49,8 +51,25 @@ pub fn parts() -> PathBuf {
 /// When a tool fails (sfdisk, mkfs.vfat, mcopy, syslinux, cpio: scripts/setup.sh installs them).
 #[must_use]
 pub fn bootable_disk(dir: &Path, name: &str, guest: Guest) -> PathBuf {
+    bootable_disk_with(dir, name, guest, &[])
+}
+
+/// A [`Guest::Boots`] disk whose guest, once its network card is up, tries to reach TCP port
+/// `port` of its host (10.0.2.2 in qemu's user network: this machine's 127.0.0.1) and says
+/// `reach host: yes` or `reach host: no` on its console.
+#[must_use]
+pub fn probing_disk(dir: &Path, name: &str, port: u16) -> PathBuf {
+    bootable_disk_with(
+        dir,
+        name,
+        Guest::Boots,
+        &[("probe-port", port.to_string().as_bytes())],
+    )
+}
+
+fn bootable_disk_with(dir: &Path, name: &str, guest: Guest, extra: &[(&str, &[u8])]) -> PathBuf {
     let work = dir.join(format!("{name}.build"));
-    let initrd = initramfs(&work, guest);
+    let initrd = initramfs_with(&work, guest, extra);
     let raw = dir.join(format!("{name}.raw"));
     blank_disk(&raw, "label: dos\nstart=2048, type=c, bootable\n");
     let fat = esp_or_boot_fs(&raw);
@@ -201,6 +220,29 @@ fn initramfs_with(work: &Path, guest: Guest, extra: &[(&str, &[u8])]) -> PathBuf
     for (name, bytes) in extra {
         std::fs::write(ir.join(name), bytes).expect("extra file");
     }
+    // The QEMU guest agent and the libraries it loads.
+    for d in ["usr/sbin", "lib/x86_64-linux-gnu", "lib64", "tmp"] {
+        std::fs::create_dir_all(ir.join(d)).expect("mkdir");
+    }
+    std::fs::copy(parts.join("qga/qemu-ga"), ir.join("usr/sbin/qemu-ga")).expect("qemu-ga");
+    for lib in std::fs::read_dir(parts.join("qga/lib")).expect("qemu-ga's libraries") {
+        let lib = lib.expect("entry").path();
+        let name = lib.file_name().expect("name").to_owned();
+        let to = if name.to_string_lossy().starts_with("ld-linux") {
+            ir.join("lib64").join(name)
+        } else {
+            ir.join("lib/x86_64-linux-gnu").join(name)
+        };
+        std::fs::copy(&lib, to).expect("library");
+    }
+    // What answers on port 22 once the guest's network is up (a banner, as SSH sends), and on
+    // port 80 (nothing until asked, as HTTP or RDP).
+    std::fs::write(
+        ir.join("bin/banner"),
+        "#!/bin/busybox sh\necho SSH-2.0-cairnguest\n",
+    )
+    .expect("banner");
+    std::fs::write(ir.join("bin/quiet"), "#!/bin/busybox sh\nread line\n").expect("quiet");
     std::fs::copy(parts.join("busybox"), ir.join("bin/busybox")).expect("busybox");
     let mut modules = Vec::new();
     // In the order their dependencies need.
@@ -211,6 +253,10 @@ fn initramfs_with(work: &Path, guest: Guest, extra: &[(&str, &[u8])]) -> PathBuf
         "virtio_pci_legacy_dev",
         "virtio_pci",
         "virtio_blk",
+        "virtio_console",
+        "failover",
+        "net_failover",
+        "virtio_net",
     ] {
         let from = parts.join(format!("modules/{m}.ko"));
         if from.is_file() {
@@ -223,7 +269,15 @@ fn initramfs_with(work: &Path, guest: Guest, extra: &[(&str, &[u8])]) -> PathBuf
     let end = match guest {
         Guest::Panics => "echo 'init: giving up'\nexit 1\n",
         _ => {
-            "if [ -b /dev/vda ]; then /bin/busybox dd if=/dev/zero of=/dev/vda bs=65536 \
+            "for p in /sys/class/virtio-ports/*; do if [ \"$(/bin/busybox cat $p/name \
+              2>/dev/null)\" = org.qemu.guest_agent.0 ]; then /usr/sbin/qemu-ga -m virtio-serial \
+              -p /dev/${p##*/} -t /tmp -f /tmp/qga.pid & fi; done\n\
+             if [ -e /sys/class/net/eth0 ]; then /bin/busybox ifconfig lo up; /bin/busybox \
+              ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up; if [ -f /probe-port ]; then if \
+              /bin/busybox nc -w 3 10.0.2.2 $(/bin/busybox cat /probe-port) </dev/null; then \
+              echo 'reach host: yes'; else echo 'reach host: no'; fi; fi; /bin/busybox nc -ll -p 22 -e \
+              /bin/banner & /bin/busybox nc -ll -p 80 -e /bin/quiet & fi\n\
+             if [ -b /dev/vda ]; then /bin/busybox dd if=/dev/zero of=/dev/vda bs=65536 \
               count=64 2>/dev/null && /bin/busybox sync && echo 'guest: wrote 4 MiB of zeros \
               over vda'; fi\necho \"net: $(/bin/busybox ls /sys/class/net | /bin/busybox tr \
               '\\n' ' ')\"\necho\necho 'cairnguest login: '\nexec /bin/busybox sh -i\n"
@@ -237,7 +291,12 @@ fn initramfs_with(work: &Path, guest: Guest, extra: &[(&str, &[u8])]) -> PathBuf
         modules.join("\n")
     );
     std::fs::write(ir.join("init"), init).expect("init");
-    ok(Command::new("chmod").args(["755"]).arg(ir.join("init")));
+    ok(Command::new("chmod")
+        .args(["755"])
+        .arg(ir.join("init"))
+        .arg(ir.join("bin/banner"))
+        .arg(ir.join("bin/quiet"))
+        .arg(ir.join("usr/sbin/qemu-ga")));
     let initrd = work.join("initrd.img");
     ok(Command::new("sh").arg("-c").arg(format!(
         "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",

@@ -619,3 +619,55 @@ fn a_gpt_disk_with_only_an_efi_system_partition_boots_with_uefi() {
         "{out}"
     );
 }
+
+#[test]
+fn a_guest_is_seen_up_by_its_guest_agent_or_an_open_port() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let store = TestStore::new("256K");
+    let good = bootable_disk(work.path(), "good", Guest::Boots);
+    let p = id(&store.backup("web01", "2026-11-01T02:00:00Z", "xvda", &good, &[]));
+    // Asked for alone, the agent is what says it is up (the login prompt does not count).
+    let (code, out) = check(&store, &p, &["--guest-agent"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out["line"], "the QEMU guest agent answered guest-ping",
+        "{out}"
+    );
+    // A port that sends a banner, one that waits to be spoken to, and one nothing listens on.
+    let (code, out) = check(&store, &p, &["--port", "22"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["line"], "port 22 open: SSH-2.0-cairnguest", "{out}");
+    let (code, out) = check(&store, &p, &["--port", "80"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["line"], "port 80 open", "{out}");
+    let (code, out) = check(&store, &p, &["--port", "2222", "--timeout", "25s"]);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out["why"].as_str().expect("why").starts_with("timed out"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_network_a_port_check_gives_the_guest_reaches_nothing() {
+    // A service on this machine's loopback, which qemu's user network would let a guest reach
+    // as 10.0.2.2 were it not restricted.
+    let here = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    here.set_nonblocking(true).expect("nonblocking");
+    let port = here.local_addr().expect("addr").port();
+    let work = tempfile::tempdir().expect("tempdir");
+    let store = TestStore::new("256K");
+    let disk = cairn_tests::boot::probing_disk(work.path(), "probe", port);
+    let p = id(&store.backup("web01", "2026-11-01T02:00:00Z", "xvda", &disk, &[]));
+    // Port 9: nothing listens, so the verdict is the guest's own line.
+    let (code, out) = check(&store, &p, &["--expect", "reach host:", "--port", "9"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out["line"], "reach host: no",
+        "the guest reached its host: {out}"
+    );
+    assert!(
+        matches!(here.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the guest connected to this machine"
+    );
+}

@@ -39,6 +39,11 @@ struct BootCheckBody {
     firmware: Option<String>,
     /// `auto`, `kvm` or `tcg`.
     accel: Option<String>,
+    /// Up when the QEMU guest agent answers.
+    #[serde(default)]
+    guest_agent: bool,
+    /// Up when this TCP port of the guest accepts a connection.
+    port: Option<u16>,
 }
 
 impl BootCheckBody {
@@ -75,13 +80,10 @@ impl BootCheckBody {
             "tcg" => Some(Accel::Tcg),
             _ => return Err(ApiError::bad("accel: auto, kvm or tcg")),
         };
-        let signals = if self.expect.is_empty() {
-            Signals::default()
-        } else {
-            Signals {
-                expect: self.expect.clone(),
-            }
-        };
+        if self.port == Some(0) {
+            return Err(ApiError::bad("port: from 1 to 65535"));
+        }
+        let signals = Signals::named(&self.expect, self.guest_agent || self.port.is_some());
         Ok((
             Options {
                 signals,
@@ -90,6 +92,8 @@ impl BootCheckBody {
                 accel,
                 screenshot: None,
                 keep_running: false,
+                agent: self.guest_agent,
+                port: self.port,
             },
             firmware,
         ))
