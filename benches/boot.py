@@ -2,10 +2,10 @@
 
   boot    the tests' guest disk (tests/src/boot.rs: SYSLINUX, a Debian cloud kernel, a busybox
           initramfs) through 30 generations (--smoke: 5), each a new initramfs and 2 MiB of new
-          data, each backed up; `cairn check-boot` of the newest point (served over NBD from
+          data, each backed up, the guest reading its whole 64 MiB disk as it boots; `cairn check-boot` of the newest point (served over NBD from
           the store) against `cairn check-boot --image` of the same image file (the same qemu,
-          TCG both, the same verdict), best of 3: the seconds from the VM's start to the login
-          prompt, and each command's whole time.
+          TCG both, the same verdict), 5 runs each, alternated: the seconds from the VM's start
+          to the login prompt (the best and the median), and each command's whole time.
 """
 
 import json
@@ -15,7 +15,7 @@ import subprocess
 from run import log, measure
 
 GENERATIONS = {"full": 30, "quick": 30, "smoke": 5}
-RUNS = 3
+RUNS = 5
 
 
 def boot(cairn, args, out):
@@ -66,8 +66,10 @@ def targets(res):
     p, i = res.get("boot-check", "cairn"), res.get("boot-check", "limit")
     if not (p and i):
         return [("boot of a point 30 generations deep / boot of its raw file (VM start to login)", None, "<= 1.3")]
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     return [
         (f"boot of a point {p['generations']} generations deep / boot of its raw file (VM start to login)",
          p["vm_seconds"] / i["vm_seconds"], "<= 1.3"),
+        ("the same, medians of the runs", median(p["runs_vm_seconds"]) / median(i["runs_vm_seconds"]), "<= 1.3"),
         ("the same, each command's whole time", p["seconds"] / i["seconds"], "<= 1.3"),
     ]

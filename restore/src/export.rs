@@ -169,6 +169,7 @@ impl Exports for PointExports {
             chunk: u64::from(e.point.chunk_size),
             overlay,
             buf: Vec::new(),
+            buffered: None,
         }))
     }
 }
@@ -216,7 +217,11 @@ pub struct PointDevice {
     lookup: Arc<PointLookup>,
     chunk: u64,
     overlay: Option<Overlay>,
+    /// The stored chunk a read took only part of, decoded (`buffered` says which): the next
+    /// read of the same chunk (a client reading in pieces smaller than a chunk) takes it from
+    /// here. A stored chunk never changes; the overlay is looked at first.
     buf: Vec<u8>,
+    buffered: Option<u64>,
 }
 
 fn eio(message: String, offset: u64) -> DeviceError {
@@ -339,8 +344,12 @@ impl Device for PointDevice {
                 } else if at == start && stop - start == self.chunk_len(i) as u64 {
                     self.stored_chunk(i, dst)?;
                 } else {
-                    chunk_buf.resize(self.chunk_len(i), 0);
-                    self.stored_chunk(i, &mut chunk_buf)?;
+                    if self.buffered != Some(i) {
+                        self.buffered = None;
+                        chunk_buf.resize(self.chunk_len(i), 0);
+                        self.stored_chunk(i, &mut chunk_buf)?;
+                        self.buffered = Some(i);
+                    }
                     dst.copy_from_slice(&chunk_buf[(at - start) as usize..(stop - start) as usize]);
                 }
                 at = stop;

@@ -181,7 +181,8 @@ fn syslinux_cfg(work: &Path) -> PathBuf {
 
 /// Makes the next generation of a [`Guest::Boots`] disk made by [`bootable_disk`], as a day
 /// of a VM's life would: a new initramfs (holding `/generation` and 1 MiB that differs each
-/// generation) over the old one, and 2 MiB of new data in `/churn.bin`. Still boots.
+/// generation) over the old one, and 2 MiB of new data in `/churn.bin`. Still boots, and now
+/// reads its whole disk as it does.
 ///
 /// # Panics
 /// When a tool fails.
@@ -192,7 +193,13 @@ pub fn next_generation(raw: &Path, generation: u32) {
         .update(format!("cairn guest generation {generation}").as_bytes())
         .finalize_xof()
         .fill(&mut blob);
-    let initrd = initramfs_with(&work, Guest::Boots, &[("generation", &blob[..1 << 20])]);
+    // It reads its whole disk as it boots (as an OS reads what it loads), the benchmark's
+    // measure of reading a point over NBD.
+    let initrd = initramfs_with(
+        &work,
+        Guest::Boots,
+        &[("generation", &blob[..1 << 20]), ("read-disk", b"")],
+    );
     let churn = work.join("churn.bin");
     std::fs::write(&churn, &blob[1 << 20..]).expect("churn");
     let fat = format!("{}@@1M", raw.display());
@@ -277,6 +284,8 @@ fn initramfs_with(work: &Path, guest: Guest, extra: &[(&str, &[u8])]) -> PathBuf
               /bin/busybox nc -w 3 10.0.2.2 $(/bin/busybox cat /probe-port) </dev/null; then \
               echo 'reach host: yes'; else echo 'reach host: no'; fi; fi; /bin/busybox nc -ll -p 22 -e \
               /bin/banner & /bin/busybox nc -ll -p 80 -e /bin/quiet & fi\n\
+             if [ -f /read-disk ]; then /bin/busybox dd if=/dev/vda of=/dev/null bs=1M \
+              2>/dev/null && echo 'guest: read vda'; fi\n\
              if [ -b /dev/vda ]; then /bin/busybox dd if=/dev/zero of=/dev/vda bs=65536 \
               count=64 2>/dev/null && /bin/busybox sync && echo 'guest: wrote 4 MiB of zeros \
               over vda'; fi\necho \"net: $(/bin/busybox ls /sys/class/net | /bin/busybox tr \
