@@ -58,7 +58,7 @@ impl Checked {
     pub fn to_json(&self) -> serde_json::Value {
         let mut doc = serde_json::json!({
             "point": self.point.id, "vm": self.point.vm, "disk": self.point.disk,
-            "point_time": self.point.time.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+            "point_time": self.point.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "disks": self.disks.iter()
                 .map(|p| serde_json::json!({"disk": p.disk, "point": p.id}))
                 .collect::<Vec<_>>(),

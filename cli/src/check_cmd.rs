@@ -242,6 +242,8 @@ struct Here {
     png: Option<Vec<u8>>,
     /// Whether its line was said already (before a VM kept running).
     said: bool,
+    /// The store's time zone, for the point's time in its line.
+    tz: chrono_tz::Tz,
 }
 
 /// The check's options (the screenshot into `shot`) and firmware, from the flags.
@@ -297,9 +299,10 @@ fn check_here(store: &SharedStore, point: &RecoveryPoint, a: &CheckBootArgs) -> 
         record: cairn_check::record::of(&checked.outcome),
         png,
         said: false,
+        tz: store.config().tz(),
     };
     if let Some(kept) = checked.kept {
-        keep(kept, &here.doc, a)?;
+        keep(kept, &here.doc, a, here.tz)?;
         here.said = true;
     }
     Ok(here)
@@ -320,9 +323,9 @@ fn check_images(a: &CheckBootArgs) -> Result<i32> {
         doc["screenshot"] = to.display().to_string().into();
     }
     match kept {
-        Some(kept) => keep(kept, &doc, a)?,
+        Some(kept) => keep(kept, &doc, a, chrono_tz::UTC)?,
         None if a.json => crate::print_json(&doc)?,
-        None => say(&doc),
+        None => say(&doc, chrono_tz::UTC),
     }
     Ok(if outcome.booted { 0 } else { DID_NOT_BOOT })
 }
@@ -343,7 +346,7 @@ impl Here {
             self.doc["screenshot"] = to.display().to_string().into();
         }
         if !a.json && !self.said {
-            say(&self.doc);
+            say(&self.doc, self.tz);
         }
         Ok(self.doc)
     }
@@ -351,7 +354,12 @@ impl Here {
 
 /// Says the verdict of a VM left running (its JSON with where its console and display are,
 /// with --json) and waits for the admin to be done with it.
-fn keep(kept: cairn_check::Kept, doc: &serde_json::Value, a: &CheckBootArgs) -> Result<()> {
+fn keep(
+    kept: cairn_check::Kept,
+    doc: &serde_json::Value,
+    a: &CheckBootArgs,
+    tz: chrono_tz::Tz,
+) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let shown = |p: Option<&std::path::Path>| p.map(|p| p.display().to_string());
     if a.json {
@@ -360,7 +368,7 @@ fn keep(kept: cairn_check::Kept, doc: &serde_json::Value, a: &CheckBootArgs) -> 
         doc["display"] = shown(kept.display()).into();
         crate::print_json(&doc)?;
     } else {
-        say(doc);
+        say(doc, tz);
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [SIGINT, SIGTERM, SIGHUP] {
@@ -417,13 +425,14 @@ fn on_server(
         }
     }
     if !a.json {
-        say(&doc);
+        say(&doc, StoreRead::config(&**remote).tz());
     }
     Ok(doc)
 }
 
-/// One line per check (and the console's last lines when it did not boot), from its JSON.
-fn say(doc: &serde_json::Value) {
+/// One line per check (and the console's last lines when it did not boot), from its JSON; the
+/// point's time in the store's zone `tz`.
+fn say(doc: &serde_json::Value, tz: chrono_tz::Tz) {
     let s = |k: &str| doc[k].as_str().unwrap_or("").to_owned();
     let id = s("point");
     let what = match doc["images"][0].as_str() {
@@ -433,7 +442,9 @@ fn say(doc: &serde_json::Value) {
             s("vm"),
             s("disk"),
             &id[..12.min(id.len())],
-            s("point_time"),
+            chrono::DateTime::parse_from_rfc3339(&s("point_time"))
+                .map(|t| crate::values::show_time(&t.to_utc(), tz))
+                .unwrap_or_default(),
         ),
     };
     if let Some(note) = doc["accel_note"].as_str() {
