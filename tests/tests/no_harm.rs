@@ -227,8 +227,9 @@ fn a_time_without_a_zone_is_read_in_the_store_zone_as_help_says_and_the_restore_
     );
 }
 
-/// Starts `cairn ARGS` on `store` with each fsync/fdatasync delayed by 4 s (strace): a restore
-/// then waits with its whole partial file written. Returns the strace process and the partial
+/// Starts `cairn ARGS` on `store` with each fsync/fdatasync delayed by 15 s (strace): a restore
+/// then waits with its whole partial file written (long, so that a signal sent on a loaded
+/// machine still finds it waiting: with 4 s, one run's restore was seen finishing first). Returns the strace process and the partial
 /// file once it is there.
 // The child is returned to the caller, which waits for it (or kills it here first).
 #[allow(clippy::zombie_processes)]
@@ -247,7 +248,7 @@ fn restore_held_at_sync(
             "trace=fsync,fdatasync",
             "-e",
         ])
-        .arg("inject=fsync,fdatasync:delay_enter=4000000")
+        .arg("inject=fsync,fdatasync:delay_enter=15000000")
         .arg(cairn_tests::cairn_bin())
         .args(args)
         .env("CAIRN_STORE", store.path())
