@@ -11,6 +11,7 @@ mod diff_cmd;
 mod files_cmd;
 mod forget_cmd;
 mod gc_cmd;
+mod job_cmd;
 mod key_cmd;
 mod list_cmd;
 mod mount_cmd;
@@ -104,6 +105,13 @@ enum Command {
     CheckBoot(check_cmd::CheckBootArgs),
     /// Serve the store over HTTPS: many hosts back up into it at once, with scoped tokens.
     Serve(serve_cmd::ServeArgs),
+    /// Jobs from a job file: check, list, run now, history, install as systemd timers.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cairn job check /etc/cairn/jobs.toml\n  cairn job run web01\n  \
+        cairn job history\n  cairn job install"
+    )]
+    Job(job_cmd::JobCommand),
     /// Tokens for `cairn serve`: create (the secret is shown once), list, revoke.
     #[command(
         subcommand,
@@ -224,7 +232,7 @@ fn version_text() -> &'static str {
 }
 
 /// The command line as clap sees it, with the version text.
-fn command() -> clap::Command {
+pub(crate) fn command() -> clap::Command {
     use clap::CommandFactory;
     Cli::command().version(version_text())
 }
@@ -471,6 +479,7 @@ fn run(asked: Command) -> anyhow::Result<i32> {
         Command::ServeNbd(a) => nbd_cmd::serve_nbd(&a),
         Command::CheckBoot(a) => check_cmd::check_boot(&a),
         Command::Serve(a) => serve_cmd::serve(&a),
+        Command::Job(c) => job_cmd::job(&c),
         Command::Token(c) => serve_cmd::token(&c),
         Command::Replicate(a) => replicate_cmd::replicate(&a),
         Command::Standby(a) => standby_cmd::standby(&a),

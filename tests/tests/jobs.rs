@@ -1,0 +1,356 @@
+//! `cairn job`: a job file of three VMs (a file, qemu-nbd with a dirty bitmap, a command's
+//! output on stdin), prune, a verify subset and replicate, run through `cairn job run`; each
+//! run recorded (outcome, points, bytes), a failing source recorded with its error; a second
+//! run of a job while one runs skips or waits, as the job says; a job file with a mistake is
+//! refused naming the line; the systemd units `cairn job install` writes pass `systemd-analyze
+//! verify`.
+
+use std::path::Path;
+use std::process::Command;
+
+use cairn_tests::disks::gen_disk;
+use cairn_tests::nbd::nbd_serve;
+use cairn_tests::{TestStore, error_text, json, ok, run};
+
+fn job(file: &Path, args: &[&str]) -> Command {
+    let mut c = cairn_tests::cairn(["job"]);
+    c.args(args)
+        .arg("--file")
+        .arg(file)
+        .env_remove("CAIRN_STORE");
+    c
+}
+
+#[test]
+fn three_vms_prune_verify_and_replicate_run_from_one_file_and_each_run_is_recorded() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = TestStore::new("256K");
+    let replica = TestStore::new("256K");
+    // web01: an image file; db01: a qcow2 served by qemu-nbd with a dirty bitmap; app01: the
+    // output of a command.
+    let web = w.join("web01.raw");
+    gen_disk(&web, "16M", 1, 1, 0);
+    let db_raw = w.join("db01.raw");
+    gen_disk(&db_raw, "16M", 2, 1, 0);
+    let db = w.join("db01.qcow2");
+    ok(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&db_raw)
+        .arg(&db));
+    ok(Command::new("qemu-img")
+        .args(["bitmap", "--add"])
+        .arg(&db)
+        .arg("nightly"));
+    let app = w.join("app01.raw");
+    gen_disk(&app, "16M", 3, 1, 0);
+    let nbd = nbd_serve(&db, "qcow2", &["nightly"]);
+    let file = w.join("jobs.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"# The nightly jobs of a small fleet.
+[defaults]
+store = "{store}"
+
+[jobs.web01]
+run = "backup"
+schedule = "Mon..Fri 02:00"
+vm = "web01"
+vm-uuid = "6f1c2a4e-0b1d-4c3e-9a8f-1d2e3f4a5b6c"
+pool = "xcp-pool-1"
+tag = ["prod", "web"]
+disks.xvda = "{web}"
+
+[jobs.db01]
+run = "backup"
+schedule = "daily"
+vm = "db01"
+dirty-bitmap = "nightly"
+disks.xvda = "{nbd}"
+
+[jobs.app01]
+run = "backup"
+schedule = "*-*-* 03:30"
+vm = "app01"
+disks.xvda = {{ command = "cat '{app}'" }}
+
+[jobs.prune]
+run = "prune"
+schedule = "daily"
+keep-daily = 7
+
+[jobs.verify]
+run = "verify"
+schedule = "Sun 05:00"
+subset = "1/7"
+
+[jobs.offsite]
+run = "replicate"
+schedule = "daily"
+from = "{store}"
+to = "{replica}"
+"#,
+            store = store.path().display(),
+            web = web.display(),
+            nbd = nbd.uri("disk"),
+            app = app.display(),
+            replica = replica.path().display(),
+        ),
+    )
+    .expect("job file");
+    let checked = json(&ok(&mut job(&file, &["check", "--json"])));
+    assert_eq!(
+        checked["jobs"].as_array().map(Vec::len),
+        Some(6),
+        "{checked}"
+    );
+    assert_eq!(checked["jobs"][0]["normalized"], "Mon..Fri *-*-* 02:00:00");
+
+    // db01's bitmap says what changed since its last backup, and there is none yet: that run
+    // fails, is recorded with cairn's own words, and the other jobs run.
+    let out = run(&mut job(&file, &["run", "--all"]));
+    assert_eq!(out.status.code(), Some(1), "{}", error_text(&out));
+    let history = json(&ok(&mut job(&file, &["history", "--json"])));
+    let runs = history.as_array().expect("runs");
+    let outcome = |name: &str| {
+        runs.iter()
+            .find(|r| r["job"] == name)
+            .map(|r| r["outcome"].as_str().expect("outcome").to_owned())
+            .expect(name)
+    };
+    assert_eq!(outcome("web01"), "ok", "{history}");
+    assert_eq!(outcome("app01"), "ok", "{history}");
+    assert_eq!(outcome("db01"), "failed", "{history}");
+    assert_eq!(outcome("prune"), "ok", "{history}");
+    assert_eq!(outcome("verify"), "ok", "{history}");
+    assert_eq!(outcome("offsite"), "ok", "{history}");
+    let db_run = runs.iter().find(|r| r["job"] == "db01").expect("db01");
+    assert!(
+        db_run["error"]
+            .as_str()
+            .expect("error")
+            .contains("no point yet"),
+        "{db_run}"
+    );
+    let web_run = runs.iter().find(|r| r["job"] == "web01").expect("web01");
+    assert_eq!(
+        web_run["points"].as_array().map(Vec::len),
+        Some(1),
+        "{web_run}"
+    );
+    assert!(web_run["bytes_stored"].as_u64().expect("bytes") > 0);
+    assert_eq!(web_run["trigger"], "manual");
+    // What each backup job made is what the store holds, with the job's identity and tags.
+    let listed = json(&ok(&mut store.cmd(&["list", "--json"])));
+    let web_point = listed
+        .as_array()
+        .expect("points")
+        .iter()
+        .find(|p| p["vm"] == "web01")
+        .expect("web01's point");
+    assert_eq!(web_point["id"], web_run["points"][0]);
+    assert_eq!(web_point["tags"], serde_json::json!(["prod", "web"]));
+    assert_eq!(web_point["pool"], "xcp-pool-1");
+    // The replica got the points the store had when offsite ran.
+    let replicated = json(&ok(&mut replica.cmd(&["list", "--json"])));
+    assert_eq!(replicated.as_array().map(Vec::len), Some(2), "{replicated}");
+
+    // After a whole backup of db01, its job reads only what the bitmap marks.
+    let full = store.backup(
+        "db01",
+        "2026-11-01T02:00:00Z",
+        "xvda",
+        Path::new(&nbd.uri("disk")),
+        &[],
+    );
+    assert!(full["key"].as_bool().expect("key"));
+    let out = run(&mut job(&file, &["run", "--json", "db01"]));
+    assert_eq!(out.status.code(), Some(0), "{}", error_text(&out));
+    let line = json(String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(line["outcome"], "ok", "{line}");
+    assert_eq!(line["points"].as_array().map(Vec::len), Some(1), "{line}");
+
+    // `job list` says each job's last run.
+    let listed = json(&ok(&mut job(&file, &["list", "--json"])));
+    let db = listed
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .find(|j| j["name"] == "db01")
+        .expect("db01");
+    assert_eq!(db["last_run"]["outcome"], "ok", "{db}");
+    let table = ok(&mut job(&file, &["list"]));
+    assert!(
+        table.contains("web01") && table.contains("Mon..Fri 02:00"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_second_run_of_a_job_skips_or_waits_and_says_so() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = TestStore::new("256K");
+    let disk = w.join("d.raw");
+    gen_disk(&disk, "8M", 1, 1, 0);
+    let locks = w.join("locks");
+    // The disk comes from a command that holds the run for 3 seconds.
+    let write = |overlap: &str| {
+        let file = w.join(format!("{overlap}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "[jobs.slow]\nrun = \"backup\"\nstore = \"{}\"\nvm = \"slow\"\noverlap = \"{overlap}\"\n\
+                 disks.xvda = {{ command = \"sleep 3; cat '{}'\" }}\n",
+                store.path().display(),
+                disk.display()
+            ),
+        )
+        .expect("job file");
+        file
+    };
+    for (overlap, second) in [("skip", "skipped"), ("wait", "ok")] {
+        let file = write(overlap);
+        let first = job(&file, &["run", "--json", "slow"])
+            .env("CAIRN_JOB_LOCKS", &locks)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("first run");
+        cairn_tests::wait_until("the first run's lock", || {
+            std::fs::read_to_string(locks.join("slow.lock")).is_ok_and(|t| !t.is_empty())
+        });
+        let out = run(job(&file, &["run", "--json", "slow"]).env("CAIRN_JOB_LOCKS", &locks));
+        let line = json(String::from_utf8_lossy(&out.stdout).trim());
+        assert_eq!(line["outcome"], second, "{overlap}: {line}");
+        if overlap == "skip" {
+            assert!(
+                line["error"]
+                    .as_str()
+                    .expect("error")
+                    .contains("another run of job slow"),
+                "{line}"
+            );
+        } else {
+            assert!(
+                line["waited_seconds"].as_f64().expect("waited") > 1.0,
+                "{line}"
+            );
+        }
+        let first = first.wait_with_output().expect("first");
+        assert!(first.status.success());
+        let _ = std::fs::remove_file(locks.join("slow.lock"));
+    }
+    // Each run is in the history, the skipped one with why.
+    let history = json(&ok(&mut job(&w.join("wait.toml"), &["history", "--json"])));
+    let outcomes: Vec<&str> = history
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| r["outcome"].as_str().expect("outcome"))
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "skipped").count(),
+        1,
+        "{history}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "ok").count(),
+        3,
+        "{history}"
+    );
+}
+
+#[test]
+fn a_job_file_with_a_mistake_is_refused_naming_its_line() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("jobs.toml");
+    for (text, line, says) in [
+        (
+            "[jobs.a]\nrun = \"backup\"\nvm = \"a\"\nvm-uid = \"x\"\ndisks.xvda = \"/d\"\n",
+            4,
+            "takes no --vm-uid",
+        ),
+        (
+            "[jobs.a]\nrun = \"prune\"\nschedule = \"Mon..Fry 02:00\"\n",
+            3,
+            "weekday",
+        ),
+        ("[jobs.a]\nrun = \"restore\"\n", 2, "a job runs one of"),
+        (
+            "[jobs.a]\nrun = \"prune\"\nkeep-daily = true\n",
+            3,
+            "takes a value",
+        ),
+        (
+            "[jobs.a]\nrun = \"backup\"\nvm = \"a\"\nwait = \"yes\"\ndisks.xvda = \"/d\"\n",
+            4,
+            "is a switch",
+        ),
+        (
+            "[jobs.a]\nrun = \"gc\"\n\n[jobz.b]\nrun = \"gc\"\n",
+            4,
+            "unknown key",
+        ),
+        ("[jobs.a]\nrun = \"gc\"\nschedule = \n", 3, ""),
+        (
+            "[jobs.a]\nrun = \"gc\"\ndisks.xvda = \"/d\"\n",
+            1,
+            "disks are a backup's",
+        ),
+        ("[jobs.\"a b\"]\nrun = \"gc\"\n", 1, "a job's name"),
+    ] {
+        std::fs::write(&file, text).expect("write");
+        let out = run(&mut job(&file, &["check"]));
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = error_text(&out);
+        assert!(
+            err.contains(&format!("jobs.toml:{line}:")) && err.contains(says),
+            "{text}: {err}"
+        );
+    }
+}
+
+#[test]
+fn the_installed_systemd_units_verify_and_say_the_schedule() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let file = w.join("jobs.toml");
+    std::fs::write(
+        &file,
+        "[defaults]\nstore = \"/var/lib/cairn/store\"\n\n[jobs.nightly]\nrun = \"gc\"\n\
+         schedule = \"Mon..Fri 02:00\"\ndescription = \"collect garbage\"\n\n[jobs.manual]\nrun = \"verify\"\n",
+    )
+    .expect("job file");
+    let units = w.join("units");
+    let said = ok(&mut job(
+        &file,
+        &["install", "--dir", units.to_str().expect("utf-8")],
+    ));
+    assert!(
+        said.contains("systemctl enable --now cairn-job-nightly.timer"),
+        "{said}"
+    );
+    let timer = std::fs::read_to_string(units.join("cairn-job-nightly.timer")).expect("timer");
+    assert!(
+        timer.contains("OnCalendar=Mon..Fri *-*-* 02:00:00"),
+        "{timer}"
+    );
+    assert!(timer.contains("Persistent=true"), "{timer}");
+    // Only scheduled jobs get units.
+    assert!(!units.join("cairn-job-manual.timer").exists());
+    let service =
+        std::fs::read_to_string(units.join("cairn-job-nightly.service")).expect("service");
+    assert!(
+        service.contains("job run --file") && service.contains("--trigger timer nightly"),
+        "{service}"
+    );
+    // systemd's own check of the units (its ExecStart binary exists: the cairn under test).
+    let out = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(units.join("cairn-job-nightly.service"))
+        .arg(units.join("cairn-job-nightly.timer")));
+    assert!(out.status.success(), "{}", error_text(&out));
+    let complaints = error_text(&out);
+    assert!(!complaints.contains("cairn-job"), "{complaints}");
+}
