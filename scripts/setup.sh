@@ -112,9 +112,10 @@ fi
 
 # The benchmark harness's limits (BLAKE3 and zstd over an image) in this Python, as the smoke
 # tests run it; the wheels are kept in the cache.
-if ! python3 -c "import blake3, zstandard" 2>/dev/null; then
-  echo "setup: installing Python's blake3 and zstandard" >&2
-  python3 -m pip install -q --cache-dir "$cache/pip" blake3 zstandard >"$cache/pip-install.log" 2>&1 || {
+# aiosmtpd: the SMTP server the job notifications' test mails.
+if ! python3 -c "import blake3, zstandard, aiosmtpd" 2>/dev/null; then
+  echo "setup: installing Python's blake3, zstandard and aiosmtpd" >&2
+  python3 -m pip install -q --cache-dir "$cache/pip" blake3 zstandard aiosmtpd >"$cache/pip-install.log" 2>&1 || {
     echo "setup: pip install failed, see $cache/pip-install.log" >&2; tail -20 "$cache/pip-install.log" >&2; exit 1; }
 fi
 

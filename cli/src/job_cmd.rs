@@ -332,6 +332,12 @@ fn run(path: &Path, names: &[String], all: bool, as_json: bool, trigger: &str) -
         if let Err(e) = record::append(&kept, &r) {
             eprintln!("warning: job {}: its run was not recorded: {e}", job.name);
         }
+        for e in file
+            .notify
+            .tell(job.notify.unwrap_or(file.notify.on), &r, &file.path)
+        {
+            eprintln!("warning: job {}: not told: {e}", job.name);
+        }
         failed |= r.outcome == Outcome::Failed;
         if as_json {
             println!("{}", serde_json::to_string(&r)?);

@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 
 use crate::calendar::Calendar;
+use crate::notify::{Mail, Notify, When};
 
 /// What is wrong with a job file: the file, the line and what.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +107,8 @@ pub struct Job {
     pub args: Vec<String>,
     /// A backup's disks, in the file's order.
     pub disks: Vec<(String, Source)>,
+    /// When its runs are told, when it says so (else the file's `[notify] on`).
+    pub notify: Option<When>,
 }
 
 impl Job {
@@ -155,6 +158,8 @@ pub struct JobFile {
     pub path: PathBuf,
     /// Its jobs, in the file's order.
     pub jobs: Vec<Job>,
+    /// Where runs are told.
+    pub notify: Notify,
 }
 
 impl JobFile {
@@ -184,6 +189,7 @@ impl JobFile {
         })?;
         let mut defaults: Vec<Written> = Vec::new();
         let mut jobs = Vec::new();
+        let mut notify = Notify::default();
         for (key, value) in root.get_ref() {
             let line = p.line(key.span().start);
             match key.get_ref().as_ref() {
@@ -199,10 +205,11 @@ impl JobFile {
                         jobs.push(p.job(name.get_ref(), job, p.line(name.span().start))?);
                     }
                 }
+                "notify" => notify = p.notify(value)?,
                 other => {
                     return Err(p.err_at(
                         line,
-                        format!("unknown key {other:?}: a job file holds [defaults] and [jobs.NAME] tables"),
+                        format!("unknown key {other:?}: a job file holds [defaults], [notify] and [jobs.NAME] tables"),
                     ));
                 }
             }
@@ -220,6 +227,7 @@ impl JobFile {
         Ok(Self {
             path: path.to_path_buf(),
             jobs,
+            notify,
         })
     }
 
@@ -346,6 +354,7 @@ impl Parser<'_> {
             flags: Vec::new(),
             args: Vec::new(),
             disks: Vec::new(),
+            notify: None,
         };
         let mut written: Vec<Written> = Vec::new();
         for (k, v) in table {
@@ -382,6 +391,7 @@ impl Parser<'_> {
                     };
                 }
                 "description" => job.description = Some(self.string(v, "description")?),
+                "notify" => job.notify = Some(self.when(v)?),
                 "args" => {
                     job.args = match self.flag_value(v, "args")? {
                         Flag::Values(a) => a,
@@ -462,6 +472,77 @@ impl Parser<'_> {
             ));
         }
         Ok((job, written))
+    }
+
+    fn when(&self, v: &Spanned<'_>) -> Result<When, FileError> {
+        let w = self.string(v, "notify")?;
+        When::from_name(&w)
+            .ok_or_else(|| self.err(v, format!("notify = {w:?}: failure, always or never")))
+    }
+
+    /// The `[notify]` table.
+    fn notify(&self, v: &Spanned<'_>) -> Result<Notify, FileError> {
+        let mut n = Notify::default();
+        for (k, v) in self.table(v, "notify")? {
+            match k.get_ref().as_ref() {
+                "on" => n.on = self.when(v)?,
+                "webhook" => {
+                    let url = self.string(v, "webhook")?;
+                    if !url.starts_with("https://") && !url.starts_with("http://") {
+                        return Err(self.err(v, format!("webhook {url:?}: an http(s):// URL")));
+                    }
+                    n.webhook = Some(url);
+                }
+                "mail" => n.mail = Some(self.mail(v)?),
+                other => {
+                    return Err(self.err(
+                        v,
+                        format!("[notify]: unknown key {other:?} (on, webhook, mail)"),
+                    ));
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn mail(&self, v: &Spanned<'_>) -> Result<Mail, FileError> {
+        let (mut to, mut from, mut smtp) = (Vec::new(), None, None);
+        let (mut user, mut password_file, mut ca_file) = (None, None, None);
+        for (k, v) in self.table(v, "mail")? {
+            match k.get_ref().as_ref() {
+                "to" => {
+                    to = match self.flag_value(v, "to")? {
+                        Flag::Values(a) => a,
+                        Flag::Switch(_) => return Err(self.err(v, "mail.to: addresses".into())),
+                    }
+                }
+                "from" => from = Some(self.string(v, "mail.from")?),
+                "smtp" => smtp = Some(self.string(v, "mail.smtp")?),
+                "user" => user = Some(self.string(v, "mail.user")?),
+                "password-file" => {
+                    password_file = Some(PathBuf::from(self.string(v, "mail.password-file")?))
+                }
+                "ca-file" => ca_file = Some(PathBuf::from(self.string(v, "mail.ca-file")?)),
+                other => {
+                    return Err(self.err(
+                        v,
+                        format!("mail: unknown key {other:?} (to, from, smtp, user, password-file, ca-file)"),
+                    ));
+                }
+            }
+        }
+        let missing = |what: &str| self.err(v, format!("mail: {what} is missing"));
+        if to.is_empty() {
+            return Err(missing("to"));
+        }
+        Ok(Mail {
+            to,
+            from: from.ok_or_else(|| missing("from"))?,
+            smtp: smtp.ok_or_else(|| missing("smtp"))?,
+            user,
+            password_file,
+            ca_file,
+        })
     }
 
     /// Checks the flags `written` for `job` against its command, then gives it them and the

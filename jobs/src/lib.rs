@@ -10,17 +10,21 @@
 //!   passed through, the points it made found.
 //! - [`record`]: every run's record (start, end, outcome, exit status, error, points, bytes)
 //!   in the store's `job-runs/` folder.
+//! - [`notify`]: a webhook and mail on a failed run (or every run), with the error and the
+//!   command to run it again.
 //! - [`units`]: the systemd service and timer of each scheduled job (`cairn job install`).
 //!
 //! This crate knows no store internals: a job is a `cairn` command line, run as a process.
 
 pub mod calendar;
 pub mod file;
+pub mod notify;
 pub mod record;
 pub mod run;
 pub mod units;
 
 pub use calendar::{Calendar, CalendarError};
 pub use file::{Commands, FileError, Job, JobFile, Overlap, Source};
+pub use notify::{Notify, When};
 pub use record::{Outcome, Run};
 pub use run::Runner;

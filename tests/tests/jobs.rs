@@ -354,3 +354,135 @@ fn the_installed_systemd_units_verify_and_say_the_schedule() {
     let complaints = error_text(&out);
     assert!(!complaints.contains("cairn-job"), "{complaints}");
 }
+
+/// A local HTTP receiver (Python's http.server on 127.0.0.1, a port it picks): each POST's body
+/// appended to `log` as a line; the first POST is answered 500 (a webhook is tried again).
+fn http_receiver(log: &Path) -> (std::process::Child, u16) {
+    let script = r#"
+import http.server, sys
+log, first = sys.argv[1], [True]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get('content-length', 0)))
+        if first[0]:
+            first[0] = False
+            self.send_response(500); self.end_headers(); return
+        with open(log, 'ab') as f:
+            f.write(body.replace(b'\n', b' ') + b'\n')
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(('127.0.0.1', 0), H)
+print(s.server_address[1], flush=True)
+for _ in range(20):
+    s.handle_request()
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .arg(log)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("port");
+    (child, line.trim().parse().expect("port"))
+}
+
+/// aiosmtpd (a real SMTP server, from PyPI: scripts/setup.sh installs it) on 127.0.0.1 at a
+/// free port, delivering into the Maildir `maildir`.
+fn smtp_server(maildir: &Path) -> (std::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new("python3")
+        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+        .args(["-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(maildir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("aiosmtpd (scripts/setup.sh installs it with pip)");
+    cairn_tests::wait_until("aiosmtpd listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (child, port)
+}
+
+#[test]
+fn a_failed_run_sends_one_mail_and_one_webhook_naming_the_job_and_the_error() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = TestStore::new("256K");
+    let hooks = w.join("hooks.jsonl");
+    let (mut http, http_port) = http_receiver(&hooks);
+    let maildir = w.join("mail");
+    let (mut smtp, smtp_port) = smtp_server(&maildir);
+    let file = w.join("jobs.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[defaults]\nstore = \"{store}\"\n\n[notify]\nwebhook = \"http://127.0.0.1:{http_port}/hook\"\n\
+             mail.to = [\"ops@example.com\"]\nmail.from = \"cairn@backup1.example.com\"\n\
+             mail.smtp = \"smtp+insecure://127.0.0.1:{smtp_port}\"\n\n\
+             [jobs.broken]\nrun = \"backup\"\nvm = \"web09\"\ndisks.xvda = \"{missing}\"\n\n\
+             [jobs.fine]\nrun = \"gc\"\n",
+            store = store.path().display(),
+            missing = w.join("gone/web09.raw").display(),
+        ),
+    )
+    .expect("job file");
+    let out = run(&mut job(&file, &["run", "--all"]));
+    assert_eq!(out.status.code(), Some(1), "{}", error_text(&out));
+    assert!(
+        !error_text(&out).contains("not told"),
+        "{}",
+        error_text(&out)
+    );
+    // One webhook (after its retry), for the failed job only, with the error and the rerun.
+    let posted = std::fs::read_to_string(&hooks).expect("the webhook's posts");
+    let posts: Vec<serde_json::Value> = posted.lines().map(json).collect();
+    assert_eq!(posts.len(), 1, "{posted}");
+    assert_eq!(posts[0]["job"], "broken");
+    assert_eq!(posts[0]["outcome"], "failed");
+    assert!(
+        posts[0]["error"]
+            .as_str()
+            .expect("error")
+            .contains("gone/web09.raw"),
+        "{}",
+        posts[0]
+    );
+    assert!(
+        posts[0]["rerun"]
+            .as_str()
+            .expect("rerun")
+            .contains("cairn job run --file"),
+        "{}",
+        posts[0]
+    );
+    // One mail, saying the job, the error and how to run it again.
+    let mails: Vec<_> = std::fs::read_dir(maildir.join("new"))
+        .expect("the maildir")
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).expect("mail"))
+        .collect();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let mail = &mails[0];
+    assert!(
+        mail.contains("Subject: cairn job broken FAILED on"),
+        "{mail}"
+    );
+    assert!(mail.contains("To: ops@example.com"), "{mail}");
+    assert!(mail.contains("gone/web09.raw"), "{mail}");
+    assert!(
+        mail.contains("To run it again: cairn job run --file"),
+        "{mail}"
+    );
+    let _ = http.kill();
+    let _ = http.wait();
+    let _ = smtp.kill();
+    let _ = smtp.wait();
+}
