@@ -42,6 +42,16 @@ if [ "$mode" = --build-only ]; then
   exit 0
 fi
 
+# promtool (Prometheus's checker of the /metrics text), taken from Debian's prometheus package
+# (downloaded, not installed: no service) into the cache.
+if [ "$mode" = all ] && [ ! -x "$cache/bin/promtool" ]; then
+  echo "setup: fetching promtool into $cache/bin" >&2
+  rm -rf "$cache/promtool.tmp" && mkdir -p "$cache/promtool.tmp" "$cache/bin"
+  (cd "$cache/promtool.tmp" && apt-get download -qq prometheus 2>/dev/null && dpkg-deb -x prometheus_*.deb x)
+  cp "$cache/promtool.tmp/x/usr/bin/promtool" "$cache/bin/promtool"
+  rm -rf "$cache/promtool.tmp"
+fi
+
 # check-boot: qemu-system-x86 from bookworm-backports, as qemu-utils 10 is (bookworm's own 7.2
 # would replace qemu-utils and break the VHD and NBD tests); the backports suite is added for
 # that one install. Then qemu-img must still be 10.

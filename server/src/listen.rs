@@ -314,6 +314,11 @@ async fn log_request(
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let start = Instant::now();
     let resp = next.run(req).await;
+    crate::api::metrics::REQUESTS.count(
+        method.as_str(),
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
     tracing::info!(
         %method,
         %path,

@@ -229,6 +229,11 @@ impl Sessions {
 
     /// The packs every live session has open, and those of sessions committing: a collection
     /// in this process leaves them.
+    /// Sessions open now.
+    pub(crate) fn count(&self) -> usize {
+        self.by_id.lock().map_or(0, |m| m.len())
+    }
+
     pub(crate) fn open_packs(&self) -> Vec<PackId> {
         let mut out: Vec<PackId> = self
             .committing

@@ -12,6 +12,7 @@ mod check;
 mod chunks;
 mod error;
 mod files;
+pub mod metrics;
 mod page;
 mod points;
 mod upload;
@@ -201,6 +202,8 @@ pub fn router(app: Shared) -> axum::Router {
         .route("/api/v1/prune", post(admin::prune))
         .route("/api/v1/gc", post(admin::gc))
         .route("/api/v1/report", get(page::report))
+        .route("/metrics", get(metrics::metrics))
+        .route("/healthz", get(metrics::healthz))
         .route("/", get(page::page))
         .route("/vm/{vm}", get(page::vm_page))
         .route("/point/{id}/boot-check.png", get(page::boot_check_png))
