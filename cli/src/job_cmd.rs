@@ -454,6 +454,68 @@ fn history(path: &Path, name: Option<&str>, last: usize, as_json: bool) -> Resul
     Ok(0)
 }
 
+/// A job file's schedule, read and checked, to be run by `cairn serve --jobs` once it listens
+/// (a run missed while it was down may be due at once, and may go through the server).
+pub struct Schedule {
+    file: JobFile,
+    clock: cairn_jobs::schedule::Clock,
+    exe: PathBuf,
+}
+
+impl Schedule {
+    /// Reads and checks the job file at `path`.
+    ///
+    /// # Errors
+    /// A job file with a mistake, a clock (`CAIRN_JOB_CLOCK`) that does not read.
+    pub fn read(path: &Path) -> Result<Self> {
+        Ok(Self {
+            file: read(path)?,
+            clock: cairn_jobs::schedule::Clock::from_env().map_err(anyhow::Error::msg)?,
+            exe: std::env::current_exe().context("finding the cairn binary")?,
+        })
+    }
+
+    /// Runs it on a thread of its own: each run as `cairn job run --trigger serve NAME`, said
+    /// in this process's log.
+    pub fn start(self) {
+        let scheduled = self
+            .file
+            .jobs
+            .iter()
+            .filter(|j| j.schedule.is_some())
+            .count();
+        tracing::info!(file = %self.file.path.display(), jobs = scheduled, "running the job file's schedule");
+        let spawned = std::thread::Builder::new()
+            .name("job-schedule".into())
+            .spawn(move || {
+                let last = |job: &Job| {
+                    record::runs_of(&records_of(job), &job.name)
+                        .last()
+                        .map(|r| r.started)
+                };
+                let run = |job: &Job| {
+                    tracing::info!(job = %job.name, "job due: running it");
+                    let status = std::process::Command::new(&self.exe)
+                        .args(["job", "run", "--quiet", "--trigger", "serve", "--file"])
+                        .arg(&self.file.path)
+                        .arg(&job.name)
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .status();
+                    match status {
+                        Ok(s) => tracing::info!(job = %job.name, %s, "job ended"),
+                        Err(e) => tracing::warn!(job = %job.name, "job did not start: {e}"),
+                    }
+                };
+                let stop = std::sync::atomic::AtomicBool::new(false);
+                cairn_jobs::schedule::run_schedule(&self.file, &self.clock, &last, &run, &stop);
+            });
+        if let Err(e) = spawned {
+            tracing::error!("the job schedule's thread did not start: {e}");
+        }
+    }
+}
+
 fn install(path: &Path, dir: &Path, dry_run: bool) -> Result<i32> {
     let file = read(path)?;
     let path = std::fs::canonicalize(path).with_context(|| format!("{}", path.display()))?;

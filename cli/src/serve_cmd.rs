@@ -56,6 +56,11 @@ pub struct ServeArgs {
     /// Print the address, fingerprint and certificate as one JSON object when listening.
     #[arg(long)]
     pub json: bool,
+    /// Also run this job file's schedule (each job as `cairn job run` would, one at a time; a
+    /// run missed while the server was down runs once when it starts). The server holds the
+    /// store's write lock: jobs that write to this store name it by the server's URL.
+    #[arg(long, value_name = "FILE")]
+    pub jobs: Option<PathBuf>,
 }
 
 /// The store `serve` serves: the folder given as argument, else --store or CAIRN_STORE; a
@@ -91,6 +96,11 @@ pub fn serve(a: &ServeArgs) -> Result<i32> {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    // Read and checked now; run once the server listens.
+    let schedule = std::sync::Mutex::new(match &a.jobs {
+        Some(file) => Some(crate::job_cmd::Schedule::read(file)?),
+        None => None,
+    });
     let config = cairn_server::Config {
         store: store.clone(),
         listen: a.listen,
@@ -104,6 +114,9 @@ pub fn serve(a: &ServeArgs) -> Result<i32> {
     };
     let json = a.json;
     cairn_server::serve(&config, &|s| {
+        if let Some(schedule) = schedule.lock().ok().and_then(|mut s| s.take()) {
+            schedule.start();
+        }
         let mut out = std::io::stdout().lock();
         if json {
             let _ = writeln!(

@@ -13,6 +13,8 @@
 //! - [`notify`]: a webhook and mail on a failed run (or every run), with the error and the
 //!   command to run it again.
 //! - [`units`]: the systemd service and timer of each scheduled job (`cairn job install`).
+//! - [`schedule`]: the schedule run by a long-lived process (`cairn serve --jobs FILE`), a run
+//!   missed while it was down run once.
 //!
 //! This crate knows no store internals: a job is a `cairn` command line, run as a process.
 
@@ -21,6 +23,7 @@ pub mod file;
 pub mod notify;
 pub mod record;
 pub mod run;
+pub mod schedule;
 pub mod units;
 
 pub use calendar::{Calendar, CalendarError};

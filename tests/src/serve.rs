@@ -40,6 +40,21 @@ impl Server {
         Self::try_start(&[], store, 0, &[], env)
     }
 
+    /// Serves the store at `store` on `port` (0: it picks) with `extra` arguments and `env` set.
+    ///
+    /// # Panics
+    /// When it does not start.
+    #[must_use]
+    pub fn start_with(
+        store: &Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&'static str, String)],
+    ) -> Self {
+        Self::try_start(&[], store, port, extra, env)
+            .unwrap_or_else(|log| panic!("cairn serve did not start: {log}"))
+    }
+
     /// Serves the store under `strace`, killed with SIGKILL on entering the `when`-th call
     /// (over all threads) of `syscalls`; `None` (with its log) when it died before listening.
     #[must_use]

@@ -486,3 +486,87 @@ fn a_failed_run_sends_one_mail_and_one_webhook_naming_the_job_and_the_error() {
     let _ = smtp.kill();
     let _ = smtp.wait();
 }
+
+/// The runs `cairn serve`'s scheduler recorded for `job` (its jobs name the server's URL, so
+/// their records are in the server's state folder).
+fn served_runs(state: &Path, job: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(state.join("cairn/job-runs").join(format!("{job}.json")))
+        .map(|t| json(&t).as_array().cloned().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+#[test]
+fn cairn_serve_runs_the_schedule_and_a_missed_run_only_once() {
+    use cairn_tests::serve::{Server, token};
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = TestStore::new("256K");
+    let admin = token(&store.path(), "ops", "admin", "*");
+    std::fs::write(w.join("admin.token"), &admin).expect("token file");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let state = w.join("state");
+    let file = w.join("jobs.toml");
+    // The server holds its store's write lock: its jobs reach the store through it.
+    std::fs::write(
+        &file,
+        format!(
+            "[defaults]\nstore = \"https://127.0.0.1:{port}\"\ntoken-file = \"{token}\"\n\
+             server-ca = \"{ca}\"\n\n[jobs.tick]\nrun = \"gc\"\nschedule = \"*:0/10\"\ndry-run = true\n\n\
+             [jobs.nightly]\nrun = \"gc\"\nschedule = \"daily\"\ndry-run = true\n",
+            token = w.join("admin.token").display(),
+            ca = store.path().join("tls/cert.pem").display(),
+        ),
+    )
+    .expect("job file");
+    let jobs = file.to_str().expect("utf-8");
+    // A clock 600 times as fast from 00:00:30: `*:0/10` comes every real second, `daily` not
+    // for two minutes.
+    let env = |clock: Option<&str>| {
+        let mut e = vec![("XDG_STATE_HOME", state.display().to_string())];
+        if let Some(c) = clock {
+            e.push(("CAIRN_JOB_CLOCK", c.to_owned()));
+        }
+        e
+    };
+    let mut server = Server::start_with(
+        &store.path(),
+        port,
+        &["--jobs", jobs],
+        &env(Some("2026-12-07T00:00:30Z*600")),
+    );
+    cairn_tests::wait_until("three runs of tick", || {
+        served_runs(&state, "tick").len() >= 3
+    });
+    server.stop();
+    let ticks = served_runs(&state, "tick");
+    for r in &ticks {
+        assert_eq!(r["outcome"], "ok", "{r}");
+        assert_eq!(r["trigger"], "serve", "{r}");
+    }
+    assert!(served_runs(&state, "nightly").is_empty());
+
+    // nightly last ran three days ago: the server, started again, runs it once, not three times.
+    let ago = (chrono::Utc::now() - chrono::Duration::days(3)).to_rfc3339();
+    std::fs::write(
+        state.join("cairn/job-runs/nightly.json"),
+        format!(
+            r#"[{{"job": "nightly", "started": "{ago}", "ended": "{ago}", "outcome": "ok",
+                "exit_code": 0, "error": null, "command": ["gc"], "points": [],
+                "bytes_stored": 0, "waited_seconds": null, "trigger": "timer"}}]"#
+        ),
+    )
+    .expect("an old record");
+    let mut server = Server::start_with(&store.path(), port, &["--jobs", jobs], &env(None));
+    cairn_tests::wait_until("the missed nightly run", || {
+        served_runs(&state, "nightly").len() >= 2
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    server.stop();
+    let nightly = served_runs(&state, "nightly");
+    assert_eq!(nightly.len(), 2, "{nightly:?}");
+    assert_eq!(nightly[1]["trigger"], "serve");
+    assert_eq!(nightly[1]["outcome"], "ok", "{}", nightly[1]);
+}
