@@ -41,6 +41,8 @@ pub struct Extras {
     pub hold: Option<chrono::DateTime<chrono::Utc>>,
     /// Each point's last boot check ([`cairn_gc::history::boot_checks`]), by point id.
     pub boot_checks: BTreeMap<String, Value>,
+    /// The runs of each job kept in the store ([`cairn_jobs::record`]), oldest first.
+    pub job_runs: BTreeMap<String, Vec<cairn_jobs::Run>>,
 }
 
 impl Extras {
@@ -58,6 +60,7 @@ impl Extras {
                 .ok()
                 .and_then(|c| c.retention_cutoff(chrono::Utc::now())),
             boot_checks: cairn_gc::history::boot_checks(root),
+            job_runs: cairn_jobs::record::all_runs(&root.join(cairn_jobs::record::RUNS_DIR)),
         }
     }
 }
@@ -229,6 +232,7 @@ pub fn build(
             }
             v
         }),
+        "jobs": jobs_json(&extras.job_runs, tz),
         "reclaimable_bytes": reclaimable.map(|g| g.garbage_freed + g.orphan_bytes),
         "garbage_bytes": reclaimable.map(|g| g.garbage_freed),
         "garbage_frames": reclaimable.map(|g| g.garbage_frames),
@@ -256,6 +260,37 @@ pub fn build(
             })),
         }))).collect::<Vec<_>>(),
     })
+}
+
+/// Each job's last run and last success, from the runs the store keeps.
+fn jobs_json(runs: &BTreeMap<String, Vec<cairn_jobs::Run>>, tz: chrono_tz::Tz) -> Value {
+    let shown = |t: &chrono::DateTime<chrono::Utc>| {
+        t.with_timezone(&tz)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    Value::Array(
+        runs.iter()
+            .filter_map(|(job, r)| {
+                let last = r.last()?;
+                let ok = r.iter().rev().find(|r| r.outcome == cairn_jobs::Outcome::Ok);
+                Some(json!({
+                    "job": job,
+                    "runs_kept": r.len(),
+                    "last_run": {
+                        "started": shown(&last.started),
+                        "seconds": (last.ended - last.started).num_milliseconds() as f64 / 1000.0,
+                        "outcome": last.outcome,
+                        "exit_code": last.exit_code,
+                        "error": last.error.as_deref().and_then(|e| e.lines().last()),
+                        "points": last.points.len(),
+                        "bytes_stored": last.bytes_stored,
+                        "trigger": last.trigger,
+                    },
+                    "last_success": ok.map(|r| shown(&r.started)),
+                }))
+            })
+            .collect(),
+    )
 }
 
 /// The VM a row of the report document belongs to, as `VmKey` says it: its UUID and pool when

@@ -185,6 +185,7 @@ pub fn render(doc: &Value, options: &PageOptions) -> String {
     savings_section(&mut h, doc);
     growth_section(&mut h, doc);
     verify_section(&mut h, doc);
+    jobs_section(&mut h, doc);
     ranking_section(&mut h, doc);
     vm_sections(&mut h, doc, options);
     let _ = write!(h, "</main><script>{SCRIPT}</script></body></html>");
@@ -410,6 +411,49 @@ fn growth_section(h: &mut String, doc: &Value) {
         _ => {}
     }
     h.push_str("</p></section>");
+}
+
+/// Each job's last run, a failed one in red (`cairn job`).
+fn jobs_section(h: &mut String, doc: &Value) {
+    let Some(jobs) = doc["jobs"].as_array().filter(|j| !j.is_empty()) else {
+        return;
+    };
+    h.push_str(
+        "<section id=\"jobs\"><h2>Jobs</h2><table><thead><tr><th>Job</th><th>Last run</th>\
+         <th>Outcome</th><th>Points</th><th>Last success</th></tr></thead><tbody>",
+    );
+    for j in jobs {
+        let last = &j["last_run"];
+        let outcome = s(&last["outcome"]);
+        let (class, word) = match outcome {
+            "ok" => ("ok", "ok".to_owned()),
+            "skipped" => ("", "skipped".to_owned()),
+            _ => (
+                "bad",
+                format!(
+                    "FAILED{}{}",
+                    last["exit_code"]
+                        .as_i64()
+                        .map(|c| format!(" (exit {c})"))
+                        .unwrap_or_default(),
+                    last["error"]
+                        .as_str()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+            ),
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{}</td></tr>",
+            esc(s(&j["job"])),
+            esc(s(&last["started"])),
+            esc(&word),
+            last["points"].as_u64().unwrap_or(0),
+            esc(j["last_success"].as_str().unwrap_or("never")),
+        );
+    }
+    h.push_str("</tbody></table></section>");
 }
 
 fn verify_section(h: &mut String, doc: &Value) {

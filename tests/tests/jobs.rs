@@ -141,6 +141,24 @@ to = "{replica}"
     );
     assert!(web_run["bytes_stored"].as_u64().expect("bytes") > 0);
     assert_eq!(web_run["trigger"], "manual");
+    // The report says each job's last run, the failed one with its error, in red on the page.
+    let report = json(&ok(&mut store.cmd(&["report", "--json"])));
+    let jobs = report["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs.len(), 6, "{report}");
+    let db_job = jobs.iter().find(|j| j["job"] == "db01").expect("db01");
+    assert_eq!(db_job["last_run"]["outcome"], "failed", "{db_job}");
+    assert!(db_job["last_success"].is_null(), "{db_job}");
+    assert!(
+        db_job["last_run"]["error"].as_str().expect("error").contains("no point yet"),
+        "{db_job}"
+    );
+    let page = w.join("report.html");
+    ok(store.cmd(&["report", "--html"]).arg(&page));
+    let html = std::fs::read_to_string(&page).expect("page");
+    assert!(
+        html.contains("<section id=\"jobs\">") && html.contains("<td class=\"bad\">FAILED (exit 1)"),
+        "no failed job on the page"
+    );
     // What each backup job made is what the store holds, with the job's identity and tags.
     let listed = json(&ok(&mut store.cmd(&["list", "--json"])));
     let web_point = listed

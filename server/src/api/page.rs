@@ -55,8 +55,9 @@ pub(super) async fn vm_page(
 }
 
 /// The fields of the report document about the whole store, which only an admin token reads.
-const STORE_WIDE: [&str; 10] = [
+const STORE_WIDE: [&str; 11] = [
     "store",
+    "jobs",
     "reclaimable_bytes",
     "growth",
     "filesystem",
