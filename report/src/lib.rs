@@ -272,7 +272,10 @@ fn jobs_json(runs: &BTreeMap<String, Vec<cairn_jobs::Run>>, tz: chrono_tz::Tz) -
         runs.iter()
             .filter_map(|(job, r)| {
                 let last = r.last()?;
-                let ok = r.iter().rev().find(|r| r.outcome == cairn_jobs::Outcome::Ok);
+                let ok = r
+                    .iter()
+                    .rev()
+                    .find(|r| r.outcome == cairn_jobs::Outcome::Ok);
                 Some(json!({
                     "job": job,
                     "runs_kept": r.len(),

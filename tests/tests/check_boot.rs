@@ -352,27 +352,23 @@ fn through_a_server_an_admin_token_boots_a_point_on_the_servers_machine() {
         );
     }
     let record = r#"{"record": {"booted": true, "why": "booted", "seconds": 1.0, "accel": "kvm"}}"#;
-    let (code, answer) = call(
-        &server,
-        "PUT",
-        &format!("/api/v1/points/{q}/boot-check"),
-        &[bearer(&reader), "Content-Type: application/json".into()],
-        Some(record.as_bytes()),
-    );
+    // A JSON body to a point's boot-check endpoint.
+    let send = |method: &str, point: &str, tok: &str, body: &str| {
+        call(
+            &server,
+            method,
+            &format!("/api/v1/points/{point}/boot-check"),
+            &[bearer(tok), "Content-Type: application/json".into()],
+            Some(body.as_bytes()),
+        )
+    };
+    let (code, answer) = send("PUT", &q, &reader, record);
     assert_eq!(code, 403, "{answer}");
     // Bodies a careless or hostile admin sends are refused before any VM starts: a guest
     // time past the server's request limit, too little or too much memory, an unknown
     // firmware, field or accelerator, too many texts; a record of another shape, a screenshot
     // that is no PNG.
-    let post = |body: &str| {
-        call(
-            &server,
-            "POST",
-            &format!("/api/v1/points/{p}/boot-check"),
-            &[bearer(&admin), "Content-Type: application/json".into()],
-            Some(body.as_bytes()),
-        )
-    };
+    let post = |body: &str| send("POST", &p, &admin, body);
     let many = serde_json::json!({ "expect": vec!["x"; 17] }).to_string();
     for body in [
         r#"{"timeout_seconds": 100000}"#,
@@ -389,15 +385,7 @@ fn through_a_server_an_admin_token_boots_a_point_on_the_servers_machine() {
         let (code, answer) = post(body);
         assert_eq!(code, 400, "{body}: {answer}");
     }
-    let put = |body: &str| {
-        call(
-            &server,
-            "PUT",
-            &format!("/api/v1/points/{q}/boot-check"),
-            &[bearer(&admin), "Content-Type: application/json".into()],
-            Some(body.as_bytes()),
-        )
-    };
+    let put = |body: &str| send("PUT", &q, &admin, body);
     let long = "x".repeat(5000);
     for body in [
         r#"{"record": {"booted": "yes", "why": "booted", "seconds": 1.0, "accel": "kvm"}}"#.to_owned(),

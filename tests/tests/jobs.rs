@@ -149,14 +149,18 @@ to = "{replica}"
     assert_eq!(db_job["last_run"]["outcome"], "failed", "{db_job}");
     assert!(db_job["last_success"].is_null(), "{db_job}");
     assert!(
-        db_job["last_run"]["error"].as_str().expect("error").contains("no point yet"),
+        db_job["last_run"]["error"]
+            .as_str()
+            .expect("error")
+            .contains("no point yet"),
         "{db_job}"
     );
     let page = w.join("report.html");
     ok(store.cmd(&["report", "--html"]).arg(&page));
     let html = std::fs::read_to_string(&page).expect("page");
     assert!(
-        html.contains("<section id=\"jobs\">") && html.contains("<td class=\"bad\">FAILED (exit 1)"),
+        html.contains("<section id=\"jobs\">")
+            && html.contains("<td class=\"bad\">FAILED (exit 1)"),
         "no failed job on the page"
     );
     // What each backup job made is what the store holds, with the job's identity and tags.

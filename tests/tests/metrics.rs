@@ -83,6 +83,7 @@ fn metrics_pass_promtool_and_say_no_more_than_the_token_may_read() {
         "cairn_last_verify_clean 1",
         "cairn_job_last_run_ok{job=\"nightly-gc\"} 1",
         "cairn_sessions_open 0",
+        "cairn_gc_reclaimable_bytes 0",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
     }

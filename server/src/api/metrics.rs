@@ -3,8 +3,9 @@
 //! `/metrics` wants a restore or admin token (`Authorization: Bearer`, as Prometheus's
 //! `authorization: credentials_file` sends it): it names VMs. A restore token gets its VMs'
 //! series only, without the store-wide ones, as the report page does. Everything it says is
-//! read from the catalogue and the store's records, never from the packs: a scrape stays
-//! cheap however large the store is.
+//! read from the catalogue and the store's records, but the garbage figure: a collection's dry
+//! run (it walks the points' trees), made at most every 10 minutes, so that scrapes stay cheap
+//! however large the store is.
 //!
 //! `/healthz` takes no token and says nothing of the store but whether its catalogue reads:
 //! `200 ok`, or `503` with why.
@@ -49,6 +50,13 @@ impl Requests {
             .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
 }
+
+/// How long a computed garbage figure is shown before it is computed again (it is a garbage
+/// collection's dry run: not for every scrape).
+const GARBAGE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The last garbage figure and when it was made.
+static GARBAGE: Mutex<Option<(std::time::Instant, Option<u64>)>> = Mutex::new(None);
 
 /// The server's request counters (one server per process).
 pub static REQUESTS: std::sync::LazyLock<Requests> = std::sync::LazyLock::new(Requests::default);
@@ -189,6 +197,27 @@ pub(super) async fn metrics(State(app): State<Shared>, headers: HeaderMap) -> An
                     &[],
                     f64::from(u8::from(v["clean"] == true)),
                 );
+            }
+            let garbage = {
+                let mut kept = GARBAGE
+                    .lock()
+                    .map_err(|_| super::ApiError::internal("metrics lock"))?;
+                match *kept {
+                    Some((at, bytes)) if at.elapsed() < GARBAGE_EVERY => bytes,
+                    _ => {
+                        let bytes = app.reclaimable().map(|g| g.garbage_freed + g.orphan_bytes);
+                        *kept = Some((std::time::Instant::now(), bytes));
+                        bytes
+                    }
+                }
+            };
+            if let Some(bytes) = garbage {
+                o.metric(
+                    "cairn_gc_reclaimable_bytes",
+                    "gauge",
+                    "What a garbage collection would free (computed at most every 10 minutes).",
+                );
+                o.sample("cairn_gc_reclaimable_bytes", &[], bytes as f64);
             }
             jobs(&mut o, &app.store.root().join(cairn_jobs::record::RUNS_DIR));
             o.metric("cairn_sessions_open", "gauge", "Backup sessions open now.");
