@@ -316,7 +316,15 @@ fn run(path: &Path, names: &[String], all: bool, as_json: bool, trigger: &str) -
     let mut failed = false;
     for job in jobs {
         let store = store_of(job);
-        let points = || points_of(store.as_deref());
+        let server = server_of(job);
+        let points = || match &server {
+            Some(remote) => cairn_store::StoreRead::points(remote).ok().map(|ps| {
+                ps.into_iter()
+                    .map(|p| (p.id.to_string(), p.stats.new_stored_bytes))
+                    .collect()
+            }),
+            None => points_of(store.as_deref()),
+        };
         let runner = cairn_jobs::Runner {
             exe: exe.clone(),
             locks: cairn_jobs::run::lock_dir(),
@@ -332,6 +340,16 @@ fn run(path: &Path, names: &[String], all: bool, as_json: bool, trigger: &str) -
         if let Err(e) = record::append(&kept, &r) {
             eprintln!("warning: job {}: its run was not recorded: {e}", job.name);
         }
+        // A job on a server's store: its store keeps the record too (for its report and
+        // metrics).
+        if let Some(remote) = &server
+            && let Err(e) = remote.record_job_run(&serde_json::to_value(&r)?)
+        {
+            eprintln!(
+                "warning: job {}: the server did not keep its run: {e}",
+                job.name
+            );
+        }
         for e in file
             .notify
             .tell(job.notify.unwrap_or(file.notify.on), &r, &file.path)
@@ -346,6 +364,30 @@ fn run(path: &Path, names: &[String], all: bool, as_json: bool, trigger: &str) -
         }
     }
     Ok(i32::from(failed))
+}
+
+/// The server a job's store is, reached with the job's own token and certificate check (none
+/// when the store is a folder or the server cannot be reached now).
+fn server_of(job: &Job) -> Option<cairn_remote::Remote> {
+    let url = store_of(job).filter(|s| cairn_remote::is_remote(s))?;
+    let token = match job.flag("token-file") {
+        Some(f) => std::fs::read_to_string(f).ok()?,
+        None => std::env::var("CAIRN_TOKEN").ok()?,
+    };
+    let opts = cairn_remote::Options {
+        token: token.trim().to_owned(),
+        tls: cairn_remote::TlsOptions {
+            ca_file: job
+                .flag("server-ca")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("CAIRN_SERVER_CA").map(PathBuf::from)),
+            fingerprint: job
+                .flag("fingerprint")
+                .map(str::to_owned)
+                .or_else(|| std::env::var("CAIRN_FINGERPRINT").ok()),
+        },
+    };
+    cairn_remote::Remote::connect(&url, &opts).ok()
 }
 
 /// The store's points as `(id, bytes each added)`, for a store folder.

@@ -29,6 +29,7 @@ pub enum Outcome {
 
 /// One run of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Run {
     /// The job.
     pub job: String,
@@ -73,11 +74,74 @@ fn io(path: &Path, source: std::io::Error) -> RecordError {
     }
 }
 
+/// The longest text a record takes from elsewhere (its error), and the most of its lists.
+const MAX_TEXT: usize = 16 << 10;
+const MAX_ITEMS: usize = 1000;
+
+/// Whether `name` may name a job (and so a record's file): letters, digits, `-`, `_`, `.`, not
+/// starting with `.`, at most 100 bytes.
+#[must_use]
+pub fn is_job_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Run {
+    /// Checks a record that came from elsewhere (a client of `cairn serve`): a job name that
+    /// names a file in the records' folder and nothing else, texts and lists of bounded size,
+    /// point ids of 32 hex digits, a known trigger.
+    ///
+    /// # Errors
+    /// What is wrong with it.
+    pub fn check(&self) -> Result<(), String> {
+        if !is_job_name(&self.job) {
+            return Err(format!(
+                "job {:?}: letters, digits, '-', '_' and '.', not first, at most 100",
+                self.job
+            ));
+        }
+        if self.error.as_ref().is_some_and(|e| e.len() > MAX_TEXT)
+            || self.command.len() > MAX_ITEMS
+            || self.command.iter().any(|c| c.len() > MAX_TEXT)
+        {
+            return Err(format!("error or command: at most {MAX_TEXT} bytes each"));
+        }
+        if self.points.len() > MAX_ITEMS
+            || !self
+                .points
+                .iter()
+                .all(|p| p.len() == 32 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(format!("points: at most {MAX_ITEMS} ids of 32 hex digits"));
+        }
+        if !["manual", "timer", "serve"].contains(&self.trigger.as_str()) {
+            return Err(format!(
+                "trigger {:?}: manual, timer or serve",
+                self.trigger
+            ));
+        }
+        if self.ended < self.started {
+            return Err("it ended before it started".into());
+        }
+        Ok(())
+    }
+}
+
 /// Appends `run` to its job's records in `dir` (the oldest beyond [`KEPT`] dropped).
 ///
 /// # Errors
 /// The folder or file that cannot be written.
 pub fn append(dir: &Path, run: &Run) -> Result<(), RecordError> {
+    if !is_job_name(&run.job) {
+        return Err(io(
+            dir,
+            std::io::Error::other(format!("{:?} cannot name a job", run.job)),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let lock_path = dir.join(format!(".{}.lock", run.job));
     let lock = std::fs::OpenOptions::new()

@@ -317,6 +317,20 @@ impl Remote {
         )
     }
 
+    /// Hands the server the record of a job run here against its store (`run`: the record as
+    /// `cairn-jobs` writes it), kept with the store's job runs (a backup or admin token).
+    ///
+    /// # Errors
+    /// The server's refusal.
+    pub fn record_job_run(&self, run: &serde_json::Value) -> Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            "job-runs",
+            Some(Body::Json(run.to_string())),
+        )
+        .map(drop)
+    }
+
     /// The screenshot (PNG) of point `id`'s last boot check.
     ///
     /// # Errors

@@ -569,6 +569,12 @@ fn cairn_serve_runs_the_schedule_and_a_missed_run_only_once() {
         assert_eq!(r["trigger"], "serve", "{r}");
     }
     assert!(served_runs(&state, "nightly").is_empty());
+    // The server's store keeps them too (its report and metrics say them).
+    let kept = json(
+        &std::fs::read_to_string(store.path().join("job-runs/tick.json"))
+            .expect("the store's records"),
+    );
+    assert!(kept.as_array().is_some_and(|r| r.len() >= 3), "{kept}");
 
     // nightly last ran three days ago: the server, started again, runs it once, not three times.
     let ago = (chrono::Utc::now() - chrono::Duration::days(3)).to_rfc3339();

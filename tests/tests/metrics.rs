@@ -115,4 +115,41 @@ fn metrics_pass_promtool_and_say_no_more_than_the_token_may_read() {
         403
     );
     assert_eq!(call(&server, "GET", "/metrics", &[], None).0, 401);
+
+    // A host records the runs of its jobs in the store; what names no job, or carries more
+    // than a record, is refused, and a restore token records nothing.
+    let record = |job: &str, extra: &str| {
+        format!(
+            r#"{{"job": "{job}", "started": "2026-12-07T01:00:00Z", "ended": "2026-12-07T01:00:05Z",
+                "outcome": "ok", "exit_code": 0, "error": null, "command": ["backup"], "points": [],
+                "bytes_stored": 0, "waited_seconds": null, "trigger": "timer"{extra}}}"#
+        )
+    };
+    let post = |tok: &str, body: &str| {
+        call(
+            &server,
+            "POST",
+            "/api/v1/job-runs",
+            &[bearer(tok), "Content-Type: application/json".into()],
+            Some(body.as_bytes()),
+        )
+    };
+    assert_eq!(post(&host, &record("host-backup", "")).0, 200);
+    for (body, code) in [
+        (record("../../escape", ""), 400),
+        (record(".hidden", ""), 400),
+        (record("x", r#", "more": 1"#), 400),
+        (record("x", "").replace("\"timer\"", "\"cron\""), 400),
+        (record("host-backup", ""), 403),
+    ] {
+        let tok = if code == 403 { &reader } else { &host };
+        assert_eq!(post(tok, &body).0, code, "{body}");
+    }
+    assert!(store.path().join("job-runs/host-backup.json").is_file());
+    assert!(!store.path().join("escape.json").exists());
+    let (_, text) = call(&server, "GET", "/metrics", &[bearer(&admin)], None);
+    assert!(
+        text.contains("cairn_job_last_run_ok{job=\"host-backup\"} 1"),
+        "{text}"
+    );
 }

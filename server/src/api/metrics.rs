@@ -339,6 +339,27 @@ fn requests(o: &mut Out) {
     );
 }
 
+/// `POST /api/v1/job-runs`: the record of a job run on a client against this store (`cairn job
+/// run` with `store = "https://..."`), kept beside the runs of the server's own jobs. A backup
+/// or admin token (the hosts that run the jobs); the record is checked before it is kept.
+pub(super) async fn record_job_run(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Answer<axum::Json<serde_json::Value>> {
+    app.authorize(&headers, &[Role::Backup, Role::Admin], "record job runs")?;
+    let run: cairn_jobs::Run = super::chunks::json_body(&body)?;
+    run.check()
+        .map_err(|e| super::ApiError::bad(format!("a job run's record: {e}")))?;
+    blocking(move || {
+        let dir = app.store.root().join(cairn_jobs::record::RUNS_DIR);
+        cairn_jobs::record::append(&dir, &run)
+            .map_err(|e| super::ApiError::internal(&e.to_string()))?;
+        Ok(axum::Json(serde_json::json!({"recorded": run.job})))
+    })
+    .await
+}
+
 /// `GET /healthz`: whether the store's catalogue reads (no token; nothing else is said).
 pub(super) async fn healthz(State(app): State<Shared>) -> Response {
     match blocking(move || Ok(app.store.points().map(|_| ())?)).await {

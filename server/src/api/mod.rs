@@ -203,6 +203,7 @@ pub fn router(app: Shared) -> axum::Router {
         .route("/api/v1/gc", post(admin::gc))
         .route("/api/v1/report", get(page::report))
         .route("/metrics", get(metrics::metrics))
+        .route("/api/v1/job-runs", post(metrics::record_job_run))
         .route("/healthz", get(metrics::healthz))
         .route("/", get(page::page))
         .route("/vm/{vm}", get(page::vm_page))
