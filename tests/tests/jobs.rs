@@ -598,3 +598,117 @@ fn cairn_serve_runs_the_schedule_and_a_missed_run_only_once() {
     assert_eq!(nightly[1]["trigger"], "serve");
     assert_eq!(nightly[1]["outcome"], "ok", "{}", nightly[1]);
 }
+
+/// An SMTP server (aiosmtpd's, through its Python API) on 127.0.0.1 at a free port that takes
+/// mail only over STARTTLS with `cert`/`key`, and only from `user` with `password` (AUTH after
+/// TLS), delivering into the Maildir `maildir`.
+fn smtp_server_with_auth(
+    maildir: &Path,
+    cert: &Path,
+    key: &Path,
+    user: &str,
+    password: &str,
+) -> (std::process::Child, u16) {
+    let script = r#"
+import ssl, sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+from aiosmtpd.smtp import AuthResult, LoginPassword
+maildir, cert, key, user, password, port = sys.argv[1:7]
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(cert, key)
+def check(server, session, envelope, mechanism, data):
+    ok = isinstance(data, LoginPassword) and data.login == user.encode() and data.password == password.encode()
+    return AuthResult(success=ok)
+c = Controller(Mailbox(maildir), hostname='127.0.0.1', port=int(port), tls_context=ctx,
+               require_starttls=True, authenticator=check, auth_required=True, auth_require_tls=True)
+c.start()
+time.sleep(600)
+"#;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new("python3")
+        .args(["-c", script])
+        .arg(maildir)
+        .arg(cert)
+        .arg(key)
+        .args([user, password, &port.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("aiosmtpd (scripts/setup.sh installs it with pip)");
+    cairn_tests::wait_until("aiosmtpd listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (child, port)
+}
+
+#[test]
+fn mail_goes_over_starttls_with_its_login_only_to_a_server_whose_certificate_checks() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let store = TestStore::new("256K");
+    let (ca, cert, key) = cairn_tests::certificates(w);
+    let maildir = w.join("mail");
+    let (mut smtp, port) = smtp_server_with_auth(&maildir, &cert, &key, "cairn", "s3cret pass");
+    std::fs::write(w.join("good.pass"), "s3cret pass\n").expect("password");
+    std::fs::write(w.join("bad.pass"), "guess\n").expect("password");
+    let write = |name: &str, extra: &str| {
+        let file = w.join(name);
+        std::fs::write(
+            &file,
+            format!(
+                "[notify]\nmail.to = [\"ops@example.com\"]\nmail.from = \"cairn@backup1.example.com\"\n\
+                 mail.smtp = \"smtp://127.0.0.1:{port}\"\nmail.user = \"cairn\"\n{extra}\n\
+                 [jobs.broken]\nrun = \"backup\"\nstore = \"{}\"\nvm = \"web09\"\ndisks.xvda = \"{}\"\n",
+                store.path().display(),
+                w.join("gone.raw").display(),
+            ),
+        )
+        .expect("job file");
+        file
+    };
+    let mails = || std::fs::read_dir(maildir.join("new")).map_or(0, |d| d.count());
+    let ca_line = format!("mail.ca-file = \"{}\"", ca.display());
+    // (A wrong password costs lettre's 30 s timeout against aiosmtpd: it tries LOGIN after
+    // PLAIN is refused, and aiosmtpd waits for more.)
+    let told = |file: &Path| {
+        let out = run(&mut job(file, &["run", "broken"]));
+        assert_eq!(out.status.code(), Some(1));
+        error_text(&out)
+    };
+    // Its CA named and the right password: the mail goes, over STARTTLS, logged in.
+    let good = write(
+        "good.toml",
+        &format!(
+            "{ca_line}\nmail.password-file = \"{}\"",
+            w.join("good.pass").display()
+        ),
+    );
+    let err = told(&good);
+    assert!(!err.contains("not told"), "{err}");
+    assert_eq!(mails(), 1);
+    // A wrong password, and a certificate nothing vouches for: no mail, and the run says so.
+    let bad = write(
+        "bad.toml",
+        &format!(
+            "{ca_line}\nmail.password-file = \"{}\"",
+            w.join("bad.pass").display()
+        ),
+    );
+    let unknown = write(
+        "unknown.toml",
+        &format!("mail.password-file = \"{}\"", w.join("good.pass").display()),
+    );
+    for file in [bad, unknown] {
+        let err = told(&file);
+        assert!(
+            err.contains("not told") && err.contains("mail via smtp://"),
+            "{err}"
+        );
+    }
+    assert_eq!(mails(), 1);
+    let _ = smtp.kill();
+    let _ = smtp.wait();
+}
