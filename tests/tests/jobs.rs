@@ -413,17 +413,14 @@ for _ in range(20):
     (child, line.trim().parse().expect("port"))
 }
 
-/// aiosmtpd (a real SMTP server, from PyPI: scripts/setup.sh installs it) on 127.0.0.1 at a
-/// free port, delivering into the Maildir `maildir`.
-fn smtp_server(maildir: &Path) -> (std::process::Child, u16) {
+/// An SMTP server started by `command` (given the free port of 127.0.0.1 it is to listen on),
+/// once it listens.
+fn smtp_at_a_free_port(command: impl FnOnce(u16) -> Command) -> (std::process::Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let child = Command::new("python3")
-        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-        .args(["-c", "aiosmtpd.handlers.Mailbox"])
-        .arg(maildir)
+    let child = command(port)
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("aiosmtpd (scripts/setup.sh installs it with pip)");
@@ -431,6 +428,18 @@ fn smtp_server(maildir: &Path) -> (std::process::Child, u16) {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     (child, port)
+}
+
+/// aiosmtpd (a real SMTP server, from PyPI: scripts/setup.sh installs it) on 127.0.0.1 at a
+/// free port, delivering into the Maildir `maildir`.
+fn smtp_server(maildir: &Path) -> (std::process::Child, u16) {
+    smtp_at_a_free_port(|port| {
+        let mut c = Command::new("python3");
+        c.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(maildir);
+        c
+    })
 }
 
 #[test]
@@ -625,23 +634,15 @@ c = Controller(Mailbox(maildir), hostname='127.0.0.1', port=int(port), tls_conte
 c.start()
 time.sleep(600)
 "#;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let child = Command::new("python3")
-        .args(["-c", script])
-        .arg(maildir)
-        .arg(cert)
-        .arg(key)
-        .args([user, password, &port.to_string()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("aiosmtpd (scripts/setup.sh installs it with pip)");
-    cairn_tests::wait_until("aiosmtpd listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    (child, port)
+    smtp_at_a_free_port(|port| {
+        let mut c = Command::new("python3");
+        c.args(["-c", script])
+            .arg(maildir)
+            .arg(cert)
+            .arg(key)
+            .args([user, password, &port.to_string()]);
+        c
+    })
 }
 
 #[test]
