@@ -30,6 +30,14 @@ impl Accel {
         }
     }
 
+    /// From its name (`kvm`, `tcg`): the inverse of [`Accel::name`].
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Kvm, Self::Tcg]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
+
     /// KVM when `/dev/kvm` opens for reading and writing, else TCG.
     #[must_use]
     pub fn best() -> Self {

@@ -398,8 +398,9 @@ fn on_server(
         "expect": a.expect,
         "timeout_seconds": a.timeout.as_secs(),
         "memory_mib": a.memory,
-        "firmware": format!("{:?}", a.firmware).to_lowercase(),
-        "accel": format!("{:?}", a.accel).to_lowercase(),
+        // The names the flags take are the ones the API takes.
+        "firmware": a.firmware.to_possible_value().map(|v| v.get_name().to_owned()),
+        "accel": a.accel.to_possible_value().map(|v| v.get_name().to_owned()),
         "guest_agent": a.guest_agent,
         "port": a.port,
     });

@@ -713,3 +713,31 @@ fn mail_goes_over_starttls_with_its_login_only_to_a_server_whose_certificate_che
     let _ = smtp.kill();
     let _ = smtp.wait();
 }
+
+#[test]
+fn a_disk_fed_by_a_command_that_fails_fails_the_run_with_the_commands_words() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let store = TestStore::new("256K");
+    let file = work.path().join("jobs.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[jobs.fed]\nrun = \"backup\"\nstore = \"{}\"\nvm = \"fed\"\n\
+             disks.xvda = {{ command = \"echo 'xe: VDI export refused' >&2; exit 3\" }}\n",
+            store.path().display()
+        ),
+    )
+    .expect("job file");
+    let out = run(&mut job(&file, &["run", "--json", "fed"]));
+    assert_eq!(out.status.code(), Some(1), "{}", error_text(&out));
+    let line = json(String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(line["outcome"], "failed", "{line}");
+    let error = line["error"].as_str().expect("error");
+    assert!(
+        error.contains("the command feeding the backup") && error.contains("VDI export refused"),
+        "{line}"
+    );
+    // Nothing was stored for it.
+    let listed = json(&ok(&mut store.cmd(&["list", "--json"])));
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+}

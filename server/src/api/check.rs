@@ -76,9 +76,9 @@ impl BootCheckBody {
             .ok_or_else(|| ApiError::bad("firmware: auto, bios or uefi"))?;
         let accel = match self.accel.as_deref().unwrap_or("auto") {
             "auto" => None,
-            "kvm" => Some(Accel::Kvm),
-            "tcg" => Some(Accel::Tcg),
-            _ => return Err(ApiError::bad("accel: auto, kvm or tcg")),
+            name => Some(
+                Accel::from_name(name).ok_or_else(|| ApiError::bad("accel: auto, kvm or tcg"))?,
+            ),
         };
         if self.port == Some(0) {
             return Err(ApiError::bad("port: from 1 to 65535"));
