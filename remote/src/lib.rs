@@ -11,6 +11,7 @@
 //!
 //! Reading is [`read`], backing up [`upload`]; this file connects and makes the requests.
 
+mod ahead;
 mod read;
 mod tls;
 mod upload;
@@ -42,9 +43,7 @@ pub struct Options {
 
 /// A store behind `cairn serve`.
 pub struct Remote {
-    base: String,
-    http: reqwest::blocking::Client,
-    token: String,
+    link: Arc<Link>,
     info: StoreInfo,
     /// How the store names and seals chunks; `None`: encrypted, and not given its key.
     keys: Option<cairn_store::Keys>,
@@ -53,115 +52,35 @@ pub struct Remote {
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Remote")
-            .field("base", &self.base)
+            .field("base", &self.link.base)
             .finish_non_exhaustive()
     }
 }
 
-pub(crate) fn remote_err(what: String, status: Option<u16>) -> Error {
-    Error::Remote { what, status }
+/// How requests reach the server: its URL, the connection pool, the token. Shared with the
+/// threads that read ahead.
+pub(crate) struct Link {
+    base: String,
+    http: reqwest::blocking::Client,
+    token: String,
 }
 
-impl Remote {
-    /// Connects to the server at `url` (`https://HOST:PORT`) and reads the store's
-    /// configuration with the token.
+impl Link {
+    /// One request to `/api/v1/{path}`, its answer's body into `answer` (cleared first, at most
+    /// `limit` bytes); a non-2xx answer is an error carrying the server's message.
     ///
     /// # Errors
-    /// A plain `http://` URL, a certificate that fails its check, a refused token, a server
-    /// that cannot be reached.
-    pub fn connect(url: &str, opts: &Options) -> Result<Self> {
-        let base = url.trim_end_matches('/').to_owned();
-        if !base.starts_with("https://") {
-            return Err(Error::Usage(format!(
-                "{url}: cairn talks to a server over HTTPS only (https://HOST:PORT)"
-            )));
-        }
-        if opts.token.is_empty() {
-            return Err(Error::Usage(format!(
-                "{url}: no token: set CAIRN_TOKEN or pass --token-file FILE"
-            )));
-        }
-        let http = reqwest::blocking::Client::builder()
-            .use_preconfigured_tls(tls::client_config(&opts.tls)?)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
-            .pool_max_idle_per_host(8)
-            .build()
-            .map_err(|e| remote_err(format!("{url}: {e}"), None))?;
-        let mut remote = Self {
-            base,
-            http,
-            token: opts.token.trim().to_owned(),
-            info: StoreInfo {
-                config: StoreConfig::new(cairn_store::DEFAULT_CHUNK_SIZE)?,
-                server: String::new(),
-                token: String::new(),
-                role: cairn_api::Role::Restore,
-            },
-            keys: None,
-        };
-        remote.info = serde_json::from_slice(&remote.call(reqwest::Method::GET, "store", None)?)
-            .map_err(|e| remote_err(format!("{url}: not a cairn server: {e}"), None))?;
-        if remote.info.config.encryption.is_none() {
-            remote.keys = Some(cairn_store::Keys::Clear);
-        }
-        Ok(remote)
-    }
-
-    /// Gives the server's encrypted store its key (this client's: the server never sees it):
-    /// refused, before any work, when it is not the store's key.
-    ///
-    /// # Errors
-    /// An unencrypted store, or another store's key.
-    pub fn unlock(&mut self, key: cairn_crypt::MasterKey) -> Result<()> {
-        let what = format!("the store at {}", self.base);
-        self.keys = Some(cairn_store::keys::keys_of(&self.info.config, key, &what)?);
-        Ok(())
-    }
-
-    /// The store's keys, when this client can name and open its chunks.
-    #[must_use]
-    pub fn chunk_keys(&self) -> Option<&cairn_store::Keys> {
-        self.keys.as_ref()
-    }
-
-    /// The store's keys, for work that names or opens chunks.
-    ///
-    /// # Errors
-    /// [`cairn_store::Error::NoKey`]: an encrypted store and no key given.
-    pub fn keys(&self) -> cairn_store::Result<&cairn_store::Keys> {
-        self.keys.as_ref().ok_or_else(|| cairn_store::Error::NoKey {
-            store: self.base.clone().into(),
-        })
-    }
-
-    /// The server's URL.
-    #[must_use]
-    pub fn url(&self) -> &str {
-        &self.base
-    }
-
-    /// What the server said of itself and of the token.
-    #[must_use]
-    pub fn info(&self) -> &StoreInfo {
-        &self.info
-    }
-
-    /// One request to `/api/v1/{path}`; a non-2xx answer is an error carrying the server's
-    /// message.
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<Body>) -> Result<Vec<u8>> {
-        self.call_within(method, path, body, None)
-    }
-
-    /// As [`Remote::call`], waiting up to `wait` for the answer instead of the client's 5
-    /// minutes (work the server does while the client waits: a boot check).
-    fn call_within(
+    /// The transport's failures, an answer longer than `limit`, the server's refusal.
+    pub(crate) fn call_into(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Body>,
         wait: Option<Duration>,
-    ) -> Result<Vec<u8>> {
+        answer: &mut Vec<u8>,
+        limit: u64,
+    ) -> Result<()> {
+        use std::io::Read;
         let url = format!("{}/api/v1/{path}", self.base);
         let mut req = self
             .http
@@ -201,23 +120,146 @@ impl Remote {
             remote_err(text, None)
         })?;
         let status = resp.status();
-        let bytes = resp.bytes().map_err(|e| {
-            remote_err(
-                format!("{what}: reading the answer: {e}"),
+        answer.clear();
+        let read = resp
+            .take(limit.saturating_add(1))
+            .read_to_end(answer)
+            .map_err(|e| {
+                remote_err(
+                    format!("{what}: reading the answer: {e}"),
+                    Some(status.as_u16()),
+                )
+            })?;
+        if read as u64 > limit {
+            return Err(remote_err(
+                format!("{what}: the answer is longer than the {limit} bytes it can be"),
                 Some(status.as_u16()),
-            )
-        })?;
+            ));
+        }
         if !status.is_success() {
-            let msg = serde_json::from_slice::<serde_json::Value>(&bytes)
+            let msg = serde_json::from_slice::<serde_json::Value>(answer)
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+                .unwrap_or_else(|| String::from_utf8_lossy(answer).into_owned());
             return Err(remote_err(
                 format!("{what}: the server answered {status}: {msg}"),
                 Some(status.as_u16()),
             ));
         }
-        Ok(bytes.to_vec())
+        Ok(())
+    }
+}
+
+pub(crate) fn remote_err(what: String, status: Option<u16>) -> Error {
+    Error::Remote { what, status }
+}
+
+impl Remote {
+    /// Connects to the server at `url` (`https://HOST:PORT`) and reads the store's
+    /// configuration with the token.
+    ///
+    /// # Errors
+    /// A plain `http://` URL, a certificate that fails its check, a refused token, a server
+    /// that cannot be reached.
+    pub fn connect(url: &str, opts: &Options) -> Result<Self> {
+        let base = url.trim_end_matches('/').to_owned();
+        if !base.starts_with("https://") {
+            return Err(Error::Usage(format!(
+                "{url}: cairn talks to a server over HTTPS only (https://HOST:PORT)"
+            )));
+        }
+        if opts.token.is_empty() {
+            return Err(Error::Usage(format!(
+                "{url}: no token: set CAIRN_TOKEN or pass --token-file FILE"
+            )));
+        }
+        let http = reqwest::blocking::Client::builder()
+            .use_preconfigured_tls(tls::client_config(&opts.tls)?)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(300))
+            .pool_max_idle_per_host(8)
+            .build()
+            .map_err(|e| remote_err(format!("{url}: {e}"), None))?;
+        let mut remote = Self {
+            link: Arc::new(Link {
+                base,
+                http,
+                token: opts.token.trim().to_owned(),
+            }),
+            info: StoreInfo {
+                config: StoreConfig::new(cairn_store::DEFAULT_CHUNK_SIZE)?,
+                server: String::new(),
+                token: String::new(),
+                role: cairn_api::Role::Restore,
+            },
+            keys: None,
+        };
+        remote.info = serde_json::from_slice(&remote.call(reqwest::Method::GET, "store", None)?)
+            .map_err(|e| remote_err(format!("{url}: not a cairn server: {e}"), None))?;
+        if remote.info.config.encryption.is_none() {
+            remote.keys = Some(cairn_store::Keys::Clear);
+        }
+        Ok(remote)
+    }
+
+    /// Gives the server's encrypted store its key (this client's: the server never sees it):
+    /// refused, before any work, when it is not the store's key.
+    ///
+    /// # Errors
+    /// An unencrypted store, or another store's key.
+    pub fn unlock(&mut self, key: cairn_crypt::MasterKey) -> Result<()> {
+        let what = format!("the store at {}", self.link.base);
+        self.keys = Some(cairn_store::keys::keys_of(&self.info.config, key, &what)?);
+        Ok(())
+    }
+
+    /// The store's keys, when this client can name and open its chunks.
+    #[must_use]
+    pub fn chunk_keys(&self) -> Option<&cairn_store::Keys> {
+        self.keys.as_ref()
+    }
+
+    /// The store's keys, for work that names or opens chunks.
+    ///
+    /// # Errors
+    /// [`cairn_store::Error::NoKey`]: an encrypted store and no key given.
+    pub fn keys(&self) -> cairn_store::Result<&cairn_store::Keys> {
+        self.keys.as_ref().ok_or_else(|| cairn_store::Error::NoKey {
+            store: self.link.base.clone().into(),
+        })
+    }
+
+    /// The server's URL.
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.link.base
+    }
+
+    /// What the server said of itself and of the token.
+    #[must_use]
+    pub fn info(&self) -> &StoreInfo {
+        &self.info
+    }
+
+    /// One request to `/api/v1/{path}`; a non-2xx answer is an error carrying the server's
+    /// message.
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Body>) -> Result<Vec<u8>> {
+        self.call_within(method, path, body, None)
+    }
+
+    /// As [`Remote::call`], waiting up to `wait` for the answer instead of the client's 5
+    /// minutes (work the server does while the client waits: a boot check).
+    fn call_within(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Body>,
+        wait: Option<Duration>,
+    ) -> Result<Vec<u8>> {
+        let mut answer = Vec::new();
+        self.link
+            .call_into(method, path, body, wait, &mut answer, u64::MAX)?;
+        Ok(answer)
     }
 
     fn json<T: serde::de::DeserializeOwned>(

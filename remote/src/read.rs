@@ -8,9 +8,6 @@ use cairn_store::{EncodedChunk, Error, RecoveryPoint, Result, StoreConfig, Store
 use crate::ids_bytes;
 use crate::{Body, Remote, remote_err};
 
-/// Bytes a restore asks for at once (its window).
-const READ_AHEAD: u64 = 16 << 20;
-
 /// Chunks per read request.
 const READ_GROUP: usize = 4;
 
@@ -31,10 +28,8 @@ impl StoreRead for Remote {
         Remote::chunk_keys(self)
     }
 
-    fn read_ahead(&self) -> u64 {
-        // Each window is several requests in flight; a bigger one keeps more of them going
-        // (a restore holds about four windows).
-        READ_AHEAD
+    fn batches(&self) -> Box<dyn cairn_store::BatchReader + '_> {
+        Box::new(crate::ahead::ReadAhead::new(self))
     }
 
     fn points(&self) -> Result<Vec<RecoveryPoint>> {
@@ -184,22 +179,52 @@ impl Remote {
 
     /// The chunks `ids` (at most [`MAX_READ`]) as stored, in order: not yet checked.
     fn fetch(&self, ids: &[ChunkId]) -> Result<Vec<Result<EncodedChunk>>> {
-        let body = self.call(
+        let mut body = Vec::new();
+        self.link.call_into(
             reqwest::Method::POST,
             "chunks/read",
             Some(Body::Bytes(ids_bytes(ids))),
+            None,
+            &mut body,
+            answer_limit(ids.len(), self.info.config.chunk_size),
         )?;
-        parse_read_answer(&body, ids)
+        Ok(parse_read_answer(&body, ids)?
+            .into_iter()
+            .map(|r| {
+                r.map(|(h, at)| EncodedChunk {
+                    id: h.id,
+                    kind: h.kind,
+                    codec: h.codec,
+                    plain_len: h.plain_len,
+                    bytes: body[at].to_vec(),
+                })
+            })
+            .collect())
     }
 }
 
-/// The records of a `chunks/read` answer, one per id asked (see docs/api.md): each a frame (not
-/// yet checked against its id beyond its header) or the server's message. The answer is
-/// hostile input: every length is checked against what is there, trailing bytes are refused.
+/// The longest answer `chunks/read` can give for `ids` chunks of `chunk_size` bytes: each a
+/// status, a frame header and stored bytes no longer than the chunk and what sealing adds, or
+/// a message of at most a few KiB (see docs/api.md).
+pub(crate) fn answer_limit(ids: usize, chunk_size: u32) -> u64 {
+    ids as u64 * (1 + pack::FRAME_HEADER_SIZE + u64::from(chunk_size) + 4096)
+}
+
+/// Where a frame's stored bytes are in an answer.
+pub(crate) type Span = std::ops::Range<usize>;
+
+/// The records of a `chunks/read` answer, one per id asked (see docs/api.md): each a frame's
+/// header and where its stored bytes are in `body` (framing checked, the bytes not yet checked
+/// against the id), or the server's message. The answer is hostile input: every length is
+/// checked against what is there, trailing bytes are refused.
 ///
 /// # Errors
-/// An answer that is cut short, has an unknown record status or bytes past its last record.
-fn parse_read_answer(body: &[u8], ids: &[ChunkId]) -> Result<Vec<Result<EncodedChunk>>> {
+/// An answer that is cut short, has an unknown record status, a malformed frame or bytes past
+/// its last record.
+pub(crate) fn parse_read_answer(
+    body: &[u8],
+    ids: &[ChunkId],
+) -> Result<Vec<Result<(pack::FrameHeader, Span)>>> {
     let mut out = Vec::with_capacity(ids.len());
     let mut at = 0usize;
     let short = || remote_err("chunks/read: the server's answer is cut short".into(), None);
@@ -208,20 +233,20 @@ fn parse_read_answer(body: &[u8], ids: &[ChunkId]) -> Result<Vec<Result<EncodedC
         at += 1;
         match status {
             READ_OK => {
-                let hl = pack::FRAME_HEADER_SIZE as usize;
-                let head = body.get(at..at + hl).ok_or_else(short)?;
-                let stored = u32::from_be_bytes([head[44], head[45], head[46], head[47]]) as usize;
-                let frame = body.get(at..at + hl + stored).ok_or_else(short)?;
-                let mut c = pack::decode_frames(frame, 1)
-                    .map_err(|e| remote_err(format!("chunks/read: {e}"), None))?;
-                at += hl + stored;
-                match c.pop() {
-                    Some(c) if c.id == *id => out.push(Ok(c)),
-                    _ => out.push(Err(Error::BadChunk {
+                let rest = body.get(at..).unwrap_or_default();
+                let (h, stored) = pack::frame_in(rest).map_err(|e| {
+                    remote_err(format!("chunks/read: byte {at} of the answer: {e}"), None)
+                })?;
+                let from = at + pack::FRAME_HEADER_SIZE as usize;
+                at = from + stored.len();
+                if h.id == *id {
+                    out.push(Ok((h, from..at)));
+                } else {
+                    out.push(Err(Error::BadChunk {
                         id: *id,
                         where_: "as the server sent it".into(),
                         what: "the server sent another chunk".into(),
-                    })),
+                    }));
                 }
             }
             READ_FAILED => {
@@ -272,7 +297,7 @@ mod tests {
         body.extend_from_slice(&4u32.to_be_bytes());
         body.extend_from_slice(b"gone");
         let got = parse_read_answer(&body, &[a.id, b.id]).expect("parses");
-        assert!(matches!(&got[0], Ok(c) if c.id == a.id));
+        assert!(matches!(&got[0], Ok((h, at)) if h.id == a.id && body[at.clone()] == a.bytes[..]));
         assert!(matches!(&got[1], Err(e) if e.to_string().contains("gone")));
         // Another chunk than the one asked for, a cut, trailing bytes, an unknown status.
         let other = parse_read_answer(&body, &[b.id, b.id]).expect("parses");

@@ -137,8 +137,11 @@ impl<S: StoreRead + ?Sized> BatchReader for InTurn<'_, S> {
     }
 }
 
-/// The oldest batch said, which is about to be read into `slots` slots.
-pub(crate) fn next_said<T>(said: &mut std::collections::VecDeque<T>, slots: usize) -> Result<T>
+/// The oldest batch said, which is about to be read into `slots` slots (for a [`BatchReader`]).
+///
+/// # Errors
+/// No batch was said, or it does not have `slots` chunks.
+pub fn next_said<T>(said: &mut std::collections::VecDeque<T>, slots: usize) -> Result<T>
 where
     T: AsRef<[ChunkId]>,
 {

@@ -171,6 +171,32 @@ pub fn corrupt_a_data_chunk(store: &TestStore) -> String {
     corrupt_a_data_chunk_in(pack)
 }
 
+/// Flips a byte in the first data chunk of the pack file `pack` and writes the frame's CRCs
+/// of the changed bytes (a lying disk, or a server that sends what it likes): only the chunk's
+/// id can tell. Returns the chunk's id.
+#[must_use]
+pub fn forge_a_data_chunk_in(pack: &Path) -> String {
+    let id = corrupt_a_data_chunk_in(pack);
+    let mut bytes = read(pack);
+    let mut at = 32usize;
+    loop {
+        let stored = u32::from_be_bytes(bytes[at + 44..at + 48].try_into().expect("len")) as usize;
+        let here: String = bytes[at + 8..at + 40]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if here == id {
+            let payload = crate::serve::crc32(&bytes[at + 56..at + 56 + stored]);
+            bytes[at + 52..at + 56].copy_from_slice(&payload.to_be_bytes());
+            let header = crate::serve::crc32(&bytes[at + 8..at + 56]);
+            bytes[at + 4..at + 8].copy_from_slice(&header.to_be_bytes());
+            std::fs::write(pack, &bytes).expect("write");
+            return id;
+        }
+        at += 56 + stored;
+    }
+}
+
 /// Flips a byte in the first data chunk of the pack file `pack`; returns the chunk's id.
 #[must_use]
 pub fn corrupt_a_data_chunk_in(pack: &Path) -> String {

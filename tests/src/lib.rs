@@ -26,8 +26,9 @@ use std::process::Stdio;
 use std::process::{Command, Output};
 
 pub use disks::{
-    assert_same_content, corrupt_a_data_chunk, corrupt_a_data_chunk_in, gen_disk, make_raw,
-    modify_raw, read, series, small_disk, vhd_and_delta, vhdi_to_raw, xo_chain3,
+    assert_same_content, corrupt_a_data_chunk, corrupt_a_data_chunk_in, forge_a_data_chunk_in,
+    gen_disk, make_raw, modify_raw, read, series, small_disk, vhd_and_delta, vhdi_to_raw,
+    xo_chain3,
 };
 pub use scratch::{LoopDevice, Tmpfs};
 pub use store::{LIGHT_KDF, PASSPHRASE, TestStore};

@@ -276,6 +276,70 @@ fn every_restore_format_and_verify_work_through_the_server() {
     );
 }
 
+/// A restore through a server reads ahead, several requests in flight; every chunk is still
+/// decoded and checked against its id on arrival. A server (or its disk) that sends another
+/// chunk's bytes under an id, with frame CRCs that match, is caught: the restore fails naming
+/// the chunk and the disk offset, and with `--ignore-errors` writes every other byte as the
+/// disk held it and that chunk's range as zeros.
+#[test]
+fn a_chunk_the_server_forges_is_refused_by_the_client() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let disk = w.join("d.raw");
+    gen_disk(&disk, "48M", 8, 1, 0);
+    let store = TestStore::new("256K");
+    let tok = token(&store.path(), "host", "backup", "*");
+    let reader = token(&store.path(), "reader", "restore", "*");
+    let mut server = Server::start(&store.path(), 0, &[]);
+    let p = id(&backup_json(&server, &tok, "vm", &disk));
+    let good = w.join("good.raw");
+    ok(server.cmd(&reader, &["restore", &p]).arg(&good));
+    assert_eq!(
+        read(&good),
+        read(&disk),
+        "a clean restore through the server"
+    );
+    assert!(server.stop());
+
+    let pack = store
+        .pack_files()
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
+    let forged = cairn_tests::forge_a_data_chunk_in(&pack);
+    let mut server = Server::start(&store.path(), 0, &[]);
+    let out = w.join("out.raw");
+    let o = run(server.cmd(&reader, &["restore", &p]).arg(&out));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a forged chunk restored: {err}");
+    assert!(err.contains(&forged) && err.contains("offset"), "{err}");
+    assert!(!out.exists(), "a failed restore leaves no file");
+
+    let o = run(server
+        .cmd(&reader, &["restore", "--json", "--ignore-errors", &p])
+        .arg(&out));
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v = json(&String::from_utf8_lossy(&o.stdout));
+    let damaged = v["damaged"].as_array().expect("damaged ranges").clone();
+    assert_eq!(damaged.len(), 1, "{v}");
+    let at = num(&damaged[0], "offset") as usize;
+    let len = num(&damaged[0], "len") as usize;
+    let (got, want) = (read(&out), read(&disk));
+    assert_eq!(got.len(), want.len());
+    assert!(
+        got[at..at + len].iter().all(|b| *b == 0),
+        "the damaged range reads as zeros"
+    );
+    assert_eq!(got[..at], want[..at]);
+    assert_eq!(got[at + len..], want[at + len..]);
+    assert!(server.stop());
+}
+
 #[test]
 fn an_idle_session_is_dropped_with_its_chunks() {
     let work = tempfile::tempdir().expect("tempdir");

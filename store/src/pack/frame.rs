@@ -190,6 +190,17 @@ impl FrameHeader {
 /// # Errors
 /// A malformed frame or a buffer too short for it.
 pub fn parse_frame(buf: &[u8], stored: &mut Vec<u8>) -> Result<FrameHeader, String> {
+    let (header, bytes) = frame_in(buf)?;
+    stored.clear();
+    stored.extend_from_slice(bytes);
+    Ok(header)
+}
+
+/// As [`parse_frame`], the stored bytes borrowed from `buf`.
+///
+/// # Errors
+/// A malformed frame or a buffer too short for it.
+pub fn frame_in(buf: &[u8]) -> Result<(FrameHeader, &[u8]), String> {
     let hb: &[u8; FRAME_HEADER_SIZE as usize] = buf
         .get(..FRAME_HEADER_SIZE as usize)
         .and_then(|b| b.try_into().ok())
@@ -206,9 +217,7 @@ pub fn parse_frame(buf: &[u8], stored: &mut Vec<u8>) -> Result<FrameHeader, Stri
             )
         })?;
     header.check_payload(bytes).map_err(|e| e.to_string())?;
-    stored.clear();
-    stored.extend_from_slice(bytes);
-    Ok(header)
+    Ok((header, bytes))
 }
 
 /// Reads one frame at `offset` of an open pack: its header and stored bytes.
