@@ -32,8 +32,10 @@ consecutive days made with `cairn vhd from-raw --parent`):
            against debugfs, bytes read from the store (benches/files.py)
   boot     check-boot of a point 30 generations deep against booting its raw file the same way
            (benches/boot.py)
+  compression  bytes and seconds of each zstd level over a workload disk's chunks
+           (benches/compression.py)
 `--only SECTIONS` runs only those (comma-separated: main, limits, scaling, sparse, scale, bigdisk,
-generations, index, nbd, replicate, serve, report, s3, encryption, files, boot; main is the full/daily/clone/restore steps with the peers).
+generations, index, nbd, replicate, serve, report, s3, encryption, files, boot, compression; main is the full/daily/clone/restore steps with the peers).
 Each step records wall time, CPU time and peak RSS (wait4) and the repository size after it.
 The table goes to stdout, everything to target/bench/results.json. Times are of a shared,
 noisy machine: compare ratios within one run, not absolute times across runs.
@@ -526,7 +528,7 @@ def main():
 
 
 SECTIONS = ("main", "limits", "scaling", "sparse", "scale", "bigdisk", "generations", "index", "nbd", "replicate", "serve",
-            "report", "s3", "encryption", "files", "boot")
+            "report", "s3", "encryption", "files", "boot", "compression")
 
 
 def run_all(a, size, work, skip, res, started):
@@ -539,6 +541,7 @@ def run_all(a, size, work, skip, res, started):
     import encryption
     import files
     import boot
+    import compression
     only = set(filter(None, a.only.split(",")))
     unknown = (only | skip) - set(SECTIONS)
     if unknown:
@@ -559,7 +562,7 @@ def run_all(a, size, work, skip, res, started):
     # The scale sections run in a full run with the peers, or when asked for by --only.
     if a.cairn_only and not only:
         skip = skip | {"bigdisk", "generations", "index", "nbd", "replicate", "serve", "report", "s3", "encryption", "files",
-                       "boot"}
+                       "boot", "compression"}
     profile = "smoke" if a.smoke else "quick" if a.quick else "full"
     if "bigdisk" not in skip:
         scale.run_bigdisk(work, a.shared, a.cairn, res, profile)
@@ -589,6 +592,8 @@ def run_all(a, size, work, skip, res, started):
         if a.guest_disk is None:
             raise SystemExit("the boot section needs --guest-disk (run.sh passes it)")
         boot.run_boot(work, a.cairn, a.guest_disk, res, profile)
+    if "compression" not in skip:
+        compression.run_compression(work, a.shared, a.cairn, res, profile)
     ideal = None
     chunk = 256 << 10
     if "main" not in skip and not a.cairn_only:
@@ -603,7 +608,7 @@ def run_all(a, size, work, skip, res, started):
         run_scale(work, a.shared, a.cairn, res, 1000)
     targets = (summarize(res, ideal, scaling, chunk) + scale.targets(res) + nbd.targets(res) + replicate.targets(res)
                + serve.targets(res) + report.targets(res) + s3.targets(res) + encryption.targets(res)
-               + files.targets(res) + boot.targets(res))
+               + files.targets(res) + boot.targets(res) + compression.targets(res))
 
     # The table: one row per step, one column group per tool.
     tools = [t for t in ("cairn", "restic", "borg", "borg-fixed", "limit", "helper") if any(r["tool"] == t for r in res.rows)]
