@@ -10,7 +10,7 @@ use cairn_tests::garage::Garage;
 use cairn_tests::leaks::Needles;
 use cairn_tests::nbd::{fixture, nbd_serve, serve_nbd_keyed};
 use cairn_tests::s3::{S3Store, bucket};
-use cairn_tests::serve::{Server, frame_of, token};
+use cairn_tests::serve::{Server, frame_of, frame_of_kind, token};
 use cairn_tests::{
     LIGHT_KDF, PASSPHRASE, TestStore, assert_same_content, cairn, id, json, num, ok, refused, run,
     series,
@@ -141,6 +141,19 @@ fn a_server_stores_and_serves_sealed_chunks_it_cannot_open() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
+    // A "tree" chunk sealed (the server could not read it, and trees are never sealed):
+    // refused, not taken as checked, even right after real tree chunks were uploaded.
+    let mut sealed_tree = frame_of_kind(&[7u8; 600], 1);
+    sealed_tree[48] = 2;
+    let crc = cairn_tests::serve::crc32(&sealed_tree[8..56]);
+    sealed_tree[4..8].copy_from_slice(&crc.to_be_bytes());
+    let (code, answer) = server.curl(
+        "POST",
+        &format!("sessions/{sid}/chunks"),
+        &backup,
+        Some(&sealed_tree),
+    );
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&answer));
     // On the server's machine, without the key, verify checks every frame beside the server.
     let out = run(&mut store.keyless(&["verify", "--json"]));
     assert!(

@@ -225,14 +225,26 @@ pub(super) async fn upload(
                     )));
                 }
                 // The server checks what it can: with an encrypted store's data chunks, that
-                // they are sealed (their frames' CRCs were checked as they were read).
-                let mut plain = Vec::new();
-                chunk::check(keys, &f.stored(), &mut plain).map_err(|e| fail(e.to_string()))?;
-                if f.kind == ChunkKind::Tree {
-                    cairn_store::tree::decode(&plain)
-                        .map_err(|e| fail(format!("not a tree chunk: {e}")))?;
+                // they are sealed (their frames' CRCs were checked as they were read). Into a
+                // buffer each thread keeps: a fresh 256 KiB one per chunk costs an mmap, its
+                // page faults and an munmap.
+                thread_local! {
+                    static PLAIN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
                 }
-                Ok(())
+                PLAIN.with_borrow_mut(|plain| {
+                    if f.kind == ChunkKind::Tree {
+                        // Trees are never sealed: decoded whole (a sealed one is refused,
+                        // never taken for checked), then parsed.
+                        plain.resize(f.plain_len as usize, 0);
+                        chunk::decode_into(keys, &f.stored(), plain)
+                            .map_err(|e| fail(e.to_string()))?;
+                        cairn_store::tree::decode(plain)
+                            .map_err(|e| fail(format!("not a tree chunk: {e}")))?;
+                    } else {
+                        chunk::check(keys, &f.stored(), plain).map_err(|e| fail(e.to_string()))?;
+                    }
+                    Ok(())
+                })
             })?;
         let taken = session_of(&app, &t, &id)?;
         let mut live = taken
