@@ -105,6 +105,19 @@ impl Location {
         }
     }
 
+    /// Where the frame of `header` is once appended to `pack` at `offset`.
+    #[must_use]
+    pub fn of_frame(pack: PackId, offset: u64, header: &crate::pack::FrameHeader) -> Self {
+        Self {
+            pack,
+            offset,
+            stored_len: header.stored_len,
+            plain_len: header.plain_len,
+            codec: header.codec,
+            kind: header.kind,
+        }
+    }
+
     /// The index value.
     #[must_use]
     pub fn encode(&self) -> [u8; Self::SIZE] {

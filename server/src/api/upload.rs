@@ -204,14 +204,14 @@ pub(super) async fn upload(
     let t = app.authorize(&headers, &[Role::Backup, Role::Admin], "back up")?;
     blocking(move || {
         use rayon::prelude::*;
-        let frames = pack::decode_frames(&body, MAX_FRAMES)
+        let frames = pack::frames_in(&body, MAX_FRAMES)
             .map_err(|e| ApiError::bad(format!("the upload's body: {e}")))?;
         let chunk_size = app.store.config().chunk_size;
         let keys = app.store.chunk_keys();
         frames
             .par_iter()
             .enumerate()
-            .try_for_each(|(i, f)| -> Answer<()> {
+            .try_for_each(|(i, (f, bytes))| -> Answer<()> {
                 let fail = |what: String| {
                     ApiError::bad(format!(
                         "chunk {i} of the upload ({}): {what}; nothing of it was stored",
@@ -236,12 +236,13 @@ pub(super) async fn upload(
                         // Trees are never sealed: decoded whole (a sealed one is refused,
                         // never taken for checked), then parsed.
                         plain.resize(f.plain_len as usize, 0);
-                        chunk::decode_into(keys, &f.stored(), plain)
+                        chunk::decode_into(keys, &f.stored(bytes), plain)
                             .map_err(|e| fail(e.to_string()))?;
                         cairn_store::tree::decode(plain)
                             .map_err(|e| fail(format!("not a tree chunk: {e}")))?;
                     } else {
-                        chunk::check(keys, &f.stored(), plain).map_err(|e| fail(e.to_string()))?;
+                        chunk::check(keys, &f.stored(bytes), plain)
+                            .map_err(|e| fail(e.to_string()))?;
                     }
                     Ok(())
                 })
@@ -257,8 +258,8 @@ pub(super) async fn upload(
                 .session
                 .as_mut()
                 .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the session is committing"))?;
-            for f in &frames {
-                if session.put(f)? {
+            for (f, bytes) in &frames {
+                if session.put_frame(f, bytes)? {
                     stored += 1;
                 }
             }

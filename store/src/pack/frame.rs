@@ -278,6 +278,23 @@ pub fn encode_frame(chunk: &EncodedChunk, out: &mut Vec<u8>) {
 /// # Errors
 /// What is wrong, and at which byte offset of the body.
 pub fn decode_frames(body: &[u8], max: usize) -> Result<Vec<EncodedChunk>, String> {
+    Ok(frames_in(body, max)?
+        .into_iter()
+        .map(|(h, bytes)| EncodedChunk {
+            id: h.id,
+            kind: h.kind,
+            codec: h.codec,
+            plain_len: h.plain_len,
+            bytes: bytes.to_vec(),
+        })
+        .collect())
+}
+
+/// As [`decode_frames`], each frame's header and its stored bytes borrowed from `body`.
+///
+/// # Errors
+/// What is wrong, and at which byte offset of the body.
+pub fn frames_in(body: &[u8], max: usize) -> Result<Vec<(FrameHeader, &[u8])>, String> {
     let mut out = Vec::new();
     let mut at = 0usize;
     while at < body.len() {
@@ -304,13 +321,7 @@ pub fn decode_frames(body: &[u8], max: usize) -> Result<Vec<EncodedChunk>, Strin
         };
         h.check_payload(bytes)
             .map_err(|e| format!("offset {at}: {e}"))?;
-        out.push(EncodedChunk {
-            id: h.id,
-            kind: h.kind,
-            codec: h.codec,
-            plain_len: h.plain_len,
-            bytes: bytes.to_vec(),
-        });
+        out.push((h, bytes));
         at = start + h.stored_len as usize;
     }
     Ok(out)

@@ -33,7 +33,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 pub use frame::{
-    FrameHeader, decode_frames, encode_frame, frame_in, parse_frame, read_frame, read_frame_into,
+    FrameHeader, decode_frames, encode_frame, frame_in, frames_in, parse_frame, read_frame,
+    read_frame_into,
 };
 pub use frame_list::{decode_frame_list, encode_frame_list};
 pub use writer::PackWriter;

@@ -63,15 +63,34 @@ impl PackWriter {
     /// # Errors
     /// I/O errors.
     pub fn append(&mut self, chunk: &EncodedChunk) -> Result<u64> {
-        let header = FrameHeader::of(chunk);
+        self.append_frame(&FrameHeader::of(chunk), &chunk.bytes)
+    }
+
+    /// Appends a frame: `header` of the stored `bytes`, its lengths and CRC of them already
+    /// checked (a frame read from a pack or an upload); returns its offset.
+    ///
+    /// # Errors
+    /// A header that does not describe `bytes`' length; I/O errors.
+    pub fn append_frame(&mut self, header: &FrameHeader, bytes: &[u8]) -> Result<u64> {
+        if header.stored_len as usize != bytes.len() {
+            return Err(Error::Internal(format!(
+                "a frame header of {} stored bytes appended with {}",
+                header.stored_len,
+                bytes.len()
+            )));
+        }
+        let header = FrameHeader {
+            payload_crc: header.payload_crc.or_else(|| Some(crc32fast::hash(bytes))),
+            ..*header
+        };
         let at = self.len;
         self.file
             .write_all(&header.encode())
             .map_err(Error::io(&self.path, "appending a frame"))?;
         self.file
-            .write_all(&chunk.bytes)
+            .write_all(bytes)
             .map_err(Error::io(&self.path, "appending a frame"))?;
-        self.len += FRAME_HEADER_SIZE + chunk.bytes.len() as u64;
+        self.len += FRAME_HEADER_SIZE + bytes.len() as u64;
         self.chunks += 1;
         self.frames.push(ScannedFrame { offset: at, header });
         Ok(at)

@@ -256,6 +256,26 @@ impl<'a> Session<'a> {
     /// # Errors
     /// I/O errors.
     pub fn put(&mut self, chunk: &EncodedChunk) -> Result<bool> {
+        // The CRC of the bytes is taken as they are appended (none for a chunk already held).
+        let header = pack::FrameHeader {
+            id: chunk.id,
+            plain_len: chunk.plain_len,
+            stored_len: chunk.bytes.len() as u32,
+            codec: chunk.codec,
+            kind: chunk.kind,
+            payload_crc: None,
+        };
+        self.put_frame(&header, &chunk.bytes)
+    }
+
+    /// As [`Session::put`], a frame read elsewhere: `header` of the stored `bytes`, its lengths
+    /// and CRC of them checked, the chunk checked against its id (an upload's, borrowed from
+    /// the request's body).
+    ///
+    /// # Errors
+    /// A header that does not describe `bytes`; I/O errors.
+    pub fn put_frame(&mut self, header: &pack::FrameHeader, bytes: &[u8]) -> Result<bool> {
+        let chunk = header;
         if self.seen.contains(&chunk.id) {
             return Ok(false);
         }
@@ -294,10 +314,10 @@ impl<'a> Session<'a> {
         let Some(pack) = self.pack.as_mut() else {
             return Err(Error::Internal("no open pack".into()));
         };
-        let loc = Location::appended(pack.id(), pack.append(chunk)?, chunk);
+        let loc = Location::of_frame(pack.id(), pack.append_frame(header, bytes)?, header);
         self.pending.push((chunk.id, loc));
         self.seen.insert(chunk.id);
-        self.new_stored += pack::FRAME_HEADER_SIZE + chunk.bytes.len() as u64;
+        self.new_stored += pack::FRAME_HEADER_SIZE + bytes.len() as u64;
         Ok(true)
     }
 
