@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 
-from run import best_of, log, measure, warm
+from run import FULL_RUNS, best_of, log, measure, warm
 
 SIZES = {"full": "1G", "quick": "512M", "smoke": "64M"}
 
@@ -91,23 +91,33 @@ def run_serve_as(work, shared, cairn, res, profile, mode):
                             str(40 + template), "--template", str(template), "--day", str(day)], check=True)
         raws[name] = raw
     local, remote = d / "local", d / "remote"
-    for s in (local, remote):
-        subprocess.run([str(cairn), "init", "--timezone", "UTC", str(s)], check=True, stdout=subprocess.DEVNULL)
     backup = lambda vm, raw, *extra: [*client, cairn, "backup", "--json", "--vm", vm, *extra, f"xvda={raw}"]
 
-    # Day 0 and day 1 into the local store.
-    warm(raws["day0"])
-    m = measure(backup("vm", raws["day0"], "--store", local))
+    def new_store(store):
+        shutil.rmtree(store, ignore_errors=True)
+        subprocess.run([str(cairn), "init", "--timezone", "UTC", str(store)], check=True, stdout=subprocess.DEVNULL)
+        warm(raws["day0"])
+
+    # Day 0 (each run into a new store, the fastest kept) and day 1 into the local store.
+    m = best_of(FULL_RUNS, lambda: new_store(local), backup("vm", raws["day0"], "--store", local))
     res.add(key("local-backup"), "cairn", m)
     out = d / "local-day1.json"
     warm(raws["day1"])
     measure(backup("vm", raws["day1"], "--store", local), stdout=out)
     local_new = json.loads(out.read_text())[0]["new_stored_bytes"]
 
-    server = Server(cairn, remote, d / "serve.log", server_pin)
+    # Day 0 through a server, each run into a new store behind a new server, the fastest kept;
+    # the last server serves the steps after.
+    runs, server = [], None
     try:
-        warm(raws["day0"])
-        m = measure(backup("vm", raws["day0"]), env=server.env("backup"))
+        for _ in range(FULL_RUNS):
+            if server:
+                server.stop()
+            new_store(remote)
+            server = Server(cairn, remote, d / "serve.log", server_pin)
+            runs.append(measure(backup("vm", raws["day0"]), env=server.env("backup")))
+        m = min(runs, key=lambda r: r["seconds"])
+        m["runs_seconds"] = [round(r["seconds"], 3) for r in runs]
         res.add(key("remote-backup"), "cairn", m)
         out = d / "remote-day1.json"
         warm(raws["day1"])
@@ -148,7 +158,8 @@ def run_serve_as(work, shared, cairn, res, profile, mode):
         peak = server.peak_rss_mib()
         res.add(key("server"), "helper", {"seconds": 0.0, "cpu_seconds": 0.0, "rss_mib": peak or 0.0})
     finally:
-        server.stop()
+        if server:
+            server.stop()
 
 
 def targets(res):

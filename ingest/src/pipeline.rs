@@ -21,10 +21,13 @@ use crate::source::{ChunkSource, Piece, PieceOrigin};
 use crate::{Error, Result};
 
 /// Chunks per batch handed from the reader thread to the hashing workers.
-const BATCH: usize = 32;
+const BATCH: usize = 16;
 /// Batches in flight between the reader and the workers, and between the workers and the
 /// writer.
 const QUEUE_DEPTH: usize = 2;
+
+/// A batch looked up: each piece's step, whether the store lacks it, its length.
+type LookedUp = Vec<(Step, bool, u64)>;
 
 /// What a worker made of one piece.
 enum Hashed {
@@ -34,19 +37,19 @@ enum Hashed {
     Run(PieceOrigin, u64),
 }
 
+/// A piece hashed and not yet looked up: decided already, or its id and bytes.
+enum Step {
+    Done(Hashed),
+    Hashed(ChunkId, Vec<u8>),
+}
+
 /// Hashes a batch of pieces: a delta's chunks completed from their parent's chunks (read from
-/// `store`), zero test and BLAKE3 in parallel, one question to the store for the batch's ids
-/// (one round trip to a remote store), then only the new chunks compressed, in parallel again.
+/// `store`), zero test and BLAKE3, in parallel.
 fn hash_batch(
     store: &dyn StoreRead,
-    known: &dyn ChunkFilter,
     batch: Vec<(Piece, u64)>,
     enc: &Encoder,
-) -> Result<Vec<(Hashed, u64)>> {
-    enum Step {
-        Done(Hashed),
-        Hashed(ChunkId, Vec<u8>),
-    }
+) -> Result<Vec<(Step, u64)>> {
     let hashed = |d: Vec<u8>| {
         if is_zero(&d) {
             Step::Done(Hashed::Zero)
@@ -54,7 +57,7 @@ fn hash_batch(
             Step::Hashed(enc.keys.id_of(&d), d)
         }
     };
-    let steps: Vec<(Step, u64)> = batch
+    batch
         .into_par_iter()
         .map(|(piece, len)| {
             let step = match piece {
@@ -71,7 +74,12 @@ fn hash_batch(
             };
             Ok((step, len))
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// Asks the store which of a hashed batch's chunks it lacks: one question for the batch (one
+/// round trip to a remote store).
+fn look_up(known: &dyn ChunkFilter, steps: Vec<(Step, u64)>) -> Result<LookedUp> {
     let ids: Vec<ChunkId> = steps
         .iter()
         .filter_map(|(s, _)| match s {
@@ -80,13 +88,18 @@ fn hash_batch(
         })
         .collect();
     let mut missing = known.missing(&ids)?.into_iter();
-    let steps: Vec<(Step, bool, u64)> = steps
+    Ok(steps
         .into_iter()
         .map(|(s, len)| {
             let new = matches!(s, Step::Hashed(..)) && missing.next().unwrap_or(true);
             (s, new, len)
         })
-        .collect();
+        .collect())
+}
+
+/// Compresses (and in an encrypted store seals) the new chunks of a looked-up batch, in
+/// parallel.
+fn encode_batch(steps: LookedUp, enc: &Encoder) -> Result<Vec<(Hashed, u64)>> {
     steps
         .into_par_iter()
         .map(|(s, new, len)| {
@@ -156,10 +169,16 @@ pub(crate) fn run<'a>(
     };
     let bytes_read = std::thread::scope(|scope| {
         let reader = scope.spawn(move || read_stage(src, &tx));
-        // Hashing and compressing on the rayon pool, one batch at a time, while the writer
-        // below appends the previous batch.
+        // Hashing on the rayon pool; the store asked which chunks it lacks while the next
+        // batch is hashed (a remote store's round trip overlaps the work); the new chunks
+        // compressed on the pool; all while the writer below appends the previous batch.
         let enc = &enc;
-        scope.spawn(move || hash_stage(store, &*known, enc, &rx, &htx));
+        // One batch waits between these stages: memory stays that of the stages before.
+        let (stx, srx) = crossbeam_channel::bounded::<Result<Vec<(Step, u64)>>>(0);
+        let (ltx, lrx) = crossbeam_channel::bounded::<Result<LookedUp>>(0);
+        scope.spawn(move || stage(&rx, &stx, |b| hash_batch(store, b, enc)));
+        scope.spawn(move || stage(&srx, &ltx, |b| look_up(&*known, b)));
+        scope.spawn(move || encode_stage(enc, &lrx, &htx));
         // Owned here: if the writer stops early, dropping it stops the hasher, which drops
         // the reader's channel and stops the reader, so the scope never waits forever.
         let hrx = hrx;
@@ -216,31 +235,42 @@ fn read_stage(mut src: Box<dyn ChunkSource + '_>, tx: &Pieces) -> u64 {
     }
 }
 
-/// The hashing stage: each batch hashed (and its new chunks compressed); a chunk met twice in
-/// this backup is compressed once: later copies go on as known.
-fn hash_stage(
-    store: &dyn StoreRead,
-    known: &dyn ChunkFilter,
-    enc: &Encoder,
-    rx: &crossbeam_channel::Receiver<Result<Vec<(Piece, u64)>>>,
-    htx: &HashedBatches,
+/// A stage between two others: each batch from `rx` made into what `f` makes of it and sent
+/// on, until the input ends, an error (sent on), or a closed output (a later stage stopped).
+fn stage<I, O>(
+    rx: &crossbeam_channel::Receiver<Result<I>>,
+    tx: &crossbeam_channel::Sender<Result<O>>,
+    mut f: impl FnMut(I) -> Result<O>,
 ) {
-    let mut emitted: HashSet<ChunkId> = HashSet::new();
     for batch in rx {
-        let out = batch.and_then(|batch| {
-            Ok(hash_batch(store, known, batch, enc)?
-                .into_iter()
-                .map(|(h, len)| match h {
-                    Hashed::New(enc) if !emitted.insert(enc.id) => (Hashed::Known(enc.id), len),
-                    other => (other, len),
-                })
-                .collect::<Vec<_>>())
-        });
+        let out = batch.and_then(&mut f);
         let failed = out.is_err();
-        if htx.send(out).is_err() || failed {
+        if tx.send(out).is_err() || failed {
             return;
         }
     }
+}
+
+/// The encoding stage: each batch's new chunks compressed; a chunk met twice in this backup is
+/// compressed once: later copies go on as known.
+fn encode_stage(
+    enc: &Encoder,
+    rx: &crossbeam_channel::Receiver<Result<LookedUp>>,
+    htx: &HashedBatches,
+) {
+    let mut emitted: HashSet<ChunkId> = HashSet::new();
+    stage(rx, htx, |mut batch: LookedUp| {
+        // Only the first copy of a chunk new to the store is compressed.
+        for (s, new, _) in &mut batch {
+            if let Step::Hashed(id, _) = s
+                && *new
+                && !emitted.insert(*id)
+            {
+                *new = false;
+            }
+        }
+        encode_batch(batch, enc)
+    });
 }
 
 /// The writer stage: each hashed piece into the tree (new chunks into the session), counted.
