@@ -1,11 +1,13 @@
-//! The three stages of a backup: a reader thread turns a [`ChunkSource`] into batches of
-//! pieces; the hashing stage tests each for zeros, hashes it with BLAKE3, looks the id up and
-//! compresses only what is new, on the rayon pool; the caller's thread appends new chunks to the
-//! session in order and builds the point's tree as it goes. Bounded channels between the stages
-//! bound memory by the channel depth times the batch size, whatever the disk's size, and let
-//! reading, hashing and pack writes overlap. A run of chunks decided without reading (a hole,
-//! a stretch a delta does not hold) crosses the stages as one piece: zeros go into the tree as
-//! shared zero leaves, a parent's stretch as the parent's own leaves and nodes, unread.
+//! The stages of a backup: a reader thread turns a [`ChunkSource`] into batches of pieces; a
+//! hashing stage tests each for zeros and hashes it with BLAKE3 on the rayon pool; a lookup
+//! stage asks the store which of a batch's chunks it lacks (one round trip to a remote store,
+//! made while the next batch is hashed); an encoding stage compresses only what is new, on the
+//! pool; the caller's thread appends new chunks to the session in order and builds the point's
+//! tree as it goes. Bounded channels between the stages bound memory by the channel depths
+//! times the batch size, whatever the disk's size, and let reading, hashing, lookups and pack
+//! writes overlap. A run of chunks decided without reading (a hole, a stretch a delta does not
+//! hold) crosses the stages as one piece: zeros go into the tree as shared zero leaves, a
+//! parent's stretch as the parent's own leaves and nodes, unread.
 
 use std::collections::HashSet;
 
