@@ -1,20 +1,19 @@
-//! Reading a restore's windows from a server ahead of the reader: the `chunks/read` requests
-//! of later batches are in flight while an earlier batch is decoded and written, each answer
-//! read into one of a fixed set of buffers reused from request to request. No window waits for
-//! the slowest request of the one before it, and memory stays bounded (the buffers, whatever
-//! the disk's size or the link's latency). Every chunk is still decoded and checked against its
-//! id here, straight from the answer's bytes into its place.
+//! Reading a restore's windows from a server ahead of the reader ([`cairn_store::ahead`]): the
+//! `chunks/read` requests of later batches are in flight while an earlier batch is decoded and
+//! written, each answer read into one of a fixed set of buffers reused from request to
+//! request. Every chunk is still decoded and checked against its id here, straight from the
+//! answer's bytes into its place.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 use cairn_store::access::{BatchReader, next_said};
+use cairn_store::ahead::Ahead;
 use cairn_store::chunk::{self, ChunkId};
 use cairn_store::{Error, Result};
 
 use crate::read::{answer_limit, parse_read_answer};
-use crate::{Body, Link, Remote, ids_bytes};
+use crate::{Body, Remote, ids_bytes};
 
 /// Chunks per request: 4 MiB of 256 KiB chunks, few requests for the server to authorize and
 /// answer, and enough of them to keep several in flight within a window.
@@ -32,50 +31,6 @@ const _: () = assert!(
     "a read request takes at most MAX_READ ids"
 );
 
-/// A request to make: its number and the ids it asks for.
-struct Fetch {
-    seq: u64,
-    ids: Vec<ChunkId>,
-}
-
-/// What the requesting threads and the reader share.
-#[derive(Default)]
-struct State {
-    /// Requests not yet started, in the order they were said.
-    queue: VecDeque<Fetch>,
-    /// Answers read and not yet taken by the reader, by number: the buffer and whether the
-    /// request succeeded.
-    done: HashMap<u64, (Vec<u8>, Result<()>)>,
-    /// Buffers not in use.
-    free: Vec<Vec<u8>>,
-    /// Buffers made so far (in use or free).
-    made: usize,
-    /// Set when the reader is dropped or has failed: the threads end.
-    stop: bool,
-}
-
-struct Shared {
-    state: Mutex<State>,
-    changed: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn wait<'a>(&self, g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.changed.wait(g).unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn stop(&self) {
-        let mut st = self.lock();
-        st.stop = true;
-        st.queue.clear();
-        self.changed.notify_all();
-    }
-}
-
 /// A batch said: its ids and the numbers of its requests, each for `GROUP` ids in turn.
 struct Said {
     ids: Vec<ChunkId>,
@@ -91,127 +46,56 @@ impl AsRef<[ChunkId]> for Said {
 /// The [`BatchReader`] of a [`Remote`] (see the module).
 pub(crate) struct ReadAhead<'r> {
     remote: &'r Remote,
-    shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    ahead: Ahead<Vec<ChunkId>, Result<()>>,
     said: VecDeque<Said>,
-    next: u64,
 }
 
 impl<'r> ReadAhead<'r> {
     pub(crate) fn new(remote: &'r Remote) -> Self {
+        let limit = answer_limit(GROUP, remote.info.config.chunk_size);
+        let link = Arc::clone(&remote.link);
         Self {
             remote,
-            shared: Arc::new(Shared {
-                state: Mutex::new(State::default()),
-                changed: Condvar::new(),
-            }),
-            workers: Vec::new(),
+            // Whole answers fit without a buffer growing (doubling would hold twice as much).
+            ahead: Ahead::new(
+                BUFFERS,
+                usize::try_from(limit).unwrap_or(0) + 1,
+                IN_FLIGHT,
+                move |ids: &Vec<ChunkId>, buf: &mut Vec<u8>| {
+                    link.call_into(
+                        reqwest::Method::POST,
+                        "chunks/read",
+                        Some(Body::Bytes(ids_bytes(ids))),
+                        None,
+                        buf,
+                        limit,
+                    )
+                },
+            ),
             said: VecDeque::new(),
-            next: 0,
-        }
-    }
-
-    /// Starts the requesting threads (on the first request: a point of zeros starts none).
-    fn start_workers(&mut self) {
-        let limit = answer_limit(GROUP, self.remote.info.config.chunk_size);
-        while self.workers.len() < IN_FLIGHT {
-            let shared = Arc::clone(&self.shared);
-            let link = Arc::clone(&self.remote.link);
-            self.workers.push(std::thread::spawn(move || {
-                request(&shared, &link, limit);
-            }));
         }
     }
 
     /// Answer `seq` once read: its buffer, or the request's failure (which stops the reader).
     fn take(&self, seq: u64) -> Result<Vec<u8>> {
-        let mut st = self.shared.lock();
-        loop {
-            if let Some((buf, got)) = st.done.remove(&seq) {
-                drop(st);
-                return match got {
-                    Ok(()) => Ok(buf),
-                    Err(e) => {
-                        self.give_back(buf);
-                        self.shared.stop();
-                        Err(e)
-                    }
-                };
+        match self.ahead.take(seq, true)? {
+            Some((buf, Ok(()))) => Ok(buf),
+            Some((buf, Err(e))) => {
+                self.ahead.give_back([buf]);
+                self.ahead.stop();
+                Err(e)
             }
-            if st.stop {
-                return Err(Error::Internal(
-                    "the server's read-ahead has stopped".into(),
-                ));
-            }
-            st = self.shared.wait(st);
+            None => Err(Error::Internal(format!("request {seq} was never made"))),
         }
-    }
-
-    fn give_back(&self, buf: Vec<u8>) {
-        let mut st = self.shared.lock();
-        st.free.push(buf);
-        self.shared.changed.notify_all();
-    }
-}
-
-/// A requesting thread: the oldest request not yet started, as soon as a buffer is free.
-fn request(shared: &Shared, link: &Link, limit: u64) {
-    let mut st = shared.lock();
-    loop {
-        if st.stop {
-            return;
-        }
-        let buf = if st.queue.is_empty() {
-            None
-        } else if let Some(b) = st.free.pop() {
-            Some(b)
-        } else if st.made < BUFFERS {
-            st.made += 1;
-            // Whole answers fit without the buffer growing (doubling would hold twice as much).
-            Some(Vec::with_capacity(usize::try_from(limit).unwrap_or(0) + 1))
-        } else {
-            None
-        };
-        let Some(mut buf) = buf else {
-            st = shared.wait(st);
-            continue;
-        };
-        let Some(f) = st.queue.pop_front() else {
-            st.free.push(buf);
-            continue;
-        };
-        drop(st);
-        let got = link.call_into(
-            reqwest::Method::POST,
-            "chunks/read",
-            Some(Body::Bytes(ids_bytes(&f.ids))),
-            None,
-            &mut buf,
-            limit,
-        );
-        st = shared.lock();
-        st.done.insert(f.seq, (buf, got));
-        shared.changed.notify_all();
     }
 }
 
 impl BatchReader for ReadAhead<'_> {
     fn expect(&mut self, ids: Vec<ChunkId>) -> Result<()> {
-        let mut requests = Vec::new();
-        if !ids.is_empty() {
-            self.start_workers();
-            let mut st = self.shared.lock();
-            for group in ids.chunks(GROUP) {
-                let seq = self.next;
-                self.next += 1;
-                st.queue.push_back(Fetch {
-                    seq,
-                    ids: group.to_vec(),
-                });
-                requests.push(seq);
-            }
-            self.shared.changed.notify_all();
-        }
+        let requests = ids
+            .chunks(GROUP)
+            .map(|group| self.ahead.push(group.to_vec()))
+            .collect();
         self.said.push_back(Said { ids, requests });
         Ok(())
     }
@@ -231,8 +115,8 @@ impl BatchReader for ReadAhead<'_> {
             let records = match parse_read_answer(&body, ids) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.give_back(body);
-                    self.shared.stop();
+                    self.ahead.give_back([body]);
+                    self.ahead.stop();
                     return Err(e);
                 }
             };
@@ -252,17 +136,8 @@ impl BatchReader for ReadAhead<'_> {
                     })
                     .collect::<Vec<_>>(),
             );
-            self.give_back(body);
+            self.ahead.give_back([body]);
         }
         Ok(out)
-    }
-}
-
-impl Drop for ReadAhead<'_> {
-    fn drop(&mut self) {
-        self.shared.stop();
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
     }
 }

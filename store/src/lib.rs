@@ -136,6 +136,7 @@
 pub mod access;
 mod adopt;
 mod agree;
+pub mod ahead;
 pub mod bucket;
 mod catalogue;
 pub mod chunk;

@@ -1,17 +1,14 @@
-//! Reading a restore's windows from a bucket ahead of the reader: the ranged GETs of later
-//! batches are in flight while an earlier batch is decoded and written, into a fixed set of
-//! buffers reused from range to range. Memory stays bounded whatever the disk's size and the
-//! bucket's latency (no buffer is allocated per GET: freed buffers of megabytes on many threads
-//! are what a process's allocator keeps resident), and no window waits for the slowest GET of
-//! the one before it.
+//! Reading a restore's windows from a bucket ahead of the reader ([`crate::ahead`]): the ranged
+//! GETs of later batches are in flight while an earlier batch is decoded and written, into a
+//! fixed set of buffers reused from range to range.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::IN_FLIGHT;
 use super::read::{MAX_RANGE, Range, coalesce, decode_range, encoded_in, get_frames_into};
 use crate::access::{BatchReader, next_said};
+use crate::ahead::Ahead;
 use crate::chunk::{ChunkId, EncodedChunk};
 use crate::error::{Error, Result};
 use crate::index::Location;
@@ -25,49 +22,16 @@ pub(crate) const BUFFERS: usize = 11;
 /// Batches said and not yet read before the oldest is read.
 const AHEAD: usize = 32;
 
-/// A range to fetch: its number, its pack and bytes.
+/// A range to fetch: its pack and bytes.
 struct Fetch {
-    seq: u64,
     pack: PackId,
     start: u64,
     end: u64,
 }
 
-/// A range fetched: its buffer, and `Ok(Err(what))` when the pack object is gone (each chunk's
-/// damage); the outer error is the bucket's own failure.
-type Fetched = (Vec<u8>, Result<std::result::Result<(), String>>);
-
-/// What the fetching threads and the reader share.
-#[derive(Default)]
-struct State {
-    /// Ranges not yet started, in the order they were said.
-    queue: VecDeque<Fetch>,
-    /// Ranges fetched and not yet taken by the reader, by number.
-    done: HashMap<u64, Fetched>,
-    /// Buffers not in use.
-    free: Vec<Vec<u8>>,
-    /// Buffers made so far (in use or free).
-    made: usize,
-    /// Buffers that may be made.
-    buffers: usize,
-    /// Set when the reader is dropped or has failed: the threads end.
-    stop: bool,
-}
-
-struct Shared {
-    state: Mutex<State>,
-    changed: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn wait<'a>(&self, g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.changed.wait(g).unwrap_or_else(PoisonError::into_inner)
-    }
-}
+/// What a GET brought: `Ok(Err(what))` when the pack object is gone (each chunk's damage); the
+/// outer error is the bucket's own failure.
+type Got = Result<std::result::Result<(), String>>;
 
 /// A batch said: its ids, its chunks read by ranged GETs (range numbers), read from a pack
 /// here, or missing from the index.
@@ -87,81 +51,26 @@ impl AsRef<[ChunkId]> for Said {
 /// The [`BatchReader`] of a store in a bucket (see the module).
 pub(crate) struct ReadAhead<'s> {
     store: &'s Store,
-    bucket: Arc<dyn Objects>,
-    shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    ahead: Ahead<Fetch, Got>,
     said: VecDeque<Said>,
-    next: u64,
 }
 
 impl<'s> ReadAhead<'s> {
     /// A reader of `bucket` with at most `buffers` ranges held at once.
     pub(crate) fn new(store: &'s Store, bucket: &Arc<dyn Objects>, buffers: usize) -> Self {
+        let bucket = Arc::clone(bucket);
         Self {
             store,
-            bucket: Arc::clone(bucket),
-            shared: Arc::new(Shared {
-                state: Mutex::new(State {
-                    buffers: buffers.max(1),
-                    ..State::default()
-                }),
-                changed: Condvar::new(),
-            }),
-            workers: Vec::new(),
+            ahead: Ahead::new(
+                buffers,
+                MAX_RANGE as usize,
+                IN_FLIGHT,
+                move |f: &Fetch, buf: &mut Vec<u8>| {
+                    get_frames_into(bucket.as_ref(), f.pack, f.start, f.end, buf)
+                },
+            ),
             said: VecDeque::new(),
-            next: 0,
         }
-    }
-
-    /// Starts the fetching threads (on the first range: a point of zeros starts none).
-    fn start_workers(&mut self) {
-        while self.workers.len() < IN_FLIGHT {
-            let shared = Arc::clone(&self.shared);
-            let bucket = Arc::clone(&self.bucket);
-            self.workers.push(std::thread::spawn(move || {
-                fetch_ranges(&shared, bucket.as_ref())
-            }));
-        }
-    }
-
-    fn stop(&self) {
-        let mut st = self.shared.lock();
-        st.stop = true;
-        st.queue.clear();
-        self.shared.changed.notify_all();
-    }
-}
-
-/// A fetching thread: the oldest range not yet started, as soon as a buffer is free.
-fn fetch_ranges(shared: &Shared, bucket: &dyn Objects) {
-    let mut st = shared.lock();
-    loop {
-        if st.stop {
-            return;
-        }
-        let buf = if st.queue.is_empty() {
-            None
-        } else if let Some(b) = st.free.pop() {
-            Some(b)
-        } else if st.made < st.buffers {
-            st.made += 1;
-            Some(Vec::with_capacity(MAX_RANGE as usize))
-        } else {
-            None
-        };
-        let Some(mut buf) = buf else {
-            st = shared.wait(st);
-            continue;
-        };
-        let Some(f) = st.queue.pop_front() else {
-            st.free.push(buf);
-            continue;
-        };
-        drop(st);
-        let got = get_frames_into(bucket, f.pack, f.start, f.end, &mut buf);
-        st = shared.lock();
-        st.done.insert(f.seq, (buf, got));
-        shared.changed.notify_all();
     }
 }
 
@@ -178,21 +87,13 @@ impl ReadAhead<'_> {
         }
         let (here, there) = self.store.here_and_there(jobs);
         let mut numbered = Vec::new();
-        if !there.is_empty() {
-            self.start_workers();
-            let mut st = self.shared.lock();
-            for range in coalesce(there) {
-                let seq = self.next;
-                self.next += 1;
-                st.queue.push_back(Fetch {
-                    seq,
-                    pack: range.pack,
-                    start: range.start,
-                    end: range.end,
-                });
-                numbered.push((seq, range));
-            }
-            self.shared.changed.notify_all();
+        for range in coalesce(there) {
+            let seq = self.ahead.push(Fetch {
+                pack: range.pack,
+                start: range.start,
+                end: range.end,
+            });
+            numbered.push((seq, range));
         }
         self.said.push_back(Said {
             ids,
@@ -222,27 +123,14 @@ impl ReadAhead<'_> {
         seq: u64,
         wait: bool,
     ) -> Result<Option<(Vec<u8>, std::result::Result<(), String>)>> {
-        let mut st = self.shared.lock();
-        loop {
-            if let Some((buf, got)) = st.done.remove(&seq) {
-                drop(st);
-                return match got {
-                    Ok(got) => Ok(Some((buf, got))),
-                    Err(e) => {
-                        self.stop();
-                        Err(e)
-                    }
-                };
+        match self.ahead.take(seq, wait)? {
+            Some((buf, Ok(got))) => Ok(Some((buf, got))),
+            Some((buf, Err(e))) => {
+                self.ahead.give_back([buf]);
+                self.ahead.stop();
+                Err(e)
             }
-            if st.stop {
-                return Err(Error::Internal(
-                    "the bucket's read-ahead has stopped".into(),
-                ));
-            }
-            if !wait {
-                return Ok(None);
-            }
-            st = self.shared.wait(st);
+            None => Ok(None),
         }
     }
 
@@ -281,17 +169,10 @@ impl ReadAhead<'_> {
                     (f(bytes, item), buf)
                 })
                 .unzip();
-            self.give_back(bufs);
+            self.ahead.give_back(bufs);
             out.extend(done);
         }
         Ok(out)
-    }
-
-    /// Gives buffers back for later GETs.
-    fn give_back(&self, bufs: impl IntoIterator<Item = Vec<u8>>) {
-        let mut st = self.shared.lock();
-        st.free.extend(bufs);
-        self.shared.changed.notify_all();
     }
 
     /// Reads the oldest batch said, as stored (compressed or plain), each chunk checked against
@@ -382,14 +263,5 @@ impl BatchReader for ReadAhead<'_> {
             out[i] = Some(e);
         }
         Ok(out)
-    }
-}
-
-impl Drop for ReadAhead<'_> {
-    fn drop(&mut self) {
-        self.stop();
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
     }
 }
