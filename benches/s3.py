@@ -193,6 +193,9 @@ def targets(res):
         out.append(("restore from Garage / curl getting its packs (time)", sr["seconds"] / get["seconds"], "report"))
     if lr and sr:
         out.append(("restore from Garage / from a local store (speed)", lr["seconds"] / sr["seconds"], ">= 0.7"))
+        out.append(("restore from Garage: (cairn + Garage CPU) / (2 cores x wall)",
+                    (sr["cpu_seconds"] + sr["garage_cpu"]) / (2 * sr["seconds"]), "report"))
+        out.append(("restore from Garage, peak RSS (MiB)", sr["rss_mib"], "<= 128"))
     gc = res.get("s3-gc-repack", "cairn")
     if gc:
         out.append(("gc rewriting packs in the bucket, peak RSS (MiB)", gc["rss_mib"], "<= 128"))
