@@ -340,6 +340,70 @@ fn a_chunk_the_server_forges_is_refused_by_the_client() {
     assert!(server.stop());
 }
 
+/// A server killed while a restore reads ahead of it (requests in flight, answers waiting in
+/// its buffers): the restore ends with an error naming the server, within the time a request
+/// may take, and leaves nothing that looks like a result.
+#[test]
+fn a_restore_whose_server_dies_mid_way_fails_cleanly() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let disk = w.join("d.raw");
+    gen_disk(&disk, "64M", 9, 1, 0);
+    let store = TestStore::new("256K");
+    let tok = token(&store.path(), "host", "backup", "*");
+    let reader = token(&store.path(), "reader", "restore", "*");
+    let mut server = Server::start(&store.path(), 0, &[]);
+    let p = id(&backup_json(&server, &tok, "vm", &disk));
+    assert!(server.stop());
+    // Every pack read slowed (5 ms), so that the restore is surely under way when it dies.
+    let mut server = Server::start_slowed(&store.path(), "pread64", 5_000);
+    let out = w.join("out.raw");
+    let mut child = server
+        .cmd(&reader, &["restore", &p])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("restore starts");
+    let partial = |d: &Path| {
+        std::fs::read_dir(d)
+            .expect("dir")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("cairn-partial"))
+    };
+    let started = std::time::Instant::now();
+    while !partial(w) && started.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(partial(w), "the restore never began writing");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let url = server.url.clone();
+    server.kill();
+    let killed = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < std::time::Duration::from_secs(120),
+            "the restore hangs on a dead server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert!(
+        !status.success(),
+        "a restore from a dead server succeeded: {err}"
+    );
+    assert!(err.contains(&url), "{err}");
+    assert!(
+        !out.exists() && !partial(w),
+        "a failed restore leaves no file"
+    );
+}
+
 #[test]
 fn an_idle_session_is_dropped_with_its_chunks() {
     let work = tempfile::tempdir().expect("tempdir");
