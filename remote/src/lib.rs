@@ -1,7 +1,7 @@
 //! A cairn store reached over HTTPS: the client side of `cairn serve`'s API.
 //!
 //! [`Remote`] implements [`StoreRead`] (points, chunks fetched in batches and each checked
-//! against its id) and opens [`Upload`]s, which implement [`StoreWrite`]: the backup pipeline
+//! against its id; a restore's windows requested ahead of it) and opens [`Upload`]s, which implement [`StoreWrite`]: the backup pipeline
 //! runs here unchanged, asks the server which chunk ids it lacks a batch at a time, and sends
 //! only those, compressed, from two uploader threads while reading goes on. The server checks
 //! every chunk and every commit again; nothing here is trusted by it.
@@ -9,7 +9,8 @@
 //! The server's certificate is checked against a CA file, or pinned by its SHA-256 fingerprint
 //! (as PBS clients do), or against the system's roots; it is never silently trusted.
 //!
-//! Reading is [`read`], backing up [`upload`]; this file connects and makes the requests.
+//! Reading is [`read`] (a restore's windows read ahead in [`ahead`]), backing up [`upload`];
+//! this file connects and makes the requests.
 
 mod ahead;
 mod read;
