@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use cairn_store::access::{BatchReader, next_said};
 use cairn_store::ahead::Ahead;
-use cairn_store::chunk::{self, ChunkId};
+use cairn_store::chunk::ChunkId;
 use cairn_store::{Error, Result};
 
-use crate::read::{answer_limit, parse_read_answer};
+use crate::read::{answer_limit, check_into, parse_read_answer};
 use crate::{Body, Remote, ids_bytes};
 
 /// Chunks per request: 4 MiB of 256 KiB chunks, few requests for the server to authorize and
@@ -126,13 +126,7 @@ impl BatchReader for ReadAhead<'_> {
                     .into_par_iter()
                     .map(|(record, slot)| match record {
                         Err(e) => Some(e),
-                        Ok((h, at)) => chunk::decode_into(keys, &h.stored(&body[at]), slot)
-                            .err()
-                            .map(|what| Error::BadChunk {
-                                id: h.id,
-                                where_: "as the server sent it".into(),
-                                what: what.to_string(),
-                            }),
+                        Ok((h, at)) => check_into(keys, &h.id, &h.stored(&body[at]), slot).err(),
                     })
                     .collect::<Vec<_>>(),
             );

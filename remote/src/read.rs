@@ -40,7 +40,7 @@ impl StoreRead for Remote {
         match self.fetch(std::slice::from_ref(id))?.into_iter().next() {
             Some(Ok(c)) => {
                 let mut plain = vec![0u8; c.plain_len as usize];
-                check_into(self.chunk_keys(), id, &c, &mut plain)?;
+                check_into(self.chunk_keys(), id, &c.stored(), &mut plain)?;
                 Ok(plain)
             }
             Some(Err(e)) => Err(e),
@@ -104,20 +104,20 @@ fn check_stored(
 ///
 /// # Errors
 /// [`Error::BadChunk`] when it does not decode or hash to `id`.
-fn check_into(
+pub(crate) fn check_into(
     keys: Option<&cairn_store::Keys>,
     id: &ChunkId,
-    c: &EncodedChunk,
+    c: &chunk::Stored<'_>,
     out: &mut [u8],
 ) -> Result<()> {
-    if c.id != *id {
+    if c.id != id {
         return Err(Error::BadChunk {
             id: *id,
             where_: "as the server sent it".into(),
             what: format!("the server sent chunk {} for it", c.id),
         });
     }
-    chunk::decode_into(keys, &c.stored(), out).map_err(|what| Error::BadChunk {
+    chunk::decode_into(keys, c, out).map_err(|what| Error::BadChunk {
         id: *id,
         where_: "as the server sent it".into(),
         what: what.to_string(),
@@ -171,7 +171,7 @@ impl Remote {
             .zip(self.fetch(ids)?)
             .zip(slots.iter_mut())
             .map(|((id, got), slot)| match got {
-                Ok(c) => check_into(self.chunk_keys(), id, &c, slot).err(),
+                Ok(c) => check_into(self.chunk_keys(), id, &c.stored(), slot).err(),
                 Err(e) => Some(e),
             })
             .collect())

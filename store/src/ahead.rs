@@ -47,6 +47,13 @@ impl<J, R> Shared<J, R> {
     fn wait<'a>(&self, g: MutexGuard<'a, State<J, R>>) -> MutexGuard<'a, State<J, R>> {
         self.changed.wait(g).unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn stop(&self) {
+        let mut st = self.lock();
+        st.stop = true;
+        st.queue.clear();
+        self.changed.notify_all();
+    }
 }
 
 /// Requests said ahead and fetched by `threads` threads (see the module).
@@ -132,10 +139,7 @@ impl<J: Send + 'static, R: Send + 'static> Ahead<J, R> {
 
     /// Stops: no request starts any more, and those not taken are refused.
     pub fn stop(&self) {
-        let mut st = self.shared.lock();
-        st.stop = true;
-        st.queue.clear();
-        self.shared.changed.notify_all();
+        self.shared.stop();
     }
 }
 
@@ -174,12 +178,7 @@ fn fetching<J, R>(shared: &Shared<J, R>, fetch: &Fetch<J, R>) {
 
 impl<J, R> Drop for Ahead<J, R> {
     fn drop(&mut self) {
-        {
-            let mut st = self.shared.lock();
-            st.stop = true;
-            st.queue.clear();
-            self.shared.changed.notify_all();
-        }
+        self.shared.stop();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }

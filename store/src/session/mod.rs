@@ -275,23 +275,22 @@ impl<'a> Session<'a> {
     /// # Errors
     /// A header that does not describe `bytes`; I/O errors.
     pub fn put_frame(&mut self, header: &pack::FrameHeader, bytes: &[u8]) -> Result<bool> {
-        let chunk = header;
-        if self.seen.contains(&chunk.id) {
+        if self.seen.contains(&header.id) {
             return Ok(false);
         }
-        let old = self.store.location(&chunk.id)?;
+        let old = self.store.location(&header.id)?;
         if let Some(old) = old {
-            let moved = chunk.kind == ChunkKind::Data && self.rewrite.packs.contains(&old.pack);
-            if !self.bad.contains(&chunk.id) && !self.lost.covers(&old) && !moved {
+            let moved = header.kind == ChunkKind::Data && self.rewrite.packs.contains(&old.pack);
+            if !self.bad.contains(&header.id) && !self.lost.covers(&old) && !moved {
                 if self.allowed.is_some() {
-                    self.proven.insert(chunk.id);
+                    self.proven.insert(header.id);
                 }
                 return Ok(false);
             }
-            if moved && !self.bad.contains(&chunk.id) {
+            if moved && !self.bad.contains(&header.id) {
                 self.rewritten += 1;
             }
-            self.superseded.push((chunk.id, old));
+            self.superseded.push((header.id, old));
         }
         let target = self.store.config.pack_target_size;
         if self.pack.as_ref().is_some_and(|p| p.len() >= target)
@@ -315,8 +314,8 @@ impl<'a> Session<'a> {
             return Err(Error::Internal("no open pack".into()));
         };
         let loc = Location::of_frame(pack.id(), pack.append_frame(header, bytes)?, header);
-        self.pending.push((chunk.id, loc));
-        self.seen.insert(chunk.id);
+        self.pending.push((header.id, loc));
+        self.seen.insert(header.id);
         self.new_stored += pack::FRAME_HEADER_SIZE + bytes.len() as u64;
         Ok(true)
     }
