@@ -378,7 +378,15 @@ fn a_link_planted_under_the_temporary_name_is_never_followed() {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .expect("ns_last_pid");
-    for pid in last + 1..last + 3000 {
+    // Pids wrap at pid_max back to the first unreserved one (300), so the next few thousand
+    // may start again from there.
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .expect("pid_max");
+    for step in 1..3000 {
+        let next = last + step;
+        let pid = if next < max { next } else { 300 + next - max };
         std::os::unix::fs::symlink(
             &victim,
             shared.join(format!(".out.raw.cairn-partial-{pid}")),
