@@ -1,6 +1,6 @@
 //! `cairn report`: what each VM, disk and point costs, as text, JSON or a page.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -139,7 +139,7 @@ fn write_page(a: &ReportArgs, doc: &serde_json::Value, file: &std::path::Path) -
 /// `cairn report` for people, from the report document (docs/report-json.md): one row for the
 /// store, each VM, its disks and their points.
 fn render_report(doc: &serde_json::Value) {
-    let list = |k: &str| doc[k].as_array().cloned().unwrap_or_default();
+    let list = |k: &str| doc[k].as_array().map_or(&[][..], Vec::as_slice);
     let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
     let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
     // A VM is its UUID (and pool) when it has one, else its name (and pool).
@@ -190,15 +190,27 @@ fn render_report(doc: &serde_json::Value) {
             human_bytes(n(c, "xo_vhd_deltas_bytes")),
         ]);
     };
+    // Each VM's disks and each disk's points, found in one pass each (a point belongs to its
+    // disk by the VM's identity, as `VmKey` says it).
+    let mut disks_of: HashMap<_, Vec<&serde_json::Value>> = HashMap::new();
+    for d in disks {
+        disks_of.entry(key(d)).or_default().push(d);
+    }
+    let mut points_of: HashMap<_, Vec<&serde_json::Value>> = HashMap::new();
+    for p in points {
+        points_of
+            .entry((key(p), text(p, "disk")))
+            .or_default()
+            .push(p);
+    }
     row("store".into(), &doc["store"]);
-    for v in &vms {
+    for v in vms {
         row(format!("vm {}", vm_name(v)), v);
-        for d in disks.iter().filter(|d| key(d) == key(v)) {
+        for d in disks_of.remove(&key(v)).unwrap_or_default() {
             row(format!("  disk {}", text(d, "disk")), d);
-            // A point belongs to its disk by the VM's identity (as `VmKey` says it).
-            for p in points
-                .iter()
-                .filter(|p| text(p, "disk") == text(d, "disk") && key(p) == key(v))
+            for p in points_of
+                .remove(&(key(v), text(d, "disk")))
+                .unwrap_or_default()
             {
                 row(point_name(p), p);
             }
@@ -210,7 +222,7 @@ fn render_report(doc: &serde_json::Value) {
 
 /// What gc can reclaim now, and the points whose figures leave out what cannot be read.
 fn say_reclaimable_and_damage(doc: &serde_json::Value) {
-    let list = |k: &str| doc[k].as_array().cloned().unwrap_or_default();
+    let list = |k: &str| doc[k].as_array().map_or(&[][..], Vec::as_slice);
     let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
     let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
     match doc["garbage_bytes"].as_u64() {
@@ -225,15 +237,15 @@ fn say_reclaimable_and_damage(doc: &serde_json::Value) {
         None => println!("reclaimable now: unknown while a garbage collection runs"),
     }
     for p in list("damaged_points") {
-        let id = text(&p, "id");
+        let id = text(p, "id");
         println!(
             "damaged: point {} {}/{} {}: {}; its figures leave out what cannot be read \
              (`cairn verify` says what is lost)",
             cairn_store::point::short_id(&id),
-            text(&p, "vm"),
-            text(&p, "disk"),
-            text(&p, "time"),
-            text(&p, "what")
+            text(p, "vm"),
+            text(p, "disk"),
+            text(p, "time"),
+            text(p, "what")
         );
     }
 }

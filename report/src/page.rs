@@ -7,6 +7,7 @@
 //! One file (over 600 lines) for one page: its style, its sections in the order the page shows
 //! them, and the helpers every section shares (escaping, numbers with their place).
 
+use std::collections::HashMap;
 use std::fmt::Write;
 
 use serde_json::Value;
@@ -52,6 +53,19 @@ pub fn url_piece(s: &str) -> String {
 
 /// Samples a chart draws at most (a VM of 1000 points is drawn from 240 of them).
 const CHART_SAMPLES: usize = 240;
+
+/// VMs the front page ranks by what deleting them frees (the rest are counted in one line).
+pub const RANKED_VMS: usize = 100;
+
+/// VMs the front page shows in detail (a chart and their newest points): the ones whose
+/// deletion frees most. The others have a page each (`vm/NAME`, or `--vm NAME`).
+pub const DETAILED_VMS: usize = 20;
+
+/// Rows of the short rankings (oldest last backups, most growth) and of damage lists.
+const SHORT_LIST: usize = 20;
+
+/// Rows of a list of damage (chunks of the last verify) the page shows at most.
+const DAMAGE_ROWS: usize = 100;
 
 /// Bytes for people: `1.25 GiB`.
 #[must_use]
@@ -181,13 +195,30 @@ pub fn render(doc: &Value, options: &PageOptions) -> String {
          <header><h1>cairn store report</h1><p>made {}</p></header><main>",
         esc(generated)
     );
+    let vms = doc["vms"].as_array().map_or(&[][..], Vec::as_slice);
+    let points = doc["points"].as_array().map_or(&[][..], Vec::as_slice);
+    // Each VM's points, in the document's order (oldest first), found in one pass.
+    let mut by_vm: HashMap<_, Vec<(usize, &Value)>> = HashMap::new();
+    for (k, p) in points.iter().enumerate() {
+        by_vm.entry(super::row_vm_key(p)).or_default().push((k, p));
+    }
+    let of_vm: Vec<Vec<(usize, &Value)>> = vms
+        .iter()
+        .map(|v| by_vm.remove(&super::row_vm_key(v)).unwrap_or_default())
+        .collect();
+    // VMs by what deleting them would free, most first.
+    let mut ranked: Vec<usize> = (0..vms.len()).collect();
+    ranked.sort_by_key(|&i| std::cmp::Reverse(u(&vms[i]["unique_stored_bytes"])));
+    let detailed: Vec<usize> = ranked.iter().copied().take(DETAILED_VMS).collect();
     store_section(&mut h, doc);
     savings_section(&mut h, doc);
     growth_section(&mut h, doc);
     verify_section(&mut h, doc);
     jobs_section(&mut h, doc);
-    ranking_section(&mut h, doc);
-    vm_sections(&mut h, doc, options);
+    last_backups_section(&mut h, doc, vms, &of_vm, &detailed, options);
+    ranking_section(&mut h, vms, &ranked, &detailed, options);
+    growers_section(&mut h, doc, vms, &of_vm, &detailed, options);
+    vm_sections(&mut h, vms, &of_vm, &detailed, options);
     let _ = write!(h, "</main><script>{SCRIPT}</script></body></html>");
     h
 }
@@ -507,7 +538,8 @@ fn verify_section(h: &mut String, doc: &Value) {
                 .unwrap_or_default())
         );
         h.push_str("<div class=\"scroll\"><table><thead><tr><th>chunk</th><th>kind</th><th>state</th><th>points damaged</th><th>what</th></tr></thead><tbody>");
-        for (i, d) in v["damaged"].as_array().into_iter().flatten().enumerate() {
+        let damaged = v["damaged"].as_array().map_or(&[][..], Vec::as_slice);
+        for (i, d) in damaged.iter().enumerate().take(DAMAGE_ROWS) {
             let pts = d["points"].as_array().map_or(0, Vec::len);
             let _ = write!(
                 h,
@@ -523,24 +555,59 @@ fn verify_section(h: &mut String, doc: &Value) {
                 esc(s(&d["what"]))
             );
         }
-        h.push_str("</tbody></table></div><p class=\"note\">A key backup of each damaged disk (<code>cairn backup --key</code>) stores the chunks again and repairs every point.</p>");
+        h.push_str("</tbody></table></div>");
+        if damaged.len() > DAMAGE_ROWS {
+            let _ = write!(
+                h,
+                "<p class=\"note\">{} more damaged chunks are not listed: \
+                 <code>cairn verify --json</code> lists every one.</p>",
+                damaged.len() - DAMAGE_ROWS
+            );
+        }
+        h.push_str("<p class=\"note\">A key backup of each damaged disk (<code>cairn backup --key</code>) stores the chunks again and repairs every point.</p>");
     }
     h.push_str("</section>");
 }
 
-fn ranking_section(h: &mut String, doc: &Value) {
-    let Some(vms) = doc["vms"].as_array() else {
+/// A VM's name, linked to where its points are: its section on this page, else its own page
+/// when served.
+fn vm_link(vm: &Value, i: usize, detailed: &[usize], options: &PageOptions) -> String {
+    let name = esc(&vm_label(vm));
+    if detailed.contains(&i) {
+        format!("<a href=\"#vm-{i}\">{name}</a>")
+    } else if options.vm_pages {
+        format!("<a href=\"vm/{}\">{name}</a>", url_piece(s(&vm["vm"])))
+    } else {
+        name
+    }
+}
+
+/// Where the points of a VM not shown in detail are: its page, or the command that draws it.
+fn elsewhere(options: &PageOptions) -> &'static str {
+    if options.vm_pages {
+        "each VM's name links to its page, which lists every point"
+    } else {
+        "<code>cairn report --html FILE --vm NAME</code> draws one VM's page with every point"
+    }
+}
+
+fn ranking_section(
+    h: &mut String,
+    vms: &[Value],
+    ranked: &[usize],
+    detailed: &[usize],
+    options: &PageOptions,
+) {
+    if vms.is_empty() {
         return;
-    };
-    let mut order: Vec<usize> = (0..vms.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(u(&vms[i]["unique_stored_bytes"])));
+    }
     h.push_str(
         "<section id=\"vms\"><h2>VMs by what deleting them would free</h2><div class=\"scroll\">\
          <table class=\"sortable\"><thead><tr><th>VM</th><th>frees</th><th>stored</th>\
          <th>points</th><th>disks</th><th>data</th><th>dedup</th><th>compression</th>\
          <th>XO deltas</th><th>full backups</th></tr></thead><tbody>",
     );
-    for i in order {
+    for &i in ranked.iter().take(RANKED_VMS) {
         let v = &vms[i];
         let p = |f: &str| format!("vms[{i}].{f}");
         let cells = [
@@ -554,17 +621,148 @@ fn ranking_section(h: &mut String, doc: &Value) {
             ("xo_vhd_deltas_bytes", Kind::Bytes),
             ("full_backups_bytes", Kind::Bytes),
         ];
-        let _ = write!(
-            h,
-            "<tr><td><a href=\"#vm-{i}\">{}</a></td>",
-            esc(&vm_label(v))
-        );
+        let _ = write!(h, "<tr><td>{}</td>", vm_link(v, i, detailed, options));
         for (field, kind) in cells {
             let _ = write!(h, "<td>{}</td>", num(&p(field), &v[field], kind));
         }
         h.push_str("</tr>");
     }
-    h.push_str("</tbody></table></div><p class=\"note\">“frees”: the stored bytes no other VM holds. The disks column is the points' disk sizes, summed.</p></section>");
+    h.push_str("</tbody></table></div>");
+    if ranked.len() > RANKED_VMS {
+        let _ = write!(
+            h,
+            "<p class=\"note\">{} more VMs, each freeing less, are not listed here \
+             (<code>cairn report --json</code> has every one).</p>",
+            ranked.len() - RANKED_VMS
+        );
+    }
+    h.push_str("<p class=\"note\">“frees”: the stored bytes no other VM holds. The disks column is the points' disk sizes, summed.</p></section>");
+}
+
+/// When the document was made, as a time.
+fn generated(doc: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::parse_from_rfc3339(s(&doc["generated"])).ok()
+}
+
+/// The VMs whose newest point is oldest: a backup that stopped shows here first.
+fn last_backups_section(
+    h: &mut String,
+    doc: &Value,
+    vms: &[Value],
+    of_vm: &[Vec<(usize, &Value)>],
+    detailed: &[usize],
+    options: &PageOptions,
+) {
+    if vms.len() < 2 {
+        return;
+    }
+    let newest = |i: usize| {
+        of_vm[i]
+            .iter()
+            .filter_map(|(_, p)| chrono::DateTime::parse_from_rfc3339(s(&p["time"])).ok())
+            .max()
+    };
+    let mut order: Vec<(Option<chrono::DateTime<chrono::FixedOffset>>, usize)> =
+        (0..vms.len()).map(|i| (newest(i), i)).collect();
+    order.sort();
+    let now = generated(doc);
+    let late = order
+        .iter()
+        .filter(|(t, _)| match (t, now) {
+            (Some(t), Some(now)) => now.signed_duration_since(*t) > chrono::Duration::hours(48),
+            _ => true,
+        })
+        .count();
+    let _ = write!(
+        h,
+        "<section id=\"last-backups\"><h2>Last backups, oldest first</h2><p>{}</p>\
+         <table><thead><tr><th>VM</th><th>newest point</th><th>age</th><th>points</th></tr></thead><tbody>",
+        if late == 0 {
+            "<span class=\"ok\">Every VM has a point from the last 48 hours.</span>".to_owned()
+        } else {
+            format!(
+                "<span class=\"bad\">{late} of {} VMs have no point from the last 48 hours.</span>",
+                vms.len()
+            )
+        }
+    );
+    for &(t, i) in order.iter().take(SHORT_LIST) {
+        let age = match (t, now) {
+            (Some(t), Some(now)) => {
+                let hours = now.signed_duration_since(t).num_hours().max(0);
+                if hours >= 48 {
+                    format!("<span class=\"bad\">{} days</span>", hours / 24)
+                } else {
+                    format!("{hours} h")
+                }
+            }
+            _ => "<span class=\"na\">–</span>".to_owned(),
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{age}</td><td>{}</td></tr>",
+            vm_link(&vms[i], i, detailed, options),
+            esc(&t.map(|t| t.to_rfc3339()).unwrap_or_default()),
+            num(&format!("vms[{i}].points"), &vms[i]["points"], Kind::Count),
+        );
+    }
+    h.push_str("</tbody></table></section>");
+}
+
+/// The VMs whose backups added most to the store over the growth window.
+fn growers_section(
+    h: &mut String,
+    doc: &Value,
+    vms: &[Value],
+    of_vm: &[Vec<(usize, &Value)>],
+    detailed: &[usize],
+    options: &PageOptions,
+) {
+    let Some(first) = doc["growth"]["days"][0]["day"].as_str() else {
+        return;
+    };
+    if vms.len() < 2 {
+        return;
+    }
+    // Point times are RFC 3339 in the store's zone, the window's days too: the date is the
+    // first ten characters.
+    let mut added: Vec<(u64, usize)> = of_vm
+        .iter()
+        .enumerate()
+        .map(|(i, points)| {
+            let sum = points
+                .iter()
+                .filter(|(_, p)| s(&p["time"]).get(..10).is_some_and(|d| d >= first))
+                .map(|(_, p)| u(&p["new_stored_bytes"]))
+                .sum();
+            (sum, i)
+        })
+        .filter(|(sum, _)| *sum > 0)
+        .collect();
+    if added.is_empty() {
+        return;
+    }
+    added.sort_by_key(|&(sum, i)| (std::cmp::Reverse(sum), i));
+    let _ = write!(
+        h,
+        "<section id=\"growers\"><h2>VMs that grew most since {}</h2><table><thead><tr>\
+         <th>VM</th><th>added</th><th>stored</th></tr></thead><tbody>",
+        esc(first)
+    );
+    for &(sum, i) in added.iter().take(SHORT_LIST) {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            vm_link(&vms[i], i, detailed, options),
+            esc(&human_bytes(sum)),
+            num(
+                &format!("vms[{i}].stored_bytes"),
+                &vms[i]["stored_bytes"],
+                Kind::Bytes
+            ),
+        );
+    }
+    h.push_str("</tbody></table><p class=\"note\">“added”: what the VM's backups of those days stored that the store did not hold.</p></section>");
 }
 
 /// A chart of a VM's points over time: each point's disk size and data, and the VM's stored
@@ -633,18 +831,16 @@ fn vm_chart(h: &mut String, points: &[(usize, &Value)]) {
     );
 }
 
-fn vm_sections(h: &mut String, doc: &Value, options: &PageOptions) {
-    let (Some(vms), Some(points)) = (doc["vms"].as_array(), doc["points"].as_array()) else {
-        return;
-    };
-    // Each VM's points, in the document's order (oldest first), found in one pass.
-    let mut by_vm: std::collections::HashMap<_, Vec<(usize, &Value)>> =
-        std::collections::HashMap::new();
-    for (k, p) in points.iter().enumerate() {
-        by_vm.entry(super::row_vm_key(p)).or_default().push((k, p));
-    }
-    for (i, vm) in vms.iter().enumerate() {
-        let mine = by_vm.remove(&super::row_vm_key(vm)).unwrap_or_default();
+fn vm_sections(
+    h: &mut String,
+    vms: &[Value],
+    of_vm: &[Vec<(usize, &Value)>],
+    detailed: &[usize],
+    options: &PageOptions,
+) {
+    for &i in detailed {
+        let vm = &vms[i];
+        let mine = &of_vm[i];
         let _ = write!(
             h,
             "<section id=\"vm-{i}\"><h2>{}</h2><p>{} points, {} stored, {} of it only this VM's.",
@@ -663,7 +859,7 @@ fn vm_sections(h: &mut String, doc: &Value, options: &PageOptions) {
         );
         retention_line(h, vm);
         h.push_str("</p>");
-        vm_chart(h, &mine);
+        vm_chart(h, mine);
         h.push_str(
             "<div class=\"scroll\"><table class=\"sortable\"><thead><tr><th>point</th><th>disk</th>\
              <th>new</th><th>frees</th><th>data</th><th>disk size</th><th>kept by</th></tr></thead><tbody>",
@@ -675,6 +871,16 @@ fn vm_sections(h: &mut String, doc: &Value, options: &PageOptions) {
         h.push_str("</tbody></table></div>");
         older_points_note(h, vm, listed, options);
         h.push_str("<p class=\"note\">“new”: what the point's backup added to the store; “frees”: what deleting it alone frees; “kept by”: the rule of the VM's last prune that keeps it.</p></section>");
+    }
+    if vms.len() > detailed.len() {
+        let _ = write!(
+            h,
+            "<section id=\"other-vms\"><p class=\"note\">The {} VMs that free most are shown in \
+             detail above; the other {} are ranked above: {}.</p></section>",
+            detailed.len(),
+            vms.len() - detailed.len(),
+            elsewhere(options)
+        );
     }
 }
 
@@ -864,13 +1070,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_store_of_100_vms_of_1000_points_fits_a_page_under_5_mb() {
+    fn the_front_page_of_a_fleet_ranks_and_summarises_in_a_bounded_size() {
+        let mut sizes = Vec::new();
+        for (vms, points) in [(100, 1000), (500, 20), (2000, 5)] {
+            let doc = synthetic_document(vms, points);
+            let page = render(&doc, &PageOptions::default());
+            sizes.push(page.len());
+            // The VMs that free most in detail, each with its newest points and a line for
+            // the rest; a bounded ranking; no more point rows than the detailed VMs show.
+            assert_eq!(page.matches("<section id=\"vm-").count(), DETAILED_VMS);
+            let rows = page.matches("<tr>").count();
+            assert!(
+                rows <= RANKED_VMS + 2 * SHORT_LIST + DETAILED_VMS * 30 + 100,
+                "{rows} rows for {vms} x {points}"
+            );
+            assert_eq!(
+                page.contains(&format!(
+                    "{} more VMs, each freeing less",
+                    vms.saturating_sub(RANKED_VMS)
+                )),
+                vms > RANKED_VMS,
+                "{vms} VMs"
+            );
+            assert!(page.len() <= 1 << 20, "{} bytes", page.len());
+        }
         let doc = synthetic_document(100, 1000);
         let page = render(&doc, &PageOptions::default());
-        assert!(page.len() <= 5 << 20, "{} bytes", page.len());
-        // Every VM is there, each with its newest points and a line for the rest.
-        assert_eq!(page.matches("<section id=\"vm-").count(), 100);
-        assert_eq!(page.matches("970 older points are not listed").count(), 100);
+        assert_eq!(
+            page.matches("970 older points are not listed").count(),
+            DETAILED_VMS
+        );
+        // Served, a VM not shown in detail links to its own page.
+        let served = render(
+            &doc,
+            &PageOptions {
+                vm_pages: true,
+                ..PageOptions::default()
+            },
+        );
+        assert!(served.contains("<a href=\"vm/"), "no VM page links");
+        eprintln!("front page sizes: {sizes:?}");
     }
 
     #[test]

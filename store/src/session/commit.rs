@@ -2,7 +2,7 @@
 //! the catalogue entries and reference counts in one batch. A crash at any instant leaves the
 //! store as it was before, or with every point committed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
 use rocksdb::WriteBatch;
@@ -17,7 +17,7 @@ use crate::index::{
     CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_PACKS, CF_POINTS, PackInfo, garbage_key, to_json,
 };
 use crate::pack::{self, PackId};
-use crate::point::RecoveryPoint;
+use crate::point::{RecoveryPoint, VmKey};
 use crate::run;
 use crate::store::Store;
 
@@ -55,8 +55,8 @@ impl Session<'_> {
         // One commit at a time in this process (sessions of `cairn serve`, garbage collection
         // in it): the counts read below are changed by this commit's batches only.
         let _commit = store.commit_lock()?;
-        let existing = store.points()?;
         let mut staged = staged;
+        let existing = concerned(store.points()?, &staged);
         self.check_claims(&mut staged, &existing)?;
         if self.check {
             self.check_complete(&staged)?;
@@ -129,6 +129,34 @@ impl Session<'_> {
         }
         store.write_synced(batch)
     }
+}
+
+/// The points of `existing` the checks of a commit of `staged` look at: those of the same
+/// disks, and those that carry the same identity (a VM UUID in a pool). Every check compares
+/// a staged point with these only, so a commit into a store of 100 000 points compares
+/// against its own disks' history, not every point.
+fn concerned(existing: Vec<RecoveryPoint>, staged: &[StagedPoint]) -> Vec<RecoveryPoint> {
+    let disks: HashSet<(VmKey, &str)> = staged
+        .iter()
+        .map(|s| (s.0.vm_key(), s.0.disk.as_str()))
+        .collect();
+    let identities: HashSet<(&str, Option<&str>)> = staged
+        .iter()
+        .filter_map(|s| {
+            let l = &s.0.labels;
+            Some((l.vm_uuid.as_deref()?, l.pool.as_deref()))
+        })
+        .collect();
+    existing
+        .into_iter()
+        .filter(|e| {
+            let l = &e.labels;
+            l.vm_uuid
+                .as_deref()
+                .is_some_and(|u| identities.contains(&(u, l.pool.as_deref())))
+                || disks.contains(&(e.vm_key(), e.disk.as_str()))
+        })
+        .collect()
 }
 
 /// The staged points to publish, and those already published: a retry of a backup whose point
