@@ -30,12 +30,14 @@ consecutive days made with `cairn vhd from-raw --parent`):
            same series, and the bytes sealing adds per chunk (benches/encryption.py)
   files    files read in place from a point: ls of a 10 000-file folder, cat of a 100 MiB file
            against debugfs, bytes read from the store (benches/files.py)
+  fleet    stores of 1 000, 10 000 and 100 000 points made by make-fleet: list, report, prune
+           --dry-run, forget, gc, verify --quick and the live page, time and RSS (benches/fleet.py)
   boot     check-boot of a point 30 generations deep against booting its raw file the same way
            (benches/boot.py)
   compression  bytes and seconds of each zstd level over a workload disk's chunks
            (benches/compression.py)
 `--only SECTIONS` runs only those (comma-separated: main, limits, scaling, sparse, scale, bigdisk,
-generations, index, nbd, replicate, serve, report, s3, encryption, files, boot, compression; main is the full/daily/clone/restore steps with the peers).
+generations, index, nbd, replicate, serve, report, s3, encryption, files, boot, compression, fleet; main is the full/daily/clone/restore steps with the peers).
 Each step records wall time, CPU time and peak RSS (wait4) and the repository size after it.
 The table goes to stdout, everything to target/bench/results.json. Times are of a shared,
 noisy machine: compare ratios within one run, not absolute times across runs.
@@ -507,6 +509,7 @@ def main():
     ap.add_argument("--fill-index", type=Path, help="the fill-index binary (for the index section)")
     ap.add_argument("--report-page", type=Path, help="the report-page binary (for the report section)")
     ap.add_argument("--guest-disk", type=Path, help="the guest-disk binary (for the boot section)")
+    ap.add_argument("--make-fleet", type=Path, help="the make-fleet binary (for the fleet section)")
     ap.add_argument("--smoke", action="store_true", help="the scale sections at a smoke test's sizes")
     a = ap.parse_args()
     global DROP_CACHES
@@ -528,7 +531,7 @@ def main():
 
 
 SECTIONS = ("main", "limits", "scaling", "sparse", "scale", "bigdisk", "generations", "index", "nbd", "replicate", "serve",
-            "report", "s3", "encryption", "files", "boot", "compression")
+            "report", "s3", "encryption", "files", "boot", "compression", "fleet")
 
 
 def run_all(a, size, work, skip, res, started):
@@ -542,6 +545,7 @@ def run_all(a, size, work, skip, res, started):
     import files
     import boot
     import compression
+    import fleet
     only = set(filter(None, a.only.split(",")))
     unknown = (only | skip) - set(SECTIONS)
     if unknown:
@@ -562,7 +566,7 @@ def run_all(a, size, work, skip, res, started):
     # The scale sections run in a full run with the peers, or when asked for by --only.
     if a.cairn_only and not only:
         skip = skip | {"bigdisk", "generations", "index", "nbd", "replicate", "serve", "report", "s3", "encryption", "files",
-                       "boot", "compression"}
+                       "boot", "compression", "fleet"}
     profile = "smoke" if a.smoke else "quick" if a.quick else "full"
     if "bigdisk" not in skip:
         scale.run_bigdisk(work, a.shared, a.cairn, res, profile)
@@ -594,6 +598,10 @@ def run_all(a, size, work, skip, res, started):
         boot.run_boot(work, a.cairn, a.guest_disk, res, profile)
     if "compression" not in skip:
         compression.run_compression(work, a.shared, a.cairn, res, profile)
+    if "fleet" not in skip:
+        if a.make_fleet is None:
+            raise SystemExit("the fleet section needs --make-fleet (run.sh passes it)")
+        fleet.run_fleet(work, a.cairn, a.make_fleet, res, profile)
     ideal = None
     chunk = 256 << 10
     if "main" not in skip and not a.cairn_only:
@@ -608,7 +616,7 @@ def run_all(a, size, work, skip, res, started):
         run_scale(work, a.shared, a.cairn, res, 1000)
     targets = (summarize(res, ideal, scaling, chunk) + scale.targets(res) + nbd.targets(res) + replicate.targets(res)
                + serve.targets(res) + report.targets(res) + s3.targets(res) + encryption.targets(res)
-               + files.targets(res) + boot.targets(res) + compression.targets(res))
+               + files.targets(res) + boot.targets(res) + compression.targets(res) + fleet.targets(res))
 
     # The table: one row per step, one column group per tool.
     tools = [t for t in ("cairn", "restic", "borg", "borg-fixed", "limit", "helper") if any(r["tool"] == t for r in res.rows)]

@@ -29,4 +29,5 @@ cargo build --release --locked --manifest-path "$repo/Cargo.toml" -p cairn-cli -
 exec python3 "$repo/benches/run.py" --cairn "$CARGO_TARGET_DIR/release/cairn" \
   --fill-index "$CARGO_TARGET_DIR/release/fill-index" \
   --report-page "$CARGO_TARGET_DIR/release/report-page" \
-  --guest-disk "$CARGO_TARGET_DIR/release/guest-disk" "$@"
+  --guest-disk "$CARGO_TARGET_DIR/release/guest-disk" \
+  --make-fleet "$CARGO_TARGET_DIR/release/make-fleet" "$@"

@@ -19,6 +19,8 @@ fn harness(args: &[&str]) -> (String, serde_json::Value) {
         .arg(bin.with_file_name("fill-index"))
         .arg("--report-page")
         .arg(bin.with_file_name("report-page"))
+        .arg("--make-fleet")
+        .arg(bin.with_file_name("make-fleet"))
         .arg("--shared")
         .arg(shared_dir())
         .args(args)
@@ -288,6 +290,48 @@ fn the_report_section_runs_at_a_smoke_tests_size() {
     for name in [
         "report page of 100 VMs x 1000 points: render (s)",
         "report page of 100 VMs x 1000 points: size (MiB)",
+    ] {
+        assert!(text.contains(name), "no target {name:?} in {text}");
+    }
+}
+
+#[test]
+fn the_fleet_section_runs_at_a_smoke_tests_size() {
+    let (text, v) = section("fleet");
+    // Each size: the store made, then every step that reads it, the live page and a forget.
+    for n in [100, 1000] {
+        for step in [
+            "make",
+            "list",
+            "list-vm",
+            "report",
+            "report-json",
+            "report-html",
+            "prune-dry-run",
+            "gc-nothing",
+            "verify-quick",
+            "page",
+            "page-vm",
+            "forget",
+        ] {
+            let row = step_of(&v, &format!("fleet-{n}-{step}"));
+            assert!(seconds_ok(float(row, "seconds"), &v), "{row}");
+            assert!(float(row, "rss_mib") > 1.0, "{row}");
+        }
+        // The list prints a line per point; a VM's list only its own.
+        let list = float(step_of(&v, &format!("fleet-{n}-list")), "bytes");
+        let list_vm = float(step_of(&v, &format!("fleet-{n}-list-vm")), "bytes");
+        assert!(
+            list > 50.0 * n as f64 && list_vm < list / 5.0,
+            "{list} {list_vm}"
+        );
+        assert!(float(step_of(&v, &format!("fleet-{n}-page")), "bytes") > 10_000.0);
+    }
+    for name in [
+        "fleet 1000 points: list (s)",
+        "fleet 1000 points: report-json peak RSS (MiB)",
+        "fleet 100 -> 1000 points: page-vm time per point, ratio",
+        "fleet 1000 points: page size (KiB)",
     ] {
         assert!(text.contains(name), "no target {name:?} in {text}");
     }
