@@ -50,7 +50,7 @@ pub fn list(a: &ListArgs) -> Result<i32> {
     let reader = a.store.reader()?;
     let store = reader.get();
     let tz = store.config().tz();
-    let points = a.select.choose(&store.points()?)?;
+    let points = a.select.choose_in(store)?;
     let checks = match (&reader, a.boot) {
         (_, false) => None,
         (crate::store_cmd::Reader::Local(s), true) => {

@@ -41,7 +41,7 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
             use cairn_store::StoreRead;
             let shown: HashSet<cairn_store::PointId> = a
                 .select
-                .choose(&r.points()?)?
+                .choose_owned(r.points()?)?
                 .into_iter()
                 .map(|p| p.id)
                 .collect();

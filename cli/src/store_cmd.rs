@@ -370,12 +370,50 @@ impl Selection {
         let filter = self.filter.filter();
         filter.check(points).map_err(anyhow::Error::msg)?;
         let since = self.since.map(|d| Utc::now() - d);
-        let mut chosen: Vec<RecoveryPoint> = points
+        let chosen: Vec<RecoveryPoint> = points
             .iter()
             .filter(|p| filter.matches(p))
             .filter(|p| since.is_none_or(|s| p.time >= s))
             .cloned()
             .collect();
+        Ok(self.newest_of_each_disk(chosen))
+    }
+
+    /// The points of `store` this selection chooses: with a filter, only the points it
+    /// selects are read whole (see [`cairn_store::Store::points_matching`]); when none is, every
+    /// point is read to say what there is.
+    ///
+    /// # Errors
+    /// As [`Selection::choose`], and the store's.
+    pub fn choose_in(&self, store: &dyn cairn_store::StoreRead) -> Result<Vec<RecoveryPoint>> {
+        let filter = self.filter.filter();
+        let points = if filter.is_empty() {
+            store.points()?
+        } else {
+            match store.points_matching(&filter)? {
+                some if !some.is_empty() => some,
+                _ => store.points()?,
+            }
+        };
+        self.choose_owned(points)
+    }
+
+    /// [`Selection::choose`] of points the caller gives up: the chosen ones are kept where they
+    /// are, not copied (a list of 100 000 points held once, not twice).
+    ///
+    /// # Errors
+    /// As [`Selection::choose`].
+    pub fn choose_owned(&self, mut points: Vec<RecoveryPoint>) -> Result<Vec<RecoveryPoint>> {
+        let filter = self.filter.filter();
+        filter.check(&points).map_err(anyhow::Error::msg)?;
+        let since = self.since.map(|d| Utc::now() - d);
+        points.retain(|p| filter.matches(p) && since.is_none_or(|s| p.time >= s));
+        points.shrink_to_fit();
+        Ok(self.newest_of_each_disk(points))
+    }
+
+    /// With `--last N`, the newest N of each disk of `chosen`; else all of them.
+    fn newest_of_each_disk(&self, mut chosen: Vec<RecoveryPoint>) -> Vec<RecoveryPoint> {
         if let Some(n) = self.last {
             // The newest n of each disk.
             let mut seen: HashMap<(VmKey, String), usize> = HashMap::new();
@@ -390,7 +428,7 @@ impl Selection {
             let mut k = keep.into_iter();
             chosen.retain(|_| k.next().unwrap_or(false));
         }
-        Ok(chosen)
+        chosen
     }
 }
 

@@ -31,6 +31,17 @@ pub trait StoreRead: Sync {
     /// Index or transport errors.
     fn points(&self) -> Result<Vec<RecoveryPoint>>;
 
+    /// The points `filter` selects, oldest first (a store reads only their catalogue entries
+    /// whole).
+    ///
+    /// # Errors
+    /// As [`StoreRead::points`].
+    fn points_matching(&self, filter: &crate::select::Filter) -> Result<Vec<RecoveryPoint>> {
+        let mut points = self.points()?;
+        points.retain(|p| filter.matches(p));
+        Ok(points)
+    }
+
     /// A chunk's plain bytes, checked against its id.
     ///
     /// # Errors
@@ -232,6 +243,10 @@ impl<S: StoreRead + ?Sized> StoreRead for &S {
         (**self).points()
     }
 
+    fn points_matching(&self, filter: &crate::select::Filter) -> Result<Vec<RecoveryPoint>> {
+        (**self).points_matching(filter)
+    }
+
     fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
         (**self).read_chunk(id)
     }
@@ -272,6 +287,10 @@ impl StoreRead for Store {
 
     fn points(&self) -> Result<Vec<RecoveryPoint>> {
         Store::points(self)
+    }
+
+    fn points_matching(&self, filter: &crate::select::Filter) -> Result<Vec<RecoveryPoint>> {
+        Store::points_matching(self, filter)
     }
 
     fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {

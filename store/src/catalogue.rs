@@ -1,6 +1,7 @@
 //! The catalogue: reading the points (oldest first, by id, the latest of a disk, by name),
 //! and its changes beside backups: forgetting points and protecting them.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -28,7 +29,86 @@ pub struct Forgotten {
 /// The ids of forgotten points, one a line, appended to (`Store::forgotten_ids`).
 pub(crate) const FORGOTTEN_FILE: &str = "forgotten";
 
+/// The names of a point as its catalogue entry holds them, read without the rest of it: what
+/// a [`crate::select::Filter`] looks at.
+#[derive(Debug, serde::Deserialize)]
+pub struct PointHead<'a> {
+    /// The VM's name.
+    #[serde(borrow)]
+    pub vm: Cow<'a, str>,
+    /// The disk.
+    #[serde(borrow)]
+    pub disk: Cow<'a, str>,
+    /// The VM's UUID.
+    #[serde(borrow, default)]
+    pub vm_uuid: Option<Cow<'a, str>>,
+    /// The pool.
+    #[serde(borrow, default)]
+    pub pool: Option<Cow<'a, str>>,
+    /// The host.
+    #[serde(borrow, default)]
+    pub host: Option<Cow<'a, str>>,
+    /// The tags.
+    #[serde(borrow, default)]
+    pub tags: Vec<Cow<'a, str>>,
+}
+
+impl PointHead<'_> {
+    /// Whether `filter` selects this point.
+    #[must_use]
+    pub fn passes(&self, filter: &crate::select::Filter) -> bool {
+        filter.matches_names(
+            &self.vm,
+            &self.disk,
+            [
+                self.vm_uuid.as_deref(),
+                self.pool.as_deref(),
+                self.host.as_deref(),
+            ],
+            &mut self.tags.iter().map(|t| &**t),
+        )
+    }
+}
+
+/// Points in the catalogue's order: by time, then VM, disk and commit time.
+fn sort_points(points: &mut [RecoveryPoint]) {
+    points.sort_by(|a, b| {
+        (a.time, &a.vm, &a.disk, a.committed).cmp(&(b.time, &b.vm, &b.disk, b.committed))
+    });
+}
+
 impl Store {
+    /// The recovery points `filter` selects, oldest first: each catalogue entry's names are
+    /// read first and the rest of it only for a point selected, so the points of one VM of a
+    /// store of 100 000 are read in a fraction of the time and memory of every point.
+    ///
+    /// # Errors
+    /// Index errors or an unreadable catalogue entry.
+    pub fn points_matching(&self, filter: &crate::select::Filter) -> Result<Vec<RecoveryPoint>> {
+        if filter.is_empty() {
+            return self.points();
+        }
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_POINTS)?, IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(self.index_err())?;
+            let unreadable = |e: serde_json::Error| {
+                Error::Point(format!(
+                    "{}: unreadable catalogue entry: {e}",
+                    hex::encode(&k)
+                ))
+            };
+            let head: PointHead<'_> = serde_json::from_slice(&v).map_err(unreadable)?;
+            if head.passes(filter) {
+                out.push(serde_json::from_slice::<RecoveryPoint>(&v).map_err(unreadable)?);
+            }
+        }
+        sort_points(&mut out);
+        Ok(out)
+    }
+
     /// Every recovery point, oldest first.
     ///
     /// # Errors
@@ -48,9 +128,7 @@ impl Store {
             })?;
             out.push(p);
         }
-        out.sort_by(|a, b| {
-            (a.time, &a.vm, &a.disk, a.committed).cmp(&(b.time, &b.vm, &b.disk, b.committed))
-        });
+        sort_points(&mut out);
         Ok(out)
     }
 

@@ -131,8 +131,16 @@ pub(crate) fn files_under(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
             continue;
         };
         for e in entries {
-            let path = e.map_err(Error::io(&dir, "listing the folder"))?.path();
-            if path.is_dir() {
+            let e = e.map_err(Error::io(&dir, "listing the folder"))?;
+            let path = e.path();
+            // The folder's own listing says what each entry is (no stat per file: a store of
+            // 100 000 points has as many root files); a link is followed as before.
+            let is_dir = match e.file_type() {
+                Ok(t) if t.is_symlink() => path.is_dir(),
+                Ok(t) => t.is_dir(),
+                Err(_) => path.is_dir(),
+            };
+            if is_dir {
                 stack.push(path);
             } else if path.extension().is_some_and(|x| x == ext) {
                 out.push(path);

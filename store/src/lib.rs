@@ -176,7 +176,7 @@ pub mod tree;
 pub mod view;
 
 pub use access::{BatchReader, ChunkFilter, ChunkSink, StoreRead, StoreWrite};
-pub use catalogue::Forgotten;
+pub use catalogue::{Forgotten, PointHead};
 pub use chunk::{ChunkId, ChunkKind, ChunkRef, Codec, EncodedChunk};
 pub use config::{DEFAULT_CHUNK_SIZE, StoreConfig};
 pub use error::{Error, Result};

@@ -190,19 +190,34 @@ impl Filter {
     #[must_use]
     pub fn matches(&self, p: &RecoveryPoint) -> bool {
         let l = &p.labels;
+        self.matches_names(
+            &p.vm,
+            &p.disk,
+            [l.vm_uuid.as_deref(), l.pool.as_deref(), l.host.as_deref()],
+            &mut l.tags.iter().map(String::as_str),
+        )
+    }
+
+    /// Whether a point of these names passes (see [`crate::PointHead`]): the array is
+    /// its VM's UUID, its pool and its host.
+    #[must_use]
+    pub fn matches_names(
+        &self,
+        vm: &str,
+        disk: &str,
+        [uuid, pool, host]: [Option<&str>; 3],
+        tags: &mut dyn Iterator<Item = &str>,
+    ) -> bool {
         self.vm
             .as_deref()
-            .is_none_or(|v| p.vm == v || l.vm_uuid.as_deref() == Some(v))
-            && self.disk.as_deref().is_none_or(|d| p.disk == d)
-            && self
-                .pool
-                .as_deref()
-                .is_none_or(|x| l.pool.as_deref() == Some(x))
-            && self
-                .host
-                .as_deref()
-                .is_none_or(|x| l.host.as_deref() == Some(x))
-            && self.tags.iter().all(|t| l.tags.contains(t))
+            .is_none_or(|v| vm == v || uuid == Some(v))
+            && self.disk.as_deref().is_none_or(|d| disk == d)
+            && self.pool.as_deref().is_none_or(|x| pool == Some(x))
+            && self.host.as_deref().is_none_or(|x| host == Some(x))
+            && (self.tags.is_empty() || {
+                let theirs: Vec<&str> = tags.collect();
+                self.tags.iter().all(|t| theirs.contains(&t.as_str()))
+            })
     }
 
     /// Fails when the filter matches none of `points`, naming what exists (a typo must not

@@ -236,3 +236,70 @@ fn reference_counts_follow_commits_and_forgets_and_a_recount_agrees() {
         store.chunk_entries().expect("entries").len()
     );
 }
+
+/// The points a filter selects, read from the names of each catalogue entry first, are those
+/// the filter selects among every point whole: names JSON escapes, UUIDs, pools, hosts, tags.
+#[test]
+fn points_matching_reads_the_same_points_as_a_filter_over_every_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("s");
+    Store::init(&root, 64 << 10).expect("init");
+    let store = Store::open(&root, OpenMode::Write { wait: false }).expect("open");
+    let c = encode(&cairn_store::Keys::Clear, &chunk(7), ChunkKind::Data, 1).expect("encode");
+    let names = ["web", "wéb \"quoted\" \\ back", "db/ctl", "mail 2"];
+    let mut s = store.session().expect("session");
+    s.put(&c).expect("put");
+    let mut staged = Vec::new();
+    for (i, vm) in names.iter().enumerate() {
+        for day in 0..3 {
+            let mut p = new_point(vm, 64 << 10);
+            p.time = chrono::Utc::now() - chrono::Duration::days(day);
+            p.disk = if day == 2 {
+                "xvdb".into()
+            } else {
+                "xvda".into()
+            };
+            p.labels.vm_uuid = (i % 2 == 0).then(|| format!("uuid-{i}"));
+            p.labels.pool = Some(format!("pool-{}", i % 2));
+            p.labels.host = (day == 1).then(|| format!("host \"{i}\""));
+            p.labels.tags = (0..day).map(|t| format!("tag-{t}")).collect();
+            staged.push(s.stage(p, &[ChunkRef::Data(c.id)]).expect("stage"));
+        }
+    }
+    s.commit_run(staged).expect("commit");
+    let every = store.points().expect("points");
+    assert_eq!(every.len(), 12);
+    let mut filters = vec![cairn_store::select::Filter::default()];
+    for vm in names
+        .iter()
+        .map(|n| n.to_string())
+        .chain(["uuid-2".into(), "none".into()])
+    {
+        filters.push(cairn_store::select::Filter {
+            vm: Some(vm),
+            ..Default::default()
+        });
+    }
+    filters.push(cairn_store::select::Filter {
+        disk: Some("xvdb".into()),
+        pool: Some("pool-1".into()),
+        ..Default::default()
+    });
+    filters.push(cairn_store::select::Filter {
+        host: Some("host \"2\"".into()),
+        ..Default::default()
+    });
+    filters.push(cairn_store::select::Filter {
+        tags: vec!["tag-1".into(), "tag-0".into()],
+        ..Default::default()
+    });
+    for f in filters {
+        let want: Vec<_> = every.iter().filter(|p| f.matches(p)).cloned().collect();
+        let got = store.points_matching(&f).expect("matching");
+        assert_eq!(
+            got.iter().map(|p| &p.id).collect::<Vec<_>>(),
+            want.iter().map(|p| &p.id).collect::<Vec<_>>(),
+            "{f:?}"
+        );
+    }
+}
