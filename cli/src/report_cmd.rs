@@ -17,8 +17,9 @@ use crate::words::{count, human_bytes};
     cairn report --store /backups/store --html /var/www/backups.html\n\n\
     Shared and unique bytes are counted over the whole store; the filters choose the rows.\n\
     --html writes one self-contained page (no network): savings, growth and when the disk\n\
-    fills, the last verify, VMs ranked by what deleting them frees, and per VM a chart and\n\
-    its newest points (every point with --vm). The JSON is docs/report-json.md."
+    fills, the last verify, the oldest last backups, VMs ranked by what deleting them frees\n\
+    and by growth, and for the 20 VMs that free most a chart and their newest points (every\n\
+    point of one VM with --vm). The JSON is docs/report-json.md."
 )]
 pub struct ReportArgs {
     #[command(flatten)]
