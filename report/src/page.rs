@@ -195,30 +195,16 @@ pub fn render(doc: &Value, options: &PageOptions) -> String {
          <header><h1>cairn store report</h1><p>made {}</p></header><main>",
         esc(generated)
     );
-    let vms = doc["vms"].as_array().map_or(&[][..], Vec::as_slice);
-    let points = doc["points"].as_array().map_or(&[][..], Vec::as_slice);
-    // Each VM's points, in the document's order (oldest first), found in one pass.
-    let mut by_vm: HashMap<_, Vec<(usize, &Value)>> = HashMap::new();
-    for (k, p) in points.iter().enumerate() {
-        by_vm.entry(super::row_vm_key(p)).or_default().push((k, p));
-    }
-    let of_vm: Vec<Vec<(usize, &Value)>> = vms
-        .iter()
-        .map(|v| by_vm.remove(&super::row_vm_key(v)).unwrap_or_default())
-        .collect();
-    // VMs by what deleting them would free, most first.
-    let mut ranked: Vec<usize> = (0..vms.len()).collect();
-    ranked.sort_by_key(|&i| std::cmp::Reverse(u(&vms[i]["unique_stored_bytes"])));
-    let detailed: Vec<usize> = ranked.iter().copied().take(DETAILED_VMS).collect();
+    let fleet = Fleet::of(doc, options);
     store_section(&mut h, doc);
     savings_section(&mut h, doc);
     growth_section(&mut h, doc);
     verify_section(&mut h, doc);
     jobs_section(&mut h, doc);
-    last_backups_section(&mut h, doc, vms, &of_vm, &detailed, options);
-    ranking_section(&mut h, vms, &ranked, &detailed, options);
-    growers_section(&mut h, doc, vms, &of_vm, &detailed, options);
-    vm_sections(&mut h, vms, &of_vm, &detailed, options);
+    last_backups_section(&mut h, doc, &fleet);
+    ranking_section(&mut h, &fleet);
+    growers_section(&mut h, doc, &fleet);
+    vm_sections(&mut h, &fleet);
     let _ = write!(h, "</main><script>{SCRIPT}</script></body></html>");
     h
 }
@@ -569,16 +555,56 @@ fn verify_section(h: &mut String, doc: &Value) {
     h.push_str("</section>");
 }
 
-/// A VM's name, linked to where its points are: its section on this page, else its own page
-/// when served.
-fn vm_link(vm: &Value, i: usize, detailed: &[usize], options: &PageOptions) -> String {
-    let name = esc(&vm_label(vm));
-    if detailed.contains(&i) {
-        format!("<a href=\"#vm-{i}\">{name}</a>")
-    } else if options.vm_pages {
-        format!("<a href=\"vm/{}\">{name}</a>", url_piece(s(&vm["vm"])))
-    } else {
-        name
+/// The document's VMs as the page shows them: each VM's points, their order by what deleting
+/// them would free, the ones shown in detail.
+struct Fleet<'d> {
+    vms: &'d [Value],
+    /// Each VM's points (index in the document's points, the row), oldest first.
+    of_vm: Vec<Vec<(usize, &'d Value)>>,
+    /// VM indices, most to free first.
+    ranked: Vec<usize>,
+    /// The VMs shown in detail (the first [`DETAILED_VMS`] ranked).
+    detailed: Vec<usize>,
+    options: &'d PageOptions,
+}
+
+impl<'d> Fleet<'d> {
+    fn of(doc: &'d Value, options: &'d PageOptions) -> Self {
+        let vms = doc["vms"].as_array().map_or(&[][..], Vec::as_slice);
+        let points = doc["points"].as_array().map_or(&[][..], Vec::as_slice);
+        // Each VM's points, in the document's order (oldest first), found in one pass.
+        let mut by_vm: HashMap<_, Vec<(usize, &Value)>> = HashMap::new();
+        for (k, p) in points.iter().enumerate() {
+            by_vm.entry(super::row_vm_key(p)).or_default().push((k, p));
+        }
+        let of_vm = vms
+            .iter()
+            .map(|v| by_vm.remove(&super::row_vm_key(v)).unwrap_or_default())
+            .collect();
+        let mut ranked: Vec<usize> = (0..vms.len()).collect();
+        ranked.sort_by_key(|&i| std::cmp::Reverse(u(&vms[i]["unique_stored_bytes"])));
+        let detailed = ranked.iter().copied().take(DETAILED_VMS).collect();
+        Self {
+            vms,
+            of_vm,
+            ranked,
+            detailed,
+            options,
+        }
+    }
+
+    /// VM `i`'s name, linked to where its points are: its section on this page, else its own
+    /// page when served.
+    fn link(&self, i: usize) -> String {
+        let vm = &self.vms[i];
+        let name = esc(&vm_label(vm));
+        if self.detailed.contains(&i) {
+            format!("<a href=\"#vm-{i}\">{name}</a>")
+        } else if self.options.vm_pages {
+            format!("<a href=\"vm/{}\">{name}</a>", url_piece(s(&vm["vm"])))
+        } else {
+            name
+        }
     }
 }
 
@@ -591,13 +617,8 @@ fn elsewhere(options: &PageOptions) -> &'static str {
     }
 }
 
-fn ranking_section(
-    h: &mut String,
-    vms: &[Value],
-    ranked: &[usize],
-    detailed: &[usize],
-    options: &PageOptions,
-) {
+fn ranking_section(h: &mut String, fleet: &Fleet<'_>) {
+    let (vms, ranked) = (fleet.vms, &fleet.ranked);
     if vms.is_empty() {
         return;
     }
@@ -621,7 +642,7 @@ fn ranking_section(
             ("xo_vhd_deltas_bytes", Kind::Bytes),
             ("full_backups_bytes", Kind::Bytes),
         ];
-        let _ = write!(h, "<tr><td>{}</td>", vm_link(v, i, detailed, options));
+        let _ = write!(h, "<tr><td>{}</td>", fleet.link(i));
         for (field, kind) in cells {
             let _ = write!(h, "<td>{}</td>", num(&p(field), &v[field], kind));
         }
@@ -645,14 +666,8 @@ fn generated(doc: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
 }
 
 /// The VMs whose newest point is oldest: a backup that stopped shows here first.
-fn last_backups_section(
-    h: &mut String,
-    doc: &Value,
-    vms: &[Value],
-    of_vm: &[Vec<(usize, &Value)>],
-    detailed: &[usize],
-    options: &PageOptions,
-) {
+fn last_backups_section(h: &mut String, doc: &Value, fleet: &Fleet<'_>) {
+    let (vms, of_vm) = (fleet.vms, &fleet.of_vm);
     if vms.len() < 2 {
         return;
     }
@@ -701,7 +716,7 @@ fn last_backups_section(
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{age}</td><td>{}</td></tr>",
-            vm_link(&vms[i], i, detailed, options),
+            fleet.link(i),
             esc(&t.map(|t| t.to_rfc3339()).unwrap_or_default()),
             num(&format!("vms[{i}].points"), &vms[i]["points"], Kind::Count),
         );
@@ -710,14 +725,8 @@ fn last_backups_section(
 }
 
 /// The VMs whose backups added most to the store over the growth window.
-fn growers_section(
-    h: &mut String,
-    doc: &Value,
-    vms: &[Value],
-    of_vm: &[Vec<(usize, &Value)>],
-    detailed: &[usize],
-    options: &PageOptions,
-) {
+fn growers_section(h: &mut String, doc: &Value, fleet: &Fleet<'_>) {
+    let (vms, of_vm) = (fleet.vms, &fleet.of_vm);
     let Some(first) = doc["growth"]["days"][0]["day"].as_str() else {
         return;
     };
@@ -753,7 +762,7 @@ fn growers_section(
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            vm_link(&vms[i], i, detailed, options),
+            fleet.link(i),
             esc(&human_bytes(sum)),
             num(
                 &format!("vms[{i}].stored_bytes"),
@@ -831,16 +840,11 @@ fn vm_chart(h: &mut String, points: &[(usize, &Value)]) {
     );
 }
 
-fn vm_sections(
-    h: &mut String,
-    vms: &[Value],
-    of_vm: &[Vec<(usize, &Value)>],
-    detailed: &[usize],
-    options: &PageOptions,
-) {
+fn vm_sections(h: &mut String, fleet: &Fleet<'_>) {
+    let (vms, detailed, options) = (fleet.vms, &fleet.detailed, fleet.options);
     for &i in detailed {
         let vm = &vms[i];
-        let mine = &of_vm[i];
+        let mine = &fleet.of_vm[i];
         let _ = write!(
             h,
             "<section id=\"vm-{i}\"><h2>{}</h2><p>{} points, {} stored, {} of it only this VM's.",
@@ -1110,6 +1114,46 @@ mod tests {
         );
         assert!(served.contains("<a href=\"vm/"), "no VM page links");
         eprintln!("front page sizes: {sizes:?}");
+    }
+
+    #[test]
+    fn a_vm_whose_backups_stopped_comes_first_and_is_counted() {
+        let vm = |name: &str| serde_json::json!({"vm": name, "vm_uuid": null, "pool": null, "points": 1});
+        let point = |name: &str, time: &str, new: u64| {
+            serde_json::json!({"vm": name, "vm_uuid": null, "pool": null, "id": format!("{name}-{time}"),
+                               "time": time, "disk": "xvda", "new_stored_bytes": new})
+        };
+        let doc = serde_json::json!({
+            "generated": "2026-12-07T12:00:00Z",
+            "growth": {"days": [{"day": "2026-11-08", "new_stored_bytes": 0}]},
+            "vms": [vm("fresh"), vm("stopped"), vm("idle")],
+            "points": [
+                point("stopped", "2026-12-01T01:00:00Z", 5 << 30),
+                point("fresh", "2026-12-06T01:00:00Z", 1 << 20),
+                point("fresh", "2026-12-07T01:00:00Z", 2 << 20),
+                point("idle", "2026-12-07T02:00:00Z", 0),
+            ],
+        });
+        let page = render(&doc, &PageOptions::default());
+        let last = &page[page.find("id=\"last-backups\"").expect("section")..];
+        assert!(
+            last.contains("1 of 3 VMs have no point from the last 48 hours"),
+            "{last}"
+        );
+        let (stopped, fresh) = (
+            last.find("stopped").expect("stopped"),
+            last.find("fresh").expect("fresh"),
+        );
+        assert!(stopped < fresh, "the stopped VM first");
+        assert!(last.contains("6 days"));
+        // Growth: the VM that added most first; one that added nothing is not listed.
+        let grew = &page[page.find("id=\"growers\"").expect("growers")..];
+        let grew = &grew[..grew.find("</section>").expect("end")];
+        assert!(
+            grew.find("stopped") < grew.find("fresh") && grew.contains("5.00 GiB"),
+            "{grew}"
+        );
+        assert!(!grew.contains("idle"), "{grew}");
     }
 
     #[test]
