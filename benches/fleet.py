@@ -3,9 +3,10 @@ costs to look at, at 1 000, 10 000 and 100 000 points.
 
   fleet   stores made by `make-fleet` (50 VMs x 20 points, 500 x 20, 100 x 1000; smoke: 10 x 10,
           50 x 20): list, list --vm, report (text, --json, --html), prune --dry-run with GFS
-          rules, forget of one point, gc with nothing to do, verify --quick, and the live page
-          (`/` and `/vm/NAME` through `cairn serve`, the server's peak RSS after each): seconds
-          and peak RSS of each, and how each grows from one size to the next.
+          rules (the first prune: most points go) and a day's (one point of each VM goes),
+          forget of one point, gc with nothing to do, verify --quick, and the live page (`/`
+          and `/vm/NAME` through `cairn serve`, the server's peak RSS after each): seconds and
+          peak RSS of each, and how each grows from one size to the next.
 """
 
 import json
@@ -24,7 +25,7 @@ SIZES = {
 GFS = ["--keep-daily", "7", "--keep-weekly", "4", "--keep-monthly", "12", "--keep-yearly", "3"]
 
 
-def steps(cairn, store, vm, page_file):
+def steps(cairn, store, vm, page_file, points):
     """(name, command) of each step that reads the store, in the order run."""
     s = ["--store", str(store)]
     return [
@@ -34,6 +35,8 @@ def steps(cairn, store, vm, page_file):
         ("report-json", [cairn, "report", *s, "--json"]),
         ("report-html", [cairn, "report", *s, "--html", page_file]),
         ("prune-dry-run", [cairn, "prune", *s, "--dry-run", *GFS]),
+        # A day's prune once the rules have been applied: one point of each VM goes.
+        ("prune-dry-run-daily", [cairn, "prune", *s, "--dry-run", "--keep-daily", str(points - 1)]),
         ("gc-nothing", [cairn, "gc", *s]),
         ("verify-quick", [cairn, "verify", *s, "--quick"]),
     ]
@@ -83,7 +86,7 @@ def run_fleet(work, cairn, make_fleet, res, profile):
         res.add(f"fleet-{n}-make", "cairn", made, note=f"{vms} VMs x {points} points, make-fleet")
         vm = f"vm-{vms // 2:04d}"
         page_file = work / "fleet-report.html"
-        for name, cmd in steps(cairn, store, vm, page_file):
+        for name, cmd in steps(cairn, store, vm, page_file, points):
             m = measure(cmd, stdout=work / "fleet-out")
             res.add(f"fleet-{n}-{name}", "cairn", m, bytes=(work / "fleet-out").stat().st_size,
                     note=f"{vms} VMs x {points} points")
@@ -98,7 +101,8 @@ def run_fleet(work, cairn, make_fleet, res, profile):
         shutil.rmtree(store, ignore_errors=True)
 
 
-STEPS = ["list", "list-vm", "report", "report-json", "report-html", "prune-dry-run", "forget", "gc-nothing",
+STEPS = ["list", "list-vm", "report", "report-json", "report-html", "prune-dry-run", "prune-dry-run-daily", "forget",
+         "gc-nothing",
          "verify-quick", "page", "page-vm"]
 
 

@@ -308,6 +308,7 @@ fn the_fleet_section_runs_at_a_smoke_tests_size() {
             "report-json",
             "report-html",
             "prune-dry-run",
+            "prune-dry-run-daily",
             "gc-nothing",
             "verify-quick",
             "page",
