@@ -39,13 +39,8 @@ pub struct ReportArgs {
 pub fn report(a: &ReportArgs) -> Result<i32> {
     let doc = match a.store.remote()? {
         Some(r) => {
-            use cairn_store::StoreRead;
-            let shown: HashSet<cairn_store::PointId> = a
-                .select
-                .choose_owned(r.points()?)?
-                .into_iter()
-                .map(|p| p.id)
-                .collect();
+            let shown: HashSet<cairn_store::PointId> =
+                a.select.choose_in(&*r)?.into_iter().map(|p| p.id).collect();
             cairn_report::keep_rows(r.report()?, &shown)
         }
         None => local_doc(a)?,

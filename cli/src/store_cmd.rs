@@ -367,15 +367,8 @@ impl Selection {
     /// The points chosen among `points` (sorted oldest first), in their order; fails when the
     /// filter matches nothing.
     pub fn choose(&self, points: &[RecoveryPoint]) -> Result<Vec<RecoveryPoint>> {
-        let filter = self.filter.filter();
-        filter.check(points).map_err(anyhow::Error::msg)?;
-        let since = self.since.map(|d| Utc::now() - d);
-        let chosen: Vec<RecoveryPoint> = points
-            .iter()
-            .filter(|p| filter.matches(p))
-            .filter(|p| since.is_none_or(|s| p.time >= s))
-            .cloned()
-            .collect();
+        let keep = self.keeps(points)?;
+        let chosen = points.iter().filter(|p| keep(p)).cloned().collect();
         Ok(self.newest_of_each_disk(chosen))
     }
 
@@ -387,7 +380,7 @@ impl Selection {
     /// As [`Selection::choose`], and the store's.
     pub fn choose_in(&self, store: &dyn cairn_store::StoreRead) -> Result<Vec<RecoveryPoint>> {
         let filter = self.filter.filter();
-        let points = if filter.is_empty() {
+        let mut points = if filter.is_empty() {
             store.points()?
         } else {
             match store.points_matching(&filter)? {
@@ -395,21 +388,20 @@ impl Selection {
                 _ => store.points()?,
             }
         };
-        self.choose_owned(points)
-    }
-
-    /// [`Selection::choose`] of points the caller gives up: the chosen ones are kept where they
-    /// are, not copied (a list of 100 000 points held once, not twice).
-    ///
-    /// # Errors
-    /// As [`Selection::choose`].
-    pub fn choose_owned(&self, mut points: Vec<RecoveryPoint>) -> Result<Vec<RecoveryPoint>> {
-        let filter = self.filter.filter();
-        filter.check(&points).map_err(anyhow::Error::msg)?;
-        let since = self.since.map(|d| Utc::now() - d);
-        points.retain(|p| filter.matches(p) && since.is_none_or(|s| p.time >= s));
+        // The chosen points are kept where they are, not copied (100 000 points held once).
+        let keep = self.keeps(&points)?;
+        points.retain(|p| keep(p));
         points.shrink_to_fit();
         Ok(self.newest_of_each_disk(points))
+    }
+
+    /// Whether a point passes the filter and `--since`; fails when the filter matches none of
+    /// `points`, naming what there is.
+    fn keeps(&self, points: &[RecoveryPoint]) -> Result<impl Fn(&RecoveryPoint) -> bool + use<>> {
+        let filter = self.filter.filter();
+        filter.check(points).map_err(anyhow::Error::msg)?;
+        let since = self.since.map(|d| Utc::now() - d);
+        Ok(move |p: &RecoveryPoint| filter.matches(p) && since.is_none_or(|s| p.time >= s))
     }
 
     /// With `--last N`, the newest N of each disk of `chosen`; else all of them.
