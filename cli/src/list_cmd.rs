@@ -1,5 +1,7 @@
 //! `cairn list`: the points of a store, filtered, as a table or JSON.
 
+use std::io::Write;
+
 use anyhow::Result;
 use cairn_store::RecoveryPoint;
 use chrono_tz::Tz;
@@ -7,7 +9,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::store_cmd::{Selection, StoreArg};
-use crate::table::{Align, Table};
+use crate::table::{Align, Rows};
 use crate::values::show_time;
 use crate::words::human_bytes;
 
@@ -46,11 +48,27 @@ pub fn point_json(p: &RecoveryPoint, tz: Tz) -> serde_json::Value {
     })
 }
 
+/// The columns a point's identity, tags and note take (shown when some point has them).
+const EXTRAS: [&str; 5] = ["POOL", "HOST", "VM UUID", "TAGS", "NOTE"];
+
+fn extra_cells(p: &RecoveryPoint) -> [String; 5] {
+    let l = &p.labels;
+    [
+        l.pool.clone().unwrap_or_default(),
+        l.host.clone().unwrap_or_default(),
+        l.vm_uuid.clone().unwrap_or_default(),
+        l.tags.join(","),
+        l.note.clone().unwrap_or_default().replace('\n', " "),
+    ]
+}
+
+/// Lists the points a row at a time: in JSON as they are read; as a table in two passes over
+/// the store, one measuring the columns and one printing (a store of 100 000 points is listed
+/// holding one of them).
 pub fn list(a: &ListArgs) -> Result<i32> {
     let reader = a.store.reader()?;
     let store = reader.get();
     let tz = store.config().tz();
-    let points = a.select.choose_in(store)?;
     let checks = match (&reader, a.boot) {
         (_, false) => None,
         (crate::store_cmd::Reader::Local(s), true) => {
@@ -59,67 +77,25 @@ pub fn list(a: &ListArgs) -> Result<i32> {
         (crate::store_cmd::Reader::Remote(r), true) => Some(r.boot_checks()?),
     };
     let check_of = |p: &RecoveryPoint| checks.as_ref().and_then(|c| c.get(p.id.as_str()));
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if a.json {
-        let rows: Vec<_> = points
-            .iter()
-            .map(|p| {
-                let mut j = point_json(p, tz);
-                if checks.is_some() {
-                    j["boot_check"] = check_of(p).cloned().unwrap_or(serde_json::Value::Null);
-                }
-                j
-            })
-            .collect();
-        crate::print_json(&rows)?;
+        let mut rows = crate::JsonRows::new(&mut out);
+        a.select.each_in(store, &mut |p| {
+            let mut j = point_json(&p, tz);
+            if checks.is_some() {
+                j["boot_check"] = check_of(&p).cloned().unwrap_or(serde_json::Value::Null);
+            }
+            rows.push(&j)
+        })?;
+        rows.end()?;
         return Ok(0);
     }
-    // Identity, tags and notes get columns when some point has them.
-    let extra = |f: fn(&RecoveryPoint) -> String| -> Option<Vec<String>> {
-        let v: Vec<String> = points.iter().map(f).collect();
-        v.iter().any(|x| !x.is_empty()).then_some(v)
-    };
-    let extras: Vec<(&str, Vec<String>)> = [
-        ("POOL", extra(|p| p.labels.pool.clone().unwrap_or_default())),
-        ("HOST", extra(|p| p.labels.host.clone().unwrap_or_default())),
-        (
-            "VM UUID",
-            extra(|p| p.labels.vm_uuid.clone().unwrap_or_default()),
-        ),
-        ("TAGS", extra(|p| p.labels.tags.join(","))),
-        (
-            "NOTE",
-            extra(|p| p.labels.note.clone().unwrap_or_default().replace('\n', " ")),
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(h, c)| c.map(|v| (h, v)))
-    .collect();
-    let mut columns = vec![
-        ("ID", Align::Left),
-        ("VM", Align::Left),
-        ("DISK", Align::Left),
-        ("TIME", Align::Left),
-        ("SIZE", Align::Right),
-        ("NEW", Align::Right),
-        ("SOURCE", Align::Left),
-        ("FLAGS", Align::Left),
-        ("RUN", Align::Left),
-    ];
-    if checks.is_some() {
-        columns.push(("BOOT", Align::Left));
-    }
-    columns.extend(extras.iter().map(|(h, _)| (*h, Align::Left)));
-    let mut table = Table::new(&columns);
-    // Points sort by time, so the disks of one backup run (one time) are listed together.
-    for (i, p) in points.iter().enumerate() {
+    let now = chrono::Utc::now();
+    let cells = |p: &RecoveryPoint| -> Vec<String> {
         let flags = format!(
             "{}{}",
             if p.stats.key { "K" } else { "-" },
-            if p.protected_at(chrono::Utc::now()) {
-                "P"
-            } else {
-                "-"
-            }
+            if p.protected_at(now) { "P" } else { "-" }
         );
         let mut cells = vec![
             p.short_id().to_string(),
@@ -142,13 +118,76 @@ pub fn list(a: &ListArgs) -> Result<i32> {
                 None => "-".into(),
             });
         }
-        cells.extend(extras.iter().map(|(_, v)| v[i].clone()));
-        table.row(cells);
+        cells
+    };
+    let mut columns = vec![
+        ("ID", Align::Left),
+        ("VM", Align::Left),
+        ("DISK", Align::Left),
+        ("TIME", Align::Left),
+        ("SIZE", Align::Right),
+        ("NEW", Align::Right),
+        ("SOURCE", Align::Left),
+        ("FLAGS", Align::Left),
+        ("RUN", Align::Left),
+    ];
+    if checks.is_some() {
+        columns.push(("BOOT", Align::Left));
     }
-    table.print();
-    println!("flags: K key backup (read the whole disk), P protected");
-    if points.is_empty() {
-        println!("(no recovery points)");
+    // First pass: which of the identity, tag and note columns some point fills, and every
+    // column's width.
+    let mut base = Rows::new(&columns);
+    let mut extras = EXTRAS.map(|h| Rows::new(&[(h, Align::Left)]));
+    let mut filled = [false; 5];
+    let mut shown = 0u64;
+    a.select.each_in(store, &mut |p| {
+        base.measure(&cells(&p));
+        for (i, c) in extra_cells(&p).into_iter().enumerate() {
+            filled[i] |= !c.is_empty();
+            extras[i].measure(&[c]);
+        }
+        shown += 1;
+        Ok(())
+    })?;
+    columns.extend(
+        EXTRAS
+            .iter()
+            .zip(filled)
+            .filter(|(_, f)| *f)
+            .map(|(h, _)| (*h, Align::Left)),
+    );
+    let mut rows = Rows::new(&columns);
+    let mut widths = base.widths().to_vec();
+    widths.extend(
+        extras
+            .iter()
+            .zip(filled)
+            .filter(|(_, f)| *f)
+            .flat_map(|(e, _)| e.widths().iter().copied()),
+    );
+    rows.widen(&widths);
+    // Second pass: the rows, in the store's order (by time: the disks of one backup run are
+    // listed together).
+    writeln!(out, "{}", rows.heading())?;
+    a.select.each_in(store, &mut |p| {
+        let mut row = cells(&p);
+        row.extend(
+            extra_cells(&p)
+                .into_iter()
+                .zip(filled)
+                .filter(|(_, f)| *f)
+                .map(|(c, _)| c),
+        );
+        writeln!(out, "{}", rows.line(&row))?;
+        Ok(())
+    })?;
+    writeln!(
+        out,
+        "flags: K key backup (read the whole disk), P protected"
+    )?;
+    if shown == 0 {
+        writeln!(out, "(no recovery points)")?;
     }
+    out.flush()?;
     Ok(0)
 }

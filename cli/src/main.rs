@@ -268,6 +268,43 @@ pub(crate) fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> anyhow::Result<
     Ok(())
 }
 
+/// A JSON array written an element at a time, laid out as [`print_json`] lays out a whole
+/// one: a list of 100 000 points is never one value in memory.
+pub(crate) struct JsonRows<'w, W: std::io::Write> {
+    out: &'w mut W,
+    rows: u64,
+}
+
+impl<'w, W: std::io::Write> JsonRows<'w, W> {
+    pub(crate) fn new(out: &'w mut W) -> Self {
+        JsonRows { out, rows: 0 }
+    }
+
+    /// Writes one element.
+    pub(crate) fn push<T: serde::Serialize + ?Sized>(&mut self, v: &T) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(v)?;
+        self.out
+            .write_all(if self.rows == 0 { b"[\n" } else { b",\n" })?;
+        for (i, line) in text.lines().enumerate() {
+            if i > 0 {
+                self.out.write_all(b"\n")?;
+            }
+            self.out.write_all(b"  ")?;
+            self.out.write_all(line.as_bytes())?;
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Closes the array.
+    pub(crate) fn end(self) -> anyhow::Result<()> {
+        self.out
+            .write_all(if self.rows == 0 { b"[]\n" } else { b"\n]\n" })?;
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
 /// Whether `--json` was typed (before any `--`): errors are then JSON on standard output too.
 fn json_asked() -> bool {
     std::env::args_os()

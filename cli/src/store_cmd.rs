@@ -395,6 +395,46 @@ impl Selection {
         Ok(self.newest_of_each_disk(points))
     }
 
+    /// Calls `f` with each point of `store` this selection chooses, oldest first, read one at a
+    /// time (see [`cairn_store::Store::each_point`]): what a list of 100 000 points holds is
+    /// one of them. With `--last`, which are the newest of a disk is known only at the end:
+    /// the chosen points are read first ([`Selection::choose_in`]).
+    ///
+    /// # Errors
+    /// As [`Selection::choose_in`], and what `f` returns.
+    pub fn each_in(
+        &self,
+        store: &dyn cairn_store::StoreRead,
+        f: &mut dyn FnMut(RecoveryPoint) -> Result<()>,
+    ) -> Result<()> {
+        if self.last.is_some() {
+            return self.choose_in(store)?.into_iter().try_for_each(f);
+        }
+        let filter = self.filter.filter();
+        let since = self.since.map(|d| Utc::now() - d);
+        let mut any = false;
+        let mut failed = None;
+        let walked = store.each_point(&filter, &mut |p| {
+            any = true;
+            if since.is_none_or(|s| p.time >= s)
+                && let Err(e) = f(p)
+            {
+                failed = Some(e);
+                return Err(cairn_store::Error::Point("stopped".into()));
+            }
+            Ok(())
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        walked?;
+        if !any && !filter.is_empty() {
+            // Nothing matched: what there is, named.
+            filter.check(&store.points()?).map_err(anyhow::Error::msg)?;
+        }
+        Ok(())
+    }
+
     /// Whether a point passes the filter and `--since`; fails when the filter matches none of
     /// `points`, naming what there is.
     fn keeps(&self, points: &[RecoveryPoint]) -> Result<impl Fn(&RecoveryPoint) -> bool + use<>> {

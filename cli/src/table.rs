@@ -4,6 +4,7 @@
 //! `policy show` print through it, so no command pads by hand.
 
 use comfy_table::{CellAlignment, ColumnConstraint, ContentArrangement};
+use unicode_width::UnicodeWidthStr;
 
 /// Where a column's cells sit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,10 +60,110 @@ impl Table {
     }
 }
 
+/// A table printed a row at a time, laid out as [`Table`] lays it out: its rows are measured
+/// in a first pass ([`Rows::measure`]) and printed in a second ([`Rows::line`]), so that a list
+/// of 100 000 points is never held in memory.
+pub struct Rows {
+    heads: Vec<String>,
+    aligns: Vec<Align>,
+    widths: Vec<usize>,
+}
+
+impl Rows {
+    /// Rows under these columns (heading, alignment).
+    pub fn new(columns: &[(&str, Align)]) -> Self {
+        let mut rows = Rows {
+            heads: columns.iter().map(|(h, _)| (*h).to_owned()).collect(),
+            aligns: columns.iter().map(|(_, a)| *a).collect(),
+            widths: vec![0; columns.len()],
+        };
+        let heads = rows.heads.clone();
+        rows.measure(&heads);
+        rows
+    }
+
+    /// Widens the columns to hold these cells.
+    pub fn measure(&mut self, cells: &[String]) {
+        for (w, c) in self.widths.iter_mut().zip(cells) {
+            *w = (*w).max(UnicodeWidthStr::width(c.as_str()));
+        }
+    }
+
+    /// Each column's width so far.
+    pub fn widths(&self) -> &[usize] {
+        &self.widths
+    }
+
+    /// Widens the columns to at least these widths.
+    pub fn widen(&mut self, widths: &[usize]) {
+        for (w, x) in self.widths.iter_mut().zip(widths) {
+            *w = (*w).max(*x);
+        }
+    }
+
+    /// The heading line.
+    pub fn heading(&self) -> String {
+        self.line(&self.heads)
+    }
+
+    /// One row as a line: cells padded to their column's width (figures on the right), two
+    /// spaces between columns, no trailing spaces.
+    pub fn line(&self, cells: &[String]) -> String {
+        let mut out = String::new();
+        let last = self.widths.len().saturating_sub(1);
+        for (i, w) in self.widths.iter().enumerate() {
+            let cell = cells.get(i).map_or("", String::as_str);
+            let pad = w.saturating_sub(UnicodeWidthStr::width(cell));
+            match self.aligns.get(i) {
+                Some(Align::Right) => {
+                    out.extend(std::iter::repeat_n(' ', pad));
+                    out.push_str(cell);
+                }
+                _ => {
+                    out.push_str(cell);
+                    out.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            if i != last {
+                out.push_str("  ");
+            }
+        }
+        out.truncate(out.trim_end().len());
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use unicode_width::UnicodeWidthStr;
+
+    #[test]
+    fn rows_printed_one_at_a_time_read_as_the_table_does() {
+        let columns = [
+            ("VM", Align::Left),
+            ("SOURCE", Align::Left),
+            ("SIZE", Align::Right),
+            ("NOTE", Align::Left),
+        ];
+        let rows: Vec<Vec<String>> = [
+            ["web01", "vhd", "1 GiB", ""],
+            ["データベース", "nbd-bitmap", "12.5 MiB", "a note"],
+            ["🦀crab", "", "0 B", "x"],
+            ["a-rather-long-vm-name", "raw", "1023.9 KiB", ""],
+        ]
+        .iter()
+        .map(|r| r.iter().map(|c| (*c).to_owned()).collect())
+        .collect();
+        let mut table = Table::new(&columns);
+        let mut streamed = Rows::new(&columns);
+        for r in &rows {
+            table.row(r.clone());
+            streamed.measure(r);
+        }
+        let mut lines = vec![streamed.heading()];
+        lines.extend(rows.iter().map(|r| streamed.line(r)));
+        assert_eq!(lines.join("\n"), table.render());
+    }
 
     #[test]
     fn columns_line_up_in_display_columns() {

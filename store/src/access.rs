@@ -42,6 +42,22 @@ pub trait StoreRead: Sync {
         Ok(points)
     }
 
+    /// Calls `f` with each point `filter` selects, oldest first; a local store reads one at
+    /// a time (see [`Store::each_point`]).
+    ///
+    /// # Errors
+    /// As [`StoreRead::points`], and what `f` returns.
+    fn each_point(
+        &self,
+        filter: &crate::select::Filter,
+        f: &mut dyn FnMut(RecoveryPoint) -> Result<()>,
+    ) -> Result<()> {
+        for p in self.points_matching(filter)? {
+            f(p)?;
+        }
+        Ok(())
+    }
+
     /// A chunk's plain bytes, checked against its id.
     ///
     /// # Errors
@@ -247,6 +263,14 @@ impl<S: StoreRead + ?Sized> StoreRead for &S {
         (**self).points_matching(filter)
     }
 
+    fn each_point(
+        &self,
+        filter: &crate::select::Filter,
+        f: &mut dyn FnMut(RecoveryPoint) -> Result<()>,
+    ) -> Result<()> {
+        (**self).each_point(filter, f)
+    }
+
     fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
         (**self).read_chunk(id)
     }
@@ -291,6 +315,14 @@ impl StoreRead for Store {
 
     fn points_matching(&self, filter: &crate::select::Filter) -> Result<Vec<RecoveryPoint>> {
         Store::points_matching(self, filter)
+    }
+
+    fn each_point(
+        &self,
+        filter: &crate::select::Filter,
+        f: &mut dyn FnMut(RecoveryPoint) -> Result<()>,
+    ) -> Result<()> {
+        Store::each_point(self, filter, f)
     }
 
     fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {

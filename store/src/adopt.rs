@@ -19,10 +19,8 @@ use std::collections::HashSet;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
-use crate::catalogue::point_key;
 use crate::error::{Error, Result};
 use crate::files::write_atomic;
-use crate::index::CF_POINTS;
 use crate::point::{RecoveryPoint, VmKey};
 use crate::store::Store;
 
@@ -153,7 +151,7 @@ impl Store {
             let json = serde_json::to_vec_pretty(&q).map_err(|e| Error::Point(e.to_string()))?;
             self.put_root(&m.new, &json)?;
             write_atomic(&self.root.join(&m.new), &json)?;
-            batch.put_cf(self.cf(CF_POINTS)?, point_key(&m.id)?, &json);
+            crate::orders::put_entry(&self.db, &mut batch, &q, &json)?;
             moved.push(q);
         }
         self.write_synced(batch)?;

@@ -88,6 +88,14 @@ impl Store {
         if filter.is_empty() {
             return self.points();
         }
+        if self.orders_ready() {
+            let mut out = Vec::new();
+            self.each_point(filter, &mut |p| {
+                out.push(p);
+                Ok(())
+            })?;
+            return Ok(out);
+        }
         let mut out = Vec::new();
         for item in self
             .db
@@ -114,6 +122,15 @@ impl Store {
     /// # Errors
     /// Index errors or an unreadable catalogue entry.
     pub fn points(&self) -> Result<Vec<RecoveryPoint>> {
+        if self.orders_ready() {
+            // The timeline holds them in order already.
+            let mut out = Vec::new();
+            self.each_point(&crate::select::Filter::default(), &mut |p| {
+                out.push(p);
+                Ok(())
+            })?;
+            return Ok(out);
+        }
         let mut out = Vec::new();
         for item in self
             .db
@@ -239,9 +256,8 @@ impl Store {
         let points: Vec<&RecoveryPoint> = points.iter().filter(|p| unique.insert(&p.id)).collect();
         self.refuse_kept(&points)?;
         let mut batch = WriteBatch::default();
-        let cf = self.cf(CF_POINTS)?;
         for p in &points {
-            batch.delete_cf(cf, point_key(&p.id)?);
+            crate::orders::delete_entry(&self.db, &mut batch, p)?;
         }
         let changes: Vec<(&RecoveryPoint, i64)> = points.iter().map(|p| (*p, -1)).collect();
         let before = self.garbage_len()?;
@@ -445,7 +461,7 @@ impl Store {
         self.put_root(&p.root_file(), &json)?;
         write_atomic(&self.root.join(p.root_file()), &json)?;
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_POINTS)?, point_key(&p.id)?, &json);
+        crate::orders::put_entry(&self.db, &mut batch, &p, &json)?;
         self.write_synced(batch)?;
         std::fs::remove_file(&marker).map_err(Error::io(&marker, "removing a marker"))?;
         Ok(p)
@@ -480,7 +496,7 @@ impl Store {
                 && (on_disk.protected != p.protected
                     || on_disk.protected_until != p.protected_until)
             {
-                batch.put_cf(self.cf(CF_POINTS)?, point_key(id)?, &bytes);
+                crate::orders::put_entry(&self.db, &mut batch, &on_disk, &bytes)?;
             }
             markers.push(path);
         }

@@ -43,10 +43,24 @@ pub const CF_REFS: &str = "refs";
 pub const CF_GARBAGE: &str = "garbage";
 /// Column family of chunks verify found bad or missing.
 pub const CF_BAD: &str = "bad";
+/// Column family of every point in the catalogue's order (see [`crate::orders`]).
+pub const CF_TIMELINE: &str = "timeline";
+/// Column family of each VM's points, by name and by UUID (see [`crate::orders`]).
+pub const CF_BY_VM: &str = "by_vm";
 /// Every column family.
-pub const COLUMN_FAMILIES: [&str; 7] = [
-    CF_CHUNKS, CF_PACKS, CF_POINTS, CF_META, CF_REFS, CF_GARBAGE, CF_BAD,
+pub const COLUMN_FAMILIES: [&str; 9] = [
+    CF_CHUNKS,
+    CF_PACKS,
+    CF_POINTS,
+    CF_META,
+    CF_REFS,
+    CF_GARBAGE,
+    CF_BAD,
+    CF_TIMELINE,
+    CF_BY_VM,
 ];
+/// `meta` key set once the catalogue's orders cover every point (see [`crate::orders`]).
+pub const META_ORDERS: &str = "orders";
 /// `meta` key set once the reference counts cover every point.
 pub const META_REFCOUNTS: &str = "refcounts";
 
@@ -204,8 +218,18 @@ pub struct PackInfo {
 /// config is lost), without a store around it; `None` when it cannot be read (damage is often
 /// why it is looked at).
 pub(crate) fn open_as_it_is(path: &std::path::Path) -> Option<rocksdb::DB> {
-    rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), path, COLUMN_FAMILIES, false)
-        .ok()
+    let options = rocksdb::Options::default();
+    rocksdb::DB::open_cf_for_read_only(&options, path, families_in(&options, path), false).ok()
+}
+
+/// The column families of the index at `path` that cairn knows: an index written by an older
+/// cairn lacks the newer ones until a writer opens it (read-only opens name only these).
+pub(crate) fn families_in(options: &rocksdb::Options, path: &std::path::Path) -> Vec<&'static str> {
+    let have = rocksdb::DB::list_cf(options, path).unwrap_or_default();
+    COLUMN_FAMILIES
+        .into_iter()
+        .filter(|f| have.is_empty() || have.iter().any(|h| h == f))
+        .collect()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! ```text
 //! STORE/cairn.toml                         format version, store id, chunk size, compression
 //! STORE/packs/ab/<pack id>.pack            append-only packs of self-describing chunk frames
-//! STORE/index/                             RocksDB: chunks, packs, points (catalogue), meta
+//! STORE/index/                             RocksDB: chunks, packs, points (catalogue, its orders), meta
 //! STORE/points/<vm>/<disk>/<time>-<id>.json   root file of each recovery point
 //! STORE/lock                               the write lock (flock) and who holds it
 //! STORE/readers/<start>-<pid>-<n>          one per running reader (flock): gc waits for them
@@ -157,6 +157,7 @@ pub mod lookup;
 mod lost;
 mod marks;
 pub mod objects;
+pub mod orders;
 pub mod pack;
 pub mod point;
 pub mod policy;

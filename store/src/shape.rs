@@ -135,11 +135,12 @@ impl Store {
                 self.put_root(&e.root_file(), &json)?;
                 write_atomic(&path, &json)?;
                 let mut batch = WriteBatch::default();
-                batch.put_cf(
-                    self.cf(CF_POINTS)?,
-                    point_key(&e.id)?,
-                    to_json(&e, "a catalogue entry")?,
-                );
+                crate::orders::put_entry(
+                    &self.db,
+                    &mut batch,
+                    &e,
+                    &to_json(&e, "a catalogue entry")?,
+                )?;
                 self.write_synced(batch)?;
                 notes.push(format!(
                     "{shown}: its root file disagrees with its tree ({what}): written again from \
@@ -153,7 +154,7 @@ impl Store {
                 // The bucket's copy would come back with the next rebuild: the one kept is here.
                 self.delete_root(&p.root_file())?;
                 let mut batch = WriteBatch::default();
-                batch.delete_cf(self.cf(CF_POINTS)?, point_key(&p.id)?);
+                crate::orders::delete_entry(&self.db, &mut batch, &p)?;
                 self.write_synced(batch)?;
                 dropped += 1;
                 notes.push(format!(

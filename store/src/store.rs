@@ -196,6 +196,8 @@ impl Store {
             if !store.refcounts_ready()? || store.recount_due()? {
                 store.recount()?;
             }
+            // An index written by an older cairn: its catalogue's orders are built once.
+            store.build_orders()?;
             crate::run::abandon_unfinished(&store.root)?;
             // Temporary files of root files whose write was killed before its rename.
             for tmp in files_under(&store.root.join("points"), "tmp")? {

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use rocksdb::{DB, ErrorKind, Options};
 
 use crate::error::{Error, Result};
-use crate::index::COLUMN_FAMILIES;
 
 /// How long a read-only open keeps trying.
 pub const RETRY_FOR: Duration = Duration::from_secs(10);
@@ -132,7 +131,12 @@ pub(crate) fn open_read_only(root: &Path, options: &Options) -> Result<(DB, Opti
     loop {
         let want = read_note(root);
         let before = files_of(&path);
-        let last = match DB::open_cf_for_read_only(&options, &path, COLUMN_FAMILIES, false) {
+        let last = match DB::open_cf_for_read_only(
+            &options,
+            &path,
+            crate::index::families_in(&options, &path),
+            false,
+        ) {
             Ok(_) if !files_of(&path).still_holds(&before) => {
                 "a writer flushed or reopened the index while it was opened".to_owned()
             }

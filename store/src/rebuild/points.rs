@@ -7,7 +7,7 @@ use std::path::Path;
 use rocksdb::WriteBatch;
 
 use super::Rebuild;
-use crate::catalogue::{point_key, read_root_file};
+use crate::catalogue::read_root_file;
 use crate::db::sync_write;
 use crate::error::Result;
 use crate::files::files_under;
@@ -36,13 +36,21 @@ impl Rebuild<'_> {
                 }
             };
             let entry = to_json(&p, "a catalogue entry")?;
-            batch.put_cf(self.cf(CF_POINTS)?, point_key(&p.id)?, entry);
+            if catalogued.contains(p.id.as_str()) {
+                // Two root files of one point: the entry the batch holds is written first, so
+                // that the second takes its places in the orders out.
+                self.db
+                    .write(std::mem::take(&mut batch))
+                    .map_err(self.err())?;
+            }
+            crate::orders::put_entry(&self.db, &mut batch, &p, &entry)?;
             catalogued.insert(p.id.to_string());
             self.report.points += 1;
         }
         if let Some(aside) = &self.old_index {
             self.report.problems.extend(lost_roots(aside, &catalogued));
         }
+        crate::orders::mark_built(&self.db, &mut batch)?;
         self.db
             .write_opt(batch, &sync_write())
             .map_err(self.err())?;

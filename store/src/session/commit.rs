@@ -9,13 +9,10 @@ use rocksdb::WriteBatch;
 
 use super::checks::same_commit;
 use super::{Session, StagedPoint};
-use crate::catalogue::point_key;
 use crate::chunk::{ChunkId, ChunkRef};
 use crate::error::{Error, Result};
 use crate::files::write_atomic;
-use crate::index::{
-    CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_PACKS, CF_POINTS, PackInfo, garbage_key, to_json,
-};
+use crate::index::{CF_BAD, CF_CHUNKS, CF_GARBAGE, CF_PACKS, PackInfo, garbage_key, to_json};
 use crate::pack::{self, PackId};
 use crate::point::{RecoveryPoint, VmKey};
 use crate::run;
@@ -259,9 +256,8 @@ fn write_root_files(store: &Store, points: &[RecoveryPoint], files: &[RootFile])
 /// The catalogue entries and the reference counts, in one synced batch.
 fn publish(store: &Store, points: &[RecoveryPoint], files: &[RootFile]) -> Result<()> {
     let mut batch = WriteBatch::default();
-    let points_cf = store.cf(CF_POINTS)?;
     for (p, (_, json)) in points.iter().zip(files) {
-        batch.put_cf(points_cf, point_key(&p.id)?, json);
+        crate::orders::put_entry(&store.db, &mut batch, p, json)?;
     }
     let changes: Vec<(&RecoveryPoint, i64)> = points.iter().map(|p| (p, 1)).collect();
     store.count_refs(&mut batch, &changes)?;
