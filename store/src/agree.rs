@@ -114,7 +114,7 @@ impl Store {
                 )),
             }
         })?;
-        orphans.sort_by(|a, b| a.root_file().cmp(&b.root_file()));
+        orphans.sort_by_key(RecoveryPoint::root_file);
         warnings.sort();
         let mut gone: Vec<String> = catalogued.difference(&on_disk).map(hex::encode).collect();
         gone.sort();

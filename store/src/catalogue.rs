@@ -188,8 +188,14 @@ impl Store {
     /// # Errors
     /// Index errors.
     pub fn latest(&self, vm: &VmKey, disk: &str) -> Result<Option<RecoveryPoint>> {
+        // Read by the VM index: its UUID, else its name, names it.
+        let filter = crate::select::Filter {
+            vm: vm.uuid.clone().or_else(|| vm.name.clone()),
+            disk: Some(disk.to_owned()),
+            ..Default::default()
+        };
         Ok(self
-            .points()?
+            .points_matching(&filter)?
             .into_iter()
             .filter(|p| p.disk == disk && &p.vm_key() == vm)
             .max_by_key(|p| (p.time, p.committed)))
@@ -202,8 +208,63 @@ impl Store {
     /// # Errors
     /// [`Error::Point`] when nothing or more than one point matches (the candidates listed).
     pub fn resolve(&self, spec: &str) -> Result<RecoveryPoint> {
-        let points = self.points()?;
+        let points = self.candidates(spec)?;
         crate::select::resolve(&points, spec, self.config.tz()).map_err(Error::Point)
+    }
+
+    /// The points [`Store::resolve`] chooses among for `spec`: a VM's disk's (the VM index),
+    /// or those whose id starts with the digits given (a range of the catalogue), read without
+    /// the rest of the store; every point when the orders are not built.
+    fn candidates(&self, spec: &str) -> Result<Vec<RecoveryPoint>> {
+        use crate::select::Filter;
+        if !self.orders_ready() {
+            return self.points();
+        }
+        if let Some((vmdisk, _)) = spec.split_once('@') {
+            let Some((vm, disk)) = vmdisk.rsplit_once('/') else {
+                return Ok(Vec::new());
+            };
+            let named = |vm: &str, pool: Option<&str>| Filter {
+                vm: Some(vm.to_owned()),
+                disk: Some(disk.to_owned()),
+                pool: pool.map(str::to_owned),
+                ..Default::default()
+            };
+            let mine = self.points_matching(&named(vm, None))?;
+            return match (mine.is_empty(), vm.split_once(':')) {
+                (true, Some((pool, name))) => self.points_matching(&named(name, Some(pool))),
+                _ => Ok(mine),
+            };
+        }
+        let want: String = spec
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let Some(prefix) = want
+            .get(..want.len() / 2 * 2)
+            .and_then(|h| hex::decode(h).ok())
+        else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let from = IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_POINTS)?, from) {
+            let (k, v) = item.map_err(self.index_err())?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if hex::encode(&k).starts_with(&want) {
+                out.push(serde_json::from_slice(&v).map_err(|e| {
+                    Error::Point(format!(
+                        "{}: unreadable catalogue entry: {e}",
+                        hex::encode(&k)
+                    ))
+                })?);
+            }
+        }
+        sort_points(&mut out);
+        Ok(out)
     }
 
     /// The reference list of a point, one ref per chunk of its disk. It grows with the disk

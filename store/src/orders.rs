@@ -195,7 +195,7 @@ impl Store {
                 batch.put_cf(self.cf(CF_BY_VM)?, key, []);
             }
             n += 1;
-            if n % BUILD_BATCH == 0 {
+            if n.is_multiple_of(BUILD_BATCH) {
                 self.db
                     .write(std::mem::take(&mut batch))
                     .map_err(self.index_err())?;
