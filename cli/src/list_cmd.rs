@@ -6,7 +6,6 @@ use anyhow::Result;
 use cairn_store::RecoveryPoint;
 use chrono_tz::Tz;
 use clap::Args;
-use serde_json::json;
 
 use crate::store_cmd::{Selection, StoreArg};
 use crate::table::{Align, Rows};
@@ -33,19 +32,84 @@ pub struct ListArgs {
     pub json: bool,
 }
 
+/// A point as `list --json` prints it: its fields in the order of their names (as a JSON
+/// object of them reads), written straight from the point (no document built per point).
+#[derive(serde::Serialize)]
+pub struct PointRow<'p> {
+    /// The point's last `check-boot` when asked for (`null`: never checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_check: Option<Option<&'p serde_json::Value>>,
+    bytes_read: u64,
+    chunks: u64,
+    claimed_time: Option<String>,
+    committed: String,
+    disk: &'p str,
+    healed_chunks: u64,
+    host: &'p Option<String>,
+    id: &'p cairn_store::PointId,
+    key: bool,
+    known_chunks: u64,
+    new_chunks: u64,
+    new_stored_bytes: u64,
+    note: &'p Option<String>,
+    parent: &'p Option<cairn_store::PointId>,
+    parent_chunks: u64,
+    pool: &'p Option<String>,
+    protected: bool,
+    protected_until: Option<String>,
+    rewritten_chunks: u64,
+    run: &'p Option<String>,
+    seconds: f64,
+    size: u64,
+    source: serde_json::Value,
+    tags: &'p [String],
+    time: String,
+    vm: &'p str,
+    vm_uuid: &'p Option<String>,
+    zero_chunks: u64,
+}
+
+impl<'p> PointRow<'p> {
+    pub fn of(p: &'p RecoveryPoint, tz: Tz) -> Self {
+        let s = &p.stats;
+        let l = &p.labels;
+        PointRow {
+            boot_check: None,
+            bytes_read: s.bytes_read,
+            chunks: s.chunks,
+            claimed_time: l.claimed_time.map(|t| show_time(&t, tz)),
+            committed: show_time(&p.committed, tz),
+            disk: &p.disk,
+            healed_chunks: s.healed_chunks,
+            host: &l.host,
+            id: &p.id,
+            key: s.key,
+            known_chunks: s.known_chunks,
+            new_chunks: s.new_chunks,
+            new_stored_bytes: s.new_stored_bytes,
+            note: &l.note,
+            parent: &p.parent,
+            parent_chunks: s.parent_chunks,
+            pool: &l.pool,
+            protected: p.protected_at(chrono::Utc::now()),
+            protected_until: p.protected_until.map(|t| show_time(&t, tz)),
+            rewritten_chunks: s.rewritten_chunks,
+            run: &p.run,
+            seconds: s.seconds,
+            size: p.size,
+            source: serde_json::to_value(&p.source).unwrap_or_default(),
+            tags: &l.tags,
+            time: show_time(&p.time, tz),
+            vm: &p.vm,
+            vm_uuid: &l.vm_uuid,
+            zero_chunks: s.zero_chunks,
+        }
+    }
+}
+
+/// A point as `list --json` prints it, as a document.
 pub fn point_json(p: &RecoveryPoint, tz: Tz) -> serde_json::Value {
-    json!({
-        "id": p.id, "vm": p.vm, "disk": p.disk, "time": show_time(&p.time, tz), "size": p.size,
-        "source": p.source, "parent": p.parent,
-        "bytes_read": p.stats.bytes_read, "chunks": p.stats.chunks, "new_chunks": p.stats.new_chunks,
-        "new_stored_bytes": p.stats.new_stored_bytes, "zero_chunks": p.stats.zero_chunks,
-        "parent_chunks": p.stats.parent_chunks, "known_chunks": p.stats.known_chunks,
-        "seconds": p.stats.seconds, "key": p.stats.key, "healed_chunks": p.stats.healed_chunks,
-        "rewritten_chunks": p.stats.rewritten_chunks,
-        "protected": p.protected_at(chrono::Utc::now()), "protected_until": p.protected_until.map(|t| show_time(&t, tz)), "run": p.run, "vm_uuid": p.labels.vm_uuid,
-        "pool": p.labels.pool, "host": p.labels.host, "tags": p.labels.tags, "note": p.labels.note,
-        "claimed_time": p.labels.claimed_time.map(|t| show_time(&t, tz)), "committed": show_time(&p.committed, tz),
-    })
+    serde_json::to_value(PointRow::of(p, tz)).unwrap_or_default()
 }
 
 /// The columns a point's identity, tags and note take (shown when some point has them).
@@ -81,11 +145,11 @@ pub fn list(a: &ListArgs) -> Result<i32> {
     if a.json {
         let mut rows = crate::JsonRows::new(&mut out);
         a.select.each_in(store, &mut |p| {
-            let mut j = point_json(&p, tz);
+            let mut row = PointRow::of(&p, tz);
             if checks.is_some() {
-                j["boot_check"] = check_of(&p).cloned().unwrap_or(serde_json::Value::Null);
+                row.boot_check = Some(check_of(&p));
             }
-            rows.push(&j)
+            rows.push(&row)
         })?;
         rows.end()?;
         return Ok(0);
@@ -197,4 +261,30 @@ pub fn list(a: &ListArgs) -> Result<i32> {
     }
     out.flush()?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn rows_written_one_at_a_time_read_as_the_whole_array_does() {
+        for values in [
+            vec![],
+            vec![json!({"a": 1})],
+            vec![
+                json!({"id": "x", "tags": ["a", "b"], "source": {"kind": "raw"}, "note": "l1\nl2"}),
+                json!({"empty": {}, "list": [], "n": null}),
+            ],
+        ] {
+            let mut out = Vec::new();
+            let mut rows = crate::JsonRows::new(&mut out);
+            for v in &values {
+                rows.push(v).expect("push");
+            }
+            rows.end().expect("end");
+            let whole = serde_json::to_string_pretty(&values).expect("json") + "\n";
+            assert_eq!(String::from_utf8(out).expect("utf-8"), whole);
+        }
+    }
 }

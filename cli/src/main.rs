@@ -563,6 +563,14 @@ fn exit_on_a_parse_error(e: &clap::Error, json: bool) -> ! {
 /// A command failed: the error and the causes that add something (under `--json`, as a JSON
 /// document on stdout), and the exit status of its kind.
 fn exit_on_an_error(err: &anyhow::Error, json: bool) -> ! {
+    // Output written through a buffer (a list of 100 000 points) meets a closed pipe as an
+    // error, not a panic: ended as quietly.
+    if err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    }) {
+        std::process::exit(CLOSED_PIPE);
+    }
     let mut shown = err.to_string();
     // Library errors often repeat their source in their own text: show a cause only when it
     // adds something.
