@@ -64,6 +64,19 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
 /// is unique), the selection choosing the rows shown.
 fn local_doc(a: &ReportArgs) -> Result<serde_json::Value> {
     let store = open_read(&a.store.store)?;
+    if let Some(vm) = &a.select.filter.vm {
+        // One VM's document: its points alone are read (what is unique is still counted
+        // against the whole store); the other filters choose its rows.
+        let shown: HashSet<cairn_store::PointId> = a
+            .select
+            .choose_in(&store)?
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        return Ok(cairn_report::document_of_vm(&store, vm, &|p| {
+            shown.contains(&p.id)
+        })?);
+    }
     let tz = store.config().tz();
     let points = store.points()?;
     // Costs are counted over every point (what is shared, what is unique); the
@@ -199,7 +212,9 @@ fn render_report(doc: &serde_json::Value) {
             .or_default()
             .push(p);
     }
-    row("store".into(), &doc["store"]);
+    if !doc["store"].is_null() {
+        row("store".into(), &doc["store"]);
+    }
     for v in vms {
         row(format!("vm {}", vm_name(v)), v);
         for d in disks_of.remove(&key(v)).unwrap_or_default() {
@@ -222,6 +237,8 @@ fn say_reclaimable_and_damage(doc: &serde_json::Value) {
     let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
     let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
     match doc["garbage_bytes"].as_u64() {
+        // A VM's report says nothing of the store's garbage.
+        None if !doc["scope"].is_null() => {}
         Some(g) => println!(
             "reclaimable now: {} ({} of garbage in {}, {} in {}); `cairn gc` reclaims it",
             human_bytes(n(doc, "reclaimable_bytes")),

@@ -152,6 +152,31 @@ impl Cost {
 /// # Errors
 /// Index errors (a tree that cannot be read is listed in [`Costs::damaged`], not an error).
 pub fn costs<'p>(store: &Store, points: &'p [RecoveryPoint]) -> Result<Costs<'p>> {
+    costs_within(store, points, None)
+}
+
+/// The figures of some of the store's points (a VM's, oldest first), reading their trees
+/// only: a chunk counts as unique to a point, disk or VM when no other of `points` holds it
+/// and, as the reference counts say, no point outside them either
+/// ([`Store::held_only_by`]). New bytes are those each point was the first of `points` to
+/// hold (a chunk another VM's older point also holds counts as new to the first of these).
+///
+/// # Errors
+/// As [`costs`].
+pub fn costs_of_some<'p>(store: &Store, points: &'p [RecoveryPoint]) -> Result<Costs<'p>> {
+    let refs: Vec<&RecoveryPoint> = points.iter().collect();
+    let alone = store.held_only_by(&refs)?;
+    costs_within(store, points, Some(&alone))
+}
+
+/// [`costs`] of `points`; `alone`, when they are not every point of the store, the data chunks
+/// no point outside them holds.
+fn costs_within<'p>(
+    store: &Store,
+    points: &'p [RecoveryPoint],
+    alone: Option<&HashSet<ChunkId>>,
+) -> Result<Costs<'p>> {
+    let only_here = |id: &ChunkId| alone.is_none_or(|a| a.contains(id));
     let cs = u64::from(store.config().chunk_size);
     let held = Held::find(store, points);
     let size = chunk_sizes(store, &held.holders)?;
@@ -171,7 +196,7 @@ pub fn costs<'p>(store: &Store, points: &'p [RecoveryPoint]) -> Result<Costs<'p>
         // it is renamed).
         out.vm_names.insert(p.vm_key(), p);
         let (mut c, blocks) = if held.readable[i] {
-            point_cost(store, p, i, &held.holders, &size, per_block)?
+            point_cost(store, p, i, (&held.holders, &only_here), &size, per_block)?
         } else {
             (
                 Cost {
@@ -209,18 +234,19 @@ pub fn costs<'p>(store: &Store, points: &'p [RecoveryPoint]) -> Result<Costs<'p>
     // Stored, plain and unique bytes of groups count each chunk once.
     for (id, Holders { disks, vms, .. }) in &held.holders {
         let (st, pl) = size.get(id).copied().unwrap_or_default();
-        out.total.add_chunk(st, pl, true);
+        let here = only_here(id);
+        out.total.add_chunk(st, pl, here);
         for d in disks {
             out.per_disk
                 .entry(d.clone())
                 .or_default()
-                .add_chunk(st, pl, disks.len() == 1);
+                .add_chunk(st, pl, here && disks.len() == 1);
         }
         for v in vms {
             out.per_vm
                 .entry(v.clone())
                 .or_default()
-                .add_chunk(st, pl, vms.len() == 1);
+                .add_chunk(st, pl, here && vms.len() == 1);
         }
     }
     Ok(out)
@@ -282,12 +308,15 @@ fn chunk_sizes(
     Ok(size)
 }
 
+/// Whether no point outside those counted holds a chunk.
+type OnlyHere<'a> = dyn Fn(&ChunkId) -> bool + 'a;
+
 /// One point's own figures, and how many XO blocks (of `per_block` chunks) it allocates.
 fn point_cost(
     store: &Store,
     p: &RecoveryPoint,
     i: usize,
-    holders: &HashMap<ChunkId, Holders>,
+    (holders, only_here): (&HashMap<ChunkId, Holders>, &OnlyHere<'_>),
     size: &HashMap<ChunkId, (u64, u64)>,
     per_block: u64,
 ) -> Result<(Cost, u64)> {
@@ -307,7 +336,7 @@ fn point_cost(
             c.stored += st;
             c.plain += pl;
             if let Some(h) = holders.get(&id) {
-                if h.points == 1 {
+                if h.points == 1 && only_here(&id) {
                     c.unique += st;
                 }
                 if h.first_point == i {

@@ -18,7 +18,7 @@ use chrono_tz::Tz;
 use serde_json::{Value, json};
 
 use cairn_gc::GcReport;
-use cairn_gc::cost::{Cost, Costs, costs};
+use cairn_gc::cost::{Cost, Costs, costs, costs_of_some};
 use cairn_gc::history::Recorded;
 use cairn_gc::{Error, Keep, Result};
 
@@ -83,6 +83,51 @@ pub fn document(
     let points = store.points().map_err(Error::Store)?;
     let c = costs(store, &points)?;
     Ok(build(&c, shown, reclaimable, tz, &Extras::of(store.root())))
+}
+
+/// The fields of the document about the whole store: what only an admin token reads, and what
+/// a VM's document leaves out (`null`) but for its damaged points.
+pub const STORE_WIDE: [&str; 11] = [
+    "store",
+    "jobs",
+    "reclaimable_bytes",
+    "growth",
+    "filesystem",
+    "last_verify",
+    "garbage_bytes",
+    "garbage_frames",
+    "orphan_packs",
+    "orphan_bytes",
+    "damaged_points",
+];
+
+/// The document of one VM (named, or of UUID, `vm`) with the rows of the points `shown`: its
+/// points and their trees are all it reads, so it costs what the VM holds however large the
+/// store (a VM's page, `cairn report --vm`). What is unique is counted against every point of
+/// the store (the reference counts say what no other point holds); new bytes are those each
+/// point was the first of the VM's to hold. The store-wide fields are `null` and `scope` names
+/// the VM.
+///
+/// # Errors
+/// Index errors.
+pub fn document_of_vm(
+    store: &Store,
+    vm: &str,
+    shown: &dyn Fn(&RecoveryPoint) -> bool,
+) -> Result<Value> {
+    let tz = store.config().tz();
+    let filter = cairn_store::select::Filter {
+        vm: Some(vm.to_owned()),
+        ..Default::default()
+    };
+    let points = store.points_matching(&filter).map_err(Error::Store)?;
+    let c = costs_of_some(store, &points)?;
+    let mut doc = build(&c, shown, None, tz, &Extras::of(store.root()));
+    for f in STORE_WIDE.iter().filter(|f| **f != "damaged_points") {
+        doc[*f] = Value::Null;
+    }
+    doc["scope"] = json!({ "vm": vm });
+    Ok(doc)
 }
 
 fn time(p: &RecoveryPoint, tz: Tz) -> String {
@@ -220,6 +265,7 @@ pub fn build(
     disks.sort_by_key(|((k, d), _)| (vm_name(c, k), d.clone()));
     json!({
         "schema_version": SCHEMA_VERSION,
+        "scope": Value::Null,
         "generated": extras.now.with_timezone(&tz).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "filesystem": extras.filesystem.map(|(total, free)| json!({
             "total_bytes": total, "free_bytes": free,

@@ -56,6 +56,13 @@
 //! run is published; a crash between 3 and 4 leaves complete points that the next writer
 //! publishes on open, together.
 //!
+//! # The catalogue's orders ([`orders`])
+//! Beside its entries by id, the catalogue keeps every point in its listing order (time, VM,
+//! disk, commit time) and each VM's points under its name and its UUID, changed in the batch
+//! that changes the entry: a list streams in order, and one VM's points are a range, read
+//! without another's. An index without them (an older cairn's) is read by id until its first
+//! writer builds them.
+//!
 //! # Reference counts and garbage
 //! A top tree entry counts the points naming it, a node or leaf the live nodes naming it, a data
 //! chunk the live leaves naming it ([`refs`](crate::Store::refcounts)); a count that crosses

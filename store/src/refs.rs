@@ -225,6 +225,35 @@ impl Store {
         Ok(freed)
     }
 
+    /// The data chunks that only `points` hold (no other point of the store names one): those
+    /// whose count their removal would bring to zero. Costs what they hold alone (the tree
+    /// chunks whose count reaches zero are opened, no other), however large the store; what a
+    /// report of some VMs counts as theirs alone.
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn held_only_by(&self, points: &[&RecoveryPoint]) -> Result<HashSet<ChunkId>> {
+        let mut unique = HashSet::new();
+        let changes: Vec<(&RecoveryPoint, i64)> = points
+            .iter()
+            .filter(|p| unique.insert(&p.id))
+            .map(|p| (*p, -1))
+            .collect();
+        let counter = self.counted(&changes)?;
+        Ok(counter
+            .counts
+            .iter()
+            .filter(|(_, (before, loc, now))| {
+                *before > 0
+                    && *now == 0
+                    && loc
+                        .as_ref()
+                        .is_some_and(|l| l.kind == crate::ChunkKind::Data)
+            })
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
     /// The counts after `changes`, not yet written.
     fn counted(&self, changes: &[(&RecoveryPoint, i64)]) -> Result<Counter<'_>> {
         let mut counter = Counter::new(self);

@@ -27,12 +27,20 @@ pub(super) fn report_for(
     vm: Option<&str>,
 ) -> Answer<serde_json::Value> {
     let admin = token.role == Role::Admin;
-    let reclaimable = if admin { app.reclaimable() } else { None };
+    let reclaimable = if admin && vm.is_none() {
+        app.reclaimable()
+    } else {
+        None
+    };
     let shown = |p: &RecoveryPoint| token.allows_vm(&p.vm) && vm.is_none_or(|v| v == p.vm);
-    let mut doc = cairn_report::document(app.store, &shown, reclaimable.as_ref())
-        .map_err(|e| ApiError::internal(&e.to_string()))?;
+    // A VM's page reads that VM's points alone.
+    let mut doc = match vm {
+        Some(v) => cairn_report::document_of_vm(app.store, v, &shown),
+        None => cairn_report::document(app.store, &shown, reclaimable.as_ref()),
+    }
+    .map_err(|e| ApiError::internal(&e.to_string()))?;
     if !admin {
-        for f in STORE_WIDE {
+        for f in cairn_report::STORE_WIDE {
             doc[f] = serde_json::Value::Null;
         }
     }
@@ -53,21 +61,6 @@ pub(super) async fn vm_page(
 ) -> Response {
     page_for(app, headers, Some(vm)).await
 }
-
-/// The fields of the report document about the whole store, which only an admin token reads.
-const STORE_WIDE: [&str; 11] = [
-    "store",
-    "jobs",
-    "reclaimable_bytes",
-    "growth",
-    "filesystem",
-    "last_verify",
-    "garbage_bytes",
-    "garbage_frames",
-    "orphan_packs",
-    "orphan_bytes",
-    "damaged_points",
-];
 
 /// The token of a page's request (a restore or admin one), or the answer that asks a browser
 /// for one (the token as the password) or refuses it.
