@@ -16,6 +16,9 @@ const SETTLE_FILES: usize = 16;
 /// Average bytes of a table file under which they count as small.
 const SETTLE_SMALL_FILE: usize = 1 << 20;
 
+/// Bytes of memtables above which a writer writes them into table files as it closes (see
+/// [`Store::settle_index`]).
+const FLUSH_AT_CLOSE: u64 = 4 << 20;
 /// Bytes of index blocks (and their bloom filters) cached, for all column families together.
 const BLOCK_CACHE_BYTES: usize = 32 << 20;
 /// Bytes of one memtable, and of all of them together.
@@ -140,6 +143,24 @@ impl Store {
     /// kilobytes, so merging it whole costs milliseconds; the chunks' family, whose files
     /// overlap, RocksDB's own compactions keep in few large files.
     pub(crate) fn settle_index(&self) {
+        // What the write-ahead log holds, every reader's open replays into memory: a writer
+        // that leaves more than a little there (a fleet's catalogue, a large backup's chunk
+        // entries) writes it into table files as it closes.
+        let unflushed: u64 = COLUMN_FAMILIES
+            .iter()
+            .filter_map(|n| self.db.cf_handle(n))
+            .filter_map(|cf| {
+                self.db
+                    .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")
+                    .ok()
+                    .flatten()
+            })
+            .sum();
+        if unflushed > FLUSH_AT_CLOSE {
+            for cf in COLUMN_FAMILIES.iter().filter_map(|n| self.db.cf_handle(n)) {
+                let _ = self.db.flush_cf(cf);
+            }
+        }
         for (name, files, bytes) in self.index_files() {
             let small = files >= SETTLE_FILES && bytes / files < SETTLE_SMALL_FILE;
             if let (true, Some(cf)) = (small, self.db.cf_handle(&name)) {

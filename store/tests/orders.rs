@@ -211,3 +211,48 @@ fn an_index_from_before_the_orders_is_read_as_it_is_and_given_them_by_a_writer()
     let store = Store::open(&root, OpenMode::Write { wait: false }).expect("writer");
     agrees(&store, "built again");
 }
+
+/// A writer that leaves megabytes in its memtables (a fleet's catalogue) writes them into
+/// table files as it closes: no reader's open replays them from the log.
+#[test]
+fn a_writer_leaves_no_large_log_for_readers_to_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("s");
+    Store::init(&root, 64 << 10).expect("init");
+    let store = Store::open(&root, OpenMode::Write { wait: false }).expect("open");
+    let c = encode(
+        &cairn_store::Keys::Clear,
+        &vec![9u8; 64 << 10],
+        ChunkKind::Data,
+        1,
+    )
+    .expect("encode");
+    for vm in 0..60 {
+        let mut s = store.session().expect("session");
+        s.put(&c).expect("put");
+        let mut staged = Vec::new();
+        for day in 0..100 {
+            let mut p = new_point(&format!("vm-{vm:02}"), "xvda", day);
+            p.labels.vm_uuid = Some(format!("00000000-0000-0000-0000-0000000000{vm:02}"));
+            staged.push(s.stage(p, &[ChunkRef::Data(c.id)]).expect("stage"));
+        }
+        s.commit_run(staged).expect("commit");
+    }
+    let logs = |root: &Path| -> u64 {
+        std::fs::read_dir(root.join("index"))
+            .expect("index")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum()
+    };
+    assert!(
+        logs(&root) > 4 << 20,
+        "the test wrote too little: {}",
+        logs(&root)
+    );
+    drop(store);
+    assert!(logs(&root) < 1 << 20, "{} bytes of log left", logs(&root));
+    let r = Store::open(&root, OpenMode::Read).expect("reader");
+    assert_eq!(r.points().expect("points").len(), 6000);
+}
