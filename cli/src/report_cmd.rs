@@ -16,6 +16,8 @@ use crate::words::{count, human_bytes};
     cairn report --pool prod --since 7d\n  \
     cairn report --store /backups/store --html /var/www/backups.html\n\n\
     Shared and unique bytes are counted over the whole store; the filters choose the rows.\n\
+    With --vm, only that VM's points and trees are read (what it holds alone is still counted\n\
+    against every point, through the reference counts) and the store-wide figures are left out.\n\
     --html writes one self-contained page (no network): savings, growth and when the disk\n\
     fills, the last verify, the oldest last backups, VMs ranked by what deleting them frees\n\
     and by growth, and for the 20 VMs that free most a chart and their newest points (every\n\
