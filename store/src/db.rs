@@ -13,11 +13,14 @@ use crate::store::Store;
 /// Table files of a column family from which a writer, as it closes, merges them when they are
 /// small (see [`Store::settle_index`]).
 const SETTLE_FILES: usize = 16;
+/// Table files of the whole index from which a writer, as it closes, merges each family's small
+/// files (see [`Store::settle_index`]).
+const SETTLE_ALL_FILES: usize = 32;
 /// Average bytes of a table file under which they count as small.
 const SETTLE_SMALL_FILE: usize = 1 << 20;
 
-/// Bytes of memtables above which a writer writes them into table files as it closes (see
-/// [`Store::settle_index`]).
+/// Bytes of write-ahead log above which a writer writes its memtables into table files as it
+/// closes (see [`Store::settle_index`]).
 const FLUSH_AT_CLOSE: u64 = 4 << 20;
 /// Bytes of index blocks (and their bloom filters) cached, for all column families together.
 const BLOCK_CACHE_BYTES: usize = 32 << 20;
@@ -145,24 +148,28 @@ impl Store {
     pub(crate) fn settle_index(&self) {
         // What the write-ahead log holds, every reader's open replays into memory: a writer
         // that leaves more than a little there (a fleet's catalogue, a large backup's chunk
-        // entries) writes it into table files as it closes.
-        let unflushed: u64 = COLUMN_FAMILIES
-            .iter()
-            .filter_map(|n| self.db.cf_handle(n))
-            .filter_map(|cf| {
-                self.db
-                    .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")
-                    .ok()
-                    .flatten()
-            })
+        // entries) writes it into table files as it closes. (A short writer leaves it to the
+        // next writer's open, as before: one set of small files, not two.)
+        let logged: u64 = std::fs::read_dir(self.root.join("index"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
             .sum();
-        if unflushed > FLUSH_AT_CLOSE {
+        if logged > FLUSH_AT_CLOSE {
             for cf in COLUMN_FAMILIES.iter().filter_map(|n| self.db.cf_handle(n)) {
                 let _ = self.db.flush_cf(cf);
             }
         }
-        for (name, files, bytes) in self.index_files() {
-            let small = files >= SETTLE_FILES && bytes / files < SETTLE_SMALL_FILE;
+        // Each family's small files are merged when they are many, or when the whole index's
+        // are (nine families gain one each per writer: together they reach a bound sooner).
+        let families = self.index_files();
+        let all: usize = families.iter().map(|(_, files, _)| files).sum();
+        for (name, files, bytes) in families {
+            let many = files >= SETTLE_FILES || (all >= SETTLE_ALL_FILES && files >= 2);
+            let small = many && bytes / files < SETTLE_SMALL_FILE;
             if let (true, Some(cf)) = (small, self.db.cf_handle(&name)) {
                 // The last level too: that is where the small files sit.
                 let mut o = rocksdb::CompactOptions::default();
