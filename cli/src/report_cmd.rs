@@ -41,8 +41,7 @@ pub struct ReportArgs {
 pub fn report(a: &ReportArgs) -> Result<i32> {
     let doc = match a.store.remote()? {
         Some(r) => {
-            let shown: HashSet<cairn_store::PointId> =
-                a.select.choose_in(&*r)?.into_iter().map(|p| p.id).collect();
+            let shown = ids(a.select.choose_in(&*r)?);
             cairn_report::keep_rows(r.report()?, &shown)
         }
         None => local_doc(a)?,
@@ -62,6 +61,11 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
     Ok(if damaged { 3 } else { 0 })
 }
 
+/// The ids of `points`: the rows a report shows.
+fn ids(points: Vec<cairn_store::RecoveryPoint>) -> HashSet<cairn_store::PointId> {
+    points.into_iter().map(|p| p.id).collect()
+}
+
 /// The report document of a store folder: costs counted over every point (what is shared, what
 /// is unique), the selection choosing the rows shown.
 fn local_doc(a: &ReportArgs) -> Result<serde_json::Value> {
@@ -69,12 +73,7 @@ fn local_doc(a: &ReportArgs) -> Result<serde_json::Value> {
     if let Some(vm) = &a.select.filter.vm {
         // One VM's document: its points alone are read (what is unique is still counted
         // against the whole store); the other filters choose its rows.
-        let shown: HashSet<cairn_store::PointId> = a
-            .select
-            .choose_in(&store)?
-            .into_iter()
-            .map(|p| p.id)
-            .collect();
+        let shown = ids(a.select.choose_in(&store)?);
         return Ok(cairn_report::document_of_vm(&store, vm, &|p| {
             shown.contains(&p.id)
         })?);
@@ -83,12 +82,7 @@ fn local_doc(a: &ReportArgs) -> Result<serde_json::Value> {
     let points = store.points()?;
     // Costs are counted over every point (what is shared, what is unique); the
     // selection chooses the rows shown.
-    let shown: HashSet<cairn_store::PointId> = a
-        .select
-        .choose(&points)?
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
+    let shown = ids(a.select.choose(&points)?);
     let costs = cairn_gc::cost::costs(&store, &points)?;
     let extras = cairn_report::Extras::of(store.root());
     // Space no point references: garbage frames (what `cairn gc` can free, with every

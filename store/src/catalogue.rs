@@ -132,21 +132,32 @@ impl Store {
             return Ok(out);
         }
         let mut out = Vec::new();
+        self.each_entry(&mut |p| {
+            out.push(p);
+            Ok(())
+        })?;
+        sort_points(&mut out);
+        Ok(out)
+    }
+
+    /// Calls `f` with every catalogue entry, in the order of their ids.
+    ///
+    /// # Errors
+    /// Index errors, an unreadable entry, and what `f` returns.
+    pub(crate) fn each_entry(&self, f: &mut dyn FnMut(RecoveryPoint) -> Result<()>) -> Result<()> {
         for item in self
             .db
             .iterator_cf(self.cf(CF_POINTS)?, IteratorMode::Start)
         {
             let (k, v) = item.map_err(self.index_err())?;
-            let p: RecoveryPoint = serde_json::from_slice(&v).map_err(|e| {
+            f(serde_json::from_slice(&v).map_err(|e| {
                 Error::Point(format!(
                     "{}: unreadable catalogue entry: {e}",
                     hex::encode(k)
                 ))
-            })?;
-            out.push(p);
+            })?)?;
         }
-        sort_points(&mut out);
-        Ok(out)
+        Ok(())
     }
 
     /// The point of id `id` (32 hex digits), if the catalogue holds it.

@@ -103,6 +103,11 @@ pub(crate) fn put_entry(
         delete_orders(db, batch, old)?;
     }
     batch.put_cf(points, key, entry);
+    put_orders(db, batch, p)
+}
+
+/// Puts `p`'s places in the orders into `batch`.
+fn put_orders(db: &DB, batch: &mut WriteBatch, p: &RecoveryPoint) -> Result<()> {
     let timeline = timeline_key(p);
     let compact = serde_json::to_vec(p).map_err(|e| Error::Point(e.to_string()))?;
     batch.put_cf(family(db, CF_TIMELINE)?, &timeline, compact);
@@ -177,30 +182,16 @@ impl Store {
         }
         let mut batch = WriteBatch::default();
         let mut n = 0usize;
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_POINTS)?, IteratorMode::Start)
-        {
-            let (k, v) = item.map_err(self.index_err())?;
-            let p: RecoveryPoint = serde_json::from_slice(&v).map_err(|e| {
-                Error::Point(format!(
-                    "{}: unreadable catalogue entry: {e}",
-                    hex::encode(&k)
-                ))
-            })?;
-            let timeline = timeline_key(&p);
-            let compact = serde_json::to_vec(&p).map_err(|e| Error::Point(e.to_string()))?;
-            batch.put_cf(self.cf(CF_TIMELINE)?, &timeline, compact);
-            for key in vm_keys(&p, &timeline) {
-                batch.put_cf(self.cf(CF_BY_VM)?, key, []);
-            }
+        self.each_entry(&mut |p| {
+            put_orders(&self.db, &mut batch, &p)?;
             n += 1;
             if n.is_multiple_of(BUILD_BATCH) {
                 self.db
                     .write(std::mem::take(&mut batch))
                     .map_err(self.index_err())?;
             }
-        }
+            Ok(())
+        })?;
         mark_built(&self.db, &mut batch)?;
         self.write_synced(batch)
     }

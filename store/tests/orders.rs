@@ -2,29 +2,17 @@
 //! after commits, protects, an adoption that renames a VM, forgets, an index rebuild, and for an
 //! index written before the orders existed.
 
+mod common;
+
 use std::path::Path;
 
 use cairn_store::chunk::{ChunkKind, encode};
 use cairn_store::select::Filter;
-use cairn_store::{BackupStats, ChunkRef, NewPoint, OpenMode, RecoveryPoint, SourceInfo, Store};
+use cairn_store::{ChunkRef, NewPoint, OpenMode, RecoveryPoint, Store};
 
 fn new_point(vm: &str, disk: &str, day: i64) -> NewPoint {
     let base: chrono::DateTime<chrono::Utc> = "2026-01-01T01:00:00Z".parse().expect("time");
-    NewPoint {
-        vm: vm.into(),
-        disk: disk.into(),
-        time: base + chrono::Duration::days(day),
-        size: 64 << 10,
-        source: SourceInfo {
-            kind: cairn_store::SourceKind::Raw,
-            vhd_uuid: None,
-            path: "test".into(),
-        },
-        parent: None,
-        stats: BackupStats::default(),
-        run: None,
-        labels: Default::default(),
-    }
+    common::raw_point(vm, disk, base + chrono::Duration::days(day), 64 << 10)
 }
 
 /// Every root file, in the catalogue's order (time, VM, disk, commit time).

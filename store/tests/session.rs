@@ -1,24 +1,12 @@
 //! The store through its API: sessions, commits, dedup, crash leftovers, index rebuild.
 
+mod common;
+
 use cairn_store::chunk::{ChunkKind, encode};
-use cairn_store::{BackupStats, ChunkRef, Error, NewPoint, OpenMode, SourceInfo, Store};
+use cairn_store::{ChunkRef, Error, NewPoint, OpenMode, Store};
 
 fn new_point(vm: &str, size: u64) -> NewPoint {
-    NewPoint {
-        vm: vm.into(),
-        disk: "xvda".into(),
-        time: chrono::Utc::now(),
-        size,
-        source: SourceInfo {
-            kind: cairn_store::SourceKind::Raw,
-            vhd_uuid: None,
-            path: "test".into(),
-        },
-        parent: None,
-        stats: BackupStats::default(),
-        run: None,
-        labels: Default::default(),
-    }
+    common::raw_point(vm, "xvda", chrono::Utc::now(), size)
 }
 
 fn chunk(seed: u8) -> Vec<u8> {

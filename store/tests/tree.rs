@@ -1,33 +1,20 @@
 //! Points' reference trees: built as a stream, read back a leaf at a time, shared between
 //! points, counted by what they do not share, and of any depth.
 
+mod common;
+
 use std::collections::HashSet;
 
 use cairn_store::chunk::{ChunkKind, encode};
 use cairn_store::tree::{self, SEGMENT_REFS, span};
 use cairn_store::{
-    BackupStats, Body, ChunkId, ChunkRef, Found, NewPoint, OpenMode, PointLookup, RecoveryPoint,
-    SourceInfo, Store, Walk,
+    Body, ChunkId, ChunkRef, Found, NewPoint, OpenMode, PointLookup, RecoveryPoint, Store, Walk,
 };
 
 const CHUNK: u32 = 64 << 10;
 
 fn new_point(vm: &str, chunks: u64) -> NewPoint {
-    NewPoint {
-        vm: vm.into(),
-        disk: "xvda".into(),
-        time: chrono::Utc::now(),
-        size: chunks * u64::from(CHUNK),
-        source: SourceInfo {
-            kind: cairn_store::SourceKind::Raw,
-            vhd_uuid: None,
-            path: "test".into(),
-        },
-        parent: None,
-        stats: BackupStats::default(),
-        run: None,
-        labels: Default::default(),
-    }
+    common::raw_point(vm, "xvda", chrono::Utc::now(), chunks * u64::from(CHUNK))
 }
 
 fn store() -> (tempfile::TempDir, Store) {
