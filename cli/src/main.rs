@@ -264,7 +264,12 @@ fn write_man_pages(
 /// Prints a JSON document on standard output, as every `--json` does: pretty, one document per
 /// command.
 pub(crate) fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    use std::io::Write;
+    // Written as it is serialized: a report of 100 000 points is not one string first.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    out.flush()?;
     Ok(())
 }
 
@@ -565,9 +570,12 @@ fn exit_on_a_parse_error(e: &clap::Error, json: bool) -> ! {
 fn exit_on_an_error(err: &anyhow::Error, json: bool) -> ! {
     // Output written through a buffer (a list of 100 000 points) meets a closed pipe as an
     // error, not a panic: ended as quietly.
+    let pipe = Some(std::io::ErrorKind::BrokenPipe);
     if err.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        c.downcast_ref::<std::io::Error>().map(std::io::Error::kind) == pipe
+            || c.downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == pipe
     }) {
         std::process::exit(CLOSED_PIPE);
     }

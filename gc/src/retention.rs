@@ -86,9 +86,14 @@ pub fn prune(store: &Store, filter: &Filter, rules: &Rules, dry_run: bool) -> Re
         ));
     }
     let started = Instant::now();
-    let all = store.points()?;
-    filter.check(&all).map_err(crate::Error::Usage)?;
-    let chosen: Vec<RecoveryPoint> = all.into_iter().filter(|p| filter.matches(p)).collect();
+    // Only the chosen points are read (a VM's: a range of the VM index); every point only to
+    // say what there is when the filter chose none.
+    let chosen = store.points_matching(filter)?;
+    if chosen.is_empty() {
+        filter
+            .check(&store.points()?)
+            .map_err(crate::Error::Usage)?;
+    }
     let tz = store.config().tz();
     let decisions = decide(chosen, rules, &tz, store.retention_cutoff());
     let remove: Vec<RecoveryPoint> = decisions
