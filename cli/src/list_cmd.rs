@@ -198,54 +198,49 @@ pub fn list(a: &ListArgs) -> Result<i32> {
     if checks.is_some() {
         columns.push(("BOOT", Align::Left));
     }
-    // Every cell's text, one after another in one string, and where each ends; which of the
-    // identity, tag and note columns some point fills, and every column's width.
-    let mut base = Rows::new(&columns);
-    let mut extras = EXTRAS.map(|h| Rows::new(&[(h, Align::Left)]));
-    let mut filled = [false; 5];
+    columns.extend(EXTRAS.iter().map(|h| (*h, Align::Left)));
+    // Every cell's text, one after another in one string, and where each ends; every column's
+    // width; which columns are shown (the identity, tag and note ones when some point fills
+    // them).
+    let mut all = Rows::new(&columns);
+    let mut shown = vec![true; columns.len() - EXTRAS.len()];
+    shown.extend([false; EXTRAS.len()]);
     let mut text = String::new();
     let mut ends: Vec<usize> = Vec::new();
     a.select.each_in(store, &mut |p| {
         let mut row = cells(&p);
-        base.measure(&row);
-        for (i, c) in extra_cells(&p).into_iter().enumerate() {
-            filled[i] |= !c.is_empty();
-            extras[i].measure(std::slice::from_ref(&c));
-            row.push(c);
-        }
-        for c in row {
-            text.push_str(&c);
+        row.extend(extra_cells(&p));
+        all.measure(&row);
+        for (c, s) in row.iter().zip(shown.iter_mut()) {
+            *s |= !c.is_empty();
+            text.push_str(c);
             ends.push(text.len());
         }
         Ok(())
     })?;
-    columns.extend(
-        EXTRAS
-            .iter()
-            .zip(filled)
-            .filter(|(_, f)| *f)
-            .map(|(h, _)| (*h, Align::Left)),
-    );
-    let mut rows = Rows::new(&columns);
-    let mut widths = base.widths().to_vec();
-    widths.extend(
-        extras
-            .iter()
-            .zip(filled)
-            .filter(|(_, f)| *f)
-            .flat_map(|(e, _)| e.widths().iter().copied()),
-    );
+    let headed: Vec<(&str, Align)> = columns
+        .iter()
+        .zip(&shown)
+        .filter(|(_, s)| **s)
+        .map(|(c, _)| *c)
+        .collect();
+    let mut rows = Rows::new(&headed);
+    let widths: Vec<usize> = all
+        .widths()
+        .iter()
+        .zip(&shown)
+        .filter(|(_, s)| **s)
+        .map(|(w, _)| *w)
+        .collect();
     rows.widen(&widths);
     // The rows in the store's order (by time: the disks of one backup run are listed
     // together).
     writeln!(out, "{}", rows.heading())?;
-    let first_extra = base.widths().len();
-    let per_row = first_extra + EXTRAS.len();
     let mut start = 0;
-    for row in ends.chunks(per_row) {
-        let mut cells = Vec::with_capacity(per_row);
-        for (i, end) in row.iter().enumerate() {
-            if i < first_extra || filled[i - first_extra] {
+    for row in ends.chunks(columns.len()) {
+        let mut cells = Vec::with_capacity(columns.len());
+        for (end, s) in row.iter().zip(&shown) {
+            if *s {
                 cells.push(text[start..*end].to_owned());
             }
             start = *end;

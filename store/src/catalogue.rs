@@ -70,6 +70,18 @@ impl PointHead<'_> {
     }
 }
 
+/// The catalogue entry under key `k`.
+fn entry(k: &[u8], v: &[u8]) -> Result<RecoveryPoint> {
+    serde_json::from_slice(v).map_err(|e| unreadable(k, &e))
+}
+
+fn unreadable(k: &[u8], e: &serde_json::Error) -> Error {
+    Error::Point(format!(
+        "{}: unreadable catalogue entry: {e}",
+        hex::encode(k)
+    ))
+}
+
 /// Points in the catalogue's order: by time, then VM, disk and commit time.
 fn sort_points(points: &mut [RecoveryPoint]) {
     points.sort_by(|a, b| {
@@ -78,40 +90,34 @@ fn sort_points(points: &mut [RecoveryPoint]) {
 }
 
 impl Store {
-    /// The recovery points `filter` selects, oldest first: each catalogue entry's names are
-    /// read first and the rest of it only for a point selected, so the points of one VM of a
-    /// store of 100 000 are read in a fraction of the time and memory of every point.
+    /// The recovery points `filter` selects, oldest first: read from the catalogue's orders
+    /// (one VM's from its range of the VM index, see [`Store::each_point`]); in an index without
+    /// them, each entry's names are read first and the rest of it only for a point selected.
     ///
     /// # Errors
     /// Index errors or an unreadable catalogue entry.
     pub fn points_matching(&self, filter: &crate::select::Filter) -> Result<Vec<RecoveryPoint>> {
-        if filter.is_empty() {
-            return self.points();
-        }
+        let mut out = Vec::new();
         if self.orders_ready() {
-            let mut out = Vec::new();
             self.each_point(filter, &mut |p| {
                 out.push(p);
                 Ok(())
             })?;
             return Ok(out);
         }
-        let mut out = Vec::new();
         for item in self
             .db
             .iterator_cf(self.cf(CF_POINTS)?, IteratorMode::Start)
         {
             let (k, v) = item.map_err(self.index_err())?;
-            let unreadable = |e: serde_json::Error| {
-                Error::Point(format!(
-                    "{}: unreadable catalogue entry: {e}",
-                    hex::encode(&k)
-                ))
-            };
-            let head: PointHead<'_> = serde_json::from_slice(&v).map_err(unreadable)?;
-            if head.passes(filter) {
-                out.push(serde_json::from_slice::<RecoveryPoint>(&v).map_err(unreadable)?);
+            if !filter.is_empty() {
+                let head: PointHead<'_> =
+                    serde_json::from_slice(&v).map_err(|e| unreadable(&k, &e))?;
+                if !head.passes(filter) {
+                    continue;
+                }
             }
+            out.push(entry(&k, &v)?);
         }
         sort_points(&mut out);
         Ok(out)
@@ -122,22 +128,7 @@ impl Store {
     /// # Errors
     /// Index errors or an unreadable catalogue entry.
     pub fn points(&self) -> Result<Vec<RecoveryPoint>> {
-        if self.orders_ready() {
-            // The timeline holds them in order already.
-            let mut out = Vec::new();
-            self.each_point(&crate::select::Filter::default(), &mut |p| {
-                out.push(p);
-                Ok(())
-            })?;
-            return Ok(out);
-        }
-        let mut out = Vec::new();
-        self.each_entry(&mut |p| {
-            out.push(p);
-            Ok(())
-        })?;
-        sort_points(&mut out);
-        Ok(out)
+        self.points_matching(&crate::select::Filter::default())
     }
 
     /// Calls `f` with every catalogue entry, in the order of their ids.
@@ -150,12 +141,7 @@ impl Store {
             .iterator_cf(self.cf(CF_POINTS)?, IteratorMode::Start)
         {
             let (k, v) = item.map_err(self.index_err())?;
-            f(serde_json::from_slice(&v).map_err(|e| {
-                Error::Point(format!(
-                    "{}: unreadable catalogue entry: {e}",
-                    hex::encode(k)
-                ))
-            })?)?;
+            f(entry(&k, &v)?)?;
         }
         Ok(())
     }
@@ -266,12 +252,7 @@ impl Store {
                 break;
             }
             if hex::encode(&k).starts_with(&want) {
-                out.push(serde_json::from_slice(&v).map_err(|e| {
-                    Error::Point(format!(
-                        "{}: unreadable catalogue entry: {e}",
-                        hex::encode(&k)
-                    ))
-                })?);
+                out.push(entry(&k, &v)?);
             }
         }
         sort_points(&mut out);
